@@ -1,0 +1,352 @@
+"""Regulatory regimes of CLSC-1 (`shared/spec/MODEL.md`, section "Regime").
+
+A :class:`Regime` holds the five rules of the spec; a :class:`RegimeSchedule` says which
+regime is in force in which period (regulation may change at any period, without warning).
+Everything else in moca reads regimes as the dense per-period table of
+:meth:`RegimeSchedule.table`, with columns in :data:`REGIME_FIELDS` order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Column order of the dense regime table; an absent emission cap is stored as +inf.
+REGIME_FIELDS: tuple[str, ...] = (
+    "recycled_content_min",
+    "carbon_tax",
+    "emission_cap",
+    "landfill_tax",
+    "recovery_target",
+)
+
+#: Valid ranges of the spec, used in error messages and by regime samplers.
+REGIME_RANGES: dict[str, str] = {
+    "recycled_content_min": "[0, 0.95]",
+    "carbon_tax": "[0, 2000] EUR/t CO2",
+    "emission_cap": "> 0 kg CO2/period, or null for no cap",
+    "landfill_tax": "[0, 100] EUR/core",
+    "recovery_target": "[0, 1]",
+}
+
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "recycled_content_min": (0.0, 0.95),
+    "carbon_tax": (0.0, 2000.0),
+    "landfill_tax": (0.0, 100.0),
+    "recovery_target": (0.0, 1.0),
+}
+
+
+class RegimeError(ValueError):
+    """An invalid regime or schedule; the message names field, value and valid range."""
+
+
+class Regime(BaseModel):
+    """The rules in force in one period. A field left out means no such rule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    recycled_content_min: float = Field(0.0, description="r: minimum recycled share of material input")
+    carbon_tax: float = Field(0.0, description="tau: EUR per t CO2 of virgin extraction")
+    emission_cap: float | None = Field(None, description="E-bar: kg CO2 per period; None = no cap")
+    landfill_tax: float = Field(0.0, description="lambda: EUR per disposed core")
+    recovery_target: float = Field(0.0, description="kappa: minimum recovered share of processed cores")
+
+    @field_validator("recycled_content_min", "carbon_tax", "landfill_tax", "recovery_target", mode="before")
+    @classmethod
+    def _in_range(cls, value: Any, info) -> float:
+        low, high = _BOUNDS[info.field_name]
+        number = _as_number(info.field_name, value)
+        if not (low <= number <= high):
+            raise ValueError(f"{info.field_name}={value!r} is outside its valid range {REGIME_RANGES[info.field_name]}")
+        return number
+
+    @field_validator("emission_cap", mode="before")
+    @classmethod
+    def _cap_positive(cls, value: Any) -> float | None:
+        if value is None:
+            return None
+        number = _as_number("emission_cap", value)
+        if not (number > 0 and math.isfinite(number)):
+            raise ValueError(f"emission_cap={value!r} is outside its valid range {REGIME_RANGES['emission_cap']}")
+        return number
+
+    def as_row(self) -> np.ndarray:
+        """The regime as one row of the dense table (float64, cap None -> inf)."""
+        cap = math.inf if self.emission_cap is None else self.emission_cap
+        return np.array(
+            [self.recycled_content_min, self.carbon_tax, cap, self.landfill_tax, self.recovery_target],
+            dtype=np.float64,
+        )
+
+    @classmethod
+    def from_row(cls, row: Iterable[float]) -> "Regime":
+        values = [float(v) for v in row]
+        cap = None if not math.isfinite(values[2]) else values[2]
+        return cls(
+            recycled_content_min=values[0], carbon_tax=values[1], emission_cap=cap,
+            landfill_tax=values[3], recovery_target=values[4],
+        )
+
+    def describe(self) -> str:
+        """Short human label, e.g. ``r=0.20 tau=100``."""
+        parts = []
+        if self.recycled_content_min:
+            parts.append(f"r={self.recycled_content_min:.2f}")
+        if self.carbon_tax:
+            parts.append(f"tau={self.carbon_tax:g}")
+        if self.emission_cap is not None:
+            parts.append(f"cap={self.emission_cap:g}")
+        if self.landfill_tax:
+            parts.append(f"lambda={self.landfill_tax:g}")
+        if self.recovery_target:
+            parts.append(f"kappa={self.recovery_target:.2f}")
+        return " ".join(parts) or "unregulated"
+
+
+def _as_number(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field}={value!r} is not a number (valid range {REGIME_RANGES[field]})")
+    number = float(value)
+    if math.isnan(number):
+        raise ValueError(f"{field}=nan is not a number (valid range {REGIME_RANGES[field]})")
+    return number
+
+
+class ScheduledRegime(Regime):
+    """A schedule entry: a regime in force from period ``start`` until the next entry's start."""
+
+    start: int = 0
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start_int(cls, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value) or value < 0:
+            raise ValueError(f"start={value!r} must be a whole period number >= 0")
+        return int(value)
+
+    def regime(self) -> Regime:
+        return Regime(**self.model_dump(exclude={"start"}))
+
+
+class RegimeSchedule(BaseModel):
+    """Regimes over time; ``entries[0].start`` is 0 and starts strictly increase."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entries: tuple[ScheduledRegime, ...]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RegimeSchedule":
+        if not self.entries:
+            raise ValueError("regimes: a schedule needs at least one regime")
+        if self.entries[0].start != 0:
+            raise ValueError(f"regimes[0].start={self.entries[0].start} must be 0")
+        for i in range(1, len(self.entries)):
+            if self.entries[i].start <= self.entries[i - 1].start:
+                raise ValueError(
+                    f"regimes[{i}].start={self.entries[i].start} must be greater than "
+                    f"regimes[{i - 1}].start={self.entries[i - 1].start}"
+                )
+        return self
+
+    @classmethod
+    def constant(cls, regime: Regime) -> "RegimeSchedule":
+        return cls(entries=(ScheduledRegime(start=0, **regime.model_dump()),))
+
+    @classmethod
+    def from_list(cls, items: list[dict[str, Any]]) -> "RegimeSchedule":
+        """Build from the scenario file's ``regimes`` list; errors name the entry and field."""
+        if not isinstance(items, list):
+            raise RegimeError(f"regimes: expected a list of regime entries, got {type(items).__name__}")
+        entries = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise RegimeError(f"regimes[{i}]: expected an object, got {type(item).__name__}")
+            item = dict(item)
+            item.setdefault("start", 0 if i == 0 else None)
+            if item["start"] is None:
+                raise RegimeError(f"regimes[{i}].start is missing")
+            entries.append(_validated(ScheduledRegime, item, prefix=f"regimes[{i}]."))
+        try:
+            return cls(entries=tuple(entries))
+        except ValidationError as err:
+            raise RegimeError(_first_error(err)) from None
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [
+            {"start": e.start, **{k: getattr(e, k) for k in REGIME_FIELDS}}
+            for e in self.entries
+        ]
+
+    def regime_at(self, t: int) -> Regime:
+        current = self.entries[0]
+        for entry in self.entries:
+            if entry.start <= t:
+                current = entry
+        return current.regime()
+
+    def table(self, horizon: int) -> np.ndarray:
+        """Dense ``[horizon, 5]`` float64 table of the regime in force each period."""
+        out = np.empty((horizon, len(REGIME_FIELDS)), dtype=np.float64)
+        for i, entry in enumerate(self.entries):
+            end = self.entries[i + 1].start if i + 1 < len(self.entries) else horizon
+            out[min(entry.start, horizon):min(end, horizon)] = entry.as_row()
+        return out
+
+    def change_periods(self) -> list[int]:
+        return [e.start for e in self.entries[1:]]
+
+
+def _first_error(err: ValidationError, prefix: str = "") -> str:
+    first = err.errors()[0]
+    location = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(REGIME_FIELDS)
+        return f"{prefix}{location}: unknown field (allowed: {allowed}{', start' if prefix.startswith('regimes') else ''})"
+    if location and location not in message:
+        return f"{prefix}{location}: {message}"
+    return f"{prefix}{message}"
+
+
+def _validated(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> Any:
+    try:
+        return model(**data)
+    except ValidationError as err:
+        raise RegimeError(_first_error(err, prefix)) from None
+    except TypeError as err:  # e.g. non-string keys
+        raise RegimeError(f"{prefix.rstrip('.') or 'regime'}: {err}") from None
+
+
+# --- named tasks and presets -------------------------------------------------------------
+
+#: The seed's tasks (spec, "The seed's task sequence").
+TASKS: dict[str, Regime] = {
+    "T1": Regime(recycled_content_min=0.10),
+    "T2": Regime(recycled_content_min=0.20),
+    "T3": Regime(recycled_content_min=0.20, carbon_tax=100.0),
+}
+
+#: Presets drawn from real rules; sources are listed in the README ("Regime presets").
+PRESETS: dict[str, Regime] = {
+    "unregulated": Regime(),
+    # EU ETS: 2025 average allowance price, about 75 EUR/t CO2.
+    "eu-ets-2025": Regime(carbon_tax=75.0),
+    # Regulation (EU) 2023/1542 (batteries), Art. 8: recycled cobalt 16% from 2031, 26% from 2036.
+    "eu-batteries-2031": Regime(recycled_content_min=0.16),
+    "eu-batteries-2036": Regime(recycled_content_min=0.26),
+    # Regulation (EU) 2025/40 (PPWR), Art. 7(1)(d) and 7(2)(d): plastic packaging other than
+    # contact-sensitive and beverage bottles, 35% recycled content from 2030, 65% from 2040.
+    "eu-ppwr-2030": Regime(recycled_content_min=0.35),
+    "eu-ppwr-2040": Regime(recycled_content_min=0.65),
+    # Directive 2012/19/EU (WEEE), Annex V: 65% recovery for the lower-target categories.
+    "weee-recovery": Regime(recovery_target=0.65),
+}
+
+
+def named_regimes() -> dict[str, Regime]:
+    return {**TASKS, **PRESETS}
+
+
+def load_regime(spec: str | Path | dict[str, Any] | Regime) -> Regime:
+    """A regime from a name (``T1``, ``eu-ets-2025``), a YAML/JSON file, or a mapping."""
+    if isinstance(spec, Regime):
+        return spec
+    if isinstance(spec, dict):
+        return _validated(Regime, spec, prefix="")
+    text = str(spec)
+    names = named_regimes()
+    if text in names:
+        return names[text]
+    path = Path(text)
+    if not path.exists():
+        raise RegimeError(
+            f"regime {text!r}: not a known name ({', '.join(names)}) and no such file"
+        )
+    data = read_structured(path)
+    if not isinstance(data, dict):
+        raise RegimeError(f"{path}: a regime file must hold one object with the regime fields")
+    return _validated(Regime, data, prefix=f"{path.name}: ")
+
+
+def load_schedule(spec: str | Path | list[dict[str, Any]]) -> RegimeSchedule:
+    """A schedule from a YAML/JSON file holding a list of entries with ``start``
+    (or an object with key ``regimes``); a single regime name/file is a constant schedule."""
+    if isinstance(spec, list):
+        return RegimeSchedule.from_list(spec)
+    text = str(spec)
+    if text in named_regimes():
+        return RegimeSchedule.constant(named_regimes()[text])
+    path = Path(text)
+    if not path.exists():
+        raise RegimeError(f"schedule {text!r}: no such file")
+    data = read_structured(path)
+    if isinstance(data, dict) and "regimes" in data:
+        data = data["regimes"]
+    if isinstance(data, dict):
+        return RegimeSchedule.constant(load_regime(data))
+    return RegimeSchedule.from_list(data)
+
+
+def load_sequence(spec: str | Path | list[Any]) -> list[tuple[str, Regime]]:
+    """A task sequence (YAML/JSON list of names or regime objects) as ``(label, regime)``."""
+    data = spec
+    if not isinstance(spec, list):
+        path = Path(str(spec))
+        if not path.exists():
+            raise RegimeError(f"sequence {str(spec)!r}: no such file")
+        data = read_structured(path)
+        if isinstance(data, dict) and "sequence" in data:
+            data = data["sequence"]
+    if not isinstance(data, list) or not data:
+        raise RegimeError("sequence: expected a non-empty list of regime names or regime objects")
+    out = []
+    for i, item in enumerate(data):
+        if isinstance(item, str):
+            if item not in named_regimes():
+                raise RegimeError(f"sequence[{i}]={item!r}: unknown regime name (known: {', '.join(named_regimes())})")
+            out.append((item, named_regimes()[item]))
+        elif isinstance(item, dict):
+            item = dict(item)
+            label = item.pop("name", None)
+            regime = _validated(Regime, item, prefix=f"sequence[{i}].")
+            out.append((str(label) if label else regime.describe(), regime))
+        else:
+            raise RegimeError(f"sequence[{i}]: expected a regime name or object, got {type(item).__name__}")
+    return out
+
+
+def read_structured(path: Path) -> Any:
+    """Parse a YAML or JSON file; errors name the file and the problem."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise RegimeError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        if str(path).endswith(".json"):
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise RegimeError(f"{path}: malformed {'JSON' if str(path).endswith('.json') else 'YAML'} ({str(err).splitlines()[0]})") from None
+
+
+def sample_regime(rng: np.random.Generator, cap_probability: float = 0.25,
+                  typical_emissions: float = 30000.0) -> Regime:
+    """A random regime over the practical part of the spec's ranges (meta-training and tests).
+
+    Each rule is present with some probability, so unregulated and single-rule regimes
+    appear too; magnitudes are drawn where the rule changes what a good policy does.
+    """
+    r = float(rng.uniform(0.0, 0.5)) if rng.random() < 0.8 else 0.0
+    tau = float(rng.choice([0.0, rng.uniform(0, 300), rng.uniform(300, 2000)], p=[0.35, 0.5, 0.15]))
+    cap = float(rng.uniform(0.5, 1.5) * typical_emissions) if rng.random() < cap_probability else None
+    lam = float(rng.uniform(0, 100)) if rng.random() < 0.4 else 0.0
+    kappa = float(rng.uniform(0, 0.9)) if rng.random() < 0.3 else 0.0
+    return Regime(recycled_content_min=r, carbon_tax=tau, emission_cap=cap, landfill_tax=lam, recovery_target=kappa)
