@@ -183,7 +183,9 @@ class Scenario:
             except OSError as err:
                 raise ScenarioError(f"{source}: cannot read scenario ({err.strerror})") from None
         try:
-            data = json.loads(text, parse_constant=_reject_constant)
+            # NaN/Infinity parse to floats here so that validation rejects them with the
+            # name of the field that holds them (every field checks finiteness).
+            data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ScenarioError(f"scenario: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
         except ValueError as err:
@@ -211,14 +213,30 @@ def _check_series(name: str, values: np.ndarray, horizon: int, low: float, high:
 
 
 def draw_scenario(
-    seed: int,
+    seed: int | tuple[int, ...],
     regime: Regime | RegimeSchedule | None = None,
     params: Params = DEFAULT_PARAMS,
 ) -> Scenario:
     """Draw demand and returns for one scenario, seeded (spec, "Exogenous draws")."""
-    demand, return_frac = draw_exogenous(np.random.default_rng(seed), params, 1)
+    demand, return_frac = draw_exogenous(np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed), params, 1)
     schedule = _as_schedule(regime)
     return Scenario(params=params, schedule=schedule, demand=demand[0], return_frac=return_frac[0])
+
+
+#: Entropy tag of the training stream: scenarios drawn for training (tuning, meta-training,
+#: adaptation) come from ``SeedSequence([TRAINING_STREAM, i])`` and so never coincide with
+#: a test scenario drawn from a plain integer seed, whatever seed a user picks.
+TRAINING_STREAM = 0x6D6F6361
+
+
+def draw_training_scenarios(
+    count: int,
+    regime: Regime | RegimeSchedule | None = None,
+    params: Params = DEFAULT_PARAMS,
+    offset: int = 0,
+) -> list[Scenario]:
+    """``count`` training scenarios (indices ``offset ..``) from the training stream."""
+    return [draw_scenario((TRAINING_STREAM, offset + i), regime, params) for i in range(count)]
 
 
 def draw_scenarios(

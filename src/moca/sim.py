@@ -216,6 +216,7 @@ class Rollout:
     sales: Tensor
     emissions: Tensor
     scale: Tensor  # [6] capacity scale S of the spec
+    available: Tensor  # [B, T, 3] post-arrival V, M, C: the stocks the hard constraints bound
     terms: dict[str, Tensor] = field(default_factory=dict)  # each [B, T]
 
     @property
@@ -238,12 +239,13 @@ def rollout(batch: ScenarioBatch, policy: Policy, project: Projector | None,
     policy.reset(batch)
     if scale is None:
         scale = torch.as_tensor(batch.params.action_scale, dtype=batch.dtype, device=batch.demand.device)
-    costs, executed, raws, stocks, sales, emissions = [], [], [], [], [], []
+    costs, executed, raws, stocks, sales, emissions, available = [], [], [], [], [], [], []
     terms: dict[str, list[Tensor]] = {k: [] for k in COST_TERMS}
     last_demand = None
     for t in range(batch.horizon):
         state = sim.arrive(state, batch.return_frac[:, t])
         regime_t = batch.regime[:, t]
+        available.append(torch.stack([state.virgin, state.recycled, state.cores], dim=-1))
         raw = policy.act(Observation(t, state, regime_t, batch.return_frac[:, t], last_demand, batch.params))
         action = raw if project is None else project(raw, state, regime_t, batch.params)
         state, step = sim.execute(state, action, batch.demand[:, t], regime_t)
@@ -258,6 +260,7 @@ def rollout(batch: ScenarioBatch, policy: Policy, project: Projector | None,
             terms[k].append(step.terms[k])
     return Rollout(
         cost=torch.stack(costs, 1), executed=torch.stack(executed, 1), raw=torch.stack(raws, 1), scale=scale,
+        available=torch.stack(available, 1),
         stocks=torch.stack(stocks, 1), sales=torch.stack(sales, 1), emissions=torch.stack(emissions, 1),
         terms={k: torch.stack(v, 1) for k, v in terms.items()},
     )

@@ -1,0 +1,141 @@
+"""Checkpoints: ``weights.safetensors`` plus ``checkpoint.json`` in a directory.
+
+No pickle anywhere: tensors load through safetensors, metadata through JSON, and the JSON
+records the SHA-256 of the weights so a truncated or altered file is refused with a clear
+message instead of loading wrong numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "moca-checkpoint/1"
+WEIGHTS = "weights.safetensors"
+META = "checkpoint.json"
+DEFAULT_NAME = "default"
+
+
+class CheckpointError(ValueError):
+    """A missing, corrupted or mismatched checkpoint."""
+
+
+def default_checkpoint_dir() -> Path:
+    """The meta-init shipped in the package (what ``moca run`` uses)."""
+    return Path(str(resources.files("moca") / "data" / DEFAULT_NAME))
+
+
+def resolve(path: str | Path) -> Path:
+    """``default`` names the shipped meta-init; anything else is a directory path."""
+    return default_checkpoint_dir() if str(path) == DEFAULT_NAME else Path(path)
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    import moca
+
+    return {"moca": moca.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically (a temporary directory renamed into place)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
+        save_file(tensors, str(staging / WEIGHTS))
+        digest = hashlib.sha256((staging / WEIGHTS).read_bytes()).hexdigest()
+        meta = {
+            "format": FORMAT,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(),
+            "weights_sha256": digest,
+            "tensors": {k: list(v.shape) for k, v in tensors.items()},
+            **metadata,
+        }
+        (staging / META).write_text(json.dumps(meta, indent=1, default=_jsonable))
+        if directory.exists():
+            backup = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(directory, backup)
+            os.replace(staging, directory)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def load(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint; every failure is a :class:`CheckpointError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = resolve(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory}: no such directory")
+    meta_path, weights_path = directory / META, directory / WEIGHTS
+    for path in (meta_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {directory}: missing {path.name}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint {directory}: {META} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {directory}: {META} is not a {FORMAT} file")
+    digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    if digest != meta.get("weights_sha256"):
+        raise CheckpointError(f"checkpoint {directory}: {WEIGHTS} is corrupted (SHA-256 does not match {META})")
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {directory}: cannot read {WEIGHTS} ({err})") from None
+    expected = meta.get("tensors", {})
+    shapes = {k: list(v.shape) for k, v in weights.items()}
+    if shapes != expected:
+        raise CheckpointError(f"checkpoint {directory}: tensors in {WEIGHTS} do not match {META}")
+    for name, tensor in weights.items():
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"checkpoint {directory}: tensor {name!r} holds NaN or infinite values")
+    return weights, meta
+
+
+def check_compatible(weights: dict[str, torch.Tensor], module: torch.nn.Module, directory: str | Path) -> None:
+    """Refuse weights whose names or shapes differ from the module built from the metadata."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != got:
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                  else f"shape of {wrong[0]} is {list(got[wrong[0]])}, expected {list(expected[wrong[0]])}")
+        raise CheckpointError(f"checkpoint {directory}: weights do not fit the policy in its metadata ({detail})")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

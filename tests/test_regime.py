@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+
+from moca.regime import (
+    PRESETS, TASKS, Regime, RegimeError, RegimeSchedule, load_regime, load_schedule, load_sequence, sample_regime,
+)
+
+
+def test_named_tasks_match_spec():
+    assert TASKS["T1"].recycled_content_min == 0.10 and TASKS["T1"].carbon_tax == 0
+    assert TASKS["T2"].recycled_content_min == 0.20
+    assert TASKS["T3"].recycled_content_min == 0.20 and TASKS["T3"].carbon_tax == 100
+    assert PRESETS["eu-ets-2025"].carbon_tax == 75
+    assert PRESETS["eu-batteries-2031"].recycled_content_min == 0.16
+    assert PRESETS["eu-batteries-2036"].recycled_content_min == 0.26
+    assert PRESETS["eu-ppwr-2030"].recycled_content_min == 0.35
+    assert PRESETS["eu-ppwr-2040"].recycled_content_min == 0.65
+    assert PRESETS["weee-recovery"].recovery_target == 0.65
+
+
+@pytest.mark.parametrize("field,value,range_text", [
+    ("recycled_content_min", 0.96, "[0, 0.95]"),
+    ("recycled_content_min", -0.1, "[0, 0.95]"),
+    ("carbon_tax", 2000.5, "[0, 2000]"),
+    ("landfill_tax", 101, "[0, 100]"),
+    ("recovery_target", 1.2, "[0, 1]"),
+    ("emission_cap", 0, "> 0"),
+    ("emission_cap", -5, "> 0"),
+])
+def test_out_of_range_names_field_value_and_range(field, value, range_text):
+    with pytest.raises(RegimeError) as info:
+        load_regime({field: value})
+    message = str(info.value)
+    assert field in message and str(value) in message and range_text in message
+
+
+def test_unknown_field_and_nan_refused():
+    with pytest.raises(RegimeError, match="carbon_price.*unknown field"):
+        load_regime({"carbon_price": 10})
+    with pytest.raises(RegimeError, match="carbon_tax"):
+        load_regime({"carbon_tax": float("nan")})
+    with pytest.raises(RegimeError, match="recycled_content_min.*not a number"):
+        load_regime({"recycled_content_min": "high"})
+
+
+def test_load_from_yaml_and_json(tmp_path):
+    (tmp_path / "r.yaml").write_text("recycled_content_min: 0.3\nemission_cap: 25000\n")
+    (tmp_path / "r.json").write_text(json.dumps({"carbon_tax": 250, "landfill_tax": 20}))
+    assert load_regime(tmp_path / "r.yaml") == Regime(recycled_content_min=0.3, emission_cap=25000)
+    assert load_regime(str(tmp_path / "r.json")).landfill_tax == 20
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(RegimeError, match="malformed JSON"):
+        load_regime(tmp_path / "bad.json")
+    with pytest.raises(RegimeError, match="not a known name"):
+        load_regime("T9")
+
+
+def test_schedule_table_and_validation(tmp_path):
+    schedule = RegimeSchedule.from_list([
+        {"start": 0, "recycled_content_min": 0.1},
+        {"start": 20, "recycled_content_min": 0.2, "carbon_tax": 100, "emission_cap": None},
+    ])
+    table = schedule.table(52)
+    assert table.shape == (52, 5)
+    assert np.all(table[:20, 0] == 0.1) and np.all(table[20:, 0] == 0.2) and np.all(table[20:, 1] == 100)
+    assert np.all(np.isinf(table[:, 2]))
+    assert schedule.regime_at(19) == TASKS["T1"] and schedule.regime_at(20) == TASKS["T3"]
+    assert RegimeSchedule.from_list(schedule.to_list()) == schedule
+    with pytest.raises(RegimeError, match=r"regimes\[1\].start=0 must be greater"):
+        RegimeSchedule.from_list([{"start": 0}, {"start": 0}])
+    with pytest.raises(RegimeError, match=r"regimes\[0\].start=3 must be 0"):
+        RegimeSchedule.from_list([{"start": 3}])
+    with pytest.raises(RegimeError, match=r"regimes\[1\].landfill_tax"):
+        RegimeSchedule.from_list([{"start": 0}, {"start": 5, "landfill_tax": 1000}])
+    path = tmp_path / "s.yaml"
+    path.write_text("- {start: 0, recycled_content_min: 0.1}\n- {start: 10, carbon_tax: 75}\n")
+    assert load_schedule(path).change_periods() == [10]
+
+
+def test_sequence_file(tmp_path):
+    path = tmp_path / "seq.yaml"
+    path.write_text("- T1\n- {recycled_content_min: 0.3, name: strict}\n- eu-ets-2025\n")
+    seq = load_sequence(path)
+    assert [label for label, _ in seq] == ["T1", "strict", "eu-ets-2025"]
+    path.write_text("- T1\n- T7\n")
+    with pytest.raises(RegimeError, match=r"sequence\[1\]='T7'"):
+        load_sequence(path)
+
+
+def test_sampled_regimes_are_valid_and_varied():
+    rng = np.random.default_rng(0)
+    regimes = [sample_regime(rng) for _ in range(300)]
+    rows = np.stack([r.as_row() for r in regimes])
+    assert rows[:, 0].max() > 0.3 and rows[:, 1].max() > 300
+    assert np.isfinite(rows[:, 2]).any() and np.isinf(rows[:, 2]).any()
+    assert (rows[:, 3] > 0).any() and (rows[:, 4] > 0).any()
+    for r in regimes[:20]:
+        assert Regime.from_row(r.as_row()) == r
