@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+from moca import checkpoint
+from moca.checkpoint import CheckpointError
+
+
+def _weights():
+    torch.manual_seed(0)
+    return {"layer.weight": torch.randn(4, 3), "layer.bias": torch.randn(4)}
+
+
+def test_round_trip(tmp_path):
+    weights = _weights()
+    checkpoint.save(tmp_path / "ck", weights, {"config": {"hidden": 4}, "seed": 3})
+    loaded, meta = checkpoint.load(tmp_path / "ck")
+    assert meta["seed"] == 3 and meta["config"] == {"hidden": 4} and "torch" in meta["versions"]
+    for k, v in weights.items():
+        assert torch.equal(loaded[k], v)
+    # Saving again over an existing checkpoint replaces it whole.
+    checkpoint.save(tmp_path / "ck", {k: v * 2 for k, v in weights.items()}, {"seed": 4})
+    loaded, meta = checkpoint.load(tmp_path / "ck")
+    assert meta["seed"] == 4 and torch.equal(loaded["layer.bias"], weights["layer.bias"] * 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_corrupted_weights_refused(tmp_path):
+    path = checkpoint.save(tmp_path / "ck", _weights(), {})
+    data = bytearray((path / checkpoint.WEIGHTS).read_bytes())
+    data[-3] ^= 0xFF
+    (path / checkpoint.WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        checkpoint.load(path)
+
+
+def test_truncated_and_missing_files_refused(tmp_path):
+    path = checkpoint.save(tmp_path / "ck", _weights(), {})
+    meta = json.loads((path / checkpoint.META).read_text())
+    (path / checkpoint.WEIGHTS).write_bytes((path / checkpoint.WEIGHTS).read_bytes()[:40])
+    import hashlib
+
+    meta["weights_sha256"] = hashlib.sha256((path / checkpoint.WEIGHTS).read_bytes()).hexdigest()
+    (path / checkpoint.META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        checkpoint.load(path)
+    (path / checkpoint.META).write_text("{oops")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        checkpoint.load(path)
+    (path / checkpoint.META).unlink()
+    with pytest.raises(CheckpointError, match="missing checkpoint.json"):
+        checkpoint.load(path)
+    with pytest.raises(CheckpointError, match="no such directory"):
+        checkpoint.load(tmp_path / "nowhere")
+
+
+def test_pickle_is_never_loaded(tmp_path):
+    path = tmp_path / "ck"
+    path.mkdir()
+    torch.save(_weights(), path / checkpoint.WEIGHTS)  # a pickle in disguise
+    (path / checkpoint.META).write_text(json.dumps({"format": checkpoint.FORMAT, "weights_sha256": "x"}))
+    with pytest.raises(CheckpointError):
+        checkpoint.load(path)
+
+
+def test_mismatched_module_refused(tmp_path):
+    module = torch.nn.Linear(3, 5)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        checkpoint.check_compatible(_weights(), module, tmp_path)
