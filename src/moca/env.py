@@ -1,0 +1,367 @@
+"""CLSC-1 as a Gymnasium environment: ``moca/CircularSupplyChain-v0``.
+
+One episode is one scenario (``T`` periods). Each ``step`` is one period of the spec's
+order of events: the agent has seen the post-arrival state (event 2), its action goes
+through the safety layer's deployment path (``moca.safety.project``) and is executed
+(events 3-6), then the next period's arrivals happen (event 1) and the agent observes.
+
+Why the step is written here in plain Python floats rather than by calling
+``moca.sim.Simulator`` with batch 1: a batch-1 torch step costs tens of microseconds of
+dispatch overhead, far above the period's actual arithmetic, and the environment's target
+is >= 30k steps/s including the projection. The equations below are the simulator's,
+written in the same order, and ``tests/test_env.py`` checks on random action sequences
+that both give the same states (bit for bit) and costs (to round-off) in float64.
+
+Spaces
+------
+*Action*: ``Box(0, 1, (6,), float32)`` in the spec's capacity-normalised coordinates
+``z_i = a_i / S_i`` with ``S = (K_o, m K_p, m K_p, K_d, K_f, K_w)`` and action order
+``(o, u_v, u_r, g, f, w)``. Every feasible action lies in ``[0, 1]^6`` (rows 1, 3, 4),
+so the box loses nothing. The raw action ``z * S`` (kg, kg, kg, cores, cores, cores) is
+projected onto the feasible polytope; any finite ``z`` is accepted (it is projected), a
+non-finite one is an error.
+
+*Observation*: ``Box(float32)``, see :data:`OBSERVATION_LAYOUT` / :meth:`observation_names`;
+material (kg) is divided by ``m K_p``, products and cores (units) by ``K_p``, the carbon
+tax by 1000 EUR/t, the landfill tax by 100 EUR/core. The emission cap is encoded as
+``min(cap / E_full, 1)`` where ``E_full`` is the emission of a period at full capacity:
+a cap at or above ``E_full`` can never bind, so 1 means "no cap in effect" and smaller
+means tighter.
+
+*Reward*: ``-cost / cost_scale`` with ``cost_scale`` = 10 000 EUR by default (a period
+costs roughly that much), so rewards are of order -1. The episode *terminates* after
+period ``T - 1`` (the horizon is part of the problem; ``t / T`` is observed).
+
+*Info* of a step: ``cost`` (EUR) and ``terms`` (EUR per cost term, ``moca.sim.COST_TERMS``),
+``executed`` and ``raw`` actions in units ``[6]``, ``violations`` (rows 1-8 broken by the
+executed action, by the spec's definition; always 0), ``regime`` (the row in force:
+r, tau, cap (inf = none), lambda, kappa), ``demand``, ``sales``, ``production`` (units)
+and ``emissions`` (kg CO2, row 7's left-hand side).
+
+:func:`make_vector_env` wraps ``n`` copies in Gymnasium's ``SyncVectorEnv``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from moca import safety
+from moca.regime import REGIME_FIELDS, Regime, RegimeSchedule, load_schedule
+from moca.scenario import DEFAULT_PARAMS, Params, Scenario, draw_scenario
+from moca.sim import ACTION_NAMES, COST_TERMS, R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX
+
+ENV_ID = "moca/CircularSupplyChain-v0"
+
+#: The observation's blocks, in order (names of single entries: ``observation_names()``).
+OBSERVATION_LAYOUT: tuple[str, ...] = (
+    "stocks V, M, P, C, B (post-arrival)",
+    "pipeline (L_v - 1 slots after arrival, next to arrive first)",
+    "sales history (L_r slots, s_{t-L_r} first)",
+    "return fraction rho_t",
+    "last demand d_{t-1} (init_sales at t = 0)",
+    "season sin(2 pi t / 52), cos(2 pi t / 52)",
+    "t / T",
+    "regime: r, tau / 1000, cap encoding, lambda / 100, kappa",
+)
+
+# Upper bound of the non-negative normalised quantities: far above anything reachable with
+# sensible parameters (a million periods at full capacity), finite so samplers work.
+_HIGH = 1.0e6
+
+
+class CircularSupplyChainEnv(gym.Env):
+    """One CLSC-1 scenario per episode under a regime or regime schedule.
+
+    Args:
+        regime: a :class:`Regime`, a :class:`RegimeSchedule`, a name (``"T1"``,
+            ``"eu-ets-2025"``) or a regime/schedule file. ``None`` with a fixed
+            ``scenario`` keeps that scenario's schedule; ``None`` otherwise = unregulated.
+        params: model parameters (default: the spec's); must equal the fixed scenario's.
+        scenario: a fixed scenario used in every episode (otherwise each ``reset(seed=s)``
+            draws ``moca.scenario.draw_scenario(s, ...)``, so env seed ``s`` and scenario
+            seed ``s`` are the same draws).
+        cost_scale: reward = -cost / cost_scale (EUR).
+        check_violations: count the spec's violations of each executed action
+            (``moca.safety.violations``) into ``info["violations"]``.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        regime: Regime | RegimeSchedule | str | Path | None = None,
+        params: Params | None = None,
+        scenario: Scenario | None = None,
+        cost_scale: float = 1e4,
+        check_violations: bool = True,
+        render_mode: str | None = None,
+    ):
+        self._project = safety.project
+        self._violations = safety.violations
+        if scenario is not None and params is not None and params != scenario.params:
+            raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
+        self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS)
+        self.schedule = _as_schedule(regime) if regime is not None else None
+        if scenario is not None and self.schedule is not None:
+            scenario = Scenario(self.params, self.schedule, scenario.demand, scenario.return_frac)
+        self.fixed_scenario = scenario
+        if not (cost_scale > 0 and math.isfinite(cost_scale)):
+            raise ValueError(f"cost_scale={cost_scale!r} must be a finite number > 0")
+        self.cost_scale = float(cost_scale)
+        self.check_violations = check_violations
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}: supported are {self.metadata['render_modes']}")
+        self.render_mode = render_mode
+
+        p = self.params
+        self.scale = np.asarray(p.action_scale, dtype=np.float64)  # S (kg, kg, kg, cores x3)
+        self._kg = p.mass * p.cap_produce  # normaliser of material (kg)
+        self._units = float(p.cap_produce)  # normaliser of products and cores (units)
+        self._full_emissions = (p.emis_virgin * p.cap_order + p.emis_produce * p.cap_produce
+                                + p.emis_recycle * p.yield_disassembly * p.mass * p.cap_disassemble)
+        # Plain-float constants of the step, each computed with the same rounding as moca.sim.
+        self._k = _Constants(
+            horizon=p.horizon, mass=p.mass, in_transit=p.lead_virgin - 1, kg=self._kg, units=self._units,
+            yield_refurbish=p.yield_refurbish, recycled_per_core=p.yield_disassembly * p.mass,
+            c_order=p.cost_virgin, c_use=p.cost_produce / p.mass, c_disassemble=p.cost_disassemble,
+            c_refurbish=p.cost_refurbish, c_dispose=p.cost_dispose, h_virgin=p.hold_virgin,
+            h_recycled=p.hold_recycled, h_product=p.hold_product, h_core=p.hold_core, b=p.backlog_cost,
+            emis_virgin=p.emis_virgin, emis_per_kg_input=p.emis_produce / p.mass,
+            emis_per_core=p.emis_recycle * p.yield_disassembly * p.mass,
+        )
+
+        n_obs = 5 + (p.lead_virgin - 1) + p.lag_return + 1 + 1 + 2 + 1 + len(REGIME_FIELDS)
+        low = np.zeros(n_obs, dtype=np.float32)
+        high = np.full(n_obs, _HIGH, dtype=np.float32)
+        season = 5 + (p.lead_virgin - 1) + p.lag_return + 2
+        low[season:season + 2] = -1.0
+        high[season:season + 2] = 1.0
+        high[-len(REGIME_FIELDS) - 1:] = 1.0  # t/T and the regime row are in [0, 1] ...
+        high[-len(REGIME_FIELDS) + R_TAX] = 2.0  # ... except tau/1000 (tau <= 2000 EUR/t)
+        high[season - 2] = 1.0  # rho_t
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.action_space = spaces.Box(0.0, 1.0, shape=(6,), dtype=np.float32)
+
+        self.scenario: Scenario | None = None
+        self.t = 0
+
+    # --- episode ------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode. ``options={"scenario": Scenario}`` runs that scenario once."""
+        super().reset(seed=seed)
+        options = options or {}
+        scenario_seed = None
+        if "scenario" in options:
+            scenario = options["scenario"]
+            if not isinstance(scenario, Scenario) or scenario.params != self.params:
+                raise ValueError("options['scenario']: expected a Scenario with this env's params")
+        elif self.fixed_scenario is not None:
+            scenario = self.fixed_scenario
+        else:
+            # An explicit seed names the scenario; otherwise draw one from the env's generator.
+            scenario_seed = seed if seed is not None else int(self.np_random.integers(2**62))
+            scenario = draw_scenario(scenario_seed, self.schedule or RegimeSchedule.constant(Regime()), self.params)
+        self.scenario = scenario
+        self._demand = scenario.demand.tolist()
+        self._return_frac = scenario.return_frac.tolist()
+        self._regime = scenario.regime_table()  # [T, 5]
+        self._taxes = [(float(row[R_TAX]), float(row[R_LANDFILL])) for row in self._regime]
+        full = self._full_emissions
+        # The regime part of the observation, per period (see the module docstring).
+        self._regime_obs = [
+            [float(row[R_MANDATE]), float(row[R_TAX]) / 1000.0,
+             1.0 if full <= 0 else min(float(row[R_CAP]) / full, 1.0),
+             float(row[R_LANDFILL]) / 100.0, float(row[R_RECOVERY])]
+            for row in self._regime
+        ]
+        p = self.params
+        self.virgin, self.recycled, self.product = float(p.init_virgin), float(p.init_recycled), float(p.init_product)
+        self.cores, self.backlog = float(p.init_core), float(p.init_backlog)
+        self.pipeline = [float(p.init_pipeline)] * p.lead_virgin
+        self.sales_history = [float(p.init_sales)] * p.lag_return
+        self.last_demand = float(p.init_sales)
+        self.t = 0
+        self._arrive()
+        return self._observation(), {"t": 0, "regime": self._regime[0].copy(), "scenario_seed": scenario_seed}
+
+    def _arrive(self) -> None:
+        """Event 1: the order placed at t - L_v arrives; cores of s_{t-L_r} return."""
+        self.virgin = self.virgin + self.pipeline.pop(0)
+        self.cores = self.cores + self._return_frac[self.t] * self.sales_history[0]
+
+    def step(self, action):
+        if self.scenario is None:
+            raise RuntimeError("call reset() before step()")
+        if self.t >= self._k.horizon:
+            raise RuntimeError("the episode has ended; call reset()")
+        z = np.asarray(action, dtype=np.float64)
+        if z.shape != (6,):
+            raise ValueError(f"action: expected shape (6,) (o, u_v, u_r, g, f, w), got {z.shape}")
+        if not math.isfinite(z.sum()):  # NaN or inf anywhere makes the sum non-finite
+            raise ValueError(f"action: must be finite, got {z.tolist()}")
+        t = self.t
+        raw = z * self.scale
+        regime = self._regime[t]
+        virgin, recycled, cores = self.virgin, self.recycled, self.cores
+        executed = self._project(raw, virgin, recycled, cores, regime, self.params)
+        violations = 0
+        if self.check_violations:
+            violations = int(self._violations(executed, virgin, recycled, cores, regime, self.params).sum())
+
+        # Events 3-6, the same equations in the same order as moca.sim.Simulator.execute.
+        k = self._k
+        o, u_v, u_r, g, f, w = executed.tolist()
+        q = (u_v + u_r) / k.mass
+        virgin = virgin - u_v
+        recycled = recycled - u_r
+        cores = cores - (g + f + w)
+        demand = self._demand[t]
+        wanted = self.backlog + demand
+        sales = min(self.product, wanted)
+        product = self.product - sales + q + k.yield_refurbish * f
+        backlog = wanted - sales
+        recycled = recycled + k.recycled_per_core * g
+        self.pipeline.append(o)
+        self.sales_history = self.sales_history[1:] + [sales]
+        self.virgin, self.recycled, self.product, self.cores, self.backlog = virgin, recycled, product, cores, backlog
+
+        tau, lam = self._taxes[t]
+        action_cost = (o * k.c_order + u_v * k.c_use + u_r * k.c_use + g * k.c_disassemble + f * k.c_refurbish
+                       + w * k.c_dispose)
+        terms = {
+            "virgin": o * k.c_order, "carbon": tau * k.emis_virgin / 1000.0 * o, "produce": u_v * k.c_use + u_r * k.c_use,
+            "disassemble": g * k.c_disassemble, "refurbish": f * k.c_refurbish, "dispose": w * k.c_dispose,
+            "landfill_tax": lam * w, "hold_virgin": virgin * k.h_virgin, "hold_recycled": recycled * k.h_recycled,
+            "hold_product": product * k.h_product, "hold_core": cores * k.h_core, "backlog": backlog * k.b,
+        }
+        # Summed in the simulator's grouping: action terms, taxes, then holding and backlog.
+        cost = (action_cost + terms["carbon"] + terms["landfill_tax"]
+                + (terms["hold_virgin"] + terms["hold_recycled"] + terms["hold_product"] + terms["hold_core"]
+                   + terms["backlog"]))
+        emissions = k.emis_virgin * o + k.emis_per_kg_input * (u_v + u_r) + k.emis_per_core * g
+        info = {
+            "t": t, "cost": cost, "terms": terms, "executed": executed, "raw": raw, "violations": violations,
+            "regime": regime.copy(), "demand": demand, "sales": sales, "production": q, "emissions": emissions,
+        }
+
+        self.last_demand = demand
+        self.t = t + 1
+        terminated = self.t >= k.horizon
+        if not terminated:
+            self._arrive()
+        return self._observation(), -cost / self.cost_scale, terminated, False, info
+
+    # --- observation --------------------------------------------------------------------
+    def _observation(self) -> np.ndarray:
+        k, t = self._k, self.t
+        kg, units = k.kg, k.units
+        angle = 2.0 * math.pi * t / 52.0
+        # Stocks are >= 0 up to the projection's round-off (-1e-13); the box says >= 0.
+        stocks = [self.virgin / kg, self.recycled / kg, self.product / units, self.cores / units,
+                  self.backlog / units]
+        # After the last period no arrival happens; show the L_v - 1 orders still in transit.
+        stocks += [x / kg for x in self.pipeline[len(self.pipeline) - k.in_transit:]]
+        stocks += [x / units for x in self.sales_history]
+        values = [x if x > 0.0 else 0.0 for x in stocks]
+        values += [self._return_frac[t] if t < k.horizon else 0.0, self.last_demand / units,
+                   math.sin(angle), math.cos(angle), t / k.horizon]
+        values += self._regime_obs[min(t, k.horizon - 1)]  # after the last period: the last regime
+        if max(values) > _HIGH:  # only with extreme parameters; keeps the observation in its box
+            values = [min(x, _HIGH) for x in values]
+        return np.array(values, dtype=np.float32)
+
+    def observation_names(self) -> list[str]:
+        p = self.params
+        names = ["V", "M", "P", "C", "B"]
+        names += [f"pipeline[{i}]" for i in range(p.lead_virgin - 1)]
+        names += [f"sales_history[{i}]" for i in range(p.lag_return)]
+        names += ["rho", "last_demand", "season_sin", "season_cos", "t_frac"]
+        names += ["r", "tau_k", "cap_code", "lambda_h", "kappa"]
+        return names
+
+    def state_units(self) -> dict[str, float]:
+        """The current (post-arrival) stocks in units: V, M (kg), P, C, B (units)."""
+        return {"V": self.virgin, "M": self.recycled, "P": self.product, "C": self.cores, "B": self.backlog}
+
+    def render(self):
+        if self.render_mode != "ansi":
+            return None
+        s = self.state_units()
+        return (f"t={self.t:3d} V={s['V']:9.1f} M={s['M']:8.1f} P={s['P']:8.1f} "
+                f"C={s['C']:7.1f} B={s['B']:7.1f} pipeline={[round(x, 1) for x in self.pipeline]}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Constants:
+    """Model constants as plain floats (attribute access on them is cheap)."""
+
+    horizon: int
+    mass: float
+    in_transit: int
+    kg: float
+    units: float
+    yield_refurbish: float
+    recycled_per_core: float
+    c_order: float
+    c_use: float
+    c_disassemble: float
+    c_refurbish: float
+    c_dispose: float
+    h_virgin: float
+    h_recycled: float
+    h_product: float
+    h_core: float
+    b: float
+    emis_virgin: float
+    emis_per_kg_input: float
+    emis_per_core: float
+
+
+def _as_schedule(regime: Regime | RegimeSchedule | str | Path) -> RegimeSchedule:
+    if isinstance(regime, RegimeSchedule):
+        return regime
+    if isinstance(regime, Regime):
+        return RegimeSchedule.constant(regime)
+    return load_schedule(regime)
+
+
+def make_vector_env(
+    n: int,
+    regime: Regime | RegimeSchedule | str | Path | None = None,
+    params: Params | None = None,
+    cost_scale: float = 1e4,
+    check_violations: bool = True,
+    autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP,
+) -> gym.vector.SyncVectorEnv:
+    """``n`` copies in a :class:`gymnasium.vector.SyncVectorEnv`.
+
+    ``reset(seed=s)`` gives copy ``i`` the scenario of seed ``s + i``. For large batched
+    training use ``moca.sim.rollout`` (batched torch) instead; this form is for tools that
+    speak the Gymnasium vector API.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r}: the number of environments must be an integer >= 1")
+
+    def make() -> CircularSupplyChainEnv:
+        return CircularSupplyChainEnv(regime=regime, params=params, cost_scale=cost_scale,
+                                      check_violations=check_violations)
+
+    return gym.vector.SyncVectorEnv([make for _ in range(n)], autoreset_mode=autoreset_mode)
+
+
+def register() -> None:
+    """Register ``moca/CircularSupplyChain-v0`` with Gymnasium (idempotent)."""
+    if ENV_ID not in gym.registry:
+        gym.register(id=ENV_ID, entry_point="moca.env:CircularSupplyChainEnv")
+
+
+register()
+
+__all__ = ["ACTION_NAMES", "COST_TERMS", "ENV_ID", "CircularSupplyChainEnv", "make_vector_env", "register"]

@@ -1,0 +1,203 @@
+"""The Gymnasium environment: API conformance, and agreement with the batched simulator."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from moca.env import ENV_ID, CircularSupplyChainEnv, make_vector_env
+from moca.regime import TASKS, Regime, RegimeSchedule
+from moca.scenario import Params, draw_scenario
+from moca.sim import COST_TERMS, OpenLoop, ScenarioBatch, Simulator, rollout
+
+SWITCH = RegimeSchedule.from_list([
+    {"start": 0, "recycled_content_min": 0.1},
+    {"start": 10, "recycled_content_min": 0.3, "carbon_tax": 150.0, "landfill_tax": 20.0, "recovery_target": 0.6},
+    {"start": 30, "emission_cap": 12000.0, "carbon_tax": 40.0},
+])
+
+
+def test_passes_the_gymnasium_env_checker_without_warnings():
+    env = gym.make(ENV_ID, regime="T2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_spaces_and_one_episode():
+    env = gym.make(ENV_ID, regime="T1")
+    assert env.action_space.shape == (6,) and env.action_space.dtype == np.float32
+    assert float(env.action_space.low.min()) == 0.0 and float(env.action_space.high.max()) == 1.0
+    obs, info = env.reset(seed=1000)
+    unwrapped = env.unwrapped
+    assert obs.shape == env.observation_space.shape == (len(unwrapped.observation_names()),)
+    assert obs.dtype == np.float32 and env.observation_space.contains(obs)
+    env.action_space.seed(0)
+    total, steps, terminated = 0.0, 0, False
+    while not terminated:
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs) and not truncated
+        assert info["violations"] == 0
+        assert set(info["terms"]) == set(COST_TERMS)
+        assert reward == pytest.approx(-info["cost"] / 1e4)
+        assert info["cost"] == pytest.approx(sum(info["terms"].values()), rel=1e-12)
+        assert info["regime"].tolist() == [0.1, 0.0, np.inf, 0.0, 0.0]
+        assert np.all(info["executed"] >= -1e-9)
+        total += info["cost"]
+        steps += 1
+    assert steps == 52
+    with pytest.raises(RuntimeError, match="ended"):
+        env.step(env.action_space.sample())
+
+
+def test_seed_names_the_scenario_and_the_observation_reads_the_state():
+    env = CircularSupplyChainEnv(regime=TASKS["T3"])
+    obs, _ = env.reset(seed=1234)
+    expected = draw_scenario(1234, TASKS["T3"])
+    assert np.array_equal(env.scenario.demand, expected.demand)
+    assert np.array_equal(env.scenario.return_frac, expected.return_frac)
+    p = Params()
+    names = env.observation_names()
+    value = dict(zip(names, obs.tolist()))
+    # Post-arrival at t = 0: V = 4000 + 2000 (pipeline), C = 200 + rho_0 * 1000.
+    assert value["V"] == pytest.approx(6000 / (p.mass * p.cap_produce), rel=1e-6)
+    assert value["C"] == pytest.approx((200 + expected.return_frac[0] * 1000) / p.cap_produce, rel=1e-6)
+    assert value["rho"] == pytest.approx(expected.return_frac[0], rel=1e-6)
+    assert value["tau_k"] == pytest.approx(0.1) and value["r"] == pytest.approx(0.2)
+    assert value["cap_code"] == 1.0 and value["t_frac"] == 0.0
+    # Same seed, same episode; another seed, another scenario.
+    env.reset(seed=1234)
+    first = env.step(np.full(6, 0.3, np.float32))
+    env.reset(seed=1234)
+    again = env.step(np.full(6, 0.3, np.float32))
+    assert np.array_equal(first[0], again[0]) and first[1] == again[1]
+    env.reset(seed=1235)
+    assert not np.array_equal(env.scenario.demand, expected.demand)
+
+
+def test_emission_cap_is_encoded_relative_to_full_capacity_emissions():
+    env = CircularSupplyChainEnv(regime=Regime(emission_cap=13980.0))
+    obs, _ = env.reset(seed=1)
+    full = 6.0 * 4000 + 2.0 * 1500 + 1.0 * 0.8 * 2.0 * 600  # e_v K_o + e_p K_p + e_r eta_d m K_d = 27960
+    assert dict(zip(env.observation_names(), obs.tolist()))["cap_code"] == pytest.approx(13980 / full)
+
+
+@pytest.mark.parametrize("regime", [TASKS["T1"], TASKS["T3"], SWITCH,
+                                    Regime(recovery_target=0.8, landfill_tax=50.0, emission_cap=15000.0)],
+                         ids=["T1", "T3", "schedule", "cap-kappa"])
+def test_env_step_matches_the_batched_simulator(regime):
+    """Two implementations of the same equations: the env's float step and moca.sim."""
+    env = CircularSupplyChainEnv(regime=regime, check_violations=True)
+    rng = np.random.default_rng(7)
+    for seed in (1000, 1001):
+        env.reset(seed=seed)
+        executed, costs, terms, sales, emissions, available = [], [], [], [], [], []
+        stocks = []
+        terminated = False
+        while not terminated:
+            s = env.state_units()
+            available.append([s["V"], s["M"], s["C"]])
+            _, _, terminated, _, info = env.step(rng.uniform(0.0, 1.0, 6).astype(np.float32))
+            assert info["violations"] == 0
+            executed.append(info["executed"])
+            costs.append(info["cost"])
+            terms.append([info["terms"][k] for k in COST_TERMS])
+            sales.append(info["sales"])
+            emissions.append(info["emissions"])
+            stocks.append([env.virgin, env.recycled, env.product, env.cores, env.backlog])
+        batch = ScenarioBatch.from_scenarios([env.scenario], torch.float64)
+        ref = rollout(batch, OpenLoop(torch.tensor(np.array(executed))[None]), None,
+                      Simulator(env.params, torch.float64))
+        # States: bit for bit (same float64 operations in the same order). The env's last
+        # recorded stocks are post-arrival of the next period except at the end; compare
+        # the end-of-period stocks through the post-arrival ones of the next period.
+        assert np.array_equal(np.array(available), ref.available[0].numpy())
+        assert np.array_equal(np.array(stocks[-1]), ref.stocks[0, -1].numpy())
+        assert np.array_equal(np.array(sales), ref.sales[0].numpy())
+        np.testing.assert_allclose(costs, ref.cost[0].numpy(), rtol=1e-13)
+        np.testing.assert_allclose(np.array(terms), torch.stack([ref.terms[k][0] for k in COST_TERMS], -1).numpy(),
+                                   rtol=1e-13, atol=1e-9)
+        np.testing.assert_allclose(emissions, ref.emissions[0].numpy(), rtol=1e-13)
+
+
+def test_regime_schedule_switches_inside_the_episode():
+    env = CircularSupplyChainEnv(regime=SWITCH)
+    env.reset(seed=3)
+    regimes = []
+    for _ in range(52):
+        _, _, _, _, info = env.step(np.full(6, 0.5, np.float32))
+        regimes.append(info["regime"])
+        u_v, u_r = info["executed"][1:3]
+        assert u_r >= info["regime"][0] * (u_v + u_r) - 1e-6  # row 6 within the spec's tolerance
+    assert regimes[9][0] == 0.1 and regimes[10][0] == 0.3 and regimes[30][2] == 12000.0
+
+
+def test_fixed_scenario_and_regime_override():
+    scenario = draw_scenario(99, TASKS["T1"])
+    env = CircularSupplyChainEnv(scenario=scenario)
+    env.reset(seed=5)
+    assert env.scenario is scenario  # the seed does not replace a fixed scenario
+    env2 = CircularSupplyChainEnv(regime="T3", scenario=scenario)
+    env2.reset()
+    assert np.array_equal(env2.scenario.demand, scenario.demand)
+    assert env2.scenario.regime_table()[0, 1] == 100.0
+    other = draw_scenario(5, TASKS["T2"])
+    env.reset(options={"scenario": other})
+    assert env.scenario is other
+    with pytest.raises(ValueError, match="params"):
+        CircularSupplyChainEnv(scenario=scenario, params=Params(cost_virgin=4.0))
+
+
+def test_bad_actions_and_calls_are_refused():
+    env = CircularSupplyChainEnv(regime="T1")
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(6, np.float32))
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="finite"):
+        env.step(np.array([0.1, np.nan, 0, 0, 0, 0], np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="cost_scale"):
+        CircularSupplyChainEnv(cost_scale=0.0)
+    with pytest.raises(ValueError, match="no-such-regime"):
+        CircularSupplyChainEnv(regime="no-such-regime")
+
+
+def test_actions_outside_the_box_are_projected_not_executed():
+    env = CircularSupplyChainEnv(regime="T2")
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.array([5.0, 3.0, -1.0, 9.0, 9.0, 9.0], np.float32))
+    a = info["executed"]
+    p = Params()
+    assert info["violations"] == 0
+    assert a[0] <= p.cap_order * (1 + 1e-9) and a[2] >= 0.2 * (a[1] + a[2]) - 1e-6
+    assert a[3] + a[4] + a[5] <= 200 + env.scenario.return_frac[0] * 1000 + 1e-6
+
+
+def test_vector_env_matches_single_envs_and_autoresets():
+    n = 3
+    vec = make_vector_env(n, regime="T1")
+    obs, _ = vec.reset(seed=1000)
+    assert obs.shape == (n, vec.single_observation_space.shape[0])
+    singles = [CircularSupplyChainEnv(regime="T1") for _ in range(n)]
+    single_obs = [e.reset(seed=1000 + i)[0] for i, e in enumerate(singles)]
+    assert np.array_equal(obs, np.stack(single_obs))
+    rng = np.random.default_rng(0)
+    for t in range(52):
+        actions = rng.uniform(0, 1, (n, 6)).astype(np.float32)
+        obs, rewards, terminated, truncated, info = vec.step(actions)
+        for i, env in enumerate(singles):
+            o, r, term, _, _ = env.step(actions[i])
+            assert np.array_equal(obs[i], o) and rewards[i] == r and terminated[i] == term
+    assert terminated.all() and not truncated.any()
+    # Next-step autoreset: the step after the end starts new episodes (reward 0).
+    obs, rewards, terminated, _, _ = vec.step(np.zeros((n, 6), np.float32))
+    assert np.all(rewards == 0) and not terminated.any()
+    assert np.all(obs[:, -6] == 0.0)  # t / T is back at 0
+    vec.close()
