@@ -1,0 +1,166 @@
+"""Decision latency of the deployed LSTM policy (policy forward + exact projection), one
+core, beside the MPC baseline's on the same states; and the cost of one training step.
+
+    python benchmarks/bench_policy.py [--scenarios 10] [--weights W.safetensors] [--no-training]
+
+Prints one JSON object. Latencies are per decision (one scenario, one period) in
+microseconds, measured with ``time.perf_counter`` around ``DeployedPolicy.decide`` /
+``MPCPolicy.decide``: the policy drives whole episodes (T1-T3, seeds 5000+, float64
+simulator), then the MPC decides on the very same observations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, policy_loss
+from moca.regime import TASKS
+from moca.scenario import Params, draw_scenarios
+from moca.sim import ScenarioBatch, Simulator, rollout
+
+
+class _TimedDecisions:
+    """Drives :class:`DeployedPolicy` through an episode, timing each decision and keeping
+    the observations, on which the MPC's decision is timed afterwards (a second pass, so
+    that neither evicts the other's working set from the cache between decisions)."""
+
+    def __init__(self, deployed: DeployedPolicy):
+        self.deployed = deployed
+        self.policy_us: list[float] = []
+        self.observations: list[tuple] = []
+        self.projected = 0
+
+    def reset(self, batch: ScenarioBatch) -> None:
+        self.deployed.reset(batch)
+
+    def act(self, obs):
+        s = obs.state
+        stocks = s.stocks()[0].numpy()
+        pipeline, history = s.pipeline[0].numpy(), s.sales_history[0].numpy()
+        regime = obs.regime[0].numpy()
+        last = None if obs.last_demand is None else float(obs.last_demand[0])
+        started = time.perf_counter()
+        action = self.deployed.decide(obs.t, stocks, pipeline, history, regime, float(obs.return_frac[0]), last)
+        self.policy_us.append((time.perf_counter() - started) * 1e6)
+        self.projected += int(not np.array_equal(action, self.deployed.last_raw))
+        self.observations.append((obs.params, obs.t, stocks, pipeline, history, regime))
+        return torch.as_tensor(action, dtype=s.virgin.dtype)[None]
+
+
+def _mpc_latency(observations: list[tuple]) -> list[float]:
+    from moca.baselines.mpc import MPCPolicy
+
+    mpc = MPCPolicy()
+    mpc.episode_length = observations[0][0].horizon
+    out = []
+    for params, t, stocks, pipeline, history, regime in observations:
+        started = time.perf_counter()
+        mpc.decide(params, t, stocks, pipeline, history, regime)
+        out.append((time.perf_counter() - started) * 1e6)
+    return out
+
+
+def _percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    a = np.asarray(values)
+    return {"p50": round(float(np.percentile(a, 50)), 1), "p99": round(float(np.percentile(a, 99)), 1),
+            "mean": round(float(a.mean()), 1), "n": int(a.size)}
+
+
+def _training_steps(params: Params) -> dict[str, float]:
+    """Seconds of one inner (adaptation) step and one FOMAML meta step at default sizes."""
+    from moca.meta import MetaConfig, MetaLearner, OracleCache, sample_task, task_losses
+
+    cache = OracleCache(params)
+    module = LSTMPolicy(params)
+    support = cache.scenarios(range(800, 808), TASKS["T2"])
+    batch, oracle = ScenarioBatch.from_scenarios(support), torch.as_tensor(cache.costs(support), dtype=torch.float32)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        loss, _ = policy_loss(module, None, batch, oracle)
+        torch.autograd.grad(loss, list(module.parameters()))
+        times.append(time.perf_counter() - started)
+    config = MetaConfig()
+    meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr)
+    rng = np.random.default_rng(0)
+    tasks = [sample_task(rng) for _ in range(config.tasks_per_step)]
+    seeds = [list(range(10 * i, 10 * i + config.support_size + config.query_size)) for i in range(len(tasks))]
+    sup = [s for regime, ts in zip(tasks, seeds) for s in cache.scenarios(ts[:config.support_size], regime)]
+    qry = [s for regime, ts in zip(tasks, seeds) for s in cache.scenarios(ts[config.support_size:], regime)]
+    sup_b, qry_b = ScenarioBatch.from_scenarios(sup), ScenarioBatch.from_scenarios(qry)
+    sup_o, qry_o = (torch.as_tensor(cache.costs(x), dtype=torch.float32) for x in (sup, qry))  # oracle not timed
+    started = time.perf_counter()
+    learners = [meta.clone() for _ in tasks]
+    losses, _ = task_losses(module, learners, sup_b, sup_o, config.support_size, config.correction_weight)
+    meta.adapt_all(learners, losses.sum())
+    losses, _ = task_losses(module, learners, qry_b, qry_o, config.query_size, config.correction_weight)
+    meta.outer_step(learners, losses.mean())
+    meta_step = time.perf_counter() - started
+    return {"inner_step_s": round(float(np.median(times)), 3), "inner_step_batch": len(support),
+            "meta_step_s": round(meta_step, 3),
+            "meta_step_batch": f"{config.tasks_per_step} tasks x ({config.support_size} support + "
+                               f"{config.query_size} query), {config.inner_steps} inner step, oracle excluded"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", type=int, default=10, help="episodes per task (T1-T3)")
+    parser.add_argument("--weights", help="safetensors state dict of an LSTMPolicy (default: a perturbed fresh one)")
+    parser.add_argument("--no-training", action="store_true", help="skip the training-step timings")
+    parser.add_argument("--no-mpc", action="store_true", help="skip the MPC latency")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)  # the target is one core
+    params = Params()
+    module = LSTMPolicy(params, PolicyConfig())
+    if args.weights:
+        from safetensors.torch import load_file
+
+        module.load_state_dict(load_file(args.weights))
+    else:
+        # A fresh structured policy is exactly the base rule, whose raw actions are often
+        # feasible (the projection is then skipped): perturb it so the QP runs as it would
+        # for a learned policy.
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    timer = _TimedDecisions(DeployedPolicy(module))
+    for k, name in enumerate(("T1", "T2", "T3")):
+        for scenario in draw_scenarios(args.scenarios, TASKS[name], params, first_seed=5000 + 100 * k):
+            batch = ScenarioBatch.from_scenarios([scenario], dtype=torch.float64)
+            with torch.no_grad():
+                rollout(batch, timer, None, simulator=Simulator(params, dtype=torch.float64))
+    mpc_us: list[float] = []
+    if not args.no_mpc:
+        try:
+            mpc_us = _mpc_latency(timer.observations)
+        except ImportError:
+            mpc_us = []
+    policy = _percentiles(timer.policy_us[5:])  # the first calls warm caches up
+    result = {
+        "benchmark": "policy_decision_latency",
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "decide_us": policy,
+        "projected_share": round(timer.projected / max(len(timer.policy_us), 1), 3),  # decisions that ran the QP
+        "mpc_decide_us": _percentiles(mpc_us[5:]),
+    }
+    if policy and result["mpc_decide_us"]:
+        result["mpc_over_policy_p50"] = round(result["mpc_decide_us"]["p50"] / policy["p50"], 1)
+    if not args.no_training:
+        result["training"] = _training_steps(params)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

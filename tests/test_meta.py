@@ -1,0 +1,284 @@
+"""Meta-gradients of MAML / FOMAML / Reptile against closed forms and finite differences,
+and the meta-training / adaptation loop on a short horizon."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from moca.meta import (
+    META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner, OracleCache, adapt, meta_train,
+    sample_task,
+)
+from moca.policy import LSTMPolicy, PolicyConfig
+from moca.regime import Regime
+from moca.scenario import Params
+
+torch.set_num_threads(1)
+
+# --- a tiny model with quadratic losses: everything in closed form ----------------------------
+
+
+def _tiny(seed: int = 0) -> tuple[nn.Linear, dict[str, torch.Tensor]]:
+    torch.manual_seed(seed)
+    model = nn.Linear(3, 1).double()
+    g = torch.Generator().manual_seed(seed + 1)
+    data = {
+        "xs": torch.randn(10, 3, generator=g, dtype=torch.float64),
+        "ys": torch.randn(10, 1, generator=g, dtype=torch.float64),
+        "xq": torch.randn(12, 3, generator=g, dtype=torch.float64),
+        "yq": torch.randn(12, 1, generator=g, dtype=torch.float64),
+    }
+    return model, data
+
+
+def _loss(model: nn.Module, weights, x, y) -> torch.Tensor:
+    return ((functional_call(model, weights, (x,)) - y) ** 2).mean()
+
+
+def _flat_loss(theta: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> tuple[float, np.ndarray]:
+    """Loss and gradient of the linear model at flat theta = (w1, w2, w3, b), closed form."""
+    X = np.hstack([x.numpy(), np.ones((x.shape[0], 1))])
+    r = X @ theta - y.numpy()[:, 0]
+    return float((r**2).mean()), 2.0 * X.T @ r / X.shape[0]
+
+
+def _flat(model: nn.Linear) -> np.ndarray:
+    return np.concatenate([model.weight.detach().numpy().ravel(), model.bias.detach().numpy()])
+
+
+def _unflat(g: dict[str, torch.Tensor]) -> np.ndarray:
+    return np.concatenate([g["weight"].detach().numpy().ravel(), g["bias"].detach().numpy()])
+
+
+def _inner(theta: np.ndarray, data, lr: float, clip: float | None) -> np.ndarray:
+    g = _flat_loss(theta, data["xs"], data["ys"])[1]
+    factor = 1.0 if clip is None else min(1.0, clip / np.linalg.norm(g))
+    return theta - lr * factor * g
+
+
+def _maml_objective(theta: np.ndarray, data, lr: float, steps: int, clip: float | None = None) -> float:
+    for _ in range(steps):
+        theta = _inner(theta, data, lr, clip)
+    return _flat_loss(theta, data["xq"], data["yq"])[0]
+
+
+@pytest.mark.parametrize("steps,clip", [(1, None), (2, None), (2, 0.3)])
+def test_maml_meta_gradient_matches_finite_differences(steps, clip):
+    model, data = _tiny()
+    lr = 0.1 if clip is None else 1.0
+    meta = MetaLearner(model, "maml", inner_lr=lr, inner_steps=steps, inner_clip=clip)
+    learner = meta.clone()
+    for _ in range(steps):
+        learner.adapt(_loss(model, learner.weights, data["xs"], data["ys"]))
+    grad = _unflat(meta.meta_gradient([learner], _loss(model, learner.weights, data["xq"], data["yq"])))
+    theta = _flat(model)
+    h = 1e-6
+    fd = np.array([(_maml_objective(theta + h * e, data, lr, steps, clip)
+                    - _maml_objective(theta - h * e, data, lr, steps, clip)) / (2 * h) for e in np.eye(4)])
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+    # and it is not the first-order gradient (the Hessian term matters here)
+    theta_adapted = theta
+    for _ in range(steps):
+        theta_adapted = _inner(theta_adapted, data, lr, clip)
+    np.testing.assert_allclose(_unflat(learner.weights), theta_adapted, rtol=1e-10)
+    assert np.abs(grad - _flat_loss(theta_adapted, data["xq"], data["yq"])[1]).max() > 1e-3
+
+
+def test_fomaml_is_the_query_gradient_at_the_adapted_weights():
+    model, data = _tiny(3)
+    lr = 0.05
+    meta = MetaLearner(model, "fomaml", inner_lr=lr, inner_clip=None)
+    learner = meta.clone()
+    learner.adapt(_loss(model, learner.weights, data["xs"], data["ys"]))
+    theta = _flat(model)
+    adapted = theta - lr * _flat_loss(theta, data["xs"], data["ys"])[1]
+    np.testing.assert_allclose(_unflat(learner.weights), adapted, rtol=1e-12)
+    grad = _unflat(meta.meta_gradient([learner], _loss(model, learner.weights, data["xq"], data["yq"])))
+    np.testing.assert_allclose(grad, _flat_loss(adapted, data["xq"], data["yq"])[1], rtol=1e-10)
+    # first order: the adapted weights are detached from the meta weights
+    assert all(w.grad_fn is None for w in learner.weights.values())
+
+
+def test_reptile_direction_is_theta_minus_adapted():
+    model, data = _tiny(5)
+    lr = 0.05
+    meta = MetaLearner(model, "reptile", inner_lr=lr, inner_steps=3, inner_clip=None)
+    learner = meta.clone()
+    theta = _flat(model)
+    adapted = theta.copy()
+    for _ in range(3):
+        learner.adapt(_loss(model, learner.weights, data["xs"], data["ys"]))
+        adapted = adapted - lr * _flat_loss(adapted, data["xs"], data["ys"])[1]
+    direction = _unflat(meta.meta_gradient([learner]))
+    np.testing.assert_allclose(direction, theta - adapted, rtol=1e-10, atol=1e-14)
+    # outer step with Adam moves the meta weights against the direction
+    meta.outer_step([learner])
+    assert np.all(np.sign(_flat(model) - theta) == -np.sign(direction))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
+def test_batched_adaptation_equals_one_learner_at_a_time(algorithm):
+    """adapt_all on a sum of per-task losses gives each learner its own step, and the
+    meta-gradient of the mean query loss is the mean of the per-task meta-gradients."""
+    model, data = _tiny(7)
+    _, other = _tiny(8)
+    meta = MetaLearner(model, algorithm, inner_lr=1.0, inner_clip=0.2)
+    tasks = [data, other]
+    learners = [meta.clone() for _ in tasks]
+    meta.adapt_all(learners, sum(_loss(model, l.weights, d["xs"], d["ys"]) for l, d in zip(learners, tasks)))
+    batched = _unflat(meta.meta_gradient(
+        learners, sum(_loss(model, l.weights, d["xq"], d["yq"]) for l, d in zip(learners, tasks)) / 2))
+    single = []
+    for d in tasks:
+        learner = meta.clone()
+        learner.adapt(_loss(model, learner.weights, d["xs"], d["ys"]))
+        single.append(_unflat(meta.meta_gradient([learner], _loss(model, learner.weights, d["xq"], d["yq"]))))
+    np.testing.assert_allclose(batched, np.mean(single, axis=0), rtol=1e-10)
+
+
+def test_maml_through_a_tiny_lstm_matches_finite_differences():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(2, 3, batch_first=True).double()
+    g = torch.Generator().manual_seed(0)
+    xs, xq = (torch.randn(4, 5, 2, generator=g, dtype=torch.float64) for _ in range(2))
+
+    def loss(weights, x):
+        out, _ = functional_call(lstm, weights, (x,))
+        return ((out[:, -1] - 0.5) ** 2).sum()
+
+    lr = 0.3
+    meta = MetaLearner(lstm, "maml", inner_lr=lr, inner_clip=None)
+    learner = meta.clone()
+    learner.adapt(loss(learner.weights, xs))
+    grad = meta.meta_gradient([learner], loss(learner.weights, xq))
+
+    def objective(weights):
+        ws = {k: v.detach().clone().requires_grad_(True) for k, v in weights.items()}
+        gs = torch.autograd.grad(loss(ws, xs), list(ws.values()))
+        return float(loss({k: w - lr * gk for (k, w), gk in zip(ws.items(), gs)}, xq).detach())
+
+    base = {k: v.detach().clone() for k, v in lstm.named_parameters()}
+    h = 1e-6
+    for name, index in [("weight_ih_l0", (1, 0)), ("weight_hh_l0", (5, 2)), ("bias_ih_l0", (7,))]:
+        plus = {k: v.clone() for k, v in base.items()}
+        minus = {k: v.clone() for k, v in base.items()}
+        plus[name][index] += h
+        minus[name][index] -= h
+        fd = (objective(plus) - objective(minus)) / (2 * h)
+        assert math.isclose(float(grad[name][index]), fd, rel_tol=1e-5, abs_tol=1e-8), name
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile"])
+def test_zero_shot_term_adds_the_support_gradient_at_the_meta_weights(algorithm):
+    model, data = _tiny(11)
+    beta = 0.7
+    plain = MetaLearner(model, algorithm, inner_lr=0.1, inner_clip=None)
+    mixed = MetaLearner(model, algorithm, inner_lr=0.1, inner_clip=None, zero_shot_weight=beta)
+    directions = []
+    for meta in (plain, mixed):
+        learner = meta.clone()
+        learner.adapt(_loss(model, learner.weights, data["xs"], data["ys"]))
+        directions.append(_unflat(meta.meta_gradient([learner], _loss(model, learner.weights, data["xq"], data["yq"]))))
+    support_grad = _flat_loss(_flat(model), data["xs"], data["ys"])[1]
+    np.testing.assert_allclose(directions[1] - directions[0], beta * support_grad, rtol=1e-9, atol=1e-12)
+    with pytest.raises(MetaError, match="inner step"):
+        mixed.meta_gradient([mixed.clone()], _loss(model, dict(model.named_parameters()), data["xq"], data["yq"]))
+
+
+def test_bad_meta_arguments_are_refused():
+    model, _ = _tiny()
+    with pytest.raises(MetaError, match="algorithm"):
+        MetaLearner(model, "sgd")
+    with pytest.raises(MetaError, match="inner_lr"):
+        MetaLearner(model, inner_lr=-1.0)
+    with pytest.raises(MetaError, match="inner_steps"):
+        MetaLearner(model, inner_steps=0)
+    with pytest.raises(MetaError, match="inner_clip"):
+        MetaLearner(model, inner_clip=0.0)
+    with pytest.raises(MetaError, match="zero_shot_weight"):
+        MetaLearner(model, zero_shot_weight=-1.0)
+    meta = MetaLearner(model, "fomaml")
+    with pytest.raises(MetaError, match="query_loss"):
+        meta.meta_gradient([meta.clone()])
+    with pytest.raises(ValueError):
+        MetaConfig(algorithm="sgd")
+    with pytest.raises(ValueError):
+        MetaConfig(unknown_field=1)
+
+
+# --- the task distribution and the seeds ------------------------------------------------------
+
+
+def test_task_distribution_covers_every_rule_within_the_spec_ranges():
+    rng = np.random.default_rng(0)
+    tasks = [sample_task(rng) for _ in range(400)]
+    r = np.array([t.recycled_content_min for t in tasks])
+    tau = np.array([t.carbon_tax for t in tasks])
+    lam = np.array([t.landfill_tax for t in tasks])
+    kappa = np.array([t.recovery_target for t in tasks])
+    caps = [t.emission_cap for t in tasks if t.emission_cap is not None]
+    assert 0 <= r.min() and r.max() <= 0.95 and (r > 0.35).any() and (r == 0).any()
+    assert 0 <= tau.min() and tau.max() <= 2000 and (tau > 300).any()
+    assert 0 <= lam.min() and lam.max() <= 100 and (lam > 0).mean() > 0.2
+    assert 0 <= kappa.min() and kappa.max() <= 1 and (kappa > 0).mean() > 0.2
+    assert len(caps) > 40 and min(caps) > 0
+    assert len({t.describe() for t in tasks}) > 350  # perturbed, not a few fixed tasks
+
+
+def test_seed_ranges_stay_clear_of_test_seeds():
+    assert max(META_SEEDS) < SUPPORT_SEEDS.start and max(SUPPORT_SEEDS) < VALIDATION_SEEDS.start
+    assert max(VALIDATION_SEEDS) < 1000
+
+
+def test_oracle_cache_solves_each_scenario_once():
+    params = Params(horizon=8)
+    cache = OracleCache(params)
+    scenarios = cache.scenarios([0, 1], Regime(recycled_content_min=0.1))
+    first = cache.costs(scenarios)
+    assert len(cache._costs) == 2 and np.all(first > 0)
+    np.testing.assert_array_equal(cache.costs(scenarios), first)
+    assert len(cache._costs) == 2
+
+
+# --- meta-training and adaptation on a short horizon -------------------------------------------
+
+SHORT = Params(horizon=8)
+
+
+@pytest.mark.parametrize("algorithm", ["fomaml", "maml", "reptile"])
+def test_meta_train_runs_and_records_history(algorithm):
+    config = MetaConfig(algorithm=algorithm, params=SHORT, policy=PolicyConfig(hidden=8), meta_steps=2,
+                        tasks_per_step=2, support_size=2, query_size=2, seed=1)
+    seen = []
+    module, history = meta_train(config, progress=lambda step, total, info: seen.append((step, total)))
+    assert seen == [(1, 2), (2, 2)]
+    assert len(history["steps"]) == 2 and history["wall_seconds"] > 0
+    assert all(math.isfinite(s["meta_grad_norm"]) and s["meta_grad_norm"] > 0 for s in history["steps"])
+    assert isinstance(module, LSTMPolicy)
+    assert MetaConfig.model_validate(history["config"]) == config  # serialisable round trip
+
+
+def test_adapt_reduces_the_loss_on_one_regime():
+    torch.manual_seed(0)
+    module = LSTMPolicy(SHORT, PolicyConfig(hidden=8))
+    regime = Regime(recycled_content_min=0.3, carbon_tax=300.0)
+    weights, curve = adapt(module, None, regime, steps=3, support_size=4, validation_size=4, clip=0.1)
+    assert [c["step"] for c in curve] == [0, 1, 2, 3]
+    assert all(c["violations"] == 0 for c in curve)
+    losses = [c["support_loss"] for c in curve]
+    assert all(b <= a for a, b in zip(losses, losses[1:]))  # the safeguard never lets it rise
+    assert losses[-1] < losses[0] and curve[1]["kept"]
+    assert curve[-1]["score"] > curve[0]["score"]
+    assert curve[-1]["seconds"] > 0
+    assert set(weights) == {k for k, _ in module.named_parameters()}
+    # without the safeguard: plain clipped SGD steps, every one kept
+    _, plain = adapt(module, None, regime, steps=2, support_size=4, validation_size=4, safeguard=False)
+    assert all(c["kept"] for c in plain) and len(plain) == 3
+    with pytest.raises(MetaError, match="steps"):
+        adapt(module, None, regime, steps=-1)
