@@ -24,6 +24,8 @@ FORMAT = "moca-checkpoint/1"
 WEIGHTS = "weights.safetensors"
 META = "checkpoint.json"
 DEFAULT_NAME = "default"
+#: Meta-inits shipped in the package, by the name that stands for their directory.
+SHIPPED = {"default": "default", "default-reptile": "reptile"}
 
 
 class CheckpointError(ValueError):
@@ -36,8 +38,11 @@ def default_checkpoint_dir() -> Path:
 
 
 def resolve(path: str | Path) -> Path:
-    """``default`` names the shipped meta-init; anything else is a directory path."""
-    return default_checkpoint_dir() if str(path) == DEFAULT_NAME else Path(path)
+    """``default`` (FOMAML) and ``default-reptile`` name the shipped meta-inits; anything
+    else is a directory path."""
+    if str(path) in SHIPPED:
+        return Path(str(resources.files("moca") / "data" / SHIPPED[str(path)]))
+    return Path(path)
 
 
 def versions() -> dict[str, str]:
@@ -139,3 +144,38 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# --- policies ------------------------------------------------------------------------------
+
+
+def save_policy(directory: str | Path, module: torch.nn.Module, metadata: dict[str, Any]) -> Path:
+    """Save an :class:`moca.policy.LSTMPolicy` with what rebuilds it (params, config)."""
+    meta = {"kind": "lstm-policy", "params": module.params.model_dump(mode="json"),
+            "policy": module.config.model_dump(mode="json"), **metadata}
+    return save(directory, dict(module.state_dict()), meta)
+
+
+def load_policy(directory: str | Path):
+    """Read a policy checkpoint: returns ``(module, metadata)``; the module holds the weights.
+
+    Every problem (missing, corrupted, not a policy, params or config that do not
+    validate, weights of other shapes) is a :class:`CheckpointError` naming the checkpoint.
+    """
+    from pydantic import ValidationError
+
+    from moca.policy import LSTMPolicy, PolicyConfig
+    from moca.scenario import Params
+
+    weights, meta = load(directory)
+    where = resolve(directory)
+    if meta.get("kind") != "lstm-policy":
+        raise CheckpointError(f"checkpoint {where}: not a policy checkpoint (kind={meta.get('kind')!r})")
+    try:
+        module = LSTMPolicy(Params(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
+    except (ValidationError, TypeError) as err:
+        first = str(err).strip().splitlines()
+        raise CheckpointError(f"checkpoint {where}: invalid params/policy in {META} ({' '.join(first[:2])})") from None
+    check_compatible(weights, module, where)
+    module.load_state_dict(weights)
+    return module, meta

@@ -266,6 +266,11 @@ def project_update(g: Tensor, memory_grads: Tensor, margin: float = 0.0) -> Tens
     dots = mem @ gd
     if mem.shape[0] == 0 or bool((dots >= 0).all()):
         return g
+    if margin == 0 and mem.shape[0] >= mem.shape[1]:
+        # As many constraints as weights (tiny models): the Gram matrix is singular and the
+        # jittered dual leaves a small violation, while the primal QP is small and exact.
+        d = quadprog.solve_qp(np.eye(mem.shape[1]), gd.numpy(), mem.numpy().T, np.zeros(mem.shape[0]))[0]
+        return torch.from_numpy(d).to(dtype=g.dtype, device=g.device)
     gram = (mem @ mem.T).numpy()
     gram = 0.5 * (gram + gram.T)  # exact symmetry for the Cholesky inside quadprog
     k = gram.shape[0]

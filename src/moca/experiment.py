@@ -1,0 +1,551 @@
+"""The seed experiment and everything ``moca run``, ``moca continual`` and ``moca evaluate`` share.
+
+Read top to bottom:
+
+1. :func:`build_policy` — a policy by name (``threshold``, ``mpc``, ``oracle``) or checkpoint.
+2. :class:`PolicyTask` — one regime as a task of :mod:`moca.continual` (losses of the policy).
+3. :func:`run_continual` — one continual method through a sequence of regimes: the score
+   matrix ``R`` (row 0 before learning, row i+1 after learning task i), forgetting,
+   transfer, adaptation speed, violations, safety-layer correction, decision latency.
+4. :func:`baseline_results`, :func:`period_series`, :func:`generalisation` — the OR
+   baselines and the oracle on the same scenarios, per-period compliance series, and
+   zero-shot / few-step scores on regimes of the grid no task or preset uses.
+5. :func:`run_experiment` — all of it for T1 -> T2 -> T3; writes ``runs/<id>/``.
+
+Scenario seeds (disjoint by construction): training/support scenarios of a regime use seeds
+800-899, validation (adaptation curves) 900-999, test scenarios (every score in R and
+every table) 1000+; meta-training used 0-799 (:mod:`moca.meta`). Every score is
+``oracle cost / policy cost`` per test scenario, averaged (1.0 = the hindsight optimum).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from moca import checkpoint
+from moca.continual import ContinualConfig, ContinualError, ContinualLearner, METHODS, method_spec
+from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
+from moca.metrics import adaptation_speed, continual_metrics
+from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy
+from moca.regime import REGIME_FIELDS, TASKS, Regime, RegimeSchedule, load_regime
+from moca.scenario import Params, Scenario, draw_scenarios
+from moca.sim import COST_TERMS, ScenarioBatch, rollout
+
+TEST_SEED = 1000  #: first test seed (test scenarios: 1000, 1001, ...)
+
+#: Which shipped meta-init each meta-init method starts from. ``moca`` and ``maml`` share
+#: the default (FOMAML) init, so they differ only in the protection against forgetting;
+#: ``fomaml`` is ``moca`` with the FOMAML init, i.e. the same as ``moca`` while the default
+#: meta-init is FOMAML's (``moca run`` then runs it once and says so).
+METHOD_CHECKPOINTS: dict[str, str] = {"maml": "default", "moca": "default", "fomaml": "default",
+                                      "reptile": "default-reptile"}
+
+#: Regimes of the generalisation grid: combinations no task or preset uses (meta-training
+#: samples the regime space continuously, so it never saw these exact values either).
+GENERALISATION_GRID: dict[str, dict[str, Any]] = {
+    "mandate 0.45 + tax 150": {"recycled_content_min": 0.45, "carbon_tax": 150.0},
+    "tax 900": {"carbon_tax": 900.0},
+    "cap 0.7x + landfill 60": {"emission_cap": 0.7, "landfill_tax": 60.0},
+    "recovery 0.85 + mandate 0.15": {"recovery_target": 0.85, "recycled_content_min": 0.15},
+    "all five rules": {"recycled_content_min": 0.3, "carbon_tax": 250.0, "emission_cap": 1.2,
+                       "landfill_tax": 40.0, "recovery_target": 0.5},
+}
+
+
+class ExperimentError(ValueError):
+    """Bad input to an experiment (unknown method, policy or task); the message says which."""
+
+
+def grid_regime(fields: dict[str, Any], params: Params = Params()) -> Regime:
+    """A grid entry as a :class:`Regime`; ``emission_cap`` is given as a multiple of the
+    emissions of an average virgin-only period (kg CO2), so the grid scales with params."""
+    from moca.policy import reference_emissions
+
+    data = dict(fields)
+    if data.get("emission_cap") is not None:
+        data["emission_cap"] = float(data["emission_cap"]) * reference_emissions(params)
+    return Regime(**data)
+
+
+# ----------------------------------------------------------------------------------------
+# 1. Policies by name
+# ----------------------------------------------------------------------------------------
+
+BASELINES = ("threshold", "mpc", "oracle")
+
+
+def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: Params = Params()):
+    """The policy ``name`` for scenarios of ``plan``: ``threshold`` (tuned on training
+    scenarios of the plan), ``mpc``, ``oracle`` (returns None: the oracle is the LP itself)
+    or a checkpoint directory (``default`` = the shipped meta-init), adapted
+    ``adapt_steps`` steps to the plan's regime first (support scenarios, seeds 800+)."""
+    from moca.baselines import MPCPolicy, tune_threshold
+
+    if name == "oracle":
+        return None
+    if name == "threshold":
+        return tune_threshold(plan, params)
+    if name == "mpc":
+        return MPCPolicy()
+    where = checkpoint.resolve(name)
+    if not where.exists():
+        raise ExperimentError(f"--policy {name!r}: not one of {', '.join(BASELINES)} and no checkpoint directory "
+                              f"of that name")
+    module, _ = checkpoint.load_policy(name)
+    weights = None
+    if adapt_steps:
+        if len(plan.entries) != 1:
+            raise ExperimentError("--adapt-steps: adaptation needs one regime, not a schedule of several")
+        regime = Regime(**{f: getattr(plan.entries[0], f) for f in REGIME_FIELDS})
+        weights, _ = adapt(module, None, regime, adapt_steps)
+    return DeployedPolicy(module, weights)
+
+
+# ----------------------------------------------------------------------------------------
+# 2. A regime as a continual-learning task
+# ----------------------------------------------------------------------------------------
+
+
+class PolicyTask:
+    """One regime for :class:`moca.continual.ContinualLearner`: losses of the policy at a
+    weights dict, on the regime's training scenarios (seeds 800+), normalised by their
+    oracle costs (episode cost / oracle cost + ``correction_weight`` x safety correction)."""
+
+    def __init__(self, name: str, regime: Regime, module: LSTMPolicy, cache: OracleCache, train_size: int = 8,
+                 memory_size: int = 2, correction_weight: float = 0.1):
+        self.name, self.regime, self.module = name, regime, module
+        self.correction_weight = correction_weight
+        train = cache.scenarios(SUPPORT_SEEDS[:train_size], regime)
+        self.batch = ScenarioBatch.from_scenarios(train)
+        self.oracle = torch.as_tensor(cache.costs(train), dtype=torch.float32)
+        memory = train[:memory_size]
+        self.memory_batch = ScenarioBatch.from_scenarios(memory)
+        self.memory_oracle = self.oracle[:memory_size]
+
+    def per_sample_losses(self, weights: Weights) -> Tensor:
+        return episode_losses(self.module, weights, self.batch, self.oracle).total(self.correction_weight, 0.0)
+
+    def loss(self, weights: Weights) -> Tensor:
+        return self.per_sample_losses(weights).mean()
+
+    def memory_loss(self, weights: Weights) -> Tensor:
+        terms = episode_losses(self.module, weights, self.memory_batch, self.memory_oracle)
+        return terms.total(self.correction_weight, 0.0).mean()
+
+
+# ----------------------------------------------------------------------------------------
+# 3. One continual method through a sequence of regimes
+# ----------------------------------------------------------------------------------------
+
+
+class ExperimentConfig(BaseModel):
+    """Sizes of the experiment (pydantic: it goes into metrics.json)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(8, ge=0, description="gradient steps per regime")
+    train_size: int = Field(8, ge=1, description="training scenarios per regime (seeds 800+)")
+    memory_size: int = Field(2, ge=1, description="scenarios per regime in the GEM memory")
+    validation_size: int = Field(8, ge=1, description="validation scenarios per regime (seeds 900+)")
+    test_size: int = Field(20, ge=1, description="test scenarios per regime (seeds 1000+)")
+    latency_scenarios: int = Field(1, ge=1, description="test scenarios per regime whose decisions are timed")
+    correction_weight: float = Field(0.1, ge=0)
+    continual: ContinualConfig = ContinualConfig(lr=1.0, max_grad_norm=0.03, ewc_lambda=100.0)
+    generalisation: list[str] = Field(default_factory=lambda: list(GENERALISATION_GRID))
+    generalisation_steps: list[int] = Field(default_factory=lambda: [1, 3, 5])
+    scratch_seed: int = 0
+
+
+class _Scorer:
+    """Test and validation scenarios of each regime, their oracle costs, and scoring."""
+
+    def __init__(self, module: LSTMPolicy, cache: OracleCache, regimes: Sequence[Regime], config: ExperimentConfig):
+        self.module = module
+        self.test = [cache.scenarios(range(TEST_SEED, TEST_SEED + config.test_size), r) for r in regimes]
+        self.test_oracle = [cache.costs(s) for s in self.test]
+        self.test_batch = [ScenarioBatch.from_scenarios(s) for s in self.test]
+        valid = [cache.scenarios(VALIDATION_SEEDS[:config.validation_size], r) for r in regimes]
+        self.valid_oracle = [cache.costs(s) for s in valid]
+        self.valid_batch = [ScenarioBatch.from_scenarios(s) for s in valid]
+        self.violations = 0
+
+    def test_score(self, weights: Weights, j: int) -> dict[str, float]:
+        out = evaluate_policy(self.module, weights, self.test_batch[j], self.test_oracle[j])
+        self.violations += out["violations"]
+        return out
+
+    def validation_score(self, weights: Weights, j: int) -> float:
+        out = evaluate_policy(self.module, weights, self.valid_batch[j], self.valid_oracle[j])
+        self.violations += out["violations"]
+        return out["score"]
+
+
+def _init_weights(method: str, module: LSTMPolicy, checkpoints: dict[str, str]) -> Weights | None:
+    spec = method_spec(method)
+    if spec.init != "meta":
+        return None
+    meta_module, _ = checkpoint.load_policy(checkpoints[method])
+    if meta_module.config != module.config or meta_module.params != module.params:
+        raise ExperimentError(f"checkpoint {checkpoints[method]!r} of method {method!r}: its policy or params differ "
+                              "from the experiment's")
+    return {k: v.detach().clone() for k, v in meta_module.named_parameters()}
+
+
+def deployment_latency_us(module: LSTMPolicy, weights: Weights, scenarios: Sequence[Scenario]) -> list[float]:
+    """Microseconds per decision of :class:`DeployedPolicy` (policy + exact projection),
+    timed around ``decide`` only (the reading of the simulator's tensors is not part of
+    what a controller does)."""
+    deployed = DeployedPolicy(module, weights)
+    latencies: list[float] = []
+
+    class Timed:
+        def reset(self, batch: ScenarioBatch) -> None:
+            deployed.reset(batch)
+
+        def act(self, obs):
+            s = obs.state
+            stocks = s.stocks()[0].double().numpy()
+            args = (obs.t, stocks, s.pipeline[0].double().numpy(), s.sales_history[0].double().numpy(),
+                    obs.regime[0].double().numpy(), float(obs.return_frac[0]),
+                    None if obs.last_demand is None else float(obs.last_demand[0]))
+            started = time.perf_counter()
+            action = deployed.decide(*args)
+            latencies.append((time.perf_counter() - started) * 1e6)
+            return torch.as_tensor(action, dtype=s.virgin.dtype)[None]
+
+    with torch.no_grad():
+        for scenario in scenarios:
+            rollout(ScenarioBatch.from_scenarios([scenario], dtype=torch.float64), Timed(), None)
+    return latencies
+
+
+def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Regime]], cache: OracleCache,
+                  config: ExperimentConfig = ExperimentConfig(), checkpoints: dict[str, str] | None = None,
+                  scorer: _Scorer | None = None, progress: Callable[[str], None] | None = None,
+                  init: Weights | None = None) -> tuple[dict[str, Any], Weights]:
+    """Learn ``tasks`` in order with ``method``; returns the method's results (the
+    ``MethodResult`` of :mod:`moca.report`) and its final weights.
+
+    The start: ``init`` if given (not for ``scratch``), else the method's shipped meta-init
+    (``checkpoints`` overrides :data:`METHOD_CHECKPOINTS`), else ``module``'s weights."""
+    spec = method_spec(method)  # unknown names fail before any work
+    if init is not None and spec.init == "fresh":
+        raise ExperimentError("checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
+    checkpoints = {**METHOD_CHECKPOINTS, **(checkpoints or {})}
+    started = time.perf_counter()
+    scorer = scorer or _Scorer(module, cache, [r for _, r in tasks], config)
+    scorer.violations = 0
+    if init is None:
+        init = _init_weights(method, module, checkpoints)
+    cc = config.continual.model_copy(update={"seed": config.scratch_seed})
+    with warnings.catch_warnings():
+        # The EWC stability warning is about plain SGD steps; moca's steps are clipped to a norm.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        learner = ContinualLearner(module, method, init, cc)
+        n = len(tasks)
+        R = [[scorer.test_score(learner.weights, j)["score"] for j in range(n)]]
+        curves, steps_to, seconds_to, learn_seconds = [], [], [], []
+        for i, (name, regime) in enumerate(tasks):
+            if progress:
+                progress(f"{method}: learning {name}")
+            task = PolicyTask(name, regime, module, cache, config.train_size, config.memory_size,
+                              config.correction_weight)
+            stats = learner.learn(task, config.steps, on_step=lambda k, w, i=i: scorer.validation_score(w, i))
+            learner.consolidate(task)
+            speed = adaptation_speed(stats.scores, stats.seconds)
+            curves.append([float(s) for s in stats.scores])
+            steps_to.append(speed.steps)
+            seconds_to.append(speed.seconds)
+            learn_seconds.append(stats.total_seconds)
+            R.append([scorer.test_score(learner.weights, j)["score"] for j in range(n)])
+    final = learner.weights
+    corrections = [scorer.test_score(final, j)["correction"] for j in range(n)]
+    summary = continual_metrics(np.asarray(R[1:]), initial=R[0])
+    latency = np.concatenate([deployment_latency_us(module, final, scorer.test[j][:config.latency_scenarios])
+                              for j in range(n)])
+    result = {
+        "R": R,
+        "average_final_score": summary.average_final,
+        "forgetting": summary.forgetting + [0.0],  # the last task cannot be forgotten yet
+        "bwt": summary.bwt, "fwt": summary.fwt,
+        "drop_first_after_second": summary.drop_first_after_second,
+        "adaptation_steps": steps_to, "adaptation_seconds": seconds_to,
+        "adaptation_curves": curves,
+        "violations": scorer.violations,
+        "correction": float(np.mean(corrections)),
+        "decision_latency_us": {"p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99))},
+        "learning_seconds": learn_seconds,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if method in checkpoints and method_spec(method).init == "meta":
+        result["checkpoint"] = checkpoints[method]
+    return result, final
+
+
+# ----------------------------------------------------------------------------------------
+# 4. Baselines, per-period series, generalisation
+# ----------------------------------------------------------------------------------------
+
+
+def baseline_results(tasks: Sequence[tuple[str, Regime]], scorer: _Scorer, params: Params,
+                     progress: Callable[[str], None] | None = None) -> tuple[dict[str, dict[str, Any]], dict]:
+    """Oracle, tuned threshold rule and MPC on each task's test scenarios (deployment
+    path, float64); also returns the baseline policies per task for the per-period series."""
+    from moca.evaluation import evaluate_policy as evaluate_deployed
+
+    out: dict[str, dict[str, Any]] = {"oracle": {}, "threshold": {}, "mpc": {}}
+    policies: dict[str, dict[str, Any]] = {"threshold": {}, "mpc": {}}
+    for j, (name, regime) in enumerate(tasks):
+        plan = RegimeSchedule.constant(regime)
+        for baseline in ("oracle", "threshold", "mpc"):
+            if progress:
+                progress(f"{baseline} on {name}")
+            policy = build_policy(baseline, plan, params=params)
+            if policy is not None:
+                policies[baseline][name] = policy
+            summary = evaluate_deployed(baseline, policy, scorer.test[j], scorer.test_oracle[j]).summary()
+            out[baseline][name] = {k: summary[k] for k in ("score", "mean_cost", "violations", "decision_latency_us")}
+    return out, policies
+
+
+def period_series(policy: Any, scenario: Scenario, project: Callable | None = None) -> dict[str, Any]:
+    """One episode of ``policy`` on ``scenario``: recycled share and emissions per period
+    beside the mandate and cap in force, and the episode's cost per term (EUR)."""
+    from moca import safety
+
+    batch = ScenarioBatch.from_scenarios([scenario], dtype=torch.float64)
+    with torch.no_grad():
+        out = rollout(batch, policy, safety.project_batch if project is None else project)
+    executed = out.executed[0].numpy()
+    material = executed[:, 1] + executed[:, 2]
+    share = [float(r / m) if m > 1e-9 else None for r, m in zip(executed[:, 2], material)]
+    table = scenario.regime_table()
+    return {
+        "recycled_share": share,
+        "emissions": [float(e) for e in out.emissions[0]],
+        "recycled_content_min": [float(x) for x in table[:, 0]],
+        "emission_cap": [float(x) if np.isfinite(x) else None for x in table[:, 2]],
+        "cost_terms": {k: float(out.terms[k][0].sum()) for k in COST_TERMS if k in out.terms},
+    }
+
+
+def generalisation(module: LSTMPolicy, weights: Weights, labels: Sequence[str], steps: Sequence[int],
+                   cache: OracleCache, config: ExperimentConfig, params: Params,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The meta-init zero-shot and after each of ``steps`` adaptation steps (support seeds
+    800+) on grid regimes, scored on their test scenarios beside the threshold rule and MPC."""
+    from moca.evaluation import evaluate_policy as evaluate_deployed
+
+    unknown = [label for label in labels if label not in GENERALISATION_GRID]
+    if unknown:
+        raise ExperimentError(f"generalisation: unknown grid regimes {unknown} (known: {list(GENERALISATION_GRID)})")
+    result: dict[str, Any] = {"regimes": [], "policies": {"moca": {}}, "baselines": {"threshold": {}, "mpc": {}}}
+    most = max(steps, default=0)
+    for label in labels:
+        if progress:
+            progress(f"generalisation: {label}")
+        regime = grid_regime(GENERALISATION_GRID[label], params)
+        result["regimes"].append({"label": label, "regime": regime.model_dump()})
+        tests = cache.scenarios(range(TEST_SEED, TEST_SEED + config.test_size), regime)
+        oracle = cache.costs(tests)
+        _, curve = adapt(module, weights, regime, most, validation=tests, cache=cache)
+        # ``curve[k]`` scores the weights held after k steps on the scenarios given as validation.
+        scores = {"zero_shot": curve[0]["score"]}
+        scores.update({str(k): curve[k]["score"] for k in steps if k <= most})
+        result["policies"]["moca"][label] = scores
+        plan = RegimeSchedule.constant(regime)
+        for baseline in ("threshold", "mpc"):
+            policy = build_policy(baseline, plan, params=params)
+            result["baselines"][baseline][label] = evaluate_deployed(baseline, policy, tests, oracle).summary()["score"]
+    return result
+
+
+# ----------------------------------------------------------------------------------------
+# 5. The seed experiment
+# ----------------------------------------------------------------------------------------
+
+ALL_METHODS: tuple[str, ...] = tuple(METHODS)
+
+
+def quick_config() -> ExperimentConfig:
+    """The small version used by ``moca run --quick`` and the tests (< 90 s on 2 cores)."""
+    return ExperimentConfig(steps=2, train_size=4, memory_size=1, validation_size=4, test_size=4,
+                            generalisation=["all five rules"], generalisation_steps=[1])
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with what this run measured."""
+    out = []
+    methods, base = metrics.get("methods", {}), metrics.get("baselines", {})
+    if "moca" in methods:
+        m = methods["moca"]
+        drop = m.get("drop_first_after_second")
+        if drop is not None:
+            out.append({"what": "drop on T1 after T2, moca", "target": "<= 2%",
+                        "measured": f"{100 * drop:.2f}%", "met": drop <= 0.02})
+        steps, seconds = m.get("adaptation_steps") or [], m.get("adaptation_seconds") or []
+        if steps:
+            worst_steps, worst_seconds = max(steps), max(seconds)
+            out.append({"what": "adaptation to a new regime, moca", "target": "<= 5 steps, <= 2 s",
+                        "measured": f"{worst_steps} steps, {worst_seconds:.2f} s (worst task)",
+                        "met": worst_steps <= 5 and worst_seconds <= 2.0})
+        if "mpc" in base:
+            mpc = float(np.mean([v["score"] for v in base["mpc"].values()]))
+            mpc_p99 = max(v["decision_latency_us"]["p99"] for v in base["mpc"].values())
+            mpc_p50 = max(v["decision_latency_us"]["p50"] for v in base["mpc"].values())
+            p50 = m["decision_latency_us"]["p50"]
+            out.append({"what": "average final score vs MPC, moca", "target": ">= MPC",
+                        "measured": f"{m['average_final_score']:.4f} vs {mpc:.4f}",
+                        "met": m["average_final_score"] >= mpc})
+            out.append({"what": "decision latency vs MPC (p50)", "target": ">= 20x lower",
+                        "measured": f"{p50:.0f} µs vs {mpc_p50:.0f} µs ({mpc_p50 / p50:.1f}x)",
+                        "met": mpc_p50 / p50 >= 20})
+            del mpc_p99
+        out.append({"what": "policy + projection p99 latency, moca", "target": "<= 300 µs",
+                    "measured": f"{m['decision_latency_us']['p99']:.0f} µs",
+                    "met": m["decision_latency_us"]["p99"] <= 300})
+    total = sum(int(r.get("violations") or 0) for r in methods.values())
+    total += sum(int(v.get("violations") or 0) for b in base.values() for v in b.values())
+    out.append({"what": "hard-constraint violations (all policies)", "target": "0", "measured": str(total),
+                "met": total == 0})
+    return out
+
+
+def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
+                   tasks: Sequence[tuple[str, Regime]] | None = None, config: ExperimentConfig | None = None,
+                   runs_dir: str | Path = "runs", params: Params = Params(),
+                   progress: Callable[[str, int], None] | None = None, command: str = "moca run") -> tuple[dict, Path]:
+    """T1 -> T2 -> T3 for every method beside threshold, MPC and oracle; writes
+    ``runs/<id>/metrics.json``, ``report.md`` and the PNG plots. Returns (metrics, run dir).
+
+    ``progress(description, units_done)`` is told about each unit of work (for a bar)."""
+    from moca.report import check_metrics, write_report
+
+    config = config or (quick_config() if quick else ExperimentConfig())
+    tasks = list(tasks) if tasks is not None else [(name, TASKS[name]) for name in ("T1", "T2", "T3")]
+    chosen = list(methods) if methods is not None else list(ALL_METHODS)
+    for m in chosen:
+        method_spec(m)
+    # ``fomaml`` is ``moca`` exactly while both use the same (FOMAML) checkpoint: run it once.
+    aliases = {}
+    if "fomaml" in chosen and "moca" in chosen and METHOD_CHECKPOINTS["fomaml"] == METHOD_CHECKPOINTS["moca"]:
+        chosen.remove("fomaml")
+        aliases["fomaml"] = "moca"
+    done = 0
+
+    def tell(description: str) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(description, done)
+
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    module = LSTMPolicy(params, _shipped_policy_config())
+    cache = OracleCache(params)
+    regimes = [r for _, r in tasks]
+    tell("drawing scenarios, oracle costs")
+    scorer = _Scorer(module, cache, regimes, config)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else "")
+    metrics: dict[str, Any] = {
+        "id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
+        "machine": machine(), "command": command,
+        "seeds": {"train": f"meta-training 0-799; per-regime training {SUPPORT_SEEDS.start}-"
+                           f"{SUPPORT_SEEDS.start + config.train_size - 1}",
+                  "test": list(range(TEST_SEED, TEST_SEED + config.test_size)),
+                  "validation": list(VALIDATION_SEEDS[:config.validation_size])},
+        "tasks": [name for name, _ in tasks],
+        "regimes": {name: r.model_dump() for name, r in tasks},
+        "config": config.model_dump(mode="json"),
+        "aliases": aliases,
+    }
+    metrics["baselines"], baseline_policies = baseline_results(tasks, scorer, params, tell)
+    metrics["methods"], finals = {}, {}
+    for method in chosen:
+        metrics["methods"][method], finals[method] = run_continual(method, module, tasks, cache, config,
+                                                                    scorer=scorer, progress=tell)
+    # Per-period compliance series: each task's first test scenario.
+    per_period: dict[str, dict[str, Any]] = {}
+    from moca.policy import PolicyAgent
+
+    for name in [m for m in ("moca", "finetune") if m in finals]:
+        per_period[name] = {t: period_series(PolicyAgent(module, finals[name]), scorer.test[j][0])
+                            for j, (t, _) in enumerate(tasks)}
+    for baseline, by_task in baseline_policies.items():
+        per_period[baseline] = {t: period_series(by_task[t], scorer.test[j][0]) for j, (t, _) in enumerate(tasks)}
+    metrics["per_period"] = per_period
+    if config.generalisation:
+        init = _init_weights("moca", module, METHOD_CHECKPOINTS)
+        metrics["generalisation"] = generalisation(module, init, config.generalisation, config.generalisation_steps,
+                                                   cache, config, params, tell)
+    metrics["targets"] = targets(metrics)
+    metrics["wall_seconds"] = time.perf_counter() - started
+    check_metrics(metrics)
+    run_dir = Path(runs_dir) / run_id
+    suffix = 1
+    while run_dir.exists():
+        run_dir = Path(runs_dir) / f"{run_id}-{suffix}"
+        suffix += 1
+    staging = run_dir.with_name(f".{run_dir.name}.tmp")
+    staging.mkdir(parents=True, exist_ok=False)
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default))
+    write_report(metrics, staging)
+    os.replace(staging, run_dir)  # the run appears whole or not at all
+    return metrics, run_dir
+
+
+def work_units(quick: bool = False, methods: Sequence[str] | None = None, n_tasks: int = 3,
+               config: ExperimentConfig | None = None) -> int:
+    """How many progress units :func:`run_experiment` reports (for a progress bar)."""
+    config = config or (quick_config() if quick else ExperimentConfig())
+    chosen = list(methods) if methods is not None else list(ALL_METHODS)
+    if "fomaml" in chosen and "moca" in chosen:
+        chosen.remove("fomaml")
+    return 1 + 3 * n_tasks + len(chosen) * n_tasks + len(config.generalisation)
+
+
+def _shipped_policy_config() -> PolicyConfig:
+    """The architecture of the shipped meta-init (the default config if none is shipped)."""
+    try:
+        _, meta = checkpoint.load("default")
+        return PolicyConfig(**meta.get("policy", {}))
+    except (checkpoint.CheckpointError, ValueError):
+        return PolicyConfig()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+__all__ = ["ExperimentConfig", "ExperimentError", "PolicyTask", "build_policy", "run_continual", "run_experiment",
+           "baseline_results", "generalisation", "period_series", "quick_config", "GENERALISATION_GRID",
+           "ContinualError"]

@@ -1,0 +1,21 @@
+"""Running the `moca` command in a subprocess, and the shape every bad-input answer must have."""
+
+import os
+import subprocess
+import sys
+
+MOCA = [sys.executable, "-m", "moca.cli"]
+
+
+def run(*args, cwd=None, timeout=600):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*MOCA, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_bad_input(result, *needles):
+    """Exit code 2, no traceback, a message on stderr that names each of ``needles``."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert result.stderr.strip(), "expected an error message on stderr"
+    for needle in needles:
+        assert needle.lower() in result.stderr.lower(), (needle, result.stderr)

@@ -1,0 +1,141 @@
+"""End-to-end tests of the `moca` command line: outputs, and every bad-input path
+(one line on stderr naming the problem, exit code 2, no traceback, nothing written)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from moca.oracle import solve_oracle
+from moca.scenario import Scenario, draw_scenario
+from moca.regime import TASKS
+
+from _cli import assert_bad_input, run
+
+
+@pytest.fixture(scope="module")
+def scenario_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "s.json"
+    result = run("scenario", "new", "--regime", "T2", "--seed", 7, "-o", path)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_scenario_new_writes_spec_json(scenario_file):
+    data = json.loads(scenario_file.read_text())
+    assert data["model"] == "CLSC-1"
+    assert len(data["demand"]) == 52 and len(data["return_frac"]) == 52
+    assert data["regimes"][0]["recycled_content_min"] == 0.2
+    assert Scenario.from_json(scenario_file).demand.tolist() == draw_scenario(7, TASKS["T2"]).demand.tolist()
+
+
+def test_scenario_new_with_schedule(tmp_path):
+    schedule = tmp_path / "sched.yaml"
+    schedule.write_text("- {start: 0, recycled_content_min: 0.1}\n- {start: 26, recycled_content_min: 0.2, carbon_tax: 100}\n")
+    out = tmp_path / "s.json"
+    assert run("scenario", "new", "--seed", 1, "--schedule", schedule, "-o", out).returncode == 0
+    regimes = json.loads(out.read_text())["regimes"]
+    assert [r["start"] for r in regimes] == [0, 26] and regimes[1]["carbon_tax"] == 100
+
+
+def test_simulate_and_oracle_json(scenario_file, tmp_path):
+    oracle = run("oracle", "--scenario", scenario_file, "--json")
+    assert oracle.returncode == 0, oracle.stderr
+    out = json.loads(oracle.stdout)
+    assert set(out) == {"oracle_cost", "status", "plan"} and len(out["plan"]) == 52
+    actions = tmp_path / "a.json"
+    actions.write_text(json.dumps({"actions": out["plan"]}))
+    sim = run("simulate", "--scenario", scenario_file, "--actions", actions, "--json")
+    assert sim.returncode == 0, sim.stderr
+    result = json.loads(sim.stdout)
+    assert result["violations"] == 0
+    assert len(result["periods"]) == 52
+    period = result["periods"][3]
+    assert set(period) == {"t", "action", "cost", "state", "sales", "emissions"}
+    assert set(period["state"]) == {"V", "M", "P", "C", "B"}
+    # The spec's LP may withhold sales the simulator would make; only then may replay cost more.
+    withheld = solve_oracle(Scenario.from_json(scenario_file)).withheld.max()
+    assert result["total_cost"] >= out["oracle_cost"] * (1 - 1e-6)
+    if withheld < 1e-6:
+        assert math.isclose(result["total_cost"], out["oracle_cost"], rel_tol=1e-3)
+    assert math.isclose(sum(p["cost"] for p in result["periods"]), result["total_cost"], rel_tol=1e-9)
+
+
+def test_simulate_projects_infeasible_actions(scenario_file, tmp_path):
+    actions = tmp_path / "a.json"
+    actions.write_text(json.dumps({"actions": [[1e6, 1e6, 0, 5000, 5000, -3]] * 52}))
+    result = json.loads(run("simulate", "--scenario", scenario_file, "--actions", actions, "--json").stdout)
+    assert result["violations"] == 0
+    o, u_v, u_r, g, f, w = result["periods"][0]["action"]
+    assert o <= 4000 + 1e-6 and g <= 600 + 1e-6 and w >= 0 and u_r >= 0.2 * (u_v + u_r) - 1e-6
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: d.update(demand=d["demand"][:10]), "demand"),
+    (lambda d: d.update(colour="red"), "colour"),
+    (lambda d: d["params"].update(warp_speed=9), "warp_speed"),
+    (lambda d: d["regimes"][0].update(recycled_content_min=1.5), "recycled_content_min"),
+    (lambda d: d["regimes"][0].update(carbon_price=3), "carbon_price"),
+    (lambda d: d.update(return_frac=[1.5] * 52), "return_frac"),
+    (lambda d: d["demand"].__setitem__(4, -1.0), "demand[4]"),
+])
+def test_bad_scenarios_refused(scenario_file, tmp_path, mutate, needle):
+    data = json.loads(scenario_file.read_text())
+    mutate(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    assert_bad_input(run("oracle", "--scenario", bad, "--json"), needle)
+
+
+def test_nan_and_malformed_json_refused(scenario_file, tmp_path):
+    text = scenario_file.read_text()
+    bad = tmp_path / "nan.json"
+    data = json.loads(text)
+    data["demand"][0] = float("nan")
+    bad.write_text(json.dumps(data))  # json writes NaN literally
+    assert_bad_input(run("oracle", "--scenario", bad), "nan")
+    broken = tmp_path / "broken.json"
+    broken.write_text(text[:200])
+    assert_bad_input(run("oracle", "--scenario", broken), "malformed json")
+    assert_bad_input(run("oracle", "--scenario", tmp_path / "missing.json"), "missing.json")
+
+
+def test_bad_action_files_refused(scenario_file, tmp_path):
+    actions = tmp_path / "a.json"
+    actions.write_text(json.dumps({"actions": [[0, 0, 0, 0, 0, 0]] * 51}))
+    assert_bad_input(run("simulate", "--scenario", scenario_file, "--actions", actions), "52")
+    actions.write_text(json.dumps({"actions": [[0, 0, 0, 0, 0]] * 52}))
+    assert_bad_input(run("simulate", "--scenario", scenario_file, "--actions", actions), "actions[0]")
+    actions.write_text('{"actions": [' + ",".join(["[0,0,0,0,0,NaN]"] * 52) + "]}")
+    assert_bad_input(run("simulate", "--scenario", scenario_file, "--actions", actions), "nan")
+    actions.write_text(json.dumps({"actions": [[0] * 6] * 52, "extra": 1}))
+    assert_bad_input(run("simulate", "--scenario", scenario_file, "--actions", actions), "extra")
+
+
+def test_invalid_regime_refused_and_nothing_written(tmp_path):
+    out = tmp_path / "s.json"
+    regime = tmp_path / "r.yaml"
+    regime.write_text("carbon_tax: 5000\n")
+    assert_bad_input(run("scenario", "new", "--regime", regime, "--seed", 1, "-o", out), "carbon_tax", "5000", "2000")
+    assert not out.exists()
+    assert_bad_input(run("scenario", "new", "--regime", "T9", "--seed", 1, "-o", out), "T9")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [regime]
+
+
+def test_evaluate_baselines_json():
+    result = run("evaluate", "--policy", "mpc", "--regime", "T1", "--scenarios", 2, "--seed", 1000, "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert set(out) == {"policy", "scenarios", "mean_cost", "mean_oracle_cost", "score", "violations",
+                        "decision_latency_us"}
+    assert out["violations"] == 0 and out["scenarios"] == 2
+    assert 0.8 < out["score"] <= 1.0 + 1e-9
+    assert out["decision_latency_us"]["p50"] > 0
+    oracle = json.loads(run("evaluate", "--policy", "oracle", "--scenarios", 2, "--json").stdout)
+    assert oracle["score"] == pytest.approx(1.0)
+    assert_bad_input(run("evaluate", "--policy", "magic", "--json"), "magic")

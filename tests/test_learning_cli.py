@@ -1,0 +1,118 @@
+"""The learning half of the command line: train, adapt, continual, evaluate with a checkpoint,
+and their bad-input paths (one line on stderr, exit code 2, no traceback)."""
+
+import json
+
+import pytest
+import torch
+
+from moca import checkpoint
+from moca.policy import PolicyConfig
+
+from _cli import assert_bad_input, run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny meta-training run through the CLI (2 tasks, 1 meta step, small policy)."""
+    root = tmp_path_factory.mktemp("learn")
+    config = root / "meta.yaml"
+    config.write_text("tasks_per_step: 2\nsupport_size: 1\nquery_size: 1\nvalidation_tasks: 2\n"
+                      "policy: {hidden: 8}\n")
+    out = root / "ck"
+    result = run("train", "--config", config, "--init", "reptile", "--steps", 1, "--seed", 3, "-o", out, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["algorithm"] == "reptile" and summary["meta_steps"] == 1 and summary["seed"] == 3
+    return out
+
+
+def test_train_writes_a_loadable_checkpoint_with_metadata(trained):
+    module, meta = checkpoint.load_policy(trained)
+    assert module.config == PolicyConfig(hidden=8)
+    assert meta["algorithm"] == "reptile" and meta["seed"] == 3 and meta["config"]["tasks_per_step"] == 2
+    assert set(meta["versions"]) >= {"moca", "torch", "python"}
+    assert 0.5 < meta["scores"]["validation_zero_shot_after"] <= 1.0
+    assert "train" in meta["command"] and not list(trained.glob("*.pt")) and not list(trained.glob("*.pkl"))
+
+
+def test_adapt_reports_scores_and_writes_the_adapted_policy(trained, tmp_path):
+    out_dir = tmp_path / "adapted"
+    result = run("adapt", "--checkpoint", trained, "--regime", "T2", "--steps", 1, "--scenarios", 2, "-o", out_dir,
+                 "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert {"score_before", "score_after", "steps", "seconds", "violations"} <= set(out)
+    assert out["steps"] == 1 and out["violations"] == 0 and out["seconds"] > 0
+    assert 0.3 < out["score_before"] <= 1.0 and 0.3 < out["score_after"] <= 1.0
+    adapted, meta = checkpoint.load_policy(out_dir)
+    assert meta["scores"]["after"] == pytest.approx(out["score_after"])
+    original, _ = checkpoint.load_policy(trained)
+    # The step was either kept (weights moved) or undone by the safeguard (score unchanged).
+    moved = any(not torch.equal(a, b) for a, b in zip(adapted.state_dict().values(), original.state_dict().values()))
+    assert moved or out["score_after"] == pytest.approx(out["score_before"])
+
+
+def test_continual_json(trained, tmp_path):
+    sequence = tmp_path / "seq.yaml"
+    sequence.write_text("- T1\n- {name: tight, recycled_content_min: 0.3, carbon_tax: 50}\n")
+    result = run("continual", "--sequence", sequence, "--method", "ewc", "--checkpoint", trained, "--steps", 1,
+                 "--scenarios", 2, "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    for key in ("method", "regimes", "R", "forgetting", "bwt", "fwt", "drop_first_after_second",
+                "adaptation_steps", "adaptation_seconds", "violations"):
+        assert key in out, key
+    assert out["regimes"] == ["T1", "tight"] and out["method"] == "ewc"
+    assert len(out["R"]) == 2 and all(len(row) == 2 for row in out["R"]) and len(out["R_initial"]) == 2
+    assert out["violations"] == 0
+    drop = (out["R"][0][0] - out["R"][1][0]) / out["R"][0][0]
+    assert out["drop_first_after_second"] == pytest.approx(drop)
+    assert out["forgetting"][0] == pytest.approx(out["R"][0][0] - out["R"][1][0])  # max over l < N of one row
+
+
+def test_evaluate_a_checkpoint(trained):
+    result = run("evaluate", "--policy", trained, "--regime", "T3", "--scenarios", 2, "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["violations"] == 0 and 0.3 < out["score"] <= 1.0 and out["decision_latency_us"]["p99"] > 0
+
+
+def test_corrupted_and_mismatched_checkpoints_refused(trained, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    data = bytearray((broken / checkpoint.WEIGHTS).read_bytes())
+    data[-5] ^= 0xFF
+    (broken / checkpoint.WEIGHTS).write_bytes(bytes(data))
+    assert_bad_input(run("adapt", "--checkpoint", broken, "--regime", "T1", "--steps", 1, "--json"), "corrupted")
+    assert_bad_input(run("evaluate", "--policy", broken, "--scenarios", 1, "--json"), "corrupted")
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(trained, mismatched)
+    meta = json.loads((mismatched / checkpoint.META).read_text())
+    meta["policy"]["hidden"] = 16  # the weights are for 8 units
+    (mismatched / checkpoint.META).write_text(json.dumps(meta))
+    assert_bad_input(run("continual", "--sequence", tmp_path / "none.yaml", "--method", "ewc"), "none.yaml")
+    seq = tmp_path / "seq.yaml"
+    seq.write_text("- T1\n- T2\n")
+    assert_bad_input(run("continual", "--sequence", seq, "--method", "ewc", "--checkpoint", mismatched, "--json"),
+                     "do not fit")
+    assert_bad_input(run("adapt", "--checkpoint", tmp_path / "nowhere", "--regime", "T1"), "no such directory")
+
+
+def test_bad_learning_input_refused(trained, tmp_path):
+    seq = tmp_path / "seq.yaml"
+    seq.write_text("- T1\n- T2\n")
+    assert_bad_input(run("continual", "--sequence", seq, "--method", "magic"), "magic", "valid")
+    assert_bad_input(run("continual", "--sequence", seq, "--method", "scratch", "--checkpoint", trained), "scratch")
+    bad_seq = tmp_path / "bad.yaml"
+    bad_seq.write_text("- T1\n- {recycled_content_min: 1.5}\n")
+    assert_bad_input(run("continual", "--sequence", bad_seq, "--method", "ewc"), "recycled_content_min")
+    assert_bad_input(run("train", "--init", "maml2", "-o", tmp_path / "x"), "maml2")
+    config = tmp_path / "c.yaml"
+    config.write_text("inner_lr: -1\n")
+    assert_bad_input(run("train", "--config", config, "-o", tmp_path / "x"), "inner_lr")
+    assert not (tmp_path / "x").exists()
+    assert_bad_input(run("adapt", "--checkpoint", trained, "--regime", "T9"), "T9")
+    assert_bad_input(run("run", "--methods", "finetune,magic"), "magic")

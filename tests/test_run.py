@@ -1,0 +1,50 @@
+"""`moca run --quick` end to end: the seed experiment's small version writes a valid
+metrics.json, report.md and plots, and prints the table."""
+
+import json
+import os
+import subprocess
+import sys
+
+from moca.report import check_metrics
+
+MOCA = [sys.executable, "-m", "moca.cli"]
+
+
+def test_run_quick_writes_valid_metrics(tmp_path):
+    env = {**os.environ, "COLUMNS": "250"}
+    out_json = tmp_path / "copy.json"
+    done = subprocess.run([*MOCA, "run", "--quick", "--runs-dir", tmp_path / "runs", "--json", out_json],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.endswith("-quick")
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    check_metrics(metrics)
+    assert json.loads(out_json.read_text()) == metrics
+    assert metrics["quick"] is True and metrics["tasks"] == ["T1", "T2", "T3"]
+    assert set(metrics["methods"]) == {"scratch", "finetune", "ewc", "maml", "moca", "reptile"}
+    assert metrics["aliases"] == {"fomaml": "moca"}
+    assert set(metrics["baselines"]) == {"oracle", "threshold", "mpc"}
+    for name, result in metrics["methods"].items():
+        R = result["R"]
+        assert len(R) == 4 and all(len(row) == 3 for row in R), name
+        assert all(0.3 < s <= 1.0 + 1e-9 for row in R for s in row), (name, R)
+        assert result["violations"] == 0, name
+        drop = (R[1][0] - R[2][0]) / R[1][0]
+        assert abs(result["drop_first_after_second"] - drop) < 1e-12
+        assert abs(result["average_final_score"] - sum(R[3]) / 3) < 1e-12
+    for task in ("T1", "T2", "T3"):
+        assert abs(metrics["baselines"]["oracle"][task]["score"] - 1.0) < 1e-12
+        for baseline in ("threshold", "mpc"):
+            assert 0.5 < metrics["baselines"][baseline][task]["score"] <= 1.0 + 1e-9
+    # Meta-init methods start from the shipped checkpoint, the others from the base rule.
+    assert metrics["methods"]["moca"]["R"][0] == metrics["methods"]["maml"]["R"][0]
+    assert metrics["methods"]["finetune"]["R"][0] == metrics["methods"]["scratch"]["R"][0]
+    assert metrics["methods"]["moca"]["R"][0] != metrics["methods"]["finetune"]["R"][0]
+    assert metrics["generalisation"]["policies"]["moca"]
+    names = {p.name for p in runs[0].iterdir()}
+    assert {"metrics.json", "report.md", "score_matrices.png", "adaptation_curves.png"} <= names
+    report = (runs[0] / "report.md").read_text()
+    assert "moca" in report and "![" in report
+    assert "moca" in done.stdout and "oracle" in done.stdout
