@@ -55,6 +55,7 @@ def main() -> None:
         ("oracle_mpc", [str(HERE / "bench_oracle.py"), "--scores", "--scenarios", n, *quick]),
         ("policy", [str(HERE / "bench_policy.py"), "--scenarios", "3" if args.quick else "10",
                     "--weights", str(HERE.parent / "src/moca/data/default/weights.safetensors")]),
+        ("losses", [str(HERE / "bench_losses.py"), "--steps", "6" if args.quick else "20"]),
     ]
     for name, command in steps:
         print(f"running {name} ...", file=sys.stderr, flush=True)
