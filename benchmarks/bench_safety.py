@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -34,6 +33,7 @@ import numpy as np
 import quadprog
 import torch
 
+from _timing import rate
 from moca import safety
 from moca.regime import TASKS, sample_regime
 from moca.scenario import DEFAULT_PARAMS, draw_scenarios
@@ -137,12 +137,7 @@ def _latencies(fn, args, repeats: int) -> dict[str, float]:
 
 
 def _rate(fn, count: int, repeats: int) -> dict[str, float]:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return {"projections_per_s": count / min(times), "median_projections_per_s": count / statistics.median(times)}
+    return rate(fn, count, repeats, "projections")
 
 
 def run(quick: bool = False) -> dict:

@@ -39,6 +39,7 @@ import time
 import numpy as np
 import torch
 
+from _timing import rate
 from moca import safety
 from moca.env import CircularSupplyChainEnv
 from moca.regime import TASKS
@@ -66,12 +67,7 @@ def _random_raw(batch: ScenarioBatch, seed: int) -> torch.Tensor:
 
 
 def _rate(fn, steps: int, repeats: int) -> dict[str, float]:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return {"env_steps_per_s": steps / min(times), "median_env_steps_per_s": steps / statistics.median(times)}
+    return rate(fn, steps, repeats, "env_steps")
 
 
 def bench_dynamics(size: int, repeats: int) -> dict[str, float]:

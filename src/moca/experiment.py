@@ -215,15 +215,11 @@ def deployment_latency_us(module: LSTMPolicy, weights: Weights, scenarios: Seque
             deployed.reset(batch)
 
         def act(self, obs):
-            s = obs.state
-            stocks = s.stocks()[0].double().numpy()
-            args = (obs.t, stocks, s.pipeline[0].double().numpy(), s.sales_history[0].double().numpy(),
-                    obs.regime[0].double().numpy(), float(obs.return_frac[0]),
-                    None if obs.last_demand is None else float(obs.last_demand[0]))
+            args = deployed.inputs(obs)
             started = time.perf_counter()
             action = deployed.decide(*args)
             latencies.append((time.perf_counter() - started) * 1e6)
-            return torch.as_tensor(action, dtype=s.virgin.dtype)[None]
+            return torch.as_tensor(action, dtype=obs.state.virgin.dtype)[None]
 
     with torch.no_grad():
         for scenario in scenarios:
@@ -255,7 +251,8 @@ def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Re
         warnings.simplefilter("ignore", RuntimeWarning)
         learner = ContinualLearner(module, method, init, cc)
         n = len(tasks)
-        R = [[scorer.test_score(learner.weights, j)["score"] for j in range(n)]]
+        last_row = [scorer.test_score(learner.weights, j) for j in range(n)]
+        R = [[e["score"] for e in last_row]]
         curves, steps_to, seconds_to, learn_seconds = [], [], [], []
         for i, (name, regime) in enumerate(tasks):
             if progress:
@@ -269,9 +266,10 @@ def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Re
             steps_to.append(speed.steps)
             seconds_to.append(speed.seconds)
             learn_seconds.append(stats.total_seconds)
-            R.append([scorer.test_score(learner.weights, j)["score"] for j in range(n)])
+            last_row = [scorer.test_score(learner.weights, j) for j in range(n)]
+            R.append([e["score"] for e in last_row])
     final = learner.weights
-    corrections = [scorer.test_score(final, j)["correction"] for j in range(n)]
+    corrections = [e["correction"] for e in last_row]  # the final weights' row of R
     summary = continual_metrics(np.asarray(R[1:]), initial=R[0])
     latency = np.concatenate([deployment_latency_us(module, final, scorer.test[j][:config.latency_scenarios])
                               for j in range(n)])
@@ -416,7 +414,6 @@ def targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                         "met": worst_steps <= 5 and worst_seconds <= 2.0})
         if "mpc" in base:
             mpc = float(np.mean([v["score"] for v in base["mpc"].values()]))
-            mpc_p99 = max(v["decision_latency_us"]["p99"] for v in base["mpc"].values())
             mpc_p50 = max(v["decision_latency_us"]["p50"] for v in base["mpc"].values())
             p50 = m["decision_latency_us"]["p50"]
             out.append({"what": "average final score vs MPC, moca", "target": ">= MPC",
@@ -425,7 +422,6 @@ def targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"what": "decision latency vs MPC (p50)", "target": ">= 20x lower",
                         "measured": f"{p50:.0f} µs vs {mpc_p50:.0f} µs ({mpc_p50 / p50:.1f}x)",
                         "met": mpc_p50 / p50 >= 20})
-            del mpc_p99
         out.append({"what": "policy + projection p99 latency, moca", "target": "<= 300 µs",
                     "measured": f"{m['decision_latency_us']['p99']:.0f} µs",
                     "met": m["decision_latency_us"]["p99"] <= 300})
@@ -448,14 +444,7 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
 
     config = config or (quick_config() if quick else ExperimentConfig())
     tasks = list(tasks) if tasks is not None else [(name, TASKS[name]) for name in ("T1", "T2", "T3")]
-    chosen = list(methods) if methods is not None else list(ALL_METHODS)
-    for m in chosen:
-        method_spec(m)
-    # ``fomaml`` is ``moca`` exactly while both use the same (FOMAML) checkpoint: run it once.
-    aliases = {}
-    if "fomaml" in chosen and "moca" in chosen and METHOD_CHECKPOINTS["fomaml"] == METHOD_CHECKPOINTS["moca"]:
-        chosen.remove("fomaml")
-        aliases["fomaml"] = "moca"
+    chosen, aliases = methods_to_run(methods)
     done = 0
 
     def tell(description: str) -> None:
@@ -466,7 +455,7 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
 
     started = time.perf_counter()
     torch.manual_seed(0)
-    module = LSTMPolicy(params, _shipped_policy_config())
+    module = LSTMPolicy(params, shipped_policy_config())
     cache = OracleCache(params)
     regimes = [r for _, r in tasks]
     tell("drawing scenarios, oracle costs")
@@ -519,17 +508,27 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     return metrics, run_dir
 
 
+def methods_to_run(methods: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
+    """The methods to run (all by default; unknown names raise) and the aliases left out:
+    ``fomaml`` is ``moca`` exactly while both use the same (FOMAML) checkpoint, so it runs once."""
+    chosen = list(methods) if methods is not None else list(ALL_METHODS)
+    for m in chosen:
+        method_spec(m)
+    aliases = {}
+    if "fomaml" in chosen and "moca" in chosen and METHOD_CHECKPOINTS["fomaml"] == METHOD_CHECKPOINTS["moca"]:
+        chosen.remove("fomaml")
+        aliases["fomaml"] = "moca"
+    return chosen, aliases
+
+
 def work_units(quick: bool = False, methods: Sequence[str] | None = None, n_tasks: int = 3,
                config: ExperimentConfig | None = None) -> int:
     """How many progress units :func:`run_experiment` reports (for a progress bar)."""
     config = config or (quick_config() if quick else ExperimentConfig())
-    chosen = list(methods) if methods is not None else list(ALL_METHODS)
-    if "fomaml" in chosen and "moca" in chosen:
-        chosen.remove("fomaml")
-    return 1 + 3 * n_tasks + len(chosen) * n_tasks + len(config.generalisation)
+    return 1 + 3 * n_tasks + len(methods_to_run(methods)[0]) * n_tasks + len(config.generalisation)
 
 
-def _shipped_policy_config() -> PolicyConfig:
+def shipped_policy_config() -> PolicyConfig:
     """The architecture of the shipped meta-init (the default config if none is shipped)."""
     try:
         _, meta = checkpoint.load("default")

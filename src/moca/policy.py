@@ -34,7 +34,7 @@ from torch.func import functional_call
 from moca import safety
 from moca.scenario import Params, Scenario, seasonal_mean_demand
 from moca.sim import (
-    R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX, Observation, Projector, ScenarioBatch, State,
+    R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX, Observation, Projector, ScenarioBatch,
     rollout,
 )
 
@@ -522,37 +522,15 @@ def evaluate_policy(module: LSTMPolicy, weights: Weights | None, scenarios: Sequ
     oracle = np.asarray(oracle_costs, dtype=np.float64)
     if oracle.shape != (batch.size,):
         raise PolicyError(f"oracle_costs: shape {list(oracle.shape)}, expected [{batch.size}]")
-    recorder = _StateRecorder(project if project is not None else safety.project_batch)
+    agent = PolicyAgent(module, weights, project)
     with torch.no_grad():
-        out = rollout(batch, PolicyAgent(module, weights, recorder), recorder)
+        out = rollout(batch, agent, agent.project)
     cost = out.total_cost.double().numpy()
     return {
         "score": float(np.mean(oracle / cost)), "mean_cost": float(cost.mean()),
-        "violations": recorder.count_violations(out.executed, batch),
+        "violations": safety.episode_violations(out.executed, out.available, batch.regime, batch.params),
         "correction": float(out.correction.mean()),
     }
-
-
-class _StateRecorder:
-    """A projector that remembers the post-arrival (V, M, C) it projected against, so
-    violations can be counted afterwards."""
-
-    def __init__(self, project: Projector):
-        self.project = project
-        self.states: list[np.ndarray] = []
-
-    def __call__(self, raw: Tensor, state: State, regime: Tensor, params: Params) -> Tensor:
-        self.states.append(torch.stack([state.virgin, state.recycled, state.cores], -1).detach().double().numpy())
-        return self.project(raw, state, regime, params)
-
-    def count_violations(self, executed: Tensor, batch: ScenarioBatch) -> int:
-        actions = executed.detach().double().numpy()
-        regime = batch.regime.double().numpy()
-        count = 0
-        for t, vmc in enumerate(self.states):
-            count += int(np.sum(safety.violations(actions[:, t], vmc[:, 0], vmc[:, 1], vmc[:, 2], regime[:, t],
-                                                  batch.params)))
-        return count
 
 
 def train_policy(module: LSTMPolicy, weights: Weights | None, batch: ScenarioBatch, oracle_cost: Tensor,
@@ -733,13 +711,16 @@ class DeployedPolicy:
         self.last_raw = raw.astype(np.float64)
         return self.project(self.last_raw, stocks[0], stocks[1], stocks[3], np.asarray(regime_row), self.params)
 
-    def act(self, obs: Observation) -> Tensor:
+    @staticmethod
+    def inputs(obs: Observation) -> tuple:
+        """The arguments of :meth:`decide` read from the simulator's observation of one scenario."""
         s = obs.state
         if s.virgin.shape[0] != 1:
             raise PolicyError(f"obs: a deployed policy decides for one scenario, got {s.virgin.shape[0]}")
-        stocks = s.stocks()[0].detach().double().numpy()
         last = None if obs.last_demand is None else float(obs.last_demand[0])
-        action = self.decide(obs.t, stocks, s.pipeline[0].detach().double().numpy(),
-                             s.sales_history[0].detach().double().numpy(), obs.regime[0].double().numpy(),
-                             float(obs.return_frac[0]), last)
-        return torch.as_tensor(action, dtype=s.virgin.dtype)[None]
+        return (obs.t, s.stocks()[0].detach().double().numpy(), s.pipeline[0].detach().double().numpy(),
+                s.sales_history[0].detach().double().numpy(), obs.regime[0].double().numpy(),
+                float(obs.return_frac[0]), last)
+
+    def act(self, obs: Observation) -> Tensor:
+        return torch.as_tensor(self.decide(*self.inputs(obs)), dtype=obs.state.virgin.dtype)[None]

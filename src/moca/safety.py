@@ -350,6 +350,15 @@ def violations(action: np.ndarray | Tensor, virgin: Any, recycled: Any, cores: A
     return (~_rows_ok_batch(a, V, M, C, r, cap, kappa, L)).sum(axis=1).astype(np.int64)
 
 
+def episode_violations(executed: Tensor, available: Tensor, regime: Tensor, params: Params) -> int:
+    """Broken rows over whole episodes: ``executed`` ``[B, T, 6]``, the post-arrival stocks
+    the rows bound ``available`` ``[B, T, 3]`` (V, M, C: ``Rollout.available``) and the
+    regime in force ``[B, T, 5]``; one batched check of every decision."""
+    flat = lambda x, k: x.detach().reshape(-1, k).to(torch.float64).numpy()  # noqa: E731
+    stocks = flat(available, 3)
+    return int(violations(flat(executed, 6), stocks[:, 0], stocks[:, 1], stocks[:, 2], flat(regime, 5), params).sum())
+
+
 def is_feasible(action: np.ndarray | Tensor, virgin: Any, recycled: Any, cores: Any, regime: Any,
                 params: Params) -> bool | np.ndarray:
     """Whether the action keeps every row (spec tolerance); a bool ``[B]`` array for a batch."""
