@@ -88,12 +88,15 @@ def test_emission_cap_is_encoded_relative_to_full_capacity_emissions():
     assert dict(zip(env.observation_names(), obs.tolist()))["cap_code"] == pytest.approx(13980 / full)
 
 
-@pytest.mark.parametrize("regime", [TASKS["T1"], TASKS["T3"], SWITCH,
-                                    Regime(recovery_target=0.8, landfill_tax=50.0, emission_cap=15000.0)],
-                         ids=["T1", "T3", "schedule", "cap-kappa"])
-def test_env_step_matches_the_batched_simulator(regime):
+@pytest.mark.parametrize("regime, params", [
+    (TASKS["T1"], None), (TASKS["T3"], None), (SWITCH, None),
+    (Regime(recovery_target=0.8, landfill_tax=50.0, emission_cap=15000.0), None),
+    (TASKS["T2"], Params(horizon=20, lead_virgin=1, lag_return=1)),  # no order in transit after arrival
+    (TASKS["T3"], Params(horizon=20, lead_virgin=4, lag_return=3)),
+], ids=["T1", "T3", "schedule", "cap-kappa", "lead-1", "lead-4"])
+def test_env_step_matches_the_batched_simulator(regime, params):
     """Two implementations of the same equations: the env's float step and moca.sim."""
-    env = CircularSupplyChainEnv(regime=regime, check_violations=True)
+    env = CircularSupplyChainEnv(regime=regime, params=params, check_violations=True)
     rng = np.random.default_rng(7)
     for seed in (1000, 1001):
         env.reset(seed=seed)

@@ -39,8 +39,8 @@ case = st.tuples(raw_action, stock, stock, stock, regime)
 def _state(v, m, c, dtype=torch.float64) -> State:
     def t(x):
         return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype)
-    return State(virgin=t(v), recycled=t(m), product=None, cores=t(c), backlog=None, pipeline=None,
-                 sales_history=None)
+    zero = torch.zeros_like(t(v))
+    return State(virgin=t(v), recycled=t(m), product=zero, cores=t(c), backlog=zero, pipeline=(), sales_history=())
 
 
 def _batch(cases, dtype=torch.float64):
@@ -161,6 +161,57 @@ def test_non_finite_raw_action_is_an_error(bad):
     raw_t, state, reg_t = _batch([(raw, 1000.0, 100.0, 50.0, reg)] * 3)
     with pytest.raises(SafetyError, match="non-finite"):
         project_batch(raw_t, state, reg_t, PARAMS)
+
+
+def test_every_input_form_gives_the_same_projection_and_bad_entries_are_refused():
+    """project's fast path (a float ndarray [6]) and its general path (lists, ints, float32,
+    tensors, read-only or strided arrays) agree, and a non-finite entry is refused on both,
+    also where finite entries of huge size overflow the sum the fast check looks at."""
+    reg = np.array([0.2, 100.0, math.inf, 0.0, 0.3])
+    raw = np.array([3000.0, 2500.0, 100.0, 400.0, 200.0, 900.0])
+    ref = project(raw, 2000.0, 300.0, 800.0, reg, PARAMS)
+    strided = np.zeros((6, 2))
+    strided[:, 0] = raw
+    for form in (raw.tolist(), raw.astype(np.float32).astype(np.float64), raw.astype(np.int64), torch.tensor(raw),
+                 strided[:, 0], tuple(raw)):
+        out = project(form, 2000.0, 300.0, 800.0, reg.tolist(), PARAMS)
+        np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-9)
+        assert out.dtype == np.float64
+    for bad in ([math.nan, 0, 0, 0, 0, 0], np.array([1e308, 1e308, math.inf, 0, 0, 0]),
+                np.array([0, 0, 0, 0, 0, math.nan], dtype=np.float32)):
+        with pytest.raises(SafetyError, match="non-finite"):
+            project(bad, 2000.0, 300.0, 800.0, reg, PARAMS)
+    # finite but overflowing the sum: accepted (and projected into the capacities)
+    huge = project(np.array([1e308, 1e308, 0, 0, 0, 0]), 2000.0, 300.0, 800.0, reg, PARAMS)
+    assert violations(huge, 2000.0, 300.0, 800.0, reg, PARAMS).sum() == 0
+
+
+@SETTINGS
+@given(case)
+def test_float_api_agrees_with_project_and_violations(c):
+    """project_counted / rows_kept (plain floats, for hot loops) are project / violations,
+    and the count project_counted returns is the rows the executed action breaks (0)."""
+    raw, v, m, cc, reg = c
+    layout = safety.layout_of(PARAMS)
+    stocks = [max(float(x), 0.0) for x in (v, m, cc)]
+    regime = (float(reg[0]), float(reg[2]), float(reg[4]))
+    out, broken = safety.project_counted(raw.tolist(), *stocks, regime, layout)
+    assert out == project(raw, v, m, cc, reg, PARAMS).tolist()
+    kept = safety.rows_kept(out, *stocks, regime, layout)
+    assert [not k for k in kept] == violations(np.array(out), v, m, cc, reg, PARAMS).astype(bool).tolist()
+    assert all(kept) and broken == 0
+
+
+def test_batch_projection_hands_out_columns_contiguously():
+    """The simulator's step reads an action's columns; project_batch returns [B, 6] whose
+    columns are contiguous (a view of a batch-last array), with the same values."""
+    cases = [(np.array([3000.0, 2500.0, 100.0, 400.0, 200.0, 900.0]) * (1 + i / 10), 2000.0, 300.0, 800.0,
+              np.array([0.2, 0.0, math.inf, 0.0, 0.3])) for i in range(5)]
+    raw_t, state, reg_t = _batch(cases)
+    out = project_batch(raw_t, state, reg_t, PARAMS)
+    assert out.shape == (5, 6) and out.T.is_contiguous()
+    for i, (raw, v, m, c, reg) in enumerate(cases):
+        np.testing.assert_allclose(out[i].numpy(), project(raw, v, m, c, reg, PARAMS), rtol=1e-7, atol=1e-6)
 
 
 def test_bad_shapes_stocks_and_regimes_are_errors():

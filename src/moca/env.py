@@ -88,8 +88,10 @@ class CircularSupplyChainEnv(gym.Env):
             draws ``moca.scenario.draw_scenario(s, ...)``, so env seed ``s`` and scenario
             seed ``s`` are the same draws).
         cost_scale: reward = -cost / cost_scale (EUR).
-        check_violations: count the spec's violations of each executed action
-            (``moca.safety.violations``) into ``info["violations"]``.
+        check_violations: recount the spec's violations of each executed action after the
+            safety layer (``info["violations"]`` otherwise comes from the check the layer
+            ends every projection with; both count the rows 1-8 the executed action breaks,
+            by the spec's tolerance). A self-test for tests and audits; off by default.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -100,11 +102,12 @@ class CircularSupplyChainEnv(gym.Env):
         params: Params | None = None,
         scenario: Scenario | None = None,
         cost_scale: float = 1e4,
-        check_violations: bool = True,
+        check_violations: bool = False,
         render_mode: str | None = None,
     ):
-        self._project = safety.project
-        self._violations = safety.violations
+        # The deployment projection on plain floats (moca.safety.project without the
+        # per-call input checks: the environment's own values are checked once, here or in step).
+        self._project = safety.project_counted
         if scenario is not None and params is not None and params != scenario.params:
             raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS)
@@ -122,6 +125,8 @@ class CircularSupplyChainEnv(gym.Env):
 
         p = self.params
         self.scale = np.asarray(p.action_scale, dtype=np.float64)  # S (kg, kg, kg, cores x3)
+        self._scale = self.scale.tolist()
+        self._layout = safety.layout_of(p)
         self._kg = p.mass * p.cap_produce  # normaliser of material (kg)
         self._units = float(p.cap_produce)  # normaliser of products and cores (units)
         self._full_emissions = (p.emis_virgin * p.cap_order + p.emis_produce * p.cap_produce
@@ -149,6 +154,9 @@ class CircularSupplyChainEnv(gym.Env):
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.Box(0.0, 1.0, shape=(6,), dtype=np.float32)
 
+        # (sin(2 pi t / 52), cos(2 pi t / 52), t / T) for t = 0 .. T
+        self._clock = [(math.sin(2.0 * math.pi * t / 52.0), math.cos(2.0 * math.pi * t / 52.0), t / p.horizon)
+                       for t in range(p.horizon + 1)]
         self.scenario: Scenario | None = None
         self.t = 0
 
@@ -173,14 +181,22 @@ class CircularSupplyChainEnv(gym.Env):
         self._return_frac = scenario.return_frac.tolist()
         self._regime = scenario.regime_table()  # [T, 5]
         self._taxes = [(float(row[R_TAX]), float(row[R_LANDFILL])) for row in self._regime]
+        # (r, cap, kappa) per period: what the hard constraints read.
+        self._regime_rows = [(float(row[R_MANDATE]), float(row[R_CAP]), float(row[R_RECOVERY])) for row in self._regime]
         full = self._full_emissions
-        # The regime part of the observation, per period (see the module docstring).
-        self._regime_obs = [
-            [float(row[R_MANDATE]), float(row[R_TAX]) / 1000.0,
-             1.0 if full <= 0 else min(float(row[R_CAP]) / full, 1.0),
-             float(row[R_LANDFILL]) / 100.0, float(row[R_RECOVERY])]
-            for row in self._regime
-        ]
+        # The observation's entries that do not depend on the agent, per period t = 0 .. T (after
+        # the last period: no return fraction, the last regime): rho_t, d_{t-1}, the clock,
+        # the regime (see the module docstring).
+        horizon, units = self._k.horizon, self._units
+        self._exogenous = []
+        for t in range(horizon + 1):
+            row = self._regime[min(t, horizon - 1)]
+            entries = [self._return_frac[t] if t < horizon else 0.0,
+                       (self._demand[t - 1] if t > 0 else float(self.params.init_sales)) / units,
+                       *self._clock[t], float(row[R_MANDATE]), float(row[R_TAX]) / 1000.0,
+                       1.0 if full <= 0 else min(float(row[R_CAP]) / full, 1.0),
+                       float(row[R_LANDFILL]) / 100.0, float(row[R_RECOVERY])]
+            self._exogenous.append([min(x, _HIGH) for x in entries])
         p = self.params
         self.virgin, self.recycled, self.product = float(p.init_virgin), float(p.init_recycled), float(p.init_product)
         self.cores, self.backlog = float(p.init_core), float(p.init_backlog)
@@ -201,80 +217,79 @@ class CircularSupplyChainEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self.t >= self._k.horizon:
             raise RuntimeError("the episode has ended; call reset()")
-        z = np.asarray(action, dtype=np.float64)
-        if z.shape != (6,):
-            raise ValueError(f"action: expected shape (6,) (o, u_v, u_r, g, f, w), got {z.shape}")
-        if not math.isfinite(z.sum()):  # NaN or inf anywhere makes the sum non-finite
-            raise ValueError(f"action: must be finite, got {z.tolist()}")
+        if type(action) is np.ndarray and action.shape == (6,) and action.dtype.kind == "f":  # the hot path
+            z = action.tolist()
+        else:
+            z = np.asarray(action, dtype=np.float64)
+            if z.shape != (6,):
+                raise ValueError(f"action: expected shape (6,) (o, u_v, u_r, g, f, w), got {z.shape}")
+            z = z.tolist()
+        # One sum is non-finite whenever an entry is (and, rarely, when finite entries overflow it).
+        if not math.isfinite(sum(z)) and not all(map(math.isfinite, z)):
+            raise ValueError(f"action: must be finite, got {z}")
         t = self.t
-        raw = z * self.scale
-        regime = self._regime[t]
+        raw = [a * s for a, s in zip(z, self._scale)]
+        regime = self._regime_rows[t]
+        # Post-arrival stocks; below zero only by round-off (-1e-13), which the rows read as 0.
         virgin, recycled, cores = self.virgin, self.recycled, self.cores
-        executed = self._project(raw, virgin, recycled, cores, regime, self.params)
-        violations = 0
-        if self.check_violations:
-            violations = int(self._violations(executed, virgin, recycled, cores, regime, self.params).sum())
+        stocks = (virgin if virgin > 0.0 else 0.0, recycled if recycled > 0.0 else 0.0, cores if cores > 0.0 else 0.0)
+        executed, violations = self._project(raw, *stocks, regime, self._layout)
+        if self.check_violations:  # an independent recount of the spec's rows
+            violations = 8 - sum(safety.rows_kept(executed, *stocks, regime, self._layout))
 
         # Events 3-6, the same equations in the same order as moca.sim.Simulator.execute.
         k = self._k
-        o, u_v, u_r, g, f, w = executed.tolist()
+        o, u_v, u_r, g, f, w = executed
         q = (u_v + u_r) / k.mass
         virgin = virgin - u_v
         recycled = recycled - u_r
         cores = cores - (g + f + w)
         demand = self._demand[t]
         wanted = self.backlog + demand
-        sales = min(self.product, wanted)
-        product = self.product - sales + q + k.yield_refurbish * f
+        product = self.product
+        sales = product if product < wanted else wanted
+        product = product - sales + q + k.yield_refurbish * f
         backlog = wanted - sales
         recycled = recycled + k.recycled_per_core * g
         self.pipeline.append(o)
-        self.sales_history = self.sales_history[1:] + [sales]
+        self.sales_history.append(sales)
+        del self.sales_history[0]
         self.virgin, self.recycled, self.product, self.cores, self.backlog = virgin, recycled, product, cores, backlog
 
         tau, lam = self._taxes[t]
-        action_cost = (o * k.c_order + u_v * k.c_use + u_r * k.c_use + g * k.c_disassemble + f * k.c_refurbish
-                       + w * k.c_dispose)
         terms = {
             "virgin": o * k.c_order, "carbon": tau * k.emis_virgin / 1000.0 * o, "produce": u_v * k.c_use + u_r * k.c_use,
             "disassemble": g * k.c_disassemble, "refurbish": f * k.c_refurbish, "dispose": w * k.c_dispose,
             "landfill_tax": lam * w, "hold_virgin": virgin * k.h_virgin, "hold_recycled": recycled * k.h_recycled,
             "hold_product": product * k.h_product, "hold_core": cores * k.h_core, "backlog": backlog * k.b,
         }
-        # Summed in the simulator's grouping: action terms, taxes, then holding and backlog.
-        cost = (action_cost + terms["carbon"] + terms["landfill_tax"]
-                + (terms["hold_virgin"] + terms["hold_recycled"] + terms["hold_product"] + terms["hold_core"]
-                   + terms["backlog"]))
-        emissions = k.emis_virgin * o + k.emis_per_kg_input * (u_v + u_r) + k.emis_per_core * g
+        cost = sum(terms.values())
         info = {
-            "t": t, "cost": cost, "terms": terms, "executed": executed, "raw": raw, "violations": violations,
-            "regime": regime.copy(), "demand": demand, "sales": sales, "production": q, "emissions": emissions,
+            "t": t, "cost": cost, "terms": terms, "executed": np.array(executed), "raw": np.array(raw),
+            "violations": violations, "regime": self._regime[t].copy(), "demand": demand, "sales": sales,
+            "production": q,
+            "emissions": k.emis_virgin * o + k.emis_per_kg_input * (u_v + u_r) + k.emis_per_core * g,
         }
 
         self.last_demand = demand
-        self.t = t + 1
-        terminated = self.t >= k.horizon
+        self.t = t = t + 1
+        terminated = t >= k.horizon
         if not terminated:
             self._arrive()
         return self._observation(), -cost / self.cost_scale, terminated, False, info
 
     # --- observation --------------------------------------------------------------------
     def _observation(self) -> np.ndarray:
-        k, t = self._k, self.t
+        k = self._k
         kg, units = k.kg, k.units
-        angle = 2.0 * math.pi * t / 52.0
         # Stocks are >= 0 up to the projection's round-off (-1e-13); the box says >= 0.
         stocks = [self.virgin / kg, self.recycled / kg, self.product / units, self.cores / units,
                   self.backlog / units]
         # After the last period no arrival happens; show the L_v - 1 orders still in transit.
         stocks += [x / kg for x in self.pipeline[len(self.pipeline) - k.in_transit:]]
         stocks += [x / units for x in self.sales_history]
-        values = [x if x > 0.0 else 0.0 for x in stocks]
-        values += [self._return_frac[t] if t < k.horizon else 0.0, self.last_demand / units,
-                   math.sin(angle), math.cos(angle), t / k.horizon]
-        values += self._regime_obs[min(t, k.horizon - 1)]  # after the last period: the last regime
-        if max(values) > _HIGH:  # only with extreme parameters; keeps the observation in its box
-            values = [min(x, _HIGH) for x in values]
+        values = [0.0 if x < 0.0 else (_HIGH if x > _HIGH else x) for x in stocks]  # _HIGH: extreme params only
+        values += self._exogenous[self.t]
         return np.array(values, dtype=np.float32)
 
     def observation_names(self) -> list[str]:
@@ -337,7 +352,7 @@ def make_vector_env(
     regime: Regime | RegimeSchedule | str | Path | None = None,
     params: Params | None = None,
     cost_scale: float = 1e4,
-    check_violations: bool = True,
+    check_violations: bool = False,
     autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP,
 ) -> gym.vector.SyncVectorEnv:
     """``n`` copies in a :class:`gymnasium.vector.SyncVectorEnv`.

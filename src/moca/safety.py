@@ -70,7 +70,7 @@ class SafetyError(ValueError):
 
 # --- parameters --------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Layout:
+class ConstraintLayout:
     """Constants of the constraints for one parameter set."""
 
     scale: np.ndarray  # S [6]
@@ -89,12 +89,13 @@ class _Layout:
     templates: dict[int, np.ndarray]  # solver rows [m, 6] for m = 4 (no cap), 5; rows 6 and 8 blank
     emis_list: list[float]
     tightened: dict[float, tuple[float, ...]]  # see _tightened
+    rows: dict[tuple[float, float, bool, float], np.ndarray]  # see _system_one
 
 
-_LAYOUTS: dict[int, tuple[Params, _Layout]] = {}
+_LAYOUTS: dict[int, tuple[Params, ConstraintLayout]] = {}
 
 
-def _layout(params: Params) -> _Layout:
+def _layout(params: Params) -> ConstraintLayout:
     hit = _LAYOUTS.get(id(params))
     if hit is not None and hit[0] is params:
         return hit[1]
@@ -110,8 +111,8 @@ def _layout(params: Params) -> _Layout:
     caps = (p.cap_order, p.cap_disassemble, p.cap_refurbish, p.cap_dispose)
     highs = tuple(k + VIOLATION_TOL * max(1.0, k) for k in (caps[0], mk, *caps[1:]))
     templates = {4: np.stack([row3, row5, row3 * 0, row3 * 0]), 5: np.stack([row3, row5, row3 * 0, row3 * 0, row7])}
-    layout = _Layout(s, mk, caps, emis, row3, n3, row5, n5, row7, n7, s.tolist(), highs, templates,
-                     emis.tolist(), {})
+    layout = ConstraintLayout(s, mk, caps, emis, row3, n3, row5, n5, row7, n7, s.tolist(), highs, templates,
+                     emis.tolist(), {}, {})
     if len(_LAYOUTS) > 64:
         _LAYOUTS.clear()
     _LAYOUTS[id(params)] = (params, layout)
@@ -119,15 +120,19 @@ def _layout(params: Params) -> _Layout:
 
 
 # --- input checks ------------------------------------------------------------------------------
-def _as_action(raw: Any) -> tuple[np.ndarray, list[float]]:
-    """The action as float64 ``[6]`` and as a list of floats."""
-    a = np.asarray(raw.detach().cpu().numpy() if isinstance(raw, Tensor) else raw, dtype=np.float64)
-    if a.shape != (6,):
-        raise SafetyError(f"raw action: expected shape [6] (o, u_v, u_r, g, f, w), got {list(a.shape)}")
-    values = a.tolist()
-    if not all(map(math.isfinite, values)):
+def _as_action(raw: Any) -> list[float]:
+    """The action as a list of 6 floats (checked: shape [6], finite)."""
+    if type(raw) is np.ndarray and raw.shape == (6,) and raw.dtype.kind == "f":  # the hot path
+        values = raw.tolist()
+    else:
+        a = np.asarray(raw.detach().cpu().numpy() if isinstance(raw, Tensor) else raw, dtype=np.float64)
+        if a.shape != (6,):
+            raise SafetyError(f"raw action: expected shape [6] (o, u_v, u_r, g, f, w), got {list(a.shape)}")
+        values = a.tolist()
+    # One sum is non-finite whenever an entry is (and, rarely, when finite entries overflow it).
+    if not math.isfinite(sum(values)) and not all(map(math.isfinite, values)):
         raise SafetyError(f"raw action has a non-finite entry (NaN or inf): {values}")
-    return a, values
+    return values
 
 
 def _as_stock(name: str, value: Any) -> float:
@@ -139,11 +144,14 @@ def _as_stock(name: str, value: Any) -> float:
 
 def _as_regime(regime: Any) -> tuple[float, float, float]:
     """(r, cap, kappa) of a regime row [r, tau, cap (inf = none), lambda, kappa]."""
-    row = np.asarray(regime.detach().cpu().numpy() if isinstance(regime, Tensor) else regime, dtype=np.float64)
-    if row.shape != (5,):
-        raise SafetyError("regime: expected a row of 5 fields (r, tau, cap, lambda, kappa), "
-                          f"got shape {list(row.shape)}")
-    r, cap, kappa = float(row[0]), float(row[2]), float(row[4])
+    if type(regime) is np.ndarray and regime.shape == (5,) and regime.dtype.kind == "f":  # the hot path
+        r, _, cap, _, kappa = regime.tolist()
+    else:
+        row = np.asarray(regime.detach().cpu().numpy() if isinstance(regime, Tensor) else regime, dtype=np.float64)
+        if row.shape != (5,):
+            raise SafetyError("regime: expected a row of 5 fields (r, tau, cap, lambda, kappa), "
+                              f"got shape {list(row.shape)}")
+        r, _, cap, _, kappa = row.tolist()
     if not 0.0 <= r <= 1.0:
         raise SafetyError(f"regime recycled_content_min={r} is outside [0, 1]")
     if not 0.0 <= kappa <= 1.0:
@@ -227,7 +235,7 @@ def constraint_system(virgin: float, recycled: float, cores: float, regime: np.n
     return G, h, np.zeros(6), upper
 
 
-def _tightened(L: _Layout, t: float) -> tuple[float, ...]:
+def _tightened(L: ConstraintLayout, t: float) -> tuple[float, ...]:
     """(m K_p, K_o, K_d, K_f, K_w) with right-hand sides tightened by ``t`` (cached)."""
     hit = L.tightened.get(t)
     if hit is None:
@@ -235,30 +243,75 @@ def _tightened(L: _Layout, t: float) -> tuple[float, ...]:
     return hit
 
 
-def _system_one(V: float, M: float, C: float, r: float, cap: float, kappa: float, L: _Layout, t: float):
+def _system_one(V: float, M: float, C: float, r: float, cap: float, kappa: float, L: ConstraintLayout, t: float):
     """The solvers' form of :func:`constraint_system` for one action: rows scaled to unit
-    norm, absent rows left out; returns (G [m, 6], bounds [6 + m]: upper of the box, then h)."""
-    s = L.scale_list
+    norm, absent rows left out; returns (G [m, 6], bounds [6 + m]: upper of the box, then h).
+
+    G depends only on the regime, which changes rarely, so it is cached per (r, kappa, cap
+    present, t); only the bounds, which move with the stocks, are built per call (DAQP
+    needs writeable arrays but does not change them)."""
+    # (conditional expressions rather than min/max: this runs on every projected decision)
+    s0, s1, s2, s3, s4, s5 = L.scale_list
     mk, k_o, k_d, k_f, k_w = _tightened(L, t)
-    Ct = max(0.0, C - t * max(1.0, C))
-    r, kappa = min(1.0, r * (1.0 + t)), min(1.0, kappa * (1.0 + t))
-    a6, b6 = r * s[1], -(1.0 - r) * s[2]
-    n6 = math.hypot(a6, b6)
-    a8, b8, c8 = -(1.0 - kappa) * s[3], -(1.0 - kappa) * s[4], kappa * s[5]
-    n8 = math.sqrt(a8 * a8 + b8 * b8 + c8 * c8)
-    bounds = [k_o / s[0], min(max(0.0, V - t * max(1.0, V)), mk) / s[1], min(max(0.0, M - t * max(1.0, M)), mk) / s[2],
-              min(Ct, k_d) / s[3], min(Ct, k_f) / s[4], min(Ct, k_w) / s[5], mk / L.norm3, Ct / L.norm5, 0.0, 0.0]
+    Vt = V - t * (V if V > 1.0 else 1.0)
+    Mt = M - t * (M if M > 1.0 else 1.0)
+    Ct = C - t * (C if C > 1.0 else 1.0)
+    Vt = 0.0 if Vt < 0.0 else (mk if Vt > mk else Vt)
+    Mt = 0.0 if Mt < 0.0 else (mk if Mt > mk else Mt)
+    Ct = 0.0 if Ct < 0.0 else Ct
+    bounds = [k_o / s0, Vt / s1, Mt / s2, (k_d if Ct > k_d else Ct) / s3, (k_f if Ct > k_f else Ct) / s4,
+              (k_w if Ct > k_w else Ct) / s5, mk / L.norm3, Ct / L.norm5, 0.0, 0.0]
     capped = cap != math.inf and L.norm7 > 0.0
     if capped:
-        bounds.append(max(0.0, cap - t * max(1.0, cap)) / L.norm7)
-    G = L.templates[5 if capped else 4].copy()
-    G[2, 1], G[2, 2] = a6 / n6, b6 / n6
-    G[3, 3], G[3, 4], G[3, 5] = a8 / n8, b8 / n8, c8 / n8
-    return G, np.array(bounds)
+        cap_t = cap - t * (cap if cap > 1.0 else 1.0)
+        bounds.append((cap_t if cap_t > 0.0 else 0.0) / L.norm7)
+    key = (r, kappa, capped, t)
+    G = L.rows.get(key)
+    if G is None:
+        if len(L.rows) > 4096:
+            L.rows.clear()
+        r, kappa = min(1.0, r * (1.0 + t)), min(1.0, kappa * (1.0 + t))
+        a6, b6 = r * s1, -(1.0 - r) * s2
+        n6 = math.hypot(a6, b6)
+        a8, b8, c8 = -(1.0 - kappa) * s3, -(1.0 - kappa) * s4, kappa * s5
+        n8 = math.sqrt(a8 * a8 + b8 * b8 + c8 * c8)
+        G = L.templates[5 if capped else 4].copy()
+        G[2, 1], G[2, 2] = a6 / n6, b6 / n6
+        G[3, 3], G[3, 4], G[3, 5] = a8 / n8, b8 / n8, c8 / n8
+        L.rows[key] = G
+    # Pin what the rows force to 0, as the batch path does (_pinned), so that both paths
+    # agree in degenerate cases: e.g. M = 0 with a tiny mandate r forces u_v = 0, which DAQP
+    # would only enforce to its tolerance divided by r. Only a zero-ish upper bound, a zero
+    # right-hand side of row 5 or 7, or a mandate or recovery target of ~1 can start it.
+    if (bounds[2] <= _FIX_TOL or bounds[3] <= _FIX_TOL or bounds[4] <= _FIX_TOL or bounds[7] <= _FIX_TOL
+            or G[2, 2] >= -_FIX_TOL or G[3, 3] >= -_FIX_TOL or G[3, 4] >= -_FIX_TOL
+            or (capped and bounds[-1] <= _FIX_TOL)):
+        _pin_one(G, bounds)
+    return G, bounds
+
+
+def _pin_one(G: np.ndarray, bounds: list[float]) -> None:
+    """:func:`_pinned` for one action: sets the upper bound (``bounds[:6]``) of every
+    coordinate the constraints force to 0 to 0."""
+    rows = G.tolist()
+    h = bounds[6:]
+    pinned = [u <= _FIX_TOL for u in bounds[:6]]
+    for _ in range(3):
+        newly = False
+        for row, rhs in zip(rows, h):
+            if rhs <= _FIX_TOL and all(c >= -_FIX_TOL for c, p in zip(row, pinned) if not p):
+                for i, c in enumerate(row):
+                    if not pinned[i] and c > _FIX_TOL:
+                        pinned[i] = newly = True
+        if not newly:
+            break
+    for i in range(6):
+        if pinned[i]:
+            bounds[i] = 0.0
 
 
 def _system_batch(V: np.ndarray, M: np.ndarray, C: np.ndarray, r: np.ndarray, cap: np.ndarray,
-                  kappa: np.ndarray, L: _Layout, t: float):
+                  kappa: np.ndarray, L: ConstraintLayout, t: float):
     """Batched solver form, batch dimension last: G [5, 6, n] (unit-norm rows in
     :data:`GENERAL_ROWS` order, zero where absent), h [5, n], upper [6, n]."""
     n = V.shape[0]
@@ -290,25 +343,28 @@ def _system_batch(V: np.ndarray, M: np.ndarray, C: np.ndarray, r: np.ndarray, ca
 
 # --- violations (the spec's definition) --------------------------------------------------------
 def _rows_ok_one(a: list[float], V: float, M: float, C: float, r: float, cap: float, kappa: float,
-                 L: _Layout) -> tuple[bool, ...]:
+                 L: ConstraintLayout) -> tuple[bool, ...]:
     """Per spec row, whether one action keeps it (pure Python: ~20x faster than numpy here)."""
     tol = VIOLATION_TOL
     o, uv, ur, g, f, w = a
     o_hi, mk_hi, g_hi, f_hi, w_hi = L.highs
     mat, proc = uv + ur, g + f + w
     ok1 = -tol <= o <= o_hi
-    ok2 = -tol <= uv <= V + tol * max(1.0, V) and -tol <= ur <= M + tol * max(1.0, M)
+    ok2 = -tol <= uv <= V + tol * (V if V > 1.0 else 1.0) and -tol <= ur <= M + tol * (M if M > 1.0 else 1.0)
     ok3 = mat <= mk_hi
     ok4 = -tol <= g <= g_hi and -tol <= f <= f_hi and -tol <= w <= w_hi
-    ok5 = proc <= C + tol * max(1.0, C)
+    ok5 = proc <= C + tol * (C if C > 1.0 else 1.0)
     ok6 = r * mat - ur <= tol
-    e = L.emis_list
-    ok7 = cap == math.inf or e[0] * o + e[1] * mat + e[3] * g <= cap + tol * max(1.0, cap)
+    if cap == math.inf:
+        ok7 = True
+    else:
+        e = L.emis_list
+        ok7 = e[0] * o + e[1] * mat + e[3] * g <= cap + tol * (cap if cap > 1.0 else 1.0)
     ok8 = kappa * proc - (g + f) <= tol
     return ok1, ok2, ok3, ok4, ok5, ok6, ok7, ok8
 
 
-def _rows_ok_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: _Layout) -> np.ndarray:
+def _rows_ok_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: ConstraintLayout) -> np.ndarray:
     """``[8, B]`` bool: whether each action keeps each spec row (stocks already clamped at 0)."""
     tol = VIOLATION_TOL
     k_o, k_d, k_f, k_w = L.caps
@@ -341,7 +397,7 @@ def violations(action: np.ndarray | Tensor, virgin: Any, recycled: Any, cores: A
     L = _layout(params)
     single = np.ndim(action.detach().cpu().numpy() if isinstance(action, Tensor) else action) == 1
     if single:
-        _, values = _as_action(action)
+        values = _as_action(action)
         r, cap, kappa = _as_regime(regime)
         ok = _rows_ok_one(values, _as_stock("virgin", virgin), _as_stock("recycled", recycled),
                           _as_stock("cores", cores), r, cap, kappa, L)
@@ -365,7 +421,7 @@ def is_feasible(action: np.ndarray | Tensor, virgin: Any, recycled: Any, cores: 
     L = _layout(params)
     single = np.ndim(action.detach().cpu().numpy() if isinstance(action, Tensor) else action) == 1
     if single:
-        _, values = _as_action(action)
+        values = _as_action(action)
         r, cap, kappa = _as_regime(regime)
         return all(_rows_ok_one(values, _as_stock("virgin", virgin), _as_stock("recycled", recycled),
                                 _as_stock("cores", cores), r, cap, kappa, L))
@@ -378,7 +434,7 @@ _SENSE = {m: np.zeros(6 + m, dtype=np.int32) for m in (4, 5)}
 _LOWER = {m: np.concatenate([np.zeros(6), np.full(m, -np.inf)]) for m in (4, 5)}
 
 
-def _daqp(y: np.ndarray, G: np.ndarray, bounds: np.ndarray) -> list[float] | None:
+def _daqp(y: list[float], G: np.ndarray, bounds: list[float]) -> list[float] | None:
     """Projection of ``y`` onto ``{G z <= h, 0 <= z <= upper}`` (``bounds`` = upper, then h)
     by DAQP, as a list of floats; None if DAQP fails.
 
@@ -387,16 +443,21 @@ def _daqp(y: np.ndarray, G: np.ndarray, bounds: np.ndarray) -> list[float] | Non
     gives the same point computed from numbers of order 1.
     """
     m = G.shape[0]
-    x, _, flag, _ = daqp.solve(_I6, -y, G, bounds, _LOWER[m], _SENSE[m], primal_tol=1e-11)
+    upper = np.array(bounds)
+    x, _, flag, _ = daqp.solve(_I6, np.array([-v for v in y]), G, upper, _LOWER[m], _SENSE[m], primal_tol=1e-11)
     if flag < 1:
         return None
+    z = x.tolist()
     # (z lies in the box, so only a target beyond 100 can be 100 away from it)
-    step = float(np.abs(y - x).max()) if max(-y.min(), y.max()) > 100.0 else 0.0
-    if step > 100.0:
-        x, _, flag, _ = daqp.solve(_I6, -(x + (y - x) / step), G, bounds, _LOWER[m], _SENSE[m], primal_tol=1e-11)
-        if flag < 1:
-            return None
-    return [min(max(v, 0.0), u) for v, u in zip(x.tolist(), bounds.tolist())]
+    if max(y) > 100.0 or min(y) < -100.0:
+        step = max(abs(a - b) for a, b in zip(y, z))
+        if step > 100.0:
+            near = [(b - a) / step - b for a, b in zip(y, z)]  # -(z + (y - z) / step)
+            x, _, flag, _ = daqp.solve(_I6, np.array(near), G, upper, _LOWER[m], _SENSE[m], primal_tol=1e-11)
+            if flag < 1:
+                return None
+            z = x.tolist()
+    return [0.0 if v < 0.0 else (u if v > u else v) for v, u in zip(z, bounds)]
 
 
 def _shrink_to_feasible(a: list[float], ok) -> list[float]:
@@ -413,20 +474,46 @@ def _shrink_to_feasible(a: list[float], ok) -> list[float]:
     return [lo * v for v in a]
 
 
-def _project_one(a: np.ndarray, V: float, M: float, C: float, r: float, cap: float, kappa: float,
-                 L: _Layout, tighten: float, ok) -> np.ndarray:
-    """Projection of an infeasible action [6]; ``ok(list of 6 floats)`` is the final test."""
-    y = a / L.scale
+def _project_one(a: list[float], V: float, M: float, C: float, r: float, cap: float, kappa: float,
+                 L: ConstraintLayout, tighten: float, ok=None) -> tuple[list[float], tuple[bool, ...] | None]:
+    """Projection of an infeasible action (6 floats); ``ok(list of 6 floats)`` is the final
+    test. Without ``ok`` the test is the spec's rows in float64, and the second value is
+    that final check, per row (it is the check a caller counting violations would repeat)."""
+    scale = L.scale_list
+    y = [v / s for v, s in zip(a, scale)]
     best = None
     for t in (tighten, max(1e-6, 10 * tighten)):  # second try: more margin
         G, bounds = _system_one(V, M, C, r, cap, kappa, L, t)
         z = _daqp(y, G, bounds)
         if z is not None:
-            best = [v * s for v, s in zip(z, L.scale_list)]
-            if ok(best):
-                return np.array(best)
+            best = [v * s for v, s in zip(z, scale)]
+            if ok is None:
+                kept = _rows_ok_one(best, V, M, C, r, cap, kappa, L)
+                if all(kept):
+                    return best, kept
+            elif ok(best):
+                return best, None
+    check = lambda x: _rows_ok_one(x, V, M, C, r, cap, kappa, L)  # noqa: E731
     # Last resort (not seen in tests): shrink towards the always-feasible zero action.
-    return np.array(_shrink_to_feasible(best or [max(v, 0.0) for v in a.tolist()], ok))
+    best = _shrink_to_feasible(best or [max(v, 0.0) for v in a], ok or (lambda x: all(check(x))))
+    return best, None if ok is not None else check(best)
+
+
+_TIGHTEN_DEPLOYMENT = TIGHTEN[torch.float64]
+
+
+def project_counted(raw: list[float], virgin: float, recycled: float, cores: float,
+                    regime: tuple[float, float, float], layout: ConstraintLayout) -> tuple[list[float], int]:
+    """:func:`project` on already checked plain floats, for callers on a hot path that hold
+    them as floats anyway (the Gymnasium environment): the raw action (6 floats), stocks
+    clamped at 0 and ``regime`` = (r, cap, kappa). Returns the executed action (6 floats)
+    and how many spec rows it breaks, counted by the check the layer ends with (so 0)."""
+    r, cap, kappa = regime
+    kept = _rows_ok_one(raw, virgin, recycled, cores, r, cap, kappa, layout)
+    if all(kept):
+        return raw, 0
+    executed, kept = _project_one(raw, virgin, recycled, cores, r, cap, kappa, layout, _TIGHTEN_DEPLOYMENT)
+    return executed, 8 - sum(kept)
 
 
 def project(raw: np.ndarray, virgin: float, recycled: float, cores: float, regime: np.ndarray,
@@ -436,15 +523,28 @@ def project(raw: np.ndarray, virgin: float, recycled: float, cores: float, regim
     ``virgin``, ``recycled``, ``cores`` are the post-arrival stocks V (kg), M (kg), C (units);
     ``regime`` is the regime row [r, tau, cap (inf = none), lambda, kappa]. A feasible raw
     action is returned unchanged (as a copy); otherwise its projection, with 0 violations.
+
+    Why plain Python floats throughout: one decision is a few dozen scalar operations, and
+    each numpy call on a 6-vector costs about a microsecond of overhead, so the check, the
+    solver's bounds and the re-check are written on floats; only DAQP gets arrays.
     """
     L = _layout(params)
-    a, values = _as_action(raw)
+    values = _as_action(raw)
     V, M, C = _as_stock("virgin", virgin), _as_stock("recycled", recycled), _as_stock("cores", cores)
-    r, cap, kappa = _as_regime(regime)
-    if all(_rows_ok_one(values, V, M, C, r, cap, kappa, L)):
-        return a.copy()
-    ok = lambda x: all(_rows_ok_one(x, V, M, C, r, cap, kappa, L))  # noqa: E731
-    return _project_one(a, V, M, C, r, cap, kappa, L, TIGHTEN[torch.float64], ok)
+    return np.array(project_counted(values, V, M, C, _as_regime(regime), L)[0], dtype=np.float64)
+
+
+def layout_of(params: Params) -> ConstraintLayout:
+    """The constants of the constraints for ``params`` (for :func:`project_counted`)."""
+    return _layout(params)
+
+
+def rows_kept(action: list[float], virgin: float, recycled: float, cores: float, regime: tuple[float, float, float],
+              layout: ConstraintLayout) -> tuple[bool, ...]:
+    """Per spec row 1-8, whether one action (6 floats) keeps it, by the spec's definition of
+    a violation; arguments as for :func:`project_counted`."""
+    r, cap, kappa = regime
+    return _rows_ok_one(action, virgin, recycled, cores, r, cap, kappa, layout)
 
 
 # --- training path, common case: the blocks separate -------------------------------------------
@@ -917,11 +1017,13 @@ class _BatchSolution:
     norm5: float
 
 
-def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: _Layout, out_dtype: torch.dtype):
-    """Executed actions ``[B, 6]`` (float64 values representable in ``out_dtype`` without a
+def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: ConstraintLayout, out_dtype: torch.dtype):
+    """Executed actions ``[6, B]`` (float64 values representable in ``out_dtype`` without a
     violation) and what the backward pass needs about the projected elements."""
     ok = _rows_ok_batch(a, V, M, C, r, cap, kappa, L).all(0)
-    out = a.copy()
+    # Batch last, like the rest of this path; the caller hands it out as a [B, 6] view whose
+    # columns are contiguous, which is what the simulator's step reads fastest.
+    out = np.ascontiguousarray(a.T)
     idx = np.flatnonzero(~ok)
     if idx.size == 0:
         return out, None
@@ -962,7 +1064,9 @@ def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: _Layout, out_dtype: t
 
     # Elements the method did not finish: DAQP, one by one (not seen in tests).
     for j in np.flatnonzero(~done):
-        zj = _daqp(y[:, j], *_system_one(Vi[j], Mi[j], Ci[j], ri[j], capi[j], ki[j], L, t))
+        Gj, bounds_j = _system_one(float(Vi[j]), float(Mi[j]), float(Ci[j]), float(ri[j]), float(capi[j]),
+                                   float(ki[j]), L, t)
+        zj = _daqp(y[:, j].tolist(), Gj, bounds_j)
         z[:, j] = zj if zj is not None else 0.0  # a failed solve is caught by the check below
 
     # The result as the caller will see it (rounded to out_dtype) must keep every row.
@@ -973,13 +1077,14 @@ def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: _Layout, out_dtype: t
         def ok(x, j=j):
             x = np.asarray(x, dtype=np_dtype).astype(np.float64)
             return all(_rows_ok_one(x.tolist(), Vi[j], Mi[j], Ci[j], ri[j], capi[j], ki[j], L))
-        executed[j] = _project_one(a[idx[j]], Vi[j], Mi[j], Ci[j], ri[j], capi[j], ki[j], L, t, ok)
+        executed[j] = _project_one(a[idx[j]].tolist(), float(Vi[j]), float(Mi[j]), float(Ci[j]), float(ri[j]),
+                                   float(capi[j]), float(ki[j]), L, t, ok)[0]
         z[:, j] = executed[j] / s
     # Active rows for the backward pass: from the slacks where no solver reported them.
     redo = np.setdiff1d(np.arange(idx.size), coupled[done[coupled] & good[coupled]])
     if redo.size:
         active[:, redo] = _identify(z[:, redo], rows.take(redo))
-    out[idx] = executed
+    out[:, idx] = executed.T
 
     mk = L.mk - t * max(1.0, L.mk)
     cut = lambda b: b - t * np.maximum(1.0, b)  # noqa: E731
@@ -1019,7 +1124,7 @@ class _ProjectBatch(torch.autograd.Function):
         out, sol = _solve_batch(a, V, M, C, r, cap, kappa, L, raw.dtype)
         ctx.sol = sol
         ctx.stock_dtypes = [x.dtype if isinstance(x, Tensor) else raw.dtype for x in (virgin, recycled, cores)]
-        return torch.as_tensor(out, dtype=raw.dtype, device=raw.device)
+        return torch.as_tensor(out, dtype=raw.dtype, device=raw.device).T
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):

@@ -8,7 +8,8 @@ cost flow to actions and, through them, to policy parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -28,42 +29,85 @@ COST_TERMS: tuple[str, ...] = (
 R_MANDATE, R_TAX, R_CAP, R_LANDFILL, R_RECOVERY = range(len(REGIME_FIELDS))
 
 
-@dataclass
 class State:
     """Stocks at a point of the period; all ``[B]`` except the two queues.
 
-    ``pipeline[:, 0]`` is the virgin order (kg) that arrives next; ``sales_history[:, 0]``
-    is ``s_{t-L_r}`` (units), the sales whose cores return this period.
+    ``pipeline`` ``[B, L]`` (kg): ``pipeline[:, 0]`` is the virgin order that arrives next;
+    ``sales_history`` ``[B, L_r]`` (units): ``sales_history[:, 0]`` is ``s_{t-L_r}``, the
+    sales whose cores return this period. Each queue is kept as a tuple of its slots
+    (``pipeline_slots``, ``history_slots``, each ``[B]``) and the ``[B, L]`` tensors are
+    stacked on access: moving a queue by one period is then a tuple operation, not a copy of
+    the queue, which keeps the simulator's step a few dozen vector operations long.
     """
 
-    virgin: Tensor  # V, kg
-    recycled: Tensor  # M, kg
-    product: Tensor  # P, units
-    cores: Tensor  # C, units
-    backlog: Tensor  # B, units
-    pipeline: Tensor  # [B, L_v] kg
-    sales_history: Tensor  # [B, L_r] units
+    __slots__ = ("virgin", "recycled", "product", "cores", "backlog", "pipeline_slots", "history_slots")
+
+    def __init__(self, virgin: Tensor, recycled: Tensor, product: Tensor, cores: Tensor, backlog: Tensor,
+                 pipeline: Tensor | tuple[Tensor, ...], sales_history: Tensor | tuple[Tensor, ...]):
+        self.virgin = virgin  # V, kg
+        self.recycled = recycled  # M, kg
+        self.product = product  # P, units
+        self.cores = cores  # C, units
+        self.backlog = backlog  # B, units
+        self.pipeline_slots: tuple[Tensor, ...] = tuple(pipeline.unbind(-1)) if isinstance(pipeline, Tensor) \
+            else tuple(pipeline)
+        self.history_slots: tuple[Tensor, ...] = tuple(sales_history.unbind(-1)) \
+            if isinstance(sales_history, Tensor) else tuple(sales_history)
+
+    @property
+    def pipeline(self) -> Tensor:
+        """``[B, L]`` kg in transit, next to arrive first."""
+        return _stack_slots(self.pipeline_slots, self.virgin)
+
+    @property
+    def sales_history(self) -> Tensor:
+        """``[B, L_r]`` units, oldest (``s_{t-L_r}``) first."""
+        return _stack_slots(self.history_slots, self.virgin)
 
     def stocks(self) -> Tensor:
         """``[B, 5]`` (V, M, P, C, B)."""
         return torch.stack([self.virgin, self.recycled, self.product, self.cores, self.backlog], dim=-1)
 
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> "State":
+        return State(fn(self.virgin), fn(self.recycled), fn(self.product), fn(self.cores), fn(self.backlog),
+                     tuple(map(fn, self.pipeline_slots)), tuple(map(fn, self.history_slots)))
+
     def detach(self) -> "State":
-        return State(*(getattr(self, f).detach() for f in self.__dataclass_fields__))
+        return self._map(Tensor.detach)
 
     def index(self, i: int | slice) -> "State":
-        return State(*(getattr(self, f)[i] for f in self.__dataclass_fields__))
+        return self._map(lambda x: x[i])
+
+
+def _stack_slots(slots: tuple[Tensor, ...], like: Tensor) -> Tensor:
+    return torch.stack(slots, dim=-1) if slots else like.new_zeros(like.shape + (0,))
 
 
 @dataclass
 class StepResult:
-    """What one executed period produced; all ``[B]`` unless noted."""
+    """What one executed period produced; all ``[B]``.
+
+    ``terms`` and ``emissions`` are computed on first access: a rollout computes them for
+    the whole episode at once (:func:`cost_terms`), so the per-period step does not.
+    """
 
     cost: Tensor  # EUR
-    terms: dict[str, Tensor]  # EUR per cost term (COST_TERMS)
     sales: Tensor  # units
     production: Tensor  # units
-    emissions: Tensor  # kg CO2 (row 7's left-hand side)
+    action: Tensor  # [B, 6] the executed action
+    state: "State"  # end of period
+    regime: Tensor  # [B, 5] the regime in force
+    params: Params
+
+    @cached_property
+    def terms(self) -> dict[str, Tensor]:
+        """EUR per cost term (:data:`COST_TERMS`)."""
+        return cost_terms(self.action, self.state.stocks(), self.regime, self.params)
+
+    @cached_property
+    def emissions(self) -> Tensor:
+        """kg CO2, row 7's left-hand side."""
+        return emissions_of(self.action, self.params)
 
 
 class ScenarioBatch:
@@ -72,9 +116,12 @@ class ScenarioBatch:
 
     def __init__(self, params: Params, demand: Tensor, return_frac: Tensor, regime: Tensor):
         self.params = params
-        self.demand = demand
-        self.return_frac = return_frac
-        self.regime = regime
+        # Stored period-major (batch last) so that one period's slice, e.g. demand[:, t] or
+        # regime[:, t, R_TAX], is contiguous: the simulator's step reads it with one fast
+        # vector operation. The shapes are unchanged ([B, T], [B, T, 5]).
+        self.demand = demand.T.contiguous().T
+        self.return_frac = return_frac.T.contiguous().T
+        self.regime = regime.permute(1, 2, 0).contiguous().permute(2, 0, 1)
 
     @classmethod
     def from_scenarios(cls, scenarios: Sequence[Scenario], dtype: torch.dtype = torch.float32,
@@ -108,7 +155,20 @@ class ScenarioBatch:
 
 
 class Simulator:
-    """CLSC-1 dynamics for one parameter set."""
+    """CLSC-1 dynamics for one parameter set.
+
+    Why the step looks the way it does: at batch 4096 one period is a few dozen vector
+    operations of 4096 numbers, each of which costs about as much in dispatch as in
+    arithmetic, so speed comes from doing few of them, on contiguous memory. The queues are
+    tuples of per-slot vectors (moving them by a period copies nothing), a scenario batch
+    keeps its per-period inputs contiguous (:class:`ScenarioBatch`), the batched projection
+    hands out actions with contiguous columns, and the cost terms and emissions are left to
+    :func:`cost_terms` / :func:`emissions_of` (a rollout computes them once per episode).
+    The state update is the spec's arithmetic, operation by operation in the order of
+    events, so the Gymnasium environment's plain-float step reproduces it bit for bit; the
+    period cost is summed one ``torch.add(..., alpha=coefficient)`` per term and matches
+    the environment's to round-off.
+    """
 
     def __init__(self, params: Params = Params(), dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu"):
@@ -116,38 +176,37 @@ class Simulator:
         self.dtype = dtype
         self.device = torch.device(device)
         p = params
-        # Cost coefficients of the actions not depending on the regime (EUR per unit of action).
+        # EUR per unit of each action (o, u_v, u_r, g, f, w), regime-independent part.
         self._action_cost = torch.tensor(
             [p.cost_virgin, p.cost_produce / p.mass, p.cost_produce / p.mass, p.cost_disassemble,
              p.cost_refurbish, p.cost_dispose], dtype=dtype, device=self.device)
-        self._holding = torch.tensor([p.hold_virgin, p.hold_recycled, p.hold_product, p.hold_core, p.backlog_cost],
-                                     dtype=dtype, device=self.device)
+        self._recycled_per_core = p.yield_disassembly * p.mass  # kg of recycled material per core
+        self._tax_per_kg = p.emis_virgin / 1000.0  # t CO2 per kg virgin: times tau gives EUR/kg
 
     def initial_state(self, batch_size: int) -> State:
         p = self.params
-        full = lambda v: torch.full((batch_size,), float(v), dtype=self.dtype, device=self.device)  # noqa: E731
+        full = lambda *shape, v: torch.full(shape, float(v), dtype=self.dtype, device=self.device)  # noqa: E731
         return State(
-            virgin=full(p.init_virgin), recycled=full(p.init_recycled), product=full(p.init_product),
-            cores=full(p.init_core), backlog=full(p.init_backlog),
-            pipeline=torch.full((batch_size, p.lead_virgin), float(p.init_pipeline), dtype=self.dtype, device=self.device),
-            sales_history=torch.full((batch_size, p.lag_return), float(p.init_sales), dtype=self.dtype, device=self.device),
+            virgin=full(batch_size, v=p.init_virgin), recycled=full(batch_size, v=p.init_recycled),
+            product=full(batch_size, v=p.init_product), cores=full(batch_size, v=p.init_core),
+            backlog=full(batch_size, v=p.init_backlog),
+            pipeline=(full(batch_size, v=p.init_pipeline),) * p.lead_virgin,
+            sales_history=(full(batch_size, v=p.init_sales),) * p.lag_return,
         )
 
     def arrive(self, state: State, return_frac_t: Tensor) -> State:
         """Event 1: the order placed at ``t - L_v`` arrives; cores of ``s_{t-L_r}`` return."""
-        return replace(
-            state,
-            virgin=state.virgin + state.pipeline[:, 0],
-            cores=state.cores + return_frac_t * state.sales_history[:, 0],
-            pipeline=state.pipeline[:, 1:],
-        )
+        return State(state.virgin + state.pipeline_slots[0], state.recycled, state.product,
+                     state.cores + return_frac_t * state.history_slots[0], state.backlog,
+                     state.pipeline_slots[1:], state.history_slots)
 
     def execute(self, state: State, action: Tensor, demand_t: Tensor, regime_t: Tensor) -> tuple[State, StepResult]:
         """Events 3-6 for an already executed (feasible) action ``[B, 6]``; ``state`` is
         the post-arrival state whose pipeline has ``L_v - 1`` slots."""
         p = self.params
         o, u_v, u_r, g, f, w = action.unbind(-1)
-        q = (u_v + u_r) / p.mass
+        material = u_v + u_r
+        q = material / p.mass
         virgin = state.virgin - u_v
         recycled = state.recycled - u_r
         cores = state.cores - (g + f + w)
@@ -155,24 +214,37 @@ class Simulator:
         sales = torch.minimum(state.product, wanted)
         product = state.product - sales + q + p.yield_refurbish * f
         backlog = wanted - sales
-        recycled = recycled + p.yield_disassembly * p.mass * g
-        pipeline = torch.cat([state.pipeline, o.unsqueeze(-1)], dim=-1)
-        sales_history = torch.cat([state.sales_history[:, 1:], sales.unsqueeze(-1)], dim=-1)
-        new = State(virgin, recycled, product, cores, backlog, pipeline, sales_history)
+        recycled = recycled + self._recycled_per_core * g
+        new = State(virgin, recycled, product, cores, backlog, state.pipeline_slots + (o,),
+                    state.history_slots[1:] + (sales,))
 
-        tax = regime_t[:, R_TAX] * p.emis_virgin / 1000.0 * o
-        landfill = regime_t[:, R_LANDFILL] * w
-        action_terms = action * self._action_cost
-        holding = new.stocks() * self._holding
-        terms = {
-            "virgin": action_terms[:, 0], "carbon": tax, "produce": action_terms[:, 1] + action_terms[:, 2],
-            "disassemble": action_terms[:, 3], "refurbish": action_terms[:, 4], "dispose": action_terms[:, 5],
-            "landfill_tax": landfill, "hold_virgin": holding[:, 0], "hold_recycled": holding[:, 1],
-            "hold_product": holding[:, 2], "hold_core": holding[:, 3], "backlog": holding[:, 4],
-        }
-        cost = action_terms.sum(-1) + tax + landfill + holding.sum(-1)
-        emissions = emissions_of(action, p)
-        return new, StepResult(cost=cost, terms=terms, sales=sales, production=q, emissions=emissions)
+        # The period cost, one operation per term (torch.add's alpha saves a multiplication each).
+        cost = torch.add(regime_t[:, R_LANDFILL] * w, regime_t[:, R_TAX] * o, alpha=self._tax_per_kg)
+        for coefficient, x in ((p.cost_virgin, o), (p.cost_produce / p.mass, material), (p.cost_disassemble, g),
+                               (p.cost_refurbish, f), (p.cost_dispose, w), (p.hold_virgin, virgin),
+                               (p.hold_recycled, recycled), (p.hold_product, product), (p.hold_core, cores),
+                               (p.backlog_cost, backlog)):
+            cost = torch.add(cost, x, alpha=coefficient)
+        return new, StepResult(cost=cost, sales=sales, production=q, action=action, state=new, regime=regime_t,
+                               params=p)
+
+
+def cost_terms(action: Tensor, stocks: Tensor, regime: Tensor, params: Params) -> dict[str, Tensor]:
+    """EUR per cost term (:data:`COST_TERMS`) of periods with executed ``action`` ``[..., 6]``,
+    end-of-period ``stocks`` ``[..., 5]`` (V, M, P, C, B) and ``regime`` ``[..., 5]`` in force;
+    any leading shape (one period ``[B]``, an episode ``[B, T]``). Their sum is the period
+    cost (to round-off: :meth:`Simulator.execute` sums in another order)."""
+    p = params
+    o, u_v, u_r, g, f, w = action.unbind(-1)
+    V, M, P, C, B = stocks.unbind(-1)
+    return {
+        "virgin": p.cost_virgin * o, "carbon": regime[..., R_TAX] * p.emis_virgin / 1000.0 * o,
+        "produce": p.cost_produce / p.mass * u_v + p.cost_produce / p.mass * u_r,
+        "disassemble": p.cost_disassemble * g, "refurbish": p.cost_refurbish * f, "dispose": p.cost_dispose * w,
+        "landfill_tax": regime[..., R_LANDFILL] * w, "hold_virgin": p.hold_virgin * V,
+        "hold_recycled": p.hold_recycled * M, "hold_product": p.hold_product * P, "hold_core": p.hold_core * C,
+        "backlog": p.backlog_cost * B,
+    }
 
 
 def emissions_of(action: Tensor, params: Params) -> Tensor:
@@ -239,8 +311,7 @@ def rollout(batch: ScenarioBatch, policy: Policy, project: Projector | None,
     policy.reset(batch)
     if scale is None:
         scale = torch.as_tensor(batch.params.action_scale, dtype=batch.dtype, device=batch.demand.device)
-    costs, executed, raws, stocks, sales, emissions, available = [], [], [], [], [], [], []
-    terms: dict[str, list[Tensor]] = {k: [] for k in COST_TERMS}
+    costs, executed, raws, stocks, sales, available = [], [], [], [], [], []
     last_demand = None
     for t in range(batch.horizon):
         state = sim.arrive(state, batch.return_frac[:, t])
@@ -255,14 +326,12 @@ def rollout(batch: ScenarioBatch, policy: Policy, project: Projector | None,
         raws.append(raw)
         stocks.append(state.stocks())
         sales.append(step.sales)
-        emissions.append(step.emissions)
-        for k in COST_TERMS:
-            terms[k].append(step.terms[k])
+    executed_all, stocks_all = torch.stack(executed, 1), torch.stack(stocks, 1)
     return Rollout(
-        cost=torch.stack(costs, 1), executed=torch.stack(executed, 1), raw=torch.stack(raws, 1), scale=scale,
-        available=torch.stack(available, 1),
-        stocks=torch.stack(stocks, 1), sales=torch.stack(sales, 1), emissions=torch.stack(emissions, 1),
-        terms={k: torch.stack(v, 1) for k, v in terms.items()},
+        cost=torch.stack(costs, 1), executed=executed_all, raw=torch.stack(raws, 1), scale=scale,
+        available=torch.stack(available, 1), stocks=stocks_all, sales=torch.stack(sales, 1),
+        emissions=emissions_of(executed_all, batch.params),
+        terms=cost_terms(executed_all, stocks_all, batch.regime, batch.params),
     )
 
 
