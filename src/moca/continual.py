@@ -269,7 +269,17 @@ def project_update(g: Tensor, memory_grads: Tensor, margin: float = 0.0) -> Tens
     if margin == 0 and mem.shape[0] >= mem.shape[1]:
         # As many constraints as weights (tiny models): the Gram matrix is singular and the
         # jittered dual leaves a small violation, while the primal QP is small and exact.
-        d = quadprog.solve_qp(np.eye(mem.shape[1]), gd.numpy(), mem.numpy().T, np.zeros(mem.shape[0]))[0]
+        # Rows through the origin can make quadprog call the (always consistent: d = 0)
+        # constraints inconsistent; a relative slack of 1e-12, then 1e-10, settles it.
+        slack = np.sqrt(norms[norms > 0].numpy() * float(gd @ gd))
+        for relax in (0.0, 1e-12, 1e-10):
+            try:
+                d = quadprog.solve_qp(np.eye(mem.shape[1]), gd.numpy(), mem.numpy().T, -relax * slack)[0]
+                break
+            except ValueError:
+                continue
+        else:  # pragma: no cover - d = 0 is strictly feasible for the relaxed rows
+            raise ContinualError("project_update: the GEM primal QP could not be solved")
         return torch.from_numpy(d).to(dtype=g.dtype, device=g.device)
     gram = (mem @ mem.T).numpy()
     gram = 0.5 * (gram + gram.T)  # exact symmetry for the Cholesky inside quadprog
