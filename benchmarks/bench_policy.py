@@ -20,38 +20,28 @@ import time
 import numpy as np
 import torch
 
+from moca.evaluation import TimedDecisions
 from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, policy_loss
 from moca.regime import TASKS
 from moca.scenario import Params, draw_scenarios
 from moca.sim import ScenarioBatch, Simulator, rollout
 
 
-class _TimedDecisions:
-    """Drives :class:`DeployedPolicy` through an episode, timing each decision and keeping
-    the observations, on which the MPC's decision is timed afterwards (a second pass, so
-    that neither evicts the other's working set from the cache between decisions)."""
+class _TimedDecisions(TimedDecisions):
+    """moca's decision timer (``decide`` only) that also keeps the observations, on which
+    the MPC's decision is timed afterwards (a second pass, so that neither evicts the
+    other's working set from the cache between decisions), and counts projected decisions."""
 
     def __init__(self, deployed: DeployedPolicy):
-        self.deployed = deployed
-        self.policy_us: list[float] = []
+        super().__init__(deployed)
         self.observations: list[tuple] = []
         self.projected = 0
 
-    def reset(self, batch: ScenarioBatch) -> None:
-        self.deployed.reset(batch)
-
     def act(self, obs):
-        s = obs.state
-        stocks = s.stocks()[0].numpy()
-        pipeline, history = s.pipeline[0].numpy(), s.sales_history[0].numpy()
-        regime = obs.regime[0].numpy()
-        last = None if obs.last_demand is None else float(obs.last_demand[0])
-        started = time.perf_counter()
-        action = self.deployed.decide(obs.t, stocks, pipeline, history, regime, float(obs.return_frac[0]), last)
-        self.policy_us.append((time.perf_counter() - started) * 1e6)
-        self.projected += int(not np.array_equal(action, self.deployed.last_raw))
-        self.observations.append((obs.params, obs.t, stocks, pipeline, history, regime))
-        return torch.as_tensor(action, dtype=s.virgin.dtype)[None]
+        action = super().act(obs)
+        self.projected += int(not np.array_equal(action[0].numpy(), self.policy.last_raw))
+        self.observations.append((obs.params, *DeployedPolicy.inputs(obs)[:5]))
+        return action
 
 
 def _mpc_latency(observations: list[tuple]) -> list[float]:
@@ -77,12 +67,11 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
 
 def _training_steps(params: Params) -> dict[str, float]:
     """Seconds of one inner (adaptation) step and one FOMAML meta step at default sizes."""
-    from moca.meta import MetaConfig, MetaLearner, OracleCache, sample_task, task_losses
+    from moca.meta import MetaConfig, MetaLearner, OracleCache, task_batch, sample_task, task_losses
 
     cache = OracleCache(params)
     module = LSTMPolicy(params)
-    support = cache.scenarios(range(800, 808), TASKS["T2"])
-    batch, oracle = ScenarioBatch.from_scenarios(support), torch.as_tensor(cache.costs(support), dtype=torch.float32)
+    batch, oracle = task_batch(cache, [TASKS["T2"]], [range(800, 808)])
     times = []
     for _ in range(3):
         started = time.perf_counter()
@@ -90,14 +79,14 @@ def _training_steps(params: Params) -> dict[str, float]:
         torch.autograd.grad(loss, list(module.parameters()))
         times.append(time.perf_counter() - started)
     config = MetaConfig()
-    meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr)
+    meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr,
+                       config.inner_clip, config.zero_shot_weight)  # as meta_train builds it
     rng = np.random.default_rng(0)
     tasks = [sample_task(rng) for _ in range(config.tasks_per_step)]
     seeds = [list(range(10 * i, 10 * i + config.support_size + config.query_size)) for i in range(len(tasks))]
-    sup = [s for regime, ts in zip(tasks, seeds) for s in cache.scenarios(ts[:config.support_size], regime)]
-    qry = [s for regime, ts in zip(tasks, seeds) for s in cache.scenarios(ts[config.support_size:], regime)]
-    sup_b, qry_b = ScenarioBatch.from_scenarios(sup), ScenarioBatch.from_scenarios(qry)
-    sup_o, qry_o = (torch.as_tensor(cache.costs(x), dtype=torch.float32) for x in (sup, qry))  # oracle not timed
+    # (oracle costs are solved here, before the timer starts)
+    sup_b, sup_o = task_batch(cache, tasks, [ts[:config.support_size] for ts in seeds])
+    qry_b, qry_o = task_batch(cache, tasks, [ts[config.support_size:] for ts in seeds])
     started = time.perf_counter()
     learners = [meta.clone() for _ in tasks]
     losses, _ = task_losses(module, learners, sup_b, sup_o, config.support_size, config.correction_weight)
@@ -105,7 +94,7 @@ def _training_steps(params: Params) -> dict[str, float]:
     losses, _ = task_losses(module, learners, qry_b, qry_o, config.query_size, config.correction_weight)
     meta.outer_step(learners, losses.mean())
     meta_step = time.perf_counter() - started
-    return {"inner_step_s": round(float(np.median(times)), 3), "inner_step_batch": len(support),
+    return {"inner_step_s": round(float(np.median(times)), 3), "inner_step_batch": batch.size,
             "meta_step_s": round(meta_step, 3),
             "meta_step_batch": f"{config.tasks_per_step} tasks x ({config.support_size} support + "
                                f"{config.query_size} query), {config.inner_steps} inner step, oracle excluded"}
@@ -146,13 +135,13 @@ def main() -> None:
             mpc_us = _mpc_latency(timer.observations)
         except ImportError:
             mpc_us = []
-    policy = _percentiles(timer.policy_us[5:])  # the first calls warm caches up
+    policy = _percentiles(timer.latencies[5:])  # the first calls warm caches up
     result = {
         "benchmark": "policy_decision_latency",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "decide_us": policy,
-        "projected_share": round(timer.projected / max(len(timer.policy_us), 1), 3),  # decisions that ran the QP
+        "projected_share": round(timer.projected / max(len(timer.latencies), 1), 3),  # decisions that ran the QP
         "mpc_decide_us": _percentiles(mpc_us[5:]),
     }
     if policy and result["mpc_decide_us"]:

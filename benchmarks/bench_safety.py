@@ -108,7 +108,7 @@ def bench_episode(size: int, repeats: int) -> dict[str, float]:
                 state, _ = sim.execute(state, action, batch.demand[:, t], regime)
 
     episode()
-    out = _rate(episode, size * batch.horizon, repeats)
+    out = rate(episode, size * batch.horizon, repeats, "projections")
     return {"env_steps_per_s": out["projections_per_s"], "median_env_steps_per_s": out["median_projections_per_s"],
             "infeasible_share": float(np.mean(moved))}
 
@@ -142,10 +142,6 @@ def _latencies(fn, args, repeats: int) -> dict[str, float]:
     return {"p50_us": float(np.percentile(best_pass, 50)), "p99_us": float(np.percentile(best_pass, 99)),
             "p50_us_best_of_passes": float(np.percentile(per_call, 50)),
             "p99_us_best_of_passes": float(np.percentile(per_call, 99))}
-
-
-def _rate(fn, count: int, repeats: int) -> dict[str, float]:
-    return rate(fn, count, repeats, "projections")
 
 
 def run(quick: bool = False) -> dict:
@@ -186,10 +182,10 @@ def run(quick: bool = False) -> dict:
                     safety.project_batch(raw_t, state, reg, PARAMS)
 
             step()
-            entry[str(dtype).replace("torch.", "")] = _rate(step, size, repeats)
+            entry[str(dtype).replace("torch.", "")] = rate(step, size, repeats, "projections")
         batch_cases = [cases[i] for i in take]
-        entry["quadprog_loop_float64"] = _rate(lambda: [_quadprog_one(*c) for c in batch_cases], size,
-                                               1 if size > 256 else repeats)
+        entry["quadprog_loop_float64"] = rate(lambda: [_quadprog_one(*c) for c in batch_cases], size,
+                                              1 if size > 256 else repeats, "projections")
         out["project_batch"][str(size)] = entry
     out["episode_with_simulator"] = {str(size): bench_episode(size, repeats) for size in (256, 4096)}
     out["targets"] = {"project_p50_us": 20, "project_p99_us": 50, "project_batch_4096_per_s": 100e3}

@@ -68,10 +68,6 @@ def _random_raw(batch: ScenarioBatch, seed: int) -> torch.Tensor:
     return torch.rand(batch.size, batch.horizon, 6, generator=gen, dtype=batch.dtype) * scale
 
 
-def _rate(fn, steps: int, repeats: int) -> dict[str, float]:
-    return rate(fn, steps, repeats, "env_steps")
-
-
 def bench_dynamics(size: int, repeats: int) -> dict[str, float]:
     batch = _batch(size)
     sim = Simulator(batch.params, batch.dtype)
@@ -89,7 +85,7 @@ def bench_dynamics(size: int, repeats: int) -> dict[str, float]:
                 state, _ = sim.execute(state, feasible[t].T, batch.demand[:, t], batch.regime[:, t])
 
     episode()  # warm-up
-    return _rate(episode, size * batch.horizon, repeats)
+    return rate(episode, size * batch.horizon, repeats, "env_steps")
 
 
 def bench_projected(size: int, repeats: int) -> dict[str, float]:
@@ -107,7 +103,7 @@ def bench_projected(size: int, repeats: int) -> dict[str, float]:
                 state, _ = sim.execute(state, action, batch.demand[:, t], regime)
 
     episode()
-    return _rate(episode, size * batch.horizon, repeats)
+    return rate(episode, size * batch.horizon, repeats, "env_steps")
 
 
 def bench_projected_deployment(repeats: int) -> dict[str, float]:
@@ -128,7 +124,7 @@ def bench_projected_deployment(repeats: int) -> dict[str, float]:
                                        batch.demand[:, t], batch.regime[:, t])
 
     episode()
-    return _rate(episode, batch.horizon, repeats)
+    return rate(episode, batch.horizon, repeats, "env_steps")
 
 
 def bench_gym(episodes: int, repeats: int, check_violations: bool, project: bool = True,

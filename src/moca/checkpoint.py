@@ -23,18 +23,12 @@ import torch
 FORMAT = "moca-checkpoint/1"
 WEIGHTS = "weights.safetensors"
 META = "checkpoint.json"
-DEFAULT_NAME = "default"
 #: Meta-inits shipped in the package, by the name that stands for their directory.
 SHIPPED = {"default": "default", "default-reptile": "reptile"}
 
 
 class CheckpointError(ValueError):
     """A missing, corrupted or mismatched checkpoint."""
-
-
-def default_checkpoint_dir() -> Path:
-    """The meta-init shipped in the package (what ``moca run`` uses)."""
-    return Path(str(resources.files("moca") / "data" / DEFAULT_NAME))
 
 
 def resolve(path: str | Path) -> Path:

@@ -491,7 +491,7 @@ class ContinualLearner:
         penalty = self.ewc.penalty(self.flat) if self.ewc is not None else torch.zeros_like(loss)
         grad = self._gradient(loss + penalty)
         projected = False
-        if self.spec.project and self.memories:
+        if self.memories:  # only projected methods keep memories
             direction = project_update(grad, self._memory_gradients(), self.config.margin)
             projected = direction is not grad
             grad = direction
@@ -543,8 +543,9 @@ class ContinualLearner:
             fisher = diagonal_fisher(task.per_sample_losses, self.layout, self.flat)
             self.ewc.consolidate(fisher, self.flat.detach())
             max_curvature = float(self.ewc.curvature().max())
-            if self.config.optimizer == "sgd" and self.config.lr * max_curvature >= 2:
-                # Plain SGD on a quadratic of curvature c diverges when lr · c >= 2.
+            if (self.config.optimizer == "sgd" and self.config.max_grad_norm is None
+                    and self.config.lr * max_curvature >= 2):
+                # Plain (unclipped) SGD on a quadratic of curvature c diverges when lr · c >= 2.
                 warnings.warn(
                     f"EWC after task {task.name!r}: lr·λ·max F = {self.config.lr * max_curvature:.3g} >= 2, "
                     "SGD steps will oscillate and diverge on the penalty; lower lr or ewc_lambda, "

@@ -202,7 +202,6 @@ class CircularSupplyChainEnv(gym.Env):
         self.cores, self.backlog = float(p.init_core), float(p.init_backlog)
         self.pipeline = [float(p.init_pipeline)] * p.lead_virgin
         self.sales_history = [float(p.init_sales)] * p.lag_return
-        self.last_demand = float(p.init_sales)
         self.t = 0
         self._arrive()
         return self._observation(), {"t": 0, "regime": self._regime[0].copy(), "scenario_seed": scenario_seed}
@@ -217,16 +216,7 @@ class CircularSupplyChainEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self.t >= self._k.horizon:
             raise RuntimeError("the episode has ended; call reset()")
-        if type(action) is np.ndarray and action.shape == (6,) and action.dtype.kind == "f":  # the hot path
-            z = action.tolist()
-        else:
-            z = np.asarray(action, dtype=np.float64)
-            if z.shape != (6,):
-                raise ValueError(f"action: expected shape (6,) (o, u_v, u_r, g, f, w), got {z.shape}")
-            z = z.tolist()
-        # One sum is non-finite whenever an entry is (and, rarely, when finite entries overflow it).
-        if not math.isfinite(sum(z)) and not all(map(math.isfinite, z)):
-            raise ValueError(f"action: must be finite, got {z}")
+        z = safety.action_values(action, "action")  # a ValueError naming shape or NaN/inf
         t = self.t
         raw = [a * s for a, s in zip(z, self._scale)]
         regime = self._regime_rows[t]
@@ -271,7 +261,6 @@ class CircularSupplyChainEnv(gym.Env):
             "emissions": k.emis_virgin * o + k.emis_per_kg_input * (u_v + u_r) + k.emis_per_core * g,
         }
 
-        self.last_demand = demand
         self.t = t = t + 1
         terminated = t >= k.horizon
         if not terminated:

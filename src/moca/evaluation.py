@@ -8,7 +8,7 @@ latency of the deployment path (policy + exact projection, one scenario at a tim
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -16,8 +16,9 @@ import torch
 
 from moca import safety
 from moca.oracle import solve_oracle
+from moca.policy import DeployedPolicy
 from moca.scenario import Scenario
-from moca.sim import Observation, Policy, ScenarioBatch, Simulator, State
+from moca.sim import Observation, Policy, ScenarioBatch, State, rollout
 
 
 @dataclass
@@ -29,15 +30,12 @@ class Evaluation:
     oracle_costs: np.ndarray  # [N] EUR
     violations: int
     latencies_us: np.ndarray  # one entry per decision
-    correction: float = 0.0  # mean normalised distance the safety layer moved raw actions
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def scores(self) -> np.ndarray:
         return self.oracle_costs / self.costs
 
     def summary(self) -> dict[str, Any]:
-        lat = self.latencies_us
         return {
             "policy": self.policy,
             "scenarios": int(self.costs.size),
@@ -45,43 +43,63 @@ class Evaluation:
             "mean_oracle_cost": float(self.oracle_costs.mean()),
             "score": float(self.scores.mean()),
             "violations": int(self.violations),
-            "decision_latency_us": {
-                "p50": float(np.percentile(lat, 50)) if lat.size else None,
-                "p99": float(np.percentile(lat, 99)) if lat.size else None,
-            },
+            "decision_latency_us": latency_summary(self.latencies_us),
         }
 
 
-class _TimedDeploymentProjector:
-    """Runs the deployment path (exact DAQP projection per decision) and times
-    ``policy.act`` + projection together, as a controller would see it (violations are
-    counted after the episode, outside the timed region)."""
+def latency_summary(latencies_us: Sequence[float] | np.ndarray) -> dict[str, float | None]:
+    """``{"p50", "p99"}`` of per-decision latencies (µs); None when there are none."""
+    lat = np.asarray(latencies_us, dtype=float)
+    return {"p50": float(np.percentile(lat, 50)) if lat.size else None,
+            "p99": float(np.percentile(lat, 99)) if lat.size else None}
 
-    def __init__(self) -> None:
+
+class TimedDecisions:
+    """A policy of :mod:`moca.sim` whose every decision is timed as a controller sees it:
+    the policy's action and the exact deployment projection (DAQP), one scenario at a
+    time. A :class:`moca.policy.DeployedPolicy` projects itself, so only its ``decide`` is
+    timed (reading the simulator's tensors is not part of what a controller does); roll
+    out with :attr:`projector` (None for a deployed policy). Violations are counted after
+    the episode, outside the timed region."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
         self.latencies: list[float] = []
-        self._act_started = 0.0
+        self._started = 0.0
+        self.projector = None if isinstance(policy, DeployedPolicy) else self._project
 
-    def project(self, raw: torch.Tensor, state: State, regime: torch.Tensor, params) -> torch.Tensor:
+    def reset(self, batch: ScenarioBatch) -> None:
+        self.policy.reset(batch)
+
+    def act(self, obs: Observation) -> torch.Tensor:
+        if self.projector is None:
+            args = self.policy.inputs(obs)
+            started = time.perf_counter()
+            action = self.policy.decide(*args)
+            self.latencies.append((time.perf_counter() - started) * 1e6)
+            return torch.as_tensor(action, dtype=obs.state.virgin.dtype)[None]
+        self._started = time.perf_counter()
+        return self.policy.act(obs)
+
+    def _project(self, raw: torch.Tensor, state: State, regime: torch.Tensor, params) -> torch.Tensor:
         raw_np = raw.detach().to(torch.float64).numpy()
         regime_np = regime.detach().to(torch.float64).numpy()
         out = np.empty_like(raw_np)
         for i in range(raw_np.shape[0]):
             out[i] = safety.project(raw_np[i], float(state.virgin[i]), float(state.recycled[i]),
                                     float(state.cores[i]), regime_np[i], params)
-        self.latencies.append((time.perf_counter() - self._act_started) * 1e6)
+        self.latencies.append((time.perf_counter() - self._started) * 1e6)
         return torch.as_tensor(out, dtype=raw.dtype)
 
 
-class _TimedPolicy:
-    def __init__(self, policy: Policy, timer: _TimedDeploymentProjector):
-        self.policy, self.timer = policy, timer
-
-    def reset(self, batch: ScenarioBatch) -> None:
-        self.policy.reset(batch)
-
-    def act(self, obs: Observation) -> torch.Tensor:
-        self.timer._act_started = time.perf_counter()
-        return self.policy.act(obs)
+def _timed_oracle(scenarios: Sequence[Scenario]) -> tuple[np.ndarray, list[float]]:
+    """Oracle costs (EUR) and the µs of each solve (build included)."""
+    costs, latencies = np.empty(len(scenarios)), []
+    for i, scenario in enumerate(scenarios):
+        started = time.perf_counter()
+        costs[i] = solve_oracle(scenario).oracle_cost
+        latencies.append((time.perf_counter() - started) * 1e6)
+    return costs, latencies
 
 
 def evaluate_policy(
@@ -96,37 +114,22 @@ def evaluate_policy(
     ``policy=None`` evaluates the hindsight oracle itself; its "decision latency" is the
     time of one whole LP solve (it decides the entire horizon at once).
     """
-    from moca.sim import rollout
-
+    oracle_latency: list[float] = []
     if oracle_costs is None:
-        oracle_costs = np.empty(len(scenarios))
-        oracle_latency = []
-        for i, scenario in enumerate(scenarios):
-            started = time.perf_counter()
-            oracle_costs[i] = solve_oracle(scenario).oracle_cost
-            oracle_latency.append((time.perf_counter() - started) * 1e6)
-    else:
-        oracle_latency = []
+        oracle_costs, oracle_latency = _timed_oracle(scenarios)
     if policy is None:
         if not oracle_latency:
-            for scenario in scenarios[: min(len(scenarios), 5)]:
-                started = time.perf_counter()
-                solve_oracle(scenario)
-                oracle_latency.append((time.perf_counter() - started) * 1e6)
+            _, oracle_latency = _timed_oracle(scenarios[: min(len(scenarios), 5)])
         return Evaluation(name, oracle_costs.copy(), oracle_costs, 0, np.asarray(oracle_latency))
-    timer = _TimedDeploymentProjector()
+    timed = TimedDecisions(policy)
     costs = np.empty(len(scenarios))
-    corrections = []
     violations = 0
     with torch.no_grad():
         for i, scenario in enumerate(scenarios):
             batch = ScenarioBatch.from_scenarios([scenario], dtype=torch.float64)
-            result = rollout(batch, _TimedPolicy(policy, timer), timer.project,
-                             simulator=Simulator(scenario.params, dtype=torch.float64))
+            result = rollout(batch, timed, timed.projector)
             costs[i] = float(result.total_cost[0])
             violations += safety.episode_violations(result.executed, result.available, batch.regime, scenario.params)
-            corrections.append(float(result.correction[0]))
             if progress:
                 progress(i + 1)
-    return Evaluation(name, costs, np.asarray(oracle_costs, dtype=float), violations,
-                      np.asarray(timer.latencies), correction=float(np.mean(corrections)))
+    return Evaluation(name, costs, np.asarray(oracle_costs, dtype=float), violations, np.asarray(timed.latencies))

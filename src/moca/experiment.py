@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,10 +35,12 @@ from torch import Tensor
 
 from moca import checkpoint
 from moca.continual import ContinualConfig, ContinualError, ContinualLearner, METHODS, method_spec
+from moca.evaluation import TimedDecisions, latency_summary
+from moca.evaluation import evaluate_policy as evaluate_deployed
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
 from moca.metrics import adaptation_speed, continual_metrics
 from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy
-from moca.regime import REGIME_FIELDS, TASKS, Regime, RegimeSchedule, load_regime
+from moca.regime import TASKS, Regime, RegimeSchedule, load_regime
 from moca.scenario import Params, Scenario, draw_scenarios
 from moca.sim import COST_TERMS, ScenarioBatch, rollout
 
@@ -108,7 +109,7 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
     if adapt_steps:
         if len(plan.entries) != 1:
             raise ExperimentError("--adapt-steps: adaptation needs one regime, not a schedule of several")
-        regime = Regime(**{f: getattr(plan.entries[0], f) for f in REGIME_FIELDS})
+        regime = plan.entries[0].regime()
         weights, _ = adapt(module, None, regime, adapt_steps)
     return DeployedPolicy(module, weights)
 
@@ -205,69 +206,50 @@ def _init_weights(method: str, module: LSTMPolicy, checkpoints: dict[str, str]) 
 
 def deployment_latency_us(module: LSTMPolicy, weights: Weights, scenarios: Sequence[Scenario]) -> list[float]:
     """Microseconds per decision of :class:`DeployedPolicy` (policy + exact projection),
-    timed around ``decide`` only (the reading of the simulator's tensors is not part of
-    what a controller does)."""
-    deployed = DeployedPolicy(module, weights)
-    latencies: list[float] = []
-
-    class Timed:
-        def reset(self, batch: ScenarioBatch) -> None:
-            deployed.reset(batch)
-
-        def act(self, obs):
-            args = deployed.inputs(obs)
-            started = time.perf_counter()
-            action = deployed.decide(*args)
-            latencies.append((time.perf_counter() - started) * 1e6)
-            return torch.as_tensor(action, dtype=obs.state.virgin.dtype)[None]
-
+    timed around ``decide`` only (:class:`moca.evaluation.TimedDecisions`)."""
+    timed = TimedDecisions(DeployedPolicy(module, weights))
     with torch.no_grad():
         for scenario in scenarios:
-            rollout(ScenarioBatch.from_scenarios([scenario], dtype=torch.float64), Timed(), None)
-    return latencies
+            rollout(ScenarioBatch.from_scenarios([scenario], dtype=torch.float64), timed, timed.projector)
+    return timed.latencies
 
 
 def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Regime]], cache: OracleCache,
-                  config: ExperimentConfig = ExperimentConfig(), checkpoints: dict[str, str] | None = None,
-                  scorer: _Scorer | None = None, progress: Callable[[str], None] | None = None,
+                  config: ExperimentConfig = ExperimentConfig(), scorer: _Scorer | None = None, progress: Callable[[str], None] | None = None,
                   init: Weights | None = None) -> tuple[dict[str, Any], Weights]:
     """Learn ``tasks`` in order with ``method``; returns the method's results (the
     ``MethodResult`` of :mod:`moca.report`) and its final weights.
 
     The start: ``init`` if given (not for ``scratch``), else the method's shipped meta-init
-    (``checkpoints`` overrides :data:`METHOD_CHECKPOINTS`), else ``module``'s weights."""
+    (:data:`METHOD_CHECKPOINTS`), else ``module``'s weights."""
     spec = method_spec(method)  # unknown names fail before any work
     if init is not None and spec.init == "fresh":
         raise ExperimentError("checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
-    checkpoints = {**METHOD_CHECKPOINTS, **(checkpoints or {})}
     started = time.perf_counter()
     scorer = scorer or _Scorer(module, cache, [r for _, r in tasks], config)
     scorer.violations = 0
     if init is None:
-        init = _init_weights(method, module, checkpoints)
+        init = _init_weights(method, module, METHOD_CHECKPOINTS)
     cc = config.continual.model_copy(update={"seed": config.scratch_seed})
-    with warnings.catch_warnings():
-        # The EWC stability warning is about plain SGD steps; moca's steps are clipped to a norm.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        learner = ContinualLearner(module, method, init, cc)
-        n = len(tasks)
+    learner = ContinualLearner(module, method, init, cc)
+    n = len(tasks)
+    last_row = [scorer.test_score(learner.weights, j) for j in range(n)]
+    R = [[e["score"] for e in last_row]]
+    curves, steps_to, seconds_to, learn_seconds = [], [], [], []
+    for i, (name, regime) in enumerate(tasks):
+        if progress:
+            progress(f"{method}: learning {name}")
+        task = PolicyTask(name, regime, module, cache, config.train_size, config.memory_size,
+                          config.correction_weight)
+        stats = learner.learn(task, config.steps, on_step=lambda k, w, i=i: scorer.validation_score(w, i))
+        learner.consolidate(task)
+        speed = adaptation_speed(stats.scores, stats.seconds)
+        curves.append([float(s) for s in stats.scores])
+        steps_to.append(speed.steps)
+        seconds_to.append(speed.seconds)
+        learn_seconds.append(stats.total_seconds)
         last_row = [scorer.test_score(learner.weights, j) for j in range(n)]
-        R = [[e["score"] for e in last_row]]
-        curves, steps_to, seconds_to, learn_seconds = [], [], [], []
-        for i, (name, regime) in enumerate(tasks):
-            if progress:
-                progress(f"{method}: learning {name}")
-            task = PolicyTask(name, regime, module, cache, config.train_size, config.memory_size,
-                              config.correction_weight)
-            stats = learner.learn(task, config.steps, on_step=lambda k, w, i=i: scorer.validation_score(w, i))
-            learner.consolidate(task)
-            speed = adaptation_speed(stats.scores, stats.seconds)
-            curves.append([float(s) for s in stats.scores])
-            steps_to.append(speed.steps)
-            seconds_to.append(speed.seconds)
-            learn_seconds.append(stats.total_seconds)
-            last_row = [scorer.test_score(learner.weights, j) for j in range(n)]
-            R.append([e["score"] for e in last_row])
+        R.append([e["score"] for e in last_row])
     final = learner.weights
     corrections = [e["correction"] for e in last_row]  # the final weights' row of R
     summary = continual_metrics(np.asarray(R[1:]), initial=R[0])
@@ -283,12 +265,12 @@ def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Re
         "adaptation_curves": curves,
         "violations": scorer.violations,
         "correction": float(np.mean(corrections)),
-        "decision_latency_us": {"p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99))},
+        "decision_latency_us": latency_summary(latency),
         "learning_seconds": learn_seconds,
         "wall_seconds": time.perf_counter() - started,
     }
-    if method in checkpoints and method_spec(method).init == "meta":
-        result["checkpoint"] = checkpoints[method]
+    if method in METHOD_CHECKPOINTS and spec.init == "meta":
+        result["checkpoint"] = METHOD_CHECKPOINTS[method]
     return result, final
 
 
@@ -301,7 +283,6 @@ def baseline_results(tasks: Sequence[tuple[str, Regime]], scorer: _Scorer, param
                      progress: Callable[[str], None] | None = None) -> tuple[dict[str, dict[str, Any]], dict]:
     """Oracle, tuned threshold rule and MPC on each task's test scenarios (deployment
     path, float64); also returns the baseline policies per task for the per-period series."""
-    from moca.evaluation import evaluate_policy as evaluate_deployed
 
     out: dict[str, dict[str, Any]] = {"oracle": {}, "threshold": {}, "mpc": {}}
     policies: dict[str, dict[str, Any]] = {"threshold": {}, "mpc": {}}
@@ -318,14 +299,14 @@ def baseline_results(tasks: Sequence[tuple[str, Regime]], scorer: _Scorer, param
     return out, policies
 
 
-def period_series(policy: Any, scenario: Scenario, project: Callable | None = None) -> dict[str, Any]:
+def period_series(policy: Any, scenario: Scenario) -> dict[str, Any]:
     """One episode of ``policy`` on ``scenario``: recycled share and emissions per period
     beside the mandate and cap in force, and the episode's cost per term (EUR)."""
     from moca import safety
 
     batch = ScenarioBatch.from_scenarios([scenario], dtype=torch.float64)
     with torch.no_grad():
-        out = rollout(batch, policy, safety.project_batch if project is None else project)
+        out = rollout(batch, policy, safety.project_batch)
     executed = out.executed[0].numpy()
     material = executed[:, 1] + executed[:, 2]
     share = [float(r / m) if m > 1e-9 else None for r, m in zip(executed[:, 2], material)]
@@ -344,7 +325,6 @@ def generalisation(module: LSTMPolicy, weights: Weights, labels: Sequence[str], 
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The meta-init zero-shot and after each of ``steps`` adaptation steps (support seeds
     800+) on grid regimes, scored on their test scenarios beside the threshold rule and MPC."""
-    from moca.evaluation import evaluate_policy as evaluate_deployed
 
     unknown = [label for label in labels if label not in GENERALISATION_GRID]
     if unknown:

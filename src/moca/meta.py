@@ -50,7 +50,7 @@ from torch.func import functional_call
 
 from moca.policy import LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy, reference_emissions
 from moca.regime import PRESETS, TASKS, Regime, load_regime
-from moca.scenario import Params, Scenario, draw_scenario
+from moca.scenario import Params, Scenario, draw_scenarios
 from moca.sim import ScenarioBatch
 
 Algorithm = Literal["maml", "fomaml", "reptile"]
@@ -93,7 +93,6 @@ class Learner:
     def __init__(self, meta: "MetaLearner", weights: Weights):
         self.meta = meta
         self.weights = weights
-        self.steps = 0
         self.start_grad: Weights | None = None  # gradient of the first inner loss, at the meta weights
 
     def __call__(self, *args: Any) -> Any:
@@ -102,6 +101,13 @@ class Learner:
     def adapt(self, loss: Tensor) -> None:
         """One inner SGD step on ``loss`` (a function of ``self.weights``)."""
         self.meta.adapt_all([self], loss)
+
+
+def _per_learner(grads: Sequence[Tensor | None], learners: Sequence[Learner]) -> list[dict[str, Tensor | None]]:
+    """Split gradients taken over ``[w for learner in learners for w in learner.weights.values()]``
+    back into one dict per learner."""
+    it = iter(grads)
+    return [{k: next(it) for k in learner.weights} for learner in learners]
 
 
 class MetaLearner:
@@ -157,15 +163,13 @@ class MetaLearner:
         gradient with respect to a learner's weights is that learner's own gradient.
         """
         flat = [w for learner in learners for w in learner.weights.values()]
-        grads = list(torch.autograd.grad(loss, flat, create_graph=self.second_order, allow_unused=True))
-        for learner in learners:
-            own = {k: grads.pop(0) for k in learner.weights}
+        grads = torch.autograd.grad(loss, flat, create_graph=self.second_order, allow_unused=True)
+        for learner, own in zip(learners, _per_learner(grads, learners)):
             own = {k: torch.zeros_like(learner.weights[k]) if g is None else g for k, g in own.items()}
-            if learner.steps == 0:
+            if learner.start_grad is None:  # the first inner step
                 learner.start_grad = {k: g.detach() for k, g in own.items()}
             new = clipped_sgd(learner.weights, own, self.inner_lr, self.inner_clip)
             learner.weights = new if self.second_order else {k: w.detach().requires_grad_(True) for k, w in new.items()}
-            learner.steps += 1
 
     def meta_gradient(self, learners: Sequence[Learner], query_loss: Tensor | None = None) -> Weights:
         """The outer-loop direction for the meta weights (a dict like ``weights``).
@@ -200,12 +204,10 @@ class MetaLearner:
         flat = [w for learner in learners for w in learner.weights.values()]
         grads = torch.autograd.grad(query_loss, flat, allow_unused=True)
         out = {k: torch.zeros_like(p) for k, p in params.items()}
-        i = 0
-        for learner in learners:
-            for key in learner.weights:
-                if grads[i] is not None:
-                    out[key] += grads[i].detach()
-                i += 1
+        for own in _per_learner(grads, learners):
+            for key, g in own.items():
+                if g is not None:
+                    out[key] += g.detach()
         return out
 
     def outer_step(self, learners: Sequence[Learner], query_loss: Tensor | None = None) -> float:
@@ -276,14 +278,14 @@ class OracleCache:
         self._costs: dict[tuple, float] = {}
 
     def scenarios(self, seeds: Sequence[int], regime: Regime) -> list[Scenario]:
-        return [draw_scenario(int(s), regime, self.params) for s in seeds]
+        return draw_scenarios(seeds, regime, self.params)
 
     def costs(self, scenarios: Sequence[Scenario]) -> np.ndarray:
         from moca.oracle import solve_oracle
 
         out = np.empty(len(scenarios))
         for i, s in enumerate(scenarios):
-            key = (s.demand.tobytes(), s.return_frac.tobytes(), s.regime_table().tobytes())
+            key = (s.params, s.demand.tobytes(), s.return_frac.tobytes(), s.regime_table().tobytes())
             if key not in self._costs:
                 self._costs[key] = solve_oracle(s).oracle_cost
             out[i] = self._costs[key]
@@ -326,8 +328,10 @@ class MetaConfig(BaseModel):
     validation_tasks: int = Field(8, ge=1, description="random regimes of the validation set (own seed stream)")
 
 
-def _task_batch(cache: OracleCache, tasks: Sequence[Regime], seeds: Sequence[Sequence[int]]
-                ) -> tuple[ScenarioBatch, Tensor]:
+def task_batch(cache: OracleCache, tasks: Sequence[Regime], seeds: Sequence[Sequence[int]]
+               ) -> tuple[ScenarioBatch, Tensor]:
+    """The scenarios of ``seeds[i]`` under ``tasks[i]``, task after task, as one batch, and
+    their oracle costs (EUR, float32)."""
     scenarios = [s for regime, task_seeds in zip(tasks, seeds) for s in cache.scenarios(task_seeds, regime)]
     return ScenarioBatch.from_scenarios(scenarios), torch.as_tensor(cache.costs(scenarios), dtype=torch.float32)
 
@@ -342,8 +346,7 @@ def task_losses(module: LSTMPolicy, learners: Sequence[Learner], batch: Scenario
     return per_task, info
 
 
-def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
-               module: LSTMPolicy | None = None) -> tuple[LSTMPolicy, dict[str, Any]]:
+def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None) -> tuple[LSTMPolicy, dict[str, Any]]:
     """Meta-train an initialisation; returns the module (meta weights) and the history.
 
     Each meta step: draw ``tasks_per_step`` regimes; every learner takes ``inner_steps``
@@ -357,8 +360,7 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    if module is None:
-        module = LSTMPolicy(config.params, config.policy)
+    module = LSTMPolicy(config.params, config.policy)
     meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr,
                        config.inner_clip, config.zero_shot_weight)
     cache = OracleCache(config.params)
@@ -373,7 +375,7 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
         tasks = [sample_task(rng, config.params, config.named_share) for _ in range(config.tasks_per_step)]
         seeds = [rng.choice(len(META_SEEDS), config.support_size + config.query_size, replace=False) + META_SEEDS.start
                  for _ in tasks]
-        support, support_oracle = _task_batch(cache, tasks, [s[:config.support_size] for s in seeds])
+        support, support_oracle = task_batch(cache, tasks, [s[:config.support_size] for s in seeds])
         learners = [meta.clone() for _ in tasks]
         for _ in range(config.inner_steps):
             losses, support_info = task_losses(module, learners, support, support_oracle, config.support_size,
@@ -384,7 +386,7 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
         if config.algorithm == "reptile":
             grad_norm = meta.outer_step(learners)
         else:
-            query, query_oracle = _task_batch(cache, tasks, [s[config.support_size:] for s in seeds])
+            query, query_oracle = task_batch(cache, tasks, [s[config.support_size:] for s in seeds])
             losses, query_info = task_losses(module, learners, query, query_oracle, config.query_size,
                                              config.correction_weight)
             grad_norm = meta.outer_step(learners, losses.mean())
@@ -459,6 +461,7 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
     validation = list(validation) if validation is not None else cache.scenarios(
         VALIDATION_SEEDS[:validation_size], regime)
     valid_oracle = cache.costs(validation)
+    validation = ScenarioBatch.from_scenarios(validation)  # built once, scored after every step
     start = weights if weights is not None else dict(module.named_parameters())
     current = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
     curve = [{"step": 0, "seconds": 0.0, "kept": True, "support_loss": math.nan,

@@ -108,7 +108,8 @@ class FeatureSpec:
                                 + [max(p.return_mean, 1e-6), max(p.demand_base, 1e-6)] + regime + list(p.action_scale))
         self.divisor = np.concatenate([self.divisor, np.ones(3)])  # season sin, cos and t/T as they are
         self.offset = np.zeros_like(self.divisor)
-        self.offset[5 + n_pipe + n_sales: 7 + n_pipe + n_sales] = [p.return_mean, p.demand_base]
+        start = self.layout.regime.start  # rho_t and d_{t-1} sit just before the regime
+        self.offset[start - 2:start] = [p.return_mean, p.demand_base]
         self.ahead = max(p.lead_virgin + 1, RESERVE_PERIODS + 1) + 1
         periods = np.arange(p.horizon + self.ahead)
         # Python floats: a numpy scalar on the left of a tensor would turn the result into numpy.
@@ -333,10 +334,6 @@ class PolicyAgent:
             raw = torch.cat(raws)
         return raw.to(obs.state.virgin.dtype)
 
-    def run(self, batch: ScenarioBatch):
-        """Roll the batch out through this agent's projection."""
-        return rollout(batch, self, self.project)
-
 
 # ----------------------------------------------------------------------------------------
 # 5. The learning signal
@@ -436,7 +433,6 @@ class EpisodeLoss:
     cost_ratio: Tensor  # episode cost / oracle cost
     correction: Tensor  # mean capacity-normalised distance the safety layer moved the action
     imitation: Tensor | None  # mean squared capacity-normalised distance to the teacher
-    cost: Tensor  # EUR
 
     def total(self, correction_weight: float, imitation_weight: float, cost_weight: float = 1.0) -> Tensor:
         per = cost_weight * self.cost_ratio + correction_weight * self.correction
@@ -464,8 +460,7 @@ def episode_losses(module: LSTMPolicy, weights: Weights | Sequence[Weights] | No
         imitated = torch.stack(policy.imitated, dim=1)
         imitation = (((imitated - targets) / out.scale) ** 2).mean(dim=(-1, -2))
     correction = correction_distance(out.executed, out.raw, out.scale)
-    return EpisodeLoss(cost_ratio=out.total_cost / oracle_cost, correction=correction, imitation=imitation,
-                       cost=out.total_cost)
+    return EpisodeLoss(cost_ratio=out.total_cost / oracle_cost, correction=correction, imitation=imitation)
 
 
 def correction_distance(executed: Tensor, raw: Tensor, scale: Tensor) -> Tensor:
@@ -578,11 +573,12 @@ def compare_losses(params: Params = Params(), regime: Any = "T1", config: Policy
         if kind not in known:
             raise PolicyError(f"losses: unknown loss {kind!r} (known: {', '.join(sorted(known))})")
     regime = load_regime(regime)
-    train = draw_scenarios(batch_size, regime, params, first_seed=train_seed)
-    valid = draw_scenarios(validation_size, regime, params, first_seed=validation_seed)
     if set(range(train_seed, train_seed + batch_size)) & set(range(validation_seed, validation_seed + validation_size)):
         raise PolicyError("train_seed/validation_seed: the training and validation seeds overlap")
+    train = draw_scenarios(batch_size, regime, params, first_seed=train_seed)
+    valid = draw_scenarios(validation_size, regime, params, first_seed=validation_seed)
     train_batch, valid_oracle = ScenarioBatch.from_scenarios(train), oracle_costs(valid)
+    valid = ScenarioBatch.from_scenarios(valid)  # built once, scored at every evaluation point
     train_oracle = torch.as_tensor(oracle_costs(train), dtype=torch.float32)
     torch.manual_seed(seed)
     module = LSTMPolicy(params, config)
@@ -636,12 +632,13 @@ class _NumpyStep:
         self.w_head_h, self.w_head_x = get(module.head.weight[:, :hidden]), get(module.head.weight[:, hidden:])
         self.b_head = get(module.head.bias)
         self.scale = np.asarray(module.params.action_scale, dtype=np.float32)
+        self.residual = module.config.residual_scale * self.scale
         self.hidden, self.base, self.config = hidden, module._base, module.config
 
     def __call__(self, frames: np.ndarray, state: tuple[np.ndarray, np.ndarray] | None
                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         H = self.hidden
-        frames = frames.astype(np.float32)
+        frames = np.asarray(frames, dtype=np.float32)
         gates = self.w_input @ frames + self.bias
         if state is not None:
             gates += self.w_hidden @ state[0]
@@ -652,7 +649,7 @@ class _NumpyStep:
         h = sig[3 * H:] * np.tanh(c)
         head = self.w_head_h @ h + self.w_head_x @ frames + self.b_head
         if self.config.structured:
-            return frames[self.base] * self.scale + self.config.residual_scale * self.scale * head, (h, c)
+            return frames[self.base] * self.scale + self.residual * head, (h, c)
         return self.scale * head, (h, c)
 
 
@@ -668,8 +665,7 @@ class DeployedPolicy:
     action.
     """
 
-    def __init__(self, module: LSTMPolicy, weights: Mapping[str, Tensor] | None = None,
-                 project: Callable[..., np.ndarray] | None = None):
+    def __init__(self, module: LSTMPolicy, weights: Mapping[str, Tensor] | None = None):
         import copy
 
         self.module = copy.deepcopy(module).eval()
@@ -680,9 +676,8 @@ class DeployedPolicy:
         for param in self.module.parameters():
             param.requires_grad_(False)
         self.params, self.config = module.params, module.config
-        self.spec = FeatureSpec(module.params, module.config)
+        self.spec = feature_spec(module.params, module.config)
         self.step = _NumpyStep(self.module)
-        self.project = project if project is not None else safety.project
         self.last_raw: np.ndarray | None = None
         self._frames: np.ndarray | None = None
         self._state: tuple[np.ndarray, np.ndarray] | None = None
@@ -702,14 +697,14 @@ class DeployedPolicy:
         regime_row = [float(x) for x in regime]
         x = feature_columns(_Scalars, self.spec, t, stocks, [float(x) for x in pipeline],
                             [float(x) for x in sales_history], regime_row, float(return_frac),
-                            None if last_demand is None else float(last_demand))
+                            None if last_demand is None else float(last_demand)).astype(np.float32)
         if self._frames is None:
             self._frames = np.tile(x, self.config.window)  # pad the start with the first observation
         else:
             self._frames = np.concatenate([self._frames[x.size:], x])
         raw, self._state = self.step(self._frames, self._state)
         self.last_raw = raw.astype(np.float64)
-        return self.project(self.last_raw, stocks[0], stocks[1], stocks[3], np.asarray(regime_row), self.params)
+        return safety.project(self.last_raw, stocks[0], stocks[1], stocks[3], regime, self.params)
 
     @staticmethod
     def inputs(obs: Observation) -> tuple:

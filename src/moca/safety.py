@@ -120,18 +120,19 @@ def _layout(params: Params) -> ConstraintLayout:
 
 
 # --- input checks ------------------------------------------------------------------------------
-def _as_action(raw: Any) -> list[float]:
-    """The action as a list of 6 floats (checked: shape [6], finite)."""
+def action_values(raw: Any, what: str = "raw action") -> list[float]:
+    """One action (array, tensor or sequence) as a list of 6 floats, checked: shape [6] and
+    finite entries, else a :class:`SafetyError` naming ``what``."""
     if type(raw) is np.ndarray and raw.shape == (6,) and raw.dtype.kind == "f":  # the hot path
         values = raw.tolist()
     else:
         a = np.asarray(raw.detach().cpu().numpy() if isinstance(raw, Tensor) else raw, dtype=np.float64)
         if a.shape != (6,):
-            raise SafetyError(f"raw action: expected shape [6] (o, u_v, u_r, g, f, w), got {list(a.shape)}")
+            raise SafetyError(f"{what}: expected shape [6] (o, u_v, u_r, g, f, w), got {list(a.shape)}")
         values = a.tolist()
     # One sum is non-finite whenever an entry is (and, rarely, when finite entries overflow it).
     if not math.isfinite(sum(values)) and not all(map(math.isfinite, values)):
-        raise SafetyError(f"raw action has a non-finite entry (NaN or inf): {values}")
+        raise SafetyError(f"{what} has a non-finite entry (NaN or inf): {values}")
     return values
 
 
@@ -291,23 +292,12 @@ def _system_one(V: float, M: float, C: float, r: float, cap: float, kappa: float
 
 
 def _pin_one(G: np.ndarray, bounds: list[float]) -> None:
-    """:func:`_pinned` for one action: sets the upper bound (``bounds[:6]``) of every
-    coordinate the constraints force to 0 to 0."""
-    rows = G.tolist()
-    h = bounds[6:]
-    pinned = [u <= _FIX_TOL for u in bounds[:6]]
-    for _ in range(3):
-        newly = False
-        for row, rhs in zip(rows, h):
-            if rhs <= _FIX_TOL and all(c >= -_FIX_TOL for c, p in zip(row, pinned) if not p):
-                for i, c in enumerate(row):
-                    if not pinned[i] and c > _FIX_TOL:
-                        pinned[i] = newly = True
-        if not newly:
-            break
-    for i in range(6):
-        if pinned[i]:
-            bounds[i] = 0.0
+    """Sets to 0 the upper bound (``bounds[:6]``) of every coordinate the constraints force
+    to 0, by the batch path's own rule (:func:`_pinned`) on a batch of one."""
+    h = np.array(bounds[6:])[:, None]
+    pinned = _pinned(G[:, :, None], h, np.array(bounds[:6])[:, None])[:, 0]
+    for i in np.flatnonzero(pinned):
+        bounds[i] = 0.0
 
 
 def _system_batch(V: np.ndarray, M: np.ndarray, C: np.ndarray, r: np.ndarray, cap: np.ndarray,
@@ -397,7 +387,7 @@ def violations(action: np.ndarray | Tensor, virgin: Any, recycled: Any, cores: A
     L = _layout(params)
     single = np.ndim(action.detach().cpu().numpy() if isinstance(action, Tensor) else action) == 1
     if single:
-        values = _as_action(action)
+        values = action_values(action)
         r, cap, kappa = _as_regime(regime)
         ok = _rows_ok_one(values, _as_stock("virgin", virgin), _as_stock("recycled", recycled),
                           _as_stock("cores", cores), r, cap, kappa, L)
@@ -421,7 +411,7 @@ def is_feasible(action: np.ndarray | Tensor, virgin: Any, recycled: Any, cores: 
     L = _layout(params)
     single = np.ndim(action.detach().cpu().numpy() if isinstance(action, Tensor) else action) == 1
     if single:
-        values = _as_action(action)
+        values = action_values(action)
         r, cap, kappa = _as_regime(regime)
         return all(_rows_ok_one(values, _as_stock("virgin", virgin), _as_stock("recycled", recycled),
                                 _as_stock("cores", cores), r, cap, kappa, L))
@@ -529,7 +519,7 @@ def project(raw: np.ndarray, virgin: float, recycled: float, cores: float, regim
     solver's bounds and the re-check are written on floats; only DAQP gets arrays.
     """
     L = _layout(params)
-    values = _as_action(raw)
+    values = action_values(raw)
     V, M, C = _as_stock("virgin", virgin), _as_stock("recycled", recycled), _as_stock("cores", cores)
     return np.array(project_counted(values, V, M, C, _as_regime(regime), L)[0], dtype=np.float64)
 

@@ -176,10 +176,6 @@ class Simulator:
         self.dtype = dtype
         self.device = torch.device(device)
         p = params
-        # EUR per unit of each action (o, u_v, u_r, g, f, w), regime-independent part.
-        self._action_cost = torch.tensor(
-            [p.cost_virgin, p.cost_produce / p.mass, p.cost_produce / p.mass, p.cost_disassemble,
-             p.cost_refurbish, p.cost_dispose], dtype=dtype, device=self.device)
         self._recycled_per_core = p.yield_disassembly * p.mass  # kg of recycled material per core
         self._tax_per_kg = p.emis_virgin / 1000.0  # t CO2 per kg virgin: times tau gives EUR/kg
 
