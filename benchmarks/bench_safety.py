@@ -13,6 +13,9 @@ noise, tuned so that about half of the raw actions are infeasible.
   returned after the check alone) and over the infeasible ones; as timed in the best pass,
   and per call the fastest of the passes (``*_best_of_passes``: the shared machine's
   interruptions of single calls removed);
+* ``project_through_daqp_solve``: the infeasible ones with every solve through ``daqp.solve``
+  (DAQP's Python wrapper) instead of the direct call of DAQP's C solver that ``project``
+  makes where it can (``daqp_direct_path``);
 * ``quadprog``: the same infeasible projections solved by ``quadprog.solve_qp`` on the same
   normalised constraint rows (building the rows included, as ``project`` does);
 * ``project_batch``: projections per second at batch 256 and 4096 (float32 and float64),
@@ -116,7 +119,7 @@ def bench_episode(size: int, repeats: int) -> dict[str, float]:
 def _quadprog_one(raw, V, M, C, regime) -> np.ndarray:
     """The projection by quadprog on the rows moca's deployment path hands to DAQP."""
     L = safety._layout(PARAMS)
-    G, bounds = safety._system_one(max(V, 0.0), max(M, 0.0), max(C, 0.0), regime[0], regime[2], regime[4], L,
+    G, bounds, _ = safety._system_one(max(V, 0.0), max(M, 0.0), max(C, 0.0), regime[0], regime[2], regime[4], L,
                                    safety.TIGHTEN[torch.float64])
     bounds = np.array(bounds)
     upper, h = bounds[:6], bounds[6:]
@@ -165,6 +168,14 @@ def run(quick: bool = False) -> dict:
         _quadprog_one(*c)
     out["project"] = {"all": _latencies(project, cases, repeats),
                       "infeasible_only": _latencies(project, infeasible, repeats)}
+    # The same with every solve through daqp.solve (DAQP's Python wrapper) instead of the
+    # direct call of its C solver (the path moca takes when it cannot use the direct one).
+    out["daqp_direct_path"] = safety._DIRECT is not None
+    direct, safety._DIRECT = safety._DIRECT, None
+    try:
+        out["project_through_daqp_solve"] = {"infeasible_only": _latencies(project, infeasible, repeats)}
+    finally:
+        safety._DIRECT = direct
     out["quadprog"] = {"infeasible_only": _latencies(_quadprog_one, infeasible, repeats)}
     out["project_batch"] = {}
     for size in (256, 4096):

@@ -18,7 +18,9 @@ a batched step of B scenarios counts B env-steps. Measured (float32 unless noted
   actions from the action space, nearly all infeasible): ``default`` (``info["violations"]``
   from the check the safety layer ends with), ``with_violation_recount``
   (``check_violations=True``: the rows recounted after the layer), ``feasible_actions`` (each
-  episode's executed actions replayed, so the projection only checks them) and (diagnostic,
+  episode's executed actions replayed, so the projection only checks them),
+  ``through_daqp_solve`` (every solve through ``daqp.solve``, DAQP's Python wrapper, instead
+  of the direct call of DAQP's C solver the safety layer makes where it can) and (diagnostic,
   not a valid environment) with the projection replaced by the identity, i.e. what the
   environment's own bookkeeping costs; resets excluded.
 
@@ -128,8 +130,15 @@ def bench_projected_deployment(repeats: int) -> dict[str, float]:
 
 
 def bench_gym(episodes: int, repeats: int, check_violations: bool, project: bool = True,
-              feasible: bool = False) -> dict[str, float]:
-    """``feasible``: replay each episode's executed actions (the projection then only checks)."""
+              feasible: bool = False, daqp_solve: bool = False) -> dict[str, float]:
+    """``feasible``: replay each episode's executed actions (the projection then only checks);
+    ``daqp_solve``: every solve through daqp.solve instead of the direct call of DAQP's C solver."""
+    if daqp_solve:
+        direct, safety._DIRECT = safety._DIRECT, None
+        try:
+            return bench_gym(episodes, repeats, check_violations, project, feasible)
+        finally:
+            safety._DIRECT = direct
     env = CircularSupplyChainEnv(regime=REGIME, check_violations=check_violations)
     if not project:  # diagnostic only: what the environment itself costs around the projection
         env._project = lambda raw, *_: (raw, 0)
@@ -178,9 +187,11 @@ def run(threads: int = 1, quick: bool = False) -> dict:
     out["gym_env"] = {
         "default": bench_gym(episodes, gym_repeats, check_violations=False),
         "with_violation_recount": bench_gym(episodes, gym_repeats, check_violations=True),
+        "through_daqp_solve": bench_gym(episodes, gym_repeats, check_violations=False, daqp_solve=True),
         "feasible_actions": bench_gym(episodes, gym_repeats, check_violations=False, feasible=True),
         "diagnostic_env_only_no_projection": bench_gym(episodes, gym_repeats, check_violations=False, project=False),
     }
+    out["daqp_direct_path"] = safety._DIRECT is not None
     out["targets"] = {"dynamics_4096": 10e6, "projected_batched": 100e3, "gym_env": 30e3}
     return out
 

@@ -4,6 +4,10 @@ the two paths, analytic gradients, and the input checks."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -200,6 +204,69 @@ def test_float_api_agrees_with_project_and_violations(c):
     kept = safety.rows_kept(out, *stocks, regime, layout)
     assert [not k for k in kept] == violations(np.array(out), v, m, cc, reg, PARAMS).astype(bool).tolist()
     assert all(kept) and broken == 0
+
+
+bound = st.one_of(st.just(0.0), st.floats(0.0, 2e-12), st.floats(0.0, 10.0))
+
+
+@SETTINGS
+@given(regime, st.lists(bound, min_size=11, max_size=11), st.sampled_from([1e-9, 1e-6]))
+def test_pin_one_is_pinned(reg, values, tighten):
+    """The deployment path's plain-float pinning rule pins exactly what the batch path's rule
+    pins, on the solver rows of random regimes with random upper bounds and right-hand sides
+    (zero and near-zero drawn often, so that pins chain through rows 6 and 8)."""
+    layout = safety.layout_of(PARAMS)
+    G, _, _ = safety._system_one(1.0, 1.0, 1.0, float(reg[0]), float(reg[2]), float(reg[4]), layout, tighten)
+    bounds = values[:6 + G.shape[0]]
+    expected = safety._pinned(G[:, :, None], np.array(bounds[6:])[:, None], np.array(bounds[:6])[:, None])[:, 0]
+    pinned_here = list(bounds)
+    signs = safety._layout(PARAMS).rows[(float(reg[0]), float(reg[4]), G.shape[0] == 5, tighten)][1]
+    safety._pin_one(signs, pinned_here)
+    assert pinned_here[:6] == [0.0 if p else u for p, u in zip(expected, bounds[:6])]
+    assert pinned_here[6:] == bounds[6:]
+
+
+needs_direct = pytest.mark.skipif(safety._DIRECT is None, reason="DAQP's direct path is off for this DAQP release")
+
+
+@needs_direct
+@SETTINGS
+@given(case)
+def test_direct_daqp_path_gives_daqp_solves_numbers(c):
+    """The deployment path's direct call of DAQP's C solver returns what daqp.solve returns,
+    bit for bit, on every projection (one wrapper-path projection per direct one)."""
+    raw, v, m, cc, reg = c
+    direct = project(raw, v, m, cc, reg, PARAMS)
+    saved, safety._DIRECT = safety._DIRECT, None
+    try:
+        wrapped = project(raw, v, m, cc, reg, PARAMS)
+    finally:
+        safety._DIRECT = saved
+    assert direct.tolist() == wrapped.tolist()
+
+
+@needs_direct
+def test_direct_daqp_path_keeps_threads_apart():
+    """Each thread has its own solver buffers: projections run from four threads at once
+    equal the same projections run one after another."""
+    rng = np.random.default_rng(7)
+    cases = [(rng.uniform(0.0, 1.5, 6) * S, *rng.uniform(0.0, 3000.0, 3),
+              np.array([rng.uniform(0, 0.9), 50.0, rng.choice([math.inf, 2e4]), 5.0, rng.uniform(0, 1)]))
+             for _ in range(400)]
+    expected = [project(*c, PARAMS).tolist() for c in cases]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda c: project(*c, PARAMS).tolist(), cases)) == expected
+
+
+def test_direct_daqp_path_can_be_switched_off():
+    """MOCA_DAQP_DIRECT=0 sends every solve through daqp.solve (and projections still work)."""
+    code = ("import numpy as np; from moca import safety; from moca.scenario import Params; "
+            "out = safety.project(np.full(6, 1e4), 10.0, 5.0, 3.0, np.array([0.2, 0, np.inf, 0, 0.5]), Params()); "
+            "print(safety._DIRECT is None, safety.is_feasible(out, 10.0, 5.0, 3.0, np.array([0.2, 0, np.inf, 0, 0.5]), Params()))")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MOCA_DAQP_DIRECT": "0"},
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "True"]
 
 
 def test_batch_projection_hands_out_columns_contiguously():

@@ -218,7 +218,10 @@ class CircularSupplyChainEnv(gym.Env):
             raise RuntimeError("the episode has ended; call reset()")
         z = safety.action_values(action, "action")  # a ValueError naming shape or NaN/inf
         t = self.t
-        raw = [a * s for a, s in zip(z, self._scale)]
+        # (unrolled: a list comprehension costs ~0.5 us more on Python 3.11, on every step)
+        z0, z1, z2, z3, z4, z5 = z
+        s0, s1, s2, s3, s4, s5 = self._scale
+        raw = [z0 * s0, z1 * s1, z2 * s2, z3 * s3, z4 * s4, z5 * s5]
         regime = self._regime_rows[t]
         # Post-arrival stocks; below zero only by round-off (-1e-13), which the rows read as 0.
         virgin, recycled, cores = self.virgin, self.recycled, self.cores
@@ -272,12 +275,17 @@ class CircularSupplyChainEnv(gym.Env):
         k = self._k
         kg, units = k.kg, k.units
         # Stocks are >= 0 up to the projection's round-off (-1e-13); the box says >= 0.
-        stocks = [self.virgin / kg, self.recycled / kg, self.product / units, self.cores / units,
-                  self.backlog / units]
+        values = [self.virgin / kg, self.recycled / kg, self.product / units, self.cores / units, self.backlog / units]
         # After the last period no arrival happens; show the L_v - 1 orders still in transit.
-        stocks += [x / kg for x in self.pipeline[len(self.pipeline) - k.in_transit:]]
-        stocks += [x / units for x in self.sales_history]
-        values = [0.0 if x < 0.0 else (_HIGH if x > _HIGH else x) for x in stocks]  # _HIGH: extreme params only
+        pipeline = self.pipeline
+        for x in pipeline[len(pipeline) - k.in_transit:]:
+            values.append(x / kg)
+        for x in self.sales_history:
+            values.append(x / units)
+        # Stocks are >= 0 up to the projection's round-off (-1e-13), which the box reads as 0;
+        # above _HIGH only with extreme params. (A test first: the clamp is rarely needed.)
+        if min(values) < 0.0 or max(values) > _HIGH:
+            values = [0.0 if x < 0.0 else (_HIGH if x > _HIGH else x) for x in values]
         values += self._exogenous[self.t]
         return np.array(values, dtype=np.float32)
 
