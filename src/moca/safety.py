@@ -286,8 +286,8 @@ def _system_one(V: float, M: float, C: float, r: float, cap: float, kappa: float
         G = L.templates[5 if capped else 4].copy()
         G[2, 1], G[2, 2] = a6 / n6, b6 / n6
         G[3, 3], G[3, 4], G[3, 5] = a8 / n8, b8 / n8, c8 / n8
-        # Per row, the coordinates with a negative / positive coefficient, for _pin_one.
-        signs = tuple(([j for j in range(6) if c[j] < -_FIX_TOL], [j for j in range(6) if c[j] > _FIX_TOL])
+        # Per row, bit masks of the coordinates with a negative / positive coefficient (_pin_one).
+        signs = tuple((sum(1 << j for j in range(6) if c[j] < -_FIX_TOL), sum(1 << j for j in range(6) if c[j] > _FIX_TOL))
                       for c in G.tolist())
         # a mandate or recovery target of ~1 alone can make a row pin coordinates
         regime_pins = bool(G[2, 2] >= -_FIX_TOL or G[3, 3] >= -_FIX_TOL or G[3, 4] >= -_FIX_TOL)
@@ -303,31 +303,29 @@ def _system_one(V: float, M: float, C: float, r: float, cap: float, kappa: float
     return G, bounds, address
 
 
-def _pin_one(signs: tuple[tuple[list[int], list[int]], ...], bounds: list[float]) -> None:
+def _pin_one(signs: tuple[tuple[int, int], ...], bounds: list[float]) -> None:
     """Sets to 0 the upper bound (``bounds[:6]``) of every coordinate the constraint rows
-    (per row: its coordinates with a negative and with a positive coefficient; right-hand
-    sides ``bounds[6:]``) force to 0: :func:`_pinned`'s rule, step for step, for one action.
-    A row with right-hand side ~0 whose negative coefficients are all on pinned coordinates
-    pins its positive ones. Why a plain-float copy of that rule: random actions empty a
-    stock in about two decisions of five, and the batch function costs ~70 us on a batch of
-    one, three times the rest of the projection (``test_pin_one_is_pinned`` holds the two
-    together)."""
-    pinned = [u <= _FIX_TOL for u in bounds[:6]]
-    forcing = [row for row, h in zip(signs, bounds[6:]) if h <= _FIX_TOL]
+    force to 0: :func:`_pinned`'s rule, step for step, for one action. A row with right-hand
+    side ~0 (``bounds[6:]``) whose negative coefficients all lie on pinned coordinates pins
+    those with a positive coefficient; ``signs`` gives, per row, the bit masks of the
+    coordinates with a negative and with a positive coefficient. Why a plain-int copy of that
+    rule: random actions empty a stock in about two decisions of five, and the batch function
+    costs ~70 us on a batch of one, several times the rest of the projection
+    (``test_pin_one_is_pinned`` holds the two together)."""
+    T = _FIX_TOL
+    u0, u1, u2, u3, u4, u5 = bounds[:6]
+    pinned = (u0 <= T) | (u1 <= T) << 1 | (u2 <= T) << 2 | (u3 <= T) << 3 | (u4 <= T) << 4 | (u5 <= T) << 5
+    forcing = [masks for masks, h in zip(signs, bounds[6:]) if h <= T]
     for _ in range(3):
-        newly = []
+        newly = 0
         for negative, positive in forcing:
-            for i in negative:
-                if not pinned[i]:
-                    break
-            else:  # every negative coefficient is on a pinned coordinate
-                newly += [j for j in positive if not pinned[j]]
+            if not negative & ~pinned:
+                newly |= positive & ~pinned
         if not newly:
             break
-        for j in newly:
-            pinned[j] = True
+        pinned |= newly
     for j in range(6):
-        if pinned[j]:
+        if pinned >> j & 1:
             bounds[j] = 0.0
 
 
@@ -484,14 +482,15 @@ class _Result(ctypes.Structure):  # DAQPResult (api.h), padded likewise
                 ("_spare", ctypes.c_char * 256)]
 
 
-class _DirectDaqp(threading.local):
-    """One thread's buffers for daqp_quadprog: min 1/2 z'z + f'z s.t. the box and G z <= h."""
+class _DirectDaqp:
+    """Buffers for daqp_quadprog (min 1/2 z'z + f'z s.t. the box and G z <= h), for one
+    thread: ctypes releases the GIL during the call, so threads must not share them."""
 
-    quadprog = None  # the C function, set by _direct_daqp()
-    settings = None  # DAQP's defaults with primal_tol = _PRIMAL_TOL (read only)
     hessian = (ctypes.c_double * 36)(*np.eye(6).ravel().tolist())
 
-    def __init__(self) -> None:
+    def __init__(self, quadprog, settings) -> None:
+        self.quadprog = quadprog  # the C function
+        self.settings = settings  # DAQP's defaults with primal_tol = _PRIMAL_TOL (read only)
         self.f = (ctypes.c_double * 6)()
         self.bupper = (ctypes.c_double * 11)()
         self.blower = (ctypes.c_double * 11)(*([0.0] * 6 + [-math.inf] * 5))
@@ -531,8 +530,7 @@ def _direct_daqp() -> _DirectDaqp | None:
     settings = (ctypes.c_char * 1024)()  # DAQPSettings is ~140 bytes; primal_tol comes first
     default_settings(settings)
     ctypes.cast(settings, _double_p)[0] = _PRIMAL_TOL
-    _DirectDaqp.quadprog, _DirectDaqp.settings = quadprog, settings
-    direct = _DirectDaqp()
+    direct = _DirectDaqp(quadprog, settings)
     # The check: random projections, with the shapes and degeneracies the layer produces.
     rng = np.random.default_rng(0)
     for trial in range(64):
@@ -548,13 +546,19 @@ def _direct_daqp() -> _DirectDaqp | None:
     return direct
 
 
-_DIRECT = _direct_daqp()
+_DIRECT = _direct_daqp()  # the checked C function and settings; None: every solve through daqp.solve
+_THREAD = threading.local()  # .daqp: this thread's buffers
 
 
 def _solve(minus_y: list[float], G: np.ndarray, G_address: int, bounds: list[float]) -> list[float] | None:
     """DAQP's projection of ``y`` (see :func:`_daqp`): z as 6 floats, None if it fails."""
     if _DIRECT is not None:
-        return _DIRECT.solve(minus_y, G_address, bounds)
+        # (one thread-local lookup, then plain attributes: each attribute of a
+        # threading.local costs ~0.1 us more)
+        direct = getattr(_THREAD, "daqp", None)
+        if direct is None:
+            direct = _THREAD.daqp = _DirectDaqp(_DIRECT.quadprog, _DIRECT.settings)
+        return direct.solve(minus_y, G_address, bounds)
     m = G.shape[0]
     x, _, flag, _ = daqp.solve(_I6, np.array(minus_y), G, np.array(bounds), _LOWER[m], _SENSE[m],
                                primal_tol=_PRIMAL_TOL)
