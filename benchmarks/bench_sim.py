@@ -22,7 +22,8 @@ a batched step of B scenarios counts B env-steps. Measured (float32 unless noted
   ``through_daqp_solve`` (every solve through ``daqp.solve``, DAQP's Python wrapper, instead
   of the direct call of DAQP's C solver the safety layer makes where it can) and (diagnostic,
   not a valid environment) with the projection replaced by the identity, i.e. what the
-  environment's own bookkeeping costs; resets excluded.
+  environment's own bookkeeping costs; resets excluded. The variants run interleaved, one
+  repeat of each per round (40 rounds), so all of them meet the same machine phases.
 
 Each figure is the best of several repeats (a shared machine adds noise; the median is
 printed too). ``torch.set_num_threads`` is set from ``--threads`` (default: 1 — the
@@ -129,41 +130,68 @@ def bench_projected_deployment(repeats: int) -> dict[str, float]:
     return rate(episode, batch.horizon, repeats, "env_steps")
 
 
-def bench_gym(episodes: int, repeats: int, check_violations: bool, project: bool = True,
-              feasible: bool = False, daqp_solve: bool = False) -> dict[str, float]:
-    """``feasible``: replay each episode's executed actions (the projection then only checks);
-    ``daqp_solve``: every solve through daqp.solve instead of the direct call of DAQP's C solver."""
-    if daqp_solve:
-        direct, safety._DIRECT = safety._DIRECT, None
+class _GymVariant:
+    """One way of running the Gymnasium environment for :func:`bench_gym`.
+
+    ``feasible``: replay each episode's executed actions (the projection then only checks);
+    ``daqp_solve``: every solve through daqp.solve instead of the direct call of DAQP's C
+    solver; ``project=False``: (diagnostic only) the projection replaced by the identity, i.e.
+    what the environment itself costs around it."""
+
+    def __init__(self, episodes: int, check_violations: bool = False, project: bool = True,
+                 feasible: bool = False, daqp_solve: bool = False) -> None:
+        self.env = env = CircularSupplyChainEnv(regime=REGIME, check_violations=check_violations)
+        if not project:
+            env._project = lambda raw, *_: (raw, 0)
+        self.daqp_solve = daqp_solve
+        env.action_space.seed(0)
+        random_actions = np.stack([env.action_space.sample() for _ in range(env.params.horizon)])
+        self.plans = []
+        for e in range(episodes):
+            if feasible:
+                env.reset(seed=1000 + e)
+                executed = [env.step(a)[4]["executed"] for a in random_actions]
+                # z = a / S in float32 may round a hair above a bound; scale down by 1e-6.
+                self.plans.append((np.array(executed) / env.scale * (1 - 1e-6)).astype(np.float32))
+            else:
+                self.plans.append(random_actions)
+
+    def steps_per_s(self) -> float:
+        """One repeat: every episode once, resets excluded from the time."""
+        env = self.env
+        direct = safety._DIRECT
+        if self.daqp_solve:
+            safety._DIRECT = None
         try:
-            return bench_gym(episodes, repeats, check_violations, project, feasible)
+            spent = 0.0
+            for e, plan in enumerate(self.plans):
+                env.reset(seed=1000 + e)
+                started = time.perf_counter()
+                for a in plan:
+                    env.step(a)
+                spent += time.perf_counter() - started
         finally:
             safety._DIRECT = direct
-    env = CircularSupplyChainEnv(regime=REGIME, check_violations=check_violations)
-    if not project:  # diagnostic only: what the environment itself costs around the projection
-        env._project = lambda raw, *_: (raw, 0)
-    env.action_space.seed(0)
-    random_actions = np.stack([env.action_space.sample() for _ in range(env.params.horizon)])
-    plans = []
-    for e in range(episodes):
-        if feasible:
-            env.reset(seed=1000 + e)
-            executed = [env.step(a)[4]["executed"] for a in random_actions]
-            # z = a / S in float32 may round a hair above a bound; scale down by 1e-6.
-            plans.append((np.array(executed) / env.scale * (1 - 1e-6)).astype(np.float32))
-        else:
-            plans.append(random_actions)
-    rates = []
-    for r in range(repeats):
-        spent = 0.0
-        for e in range(episodes):
-            env.reset(seed=1000 + e)
-            started = time.perf_counter()
-            for a in plans[e]:
-                env.step(a)
-            spent += time.perf_counter() - started
-        rates.append(episodes * env.params.horizon / spent)
-    return {"env_steps_per_s": max(rates), "median_env_steps_per_s": statistics.median(rates)}
+        return len(self.plans) * env.params.horizon / spent
+
+
+def bench_gym(episodes: int, rounds: int) -> dict[str, dict[str, float]]:
+    """The variants of the Gymnasium step, interleaved: each round runs one repeat of each,
+    so that every variant meets the shared machine's slow and quiet phases alike; per variant
+    the best and the median repeat."""
+    variants = {
+        "default": _GymVariant(episodes),
+        "with_violation_recount": _GymVariant(episodes, check_violations=True),
+        "through_daqp_solve": _GymVariant(episodes, daqp_solve=True),
+        "feasible_actions": _GymVariant(episodes, feasible=True),
+        "diagnostic_env_only_no_projection": _GymVariant(episodes, project=False),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, variant in variants.items():
+            rates[name].append(variant.steps_per_s())
+    return {name: {"env_steps_per_s": max(r), "median_env_steps_per_s": statistics.median(r)}
+            for name, r in rates.items()}
 
 
 def run(threads: int = 1, quick: bool = False) -> dict:
@@ -181,16 +209,11 @@ def run(threads: int = 1, quick: bool = False) -> dict:
         out["dynamics"][str(size)] = bench_dynamics(size, repeats)
         out["projected"][str(size)] = bench_projected(size, max(2, repeats // 2) if size == 4096 else repeats)
     out["projected"]["1_deployment_path"] = bench_projected_deployment(repeats)
-    # Many short repeats rather than a few long ones: on a shared machine a short repeat is
-    # more likely to run undisturbed, and the best repeat is the estimate (median beside it).
-    episodes, gym_repeats = (5, 5) if quick else (10, 15)
-    out["gym_env"] = {
-        "default": bench_gym(episodes, gym_repeats, check_violations=False),
-        "with_violation_recount": bench_gym(episodes, gym_repeats, check_violations=True),
-        "through_daqp_solve": bench_gym(episodes, gym_repeats, check_violations=False, daqp_solve=True),
-        "feasible_actions": bench_gym(episodes, gym_repeats, check_violations=False, feasible=True),
-        "diagnostic_env_only_no_projection": bench_gym(episodes, gym_repeats, check_violations=False, project=False),
-    }
+    # Many short repeats rather than a few long ones, spread over ~10 s and interleaved: on a
+    # shared machine a short repeat is more likely to run undisturbed, and the best repeat is
+    # the estimate (median beside it).
+    episodes, rounds = (5, 8) if quick else (10, 40)
+    out["gym_env"] = bench_gym(episodes, rounds)
     out["daqp_direct_path"] = safety._DIRECT is not None
     out["targets"] = {"dynamics_4096": 10e6, "projected_batched": 100e3, "gym_env": 30e3}
     return out
