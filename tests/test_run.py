@@ -42,9 +42,31 @@ def test_run_quick_writes_valid_metrics(tmp_path):
     assert metrics["methods"]["moca"]["R"][0] == metrics["methods"]["maml"]["R"][0]
     assert metrics["methods"]["finetune"]["R"][0] == metrics["methods"]["scratch"]["R"][0]
     assert metrics["methods"]["moca"]["R"][0] != metrics["methods"]["finetune"]["R"][0]
+    assert metrics["methods"]["moca"]["checkpoint"] == "default"
+    assert metrics["methods"]["reptile"]["checkpoint"] == "default-reptile"
+    assert "checkpoint" not in metrics["methods"]["finetune"]
     assert metrics["generalisation"]["policies"]["moca"]
     names = {p.name for p in runs[0].iterdir()}
     assert {"metrics.json", "report.md", "score_matrices.png", "adaptation_curves.png"} <= names
     report = (runs[0] / "report.md").read_text()
     assert "moca" in report and "![" in report
     assert "moca" in done.stdout and "oracle" in done.stdout
+
+
+def test_a_callers_own_init_is_not_labelled_as_the_shipped_checkpoint():
+    """run_continual names the shipped checkpoint a method started from, and names none when
+    the caller passed its own init (as `moca continual --checkpoint` does)."""
+    from moca.experiment import ExperimentConfig, run_continual, shipped_policy_config
+    from moca.meta import OracleCache
+    from moca.policy import LSTMPolicy
+    from moca.regime import TASKS
+
+    module = LSTMPolicy(config=shipped_policy_config())
+    config = ExperimentConfig(steps=0, train_size=1, memory_size=1, validation_size=1, test_size=1)
+    cache = OracleCache(module.params)
+    own = {k: v.detach().clone() for k, v in module.named_parameters()}
+    shipped, _ = run_continual("moca", module, [("T1", TASKS["T1"])], cache, config)
+    mine, _ = run_continual("moca", module, [("T1", TASKS["T1"])], cache, config, init=own)
+    assert shipped["checkpoint"] == "default"
+    assert "checkpoint" not in mine
+    assert mine["R"][0] != shipped["R"][0]  # it really started elsewhere

@@ -225,6 +225,7 @@ def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Re
     spec = method_spec(method)  # unknown names fail before any work
     if init is not None and spec.init == "fresh":
         raise ExperimentError("checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
+    shipped_init = init is None and method in METHOD_CHECKPOINTS and spec.init == "meta"
     started = time.perf_counter()
     scorer = scorer or _Scorer(module, cache, [r for _, r in tasks], config)
     scorer.violations = 0
@@ -269,7 +270,7 @@ def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Re
         "learning_seconds": learn_seconds,
         "wall_seconds": time.perf_counter() - started,
     }
-    if method in METHOD_CHECKPOINTS and spec.init == "meta":
+    if shipped_init:  # (a caller's own init is not the shipped checkpoint: no label)
         result["checkpoint"] = METHOD_CHECKPOINTS[method]
     return result, final
 
