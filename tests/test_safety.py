@@ -259,6 +259,15 @@ def test_direct_daqp_path_keeps_threads_apart():
             assert list(pool.map(lambda c: project(*c, PARAMS).tolist(), cases)) == expected
 
 
+@needs_direct
+def test_direct_daqp_path_is_refused_when_its_check_fails(monkeypatch):
+    """If DAQP's C solver called directly ever disagreed with daqp.solve, moca says so and
+    keeps to daqp.solve."""
+    monkeypatch.setattr(safety._DirectDaqp, "solve", lambda self, minus_y, address, bounds: [0.0] * 6)
+    with pytest.warns(RuntimeWarning, match="disagreed with daqp.solve"):
+        assert safety._direct_daqp() is None
+
+
 def test_direct_daqp_path_can_be_switched_off():
     """MOCA_DAQP_DIRECT=0 sends every solve through daqp.solve (and projections still work)."""
     code = ("import numpy as np; from moca import safety; from moca.scenario import Params; "

@@ -42,6 +42,7 @@ import importlib.metadata
 import math
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -542,6 +543,9 @@ def _direct_daqp() -> _DirectDaqp | None:
         x, _, flag, _ = daqp.solve(_I6, np.array(minus_y), G, np.array(bounds), _LOWER[m], _SENSE[m],
                                    primal_tol=_PRIMAL_TOL)
         if direct.solve(minus_y, G.ctypes.data, bounds) != (x.tolist() if flag >= 1 else None):
+            # (a release moca was tested with should never get here: say so, then go slow)
+            warnings.warn("moca.safety: DAQP's C solver called directly disagreed with daqp.solve; "
+                          "every projection goes through daqp.solve", RuntimeWarning, stacklevel=2)
             return None
     return direct
 
