@@ -491,7 +491,9 @@ class _DirectDaqp:
 
     def __init__(self, quadprog, settings) -> None:
         self.quadprog = quadprog  # the C function
-        self.settings = settings  # DAQP's defaults with primal_tol = _PRIMAL_TOL (read only)
+        # DAQP's defaults with primal_tol = _PRIMAL_TOL; a copy per thread, in case DAQP
+        # writes to its settings during a solve (its Python wrapper passes a fresh copy)
+        self.settings = type(settings).from_buffer_copy(settings)
         self.f = (ctypes.c_double * 6)()
         self.bupper = (ctypes.c_double * 11)()
         self.blower = (ctypes.c_double * 11)(*([0.0] * 6 + [-math.inf] * 5))
