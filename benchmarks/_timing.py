@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from moca import safety
 
 
 def rate(fn: Callable[[], object], count: int, repeats: int, unit: str) -> dict[str, float]:
@@ -16,3 +19,14 @@ def rate(fn: Callable[[], object], count: int, repeats: int, unit: str) -> dict[
         fn()
         times.append(time.perf_counter() - started)
     return {f"{unit}_per_s": count / min(times), f"median_{unit}_per_s": count / statistics.median(times)}
+
+
+@contextmanager
+def through_daqp_solve() -> Iterator[None]:
+    """Within: every deployment projection solves through daqp.solve (DAQP's Python wrapper)
+    instead of calling DAQP's C solver directly, the path moca takes where it cannot."""
+    direct, safety._DIRECT = safety._DIRECT, None
+    try:
+        yield
+    finally:
+        safety._DIRECT = direct

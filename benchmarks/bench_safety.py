@@ -38,7 +38,7 @@ import numpy as np
 import quadprog
 import torch
 
-from _timing import rate
+from _timing import rate, through_daqp_solve
 from moca import safety
 from moca.regime import TASKS, sample_regime
 from moca.scenario import DEFAULT_PARAMS, draw_scenarios
@@ -171,11 +171,8 @@ def run(quick: bool = False) -> dict:
     # The same with every solve through daqp.solve (DAQP's Python wrapper) instead of the
     # direct call of its C solver (the path moca takes when it cannot use the direct one).
     out["daqp_direct_path"] = safety._DIRECT is not None
-    direct, safety._DIRECT = safety._DIRECT, None
-    try:
+    with through_daqp_solve():
         out["project_through_daqp_solve"] = {"infeasible_only": _latencies(project, infeasible, repeats)}
-    finally:
-        safety._DIRECT = direct
     out["quadprog"] = {"infeasible_only": _latencies(_quadprog_one, infeasible, repeats)}
     out["project_batch"] = {}
     for size in (256, 4096):

@@ -40,11 +40,12 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from _timing import rate
+from _timing import rate, through_daqp_solve
 from moca import safety
 from moca.env import CircularSupplyChainEnv
 from moca.regime import TASKS
@@ -159,19 +160,14 @@ class _GymVariant:
     def steps_per_s(self) -> float:
         """One repeat: every episode once, resets excluded from the time."""
         env = self.env
-        direct = safety._DIRECT
-        if self.daqp_solve:
-            safety._DIRECT = None
-        try:
-            spent = 0.0
+        spent = 0.0
+        with through_daqp_solve() if self.daqp_solve else nullcontext():
             for e, plan in enumerate(self.plans):
                 env.reset(seed=1000 + e)
                 started = time.perf_counter()
                 for a in plan:
                     env.step(a)
                 spent += time.perf_counter() - started
-        finally:
-            safety._DIRECT = direct
         return len(self.plans) * env.params.horizon / spent
 
 

@@ -220,7 +220,7 @@ def test_pin_one_is_pinned(reg, values, tighten):
     bounds = values[:6 + G.shape[0]]
     expected = safety._pinned(G[:, :, None], np.array(bounds[6:])[:, None], np.array(bounds[:6])[:, None])[:, 0]
     pinned_here = list(bounds)
-    signs = safety._layout(PARAMS).rows[(float(reg[0]), float(reg[4]), G.shape[0] == 5, tighten)][1]
+    signs = layout.rows[(float(reg[0]), float(reg[4]), G.shape[0] == 5, tighten)][1]
     safety._pin_one(signs, pinned_here)
     assert pinned_here[:6] == [0.0 if p else u for p, u in zip(expected, bounds[:6])]
     assert pinned_here[6:] == bounds[6:]

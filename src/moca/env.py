@@ -274,7 +274,6 @@ class CircularSupplyChainEnv(gym.Env):
     def _observation(self) -> np.ndarray:
         k = self._k
         kg, units = k.kg, k.units
-        # Stocks are >= 0 up to the projection's round-off (-1e-13); the box says >= 0.
         values = [self.virgin / kg, self.recycled / kg, self.product / units, self.cores / units, self.backlog / units]
         # After the last period no arrival happens; show the L_v - 1 orders still in transit.
         pipeline = self.pipeline

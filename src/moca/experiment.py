@@ -193,13 +193,14 @@ class _Scorer:
         return out["score"]
 
 
-def _init_weights(method: str, module: LSTMPolicy, checkpoints: dict[str, str]) -> Weights | None:
+def _init_weights(method: str, module: LSTMPolicy) -> Weights | None:
     spec = method_spec(method)
     if spec.init != "meta":
         return None
-    meta_module, _ = checkpoint.load_policy(checkpoints[method])
+    name = METHOD_CHECKPOINTS[method]
+    meta_module, _ = checkpoint.load_policy(name)
     if meta_module.config != module.config or meta_module.params != module.params:
-        raise ExperimentError(f"checkpoint {checkpoints[method]!r} of method {method!r}: its policy or params differ "
+        raise ExperimentError(f"checkpoint {name!r} of method {method!r}: its policy or params differ "
                               "from the experiment's")
     return {k: v.detach().clone() for k, v in meta_module.named_parameters()}
 
@@ -225,12 +226,12 @@ def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Re
     spec = method_spec(method)  # unknown names fail before any work
     if init is not None and spec.init == "fresh":
         raise ExperimentError("checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
-    shipped_init = init is None and method in METHOD_CHECKPOINTS and spec.init == "meta"
+    shipped_init = init is None and spec.init == "meta"
     started = time.perf_counter()
     scorer = scorer or _Scorer(module, cache, [r for _, r in tasks], config)
     scorer.violations = 0
     if init is None:
-        init = _init_weights(method, module, METHOD_CHECKPOINTS)
+        init = _init_weights(method, module)
     cc = config.continual.model_copy(update={"seed": config.scratch_seed})
     learner = ContinualLearner(module, method, init, cc)
     n = len(tasks)
@@ -470,7 +471,7 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
         per_period[baseline] = {t: period_series(by_task[t], scorer.test[j][0]) for j, (t, _) in enumerate(tasks)}
     metrics["per_period"] = per_period
     if config.generalisation:
-        init = _init_weights("moca", module, METHOD_CHECKPOINTS)
+        init = _init_weights("moca", module)
         metrics["generalisation"] = generalisation(module, init, config.generalisation, config.generalisation_steps,
                                                    cache, config, params, tell)
     metrics["targets"] = targets(metrics)

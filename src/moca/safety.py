@@ -518,6 +518,14 @@ class _DirectDaqp:
         return self.x[:] if self.result.exitflag >= 1 else None
 
 
+def _wrapped_solve(minus_y: list[float], G: np.ndarray, bounds: list[float]) -> list[float] | None:
+    """Projection of ``y`` by daqp.solve, DAQP's Python wrapper: z as 6 floats, None if it fails."""
+    m = G.shape[0]
+    x, _, flag, _ = daqp.solve(_I6, np.array(minus_y), G, np.array(bounds), _LOWER[m], _SENSE[m],
+                               primal_tol=_PRIMAL_TOL)
+    return x.tolist() if flag >= 1 else None
+
+
 def _direct_daqp() -> _DirectDaqp | None:
     """The direct path if it may be used here (see above), checked against daqp.solve."""
     if os.environ.get("MOCA_DAQP_DIRECT", "1") == "0":
@@ -542,9 +550,7 @@ def _direct_daqp() -> _DirectDaqp | None:
         G /= np.maximum(np.linalg.norm(G, axis=1, keepdims=True), 1e-300)
         bounds = (rng.uniform(0.0, 2.0, 6 + m) * (rng.random(6 + m) < 0.8)).tolist()
         minus_y = (rng.normal(size=6) * 10.0 ** rng.integers(-1, 4)).tolist()
-        x, _, flag, _ = daqp.solve(_I6, np.array(minus_y), G, np.array(bounds), _LOWER[m], _SENSE[m],
-                                   primal_tol=_PRIMAL_TOL)
-        if direct.solve(minus_y, G.ctypes.data, bounds) != (x.tolist() if flag >= 1 else None):
+        if direct.solve(minus_y, G.ctypes.data, bounds) != _wrapped_solve(minus_y, G, bounds):
             # (a release moca was tested with should never get here: say so, then go slow)
             warnings.warn("moca.safety: DAQP's C solver called directly disagreed with daqp.solve; "
                           "every projection goes through daqp.solve", RuntimeWarning, stacklevel=2)
@@ -558,17 +564,14 @@ _THREAD = threading.local()  # .daqp: this thread's buffers
 
 def _solve(minus_y: list[float], G: np.ndarray, G_address: int, bounds: list[float]) -> list[float] | None:
     """DAQP's projection of ``y`` (see :func:`_daqp`): z as 6 floats, None if it fails."""
-    if _DIRECT is not None:
-        # (one thread-local lookup, then plain attributes: each attribute of a
-        # threading.local costs ~0.1 us more)
-        direct = getattr(_THREAD, "daqp", None)
-        if direct is None:
-            direct = _THREAD.daqp = _DirectDaqp(_DIRECT.quadprog, _DIRECT.settings)
-        return direct.solve(minus_y, G_address, bounds)
-    m = G.shape[0]
-    x, _, flag, _ = daqp.solve(_I6, np.array(minus_y), G, np.array(bounds), _LOWER[m], _SENSE[m],
-                               primal_tol=_PRIMAL_TOL)
-    return x.tolist() if flag >= 1 else None
+    if _DIRECT is None:
+        return _wrapped_solve(minus_y, G, bounds)
+    # (one thread-local lookup, then plain attributes: each attribute of a threading.local
+    # costs ~0.1 us more)
+    direct = getattr(_THREAD, "daqp", None)
+    if direct is None:
+        direct = _THREAD.daqp = _DirectDaqp(_DIRECT.quadprog, _DIRECT.settings)
+    return direct.solve(minus_y, G_address, bounds)
 
 
 def _daqp(minus_y: list[float], G: np.ndarray, G_address: int, bounds: list[float],
