@@ -328,18 +328,25 @@ PRESETS: dict[str, Regime] = {
 }
 
 
-def named_regimes() -> dict[str, Regime]:
-    return {**TASKS, **PRESETS}
+#: The seed's tasks on CLSC-2: the mandate settled over a year (W = 52 periods).
+TASKS_2: dict[str, Regime] = {
+    name: Regime(**{**regime.model_dump(), WINDOW_FIELD: 52}) for name, regime in TASKS.items()
+}
 
 
-def load_regime(spec: str | Path | dict[str, Any] | Regime) -> Regime:
+def named_regimes(model: str = "CLSC-1") -> dict[str, Regime]:
+    """Named regimes; on ``model="CLSC-2"`` the task names T1-T3 are CLSC-2's (W = 52)."""
+    return {**(TASKS_2 if model == "CLSC-2" else TASKS), **PRESETS}
+
+
+def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1") -> Regime:
     """A regime from a name (``T1``, ``eu-ets-2025``), a YAML/JSON file, or a mapping."""
     if isinstance(spec, Regime):
         return spec
     if isinstance(spec, dict):
         return _validated(Regime, spec, prefix="")
     text = str(spec)
-    names = named_regimes()
+    names = named_regimes(model)
     if text in names:
         return names[text]
     path = Path(text)
@@ -353,14 +360,14 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime) -> Regime:
     return _validated(Regime, data, prefix=f"{path.name}: ")
 
 
-def load_schedule(spec: str | Path | list[dict[str, Any]]) -> RegimeSchedule:
+def load_schedule(spec: str | Path | list[dict[str, Any]], model: str = "CLSC-1") -> RegimeSchedule:
     """A schedule from a YAML/JSON file holding a list of entries with ``start``
     (or an object with key ``regimes``); a single regime name/file is a constant schedule."""
     if isinstance(spec, list):
         return RegimeSchedule.from_list(spec)
     text = str(spec)
-    if text in named_regimes():
-        return RegimeSchedule.constant(named_regimes()[text])
+    if text in named_regimes(model):
+        return RegimeSchedule.constant(named_regimes(model)[text])
     path = Path(text)
     if not path.exists():
         raise RegimeError(f"schedule {text!r}: no such file")
