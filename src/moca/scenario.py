@@ -146,32 +146,8 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: Any) -> "Scenario":
-        if not isinstance(data, dict):
-            raise ScenarioError("scenario: expected a JSON object")
-        allowed = {"model", "params", "regimes", "demand", "return_frac"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ScenarioError(f"scenario: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-        if data.get("model", MODEL_NAME) != MODEL_NAME:
-            raise ScenarioError(f"model={data.get('model')!r}: only {MODEL_NAME!r} is supported")
-        for key in ("regimes", "demand", "return_frac"):
-            if key not in data:
-                raise ScenarioError(f"scenario: missing key {key!r}")
-        params_data = data.get("params", {}) or {}
-        if not isinstance(params_data, dict):
-            raise ScenarioError("params: expected an object")
-        try:
-            params = Params(**params_data)
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            if first["type"] == "extra_forbidden":
-                raise ScenarioError(f"params.{field}: unknown parameter") from None
-            raise ScenarioError(first["msg"].removeprefix("Value error, ")) from None
-        try:
-            schedule = RegimeSchedule.from_list(data["regimes"])
-        except RegimeError as err:
-            raise ScenarioError(str(err)) from None
+        params, schedule = _read_header(data, Params, MODEL_NAME, ("demand", "return_frac"),
+                                        wrong_model=f"only {MODEL_NAME!r} is supported", default_model=True)
         for key in ("demand", "return_frac"):
             values = data[key]
             if not isinstance(values, list) or not all(
@@ -184,21 +160,58 @@ class Scenario:
     @classmethod
     def from_json(cls, source: str | Path) -> "Scenario":
         """Load from a path (or a JSON string starting with ``{``)."""
-        text = str(source)
-        if not text.lstrip().startswith("{"):
-            try:
-                text = Path(source).read_text()
-            except OSError as err:
-                raise ScenarioError(f"{source}: cannot read scenario ({err.strerror})") from None
+        return cls.from_dict(_read_json(source))
+
+
+def _read_header(data: Any, params_model: type[BaseModel], model: str, series: Sequence[str], wrong_model: str,
+                 default_model: bool) -> tuple[Any, RegimeSchedule]:
+    """Check a scenario object's keys and model; parse its ``params`` and ``regimes``."""
+    if not isinstance(data, dict):
+        raise ScenarioError("scenario: expected a JSON object")
+    allowed = {"model", "params", "regimes", *series}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ScenarioError(f"scenario: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    if data.get("model", model if default_model else None) != model:
+        raise ScenarioError(f"model={data.get('model')!r}: {wrong_model}")
+    for key in ("regimes", *series):
+        if key not in data:
+            raise ScenarioError(f"scenario: missing key {key!r}")
+    params_data = data.get("params", {}) or {}
+    if not isinstance(params_data, dict):
+        raise ScenarioError("params: expected an object")
+    try:
+        params = params_model(**params_data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ScenarioError(f"params.{field}: unknown parameter") from None
+        raise ScenarioError(first["msg"].removeprefix("Value error, ")) from None
+    except TypeError as err:  # e.g. non-string keys
+        raise ScenarioError(f"params: {err}") from None
+    try:
+        schedule = RegimeSchedule.from_list(data["regimes"])
+    except RegimeError as err:
+        raise ScenarioError(str(err)) from None
+    return params, schedule
+
+
+def _read_json(source: str | Path) -> Any:
+    text = str(source)
+    if not text.lstrip().startswith("{"):
         try:
-            # NaN/Infinity parse to floats here so that validation rejects them with the
-            # name of the field that holds them (every field checks finiteness).
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ScenarioError(f"scenario: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
-        except ValueError as err:
-            raise ScenarioError(f"scenario: {err}") from None
-        return cls.from_dict(data)
+            text = Path(source).read_text()
+        except OSError as err:
+            raise ScenarioError(f"{source}: cannot read scenario ({err.strerror})") from None
+    try:
+        # NaN/Infinity parse to floats here so that validation rejects them with the
+        # name of the field that holds them (every field checks finiteness).
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ScenarioError(f"scenario: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except ValueError as err:
+        raise ScenarioError(f"scenario: {err}") from None
 
 
 def _reject_constant(name: str) -> float:
@@ -542,33 +555,12 @@ class Scenario2:
             "market_avail": [float(x) for x in self.market_avail],
         }
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+    to_json = Scenario.to_json
 
     @classmethod
     def from_dict(cls, data: Any) -> "Scenario2":
-        if not isinstance(data, dict):
-            raise ScenarioError("scenario: expected a JSON object")
-        allowed = {"model", "params", "regimes", *SERIES_2}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ScenarioError(f"scenario: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-        if data.get("model") != MODEL_NAME_2:
-            raise ScenarioError(f"model={data.get('model')!r}: expected {MODEL_NAME_2!r}")
-        for key in ("regimes", *SERIES_2):
-            if key not in data:
-                raise ScenarioError(f"scenario: missing key {key!r}")
-        params_data = data.get("params", {}) or {}
-        if not isinstance(params_data, dict):
-            raise ScenarioError("params: expected an object")
-        params = _validated_params(Params2, params_data)
-        try:
-            schedule = RegimeSchedule.from_list(data["regimes"])
-        except RegimeError as err:
-            raise ScenarioError(str(err)) from None
+        params, schedule = _read_header(data, Params2, MODEL_NAME_2, SERIES_2,
+                                        wrong_model=f"expected {MODEL_NAME_2!r}", default_model=False)
         series = {}
         for key in SERIES_2:
             values = data[key]
@@ -589,35 +581,6 @@ class Scenario2:
     def from_json(cls, source: str | Path) -> "Scenario2":
         """Load from a path (or a JSON string starting with ``{``)."""
         return cls.from_dict(_read_json(source))
-
-
-def _validated_params(model: type[BaseModel], data: dict[str, Any]) -> Any:
-    try:
-        return model(**data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            raise ScenarioError(f"params.{field}: unknown parameter") from None
-        raise ScenarioError(first["msg"].removeprefix("Value error, ")) from None
-    except TypeError as err:  # e.g. non-string keys
-        raise ScenarioError(f"params: {err}") from None
-
-
-def _read_json(source: str | Path) -> Any:
-    text = str(source)
-    if not text.lstrip().startswith("{"):
-        try:
-            text = Path(source).read_text()
-        except OSError as err:
-            raise ScenarioError(f"{source}: cannot read scenario ({err.strerror})") from None
-    try:
-        # NaN/Infinity parse to floats so that validation names the field that holds them.
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ScenarioError(f"scenario: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
-    except ValueError as err:
-        raise ScenarioError(f"scenario: {err}") from None
 
 
 def load_scenario(source: str | Path) -> "Scenario | Scenario2":
