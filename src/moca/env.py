@@ -94,7 +94,7 @@ class CircularSupplyChainEnv(gym.Env):
             by the spec's tolerance). A self-test for tests and audits; off by default.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -120,7 +120,9 @@ class CircularSupplyChainEnv(gym.Env):
         self.cost_scale = float(cost_scale)
         self.check_violations = check_violations
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: supported are {self.metadata['render_modes']}")
+            # As Gymnasium does for a mode an env lacks: warn, do not refuse to build.
+            gym.logger.warn(f"render_mode={render_mode!r} is not supported ({self.metadata['render_modes']}); "
+                            "render() will return None")
         self.render_mode = render_mode
 
         p = self.params
@@ -302,11 +304,27 @@ class CircularSupplyChainEnv(gym.Env):
         return {"V": self.virgin, "M": self.recycled, "P": self.product, "C": self.cores, "B": self.backlog}
 
     def render(self):
+        if self.render_mode == "rgb_array":
+            s = self.state_units()
+            return render_bars([s["V"] / self._kg, s["M"] / self._kg, s["P"] / self._units, s["C"] / self._units,
+                                s["B"] / self._units])
         if self.render_mode != "ansi":
             return None
         s = self.state_units()
         return (f"t={self.t:3d} V={s['V']:9.1f} M={s['M']:8.1f} P={s['P']:8.1f} "
                 f"C={s['C']:7.1f} B={s['B']:7.1f} pipeline={[round(x, 1) for x in self.pipeline]}")
+
+
+def render_bars(values: list[float], height: int = 64, bar: int = 16) -> np.ndarray:
+    """An RGB image ``[height, len(values) * bar, 3]`` (uint8) of one bar per value, full
+    height at 1 (values are capacity-normalised stocks; clipped to [0, 1]). Drawn with
+    numpy because a render call in a training loop should not start matplotlib."""
+    image = np.full((height, len(values) * bar, 3), 255, dtype=np.uint8)
+    for i, value in enumerate(values):
+        filled = int(round(min(max(float(value), 0.0), 1.0) * height))
+        if filled:
+            image[height - filled:, i * bar + 2:(i + 1) * bar - 2] = (40, 110, 180)
+    return image
 
 
 @dataclass(frozen=True, slots=True)
