@@ -327,5 +327,42 @@ class OpenLoop2:
         return self.actions[:, obs.t]
 
 
+
+def simulate_actions2(scenario: Scenario2, actions: np.ndarray) -> dict:
+    """Run raw actions ``[T, 9]`` through the safety layer and the simulator in float64;
+    the result in the JSON shape ``moca simulate --json`` prints (docs/MODEL-2.md)."""
+    from moca.projection import project2_batch, violations2
+
+    batch = ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64)
+    with torch.no_grad():
+        result = rollout2(batch, OpenLoop2(torch.as_tensor(np.asarray(actions, dtype=np.float64)[None])),
+                          project2_batch)
+    inputs = result.inputs[0].numpy()
+    regime = batch.regime[0].numpy()
+    executed, raw = result.executed[0].numpy(), result.raw[0].numpy()
+    correction = result.correction[0].numpy()
+    violations = sum(violations2(executed[t], dict(zip(clsc2.ROW_INPUTS, inputs[t])), regime[t], scenario.params)
+                     for t in range(scenario.horizon))
+    periods = []
+    for t in range(scenario.horizon):
+        periods.append({
+            "t": t,
+            "action": [float(x) for x in executed[t]],
+            "raw_action": [float(x) for x in raw[t]],
+            "correction": float(correction[t]),
+            "cost": float(result.cost[0, t]),
+            "state": {name: float(result.stocks[0, t, i]) for i, name in enumerate(clsc2.STATE_NAMES)},
+            "sales": float(result.sales[0, t]),
+            "lost": float(result.lost[0, t]),
+            "scrap": float(result.scrap[0, t]),
+            "emissions": float(result.emissions[0, t]),
+            "window": {"used_virgin": float(inputs[t, 4] + executed[t, UV]),
+                       "used_recycled": float(inputs[t, 5] + executed[t, UR]),
+                       "periods_left": int(inputs[t, 6])},
+        })
+    return {"model": clsc2.MODEL_NAME, "total_cost": float(result.total_cost[0]), "violations": int(violations),
+            "periods": periods}
+
+
 __all__ = ["Arrival", "Observation2", "OpenLoop2", "Policy2", "Projector2", "Rollout2", "ScenarioBatch2",
-           "Simulator2", "State2", "StepResult2", "rollout2"]
+           "Simulator2", "State2", "StepResult2", "rollout2", "simulate_actions2"]
