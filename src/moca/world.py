@@ -28,7 +28,8 @@ right-hand side, ``R a + Rj x + r0``; for most rows it is just ``h0 + J x``.
 Two models are declared here: CLSC-1 (``shared`` spec MODEL.md; its own hand-optimised
 projection in :mod:`moca.safety` stays the one CLSC-1 runs, this declaration shows that
 the generic engine agrees with it) and CLSC-2 (docs/MODEL-2.md), whose rows 6a and 6b
-settle the recycled-content mandate over accounting windows (:func:`window_periods_left`).
+settle the recycled-content mandate over accounting windows (``periods_left`` is
+:func:`moca.regime.window_periods_left`).
 """
 
 from __future__ import annotations
@@ -213,13 +214,6 @@ O2, OM, UV2, UR2, F2, GA, GB, WA, WB = range(9)
 X_V, X_M, X_CA, X_CB, X_UV, X_UR, X_N, X_UP, X_A = range(9)
 
 
-def clsc2_scale(p: Any) -> np.ndarray:
-    """S = (K_o, K_m, m K_p, m K_p, K_f, K_d, K_d, K_w, K_w)."""
-    mk = p.mass * p.cap_produce
-    return np.array([p.cap_order, p.cap_market, mk, mk, p.cap_refurbish, p.cap_disassemble, p.cap_disassemble,
-                     p.cap_dispose, p.cap_dispose], dtype=np.float64)
-
-
 def max_recycled_use(regime: np.ndarray, p: Any) -> np.ndarray:
     """``Ū`` [B] (kg): the most recycled material one period can use, ``m K_p``, or
     ``min(m K_p, m Ē / e_p)`` under an emission cap ``Ē`` (production alone emits
@@ -304,50 +298,9 @@ CLSC2_ROWS = RowModel(
                 "7 emission cap", "8 recovery target"),
     row_spec=("1", "1", "2", "2", "3", "4", "4", "4", "5", "5", "6a", "6b", "7", "8"),
     lower_spec=("1", "1", "2", "2", "4", "4", "4", "4", "4"),
-    scale=clsc2_scale,
+    scale=lambda p: np.asarray(p.action_scale, dtype=np.float64),  # (K_o, K_m, m K_p, m K_p, K_f, K_d, K_d, K_w, K_w)
     coefficients=_clsc2_coefficients,
     safe_action=clsc2_safe_action,
 )
 
 MODELS: dict[str, RowModel] = {"CLSC-1": CLSC1_ROWS, "CLSC-2": CLSC2_ROWS}
-
-
-# --- accounting windows (CLSC-2) ----------------------------------------------------------
-def _window_ends(schedule: Any, horizon: int) -> np.ndarray:
-    """``[T]`` the first period after the window holding each period."""
-    entries = list(getattr(schedule, "entries", None) or [schedule])
-    ends = np.empty(horizon, dtype=np.int64)
-    for i, entry in enumerate(entries):
-        start = min(int(getattr(entry, "start", 0)), horizon)
-        stop = min(int(entries[i + 1].start), horizon) if i + 1 < len(entries) else horizon
-        width = int(getattr(entry, "recycled_content_window", 1) or 1)
-        if width < 1:
-            raise ValueError(f"regimes[{i}].recycled_content_window={width} must be a whole number >= 1")
-        t = np.arange(start, stop)
-        # calendar blocks [kW, (k+1)W), cut at the next regime change and at T
-        ends[start:stop] = np.minimum((t // width + 1) * width, stop)
-    return ends
-
-
-def window_periods_left(schedule: Any, horizon: int) -> np.ndarray:
-    """``n_t`` [T] int: periods left in t's accounting window after t (0 in its last period).
-
-    Windows are the calendar blocks ``[kW, (k+1)W)`` of the regime in force (``W`` its
-    ``recycled_content_window``, 1 if it has none), cut short at a regime change and at
-    ``T``; a regime change always starts a new window. ``schedule``: a
-    :class:`moca.regime.RegimeSchedule` (or a single regime: one entry from period 0).
-    """
-    return _window_ends(schedule, horizon) - 1 - np.arange(horizon)
-
-
-def window_ids(schedule: Any, horizon: int) -> np.ndarray:
-    """``[T]`` int: the accounting window each period belongs to (0, 1, ... in time order)."""
-    ends = _window_ends(schedule, horizon)
-    starts = np.r_[True, ends[1:] != ends[:-1]] if horizon else np.zeros(0, dtype=bool)
-    return np.cumsum(starts) - 1
-
-
-def window_starts(schedule: Any, horizon: int) -> np.ndarray:
-    """``[T]`` bool: periods that start an accounting window (``U_v = U_r = 0`` there)."""
-    left = window_periods_left(schedule, horizon)
-    return np.r_[True, left[:-1] == 0] if horizon else np.zeros(0, dtype=bool)
