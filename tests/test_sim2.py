@@ -129,3 +129,21 @@ def test_cost_is_differentiable_through_sales():
     assert grad[0, clsc2.UV] < -5.0
     # A kg ordered at t=0 costs 3.6 EUR and is held (0.01/kg) at t=2 after it arrives.
     assert grad[0, clsc2.O].item() == pytest.approx(3.6 + 0.01)
+
+
+def test_rollout_through_the_safety_layer_breaks_no_row_and_differentiates():
+    from moca.projection import project2_batch, violations2
+    from moca.regime import TASKS_2
+
+    scenarios = draw_scenarios2(3, TASKS_2["T2"], Params2(horizon=16))
+    batch = ScenarioBatch2.from_scenarios(scenarios, dtype=torch.float64)
+    rng = np.random.default_rng(3)
+    raw = torch.as_tensor(rng.uniform(0, 1.2, (3, 16, 9)) * clsc2.action_scale(scenarios[0].params))
+    raw.requires_grad_(True)
+    result = rollout2(batch, OpenLoop2(raw), project2_batch)
+    assert not torch.allclose(result.executed, raw)  # the raw actions break rows; the layer moved them
+    count = sum(violations2(result.executed[:, t].detach(), dict(zip(clsc2.ROW_INPUTS, result.inputs[:, t].unbind(-1))),
+                            batch.regime[:, t], scenarios[0].params) for t in range(16))
+    assert count == 0
+    result.total_cost.sum().backward()
+    assert torch.isfinite(raw.grad).all() and raw.grad.abs().sum() > 0

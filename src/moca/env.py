@@ -166,18 +166,9 @@ class CircularSupplyChainEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode. ``options={"scenario": Scenario}`` runs that scenario once."""
         super().reset(seed=seed)
-        options = options or {}
-        scenario_seed = None
-        if "scenario" in options:
-            scenario = options["scenario"]
-            if not isinstance(scenario, Scenario) or scenario.params != self.params:
-                raise ValueError("options['scenario']: expected a Scenario with this env's params")
-        elif self.fixed_scenario is not None:
-            scenario = self.fixed_scenario
-        else:
-            # An explicit seed names the scenario; otherwise draw one from the env's generator.
-            scenario_seed = seed if seed is not None else int(self.np_random.integers(2**62))
-            scenario = draw_scenario(scenario_seed, self.schedule or RegimeSchedule.constant(Regime()), self.params)
+        scenario, scenario_seed = episode_scenario(
+            self, seed, options, Scenario,
+            lambda s: draw_scenario(s, self.schedule or RegimeSchedule.constant(Regime()), self.params))
         self.scenario = scenario
         self._demand = scenario.demand.tolist()
         self._return_frac = scenario.return_frac.tolist()
@@ -313,6 +304,24 @@ class CircularSupplyChainEnv(gym.Env):
         s = self.state_units()
         return (f"t={self.t:3d} V={s['V']:9.1f} M={s['M']:8.1f} P={s['P']:8.1f} "
                 f"C={s['C']:7.1f} B={s['B']:7.1f} pipeline={[round(x, 1) for x in self.pipeline]}")
+
+
+def episode_scenario(env: gym.Env, seed: int | None, options: dict[str, Any] | None, kind: type,
+                     draw: Any) -> tuple[Any, int | None]:
+    """The scenario of the episode ``env.reset`` starts, and the seed it was drawn from:
+    ``options["scenario"]`` (of type ``kind``, the env's params), else the env's fixed
+    scenario, else ``draw(seed)``; without a seed, one from the env's generator."""
+    options = options or {}
+    if "scenario" in options:
+        scenario = options["scenario"]
+        if not isinstance(scenario, kind) or scenario.params != env.params:
+            raise ValueError(f"options['scenario']: expected a {kind.__name__} with this env's params")
+        return scenario, None
+    if env.fixed_scenario is not None:
+        return env.fixed_scenario, None
+    # An explicit seed names the scenario; otherwise draw one from the env's generator.
+    scenario_seed = seed if seed is not None else int(env.np_random.integers(2**62))
+    return draw(scenario_seed), scenario_seed
 
 
 def render_bars(values: list[float], height: int = 64, bar: int = 16) -> np.ndarray:

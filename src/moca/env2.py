@@ -44,7 +44,7 @@ import torch
 from gymnasium import spaces
 
 from moca import clsc2
-from moca.env import render_bars
+from moca.env import episode_scenario, render_bars
 from moca.projection import project2, violations2
 from moca.regime import MAX_WINDOW, Regime, RegimeSchedule, load_schedule
 from moca.scenario import DEFAULT_PARAMS_2, HISTORY, Params2, Scenario2, draw_scenario2
@@ -111,17 +111,8 @@ class CircularSupplyChain2Env(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode. ``options={"scenario": Scenario2}`` runs that scenario once."""
         super().reset(seed=seed)
-        options = options or {}
-        scenario_seed = None
-        if "scenario" in options:
-            scenario = options["scenario"]
-            if not isinstance(scenario, Scenario2) or scenario.params != self.params:
-                raise ValueError("options['scenario']: expected a Scenario2 with this env's params")
-        elif self.fixed_scenario is not None:
-            scenario = self.fixed_scenario
-        else:
-            scenario_seed = seed if seed is not None else int(self.np_random.integers(2**62))
-            scenario = draw_scenario2(scenario_seed, self.schedule, self.params)
+        scenario, scenario_seed = episode_scenario(self, seed, options, Scenario2,
+                                                   lambda s: draw_scenario2(s, self.schedule, self.params))
         self.scenario = scenario
         self._batch = ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64)
         self._regime = scenario.regime_table()

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from moca import clsc2
 from moca.clsc2 import CA, CB, OM, UR, UV, M, O, P, V
-from moca.scenario import HISTORY, Params2, Scenario2, ScenarioError
+from moca.scenario import HISTORY, Params2, Scenario2, ScenarioError, common_params
 
 
 class State2:
@@ -97,12 +97,7 @@ class ScenarioBatch2:
     @classmethod
     def from_scenarios(cls, scenarios: Sequence[Scenario2], dtype: torch.dtype = torch.float32,
                        device: str | torch.device = "cpu") -> "ScenarioBatch2":
-        if not scenarios:
-            raise ScenarioError("a scenario batch needs at least one scenario")
-        params = scenarios[0].params
-        for i, s in enumerate(scenarios[1:], 1):
-            if s.params != params:
-                raise ScenarioError(f"scenario {i} has other params than scenario 0; batch them separately")
+        params = common_params(scenarios)
         as_t = lambda a, d=dtype: torch.as_tensor(np.stack(a), dtype=d, device=device)  # noqa: E731
         return cls(
             params, as_t([s.demand for s in scenarios]), as_t([s.return_frac for s in scenarios]),
