@@ -125,20 +125,27 @@ def scenario_new(
 
 
 @app.command()
-def regimes(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def regimes(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+            model: str = typer.Option("CLSC-1", "--model", help="CLSC-1, or CLSC-2 (adds the accounting window)."),
+            ) -> None:
     """List the named regimes (the seed's tasks and presets from real rules)."""
-    from moca.regime import REGIME_FIELDS, named_regimes
+    from moca.regime import ALL_REGIME_FIELDS, REGIME_FIELDS, named_regimes
+    from moca.scenario import MODELS
 
-    rows = {name: r.model_dump() for name, r in named_regimes().items()}
+    with _bad_input():
+        if model not in MODELS:
+            raise UsageError(f"--model={model!r}: expected one of {', '.join(MODELS)}")
+    fields = ALL_REGIME_FIELDS if model == "CLSC-2" else REGIME_FIELDS
+    rows = {name: {f: getattr(r, f) for f in fields} for name, r in named_regimes(model).items()}
     if as_json:
         _print_json(rows)
         return
-    table = Table(title="Named regimes")
+    table = Table(title="Named regimes" + (" (CLSC-2)" if model == "CLSC-2" else ""))
     table.add_column("name")
-    for f in REGIME_FIELDS:
+    for f in fields:
         table.add_column(f, justify="right")
     for name, r in rows.items():
-        table.add_row(name, *("-" if r[f] is None else f"{r[f]:g}" for f in REGIME_FIELDS))
+        table.add_row(name, *("-" if r[f] is None else f"{r[f]:g}" for f in fields))
     console.print(table)
 
 
