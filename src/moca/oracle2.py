@@ -295,19 +295,54 @@ def solve_window2(params: Any, window: Window2) -> Window2Solution:
 
 def episode_window2(scenario: Any) -> Window2:
     """The whole episode of a :class:`moca.scenario.Scenario2` from the spec's initial state."""
-    p, T = scenario.params, scenario.horizon
-    arrivals = np.zeros(T)
-    arrivals[: min(p.lead_virgin, T)] = p.init_pipeline
-    returns = np.zeros(T)
-    lag = min(p.lag_return, T)
-    returns[:lag] = scenario.return_frac[:lag] * np.asarray(scenario.presales(), dtype=np.float64)[:lag]
+    p = scenario.params
+    return window2_at(scenario, 0, scenario.horizon,
+                      stocks=[p.init_virgin, p.init_recycled, p.init_product, p.init_core_a, p.init_core_b],
+                      pipeline=[p.init_pipeline] * p.lead_virgin, market_in=p.init_market,
+                      sales_history=scenario.presales(), used=(0.0, 0.0))
+
+
+def window2_at(scenario: Any, t: int, horizon: int, stocks: Any, pipeline: Any, market_in: float, sales_history: Any,
+               used: tuple[float, float], **series: Any) -> Window2:
+    """The LP window of ``horizon`` periods from period ``t`` of ``scenario`` (cut at its
+    end), from the state at the start of ``t`` (before its arrivals): ``stocks`` [5] V, M,
+    P, CA, CB; ``pipeline`` [L_v] kg arriving at t, t+1, ...; ``market_in`` kg arriving at
+    t; ``sales_history`` [L_r] the sales of t-L_r .. t-1 (units); ``used`` (U_v, U_r) so far
+    in t's accounting window (ignored when t starts one). The regime schedule and its
+    windows come from the scenario (announced); the series default to the scenario's
+    (the oracle) and are replaced by keyword: ``demand``, ``return_frac``, ``grades``,
+    ``supply_up``, ``market_avail`` (each ``[H]``, grades ``[H, 3]``: a forecast for MPC)."""
+    p = scenario.params
+    T = scenario.horizon
+    if not 0 <= t < T:
+        raise ValueError(f"t={t}: expected a period in 0..{T - 1}")
+    H = min(int(horizon), T - t)
+    if H < 1:
+        raise ValueError(f"horizon={horizon}: expected at least one period")
+    unknown = set(series) - {"demand", "return_frac", "grades", "supply_up", "market_avail"}
+    if unknown:
+        raise ValueError(f"window2_at: unknown series {sorted(unknown)}")
+    take = lambda name: np.asarray(series[name], dtype=np.float64)[:H] if name in series \
+        else np.asarray(getattr(scenario, name), dtype=np.float64)[t:t + H]  # noqa: E731
+    pipeline = np.asarray(pipeline, dtype=np.float64).reshape(-1)
+    history = np.asarray(sales_history, dtype=np.float64).reshape(-1)
+    if pipeline.size != p.lead_virgin:
+        raise ValueError(f"pipeline: expected {p.lead_virgin} slots, got {pipeline.size}")
+    if history.size != p.lag_return:
+        raise ValueError(f"sales_history: expected {p.lag_return} periods, got {history.size}")
+    return_frac = take("return_frac")
+    arrivals = np.zeros(H)
+    arrivals[: min(p.lead_virgin, H)] = pipeline[:H]
+    returns = np.zeros(H)
+    lag = min(p.lag_return, H)
+    returns[:lag] = return_frac[:lag] * history[:lag]
+    table = scenario.regime_table()
     return Window2(
-        stocks=np.array([p.init_virgin, p.init_recycled, p.init_product, p.init_core_a, p.init_core_b]),
-        virgin_arrivals=arrivals, market_arrival=p.init_market, core_returns=returns,
-        return_frac=scenario.return_frac, grades=scenario.grades, demand=scenario.demand,
-        supply_up=scenario.supply_up, market_avail=scenario.market_avail, regime=scenario.regime_table(),
-        periods_left=scenario.periods_left(), window_start=scenario.window_starts(),
-    )
+        stocks=np.asarray(stocks, dtype=np.float64), virgin_arrivals=arrivals, market_arrival=float(market_in),
+        core_returns=returns, return_frac=return_frac, grades=take("grades"), demand=take("demand"),
+        supply_up=take("supply_up"), market_avail=take("market_avail"), regime=table[t:t + H],
+        periods_left=scenario.periods_left()[t:t + H], window_start=scenario.window_starts()[t:t + H],
+        used=(float(used[0]), float(used[1])))
 
 
 def solve_oracle2(scenario: Any) -> Oracle2Result:
