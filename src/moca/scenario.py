@@ -214,6 +214,17 @@ def _read_json(source: str | Path) -> Any:
         raise ScenarioError(f"scenario: {err}") from None
 
 
+def common_params(scenarios: Sequence[Any]) -> Any:
+    """The parameter set every scenario of a batch shares (a batch is simulated with one)."""
+    if not scenarios:
+        raise ScenarioError("a scenario batch needs at least one scenario")
+    params = scenarios[0].params
+    for i, s in enumerate(scenarios[1:], 1):
+        if s.params != params:
+            raise ScenarioError(f"scenario {i} has other params than scenario 0; batch them separately")
+    return params
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not allowed in a scenario file (values must be finite)")
 
