@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from moca.clsc2 import emission_coefficients
+
 #: A row is violated when broken by more than ``VIOLATION_TOL * max(1, |rhs|)``.
 VIOLATION_TOL = 1e-6
 
@@ -256,11 +258,7 @@ def _clsc2_coefficients(regime: np.ndarray, p: Any) -> RowCoefficients:
     J[:, 11, X_N] = q * max_recycled_use(regime, p); J[:, 11, X_UV] = -r; J[:, 11, X_UR] = q
     Rj[:, 11, X_N] = J[:, 11, X_N]
     # 7: emissions <= cap
-    G[:, 12, O2] = p.emis_virgin
-    G[:, 12, OM] = p.emis_market
-    G[:, 12, [UV2, UR2]] = p.emis_produce / p.mass
-    G[:, 12, GA] = p.emis_recycle * recovered_a
-    G[:, 12, GB] = p.emis_recycle * recovered_b
+    G[:, 12] = emission_coefficients(p)
     h0[:, 12] = np.where(np.isfinite(cap), cap, 0.0)
     # 8: kappa (f + g_A + g_B + w_A + w_B) - (f + g_A + g_B) <= 0
     G[:, 13, [F2, GA, GB]] = -(1.0 - kappa[:, None])
