@@ -4,23 +4,24 @@ With every series known (demand, returns, grades, supplier, market), the best co
 policy could reach is the optimum of an LP over actions, sales and stocks (docs/MODEL-2.md,
 "Hindsight oracle"). The same LP over a shorter window, from any state, with forecasts in
 place of the series, is what a rolling-horizon MPC solves, so one builder,
-:func:`solve_window2`, serves both (as :func:`moca.oracle.solve_window` does for CLSC-1).
+:func:`solve_window2` (windows from any state: :func:`window2_at`), serves both, as
+:func:`moca.oracle.solve_window` does for CLSC-1.
 
-Variables of window period ``k`` (17 per period, this column order): the nine actions
-``o, o_m, u_v, u_r, f, g_A, g_B, w_A, w_B``; sales ``s``; ``V`` (virgin after use),
-``M^-`` (recycled material left after use, before recovered and bought material lands),
-``P^-`` (product left after sales, before production lands), ``CA``, ``CB`` (cores after
-processing), ``U_v``, ``U_r`` (material used so far in the accounting window, this
-period's use included), and the MPC's soft safety-stock shortfall ``e`` (fixed at 0
-without a safety stock).
+Variables of window period ``k`` (18 per period, this column order): the nine actions
+``o, o_m, u_v, u_r, f, g_A, g_B, w_A, w_B``; sales ``s``; the end-of-period stocks
+``V, M, P, CA, CB``; ``U_v, U_r`` (material used so far in the accounting window, this
+period's use included); the MPC's soft safety-stock shortfall ``e`` (0 without one).
 
-The hard constraints are **not written here**: every row of :data:`moca.world.CLSC2_ROWS`
-(1-8 with 6a, 6b) is read from the declaration and rewritten on the LP's columns, each
-named input being an expression in them (e.g. the post-arrival ``V`` is ``V_k + u_v``,
-``U_v`` before the action is ``U_v,k - u_v``). Stock columns are free, so "no more than
-on hand" holds because the declared rows say so. Only the stock balances (the
-dynamics) and the cost are written here. Sales obey ``s_k <= P`` at the start of ``k``
-(``P^- >= 0``) and ``s_k <= d_k``; lost sales cost ``p_l (d_k - s_k)``.
+Nothing about the model is restated here. The hard constraints are the rows of
+:data:`moca.world.CLSC2_ROWS` (1-8 with 6a, 6b), each named input rewritten as an
+expression in the LP's columns (the post-arrival stock is the end-of-period stock minus
+what the action did to it, ``x = stock_k - E a_k``; ``U_v`` before the action is
+``U_v,k - u_v``); stock columns are free, so "no more than on hand" holds because the
+declared rows say so. What an action does to the stocks (``E``), the costs and the
+emissions come from :mod:`moca.clsc2`. Only the transit (an order arrives ``L_v``
+periods later, a market purchase the next period), the returns and the accounting
+windows are written here. Sales obey ``s_k <= P`` at the start of ``k`` and
+``s_k <= d_k``; lost sales cost ``p_l (d_k - s_k)``.
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ import highspy
 import numpy as np
 from scipy import sparse
 
+from moca import clsc2
 from moca.oracle import OracleError, _solver
 from moca.world import CLSC2_ROWS, max_recycled_use, regime_rows
 
 # Columns of one period.
-(O, OM, UV, UR, F, GA, GB, WA, WB, S, V, M_LEFT, P_LEFT, CA, CB, USED_V, USED_R, E) = range(18)
+(O, OM, UV, UR, F, GA, GB, WA, WB, S, V, M, P, CA, CB, USED_V, USED_R, E) = range(18)
 N_COL = 18
 ACTIONS = slice(O, WB + 1)
+STOCKS = slice(V, CB + 1)
 INF = highspy.kHighsInf
-_R_TAX, _R_LANDFILL = 1, 3
 
 
 @dataclass(frozen=True)
@@ -114,33 +116,28 @@ class Oracle2Result:
 
 # --- the declared rows on the LP's columns -------------------------------------------------
 def _input_expressions(params: Any, window: Window2) -> tuple[np.ndarray, np.ndarray]:
-    """Each named input of period k as ``E @ columns_k + e0`` (``E`` [H, 9 inputs, N_COL],
-    ``e0`` [H, 9])."""
-    H = window.horizon
-    E = np.zeros((H, 9, N_COL))
-    e0 = np.zeros((H, 9))
-    E[:, 0, [V, UV]] = 1.0  # virgin after arrivals = V_k + u_v
-    E[:, 1, [M_LEFT, UR]] = 1.0  # recycled after arrivals = M^-_k + u_r
-    E[:, 2, [CA, F, GA, WA]] = 1.0
-    E[:, 3, [CB, GB, WB]] = 1.0
-    E[:, 4, USED_V], E[:, 4, UV] = 1.0, -1.0  # used before the action
-    E[:, 5, USED_R], E[:, 5, UR] = 1.0, -1.0
-    e0[:, 6] = window.periods_left
-    e0[:, 7] = window.supply_up
-    e0[:, 8] = window.market_avail
-    return E, e0
+    """Each named input of period k as ``X @ columns_k + x0`` (``X`` [9 inputs, N_COL],
+    ``x0`` [H, 9])."""
+    effect = clsc2.action_effect(params)
+    X = np.zeros((9, N_COL))
+    for i, stock in enumerate((V, M, CA, CB)):  # virgin, recycled, cores_a, cores_b after arrivals
+        X[i, stock] = 1.0
+        X[i, ACTIONS] = -effect[stock - V]
+    X[4, USED_V], X[4, UV] = 1.0, -1.0  # used before the action
+    X[5, USED_R], X[5, UR] = 1.0, -1.0
+    x0 = np.zeros((window.horizon, 9))
+    x0[:, 6], x0[:, 7], x0[:, 8] = window.periods_left, window.supply_up, window.market_avail
+    return X, x0
 
 
 def _declared_rows(params: Any, window: Window2):
-    """Rows 1-8 of every period as (period, coefficients [N_COL], upper) triples, read from
-    :data:`CLSC2_ROWS`: ``G a - J x <= h0`` with ``x = E cols + e0``."""
+    """Rows 1-8 of every period from :data:`CLSC2_ROWS`, ``G a - J x <= h0`` with
+    ``x = X cols + x0``: coefficients [H, m, N_COL], upper [H, m], on [H, m]."""
     c = CLSC2_ROWS.coefficients(window.regime, params)
-    E, e0 = _input_expressions(params, window)
-    H, m = c.G.shape[0], c.G.shape[1]
-    coef = -np.einsum("hmk,hkc->hmc", c.J, E)  # [H, m, N_COL]
+    X, x0 = _input_expressions(params, window)
+    coef = -np.einsum("hmk,kc->hmc", c.J, X)
     coef[:, :, ACTIONS] += c.G
-    upper = c.h0 + np.einsum("hmk,hk->hm", c.J, e0)
-    return coef, upper, c.on
+    return coef, c.h0 + np.einsum("hmk,hk->hm", c.J, x0), c.on
 
 
 # --- building and solving --------------------------------------------------------------------
@@ -166,92 +163,73 @@ def _check_window(params: Any, window: Window2) -> None:
 
 def build_lp2(params: Any, window: Window2):
     """The window's LP: (cost [n], offset EUR, col_lower, col_upper, A (CSC), row_lower,
-    row_upper), minimisation; the spec's cost is ``cost @ x + offset``."""
+    row_upper), minimisation; the spec's cost of the window is ``cost @ x + offset``."""
     _check_window(params, window)
-    p, H, L_r = params, window.horizon, params.lag_return
+    p, H, L_v, L_r = params, window.horizon, params.lead_virgin, params.lag_return
+    effect = clsc2.action_effect(p)
     col = lambda k, j: k * N_COL + j  # noqa: E731
     rows, cols, vals, lo, up = [], [], [], [], []
 
     def add(entries: list[tuple[int, float]], lower: float, upper: float) -> None:
-        r = len(lo)
         for c_, v in entries:
             if v != 0.0:
-                rows.append(r)
+                rows.append(len(lo))
                 cols.append(c_)
                 vals.append(v)
         lo.append(lower)
         up.append(upper)
 
-    V0, M0, P0, CA0, CB0 = (float(x) for x in window.stocks)
-    alpha_a, alpha_b, alpha_c = window.grades[:, 0], window.grades[:, 1], window.grades[:, 2]
-    rec_a, rec_b = p.mass * p.yield_disassembly_a, p.mass * p.yield_disassembly_b
+    # exogenous arrivals of each stock (after the period's arrivals: pipeline, market, returns)
+    arrivals = np.zeros((H, 5))
+    arrivals[:, 0] = window.virgin_arrivals
+    arrivals[0, 1] = window.market_arrival
+    arrivals[:, 3] = window.grades[:, 0] * window.core_returns
+    arrivals[:, 4] = window.grades[:, 1] * window.core_returns
+    arrivals[0] += window.stocks
     for k in range(H):
-        prev = k - 1
-        # V: V_k = V_{k-1} + pipeline_k + o_{k-L_v} - u_v
-        entries = [(col(k, V), 1.0), (col(k, UV), 1.0)] + ([(col(prev, V), -1.0)] if k else [])
-        if k >= p.lead_virgin:
-            entries.append((col(k - p.lead_virgin, O), -1.0))
-        add(entries, *(2 * [window.virgin_arrivals[k] + (V0 if k == 0 else 0.0)]))
-        # M: M^-_k = M^-_{k-1} + m(eta_A g_A + eta_B g_B)_{k-1} + o_m,{k-1} - u_r
-        entries = [(col(k, M_LEFT), 1.0), (col(k, UR), 1.0)]
-        if k:
-            entries += [(col(prev, M_LEFT), -1.0), (col(prev, GA), -rec_a), (col(prev, GB), -rec_b),
-                        (col(prev, OM), -1.0)]
-        add(entries, *(2 * [M0 + window.market_arrival if k == 0 else 0.0]))
-        # P: P^-_k = P^-_{k-1} + (u_v + u_r)_{k-1} / m + eta_f f_{k-1} - s_k
-        entries = [(col(k, P_LEFT), 1.0), (col(k, S), 1.0)]
-        if k:
-            entries += [(col(prev, P_LEFT), -1.0), (col(prev, UV), -1.0 / p.mass), (col(prev, UR), -1.0 / p.mass),
-                        (col(prev, F), -p.yield_refurbish)]
-        add(entries, *(2 * [P0 if k == 0 else 0.0]))
-        # cores by grade: C_k = C_{k-1} + alpha R_k - processed; R_k from own sales from L_r on
-        for stock, start, alpha, out in ((CA, CA0, alpha_a, (F, GA, WA)), (CB, CB0, alpha_b, (GB, WB))):
-            entries = [(col(k, stock), 1.0)] + [(col(k, j), 1.0) for j in out]
+        # stock_k = stock_{k-1} + arrivals_k + E a_k - s_k e_P (+ orders and purchases in transit)
+        for i in range(5):
+            entries = [(col(k, V + i), 1.0)] + [(col(k, j), -effect[i, j]) for j in range(9)]
+            entries += [(col(k, S), -clsc2.SALES_EFFECT[i])]
             if k:
-                entries.append((col(prev, stock), -1.0))
-            if k >= L_r:
-                entries.append((col(k - L_r, S), -alpha[k] * window.return_frac[k]))
-            add(entries, *(2 * [alpha[k] * window.core_returns[k] + (start if k == 0 else 0.0)]))
-        # accounting: U_k = U_{k-1} (unless a window starts) + use_k
+                entries.append((col(k - 1, V + i), -1.0))
+            if i == 0 and k >= L_v:
+                entries.append((col(k - L_v, O), -1.0))
+            if i == 1 and k >= 1:
+                entries.append((col(k - 1, OM), -1.0))
+            if i in (3, 4) and k >= L_r:  # grades of the window's own sales' returns
+                entries.append((col(k - L_r, S), -window.grades[k, i - 3] * window.return_frac[k]))
+            add(entries, arrivals[k, i], arrivals[k, i])
+        # sales from the product on hand at the start of k
+        add([(col(k, S), 1.0)] + ([(col(k - 1, P), -1.0)] if k else []), -INF, window.stocks[2] if k == 0 else 0.0)
+        # accounting: U_k = U_{k-1} (unless a window starts at k) + use_k
         for used, use, carried in ((USED_V, UV, window.used[0]), (USED_R, UR, window.used[1])):
             entries = [(col(k, used), 1.0), (col(k, use), -1.0)]
             if k and not window.window_start[k]:
-                entries.append((col(prev, used), -1.0))
+                entries.append((col(k - 1, used), -1.0))
             add(entries, *(2 * [carried if k == 0 and not window.window_start[0] else 0.0]))
-        # soft safety stock (MPC): P at the start of k + e_k >= d_k + safety stock
+        # soft safety stock (MPC): product at the start of k + e_k >= d_k + safety stock
         if window.safety_stock > 0 and k >= 1:
-            add([(col(k, P_LEFT), 1.0), (col(k, S), 1.0), (col(k, E), 1.0)],
-                window.demand[k] + window.safety_stock, INF)
+            add([(col(k - 1, P), 1.0), (col(k, E), 1.0)], window.demand[k] + window.safety_stock, INF)
 
     coef, upper, on = _declared_rows(p, window)
     for k in range(H):
         for j in np.flatnonzero(on[k]):
-            nz = np.flatnonzero(coef[k, j])
-            add([(col(k, c_), coef[k, j, c_]) for c_ in nz], -INF, float(upper[k, j]))
+            add([(col(k, c_), coef[k, j, c_]) for c_ in np.flatnonzero(coef[k, j])], -INF, float(upper[k, j]))
 
-    # Cost: actions and end-of-period stocks (M and P through what makes them up).
-    tax, landfill = window.regime[:, _R_TAX], window.regime[:, _R_LANDFILL]
+    # cost: actions, end-of-period stocks, lost sales, scrap (own sales' returns L_r later)
+    scrap = clsc2.scrap_cost(p, window.regime) * window.grades[:, 2]  # EUR per core returned
     cost = np.zeros((H, N_COL))
-    cost[:, O] = p.cost_virgin + tax * p.emis_virgin / 1000.0
-    cost[:, OM] = p.cost_market
-    cost[:, UV] = cost[:, UR] = (p.cost_produce + p.hold_product) / p.mass
-    cost[:, F] = p.cost_refurbish + p.hold_product * p.yield_refurbish
-    cost[:, GA] = p.cost_disassemble + p.hold_recycled * rec_a
-    cost[:, GB] = p.cost_disassemble + p.hold_recycled * rec_b
-    cost[:, WA] = cost[:, WB] = p.cost_dispose + landfill
-    cost[:, V], cost[:, M_LEFT], cost[:, P_LEFT] = p.hold_virgin, p.hold_recycled, p.hold_product
-    cost[:, CA] = cost[:, CB] = p.hold_core
+    cost[:, ACTIONS] = clsc2.action_cost(p, window.regime)
+    cost[:, STOCKS] = clsc2.stock_cost(p)
     cost[:, S] = -p.lost_sale_cost
+    cost[: max(H - L_r, 0), S] += (scrap * window.return_frac)[L_r:]
     cost[:, E] = window.safety_penalty
-    # scrap of own sales' returns, landfilled L_r periods later
-    scrap = (p.cost_dispose + landfill) * alpha_c * window.return_frac
-    cost[: max(H - L_r, 0), S] += scrap[L_r:]
-    offset = float(p.lost_sale_cost * window.demand.sum()
-                   + ((p.cost_dispose + landfill) * alpha_c * window.core_returns).sum())
+    offset = float(p.lost_sale_cost * window.demand.sum() + (scrap * window.core_returns).sum())
 
     col_lower = np.zeros((H, N_COL))
     col_upper = np.full((H, N_COL), INF)
-    col_lower[:, [V, M_LEFT, CA, CB, USED_V, USED_R]] = -INF  # the declared rows bound them
+    col_lower[:, [V, M, CA, CB, USED_V, USED_R]] = -INF  # the declared rows bound them
     col_upper[:, S] = window.demand
     if window.safety_stock <= 0:
         col_upper[:, E] = 0.0
@@ -279,11 +257,7 @@ def solve_window2(params: Any, window: Window2) -> Window2Solution:
     H = window.horizon
     x = np.asarray(highs.getSolution().col_value)[: H * N_COL].reshape(H, N_COL)
     objective = highs.getInfo().objective_function_value
-    p = params
-    stocks = np.stack([x[:, V],
-                       x[:, M_LEFT] + p.mass * (p.yield_disassembly_a * x[:, GA] + p.yield_disassembly_b * x[:, GB]),
-                       x[:, P_LEFT] + (x[:, UV] + x[:, UR]) / p.mass + p.yield_refurbish * x[:, F],
-                       x[:, CA], x[:, CB]], axis=1)
+    stocks = x[:, STOCKS].copy()
     product_before = np.r_[window.stocks[2], stocks[:-1, 2]]
     sales = x[:, S].copy()
     return Window2Solution(
@@ -295,19 +269,58 @@ def solve_window2(params: Any, window: Window2) -> Window2Solution:
 
 def episode_window2(scenario: Any) -> Window2:
     """The whole episode of a :class:`moca.scenario.Scenario2` from the spec's initial state."""
-    p, T = scenario.params, scenario.horizon
-    arrivals = np.zeros(T)
-    arrivals[: min(p.lead_virgin, T)] = p.init_pipeline
-    returns = np.zeros(T)
-    lag = min(p.lag_return, T)
-    returns[:lag] = scenario.return_frac[:lag] * np.asarray(scenario.presales(), dtype=np.float64)[:lag]
+    p = scenario.params
+    return window2_at(scenario, 0, scenario.horizon,
+                      stocks=[p.init_virgin, p.init_recycled, p.init_product, p.init_core_a, p.init_core_b],
+                      pipeline=[p.init_pipeline] * p.lead_virgin, market_in=p.init_market,
+                      sales_history=scenario.presales(), used=(0.0, 0.0))
+
+
+def window2_at(scenario: Any, t: int, horizon: int, stocks: Any, pipeline: Any, market_in: float, sales_history: Any,
+               used: tuple[float, float], **series: Any) -> Window2:
+    """The LP window of ``horizon`` periods from period ``t`` of ``scenario`` (cut at its
+    end), from the state at the start of ``t`` (before its arrivals): ``stocks`` [5] V, M,
+    P, CA, CB; ``pipeline`` [L_v] kg arriving at t, t+1, ...; ``market_in`` kg arriving at
+    t; ``sales_history`` [L_r] the sales of t-L_r .. t-1 (units); ``used`` (U_v, U_r) so far
+    in t's accounting window (ignored when t starts one). The regime schedule and its
+    windows come from the scenario (announced); the series default to the scenario's
+    (the oracle) and are replaced by keyword: ``demand``, ``return_frac``, ``grades``,
+    ``supply_up``, ``market_avail`` (each ``[H]``, grades ``[H, 3]``: a forecast for MPC)."""
+    p = scenario.params
+    T = scenario.horizon
+    if not 0 <= t < T:
+        raise ValueError(f"t={t}: expected a period in 0..{T - 1}")
+    H = min(int(horizon), T - t)
+    if H < 1:
+        raise ValueError(f"horizon={horizon}: expected at least one period")
+    unknown = set(series) - {"demand", "return_frac", "grades", "supply_up", "market_avail"}
+    if unknown:
+        raise ValueError(f"window2_at: unknown series {sorted(unknown)}")
+    for name, values in series.items():
+        if np.shape(values)[:1] < (H,) or not np.all(np.isfinite(values)):
+            raise ValueError(f"{name}: expected {H} finite values (one per window period), got shape "
+                             f"{list(np.shape(values))}")
+    take = lambda name: np.asarray(series[name], dtype=np.float64)[:H] if name in series \
+        else np.asarray(getattr(scenario, name), dtype=np.float64)[t:t + H]  # noqa: E731
+    pipeline = np.asarray(pipeline, dtype=np.float64).reshape(-1)
+    history = np.asarray(sales_history, dtype=np.float64).reshape(-1)
+    if pipeline.size != p.lead_virgin:
+        raise ValueError(f"pipeline: expected {p.lead_virgin} slots, got {pipeline.size}")
+    if history.size != p.lag_return:
+        raise ValueError(f"sales_history: expected {p.lag_return} periods, got {history.size}")
+    return_frac = take("return_frac")
+    arrivals = np.zeros(H)
+    arrivals[: min(p.lead_virgin, H)] = pipeline[:H]
+    returns = np.zeros(H)
+    lag = min(p.lag_return, H)
+    returns[:lag] = return_frac[:lag] * history[:lag]
+    table = scenario.regime_table()
     return Window2(
-        stocks=np.array([p.init_virgin, p.init_recycled, p.init_product, p.init_core_a, p.init_core_b]),
-        virgin_arrivals=arrivals, market_arrival=p.init_market, core_returns=returns,
-        return_frac=scenario.return_frac, grades=scenario.grades, demand=scenario.demand,
-        supply_up=scenario.supply_up, market_avail=scenario.market_avail, regime=scenario.regime_table(),
-        periods_left=scenario.periods_left(), window_start=scenario.window_starts(),
-    )
+        stocks=np.asarray(stocks, dtype=np.float64), virgin_arrivals=arrivals, market_arrival=float(market_in),
+        core_returns=returns, return_frac=return_frac, grades=take("grades"), demand=take("demand"),
+        supply_up=take("supply_up"), market_avail=take("market_avail"), regime=table[t:t + H],
+        periods_left=scenario.periods_left()[t:t + H], window_start=scenario.window_starts()[t:t + H],
+        used=(float(used[0]), float(used[1])))
 
 
 def solve_oracle2(scenario: Any) -> Oracle2Result:

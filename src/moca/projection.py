@@ -47,7 +47,9 @@ from moca.world import CLSC2_ROWS, UR2, UV2, VIOLATION_TOL, X_N, X_UR, X_UV, Row
 
 TIGHTEN = {torch.float64: 1e-9, torch.float32: 1e-6}
 _FIX_TOL = 1e-12  # normalised bounds / right-hand sides below this fix coordinates at 0
-_PRIMAL_TOL = 1e-11
+# DAQP's primal tolerance; on a failed solve (seen with targets ~1e6 away and bounds ~1e-10,
+# where it reports a feasible set infeasible) the looser one, whose answer the check then vets
+_PRIMAL_TOLS = (1e-11, 1e-9)
 _RANK_TOL = 1e-9  # eigenvalues of A_s^T A_s (unit rows) below this are the null space
 _SETTLEMENT = "settlement"
 
@@ -225,13 +227,16 @@ def _daqp_one(y: np.ndarray, A: np.ndarray, b: np.ndarray, upper: np.ndarray):
         _ZEROS[n + m] = np.concatenate([np.zeros(n), np.full(m, -np.inf)])
         _SENSE[n + m] = np.zeros(n + m, dtype=np.int32)
     bupper = np.concatenate([upper, b])
-    z, _, flag, info = daqp.solve(_EYE[n], -y, A, bupper, _ZEROS[n + m], _SENSE[n + m], primal_tol=_PRIMAL_TOL)
-    if flag < 1:
+    for tol in _PRIMAL_TOLS:
+        z, _, flag, info = daqp.solve(_EYE[n], -y, A, bupper, _ZEROS[n + m], _SENSE[n + m], primal_tol=tol)
+        if flag >= 1:
+            break
+    else:
         return None
     step = np.abs(y - z).max()
     if step > 100.0:
         z2, _, flag, info2 = daqp.solve(_EYE[n], -(z + (y - z) / step), A, bupper, _ZEROS[n + m], _SENSE[n + m],
-                                        primal_tol=_PRIMAL_TOL)
+                                        primal_tol=tol)
         if flag >= 1:
             z, info = z2, info2
     return np.clip(z, 0.0, upper), info["lam"]

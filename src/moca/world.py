@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from moca.clsc2 import emission_coefficients
+
 #: A row is violated when broken by more than ``VIOLATION_TOL * max(1, |rhs|)``.
 VIOLATION_TOL = 1e-6
 
@@ -181,10 +183,8 @@ def _clsc1_coefficients(regime: np.ndarray, p: Any) -> RowCoefficients:
     G[:, 9, G_] = p.emis_recycle * p.yield_disassembly * p.mass
     h0[:, 9] = np.where(np.isfinite(cap), cap, 0.0)
     G[:, 10, [G_, F]] = -(1.0 - kappa[:, None]); G[:, 10, W] = kappa           # 8: kappa(g+f+w) - (g+f) <= 0
-    on = np.ones((B, 11), dtype=bool)
-    on[:, 8] = r > 0
+    on = np.ones((B, 11), dtype=bool)  # rows 6 and 8 stay rows at r = 0, kappa = 0 (u_r >= 0, g + f >= 0)
     on[:, 9] = np.isfinite(cap)
-    on[:, 10] = kappa > 0
     return RowCoefficients(G, J, h0, on, np.zeros_like(G), J.copy(), h0.copy())
 
 
@@ -258,19 +258,14 @@ def _clsc2_coefficients(regime: np.ndarray, p: Any) -> RowCoefficients:
     J[:, 11, X_N] = q * max_recycled_use(regime, p); J[:, 11, X_UV] = -r; J[:, 11, X_UR] = q
     Rj[:, 11, X_N] = J[:, 11, X_N]
     # 7: emissions <= cap
-    G[:, 12, O2] = p.emis_virgin
-    G[:, 12, OM] = p.emis_market
-    G[:, 12, [UV2, UR2]] = p.emis_produce / p.mass
-    G[:, 12, GA] = p.emis_recycle * recovered_a
-    G[:, 12, GB] = p.emis_recycle * recovered_b
+    G[:, 12] = emission_coefficients(p)
     h0[:, 12] = np.where(np.isfinite(cap), cap, 0.0)
     # 8: kappa (f + g_A + g_B + w_A + w_B) - (f + g_A + g_B) <= 0
     G[:, 13, [F2, GA, GB]] = -(1.0 - kappa[:, None])
     G[:, 13, [WA, WB]] = kappa[:, None]
     on = np.ones((B, m), dtype=bool)
     on[:, 10] = on[:, 11] = r > 0
-    on[:, 12] = np.isfinite(cap)
-    on[:, 13] = kappa > 0
+    on[:, 12] = np.isfinite(cap)  # row 8 stays a row at kappa = 0 (f + g_A + g_B >= 0)
     # right-hand sides as the spec writes them: h0 + J x except for 6a and 6b
     r0 = h0.copy()
     for row in (0, 1, 2, 3, 8, 9):

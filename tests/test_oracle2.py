@@ -1,0 +1,130 @@
+"""CLSC-2's hindsight LP: a hand-checked case, its plan replayed through the simulator and
+the safety layer, every row kept, and the window form (rolling-horizon MPC) from a
+mid-episode state."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from moca.oracle2 import Window2, solve_oracle2, solve_window2, window2_at
+from moca.projection import project2, violations2
+from moca.regime import TASKS_2, Regime, RegimeSchedule, ScheduledRegime
+from moca.scenario import Params2, draw_scenario2
+from moca.sim2 import simulate_actions2
+from moca.world import CLSC2_INPUTS
+
+P2 = Params2()
+
+
+def _two_periods(window: int) -> Window2:
+    """50 units wanted in period 1, none in stock; 100 kg virgin and 30 kg recycled on hand,
+    mandate r = 0.5; nothing arrives but what the plan buys."""
+    return Window2(stocks=[100.0, 30.0, 0.0, 0.0, 0.0], virgin_arrivals=[0.0, 0.0], market_arrival=0.0,
+                   core_returns=[0.0, 0.0], return_frac=[0.0, 0.0], grades=[[0.3, 0.4, 0.3]] * 2,
+                   demand=[0.0, 50.0], supply_up=[1.0, 1.0], market_avail=[1.0, 1.0],
+                   regime=[[0.5, 0.0, math.inf, 0.0, 0.0]] * 2,
+                   periods_left=[0, 0] if window == 1 else [1, 0],
+                   window_start=[True, True] if window == 1 else [True, False])
+
+
+def test_hand_checked_two_period_case():
+    # W = 1: each period settles its own mandate, so period 0 can use at most 30 kg virgin
+    # beside the 30 kg recycled: 30 units made (60 EUR), held (6 EUR), sold; 20 lost (400
+    # EUR); 70 kg virgin held twice (0.7 + 0.7 EUR).
+    one = solve_window2(P2, _two_periods(1))
+    assert one.cost == pytest.approx(467.4, abs=1e-6)
+    np.testing.assert_allclose(one.actions[0, 2:4], [30.0, 30.0], atol=1e-7)
+    # W = 2: the window settles at period 1, so period 0 makes all 50 units from 70 kg
+    # virgin + 30 kg recycled, buys 40 kg on the market (160 EUR) and uses it in period 1
+    # (40 kg -> 20 more units): 100 + 160 + 10 (P) + 0.3 (V), then 40 + 4 (P) + 0.3 (V).
+    two = solve_window2(P2, _two_periods(2))
+    assert two.cost == pytest.approx(314.6, abs=1e-6)
+    np.testing.assert_allclose(two.actions[:, [1, 2, 3]], [[40.0, 70.0, 30.0], [0.0, 0.0, 40.0]], atol=1e-6)
+    assert two.sales.tolist() == pytest.approx([0.0, 50.0])
+
+
+def _schedules():
+    yield "T1", TASKS_2["T1"]
+    yield "T3", TASKS_2["T3"]
+    yield "changes", RegimeSchedule(entries=(
+        ScheduledRegime(start=0, recycled_content_min=0.15, recycled_content_window=13, landfill_tax=30.0),
+        ScheduledRegime(start=20, recycled_content_min=0.3, carbon_tax=200.0, recovery_target=0.6,
+                        recycled_content_window=26),
+        ScheduledRegime(start=40, recycled_content_min=0.05, emission_cap=60000.0, recycled_content_window=4)))
+
+
+@pytest.mark.parametrize("name,regime", list(_schedules()))
+def test_plan_replays_to_the_oracle_cost_and_keeps_every_row(name, regime):
+    scenario = draw_scenario2(3, regime)
+    result = solve_oracle2(scenario)
+    assert result.status == "optimal" and result.plan.shape == (scenario.horizon, 9)
+    replay = simulate_actions2(scenario, result.plan)
+    assert replay["violations"] == 0
+    # the executed actions are the plan's: it already keeps every row
+    executed = np.array([p["action"] for p in replay["periods"]])
+    np.testing.assert_allclose(executed / P2.action_scale, result.plan / P2.action_scale, atol=1e-6)
+    assert result.withheld.max() < 1e-6
+    assert replay["total_cost"] == pytest.approx(result.oracle_cost, rel=1e-9)
+    # every row, by the LP's own stocks (post-arrival inputs rebuilt from them)
+    inputs = _inputs_from_plan(scenario, result)
+    table = scenario.regime_table()
+    for t in range(scenario.horizon):
+        assert violations2(result.plan[t], inputs[t], table[t], P2) == 0
+        np.testing.assert_allclose(project2(result.plan[t], inputs[t], table[t], P2), result.plan[t])
+
+
+def _inputs_from_plan(scenario, result) -> list[dict]:
+    """Post-arrival row inputs of each period: end-of-period stocks minus the action's effect."""
+    from moca.clsc2 import action_effect
+    effect = action_effect(P2)
+    left, starts = scenario.periods_left(), scenario.window_starts()
+    used_v = used_r = 0.0
+    out = []
+    for t in range(scenario.horizon):
+        a = result.plan[t]
+        before = result.stocks[t] - effect @ a
+        before[2] += result.sales[t]
+        if starts[t]:
+            used_v = used_r = 0.0
+        out.append(dict(zip(CLSC2_INPUTS, [before[0], before[1], before[3], before[4], used_v, used_r, left[t],
+                                           scenario.supply_up[t], scenario.market_avail[t]])))
+        used_v, used_r = used_v + a[2], used_r + a[3]
+    return out
+
+
+def test_window_from_a_mid_episode_state_is_the_rest_of_the_oracle():
+    """Bellman: from the oracle's own state at t0 (U_v, U_r carried mid-window), the window
+    LP over [t0, T) costs exactly the oracle's remaining period costs."""
+    scenario = draw_scenario2(5, Regime(recycled_content_min=0.25, recycled_content_window=13, carbon_tax=50.0))
+    result = solve_oracle2(scenario)
+    periods = simulate_actions2(scenario, result.plan)["periods"]
+    p, t0 = P2, 19  # inside the window [13, 26)
+    plan = result.plan
+    pipeline = [plan[t0 - p.lead_virgin + i, 0] for i in range(p.lead_virgin)]
+    history = result.sales[t0 - p.lag_return:t0]
+    used = (plan[13:t0, 2].sum(), plan[13:t0, 3].sum())
+    window = window2_at(scenario, t0, 100, stocks=result.stocks[t0 - 1], pipeline=pipeline,
+                        market_in=plan[t0 - 1, 1], sales_history=history, used=used)
+    assert window.horizon == scenario.horizon - t0
+    tail = solve_window2(p, window)
+    assert tail.cost == pytest.approx(sum(q["cost"] for q in periods[t0:]), rel=1e-7)
+
+
+def test_a_forecast_replaces_a_series_and_bad_windows_are_refused():
+    scenario = draw_scenario2(2, TASKS_2["T2"])
+    p = P2
+    start = dict(stocks=[4000.0, 500.0, 1000.0, 100.0, 100.0], pipeline=[2000.0] * p.lead_virgin, market_in=0.0,
+                 sales_history=scenario.presales(), used=(0.0, 0.0))
+    flat = window2_at(scenario, 0, 13, demand=np.full(13, 900.0), **start)
+    assert flat.demand.tolist() == [900.0] * 13 and solve_window2(p, flat).status == "optimal"
+    with pytest.raises(ValueError, match="demand: expected 13 finite values"):
+        window2_at(scenario, 0, 13, demand=np.full(5, 900.0), **start)
+    with pytest.raises(ValueError, match="window.stocks"):
+        solve_window2(p, window2_at(scenario, 0, 13, **(start | {"stocks": [-1.0, 0, 0, 0, 0]})))
+    with pytest.raises(ValueError, match="pipeline: expected 2 slots"):
+        window2_at(scenario, 0, 13, **(start | {"pipeline": [1.0]}))
+    with pytest.raises(ValueError, match="unknown series"):
+        window2_at(scenario, 0, 13, demnd=np.ones(13), **start)
