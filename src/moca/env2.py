@@ -30,6 +30,9 @@ capacity-normalised distance the safety layer moved the action), ``cost`` (EUR) 
 ``terms`` (EUR per term, ``moca.clsc2.COST_TERMS``), ``violations`` (rows 1-8 and the
 window settlement broken by the executed action; 0 by construction), ``demand``,
 ``sales``, ``lost``, ``scrap``, ``emissions`` (kg CO2) and ``regime`` (the row in force).
+With ``check_violations=False`` the recount is skipped (``violations`` is then None):
+the layer itself re-checks every action it changes, and the recount is about a third of
+a step's time, which long RL training runs may want back.
 """
 
 from __future__ import annotations
@@ -67,12 +70,15 @@ class CircularSupplyChain2Env(gym.Env):
             ``draw_scenario2(s, ...)`` (env seed ``s`` = scenario seed ``s``).
         cost_scale: reward = -cost / cost_scale (EUR).
         render_mode: ``"ansi"`` (a text line), ``"rgb_array"`` (bars of the stocks) or None.
+        check_violations: recount the executed action's violations (rows 1-8 and the window
+            settlement) each step into ``info["violations"]``; False skips it (None).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(self, regime: Regime | RegimeSchedule | str | Path | None = None, params: Params2 | None = None,
-                 scenario: Scenario2 | None = None, cost_scale: float = 1e4, render_mode: str | None = None):
+                 scenario: Scenario2 | None = None, cost_scale: float = 1e4, render_mode: str | None = None,
+                 check_violations: bool = True):
         if scenario is not None and params is not None and params != scenario.params:
             raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS_2)
@@ -90,6 +96,7 @@ class CircularSupplyChain2Env(gym.Env):
         if not (cost_scale > 0 and math.isfinite(cost_scale)):
             raise ValueError(f"cost_scale={cost_scale!r} must be a finite number > 0")
         self.cost_scale = float(cost_scale)
+        self.check_violations = check_violations
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             gym.logger.warn(f"render_mode={render_mode!r} is not supported ({self.metadata['render_modes']}); "
                             "render() will return None")
@@ -144,7 +151,7 @@ class CircularSupplyChain2Env(gym.Env):
         raw = z * self.scale
         inputs = {k: float(v[0]) for k, v in self._inputs.items()}
         executed = project2(raw, inputs, self._regime[t], p)
-        violations = violations2(executed, inputs, self._regime[t], p)
+        violations = violations2(executed, inputs, self._regime[t], p) if self.check_violations else None
         demand = self._batch.demand[:, t]
         regime_t = self._batch.regime[:, t]
         state, result = self._sim.execute(self._state, torch.as_tensor(executed[None]), demand, regime_t, self._scrap)
