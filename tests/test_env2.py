@@ -130,3 +130,16 @@ def test_violation_recount_can_be_switched_off():
     env = CircularSupplyChain2Env(params=SHORT, check_violations=False)
     env.reset(seed=0)
     assert env.step(np.ones(9, dtype=np.float32))[4]["violations"] is None
+
+
+def test_last_observation_closes_the_episode():
+    env = CircularSupplyChain2Env(TASKS_2["T2"], params=SHORT)
+    env.reset(seed=1)
+    for _ in range(SHORT.horizon):
+        obs, _, terminated, _, _ = env.step(np.full(9, 0.2, dtype=np.float32))
+    at = dict(zip(env.observation_names(), obs))
+    assert terminated and at["t_frac"] == 1.0 and at["window_left"] == 0.0
+    assert at["demand[t-1]"] == pytest.approx(env.scenario.demand[-1] / 1500, rel=1e-6)
+    assert env.observation_space.contains(obs)
+    with pytest.raises(RuntimeError, match="episode has ended"):
+        env.step(np.zeros(9, dtype=np.float32))
