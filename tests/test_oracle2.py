@@ -95,6 +95,22 @@ def _inputs_from_plan(scenario, result) -> list[dict]:
     return out
 
 
+def test_exact_sales_replays_where_the_relaxation_withholds():
+    """Under a tight emission cap the LP holds sales back (to time the cores' return): its
+    cost is then a strict lower bound; exact_sales gives the best plan that replays exactly."""
+    scenario = draw_scenario2(1, Regime(recycled_content_min=0.3, emission_cap=20000.0, recovery_target=0.5,
+                                        recycled_content_window=13, landfill_tax=20.0))
+    relaxed = solve_oracle2(scenario)
+    assert relaxed.withheld.max() > 1.0
+    assert simulate_actions2(scenario, relaxed.plan)["total_cost"] > relaxed.oracle_cost
+    exact = solve_oracle2(scenario, exact_sales=True)
+    assert exact.withheld.max() < 1e-6
+    assert exact.oracle_cost >= relaxed.oracle_cost - 1e-6
+    replay = simulate_actions2(scenario, exact.plan)
+    assert replay["violations"] == 0
+    assert replay["total_cost"] == pytest.approx(exact.oracle_cost, rel=1e-7)
+
+
 def test_window_from_a_mid_episode_state_is_the_rest_of_the_oracle():
     """Bellman: from the oracle's own state at t0 (U_v, U_r carried mid-window), the window
     LP over [t0, T) costs exactly the oracle's remaining period costs."""
