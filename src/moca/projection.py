@@ -168,34 +168,46 @@ class _System:
     general: np.ndarray  # [B, m] bool: rows passed to the solver as rows
 
 
-def _system(c: RowCoefficients, x: np.ndarray, safe: np.ndarray, scale: np.ndarray, t: float) -> _System:
-    B, m, n = c.G.shape
-    h = c.h0 + (c.J * x[:, None, :]).sum(-1)
+@dataclass
+class _Structure:
+    """What of the solver's system depends on the regime alone (cached per regime for the
+    one-action path): the tightened rows, unit-norm, split into box bounds and rows."""
+
+    Gt: np.ndarray  # [B, m, n] tightened rows in z coordinates
+    norm: np.ndarray  # [B, m]
+    A: np.ndarray  # [B, m, n] unit-norm general rows (zero for bounds and rows that are off)
+    general: np.ndarray  # [B, m]
+    bound_of: np.ndarray  # [B, m, n] bool: row j is an upper bound of coordinate i
+    coef: np.ndarray  # [B, m] the bound row's coefficient (unit rows)
+    on: np.ndarray  # [B, m]
+
+
+def _structure(c: RowCoefficients, scale: np.ndarray, t: float) -> _Structure:
     Gt = (c.G + t * np.abs(c.G)) * scale
-    ht = np.maximum(h - t * np.maximum(1.0, np.abs(h)), (Gt * (safe / scale)[:, None, :]).sum(-1))
     norm = np.sqrt((Gt * Gt).sum(-1))
     on = c.on & (norm > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        A = np.where(on[..., None], Gt / np.where(on, norm, 1.0)[..., None], 0.0)
-        b = np.where(on, ht / np.where(on, norm, 1.0), np.inf)
+    unit = Gt / np.where(on, norm, 1.0)[..., None] * on[..., None]
     # Rows on one coordinate with a positive coefficient are bounds of the box.
-    nonzero = np.abs(A) > 0
-    single = on & (nonzero.sum(-1) == 1) & (A.max(-1) > 0)
-    upper = np.full((B, n), np.inf)
-    bound_row = np.full((B, n), -1)
-    which = np.abs(A).argmax(-1)  # [B, m]
-    for j in range(m):
-        sel = np.flatnonzero(single[:, j])
-        if sel.size:
-            i = which[sel, j]
-            value = b[sel, j] / A[sel, j, i]
-            tighter = value < upper[sel, i]
-            upper[sel[tighter], i[tighter]] = value[tighter]
-            bound_row[sel[tighter], i[tighter]] = j
+    single = on & ((np.abs(unit) > 0).sum(-1) == 1) & (unit.max(-1) > 0)
+    bound_of = single[..., None] & (unit > 0)
     general = on & ~single
-    A = np.where(general[..., None], A, 0.0)
-    b = np.where(general, b, np.inf)
-    upper = np.maximum(upper, 0.0)
+    return _Structure(Gt, norm, unit * general[..., None], general, bound_of, unit.max(-1), on)
+
+
+def _system(c: RowCoefficients, x: np.ndarray, safe: np.ndarray, scale: np.ndarray, t: float,
+            structure: _Structure | None = None) -> _System:
+    st = structure or _structure(c, scale, t)
+    n = c.G.shape[2]
+    h = c.h0 + (c.J * x[:, None, :]).sum(-1)
+    ht = np.maximum(h - t * np.maximum(1.0, np.abs(h)), (st.Gt * (safe / scale)[:, None, :]).sum(-1))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        b_all = ht / np.where(st.on, st.norm, 1.0)
+        bound_value = np.where(st.bound_of, (b_all / np.where(st.on, st.coef, 1.0))[..., None], np.inf)  # [B, m, n]
+    bound_row = bound_value.argmin(1)
+    upper = np.maximum(np.take_along_axis(bound_value, bound_row[:, None, :], 1)[:, 0], 0.0)
+    bound_row = np.where(np.isfinite(upper), bound_row, -1)
+    b = np.where(st.general, b_all, np.inf)
+    A, general = st.A, st.general
     # Pin what the rows force to 0 (a zero upper bound, or a row with right-hand side ~0
     # whose coefficients on the free coordinates are all >= 0): DAQP would enforce those
     # only to its tolerance divided by a possibly tiny coefficient (e.g. a mandate r ~ 0).
@@ -209,6 +221,22 @@ def _system(c: RowCoefficients, x: np.ndarray, safe: np.ndarray, scale: np.ndarr
         pinned |= newly
     upper = np.where(pinned, 0.0, upper)
     return _System(A, b, upper, bound_row, pinned, general)
+
+
+_STRUCTURES: dict[tuple[int, float], tuple[RowCoefficients, _Structure]] = {}
+
+
+def _cached_structure(c: RowCoefficients, scale: np.ndarray, t: float) -> _Structure:
+    """:func:`_structure` of one decision's rows, kept while its coefficients (cached per
+    regime by :func:`_coefficients`) live: the one-action path then builds only bounds."""
+    hit = _STRUCTURES.get((id(c), t))
+    if hit is not None and hit[0] is c:
+        return hit[1]
+    if len(_STRUCTURES) > 1024:
+        _STRUCTURES.clear()
+    structure = _structure(c, scale, t)
+    _STRUCTURES[(id(c), t)] = (c, structure)
+    return structure
 
 
 _EYE: dict[int, np.ndarray] = {}
@@ -272,13 +300,16 @@ class _Solved:
 
 
 def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: RowCoefficients, params: Any,
-           t: float, out_dtype: Any) -> tuple[np.ndarray, _Solved | None]:
+           t: float, out_dtype: Any, need_active: bool = True) -> tuple[np.ndarray, _Solved | None, int]:
     """Executed actions ``[B, n]`` (float64 values that keep every row after rounding to
-    ``out_dtype``) and, for the elements that were projected, their active sets."""
+    ``out_dtype``); for the elements that were projected, their active sets (when
+    ``need_active``: the backward pass needs them, the deployment path does not); and how
+    many executed actions the final check did not pass (0 unless the state itself breaks
+    a row, e.g. stocks the layer never produced)."""
     out = a.copy()
     index = np.flatnonzero(~_ok(model, c, reg, a, x))
     if index.size == 0:
-        return out, None
+        return out, None, 0
     scale = model.scale(params)
     cs, xs, rs, ys = c.take(index), x[index], reg[index], a[index] / scale
     safe = model.safe_action(xs, rs, params)
@@ -286,12 +317,14 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     rounded = lambda v: v.astype(out_dtype).astype(np.float64)  # noqa: E731
     ok = lambda v, j: _ok(model, cs if j is None else cs.take(j), rs if j is None else rs[j], rounded(v),  # noqa: E731
                           xs if j is None else xs[j])
-    s = _system(cs, xs, safe, scale, t)
+    s = _system(cs, xs, safe, scale, t, _cached_structure(c, scale, t) if a.shape[0] == 1 else None)
     everyone = np.arange(p)
     z, lam = _daqp_batch(ys * ~s.pinned, s, everyone)
-    executed = rounded(np.nan_to_num(z) * scale)
-    good = np.isfinite(z).all(1) & ok(executed, None)
+    solved = np.isfinite(z).all(1)
+    executed = rounded(np.where(solved[:, None], z, 0.0) * scale)
+    good = solved & ok(executed, None)
     solved_by = np.zeros(p, dtype=int)  # 0: first system, 1: retightened, 2: shrunk
+    unverified = 0
     retry = np.flatnonzero(~good)
     if retry.size:  # more margin (not seen in tests but in rare degenerate cases)
         s2 = _system(cs.take(retry), xs[retry], safe[retry], scale, max(1e-6, 10 * t))
@@ -304,6 +337,10 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
             start = e2[k] if np.isfinite(z2[k]).all() else safe[j]
             executed[j] = rounded(_shrink(start, safe[j], lambda v, j=j: bool(ok(v[None], [j])[0])))
             solved_by[j] = 2
+            unverified += int(not ok(executed[j][None], [j])[0])
+    out[index] = executed
+    if not need_active:
+        return out, None, unverified
     # active sets for the backward pass: DAQP's multipliers (box first), else the slacks
     lam_box, lam_rows = lam[:, :n], lam[:, n:]
     active = (lam_rows > 0) & s.general
@@ -319,8 +356,7 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     marks = np.zeros((p, m + 1), dtype=bool)
     np.put_along_axis(marks, rows_of_bounds, True, axis=1)
     active |= marks[:, :m]
-    out[index] = executed
-    return out, _Solved(index, active, lower & ~s.pinned, s.pinned)
+    return out, _Solved(index, active, lower & ~s.pinned, s.pinned), unverified
 
 
 # --- deployment: one action --------------------------------------------------------------
@@ -331,12 +367,20 @@ def project(model: RowModel, raw: Any, inputs: Any, regime: Any, params: Any) ->
     ``inputs``: the model's named per-decision inputs (a mapping or an object with those
     attributes, or an array ``[k]``), after the period's arrivals; ``regime``: a
     :class:`moca.regime.Regime` or its row [r, tau, cap (inf = none), lambda, kappa]."""
+    return project_counted(model, raw, inputs, regime, params)[0]
+
+
+def project_counted(model: RowModel, raw: Any, inputs: Any, regime: Any, params: Any) -> tuple[np.ndarray, int]:
+    """:func:`project` and how many rows (and settlements) the executed action breaks, by
+    the check the layer ends with (so 0 for every state the layer produced): one pass for
+    callers that report violations every step (the Gymnasium environment)."""
     a, x, reg, c = _prepare(model, raw, inputs, regime, params, "raw action")
     if a.shape[0] != 1:
         raise ProjectionError(f"raw action: expected one action [{len(model.actions)}], got {a.shape[0]}; "
                               "use project_batch for a batch")
-    out, _ = _solve(model, a, x, reg, c, params, TIGHTEN[torch.float64], np.float64)
-    return out[0]
+    out, _, unverified = _solve(model, a, x, reg, c, params, TIGHTEN[torch.float64], np.float64, need_active=False)
+    broken = violations(model, out[0], x[0], reg[0], params) if unverified else 0
+    return out[0], broken
 
 
 # --- training: a batch, differentiable ----------------------------------------------------
@@ -346,7 +390,7 @@ class _ProjectBatch(torch.autograd.Function):
                 c: RowCoefficients, params: Any) -> Tensor:
         a = raw.detach().cpu().numpy().astype(np.float64)
         np_dtype = np.float32 if raw.dtype == torch.float32 else np.float64
-        out, solved = _solve(model, a, x, reg, c, params, TIGHTEN[raw.dtype], np_dtype)
+        out, solved, _ = _solve(model, a, x, reg, c, params, TIGHTEN[raw.dtype], np_dtype)
         ctx.solved, ctx.c, ctx.scale = solved, c, model.scale(params)
         return torch.as_tensor(out, dtype=raw.dtype, device=raw.device)
 
@@ -426,6 +470,12 @@ def project2(raw: Any, inputs: Any, regime: Any, params: Any) -> np.ndarray:
     ``inputs``: virgin, recycled, cores_a, cores_b, used_virgin, used_recycled,
     periods_left, supply_up, market_avail (after the period's arrivals and window reset)."""
     return project(CLSC2_ROWS, raw, inputs, regime, params)
+
+
+def project2_counted(raw: Any, inputs: Any, regime: Any, params: Any) -> tuple[np.ndarray, int]:
+    """:func:`project2` and the executed action's broken rows and settlements (0 for every
+    state the safety layer produced), in one pass: see :func:`project_counted`."""
+    return project_counted(CLSC2_ROWS, raw, inputs, regime, params)
 
 
 def project2_batch(raw: Tensor, inputs: Any, regime: Any, params: Any) -> Tensor:
