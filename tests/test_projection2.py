@@ -246,6 +246,10 @@ def test_batch_agrees_with_deployment_and_keeps_rows(cases):
         assert violations2(out.numpy().astype(np.float64), inputs, reg, P2) == 0
     for i, (case, r) in enumerate(cases):
         np.testing.assert_allclose(out[i].numpy() / S2, project2(r, case[0], case[1], P2) / S2, atol=1e-5)
+    # the inputs as one [B, 9] tensor in CLSC2_INPUTS order give the same
+    stacked = torch.stack([inputs[k] for k in CLSC2_INPUTS], dim=1)
+    same = project2_batch(torch.as_tensor(raw), stacked, reg, P2)
+    np.testing.assert_allclose(same.numpy(), project2_batch(torch.as_tensor(raw), inputs, reg, P2).numpy())
 
 
 def test_gradients_match_finite_differences():

@@ -99,6 +99,8 @@ class RowModel:
         """The named inputs (a mapping, an object with those attributes, or an array
         [..., k]) as float64 ``[B, k]`` with the stocks clamped at 0; a missing, non-finite
         or wrongly shaped input raises a ``ValueError`` naming it."""
+        if hasattr(inputs, "detach"):  # a torch tensor [B, k]
+            inputs = inputs.detach().cpu().numpy()
         if isinstance(inputs, dict) and batch == 1:  # one decision (the deployment path): plain floats
             try:
                 values = [float(inputs[name]) for name in self.inputs]
