@@ -94,3 +94,12 @@ def test_bad_clsc2_input_exits_2_naming_the_field(scenario_file, tmp_path):
     data["params"]["cap_market"] = -1
     broken.write_text(json.dumps(data))
     assert_bad_input(run("oracle", "--scenario", broken), "params.cap_market")
+
+
+def test_regimes_model_clsc2_lists_the_window():
+    out = json.loads(run("regimes", "--model", "CLSC-2", "--json").stdout)
+    assert out["T2"] == {"recycled_content_min": 0.2, "carbon_tax": 0.0, "emission_cap": None, "landfill_tax": 0.0,
+                         "recovery_target": 0.0, "recycled_content_window": 52}
+    assert out["eu-ets-2025"]["recycled_content_window"] == 1
+    assert "recycled_content_window" not in json.loads(run("regimes", "--json").stdout)["T2"]
+    assert_bad_input(run("regimes", "--model", "CLSC-9"), "--model")

@@ -124,3 +124,9 @@ def test_bad_actions_refused():
         env.step(np.zeros(6))
     with pytest.raises(ValueError, match="not finite"):
         env.step(np.full(9, np.nan))
+
+
+def test_violation_recount_can_be_switched_off():
+    env = CircularSupplyChain2Env(params=SHORT, check_violations=False)
+    env.reset(seed=0)
+    assert env.step(np.ones(9, dtype=np.float32))[4]["violations"] is None

@@ -9,10 +9,11 @@ end-of-period state. The actions are feasible, so they are executed as given.
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from moca import clsc2
 from moca.regime import Regime, RegimeSchedule
-from moca.scenario import Params2, Scenario2, draw_scenarios2
+from moca.scenario import Params2, Scenario2, draw_scenario2, draw_scenarios2
 from moca.sim2 import OpenLoop2, ScenarioBatch2, Simulator2, rollout2
 
 PARAMS = Params2(horizon=3, lead_virgin=2, lag_return=2, init_virgin=100, init_recycled=50, init_product=30,
@@ -147,3 +148,35 @@ def test_rollout_through_the_safety_layer_breaks_no_row_and_differentiates():
     assert count == 0
     result.total_cost.sum().backward()
     assert torch.isfinite(raw.grad).all() and raw.grad.abs().sum() > 0
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), r=st.floats(0.0, 0.6), window=st.integers(1, 10),
+       scale=st.floats(0.0, 1.5), change=st.integers(1, 9))
+def test_any_raw_actions_through_the_layer_keep_stocks_and_settle_windows(seed, r, window, scale, change):
+    from moca.projection import project2_batch
+    from moca.regime import RegimeSchedule
+
+    schedule = RegimeSchedule.from_list([
+        {"start": 0, "recycled_content_min": r, "recycled_content_window": window},
+        {"start": change, "recycled_content_min": r / 2, "carbon_tax": 50.0, "recycled_content_window": window + 1}])
+    params = Params2(horizon=10)
+    scenarios = [draw_scenario2(seed + i, schedule, params) for i in range(2)]
+    batch = ScenarioBatch2.from_scenarios(scenarios, dtype=torch.float64)
+    raw = torch.as_tensor(np.random.default_rng(seed).uniform(0, scale, (2, 10, 9)) * clsc2.action_scale(params))
+    result = rollout2(batch, OpenLoop2(raw), project2_batch)
+    assert (result.stocks >= -1e-7).all()  # no stock goes negative
+    assert torch.allclose(result.sales + result.lost, batch.demand)
+    assert (result.executed[..., clsc2.O] <= batch.supply_up * params.cap_order + 1e-7).all()
+    # Each window's settlement: U_r >= r (U_v + U_r) at its last period (after the action).
+    left = batch.periods_left
+    used_v = result.inputs[..., clsc2.ROW_INPUTS.index("used_virgin")] + result.executed[..., clsc2.UV]
+    used_r = result.inputs[..., clsc2.ROW_INPUTS.index("used_recycled")] + result.executed[..., clsc2.UR]
+    mandate = batch.regime[..., clsc2.R_MANDATE]
+    shortfall = (mandate * (used_v + used_r) - used_r)[left == 0]
+    assert (shortfall <= 1e-6 * torch.clamp(mandate[left == 0] * (used_v + used_r)[left == 0], min=1.0)).all()
+    # Material balance of virgin stock over the episode: start + arrivals - use = end.
+    arrived = params.init_pipeline * min(params.lead_virgin, 10) + result.executed[:, :10 - params.lead_virgin,
+                                                                                    clsc2.O].sum(1)
+    assert torch.allclose(params.init_virgin + arrived - result.executed[..., clsc2.UV].sum(1),
+                          result.stocks[:, -1, clsc2.V], rtol=1e-9, atol=1e-6)

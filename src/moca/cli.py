@@ -102,16 +102,14 @@ def scenario_new(
     schedule: Optional[Path] = typer.Option(None, "--schedule", help="YAML/JSON list of regimes with 'start' (overrides --regime)."),
     output: Path = typer.Option(..., "-o", "--output", help="Scenario JSON to write."),
     params_file: Optional[Path] = typer.Option(None, "--params", help="JSON/YAML object of the model's parameters to override."),
-    model: str = typer.Option("CLSC-1", "--model", help="World model: CLSC-1 or CLSC-2 (docs/MODEL-2.md)."),
+    model: str = typer.Option("CLSC-1", "--model", help="World model: CLSC-1, or CLSC-2 (docs/MODEL-2.md; T1-T3 settle yearly)."),
 ) -> None:
     """Draw a seeded scenario and write it in the spec's JSON format."""
     from moca.regime import RegimeSchedule, load_regime, load_schedule, read_structured
-    from moca.scenario import MODELS, Params, Params2, ScenarioError, draw_scenario, draw_scenario2
+    from moca.scenario import Params, Params2, ScenarioError, draw_scenario, draw_scenario2
 
     with _bad_input():
-        if model not in MODELS:
-            raise UsageError(f"--model={model!r}: expected one of {', '.join(MODELS)}")
-        clsc2 = model == "CLSC-2"
+        clsc2 = _chosen_model(model) == "CLSC-2"
         plan = load_schedule(schedule, model) if schedule else RegimeSchedule.constant(load_regime(regime, model))
         params = Params2() if clsc2 else Params()
         if params_file:
@@ -124,21 +122,34 @@ def scenario_new(
     err_console.print(f"wrote {output} ({scenario.horizon} periods, {len(plan.entries)} regime(s))")
 
 
-@app.command()
-def regimes(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """List the named regimes (the seed's tasks and presets from real rules)."""
-    from moca.regime import REGIME_FIELDS, named_regimes
+def _chosen_model(model: str) -> str:
+    """``--model``'s value, checked."""
+    from moca.scenario import MODELS
 
-    rows = {name: r.model_dump() for name, r in named_regimes().items()}
+    if model not in MODELS:
+        raise UsageError(f"--model={model!r}: expected one of {', '.join(MODELS)}")
+    return model
+
+
+@app.command()
+def regimes(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+            model: str = typer.Option("CLSC-1", "--model", help="CLSC-1, or CLSC-2 (adds the accounting window)."),
+            ) -> None:
+    """List the named regimes (the seed's tasks and presets from real rules)."""
+    from moca.regime import ALL_REGIME_FIELDS, REGIME_FIELDS, named_regimes
+
+    with _bad_input():
+        fields = ALL_REGIME_FIELDS if _chosen_model(model) == "CLSC-2" else REGIME_FIELDS
+    rows = {name: {f: getattr(r, f) for f in fields} for name, r in named_regimes(model).items()}
     if as_json:
         _print_json(rows)
         return
-    table = Table(title="Named regimes")
+    table = Table(title="Named regimes" + (" (CLSC-2)" if model == "CLSC-2" else ""))
     table.add_column("name")
-    for f in REGIME_FIELDS:
+    for f in fields:
         table.add_column(f, justify="right")
     for name, r in rows.items():
-        table.add_row(name, *("-" if r[f] is None else f"{r[f]:g}" for f in REGIME_FIELDS))
+        table.add_row(name, *("-" if r[f] is None else f"{r[f]:g}" for f in fields))
     console.print(table)
 
 

@@ -30,6 +30,9 @@ capacity-normalised distance the safety layer moved the action), ``cost`` (EUR) 
 ``terms`` (EUR per term, ``moca.clsc2.COST_TERMS``), ``violations`` (rows 1-8 and the
 window settlement broken by the executed action; 0 by construction), ``demand``,
 ``sales``, ``lost``, ``scrap``, ``emissions`` (kg CO2) and ``regime`` (the row in force).
+With ``check_violations=False`` the recount is skipped (``violations`` is then None):
+the layer itself re-checks every action it changes, and the recount is about a third of
+a step's time, which long RL training runs may want back.
 """
 
 from __future__ import annotations
@@ -67,12 +70,15 @@ class CircularSupplyChain2Env(gym.Env):
             ``draw_scenario2(s, ...)`` (env seed ``s`` = scenario seed ``s``).
         cost_scale: reward = -cost / cost_scale (EUR).
         render_mode: ``"ansi"`` (a text line), ``"rgb_array"`` (bars of the stocks) or None.
+        check_violations: recount the executed action's violations (rows 1-8 and the window
+            settlement) each step into ``info["violations"]``; False skips it (None).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(self, regime: Regime | RegimeSchedule | str | Path | None = None, params: Params2 | None = None,
-                 scenario: Scenario2 | None = None, cost_scale: float = 1e4, render_mode: str | None = None):
+                 scenario: Scenario2 | None = None, cost_scale: float = 1e4, render_mode: str | None = None,
+                 check_violations: bool = True):
         if scenario is not None and params is not None and params != scenario.params:
             raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS_2)
@@ -90,6 +96,7 @@ class CircularSupplyChain2Env(gym.Env):
         if not (cost_scale > 0 and math.isfinite(cost_scale)):
             raise ValueError(f"cost_scale={cost_scale!r} must be a finite number > 0")
         self.cost_scale = float(cost_scale)
+        self.check_violations = check_violations
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             gym.logger.warn(f"render_mode={render_mode!r} is not supported ({self.metadata['render_modes']}); "
                             "render() will return None")
@@ -116,9 +123,8 @@ class CircularSupplyChain2Env(gym.Env):
         self.scenario = scenario
         self._batch = ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64)
         self._regime = scenario.regime_table()
-        self._window = scenario.window_table()
-        self._changes = scenario.schedule.change_periods()
-        self._demand_seen = [float(x) for x in scenario.demand_history]
+        self._exogenous = self._exogenous_entries(scenario)
+        self._window_kg = [self._kg * w for w in scenario.window_table().tolist()]  # U_v, U_r normaliser
         self.t = 0
         self._state = self._sim.initial_state(self._batch.demand_history)
         self._arrive()
@@ -144,7 +150,7 @@ class CircularSupplyChain2Env(gym.Env):
         raw = z * self.scale
         inputs = {k: float(v[0]) for k, v in self._inputs.items()}
         executed = project2(raw, inputs, self._regime[t], p)
-        violations = violations2(executed, inputs, self._regime[t], p)
+        violations = violations2(executed, inputs, self._regime[t], p) if self.check_violations else None
         demand = self._batch.demand[:, t]
         regime_t = self._batch.regime[:, t]
         state, result = self._sim.execute(self._state, torch.as_tensor(executed[None]), demand, regime_t, self._scrap)
@@ -159,7 +165,6 @@ class CircularSupplyChain2Env(gym.Env):
             "regime": self._regime[t].copy(), "demand": float(demand[0]), "sales": float(result.sales[0]),
             "lost": lost, "scrap": scrap, "emissions": float(clsc2.emission_coefficients(p) @ executed),
         }
-        self._demand_seen.append(float(demand[0]))
         self.t = t + 1
         terminated = self.t >= p.horizon
         if not terminated:
@@ -172,42 +177,50 @@ class CircularSupplyChain2Env(gym.Env):
         return [float(row[clsc2.R_MANDATE]), float(row[clsc2.R_TAX]) / 1000.0, cap,
                 float(row[clsc2.R_LANDFILL]) / 100.0, float(row[clsc2.R_RECOVERY]), window / MAX_WINDOW]
 
+    def _exogenous_entries(self, scenario: Scenario2) -> np.ndarray:
+        """``[T + 1, k]`` float32: the observation's entries that no action changes, per
+        period t = 0 .. T (after the last period: the last period's, nothing left of the
+        window): the window's remaining share, this week's supplier, market, return
+        fraction and grades, the regime and the next announced change, the last 52
+        demands seen (history included; never d_t), t / T."""
+        T, units = scenario.horizon, self._units
+        window, left = scenario.window_table(), scenario.periods_left()
+        changes = scenario.schedule.change_periods()
+        seen = np.concatenate([scenario.demand_history, scenario.demand]) / units
+        rows = []
+        for t in range(T + 1):
+            k = min(t, T - 1)
+            upcoming = [c for c in changes if c > t]
+            nxt = upcoming[0] if upcoming else k
+            rows.append([
+                0.0 if t >= T else left[t] / window[k],
+                scenario.supply_up[k], scenario.market_avail[k], scenario.return_frac[k], *scenario.grades[k],
+                *self._regime_code(self._regime[k], int(window[k])),
+                (nxt - t) / T if upcoming else 1.0, *self._regime_code(self._regime[nxt], int(window[nxt])),
+                *seen[t:t + HISTORY], t / T,
+            ])
+        return np.clip(np.array(rows, dtype=np.float32), 0.0, _HIGH)
+
     def _observation(self) -> np.ndarray:
         p, s = self.params, self._state
-        T = p.horizon
-        t = min(self.t, T - 1)  # after the last period: the last period's exogenous entries
         kg, units = self._kg, self._units
-        stocks = s.stocks[0].tolist()
-        values = [stocks[0] / kg, stocks[1] / kg, stocks[2] / units, stocks[3] / units, stocks[4] / units]
-        in_transit = [float(x[0]) for x in s.pipeline_slots][-(p.lead_virgin - 1):] if p.lead_virgin > 1 else []
-        in_transit = [0.0] * (p.lead_virgin - 1 - len(in_transit)) + in_transit
-        values += [x / kg for x in in_transit]
+        V_, M_, P_, CA_, CB_ = (float(x[0]) for x in s.columns)
+        values = [V_ / kg, M_ / kg, P_ / units, CA_ / units, CB_ / units]
+        # after the last period no arrival happens: show the L_v - 1 orders still in transit
+        values += [float(x[0]) / kg for x in s.pipeline_slots[len(s.pipeline_slots) - (p.lead_virgin - 1):]]
         values += [float(x[0]) / units for x in s.history_slots]
-        window = int(self._window[t])
-        done = self.t >= T
-        periods_left = 0.0 if done else float(self._inputs["periods_left"][0])
-        values += [float(s.used_virgin[0]) / (kg * window), float(s.used_recycled[0]) / (kg * window),
-                   periods_left / window]
-        b = self._batch
-        values += [float(b.supply_up[0, t]), float(b.market_avail[0, t]), float(b.return_frac[0, t]),
-                   *b.grades[0, t].tolist(), float(self._scrap[0]) / units]
-        values += self._regime_code(self._regime[t], window)
-        upcoming = [c for c in self._changes if c > self.t]
-        nxt = upcoming[0] if upcoming else None
-        values += [1.0 if nxt is None else (nxt - self.t) / T]
-        values += self._regime_code(self._regime[nxt if nxt is not None else t],
-                                    int(self._window[nxt if nxt is not None else t]))
-        values += [d / units for d in self._demand_seen[-HISTORY:]]
-        values += [self.t / T]
-        return np.clip(np.array(values, dtype=np.float32), 0.0, _HIGH)
+        window = self._window_kg[min(self.t, p.horizon - 1)]
+        values += [float(s.used_virgin[0]) / window, float(s.used_recycled[0]) / window, float(self._scrap[0]) / units]
+        dynamic = np.clip(np.array(values, dtype=np.float32), 0.0, _HIGH)
+        return np.concatenate([dynamic, self._exogenous[self.t]])
 
     def observation_names(self) -> list[str]:
         p = self.params
         names = list(clsc2.STATE_NAMES)
         names += [f"pipeline[{i}]" for i in range(p.lead_virgin - 1)]
         names += [f"sales_history[{i}]" for i in range(p.lag_return)]
-        names += ["used_virgin", "used_recycled", "window_left", "supply_up", "market_avail", "return_frac",
-                  "grade_a", "grade_b", "grade_scrap", "scrap"]
+        names += ["used_virgin", "used_recycled", "scrap", "window_left", "supply_up", "market_avail", "return_frac",
+                  "grade_a", "grade_b", "grade_scrap"]
         regime = ["r", "tau_k", "cap_code", "lambda_h", "kappa", "window"]
         names += regime + ["next_change"] + [f"next_{n}" for n in regime]
         names += [f"demand[t-{HISTORY - i}]" for i in range(HISTORY)] + ["t_frac"]

@@ -28,29 +28,38 @@ from moca.scenario import HISTORY, Params2, Scenario2, ScenarioError, common_par
 
 
 class State2:
-    """Stocks at a point of the period; each ``[B]`` except the queues (tuples of ``[B]`` slots).
+    """Stocks at a point of the period.
 
-    ``pipeline_slots[0]`` is the virgin order (kg) that arrives next; ``market_in`` the
-    recycled material (kg) bought last period; ``history_slots[0]`` is ``s_{t-L_r}``, the
-    sales whose cores return this period; ``used_virgin`` / ``used_recycled`` (kg) are the
-    window counters ``U_v`` / ``U_r``.
+    ``columns`` are the five stocks ``V, M`` (kg), ``P, CA, CB`` (units), each ``[B]``
+    (``stocks`` stacks them ``[B, 5]``; ``state.V`` etc. name one). The queues are tuples
+    of ``[B]`` slots: ``pipeline_slots[0]`` is the virgin order (kg) that arrives next,
+    ``history_slots[0]`` is ``s_{t-L_r}``, the sales whose cores return this period.
+    ``market_in`` is the recycled material (kg) bought last period; ``used_virgin`` /
+    ``used_recycled`` (kg) are the window counters ``U_v`` / ``U_r``. Kept as per-column
+    vectors (as CLSC-1's state is) because a period is then a few dozen vector operations
+    with no gather or scatter of a ``[B, 5]`` block.
     """
 
-    __slots__ = ("stocks", "pipeline_slots", "market_in", "used_virgin", "used_recycled", "history_slots")
+    __slots__ = ("columns", "pipeline_slots", "market_in", "used_virgin", "used_recycled", "history_slots")
 
-    def __init__(self, stocks: Tensor, pipeline_slots: tuple[Tensor, ...], market_in: Tensor, used_virgin: Tensor,
-                 used_recycled: Tensor, history_slots: tuple[Tensor, ...]):
-        self.stocks = stocks  # [B, 5] V, M (kg), P, CA, CB (units)
+    def __init__(self, columns: tuple[Tensor, ...], pipeline_slots: tuple[Tensor, ...], market_in: Tensor,
+                 used_virgin: Tensor, used_recycled: Tensor, history_slots: tuple[Tensor, ...]):
+        self.columns = tuple(columns)
         self.pipeline_slots = tuple(pipeline_slots)
         self.market_in = market_in
         self.used_virgin = used_virgin
         self.used_recycled = used_recycled
         self.history_slots = tuple(history_slots)
 
-    def __getattr__(self, name: str) -> Tensor:  # V, M, P, CA, CB as [B] views
+    def __getattr__(self, name: str) -> Tensor:  # V, M, P, CA, CB
         if name in clsc2.STATE_NAMES:
-            return self.stocks[:, clsc2.STATE_NAMES.index(name)]
+            return self.columns[clsc2.STATE_NAMES.index(name)]
         raise AttributeError(name)
+
+    @property
+    def stocks(self) -> Tensor:
+        """``[B, 5]`` (V, M, P, CA, CB)."""
+        return torch.stack(self.columns, dim=-1)
 
     @property
     def pipeline(self) -> Tensor:
@@ -63,7 +72,7 @@ class State2:
         return _stack(self.history_slots, self.market_in)
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> "State2":
-        return State2(fn(self.stocks), tuple(map(fn, self.pipeline_slots)), fn(self.market_in),
+        return State2(tuple(map(fn, self.columns)), tuple(map(fn, self.pipeline_slots)), fn(self.market_in),
                       fn(self.used_virgin), fn(self.used_recycled), tuple(map(fn, self.history_slots)))
 
     def detach(self) -> "State2":
@@ -149,17 +158,22 @@ class Simulator2:
         self.params = params
         self.dtype = dtype
         self.device = torch.device(device)
-        as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype, device=self.device)  # noqa: E731
-        self._effect_t = as_t(clsc2.action_effect(params).T)  # [9, 5]: stocks += action @ effect_t
+        # The declaration as (target, source, coefficient) triples of its non-zero entries:
+        # applied one torch.add(alpha=...) each, which at small widths is far cheaper than
+        # a [B, 9] x [9, 5] matrix product.
+        effect = clsc2.action_effect(params)
+        self._effects = [(i, j, float(effect[i, j])) for i, j in zip(*np.nonzero(effect))]
         # The action cost is affine in the regime: base + tax * per_tax + landfill * per_landfill.
         zero = np.zeros(5)
         unit_tax, unit_landfill = zero.copy(), zero.copy()
         unit_tax[clsc2.R_TAX], unit_landfill[clsc2.R_LANDFILL] = 1.0, 1.0
         base = clsc2.action_cost(params, zero)
-        self._cost_base = as_t(base)
-        self._cost_per_tax = as_t(clsc2.action_cost(params, unit_tax) - base)
-        self._cost_per_landfill = as_t(clsc2.action_cost(params, unit_landfill) - base)
-        self._hold = as_t(clsc2.stock_cost(params))
+        nonzero = lambda c: [(j, float(c[j])) for j in np.flatnonzero(c)]  # noqa: E731
+        self._cost_base = nonzero(base)
+        self._cost_per_tax = nonzero(clsc2.action_cost(params, unit_tax) - base)
+        self._cost_per_landfill = nonzero(clsc2.action_cost(params, unit_landfill) - base)
+        self._hold = nonzero(clsc2.stock_cost(params))
+        self._scrap_base = float(clsc2.scrap_cost(params, zero))
 
     def initial_state(self, demand_history: Tensor) -> State2:
         """The state at the start of period 0 for a batch of ``demand_history`` ``[B, 52]``:
@@ -167,10 +181,10 @@ class Simulator2:
         p = self.params
         B = demand_history.shape[0]
         full = lambda v: torch.full((B,), float(v), dtype=self.dtype, device=self.device)  # noqa: E731
-        stocks = torch.stack([full(p.init_virgin), full(p.init_recycled), full(p.init_product),
-                              full(p.init_core_a), full(p.init_core_b)], dim=-1)
+        columns = (full(p.init_virgin), full(p.init_recycled), full(p.init_product), full(p.init_core_a),
+                   full(p.init_core_b))
         history = demand_history[:, HISTORY - p.lag_return:].to(self.dtype)
-        return State2(stocks, (full(p.init_pipeline),) * p.lead_virgin, full(p.init_market), full(0.0), full(0.0),
+        return State2(columns, (full(p.init_pipeline),) * p.lead_virgin, full(p.init_market), full(0.0), full(0.0),
                       tuple(history.unbind(-1)))
 
     def arrive(self, state: State2, return_frac_t: Tensor, grades_t: Tensor,
@@ -179,19 +193,19 @@ class Simulator2:
         returns ``ρ_t s_{t-L_r}`` split by ``grades_t`` ``[B, 3]`` into grade-A cores,
         grade-B cores and scrap; the window counters restart where ``window_start_t``."""
         returns = return_frac_t * state.history_slots[0]
-        graded = returns[:, None] * grades_t  # [B, 3]: A, B, scrap
+        V_, M_, P_, CA_, CB_ = state.columns
         zero = torch.zeros_like(returns)
-        inflow = torch.stack([state.pipeline_slots[0], state.market_in, zero, graded[:, 0], graded[:, 1]], dim=-1)
         used_virgin = torch.where(window_start_t, zero, state.used_virgin)
         used_recycled = torch.where(window_start_t, zero, state.used_recycled)
-        new = State2(state.stocks + inflow, state.pipeline_slots[1:], zero, used_virgin, used_recycled,
-                     state.history_slots)
-        return new, Arrival(returns=returns, scrap=graded[:, 2])
+        columns = (V_ + state.pipeline_slots[0], M_ + state.market_in, P_, CA_ + returns * grades_t[:, 0],
+                   CB_ + returns * grades_t[:, 1])
+        new = State2(columns, state.pipeline_slots[1:], zero, used_virgin, used_recycled, state.history_slots)
+        return new, Arrival(returns=returns, scrap=returns * grades_t[:, 2])
 
     def row_inputs(self, state: State2, batch: ScenarioBatch2, t: int) -> dict[str, Tensor]:
         """The rows' per-decision inputs after period t's arrivals (``clsc2.ROW_INPUTS``)."""
-        s = state.stocks
-        return {"virgin": s[:, V], "recycled": s[:, M], "cores_a": s[:, CA], "cores_b": s[:, CB],
+        s = state.columns
+        return {"virgin": s[V], "recycled": s[M], "cores_a": s[CA], "cores_b": s[CB],
                 "used_virgin": state.used_virgin, "used_recycled": state.used_recycled,
                 "periods_left": batch.periods_left[:, t], "supply_up": batch.supply_up[:, t],
                 "market_avail": batch.market_avail[:, t]}
@@ -201,20 +215,28 @@ class Simulator2:
         """Events 3-6 for an executed (feasible) ``action`` ``[B, 9]`` from the post-arrival
         ``state``; ``scrap`` (cores landfilled at arrival) is charged with this period."""
         p = self.params
-        sales = torch.minimum(state.stocks[:, P], demand_t)
+        a = action.unbind(-1)
+        sales = torch.minimum(state.columns[P], demand_t)
         lost = demand_t - sales
         # V, M and the cores fall at execution and production and yields land at the end of
         # the period; sales (event 4) read P before either, so one update gives the end state.
-        stocks = state.stocks + action @ self._effect_t
-        stocks = torch.cat([stocks[:, :P], (stocks[:, P] - sales)[:, None], stocks[:, P + 1:]], dim=-1)
-        new = State2(stocks, state.pipeline_slots + (action[:, O],), action[:, OM],
-                     state.used_virgin + action[:, UV], state.used_recycled + action[:, UR],
-                     state.history_slots[1:] + (sales,))
-        unit_cost = (self._cost_base + regime_t[:, clsc2.R_TAX, None] * self._cost_per_tax
-                     + regime_t[:, clsc2.R_LANDFILL, None] * self._cost_per_landfill)  # [B, 9]
-        disposal = p.cost_dispose + regime_t[:, clsc2.R_LANDFILL]
-        cost = ((action * unit_cost).sum(-1) + stocks @ self._hold + p.lost_sale_cost * lost + disposal * scrap)
-        production = (action[:, UV] + action[:, UR]) / p.mass
+        columns = list(state.columns)
+        columns[P] = columns[P] - sales
+        for i, j, coefficient in self._effects:
+            columns[i] = torch.add(columns[i], a[j], alpha=coefficient)
+        new = State2(tuple(columns), state.pipeline_slots + (a[O],), a[OM], state.used_virgin + a[UV],
+                     state.used_recycled + a[UR], state.history_slots[1:] + (sales,))
+        tax, landfill = regime_t[:, clsc2.R_TAX], regime_t[:, clsc2.R_LANDFILL]
+        cost = torch.add(landfill * scrap, scrap, alpha=self._scrap_base)
+        cost = torch.add(cost, lost, alpha=p.lost_sale_cost)
+        for j, coefficient in self._cost_base:
+            cost = torch.add(cost, a[j], alpha=coefficient)
+        for rate, per_unit in ((tax, self._cost_per_tax), (landfill, self._cost_per_landfill)):
+            for j, coefficient in per_unit:
+                cost = torch.add(cost, rate * a[j], alpha=coefficient)
+        for i, coefficient in self._hold:
+            cost = torch.add(cost, columns[i], alpha=coefficient)
+        production = (a[UV] + a[UR]) / p.mass
         return new, StepResult2(cost=cost, sales=sales, lost=lost, production=production, action=action, state=new)
 
 
@@ -284,13 +306,14 @@ def rollout2(batch: ScenarioBatch2, policy: Policy2, project: Projector2 | None,
     sim = simulator or Simulator2(p, dtype=batch.dtype, device=batch.demand.device)
     state = sim.initial_state(batch.demand_history)
     policy.reset(batch)
+    demand_all = torch.cat([batch.demand_history, batch.demand], dim=1)  # views of it are what is seen
     records: dict[str, list[Tensor]] = {k: [] for k in ("cost", "executed", "raw", "stocks", "sales", "lost",
                                                          "scrap", "inputs")}
     for t in range(batch.horizon):
         state, arrival = sim.arrive(state, batch.return_frac[:, t], batch.grades[:, t], batch.window_start[:, t])
         inputs = sim.row_inputs(state, batch, t)
         regime_t = batch.regime[:, t]
-        seen = torch.cat([batch.demand_history, batch.demand[:, :t]], dim=1)
+        seen = demand_all[:, :HISTORY + t]
         raw = policy.act(Observation2(t, state, inputs, regime_t, batch.regime, batch.window,
                                       batch.return_frac[:, t], batch.grades[:, t], seen, p))
         action = raw if project is None else project(raw, inputs, regime_t, p)
