@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import math
 
+import dataclasses
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from moca.oracle2 import Window2, solve_oracle2, solve_window2, window2_at
 from moca.projection import project2, violations2
@@ -93,6 +97,54 @@ def _inputs_from_plan(scenario, result) -> list[dict]:
                                            scenario.supply_up[t], scenario.market_avail[t]])))
         used_v, used_r = used_v + a[2], used_r + a[3]
     return out
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.floats(0.0, 0.95), st.floats(0.0, 2000.0), st.one_of(st.none(), st.floats(1.0, 6e4)), st.floats(0.0, 100.0),
+       st.floats(0.0, 1.0), st.integers(1, 104), st.integers(0, 10_000))
+def test_oracle_plan_keeps_every_row_over_the_regime_space(r, tau, cap, lam, kappa, window, seed):
+    """Any regime of the spec's ranges (a tiny emission cap included): the LP is feasible,
+    its plan breaks no row or settlement when replayed, and replaying it costs no less
+    than the oracle (exactly as much where no sale is withheld)."""
+    regime = Regime(recycled_content_min=r, carbon_tax=tau, emission_cap=cap, landfill_tax=lam,
+                    recovery_target=kappa, recycled_content_window=window)
+    scenario = draw_scenario2(seed, regime, params=Params2(horizon=12))
+    result = solve_oracle2(scenario)
+    replay = simulate_actions2(scenario, result.plan)
+    assert replay["violations"] == 0
+    assert replay["total_cost"] >= result.oracle_cost * (1 - 1e-9) - 1e-6
+    if result.withheld.max() < 1e-6:
+        assert replay["total_cost"] == pytest.approx(result.oracle_cost, rel=1e-7)
+
+
+def test_soft_safety_stock_of_the_mpc_window():
+    """A priced safety stock makes the window hold more product (and costs the spec's cost
+    without the penalty)."""
+    scenario = draw_scenario2(4, TASKS_2["T1"])
+    p = P2
+    window = window2_at(scenario, 0, 13, stocks=[4000.0, 500.0, 1000.0, 100.0, 100.0],
+                        pipeline=[2000.0] * p.lead_virgin, market_in=0.0, sales_history=scenario.presales(),
+                        used=(0.0, 0.0))
+    plain = solve_window2(p, window)
+    buffered = solve_window2(p, dataclasses.replace(window, safety_stock=300.0, safety_penalty=50.0))
+    assert buffered.stocks[:-1, 2].mean() > plain.stocks[:-1, 2].mean() + 100.0
+    assert buffered.cost >= plain.cost
+
+
+def test_exact_sales_replays_where_the_relaxation_withholds():
+    """Under a tight emission cap the LP holds sales back (to time the cores' return): its
+    cost is then a strict lower bound; exact_sales gives the best plan that replays exactly."""
+    scenario = draw_scenario2(1, Regime(recycled_content_min=0.3, emission_cap=20000.0, recovery_target=0.5,
+                                        recycled_content_window=13, landfill_tax=20.0))
+    relaxed = solve_oracle2(scenario)
+    assert relaxed.withheld.max() > 1.0
+    assert simulate_actions2(scenario, relaxed.plan)["total_cost"] > relaxed.oracle_cost
+    exact = solve_oracle2(scenario, exact_sales=True)
+    assert exact.withheld.max() < 1e-6
+    assert exact.oracle_cost >= relaxed.oracle_cost - 1e-6
+    replay = simulate_actions2(scenario, exact.plan)
+    assert replay["violations"] == 0
+    assert replay["total_cost"] == pytest.approx(exact.oracle_cost, rel=1e-7)
 
 
 def test_window_from_a_mid_episode_state_is_the_rest_of_the_oracle():

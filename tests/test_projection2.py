@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moca import safety
-from moca.projection import (ProjectionError, project, project2, project2_batch, project_batch, row_violations,
-                             row_violations2, violations, violations2)
+from moca.projection import (ProjectionError, project, project2, project2_batch, project2_counted, project_batch,
+                             row_violations, row_violations2, violations, violations2)
 from moca.regime import Regime, RegimeSchedule, ScheduledRegime, window_periods_left, window_starts
 from moca.scenario import Params, Params2
 from moca.world import CLSC1_ROWS, CLSC2_INPUTS, CLSC2_ROWS, max_recycled_use, regime_rows
@@ -61,7 +61,8 @@ def reachable_inputs(draw, reg: np.ndarray | None = None):
         M = max(x["recycled"], 0.0)
         u_bar = float(max_recycled_use(reg[None], P2)[0])
         room = min((1 - r) * (M + used_r), (1 - r) * (u_bar * (n + 1) + used_r))
-        x["used_virgin"] = draw(st.floats(0.0, 1.0)) * (min(room / r, 1e9) if r > 1e-9 else 3000.0 * W)
+        most = (room / r if room < r * 1e9 else 1e9) if r > 0 else 3000.0 * W
+        x["used_virgin"] = draw(st.floats(0.0, 1.0)) * most
         x["used_recycled"] = used_r
     return x, reg
 
@@ -117,6 +118,21 @@ def test_executed_action_keeps_every_row(case, raw):
     # a projection: feasible points stay, and nothing feasible is nearer (the safe action is feasible)
     np.testing.assert_allclose(project2(a, x, reg, P2), a)
     assert np.linalg.norm((a - raw) / S2) <= np.linalg.norm((_safe(x, reg) - raw) / S2) + 1e-6
+
+
+def test_counted_projection_reports_what_the_check_finds():
+    """project2_counted: 0 where the layer produced the state; where the state itself breaks
+    the window (a deficit no action can cover: U_v far above what r allows, nothing on
+    hand, the window's last period), the safe action is executed and its broken rows counted."""
+    x = dict.fromkeys(CLSC2_INPUTS, 0.0) | {"virgin": 500.0, "recycled": 200.0, "used_virgin": 1000.0,
+                                            "used_recycled": 400.0, "periods_left": 3.0, "supply_up": 1.0}
+    reg = np.array([0.3, 0.0, math.inf, 0.0, 0.0])
+    a, broken = project2_counted(np.array([4000, 0, 3000, 0, 0, 0, 0, 0, 0.0]), x, reg, P2)
+    assert broken == 0 == violations2(a, x, reg, P2)
+    stuck = x | {"used_virgin": 1e5, "recycled": 0.0, "periods_left": 0.0}
+    a, broken = project2_counted(np.array([4000, 0, 3000, 0, 0, 0, 0, 0, 0.0]), stuck, reg, P2)
+    np.testing.assert_allclose(a, np.zeros(9), atol=1e-9)
+    assert broken == violations2(a, stuck, reg, P2) > 0
 
 
 @pytest.mark.parametrize("row", range(len(CLSC2_ROWS.row_labels)))
@@ -230,6 +246,10 @@ def test_batch_agrees_with_deployment_and_keeps_rows(cases):
         assert violations2(out.numpy().astype(np.float64), inputs, reg, P2) == 0
     for i, (case, r) in enumerate(cases):
         np.testing.assert_allclose(out[i].numpy() / S2, project2(r, case[0], case[1], P2) / S2, atol=1e-5)
+    # the inputs as one [B, 9] tensor in CLSC2_INPUTS order give the same
+    stacked = torch.stack([inputs[k] for k in CLSC2_INPUTS], dim=1)
+    same = project2_batch(torch.as_tensor(raw), stacked, reg, P2)
+    np.testing.assert_allclose(same.numpy(), project2_batch(torch.as_tensor(raw), inputs, reg, P2).numpy())
 
 
 def test_gradients_match_finite_differences():

@@ -110,7 +110,11 @@ class Oracle2Result:
     lost: np.ndarray  # [T] units
     stocks: np.ndarray  # [T, 5] end-of-period V, M, P, CA, CB
     # [T] units the plan sells below what the simulator sells, min(P, d): where all are ~0,
-    # replaying the plan reproduces oracle_cost.
+    # replaying the plan reproduces oracle_cost. Selling less than possible only loses a
+    # sale (p_l) and holds a unit, except that it can move the unit's return into a later
+    # period; the LP uses that rarely (never on the seed tasks, seeds 1000-1019; seen under
+    # a tight emission cap). There oracle_cost is a strict lower bound that no policy
+    # reaches, and exact_sales=True gives the best plan that replays exactly.
     withheld: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
@@ -238,18 +242,61 @@ def build_lp2(params: Any, window: Window2):
     return cost.ravel(), offset, col_lower.ravel(), col_upper.ravel(), A, np.array(lo), np.array(up)
 
 
-def solve_window2(params: Any, window: Window2) -> Window2Solution:
+def _exact_sales(params: Any, window: Window2, cost, col_lower, col_upper, A, row_lower, row_upper):
+    """The LP plus the simulator's rule ``s_k = min(P_{k-1}, d_k)``: with a binary ``z_k``
+    per period, ``s_k >= P_{k-1} - big z_k`` and ``s_k >= d_k - big (1 - z_k)`` (with
+    ``s_k <= P_{k-1}, d_k`` already rows); ``big`` bounds the product on hand and the
+    demand (product grows by at most ``K_p + eta_f K_f`` a period)."""
+    H, n_col = window.horizon, cost.size
+    growth = params.cap_produce + params.yield_refurbish * params.cap_refurbish
+    big = float(window.stocks[2] + window.demand.max() + 1.0) + np.arange(1, H + 1) * growth
+    rows, cols, vals = [], [], []
+    lower = []
+    for k in range(H):
+        binary = n_col + k
+        # s_k - P_{k-1} + big z_k >= 0 (P_{-1} is the opening stock: a constant)
+        entries = [(k * N_COL + S, 1.0), (binary, big[k])] + ([((k - 1) * N_COL + P, -1.0)] if k else [])
+        for c_, v in entries:
+            rows.append(2 * k), cols.append(c_), vals.append(v)
+        lower.append(window.stocks[2] if k == 0 else 0.0)
+        # s_k - big z_k >= d_k - big
+        for c_, v in ((k * N_COL + S, 1.0), (binary, -big[k])):
+            rows.append(2 * k + 1), cols.append(c_), vals.append(v)
+        lower.append(window.demand[k] - big[k])
+    extra = sparse.csc_matrix((vals, (rows, cols)), shape=(2 * H, n_col + H))
+    A = sparse.vstack([sparse.hstack([A, sparse.csc_matrix((A.shape[0], H))]), extra]).tocsc()
+    return (np.r_[cost, np.zeros(H)], np.r_[col_lower, np.zeros(H)], np.r_[col_upper, np.ones(H)], A,
+            np.r_[row_lower, lower], np.r_[row_upper, np.full(2 * H, INF)],
+            np.r_[np.zeros(n_col, dtype=np.int32), np.ones(H, dtype=np.int32)])
+
+
+def solve_window2(params: Any, window: Window2, exact_sales: bool = False) -> Window2Solution:
     """Solve the window LP; raises :class:`moca.oracle.OracleError` unless HiGHS reports
     optimal (the LP is feasible whenever the window's opening state is: the safe action
-    of every period is a solution)."""
+    of every period is a solution).
+
+    ``exact_sales`` replaces the spec's relaxation ``s_k <= min(P_{k-1}, d_k)`` by the
+    simulator's ``s_k = min(P_{k-1}, d_k)`` (a MIP, one binary per period; slower): the
+    best cost of a plan that replays exactly where the LP's plan withholds sales (see
+    :class:`Oracle2Result`). Not the spec's oracle."""
     cost, offset, col_lower, col_upper, A, row_lower, row_upper = build_lp2(params, window)
+    integrality = np.zeros(cost.size, dtype=np.int32)
+    if exact_sales:
+        cost, col_lower, col_upper, A, row_lower, row_upper, integrality = _exact_sales(
+            params, window, cost, col_lower, col_upper, A, row_lower, row_upper)
     highs = _solver()
     n_row, n_col = A.shape
     highs.passModel(n_col, n_row, A.nnz, int(highspy.MatrixFormat.kColwise), int(highspy.ObjSense.kMinimize),
                     offset, cost, col_lower, col_upper, row_lower, row_upper,
-                    A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data.astype(np.float64),
-                    np.zeros(n_col, dtype=np.int32))
-    highs.run()
+                    A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data.astype(np.float64), integrality)
+    if exact_sales:
+        highs.setOptionValue("presolve", "on")  # the MIP search needs it; restored below
+        highs.setOptionValue("mip_rel_gap", 1e-7)
+    try:
+        highs.run()
+    finally:
+        if exact_sales:
+            highs.setOptionValue("presolve", "off")
     status = highs.getModelStatus()
     if status != highspy.HighsModelStatus.kOptimal:
         raise OracleError(f"HiGHS did not solve the {window.horizon}-period CLSC-2 LP to optimality: status "
@@ -323,10 +370,10 @@ def window2_at(scenario: Any, t: int, horizon: int, stocks: Any, pipeline: Any, 
         used=(float(used[0]), float(used[1])))
 
 
-def solve_oracle2(scenario: Any) -> Oracle2Result:
+def solve_oracle2(scenario: Any, exact_sales: bool = False) -> Oracle2Result:
     """The hindsight optimum of a CLSC-2 scenario (its regime schedule and accounting
     windows included); raises :class:`moca.oracle.OracleError` if HiGHS does not report
-    optimal."""
-    s = solve_window2(scenario.params, episode_window2(scenario))
+    optimal. ``exact_sales``: see :func:`solve_window2` (not the spec's oracle)."""
+    s = solve_window2(scenario.params, episode_window2(scenario), exact_sales=exact_sales)
     return Oracle2Result(oracle_cost=s.cost, status=s.status, plan=s.actions, sales=s.sales, lost=s.lost,
                          stocks=s.stocks, withheld=s.withheld)

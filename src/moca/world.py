@@ -87,6 +87,10 @@ class RowModel:
     safe_action: Callable[[np.ndarray, np.ndarray, Any], np.ndarray]  # (x [B, k], regime [B, 5], params) -> [B, n]
 
     @property
+    def _stock_index(self) -> list[int]:
+        return [self.inputs.index(name) for name in self.stocks]
+
+    @property
     def spec_rows(self) -> tuple[str, ...]:
         """The spec's row names, in order, each once."""
         return tuple(dict.fromkeys(sorted(set(self.row_spec) | set(self.lower_spec), key=_row_order)))
@@ -95,6 +99,25 @@ class RowModel:
         """The named inputs (a mapping, an object with those attributes, or an array
         [..., k]) as float64 ``[B, k]`` with the stocks clamped at 0; a missing, non-finite
         or wrongly shaped input raises a ``ValueError`` naming it."""
+        if hasattr(inputs, "detach"):  # a torch tensor [B, k]
+            inputs = inputs.detach().cpu().numpy()
+        if isinstance(inputs, dict) and batch == 1:  # one decision (the deployment path): plain floats
+            try:
+                values = [float(inputs[name]) for name in self.inputs]
+            except KeyError as err:
+                raise ValueError(f"inputs.{err.args[0]} is missing ({self.name} rows read {', '.join(self.inputs)})") \
+                    from None
+            except (TypeError, ValueError):
+                values = None
+            if values is not None:
+                x = np.array([values])
+                if not np.isfinite(x).all():
+                    name = self.inputs[int(np.argmin(np.isfinite(x[0])))]
+                    raise ValueError(f"inputs.{name} is not finite: {inputs[name]}")
+                for i in self._stock_index:
+                    if x[0, i] < 0.0:
+                        x[0, i] = 0.0
+                return x
         if isinstance(inputs, np.ndarray):
             x = np.array(inputs, dtype=np.float64).reshape(-1, len(self.inputs)) if inputs.ndim <= 2 else None
             if x is None or inputs.shape[-1] != len(self.inputs):
@@ -133,7 +156,9 @@ def regime_rows(regime: Any, batch: int | None = None) -> np.ndarray:
     """Regime(s) as float64 rows ``[B, 5]`` in ``REGIME_FIELDS`` order (cap inf = none):
     a :class:`moca.regime.Regime`, a row [5] (or longer: extra fields are ignored here), a
     table [B, >=5], or a torch tensor of either. Out-of-range rules raise ``ValueError``."""
-    if hasattr(regime, "as_row"):
+    if type(regime) is np.ndarray and regime.shape == (5,) and (batch is None or batch == 1):  # the hot path
+        table = regime[None].astype(np.float64)
+    elif hasattr(regime, "as_row"):
         table = np.asarray(regime.as_row(), dtype=np.float64)[None, :5]
     else:
         if hasattr(regime, "detach"):
