@@ -126,10 +126,16 @@ def test_bad_actions_refused():
         env.step(np.full(9, np.nan))
 
 
-def test_violation_recount_can_be_switched_off():
-    env = CircularSupplyChain2Env(params=SHORT, check_violations=False)
-    env.reset(seed=0)
-    assert env.step(np.ones(9, dtype=np.float32))[4]["violations"] is None
+def test_violations_from_the_layer_and_from_an_independent_recount_agree():
+    rng = np.random.default_rng(5)
+    envs = [CircularSupplyChain2Env(TASKS_2["T3"], params=SHORT, check_violations=check) for check in (False, True)]
+    for env in envs:
+        env.reset(seed=2)
+    for _ in range(SHORT.horizon):
+        z = rng.uniform(0, 1.3, 9).astype(np.float32)
+        infos = [env.step(z)[4] for env in envs]
+        assert infos[0]["violations"] == infos[1]["violations"] == 0
+        assert np.array_equal(infos[0]["executed"], infos[1]["executed"])
 
 
 def test_last_observation_closes_the_episode():

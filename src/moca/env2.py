@@ -3,7 +3,7 @@
 One episode is one CLSC-2 scenario (``T`` periods). Each ``step`` is one period of
 docs/MODEL-2.md's order of events: the agent has seen the post-arrival state (event 2);
 its action goes through the safety layer's deployment projection
-(:func:`moca.projection.project2`) and is executed by :class:`moca.sim2.Simulator2`
+(:func:`moca.projection.project2_counted`) and is executed by :class:`moca.sim2.Simulator2`
 (batch 1, float64: the environment and the batched simulator are one implementation);
 then the next period's arrivals happen and the agent observes.
 
@@ -30,9 +30,9 @@ capacity-normalised distance the safety layer moved the action), ``cost`` (EUR) 
 ``terms`` (EUR per term, ``moca.clsc2.COST_TERMS``), ``violations`` (rows 1-8 and the
 window settlement broken by the executed action; 0 by construction), ``demand``,
 ``sales``, ``lost``, ``scrap``, ``emissions`` (kg CO2) and ``regime`` (the row in force).
-With ``check_violations=False`` the recount is skipped (``violations`` is then None):
-the layer itself re-checks every action it changes, and the recount is about a third of
-a step's time, which long RL training runs may want back.
+``violations`` comes from the check the safety layer ends each projection with
+(:func:`moca.projection.project2_counted`); ``check_violations=True`` recounts the rows
+independently after the layer (:func:`moca.projection.violations2`), an audit for tests.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from gymnasium import spaces
 
 from moca import clsc2
 from moca.env import episode_scenario, render_bars
-from moca.projection import project2, violations2
+from moca.projection import project2_counted, violations2
 from moca.regime import MAX_WINDOW, Regime, RegimeSchedule, load_schedule
 from moca.scenario import DEFAULT_PARAMS_2, HISTORY, Params2, Scenario2, draw_scenario2
 from moca.sim2 import ScenarioBatch2, Simulator2
@@ -71,14 +71,14 @@ class CircularSupplyChain2Env(gym.Env):
         cost_scale: reward = -cost / cost_scale (EUR).
         render_mode: ``"ansi"`` (a text line), ``"rgb_array"`` (bars of the stocks) or None.
         check_violations: recount the executed action's violations (rows 1-8 and the window
-            settlement) each step into ``info["violations"]``; False skips it (None).
+            settlement) independently of the safety layer's own check each step.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(self, regime: Regime | RegimeSchedule | str | Path | None = None, params: Params2 | None = None,
                  scenario: Scenario2 | None = None, cost_scale: float = 1e4, render_mode: str | None = None,
-                 check_violations: bool = True):
+                 check_violations: bool = False):
         if scenario is not None and params is not None and params != scenario.params:
             raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS_2)
@@ -149,8 +149,9 @@ class CircularSupplyChain2Env(gym.Env):
         t, p = self.t, self.params
         raw = z * self.scale
         inputs = {k: float(v[0]) for k, v in self._inputs.items()}
-        executed = project2(raw, inputs, self._regime[t], p)
-        violations = violations2(executed, inputs, self._regime[t], p) if self.check_violations else None
+        executed, violations = project2_counted(raw, inputs, self._regime[t], p)
+        if self.check_violations:
+            violations = violations2(executed, inputs, self._regime[t], p)
         demand = self._batch.demand[:, t]
         regime_t = self._batch.regime[:, t]
         state, result = self._sim.execute(self._state, torch.as_tensor(executed[None]), demand, regime_t, self._scrap)
