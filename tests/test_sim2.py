@@ -180,3 +180,22 @@ def test_any_raw_actions_through_the_layer_keep_stocks_and_settle_windows(seed, 
                                                                                     clsc2.O].sum(1)
     assert torch.allclose(params.init_virgin + arrived - result.executed[..., clsc2.UV].sum(1),
                           result.stocks[:, -1, clsc2.V], rtol=1e-9, atol=1e-6)
+
+
+def test_float32_rollouts_settle_long_windows_without_violations():
+    # Over a 104-week window U_v and U_r reach ~1e5 kg; in float32 their rounding alone
+    # would break the settlement's 1e-6 tolerance (12 violations here before the window
+    # counters were kept in float64).
+    from moca.projection import violations2
+    from moca.projection import project2_batch
+    from moca.regime import Regime
+
+    scenarios = draw_scenarios2(32, Regime(recycled_content_min=0.4, recycled_content_window=104), Params2(horizon=104))
+    batch = ScenarioBatch2.from_scenarios(scenarios, torch.float32)
+    raw = torch.as_tensor(np.random.default_rng(0).uniform(0, 1.0, (32, 104, 9)) * clsc2.action_scale(PARAMS),
+                          dtype=torch.float32)
+    result = rollout2(batch, OpenLoop2(raw), project2_batch)
+    assert result.cost.dtype == torch.float32 and result.inputs.dtype == torch.float64
+    count = sum(violations2(result.executed[:, t].double(), dict(zip(clsc2.ROW_INPUTS, result.inputs[:, t].unbind(-1))),
+                            batch.regime[:, t].double(), scenarios[0].params) for t in range(104))
+    assert count == 0

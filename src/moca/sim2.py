@@ -184,7 +184,11 @@ class Simulator2:
         columns = (full(p.init_virgin), full(p.init_recycled), full(p.init_product), full(p.init_core_a),
                    full(p.init_core_b))
         history = demand_history[:, HISTORY - p.lag_return:].to(self.dtype)
-        return State2(columns, (full(p.init_pipeline),) * p.lead_virgin, full(p.init_market), full(0.0), full(0.0),
+        # The window counters accumulate up to 104 periods of use (~3e5 kg), where float32's
+        # spacing (~0.03 kg) is far above the settlement's tolerance (1e-6 of r (U_v + U_r)):
+        # they are kept in float64 whatever the simulator's dtype.
+        counter = torch.zeros(B, dtype=torch.float64, device=self.device)
+        return State2(columns, (full(p.init_pipeline),) * p.lead_virgin, full(p.init_market), counter, counter,
                       tuple(history.unbind(-1)))
 
     def arrive(self, state: State2, return_frac_t: Tensor, grades_t: Tensor,
@@ -195,8 +199,8 @@ class Simulator2:
         returns = return_frac_t * state.history_slots[0]
         V_, M_, P_, CA_, CB_ = state.columns
         zero = torch.zeros_like(returns)
-        used_virgin = torch.where(window_start_t, zero, state.used_virgin)
-        used_recycled = torch.where(window_start_t, zero, state.used_recycled)
+        used_virgin = torch.where(window_start_t, 0.0, state.used_virgin)
+        used_recycled = torch.where(window_start_t, 0.0, state.used_recycled)
         columns = (V_ + state.pipeline_slots[0], M_ + state.market_in, P_, CA_ + returns * grades_t[:, 0],
                    CB_ + returns * grades_t[:, 1])
         new = State2(columns, state.pipeline_slots[1:], zero, used_virgin, used_recycled, state.history_slots)
@@ -282,7 +286,7 @@ class Rollout2:
     lost: Tensor
     scrap: Tensor
     emissions: Tensor  # kg CO2, row 7's left-hand side
-    inputs: Tensor  # [B, T, 9] the rows' inputs at each decision (clsc2.ROW_INPUTS order)
+    inputs: Tensor  # [B, T, 9] float64: the rows' inputs at each decision (clsc2.ROW_INPUTS order)
     scale: Tensor  # [9] S
     terms: dict[str, Tensor] = field(default_factory=dict)  # each [B, T]
 
@@ -320,7 +324,7 @@ def rollout2(batch: ScenarioBatch2, policy: Policy2, project: Projector2 | None,
         state, step = sim.execute(state, action, batch.demand[:, t], regime_t, arrival.scrap)
         for key, value in (("cost", step.cost), ("executed", action), ("raw", raw), ("stocks", state.stocks),
                            ("sales", step.sales), ("lost", step.lost), ("scrap", arrival.scrap),
-                           ("inputs", torch.stack([inputs[k] for k in clsc2.ROW_INPUTS], dim=-1))):
+                           ("inputs", torch.stack([inputs[k].double() for k in clsc2.ROW_INPUTS], dim=-1))):
             records[key].append(value)
     out = {k: torch.stack(v, 1) for k, v in records.items()}
     emissions = out["executed"] @ torch.as_tensor(clsc2.emission_coefficients(p), dtype=batch.dtype,
