@@ -293,6 +293,7 @@ class _Solved:
     """What the backward pass needs about the projected elements."""
 
     index: np.ndarray  # [p] batch positions
+    rows: RowCoefficients  # [p, ...] their rows
     active: np.ndarray  # [p, m] rows active (general rows and the rows that are bounds)
     lower: np.ndarray  # [p, n] lower bounds active
     pinned: np.ndarray  # [p, n]
@@ -310,15 +311,15 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     if index.size == 0:
         return out, None, 0
     scale = model.scale(params)
-    cs, xs, rs, ys = c.take(index), x[index], reg[index], a[index] / scale
+    everyone = index.size == a.shape[0]  # (then no copies of the rows)
+    cs, xs, rs, ys = (c, x, reg, a / scale) if everyone else (c.take(index), x[index], reg[index], a[index] / scale)
     safe = model.safe_action(xs, rs, params)
     p, n, m = index.size, a.shape[1], c.G.shape[1]
     rounded = lambda v: v.astype(out_dtype).astype(np.float64)  # noqa: E731
     ok = lambda v, j: _ok(model, cs if j is None else cs.take(j), rs if j is None else rs[j], rounded(v),  # noqa: E731
                           xs if j is None else xs[j])
     s = _system(cs, xs, safe, scale, t, _cached_structure(c, scale, t) if a.shape[0] == 1 else None)
-    everyone = np.arange(p)
-    z, lam = _daqp_batch(ys * ~s.pinned, s, everyone)
+    z, lam = _daqp_batch(ys * ~s.pinned, s, np.arange(p))
     solved = np.isfinite(z).all(1)
     executed = rounded(np.where(solved[:, None], z, 0.0) * scale)
     good = solved & ok(executed, None)
@@ -355,7 +356,7 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     marks = np.zeros((p, m + 1), dtype=bool)
     np.put_along_axis(marks, rows_of_bounds, True, axis=1)
     active |= marks[:, :m]
-    return out, _Solved(index, active, lower & ~s.pinned, s.pinned), unverified
+    return out, _Solved(index, cs, active, lower & ~s.pinned, s.pinned), unverified
 
 
 # --- deployment: one action --------------------------------------------------------------
@@ -400,7 +401,7 @@ class _ProjectBatch(torch.autograd.Function):
         grad_x = torch.zeros((grad_out.shape[0], ctx.c.J.shape[2]), dtype=grad_out.dtype, device=grad_out.device)
         if solved is not None:
             g = grad_out.detach().cpu().numpy().astype(np.float64)[solved.index]
-            gy, gx = _backward(ctx.c.take(solved.index), solved, ctx.scale, g)
+            gy, gx = _backward(solved.rows, solved, ctx.scale, g)
             idx = torch.as_tensor(solved.index, device=grad_out.device)
             grad_raw[idx] = torch.as_tensor(gy, dtype=grad_out.dtype, device=grad_out.device)
             grad_x[idx] = torch.as_tensor(gx, dtype=grad_out.dtype, device=grad_out.device)
