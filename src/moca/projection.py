@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moca.world import CLSC2_ROWS, UR2, UV2, VIOLATION_TOL, X_N, X_UR, X_UV, RowCoefficients, RowModel, regime_rows
+from moca.world import CLSC2_ROWS, VIOLATION_TOL, RowCoefficients, RowModel, regime_rows
 
 TIGHTEN = {torch.float64: 1e-9, torch.float32: 1e-6}
 _FIX_TOL = 1e-12  # normalised bounds / right-hand sides below this fix coordinates at 0
@@ -108,24 +108,13 @@ def _excess(c: RowCoefficients, a: np.ndarray, x: np.ndarray) -> tuple[np.ndarra
     return np.where(c.on, excess, -np.inf), VIOLATION_TOL * np.maximum(1.0, np.abs(rhs))
 
 
-def _settlement_excess(model: RowModel, reg: np.ndarray, a: np.ndarray, x: np.ndarray):
-    """CLSC-2's window settlement at a window's last period (``n_t = 0``): excess of
-    ``r (U_v + U_r) - U_r`` after the action, and its tolerance; -inf elsewhere."""
-    if model is not CLSC2_ROWS:
-        return None
-    used_v, used_r = x[:, X_UV] + a[:, UV2], x[:, X_UR] + a[:, UR2]
-    due = reg[:, 0] * (used_v + used_r)
-    last = (x[:, X_N] < 0.5) & (reg[:, 0] > 0)
-    return np.where(last, due - used_r, -np.inf), VIOLATION_TOL * np.maximum(1.0, due)
-
-
 def _ok(model: RowModel, c: RowCoefficients, reg: np.ndarray, a: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``[B]`` whether each action keeps every row (and the settlement)."""
     excess, tol = _excess(c, a, x)
     ok = (excess <= tol).all(1) & (a >= -VIOLATION_TOL).all(1)
-    settle = _settlement_excess(model, reg, a, x)
-    if settle is not None:
-        ok &= settle[0] <= settle[1]
+    if model.settlement is not None:
+        excess, tol = model.settlement(a, x, reg)
+        ok &= excess <= tol
     return ok
 
 
@@ -144,9 +133,9 @@ def row_violations(model: RowModel, action: Any, inputs: Any, regime: Any, param
         if lower.any():
             hit |= (a[:, lower] < -VIOLATION_TOL).any(1)
         counts[row] = int(hit.sum())
-    settle = _settlement_excess(model, reg, a, x)
-    if settle is not None:
-        counts[_SETTLEMENT] = int((settle[0] > settle[1]).sum())
+    if model.settlement is not None:
+        excess, tol = model.settlement(a, x, reg)
+        counts[_SETTLEMENT] = int((excess > tol).sum())
     return counts
 
 
