@@ -18,7 +18,9 @@ knows what a row means. A model declares:
 * ``coefficients(regime, params)``: the rows for a batch of regime rows, and
 * ``safe_action(x, regime, params)``: a point that satisfies every row whenever every
   earlier action came through the safety layer (the projection keeps it feasible in
-  its tightened system, and falls back to it).
+  its tightened system, and falls back to it);
+* optionally ``settlement(a, x, regime)``: a check beyond the rows that a violation count
+  includes (CLSC-2's settlement of the mandate at a window's end).
 
 The spec's definition of a violation measures a row's excess against
 ``1e-6 * max(1, |right-hand side|)`` with the right-hand side *as the spec writes the
@@ -85,6 +87,9 @@ class RowModel:
     scale: Callable[[Any], np.ndarray]  # params -> S [n]
     coefficients: Callable[[np.ndarray, Any], RowCoefficients]  # (regime [B, 5], params)
     safe_action: Callable[[np.ndarray, np.ndarray, Any], np.ndarray]  # (x [B, k], regime [B, 5], params) -> [B, n]
+    # Checks beyond the rows that a violation count includes (CLSC-2: the window settlement):
+    # (a [B, n], x [B, k], regime [B, 5]) -> (excess [B], tolerance [B]); -inf excess where none applies.
+    settlement: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def _stock_index(self) -> list[int]:
@@ -306,6 +311,16 @@ def clsc2_safe_action(x: np.ndarray, regime: np.ndarray, p: Any) -> np.ndarray:
     return a
 
 
+def clsc2_settlement(a: np.ndarray, x: np.ndarray, regime: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The window's settlement at its last period (``n_t = 0``): the excess of
+    ``r (U_v + U_r) - U_r`` after the action over its tolerance ``1e-6 max(1, r (U_v + U_r))``
+    (MODEL-2.md's definition of a violation); -inf in every other period."""
+    used_v, used_r = x[:, X_UV] + a[:, UV2], x[:, X_UR] + a[:, UR2]
+    due = regime[:, _R] * (used_v + used_r)
+    last = (x[:, X_N] < 0.5) & (regime[:, _R] > 0)
+    return np.where(last, due - used_r, -np.inf), VIOLATION_TOL * np.maximum(1.0, due)
+
+
 CLSC2_ROWS = RowModel(
     name="CLSC-2",
     actions=CLSC2_ACTIONS,
@@ -321,6 +336,7 @@ CLSC2_ROWS = RowModel(
     scale=lambda p: np.asarray(p.action_scale, dtype=np.float64),  # (K_o, K_m, m K_p, m K_p, K_f, K_d, K_d, K_w, K_w)
     coefficients=_clsc2_coefficients,
     safe_action=clsc2_safe_action,
+    settlement=clsc2_settlement,
 )
 
 MODELS: dict[str, RowModel] = {"CLSC-1": CLSC1_ROWS, "CLSC-2": CLSC2_ROWS}
