@@ -463,6 +463,28 @@ def run(
     console.print(f"wrote {run_dir}/ (metrics.json, report.md, plots) in {metrics['wall_seconds']:.0f} s")
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    data: Path = typer.Option(Path("moca-data"), "--data", help="Directory of the database and weight files."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="MOCA_TOKEN",
+                                        help="Require 'Authorization: Bearer TOKEN' on every mutating endpoint."),
+) -> None:
+    """Run the real-time controller service (FastAPI + uvicorn; OpenAPI at /docs, dashboard at /)."""
+    from moca.serve import serve as run_service
+
+    if data.exists() and not data.is_dir():
+        err_console.print(f"moca: error: --data {data}: exists and is not a directory", markup=False, highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if token is not None and not token.strip():
+        err_console.print("moca: error: --token: empty", markup=False, highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
+                      markup=False, highlight=False)
+    run_service(host=host, port=port, data=data, token=token)
+
+
 @contextmanager
 def _progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -693,18 +693,10 @@ class DeployedPolicy:
         ``stocks`` (V, M, P, C, B), ``pipeline`` ``[L_v-1]`` kg, ``sales_history`` ``[L_r]``
         units, ``regime`` ``[5]`` (cap absent = inf), ``return_frac`` rho_t, ``last_demand``
         d_{t-1} (None at t = 0)."""
-        stocks = [float(x) for x in stocks]
-        regime_row = [float(x) for x in regime]
-        x = feature_columns(_Scalars, self.spec, t, stocks, [float(x) for x in pipeline],
-                            [float(x) for x in sales_history], regime_row, float(return_frac),
-                            None if last_demand is None else float(last_demand)).astype(np.float32)
-        if self._frames is None:
-            self._frames = np.tile(x, self.config.window)  # pad the start with the first observation
-        else:
-            self._frames = np.concatenate([self._frames[x.size:], x])
-        raw, self._state = self.step(self._frames, self._state)
-        self.last_raw = raw.astype(np.float64)
-        return safety.project(self.last_raw, stocks[0], stocks[1], stocks[3], regime, self.params)
+        action, self.last_raw, self._frames, self._state = deployed_decision(
+            self.step, self.spec, self._frames, self._state, t, stocks, pipeline, sales_history, regime,
+            return_frac, last_demand)
+        return action
 
     @staticmethod
     def inputs(obs: Observation) -> tuple:
@@ -719,3 +711,24 @@ class DeployedPolicy:
 
     def act(self, obs: Observation) -> Tensor:
         return torch.as_tensor(self.decide(*self.inputs(obs)), dtype=obs.state.virgin.dtype)[None]
+
+
+def deployed_decision(step: _NumpyStep, spec: FeatureSpec, frames: np.ndarray | None,
+                      state: tuple[np.ndarray, np.ndarray] | None, t: int, stocks: Sequence, pipeline: Sequence,
+                      sales_history: Sequence, regime: Sequence, return_frac: float, last_demand: float | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """:meth:`DeployedPolicy.decide` as a function of the recurrent memory it carries
+    (the recent ``frames`` and the LSTM ``state``; both None at the start of an episode),
+    so that a service can keep that memory per chain and swap the weights (``step``)
+    between periods. Returns ``(executed action, raw action, frames, state)``."""
+    stocks = [float(x) for x in stocks]
+    x = feature_columns(_Scalars, spec, t, stocks, [float(x) for x in pipeline],
+                        [float(x) for x in sales_history], [float(x) for x in regime], float(return_frac),
+                        None if last_demand is None else float(last_demand)).astype(np.float32)
+    if frames is None:
+        frames = np.tile(x, spec.config.window)  # pad the start with the first observation
+    else:
+        frames = np.concatenate([frames[x.size:], x])
+    raw, state = step(frames, state)
+    raw = raw.astype(np.float64)
+    return safety.project(raw, stocks[0], stocks[1], stocks[3], regime, spec.params), raw, frames, state
