@@ -470,8 +470,13 @@ def serve(
     data: Path = typer.Option(Path("moca-data"), "--data", help="Directory of the database and weight files."),
     token: Optional[str] = typer.Option(None, "--token", envvar="MOCA_TOKEN",
                                         help="Require 'Authorization: Bearer TOKEN' on every mutating endpoint."),
+    adapt_steps: int = typer.Option(3, "--adapt-steps", min=0, max=100, help="Gradient steps per regulation event."),
+    support: int = typer.Option(8, "--support", min=1, max=256, help="Support scenarios per adaptation (seeds 800+)."),
+    validation: int = typer.Option(8, "--validation", min=1, max=100,
+                                   help="Held-out validation scenarios (seeds 900+) a new version must pass."),
 ) -> None:
     """Run the real-time controller service (FastAPI + uvicorn; OpenAPI at /docs, dashboard at /)."""
+    from moca.serve import AdaptSettings
     from moca.serve import serve as run_service
 
     if data.exists() and not data.is_dir():
@@ -482,7 +487,8 @@ def serve(
         raise typer.Exit(EXIT_BAD_INPUT)
     err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
                       markup=False, highlight=False)
-    run_service(host=host, port=port, data=data, token=token)
+    run_service(host=host, port=port, data=data, token=token,
+                adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation))
 
 
 @contextmanager

@@ -47,8 +47,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_BODY_BYTES = 64 * 1024
 #: A job interrupted this many times (worker killed mid-adaptation) is marked failed.
 MAX_ATTEMPTS = 2
-#: Adaptation defaults: gradient steps, support and held-out validation scenarios.
-ADAPT_STEPS, SUPPORT_SIZE, VALIDATION_SIZE = 3, 8, 8
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """What a regulation's job spends: gradient steps on ``support`` scenarios (seeds
+    800+), then validation on ``validation`` held-out scenarios (seeds 900+)."""
+
+    steps: int = 3
+    support: int = 8
+    validation: int = 8
+
+    def argv(self) -> list[str]:
+        return [str(self.steps), str(self.support), str(self.validation)]
+
 #: Fault injection for the crash tests: the worker kills itself with SIGKILL at this point.
 FAILPOINT_ENV = "MOCA_SERVE_FAILPOINT"
 ACTION_NAMES = ("order", "use_virgin", "use_recycled", "disassemble", "refurbish", "dispose")
@@ -151,7 +163,7 @@ class ChainModel:
                 + params.cost_refurbish * f + (params.cost_dispose + regime.landfill_tax) * w)
         return cost, (u_r / (u_v + u_r) if u_v + u_r > 1e-9 else 0.0)
 
-    def adapt(self, module, weights, regime, steps: int) -> tuple[dict, list[dict], Any]:
+    def adapt(self, module, weights, regime, settings: AdaptSettings) -> tuple[dict, list[dict], Any]:
         """Adapt ``weights`` in ``steps`` steps on support scenarios (seeds 800+); the curve
         is scored on held-out validation scenarios (seeds 900+). Returns also a scorer of any
         weights on those same validation scenarios."""
@@ -160,11 +172,11 @@ class ChainModel:
         from moca.sim import ScenarioBatch
 
         cache = OracleCache(module.params)
-        support = cache.scenarios(SUPPORT_SEEDS[:SUPPORT_SIZE], regime)
-        validation = cache.scenarios(VALIDATION_SEEDS[:VALIDATION_SIZE], regime)
+        support = cache.scenarios(SUPPORT_SEEDS[:settings.support], regime)
+        validation = cache.scenarios(VALIDATION_SEEDS[:settings.validation], regime)
         oracle = cache.costs(validation)
         batch = ScenarioBatch.from_scenarios(validation)
-        new, curve = adapt(module, weights, regime, steps, support=support, validation=validation, cache=cache)
+        new, curve = adapt(module, weights, regime, settings.steps, support=support, validation=validation, cache=cache)
         return new, curve, lambda w: evaluate_policy(module, w, batch, oracle)
 
 
@@ -359,7 +371,7 @@ class Store:
         return {"id": r[0], "model": r[1], "name": r[2], "regime": json.loads(r[3]), "features": json.loads(r[4]),
                 "created": r[5]}
 
-    def recover(self) -> dict[str, int]:
+    def recover(self, cleanup: bool = True) -> dict[str, int]:
         """After a crash: jobs that were running are queued again (or failed after
         ``MAX_ATTEMPTS``); weight directories no version refers to (written by a job that
         died before its transaction) and half-written staging directories are removed."""
@@ -371,7 +383,7 @@ class Store:
             known = {str(self.data / p) for (p,) in c.execute("SELECT path FROM versions")}
         removed = 0
         root = self.data / "weights"
-        if root.is_dir():
+        if cleanup and root.is_dir():
             for chain_dir in root.iterdir():
                 for d in chain_dir.iterdir() if chain_dir.is_dir() else []:
                     if str(d) not in known:
@@ -464,7 +476,7 @@ def _failpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_job(store: Store, job_id: int) -> None:
+def run_job(store: Store, job_id: int, settings: AdaptSettings = AdaptSettings()) -> None:
     """Adapt, validate, and (if it passes) add the version in ONE transaction with the
     job's end, so an interrupted job leaves nothing half-applied."""
     import torch
@@ -480,7 +492,7 @@ def run_job(store: Store, job_id: int) -> None:
     start_module = load_version(store, model, from_chain, from_version)
     current_module = load_version(store, model, chain, current)
     with torch.enable_grad():
-        weights, curve, score = model.adapt(start_module, None, regime, ADAPT_STEPS)
+        weights, curve, score = model.adapt(start_module, None, regime, settings)
     _failpoint("mid-adaptation")
     before = score(dict(current_module.named_parameters())) if (from_chain, from_version) != (chain, current) \
         else curve[0]
@@ -488,7 +500,7 @@ def run_job(store: Store, job_id: int) -> None:
     passed = after["violations"] == 0 and after["score"] >= before["score"]
     seconds = time.time() - started
     result = {"score_before": before["score"], "score_after": after["score"], "violations": after["violations"],
-              "warm_start": f"{why}: {from_chain} v{from_version}", "steps": ADAPT_STEPS}
+              "warm_start": f"{why}: {from_chain} v{from_version}", "steps": settings.steps}
     if not passed:
         reason = (f"validation: {after['violations']} violations" if after["violations"]
                   else f"validation: score {after['score']:.4f} below the current version's {before['score']:.4f}")
@@ -536,7 +548,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(data: str, parent: int) -> None:
+def worker_main(data: str, parent: int, settings: AdaptSettings = AdaptSettings()) -> None:
     """Claim queued jobs one at a time until the server (``parent``) is gone."""
     _die_with_parent()
     try:
@@ -559,7 +571,7 @@ def worker_main(data: str, parent: int) -> None:
             time.sleep(0.1)
             continue
         try:
-            run_job(store, row[0])
+            run_job(store, row[0], settings)
         except Exception as err:  # noqa: BLE001 - any failure ends the job, not the worker
             message = (str(err).strip().splitlines() or [type(err).__name__])[0]
             with store.tx() as c:
@@ -701,7 +713,8 @@ def _job_out(row) -> dict[str, Any]:
     return dict(zip([c.strip() for c in JOB_COLUMNS.split(",")], row))
 
 
-def create_app(data: str | Path = "moca-data", token: str | None = None, worker: bool = True):
+def create_app(data: str | Path = "moca-data", token: str | None = None, worker: bool = True,
+               adapt: AdaptSettings = AdaptSettings()):
     """The FastAPI app over the data directory ``data``. ``token``: mutating endpoints need
     ``Authorization: Bearer <token>``. ``worker``: start the adaptation worker process."""
     from contextlib import asynccontextmanager
@@ -714,7 +727,8 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     rt = Runtime(store, token or None)
 
     def start_worker() -> None:
-        rt.worker = subprocess.Popen([sys.executable, "-m", "moca.serve", "--worker", str(store.data), str(os.getpid())],
+        rt.worker = subprocess.Popen([sys.executable, "-m", "moca.serve", "--worker", str(store.data), str(os.getpid()),
+                                      *adapt.argv()],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(store.data / "worker.log", "ab"))
 
@@ -723,7 +737,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         while True:
             await asyncio.sleep(0.5)
             if rt.worker is not None and rt.worker.poll() is not None:
-                store.recover()
+                store.recover(cleanup=False)  # (a registration may be writing its weights now)
                 start_worker()
 
     @asynccontextmanager
@@ -1054,17 +1068,17 @@ setInterval(() => refresh().catch(() => {}), 2000);
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, data: str | Path = "moca-data", token: str | None = None,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", adapt: AdaptSettings = AdaptSettings()) -> None:
     """Run the service under uvicorn (one process; the adaptation worker is its child)."""
     import uvicorn
 
-    app = create_app(data, token)
+    app = create_app(data, token, adapt=adapt)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 7 and sys.argv[1] == "--worker":
+        worker_main(sys.argv[2], int(sys.argv[3]), AdaptSettings(*(int(a) for a in sys.argv[4:])))
     else:
         print("usage: moca serve [--host H] [--port P] [--data DIR] [--token T] "
               "(python -m moca.serve --worker DIR PID is the service's own worker)", file=sys.stderr)
