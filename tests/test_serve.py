@@ -360,3 +360,70 @@ def test_a_job_killed_after_writing_weights_is_failed_never_half_applied(service
     assert s.http.get("/health").json()["recovered"]["orphans_removed"] >= 1
     assert s.http.get(f"/v1/jobs/{job}").json()["state"] == "failed"
     assert s.http.get("/v1/chains/p1").json()["regime"]["regime"]["carbon_tax"] == 100.0  # the rule stays in force
+
+
+# ----------------------------------------------------------------------------------------
+# the dashboard, in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright)
+# ----------------------------------------------------------------------------------------
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_dashboard_renders_in_headless_chromium(tmp_path):
+    import io
+
+    import uvicorn
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    app = create_app(tmp_path / "data", worker=False)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=10) as http:
+            for _ in range(200):
+                try:
+                    http.get("/health")
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            http.post("/v1/chains", json={"id": "plant-1", "regime": "T1"})
+            for t in range(24):
+                if t == 12:
+                    http.post("/v1/chains/plant-1/regulations", json={"regime": "eu-ppwr-2030", "effective": 12})
+                demand = 1000.0 * (1 + 0.3 * np.sin(2 * np.pi * t / 52))
+                http.post("/v1/chains/plant-1/decide", json=_obs(t, last_demand=None if t == 0 else demand,
+                                                                 return_frac=0.2 + 0.01 * (t % 7)))
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 820})
+                page.goto(url + "/", timeout=20000)
+                page.wait_for_selector("body[data-ready='1']", timeout=20000)
+                assert "plant-1" in page.inner_text("#chain-name")
+                assert "recycled_content_min" in page.inner_text("#regime") and "0.35" in page.inner_text("#regime")
+                assert page.locator("#versions tbody tr").count() == 1
+                assert page.locator("#decisions tbody tr").count() == 15
+                assert page.locator("#chart polyline").count() == 2
+                png = page.screenshot(full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    assert image.size[0] == 1100 and image.size[1] >= 600
+    pixels = np.asarray(image).reshape(-1, 3)
+    assert pixels.std() > 20  # not blank
+    colours = {tuple(c) for c in pixels[:: 7].tolist()}
+    assert len(colours) > 50
+    # the header's blue bar and both chart lines are drawn
+    for rgb in ((0x20, 0x40, 0x6A), (0x2A, 0x62, 0xB5), (0x2D, 0x9B, 0x54)):
+        assert (np.abs(pixels.astype(int) - rgb).sum(1) < 30).sum() > 200, rgb
+    if os.environ.get("MOCA_DASHBOARD_PNG"):  # how docs/serve-dashboard.png is made
+        image.quantize(colors=48).save(os.environ["MOCA_DASHBOARD_PNG"], optimize=True)

@@ -141,16 +141,14 @@ class ChainModel:
         return json.loads((directory / checkpoint.META).read_text())["weights_sha256"]
 
     def deployed(self, module) -> "Deployed":
-        from moca.policy import _NumpyStep, feature_spec
+        from moca.policy import FusedDecision, _NumpyStep, feature_spec
 
-        return Deployed(_NumpyStep(module), feature_spec(module.params, module.config), module.params)
+        return Deployed(FusedDecision(_NumpyStep(module), feature_spec(module.params, module.config)), module.params)
 
     def decide(self, deployed: "Deployed", memory: "ChainMemory", obs: "Observation", regime_row: np.ndarray):
-        from moca.policy import deployed_decision
-
         s = obs.state
-        action, raw, memory.frames, memory.state = deployed_decision(
-            deployed.step, deployed.spec, memory.frames, memory.state, obs.t,
+        action, raw, memory.frames, memory.state = deployed.decide(
+            memory.frames, memory.state, obs.t,
             [s.virgin, s.recycled, s.product, s.cores, s.backlog], obs.pipeline, obs.sales_history, regime_row,
             obs.return_frac, obs.last_demand)
         return action, raw
@@ -185,8 +183,7 @@ MODELS: dict[str, ChainModel] = {"clsc-1": ChainModel()}
 
 @dataclass
 class Deployed:
-    step: Any
-    spec: Any
+    decide: Any  # (frames, state, t, stocks, pipeline, sales_history, regime, rho, d_prev) -> (action, raw, frames, state)
     params: Any
 
 
