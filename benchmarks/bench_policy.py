@@ -3,6 +3,10 @@ core, beside the MPC baseline's on the same states; and the cost of one training
 
     python benchmarks/bench_policy.py [--scenarios 10] [--weights W.safetensors] [--no-training]
 
+The policy decides through the fused path (:class:`moca.policy.FusedDecision`); today's
+reference path (:func:`moca.policy.deployed_decision`) is timed on the same states beside
+it and its actions compared (``actions_differing`` must be 0).
+
 Prints one JSON object. Latencies are per decision (one scenario, one period) in
 microseconds, measured with ``time.perf_counter`` around ``DeployedPolicy.decide`` /
 ``MPCPolicy.decide``: the policy drives whole episodes (T1-T3, seeds 5000+, float64
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from moca.evaluation import TimedDecisions
-from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, policy_loss
+from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, deployed_decision, policy_loss
 from moca.regime import TASKS
 from moca.scenario import Params, draw_scenarios
 from moca.sim import ScenarioBatch, Simulator, rollout
@@ -35,12 +39,16 @@ class _TimedDecisions(TimedDecisions):
     def __init__(self, deployed: DeployedPolicy):
         super().__init__(deployed)
         self.observations: list[tuple] = []
+        self.inputs: list[tuple] = []
+        self.actions: list[np.ndarray] = []
         self.projected = 0
 
     def act(self, obs):
         action = super().act(obs)
         self.projected += int(not np.array_equal(action[0].numpy(), self.policy.last_raw))
         self.observations.append((obs.params, *DeployedPolicy.inputs(obs)[:5]))
+        self.inputs.append(DeployedPolicy.inputs(obs))
+        self.actions.append(action[0].numpy().copy())
         return action
 
 
@@ -55,6 +63,30 @@ def _mpc_latency(observations: list[tuple]) -> list[float]:
         mpc.decide(params, t, stocks, pipeline, history, regime)
         out.append((time.perf_counter() - started) * 1e6)
     return out
+
+
+def _side_by_side(deployed: DeployedPolicy, inputs: list[tuple], actions: list[np.ndarray]
+                  ) -> tuple[list[float], list[float], int]:
+    """The fused path and today's reference path (``deployed_decision``: feature_columns
+    on Python floats and the plain numpy LSTM step) timed on the same observations in
+    one pass, alternating which goes first; and how many reference actions differ from
+    the fused path's in the rollout (must be 0: the same numbers bit for bit)."""
+    fused, reference, differ = [], [], 0
+    memory = {"fused": (None, None), "reference": (None, None)}
+    for k, (args, rollout_action) in enumerate(zip(inputs, actions)):
+        if args[0] == 0:
+            memory = {"fused": (None, None), "reference": (None, None)}
+        for name in (("fused", "reference") if k % 2 else ("reference", "fused")):
+            frames, state = memory[name]
+            started = time.perf_counter()
+            if name == "fused":
+                action, _, frames, state = deployed.fused(frames, state, *args)
+            else:
+                action, _, frames, state = deployed_decision(deployed.step, deployed.spec, frames, state, *args)
+            (fused if name == "fused" else reference).append((time.perf_counter() - started) * 1e6)
+            memory[name] = (frames, state)
+            differ += not np.array_equal(action, rollout_action)
+    return fused, reference, differ
 
 
 def _percentiles(values: list[float]) -> dict[str, float] | None:
@@ -129,6 +161,7 @@ def main() -> None:
             batch = ScenarioBatch.from_scenarios([scenario], dtype=torch.float64)
             with torch.no_grad():
                 rollout(batch, timer, None, simulator=Simulator(params, dtype=torch.float64))
+    fused_us, reference_us, differ = _side_by_side(timer.policy, timer.inputs, timer.actions)
     mpc_us: list[float] = []
     if not args.no_mpc:
         try:
@@ -141,11 +174,19 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "decide_us": policy,
+        # the fused and today's reference path side by side on the same states (second pass)
+        "fused_decide_us": _percentiles(fused_us[5:]),
+        "reference_decide_us": _percentiles(reference_us[5:]),
+        "actions_differing": differ,
         "projected_share": round(timer.projected / max(len(timer.latencies), 1), 3),  # decisions that ran the QP
         "mpc_decide_us": _percentiles(mpc_us[5:]),
     }
     if policy and result["mpc_decide_us"]:
         result["mpc_over_policy_p50"] = round(result["mpc_decide_us"]["p50"] / policy["p50"], 1)
+        result["mpc_over_policy_p99"] = round(result["mpc_decide_us"]["p99"] / policy["p99"], 1)
+    if policy and result["reference_decide_us"]:
+        fast, ref = result["fused_decide_us"], result["reference_decide_us"]
+        result["reference_over_fused"] = {"p50": round(ref["p50"] / fast["p50"], 2), "p99": round(ref["p99"] / fast["p99"], 2)}
     if not args.no_training:
         result["training"] = _training_steps(params)
     print(json.dumps(result, indent=1))
