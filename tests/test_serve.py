@@ -208,6 +208,9 @@ def test_nan_oversized_and_unknown_reads(client):
     big = {**_obs(0), "pipeline": [1.0] * 20000}
     r = client.post("/v1/chains/p1/decide", json=big)
     assert r.status_code == 413 and "body" in r.json()["detail"]
+    chunks = (b"[" + b"1," * 5000 for _ in range(20))  # no Content-Length: counted as it streams in
+    r = client.post("/v1/chains", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "body" in r.json()["detail"]
     assert _counts(client) == before
     assert client.get("/v1/jobs/99").status_code == 404
     assert client.get("/v1/chains/nope").status_code == 404
