@@ -846,7 +846,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
-    def authorised(authorization: str | None = Header(None, description="Bearer <token> when the server has one")):
+    async def authorised(authorization: str | None = Header(None, description="Bearer <token> when the server has one")):
         if rt.token is None:
             return
         expected = f"Bearer {rt.token}"
