@@ -798,12 +798,24 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                                      stderr=open(store.data / "worker.log", "ab"))
 
     async def watch_worker() -> None:
-        """A worker that dies (killed, out of memory) is replaced; its job is re-run or failed."""
+        """A worker that dies (killed, out of memory) is replaced; its job is re-run or
+        failed. Versions the worker adds are loaded here, off the event loop, before
+        their first decision needs them (a cold load takes ~10 ms)."""
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.25)
             if rt.worker is not None and rt.worker.poll() is not None:
                 store.recover(cleanup=False)  # (a registration may be writing its weights now)
                 start_worker()
+            await asyncio.to_thread(preload)
+
+    def preload() -> None:
+        for chain, number, model in store.all("SELECT v.chain, v.number, c.model FROM versions v JOIN chains c ON "
+                                              "c.id = v.chain WHERE v.state IN ('active', 'scheduled')"):
+            if (chain, number) not in rt.deployed:
+                try:
+                    _deployed(rt, MODELS[model], chain, number)
+                except ServeError:
+                    pass  # a decision will report it (503 naming the version)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -903,6 +915,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                       "activated) VALUES(?,1,?,NULL,?,?,'initial','active',?,?)",
                       (body.id, regime_id, str(path.relative_to(store.data)), sha, time.time(), time.time()))
             c.execute("INSERT INTO chain_state(chain, episode, last_t) VALUES(?,0,-1)", (body.id,))
+        _deployed(rt, model, body.id, 1)  # loaded now, not by the first decision
         return chain_out(body.id)
 
     def chain_out(chain: str) -> dict[str, Any]:
