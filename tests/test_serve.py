@@ -111,7 +111,12 @@ def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
     client.post("/v1/chains/p1/decide", json=_obs(0))
     job = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2, "name": "t3"}).json()["job"]
     _claim(rt.store, job)
-    run_job(rt.store, job, SMALL)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the worker process
+    try:
+        run_job(rt.store, job, SMALL)
+    finally:
+        torch.set_num_threads(threads)
     result = client.get(f"/v1/jobs/{job}").json()
     assert result["state"] in ("done", "rejected"), result
     assert result["violations"] == 0 and result["steps"] > 0 and result["score_before"] > 0
@@ -229,6 +234,33 @@ def test_token_guards_every_mutating_endpoint(tmp_path):
         assert c.post("/v1/chains", json={"id": "p1", "regime": "T1"}, headers=ok).status_code == 201
         assert c.post("/v1/chains/p1/decide", json=_obs(0), headers=ok).status_code == 200
         assert c.get("/v1/chains/p1").status_code == 200 and c.get("/health").json()["auth"] is True
+
+
+def test_weights_failing_their_checksum_are_refused_by_name(tmp_path):
+    data = tmp_path / "data"
+    with TestClient(create_app(data, worker=False)) as c:
+        c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    weights = data / "weights" / "p1" / "v1" / "weights.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    with TestClient(create_app(data, worker=False)) as c:  # a restart: nothing cached
+        r = c.post("/v1/chains/p1/decide", json=_obs(0))
+        assert r.status_code == 503 and "version 1" in r.json()["detail"] and "corrupted" in r.json()["detail"]
+        assert c.get("/v1/chains/p1/decisions").json() == []
+
+
+def test_the_serve_command_refuses_bad_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from moca.cli import app
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    out = CliRunner().invoke(app, ["serve", "--data", str(not_a_dir)])
+    assert out.exit_code == 2 and "--data" in out.output and "Traceback" not in out.output
+    out = CliRunner().invoke(app, ["serve", "--port", "70000"])
+    assert out.exit_code == 2 and "port" in out.output.lower()
 
 
 # ----------------------------------------------------------------------------------------
