@@ -139,6 +139,29 @@ def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
     assert any(v["version"] == 2 for v in nearest[0]["learned"])
 
 
+def test_a_version_for_a_rule_already_replaced_is_kept_for_the_memory_not_activated(client):
+    rt = client.app.state.runtime
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    first = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 1}).json()["job"]
+    second = client.post("/v1/chains/p1/regulations", json={"regime": "eu-ets-2025", "effective": 2}).json()["job"]
+    for t in range(3):
+        client.post("/v1/chains/p1/decide", json=_obs(t))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for job in (first, second):
+            _claim(rt.store, job)
+            run_job(rt.store, job, AdaptSettings(steps=1, support=2, validation=2))
+    finally:
+        torch.set_num_threads(threads)
+    states = {v["regime_id"]: v["state"] for v in client.get("/v1/chains/p1/versions").json() if v["source"] == "adapted"}
+    jobs = [client.get(f"/v1/jobs/{j}").json() for j in (first, second)]
+    assert [j["state"] for j in jobs] == ["done", "done"], jobs  # (deterministic: seeded scenarios)
+    assert states == {2: "retired", 3: "active"}  # T3 was replaced by the ETS price before its version was ready
+    assert client.post("/v1/chains/p1/decide", json=_obs(3)).json()["policy_version"] == jobs[1]["version"]
+    assert client.get("/v1/chains/p1").json()["regime"]["id"] == 3
+
+
 def test_warm_start_prefers_the_hint_then_the_nearest_learned_regime(client):
     rt = client.app.state.runtime
     store = rt.store

@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -213,8 +213,6 @@ class ChainMemory:
 # ----------------------------------------------------------------------------------------
 # Request bodies (pydantic: unknown fields, NaN and wrong types are refused by name)
 # ----------------------------------------------------------------------------------------
-
-Finite = Field(allow_inf_nan=False)
 
 
 class Strict(BaseModel):
@@ -540,12 +538,16 @@ def run_job(store: Store, job_id: int, settings: AdaptSettings = AdaptSettings()
         taken = c.execute("SELECT 1 FROM versions WHERE chain=? AND number=?", (chain, number)).fetchone()
         if taken:  # a rollback or another job took the number meanwhile: try again later
             raise RuntimeError(f"version number {number} taken meanwhile")
-        active = state == "in_force"
+        # in force and still the chain's regime: active now; a rule already replaced by a
+        # later one: kept for the memory (retired); else it waits for its period
+        in_force_regime = c.execute("SELECT regime_id FROM chains WHERE id=?", (chain,)).fetchone()[0]
+        active = state == "in_force" and in_force_regime == regime_id
         c.execute("INSERT INTO versions(chain, number, regime_id, parent, path, sha256, score, parent_score, source, "
                   "job, regulation, effective, episode, state, created, activated) "
                   "VALUES(?,?,?,?,?,?,?,?,'adapted',?,?,?,?,?,?,?)",
                   (chain, number, regime_id, current, str(path.relative_to(store.data)), sha, after["score"],
-                   before["score"], job_id, regulation, effective, episode, "active" if active else "scheduled",
+                   before["score"], job_id, regulation, effective, episode,
+                   "active" if active else "retired" if state == "in_force" else "scheduled",
                    time.time(), time.time() if active else None))
         if active:
             c.execute("UPDATE versions SET state='retired' WHERE chain=? AND state='active' AND number != ?",
@@ -657,8 +659,13 @@ def _promote(c: sqlite3.Connection, chain: str, episode: int, t: int) -> None:
     for reg_id, regime_id in due:
         c.execute("UPDATE regulations SET state='in_force', in_force=? WHERE id=?", (now, reg_id))
         c.execute("UPDATE chains SET regime_id=? WHERE id=?", (regime_id, chain))
+    regime_id = c.execute("SELECT regime_id FROM chains WHERE id=?", (chain,)).fetchone()[0]
     ready = c.execute("SELECT v.number FROM versions v JOIN regulations r ON r.id = v.regulation WHERE v.chain=? "
-                      "AND v.state='scheduled' AND r.state='in_force' ORDER BY v.number DESC", (chain,)).fetchall()
+                      "AND v.state='scheduled' AND r.state='in_force' AND v.regime_id=? ORDER BY v.number DESC",
+                      (chain, regime_id)).fetchall()
+    # versions for rules that a later rule replaced before they took effect: memory only
+    c.execute("UPDATE versions SET state='retired' WHERE chain=? AND state='scheduled' AND regime_id != ? AND "
+              "regulation IN (SELECT id FROM regulations WHERE state='in_force')", (chain, regime_id))
     if ready:
         c.execute("UPDATE versions SET state='retired' WHERE chain=? AND state IN ('active', 'scheduled') "
                   "AND number != ?", (chain, ready[0][0]))
