@@ -118,11 +118,8 @@ def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
     finally:
         torch.set_num_threads(threads)
     result = client.get(f"/v1/jobs/{job}").json()
-    assert result["state"] in ("done", "rejected"), result
+    assert result["state"] == "done", result  # (deterministic: seeded scenarios, one thread)
     assert result["violations"] == 0 and result["steps"] > 0 and result["score_before"] > 0
-    if result["state"] == "rejected":
-        assert result["score_after"] < result["score_before"] and "below" in result["error"]
-        pytest.skip("adaptation did not beat the current version on T3 here; nothing to activate")
     assert result["score_after"] >= result["score_before"] and result["version"] == 2
     versions = client.get("/v1/chains/p1/versions").json()
     assert [v["state"] for v in versions] == ["active", "scheduled"]  # not before t = 2
@@ -137,6 +134,27 @@ def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
     nearest = client.get("/v1/regimes", params={"nearest": json.dumps(TASKS["T3"].model_dump())}).json()
     assert nearest[0]["name"] == "t3" and nearest[0]["distance"] == 0.0
     assert any(v["version"] == 2 for v in nearest[0]["learned"])
+
+
+def test_a_candidate_below_the_current_version_is_rejected_and_nothing_changes(client):
+    rt = client.app.state.runtime
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    job = client.post("/v1/chains/p1/regulations",
+                      json={"regime": {"recycled_content_min": 0.3, "carbon_tax": 50}, "effective": 0}).json()["job"]
+    _claim(rt.store, job)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_job(rt.store, job, SMALL)
+    finally:
+        torch.set_num_threads(threads)
+    out = client.get(f"/v1/jobs/{job}").json()
+    # (deterministic: on these validation scenarios two steps lose a little score)
+    assert out["state"] == "rejected" and out["score_after"] < out["score_before"], out
+    assert out["error"].startswith("validation: score") and out["version"] is None
+    assert [v["number"] for v in client.get("/v1/chains/p1/versions").json()] == [1]
+    decision = client.post("/v1/chains/p1/decide", json=_obs(0)).json()
+    assert decision["policy_version"] == 1 and decision["regime"]["recycled_content_min"] == 0.3  # the rule holds
 
 
 def test_a_version_for_a_rule_already_replaced_is_kept_for_the_memory_not_activated(client):
@@ -406,8 +424,6 @@ def test_a_job_killed_after_writing_weights_is_failed_never_half_applied(service
     s.http.post("/v1/chains/p1/decide", json=_obs(0))
     job = s.http.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 1}).json()["job"]
     out = s.wait_job(job, ("failed", "done", "rejected"))
-    if out["state"] == "rejected":
-        pytest.skip("adaptation was rejected before the weights were written")
     # the worker died twice (SIGKILL after the weights were written, before the transaction)
     assert out["state"] == "failed" and out["attempts"] == 2 and "not applied" in out["error"], out
     assert [v["number"] for v in s.http.get("/v1/chains/p1/versions").json()] == [1]
