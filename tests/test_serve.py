@@ -263,6 +263,19 @@ def test_nan_oversized_and_unknown_reads(client):
     assert client.get("/v1/chains/nope/versions").status_code == 404
 
 
+def test_the_decision_log_stays_bounded_and_the_openapi_page_is_served(tmp_path):
+    with TestClient(create_app(tmp_path / "data", worker=False, keep_decisions=5)) as c:
+        c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+        for t in range(12):
+            assert c.post("/v1/chains/p1/decide", json=_obs(t)).status_code == 200
+        kept = [d["t"] for d in c.get("/v1/chains/p1/decisions?limit=100").json()]
+        assert kept == list(range(12 - len(kept), 12)) and 5 <= len(kept) < 10
+        assert c.get("/v1/chains/p1").json()["last_t"] == 11  # the recurrent state is not part of the log
+        schema = c.get("/openapi.json").json()
+        assert "/v1/chains/{chain}/decide" in schema["paths"] and "/v1/regimes" in schema["paths"]
+        assert c.get("/docs").status_code == 200
+
+
 def test_token_guards_every_mutating_endpoint(tmp_path):
     with TestClient(create_app(tmp_path / "data", token="s3cret", worker=False)) as c:
         ok = {"Authorization": "Bearer s3cret"}

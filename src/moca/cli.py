@@ -474,6 +474,8 @@ def serve(
     support: int = typer.Option(8, "--support", min=1, max=256, help="Support scenarios per adaptation (seeds 800+)."),
     validation: int = typer.Option(8, "--validation", min=1, max=100,
                                    help="Held-out validation scenarios (seeds 900+) a new version must pass."),
+    keep_decisions: int = typer.Option(100_000, "--keep-decisions", min=0,
+                                       help="Decisions kept in the log per chain (0 = all)."),
 ) -> None:
     """Run the real-time controller service (FastAPI + uvicorn; OpenAPI at /docs, dashboard at /)."""
     from moca.serve import AdaptSettings
@@ -488,7 +490,8 @@ def serve(
     err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
                       markup=False, highlight=False)
     run_service(host=host, port=port, data=data, token=token,
-                adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation))
+                adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation),
+                keep_decisions=keep_decisions)
 
 
 @contextmanager

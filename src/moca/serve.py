@@ -263,6 +263,22 @@ class Observation:
         self.sales_history, self.return_frac, self.last_demand = body.sales_history, body.return_frac, body.last_demand
 
 
+class DecisionOut(BaseModel):
+    """What ``decide`` answers (documentation of the JSON; kg/units as in the spec)."""
+
+    action: dict[str, float] = Field(description="executed action: " + ", ".join(ACTION_NAMES))
+    raw_action: dict[str, float] = Field(description="the policy's action before the safety layer")
+    projected: bool = Field(description="whether the safety layer moved the raw action")
+    policy_version: int
+    regime: dict[str, Any] = Field(description="the regime in force at t (its memory id and fields)")
+    t: int
+    episode: int
+    action_cost: float = Field(description="EUR: the period cost's terms the action sets (purchases, taxes, "
+                                           "production, recovery, disposal)")
+    recycled_share: float = Field(description="recycled share of this period's material input")
+    latency_us: float = Field(description="µs from the validated observation to the executed action (in the service)")
+
+
 class RegulationIn(Strict):
     regime: dict[str, Any] | str = Field(description="the new rule: the spec's regime fields, or a preset name")
     effective: int | None = Field(None, ge=0, description="first period it is in force (default: the next decision)")
@@ -615,6 +631,7 @@ class Runtime:
     deployed: dict[tuple[str, int], Deployed] = field(default_factory=dict)
     regimes: dict[int, tuple[Any, np.ndarray, dict]] = field(default_factory=dict)
     worker: subprocess.Popen | None = None
+    keep_decisions: int = 0  # per chain; 0 keeps every decision
     recovered: dict[str, int] = field(default_factory=dict)
 
 
@@ -711,11 +728,14 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
     projected = not np.array_equal(action, raw)
     latency = (time.perf_counter() - started) * 1e6
     with store.lock:  # one statement = one transaction (autocommit); the trigger stores the state
-        store.conn.execute(
+        row_id = store.conn.execute(
             "INSERT INTO decisions(chain, episode, t, version, regime_id, action, raw, projected, cost, recycled_share, "
             "latency_us, at, frames, h, c) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (chain, memory.episode, body.t, version, regime_id, action.tobytes(), raw.tobytes(), int(projected), cost,
-             share, latency, time.time(), *trial.blobs()))
+             share, latency, time.time(), *trial.blobs())).lastrowid
+        if rt.keep_decisions and row_id % max(1, min(1024, rt.keep_decisions)) == 0:  # the log stays bounded
+            store.conn.execute("DELETE FROM decisions WHERE chain=?1 AND id <= (SELECT id FROM decisions WHERE "
+                               "chain=?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)", (chain, rt.keep_decisions))
     rt.memories[chain] = trial  # only once it is stored
     return {"action": dict(zip(ACTION_NAMES, action.tolist())), "raw_action": dict(zip(ACTION_NAMES, raw.tolist())),
             "projected": projected, "policy_version": version, "regime": regime_out, "t": body.t,
@@ -786,9 +806,10 @@ class BodyLimit:
 
 
 def create_app(data: str | Path = "moca-data", token: str | None = None, worker: bool = True,
-               adapt: AdaptSettings = AdaptSettings()):
+               adapt: AdaptSettings = AdaptSettings(), keep_decisions: int = 100_000):
     """The FastAPI app over the data directory ``data``. ``token``: mutating endpoints need
-    ``Authorization: Bearer <token>``. ``worker``: start the adaptation worker process."""
+    ``Authorization: Bearer <token>``. ``worker``: start the adaptation worker process.
+    ``keep_decisions``: the decision log keeps (about) the last so many per chain (0: all)."""
     from contextlib import asynccontextmanager
 
     from fastapi import Depends, FastAPI, Header, Query
@@ -796,7 +817,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     store = Store(Path(data))
-    rt = Runtime(store, token or None)
+    rt = Runtime(store, token or None, keep_decisions=keep_decisions)
 
     def start_worker() -> None:
         rt.worker = subprocess.Popen([sys.executable, "-m", "moca.serve", "--worker", str(store.data), str(os.getpid()),
@@ -947,8 +968,8 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
 
     # async: runs on the event loop itself, no thread hop (~0.1 ms saved per decision);
     # it never awaits, so decisions of one chain are serialised.
-    @app.post("/v1/chains/{chain}/decide", dependencies=mutating)
-    async def decide_endpoint(chain: str, body: DecideIn) -> Response:
+    @app.post("/v1/chains/{chain}/decide", dependencies=mutating, response_model=DecisionOut)
+    async def decide_endpoint(chain: str, body: DecideIn):  # answered as is (already JSON), documented as DecisionOut
         return Response(json.dumps(decide(rt, chain, body)), media_type="application/json")
 
     @app.post("/v1/chains/{chain}/reset", dependencies=mutating)
@@ -1141,11 +1162,11 @@ setInterval(() => refresh().catch(() => {}), 2000);
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, data: str | Path = "moca-data", token: str | None = None,
-          log_level: str = "warning", adapt: AdaptSettings = AdaptSettings()) -> None:
+          log_level: str = "warning", adapt: AdaptSettings = AdaptSettings(), keep_decisions: int = 100_000) -> None:
     """Run the service under uvicorn (one process; the adaptation worker is its child)."""
     import uvicorn
 
-    app = create_app(data, token, adapt=adapt)
+    app = create_app(data, token, adapt=adapt, keep_decisions=keep_decisions)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
