@@ -386,9 +386,22 @@ def services():
             s.kill()
 
 
+def _listening(port: int) -> set[str]:
+    """Local addresses listening on ``port`` (Linux /proc/net/tcp, IPv4)."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, p = local.split(":")
+        if int(p, 16) == port and state == "0A":  # LISTEN
+            out.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return out
+
+
 def test_kill9_mid_adaptation_and_mid_decisions_loses_nothing_acknowledged(services, tmp_path):
     data = tmp_path / "data"
     s = services(data)
+    if Path("/proc/net/tcp").exists():
+        assert _listening(s.port) == {"127.0.0.1"}  # loopback unless --host says otherwise
     assert s.http.post("/v1/chains", json={"id": "p1", "regime": "T1"}).status_code == 201
     acknowledged: list[int] = []
     for t in range(3):

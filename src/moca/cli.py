@@ -471,7 +471,7 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", envvar="MOCA_TOKEN",
                                         help="Require 'Authorization: Bearer TOKEN' on every mutating endpoint."),
     adapt_steps: int = typer.Option(3, "--adapt-steps", min=0, max=100, help="Gradient steps per regulation event."),
-    support: int = typer.Option(8, "--support", min=1, max=256, help="Support scenarios per adaptation (seeds 800+)."),
+    support: int = typer.Option(8, "--support", min=1, max=100, help="Support scenarios per adaptation (seeds 800+)."),
     validation: int = typer.Option(8, "--validation", min=1, max=100,
                                    help="Held-out validation scenarios (seeds 900+) a new version must pass."),
     keep_decisions: int = typer.Option(100_000, "--keep-decisions", min=0,
