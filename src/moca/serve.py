@@ -805,6 +805,59 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def _validation_answer(errors: list[dict]) -> dict[str, Any]:
+    """422 body: one line naming the first field and the problem, and the list."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    where = ".".join(loc) or "body"
+    msg = str(first.get("msg", "")).removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return {"detail": f"{where}: {msg}{more}", "errors": [
+        {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
+        for e in errors[:10]]}
+
+
+class DecideFastPath:
+    """ASGI middleware answering ``POST /v1/chains/{id}/decide`` itself, the same way the
+    FastAPI route does (same body model, token check, errors and answer) but without
+    FastAPI's routing and dependency solving, which cost ~0.2 ms of CPU per request: the
+    hot path of the service. The route stays declared, so that OpenAPI documents the
+    endpoint; requests to it are answered here."""
+
+    def __init__(self, app, runtime: Runtime):
+        self.app, self.rt = app, runtime
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if not (scope["type"] == "http" and scope["method"] == "POST" and path.startswith("/v1/chains/")
+                and path.endswith("/decide") and "/" not in path[11:-7] and path[11:-7]):
+            return await self.app(scope, receive, send)
+        status, answer = 200, None
+        if self.rt.token is not None:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {self.rt.token}".encode()):
+                status, answer = 401, {"detail": "authorization: missing or wrong bearer token"}
+        if answer is None:
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            try:
+                answer = decide(self.rt, path[11:-7], DecideIn.model_validate_json(body))
+            except ValidationError as err:
+                status, answer = 422, _validation_answer(err.errors())
+            except ServeError as err:
+                status, answer = err.status, {"detail": err.message}
+        data = json.dumps(answer).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+
 def create_app(data: str | Path = "moca-data", token: str | None = None, worker: bool = True,
                adapt: AdaptSettings = AdaptSettings(), keep_decisions: int = 100_000):
     """The FastAPI app over the data directory ``data``. ``token``: mutating endpoints need
@@ -872,19 +925,10 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, err: RequestValidationError):
-        errors = err.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        where = ".".join(loc) or "body"
-        msg = str(first.get("msg", "")).removeprefix("Value error, ")
-        if first.get("type") == "extra_forbidden":
-            msg = "unknown field"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return JSONResponse({"detail": f"{where}: {msg}{more}", "errors": [
-            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
-            for e in errors[:10]]}, status_code=422)
+        return JSONResponse(_validation_answer(err.errors()), status_code=422)
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(DecideFastPath, runtime=rt)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # (added last: outermost, so it caps the fast path too)
 
     async def authorised(authorization: str | None = Header(None, description="Bearer <token> when the server has one")):
         if rt.token is None:
