@@ -493,8 +493,15 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
                     time.sleep(0.05)
             http.post("/v1/chains", json={"id": "plant-1", "regime": "T1"})
             for t in range(24):
-                if t == 12:
-                    http.post("/v1/chains/plant-1/regulations", json={"regime": "eu-ppwr-2030", "effective": 12})
+                if t == 8:  # announced at t = 8, in force from t = 12, adapted (in process) meanwhile
+                    job = http.post("/v1/chains/plant-1/regulations", json={"regime": "T3", "effective": 12}).json()
+                    _claim(app.state.runtime.store, job["job"])
+                    threads = torch.get_num_threads()
+                    torch.set_num_threads(1)
+                    try:
+                        run_job(app.state.runtime.store, job["job"], SMALL)
+                    finally:
+                        torch.set_num_threads(threads)
                 demand = 1000.0 * (1 + 0.3 * np.sin(2 * np.pi * t / 52))
                 http.post("/v1/chains/plant-1/decide", json=_obs(t, last_demand=None if t == 0 else demand,
                                                                  return_frac=0.2 + 0.01 * (t % 7)))
@@ -506,8 +513,9 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
                 page.goto(url + "/", timeout=20000)
                 page.wait_for_selector("body[data-ready='1']", timeout=20000)
                 assert "plant-1" in page.inner_text("#chain-name")
-                assert "recycled_content_min" in page.inner_text("#regime") and "0.35" in page.inner_text("#regime")
-                assert page.locator("#versions tbody tr").count() == 1
+                assert "recycled_content_min" in page.inner_text("#regime") and "100" in page.inner_text("#regime")
+                assert page.locator("#versions tbody tr").count() == 2  # v1 retired, v2 (adapted to T3) active
+                assert "policy v2" in page.inner_text("#chain-name")
                 assert page.locator("#decisions tbody tr").count() == 15
                 assert page.locator("#chart polyline").count() == 2
                 png = page.screenshot(full_page=True)
