@@ -3,6 +3,10 @@ core, beside the MPC baseline's on the same states; and the cost of one training
 
     python benchmarks/bench_policy.py [--scenarios 10] [--weights W.safetensors] [--no-training]
 
+The policy decides through the fused path (:class:`moca.policy.FusedDecision`); today's
+reference path (:func:`moca.policy.deployed_decision`) is timed on the same states beside
+it and its actions compared (``actions_differing`` must be 0).
+
 Prints one JSON object. Latencies are per decision (one scenario, one period) in
 microseconds, measured with ``time.perf_counter`` around ``DeployedPolicy.decide`` /
 ``MPCPolicy.decide``: the policy drives whole episodes (T1-T3, seeds 5000+, float64
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from moca.evaluation import TimedDecisions
-from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, policy_loss
+from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, deployed_decision, policy_loss
 from moca.regime import TASKS
 from moca.scenario import Params, draw_scenarios
 from moca.sim import ScenarioBatch, Simulator, rollout
@@ -35,26 +39,68 @@ class _TimedDecisions(TimedDecisions):
     def __init__(self, deployed: DeployedPolicy):
         super().__init__(deployed)
         self.observations: list[tuple] = []
+        self.inputs: list[tuple] = []
+        self.actions: list[np.ndarray] = []
         self.projected = 0
 
     def act(self, obs):
         action = super().act(obs)
         self.projected += int(not np.array_equal(action[0].numpy(), self.policy.last_raw))
         self.observations.append((obs.params, *DeployedPolicy.inputs(obs)[:5]))
+        self.inputs.append(DeployedPolicy.inputs(obs))
+        self.actions.append(action[0].numpy().copy())
         return action
 
 
-def _mpc_latency(observations: list[tuple]) -> list[float]:
+def _mpc_latency(observations: list[tuple], repeats: int = 1) -> tuple[list[float], list[float]]:
+    """The MPC's decision on each observation: as first timed, and the fastest of ``repeats``."""
     from moca.baselines.mpc import MPCPolicy
 
     mpc = MPCPolicy()
     mpc.episode_length = observations[0][0].horizon
-    out = []
+    first, best = [], []
     for params, t, stocks, pipeline, history, regime in observations:
-        started = time.perf_counter()
-        mpc.decide(params, t, stocks, pipeline, history, regime)
-        out.append((time.perf_counter() - started) * 1e6)
-    return out
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            mpc.decide(params, t, stocks, pipeline, history, regime)
+            times.append((time.perf_counter() - started) * 1e6)
+        first.append(times[0])
+        best.append(min(times))
+    return first, best
+
+
+def _side_by_side(deployed: DeployedPolicy, inputs: list[tuple], actions: list[np.ndarray], repeats: int
+                  ) -> tuple[dict[str, list[float]], int]:
+    """The fused path and today's reference path (``deployed_decision``: feature_columns
+    on Python floats and the plain numpy LSTM step) timed on the same observations in
+    one pass, alternating which goes first; each decision is repeated ``repeats`` times
+    from the same recurrent memory (both paths are functions of it, so every repeat
+    computes the same action), keeping the first time and the fastest (a shared machine
+    only ever adds time: the fastest is the decision's own cost, without preemption).
+    Also counts actions that differ from the rollout's (must be 0: bit for bit)."""
+    times: dict[str, list[float]] = {"fused": [], "reference": [], "fused_best": [], "reference_best": []}
+    differ = 0
+    memory = {"fused": (None, None), "reference": (None, None)}
+    for k, (args, rollout_action) in enumerate(zip(inputs, actions)):
+        if args[0] == 0:
+            memory = {"fused": (None, None), "reference": (None, None)}
+        for name in (("fused", "reference") if k % 2 else ("reference", "fused")):
+            frames, state = memory[name]
+            spent = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                if name == "fused":
+                    out = deployed.fused(frames, state, *args)
+                else:
+                    out = deployed_decision(deployed.step, deployed.spec, frames, state, *args)
+                spent.append((time.perf_counter() - started) * 1e6)
+            action, _, frames, state = out
+            times[name].append(spent[0])
+            times[name + "_best"].append(min(spent))
+            memory[name] = (frames, state)
+            differ += not np.array_equal(action, rollout_action)
+    return times, differ
 
 
 def _percentiles(values: list[float]) -> dict[str, float] | None:
@@ -106,6 +152,7 @@ def main() -> None:
     parser.add_argument("--weights", help="safetensors state dict of an LSTMPolicy (default: a perturbed fresh one)")
     parser.add_argument("--no-training", action="store_true", help="skip the training-step timings")
     parser.add_argument("--no-mpc", action="store_true", help="skip the MPC latency")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats per decision in the side-by-side pass")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # the target is one core
@@ -129,10 +176,12 @@ def main() -> None:
             batch = ScenarioBatch.from_scenarios([scenario], dtype=torch.float64)
             with torch.no_grad():
                 rollout(batch, timer, None, simulator=Simulator(params, dtype=torch.float64))
+    side, differ = _side_by_side(timer.policy, timer.inputs, timer.actions, args.repeats)
     mpc_us: list[float] = []
+    mpc_best: list[float] = []
     if not args.no_mpc:
         try:
-            mpc_us = _mpc_latency(timer.observations)
+            mpc_us, mpc_best = _mpc_latency(timer.observations, max(1, min(args.repeats, 3)))
         except ImportError:
             mpc_us = []
     policy = _percentiles(timer.latencies[5:])  # the first calls warm caches up
@@ -141,11 +190,29 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "decide_us": policy,
+        # the fused and today's reference path side by side on the same states (second pass)
+        "fused_decide_us": _percentiles(side["fused"][5:]),
+        "reference_decide_us": _percentiles(side["reference"][5:]),
+        f"fused_decide_best_of_{args.repeats}_us": _percentiles(side["fused_best"][5:]),
+        f"reference_decide_best_of_{args.repeats}_us": _percentiles(side["reference_best"][5:]),
+        "actions_differing": differ,
         "projected_share": round(timer.projected / max(len(timer.latencies), 1), 3),  # decisions that ran the QP
         "mpc_decide_us": _percentiles(mpc_us[5:]),
+        f"mpc_decide_best_of_{max(1, min(args.repeats, 3))}_us": _percentiles(mpc_best[5:]),
     }
     if policy and result["mpc_decide_us"]:
         result["mpc_over_policy_p50"] = round(result["mpc_decide_us"]["p50"] / policy["p50"], 1)
+        result["mpc_over_policy_p99"] = round(result["mpc_decide_us"]["p99"] / policy["p99"], 1)
+    if policy and result["reference_decide_us"]:
+        fast, ref = result["fused_decide_us"], result["reference_decide_us"]
+        result["reference_over_fused"] = {"p50": round(ref["p50"] / fast["p50"], 2), "p99": round(ref["p99"] / fast["p99"], 2)}
+        best, ref_best = _percentiles(side["fused_best"][5:]), _percentiles(side["reference_best"][5:])
+        result["reference_over_fused_best"] = {"p50": round(ref_best["p50"] / best["p50"], 2),
+                                               "p99": round(ref_best["p99"] / best["p99"], 2)}
+        if mpc_best:
+            mpc = _percentiles(mpc_best[5:])
+            result["mpc_over_fused_best"] = {"p50": round(mpc["p50"] / best["p50"], 1),
+                                             "p99": round(mpc["p99"] / best["p99"], 1)}
     if not args.no_training:
         result["training"] = _training_steps(params)
     print(json.dumps(result, indent=1))

@@ -502,6 +502,37 @@ def run(
     console.print(f"wrote {run_dir}/ (metrics.json, report.md, plots) in {metrics['wall_seconds']:.0f} s")
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    data: Path = typer.Option(Path("moca-data"), "--data", help="Directory of the database and weight files."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="MOCA_TOKEN",
+                                        help="Require 'Authorization: Bearer TOKEN' on every mutating endpoint."),
+    adapt_steps: int = typer.Option(3, "--adapt-steps", min=0, max=100, help="Gradient steps per regulation event."),
+    support: int = typer.Option(8, "--support", min=1, max=100, help="Support scenarios per adaptation (seeds 800+)."),
+    validation: int = typer.Option(8, "--validation", min=1, max=100,
+                                   help="Held-out validation scenarios (seeds 900+) a new version must pass."),
+    keep_decisions: int = typer.Option(100_000, "--keep-decisions", min=0,
+                                       help="Decisions kept in the log per chain (0 = all)."),
+) -> None:
+    """Run the real-time controller service (FastAPI + uvicorn; OpenAPI at /docs, dashboard at /)."""
+    from moca.serve import AdaptSettings
+    from moca.serve import serve as run_service
+
+    if data.exists() and not data.is_dir():
+        err_console.print(f"moca: error: --data {data}: exists and is not a directory", markup=False, highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if token is not None and not token.strip():
+        err_console.print("moca: error: --token: empty", markup=False, highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
+                      markup=False, highlight=False)
+    run_service(host=host, port=port, data=data, token=token,
+                adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation),
+                keep_decisions=keep_decisions)
+
+
 @contextmanager
 def _progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -678,6 +678,7 @@ class DeployedPolicy:
         self.params, self.config = module.params, module.config
         self.spec = feature_spec(module.params, module.config)
         self.step = _NumpyStep(self.module)
+        self.fused = FusedDecision(self.step, self.spec)  # the same numbers as deployed_decision, faster
         self.last_raw: np.ndarray | None = None
         self._frames: np.ndarray | None = None
         self._state: tuple[np.ndarray, np.ndarray] | None = None
@@ -693,18 +694,9 @@ class DeployedPolicy:
         ``stocks`` (V, M, P, C, B), ``pipeline`` ``[L_v-1]`` kg, ``sales_history`` ``[L_r]``
         units, ``regime`` ``[5]`` (cap absent = inf), ``return_frac`` rho_t, ``last_demand``
         d_{t-1} (None at t = 0)."""
-        stocks = [float(x) for x in stocks]
-        regime_row = [float(x) for x in regime]
-        x = feature_columns(_Scalars, self.spec, t, stocks, [float(x) for x in pipeline],
-                            [float(x) for x in sales_history], regime_row, float(return_frac),
-                            None if last_demand is None else float(last_demand)).astype(np.float32)
-        if self._frames is None:
-            self._frames = np.tile(x, self.config.window)  # pad the start with the first observation
-        else:
-            self._frames = np.concatenate([self._frames[x.size:], x])
-        raw, self._state = self.step(self._frames, self._state)
-        self.last_raw = raw.astype(np.float64)
-        return safety.project(self.last_raw, stocks[0], stocks[1], stocks[3], regime, self.params)
+        action, self.last_raw, self._frames, self._state = self.fused(
+            self._frames, self._state, t, stocks, pipeline, sales_history, regime, return_frac, last_demand)
+        return action
 
     @staticmethod
     def inputs(obs: Observation) -> tuple:
@@ -719,3 +711,136 @@ class DeployedPolicy:
 
     def act(self, obs: Observation) -> Tensor:
         return torch.as_tensor(self.decide(*self.inputs(obs)), dtype=obs.state.virgin.dtype)[None]
+
+
+def deployed_decision(step: _NumpyStep, spec: FeatureSpec, frames: np.ndarray | None,
+                      state: tuple[np.ndarray, np.ndarray] | None, t: int, stocks: Sequence, pipeline: Sequence,
+                      sales_history: Sequence, regime: Sequence, return_frac: float, last_demand: float | None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The reference decision (what :class:`FusedDecision` computes, written plainly on
+    :func:`feature_columns`), as a function of the recurrent memory it carries
+    (the recent ``frames`` and the LSTM ``state``; both None at the start of an episode),
+    so that a service can keep that memory per chain and swap the weights (``step``)
+    between periods. Returns ``(executed action, raw action, frames, state)``."""
+    stocks = [float(x) for x in stocks]
+    x = feature_columns(_Scalars, spec, t, stocks, [float(x) for x in pipeline],
+                        [float(x) for x in sales_history], [float(x) for x in regime], float(return_frac),
+                        None if last_demand is None else float(last_demand)).astype(np.float32)
+    if frames is None:
+        frames = np.tile(x, spec.config.window)  # pad the start with the first observation
+    else:
+        frames = np.concatenate([frames[x.size:], x])
+    raw, state = step(frames, state)
+    raw = raw.astype(np.float64)
+    return safety.project(raw, stocks[0], stocks[1], stocks[3], regime, spec.params), raw, frames, state
+
+
+class FusedDecision:
+    """:func:`deployed_decision` with the same numbers and less interpreter work per call.
+
+    Identical by construction, not approximately: every float operation of
+    :func:`base_action` and :func:`feature_columns` runs in the same order on the same
+    Python floats (the terms that depend on ``t`` only, like forecast sums and the
+    season, are summed once per period in advance, in the order the reference sums
+    them), the normalisation is the same two numpy operations written straight into the
+    frame buffer, and the LSTM step runs the same numpy calls in the same order into
+    preallocated buffers. What goes: the ``_Scalars`` dispatch, per-call list slicing
+    and closures, and ~10 temporary arrays. Hand-written because no library fuses a
+    Python scalar feature map with a float32 LSTM step bit-exactly: numba or a C
+    kernel would compute ``exp``/``tanh`` and the matrix products with other rounding
+    than numpy's, and move CLSC-1's published numbers. Tests compare it bit for bit.
+    """
+
+    def __init__(self, step: _NumpyStep, spec: FeatureSpec):
+        self.step, self.spec = step, spec
+        p, cfg = spec.params, spec.config
+        self.params = p
+        H, safety_stock = p.horizon, cfg.safety_stock
+        rows = []
+        for t in range(H):
+            f = spec.forecast[t:t + spec.ahead]
+            reserve_stock = lambda k: safety_stock if t + k + 1 < H else 0.0  # noqa: E731
+            phase = 2.0 * math.pi * t / 52.0
+            rows.append((f[0] + f[1] + reserve_stock(0), 0.0 if t + 1 >= H else 1.0,
+                         p.mass * sum(f[2:RESERVE_PERIODS + 2]), sum(f[2:p.lead_virgin + 2]),
+                         reserve_stock(p.lead_virgin), p.hold_core * (H - 1 - t), math.sin(phase), math.cos(phase),
+                         t / H))
+        self.rows = tuple(rows)
+        self.cond = 1.0 if cfg.regime_conditioned else 0.0
+        self.per_core = max(p.yield_disassembly * p.mass, 1e-9)
+        self.size = spec.layout.size
+        self.window = cfg.window
+        self.divisor, self.offset = spec.divisor, spec.offset
+
+    def __call__(self, frames: np.ndarray | None, state: tuple[np.ndarray, np.ndarray] | None, t: int,
+                 stocks: Sequence, pipeline: Sequence, sales_history: Sequence, regime: Sequence,
+                 return_frac: float, last_demand: float | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        p = self.params
+        virgin, recycled, product, cores, backlog = stocks = [float(x) for x in stocks]
+        regime_row = [float(x) for x in regime]
+        pipeline = [float(x) for x in pipeline]
+        mandate, tax, cap = regime_row[R_MANDATE], regime_row[R_TAX], regime_row[R_CAP]
+        landfill, recovery = regime_row[R_LANDFILL], regime_row[R_RECOVERY]
+        first, last, reserve_need, need, reserve_lead, hold_left, sin_t, cos_t, t_share = self.rows[t]
+        # base_action, the same operations in the same order
+        b_mandate, b_landfill = self.cond * mandate, self.cond * landfill
+        produce = last * min(max(first - product + backlog, 0.0), p.cap_produce)
+        material = p.mass * produce
+        reserve = b_mandate * reserve_need
+        surplus = max(recycled - reserve, 0.0)
+        use_recycled = min(min(recycled, material), surplus + b_mandate * material)
+        use_virgin = material - use_recycled
+        disassemble = min(min(max((reserve - recycled + use_recycled) / self.per_core, 0.0), p.cap_disassemble), cores)
+        target = p.mass * ((1.0 - b_mandate) * need + reserve_lead)
+        position = virgin - use_virgin + sum(pipeline)
+        order = min(max(target - position, 0.0), p.cap_order)
+        worth_disposing = hold_left > p.cost_dispose + b_landfill
+        dispose = min(max(cores - disassemble, 0.0), p.cap_dispose) * worth_disposing
+        # feature_columns
+        zero = virgin * 0.0
+        last_d = zero + p.demand_base if last_demand is None else float(last_demand)
+        raw = np.array([*stocks, *pipeline, *[float(x) for x in sales_history], float(return_frac), last_d,
+                        mandate, tax, (cap < math.inf) + zero, min(max(self.spec.cap_reference / cap, 0.0), 4.0),
+                        landfill, recovery, order, use_virgin, use_recycled, disassemble, cores * 0.0, dispose,
+                        zero + sin_t, zero + cos_t, zero + t_share], dtype=np.float64)
+        np.subtract(raw, self.offset, out=raw)
+        np.divide(raw, self.divisor, out=raw)
+        F = self.size
+        new = np.empty(F * self.window, dtype=np.float32)
+        new[-F:] = raw  # the float64 -> float32 cast of astype
+        if frames is None:
+            for k in range(self.window - 1):
+                new[k * F:(k + 1) * F] = new[-F:]
+        else:
+            new[:-F] = frames[F:]
+        action_raw, state = self._lstm(new, state)
+        return safety.project(action_raw, virgin, recycled, cores, regime, p), action_raw, new, state
+
+    def _lstm(self, frames: np.ndarray, state: tuple[np.ndarray, np.ndarray] | None
+              ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """:meth:`_NumpyStep.__call__`: the same ufuncs in the same order, into buffers."""
+        s, H = self.step, self.step.hidden
+        gates = np.matmul(s.w_input, frames)
+        np.add(gates, s.bias, out=gates)
+        if state is not None:
+            np.add(gates, np.matmul(s.w_hidden, state[0]), out=gates)
+        sig = np.negative(gates)
+        np.exp(sig, out=sig)
+        np.add(1.0, sig, out=sig)
+        np.divide(1.0, sig, out=sig)
+        c = np.tanh(gates[2 * H:3 * H])
+        np.multiply(sig[:H], c, out=c)
+        if state is not None:
+            np.add(c, np.multiply(sig[H:2 * H], state[1]), out=c)
+        h = np.tanh(c)
+        np.multiply(sig[3 * H:], h, out=h)
+        head = np.matmul(s.w_head_h, h)
+        np.add(head, np.matmul(s.w_head_x, frames), out=head)
+        np.add(head, s.b_head, out=head)
+        if s.config.structured:
+            out = np.multiply(frames[s.base], s.scale)
+            np.add(out, np.multiply(s.residual, head), out=out)
+        else:
+            out = np.multiply(s.scale, head)
+        return out.astype(np.float64), (h, c)

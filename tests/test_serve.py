@@ -1,0 +1,537 @@
+"""moca serve: decisions, regulation events, versions, bad input, auth, and crash safety.
+
+In-process tests use FastAPI's TestClient without the worker process (jobs are run by
+calling :func:`moca.serve.run_job`); the crash tests start the real service (uvicorn and
+its worker) on 127.0.0.1, kill it with SIGKILL and restart it on the same data
+directory. Every process a test starts is killed in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from moca import checkpoint, safety
+from moca.policy import DeployedPolicy
+from moca.regime import TASKS, RegimeSchedule, ScheduledRegime
+from moca.scenario import draw_scenario
+from moca.serve import ACTION_NAMES, STATE_NAMES, AdaptSettings, Store, create_app, run_job, warm_start
+from moca.sim import ScenarioBatch, Simulator, rollout
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+SMALL = AdaptSettings(steps=2, support=4, validation=4)  # a small job: these tests check the plumbing
+OBS0 = {"t": 0, "state": {"virgin": 4000, "recycled": 500, "product": 1000, "cores": 200, "backlog": 0},
+        "pipeline": [2000], "sales_history": [1000] * 6, "return_frac": 0.25}
+
+
+def _obs(t: int, **change) -> dict:
+    return {**OBS0, "t": t, "last_demand": None if t == 0 else 1000.0, **change}
+
+
+@pytest.fixture()
+def client(tmp_path):
+    with TestClient(create_app(tmp_path / "data", worker=False)) as c:
+        yield c
+
+
+def _claim(store: Store, job: int) -> None:
+    with store.tx() as c:
+        c.execute("UPDATE jobs SET state='running', attempts=attempts+1 WHERE id=?", (job,))
+
+
+# ----------------------------------------------------------------------------------------
+# decisions
+# ----------------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """DeployedPolicy driving an episode; keeps each decision's inputs and action."""
+
+    def __init__(self, deployed: DeployedPolicy):
+        self.deployed, self.records = deployed, []
+
+    def reset(self, batch):
+        self.deployed.reset(batch)
+
+    def act(self, obs):
+        args = DeployedPolicy.inputs(obs)
+        action = self.deployed.decide(*args)
+        self.records.append((args, action))
+        return torch.as_tensor(action, dtype=obs.state.virgin.dtype)[None]
+
+
+def test_decisions_equal_the_deployed_policy_and_obey_a_new_rule_from_its_first_period(client):
+    """The service's executed actions are DeployedPolicy's, bit for bit, for an episode in
+    which T3 replaces T1 at t = 10 (announced at t = 3, no adapted version yet): from
+    t = 10 every action is the projection for T3 and keeps T3's rows."""
+    module, _ = checkpoint.load_policy("default")
+    schedule = RegimeSchedule(entries=(ScheduledRegime(start=0, **TASKS["T1"].model_dump()),
+                                       ScheduledRegime(start=10, **TASKS["T3"].model_dump())))
+    recorder = _Recorder(DeployedPolicy(module))
+    batch = ScenarioBatch.from_scenarios([draw_scenario(5001, schedule)], dtype=torch.float64)
+    with torch.no_grad():
+        rollout(batch, recorder, None, simulator=Simulator(module.params, dtype=torch.float64))
+    assert client.post("/v1/chains", json={"id": "p1", "regime": "T1"}).status_code == 201
+    for (t, stocks, pipeline, history, regime, rho, last), expected in recorder.records[:20]:
+        if t == 3:
+            r = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 10})
+            assert r.status_code == 202, r.text
+        body = {"t": t, "state": dict(zip(STATE_NAMES, stocks.tolist())), "pipeline": pipeline.tolist(),
+                "sales_history": history.tolist(), "return_frac": rho, "last_demand": last}
+        out = client.post("/v1/chains/p1/decide", json=body).json()
+        action = np.array([out["action"][k] for k in ACTION_NAMES])
+        assert np.array_equal(action, expected), (t, action, expected)
+        in_force = TASKS["T3"] if t >= 10 else TASKS["T1"]
+        assert out["regime"]["carbon_tax"] == in_force.carbon_tax
+        assert safety.is_feasible(action, stocks[0], stocks[1], stocks[3], in_force.as_row(), module.params)
+        assert out["policy_version"] == 1 and out["latency_us"] > 0
+    assert client.post("/v1/chains/p1/decide", json=_obs(19)).status_code == 409  # t must move forward
+    assert client.post("/v1/chains/p1/reset").json()["episode"] == 1
+    assert client.post("/v1/chains/p1/decide", json=_obs(0)).json()["regime"]["carbon_tax"] == 100.0
+    history = client.get("/v1/chains/p1/decisions?limit=500").json()
+    assert [d["t"] for d in history] == list(range(20)) + [0]
+
+
+def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
+    rt = client.app.state.runtime
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    client.post("/v1/chains/p1/decide", json=_obs(0))
+    job = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2, "name": "t3"}).json()["job"]
+    _claim(rt.store, job)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the worker process
+    try:
+        run_job(rt.store, job, SMALL)
+    finally:
+        torch.set_num_threads(threads)
+    result = client.get(f"/v1/jobs/{job}").json()
+    assert result["state"] == "done", result  # (deterministic: seeded scenarios, one thread)
+    assert result["violations"] == 0 and result["steps"] > 0 and result["score_before"] > 0
+    assert result["score_after"] >= result["score_before"] and result["version"] == 2
+    versions = client.get("/v1/chains/p1/versions").json()
+    assert [v["state"] for v in versions] == ["active", "scheduled"]  # not before t = 2
+    assert versions[1]["parent"] == 1 and len(versions[1]["sha256"]) == 64 and versions[1]["regime_id"] == 2
+    assert client.post("/v1/chains/p1/decide", json=_obs(1)).json()["policy_version"] == 1
+    assert client.post("/v1/chains/p1/decide", json=_obs(2)).json()["policy_version"] == 2
+    assert client.post("/v1/chains/p1/rollback").json() == {"chain": "p1", "from": 2, "policy_version": 1}
+    assert client.post("/v1/chains/p1/decide", json=_obs(3)).json()["policy_version"] == 1
+    assert client.post("/v1/chains/p1/rollback", json={"version": 2}).json()["policy_version"] == 2
+    assert client.post("/v1/chains/p1/rollback", json={"version": 9}).status_code == 404
+    # the memory: T3 now has a learned version, and is the nearest regime to itself
+    nearest = client.get("/v1/regimes", params={"nearest": json.dumps(TASKS["T3"].model_dump())}).json()
+    assert nearest[0]["name"] == "t3" and nearest[0]["distance"] == 0.0
+    assert any(v["version"] == 2 for v in nearest[0]["learned"])
+
+
+def test_a_candidate_below_the_current_version_is_rejected_and_nothing_changes(client):
+    rt = client.app.state.runtime
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    job = client.post("/v1/chains/p1/regulations",
+                      json={"regime": {"recycled_content_min": 0.3, "carbon_tax": 50}, "effective": 0}).json()["job"]
+    _claim(rt.store, job)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_job(rt.store, job, SMALL)
+    finally:
+        torch.set_num_threads(threads)
+    out = client.get(f"/v1/jobs/{job}").json()
+    # (deterministic: on these validation scenarios two steps lose a little score)
+    assert out["state"] == "rejected" and out["score_after"] < out["score_before"], out
+    assert out["error"].startswith("validation: score") and out["version"] is None
+    assert [v["number"] for v in client.get("/v1/chains/p1/versions").json()] == [1]
+    decision = client.post("/v1/chains/p1/decide", json=_obs(0)).json()
+    assert decision["policy_version"] == 1 and decision["regime"]["recycled_content_min"] == 0.3  # the rule holds
+
+
+def test_a_version_for_a_rule_already_replaced_is_kept_for_the_memory_not_activated(client):
+    rt = client.app.state.runtime
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    first = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 1}).json()["job"]
+    second = client.post("/v1/chains/p1/regulations", json={"regime": "eu-ets-2025", "effective": 2}).json()["job"]
+    for t in range(3):
+        client.post("/v1/chains/p1/decide", json=_obs(t))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for job in (first, second):
+            _claim(rt.store, job)
+            run_job(rt.store, job, AdaptSettings(steps=1, support=2, validation=2))
+    finally:
+        torch.set_num_threads(threads)
+    states = {v["regime_id"]: v["state"] for v in client.get("/v1/chains/p1/versions").json() if v["source"] == "adapted"}
+    jobs = [client.get(f"/v1/jobs/{j}").json() for j in (first, second)]
+    assert [j["state"] for j in jobs] == ["done", "done"], jobs  # (deterministic: seeded scenarios)
+    assert states == {2: "retired", 3: "active"}  # T3 was replaced by the ETS price before its version was ready
+    assert client.post("/v1/chains/p1/decide", json=_obs(3)).json()["policy_version"] == jobs[1]["version"]
+    assert client.get("/v1/chains/p1").json()["regime"]["id"] == 3
+
+
+def test_warm_start_prefers_the_hint_then_the_nearest_learned_regime(client):
+    rt = client.app.state.runtime
+    store = rt.store
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    r_ids = {}
+    for name in ("eu-ppwr-2030", "eu-ets-2025", "T2"):
+        r_ids[name] = client.post("/v1/chains/p1/regulations", json={"regime": name, "effective": 40}).json()["regime_id"]
+    assert warm_start(store, "p1", _hash(store), r_ids["T2"], None)[2] == 1  # nothing learned yet: the current one
+    with store.tx() as c:  # two learned versions (same weights file as v1, only their regimes matter here)
+        path, sha = c.execute("SELECT path, sha256 FROM versions WHERE chain='p1' AND number=1").fetchone()
+        for number, name in ((2, "eu-ppwr-2030"), (3, "eu-ets-2025")):
+            c.execute("INSERT INTO versions(chain, number, regime_id, parent, path, sha256, score, source, state, "
+                      "created) VALUES('p1',?,?,1,?,?,0.9,'adapted','retired',0)", (number, r_ids[name], path, sha))
+    # T2 (r = 0.2) is nearer PPWR 2030 (r = 0.35) than the EU ETS price (tau = 75, r = 0)
+    assert warm_start(store, "p1", _hash(store), r_ids["T2"], None)[2] == 2
+    assert warm_start(store, "p1", _hash(store), r_ids["T2"], "eu-ets-2025")[2] == 3
+
+
+def _hash(store: Store) -> str:
+    return store.one("SELECT params_hash FROM chains WHERE id='p1'")[0]
+
+
+# ----------------------------------------------------------------------------------------
+# bad input and auth
+# ----------------------------------------------------------------------------------------
+
+
+def _counts(client) -> tuple:
+    store = client.app.state.runtime.store
+    return tuple(store.one(f"SELECT COUNT(*) FROM {t}")[0] for t in ("chains", "regulations", "decisions", "jobs"))
+
+
+@pytest.mark.parametrize("path, body, status, field", [
+    ("/v1/chains", {"id": "p2", "regime": "T1", "colour": 1}, 422, "colour"),
+    ("/v1/chains", {"id": "p2", "regime": {"carbon_tax": 5000}}, 422, "carbon_tax"),
+    ("/v1/chains", {"id": "p2", "regime": {"recycled_content_min": 0.1, "tarif": 1}}, 422, "tarif"),
+    ("/v1/chains", {"id": "p2", "regime": "T9"}, 422, "regime"),
+    ("/v1/chains", {"id": "p2", "model": "clsc-9", "regime": "T1"}, 422, "model"),
+    ("/v1/chains", {"id": "p2", "regime": "T1", "params": {"horizon": -3}}, 422, "horizon"),
+    ("/v1/chains", {"id": "../x", "regime": "T1"}, 422, "id"),
+    ("/v1/chains", {"id": "p2", "regime": "T1", "checkpoint": "../../etc"}, 422, "checkpoint"),
+    ("/v1/chains", {"id": "p1", "regime": "T1"}, 409, "id"),
+    ("/v1/chains/p1/decide", _obs(0, pipeline=[2000, 1]), 422, "pipeline"),
+    ("/v1/chains/p1/decide", _obs(0, sales_history=[1000] * 5), 422, "sales_history"),
+    ("/v1/chains/p1/decide", _obs(0, return_frac=1.5), 422, "return_frac"),
+    ("/v1/chains/p1/decide", _obs(0, state={**OBS0["state"], "virgin": -1}), 422, "state.virgin"),
+    ("/v1/chains/p1/decide", _obs(0, state={**OBS0["state"], "extra": 1}), 422, "state.extra"),
+    ("/v1/chains/p1/decide", _obs(60), 422, "t"),
+    ("/v1/chains/nope/decide", _obs(0), 404, "chain"),
+    ("/v1/chains/p1/regulations", {"regime": {"recovery_target": 2}}, 422, "recovery_target"),
+    ("/v1/chains/p1/regulations", {"regime": "T2", "similar_to": "never-seen"}, 422, "similar_to"),
+    ("/v1/chains/p1/regulations", {"regime": "T2", "effective": 52}, 422, "effective"),
+    ("/v1/chains/nope/regulations", {"regime": "T2"}, 404, "chain"),
+    ("/v1/chains/p1/rollback", {"version": 7}, 404, "version"),
+    ("/v1/chains/p1/rollback", {}, 409, "version"),
+])
+def test_bad_input_is_refused_by_name_and_nothing_is_stored(client, path, body, status, field):
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    before = _counts(client)
+    r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert field in r.json()["detail"], r.json()
+    assert _counts(client) == before
+
+
+def test_nan_oversized_and_unknown_reads(client):
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    before = _counts(client)
+    nan = json.dumps(_obs(0)).replace('"return_frac": 0.25', '"return_frac": NaN')
+    r = client.post("/v1/chains/p1/decide", content=nan, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "return_frac" in r.json()["detail"]
+    big = {**_obs(0), "pipeline": [1.0] * 20000}
+    r = client.post("/v1/chains/p1/decide", json=big)
+    assert r.status_code == 413 and "body" in r.json()["detail"]
+    chunks = (b"[" + b"1," * 5000 for _ in range(20))  # no Content-Length: counted as it streams in
+    r = client.post("/v1/chains", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "body" in r.json()["detail"]
+    assert _counts(client) == before
+    assert client.get("/v1/jobs/99").status_code == 404
+    assert client.get("/v1/chains/nope").status_code == 404
+    assert client.get("/v1/chains/nope/versions").status_code == 404
+
+
+def test_the_decision_log_stays_bounded_and_the_openapi_page_is_served(tmp_path):
+    with TestClient(create_app(tmp_path / "data", worker=False, keep_decisions=5)) as c:
+        c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+        for t in range(12):
+            assert c.post("/v1/chains/p1/decide", json=_obs(t)).status_code == 200
+        kept = [d["t"] for d in c.get("/v1/chains/p1/decisions?limit=100").json()]
+        assert kept == list(range(12 - len(kept), 12)) and 5 <= len(kept) < 10
+        assert c.get("/v1/chains/p1").json()["last_t"] == 11  # the recurrent state is not part of the log
+        schema = c.get("/openapi.json").json()
+        assert "/v1/chains/{chain}/decide" in schema["paths"] and "/v1/regimes" in schema["paths"]
+        assert c.get("/docs").status_code == 200
+
+
+def test_token_guards_every_mutating_endpoint(tmp_path):
+    with TestClient(create_app(tmp_path / "data", token="s3cret", worker=False)) as c:
+        ok = {"Authorization": "Bearer s3cret"}
+        for path, body in [("/v1/chains", {"id": "p1", "regime": "T1"}), ("/v1/chains/p1/decide", _obs(0)),
+                           ("/v1/chains/p1/reset", None), ("/v1/chains/p1/regulations", {"regime": "T2"}),
+                           ("/v1/chains/p1/rollback", {})]:
+            assert c.post(path, json=body).status_code == 401, path
+            assert c.post(path, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+        assert _counts(c) == (0, 0, 0, 0)
+        assert c.post("/v1/chains", json={"id": "p1", "regime": "T1"}, headers=ok).status_code == 201
+        assert c.post("/v1/chains/p1/decide", json=_obs(0), headers=ok).status_code == 200
+        assert c.get("/v1/chains/p1").status_code == 200 and c.get("/health").json()["auth"] is True
+
+
+def test_weights_failing_their_checksum_are_refused_by_name(tmp_path):
+    data = tmp_path / "data"
+    with TestClient(create_app(data, worker=False)) as c:
+        c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    weights = data / "weights" / "p1" / "v1" / "weights.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    with TestClient(create_app(data, worker=False)) as c:  # a restart: nothing cached
+        r = c.post("/v1/chains/p1/decide", json=_obs(0))
+        assert r.status_code == 503 and "version 1" in r.json()["detail"] and "corrupted" in r.json()["detail"]
+        assert c.get("/v1/chains/p1/decisions").json() == []
+
+
+def test_the_serve_command_refuses_bad_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from moca.cli import app
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    out = CliRunner().invoke(app, ["serve", "--data", str(not_a_dir)])
+    assert out.exit_code == 2 and "--data" in out.output and "Traceback" not in out.output
+    out = CliRunner().invoke(app, ["serve", "--port", "70000"])
+    assert out.exit_code == 2 and "port" in out.output.lower()
+
+
+# ----------------------------------------------------------------------------------------
+# the real service: kill -9 and restart
+# ----------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """``moca serve`` in its own process group on 127.0.0.1 (so SIGKILL reaches the worker too)."""
+
+    def __init__(self, data: Path, env: dict | None = None):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "moca.cli", "serve", "--port", str(self.port),
+                                      "--data", str(data), "--adapt-steps", "2", "--support", "4", "--validation", "4"],
+                                     env=environment, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.http = httpx.Client(base_url=self.url, timeout=10.0)
+        deadline = time.time() + 60
+        while True:
+            try:
+                if self.http.get("/health").json()["worker"] == "running":
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.kill()
+                raise RuntimeError(f"service did not start: {self.proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group (server and worker), as a crash would."""
+        self.http.close()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def wait_job(self, job: int, until: tuple[str, ...], timeout: float = 60) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = self.http.get(f"/v1/jobs/{job}").json()
+            if out["state"] in until:
+                return out
+            time.sleep(0.05)
+        raise AssertionError(f"job {job} still {out['state']} after {timeout} s")
+
+
+@pytest.fixture()
+def services():
+    started: list[Service] = []
+
+    def start(data: Path, env: dict | None = None) -> Service:
+        started.append(Service(data, env))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for s in started:
+            s.kill()
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses listening on ``port`` (Linux /proc/net/tcp, IPv4)."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, p = local.split(":")
+        if int(p, 16) == port and state == "0A":  # LISTEN
+            out.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return out
+
+
+def test_kill9_mid_adaptation_and_mid_decisions_loses_nothing_acknowledged(services, tmp_path):
+    data = tmp_path / "data"
+    s = services(data)
+    if Path("/proc/net/tcp").exists():
+        assert _listening(s.port) == {"127.0.0.1"}  # loopback unless --host says otherwise
+    assert s.http.post("/v1/chains", json={"id": "p1", "regime": "T1"}).status_code == 201
+    acknowledged: list[int] = []
+    for t in range(3):
+        assert s.http.post("/v1/chains/p1/decide", json=_obs(t)).status_code == 200
+        acknowledged.append(t)
+    reg = s.http.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 40}).json()
+    s.wait_job(reg["job"], ("running",))
+    stop = threading.Event()
+
+    def fire() -> None:  # decisions keep coming until the crash
+        client = httpx.Client(base_url=s.url, timeout=5.0)
+        t = 3
+        while not stop.is_set() and t < 40:
+            try:
+                if client.post("/v1/chains/p1/decide", json=_obs(t)).status_code == 200:
+                    acknowledged.append(t)
+            except httpx.HTTPError:
+                return
+            t += 1
+
+    thread = threading.Thread(target=fire)
+    thread.start()
+    time.sleep(0.3)
+    s.kill()  # mid-adaptation (the job is running) and mid-write (decisions in flight)
+    stop.set()
+    thread.join(timeout=10)
+    s = services(data)
+    chain = s.http.get("/v1/chains/p1").json()
+    assert chain["pending_regulations"][0]["effective"] == 40
+    stored = [d["t"] for d in s.http.get("/v1/chains/p1/decisions?limit=100").json()]
+    assert stored[:len(acknowledged)] == acknowledged  # every acknowledged decision, in order
+    assert len(stored) - len(acknowledged) <= 1  # at most the one in flight, committed before its answer
+    assert chain["last_t"] == stored[-1]
+    job = s.wait_job(reg["job"], ("done", "rejected", "failed"))
+    assert job["attempts"] == 2 and job["state"] in ("done", "rejected"), job  # re-run, not half-applied
+    numbers = [v["number"] for v in s.http.get("/v1/chains/p1/versions").json()]
+    assert numbers == ([1, 2] if job["state"] == "done" else [1])
+    # the recurrent state survived: the next period continues the episode
+    assert s.http.post("/v1/chains/p1/decide", json=_obs(stored[-1] + 1)).status_code == 200
+
+
+def test_a_job_killed_after_writing_weights_is_failed_never_half_applied(services, tmp_path):
+    data = tmp_path / "data"
+    s = services(data, {"MOCA_SERVE_FAILPOINT": "after-weights-written"})
+    s.http.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    s.http.post("/v1/chains/p1/decide", json=_obs(0))
+    job = s.http.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 1}).json()["job"]
+    out = s.wait_job(job, ("failed", "done", "rejected"))
+    # the worker died twice (SIGKILL after the weights were written, before the transaction)
+    assert out["state"] == "failed" and out["attempts"] == 2 and "not applied" in out["error"], out
+    assert [v["number"] for v in s.http.get("/v1/chains/p1/versions").json()] == [1]
+    assert s.http.post("/v1/chains/p1/decide", json=_obs(1)).json()["policy_version"] == 1
+    s.kill()
+    s = services(data)  # restart: the orphan weight files are removed, history is intact
+    assert not (data / "weights" / "p1" / "v2").exists()
+    assert s.http.get("/health").json()["recovered"]["orphans_removed"] >= 1
+    assert s.http.get(f"/v1/jobs/{job}").json()["state"] == "failed"
+    assert s.http.get("/v1/chains/p1").json()["regime"]["regime"]["carbon_tax"] == 100.0  # the rule stays in force
+
+
+# ----------------------------------------------------------------------------------------
+# the dashboard, in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright)
+# ----------------------------------------------------------------------------------------
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_dashboard_renders_in_headless_chromium(tmp_path):
+    import io
+
+    import uvicorn
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    app = create_app(tmp_path / "data", worker=False)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=10) as http:
+            for _ in range(200):
+                try:
+                    http.get("/health")
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            http.post("/v1/chains", json={"id": "plant-1", "regime": "T1"})
+            for t in range(24):
+                if t == 8:  # announced at t = 8, in force from t = 12, adapted (in process) meanwhile
+                    job = http.post("/v1/chains/plant-1/regulations", json={"regime": "T3", "effective": 12}).json()
+                    _claim(app.state.runtime.store, job["job"])
+                    threads = torch.get_num_threads()
+                    torch.set_num_threads(1)
+                    try:
+                        run_job(app.state.runtime.store, job["job"], SMALL)
+                    finally:
+                        torch.set_num_threads(threads)
+                demand = 1000.0 * (1 + 0.3 * np.sin(2 * np.pi * t / 52))
+                http.post("/v1/chains/plant-1/decide", json=_obs(t, last_demand=None if t == 0 else demand,
+                                                                 return_frac=0.2 + 0.01 * (t % 7)))
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 820})
+                page.goto(url + "/", timeout=20000)
+                page.wait_for_selector("body[data-ready='1']", timeout=20000)
+                assert "plant-1" in page.inner_text("#chain-name")
+                assert "recycled_content_min" in page.inner_text("#regime") and "100" in page.inner_text("#regime")
+                assert page.locator("#versions tbody tr").count() == 2  # v1 retired, v2 (adapted to T3) active
+                assert "policy v2" in page.inner_text("#chain-name")
+                assert page.locator("#decisions tbody tr").count() == 15
+                assert page.locator("#chart polyline").count() == 2
+                png = page.screenshot(full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    assert image.size[0] == 1100 and image.size[1] >= 600
+    pixels = np.asarray(image).reshape(-1, 3)
+    assert pixels.std() > 20  # not blank
+    colours = {tuple(c) for c in pixels[:: 7].tolist()}
+    assert len(colours) > 50
+    # the header's blue bar and both chart lines are drawn
+    for rgb in ((0x20, 0x40, 0x6A), (0x2A, 0x62, 0xB5), (0x2D, 0x9B, 0x54)):
+        assert (np.abs(pixels.astype(int) - rgb).sum(1) < 30).sum() > 200, rgb
+    if os.environ.get("MOCA_DASHBOARD_PNG"):  # how docs/serve-dashboard.png is made
+        image.quantize(colors=48).save(os.environ["MOCA_DASHBOARD_PNG"], optimize=True)
