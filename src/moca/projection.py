@@ -99,19 +99,21 @@ def _prepare(model: RowModel, raw: Any, inputs: Any, regime: Any, params: Any, w
 
 
 # --- violations (the spec's definition) ----------------------------------------------------
-def _excess(c: RowCoefficients, a: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[B, m]`` how far each row is broken (> 0) and its tolerance."""
+def _broken(c: RowCoefficients, a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``[B, m]`` whether each row is broken: ``G a > h + 1e-6 max(1, |rhs|)`` (the
+    comparison written as the spec reads, left-hand side against right-hand side plus
+    tolerance, so that a row on the tolerance's edge counts as CLSC-1's check counts it)."""
     # (broadcast products, not batched matmul: numpy's matmul over many tiny matrices is ~50x slower)
     xa, aa = x[:, None, :], a[:, None, :]
-    excess = (c.G * aa).sum(-1) - c.h0 - (c.J * xa).sum(-1)
+    lhs = (c.G * aa).sum(-1)
     rhs = c.r0 + (c.Rj * xa).sum(-1) + (c.R * aa).sum(-1)
-    return np.where(c.on, excess, -np.inf), VIOLATION_TOL * np.maximum(1.0, np.abs(rhs))
+    limit = c.h0 + (c.J * xa).sum(-1) + VIOLATION_TOL * np.maximum(1.0, np.abs(rhs))
+    return c.on & (lhs > limit)
 
 
 def _ok(model: RowModel, c: RowCoefficients, reg: np.ndarray, a: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``[B]`` whether each action keeps every row (and the settlement)."""
-    excess, tol = _excess(c, a, x)
-    ok = (excess <= tol).all(1) & (a >= -VIOLATION_TOL).all(1)
+    ok = ~_broken(c, a, x).any(1) & (a >= -VIOLATION_TOL).all(1)
     if model.settlement is not None:
         excess, tol = model.settlement(a, x, reg)
         ok &= excess <= tol
@@ -123,8 +125,7 @@ def row_violations(model: RowModel, action: Any, inputs: Any, regime: Any, param
     ``[B, n]`` break it by more than ``1e-6 * max(1, |right-hand side|)`` (the right-hand side
     as the spec writes the row), counted once per action and row."""
     a, x, reg, c = _prepare(model, action, inputs, regime, params, "action")
-    excess, tol = _excess(c, a, x)
-    broken = excess > tol
+    broken = _broken(c, a, x)
     counts = {}
     for row in model.spec_rows:
         of_row = np.array([s == row for s in model.row_spec])
@@ -193,7 +194,7 @@ def _system(c: RowCoefficients, x: np.ndarray, safe: np.ndarray, scale: np.ndarr
         b_all = ht / np.where(st.on, st.norm, 1.0)
         bound_value = np.where(st.bound_of, (b_all / np.where(st.on, st.coef, 1.0))[..., None], np.inf)  # [B, m, n]
     bound_row = bound_value.argmin(1)
-    upper = np.maximum(np.take_along_axis(bound_value, bound_row[:, None, :], 1)[:, 0], 0.0)
+    upper = np.maximum(bound_value.min(1), 0.0)
     bound_row = np.where(np.isfinite(upper), bound_row, -1)
     b = np.where(st.general, b_all, np.inf)
     A, general = st.A, st.general
@@ -201,7 +202,7 @@ def _system(c: RowCoefficients, x: np.ndarray, safe: np.ndarray, scale: np.ndarr
     # whose coefficients on the free coordinates are all >= 0): DAQP would enforce those
     # only to its tolerance divided by a possibly tiny coefficient (e.g. a mandate r ~ 0).
     pinned = upper <= _FIX_TOL
-    for _ in range(n):
+    for _ in range(n if (general & (b <= _FIX_TOL)).any() else 0):  # (only a ~0 right-hand side can pin)
         coeff = A * ~pinned[:, None, :]
         forcing = general & (b <= _FIX_TOL) & (coeff >= -_FIX_TOL).all(-1)
         newly = (forcing[..., None] & (coeff > _FIX_TOL)).any(1) & ~pinned

@@ -37,6 +37,7 @@ settle the recycled-content mandate over accounting windows (``periods_left`` is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
@@ -91,7 +92,7 @@ class RowModel:
     # (a [B, n], x [B, k], regime [B, 5]) -> (excess [B], tolerance [B]); -inf excess where none applies.
     settlement: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
-    @property
+    @cached_property
     def _stock_index(self) -> list[int]:
         return [self.inputs.index(name) for name in self.stocks]
 
