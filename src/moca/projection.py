@@ -62,17 +62,24 @@ class ProjectionError(ValueError):
 _CACHE: dict[tuple, tuple[Any, RowCoefficients, np.ndarray]] = {}
 
 
+_BATCHES: dict[tuple, tuple[Any, RowCoefficients, np.ndarray]] = {}
+
+
 def _coefficients(model: RowModel, regime: np.ndarray, params: Any) -> RowCoefficients:
-    if regime.shape[0] != 1:
-        return model.coefficients(regime, params)
-    key = (model.name, id(params), tuple(regime[0].tolist()))
-    hit = _CACHE.get(key)
+    """The rows of ``regime`` [B, 5], cached: per regime row for one decision, and per
+    whole regime table for a few batches (a training rollout projects the same batch's
+    regimes period after period)."""
+    if regime.shape[0] == 1:
+        cache, key, limit = _CACHE, (model.name, id(params), tuple(regime[0].tolist())), 1024
+    else:
+        cache, key, limit = _BATCHES, (model.name, id(params), regime.shape, regime.tobytes()), 4
+    hit = cache.get(key)
     if hit is not None and hit[0] is params:
         return hit[1]
-    if len(_CACHE) > 1024:
-        _CACHE.clear()
+    if len(cache) >= limit:
+        cache.pop(next(iter(cache)))
     coefficients = model.coefficients(regime, params)
-    _CACHE[key] = (params, coefficients, regime)
+    cache[key] = (params, coefficients, regime)
     return coefficients
 
 
@@ -171,6 +178,9 @@ class _Structure:
     coef: np.ndarray  # [B, m] the bound row's coefficient (unit rows)
     on: np.ndarray  # [B, m]
 
+    def take(self, index: np.ndarray) -> "_Structure":
+        return _Structure(*(getattr(self, f)[index] for f in ("Gt", "norm", "A", "general", "bound_of", "coef", "on")))
+
 
 def _structure(c: RowCoefficients, scale: np.ndarray, t: float) -> _Structure:
     Gt = (c.G + t * np.abs(c.G)) * scale
@@ -213,19 +223,12 @@ def _system(c: RowCoefficients, x: np.ndarray, safe: np.ndarray, scale: np.ndarr
     return _System(A, b, upper, bound_row, pinned, general)
 
 
-_STRUCTURES: dict[tuple[int, float], tuple[RowCoefficients, _Structure]] = {}
-
-
 def _cached_structure(c: RowCoefficients, scale: np.ndarray, t: float) -> _Structure:
-    """:func:`_structure` of one decision's rows, kept while its coefficients (cached per
-    regime by :func:`_coefficients`) live: the one-action path then builds only bounds."""
-    hit = _STRUCTURES.get((id(c), t))
-    if hit is not None and hit[0] is c:
-        return hit[1]
-    if len(_STRUCTURES) > 1024:
-        _STRUCTURES.clear()
-    structure = _structure(c, scale, t)
-    _STRUCTURES[(id(c), t)] = (c, structure)
+    """:func:`_structure` of ``c``, kept with ``c`` (whose cache lives as long as the
+    regime's coefficients are cached by :func:`_coefficients`)."""
+    structure = c.cache.get(("structure", t))
+    if structure is None:
+        structure = c.cache[("structure", t)] = _structure(c, scale, t)
     return structure
 
 
@@ -308,7 +311,8 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     rounded = lambda v: v.astype(out_dtype).astype(np.float64)  # noqa: E731
     ok = lambda v, j: _ok(model, cs if j is None else cs.take(j), rs if j is None else rs[j], rounded(v),  # noqa: E731
                           xs if j is None else xs[j])
-    s = _system(cs, xs, safe, scale, t, _cached_structure(c, scale, t) if a.shape[0] == 1 else None)
+    structure = _cached_structure(c, scale, t)
+    s = _system(cs, xs, safe, scale, t, structure if everyone else structure.take(index))
     z, lam = _daqp_batch(ys * ~s.pinned, s, np.arange(p))
     solved = np.isfinite(z).all(1)
     executed = rounded(np.where(solved[:, None], z, 0.0) * scale)

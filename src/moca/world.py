@@ -36,7 +36,7 @@ settle the recycled-content mandate over accounting windows (``periods_left`` is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
 
@@ -69,6 +69,7 @@ class RowCoefficients:
     R: np.ndarray
     Rj: np.ndarray
     r0: np.ndarray
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # the engines' derived data
 
     def take(self, index: Any) -> "RowCoefficients":
         return RowCoefficients(*(getattr(self, f)[index] for f in ("G", "J", "h0", "on", "R", "Rj", "r0")))
