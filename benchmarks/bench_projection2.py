@@ -2,9 +2,9 @@
 active-set backward) beside maintained batched differentiable QP solvers on the same
 projections, and the deployment projection's latency.
 
-    .venv/bin/python benchmarks/bench_projection2.py [--quick] [--batch 1024]
+    .venv/bin/python benchmarks/bench_projection2.py [--quick] [--batch 1024] [--out FILE]
 
-Prints one JSON object. The projections are those a policy meets: post-arrival states and
+Prints one JSON object (and writes it to ``--out``, e.g. benchmarks/projection2.json). The projections are those a policy meets: post-arrival states and
 raw actions of rollouts on T1-T3 (W = 52) and two other regimes (an emission cap with a
 13-week window; a recovery target with W = 1), the raw actions being the hindsight plan
 times log-normal noise (sigma 0.3), so that most are infeasible.
@@ -198,6 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small batches and one repeat (a smoke run)")
     parser.add_argument("--batch", type=int, default=1024, help="batch of the DAQP loop (default 1024)")
+    parser.add_argument("--out", help="also write the JSON to this file")
     args = parser.parse_args()
     # The projection is numpy around one DAQP loop; torch's intra-op threads would only spin
     # (and count as CPU time) on its few small tensor operations.
@@ -214,6 +215,8 @@ def main() -> None:
                               executed[: min(batch, 512)], 3)
     ours = daqp["float64"]["us_per_projection"]
     result = {
+        "command": "benchmarks/bench_projection2.py" + (" --quick" if args.quick else f" --batch {batch}"),
+        "load_average": list(os.getloadavg()),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads()},
@@ -224,7 +227,11 @@ def main() -> None:
         "cpu_speedup_vs_cvxpylayers": (cvx.get("cpu_us_per_projection", float("nan"))
                                        / daqp["float64"]["cpu_us_per_projection"]),
     }
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,7 @@ def test_counted_projection_reports_what_the_check_finds():
     a, broken = project2_counted(np.array([4000, 0, 3000, 0, 0, 0, 0, 0, 0.0]), stuck, reg, P2)
     np.testing.assert_allclose(a, np.zeros(9), atol=1e-9)
     assert broken == violations2(a, stuck, reg, P2) > 0
+    assert row_violations2(a, stuck, reg, P2)["settlement"] == 1
 
 
 @pytest.mark.parametrize("row", range(len(CLSC2_ROWS.row_labels)))
@@ -145,9 +146,17 @@ def test_each_row_broken_by_the_raw_action_is_kept(row, data):
     c = CLSC2_ROWS.coefficients(regime_rows(reg), P2)
     if not c.on[0, row] or not np.any(c.G[0, row]):
         return
-    push = data.draw(st.floats(1.0, 1e4))
-    raw = _safe(x, reg) + push * np.sign(c.G[0, row]) * S2
+    safe = _safe(x, reg)
+    inputs = CLSC2_ROWS.input_array(x)[0]
+    h = c.h0[0, row] + c.J[0, row] @ inputs
+    slack = h - c.G[0, row] @ safe  # >= 0: the safe action keeps it
+    rhs = c.r0[0, row] + c.Rj[0, row] @ inputs + c.R[0, row] @ safe  # the spec's right-hand side there
+    step = np.abs(c.G[0, row]) @ S2  # what one capacity unit along the normal adds
+    margin = 1e-3 * max(1.0, abs(slack), abs(h), abs(rhs))  # far beyond the 1e-6 tolerance
+    push = (slack + margin) / step * data.draw(st.floats(1.0, 100.0)) + data.draw(st.floats(1e-3, 1.0))
+    raw = safe + push * np.sign(c.G[0, row]) * S2
     label = CLSC2_ROWS.row_spec[row]
+    assert row_violations2(raw, x, reg, P2)[label] == 1  # the count sees it
     a = project2(raw, x, reg, P2)
     assert row_violations2(a, x, reg, P2)[label] == 0
     assert violations2(a, x, reg, P2) == 0

@@ -167,60 +167,87 @@ def _check_window(params: Any, window: Window2) -> None:
 
 def build_lp2(params: Any, window: Window2):
     """The window's LP: (cost [n], offset EUR, col_lower, col_upper, A (CSC), row_lower,
-    row_upper), minimisation; the spec's cost of the window is ``cost @ x + offset``."""
+    row_upper), minimisation; the spec's cost of the window is ``cost @ x + offset``.
+
+    Rows, period by period: the five stock balances, sales from the product on hand, the
+    two accounting rows, the soft safety stock (MPC, from ``k = 1``); then the declared
+    rows 1-8 of every period. Built with array operations over the periods (a loop over
+    periods and entries cost several times the solve of a 13-period MPC window)."""
     _check_window(params, window)
     p, H, L_v, L_r = params, window.horizon, params.lead_virgin, params.lag_return
     effect = clsc2.action_effect(p)
-    col = lambda k, j: k * N_COL + j  # noqa: E731
-    rows, cols, vals, lo, up = [], [], [], [], []
+    k = np.arange(H)
+    buffered = window.safety_stock > 0
+    per_period = 8 + (buffered & (k >= 1))
+    base = np.r_[0, np.cumsum(per_period)[:-1]]  # first row of each period's block
+    rows, cols, vals = [], [], []
 
-    def add(entries: list[tuple[int, float]], lower: float, upper: float) -> None:
-        for c_, v in entries:
-            if v != 0.0:
-                rows.append(len(lo))
-                cols.append(c_)
-                vals.append(v)
-        lo.append(lower)
-        up.append(upper)
+    def add(row: np.ndarray, col: np.ndarray, val: Any) -> None:
+        val = np.broadcast_to(np.asarray(val, dtype=np.float64), np.shape(row))
+        rows.append(np.asarray(row))
+        cols.append(np.asarray(col))
+        vals.append(val)
 
-    # exogenous arrivals of each stock (after the period's arrivals: pipeline, market, returns)
-    arrivals = np.zeros((H, 5))
+    later = k[1:]
+    # stock_k = stock_{k-1} + arrivals_k + E a_k - s_k e_P (+ orders and purchases in transit)
+    for i in range(5):
+        row = base + i
+        add(row, k * N_COL + V + i, 1.0)
+        for j in np.flatnonzero(effect[i]):
+            add(row, k * N_COL + j, -effect[i, j])
+        if clsc2.SALES_EFFECT[i]:
+            add(row, k * N_COL + S, -clsc2.SALES_EFFECT[i])
+        add(row[1:], (later - 1) * N_COL + V + i, -1.0)
+        if i == 0:
+            add(row[L_v:], (k[L_v:] - L_v) * N_COL + O, -1.0)
+        if i == 1:
+            add(row[1:], (later - 1) * N_COL + OM, -1.0)
+        if i in (3, 4):  # grades of the window's own sales' returns
+            add(row[L_r:], (k[L_r:] - L_r) * N_COL + S, -window.grades[L_r:, i - 3] * window.return_frac[L_r:])
+    # sales from the product on hand at the start of k
+    add(base + 5, k * N_COL + S, 1.0)
+    add(base[1:] + 5, (later - 1) * N_COL + P, -1.0)
+    # accounting: U_k = U_{k-1} (unless a window starts at k) + use_k
+    continuing = later[~window.window_start[1:]]
+    for r, used, use in ((6, USED_V, UV), (7, USED_R, UR)):
+        add(base + r, k * N_COL + used, 1.0)
+        add(base + r, k * N_COL + use, -1.0)
+        add(base[continuing] + r, (continuing - 1) * N_COL + used, -1.0)
+    # soft safety stock (MPC): product at the start of k + e_k >= d_k + safety stock
+    if buffered:
+        add(base[1:] + 8, (later - 1) * N_COL + P, 1.0)
+        add(base[1:] + 8, later * N_COL + E, 1.0)
+    n_dynamic = int(per_period.sum())
+
+    arrivals = np.zeros((H, 5))  # exogenous arrivals after the period's events 1
     arrivals[:, 0] = window.virgin_arrivals
     arrivals[0, 1] = window.market_arrival
     arrivals[:, 3] = window.grades[:, 0] * window.core_returns
     arrivals[:, 4] = window.grades[:, 1] * window.core_returns
     arrivals[0] += window.stocks
-    for k in range(H):
-        # stock_k = stock_{k-1} + arrivals_k + E a_k - s_k e_P (+ orders and purchases in transit)
-        for i in range(5):
-            entries = [(col(k, V + i), 1.0)] + [(col(k, j), -effect[i, j]) for j in range(9)]
-            entries += [(col(k, S), -clsc2.SALES_EFFECT[i])]
-            if k:
-                entries.append((col(k - 1, V + i), -1.0))
-            if i == 0 and k >= L_v:
-                entries.append((col(k - L_v, O), -1.0))
-            if i == 1 and k >= 1:
-                entries.append((col(k - 1, OM), -1.0))
-            if i in (3, 4) and k >= L_r:  # grades of the window's own sales' returns
-                entries.append((col(k - L_r, S), -window.grades[k, i - 3] * window.return_frac[k]))
-            add(entries, arrivals[k, i], arrivals[k, i])
-        # sales from the product on hand at the start of k
-        add([(col(k, S), 1.0)] + ([(col(k - 1, P), -1.0)] if k else []), -INF, window.stocks[2] if k == 0 else 0.0)
-        # accounting: U_k = U_{k-1} (unless a window starts at k) + use_k
-        for used, use, carried in ((USED_V, UV, window.used[0]), (USED_R, UR, window.used[1])):
-            entries = [(col(k, used), 1.0), (col(k, use), -1.0)]
-            if k and not window.window_start[k]:
-                entries.append((col(k - 1, used), -1.0))
-            add(entries, *(2 * [carried if k == 0 and not window.window_start[0] else 0.0]))
-        # soft safety stock (MPC): product at the start of k + e_k >= d_k + safety stock
-        if window.safety_stock > 0 and k >= 1:
-            add([(col(k - 1, P), 1.0), (col(k, E), 1.0)], window.demand[k] + window.safety_stock, INF)
+    lo = np.zeros(n_dynamic)
+    up = np.zeros(n_dynamic)
+    for i in range(5):
+        lo[base + i] = up[base + i] = arrivals[:, i]
+    lo[base + 5], up[base + 5] = -INF, 0.0
+    up[base[0] + 5] = window.stocks[2]
+    carried = not window.window_start[0]
+    lo[base[0] + 6] = up[base[0] + 6] = window.used[0] if carried else 0.0
+    lo[base[0] + 7] = up[base[0] + 7] = window.used[1] if carried else 0.0
+    if buffered:
+        lo[base[1:] + 8], up[base[1:] + 8] = window.demand[1:] + window.safety_stock, INF
 
+    # the declared rows, on rows n_dynamic, n_dynamic + 1, ... (period by period)
     coef, upper, on = _declared_rows(p, window)
-    for k in range(H):
-        for j in np.flatnonzero(on[k]):
-            add([(col(k, c_), coef[k, j, c_]) for c_ in np.flatnonzero(coef[k, j])], -INF, float(upper[k, j]))
+    period, row = np.nonzero(on)
+    declared = coef[period, row]  # [r, N_COL]
+    r_idx, c_idx = np.nonzero(declared)
+    add(n_dynamic + r_idx, period[r_idx] * N_COL + c_idx, declared[r_idx, c_idx])
+    lo = np.r_[lo, np.full(period.size, -INF)]
+    up = np.r_[up, upper[period, row]]
 
+    rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    keep = vals != 0.0  # (exact zeros, e.g. a return fraction of 0, would only warn in HiGHS)
     # cost: actions, end-of-period stocks, lost sales, scrap (own sales' returns L_r later)
     scrap = clsc2.scrap_cost(p, window.regime) * window.grades[:, 2]  # EUR per core returned
     cost = np.zeros((H, N_COL))
@@ -238,8 +265,8 @@ def build_lp2(params: Any, window: Window2):
     if window.safety_stock <= 0:
         col_upper[:, E] = 0.0
     col_upper[0, E] = 0.0
-    A = sparse.csc_matrix((vals, (rows, cols)), shape=(len(lo), H * N_COL))
-    return cost.ravel(), offset, col_lower.ravel(), col_upper.ravel(), A, np.array(lo), np.array(up)
+    A = sparse.csc_matrix((vals[keep], (rows[keep], cols[keep])), shape=(lo.size, H * N_COL))
+    return cost.ravel(), offset, col_lower.ravel(), col_upper.ravel(), A, lo, up
 
 
 def _exact_sales(params: Any, window: Window2, cost, col_lower, col_upper, A, row_lower, row_upper):

@@ -62,17 +62,24 @@ class ProjectionError(ValueError):
 _CACHE: dict[tuple, tuple[Any, RowCoefficients, np.ndarray]] = {}
 
 
+_BATCHES: dict[tuple, tuple[Any, RowCoefficients, np.ndarray]] = {}
+
+
 def _coefficients(model: RowModel, regime: np.ndarray, params: Any) -> RowCoefficients:
-    if regime.shape[0] != 1:
-        return model.coefficients(regime, params)
-    key = (model.name, id(params), tuple(regime[0].tolist()))
-    hit = _CACHE.get(key)
+    """The rows of ``regime`` [B, 5], cached: per regime row for one decision, and per
+    whole regime table for a few batches (a training rollout projects the same batch's
+    regimes period after period)."""
+    if regime.shape[0] == 1:
+        cache, key, limit = _CACHE, (model.name, id(params), tuple(regime[0].tolist())), 1024
+    else:
+        cache, key, limit = _BATCHES, (model.name, id(params), regime.shape, regime.tobytes()), 4
+    hit = cache.get(key)
     if hit is not None and hit[0] is params:
         return hit[1]
-    if len(_CACHE) > 1024:
-        _CACHE.clear()
+    if len(cache) >= limit:
+        cache.pop(next(iter(cache)))
     coefficients = model.coefficients(regime, params)
-    _CACHE[key] = (params, coefficients, regime)
+    cache[key] = (params, coefficients, regime)
     return coefficients
 
 
@@ -99,19 +106,21 @@ def _prepare(model: RowModel, raw: Any, inputs: Any, regime: Any, params: Any, w
 
 
 # --- violations (the spec's definition) ----------------------------------------------------
-def _excess(c: RowCoefficients, a: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[B, m]`` how far each row is broken (> 0) and its tolerance."""
+def _broken(c: RowCoefficients, a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``[B, m]`` whether each row is broken: ``G a > h + 1e-6 max(1, |rhs|)`` (the
+    comparison written as the spec reads, left-hand side against right-hand side plus
+    tolerance, so that a row on the tolerance's edge counts as CLSC-1's check counts it)."""
     # (broadcast products, not batched matmul: numpy's matmul over many tiny matrices is ~50x slower)
     xa, aa = x[:, None, :], a[:, None, :]
-    excess = (c.G * aa).sum(-1) - c.h0 - (c.J * xa).sum(-1)
+    lhs = (c.G * aa).sum(-1)
     rhs = c.r0 + (c.Rj * xa).sum(-1) + (c.R * aa).sum(-1)
-    return np.where(c.on, excess, -np.inf), VIOLATION_TOL * np.maximum(1.0, np.abs(rhs))
+    limit = c.h0 + (c.J * xa).sum(-1) + VIOLATION_TOL * np.maximum(1.0, np.abs(rhs))
+    return c.on & (lhs > limit)
 
 
 def _ok(model: RowModel, c: RowCoefficients, reg: np.ndarray, a: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``[B]`` whether each action keeps every row (and the settlement)."""
-    excess, tol = _excess(c, a, x)
-    ok = (excess <= tol).all(1) & (a >= -VIOLATION_TOL).all(1)
+    ok = ~_broken(c, a, x).any(1) & (a >= -VIOLATION_TOL).all(1)
     if model.settlement is not None:
         excess, tol = model.settlement(a, x, reg)
         ok &= excess <= tol
@@ -123,8 +132,7 @@ def row_violations(model: RowModel, action: Any, inputs: Any, regime: Any, param
     ``[B, n]`` break it by more than ``1e-6 * max(1, |right-hand side|)`` (the right-hand side
     as the spec writes the row), counted once per action and row."""
     a, x, reg, c = _prepare(model, action, inputs, regime, params, "action")
-    excess, tol = _excess(c, a, x)
-    broken = excess > tol
+    broken = _broken(c, a, x)
     counts = {}
     for row in model.spec_rows:
         of_row = np.array([s == row for s in model.row_spec])
@@ -170,6 +178,9 @@ class _Structure:
     coef: np.ndarray  # [B, m] the bound row's coefficient (unit rows)
     on: np.ndarray  # [B, m]
 
+    def take(self, index: np.ndarray) -> "_Structure":
+        return _Structure(*(getattr(self, f)[index] for f in ("Gt", "norm", "A", "general", "bound_of", "coef", "on")))
+
 
 def _structure(c: RowCoefficients, scale: np.ndarray, t: float) -> _Structure:
     Gt = (c.G + t * np.abs(c.G)) * scale
@@ -193,7 +204,7 @@ def _system(c: RowCoefficients, x: np.ndarray, safe: np.ndarray, scale: np.ndarr
         b_all = ht / np.where(st.on, st.norm, 1.0)
         bound_value = np.where(st.bound_of, (b_all / np.where(st.on, st.coef, 1.0))[..., None], np.inf)  # [B, m, n]
     bound_row = bound_value.argmin(1)
-    upper = np.maximum(np.take_along_axis(bound_value, bound_row[:, None, :], 1)[:, 0], 0.0)
+    upper = np.maximum(bound_value.min(1), 0.0)
     bound_row = np.where(np.isfinite(upper), bound_row, -1)
     b = np.where(st.general, b_all, np.inf)
     A, general = st.A, st.general
@@ -201,7 +212,7 @@ def _system(c: RowCoefficients, x: np.ndarray, safe: np.ndarray, scale: np.ndarr
     # whose coefficients on the free coordinates are all >= 0): DAQP would enforce those
     # only to its tolerance divided by a possibly tiny coefficient (e.g. a mandate r ~ 0).
     pinned = upper <= _FIX_TOL
-    for _ in range(n):
+    for _ in range(n if (general & (b <= _FIX_TOL)).any() else 0):  # (only a ~0 right-hand side can pin)
         coeff = A * ~pinned[:, None, :]
         forcing = general & (b <= _FIX_TOL) & (coeff >= -_FIX_TOL).all(-1)
         newly = (forcing[..., None] & (coeff > _FIX_TOL)).any(1) & ~pinned
@@ -212,19 +223,12 @@ def _system(c: RowCoefficients, x: np.ndarray, safe: np.ndarray, scale: np.ndarr
     return _System(A, b, upper, bound_row, pinned, general)
 
 
-_STRUCTURES: dict[tuple[int, float], tuple[RowCoefficients, _Structure]] = {}
-
-
 def _cached_structure(c: RowCoefficients, scale: np.ndarray, t: float) -> _Structure:
-    """:func:`_structure` of one decision's rows, kept while its coefficients (cached per
-    regime by :func:`_coefficients`) live: the one-action path then builds only bounds."""
-    hit = _STRUCTURES.get((id(c), t))
-    if hit is not None and hit[0] is c:
-        return hit[1]
-    if len(_STRUCTURES) > 1024:
-        _STRUCTURES.clear()
-    structure = _structure(c, scale, t)
-    _STRUCTURES[(id(c), t)] = (c, structure)
+    """:func:`_structure` of ``c``, kept with ``c`` (whose cache lives as long as the
+    regime's coefficients are cached by :func:`_coefficients`)."""
+    structure = c.cache.get(("structure", t))
+    if structure is None:
+        structure = c.cache[("structure", t)] = _structure(c, scale, t)
     return structure
 
 
@@ -307,7 +311,8 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     rounded = lambda v: v.astype(out_dtype).astype(np.float64)  # noqa: E731
     ok = lambda v, j: _ok(model, cs if j is None else cs.take(j), rs if j is None else rs[j], rounded(v),  # noqa: E731
                           xs if j is None else xs[j])
-    s = _system(cs, xs, safe, scale, t, _cached_structure(c, scale, t) if a.shape[0] == 1 else None)
+    structure = _cached_structure(c, scale, t)
+    s = _system(cs, xs, safe, scale, t, structure if everyone else structure.take(index))
     z, lam = _daqp_batch(ys * ~s.pinned, s, np.arange(p))
     solved = np.isfinite(z).all(1)
     executed = rounded(np.where(solved[:, None], z, 0.0) * scale)

@@ -36,7 +36,8 @@ settle the recycled-content mandate over accounting windows (``periods_left`` is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
@@ -68,6 +69,7 @@ class RowCoefficients:
     R: np.ndarray
     Rj: np.ndarray
     r0: np.ndarray
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # the engines' derived data
 
     def take(self, index: Any) -> "RowCoefficients":
         return RowCoefficients(*(getattr(self, f)[index] for f in ("G", "J", "h0", "on", "R", "Rj", "r0")))
@@ -91,7 +93,7 @@ class RowModel:
     # (a [B, n], x [B, k], regime [B, 5]) -> (excess [B], tolerance [B]); -inf excess where none applies.
     settlement: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
-    @property
+    @cached_property
     def _stock_index(self) -> list[int]:
         return [self.inputs.index(name) for name in self.stocks]
 
