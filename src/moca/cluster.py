@@ -65,6 +65,8 @@ class Backend:
     address: str | None = None
     object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES
     _ray_started: bool = field(default=False, repr=False)
+    _pool: Any = field(default=None, repr=False)  # the executor while a session is open
+    _remote: Any = field(default=None, repr=False)  # run_task as a Ray remote function
 
     def __post_init__(self) -> None:
         if self.kind not in ("serial", "pool", "ray"):
@@ -104,31 +106,32 @@ class Backend:
         return self._map_ray(fn, items, on_done)
 
     def _map_pool(self, fn, items, on_done) -> list[Any]:
+        if self._pool is None:  # outside a session: a pool for this call only
+            with self.session():
+                return self._map_pool(fn, items, on_done)
         results: list[Any] = [None] * len(items)
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=get_context("spawn"),
-                                 initializer=_pool_init) as pool:
-            pending = {pool.submit(run_task, fn, item): i for i, item in enumerate(items)}
-            try:
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        i = pending.pop(future)
-                        results[i] = future.result()
-                        if on_done:
-                            on_done(i, results[i])
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+        pending = {self._pool.submit(run_task, fn, item): i for i, item in enumerate(items)}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = pending.pop(future)
+                    results[i] = future.result()
+                    if on_done:
+                        on_done(i, results[i])
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
         return results
 
     def _map_ray(self, fn, items, on_done) -> list[Any]:
         ray = require_ray()
         if not ray.is_initialized():
             raise BackendError("ray backend: call Backend.start() (or use `with backend.session():`) first")
-        remote = ray.remote(num_cpus=1, max_retries=0)(run_task)
-        fn_ref = ray.put(fn)
-        refs = [remote.remote(fn_ref, item) for item in items]
+        if self._remote is None:
+            self._remote = ray.remote(num_cpus=1, max_retries=0)(run_task)
+        refs = [self._remote.remote(fn, item) for item in items]
         index = {ref.hex(): i for i, ref in enumerate(refs)}
         results: list[Any] = [None] * len(items)
         pending = list(refs)
@@ -149,7 +152,12 @@ class Backend:
     # --- Ray session -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect to Ray (``kind == "ray"``); a no-op for the local kinds."""
+        """Start the process pool (``pool``) or connect to Ray (``ray``); no-op for ``serial``.
+        Spawned workers import moca afresh (a script using the pool needs the usual
+        ``if __name__ == "__main__":`` guard)."""
+        if self.kind == "pool" and self.workers > 1 and self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
+                                             initializer=_pool_init)
         if self.kind != "ray":
             return
         ray = require_ray()
@@ -172,20 +180,37 @@ class Backend:
         self.start_seconds = time.perf_counter() - started
 
     def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._remote = None
         if self.kind == "ray" and self._ray_started:
             import ray
 
             ray.shutdown()
             self._ray_started = False
 
+    def running(self) -> bool:
+        """Whether the pool is up or Ray is connected (serial: always)."""
+        if self.kind == "pool" and self.workers > 1:
+            return self._pool is not None
+        if self.kind == "ray":
+            import ray
+
+            return ray.is_initialized()
+        return True
+
     @contextmanager
     def session(self) -> Iterator["Backend"]:
-        """Start (Ray) for the duration of the block, and always shut it down."""
+        """Start the pool or Ray for the block and stop it after, whatever happens; a
+        pool or Ray already running (started by the caller) is left as it is."""
+        owned = not self.running()
         self.start()
         try:
             yield self
         finally:
-            self.stop()
+            if owned:
+                self.stop()
 
 
 def _pythonpath() -> dict[str, str]:

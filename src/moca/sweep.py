@@ -139,6 +139,7 @@ class SweepTask:
     seeds: tuple[int, ...]
     adapt_steps: int = 5
     shadow_field: str | None = None
+    threshold_budget: int = 1200  # candidate rules the threshold tuner simulates
 
 
 @dataclass
@@ -212,7 +213,7 @@ class CLSC1Sweep(SweepModel):
         if task.policy == "oracle":
             metrics = _oracle_metrics(scenarios, task.shadow_field)
         else:
-            policy, extra = _build(task.policy, regime, task.adapt_steps)
+            policy, extra = _build(task.policy, regime, task.adapt_steps, task.threshold_budget)
             metrics = _policy_metrics(policy, scenarios)
         return TaskResult(task.index, task.policy, metrics, extra, time.perf_counter() - started)
 
@@ -227,13 +228,13 @@ def get_model(name: str) -> SweepModel:
     return MODELS[name]
 
 
-def _build(name: str, regime: Regime, adapt_steps: int) -> tuple[Any, dict[str, Any]]:
+def _build(name: str, regime: Regime, adapt_steps: int, threshold_budget: int = 1200) -> tuple[Any, dict[str, Any]]:
     """The policy for ``regime``: the tuned threshold rule, MPC, or the shipped meta-init
     adapted ``adapt_steps`` steps (support seeds 800+, validation 900+: never test seeds)."""
     if name == "threshold":
         from moca.baselines import tune_threshold
 
-        return tune_threshold(regime), {}
+        return tune_threshold(regime, budget=threshold_budget), {}
     if name == "mpc":
         from moca.baselines import MPCPolicy
 
@@ -317,9 +318,9 @@ def run_task(task: SweepTask) -> TaskResult:
 # ----------------------------------------------------------------------------------------
 
 
-#: An oracle backlog this much above its neutral-value backlog (share of mean demand per
+#: An oracle backlog more than this above its neutral-value backlog (share of mean demand per
 #: period) flags the value: the rule itself makes demand go unmet.
-UNMET_FLAG_SHARE = 0.01
+UNMET_FLAG_SHARE = 0.05
 
 
 @dataclass
@@ -333,6 +334,7 @@ class SweepPlan:
     policies: list[str]
     seeds: tuple[int, ...]
     adapt_steps: int = 5
+    threshold_budget: int = 1200
 
     def tasks(self) -> list[SweepTask]:
         """Every (value, policy) and the neutral value per policy (index -1), reusing a
@@ -347,7 +349,7 @@ class SweepPlan:
             for i, v in points:
                 out.append(SweepTask(self.model.name, policy, i, self.model.regime_with(self.base, self.field.name, v),
                                      self.seeds, self.adapt_steps,
-                                     self.field.name if policy == "oracle" else None))
+                                     self.field.name if policy == "oracle" else None, self.threshold_budget))
         return out
 
     def neutral_index(self) -> int | None:
@@ -359,7 +361,7 @@ class SweepPlan:
 
 def make_plan(model: str, field_name: str, values: str | Sequence[float], base: str | None = None,
               policies: str | Sequence[str] = ("oracle", "mpc", "threshold"), scenarios: int = 20,
-              seed: int = 1000, adapt_steps: int = 5) -> SweepPlan:
+              seed: int = 1000, adapt_steps: int = 5, threshold_budget: int = 1200) -> SweepPlan:
     """Validate a sweep's input; every problem is a :class:`SweepError` (or
     :class:`moca.regime.RegimeError` for ``base``) naming the option."""
     world = get_model(model)
@@ -380,7 +382,10 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
         base_regime = world.base_regime(base)
     except RegimeError as err:
         raise SweepError(f"--base: {err}") from None
-    plan = SweepPlan(world, spec, numbers, base_regime, chosen, tuple(range(seed, seed + scenarios)), adapt_steps)
+    if threshold_budget < 24:
+        raise SweepError(f"threshold_budget {threshold_budget}: at least 24 candidate rules")
+    plan = SweepPlan(world, spec, numbers, base_regime, chosen, tuple(range(seed, seed + scenarios)), adapt_steps,
+                     threshold_budget)
     plan.tasks()  # every value must make a valid regime with the base
     return plan
 
@@ -476,8 +481,8 @@ def aggregate(plan: SweepPlan, results: Sequence[TaskResult]) -> dict[str, Any]:
         neutral_unmet = float(np.mean(by_key[("oracle", neutral_key)].metrics[unmet]))
         for v, flagged, u in zip(plan.values, o["demand_unmet_by_rule"], o[unmet]):
             if flagged:
-                warnings.append(f"{plan.field.name}={v:g}: the rule itself leaves demand unmet — even the hindsight "
-                                f"optimum carries {u:,.0f} {plan.model.unmet_unit} of {unmet} against "
+                warnings.append(f"{plan.field.name}={v:g}: the rule itself leaves demand unmet: even the hindsight "
+                                f"optimum carries {u:,.0f} {plan.model.unmet_unit} of {unmet}, against "
                                 f"{neutral_unmet:,.0f} without the rule")
     neutral_value = plan.field.neutral
     return {
