@@ -150,7 +150,8 @@ class TaskResult:
     policy: str
     metrics: dict[str, list[float]]
     extra: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall
+    cpu_seconds: float = 0.0  # this process's CPU time (what the task costs on a machine of its own)
 
 
 class SweepModel:
@@ -206,7 +207,7 @@ class CLSC1Sweep(SweepModel):
         from moca.regime import Regime
         from moca.scenario import draw_scenarios
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         regime = Regime(**task.regime)
         scenarios = draw_scenarios(list(task.seeds), regime)
         extra: dict[str, Any] = {}
@@ -215,7 +216,8 @@ class CLSC1Sweep(SweepModel):
         else:
             policy, extra = _build(task.policy, regime, task.adapt_steps, task.threshold_budget)
             metrics = _policy_metrics(policy, scenarios)
-        return TaskResult(task.index, task.policy, metrics, extra, time.perf_counter() - started)
+        return TaskResult(task.index, task.policy, metrics, extra, time.perf_counter() - started,
+                          time.process_time() - cpu)
 
 
 #: The models a sweep can run; CLSC-2 registers its own :class:`SweepModel` here.
@@ -411,6 +413,7 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     out = aggregate(plan, results)
     out["seconds"] = seconds
     out["task_seconds"] = float(sum(r.seconds for r in results))
+    out["task_cpu_seconds"] = float(sum(r.cpu_seconds for r in results))
     out["tasks"] = len(tasks)
     out["backend"] = described
     return out
