@@ -122,7 +122,9 @@ def bench_meta(args) -> dict:
         base = out["runs"]["serial"]["seconds_per_step"]
         for kind in out["runs"]:
             out["runs"][kind]["speedup_over_serial_tasks"] = base / out["runs"][kind]["seconds_per_step"]
-    job = MetaTaskJob(config.model_dump(mode="json"), weights["local"], {"carbon_tax": 100.0}, (1, 2), (3, 4))
+    # One share of a 2-worker step: 4 of the 8 regimes.
+    job = MetaTaskJob(config.model_dump(mode="json"), weights["local"], tuple({"carbon_tax": 50.0 * i} for i in range(4)),
+                      ((1, 2), (5, 6), (9, 10), (13, 14)), ((3, 4), (7, 8), (11, 12), (15, 16)))
     started, cpu = time.perf_counter(), time.process_time()
     result = task_direction(job)
     out["per_task"] = {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,

@@ -190,6 +190,17 @@ class Backend:
             ray.shutdown()
             self._ray_started = False
 
+    def parallelism(self) -> int:
+        """How many tasks run at once: the workers, or a Ray cluster's CPUs."""
+        if self.kind == "serial":
+            return 1
+        if self.kind == "ray":
+            import ray
+
+            if ray.is_initialized():
+                return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return self.workers
+
     def running(self) -> bool:
         """Whether the pool is up or Ray is connected (serial: always)."""
         if self.kind == "pool" and self.workers > 1:
