@@ -521,6 +521,10 @@ def sweep(
     except BackendError as err:
         err_console.print(f"moca: error: {_message(err)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    except (RuntimeError, OSError) as err:  # a worker died, a solver failed: say so, write nothing
+        err_console.print(f"moca: error: sweep failed, nothing written: {type(err).__name__}: {_message(err)}",
+                          markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     if json_file is not None:
         _write_atomic(json_file, json.dumps(result, indent=1))
     if plot_file is not None:
