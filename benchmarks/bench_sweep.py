@@ -122,14 +122,36 @@ def bench_meta(args) -> dict:
         base = out["runs"]["serial"]["seconds_per_step"]
         for kind in out["runs"]:
             out["runs"][kind]["speedup_over_serial_tasks"] = base / out["runs"][kind]["seconds_per_step"]
-    # One share of a 2-worker step: 4 of the 8 regimes.
-    job = MetaTaskJob(config.model_dump(mode="json"), weights["local"], tuple({"carbon_tax": 50.0 * i} for i in range(4)),
-                      ((1, 2), (5, 6), (9, 10), (13, 14)), ((3, 4), (7, 8), (11, 12), (15, 16)))
-    started, cpu = time.perf_counter(), time.process_time()
-    result = task_direction(job)
-    out["per_task"] = {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
-                       "bytes_in": len(pickle.dumps(job)),
-                       "bytes_out": len(pickle.dumps(result))}
+    # The cost of one worker's share as a function of its size (tasks batched in one
+    # rollout): what a step on K workers costs, with 8/K tasks a share.
+    out["share"] = {}
+    for size in (1, 2, 4, 8):
+        job = MetaTaskJob(config.model_dump(mode="json"), weights["local"],
+                          tuple({"carbon_tax": 50.0 * i} for i in range(size)),
+                          tuple((4 * i, 4 * i + 1) for i in range(size)), tuple((4 * i + 2, 4 * i + 3) for i in range(size)))
+        started, cpu = time.perf_counter(), time.process_time()
+        result = task_direction(job)
+        out["share"][size] = {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+                              "bytes_in": len(pickle.dumps(job)), "bytes_out": len(pickle.dumps(result))}
+    return out
+
+
+def _noop(x: int) -> int:
+    return x
+
+
+def bench_overhead(args) -> dict:
+    """Round trip of tasks that do nothing: what a backend adds per task."""
+    from moca.cluster import Backend
+
+    out = {}
+    for kind in [k for k in args.backends if k != "serial"]:
+        backend = Backend(kind, workers=args.workers, address="auto")
+        with backend.session():
+            backend.map(_noop, range(2 * args.workers))  # workers up and warm
+            started = time.perf_counter()
+            backend.map(_noop, range(200))
+            out[kind] = {"tasks": 200, "ms_per_task": (time.perf_counter() - started) / 200 * 1000}
     return out
 
 
@@ -156,6 +178,7 @@ def main() -> None:
 
     out = {"benchmark": "sweep", "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "load_average_at_start": list(os.getloadavg()), "sweep": bench_sweep(args)}
+    out["overhead"] = bench_overhead(args)
     if not args.no_meta:
         out["meta_step"] = bench_meta(args)
     out["load_average_at_end"] = list(os.getloadavg())
