@@ -139,11 +139,23 @@ def test_neutral_value_in_the_list_is_reused_and_costs_nothing():
     assert 0 < entry["compliance_cost"][1] <= 150 * entry["shadow_price"][0] + 1e-6
 
 
-def test_local_pool_gives_the_serial_numbers(small_sweep):
-    plan, serial = small_sweep
+def test_local_pool_gives_the_serial_numbers():
+    plan = make_plan("CLSC-1", "emission_cap", "9000", policies="oracle,mpc", scenarios=2)
+    serial = run_sweep(plan, Backend("serial"))
     pooled = run_sweep(plan, Backend("pool", workers=2))
-    assert pooled["backend"] == {"kind": "pool", "workers": 2}
+    assert pooled["backend"] == {"kind": "pool", "workers": 2} and pooled["tasks"] == 4
     assert pooled["policies"] == serial["policies"]  # bit for bit: a task runs the same wherever
+    # A cap of 9,000 kg CO2/period binds (an average virgin-only period emits ~14,000).
+    assert serial["policies"]["oracle"]["shadow_price"][0] > 0
+    assert serial["policies"]["mpc"]["violations"] == [0]
+
+
+def test_moca_policy_reports_its_adaptation():
+    plan = make_plan("CLSC-1", "recycled_content_min", "0.2", policies="moca", scenarios=2, adapt_steps=1)
+    entry = run_sweep(plan, Backend("serial"))["policies"]["moca"]
+    assert entry["adaptation_steps"][0] in (0, 1) and entry["adaptation_seconds"][0] >= 0
+    assert entry["violations"] == [0] and entry["recycled_share"][0] >= 0.2 - 1e-6
+    assert entry["compliance_cost"][0] > 0
 
 
 def test_cli_writes_json_and_plot(tmp_path):
