@@ -171,3 +171,11 @@ def test_cli_writes_json_and_plot(tmp_path):
     assert "landfill_tax" in result.stdout and math.isfinite(data["seconds"])
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
     assert np.isfinite(data["policies"]["oracle"]["cost"]).all()
+
+
+def test_unreachable_ray_address_fails_fast():
+    pytest.importorskip("ray")
+    for address, needle in (("127.0.0.1:1", "no Ray cluster answers"), ("nonsense", "HOST:PORT")):
+        result = runner.invoke(app, ["sweep", "--field", "carbon_tax", "--values", "0,10", "--policies", "oracle",
+                                     "--scenarios", "2", "--ray", address])
+        assert result.exit_code == 2 and needle in result.stderr, result.stderr

@@ -171,6 +171,7 @@ class Backend:
                      log_to_driver=False, configure_logging=False,
                      runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **_pythonpath()}})
         else:
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, ValueError, RuntimeError) as err:
@@ -222,6 +223,21 @@ class Backend:
         finally:
             if owned:
                 self.stop()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nothing listens at: Ray itself retries for minutes."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise BackendError(f"--ray {address}: expected 'auto', HOST:PORT (e.g. head:6379) or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise BackendError(f"--ray {address}: no Ray cluster answers there ({err.strerror or err})") from None
 
 
 def _pythonpath() -> dict[str, str]:
