@@ -57,6 +57,8 @@ def main() -> None:
                     "--weights", str(HERE.parent / "src/moca/data/default/weights.safetensors")]),
         ("losses", [str(HERE / "bench_losses.py"), "--steps", "6" if args.quick else "20"]),
         ("service", [str(HERE / "bench_service.py"), *quick]),
+        # serial vs process pool vs local Ray; its own copy in benchmarks/sweep_results.json
+        ("sweep", [str(HERE / "bench_sweep.py"), *quick]),
     ]
     for name, command in steps:
         print(f"running {name} ...", file=sys.stderr, flush=True)

@@ -302,6 +302,8 @@ def train(
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0,
                                                 help="Stop past this wall time (0: never; overrides the config). "
                                                      "A run cut short by time is not reproducible step for step."),
+    ray_address: Optional[str] = typer.Option(None, "--ray", help="Run each meta step's regimes as Ray tasks: 'auto' (a local Ray) or a cluster address."),
+    ray_cpus: int = typer.Option(2, "--ray-cpus", min=1, help="CPUs of a local Ray (--ray auto)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Meta-train a policy initialisation over the regime distribution; write a checkpoint."""
@@ -330,8 +332,22 @@ def train(
         config = MetaConfig(**fields)
         if output.exists() and not output.is_dir():
             raise UsageError(f"-o {output}: exists and is not a directory")
-    with _progress(as_json) as progress:
-        module, history = meta_train(config, progress=progress)
+    backend = None
+    if ray_address is not None:
+        from moca.cluster import BackendError, backend_from_options
+
+        try:
+            backend = backend_from_options(ray_address, ray_cpus)
+            backend.start()
+        except BackendError as err:
+            err_console.print(f"moca: error: {_message(err)}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+    try:
+        with _progress(as_json) as progress:
+            module, history = meta_train(config, progress=progress, backend=backend)
+    finally:
+        if backend is not None:
+            backend.stop()
     validation = history["validation"]
     scores = {"validation_zero_shot_before": validation[0]["score"] if validation else None,
               "validation_zero_shot_after": validation[-1]["score"] if validation else None}
@@ -531,6 +547,94 @@ def serve(
     run_service(host=host, port=port, data=data, token=token,
                 adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation),
                 keep_decisions=keep_decisions)
+
+# --- sweep ---------------------------------------------------------------------------------
+
+
+@app.command()
+def sweep(
+    field: str = typer.Option(..., "--field", help="Regime field to vary (recycled_content_min, carbon_tax, emission_cap, landfill_tax, recovery_target)."),
+    values: str = typer.Option(..., "--values", help="A list 0,0.1,0.2 or a range start:stop:step (stop included)."),
+    model: str = typer.Option("CLSC-1", "--model", help="World model."),
+    base: Optional[str] = typer.Option(None, "--base", help="The other rules: a regime name or YAML/JSON file (default: none)."),
+    policies: str = typer.Option("oracle,mpc,threshold", "--policies", help="Comma-separated: oracle, mpc, threshold, moca."),
+    scenarios: int = typer.Option(20, "--scenarios", help="Test scenarios per value (seeds seed .. seed+N-1)."),
+    seed: int = typer.Option(1000, "--seed", help="First test seed."),
+    adapt_steps: int = typer.Option(5, "--adapt-steps", help="moca: gradient steps of adaptation per value."),
+    workers: int = typer.Option(2, "--workers", help="Local processes (1: run in this process); CPUs of a local Ray."),
+    ray_address: Optional[str] = typer.Option(None, "--ray", help="Run as Ray tasks: 'auto' (a local Ray for the run) or a cluster address."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw compliance cost and emissions against the value (PNG/PDF/SVG)."),
+) -> None:
+    """Regulatory impact analysis: sweep one rule's strength; cost of compliance, emissions, shadow price."""
+    from moca.cluster import BackendError, backend_from_options
+    from moca.regime import RegimeError
+    from moca.sweep import SweepError, make_plan, plot_sweep, run_sweep
+
+    try:
+        plan = make_plan(model, field, values, base=base, policies=policies, scenarios=scenarios, seed=seed,
+                         adapt_steps=adapt_steps)
+        for option, path in (("--json", json_file), ("--plot", plot_file)):
+            if path is not None and path.is_dir():
+                raise UsageError(f"{option} {path}: is a directory")
+        if plot_file is not None and plot_file.suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise UsageError(f"--plot {plot_file}: expected a .png, .pdf or .svg file name")
+        backend = backend_from_options(ray_address, workers)
+    except (SweepError, BackendError, RegimeError, UsageError) as err:
+        err_console.print(f"moca: error: {_message(err)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    try:
+        with _progress(False) as progress:
+            bar = progress.add_task(f"sweep {field} ({backend.kind})", total=None)
+            result = run_sweep(plan, backend, on_done=lambda n, total: progress.update(bar, completed=n, total=total))
+    except BackendError as err:
+        err_console.print(f"moca: error: {_message(err)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except (RuntimeError, OSError) as err:  # a worker died, a solver failed: say so, write nothing
+        err_console.print(f"moca: error: sweep failed, nothing written: {type(err).__name__}: {_message(err)}",
+                          markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if json_file is not None:
+        _write_atomic(json_file, json.dumps(result, indent=1))
+    if plot_file is not None:
+        plot_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = plot_file.with_name(f".{plot_file.stem}.tmp{plot_file.suffix}")
+        try:
+            plot_sweep(result, str(tmp))
+            os.replace(tmp, plot_file)
+        finally:
+            tmp.unlink(missing_ok=True)
+    _sweep_table(result)
+    for warning in result["warnings"]:
+        console.print(f"[bold]warning[/bold]: {warning}", highlight=False)
+    wrote = ", ".join(str(p) for p in (json_file, plot_file) if p is not None)
+    console.print(f"{result['tasks']} tasks in {result['seconds']:.1f} s on {result['backend']['kind']}"
+                  + (f"; wrote {wrote}" if wrote else ""))
+
+
+def _sweep_table(result: dict) -> None:
+    unmet = result["unmet_metric"].split(" ")[0]
+    table = Table(title=f"{result['model']}: {result['field']} ({result['unit']}), {result['scenarios']} scenarios from "
+                        f"seed {result['seeds'][0]}; compliance cost vs {result['field']}={result['neutral']}")
+    for col in ("policy", "value", "cost (EUR)", "95% interval", "compliance cost", "emissions (t CO2)",
+                "recycled share", unmet, "violations", "shadow price / adapt."):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, entry in result["policies"].items():
+        for i, value in enumerate(result["values"]):
+            if name == "oracle":
+                price = entry["shadow_price"][i]
+                extra = ("-" if price is None else f"{price:,.0f}") + (" unmet!" if entry["demand_unmet_by_rule"][i] else "")
+            elif name == "moca":
+                extra = f"{entry['adaptation_steps'][i]} steps, {entry['adaptation_seconds'][i]:.2f} s"
+            else:
+                extra = ""
+            lo, hi = entry["cost_ci"][i]
+            table.add_row(name if i == 0 else "", f"{value:g}", f"{entry['cost'][i]:,.0f}", f"{lo:,.0f} – {hi:,.0f}",
+                          f"{entry['compliance_cost'][i]:,.0f}", f"{entry['emissions'][i] / 1000:,.1f}",
+                          f"{entry['recycled_share'][i]:.3f}", f"{entry[unmet][i]:,.1f}", str(entry["violations"][i]),
+                          extra)
+    wide = console if console.is_terminal else Console(width=200)
+    wide.print(table)
 
 
 @contextmanager

@@ -346,7 +346,8 @@ def task_losses(module: LSTMPolicy, learners: Sequence[Learner], batch: Scenario
     return per_task, info
 
 
-def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None) -> tuple[LSTMPolicy, dict[str, Any]]:
+def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
+               backend: Any = None) -> tuple[LSTMPolicy, dict[str, Any]]:
     """Meta-train an initialisation; returns the module (meta weights) and the history.
 
     Each meta step: draw ``tasks_per_step`` regimes; every learner takes ``inner_steps``
@@ -357,6 +358,10 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None) -> tuple
     ``rich.progress.Progress``. The history holds per-step scores (support before,
     query after adaptation), meta-gradient norms, wall seconds and, with
     ``validate_every``, the zero-shot validation score (step 0 = the untrained policy).
+
+    ``backend``: a started :class:`moca.cluster.Backend` (e.g. Ray) to run each step's
+    tasks on, one inner loop per worker (:mod:`moca.meta_dist`): the same tasks and seeds
+    are drawn, and the weights agree with the local run (None) to round-off.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -375,22 +380,28 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None) -> tuple
         tasks = [sample_task(rng, config.params, config.named_share) for _ in range(config.tasks_per_step)]
         seeds = [rng.choice(len(META_SEEDS), config.support_size + config.query_size, replace=False) + META_SEEDS.start
                  for _ in tasks]
-        support, support_oracle = task_batch(cache, tasks, [s[:config.support_size] for s in seeds])
-        learners = [meta.clone() for _ in tasks]
-        for _ in range(config.inner_steps):
-            losses, support_info = task_losses(module, learners, support, support_oracle, config.support_size,
-                                               config.correction_weight)
-            meta.adapt_all(learners, losses.sum())
-        entry: dict[str, Any] = {"step": step, "support_score": support_info["score"],
-                                 "correction": support_info["correction"]}
-        if config.algorithm == "reptile":
-            grad_norm = meta.outer_step(learners)
+        if backend is not None:  # the tasks' inner loops on workers (moca.meta_dist)
+            from moca.meta_dist import distributed_step
+
+            distributed, grad_norm = distributed_step(meta, config, tasks, seeds, backend)
+            entry = {"step": step, **distributed}
         else:
-            query, query_oracle = task_batch(cache, tasks, [s[config.support_size:] for s in seeds])
-            losses, query_info = task_losses(module, learners, query, query_oracle, config.query_size,
-                                             config.correction_weight)
-            grad_norm = meta.outer_step(learners, losses.mean())
-            entry["query_score"] = query_info["score"]
+            support, support_oracle = task_batch(cache, tasks, [s[:config.support_size] for s in seeds])
+            learners = [meta.clone() for _ in tasks]
+            for _ in range(config.inner_steps):
+                losses, support_info = task_losses(module, learners, support, support_oracle, config.support_size,
+                                                   config.correction_weight)
+                meta.adapt_all(learners, losses.sum())
+            entry: dict[str, Any] = {"step": step, "support_score": support_info["score"],
+                                     "correction": support_info["correction"]}
+            if config.algorithm == "reptile":
+                grad_norm = meta.outer_step(learners)
+            else:
+                query, query_oracle = task_batch(cache, tasks, [s[config.support_size:] for s in seeds])
+                losses, query_info = task_losses(module, learners, query, query_oracle, config.query_size,
+                                                 config.correction_weight)
+                grad_norm = meta.outer_step(learners, losses.mean())
+                entry["query_score"] = query_info["score"]
         entry["meta_grad_norm"] = grad_norm
         entry["seconds"] = time.perf_counter() - started
         if validate is not None and (step % config.validate_every == 0 or step == config.meta_steps):

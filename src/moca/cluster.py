@@ -1,0 +1,265 @@
+"""Where independent pieces of work run: in this process, a local process pool, or Ray.
+
+A sweep (:mod:`moca.sweep`) and a distributed meta-step (:mod:`moca.meta_dist`) are both a
+list of independent tasks, each a pure function of its (small, picklable) input. A
+*backend* maps such a function over the tasks and hands each result back as it arrives
+(for a progress bar); results come back in task order. Every backend runs a task with
+one torch thread, so a task computes the same floats wherever it runs: the backends
+differ only in where, never in what.
+
+* ``serial``: in this process, one task after another (the baseline of the speed-ups);
+* ``pool``: a local process pool (:class:`concurrent.futures.ProcessPoolExecutor`,
+  ``spawn``: a forked child of a process that has used PyTorch's thread pools can hang);
+* ``ray``: Ray tasks, on a local Ray started for the run (``auto``: capped in CPUs and
+  object-store memory) or on an existing cluster (``ray.init(address=...)``). Ray is an
+  optional extra (``pip install 'moca[ray]'``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any, Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+#: Object-store cap of a local Ray started by moca (bytes). Tasks move kilobytes
+#: (regimes, seeds, weights of a small LSTM), so Ray's minimum is plenty.
+LOCAL_OBJECT_STORE_BYTES = 80 * 1024**2
+
+RAY_INSTALL_HINT = "install it with: pip install 'moca[ray]' (or pip install 'ray>=2.9')"
+
+
+class BackendError(ValueError):
+    """A backend that cannot be used (Ray missing, bad address, bad worker count)."""
+
+
+def run_task(fn: Callable[[Any], Any], item: Any) -> Any:
+    """Run one task with one torch thread (restored afterwards, for the serial backend)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(item)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _pool_init() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@dataclass
+class Backend:
+    """How to run tasks: ``kind`` serial | pool | ray; ``workers`` for the local kinds and a
+    local Ray; ``address`` of a Ray cluster (``auto``: start a local Ray for the run)."""
+
+    kind: str = "pool"
+    workers: int = 2
+    address: str | None = None
+    object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES
+    _ray_started: bool = field(default=False, repr=False)
+    _pool: Any = field(default=None, repr=False)  # the executor while a session is open
+    _remote: Any = field(default=None, repr=False)  # run_task as a Ray remote function
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("serial", "pool", "ray"):
+            raise BackendError(f"backend {self.kind!r}: expected serial, pool or ray")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise BackendError(f"--workers {self.workers!r}: expected a whole number >= 1")
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "ray":
+            out["address"] = self.address or "auto"
+            import ray
+
+            if ray.is_initialized():
+                out["cluster_cpus"] = float(ray.cluster_resources().get("CPU", 0.0))
+                out["nodes"] = len([n for n in ray.nodes() if n.get("Alive")])
+        else:
+            out["workers"] = 1 if self.kind == "serial" else self.workers
+        return out
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any],
+            on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """``[fn(item) for item in items]``, run on this backend; ``on_done(i, result)`` is
+        called as each finishes (in completion order)."""
+        items = list(items)
+        if not items:
+            return []
+        if self.kind == "serial" or (self.kind == "pool" and self.workers == 1):
+            out = []
+            for i, item in enumerate(items):
+                out.append(run_task(fn, item))
+                if on_done:
+                    on_done(i, out[-1])
+            return out
+        if self.kind == "pool":
+            return self._map_pool(fn, items, on_done)
+        return self._map_ray(fn, items, on_done)
+
+    def _map_pool(self, fn, items, on_done) -> list[Any]:
+        if self._pool is None:  # outside a session: a pool for this call only
+            with self.session():
+                return self._map_pool(fn, items, on_done)
+        results: list[Any] = [None] * len(items)
+        pending = {self._pool.submit(run_task, fn, item): i for i, item in enumerate(items)}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = pending.pop(future)
+                    results[i] = future.result()
+                    if on_done:
+                        on_done(i, results[i])
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+        return results
+
+    def _map_ray(self, fn, items, on_done) -> list[Any]:
+        ray = require_ray()
+        if not ray.is_initialized():
+            raise BackendError("ray backend: call Backend.start() (or use `with backend.session():`) first")
+        if self._remote is None:
+            self._remote = ray.remote(num_cpus=1, max_retries=0)(run_task)
+        refs = [self._remote.remote(fn, item) for item in items]
+        index = {ref.hex(): i for i, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(items)
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    i = index[ref.hex()]
+                    results[i] = ray.get(ref)
+                    if on_done:
+                        on_done(i, results[i])
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        return results
+
+    # --- Ray session -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the process pool (``pool``) or connect to Ray (``ray``); no-op for ``serial``.
+        Spawned workers import moca afresh (a script using the pool needs the usual
+        ``if __name__ == "__main__":`` guard)."""
+        if self.kind == "pool" and self.workers > 1 and self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
+                                             initializer=_pool_init)
+        if self.kind != "ray":
+            return
+        ray = require_ray()
+        if ray.is_initialized():
+            return
+        started = time.perf_counter()
+        if self.address in (None, "auto", "local"):
+            # A local Ray for this run only, capped in CPUs and object-store memory, with no
+            # dashboard: on a shared machine it takes what the run asks for and nothing more.
+            ray.init(num_cpus=self.workers, object_store_memory=self.object_store_bytes, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **_pythonpath()}})
+        else:
+            _check_reachable(self.address)
+            try:
+                ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, ValueError, RuntimeError) as err:
+                raise BackendError(f"--ray {self.address}: cannot connect to the Ray cluster "
+                                   f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        self._ray_started = True
+        self.start_seconds = time.perf_counter() - started
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._remote = None
+        if self.kind == "ray" and self._ray_started:
+            import ray
+
+            ray.shutdown()
+            self._ray_started = False
+
+    def parallelism(self) -> int:
+        """How many tasks run at once: the workers, or a Ray cluster's CPUs."""
+        if self.kind == "serial":
+            return 1
+        if self.kind == "ray":
+            import ray
+
+            if ray.is_initialized():
+                return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return self.workers
+
+    def running(self) -> bool:
+        """Whether the pool is up or Ray is connected (serial: always)."""
+        if self.kind == "pool" and self.workers > 1:
+            return self._pool is not None
+        if self.kind == "ray":
+            import ray
+
+            return ray.is_initialized()
+        return True
+
+    @contextmanager
+    def session(self) -> Iterator["Backend"]:
+        """Start the pool or Ray for the block and stop it after, whatever happens; a
+        pool or Ray already running (started by the caller) is left as it is."""
+        owned = not self.running()
+        self.start()
+        try:
+            yield self
+        finally:
+            if owned:
+                self.stop()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nothing listens at: Ray itself retries for minutes."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise BackendError(f"--ray {address}: expected 'auto', HOST:PORT (e.g. head:6379) or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise BackendError(f"--ray {address}: no Ray cluster answers there ({err.strerror or err})") from None
+
+
+def _pythonpath() -> dict[str, str]:
+    """A local Ray's workers import moca as this process does (an uninstalled checkout)."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": path} if path else {}
+
+
+def require_ray():
+    """The ``ray`` module, or :class:`BackendError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise BackendError(f"--ray: Ray is not installed; {RAY_INSTALL_HINT}") from None
+    return ray
+
+
+def backend_from_options(ray_address: str | None, workers: int) -> Backend:
+    """The backend a command's ``--ray``/``--workers`` options ask for (Ray checked now)."""
+    if ray_address is not None:
+        if not ray_address.strip():
+            raise BackendError("--ray: expected 'auto' or a cluster address (e.g. ray://head:10001 or head:6379)")
+        require_ray()
+        return Backend("ray", workers=workers, address=ray_address.strip())
+    return Backend("pool" if workers > 1 else "serial", workers=workers)

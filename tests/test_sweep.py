@@ -1,0 +1,181 @@
+"""moca sweep: SPEC parsing, bad input, the oracle's shadow prices against finite
+differences, a small sweep's invariants, the local pool against a serial run, the plot.
+(The Ray backend is tested in test_ray.py.)"""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from moca.cli import app
+from moca.cluster import Backend
+from moca.oracle import shadow_prices, solve_oracle
+from moca.regime import Regime
+from moca.scenario import draw_scenario
+from moca.sweep import SweepError, make_plan, parse_values, run_sweep
+
+
+def test_values_spec_list_and_range():
+    assert parse_values("0,0.1, 0.2") == [0.0, 0.1, 0.2]
+    assert parse_values("0:0.6:0.05") == [round(0.05 * i, 12) for i in range(13)]
+    assert parse_values("0:300:25")[-1] == 300.0 and len(parse_values("0:300:25")) == 13
+    assert parse_values("5:5:1") == [5.0]
+    for spec, needle in [("", "empty"), (" , ", "empty"), ("0,,1", "empty item"), ("a,1", "'a' is not a number"),
+                         ("0:1", "three numbers"), ("0:1:0", "step must be > 0"), ("1:0:0.1", "stop is below start"),
+                         ("0,nan", "not a finite"), ("0,1,0", "repeated"), ("0:1:1e-6", "at most")]:
+        with pytest.raises(SweepError, match=needle):
+            parse_values(spec)
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--field", "speed_limit", "--values", "1"], ["--field", "speed_limit", "recycled_content_min"]),
+    (["--field", "recycled_content_min", "--values", "0,1.2"], ["recycled_content_min=1.2", "valid range"]),
+    (["--field", "landfill_tax", "--values", "-5:10:5"], ["landfill_tax=-5", "valid range"]),
+    (["--field", "emission_cap", "--values", "0,100"], ["emission_cap=0"]),
+    (["--field", "carbon_tax", "--values", ""], ["--values", "empty"]),
+    (["--field", "carbon_tax", "--values", "0;10"], ["--values", "not a number"]),
+    (["--field", "carbon_tax", "--values", "0,10", "--policies", "oracle,genius"], ["--policies", "genius"]),
+    (["--field", "carbon_tax", "--values", "0,10", "--model", "CLSC-9"], ["--model", "CLSC-9"]),
+    (["--field", "carbon_tax", "--values", "0,10", "--base", "no-such-rule"], ["--base", "no-such-rule"]),
+    (["--field", "carbon_tax", "--values", "0,10", "--scenarios", "1"], ["--scenarios"]),
+    (["--field", "carbon_tax", "--values", "0,10", "--plot", "out.txt"], ["--plot", "png"]),
+])
+def test_bad_input_is_one_line_exit_2(args, needles, tmp_path):
+    result = runner.invoke(app, ["sweep", *args, "--json", str(tmp_path / "out.json")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moca: error:"), result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_ray_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    result = runner.invoke(app, ["sweep", "--field", "carbon_tax", "--values", "0,10", "--ray", "auto"])
+    assert result.exit_code == 2
+    assert "Ray is not installed" in result.stderr and "pip install 'moca[ray]'" in result.stderr
+    result = runner.invoke(app, ["train", "-o", "unused", "--ray", "auto", "--steps", "1"])
+    assert result.exit_code == 2 and "pip install 'moca[ray]'" in result.stderr
+
+
+# Binding points of every rule (a tight mandate, a cap below the virgin-only emissions, a
+# recovery target with disposal in the plan), and central differences of the oracle cost.
+@pytest.mark.parametrize("field, regime, delta", [
+    ("recycled_content_min", dict(recycled_content_min=0.15, carbon_tax=80.0), 1e-4),
+    ("carbon_tax", dict(recycled_content_min=0.15, carbon_tax=80.0), 0.01),
+    ("emission_cap", dict(recycled_content_min=0.05, emission_cap=9000.0), 0.5),
+    ("recovery_target", dict(recovery_target=0.97), 1e-4),
+    ("landfill_tax", dict(landfill_tax=0.0), 0.0),
+])
+def test_shadow_price_is_the_finite_difference_of_the_oracle_cost(field, regime, delta):
+    for seed in (1000, 1001):
+        scenario = draw_scenario(seed, Regime(**regime))
+        sp = shadow_prices(scenario)
+        assert sp.oracle_cost == pytest.approx(solve_oracle(scenario).oracle_cost, rel=1e-9)
+        if delta == 0.0:  # landfill tax: the derivative is the cores disposed
+            assert sp.prices[field] == pytest.approx(float(sp.result.plan[:, 5].sum()))
+            continue
+        up = solve_oracle(draw_scenario(seed, Regime(**{**regime, field: regime[field] + delta}))).oracle_cost
+        down = solve_oracle(draw_scenario(seed, Regime(**{**regime, field: regime[field] - delta}))).oracle_cost
+        slope = (up - down) / (2 * delta) * (-1 if field == "emission_cap" else 1)  # tightening a cap = lowering it
+        assert sp.prices[field] > 0, (field, sp.prices[field])  # every rule here binds
+        assert sp.prices[field] == pytest.approx(slope, rel=1e-6)
+    assert shadow_prices(draw_scenario(1000, Regime())).prices["emission_cap"] is None
+
+
+@pytest.fixture(scope="module")
+def small_sweep():
+    # A small tuning budget for the threshold rule keeps this fast; the rule is still tuned.
+    plan = make_plan("CLSC-1", "recycled_content_min", "0.1,0.26", policies="oracle,threshold,mpc", scenarios=3,
+                     threshold_budget=96)
+    return plan, run_sweep(plan, Backend("serial"))
+
+
+def test_small_sweep_invariants(small_sweep):
+    plan, result = small_sweep
+    assert result["field"] == "recycled_content_min" and result["values"] == [0.1, 0.26]
+    assert result["backend"] == {"kind": "serial", "workers": 1}
+    assert result["tasks"] == 3 * 3  # two values + the neutral 0 per policy
+    oracle = result["policies"]["oracle"]
+    for name, entry in result["policies"].items():
+        for key in ("cost", "cost_ci", "compliance_cost", "emissions", "recycled_share", "violations", "backlog"):
+            assert len(entry[key]) == 2, (name, key)
+        assert entry["violations"] == [0, 0]
+        for i in range(2):
+            lo, hi = entry["cost_ci"][i]
+            assert lo < entry["cost"][i] < hi
+            assert entry["recycled_share"][i] >= plan.values[i] - 1e-6  # the mandate holds
+            if name != "oracle":  # the hindsight optimum bounds every policy's mean cost
+                assert oracle["cost"][i] <= entry["cost"][i] + 1e-6
+        # A binding mandate costs money; for the oracle adding a rule can never save any (a
+        # heuristic rule may do better under a mild mandate than without, so only at 26%).
+        assert entry["compliance_cost"][1] > 0
+        if name == "oracle":
+            assert entry["compliance_cost"][0] > 0
+    # The newcomer's cliff: at 26% returns cannot supply the recycled material, and the
+    # flag says so; at 10% the oracle meets demand as without the rule.
+    assert oracle["demand_unmet_by_rule"] == [False, True]
+    assert oracle["backlog"][1] > 10 * oracle["backlog"][0]
+    assert any("recycled_content_min=0.26" in w for w in result["warnings"])
+    assert all(p is not None and p > 0 for p in oracle["shadow_price"])
+    assert json.loads(json.dumps(result)) == result  # JSON-ready as it is
+
+
+def test_neutral_value_in_the_list_is_reused_and_costs_nothing():
+    plan = make_plan("CLSC-1", "carbon_tax", "0,150", policies="oracle", scenarios=2)
+    assert len(plan.tasks()) == 2
+    result = run_sweep(plan, Backend("serial"))
+    entry = result["policies"]["oracle"]
+    assert entry["compliance_cost"][0] == 0.0 and entry["compliance_cost_ci"][0] == [0.0, 0.0]
+    # The tax's shadow price is the taxed t CO2 of virgin material, and the compliance
+    # cost at 150 EUR/t is at most 150 x the t CO2 taxed at 0 (the plan could stay put).
+    assert 0 < entry["compliance_cost"][1] <= 150 * entry["shadow_price"][0] + 1e-6
+
+
+def test_local_pool_gives_the_serial_numbers():
+    plan = make_plan("CLSC-1", "emission_cap", "9000", policies="oracle,mpc", scenarios=2)
+    serial = run_sweep(plan, Backend("serial"))
+    pooled = run_sweep(plan, Backend("pool", workers=2))
+    assert pooled["backend"] == {"kind": "pool", "workers": 2} and pooled["tasks"] == 4
+    assert pooled["policies"] == serial["policies"]  # bit for bit: a task runs the same wherever
+    # A cap of 9,000 kg CO2/period binds (an average virgin-only period emits ~14,000).
+    assert serial["policies"]["oracle"]["shadow_price"][0] > 0
+    assert serial["policies"]["mpc"]["violations"] == [0]
+
+
+def test_moca_policy_reports_its_adaptation():
+    plan = make_plan("CLSC-1", "recycled_content_min", "0.2", policies="moca", scenarios=2, adapt_steps=1)
+    entry = run_sweep(plan, Backend("serial"))["policies"]["moca"]
+    assert entry["adaptation_steps"][0] in (0, 1) and entry["adaptation_seconds"][0] >= 0
+    assert entry["violations"] == [0] and entry["recycled_share"][0] >= 0.2 - 1e-6
+    assert entry["compliance_cost"][0] > 0
+
+
+def test_cli_writes_json_and_plot(tmp_path):
+    out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    result = runner.invoke(app, ["sweep", "--field", "landfill_tax", "--values", "0,50", "--policies", "oracle",
+                                 "--scenarios", "2", "--workers", "1", "--json", str(out), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert set(data) >= {"field", "values", "policies", "seconds", "backend"}
+    assert set(data["policies"]["oracle"]) >= {"cost", "cost_ci", "compliance_cost", "emissions", "recycled_share",
+                                               "violations", "shadow_price", "demand_unmet_by_rule"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "landfill_tax" in result.stdout and math.isfinite(data["seconds"])
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+    assert np.isfinite(data["policies"]["oracle"]["cost"]).all()
+
+
+def test_unreachable_ray_address_fails_fast():
+    pytest.importorskip("ray")
+    for address, needle in (("127.0.0.1:1", "no Ray cluster answers"), ("nonsense", "HOST:PORT")):
+        result = runner.invoke(app, ["sweep", "--field", "carbon_tax", "--values", "0,10", "--policies", "oracle",
+                                     "--scenarios", "2", "--ray", address])
+        assert result.exit_code == 2 and needle in result.stderr, result.stderr
