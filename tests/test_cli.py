@@ -52,7 +52,8 @@ def test_simulate_and_oracle_json(scenario_file, tmp_path):
     assert result["violations"] == 0
     assert len(result["periods"]) == 52
     period = result["periods"][3]
-    assert set(period) == {"t", "action", "cost", "state", "sales", "emissions"}
+    assert set(period) == {"t", "action", "raw_action", "correction", "cost", "terms", "state", "sales", "emissions"}
+    assert math.isclose(sum(period["terms"].values()), period["cost"], rel_tol=1e-9, abs_tol=1e-6)
     assert set(period["state"]) == {"V", "M", "P", "C", "B"}
     # The spec's LP may withhold sales the simulator would make; only then may replay cost more.
     withheld = solve_oracle(Scenario.from_json(scenario_file)).withheld.max()

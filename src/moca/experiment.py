@@ -39,7 +39,8 @@ from moca.evaluation import TimedDecisions, latency_summary
 from moca.evaluation import evaluate_policy as evaluate_deployed
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
 from moca.metrics import adaptation_speed, continual_metrics
-from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy
+from moca.policy import (DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy,
+                         with_params)
 from moca.regime import TASKS, Regime, RegimeSchedule, load_regime
 from moca.scenario import Params, Scenario, draw_scenarios
 from moca.sim import COST_TERMS, ScenarioBatch, rollout
@@ -102,9 +103,10 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         return MPCPolicy()
     where = checkpoint.resolve(name)
     if not where.exists():
-        raise ExperimentError(f"--policy {name!r}: not one of {', '.join(BASELINES)} and no checkpoint directory "
-                              f"of that name")
+        raise ExperimentError(f"--policy {name!r}: not one of {', '.join(BASELINES + tuple(checkpoint.SHIPPED))} "
+                              "and no checkpoint directory of that name")
     module, _ = checkpoint.load_policy(name)
+    module = with_params(module, params)
     weights = None
     if adapt_steps:
         if len(plan.entries) != 1:

@@ -278,6 +278,25 @@ class LSTMPolicy(nn.Module):
         return self.scale * head, (h, c)
 
 
+def with_params(module: "LSTMPolicy", params: Params) -> "LSTMPolicy":
+    """The same policy (config and weights) for a chain with other parameters.
+
+    The features are normalised by the chain's capacities, so the weights carry over; their
+    shapes depend on the lead time and the return lag only, and differ when those do."""
+    if params == module.params:
+        return module
+    rebuilt = LSTMPolicy(params, module.config)
+    ours = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if ours != theirs:
+        raise PolicyError(f"params: lead_virgin={params.lead_virgin}, lag_return={params.lag_return} change the "
+                          f"policy's input size; the checkpoint was trained for lead_virgin="
+                          f"{module.params.lead_virgin}, lag_return={module.params.lag_return} (train one with "
+                          "'moca train --params FILE')")
+    rebuilt.load_state_dict(module.state_dict())
+    return rebuilt
+
+
 def module_weights(module: nn.Module) -> Weights:
     """The module's own parameters as a weights dict (shared tensors, not copies)."""
     return dict(module.named_parameters())

@@ -35,6 +35,15 @@ REGIME_RANGES: dict[str, str] = {
     "recovery_target": "[0, 1]",
 }
 
+#: Units of the fields, as ``moca regimes`` shows them.
+REGIME_UNITS: dict[str, str] = {
+    "recycled_content_min": "share of material input",
+    "carbon_tax": "EUR/t CO2",
+    "emission_cap": "kg CO2/period",
+    "landfill_tax": "EUR/disposed core",
+    "recovery_target": "share of processed cores",
+}
+
 _BOUNDS: dict[str, tuple[float, float]] = {
     "recycled_content_min": (0.0, 0.95),
     "carbon_tax": (0.0, 2000.0),
@@ -251,47 +260,86 @@ PRESETS: dict[str, Regime] = {
 }
 
 
+#: Where each named regime comes from (also in the README, "Regime presets").
+REGIME_SOURCES: dict[str, str] = {
+    "T1": "seed task 1",
+    "T2": "seed task 2",
+    "T3": "seed task 3",
+    "unregulated": "no rule",
+    "eu-ets-2025": "EU ETS, 2025 average allowance price",
+    "eu-batteries-2031": "Reg. (EU) 2023/1542 Art. 8, from 2031",
+    "eu-batteries-2036": "Reg. (EU) 2023/1542 Art. 8, from 2036",
+    "eu-ppwr-2030": "Reg. (EU) 2025/40 (PPWR) Art. 7, from 2030",
+    "eu-ppwr-2040": "Reg. (EU) 2025/40 (PPWR) Art. 7, from 2040",
+    "weee-recovery": "Dir. 2012/19/EU (WEEE) Annex V",
+}
+
+
 def named_regimes() -> dict[str, Regime]:
     return {**TASKS, **PRESETS}
 
 
+def unknown_name(name: str, where: str = "regime", files: bool = True) -> RegimeError:
+    """The one message for a regime name moca does not know, wherever a name is accepted."""
+    known = ", ".join(named_regimes())
+    return RegimeError(f"{where}={name!r}: unknown regime name (known: {known}"
+                       + ("; or a YAML/JSON file)" if files else ")"))
+
+
+def _missing(text: str, where: str) -> RegimeError:
+    """A name or file that is neither: a bare word reads as a misspelt name."""
+    path = Path(text)
+    if path.suffix.lower() in (".yaml", ".yml", ".json") or len(path.parts) > 1:
+        return RegimeError(f"{where}={text!r}: no such file")
+    return unknown_name(text, where)
+
+
+def _without_name(data: dict[str, Any]) -> dict[str, Any]:
+    """A regime object may carry a ``name`` (a label, as in sequence files); it is no rule."""
+    if "name" in data and isinstance(data["name"], str):
+        data = {k: v for k, v in data.items() if k != "name"}
+    return data
+
+
 def load_regime(spec: str | Path | dict[str, Any] | Regime) -> Regime:
-    """A regime from a name (``T1``, ``eu-ets-2025``), a YAML/JSON file, or a mapping."""
+    """A regime from a name (``T1``, ``eu-ets-2025``), a YAML/JSON file, or a mapping
+    (an optional ``name`` key is a label and is ignored)."""
     if isinstance(spec, Regime):
         return spec
     if isinstance(spec, dict):
-        return _validated(Regime, spec, prefix="")
+        return _validated(Regime, _without_name(spec), prefix="")
     text = str(spec)
     names = named_regimes()
     if text in names:
         return names[text]
     path = Path(text)
     if not path.exists():
-        raise RegimeError(
-            f"regime {text!r}: not a known name ({', '.join(names)}) and no such file"
-        )
+        raise _missing(text, "regime")
     data = read_structured(path)
     if not isinstance(data, dict):
         raise RegimeError(f"{path}: a regime file must hold one object with the regime fields")
-    return _validated(Regime, data, prefix=f"{path.name}: ")
+    return _validated(Regime, _without_name(data), prefix=f"{path.name}: ")
 
 
 def load_schedule(spec: str | Path | list[dict[str, Any]]) -> RegimeSchedule:
     """A schedule from a YAML/JSON file holding a list of entries with ``start``
-    (or an object with key ``regimes``); a single regime name/file is a constant schedule."""
+    (or an object with key ``regimes``); a single regime name/file is a constant schedule.
+    Entries may carry a ``name`` label, which is ignored."""
     if isinstance(spec, list):
-        return RegimeSchedule.from_list(spec)
+        return RegimeSchedule.from_list([_without_name(e) if isinstance(e, dict) else e for e in spec])
     text = str(spec)
     if text in named_regimes():
         return RegimeSchedule.constant(named_regimes()[text])
     path = Path(text)
     if not path.exists():
-        raise RegimeError(f"schedule {text!r}: no such file")
+        raise _missing(text, "regime")
     data = read_structured(path)
     if isinstance(data, dict) and "regimes" in data:
         data = data["regimes"]
     if isinstance(data, dict):
         return RegimeSchedule.constant(load_regime(data))
+    if isinstance(data, list):
+        data = [_without_name(e) if isinstance(e, dict) else e for e in data]
     return RegimeSchedule.from_list(data)
 
 
@@ -311,7 +359,7 @@ def load_sequence(spec: str | Path | list[Any]) -> list[tuple[str, Regime]]:
     for i, item in enumerate(data):
         if isinstance(item, str):
             if item not in named_regimes():
-                raise RegimeError(f"sequence[{i}]={item!r}: unknown regime name (known: {', '.join(named_regimes())})")
+                raise unknown_name(item, f"sequence[{i}]", files=False)
             out.append((item, named_regimes()[item]))
         elif isinstance(item, dict):
             item = dict(item)
