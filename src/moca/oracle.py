@@ -119,6 +119,7 @@ class WindowSolution:
     shortfall: np.ndarray  # [H] units below the safety stock
     withheld: np.ndarray  # [H] units sold below min(P_{k-1}, B_{k-1} + d_k) (see OracleResult)
     basis: Basis | None = None  # the optimal basis, to warm-start a similar LP
+    row_dual: np.ndarray | None = None  # [H, N_ROW] HiGHS row duals (d cost / d row bound), if asked for
 
 
 @dataclass
@@ -336,7 +337,7 @@ def build_lp(params: Params, window: Window) -> WindowLP:
 
 
 def solve_window(params: Params, window: Window, start: Basis | None = None,
-                 exact_sales: bool = False) -> WindowSolution:
+                 exact_sales: bool = False, duals: bool = False) -> WindowSolution:
     """Solve the window LP; raises :class:`OracleError` unless HiGHS reports optimal.
 
     ``start``: the optimal basis of an earlier LP (``WindowSolution.basis``) to start the
@@ -349,6 +350,9 @@ def solve_window(params: Params, window: Window, start: Basis | None = None,
     ``s_k = min(P_{k-1}, B_{k-1} + d_k)`` (a MIP with one binary per period, see
     :func:`_add_exact_sales`): the best cost of a plan that is executed as planned, at
     ~0.1 s per 52-period scenario instead of ~5 ms. Not the spec's oracle.
+
+    ``duals``: also return the row duals (``WindowSolution.row_dual``, LP only), for
+    :func:`shadow_prices`.
     """
     highs = _solver()
     lp = build_lp(params, window)
@@ -386,6 +390,8 @@ def solve_window(params: Params, window: Window, start: Basis | None = None,
         status="optimal", cost=float(objective - penalties), actions=actions, sales=x[:, S].copy(),
         stocks=stocks, shortfall=x[:, E].copy(), withheld=np.maximum(sellable - x[:, S], 0.0),
         basis=None if exact_sales else Basis(lp.shape, highs.getBasis()),
+        row_dual=(np.asarray(highs.getSolution().row_dual)[: H * N_ROW].reshape(H, N_ROW).copy()
+                  if duals and not exact_sales else None),
     )
 
 
@@ -504,3 +510,57 @@ def oracle_costs(scenarios: Sequence[Scenario]) -> np.ndarray:
         result = solve_oracle(scenario, start=basis)
         costs[i], basis = result.oracle_cost, result.basis
     return costs
+
+
+# --- shadow prices of the rules ------------------------------------------------------------
+
+
+@dataclass
+class ShadowPrices:
+    """What tightening each rule by one unit would add to the oracle cost (EUR per unit of
+    the field; see :func:`shadow_prices`)."""
+
+    oracle_cost: float  # EUR
+    prices: dict[str, float | None]  # field -> EUR per unit of the field (None: rule not in force)
+    result: OracleResult
+
+
+def shadow_prices(scenario: Scenario) -> ShadowPrices:
+    """The marginal cost of tightening each rule of ``scenario``'s regime, from one HiGHS
+    solve of the hindsight LP (cold start) and its duals.
+
+    By LP sensitivity (the envelope theorem), moving a rule's value by ``delta`` in every
+    period changes the optimal cost by ``delta`` times:
+
+    * ``recycled_content_min`` r (row 6, ``r u_v - (1-r) u_r <= 0``): ``-sum_k y_k (u_v + u_r)_k``
+      with ``y_k <= 0`` the dual of period ``k``'s row: EUR per 1.0 of share (EUR per
+      percentage point is a hundredth of it);
+    * ``recovery_target`` kappa (row 8): ``-sum_k y_k (g + f + w)_k``, EUR per 1.0 of share;
+    * ``emission_cap`` (row 7's bound): ``sum_k y_k`` per kg CO2/period; tightening is
+      *lowering* the cap, so the price reported is ``-sum_k y_k`` (EUR per kg CO2/period
+      less; None when no cap is in force);
+    * ``carbon_tax`` and ``landfill_tax`` are prices in the objective, not rows: their
+      derivative is the taxed quantity, ``sum_k e_v o_k / 1000`` (t CO2, i.e. EUR per EUR/t)
+      and ``sum_k w_k`` (cores, EUR per EUR/core).
+
+    Where the optimum sits on a kink (a rule just becoming binding, a degenerate basis) the
+    cost is not differentiable and the duals give one of its one-sided slopes.
+    """
+    window = episode_window(scenario)
+    p = scenario.params
+    solution = solve_window(p, window, duals=True)
+    y, x, regime = solution.row_dual, solution.actions, window.regime
+    use = x[:, UV] + x[:, UR]
+    processed = x[:, G] + x[:, F] + x[:, W]
+    capped = np.isfinite(regime[:, R_CAP])
+    prices: dict[str, float | None] = {
+        "recycled_content_min": float(-(y[:, ROW_MANDATE] * use).sum()),
+        "carbon_tax": float(p.emis_virgin * x[:, O].sum() / 1000.0),
+        "emission_cap": float(-y[capped, ROW_EMISSIONS].sum()) if capped.any() else None,
+        "landfill_tax": float(x[:, W].sum()),
+        "recovery_target": float(-(y[:, ROW_RECOVERY] * processed).sum()),
+    }
+    result = OracleResult(oracle_cost=solution.cost, status=solution.status, plan=solution.actions,
+                          sales=solution.sales, stocks=solution.stocks, withheld=solution.withheld,
+                          basis=solution.basis)
+    return ShadowPrices(oracle_cost=solution.cost, prices=prices, result=result)

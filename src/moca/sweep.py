@@ -1,0 +1,528 @@
+"""Regulatory impact analysis: sweep one rule's strength and measure what it costs.
+
+``moca sweep --field recycled_content_min --values 0:0.6:0.05`` answers "what does a 35%
+recycled-content mandate cost us against 26%?": for every value of the field (the other
+rules from ``--base``) and every policy, on the same seeded test scenarios,
+
+* episode cost (EUR, mean and 95% interval over scenarios);
+* cost of compliance: the policy's cost minus *the same policy's* cost on the same
+  scenarios with the field at its neutral value (no such rule), paired per scenario;
+* emissions (kg CO2 per episode), recycled share of material input, backlog (mean units
+  on backlog per period; a model with lost sales reports those), violations (must be 0);
+* for ``moca`` (the shipped meta-init adapted to the value): adaptation steps (to 99% of
+  the validation plateau) and seconds;
+* for the ``oracle`` (hindsight LP): the rule's shadow price from the LP duals
+  (:func:`moca.oracle.shadow_prices`, EUR per unit of the field: the marginal cost of
+  tightening it) and a flag where the rule itself leaves demand unmet: the *oracle's*
+  backlog grows over its backlog at the neutral value, so no policy could avoid it.
+
+Work is split into tasks, one per (value, policy): a task is a pure function of its
+input (regime, seeds, policy), so any backend of :mod:`moca.cluster` — this process, a
+local process pool, Ray — gives the same numbers. A world model plugs in as a
+:class:`SweepModel` in :data:`MODELS` (its fields, their ranges and neutral values, how to
+draw scenarios and run a policy); CLSC-1 is :class:`CLSC1Sweep`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from moca.cluster import Backend
+from moca.regime import REGIME_FIELDS, REGIME_RANGES, Regime, RegimeError, load_regime
+
+POLICIES: tuple[str, ...] = ("oracle", "mpc", "threshold", "moca")
+MAX_VALUES = 500  # a longer list is almost certainly a typo in a range's step
+
+
+class SweepError(ValueError):
+    """Bad sweep input (unknown field or policy, value out of range, bad SPEC); the
+    message names the option and the problem."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """A regime field a sweep can vary: valid range (``high`` None = unbounded, ``low_open``:
+    the bound itself is not allowed), the neutral value (no such rule) and the unit."""
+
+    name: str
+    low: float
+    high: float | None
+    neutral: float | None
+    unit: str
+    low_open: bool = False
+
+    def check(self, value: float) -> None:
+        bad = (value <= self.low if self.low_open else value < self.low) or (self.high is not None and value > self.high)
+        if bad or not math.isfinite(value):
+            raise SweepError(f"--values: {self.name}={value:g} is outside its valid range {REGIME_RANGES.get(self.name, '')}".rstrip())
+
+
+# ----------------------------------------------------------------------------------------
+# Parsing --values
+# ----------------------------------------------------------------------------------------
+
+
+def parse_values(spec: str) -> list[float]:
+    """``"0,0.1,0.2"`` (a list) or ``"start:stop:step"`` (a range, ``stop`` included when
+    the steps land on it to round-off). Errors name the bad part."""
+    text = (spec or "").strip()
+    if not text:
+        raise SweepError("--values: empty list (give e.g. 0,0.1,0.2 or a range 0:0.6:0.05)")
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise SweepError(f"--values {spec!r}: a range is start:stop:step (three numbers)")
+        start, stop, step = (_number(p, spec) for p in parts)
+        if step <= 0:
+            raise SweepError(f"--values {spec!r}: the step must be > 0")
+        if stop < start:
+            raise SweepError(f"--values {spec!r}: stop is below start")
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if count > MAX_VALUES:
+            raise SweepError(f"--values {spec!r}: {count} values (at most {MAX_VALUES})")
+        # round() removes the float noise of start + i*step (0.30000000000000004 -> 0.3).
+        return [round(start + i * step, 12) for i in range(count)]
+    items = [p.strip() for p in text.split(",")]
+    if any(not p for p in items):
+        raise SweepError(f"--values {spec!r}: an empty item in the list")
+    values = [_number(p, spec) for p in items]
+    if len(values) > MAX_VALUES:
+        raise SweepError(f"--values: {len(values)} values (at most {MAX_VALUES})")
+    if len(set(values)) != len(values):
+        raise SweepError(f"--values {spec!r}: a value is repeated")
+    return values
+
+
+def _number(text: str, spec: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SweepError(f"--values {spec!r}: {text.strip()!r} is not a number") from None
+    if not math.isfinite(value):
+        raise SweepError(f"--values {spec!r}: {text.strip()!r} is not a finite number")
+    return value
+
+
+def parse_policies(spec: str) -> list[str]:
+    names = [p.strip() for p in (spec or "").split(",") if p.strip()]
+    if not names:
+        raise SweepError(f"--policies: empty list (choose from {', '.join(POLICIES)})")
+    for name in names:
+        if name not in POLICIES:
+            raise SweepError(f"--policies: unknown policy {name!r} (valid: {', '.join(POLICIES)})")
+    if len(set(names)) != len(names):
+        raise SweepError("--policies: a policy is repeated")
+    return names
+
+
+# ----------------------------------------------------------------------------------------
+# World models
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepTask:
+    """One (value, policy) of a sweep: everything a worker needs, all small and picklable.
+    ``regime`` is the regime's field dict; ``index`` is the value's position (-1: the
+    neutral value)."""
+
+    model: str
+    policy: str
+    index: int
+    regime: dict[str, Any]
+    seeds: tuple[int, ...]
+    adapt_steps: int = 5
+    shadow_field: str | None = None
+
+
+@dataclass
+class TaskResult:
+    """Per-scenario metrics of one task (arrays of length ``len(seeds)``) and extras."""
+
+    index: int
+    policy: str
+    metrics: dict[str, list[float]]
+    extra: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class SweepModel:
+    """A world model as a sweep sees it. Subclasses give the fields, the unmet-demand
+    measure, the scenarios and how each policy runs on them."""
+
+    name: str = ""
+    fields: dict[str, FieldSpec] = {}
+    unmet: str = "backlog"  # name of the unmet-demand metric ("backlog" or "lost_sales")
+    unmet_unit: str = "units/period"
+
+    def field(self, name: str) -> FieldSpec:
+        if name not in self.fields:
+            raise SweepError(f"--field {name!r}: unknown field of {self.name} (valid: {', '.join(self.fields)})")
+        return self.fields[name]
+
+    def base_regime(self, spec: str | None) -> Regime:
+        return Regime() if spec is None else load_regime(spec)
+
+    def regime_with(self, base: Regime, name: str, value: float | None) -> dict[str, Any]:
+        try:
+            return load_regime({**base.model_dump(), name: value}).model_dump()
+        except RegimeError as err:  # names the field, the value and its range
+            raise SweepError(f"--values: {err}") from None
+
+    def mean_demand(self) -> float:
+        raise NotImplementedError
+
+    def run(self, task: SweepTask) -> TaskResult:
+        raise NotImplementedError
+
+
+class CLSC1Sweep(SweepModel):
+    """CLSC-1: the five rules of :mod:`moca.regime`, the spec's default parameters."""
+
+    name = "CLSC-1"
+    fields = {
+        "recycled_content_min": FieldSpec("recycled_content_min", 0.0, 0.95, 0.0, "share of material input"),
+        "carbon_tax": FieldSpec("carbon_tax", 0.0, 2000.0, 0.0, "EUR/t CO2"),
+        "emission_cap": FieldSpec("emission_cap", 0.0, None, None, "kg CO2/period", low_open=True),
+        "landfill_tax": FieldSpec("landfill_tax", 0.0, 100.0, 0.0, "EUR/core"),
+        "recovery_target": FieldSpec("recovery_target", 0.0, 1.0, 0.0, "share of processed cores"),
+    }
+    unmet = "backlog"
+    unmet_unit = "units/period"
+
+    def mean_demand(self) -> float:
+        from moca.scenario import DEFAULT_PARAMS
+
+        return float(DEFAULT_PARAMS.demand_base)
+
+    def run(self, task: SweepTask) -> TaskResult:
+        from moca.regime import Regime
+        from moca.scenario import draw_scenarios
+
+        started = time.perf_counter()
+        regime = Regime(**task.regime)
+        scenarios = draw_scenarios(list(task.seeds), regime)
+        extra: dict[str, Any] = {}
+        if task.policy == "oracle":
+            metrics = _oracle_metrics(scenarios, task.shadow_field)
+        else:
+            policy, extra = _build(task.policy, regime, task.adapt_steps)
+            metrics = _policy_metrics(policy, scenarios)
+        return TaskResult(task.index, task.policy, metrics, extra, time.perf_counter() - started)
+
+
+#: The models a sweep can run; CLSC-2 registers its own :class:`SweepModel` here.
+MODELS: dict[str, SweepModel] = {"CLSC-1": CLSC1Sweep()}
+
+
+def get_model(name: str) -> SweepModel:
+    if name not in MODELS:
+        raise SweepError(f"--model {name!r}: unknown model (available: {', '.join(MODELS)})")
+    return MODELS[name]
+
+
+def _build(name: str, regime: Regime, adapt_steps: int) -> tuple[Any, dict[str, Any]]:
+    """The policy for ``regime``: the tuned threshold rule, MPC, or the shipped meta-init
+    adapted ``adapt_steps`` steps (support seeds 800+, validation 900+: never test seeds)."""
+    if name == "threshold":
+        from moca.baselines import tune_threshold
+
+        return tune_threshold(regime), {}
+    if name == "mpc":
+        from moca.baselines import MPCPolicy
+
+        return MPCPolicy(), {}
+    if name == "moca":
+        from moca import checkpoint
+        from moca.meta import adapt
+        from moca.metrics import adaptation_speed
+        from moca.policy import DeployedPolicy
+
+        module, _ = checkpoint.load_policy("default")
+        weights, curve = adapt(module, None, regime, steps=adapt_steps, validation_size=8)
+        speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
+        return DeployedPolicy(module, weights), {"adaptation_steps": int(speed.steps),
+                                                 "adaptation_seconds": float(speed.seconds),
+                                                 "adapt_seconds_total": float(curve[-1]["seconds"])}
+    raise SweepError(f"--policies: unknown policy {name!r}")
+
+
+def _policy_metrics(policy: Any, scenarios: Sequence[Any]) -> dict[str, list[float]]:
+    """Roll ``policy`` out on each scenario (float64, deployment path, every action
+    through the exact projection, one scenario at a time as ``moca evaluate`` does)."""
+    import torch
+
+    from moca import safety
+    from moca.evaluation import TimedDecisions
+    from moca.sim import ScenarioBatch, rollout
+
+    out: dict[str, list[float]] = {k: [] for k in ("cost", "emissions", "recycled_share", "backlog", "violations")}
+    timed = TimedDecisions(policy)
+    with torch.no_grad():
+        for scenario in scenarios:
+            batch = ScenarioBatch.from_scenarios([scenario], dtype=torch.float64)
+            result = rollout(batch, timed, timed.projector)
+            executed = result.executed[0].numpy()
+            out["cost"].append(float(result.total_cost[0]))
+            out["emissions"].append(float(result.emissions[0].sum()))
+            out["recycled_share"].append(_recycled_share(executed[:, 1], executed[:, 2]))
+            out["backlog"].append(float(result.stocks[0, :, 4].mean()))
+            out["violations"].append(float(safety.episode_violations(result.executed, result.available, batch.regime,
+                                                                      scenario.params)))
+    return out
+
+
+def _oracle_metrics(scenarios: Sequence[Any], shadow_field: str | None) -> dict[str, list[float]]:
+    """The hindsight LP of each scenario (cold start, so each is independent of the
+    others): its cost, its plan's emissions, recycled share and backlog, and the shadow
+    price of ``shadow_field``."""
+    import torch
+
+    from moca.oracle import shadow_prices
+    from moca.sim import emissions_of
+
+    out: dict[str, list[float]] = {k: [] for k in ("cost", "emissions", "recycled_share", "backlog", "violations",
+                                                  "shadow_price")}
+    for scenario in scenarios:
+        sp = shadow_prices(scenario)
+        plan = sp.result.plan
+        out["cost"].append(sp.oracle_cost)
+        out["emissions"].append(float(emissions_of(torch.as_tensor(plan), scenario.params).sum()))
+        out["recycled_share"].append(_recycled_share(plan[:, 1], plan[:, 2]))
+        out["backlog"].append(float(sp.result.stocks[:, 4].mean()))
+        out["violations"].append(0.0)  # the LP's rows are the hard constraints
+        price = sp.prices.get(shadow_field) if shadow_field else None
+        out["shadow_price"].append(math.nan if price is None else float(price))
+    return out
+
+
+def _recycled_share(u_v: np.ndarray, u_r: np.ndarray) -> float:
+    used = float(np.sum(u_v) + np.sum(u_r))
+    return float(np.sum(u_r)) / used if used > 1e-9 else 0.0
+
+
+def run_task(task: SweepTask) -> TaskResult:
+    """What a worker runs (module level, so every backend can ship it by reference)."""
+    return get_model(task.model).run(task)
+
+
+# ----------------------------------------------------------------------------------------
+# The sweep
+# ----------------------------------------------------------------------------------------
+
+
+#: An oracle backlog this much above its neutral-value backlog (share of mean demand per
+#: period) flags the value: the rule itself makes demand go unmet.
+UNMET_FLAG_SHARE = 0.01
+
+
+@dataclass
+class SweepPlan:
+    """A validated sweep: model, field, values, base regime, policies, seeds."""
+
+    model: SweepModel
+    field: FieldSpec
+    values: list[float]
+    base: Regime
+    policies: list[str]
+    seeds: tuple[int, ...]
+    adapt_steps: int = 5
+
+    def tasks(self) -> list[SweepTask]:
+        """Every (value, policy) and the neutral value per policy (index -1), reusing a
+        listed value equal to the neutral one. Slow policies first, so a pool's last
+        tasks are short."""
+        points = [(i, v) for i, v in enumerate(self.values)]
+        if self.neutral_index() is None:
+            points.append((-1, self.field.neutral))
+        order = {"moca": 0, "mpc": 1, "threshold": 2, "oracle": 3}
+        out = []
+        for policy in sorted(self.policies, key=lambda p: order.get(p, 9)):
+            for i, v in points:
+                out.append(SweepTask(self.model.name, policy, i, self.model.regime_with(self.base, self.field.name, v),
+                                     self.seeds, self.adapt_steps,
+                                     self.field.name if policy == "oracle" else None))
+        return out
+
+    def neutral_index(self) -> int | None:
+        for i, v in enumerate(self.values):
+            if v == self.field.neutral:
+                return i
+        return None
+
+
+def make_plan(model: str, field_name: str, values: str | Sequence[float], base: str | None = None,
+              policies: str | Sequence[str] = ("oracle", "mpc", "threshold"), scenarios: int = 20,
+              seed: int = 1000, adapt_steps: int = 5) -> SweepPlan:
+    """Validate a sweep's input; every problem is a :class:`SweepError` (or
+    :class:`moca.regime.RegimeError` for ``base``) naming the option."""
+    world = get_model(model)
+    spec = world.field(field_name)
+    numbers = parse_values(values) if isinstance(values, str) else [float(v) for v in values]
+    if not numbers:
+        raise SweepError("--values: empty list")
+    for v in numbers:
+        spec.check(v)
+    chosen = parse_policies(policies) if isinstance(policies, str) else parse_policies(",".join(policies))
+    if isinstance(scenarios, bool) or not isinstance(scenarios, int) or scenarios < 2:
+        raise SweepError(f"--scenarios {scenarios!r}: need at least 2 scenarios for an interval")
+    if seed < 0:
+        raise SweepError(f"--seed {seed}: must be >= 0")
+    if adapt_steps < 0:
+        raise SweepError(f"--adapt-steps {adapt_steps}: must be >= 0")
+    try:
+        base_regime = world.base_regime(base)
+    except RegimeError as err:
+        raise SweepError(f"--base: {err}") from None
+    plan = SweepPlan(world, spec, numbers, base_regime, chosen, tuple(range(seed, seed + scenarios)), adapt_steps)
+    plan.tasks()  # every value must make a valid regime with the base
+    return plan
+
+
+def run_sweep(plan: SweepPlan, backend: Backend | None = None,
+              on_done: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run every task of ``plan`` on ``backend`` (default: a 2-process local pool) and
+    aggregate. ``on_done(done, total)`` after each task. Returns the JSON-ready result."""
+    backend = backend or Backend("pool", workers=2)
+    tasks = plan.tasks()
+    counter = {"done": 0}
+
+    def progress(_i: int, _r: Any) -> None:
+        counter["done"] += 1
+        if on_done:
+            on_done(counter["done"], len(tasks))
+
+    started = time.perf_counter()
+    with backend.session():
+        results = backend.map(run_task, tasks, progress)
+        described = backend.describe()
+    seconds = time.perf_counter() - started
+    out = aggregate(plan, results)
+    out["seconds"] = seconds
+    out["task_seconds"] = float(sum(r.seconds for r in results))
+    out["tasks"] = len(tasks)
+    out["backend"] = described
+    return out
+
+
+def interval(samples: Sequence[float]) -> tuple[float, list[float]]:
+    """Mean and 95% t-interval of the mean (NaN-free samples; one sample: [mean, mean])."""
+    from scipy import stats
+
+    x = np.asarray(samples, dtype=np.float64)
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, [mean, mean]
+    half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return mean, [mean - half, mean + half]
+
+
+def aggregate(plan: SweepPlan, results: Sequence[TaskResult]) -> dict[str, Any]:
+    """Per value and policy: means and 95% intervals (the JSON of ``moca sweep --json``)."""
+    by_key = {(r.policy, r.index): r for r in results}
+    neutral = plan.neutral_index()
+    neutral_key = -1 if neutral is None else neutral
+    unmet = plan.model.unmet
+    policies: dict[str, Any] = {}
+    for policy in plan.policies:
+        entry: dict[str, Any] = {k: [] for k in ("cost", "cost_ci", "compliance_cost", "compliance_cost_ci",
+                                                 "emissions", "emissions_ci", "recycled_share", unmet, "violations")}
+        base = np.asarray(by_key[(policy, neutral_key)].metrics["cost"])
+        for i in range(len(plan.values)):
+            m = by_key[(policy, i)].metrics
+            mean, ci = interval(m["cost"])
+            entry["cost"].append(mean)
+            entry["cost_ci"].append(ci)
+            mean, ci = interval(np.asarray(m["cost"]) - base)  # paired: same scenarios
+            entry["compliance_cost"].append(mean)
+            entry["compliance_cost_ci"].append(ci)
+            mean, ci = interval(m["emissions"])
+            entry["emissions"].append(mean)
+            entry["emissions_ci"].append(ci)
+            entry["recycled_share"].append(float(np.mean(m["recycled_share"])))
+            entry[unmet].append(float(np.mean(m[unmet])))
+            entry["violations"].append(int(round(sum(m["violations"]))))
+        if policy == "moca":
+            extras = [by_key[(policy, i)].extra for i in range(len(plan.values))]
+            entry["adaptation_steps"] = [e["adaptation_steps"] for e in extras]
+            entry["adaptation_seconds"] = [e["adaptation_seconds"] for e in extras]
+        if policy == "oracle":
+            prices, cis = [], []
+            for i in range(len(plan.values)):
+                p = np.asarray(by_key[(policy, i)].metrics["shadow_price"])
+                if np.isnan(p).any():
+                    prices.append(None)
+                    cis.append(None)
+                else:
+                    mean, ci = interval(p)
+                    prices.append(mean)
+                    cis.append(ci)
+            entry["shadow_price"] = prices
+            entry["shadow_price_ci"] = cis
+            entry["shadow_price_unit"] = f"EUR per {plan.field.unit} of {plan.field.name} (tightening)"
+            neutral_unmet = float(np.mean(by_key[(policy, neutral_key)].metrics[unmet]))
+            limit = UNMET_FLAG_SHARE * plan.model.mean_demand()
+            entry["demand_unmet_by_rule"] = [bool(v - neutral_unmet > limit) for v in entry[unmet]]
+        policies[policy] = entry
+    warnings = []
+    if "oracle" in policies:
+        o = policies["oracle"]
+        neutral_unmet = float(np.mean(by_key[("oracle", neutral_key)].metrics[unmet]))
+        for v, flagged, u in zip(plan.values, o["demand_unmet_by_rule"], o[unmet]):
+            if flagged:
+                warnings.append(f"{plan.field.name}={v:g}: the rule itself leaves demand unmet — even the hindsight "
+                                f"optimum carries {u:,.0f} {plan.model.unmet_unit} of {unmet} against "
+                                f"{neutral_unmet:,.0f} without the rule")
+    neutral_value = plan.field.neutral
+    return {
+        "model": plan.model.name, "field": plan.field.name, "unit": plan.field.unit, "values": list(plan.values),
+        "neutral": neutral_value, "base": plan.base.model_dump(), "scenarios": len(plan.seeds),
+        "seeds": [plan.seeds[0], plan.seeds[-1]], "unmet_metric": f"{unmet} ({plan.model.unmet_unit})",
+        "policies": policies, "warnings": warnings,
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# The plot
+# ----------------------------------------------------------------------------------------
+
+
+def plot_sweep(result: dict[str, Any], path: str) -> None:
+    """Cost of compliance and emissions against the field's value, one line per policy,
+    shaded 95% intervals; values where the rule leaves demand unmet are marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.asarray(result["values"], dtype=float)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=90)
+    for name, entry in result["policies"].items():
+        for ax, key, scale in ((axes[0], "compliance_cost", 1e-3), (axes[1], "emissions", 1e-3)):
+            y = np.asarray(entry[key]) * scale
+            ci = np.asarray(entry[f"{key}_ci"]) * scale
+            line, = ax.plot(x, y, marker="o", markersize=3, label=name)
+            ax.fill_between(x, ci[:, 0], ci[:, 1], color=line.get_color(), alpha=0.2, linewidth=0)
+    oracle = result["policies"].get("oracle")
+    if oracle and any(oracle["demand_unmet_by_rule"]):
+        flagged = x[np.asarray(oracle["demand_unmet_by_rule"])]
+        for xv in flagged:
+            axes[0].axvline(xv, color="grey", alpha=0.25, linewidth=4)
+        axes[0].plot([], [], color="grey", alpha=0.4, linewidth=4, label="rule leaves demand unmet")
+    label = f"{result['field']} ({result['unit']})"
+    axes[0].set(xlabel=label, ylabel="cost of compliance (k EUR / episode)", title="cost of compliance")
+    axes[1].set(xlabel=label, ylabel="emissions (t CO2 / episode)", title="emissions")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{result['model']}: {result['field']} sweep, {result['scenarios']} scenarios, 95% intervals",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
