@@ -224,7 +224,7 @@ def simulate_actions(scenario, actions) -> dict[str, Any]:
     """Run raw actions ``[T, 6]`` through the safety layer and simulator in float64.
 
     Each period reports the raw action as given, the executed (projected) action, the
-    correction (executed - raw, per action), the cost and its terms (EUR), the
+    correction (how far the safety layer moved it, capacity-normalised), the cost and its terms (EUR), the
     end-of-period state, sales and emissions (kg CO2)."""
     import torch
 
@@ -235,6 +235,8 @@ def simulate_actions(scenario, actions) -> dict[str, Any]:
     with torch.no_grad():
         result = rollout(batch, OpenLoop(torch.as_tensor(actions[None], dtype=torch.float64)), safety.project_batch)
     executed = result.executed[0].numpy()
+    # How far the safety layer moved each period's action, in capacity units (as scores report it).
+    correction = ((result.executed[0] - result.raw[0]) / result.scale).norm(dim=-1).numpy()
     violations = safety.episode_violations(result.executed, result.available, batch.regime, scenario.params)
     periods = []
     for t in range(scenario.horizon):
@@ -242,14 +244,14 @@ def simulate_actions(scenario, actions) -> dict[str, Any]:
             "t": t,
             "action": [float(x) for x in executed[t]],
             "raw_action": [float(x) for x in actions[t]],
-            "correction": [float(e) - float(r) for e, r in zip(executed[t], actions[t])],
+            "correction": float(correction[t]),
             "cost": float(result.cost[0, t]),
             "terms": {name: float(result.terms[name][0, t]) for name in COST_TERMS},
             "state": {name: float(result.stocks[0, t, i]) for i, name in enumerate(STATE_NAMES)},
             "sales": float(result.sales[0, t]),
             "emissions": float(result.emissions[0, t]),
         })
-    corrected = sum(1 for p in periods if any(abs(c) > 1e-9 for c in p["correction"]))
+    corrected = sum(1 for p in periods if p["correction"] > 1e-9)
     return {"total_cost": float(result.total_cost[0]), "violations": violations, "corrected_periods": corrected,
             "terms": {name: float(result.terms[name][0].sum()) for name in COST_TERMS}, "periods": periods}
 
@@ -262,7 +264,7 @@ def simulate(
                                                              "use recycled (kg), disassemble (cores), refurbish (cores), "
                                                              "dispose (cores); see docs/MODEL.md."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output: per period 'raw_action', 'action' "
-                                                        "(executed), 'correction' (executed - raw), 'cost', 'terms' "
+                                                        "(executed), 'correction' (distance moved, in capacities), 'cost', 'terms' "
                                                         "(EUR per cost term), 'state', 'sales', 'emissions'."),
 ) -> None:
     """Execute raw actions through the safety layer; report raw and executed actions, the

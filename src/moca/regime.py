@@ -1,4 +1,4 @@
-"""Regulatory regimes of CLSC-1 (`shared/spec/MODEL.md`, section "Regime").
+"""Regulatory regimes of CLSC-1 (docs/MODEL.md, section "A regime: the rules in force").
 
 A :class:`Regime` holds the five rules of the spec; a :class:`RegimeSchedule` says which
 regime is in force in which period (regulation may change at any period, without warning).
