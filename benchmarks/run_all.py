@@ -56,6 +56,7 @@ def main() -> None:
         ("policy", [str(HERE / "bench_policy.py"), "--scenarios", "3" if args.quick else "10",
                     "--weights", str(HERE.parent / "src/moca/data/default/weights.safetensors")]),
         ("losses", [str(HERE / "bench_losses.py"), "--steps", "6" if args.quick else "20"]),
+        ("cli", [str(HERE / "bench_cli.py"), "--repeats", "3" if args.quick else "7"]),
     ]
     for name, command in steps:
         print(f"running {name} ...", file=sys.stderr, flush=True)
