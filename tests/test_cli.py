@@ -130,7 +130,7 @@ def test_evaluate_baselines_json():
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert set(out) == {"policy", "scenarios", "mean_cost", "mean_oracle_cost", "score", "violations",
-                        "decision_latency_us"}
+                        "decision_latency_us", "rule_impact"}
     assert out["violations"] == 0 and out["scenarios"] == 2
     assert 0.8 < out["score"] <= 1.0 + 1e-9
     assert out["decision_latency_us"]["p50"] > 0

@@ -337,10 +337,15 @@ def evaluate(
                                                         "--scenarios and --seed)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Score a policy against the hindsight oracle on seeded test scenarios (or your own scenario files)."""
+    """Score a policy against the hindsight oracle on seeded test scenarios (or your own scenario files).
+
+    Under one regime, also says whether the rule itself leaves demand unmet: the hindsight
+    optimum on the same scenarios with and without the rule (backlog, cost) and the rule's
+    shadow price from the LP duals ("rule_impact" in --json).
+    """
     from moca.experiment import build_policy
     from moca.evaluation import evaluate_policy
-    from moca.regime import load_schedule
+    from moca.regime import Regime, load_schedule
     from moca.scenario import Scenario, draw_scenarios
 
     with _bad_input():
@@ -359,6 +364,14 @@ def evaluate(
             progress.update(task, description=f"evaluating {policy}", total=len(tests), completed=0)
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
     summary = result.summary()
+    impact = None
+    if len(plan.entries) == 1 and plan.entries[0].regime() != Regime():
+        # Does the rule itself leave demand unmet? The oracle with and without it, same scenarios.
+        from moca.impact import rule_impact
+
+        with _bad_input():
+            impact = rule_impact(plan.entries[0].regime(), tests)
+    summary["rule_impact"] = impact
     if as_json:
         _print_json(summary)
         return
@@ -370,6 +383,10 @@ def evaluate(
     table.add_row(f"{summary['mean_cost']:,.0f}", f"{summary['mean_oracle_cost']:,.0f}", f"{summary['score']:.4f}",
                   str(summary["violations"]), f"{lat['p50']:.0f}", f"{lat['p99']:.0f}")
     console.print(table)
+    if impact is not None:
+        from moca.impact import describe
+
+        console.print(describe(regime, impact), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- learning ------------------------------------------------------------------------------

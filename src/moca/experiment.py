@@ -317,6 +317,7 @@ def period_series(policy: Any, scenario: Scenario) -> dict[str, Any]:
     table = scenario.regime_table()
     return {
         "recycled_share": share,
+        "material": [float(m) for m in material],
         "emissions": [float(e) for e in out.emissions[0]],
         "recycled_content_min": [float(x) for x in table[:, 0]],
         "emission_cap": [float(x) if np.isfinite(x) else None for x in table[:, 2]],
@@ -472,6 +473,10 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     for baseline, by_task in baseline_policies.items():
         per_period[baseline] = {t: period_series(by_task[t], scorer.test[j][0]) for j, (t, _) in enumerate(tasks)}
     metrics["per_period"] = per_period
+    # What each task's rule does to demand whatever the policy (oracle with and without it).
+    from moca.impact import rule_impact
+
+    metrics["rule_impact"] = {t: rule_impact(regime, scorer.test[j]) for j, (t, regime) in enumerate(tasks)}
     if config.generalisation:
         init = _init_weights("moca", module)
         metrics["generalisation"] = generalisation(module, init, config.generalisation, config.generalisation_steps,
