@@ -89,30 +89,28 @@ def test_report_says_the_rule_leaves_demand_unmet():
     assert "**yes**" in row and "320,000 EUR per percentage point" in row
 
 
+def _compliance_texts(metrics, path) -> list[str]:
+    """The texts plot_compliance writes into its panels."""
+    import moca.report as report
+
+    texts: list[str] = []
+    original = report._save
+    report._save = lambda fig, where: texts.extend(t.get_text() for ax in fig.axes for t in ax.texts) or where
+    try:
+        plot_compliance(metrics, path)
+    finally:
+        report._save = original
+    return texts
+
+
 def test_compliance_masks_idle_periods_and_states_compliance(tmp_path):
     metrics = _metrics()
     idle = _idle_periods(metrics["per_period"]["moca"]["T1"], 10)
     assert idle.tolist() == [False] * 9 + [True]  # the 100% share of 3 kg is not plotted
     assert plot_compliance(metrics, tmp_path / "c.png") is not None
-    from matplotlib.figure import Figure  # noqa: F401  (the plot is built on a Figure; read its texts back)
-    import moca.report as report
-
-    texts = []
-    original = report._save
-    report._save = lambda fig, path: texts.extend(t.get_text() for ax in fig.axes for t in ax.texts) or path
-    try:
-        plot_compliance(metrics, tmp_path / "c2.png")
-    finally:
-        report._save = original
-    assert any("complies in every period: moca, MPC" in t for t in texts)
+    assert any("complies in every period: moca, MPC" in t for t in _compliance_texts(metrics, tmp_path / "c2.png"))
     metrics["per_period"]["mpc"]["T1"]["recycled_share"] = [0.05] * 9 + [1.0]
-    texts.clear()
-    report._save = lambda fig, path: texts.extend(t.get_text() for ax in fig.axes for t in ax.texts) or path
-    try:
-        plot_compliance(metrics, tmp_path / "c3.png")
-    finally:
-        report._save = original
-    assert any("MPC: 9 periods below the mandate" in t for t in texts)
+    assert any("MPC: 9 periods below the mandate" in t for t in _compliance_texts(metrics, tmp_path / "c3.png"))
 
 
 def test_identical_adaptation_curves_are_labelled_and_drawn_apart(tmp_path):
