@@ -304,7 +304,7 @@ def oracle(
     scenario_path: Path = typer.Option(..., "--scenario", help="Scenario JSON."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """The hindsight LP (HiGHS): the best cost any policy could reach on the scenario."""
+    """The hindsight LP (HiGHS): the best cost any policy could reach on the scenario (docs/MODEL.md)."""
     from moca.oracle import solve_oracle
     from moca.scenario import Scenario
 
@@ -365,7 +365,7 @@ def evaluate(
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
     summary = result.summary()
     impact = None
-    if len(plan.entries) == 1 and plan.entries[0].regime() != Regime():
+    if len(plan.entries) == 1 and plan.entries[0].regime() != Regime() and all(t.schedule == plan for t in tests):
         # Does the rule itself leave demand unmet? The oracle with and without it, same scenarios.
         from moca.impact import rule_impact
 
