@@ -62,23 +62,21 @@ class UsageError(ValueError):
     """Bad command-line input that no library module raises itself."""
 
 
+#: The library's bad-input errors, by module: (module, class name).
+INPUT_ERRORS: tuple[tuple[str, str], ...] = (
+    ("pydantic", "ValidationError"), ("moca.regime", "RegimeError"), ("moca.scenario", "ScenarioError"),
+    ("moca.safety", "SafetyError"), ("moca.checkpoint", "CheckpointError"), ("moca.continual", "ContinualError"),
+    ("moca.files", "OutputError"), ("moca.meta", "MetaError"), ("moca.policy", "PolicyError"),
+    ("moca.experiment", "ExperimentError"), ("moca.metrics", "MetricsError"), ("moca.report", "ReportError"),
+)
+
+
 def _input_errors() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
-
-    from moca.regime import RegimeError
-    from moca.safety import SafetyError
-    from moca.scenario import ScenarioError
-    from moca.checkpoint import CheckpointError
-    from moca.continual import ContinualError
-    from moca.files import OutputError
-    from moca.meta import MetaError
-    from moca.policy import PolicyError
-    from moca.experiment import ExperimentError
-    from moca.metrics import MetricsError
-    from moca.report import ReportError
-
-    return (RegimeError, ScenarioError, SafetyError, UsageError, ValidationError, CheckpointError, ContinualError,
-            MetaError, PolicyError, ReportError, ExperimentError, MetricsError, OutputError)
+    """The error classes of the modules loaded so far: an error of a module not imported
+    cannot have been raised, and importing it here (torch, for most) would cost seconds
+    on every error."""
+    found = [getattr(sys.modules[module], name, None) for module, name in INPUT_ERRORS if module in sys.modules]
+    return (UsageError, *(cls for cls in found if cls is not None))
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -343,8 +341,6 @@ def evaluate(
     optimum on the same scenarios with and without the rule (backlog, cost) and the rule's
     shadow price from the LP duals ("rule_impact" in --json).
     """
-    from moca.experiment import build_policy
-    from moca.evaluation import evaluate_policy
     from moca.regime import Regime, load_schedule
     from moca.scenario import Scenario, draw_scenarios
 
@@ -358,6 +354,9 @@ def evaluate(
         else:
             plan, params = load_schedule(regime), _load_params(params_file)
             tests = draw_scenarios(scenarios, plan, params, first_seed=seed)
+        from moca.evaluation import evaluate_policy  # (torch: only once the input is known good)
+        from moca.experiment import build_policy
+
         with _progress(as_json) as progress:
             task = progress.add_task(f"preparing {policy}", total=None)
             agent = build_policy(policy, plan, adapt_steps=adapt_steps, params=params)
@@ -495,18 +494,19 @@ def adapt(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the adapted policy as a checkpoint here (its parent must exist)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    from moca import checkpoint
-    from moca.meta import OracleCache
-    from moca.meta import adapt as adapt_policy
-    from moca.policy import evaluate_policy, with_params
     from moca.regime import load_regime
 
     with _bad_input():
         target = load_regime(regime)
+        _output_dir(output)
+        from moca import checkpoint  # (torch: only once the input is known good)
+        from moca.meta import OracleCache
+        from moca.meta import adapt as adapt_policy
+        from moca.policy import evaluate_policy, with_params
+
         module, meta = checkpoint.load_policy(checkpoint_dir)
         if params_file is not None:
             module = with_params(module, _load_params(params_file))
-        _output_dir(output)
         cache = OracleCache(module.params)
         tests = cache.scenarios(range(seed, seed + scenarios), target)
         with _progress(as_json) as progress:
@@ -558,17 +558,18 @@ def continual(
     The sequence file is a YAML/JSON list of regime names (see 'moca regimes') or regime
     objects, optionally with a 'name' label (docs/MODEL.md, "Regime").
     """
-    from moca import checkpoint
-    from moca.continual import method_spec
-    from moca.experiment import ExperimentConfig, run_continual
-    from moca.meta import OracleCache
-    from moca.policy import LSTMPolicy, with_params
     from moca.regime import load_sequence
 
     with _bad_input():
         tasks = _unique_labels(load_sequence(sequence))
-        spec = method_spec(method)
         params = _load_params(params_file)
+        from moca import checkpoint  # (torch: only once the input is known good)
+        from moca.continual import method_spec
+        from moca.experiment import ExperimentConfig, run_continual
+        from moca.meta import OracleCache
+        from moca.policy import LSTMPolicy, with_params
+
+        spec = method_spec(method)
         init = None
         if checkpoint_dir is not None:
             if spec.init == "fresh":
