@@ -644,7 +644,7 @@ def run(
         table.add_column(h, justify="left" if h == "policy" else "right")
     for row in cells:
         table.add_row(*row)
-    wide = console if console.is_terminal else Console(width=220)  # a log file should get the whole table
+    wide = console if console.is_terminal else _wide_console()  # a log file should get the whole table
     wide.print(table)
     for t in metrics.get("targets", []):
         console.print(f"{'met' if t['met'] else 'MISSED'}: {t['what']} — target {t['target']}, measured {t['measured']}")

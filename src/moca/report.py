@@ -657,8 +657,7 @@ def plot_compliance(metrics: dict[str, Any], path: str | Path, policies: Sequenc
     axes[0, 0].set_ylabel("recycled share of material")
     axes[1, 0].set_ylabel("emissions (t CO₂ per period)")
     fig.legend(handles=list(handles.values()), loc="outside right upper", fontsize=9, frameon=False)
-    fig.suptitle("Compliance over one test episode (pink: below the mandate; each period's value drawn at its "
-                 "middle)", fontsize=11)
+    fig.suptitle("Compliance over one test episode (pink: below the mandate)", fontsize=11)
     return _save(fig, path)
 
 
