@@ -694,6 +694,22 @@ PLOTS: dict[str, tuple[str, Any]] = {
 }
 
 
+#: What a reader needs to read a plot right, printed under it in report.md.
+PLOT_NOTES: dict[str, str] = {
+    "compliance.png": (
+        "Each panel says which policies comply in every period (all should: every executed action goes through "
+        "the safety layer). "
+        "Grey periods produce (almost) nothing, so their recycled share is not shown: in the last period "
+        "nothing made can still be sold, so production stops and the share of a few kg would read anywhere "
+        "from 0 to 100%. The limits are drawn wide and pale under the policies' lines: a line lying on the "
+        "mandate complies with it exactly."),
+    "adaptation_curves.png": (
+        "Each method's points are shifted a little sideways and have their own marker and dash, so a line "
+        "lying on another stays visible; methods with identical curves (the same meta-init) say so in the "
+        "legend."),
+}
+
+
 def _seed_text(seeds: Sequence[int]) -> str:
     seeds = list(seeds)
     if not seeds:
@@ -823,6 +839,8 @@ def report_markdown(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
     for name in images:
         title_text = PLOTS.get(name, (Path(name).stem.replace("_", " ").capitalize(), None))[0]
         lines += [f"## {title_text}", "", f"![{title_text}]({name})", ""]
+        if name in PLOT_NOTES:
+            lines += [PLOT_NOTES[name], ""]
 
     lines += _rule_impact_section(m)
     lines += _generalisation_section(m)
