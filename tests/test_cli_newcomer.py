@@ -243,3 +243,16 @@ def test_command_line_is_recorded_whole(monkeypatch):
 
     monkeypatch.setattr(sys, "argv", ["moca", "run", "--quick", "--runs-dir", "my runs", "--methods", "moca,ewc"])
     assert cli._command_line() == "moca run --quick --runs-dir 'my runs' --methods moca,ewc"
+
+
+def test_run_takes_params_and_the_meta_init_carries_over():
+    import torch
+
+    from moca.experiment import _init_weights, shipped_policy_config
+    from moca.policy import LSTMPolicy
+    from moca.scenario import Params
+
+    shipped = _init_weights("moca", LSTMPolicy(Params(), shipped_policy_config()))
+    own = _init_weights("moca", LSTMPolicy(Params(cap_produce=1200, backlog_cost=8), shipped_policy_config()))
+    assert set(own) == set(shipped) and all(torch.equal(own[k], shipped[k]) for k in own)
+    assert_one_line(run_narrow("run", "--quick", "--params", "nowhere.yaml"), "nowhere.yaml")

@@ -620,6 +620,8 @@ def run(
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs/<id>/ is created."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated subset of the methods."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " (The README's figures are "
+                                                                      "for the default chain.)"),
 ) -> None:
     """The seed experiment: T1 -> T2 -> T3 for every method beside threshold, MPC and oracle."""
     from moca.experiment import run_experiment, work_units
@@ -634,9 +636,11 @@ def run(
 
             check_parent(json_file, "--json")
         command = _command_line()
+        params = _load_params(params_file)
         with _progress(False) as progress:
             bar = progress.add_task("moca run", total=work_units(quick, chosen))  # unknown methods fail here
             metrics, run_dir = run_experiment(quick=quick, methods=chosen, runs_dir=runs_dir, command=command,
+                                              params=params,
                                               progress=lambda d, n: progress.update(bar, description=d, completed=n))
     headers, cells = summary_table(metrics)
     table = Table(title=f"moca run {metrics['id']}: score = oracle cost / policy cost on test scenarios (1.0 = optimal)")

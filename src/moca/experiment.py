@@ -201,9 +201,10 @@ def _init_weights(method: str, module: LSTMPolicy) -> Weights | None:
         return None
     name = METHOD_CHECKPOINTS[method]
     meta_module, _ = checkpoint.load_policy(name)
-    if meta_module.config != module.config or meta_module.params != module.params:
-        raise ExperimentError(f"checkpoint {name!r} of method {method!r}: its policy or params differ "
-                              "from the experiment's")
+    if meta_module.config != module.config:
+        raise ExperimentError(f"checkpoint {name!r} of method {method!r}: its policy differs from the experiment's")
+    # Other params (a user's chain): the same weights; the features scale with its capacities.
+    meta_module = with_params(meta_module, module.params)
     return {k: v.detach().clone() for k, v in meta_module.named_parameters()}
 
 
@@ -448,7 +449,7 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else "")
     metrics: dict[str, Any] = {
         "id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
-        "machine": machine(), "command": command,
+        "machine": machine(), "command": command, "params": params.model_dump(),
         "seeds": {"train": f"meta-training 0-799; per-regime training {SUPPORT_SEEDS.start}-"
                            f"{SUPPORT_SEEDS.start + config.train_size - 1}",
                   "test": list(range(TEST_SEED, TEST_SEED + config.test_size)),
