@@ -53,8 +53,9 @@ class _LazyConsole:
         return getattr(self.real(), name)
 
 
-console = _LazyConsole()
-err_console = _LazyConsole(stderr=True)
+# soft_wrap: a line is never cut at the terminal's (or a log's default 80) width.
+console = _LazyConsole(soft_wrap=True)
+err_console = _LazyConsole(stderr=True, soft_wrap=True)
 EXIT_BAD_INPUT = 2
 
 
