@@ -256,3 +256,25 @@ def test_run_takes_params_and_the_meta_init_carries_over():
     own = _init_weights("moca", LSTMPolicy(Params(cap_produce=1200, backlog_cost=8), shipped_policy_config()))
     assert set(own) == set(shipped) and all(torch.equal(own[k], shipped[k]) for k in own)
     assert_one_line(run_narrow("run", "--quick", "--params", "nowhere.yaml"), "nowhere.yaml")
+
+
+def test_decide_period_takes_named_quantities_and_refuses_bad_ones():
+    from moca import checkpoint, safety
+    from moca.policy import DeployedPolicy, PolicyError
+    from moca.regime import load_regime
+
+    module, _ = checkpoint.load_policy("default")
+    controller = DeployedPolicy(module)
+    state = dict(virgin=800.0, recycled=100.0, product=900.0, cores=50.0, backlog=30.0, pipeline=[2000.0],
+                 sales_history=[1000.0] * 6, return_frac=0.25)
+    by_name = controller.decide_period(0, regime="eu-ppwr-2030", **state)
+    controller.reset()
+    by_row = controller.decide_period(0, regime=load_regime("eu-ppwr-2030").as_row(), **state)
+    assert np.array_equal(by_name, by_row)
+    rows_kept = safety.rows_kept(by_name.tolist(), 800.0, 100.0, 50.0, (0.35, float("inf"), 0.0),
+                                 safety.layout_of(module.params))
+    assert all(rows_kept)  # the executed action keeps every row for these stocks and this regime
+    with pytest.raises(PolicyError, match="virgin"):
+        controller.decide_period(1, regime="T1", **{**state, "virgin": -5.0})
+    with pytest.raises(PolicyError, match="pipeline"):
+        controller.decide_period(1, regime="T1", **{**state, "pipeline": [1.0, 2.0]})
