@@ -59,6 +59,7 @@ def main() -> None:
         ("service", [str(HERE / "bench_service.py"), *quick]),
         # serial vs process pool vs local Ray; its own copy in benchmarks/sweep_results.json
         ("sweep", [str(HERE / "bench_sweep.py"), *quick]),
+        ("cli", [str(HERE / "bench_cli.py"), "--repeats", "3" if args.quick else "7"]),
     ]
     for name, command in steps:
         print(f"running {name} ...", file=sys.stderr, flush=True)

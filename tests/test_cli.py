@@ -52,7 +52,8 @@ def test_simulate_and_oracle_json(scenario_file, tmp_path):
     assert result["violations"] == 0
     assert len(result["periods"]) == 52
     period = result["periods"][3]
-    assert set(period) == {"t", "action", "cost", "state", "sales", "emissions"}
+    assert set(period) == {"t", "action", "raw_action", "correction", "cost", "terms", "state", "sales", "emissions"}
+    assert math.isclose(sum(period["terms"].values()), period["cost"], rel_tol=1e-9, abs_tol=1e-6)
     assert set(period["state"]) == {"V", "M", "P", "C", "B"}
     # The spec's LP may withhold sales the simulator would make; only then may replay cost more.
     withheld = solve_oracle(Scenario.from_json(scenario_file)).withheld.max()
@@ -129,7 +130,7 @@ def test_evaluate_baselines_json():
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert set(out) == {"policy", "scenarios", "mean_cost", "mean_oracle_cost", "score", "violations",
-                        "decision_latency_us"}
+                        "decision_latency_us", "rule_impact"}
     assert out["violations"] == 0 and out["scenarios"] == 2
     assert 0.8 < out["score"] <= 1.0 + 1e-9
     assert out["decision_latency_us"]["p50"] > 0

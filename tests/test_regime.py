@@ -53,7 +53,7 @@ def test_load_from_yaml_and_json(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(RegimeError, match="malformed JSON"):
         load_regime(tmp_path / "bad.json")
-    with pytest.raises(RegimeError, match="not a known name"):
+    with pytest.raises(RegimeError, match="unknown regime name"):
         load_regime("T9")
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from moca.files import publish_tree
+
 FORMAT = "moca-checkpoint/1"
 WEIGHTS = "weights.safetensors"
 META = "checkpoint.json"
@@ -68,6 +70,7 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
             **metadata,
         }
         (staging / META).write_text(json.dumps(meta, indent=1, default=_jsonable))
+        publish_tree(staging)  # mkdtemp made it private; a checkpoint gets the user's umask
         if directory.exists():
             backup = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(backup, ignore_errors=True)

@@ -1,7 +1,12 @@
 """The ``moca`` command line (typer + rich). ``--json`` prints machine-readable output.
 
 Bad input never shows a traceback: one line on stderr naming the problem, exit code 2,
-and nothing written.
+and nothing written. The model every command works on is described in docs/MODEL.md
+(CLSC-1) and docs/MODEL-2.md (CLSC-2).
+
+The command line starts fast because this module imports only typer, click and rich at
+the top: numpy, torch, highspy, gymnasium, matplotlib and the rest of moca are imported
+inside the commands that need them (``benchmarks/bench_cli.py`` measures the start).
 """
 
 from __future__ import annotations
@@ -9,23 +14,49 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="moca: keep a circular supply chain's control policy optimal while regulation changes.")
-scenario_app = typer.Typer(no_args_is_help=True, help="Create scenarios (the JSON exchange format of CLSC-1 or CLSC-2).")
+MODEL_DOCS = "docs/MODEL.md (CLSC-1) and docs/MODEL-2.md (CLSC-2)"
+MODELS = ("CLSC-1", "CLSC-2")  # the world models --model accepts (moca.scenario.MODELS, without importing it)
+
+# rich_markup_mode=None: help texts are printed as written (rich markup would eat the
+# brackets of '{"actions": [[o, ...]]}'), and --help needs no rich import.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="moca: keep a circular supply chain's control policy optimal while regulation changes. "
+                       f"The model (state, actions and their units, costs, regime fields, file formats): "
+                       f"{MODEL_DOCS}.")
+scenario_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                           help="Create scenarios (the JSON exchange format of docs/MODEL.md, CLSC-2: docs/MODEL-2.md).")
 app.add_typer(scenario_app, name="scenario")
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _LazyConsole:
+    """A rich Console made on first use (importing rich.console costs start-up time that
+    ``moca --help`` does not need). Errors never go through it: see :func:`_fail`."""
+
+    def __init__(self, **options: Any):
+        self._options, self._console = options, None
+
+    def real(self):
+        """The rich Console itself (for rich objects that need one, e.g. Progress)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+
+# soft_wrap: a line is never cut at the terminal's (or a log's default 80) width.
+console = _LazyConsole(soft_wrap=True)
+err_console = _LazyConsole(stderr=True, soft_wrap=True)
 EXIT_BAD_INPUT = 2
 
 
@@ -33,32 +64,40 @@ class UsageError(ValueError):
     """Bad command-line input that no library module raises itself."""
 
 
+#: The library's bad-input errors, by module: (module, class name).
+INPUT_ERRORS: tuple[tuple[str, str], ...] = (
+    ("pydantic", "ValidationError"), ("moca.regime", "RegimeError"), ("moca.scenario", "ScenarioError"),
+    ("moca.safety", "SafetyError"), ("moca.checkpoint", "CheckpointError"), ("moca.continual", "ContinualError"),
+    ("moca.files", "OutputError"), ("moca.meta", "MetaError"), ("moca.policy", "PolicyError"),
+    ("moca.experiment", "ExperimentError"), ("moca.metrics", "MetricsError"), ("moca.report", "ReportError"),
+)
+
+
 def _input_errors() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
+    """The error classes of the modules loaded so far: an error of a module not imported
+    cannot have been raised, and importing it here (torch, for most) would cost seconds
+    on every error."""
+    found = [getattr(sys.modules[module], name, None) for module, name in INPUT_ERRORS if module in sys.modules]
+    return (UsageError, *(cls for cls in found if cls is not None))
 
-    from moca.regime import RegimeError
-    from moca.safety import SafetyError
-    from moca.scenario import ScenarioError
-    from moca.checkpoint import CheckpointError
-    from moca.continual import ContinualError
-    from moca.meta import MetaError
-    from moca.policy import PolicyError
-    from moca.experiment import ExperimentError
-    from moca.metrics import MetricsError
-    from moca.report import ReportError
 
-    return (RegimeError, ScenarioError, SafetyError, UsageError, ValidationError, CheckpointError, ContinualError,
-            MetaError, PolicyError, ReportError, ExperimentError, MetricsError)
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    """One line on stderr, never wrapped (a log or a pipe gets the whole line), and exit."""
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"moca: error: {text}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
 
 
 @contextmanager
 def _bad_input() -> Iterator[None]:
     try:
         yield
+    except OSError as err:  # a path the user gave that cannot be read or written
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(f"{where}{err.strerror or err}")
     except _input_errors() as err:
-        message = _message(err)
-        err_console.print(f"moca: error: {message}", markup=False, highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        _fail(_message(err))
 
 
 def _message(err: BaseException) -> str:
@@ -75,48 +114,76 @@ def _message(err: BaseException) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a failure never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write via a temporary file and rename, with the user's umask; the folder must exist."""
+    from moca.files import check_parent, write_atomic
+
+    write_atomic(check_parent(path), text)
+
+
+def _output_dir(path: Optional[Path], option: str = "-o") -> None:
+    """A checkpoint folder to write: may exist (it is replaced) but its parent must."""
+    from moca.files import check_parent
+
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: exists and is not a directory")
+    check_parent(path, option)
+
+
+def _load_params(path: Optional[Path], model: str = "CLSC-1"):
+    """``--params FILE``: a JSON/YAML object of the model's parameters, or a scenario file (its params)."""
+    from moca.scenario import Params, Params2, load_params
+
+    kind = Params2 if model == "CLSC-2" else Params
+    return kind() if path is None else load_params(path, kind)
 
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=1) + "\n")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from moca import __version__
+
+        sys.stdout.write(f"moca {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """moca: keep a circular supply chain's control policy optimal while regulation changes."""
+
+
+PARAMS_HELP = ("JSON/YAML object of model parameters to override (names and units: docs/MODEL.md), "
+               "or a scenario file whose params to use.")
+
 # --- scenarios ---------------------------------------------------------------------------
 
 
 @scenario_app.command("new")
 def scenario_new(
-    regime: str = typer.Option("T1", "--regime", help="Regime name (T1, T2, T3, eu-ets-2025, ...) or YAML/JSON file."),
-    seed: int = typer.Option(..., "--seed", help="Seed of the demand and return draws."),
+    regime: str = typer.Option("T1", "--regime", help="Regime name (T1, T2, T3, eu-ets-2025, ...; see 'moca regimes') "
+                                                     "or YAML/JSON file."),
+    seed: int = typer.Option(..., "--seed", min=0, help="Seed of the demand and return draws (>= 0)."),
     schedule: Optional[Path] = typer.Option(None, "--schedule", help="YAML/JSON list of regimes with 'start' (overrides --regime)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Scenario JSON to write."),
-    params_file: Optional[Path] = typer.Option(None, "--params", help="JSON/YAML object of the model's parameters to override."),
-    model: str = typer.Option("CLSC-1", "--model", help="World model: CLSC-1, or CLSC-2 (docs/MODEL-2.md; T1-T3 settle yearly)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Scenario JSON to write (its folder must exist)."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
+    model: str = typer.Option("CLSC-1", "--model", help="World model: CLSC-1 (docs/MODEL.md), or CLSC-2 "
+                                                        "(docs/MODEL-2.md; T1-T3 settle yearly)."),
 ) -> None:
-    """Draw a seeded scenario and write it in the spec's JSON format."""
-    from moca.regime import RegimeSchedule, load_regime, load_schedule, read_structured
-    from moca.scenario import Params, Params2, ScenarioError, draw_scenario, draw_scenario2
+    """Draw a seeded scenario and write it in the JSON format of docs/MODEL.md (CLSC-2: docs/MODEL-2.md)."""
+    from moca.files import check_parent
+    from moca.regime import RegimeSchedule, load_regime, load_schedule
+    from moca.scenario import draw_scenario, draw_scenario2
 
     with _bad_input():
+        check_parent(output)
         clsc2 = _chosen_model(model) == "CLSC-2"
         plan = load_schedule(schedule, model) if schedule else RegimeSchedule.constant(load_regime(regime, model))
-        params = Params2() if clsc2 else Params()
-        if params_file:
-            data = read_structured(params_file)
-            if not isinstance(data, dict):
-                raise ScenarioError(f"{params_file}: expected an object of parameters")
-            params = (Params2 if clsc2 else Params)(**data)
+        params = _load_params(params_file, model)
         scenario = (draw_scenario2 if clsc2 else draw_scenario)(seed, plan, params)
         _write_atomic(output, scenario.to_json())
     err_console.print(f"wrote {output} ({scenario.horizon} periods, {len(plan.entries)} regime(s))")
@@ -124,8 +191,6 @@ def scenario_new(
 
 def _chosen_model(model: str) -> str:
     """``--model``'s value, checked."""
-    from moca.scenario import MODELS
-
     if model not in MODELS:
         raise UsageError(f"--model={model!r}: expected one of {', '.join(MODELS)}")
     return model
@@ -135,8 +200,12 @@ def _chosen_model(model: str) -> str:
 def regimes(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
             model: str = typer.Option("CLSC-1", "--model", help="CLSC-1, or CLSC-2 (adds the accounting window)."),
             ) -> None:
-    """List the named regimes (the seed's tasks and presets from real rules)."""
-    from moca.regime import ALL_REGIME_FIELDS, REGIME_FIELDS, named_regimes
+    """List the named regimes (the seed's tasks and presets from real rules) with units and sources.
+
+    --json keeps its shape (name -> the rule fields); units and sources are in
+    docs/MODEL.md and the README.
+    """
+    from moca.regime import ALL_REGIME_FIELDS, REGIME_FIELDS, REGIME_SOURCES, REGIME_UNITS, named_regimes
 
     with _bad_input():
         fields = ALL_REGIME_FIELDS if _chosen_model(model) == "CLSC-2" else REGIME_FIELDS
@@ -144,50 +213,79 @@ def regimes(as_json: bool = typer.Option(False, "--json", help="Machine-readable
     if as_json:
         _print_json(rows)
         return
-    table = Table(title="Named regimes" + (" (CLSC-2)" if model == "CLSC-2" else ""))
+    table = Table(title="Named regimes" + (" (CLSC-2)" if model == "CLSC-2" else "") + " (a blank cell: no such rule)",
+                  caption=f"fields: {MODEL_DOCS}")
     table.add_column("name")
     for f in fields:
-        table.add_column(f, justify="right")
+        table.add_column(f"{f}\n({REGIME_UNITS[f]})", justify="right")
+    table.add_column("source")
     for name, r in rows.items():
-        table.add_row(name, *("-" if r[f] is None else f"{r[f]:g}" for f in fields))
-    console.print(table)
+        table.add_row(name, *("-" if r[f] is None or (r[f] == 0 and f != "emission_cap") else f"{r[f]:g}"
+                              for f in fields), REGIME_SOURCES.get(name, ""))
+    wide = console if console.is_terminal else _wide_console()
+    wide.print(table)
 
 
 # --- simulate / oracle ---------------------------------------------------------------------
 
 
-def simulate_actions(scenario, actions: np.ndarray) -> dict[str, Any]:
-    """Run raw actions ``[T, 6]`` through the safety layer and simulator in float64."""
+def _wide_console():
+    """A console for tables going to a file or pipe: no wrapping at 80 columns."""
+    from rich.console import Console
+
+    return Console(width=220)
+
+
+def simulate_actions(scenario, actions) -> dict[str, Any]:
+    """Run raw actions ``[T, 6]`` through the safety layer and simulator in float64.
+
+    Each period reports the raw action as given, the executed (projected) action, the
+    correction (how far the safety layer moved it, capacity-normalised), the cost and its terms (EUR), the
+    end-of-period state, sales and emissions (kg CO2)."""
     import torch
 
     from moca import safety
-    from moca.sim import STATE_NAMES, OpenLoop, ScenarioBatch, rollout
+    from moca.sim import COST_TERMS, STATE_NAMES, OpenLoop, ScenarioBatch, rollout
 
     batch = ScenarioBatch.from_scenarios([scenario], dtype=torch.float64)
     with torch.no_grad():
         result = rollout(batch, OpenLoop(torch.as_tensor(actions[None], dtype=torch.float64)), safety.project_batch)
     executed = result.executed[0].numpy()
+    # How far the safety layer moved each period's action, in capacity units (as scores report it).
+    correction = ((result.executed[0] - result.raw[0]) / result.scale).norm(dim=-1).numpy()
     violations = safety.episode_violations(result.executed, result.available, batch.regime, scenario.params)
     periods = []
     for t in range(scenario.horizon):
         periods.append({
             "t": t,
             "action": [float(x) for x in executed[t]],
+            "raw_action": [float(x) for x in actions[t]],
+            "correction": float(correction[t]),
             "cost": float(result.cost[0, t]),
+            "terms": {name: float(result.terms[name][0, t]) for name in COST_TERMS},
             "state": {name: float(result.stocks[0, t, i]) for i, name in enumerate(STATE_NAMES)},
             "sales": float(result.sales[0, t]),
             "emissions": float(result.emissions[0, t]),
         })
-    return {"total_cost": float(result.total_cost[0]), "violations": violations, "periods": periods}
+    corrected = sum(1 for p in periods if p["correction"] > 1e-9)
+    return {"total_cost": float(result.total_cost[0]), "violations": violations, "corrected_periods": corrected,
+            "terms": {name: float(result.terms[name][0].sum()) for name in COST_TERMS}, "periods": periods}
 
 
 @app.command()
 def simulate(
     scenario_path: Path = typer.Option(..., "--scenario", help="Scenario JSON."),
-    actions_path: Path = typer.Option(..., "--actions", help='Action JSON {"actions": [[o, u_v, u_r, g, f, w], ...]} (CLSC-2: nine per row).'),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    actions_path: Path = typer.Option(..., "--actions", help='Action JSON {"actions": [[o, u_v, u_r, g, f, w], ...]}, '
+                                                             "one row per period: order (kg virgin), use virgin (kg), "
+                                                             "use recycled (kg), disassemble (cores), refurbish (cores), "
+                                                             "dispose (cores); see docs/MODEL.md. CLSC-2: nine per row, "
+                                                             "docs/MODEL-2.md."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output: per period 'raw_action', 'action' "
+                                                        "(executed), 'correction' (distance moved, in capacities), 'cost', 'terms' "
+                                                        "(EUR per cost term), 'state', 'sales', 'emissions'."),
 ) -> None:
-    """Execute raw actions through the safety layer and report cost, states and violations."""
+    """Execute raw actions through the safety layer; report raw and executed actions, the
+    correction, cost terms, states and violations per period."""
     from moca.scenario import Scenario2, load_actions, load_scenario
 
     with _bad_input():
@@ -199,13 +297,25 @@ def simulate(
     if as_json:
         _print_json(out)
         return
-    table = Table(title=f"{scenario_path.name}: total cost {out['total_cost']:,.0f} EUR, violations {out['violations']}")
-    for col in ("t", "o", "u_v", "u_r", "g", "f", "w", "V", "M", "P", "C", "B", "sales", "cost"):
+    table = Table(title=f"{scenario_path.name}: total cost {out['total_cost']:,.0f} EUR, violations "
+                        f"{out['violations']} (after the safety layer), {out['corrected_periods']} of "
+                        f"{len(out['periods'])} periods corrected",
+                  caption="executed action (raw -> executed where the safety layer changed it); "
+                          "o, u_v, u_r in kg, g, f, w in cores; stocks V, M kg, P, C, B units; cost in EUR")
+    for col in ("t", "o", "u_v", "u_r", "g", "f", "w", "V", "M", "P", "C", "B", "sales", "cost", "main cost terms"):
         table.add_column(col, justify="right")
+
+    def cell(raw: float, executed: float) -> str:
+        return f"{executed:.0f}" if abs(executed - raw) <= 1e-6 else f"{raw:.0f}->{executed:.0f}"
+
     for p in out["periods"]:
-        table.add_row(str(p["t"]), *(f"{a:.0f}" for a in p["action"]), *(f"{v:.0f}" for v in p["state"].values()),
-                      f"{p['sales']:.0f}", f"{p['cost']:,.0f}")
-    console.print(table)
+        top = sorted(p["terms"].items(), key=lambda kv: -kv[1])[:2]
+        table.add_row(str(p["t"]), *(cell(r, a) for r, a in zip(p["raw_action"], p["action"])),
+                      *(f"{v:.0f}" for v in p["state"].values()), f"{p['sales']:.0f}", f"{p['cost']:,.0f}",
+                      ", ".join(f"{k} {v:,.0f}" for k, v in top if v > 0))
+    wide = console if console.is_terminal else _wide_console()
+    wide.print(table)
+    console.print("total by term (EUR): " + ", ".join(f"{k} {v:,.0f}" for k, v in out["terms"].items() if v))
 
 
 def _simulate2(scenario, scenario_path: Path, actions_path: Path, as_json: bool) -> None:
@@ -233,7 +343,7 @@ def oracle(
     scenario_path: Path = typer.Option(..., "--scenario", help="Scenario JSON."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """The hindsight LP (HiGHS): the best cost any policy could reach on the scenario."""
+    """The hindsight LP (HiGHS): the best cost any policy could reach on the scenario (docs/MODEL.md)."""
     from moca.oracle import solve_oracle
     from moca.scenario import Scenario2, load_scenario
 
@@ -255,38 +365,70 @@ def oracle(
 
 @app.command()
 def evaluate(
-    policy: str = typer.Option(..., "--policy", help="threshold | mpc | oracle | a checkpoint DIR ('default' = shipped meta-init)."),
-    regime: str = typer.Option("T1", "--regime", help="Regime name or YAML/JSON file (a schedule file works too)."),
+    policy: str = typer.Option(..., "--policy", help="threshold | mpc | oracle | a checkpoint DIR ('default' = shipped "
+                                                     "meta-init, 'default-reptile')."),
+    regime: str = typer.Option("T1", "--regime", help="Regime name (see 'moca regimes') or YAML/JSON file (a schedule "
+                                                     "file works too)."),
     scenarios: int = typer.Option(20, "--scenarios", min=1, help="Number of test scenarios."),
-    seed: int = typer.Option(1000, "--seed", help="First test seed; scenarios use seeds seed .. seed+N-1."),
+    seed: int = typer.Option(1000, "--seed", min=0, help="First test seed; scenarios use seeds seed .. seed+N-1."),
     adapt_steps: int = typer.Option(0, "--adapt-steps", min=0, help="For a checkpoint: gradient steps on training scenarios of the regime first."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
+    scenario_files: Optional[list[Path]] = typer.Option(None, "--scenario", help="Score on this scenario file instead "
+                                                        "of drawing (repeat for several; overrides --regime, --params, "
+                                                        "--scenarios and --seed)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Score a policy against the hindsight oracle on seeded test scenarios."""
-    from moca.experiment import build_policy
-    from moca.evaluation import evaluate_policy
-    from moca.regime import load_schedule
-    from moca.scenario import draw_scenarios
+    """Score a policy against the hindsight oracle on seeded test scenarios (or your own scenario files).
+
+    Under one regime, also says whether the rule itself leaves demand unmet: the hindsight
+    optimum on the same scenarios with and without the rule (backlog, cost) and the rule's
+    shadow price from the LP duals ("rule_impact" in --json).
+    """
+    from moca.regime import Regime, load_schedule
+    from moca.scenario import Scenario, draw_scenarios
 
     with _bad_input():
-        plan = load_schedule(regime)
-        tests = draw_scenarios(scenarios, plan, first_seed=seed)
+        if scenario_files:
+            tests = [Scenario.from_json(path) for path in scenario_files]
+            plan, params = tests[0].schedule, tests[0].params
+            if any(t.params != params for t in tests):
+                raise UsageError("--scenario: the scenario files have different params; score them one params at a time")
+            regime = ", ".join(p.name for p in scenario_files)
+        else:
+            plan, params = load_schedule(regime), _load_params(params_file)
+            tests = draw_scenarios(scenarios, plan, params, first_seed=seed)
+        from moca.evaluation import evaluate_policy  # (torch: only once the input is known good)
+        from moca.experiment import build_policy
+
         with _progress(as_json) as progress:
             task = progress.add_task(f"preparing {policy}", total=None)
-            agent = build_policy(policy, plan, adapt_steps=adapt_steps)
+            agent = build_policy(policy, plan, adapt_steps=adapt_steps, params=params)
             progress.update(task, description=f"evaluating {policy}", total=len(tests), completed=0)
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
     summary = result.summary()
+    impact = None
+    if len(plan.entries) == 1 and plan.entries[0].regime() != Regime() and all(t.schedule == plan for t in tests):
+        # Does the rule itself leave demand unmet? The oracle with and without it, same scenarios.
+        from moca.impact import rule_impact
+
+        with _bad_input():
+            impact = rule_impact(plan.entries[0].regime(), tests)
+    summary["rule_impact"] = impact
     if as_json:
         _print_json(summary)
         return
-    table = Table(title=f"{policy} on {regime}, {scenarios} scenarios from seed {seed}")
+    source = f"{regime}" if scenario_files else f"{regime}, {scenarios} scenarios from seed {seed}"
+    table = Table(title=f"{policy} on {source}")
     for col in ("mean cost (EUR)", "mean oracle cost", "score", "violations", "latency p50 (µs)", "p99 (µs)"):
         table.add_column(col, justify="right")
     lat = summary["decision_latency_us"]
     table.add_row(f"{summary['mean_cost']:,.0f}", f"{summary['mean_oracle_cost']:,.0f}", f"{summary['score']:.4f}",
                   str(summary["violations"]), f"{lat['p50']:.0f}", f"{lat['p99']:.0f}")
     console.print(table)
+    if impact is not None:
+        from moca.impact import describe
+
+        console.print(describe(regime, impact), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- learning ------------------------------------------------------------------------------
@@ -294,10 +436,11 @@ def evaluate(
 
 @app.command()
 def train(
-    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to write."),
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to write (its parent must exist)."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON object of MetaConfig fields."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " Overrides the config's params."),
     init: Optional[str] = typer.Option(None, "--init", help="maml (second order) | fomaml | reptile (overrides the config)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of task draws and initial weights (overrides the config)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of task draws and initial weights (overrides the config)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Meta steps (overrides the config)."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0,
                                                 help="Stop past this wall time (0: never; overrides the config). "
@@ -324,14 +467,15 @@ def train(
             fields["algorithm"] = init
         if seed is not None:
             fields["seed"] = seed
+        if params_file is not None:
+            fields["params"] = _load_params(params_file)
         if steps is not None:
             fields["meta_steps"] = steps
         if max_seconds is not None:
             fields["max_seconds"] = max_seconds or None
         fields.setdefault("validate_every", 25)
         config = MetaConfig(**fields)
-        if output.exists() and not output.is_dir():
-            raise UsageError(f"-o {output}: exists and is not a directory")
+        _output_dir(output)
     backend = None
     if ray_address is not None:
         from moca.cluster import BackendError, backend_from_options
@@ -351,7 +495,7 @@ def train(
     validation = history["validation"]
     scores = {"validation_zero_shot_before": validation[0]["score"] if validation else None,
               "validation_zero_shot_after": validation[-1]["score"] if validation else None}
-    command = "moca train " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "moca train"
+    command = _command_line()
     checkpoint.save_policy(output, module, {
         "algorithm": config.algorithm, "seed": config.seed, "config": config.model_dump(mode="json"),
         "command": command, "scores": scores, "meta_steps_done": len(history["steps"]),
@@ -379,47 +523,83 @@ def _unique_labels(tasks: list) -> list:
     return out
 
 
-@app.command()
+ADAPT_HELP = """Adapt a policy to a regime in a few gradient steps; score it before and after.
+
+\b
+Each step is one clipped gradient step on support scenarios (seeds 800+ of the
+training stream). A step is "kept" when it lowered the loss on those support
+scenarios; a step not kept is undone and the next one tries half the rate.
+After every step the policy is scored on validation scenarios (seeds 900+).
+The weights written with -o (and scored as score_after) are those with the
+best validation score, step 0 included: never worse on validation than the
+start (--keep-last: the last step's weights instead). score_before and
+score_after are on the test scenarios (--seed, --scenarios), used for nothing
+else. In --json, "curve" lists per step: step, validation score, seconds,
+kept, selected (true for the weights returned).
+"""
+
+
+@app.command(help=ADAPT_HELP)
 def adapt(
     checkpoint_dir: str = typer.Option(..., "--checkpoint", help="Checkpoint directory ('default' = shipped meta-init)."),
-    regime: str = typer.Option(..., "--regime", help="Regime name or YAML/JSON file."),
+    regime: str = typer.Option(..., "--regime", help="Regime name (see 'moca regimes') or YAML/JSON file."),
     steps: int = typer.Option(5, "--steps", min=0, help="Gradient steps on support scenarios (seeds 800+)."),
     scenarios: int = typer.Option(16, "--scenarios", min=1, help="Test scenarios scored before and after."),
-    seed: int = typer.Option(1000, "--seed", help="First test seed."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the adapted policy as a checkpoint here."),
+    seed: int = typer.Option(1000, "--seed", min=0, help="First test seed."),
+    validation: int = typer.Option(8, "--validation", min=1, help="Validation scenarios (seeds 900+) that choose the weights kept."),
+    keep_last: bool = typer.Option(False, "--keep-last", help="Keep the last step's weights even if an earlier step "
+                                                                 "validated better."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the adapted policy as a checkpoint here (its parent must exist)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Adapt a policy to a regime in a few gradient steps; score it before and after."""
-    from moca import checkpoint
-    from moca.meta import OracleCache
-    from moca.meta import adapt as adapt_policy
     from moca.regime import load_regime
 
     with _bad_input():
         target = load_regime(regime)
+        _output_dir(output)
+        from moca import checkpoint  # (torch: only once the input is known good)
+        from moca.meta import OracleCache
+        from moca.meta import adapt as adapt_policy
+        from moca.policy import evaluate_policy, with_params
+
         module, meta = checkpoint.load_policy(checkpoint_dir)
-        if output is not None and output.exists() and not output.is_dir():
-            raise UsageError(f"-o {output}: exists and is not a directory")
+        if params_file is not None:
+            module = with_params(module, _load_params(params_file))
         cache = OracleCache(module.params)
         tests = cache.scenarios(range(seed, seed + scenarios), target)
         with _progress(as_json) as progress:
             progress.add_task(f"adapting {steps} steps", total=None)
-            weights, curve = adapt_policy(module, None, target, steps, validation=tests, cache=cache)
-    out = {"score_before": curve[0]["score"], "score_after": curve[-1]["score"], "steps": steps,
-           "seconds": curve[-1]["seconds"], "violations": int(sum(c["violations"] for c in curve)),
-           "curve": [{"step": c["step"], "score": c["score"], "seconds": c["seconds"], "kept": c["kept"]} for c in curve],
-           "regime": target.model_dump(), "test_seeds": [seed, seed + scenarios - 1]}
+            start = {k: v.detach().clone() for k, v in module.named_parameters()}
+            before = evaluate_policy(module, start, tests, cache.costs(tests))
+            weights, curve = adapt_policy(module, None, target, steps, validation_size=validation, cache=cache,
+                                          keep_best=not keep_last)
+            after = evaluate_policy(module, weights, tests, cache.costs(tests))
+    selected = next((c["step"] for c in curve if c.get("selected")), curve[-1]["step"])
+    out = {"score_before": before["score"], "score_after": after["score"], "steps": steps,
+           "selected_step": selected, "keep": "last" if keep_last else "best",
+           "seconds": curve[-1]["seconds"],
+           "violations": int(before["violations"] + after["violations"] + sum(c["violations"] for c in curve)),
+           "curve": [{"step": c["step"], "score": c["score"], "seconds": c["seconds"], "kept": c["kept"],
+                      "selected": c["step"] == selected} for c in curve],
+           "regime": target.model_dump(), "test_seeds": [seed, seed + scenarios - 1],
+           "validation_seeds": "900-" + str(900 + validation - 1)}
     if output is not None:
-        module.load_state_dict({**module.state_dict(), **weights})
-        checkpoint.save_policy(output, module, {"adapted_from": str(checkpoint_dir), "regime": target.model_dump(),
-                                                "steps": steps, "scores": {"before": out["score_before"],
-                                                                           "after": out["score_after"]}})
+        with _bad_input():
+            module.load_state_dict({**module.state_dict(), **weights})
+            checkpoint.save_policy(output, module, {"adapted_from": str(checkpoint_dir), "regime": target.model_dump(),
+                                                    "steps": steps, "selected_step": selected,
+                                                    "command": _command_line(),
+                                                    "scores": {"before": out["score_before"],
+                                                               "after": out["score_after"]}})
         out["checkpoint"] = str(output)
     if as_json:
         _print_json(out)
         return
-    console.print(f"{regime}: score {out['score_before']:.4f} -> {out['score_after']:.4f} after {steps} steps "
-                  f"({out['seconds']:.2f} s), violations {out['violations']}")
+    kept = f"weights of step {selected} (best on validation)" if not keep_last else "the last step's weights"
+    console.print(f"{regime}: test score {out['score_before']:.4f} -> {out['score_after']:.4f} with {kept}, "
+                  f"{steps} steps ({out['seconds']:.2f} s), violations {out['violations']}"
+                  + (f"; wrote {output}" if output is not None else ""))
 
 
 @app.command()
@@ -429,29 +609,41 @@ def continual(
     checkpoint_dir: Optional[str] = typer.Option(None, "--checkpoint", help="Start from this checkpoint (not for scratch)."),
     steps: int = typer.Option(8, "--steps", min=0, help="Gradient steps per regime."),
     scenarios: int = typer.Option(20, "--scenarios", min=1, help="Test scenarios per regime (seeds 1000+)."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Learn a sequence of regimes in turn with one method; report the score matrix and forgetting."""
-    from moca import checkpoint
-    from moca.continual import method_spec
-    from moca.experiment import ExperimentConfig, run_continual
-    from moca.meta import OracleCache
-    from moca.policy import LSTMPolicy
+    """Learn a sequence of regimes in turn with one method; report the score matrix and forgetting.
+
+    The sequence file is a YAML/JSON list of regime names (see 'moca regimes') or regime
+    objects, optionally with a 'name' label (docs/MODEL.md, "Regime").
+    """
     from moca.regime import load_sequence
 
     with _bad_input():
         tasks = _unique_labels(load_sequence(sequence))
+        params = _load_params(params_file)
+        from moca import checkpoint  # (torch: only once the input is known good)
+        from moca.continual import method_spec
+        from moca.experiment import ExperimentConfig, run_continual
+        from moca.meta import OracleCache
+        from moca.policy import LSTMPolicy, with_params
+
         spec = method_spec(method)
         init = None
         if checkpoint_dir is not None:
             if spec.init == "fresh":
                 raise UsageError("--checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
             module, _ = checkpoint.load_policy(checkpoint_dir)
+            if params_file is not None:
+                module = with_params(module, params)
             init = {k: v.detach().clone() for k, v in module.named_parameters()}
         else:
-            from moca.experiment import shipped_policy_config
+            from moca.experiment import METHOD_CHECKPOINTS, shipped_policy_config
 
-            module = LSTMPolicy(config=shipped_policy_config())
+            module = LSTMPolicy(params, shipped_policy_config())
+            if params_file is not None and spec.init == "meta":  # the shipped meta-init, on the user's chain
+                shipped, _ = checkpoint.load_policy(METHOD_CHECKPOINTS[method])
+                init = {k: v.detach().clone() for k, v in with_params(shipped, params).named_parameters()}
         config = ExperimentConfig(steps=steps, test_size=scenarios)
         with _progress(as_json) as progress:
             bar = progress.add_task(f"{method}", total=len(tasks))
@@ -487,6 +679,8 @@ def run(
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs/<id>/ is created."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated subset of the methods."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " (The README's figures are "
+                                                                      "for the default chain.)"),
 ) -> None:
     """The seed experiment: T1 -> T2 -> T3 for every method beside threshold, MPC and oracle."""
     from moca.experiment import run_experiment, work_units
@@ -496,10 +690,16 @@ def run(
         chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
         if json_file is not None and json_file.is_dir():
             raise UsageError(f"--json {json_file}: is a directory")
-        command = "moca run" + (" --quick" if quick else "") + (f" --methods {methods}" if methods else "")
+        if json_file is not None:
+            from moca.files import check_parent
+
+            check_parent(json_file, "--json")
+        command = _command_line()
+        params = _load_params(params_file)
         with _progress(False) as progress:
             bar = progress.add_task("moca run", total=work_units(quick, chosen))  # unknown methods fail here
             metrics, run_dir = run_experiment(quick=quick, methods=chosen, runs_dir=runs_dir, command=command,
+                                              params=params,
                                               progress=lambda d, n: progress.update(bar, description=d, completed=n))
     headers, cells = summary_table(metrics)
     table = Table(title=f"moca run {metrics['id']}: score = oracle cost / policy cost on test scenarios (1.0 = optimal)")
@@ -507,7 +707,7 @@ def run(
         table.add_column(h, justify="left" if h == "policy" else "right")
     for row in cells:
         table.add_row(*row)
-    wide = console if console.is_terminal else Console(width=220)  # a log file should get the whole table
+    wide = console if console.is_terminal else _wide_console()  # a log file should get the whole table
     wide.print(table)
     for t in metrics.get("targets", []):
         console.print(f"{'met' if t['met'] else 'MISSED'}: {t['what']} — target {t['target']}, measured {t['measured']}")
@@ -642,18 +842,57 @@ def _progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err_console, disable=quiet or not err_console.is_terminal, transient=True)
+                        console=err_console.real(), disable=quiet or not err_console.is_terminal, transient=True)
     with progress:
         yield progress
 
 
-def main() -> None:
-    """Console entry point."""
+def _command_line() -> str:
+    """The command as the user typed it (for report.md and checkpoints), shell-quoted."""
+    import shlex
+
+    return shlex.join(["moca", *sys.argv[1:]])
+
+
+def _kinds(err: BaseException) -> set[str]:
+    """Class names of ``err`` and its bases: typer >= 0.29 vendors click under another
+    module, older typers raise click's own exceptions; both have the same names."""
+    return {cls.__name__ for cls in type(err).__mro__}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: every error is one line on stderr (exit 2 for bad input)."""
+    command = typer.main.get_command(app)
     try:
-        app()
+        code = command.main(args=argv, prog_name="moca", standalone_mode=False)
     except KeyboardInterrupt:
-        err_console.print("moca: interrupted")
-        sys.exit(130)
+        sys.stderr.write("moca: interrupted\n")
+        code = 130
+    except Exception as err:
+        kinds = _kinds(err)
+        if "NoArgsIsHelpError" in kinds:  # plain `moca`: the help, as --help gives it
+            sys.stdout.write(err.format_message() + "\n")
+            code = 0
+        elif "Abort" in kinds:
+            sys.stderr.write("moca: interrupted\n")
+            code = 130
+        elif "ClickException" in kinds:  # typer's own checks: ranges, missing or unknown options
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if "UsageError" in kinds and ctx is not None else ""
+            code = _one_line(err.format_message() + hint, getattr(err, "exit_code", EXIT_BAD_INPUT))
+        elif os.environ.get("MOCA_TRACEBACK"):
+            raise
+        else:  # a bug, not bad input: still one line, the traceback on request
+            code = _one_line(f"internal error: {type(err).__name__}: {err} (set MOCA_TRACEBACK=1 for the traceback)", 1)
+    sys.exit(code or 0)
+
+
+def _one_line(message: str, code: int) -> int:
+    try:
+        _fail(message, code)
+    except typer.Exit as done:
+        return done.exit_code
+    return code
 
 
 if __name__ == "__main__":

@@ -362,6 +362,57 @@ class _Constants:
     emis_per_core: float
 
 
+def full_capacity_emissions(params: Params) -> float:
+    """kg CO2 of a period at full capacity: the scale of the observation's cap encoding."""
+    p = params
+    return (p.emis_virgin * p.cap_order + p.emis_produce * p.cap_produce
+            + p.emis_recycle * p.yield_disassembly * p.mass * p.cap_disassemble)
+
+
+def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The named quantities of a period read back from an observation of this env.
+
+    Returns ``t``; ``stocks`` V, M (kg), P, C, B (units) after the period's arrivals;
+    ``pipeline`` (kg, next to arrive first); ``sales_history`` (units, oldest first);
+    ``regime`` (r, tau EUR/t, cap kg CO2/period with inf = none, lambda EUR/core, kappa);
+    ``return_frac``; ``last_demand`` (units, None at t = 0): the arguments of
+    :meth:`moca.policy.DeployedPolicy.decide`.
+
+    The observation is float32, so the values carry its rounding; the ones a hard
+    constraint reads (V, M, C, the mandate, the recovery target, the cap) are rounded to
+    the safe side, so an action feasible for them is feasible for the true state. A cap
+    at or above a full-capacity period's emissions (encoded 1) can never bind and reads
+    as no cap.
+    """
+    p = params
+    x = np.asarray(obs, dtype=np.float32).reshape(-1)
+    n_pipe, n_sales = p.lead_virgin - 1, p.lag_return
+    size = 5 + n_pipe + n_sales + 5 + len(REGIME_FIELDS)
+    if x.shape != (size,):
+        raise ValueError(f"obs: expected {size} numbers for these params, got {x.size}")
+    if not np.isfinite(x).all():
+        raise ValueError("obs: holds NaN or infinite values")
+    down = np.nextafter(x, np.float32(0)).astype(np.float64)  # float32 rounding never overstates these
+    up = np.nextafter(x, np.float32(np.inf)).astype(np.float64)
+    x64 = x.astype(np.float64)
+    kg, units = p.mass * p.cap_produce, float(p.cap_produce)
+    stocks = [max(down[0], 0.0) * kg, max(down[1], 0.0) * kg, x64[2] * units, max(down[3], 0.0) * units,
+              x64[4] * units]
+    i = 5
+    pipeline = x64[i:i + n_pipe] * kg
+    i += n_pipe
+    sales_history = x64[i:i + n_sales] * units
+    i += n_sales
+    return_frac, last_demand, t_frac = float(x64[i]), float(x64[i + 1]) * units, float(x64[i + 4])
+    i += 5
+    t = int(round(t_frac * p.horizon))
+    cap = math.inf if x[i + 2] >= 1.0 else max(down[i + 2], 0.0) * full_capacity_emissions(p)
+    regime = np.array([min(up[i], 0.95), x64[i + 1] * 1000.0, cap, x64[i + 3] * 100.0, min(up[i + 4], 1.0)])
+    regime[[0, 4]] = np.where(x[[i, i + 4]] == 0, 0.0, regime[[0, 4]])  # no rule stays no rule
+    return {"t": t, "stocks": np.array(stocks), "pipeline": pipeline, "sales_history": sales_history,
+            "regime": regime, "return_frac": return_frac, "last_demand": None if t == 0 else last_demand}
+
+
 def _as_schedule(regime: Regime | RegimeSchedule | str | Path) -> RegimeSchedule:
     if isinstance(regime, RegimeSchedule):
         return regime
@@ -402,4 +453,5 @@ def register() -> None:
 
 register()
 
-__all__ = ["ACTION_NAMES", "COST_TERMS", "ENV_ID", "CircularSupplyChainEnv", "make_vector_env", "register"]
+__all__ = ["ACTION_NAMES", "COST_TERMS", "ENV_ID", "CircularSupplyChainEnv", "full_capacity_emissions",
+           "make_vector_env", "observation_inputs", "register"]

@@ -39,7 +39,8 @@ from moca.evaluation import TimedDecisions, latency_summary
 from moca.evaluation import evaluate_policy as evaluate_deployed
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
 from moca.metrics import adaptation_speed, continual_metrics
-from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy
+from moca.policy import (DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy,
+                         with_params)
 from moca.regime import TASKS, Regime, RegimeSchedule, load_regime
 from moca.scenario import Params, Scenario, draw_scenarios
 from moca.sim import COST_TERMS, ScenarioBatch, rollout
@@ -102,9 +103,10 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         return MPCPolicy()
     where = checkpoint.resolve(name)
     if not where.exists():
-        raise ExperimentError(f"--policy {name!r}: not one of {', '.join(BASELINES)} and no checkpoint directory "
-                              f"of that name")
+        raise ExperimentError(f"--policy {name!r}: not one of {', '.join(BASELINES + tuple(checkpoint.SHIPPED))} "
+                              "and no checkpoint directory of that name")
     module, _ = checkpoint.load_policy(name)
+    module = with_params(module, params)
     weights = None
     if adapt_steps:
         if len(plan.entries) != 1:
@@ -199,9 +201,10 @@ def _init_weights(method: str, module: LSTMPolicy) -> Weights | None:
         return None
     name = METHOD_CHECKPOINTS[method]
     meta_module, _ = checkpoint.load_policy(name)
-    if meta_module.config != module.config or meta_module.params != module.params:
-        raise ExperimentError(f"checkpoint {name!r} of method {method!r}: its policy or params differ "
-                              "from the experiment's")
+    if meta_module.config != module.config:
+        raise ExperimentError(f"checkpoint {name!r} of method {method!r}: its policy differs from the experiment's")
+    # Other params (a user's chain): the same weights; the features scale with its capacities.
+    meta_module = with_params(meta_module, module.params)
     return {k: v.detach().clone() for k, v in meta_module.named_parameters()}
 
 
@@ -315,6 +318,7 @@ def period_series(policy: Any, scenario: Scenario) -> dict[str, Any]:
     table = scenario.regime_table()
     return {
         "recycled_share": share,
+        "material": [float(m) for m in material],
         "emissions": [float(e) for e in out.emissions[0]],
         "recycled_content_min": [float(x) for x in table[:, 0]],
         "emission_cap": [float(x) if np.isfinite(x) else None for x in table[:, 2]],
@@ -445,7 +449,7 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else "")
     metrics: dict[str, Any] = {
         "id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
-        "machine": machine(), "command": command,
+        "machine": machine(), "command": command, "params": params.model_dump(),
         "seeds": {"train": f"meta-training 0-799; per-regime training {SUPPORT_SEEDS.start}-"
                            f"{SUPPORT_SEEDS.start + config.train_size - 1}",
                   "test": list(range(TEST_SEED, TEST_SEED + config.test_size)),
@@ -470,6 +474,10 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     for baseline, by_task in baseline_policies.items():
         per_period[baseline] = {t: period_series(by_task[t], scorer.test[j][0]) for j, (t, _) in enumerate(tasks)}
     metrics["per_period"] = per_period
+    # What each task's rule does to demand whatever the policy (oracle with and without it).
+    from moca.impact import rule_impact
+
+    metrics["rule_impact"] = {t: rule_impact(regime, scorer.test[j]) for j, (t, regime) in enumerate(tasks)}
     if config.generalisation:
         init = _init_weights("moca", module)
         metrics["generalisation"] = generalisation(module, init, config.generalisation, config.generalisation_steps,

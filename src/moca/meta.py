@@ -445,8 +445,8 @@ def _progress(progress: Any, total: int) -> Callable[[int, dict], None]:
 def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, steps: int = 5,
           support: Sequence[Scenario] | None = None, validation: Sequence[Scenario] | None = None,
           lr: float = 1.0, clip: float | None = 0.03, safeguard: bool = True, correction_weight: float = 0.1,
-          support_size: int = 8, validation_size: int = 16, cache: OracleCache | None = None
-          ) -> tuple[Weights, list[dict[str, float]]]:
+          support_size: int = 8, validation_size: int = 16, cache: OracleCache | None = None,
+          keep_best: bool = False) -> tuple[Weights, list[dict[str, float]]]:
     """``steps`` inner-loop steps (:func:`clipped_sgd`, as in meta-training) on support
     scenarios of ``regime``; each step costs one rollout (forward + backward) of the
     support batch.
@@ -463,6 +463,11 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
     and the wall seconds spent adapting so far (oracle normalisation of the support
     scenarios included, evaluation excluded). Default scenarios: support seeds 800+,
     validation seeds 900+ (never the test seeds).
+
+    ``keep_best``: return the weights with the best validation score over steps 0..steps
+    (the first of equals) instead of the last ones, so the result is never worse on the
+    validation scenarios than the start; the curve's entry of those weights gets
+    ``"selected": True`` (the others ``False``).
     """
     if steps < 0:
         raise MetaError(f"steps: {steps!r} must be >= 0")
@@ -485,6 +490,7 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
         loss = episode_losses(module, w, batch, oracle).total(correction_weight, 0.0).mean()
         return float(loss.detach()), dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
 
+    best = (curve[0]["score"], 0, {k: v.detach() for k, v in current.items()})
     loss, grads = loss_and_grad(current) if steps else (math.nan, {})
     curve[0]["support_loss"] = loss
     spent = time.perf_counter() - began
@@ -506,4 +512,10 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
         spent += time.perf_counter() - began
         curve.append({"step": step, "seconds": spent, "kept": kept, "support_loss": loss if safeguard else math.nan,
                       **evaluate_policy(module, current, validation, valid_oracle)})
+        if keep_best and curve[-1]["score"] > best[0]:
+            best = (curve[-1]["score"], step, {k: v.detach() for k, v in current.items()})
+    if keep_best:
+        for entry in curve:
+            entry["selected"] = entry["step"] == best[1]
+        return best[2], curve
     return {k: v.detach() for k, v in current.items()}, curve

@@ -278,6 +278,25 @@ class LSTMPolicy(nn.Module):
         return self.scale * head, (h, c)
 
 
+def with_params(module: "LSTMPolicy", params: Params) -> "LSTMPolicy":
+    """The same policy (config and weights) for a chain with other parameters.
+
+    The features are normalised by the chain's capacities, so the weights carry over; their
+    shapes depend on the lead time and the return lag only, and differ when those do."""
+    if params == module.params:
+        return module
+    rebuilt = LSTMPolicy(params, module.config)
+    ours = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if ours != theirs:
+        raise PolicyError(f"params: lead_virgin={params.lead_virgin}, lag_return={params.lag_return} change the "
+                          f"policy's input size; the checkpoint was trained for lead_virgin="
+                          f"{module.params.lead_virgin}, lag_return={module.params.lag_return} (train one with "
+                          "'moca train --params FILE')")
+    rebuilt.load_state_dict(module.state_dict())
+    return rebuilt
+
+
 def module_weights(module: nn.Module) -> Weights:
     """The module's own parameters as a weights dict (shared tensors, not copies)."""
     return dict(module.named_parameters())
@@ -697,6 +716,44 @@ class DeployedPolicy:
         action, self.last_raw, self._frames, self._state = self.fused(
             self._frames, self._state, t, stocks, pipeline, sales_history, regime, return_frac, last_demand)
         return action
+
+    def decide_observation(self, obs: np.ndarray) -> np.ndarray:
+        """The executed action ``[6]`` (order kg, use virgin kg, use recycled kg,
+        disassemble, refurbish, dispose cores) for an observation of the Gymnasium env
+        ``moca/CircularSupplyChain-v0`` built with this policy's params. Call
+        :meth:`reset` at the start of each episode (the LSTM carries state). To step the
+        env with it, divide by the env's action scale: ``env.step(action / env.unwrapped.scale)``."""
+        from moca.env import observation_inputs
+
+        q = observation_inputs(obs, self.params)
+        return self.decide(q["t"], q["stocks"], q["pipeline"], q["sales_history"], q["regime"], q["return_frac"],
+                           q["last_demand"])
+
+    def decide_period(self, t: int, *, virgin: float, recycled: float, product: float, cores: float,
+                      backlog: float, pipeline: Sequence[float], sales_history: Sequence[float],
+                      regime: Any, return_frac: float, last_demand: float | None = None) -> np.ndarray:
+        """The executed action ``[6]`` from the named quantities of period ``t``, after the
+        period's arrivals: stocks ``virgin``, ``recycled`` (kg), ``product``, ``cores``,
+        ``backlog`` (units); ``pipeline`` the ``L_v - 1`` virgin orders still in transit
+        (kg, next to arrive first); ``sales_history`` the last ``L_r`` periods' sales
+        (units, oldest first: its cores return this period); ``regime`` a
+        :class:`moca.regime.Regime`, a name or a row (r, tau, cap, lambda, kappa);
+        ``return_frac`` this period's return fraction; ``last_demand`` last period's demand
+        (units; None at t = 0). Periods must come in order from :meth:`reset`."""
+        from moca.regime import Regime, load_regime
+
+        row = regime.as_row() if isinstance(regime, Regime) else (
+            load_regime(regime).as_row() if isinstance(regime, (str, dict)) else np.asarray(regime, dtype=float))
+        for name, value in (("virgin", virgin), ("recycled", recycled), ("product", product), ("cores", cores),
+                            ("backlog", backlog), ("return_frac", return_frac)):
+            if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and value >= 0):
+                raise PolicyError(f"{name}={value!r}: must be a finite number >= 0")
+        if len(pipeline) != self.params.lead_virgin - 1 or len(sales_history) != self.params.lag_return:
+            raise PolicyError(f"pipeline/sales_history: expected {self.params.lead_virgin - 1} and "
+                              f"{self.params.lag_return} entries, got {len(pipeline)} and {len(sales_history)}")
+        return self.decide(t, np.array([virgin, recycled, product, cores, backlog], dtype=float),
+                           np.asarray(pipeline, dtype=float), np.asarray(sales_history, dtype=float), row,
+                           return_frac, last_demand)
 
     @staticmethod
     def inputs(obs: Observation) -> tuple:

@@ -1,5 +1,7 @@
 """Regulatory regimes (CLSC-1's five rules; CLSC-2 adds the mandate's accounting window).
 
+Fields, units and ranges: docs/MODEL.md (CLSC-1) and docs/MODEL-2.md (CLSC-2).
+
 A :class:`Regime` holds the rules in force; a :class:`RegimeSchedule` says which regime is
 in force in which period (regulation may change at any period, without warning).
 Everything else in moca reads regimes as the dense per-period table of
@@ -47,6 +49,16 @@ REGIME_RANGES: dict[str, str] = {
     "landfill_tax": "[0, 100] EUR/core",
     "recovery_target": "[0, 1]",
     WINDOW_FIELD: f"whole number of periods in [1, {MAX_WINDOW}]",
+}
+
+#: Units of the fields, as ``moca regimes`` shows them.
+REGIME_UNITS: dict[str, str] = {
+    "recycled_content_min": "share of material input",
+    "carbon_tax": "EUR/t CO2",
+    "emission_cap": "kg CO2/period",
+    "landfill_tax": "EUR/disposed core",
+    "recovery_target": "share of processed cores",
+    WINDOW_FIELD: "periods",
 }
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -328,6 +340,21 @@ PRESETS: dict[str, Regime] = {
 }
 
 
+#: Where each named regime comes from (also in the README, "Regime presets").
+REGIME_SOURCES: dict[str, str] = {
+    "T1": "seed task 1",
+    "T2": "seed task 2",
+    "T3": "seed task 3",
+    "unregulated": "no rule",
+    "eu-ets-2025": "EU ETS, 2025 average allowance price",
+    "eu-batteries-2031": "Reg. (EU) 2023/1542 Art. 8, from 2031",
+    "eu-batteries-2036": "Reg. (EU) 2023/1542 Art. 8, from 2036",
+    "eu-ppwr-2030": "Reg. (EU) 2025/40 (PPWR) Art. 7, from 2030",
+    "eu-ppwr-2040": "Reg. (EU) 2025/40 (PPWR) Art. 7, from 2040",
+    "weee-recovery": "Dir. 2012/19/EU (WEEE) Annex V",
+}
+
+
 #: The seed's tasks on CLSC-2: the mandate settled over a year (W = 52 periods).
 TASKS_2: dict[str, Regime] = {
     name: Regime(**{**regime.model_dump(), WINDOW_FIELD: 52}) for name, regime in TASKS.items()
@@ -339,43 +366,67 @@ def named_regimes(model: str = "CLSC-1") -> dict[str, Regime]:
     return {**(TASKS_2 if model == "CLSC-2" else TASKS), **PRESETS}
 
 
+def unknown_name(name: str, where: str = "regime", files: bool = True) -> RegimeError:
+    """The one message for a regime name moca does not know, wherever a name is accepted."""
+    known = ", ".join(named_regimes())
+    return RegimeError(f"{where}={name!r}: unknown regime name (known: {known}"
+                       + ("; or a YAML/JSON file)" if files else ")"))
+
+
+def _missing(text: str, where: str) -> RegimeError:
+    """A name or file that is neither: a bare word reads as a misspelt name."""
+    path = Path(text)
+    if path.suffix.lower() in (".yaml", ".yml", ".json") or len(path.parts) > 1:
+        return RegimeError(f"{where}={text!r}: no such file")
+    return unknown_name(text, where)
+
+
+def _without_name(data: dict[str, Any]) -> dict[str, Any]:
+    """A regime object may carry a ``name`` (a label, as in sequence files); it is no rule."""
+    if "name" in data and isinstance(data["name"], str):
+        data = {k: v for k, v in data.items() if k != "name"}
+    return data
+
+
 def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1") -> Regime:
-    """A regime from a name (``T1``, ``eu-ets-2025``), a YAML/JSON file, or a mapping."""
+    """A regime from a name (``T1``, ``eu-ets-2025``), a YAML/JSON file, or a mapping
+    (an optional ``name`` key is a label and is ignored)."""
     if isinstance(spec, Regime):
         return spec
     if isinstance(spec, dict):
-        return _validated(Regime, spec, prefix="")
+        return _validated(Regime, _without_name(spec), prefix="")
     text = str(spec)
     names = named_regimes(model)
     if text in names:
         return names[text]
     path = Path(text)
     if not path.exists():
-        raise RegimeError(
-            f"regime {text!r}: not a known name ({', '.join(names)}) and no such file"
-        )
+        raise _missing(text, "regime")
     data = read_structured(path)
     if not isinstance(data, dict):
         raise RegimeError(f"{path}: a regime file must hold one object with the regime fields")
-    return _validated(Regime, data, prefix=f"{path.name}: ")
+    return _validated(Regime, _without_name(data), prefix=f"{path.name}: ")
 
 
 def load_schedule(spec: str | Path | list[dict[str, Any]], model: str = "CLSC-1") -> RegimeSchedule:
     """A schedule from a YAML/JSON file holding a list of entries with ``start``
-    (or an object with key ``regimes``); a single regime name/file is a constant schedule."""
+    (or an object with key ``regimes``); a single regime name/file is a constant schedule.
+    Entries may carry a ``name`` label, which is ignored."""
     if isinstance(spec, list):
-        return RegimeSchedule.from_list(spec)
+        return RegimeSchedule.from_list([_without_name(e) if isinstance(e, dict) else e for e in spec])
     text = str(spec)
     if text in named_regimes(model):
         return RegimeSchedule.constant(named_regimes(model)[text])
     path = Path(text)
     if not path.exists():
-        raise RegimeError(f"schedule {text!r}: no such file")
+        raise _missing(text, "regime")
     data = read_structured(path)
     if isinstance(data, dict) and "regimes" in data:
         data = data["regimes"]
     if isinstance(data, dict):
         return RegimeSchedule.constant(load_regime(data))
+    if isinstance(data, list):
+        data = [_without_name(e) if isinstance(e, dict) else e for e in data]
     return RegimeSchedule.from_list(data)
 
 
@@ -395,7 +446,7 @@ def load_sequence(spec: str | Path | list[Any]) -> list[tuple[str, Regime]]:
     for i, item in enumerate(data):
         if isinstance(item, str):
             if item not in named_regimes():
-                raise RegimeError(f"sequence[{i}]={item!r}: unknown regime name (known: {', '.join(named_regimes())})")
+                raise unknown_name(item, f"sequence[{i}]", files=False)
             out.append((item, named_regimes()[item]))
         elif isinstance(item, dict):
             item = dict(item)

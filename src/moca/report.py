@@ -87,6 +87,7 @@ class PeriodSeries(TypedDict, total=False):
     """One episode of one policy on one task, period by period (length T)."""
 
     recycled_share: list[float | None]  # u_r / (u_v + u_r); None when nothing is produced
+    material: list[float | None]  # u_v + u_r, kg put into production (the share's denominator)
     emissions: list[float | None]  # kg CO2 per period (row 7's left-hand side)
     recycled_content_min: list[float | None]  # mandate r in force
     emission_cap: list[float | None]  # kg CO2 per period; None = no cap
@@ -127,6 +128,7 @@ class Metrics(TypedDict, total=False):
     per_period: dict[str, dict[str, PeriodSeries]]  # policy -> task -> series
     generalisation: Generalisation
     targets: list[Target]
+    rule_impact: dict[str, dict[str, Any]]  # task -> moca.impact.rule_impact(...): the rule's effect on demand
 
 
 class ReportError(ValueError):
@@ -348,6 +350,29 @@ def _line_width(name: str) -> float:
     return 2.4 if name == "moca" else 1.5
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+_DASHES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (3, 1)))
+
+
+def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A marker and a dash per line, so lines lying on top of each other stay told apart."""
+    return {n: {"marker": _MARKERS[i % len(_MARKERS)], "ls": _DASHES[i % len(_DASHES)]} for i, n in enumerate(names)}
+
+
+def _same_as(curves: dict[str, list[np.ndarray]]) -> dict[str, str]:
+    """For each curve set equal (to 1e-9) to an earlier one: the name of that earlier one."""
+    same: dict[str, str] = {}
+    names = list(curves)
+    for i, name in enumerate(names):
+        for other in names[:i]:
+            a, b = curves[name], curves[other]
+            if other not in same and len(a) == len(b) and all(
+                    x.shape == y.shape and np.allclose(x, y, atol=1e-9, equal_nan=True) for x, y in zip(a, b)):
+                same[name] = other
+                break
+    return same
+
+
 def _regime_text(fields: dict[str, Any] | None) -> str:
     """Short label of a regime's fields, e.g. ``r=0.20 tau=100``; "" when none were recorded."""
     if not fields:
@@ -443,6 +468,11 @@ def plot_adaptation_curves(metrics: dict[str, Any], path: str | Path) -> Path | 
         return None
     tasks = task_names(m)
     colors = _colors(policy_order(m))
+    styles = _styles(list(methods))
+    # Methods that share a meta-init can have identical curves: say so in the legend, and
+    # shift each method's points sideways a little so no line hides another.
+    same = _same_as({n: [_array(c) for c in r["adaptation_curves"]] for n, r in methods.items()})
+    offsets = {n: (i - (len(methods) - 1) / 2) * min(0.08, 0.4 / max(len(methods), 1)) for i, n in enumerate(methods)}
     mpc = m.get("baselines", {}).get("mpc", {})
     fig = Figure(figsize=(1.5 + 3.8 * len(tasks), 3.8), layout="constrained")
     axes = fig.subplots(1, len(tasks), squeeze=False, sharey=True)[0]
@@ -452,12 +482,16 @@ def plot_adaptation_curves(metrics: dict[str, Any], path: str | Path) -> Path | 
             y = _array(result["adaptation_curves"][j])
             if not y.size:
                 continue
-            (line,) = ax.plot(np.arange(y.size), y, color=colors[name], lw=_line_width(name), label=name,
-                              marker="o" if y.size <= 25 else None, ms=3, zorder=3 if name == "moca" else 2)
+            x = np.arange(y.size) + offsets[name]
+            label = f"{name} (same curve as {same[name]})" if name in same else name
+            (line,) = ax.plot(x, y, color=colors[name], lw=_line_width(name), label=label, ls=styles[name]["ls"],
+                              marker=styles[name]["marker"], ms=4 if name in same else 5,
+                              markevery=max(1, y.size // 12), mfc="white" if name in same else colors[name],
+                              zorder=3 if name == "moca" else 2)
             handles.setdefault(name, line)
             steps = (result.get("adaptation_steps") or [None] * len(tasks))[j]
             if steps is not None and 0 <= steps < y.size and np.isfinite(y[steps]):
-                ax.plot([steps], [y[steps]], marker="*", ms=13, color=colors[name], mec="white", mew=0.8, zorder=4)
+                ax.plot([x[steps]], [y[steps]], marker="*", ms=13, color=colors[name], mec="white", mew=0.8, zorder=4)
         score = _number(mpc.get(task, {}).get("score")) if task in mpc else None
         if score is not None:
             handles.setdefault("MPC", ax.axhline(score, color=colors.get("mpc", "tab:gray"), ls="--", lw=1.4, label="MPC"))
@@ -469,7 +503,8 @@ def plot_adaptation_curves(metrics: dict[str, Any], path: str | Path) -> Path | 
     axes[0].set_ylabel("validation score")
     handles["reached"] = Line2D([], [], color="0.3", marker="*", ms=11, ls="none", label="99% of plateau reached")
     fig.legend(handles=list(handles.values()), loc="outside right upper", fontsize=9, frameon=False)
-    fig.suptitle("Adaptation: validation score after k gradient steps", fontsize=11)
+    fig.suptitle("Adaptation: validation score after k gradient steps (points of each method shifted slightly "
+                 "sideways so none hides another)", fontsize=10)
     return _save(fig, path)
 
 
@@ -546,8 +581,9 @@ def plot_compliance(metrics: dict[str, Any], path: str | Path, policies: Sequenc
     if not tasks:
         return None
     colors = _colors(policy_order(m))
+    styles = _styles(list(policies))
 
-    fig = Figure(figsize=(1.8 + 4.0 * len(tasks), 6.0), layout="constrained")
+    fig = Figure(figsize=(1.8 + 4.0 * len(tasks), 6.6), layout="constrained")
     axes = fig.subplots(2, len(tasks), squeeze=False, sharex="col", sharey="row")
     handles: dict[str, Any] = {}
     for j, task in enumerate(tasks):
@@ -556,23 +592,54 @@ def plot_compliance(metrics: dict[str, Any], path: str | Path, policies: Sequenc
         horizon = max(len(v) for s in series.values() for v in s.values() if isinstance(v, list))
         edges = np.arange(horizon + 1)  # a period t spans [t, t+1); its value is drawn at t + 0.5
         centres = np.arange(horizon) + 0.5
-        for name, s in series.items():
-            style = dict(color=colors[name], lw=_line_width(name), label=_short_label(name), zorder=3 if name == "moca" else 2)
-            if "recycled_share" in s:
-                handles.setdefault(name, share_ax.plot(centres, _array(s["recycled_share"]), **style)[0])
-            if "emissions" in s:
-                handles.setdefault(name, emis_ax.plot(centres, _array(s["emissions"]) / 1e3, **style)[0])
-        # The limits are the same for every policy on a task; take the first that has them.
         mandate = next((_array(s["recycled_content_min"]) for s in series.values() if "recycled_content_min" in s), None)
+        cap = next((_array(s["emission_cap"]) for s in series.values() if "emission_cap" in s), None)
+        idle_any = np.zeros(horizon, dtype=bool)
+        below: dict[str, int] = {}
+        over: dict[str, int] = {}
+        for i, (name, s) in enumerate(series.items()):
+            style = dict(color=colors[name], lw=_line_width(name), label=_short_label(name), ls=styles[name]["ls"],
+                         marker=styles[name]["marker"], ms=4, markevery=(i % 4, 4), zorder=3 if name == "moca" else 2)
+            if "recycled_share" in s:
+                share = _array(s["recycled_share"])
+                # A share of (almost) nothing means nothing: in the last period nothing made can
+                # still be sold, so production stops and u_r / (u_v + u_r) of a few kg jumps about.
+                idle = _idle_periods(s, share.size)
+                idle_any[:idle.size] |= idle
+                shown = np.where(idle, np.nan, share)
+                handles.setdefault(name, share_ax.plot(centres[:shown.size], shown, **style)[0])
+                if mandate is not None:
+                    below[name] = int(np.sum((shown < mandate[:shown.size] - 1e-6) & np.isfinite(shown)))
+            if "emissions" in s:
+                emissions = _array(s["emissions"])
+                handles.setdefault(name, emis_ax.plot(centres[:emissions.size], emissions / 1e3, **style)[0])
+                if cap is not None and np.isfinite(cap).any():
+                    over[name] = int(np.sum(emissions > cap[:emissions.size] * (1 + 1e-6)))
+        # The limits are the same for every policy on a task; drawn wide and pale under the
+        # policies' lines, so a policy that sits exactly on the limit stays visible on top.
         if mandate is not None:
             stair = np.append(mandate, mandate[-1])
             share_ax.fill_between(edges, 0, stair, step="post", color="tab:red", alpha=0.08, lw=0)
-            handles.setdefault("mandate", share_ax.step(edges, stair, where="post", color="black", ls="--", lw=1.4,
-                                                        label="recycled-content mandate")[0])
-        cap = next((_array(s["emission_cap"]) for s in series.values() if "emission_cap" in s), None)
+            handles.setdefault("mandate", share_ax.step(edges, stair, where="post", color="0.55", ls="-", lw=4.5,
+                                                        alpha=0.45, zorder=1, label="recycled-content mandate")[0])
+        for t in np.flatnonzero(idle_any):
+            share_ax.axvspan(t, t + 1, color="0.85", zorder=0, lw=0)
+        if idle_any.any():
+            handles.setdefault("idle", Rectangle((0, 0), 1, 1, color="0.85",
+                                                 label="little or no production: share not shown\n(last period: "
+                                                       "nothing made then can be sold)"))
+        verdict = _compliance_text(below, "below the mandate")
+        if verdict:
+            share_ax.text(0.02, 0.03, verdict, transform=share_ax.transAxes, fontsize=7.5, va="bottom",
+                          color="darkgreen" if not any(below.values()) else "darkred",
+                          bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1.5))
         if cap is not None and np.isfinite(cap).any():
             handles.setdefault("cap", emis_ax.step(edges, np.append(cap, cap[-1]) / 1e3, where="post", color="tab:red",
-                                                   ls="--", lw=1.4, label="emission cap")[0])
+                                                   ls="-", lw=4.5, alpha=0.35, zorder=1, label="emission cap")[0])
+            verdict = _compliance_text(over, "above the cap")
+            emis_ax.text(0.02, 0.03, verdict, transform=emis_ax.transAxes, fontsize=7.5, va="bottom",
+                         color="darkgreen" if not any(over.values()) else "darkred",
+                         bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1.5))
         else:
             emis_ax.text(0.98, 0.96, "no emission cap", transform=emis_ax.transAxes, ha="right", va="top",
                          fontsize=8, color="0.35")
@@ -590,8 +657,30 @@ def plot_compliance(metrics: dict[str, Any], path: str | Path, policies: Sequenc
     axes[0, 0].set_ylabel("recycled share of material")
     axes[1, 0].set_ylabel("emissions (t CO₂ per period)")
     fig.legend(handles=list(handles.values()), loc="outside right upper", fontsize=9, frameon=False)
-    fig.suptitle("Compliance over one test episode (shaded: below the mandate)", fontsize=11)
+    fig.suptitle("Compliance over one test episode (pink: below the mandate)", fontsize=11)
     return _save(fig, path)
+
+
+def _idle_periods(series: PeriodSeries, horizon: int) -> np.ndarray:
+    """Periods whose production input is under 2% of the episode's largest: their recycled
+    share is not a statement about compliance. Without recorded input (older runs), the
+    periods without a share."""
+    share = _array(series.get("recycled_share", []))
+    idle = ~np.isfinite(share) if share.size else np.zeros(horizon, dtype=bool)
+    material = _array(series.get("material", []))
+    if material.size == share.size and material.size and np.nanmax(material) > 0:
+        idle |= material < 0.02 * np.nanmax(material)
+    return idle
+
+
+def _compliance_text(counts: dict[str, int], what: str) -> str:
+    """e.g. "every period complies: moca, MPC" or "MPC: 3 periods above the cap"."""
+    if not counts:
+        return ""
+    ok = [_short_label(n) for n, c in counts.items() if c == 0]
+    bad = [f"{_short_label(n)}: {c} period{'s' if c > 1 else ''} {what}" for n, c in counts.items() if c]
+    parts = ([f"complies in every period: {', '.join(ok)}"] if ok else []) + bad
+    return "\n".join(parts)
 
 
 # --- report.md -----------------------------------------------------------------------------
@@ -602,6 +691,22 @@ PLOTS: dict[str, tuple[str, Any]] = {
     "adaptation_curves.png": ("Adaptation curves", plot_adaptation_curves),
     "cost_breakdown.png": ("Cost breakdown", plot_cost_breakdown),
     "compliance.png": ("Compliance with the regime's limits", plot_compliance),
+}
+
+
+#: What a reader needs to read a plot right, printed under it in report.md.
+PLOT_NOTES: dict[str, str] = {
+    "compliance.png": (
+        "Each panel says which policies comply in every period (all should: every executed action goes through "
+        "the safety layer). "
+        "Grey periods produce (almost) nothing, so their recycled share is not shown: in the last period "
+        "nothing made can still be sold, so production stops and the share of a few kg would read anywhere "
+        "from 0 to 100%. The limits are drawn wide and pale under the policies' lines: a line lying on the "
+        "mandate complies with it exactly."),
+    "adaptation_curves.png": (
+        "Each method's points are shifted a little sideways and have their own marker and dash, so a line "
+        "lying on another stays visible; methods with identical curves (the same meta-init) say so in the "
+        "legend."),
 }
 
 
@@ -667,6 +772,31 @@ def _generalisation_section(m: Metrics) -> list[str]:
     ]
 
 
+def _rule_impact_section(m: Metrics) -> list[str]:
+    """Does the rule itself leave demand unmet? (the oracle with and without it)."""
+    impact = m.get("rule_impact") or {}
+    if not impact:
+        return []
+    from moca.impact import describe
+
+    rows = []
+    for task, x in impact.items():
+        prices = "; ".join(f"{f}: {v:,.0f} {x.get('price_units', {}).get(f, '')}"
+                           for f, v in (x.get("shadow_prices") or {}).items()) or "–"
+        rows.append([task, f"{x['oracle_cost_ratio']:.2f}x", f"{x['backlog_per_period']:,.0f}",
+                     f"{x['backlog_per_period_without_rule']:,.0f}", f"{x['backlog_at_end']:,.0f}",
+                     "**yes**" if x["demand_unmet_by_rule"] else "no", prices])
+    lines = ["## What the rules themselves do to demand", "",
+             "The hindsight optimum on the same test scenarios with each task's rule and without any rule "
+             "(same demand and returns). Backlog: units of demand waiting at the end of a period (mean over the "
+             "horizon) and still unserved at the end of the horizon. Shadow price: what tightening the rule by one "
+             "unit adds to the optimal episode cost, from the LP's duals (mean over scenarios).", "",
+             markdown_table(["task", "oracle cost vs no rule", "oracle backlog per period", "without the rule",
+                             "unserved at the end", "rule leaves demand unmet", "shadow price"], rows, left=1), ""]
+    lines += [f"- {describe(task, x)}" for task, x in impact.items()]
+    return lines + [""]
+
+
 def report_markdown(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
     """The text of report.md; ``images`` are the PNG file names (in the same folder) to embed."""
     m = check_metrics(metrics)
@@ -709,7 +839,10 @@ def report_markdown(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
     for name in images:
         title_text = PLOTS.get(name, (Path(name).stem.replace("_", " ").capitalize(), None))[0]
         lines += [f"## {title_text}", "", f"![{title_text}]({name})", ""]
+        if name in PLOT_NOTES:
+            lines += [PLOT_NOTES[name], ""]
 
+    lines += _rule_impact_section(m)
     lines += _generalisation_section(m)
 
     run = []

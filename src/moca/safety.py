@@ -1169,7 +1169,9 @@ def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: ConstraintLayout, out
     ok = _rows_ok_batch(a, V, M, C, r, cap, kappa, L).all(0)
     # Batch last, like the rest of this path; the caller hands it out as a [B, 6] view whose
     # columns are contiguous, which is what the simulator's step reads fastest.
-    out = np.ascontiguousarray(a.T)
+    # Always a copy: for B = 1 (or a column-major input) a.T is contiguous already, and
+    # writing the projection into it would overwrite the caller's raw action tensor.
+    out = np.array(a.T, order="C")
     idx = np.flatnonzero(~ok)
     if idx.size == 0:
         return out, None

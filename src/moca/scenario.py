@@ -256,6 +256,8 @@ def draw_scenario(
     params: Params = DEFAULT_PARAMS,
 ) -> Scenario:
     """Draw demand and returns for one scenario, seeded (spec, "Exogenous draws")."""
+    if any(int(s) < 0 for s in (seed if isinstance(seed, tuple) else (seed,))):
+        raise ScenarioError(f"seed={seed!r}: seeds must be >= 0")
     demand, return_frac = draw_exogenous(np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed), params, 1)
     schedule = _as_schedule(regime)
     return Scenario(params=params, schedule=schedule, demand=demand[0], return_frac=return_frac[0])
@@ -312,6 +314,32 @@ def _as_schedule(regime: Regime | RegimeSchedule | None) -> RegimeSchedule:
     if isinstance(regime, RegimeSchedule):
         return regime
     return RegimeSchedule.constant(regime)
+
+
+def load_params(source: str | Path, kind: type = None) -> "Params | Params2":
+    """Parameters from a JSON/YAML file: an object of parameter overrides (names as in the
+    scenario file's ``params``), or a whole scenario file, whose ``params`` are used.
+    ``kind``: :class:`Params` (CLSC-1, the default) or :class:`Params2` (CLSC-2)."""
+    kind = kind or Params
+    from moca.regime import read_structured
+
+    try:
+        data = read_structured(Path(source))
+    except RegimeError as err:
+        raise ScenarioError(f"--params {err}") from None
+    if isinstance(data, dict) and "params" in data and ("model" in data or "demand" in data):
+        data = data["params"] or {}
+    if not isinstance(data, dict):
+        raise ScenarioError(f"--params {source}: expected an object of parameters (or a scenario file)")
+    try:
+        return kind(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ScenarioError(f"--params {source}: params.{field}: unknown parameter "
+                                f"(known: {', '.join(kind.model_fields)})") from None
+        raise ScenarioError(f"--params {source}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def load_actions(source: str | Path, horizon: int,

@@ -1,0 +1,70 @@
+"""Writing files the way a user expects: whole or not at all, with the user's umask.
+
+``tempfile.mkstemp`` / ``mkdtemp`` create their files and folders private (0600 / 0700)
+whatever the umask says; a scenario or checkpoint renamed into place from there would
+stay private. Everything moca writes goes through here instead, so files get 0666 and
+folders 0777, minus the umask, as ``open()`` and ``mkdir`` would have given them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written (its folder is missing, or it is a folder)."""
+
+
+def umask() -> int:
+    """The process's umask (read by setting and restoring it: POSIX has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    return 0o666 & ~umask()
+
+
+def folder_mode() -> int:
+    return 0o777 & ~umask()
+
+
+def check_parent(path: str | Path, option: str = "-o") -> Path:
+    """Refuse an output whose folder does not exist (moca never creates it silently)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise OutputError(f"{option} {path}: directory {parent} {what}")
+    return path
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write via a temporary file in the same folder and rename it into place, so a failure
+    never leaves half a file; the file gets the umask's mode."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def publish_tree(folder: str | Path) -> None:
+    """Give a staged folder (``mkdtemp``: 0700) and everything in it the umask's modes."""
+    folder = Path(folder)
+    files, folders = file_mode(), folder_mode()
+    for root, dirs, names in os.walk(folder):
+        for name in names:
+            os.chmod(Path(root) / name, files)
+        for name in dirs:
+            os.chmod(Path(root) / name, folders)
+    os.chmod(folder, folders)
