@@ -46,9 +46,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from moca.experiment import ExperimentError
     from moca.metrics import MetricsError
     from moca.report import ReportError
+    from moca.baselines.ppo import PPOError
 
     return (RegimeError, ScenarioError, SafetyError, UsageError, ValidationError, CheckpointError, ContinualError,
-            MetaError, PolicyError, ReportError, ExperimentError, MetricsError)
+            MetaError, PolicyError, ReportError, ExperimentError, MetricsError, PPOError)
 
 
 @contextmanager
@@ -216,7 +217,7 @@ def oracle(
 
 @app.command()
 def evaluate(
-    policy: str = typer.Option(..., "--policy", help="threshold | mpc | oracle | a checkpoint DIR ('default' = shipped meta-init)."),
+    policy: str = typer.Option(..., "--policy", help="threshold | mpc | oracle | mpc-informed | mpc-forecast | mpc-sampled | ppo | a checkpoint DIR ('default' = shipped meta-init)."),
     regime: str = typer.Option("T1", "--regime", help="Regime name or YAML/JSON file (a schedule file works too)."),
     scenarios: int = typer.Option(20, "--scenarios", min=1, help="Number of test scenarios."),
     seed: int = typer.Option(1000, "--seed", help="First test seed; scenarios use seeds seed .. seed+N-1."),
@@ -461,6 +462,50 @@ def run(
     if json_file is not None:
         _write_atomic(json_file, json.dumps(metrics, indent=1))
     console.print(f"wrote {run_dir}/ (metrics.json, report.md, plots) in {metrics['wall_seconds']:.0f} s")
+
+
+# --- peers ---------------------------------------------------------------------------------
+
+peers_app = typer.Typer(no_args_is_help=True, help="The peers moca is compared with (PPO training).")
+app.add_typer(peers_app, name="peers")
+
+
+@peers_app.command("train-ppo")
+def peers_train_ppo(
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to write (safetensors + JSON)."),
+    seconds: float = typer.Option(300.0, "--seconds", min=0, help="Wall-clock training budget (s)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of PPO and of the training episodes."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many env steps too."),
+    eval_every: int = typer.Option(20000, "--eval-every", min=1, help="Env steps between learning-curve scores."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Train Stable-Baselines3 PPO on the Gymnasium env over the regime distribution; write the
+    policy, its learning curve (JSON) and a plot of it."""
+    from dataclasses import asdict
+
+    from moca.baselines.ppo import PPOConfig, plot_curve, save_ppo, train_ppo
+
+    with _bad_input():
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"-o {output}: exists and is not a directory")
+        config = PPOConfig(seconds=seconds, seed=seed, max_steps=max_steps, eval_every=eval_every)
+    with _progress(as_json) as progress:
+        bar = progress.add_task("PPO", total=None)
+        model, curve = train_ppo(config, progress=lambda steps, score: progress.update(
+            bar, description=f"PPO: {steps} steps, validation score {score:.3f}"))
+    command = "moca peers " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "moca peers train-ppo"
+    save_ppo(output, model.policy, {"model": "CLSC-1", "config": asdict(config), "command": command,
+                                    "env_steps": int(model.num_timesteps), "wall_seconds": curve["wall_seconds"],
+                                    "learning_curve": curve})
+    _write_atomic(output / "learning_curve.json", json.dumps(curve, indent=1))
+    plot_curve(curve, output / "learning_curve.png", title="PPO on CLSC-1")
+    out = {"checkpoint": str(output), "env_steps": int(model.num_timesteps), "wall_seconds": curve["wall_seconds"],
+           "validation_score": curve["score"][-1], "learning_curve": str(output / "learning_curve.json")}
+    if as_json:
+        _print_json(out)
+        return
+    console.print(f"wrote {output}: {out['env_steps']} env steps in {out['wall_seconds']:.0f} s, "
+                  f"validation score {out['validation_score']:.4f}")
 
 
 @contextmanager

@@ -1,0 +1,69 @@
+"""The peers moca is compared with, by name, each told only what a planner knows.
+
+| name | what it is | what it is told |
+|---|---|---|
+| ``threshold`` | order-up-to rule, 6 thresholds tuned per regime by simulation | state, regime, the public seasonal mean |
+| ``mpc`` | rolling LP, safety stock 100 (the calibrated CLSC-1 MPC) | state, regime, **the demand model** |
+| ``mpc-informed`` | the same LP, safety stock tuned on training scenarios | state, regime, **the demand model** (a reference) |
+| ``mpc-forecast`` | the same LP, ETS forecast refitted to the observed history, safety stock tuned | state, regime, demand and return fractions observed so far |
+| ``mpc-sampled`` | two-stage sample-average LP over ETS sample paths, safety stock tuned | as ``mpc-forecast`` |
+| ``ppo`` | Stable-Baselines3 PPO trained on the Gymnasium env | the environment's observation |
+
+The tuned safety stocks below are what ``benchmarks/bench_peers.py`` chose on training
+scenarios (training stream, T1-T3 pooled; never test seeds) in the run recorded in
+``benchmarks/peers.json``; the benchmark re-tunes them itself and reports the seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moca.regime import RegimeSchedule
+from moca.scenario import Params
+
+PEERS: tuple[str, ...] = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
+
+#: Safety stocks (units) chosen by bench_peers.py's tuning on CLSC-1 training scenarios.
+TUNED_SAFETY_STOCK: dict[str, float] = {"mpc-informed": 400.0, "mpc-forecast": 400.0, "mpc-sampled": 200.0}
+#: Sample paths of the two-stage MPC.
+SAMPLES = 8
+
+
+def make_peer(name: str, safety_stock: float | None = None, samples: int = SAMPLES):
+    """An untuned-by-regime peer with the given (or the recorded tuned) safety stock."""
+    from moca.baselines.forecast_mpc import ForecastMPCPolicy, SampledMPCPolicy
+    from moca.baselines.mpc import MPCPolicy
+
+    stock = TUNED_SAFETY_STOCK.get(name, 100.0) if safety_stock is None else float(safety_stock)
+    if name == "mpc":
+        return MPCPolicy()
+    if name == "mpc-informed":
+        return MPCPolicy(safety_stock=stock)
+    if name == "mpc-forecast":
+        return ForecastMPCPolicy(safety_stock=stock)
+    if name == "mpc-sampled":
+        return SampledMPCPolicy(samples=samples, safety_stock=stock)
+    raise ValueError(f"--policy {name!r}: not a tunable MPC peer")
+
+
+def build_peer(name: str, plan: RegimeSchedule, params: Params = Params(), model: str = "CLSC-1") -> Any:
+    """The peer ``name`` ready to act on scenarios of ``plan`` (the threshold rule is tuned
+    for it now; PPO is the shipped policy)."""
+    if name == "threshold":
+        from moca.baselines.threshold import tune_threshold
+
+        return tune_threshold(plan, params)
+    if name == "ppo":
+        from moca.baselines.ppo import load_ppo, shipped_path
+
+        where = shipped_path(model)
+        if not where.exists():
+            from moca.checkpoint import CheckpointError
+
+            raise CheckpointError(f"--policy ppo: no shipped PPO policy for {model} at {where} "
+                                  f"(train one: moca peers train-ppo -o DIR, then --policy DIR)")
+        return load_ppo(where)
+    return make_peer(name)
+
+
+__all__ = ["PEERS", "SAMPLES", "TUNED_SAFETY_STOCK", "build_peer", "make_peer"]
