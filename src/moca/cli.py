@@ -21,7 +21,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="moca: keep a circular supply chain's control policy optimal while regulation changes.")
-scenario_app = typer.Typer(no_args_is_help=True, help="Create scenarios (the CLSC-1 JSON exchange format).")
+scenario_app = typer.Typer(no_args_is_help=True, help="Create scenarios (the JSON exchange format of CLSC-1 or CLSC-2).")
 app.add_typer(scenario_app, name="scenario")
 
 console = Console()
@@ -102,21 +102,25 @@ def scenario_new(
     seed: int = typer.Option(..., "--seed", help="Seed of the demand and return draws."),
     schedule: Optional[Path] = typer.Option(None, "--schedule", help="YAML/JSON list of regimes with 'start' (overrides --regime)."),
     output: Path = typer.Option(..., "-o", "--output", help="Scenario JSON to write."),
-    params_file: Optional[Path] = typer.Option(None, "--params", help="JSON/YAML object of CLSC-1 parameters to override."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help="JSON/YAML object of the model's parameters to override."),
+    model: str = typer.Option("CLSC-1", "--model", help="World model: CLSC-1 or CLSC-2 (docs/MODEL-2.md)."),
 ) -> None:
     """Draw a seeded scenario and write it in the spec's JSON format."""
     from moca.regime import RegimeSchedule, load_regime, load_schedule, read_structured
-    from moca.scenario import Params, ScenarioError, draw_scenario
+    from moca.scenario import MODELS, Params, Params2, ScenarioError, draw_scenario, draw_scenario2
 
     with _bad_input():
-        plan = load_schedule(schedule) if schedule else RegimeSchedule.constant(load_regime(regime))
-        params = Params()
+        if model not in MODELS:
+            raise UsageError(f"--model={model!r}: expected one of {', '.join(MODELS)}")
+        clsc2 = model == "CLSC-2"
+        plan = load_schedule(schedule, model) if schedule else RegimeSchedule.constant(load_regime(regime, model))
+        params = Params2() if clsc2 else Params()
         if params_file:
             data = read_structured(params_file)
             if not isinstance(data, dict):
                 raise ScenarioError(f"{params_file}: expected an object of parameters")
-            params = Params(**data)
-        scenario = draw_scenario(seed, plan, params)
+            params = (Params2 if clsc2 else Params)(**data)
+        scenario = (draw_scenario2 if clsc2 else draw_scenario)(seed, plan, params)
         _write_atomic(output, scenario.to_json())
     err_console.print(f"wrote {output} ({scenario.horizon} periods, {len(plan.entries)} regime(s))")
 
@@ -170,14 +174,16 @@ def simulate_actions(scenario, actions: np.ndarray) -> dict[str, Any]:
 @app.command()
 def simulate(
     scenario_path: Path = typer.Option(..., "--scenario", help="Scenario JSON."),
-    actions_path: Path = typer.Option(..., "--actions", help='Action JSON {"actions": [[o, u_v, u_r, g, f, w], ...]}.'),
+    actions_path: Path = typer.Option(..., "--actions", help='Action JSON {"actions": [[o, u_v, u_r, g, f, w], ...]} (CLSC-2: nine per row).'),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Execute raw actions through the safety layer and report cost, states and violations."""
-    from moca.scenario import Scenario, load_actions
+    from moca.scenario import Scenario2, load_actions, load_scenario
 
     with _bad_input():
-        scenario = Scenario.from_json(scenario_path)
+        scenario = load_scenario(scenario_path)  # the file's "model" chooses the world
+        if isinstance(scenario, Scenario2):
+            return _simulate2(scenario, scenario_path, actions_path, as_json)
         actions = load_actions(actions_path, scenario.horizon)
         out = simulate_actions(scenario, actions)
     if as_json:
@@ -192,6 +198,26 @@ def simulate(
     console.print(table)
 
 
+def _simulate2(scenario, scenario_path: Path, actions_path: Path, as_json: bool) -> None:
+    """``moca simulate`` on a CLSC-2 scenario: rows of nine raw actions."""
+    from moca.clsc2 import ACTION_SYMBOLS, STATE_NAMES
+    from moca.scenario import load_actions
+    from moca.sim2 import simulate_actions2
+
+    out = simulate_actions2(scenario, load_actions(actions_path, scenario.horizon, ACTION_SYMBOLS))
+    if as_json:
+        _print_json(out)
+        return
+    table = Table(title=f"{scenario_path.name} (CLSC-2): total cost {out['total_cost']:,.0f} EUR, "
+                        f"violations {out['violations']}")
+    for col in ("t", *ACTION_SYMBOLS, *STATE_NAMES, "sales", "lost", "cost"):
+        table.add_column(col, justify="right")
+    for p in out["periods"]:
+        table.add_row(str(p["t"]), *(f"{a:.0f}" for a in p["action"]), *(f"{v:.0f}" for v in p["state"].values()),
+                      f"{p['sales']:.0f}", f"{p['lost']:.0f}", f"{p['cost']:,.0f}")
+    console.print(table)
+
+
 @app.command()
 def oracle(
     scenario_path: Path = typer.Option(..., "--scenario", help="Scenario JSON."),
@@ -199,10 +225,12 @@ def oracle(
 ) -> None:
     """The hindsight LP (HiGHS): the best cost any policy could reach on the scenario."""
     from moca.oracle import solve_oracle
-    from moca.scenario import Scenario
+    from moca.scenario import Scenario2, load_scenario
 
     with _bad_input():
-        scenario = Scenario.from_json(scenario_path)
+        scenario = load_scenario(scenario_path)  # the file's "model" chooses the world
+        if isinstance(scenario, Scenario2):
+            from moca.oracle2 import solve_oracle2 as solve_oracle
         result = solve_oracle(scenario)
     out = {"oracle_cost": result.oracle_cost, "status": result.status,
            "plan": [[float(x) for x in row] for row in result.plan]}

@@ -94,7 +94,7 @@ class CircularSupplyChainEnv(gym.Env):
             by the spec's tolerance). A self-test for tests and audits; off by default.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -120,7 +120,9 @@ class CircularSupplyChainEnv(gym.Env):
         self.cost_scale = float(cost_scale)
         self.check_violations = check_violations
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r}: supported are {self.metadata['render_modes']}")
+            # As Gymnasium does for a mode an env lacks: warn, do not refuse to build.
+            gym.logger.warn(f"render_mode={render_mode!r} is not supported ({self.metadata['render_modes']}); "
+                            "render() will return None")
         self.render_mode = render_mode
 
         p = self.params
@@ -164,18 +166,9 @@ class CircularSupplyChainEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode. ``options={"scenario": Scenario}`` runs that scenario once."""
         super().reset(seed=seed)
-        options = options or {}
-        scenario_seed = None
-        if "scenario" in options:
-            scenario = options["scenario"]
-            if not isinstance(scenario, Scenario) or scenario.params != self.params:
-                raise ValueError("options['scenario']: expected a Scenario with this env's params")
-        elif self.fixed_scenario is not None:
-            scenario = self.fixed_scenario
-        else:
-            # An explicit seed names the scenario; otherwise draw one from the env's generator.
-            scenario_seed = seed if seed is not None else int(self.np_random.integers(2**62))
-            scenario = draw_scenario(scenario_seed, self.schedule or RegimeSchedule.constant(Regime()), self.params)
+        scenario, scenario_seed = episode_scenario(
+            self, seed, options, Scenario,
+            lambda s: draw_scenario(s, self.schedule or RegimeSchedule.constant(Regime()), self.params))
         self.scenario = scenario
         self._demand = scenario.demand.tolist()
         self._return_frac = scenario.return_frac.tolist()
@@ -302,11 +295,45 @@ class CircularSupplyChainEnv(gym.Env):
         return {"V": self.virgin, "M": self.recycled, "P": self.product, "C": self.cores, "B": self.backlog}
 
     def render(self):
+        if self.render_mode == "rgb_array":
+            s = self.state_units()
+            return render_bars([s["V"] / self._kg, s["M"] / self._kg, s["P"] / self._units, s["C"] / self._units,
+                                s["B"] / self._units])
         if self.render_mode != "ansi":
             return None
         s = self.state_units()
         return (f"t={self.t:3d} V={s['V']:9.1f} M={s['M']:8.1f} P={s['P']:8.1f} "
                 f"C={s['C']:7.1f} B={s['B']:7.1f} pipeline={[round(x, 1) for x in self.pipeline]}")
+
+
+def episode_scenario(env: gym.Env, seed: int | None, options: dict[str, Any] | None, kind: type,
+                     draw: Any) -> tuple[Any, int | None]:
+    """The scenario of the episode ``env.reset`` starts, and the seed it was drawn from:
+    ``options["scenario"]`` (of type ``kind``, the env's params), else the env's fixed
+    scenario, else ``draw(seed)``; without a seed, one from the env's generator."""
+    options = options or {}
+    if "scenario" in options:
+        scenario = options["scenario"]
+        if not isinstance(scenario, kind) or scenario.params != env.params:
+            raise ValueError(f"options['scenario']: expected a {kind.__name__} with this env's params")
+        return scenario, None
+    if env.fixed_scenario is not None:
+        return env.fixed_scenario, None
+    # An explicit seed names the scenario; otherwise draw one from the env's generator.
+    scenario_seed = seed if seed is not None else int(env.np_random.integers(2**62))
+    return draw(scenario_seed), scenario_seed
+
+
+def render_bars(values: list[float], height: int = 64, bar: int = 16) -> np.ndarray:
+    """An RGB image ``[height, len(values) * bar, 3]`` (uint8) of one bar per value, full
+    height at 1 (values are capacity-normalised stocks; clipped to [0, 1]). Drawn with
+    numpy because a render call in a training loop should not start matplotlib."""
+    image = np.full((height, len(values) * bar, 3), 255, dtype=np.uint8)
+    for i, value in enumerate(values):
+        filled = int(round(min(max(float(value), 0.0), 1.0) * height))
+        if filled:
+            image[height - filled:, i * bar + 2:(i + 1) * bar - 2] = (40, 110, 180)
+    return image
 
 
 @dataclass(frozen=True, slots=True)

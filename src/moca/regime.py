@@ -1,9 +1,14 @@
-"""Regulatory regimes of CLSC-1 (`shared/spec/MODEL.md`, section "Regime").
+"""Regulatory regimes (CLSC-1's five rules; CLSC-2 adds the mandate's accounting window).
 
-A :class:`Regime` holds the five rules of the spec; a :class:`RegimeSchedule` says which
-regime is in force in which period (regulation may change at any period, without warning).
+A :class:`Regime` holds the rules in force; a :class:`RegimeSchedule` says which regime is
+in force in which period (regulation may change at any period, without warning).
 Everything else in moca reads regimes as the dense per-period table of
 :meth:`RegimeSchedule.table`, with columns in :data:`REGIME_FIELDS` order.
+
+CLSC-2's sixth field, ``recycled_content_window`` (periods over which the recycled-content
+mandate is settled), is not a column of that table: CLSC-1 ignores it, and a regime whose
+window is the default 1 dumps (``model_dump``) to CLSC-1's five fields exactly, so no
+CLSC-1 file or output changes. CLSC-2 reads it through :meth:`RegimeSchedule.window_table`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from typing import Any, Iterable
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 #: Column order of the dense regime table; an absent emission cap is stored as +inf.
 REGIME_FIELDS: tuple[str, ...] = (
@@ -26,6 +32,13 @@ REGIME_FIELDS: tuple[str, ...] = (
     "recovery_target",
 )
 
+#: The sixth field (CLSC-2 only): the mandate's accounting window in periods.
+WINDOW_FIELD = "recycled_content_window"
+#: Every field a regime may hold, in order (CLSC-2's regime entries carry all six).
+ALL_REGIME_FIELDS: tuple[str, ...] = REGIME_FIELDS + (WINDOW_FIELD,)
+#: Longest accounting window (periods): two years of weeks.
+MAX_WINDOW = 104
+
 #: Valid ranges of the spec, used in error messages and by regime samplers.
 REGIME_RANGES: dict[str, str] = {
     "recycled_content_min": "[0, 0.95]",
@@ -33,6 +46,7 @@ REGIME_RANGES: dict[str, str] = {
     "emission_cap": "> 0 kg CO2/period, or null for no cap",
     "landfill_tax": "[0, 100] EUR/core",
     "recovery_target": "[0, 1]",
+    WINDOW_FIELD: f"whole number of periods in [1, {MAX_WINDOW}]",
 }
 
 _BOUNDS: dict[str, tuple[float, float]] = {
@@ -57,6 +71,7 @@ class Regime(BaseModel):
     emission_cap: float | None = Field(None, description="E-bar: kg CO2 per period; None = no cap")
     landfill_tax: float = Field(0.0, description="lambda: EUR per disposed core")
     recovery_target: float = Field(0.0, description="kappa: minimum recovered share of processed cores")
+    recycled_content_window: int = Field(1, description="W: periods over which the mandate is settled (CLSC-2)")
 
     @field_validator("recycled_content_min", "carbon_tax", "landfill_tax", "recovery_target", mode="before")
     @classmethod
@@ -76,6 +91,23 @@ class Regime(BaseModel):
         if not (number > 0 and math.isfinite(number)):
             raise ValueError(f"emission_cap={value!r} is outside its valid range {REGIME_RANGES['emission_cap']}")
         return number
+
+    @field_validator("recycled_content_window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> int:
+        number = _as_number(WINDOW_FIELD, value)
+        if number != int(number) or not (1 <= number <= MAX_WINDOW):
+            raise ValueError(f"{WINDOW_FIELD}={value!r} is outside its valid range {REGIME_RANGES[WINDOW_FIELD]}")
+        return int(number)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict[str, Any]:
+        # A window of 1 is CLSC-1's per-period mandate: leave the field out so CLSC-1's
+        # files and outputs keep exactly their five fields.
+        data = handler(self)
+        if data.get(WINDOW_FIELD) == 1:
+            data.pop(WINDOW_FIELD)
+        return data
 
     def as_row(self) -> np.ndarray:
         """The regime as one row of the dense table (float64, cap None -> inf)."""
@@ -107,6 +139,8 @@ class Regime(BaseModel):
             parts.append(f"lambda={self.landfill_tax:g}")
         if self.recovery_target:
             parts.append(f"kappa={self.recovery_target:.2f}")
+        if self.recycled_content_window != 1:
+            parts.append(f"W={self.recycled_content_window}")
         return " ".join(parts) or "unregulated"
 
 
@@ -203,13 +237,56 @@ class RegimeSchedule(BaseModel):
     def change_periods(self) -> list[int]:
         return [e.start for e in self.entries[1:]]
 
+    def to_list_with_window(self) -> list[dict[str, Any]]:
+        """:meth:`to_list` with the sixth field on every entry (CLSC-2's scenario files)."""
+        return [{**item, WINDOW_FIELD: e.recycled_content_window} for item, e in zip(self.to_list(), self.entries)]
+
+    def window_table(self, horizon: int) -> np.ndarray:
+        """``[horizon]`` int64: the accounting window ``W`` of the regime in force each period."""
+        out = np.ones(horizon, dtype=np.int64)
+        for i, entry in enumerate(self.entries):
+            end = self.entries[i + 1].start if i + 1 < len(self.entries) else horizon
+            out[min(entry.start, horizon):min(end, horizon)] = entry.recycled_content_window
+        return out
+
+
+def window_starts(schedule: RegimeSchedule, horizon: int) -> np.ndarray:
+    """``[horizon]`` bool: does an accounting window start at t? (CLSC-2, "Accounting windows")
+
+    Windows are calendar blocks ``[kW, (k+1)W)`` of the ``W`` in force, cut short at a
+    regime change and at the horizon; a regime change always starts a new window.
+    """
+    t = np.arange(horizon)
+    starts = (t % schedule.window_table(horizon)) == 0
+    for change in schedule.change_periods():
+        if change < horizon:
+            starts[change] = True
+    if horizon:
+        starts[0] = True
+    return starts
+
+
+def window_ids(schedule: RegimeSchedule, horizon: int) -> np.ndarray:
+    """``[horizon]`` int64: index (0, 1, ...) of the accounting window each period belongs to."""
+    return np.cumsum(window_starts(schedule, horizon)) - 1
+
+
+def window_periods_left(schedule: RegimeSchedule, horizon: int) -> np.ndarray:
+    """``[horizon]`` int64: ``n_t``, the periods left in t's window after t (0 in its last)."""
+    ids = window_ids(schedule, horizon)
+    last = np.empty(horizon, dtype=np.int64)  # last period of each window, per period
+    if horizon:
+        ends = np.flatnonzero(np.append(ids[1:] != ids[:-1], True))
+        last = ends[ids]
+    return last - np.arange(horizon)
+
 
 def _first_error(err: ValidationError, prefix: str = "") -> str:
     first = err.errors()[0]
     location = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        allowed = ", ".join(REGIME_FIELDS)
+        allowed = ", ".join(ALL_REGIME_FIELDS)
         return f"{prefix}{location}: unknown field (allowed: {allowed}{', start' if prefix.startswith('regimes') else ''})"
     if location and location not in message:
         return f"{prefix}{location}: {message}"
@@ -251,18 +328,25 @@ PRESETS: dict[str, Regime] = {
 }
 
 
-def named_regimes() -> dict[str, Regime]:
-    return {**TASKS, **PRESETS}
+#: The seed's tasks on CLSC-2: the mandate settled over a year (W = 52 periods).
+TASKS_2: dict[str, Regime] = {
+    name: Regime(**{**regime.model_dump(), WINDOW_FIELD: 52}) for name, regime in TASKS.items()
+}
 
 
-def load_regime(spec: str | Path | dict[str, Any] | Regime) -> Regime:
+def named_regimes(model: str = "CLSC-1") -> dict[str, Regime]:
+    """Named regimes; on ``model="CLSC-2"`` the task names T1-T3 are CLSC-2's (W = 52)."""
+    return {**(TASKS_2 if model == "CLSC-2" else TASKS), **PRESETS}
+
+
+def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1") -> Regime:
     """A regime from a name (``T1``, ``eu-ets-2025``), a YAML/JSON file, or a mapping."""
     if isinstance(spec, Regime):
         return spec
     if isinstance(spec, dict):
         return _validated(Regime, spec, prefix="")
     text = str(spec)
-    names = named_regimes()
+    names = named_regimes(model)
     if text in names:
         return names[text]
     path = Path(text)
@@ -276,14 +360,14 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime) -> Regime:
     return _validated(Regime, data, prefix=f"{path.name}: ")
 
 
-def load_schedule(spec: str | Path | list[dict[str, Any]]) -> RegimeSchedule:
+def load_schedule(spec: str | Path | list[dict[str, Any]], model: str = "CLSC-1") -> RegimeSchedule:
     """A schedule from a YAML/JSON file holding a list of entries with ``start``
     (or an object with key ``regimes``); a single regime name/file is a constant schedule."""
     if isinstance(spec, list):
         return RegimeSchedule.from_list(spec)
     text = str(spec)
-    if text in named_regimes():
-        return RegimeSchedule.constant(named_regimes()[text])
+    if text in named_regimes(model):
+        return RegimeSchedule.constant(named_regimes(model)[text])
     path = Path(text)
     if not path.exists():
         raise RegimeError(f"schedule {text!r}: no such file")

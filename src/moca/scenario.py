@@ -1,7 +1,9 @@
-"""Scenarios of CLSC-1: parameters, regime schedule and the seeded exogenous draws.
+"""Scenarios: parameters, regime schedule and the seeded exogenous draws.
 
-A scenario is exactly what the spec's JSON exchange format holds (``to_json`` /
-``from_json``), so that any two tools compute the same numbers on it.
+A scenario is exactly what the JSON exchange format holds (``to_json`` / ``from_json``),
+so that any two tools compute the same numbers on it. CLSC-1 has :class:`Params` and
+:class:`Scenario`; CLSC-2 (docs/MODEL-2.md) has :class:`Params2` and :class:`Scenario2`.
+A file's ``"model"`` key says which; :func:`load_scenario` reads either.
 """
 
 from __future__ import annotations
@@ -111,6 +113,12 @@ class Scenario:
         self.return_frac = np.asarray(self.return_frac, dtype=np.float64)
         _check_series("demand", self.demand, self.params.horizon, low=0.0)
         _check_series("return_frac", self.return_frac, self.params.horizon, low=0.0, high=1.0)
+        for i, entry in enumerate(self.schedule.entries):
+            if entry.recycled_content_window != 1:
+                # Silently dropping the field on export would change the scenario: refuse.
+                raise ScenarioError(
+                    f"regimes[{i}].recycled_content_window={entry.recycled_content_window}: CLSC-1 settles the "
+                    'mandate every period; accounting windows need "model": "CLSC-2"')
 
     @property
     def horizon(self) -> int:
@@ -138,32 +146,8 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: Any) -> "Scenario":
-        if not isinstance(data, dict):
-            raise ScenarioError("scenario: expected a JSON object")
-        allowed = {"model", "params", "regimes", "demand", "return_frac"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ScenarioError(f"scenario: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-        if data.get("model", MODEL_NAME) != MODEL_NAME:
-            raise ScenarioError(f"model={data.get('model')!r}: only {MODEL_NAME!r} is supported")
-        for key in ("regimes", "demand", "return_frac"):
-            if key not in data:
-                raise ScenarioError(f"scenario: missing key {key!r}")
-        params_data = data.get("params", {}) or {}
-        if not isinstance(params_data, dict):
-            raise ScenarioError("params: expected an object")
-        try:
-            params = Params(**params_data)
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            if first["type"] == "extra_forbidden":
-                raise ScenarioError(f"params.{field}: unknown parameter") from None
-            raise ScenarioError(first["msg"].removeprefix("Value error, ")) from None
-        try:
-            schedule = RegimeSchedule.from_list(data["regimes"])
-        except RegimeError as err:
-            raise ScenarioError(str(err)) from None
+        params, schedule = _read_header(data, Params, MODEL_NAME, ("demand", "return_frac"),
+                                        wrong_model=f"only {MODEL_NAME!r} is supported", default_model=True)
         for key in ("demand", "return_frac"):
             values = data[key]
             if not isinstance(values, list) or not all(
@@ -176,40 +160,94 @@ class Scenario:
     @classmethod
     def from_json(cls, source: str | Path) -> "Scenario":
         """Load from a path (or a JSON string starting with ``{``)."""
-        text = str(source)
-        if not text.lstrip().startswith("{"):
-            try:
-                text = Path(source).read_text()
-            except OSError as err:
-                raise ScenarioError(f"{source}: cannot read scenario ({err.strerror})") from None
+        return cls.from_dict(_read_json(source))
+
+
+def _read_header(data: Any, params_model: type[BaseModel], model: str, series: Sequence[str], wrong_model: str,
+                 default_model: bool) -> tuple[Any, RegimeSchedule]:
+    """Check a scenario object's keys and model; parse its ``params`` and ``regimes``."""
+    if not isinstance(data, dict):
+        raise ScenarioError("scenario: expected a JSON object")
+    allowed = {"model", "params", "regimes", *series}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ScenarioError(f"scenario: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    if data.get("model", model if default_model else None) != model:
+        raise ScenarioError(f"model={data.get('model')!r}: {wrong_model}")
+    for key in ("regimes", *series):
+        if key not in data:
+            raise ScenarioError(f"scenario: missing key {key!r}")
+    params_data = data.get("params", {}) or {}
+    if not isinstance(params_data, dict):
+        raise ScenarioError("params: expected an object")
+    try:
+        params = params_model(**params_data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ScenarioError(f"params.{field}: unknown parameter") from None
+        raise ScenarioError(first["msg"].removeprefix("Value error, ")) from None
+    except TypeError as err:  # e.g. non-string keys
+        raise ScenarioError(f"params: {err}") from None
+    try:
+        schedule = RegimeSchedule.from_list(data["regimes"])
+    except RegimeError as err:
+        raise ScenarioError(str(err)) from None
+    return params, schedule
+
+
+def _read_json(source: str | Path) -> Any:
+    text = str(source)
+    if not text.lstrip().startswith("{"):
         try:
-            # NaN/Infinity parse to floats here so that validation rejects them with the
-            # name of the field that holds them (every field checks finiteness).
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ScenarioError(f"scenario: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
-        except ValueError as err:
-            raise ScenarioError(f"scenario: {err}") from None
-        return cls.from_dict(data)
+            text = Path(source).read_text()
+        except OSError as err:
+            raise ScenarioError(f"{source}: cannot read scenario ({err.strerror})") from None
+    try:
+        # NaN/Infinity parse to floats here so that validation rejects them with the
+        # name of the field that holds them (every field checks finiteness).
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ScenarioError(f"scenario: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except ValueError as err:
+        raise ScenarioError(f"scenario: {err}") from None
+
+
+def common_params(scenarios: Sequence[Any]) -> Any:
+    """The parameter set every scenario of a batch shares (a batch is simulated with one)."""
+    if not scenarios:
+        raise ScenarioError("a scenario batch needs at least one scenario")
+    params = scenarios[0].params
+    for i, s in enumerate(scenarios[1:], 1):
+        if s.params != params:
+            raise ScenarioError(f"scenario {i} has other params than scenario 0; batch them separately")
+    return params
 
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not allowed in a scenario file (values must be finite)")
 
 
-def _check_series(name: str, values: np.ndarray, horizon: int, low: float, high: float | None = None) -> None:
+def _check_series(name: str, values: np.ndarray, horizon: int, low: float, high: float | None = None,
+                  row_width: int = 0) -> None:
+    """Length, finiteness and range of a series; ``row_width`` > 0: ``values`` is a flattened
+    table of rows that wide, and errors name ``name[row][column]``."""
     if values.ndim != 1 or values.shape[0] != horizon:
-        raise ScenarioError(f"{name}: expected exactly horizon={horizon} entries, got {values.size}")
+        size = "entries" if name != "demand_history" else "entries (the periods before t = 0)"
+        limit = f"horizon={horizon}" if name != "demand_history" else str(horizon)
+        raise ScenarioError(f"{name}: expected exactly {limit} {size}, got {values.size}")
+    where = (lambda i: f"{name}[{i // row_width}][{i % row_width}]") if row_width else (lambda i: f"{name}[{i}]")
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
-        raise ScenarioError(f"{name}[{bad[0]}]={values[bad[0]]} is not finite")
+        raise ScenarioError(f"{where(bad[0])}={values[bad[0]]} is not finite")
     bad = np.flatnonzero(values < low)
     if bad.size:
-        raise ScenarioError(f"{name}[{bad[0]}]={values[bad[0]]} must be >= {low:g}")
+        raise ScenarioError(f"{where(bad[0])}={values[bad[0]]} must be >= {low:g}")
     if high is not None:
         bad = np.flatnonzero(values > high)
         if bad.size:
-            raise ScenarioError(f"{name}[{bad[0]}]={values[bad[0]]} must be <= {high:g}")
+            raise ScenarioError(f"{where(bad[0])}={values[bad[0]]} must be <= {high:g}")
 
 
 def draw_scenario(
@@ -276,8 +314,10 @@ def _as_schedule(regime: Regime | RegimeSchedule | None) -> RegimeSchedule:
     return RegimeSchedule.constant(regime)
 
 
-def load_actions(source: str | Path, horizon: int) -> np.ndarray:
-    """An action file ``{"actions": [[o, u_v, u_r, g, f, w], ...]}`` as a ``[T, 6]`` array."""
+def load_actions(source: str | Path, horizon: int,
+                 columns: Sequence[str] = ("o", "u_v", "u_r", "g", "f", "w")) -> np.ndarray:
+    """An action file ``{"actions": [[o, u_v, u_r, g, f, w], ...]}`` as a ``[T, 6]`` array
+    (``columns``: the model's action symbols, e.g. CLSC-2's nine)."""
     try:
         data = json.loads(Path(source).read_text(), parse_constant=_reject_constant)
     except OSError as err:
@@ -297,11 +337,339 @@ def load_actions(source: str | Path, horizon: int) -> np.ndarray:
     if len(rows) != horizon:
         raise ScenarioError(f"actions: expected exactly horizon={horizon} rows, got {len(rows)}")
     for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != 6:
-            raise ScenarioError(f"actions[{i}]: expected 6 numbers [o, u_v, u_r, g, f, w]")
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise ScenarioError(f"actions[{i}]: expected {len(columns)} numbers [{', '.join(columns)}]")
         for j, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ScenarioError(f"actions[{i}][{j}]={v!r} is not a number")
             if not math.isfinite(v):
                 raise ScenarioError(f"actions[{i}][{j}]={v} is not finite")
     return np.array(rows, dtype=np.float64)
+
+
+# --- CLSC-2 (docs/MODEL-2.md) ---------------------------------------------------------------
+
+MODEL_NAME_2 = "CLSC-2"
+MODELS: tuple[str, ...] = (MODEL_NAME, MODEL_NAME_2)
+#: Periods of observable demand history before t = 0.
+HISTORY = 52
+
+_WHOLE_2 = {"horizon", "lead_virgin", "lag_return"}
+_POSITIVE_2 = {"mass", "cap_order", "cap_produce", "cap_disassemble", "cap_refurbish", "cap_dispose",
+               "cap_market", "grade_concentration"}
+_SHARE_2 = {"yield_refurbish", "yield_disassembly_a", "yield_disassembly_b", "return_mean", "demand_jump_prob",
+            "supply_down_prob", "supply_up_prob", "market_avail_min"}
+
+
+class Params2(BaseModel):
+    """CLSC-2 parameters; attribute names are the scenario file's JSON keys.
+
+    Keys marked "drawing only" shape how :func:`draw_scenario2` draws a scenario's series;
+    no policy, forecast or engine other than the generator reads them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    horizon: int = 52
+    mass: float = 2.0  # kg material per product
+    lead_virgin: int = 2  # periods
+    lag_return: int = 6  # periods
+    cap_order: float = 4000.0  # kg per period
+    cap_produce: float = 1500.0  # units per period
+    cap_disassemble: float = 600.0  # cores per period (grades A and B together)
+    cap_refurbish: float = 300.0  # cores per period
+    cap_dispose: float = 2000.0  # cores per period (grades A and B together)
+    cap_market: float = 800.0  # kg per period the secondary market offers at full availability
+    yield_refurbish: float = 0.85  # products per refurbished grade-A core
+    yield_disassembly_a: float = 0.9  # share of a grade-A core's material recovered
+    yield_disassembly_b: float = 0.7  # share of a grade-B core's material recovered
+    cost_virgin: float = 3.0  # EUR/kg
+    cost_market: float = 4.0  # EUR/kg recycled material bought
+    cost_produce: float = 2.0  # EUR/unit
+    cost_disassemble: float = 6.0  # EUR/core
+    cost_refurbish: float = 7.0  # EUR/core
+    cost_dispose: float = 0.5  # EUR/core (scrap included)
+    hold_virgin: float = 0.01  # EUR/kg/period
+    hold_recycled: float = 0.01  # EUR/kg/period
+    hold_product: float = 0.2  # EUR/unit/period
+    hold_core: float = 0.05  # EUR/core/period
+    lost_sale_cost: float = 20.0  # EUR/unit of demand not met
+    emis_virgin: float = 6.0  # kg CO2/kg virgin
+    emis_market: float = 1.0  # kg CO2/kg recycled material bought
+    emis_recycle: float = 1.0  # kg CO2/kg recycled material recovered
+    emis_produce: float = 2.0  # kg CO2/unit
+    init_virgin: float = 4000.0  # kg
+    init_recycled: float = 500.0  # kg
+    init_product: float = 1000.0  # units
+    init_core_a: float = 100.0  # units
+    init_core_b: float = 100.0  # units
+    init_pipeline: float = 2000.0  # kg in each pipeline slot
+    init_market: float = 0.0  # kg of recycled material arriving at t = 0
+    demand_base: float = 1000.0  # units per period (drawing only)
+    demand_amp_lo: float = 0.1  # seasonal amplitude range (drawing only)
+    demand_amp_hi: float = 0.4
+    demand_drift_sigma: float = 0.005  # sd of the log-level's drift per period (drawing only)
+    demand_jump_prob: float = 0.05  # probability of a level jump per period (drawing only)
+    demand_jump_sigma: float = 0.25  # sd of a jump of the log-level (drawing only)
+    demand_sigma: float = 0.15  # sd of the lognormal noise (drawing only)
+    return_mean: float = 0.25  # drawing only
+    return_sigma: float = 0.1  # drawing only
+    grade_mean: tuple[float, float, float] = (0.3, 0.45, 0.25)  # mean shares A, B, scrap (drawing only)
+    grade_concentration: float = 30.0  # Dirichlet concentration (drawing only)
+    supply_down_prob: float = 0.04  # per-period failure probability of the supplier (drawing only)
+    supply_up_prob: float = 0.25  # per-period recovery probability (drawing only)
+    market_avail_min: float = 0.2  # lowest market availability (drawing only)
+
+    @field_validator("grade_mean", mode="before")
+    @classmethod
+    def _grade_mean(cls, value: Any) -> tuple[float, float, float]:
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise ValueError(f"params.grade_mean={value!r} must be 3 numbers (shares of grades A, B, scrap)")
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or v < 0:
+                raise ValueError(f"params.grade_mean[{i}]={v!r} must be a finite number >= 0")
+        if abs(sum(float(v) for v in value) - 1.0) > 1e-6:
+            raise ValueError(f"params.grade_mean={list(value)!r} must sum to 1")
+        return tuple(float(v) for v in value)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _checked(cls, value: Any, info) -> Any:
+        name = info.field_name
+        if name == "grade_mean":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"params.{name}={value!r} is not a number")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"params.{name}={value!r} must be finite")
+        if name in _WHOLE_2:
+            if float(value) != int(value) or int(value) < 1:
+                raise ValueError(f"params.{name}={value!r} must be a whole number >= 1")
+            if name == "lag_return" and int(value) > HISTORY:
+                raise ValueError(f"params.lag_return={value!r} must be <= {HISTORY} (returns of pre-horizon "
+                                 "sales come from the demand history)")
+            return int(value)
+        if name in _POSITIVE_2 and float(value) <= 0:
+            raise ValueError(f"params.{name}={value!r} must be > 0")
+        if name in _SHARE_2 and not 0 <= float(value) <= 1:
+            raise ValueError(f"params.{name}={value!r} must be in [0, 1]")
+        if float(value) < 0:
+            raise ValueError(f"params.{name}={value!r} must be >= 0")
+        return value
+
+    @field_validator("demand_amp_hi")
+    @classmethod
+    def _amp_order(cls, value: float, info) -> float:
+        low = info.data.get("demand_amp_lo")
+        if low is not None and value < low:
+            raise ValueError(f"params.demand_amp_hi={value!r} must be >= demand_amp_lo={low!r}")
+        return value
+
+    @property
+    def action_scale(self) -> np.ndarray:
+        """S: capacity-normalising scale of the nine actions (kg, kg, kg, kg, cores x5)."""
+        mk = self.mass * self.cap_produce
+        return np.array([self.cap_order, self.cap_market, mk, mk, self.cap_refurbish, self.cap_disassemble,
+                         self.cap_disassemble, self.cap_dispose, self.cap_dispose])
+
+
+DEFAULT_PARAMS_2 = Params2()
+
+#: The CLSC-2 scenario file's series: key -> (shape as a function of T, low, high).
+SERIES_2: tuple[str, ...] = ("demand_history", "demand", "return_frac", "grades", "supply_up", "market_avail")
+
+
+@dataclass
+class Scenario2:
+    """One CLSC-2 scenario: parameters, regime schedule (with accounting windows) and series.
+
+    ``demand_history`` [52] and ``demand`` [T] in units; ``return_frac`` [T] share of the
+    sales of ``t - L_r`` returned at t; ``grades`` [T, 3] shares of the returns that are
+    grade A, grade B and scrap (rows sum to 1); ``supply_up`` [T] 1.0 when the virgin
+    supplier accepts orders, else 0.0; ``market_avail`` [T] share of ``cap_market`` on offer.
+    """
+
+    params: Params2
+    schedule: RegimeSchedule
+    demand: np.ndarray
+    return_frac: np.ndarray
+    grades: np.ndarray
+    supply_up: np.ndarray
+    market_avail: np.ndarray
+    demand_history: np.ndarray
+
+    model = MODEL_NAME_2
+
+    def __post_init__(self) -> None:
+        T = self.params.horizon
+        for name in SERIES_2:
+            setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64))
+        _check_series("demand_history", self.demand_history, HISTORY, low=0.0)
+        _check_series("demand", self.demand, T, low=0.0)
+        _check_series("return_frac", self.return_frac, T, low=0.0, high=1.0)
+        _check_series("market_avail", self.market_avail, T, low=0.0, high=1.0)
+        _check_series("supply_up", self.supply_up, T, low=0.0, high=1.0)
+        bad = np.flatnonzero((self.supply_up != 0.0) & (self.supply_up != 1.0))
+        if bad.size:
+            raise ScenarioError(f"supply_up[{bad[0]}]={self.supply_up[bad[0]]} must be 0 or 1")
+        if self.grades.ndim != 2 or self.grades.shape != (T, 3):
+            raise ScenarioError(f"grades: expected horizon={T} rows of 3 shares [A, B, scrap], "
+                                f"got shape {list(self.grades.shape)}")
+        _check_series("grades", self.grades.reshape(-1), 3 * T, low=0.0, high=1.0, row_width=3)
+        off = np.flatnonzero(np.abs(self.grades.sum(axis=1) - 1.0) > 1e-6)
+        if off.size:
+            raise ScenarioError(f"grades[{off[0]}]={self.grades[off[0]].tolist()} must sum to 1")
+
+    @property
+    def horizon(self) -> int:
+        return self.params.horizon
+
+    def regime_at(self, t: int) -> Regime:
+        return self.schedule.regime_at(t)
+
+    def regime_table(self) -> np.ndarray:
+        """``[T, 5]`` regime in force per period (columns in ``REGIME_FIELDS`` order)."""
+        return self.schedule.table(self.horizon)
+
+    def window_table(self) -> np.ndarray:
+        """``[T]`` accounting window ``W`` in force per period."""
+        return self.schedule.window_table(self.horizon)
+
+    def window_starts(self) -> np.ndarray:
+        """``[T]`` bool: an accounting window starts at t (``U_v = U_r = 0`` then)."""
+        from moca.regime import window_starts
+
+        return window_starts(self.schedule, self.horizon)
+
+    def periods_left(self) -> np.ndarray:
+        """``[T]`` int: ``n_t``, periods left in t's accounting window after t."""
+        from moca.regime import window_periods_left
+
+        return window_periods_left(self.schedule, self.horizon)
+
+    def presales(self) -> np.ndarray:
+        """``[L_r]`` units: the sales whose cores return in periods ``0 .. L_r-1`` (the
+        last ``L_r`` periods of the demand history)."""
+        return self.demand_history[HISTORY - self.params.lag_return:]
+
+    # --- JSON exchange format -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": MODEL_NAME_2,
+            "params": {**self.params.model_dump(), "grade_mean": list(self.params.grade_mean)},
+            "regimes": self.schedule.to_list_with_window(),
+            "demand_history": [float(x) for x in self.demand_history],
+            "demand": [float(x) for x in self.demand],
+            "return_frac": [float(x) for x in self.return_frac],
+            "grades": [[float(x) for x in row] for row in self.grades],
+            "supply_up": [float(x) for x in self.supply_up],
+            "market_avail": [float(x) for x in self.market_avail],
+        }
+
+    to_json = Scenario.to_json
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Scenario2":
+        params, schedule = _read_header(data, Params2, MODEL_NAME_2, SERIES_2,
+                                        wrong_model=f"expected {MODEL_NAME_2!r}", default_model=False)
+        series = {}
+        for key in SERIES_2:
+            values = data[key]
+            rows = values if key == "grades" and isinstance(values, list) else [values]
+            for i, row in enumerate(rows):
+                if not isinstance(row, list) or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
+                    where = f"{key}[{i}]" if key == "grades" else key
+                    raise ScenarioError(f"{where}: expected a list of numbers")
+            if key == "grades" and any(len(row) != 3 for row in values):
+                i = next(i for i, row in enumerate(values) if len(row) != 3)
+                raise ScenarioError(f"grades[{i}]: expected 3 shares [A, B, scrap], got {len(values[i])}")
+            series[key] = np.array(values, dtype=np.float64).reshape(-1, 3) if key == "grades" \
+                else np.array(values, dtype=np.float64)
+        return cls(params=params, schedule=schedule, **series)
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> "Scenario2":
+        """Load from a path (or a JSON string starting with ``{``)."""
+        return cls.from_dict(_read_json(source))
+
+
+def load_scenario(source: str | Path) -> "Scenario | Scenario2":
+    """A scenario file of either model; its ``"model"`` key chooses (absent = CLSC-1)."""
+    data = _read_json(source)
+    model = data.get("model", MODEL_NAME) if isinstance(data, dict) else MODEL_NAME
+    if model == MODEL_NAME_2:
+        return Scenario2.from_dict(data)
+    if model != MODEL_NAME:
+        raise ScenarioError(f"model={model!r}: expected one of {', '.join(MODELS)}")
+    return Scenario.from_dict(data)
+
+
+def draw_scenario2(
+    seed: int | tuple[int, ...],
+    regime: Regime | RegimeSchedule | None = None,
+    params: Params2 = DEFAULT_PARAMS_2,
+) -> Scenario2:
+    """Draw one CLSC-2 scenario, seeded (docs/MODEL-2.md, "How a scenario is drawn").
+
+    The draws come from one ``numpy.random.default_rng(seed)`` in this order: drift,
+    amplitude, phase, jump indicators [52+T], jump sizes [52+T], demand noise [52+T],
+    return noise [T], grade shares [T, 3], supplier transitions [T], market availability [T].
+    """
+    rng = np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed)
+    p = params
+    T, n = p.horizon, HISTORY + p.horizon
+    drift = rng.normal(0.0, p.demand_drift_sigma)
+    amplitude = rng.uniform(p.demand_amp_lo, p.demand_amp_hi)
+    phase = rng.uniform(0.0, 52.0)
+    jumps = rng.random(n) < p.demand_jump_prob
+    jump_sizes = rng.normal(0.0, p.demand_jump_sigma, size=n)
+    # The log-level walks with the drift and the jumps, shifted to 0 at the last history period.
+    level = np.cumsum(drift + jumps * jump_sizes)
+    level = level - level[HISTORY - 1]
+    k = np.arange(n)
+    sd = p.demand_sigma
+    noise = rng.lognormal(-sd**2 / 2, sd, size=n) if sd > 0 else np.ones(n)
+    demand = p.demand_base * np.exp(level) * (1 + amplitude * np.sin(2 * np.pi * (k + phase) / 52)) * noise
+    demand = np.maximum(demand, 0.0)  # an amplitude above 1 would otherwise give negative demand
+    sr = p.return_sigma
+    xi = rng.lognormal(-sr**2 / 2, sr, size=T) if sr > 0 else np.ones(T)
+    return_frac = np.clip(p.return_mean * xi, 0.0, 1.0)
+    grades = _draw_grades(rng, np.asarray(p.grade_mean), p.grade_concentration, T)
+    u = rng.random(T)
+    supply_up = np.empty(T)
+    up = True  # the chain starts up
+    for t in range(T):
+        if t > 0:
+            up = (u[t] >= p.supply_down_prob) if up else (u[t] < p.supply_up_prob)
+        supply_up[t] = 1.0 if up else 0.0
+    market_avail = rng.uniform(p.market_avail_min, 1.0, size=T)
+    return Scenario2(params=p, schedule=_as_schedule(regime), demand=demand[HISTORY:], return_frac=return_frac,
+                     grades=grades, supply_up=supply_up, market_avail=market_avail,
+                     demand_history=demand[:HISTORY])
+
+
+def _draw_grades(rng: np.random.Generator, mean: np.ndarray, concentration: float, count: int) -> np.ndarray:
+    """``[count, 3]`` Dirichlet(concentration * mean) rows; a grade of mean share 0 stays 0
+    (numpy's Dirichlet refuses zero parameters)."""
+    out = np.zeros((count, 3))
+    present = mean > 0
+    if present.sum() == 1:
+        out[:, present] = 1.0
+    else:
+        out[:, present] = rng.dirichlet(concentration * mean[present], size=count)
+    return out
+
+
+def draw_training_scenarios2(count: int, regime: Regime | RegimeSchedule | None = None,
+                             params: Params2 = DEFAULT_PARAMS_2, offset: int = 0) -> list[Scenario2]:
+    """``count`` CLSC-2 training scenarios from the training stream (see :data:`TRAINING_STREAM`)."""
+    return [draw_scenario2((TRAINING_STREAM, offset + i), regime, params) for i in range(count)]
+
+
+def draw_scenarios2(seeds: Sequence[int] | int, regime: Regime | RegimeSchedule | None = None,
+                    params: Params2 = DEFAULT_PARAMS_2, first_seed: int = 0) -> list[Scenario2]:
+    """One CLSC-2 scenario per seed (an int ``n`` means seeds ``first_seed .. first_seed+n-1``)."""
+    if isinstance(seeds, int):
+        seeds = range(first_seed, first_seed + seeds)
+    return [draw_scenario2(int(s), regime, params) for s in seeds]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from moca.regime import REGIME_FIELDS
-from moca.scenario import Params, Scenario, ScenarioError
+from moca.scenario import Params, Scenario, ScenarioError, common_params
 
 ACTION_NAMES: tuple[str, ...] = ("order", "use_virgin", "use_recycled", "disassemble", "refurbish", "dispose")
 STATE_NAMES: tuple[str, ...] = ("V", "M", "P", "C", "B")
@@ -126,12 +126,7 @@ class ScenarioBatch:
     @classmethod
     def from_scenarios(cls, scenarios: Sequence[Scenario], dtype: torch.dtype = torch.float32,
                        device: str | torch.device = "cpu") -> "ScenarioBatch":
-        if not scenarios:
-            raise ScenarioError("a scenario batch needs at least one scenario")
-        params = scenarios[0].params
-        for i, s in enumerate(scenarios[1:], 1):
-            if s.params != params:
-                raise ScenarioError(f"scenario {i} has other params than scenario 0; batch them separately")
+        params = common_params(scenarios)
         as_t = lambda a: torch.as_tensor(np.stack(a), dtype=dtype, device=device)  # noqa: E731
         return cls(params, as_t([s.demand for s in scenarios]), as_t([s.return_frac for s in scenarios]),
                    as_t([s.regime_table() for s in scenarios]))

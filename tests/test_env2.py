@@ -1,0 +1,126 @@
+"""The CLSC-2 Gymnasium environment, registration for gymnasium.make, and SB3's pipeline."""
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import moca
+from moca import clsc2
+from moca.env2 import ENV_ID_2, CircularSupplyChain2Env
+from moca.projection import project2_batch
+from moca.regime import TASKS_2
+from moca.scenario import Params2, Scenario2, draw_scenario2
+from moca.sim2 import OpenLoop2, ScenarioBatch2, rollout2
+
+SHORT = Params2(horizon=8)
+
+
+def test_passes_gymnasium_check_env():
+    # Made through gymnasium.make so that check_env also tries every render mode.
+    check_env(gym.make(ENV_ID_2, regime=TASKS_2["T2"], params=SHORT).unwrapped, skip_render_check=False)
+
+
+def test_import_moca_registers_both_envs_without_importing_gymnasium():
+    code = ("import sys, moca; assert 'gymnasium' not in sys.modules; import gymnasium as gym; "
+            "ids = [k for k in gym.registry if k.startswith('moca/')]; print(sorted(ids))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['moca/CircularSupplyChain-v0', 'moca/CircularSupplyChain2-v0']"
+    env = gym.make(ENV_ID_2, params=SHORT)
+    assert env.observation_space.shape == (len(env.unwrapped.observation_names()),)
+    assert moca.GYM_ENVS[ENV_ID_2] == "moca.env2:CircularSupplyChain2Env"
+
+
+@pytest.mark.parametrize("env_id, kwargs", [("moca/CircularSupplyChain-v0", {}),
+                                            ("moca/CircularSupplyChain2-v0", {"params": SHORT})])
+def test_stable_baselines3_make_vec_env(env_id, kwargs):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    vec = make_vec_env(env_id, n_envs=2, seed=3, env_kwargs=kwargs)  # passes render_mode="rgb_array"
+    obs = vec.reset()
+    assert obs.shape == (2,) + vec.observation_space.shape
+    obs, reward, done, info = vec.step(np.stack([vec.action_space.sample() for _ in range(2)]))
+    assert np.all(reward < 0) and info[0]["violations"] == 0
+    frame = vec.env_method("render")[0]
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    vec.close()
+
+
+def test_unknown_render_mode_warns_instead_of_raising():
+    with pytest.warns(UserWarning, match="render_mode='human'"):
+        env = CircularSupplyChain2Env(params=SHORT, render_mode="human")
+    env.reset(seed=0)
+    assert env.render() is None
+
+
+def test_steps_match_the_batched_simulator_and_info_is_complete():
+    scenario = draw_scenario2(5, TASKS_2["T3"], SHORT)
+    env = CircularSupplyChain2Env(scenario=scenario)
+    env.reset()
+    rng = np.random.default_rng(1)
+    z = rng.uniform(0, 1, size=(SHORT.horizon, 9))
+    costs, executed = [], []
+    for t in range(SHORT.horizon):
+        _, reward, terminated, truncated, info = env.step(z[t].astype(np.float32))
+        assert set(info) >= {"raw", "executed", "correction", "cost", "terms", "violations", "sales", "lost",
+                             "emissions", "scrap", "demand", "regime"}
+        assert info["violations"] == 0
+        assert info["cost"] == pytest.approx(sum(info["terms"].values()), rel=1e-12)
+        assert info["correction"] == pytest.approx(np.linalg.norm((info["executed"] - info["raw"]) / env.scale))
+        assert reward == pytest.approx(-info["cost"] / 1e4)
+        assert terminated == (t == SHORT.horizon - 1) and not truncated
+        costs.append(info["cost"])
+        executed.append(info["executed"])
+    # The same raw actions through the batched simulator and the batched projection.
+    raw = torch.as_tensor((z.astype(np.float32).astype(np.float64) * env.scale)[None])
+    result = rollout2(ScenarioBatch2.from_scenarios([scenario], torch.float64), OpenLoop2(raw), project2_batch)
+    assert np.allclose(result.executed[0].numpy(), np.array(executed), rtol=1e-6, atol=1e-6)
+    assert np.allclose(result.cost[0].numpy(), costs, rtol=1e-6)
+
+
+def test_observation_never_reveals_the_drawing_parameters():
+    # Two parameter sets that differ only in drawing-only keys, the same series: the
+    # observations must be identical (a policy cannot read how the scenario was drawn).
+    scenario = draw_scenario2(2, TASKS_2["T1"], SHORT)
+    other_params = Params2(horizon=8, demand_base=5000.0, demand_amp_hi=0.9, supply_down_prob=0.5,
+                           grade_concentration=3.0, market_avail_min=0.9, return_mean=0.6)
+    twin = Scenario2(**{**scenario.__dict__, "params": other_params})
+    a, b = CircularSupplyChain2Env(scenario=scenario), CircularSupplyChain2Env(scenario=twin)
+    obs_a, _ = a.reset()
+    obs_b, _ = b.reset()
+    assert np.array_equal(obs_a, obs_b)
+    action = np.full(9, 0.3, dtype=np.float32)
+    for _ in range(3):
+        assert np.array_equal(a.step(action)[0], b.step(action)[0])
+
+
+def test_observation_holds_history_window_and_announced_change():
+    schedule = moca.regime.RegimeSchedule.from_list([
+        {"start": 0, "recycled_content_min": 0.1, "recycled_content_window": 4},
+        {"start": 5, "recycled_content_min": 0.3, "recycled_content_window": 52}])
+    env = CircularSupplyChain2Env(schedule, params=SHORT)
+    obs, _ = env.reset(seed=4)
+    names = env.observation_names()
+    at = dict(zip(names, obs))
+    history = env.scenario.demand_history
+    assert at["demand[t-1]"] == pytest.approx(history[-1] / 1500, rel=1e-6)
+    assert at["demand[t-52]"] == pytest.approx(history[0] / 1500, rel=1e-6)
+    assert at["window_left"] == pytest.approx(3 / 4) and at["next_change"] == pytest.approx(5 / 8)
+    assert at["next_r"] == pytest.approx(0.3) and at["next_window"] == pytest.approx(52 / 104)
+    obs, *_ = env.step(np.zeros(9, dtype=np.float32))
+    at = dict(zip(names, obs))
+    assert at["demand[t-1]"] == pytest.approx(env.scenario.demand[0] / 1500, rel=1e-6)
+    assert at["used_virgin"] == 0.0 and at["window_left"] == pytest.approx(2 / 4)
+
+
+def test_bad_actions_refused():
+    env = CircularSupplyChain2Env(params=SHORT)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="expected shape"):
+        env.step(np.zeros(6))
+    with pytest.raises(ValueError, match="not finite"):
+        env.step(np.full(9, np.nan))

@@ -1,0 +1,146 @@
+"""CLSC-2 parameters, scenario draws and the JSON exchange format."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from moca.regime import Regime, RegimeSchedule, TASKS_2, load_regime
+from moca.scenario import (HISTORY, Params2, Scenario, Scenario2, ScenarioError, draw_scenario, draw_scenario2,
+                           draw_scenarios2, load_actions, load_scenario)
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return draw_scenario2(7, TASKS_2["T2"])
+
+
+def test_defaults_are_the_documented_ones():
+    p = Params2()
+    assert (p.yield_refurbish, p.yield_disassembly_a, p.yield_disassembly_b) == (0.85, 0.9, 0.7)
+    assert (p.cap_market, p.cost_market, p.emis_market, p.lost_sale_cost) == (800.0, 4.0, 1.0, 20.0)
+    assert p.grade_mean == (0.3, 0.45, 0.25) and p.grade_concentration == 30.0
+    assert p.action_scale.tolist() == [4000, 800, 3000, 3000, 300, 600, 600, 2000, 2000]
+    assert TASKS_2["T3"] == Regime(recycled_content_min=0.2, carbon_tax=100.0, recycled_content_window=52)
+    assert load_regime("T1", model="CLSC-2").recycled_content_window == 52
+    assert load_regime("T1").recycled_content_window == 1
+
+
+def test_draw_is_seeded_and_shaped(scenario):
+    again = draw_scenario2(7, TASKS_2["T2"])
+    for key in ("demand", "demand_history", "return_frac", "grades", "supply_up", "market_avail"):
+        assert np.array_equal(getattr(again, key), getattr(scenario, key)), key
+    other = draw_scenario2(8, TASKS_2["T2"])
+    assert not np.array_equal(other.demand, scenario.demand)
+    T = scenario.horizon
+    assert scenario.demand.shape == (T,) and scenario.demand_history.shape == (HISTORY,)
+    assert scenario.grades.shape == (T, 3) and np.allclose(scenario.grades.sum(1), 1.0)
+    assert set(np.unique(scenario.supply_up)) <= {0.0, 1.0} and scenario.supply_up[0] == 1.0
+    assert np.all((scenario.market_avail >= 0.2) & (scenario.market_avail <= 1.0))
+    assert scenario.model == "CLSC-2"
+
+
+def test_draw_follows_the_generator_in_distribution():
+    # Without noise, jumps or drift the demand is base * (1 + A sin(2 pi (k + phi)/52)):
+    # a pure seasonal curve with amplitude in [lo, hi] and level 1 at the last history period.
+    p = Params2(demand_sigma=0.0, demand_jump_prob=0.0, demand_drift_sigma=0.0, demand_amp_lo=0.3,
+                demand_amp_hi=0.3)
+    s = draw_scenario2(1, params=p)
+    series = np.concatenate([s.demand_history, s.demand]) / 1000.0 - 1.0
+    assert np.max(series) == pytest.approx(0.3, abs=2e-3) and np.min(series) == pytest.approx(-0.3, abs=2e-3)
+    assert np.allclose(series[:52], series[52:104])  # period 52
+    # With a drift and no noise the log-level is a straight line through 0 at k = 51.
+    q = Params2(demand_sigma=0.0, demand_jump_prob=0.0, demand_drift_sigma=0.01, demand_amp_lo=0.0,
+                demand_amp_hi=0.0)
+    level = np.log(np.concatenate([(d := draw_scenario2(2, params=q)).demand_history, d.demand]) / 1000.0)
+    assert level[51] == pytest.approx(0.0, abs=1e-12)
+    assert np.allclose(np.diff(level), level[52] - level[51])
+    # Jumps: with p_J = 1 and no drift every step is a N(0, sigma_J) jump.
+    j = Params2(demand_sigma=0.0, demand_jump_prob=1.0, demand_drift_sigma=0.0, demand_amp_lo=0.0,
+                demand_amp_hi=0.0, demand_jump_sigma=0.25, horizon=400)
+    steps = np.diff(np.log(draw_scenario2(3, params=j).demand))
+    assert np.std(steps) == pytest.approx(0.25, rel=0.15)
+    # Supplier: long-run share of down periods p_down / (p_down + p_up); grades' mean alpha-bar.
+    many = draw_scenarios2(30, params=Params2(horizon=200))
+    down = 1.0 - np.mean([s.supply_up for s in many])
+    assert down == pytest.approx(0.04 / 0.29, abs=0.04)
+    assert np.allclose(np.mean([s.grades for s in many], axis=(0, 1)), (0.3, 0.45, 0.25), atol=0.01)
+
+
+def test_zero_grade_share_stays_zero():
+    s = draw_scenario2(0, params=Params2(grade_mean=[0.5, 0.5, 0.0]))
+    assert np.all(s.grades[:, 2] == 0.0) and np.allclose(s.grades.sum(1), 1.0)
+
+
+def test_json_round_trip_and_model_key(scenario, tmp_path):
+    path = tmp_path / "s.json"
+    scenario.to_json(path)
+    data = json.loads(path.read_text())
+    assert data["model"] == "CLSC-2"
+    assert data["regimes"][0]["recycled_content_window"] == 52
+    loaded = load_scenario(path)
+    assert isinstance(loaded, Scenario2)
+    assert loaded.to_dict() == scenario.to_dict()
+    clsc1 = tmp_path / "c.json"
+    draw_scenario(1).to_json(clsc1)
+    assert isinstance(load_scenario(clsc1), Scenario)
+    assert "recycled_content_window" not in clsc1.read_text()
+
+
+def _broken(scenario, **change):
+    data = scenario.to_dict()
+    for key, value in change.items():
+        if key.startswith("params_"):
+            data["params"][key.removeprefix("params_")] = value
+        else:
+            data[key] = value
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": 1}, "unknown key 'colour'"),
+    ({"params_speed": 1}, "params.speed: unknown parameter"),
+    ({"params_yield_disassembly_a": 1.5}, "params.yield_disassembly_a"),
+    ({"params_grade_mean": [0.5, 0.5, 0.5]}, "grade_mean.*sum to 1"),
+    ({"params_lag_return": 53}, "params.lag_return"),
+    ({"params_demand_amp_hi": 0.05}, "demand_amp_hi"),
+    ({"demand": [1.0] * 51}, "demand: expected exactly horizon=52"),
+    ({"demand_history": [1.0] * 10}, "demand_history: expected exactly 52"),
+    ({"return_frac": [0.2] * 51 + [1.2]}, r"return_frac\[51\]=1.2 must be <= 1"),
+    ({"demand": [math.nan] + [1.0] * 51}, r"demand\[0\]=nan is not finite"),
+    ({"grades": [[0.5, 0.4, 0.2]] * 52}, r"grades\[0\].*must sum to 1"),
+    ({"grades": [[0.5, 0.5]] * 52}, r"grades\[0\]: expected 3 shares"),
+    ({"grades": [[0.5, 0.5, 0.0]] * 51}, "grades: expected horizon=52 rows"),
+    ({"grades": [[0.5, 0.5, 0.0]] * 51 + [[1.5, -0.5, 0.0]]}, r"grades\[51\]\[1\]=-0.5 must be >= 0"),
+    ({"supply_up": [1.0] * 51 + [0.5]}, r"supply_up\[51\]=0.5 must be 0 or 1"),
+    ({"market_avail": [1.0] * 51 + ["x"]}, "market_avail: expected a list of numbers"),
+    ({"regimes": [{"start": 0, "recycled_content_window": 200}]}, "regimes\\[0\\].recycled_content_window=200"),
+    ({"model": "CLSC-9"}, "model='CLSC-9'"),
+])
+def test_bad_files_are_refused_naming_the_field(scenario, change, message):
+    with pytest.raises(ScenarioError, match=message):
+        load_scenario(_broken(scenario, **change))
+
+
+def test_missing_series_and_clsc1_window_refused(scenario):
+    data = scenario.to_dict()
+    del data["grades"]
+    with pytest.raises(ScenarioError, match="missing key 'grades'"):
+        Scenario2.from_dict(data)
+    clsc1 = draw_scenario(1).to_dict()
+    clsc1["regimes"][0]["recycled_content_window"] = 52
+    with pytest.raises(ScenarioError, match="recycled_content_window=52.*CLSC-2"):
+        Scenario.from_dict(clsc1)
+    with pytest.raises(ScenarioError, match="CLSC-2"):
+        draw_scenario(1, RegimeSchedule.constant(Regime(recycled_content_window=4)))
+
+
+def test_nine_column_action_files(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"actions": [[0] * 9] * 3}))
+    names = ("o", "o_m", "u_v", "u_r", "f", "g_A", "g_B", "w_A", "w_B")
+    assert load_actions(path, 3, names).shape == (3, 9)
+    path.write_text(json.dumps({"actions": [[0] * 6] * 3}))
+    with pytest.raises(ScenarioError, match=r"actions\[0\]: expected 9 numbers \[o, o_m"):
+        load_actions(path, 3, names)
