@@ -505,6 +505,7 @@ def peers_train_ppo(
     seed: int = typer.Option(0, "--seed", help="Seed of PPO and of the training episodes."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many env steps too."),
     eval_every: int = typer.Option(20000, "--eval-every", min=1, help="Env steps between learning-curve scores."),
+    model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Train Stable-Baselines3 PPO on the Gymnasium env over the regime distribution; write the
@@ -516,18 +517,18 @@ def peers_train_ppo(
     with _bad_input():
         if output.exists() and not output.is_dir():
             raise UsageError(f"-o {output}: exists and is not a directory")
-        config = PPOConfig(seconds=seconds, seed=seed, max_steps=max_steps, eval_every=eval_every)
+        config = PPOConfig(seconds=seconds, seed=seed, max_steps=max_steps, eval_every=eval_every, model=model)
     with _progress(as_json) as progress:
         bar = progress.add_task("PPO", total=None)
-        model, curve = train_ppo(config, progress=lambda steps, score: progress.update(
+        agent, curve = train_ppo(config, progress=lambda steps, score: progress.update(
             bar, description=f"PPO: {steps} steps, validation score {score:.3f}"))
     command = "moca peers " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "moca peers train-ppo"
-    save_ppo(output, model.policy, {"model": "CLSC-1", "config": asdict(config), "command": command,
-                                    "env_steps": int(model.num_timesteps), "wall_seconds": curve["wall_seconds"],
+    save_ppo(output, agent.policy, {"model": config.model, "config": asdict(config), "command": command,
+                                    "env_steps": int(agent.num_timesteps), "wall_seconds": curve["wall_seconds"],
                                     "learning_curve": curve})
     _write_atomic(output / "learning_curve.json", json.dumps(curve, indent=1))
-    plot_curve(curve, output / "learning_curve.png", title="PPO on CLSC-1")
-    out = {"checkpoint": str(output), "env_steps": int(model.num_timesteps), "wall_seconds": curve["wall_seconds"],
+    plot_curve(curve, output / "learning_curve.png", title=f"PPO on {config.model}")
+    out = {"checkpoint": str(output), "env_steps": int(agent.num_timesteps), "wall_seconds": curve["wall_seconds"],
            "validation_score": curve["score"][-1], "learning_curve": str(output / "learning_curve.json")}
     if as_json:
         _print_json(out)

@@ -32,10 +32,17 @@ SEASON = 52  # periods per year (weeks)
 
 @dataclass(frozen=True)
 class ForecastConfig:
-    """Which ETS model: ``trend`` additive (damped when ``damped``); ``seasonal`` ``"add"``,
-    ``"mul"`` or None (a seasonal model is used only once the series has
-    ``min_seasons * season`` observations, before that the same model without season);
-    ``log``: model the log of demand (a multiplicative level and season, additive errors)."""
+    """Which model. ``kind="ets"``: ETS with ``trend`` additive (damped when ``damped``),
+    ``seasonal`` ``"add"``, ``"mul"`` or None (a seasonal model is used only once the series
+    has ``min_seasons * season`` observations; statsmodels needs two full years to start a
+    52-week season); ``log``: model the log of demand (multiplicative level and season).
+    ``kind="trig"``: the state-space form of simple exponential smoothing (a local level)
+    with a trigonometric season of ``harmonics`` harmonics of period ``season``, on the log of
+    demand (``UnobservedComponents``): two seasonal parameters instead of 52, so one year
+    of history is enough."""
+
+    kind: str = "ets"
+    harmonics: int = 1
 
     trend: bool = True
     damped: bool = True
@@ -46,6 +53,8 @@ class ForecastConfig:
     refit_every: int = 4
 
     def __post_init__(self) -> None:
+        if self.kind not in ("ets", "trig"):
+            raise ValueError(f"kind={self.kind!r}: expected 'ets' or 'trig'")
         if self.seasonal not in (None, "add", "mul"):
             raise ValueError(f"seasonal={self.seasonal!r}: expected None, 'add' or 'mul'")
         if self.refit_every < 1:
@@ -71,6 +80,13 @@ class DemandForecaster:
         from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
         c = self.config
+        if c.kind == "trig":
+            from statsmodels.tsa.statespace.structural import UnobservedComponents
+
+            y = np.log(np.maximum(series, 1.0))
+            model = UnobservedComponents(y, level="local level",
+                                         freq_seasonal=[{"period": c.season, "harmonics": c.harmonics}])
+            return model, ("trig",)
         y = np.log(np.maximum(series, 1.0)) if c.log else np.maximum(series, 1e-3)
         seasonal = c.seasonal if c.seasonal and len(y) >= c.min_seasons * c.season + 2 else None
         if seasonal == "mul" and c.log:
@@ -91,10 +107,14 @@ class DemandForecaster:
             if stale:
                 # Warm start from the last estimates of the same model: fewer L-BFGS iterations.
                 start = self._params if self._params is not None and spec == self._spec else None
-                results = model.fit(start_params=start, disp=False, maxiter=200)
+                extra = {"cov_type": "none"} if self.config.kind == "trig" else {}
+                results = model.fit(start_params=start, disp=False, maxiter=200, **extra)
                 self._params, self._fitted_len, self._spec = np.asarray(results.params), len(series), spec
                 self.fits += 1
                 return results
+            # A filter pass is all a forecast needs (the state-space smoother costs ~25x more).
+            if self.config.kind == "trig":
+                return model.filter(self._params, cov_type="none")  # no parameter covariance: not used
             return model.smooth(self._params)
 
     def _back(self, values: np.ndarray) -> np.ndarray:
@@ -109,6 +129,10 @@ class DemandForecaster:
             level = float(series[-1]) if len(series) else 0.0
             return np.full(horizon, max(level, 0.0))
         results = self._results(series)
+        if self.config.kind == "trig":
+            prediction = results.get_forecast(horizon)
+            mean = np.asarray(prediction.predicted_mean, dtype=float) + 0.5 * np.asarray(prediction.var_pred_mean)
+            return np.maximum(np.exp(np.clip(mean, -20.0, 20.0)), 0.0)
         if self.config.log:
             # The mean of a log-normal forecast, not its median: exp(mu + var / 2).
             mu = np.asarray(results.forecast(horizon), dtype=float)
@@ -123,6 +147,9 @@ class DemandForecaster:
         results = self._results(series)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if self.config.kind == "trig":
+                paths = results.simulate(horizon, anchor="end", repetitions=n, rng=np.random.default_rng(seed))
+                return np.exp(np.clip(np.asarray(paths, dtype=float).reshape(horizon, n).T, -20.0, 20.0))
             paths = results.simulate(horizon, anchor="end", repetitions=n, rng=np.random.default_rng(seed))
         return self._back(np.asarray(paths, dtype=float).reshape(horizon, n).T)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from moca.regime import RegimeSchedule
 from moca.scenario import Params
 
@@ -67,3 +69,33 @@ def build_peer(name: str, plan: RegimeSchedule, params: Params = Params(), model
 
 
 __all__ = ["PEERS", "SAMPLES", "TUNED_SAFETY_STOCK", "build_peer", "make_peer"]
+
+
+# --- CLSC-2 ---------------------------------------------------------------------------------------
+
+
+def evaluate2(name: str, policy, scenarios, oracle_costs: np.ndarray | None = None):
+    """Score a CLSC-2 policy (:class:`moca.sim2.Policy2`) on ``scenarios``, one at a time in
+    float64, every raw action through the exact projection; violations recounted per
+    period by :func:`moca.projection.violations2` (window settlement included)."""
+    import torch
+
+    from moca.evaluation import Evaluation
+    from moca.oracle2 import solve_oracle2
+    from moca.projection import project2_batch, violations2
+    from moca.sim2 import ScenarioBatch2, rollout2
+    from moca.world import CLSC2_INPUTS
+
+    if oracle_costs is None:
+        oracle_costs = np.array([solve_oracle2(s).oracle_cost for s in scenarios])
+    costs, violations = np.empty(len(scenarios)), 0
+    with torch.no_grad():
+        for i, scenario in enumerate(scenarios):
+            batch = ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64)
+            out = rollout2(batch, policy, project2_batch)
+            costs[i] = float(out.total_cost[0])
+            executed, inputs = out.executed[0].numpy(), out.inputs[0].numpy()
+            table = scenario.regime_table()
+            for t in range(scenario.horizon):
+                violations += violations2(executed[t], dict(zip(CLSC2_INPUTS, inputs[t])), table[t], scenario.params)
+    return Evaluation(name, costs, np.asarray(oracle_costs, dtype=float), violations, np.zeros(0))

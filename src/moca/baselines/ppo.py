@@ -73,6 +73,7 @@ class PPOConfig:
     eval_regimes: list[str] = field(default_factory=lambda: ["T1", "T2", "T3"])
     eval_scenarios: int = 4
     max_steps: int | None = None  # stop after this many env steps too (tests)
+    model: str = "CLSC-1"  # the world: CLSC-1 or CLSC-2
 
     def __post_init__(self) -> None:
         for name in ("n_envs", "n_steps", "batch_size", "n_epochs", "eval_every", "eval_scenarios"):
@@ -81,6 +82,8 @@ class PPOConfig:
                 raise PPOError(f"ppo.{name}={value!r}: must be a whole number >= 1")
         if not (self.seconds >= 0 and math.isfinite(self.seconds)):
             raise PPOError(f"ppo.seconds={self.seconds!r}: must be a finite number >= 0")
+        if self.model not in ("CLSC-1", "CLSC-2"):
+            raise PPOError(f"ppo.model={self.model!r}: expected CLSC-1 or CLSC-2")
         if not self.net_arch or any(int(n) < 1 for n in self.net_arch):
             raise PPOError(f"ppo.net_arch={self.net_arch!r}: layer widths must be >= 1")
 
@@ -88,25 +91,59 @@ class PPOConfig:
 # --- the environment: one regime per episode from moca's task distribution --------------------
 
 
-class RegimeSampling(gym.Wrapper):
-    """Each ``reset`` draws a regime (:func:`moca.meta.sample_task`) and a training-stream
-    scenario under it, and starts the episode on that scenario."""
+#: CLSC-2's accounting windows for training episodes: W = 52 (the seed tasks) half the time.
+WINDOWS = (1, 4, 13, 26, 52)
+WINDOW_WEIGHTS = (0.15, 0.1, 0.1, 0.15, 0.5)
 
-    def __init__(self, env: gym.Env, seed: int, stream: int):
+
+def sample_regime(rng: np.random.Generator, model: str = "CLSC-1") -> Regime:
+    """A training regime: moca's meta-training distribution (:func:`moca.meta.sample_task`);
+    on CLSC-2 with an accounting window drawn from :data:`WINDOWS`."""
+    from moca.meta import sample_task
+
+    regime = sample_task(rng, Params())
+    if model == "CLSC-2":
+        window = int(rng.choice(WINDOWS, p=WINDOW_WEIGHTS))
+        regime = Regime(**{**regime.model_dump(), "recycled_content_window": window})
+    return regime
+
+
+def draw_world_scenario(seed, regime, model: str = "CLSC-1"):
+    """A scenario of the world ``model`` (its default parameters)."""
+    if model == "CLSC-2":
+        from moca.scenario import draw_scenario2
+
+        return draw_scenario2(seed, regime)
+    return draw_scenario(seed, regime, Params())
+
+
+def make_env(model: str = "CLSC-1", **kwargs) -> gym.Env:
+    if model == "CLSC-2":
+        from moca.env2 import CircularSupplyChain2Env
+
+        return CircularSupplyChain2Env(**kwargs)
+    from moca.env import CircularSupplyChainEnv
+
+    return CircularSupplyChainEnv(**kwargs)
+
+
+class RegimeSampling(gym.Wrapper):
+    """Each ``reset`` draws a regime (:func:`sample_regime`) and a training-stream scenario
+    under it, and starts the episode on that scenario."""
+
+    def __init__(self, env: gym.Env, seed: int, stream: int, model: str = "CLSC-1"):
         super().__init__(env)
         self._rng = np.random.default_rng([TRAINING_STREAM, PPO_OFFSET, seed, stream])
         self._episode = 0
         self._stream = stream
         self._seed = seed
+        self._model = model
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        from moca.meta import sample_task
-
-        params = self.env.unwrapped.params
-        regime = sample_task(self._rng, params)
+        regime = sample_regime(self._rng, self._model)
         index = PPO_OFFSET + (self._seed * 64 + self._stream) * 1_000_000 + self._episode
         self._episode += 1
-        scenario = draw_scenario((TRAINING_STREAM, index), regime, params)
+        scenario = draw_world_scenario((TRAINING_STREAM, index), regime, self._model)
         return self.env.reset(seed=seed, options={"scenario": scenario})
 
 
@@ -115,12 +152,31 @@ def make_training_env(config: PPOConfig, params: Params | None = None):
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from moca.env import CircularSupplyChainEnv
-
     def factory(i: int):
-        return lambda: Monitor(RegimeSampling(CircularSupplyChainEnv(params=params), config.seed, i))
+        kwargs = {"params": params} if config.model == "CLSC-1" else {}
+        return lambda: Monitor(RegimeSampling(make_env(config.model, **kwargs), config.seed, i, config.model))
 
     return DummyVecEnv([factory(i) for i in range(config.n_envs)])
+
+
+def env_evaluation(name: str, policy, scenarios, oracle_costs: np.ndarray, model: str = "CLSC-1"):
+    """Score the deterministic policy through the Gymnasium environment (its safety layer,
+    its cost): one episode per scenario. Returns a :class:`moca.evaluation.Evaluation`."""
+    from moca.evaluation import Evaluation
+
+    env = make_env(model)
+    costs, violations = np.empty(len(scenarios)), 0
+    for i, scenario in enumerate(scenarios):
+        observation, _ = env.reset(options={"scenario": scenario})
+        total, done = 0.0, False
+        while not done:
+            with torch.no_grad():
+                z = policy._predict(torch.as_tensor(observation[None]), deterministic=True)[0]
+            observation, _, done, _, info = env.step(z.clamp(0.0, 1.0).numpy())
+            total += info["cost"]
+            violations += int(info["violations"])
+        costs[i] = total
+    return Evaluation(name, costs, np.asarray(oracle_costs, dtype=float), violations, np.zeros(0))
 
 
 # --- the policy as moca sees it ---------------------------------------------------------------
@@ -210,7 +266,7 @@ def load_ppo(directory: str | Path) -> PPOPolicy:
 
 
 #: Where ``--policy ppo`` finds the shipped policy of each world.
-SHIPPED = {"CLSC-1": "ppo-clsc1"}
+SHIPPED = {"CLSC-1": "ppo-clsc1", "CLSC-2": "ppo-clsc2"}
 
 
 def shipped_path(model: str = "CLSC-1") -> Path:
@@ -225,17 +281,27 @@ def shipped_path(model: str = "CLSC-1") -> Path:
 
 
 def _validation(config: PPOConfig, params: Params):
-    from moca.oracle import oracle_costs
     from moca.meta import VALIDATION_SEEDS
 
-    scenarios = [draw_scenario(int(seed), load_schedule(name), params)
-                 for name in config.eval_regimes for seed in VALIDATION_SEEDS[: config.eval_scenarios]]
+    seeds = VALIDATION_SEEDS[: config.eval_scenarios]
+    if config.model == "CLSC-2":
+        from moca.oracle2 import solve_oracle2
+
+        scenarios = [draw_world_scenario(int(seed), load_schedule(name, model="CLSC-2"), "CLSC-2")
+                     for name in config.eval_regimes for seed in seeds]
+        return scenarios, np.array([solve_oracle2(s).oracle_cost for s in scenarios])
+    from moca.oracle import oracle_costs
+
+    scenarios = [draw_scenario(int(seed), load_schedule(name), params) for name in config.eval_regimes for seed in seeds]
     return scenarios, oracle_costs(scenarios)
 
 
-def validation_score(policy, scenarios, oracle: np.ndarray) -> float:
-    """Mean score of the deterministic policy on ``scenarios`` (batched simulator, float64,
-    the exact batched projection)."""
+def validation_score(policy, scenarios, oracle: np.ndarray, model: str = "CLSC-1") -> float:
+    """Mean score of the deterministic policy on ``scenarios``: on CLSC-1 through the
+    batched simulator (float64, the exact batched projection), on CLSC-2 through its
+    environment."""
+    if model == "CLSC-2":
+        return float(env_evaluation("ppo", policy, scenarios, oracle, model).scores.mean())
     from moca.safety import project_batch
     from moca.sim import rollout
 
@@ -250,6 +316,8 @@ def train_ppo(config: PPOConfig = PPOConfig(), params: Params | None = None,
     """Train PPO for ``config.seconds`` of wall clock; returns the SB3 model and the
     learning curve ``{"steps", "seconds", "episode_cost", "score"}`` (lists)."""
     params = params or Params()
+    if config.model == "CLSC-2" and params != Params():
+        raise PPOError("params: CLSC-2 training uses the CLSC-2 defaults (Params2); pass no CLSC-1 params")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # measured: SB3's small MLP runs ~10x faster on one thread here
     try:
@@ -289,7 +357,7 @@ def _train(config: PPOConfig, params: Params, progress) -> tuple[Any, dict[str, 
 
         def _record(self) -> None:
             elapsed = time.perf_counter() - started
-            score = validation_score(self.model.policy, valid, valid_oracle)
+            score = validation_score(self.model.policy, valid, valid_oracle, config.model)
             recent = self.costs[-50:]
             curve["steps"].append(int(self.num_timesteps))
             curve["seconds"].append(elapsed)
