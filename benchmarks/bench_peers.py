@@ -125,7 +125,127 @@ def run_clsc1(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
     return results
 
 
-WORLDS = {"CLSC-1": run_clsc1}
+TOLD_2 = {
+    "threshold": "state, window counters, supplier and market status, regime, demand seen (4-period mean); "
+                 "7 thresholds tuned per regime by simulation",
+    "mpc-informed": "state, announced schedule, the scenario's noise-free demand curve (level path, drift, jumps, "
+                    "season: all but the period noise); observed means of returns, grades, market, supplier; "
+                    "safety stock tuned on training scenarios",
+    "mpc-forecast": "state, announced schedule, the 52-period demand history and the demand observed since "
+                    "(local level + one-harmonic yearly season on log demand, refitted every 13 periods); observed "
+                    "means of returns, grades, market, supplier; safety stock tuned on training scenarios",
+    "mpc-sampled": "as mpc-forecast; 4 sample paths of the fitted model, first action shared (two-stage SAA); "
+                   "safety stock tuned on training scenarios",
+    "ppo": "the CLSC-2 Gymnasium observation; trained by SB3 PPO over the regime distribution (accounting "
+           "windows sampled) for a wall-clock budget",
+}
+
+
+def clsc2_regimes(params: Params) -> dict[str, RegimeSchedule]:
+    from moca.regime import Regime
+
+    out = {name: load_schedule(name, model="CLSC-2") for name in SEED_TASKS}
+    for label in OUTSIDE:
+        regime = grid_regime(GENERALISATION_GRID[label], params)
+        out[label] = RegimeSchedule.constant(Regime(**{**regime.model_dump(), "recycled_content_window": 52}))
+    return out
+
+
+def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None, quick: bool) -> dict[str, dict]:
+    from moca.baselines.mpc2 import MPC2Policy, demand_curve2
+    from moca.baselines.peers import evaluate2
+    from moca.baselines.threshold2 import tune_threshold2
+    from moca.oracle2 import solve_oracle2
+    from moca.scenario import DEFAULT_PARAMS_2, TRAINING_STREAM, draw_scenario2
+
+    params2 = DEFAULT_PARAMS_2
+    regimes = clsc2_regimes(Params())
+    test_seeds = list(range(1000, 1000 + n_test))
+    tests = {label: [draw_scenario2(s, plan, params2) for s in test_seeds] for label, plan in regimes.items()}
+    print("CLSC-2 oracle on the test scenarios ...", file=sys.stderr, flush=True)
+    oracle = {label: np.array([solve_oracle2(s).oracle_cost for s in sc]) for label, sc in tests.items()}
+    # Training scenarios: the training stream (offset 0 ..), disjoint from integer test seeds.
+    train_seeds = [(TRAINING_STREAM, i) for i in range(n_train)]
+    train = [draw_scenario2(seed, load_schedule(name, model="CLSC-2"), params2) for name in SEED_TASKS
+             for seed in train_seeds]
+    train_curves = np.stack([demand_curve2(seed, params2) for _ in SEED_TASKS for seed in train_seeds])
+    train_oracle = np.array([solve_oracle2(s).oracle_cost for s in train]) if any(
+        p.startswith("mpc-") for p in peers) else None
+    test_curves = np.stack([demand_curve2(s, params2) for s in test_seeds])
+    stocks = [100.0, 400.0] if quick else [100.0, 300.0, 600.0]
+    samples = 4
+
+    class PerScenario:
+        """The informed MPC told each scenario's own curve: one policy per scenario."""
+
+        def __init__(self, curves, stock):
+            self.curves, self.stock, self.i = curves, stock, -1
+
+        def reset(self, batch):
+            self.i += 1
+            self.policy = MPC2Policy(safety_stock=self.stock, curves=self.curves[self.i:self.i + 1])
+            self.policy.reset(batch)
+
+        def act(self, obs):
+            return self.policy.act(obs)
+
+    results: dict[str, dict] = {}
+    for name in peers:
+        print(f"CLSC-2 {name} ...", file=sys.stderr, flush=True)
+        entry: dict[str, Any] = {"told": TOLD_2[name], "ran": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if name == "threshold":
+            seconds = {}
+
+            def per_regime(label, seconds=seconds):
+                policy = tune_threshold2(regimes[label], params2, train_seeds=4 if not quick else 1,
+                                         budget=400 if not quick else 60)
+                seconds[label] = policy.tuning.seconds
+                return policy
+            entry["tuning_seconds_per_regime"] = seconds
+            entry["tuning"] = "budget 400 candidates, 4 training scenarios per regime"
+        elif name == "ppo":
+            from moca.baselines.ppo import load_ppo, shipped_path
+
+            where = ppo_dir or shipped_path("CLSC-2")
+            loaded = load_ppo(where)
+            entry.update({"checkpoint": str(where), "training_seconds": loaded.meta.get("wall_seconds"),
+                          "env_steps": loaded.meta.get("env_steps"), "command": loaded.meta.get("command")})
+            per_regime = None
+        elif name in ("mpc-informed", "mpc-forecast", "mpc-sampled"):
+            make = {"mpc-informed": lambda v, curves: PerScenario(curves, v),
+                    "mpc-forecast": lambda v, curves: MPC2Policy(safety_stock=v),
+                    "mpc-sampled": lambda v, curves: MPC2Policy(safety_stock=v, samples=samples)}[name]
+            started = time.perf_counter()
+            scores = {}
+            for value in stocks:
+                scores[str(value)] = float(evaluate2("tune", make(value, train_curves), train, train_oracle).scores.mean())
+                print(f"  safety stock {value}: training score {scores[str(value)]:.4f}", file=sys.stderr, flush=True)
+            best = float(max(scores, key=scores.get))
+            entry.update({"tuned": {"safety_stock": best}, "training_scores": scores,
+                          "tuning_seconds": time.perf_counter() - started})
+            per_regime = lambda label, best=best, make=make: make(best, test_curves)  # noqa: E731
+        else:
+            raise SystemExit(f"bench_peers: peer {name!r} has no CLSC-2 form")
+        scores = {}
+        for label in regimes:
+            started = time.perf_counter()
+            if name == "ppo":
+                from moca.baselines.ppo import env_evaluation
+
+                result = env_evaluation(name, loaded.policy, tests[label], oracle[label], "CLSC-2")
+            else:
+                result = evaluate2(name, per_regime(label), tests[label], oracle[label])
+            scores[label] = {"score": float(result.scores.mean()), "violations": int(result.violations),
+                             "mean_cost": float(result.costs.mean()), "seconds": time.perf_counter() - started}
+            print(f"  {label}: {scores[label]['score']:.4f}", file=sys.stderr, flush=True)
+        entry["scores"] = scores
+        entry["mean_seed_tasks"] = float(np.mean([scores[t]["score"] for t in SEED_TASKS]))
+        entry["mean_outside"] = float(np.mean([scores[t]["score"] for t in OUTSIDE]))
+        results[name] = entry
+    return results
+
+
+WORLDS = {"CLSC-1": run_clsc1, "CLSC-2": run_clsc2}
 ALL_PEERS = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
 
 
@@ -138,7 +258,21 @@ def main() -> None:
     parser.add_argument("--ppo", type=Path, default=None, help="PPO checkpoint (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=HERE / "peers.json")
     parser.add_argument("--quick", action="store_true", help="2 scenarios, 1 training scenario, fewer candidates")
+    parser.add_argument("--merge", type=Path, nargs="*", default=None,
+                        help="only merge these result files (runs of single peers side by side) into --out")
     args = parser.parse_args()
+    if args.merge is not None:
+        out = json.loads(args.out.read_text()) if args.out.exists() else {}
+        for part in args.merge:
+            data = json.loads(part.read_text())
+            for key in ("machine", "updated", "test_seeds", "quick"):
+                out[key] = data.get(key, out.get(key))
+            for world, block in data.get("worlds", {}).items():
+                mine = out.setdefault("worlds", {}).setdefault(world, {k: v for k, v in block.items() if k != "peers"})
+                mine.setdefault("peers", {}).update(block.get("peers", {}))
+        args.out.write_text(json.dumps(out, indent=1))
+        print(json.dumps(out, indent=1))
+        return
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = [p for p in peers if p not in ALL_PEERS]
     worlds = list(WORLDS) if args.world == "all" else [args.world]
@@ -156,6 +290,8 @@ def main() -> None:
         out["worlds"].setdefault(world, {"seed_tasks": list(SEED_TASKS), "outside": list(OUTSIDE), "peers": {}})
         out["worlds"][world]["peers"].update(results)
         out["worlds"][world]["last_run_seconds"] = time.perf_counter() - started
+        out["worlds"][world]["test_seeds"] = f"1000..{999 + n_test} per regime"
+        out["worlds"][world]["training_scenarios_per_seed_task"] = n_train
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(json.dumps(out, indent=1))
         os.replace(tmp, args.out)

@@ -172,3 +172,68 @@ def test_cli_evaluates_a_ppo_checkpoint_and_refuses_bad_input(tiny_ppo, tmp_path
     blocker.write_text("x")
     bad = runner.invoke(app, ["peers", "train-ppo", "-o", str(blocker), "--seconds", "1"])
     assert bad.exit_code == 2 and "-o" in bad.stderr and "Traceback" not in bad.output
+
+
+# --- CLSC-2 -----------------------------------------------------------------------------------------
+
+
+def test_informed_curve_times_the_noise_is_the_demand():
+    from moca.baselines.mpc2 import demand_curve2
+    from moca.scenario import HISTORY, Params2, draw_scenario2
+
+    p = Params2()
+    scenario = draw_scenario2(1001, None, p)
+    rng = np.random.default_rng(1001)
+    n = HISTORY + p.horizon
+    rng.normal(), rng.uniform(), rng.uniform(), rng.random(n), rng.normal(size=n)  # drift .. jump sizes
+    noise = rng.lognormal(-p.demand_sigma ** 2 / 2, p.demand_sigma, size=n)
+    np.testing.assert_allclose(demand_curve2(1001, p) * noise,
+                               np.concatenate([scenario.demand_history, scenario.demand]), rtol=1e-12)
+
+
+def test_clsc2_forecast_mpc_never_reads_the_generators_parameters():
+    from moca.baselines.mpc2 import MPC2Policy
+    from moca.projection import project2_batch
+    from moca.scenario import Params2, Scenario2, draw_scenario2
+    from moca.sim2 import ScenarioBatch2, rollout2
+
+    base = draw_scenario2(1004, load_schedule("T2", model="CLSC-2"), Params2(horizon=8))  # short: fast
+    other = Params2(horizon=8, demand_base=300.0, demand_amp_lo=0.0, demand_amp_hi=0.0, demand_sigma=0.5,
+                    return_mean=0.6, supply_down_prob=0.5, market_avail_min=0.9)
+    twin = Scenario2(**{**base.__dict__, "params": other})
+    executed = []
+    for scenario in (base, twin):
+        batch = ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64)
+        with torch.no_grad():
+            executed.append(rollout2(batch, MPC2Policy(horizon=4), project2_batch).executed[0].numpy())
+    np.testing.assert_allclose(executed[0], executed[1], rtol=1e-9, atol=1e-9)
+
+
+def test_clsc2_threshold_rule_tunes_and_keeps_every_row():
+    from moca.baselines.peers import evaluate2
+    from moca.baselines.threshold2 import tune_threshold2
+    from moca.scenario import draw_scenario2
+
+    policy = tune_threshold2("T3", train_seeds=1, budget=16, popsize=2)
+    assert policy.tuning.candidates <= 16 + 14 and set(policy.as_dict()) == {
+        "safety_product", "safety_virgin", "target_recycled", "target_market", "free_recycled", "refurbish_level",
+        "dispose_level"}
+    result = evaluate2("threshold", policy, [draw_scenario2(1000, load_schedule("T3", model="CLSC-2"))])
+    assert result.violations == 0 and 0.3 < result.scores[0] <= 1.0 + 1e-9
+
+
+def test_clsc2_sampled_mpc_and_ppo_through_the_env_keep_every_row():
+    from moca.baselines.mpc2 import MPC2Policy
+    from moca.baselines.peers import evaluate2
+    from moca.baselines.ppo import _build_policy, env_evaluation, make_env
+    from moca.oracle2 import solve_oracle2
+    from moca.scenario import Params2, draw_scenario2
+
+    scenario = [draw_scenario2(1001, load_schedule("T1", model="CLSC-2"), Params2(horizon=12))]  # short: fast
+    oracle = np.array([solve_oracle2(scenario[0]).oracle_cost])
+    sampled = evaluate2("mpc-sampled", MPC2Policy(horizon=4, samples=2), scenario, oracle)
+    assert sampled.violations == 0 and 0.3 < sampled.scores[0] <= 1.0 + 1e-9
+    env = make_env("CLSC-2", params=Params2(horizon=12))
+    untrained = _build_policy(env.observation_space.shape[0], 9, [16], -1.0)
+    ppo = env_evaluation("ppo", untrained, scenario, oracle, "CLSC-2")
+    assert ppo.violations == 0 and 0.0 < ppo.scores[0] <= 1.0 + 1e-9

@@ -164,7 +164,7 @@ def env_evaluation(name: str, policy, scenarios, oracle_costs: np.ndarray, model
     its cost): one episode per scenario. Returns a :class:`moca.evaluation.Evaluation`."""
     from moca.evaluation import Evaluation
 
-    env = make_env(model)
+    env = make_env(model, params=scenarios[0].params) if scenarios else make_env(model)
     costs, violations = np.empty(len(scenarios)), 0
     for i, scenario in enumerate(scenarios):
         observation, _ = env.reset(options={"scenario": scenario})
