@@ -53,6 +53,23 @@ def clsc1_regimes(params: Params) -> dict[str, RegimeSchedule]:
     return out
 
 
+def score_regimes(entry: dict, regimes: dict, evaluate_one: Callable[[str], Any]) -> dict:
+    """Fill ``entry`` with each regime's mean score, violations, mean cost and seconds
+    (``evaluate_one(label)`` returns a :class:`moca.evaluation.Evaluation`) and the means
+    over the seed tasks and over the regimes outside them."""
+    scores = {}
+    for label in regimes:
+        started = time.perf_counter()
+        result = evaluate_one(label)
+        scores[label] = {"score": float(result.scores.mean()), "violations": int(result.violations),
+                         "mean_cost": float(result.costs.mean()), "seconds": time.perf_counter() - started}
+        print(f"  {label}: {scores[label]['score']:.4f}", file=sys.stderr, flush=True)
+    entry["scores"] = scores
+    entry["mean_seed_tasks"] = float(np.mean([scores[t]["score"] for t in SEED_TASKS]))
+    entry["mean_outside"] = float(np.mean([scores[t]["score"] for t in OUTSIDE]))
+    return entry
+
+
 def tune_stock(make: Callable[[float], Any], train: list, oracle: np.ndarray, candidates: list[float]) -> dict:
     """The safety stock with the best mean training score (training scenarios of T1-T3 pooled:
     the stock hedges demand, which no regime changes)."""
@@ -111,17 +128,8 @@ def run_clsc1(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
             entry.update(tune_stock(make, train, train_oracle, cands))
             best = entry["tuned"]["safety_stock"]
             per_regime = lambda label: make(best)  # noqa: E731
-        scores = {}
-        for label in regimes:
-            started = time.perf_counter()
-            result = evaluate_policy(name, per_regime(label), tests[label], oracle[label])
-            scores[label] = {"score": float(result.scores.mean()), "violations": int(result.violations),
-                             "mean_cost": float(result.costs.mean()), "seconds": time.perf_counter() - started}
-            print(f"  {label}: {scores[label]['score']:.4f}", file=sys.stderr, flush=True)
-        entry["scores"] = scores
-        entry["mean_seed_tasks"] = float(np.mean([scores[t]["score"] for t in SEED_TASKS]))
-        entry["mean_outside"] = float(np.mean([scores[t]["score"] for t in OUTSIDE]))
-        results[name] = entry
+        results[name] = score_regimes(entry, regimes, lambda label: evaluate_policy(
+            name, per_regime(label), tests[label], oracle[label]))
     return results
 
 
@@ -172,7 +180,7 @@ def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
     train_oracle = np.array([solve_oracle2(s).oracle_cost for s in train]) if any(
         p.startswith("mpc-") for p in peers) else None
     test_curves = np.stack([demand_curve2(s, params2) for s in test_seeds])
-    stocks = [100.0, 400.0] if quick else [100.0, 300.0, 600.0]
+    stocks = [100.0, 400.0] if quick else [300.0, 600.0, 1000.0, 1500.0]
     samples = 4
 
     class PerScenario:
@@ -226,26 +234,47 @@ def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
             per_regime = lambda label, best=best, make=make: make(best, test_curves)  # noqa: E731
         else:
             raise SystemExit(f"bench_peers: peer {name!r} has no CLSC-2 form")
-        scores = {}
-        for label in regimes:
-            started = time.perf_counter()
-            if name == "ppo":
-                from moca.baselines.ppo import env_evaluation
+        if name == "ppo":
+            from moca.baselines.ppo import env_evaluation
 
-                result = env_evaluation(name, loaded.policy, tests[label], oracle[label], "CLSC-2")
-            else:
-                result = evaluate2(name, per_regime(label), tests[label], oracle[label])
-            scores[label] = {"score": float(result.scores.mean()), "violations": int(result.violations),
-                             "mean_cost": float(result.costs.mean()), "seconds": time.perf_counter() - started}
-            print(f"  {label}: {scores[label]['score']:.4f}", file=sys.stderr, flush=True)
-        entry["scores"] = scores
-        entry["mean_seed_tasks"] = float(np.mean([scores[t]["score"] for t in SEED_TASKS]))
-        entry["mean_outside"] = float(np.mean([scores[t]["score"] for t in OUTSIDE]))
-        results[name] = entry
+            evaluate_one = lambda label: env_evaluation(  # noqa: E731
+                name, loaded.policy, tests[label], oracle[label], "CLSC-2")
+        else:
+            evaluate_one = lambda label: evaluate2(name, per_regime(label), tests[label], oracle[label])  # noqa: E731
+        results[name] = score_regimes(entry, regimes, evaluate_one)
     return results
 
 
 WORLDS = {"CLSC-1": run_clsc1, "CLSC-2": run_clsc2}
+
+
+def markdown(data: dict) -> str:
+    """One table per world: each peer's score per regime, the two means, violations and
+    its tuning or training seconds."""
+    lines = []
+    for world, block in data.get("worlds", {}).items():
+        labels = [*block["seed_tasks"], *block["outside"]]
+        lines.append(f"**{world}** (test seeds {block.get('test_seeds', '?')}):\n")
+        lines.append("| peer | " + " | ".join(labels) + " | mean T1-T3 | mean outside | violations | "
+                     "tuning / training s |")
+        lines.append("|---|" + "---:|" * (len(labels) + 4))
+        for name in ALL_PEERS:
+            entry = block["peers"].get(name)
+            if entry is None:
+                continue
+            if "tuning_seconds_per_regime" in entry:
+                per = entry["tuning_seconds_per_regime"]
+                seconds = f"{np.mean(list(per.values())):.0f} per regime"
+            elif "training_seconds" in entry:
+                seconds = f"{entry['training_seconds']:.0f} ({entry.get('env_steps', 0):,} steps)"
+            else:
+                seconds = f"{entry.get('tuning_seconds', 0.0):.0f}"
+            violations = sum(v["violations"] for v in entry["scores"].values())
+            lines.append(f"| {name} | " + " | ".join(f"{entry['scores'][x]['score']:.3f}" for x in labels)
+                         + f" | {entry['mean_seed_tasks']:.3f} | {entry['mean_outside']:.3f} | {violations} | "
+                         + f"{seconds} |")
+        lines.append("")
+    return "\n".join(lines)
 ALL_PEERS = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
 
 
@@ -258,9 +287,13 @@ def main() -> None:
     parser.add_argument("--ppo", type=Path, default=None, help="PPO checkpoint (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=HERE / "peers.json")
     parser.add_argument("--quick", action="store_true", help="2 scenarios, 1 training scenario, fewer candidates")
+    parser.add_argument("--table", action="store_true", help="only print --out as markdown tables (the README's)")
     parser.add_argument("--merge", type=Path, nargs="*", default=None,
                         help="only merge these result files (runs of single peers side by side) into --out")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.out.read_text())))
+        return
     if args.merge is not None:
         out = json.loads(args.out.read_text()) if args.out.exists() else {}
         for part in args.merge:
