@@ -160,7 +160,7 @@ def clsc2_regimes(params: Params) -> dict[str, RegimeSchedule]:
 
 
 def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None, quick: bool) -> dict[str, dict]:
-    from moca.baselines.mpc2 import MPC2Policy, demand_curve2
+    from moca.baselines.mpc2 import InformedMPC2, MPC2Policy, demand_curve2
     from moca.baselines.peers import evaluate2
     from moca.baselines.threshold2 import tune_threshold2
     from moca.oracle2 import solve_oracle2
@@ -182,20 +182,6 @@ def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
     test_curves = np.stack([demand_curve2(s, params2) for s in test_seeds])
     stocks = [100.0, 400.0] if quick else [300.0, 600.0, 1000.0, 1500.0]
     samples = 4
-
-    class PerScenario:
-        """The informed MPC told each scenario's own curve: one policy per scenario."""
-
-        def __init__(self, curves, stock):
-            self.curves, self.stock, self.i = curves, stock, -1
-
-        def reset(self, batch):
-            self.i += 1
-            self.policy = MPC2Policy(safety_stock=self.stock, curves=self.curves[self.i:self.i + 1])
-            self.policy.reset(batch)
-
-        def act(self, obs):
-            return self.policy.act(obs)
 
     results: dict[str, dict] = {}
     for name in peers:
@@ -220,7 +206,7 @@ def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
                           "env_steps": loaded.meta.get("env_steps"), "command": loaded.meta.get("command")})
             per_regime = None
         elif name in ("mpc-informed", "mpc-forecast", "mpc-sampled"):
-            make = {"mpc-informed": lambda v, curves: PerScenario(curves, v),
+            make = {"mpc-informed": lambda v, curves: InformedMPC2(curves, v),
                     "mpc-forecast": lambda v, curves: MPC2Policy(safety_stock=v),
                     "mpc-sampled": lambda v, curves: MPC2Policy(safety_stock=v, samples=samples)}[name]
             started = time.perf_counter()

@@ -237,3 +237,20 @@ def test_clsc2_sampled_mpc_and_ppo_through_the_env_keep_every_row():
     untrained = _build_policy(env.observation_space.shape[0], 9, [16], -1.0)
     ppo = env_evaluation("ppo", untrained, scenario, oracle, "CLSC-2")
     assert ppo.violations == 0 and 0.0 < ppo.scores[0] <= 1.0 + 1e-9
+
+
+def test_cli_evaluates_clsc2_peers_and_refuses_bad_input():
+    from typer.testing import CliRunner
+
+    from moca.cli import app
+
+    runner = CliRunner()
+    done = runner.invoke(app, ["evaluate", "--model", "CLSC-2", "--policy", "oracle", "--regime", "T2",
+                               "--scenarios", "1", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["score"] == pytest.approx(1.0)
+    for args, needle in ((["--model", "CLSC-2", "--policy", "nonsense"], "nonsense"),
+                         (["--model", "CLSC-9", "--policy", "ppo"], "--model"),
+                         (["--model", "CLSC-2", "--policy", "mpc", "--adapt-steps", "2"], "--adapt-steps")):
+        bad = runner.invoke(app, ["evaluate", *args, "--scenarios", "1"])
+        assert bad.exit_code == 2 and needle in bad.stderr and "Traceback" not in bad.output, bad.output

@@ -250,6 +250,7 @@ def evaluate(
     scenarios: int = typer.Option(20, "--scenarios", min=1, help="Number of test scenarios."),
     seed: int = typer.Option(1000, "--seed", help="First test seed; scenarios use seeds seed .. seed+N-1."),
     adapt_steps: int = typer.Option(0, "--adapt-steps", min=0, help="For a checkpoint: gradient steps on training scenarios of the regime first."),
+    model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (CLSC-2: the peers and PPO checkpoints)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Score a policy against the hindsight oracle on seeded test scenarios."""
@@ -258,6 +259,27 @@ def evaluate(
     from moca.regime import load_schedule
     from moca.scenario import draw_scenarios
 
+    with _bad_input():
+        if model not in ("CLSC-1", "CLSC-2"):
+            raise UsageError(f"--model {model!r}: expected CLSC-1 or CLSC-2")
+        if model == "CLSC-2" and adapt_steps:
+            raise UsageError("--adapt-steps: no learned CLSC-2 policy to adapt yet (the peers are tuned or trained)")
+    if model == "CLSC-2":
+        from moca.baselines.peers import evaluate_peer2
+
+        with _bad_input():
+            plan = load_schedule(regime, model="CLSC-2")
+            with _progress(as_json) as progress:
+                progress.add_task(f"evaluating {policy} on CLSC-2", total=None)
+                result = evaluate_peer2(policy, plan, range(seed, seed + scenarios))
+        summary = result.summary()
+        if as_json:
+            _print_json(summary)
+            return
+        console.print(f"{policy} on CLSC-2 {regime}, {scenarios} scenarios from seed {seed}: score "
+                      f"{summary['score']:.4f} (mean cost {summary['mean_cost']:,.0f} EUR, oracle "
+                      f"{summary['mean_oracle_cost']:,.0f}), violations {summary['violations']}")
+        return
     with _bad_input():
         plan = load_schedule(regime)
         tests = draw_scenarios(scenarios, plan, first_seed=seed)

@@ -141,6 +141,27 @@ class MPC2Policy:
         return solve_two_stage2(params, [replace(window, demand=path) for path in paths])
 
 
+class InformedMPC2:
+    """The informed MPC for a sequence of scenarios evaluated one at a time (each ``reset``
+    starts the next): scenario ``i`` is told ``curves[i]`` (:func:`demand_curve2`)."""
+
+    def __init__(self, curves: np.ndarray, safety_stock: float = 600.0, horizon: int = 13):
+        self.curves, self.safety_stock, self.horizon = np.asarray(curves, dtype=float), safety_stock, horizon
+        self._next = 0
+
+    def reset(self, batch) -> None:
+        if self._next + batch.size > len(self.curves):
+            raise ValueError(f"InformedMPC2: told {len(self.curves)} demand curves, asked for scenario "
+                             f"{self._next + batch.size}")
+        self.policy = MPC2Policy(self.horizon, self.safety_stock,
+                                 curves=self.curves[self._next:self._next + batch.size])
+        self._next += batch.size
+        self.policy.reset(batch)
+
+    def act(self, obs) -> Tensor:
+        return self.policy.act(obs)
+
+
 def solve_two_stage2(params, windows) -> np.ndarray:
     """The first-period action ``[9]`` minimising the mean cost of the window LPs (one per
     demand path) with the first period's actions shared."""
@@ -176,4 +197,4 @@ def solve_two_stage2(params, windows) -> np.ndarray:
     return np.maximum(x[ACTIONS], 0.0)
 
 
-__all__ = ["CLSC2_FORECAST", "MPC2Policy", "demand_curve2", "solve_two_stage2"]
+__all__ = ["CLSC2_FORECAST", "InformedMPC2", "MPC2Policy", "demand_curve2", "solve_two_stage2"]

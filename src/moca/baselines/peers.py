@@ -99,3 +99,54 @@ def evaluate2(name: str, policy, scenarios, oracle_costs: np.ndarray | None = No
             for t in range(scenario.horizon):
                 violations += violations2(executed[t], dict(zip(CLSC2_INPUTS, inputs[t])), table[t], scenario.params)
     return Evaluation(name, costs, np.asarray(oracle_costs, dtype=float), violations, np.zeros(0))
+
+
+#: CLSC-2's safety stocks (units) chosen by bench_peers.py --world CLSC-2 (training scenarios).
+TUNED_SAFETY_STOCK_2: dict[str, float] = {"mpc-informed": 1000.0, "mpc-forecast": 1000.0, "mpc-sampled": 1000.0}
+#: Sample paths of CLSC-2's two-stage MPC (fewer than CLSC-1's: each path is a 13 x 18-column LP).
+SAMPLES_2 = 4
+PEERS_2: tuple[str, ...] = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
+
+
+def evaluate_peer2(name: str, plan, seeds) -> Any:
+    """Score the CLSC-2 peer ``name`` (or a PPO checkpoint directory) on the scenarios of
+    ``plan`` drawn from ``seeds``; returns a :class:`moca.evaluation.Evaluation`. ``mpc``
+    is the forecast MPC (CLSC-2 has no public demand model to plan with)."""
+    from pathlib import Path
+
+    from moca.baselines.mpc2 import InformedMPC2, MPC2Policy, demand_curve2
+    from moca.checkpoint import CheckpointError
+    from moca.oracle2 import solve_oracle2
+    from moca.scenario import DEFAULT_PARAMS_2, draw_scenario2
+
+    if name not in (*PEERS_2, "oracle") and not Path(name).is_dir():
+        raise CheckpointError(f"--policy {name!r}: on CLSC-2 one of {', '.join(PEERS_2)}, oracle or a PPO "
+                              f"checkpoint directory of CLSC-2 (no such directory)")
+    scenarios = [draw_scenario2(int(s), plan, DEFAULT_PARAMS_2) for s in seeds]
+    oracle = np.array([solve_oracle2(s).oracle_cost for s in scenarios])
+    if name == "oracle":
+        from moca.evaluation import Evaluation
+
+        return Evaluation(name, oracle.copy(), oracle, 0, np.zeros(0))
+    stock = TUNED_SAFETY_STOCK_2.get(name if name != "mpc" else "mpc-forecast", 0.0)
+    if name == "threshold":
+        from moca.baselines.threshold2 import tune_threshold2
+
+        return evaluate2(name, tune_threshold2(plan), scenarios, oracle)
+    if name in ("mpc", "mpc-forecast"):
+        return evaluate2(name, MPC2Policy(safety_stock=stock), scenarios, oracle)
+    if name == "mpc-sampled":
+        return evaluate2(name, MPC2Policy(safety_stock=stock, samples=SAMPLES_2), scenarios, oracle)
+    if name == "mpc-informed":
+        curves = np.stack([demand_curve2(int(s), DEFAULT_PARAMS_2) for s in seeds])
+        return evaluate2(name, InformedMPC2(curves, stock), scenarios, oracle)
+    from moca.baselines.ppo import env_evaluation, load_ppo, shipped_path
+
+    where = shipped_path("CLSC-2") if name == "ppo" else Path(name)
+    if not where.exists():
+        raise CheckpointError(f"--policy ppo: no shipped CLSC-2 PPO policy at {where} "
+                              f"(train one: moca peers train-ppo --model CLSC-2 -o DIR, then --policy DIR)")
+    loaded = load_ppo(where)
+    if loaded.meta.get("model") != "CLSC-2":
+        raise CheckpointError(f"--policy {name}: a PPO policy of {loaded.meta.get('model')!r}, not of CLSC-2")
+    return env_evaluation(name, loaded.policy, scenarios, oracle, "CLSC-2")
