@@ -95,7 +95,7 @@ def run_clsc1(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
     oracle = {label: oracle_costs(s) for label, s in tests.items()}
     train = [s for name in SEED_TASKS for s in draw_training_scenarios(n_train, load_schedule(name), params)]
     train_oracle = oracle_costs(train) if any(p.startswith("mpc-") for p in peers) else None
-    stocks = [100.0, 400.0] if quick else [100.0, 200.0, 400.0, 600.0, 800.0]
+    stocks = [100.0, 400.0] if quick else [100.0, 200.0, 400.0, 600.0, 800.0, 1200.0, 1600.0]
     results: dict[str, dict] = {}
     for name in peers:
         print(f"{name} ...", file=sys.stderr, flush=True)
@@ -124,8 +124,7 @@ def run_clsc1(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
             make = {"mpc-informed": lambda v: MPCPolicy(safety_stock=v),
                     "mpc-forecast": lambda v: ForecastMPCPolicy(safety_stock=v),
                     "mpc-sampled": lambda v: SampledMPCPolicy(samples=SAMPLES, safety_stock=v)}[name]
-            cands = ([0.0, 200.0, 400.0] if not quick else [0.0, 400.0]) if name == "mpc-sampled" else stocks
-            entry.update(tune_stock(make, train, train_oracle, cands))
+            entry.update(tune_stock(make, train, train_oracle, stocks))
             best = entry["tuned"]["safety_stock"]
             per_regime = lambda label: make(best)  # noqa: E731
         results[name] = score_regimes(entry, regimes, lambda label: evaluate_policy(
@@ -180,7 +179,7 @@ def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
     train_oracle = np.array([solve_oracle2(s).oracle_cost for s in train]) if any(
         p.startswith("mpc-") for p in peers) else None
     test_curves = np.stack([demand_curve2(s, params2) for s in test_seeds])
-    stocks = [100.0, 400.0] if quick else [300.0, 600.0, 1000.0, 1500.0]
+    stocks = [100.0, 400.0] if quick else [300.0, 600.0, 1000.0, 1500.0, 2500.0, 4000.0]
     samples = 4
 
     results: dict[str, dict] = {}
@@ -287,7 +286,8 @@ def main() -> None:
             for key in ("machine", "updated", "test_seeds", "quick"):
                 out[key] = data.get(key, out.get(key))
             for world, block in data.get("worlds", {}).items():
-                mine = out.setdefault("worlds", {}).setdefault(world, {k: v for k, v in block.items() if k != "peers"})
+                mine = out.setdefault("worlds", {}).setdefault(world, {})
+                mine.update({k: v for k, v in block.items() if k not in ("peers", "last_run_seconds")})
                 mine.setdefault("peers", {}).update(block.get("peers", {}))
         args.out.write_text(json.dumps(out, indent=1))
         print(json.dumps(out, indent=1))

@@ -2,11 +2,11 @@
 
 | name | what it is | what it is told |
 |---|---|---|
-| ``threshold`` | order-up-to rule, 6 thresholds tuned per regime by simulation | state, regime, the public seasonal mean |
-| ``mpc`` | rolling LP, safety stock 100 (the calibrated CLSC-1 MPC) | state, regime, **the demand model** |
-| ``mpc-informed`` | the same LP, safety stock tuned on training scenarios | state, regime, **the demand model** (a reference) |
-| ``mpc-forecast`` | the same LP, ETS forecast refitted to the observed history, safety stock tuned | state, regime, demand and return fractions observed so far |
-| ``mpc-sampled`` | two-stage sample-average LP over ETS sample paths, safety stock tuned | as ``mpc-forecast`` |
+| ``threshold`` | order-up-to rule tuned per regime by simulation (CLSC-1: 6 thresholds, :mod:`.threshold`; CLSC-2: 7, :mod:`.threshold2`) | state, regime; CLSC-1 the public seasonal mean, CLSC-2 the demand seen |
+| ``mpc`` | CLSC-1: rolling LP, safety stock 100 (the calibrated MPC); CLSC-2: = ``mpc-forecast`` | CLSC-1: **the demand model** |
+| ``mpc-informed`` | rolling LP, safety stock tuned on training scenarios | **the demand model** (a reference; CLSC-2: the scenario's noise-free curve) |
+| ``mpc-forecast`` | rolling LP on a forecast fitted to the observed history, safety stock tuned | demand (and returns, grades, market, supplier) observed so far |
+| ``mpc-sampled`` | two-stage sample-average LP over sample paths of that forecast, safety stock tuned | as ``mpc-forecast`` |
 | ``ppo`` | Stable-Baselines3 PPO trained on the Gymnasium env | the environment's observation |
 
 The tuned safety stocks below are what ``benchmarks/bench_peers.py`` chose on training
@@ -26,7 +26,7 @@ from moca.scenario import Params
 PEERS: tuple[str, ...] = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
 
 #: Safety stocks (units) chosen by bench_peers.py's tuning on CLSC-1 training scenarios.
-TUNED_SAFETY_STOCK: dict[str, float] = {"mpc-informed": 400.0, "mpc-forecast": 400.0, "mpc-sampled": 200.0}
+TUNED_SAFETY_STOCK: dict[str, float] = {"mpc-informed": 600.0, "mpc-forecast": 1200.0, "mpc-sampled": 200.0}
 #: Sample paths of the two-stage MPC.
 SAMPLES = 8
 
@@ -102,7 +102,7 @@ def evaluate2(name: str, policy, scenarios, oracle_costs: np.ndarray | None = No
 
 
 #: CLSC-2's safety stocks (units) chosen by bench_peers.py --world CLSC-2 (training scenarios).
-TUNED_SAFETY_STOCK_2: dict[str, float] = {"mpc-informed": 1000.0, "mpc-forecast": 1000.0, "mpc-sampled": 1000.0}
+TUNED_SAFETY_STOCK_2: dict[str, float] = {"mpc-informed": 600.0, "mpc-forecast": 1500.0, "mpc-sampled": 1500.0}
 #: Sample paths of CLSC-2's two-stage MPC (fewer than CLSC-1's: each path is a 13 x 18-column LP).
 SAMPLES_2 = 4
 PEERS_2: tuple[str, ...] = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
