@@ -25,8 +25,7 @@ with a damped trend, 29.0% with a trend, and 11.0% for the generator's seasonal 
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Sequence
 
 import highspy
@@ -37,7 +36,7 @@ from torch import Tensor
 
 from moca.baselines.mpc import MPCPolicy
 from moca.forecast import DemandForecaster, ForecastConfig
-from moca.oracle import ACTION_COLS, N_COL, Basis, OracleError, WindowLP, build_lp, _solver
+from moca.oracle import ACTION_COLS, N_COL, Basis, OracleError, WindowLP, _solver, build_lp, solve_window
 from moca.sim import Observation, ScenarioBatch
 
 #: CLSC-1's forecaster (see the module docstring for why no trend and no season).
@@ -94,8 +93,6 @@ class ForecastMPCPolicy(MPCPolicy):
 
     def _first_action(self, params, base, i: int) -> np.ndarray:
         demand = self._forecasters[i].forecast(np.asarray(self._series[i]), base.horizon)
-        from moca.oracle import solve_window
-
         plan = solve_window(params, replace(base, demand=demand), start=self._bases[i])
         self._bases[i] = plan.basis
         return plan.actions[0]
@@ -158,33 +155,4 @@ def solve_two_stage(lps: Sequence[WindowLP], first_stage: np.ndarray,
     return x.reshape(-1, N_COL), Basis(stacked.shape, highs.getBasis())
 
 
-# --- tuning the buffers on training scenarios ------------------------------------------------------
-
-
-@dataclass
-class SafetyTuning:
-    """Mean training score of each safety stock tried (units -> score), the best, seconds."""
-
-    scores: dict[float, float]
-    best: float
-    seconds: float
-
-
-def tune_safety_stock(make, scenarios, candidates: Sequence[float], oracle_costs: np.ndarray | None = None
-                      ) -> SafetyTuning:
-    """Pick the safety stock (units) with the best mean score on ``scenarios`` (training
-    scenarios, never test ones); ``make(safety_stock)`` builds the policy."""
-    from moca.evaluation import evaluate_policy
-    from moca.oracle import oracle_costs as solve_all
-
-    started = time.perf_counter()
-    oracle = solve_all(scenarios) if oracle_costs is None else oracle_costs
-    scores = {}
-    for value in candidates:
-        scores[float(value)] = float(evaluate_policy("mpc", make(float(value)), scenarios, oracle).scores.mean())
-    best = max(scores, key=scores.get)
-    return SafetyTuning(scores, best, time.perf_counter() - started)
-
-
-__all__ = ["CLSC1_FORECAST", "ForecastMPCPolicy", "SampledMPCPolicy", "SafetyTuning", "solve_two_stage",
-           "tune_safety_stock"]
+__all__ = ["CLSC1_FORECAST", "ForecastMPCPolicy", "SampledMPCPolicy", "solve_two_stage"]

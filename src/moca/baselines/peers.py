@@ -26,7 +26,7 @@ from moca.scenario import Params
 PEERS: tuple[str, ...] = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
 
 #: Safety stocks (units) chosen by bench_peers.py's tuning on CLSC-1 training scenarios.
-TUNED_SAFETY_STOCK: dict[str, float] = {"mpc-informed": 600.0, "mpc-forecast": 1200.0, "mpc-sampled": 200.0}
+TUNED_SAFETY_STOCK: dict[str, float] = {"mpc-informed": 600.0, "mpc-forecast": 1200.0, "mpc-sampled": 1200.0}
 #: Sample paths of the two-stage MPC.
 SAMPLES = 8
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field  # noqa: F401 (asdict re-exported)
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from moca import checkpoint
-from moca.regime import Regime, RegimeSchedule, load_schedule
+from moca.regime import Regime, load_schedule
 from moca.scenario import TRAINING_STREAM, Params, draw_scenario
 from moca.sim import R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX, Observation, ScenarioBatch
 
