@@ -60,10 +60,15 @@ def main() -> None:
         # serial vs process pool vs local Ray; its own copy in benchmarks/sweep_results.json
         ("sweep", [str(HERE / "bench_sweep.py"), *quick]),
         ("cli", [str(HERE / "bench_cli.py"), "--repeats", "3" if args.quick else "7"]),
+        # Every peer on both worlds (tuning included: the longest step, up to an hour on 2 cores).
+        ("peers", [str(HERE / "bench_peers.py"), *quick,
+                   "--out", str(args.out.with_name("peers-quick.json" if args.quick else "peers.json"))]),
     ]
     for name, command in steps:
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = _run(command)
+        results[name] = _run(command, timeout=7200 if name == "peers" else 1800)
+        if name == "peers" and "worlds" in results[name]:  # the full table lives in its own file
+            results[name] = {"see": command[-1], "seconds": results[name]["seconds"]}
     threshold = {}
     for task in ("T1", "T2", "T3"):
         print(f"running threshold score on {task} ...", file=sys.stderr, flush=True)

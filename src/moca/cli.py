@@ -70,6 +70,7 @@ INPUT_ERRORS: tuple[tuple[str, str], ...] = (
     ("moca.safety", "SafetyError"), ("moca.checkpoint", "CheckpointError"), ("moca.continual", "ContinualError"),
     ("moca.files", "OutputError"), ("moca.meta", "MetaError"), ("moca.policy", "PolicyError"),
     ("moca.experiment", "ExperimentError"), ("moca.metrics", "MetricsError"), ("moca.report", "ReportError"),
+    ("moca.baselines.ppo", "PPOError"),
 )
 
 
@@ -365,7 +366,8 @@ def oracle(
 
 @app.command()
 def evaluate(
-    policy: str = typer.Option(..., "--policy", help="threshold | mpc | oracle | a checkpoint DIR ('default' = shipped "
+    policy: str = typer.Option(..., "--policy", help="threshold | mpc | oracle | mpc-informed | mpc-forecast | "
+                                                     "mpc-sampled | ppo | a checkpoint DIR ('default' = shipped "
                                                      "meta-init, 'default-reptile')."),
     regime: str = typer.Option("T1", "--regime", help="Regime name (see 'moca regimes') or YAML/JSON file (a schedule "
                                                      "file works too)."),
@@ -376,6 +378,7 @@ def evaluate(
     scenario_files: Optional[list[Path]] = typer.Option(None, "--scenario", help="Score on this scenario file instead "
                                                         "of drawing (repeat for several; overrides --regime, --params, "
                                                         "--scenarios and --seed)."),
+    model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Score a policy against the hindsight oracle on seeded test scenarios (or your own scenario files).
@@ -387,6 +390,26 @@ def evaluate(
     from moca.regime import Regime, load_schedule
     from moca.scenario import Scenario, draw_scenarios
 
+    with _bad_input():
+        _chosen_model(model)
+        if model == "CLSC-2" and (adapt_steps or scenario_files or params_file):
+            raise UsageError("--model CLSC-2: --adapt-steps, --scenario and --params are CLSC-1 only for now")
+    if model == "CLSC-2":
+        from moca.baselines.peers import evaluate_peer2
+
+        with _bad_input():
+            plan = load_schedule(regime, model="CLSC-2")
+            with _progress(as_json) as progress:
+                progress.add_task(f"evaluating {policy} on CLSC-2", total=None)
+                result = evaluate_peer2(policy, plan, range(seed, seed + scenarios))
+        summary = result.summary()
+        if as_json:
+            _print_json(summary)
+            return
+        console.print(f"{policy} on CLSC-2 {regime}, {scenarios} scenarios from seed {seed}: score "
+                      f"{summary['score']:.4f} (mean cost {summary['mean_cost']:,.0f} EUR, oracle "
+                      f"{summary['mean_oracle_cost']:,.0f}), violations {summary['violations']}")
+        return
     with _bad_input():
         if scenario_files:
             tests = [Scenario.from_json(path) for path in scenario_files]
@@ -748,6 +771,7 @@ def serve(
                 adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation),
                 keep_decisions=keep_decisions)
 
+
 # --- sweep ---------------------------------------------------------------------------------
 
 
@@ -835,6 +859,51 @@ def _sweep_table(result: dict) -> None:
                           extra)
     wide = console if console.is_terminal else Console(width=200)
     wide.print(table)
+
+
+# --- peers ---------------------------------------------------------------------------------
+
+peers_app = typer.Typer(no_args_is_help=True, help="The peers moca is compared with (PPO training).")
+app.add_typer(peers_app, name="peers")
+
+
+@peers_app.command("train-ppo")
+def peers_train_ppo(
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to write (safetensors + JSON)."),
+    seconds: float = typer.Option(300.0, "--seconds", min=0, help="Wall-clock training budget (s)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of PPO and of the training episodes."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many env steps too."),
+    eval_every: int = typer.Option(20000, "--eval-every", min=1, help="Env steps between learning-curve scores."),
+    model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Train Stable-Baselines3 PPO on the Gymnasium env over the regime distribution; write the
+    policy, its learning curve (JSON) and a plot of it."""
+    from dataclasses import asdict
+
+    from moca.baselines.ppo import PPOConfig, plot_curve, save_ppo, train_ppo
+
+    with _bad_input():
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"-o {output}: exists and is not a directory")
+        config = PPOConfig(seconds=seconds, seed=seed, max_steps=max_steps, eval_every=eval_every, model=model)
+    with _progress(as_json) as progress:
+        bar = progress.add_task("PPO", total=None)
+        agent, curve = train_ppo(config, progress=lambda steps, score: progress.update(
+            bar, description=f"PPO: {steps} steps, validation score {score:.3f}"))
+    command = "moca peers " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "moca peers train-ppo"
+    save_ppo(output, agent.policy, {"model": config.model, "config": asdict(config), "command": command,
+                                    "env_steps": int(agent.num_timesteps), "wall_seconds": curve["wall_seconds"],
+                                    "learning_curve": curve})
+    _write_atomic(output / "learning_curve.json", json.dumps(curve, indent=1))
+    plot_curve(curve, output / "learning_curve.png", title=f"PPO on {config.model}")
+    out = {"checkpoint": str(output), "env_steps": int(agent.num_timesteps), "wall_seconds": curve["wall_seconds"],
+           "validation_score": curve["score"][-1], "learning_curve": str(output / "learning_curve.json")}
+    if as_json:
+        _print_json(out)
+        return
+    console.print(f"wrote {output}: {out['env_steps']} env steps in {out['wall_seconds']:.0f} s, "
+                  f"validation score {out['validation_score']:.4f}")
 
 
 @contextmanager

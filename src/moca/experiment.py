@@ -101,10 +101,19 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         return tune_threshold(plan, params)
     if name == "mpc":
         return MPCPolicy()
+    from moca.baselines.peers import PEERS, build_peer
+
+    if name in PEERS:
+        return build_peer(name, plan, params)
     where = checkpoint.resolve(name)
     if not where.exists():
-        raise ExperimentError(f"--policy {name!r}: not one of {', '.join(BASELINES + tuple(checkpoint.SHIPPED))} "
+        raise ExperimentError(f"--policy {name!r}: not one of "
+                              f"{', '.join((*BASELINES, *PEERS[2:], *checkpoint.SHIPPED))} "
                               "and no checkpoint directory of that name")
+    if _checkpoint_kind(where) == "sb3-ppo":
+        from moca.baselines.ppo import load_ppo
+
+        return load_ppo(where)
     module, _ = checkpoint.load_policy(name)
     module = with_params(module, params)
     weights = None
@@ -114,6 +123,16 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         regime = plan.entries[0].regime()
         weights, _ = adapt(module, None, regime, adapt_steps)
     return DeployedPolicy(module, weights)
+
+
+def _checkpoint_kind(where) -> str | None:
+    """The ``kind`` a checkpoint's JSON declares (None when unreadable: the loader says why)."""
+    import json
+
+    try:
+        return json.loads((where / checkpoint.META).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------

@@ -110,8 +110,13 @@ class MPCPolicy:
         return solve_window(params, window, start=start)
 
     def window(self, params: Params, t: int, stocks: np.ndarray, pipeline: np.ndarray,
-               sales_history: np.ndarray, regime: np.ndarray) -> Window:
-        """The LP window of the decision at ``t`` (forecasts only, nothing of the future)."""
+               sales_history: np.ndarray, regime: np.ndarray, demand: np.ndarray | None = None,
+               return_frac: float | None = None) -> Window:
+        """The LP window of the decision at ``t`` (forecasts only, nothing of the future).
+
+        ``demand`` (``[H]`` units) and ``return_frac`` (a share) replace the seasonal mean
+        and ``params.return_mean`` (see ``moca.baselines.forecast_mpc``: forecasts fitted to
+        the observations instead of the demand model)."""
         p = params
         T = self.episode_length if self.episode_length is not None else p.horizon
         H = max(1, min(self.horizon, T - t))
@@ -123,7 +128,7 @@ class MPCPolicy:
         arrivals = np.zeros(H)
         n = min(H - 1, len(pipeline))
         arrivals[1:1 + n] = np.maximum(pipeline[:n], 0.0)
-        rho = np.full(H, p.return_mean)
+        rho = np.full(H, p.return_mean if return_frac is None else float(return_frac))
         returns = np.zeros(H)
         n = min(H - 1, p.lag_return - 1)
         returns[1:1 + n] = rho[1:1 + n] * np.maximum(np.asarray(sales_history, float)[1:1 + n], 0.0)
@@ -132,7 +137,7 @@ class MPCPolicy:
             # -1e-6; the LP needs them >= 0 to be feasible (so do the arrivals above).
             stocks=np.maximum(np.asarray(stocks, float), 0.0),
             virgin_arrivals=arrivals, core_returns=returns, return_frac=rho,
-            demand=seasonal_mean_demand(p, np.arange(t, t + H)),
+            demand=seasonal_mean_demand(p, np.arange(t, t + H)) if demand is None else np.asarray(demand, float)[:H],
             regime=np.broadcast_to(np.asarray(regime, float), (H, 5)).copy(),
             safety_stock=self.safety_stock, safety_penalty=self.safety_penalty,
             virgin_buffer=self.virgin_buffer, virgin_buffer_penalty=self.virgin_buffer_penalty,

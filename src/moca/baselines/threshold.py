@@ -240,6 +240,32 @@ def _schedule(regime: Regime | RegimeSchedule | str) -> RegimeSchedule:
     return load_schedule(regime)
 
 
+def search_unit_box(mean_costs, n_dim: int, budget: int, evaluated, seed: int = 0, popsize: int = 8,
+                    global_share: float = 0.7) -> tuple[np.ndarray, float]:
+    """Minimise ``mean_costs`` (``[n_dim, S]`` candidates in the unit box -> ``[S]`` costs)
+    within ``budget`` candidates (``evaluated()`` says how many so far): differential
+    evolution, one batched call per generation, then a compass search around the best point,
+    all ``2 n_dim`` moves in one call. Returns the best point and its cost."""
+    global_budget = int(budget * global_share)
+    generations = max(1, global_budget // (popsize * n_dim) - 1)
+    result = differential_evolution(
+        mean_costs, [(0.0, 1.0)] * n_dim, popsize=popsize, maxiter=generations, vectorized=True,
+        updating="deferred", polish=False, seed=seed, tol=1e-8, mutation=(0.5, 1.0), recombination=0.7,
+    )
+    x, fx = np.clip(result.x, 0.0, 1.0), float(result.fun)
+    step = 0.05
+    while evaluated() + 2 * n_dim <= budget and step > 1e-3:
+        moves = np.concatenate([np.eye(n_dim), -np.eye(n_dim)]) * step
+        trial = np.clip(x[None, :] + moves, 0.0, 1.0)
+        costs = mean_costs(trial.T)
+        best_move = int(np.argmin(costs))
+        if costs[best_move] < fx:
+            x, fx = trial[best_move], float(costs[best_move])
+        else:
+            step /= 2
+    return x, fx
+
+
 def _default_projector() -> Projector:
     from moca.safety import project_batch
 
@@ -290,26 +316,7 @@ def tune_threshold(
             out = rollout(batch, ThresholdPolicy(rows, params), project, simulator)
         return out.total_cost.to(torch.float64).reshape(n_cand, n_scen).mean(-1).numpy()
 
-    # Global phase: differential evolution, one batched rollout per generation.
-    n_dim = len(THRESHOLD_NAMES)
-    global_budget = int(budget * global_share)
-    generations = max(1, global_budget // (popsize * n_dim) - 1)
-    result = differential_evolution(
-        mean_costs, [(0.0, 1.0)] * n_dim, popsize=popsize, maxiter=generations, vectorized=True,
-        updating="deferred", polish=False, seed=seed, tol=1e-8, mutation=(0.5, 1.0), recombination=0.7,
-    )
-    # Local phase: compass search around the best rule, all 2 * 6 moves in one rollout.
-    x, fx = np.clip(result.x, 0.0, 1.0), float(result.fun)
-    step = 0.05
-    while evaluated + 2 * n_dim <= budget and step > 1e-3:
-        moves = np.concatenate([np.eye(n_dim), -np.eye(n_dim)]) * step
-        trial = np.clip(x[None, :] + moves, 0.0, 1.0)
-        costs = mean_costs(trial.T)
-        best_move = int(np.argmin(costs))
-        if costs[best_move] < fx:
-            x, fx = trial[best_move], float(costs[best_move])
-        else:
-            step /= 2
+    x, fx = search_unit_box(mean_costs, len(THRESHOLD_NAMES), budget, lambda: evaluated, seed, popsize, global_share)
     policy = ThresholdPolicy(low + span * x ** SEARCH_POWER, params)
     policy.tuning = TuningReport(train_cost=fx, candidates=evaluated,
                                  seconds=time.perf_counter() - started, thresholds=policy.as_dict())

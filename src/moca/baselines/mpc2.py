@@ -1,0 +1,200 @@
+"""Rolling-horizon LP (MPC) on CLSC-2: point forecast, sampled paths, or told the demand model.
+
+At event 2 of period ``t`` the policy solves CLSC-2's window LP (:func:`moca.oracle2.build_lp2`,
+the oracle's LP over ``H`` periods, every declared row 1-8 with 6a/6b and the accounting
+windows included) from the observed post-arrival state and applies the first period's action.
+The LP's period 0 is the rest of period ``t``: its arrivals have happened (so it receives
+nothing more), the window counters ``U_v, U_r`` are the observed ones.
+
+What it is told, besides the state and the announced regime schedule:
+
+* ``forecast="trig"`` (the peer ``mpc-forecast``): demand forecast by
+  :class:`moca.forecast.DemandForecaster` fitted to the 52-period ``demand_history`` and the
+  demand observed since (a local-level exponential smoothing with a one-harmonic yearly
+  season, on log demand; refitted every 13 periods, filtered in between); return fraction,
+  grade shares and market availability: the means of what was observed so far; supplier:
+  up or down now as observed, later periods at the share of periods observed up.
+  Measured on 6 training scenarios, 13-period forecasts every 8 periods: mean absolute
+  percentage error 15.2%, against 19.1% for ETS(A,N,N) and 20.5% for ETS(A,Ad,N) (statsmodels'
+  ETS cannot start a 52-week season from one year of history).
+* ``samples > 0`` (``mpc-sampled``): two-stage sample-average LP over that many demand paths
+  simulated from the fitted model, the first period's action shared.
+* ``informed=True`` (``mpc-informed``, a reference): told the scenario's noise-free demand
+  curve ``base e^l (1 + A sin(2 pi (k + phi) / 52))`` (level path with its drift and jumps,
+  amplitude, phase) -- everything but the period noise -- through :func:`demand_curve2`.
+
+Demand uncertainty is hedged with a soft safety stock (units of product beyond the forecast
+at the start of each period from the second on), tuned on training scenarios.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from moca.forecast import DemandForecaster, ForecastConfig
+from moca.scenario import HISTORY, Params2
+
+#: CLSC-2's forecaster (see the module docstring for the measurement behind it).
+CLSC2_FORECAST = ForecastConfig(kind="trig", refit_every=13)
+
+
+def demand_curve2(seed, params: Params2) -> np.ndarray:
+    """``[52 + T]`` the noise-free demand of a scenario drawn by
+    :func:`moca.scenario.draw_scenario2` with ``seed`` (its first draws, in the same order):
+    what the informed MPC is told. ``demand = curve * noise`` (a test checks it)."""
+    rng = np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed)
+    p = params
+    n = HISTORY + p.horizon
+    drift = rng.normal(0.0, p.demand_drift_sigma)
+    amplitude = rng.uniform(p.demand_amp_lo, p.demand_amp_hi)
+    phase = rng.uniform(0.0, 52.0)
+    jumps = rng.random(n) < p.demand_jump_prob
+    jump_sizes = rng.normal(0.0, p.demand_jump_sigma, size=n)
+    level = np.cumsum(drift + jumps * jump_sizes)
+    level = level - level[HISTORY - 1]
+    k = np.arange(n)
+    return np.maximum(p.demand_base * np.exp(level) * (1 + amplitude * np.sin(2 * np.pi * (k + phase) / 52)), 0.0)
+
+
+class MPC2Policy:
+    """Rolling-horizon LP on CLSC-2 (a :class:`moca.sim2.Policy2`). ``curves``: for the
+    informed variant, ``[B, 52 + T]`` noise-free demand per batch row (``demand_curve2``)."""
+
+    def __init__(self, horizon: int = 13, safety_stock: float = 200.0, safety_penalty: float = 1.0,
+                 forecast: ForecastConfig = CLSC2_FORECAST, samples: int = 0, seed: int = 0,
+                 curves: np.ndarray | None = None):
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"horizon={horizon!r}: the LP window must be a whole number of periods >= 1")
+        if not np.isfinite(safety_stock) or safety_stock < 0:
+            raise ValueError(f"safety_stock={safety_stock!r}: must be a finite number >= 0")
+        self.horizon, self.safety_stock, self.safety_penalty = horizon, float(safety_stock), float(safety_penalty)
+        self.forecast, self.samples, self.seed = forecast, int(samples), int(seed)
+        self.curves = None if curves is None else np.asarray(curves, dtype=float)
+
+    def reset(self, batch) -> None:
+        self._batch = batch
+        self._T = batch.horizon
+        if self.curves is not None and self.curves.shape[0] != batch.size:
+            raise ValueError(f"curves: {self.curves.shape[0]} rows for a batch of {batch.size}")
+        self._forecasters = [DemandForecaster(self.forecast) for _ in range(batch.size)]
+        self._seen: dict[str, list] = {"rho": [], "grades": [], "market": [], "supply": []}
+
+    def act(self, obs) -> Tensor:
+        from moca.oracle2 import Window2
+
+        b, p, t = self._batch, obs.params, obs.t
+        as_np = lambda x: x.detach().to(torch.float64).cpu().numpy()  # noqa: E731
+        self._seen["rho"].append(as_np(obs.return_frac_t))
+        self._seen["grades"].append(as_np(obs.grades_t))
+        self._seen["market"].append(as_np(obs.inputs["market_avail"]))
+        self._seen["supply"].append(as_np(obs.inputs["supply_up"]))
+        s = obs.state
+        stocks = as_np(s.stocks)
+        pipeline = [as_np(x) for x in s.pipeline_slots]
+        history = [as_np(x) for x in s.history_slots]
+        used = (as_np(s.used_virgin), as_np(s.used_recycled))
+        regime = as_np(obs.regime)
+        periods_left, window_start = as_np(b.periods_left), as_np(b.window_start).astype(bool)
+        demand_seen = as_np(obs.demand_seen)
+        H = max(1, min(self.horizon, self._T - t))
+        rho = np.mean(self._seen["rho"], axis=0)
+        grades = np.mean(self._seen["grades"], axis=0)
+        market = np.mean(self._seen["market"], axis=0)
+        supply = np.mean(self._seen["supply"], axis=0)
+        actions = np.empty((stocks.shape[0], 9))
+        for i in range(stocks.shape[0]):
+            arrivals = np.zeros(H)
+            for k, x in enumerate(pipeline[: H - 1]):
+                arrivals[k + 1] = max(float(x[i]), 0.0)
+            returns = np.zeros(H)
+            for k in range(1, min(H, p.lag_return)):
+                returns[k] = rho[i] * max(float(history[k][i]), 0.0)
+            supply_up = np.full(H, supply[i])
+            supply_up[0] = float(obs.inputs["supply_up"][i])
+            market_avail = np.full(H, market[i])
+            market_avail[0] = float(obs.inputs["market_avail"][i])
+            window = Window2(
+                stocks=np.maximum(stocks[i], 0.0), virgin_arrivals=arrivals, market_arrival=0.0,
+                core_returns=returns, return_frac=np.full(H, rho[i]), grades=np.tile(grades[i], (H, 1)),
+                demand=np.zeros(H), supply_up=supply_up, market_avail=market_avail, regime=regime[i, t:t + H],
+                periods_left=periods_left[i, t:t + H], window_start=np.r_[False, window_start[i, t + 1:t + H]],
+                used=(float(used[0][i]), float(used[1][i])), safety_stock=self.safety_stock,
+                safety_penalty=self.safety_penalty)
+            actions[i] = self._first_action(p, window, i, demand_seen[i], t)
+        return torch.as_tensor(actions, dtype=s.stocks.dtype, device=s.stocks.device)
+
+    def _first_action(self, params, window, i: int, demand_seen: np.ndarray, t: int) -> np.ndarray:
+        from dataclasses import replace
+
+        from moca.oracle2 import solve_window2
+
+        H = window.horizon
+        if self.curves is not None:
+            return solve_window2(params, replace(window, demand=self.curves[i, HISTORY + t:HISTORY + t + H])).actions[0]
+        forecaster = self._forecasters[i]
+        if self.samples <= 0:
+            return solve_window2(params, replace(window, demand=forecaster.forecast(demand_seen, H))).actions[0]
+        paths = forecaster.sample_paths(demand_seen, H, self.samples, seed=self.seed + 7919 * t)
+        return solve_two_stage2(params, [replace(window, demand=path) for path in paths])
+
+
+class InformedMPC2:
+    """The informed MPC for a sequence of scenarios evaluated one at a time (each ``reset``
+    starts the next): scenario ``i`` is told ``curves[i]`` (:func:`demand_curve2`)."""
+
+    def __init__(self, curves: np.ndarray, safety_stock: float = 600.0, horizon: int = 13):
+        self.curves, self.safety_stock, self.horizon = np.asarray(curves, dtype=float), safety_stock, horizon
+        self._next = 0
+
+    def reset(self, batch) -> None:
+        if self._next + batch.size > len(self.curves):
+            raise ValueError(f"InformedMPC2: told {len(self.curves)} demand curves, asked for scenario "
+                             f"{self._next + batch.size}")
+        self.policy = MPC2Policy(self.horizon, self.safety_stock,
+                                 curves=self.curves[self._next:self._next + batch.size])
+        self._next += batch.size
+        self.policy.reset(batch)
+
+    def act(self, obs) -> Tensor:
+        return self.policy.act(obs)
+
+
+def solve_two_stage2(params, windows) -> np.ndarray:
+    """The first-period action ``[9]`` minimising the mean cost of the window LPs (one per
+    demand path) with the first period's actions shared."""
+    import highspy
+
+    from moca.oracle import OracleError, _solver
+    from moca.oracle2 import ACTIONS, N_COL, build_lp2
+
+    built = [build_lp2(params, w) for w in windows]
+    n = len(built)
+    cols = built[0][4].shape[1]
+    first = np.arange(N_COL)[ACTIONS]
+    k = first.size
+    link = sp.csc_matrix((np.tile([1.0, -1.0], (n - 1) * k),
+                          (np.repeat(np.arange((n - 1) * k), 2),
+                           np.stack([np.tile(first, n - 1), (np.arange(1, n)[:, None] * cols + first).ravel()],
+                                    axis=1).ravel())), shape=((n - 1) * k, n * cols))
+    A = sp.vstack([sp.block_diag([b[4] for b in built], format="csc"), link], format="csc")
+    cost = np.concatenate([b[0] for b in built]) / n
+    offset = sum(b[1] for b in built) / n
+    lower = np.concatenate([*(b[5] for b in built), np.zeros((n - 1) * k)])
+    upper = np.concatenate([*(b[6] for b in built), np.zeros((n - 1) * k)])
+    highs = _solver()
+    highs.passModel(A.shape[1], A.shape[0], A.nnz, int(highspy.MatrixFormat.kColwise),
+                    int(highspy.ObjSense.kMinimize), offset, cost, np.concatenate([b[2] for b in built]),
+                    np.concatenate([b[3] for b in built]), lower, upper, A.indptr.astype(np.int32),
+                    A.indices.astype(np.int32), A.data.astype(np.float64), np.zeros(A.shape[1], dtype=np.int32))
+    highs.run()
+    status = highs.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal:
+        raise OracleError(f"two-stage CLSC-2 MPC LP not solved to optimality: {highs.modelStatusToString(status)!r}")
+    x = np.asarray(highs.getSolution().col_value)[:N_COL]
+    return np.maximum(x[ACTIONS], 0.0)
+
+
+__all__ = ["CLSC2_FORECAST", "InformedMPC2", "MPC2Policy", "demand_curve2", "solve_two_stage2"]

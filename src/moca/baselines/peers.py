@@ -1,0 +1,152 @@
+"""The peers moca is compared with, by name, each told only what a planner knows.
+
+| name | what it is | what it is told |
+|---|---|---|
+| ``threshold`` | order-up-to rule tuned per regime by simulation (CLSC-1: 6 thresholds, :mod:`.threshold`; CLSC-2: 7, :mod:`.threshold2`) | state, regime; CLSC-1 the public seasonal mean, CLSC-2 the demand seen |
+| ``mpc`` | CLSC-1: rolling LP, safety stock 100 (the calibrated MPC); CLSC-2: = ``mpc-forecast`` | CLSC-1: **the demand model** |
+| ``mpc-informed`` | rolling LP, safety stock tuned on training scenarios | **the demand model** (a reference; CLSC-2: the scenario's noise-free curve) |
+| ``mpc-forecast`` | rolling LP on a forecast fitted to the observed history, safety stock tuned | demand (and returns, grades, market, supplier) observed so far |
+| ``mpc-sampled`` | two-stage sample-average LP over sample paths of that forecast, safety stock tuned | as ``mpc-forecast`` |
+| ``ppo`` | Stable-Baselines3 PPO trained on the Gymnasium env | the environment's observation |
+
+The tuned safety stocks below are what ``benchmarks/bench_peers.py`` chose on training
+scenarios (training stream, T1-T3 pooled; never test seeds) in the run recorded in
+``benchmarks/peers.json``; the benchmark re-tunes them itself and reports the seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from moca.regime import RegimeSchedule
+from moca.scenario import Params
+
+PEERS: tuple[str, ...] = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
+
+#: Safety stocks (units) chosen by bench_peers.py's tuning on CLSC-1 training scenarios.
+TUNED_SAFETY_STOCK: dict[str, float] = {"mpc-informed": 600.0, "mpc-forecast": 1200.0, "mpc-sampled": 1200.0}
+#: Sample paths of the two-stage MPC.
+SAMPLES = 8
+
+
+def make_peer(name: str, safety_stock: float | None = None, samples: int = SAMPLES):
+    """An untuned-by-regime peer with the given (or the recorded tuned) safety stock."""
+    from moca.baselines.forecast_mpc import ForecastMPCPolicy, SampledMPCPolicy
+    from moca.baselines.mpc import MPCPolicy
+
+    stock = TUNED_SAFETY_STOCK.get(name, 100.0) if safety_stock is None else float(safety_stock)
+    if name == "mpc":
+        return MPCPolicy()
+    if name == "mpc-informed":
+        return MPCPolicy(safety_stock=stock)
+    if name == "mpc-forecast":
+        return ForecastMPCPolicy(safety_stock=stock)
+    if name == "mpc-sampled":
+        return SampledMPCPolicy(samples=samples, safety_stock=stock)
+    raise ValueError(f"--policy {name!r}: not a tunable MPC peer")
+
+
+def build_peer(name: str, plan: RegimeSchedule, params: Params = Params(), model: str = "CLSC-1") -> Any:
+    """The peer ``name`` ready to act on scenarios of ``plan`` (the threshold rule is tuned
+    for it now; PPO is the shipped policy)."""
+    if name == "threshold":
+        from moca.baselines.threshold import tune_threshold
+
+        return tune_threshold(plan, params)
+    if name == "ppo":
+        from moca.baselines.ppo import load_ppo, shipped_path
+
+        where = shipped_path(model)
+        if not where.exists():
+            from moca.checkpoint import CheckpointError
+
+            raise CheckpointError(f"--policy ppo: no shipped PPO policy for {model} at {where} "
+                                  f"(train one: moca peers train-ppo -o DIR, then --policy DIR)")
+        return load_ppo(where)
+    return make_peer(name)
+
+
+__all__ = ["PEERS", "SAMPLES", "TUNED_SAFETY_STOCK", "build_peer", "make_peer"]
+
+
+# --- CLSC-2 ---------------------------------------------------------------------------------------
+
+
+def evaluate2(name: str, policy, scenarios, oracle_costs: np.ndarray | None = None):
+    """Score a CLSC-2 policy (:class:`moca.sim2.Policy2`) on ``scenarios``, one at a time in
+    float64, every raw action through the exact projection; violations recounted per
+    period by :func:`moca.projection.violations2` (window settlement included)."""
+    import torch
+
+    from moca.evaluation import Evaluation
+    from moca.oracle2 import solve_oracle2
+    from moca.projection import project2_batch, violations2
+    from moca.sim2 import ScenarioBatch2, rollout2
+    from moca.world import CLSC2_INPUTS
+
+    if oracle_costs is None:
+        oracle_costs = np.array([solve_oracle2(s).oracle_cost for s in scenarios])
+    costs, violations = np.empty(len(scenarios)), 0
+    with torch.no_grad():
+        for i, scenario in enumerate(scenarios):
+            batch = ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64)
+            out = rollout2(batch, policy, project2_batch)
+            costs[i] = float(out.total_cost[0])
+            executed, inputs = out.executed[0].numpy(), out.inputs[0].numpy()
+            table = scenario.regime_table()
+            for t in range(scenario.horizon):
+                violations += violations2(executed[t], dict(zip(CLSC2_INPUTS, inputs[t])), table[t], scenario.params)
+    return Evaluation(name, costs, np.asarray(oracle_costs, dtype=float), violations, np.zeros(0))
+
+
+#: CLSC-2's safety stocks (units) chosen by bench_peers.py --world CLSC-2 (training scenarios).
+TUNED_SAFETY_STOCK_2: dict[str, float] = {"mpc-informed": 600.0, "mpc-forecast": 1500.0, "mpc-sampled": 1500.0}
+#: Sample paths of CLSC-2's two-stage MPC (fewer than CLSC-1's: each path is a 13 x 18-column LP).
+SAMPLES_2 = 4
+PEERS_2: tuple[str, ...] = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
+
+
+def evaluate_peer2(name: str, plan, seeds) -> Any:
+    """Score the CLSC-2 peer ``name`` (or a PPO checkpoint directory) on the scenarios of
+    ``plan`` drawn from ``seeds``; returns a :class:`moca.evaluation.Evaluation`. ``mpc``
+    is the forecast MPC (CLSC-2 has no public demand model to plan with)."""
+    from pathlib import Path
+
+    from moca.baselines.mpc2 import InformedMPC2, MPC2Policy, demand_curve2
+    from moca.checkpoint import CheckpointError
+    from moca.oracle2 import solve_oracle2
+    from moca.scenario import DEFAULT_PARAMS_2, draw_scenario2
+
+    if name not in (*PEERS_2, "oracle") and not Path(name).is_dir():
+        raise CheckpointError(f"--policy {name!r}: on CLSC-2 one of {', '.join(PEERS_2)}, oracle or a PPO "
+                              f"checkpoint directory of CLSC-2 (no such directory)")
+    scenarios = [draw_scenario2(int(s), plan, DEFAULT_PARAMS_2) for s in seeds]
+    oracle = np.array([solve_oracle2(s).oracle_cost for s in scenarios])
+    if name == "oracle":
+        from moca.evaluation import Evaluation
+
+        return Evaluation(name, oracle.copy(), oracle, 0, np.zeros(0))
+    stock = TUNED_SAFETY_STOCK_2.get(name if name != "mpc" else "mpc-forecast", 0.0)
+    if name == "threshold":
+        from moca.baselines.threshold2 import tune_threshold2
+
+        return evaluate2(name, tune_threshold2(plan), scenarios, oracle)
+    if name in ("mpc", "mpc-forecast"):
+        return evaluate2(name, MPC2Policy(safety_stock=stock), scenarios, oracle)
+    if name == "mpc-sampled":
+        return evaluate2(name, MPC2Policy(safety_stock=stock, samples=SAMPLES_2), scenarios, oracle)
+    if name == "mpc-informed":
+        curves = np.stack([demand_curve2(int(s), DEFAULT_PARAMS_2) for s in seeds])
+        return evaluate2(name, InformedMPC2(curves, stock), scenarios, oracle)
+    from moca.baselines.ppo import env_evaluation, load_ppo, shipped_path
+
+    where = shipped_path("CLSC-2") if name == "ppo" else Path(name)
+    if not where.exists():
+        raise CheckpointError(f"--policy ppo: no shipped CLSC-2 PPO policy at {where} "
+                              f"(train one: moca peers train-ppo --model CLSC-2 -o DIR, then --policy DIR)")
+    loaded = load_ppo(where)
+    if loaded.meta.get("model") != "CLSC-2":
+        raise CheckpointError(f"--policy {name}: a PPO policy of {loaded.meta.get('model')!r}, not of CLSC-2")
+    return env_evaluation(name, loaded.policy, scenarios, oracle, "CLSC-2")
