@@ -351,8 +351,11 @@ def oracle(
     with _bad_input():
         scenario = load_scenario(scenario_path)  # the file's "model" chooses the world
         if isinstance(scenario, Scenario2):
-            from moca.oracle2 import solve_oracle2 as solve_oracle
-        result = solve_oracle(scenario)
+            from moca.oracle2 import solve_oracle2
+
+            result = solve_oracle2(scenario)
+        else:
+            result = solve_oracle(scenario)
     out = {"oracle_cost": result.oracle_cost, "status": result.status,
            "plan": [[float(x) for x in row] for row in result.plan]}
     if as_json:
@@ -857,7 +860,7 @@ def _sweep_table(result: dict) -> None:
                           f"{entry['compliance_cost'][i]:,.0f}", f"{entry['emissions'][i] / 1000:,.1f}",
                           f"{entry['recycled_share'][i]:.3f}", f"{entry[unmet][i]:,.1f}", str(entry["violations"][i]),
                           extra)
-    wide = console if console.is_terminal else Console(width=200)
+    wide = console if console.is_terminal else _wide_console()
     wide.print(table)
 
 
