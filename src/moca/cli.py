@@ -336,7 +336,8 @@ def _simulate2(scenario, scenario_path: Path, actions_path: Path, as_json: bool)
     for p in out["periods"]:
         table.add_row(str(p["t"]), *(f"{a:.0f}" for a in p["action"]), *(f"{v:.0f}" for v in p["state"].values()),
                       f"{p['sales']:.0f}", f"{p['lost']:.0f}", f"{p['cost']:,.0f}")
-    console.print(table)
+    wide = console if console.is_terminal else _wide_console()
+    wide.print(table)
 
 
 @app.command()
