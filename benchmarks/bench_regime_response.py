@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--adapt-steps", type=int, default=0, help="also moca adapted this many steps per regime")
     parser.add_argument("--threshold-budget", type=int, default=400, help="candidate rules per threshold tuning")
     parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--map", default=None, help="also the mapped threshold rule of this map file "
+                        "(benchmarks/bench_regime_map.py): moca's proposed base, zero-shot")
     parser.add_argument("--out", default="benchmarks/regime_response.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -56,6 +58,11 @@ def main() -> None:
     policies = {"moca": learned_policy(args.checkpoint)}
     if args.adapt_steps:
         policies[f"moca ({args.adapt_steps} steps)"] = learned_policy(args.checkpoint, args.adapt_steps)
+    if args.map:
+        from moca.regime_map import MappedThresholdPolicy, ThresholdMap
+
+        threshold_map = ThresholdMap.from_dict(json.loads(Path(args.map).read_text())["map"])
+        policies["mapped rule"] = lambda regime: MappedThresholdPolicy(threshold_map)
     policies["threshold"] = threshold_factory(budget=args.threshold_budget)
     started = time.perf_counter()
     result = run_response(policies, QUICK_SWEEPS if args.quick else SWEEPS, scenarios=scenarios,

@@ -174,7 +174,9 @@ def run_response(policies: Mapping[str, PolicyFactory], sweeps: Mapping[str, Seq
 def direction_agreement(result: Mapping[str, Any], policy: str, measure_name: str = "disassembled") -> dict[str, Any]:
     """Per rule: the sign of each step of ``measure_name`` along the sweep for ``policy``
     against the oracle's, and the share of steps where both move the same way (steps where
-    the oracle moves by less than 2% of its range count as 'flat' and are skipped)."""
+    the oracle moves by less than 2% of its range count as 'flat' and are skipped), and the
+    mean absolute gap to the oracle's value over the sweep (direction alone is lenient: a
+    policy that moves a little the right way agrees on every step)."""
     out = {}
     for rule, points in result["rules"].items():
         oracle = np.array([p["oracle"][measure_name] for p in points])
@@ -185,6 +187,7 @@ def direction_agreement(result: Mapping[str, Any], policy: str, measure_name: st
         agree = sum(1 for o, m in steps if o == m)
         out[rule] = {"steps": len(steps), "agree": agree,
                      "share": agree / len(steps) if steps else None,
+                     "mean_abs_gap": float(np.mean(np.abs(mine - oracle))),
                      "oracle_range": [float(oracle.min()), float(oracle.max())],
                      "policy_range": [float(mine.min()), float(mine.max())]}
     return out
