@@ -10,8 +10,9 @@ policy and the re-tuned peers (issue 10, part 3).
    training-stream scenarios) and writes it to ``--map`` — or loads ``--map`` if it exists
    and ``--refit`` is not given.
 2. On the README's five generalisation regimes and the seed tasks T1-T3 (test seeds
-   1000-1019), scores the mapped policy (the mapped rule + a fresh LSTM residual, adapted
-   with ``moca adapt``'s steps) and today's ``default`` meta-init after 0 and each of
+   1000-1019), scores the mapped policy (the mapped rule, its base thresholds picked among
+   the map's and the ``--select`` nearest tunings on the support scenarios, + a fresh LSTM
+   residual adapted with ``moca adapt``'s steps) and today's ``default`` meta-init after 0 and each of
    ``--steps`` steps, with adaptation seconds, beside the threshold rule re-tuned per
    regime (its tuning seconds) and the MPC; writes JSON (``--out``) and a markdown table
    (same name, ``.md``).
@@ -45,13 +46,14 @@ def _write(path: Path, text: str) -> None:
 def table(result: dict) -> str:
     steps = ["0", *[str(k) for k in result["steps"]]]
     names = [n for n in ("default", "mapped") if any(n in e for e in result["regimes"].values())]
-    headers = ["regime"]
+    headers = ["regime", "map's rule alone"]
     for n in names:
         headers += [f"{n} {k}" for k in steps] + [f"{n} s ({steps[-1]} steps)"]
     headers += ["threshold (re-tuned)", "tuning s", "MPC"]
     rows, means = [], {h: [] for h in headers[1:]}
     for label, e in result["regimes"].items():
-        cells = [label]
+        cells = [label, f"{e['mapped_rule_only']:.3f}"]
+        means["map's rule alone"].append(e["mapped_rule_only"])
         for n in names:
             for k in steps:
                 cells.append(f"{e[n]['scores'][k]:.3f}")
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--no-default", action="store_true", help="leave today's default meta-init out")
     parser.add_argument("--no-mpc", action="store_true")
     parser.add_argument("--only", nargs="*", default=None, help="regime labels to run (default: all)")
+    parser.add_argument("--select", type=int, default=8, help="nearest tunings tried as base (0: the map alone)")
     parser.add_argument("--out", default="benchmarks/regime_map_compare.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -115,7 +118,7 @@ def main() -> None:
     started = time.perf_counter()
     result = compare(regimes, threshold_map, steps=[] if args.quick else args.steps,
                      test_size=2 if args.quick else 20, include_default=not args.no_default,
-                     include_mpc=not (args.no_mpc or args.quick), progress=log)
+                     include_mpc=not (args.no_mpc or args.quick), select=args.select, progress=log)
     result.update({"command": " ".join(["benchmarks/bench_regime_map.py", *sys.argv[1:]]), "map_fit": fit,
                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
                    "wall_seconds": time.perf_counter() - started})

@@ -122,3 +122,27 @@ def test_mapped_rule_and_fresh_mapped_policy_act_as_the_rule():
     assert not torch.equal(weights["head.bias"], module.head.bias.detach())
     assert curve[-1]["violations"] == 0
     assert SEARCH_POWER.shape == (6,)
+
+
+def test_selection_picks_the_cheapest_candidate_and_pins_it():
+    from moca.regime_map import select_thresholds
+
+    fitted = _synthetic_map(smoothing=0.01)
+    regime = Regime(carbon_tax=200.0)
+    candidates = fitted.candidates(regime.as_row()[None], 3)
+    assert candidates.shape == (4, 6)
+    scenarios = draw_scenarios(range(800, 802), regime)
+    chosen, info = select_thresholds(fitted, regime, scenarios, 3)
+    assert len(info["costs"]) == 4 and info["costs"][info["chosen"]] == min(info["costs"])
+    assert np.allclose(chosen, candidates[info["chosen"]])
+    module = MappedPolicy(fitted)
+    module.pin(regime, chosen)
+    batch = ScenarioBatch.from_scenarios(scenarios)
+    from moca import safety
+    from moca.policy import PolicyAgent
+
+    with torch.no_grad():
+        pinned = rollout(batch, PolicyAgent(module), safety.project_batch)
+        fixed = rollout(batch, ThresholdPolicy(chosen), safety.project_batch)
+    assert torch.allclose(pinned.executed, fixed.executed, rtol=1e-4, atol=1e-2)
+    assert float(pinned.total_cost.mean()) == pytest.approx(info["costs"][info["chosen"]], rel=1e-4)

@@ -86,6 +86,15 @@ class ThresholdMap:
         """``[N, 6]`` thresholds in their units for regime rows ``[N, 5]``."""
         return self._low + self._span * self.unit(rows) ** SEARCH_POWER
 
+    def candidates(self, row: np.ndarray, k: int = 8) -> np.ndarray:
+        """``[k + 1, 6]`` thresholds for one regime row: the map's, then those tuned for the
+        ``k`` nearest regimes of the fit (distance between regime features)."""
+        feats = regime_features(self.regimes, self.params)
+        distance = np.linalg.norm(feats - regime_features(row, self.params), axis=1)
+        nearest = np.argsort(distance, kind="stable")[:k]
+        tuned = self._low + self._span * self.units[nearest] ** SEARCH_POWER
+        return np.concatenate([self.thresholds(row), tuned])
+
     def to_dict(self) -> dict[str, Any]:
         return {"regimes": [[None if not math.isfinite(x) else float(x) for x in r] for r in self.regimes],
                 "units": self.units.tolist(), "smoothing": self.smoothing, "params": self.params.model_dump()}
@@ -131,6 +140,31 @@ def fit_threshold_map(regimes: int = 48, seed: int = 0, budget: int = 600, train
     return fitted, record
 
 
+def select_thresholds(threshold_map: ThresholdMap, regime: Regime, scenarios: Sequence[Any], k: int = 8
+                      ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Adaptation of the base rule without gradients: the map's thresholds and the ``k``
+    nearest tunings (:meth:`ThresholdMap.candidates`) are simulated on ``scenarios`` (the
+    regime's support scenarios) in ONE batched rollout through the safety layer; the one
+    of least mean cost is returned with the costs of all."""
+    from moca import safety
+    from moca.sim import ScenarioBatch, rollout
+
+    params = threshold_map.params
+    candidates = threshold_map.candidates(regime.as_row()[None], k)
+    base = ScenarioBatch.from_scenarios(list(scenarios))
+    n, c = base.size, candidates.shape[0]
+    batch = ScenarioBatch(params, base.demand.repeat(c, 1), base.return_frac.repeat(c, 1), base.regime.repeat(c, 1, 1))
+    with torch.no_grad():
+        out = rollout(batch, ThresholdPolicy(np.repeat(candidates, n, axis=0), params), safety.project_batch)
+    costs = out.total_cost.double().reshape(c, n).mean(-1).numpy()
+    best = int(np.argmin(costs))
+    return candidates[best], {"chosen": best, "costs": costs.tolist()}
+
+
+def _same_regime(rows: np.ndarray, row: np.ndarray) -> np.ndarray:
+    return np.all((rows == row) | (np.isinf(rows) & np.isinf(row)), axis=1)
+
+
 class MappedThresholdPolicy(ThresholdPolicy):
     """The threshold rule with its parameters read from a :class:`ThresholdMap` for the
     regime in force in each row, each period (a regime change mid-episode is followed)."""
@@ -139,6 +173,7 @@ class MappedThresholdPolicy(ThresholdPolicy):
         params = params or threshold_map.params
         super().__init__(np.zeros(len(THRESHOLD_NAMES)), params)
         self.map = threshold_map
+        self.pinned: list[tuple[np.ndarray, np.ndarray]] = []  # (regime row, thresholds) chosen by adaptation
         self._key: bytes | None = None
 
     def reset(self, batch: Any) -> None:
@@ -150,7 +185,10 @@ class MappedThresholdPolicy(ThresholdPolicy):
         key = regime.tobytes()
         if key != self._key:  # the map is evaluated only when the rows' regimes change
             dtype = np.float32 if obs.state.virgin.dtype == torch.float32 else np.float64
-            th = self.map.thresholds(regime).astype(dtype)
+            th = self.map.thresholds(regime)
+            for row, values in self.pinned:
+                th[_same_regime(regime, row)] = values
+            th = th.astype(dtype)
             self._th = [np.ascontiguousarray(th[:, i]) for i in range(th.shape[1])]
             self._key = key
         return super().act(obs)
@@ -169,6 +207,13 @@ class MappedPolicy(LSTMPolicy):
         self.threshold_map = threshold_map
         self._rule = MappedThresholdPolicy(threshold_map, params)
         self._scale = np.asarray(params.action_scale, dtype=np.float64)
+
+    def pin(self, regime: Regime, thresholds: np.ndarray) -> None:
+        """Use ``thresholds`` (e.g. from :func:`select_thresholds`) whenever ``regime`` is in force."""
+        row = regime.as_row()
+        self._rule.pinned = [(r, v) for r, v in self._rule.pinned if not _same_regime(r[None], row)[0]]
+        self._rule.pinned.append((row, np.asarray(thresholds, dtype=np.float64).copy()))
+        self._rule._key = None
 
     def observe(self, obs: Observation) -> Tensor:
         x = features(obs, self.config)
@@ -194,16 +239,21 @@ def mapped_policy(threshold_map: ThresholdMap, config: PolicyConfig = PolicyConf
 
 def compare(regimes: Mapping[str, Regime], threshold_map: ThresholdMap, steps: Sequence[int] = (1, 3, 5),
             test_size: int = 20, first_seed: int = 1000, params: Params = Params(), include_default: bool = True,
-            include_mpc: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            include_mpc: bool = True, select: int = 8, progress: Callable[[str], None] | None = None
+            ) -> dict[str, Any]:
     """Per regime, scores on its test scenarios (seeds ``first_seed``+, training path for
     the learned policies as in ``moca run``'s generalisation table, deployment path for the
     peers): today's meta-init (``default``) and the mapped policy after 0 and each of
     ``steps`` adaptation steps (with the adaptation seconds), the threshold rule re-tuned
-    for the regime (with its tuning seconds) and the MPC."""
+    for the regime (with its tuning seconds) and the MPC. With ``select`` > 0 the mapped
+    policy first picks its base thresholds among the map's and the ``select`` nearest
+    tunings on the support scenarios (:func:`select_thresholds`; its seconds count as
+    adaptation seconds from step 0 on); ``mapped_rule_only`` is the map's rule alone."""
     from moca import checkpoint
     from moca.evaluation import evaluate_policy as evaluate_deployed
     from moca.experiment import build_policy
-    from moca.meta import OracleCache, adapt
+    from moca.meta import SUPPORT_SEEDS, OracleCache, adapt
+    from moca.policy import evaluate_policy
     from moca.regime import RegimeSchedule
 
     cache = OracleCache(params)
@@ -215,15 +265,24 @@ def compare(regimes: Mapping[str, Regime], threshold_map: ThresholdMap, steps: S
         tests = cache.scenarios(range(first_seed, first_seed + test_size), regime)
         oracle = cache.costs(tests)
         entry: dict[str, Any] = {"regime": regime.model_dump()}
-        learned = {"mapped": mapped_policy(threshold_map)}
+        mapped = mapped_policy(threshold_map)
+        entry["mapped_rule_only"] = evaluate_policy(mapped, None, tests, oracle)["score"]
+        selecting = 0.0
+        if select:
+            started = time.perf_counter()
+            chosen, info = select_thresholds(threshold_map, regime, cache.scenarios(SUPPORT_SEEDS[:8], regime), select)
+            mapped.pin(regime, chosen)
+            selecting = time.perf_counter() - started
+            entry["selection"] = {**info, "seconds": selecting}
+        learned = {"mapped": (mapped, selecting)}
         if default_module is not None:
-            learned["default"] = default_module
-        for name, module in learned.items():
+            learned["default"] = (default_module, 0.0)
+        for name, (module, extra) in learned.items():
             if progress:
                 progress(f"{label}: {name}")
             _, curve = adapt(module, None, regime, most, validation=tests, cache=cache)
             entry[name] = {"scores": {str(k): curve[k]["score"] for k in (0, *steps) if k <= most},
-                           "seconds": {str(k): curve[k]["seconds"] for k in (0, *steps) if k <= most},
+                           "seconds": {str(k): extra + curve[k]["seconds"] for k in (0, *steps) if k <= most},
                            "violations": int(sum(c["violations"] for c in curve))}
         plan = RegimeSchedule.constant(regime)
         if progress:
