@@ -29,7 +29,13 @@ def main() -> None:
     parser.add_argument("--seed-steps", type=int, default=None, help="Adam steps per regime, seed protocol (30)")
     parser.add_argument("--moca-steps", type=int, default=None, help="clipped SGD steps per regime, moca protocol (8)")
     parser.add_argument("--out", default="benchmarks/ablation.json")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the markdown table from --out's JSON")
     args = parser.parse_args()
+    if args.table_only:
+        table = markdown(json.loads(Path(args.out).read_text()))
+        Path(args.out).with_suffix(".md").write_text(table + "\n")
+        print(table)
+        return
     torch.set_num_threads(1)
     config = quick_config() if args.quick else AblationConfig()
     for key in ("seed_steps", "moca_steps"):

@@ -2,11 +2,12 @@
 re-tuned threshold rule's, each rule swept over its range (issue 10, part 2).
 
     .venv/bin/python benchmarks/bench_regime_response.py [--quick] [--scenarios 8] [--adapt-steps 3]
-        [--threshold-budget 400] [--out benchmarks/regime_response.json]
+        [--threshold-budget 400] [--map benchmarks/regime_map.json] [--out benchmarks/regime_response.json]
 
 Writes the JSON (per rule and value: disassembled / refurbished / disposed cores per year,
 recycled share, virgin ordered, score, for oracle, moca zero-shot, moca after
-``--adapt-steps`` steps if > 0, the threshold rule), a PNG plot beside it (same name,
+``--adapt-steps`` steps if > 0, with ``--map`` the mapped threshold rule alone and with its
+base picked on support scenarios, the threshold rule), a PNG plot beside it (same name,
 ``.png``) and a markdown table of the carbon-tax sweep (``.md``).
 """
 
@@ -62,7 +63,18 @@ def main() -> None:
         from moca.regime_map import MappedThresholdPolicy, ThresholdMap
 
         threshold_map = ThresholdMap.from_dict(json.loads(Path(args.map).read_text())["map"])
+        def selected(regime):
+            from moca.meta import SUPPORT_SEEDS
+            from moca.regime_map import select_thresholds
+            from moca.scenario import draw_scenarios
+
+            chosen, _ = select_thresholds(threshold_map, regime, draw_scenarios(SUPPORT_SEEDS[:8], regime))
+            rule = MappedThresholdPolicy(threshold_map)
+            rule.pinned = [(regime.as_row(), chosen)]
+            return rule
+
         policies["mapped rule"] = lambda regime: MappedThresholdPolicy(threshold_map)
+        policies["mapped rule + selection"] = selected
     policies["threshold"] = threshold_factory(budget=args.threshold_budget)
     started = time.perf_counter()
     result = run_response(policies, QUICK_SWEEPS if args.quick else SWEEPS, scenarios=scenarios,

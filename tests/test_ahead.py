@@ -128,13 +128,18 @@ def test_selection_picks_the_cheapest_candidate_and_pins_it():
     from moca.regime_map import select_thresholds
 
     fitted = _synthetic_map(smoothing=0.01)
-    regime = Regime(carbon_tax=200.0)
+    regime = Regime(recycled_content_min=0.1, carbon_tax=150.3)  # not exact in float32: pinning must still match
     candidates = fitted.candidates(regime.as_row()[None], 3)
     assert candidates.shape == (4, 6)
     scenarios = draw_scenarios(range(800, 802), regime)
     chosen, info = select_thresholds(fitted, regime, scenarios, 3)
     assert len(info["costs"]) == 4 and info["costs"][info["chosen"]] == min(info["costs"])
     assert np.allclose(chosen, candidates[info["chosen"]])
+    from moca.regime_map import _same_regime
+
+    as_float32 = regime.as_row().astype(np.float32)[None]
+    assert _same_regime(as_float32, regime.as_row())[0]
+    assert not _same_regime(as_float32 * 1.01, regime.as_row())[0]
     module = MappedPolicy(fitted)
     module.pin(regime, chosen)
     batch = ScenarioBatch.from_scenarios(scenarios)

@@ -159,13 +159,14 @@ def markdown(result: dict[str, Any]) -> str:
 
     tasks = result["tasks"]
     headers = ["row", "protocol", "avg final score", f"{tasks[0]} after {tasks[0]}", f"{tasks[0]} after {tasks[1]}",
-               f"drop on {tasks[0]} after {tasks[1]}", "BWT", "FWT", "violations", "seconds"]
+               f"drop on {tasks[0]} after {tasks[1]}", f"{tasks[0]} at the end", "BWT", "FWT", "violations",
+               "seconds"]
     lines = []
     for row in result["rows"]:
         R = row["R"]
         protocol = f"{row['protocol']} ({row['steps_per_regime']} steps)"
         lines.append([row["label"], protocol, f"{row['average_final_score']:.3f}", f"{R[1][0]:.3f}", f"{R[2][0]:.3f}",
-                      f"{100 * row['drop_first_after_second']:.1f}%", f"{row['bwt']:+.3f}",
+                      f"{100 * row['drop_first_after_second']:.1f}%", f"{R[-1][0]:.3f}", f"{row['bwt']:+.3f}",
                       f"{row['fwt']:+.3f}" if row["fwt"] is not None else "–", str(row["violations"]),
                       f"{row['seconds']:.0f}"])
     return markdown_table(headers, lines, left=2)

@@ -162,7 +162,8 @@ def select_thresholds(threshold_map: ThresholdMap, regime: Regime, scenarios: Se
 
 
 def _same_regime(rows: np.ndarray, row: np.ndarray) -> np.ndarray:
-    return np.all((rows == row) | (np.isinf(rows) & np.isinf(row)), axis=1)
+    """Rows equal to ``row`` up to float32 round-off (training batches hold the regime in float32)."""
+    return np.all(np.isclose(rows, row, rtol=1e-6, atol=1e-9) | (np.isinf(rows) & np.isinf(row)), axis=1)
 
 
 class MappedThresholdPolicy(ThresholdPolicy):
