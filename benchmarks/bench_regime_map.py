@@ -1,7 +1,7 @@
 """The regime -> threshold-parameters map as moca's base rule, side by side with today's
 policy and the re-tuned peers (issue 10, part 3).
 
-    .venv/bin/python benchmarks/bench_regime_map.py [--quick] [--regimes 40] [--budget 400]
+    .venv/bin/python benchmarks/bench_regime_map.py [--quick] [--regimes 64] [--budget 600] [--select 16]
         [--map benchmarks/regime_map.json] [--refit] [--steps 1 3] [--no-default] [--no-mpc]
         [--out benchmarks/regime_map_compare.json]
 
@@ -82,8 +82,8 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 regimes, tiny tuning, 1 regime, 2 scenarios")
-    parser.add_argument("--regimes", type=int, default=40)
-    parser.add_argument("--budget", type=int, default=400)
+    parser.add_argument("--regimes", type=int, default=64)
+    parser.add_argument("--budget", type=int, default=600)
     parser.add_argument("--map", default="benchmarks/regime_map.json")
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--fit-only", action="store_true")
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--no-default", action="store_true", help="leave today's default meta-init out")
     parser.add_argument("--no-mpc", action="store_true")
     parser.add_argument("--only", nargs="*", default=None, help="regime labels to run (default: all)")
-    parser.add_argument("--select", type=int, default=8, help="nearest tunings tried as base (0: the map alone)")
+    parser.add_argument("--select", type=int, default=16, help="nearest tunings tried as base (0: the map alone)")
     parser.add_argument("--out", default="benchmarks/regime_map_compare.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
