@@ -92,6 +92,9 @@ def main() -> None:
     parser.add_argument("--no-mpc", action="store_true")
     parser.add_argument("--only", nargs="*", default=None, help="regime labels to run (default: all)")
     parser.add_argument("--select", type=int, default=16, help="nearest tunings tried as base (0: the map alone)")
+    parser.add_argument("--meta-train", type=float, default=0.0, metavar="SECONDS",
+                        help="meta-train the LSTM residual over the mapped base (FOMAML, moca train's defaults) "
+                             "for at most this many seconds before comparing (0: a fresh head)")
     parser.add_argument("--out", default="benchmarks/regime_map_compare.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -115,11 +118,23 @@ def main() -> None:
         regimes = {"tax 900": regimes["tax 900"]}
     if args.only:
         regimes = {k: v for k, v in regimes.items() if k in args.only}
+    residual, history = None, None
+    if args.meta_train > 0:
+        from moca.meta import MetaConfig, meta_train
+        from moca.regime_map import mapped_policy
+
+        module = mapped_policy(threshold_map)
+        config = MetaConfig(max_seconds=args.meta_train, params=threshold_map.params)
+        residual, history = meta_train(config, lambda step, total, info: log(f"meta-train: {step}/{total}"), module)
+        history = {k: history[k] for k in ("wall_seconds", "stopped_early", "config")} | {
+            "steps": len(history["steps"])}
     started = time.perf_counter()
     result = compare(regimes, threshold_map, steps=[] if args.quick else args.steps,
                      test_size=2 if args.quick else 20, include_default=not args.no_default,
-                     include_mpc=not (args.no_mpc or args.quick), select=args.select, progress=log)
+                     include_mpc=not (args.no_mpc or args.quick), select=args.select, progress=log,
+                     residual=residual)
     result.update({"command": " ".join(["benchmarks/bench_regime_map.py", *sys.argv[1:]]), "map_fit": fit,
+                   "meta_training": history,
                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
                    "wall_seconds": time.perf_counter() - started})
     out = Path(args.out)

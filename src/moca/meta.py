@@ -346,7 +346,8 @@ def task_losses(module: LSTMPolicy, learners: Sequence[Learner], batch: Scenario
     return per_task, info
 
 
-def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None) -> tuple[LSTMPolicy, dict[str, Any]]:
+def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
+               module: LSTMPolicy | None = None) -> tuple[LSTMPolicy, dict[str, Any]]:
     """Meta-train an initialisation; returns the module (meta weights) and the history.
 
     Each meta step: draw ``tasks_per_step`` regimes; every learner takes ``inner_steps``
@@ -357,10 +358,15 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None) -> tuple
     ``rich.progress.Progress``. The history holds per-step scores (support before,
     query after adaptation), meta-gradient norms, wall seconds and, with
     ``validate_every``, the zero-shot validation score (step 0 = the untrained policy).
+    ``module``: meta-train these weights (e.g. a subclass with another base rule, such as
+    :class:`moca.regime_map.MappedPolicy`) instead of a fresh ``LSTMPolicy``; trained in place.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    module = LSTMPolicy(config.params, config.policy)
+    if module is None:
+        module = LSTMPolicy(config.params, config.policy)
+    elif module.params != config.params or module.config != config.policy:
+        raise MetaError("module: its params or policy config differ from config.params / config.policy")
     meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr,
                        config.inner_clip, config.zero_shot_weight)
     cache = OracleCache(config.params)

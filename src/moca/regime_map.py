@@ -240,8 +240,8 @@ def mapped_policy(threshold_map: ThresholdMap, config: PolicyConfig = PolicyConf
 
 def compare(regimes: Mapping[str, Regime], threshold_map: ThresholdMap, steps: Sequence[int] = (1, 3, 5),
             test_size: int = 20, first_seed: int = 1000, params: Params = Params(), include_default: bool = True,
-            include_mpc: bool = True, select: int = 8, progress: Callable[[str], None] | None = None
-            ) -> dict[str, Any]:
+            include_mpc: bool = True, select: int = 8, progress: Callable[[str], None] | None = None,
+            residual: MappedPolicy | None = None) -> dict[str, Any]:
     """Per regime, scores on its test scenarios (seeds ``first_seed``+, training path for
     the learned policies as in ``moca run``'s generalisation table, deployment path for the
     peers): today's meta-init (``default``) and the mapped policy after 0 and each of
@@ -249,7 +249,9 @@ def compare(regimes: Mapping[str, Regime], threshold_map: ThresholdMap, steps: S
     for the regime (with its tuning seconds) and the MPC. With ``select`` > 0 the mapped
     policy first picks its base thresholds among the map's and the ``select`` nearest
     tunings on the support scenarios (:func:`select_thresholds`; its seconds count as
-    adaptation seconds from step 0 on); ``mapped_rule_only`` is the map's rule alone."""
+    adaptation seconds from step 0 on); ``mapped_rule_only`` is the map's rule alone.
+    ``residual``: a (meta-trained) mapped policy whose LSTM weights start the adaptation
+    instead of a fresh head."""
     from moca import checkpoint
     from moca.evaluation import evaluate_policy as evaluate_deployed
     from moca.experiment import build_policy
@@ -267,7 +269,9 @@ def compare(regimes: Mapping[str, Regime], threshold_map: ThresholdMap, steps: S
         oracle = cache.costs(tests)
         entry: dict[str, Any] = {"regime": regime.model_dump()}
         mapped = mapped_policy(threshold_map)
-        entry["mapped_rule_only"] = evaluate_policy(mapped, None, tests, oracle)["score"]
+        entry["mapped_rule_only"] = evaluate_policy(mapped, None, tests, oracle)["score"]  # a fresh head: the rule
+        if residual is not None:
+            mapped.load_state_dict(residual.state_dict())
         selecting = 0.0
         if select:
             started = time.perf_counter()
