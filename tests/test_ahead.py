@@ -151,3 +151,19 @@ def test_selection_picks_the_cheapest_candidate_and_pins_it():
         fixed = rollout(batch, ThresholdPolicy(chosen), safety.project_batch)
     assert torch.allclose(pinned.executed, fixed.executed, rtol=1e-4, atol=1e-2)
     assert float(pinned.total_cost.mean()) == pytest.approx(info["costs"][info["chosen"]], rel=1e-4)
+
+
+def test_meta_train_takes_a_mapped_module():
+    from moca.meta import MetaConfig, MetaError, meta_train
+
+    fitted = _synthetic_map(smoothing=0.01)
+    torch.manual_seed(0)
+    module = MappedPolicy(fitted)
+    before = {k: v.detach().clone() for k, v in module.named_parameters()}
+    config = MetaConfig(meta_steps=1, tasks_per_step=1, support_size=1, query_size=1, max_seconds=None)
+    trained, history = meta_train(config, module=module)
+    assert trained is module and len(history["steps"]) == 1
+    assert not torch.equal(before["head.bias"], module.head.bias.detach())
+    with pytest.raises(MetaError, match="module"):
+        meta_train(config.model_copy(update={"policy": config.policy.model_copy(update={"hidden": 8})}),
+                   module=module)
