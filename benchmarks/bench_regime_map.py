@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--meta-train", type=float, default=0.0, metavar="SECONDS",
                         help="meta-train the LSTM residual over the mapped base (FOMAML, moca train's defaults) "
                              "for at most this many seconds before comparing (0: a fresh head)")
+    parser.add_argument("--meta-select", action="store_true",
+                        help="with --meta-train: each meta-task's base picked as at adaptation (--select)")
     parser.add_argument("--out", default="benchmarks/regime_map_compare.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -124,10 +126,12 @@ def main() -> None:
         from moca.regime_map import mapped_policy
 
         module = mapped_policy(threshold_map)
+        module.auto_select = args.select if args.meta_select else 0
         config = MetaConfig(max_seconds=args.meta_train, params=threshold_map.params)
         residual, history = meta_train(config, lambda step, total, info: log(f"meta-train: {step}/{total}"), module)
+        residual.auto_select = 0
         history = {k: history[k] for k in ("wall_seconds", "stopped_early", "config")} | {
-            "steps": len(history["steps"])}
+            "steps": len(history["steps"]), "selected_base": bool(args.meta_select)}
     started = time.perf_counter()
     result = compare(regimes, threshold_map, steps=[] if args.quick else args.steps,
                      test_size=2 if args.quick else 20, include_default=not args.no_default,

@@ -167,3 +167,20 @@ def test_meta_train_takes_a_mapped_module():
     with pytest.raises(MetaError, match="module"):
         meta_train(config.model_copy(update={"policy": config.policy.model_copy(update={"hidden": 8})}),
                    module=module)
+
+
+def test_auto_select_pins_each_regime_of_the_batch_once():
+    fitted = _synthetic_map(smoothing=0.01)
+    regimes = [Regime(carbon_tax=150.3), Regime(recycled_content_min=0.1)]
+    scenarios = [s for r in regimes for s in draw_scenarios(range(1000, 1001), r)]
+    torch.manual_seed(0)
+    module = MappedPolicy(fitted)
+    module.auto_select = 2
+    from moca import safety
+    from moca.policy import PolicyAgent
+
+    with torch.no_grad():
+        rollout(ScenarioBatch.from_scenarios(scenarios), PolicyAgent(module), safety.project_batch)
+        assert len(module._selected) == 2 and len(module._rule.pinned) == 2
+        rollout(ScenarioBatch.from_scenarios(scenarios[:1]), PolicyAgent(module), safety.project_batch)
+    assert len(module._selected) == 2 and len(module._rule.pinned) == 1  # cached, and only this batch's pins

@@ -208,6 +208,11 @@ class MappedPolicy(LSTMPolicy):
         self.threshold_map = threshold_map
         self._rule = MappedThresholdPolicy(threshold_map, params)
         self._scale = np.asarray(params.action_scale, dtype=np.float64)
+        #: > 0: at the start of each episode, every regime of the batch not pinned yet gets
+        #: its base picked among the map's and this many nearest tunings, on 4
+        #: training-stream scenarios (for meta-training over the base used at adaptation).
+        self.auto_select = 0
+        self._selected: dict[bytes, np.ndarray] = {}
 
     def pin(self, regime: Regime, thresholds: np.ndarray) -> None:
         """Use ``thresholds`` (e.g. from :func:`select_thresholds`) whenever ``regime`` is in force."""
@@ -221,10 +226,30 @@ class MappedPolicy(LSTMPolicy):
         if obs.t == 0:  # a new episode: the rule's per-episode set-up (forecast, horizon)
             self._rule.reset(SimpleNamespace(params=obs.params, size=x.shape[0], horizon=obs.params.horizon,
                                              demand=x, dtype=obs.state.virgin.dtype))
+            if self.auto_select:
+                self._select_for(obs.regime.detach().double().cpu().numpy())
         action = self._rule.act(obs)
         x = x.clone()
         x[:, self.layout.base] = (action / torch.as_tensor(self._scale, dtype=action.dtype)).to(x.dtype)
         return x
+
+
+def _auto_select(self: MappedPolicy, rows: np.ndarray) -> None:
+    from moca.scenario import draw_training_scenarios
+
+    pins = []
+    for row in np.unique(rows, axis=0):
+        key = np.round(row.astype(np.float32), 6).tobytes()
+        if key not in self._selected:
+            regime = Regime.from_row(row)
+            scenarios = draw_training_scenarios(4, regime, self.params)
+            self._selected[key] = select_thresholds(self.threshold_map, regime, scenarios, self.auto_select)[0]
+        pins.append((row, self._selected[key]))
+    self._rule.pinned = pins  # only this batch's regimes: the list stays short
+    self._rule._key = None
+
+
+MappedPolicy._select_for = _auto_select
 
 
 def mapped_policy(threshold_map: ThresholdMap, config: PolicyConfig = PolicyConfig(), seed: int = 0) -> MappedPolicy:
