@@ -347,7 +347,7 @@ def task_losses(module: LSTMPolicy, learners: Sequence[Learner], batch: Scenario
 
 
 def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
-               backend: Any = None) -> tuple[LSTMPolicy, dict[str, Any]]:
+               backend: Any = None, module: LSTMPolicy | None = None) -> tuple[LSTMPolicy, dict[str, Any]]:
     """Meta-train an initialisation; returns the module (meta weights) and the history.
 
     Each meta step: draw ``tasks_per_step`` regimes; every learner takes ``inner_steps``
@@ -362,10 +362,15 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
     ``backend``: a started :class:`moca.cluster.Backend` (e.g. Ray) to run each step's
     tasks on, one inner loop per worker (:mod:`moca.meta_dist`): the same tasks and seeds
     are drawn, and the weights agree with the local run (None) to round-off.
+    ``module``: meta-train these weights (e.g. a subclass with another base rule, such as
+    :class:`moca.regime_map.MappedPolicy`) instead of a fresh ``LSTMPolicy``; trained in place.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    module = LSTMPolicy(config.params, config.policy)
+    if module is None:
+        module = LSTMPolicy(config.params, config.policy)
+    elif module.params != config.params or module.config != config.policy:
+        raise MetaError("module: its params or policy config differ from config.params / config.policy")
     meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr,
                        config.inner_clip, config.zero_shot_weight)
     cache = OracleCache(config.params)

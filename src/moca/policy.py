@@ -265,6 +265,11 @@ class LSTMPolicy(nn.Module):
         self.register_buffer("scale", torch.as_tensor(params.action_scale, dtype=torch.float32), persistent=False)
         self.reset_parameters()
 
+    def observe(self, obs: Observation) -> Tensor:
+        """One feature frame ``[B, F]`` at a simulator observation (what :class:`PolicyAgent`
+        feeds the module); a subclass may put another base rule into the base columns."""
+        return features(obs, self.config)
+
     def reset_parameters(self) -> None:
         self.cell.reset_parameters()
         nn.init.zeros_(self.head.weight)
@@ -338,7 +343,7 @@ class PolicyAgent:
         self._states: list[LSTMState | None] = [None] * len(self.weights)
 
     def act(self, obs: Observation) -> Tensor:
-        x = features(obs, self.module.config)
+        x = self.module.observe(obs)
         if not self._frames:
             self._frames = [x] * self.module.config.window  # pad the start with the first observation
         self._frames = self._frames[1:] + [x]

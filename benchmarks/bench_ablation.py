@@ -1,0 +1,61 @@
+"""The seed's naive design reproduced, and what each part of moca adds (issue 10).
+
+    .venv/bin/python benchmarks/bench_ablation.py [--quick] [--seed-steps N] [--moca-steps N] [--out benchmarks/ablation.json]
+
+Runs every row of :data:`moca.ablation.ROWS` through T1 -> T2 -> T3 under its training
+protocol (the seed's: Adam, 30 steps per regime; moca's: 8 clipped SGD steps, as
+``moca run``; :class:`moca.ablation.AblationConfig`) and writes the
+results as JSON (``--out``) and the markdown table beside it (same name, ``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from moca.ablation import AblationConfig, markdown, quick_config, run_ablation
+from moca.experiment import machine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the small version (a few steps, few scenarios)")
+    parser.add_argument("--seed-steps", type=int, default=None, help="Adam steps per regime, seed protocol (30)")
+    parser.add_argument("--moca-steps", type=int, default=None, help="clipped SGD steps per regime, moca protocol (8)")
+    parser.add_argument("--out", default="benchmarks/ablation.json")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the markdown table from --out's JSON")
+    args = parser.parse_args()
+    if args.table_only:
+        table = markdown(json.loads(Path(args.out).read_text()))
+        Path(args.out).with_suffix(".md").write_text(table + "\n")
+        print(table)
+        return
+    torch.set_num_threads(1)
+    config = quick_config() if args.quick else AblationConfig()
+    for key in ("seed_steps", "moca_steps"):
+        if getattr(args, key) is not None:
+            config = config.model_copy(update={key: getattr(args, key)})
+    started = time.perf_counter()
+    result = run_ablation(config=config, progress=lambda label: print(f"ablation: {label}", file=sys.stderr,
+                                                                       flush=True))
+    result.update({"command": " ".join(["benchmarks/bench_ablation.py", *sys.argv[1:]]), "quick": args.quick,
+                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+                   "wall_seconds": time.perf_counter() - started})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+    table = markdown(result)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Does the regime drive the policy? moca's routing and sourcing beside the oracle's and the
+re-tuned threshold rule's, each rule swept over its range (issue 10, part 2).
+
+    .venv/bin/python benchmarks/bench_regime_response.py [--quick] [--scenarios 8] [--adapt-steps 3]
+        [--threshold-budget 400] [--map benchmarks/regime_map.json] [--out benchmarks/regime_response.json]
+
+Writes the JSON (per rule and value: disassembled / refurbished / disposed cores per year,
+recycled share, virgin ordered, score, for oracle, moca zero-shot, moca after
+``--adapt-steps`` steps if > 0, with ``--map`` the mapped threshold rule alone and with its
+base picked on support scenarios, the threshold rule), a PNG plot beside it (same name,
+``.png``) and a markdown table of the carbon-tax sweep (``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from moca.experiment import machine
+from moca.report import markdown_table
+from moca.response import (QUICK_SWEEPS, SWEEPS, direction_agreement, learned_policy, plot_response, run_response,
+                           threshold_factory)
+
+
+def table(result: dict, rule: str) -> str:
+    points = result["rules"][rule]
+    names = [k for k in points[0] if k not in ("value", "regime")]
+    headers = [rule, *[f"{n}: disassembled / recycled share / virgin t" for n in names]]
+    rows = []
+    for p in points:
+        cells = [f"{p['value']:g}"]
+        for n in names:
+            m = p[n]
+            cells.append(f"{m['disassembled']:,.0f} / {m['recycled_share']:.2f} / {m['virgin_ordered'] / 1000:,.0f}"
+                         + (f" ({m['score']:.3f})" if n != "oracle" else ""))
+        rows.append(cells)
+    return markdown_table(headers, rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="carbon tax only, 3 values, 2 scenarios")
+    parser.add_argument("--scenarios", type=int, default=None, help="test scenarios per point (seeds 1000+; 8)")
+    parser.add_argument("--adapt-steps", type=int, default=0, help="also moca adapted this many steps per regime")
+    parser.add_argument("--threshold-budget", type=int, default=400, help="candidate rules per threshold tuning")
+    parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--map", default=None, help="also the mapped threshold rule of this map file "
+                        "(benchmarks/bench_regime_map.py): moca's proposed base, zero-shot")
+    parser.add_argument("--out", default="benchmarks/regime_response.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    scenarios = args.scenarios or (2 if args.quick else 8)
+    policies = {"moca": learned_policy(args.checkpoint)}
+    if args.adapt_steps:
+        policies[f"moca ({args.adapt_steps} steps)"] = learned_policy(args.checkpoint, args.adapt_steps)
+    if args.map:
+        from moca.regime_map import MappedThresholdPolicy, ThresholdMap
+
+        threshold_map = ThresholdMap.from_dict(json.loads(Path(args.map).read_text())["map"])
+        def selected(regime):
+            from moca.meta import SUPPORT_SEEDS
+            from moca.regime_map import select_thresholds
+            from moca.scenario import draw_scenarios
+
+            chosen, _ = select_thresholds(threshold_map, regime, draw_scenarios(SUPPORT_SEEDS[:8], regime))
+            rule = MappedThresholdPolicy(threshold_map)
+            rule.pinned = [(regime.as_row(), chosen)]
+            return rule
+
+        policies["mapped rule"] = lambda regime: MappedThresholdPolicy(threshold_map)
+        policies["mapped rule + selection"] = selected
+    policies["threshold"] = threshold_factory(budget=args.threshold_budget)
+    started = time.perf_counter()
+    result = run_response(policies, QUICK_SWEEPS if args.quick else SWEEPS, scenarios=scenarios,
+                          progress=lambda s: print(f"sweep: {s}", file=sys.stderr, flush=True))
+    result["agreement"] = {name: direction_agreement(result, name) for name in policies}
+    result.update({"command": " ".join(["benchmarks/bench_regime_response.py", *sys.argv[1:]]),
+                   "checkpoint": args.checkpoint, "threshold_budget": args.threshold_budget,
+                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+                   "wall_seconds": time.perf_counter() - started})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+    plot_response(result, str(out.with_suffix(".png")))
+    text = "\n\n".join(table(result, rule) for rule in result["rules"])
+    out.with_suffix(".md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
