@@ -33,6 +33,15 @@ def run(*args):
     return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Batches of 1-8 scenarios: torch's threads only contend (as the commands run)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def cache():
     return OracleCache2()
