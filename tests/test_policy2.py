@@ -154,3 +154,17 @@ def test_cli_continual_and_run_quick(tmp_path):
     assert metrics["baselines"]["oracle"]["T1"]["score"] == 1.0
     run_dirs = list((tmp_path / "runs").iterdir())
     assert len(run_dirs) == 1 and (run_dirs[0] / "report.md").exists()
+
+
+def test_checkpoints_record_their_model(tmp_path):
+    from moca import checkpoint
+    from moca.checkpoint import CheckpointError
+    from moca.policy import LSTMPolicy
+
+    checkpoint.save_policy(tmp_path / "one", LSTMPolicy(), {"command": "test"})
+    assert json.loads((tmp_path / "one" / "checkpoint.json").read_text())["model"] == "CLSC-1"
+    assert checkpoint.load_policy(tmp_path / "one")[1]["model"] == "CLSC-1"
+    with pytest.raises(CheckpointError, match="a policy of CLSC-1, not of CLSC-2"):
+        load_policy2(tmp_path / "one")
+    with pytest.raises(CheckpointError, match="a policy of CLSC-1, not of CLSC-2"):
+        load_policy2("src/moca/data/default")  # shipped before the field: absent = CLSC-1

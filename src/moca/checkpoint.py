@@ -148,7 +148,7 @@ def _jsonable(value: Any) -> Any:
 
 def save_policy(directory: str | Path, module: torch.nn.Module, metadata: dict[str, Any]) -> Path:
     """Save an :class:`moca.policy.LSTMPolicy` with what rebuilds it (params, config)."""
-    meta = {"kind": "lstm-policy", "params": module.params.model_dump(mode="json"),
+    meta = {"kind": "lstm-policy", "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
             "policy": module.config.model_dump(mode="json"), **metadata}
     return save(directory, dict(module.state_dict()), meta)
 
