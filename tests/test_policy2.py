@@ -9,12 +9,15 @@ float64 evaluation path (every action through the projection, violations recount
 """
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
+
+import moca
 
 from moca.baselines.threshold2 import Threshold2Policy
 from moca.cli import app
@@ -24,6 +27,8 @@ from moca.policy2 import LSTMPolicy2, episode_losses2, evaluate_policy2
 from moca.regime import TASKS_2
 from moca.scenario import DEFAULT_PARAMS_2
 from moca.sim2 import ScenarioBatch2
+
+SHIPPED_1 = Path(moca.__file__).parent / "data" / "default"  # the CLSC-1 meta-init
 
 
 def run(*args):
@@ -124,7 +129,7 @@ def test_cli_evaluate_adapt_and_checkpoint_of_the_other_world(tmp_path):
     assert data["violations"] == 0 and data["model"] == "CLSC-2"
     assert json.loads((tmp_path / "adapted" / "checkpoint.json").read_text())["model"] == "CLSC-2"
     # A checkpoint of the other world: one line, exit 2, naming the checkpoint's model.
-    out = run("evaluate", "--model", "CLSC-2", "--policy", "src/moca/data/default", "--scenarios", 1)
+    out = run("evaluate", "--model", "CLSC-2", "--policy", SHIPPED_1, "--scenarios", 1)
     assert out.returncode == 2 and "a policy of CLSC-1, not of CLSC-2" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     out = run("evaluate", "--policy", tmp_path / "adapted", "--scenarios", 1)
@@ -167,4 +172,4 @@ def test_checkpoints_record_their_model(tmp_path):
     with pytest.raises(CheckpointError, match="a policy of CLSC-1, not of CLSC-2"):
         load_policy2(tmp_path / "one")
     with pytest.raises(CheckpointError, match="a policy of CLSC-1, not of CLSC-2"):
-        load_policy2("src/moca/data/default")  # shipped before the field: absent = CLSC-1
+        load_policy2(SHIPPED_1)  # shipped before the field: absent = CLSC-1
