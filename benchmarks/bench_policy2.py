@@ -1,4 +1,5 @@
-"""The shipped CLSC-2 meta-init on the seed tasks T1-T3 (W = 52): zero-shot and after K
+"""The shipped CLSC-2 meta-init on the seed tasks T1-T3 (W = 52) and on bench_peers.py's three
+regimes outside them: zero-shot and after K
 adaptation steps (support seeds 800+, weights of the best validation score over steps
 0..K, validation seeds 900+), beside the untrained policy (the base rule at its start
 thresholds) and the CLSC-2 peers recorded in benchmarks/peers.json.
@@ -27,6 +28,7 @@ from moca.policy2 import LSTMPolicy2, evaluate_policy2
 from moca.regime import TASKS_2
 
 HERE = Path(__file__).parent
+OUTSIDE = ("mandate 0.45 + tax 150", "tax 900", "cap 0.7x + landfill 60")  # bench_peers.py's
 
 
 def main() -> None:
@@ -46,13 +48,22 @@ def main() -> None:
            "checkpoint": args.checkpoint, "checkpoint_command": meta.get("command"),
            "meta_steps_done": meta.get("meta_steps_done"), "meta_wall_seconds": meta.get("wall_seconds"),
            "test_seeds": [seeds[0], seeds[-1]], "tasks": {}}
-    for name in ("T1", "T2", "T3"):
-        tests = cache.scenarios(seeds, TASKS_2[name])
+    plans = dict(TASKS_2)
+    # Regimes no task uses, as benchmarks/bench_peers.py builds them for CLSC-2 (W = 52).
+    from moca.experiment import GENERALISATION_GRID, grid_regime
+    from moca.regime import Regime
+    from moca.scenario import Params
+
+    for label in OUTSIDE:
+        regime = grid_regime(GENERALISATION_GRID[label], Params())
+        plans[label] = Regime(**{**regime.model_dump(), "recycled_content_window": 52})
+    for name in ("T1", "T2", "T3", *OUTSIDE):
+        tests = cache.scenarios(seeds, plans[name])
         oracle = cache.costs(tests)
         base = evaluate_policy2(fresh, None, tests, oracle)
         zero = evaluate_policy2(module, None, tests, oracle)
         began = time.perf_counter()
-        weights, curve = adapt2(module, None, TASKS_2[name], args.steps, cache=cache, keep_best=True)
+        weights, curve = adapt2(module, None, plans[name], args.steps, cache=cache, keep_best=True)
         seconds = time.perf_counter() - began
         adapted = evaluate_policy2(module, weights, tests, oracle)
         first6 = slice(0, min(6, len(seeds)))
@@ -68,7 +79,7 @@ def main() -> None:
     if peers_file.exists():
         peers = json.loads(peers_file.read_text())["worlds"].get("CLSC-2", {})
         out["peers_recorded"] = {"test_seeds": peers.get("test_seeds"), "scores": {
-            name: {t: p["scores"][t]["score"] for t in ("T1", "T2", "T3") if t in p.get("scores", {})}
+            name: {t: p["scores"][t]["score"] for t in ("T1", "T2", "T3", *OUTSIDE) if t in p.get("scores", {})}
             for name, p in peers.get("peers", {}).items()}}
     args.output.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.output}")
