@@ -80,6 +80,7 @@ class MetaConfig2(MetaConfig):
     params: Params2 = DEFAULT_PARAMS_2  # type: ignore[assignment]
     meta_steps: int = Field(300, ge=1)
     max_seconds: float | None = Field(600.0, gt=0, description="stop early past this wall time (None: never)")
+    rule_lr_scale: float = Field(1.0, gt=0, description="outer rate of the base rule's parameters / outer_lr")
 
 
 def _task_losses(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: torch.Tensor, group: int,
@@ -101,6 +102,12 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
     module = LSTMPolicy2(config.params, config.policy)
     meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr,
                        config.inner_clip, config.zero_shot_weight)
+    if config.rule_lr_scale != 1.0:  # the thresholds' logits move ~outer_lr per step: too slow at 1e-3
+        rule = [p for n, p in module.named_parameters() if n.startswith("rule_")]
+        rest = [p for n, p in module.named_parameters() if not n.startswith("rule_")]
+        meta.optimizer = torch.optim.Adam([{"params": rest}, {"params": rule,
+                                                               "lr": config.outer_lr * config.rule_lr_scale}],
+                                          lr=config.outer_lr)
     cache = OracleCache2(config.params)
     history: dict[str, Any] = {"config": config.model_dump(mode="json"), "steps": [], "validation": [],
                                "stopped_early": False}
