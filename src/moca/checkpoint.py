@@ -148,7 +148,7 @@ def _jsonable(value: Any) -> Any:
 
 def save_policy(directory: str | Path, module: torch.nn.Module, metadata: dict[str, Any]) -> Path:
     """Save an :class:`moca.policy.LSTMPolicy` with what rebuilds it (params, config)."""
-    meta = {"kind": "lstm-policy", "params": module.params.model_dump(mode="json"),
+    meta = {"kind": "lstm-policy", "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
             "policy": module.config.model_dump(mode="json"), **metadata}
     return save(directory, dict(module.state_dict()), meta)
 
@@ -168,6 +168,9 @@ def load_policy(directory: str | Path):
     where = resolve(directory)
     if meta.get("kind") != "lstm-policy":
         raise CheckpointError(f"checkpoint {where}: not a policy checkpoint (kind={meta.get('kind')!r})")
+    if meta.get("model", "CLSC-1") != "CLSC-1":  # (CLSC-1 checkpoints predate the field)
+        raise CheckpointError(f"checkpoint {where}: a policy of {meta.get('model')}, not of CLSC-1 "
+                              f"(use --model {meta.get('model')}, or a CLSC-1 policy)")
     try:
         module = LSTMPolicy(Params(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
     except (ValidationError, TypeError) as err:

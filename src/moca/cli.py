@@ -396,8 +396,11 @@ def evaluate(
 
     with _bad_input():
         _chosen_model(model)
-        if model == "CLSC-2" and (adapt_steps or scenario_files or params_file):
-            raise UsageError("--model CLSC-2: --adapt-steps, --scenario and --params are CLSC-1 only for now")
+        if model == "CLSC-2" and (scenario_files or params_file):
+            raise UsageError("--model CLSC-2: --scenario and --params are CLSC-1 only for now")
+        learned2 = model == "CLSC-2" and _is_learned_policy(policy)
+        if model == "CLSC-2" and adapt_steps and not learned2:
+            raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
     if model == "CLSC-2":
         from moca.baselines.peers import evaluate_peer2
 
@@ -405,12 +408,17 @@ def evaluate(
             plan = load_schedule(regime, model="CLSC-2")
             with _progress(as_json) as progress:
                 progress.add_task(f"evaluating {policy} on CLSC-2", total=None)
-                result = evaluate_peer2(policy, plan, range(seed, seed + scenarios))
-        summary = result.summary()
+                if learned2:
+                    from moca.experiment2 import evaluate_learned2
+
+                    summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps)
+                else:
+                    summary = evaluate_peer2(policy, plan, range(seed, seed + scenarios)).summary()
         if as_json:
             _print_json(summary)
             return
-        console.print(f"{policy} on CLSC-2 {regime}, {scenarios} scenarios from seed {seed}: score "
+        console.print(f"{policy}" + (f" after {adapt_steps} adaptation steps" if adapt_steps else "")
+                      + f" on CLSC-2 {regime}, {scenarios} scenarios from seed {seed}: score "
                       f"{summary['score']:.4f} (mean cost {summary['mean_cost']:,.0f} EUR, oracle "
                       f"{summary['mean_oracle_cost']:,.0f}), violations {summary['violations']}")
         return
@@ -458,6 +466,18 @@ def evaluate(
         console.print(describe(regime, impact), markup=False, highlight=False, soft_wrap=True)
 
 
+def _is_learned_policy(policy: str) -> bool:
+    """``--policy`` names moca's learned policy: ``default`` or a directory whose checkpoint
+    is an LSTM policy (a PPO directory is a peer)."""
+    if policy in ("default", "default-reptile"):
+        return True
+    meta = Path(policy) / "checkpoint.json"
+    try:
+        return json.loads(meta.read_text()).get("kind") == "lstm-policy"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 # --- learning ------------------------------------------------------------------------------
 
 
@@ -474,6 +494,7 @@ def train(
                                                      "A run cut short by time is not reproducible step for step."),
     ray_address: Optional[str] = typer.Option(None, "--ray", help="Run each meta step's regimes as Ray tasks: 'auto' (a local Ray) or a cluster address."),
     ray_cpus: int = typer.Option(2, "--ray-cpus", min=1, help="CPUs of a local Ray (--ray auto)."),
+    model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Meta-train a policy initialisation over the regime distribution; write a checkpoint."""
@@ -482,6 +503,10 @@ def train(
     from moca.regime import read_structured
 
     with _bad_input():
+        if _chosen_model(model) == "CLSC-2":
+            if ray_address is not None:
+                raise UsageError("--ray: meta-training on Ray is CLSC-1 only for now (drop --ray for --model CLSC-2)")
+            return _train2(output, config_file, params_file, init, seed, steps, max_seconds, as_json)
         fields: dict[str, Any] = {}
         if config_file is not None:
             data = read_structured(config_file)
@@ -540,6 +565,61 @@ def train(
                   f"{scores['validation_zero_shot_after']:.4f}")
 
 
+def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Path], init: Optional[str],
+            seed: Optional[int], steps: Optional[int], max_seconds: Optional[float], as_json: bool) -> None:
+    """``moca train --model CLSC-2``: meta-train moca.policy2's policy (moca.meta2)."""
+    from moca.meta import ALGORITHMS
+    from moca.regime import read_structured
+
+    fields: dict[str, Any] = {}
+    if config_file is not None:
+        data = read_structured(config_file)
+        if not isinstance(data, dict):
+            raise UsageError(f"--config {config_file}: expected an object of MetaConfig fields")
+        fields.update(data)
+    if init is not None:
+        if init not in ALGORITHMS:
+            raise UsageError(f"--init {init!r}: unknown algorithm (valid: {', '.join(ALGORITHMS)})")
+        fields["algorithm"] = init
+    for key, value in (("seed", seed), ("meta_steps", steps)):
+        if value is not None:
+            fields[key] = value
+    if params_file is not None:
+        fields["params"] = _load_params(params_file, "CLSC-2")
+    if max_seconds is not None:
+        fields["max_seconds"] = max_seconds or None
+    fields.setdefault("validate_every", 25)
+    _output_dir(output)
+    import torch
+
+    from moca.meta2 import MetaConfig2, meta_train2, save_policy2
+
+    config = MetaConfig2(**fields)
+    torch.set_num_threads(1)  # small batches: threads only contend (2 shared cores)
+    with _progress(as_json) as progress:
+        bar = progress.add_task("meta-training CLSC-2", total=config.meta_steps)
+        module, history = meta_train2(config, progress=lambda step, total, info: progress.update(bar, completed=step))
+    validation = history["validation"]
+    scores = {"validation_zero_shot_before": validation[0]["score"] if validation else None,
+              "validation_zero_shot_after": validation[-1]["score"] if validation else None}
+    save_policy2(output, module, {
+        "algorithm": config.algorithm, "seed": config.seed, "config": config.model_dump(mode="json"),
+        "command": _command_line(), "scores": scores, "meta_steps_done": len(history["steps"]),
+        "stopped_early": history["stopped_early"], "wall_seconds": history["wall_seconds"],
+        "validation_curve": validation, "history": history["steps"],
+    })
+    out = {"checkpoint": str(output), "model": "CLSC-2", "algorithm": config.algorithm, "seed": config.seed,
+           "meta_steps": len(history["steps"]), "wall_seconds": history["wall_seconds"],
+           "stopped_early": history["stopped_early"], **scores}
+    if as_json:
+        _print_json(out)
+        return
+    before, after = scores["validation_zero_shot_before"], scores["validation_zero_shot_after"]
+    console.print(f"wrote {output}: CLSC-2, {config.algorithm}, {out['meta_steps']} meta steps in "
+                  f"{out['wall_seconds']:.0f} s" + (f"; validation zero-shot score {before:.4f} -> {after:.4f}"
+                                                     if before is not None else ""))
+
+
 def _unique_labels(tasks: list) -> list:
     """Sequence labels made unique (a regime may come back later in a sequence)."""
     seen: dict[str, int] = {}
@@ -578,11 +658,16 @@ def adapt(
                                                                  "validated better."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the adapted policy as a checkpoint here (its parent must exist)."),
+    model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     from moca.regime import load_regime
 
     with _bad_input():
+        if _chosen_model(model) == "CLSC-2":
+            if params_file is not None:
+                raise UsageError("--params: CLSC-1 only for now (--model CLSC-2 uses the default CLSC-2 chain)")
+            return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json)
         target = load_regime(regime)
         _output_dir(output)
         from moca import checkpoint  # (torch: only once the input is known good)
@@ -629,6 +714,51 @@ def adapt(
                   + (f"; wrote {output}" if output is not None else ""))
 
 
+def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: int, validation: int,
+            keep_last: bool, output: Optional[Path], as_json: bool) -> None:
+    """``moca adapt --model CLSC-2`` (moca.meta2.adapt2 on moca.policy2's policy)."""
+    from moca.regime import load_schedule
+
+    plan = load_schedule(regime, model="CLSC-2")
+    _output_dir(output)
+    import torch
+
+    from moca.meta2 import OracleCache2, adapt2, load_policy2, save_policy2
+    from moca.policy2 import evaluate_policy2
+
+    torch.set_num_threads(1)
+    module, _ = load_policy2(checkpoint_dir)
+    cache = OracleCache2(module.params)
+    tests = cache.scenarios(range(seed, seed + scenarios), plan)
+    with _progress(as_json) as progress:
+        progress.add_task(f"adapting {steps} steps (CLSC-2)", total=None)
+        before = evaluate_policy2(module, None, tests, cache.costs(tests))
+        weights, curve = adapt2(module, None, plan, steps, validation_size=validation, cache=cache,
+                                keep_best=not keep_last)
+        after = evaluate_policy2(module, weights, tests, cache.costs(tests))
+    selected = next((c["step"] for c in curve if c.get("selected")), curve[-1]["step"])
+    out = {"model": "CLSC-2", "score_before": before["score"], "score_after": after["score"], "steps": steps,
+           "selected_step": selected, "keep": "last" if keep_last else "best", "seconds": curve[-1]["seconds"],
+           "violations": int(before["violations"] + after["violations"] + sum(c["violations"] for c in curve)),
+           "curve": [{"step": c["step"], "score": c["score"], "seconds": c["seconds"], "kept": c["kept"],
+                      "selected": c["step"] == selected} for c in curve],
+           "regime": plan.to_list_with_window(), "test_seeds": [seed, seed + scenarios - 1],
+           "validation_seeds": "900-" + str(900 + validation - 1)}
+    if output is not None:
+        module.load_state_dict({**module.state_dict(), **weights})
+        save_policy2(output, module, {"adapted_from": str(checkpoint_dir), "regime": out["regime"], "steps": steps,
+                                      "selected_step": selected, "command": _command_line(),
+                                      "scores": {"before": out["score_before"], "after": out["score_after"]}})
+        out["checkpoint"] = str(output)
+    if as_json:
+        _print_json(out)
+        return
+    kept = f"weights of step {selected} (best on validation)" if not keep_last else "the last step's weights"
+    console.print(f"CLSC-2 {regime}: test score {out['score_before']:.4f} -> {out['score_after']:.4f} with {kept}, "
+                  f"{steps} steps ({out['seconds']:.2f} s), violations {out['violations']}"
+                  + (f"; wrote {output}" if output is not None else ""))
+
+
 @app.command()
 def continual(
     sequence: Path = typer.Option(..., "--sequence", help="YAML/JSON list of regimes (names like T1 or regime objects)."),
@@ -637,6 +767,7 @@ def continual(
     steps: int = typer.Option(8, "--steps", min=0, help="Gradient steps per regime."),
     scenarios: int = typer.Option(20, "--scenarios", min=1, help="Test scenarios per regime (seeds 1000+)."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
+    model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (names T1-T3 then have W = 52)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Learn a sequence of regimes in turn with one method; report the score matrix and forgetting.
@@ -647,6 +778,10 @@ def continual(
     from moca.regime import load_sequence
 
     with _bad_input():
+        if _chosen_model(model) == "CLSC-2":
+            if params_file is not None:
+                raise UsageError("--params: CLSC-1 only for now (--model CLSC-2 uses the default CLSC-2 chain)")
+            return _continual2(sequence, method, checkpoint_dir, steps, scenarios, as_json)
         tasks = _unique_labels(load_sequence(sequence))
         params = _load_params(params_file)
         from moca import checkpoint  # (torch: only once the input is known good)
@@ -700,6 +835,58 @@ def continual(
                   + f"violations {out['violations']}")
 
 
+def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], steps: int, scenarios: int,
+                as_json: bool) -> None:
+    """``moca continual --model CLSC-2`` (moca.experiment2.run_continual2)."""
+    from moca.regime import TASKS, TASKS_2, load_sequence
+
+    # CLSC-2's seed tasks carry W = 52; other names and objects are read as they are.
+    tasks = _unique_labels([(label, TASKS_2[label] if label in TASKS_2 and regime == TASKS[label] else regime)
+                            for label, regime in load_sequence(sequence)])
+    from moca.continual import method_spec
+
+    spec = method_spec(method)
+    if checkpoint_dir is not None and spec.init == "fresh":
+        raise UsageError("--checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
+    import torch
+
+    from moca.experiment import ExperimentConfig
+    from moca.experiment2 import run_continual2
+    from moca.meta2 import OracleCache2, load_policy2
+    from moca.policy2 import LSTMPolicy2
+
+    torch.set_num_threads(1)
+    module, _ = load_policy2(checkpoint_dir or "default")
+    init = {k: v.detach().clone() for k, v in module.named_parameters()} if checkpoint_dir is not None else None
+    if checkpoint_dir is None and spec.init != "meta":  # finetune/ewc/scratch without a checkpoint: the base rule
+        module.load_state_dict(LSTMPolicy2(module.params, module.config).state_dict())
+    config = ExperimentConfig(steps=steps, test_size=scenarios)
+    with _progress(as_json) as progress:
+        bar = progress.add_task(f"{method} (CLSC-2)", total=len(tasks))
+        result, _ = run_continual2(method, module, tasks, OracleCache2(module.params), config, init=init,
+                                   progress=lambda d: progress.update(bar, description=d, advance=1))
+    R = result["R"]
+    out = {"model": "CLSC-2", "method": method, "regimes": [label for label, _ in tasks], "R": R[1:],
+           "R_initial": R[0], **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt",
+                                                        "drop_first_after_second", "adaptation_steps",
+                                                        "adaptation_seconds", "violations")}}
+    if as_json:
+        _print_json(out)
+        return
+    table = Table(title=f"{method} on CLSC-2: score after learning each regime (rows) on each regime (columns)")
+    table.add_column("after")
+    for label, _ in tasks:
+        table.add_column(label, justify="right")
+    table.add_row("(start)", *(f"{x:.4f}" for x in R[0]))
+    for (label, _), row in zip(tasks, R[1:]):
+        table.add_row(label, *(f"{x:.4f}" for x in row))
+    console.print(table)
+    drop = out["drop_first_after_second"]
+    console.print(f"average final score {out['average_final_score']:.4f}; "
+                  + (f"drop on {tasks[0][0]} after {tasks[1][0]} {100 * drop:.2f}%; " if drop is not None else "")
+                  + f"violations {out['violations']}")
+
+
 @app.command()
 def run(
     quick: bool = typer.Option(False, "--quick", help="The small version (fewer scenarios and steps, < 90 s)."),
@@ -708,6 +895,11 @@ def run(
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated subset of the methods."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " (The README's figures are "
                                                                       "for the default chain.)"),
+    model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (T1-T3 with W = 52)."),
+    peers: str = typer.Option("threshold,mpc", "--peers", help="CLSC-2: comma-separated peers beside the oracle "
+                                                                 "(threshold, mpc; 'none' for none)."),
+    test_scenarios: Optional[int] = typer.Option(None, "--scenarios", min=1, help="CLSC-2: test scenarios per "
+                                                                                     "regime (default 20, --quick 4)."),
 ) -> None:
     """The seed experiment: T1 -> T2 -> T3 for every method beside threshold, MPC and oracle."""
     from moca.experiment import run_experiment, work_units
@@ -715,6 +907,10 @@ def run(
 
     with _bad_input():
         chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+        if _chosen_model(model) == "CLSC-2":
+            if params_file is not None:
+                raise UsageError("--params: CLSC-1 only for now (--model CLSC-2 uses the default CLSC-2 chain)")
+            return _run2(quick, json_file, runs_dir, chosen, peers, test_scenarios)
         if json_file is not None and json_file.is_dir():
             raise UsageError(f"--json {json_file}: is a directory")
         if json_file is not None:
@@ -743,6 +939,59 @@ def run(
     if json_file is not None:
         _write_atomic(json_file, json.dumps(metrics, indent=1))
     console.print(f"wrote {run_dir}/ (metrics.json, report.md, plots) in {metrics['wall_seconds']:.0f} s")
+
+
+def _run2(quick: bool, json_file: Optional[Path], runs_dir: Path, methods: Optional[list[str]], peers: str,
+          test_scenarios: Optional[int]) -> None:
+    """``moca run --model CLSC-2``: the seed experiment on CLSC-2 (moca.experiment2)."""
+    chosen_peers = [] if peers.strip() == "none" else [p.strip() for p in peers.split(",") if p.strip()]
+    for peer in chosen_peers:
+        if peer not in ("threshold", "mpc"):
+            raise UsageError(f"--peers: {peer!r} is not one of threshold, mpc, none")
+    if json_file is not None:
+        from moca.files import check_parent
+
+        if json_file.is_dir():
+            raise UsageError(f"--json {json_file}: is a directory")
+        check_parent(json_file, "--json")
+    from moca.continual import method_spec
+
+    for m in methods or []:
+        method_spec(m)
+    import torch
+
+    from moca.experiment2 import quick_config2, run_experiment2
+
+    torch.set_num_threads(1)
+    config = None
+    if test_scenarios is not None:
+        from moca.experiment import ExperimentConfig
+
+        config = (quick_config2() if quick else ExperimentConfig()).model_copy(update={"test_size": test_scenarios})
+    with _progress(False) as progress:
+        bar = progress.add_task("moca run --model CLSC-2", total=None)
+        metrics, run_dir = run_experiment2(quick=quick, methods=methods, runs_dir=runs_dir, config=config,
+                                           peers=chosen_peers, command=_command_line(),
+                                           progress=lambda d: progress.update(bar, description=d))
+    table = Table(title=f"moca run --model CLSC-2 {metrics['id']}: score = oracle cost / policy cost (1.0 = optimal)")
+    for h in ("policy", *metrics["tasks"], "mean", "violations"):
+        table.add_column(h, justify="left" if h == "policy" else "right")
+    for name, by_task in metrics["baselines"].items():
+        scores = [by_task[t]["score"] for t in metrics["tasks"]]
+        table.add_row(name, *(f"{x:.4f}" for x in scores), f"{sum(scores) / len(scores):.4f}",
+                      str(sum(by_task[t]["violations"] for t in metrics["tasks"])))
+    for name, m in metrics["methods"].items():
+        table.add_row(f"{name} (after T3)", *(f"{x:.4f}" for x in m["R"][-1]), f"{m['average_final_score']:.4f}",
+                      str(m["violations"]))
+    (console if console.is_terminal else _wide_console()).print(table)
+    t = metrics["targets"]
+    if t.get("gap_to_target") is not None:
+        met = t["gap_to_target"] >= 0
+        console.print(f"{'met' if met else 'MISSED'}: moca >= best peer ({t['best_peer']}, "
+                      f"{t['best_peer_mean_score']:.4f}) + 0.03 — measured {t['moca_average_final_score']:.4f}")
+    if json_file is not None:
+        _write_atomic(json_file, json.dumps(metrics, indent=1))
+    console.print(f"wrote {run_dir}/ (metrics.json, report.md) in {metrics['wall_seconds']:.0f} s")
 
 
 @app.command()

@@ -495,6 +495,19 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
         loss = episode_losses(module, w, batch, oracle).total(correction_weight, 0.0).mean()
         return float(loss.detach()), dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
 
+    return adapt_loop(current, curve, began, loss_and_grad,
+                      lambda w: evaluate_policy(module, w, validation, valid_oracle),
+                      steps, lr, clip, safeguard, keep_best)
+
+
+def adapt_loop(current: Weights, curve: list[dict[str, Any]], began: float,
+               loss_and_grad: Callable[[Weights], tuple[float, Weights]], score: Callable[[Weights], dict[str, Any]],
+               steps: int, lr: float, clip: float | None, safeguard: bool, keep_best: bool
+               ) -> tuple[Weights, list[dict[str, Any]]]:
+    """The steps of :func:`adapt` for any world: ``current`` the starting weights (leaves
+    that require grad), ``curve`` holding step 0's score, ``began`` when the adaptation's
+    clock started, ``loss_and_grad(w)`` the support loss and its gradient, ``score(w)``
+    the validation entry of a curve point (with ``"score"``)."""
     best = (curve[0]["score"], 0, {k: v.detach() for k, v in current.items()})
     loss, grads = loss_and_grad(current) if steps else (math.nan, {})
     curve[0]["support_loss"] = loss
@@ -516,7 +529,7 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
                 loss, grads = loss_and_grad(current)
         spent += time.perf_counter() - began
         curve.append({"step": step, "seconds": spent, "kept": kept, "support_loss": loss if safeguard else math.nan,
-                      **evaluate_policy(module, current, validation, valid_oracle)})
+                      **score(current)})
         if keep_best and curve[-1]["score"] > best[0]:
             best = (curve[-1]["score"], step, {k: v.detach() for k, v in current.items()})
     if keep_best:

@@ -1,0 +1,263 @@
+"""The seed experiment on CLSC-2 (``moca run --model CLSC-2``), continual learning of a
+CLSC-2 regime sequence (``moca continual --model CLSC-2``) and scoring of a CLSC-2 policy
+checkpoint (``moca evaluate --model CLSC-2 --policy DIR|default``).
+
+The continual learner, its methods (EWC, GEM-style projection, meta-init) and the metrics
+are CLSC-1's (:mod:`moca.continual`, :mod:`moca.metrics`); a CLSC-2 regime becomes one of
+its tasks through :class:`PolicyTask2`. Seeds as CLSC-1's: per-regime training 800+,
+validation 900+, test 1000+ (every score in R and the tables).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from moca.continual import ContinualLearner, method_spec
+from moca.experiment import ExperimentConfig, ExperimentError, machine
+from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS
+from moca.meta2 import OracleCache2, adapt2, load_policy2
+from moca.metrics import adaptation_speed, continual_metrics
+from moca.policy import Weights
+from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
+from moca.regime import TASKS_2, Regime, RegimeSchedule
+from moca.sim2 import ScenarioBatch2
+
+TEST_SEED = 1000
+#: Methods of the CLSC-2 run (the meta-init ones start from the shipped CLSC-2 meta-init).
+METHODS_2 = ("moca", "maml", "finetune", "ewc")
+
+
+class PolicyTask2:
+    """One CLSC-2 regime for :class:`moca.continual.ContinualLearner`: the policy's loss at
+    a weights dict on the regime's training scenarios (seeds 800+), oracle-normalised."""
+
+    def __init__(self, name: str, plan: Regime | RegimeSchedule, module: LSTMPolicy2, cache: OracleCache2,
+                 train_size: int = 8, memory_size: int = 2, correction_weight: float = 0.1):
+        self.name, self.module, self.correction_weight = name, module, correction_weight
+        train = cache.scenarios(SUPPORT_SEEDS[:train_size], plan)
+        self.batch = ScenarioBatch2.from_scenarios(train)
+        self.oracle = torch.as_tensor(cache.costs(train), dtype=torch.float32)
+        self.memory_batch = ScenarioBatch2.from_scenarios(train[:memory_size])
+        self.memory_oracle = self.oracle[:memory_size]
+
+    def per_sample_losses(self, weights: Weights) -> Tensor:
+        return episode_losses2(self.module, weights, self.batch, self.oracle,
+                               correction_weight=self.correction_weight)[0]
+
+    def loss(self, weights: Weights) -> Tensor:
+        return self.per_sample_losses(weights).mean()
+
+    def memory_loss(self, weights: Weights) -> Tensor:
+        return episode_losses2(self.module, weights, self.memory_batch, self.memory_oracle,
+                               correction_weight=self.correction_weight)[0].mean()
+
+
+class _Scorer2:
+    """Test and validation scenarios of each regime with their oracle costs."""
+
+    def __init__(self, module: LSTMPolicy2, cache: OracleCache2, plans: Sequence[Any], config: ExperimentConfig):
+        self.module = module
+        self.test = [cache.scenarios(range(TEST_SEED, TEST_SEED + config.test_size), p) for p in plans]
+        self.test_oracle = [cache.costs(s) for s in self.test]
+        self.valid = [cache.scenarios(VALIDATION_SEEDS[:config.validation_size], p) for p in plans]
+        self.valid_oracle = [cache.costs(s) for s in self.valid]
+        self.violations = 0
+
+    def test_score(self, weights: Weights, j: int) -> dict[str, Any]:
+        out = evaluate_policy2(self.module, weights, self.test[j], self.test_oracle[j])
+        self.violations += out["violations"]
+        return out
+
+    def validation_score(self, weights: Weights, j: int) -> float:
+        out = evaluate_policy2(self.module, weights, self.valid[j], self.valid_oracle[j])
+        self.violations += out["violations"]
+        return out["score"]
+
+
+def shipped_init2(module: LSTMPolicy2, where: str = "default") -> Weights:
+    """The shipped CLSC-2 meta-init's weights (its architecture must be ``module``'s)."""
+    meta_module, _ = load_policy2(where)
+    if meta_module.config != module.config:
+        raise ExperimentError(f"checkpoint {where!r}: its policy architecture differs from the experiment's")
+    return {k: v.detach().clone() for k, v in meta_module.named_parameters()}
+
+
+def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, Any]], cache: OracleCache2,
+                   config: ExperimentConfig = ExperimentConfig(), scorer: _Scorer2 | None = None,
+                   init: Weights | None = None, progress: Callable[[str], None] | None = None
+                   ) -> tuple[dict[str, Any], Weights]:
+    """Learn ``tasks`` (label, regime or schedule) in order with ``method``; the score
+    matrix ``R`` (row 0 before learning), forgetting, transfer, adaptation speed,
+    violations. Meta-init methods start from ``init`` or the shipped CLSC-2 meta-init."""
+    spec = method_spec(method)
+    if init is not None and spec.init == "fresh":
+        raise ExperimentError("checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
+    if init is None and spec.init == "meta":
+        init = shipped_init2(module)
+    started = time.perf_counter()
+    scorer = scorer or _Scorer2(module, cache, [p for _, p in tasks], config)
+    scorer.violations = 0
+    learner = ContinualLearner(module, method, init, config.continual.model_copy(update={"seed": config.scratch_seed}))
+    n = len(tasks)
+    R = [[scorer.test_score(learner.weights, j)["score"] for j in range(n)]]
+    curves, steps_to, seconds_to = [], [], []
+    for i, (name, plan) in enumerate(tasks):
+        if progress:
+            progress(f"{method}: learning {name}")
+        task = PolicyTask2(name, plan, module, cache, config.train_size, config.memory_size, config.correction_weight)
+        stats = learner.learn(task, config.steps, on_step=lambda k, w, i=i: scorer.validation_score(w, i))
+        learner.consolidate(task)
+        speed = adaptation_speed(stats.scores, stats.seconds)
+        curves.append([float(s) for s in stats.scores])
+        steps_to.append(speed.steps)
+        seconds_to.append(speed.seconds)
+        R.append([scorer.test_score(learner.weights, j)["score"] for j in range(n)])
+    summary = continual_metrics(np.asarray(R[1:]), initial=R[0])
+    return {
+        "R": R, "average_final_score": summary.average_final, "forgetting": summary.forgetting + [0.0],
+        "bwt": summary.bwt, "fwt": summary.fwt, "drop_first_after_second": summary.drop_first_after_second,
+        "adaptation_steps": steps_to, "adaptation_seconds": seconds_to, "adaptation_curves": curves,
+        "violations": scorer.violations, "wall_seconds": time.perf_counter() - started,
+    }, learner.weights
+
+
+def evaluate_learned2(where: str, plan: Any, seeds: Sequence[int], adapt_steps: int = 0,
+                      cache: OracleCache2 | None = None) -> dict[str, Any]:
+    """Score a CLSC-2 policy checkpoint (``"default"``: the shipped meta-init) on the test
+    scenarios of ``seeds``, after ``adapt_steps`` adaptation steps (support seeds 800+,
+    the weights of the best validation score over steps 0..K, validation seeds 900+)."""
+    module, meta = load_policy2(where)
+    cache = cache or OracleCache2(module.params)
+    tests = cache.scenarios(seeds, plan)
+    weights, seconds = None, 0.0
+    if adapt_steps:
+        weights, curve = adapt2(module, None, plan, adapt_steps, cache=cache, keep_best=True)
+        seconds = curve[-1]["seconds"]
+    out = evaluate_policy2(module, weights, tests, cache.costs(tests))
+    oracle = cache.costs(tests)
+    return {"policy": str(where), "model": MODEL, "score": out["score"], "scores": out["scores"],
+            "mean_cost": out["mean_cost"], "mean_oracle_cost": float(np.mean(oracle)),
+            "violations": out["violations"], "adapt_steps": adapt_steps, "adaptation_seconds": seconds,
+            "test_seeds": [int(seeds[0]), int(seeds[-1])], "checkpoint_command": meta.get("command")}
+
+
+def quick_config2() -> ExperimentConfig:
+    """The small run (``--quick``): few scenarios and steps."""
+    return ExperimentConfig(steps=2, train_size=4, memory_size=2, validation_size=4, test_size=4)
+
+
+def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, runs_dir: str | Path = "runs",
+                    config: ExperimentConfig | None = None, peers: Sequence[str] = ("threshold", "mpc"),
+                    progress: Callable[[str], None] | None = None, command: str = "moca run --model CLSC-2"
+                    ) -> tuple[dict[str, Any], Path]:
+    """T1 -> T2 -> T3 (W = 52) on CLSC-2 for the learned methods beside the peers (the
+    threshold rule tuned per regime now, with a budget shown in the metrics; the forecast
+    MPC) and the oracle, on the same test scenarios; writes ``runs/<id>-clsc2/metrics.json``
+    and ``report.md``. Returns (metrics, run dir)."""
+    from moca.baselines.mpc2 import MPC2Policy
+    from moca.baselines.peers import TUNED_SAFETY_STOCK_2, evaluate2
+    from moca.baselines.threshold2 import tune_threshold2
+
+    config = config or (quick_config2() if quick else ExperimentConfig(test_size=20))
+    chosen = list(methods) if methods is not None else list(METHODS_2)
+    for m in chosen:
+        method_spec(m)
+    tasks = [(name, TASKS_2[name]) for name in ("T1", "T2", "T3")]
+    tell = progress or (lambda description: None)
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    module, _ = load_policy2("default")  # the shipped architecture; methods start from their own init
+    module.load_state_dict(LSTMPolicy2(module.params, module.config).state_dict())
+    cache = OracleCache2(module.params)
+    tell("drawing scenarios, oracle costs")
+    scorer = _Scorer2(module, cache, [r for _, r in tasks], config)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-clsc2" + ("-quick" if quick else "")
+    tuning = {"budget": 40 if quick else 150, "train_seeds": 2 if quick else 4}
+    metrics: dict[str, Any] = {
+        "id": run_id, "model": MODEL, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick, "machine": machine(), "command": command,
+        "seeds": {"test": list(range(TEST_SEED, TEST_SEED + config.test_size)),
+                  "validation": list(VALIDATION_SEEDS[:config.validation_size]),
+                  "train": f"{SUPPORT_SEEDS.start}-{SUPPORT_SEEDS.start + config.train_size - 1}"},
+        "tasks": [n for n, _ in tasks], "regimes": {n: r.model_dump() for n, r in tasks},
+        "config": config.model_dump(mode="json"), "threshold_tuning": tuning, "baselines": {}, "methods": {},
+    }
+    for name in ("oracle", *peers):
+        metrics["baselines"][name] = {}
+        for j, (label, regime) in enumerate(tasks):
+            tell(f"{name} on {label}")
+            if name == "oracle":
+                entry = {"score": 1.0, "mean_cost": float(np.mean(scorer.test_oracle[j])), "violations": 0}
+            else:
+                began = time.perf_counter()
+                policy = (tune_threshold2(RegimeSchedule.constant(regime), train_seeds=tuning["train_seeds"],
+                                          budget=tuning["budget"]) if name == "threshold"
+                          else MPC2Policy(safety_stock=TUNED_SAFETY_STOCK_2["mpc-forecast"]))
+                summary = evaluate2(name, policy, scorer.test[j], scorer.test_oracle[j]).summary()
+                entry = {k: summary[k] for k in ("score", "mean_cost", "violations")}
+                entry["seconds"] = time.perf_counter() - began
+            metrics["baselines"][name][label] = entry
+    for method in chosen:
+        metrics["methods"][method], _ = run_continual2(method, module, tasks, cache, config, scorer=scorer,
+                                                       progress=tell)
+    best_peer = max((float(np.mean([v["score"] for v in metrics["baselines"][p].values()])), p) for p in peers) \
+        if peers else (None, None)
+    moca = metrics["methods"].get("moca")
+    metrics["targets"] = {
+        "best_peer": best_peer[1], "best_peer_mean_score": best_peer[0],
+        "moca_average_final_score": moca["average_final_score"] if moca else None,
+        "gap_to_target": (moca["average_final_score"] - (best_peer[0] + 0.03)) if moca and peers else None,
+        "violations": sum(m["violations"] for m in metrics["methods"].values()),
+        "drop_first_after_second": moca["drop_first_after_second"] if moca else None,
+    }
+    metrics["wall_seconds"] = time.perf_counter() - started
+    run_dir = Path(runs_dir) / run_id
+    suffix = 1
+    while run_dir.exists():
+        run_dir = Path(runs_dir) / f"{run_id}-{suffix}"
+        suffix += 1
+    staging = run_dir.with_name(f".{run_dir.name}.tmp")
+    staging.mkdir(parents=True, exist_ok=False)
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (staging / "report.md").write_text(report2(metrics))
+    os.replace(staging, run_dir)  # the run appears whole or not at all
+    return metrics, run_dir
+
+
+def report2(metrics: dict[str, Any]) -> str:
+    """A short markdown report of a CLSC-2 run: final scores per task, forgetting, peers."""
+    tasks = metrics["tasks"]
+    lines = [f"# CLSC-2 seed experiment {metrics['id']}", "",
+             f"`{metrics['command']}` on {metrics['machine'].get('cpu', '?')} "
+             f"({metrics['machine'].get('cores', '?')} cores), {metrics['wall_seconds']:.0f} s; test seeds "
+             f"{metrics['seeds']['test'][0]}-{metrics['seeds']['test'][-1]}; score = oracle cost / cost.", "",
+             "| policy | " + " | ".join(tasks) + " | mean | violations | drop on T1 after T2 |",
+             "|---" * (len(tasks) + 4) + "|"]
+    for name, by_task in metrics["baselines"].items():
+        scores = [by_task[t]["score"] for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(f"{s:.4f}" for s in scores)
+                     + f" | {np.mean(scores):.4f} | {sum(by_task[t]['violations'] for t in tasks)} | |")
+    for name, m in metrics["methods"].items():
+        final = m["R"][-1]
+        drop = m["drop_first_after_second"]
+        lines.append(f"| {name} (after T3) | " + " | ".join(f"{s:.4f}" for s in final)
+                     + f" | {m['average_final_score']:.4f} | {m['violations']} | "
+                     + (f"{100 * drop:.2f}% |" if drop is not None else "|"))
+    t = metrics["targets"]
+    if t.get("gap_to_target") is not None:
+        lines += ["", f"Target (issue 10): moca >= best peer ({t['best_peer']}, {t['best_peer_mean_score']:.4f}) "
+                      f"+ 0.03; moca {t['moca_average_final_score']:.4f}, gap {t['gap_to_target']:+.4f}."]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["METHODS_2", "PolicyTask2", "evaluate_learned2", "quick_config2", "report2", "run_continual2",
+           "run_experiment2", "shipped_init2"]

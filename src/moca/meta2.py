@@ -1,0 +1,240 @@
+"""Meta-training and adaptation of :class:`moca.policy2.LSTMPolicy2` on CLSC-2.
+
+The algorithms are :mod:`moca.meta`'s (:class:`moca.meta.MetaLearner`: MAML, FOMAML,
+Reptile; :func:`moca.meta.clipped_sgd` for the inner and the adaptation steps); this
+module supplies CLSC-2's task distribution, scenarios, oracle (:func:`moca.oracle2.solve_oracle2`)
+and losses (:func:`moca.policy2.episode_losses2`). Seeds as CLSC-1's: meta-training
+0-799, support 800-899, validation 900-999, never the test seeds (1000+).
+
+Task distribution: :func:`moca.meta.sample_task`'s regimes (named-regime neighbourhoods and
+independent rules over the spec's ranges) with an accounting window W: 52 (the seed
+tasks' yearly settlement) half of the time, else uniform over 1..104.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from pydantic import ConfigDict, Field
+
+from moca.meta import (META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner,
+                       adapt_loop, sample_task)
+from moca.policy import Weights
+from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
+from moca.regime import MAX_WINDOW, WINDOW_FIELD, Regime, RegimeSchedule, load_regime
+from moca.scenario import DEFAULT_PARAMS_2, Params, Params2, Scenario2, draw_scenario2
+from moca.sim2 import ScenarioBatch2
+
+#: Where the shipped CLSC-2 meta-init lives (``--policy default`` with ``--model CLSC-2``).
+SHIPPED_2 = Path(__file__).parent / "data" / "default-clsc2"
+
+
+def sample_task2(rng: np.random.Generator, named_share: float = 0.3) -> Regime:
+    """A random CLSC-2 regime for meta-training (see the module docstring)."""
+    regime = sample_task(rng, Params(), named_share)
+    window = 52 if rng.random() < 0.5 else int(rng.integers(1, MAX_WINDOW + 1))
+    return Regime(**{**regime.model_dump(), WINDOW_FIELD: window})
+
+
+class OracleCache2:
+    """Scenarios and their hindsight costs (EUR) per (seed, regime) within a run."""
+
+    def __init__(self, params: Params2 = DEFAULT_PARAMS_2):
+        self.params = params
+        self._costs: dict[tuple, float] = {}
+
+    def scenarios(self, seeds: Sequence[int], plan: Regime | RegimeSchedule) -> list[Scenario2]:
+        return [draw_scenario2(int(s), plan, self.params) for s in seeds]
+
+    def costs(self, scenarios: Sequence[Scenario2]) -> np.ndarray:
+        from moca.oracle2 import solve_oracle2
+
+        out = np.empty(len(scenarios))
+        for i, s in enumerate(scenarios):
+            key = (s.demand.tobytes(), s.return_frac.tobytes(), s.grades.tobytes(), s.regime_table().tobytes(),
+                   s.window_table().tobytes(), s.supply_up.tobytes(), s.market_avail.tobytes())
+            if key not in self._costs:
+                self._costs[key] = solve_oracle2(s).oracle_cost
+            out[i] = self._costs[key]
+        return out
+
+    def batch(self, plans: Sequence[Regime], seeds: Sequence[Sequence[int]]) -> tuple[ScenarioBatch2, torch.Tensor]:
+        """The scenarios of ``seeds[i]`` under ``plans[i]``, task after task, as one float32
+        batch, and their oracle costs."""
+        scenarios = [s for plan, task_seeds in zip(plans, seeds) for s in self.scenarios(task_seeds, plan)]
+        return ScenarioBatch2.from_scenarios(scenarios), torch.as_tensor(self.costs(scenarios), dtype=torch.float32)
+
+
+class MetaConfig2(MetaConfig):
+    """:class:`moca.meta.MetaConfig` for CLSC-2 (its parameters; longer default budget:
+    a CLSC-2 meta step costs ~2 s here, and the 15-minute limit of issue 10 holds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(MODEL, pattern="^CLSC-2$")
+    params: Params2 = DEFAULT_PARAMS_2  # type: ignore[assignment]
+    meta_steps: int = Field(300, ge=1)
+    max_seconds: float | None = Field(600.0, gt=0, description="stop early past this wall time (None: never)")
+    rule_lr_scale: float = Field(1.0, gt=0, description="outer rate of the base rule's parameters / outer_lr")
+
+
+def _task_losses(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: torch.Tensor, group: int,
+                 correction_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    per, ratio, correction = episode_losses2(module, [l.weights for l in learners], batch, oracle,
+                                             [group] * len(learners), correction_weight)
+    return per.view(len(learners), group).mean(1), {"score": float((1.0 / ratio.detach()).mean()),
+                                                    "correction": float(correction.detach().mean())}
+
+
+def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, int, dict], None] | None = None
+                ) -> tuple[LSTMPolicy2, dict[str, Any]]:
+    """Meta-train a CLSC-2 initialisation (as :func:`moca.meta.meta_train`: per step
+    ``tasks_per_step`` regimes, inner steps on support scenarios, the outer step from the
+    query scenarios or, for Reptile, the learners' displacement, plus ``zero_shot_weight``
+    times the loss before adaptation). Returns the module and the history."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    module = LSTMPolicy2(config.params, config.policy)
+    meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr,
+                       config.inner_clip, config.zero_shot_weight)
+    if config.rule_lr_scale != 1.0:  # the thresholds' logits move ~outer_lr per step: too slow at 1e-3
+        rule = [p for n, p in module.named_parameters() if n.startswith("rule_")]
+        rest = [p for n, p in module.named_parameters() if not n.startswith("rule_")]
+        meta.optimizer = torch.optim.Adam([{"params": rest}, {"params": rule,
+                                                               "lr": config.outer_lr * config.rule_lr_scale}],
+                                          lr=config.outer_lr)
+    cache = OracleCache2(config.params)
+    history: dict[str, Any] = {"config": config.model_dump(mode="json"), "steps": [], "validation": [],
+                               "stopped_early": False}
+    validate = _validator(config, cache) if config.validate_every else None
+    if validate is not None:
+        history["validation"].append({"step": 0, "score": validate(module)})
+    started = time.perf_counter()
+    for step in range(1, config.meta_steps + 1):
+        tasks = [sample_task2(rng, config.named_share) for _ in range(config.tasks_per_step)]
+        seeds = [rng.choice(len(META_SEEDS), config.support_size + config.query_size, replace=False) + META_SEEDS.start
+                 for _ in tasks]
+        support, support_oracle = cache.batch(tasks, [s[:config.support_size] for s in seeds])
+        learners = [meta.clone() for _ in tasks]
+        for _ in range(config.inner_steps):
+            losses, info = _task_losses(module, learners, support, support_oracle, config.support_size,
+                                        config.correction_weight)
+            meta.adapt_all(learners, losses.sum())
+        entry: dict[str, Any] = {"step": step, "support_score": info["score"], "correction": info["correction"]}
+        if config.algorithm == "reptile":
+            grad_norm = meta.outer_step(learners)
+        else:
+            query, query_oracle = cache.batch(tasks, [s[config.support_size:] for s in seeds])
+            losses, query_info = _task_losses(module, learners, query, query_oracle, config.query_size,
+                                              config.correction_weight)
+            grad_norm = meta.outer_step(learners, losses.mean())
+            entry["query_score"] = query_info["score"]
+        entry["meta_grad_norm"] = grad_norm
+        entry["seconds"] = time.perf_counter() - started
+        if validate is not None and (step % config.validate_every == 0 or step == config.meta_steps):
+            history["validation"].append({"step": step, "score": validate(module)})
+            entry["validation_score"] = history["validation"][-1]["score"]
+        history["steps"].append(entry)
+        if progress is not None:
+            progress(step, config.meta_steps, entry)
+        if config.max_seconds is not None and entry["seconds"] > config.max_seconds:
+            history["stopped_early"] = True
+            break
+    history["wall_seconds"] = time.perf_counter() - started
+    history["oracle_solves"] = len(cache._costs)
+    return module, history
+
+
+def _validator(config: MetaConfig2, cache: OracleCache2) -> Callable[[LSTMPolicy2], float]:
+    """Mean zero-shot score on fixed random regimes (own seed stream, validation seeds)."""
+    rng = np.random.default_rng([config.seed, 1])
+    tasks = [sample_task2(rng, config.named_share) for _ in range(config.validation_tasks)]
+    scenarios = [s for regime in tasks for s in cache.scenarios(VALIDATION_SEEDS[:2], regime)]
+    oracle = cache.costs(scenarios)
+    return lambda module: evaluate_policy2(module, None, scenarios, oracle)["score"]
+
+
+def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | RegimeSchedule | str, steps: int = 3,
+           support: Sequence[Scenario2] | None = None, validation: Sequence[Scenario2] | None = None,
+           lr: float = 1.0, clip: float | None = 0.03, safeguard: bool = True, correction_weight: float = 0.1,
+           support_size: int = 8, validation_size: int = 8, cache: OracleCache2 | None = None,
+           keep_best: bool = False) -> tuple[Weights, list[dict[str, Any]]]:
+    """``steps`` adaptation steps on CLSC-2 support scenarios of ``regime`` (seeds 800+),
+    scored after each on validation scenarios (seeds 900+): as :func:`moca.meta.adapt`
+    (``safeguard``: a step is kept only if it lowers the support loss, else undone and the
+    rate halved; ``keep_best``: the weights of the best validation score over 0..steps).
+    Returns the weights (detached) and the curve."""
+    if steps < 0:
+        raise MetaError(f"steps: {steps!r} must be >= 0")
+    plan = regime if isinstance(regime, (Regime, RegimeSchedule)) else load_regime(regime, model=MODEL)
+    cache = cache or OracleCache2(module.params)
+    support = list(support) if support is not None else cache.scenarios(SUPPORT_SEEDS[:support_size], plan)
+    validation = list(validation) if validation is not None else cache.scenarios(
+        VALIDATION_SEEDS[:validation_size], plan)
+    valid_oracle = cache.costs(validation)
+    start = weights if weights is not None else dict(module.named_parameters())
+    current = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
+
+    def score(w: Weights) -> dict[str, Any]:
+        out = evaluate_policy2(module, w, validation, valid_oracle)
+        out.pop("scores")
+        return out
+
+    curve = [{"step": 0, "seconds": 0.0, "kept": True, "support_loss": math.nan, **score(current)}]
+    began = time.perf_counter()
+    batch = ScenarioBatch2.from_scenarios(support)
+    oracle = torch.as_tensor(cache.costs(support), dtype=torch.float32)
+
+    def loss_and_grad(w: Weights) -> tuple[float, Weights]:
+        loss = episode_losses2(module, w, batch, oracle, correction_weight=correction_weight)[0].mean()
+        return float(loss.detach()), dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
+
+    return adapt_loop(current, curve, began, loss_and_grad, score, steps, lr, clip, safeguard, keep_best)
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def save_policy2(directory: str | Path, module: LSTMPolicy2, metadata: dict[str, Any]) -> Path:
+    """Save a CLSC-2 policy (safetensors + JSON) with its model, params and config."""
+    from moca import checkpoint
+
+    meta = {"kind": "lstm-policy", "model": MODEL, "params": module.params.model_dump(mode="json"),
+            "policy": module.config.model_dump(mode="json"), **metadata}
+    return checkpoint.save(directory, dict(module.state_dict()), meta)
+
+
+def load_policy2(directory: str | Path) -> tuple[LSTMPolicy2, dict[str, Any]]:
+    """Read a CLSC-2 policy checkpoint (``"default"``: the shipped meta-init). A CLSC-1
+    checkpoint, or anything else that is not a CLSC-2 policy, is a
+    :class:`moca.checkpoint.CheckpointError` naming it."""
+    from pydantic import ValidationError
+
+    from moca import checkpoint
+    from moca.policy import PolicyConfig
+
+    where = SHIPPED_2 if str(directory) == "default" else directory
+    weights, meta = checkpoint.load(where)
+    path = checkpoint.resolve(where)
+    if meta.get("kind") != "lstm-policy":
+        raise checkpoint.CheckpointError(f"checkpoint {path}: not a policy checkpoint (kind={meta.get('kind')!r})")
+    if meta.get("model", "CLSC-1") != MODEL:
+        raise checkpoint.CheckpointError(f"checkpoint {path}: a policy of {meta.get('model', 'CLSC-1')}, not of "
+                                         f"{MODEL} (use --model {meta.get('model', 'CLSC-1')}, or a CLSC-2 policy)")
+    try:
+        module = LSTMPolicy2(Params2(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
+    except (ValidationError, TypeError) as err:
+        first = str(err).strip().splitlines()
+        raise checkpoint.CheckpointError(f"checkpoint {path}: invalid params/policy ({' '.join(first[:2])})") from None
+    checkpoint.check_compatible(weights, module, path)
+    module.load_state_dict(weights)
+    return module, meta
+
+
+__all__ = ["MetaConfig2", "OracleCache2", "SHIPPED_2", "adapt2", "load_policy2", "meta_train2", "sample_task2",
+           "save_policy2"]

@@ -1,0 +1,341 @@
+"""moca's learned controller on CLSC-2: a regime-conditioned LSTM over a structured base
+rule, trained by backpropagation through :mod:`moca.sim2` and the differentiable CLSC-2
+projection (:func:`moca.projection.project2_batch`).
+
+The engines are CLSC-1's where they are world-free: the LSTM cell and head layout and
+the inner/outer loops (:class:`moca.meta.MetaLearner`, :func:`moca.meta.clipped_sgd`),
+:func:`moca.policy.correction_distance`, the continual learner (:mod:`moca.continual`).
+What this module declares is what is CLSC-2's own, read top to bottom:
+
+1. :func:`features2` — what a planner knows at event 2: stocks, pipeline, window usage
+   and periods left, supplier/market status, the returns' grades, the regime (window
+   included) and the demand seen so far (recent means and last year's seasonal index;
+   never how the scenario was drawn).
+2. :func:`base_rule2` — :mod:`moca.baselines.threshold2`'s rule written in torch (so the
+   cost gradient flows through it), with its seven thresholds a learned function of the
+   regime (a sigmoid over a linear map, starting at hand-set defaults).
+3. :class:`LSTMPolicy2` — frames + rule inputs + LSTM state -> raw action ``[B, 9]``.
+4. :class:`PolicyAgent2` — the :class:`moca.sim2.Policy2` protocol over a weights dict
+   (or one dict per group of scenarios, as :class:`moca.policy.PolicyAgent`).
+5. :func:`episode_losses2`, :func:`evaluate_policy2` (float64, every action through the
+   projection, violations recounted by :func:`moca.projection.violations2`).
+
+CLSC-1's :mod:`moca.policy` is untouched: its shipped checkpoints and numbers stay.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from moca import clsc2
+from moca.policy import PolicyConfig, PolicyError, Weights, correction_distance
+from moca.scenario import DEFAULT_PARAMS_2, Params2, Scenario2
+from moca.sim2 import Observation2, ScenarioBatch2, rollout2
+
+MODEL = "CLSC-2"
+
+#: The regime columns the policy sees (zeroed for the unconditioned ablation).
+REGIME_FEATURES_2 = ("mandate", "carbon_tax/1000", "has_cap", "cap_tightness", "landfill_tax/100",
+                     "recovery_target", "window/52")
+
+#: The base rule's thresholds (moca.baselines.threshold2's names) and their hand-set start
+#: values as shares of the search box of :func:`moca.baselines.threshold2.threshold2_bounds`.
+RULE_START = {"safety_product": 0.2, "safety_virgin": 0.4, "target_recycled": 0.3, "target_market": 0.1,
+              "free_recycled": 0.3, "refurbish_level": 0.02, "dispose_level": 0.1}
+
+
+def reference_emissions2(params: Params2) -> float:
+    """kg CO2 of an average period made from virgin material only (scale of the cap)."""
+    return (params.emis_virgin * params.mass + params.emis_produce) * params.demand_base
+
+
+def feature_size(params: Params2) -> int:
+    """Columns of one frame: 5 stocks, L_v pipeline slots, L_r sales, 2 window counters,
+    periods left, supplier, market, return fraction, 3 grades, 7 regime, 4 demand, 3 season."""
+    return 5 + params.lead_virgin + params.lag_return + 2 + 1 + 2 + 1 + 3 + len(REGIME_FEATURES_2) + 4 + 3
+
+
+def regime_columns(regime_t: Tensor, window_t: Tensor, params: Params2) -> list[Tensor]:
+    """The regime in force as O(1) columns ``[B]`` each (an absent cap is +inf)."""
+    r, tau, cap = regime_t[:, clsc2.R_MANDATE], regime_t[:, clsc2.R_TAX], regime_t[:, clsc2.R_CAP]
+    lam, kappa = regime_t[:, clsc2.R_LANDFILL], regime_t[:, clsc2.R_RECOVERY]
+    has_cap = torch.isfinite(cap).to(r.dtype)
+    tight = torch.clamp(reference_emissions2(params) / cap, 0.0, 4.0)
+    return [r, tau / 1000.0, has_cap, tight, lam / 100.0, kappa, window_t.to(r.dtype) / 52.0]
+
+
+def demand_columns(demand_seen: Tensor, t: int, horizon: int) -> list[Tensor]:
+    """What the demand seen so far says (units): the means of the last 4 and 13 periods,
+    last year's demand one period ahead relative to last year's mean (a seasonal index),
+    and the trend (last 13 against the 13 before)."""
+    recent4 = demand_seen[:, -4:].mean(-1)
+    recent13 = demand_seen[:, -13:].mean(-1)
+    year = demand_seen[:, -52:]
+    ahead = year[:, 1] if year.shape[1] > 1 else year[:, 0]  # d_{t+1-52}
+    index = ahead / torch.clamp(year.mean(-1), min=1e-6)
+    before = demand_seen[:, -26:-13].mean(-1)
+    trend = recent13 / torch.clamp(before, min=1e-6)
+    return [recent4, recent13, index, trend]
+
+
+def features2(obs: Observation2, config: PolicyConfig) -> Tensor:
+    """One normalised frame ``[B, F]`` at an observation of :mod:`moca.sim2`."""
+    p, s, t = obs.params, obs.state, obs.t
+    kg, units = p.mass * p.cap_produce, p.cap_produce
+    dtype = s.columns[0].dtype
+    V, M, P, CA, CB = s.columns
+    horizon = obs.regime.shape[1]
+    window_t = obs.window[:, t]
+    regime = regime_columns(obs.regime_t, window_t, p)
+    if not config.regime_conditioned:
+        regime = [c * 0.0 for c in regime]
+    recent4, recent13, index, trend = demand_columns(obs.demand_seen, t, horizon)
+    per_window = kg * torch.clamp(window_t.to(dtype), min=1.0)
+    phase = 2.0 * math.pi * t / 52.0
+    zero = V * 0.0
+    columns = [V / kg, M / kg, P / units, CA / units, CB / units,
+               *[x / kg for x in s.pipeline_slots], *[zero] * (p.lead_virgin - len(s.pipeline_slots)),
+               *[x / units for x in s.history_slots],
+               obs.inputs["used_virgin"].to(dtype) / per_window, obs.inputs["used_recycled"].to(dtype) / per_window,
+               obs.inputs["periods_left"].to(dtype) / 52.0, obs.inputs["supply_up"].to(dtype),
+               obs.inputs["market_avail"].to(dtype), obs.return_frac_t / max(p.return_mean, 1e-6),
+               *obs.grades_t.unbind(-1), *regime,
+               recent4 / units, recent13 / units, index - 1.0, trend - 1.0,
+               zero + math.sin(phase), zero + math.cos(phase), zero + t / horizon]
+    return torch.stack(columns, dim=-1)
+
+
+# ----------------------------------------------------------------------------------------
+# 2. The base rule (threshold2's, in torch, thresholds a function of the regime)
+# ----------------------------------------------------------------------------------------
+
+
+def rule_inputs(obs: Observation2) -> dict[str, Tensor]:
+    """What :func:`base_rule2` reads from an observation (tensors, split by batch rows)."""
+    s = obs.state
+    dtype = s.columns[0].dtype
+    pipeline = sum(s.pipeline_slots) if s.pipeline_slots else s.columns[0] * 0.0
+    return {"stocks": s.stocks, "pipeline": pipeline, "regime": obs.regime_t,
+            "window": obs.window[:, obs.t].to(dtype), "supply_up": obs.inputs["supply_up"].to(dtype),
+            "market_avail": obs.inputs["market_avail"].to(dtype), "dbar": obs.demand_seen[:, -4:].mean(-1),
+            "t": torch.full_like(s.columns[0], float(obs.t)), "horizon": torch.full_like(s.columns[0],
+                                                                                          float(obs.regime.shape[1]))}
+
+
+def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Tensor:
+    """The raw action ``[B, 9]`` of :class:`moca.baselines.threshold2.Threshold2Policy`
+    for ``thresholds`` ``[B, 7]``, as torch operations (differentiable in the state and
+    the thresholds almost everywhere). Same order of computation as the numpy rule."""
+    p = params
+    V, M, P, CA, CB = (torch.clamp(c, min=0.0) for c in x["stocks"].unbind(-1))
+    r, kappa = x["regime"][:, clsc2.R_MANDATE], x["regime"][:, clsc2.R_RECOVERY]
+    dbar, supply, market = x["dbar"], x["supply_up"], x["market_avail"]
+    t, T = x["t"], x["horizon"]
+    s_P, s_V, S_M, S_B, M_free, L_f, L_w = thresholds.unbind(-1)
+    zero = V * 0.0
+    m, L_v = p.mass, p.lead_virgin
+    margin = 1.0 + 1e-5
+
+    can_produce = (t + 1 <= T - 1).to(V.dtype)
+    f = torch.clamp(CA - L_f, 0.0, p.cap_refurbish) * can_produce
+    s_P_now = s_P * (t + 2 < T).to(V.dtype)
+    q = torch.clamp(2.0 * dbar + s_P_now - (P + p.yield_refurbish * f), 0.0, p.cap_produce) * can_produce
+    material = m * q
+    u_r = torch.minimum(torch.clamp(torch.maximum(r * material, torch.minimum(material, M - M_free)), min=0.0), M)
+    material = torch.where(r > 0, torch.minimum(material, u_r / torch.clamp(r * margin, min=1e-12)), material)
+    u_v = torch.clamp(torch.minimum(material - u_r, V), min=0.0)
+    u_r = torch.minimum(M, u_r + torch.clamp(material - u_v - u_r, min=0.0))
+
+    can_recover = (t + 2 <= T - 1).to(V.dtype)
+    need = r * m * dbar
+    left = M - u_r
+    per_b, per_a = m * p.yield_disassembly_b, m * p.yield_disassembly_a
+    short = torch.clamp(S_M + need - left, min=0.0)
+    g_B = torch.clamp(torch.minimum(short / per_b, CB), max=p.cap_disassemble) * can_recover
+    short = torch.clamp(short - per_b * g_B, min=0.0)
+    g_A = torch.minimum(torch.minimum(short / per_a, torch.clamp(CA - f, min=0.0)), p.cap_disassemble - g_B) \
+        * can_recover
+    recovered = per_b * g_B + per_a * g_A
+    o_m = torch.minimum(torch.clamp(S_B + need - left - recovered, min=0.0), p.cap_market * market) * can_recover
+
+    w_B = torch.clamp(torch.minimum(CB - g_B - L_w, zero + p.cap_dispose), min=0.0)
+    w_A = torch.clamp(torch.minimum(CA - f - g_A - L_w, torch.clamp(p.cap_dispose - w_B, min=0.0)), min=0.0)
+    allowed = (f + g_A + g_B) * (1.0 - kappa) / torch.clamp(kappa * margin, min=1e-12)
+    total = w_A + w_B
+    factor = torch.where((kappa > 0) & (total > allowed), allowed / torch.clamp(total, min=1e-12), zero + 1.0)
+    w_A, w_B = w_A * factor, w_B * factor
+
+    position = V - u_v + x["pipeline"]
+    can_order = (t + L_v + 1 <= T - 1).to(V.dtype)
+    o = torch.clamp((1.0 - r) * m * (L_v + 1) * dbar + s_V - position, 0.0, p.cap_order) * supply * can_order
+    return torch.stack([o, o_m, u_v, u_r, f, g_A, g_B, w_A, w_B], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------
+# 3. The module
+# ----------------------------------------------------------------------------------------
+
+LSTMState = tuple[Tensor, Tensor]
+
+
+class LSTMPolicy2(nn.Module):
+    """One period: stacked frames ``[B, W*F]``, the rule's inputs and the LSTM state ->
+    raw action ``[B, 9]`` (order of :data:`moca.clsc2.ACTION_NAMES`) and the new state.
+
+    The rule's seven thresholds are ``low + span * sigmoid(rule_bias + rule_regime(regime))``
+    (``rule_regime`` starts at zero: every regime starts at :data:`RULE_START`), so
+    meta-training can learn a regime-to-thresholds map as a re-tuned rule would have.
+    With ``structured`` the action is ``base + residual_scale * S * head``; the head sees
+    the LSTM state, the frames and the base action (scaled) and starts at zero, so a
+    fresh policy *is* the base rule.
+    """
+
+    def __init__(self, params: Params2 = DEFAULT_PARAMS_2, config: PolicyConfig = PolicyConfig()):
+        super().__init__()
+        from moca.baselines.threshold2 import THRESHOLD2_NAMES, threshold2_bounds
+
+        self.params, self.config = params, config
+        self.frame_size = feature_size(params)
+        inputs = self.frame_size * config.window
+        self.cell = nn.LSTMCell(inputs, config.hidden)
+        self.head = nn.Linear(config.hidden + inputs + 9, 9)
+        self.rule_bias = nn.Parameter(torch.zeros(len(THRESHOLD2_NAMES)))
+        self.rule_regime = nn.Linear(len(REGIME_FEATURES_2), len(THRESHOLD2_NAMES))
+        bounds = threshold2_bounds(params)
+        self.register_buffer("rule_low", torch.as_tensor(bounds[:, 0], dtype=torch.float32), persistent=False)
+        self.register_buffer("rule_span", torch.as_tensor(bounds[:, 1] - bounds[:, 0], dtype=torch.float32),
+                             persistent=False)
+        self.register_buffer("scale", torch.as_tensor(clsc2.action_scale(params), dtype=torch.float32),
+                             persistent=False)
+        self._names = THRESHOLD2_NAMES
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.cell.reset_parameters()
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        start = torch.tensor([RULE_START[n] for n in self._names])
+        with torch.no_grad():
+            self.rule_bias.copy_(torch.log(start / (1.0 - start)))
+        nn.init.zeros_(self.rule_regime.weight)
+        nn.init.zeros_(self.rule_regime.bias)
+
+    def thresholds(self, regime_t: Tensor, window_t: Tensor) -> Tensor:
+        """``[B, 7]`` thresholds of the base rule for the regime in force."""
+        cols = torch.stack(regime_columns(regime_t, window_t, self.params), dim=-1).to(self.rule_bias.dtype)
+        if not self.config.regime_conditioned:
+            cols = cols * 0.0
+        share = torch.sigmoid(self.rule_bias + self.rule_regime(cols))
+        return self.rule_low + self.rule_span * share
+
+    def forward(self, frames: Tensor, rule_in: dict[str, Tensor], state: LSTMState | None = None
+                ) -> tuple[Tensor, LSTMState]:
+        h, c = self.cell(frames, state)
+        if self.config.structured:
+            base = base_rule2(self.thresholds(rule_in["regime"], rule_in["window"]).to(frames.dtype),
+                              {k: v.to(frames.dtype) for k, v in rule_in.items()}, self.params)
+        else:
+            base = frames.new_zeros(frames.shape[0], 9)
+        head = self.head(torch.cat([h, frames, base / self.scale], dim=-1))
+        return base + self.config.residual_scale * self.scale * head, (h, c)
+
+
+# ----------------------------------------------------------------------------------------
+# 4. The agent
+# ----------------------------------------------------------------------------------------
+
+
+class PolicyAgent2:
+    """Acts with ``module`` at ``weights`` (or one weights dict per consecutive group of
+    the batch, sizes ``groups``) via ``functional_call``; a :class:`moca.sim2.Policy2`."""
+
+    def __init__(self, module: LSTMPolicy2, weights: Weights | Sequence[Weights] | None = None,
+                 groups: Sequence[int] | None = None):
+        self.module = module
+        weights = dict(module.named_parameters()) if weights is None else weights
+        self.weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+        self.groups = list(groups) if groups is not None else None
+        if len(self.weights) > 1 and (self.groups is None or len(self.groups) != len(self.weights)):
+            raise PolicyError(f"groups: {len(self.weights)} weight dicts need as many group sizes, got {groups}")
+        self._frames: list[Tensor] = []
+        self._states: list[LSTMState | None] = [None] * len(self.weights)
+
+    def reset(self, batch: ScenarioBatch2) -> None:
+        if self.groups is not None and sum(self.groups) != batch.size:
+            raise PolicyError(f"groups: sizes {self.groups} sum to {sum(self.groups)}, the batch has {batch.size}")
+        self._frames, self._states = [], [None] * len(self.weights)
+
+    def act(self, obs: Observation2) -> Tensor:
+        dtype = next(iter(self.weights[0].values())).dtype
+        x = features2(obs, self.module.config).to(dtype)
+        if not self._frames:
+            self._frames = [x] * self.module.config.window
+        self._frames = self._frames[1:] + [x]
+        frames = torch.cat(self._frames, dim=-1)
+        rule_in = rule_inputs(obs)
+        if len(self.weights) == 1:
+            raw, self._states[0] = functional_call(self.module, self.weights[0], (frames, rule_in, self._states[0]))
+        else:
+            raws, start = [], 0
+            for i, (w, size) in enumerate(zip(self.weights, self.groups)):
+                part = {k: v[start:start + size] for k, v in rule_in.items()}
+                raw_i, self._states[i] = functional_call(self.module, w, (frames[start:start + size], part,
+                                                                          self._states[i]))
+                raws.append(raw_i)
+                start += size
+            raw = torch.cat(raws)
+        return raw.to(obs.state.columns[0].dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# 5. Losses and evaluation
+# ----------------------------------------------------------------------------------------
+
+
+def episode_losses2(module: LSTMPolicy2, weights: Weights | Sequence[Weights] | None, batch: ScenarioBatch2,
+                    oracle_cost: Tensor, groups: Sequence[int] | None = None,
+                    correction_weight: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+    """Roll out with backpropagation through the episode; per scenario ``[B]``: the loss
+    ``cost/oracle + correction_weight * correction``, the cost ratio and the correction."""
+    from moca.projection import project2_batch
+
+    oracle_cost = torch.as_tensor(oracle_cost, dtype=batch.dtype)
+    if oracle_cost.shape != (batch.size,) or not bool(torch.all(oracle_cost > 0)):
+        raise PolicyError(f"oracle_cost: expected [{batch.size}] entries > 0 (EUR), got {list(oracle_cost.shape)}")
+    out = rollout2(batch, PolicyAgent2(module, weights, groups), project2_batch)
+    ratio = out.total_cost / oracle_cost
+    correction = correction_distance(out.executed, out.raw, out.scale)
+    return ratio + correction_weight * correction, ratio, correction
+
+
+def evaluate_policy2(module: LSTMPolicy2, weights: Weights | None, scenarios: Sequence[Scenario2],
+                     oracle_costs: np.ndarray) -> dict[str, Any]:
+    """Score on scenarios in float64, every raw action through the projection, violations
+    (rows 1-8, 6a/6b and window settlements) recounted per period: ``score`` = mean
+    oracle/cost, ``scores`` per scenario, ``mean_cost``, ``violations``, ``correction``."""
+    from moca.projection import project2_batch, violations2
+
+    oracle = np.asarray(oracle_costs, dtype=np.float64)
+    if oracle.shape != (len(scenarios),):
+        raise PolicyError(f"oracle_costs: shape {list(oracle.shape)}, expected [{len(scenarios)}]")
+    batch = ScenarioBatch2.from_scenarios(list(scenarios), dtype=torch.float64)
+    weights = {k: v.detach().double() for k, v in (weights or dict(module.named_parameters())).items()}
+    with torch.no_grad():
+        out = rollout2(batch, PolicyAgent2(module, weights), project2_batch)
+    cost = out.total_cost.numpy()
+    executed, inputs, table = out.executed.numpy(), out.inputs.numpy(), batch.regime.numpy()
+    violations = sum(violations2(executed[b, t], dict(zip(clsc2.ROW_INPUTS, inputs[b, t])), table[b, t],
+                                 batch.params) for b in range(batch.size) for t in range(batch.horizon))
+    scores = oracle / cost
+    return {"score": float(scores.mean()), "scores": [float(x) for x in scores], "mean_cost": float(cost.mean()),
+            "violations": int(violations), "correction": float(out.correction.mean())}
+
+
+__all__ = ["LSTMPolicy2", "MODEL", "PolicyAgent2", "REGIME_FEATURES_2", "RULE_START", "base_rule2",
+           "episode_losses2", "evaluate_policy2", "feature_size", "features2", "rule_inputs"]
