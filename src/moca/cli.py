@@ -821,17 +821,22 @@ def continual(
     if as_json:
         _print_json(out)
         return
-    table = Table(title=f"{method}: score after learning each regime (rows) on each regime (columns)")
+    _print_continual(out, [label for label, _ in tasks], R, f"{method}")
+
+
+def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str) -> None:
+    """The score matrix of a continual run (after each regime, on each regime) and its summary."""
+    table = Table(title=f"{what}: score after learning each regime (rows) on each regime (columns)")
     table.add_column("after")
-    for label, _ in tasks:
+    for label in labels:
         table.add_column(label, justify="right")
     table.add_row("(start)", *(f"{x:.4f}" for x in R[0]))
-    for (label, _), row in zip(tasks, R[1:]):
+    for label, row in zip(labels, R[1:]):
         table.add_row(label, *(f"{x:.4f}" for x in row))
     console.print(table)
     drop = out["drop_first_after_second"]
     console.print(f"average final score {out['average_final_score']:.4f}; "
-                  + (f"drop on {tasks[0][0]} after {tasks[1][0]} {100 * drop:.2f}%; " if drop is not None else "")
+                  + (f"drop on {labels[0]} after {labels[1]} {100 * drop:.2f}%; " if drop is not None else "")
                   + f"violations {out['violations']}")
 
 
@@ -873,18 +878,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
     if as_json:
         _print_json(out)
         return
-    table = Table(title=f"{method} on CLSC-2: score after learning each regime (rows) on each regime (columns)")
-    table.add_column("after")
-    for label, _ in tasks:
-        table.add_column(label, justify="right")
-    table.add_row("(start)", *(f"{x:.4f}" for x in R[0]))
-    for (label, _), row in zip(tasks, R[1:]):
-        table.add_row(label, *(f"{x:.4f}" for x in row))
-    console.print(table)
-    drop = out["drop_first_after_second"]
-    console.print(f"average final score {out['average_final_score']:.4f}; "
-                  + (f"drop on {tasks[0][0]} after {tasks[1][0]} {100 * drop:.2f}%; " if drop is not None else "")
-                  + f"violations {out['violations']}")
+    _print_continual(out, [label for label, _ in tasks], R, f"{method} on CLSC-2")
 
 
 @app.command()
