@@ -345,8 +345,8 @@ class Clsc2Model(ChainModel):
 
         try:
             return Params2(**(data or {}))
-        except ValidationError as err:
-            raise ServeError(422, "params." + _pydantic_message(err)) from None
+        except ValidationError as err:  # (Params2's own messages already say "params.")
+            raise ServeError(422, "params." + _pydantic_message(err).removeprefix("params.")) from None
         except TypeError as err:
             raise ServeError(422, f"params: {err}") from None
 
