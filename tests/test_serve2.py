@@ -140,6 +140,7 @@ def _first_obs() -> dict:
     ({"grades": [0.5, 0.3, 0.3]}, 422, "grades"),
     ({"market_avail": 1.5}, 422, "market_avail"),
     ({"used_recycled": -1.0}, 422, "used_recycled"),
+    ({"used_virgin": 5.0}, 422, "used_virgin: 5.0 must be 0 at t=0, the first period of an accounting window"),
     ({"state": {"virgin": 1.0, "recycled": 1.0, "product": 1.0, "cores": 1.0, "backlog": 0.0}}, 422, "state"),
     ({"last_demand": 1000.0}, 422, "last_demand: unknown field"),
     ({"t": 52}, 422, "t: 52 is past the episode"),

@@ -410,7 +410,10 @@ class Clsc2Model(ChainModel):
         nxt = rt.store.one("SELECT MIN(effective) FROM regulations WHERE chain=? AND state='pending' AND episode=? "
                            "AND effective > ?", (chain, episode, t))[0]
         end = min((t // window + 1) * window, params.horizon, nxt if nxt is not None else params.horizon)
-        return row, window, end - 1 - t
+        starts = t == 0 or t % window == 0 or rt.store.one(
+            "SELECT 1 FROM regulations WHERE chain=? AND state='in_force' AND episode=? AND effective=?",
+            (chain, episode, t)) is not None
+        return row, window, end - 1 - t, starts
 
     def decide(self, deployed: "Deployed", memory: "ChainMemory", obs: "Observation", regime_row):
         import torch
@@ -420,8 +423,12 @@ class Clsc2Model(ChainModel):
         from moca.sim2 import Observation2, State2
 
         (module, weights), p = deployed.decide, deployed.params
-        row, window, periods_left = regime_row
+        row, window, periods_left, starts = regime_row
         b = obs
+        for name in ("used_virgin", "used_recycled"):  # counters that disagree with the schedule: refused
+            if starts and getattr(b, name) != 0:
+                raise ServeError(422, f"{name}: {getattr(b, name)!r} must be 0 at t={b.t}, the first period of an "
+                                      f"accounting window (W={window} in force)")
         one = lambda x: torch.tensor([float(x)], dtype=torch.float64)  # noqa: E731
         s = b.state
         state = State2(tuple(one(x) for x in (s.V, s.M, s.P, s.CA, s.CB)), tuple(one(x) for x in b.pipeline),
