@@ -167,3 +167,19 @@ def test_clsc2_registration_refuses_bad_regimes_params_and_checkpoints_by_name(c
     r = client.post("/v1/chains", json={"id": "p2", "model": "clsc-3", "regime": "T1"})
     assert r.status_code == 422 and r.json()["detail"].startswith("model:"), r.text
     assert client.get("/v1/chains").json() == []
+
+
+def test_the_regime_memory_holds_both_models_and_finds_the_nearest_clsc2_rule(client):
+    """A CLSC-1 and a CLSC-2 chain share the memory; ``?nearest=`` a quarterly-window rule
+    finds that rule first (each regime compared by its own model's features); a target no
+    model reads is refused by name."""
+    assert client.post("/v1/chains", json={"id": "p1", "regime": "T3"}).status_code == 201
+    assert client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": "T1"}).status_code == 201
+    assert client.post("/v1/chains/p2/regulations", json={"regime": RULE, "effective": 5}).status_code == 202
+    r = client.get("/v1/regimes", params={"nearest": json.dumps(RULE)})
+    assert r.status_code == 200, r.text
+    ranked = [(x["model"], x["regime"].get("recycled_content_window", 1), x["distance"]) for x in r.json()]
+    assert sorted(m for m, _, _ in ranked) == ["clsc-1", "clsc-2", "clsc-2"]
+    assert ranked[0] == ("clsc-2", 13, 0.0) and all(d > 0 for _, _, d in ranked[1:])
+    r = client.get("/v1/regimes", params={"nearest": json.dumps({**RULE, "recycled_content_window": 0})})
+    assert r.status_code == 422 and "recycled_content_window" in r.json()["detail"], r.text
