@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -86,6 +86,22 @@ class ChainModel:
 
     name = "clsc-1"
     default_checkpoint = "default"
+    action_names = ACTION_NAMES
+
+    @property
+    def body(self):
+        return DecideIn
+
+    def observation(self, body) -> "Observation":
+        return Observation(body)
+
+    def decision_row(self, rt: "Runtime", chain: str, episode: int, t: int, regime, row: np.ndarray, params):
+        """What :meth:`decide` is given of the regime in force at ``t`` (CLSC-1: its row)."""
+        return row
+
+    def decision_extra(self, row) -> dict[str, Any]:
+        """Fields the decision's answer adds for this model (CLSC-1: none)."""
+        return {}
 
     def params(self, data: dict[str, Any] | None):
         from moca.scenario import Params
@@ -221,11 +237,25 @@ class Strict(BaseModel):
 
 class ChainIn(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="chain (plant) name")
-    model: str = Field("clsc-1", description="world model: " + ", ".join(MODELS))
+    model: str = Field("clsc-1", description="world model: clsc-1 or clsc-2 (CLSC-2 also accepted)")
     params: dict[str, Any] | None = Field(None, description="the model's parameters (spec names); default: the spec's")
     regime: dict[str, Any] | str = Field(description="regime in force now: the spec's fields, or a preset name")
     checkpoint: str | None = Field(None, description="policy checkpoint: 'default', 'default-reptile' or a "
                                                      "directory under DATA/checkpoints")
+
+
+def _non_negative_entries(cls, values: list[float], info) -> list[float]:
+    for i, v in enumerate(values):
+        if v < 0:
+            raise ValueError(f"{info.field_name}[{i}]={v!r} must be >= 0")
+    return values
+
+
+#: What both models' observations share (the spec's names and units).
+Period = Annotated[int, Field(ge=0, description="period of the episode")]
+Pipeline = Annotated[list[float], Field(description="virgin orders still in transit after arrivals (L_v - 1 slots), kg")]
+SalesHistory = Annotated[list[float], Field(description="sales of the last L_r periods, oldest first, units")]
+ReturnFrac = Annotated[float, Field(ge=0, le=1, description="rho_t, share of the sales of t - L_r returned this period")]
 
 
 class StateIn(Strict):
@@ -237,20 +267,14 @@ class StateIn(Strict):
 
 
 class DecideIn(Strict):
-    t: int = Field(ge=0, description="period of the episode")
+    t: Period
     state: StateIn
-    pipeline: list[float] = Field(description="virgin orders still in transit after arrivals (L_v - 1 slots), kg")
-    sales_history: list[float] = Field(description="sales of the last L_r periods, oldest first, units")
-    return_frac: float = Field(ge=0, le=1, description="rho_t, share of the sales of t - L_r returned this period")
+    pipeline: Pipeline
+    sales_history: SalesHistory
+    return_frac: ReturnFrac
     last_demand: float | None = Field(None, ge=0, description="d_{t-1}, units (null at t = 0)")
 
-    @field_validator("pipeline", "sales_history")
-    @classmethod
-    def _non_negative(cls, values: list[float], info) -> list[float]:
-        for i, v in enumerate(values):
-            if v < 0:
-                raise ValueError(f"{info.field_name}[{i}]={v!r} must be >= 0")
-        return values
+    _non_negative = field_validator("pipeline", "sales_history")(_non_negative_entries)
 
 
 class Observation:
@@ -261,6 +285,205 @@ class Observation:
     def __init__(self, body: DecideIn):
         self.t, self.state, self.pipeline = body.t, body.state, body.pipeline
         self.sales_history, self.return_frac, self.last_demand = body.sales_history, body.return_frac, body.last_demand
+
+
+class StateIn2(Strict):
+    V: float = Field(ge=0, description="virgin material, kg, after this period's arrivals")
+    M: float = Field(ge=0, description="recycled material, kg, after arrivals (last period's market purchase, "
+                                       "market_in, has arrived into it)")
+    P: float = Field(ge=0, description="finished products, units")
+    CA: float = Field(ge=0, description="grade-A cores, units, after this period's returns")
+    CB: float = Field(ge=0, description="grade-B cores, units, after this period's returns")
+
+
+class DecideIn2(Strict):
+    """One CLSC-2 period's observation (after the period's arrivals and window reset)."""
+
+    t: Period
+    state: StateIn2
+    pipeline: Pipeline
+    sales_history: SalesHistory
+    used_virgin: float = Field(ge=0, description="U_v: virgin material used in the current accounting window "
+                                                 "before this period, kg (0 at a window's first period)")
+    used_recycled: float = Field(ge=0, description="U_r: recycled material used in the window so far, kg")
+    supply_up: bool = Field(description="whether the virgin supplier accepts orders this period")
+    market_avail: float = Field(ge=0, le=1, description="share of cap_market on offer this period")
+    return_frac: ReturnFrac
+    grades: list[float] = Field(description="shares of this period's returns that are grade A, grade B, scrap "
+                                            "(3 values summing to 1)")
+    demand_history: list[float] = Field(description="demand of the last 52 periods (d_{t-52} .. d_{t-1}, the "
+                                                    "pre-episode history first), oldest first, units")
+
+    _non_negative = field_validator("pipeline", "sales_history", "demand_history")(_non_negative_entries)
+
+    @field_validator("grades")
+    @classmethod
+    def _shares(cls, values: list[float]) -> list[float]:
+        if len(values) != 3:
+            raise ValueError(f"grades: {len(values)} values, expected 3 (A, B, scrap)")
+        for i, v in enumerate(values):
+            if not 0 <= v <= 1:
+                raise ValueError(f"grades[{i}]={v!r} must be in [0, 1]")
+        if abs(sum(values) - 1.0) > 1e-6:
+            raise ValueError(f"grades: sum to {sum(values)!r}, must be 1")
+        return values
+
+
+class Clsc2Model(ChainModel):
+    """CLSC-2 (`moca.scenario.Params2`, regimes with their accounting window, the policy of
+    :mod:`moca.policy2` deployed through its own agent, :func:`moca.meta2.adapt2`). The
+    executed action is :func:`moca.projection.project2` for the regime in force, with
+    ``periods_left`` from the chain's regime schedule (its window and announced changes)."""
+
+    name = "clsc-2"
+    body = DecideIn2
+    action_names = ("order", "buy_recycled", "use_virgin", "use_recycled", "refurbish", "disassemble_a",
+                    "disassemble_b", "dispose_a", "dispose_b")
+
+    def params(self, data: dict[str, Any] | None):
+        from moca.scenario import Params2
+
+        try:
+            return Params2(**(data or {}))
+        except ValidationError as err:  # (Params2's own messages already say "params.")
+            raise ServeError(422, "params." + _pydantic_message(err).removeprefix("params.")) from None
+        except TypeError as err:
+            raise ServeError(422, f"params: {err}") from None
+
+    def regime(self, data: Any):
+        from moca.policy2 import MODEL
+        from moca.regime import RegimeError, load_regime, named_regimes
+
+        names = named_regimes(MODEL)
+        if isinstance(data, str) and data not in names:
+            raise ServeError(422, f"regime: {data!r} is not a known name ({', '.join(names)})")
+        if not isinstance(data, (str, dict)):
+            raise ServeError(422, f"regime: expected an object or a name, got {type(data).__name__}")
+        try:
+            return load_regime(data, model=MODEL)
+        except RegimeError as err:
+            raise ServeError(422, f"regime.{err}") from None
+
+    def decision_extra(self, row) -> dict[str, Any]:
+        return {"window": {"recycled_content_window": row[1], "periods_left": row[2]}}
+
+    def observation(self, body: DecideIn2) -> DecideIn2:
+        return body  # (read as is: the agent builds its tensors from it)
+
+    def shapes(self, params) -> dict[str, int]:
+        from moca.sim2 import HISTORY
+
+        return {"pipeline": params.lead_virgin - 1, "sales_history": params.lag_return, "demand_history": HISTORY}
+
+    def regime_features(self, regime, params) -> list[float]:
+        """The regime columns the CLSC-2 policy sees (:data:`moca.policy2.REGIME_FEATURES_2`)."""
+        import torch
+
+        from moca.policy2 import regime_columns
+
+        row = torch.as_tensor(regime.as_row(), dtype=torch.float64)[None]
+        window = torch.tensor([float(regime.recycled_content_window)], dtype=torch.float64)
+        return [float(c[0]) for c in regime_columns(row, window, params)]
+
+    def load(self, directory: str | Path):
+        from moca.meta2 import load_policy2
+
+        module, _ = load_policy2(directory)
+        return module
+
+    def save(self, directory: Path, module, metadata: dict[str, Any]) -> str:
+        from moca import checkpoint
+        from moca.meta2 import save_policy2
+
+        save_policy2(directory, module, metadata)
+        return json.loads((directory / checkpoint.META).read_text())["weights_sha256"]
+
+    def deployed(self, module) -> "Deployed":
+        weights = {k: v.detach().double() for k, v in module.named_parameters()}  # as evaluate_policy2
+        return Deployed((module, weights), module.params)
+
+    def decision_row(self, rt: "Runtime", chain: str, episode: int, t: int, regime, row: np.ndarray, params):
+        """(regime row, W, periods_left n_t): t's window is the calendar block of the W in
+        force, cut short at the next announced change in this episode and at the horizon
+        (:func:`moca.regime.window_periods_left` over the chain's schedule)."""
+        window = int(regime.recycled_content_window)
+        nxt = rt.store.one("SELECT MIN(effective) FROM regulations WHERE chain=? AND state='pending' AND episode=? "
+                           "AND effective > ?", (chain, episode, t))[0]
+        end = min((t // window + 1) * window, params.horizon, nxt if nxt is not None else params.horizon)
+        starts = t == 0 or t % window == 0 or rt.store.one(
+            "SELECT 1 FROM regulations WHERE chain=? AND state='in_force' AND episode=? AND effective=?",
+            (chain, episode, t)) is not None
+        return row, window, end - 1 - t, starts
+
+    def decide(self, deployed: "Deployed", memory: "ChainMemory", obs: "Observation", regime_row):
+        import torch
+
+        from moca.policy2 import PolicyAgent2
+        from moca.projection import project2
+        from moca.sim2 import Observation2, State2
+
+        (module, weights), p = deployed.decide, deployed.params
+        row, window, periods_left, starts = regime_row
+        b = obs
+        for name in ("used_virgin", "used_recycled"):  # counters that disagree with the schedule: refused
+            if starts and getattr(b, name) != 0:
+                raise ServeError(422, f"{name}: {getattr(b, name)!r} must be 0 at t={b.t}, the first period of an "
+                                      f"accounting window (W={window} in force)")
+        one = lambda x: torch.tensor([float(x)], dtype=torch.float64)  # noqa: E731
+        s = b.state
+        state = State2(tuple(one(x) for x in (s.V, s.M, s.P, s.CA, s.CB)), tuple(one(x) for x in b.pipeline),
+                       one(0.0), one(b.used_virgin), one(b.used_recycled), tuple(one(x) for x in b.sales_history))
+        inputs = {"virgin": s.V, "recycled": s.M, "cores_a": s.CA, "cores_b": s.CB, "used_virgin": b.used_virgin,
+                  "used_recycled": b.used_recycled, "periods_left": float(periods_left),
+                  "supply_up": float(b.supply_up), "market_avail": b.market_avail}
+        regime_t = torch.as_tensor(row, dtype=torch.float64)[None]
+        observation = Observation2(
+            b.t, state, {k: one(v) for k, v in inputs.items()}, regime_t,
+            regime_t[:, None].expand(1, p.horizon, len(row)), torch.full((1, p.horizon), window, dtype=torch.int64),
+            one(b.return_frac), torch.tensor([b.grades], dtype=torch.float64),
+            torch.tensor([b.demand_history], dtype=torch.float64), p)
+        # the library's own agent, its frames and LSTM state restored from the chain's memory
+        agent = PolicyAgent2(module, weights)
+        size = module.frame_size
+        if memory.frames is not None:
+            frames = torch.from_numpy(memory.frames.astype(np.float64))
+            agent._frames = [frames[i * size:(i + 1) * size][None] for i in range(len(frames) // size)]
+            if memory.state is not None:
+                agent._states = [tuple(torch.from_numpy(x.astype(np.float64))[None] for x in memory.state)]
+        with torch.no_grad():
+            raw = agent.act(observation)[0].numpy().astype(np.float64)
+        memory.frames = torch.cat(agent._frames, dim=-1)[0].numpy().astype(np.float32)
+        memory.state = tuple(x[0].numpy().astype(np.float32) for x in agent._states[0])
+        action = project2(raw, inputs, row, p)
+        return action, raw
+
+    def summary(self, action: np.ndarray, regime, params) -> tuple[float, float]:
+        from moca import clsc2
+
+        terms = clsc2.cost_terms(action, np.zeros(5), 0.0, 0.0, regime.as_row(), params)
+        own = ("virgin", "carbon", "market", "produce", "refurbish", "disassemble", "dispose", "landfill_tax")
+        u_v, u_r = float(action[clsc2.UV]), float(action[clsc2.UR])
+        return float(sum(terms[k] for k in own)), (u_r / (u_v + u_r) if u_v + u_r > 1e-9 else 0.0)
+
+    def adapt(self, module, weights, regime, settings: AdaptSettings) -> tuple[dict, list[dict], Any]:
+        """:func:`moca.meta2.adapt2` as ``moca adapt --model CLSC-2`` runs it (the weights of the
+        best validation score over steps 0..steps), support seeds 800+, validation 900+."""
+        from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS
+        from moca.meta2 import OracleCache2, adapt2
+        from moca.policy2 import evaluate_policy2
+
+        cache = OracleCache2(module.params)
+        support = cache.scenarios(SUPPORT_SEEDS[:settings.support], regime)
+        validation = cache.scenarios(VALIDATION_SEEDS[:settings.validation], regime)
+        oracle = cache.costs(validation)
+        new, curve = adapt2(module, weights, regime, settings.steps, support=support, validation=validation,
+                            cache=cache, keep_best=True)
+        return new, curve, lambda w: evaluate_policy2(module, w, validation, oracle)
+
+
+MODELS["clsc-2"] = Clsc2Model()
+#: Other spellings of a model's name that registration accepts.
+MODEL_ALIASES = {"CLSC-2": "clsc-2"}
 
 
 class DecisionOut(BaseModel):
@@ -277,6 +500,8 @@ class DecisionOut(BaseModel):
                                            "production, recovery, disposal)")
     recycled_share: float = Field(description="recycled share of this period's material input")
     latency_us: float = Field(description="µs from the validated observation to the executed action (in the service)")
+    window: dict[str, int] | None = Field(None, description="CLSC-2 only: the accounting window W in force and "
+                                                            "periods_left n_t after t in it (from the regime schedule)")
 
 
 class RegulationIn(Strict):
@@ -528,7 +753,7 @@ def run_job(store: Store, job_id: int, settings: AdaptSettings = AdaptSettings()
     _failpoint("mid-adaptation")
     before = score(dict(current_module.named_parameters())) if (from_chain, from_version) != (chain, current) \
         else curve[0]
-    after = curve[-1]
+    after = next((c for c in curve if c.get("selected")), curve[-1])  # (keep_best: the weights returned)
     passed = after["violations"] == 0 and after["score"] >= before["score"]
     seconds = time.time() - started
     result = {"score_before": before["score"], "score_after": after["score"], "violations": after["violations"],
@@ -645,6 +870,14 @@ def _chain(rt: Runtime, chain: str) -> tuple:
     return rt.chains[chain]
 
 
+def _body_model(rt: Runtime, chain: str) -> type[BaseModel]:
+    """The decide body of the chain's model (CLSC-1's for an unknown chain: decide answers 404)."""
+    try:
+        return _chain(rt, chain)[0].body
+    except ServeError:
+        return DecideIn
+
+
 def _regime(rt: Runtime, model: ChainModel, regime_id: int) -> tuple[Any, np.ndarray, dict]:
     """(regime, its row, its JSON form) of a memory id; regimes never change once stored."""
     if regime_id not in rt.regimes:
@@ -723,7 +956,8 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
     regime, row, regime_out = _regime(rt, model, regime_id)
     deployed = _deployed(rt, model, chain, version)
     trial = ChainMemory(memory.episode, body.t, memory.frames, memory.state)
-    action, raw = model.decide(deployed, trial, Observation(body), row)
+    row = model.decision_row(rt, chain, memory.episode, body.t, regime, row, params)
+    action, raw = model.decide(deployed, trial, model.observation(body), row)
     cost, share = model.summary(action, regime, params)
     projected = not np.array_equal(action, raw)
     latency = (time.perf_counter() - started) * 1e6
@@ -737,9 +971,11 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
             store.conn.execute("DELETE FROM decisions WHERE chain=?1 AND id <= (SELECT id FROM decisions WHERE "
                                "chain=?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)", (chain, rt.keep_decisions))
     rt.memories[chain] = trial  # only once it is stored
-    return {"action": dict(zip(ACTION_NAMES, action.tolist())), "raw_action": dict(zip(ACTION_NAMES, raw.tolist())),
+    names = model.action_names
+    return {"action": dict(zip(names, action.tolist())), "raw_action": dict(zip(names, raw.tolist())),
             "projected": projected, "policy_version": version, "regime": regime_out, "t": body.t,
-            "episode": memory.episode, "action_cost": cost, "recycled_share": share, "latency_us": round(latency, 1)}
+            "episode": memory.episode, "action_cost": cost, "recycled_share": share, "latency_us": round(latency, 1),
+            **model.decision_extra(row)}
 
 
 def _version_out(store: Store, row) -> dict[str, Any]:
@@ -847,7 +1083,7 @@ class DecideFastPath:
                 if not message.get("more_body"):
                     break
             try:
-                answer = decide(self.rt, path[11:-7], DecideIn.model_validate_json(body))
+                answer = decide(self.rt, path[11:-7], _body_model(self.rt, path[11:-7]).model_validate_json(body))
             except ValidationError as err:
                 status, answer = 422, _validation_answer(err.errors())
             except ServeError as err:
@@ -949,9 +1185,10 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
 
     @app.post("/v1/chains", status_code=201, dependencies=mutating)
     def register(body: ChainIn) -> dict[str, Any]:
-        if body.model not in MODELS:
+        name = MODEL_ALIASES.get(body.model, body.model)
+        if name not in MODELS:
             raise ServeError(422, f"model: {body.model!r} is not one of {', '.join(MODELS)}")
-        model = MODELS[body.model]
+        model = MODELS[name]
         params = model.params(body.params)
         regime = model.regime(body.regime)
         if store.one("SELECT 1 FROM chains WHERE id=?", (body.id,)):
@@ -1030,14 +1267,14 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
 
     @app.get("/v1/chains/{chain}/decisions")
     def decisions(chain: str, limit: int = Query(100, ge=1, le=5000)) -> list[dict[str, Any]]:
-        _chain(rt, chain)
+        model, _ = _chain(rt, chain)
         rows = store.all("SELECT episode, t, version, regime_id, action, projected, cost, recycled_share, latency_us, "
                          "at FROM decisions WHERE chain=? ORDER BY id DESC LIMIT ?", (chain, limit))
         keys = ("episode", "t", "version", "regime_id", "action", "projected", "action_cost", "recycled_share",
                 "latency_us", "at")
         out = [dict(zip(keys, r)) for r in reversed(rows)]
         for d in out:
-            d["action"] = dict(zip(ACTION_NAMES, np.frombuffer(d["action"], dtype=np.float64).tolist()))
+            d["action"] = dict(zip(model.action_names, np.frombuffer(d["action"], dtype=np.float64).tolist()))
         return out
 
     @app.post("/v1/chains/{chain}/regulations", status_code=202, dependencies=mutating)

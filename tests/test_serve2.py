@@ -1,0 +1,185 @@
+"""moca serve on CLSC-2: decisions equal the library's deployed CLSC-2 policy and keep
+every row (window settlements included), a regulation event adapts and activates a
+validated version, bad CLSC-2 input is refused by name. In-process (TestClient, no worker
+process: jobs are run by calling :func:`moca.serve.run_job`); no port is opened."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from moca import clsc2
+from moca.meta2 import load_policy2
+from moca.policy2 import PolicyAgent2
+from moca.projection import project2, project2_batch, violations2
+from moca.regime import RegimeSchedule, ScheduledRegime, load_regime
+from moca.scenario import DEFAULT_PARAMS_2, HISTORY, draw_scenario2
+from moca.serve import AdaptSettings, create_app, run_job
+from moca.sim2 import ScenarioBatch2, rollout2
+
+TINY = AdaptSettings(steps=1, support=2, validation=2)  # the plumbing, not the learning
+#: A rule announced for t = 20 with a quarterly window: windows [0, 20), [20, 26), [26, 39), [39, 52).
+RULE = {"recycled_content_min": 0.3, "carbon_tax": 80.0, "emission_cap": None, "landfill_tax": 40.0,
+        "recovery_target": 0.5, "recycled_content_window": 13}
+
+
+@pytest.fixture()
+def client(tmp_path):
+    with TestClient(create_app(tmp_path / "data", worker=False)) as c:
+        yield c
+
+
+class _Recorder(PolicyAgent2):
+    """The library's CLSC-2 agent, keeping each observation it was shown."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.seen = []
+
+    def act(self, obs):
+        self.seen.append(obs)
+        return super().act(obs)
+
+
+def _body(obs) -> dict:
+    """The service's JSON observation of a library observation (post-arrival, spec names)."""
+    s = obs.state
+    return {"t": obs.t, "state": {n: float(x[0]) for n, x in zip(clsc2.STATE_NAMES, s.columns)},
+            "pipeline": [float(x[0]) for x in s.pipeline_slots], "sales_history": [float(x[0]) for x in s.history_slots],
+            "used_virgin": float(s.used_virgin[0]), "used_recycled": float(s.used_recycled[0]),
+            "supply_up": bool(obs.inputs["supply_up"][0] > 0.5), "market_avail": float(obs.inputs["market_avail"][0]),
+            "return_frac": float(obs.return_frac_t[0]), "grades": obs.grades_t[0].tolist(),
+            "demand_history": obs.demand_seen[0, -HISTORY:].tolist()}
+
+
+def test_clsc2_decisions_equal_the_library_policy_and_keep_every_row_across_a_window_change(client):
+    """An episode of T1 (yearly window) with RULE announced before t = 0 for t = 20: the
+    service's periods_left is the scenario's schedule's, its executed action is the exact
+    projection (project2) of its raw action for the regime in force, breaks no row and no
+    settlement, and equals the library's rollout of the same shipped policy."""
+    t1 = load_regime("T1", model="CLSC-2")
+    rule = load_regime(RULE, model="CLSC-2")
+    schedule = RegimeSchedule(entries=(ScheduledRegime(start=0, **t1.model_dump()),
+                                       ScheduledRegime(start=20, **rule.model_dump())))
+    scenario = draw_scenario2(1000, schedule, DEFAULT_PARAMS_2)
+    module, _ = load_policy2("default")
+    agent = _Recorder(module, {k: v.detach().double() for k, v in module.named_parameters()})
+    with torch.no_grad():
+        out = rollout2(ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64), agent, project2_batch)
+    periods_left, table = scenario.periods_left(), scenario.regime_table()
+
+    r = client.post("/v1/chains", json={"id": "plant2", "model": "CLSC-2", "regime": "T1"})
+    assert r.status_code == 201, r.text
+    assert r.json()["model"] == "clsc-2"
+    r = client.post("/v1/chains/plant2/regulations", json={"regime": RULE, "effective": 20, "name": "quarterly"})
+    assert r.status_code == 202, r.text
+    projected = 0
+    for obs in agent.seen:
+        r = client.post("/v1/chains/plant2/decide", json=_body(obs))
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        action = np.array([answer["action"][n] for n in clsc2.ACTION_NAMES])
+        raw = np.array([answer["raw_action"][n] for n in clsc2.ACTION_NAMES])
+        inputs = {k: float(v[0]) for k, v in obs.inputs.items()}
+        assert answer["window"] == {"recycled_content_window": 52 if obs.t < 20 else 13,
+                                    "periods_left": int(periods_left[obs.t])}
+        assert answer["regime"]["recycled_content_window"] == (52 if obs.t < 20 else 13)
+        assert np.array_equal(action, project2(raw, inputs, table[obs.t], DEFAULT_PARAMS_2))
+        assert violations2(action, inputs, table[obs.t], DEFAULT_PARAMS_2) == 0
+        assert np.allclose(raw, out.raw[0, obs.t].numpy(), rtol=1e-5, atol=1e-4)  # (LSTM state kept in float32)
+        assert np.allclose(action, out.executed[0, obs.t].numpy(), rtol=1e-5, atol=1e-3)
+        projected += answer["projected"]
+    assert len(agent.seen) == DEFAULT_PARAMS_2.horizon and projected > 0  # the safety layer did work
+    decisions = client.get("/v1/chains/plant2/decisions?limit=5").json()
+    assert set(decisions[-1]["action"]) == set(clsc2.ACTION_NAMES)
+
+
+def test_a_clsc2_regulation_adapts_and_activates_a_validated_version(client):
+    """T2 announced for t = 0 of a fresh chain: the job adapts the CLSC-2 policy (adapt2),
+    validates it (0 violations incl. settlements, score not below version 1's), and the
+    first decision under T2 uses the new version; rollback returns to version 1."""
+    assert client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": "T1"}).status_code == 201
+    job = client.post("/v1/chains/p2/regulations", json={"regime": "T2", "effective": 0}).json()["job"]
+    store = client.app.state.runtime.store
+    with store.tx() as c:
+        c.execute("UPDATE jobs SET state='running', attempts=attempts+1 WHERE id=?", (job,))
+    run_job(store, job, TINY)
+    done = client.get(f"/v1/jobs/{job}").json()
+    assert done["state"] == "done", done
+    assert done["violations"] == 0 and done["score_after"] >= done["score_before"] > 0
+    first = json.loads(json.dumps(_first_obs()))
+    r = client.post("/v1/chains/p2/decide", json=first)
+    assert r.status_code == 200, r.text
+    assert r.json()["policy_version"] == 2 and r.json()["regime"]["recycled_content_min"] == \
+        load_regime("T2", model="CLSC-2").recycled_content_min
+    versions = client.get("/v1/chains/p2/versions").json()
+    assert [(v["number"], v["state"], v["parent"]) for v in versions] == [(1, "retired", None), (2, "active", 1)]
+    assert versions[1]["score"] == done["score_after"]
+    memory = client.get("/v1/regimes").json()
+    assert {r["model"] for r in memory} == {"clsc-2"} and len(memory) == 2
+    assert len(memory[0]["features"]) == 7  # the CLSC-2 policy's regime columns, window included
+    assert client.post("/v1/chains/p2/rollback", json={}).json()["policy_version"] == 1
+
+
+def _first_obs() -> dict:
+    return {"t": 0, "state": {"V": 20000.0, "M": 3000.0, "P": 1000.0, "CA": 100.0, "CB": 50.0},
+            "pipeline": [0.0] * (DEFAULT_PARAMS_2.lead_virgin - 1),
+            "sales_history": [900.0] * DEFAULT_PARAMS_2.lag_return, "used_virgin": 0.0, "used_recycled": 0.0,
+            "supply_up": True, "market_avail": 0.8, "return_frac": 0.3, "grades": [0.5, 0.3, 0.2],
+            "demand_history": [1000.0] * HISTORY}
+
+
+@pytest.mark.parametrize("change, status, field", [
+    ({"demand_history": [1000.0] * 51}, 422, "demand_history: 51 values, expected 52"),
+    ({"sales_history": [900.0] * 2}, 422, "sales_history: 2 values"),
+    ({"grades": [0.5, 0.5]}, 422, "grades"),
+    ({"grades": [0.5, 0.3, 0.3]}, 422, "grades"),
+    ({"market_avail": 1.5}, 422, "market_avail"),
+    ({"used_recycled": -1.0}, 422, "used_recycled"),
+    ({"used_virgin": 5.0}, 422, "used_virgin: 5.0 must be 0 at t=0, the first period of an accounting window"),
+    ({"state": {"virgin": 1.0, "recycled": 1.0, "product": 1.0, "cores": 1.0, "backlog": 0.0}}, 422, "state"),
+    ({"last_demand": 1000.0}, 422, "last_demand: unknown field"),
+    ({"t": 52}, 422, "t: 52 is past the episode"),
+])
+def test_bad_clsc2_input_is_refused_by_name_and_nothing_is_stored(client, change, status, field):
+    assert client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": "T1"}).status_code == 201
+    r = client.post("/v1/chains/p2/decide", json={**_first_obs(), **change})
+    assert r.status_code == status and r.json()["detail"].startswith(field), r.text
+    nan = json.dumps(_first_obs()).replace('"used_virgin": 0.0', '"used_virgin": NaN')
+    r = client.post("/v1/chains/p2/decide", content=nan, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("used_virgin"), r.text
+    assert client.get("/v1/chains/p2/decisions").json() == []
+    assert client.get("/v1/chains/p2").json()["last_t"] == -1
+
+
+def test_clsc2_registration_refuses_bad_regimes_params_and_checkpoints_by_name(client):
+    bad = {**RULE, "recycled_content_window": 0}
+    r = client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": bad})
+    assert r.status_code == 422 and "recycled_content_window" in r.json()["detail"], r.text
+    r = client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": "T1", "params": {"horizon": -3}})
+    assert r.status_code == 422 and r.json()["detail"].startswith("params.horizon"), r.text
+    r = client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": "T1", "checkpoint": "default-reptile"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("checkpoint:"), r.text  # a CLSC-1 policy
+    r = client.post("/v1/chains", json={"id": "p2", "model": "clsc-3", "regime": "T1"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("model:"), r.text
+    assert client.get("/v1/chains").json() == []
+
+
+def test_the_regime_memory_holds_both_models_and_finds_the_nearest_clsc2_rule(client):
+    """A CLSC-1 and a CLSC-2 chain share the memory; ``?nearest=`` a quarterly-window rule
+    finds that rule first (each regime compared by its own model's features); a target no
+    model reads is refused by name."""
+    assert client.post("/v1/chains", json={"id": "p1", "regime": "T3"}).status_code == 201
+    assert client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": "T1"}).status_code == 201
+    assert client.post("/v1/chains/p2/regulations", json={"regime": RULE, "effective": 5}).status_code == 202
+    r = client.get("/v1/regimes", params={"nearest": json.dumps(RULE)})
+    assert r.status_code == 200, r.text
+    ranked = [(x["model"], x["regime"].get("recycled_content_window", 1), x["distance"]) for x in r.json()]
+    assert sorted(m for m, _, _ in ranked) == ["clsc-1", "clsc-2", "clsc-2"]
+    assert ranked[0] == ("clsc-2", 13, 0.0) and all(d > 0 for _, _, d in ranked[1:])
+    r = client.get("/v1/regimes", params={"nearest": json.dumps({**RULE, "recycled_content_window": 0})})
+    assert r.status_code == 422 and "recycled_content_window" in r.json()["detail"], r.text
