@@ -20,7 +20,8 @@ Work is split into tasks, one per (value, policy): a task is a pure function of 
 input (regime, seeds, policy), so any backend of :mod:`moca.cluster` — this process, a
 local process pool, Ray — gives the same numbers. A world model plugs in as a
 :class:`SweepModel` in :data:`MODELS` (its fields, their ranges and neutral values, how to
-draw scenarios and run a policy); CLSC-1 is :class:`CLSC1Sweep`.
+draw scenarios and run a policy); CLSC-1 is :class:`CLSC1Sweep`, CLSC-2 :class:`CLSC2Sweep`
+(lost sales instead of backlog; the accounting window W as a sixth field).
 """
 
 from __future__ import annotations
