@@ -44,6 +44,18 @@ def test_sweep_on_ray_gives_the_serial_numbers(local_ray):
     assert ray.is_initialized()  # a sweep on a Ray it did not start leaves it running
 
 
+def test_clsc2_sweep_on_ray_gives_the_serial_numbers(local_ray):
+    plan = make_plan("CLSC-2", "recycled_content_min", "0.2", base="T1", policies="oracle,threshold", scenarios=2,
+                     threshold_budget=48)
+    serial, on_ray = run_sweep(plan, Backend("serial")), run_sweep(plan, local_ray)
+    assert on_ray["model"] == "CLSC-2" and on_ray["backend"]["kind"] == "ray"
+    for name, entry in serial["policies"].items():
+        for key in ("cost", "compliance_cost", "emissions", "recycled_share", "lost_sales", "violations"):
+            np.testing.assert_allclose(on_ray["policies"][name][key], entry[key], rtol=1e-9, err_msg=f"{name}.{key}")
+    assert on_ray["policies"]["oracle"]["shadow_price"] == pytest.approx(serial["policies"]["oracle"]["shadow_price"],
+                                                                         rel=1e-9)
+
+
 def test_cli_sweep_with_ray(local_ray, tmp_path):
     out = tmp_path / "sweep.json"
     result = CliRunner().invoke(app, ["sweep", "--field", "recovery_target", "--values", "0.5,0.9", "--policies",

@@ -1024,9 +1024,9 @@ def serve(
 
 @app.command()
 def sweep(
-    field: str = typer.Option(..., "--field", help="Regime field to vary (recycled_content_min, carbon_tax, emission_cap, landfill_tax, recovery_target)."),
+    field: str = typer.Option(..., "--field", help="Regime field to vary (recycled_content_min, carbon_tax, emission_cap, landfill_tax, recovery_target; CLSC-2 also recycled_content_window)."),
     values: str = typer.Option(..., "--values", help="A list 0,0.1,0.2 or a range start:stop:step (stop included)."),
-    model: str = typer.Option("CLSC-1", "--model", help="World model."),
+    model: str = typer.Option("CLSC-1", "--model", help="World model: CLSC-1 | CLSC-2."),
     base: Optional[str] = typer.Option(None, "--base", help="The other rules: a regime name or YAML/JSON file (default: none)."),
     policies: str = typer.Option("oracle,mpc,threshold", "--policies", help="Comma-separated: oracle, mpc, threshold, moca."),
     scenarios: int = typer.Option(20, "--scenarios", help="Test scenarios per value (seeds seed .. seed+N-1)."),

@@ -26,7 +26,7 @@ windows are written here. Sales obey ``s_k <= P`` at the start of ``k`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import highspy
@@ -404,3 +404,110 @@ def solve_oracle2(scenario: Any, exact_sales: bool = False) -> Oracle2Result:
     s = solve_window2(scenario.params, episode_window2(scenario), exact_sales=exact_sales)
     return Oracle2Result(oracle_cost=s.cost, status=s.status, plan=s.actions, sales=s.sales, lost=s.lost,
                          stocks=s.stocks, withheld=s.withheld)
+
+
+# --- shadow prices ---------------------------------------------------------------------------
+
+#: Column of each rule in the regime table, and the sign that makes the price the cost of
+#: *tightening* it (lowering a cap tightens it).
+_SHADOW_COLUMN = {"recycled_content_min": (0, 1.0), "carbon_tax": (1, 1.0), "emission_cap": (2, -1.0),
+                  "landfill_tax": (3, 1.0), "recovery_target": (4, 1.0)}
+_SHADOW_STEP = {"recycled_content_min": 1e-4, "carbon_tax": 0.01, "emission_cap": 0.5, "landfill_tax": 0.01,
+                "recovery_target": 1e-4}
+_SHADOW_HIGH = {"recycled_content_min": 0.95, "carbon_tax": 2000.0, "emission_cap": np.inf, "landfill_tax": 100.0,
+                "recovery_target": 1.0}
+
+
+@dataclass
+class ShadowPrices2:
+    """The hindsight optimum of a CLSC-2 scenario and the marginal cost of tightening each
+    rule (EUR per unit of the rule; None where the rule is not in force (a cap of None) or
+    not a continuous quantity)."""
+
+    oracle_cost: float  # EUR
+    prices: dict[str, float | None]
+    result: Oracle2Result
+
+
+def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
+    """The oracle of ``scenario`` (one cold HiGHS solve) and, from its row and column duals,
+    the derivative of the oracle cost with respect to each rule moved by the same amount in
+    every period.
+
+    Generic over the declared rows: a rule enters the LP only through its data (row
+    coefficients, row bounds, costs, the cost offset), so by LP sensitivity (the envelope
+    theorem) ``d cost = dc.x + d offset + sum_i y_i (d b_i - dA_i x)`` with ``y_i`` the dual
+    of row ``i`` and ``d b_i`` the change of its active bound. The LP data's change ``dA, db,
+    dc`` is taken from the LP rebuilt at the rule +- a small step (the data are linear in
+    every rule, so that difference is exact to round-off) rather than restated per rule.
+    ``recycled_content_window`` W (a whole number of periods) has no derivative: None.
+    Where the step switches rows on (a mandate from ``r = 0``: rows 6a/6b), the LP's shape
+    changes and the price is the one-sided difference of the oracle cost over the step
+    (one more solve). ``fields``: the rules to price (default all). Where the optimum sits on a kink, the duals give one of the one-sided slopes."""
+    p = scenario.params
+    window = episode_window2(scenario)
+    cost, offset, col_lower, col_upper, A, row_lower, row_upper = build_lp2(p, window)
+    highs = _solver()
+    n_row, n_col = A.shape
+    highs.passModel(n_col, n_row, A.nnz, int(highspy.MatrixFormat.kColwise), int(highspy.ObjSense.kMinimize),
+                    offset, cost, col_lower, col_upper, row_lower, row_upper,
+                    A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data.astype(np.float64),
+                    np.zeros(n_col, dtype=np.int32))
+    highs.run()
+    status = highs.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal:
+        raise OracleError(f"HiGHS did not solve the CLSC-2 oracle LP to optimality: status "
+                          f"{highs.modelStatusToString(status)!r}")
+    solution = highs.getSolution()
+    x = np.asarray(solution.col_value)
+    y = np.asarray(solution.row_dual)
+    z = np.asarray(solution.col_dual)
+    objective = float(highs.getInfo().objective_function_value)
+
+    def active(dual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+        # the bound a dual prices: the lower one where the dual is positive (minimisation)
+        return np.where(dual > 0, lower, upper)
+
+    b0, c0 = active(y, row_lower, row_upper), active(z, col_lower, col_upper)
+    prices: dict[str, float | None] = {"recycled_content_window": None}
+    for name, (column, sign) in _SHADOW_COLUMN.items():
+        if fields is not None and name not in fields:
+            continue
+        value = window.regime[:, column]
+        if not np.all(np.isfinite(value)):  # no cap in force
+            prices[name] = None
+            continue
+        step = _SHADOW_STEP[name]
+        up_ok = np.all(value + step <= _SHADOW_HIGH[name])
+        down_ok = np.all(value - step >= (step if name == "emission_cap" else 0.0))
+        lo_at, hi_at = (-step if down_ok else 0.0), (step if up_ok else 0.0)
+        built = []
+        for shift in (lo_at, hi_at):
+            regime = window.regime.copy()
+            regime[:, column] += shift
+            built.append(build_lp2(p, replace(window, regime=regime)))
+        width = hi_at - lo_at
+        (c_a, off_a, cl_a, cu_a, A_a, rl_a, ru_a), (c_b, off_b, cl_b, cu_b, A_b, rl_b, ru_b) = built
+        if A_a.shape != A.shape or A_b.shape != A.shape:
+            regime = window.regime.copy()
+            regime[:, column] += hi_at if hi_at else lo_at
+            moved = solve_window2(p, replace(window, regime=regime)).cost
+            prices[name] = float(sign * (moved - objective) / (hi_at if hi_at else lo_at))
+            continue
+        dA = (A_b - A_a) / width
+        with np.errstate(invalid="ignore"):  # inf - inf on bounds no dual prices
+            db = (active(y, rl_b, ru_b) - active(y, rl_a, ru_a)) / width
+            dbc = (active(z, cl_b, cu_b) - active(z, cl_a, cu_a)) / width
+            db = np.where(np.isfinite(b0) & (y != 0), db, 0.0)
+            dbc = np.where(np.isfinite(c0) & (z != 0), dbc, 0.0)
+        derivative = (c_b - c_a) @ x / width + (off_b - off_a) / width + y @ (db - dA @ x) + z @ dbc
+        prices[name] = float(sign * derivative)
+    H = window.horizon
+    plan = x.reshape(H, N_COL)
+    stocks = plan[:, STOCKS].copy()
+    product_before = np.r_[window.stocks[2], stocks[:-1, 2]]
+    sales = plan[:, S].copy()
+    result = Oracle2Result(oracle_cost=objective, status="optimal", plan=np.maximum(plan[:, ACTIONS], 0.0),
+                           sales=sales, lost=window.demand - sales, stocks=stocks,
+                           withheld=np.maximum(np.minimum(product_before, window.demand) - sales, 0.0))
+    return ShadowPrices2(oracle_cost=objective, prices=prices, result=result)

@@ -20,7 +20,8 @@ Work is split into tasks, one per (value, policy): a task is a pure function of 
 input (regime, seeds, policy), so any backend of :mod:`moca.cluster` — this process, a
 local process pool, Ray — gives the same numbers. A world model plugs in as a
 :class:`SweepModel` in :data:`MODELS` (its fields, their ranges and neutral values, how to
-draw scenarios and run a policy); CLSC-1 is :class:`CLSC1Sweep`.
+draw scenarios and run a policy); CLSC-1 is :class:`CLSC1Sweep`, CLSC-2 :class:`CLSC2Sweep`
+(lost sales instead of backlog; the accounting window W as a sixth field).
 """
 
 from __future__ import annotations
@@ -220,8 +221,125 @@ class CLSC1Sweep(SweepModel):
                           time.process_time() - cpu)
 
 
-#: The models a sweep can run; CLSC-2 registers its own :class:`SweepModel` here.
-MODELS: dict[str, SweepModel] = {"CLSC-1": CLSC1Sweep()}
+class CLSC2Sweep(SweepModel):
+    """CLSC-2 (docs/MODEL-2.md): the five rules and the accounting window W of the mandate;
+    sales are lost, not backlogged. Policies: the oracle (:func:`moca.oracle2.shadow_prices2`),
+    the forecast MPC peer (safety stock as tuned by bench_peers.py), threshold2 re-tuned per
+    value on a small budget, and the shipped CLSC-2 meta-init adapted per value."""
+
+    name = "CLSC-2"
+    fields = {
+        **CLSC1Sweep.fields,
+        # W = 1 settles the mandate every period (CLSC-1's rule): a longer window is a looser
+        # rule, so its compliance cost against W = 1 is a saving (negative).
+        "recycled_content_window": FieldSpec("recycled_content_window", 1.0, 104.0, 1.0, "periods"),
+    }
+    unmet = "lost_sales"
+    unmet_unit = "units/period"
+    #: The threshold rule's tuning per value: at most this many candidates, on this many
+    #: training scenarios (a sweep tunes once per value; moca run --model CLSC-2 uses 150 x 4).
+    threshold_budget_cap = 150
+    threshold_train_seeds = 4
+
+    def base_regime(self, spec: str | None) -> Regime:
+        return Regime() if spec is None else load_regime(spec, model="CLSC-2")  # T1-T3: W = 52
+
+    def mean_demand(self) -> float:
+        from moca.scenario import DEFAULT_PARAMS_2
+
+        return float(DEFAULT_PARAMS_2.demand_base)
+
+    def run(self, task: SweepTask) -> TaskResult:
+        from moca.scenario import draw_scenarios2
+
+        started, cpu = time.perf_counter(), time.process_time()
+        regime = Regime(**task.regime)
+        scenarios = draw_scenarios2(list(task.seeds), regime)
+        extra: dict[str, Any] = {}
+        if task.policy == "oracle":
+            metrics = _oracle_metrics2(scenarios, task.shadow_field)
+        else:
+            policy, extra = self._build(task.policy, regime, task.adapt_steps, task.threshold_budget)
+            metrics = _policy_metrics2(policy, scenarios)
+        return TaskResult(task.index, task.policy, metrics, extra, time.perf_counter() - started,
+                          time.process_time() - cpu)
+
+    def _build(self, name: str, regime: Regime, adapt_steps: int, threshold_budget: int) -> tuple[Any, dict[str, Any]]:
+        if name == "threshold":
+            from moca.baselines.threshold2 import tune_threshold2
+
+            budget = min(threshold_budget, self.threshold_budget_cap)
+            policy = tune_threshold2(regime, train_seeds=self.threshold_train_seeds, budget=budget)
+            return policy, {"tuning_candidates": int(policy.tuning.candidates)}
+        if name == "mpc":
+            from moca.baselines.mpc2 import MPC2Policy
+            from moca.baselines.peers import TUNED_SAFETY_STOCK_2
+
+            return MPC2Policy(safety_stock=TUNED_SAFETY_STOCK_2["mpc-forecast"]), {}
+        if name == "moca":
+            from moca.meta2 import adapt2, load_policy2
+            from moca.metrics import adaptation_speed
+            from moca.policy2 import PolicyAgent2
+
+            module, _ = load_policy2("default")
+            weights, curve = adapt2(module, None, regime, steps=adapt_steps, keep_best=True)
+            speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
+            weights = {k: v.detach().double() for k, v in weights.items()}
+            return PolicyAgent2(module, weights), {"adaptation_steps": int(speed.steps),
+                                                   "adaptation_seconds": float(speed.seconds),
+                                                   "adapt_seconds_total": float(curve[-1]["seconds"])}
+        raise SweepError(f"--policies: unknown policy {name!r}")
+
+
+def _policy_metrics2(policy: Any, scenarios: Sequence[Any]) -> dict[str, list[float]]:
+    """Roll a CLSC-2 policy out on each scenario (float64, one at a time, every raw action
+    through the exact projection; violations recounted per period, window settlements
+    included), as :func:`moca.baselines.peers.evaluate2` scores the peers."""
+    import torch
+
+    from moca import clsc2
+    from moca.projection import project2_batch, violations2
+    from moca.sim2 import ScenarioBatch2, rollout2
+
+    out: dict[str, list[float]] = {k: [] for k in ("cost", "emissions", "recycled_share", "lost_sales", "violations")}
+    with torch.no_grad():
+        for scenario in scenarios:
+            batch = ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64)
+            result = rollout2(batch, policy, project2_batch)
+            executed, inputs, table = result.executed[0].numpy(), result.inputs[0].numpy(), scenario.regime_table()
+            out["cost"].append(float(result.total_cost[0]))
+            out["emissions"].append(float(result.emissions[0].sum()))
+            out["recycled_share"].append(_recycled_share(executed[:, 2], executed[:, 3]))
+            out["lost_sales"].append(float(result.lost[0].mean()))
+            out["violations"].append(float(sum(violations2(executed[t], dict(zip(clsc2.ROW_INPUTS, inputs[t])),
+                                                           table[t], scenario.params)
+                                               for t in range(scenario.horizon))))
+    return out
+
+
+def _oracle_metrics2(scenarios: Sequence[Any], shadow_field: str | None) -> dict[str, list[float]]:
+    """The CLSC-2 hindsight LP of each scenario: its cost, its plan's emissions (the
+    simulator's coefficients), recycled share and lost sales, the shadow price."""
+    from moca import clsc2
+    from moca.oracle2 import shadow_prices2
+
+    out: dict[str, list[float]] = {k: [] for k in ("cost", "emissions", "recycled_share", "lost_sales", "violations",
+                                                  "shadow_price")}
+    for scenario in scenarios:
+        sp = shadow_prices2(scenario, fields=[shadow_field] if shadow_field else [])
+        plan = sp.result.plan
+        out["cost"].append(sp.oracle_cost)
+        out["emissions"].append(float((plan @ clsc2.emission_coefficients(scenario.params)).sum()))
+        out["recycled_share"].append(_recycled_share(plan[:, 2], plan[:, 3]))
+        out["lost_sales"].append(float(np.mean(sp.result.lost)))
+        out["violations"].append(0.0)  # the LP's rows are the hard constraints
+        price = sp.prices.get(shadow_field) if shadow_field else None
+        out["shadow_price"].append(math.nan if price is None else float(price))
+    return out
+
+
+#: The models a sweep can run.
+MODELS: dict[str, SweepModel] = {"CLSC-1": CLSC1Sweep(), "CLSC-2": CLSC2Sweep()}
 
 
 def get_model(name: str) -> SweepModel:
