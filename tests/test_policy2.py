@@ -173,3 +173,15 @@ def test_checkpoints_record_their_model(tmp_path):
         load_policy2(tmp_path / "one")
     with pytest.raises(CheckpointError, match="a policy of CLSC-1, not of CLSC-2"):
         load_policy2(SHIPPED_1)  # shipped before the field: absent = CLSC-1
+
+
+def test_rule_lr_scale_moves_the_rule_faster():
+    config = MetaConfig2(meta_steps=1, tasks_per_step=1, support_size=1, query_size=1, validate_every=0,
+                         policy=PolicyConfig(hidden=4))
+    start = LSTMPolicy2(config.params, config.policy).rule_bias.detach().clone()
+    plain, _ = meta_train2(config.model_copy(update={"rule_lr_scale": 1.0}))
+    fast, _ = meta_train2(config.model_copy(update={"rule_lr_scale": 30.0}))
+    moved_plain = float((plain.rule_bias.detach() - start).abs().max())
+    moved_fast = float((fast.rule_bias.detach() - start).abs().max())
+    assert moved_plain > 0 and moved_fast > 10 * moved_plain  # Adam's first step: ~lr x sign(g)
+    assert torch.equal(plain.head.weight, fast.head.weight)  # the other parameters: the same rate

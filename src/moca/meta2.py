@@ -80,7 +80,7 @@ class MetaConfig2(MetaConfig):
     params: Params2 = DEFAULT_PARAMS_2  # type: ignore[assignment]
     meta_steps: int = Field(300, ge=1)
     max_seconds: float | None = Field(600.0, gt=0, description="stop early past this wall time (None: never)")
-    rule_lr_scale: float = Field(1.0, gt=0, description="outer rate of the base rule's parameters / outer_lr")
+    rule_lr_scale: float = Field(30.0, gt=0, description="outer rate of the base rule's parameters / outer_lr")
 
 
 def _task_losses(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: torch.Tensor, group: int,
