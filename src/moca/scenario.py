@@ -647,19 +647,10 @@ def draw_scenario2(
     rng = np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed)
     p = params
     T, n = p.horizon, HISTORY + p.horizon
-    drift = rng.normal(0.0, p.demand_drift_sigma)
-    amplitude = rng.uniform(p.demand_amp_lo, p.demand_amp_hi)
-    phase = rng.uniform(0.0, 52.0)
-    jumps = rng.random(n) < p.demand_jump_prob
-    jump_sizes = rng.normal(0.0, p.demand_jump_sigma, size=n)
-    # The log-level walks with the drift and the jumps, shifted to 0 at the last history period.
-    level = np.cumsum(drift + jumps * jump_sizes)
-    level = level - level[HISTORY - 1]
-    k = np.arange(n)
+    curve = _demand_curve2(rng, p)
     sd = p.demand_sigma
     noise = rng.lognormal(-sd**2 / 2, sd, size=n) if sd > 0 else np.ones(n)
-    demand = p.demand_base * np.exp(level) * (1 + amplitude * np.sin(2 * np.pi * (k + phase) / 52)) * noise
-    demand = np.maximum(demand, 0.0)  # an amplitude above 1 would otherwise give negative demand
+    demand = np.maximum(curve * noise, 0.0)  # an amplitude above 1 would otherwise give negative demand
     sr = p.return_sigma
     xi = rng.lognormal(-sr**2 / 2, sr, size=T) if sr > 0 else np.ones(T)
     return_frac = np.clip(p.return_mean * xi, 0.0, 1.0)
@@ -675,6 +666,30 @@ def draw_scenario2(
     return Scenario2(params=p, schedule=_as_schedule(regime), demand=demand[HISTORY:], return_frac=return_frac,
                      grades=grades, supply_up=supply_up, market_avail=market_avail,
                      demand_history=demand[:HISTORY])
+
+
+def _demand_curve2(rng: np.random.Generator, p: Params2) -> np.ndarray:
+    """``[52 + T]`` units: the demand before its period noise, from the generator's first
+    draws (drift, amplitude, phase, jump indicators, jump sizes, in that order)."""
+    n = HISTORY + p.horizon
+    drift = rng.normal(0.0, p.demand_drift_sigma)
+    amplitude = rng.uniform(p.demand_amp_lo, p.demand_amp_hi)
+    phase = rng.uniform(0.0, 52.0)
+    jumps = rng.random(n) < p.demand_jump_prob
+    jump_sizes = rng.normal(0.0, p.demand_jump_sigma, size=n)
+    # The log-level walks with the drift and the jumps, shifted to 0 at the last history period.
+    level = np.cumsum(drift + jumps * jump_sizes)
+    level = level - level[HISTORY - 1]
+    k = np.arange(n)
+    return p.demand_base * np.exp(level) * (1 + amplitude * np.sin(2 * np.pi * (k + phase) / 52))
+
+
+def demand_curve2(seed: int | tuple[int, ...], params: Params2 = DEFAULT_PARAMS_2) -> np.ndarray:
+    """``[52 + T]`` units: the noise-free demand of the scenario :func:`draw_scenario2` draws
+    with ``seed`` (``demand = curve * noise``). Only a reference policy told the demand model
+    may read it (the informed MPC); no planner knows it."""
+    return np.maximum(_demand_curve2(np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed), params),
+                      0.0)
 
 
 def _draw_grades(rng: np.random.Generator, mean: np.ndarray, concentration: float, count: int) -> np.ndarray:

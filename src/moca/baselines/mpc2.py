@@ -35,28 +35,10 @@ import torch
 from torch import Tensor
 
 from moca.forecast import DemandForecaster, ForecastConfig
-from moca.scenario import HISTORY, Params2
+from moca.scenario import HISTORY, Params2, demand_curve2  # demand_curve2: re-exported for the informed MPC
 
 #: CLSC-2's forecaster (see the module docstring for the measurement behind it).
 CLSC2_FORECAST = ForecastConfig(kind="trig", refit_every=13)
-
-
-def demand_curve2(seed, params: Params2) -> np.ndarray:
-    """``[52 + T]`` the noise-free demand of a scenario drawn by
-    :func:`moca.scenario.draw_scenario2` with ``seed`` (its first draws, in the same order):
-    what the informed MPC is told. ``demand = curve * noise`` (a test checks it)."""
-    rng = np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed)
-    p = params
-    n = HISTORY + p.horizon
-    drift = rng.normal(0.0, p.demand_drift_sigma)
-    amplitude = rng.uniform(p.demand_amp_lo, p.demand_amp_hi)
-    phase = rng.uniform(0.0, 52.0)
-    jumps = rng.random(n) < p.demand_jump_prob
-    jump_sizes = rng.normal(0.0, p.demand_jump_sigma, size=n)
-    level = np.cumsum(drift + jumps * jump_sizes)
-    level = level - level[HISTORY - 1]
-    k = np.arange(n)
-    return np.maximum(p.demand_base * np.exp(level) * (1 + amplitude * np.sin(2 * np.pi * (k + phase) / 52)), 0.0)
 
 
 class MPC2Policy:
