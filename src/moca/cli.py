@@ -499,34 +499,14 @@ def train(
 ) -> None:
     """Meta-train a policy initialisation over the regime distribution; write a checkpoint."""
     from moca import checkpoint
-    from moca.meta import ALGORITHMS, MetaConfig, meta_train
-    from moca.regime import read_structured
+    from moca.meta import MetaConfig, meta_train
 
     with _bad_input():
         if _chosen_model(model) == "CLSC-2":
             if ray_address is not None:
                 raise UsageError("--ray: meta-training on Ray is CLSC-1 only for now (drop --ray for --model CLSC-2)")
             return _train2(output, config_file, params_file, init, seed, steps, max_seconds, as_json)
-        fields: dict[str, Any] = {}
-        if config_file is not None:
-            data = read_structured(config_file)
-            if not isinstance(data, dict):
-                raise UsageError(f"--config {config_file}: expected an object of MetaConfig fields")
-            fields.update(data)
-        if init is not None:
-            if init not in ALGORITHMS:
-                raise UsageError(f"--init {init!r}: unknown algorithm (valid: {', '.join(ALGORITHMS)})")
-            fields["algorithm"] = init
-        if seed is not None:
-            fields["seed"] = seed
-        if params_file is not None:
-            fields["params"] = _load_params(params_file)
-        if steps is not None:
-            fields["meta_steps"] = steps
-        if max_seconds is not None:
-            fields["max_seconds"] = max_seconds or None
-        fields.setdefault("validate_every", 25)
-        config = MetaConfig(**fields)
+        config = MetaConfig(**_train_fields(config_file, params_file, init, seed, steps, max_seconds, "CLSC-1"))
         _output_dir(output)
     backend = None
     if ray_address is not None:
@@ -565,9 +545,9 @@ def train(
                   f"{scores['validation_zero_shot_after']:.4f}")
 
 
-def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Path], init: Optional[str],
-            seed: Optional[int], steps: Optional[int], max_seconds: Optional[float], as_json: bool) -> None:
-    """``moca train --model CLSC-2``: meta-train moca.policy2's policy (moca.meta2)."""
+def _train_fields(config_file: Optional[Path], params_file: Optional[Path], init: Optional[str], seed: Optional[int],
+                  steps: Optional[int], max_seconds: Optional[float], model: str) -> dict[str, Any]:
+    """The meta-training config's fields: the --config file's, overridden by the options."""
     from moca.meta import ALGORITHMS
     from moca.regime import read_structured
 
@@ -585,10 +565,17 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
         if value is not None:
             fields[key] = value
     if params_file is not None:
-        fields["params"] = _load_params(params_file, "CLSC-2")
+        fields["params"] = _load_params(params_file, model)
     if max_seconds is not None:
         fields["max_seconds"] = max_seconds or None
     fields.setdefault("validate_every", 25)
+    return fields
+
+
+def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Path], init: Optional[str],
+            seed: Optional[int], steps: Optional[int], max_seconds: Optional[float], as_json: bool) -> None:
+    """``moca train --model CLSC-2``: meta-train moca.policy2's policy (moca.meta2)."""
+    fields = _train_fields(config_file, params_file, init, seed, steps, max_seconds, "CLSC-2")
     _output_dir(output)
     import torch
 
