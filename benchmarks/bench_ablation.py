@@ -21,6 +21,7 @@ import torch
 
 from moca.ablation import AblationConfig, markdown, quick_config, run_ablation
 from moca.experiment import machine
+from moca.files import write_atomic
 
 
 def main() -> None:
@@ -49,9 +50,7 @@ def main() -> None:
                    "wall_seconds": time.perf_counter() - started})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    write_atomic(out, json.dumps(result, indent=1))
     table = markdown(result)
     out.with_suffix(".md").write_text(table + "\n")
     print(table)

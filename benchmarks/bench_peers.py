@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from moca.evaluation import evaluate_policy  # noqa: E402
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine  # noqa: E402
+from moca.files import write_atomic  # noqa: E402
 from moca.oracle import oracle_costs  # noqa: E402
 from moca.regime import RegimeSchedule, load_schedule  # noqa: E402
 from moca.scenario import Params, draw_scenarios, draw_training_scenarios  # noqa: E402
@@ -313,9 +313,7 @@ def main() -> None:
         out["worlds"][world]["last_run_seconds"] = time.perf_counter() - started
         out["worlds"][world]["test_seeds"] = f"1000..{999 + n_test} per regime"
         out["worlds"][world]["training_scenarios_per_seed_task"] = n_train
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        os.replace(tmp, args.out)
+        write_atomic(args.out, json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
 
 

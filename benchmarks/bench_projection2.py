@@ -123,6 +123,15 @@ def qp_data(raw, inputs, regime):
     return (raw / S) * ~s.pinned, A, b
 
 
+def _layer_figures(batch: int, timing: dict, z: np.ndarray, executed: np.ndarray) -> dict:
+    """A QP layer's time per projection and its distance from the exact projection (capacities)."""
+    out = {"batch": batch, "forward_backward": timing,
+           "us_per_projection": 1e3 * timing["ms"] / batch, "cpu_us_per_projection": 1e3 * timing["cpu_ms"] / batch}
+    gap = np.abs(z - executed / S).max(1)
+    out["max_gap"], out["median_gap"] = float(gap.max()), float(np.median(gap))
+    return out
+
+
 def bench_qpth(raw, inputs, regime, executed, repeats: int) -> dict:
     try:
         from qpth.qp import QPFunction
@@ -143,12 +152,8 @@ def bench_qpth(raw, inputs, regime, executed, repeats: int) -> dict:
         z = QPFunction(verbose=-1)(Q, -yy, A, b, empty, empty)
         z.pow(2).sum().backward()
 
-    out = {"batch": y.shape[0], "forward_backward": timed(forward_backward, repeats)}
-    out["us_per_projection"] = 1e3 * out["forward_backward"]["ms"] / y.shape[0]
-    out["cpu_us_per_projection"] = 1e3 * out["forward_backward"]["cpu_ms"] / y.shape[0]
-    gap = np.abs(z.detach().numpy() - executed / S).max(1)
-    out["max_gap"], out["median_gap"] = float(gap.max()), float(np.median(gap))
-    return out
+    timing = timed(forward_backward, repeats)
+    return _layer_figures(y.shape[0], timing, z.detach().numpy(), executed)
 
 
 def bench_cvxpylayers(raw, inputs, regime, executed, repeats: int) -> dict:
@@ -171,12 +176,8 @@ def bench_cvxpylayers(raw, inputs, regime, executed, repeats: int) -> dict:
         (z,) = layer(yy, At, bt)
         z.pow(2).sum().backward()
 
-    out = {"batch": y.shape[0], "forward_backward": timed(forward_backward, repeats)}
-    out["us_per_projection"] = 1e3 * out["forward_backward"]["ms"] / y.shape[0]
-    out["cpu_us_per_projection"] = 1e3 * out["forward_backward"]["cpu_ms"] / y.shape[0]
-    gap = np.abs(z.detach().numpy() - executed / S).max(1)
-    out["max_gap"], out["median_gap"] = float(gap.max()), float(np.median(gap))
-    return out
+    timing = timed(forward_backward, repeats)
+    return _layer_figures(y.shape[0], timing, z.detach().numpy(), executed)
 
 
 def bench_deployment(raw, inputs, regime, executed, repeats: int) -> dict:

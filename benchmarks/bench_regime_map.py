@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine
+from moca.files import write_atomic
 from moca.regime import TASKS
 from moca.regime_map import ThresholdMap, compare, fit_threshold_map
 from moca.report import markdown_table
@@ -38,9 +39,7 @@ from moca.report import markdown_table
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, text)
 
 
 def table(result: dict) -> str:

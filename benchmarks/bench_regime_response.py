@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from moca.experiment import machine
+from moca.files import write_atomic
 from moca.report import markdown_table
 from moca.response import (QUICK_SWEEPS, SWEEPS, direction_agreement, learned_policy, plot_response, run_response,
                            threshold_factory)
@@ -86,9 +87,7 @@ def main() -> None:
                    "wall_seconds": time.perf_counter() - started})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    write_atomic(out, json.dumps(result, indent=1))
     plot_response(result, str(out.with_suffix(".png")))
     text = "\n\n".join(table(result, rule) for rule in result["rules"])
     out.with_suffix(".md").write_text(text + "\n")

@@ -175,6 +175,7 @@ def main() -> None:
     except ImportError:
         args.backends = ["serial", "pool"]
     from moca.experiment import machine
+    from moca.files import write_atomic
 
     out = {"benchmark": "sweep", "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "load_average_at_start": list(os.getloadavg()), "sweep": bench_sweep(args)}
@@ -184,9 +185,7 @@ def main() -> None:
     out["load_average_at_end"] = list(os.getloadavg())
     text = json.dumps(out, indent=1)
     if args.out is not None:
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, args.out)
+        write_atomic(args.out, text)
     print(text)
     print(f"done on {platform.node()}", file=sys.stderr)
 

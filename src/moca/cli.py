@@ -695,9 +695,14 @@ def adapt(
     if as_json:
         _print_json(out)
         return
+    _print_adapted(str(regime), out, selected, keep_last, output)
+
+
+def _print_adapted(label: str, out: dict[str, Any], selected: int, keep_last: bool, output: Optional[Path]) -> None:
+    """``moca adapt``'s one-line summary (both worlds)."""
     kept = f"weights of step {selected} (best on validation)" if not keep_last else "the last step's weights"
-    console.print(f"{regime}: test score {out['score_before']:.4f} -> {out['score_after']:.4f} with {kept}, "
-                  f"{steps} steps ({out['seconds']:.2f} s), violations {out['violations']}"
+    console.print(f"{label}: test score {out['score_before']:.4f} -> {out['score_after']:.4f} with {kept}, "
+                  f"{out['steps']} steps ({out['seconds']:.2f} s), violations {out['violations']}"
                   + (f"; wrote {output}" if output is not None else ""))
 
 
@@ -740,10 +745,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
     if as_json:
         _print_json(out)
         return
-    kept = f"weights of step {selected} (best on validation)" if not keep_last else "the last step's weights"
-    console.print(f"CLSC-2 {regime}: test score {out['score_before']:.4f} -> {out['score_after']:.4f} with {kept}, "
-                  f"{steps} steps ({out['seconds']:.2f} s), violations {out['violations']}"
-                  + (f"; wrote {output}" if output is not None else ""))
+    _print_adapted(f"CLSC-2 {regime}", out, selected, keep_last, output)
 
 
 @app.command()
