@@ -382,7 +382,8 @@ def evaluate(
     scenario_files: Optional[list[Path]] = typer.Option(None, "--scenario", help="Score on this scenario file instead "
                                                         "of drawing (repeat for several; overrides --regime, --params, "
                                                         "--scenarios and --seed)."),
-    model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
+    model: Optional[str] = typer.Option(None, "--model", help="The world: CLSC-1 (default) | CLSC-2 (docs/MODEL-2.md); "
+                                                              "with --scenario, the files' \"model\"."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Score a policy against the hindsight oracle on seeded test scenarios (or your own scenario files).
@@ -392,42 +393,27 @@ def evaluate(
     shadow price from the LP duals ("rule_impact" in --json).
     """
     from moca.regime import Regime, load_schedule
-    from moca.scenario import Scenario, draw_scenarios
+    from moca.scenario import draw_scenarios
 
     with _bad_input():
-        _chosen_model(model)
-        if model == "CLSC-2" and (scenario_files or params_file):
-            raise UsageError("--model CLSC-2: --scenario and --params are CLSC-1 only for now")
+        if model is not None:
+            _chosen_model(model)
+        files = None
+        if scenario_files:
+            from moca.chain2 import load_scenario_files
+
+            model, files = load_scenario_files(scenario_files, model)  # the files' "model" chooses the world
+        model = model or "CLSC-1"
         learned2 = model == "CLSC-2" and _is_learned_policy(policy)
         if model == "CLSC-2" and adapt_steps and not learned2:
             raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
     if model == "CLSC-2":
-        from moca.baselines.peers import evaluate_peer2
-
-        with _bad_input():
-            plan = load_schedule(regime, model="CLSC-2")
-            with _progress(as_json) as progress:
-                progress.add_task(f"evaluating {policy} on CLSC-2", total=None)
-                if learned2:
-                    from moca.experiment2 import evaluate_learned2
-
-                    summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps)
-                else:
-                    summary = evaluate_peer2(policy, plan, range(seed, seed + scenarios)).summary()
-        if as_json:
-            _print_json(summary)
-            return
-        console.print(f"{policy}" + (f" after {adapt_steps} adaptation steps" if adapt_steps else "")
-                      + f" on CLSC-2 {regime}, {scenarios} scenarios from seed {seed}: score "
-                      f"{summary['score']:.4f} (mean cost {summary['mean_cost']:,.0f} EUR, oracle "
-                      f"{summary['mean_oracle_cost']:,.0f}), violations {summary['violations']}")
-        return
+        return _evaluate2(policy, regime, scenarios, seed, adapt_steps, params_file, scenario_files, files,
+                          learned2, as_json)
     with _bad_input():
         if scenario_files:
-            tests = [Scenario.from_json(path) for path in scenario_files]
+            tests = files
             plan, params = tests[0].schedule, tests[0].params
-            if any(t.params != params for t in tests):
-                raise UsageError("--scenario: the scenario files have different params; score them one params at a time")
             regime = ", ".join(p.name for p in scenario_files)
         else:
             plan, params = load_schedule(regime), _load_params(params_file)
@@ -464,6 +450,49 @@ def evaluate(
         from moca.impact import describe
 
         console.print(describe(regime, impact), markup=False, highlight=False, soft_wrap=True)
+
+
+def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps: int, params_file: Optional[Path],
+               scenario_files: Optional[list[Path]], files: Optional[list], learned2: bool, as_json: bool) -> None:
+    """``moca evaluate`` on CLSC-2: drawn scenarios (on --params' chain) or the --scenario files."""
+    from moca.baselines.peers import evaluate_peer2
+    from moca.regime import load_schedule
+
+    with _bad_input():
+        if files:
+            tests, plan = files, files[0].schedule
+        else:
+            plan, params = load_schedule(regime, model="CLSC-2"), _load_params(params_file, "CLSC-2")
+        with _progress(as_json) as progress:
+            progress.add_task(f"evaluating {policy} on CLSC-2", total=None)
+            if learned2 and (files or params_file is not None):
+                from moca.chain2 import evaluate_learned_on2
+                from moca.meta2 import OracleCache2
+
+                if not files:
+                    tests = OracleCache2(params).scenarios(range(seed, seed + scenarios), plan)
+                summary = evaluate_learned_on2(policy, tests, plan, adapt_steps, warn=_warn)
+            elif learned2:
+                from moca.experiment2 import evaluate_learned2
+
+                summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps)
+            elif files:
+                summary = evaluate_peer2(policy, plan, None, scenarios=tests).summary()
+            else:
+                summary = evaluate_peer2(policy, plan, range(seed, seed + scenarios), params).summary()
+        if not files:
+            summary.setdefault("test_seeds", [seed, seed + scenarios - 1])
+        else:
+            summary["scenario_files"] = [str(p) for p in scenario_files]
+    if as_json:
+        _print_json(summary)
+        return
+    source = (", ".join(p.name for p in scenario_files) if files
+              else f"{regime}, {scenarios} scenarios from seed {seed}" + (f" on {params_file}" if params_file else ""))
+    console.print(f"{policy}" + (f" after {adapt_steps} adaptation steps" if adapt_steps else "")
+                  + f" on CLSC-2 {source}: score "
+                  f"{summary['score']:.4f} (mean cost {summary['mean_cost']:,.0f} EUR, oracle "
+                  f"{summary['mean_oracle_cost']:,.0f}), violations {summary['violations']}")
 
 
 def _is_learned_policy(policy: str) -> bool:
@@ -504,7 +533,9 @@ def train(
     with _bad_input():
         if _chosen_model(model) == "CLSC-2":
             if ray_address is not None:
-                raise UsageError("--ray: meta-training on Ray is CLSC-1 only for now (drop --ray for --model CLSC-2)")
+                raise UsageError("--ray: meta-training on Ray is CLSC-1 only: CLSC-2's meta-step (moca.meta2) "
+                                 "runs all its regimes in one process and has no sharded path yet; drop --ray "
+                                 "(--max-seconds bounds the run; docs/SCALE.md, 'CLSC-2')")
             return _train2(output, config_file, params_file, init, seed, steps, max_seconds, as_json)
         config = MetaConfig(**_train_fields(config_file, params_file, init, seed, steps, max_seconds, "CLSC-1"))
         _output_dir(output)
@@ -652,9 +683,8 @@ def adapt(
 
     with _bad_input():
         if _chosen_model(model) == "CLSC-2":
-            if params_file is not None:
-                raise UsageError("--params: CLSC-1 only for now (--model CLSC-2 uses the default CLSC-2 chain)")
-            return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json)
+            return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json,
+                           params_file)
         target = load_regime(regime)
         _output_dir(output)
         from moca import checkpoint  # (torch: only once the input is known good)
@@ -698,6 +728,24 @@ def adapt(
     _print_adapted(str(regime), out, selected, keep_last, output)
 
 
+def _retarget2(module, params, where: str, quiet: bool = False):
+    """A CLSC-2 policy rebuilt for ``--params``' chain (moca.chain2.retarget2); its warning,
+    if the checkpoint was trained on other params, on stderr (``quiet``: the weights are
+    not used, so nothing to warn about)."""
+    from moca.chain2 import retarget2
+
+    module, warning = retarget2(module, params, str(where))
+    if warning and not quiet:
+        _warn(warning)
+    return module
+
+
+def _warn(text: str) -> None:
+    """One line on stderr (stdout stays machine-readable with --json)."""
+    sys.stderr.write(f"moca: warning: {' '.join(text.split())}\n")
+    sys.stderr.flush()
+
+
 def _print_adapted(label: str, out: dict[str, Any], selected: int, keep_last: bool, output: Optional[Path]) -> None:
     """``moca adapt``'s one-line summary (both worlds)."""
     kept = f"weights of step {selected} (best on validation)" if not keep_last else "the last step's weights"
@@ -707,11 +755,13 @@ def _print_adapted(label: str, out: dict[str, Any], selected: int, keep_last: bo
 
 
 def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: int, validation: int,
-            keep_last: bool, output: Optional[Path], as_json: bool) -> None:
-    """``moca adapt --model CLSC-2`` (moca.meta2.adapt2 on moca.policy2's policy)."""
+            keep_last: bool, output: Optional[Path], as_json: bool, params_file: Optional[Path] = None) -> None:
+    """``moca adapt --model CLSC-2`` (moca.meta2.adapt2 on moca.policy2's policy; with
+    --params, on that chain: its scenarios, oracle and the policy's scaling)."""
     from moca.regime import load_schedule
 
     plan = load_schedule(regime, model="CLSC-2")
+    params = _load_params(params_file, "CLSC-2") if params_file is not None else None
     _output_dir(output)
     import torch
 
@@ -720,6 +770,8 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
 
     torch.set_num_threads(1)
     module, _ = load_policy2(checkpoint_dir)
+    if params is not None:
+        module = _retarget2(module, params, checkpoint_dir)
     cache = OracleCache2(module.params)
     tests = cache.scenarios(range(seed, seed + scenarios), plan)
     with _progress(as_json) as progress:
@@ -768,9 +820,7 @@ def continual(
 
     with _bad_input():
         if _chosen_model(model) == "CLSC-2":
-            if params_file is not None:
-                raise UsageError("--params: CLSC-1 only for now (--model CLSC-2 uses the default CLSC-2 chain)")
-            return _continual2(sequence, method, checkpoint_dir, steps, scenarios, as_json)
+            return _continual2(sequence, method, checkpoint_dir, steps, scenarios, as_json, params_file)
         tasks = _unique_labels(load_sequence(sequence))
         params = _load_params(params_file)
         from moca import checkpoint  # (torch: only once the input is known good)
@@ -830,13 +880,15 @@ def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str)
 
 
 def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], steps: int, scenarios: int,
-                as_json: bool) -> None:
-    """``moca continual --model CLSC-2`` (moca.experiment2.run_continual2)."""
+                as_json: bool, params_file: Optional[Path] = None) -> None:
+    """``moca continual --model CLSC-2`` (moca.experiment2.run_continual2; with --params,
+    on that chain: its scenarios, oracle and the policy's scaling, the weights carried over)."""
     from moca.regime import TASKS, TASKS_2, load_sequence
 
     # CLSC-2's seed tasks carry W = 52; other names and objects are read as they are.
     tasks = _unique_labels([(label, TASKS_2[label] if label in TASKS_2 and regime == TASKS[label] else regime)
                             for label, regime in load_sequence(sequence)])
+    params = _load_params(params_file, "CLSC-2") if params_file is not None else None
     from moca.continual import method_spec
 
     spec = method_spec(method)
@@ -851,6 +903,9 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
 
     torch.set_num_threads(1)
     module, _ = load_policy2(checkpoint_dir or "default")
+    if params is not None:  # (the meta-init's weights carry over: run_continual2 reads only its weights)
+        module = _retarget2(module, params, checkpoint_dir or "default",
+                            quiet=checkpoint_dir is None and spec.init != "meta")
     init = {k: v.detach().clone() for k, v in module.named_parameters()} if checkpoint_dir is not None else None
     if checkpoint_dir is None and spec.init != "meta":  # finetune/ewc/scratch without a checkpoint: the base rule
         module.load_state_dict(LSTMPolicy2(module.params, module.config).state_dict())

@@ -284,20 +284,22 @@ class LSTMPolicy(nn.Module):
 
 
 def with_params(module: "LSTMPolicy", params: Params) -> "LSTMPolicy":
-    """The same policy (config and weights) for a chain with other parameters.
+    """The same policy (config and weights) for a chain with other parameters; either
+    world's policy (``type(module)`` is rebuilt: :class:`moca.policy2.LSTMPolicy2` too).
 
     The features are normalised by the chain's capacities, so the weights carry over; their
     shapes depend on the lead time and the return lag only, and differ when those do."""
     if params == module.params:
         return module
-    rebuilt = LSTMPolicy(params, module.config)
+    rebuilt = type(module)(params, module.config)
     ours = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if ours != theirs:
+        world = "--model CLSC-2 " if type(params).__name__ == "Params2" else ""
         raise PolicyError(f"params: lead_virgin={params.lead_virgin}, lag_return={params.lag_return} change the "
                           f"policy's input size; the checkpoint was trained for lead_virgin="
                           f"{module.params.lead_virgin}, lag_return={module.params.lag_return} (train one with "
-                          "'moca train --params FILE')")
+                          f"'moca train {world}--params FILE')")
     rebuilt.load_state_dict(module.state_dict())
     return rebuilt
 

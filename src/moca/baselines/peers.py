@@ -108,10 +108,12 @@ SAMPLES_2 = 4
 PEERS_2: tuple[str, ...] = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
 
 
-def evaluate_peer2(name: str, plan, seeds) -> Any:
+def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
     """Score the CLSC-2 peer ``name`` (or a PPO checkpoint directory) on the scenarios of
-    ``plan`` drawn from ``seeds``; returns a :class:`moca.evaluation.Evaluation`. ``mpc``
-    is the forecast MPC (CLSC-2 has no public demand model to plan with)."""
+    ``plan`` drawn from ``seeds`` with ``params`` (default: the default chain), or on the
+    given ``scenarios`` (a user's files: one chain; ``plan`` is what the threshold rule is
+    tuned for); returns a :class:`moca.evaluation.Evaluation`. ``mpc`` is the forecast
+    MPC (CLSC-2 has no public demand model to plan with)."""
     from pathlib import Path
 
     from moca.baselines.mpc2 import InformedMPC2, MPC2Policy, demand_curve2
@@ -122,7 +124,17 @@ def evaluate_peer2(name: str, plan, seeds) -> Any:
     if name not in (*PEERS_2, "oracle") and not Path(name).is_dir():
         raise CheckpointError(f"--policy {name!r}: on CLSC-2 one of {', '.join(PEERS_2)}, oracle or a PPO "
                               f"checkpoint directory of CLSC-2 (no such directory)")
-    scenarios = [draw_scenario2(int(s), plan, DEFAULT_PARAMS_2) for s in seeds]
+    if scenarios is None:
+        params = params or DEFAULT_PARAMS_2
+        scenarios = [draw_scenario2(int(s), plan, params) for s in seeds]
+    else:
+        params = scenarios[0].params
+        if name == "mpc-informed":
+            from moca.scenario import ScenarioError
+
+            raise ScenarioError("--policy mpc-informed: is told the noise-free demand curve of the seed that drew "
+                                "a scenario, which a scenario file does not have (use mpc, mpc-sampled, threshold, "
+                                "ppo or oracle on files)")
     oracle = np.array([solve_oracle2(s).oracle_cost for s in scenarios])
     if name == "oracle":
         from moca.evaluation import Evaluation
@@ -132,13 +144,13 @@ def evaluate_peer2(name: str, plan, seeds) -> Any:
     if name == "threshold":
         from moca.baselines.threshold2 import tune_threshold2
 
-        return evaluate2(name, tune_threshold2(plan), scenarios, oracle)
+        return evaluate2(name, tune_threshold2(plan, params), scenarios, oracle)
     if name in ("mpc", "mpc-forecast"):
         return evaluate2(name, MPC2Policy(safety_stock=stock), scenarios, oracle)
     if name == "mpc-sampled":
         return evaluate2(name, MPC2Policy(safety_stock=stock, samples=SAMPLES_2), scenarios, oracle)
     if name == "mpc-informed":
-        curves = np.stack([demand_curve2(int(s), DEFAULT_PARAMS_2) for s in seeds])
+        curves = np.stack([demand_curve2(int(s), params) for s in seeds])
         return evaluate2(name, InformedMPC2(curves, stock), scenarios, oracle)
     from moca.baselines.ppo import env_evaluation, load_ppo, shipped_path
 
@@ -149,4 +161,12 @@ def evaluate_peer2(name: str, plan, seeds) -> Any:
     loaded = load_ppo(where)
     if loaded.meta.get("model") != "CLSC-2":
         raise CheckpointError(f"--policy {name}: a PPO policy of {loaded.meta.get('model')!r}, not of CLSC-2")
+    if params != DEFAULT_PARAMS_2:  # the observation's size follows lead_virgin and lag_return
+        from moca.baselines.ppo import make_env
+
+        ours, theirs = make_env("CLSC-2", params=params).observation_space.shape, loaded.policy.observation_space.shape
+        if ours != theirs:
+            raise CheckpointError(f"--policy {name}: params lead_virgin={params.lead_virgin}, lag_return="
+                                  f"{params.lag_return} give observations of {ours[0]} numbers, the policy was "
+                                  f"trained on {theirs[0]} (score this chain with threshold, mpc or mpc-sampled)")
     return env_evaluation(name, loaded.policy, scenarios, oracle, "CLSC-2")

@@ -1,0 +1,110 @@
+"""CLSC-2 on the user's own chain: the learned policy on other parameters (``--params``)
+and scoring on the user's scenario files (``--scenario``), for ``moca evaluate``,
+``moca adapt`` and ``moca continual`` with ``--model CLSC-2``.
+
+Why a checkpoint carries over to other parameters: :class:`moca.policy2.LSTMPolicy2`
+reads the chain only through quantities normalised by its capacities, yields and means
+(features in kg per production capacity, units per capacity; the base rule's thresholds
+as shares of a box scaled by the capacities; the action scale ``S``), so its weights act
+sensibly on a chain of other sizes. Only ``lead_virgin`` and ``lag_return`` change the
+input size; :func:`moca.policy.with_params` refuses those with a one-line error.
+
+The decision for a checkpoint trained on other parameters than the chain's: it is used,
+with a warning naming the fields that differ (its weights were tuned for another chain;
+adapting a few steps, or training on the chain, is what makes it the chain's). The
+warning goes to stderr so that ``--json`` output stays machine-readable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from moca.regime import RegimeSchedule
+from moca.scenario import Params2, Scenario2, ScenarioError, load_scenario
+
+#: How many differing fields a warning names before it says "and N more".
+SHOWN_FIELDS = 4
+
+
+def differing_fields(trained: Params2, params: Params2) -> list[str]:
+    """``field=trained->chain`` for every parameter in which the chain differs."""
+    return [f"{name}={getattr(trained, name)!r}->{getattr(params, name)!r}" for name in type(params).model_fields
+            if getattr(trained, name) != getattr(params, name)]
+
+
+def retarget2(module: Any, params: Params2, where: str) -> tuple[Any, str | None]:
+    """The policy ``module`` (a :class:`moca.policy2.LSTMPolicy2`) rebuilt for ``params``,
+    and a one-line warning when its checkpoint ``where`` was trained on other parameters
+    (None when they are the same). A change of ``lead_virgin`` or ``lag_return`` is a
+    :class:`moca.policy.PolicyError`."""
+    from moca.policy import with_params
+
+    changed = differing_fields(module.params, params)
+    rebuilt = with_params(module, params)
+    if not changed:
+        return rebuilt, None
+    more = f" and {len(changed) - SHOWN_FIELDS} more" if len(changed) > SHOWN_FIELDS else ""
+    return rebuilt, (f"checkpoint {where} was trained on other params ({', '.join(changed[:SHOWN_FIELDS])}{more}); "
+                     "its capacity-normalised features carry the weights over, but for this chain adapt it "
+                     "(--adapt-steps, moca adapt --model CLSC-2 --params FILE) or train on it "
+                     "(moca train --model CLSC-2 --params FILE)")
+
+
+def load_scenario_files(paths: Sequence[Path], model: str | None) -> tuple[str, list[Any]]:
+    """The scenarios of ``--scenario`` files and their world: each file's ``"model"``
+    (absent = CLSC-1) must agree with the others and with ``model`` (``--model``, None:
+    not given). Every file must have the same parameters (one chain per evaluation)."""
+    scenarios = []
+    for path in paths:
+        try:
+            scenarios.append(load_scenario(path))
+        except ScenarioError as err:
+            text = str(err)
+            raise ScenarioError(text if text.startswith(str(path)) else f"--scenario {path}: {text}") from None
+    worlds = ["CLSC-2" if isinstance(s, Scenario2) else "CLSC-1" for s in scenarios]
+    chosen = model or worlds[0]
+    for path, world in zip(paths, worlds):
+        if world != chosen:
+            other = f"not {chosen} (--model {chosen})" if model else f"but {paths[0]} is {chosen}"
+            raise ScenarioError(f"--scenario {path}: model={world!r} (the file's \"model\"), {other}; "
+                                "score one world at a time")
+    for path, scenario in zip(paths[1:], scenarios[1:]):
+        if scenario.params != scenarios[0].params:
+            changed = differing_fields(scenarios[0].params, scenario.params)[:1] if chosen == "CLSC-2" else []
+            raise ScenarioError(f"--scenario {path}: params differ from {paths[0]}'s"
+                                + (f" ({changed[0]})" if changed else "")
+                                + "; score the files of one chain at a time")
+    return chosen, scenarios
+
+
+def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSchedule, adapt_steps: int = 0,
+                         warn=None) -> dict[str, Any]:
+    """Score the CLSC-2 policy checkpoint ``where`` (``"default"``: the shipped meta-init)
+    on ``tests`` (one chain: their common params), after ``adapt_steps`` adaptation steps
+    on support scenarios of ``plan`` drawn on that chain (seeds 800+, the weights of the
+    best validation score over steps 0..K, validation seeds 900+). ``warn`` receives the
+    warning of :func:`retarget2`. The same summary as :func:`moca.experiment2.evaluate_learned2`."""
+    from moca.meta2 import OracleCache2, adapt2, load_policy2
+    from moca.policy2 import MODEL, evaluate_policy2
+
+    module, meta = load_policy2(where)
+    module, warning = retarget2(module, tests[0].params, str(where))
+    if warning and warn is not None:
+        warn(warning)
+    cache = OracleCache2(module.params)
+    weights, seconds = None, 0.0
+    if adapt_steps:
+        weights, curve = adapt2(module, None, plan, adapt_steps, cache=cache, keep_best=True)
+        seconds = curve[-1]["seconds"]
+    oracle = cache.costs(tests)
+    out = evaluate_policy2(module, weights, tests, oracle)
+    return {"policy": str(where), "model": MODEL, "score": out["score"], "scores": out["scores"],
+            "mean_cost": out["mean_cost"], "mean_oracle_cost": float(np.mean(oracle)),
+            "violations": out["violations"], "adapt_steps": adapt_steps, "adaptation_seconds": seconds,
+            "checkpoint_command": meta.get("command")}
+
+
+__all__ = ["differing_fields", "evaluate_learned_on2", "load_scenario_files", "retarget2"]
