@@ -12,6 +12,22 @@ def run(*args, cwd=None, timeout=600):
     return subprocess.run([*MOCA, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
+def run_in_process(*args):
+    """The command through typer's test runner (the console script's code path without a
+    Python start per call): returncode, stdout and stderr as :func:`run` gives them; an
+    exception other than the exit is raised, so a traceback cannot pass for an answer."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from moca.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+
+
 def assert_bad_input(result, *needles):
     """Exit code 2, no traceback, a message on stderr that names each of ``needles``."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)

@@ -6,23 +6,13 @@ script, without a Python start per call); the first test runs one in a subproces
 """
 
 import json
-from types import SimpleNamespace
 
 import pytest
-from typer.testing import CliRunner
 
-from moca.cli import app
 from moca.scenario import Scenario2, draw_scenario2
 from moca.regime import TASKS_2
 
-from _cli import assert_bad_input, run as run_subprocess
-
-
-def run(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+from _cli import assert_bad_input, run as run_subprocess, run_in_process as run
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from moca.cli import app
 from moca.oracle2 import solve_oracle2
 from moca.regime import TASKS_2
 from moca.scenario import Params2, Scenario2, draw_scenario2
 
-from _cli import assert_bad_input, run as run_subprocess
+from _cli import assert_bad_input, run as run_subprocess, run_in_process as run
 
 CHAIN = {"cap_order": 5000, "lost_sale_cost": 30}
-
-
-def run(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 @pytest.fixture(scope="module")
