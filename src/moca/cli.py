@@ -158,8 +158,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """moca: keep a circular supply chain's control policy optimal while regulation changes."""
 
 
-PARAMS_HELP = ("JSON/YAML object of model parameters to override (names and units: docs/MODEL.md), "
-               "or a scenario file whose params to use.")
+PARAMS_HELP = ("JSON/YAML object of model parameters to override (names and units: docs/MODEL.md; CLSC-2: "
+               "docs/MODEL-2.md), or a scenario file whose params to use.")
 
 # --- scenarios ---------------------------------------------------------------------------
 
@@ -381,7 +381,8 @@ def evaluate(
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     scenario_files: Optional[list[Path]] = typer.Option(None, "--scenario", help="Score on this scenario file instead "
                                                         "of drawing (repeat for several; overrides --regime, --params, "
-                                                        "--scenarios and --seed)."),
+                                                        "--scenarios and --seed; a CLSC-2 file's \"model\" chooses "
+                                                        "CLSC-2)."),
     model: Optional[str] = typer.Option(None, "--model", help="The world: CLSC-1 (default) | CLSC-2 (docs/MODEL-2.md); "
                                                               "with --scenario, the files' \"model\"."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
