@@ -139,6 +139,8 @@ def test_bad_params_for_clsc2_exit_2_naming_the_field(files, tmp_path):
                      "backlog_cost", "unknown parameter")
     assert_bad_input(run("evaluate", "--model", "CLSC-2", "--policy", "default", "--scenarios", 1, "--params", longer),
                      "lag_return", "moca train --model CLSC-2 --params")
+    assert_bad_input(run("evaluate", "--model", "CLSC-2", "--policy", "ppo", "--scenarios", 1, "--params", longer),
+                     "lag_return=8", "observations")
     assert_bad_input(run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T2", "--params", bad,
                          "-o", out), "cap_market")
     assert not out.exists()
