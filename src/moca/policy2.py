@@ -131,7 +131,9 @@ def rule_inputs(obs: Observation2) -> dict[str, Tensor]:
     s = obs.state
     dtype = s.columns[0].dtype
     pipeline = sum(s.pipeline_slots) if s.pipeline_slots else s.columns[0] * 0.0
-    forecast = seasonal_level_forecast(obs.demand_seen, RULE_LOOKAHEAD, RULE_ALPHA).to(dtype)
+    # The last 52 periods only: what the Gymnasium observation and the service's request carry,
+    # so the rule decides alike in the library, the env and `moca serve`.
+    forecast = seasonal_level_forecast(obs.demand_seen[:, -52:], RULE_LOOKAHEAD, RULE_ALPHA).to(dtype)
     return {"stocks": s.stocks, "pipeline": pipeline, "regime": obs.regime_t,
             "window": obs.window[:, obs.t].to(dtype), "supply_up": obs.inputs["supply_up"].to(dtype),
             "market_avail": obs.inputs["market_avail"].to(dtype), "forecast": forecast,
