@@ -133,8 +133,8 @@ def run_clsc1(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
 
 
 TOLD_2 = {
-    "threshold": "state, window counters, supplier and market status, regime, demand seen (4-period mean); "
-                 "7 thresholds tuned per regime by simulation",
+    "threshold": "state, window counters, supplier and market status, regime, demand seen (seasonal level "
+                 "forecast fitted to it); 7 thresholds tuned per regime by simulation",
     "mpc-informed": "state, announced schedule, the scenario's noise-free demand curve (level path, drift, jumps, "
                     "season: all but the period noise); observed means of returns, grades, market, supplier; "
                     "safety stock tuned on training scenarios",
@@ -190,12 +190,12 @@ def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
             seconds = {}
 
             def per_regime(label, seconds=seconds):
-                policy = tune_threshold2(regimes[label], params2, train_seeds=4 if not quick else 1,
-                                         budget=400 if not quick else 60)
+                policy = tune_threshold2(regimes[label], params2, train_seeds=32 if not quick else 1,
+                                         budget=1500 if not quick else 60)
                 seconds[label] = policy.tuning.seconds
                 return policy
             entry["tuning_seconds_per_regime"] = seconds
-            entry["tuning"] = "budget 400 candidates, 4 training scenarios per regime"
+            entry["tuning"] = "budget 1500 candidates, 32 training scenarios per regime"
         elif name == "ppo":
             from moca.baselines.ppo import load_ppo, shipped_path
 

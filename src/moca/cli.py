@@ -619,11 +619,13 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
         bar = progress.add_task("meta-training CLSC-2", total=config.meta_steps)
         module, history = meta_train2(config, progress=lambda step, total, info: progress.update(bar, completed=step))
     validation = history["validation"]
+    selected = history.get("selected_step", validation[-1]["step"] if validation else None)
     scores = {"validation_zero_shot_before": validation[0]["score"] if validation else None,
-              "validation_zero_shot_after": validation[-1]["score"] if validation else None}
+              "validation_zero_shot_after": next((v["score"] for v in validation if v["step"] == selected), None)}
     save_policy2(output, module, {
         "algorithm": config.algorithm, "seed": config.seed, "config": config.model_dump(mode="json"),
         "command": _command_line(), "scores": scores, "meta_steps_done": len(history["steps"]),
+        "selected_step": selected,
         "stopped_early": history["stopped_early"], "wall_seconds": history["wall_seconds"],
         "validation_curve": validation, "history": history["steps"],
     })

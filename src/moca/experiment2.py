@@ -156,15 +156,16 @@ def quick_config2() -> ExperimentConfig:
 
 
 def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, runs_dir: str | Path = "runs",
-                    config: ExperimentConfig | None = None, peers: Sequence[str] = ("threshold", "mpc"),
+                    config: ExperimentConfig | None = None,
+                    peers: Sequence[str] = ("threshold", "mpc", "mpc-sampled"),
                     progress: Callable[[str], None] | None = None, command: str = "moca run --model CLSC-2"
                     ) -> tuple[dict[str, Any], Path]:
     """T1 -> T2 -> T3 (W = 52) on CLSC-2 for the learned methods beside the peers (the
     threshold rule tuned per regime now, with a budget shown in the metrics; the forecast
-    MPC) and the oracle, on the same test scenarios; writes ``runs/<id>-clsc2/metrics.json``
+    MPC and the two-stage sampled MPC, the best peer of ``benchmarks/peers.json``) and the oracle, on the same test scenarios; writes ``runs/<id>-clsc2/metrics.json``
     and ``report.md``. Returns (metrics, run dir)."""
     from moca.baselines.mpc2 import MPC2Policy
-    from moca.baselines.peers import TUNED_SAFETY_STOCK_2, evaluate2
+    from moca.baselines.peers import SAMPLES_2, TUNED_SAFETY_STOCK_2, evaluate2
     from moca.baselines.threshold2 import tune_threshold2
 
     config = config or (quick_config2() if quick else ExperimentConfig(test_size=20))
@@ -181,7 +182,7 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
     tell("drawing scenarios, oracle costs")
     scorer = _Scorer2(module, cache, [r for _, r in tasks], config)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-clsc2" + ("-quick" if quick else "")
-    tuning = {"budget": 40 if quick else 150, "train_seeds": 2 if quick else 4}
+    tuning = {"budget": 40 if quick else 1500, "train_seeds": 2 if quick else 32}
     metrics: dict[str, Any] = {
         "id": run_id, "model": MODEL, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "quick": quick, "machine": machine(), "command": command,
@@ -199,9 +200,13 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
                 entry = {"score": 1.0, "mean_cost": float(np.mean(scorer.test_oracle[j])), "violations": 0}
             else:
                 began = time.perf_counter()
-                policy = (tune_threshold2(RegimeSchedule.constant(regime), train_seeds=tuning["train_seeds"],
-                                          budget=tuning["budget"]) if name == "threshold"
-                          else MPC2Policy(safety_stock=TUNED_SAFETY_STOCK_2["mpc-forecast"]))
+                if name == "threshold":
+                    policy = tune_threshold2(RegimeSchedule.constant(regime), train_seeds=tuning["train_seeds"],
+                                             budget=tuning["budget"])
+                elif name == "mpc-sampled":
+                    policy = MPC2Policy(safety_stock=TUNED_SAFETY_STOCK_2["mpc-sampled"], samples=SAMPLES_2)
+                else:
+                    policy = MPC2Policy(safety_stock=TUNED_SAFETY_STOCK_2["mpc-forecast"])
                 summary = evaluate2(name, policy, scorer.test[j], scorer.test_oracle[j]).summary()
                 entry = {k: summary[k] for k in ("score", "mean_cost", "violations")}
                 entry["seconds"] = time.perf_counter() - began

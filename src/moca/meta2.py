@@ -79,8 +79,12 @@ class MetaConfig2(MetaConfig):
     model: str = Field(MODEL, pattern="^CLSC-2$")
     params: Params2 = DEFAULT_PARAMS_2  # type: ignore[assignment]
     meta_steps: int = Field(300, ge=1)
+    # Twice CLSC-1's rate: at 1e-3 the validation score was still climbing after 240 steps
+    # (0.949 against 0.955 at 2e-3, same seed, same validation tasks).
+    outer_lr: float = Field(2e-3, gt=0, description="Adam rate of the meta weights")
     max_seconds: float | None = Field(600.0, gt=0, description="stop early past this wall time (None: never)")
     rule_lr_scale: float = Field(30.0, gt=0, description="outer rate of the base rule's parameters / outer_lr")
+    keep_best: bool = Field(True, description="end on the weights of the best validation score (needs validate_every)")
 
 
 def _task_losses(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: torch.Tensor, group: int,
@@ -112,8 +116,10 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
     history: dict[str, Any] = {"config": config.model_dump(mode="json"), "steps": [], "validation": [],
                                "stopped_early": False}
     validate = _validator(config, cache) if config.validate_every else None
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     if validate is not None:
         history["validation"].append({"step": 0, "score": validate(module)})
+        best = (history["validation"][0]["score"], 0, {k: v.detach().clone() for k, v in module.state_dict().items()})
     started = time.perf_counter()
     for step in range(1, config.meta_steps + 1):
         tasks = [sample_task2(rng, config.named_share) for _ in range(config.tasks_per_step)]
@@ -139,6 +145,8 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
         if validate is not None and (step % config.validate_every == 0 or step == config.meta_steps):
             history["validation"].append({"step": step, "score": validate(module)})
             entry["validation_score"] = history["validation"][-1]["score"]
+            if best is not None and entry["validation_score"] > best[0]:
+                best = (entry["validation_score"], step, {k: v.detach().clone() for k, v in module.state_dict().items()})
         history["steps"].append(entry)
         if progress is not None:
             progress(step, config.meta_steps, entry)
@@ -147,6 +155,11 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
             break
     history["wall_seconds"] = time.perf_counter() - started
     history["oracle_solves"] = len(cache._costs)
+    if config.keep_best and best is not None:
+        # The validation curve is not monotone (a meta step can overshoot for the regimes it
+        # did not draw): early stopping on the held-out validation tasks, never the test seeds.
+        module.load_state_dict(best[2])
+        history["selected_step"] = best[1]
     return module, history
 
 

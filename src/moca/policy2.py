@@ -45,9 +45,10 @@ REGIME_FEATURES_2 = ("mandate", "carbon_tax/1000", "has_cap", "cap_tightness", "
                      "recovery_target", "window/52")
 
 #: The base rule's thresholds (moca.baselines.threshold2's names) and their hand-set start
-#: values as shares of the search box of :func:`moca.baselines.threshold2.threshold2_bounds`.
-RULE_START = {"safety_product": 0.2, "safety_virgin": 0.4, "target_recycled": 0.3, "target_market": 0.1,
-              "free_recycled": 0.3, "refurbish_level": 0.02, "dispose_level": 0.1}
+#: values as shares of the search box of :func:`moca.baselines.threshold2.threshold2_bounds`
+#: (near the rule tuned for T2 on 32 training scenarios).
+RULE_START = {"safety_product": 0.36, "safety_virgin": 0.34, "target_recycled": 0.2, "target_market": 0.05,
+              "free_recycled": 0.9, "refurbish_level": 0.024, "dispose_level": 0.43}
 
 
 def reference_emissions2(params: Params2) -> float:
@@ -116,44 +117,80 @@ def features2(obs: Observation2, config: PolicyConfig) -> Tensor:
 # ----------------------------------------------------------------------------------------
 
 
+#: Periods the base rule looks ahead: its forecast (:func:`moca.forecast.seasonal_level_forecast`)
+#: runs over this many periods, and so does its pre-build for demand above production capacity.
+RULE_LOOKAHEAD = 13
+#: Smoothing weight of the rule's demand level on the newest period.
+RULE_ALPHA = 0.3
+
+
 def rule_inputs(obs: Observation2) -> dict[str, Tensor]:
     """What :func:`base_rule2` reads from an observation (tensors, split by batch rows)."""
+    from moca.forecast import seasonal_level_forecast
+
     s = obs.state
     dtype = s.columns[0].dtype
     pipeline = sum(s.pipeline_slots) if s.pipeline_slots else s.columns[0] * 0.0
+    # The last 52 periods only: what the Gymnasium observation and the service's request carry,
+    # so the rule decides alike in the library, the env and `moca serve`.
+    forecast = seasonal_level_forecast(obs.demand_seen[:, -52:], RULE_LOOKAHEAD, RULE_ALPHA).to(dtype)
     return {"stocks": s.stocks, "pipeline": pipeline, "regime": obs.regime_t,
             "window": obs.window[:, obs.t].to(dtype), "supply_up": obs.inputs["supply_up"].to(dtype),
-            "market_avail": obs.inputs["market_avail"].to(dtype), "dbar": obs.demand_seen[:, -4:].mean(-1),
+            "market_avail": obs.inputs["market_avail"].to(dtype), "forecast": forecast,
             "t": torch.full_like(s.columns[0], float(obs.t)), "horizon": torch.full_like(s.columns[0],
                                                                                           float(obs.regime.shape[1]))}
 
 
 def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Tensor:
-    """The raw action ``[B, 9]`` of :class:`moca.baselines.threshold2.Threshold2Policy`
-    for ``thresholds`` ``[B, 7]``, as torch operations (differentiable in the state and
-    the thresholds almost everywhere). Same order of computation as the numpy rule."""
+    """The raw action ``[B, 9]`` of the CLSC-2 threshold rule
+    (:class:`moca.baselines.threshold2.Threshold2Policy` runs this same function) for
+    ``thresholds`` ``[B, 7]``, as torch operations (differentiable in the state and the
+    thresholds almost everywhere). ``x["forecast"]`` ``[B, H]`` is the demand forecast of
+    ``d_t .. d_{t+H-1}`` (units).
+
+    The stock thresholds ``s_P, s_V, S_M, S_B, M_free`` are stated at a demand of
+    ``params.demand_base`` units a period and scale with the forecast level, so one tuning
+    serves a scenario whose demand drifted or jumped to half or twice that."""
     p = params
     V, M, P, CA, CB = (torch.clamp(c, min=0.0) for c in x["stocks"].unbind(-1))
     r, kappa = x["regime"][:, clsc2.R_MANDATE], x["regime"][:, clsc2.R_RECOVERY]
-    dbar, supply, market = x["dbar"], x["supply_up"], x["market_avail"]
+    forecast, supply, market = x["forecast"], x["supply_up"], x["market_avail"]
     t, T = x["t"], x["horizon"]
     s_P, s_V, S_M, S_B, M_free, L_f, L_w = thresholds.unbind(-1)
+    scale = forecast[:, 1:5].mean(-1) / p.demand_base
+    s_P, s_V, S_M, S_B, M_free = (v * scale for v in (s_P, s_V, S_M, S_B, M_free))
     zero = V * 0.0
-    m, L_v = p.mass, p.lead_virgin
+    m, L_v, K = p.mass, p.lead_virgin, p.cap_produce
     margin = 1.0 + 1e-5
+
+    # Product to hold after this period's production: next period's demand, and ahead of a
+    # stretch of demand above capacity K the excess it brings (max over h of
+    # sum_{k<=h} d_{t+k} - (h-1) K), as far as the horizon still has periods to sell in.
+    ahead = forecast[:, 1:]
+    steps = torch.arange(ahead.shape[1], dtype=V.dtype)
+    cumulative = torch.cumsum(ahead, dim=-1) - K * steps
+    in_horizon = (steps[None, :] + t[:, None] + 1 <= T[:, None] - 1)
+    cover = torch.where(in_horizon, cumulative, cumulative.new_full((), -1e30)).max(-1).values
+    cover = torch.maximum(cover, ahead[:, 0])
+    excess = cover - ahead[:, 0]
+    planned = torch.clamp(ahead + excess[:, None], max=K)  # production of t+1, t+2, ...
 
     can_produce = (t + 1 <= T - 1).to(V.dtype)
     f = torch.clamp(CA - L_f, 0.0, p.cap_refurbish) * can_produce
     s_P_now = s_P * (t + 2 < T).to(V.dtype)
-    q = torch.clamp(2.0 * dbar + s_P_now - (P + p.yield_refurbish * f), 0.0, p.cap_produce) * can_produce
+    q = torch.clamp(forecast[:, 0] + cover + s_P_now - (P + p.yield_refurbish * f), 0.0, K) * can_produce
     material = m * q
     u_r = torch.minimum(torch.clamp(torch.maximum(r * material, torch.minimum(material, M - M_free)), min=0.0), M)
     material = torch.where(r > 0, torch.minimum(material, u_r / torch.clamp(r * margin, min=1e-12)), material)
     u_v = torch.clamp(torch.minimum(material - u_r, V), min=0.0)
     u_r = torch.minimum(M, u_r + torch.clamp(material - u_v - u_r, min=0.0))
 
+    # While the supplier is down, recycled material (disassembly first, then the market)
+    # stands in for the virgin material the next two periods' production will miss.
+    position = V - u_v + x["pipeline"]
+    missing = torch.clamp((1.0 - r) * m * planned[:, :2].sum(-1) - position, min=0.0) * (1.0 - supply)
     can_recover = (t + 2 <= T - 1).to(V.dtype)
-    need = r * m * dbar
+    need = r * m * planned[:, 0] + missing
     left = M - u_r
     per_b, per_a = m * p.yield_disassembly_b, m * p.yield_disassembly_a
     short = torch.clamp(S_M + need - left, min=0.0)
@@ -171,9 +208,9 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     factor = torch.where((kappa > 0) & (total > allowed), allowed / torch.clamp(total, min=1e-12), zero + 1.0)
     w_A, w_B = w_A * factor, w_B * factor
 
-    position = V - u_v + x["pipeline"]
     can_order = (t + L_v + 1 <= T - 1).to(V.dtype)
-    o = torch.clamp((1.0 - r) * m * (L_v + 1) * dbar + s_V - position, 0.0, p.cap_order) * supply * can_order
+    o = torch.clamp((1.0 - r) * m * planned[:, :L_v + 1].sum(-1) + s_V - position, 0.0, p.cap_order) \
+        * supply * can_order
     return torch.stack([o, o_m, u_v, u_r, f, g_A, g_B, w_A, w_B], dim=-1)
 
 

@@ -3,26 +3,33 @@ regime by simulation.
 
 One decision per period from what a planner sees at event 2 (post-arrival stocks and
 pipeline, the window counters, supplier and market status, the regime, the demand seen so
-far; never ``d_t``, never how the scenario was drawn). The demand forecast is the mean of
-the last four observed periods, ``dbar`` (units). In the order the rule computes them:
+far; never ``d_t``, never how the scenario was drawn). The demand forecast ``f_t, f_{t+1},
+...`` (units) is :func:`moca.forecast.seasonal_level_forecast`: a yearly harmonic fitted to
+the whole history seen, times a smoothed level that follows jumps within a few periods.
+The stock thresholds are stated at a demand of ``demand_base`` units a period and scale
+with the forecast level. In the order the rule computes them:
 
 * **refurbish** grade-A cores above a level ``L_f``: ``f = min(CA - L_f, K_f)``;
-* **produce up to** ``2 dbar + s_P`` of serviceable product (``P + eta_f f``; sales are
-  lost, not backlogged), within ``[0, K_p]``;
+* **produce up to** ``f_t + C + s_P`` of serviceable product (``P + eta_f f``; sales are
+  lost, not backlogged), within ``[0, K_p]``, where ``C`` covers next period's demand and,
+  ahead of demand above capacity, the excess ``max_h sum_{k<=h} f_{t+k} - (h-1) K_p`` over
+  the next 12 periods (built ahead, as a capacitated plan would);
 * **mix** the mandate share ``r`` of recycled material, more while ``M`` is above a free
   level ``M_free``; recycled fills in for missing virgin (the window rows 6a/6b and the
   settlement are left to the safety layer, which never lets them break);
 * **disassemble** grade B first, then the grade-A cores not refurbished, up to a recycled
-  target ``S_M + r m dbar`` after use (kg);
-* **buy recycled** on the market up to a second, usually lower target ``S_B + r m dbar``
-  (the market is dearer than disassembly of grade A, cheaper than none);
+  target ``S_M + r m q_{t+1}`` after use (kg; ``q`` the planned production), plus, while
+  the supplier is down, the virgin material the next two periods' production would miss;
+* **buy recycled** on the market up to a second, usually lower target ``S_B + ...`` of the
+  same form (the market is dearer than disassembly of grade A, cheaper than none);
 * **dispose** cores above a level ``L_w`` (grade B first), within the recovery target;
-* **order** virgin up to ``(1 - r) m (L_v + 1) dbar + s_V`` of inventory position, when the
-  supplier accepts orders.
+* **order** virgin up to ``(1 - r) m (q_{t+1} + ... + q_{t+L_v+1}) + s_V`` of inventory
+  position, when the supplier accepts orders.
 
 Near the end it stops what can no longer pay: no production or refurbishment in the last
 period, no recovery or market purchase whose material could not be sold, no order that
-arrives too late.
+arrives too late. The rule is written once, in torch, as :func:`moca.policy2.base_rule2`
+(the base of moca's learned CLSC-2 policy); :class:`Threshold2Policy` runs it.
 
 The seven thresholds ``(s_P, s_V, S_M, S_B, M_free, L_f, L_w)`` are tuned per regime as the
 CLSC-1 rule's are (:func:`moca.baselines.threshold.search_unit_box`: differential evolution
@@ -46,7 +53,6 @@ from moca.scenario import DEFAULT_PARAMS_2, Params2, draw_training_scenarios2
 THRESHOLD2_NAMES = ("safety_product", "safety_virgin", "target_recycled", "target_market", "free_recycled",
                     "refurbish_level", "dispose_level")
 SEARCH_POWER_2 = np.array([1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0])
-_MARGIN = 1.0 + 1e-5
 
 
 def threshold2_bounds(params: Params2) -> np.ndarray:
@@ -74,66 +80,23 @@ class Threshold2Policy:
 
     def reset(self, batch) -> None:
         self._T = batch.horizon
-        self._th = [self.thresholds[..., j] for j in range(len(THRESHOLD2_NAMES))]
 
     def act(self, obs) -> Tensor:
-        p, t, T = obs.params, obs.t, self._T
-        s = obs.state
-        as_np = lambda x: x.detach().to(torch.float64).cpu().numpy()  # noqa: E731
-        V, M, P, CA, CB = (np.maximum(as_np(s.stocks[:, j]), 0.0) for j in range(5))
-        regime = as_np(obs.regime_t)
-        r, kappa = regime[:, 0], regime[:, 4]
-        supply, market = as_np(obs.inputs["supply_up"]), as_np(obs.inputs["market_avail"])
-        dbar = as_np(obs.demand_seen)[:, -4:].mean(-1)
-        s_P, s_V, S_M, S_B, M_free, L_f, L_w = self._th
-        zero = np.zeros_like(V)
-        m, L_v = p.mass, p.lead_virgin
+        # One rule, written once in torch (moca.policy2.base_rule2), so the peer and the base
+        # of moca's learned policy cannot drift apart.
+        from moca.policy2 import base_rule2, rule_inputs
 
-        can_produce = t + 1 <= T - 1  # what is made at t sells from t+1
-        f = np.clip(CA - L_f, 0.0, p.cap_refurbish) if can_produce else zero
-        q = np.clip(2.0 * dbar + (s_P if t + 2 < T else 0.0) - (P + p.yield_refurbish * f), 0.0, p.cap_produce) \
-            if can_produce else zero
-        material = m * q
-        u_r = np.minimum(np.maximum(np.maximum(r * material, np.minimum(material, M - M_free)), 0.0), M)
-        mandated = r > 0
-        if mandated.any():  # no more production than the recycled material allows at share r
-            material = np.where(mandated, np.minimum(material, u_r / np.maximum(r * _MARGIN, 1e-12)), material)
-        u_v = np.maximum(np.minimum(material - u_r, V), 0.0)
-        u_r = np.minimum(M, u_r + np.maximum(material - u_v - u_r, 0.0))
-
-        # Recovered material of t is usable at t+1 and sold at t+2.
-        can_recover = t + 2 <= T - 1
-        need = r * m * dbar
-        left = M - u_r
-        per_b, per_a = m * p.yield_disassembly_b, m * p.yield_disassembly_a
-        if can_recover:
-            short = np.maximum(S_M + need - left, 0.0)
-            g_B = np.minimum(np.minimum(short / per_b, CB), p.cap_disassemble)
-            short = np.maximum(short - per_b * g_B, 0.0)
-            g_A = np.minimum(np.minimum(short / per_a, np.maximum(CA - f, 0.0)), p.cap_disassemble - g_B)
-            recovered = per_b * g_B + per_a * g_A
-            o_m = np.clip(S_B + need - left - recovered, 0.0, p.cap_market * market)
-        else:
-            g_A = g_B = o_m = zero
-
-        w_B = np.clip(CB - g_B - L_w, 0.0, p.cap_dispose)
-        w_A = np.clip(CA - f - g_A - L_w, 0.0, np.maximum(p.cap_dispose - w_B, 0.0))
-        recovering = kappa > 0
-        if recovering.any():
-            allowed = (f + g_A + g_B) * (1.0 - kappa) / np.maximum(kappa * _MARGIN, 1e-12)
-            total = w_A + w_B
-            factor = np.where(recovering & (total > allowed), allowed / np.maximum(total, 1e-12), 1.0)
-            w_A, w_B = w_A * factor, w_B * factor
-
-        position = V - u_v + sum(as_np(x) for x in s.pipeline_slots) if s.pipeline_slots else V - u_v
-        can_order = t + L_v + 1 <= T - 1  # arrives at t+L_v, used then, sold a period later
-        o = np.clip((1.0 - r) * m * (L_v + 1) * dbar + s_V - position, 0.0, p.cap_order) * supply \
-            if can_order else zero
-        action = np.stack(np.broadcast_arrays(o, o_m, u_v, u_r, f, g_A, g_B, w_A, w_B), axis=-1)
-        return torch.as_tensor(np.ascontiguousarray(action), dtype=s.stocks.dtype)
+        dtype = obs.state.stocks.dtype
+        batch = obs.state.stocks.shape[0]
+        thresholds = torch.as_tensor(self.thresholds, dtype=dtype)
+        thresholds = thresholds.expand(batch, -1) if thresholds.ndim == 1 else thresholds
+        x = {k: v.to(dtype) for k, v in rule_inputs(obs).items()}
+        x["t"], x["horizon"] = torch.full((batch,), float(obs.t), dtype=dtype), torch.full((batch,), float(self._T),
+                                                                                          dtype=dtype)
+        return base_rule2(thresholds, x, self.params).to(dtype)
 
 
-def tune_threshold2(regime, params: Params2 = DEFAULT_PARAMS_2, train_seeds: int | Sequence = 8, budget: int = 600,
+def tune_threshold2(regime, params: Params2 = DEFAULT_PARAMS_2, train_seeds: int | Sequence = 32, budget: int = 1500,
                     seed: int = 0, popsize: int = 8, global_share: float = 0.7) -> Threshold2Policy:
     """Tune the seven thresholds for ``regime`` (a CLSC-2 regime, schedule or name) on
     training-stream scenarios; the report is in ``policy.tuning``."""

@@ -1,0 +1,101 @@
+"""The CLSC-2 base rule's forecast and its two capacity- and supplier-aware parts
+(moca.forecast.seasonal_level_forecast, moca.policy2.base_rule2), and meta-training's
+early stopping on the validation tasks (moca.meta2.meta_train2 keep_best).
+
+The rule is called directly on hand-built inputs, so each test isolates one decision.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from moca.forecast import seasonal_level_forecast
+from moca.policy2 import base_rule2
+from moca.scenario import DEFAULT_PARAMS_2
+
+P2 = DEFAULT_PARAMS_2
+
+
+def seasonal(periods, level=1000.0, amplitude=0.3, phase=7.0):
+    k = np.arange(periods, dtype=float)
+    return level * (1.0 + amplitude * np.sin(2.0 * math.pi * (k + phase) / 52.0))
+
+
+def test_forecast_follows_a_noise_free_season():
+    curve = seasonal(52 + 20 + 13)
+    seen = torch.tensor(curve[:72])[None]
+    forecast = seasonal_level_forecast(seen, 13)[0].numpy()
+    assert forecast.shape == (13,)
+    # A log-harmonic season is not exactly 1 + A sin, so a few percent of shape error is the
+    # price of a 4-parameter fit; the 4-period mean of the same history misses by far more.
+    error = np.abs(forecast - curve[72:]) / curve[72:]
+    naive = np.abs(curve[68:72].mean() - curve[72:]) / curve[72:]
+    assert error.max() < 0.05 and error.mean() < 0.5 * naive.mean()
+
+
+def test_forecast_level_follows_a_jump_within_a_few_periods():
+    curve = np.full(52 + 30, 1000.0)
+    curve[-8:] *= 1.5  # the level jumped 8 periods ago
+    forecast = seasonal_level_forecast(torch.tensor(curve)[None], 4)[0].numpy()
+    assert forecast == pytest.approx(np.full(4, 1500.0), rel=0.1)
+
+
+def test_forecast_refuses_a_wrong_shape():
+    with pytest.raises(ValueError, match="demand_seen"):
+        seasonal_level_forecast(torch.ones(5), 3)
+
+
+def rule_inputs(forecast, supply_up=1.0, stocks=(8000.0, 2000.0, 1000.0, 0.0, 0.0), t=10.0, pipeline=4000.0):
+    forecast = torch.as_tensor(forecast, dtype=torch.float64)[None]
+    return {"stocks": torch.tensor([stocks], dtype=torch.float64), "pipeline": torch.tensor([pipeline], dtype=torch.float64),
+            "regime": torch.tensor([[0.2, 0.0, math.inf, 0.0, 0.0]], dtype=torch.float64),
+            "window": torch.tensor([52.0], dtype=torch.float64), "supply_up": torch.tensor([supply_up], dtype=torch.float64),
+            "market_avail": torch.tensor([1.0], dtype=torch.float64), "forecast": forecast,
+            "t": torch.tensor([t], dtype=torch.float64), "horizon": torch.tensor([52.0], dtype=torch.float64)}
+
+
+THRESHOLDS = torch.tensor([[200.0, 0.0, 500.0, 100.0, 9000.0, 50.0, 1000.0]], dtype=torch.float64)
+
+
+def test_rule_produces_for_the_next_period_when_demand_stays_under_capacity():
+    action = base_rule2(THRESHOLDS, rule_inputs(np.full(13, 1000.0)), P2)[0]
+    # q = f_t + f_{t+1} + s_P - P (no cores to refurbish): 1000 + 1000 + 200 - 1000.
+    assert float(action[2] + action[3]) / P2.mass == pytest.approx(1200.0, rel=1e-4)  # the mandate margin 1 + 1e-5
+
+
+def test_rule_builds_ahead_of_demand_above_capacity():
+    stocks = (2000.0, 2000.0, 1000.0, 0.0, 0.0)
+    under = base_rule2(THRESHOLDS, rule_inputs(np.full(13, 1000.0), stocks=stocks), P2)[0]
+    peak = np.full(13, 1000.0)
+    peak[4:10] = 1900.0  # six periods 400 above the 1,500-unit capacity, starting in 4 periods
+    ahead = base_rule2(THRESHOLDS, rule_inputs(peak, stocks=stocks), P2)[0]
+    produced = lambda a: float(a[2] + a[3]) / P2.mass  # noqa: E731
+    assert produced(ahead) == pytest.approx(P2.cap_produce, rel=1e-4)  # 1000 + (excess 2,400) + ... > capacity
+    assert produced(under) < P2.cap_produce
+    assert float(ahead[0]) > float(under[0])  # and orders the virgin material for it
+
+
+def test_rule_stands_recycled_material_in_for_virgin_while_the_supplier_is_down():
+    stocks = (500.0, 300.0, 1000.0, 300.0, 100.0)  # little virgin, none on its way, few recycled kg
+    up = base_rule2(THRESHOLDS, rule_inputs(np.full(13, 1000.0), 1.0, stocks, pipeline=0.0), P2)[0]
+    down = base_rule2(THRESHOLDS, rule_inputs(np.full(13, 1000.0), 0.0, stocks, pipeline=0.0), P2)[0]
+    assert float(down[0]) == 0.0 < float(up[0])  # no order reaches a supplier that is down
+    recovered = lambda a: float(a[1] + a[5] + a[6])  # noqa: E731  market kg + cores disassembled
+    assert recovered(down) > recovered(up)
+
+
+def test_meta_training_keeps_the_best_validated_weights():
+    from moca.meta2 import MetaConfig2, meta_train2
+    from moca.policy import PolicyConfig
+
+    torch.set_num_threads(1)
+    config = MetaConfig2(meta_steps=2, tasks_per_step=1, support_size=1, query_size=1, validate_every=1,
+                         validation_tasks=1, outer_lr=0.05, policy=PolicyConfig(hidden=4))
+    module, history = meta_train2(config)
+    scores = [v["score"] for v in history["validation"]]
+    assert history["selected_step"] == int(np.argmax(scores))
+    from moca.meta2 import _validator, OracleCache2
+
+    assert _validator(config, OracleCache2())(module) == pytest.approx(max(scores), rel=1e-9)
