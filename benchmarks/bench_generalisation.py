@@ -125,14 +125,18 @@ def peer_entries(label: str, regime, peers, stocks, n_train, tests, oracle, para
 def table(result: dict) -> str:
     steps = [str(k) for k in result["steps"]]
     peers = result["peers"]
-    headers = (["regime"] + [f"moca {k}" for k in steps] + ["chosen (" + "/".join(steps) + ")", f"moca s ({steps[-1]})"]
+    last = steps[-1]
+    headers = (["regime"] + [f"moca {k}" for k in steps] + ["chosen (" + "/".join(steps) + ")", f"moca s ({last})",
+                                                           f"default {last}", f"map {last}"]
                + [x for p in peers for x in ((p,) if p == "mpc" else (p, "s"))] + ["best peer"])
     rows, sums = [], {}
     regimes = result["regimes"]
     for label, e in regimes.items():
         cells = [label] + [f"{e['moca'][k]['score']:.3f}" for k in steps]
         cells.append("/".join(e["moca"][k]["chosen"] for k in steps))
-        cells.append(f"{e['moca'][steps[-1]]['seconds']:.1f}")
+        cells.append(f"{e['moca'][last]['seconds']:.1f}")
+        candidates = e["moca"][last]["candidates"]
+        cells += [f"{candidates[n]['test_score']:.3f}" if n in candidates else "–" for n in ("default", "map")]
         for p in peers:
             cells.append(f"{e['peers'][p]['score']:.3f}")
             if p != "mpc":
@@ -147,6 +151,8 @@ def table(result: dict) -> str:
             continue
         mean = lambda f: float(np.mean([f(regimes[k]) for k in labels]))  # noqa: E731
         cells = [f"**{group}**"] + [f"**{mean(lambda e, k=k: e['moca'][k]['score']):.4f}**" for k in steps] + ["", ""]
+        cells += [f"{mean(lambda e, n=n: e['moca'][last]['candidates'][n]['test_score']):.4f}"
+                  if all(n in regimes[k]["moca"][last]["candidates"] for k in labels) else "" for n in ("default", "map")]
         for p in peers:
             cells.append(f"{mean(lambda e, p=p: e['peers'][p]['score']):.4f}")
             if p != "mpc":
