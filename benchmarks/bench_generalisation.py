@@ -4,7 +4,7 @@ on the seed tasks (issue 10: "moca after <= 3 steps >= the best re-tuned peer").
     .venv/bin/python benchmarks/bench_generalisation.py [--steps 0 1 3] [--scenarios 20]
         [--validation 16] [--peers threshold mpc mpc-informed mpc-forecast mpc-sampled]
         [--stocks 100 400 800 1200] [--train 4] [--only LABEL ...] [--resume]
-        [--out benchmarks/generalisation.json] [--quick]
+        [--out benchmarks/generalisation.json] [--quick] [--table]
 
 For the README's generalisation regimes (``moca.experiment.GENERALISATION_GRID``) and the
 seed tasks T1-T3, on test seeds 1000.. (20 per regime):
@@ -175,7 +175,13 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the regimes already in --out")
     parser.add_argument("--out", default="benchmarks/generalisation.json")
     parser.add_argument("--quick", action="store_true", help="one regime, 2 scenarios, steps 0 1, threshold + mpc")
+    parser.add_argument("--table", action="store_true", help="only print (and write) the table of --out")
     args = parser.parse_args()
+    if args.table:
+        text = table(json.loads(Path(args.out).read_text()))
+        write_atomic(Path(args.out).with_suffix(".md"), text + "\n")
+        print(text)
+        return
     torch.set_num_threads(1)
     if args.quick:
         args.steps, args.scenarios, args.validation, args.peers = [0, 1], 2, 4, ["threshold", "mpc"]
