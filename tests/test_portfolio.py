@@ -189,3 +189,13 @@ def test_adapt_cli_with_the_map_writes_and_reloads_the_winner(tmp_path):
     summary = json.loads(evaluated.stdout)
     assert summary["violations"] == 0 and summary["score"] == pytest.approx(out["score_after"], abs=2e-3)
     assert_bad_input(run("adapt", "--checkpoint", "default", "--regime", "T2", "--base", "best"), "--base", "best")
+
+
+def test_evaluate_adapt_steps_reports_the_candidate_deployed():
+    from moca.experiment import build_policy
+    from moca.regime import RegimeSchedule
+
+    agent = build_policy("default", RegimeSchedule.constant(TASKS["T1"]), adapt_steps=1, base="map")
+    assert agent.portfolio["chosen"] == "map" and set(agent.portfolio["candidates"]) == {"map"}
+    assert agent.base_rule is not None  # the mapped rule runs on the deployment path
+    assert not hasattr(build_policy("default", RegimeSchedule.constant(TASKS["T1"])), "portfolio")

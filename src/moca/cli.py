@@ -445,6 +445,8 @@ def evaluate(
             progress.update(task, description=f"evaluating {policy}", total=len(tests), completed=0)
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
     summary = result.summary()
+    if getattr(agent, "portfolio", None) is not None:  # CLSC-1 --adapt-steps with --base auto|map
+        summary["portfolio"] = agent.portfolio
     impact = None
     if len(plan.entries) == 1 and plan.entries[0].regime() != Regime() and all(t.schedule == plan for t in tests):
         # Does the rule itself leave demand unmet? The oracle with and without it, same scenarios.
@@ -464,6 +466,10 @@ def evaluate(
     table.add_row(f"{summary['mean_cost']:,.0f}", f"{summary['mean_oracle_cost']:,.0f}", f"{summary['score']:.4f}",
                   str(summary["violations"]), f"{lat['p50']:.0f}", f"{lat['p99']:.0f}")
     console.print(table)
+    if "portfolio" in summary:
+        scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["portfolio"]["candidates"].items())
+        console.print(f"adapted with --base {base}: deployed {summary['portfolio']['chosen']} "
+                      f"(validation scores: {scores})")
     if impact is not None:
         from moca.impact import describe
 

@@ -135,10 +135,11 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         if base != "default":
             from moca.portfolio import adapt_portfolio
 
-            chosen = adapt_portfolio(module, regime, adapt_steps, base=base, keep_best=False).chosen
-            module, weights = chosen.module, chosen.weights
-        else:
-            weights, _ = adapt(module, None, regime, adapt_steps)
+            result = adapt_portfolio(module, regime, adapt_steps, base=base, keep_best=False)
+            deployed = DeployedPolicy(result.chosen.module, result.chosen.weights)
+            deployed.portfolio = result.summary()  # which candidate won, and both validation scores
+            return deployed
+        weights, _ = adapt(module, None, regime, adapt_steps)
     return DeployedPolicy(module, weights)
 
 
