@@ -3,12 +3,14 @@ policy and the re-tuned peers (issue 10, part 3).
 
     .venv/bin/python benchmarks/bench_regime_map.py [--quick] [--regimes 64] [--budget 600] [--select 16]
         [--map benchmarks/regime_map.json] [--refit] [--steps 1 3] [--no-default] [--no-mpc]
-        [--out benchmarks/regime_map_compare.json]
+        [--out benchmarks/regime_map_compare.json] [--fit-only] [--ship DIR]
 
 1. Fits the map (:func:`moca.regime_map.fit_threshold_map`: ``--regimes`` regimes of the
    meta-training distribution, each tuned with ``--budget`` candidate rules on 8
    training-stream scenarios) and writes it to ``--map`` — or loads ``--map`` if it exists
-   and ``--refit`` is not given.
+   and ``--refit`` is not given. ``--ship DIR`` also writes it as the map checkpoint
+   folder ``DIR/map.json`` (the shipped one: ``src/moca/data/map-clsc1``, by
+   ``--refit --fit-only --map /tmp/regime_map.json --ship src/moca/data/map-clsc1``).
 2. On the README's five generalisation regimes and the seed tasks T1-T3 (test seeds
    1000-1019), scores the mapped policy (the mapped rule, its base thresholds picked among
    the map's and the ``--select`` nearest tunings on the support scenarios, + a fresh LSTM
@@ -86,6 +88,8 @@ def main() -> None:
     parser.add_argument("--map", default="benchmarks/regime_map.json")
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--fit-only", action="store_true")
+    parser.add_argument("--ship", default=None, metavar="DIR",
+                        help="also write the map as a checkpoint folder (DIR/map.json, e.g. src/moca/data/map-clsc1)")
     parser.add_argument("--steps", type=int, nargs="*", default=[1, 3])
     parser.add_argument("--no-default", action="store_true", help="leave today's default meta-init out")
     parser.add_argument("--no-mpc", action="store_true")
@@ -111,6 +115,11 @@ def main() -> None:
         fit.update({"command": " ".join(["benchmarks/bench_regime_map.py", *sys.argv[1:]]), "machine": machine(),
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         _write(map_path, json.dumps({"map": threshold_map.to_dict(), "fit": fit}, indent=1))
+    if args.ship:
+        from moca.regime_map import save_map
+
+        save_map(args.ship, threshold_map, fit)
+        log(f"map: wrote {args.ship} (fit {fit['seconds']:.0f} s)")
     if args.fit_only:
         return
     regimes = {label: grid_regime(fields) for label, fields in GENERALISATION_GRID.items()}

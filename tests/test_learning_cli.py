@@ -39,7 +39,7 @@ def test_train_writes_a_loadable_checkpoint_with_metadata(trained):
 def test_adapt_reports_scores_and_writes_the_adapted_policy(trained, tmp_path):
     out_dir = tmp_path / "adapted"
     result = run("adapt", "--checkpoint", trained, "--regime", "T2", "--steps", 1, "--scenarios", 2, "-o", out_dir,
-                 "--json")
+                 "--base", "default", "--json")  # the checkpoint alone (the portfolio: tests/test_portfolio.py)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert {"score_before", "score_after", "steps", "seconds", "violations"} <= set(out)

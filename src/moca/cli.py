@@ -70,7 +70,7 @@ INPUT_ERRORS: tuple[tuple[str, str], ...] = (
     ("moca.safety", "SafetyError"), ("moca.checkpoint", "CheckpointError"), ("moca.continual", "ContinualError"),
     ("moca.files", "OutputError"), ("moca.meta", "MetaError"), ("moca.policy", "PolicyError"),
     ("moca.experiment", "ExperimentError"), ("moca.metrics", "MetricsError"), ("moca.report", "ReportError"),
-    ("moca.baselines.ppo", "PPOError"),
+    ("moca.baselines.ppo", "PPOError"), ("moca.regime_map", "RegimeMapError"),
 )
 
 
@@ -378,6 +378,10 @@ def evaluate(
     scenarios: int = typer.Option(20, "--scenarios", min=1, help="Number of test scenarios."),
     seed: int = typer.Option(1000, "--seed", min=0, help="First test seed; scenarios use seeds seed .. seed+N-1."),
     adapt_steps: int = typer.Option(0, "--adapt-steps", min=0, help="For a checkpoint: gradient steps on training scenarios of the regime first."),
+    base: str = typer.Option("auto", "--base", help="CLSC-1, with --adapt-steps: auto = adapt the checkpoint and "
+                                                    "the mapped policy, keep the better on validation scenarios "
+                                                    "(seeds 900+); default = the checkpoint only; map = the mapped "
+                                                    "policy only."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     scenario_files: Optional[list[Path]] = typer.Option(None, "--scenario", help="Score on this scenario file instead "
                                                         "of drawing (repeat for several; overrides --regime, --params, "
@@ -424,10 +428,12 @@ def evaluate(
 
         with _progress(as_json) as progress:
             task = progress.add_task(f"preparing {policy}", total=None)
-            agent = build_policy(policy, plan, adapt_steps=adapt_steps, params=params)
+            agent = build_policy(policy, plan, adapt_steps=adapt_steps, params=params, base=_base_choice(base))
             progress.update(task, description=f"evaluating {policy}", total=len(tests), completed=0)
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
     summary = result.summary()
+    if getattr(agent, "portfolio", None) is not None:  # CLSC-1 --adapt-steps with --base auto|map
+        summary["portfolio"] = agent.portfolio
     impact = None
     if len(plan.entries) == 1 and plan.entries[0].regime() != Regime() and all(t.schedule == plan for t in tests):
         # Does the rule itself leave demand unmet? The oracle with and without it, same scenarios.
@@ -447,6 +453,10 @@ def evaluate(
     table.add_row(f"{summary['mean_cost']:,.0f}", f"{summary['mean_oracle_cost']:,.0f}", f"{summary['score']:.4f}",
                   str(summary["violations"]), f"{lat['p50']:.0f}", f"{lat['p99']:.0f}")
     console.print(table)
+    if "portfolio" in summary:
+        scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["portfolio"]["candidates"].items())
+        console.print(f"adapted with --base {base}: deployed {summary['portfolio']['chosen']} "
+                      f"(validation scores: {scores})")
     if impact is not None:
         from moca.impact import describe
 
@@ -664,6 +674,15 @@ start (--keep-last: the last step's weights instead). score_before and
 score_after are on the test scenarios (--seed, --scenarios), used for nothing
 else. In --json, "curve" lists per step: step, validation score, seconds,
 kept, selected (true for the weights returned).
+
+\b
+On CLSC-1, --base auto (the default) adapts two candidates with the same
+steps on the same support scenarios: the checkpoint (--base default) and
+moca's LSTM over the threshold rule mapped from the regime (its base picked
+among the shipped map's thresholds and the nearest tuned regimes, fresh head;
+--base map). The one with the better validation score is kept (the
+checkpoint on a tie); "portfolio" in --json gives both, seconds = the whole
+choice. -o writes the winner (a mapped one as kind "mapped-policy").
 """
 
 
@@ -680,6 +699,7 @@ def adapt(
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the adapted policy as a checkpoint here (its parent must exist)."),
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
+    base: str = typer.Option("auto", "--base", help="CLSC-1: auto | default | map (see above)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     from moca.regime import load_regime
@@ -689,25 +709,37 @@ def adapt(
             return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json,
                            params_file)
         target = load_regime(regime)
+        base = _base_choice(base)
         _output_dir(output)
         from moca import checkpoint  # (torch: only once the input is known good)
         from moca.meta import OracleCache
-        from moca.meta import adapt as adapt_policy
         from moca.policy import evaluate_policy, with_params
+        from moca.portfolio import adapt_portfolio
+        from moca.regime_map import MappedPolicy, load_learned_policy, save_mapped_policy
 
-        module, meta = checkpoint.load_policy(checkpoint_dir)
+        module, meta = load_learned_policy(checkpoint_dir)
         if params_file is not None:
-            module = with_params(module, _load_params(params_file))
+            params = _load_params(params_file)
+            if isinstance(module, MappedPolicy) and params != module.params:
+                raise UsageError("--params: a mapped policy runs only on the chain its threshold map was fitted for")
+            module = with_params(module, params)
         cache = OracleCache(module.params)
         tests = cache.scenarios(range(seed, seed + scenarios), target)
         with _progress(as_json) as progress:
-            progress.add_task(f"adapting {steps} steps", total=None)
+            progress.add_task(f"adapting {steps} steps" + (" (portfolio)" if base != "default" else ""), total=None)
             start = {k: v.detach().clone() for k, v in module.named_parameters()}
             before = evaluate_policy(module, start, tests, cache.costs(tests))
-            weights, curve = adapt_policy(module, None, target, steps, validation_size=validation, cache=cache,
-                                          keep_best=not keep_last)
+            portfolio = adapt_portfolio(module, target, steps, base=base, validation_size=validation, cache=cache,
+                                        keep_best=not keep_last)
+            chosen = portfolio.chosen
+            module, weights, curve = chosen.module, chosen.weights, chosen.curve
             after = evaluate_policy(module, weights, tests, cache.costs(tests))
+            others = {n: evaluate_policy(c.module, c.weights, tests, cache.costs(tests))["score"]
+                      for n, c in portfolio.candidates.items() if c is not chosen}
     selected = next((c["step"] for c in curve if c.get("selected")), curve[-1]["step"])
+    summary = portfolio.summary()
+    for name, entry in summary["candidates"].items():
+        entry["test_score"] = after["score"] if name == chosen.name else others[name]
     out = {"score_before": before["score"], "score_after": after["score"], "steps": steps,
            "selected_step": selected, "keep": "last" if keep_last else "best",
            "seconds": curve[-1]["seconds"],
@@ -715,20 +747,37 @@ def adapt(
            "curve": [{"step": c["step"], "score": c["score"], "seconds": c["seconds"], "kept": c["kept"],
                       "selected": c["step"] == selected} for c in curve],
            "regime": target.model_dump(), "test_seeds": [seed, seed + scenarios - 1],
-           "validation_seeds": "900-" + str(900 + validation - 1)}
+           "validation_seeds": "900-" + str(900 + validation - 1), "base": base, "portfolio": summary}
+    out["seconds"] = portfolio.seconds if base != "default" else out["seconds"]
     if output is not None:
         with _bad_input():
             module.load_state_dict({**module.state_dict(), **weights})
-            checkpoint.save_policy(output, module, {"adapted_from": str(checkpoint_dir), "regime": target.model_dump(),
-                                                    "steps": steps, "selected_step": selected,
-                                                    "command": _command_line(),
-                                                    "scores": {"before": out["score_before"],
-                                                               "after": out["score_after"]}})
+            record = {"adapted_from": str(checkpoint_dir), "regime": target.model_dump(), "steps": steps,
+                      "selected_step": selected, "command": _command_line(),
+                      "scores": {"before": out["score_before"], "after": out["score_after"]},
+                      "portfolio": summary}
+            if isinstance(module, MappedPolicy):
+                save_mapped_policy(output, module, record)
+            else:
+                checkpoint.save_policy(output, module, record)
         out["checkpoint"] = str(output)
     if as_json:
         _print_json(out)
         return
     _print_adapted(str(regime), out, selected, keep_last, output)
+    if base != "default":
+        scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["candidates"].items())
+        console.print(f"base {base}: kept {chosen.name} (validation scores: {scores}; "
+                      f"{portfolio.seconds:.2f} s in all)" + "".join(f"; {n}" for n in portfolio.notes))
+
+
+def _base_choice(base: str) -> str:
+    """``--base`` of CLSC-1's adapt/evaluate (moca.portfolio)."""
+    from moca.portfolio import BASES
+
+    if base not in BASES:
+        raise UsageError(f"--base: {base!r} is not one of {', '.join(BASES)}")
+    return base
 
 
 def _retarget2(module, params, where: str, quiet: bool = False):

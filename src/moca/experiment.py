@@ -88,11 +88,15 @@ def grid_regime(fields: dict[str, Any], params: Params = Params()) -> Regime:
 BASELINES = ("threshold", "mpc", "oracle")
 
 
-def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: Params = Params()):
+def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: Params = Params(),
+                 base: str = "default"):
     """The policy ``name`` for scenarios of ``plan``: ``threshold`` (tuned on training
     scenarios of the plan), ``mpc``, ``oracle`` (returns None: the oracle is the LP itself)
     or a checkpoint directory (``default`` = the shipped meta-init), adapted
-    ``adapt_steps`` steps to the plan's regime first (support scenarios, seeds 800+)."""
+    ``adapt_steps`` steps to the plan's regime first (support scenarios, seeds 800+).
+    ``base`` (with ``adapt_steps`` > 0): ``default`` adapts the checkpoint alone;
+    ``auto``/``map`` run :func:`moca.portfolio.adapt_portfolio` (the checkpoint and the
+    mapped policy, chosen on validation scenarios)."""
     from moca.baselines import MPCPolicy, tune_threshold
 
     if name == "oracle":
@@ -114,13 +118,27 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         from moca.baselines.ppo import load_ppo
 
         return load_ppo(where)
-    module, _ = checkpoint.load_policy(name)
-    module = with_params(module, params)
+    if _checkpoint_kind(where) == "mapped-policy":
+        from moca.regime_map import load_mapped_policy
+
+        module, _ = load_mapped_policy(name)
+        if module.params != params:
+            raise ExperimentError("--params: a mapped policy runs only on the chain its threshold map was fitted for")
+    else:
+        module, _ = checkpoint.load_policy(name)
+        module = with_params(module, params)
     weights = None
     if adapt_steps:
         if len(plan.entries) != 1:
             raise ExperimentError("--adapt-steps: adaptation needs one regime, not a schedule of several")
         regime = plan.entries[0].regime()
+        if base != "default":
+            from moca.portfolio import adapt_portfolio
+
+            result = adapt_portfolio(module, regime, adapt_steps, base=base, keep_best=False)
+            deployed = DeployedPolicy(result.chosen.module, result.chosen.weights)
+            deployed.portfolio = result.summary()  # which candidate won, and both validation scores
+            return deployed
         weights, _ = adapt(module, None, regime, adapt_steps)
     return DeployedPolicy(module, weights)
 

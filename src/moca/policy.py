@@ -705,6 +705,9 @@ class DeployedPolicy:
         self.spec = feature_spec(module.params, module.config)
         self.step = _NumpyStep(self.module)
         self.fused = FusedDecision(self.step, self.spec)  # the same numbers as deployed_decision, faster
+        #: A module with another base rule (moca.regime_map.MappedPolicy) brings it for one
+        #: scenario in numpy; its decisions then take the reference path with that rule.
+        self.base_rule = module.deployed_base_rule() if hasattr(module, "deployed_base_rule") else None
         self.last_raw: np.ndarray | None = None
         self._frames: np.ndarray | None = None
         self._state: tuple[np.ndarray, np.ndarray] | None = None
@@ -713,6 +716,8 @@ class DeployedPolicy:
         if batch is not None and batch.size != 1:
             raise PolicyError(f"batch: a deployed policy decides for one scenario, got {batch.size}")
         self._frames, self._state = None, None
+        if self.base_rule is not None:
+            self.base_rule.reset()
 
     def decide(self, t: int, stocks: np.ndarray, pipeline: np.ndarray, sales_history: np.ndarray,
                regime: np.ndarray, return_frac: float, last_demand: float | None) -> np.ndarray:
@@ -720,6 +725,11 @@ class DeployedPolicy:
         ``stocks`` (V, M, P, C, B), ``pipeline`` ``[L_v-1]`` kg, ``sales_history`` ``[L_r]``
         units, ``regime`` ``[5]`` (cap absent = inf), ``return_frac`` rho_t, ``last_demand``
         d_{t-1} (None at t = 0)."""
+        if self.base_rule is not None:
+            action, self.last_raw, self._frames, self._state = deployed_decision(
+                self.step, self.spec, self._frames, self._state, t, stocks, pipeline, sales_history, regime,
+                return_frac, last_demand, base_rule=self.base_rule)
+            return action
         action, self.last_raw, self._frames, self._state = self.fused(
             self._frames, self._state, t, stocks, pipeline, sales_history, regime, return_frac, last_demand)
         return action
@@ -779,17 +789,24 @@ class DeployedPolicy:
 
 def deployed_decision(step: _NumpyStep, spec: FeatureSpec, frames: np.ndarray | None,
                       state: tuple[np.ndarray, np.ndarray] | None, t: int, stocks: Sequence, pipeline: Sequence,
-                      sales_history: Sequence, regime: Sequence, return_frac: float, last_demand: float | None
+                      sales_history: Sequence, regime: Sequence, return_frac: float, last_demand: float | None,
+                      base_rule: Callable[..., np.ndarray] | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The reference decision (what :class:`FusedDecision` computes, written plainly on
     :func:`feature_columns`), as a function of the recurrent memory it carries
     (the recent ``frames`` and the LSTM ``state``; both None at the start of an episode),
     so that a service can keep that memory per chain and swap the weights (``step``)
-    between periods. Returns ``(executed action, raw action, frames, state)``."""
+    between periods. Returns ``(executed action, raw action, frames, state)``.
+
+    ``base_rule(t, stocks, pipeline, sales_history, regime)``: another base rule's raw
+    action ``[6]`` for the base columns (as :meth:`LSTMPolicy.observe` of a subclass puts it there)."""
     stocks = [float(x) for x in stocks]
     x = feature_columns(_Scalars, spec, t, stocks, [float(x) for x in pipeline],
                         [float(x) for x in sales_history], [float(x) for x in regime], float(return_frac),
                         None if last_demand is None else float(last_demand)).astype(np.float32)
+    if base_rule is not None:
+        rule = base_rule(t, stocks, pipeline, sales_history, regime)
+        x[spec.layout.base] = (rule / np.asarray(spec.params.action_scale, dtype=np.float64)).astype(np.float32)
     if frames is None:
         frames = np.tile(x, spec.config.window)  # pad the start with the first observation
     else:

@@ -26,8 +26,10 @@ through the base rule is left out).
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -107,6 +109,85 @@ class ThresholdMap:
                        float(data.get("smoothing", 0.05)))
         except (KeyError, TypeError, ValueError) as err:
             raise RegimeMapError(f"threshold map: malformed ({err})") from None
+
+
+#: The map shipped in the package (``moca.data``), fitted by the command in its ``map.json``.
+SHIPPED_MAP = "map-clsc1"
+MAP_FORMAT = "moca-threshold-map/1"
+MAP_FILE = "map.json"
+
+
+def save_map(folder: str | Path, threshold_map: ThresholdMap, fit: Mapping[str, Any]) -> Path:
+    """Write ``folder/map.json``: the map as plain JSON (:meth:`ThresholdMap.to_dict`: the
+    tuned regimes and their thresholds), with the fit's record (command, seconds, ...)."""
+    from moca.files import write_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / MAP_FILE, json.dumps({"format": MAP_FORMAT, "map": threshold_map.to_dict(),
+                                                "fit": dict(fit)}, indent=1) + "\n")
+    return folder
+
+
+def _map_folder(folder: str | Path) -> Path:
+    if str(folder) == SHIPPED_MAP:
+        from importlib import resources
+
+        return Path(str(resources.files("moca") / "data" / SHIPPED_MAP))
+    return Path(folder)
+
+
+def validate_map_dict(data: Any, where: str = "map") -> None:
+    """Check the fields of :meth:`ThresholdMap.to_dict`'s output; a :class:`RegimeMapError`
+    names the first bad field (``where.field``) and the problem."""
+    if not isinstance(data, Mapping):
+        raise RegimeMapError(f"{where}: expected an object, got {type(data).__name__}")
+    for name in ("regimes", "units"):
+        if name not in data:
+            raise RegimeMapError(f"{where}.{name}: missing")
+        if not isinstance(data[name], list) or not data[name]:
+            raise RegimeMapError(f"{where}.{name}: expected a non-empty list of rows")
+    if len(data["regimes"]) != len(data["units"]):
+        raise RegimeMapError(f"{where}.units: {len(data['units'])} rows for {len(data['regimes'])} regimes")
+    for name, width in (("regimes", 5), ("units", len(THRESHOLD_NAMES))):
+        for i, row in enumerate(data[name]):
+            if not isinstance(row, list) or len(row) != width:
+                raise RegimeMapError(f"{where}.{name}[{i}]: expected {width} numbers, got {row!r:.60}")
+            for j, x in enumerate(row):
+                if x is None and name == "regimes" and j == R_CAP:
+                    continue  # no emission cap
+                if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                    raise RegimeMapError(f"{where}.{name}[{i}][{j}]: {x!r} is not a finite number")
+                if name == "units" and not 0.0 <= x <= 1.0:
+                    raise RegimeMapError(f"{where}.{name}[{i}][{j}]: {x!r} outside the tuner's unit box [0, 1]")
+    smoothing = data.get("smoothing", 0.05)
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not (
+            math.isfinite(smoothing) and smoothing >= 0):
+        raise RegimeMapError(f"{where}.smoothing: {smoothing!r} must be a finite number >= 0")
+    if not isinstance(data.get("params", {}), Mapping):
+        raise RegimeMapError(f"{where}.params: expected an object")
+    try:
+        Params(**data.get("params", {}))
+    except (ValueError, TypeError) as err:
+        raise RegimeMapError(f"{where}.params: invalid ({str(err).strip().splitlines()[0]})") from None
+
+
+def load_map(folder: str | Path = SHIPPED_MAP) -> tuple[ThresholdMap, dict[str, Any]]:
+    """Read ``folder/map.json`` (``map-clsc1`` = the shipped map); returns the map and the
+    fit's record. Every problem is a one-line :class:`RegimeMapError` naming the field."""
+    path = _map_folder(folder) / MAP_FILE
+    if not path.is_file():
+        raise RegimeMapError(f"threshold map {path}: no such file")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RegimeMapError(f"threshold map {path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != MAP_FORMAT:
+        raise RegimeMapError(f"threshold map {path}: format: not a {MAP_FORMAT} file")
+    validate_map_dict(data.get("map"), f"threshold map {path}: map")
+    if not isinstance(data.get("fit", {}), dict):
+        raise RegimeMapError(f"threshold map {path}: fit: expected an object")
+    return ThresholdMap.from_dict(data["map"]), data.get("fit", {})
 
 
 def fit_threshold_map(regimes: int = 48, seed: int = 0, budget: int = 600, train_seeds: int = 8,
@@ -252,10 +333,126 @@ def _auto_select(self: MappedPolicy, rows: np.ndarray) -> None:
 MappedPolicy._select_for = _auto_select
 
 
+class DeployedRule:
+    """The mapped threshold rule for one scenario on the deployment path (float64 numpy in,
+    raw rule action ``[6]`` out): what :class:`moca.policy.DeployedPolicy` puts into the
+    base columns of a :class:`MappedPolicy`. The rule is the tuner's vectorised one
+    (:meth:`ThresholdPolicy.act`) on a batch of one; the map is evaluated only when the
+    regime changes."""
+
+    def __init__(self, rule: MappedThresholdPolicy):
+        self.rule, self.params = rule, rule.params
+        self._started = False
+
+    def reset(self) -> None:
+        p = self.params
+        self.rule.reset(SimpleNamespace(params=p, size=1, horizon=p.horizon, demand=torch.zeros(1, dtype=torch.float64),
+                                        dtype=torch.float64))
+        self._started = True
+
+    def __call__(self, t: int, stocks: Sequence[float], pipeline: Sequence[float], sales_history: Sequence[float],
+                 regime: Sequence[float]) -> np.ndarray:
+        if t == 0 or not self._started:
+            self.reset()
+        one = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
+        state = SimpleNamespace(virgin=one(stocks[0]), recycled=one(stocks[1]), product=one(stocks[2]),
+                                cores=one(stocks[3]), backlog=one(stocks[4]),
+                                pipeline=one([float(x) for x in pipeline]),
+                                sales_history=one([float(x) for x in sales_history]))
+        obs = SimpleNamespace(params=self.params, t=t, state=state, regime=one([float(x) for x in regime]))
+        return self.rule.act(obs)[0].numpy().astype(np.float64)
+
+
+def _deployed_base_rule(self: MappedPolicy) -> DeployedRule:
+    import copy
+
+    return DeployedRule(copy.deepcopy(self._rule))
+
+
+MappedPolicy.deployed_base_rule = _deployed_base_rule
+
+
 def mapped_policy(threshold_map: ThresholdMap, config: PolicyConfig = PolicyConfig(), seed: int = 0) -> MappedPolicy:
     """A fresh :class:`MappedPolicy` (head zero: it acts as the mapped rule until adapted)."""
     torch.manual_seed(seed)
     return MappedPolicy(threshold_map, threshold_map.params, config)
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints of an adapted mapped policy (safetensors + JSON, as moca.checkpoint)
+# ----------------------------------------------------------------------------------------
+
+MAPPED_KIND = "mapped-policy"
+
+
+def _row_json(row: np.ndarray) -> list[float | None]:
+    return [None if not math.isfinite(float(x)) else float(x) for x in row]
+
+
+def save_mapped_policy(directory: str | Path, module: MappedPolicy, metadata: Mapping[str, Any]) -> Path:
+    """Write ``module`` as a checkpoint: its LSTM weights (safetensors) and, in the JSON,
+    the params, the policy config, the whole threshold map and the pinned base thresholds
+    (everything :func:`load_mapped_policy` needs; no pickle)."""
+    from moca import checkpoint
+
+    meta = {"kind": MAPPED_KIND, "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
+            "policy": module.config.model_dump(mode="json"), "map": module.threshold_map.to_dict(),
+            "pinned": [{"regime": _row_json(row), "thresholds": [float(x) for x in values]}
+                       for row, values in module._rule.pinned], **metadata}
+    return checkpoint.save(directory, dict(module.state_dict()), meta)
+
+
+def load_mapped_policy(directory: str | Path) -> tuple[MappedPolicy, dict[str, Any]]:
+    """Read a checkpoint of :func:`save_mapped_policy`; every problem is a one-line
+    :class:`moca.checkpoint.CheckpointError` naming the checkpoint and the field."""
+    from pydantic import ValidationError
+
+    from moca import checkpoint
+    from moca.checkpoint import CheckpointError
+
+    weights, meta = checkpoint.load(directory)
+    where = checkpoint.resolve(directory)
+    if meta.get("kind") != MAPPED_KIND:
+        raise CheckpointError(f"checkpoint {where}: kind: {meta.get('kind')!r}, expected {MAPPED_KIND!r}")
+    try:
+        validate_map_dict(meta.get("map"), "map")
+        threshold_map = ThresholdMap.from_dict(meta["map"])
+        module = MappedPolicy(threshold_map, Params(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
+    except RegimeMapError as err:
+        raise CheckpointError(f"checkpoint {where}: {err}") from None
+    except (ValidationError, TypeError) as err:
+        first = " ".join(str(err).strip().splitlines()[:2])
+        raise CheckpointError(f"checkpoint {where}: params/policy: invalid ({first})") from None
+    pinned = meta.get("pinned", [])
+    if not isinstance(pinned, list):
+        raise CheckpointError(f"checkpoint {where}: pinned: expected a list")
+    for i, entry in enumerate(pinned):
+        try:
+            row = np.array([math.inf if x is None else float(x) for x in entry["regime"]])
+            values = np.asarray(entry["thresholds"], dtype=np.float64)
+            if row.shape != (5,) or values.shape != (len(THRESHOLD_NAMES),) or not np.isfinite(values).all():
+                raise ValueError("expected a regime row of 5 and 6 finite thresholds")
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {where}: pinned[{i}]: malformed ({err})") from None
+        module.pin(Regime.from_row(row), values)
+    checkpoint.check_compatible(weights, module, where)
+    module.load_state_dict(weights)
+    return module, meta
+
+
+def load_learned_policy(directory: str | Path) -> tuple[LSTMPolicy, dict[str, Any]]:
+    """A CLSC-1 learned policy checkpoint of either kind: moca's LSTM (``lstm-policy``) or
+    the LSTM over the mapped rule (``mapped-policy``)."""
+    from moca import checkpoint
+
+    where = checkpoint.resolve(directory)
+    try:
+        kind = json.loads((where / checkpoint.META).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None  # the plain loader says what is wrong
+    if kind == MAPPED_KIND:
+        return load_mapped_policy(directory)
+    return checkpoint.load_policy(directory)
 
 
 # ----------------------------------------------------------------------------------------

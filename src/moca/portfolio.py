@@ -1,0 +1,125 @@
+"""moca's CLSC-1 adaptation as a small portfolio: two starting points, one choice.
+
+Neither of moca's CLSC-1 starting points is best everywhere (README, "The lever"): the
+shipped meta-init (``default``) adapts best on the seed tasks, the LSTM over the mapped
+threshold rule (:class:`moca.regime_map.MappedPolicy`, base picked among the map's and
+the nearest tunings, fresh head) off them. So adaptation tries both:
+
+* ``default``: the checkpoint adapted as ``moca adapt`` always did (:func:`moca.meta.adapt`);
+* ``map``: the mapped policy, its base thresholds selected on the support scenarios
+  (:func:`moca.regime_map.select_thresholds`), then the same gradient steps;
+
+each with the same number of steps on the *same* support scenarios (seeds 800+), scored
+on the *same* validation scenarios (seeds 900+, never test seeds); the candidate with the
+better validation score is deployed (the first, ``default``, on a tie). ``base="default"``
+or ``"map"`` runs one candidate only. The seconds reported are the wall clock of the whole
+choice: oracle solves of the support and validation scenarios, the base selection, both
+adaptations and their validation scoring.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
+from moca.policy import LSTMPolicy, Weights
+from moca.regime import Regime, load_regime
+from moca.regime_map import RegimeMapError, ThresholdMap, load_map, mapped_policy, select_thresholds
+from moca.scenario import Scenario
+
+BASES: tuple[str, ...] = ("auto", "default", "map")
+
+
+@dataclass
+class Candidate:
+    """One adapted starting point: its module and weights, its adaptation curve (validation
+    scores per step), the validation score of the weights returned, and its seconds."""
+
+    name: str
+    module: LSTMPolicy
+    weights: Weights
+    curve: list[dict[str, Any]]
+    validation_score: float
+    seconds: float
+    selection: dict[str, Any] | None = None
+
+
+@dataclass
+class PortfolioResult:
+    chosen: Candidate
+    candidates: dict[str, Candidate]
+    seconds: float  # wall seconds of the whole choice (see the module docstring)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain JSON: the chosen candidate and each candidate's validation score and seconds."""
+        return {"chosen": self.chosen.name, "seconds": self.seconds, "notes": self.notes,
+                "candidates": {n: {"validation_score": c.validation_score, "seconds": c.seconds,
+                                   "selected_step": _selected_step(c.curve),
+                                   **({"base_selection": c.selection} if c.selection else {})}
+                               for n, c in self.candidates.items()}}
+
+
+def _selected_step(curve: list[dict[str, Any]]) -> int:
+    return next((c["step"] for c in curve if c.get("selected")), curve[-1]["step"])
+
+
+def _validation_score(curve: list[dict[str, Any]]) -> float:
+    return float(next((c["score"] for c in curve if c.get("selected")), curve[-1]["score"]))
+
+
+def map_usable(threshold_map: ThresholdMap, module: LSTMPolicy) -> bool:
+    """The map was fitted for these params (a map of another chain would pick wrong thresholds)."""
+    return threshold_map.params == module.params
+
+
+def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: str = "auto",
+                    threshold_map: ThresholdMap | None = None, select: int = 16, support_size: int = 8,
+                    validation_size: int = 16, cache: OracleCache | None = None, keep_best: bool = True,
+                    support: Sequence[Scenario] | None = None, validation: Sequence[Scenario] | None = None,
+                    ) -> PortfolioResult:
+    """Adapt the candidates of ``base`` (``auto``: both; ``default``: ``module`` only;
+    ``map``: the mapped policy only) ``steps`` steps to ``regime`` and choose by validation
+    score. ``threshold_map``: the shipped map when None (``base`` ``default`` never loads
+    it). ``auto`` falls back to ``module`` alone, with a note, when the map was fitted for
+    other params; ``map`` then fails with a :class:`RegimeMapError`."""
+    if base not in BASES:
+        raise RegimeMapError(f"base: {base!r} is not one of {', '.join(BASES)}")
+    regime = load_regime(regime)
+    started = time.perf_counter()
+    cache = cache or OracleCache(module.params)
+    support = list(support) if support is not None else cache.scenarios(SUPPORT_SEEDS[:support_size], regime)
+    validation = list(validation) if validation is not None else cache.scenarios(
+        VALIDATION_SEEDS[:validation_size], regime)
+    notes: list[str] = []
+    names = ["default", "map"] if base == "auto" else [base]
+    if "map" in names:
+        threshold_map = threshold_map if threshold_map is not None else load_map()[0]
+        if not map_usable(threshold_map, module):
+            if base == "map":
+                raise RegimeMapError("base: the threshold map was fitted for other params than the policy's; "
+                                     "use --base default")
+            names = ["default"]
+            notes.append("the threshold map was fitted for other params: the map candidate was left out")
+    candidates: dict[str, Candidate] = {}
+    for name in names:
+        began = time.perf_counter()
+        selection = None
+        if name == "default":
+            candidate_module = module
+        else:
+            candidate_module = mapped_policy(threshold_map)
+            chosen, info = select_thresholds(threshold_map, regime, support, select)
+            candidate_module.pin(regime, chosen)
+            selection = {**info, "thresholds": chosen.tolist()}
+        weights, curve = adapt(candidate_module, None, regime, steps, support=support, validation=validation,
+                               cache=cache, keep_best=keep_best)
+        candidates[name] = Candidate(name, candidate_module, weights, curve, _validation_score(curve),
+                                     time.perf_counter() - began, selection)
+    best = max(candidates.values(), key=lambda c: c.validation_score)  # the first of equals: default
+    return PortfolioResult(best, candidates, time.perf_counter() - started, notes)
+
+
+__all__ = ["BASES", "Candidate", "PortfolioResult", "adapt_portfolio", "map_usable"]
