@@ -158,7 +158,8 @@ def clsc2_regimes(params: Params) -> dict[str, RegimeSchedule]:
     return out
 
 
-def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None, quick: bool) -> dict[str, dict]:
+def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None, quick: bool,
+              retune: bool = False) -> dict[str, dict]:
     from moca.baselines.mpc2 import InformedMPC2, MPC2Policy, demand_curve2
     from moca.baselines.peers import evaluate2
     from moca.baselines.threshold2 import tune_threshold2
@@ -208,15 +209,35 @@ def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
             make = {"mpc-informed": lambda v, curves: InformedMPC2(curves, v),
                     "mpc-forecast": lambda v, curves: MPC2Policy(safety_stock=v),
                     "mpc-sampled": lambda v, curves: MPC2Policy(safety_stock=v, samples=samples)}[name]
-            started = time.perf_counter()
-            scores = {}
-            for value in stocks:
-                scores[str(value)] = float(evaluate2("tune", make(value, train_curves), train, train_oracle).scores.mean())
-                print(f"  safety stock {value}: training score {scores[str(value)]:.4f}", file=sys.stderr, flush=True)
-            best = float(max(scores, key=scores.get))
-            entry.update({"tuned": {"safety_stock": best}, "training_scores": scores,
-                          "tuning_seconds": time.perf_counter() - started})
-            per_regime = lambda label, best=best, make=make: make(best, test_curves)  # noqa: E731
+            if retune:
+                # Re-tuned for each regime: the safety stock chosen on that regime's own training
+                # scenarios (the issue's "best peer re-tuned for that regime").
+                chosen, seconds = {}, {}
+                curves_one = np.stack([demand_curve2(seed, params2) for seed in train_seeds])
+
+                def per_regime(label, make=make, chosen=chosen, seconds=seconds):
+                    began = time.perf_counter()
+                    own = [draw_scenario2(seed, regimes[label], params2) for seed in train_seeds]
+                    own_oracle = np.array([solve_oracle2(x).oracle_cost for x in own])
+                    scores = {v: float(evaluate2("tune", make(v, curves_one), own, own_oracle).scores.mean())
+                              for v in stocks}
+                    chosen[label] = max(scores, key=scores.get)
+                    seconds[label] = time.perf_counter() - began
+                    print(f"  {label}: safety stock {chosen[label]}", file=sys.stderr, flush=True)
+                    return make(chosen[label], test_curves)
+                entry.update({"tuned_per_regime": chosen, "tuning_seconds_per_regime": seconds})
+            else:
+                started = time.perf_counter()
+                scores = {}
+                for value in stocks:
+                    scores[str(value)] = float(evaluate2("tune", make(value, train_curves), train,
+                                                         train_oracle).scores.mean())
+                    print(f"  safety stock {value}: training score {scores[str(value)]:.4f}", file=sys.stderr,
+                          flush=True)
+                best = float(max(scores, key=scores.get))
+                entry.update({"tuned": {"safety_stock": best}, "training_scores": scores,
+                              "tuning_seconds": time.perf_counter() - started})
+                per_regime = lambda label, best=best, make=make: make(best, test_curves)  # noqa: E731
         else:
             raise SystemExit(f"bench_peers: peer {name!r} has no CLSC-2 form")
         if name == "ppo":
@@ -272,6 +293,8 @@ def main() -> None:
     parser.add_argument("--ppo", type=Path, default=None, help="PPO checkpoint (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=HERE / "peers.json")
     parser.add_argument("--quick", action="store_true", help="2 scenarios, 1 training scenario, fewer candidates")
+    parser.add_argument("--retune-per-regime", action="store_true",
+                        help="CLSC-2 MPCs: choose the safety stock on each regime's own training scenarios")
     parser.add_argument("--table", action="store_true", help="only print --out as markdown tables (the README's)")
     parser.add_argument("--merge", type=Path, nargs="*", default=None,
                         help="only merge these result files (runs of single peers side by side) into --out")
@@ -307,7 +330,10 @@ def main() -> None:
         started = time.perf_counter()
         # CLSC-2 has no public demand model, so no calibrated `mpc` (its `mpc` is `mpc-forecast`).
         chosen = [p for p in peers if not (world == "CLSC-2" and p == "mpc")]
-        results = WORLDS[world](chosen, n_test, n_train, args.ppo, args.quick)
+        extra = {"retune": True} if args.retune_per_regime and world == "CLSC-2" else {}
+        if args.retune_per_regime and world != "CLSC-2":
+            parser.error("--retune-per-regime: CLSC-2 only (CLSC-1's re-tuned peers: benchmarks/bench_generalisation.py)")
+        results = WORLDS[world](chosen, n_test, n_train, args.ppo, args.quick, **extra)
         out["worlds"].setdefault(world, {"seed_tasks": list(SEED_TASKS), "outside": list(OUTSIDE), "peers": {}})
         out["worlds"][world]["peers"].update(results)
         out["worlds"][world]["last_run_seconds"] = time.perf_counter() - started
