@@ -51,7 +51,7 @@ from moca.continual import ContinualConfig
 from moca.experiment import ExperimentConfig, _init_weights, run_continual, shipped_policy_config
 from moca.meta import OracleCache
 from moca.policy import LSTMPolicy, PolicyConfig
-from moca.regime import TASKS, Regime
+from moca.regime import TASKS
 from moca.scenario import Params
 
 #: The worlds the ablation runs on (``--world``).
