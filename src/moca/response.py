@@ -281,6 +281,8 @@ def run_response(policies: Mapping[str, PolicyFactory], sweeps: Mapping[str, Seq
                 policy = factory(regime)
                 built = time.perf_counter() - started
                 point[name] = {**policy_response(policy, tests, oracle_costs, world=world), "build_seconds": built}
+                if getattr(policy, "tuning", None) is not None:  # a re-tuned rule: what its tuning tried
+                    point[name]["tuning_candidates"] = int(policy.tuning.candidates)
             points.append(point)
         out["rules"][rule] = points
     return out
