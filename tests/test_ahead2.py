@@ -33,11 +33,13 @@ def test_ablation_clsc2_quick(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     assert result["world"] == "CLSC-2" and result["tasks"] == ["T1", "T2", "T3"] and result["quick"]
     assert len(result["meta_init"]["weights_sha256"]) == 64  # which shipped meta-init was read
+    assert result["oracle_seconds"] > 0
     assert [(r["label"], r["protocol"]) for r in result["rows"]] == [(r.label, r.protocol) for r in ROWS]
     for row in result["rows"]:
         R = np.asarray(row["R"])
         assert R.shape == (4, 3) and np.all((R > 0) & (R <= 1 + 1e-6)), row["label"]
         assert row["violations"] == 0, row["label"]  # window settlements included
+        assert row["cpu_seconds"] > 0 and row["seconds"] > 0
         assert row["average_final_score"] == pytest.approx(R[-1].mean())
         assert row["drop_first_after_second"] == pytest.approx((R[1][0] - R[2][0]) / R[1][0])
     by_label = {(r["label"], r["protocol"]): r for r in result["rows"]}
@@ -47,7 +49,7 @@ def test_ablation_clsc2_quick(tmp_path, monkeypatch):
     # A barely trained plain LSTM (no base rule) is far below the shipped meta-init.
     assert plain["average_final_score"] < moca["average_final_score"] - 0.2
     table = out.with_suffix(".md").read_text()
-    assert "plain LSTM (seed's design)" in table and "drop on T1 after T2" in table
+    assert "plain LSTM (seed's design)" in table and "drop on T1 after T2" in table and "CPU s" in table
     with pytest.raises(AblationError, match="world"):
         world("CLSC-3")
 
@@ -64,6 +66,7 @@ def test_regime_response_clsc2_quick(tmp_path, monkeypatch):
         for name in ("oracle", "moca", "threshold"):
             assert {"disassembled", "recycled_share", "virgin_ordered", "market_bought", "score"} <= set(p[name])
             assert 0 <= p[name]["recycled_share"] <= 1
+        assert p["threshold"]["tuning_candidates"] > 0
         for name in ("moca", "threshold"):
             assert p[name]["violations"] == 0, (p["value"], name)
             assert 0 < p[name]["score"] <= 1 + 1e-6
