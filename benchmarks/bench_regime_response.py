@@ -91,6 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.world == "CLSC-2":
+        if args.adapt_steps or args.map:
+            parser.error("--adapt-steps and --map are CLSC-1's (omit them with --world CLSC-2)")
         return main2(args)
     args.out = args.out or "benchmarks/regime_response.json"
     args.threshold_budget = 400 if args.threshold_budget is None else args.threshold_budget
@@ -134,8 +136,6 @@ def main() -> None:
 
 def main2(args: argparse.Namespace) -> None:
     """The CLSC-2 sweep: oracle, moca (shipped default-clsc2, zero-shot), threshold rule re-tuned."""
-    if args.adapt_steps or args.map:
-        sys.exit("bench_regime_response.py: --adapt-steps and --map are CLSC-1's (omit them with --world CLSC-2)")
     out = Path(args.out or "benchmarks/regime_response2.json")
     scenarios = args.scenarios or (2 if args.quick else DEFAULTS_2["scenarios"])
     budget = args.threshold_budget or (24 if args.quick else DEFAULTS_2["threshold_budget"])
