@@ -1,11 +1,16 @@
 """The seed's naive design reproduced, and what each part of moca adds (issue 10).
 
-    .venv/bin/python benchmarks/bench_ablation.py [--quick] [--seed-steps N] [--moca-steps N] [--out benchmarks/ablation.json]
+    .venv/bin/python benchmarks/bench_ablation.py [--world CLSC-1|CLSC-2] [--quick] [--seed-steps N]
+        [--moca-steps N] [--train-size N] [--test-size N] [--out benchmarks/ablation.json]
 
-Runs every row of :data:`moca.ablation.ROWS` through T1 -> T2 -> T3 under its training
+Runs every row of :data:`moca.ablation.ROWS` through the world's T1 -> T2 -> T3 (CLSC-2:
+W = 52, the shipped ``default-clsc2`` meta-init for the meta-init rows) under its training
 protocol (the seed's: Adam, 30 steps per regime; moca's: 8 clipped SGD steps, as
 ``moca run``; :class:`moca.ablation.AblationConfig`) and writes the
-results as JSON (``--out``) and the markdown table beside it (same name, ``.md``).
+results as JSON (``--out``; default ``benchmarks/ablation.json`` on CLSC-1,
+``benchmarks/ablation2.json`` on CLSC-2) and the markdown table beside it (same name, ``.md``).
+The README's CLSC-2 table is ``--world CLSC-2 --test-size 20`` (test seeds 1000-1019, as
+``moca run --model CLSC-2``): about 3 CPU minutes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from moca.ablation import AblationConfig, markdown, quick_config, run_ablation
+from moca.ablation import WORLD_NAMES, AblationConfig, markdown, quick_config, run_ablation
 from moca.experiment import machine
 from moca.files import write_atomic
 
@@ -29,22 +34,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the small version (a few steps, few scenarios)")
     parser.add_argument("--seed-steps", type=int, default=None, help="Adam steps per regime, seed protocol (30)")
     parser.add_argument("--moca-steps", type=int, default=None, help="clipped SGD steps per regime, moca protocol (8)")
-    parser.add_argument("--out", default="benchmarks/ablation.json")
+    parser.add_argument("--world", choices=WORLD_NAMES, default="CLSC-1", help="the world (CLSC-1)")
+    parser.add_argument("--train-size", type=int, default=None, help="training scenarios per regime (4)")
+    parser.add_argument("--validation-size", type=int, default=None, help="validation scenarios per regime (4)")
+    parser.add_argument("--test-size", type=int, default=None, help="test scenarios per regime (8)")
+    parser.add_argument("--out", default=None, help="JSON path (benchmarks/ablation.json; CLSC-2: ablation2.json)")
     parser.add_argument("--table-only", action="store_true", help="rewrite the markdown table from --out's JSON")
     args = parser.parse_args()
+    args.out = args.out or ("benchmarks/ablation.json" if args.world == "CLSC-1" else "benchmarks/ablation2.json")
     if args.table_only:
         table = markdown(json.loads(Path(args.out).read_text()))
         Path(args.out).with_suffix(".md").write_text(table + "\n")
         print(table)
         return
     torch.set_num_threads(1)
-    config = quick_config() if args.quick else AblationConfig()
-    for key in ("seed_steps", "moca_steps"):
+    config = quick_config(args.world) if args.quick else AblationConfig()
+    for key in ("seed_steps", "moca_steps", "train_size", "validation_size", "test_size"):
         if getattr(args, key) is not None:
             config = config.model_copy(update={key: getattr(args, key)})
     started = time.perf_counter()
-    result = run_ablation(config=config, progress=lambda label: print(f"ablation: {label}", file=sys.stderr,
-                                                                       flush=True))
+    result = run_ablation(config=config, world_name=args.world,
+                          progress=lambda label: print(f"ablation: {label}", file=sys.stderr, flush=True))
     result.update({"command": " ".join(["benchmarks/bench_ablation.py", *sys.argv[1:]]), "quick": args.quick,
                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
                    "wall_seconds": time.perf_counter() - started})

@@ -12,14 +12,17 @@ episode) and averaged over scenarios, what it *did* (the executed actions):
 The oracle's figures come from its hindsight plan (the LP's own actions), the tuned
 threshold rule is re-tuned for every regime of the sweep, and any other policy is given as
 a factory ``regime -> Policy`` (:func:`learned_policy` for a moca checkpoint, optionally
-adapted). The actions are read by name through :class:`ActionIndex`, so a world with other
-actions plugs in by passing its own index.
+adapted). The actions are read by name through :class:`ActionIndex`, and everything
+world-specific (drawing scenarios, the oracle, the rollout with its safety layer and
+violation count, the cap's scale) sits in a :class:`ResponseWorld` (:func:`response_world`:
+``"CLSC-1"`` or ``"CLSC-2"``, where every regime carries the seed tasks' yearly window
+W = 52 and the market purchases are measured too).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -49,14 +52,22 @@ MEASURES = ("disassembled", "refurbished", "disposed", "recycled_share", "virgin
 
 @dataclass(frozen=True)
 class ActionIndex:
-    """Where the measured quantities sit in an action row (CLSC-1's ``o, u_v, u_r, g, f, w``)."""
+    """Where the measured quantities sit in an action row (CLSC-1's ``o, u_v, u_r, g, f, w``);
+    a quantity spread over several columns (CLSC-2's grades) is a tuple of them, summed;
+    ``market`` (kg bought on the recycled market) only where the world has one."""
 
     order: int = 0
     virgin_used: int = 1
     recycled_used: int = 2
-    disassembled: int = 3
-    refurbished: int = 4
-    disposed: int = 5
+    disassembled: int | tuple[int, ...] = 3
+    refurbished: int | tuple[int, ...] = 4
+    disposed: int | tuple[int, ...] = 5
+    market: tuple[int, ...] = ()
+
+
+#: CLSC-2's ``o, o_m, u_v, u_r, f, g_A, g_B, w_A, w_B`` (:data:`moca.clsc2.ACTION_NAMES`).
+ACTION_INDEX_2 = ActionIndex(order=0, virgin_used=2, recycled_used=3, disassembled=(5, 6), refurbished=(4,),
+                             disposed=(7, 8), market=(1,))
 
 
 PolicyFactory = Callable[[Regime], Any]
@@ -66,15 +77,100 @@ class ResponseError(ValueError):
     """Bad input to the sweep; the message names the argument and the problem."""
 
 
-def sweep_regime(rule: str, value: float, params: Params = Params()) -> Regime:
-    """The regime with only ``rule`` set to ``value`` (the cap as a multiple, see :data:`SWEEPS`)."""
+@dataclass(frozen=True)
+class ResponseWorld:
+    """What the sweep needs of a world: its chain, where the actions sit, the scale of the
+    emission cap (kg CO2 of an average virgin-only period), the fields every swept regime
+    carries besides the rule, and three engines: ``draw(seeds, regime)`` -> scenarios,
+    ``oracle(scenarios)`` -> (plans ``[B, T, A]``, costs EUR ``[B]``) and
+    ``rollout(policy, scenarios)`` -> (executed ``[B, T, A]``, costs EUR ``[B]``,
+    violations) with every action through the world's exact safety layer, float64."""
+
+    name: str
+    params: Any
+    index: ActionIndex
+    reference_emissions: float
+    regime_fields: Mapping[str, Any]
+    draw: Callable[[Sequence[int], Regime], list]
+    oracle: Callable[[Sequence[Any]], tuple[np.ndarray, np.ndarray]]
+    rollout: Callable[[Any, Sequence[Any]], tuple[np.ndarray, np.ndarray, int]]
+
+
+def _oracle1(scenarios: Sequence[Scenario]) -> tuple[np.ndarray, np.ndarray]:
+    from moca.oracle import solve_oracle
+
+    results = [solve_oracle(s) for s in scenarios]
+    return np.stack([r.plan for r in results]), np.array([r.oracle_cost for r in results])
+
+
+def _rollout1(policy: Any, scenarios: Sequence[Scenario]) -> tuple[np.ndarray, np.ndarray, int]:
+    from moca import safety
+
+    batch = ScenarioBatch.from_scenarios(list(scenarios), dtype=torch.float64)
+    with torch.no_grad():
+        out = rollout(batch, policy, safety.project_batch)
+    violations = int(safety.episode_violations(out.executed, out.available, batch.regime, batch.params))
+    return out.executed.detach().double().numpy(), out.total_cost.double().numpy(), violations
+
+
+def _oracle2(scenarios: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    from moca.oracle2 import solve_oracle2
+
+    results = [solve_oracle2(s) for s in scenarios]
+    return np.stack([r.plan for r in results]), np.array([r.oracle_cost for r in results])
+
+
+def _rollout2(policy: Any, scenarios: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, int]:
+    """CLSC-2: violations recounted per period by :func:`moca.projection.violations2`
+    (rows 1-8, 6a/6b and the window settlements), as :func:`moca.policy2.evaluate_policy2`."""
+    from moca.projection import project2_batch, violations2
+    from moca.sim2 import ScenarioBatch2, rollout2
+
+    batch = ScenarioBatch2.from_scenarios(list(scenarios), dtype=torch.float64)
+    with torch.no_grad():
+        out = rollout2(batch, policy, project2_batch)
+    executed, inputs, table = out.executed.numpy(), out.inputs.numpy(), batch.regime.numpy()
+    n = executed.shape[0] * executed.shape[1]
+    violations = violations2(executed.reshape(n, -1), inputs.reshape(n, -1), table.reshape(n, -1), batch.params)
+    return executed, out.total_cost.numpy(), int(violations)
+
+
+def response_world(name: str = "CLSC-1", params: Any = None) -> ResponseWorld:
+    """The sweep's view of world ``name`` (``params``: its chain, default the spec's)."""
+    if name == "CLSC-1":
+        from moca.policy import reference_emissions
+
+        params = Params() if params is None else params
+        return ResponseWorld("CLSC-1", params, ActionIndex(), reference_emissions(params), {},
+                             lambda seeds, regime: draw_scenarios(seeds, regime, params), _oracle1, _rollout1)
+    if name == "CLSC-2":
+        from moca.policy2 import reference_emissions2
+        from moca.regime import WINDOW_FIELD
+        from moca.scenario import DEFAULT_PARAMS_2, draw_scenario2
+
+        params = DEFAULT_PARAMS_2 if params is None else params
+        return ResponseWorld("CLSC-2", params, ACTION_INDEX_2, reference_emissions2(params), {WINDOW_FIELD: 52},
+                             lambda seeds, regime: [draw_scenario2(int(s), regime, params) for s in seeds],
+                             _oracle2, _rollout2)
+    raise ResponseError(f"world: {name!r} is not a world (valid: CLSC-1, CLSC-2)")
+
+
+def sweep_regime(rule: str, value: float, params: Params = Params(), world: ResponseWorld | None = None) -> Regime:
+    """The regime with only ``rule`` set to ``value`` (the cap as a multiple, see :data:`SWEEPS`)
+    and the world's fixed fields (CLSC-2: W = 52)."""
     from moca.policy import reference_emissions
 
     if rule not in UNITS:
         raise ResponseError(f"rule: {rule!r} is not a rule of the regime ({', '.join(UNITS)})")
+    fields = dict(world.regime_fields) if world is not None else {}
     if rule == "emission_cap":
-        return Regime(emission_cap=float(value) * reference_emissions(params))
-    return Regime(**{rule: float(value)})
+        scale = world.reference_emissions if world is not None else reference_emissions(params)
+        return Regime(**fields, emission_cap=float(value) * scale)
+    return Regime(**fields, **{rule: float(value)})
+
+
+def _columns(total: np.ndarray, where: int | tuple[int, ...]) -> np.ndarray:
+    return total[:, list(where)].sum(-1) if isinstance(where, tuple) else total[:, where]
 
 
 def measure(actions: np.ndarray, index: ActionIndex = ActionIndex()) -> dict[str, float]:
@@ -82,35 +178,32 @@ def measure(actions: np.ndarray, index: ActionIndex = ActionIndex()) -> dict[str
     total = actions.sum(axis=1)  # [B, A]: per-episode totals
     material = total[:, index.virgin_used] + total[:, index.recycled_used]
     share = np.where(material > 0, total[:, index.recycled_used] / np.maximum(material, 1e-12), 0.0)
-    return {"disassembled": float(total[:, index.disassembled].mean()),
-            "refurbished": float(total[:, index.refurbished].mean()),
-            "disposed": float(total[:, index.disposed].mean()),
-            "recycled_share": float(share.mean()), "virgin_ordered": float(total[:, index.order].mean())}
+    out = {"disassembled": float(_columns(total, index.disassembled).mean()),
+           "refurbished": float(_columns(total, index.refurbished).mean()),
+           "disposed": float(_columns(total, index.disposed).mean()),
+           "recycled_share": float(share.mean()), "virgin_ordered": float(total[:, index.order].mean())}
+    if index.market:
+        out["market_bought"] = float(_columns(total, index.market).mean())
+    return out
 
 
-def oracle_response(scenarios: Sequence[Scenario], index: ActionIndex = ActionIndex()
-                    ) -> tuple[dict[str, float], np.ndarray]:
+def oracle_response(scenarios: Sequence[Scenario], index: ActionIndex = ActionIndex(),
+                    world: ResponseWorld | None = None) -> tuple[dict[str, float], np.ndarray]:
     """The hindsight LP's plan, measured; returns the measures and the oracle costs (EUR)."""
-    from moca.oracle import solve_oracle
-
-    results = [solve_oracle(s) for s in scenarios]
-    out = measure(np.stack([r.plan for r in results]), index)
+    plans, costs = (world.oracle if world is not None else _oracle1)(scenarios)
+    out = measure(plans, world.index if world is not None else index)
     out["score"] = 1.0
-    return out, np.array([r.oracle_cost for r in results])
+    return out, costs
 
 
 def policy_response(policy: Any, scenarios: Sequence[Scenario], oracle: np.ndarray,
-                    index: ActionIndex = ActionIndex()) -> dict[str, float]:
+                    index: ActionIndex = ActionIndex(), world: ResponseWorld | None = None) -> dict[str, float]:
     """One batched rollout of ``policy`` (every action through the exact batched safety
     layer, float64), measured on the executed actions."""
-    from moca import safety
-
-    batch = ScenarioBatch.from_scenarios(list(scenarios), dtype=torch.float64)
-    with torch.no_grad():
-        out = rollout(batch, policy, safety.project_batch)
-    result = measure(out.executed.detach().double().numpy(), index)
-    result["score"] = float(np.mean(oracle / out.total_cost.double().numpy()))
-    result["violations"] = int(safety.episode_violations(out.executed, out.available, batch.regime, batch.params))
+    executed, cost, violations = (world.rollout if world is not None else _rollout1)(policy, scenarios)
+    result = measure(executed, world.index if world is not None else index)
+    result["score"] = float(np.mean(oracle / cost))
+    result["violations"] = violations
     return result
 
 
@@ -119,6 +212,26 @@ def threshold_factory(params: Params = Params(), budget: int = 400, train_seeds:
     from moca.baselines import tune_threshold
 
     return lambda regime: tune_threshold(regime, params, train_seeds=train_seeds, budget=budget)
+
+
+def threshold2_factory(params: Any = None, budget: int = 150, train_seeds: int = 4) -> PolicyFactory:
+    """CLSC-2's threshold rule re-tuned for each regime (training-stream scenarios)."""
+    from moca.baselines.threshold2 import tune_threshold2
+    from moca.scenario import DEFAULT_PARAMS_2
+
+    params = params or DEFAULT_PARAMS_2
+    return lambda regime: tune_threshold2(regime, params, train_seeds=train_seeds, budget=budget)
+
+
+def learned_policy2(name: str = "default") -> PolicyFactory:
+    """A CLSC-2 moca checkpoint (``"default"``: the shipped ``default-clsc2`` meta-init, read
+    when called) as a zero-shot factory, acting in float64 as :func:`moca.policy2.evaluate_policy2`."""
+    from moca.meta2 import load_policy2
+    from moca.policy2 import PolicyAgent2
+
+    module, _ = load_policy2(name)
+    weights = {k: v.detach().double() for k, v in module.named_parameters()}
+    return lambda regime: PolicyAgent2(module, weights)
 
 
 def learned_policy(name: str = "default", adapt_steps: int = 0) -> PolicyFactory:
@@ -142,30 +255,34 @@ def learned_policy(name: str = "default", adapt_steps: int = 0) -> PolicyFactory
 
 def run_response(policies: Mapping[str, PolicyFactory], sweeps: Mapping[str, Sequence[float]] = SWEEPS,
                  scenarios: int = 8, first_seed: int = 1000, params: Params = Params(),
-                 index: ActionIndex = ActionIndex(), progress: Callable[[str], None] | None = None
-                 ) -> dict[str, Any]:
+                 index: ActionIndex = ActionIndex(), progress: Callable[[str], None] | None = None,
+                 world: ResponseWorld | None = None) -> dict[str, Any]:
     """Sweep every rule; per rule and value, the oracle's and each policy's measures (and
-    the seconds each factory took to build its policy, e.g. the threshold rule's tuning)."""
+    the seconds each factory took to build its policy, e.g. the threshold rule's tuning).
+    ``world``: CLSC-1 (``params``, ``index``) unless given (:func:`response_world`)."""
     if scenarios < 1:
         raise ResponseError(f"scenarios: {scenarios!r} must be >= 1")
-    out: dict[str, Any] = {"scenarios": list(range(first_seed, first_seed + scenarios)), "units": {},
-                           "rules": {}}
+    world = world or replace(response_world("CLSC-1", params), index=index)
+    out: dict[str, Any] = {"world": world.name, "scenarios": list(range(first_seed, first_seed + scenarios)),
+                           "units": {}, "rules": {}}
     for rule, values in sweeps.items():
         out["units"][rule] = UNITS.get(rule, "")
         points = []
         for value in values:
             if progress:
                 progress(f"{rule} = {value:g}")
-            regime = sweep_regime(rule, value, params)
-            tests = draw_scenarios(range(first_seed, first_seed + scenarios), regime, params)
-            oracle_measures, oracle_costs = oracle_response(tests, index)
+            regime = sweep_regime(rule, value, world=world)
+            tests = world.draw(range(first_seed, first_seed + scenarios), regime)
+            oracle_measures, oracle_costs = oracle_response(tests, world=world)
             point: dict[str, Any] = {"value": float(value), "regime": regime.model_dump(),
                                      "oracle": oracle_measures}
             for name, factory in policies.items():
                 started = time.perf_counter()
                 policy = factory(regime)
                 built = time.perf_counter() - started
-                point[name] = {**policy_response(policy, tests, oracle_costs, index), "build_seconds": built}
+                point[name] = {**policy_response(policy, tests, oracle_costs, world=world), "build_seconds": built}
+                if getattr(policy, "tuning", None) is not None:  # a re-tuned rule: what its tuning tried
+                    point[name]["tuning_candidates"] = int(policy.tuning.candidates)
             points.append(point)
         out["rules"][rule] = points
     return out
@@ -194,8 +311,8 @@ def direction_agreement(result: Mapping[str, Any], policy: str, measure_name: st
 
 
 def plot_response(result: Mapping[str, Any], path: str, policies: Sequence[str] | None = None) -> None:
-    """One row of panels per rule (disassembled, recycled share, virgin ordered), one line
-    per policy; written as a PNG."""
+    """One row of panels per rule (disassembled, recycled share, virgin ordered; market
+    bought where the world has a market), one line per policy; written as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,6 +325,8 @@ def plot_response(result: Mapping[str, Any], path: str, policies: Sequence[str] 
         names = [n for n in names if n in policies or n == "oracle"]
     panels = (("disassembled", "cores disassembled / yr"), ("recycled_share", "recycled share of material"),
               ("virgin_ordered", "virgin ordered (kg / yr)"))
+    if "market_bought" in first["oracle"]:  # CLSC-2
+        panels += (("market_bought", "market bought (kg / yr)"),)
     fig, axes = plt.subplots(len(rules), len(panels), figsize=(4.2 * len(panels), 2.8 * len(rules)), squeeze=False)
     for i, rule in enumerate(rules):
         points = result["rules"][rule]
