@@ -247,6 +247,28 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline of one world's run, for the closing lines of ``moca run``: moca's average
+    final score and drop on the first task after the second, the best peer (the non-oracle
+    baseline with the highest mean score over the tasks), every policy's violations summed,
+    wall seconds. Reads either world's metrics (None = not measured)."""
+    methods, baselines = metrics.get("methods") or {}, metrics.get("baselines") or {}
+    moca = methods.get("moca") or {}
+    peers = {}
+    for name, by_task in baselines.items():
+        scores = [_number(v.get("score")) for v in by_task.values()]
+        if name != "oracle" and scores and None not in scores:
+            peers[name] = float(np.mean(scores))
+    best = max(peers, key=peers.get) if peers else None
+    counts = [r.get("violations") for r in methods.values()]
+    counts += [v.get("violations") for by_task in baselines.values() for v in by_task.values()]
+    return {"id": metrics.get("id"), "moca_average_final_score": _number(moca.get("average_final_score")),
+            "moca_drop_first_after_second": _number(moca.get("drop_first_after_second")),
+            "best_peer": best, "best_peer_mean_score": peers.get(best) if best else None,
+            "violations": sum(int(c) for c in counts) if counts and None not in counts else None,
+            "wall_seconds": _number(metrics.get("wall_seconds"))}
+
+
 def _baseline_order(m: Metrics) -> list[str]:
     names = list(m.get("baselines", {}))
     return [b for b in BASELINE_ORDER if b in names] + [b for b in names if b not in BASELINE_ORDER]
