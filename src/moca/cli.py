@@ -872,8 +872,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
 
 @app.command()
 def run(
-    quick: bool = typer.Option(False, "--quick", help="The small version (fewer scenarios and steps; both worlds "
-                                                      "< 2 min)."),
+    quick: bool = typer.Option(False, "--quick", help="The small version (fewer scenarios and steps)."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file (both "
                                                                   "worlds: {\"CLSC-1\": ..., \"CLSC-2\": ...})."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs/<id>/ (CLSC-1) and runs/<id>-clsc2/ "
