@@ -1,5 +1,6 @@
-"""`moca run --quick` end to end: the seed experiment's small version writes a valid
-metrics.json, report.md and plots, and prints the table."""
+"""`moca run --quick --model CLSC-1` end to end: the seed experiment's small version on
+CLSC-1 writes a valid metrics.json, report.md and plots, and prints the table. (Plain
+`moca run` runs both worlds: tests/test_run_both.py.)"""
 
 import json
 import os
@@ -14,7 +15,7 @@ MOCA = [sys.executable, "-m", "moca.cli"]
 def test_run_quick_writes_valid_metrics(tmp_path):
     env = {**os.environ, "COLUMNS": "250"}
     out_json = tmp_path / "copy.json"
-    done = subprocess.run([*MOCA, "run", "--quick", "--runs-dir", tmp_path / "runs", "--json", out_json],
+    done = subprocess.run([*MOCA, "run", "--quick", "--model", "CLSC-1", "--runs-dir", tmp_path / "runs", "--json", out_json],
                           capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = list((tmp_path / "runs").iterdir())

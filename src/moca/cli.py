@@ -979,41 +979,108 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
 
 @app.command()
 def run(
-    quick: bool = typer.Option(False, "--quick", help="The small version (fewer scenarios and steps, < 90 s)."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs/<id>/ is created."),
+    quick: bool = typer.Option(False, "--quick", help="The small version (fewer scenarios and steps)."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file (both "
+                                                                  "worlds: {\"CLSC-1\": ..., \"CLSC-2\": ...})."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs/<id>/ (CLSC-1) and runs/<id>-clsc2/ "
+                                                                   "are created."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated subset of the methods."),
-    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " (The README's figures are "
-                                                                      "for the default chain.)"),
-    model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (T1-T3 with W = 52)."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " CLSC-1 only: without --model, "
+                                                                      "it runs CLSC-1 alone. (The README's figures "
+                                                                      "are for the default chain.)"),
+    model: Optional[str] = typer.Option(None, "--model", help="One world only: CLSC-1 | CLSC-2 (T1-T3 with W = 52). "
+                                                              "Default: both, CLSC-1 then CLSC-2."),
     peers: str = typer.Option("threshold,mpc", "--peers", help="CLSC-2: comma-separated peers beside the oracle "
                                                                  "(threshold, mpc; 'none' for none)."),
     test_scenarios: Optional[int] = typer.Option(None, "--scenarios", min=1, help="CLSC-2: test scenarios per "
                                                                                      "regime (default 20, --quick 4)."),
 ) -> None:
-    """The seed experiment: T1 -> T2 -> T3 for every method beside threshold, MPC and oracle."""
-    from moca.experiment import run_experiment, work_units
-    from moca.report import summary_table
-
-    with _bad_input():
+    """The seed experiment: T1 -> T2 -> T3 for every method beside the peers and the oracle, on
+    CLSC-1 then CLSC-2 (each world its own run folder; --model: one world)."""
+    with _bad_input():  # every check before any work: a typo must not cost the first world's minutes
         chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-        if _chosen_model(model) == "CLSC-2":
-            if params_file is not None:
-                raise UsageError("--params: CLSC-1 only for now (--model CLSC-2 uses the default CLSC-2 chain)")
-            return _run2(quick, json_file, runs_dir, chosen, peers, test_scenarios)
-        if json_file is not None and json_file.is_dir():
-            raise UsageError(f"--json {json_file}: is a directory")
+        worlds = [_chosen_model(model)] if model is not None else list(MODELS)
+        if params_file is not None and model is None:
+            worlds = ["CLSC-1"]  # said below, once every check has passed (an error stays one line)
+        if params_file is not None and worlds == ["CLSC-2"]:
+            raise UsageError("--params: CLSC-1 only for now (--model CLSC-2 uses the default CLSC-2 chain)")
         if json_file is not None:
             from moca.files import check_parent
 
+            if json_file.is_dir():
+                raise UsageError(f"--json {json_file}: is a directory")
             check_parent(json_file, "--json")
-        command = _command_line()
-        params = _load_params(params_file)
-        with _progress(False) as progress:
-            bar = progress.add_task("moca run", total=work_units(quick, chosen))  # unknown methods fail here
-            metrics, run_dir = run_experiment(quick=quick, methods=chosen, runs_dir=runs_dir, command=command,
-                                              params=params,
-                                              progress=lambda d, n: progress.update(bar, description=d, completed=n))
+        chosen_peers = _run_peers(peers)
+        params = _load_params(params_file) if "CLSC-1" in worlds else None
+        from moca.continual import method_spec
+
+        for m in chosen or []:
+            method_spec(m)  # unknown names fail here, for both worlds
+    if params_file is not None and model is None:
+        sys.stderr.write(f"moca: --params {params_file}: a CLSC-1 chain, so only CLSC-1 runs "
+                         "(CLSC-2 takes no --params yet)\n")
+    command = _command_line()
+    results: dict[str, Any] = {}  # world -> (metrics, run dir)
+    failures: dict[str, tuple[str, int]] = {}  # world -> (one-line message, exit code)
+    for world in worlds:
+        try:
+            if world == "CLSC-1":
+                results[world] = _run1(quick, runs_dir, chosen, params, command)
+            else:
+                first = results.get("CLSC-1")
+                # The CLSC-2 folder takes the CLSC-1 run's time stamp: runs/<id> and runs/<id>-clsc2 pair up.
+                run_id = f"{first[0]['id'][:15]}-clsc2{'-quick' if quick else ''}" if first else None
+                results[world] = _run2(quick, runs_dir, chosen, chosen_peers, test_scenarios, command, run_id)
+        except Exception as err:  # one world's failure must not lose the other's run (its folder is written)
+            failures[world] = _run_failure(err)
+            if len(worlds) > 1:
+                sys.stderr.write(f"moca: error: {world} run failed: {failures[world][0]}\n")
+    if json_file is not None and results:
+        data: Any = (results[worlds[0]][0] if len(worlds) == 1 else
+                     {w: results[w][0] if w in results else {"error": failures[w][0]} for w in worlds})
+        _write_atomic(json_file, json.dumps(data, indent=1))
+    if len(worlds) > 1:
+        _print_run_summary(worlds, results, failures)
+    if len(worlds) == 1 and failures:
+        _fail(*failures[worlds[0]])
+    if failures:  # each failure is already on stderr, above the summary
+        raise typer.Exit(max(code for _, code in failures.values()))
+
+
+def _run_peers(peers: str) -> list[str]:
+    """``--peers``'s value, checked."""
+    chosen = [] if peers.strip() == "none" else [p.strip() for p in peers.split(",") if p.strip()]
+    for peer in chosen:
+        if peer not in ("threshold", "mpc"):
+            raise UsageError(f"--peers: {peer!r} is not one of threshold, mpc, none")
+    return chosen
+
+
+def _run_failure(err: Exception) -> tuple[str, int]:
+    """A world's run that raised: its one-line message and exit code (2 bad input, 1 a bug)."""
+    if isinstance(err, OSError):
+        return f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}", EXIT_BAD_INPUT
+    if isinstance(err, _input_errors()):
+        return _message(err), EXIT_BAD_INPUT
+    if isinstance(err, typer.Exit):
+        return f"exited with code {err.exit_code}", err.exit_code or 1
+    if os.environ.get("MOCA_TRACEBACK"):
+        import traceback
+
+        traceback.print_exc()
+    return f"internal error: {type(err).__name__}: {err} (set MOCA_TRACEBACK=1 for the traceback)", 1
+
+
+def _run1(quick: bool, runs_dir: Path, methods: Optional[list[str]], params: Any, command: str) -> tuple[dict, Path]:
+    """The seed experiment on CLSC-1 (moca.experiment): runs it, prints its table and targets."""
+    from moca.experiment import run_experiment, work_units
+    from moca.report import summary_table
+
+    with _progress(False) as progress:
+        bar = progress.add_task("moca run CLSC-1", total=work_units(quick, methods))
+        metrics, run_dir = run_experiment(quick=quick, methods=methods, runs_dir=runs_dir, command=command,
+                                          params=params,
+                                          progress=lambda d, n: progress.update(bar, description=d, completed=n))
     headers, cells = summary_table(metrics)
     table = Table(title=f"moca run {metrics['id']}: score = oracle cost / policy cost on test scenarios (1.0 = optimal)")
     for h in headers:
@@ -1026,28 +1093,13 @@ def run(
         console.print(f"{'met' if t['met'] else 'MISSED'}: {t['what']} — target {t['target']}, measured {t['measured']}")
     if metrics.get("aliases"):
         console.print("; ".join(f"{a} = {b} (same meta-init checkpoint)" for a, b in metrics["aliases"].items()))
-    if json_file is not None:
-        _write_atomic(json_file, json.dumps(metrics, indent=1))
     console.print(f"wrote {run_dir}/ (metrics.json, report.md, plots) in {metrics['wall_seconds']:.0f} s")
+    return metrics, run_dir
 
 
-def _run2(quick: bool, json_file: Optional[Path], runs_dir: Path, methods: Optional[list[str]], peers: str,
-          test_scenarios: Optional[int]) -> None:
-    """``moca run --model CLSC-2``: the seed experiment on CLSC-2 (moca.experiment2)."""
-    chosen_peers = [] if peers.strip() == "none" else [p.strip() for p in peers.split(",") if p.strip()]
-    for peer in chosen_peers:
-        if peer not in ("threshold", "mpc"):
-            raise UsageError(f"--peers: {peer!r} is not one of threshold, mpc, none")
-    if json_file is not None:
-        from moca.files import check_parent
-
-        if json_file.is_dir():
-            raise UsageError(f"--json {json_file}: is a directory")
-        check_parent(json_file, "--json")
-    from moca.continual import method_spec
-
-    for m in methods or []:
-        method_spec(m)
+def _run2(quick: bool, runs_dir: Path, methods: Optional[list[str]], peers: list[str], test_scenarios: Optional[int],
+          command: str, run_id: Optional[str] = None) -> tuple[dict, Path]:
+    """The seed experiment on CLSC-2 (moca.experiment2): runs it, prints its table and target."""
     import torch
 
     from moca.experiment2 import quick_config2, run_experiment2
@@ -1059,9 +1111,9 @@ def _run2(quick: bool, json_file: Optional[Path], runs_dir: Path, methods: Optio
 
         config = (quick_config2() if quick else ExperimentConfig()).model_copy(update={"test_size": test_scenarios})
     with _progress(False) as progress:
-        bar = progress.add_task("moca run --model CLSC-2", total=None)
+        bar = progress.add_task("moca run CLSC-2", total=None)
         metrics, run_dir = run_experiment2(quick=quick, methods=methods, runs_dir=runs_dir, config=config,
-                                           peers=chosen_peers, command=_command_line(),
+                                           peers=peers, command=command, run_id=run_id,
                                            progress=lambda d: progress.update(bar, description=d))
     table = Table(title=f"moca run --model CLSC-2 {metrics['id']}: score = oracle cost / policy cost (1.0 = optimal)")
     for h in ("policy", *metrics["tasks"], "mean", "violations"):
@@ -1079,9 +1131,32 @@ def _run2(quick: bool, json_file: Optional[Path], runs_dir: Path, methods: Optio
         met = t["gap_to_target"] >= 0
         console.print(f"{'met' if met else 'MISSED'}: moca >= best peer ({t['best_peer']}, "
                       f"{t['best_peer_mean_score']:.4f}) + 0.03 — measured {t['moca_average_final_score']:.4f}")
-    if json_file is not None:
-        _write_atomic(json_file, json.dumps(metrics, indent=1))
-    console.print(f"wrote {run_dir}/ (metrics.json, report.md) in {metrics['wall_seconds']:.0f} s")
+    console.print(f"wrote {run_dir}/ (metrics.json, report.md, plots) in {metrics['wall_seconds']:.0f} s")
+    return metrics, run_dir
+
+
+def _print_run_summary(worlds: list[str], results: dict[str, Any], failures: dict[str, tuple[str, int]]) -> None:
+    """The closing lines of a run of both worlds: each world's headline, or why it failed."""
+    from moca.report import run_summary
+
+    def number(value: Optional[float], spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    table = Table(title="moca run: both worlds (score = oracle cost / policy cost, mean over T1-T3 after T3)")
+    for h in ("world", "moca", "best peer", "violations", "moca drop on T1 after T2", "wall s", "run folder"):
+        table.add_column(h, justify="left" if h in ("world", "best peer", "run folder") else "right")
+    for world in worlds:
+        if world not in results:
+            table.add_row(world, "FAILED", "–", "–", "–", "–", "none written (the error is on stderr)")
+            continue
+        metrics, run_dir = results[world]
+        s = run_summary(metrics)
+        peer = f"{s['best_peer']} {s['best_peer_mean_score']:.4f}" if s["best_peer"] else "–"
+        drop = s["moca_drop_first_after_second"]
+        table.add_row(world, number(s["moca_average_final_score"], ".4f"), peer,
+                      "–" if s["violations"] is None else str(s["violations"]),
+                      "–" if drop is None else f"{100 * drop:.2f}%", number(s["wall_seconds"], ".0f"), f"{run_dir}/")
+    (console if console.is_terminal else _wide_console()).print(table)
 
 
 @app.command()

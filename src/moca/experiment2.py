@@ -110,6 +110,7 @@ def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, 
     n = len(tasks)
     R = [[scorer.test_score(learner.weights, j)["score"] for j in range(n)]]
     curves, steps_to, seconds_to = [], [], []
+    last_row: list[dict[str, Any]] = []
     for i, (name, plan) in enumerate(tasks):
         if progress:
             progress(f"{method}: learning {name}")
@@ -120,13 +121,15 @@ def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, 
         curves.append([float(s) for s in stats.scores])
         steps_to.append(speed.steps)
         seconds_to.append(speed.seconds)
-        R.append([scorer.test_score(learner.weights, j)["score"] for j in range(n)])
+        last_row = [scorer.test_score(learner.weights, j) for j in range(n)]
+        R.append([e["score"] for e in last_row])
     summary = continual_metrics(np.asarray(R[1:]), initial=R[0])
     return {
         "R": R, "average_final_score": summary.average_final, "forgetting": summary.forgetting + [0.0],
         "bwt": summary.bwt, "fwt": summary.fwt, "drop_first_after_second": summary.drop_first_after_second,
         "adaptation_steps": steps_to, "adaptation_seconds": seconds_to, "adaptation_curves": curves,
         "violations": scorer.violations, "wall_seconds": time.perf_counter() - started,
+        "final_mean_cost": [float(e["mean_cost"]) for e in last_row],  # EUR per episode, the final weights
     }, learner.weights
 
 
@@ -158,15 +161,18 @@ def quick_config2() -> ExperimentConfig:
 def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, runs_dir: str | Path = "runs",
                     config: ExperimentConfig | None = None,
                     peers: Sequence[str] = ("threshold", "mpc", "mpc-sampled"),
-                    progress: Callable[[str], None] | None = None, command: str = "moca run --model CLSC-2"
-                    ) -> tuple[dict[str, Any], Path]:
+                    progress: Callable[[str], None] | None = None, command: str = "moca run --model CLSC-2",
+                    run_id: str | None = None) -> tuple[dict[str, Any], Path]:
     """T1 -> T2 -> T3 (W = 52) on CLSC-2 for the learned methods beside the peers (the
     threshold rule tuned per regime now, with a budget shown in the metrics; the forecast
-    MPC and the two-stage sampled MPC, the best peer of ``benchmarks/peers.json``) and the oracle, on the same test scenarios; writes ``runs/<id>-clsc2/metrics.json``
-    and ``report.md``. Returns (metrics, run dir)."""
+    MPC and the two-stage sampled MPC, the best peer of ``benchmarks/peers.json``) and the
+    oracle, on the same test scenarios; writes ``runs/<id>-clsc2/metrics.json``,
+    ``report.md`` and the PNG plots (:data:`moca.report.PLOTS_2`). ``run_id``: the folder's
+    name (default: the start time, ``-clsc2``, ``-quick`` for a quick run). Returns (metrics, run dir)."""
     from moca.baselines.mpc2 import MPC2Policy
     from moca.baselines.peers import SAMPLES_2, TUNED_SAFETY_STOCK_2, evaluate2
     from moca.baselines.threshold2 import tune_threshold2
+    from moca.report import PLOTS_2, write_plots
 
     config = config or (quick_config2() if quick else ExperimentConfig(test_size=20))
     chosen = list(methods) if methods is not None else list(METHODS_2)
@@ -181,7 +187,7 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
     cache = OracleCache2(module.params)
     tell("drawing scenarios, oracle costs")
     scorer = _Scorer2(module, cache, [r for _, r in tasks], config)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-clsc2" + ("-quick" if quick else "")
+    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-clsc2" + ("-quick" if quick else "")
     tuning = {"budget": 40 if quick else 1500, "train_seeds": 2 if quick else 32}
     metrics: dict[str, Any] = {
         "id": run_id, "model": MODEL, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -233,13 +239,19 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
     staging = run_dir.with_name(f".{run_dir.name}.tmp")
     staging.mkdir(parents=True, exist_ok=False)
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (staging / "report.md").write_text(report2(metrics))
+    # The plots read the parts CLSC-1's metrics share (tasks, R, baselines); CLSC-2's
+    # ``targets`` is a summary dict, not CLSC-1's list of checks, and no plot reads it.
+    images = write_plots({k: v for k, v in metrics.items() if k != "targets"}, staging, PLOTS_2)
+    (staging / "report.md").write_text(report2(metrics, images))
     os.replace(staging, run_dir)  # the run appears whole or not at all
     return metrics, run_dir
 
 
-def report2(metrics: dict[str, Any]) -> str:
-    """A short markdown report of a CLSC-2 run: final scores per task, forgetting, peers."""
+def report2(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
+    """A short markdown report of a CLSC-2 run: final scores per task, forgetting, peers;
+    ``images``: the PNG plots in the run folder to embed (:func:`moca.report.plot_markdown`)."""
+    from moca.report import PLOTS_2, plot_markdown
+
     tasks = metrics["tasks"]
     lines = [f"# CLSC-2 seed experiment {metrics['id']}", "",
              f"`{metrics['command']}` on {metrics['machine'].get('cpu', '?')} "
@@ -261,7 +273,9 @@ def report2(metrics: dict[str, Any]) -> str:
     if t.get("gap_to_target") is not None:
         lines += ["", f"Target (issue 10): moca >= best peer ({t['best_peer']}, {t['best_peer_mean_score']:.4f}) "
                       f"+ 0.03; moca {t['moca_average_final_score']:.4f}, gap {t['gap_to_target']:+.4f}."]
-    return "\n".join(lines) + "\n"
+    if images:
+        lines += ["", *plot_markdown(images, PLOTS_2)]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 __all__ = ["METHODS_2", "PolicyTask2", "evaluate_learned2", "quick_config2", "report2", "run_continual2",

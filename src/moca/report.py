@@ -81,6 +81,7 @@ class MethodResult(TypedDict):
     correction: NotRequired[float | None]  # mean normalised distance the safety layer moved raw actions
     decision_latency_us: NotRequired[Latency]
     wall_seconds: NotRequired[float | None]
+    final_mean_cost: NotRequired[list[float | None]]  # [N] EUR per episode with the final weights, per task
 
 
 class PeriodSeries(TypedDict, total=False):
@@ -244,6 +245,28 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "latency_p99_us": max(p99) if p99 and None not in p99 else None,
         })
     return rows
+
+
+def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline of one world's run, for the closing lines of ``moca run``: moca's average
+    final score and drop on the first task after the second, the best peer (the non-oracle
+    baseline with the highest mean score over the tasks), every policy's violations summed,
+    wall seconds. Reads either world's metrics (None = not measured)."""
+    methods, baselines = metrics.get("methods") or {}, metrics.get("baselines") or {}
+    moca = methods.get("moca") or {}
+    peers = {}
+    for name, by_task in baselines.items():
+        scores = [_number(v.get("score")) for v in by_task.values()]
+        if name != "oracle" and scores and None not in scores:
+            peers[name] = float(np.mean(scores))
+    best = max(peers, key=peers.get) if peers else None
+    counts = [r.get("violations") for r in methods.values()]
+    counts += [v.get("violations") for by_task in baselines.values() for v in by_task.values()]
+    return {"id": metrics.get("id"), "moca_average_final_score": _number(moca.get("average_final_score")),
+            "moca_drop_first_after_second": _number(moca.get("drop_first_after_second")),
+            "best_peer": best, "best_peer_mean_score": peers.get(best) if best else None,
+            "violations": sum(int(c) for c in counts) if counts and None not in counts else None,
+            "wall_seconds": _number(metrics.get("wall_seconds"))}
 
 
 def _baseline_order(m: Metrics) -> list[str]:
@@ -683,6 +706,98 @@ def _compliance_text(counts: dict[str, int], what: str) -> str:
     return "\n".join(parts)
 
 
+def plot_scores_by_stage(metrics: dict[str, Any], path: str | Path) -> Path | None:
+    """Per task, each method's test score before learning and after each stage of the
+    sequence (a column of R per panel), beside each baseline's score on that task as a
+    horizontal line. None when the run has no methods."""
+    m = check_metrics(metrics)
+    methods = m.get("methods", {})
+    if not methods:
+        return None
+    tasks = task_names(m)
+    colors = _colors(policy_order(m))
+    styles = _styles(list(methods))
+    matrices = {name: np.array([_array(row) for row in r["R"]]) for name, r in methods.items()}
+    same = _same_as({n: [R] for n, R in matrices.items()})
+    # Methods sharing a meta-init score almost alike: shift each one's points a little sideways.
+    offsets = {n: (i - (len(methods) - 1) / 2) * min(0.06, 0.3 / len(methods)) for i, n in enumerate(methods)}
+    stages = ["before"] + [f"after {t}" for t in tasks]
+    baselines = {b: m["baselines"][b] for b in _baseline_order(m) if b != "oracle"}
+    fig = Figure(figsize=(1.8 + 3.6 * len(tasks), 3.9), layout="constrained")
+    axes = fig.subplots(1, len(tasks), squeeze=False, sharey=True)[0]
+    handles: dict[str, Any] = {}
+    x = np.arange(len(stages))
+    for j, (ax, task) in enumerate(zip(axes, tasks)):
+        # The stage in which this task is learned: the score should rise there and hold after.
+        ax.axvspan(j + 0.5, j + 1.5, color="0.92", zorder=0, lw=0)
+        for name, R in matrices.items():
+            label = f"{name} (same as {same[name]})" if name in same else name
+            (line,) = ax.plot(x + offsets[name], R[:, j], color=colors[name], lw=_line_width(name), label=label,
+                              ls=styles[name]["ls"], marker=styles[name]["marker"], ms=5,
+                              mfc="white" if name in same else colors[name], zorder=3 if name == "moca" else 2)
+            handles.setdefault(name, line)
+        for k, (name, by_task) in enumerate(baselines.items()):
+            score = _number(by_task.get(task, {}).get("score")) if task in by_task else None
+            if score is not None:
+                handles.setdefault(name, ax.axhline(score, color=colors[name], ls=_DASHES[1 + k % (len(_DASHES) - 1)],
+                                                    lw=1.3, label=_short_label(name)))
+        handles.setdefault("oracle", ax.axhline(1.0, color="black", ls=":", lw=1.0, label="oracle (1.0)"))
+        ax.set_xticks(x, stages, rotation=30, ha="right", rotation_mode="anchor")
+        ax.set_title(f"scored on {_regime_label(m, task)}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test score (oracle cost / policy cost)")
+    handles["learning"] = Rectangle((0, 0), 1, 1, color="0.92", label="stage that learns this task")
+    fig.legend(handles=list(handles.values()), loc="outside right upper", fontsize=9, frameon=False)
+    fig.suptitle("Score on each task before learning and after each stage of the sequence", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_cost_vs_oracle(metrics: dict[str, Any], path: str | Path) -> Path | None:
+    """Per task, how much more each policy's mean episode cost is than the oracle's (%),
+    as grouped bars: the baselines and each method's final weights (``final_mean_cost``).
+    None without the oracle's cost or any policy's."""
+    m = check_metrics(metrics)
+    tasks = task_names(m)
+    oracle = m.get("baselines", {}).get("oracle", {})
+    oracle_cost = {t: _number(oracle.get(t, {}).get("mean_cost")) if t in oracle else None for t in tasks}
+    costs: dict[str, list[float | None]] = {}
+    for name, result in m.get("methods", {}).items():
+        if result.get("final_mean_cost"):
+            costs[name] = [_number(c) for c in result["final_mean_cost"]]
+    for name in _baseline_order(m):
+        if name != "oracle":
+            by_task = m["baselines"][name]
+            costs[name] = [_number(by_task[t].get("mean_cost")) if t in by_task else None for t in tasks]
+    costs = {n: c for n, c in costs.items() if any(v is not None for v in c)}
+    if not costs or all(v is None for v in oracle_cost.values()):
+        return None
+    colors = _colors(policy_order(m))
+    methods = set(m.get("methods", {}))
+    width = 0.8 / len(costs)
+    fig = Figure(figsize=(2.6 + 1.0 * len(tasks) * max(2, len(costs)) * 0.55, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for k, (name, values) in enumerate(costs.items()):
+        excess = np.array([100 * (c / oracle_cost[t] - 1) if c is not None and oracle_cost[t] else np.nan
+                           for c, t in zip(values, tasks)])
+        xs = np.arange(len(tasks)) - 0.4 + width * (k + 0.5)
+        label = f"{name} (after {tasks[-1]})" if name in methods and tasks else _short_label(name)
+        ax.bar(xs, np.nan_to_num(excess), width=width * 0.92, color=colors[name], label=label,
+               edgecolor="black" if name == "moca" else "white", linewidth=1.0 if name == "moca" else 0.3)
+        for xi, v in zip(xs, excess):
+            ax.text(xi, max(v, 0) if np.isfinite(v) else 0, f"{v:.1f}" if np.isfinite(v) else "n/a",
+                    ha="center", va="bottom", fontsize=7, color="0.25")
+    ax.set_xticks(np.arange(len(tasks)), [_regime_label(m, t) for t in tasks])
+    ax.set_ylabel("mean episode cost above the oracle's (%)")
+    ax.yaxis.set_major_formatter(PercentFormatter(100))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.margins(y=0.12)
+    fig.legend(loc="outside right upper", fontsize=9, frameon=False)
+    fig.suptitle("Cost relative to the hindsight optimum on each task's test scenarios (lower is better)",
+                 fontsize=11)
+    return _save(fig, path)
+
+
 # --- report.md -----------------------------------------------------------------------------
 
 #: File names of the plots inside a run directory, with their section titles.
@@ -707,7 +822,43 @@ PLOT_NOTES: dict[str, str] = {
         "Each method's points are shifted a little sideways and have their own marker and dash, so a line "
         "lying on another stays visible; methods with identical curves (the same meta-init) say so in the "
         "legend."),
+    "scores_by_stage.png": (
+        "Each panel is one task's column of the score matrix R: the score on that task before learning and after "
+        "each stage. The shaded stage learns the task; a line that falls after it is forgetting. Each method's points are shifted "
+        "a little sideways so none hides another. Horizontal lines: each baseline's score on that task."),
+    "cost_vs_oracle.png": (
+        "Mean episode cost over the task's test scenarios divided by the oracle's mean cost, minus 1 (the "
+        "score in the tables is the mean of the per-scenario ratios oracle / policy, so the two differ a "
+        "little). Methods: their final weights, after the last task."),
 }
+
+#: The plots of a CLSC-2 run (``moca run --model CLSC-2``): the same functions, on its metrics.
+PLOTS_2: dict[str, tuple[str, Any]] = {
+    "scores_by_stage.png": ("Score on each task after each stage", plot_scores_by_stage),
+    "cost_vs_oracle.png": ("Cost relative to the oracle", plot_cost_vs_oracle),
+    "score_matrices.png": PLOTS["score_matrices.png"],
+    "adaptation_curves.png": PLOTS["adaptation_curves.png"],
+}
+
+
+def write_plots(metrics: dict[str, Any], run_dir: str | Path, plots: dict[str, tuple[str, Any]] = PLOTS) -> list[str]:
+    """Write ``plots`` (file name -> (title, function)) into ``run_dir``; returns the names
+    written (a plot whose data the run did not record is skipped)."""
+    m = check_metrics(metrics)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return [name for name, (_, plot) in plots.items() if plot(m, run_dir / name) is not None]
+
+
+def plot_markdown(images: Sequence[str], plots: dict[str, tuple[str, Any]] = PLOTS) -> list[str]:
+    """report.md lines embedding ``images`` (names in the run folder), each under its title and note."""
+    lines: list[str] = []
+    for name in images:
+        title_text = plots.get(name, (Path(name).stem.replace("_", " ").capitalize(), None))[0]
+        lines += [f"## {title_text}", "", f"![{title_text}]({name})", ""]
+        if name in PLOT_NOTES:
+            lines += [PLOT_NOTES[name], ""]
+    return lines
 
 
 def _seed_text(seeds: Sequence[int]) -> str:
@@ -836,11 +987,7 @@ def report_markdown(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
         rows = [[t["what"], t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in m["targets"]]
         lines += ["## Targets", "", markdown_table(["what", "target", "measured", "met"], rows, left=4), ""]
 
-    for name in images:
-        title_text = PLOTS.get(name, (Path(name).stem.replace("_", " ").capitalize(), None))[0]
-        lines += [f"## {title_text}", "", f"![{title_text}]({name})", ""]
-        if name in PLOT_NOTES:
-            lines += [PLOT_NOTES[name], ""]
+    lines += plot_markdown(images)
 
     lines += _rule_impact_section(m)
     lines += _generalisation_section(m)
@@ -876,8 +1023,7 @@ def write_report(metrics: dict[str, Any], run_dir: str | Path) -> Path:
     """
     m = check_metrics(metrics)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    written = [name for name, (_, plot) in PLOTS.items() if plot(m, run_dir / name) is not None]
+    written = write_plots(m, run_dir)
     report = run_dir / "report.md"
     report.write_text(report_markdown(m, written))
     return report
