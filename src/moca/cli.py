@@ -990,8 +990,9 @@ def run(
                                                                       "are for the default chain.)"),
     model: Optional[str] = typer.Option(None, "--model", help="One world only: CLSC-1 | CLSC-2 (T1-T3 with W = 52). "
                                                               "Default: both, CLSC-1 then CLSC-2."),
-    peers: str = typer.Option("threshold,mpc", "--peers", help="CLSC-2: comma-separated peers beside the oracle "
-                                                                 "(threshold, mpc; 'none' for none)."),
+    peers: str = typer.Option("threshold,mpc,mpc-sampled", "--peers",
+                              help="CLSC-2: comma-separated peers beside the oracle (threshold, mpc, mpc-sampled; "
+                                   "'none' for none)."),
     test_scenarios: Optional[int] = typer.Option(None, "--scenarios", min=1, help="CLSC-2: test scenarios per "
                                                                                      "regime (default 20, --quick 4)."),
 ) -> None:
@@ -1051,8 +1052,8 @@ def _run_peers(peers: str) -> list[str]:
     """``--peers``'s value, checked."""
     chosen = [] if peers.strip() == "none" else [p.strip() for p in peers.split(",") if p.strip()]
     for peer in chosen:
-        if peer not in ("threshold", "mpc"):
-            raise UsageError(f"--peers: {peer!r} is not one of threshold, mpc, none")
+        if peer not in ("threshold", "mpc", "mpc-sampled"):
+            raise UsageError(f"--peers: {peer!r} is not one of threshold, mpc, mpc-sampled, none")
     return chosen
 
 
