@@ -169,8 +169,7 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
     oracle, on the same test scenarios; writes ``runs/<id>-clsc2/metrics.json``,
     ``report.md`` and the PNG plots (:data:`moca.report.PLOTS_2`). ``run_id``: the folder's
     name (default: the start time, ``-clsc2``, ``-quick`` for a quick run). Returns (metrics, run dir)."""
-    from moca.baselines.mpc2 import MPC2Policy
-    from moca.baselines.peers import SAMPLES_2, TUNED_SAFETY_STOCK_2, evaluate2
+    from moca.baselines.peers import evaluate2, make_peer2
     from moca.baselines.threshold2 import tune_threshold2
     from moca.report import PLOTS_2, write_plots
 
@@ -206,13 +205,8 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
                 entry = {"score": 1.0, "mean_cost": float(np.mean(scorer.test_oracle[j])), "violations": 0}
             else:
                 began = time.perf_counter()
-                if name == "threshold":
-                    policy = tune_threshold2(RegimeSchedule.constant(regime), train_seeds=tuning["train_seeds"],
-                                             budget=tuning["budget"])
-                elif name == "mpc-sampled":
-                    policy = MPC2Policy(safety_stock=TUNED_SAFETY_STOCK_2["mpc-sampled"], samples=SAMPLES_2)
-                else:
-                    policy = MPC2Policy(safety_stock=TUNED_SAFETY_STOCK_2["mpc-forecast"])
+                policy = (tune_threshold2(RegimeSchedule.constant(regime), train_seeds=tuning["train_seeds"],
+                                          budget=tuning["budget"]) if name == "threshold" else make_peer2(name))
                 summary = evaluate2(name, policy, scorer.test[j], scorer.test_oracle[j]).summary()
                 entry = {k: summary[k] for k in ("score", "mean_cost", "violations")}
                 entry["seconds"] = time.perf_counter() - began

@@ -22,6 +22,7 @@ scenario MPC) are exactly what that library maintains.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -171,6 +172,31 @@ def forecast_errors(series_list: list[np.ndarray], start: int, config: ForecastC
     return {"mape": float(np.mean(errors)), "forecasts": len(errors)}
 
 
+@functools.lru_cache(maxsize=16)
+def _harmonic_design(n: int, ahead: int, season: int):
+    """``[n + ahead, 4]`` regressors (1, s / season, sin, cos) of periods ``0 .. n + ahead - 1``
+    and the Gram matrix of the first ``n``: the same for every call with the same window,
+    so built once (every period of every rollout asks for them)."""
+    import torch
+
+    s = torch.arange(n + ahead, dtype=torch.float64)
+    angle = 2.0 * math.pi * s / season
+    X = torch.stack([torch.ones_like(s), s / season, torch.sin(angle), torch.cos(angle)], dim=-1)
+    seen = X[:n]
+    return X, seen.T @ seen + 1e-9 * torch.eye(4, dtype=torch.float64)
+
+
+@functools.lru_cache(maxsize=16)
+def _level_weights(n: int, alpha: float, dtype):
+    """Exponential-smoothing weights of ``n`` periods, oldest first (the oldest carries the
+    start value's weight)."""
+    import torch
+
+    weights = alpha * (1.0 - alpha) ** torch.arange(n - 1, -1, -1, dtype=dtype)
+    weights[0] = (1.0 - alpha) ** (n - 1)
+    return weights
+
+
 def seasonal_level_forecast(demand_seen, ahead: int, alpha: float = 0.3, season: int = SEASON):
     """``[B, ahead]`` mean forecasts (units) of ``d_t .. d_{t+ahead-1}`` from the demand seen so
     far, ``demand_seen`` ``[B, n]`` (torch, oldest first: the 52-period history and
@@ -193,17 +219,12 @@ def seasonal_level_forecast(demand_seen, ahead: int, alpha: float = 0.3, season:
     if values.ndim != 2 or values.shape[1] < 4:
         raise ValueError(f"demand_seen: expected [B, n >= 4] units, got {list(values.shape)}")
     n = values.shape[1]
-    s = torch.arange(n + ahead, dtype=torch.float64)
-    angle = 2.0 * math.pi * s / season
-    X = torch.stack([torch.ones_like(s), s / season, torch.sin(angle), torch.cos(angle)], dim=-1)
-    y = torch.log(torch.clamp(values.detach().to(torch.float64), min=1.0))
+    X, gram = _harmonic_design(n, ahead, season)
     seen = X[:n]
-    gram = seen.T @ seen + 1e-9 * torch.eye(4, dtype=torch.float64)
+    y = torch.log(torch.clamp(values.detach().to(torch.float64), min=1.0))
     beta = torch.linalg.solve(gram, seen.T @ y.T).T  # [B, 4]
     factor = torch.exp(beta[:, 2:] @ X[:, 2:].T).to(dtype)  # [B, n + ahead]
-    weights = alpha * (1.0 - alpha) ** torch.arange(n - 1, -1, -1, dtype=dtype)
-    weights[0] = (1.0 - alpha) ** (n - 1)  # the oldest period carries the start value's weight
-    level = (values / factor[:, :n]) @ weights
+    level = (values / factor[:, :n]) @ _level_weights(n, alpha, dtype)
     return level[:, None] * factor[:, n:]
 
 

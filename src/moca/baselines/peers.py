@@ -68,7 +68,8 @@ def build_peer(name: str, plan: RegimeSchedule, params: Params = Params(), model
     return make_peer(name)
 
 
-__all__ = ["PEERS", "SAMPLES", "TUNED_SAFETY_STOCK", "build_peer", "make_peer"]
+__all__ = ["PEERS", "PEERS_2", "SAMPLES", "SAMPLES_2", "TUNED_SAFETY_STOCK", "TUNED_SAFETY_STOCK_2", "build_peer",
+           "evaluate2", "evaluate_peer2", "make_peer", "make_peer2"]
 
 
 # --- CLSC-2 ---------------------------------------------------------------------------------------
@@ -108,6 +109,18 @@ SAMPLES_2 = 4
 PEERS_2: tuple[str, ...] = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", "ppo")
 
 
+def make_peer2(name: str, safety_stock: float | None = None):
+    """CLSC-2's forecast MPC ``mpc`` (= ``mpc-forecast``) or ``mpc-sampled`` with the given (or
+    the recorded tuned) safety stock."""
+    from moca.baselines.mpc2 import MPC2Policy
+
+    key = "mpc-forecast" if name == "mpc" else name
+    if key not in ("mpc-forecast", "mpc-sampled"):
+        raise ValueError(f"{name!r}: not a forecast MPC peer of CLSC-2")
+    stock = TUNED_SAFETY_STOCK_2[key] if safety_stock is None else float(safety_stock)
+    return MPC2Policy(safety_stock=stock, samples=SAMPLES_2) if key == "mpc-sampled" else MPC2Policy(safety_stock=stock)
+
+
 def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
     """Score the CLSC-2 peer ``name`` (or a PPO checkpoint directory) on the scenarios of
     ``plan`` drawn from ``seeds`` with ``params`` (default: the default chain), or on the
@@ -116,7 +129,7 @@ def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
     MPC (CLSC-2 has no public demand model to plan with)."""
     from pathlib import Path
 
-    from moca.baselines.mpc2 import InformedMPC2, MPC2Policy, demand_curve2
+    from moca.baselines.mpc2 import InformedMPC2, demand_curve2
     from moca.checkpoint import CheckpointError
     from moca.oracle2 import solve_oracle2
     from moca.scenario import DEFAULT_PARAMS_2, draw_scenario2
@@ -145,10 +158,8 @@ def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
         from moca.baselines.threshold2 import tune_threshold2
 
         return evaluate2(name, tune_threshold2(plan, params), scenarios, oracle)
-    if name in ("mpc", "mpc-forecast"):
-        return evaluate2(name, MPC2Policy(safety_stock=stock), scenarios, oracle)
-    if name == "mpc-sampled":
-        return evaluate2(name, MPC2Policy(safety_stock=stock, samples=SAMPLES_2), scenarios, oracle)
+    if name in ("mpc", "mpc-forecast", "mpc-sampled"):
+        return evaluate2(name, make_peer2(name), scenarios, oracle)
     if name == "mpc-informed":
         curves = np.stack([demand_curve2(int(s), params) for s in seeds])
         return evaluate2(name, InformedMPC2(curves, stock), scenarios, oracle)

@@ -79,7 +79,7 @@ class Threshold2Policy:
         return {name: float(v) for name, v in zip(THRESHOLD2_NAMES, self.thresholds)}
 
     def reset(self, batch) -> None:
-        self._T = batch.horizon
+        pass  # stateless: everything it reads is in the observation
 
     def act(self, obs) -> Tensor:
         # One rule, written once in torch (moca.policy2.base_rule2), so the peer and the base
@@ -87,13 +87,9 @@ class Threshold2Policy:
         from moca.policy2 import base_rule2, rule_inputs
 
         dtype = obs.state.stocks.dtype
-        batch = obs.state.stocks.shape[0]
         thresholds = torch.as_tensor(self.thresholds, dtype=dtype)
-        thresholds = thresholds.expand(batch, -1) if thresholds.ndim == 1 else thresholds
-        x = {k: v.to(dtype) for k, v in rule_inputs(obs).items()}
-        x["t"], x["horizon"] = torch.full((batch,), float(obs.t), dtype=dtype), torch.full((batch,), float(self._T),
-                                                                                          dtype=dtype)
-        return base_rule2(thresholds, x, self.params).to(dtype)
+        thresholds = thresholds.expand(obs.state.stocks.shape[0], -1) if thresholds.ndim == 1 else thresholds
+        return base_rule2(thresholds, rule_inputs(obs), self.params)
 
 
 def tune_threshold2(regime, params: Params2 = DEFAULT_PARAMS_2, train_seeds: int | Sequence = 32, budget: int = 1500,
