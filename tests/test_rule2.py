@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from moca.forecast import seasonal_level_forecast
-from moca.policy2 import base_rule2
+from moca.policy2 import base_rule2, routing_economics
 from moca.scenario import DEFAULT_PARAMS_2
 
 P2 = DEFAULT_PARAMS_2
@@ -47,10 +47,12 @@ def test_forecast_refuses_a_wrong_shape():
         seasonal_level_forecast(torch.ones(5), 3)
 
 
-def rule_inputs(forecast, supply_up=1.0, stocks=(8000.0, 2000.0, 1000.0, 0.0, 0.0), t=10.0, pipeline=4000.0):
+def rule_inputs(forecast, supply_up=1.0, stocks=(8000.0, 2000.0, 1000.0, 0.0, 0.0), t=10.0, pipeline=4000.0,
+                regime=(0.2, 0.0, math.inf, 0.0, 0.0)):
+    """One row of rule inputs; ``regime`` = (mandate, carbon tax, cap, landfill tax, recovery target)."""
     forecast = torch.as_tensor(forecast, dtype=torch.float64)[None]
     return {"stocks": torch.tensor([stocks], dtype=torch.float64), "pipeline": torch.tensor([pipeline], dtype=torch.float64),
-            "regime": torch.tensor([[0.2, 0.0, math.inf, 0.0, 0.0]], dtype=torch.float64),
+            "regime": torch.tensor([regime], dtype=torch.float64),
             "window": torch.tensor([52.0], dtype=torch.float64), "supply_up": torch.tensor([supply_up], dtype=torch.float64),
             "market_avail": torch.tensor([1.0], dtype=torch.float64), "forecast": forecast,
             "t": torch.tensor([t], dtype=torch.float64), "horizon": torch.tensor([52.0], dtype=torch.float64)}
@@ -84,6 +86,62 @@ def test_rule_stands_recycled_material_in_for_virgin_while_the_supplier_is_down(
     assert float(down[0]) == 0.0 < float(up[0])  # no order reaches a supplier that is down
     recovered = lambda a: float(a[1] + a[5] + a[6])  # noqa: E731  market kg + cores disassembled
     assert recovered(down) > recovered(up)
+
+
+def economics(regime, t=10.0):
+    return {k: float(v[0]) for k, v in routing_economics(rule_inputs(np.full(13, 1000.0), t=t, regime=regime), P2).items()}
+
+
+def test_routing_economics_follow_the_regime_prices():
+    # No rule: disassembling a grade-B core (6 EUR for 1.4 kg) costs more than 1.4 kg of
+    # virgin (3 EUR/kg) by more than disposing of it (0.5 EUR); the market (4 EUR/kg) too.
+    free = economics((0.0, 0.0, math.inf, 0.0, 0.0))
+    assert free["recover_b"] == 0.0 and free["buy_market"] == 0.0 and free["dispose"] == 1.0
+    # 300 EUR/t on virgin's 6 kg CO2/kg makes virgin 4.8 EUR/kg: recover grade B, buy market.
+    taxed = economics((0.0, 300.0, math.inf, 0.0, 0.0))
+    assert taxed["recover_b"] == 1.0 and taxed["buy_market"] == 1.0
+    # Between them lies each switch's break-even tax: B at (6 - 0.5)/1.4 - 3 EUR/kg, the market at 1 EUR/kg.
+    assert economics((0.0, 150.0, math.inf, 0.0, 0.0))["recover_b"] == 0.0
+    assert economics((0.0, 160.0, math.inf, 0.0, 0.0))["buy_market"] == 0.0
+    assert economics((0.0, 170.0, math.inf, 0.0, 0.0))["buy_market"] == 1.0
+    # A landfill tax: holding a core to the end (0.05 EUR a period) beats disposing of it;
+    # early in the year recovering grade B (1.8 EUR net) beats holding it 41 periods (2.05).
+    landfill = economics((0.0, 0.0, math.inf, 50.0, 0.0))
+    assert landfill["dispose"] == 0.0 and landfill["recover_b"] == 1.0
+    assert economics((0.0, 0.0, math.inf, 50.0, 0.0), t=40.0)["recover_b"] == 0.0
+    # A cap at 0.8x a virgin-only period (14,000 kg CO2 at 1,000 units) needs 2,800 kg CO2
+    # saved at 5 kg CO2 per kg recycled in place of virgin: a share of 0.28 of 2,000 kg.
+    assert economics((0.0, 0.0, 0.8 * 14000.0, 0.0, 0.0))["cap_share"] == pytest.approx(0.28)
+    assert free["cap_share"] == 0.0
+
+
+def test_rule_routes_cores_and_buys_by_the_regime():
+    stocks = (1000.0, 0.0, 1000.0, 50.0, 200.0)
+    # no recycled targets, keep 50 A cores
+    thresholds = torch.tensor([[0.0, 0.0, 0.0, 0.0, 9000.0, 50.0, 1000.0]], dtype=torch.float64)
+
+    def act(regime):
+        return base_rule2(thresholds, rule_inputs(np.full(13, 1000.0), stocks=stocks, pipeline=3000.0, regime=regime), P2)[0]
+
+    free, taxed = act((0.0, 0.0, math.inf, 0.0, 0.0)), act((0.0, 300.0, math.inf, 0.0, 0.0))
+    assert float(free[6]) == 0.0 and float(free[1]) == 0.0  # no grade B recovered, nothing bought
+    assert float(taxed[6]) == pytest.approx(200.0) and float(taxed[1]) == pytest.approx(P2.cap_market)
+    assert float(taxed[0]) < float(free[0])  # and orders less virgin for the material it brings in
+    capped = act((0.0, 0.0, 0.8 * 14000.0, 0.0, 0.0))
+    assert float(capped[6]) > 0.0 and float(capped[0]) < float(free[0])
+
+
+def test_rule_orders_no_virgin_for_production_that_could_not_be_sold():
+    # At t = 48 (T = 52, L_v = 2) the order arrives at t = 50 and serves the production of
+    # t = 50 only (production at t = 51 is never sold): d_51 must not change it.
+    low, high = np.full(13, 1000.0), np.full(13, 1000.0)
+    high[3:] = 1400.0
+    stocks = (1000.0, 500.0, 1000.0, 0.0, 0.0)
+    a = base_rule2(THRESHOLDS, rule_inputs(low, t=48.0, stocks=stocks, pipeline=0.0), P2)[0]
+    b = base_rule2(THRESHOLDS, rule_inputs(high, t=48.0, stocks=stocks, pipeline=0.0), P2)[0]
+    assert float(a[0]) > 0.0 and float(a[0]) == pytest.approx(float(b[0]))
+    earlier = base_rule2(THRESHOLDS, rule_inputs(high, t=40.0, stocks=stocks, pipeline=0.0), P2)[0]
+    assert float(earlier[0]) > float(b[0])
 
 
 def test_meta_training_keeps_the_best_validated_weights():
