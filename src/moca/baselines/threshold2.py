@@ -18,17 +18,26 @@ with the forecast level. In the order the rule computes them:
   level ``M_free``; recycled fills in for missing virgin (the window rows 6a/6b and the
   settlement are left to the safety layer, which never lets them break);
 * **disassemble** grade B first, then the grade-A cores not refurbished, up to a recycled
-  target ``S_M + r m q_{t+1}`` after use (kg; ``q`` the planned production), plus, while
-  the supplier is down, the virgin material the next two periods' production would miss;
+  target ``S_M + r' m q_{t+1}`` after use (kg; ``q`` the planned production, ``r'`` the
+  mandate or the share an emission cap implies, whichever is higher), plus, while the
+  supplier is down, the virgin material the next two periods' production would miss;
 * **buy recycled** on the market up to a second, usually lower target ``S_B + ...`` of the
   same form (the market is dearer than disassembly of grade A, cheaper than none);
-* **dispose** cores above a level ``L_w`` (grade B first), within the recovery target;
-* **order** virgin up to ``(1 - r) m (q_{t+1} + ... + q_{t+L_v+1}) + s_V`` of inventory
-  position, when the supplier accepts orders.
+* **route by the regime's prices** (:func:`moca.policy2.routing_economics`): every grade-B
+  core (and grade-A core beyond the refurbishment reserve ``L_f``) is disassembled where its
+  material in place of virgin (``c_v + tau e_v``, EUR/kg) pays for the disassembly better
+  than disposing of the core or holding it to the end; all the market offers is bought
+  where it is cheaper than virgin; recovered and bought material is then used before
+  virgin;
+* **dispose** cores above a level ``L_w`` (grade B first), within the recovery target, and
+  only where disposal (``c_w + lambda``) costs less than holding the core to the end;
+* **order** virgin for ``q_{t+1} + ... + q_{t+L_v+1}`` net of the recycled share supply
+  brings, plus a safety stock ``s_V`` that shrinks with the production periods the order
+  can still serve, up to the inventory position, when the supplier accepts orders.
 
 Near the end it stops what can no longer pay: no production or refurbishment in the last
-period, no recovery or market purchase whose material could not be sold, no order that
-arrives too late. The rule is written once, in torch, as :func:`moca.policy2.base_rule2`
+period, no virgin for it, no recovery or market purchase whose material could not be sold,
+no order that arrives too late. The rule is written once, in torch, as :func:`moca.policy2.base_rule2`
 (the base of moca's learned CLSC-2 policy); :class:`Threshold2Policy` runs it.
 
 The seven thresholds ``(s_P, s_V, S_M, S_B, M_free, L_f, L_w)`` are tuned per regime as the
