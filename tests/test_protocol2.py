@@ -137,6 +137,22 @@ def test_keeps_the_candidate_with_the_higher_validation_mean(protected_score, pl
     assert len(kept.ewc.fishers) == 2 and [m.name for m in kept.memories] == ["A", "B"]
 
 
+def test_first_task_is_learned_once_since_both_candidates_are_the_same():
+    module = nn.Linear(6, 1, bias=False).double()
+    a = Linear("A", module, 0, [0, 1, 2])
+    learner = ContinualLearner(module, "moca", {"weight": torch.zeros(1, 6, dtype=torch.float64)},
+                               ContinualConfig(lr=0.05, ewc_lambda=1.0))
+    assert not learner.protecting
+    plain_w = learner.fork().learn(a, 3, protect=False).weights["weight"]
+    calls = []
+    kept, stats, choice = learn_by_validation(learner, a, 3, lambda w: 0.5, on_step=lambda k, w: calls.append(k))
+    assert kept is learner and calls == [0, 1, 2, 3]
+    assert torch.equal(kept.weights["weight"], plain_w)  # nothing consolidated: the same steps
+    assert choice["chosen"] == "protected" and choice["validation_plain"] == choice["validation_protected"] == 0.5
+    kept.consolidate(a)
+    assert kept.protecting
+
+
 # ----------------------------------------------------------------------------------------
 # A tiny real CLSC-2 run
 # ----------------------------------------------------------------------------------------

@@ -430,6 +430,11 @@ class ContinualLearner:
 
     # -- state ---------------------------------------------------------------------------
 
+    @property
+    def protecting(self) -> bool:
+        """Whether a protected step can differ from a plain one: an EWC term or a GEM memory is consolidated."""
+        return bool(self.memories) or (self.ewc is not None and bool(self.ewc.fishers))
+
     def fork(self) -> ContinualLearner:
         """An independent copy, to try another update from the same state: its own weights,
         EWC terms, memories list and optimizer state; the module and the consolidated

@@ -103,8 +103,14 @@ def learn_by_validation(learner: ContinualLearner, task: Task, steps: int,
     returned, ties to (a); neither is consolidated here. The returned stats are the kept
     candidate's, but their ``seconds`` count both candidates' steps and the comparison
     (what the choice costs). The choice: task, chosen ("protected" or "plain"), both
-    validation means, the comparison's seconds.
+    validation means, the comparison's seconds. Before anything is consolidated (the first
+    task) both candidates take the same steps, so the task is learned once and kept.
     """
+    if not learner.protecting:
+        stats = learner.learn(task, steps, on_step=on_step)
+        validation = float(validation_mean(stats.weights))  # recorded, not needed to choose
+        return learner, stats, {"task": task.name, "chosen": "protected", "validation_protected": validation,
+                                "validation_plain": validation, "comparison_seconds": 0.0}
     plain = learner.fork()
     protected_stats = learner.learn(task, steps, on_step=on_step)
     plain_stats = plain.learn(task, steps, on_step=on_step, protect=False)
