@@ -170,8 +170,9 @@ def _clsc2(params: Any = None) -> World:
         name="CLSC-2", tasks=lambda: [(n, TASKS_2[n]) for n in ("T1", "T2", "T3")],
         shipped_config=lambda: shipped_module.config, module=lambda policy: LSTMPolicy2(params, policy),
         shipped_init=shipped_init2, cache=lambda: OracleCache2(params),
+        # One part per row: the moca row measures the protected update itself, not moca's choice of update.
         run_continual=lambda method, module, tasks, cache, config, init: run_continual2(
-            method, module, tasks, cache, config, init=init),
+            method, module, tasks, cache, config, init=init, select_protocol=False),
         checkpoint=lambda: _provenance(shipped_meta))
 
 

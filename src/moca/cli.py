@@ -971,10 +971,15 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
            "R_initial": R[0], **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt",
                                                         "drop_first_after_second", "adaptation_steps",
                                                         "adaptation_seconds", "violations")}}
+    if "protocol_choice" in result:  # moca: the update kept per regime, by validation
+        out["protocol_choice"] = result["protocol_choice"]
     if as_json:
         _print_json(out)
         return
     _print_continual(out, [label for label, _ in tasks], R, f"{method} on CLSC-2")
+    if "protocol_choice" in out:
+        console.print("update kept per regime, by mean validation score on the regimes seen: "
+                      + ", ".join(f"{c['task']} {c['chosen']}" for c in out["protocol_choice"]))
 
 
 @app.command()

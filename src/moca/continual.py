@@ -390,7 +390,8 @@ class ContinualLearner:
     ``init_weights`` (a weights dict) is required by the meta-init methods; 'finetune' and
     'ewc' start from it when given, else from the module's current parameters; 'scratch'
     refuses it (it re-initialises the module with ``config.seed + task index``).
-    The module itself is never modified.
+    The module itself is never modified. ``learner.fork()`` copies the learner's state, e.g.
+    to learn a task two ways (``learn(..., protect=False)``: plain steps) and keep one.
     """
 
     def __init__(
@@ -428,6 +429,25 @@ class ContinualLearner:
         self._memory_age = 0  # steps since the cache was filled
 
     # -- state ---------------------------------------------------------------------------
+
+    @property
+    def protecting(self) -> bool:
+        """Whether a protected step can differ from a plain one: an EWC term or a GEM memory is consolidated."""
+        return bool(self.memories) or (self.ewc is not None and bool(self.ewc.fishers))
+
+    def fork(self) -> ContinualLearner:
+        """An independent copy, to try another update from the same state: its own weights,
+        EWC terms, memories list and optimizer state; the module and the consolidated
+        tasks (read-only here) are shared, not copied."""
+        twin = copy.copy(self)
+        twin.flat = self.flat.detach().clone().requires_grad_(True)
+        if self.ewc is not None:
+            twin.ewc = copy.copy(self.ewc)  # its tensors are replaced, never changed in place
+            twin.ewc.fishers, twin.ewc.anchors = list(self.ewc.fishers), list(self.ewc.anchors)
+        twin.memories = list(self.memories)
+        twin._optimizer = twin._new_optimizer()
+        twin._optimizer.load_state_dict(copy.deepcopy(self._optimizer.state_dict()))
+        return twin
 
     @property
     def weights(self) -> Weights:
@@ -483,15 +503,20 @@ class ContinualLearner:
         (grad,) = torch.autograd.grad(objective, self.flat, allow_unused=True)
         return torch.zeros_like(self.flat) if grad is None else grad
 
-    def step(self, task: Task) -> tuple[float, float, bool]:
-        """One update on ``task``; returns (task loss, EWC penalty, projected?) at the weights before it."""
+    def step(self, task: Task, protect: bool = True) -> tuple[float, float, bool]:
+        """One update on ``task``; returns (task loss, EWC penalty, projected?) at the weights before it.
+
+        ``protect=False``: a plain step on the task loss alone (no EWC penalty, reported as
+        0, and no GEM projection), i.e. the 'maml' update, with the learner's consolidated
+        state kept for later protected steps.
+        """
         if self._active != task.name:
             self._begin(task)
         loss = self._loss(task.loss, f"task {task.name!r} loss")
-        penalty = self.ewc.penalty(self.flat) if self.ewc is not None else torch.zeros_like(loss)
+        penalty = self.ewc.penalty(self.flat) if self.ewc is not None and protect else torch.zeros_like(loss)
         grad = self._gradient(loss + penalty)
         projected = False
-        if self.memories:  # only projected methods keep memories
+        if self.memories and protect:  # only projected methods keep memories
             direction = project_update(grad, self._memory_gradients(), self.config.margin)
             projected = direction is not grad
             grad = direction
@@ -512,8 +537,10 @@ class ContinualLearner:
         task: Task,
         steps: int,
         on_step: Callable[[int, Weights], Any] | None = None,
+        protect: bool = True,
     ) -> LearnStats:
-        """``steps`` gradient steps on ``task`` (continuing it if it is the task in progress)."""
+        """``steps`` gradient steps on ``task`` (continuing it if it is the task in progress);
+        ``protect=False``: plain steps, see :meth:`step`."""
         if not isinstance(steps, int) or steps < 0:
             raise ContinualError(f"steps={steps!r}: must be a whole number >= 0")
         if self._active != task.name:
@@ -524,7 +551,7 @@ class ContinualLearner:
         elapsed = 0.0
         for k in range(1, steps + 1):
             start = time.perf_counter()
-            loss, penalty, projected = self.step(task)
+            loss, penalty, projected = self.step(task, protect=protect)
             elapsed += time.perf_counter() - start
             stats.losses.append(loss)
             stats.penalties.append(penalty)

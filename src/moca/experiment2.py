@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moca.continual import ContinualLearner, method_spec
+from moca.continual import ContinualLearner, LearnStats, Task, method_spec
 from moca.experiment import ExperimentConfig, ExperimentError, machine
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS
 from moca.meta2 import OracleCache2, adapt2, load_policy2
@@ -91,16 +91,60 @@ def shipped_init2(module: LSTMPolicy2, where: str = "default") -> Weights:
     return {k: v.detach().clone() for k, v in meta_module.named_parameters()}
 
 
+def learn_by_validation(learner: ContinualLearner, task: Task, steps: int,
+                        validation_mean: Callable[[Weights], float],
+                        on_step: Callable[[int, Weights], Any] | None = None
+                        ) -> tuple[ContinualLearner, LearnStats, dict[str, Any]]:
+    """Learn ``task`` two ways from the learner's current state and keep the better one.
+
+    (a) the learner's protected update (EWC penalty, GEM projection), (b) as many plain
+    steps (the 'maml' update) on a fork of it. The candidate with the higher
+    ``validation_mean`` (the mean validation score over every task seen so far) is
+    returned, ties to (a); neither is consolidated here. The returned stats are the kept
+    candidate's, but their ``seconds`` count both candidates' steps and the comparison
+    (what the choice costs). The choice: task, chosen ("protected" or "plain"), both
+    validation means, the comparison's seconds. Before anything is consolidated (the first
+    task) both candidates take the same steps, so the task is learned once and kept.
+    """
+    if not learner.protecting:
+        stats = learner.learn(task, steps, on_step=on_step)
+        validation = float(validation_mean(stats.weights))  # recorded, not needed to choose
+        return learner, stats, {"task": task.name, "chosen": "protected", "validation_protected": validation,
+                                "validation_plain": validation, "comparison_seconds": 0.0}
+    plain = learner.fork()
+    protected_stats = learner.learn(task, steps, on_step=on_step)
+    plain_stats = plain.learn(task, steps, on_step=on_step, protect=False)
+    started = time.perf_counter()
+    validation_protected = float(validation_mean(protected_stats.weights))
+    validation_plain = float(validation_mean(plain_stats.weights))
+    comparison = time.perf_counter() - started
+    keep_plain = validation_plain > validation_protected
+    kept, stats = (plain, plain_stats) if keep_plain else (learner, protected_stats)
+    stats.seconds = [0.0] + [a + b + comparison for a, b in zip(protected_stats.seconds[1:], plain_stats.seconds[1:])]
+    return kept, stats, {"task": task.name, "chosen": "plain" if keep_plain else "protected",
+                         "validation_protected": validation_protected, "validation_plain": validation_plain,
+                         "comparison_seconds": comparison}
+
+
 def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, Any]], cache: OracleCache2,
                    config: ExperimentConfig = ExperimentConfig(), scorer: _Scorer2 | None = None,
-                   init: Weights | None = None, progress: Callable[[str], None] | None = None
-                   ) -> tuple[dict[str, Any], Weights]:
+                   init: Weights | None = None, progress: Callable[[str], None] | None = None,
+                   select_protocol: bool | None = None) -> tuple[dict[str, Any], Weights]:
     """Learn ``tasks`` (label, regime or schedule) in order with ``method``; the score
     matrix ``R`` (row 0 before learning), forgetting, transfer, adaptation speed,
-    violations. Meta-init methods start from ``init`` or the shipped CLSC-2 meta-init."""
+    violations. Meta-init methods start from ``init`` or the shipped CLSC-2 meta-init.
+
+    ``select_protocol`` (default: on for 'moca' only): per task, the protected update or
+    plain steps, whichever has the higher mean validation score (seeds 900+) over the
+    tasks seen so far (:func:`learn_by_validation`); the kept learner is consolidated as
+    usual, so later tasks can still be protected. The choices are in ``protocol_choice``.
+    Why: on CLSC-2 neither update wins everywhere, so it is chosen by measurement, never on test data."""
     spec = method_spec(method)
     if init is not None and spec.init == "fresh":
         raise ExperimentError("checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
+    select = method == "moca" if select_protocol is None else bool(select_protocol)
+    if select and not (spec.ewc or spec.project):
+        raise ExperimentError(f"select_protocol: method {method!r} has no protected update to choose against")
     if init is None and spec.init == "meta":
         init = shipped_init2(module)
     started = time.perf_counter()
@@ -111,11 +155,18 @@ def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, 
     R = [[scorer.test_score(learner.weights, j)["score"] for j in range(n)]]
     curves, steps_to, seconds_to = [], [], []
     last_row: list[dict[str, Any]] = []
+    choices: list[dict[str, Any]] = []
     for i, (name, plan) in enumerate(tasks):
         if progress:
             progress(f"{method}: learning {name}")
         task = PolicyTask2(name, plan, module, cache, config.train_size, config.memory_size, config.correction_weight)
-        stats = learner.learn(task, config.steps, on_step=lambda k, w, i=i: scorer.validation_score(w, i))
+        curve = lambda k, w, i=i: scorer.validation_score(w, i)
+        if select:
+            seen_mean = lambda w, i=i: float(np.mean([scorer.validation_score(w, j) for j in range(i + 1)]))
+            learner, stats, choice = learn_by_validation(learner, task, config.steps, seen_mean, on_step=curve)
+            choices.append(choice)
+        else:
+            stats = learner.learn(task, config.steps, on_step=curve)
         learner.consolidate(task)
         speed = adaptation_speed(stats.scores, stats.seconds)
         curves.append([float(s) for s in stats.scores])
@@ -130,6 +181,7 @@ def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, 
         "adaptation_steps": steps_to, "adaptation_seconds": seconds_to, "adaptation_curves": curves,
         "violations": scorer.violations, "wall_seconds": time.perf_counter() - started,
         "final_mean_cost": [float(e["mean_cost"]) for e in last_row],  # EUR per episode, the final weights
+        "select_protocol": select, **({"protocol_choice": choices} if select else {}),
     }, learner.weights
 
 
@@ -263,6 +315,12 @@ def report2(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
         lines.append(f"| {name} (after T3) | " + " | ".join(f"{s:.4f}" for s in final)
                      + f" | {m['average_final_score']:.4f} | {m['violations']} | "
                      + (f"{100 * drop:.2f}% |" if drop is not None else "|"))
+    for name, m in metrics["methods"].items():
+        if m.get("protocol_choice"):
+            lines += ["", f"{name}: update kept per task, by mean validation score on the tasks seen "
+                      "(protected vs plain): "
+                      + "; ".join(f"{c['task']} {c['chosen']} ({c['validation_protected']:.4f} vs "
+                                  f"{c['validation_plain']:.4f})" for c in m["protocol_choice"]) + "."]
     t = metrics["targets"]
     if t.get("gap_to_target") is not None:
         lines += ["", f"Target (issue 10): moca >= best peer ({t['best_peer']}, {t['best_peer_mean_score']:.4f}) "
@@ -272,5 +330,5 @@ def report2(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-__all__ = ["METHODS_2", "PolicyTask2", "evaluate_learned2", "quick_config2", "report2", "run_continual2",
-           "run_experiment2", "shipped_init2"]
+__all__ = ["METHODS_2", "PolicyTask2", "evaluate_learned2", "learn_by_validation", "quick_config2", "report2",
+           "run_continual2", "run_experiment2", "shipped_init2"]
