@@ -9,12 +9,13 @@ end-of-period state. The actions are feasible, so they are executed as given.
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from moca import clsc2
 from moca.regime import Regime, RegimeSchedule
 from moca.scenario import Params2, Scenario2, draw_scenario2, draw_scenarios2
 from moca.sim2 import OpenLoop2, ScenarioBatch2, Simulator2, rollout2
+from moca.world import VIOLATION_TOL
 
 PARAMS = Params2(horizon=3, lead_virgin=2, lag_return=2, init_virgin=100, init_recycled=50, init_product=30,
                  init_core_a=10, init_core_b=8, init_pipeline=40, init_market=5)
@@ -153,6 +154,7 @@ def test_rollout_through_the_safety_layer_breaks_no_row_and_differentiates():
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1), r=st.floats(0.0, 0.6), window=st.integers(1, 10),
        scale=st.floats(0.0, 1.5), change=st.integers(1, 9))
+@example(seed=0, r=0.0, window=1, scale=7.864945343737904e-10, change=1)  # orders of ~1e-7 kg, supplier down
 def test_any_raw_actions_through_the_layer_keep_stocks_and_settle_windows(seed, r, window, scale, change):
     from moca.projection import project2_batch
     from moca.regime import RegimeSchedule
@@ -167,7 +169,10 @@ def test_any_raw_actions_through_the_layer_keep_stocks_and_settle_windows(seed, 
     result = rollout2(batch, OpenLoop2(raw), project2_batch)
     assert (result.stocks >= -1e-7).all()  # no stock goes negative
     assert torch.allclose(result.sales + result.lost, batch.demand)
-    assert (result.executed[..., clsc2.O] <= batch.supply_up * params.cap_order + 1e-7).all()
+    # Row 1 within the spec's violation tolerance, 1e-6 * max(1, |rhs|): a raw order of a few
+    # 1e-7 kg while the supplier is down keeps the row (hypothesis found one at 1.3e-7 kg).
+    limit = batch.supply_up * params.cap_order
+    assert (result.executed[..., clsc2.O] <= limit + VIOLATION_TOL * torch.clamp(limit, min=1.0)).all()
     # Each window's settlement: U_r >= r (U_v + U_r) at its last period (after the action).
     left = batch.periods_left
     used_v = result.inputs[..., clsc2.ROW_INPUTS.index("used_virgin")] + result.executed[..., clsc2.UV]
