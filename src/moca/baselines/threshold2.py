@@ -5,7 +5,7 @@ One decision per period from what a planner sees at event 2 (post-arrival stocks
 pipeline, the window counters, supplier and market status, the regime, the demand seen so
 far; never ``d_t``, never how the scenario was drawn). The demand forecast ``f_t, f_{t+1},
 ...`` (units) is :func:`moca.forecast.seasonal_level_forecast`: a yearly harmonic fitted to
-the whole history seen, times a smoothed level that follows jumps within a few periods.
+the last 52 periods seen, times a smoothed level that follows jumps within a few periods.
 The stock thresholds are stated at a demand of ``demand_base`` units a period and scale
 with the forecast level. In the order the rule computes them:
 
