@@ -1,4 +1,4 @@
-"""`moca` on CLSC-2 with the user's own chain: --params on evaluate, adapt and continual
+"""`moca` on CLSC-2 with the user's own chain: --params on evaluate, adapt, continual and run
 (the scenarios, the oracle and the policy's scaling follow the file; a checkpoint trained
 on other params is used with a warning naming the fields, one whose input size they
 change is refused), evaluate --scenario on CLSC-2 scenario files (the file's "model"
@@ -149,6 +149,28 @@ def test_bad_params_for_clsc2_exit_2_naming_the_field(files, tmp_path):
     assert_bad_input(run("continual", "--model", "CLSC-2", "--sequence", sequence, "--params", bad), "cap_market")
     assert_bad_input(run("continual", "--model", "CLSC-2", "--sequence", sequence, "--params", tmp_path / "none.yaml"),
                      "none.yaml")
+    runs = tmp_path / "runs"
+    assert_bad_input(run("run", "--model", "CLSC-2", "--quick", "--params", bad, "--runs-dir", runs), "cap_market")
+    assert_bad_input(run("run", "--model", "CLSC-2", "--quick", "--params", longer, "--runs-dir", runs), "lag_return")
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_run_on_clsc2_takes_the_chain(files, tmp_path):
+    """`moca run --model CLSC-2 --params`: scenarios, oracle, peers and the policy's scaling on
+    the chain; the shipped meta-init (default chain) is used with a warning naming the fields."""
+    out_json = tmp_path / "run.json"
+    done = run("run", "--model", "CLSC-2", "--quick", "--params", files.params, "--methods", "moca", "--peers",
+               "threshold", "--scenarios", 1, "--runs-dir", tmp_path / "runs", "--json", out_json)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(out_json.read_text())
+    assert metrics["params"]["cap_order"] == CHAIN["cap_order"] and metrics["params"]["lost_sale_cost"] == 30
+    assert "cap_order" in metrics["params_note"] and "cap_order" in done.stderr
+    assert metrics["targets"]["violations"] == 0
+    chain = Params2(**CHAIN)
+    # the oracle cost behind every score is the chain's: T1's first test scenario, drawn on it
+    first = draw_scenario2(metrics["seeds"]["test"][0], TASKS_2["T1"], chain)
+    assert metrics["baselines"]["oracle"]["T1"]["mean_cost"] == pytest.approx(solve_oracle2(first).oracle_cost, rel=1e-9)
+    assert 0.5 < metrics["methods"]["moca"]["average_final_score"] <= 1.0 + 1e-9
 
 
 def test_adapt_writes_a_checkpoint_of_the_chain_that_evaluates_without_warning(files, tmp_path):

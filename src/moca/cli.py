@@ -990,9 +990,10 @@ def run(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs/<id>/ (CLSC-1) and runs/<id>-clsc2/ "
                                                                    "are created."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated subset of the methods."),
-    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " CLSC-1 only: without --model, "
-                                                                      "it runs CLSC-1 alone. (The README's figures "
-                                                                      "are for the default chain.)"),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " One world's chain: without "
+                                                                      "--model it runs CLSC-1 alone; with --model "
+                                                                      "CLSC-2, CLSC-2's names. (The README's figures "
+                                                                      "are for the default chains.)"),
     model: Optional[str] = typer.Option(None, "--model", help="One world only: CLSC-1 | CLSC-2 (T1-T3 with W = 52). "
                                                               "Default: both, CLSC-1 then CLSC-2."),
     peers: str = typer.Option("threshold,mpc,mpc-sampled", "--peers",
@@ -1008,8 +1009,6 @@ def run(
         worlds = [_chosen_model(model)] if model is not None else list(MODELS)
         if params_file is not None and model is None:
             worlds = ["CLSC-1"]  # said below, once every check has passed (an error stays one line)
-        if params_file is not None and worlds == ["CLSC-2"]:
-            raise UsageError("--params: CLSC-1 only for now (--model CLSC-2 uses the default CLSC-2 chain)")
         if json_file is not None:
             from moca.files import check_parent
 
@@ -1017,14 +1016,14 @@ def run(
                 raise UsageError(f"--json {json_file}: is a directory")
             check_parent(json_file, "--json")
         chosen_peers = _run_peers(peers)
-        params = _load_params(params_file) if "CLSC-1" in worlds else None
+        params = _load_params(params_file, worlds[0]) if params_file is not None else None
         from moca.continual import method_spec
 
         for m in chosen or []:
             method_spec(m)  # unknown names fail here, for both worlds
     if params_file is not None and model is None:
-        sys.stderr.write(f"moca: --params {params_file}: a CLSC-1 chain, so only CLSC-1 runs "
-                         "(CLSC-2 takes no --params yet)\n")
+        sys.stderr.write(f"moca: --params {params_file}: one chain's parameters, so only CLSC-1 runs "
+                         "(for a CLSC-2 chain: --model CLSC-2 --params FILE)\n")
     command = _command_line()
     results: dict[str, Any] = {}  # world -> (metrics, run dir)
     failures: dict[str, tuple[str, int]] = {}  # world -> (one-line message, exit code)
@@ -1036,7 +1035,8 @@ def run(
                 first = results.get("CLSC-1")
                 # The CLSC-2 folder takes the CLSC-1 run's time stamp: runs/<id> and runs/<id>-clsc2 pair up.
                 run_id = f"{first[0]['id'][:15]}-clsc2{'-quick' if quick else ''}" if first else None
-                results[world] = _run2(quick, runs_dir, chosen, chosen_peers, test_scenarios, command, run_id)
+                results[world] = _run2(quick, runs_dir, chosen, chosen_peers, test_scenarios, command, run_id,
+                                       params if world == "CLSC-2" else None)
         except Exception as err:  # one world's failure must not lose the other's run (its folder is written)
             failures[world] = _run_failure(err)
             if len(worlds) > 1:
@@ -1104,7 +1104,7 @@ def _run1(quick: bool, runs_dir: Path, methods: Optional[list[str]], params: Any
 
 
 def _run2(quick: bool, runs_dir: Path, methods: Optional[list[str]], peers: list[str], test_scenarios: Optional[int],
-          command: str, run_id: Optional[str] = None) -> tuple[dict, Path]:
+          command: str, run_id: Optional[str] = None, params: Any = None) -> tuple[dict, Path]:
     """The seed experiment on CLSC-2 (moca.experiment2): runs it, prints its table and target."""
     import torch
 
@@ -1119,7 +1119,7 @@ def _run2(quick: bool, runs_dir: Path, methods: Optional[list[str]], peers: list
     with _progress(False) as progress:
         bar = progress.add_task("moca run CLSC-2", total=None)
         metrics, run_dir = run_experiment2(quick=quick, methods=methods, runs_dir=runs_dir, config=config,
-                                           peers=peers, command=command, run_id=run_id,
+                                           peers=peers, command=command, run_id=run_id, params=params, warn=_warn,
                                            progress=lambda d: progress.update(bar, description=d))
     table = Table(title=f"moca run --model CLSC-2 {metrics['id']}: score = oracle cost / policy cost (1.0 = optimal)")
     for h in ("policy", *metrics["tasks"], "mean", "violations"):

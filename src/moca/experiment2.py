@@ -29,6 +29,7 @@ from moca.metrics import adaptation_speed, continual_metrics
 from moca.policy import Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
 from moca.regime import TASKS_2, Regime, RegimeSchedule
+from moca.scenario import Params2
 from moca.sim2 import ScenarioBatch2
 
 TEST_SEED = 1000
@@ -214,13 +215,17 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
                     config: ExperimentConfig | None = None,
                     peers: Sequence[str] = ("threshold", "mpc", "mpc-sampled"),
                     progress: Callable[[str], None] | None = None, command: str = "moca run --model CLSC-2",
-                    run_id: str | None = None) -> tuple[dict[str, Any], Path]:
+                    run_id: str | None = None, params: Params2 | None = None,
+                    warn: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Path]:
     """T1 -> T2 -> T3 (W = 52) on CLSC-2 for the learned methods beside the peers (the
     threshold rule tuned per regime now, with a budget shown in the metrics; the forecast
     MPC and the two-stage sampled MPC, the best peer of ``benchmarks/peers.json``) and the
     oracle, on the same test scenarios; writes ``runs/<id>-clsc2/metrics.json``,
     ``report.md`` and the PNG plots (:data:`moca.report.PLOTS_2`). ``run_id``: the folder's
-    name (default: the start time, ``-clsc2``, ``-quick`` for a quick run). Returns (metrics, run dir)."""
+    name (default: the start time, ``-clsc2``, ``-quick`` for a quick run). ``params``: another
+    chain (scenarios, oracle, peers and the policy's scaling; the shipped meta-init's weights
+    carry over, and ``warn`` gets one line when it was trained on other parameters).
+    Returns (metrics, run dir)."""
     from moca.baselines.peers import evaluate2, make_peer2
     from moca.baselines.threshold2 import tune_threshold2
     from moca.report import PLOTS_2, write_plots
@@ -234,6 +239,13 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
     started = time.perf_counter()
     torch.manual_seed(0)
     module, _ = load_policy2("default")  # the shipped architecture; methods start from their own init
+    params_note = None
+    if params is not None:
+        from moca.chain2 import retarget2
+
+        module, params_note = retarget2(module, params, "default")
+        if params_note and warn is not None:
+            warn(params_note)
     module.load_state_dict(LSTMPolicy2(module.params, module.config).state_dict())
     cache = OracleCache2(module.params)
     tell("drawing scenarios, oracle costs")
@@ -248,6 +260,7 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
                   "train": f"{SUPPORT_SEEDS.start}-{SUPPORT_SEEDS.start + config.train_size - 1}"},
         "tasks": [n for n, _ in tasks], "regimes": {n: r.model_dump() for n, r in tasks},
         "config": config.model_dump(mode="json"), "threshold_tuning": tuning, "baselines": {}, "methods": {},
+        "params": module.params.model_dump(mode="json"), "params_note": params_note,
     }
     for name in ("oracle", *peers):
         metrics["baselines"][name] = {}
@@ -257,8 +270,9 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
                 entry = {"score": 1.0, "mean_cost": float(np.mean(scorer.test_oracle[j])), "violations": 0}
             else:
                 began = time.perf_counter()
-                policy = (tune_threshold2(RegimeSchedule.constant(regime), train_seeds=tuning["train_seeds"],
-                                          budget=tuning["budget"]) if name == "threshold" else make_peer2(name))
+                policy = (tune_threshold2(RegimeSchedule.constant(regime), module.params,
+                                          train_seeds=tuning["train_seeds"], budget=tuning["budget"])
+                          if name == "threshold" else make_peer2(name))
                 summary = evaluate2(name, policy, scorer.test[j], scorer.test_oracle[j]).summary()
                 entry = {k: summary[k] for k in ("score", "mean_cost", "violations")}
                 entry["seconds"] = time.perf_counter() - began
