@@ -1016,7 +1016,8 @@ def run(
                 raise UsageError(f"--json {json_file}: is a directory")
             check_parent(json_file, "--json")
         chosen_peers = _run_peers(peers)
-        params = _load_params(params_file, worlds[0]) if params_file is not None else None
+        params = _load_params(params_file) if "CLSC-1" in worlds else None  # (the default chain without a file)
+        params2 = _load_params(params_file, "CLSC-2") if params_file is not None and worlds == ["CLSC-2"] else None
         from moca.continual import method_spec
 
         for m in chosen or []:
@@ -1036,7 +1037,7 @@ def run(
                 # The CLSC-2 folder takes the CLSC-1 run's time stamp: runs/<id> and runs/<id>-clsc2 pair up.
                 run_id = f"{first[0]['id'][:15]}-clsc2{'-quick' if quick else ''}" if first else None
                 results[world] = _run2(quick, runs_dir, chosen, chosen_peers, test_scenarios, command, run_id,
-                                       params if world == "CLSC-2" else None)
+                                       params2)
         except Exception as err:  # one world's failure must not lose the other's run (its folder is written)
             failures[world] = _run_failure(err)
             if len(worlds) > 1:
