@@ -4,7 +4,6 @@
 import json
 import math
 
-import numpy as np
 import pytest
 
 from moca.oracle import solve_oracle

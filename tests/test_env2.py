@@ -10,7 +10,6 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import moca
-from moca import clsc2
 from moca.env2 import ENV_ID_2, CircularSupplyChain2Env
 from moca.projection import project2_batch
 from moca.regime import TASKS_2

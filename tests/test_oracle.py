@@ -180,3 +180,12 @@ def test_solving_prints_nothing_on_stdout():
             "print(round(solve_oracle(draw_scenario(3)).oracle_cost))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().isdigit(), out
+
+
+def test_a_mandate_below_highs_small_matrix_value_is_kept():
+    """HiGHS drops matrix entries at or below 1e-9 by default: a mandate of 8.7e-10 would vanish
+    from the LP and its plan, replayed through the safety layer, would lose every sale."""
+    scenario = draw_scenario(1000, Regime(recycled_content_min=8.72950835282024e-10))
+    result = solve_oracle(scenario)
+    projected = replay([scenario], result.plan[None], safety.project_batch)[0]
+    assert projected == pytest.approx(result.oracle_cost, rel=RTOL)

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from moca.oracle2 import Window2, solve_oracle2, solve_window2, window2_at
@@ -102,6 +102,7 @@ def _inputs_from_plan(scenario, result) -> list[dict]:
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.floats(0.0, 0.95), st.floats(0.0, 2000.0), st.one_of(st.none(), st.floats(1.0, 6e4)), st.floats(0.0, 100.0),
        st.floats(0.0, 1.0), st.integers(1, 104), st.integers(0, 10_000))
+@example(8.72950835282024e-10, 0.0, None, 0.0, 0.0, 1, 0)  # a mandate below HiGHS's default small_matrix_value
 def test_oracle_plan_keeps_every_row_over_the_regime_space(r, tau, cap, lam, kappa, window, seed):
     """Any regime of the spec's ranges (a tiny emission cap included): the LP is feasible,
     its plan breaks no row or settlement when replayed, and replaying it costs no less

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from moca import safety
@@ -245,14 +245,22 @@ def _batch_inputs(cases, dtype=torch.float64):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(reachable_inputs(), raw2), min_size=1, max_size=12))
+@example([(({"virgin": 0.0, "recycled": 1.0, "cores_a": 0.0, "cores_b": 0.0, "periods_left": 0.0, "supply_up": 0.0,
+             "market_avail": 0.0, "used_virgin": 435.10526315789514, "used_recycled": 8266.0},
+            np.array([0.95, 0.0, math.inf, 0.0, 0.0])), np.zeros(9))])  # a settlement met only by using all M
 def test_batch_agrees_with_deployment_and_keeps_rows(cases):
     inputs = _batch_inputs([c[0] for c in cases])
     reg = np.stack([c[0][1] for c in cases])
     raw = np.stack([c[1] for c in cases])
     for dtype in (torch.float64, torch.float32):
-        out = project2_batch(torch.as_tensor(raw, dtype=dtype), {k: v.to(dtype) for k, v in inputs.items()}, reg, P2)
+        given_inputs = {k: v.to(dtype) for k, v in inputs.items()}
+        out = project2_batch(torch.as_tensor(raw, dtype=dtype), given_inputs, reg, P2)
         assert out.dtype == dtype
-        assert violations2(out.numpy().astype(np.float64), inputs, reg, P2) == 0
+        # Rows are kept for the inputs the layer is given: in float32 (training) the state
+        # itself is float32, and 435.105... kg rounded to float32 moves a window row by more
+        # than its absolute tolerance of 1e-6 (found by hypothesis; the example above).
+        seen = {k: v.double() for k, v in given_inputs.items()}
+        assert violations2(out.numpy().astype(np.float64), seen, reg, P2) == 0
     for i, (case, r) in enumerate(cases):
         np.testing.assert_allclose(out[i].numpy() / S2, project2(r, case[0], case[1], P2) / S2, atol=1e-5)
     # the inputs as one [B, 9] tensor in CLSC2_INPUTS order give the same

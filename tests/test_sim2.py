@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from moca import clsc2
 from moca.regime import Regime, RegimeSchedule
 from moca.scenario import Params2, Scenario2, draw_scenario2, draw_scenarios2
-from moca.sim2 import OpenLoop2, ScenarioBatch2, Simulator2, rollout2
+from moca.sim2 import OpenLoop2, ScenarioBatch2, rollout2
 from moca.world import VIOLATION_TOL
 
 PARAMS = Params2(horizon=3, lead_virgin=2, lag_return=2, init_virgin=100, init_recycled=50, init_product=30,

@@ -41,8 +41,8 @@ from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
 from moca.metrics import adaptation_speed, continual_metrics
 from moca.policy import (DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy,
                          with_params)
-from moca.regime import TASKS, Regime, RegimeSchedule, load_regime
-from moca.scenario import Params, Scenario, draw_scenarios
+from moca.regime import TASKS, Regime, RegimeSchedule
+from moca.scenario import Params, Scenario
 from moca.sim import COST_TERMS, ScenarioBatch, rollout
 
 TEST_SEED = 1000  #: first test seed (test scenarios: 1000, 1001, ...)

@@ -35,7 +35,7 @@ from scipy import sparse
 
 from moca import clsc2
 from moca.oracle import OracleError, _solver
-from moca.world import CLSC2_ROWS, max_recycled_use, regime_rows
+from moca.world import CLSC2_ROWS, regime_rows
 
 # Columns of one period.
 (O, OM, UV, UR, F, GA, GB, WA, WB, S, V, M, P, CA, CB, USED_V, USED_R, E) = range(18)

@@ -27,7 +27,6 @@ draw scenarios and run a policy); CLSC-1 is :class:`CLSC1Sweep`, CLSC-2 :class:`
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -35,7 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from moca.cluster import Backend
-from moca.regime import REGIME_FIELDS, REGIME_RANGES, Regime, RegimeError, load_regime
+from moca.regime import REGIME_RANGES, Regime, RegimeError, load_regime
 
 POLICIES: tuple[str, ...] = ("oracle", "mpc", "threshold", "moca")
 MAX_VALUES = 500  # a longer list is almost certainly a typo in a range's step

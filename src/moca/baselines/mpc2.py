@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from moca.forecast import DemandForecaster, ForecastConfig
-from moca.scenario import HISTORY, Params2, demand_curve2  # demand_curve2: re-exported for the informed MPC
+from moca.scenario import HISTORY, demand_curve2  # demand_curve2: re-exported for the informed MPC
 
 #: CLSC-2's forecaster (see the module docstring for the measurement behind it).
 CLSC2_FORECAST = ForecastConfig(kind="trig", refit_every=13)
