@@ -81,12 +81,14 @@ def load_scenario_files(paths: Sequence[Path], model: str | None) -> tuple[str, 
 
 
 def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSchedule, adapt_steps: int = 0,
-                         warn=None) -> dict[str, Any]:
+                         warn=None, cache: Any = None) -> dict[str, Any]:
     """Score the CLSC-2 policy checkpoint ``where`` (``"default"``: the shipped meta-init)
     on ``tests`` (one chain: their common params), after ``adapt_steps`` adaptation steps
     on support scenarios of ``plan`` drawn on that chain (seeds 800+, the weights of the
     best validation score over steps 0..K, validation seeds 900+). ``warn`` receives the
-    warning of :func:`retarget2`. The same summary as :func:`moca.experiment2.evaluate_learned2`."""
+    warning of :func:`retarget2`; ``cache`` (a :class:`moca.meta2.OracleCache2` of that chain)
+    keeps the oracle costs of a caller's run. :func:`moca.experiment2.evaluate_learned2` is
+    this on the checkpoint's own chain."""
     from moca.meta2 import OracleCache2, adapt2, load_policy2
     from moca.policy2 import MODEL, evaluate_policy2
 
@@ -94,7 +96,7 @@ def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSch
     module, warning = retarget2(module, tests[0].params, str(where))
     if warning and warn is not None:
         warn(warning)
-    cache = OracleCache2(module.params)
+    cache = cache if cache is not None else OracleCache2(module.params)
     weights, seconds = None, 0.0
     if adapt_steps:
         weights, curve = adapt2(module, None, plan, adapt_steps, cache=cache, keep_best=True)

@@ -24,7 +24,7 @@ from torch import Tensor
 from moca.continual import ContinualLearner, LearnStats, Task, method_spec
 from moca.experiment import ExperimentConfig, ExperimentError, machine
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS
-from moca.meta2 import OracleCache2, adapt2, load_policy2
+from moca.meta2 import OracleCache2, load_policy2
 from moca.metrics import adaptation_speed, continual_metrics
 from moca.policy import Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
@@ -189,21 +189,16 @@ def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, 
 def evaluate_learned2(where: str, plan: Any, seeds: Sequence[int], adapt_steps: int = 0,
                       cache: OracleCache2 | None = None) -> dict[str, Any]:
     """Score a CLSC-2 policy checkpoint (``"default"``: the shipped meta-init) on the test
-    scenarios of ``seeds``, after ``adapt_steps`` adaptation steps (support seeds 800+,
-    the weights of the best validation score over steps 0..K, validation seeds 900+)."""
-    module, meta = load_policy2(where)
-    cache = cache or OracleCache2(module.params)
-    tests = cache.scenarios(seeds, plan)
-    weights, seconds = None, 0.0
-    if adapt_steps:
-        weights, curve = adapt2(module, None, plan, adapt_steps, cache=cache, keep_best=True)
-        seconds = curve[-1]["seconds"]
-    out = evaluate_policy2(module, weights, tests, cache.costs(tests))
-    oracle = cache.costs(tests)
-    return {"policy": str(where), "model": MODEL, "score": out["score"], "scores": out["scores"],
-            "mean_cost": out["mean_cost"], "mean_oracle_cost": float(np.mean(oracle)),
-            "violations": out["violations"], "adapt_steps": adapt_steps, "adaptation_seconds": seconds,
-            "test_seeds": [int(seeds[0]), int(seeds[-1])], "checkpoint_command": meta.get("command")}
+    scenarios of ``seeds`` drawn on its own chain (:func:`moca.chain2.evaluate_learned_on2`:
+    after ``adapt_steps`` adaptation steps, support seeds 800+, the weights of the best
+    validation score over steps 0..K, validation seeds 900+)."""
+    from moca.chain2 import evaluate_learned_on2
+
+    if cache is None:
+        module, _ = load_policy2(where)
+        cache = OracleCache2(module.params)
+    out = evaluate_learned_on2(where, cache.scenarios(seeds, plan), plan, adapt_steps, cache=cache)
+    return {**out, "test_seeds": [int(seeds[0]), int(seeds[-1])]}
 
 
 def quick_config2() -> ExperimentConfig:

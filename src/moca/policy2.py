@@ -176,9 +176,7 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
     q = torch.clamp(x["forecast"][:, 1], min=1e-6)
     virgin_only = (p.emis_virgin * m + p.emis_produce) * q  # kg CO2 of a period made from virgin only
     saving = (p.emis_virgin - p.emis_recycle) * m * q
-    finite = torch.isfinite(cap)
-    cap_share = torch.where(finite, torch.clamp((virgin_only - torch.where(finite, cap, virgin_only)) / saving, 0.0, 1.0),
-                            tax * 0.0)
+    cap_share = torch.clamp((virgin_only - cap) / saving, 0.0, 1.0)  # no cap (+inf): -inf, clamped to 0
     return {"recover_a": recover_a, "recover_b": recover_b, "buy_market": buy_market, "dispose": dispose,
             "cap_share": cap_share}
 
