@@ -144,6 +144,28 @@ def test_rule_orders_no_virgin_for_production_that_could_not_be_sold():
     assert float(earlier[0]) > float(b[0])
 
 
+def test_rule_draws_its_virgin_safety_stock_down_over_the_last_half_year():
+    from moca.policy2 import VIRGIN_DRAWDOWN
+
+    # With s_V kg of safety stock, the order grows by s_V * min(1, (T - 1 - t - L_v) / 26)
+    # over the order without one: all of it half a year before the end, half of it 13
+    # periods later, none once no order can arrive before the last production.
+    flat = np.full(13, 1000.0)
+    stocks = (3000.0, 0.0, 1000.0, 0.0, 0.0)  # neither order reaches K_o
+    with_stock = THRESHOLDS.clone()
+    with_stock[0, 1] = 2000.0
+
+    def extra(t: float) -> float:
+        inputs = rule_inputs(flat, t=t, stocks=stocks, pipeline=0.0)
+        return float(base_rule2(with_stock, inputs, P2)[0, 0] - base_rule2(THRESHOLDS, inputs, P2)[0, 0])
+
+    assert VIRGIN_DRAWDOWN == 26.0
+    assert extra(10.0) == pytest.approx(2000.0)
+    assert extra(52.0 - 1.0 - 2.0 - 13.0) == pytest.approx(1000.0)
+    assert extra(52.0 - 1.0 - 2.0 - 26.0) == pytest.approx(2000.0)
+    assert extra(52.0 - 1.0 - 2.0) == pytest.approx(0.0)
+
+
 def test_meta_training_keeps_the_best_validated_weights():
     from moca.meta2 import MetaConfig2, meta_train2
     from moca.policy import PolicyConfig
@@ -157,3 +179,28 @@ def test_meta_training_keeps_the_best_validated_weights():
     from moca.meta2 import _validator, OracleCache2
 
     assert _validator(config, OracleCache2())(module) == pytest.approx(max(scores), rel=1e-9)
+
+
+def test_virgin_stock_benchmark_quick(tmp_path, monkeypatch):
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    import moca.policy2 as policy2
+
+    out = tmp_path / "rule2_virgin.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rule2_virgin.py"
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "argv", [script.name, "--quick", "--out", str(out)])
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(out.read_text())
+    assert policy2.VIRGIN_DRAWDOWN == result["shipped"]["drawdown"] == 26.0  # the script put it back
+    row = result["scores"]["T2"]
+    assert set(row) == {"3 periods, 2,013 kg", "26 periods, 8,000 kg"}
+    assert all(0 < v <= 1 + 1e-6 for v in row.values())
+    # On these two validation seeds the outage stock drawn down over half a year pays.
+    assert row["26 periods, 8,000 kg"] > row["3 periods, 2,013 kg"]

@@ -67,7 +67,7 @@ SEARCH_POWER_2 = np.array([1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0])
 def threshold2_bounds(params: Params2) -> np.ndarray:
     """``[7, 2]`` search box (units, kg, kg, kg, kg, cores, cores), scaled by the capacities."""
     kg, units = params.mass * params.cap_produce, params.cap_produce
-    return np.array([[0.0, 1.5 * units], [-1.0 * kg, 2.0 * kg], [0.0, 2.0 * kg], [0.0, 2.0 * kg],
+    return np.array([[0.0, 1.5 * units], [-1.0 * kg, 5.0 * kg], [0.0, 2.0 * kg], [0.0, 2.0 * kg],
                      [0.0, 5.0 * kg], [0.0, 2.0 * units], [0.0, 2.0 * units]])
 
 
