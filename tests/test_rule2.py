@@ -204,3 +204,41 @@ def test_virgin_stock_benchmark_quick(tmp_path, monkeypatch):
     assert all(0 < v <= 1 + 1e-6 for v in row.values())
     # On these two validation seeds the outage stock drawn down over half a year pays.
     assert row["26 periods, 8,000 kg"] > row["3 periods, 2,013 kg"]
+
+
+def test_demand_parts_compose_the_noise_free_curve():
+    from moca.regime import TASKS_2
+    from moca.scenario import HISTORY, demand_curve2, demand_parts2, draw_scenario2, season_factor2
+
+    for seed in (0, 901, 1004):
+        parts = demand_parts2(seed, P2)
+        k = np.arange(HISTORY + P2.horizon)
+        curve = P2.demand_base * np.exp(parts["log_level"]) * season_factor2(k, parts["amplitude"], parts["phase"])
+        assert np.array_equal(np.maximum(curve, 0.0), demand_curve2(seed, P2))
+        assert parts["log_level"][HISTORY - 1] == 0.0  # the level is 0 at the last history period
+        # The drawn demand is the curve times the period noise (log-normal, sigma 0.15).
+        demand = draw_scenario2(seed, TASKS_2["T2"], P2).demand
+        ratio = np.log(demand / demand_curve2(seed, P2)[HISTORY:])
+        assert abs(ratio.mean()) < 0.1 and 0.05 < ratio.std() < 0.3
+
+
+def test_ceiling_benchmark_quick(tmp_path, monkeypatch):
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "clsc2_ceiling.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_clsc2_ceiling.py"
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "argv", [script.name, "--quick", "--tasks", "T2", "--out", str(out)])
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads(out.read_text())["tasks"]["T2"]
+    assert list(rows) == ["own", "told level, drift, season", "told the noise-free curve", "told the demand"]
+    for row in rows.values():
+        assert 0 < row["score"] <= 1 + 1e-6 and row["safety_product"] in (300.0, 450.0) and row["lost_units"] >= 0
+    # Told the demand itself, the rule does better on the seeds its safety stock was picked on.
+    assert rows["told the demand"]["validation_score"] > rows["own"]["validation_score"]

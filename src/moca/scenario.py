@@ -668,9 +668,9 @@ def draw_scenario2(
                      demand_history=demand[:HISTORY])
 
 
-def _demand_curve2(rng: np.random.Generator, p: Params2) -> np.ndarray:
-    """``[52 + T]`` units: the demand before its period noise, from the generator's first
-    draws (drift, amplitude, phase, jump indicators, jump sizes, in that order)."""
+def _demand_parts2(rng: np.random.Generator, p: Params2) -> dict[str, Any]:
+    """The generator's first draws (drift, amplitude, phase, jump indicators, jump sizes, in
+    that order) and the log-level path ``[52 + T]`` they make."""
     n = HISTORY + p.horizon
     drift = rng.normal(0.0, p.demand_drift_sigma)
     amplitude = rng.uniform(p.demand_amp_lo, p.demand_amp_hi)
@@ -679,9 +679,29 @@ def _demand_curve2(rng: np.random.Generator, p: Params2) -> np.ndarray:
     jump_sizes = rng.normal(0.0, p.demand_jump_sigma, size=n)
     # The log-level walks with the drift and the jumps, shifted to 0 at the last history period.
     level = np.cumsum(drift + jumps * jump_sizes)
-    level = level - level[HISTORY - 1]
-    k = np.arange(n)
-    return p.demand_base * np.exp(level) * (1 + amplitude * np.sin(2 * np.pi * (k + phase) / 52))
+    return {"drift": float(drift), "amplitude": float(amplitude), "phase": float(phase),
+            "log_level": level - level[HISTORY - 1]}
+
+
+def season_factor2(k: np.ndarray, amplitude: float, phase: float) -> np.ndarray:
+    """The seasonal factor ``1 + A sin(2 pi (k + phase) / 52)`` of periods ``k`` (0 = the first
+    history period)."""
+    return 1 + amplitude * np.sin(2 * np.pi * (np.asarray(k) + phase) / 52)
+
+
+def _demand_curve2(rng: np.random.Generator, p: Params2) -> np.ndarray:
+    """``[52 + T]`` units: the demand before its period noise."""
+    parts = _demand_parts2(rng, p)
+    k = np.arange(HISTORY + p.horizon)
+    return p.demand_base * np.exp(parts["log_level"]) * season_factor2(k, parts["amplitude"], parts["phase"])
+
+
+def demand_parts2(seed: int | tuple[int, ...], params: Params2 = DEFAULT_PARAMS_2) -> dict[str, Any]:
+    """How the scenario :func:`draw_scenario2` draws with ``seed`` made its demand: ``drift``
+    (log-level per period), ``amplitude``, ``phase`` and ``log_level`` ``[52 + T]`` (jumps
+    included). A reference only (``benchmarks/bench_clsc2_ceiling.py`` asks what a rule told
+    them would score); no planner knows them."""
+    return _demand_parts2(np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed), params)
 
 
 def demand_curve2(seed: int | tuple[int, ...], params: Params2 = DEFAULT_PARAMS_2) -> np.ndarray:
