@@ -65,24 +65,44 @@ def test_cli_sweep_with_ray(local_ray, tmp_path):
     assert data["backend"]["kind"] == "ray" and data["policies"]["oracle"]["violations"] == [0, 0]
 
 
+def _local_and_on_ray(train, config, build, backend) -> tuple[dict, list, list]:
+    """Meta-train ``config`` locally and on ``backend`` (one torch thread, as the workers);
+    check the weights agree to 1e-6 and return how far each moved from the initial weights
+    (``build`` makes them) and both runs' step histories."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers run with one thread; so does the reference
+    try:
+        local, local_history = train(config)
+        distributed, history = train(config, backend=backend)
+    finally:
+        torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    init = dict(build(config.params, config.policy).named_parameters())
+    moved = {}
+    for (name, a), (_, b) in zip(local.named_parameters(), distributed.named_parameters()):
+        np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=0, atol=1e-6, err_msg=name)
+        moved[name] = float((a - init[name]).detach().abs().max())
+    return moved, local_history["steps"], history["steps"]
+
+
 @pytest.mark.parametrize("algorithm", ["fomaml", "reptile"])
 def test_meta_training_on_ray_gives_the_local_weights(local_ray, algorithm):
     config = MetaConfig(algorithm=algorithm, meta_steps=2, tasks_per_step=2, support_size=1, query_size=1,
                         max_seconds=None, policy=PolicyConfig(hidden=8))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers run with one thread; so does the reference
-    try:
-        local, local_history = meta_train(config)
-        distributed, history = meta_train(config, backend=local_ray)
-    finally:
-        torch.set_num_threads(threads)
-    torch.manual_seed(config.seed)
-    init = dict(LSTMPolicy(config.params, config.policy).named_parameters())
-    moved = 0.0
-    for (name, a), (_, b) in zip(local.named_parameters(), distributed.named_parameters()):
-        np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=0, atol=1e-6, err_msg=name)
-        moved = max(moved, float((a - init[name]).detach().abs().max()))
-    assert [s["support_score"] for s in history["steps"]] == pytest.approx(
-        [s["support_score"] for s in local_history["steps"]], rel=1e-5)
+    moved, local_steps, steps = _local_and_on_ray(meta_train, config, LSTMPolicy, local_ray)
+    assert [s["support_score"] for s in steps] == pytest.approx([s["support_score"] for s in local_steps], rel=1e-5)
     # Two Adam steps of 1e-3 moved the weights, so agreeing is not trivial.
-    assert moved > 5e-4
+    assert max(moved.values()) > 5e-4
+
+
+def test_clsc2_meta_training_on_ray_gives_the_local_weights(local_ray):
+    from moca.meta2 import MetaConfig2, meta_train2
+    from moca.policy2 import LSTMPolicy2
+
+    config = MetaConfig2(meta_steps=2, tasks_per_step=2, support_size=1, query_size=1, max_seconds=None,
+                         validate_every=0, policy=PolicyConfig(hidden=8))
+    moved, local_steps, steps = _local_and_on_ray(meta_train2, config, LSTMPolicy2, local_ray)
+    for key in ("support_score", "query_score"):
+        assert [s[key] for s in steps] == pytest.approx([s[key] for s in local_steps], rel=1e-5)
+    # Both Adam groups moved (the base rule's at 30x the rate), so agreeing is not trivial.
+    assert moved["rule_bias"] > 1e-2 and max(v for k, v in moved.items() if not k.startswith("rule_")) > 1e-3

@@ -543,23 +543,11 @@ def train(
 
     with _bad_input():
         if _chosen_model(model) == "CLSC-2":
-            if ray_address is not None:
-                raise UsageError("--ray: meta-training on Ray is CLSC-1 only: CLSC-2's meta-step (moca.meta2) "
-                                 "runs all its regimes in one process and has no sharded path yet; drop --ray "
-                                 "(--max-seconds bounds the run; docs/SCALE.md, 'CLSC-2')")
-            return _train2(output, config_file, params_file, init, seed, steps, max_seconds, as_json)
+            return _train2(output, config_file, params_file, init, seed, steps, max_seconds, as_json,
+                           ray_address, ray_cpus)
         config = MetaConfig(**_train_fields(config_file, params_file, init, seed, steps, max_seconds, "CLSC-1"))
         _output_dir(output)
-    backend = None
-    if ray_address is not None:
-        from moca.cluster import BackendError, backend_from_options
-
-        try:
-            backend = backend_from_options(ray_address, ray_cpus)
-            backend.start()
-        except BackendError as err:
-            err_console.print(f"moca: error: {_message(err)}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
+    backend = _train_backend(ray_address, ray_cpus)
     try:
         with _progress(as_json) as progress:
             module, history = meta_train(config, progress=progress, backend=backend)
@@ -614,8 +602,25 @@ def _train_fields(config_file: Optional[Path], params_file: Optional[Path], init
     return fields
 
 
+def _train_backend(ray_address: Optional[str], ray_cpus: int):
+    """The started Ray backend of ``--ray`` (None without it); an unreachable cluster or a
+    missing Ray exits 2 naming it."""
+    if ray_address is None:
+        return None
+    from moca.cluster import BackendError, backend_from_options
+
+    try:
+        backend = backend_from_options(ray_address, ray_cpus)
+        backend.start()
+    except BackendError as err:
+        err_console.print(f"moca: error: {_message(err)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    return backend
+
+
 def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Path], init: Optional[str],
-            seed: Optional[int], steps: Optional[int], max_seconds: Optional[float], as_json: bool) -> None:
+            seed: Optional[int], steps: Optional[int], max_seconds: Optional[float], as_json: bool,
+            ray_address: Optional[str] = None, ray_cpus: int = 2) -> None:
     """``moca train --model CLSC-2``: meta-train moca.policy2's policy (moca.meta2)."""
     fields = _train_fields(config_file, params_file, init, seed, steps, max_seconds, "CLSC-2")
     _output_dir(output)
@@ -625,9 +630,15 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
 
     config = MetaConfig2(**fields)
     torch.set_num_threads(1)  # small batches: threads only contend (2 shared cores)
-    with _progress(as_json) as progress:
-        bar = progress.add_task("meta-training CLSC-2", total=config.meta_steps)
-        module, history = meta_train2(config, progress=lambda step, total, info: progress.update(bar, completed=step))
+    backend = _train_backend(ray_address, ray_cpus)
+    try:
+        with _progress(as_json) as progress:
+            bar = progress.add_task("meta-training CLSC-2", total=config.meta_steps)
+            module, history = meta_train2(config, progress=lambda step, total, info: progress.update(bar, completed=step),
+                                          backend=backend)
+    finally:
+        if backend is not None:
+            backend.stop()
     validation = history["validation"]
     selected = history.get("selected_step", validation[-1]["step"] if validation else None)
     scores = {"validation_zero_shot_before": validation[0]["score"] if validation else None,

@@ -87,20 +87,25 @@ class MetaConfig2(MetaConfig):
     keep_best: bool = Field(True, description="end on the weights of the best validation score (needs validate_every)")
 
 
-def _task_losses(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: torch.Tensor, group: int,
+def task_losses2(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: torch.Tensor, group: int,
                  correction_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Each task's mean loss over its ``group`` scenarios (rows task after task), and the
+    batch's mean score and correction."""
     per, ratio, correction = episode_losses2(module, [l.weights for l in learners], batch, oracle,
                                              [group] * len(learners), correction_weight)
     return per.view(len(learners), group).mean(1), {"score": float((1.0 / ratio.detach()).mean()),
                                                     "correction": float(correction.detach().mean())}
 
 
-def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, int, dict], None] | None = None
-                ) -> tuple[LSTMPolicy2, dict[str, Any]]:
+def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, int, dict], None] | None = None,
+                backend: Any = None) -> tuple[LSTMPolicy2, dict[str, Any]]:
     """Meta-train a CLSC-2 initialisation (as :func:`moca.meta.meta_train`: per step
     ``tasks_per_step`` regimes, inner steps on support scenarios, the outer step from the
     query scenarios or, for Reptile, the learners' displacement, plus ``zero_shot_weight``
-    times the loss before adaptation). Returns the module and the history."""
+    times the loss before adaptation). ``backend``: a started :class:`moca.cluster.Backend`
+    (e.g. Ray) to run each step's tasks on workers (:mod:`moca.meta_dist`); the draws, the
+    Adam step (both parameter groups) and the validation stay here, so the weights are the
+    local run's to round-off. Returns the module and the history."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     module = LSTMPolicy2(config.params, config.policy)
@@ -125,21 +130,27 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
         tasks = [sample_task2(rng, config.named_share) for _ in range(config.tasks_per_step)]
         seeds = [rng.choice(len(META_SEEDS), config.support_size + config.query_size, replace=False) + META_SEEDS.start
                  for _ in tasks]
-        support, support_oracle = cache.batch(tasks, [s[:config.support_size] for s in seeds])
-        learners = [meta.clone() for _ in tasks]
-        for _ in range(config.inner_steps):
-            losses, info = _task_losses(module, learners, support, support_oracle, config.support_size,
-                                        config.correction_weight)
-            meta.adapt_all(learners, losses.sum())
-        entry: dict[str, Any] = {"step": step, "support_score": info["score"], "correction": info["correction"]}
-        if config.algorithm == "reptile":
-            grad_norm = meta.outer_step(learners)
+        if backend is not None:  # the tasks' inner loops on workers (moca.meta_dist)
+            from moca.meta_dist import distributed_step
+
+            distributed, grad_norm = distributed_step(meta, config, tasks, seeds, backend)
+            entry: dict[str, Any] = {"step": step, **distributed}
         else:
-            query, query_oracle = cache.batch(tasks, [s[config.support_size:] for s in seeds])
-            losses, query_info = _task_losses(module, learners, query, query_oracle, config.query_size,
-                                              config.correction_weight)
-            grad_norm = meta.outer_step(learners, losses.mean())
-            entry["query_score"] = query_info["score"]
+            support, support_oracle = cache.batch(tasks, [s[:config.support_size] for s in seeds])
+            learners = [meta.clone() for _ in tasks]
+            for _ in range(config.inner_steps):
+                losses, info = task_losses2(module, learners, support, support_oracle, config.support_size,
+                                            config.correction_weight)
+                meta.adapt_all(learners, losses.sum())
+            entry = {"step": step, "support_score": info["score"], "correction": info["correction"]}
+            if config.algorithm == "reptile":
+                grad_norm = meta.outer_step(learners)
+            else:
+                query, query_oracle = cache.batch(tasks, [s[config.support_size:] for s in seeds])
+                losses, query_info = task_losses2(module, learners, query, query_oracle, config.query_size,
+                                                  config.correction_weight)
+                grad_norm = meta.outer_step(learners, losses.mean())
+                entry["query_score"] = query_info["score"]
         entry["meta_grad_norm"] = grad_norm
         entry["seconds"] = time.perf_counter() - started
         if validate is not None and (step % config.validate_every == 0 or step == config.meta_steps):
@@ -250,4 +261,4 @@ def load_policy2(directory: str | Path) -> tuple[LSTMPolicy2, dict[str, Any]]:
 
 
 __all__ = ["MetaConfig2", "OracleCache2", "SHIPPED_2", "adapt2", "load_policy2", "meta_train2", "sample_task2",
-           "save_policy2"]
+           "save_policy2", "task_losses2"]

@@ -18,7 +18,7 @@ order).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,25 +46,44 @@ class MetaTaskResult:
     query_score: float | None
 
 
+def _world(config: dict[str, Any]) -> tuple[Any, Callable[[], Any], Callable, Callable]:
+    """The job's world as the meta-step uses it: its config, a builder of its policy module,
+    ``batch(regimes, seeds) -> (scenarios, oracle costs)`` and its task losses
+    (``moca.meta`` for CLSC-1, ``moca.meta2`` for CLSC-2: same signatures)."""
+    if config.get("model", "CLSC-1") == "CLSC-2":
+        from moca.meta2 import MetaConfig2, OracleCache2, task_losses2
+        from moca.policy2 import LSTMPolicy2
+
+        world_config = MetaConfig2(**config)
+        return (world_config, lambda: LSTMPolicy2(world_config.params, world_config.policy),
+                OracleCache2(world_config.params).batch, task_losses2)
+    from moca.meta import MetaConfig, OracleCache, task_batch, task_losses
+    from moca.policy import LSTMPolicy
+
+    world_config = MetaConfig(**config)
+    cache = OracleCache(world_config.params)
+    return (world_config, lambda: LSTMPolicy(world_config.params, world_config.policy),
+            lambda regimes, seeds: task_batch(cache, regimes, seeds), task_losses)
+
+
 def task_direction(job: MetaTaskJob) -> MetaTaskResult:
     """A share of a meta step's tasks: their inner loops and the mean of their outer
-    terms, computed as :func:`moca.meta.meta_train` computes them (the share's tasks in
-    one batched rollout, each group of rows acted on with its own learner's weights)."""
-    from moca.meta import MetaConfig, MetaLearner, OracleCache, task_batch, task_losses
-    from moca.policy import LSTMPolicy
+    terms, computed as :func:`moca.meta.meta_train` (CLSC-1) or :func:`moca.meta2.meta_train2`
+    (CLSC-2, the config's ``model``) computes them (the share's tasks in one batched
+    rollout, each group of rows acted on with its own learner's weights)."""
+    from moca.meta import MetaLearner
     from moca.regime import Regime
 
-    config = MetaConfig(**job.config)
+    config, build, task_batch, task_losses = _world(job.config)
     with torch.random.fork_rng(devices=[]):  # building the module must not move the caller's torch stream
-        module = LSTMPolicy(config.params, config.policy)
+        module = build()
     with torch.no_grad():
         for name, p in module.named_parameters():
             p.copy_(torch.from_numpy(job.weights[name]))
     meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr,
                        config.inner_clip, config.zero_shot_weight)
-    cache = OracleCache(config.params)
     regimes = [Regime(**r) for r in job.regimes]
-    support, support_oracle = task_batch(cache, regimes, [list(s) for s in job.support_seeds])
+    support, support_oracle = task_batch(regimes, [list(s) for s in job.support_seeds])
     learners = [meta.clone() for _ in regimes]
     for _ in range(config.inner_steps):
         losses, info = task_losses(module, learners, support, support_oracle, config.support_size,
@@ -74,7 +93,7 @@ def task_direction(job: MetaTaskJob) -> MetaTaskResult:
     if config.algorithm == "reptile":
         direction = meta.meta_gradient(learners)
     else:
-        query, query_oracle = task_batch(cache, regimes, [list(s) for s in job.query_seeds])
+        query, query_oracle = task_batch(regimes, [list(s) for s in job.query_seeds])
         losses, query_info = task_losses(module, learners, query, query_oracle, config.query_size,
                                          config.correction_weight)
         direction = meta.meta_gradient(learners, losses.mean())
