@@ -36,11 +36,11 @@ import torch
 from moca.baselines.threshold2 import THRESHOLD2_NAMES, threshold2_bounds
 from moca.experiment import machine
 from moca.files import write_atomic
-from moca.oracle2 import solve_oracle2
+from moca.meta2 import OracleCache2
 from moca.policy2 import RULE_LOOKAHEAD, RULE_START, base_rule2, rule_inputs
 from moca.projection import project2_batch
 from moca.regime import TASKS_2
-from moca.scenario import DEFAULT_PARAMS_2, HISTORY, demand_curve2, demand_parts2, draw_scenario2, season_factor2
+from moca.scenario import DEFAULT_PARAMS_2, HISTORY, demand_curve2, demand_parts2, season_factor2
 from moca.sim2 import ScenarioBatch2, rollout2
 
 HERE = Path(__file__).parent
@@ -83,11 +83,14 @@ class ToldRule:
         return base_rule2(thresholds, x, self.params)
 
 
+#: Scenarios are drawn and their oracle costs solved once per (seed, task), not per grid point.
+CACHE = OracleCache2(DEFAULT_PARAMS_2)
+
+
 def scores(seeds: list[int], task: str, thresholds: np.ndarray, forecast: str) -> tuple[float, float]:
     """Mean score and mean lost units a year of the told rule on ``seeds``."""
-    p = DEFAULT_PARAMS_2
-    scenarios = [draw_scenario2(s, TASKS_2[task], p) for s in seeds]
-    oracle = np.array([solve_oracle2(s).oracle_cost for s in scenarios])
+    scenarios = CACHE.scenarios(seeds, TASKS_2[task])
+    oracle = CACHE.costs(scenarios)
     with torch.no_grad():
         out = rollout2(ScenarioBatch2.from_scenarios(scenarios, dtype=torch.float64),
                        ToldRule(thresholds, forecast, seeds), project2_batch)

@@ -4,32 +4,18 @@ benchmark script's ``--quick`` path (the measured runs live in benchmarks/)."""
 from __future__ import annotations
 
 import json
-import runpy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from _bench import run_script
 from moca.ablation import ROWS, AblationError, world
 from moca.response import ACTION_INDEX_2, ResponseError, measure, response_world, sweep_regime
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _run_script(name: str, args: list[str], monkeypatch) -> None:
-    threads = torch.get_num_threads()  # the scripts pin one thread; give the suite its own back
-    monkeypatch.setattr(sys, "argv", [name, *args])
-    try:
-        runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_ablation_clsc2_quick(tmp_path, monkeypatch):
     out = tmp_path / "ablation2.json"
-    _run_script("bench_ablation.py", ["--world", "CLSC-2", "--quick", "--out", str(out)], monkeypatch)
+    run_script("bench_ablation.py", ["--world", "CLSC-2", "--quick", "--out", str(out)], monkeypatch)
     result = json.loads(out.read_text())
     assert result["world"] == "CLSC-2" and result["tasks"] == ["T1", "T2", "T3"] and result["quick"]
     assert len(result["meta_init"]["weights_sha256"]) == 64  # which shipped meta-init was read
@@ -56,7 +42,7 @@ def test_ablation_clsc2_quick(tmp_path, monkeypatch):
 
 def test_regime_response_clsc2_quick(tmp_path, monkeypatch):
     out = tmp_path / "regime_response2.json"
-    _run_script("bench_regime_response.py", ["--world", "CLSC-2", "--quick", "--out", str(out)], monkeypatch)
+    run_script("bench_regime_response.py", ["--world", "CLSC-2", "--quick", "--out", str(out)], monkeypatch)
     result = json.loads(out.read_text())
     assert result["world"] == "CLSC-2" and list(result["rules"]) == ["carbon_tax"]
     points = result["rules"]["carbon_tax"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from _bench import run_script
 from moca.forecast import seasonal_level_forecast
 from moca.policy2 import base_rule2, routing_economics
 from moca.scenario import DEFAULT_PARAMS_2
@@ -183,20 +184,11 @@ def test_meta_training_keeps_the_best_validated_weights():
 
 def test_virgin_stock_benchmark_quick(tmp_path, monkeypatch):
     import json
-    import runpy
-    import sys
-    from pathlib import Path
 
     import moca.policy2 as policy2
 
     out = tmp_path / "rule2_virgin.json"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rule2_virgin.py"
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(sys, "argv", [script.name, "--quick", "--out", str(out)])
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    finally:
-        torch.set_num_threads(threads)
+    run_script("bench_rule2_virgin.py", ["--quick", "--out", str(out)], monkeypatch)
     result = json.loads(out.read_text())
     assert policy2.VIRGIN_DRAWDOWN == result["shipped"]["drawdown"] == 26.0  # the script put it back
     row = result["scores"]["T2"]
@@ -224,18 +216,9 @@ def test_demand_parts_compose_the_noise_free_curve():
 
 def test_ceiling_benchmark_quick(tmp_path, monkeypatch):
     import json
-    import runpy
-    import sys
-    from pathlib import Path
 
     out = tmp_path / "clsc2_ceiling.json"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_clsc2_ceiling.py"
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(sys, "argv", [script.name, "--quick", "--tasks", "T2", "--out", str(out)])
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    finally:
-        torch.set_num_threads(threads)
+    run_script("bench_clsc2_ceiling.py", ["--quick", "--tasks", "T2", "--out", str(out)], monkeypatch)
     rows = json.loads(out.read_text())["tasks"]["T2"]
     assert list(rows) == ["own", "told level, drift, season", "told the noise-free curve", "told the demand"]
     for row in rows.values():

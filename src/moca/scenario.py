@@ -250,6 +250,12 @@ def _check_series(name: str, values: np.ndarray, horizon: int, low: float, high:
             raise ScenarioError(f"{where(bad[0])}={values[bad[0]]} must be <= {high:g}")
 
 
+def _seed_rng(seed: int | tuple[int, ...]) -> np.random.Generator:
+    """The generator a scenario draw starts from for ``seed`` (an int, or a tuple of ints as a
+    list seed)."""
+    return np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed)
+
+
 def draw_scenario(
     seed: int | tuple[int, ...],
     regime: Regime | RegimeSchedule | None = None,
@@ -258,7 +264,7 @@ def draw_scenario(
     """Draw demand and returns for one scenario, seeded (spec, "Exogenous draws")."""
     if any(int(s) < 0 for s in (seed if isinstance(seed, tuple) else (seed,))):
         raise ScenarioError(f"seed={seed!r}: seeds must be >= 0")
-    demand, return_frac = draw_exogenous(np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed), params, 1)
+    demand, return_frac = draw_exogenous(_seed_rng(seed), params, 1)
     schedule = _as_schedule(regime)
     return Scenario(params=params, schedule=schedule, demand=demand[0], return_frac=return_frac[0])
 
@@ -644,7 +650,7 @@ def draw_scenario2(
     amplitude, phase, jump indicators [52+T], jump sizes [52+T], demand noise [52+T],
     return noise [T], grade shares [T, 3], supplier transitions [T], market availability [T].
     """
-    rng = np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed)
+    rng = _seed_rng(seed)
     p = params
     T, n = p.horizon, HISTORY + p.horizon
     curve = _demand_curve2(rng, p)
@@ -701,15 +707,15 @@ def demand_parts2(seed: int | tuple[int, ...], params: Params2 = DEFAULT_PARAMS_
     (log-level per period), ``amplitude``, ``phase`` and ``log_level`` ``[52 + T]`` (jumps
     included). A reference only (``benchmarks/bench_clsc2_ceiling.py`` asks what a rule told
     them would score); no planner knows them."""
-    return _demand_parts2(np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed), params)
+    return _demand_parts2(_seed_rng(seed), params)
+
 
 
 def demand_curve2(seed: int | tuple[int, ...], params: Params2 = DEFAULT_PARAMS_2) -> np.ndarray:
     """``[52 + T]`` units: the noise-free demand of the scenario :func:`draw_scenario2` draws
     with ``seed`` (``demand = curve * noise``). Only a reference policy told the demand model
     may read it (the informed MPC); no planner knows it."""
-    return np.maximum(_demand_curve2(np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed), params),
-                      0.0)
+    return np.maximum(_demand_curve2(_seed_rng(seed), params), 0.0)
 
 
 def _draw_grades(rng: np.random.Generator, mean: np.ndarray, concentration: float, count: int) -> np.ndarray:

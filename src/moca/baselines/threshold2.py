@@ -32,8 +32,9 @@ with the forecast level. In the order the rule computes them:
 * **dispose** cores above a level ``L_w`` (grade B first), within the recovery target, and
   only where disposal (``c_w + lambda``) costs less than holding the core to the end;
 * **order** virgin for ``q_{t+1} + ... + q_{t+L_v+1}`` net of the recycled share supply
-  brings, plus a safety stock ``s_V`` that shrinks with the production periods the order
-  can still serve, up to the inventory position, when the supplier accepts orders.
+  brings, plus a safety stock ``s_V`` against supplier outages, drawn down over the last
+  :data:`moca.policy2.VIRGIN_DRAWDOWN` periods, up to the inventory position, when the
+  supplier accepts orders.
 
 Near the end it stops what can no longer pay: no production or refurbishment in the last
 period, no virgin for it, no recovery or market purchase whose material could not be sold,

@@ -1,0 +1,20 @@
+"""Running a benchmark script's ``--quick`` path inside the test process."""
+
+import runpy
+import sys
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, args: list[str], monkeypatch) -> None:
+    """Run ``benchmarks/<name>`` as ``__main__`` with ``args``; the scripts pin one torch
+    thread, so the suite gets its own count back afterwards."""
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    try:
+        runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
