@@ -11,12 +11,13 @@ seed tasks T1-T3, on test seeds 1000.. (20 per regime):
 
 * **moca**: :func:`moca.portfolio.adapt_portfolio` from the shipped ``default`` with the
   shipped map (``src/moca/data/map-clsc1``), after each of ``--steps`` steps (a separate
-  adaptation per step count): both candidates adapted on the same support scenarios
-  (seeds 800-807), the one with the better score on validation scenarios (seeds 900+,
+  adaptation per step count): the three candidates (the checkpoint, the LSTM over the
+  mapped rule, the LSTM over the rolling LP) adapted on the same support scenarios (seeds
+  800-807), the one with the best score on validation scenarios (seeds 900+,
   ``--validation``) deployed. Its seconds are the wall clock of the whole choice with a
-  fresh oracle cache (support and validation oracle solves, base selection, both
+  fresh oracle cache (support and validation oracle solves, base selections, the
   adaptations and their validation scoring). Scores on the training path, as the README's
-  generalisation table; both candidates' test scores are recorded too.
+  generalisation table; every candidate's test score is recorded too.
 * **threshold**: re-tuned for the regime (``tune_threshold`` defaults), tuning seconds.
 * **mpc**: the calibrated rolling LP (safety stock 100), not tuned (0 s).
 * **mpc-informed / mpc-forecast / mpc-sampled**: safety stock re-tuned for the regime
@@ -59,6 +60,7 @@ from moca.report import markdown_table  # noqa: E402
 from moca.scenario import Params, draw_training_scenarios  # noqa: E402
 
 MPC_TUNED = ("mpc-informed", "mpc-forecast", "mpc-sampled")
+CANDIDATES = ("default", "map", "mpc")  # moca.portfolio's, in its order
 
 
 def log(text: str) -> None:
@@ -127,7 +129,7 @@ def table(result: dict) -> str:
     peers = result["peers"]
     last = steps[-1]
     headers = (["regime"] + [f"moca {k}" for k in steps] + ["chosen (" + "/".join(steps) + ")", f"moca s ({last})",
-                                                           f"default {last}", f"map {last}"]
+                                                           f"default {last}", f"map {last}", f"mpc {last}"]
                + [x for p in peers for x in ((p,) if p == "mpc" else (p, "s"))] + ["best peer"])
     rows, sums = [], {}
     regimes = result["regimes"]
@@ -136,7 +138,7 @@ def table(result: dict) -> str:
         cells.append("/".join(e["moca"][k]["chosen"] for k in steps))
         cells.append(f"{e['moca'][last]['seconds']:.1f}")
         candidates = e["moca"][last]["candidates"]
-        cells += [f"{candidates[n]['test_score']:.3f}" if n in candidates else "–" for n in ("default", "map")]
+        cells += [f"{candidates[n]['test_score']:.3f}" if n in candidates else "–" for n in CANDIDATES]
         for p in peers:
             cells.append(f"{e['peers'][p]['score']:.3f}")
             if p != "mpc":
@@ -152,7 +154,7 @@ def table(result: dict) -> str:
         mean = lambda f: float(np.mean([f(regimes[k]) for k in labels]))  # noqa: E731
         cells = [f"**{group}**"] + [f"**{mean(lambda e, k=k: e['moca'][k]['score']):.4f}**" for k in steps] + ["", ""]
         cells += [f"{mean(lambda e, n=n: e['moca'][last]['candidates'][n]['test_score']):.4f}"
-                  if all(n in regimes[k]["moca"][last]["candidates"] for k in labels) else "" for n in ("default", "map")]
+                  if all(n in regimes[k]["moca"][last]["candidates"] for k in labels) else "" for n in CANDIDATES]
         for p in peers:
             cells.append(f"{mean(lambda e, p=p: e['peers'][p]['score']):.4f}")
             if p != "mpc":

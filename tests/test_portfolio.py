@@ -1,5 +1,5 @@
-"""The shipped threshold map, the adaptation portfolio (checkpoint vs mapped policy, chosen
-on validation scenarios), mapped-policy checkpoints and the mapped policy on the deployment
+"""The shipped threshold map, the adaptation portfolio (its candidates chosen on validation
+scenarios), mapped-policy checkpoints and the mapped policy on the deployment
 path (every executed action feasible)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moca import checkpoint, safety
+from moca import checkpoint
 from moca.checkpoint import CheckpointError
 from moca.meta import OracleCache
 from moca.policy import DeployedPolicy, LSTMPolicy, evaluate_policy
@@ -24,6 +24,7 @@ from moca.regime_map import (MAP_FILE, SHIPPED_MAP, RegimeMapError, ThresholdMap
                              load_mapped_policy, mapped_policy, save_map, save_mapped_policy, select_thresholds)
 from moca.scenario import Params
 from tests._cli import assert_bad_input, run
+from tests._feasible import check_three_periods
 
 SHIPPED, FIT = load_map()
 
@@ -79,8 +80,9 @@ def test_the_portfolio_keeps_the_candidate_with_the_better_validation_score():
     result = adapt_portfolio(good, regime, 0, threshold_map=corner, select=2, cache=cache, support=support,
                              validation=validation)
     scores = {n: c.validation_score for n, c in result.candidates.items()}
-    assert set(scores) == {"default", "map"} and scores["default"] > scores["map"]
-    assert result.chosen.name == "default" and result.chosen.module is good
+    assert list(scores) == ["default", "map", "mpc"] and scores["default"] > scores["map"]
+    assert result.chosen.name == max(scores, key=scores.get)  # the best, the first of equals
+    assert result.candidates["default"].module is good
     # 2. A checkpoint that orders far too much: the mapped policy (shipped map) wins.
     bad = LSTMPolicy()
     with torch.no_grad():
@@ -88,14 +90,14 @@ def test_the_portfolio_keeps_the_candidate_with_the_better_validation_score():
     result = adapt_portfolio(bad, regime, 1, threshold_map=SHIPPED, select=2, cache=cache, support=support,
                              validation=validation)
     scores = {n: c.validation_score for n, c in result.candidates.items()}
-    assert scores["map"] > scores["default"] and result.chosen.name == "map"
+    assert scores["map"] > scores["default"] and result.chosen.name == max(scores, key=scores.get)
     # The score that chose is the chosen weights' score on the validation scenarios, and the
     # summary says so; the seconds cover both candidates.
     chosen = result.chosen
     assert evaluate_policy(chosen.module, chosen.weights, validation, oracle)["score"] == pytest.approx(
         chosen.validation_score, abs=1e-9)
     summary = result.summary()
-    assert summary["chosen"] == "map" and result.seconds >= sum(c.seconds for c in result.candidates.values())
+    assert summary["chosen"] == chosen.name and result.seconds >= sum(c.seconds for c in result.candidates.values())
     # Only one candidate when asked; the map refused for other params.
     assert set(adapt_portfolio(good, regime, 0, base="default", cache=cache, support=support,
                                validation=validation).candidates) == {"default"}
@@ -152,26 +154,12 @@ def test_mapped_checkpoint_round_trips_and_refuses_corruption(tmp_path):
 
 
 DEPLOYED = DeployedPolicy(_mapped(1))
-amount = st.floats(0, 8000, allow_nan=False)
 
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_every_mapped_deployed_action_is_feasible(data):
-    params = DEPLOYED.params
-    cap = data.draw(st.one_of(st.just(math.inf), st.floats(500, 60000)))
-    regime = np.array([data.draw(st.floats(0, 0.95)), data.draw(st.floats(0, 2000)), cap,
-                       data.draw(st.floats(0, 100)), data.draw(st.floats(0, 1))])
-    DEPLOYED.reset()
-    start = data.draw(st.integers(0, params.horizon - 3))
-    for t in range(start, start + 3):
-        stocks = np.array([data.draw(amount) for _ in range(5)])
-        pipeline = np.array([data.draw(amount) for _ in range(params.lead_virgin - 1)])
-        history = np.array([data.draw(amount) for _ in range(params.lag_return)])
-        action = DEPLOYED.decide(t, stocks, pipeline, history, regime, data.draw(st.floats(0, 1)),
-                                 data.draw(st.one_of(st.none(), amount)))
-        assert np.isfinite(action).all() and np.isfinite(DEPLOYED.last_raw).all()
-        assert safety.is_feasible(action, stocks[0], stocks[1], stocks[3], regime, params)
+    check_three_periods(DEPLOYED, data)
 
 
 def test_adapt_cli_with_the_map_writes_and_reloads_the_winner(tmp_path):

@@ -16,7 +16,7 @@ import tempfile
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -118,6 +118,31 @@ def load(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         if not torch.isfinite(tensor).all():
             raise CheckpointError(f"checkpoint {directory}: tensor {name!r} holds NaN or infinite values")
     return weights, meta
+
+
+def load_kind(directory: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """:func:`load` a checkpoint that must declare ``kind``: its weights, its JSON and its path."""
+    weights, meta = load(directory)
+    where = resolve(directory)
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {where}: kind: {meta.get('kind')!r}, expected {kind!r}")
+    return weights, meta, where
+
+
+def build_module(where: Path, make: Callable[[], torch.nn.Module],
+                 own_errors: tuple[type[Exception], ...] = ()) -> torch.nn.Module:
+    """``make()`` (the module a checkpoint's JSON describes), its failures as one-line
+    :class:`CheckpointError` naming the checkpoint: ``own_errors`` as they say (they name
+    the field), an invalid ``params``/``policy`` block by pydantic's first line."""
+    from pydantic import ValidationError
+
+    try:
+        return make()
+    except own_errors as err:
+        raise CheckpointError(f"checkpoint {where}: {err}") from None
+    except (ValidationError, TypeError) as err:
+        first = " ".join(str(err).strip().splitlines()[:2])
+        raise CheckpointError(f"checkpoint {where}: params/policy: invalid ({first})") from None
 
 
 def check_compatible(weights: dict[str, torch.Tensor], module: torch.nn.Module, directory: str | Path) -> None:

@@ -378,10 +378,11 @@ def evaluate(
     scenarios: int = typer.Option(20, "--scenarios", min=1, help="Number of test scenarios."),
     seed: int = typer.Option(1000, "--seed", min=0, help="First test seed; scenarios use seeds seed .. seed+N-1."),
     adapt_steps: int = typer.Option(0, "--adapt-steps", min=0, help="For a checkpoint: gradient steps on training scenarios of the regime first."),
-    base: str = typer.Option("auto", "--base", help="CLSC-1, with --adapt-steps: auto = adapt the checkpoint and "
-                                                    "the mapped policy, keep the better on validation scenarios "
-                                                    "(seeds 900+); default = the checkpoint only; map = the mapped "
-                                                    "policy only."),
+    base: str = typer.Option("auto", "--base", help="CLSC-1, with --adapt-steps: auto = adapt the checkpoint, "
+                                                    "the mapped policy and the LSTM over the rolling LP, keep the "
+                                                    "best on validation scenarios (seeds 900+); default = the "
+                                                    "checkpoint only; map = the mapped policy only; mpc = the LSTM "
+                                                    "over the LP only."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     scenario_files: Optional[list[Path]] = typer.Option(None, "--scenario", help="Score on this scenario file instead "
                                                         "of drawing (repeat for several; overrides --regime, --params, "
@@ -432,7 +433,7 @@ def evaluate(
             progress.update(task, description=f"evaluating {policy}", total=len(tests), completed=0)
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
     summary = result.summary()
-    if getattr(agent, "portfolio", None) is not None:  # CLSC-1 --adapt-steps with --base auto|map
+    if getattr(agent, "portfolio", None) is not None:  # CLSC-1 --adapt-steps with --base auto|map|mpc
         summary["portfolio"] = agent.portfolio
     impact = None
     if len(plan.entries) == 1 and plan.entries[0].regime() != Regime() and all(t.schedule == plan for t in tests):
@@ -687,13 +688,15 @@ else. In --json, "curve" lists per step: step, validation score, seconds,
 kept, selected (true for the weights returned).
 
 \b
-On CLSC-1, --base auto (the default) adapts two candidates with the same
-steps on the same support scenarios: the checkpoint (--base default) and
+On CLSC-1, --base auto (the default) adapts three candidates with the same
+steps on the same support scenarios: the checkpoint (--base default),
 moca's LSTM over the threshold rule mapped from the regime (its base picked
 among the shipped map's thresholds and the nearest tuned regimes, fresh head;
---base map). The one with the better validation score is kept (the
-checkpoint on a tie); "portfolio" in --json gives both, seconds = the whole
-choice. -o writes the winner (a mapped one as kind "mapped-policy").
+--base map) and moca's LSTM over the rolling 13-period LP (its safety stock
+picked on the support scenarios, fresh head; --base mpc). The one with the
+best validation score is kept (the first in that order on a tie);
+"portfolio" in --json gives each, seconds = the whole choice. -o writes the
+winner (kind "mapped-policy" or "mpc-policy" for those two).
 """
 
 
@@ -710,7 +713,7 @@ def adapt(
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the adapted policy as a checkpoint here (its parent must exist)."),
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
-    base: str = typer.Option("auto", "--base", help="CLSC-1: auto | default | map (see above)."),
+    base: str = typer.Option("auto", "--base", help="CLSC-1: auto | default | map | mpc (see above)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     from moca.regime import load_regime
@@ -726,6 +729,7 @@ def adapt(
         from moca.meta import OracleCache
         from moca.policy import evaluate_policy, with_params
         from moca.portfolio import adapt_portfolio
+        from moca.mpc_base import MPCBasePolicy, save_mpc_policy
         from moca.regime_map import MappedPolicy, load_learned_policy, save_mapped_policy
 
         module, meta = load_learned_policy(checkpoint_dir)
@@ -769,6 +773,8 @@ def adapt(
                       "portfolio": summary}
             if isinstance(module, MappedPolicy):
                 save_mapped_policy(output, module, record)
+            elif isinstance(module, MPCBasePolicy):
+                save_mpc_policy(output, module, record)
             else:
                 checkpoint.save_policy(output, module, record)
         out["checkpoint"] = str(output)

@@ -95,8 +95,8 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
     or a checkpoint directory (``default`` = the shipped meta-init), adapted
     ``adapt_steps`` steps to the plan's regime first (support scenarios, seeds 800+).
     ``base`` (with ``adapt_steps`` > 0): ``default`` adapts the checkpoint alone;
-    ``auto``/``map`` run :func:`moca.portfolio.adapt_portfolio` (the checkpoint and the
-    mapped policy, chosen on validation scenarios)."""
+    ``auto``/``map``/``mpc`` run :func:`moca.portfolio.adapt_portfolio` (the checkpoint, the
+    mapped policy and the LSTM over the LP, chosen on validation scenarios)."""
     from moca.baselines import MPCPolicy, tune_threshold
 
     if name == "oracle":
@@ -124,6 +124,10 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         module, _ = load_mapped_policy(name)
         if module.params != params:
             raise ExperimentError("--params: a mapped policy runs only on the chain its threshold map was fitted for")
+    elif _checkpoint_kind(where) == "mpc-policy":
+        from moca.mpc_base import load_mpc_policy
+
+        module = with_params(load_mpc_policy(name)[0], params)
     else:
         module, _ = checkpoint.load_policy(name)
         module = with_params(module, params)

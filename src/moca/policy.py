@@ -291,7 +291,9 @@ def with_params(module: "LSTMPolicy", params: Params) -> "LSTMPolicy":
     shapes depend on the lead time and the return lag only, and differ when those do."""
     if params == module.params:
         return module
-    rebuilt = type(module)(params, module.config)
+    # A subclass with more to its base than (params, config) rebuilds itself (moca.mpc_base).
+    rebuild = getattr(module, "rebuilt_for", None)
+    rebuilt = rebuild(params) if rebuild is not None else type(module)(params, module.config)
     ours = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if ours != theirs:

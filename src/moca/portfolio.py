@@ -1,20 +1,24 @@
-"""moca's CLSC-1 adaptation as a small portfolio: two starting points, one choice.
+"""moca's CLSC-1 adaptation as a small portfolio: three starting points, one choice.
 
-Neither of moca's CLSC-1 starting points is best everywhere (README, "The lever"): the
-shipped meta-init (``default``) adapts best on the seed tasks, the LSTM over the mapped
-threshold rule (:class:`moca.regime_map.MappedPolicy`, base picked among the map's and
-the nearest tunings, fresh head) off them. So adaptation tries both:
+No starting point of moca's is best everywhere (README, "The lever"): the shipped
+meta-init (``default``) adapts best on the seed tasks among the learned ones, the LSTM over
+the mapped threshold rule (:class:`moca.regime_map.MappedPolicy`, base picked among the
+map's and the nearest tunings, fresh head) off them, and the LSTM over the rolling LP
+(:class:`moca.mpc_base.MPCBasePolicy`) wherever planning with the seasonal mean pays. So
+adaptation tries all three:
 
 * ``default``: the checkpoint adapted as ``moca adapt`` always did (:func:`moca.meta.adapt`);
 * ``map``: the mapped policy, its base thresholds selected on the support scenarios
   (:func:`moca.regime_map.select_thresholds`), then the same gradient steps;
+* ``mpc``: the LSTM over the LP, its safety stock selected on the support scenarios
+  (:func:`moca.mpc_base.select_safety_stock`), then the same gradient steps;
 
 each with the same number of steps on the *same* support scenarios (seeds 800+), scored
 on the *same* validation scenarios (seeds 900+, never test seeds); the candidate with the
-better validation score is deployed (the first, ``default``, on a tie). ``base="default"``
-or ``"map"`` runs one candidate only. The seconds reported are the wall clock of the whole
-choice: oracle solves of the support and validation scenarios, the base selection, both
-adaptations and their validation scoring.
+better validation score is deployed (the first of equals in the order above, on a tie).
+``base="default"``, ``"map"`` or ``"mpc"`` runs one candidate only. The seconds reported are
+the wall clock of the whole choice: oracle solves of the support and validation scenarios,
+the base selections, the adaptations and their validation scoring.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
+from moca.mpc_base import mpc_policy, select_safety_stock
 from moca.policy import LSTMPolicy, Weights
 from moca.regime import Regime, load_regime
 from moca.regime_map import RegimeMapError, ThresholdMap, load_map, mapped_policy, select_thresholds
 from moca.scenario import Scenario
 
-BASES: tuple[str, ...] = ("auto", "default", "map")
+BASES: tuple[str, ...] = ("auto", "default", "map", "mpc")
 
 
 @dataclass
@@ -80,11 +85,12 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
                     validation_size: int = 16, cache: OracleCache | None = None, keep_best: bool = True,
                     support: Sequence[Scenario] | None = None, validation: Sequence[Scenario] | None = None,
                     ) -> PortfolioResult:
-    """Adapt the candidates of ``base`` (``auto``: both; ``default``: ``module`` only;
-    ``map``: the mapped policy only) ``steps`` steps to ``regime`` and choose by validation
-    score. ``threshold_map``: the shipped map when None (``base`` ``default`` never loads
-    it). ``auto`` falls back to ``module`` alone, with a note, when the map was fitted for
-    other params; ``map`` then fails with a :class:`RegimeMapError`."""
+    """Adapt the candidates of ``base`` (``auto``: all three; ``default``: ``module`` only;
+    ``map``: the mapped policy only; ``mpc``: the LSTM over the LP only) ``steps`` steps to
+    ``regime`` and choose by validation score. ``threshold_map``: the shipped map when None
+    (only ``auto`` and ``map`` load it). ``auto`` leaves the map's candidate out, with a
+    note, when the map was fitted for other params; ``map`` then fails with a
+    :class:`RegimeMapError`. The LP's candidate runs on ``module``'s params, whatever they are."""
     if base not in BASES:
         raise RegimeMapError(f"base: {base!r} is not one of {', '.join(BASES)}")
     regime = load_regime(regime)
@@ -94,14 +100,14 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
     validation = list(validation) if validation is not None else cache.scenarios(
         VALIDATION_SEEDS[:validation_size], regime)
     notes: list[str] = []
-    names = ["default", "map"] if base == "auto" else [base]
+    names = ["default", "map", "mpc"] if base == "auto" else [base]
     if "map" in names:
         threshold_map = threshold_map if threshold_map is not None else load_map()[0]
         if not map_usable(threshold_map, module):
             if base == "map":
                 raise RegimeMapError("base: the threshold map was fitted for other params than the policy's; "
                                      "use --base default")
-            names = ["default"]
+            names.remove("map")
             notes.append("the threshold map was fitted for other params: the map candidate was left out")
     candidates: dict[str, Candidate] = {}
     for name in names:
@@ -109,6 +115,9 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
         selection = None
         if name == "default":
             candidate_module = module
+        elif name == "mpc":
+            stock, selection = select_safety_stock(support)
+            candidate_module = mpc_policy(module.params, stock)
         else:
             candidate_module = mapped_policy(threshold_map)
             chosen, info = select_thresholds(threshold_map, regime, support, select)
@@ -118,7 +127,7 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
                                cache=cache, keep_best=keep_best)
         candidates[name] = Candidate(name, candidate_module, weights, curve, _validation_score(curve),
                                      time.perf_counter() - began, selection)
-    best = max(candidates.values(), key=lambda c: c.validation_score)  # the first of equals: default
+    best = max(candidates.values(), key=lambda c: c.validation_score)  # the first of equals
     return PortfolioResult(best, candidates, time.perf_counter() - started, notes)
 
 

@@ -405,24 +405,17 @@ def save_mapped_policy(directory: str | Path, module: MappedPolicy, metadata: Ma
 def load_mapped_policy(directory: str | Path) -> tuple[MappedPolicy, dict[str, Any]]:
     """Read a checkpoint of :func:`save_mapped_policy`; every problem is a one-line
     :class:`moca.checkpoint.CheckpointError` naming the checkpoint and the field."""
-    from pydantic import ValidationError
-
     from moca import checkpoint
     from moca.checkpoint import CheckpointError
 
-    weights, meta = checkpoint.load(directory)
-    where = checkpoint.resolve(directory)
-    if meta.get("kind") != MAPPED_KIND:
-        raise CheckpointError(f"checkpoint {where}: kind: {meta.get('kind')!r}, expected {MAPPED_KIND!r}")
-    try:
+    weights, meta, where = checkpoint.load_kind(directory, MAPPED_KIND)
+
+    def make() -> MappedPolicy:
         validate_map_dict(meta.get("map"), "map")
-        threshold_map = ThresholdMap.from_dict(meta["map"])
-        module = MappedPolicy(threshold_map, Params(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
-    except RegimeMapError as err:
-        raise CheckpointError(f"checkpoint {where}: {err}") from None
-    except (ValidationError, TypeError) as err:
-        first = " ".join(str(err).strip().splitlines()[:2])
-        raise CheckpointError(f"checkpoint {where}: params/policy: invalid ({first})") from None
+        return MappedPolicy(ThresholdMap.from_dict(meta["map"]), Params(**meta.get("params", {})),
+                            PolicyConfig(**meta.get("policy", {})))
+
+    module = checkpoint.build_module(where, make, (RegimeMapError,))
     pinned = meta.get("pinned", [])
     if not isinstance(pinned, list):
         raise CheckpointError(f"checkpoint {where}: pinned: expected a list")
@@ -441,8 +434,8 @@ def load_mapped_policy(directory: str | Path) -> tuple[MappedPolicy, dict[str, A
 
 
 def load_learned_policy(directory: str | Path) -> tuple[LSTMPolicy, dict[str, Any]]:
-    """A CLSC-1 learned policy checkpoint of either kind: moca's LSTM (``lstm-policy``) or
-    the LSTM over the mapped rule (``mapped-policy``)."""
+    """A CLSC-1 learned policy checkpoint of any kind: moca's LSTM (``lstm-policy``), the
+    LSTM over the mapped rule (``mapped-policy``) or over the rolling LP (``mpc-policy``)."""
     from moca import checkpoint
 
     where = checkpoint.resolve(directory)
@@ -452,6 +445,10 @@ def load_learned_policy(directory: str | Path) -> tuple[LSTMPolicy, dict[str, An
         kind = None  # the plain loader says what is wrong
     if kind == MAPPED_KIND:
         return load_mapped_policy(directory)
+    from moca.mpc_base import MPC_KIND, load_mpc_policy
+
+    if kind == MPC_KIND:
+        return load_mpc_policy(directory)
     return checkpoint.load_policy(directory)
 
 

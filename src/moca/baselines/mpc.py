@@ -73,6 +73,13 @@ class MPCPolicy:
         self.episode_length = batch.horizon
         self._bases: list[Basis | None] = [None] * batch.size
 
+    def __getstate__(self) -> dict:
+        # HiGHS bases cannot be copied or pickled; a copy starts its LPs cold (a policy
+        # holding an MPC, e.g. moca.mpc_base's, is deep-copied onto the deployment path).
+        state = self.__dict__.copy()
+        state.pop("_bases", None)
+        return state
+
     def act(self, obs: Observation) -> Tensor:
         """Raw actions ``[B, 6]`` for the batch (dtype of the state)."""
         state = obs.state
