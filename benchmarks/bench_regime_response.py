@@ -4,7 +4,7 @@ re-tuned threshold rule's, each rule swept over its range (issue 10, part 2).
     .venv/bin/python benchmarks/bench_regime_response.py [--quick] [--scenarios 8] [--adapt-steps 3]
         [--threshold-budget 400] [--map benchmarks/regime_map.json] [--out benchmarks/regime_response.json]
     .venv/bin/python benchmarks/bench_regime_response.py --world CLSC-2 [--quick] [--scenarios 8]
-        [--threshold-budget 150] [--out benchmarks/regime_response2.json]
+        [--adapt-steps 3] [--threshold-budget 150] [--out benchmarks/regime_response2.json]
 
 Writes the JSON (per rule and value: disassembled / refurbished / disposed cores per year,
 recycled share, virgin ordered, score, for oracle, moca zero-shot, moca after
@@ -14,8 +14,10 @@ base picked on support scenarios, the threshold rule), a PNG plot beside it (sam
 
 On CLSC-2 (``--world CLSC-2``: every regime with W = 52) the policies are the oracle's
 plan, moca (the shipped ``default-clsc2`` meta-init, read when the script runs,
-zero-shot) and the CLSC-2 threshold rule re-tuned per value
-(:func:`moca.baselines.threshold2.tune_threshold2`); the market purchases are measured too.
+zero-shot, and with ``--adapt-steps`` also adapted to each value as ``moca adapt --model
+CLSC-2`` deploys it: the best-validated weights over 0..k steps) and the CLSC-2 threshold
+rule re-tuned per value (:func:`moca.baselines.threshold2.tune_threshold2`); the market
+purchases are measured too.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def main() -> None:
     parser.add_argument("--scenarios", type=int, default=None,
                         help="test scenarios per point (seeds 1000+; 8)")
     parser.add_argument("--adapt-steps", type=int, default=0,
-                        help="also moca adapted this many steps per regime (CLSC-1)")
+                        help="also moca adapted this many steps per regime")
     parser.add_argument("--threshold-budget", type=int, default=None,
                         help="candidate rules per threshold tuning (400, CLSC-2: 150 on 4 training scenarios)")
     parser.add_argument("--checkpoint", default="default")
@@ -91,8 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.world == "CLSC-2":
-        if args.adapt_steps or args.map:
-            parser.error("--adapt-steps and --map are CLSC-1's (omit them with --world CLSC-2)")
+        if args.map:
+            parser.error("--map is CLSC-1's (omit it with --world CLSC-2)")
         return main2(args)
     args.out = args.out or "benchmarks/regime_response.json"
     args.threshold_budget = 400 if args.threshold_budget is None else args.threshold_budget
@@ -135,7 +137,7 @@ def main() -> None:
 
 
 def main2(args: argparse.Namespace) -> None:
-    """The CLSC-2 sweep: oracle, moca (shipped default-clsc2, zero-shot), threshold rule re-tuned."""
+    """The CLSC-2 sweep: oracle, moca (shipped default-clsc2, zero-shot and adapted), threshold rule re-tuned."""
     out = Path(args.out or "benchmarks/regime_response2.json")
     scenarios = args.scenarios or (2 if args.quick else DEFAULTS_2["scenarios"])
     budget = args.threshold_budget or (24 if args.quick else DEFAULTS_2["threshold_budget"])
@@ -143,15 +145,17 @@ def main2(args: argparse.Namespace) -> None:
     from moca.meta2 import load_policy2
 
     _, meta = load_policy2(args.checkpoint)
-    policies = {"moca": learned_policy2(args.checkpoint),
-                "threshold": threshold2_factory(budget=budget, train_seeds=train_seeds)}
+    policies = {"moca": learned_policy2(args.checkpoint)}
+    if args.adapt_steps:
+        policies[f"moca ({args.adapt_steps} steps)"] = learned_policy2(args.checkpoint, args.adapt_steps)
+    policies["threshold"] = threshold2_factory(budget=budget, train_seeds=train_seeds)
     started = time.perf_counter()
     result = run_response(policies, QUICK_SWEEPS if args.quick else SWEEPS, scenarios=scenarios,
                           world=response_world("CLSC-2"),
                           progress=lambda s: print(f"sweep: {s}", file=sys.stderr, flush=True))
     result["agreement"] = {name: direction_agreement(result, name) for name in policies}
     result.update({"command": " ".join(["benchmarks/bench_regime_response.py", *sys.argv[1:]]),
-                   "checkpoint": args.checkpoint,
+                   "checkpoint": args.checkpoint, "adapt_steps": args.adapt_steps,
                    "checkpoint_meta": {k: meta.get(k) for k in ("created", "weights_sha256", "command")},
                    "threshold_budget": budget, "threshold_train_seeds": train_seeds, "quick": args.quick,
                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),

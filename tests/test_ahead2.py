@@ -42,24 +42,28 @@ def test_ablation_clsc2_quick(tmp_path, monkeypatch):
 
 def test_regime_response_clsc2_quick(tmp_path, monkeypatch):
     out = tmp_path / "regime_response2.json"
-    run_script("bench_regime_response.py", ["--world", "CLSC-2", "--quick", "--out", str(out)], monkeypatch)
+    run_script("bench_regime_response.py", ["--world", "CLSC-2", "--quick", "--adapt-steps", "1", "--out", str(out)],
+               monkeypatch)
     result = json.loads(out.read_text())
     assert result["world"] == "CLSC-2" and list(result["rules"]) == ["carbon_tax"]
     points = result["rules"]["carbon_tax"]
     assert [p["value"] for p in points] == [0.0, 150.0, 300.0]
     for p in points:
         assert p["regime"]["recycled_content_window"] == 52
-        for name in ("oracle", "moca", "threshold"):
+        for name in ("oracle", "moca", "moca (1 steps)", "threshold"):
             assert {"disassembled", "recycled_share", "virgin_ordered", "market_bought", "score"} <= set(p[name])
             assert 0 <= p[name]["recycled_share"] <= 1
         assert p["threshold"]["tuning_candidates"] > 0
-        for name in ("moca", "threshold"):
+        for name in ("moca", "moca (1 steps)", "threshold"):
             assert p[name]["violations"] == 0, (p["value"], name)
             assert 0 < p[name]["score"] <= 1 + 1e-6
     # The hindsight plan recycles more under a high carbon tax than under none.
     assert points[-1]["oracle"]["disassembled"] > points[0]["oracle"]["disassembled"] + 1000
     assert points[-1]["oracle"]["recycled_share"] > points[0]["oracle"]["recycled_share"]
-    for name in ("moca", "threshold"):
+    # Adapting took gradient steps (it built its policy much slower than the zero-shot one).
+    assert all(p["moca (1 steps)"]["build_seconds"] > 10 * p["moca"]["build_seconds"] for p in points)
+    assert result["adapt_steps"] == 1
+    for name in ("moca", "moca (1 steps)", "threshold"):
         agreement = result["agreement"][name]["carbon_tax"]
         assert agreement["steps"] >= 1 and 0 <= agreement["agree"] <= agreement["steps"]
         assert agreement["mean_abs_gap"] >= 0

@@ -223,15 +223,25 @@ def threshold2_factory(params: Any = None, budget: int = 150, train_seeds: int =
     return lambda regime: tune_threshold2(regime, params, train_seeds=train_seeds, budget=budget)
 
 
-def learned_policy2(name: str = "default") -> PolicyFactory:
+def learned_policy2(name: str = "default", adapt_steps: int = 0) -> PolicyFactory:
     """A CLSC-2 moca checkpoint (``"default"``: the shipped ``default-clsc2`` meta-init, read
-    when called) as a zero-shot factory, acting in float64 as :func:`moca.policy2.evaluate_policy2`."""
-    from moca.meta2 import load_policy2
+    when called) as a factory, acting in float64 as :func:`moca.policy2.evaluate_policy2`:
+    zero-shot, or adapted ``adapt_steps`` steps to each regime first as ``moca adapt --model
+    CLSC-2`` does (support seeds 800+, the weights of the best validation score on seeds
+    900+ over steps 0..adapt_steps)."""
+    from moca.meta2 import adapt2, load_policy2
     from moca.policy2 import PolicyAgent2
 
     module, _ = load_policy2(name)
-    weights = {k: v.detach().double() for k, v in module.named_parameters()}
-    return lambda regime: PolicyAgent2(module, weights)
+    zero_shot = {k: v.detach().double() for k, v in module.named_parameters()}
+
+    def make(regime: Regime) -> Any:
+        if not adapt_steps:
+            return PolicyAgent2(module, zero_shot)
+        weights, _ = adapt2(module, None, regime, adapt_steps, keep_best=True)
+        return PolicyAgent2(module, {k: v.detach().double() for k, v in weights.items()})
+
+    return make
 
 
 def learned_policy(name: str = "default", adapt_steps: int = 0) -> PolicyFactory:
