@@ -52,6 +52,18 @@ def _claim(store: Store, job: int) -> None:
         c.execute("UPDATE jobs SET state='running', attempts=attempts+1 WHERE id=?", (job,))
 
 
+def _run_jobs(store: Store, jobs, settings: AdaptSettings = SMALL) -> None:
+    """Claim and run ``jobs`` in this process, one thread as in the worker process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for job in jobs:
+            _claim(store, job)
+            run_job(store, job, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------------------
 # decisions
 # ----------------------------------------------------------------------------------------
@@ -110,13 +122,7 @@ def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
     client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
     client.post("/v1/chains/p1/decide", json=_obs(0))
     job = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2, "name": "t3"}).json()["job"]
-    _claim(rt.store, job)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the worker process
-    try:
-        run_job(rt.store, job, SMALL)
-    finally:
-        torch.set_num_threads(threads)
+    _run_jobs(rt.store, [job])
     result = client.get(f"/v1/jobs/{job}").json()
     assert result["state"] == "done", result  # (deterministic: seeded scenarios, one thread)
     assert result["violations"] == 0 and result["steps"] > 0 and result["score_before"] > 0
@@ -141,13 +147,7 @@ def test_a_candidate_below_the_current_version_is_rejected_and_nothing_changes(c
     client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
     job = client.post("/v1/chains/p1/regulations",
                       json={"regime": {"recycled_content_min": 0.3, "carbon_tax": 50}, "effective": 0}).json()["job"]
-    _claim(rt.store, job)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_job(rt.store, job, SMALL)
-    finally:
-        torch.set_num_threads(threads)
+    _run_jobs(rt.store, [job])
     out = client.get(f"/v1/jobs/{job}").json()
     # (deterministic: on these validation scenarios two steps lose a little score)
     assert out["state"] == "rejected" and out["score_after"] < out["score_before"], out
@@ -164,14 +164,7 @@ def test_a_version_for_a_rule_already_replaced_is_kept_for_the_memory_not_activa
     second = client.post("/v1/chains/p1/regulations", json={"regime": "eu-ets-2025", "effective": 2}).json()["job"]
     for t in range(3):
         client.post("/v1/chains/p1/decide", json=_obs(t))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for job in (first, second):
-            _claim(rt.store, job)
-            run_job(rt.store, job, AdaptSettings(steps=1, support=2, validation=2))
-    finally:
-        torch.set_num_threads(threads)
+    _run_jobs(rt.store, [first, second], AdaptSettings(steps=1, support=2, validation=2))
     states = {v["regime_id"]: v["state"] for v in client.get("/v1/chains/p1/versions").json() if v["source"] == "adapted"}
     jobs = [client.get(f"/v1/jobs/{j}").json() for j in (first, second)]
     assert [j["state"] for j in jobs] == ["done", "done"], jobs  # (deterministic: seeded scenarios)
@@ -304,6 +297,45 @@ def test_weights_failing_their_checksum_are_refused_by_name(tmp_path):
         assert c.get("/v1/chains/p1/decisions").json() == []
 
 
+def test_a_job_through_the_portfolio_deploys_the_lp_candidate_and_keeps_it_across_a_restart(tmp_path):
+    """With ``base="mpc"`` a job adapts moca's LSTM over the rolling LP: the new version is
+    an mpc-policy checkpoint, its decisions are DeployedPolicy's with the LP as base (bit
+    for bit), feasible under the new rule, and a restarted service loads it again."""
+    from moca.mpc_base import MPCBasePolicy, load_mpc_policy
+
+    data = tmp_path / "data"
+    settings = AdaptSettings(steps=1, support=3, validation=3, base="mpc")
+    with TestClient(create_app(data, worker=False)) as c:
+        rt = c.app.state.runtime
+        c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+        job = c.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 0}).json()["job"]
+        _run_jobs(rt.store, [job], settings)
+        result = c.get(f"/v1/jobs/{job}").json()
+        assert result["state"] == "done" and result["version"] == 2, result
+        assert "portfolio chose mpc" in result["warm_start"] and result["violations"] == 0
+        assert result["score_after"] >= result["score_before"]
+        decided = [c.post("/v1/chains/p1/decide", json=_obs(t)).json() for t in range(3)]
+        assert [d["policy_version"] for d in decided] == [2, 2, 2]
+    path = data / "weights" / "p1" / "v2"
+    module, meta = load_mpc_policy(path)
+    assert isinstance(module, MPCBasePolicy) and meta["kind"] == "mpc-policy" and meta["version"] == 2
+    reference = DeployedPolicy(module)
+    reference.reset()
+    params = module.params
+    for t, out in enumerate(decided):
+        body = _obs(t)
+        state = np.array([body["state"][k] for k in STATE_NAMES])
+        expected = reference.decide(t, state, np.array(body["pipeline"]), np.array(body["sales_history"]),
+                                    TASKS["T3"].as_row(), body["return_frac"], body["last_demand"])
+        action = np.array([out["action"][k] for k in ACTION_NAMES])
+        assert np.array_equal(action, expected), (t, action, expected)
+        assert safety.is_feasible(action, state[0], state[1], state[3], TASKS["T3"].as_row(), params)
+    with TestClient(create_app(data, worker=False)) as c:  # a restart: the version is read from disk
+        again = c.post("/v1/chains/p1/decide", json=_obs(3)).json()
+        assert again["policy_version"] == 2
+        assert np.isfinite([again["action"][k] for k in ACTION_NAMES]).all()
+
+
 def test_the_serve_command_refuses_bad_options(tmp_path):
     from typer.testing import CliRunner
 
@@ -315,6 +347,8 @@ def test_the_serve_command_refuses_bad_options(tmp_path):
     assert out.exit_code == 2 and "--data" in out.output and "Traceback" not in out.output
     out = CliRunner().invoke(app, ["serve", "--port", "70000"])
     assert out.exit_code == 2 and "port" in out.output.lower()
+    out = CliRunner().invoke(app, ["serve", "--data", str(tmp_path / "d"), "--adapt-base", "best"])
+    assert out.exit_code == 2 and "--adapt-base" in out.output and "Traceback" not in out.output
 
 
 # ----------------------------------------------------------------------------------------

@@ -725,12 +725,10 @@ def adapt(
         target = load_regime(regime)
         base = _base_choice(base)
         _output_dir(output)
-        from moca import checkpoint  # (torch: only once the input is known good)
         from moca.meta import OracleCache
         from moca.policy import evaluate_policy, with_params
         from moca.portfolio import adapt_portfolio
-        from moca.mpc_base import MPCBasePolicy, save_mpc_policy
-        from moca.regime_map import MappedPolicy, load_learned_policy, save_mapped_policy
+        from moca.regime_map import MappedPolicy, load_learned_policy, save_learned_policy
 
         module, meta = load_learned_policy(checkpoint_dir)
         if params_file is not None:
@@ -771,12 +769,7 @@ def adapt(
                       "selected_step": selected, "command": _command_line(),
                       "scores": {"before": out["score_before"], "after": out["score_after"]},
                       "portfolio": summary}
-            if isinstance(module, MappedPolicy):
-                save_mapped_policy(output, module, record)
-            elif isinstance(module, MPCBasePolicy):
-                save_mpc_policy(output, module, record)
-            else:
-                checkpoint.save_policy(output, module, record)
+            save_learned_policy(output, module, record)
         out["checkpoint"] = str(output)
     if as_json:
         _print_json(out)
@@ -788,12 +781,12 @@ def adapt(
                       f"{portfolio.seconds:.2f} s in all)" + "".join(f"; {n}" for n in portfolio.notes))
 
 
-def _base_choice(base: str) -> str:
-    """``--base`` of CLSC-1's adapt/evaluate (moca.portfolio)."""
+def _base_choice(base: str, option: str = "--base") -> str:
+    """``--base`` of CLSC-1's adapt/evaluate, ``--adapt-base`` of serve (moca.portfolio)."""
     from moca.portfolio import BASES
 
     if base not in BASES:
-        raise UsageError(f"--base: {base!r} is not one of {', '.join(BASES)}")
+        raise UsageError(f"{option}: {base!r} is not one of {', '.join(BASES)}")
     return base
 
 
@@ -1196,6 +1189,11 @@ def serve(
                                    help="Held-out validation scenarios (seeds 900+) a new version must pass."),
     keep_decisions: int = typer.Option(100_000, "--keep-decisions", min=0,
                                        help="Decisions kept in the log per chain (0 = all)."),
+    adapt_base: str = typer.Option("default", "--adapt-base",
+                                   help="CLSC-1 chains: default = adapt the version a job starts from; auto = "
+                                        "through moca adapt's portfolio (that version, the LSTM over the mapped "
+                                        "rule, the LSTM over the rolling LP; the best on validation becomes the "
+                                        "new version); map or mpc = that candidate only."),
 ) -> None:
     """Run the real-time controller service (FastAPI + uvicorn; OpenAPI at /docs, dashboard at /)."""
     from moca.serve import AdaptSettings
@@ -1207,10 +1205,12 @@ def serve(
     if token is not None and not token.strip():
         err_console.print("moca: error: --token: empty", markup=False, highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT)
+    with _bad_input():
+        adapt_base = _base_choice(adapt_base, "--adapt-base")
     err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
                       markup=False, highlight=False)
     run_service(host=host, port=port, data=data, token=token,
-                adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation),
+                adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation, base=adapt_base),
                 keep_decisions=keep_decisions)
 
 

@@ -452,6 +452,19 @@ def load_learned_policy(directory: str | Path) -> tuple[LSTMPolicy, dict[str, An
     return checkpoint.load_policy(directory)
 
 
+def save_learned_policy(directory: str | Path, module: LSTMPolicy, metadata: Mapping[str, Any]) -> Path:
+    """Write a CLSC-1 learned policy of any kind as the checkpoint :func:`load_learned_policy`
+    reads back (``mapped-policy``, ``mpc-policy`` or moca's plain ``lstm-policy``)."""
+    from moca import checkpoint
+    from moca.mpc_base import MPCBasePolicy, save_mpc_policy
+
+    if isinstance(module, MappedPolicy):
+        return save_mapped_policy(directory, module, metadata)
+    if isinstance(module, MPCBasePolicy):
+        return save_mpc_policy(directory, module, metadata)
+    return checkpoint.save_policy(directory, module, dict(metadata))
+
+
 # ----------------------------------------------------------------------------------------
 # Side by side with today's policy and the re-tuned peers
 # ----------------------------------------------------------------------------------------

@@ -52,14 +52,19 @@ MAX_ATTEMPTS = 2
 @dataclass(frozen=True)
 class AdaptSettings:
     """What a regulation's job spends: gradient steps on ``support`` scenarios (seeds
-    800+), then validation on ``validation`` held-out scenarios (seeds 900+)."""
+    800+), then validation on ``validation`` held-out scenarios (seeds 900+). ``base``
+    (CLSC-1 chains): ``default`` adapts the version the job starts from; ``auto``,
+    ``map`` or ``mpc`` adapt through :func:`moca.portfolio.adapt_portfolio` (that version,
+    the LSTM over the mapped rule, the LSTM over the LP), and the candidate best on
+    validation becomes the new version."""
 
     steps: int = 3
     support: int = 8
     validation: int = 8
+    base: str = "default"
 
     def argv(self) -> list[str]:
-        return [str(self.steps), str(self.support), str(self.validation)]
+        return [str(self.steps), str(self.support), str(self.validation), self.base]
 
 #: Fault injection for the crash tests: the worker kills itself with SIGKILL at this point.
 FAILPOINT_ENV = "MOCA_SERVE_FAILPOINT"
@@ -145,21 +150,28 @@ class ChainModel:
         return {"pipeline": params.lead_virgin - 1, "sales_history": params.lag_return}
 
     def load(self, directory: str | Path):
-        from moca import checkpoint
+        from moca.regime_map import load_learned_policy  # any CLSC-1 kind: plain, mapped, over the LP
 
-        module, _ = checkpoint.load_policy(directory)
+        module, _ = load_learned_policy(directory)
         return module
 
     def save(self, directory: Path, module, metadata: dict[str, Any]) -> str:
         from moca import checkpoint
+        from moca.regime_map import save_learned_policy
 
-        checkpoint.save_policy(directory, module, metadata)
+        save_learned_policy(directory, module, metadata)
         return json.loads((directory / checkpoint.META).read_text())["weights_sha256"]
 
     def deployed(self, module) -> "Deployed":
-        from moca.policy import FusedDecision, _NumpyStep, feature_spec
+        from moca.policy import FusedDecision, _NumpyStep, deployed_decision, feature_spec
 
-        return Deployed(FusedDecision(_NumpyStep(module), feature_spec(module.params, module.config)), module.params)
+        step, spec = _NumpyStep(module), feature_spec(module.params, module.config)
+        if not hasattr(module, "deployed_base_rule"):
+            return Deployed(FusedDecision(step, spec), module.params)
+        # Another base rule (the mapped rule, the LP): DeployedPolicy's reference path, the
+        # rule held per deployed version, so per chain (runtime caches by chain and version).
+        rule = module.deployed_base_rule()
+        return Deployed(lambda *inputs: deployed_decision(step, spec, *inputs, base_rule=rule), module.params)
 
     def decide(self, deployed: "Deployed", memory: "ChainMemory", obs: "Observation", regime_row: np.ndarray):
         s = obs.state
@@ -177,10 +189,12 @@ class ChainModel:
                 + params.cost_refurbish * f + (params.cost_dispose + regime.landfill_tax) * w)
         return cost, (u_r / (u_v + u_r) if u_v + u_r > 1e-9 else 0.0)
 
-    def adapt(self, module, weights, regime, settings: AdaptSettings) -> tuple[dict, list[dict], Any]:
-        """Adapt ``weights`` in ``steps`` steps on support scenarios (seeds 800+); the curve
-        is scored on held-out validation scenarios (seeds 900+). Returns also a scorer of any
-        weights on those same validation scenarios."""
+    def adapt(self, module, regime, settings: AdaptSettings) -> tuple[Any, dict, list[dict], Any, str | None]:
+        """Adapt ``module`` in ``steps`` steps on support scenarios (seeds 800+), alone or
+        through the portfolio (``settings.base``); the curve is scored on held-out validation
+        scenarios (seeds 900+). Returns the module to deploy (``module`` or the portfolio's
+        choice), its weights, its curve, a scorer of any module on those same validation
+        scenarios, and the portfolio's summary (None without one)."""
         from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
         from moca.policy import evaluate_policy
         from moca.sim import ScenarioBatch
@@ -190,8 +204,17 @@ class ChainModel:
         validation = cache.scenarios(VALIDATION_SEEDS[:settings.validation], regime)
         oracle = cache.costs(validation)
         batch = ScenarioBatch.from_scenarios(validation)
-        new, curve = adapt(module, weights, regime, settings.steps, support=support, validation=validation, cache=cache)
-        return new, curve, lambda w: evaluate_policy(module, w, batch, oracle)
+        score = lambda m: evaluate_policy(m, dict(m.named_parameters()), batch, oracle)  # noqa: E731
+        if settings.base == "default":
+            new, curve = adapt(module, None, regime, settings.steps, support=support, validation=validation,
+                               cache=cache)
+            return module, new, curve, score, None
+        from moca.portfolio import adapt_portfolio
+
+        portfolio = adapt_portfolio(module, regime, settings.steps, base=settings.base, support=support,
+                                    validation=validation, cache=cache)
+        chosen = portfolio.chosen
+        return chosen.module, chosen.weights, chosen.curve, score, portfolio.summary()
 
 
 MODELS: dict[str, ChainModel] = {"clsc-1": ChainModel()}
@@ -465,9 +488,10 @@ class Clsc2Model(ChainModel):
         u_v, u_r = float(action[clsc2.UV]), float(action[clsc2.UR])
         return float(sum(terms[k] for k in own)), (u_r / (u_v + u_r) if u_v + u_r > 1e-9 else 0.0)
 
-    def adapt(self, module, weights, regime, settings: AdaptSettings) -> tuple[dict, list[dict], Any]:
+    def adapt(self, module, regime, settings: AdaptSettings) -> tuple[Any, dict, list[dict], Any, None]:
         """:func:`moca.meta2.adapt2` as ``moca adapt --model CLSC-2`` runs it (the weights of the
-        best validation score over steps 0..steps), support seeds 800+, validation 900+."""
+        best validation score over steps 0..steps), support seeds 800+, validation 900+
+        (CLSC-2 has no portfolio: ``settings.base`` is CLSC-1's)."""
         from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS
         from moca.meta2 import OracleCache2, adapt2
         from moca.policy2 import evaluate_policy2
@@ -476,9 +500,9 @@ class Clsc2Model(ChainModel):
         support = cache.scenarios(SUPPORT_SEEDS[:settings.support], regime)
         validation = cache.scenarios(VALIDATION_SEEDS[:settings.validation], regime)
         oracle = cache.costs(validation)
-        new, curve = adapt2(module, weights, regime, settings.steps, support=support, validation=validation,
+        new, curve = adapt2(module, None, regime, settings.steps, support=support, validation=validation,
                             cache=cache, keep_best=True)
-        return new, curve, lambda w: evaluate_policy2(module, w, validation, oracle)
+        return module, new, curve, lambda m: evaluate_policy2(m, dict(m.named_parameters()), validation, oracle), None
 
 
 MODELS["clsc-2"] = Clsc2Model()
@@ -749,15 +773,20 @@ def run_job(store: Store, job_id: int, settings: AdaptSettings = AdaptSettings()
     start_module = load_version(store, model, from_chain, from_version)
     current_module = load_version(store, model, chain, current)
     with torch.enable_grad():
-        weights, curve, score = model.adapt(start_module, None, regime, settings)
+        module, weights, curve, score, portfolio = model.adapt(start_module, regime, settings)
     _failpoint("mid-adaptation")
-    before = score(dict(current_module.named_parameters())) if (from_chain, from_version) != (chain, current) \
-        else curve[0]
+    # Step 0 of the curve is the current version only when the job adapted that version itself.
+    same_start = module is start_module and (from_chain, from_version) == (chain, current)
+    before = curve[0] if same_start else score(current_module)
     after = next((c for c in curve if c.get("selected")), curve[-1])  # (keep_best: the weights returned)
     passed = after["violations"] == 0 and after["score"] >= before["score"]
     seconds = time.time() - started
+    started_from = f"{why}: {from_chain} v{from_version}"
+    if portfolio is not None:  # which candidate the portfolio deployed, and each one's validation score
+        started_from += "; portfolio chose {} ({})".format(portfolio["chosen"], ", ".join(
+            f"{n} {c['validation_score']:.4f}" for n, c in portfolio["candidates"].items()))
     result = {"score_before": before["score"], "score_after": after["score"], "violations": after["violations"],
-              "warm_start": f"{why}: {from_chain} v{from_version}", "steps": settings.steps}
+              "warm_start": started_from, "steps": settings.steps}
     if not passed:
         reason = (f"validation: {after['violations']} violations" if after["violations"]
                   else f"validation: score {after['score']:.4f} below the current version's {before['score']:.4f}")
@@ -766,11 +795,11 @@ def run_job(store: Store, job_id: int, settings: AdaptSettings = AdaptSettings()
                       "steps=?, seconds=?, error=?, finished=? WHERE id=? AND state='running'",
                       (*result.values(), seconds, reason, time.time(), job_id))
         return
-    start_module.load_state_dict({**start_module.state_dict(), **weights})
+    module.load_state_dict({**module.state_dict(), **weights})
     number = store.one("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE chain=?", (chain,))[0]
     path = store.weights_dir(chain, number)
     shutil.rmtree(path, ignore_errors=True)  # a leftover of an interrupted attempt
-    sha = model.save(path, start_module, {"chain": chain, "version": number, "regime": model.regime_dict(regime),
+    sha = model.save(path, module, {"chain": chain, "version": number, "regime": model.regime_dict(regime),
                                           "parent": current, "job": job_id, "scores": result})
     _failpoint("after-weights-written")
     with store.tx() as c:
@@ -1452,8 +1481,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data: str | Path = "moca-da
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], int(sys.argv[3]), AdaptSettings(*(int(a) for a in sys.argv[4:])))
+    if len(sys.argv) == 8 and sys.argv[1] == "--worker":
+        worker_main(sys.argv[2], int(sys.argv[3]), AdaptSettings(*(int(a) for a in sys.argv[4:7]), sys.argv[7]))
     else:
         print("usage: moca serve [--host H] [--port P] [--data DIR] [--token T] "
               "(python -m moca.serve --worker DIR PID is the service's own worker)", file=sys.stderr)
