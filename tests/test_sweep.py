@@ -45,6 +45,8 @@ runner = CliRunner()
     (["--field", "carbon_tax", "--values", "0,10", "--base", "no-such-rule"], ["--base", "no-such-rule"]),
     (["--field", "carbon_tax", "--values", "0,10", "--scenarios", "1"], ["--scenarios"]),
     (["--field", "carbon_tax", "--values", "0,10", "--plot", "out.txt"], ["--plot", "png"]),
+    (["--field", "carbon_tax", "--values", "0,10", "--moca-base", "best"], ["--moca-base", "best"]),
+    (["--field", "carbon_tax", "--values", "0,10", "--model", "CLSC-2", "--moca-base", "mpc"], ["--moca-base", "CLSC-1"]),
 ])
 def test_bad_input_is_one_line_exit_2(args, needles, tmp_path):
     result = runner.invoke(app, ["sweep", *args, "--json", str(tmp_path / "out.json")])
@@ -156,6 +158,19 @@ def test_moca_policy_reports_its_adaptation():
     assert entry["adaptation_steps"][0] in (0, 1) and entry["adaptation_seconds"][0] >= 0
     assert entry["violations"] == [0] and entry["recycled_share"][0] >= 0.2 - 1e-6
     assert entry["compliance_cost"][0] > 0
+
+
+def test_moca_through_the_portfolio_reports_the_candidate_it_deployed():
+    """--moca-base mpc: moca is the LSTM over the rolling LP, its safety stock picked on the
+    support scenarios; with a fresh head it acts as the LP, so it keeps every rule."""
+    plan = make_plan("CLSC-1", "carbon_tax", "300", policies="moca,mpc", scenarios=2, adapt_steps=1,
+                     moca_base="mpc")
+    result = run_sweep(plan, Backend("serial"))
+    entry = result["policies"]["moca"]
+    assert entry["moca_base"] == "mpc" and entry["candidate"] == ["mpc"] and entry["violations"] == [0]
+    assert "candidate" not in result["policies"]["mpc"] and entry["adaptation_seconds"][0] >= 0
+    # The calibrated MPC (safety stock 100) and the candidate (stock chosen on support) differ.
+    assert entry["cost"][0] != result["policies"]["mpc"]["cost"][0]
 
 
 def test_cli_writes_json_and_plot(tmp_path):

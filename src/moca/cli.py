@@ -1227,6 +1227,9 @@ def sweep(
     scenarios: int = typer.Option(20, "--scenarios", help="Test scenarios per value (seeds seed .. seed+N-1)."),
     seed: int = typer.Option(1000, "--seed", help="First test seed."),
     adapt_steps: int = typer.Option(5, "--adapt-steps", help="moca: gradient steps of adaptation per value."),
+    moca_base: str = typer.Option("default", "--moca-base", help="CLSC-1 moca: default = the meta-init adapted; "
+                                                              "auto|map|mpc = through moca adapt's portfolio "
+                                                              "(see moca adapt --help)."),
     workers: int = typer.Option(2, "--workers", help="Local processes (1: run in this process); CPUs of a local Ray."),
     ray_address: Optional[str] = typer.Option(None, "--ray", help="Run as Ray tasks: 'auto' (a local Ray for the run) or a cluster address."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
@@ -1239,7 +1242,7 @@ def sweep(
 
     try:
         plan = make_plan(model, field, values, base=base, policies=policies, scenarios=scenarios, seed=seed,
-                         adapt_steps=adapt_steps)
+                         adapt_steps=adapt_steps, moca_base=moca_base)
         for option, path in (("--json", json_file), ("--plot", plot_file)):
             if path is not None and path.is_dir():
                 raise UsageError(f"{option} {path}: is a directory")

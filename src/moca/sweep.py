@@ -140,6 +140,7 @@ class SweepTask:
     adapt_steps: int = 5
     shadow_field: str | None = None
     threshold_budget: int = 1200  # candidate rules the threshold tuner simulates
+    moca_base: str = "default"  # CLSC-1's moca: the meta-init alone, or moca.portfolio's choice
 
 
 @dataclass
@@ -214,7 +215,7 @@ class CLSC1Sweep(SweepModel):
         if task.policy == "oracle":
             metrics = _oracle_metrics(scenarios, task.shadow_field)
         else:
-            policy, extra = _build(task.policy, regime, task.adapt_steps, task.threshold_budget)
+            policy, extra = _build(task.policy, regime, task.adapt_steps, task.threshold_budget, task.moca_base)
             metrics = _policy_metrics(policy, scenarios)
         return TaskResult(task.index, task.policy, metrics, extra, time.perf_counter() - started,
                           time.process_time() - cpu)
@@ -347,9 +348,12 @@ def get_model(name: str) -> SweepModel:
     return MODELS[name]
 
 
-def _build(name: str, regime: Regime, adapt_steps: int, threshold_budget: int = 1200) -> tuple[Any, dict[str, Any]]:
+def _build(name: str, regime: Regime, adapt_steps: int, threshold_budget: int = 1200,
+           moca_base: str = "default") -> tuple[Any, dict[str, Any]]:
     """The policy for ``regime``: the tuned threshold rule, MPC, or the shipped meta-init
-    adapted ``adapt_steps`` steps (support seeds 800+, validation 900+: never test seeds)."""
+    adapted ``adapt_steps`` steps (support seeds 800+, validation 900+: never test seeds);
+    with ``moca_base`` other than ``default``, adapted through :func:`moca.portfolio.adapt_portfolio`
+    (validation seeds 900-907 choose the candidate, as they choose the weights)."""
     if name == "threshold":
         from moca.baselines import tune_threshold
 
@@ -365,11 +369,20 @@ def _build(name: str, regime: Regime, adapt_steps: int, threshold_budget: int = 
         from moca.policy import DeployedPolicy
 
         module, _ = checkpoint.load_policy("default")
-        weights, curve = adapt(module, None, regime, steps=adapt_steps, validation_size=8)
+        extra: dict[str, Any] = {}
+        if moca_base == "default":
+            weights, curve = adapt(module, None, regime, steps=adapt_steps, validation_size=8)
+        else:
+            from moca.portfolio import adapt_portfolio
+
+            portfolio = adapt_portfolio(module, regime, adapt_steps, base=moca_base, validation_size=8,
+                                        keep_best=False)
+            module, weights, curve = portfolio.chosen.module, portfolio.chosen.weights, portfolio.chosen.curve
+            extra["portfolio"] = portfolio.summary()
         speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
         return DeployedPolicy(module, weights), {"adaptation_steps": int(speed.steps),
                                                  "adaptation_seconds": float(speed.seconds),
-                                                 "adapt_seconds_total": float(curve[-1]["seconds"])}
+                                                 "adapt_seconds_total": float(curve[-1]["seconds"]), **extra}
     raise SweepError(f"--policies: unknown policy {name!r}")
 
 
@@ -454,6 +467,7 @@ class SweepPlan:
     seeds: tuple[int, ...]
     adapt_steps: int = 5
     threshold_budget: int = 1200
+    moca_base: str = "default"
 
     def tasks(self) -> list[SweepTask]:
         """Every (value, policy) and the neutral value per policy (index -1), reusing a
@@ -468,7 +482,8 @@ class SweepPlan:
             for i, v in points:
                 out.append(SweepTask(self.model.name, policy, i, self.model.regime_with(self.base, self.field.name, v),
                                      self.seeds, self.adapt_steps,
-                                     self.field.name if policy == "oracle" else None, self.threshold_budget))
+                                     self.field.name if policy == "oracle" else None, self.threshold_budget,
+                                     self.moca_base))
         return out
 
     def neutral_index(self) -> int | None:
@@ -480,7 +495,8 @@ class SweepPlan:
 
 def make_plan(model: str, field_name: str, values: str | Sequence[float], base: str | None = None,
               policies: str | Sequence[str] = ("oracle", "mpc", "threshold"), scenarios: int = 20,
-              seed: int = 1000, adapt_steps: int = 5, threshold_budget: int = 1200) -> SweepPlan:
+              seed: int = 1000, adapt_steps: int = 5, threshold_budget: int = 1200,
+              moca_base: str = "default") -> SweepPlan:
     """Validate a sweep's input; every problem is a :class:`SweepError` (or
     :class:`moca.regime.RegimeError` for ``base``) naming the option."""
     world = get_model(model)
@@ -503,8 +519,14 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
         raise SweepError(f"--base: {err}") from None
     if threshold_budget < 24:
         raise SweepError(f"threshold_budget {threshold_budget}: at least 24 candidate rules")
+    from moca.portfolio import BASES
+
+    if moca_base not in BASES:
+        raise SweepError(f"--moca-base {moca_base!r}: not one of {', '.join(BASES)}")
+    if moca_base != "default" and world.name != "CLSC-1":
+        raise SweepError(f"--moca-base {moca_base!r}: the portfolio is CLSC-1's; {world.name} adapts its meta-init")
     plan = SweepPlan(world, spec, numbers, base_regime, chosen, tuple(range(seed, seed + scenarios)), adapt_steps,
-                     threshold_budget)
+                     threshold_budget, moca_base)
     plan.tasks()  # every value must make a valid regime with the base
     return plan
 
@@ -577,6 +599,9 @@ def aggregate(plan: SweepPlan, results: Sequence[TaskResult]) -> dict[str, Any]:
             extras = [by_key[(policy, i)].extra for i in range(len(plan.values))]
             entry["adaptation_steps"] = [e["adaptation_steps"] for e in extras]
             entry["adaptation_seconds"] = [e["adaptation_seconds"] for e in extras]
+            if plan.moca_base != "default":  # which candidate the portfolio deployed at each value
+                entry["moca_base"] = plan.moca_base
+                entry["candidate"] = [e["portfolio"]["chosen"] for e in extras]
         if policy == "oracle":
             prices, cis = [], []
             for i in range(len(plan.values)):
