@@ -116,11 +116,16 @@ def test_mpc_checkpoint_round_trips_and_refuses_corruption(tmp_path):
         assert field is None or field in message
 
 
-DEPLOYED = DeployedPolicy(mpc_policy(Params(), 400.0))
-with torch.no_grad():  # a residual that moves the LP's action, so the projection has work to do
-    for _p in DEPLOYED.module.parameters():
-        _p.add_(0.2 * torch.randn(_p.shape, generator=torch.Generator().manual_seed(5)))
-DEPLOYED = DeployedPolicy(DEPLOYED.module)
+def _moved_lp_policy() -> MPCBasePolicy:
+    """The LSTM over the LP with a residual that moves the LP's action, so the projection has work to do."""
+    module = mpc_policy(Params(), 400.0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(5)))
+    return module
+
+
+DEPLOYED = DeployedPolicy(_moved_lp_policy())
 
 
 @settings(max_examples=40, deadline=None)

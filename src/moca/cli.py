@@ -726,16 +726,14 @@ def adapt(
         base = _base_choice(base)
         _output_dir(output)
         from moca.meta import OracleCache
-        from moca.policy import evaluate_policy, with_params
+        from moca.policy import evaluate_policy
         from moca.portfolio import adapt_portfolio
-        from moca.regime_map import MappedPolicy, load_learned_policy, save_learned_policy
+        from moca.regime_map import learned_policy_on, load_learned_policy, save_learned_policy
 
-        module, meta = load_learned_policy(checkpoint_dir)
         if params_file is not None:
-            params = _load_params(params_file)
-            if isinstance(module, MappedPolicy) and params != module.params:
-                raise UsageError("--params: a mapped policy runs only on the chain its threshold map was fitted for")
-            module = with_params(module, params)
+            module = learned_policy_on(checkpoint_dir, _load_params(params_file))
+        else:
+            module, _ = load_learned_policy(checkpoint_dir)
         cache = OracleCache(module.params)
         tests = cache.scenarios(range(seed, seed + scenarios), target)
         with _progress(as_json) as progress:

@@ -118,19 +118,9 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         from moca.baselines.ppo import load_ppo
 
         return load_ppo(where)
-    if _checkpoint_kind(where) == "mapped-policy":
-        from moca.regime_map import load_mapped_policy
+    from moca.regime_map import learned_policy_on  # every CLSC-1 kind: plain, mapped, over the LP
 
-        module, _ = load_mapped_policy(name)
-        if module.params != params:
-            raise ExperimentError("--params: a mapped policy runs only on the chain its threshold map was fitted for")
-    elif _checkpoint_kind(where) == "mpc-policy":
-        from moca.mpc_base import load_mpc_policy
-
-        module = with_params(load_mpc_policy(name)[0], params)
-    else:
-        module, _ = checkpoint.load_policy(name)
-        module = with_params(module, params)
+    module = learned_policy_on(name, params)
     weights = None
     if adapt_steps:
         if len(plan.entries) != 1:

@@ -452,6 +452,17 @@ def load_learned_policy(directory: str | Path) -> tuple[LSTMPolicy, dict[str, An
     return checkpoint.load_policy(directory)
 
 
+def learned_policy_on(directory: str | Path, params: Params) -> LSTMPolicy:
+    """:func:`load_learned_policy` on the chain of ``params`` (:func:`moca.policy.with_params`);
+    a mapped policy runs only on the chain its threshold map was fitted for."""
+    from moca.policy import with_params
+
+    module, _ = load_learned_policy(directory)
+    if isinstance(module, MappedPolicy) and params != module.params:
+        raise RegimeMapError("--params: a mapped policy runs only on the chain its threshold map was fitted for")
+    return with_params(module, params)
+
+
 def save_learned_policy(directory: str | Path, module: LSTMPolicy, metadata: Mapping[str, Any]) -> Path:
     """Write a CLSC-1 learned policy of any kind as the checkpoint :func:`load_learned_policy`
     reads back (``mapped-policy``, ``mpc-policy`` or moca's plain ``lstm-policy``)."""

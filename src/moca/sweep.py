@@ -364,25 +364,19 @@ def _build(name: str, regime: Regime, adapt_steps: int, threshold_budget: int = 
         return MPCPolicy(), {}
     if name == "moca":
         from moca import checkpoint
-        from moca.meta import adapt
         from moca.metrics import adaptation_speed
         from moca.policy import DeployedPolicy
+        from moca.portfolio import adapt_portfolio
 
-        module, _ = checkpoint.load_policy("default")
-        extra: dict[str, Any] = {}
-        if moca_base == "default":
-            weights, curve = adapt(module, None, regime, steps=adapt_steps, validation_size=8)
-        else:
-            from moca.portfolio import adapt_portfolio
-
-            portfolio = adapt_portfolio(module, regime, adapt_steps, base=moca_base, validation_size=8,
-                                        keep_best=False)
-            module, weights, curve = portfolio.chosen.module, portfolio.chosen.weights, portfolio.chosen.curve
-            extra["portfolio"] = portfolio.summary()
+        # base "default" is moca.meta.adapt of the meta-init alone (support 800-807, validation 900-907)
+        portfolio = adapt_portfolio(checkpoint.load_policy("default")[0], regime, adapt_steps, base=moca_base,
+                                    validation_size=8, keep_best=False)
+        chosen, curve = portfolio.chosen, portfolio.chosen.curve
         speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
-        return DeployedPolicy(module, weights), {"adaptation_steps": int(speed.steps),
-                                                 "adaptation_seconds": float(speed.seconds),
-                                                 "adapt_seconds_total": float(curve[-1]["seconds"]), **extra}
+        return DeployedPolicy(chosen.module, chosen.weights), {"adaptation_steps": int(speed.steps),
+                                                               "adaptation_seconds": float(speed.seconds),
+                                                               "adapt_seconds_total": float(curve[-1]["seconds"]),
+                                                               "candidate": chosen.name}
     raise SweepError(f"--policies: unknown policy {name!r}")
 
 
@@ -601,7 +595,7 @@ def aggregate(plan: SweepPlan, results: Sequence[TaskResult]) -> dict[str, Any]:
             entry["adaptation_seconds"] = [e["adaptation_seconds"] for e in extras]
             if plan.moca_base != "default":  # which candidate the portfolio deployed at each value
                 entry["moca_base"] = plan.moca_base
-                entry["candidate"] = [e["portfolio"]["chosen"] for e in extras]
+                entry["candidate"] = [e["candidate"] for e in extras]
         if policy == "oracle":
             prices, cis = [], []
             for i in range(len(plan.values)):
