@@ -151,3 +151,39 @@ def test_adapt_cli_with_the_lp_writes_and_reloads_the_winner(tmp_path):
     (out_dir / checkpoint.META).write_text((out_dir / checkpoint.META).read_text().replace('"safety_stock": ',
                                                                                             '"safety_stock": -'))
     assert_bad_input(run("evaluate", "--policy", out_dir, "--regime", "T3", "--scenarios", 1), "safety_stock")
+
+
+def test_on_a_chain_of_another_lead_time_only_the_lp_candidate_can_start():
+    from moca.policy import InputSizeError
+    from moca.portfolio import start_on_chain
+
+    longer = Params(lead_virgin=3)
+    module, base, notes = start_on_chain("default", longer, "auto")
+    assert isinstance(module, MPCBasePolicy) and module.params == longer and base == "mpc"
+    assert "lead_virgin=2" in notes[0] and "LP" in notes[0]
+    assert start_on_chain("default", longer, "mpc")[1] == "mpc"
+    same, base, notes = start_on_chain("default", Params(), "auto")
+    assert not isinstance(same, MPCBasePolicy) and base == "auto" and notes == []
+    for base in ("default", "map"):  # these need the checkpoint's own inputs: the error says the way out
+        with pytest.raises(InputSizeError, match="--base mpc"):
+            start_on_chain("default", longer, base)
+
+
+def test_adapt_cli_on_a_chain_of_another_lead_time_deploys_the_lp(tmp_path):
+    (tmp_path / "chain.json").write_text(json.dumps({"lead_virgin": 3, "cap_produce": 1700}))
+    out_dir = tmp_path / "adapted"
+    result = run("adapt", "--checkpoint", "default", "--regime", "T2", "--params", tmp_path / "chain.json",
+                 "--steps", 1, "--scenarios", 2, "--validation", 2, "-o", out_dir, "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["base"] == "mpc" and out["portfolio"]["chosen"] == "mpc" and out["violations"] == 0
+    assert "lead_virgin=2" in out["portfolio"]["notes"][0]
+    module, _ = load_mpc_policy(out_dir)
+    assert module.params.lead_virgin == 3 and module.params.cap_produce == 1700
+    evaluated = run("evaluate", "--policy", out_dir, "--regime", "T2", "--params", tmp_path / "chain.json",
+                    "--scenarios", 2, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads(evaluated.stdout)
+    assert summary["violations"] == 0 and summary["score"] == pytest.approx(out["score_after"], abs=2e-3)
+    assert_bad_input(run("adapt", "--checkpoint", "default", "--regime", "T2", "--params", tmp_path / "chain.json",
+                         "--base", "default", "--steps", 1), "lead_virgin", "--base mpc")

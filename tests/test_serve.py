@@ -27,7 +27,8 @@ from fastapi.testclient import TestClient
 from moca import checkpoint, safety
 from moca.policy import DeployedPolicy
 from moca.regime import TASKS, RegimeSchedule, ScheduledRegime
-from moca.scenario import draw_scenario
+from moca.regime_map import load_learned_policy
+from moca.scenario import Params, draw_scenario
 from moca.serve import ACTION_NAMES, STATE_NAMES, AdaptSettings, Store, create_app, run_job, warm_start
 from moca.sim import ScenarioBatch, Simulator, rollout
 
@@ -569,3 +570,31 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
         assert (np.abs(pixels.astype(int) - rgb).sum(1) < 30).sum() > 200, rgb
     if os.environ.get("MOCA_DASHBOARD_PNG"):  # how docs/serve-dashboard.png is made
         image.quantize(colors=48).save(os.environ["MOCA_DASHBOARD_PNG"], optimize=True)
+
+
+def test_a_chain_of_another_lead_time_runs_the_lp_checkpoint_adapted_for_it(tmp_path):
+    """``moca adapt --params`` of a lead time the shipped checkpoint was not trained for writes
+    an mpc-policy checkpoint for that chain (tests/test_mpc_base.py); a chain registered with
+    those params and that checkpoint decides through it, feasible and bit-equal to DeployedPolicy."""
+    from moca.mpc_base import mpc_policy, save_mpc_policy
+
+    params = Params(lead_virgin=3)
+    data = tmp_path / "data"
+    save_mpc_policy(data / "checkpoints" / "lead3", mpc_policy(params, 600.0), {"note": "test"})
+    body = {**_obs(0), "pipeline": [1500.0, 2500.0]}
+    with TestClient(create_app(data, worker=False)) as c:
+        refused = c.post("/v1/chains", json={"id": "p0", "regime": "T2", "checkpoint": "lead3"})
+        assert refused.status_code == 422 and "params" in refused.text
+        created = c.post("/v1/chains", json={"id": "p3", "regime": "T2", "checkpoint": "lead3",
+                                             "params": {"lead_virgin": 3}})
+        assert created.status_code == 201, created.text
+        out = c.post("/v1/chains/p3/decide", json=body).json()
+        assert c.post("/v1/chains/p3/decide", json={**_obs(1), "pipeline": [1.0]}).status_code == 422
+    reference = DeployedPolicy(load_learned_policy(data / "checkpoints" / "lead3")[0])
+    reference.reset()
+    state = np.array([body["state"][k] for k in STATE_NAMES])
+    expected = reference.decide(0, state, np.array(body["pipeline"]), np.array(body["sales_history"]),
+                                TASKS["T2"].as_row(), body["return_frac"], None)
+    action = np.array([out["action"][k] for k in ACTION_NAMES])
+    assert np.array_equal(action, expected)
+    assert safety.is_feasible(action, state[0], state[1], state[3], TASKS["T2"].as_row(), params)

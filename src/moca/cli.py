@@ -696,7 +696,10 @@ among the shipped map's thresholds and the nearest tuned regimes, fresh head;
 picked on the support scenarios, fresh head; --base mpc). The one with the
 best validation score is kept (the first in that order on a tie);
 "portfolio" in --json gives each, seconds = the whole choice. -o writes the
-winner (kind "mapped-policy" or "mpc-policy" for those two).
+winner (kind "mapped-policy" or "mpc-policy" for those two). With --params of
+another lead time or return lag the checkpoint's inputs do not fit the chain:
+auto and mpc then adapt the LSTM over the LP alone (it starts fresh on any
+chain), and say so.
 """
 
 
@@ -727,11 +730,12 @@ def adapt(
         _output_dir(output)
         from moca.meta import OracleCache
         from moca.policy import evaluate_policy
-        from moca.portfolio import adapt_portfolio
-        from moca.regime_map import learned_policy_on, load_learned_policy, save_learned_policy
+        from moca.portfolio import adapt_portfolio, start_on_chain
+        from moca.regime_map import load_learned_policy, save_learned_policy
 
-        if params_file is not None:
-            module = learned_policy_on(checkpoint_dir, _load_params(params_file))
+        notes: list[str] = []
+        if params_file is not None:  # another chain: a checkpoint of other inputs leaves the LP candidate
+            module, base, notes = start_on_chain(checkpoint_dir, _load_params(params_file), base)
         else:
             module, _ = load_learned_policy(checkpoint_dir)
         cache = OracleCache(module.params)
@@ -742,6 +746,7 @@ def adapt(
             before = evaluate_policy(module, start, tests, cache.costs(tests))
             portfolio = adapt_portfolio(module, target, steps, base=base, validation_size=validation, cache=cache,
                                         keep_best=not keep_last)
+            portfolio.notes[:0] = notes
             chosen = portfolio.chosen
             module, weights, curve = chosen.module, chosen.weights, chosen.curve
             after = evaluate_policy(module, weights, tests, cache.costs(tests))

@@ -118,21 +118,22 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         from moca.baselines.ppo import load_ppo
 
         return load_ppo(where)
+    from moca.portfolio import adapt_portfolio, start_on_chain
     from moca.regime_map import learned_policy_on  # every CLSC-1 kind: plain, mapped, over the LP
 
+    if adapt_steps and len(plan.entries) != 1:
+        raise ExperimentError("--adapt-steps: adaptation needs one regime, not a schedule of several")
+    if adapt_steps and base != "default":
+        module, base, notes = start_on_chain(name, params, base)  # on another chain maybe the LP's alone
+        result = adapt_portfolio(module, plan.entries[0].regime(), adapt_steps, base=base, keep_best=False)
+        result.notes[:0] = notes
+        deployed = DeployedPolicy(result.chosen.module, result.chosen.weights)
+        deployed.portfolio = result.summary()  # which candidate won, and both validation scores
+        return deployed
     module = learned_policy_on(name, params)
     weights = None
     if adapt_steps:
-        if len(plan.entries) != 1:
-            raise ExperimentError("--adapt-steps: adaptation needs one regime, not a schedule of several")
         regime = plan.entries[0].regime()
-        if base != "default":
-            from moca.portfolio import adapt_portfolio
-
-            result = adapt_portfolio(module, regime, adapt_steps, base=base, keep_best=False)
-            deployed = DeployedPolicy(result.chosen.module, result.chosen.weights)
-            deployed.portfolio = result.summary()  # which candidate won, and both validation scores
-            return deployed
         weights, _ = adapt(module, None, regime, adapt_steps)
     return DeployedPolicy(module, weights)
 

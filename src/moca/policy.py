@@ -45,6 +45,15 @@ class PolicyError(ValueError):
     """Bad input to the policy; the message names the argument and the problem."""
 
 
+class InputSizeError(PolicyError):
+    """A checkpoint's weights do not fit a chain: its lead time or return lag differs, and
+    with them the number of the policy's inputs. ``trained``: the checkpoint's params."""
+
+    def __init__(self, message: str, trained: Any = None):
+        super().__init__(message)
+        self.trained = trained
+
+
 class PolicyConfig(BaseModel):
     """Architecture of :class:`LSTMPolicy` (pydantic, so it serialises into checkpoints)."""
 
@@ -298,10 +307,10 @@ def with_params(module: "LSTMPolicy", params: Params) -> "LSTMPolicy":
     theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if ours != theirs:
         world = "--model CLSC-2 " if type(params).__name__ == "Params2" else ""
-        raise PolicyError(f"params: lead_virgin={params.lead_virgin}, lag_return={params.lag_return} change the "
+        raise InputSizeError(f"params: lead_virgin={params.lead_virgin}, lag_return={params.lag_return} change the "
                           f"policy's input size; the checkpoint was trained for lead_virgin="
                           f"{module.params.lead_virgin}, lag_return={module.params.lag_return} (train one with "
-                          f"'moca train {world}--params FILE')")
+                          f"'moca train {world}--params FILE')", trained=module.params)
     rebuilt.load_state_dict(module.state_dict())
     return rebuilt
 

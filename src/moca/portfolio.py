@@ -29,10 +29,11 @@ from typing import Any, Sequence
 
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
 from moca.mpc_base import mpc_policy, select_safety_stock
-from moca.policy import LSTMPolicy, Weights
+from moca.policy import InputSizeError, LSTMPolicy, Weights
 from moca.regime import Regime, load_regime
-from moca.regime_map import RegimeMapError, ThresholdMap, load_map, mapped_policy, select_thresholds
-from moca.scenario import Scenario
+from moca.regime_map import (RegimeMapError, ThresholdMap, learned_policy_on, load_map, mapped_policy,
+                             select_thresholds)
+from moca.scenario import Params, Scenario
 
 BASES: tuple[str, ...] = ("auto", "default", "map", "mpc")
 
@@ -78,6 +79,27 @@ def _validation_score(curve: list[dict[str, Any]]) -> float:
 def map_usable(threshold_map: ThresholdMap, module: LSTMPolicy) -> bool:
     """The map was fitted for these params (a map of another chain would pick wrong thresholds)."""
     return threshold_map.params == module.params
+
+
+def start_on_chain(directory: str, params: Params, base: str) -> tuple[LSTMPolicy, str, list[str]]:
+    """The learned policy of checkpoint ``directory`` on the chain of ``params``, the base to
+    adapt it by, and notes for the user.
+
+    A checkpoint trained for another lead time or return lag has another number of inputs
+    and cannot run on this chain. The LP candidate can: its head starts fresh, sized for the
+    chain. So ``auto`` and ``mpc`` then adapt it alone (its module, untrained, is returned
+    as the start) and say so; ``default`` and ``map`` fail with the checkpoint's error and
+    that way out."""
+    try:
+        return learned_policy_on(directory, params), base, []
+    except InputSizeError as err:
+        if base not in ("auto", "mpc"):
+            raise InputSizeError(f"{err}; or adapt moca's LSTM over the LP, which starts fresh on any chain: "
+                                 "--base mpc", trained=err.trained) from None
+        note = (f"the checkpoint was trained for lead_virgin={err.trained.lead_virgin}, lag_return="
+                f"{err.trained.lag_return}: its inputs do not fit this chain, so the LSTM over the LP "
+                "(fresh head) was adapted alone")
+        return mpc_policy(params), "mpc", [note]
 
 
 def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: str = "auto",
@@ -131,4 +153,4 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
     return PortfolioResult(best, candidates, time.perf_counter() - started, notes)
 
 
-__all__ = ["BASES", "Candidate", "PortfolioResult", "adapt_portfolio", "map_usable"]
+__all__ = ["BASES", "Candidate", "PortfolioResult", "adapt_portfolio", "map_usable", "start_on_chain"]
