@@ -205,26 +205,31 @@ class ExperimentConfig(BaseModel):
     retuned_support: int = Field(8, ge=1, description="support scenarios per task (seeds 800+) of that comparison")
 
 
-class _Scorer:
-    """Test and validation scenarios of each regime, their oracle costs, and scoring."""
+class Scorer:
+    """Test and validation scenarios of each regime (or schedule), their oracle costs, and
+    scoring through the world's ``evaluate(module, weights, scenarios, oracle_costs)``
+    (:func:`moca.policy.evaluate_policy` here, ``evaluate_policy2`` for CLSC-2, which is
+    handed the scenario lists: ``prepare`` turns a list into what ``evaluate`` takes once).
+    Violations of every evaluation are summed in :attr:`violations`."""
 
-    def __init__(self, module: LSTMPolicy, cache: OracleCache, regimes: Sequence[Regime], config: ExperimentConfig):
-        self.module = module
+    def __init__(self, module: Any, cache: Any, regimes: Sequence[Any], config: ExperimentConfig,
+                 evaluate: Callable[..., dict[str, Any]] = evaluate_policy,
+                 prepare: Callable[[list], Any] = ScenarioBatch.from_scenarios):
+        self.module, self.evaluate = module, evaluate
         self.test = [cache.scenarios(range(TEST_SEED, TEST_SEED + config.test_size), r) for r in regimes]
         self.test_oracle = [cache.costs(s) for s in self.test]
-        self.test_batch = [ScenarioBatch.from_scenarios(s) for s in self.test]
-        valid = [cache.scenarios(VALIDATION_SEEDS[:config.validation_size], r) for r in regimes]
-        self.valid_oracle = [cache.costs(s) for s in valid]
-        self.valid_batch = [ScenarioBatch.from_scenarios(s) for s in valid]
+        self.valid = [cache.scenarios(VALIDATION_SEEDS[:config.validation_size], r) for r in regimes]
+        self.valid_oracle = [cache.costs(s) for s in self.valid]
+        self._test_in, self._valid_in = [prepare(s) for s in self.test], [prepare(s) for s in self.valid]
         self.violations = 0
 
-    def test_score(self, weights: Weights, j: int) -> dict[str, float]:
-        out = evaluate_policy(self.module, weights, self.test_batch[j], self.test_oracle[j])
+    def test_score(self, weights: Weights, j: int) -> dict[str, Any]:
+        out = self.evaluate(self.module, weights, self._test_in[j], self.test_oracle[j])
         self.violations += out["violations"]
         return out
 
     def validation_score(self, weights: Weights, j: int) -> float:
-        out = evaluate_policy(self.module, weights, self.valid_batch[j], self.valid_oracle[j])
+        out = self.evaluate(self.module, weights, self._valid_in[j], self.valid_oracle[j])
         self.violations += out["violations"]
         return out["score"]
 
@@ -253,7 +258,7 @@ def deployment_latency_us(module: LSTMPolicy, weights: Weights, scenarios: Seque
 
 
 def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Regime]], cache: OracleCache,
-                  config: ExperimentConfig = ExperimentConfig(), scorer: _Scorer | None = None, progress: Callable[[str], None] | None = None,
+                  config: ExperimentConfig = ExperimentConfig(), scorer: Scorer | None = None, progress: Callable[[str], None] | None = None,
                   init: Weights | None = None) -> tuple[dict[str, Any], Weights]:
     """Learn ``tasks`` in order with ``method``; returns the method's results (the
     ``MethodResult`` of :mod:`moca.report`) and its final weights.
@@ -265,7 +270,7 @@ def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Re
         raise ExperimentError("checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
     shipped_init = init is None and spec.init == "meta"
     started = time.perf_counter()
-    scorer = scorer or _Scorer(module, cache, [r for _, r in tasks], config)
+    scorer = scorer or Scorer(module, cache, [r for _, r in tasks], config)
     scorer.violations = 0
     if init is None:
         init = _init_weights(method, module)
@@ -318,7 +323,7 @@ def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Re
 # ----------------------------------------------------------------------------------------
 
 
-def baseline_results(tasks: Sequence[tuple[str, Regime]], scorer: _Scorer, params: Params,
+def baseline_results(tasks: Sequence[tuple[str, Regime]], scorer: Scorer, params: Params,
                      progress: Callable[[str], None] | None = None) -> tuple[dict[str, dict[str, Any]], dict]:
     """Oracle, tuned threshold rule and MPC on each task's test scenarios (deployment
     path, float64); also returns the baseline policies per task for the per-period series."""
@@ -338,7 +343,7 @@ def baseline_results(tasks: Sequence[tuple[str, Regime]], scorer: _Scorer, param
     return out, policies
 
 
-def retuned_per_task(tasks: Sequence[tuple[str, Regime]], scorer: _Scorer, cache: OracleCache,
+def retuned_per_task(tasks: Sequence[tuple[str, Regime]], scorer: Scorer, cache: OracleCache,
                      config: ExperimentConfig, params: Params,
                      progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Each task on its own, as a user meets a new rule: the MPC with its safety stock
@@ -534,7 +539,7 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     cache = OracleCache(params)
     regimes = [r for _, r in tasks]
     tell("drawing scenarios, oracle costs")
-    scorer = _Scorer(module, cache, regimes, config)
+    scorer = Scorer(module, cache, regimes, config)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else "")
     metrics: dict[str, Any] = {
         "id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from moca.continual import ContinualLearner, LearnStats, Task, method_spec
-from moca.experiment import ExperimentConfig, ExperimentError, machine
+from moca.experiment import ExperimentConfig, ExperimentError, Scorer, machine
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS
 from moca.meta2 import OracleCache2, load_policy2
 from moca.metrics import adaptation_speed, continual_metrics
@@ -62,26 +62,9 @@ class PolicyTask2:
                                correction_weight=self.correction_weight)[0].mean()
 
 
-class _Scorer2:
-    """Test and validation scenarios of each regime with their oracle costs."""
-
-    def __init__(self, module: LSTMPolicy2, cache: OracleCache2, plans: Sequence[Any], config: ExperimentConfig):
-        self.module = module
-        self.test = [cache.scenarios(range(TEST_SEED, TEST_SEED + config.test_size), p) for p in plans]
-        self.test_oracle = [cache.costs(s) for s in self.test]
-        self.valid = [cache.scenarios(VALIDATION_SEEDS[:config.validation_size], p) for p in plans]
-        self.valid_oracle = [cache.costs(s) for s in self.valid]
-        self.violations = 0
-
-    def test_score(self, weights: Weights, j: int) -> dict[str, Any]:
-        out = evaluate_policy2(self.module, weights, self.test[j], self.test_oracle[j])
-        self.violations += out["violations"]
-        return out
-
-    def validation_score(self, weights: Weights, j: int) -> float:
-        out = evaluate_policy2(self.module, weights, self.valid[j], self.valid_oracle[j])
-        self.violations += out["violations"]
-        return out["score"]
+def scorer2(module: LSTMPolicy2, cache: OracleCache2, plans: Sequence[Any], config: ExperimentConfig) -> Scorer:
+    """:class:`moca.experiment.Scorer` for CLSC-2: scored by ``evaluate_policy2`` on the lists."""
+    return Scorer(module, cache, plans, config, evaluate=evaluate_policy2, prepare=list)
 
 
 def shipped_init2(module: LSTMPolicy2, where: str = "default") -> Weights:
@@ -128,7 +111,7 @@ def learn_by_validation(learner: ContinualLearner, task: Task, steps: int,
 
 
 def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, Any]], cache: OracleCache2,
-                   config: ExperimentConfig = ExperimentConfig(), scorer: _Scorer2 | None = None,
+                   config: ExperimentConfig = ExperimentConfig(), scorer: Scorer | None = None,
                    init: Weights | None = None, progress: Callable[[str], None] | None = None,
                    select_protocol: bool | None = None) -> tuple[dict[str, Any], Weights]:
     """Learn ``tasks`` (label, regime or schedule) in order with ``method``; the score
@@ -149,7 +132,7 @@ def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, 
     if init is None and spec.init == "meta":
         init = shipped_init2(module)
     started = time.perf_counter()
-    scorer = scorer or _Scorer2(module, cache, [p for _, p in tasks], config)
+    scorer = scorer or scorer2(module, cache, [p for _, p in tasks], config)
     scorer.violations = 0
     learner = ContinualLearner(module, method, init, config.continual.model_copy(update={"seed": config.scratch_seed}))
     n = len(tasks)
@@ -244,7 +227,7 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
     module.load_state_dict(LSTMPolicy2(module.params, module.config).state_dict())
     cache = OracleCache2(module.params)
     tell("drawing scenarios, oracle costs")
-    scorer = _Scorer2(module, cache, [r for _, r in tasks], config)
+    scorer = scorer2(module, cache, [r for _, r in tasks], config)
     run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-clsc2" + ("-quick" if quick else "")
     tuning = {"budget": 40 if quick else 1500, "train_seeds": 2 if quick else 32}
     metrics: dict[str, Any] = {
