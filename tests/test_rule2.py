@@ -225,3 +225,27 @@ def test_ceiling_benchmark_quick(tmp_path, monkeypatch):
         assert 0 < row["score"] <= 1 + 1e-6 and row["safety_product"] in (300.0, 450.0) and row["lost_units"] >= 0
     # Told the demand itself, the rule does better on the seeds its safety stock was picked on.
     assert rows["told the demand"]["validation_score"] > rows["own"]["validation_score"]
+
+
+def test_adaptation_budget_benchmark_quick(tmp_path, monkeypatch):
+    import json
+
+    out = tmp_path / "clsc2_adapt_budget.json"
+    run_script("bench_clsc2_adapt_budget.py", ["--quick", "--out", str(out)], monkeypatch)
+    result = json.loads(out.read_text())
+    rows = result["tasks"]["T2"]
+    assert list(rows) == ["zero-shot", "2x1", "4x2"]
+    for name in ("2x1", "4x2"):
+        row = rows[name]
+        assert 0 < row["test_score"] <= 1 + 1e-6 and row["violations"] == 0 and row["seconds"] > 0
+        assert len(row["validation_curve"]) == row["steps"] + 1
+    assert abs(result["mean"]["4x2"] - rows["4x2"]["test_score"]) < 1e-12
+    # The zero-shot row is the shipped meta-init scored on the same four test seeds.
+    from moca.meta2 import OracleCache2, load_policy2
+    from moca.policy2 import evaluate_policy2
+    from moca.regime import TASKS_2
+
+    module, _ = load_policy2("default")
+    cache = OracleCache2(module.params)
+    tests = cache.scenarios(range(1000, 1004), TASKS_2["T2"])
+    assert abs(evaluate_policy2(module, None, tests, cache.costs(tests))["score"] - rows["zero-shot"]["test_score"]) < 1e-12
