@@ -249,3 +249,26 @@ def test_adaptation_budget_benchmark_quick(tmp_path, monkeypatch):
     cache = OracleCache2(module.params)
     tests = cache.scenarios(range(1000, 1004), TASKS_2["T2"])
     assert abs(evaluate_policy2(module, None, tests, cache.costs(tests))["score"] - rows["zero-shot"]["test_score"]) < 1e-12
+
+
+def test_random_regimes_benchmark_quick(tmp_path, monkeypatch):
+    """bench_random_regimes.py --quick on CLSC-2: the regimes are the seeded draws of the whole
+    space (no named task), every policy is scored with 0 violations, the table's gap is moca's
+    score minus the best peer's."""
+    import json
+
+    from moca.meta2 import sample_task2
+    from moca.regime import TASKS, Regime
+
+    out = tmp_path / "random_regimes.json"
+    run_script("bench_random_regimes.py", ["--quick", "--world", "CLSC-2", "--seed", "7", "--out", str(out)],
+               monkeypatch)
+    rows = json.loads(out.read_text())["worlds"]["CLSC-2"]
+    rng = np.random.default_rng([7, 2])
+    expected = [sample_task2(rng, named_share=0.0) for _ in range(2)]
+    assert [Regime(**row["regime"]) for row in rows] == expected
+    assert not any(Regime(**row["regime"]) in TASKS.values() for row in rows)
+    for row in rows:
+        assert set(row) == {"regime", "label", "moca", "threshold (re-tuned)", "mpc-sampled (safety stock re-picked)"}
+        for name in ("moca", "threshold (re-tuned)", "mpc-sampled (safety stock re-picked)"):
+            assert 0 < row[name]["score"] <= 1 + 1e-6 and row[name]["violations"] == 0 and row[name]["seconds"] >= 0

@@ -1,0 +1,186 @@
+"""moca against the peers re-tuned per regime on random regimes no issue, task or preset names.
+
+    python benchmarks/bench_random_regimes.py [--world CLSC-1|CLSC-2|both] [--regimes 6] [--seed 2026]
+                                              [--scenarios 20] [--quick]
+
+The regimes are drawn from the whole regime space by ``moca.meta.sample_task`` (CLSC-2:
+``sample_task2``, accounting windows included) with ``named_share=0`` — every rule drawn
+over its spec range, present or absent — from a seed meta-training never used, so none is a
+task, a preset or a neighbourhood of one. On each, scored on test seeds 1000+ (oracle cost /
+policy cost, every action through the exact projection), with the seconds each took:
+
+* CLSC-1: ``moca adapt`` (the portfolio, 3 steps, support seeds 800-807, chosen on
+  validation seeds 900-907); the threshold rule re-tuned for the regime
+  (``tune_threshold``); the MPC with its safety stock re-picked on the regime's support
+  scenarios (``select_safety_stock``).
+* CLSC-2: ``moca adapt --model CLSC-2`` (the shipped meta-init, 3 steps, the same seeds);
+  the threshold rule re-tuned for the regime as the peers benchmark re-tunes it (1,500
+  candidates on 32 training scenarios); the two-stage sampled MPC with its safety stock
+  re-picked on 2 training scenarios of the regime, as ``bench_peers.py --retune-per-regime``.
+
+Writes benchmarks/random_regimes.json and prints a markdown table per world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moca.experiment import machine
+from moca.files import write_atomic
+from moca.regime import Regime, RegimeSchedule
+
+HERE = Path(__file__).parent
+
+
+def clsc1(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any]]:
+    from moca.baselines import MPCPolicy, tune_threshold
+    from moca.evaluation import evaluate_policy
+    from moca.meta import SUPPORT_SEEDS, OracleCache
+    from moca.mpc_base import select_safety_stock
+    from moca.policy import DeployedPolicy
+    from moca.portfolio import adapt_portfolio
+    from moca.regime_map import load_learned_policy
+    from moca.scenario import Params
+
+    cache = OracleCache(Params())
+    rows = []
+    for regime in regimes:
+        tests = cache.scenarios(range(1000, 1000 + n_test), regime)
+        oracle = cache.costs(tests)
+        support = cache.scenarios(SUPPORT_SEEDS[:4 if quick else 8], regime)
+        row: dict[str, Any] = {"regime": regime.model_dump(), "label": regime.describe()}
+        began = time.perf_counter()
+        module, _ = load_learned_policy("default")
+        result = adapt_portfolio(module, regime, 1 if quick else 3, support=support,
+                                 validation_size=4 if quick else 8, cache=cache)
+        seconds = time.perf_counter() - began
+        chosen = result.chosen
+        out = evaluate_policy("moca", DeployedPolicy(chosen.module, chosen.weights), tests, oracle)
+        row["moca"] = {"score": float(out.scores.mean()), "violations": out.violations, "seconds": seconds,
+                       "candidate": chosen.name}
+        began = time.perf_counter()
+        threshold = tune_threshold(RegimeSchedule.constant(regime), Params(), **({"budget": 60, "train_seeds": 2}
+                                                                                if quick else {}))
+        seconds = time.perf_counter() - began
+        out = evaluate_policy("threshold", threshold, tests, oracle)
+        row["threshold (re-tuned)"] = {"score": float(out.scores.mean()), "violations": out.violations,
+                                       "seconds": seconds}
+        began = time.perf_counter()
+        stock, _ = select_safety_stock(support)
+        seconds = time.perf_counter() - began
+        out = evaluate_policy("mpc", MPCPolicy(safety_stock=stock), tests, oracle)
+        row["mpc (safety stock re-picked)"] = {"score": float(out.scores.mean()), "violations": out.violations,
+                                               "seconds": seconds, "safety_stock": stock}
+        rows.append(row)
+        print(f"CLSC-1 {row['label']}: " + ", ".join(f"{k} {v['score']:.4f}" for k, v in row.items()
+                                                      if isinstance(v, dict) and "score" in v), flush=True)
+    return rows
+
+
+def clsc2(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any]]:
+    from moca.baselines.mpc2 import MPC2Policy
+    from moca.baselines.peers import evaluate2
+    from moca.baselines.threshold2 import tune_threshold2
+    from moca.meta2 import OracleCache2, adapt2, load_policy2
+    from moca.oracle2 import solve_oracle2
+    from moca.policy2 import evaluate_policy2
+    from moca.scenario import DEFAULT_PARAMS_2, TRAINING_STREAM, draw_scenario2
+
+    module, _ = load_policy2("default")
+    cache = OracleCache2(module.params)
+    stocks = [300.0, 1000.0] if quick else [300.0, 600.0, 1000.0, 1500.0, 2500.0, 4000.0]
+    rows = []
+    for regime in regimes:
+        plan = RegimeSchedule.constant(regime)
+        tests = cache.scenarios(range(1000, 1000 + n_test), plan)
+        oracle = np.asarray(cache.costs(tests))
+        row: dict[str, Any] = {"regime": regime.model_dump(), "label": regime.describe()}
+        began = time.perf_counter()
+        weights, _ = adapt2(module, None, plan, 1 if quick else 3, support_size=4 if quick else 8,
+                            validation_size=4 if quick else 8, cache=cache, keep_best=True)
+        seconds = time.perf_counter() - began
+        out = evaluate_policy2(module, weights, tests, oracle)
+        row["moca"] = {"score": out["score"], "violations": out["violations"], "seconds": seconds}
+        began = time.perf_counter()
+        threshold = tune_threshold2(plan, DEFAULT_PARAMS_2, train_seeds=1 if quick else 32, budget=60 if quick else 1500)
+        seconds = time.perf_counter() - began
+        out = evaluate2("threshold", threshold, tests, oracle)
+        row["threshold (re-tuned)"] = {"score": float(out.scores.mean()), "violations": out.violations,
+                                       "seconds": seconds}
+        began = time.perf_counter()
+        own = [draw_scenario2((TRAINING_STREAM, i), plan, DEFAULT_PARAMS_2) for i in range(1 if quick else 2)]
+        own_oracle = np.array([solve_oracle2(x).oracle_cost for x in own])
+        scores = {v: float(evaluate2("tune", MPC2Policy(safety_stock=v, samples=4), own, own_oracle).scores.mean())
+                  for v in stocks}
+        stock = max(scores, key=scores.get)
+        seconds = time.perf_counter() - began
+        out = evaluate2("mpc-sampled", MPC2Policy(safety_stock=stock, samples=4), tests, oracle)
+        row["mpc-sampled (safety stock re-picked)"] = {"score": float(out.scores.mean()),
+                                                       "violations": out.violations, "seconds": seconds,
+                                                       "safety_stock": stock}
+        rows.append(row)
+        print(f"CLSC-2 {row['label']}: " + ", ".join(f"{k} {v['score']:.4f}" for k, v in row.items()
+                                                      if isinstance(v, dict) and "score" in v), flush=True)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    policies = [k for k, v in rows[0].items() if isinstance(v, dict) and "score" in v]
+    head = "| regime | " + " | ".join(policies) + " | moca − best peer |"
+    lines = [head, "|:---|" + "---:|" * (len(policies) + 1)]
+    for row in rows:
+        best = max(row[p]["score"] for p in policies[1:])
+        cells = [f"{row[p]['score']:.4f} ({row[p]['seconds']:.1f} s)" for p in policies]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {row['moca']['score'] - best:+.4f} |")
+    means = [float(np.mean([r[p]["score"] for r in rows])) for p in policies]
+    best_each = float(np.mean([max(r[p]["score"] for p in policies[1:]) for r in rows]))
+    lines.append("| **mean** | " + " | ".join(f"**{m:.4f}**" for m in means)
+                 + f" | {means[0] - best_each:+.4f} (against each regime's best peer) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", default="both", choices=["CLSC-1", "CLSC-2", "both"])
+    parser.add_argument("--regimes", type=int, default=6, help="random regimes per world")
+    parser.add_argument("--seed", type=int, default=2026, help="seed of the regime draws (meta-training used 0..)")
+    parser.add_argument("--scenarios", type=int, default=20, help="test scenarios per regime (seeds 1000+)")
+    parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
+    parser.add_argument("--out", type=Path, default=HERE / "random_regimes.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.regimes, args.scenarios = 2, 2
+    torch.set_num_threads(1)
+    from moca.meta import sample_task
+    from moca.meta2 import sample_task2
+    from moca.scenario import Params
+
+    worlds = ["CLSC-1", "CLSC-2"] if args.world == "both" else [args.world]
+    result: dict[str, Any] = {"command": "python benchmarks/bench_random_regimes.py "
+                                         f"--world {args.world} --regimes {args.regimes} --seed {args.seed} "
+                                         f"--scenarios {args.scenarios}" + (" --quick" if args.quick else ""),
+                              "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
+    started = time.perf_counter()
+    for world in worlds:
+        rng = np.random.default_rng([args.seed, 1 if world == "CLSC-1" else 2])
+        draw = (lambda: sample_task(rng, Params(), named_share=0.0)) if world == "CLSC-1" else \
+            (lambda: sample_task2(rng, named_share=0.0))
+        regimes = [draw() for _ in range(args.regimes)]
+        rows = (clsc1 if world == "CLSC-1" else clsc2)(regimes, args.scenarios, args.quick)
+        result["worlds"][world] = rows
+        print(f"\n{world}\n" + table(rows) + "\n", flush=True)
+    result.update({"wall_seconds": time.perf_counter() - started,
+                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()})
+    write_atomic(args.out, json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
