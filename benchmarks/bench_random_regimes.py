@@ -1,7 +1,7 @@
 """moca against the peers re-tuned per regime on random regimes no issue, task or preset names.
 
     python benchmarks/bench_random_regimes.py [--world CLSC-1|CLSC-2|both] [--regimes 6] [--seed 2026]
-                                              [--scenarios 20] [--quick]
+                                              [--scenarios 20] [--with-cap] [--out FILE] [--quick]
 
 The regimes are drawn from the whole regime space by ``moca.meta.sample_task`` (CLSC-2:
 ``sample_task2``, accounting windows included) with ``named_share=0`` — every rule drawn
@@ -18,7 +18,9 @@ policy cost, every action through the exact projection), with the seconds each t
   candidates on 32 training scenarios); the two-stage sampled MPC with its safety stock
   re-picked on 2 training scenarios of the regime, as ``bench_peers.py --retune-per-regime``.
 
-Writes benchmarks/random_regimes.json and prints a markdown table per world.
+``--with-cap`` keeps only the draws that have an emission cap (drawn log-uniform over 0.4-2x
+the emissions of an average virgin-only period), to look at that rule alone. Writes
+benchmarks/random_regimes.json (``--out``) and prints a markdown table per world.
 """
 
 from __future__ import annotations
@@ -153,6 +155,8 @@ def main() -> None:
     parser.add_argument("--regimes", type=int, default=6, help="random regimes per world")
     parser.add_argument("--seed", type=int, default=2026, help="seed of the regime draws (meta-training used 0..)")
     parser.add_argument("--scenarios", type=int, default=20, help="test scenarios per regime (seeds 1000+)")
+    parser.add_argument("--with-cap", action="store_true",
+                        help="keep only draws with an emission cap (the rest of each draw as usual)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
     parser.add_argument("--out", type=Path, default=HERE / "random_regimes.json")
     args = parser.parse_args()
@@ -166,14 +170,19 @@ def main() -> None:
     worlds = ["CLSC-1", "CLSC-2"] if args.world == "both" else [args.world]
     result: dict[str, Any] = {"command": "python benchmarks/bench_random_regimes.py "
                                          f"--world {args.world} --regimes {args.regimes} --seed {args.seed} "
-                                         f"--scenarios {args.scenarios}" + (" --quick" if args.quick else ""),
+                                         f"--scenarios {args.scenarios}" + (" --with-cap" if args.with_cap else "")
+                                         + (" --quick" if args.quick else ""),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
     started = time.perf_counter()
     for world in worlds:
         rng = np.random.default_rng([args.seed, 1 if world == "CLSC-1" else 2])
         draw = (lambda: sample_task(rng, Params(), named_share=0.0)) if world == "CLSC-1" else \
             (lambda: sample_task2(rng, named_share=0.0))
-        regimes = [draw() for _ in range(args.regimes)]
+        regimes: list[Regime] = []
+        while len(regimes) < args.regimes:
+            regime = draw()
+            if regime.emission_cap is not None or not args.with_cap:
+                regimes.append(regime)
         rows = (clsc1 if world == "CLSC-1" else clsc2)(regimes, args.scenarios, args.quick)
         result["worlds"][world] = rows
         print(f"\n{world}\n" + table(rows) + "\n", flush=True)

@@ -252,21 +252,22 @@ def test_adaptation_budget_benchmark_quick(tmp_path, monkeypatch):
 
 
 def test_random_regimes_benchmark_quick(tmp_path, monkeypatch):
-    """bench_random_regimes.py --quick on CLSC-2: the regimes are the seeded draws of the whole
-    space (no named task), every policy is scored with 0 violations, the table's gap is moca's
-    score minus the best peer's."""
+    """bench_random_regimes.py --quick --with-cap on CLSC-2: the regimes are the first seeded
+    draws of the whole space (no named task) that have an emission cap, and every policy is
+    scored with 0 violations."""
     import json
 
     from moca.meta2 import sample_task2
     from moca.regime import TASKS, Regime
 
     out = tmp_path / "random_regimes.json"
-    run_script("bench_random_regimes.py", ["--quick", "--world", "CLSC-2", "--seed", "7", "--out", str(out)],
-               monkeypatch)
+    run_script("bench_random_regimes.py", ["--quick", "--world", "CLSC-2", "--seed", "7", "--with-cap",
+                                           "--out", str(out)], monkeypatch)
     rows = json.loads(out.read_text())["worlds"]["CLSC-2"]
     rng = np.random.default_rng([7, 2])
-    expected = [sample_task2(rng, named_share=0.0) for _ in range(2)]
-    assert [Regime(**row["regime"]) for row in rows] == expected
+    draws = [sample_task2(rng, named_share=0.0) for _ in range(40)]
+    expected = [r for r in draws if r.emission_cap is not None][:2]  # --with-cap: the first draws with a cap
+    assert len(expected) == 2 and [Regime(**row["regime"]) for row in rows] == expected
     assert not any(Regime(**row["regime"]) in TASKS.values() for row in rows)
     for row in rows:
         assert set(row) == {"regime", "label", "moca", "threshold (re-tuned)", "mpc-sampled (safety stock re-picked)"}
