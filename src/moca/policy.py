@@ -309,8 +309,9 @@ def with_params(module: "LSTMPolicy", params: Params) -> "LSTMPolicy":
         world = "--model CLSC-2 " if type(params).__name__ == "Params2" else ""
         raise InputSizeError(f"params: lead_virgin={params.lead_virgin}, lag_return={params.lag_return} change the "
                           f"policy's input size; the checkpoint was trained for lead_virgin="
-                          f"{module.params.lead_virgin}, lag_return={module.params.lag_return} (train one with "
-                          f"'moca train {world}--params FILE')", trained=module.params)
+                          f"{module.params.lead_virgin}, lag_return={module.params.lag_return} (run it with --params "
+                          f"of a chain with those, or train one for this chain with 'moca train {world}--params FILE')",
+                          trained=module.params)
     rebuilt.load_state_dict(module.state_dict())
     return rebuilt
 
