@@ -125,8 +125,8 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         raise ExperimentError("--adapt-steps: adaptation needs one regime, not a schedule of several")
     if adapt_steps and base != "default":
         module, base, notes = start_on_chain(name, params, base)  # on another chain maybe the LP's alone
-        result = adapt_portfolio(module, plan.entries[0].regime(), adapt_steps, base=base, keep_best=False)
-        result.notes[:0] = notes
+        result = adapt_portfolio(module, plan.entries[0].regime(), adapt_steps, base=base, keep_best=False,
+                                 notes=notes)
         deployed = DeployedPolicy(result.chosen.module, result.chosen.weights)
         deployed.portfolio = result.summary()  # which candidate won, and both validation scores
         return deployed
@@ -356,6 +356,7 @@ def retuned_per_task(tasks: Sequence[tuple[str, Regime]], scorer: Scorer, cache:
     from moca.mpc_base import select_safety_stock
     from moca.portfolio import adapt_portfolio, start_on_chain
 
+    module, base, _ = start_on_chain("default", params, "auto")  # adaptation leaves the module as it is
     out: dict[str, dict[str, Any]] = {"mpc-retuned": {}, "moca-adapt": {}}
     for j, (name, regime) in enumerate(tasks):
         support = cache.scenarios(SUPPORT_SEEDS[:config.retuned_support], regime)
@@ -369,7 +370,6 @@ def retuned_per_task(tasks: Sequence[tuple[str, Regime]], scorer: Scorer, cache:
         out["mpc-retuned"][name] = {**{k: summary[k] for k in ("score", "mean_cost", "violations")},
                                     "seconds": seconds, "safety_stock": stock}
         began = time.perf_counter()
-        module, base, _ = start_on_chain("default", params, "auto")
         result = adapt_portfolio(module, regime, config.retuned_steps, base=base, support=support,
                                  validation_size=config.validation_size, cache=cache)
         seconds = time.perf_counter() - began

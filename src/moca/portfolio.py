@@ -106,13 +106,14 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
                     threshold_map: ThresholdMap | None = None, select: int = 16, support_size: int = 8,
                     validation_size: int = 16, cache: OracleCache | None = None, keep_best: bool = True,
                     support: Sequence[Scenario] | None = None, validation: Sequence[Scenario] | None = None,
-                    ) -> PortfolioResult:
+                    notes: Sequence[str] = ()) -> PortfolioResult:
     """Adapt the candidates of ``base`` (``auto``: all three; ``default``: ``module`` only;
     ``map``: the mapped policy only; ``mpc``: the LSTM over the LP only) ``steps`` steps to
     ``regime`` and choose by validation score. ``threshold_map``: the shipped map when None
     (only ``auto`` and ``map`` load it). ``auto`` leaves the map's candidate out, with a
     note, when the map was fitted for other params; ``map`` then fails with a
-    :class:`RegimeMapError`. The LP's candidate runs on ``module``'s params, whatever they are."""
+    :class:`RegimeMapError`. The LP's candidate runs on ``module``'s params, whatever they are.
+    ``notes``: what the caller has to tell the user first (:func:`start_on_chain`'s)."""
     if base not in BASES:
         raise RegimeMapError(f"base: {base!r} is not one of {', '.join(BASES)}")
     regime = load_regime(regime)
@@ -121,7 +122,7 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
     support = list(support) if support is not None else cache.scenarios(SUPPORT_SEEDS[:support_size], regime)
     validation = list(validation) if validation is not None else cache.scenarios(
         VALIDATION_SEEDS[:validation_size], regime)
-    notes: list[str] = []
+    notes = list(notes)
     names = ["default", "map", "mpc"] if base == "auto" else [base]
     if "map" in names:
         threshold_map = threshold_map if threshold_map is not None else load_map()[0]
