@@ -1,7 +1,7 @@
 """moca against the peers re-tuned per regime on random regimes no issue, task or preset names.
 
     python benchmarks/bench_random_regimes.py [--world CLSC-1|CLSC-2|both] [--regimes 6] [--seed 2026]
-                                              [--scenarios 20] [--with-cap] [--out FILE] [--quick]
+                                              [--scenarios 20] [--with-cap] [--high-tax] [--out FILE] [--quick]
 
 The regimes are drawn from the whole regime space by ``moca.meta.sample_task`` (CLSC-2:
 ``sample_task2``, accounting windows included) with ``named_share=0`` — every rule drawn
@@ -19,7 +19,10 @@ policy cost, every action through the exact projection), with the seconds each t
   re-picked on 2 training scenarios of the regime, as ``bench_peers.py --retune-per-regime``.
 
 ``--with-cap`` keeps only the draws that have an emission cap (drawn log-uniform over 0.4-2x
-the emissions of an average virgin-only period), to look at that rule alone. Writes
+the emissions of an average virgin-only period), to look at that rule alone; ``--high-tax``
+keeps only the draws whose carbon tax is above 1,000 EUR/t, where a unit made from virgin
+bought at that tax costs more than the sale it saves (``order_virgin`` of
+``moca.policy2.routing_economics``; 30% of taxed draws are U(300, 2000)). Writes
 benchmarks/random_regimes.json (``--out``) and prints a markdown table per world.
 """
 
@@ -40,6 +43,7 @@ from moca.files import write_atomic
 from moca.regime import Regime, RegimeSchedule
 
 HERE = Path(__file__).parent
+HIGH_TAX = 1000.0  # EUR/t CO2: above it virgin bought now costs more per unit than a lost sale
 
 
 def clsc1(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any]]:
@@ -157,6 +161,8 @@ def main() -> None:
     parser.add_argument("--scenarios", type=int, default=20, help="test scenarios per regime (seeds 1000+)")
     parser.add_argument("--with-cap", action="store_true",
                         help="keep only draws with an emission cap (the rest of each draw as usual)")
+    parser.add_argument("--high-tax", action="store_true",
+                        help="keep only draws with a carbon tax above 1,000 EUR/t (the rest of each draw as usual)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
     parser.add_argument("--out", type=Path, default=HERE / "random_regimes.json")
     args = parser.parse_args()
@@ -171,6 +177,7 @@ def main() -> None:
     result: dict[str, Any] = {"command": "python benchmarks/bench_random_regimes.py "
                                          f"--world {args.world} --regimes {args.regimes} --seed {args.seed} "
                                          f"--scenarios {args.scenarios}" + (" --with-cap" if args.with_cap else "")
+                                         + (" --high-tax" if args.high_tax else "")
                                          + (" --quick" if args.quick else ""),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
     started = time.perf_counter()
@@ -181,7 +188,8 @@ def main() -> None:
         regimes: list[Regime] = []
         while len(regimes) < args.regimes:
             regime = draw()
-            if regime.emission_cap is not None or not args.with_cap:
+            if (regime.emission_cap is not None or not args.with_cap) and \
+                    (regime.carbon_tax > HIGH_TAX or not args.high_tax):
                 regimes.append(regime)
         rows = (clsc1 if world == "CLSC-1" else clsc2)(regimes, args.scenarios, args.quick)
         result["worlds"][world] = rows

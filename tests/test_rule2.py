@@ -114,6 +114,21 @@ def test_routing_economics_follow_the_regime_prices():
     # saved at 5 kg CO2 per kg recycled in place of virgin: a share of 0.28 of 2,000 kg.
     assert economics((0.0, 0.0, 0.8 * 14000.0, 0.0, 0.0))["cap_share"] == pytest.approx(0.28)
     assert free["cap_share"] == 0.0
+    # A unit made from virgin bought now costs 2 kg x (3 EUR/kg + tau x 6 kg CO2/kg) + 2 EUR
+    # to produce; it saves a 20 EUR lost sale only below tau = 1,000 EUR/t.
+    assert free["order_virgin"] == 1.0 and taxed["order_virgin"] == 1.0
+    assert economics((0.0, 990.0, math.inf, 0.0, 0.0))["order_virgin"] == 1.0
+    assert economics((0.0, 1010.0, math.inf, 0.0, 0.0))["order_virgin"] == 0.0
+
+
+def test_rule_orders_no_virgin_where_a_unit_made_of_it_costs_more_than_the_lost_sale():
+    stocks = (1500.0, 300.0, 1000.0, 50.0, 200.0)
+    low, high = (base_rule2(THRESHOLDS, rule_inputs(np.full(13, 1000.0), stocks=stocks, pipeline=0.0,
+                                                    regime=(0.0, tau, math.inf, 0.0, 0.0)), P2)[0]
+                 for tau in (900.0, 1100.0))
+    assert float(low[0]) > 0.0 and float(high[0]) == 0.0
+    # the virgin already bought is still used: making a unit of it only costs production
+    assert float(high[2]) == pytest.approx(float(low[2])) and float(high[2]) > 0.0
 
 
 def test_rule_routes_cores_and_buys_by_the_regime():

@@ -162,6 +162,9 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
       (``h_C`` a period);
     * ``buy_market``: market material (``c_m``) costs less than virgin under the tax;
     * ``dispose``: disposing (``c_w + lambda``) costs less than holding the core to the end;
+    * ``order_virgin``: a unit made from virgin bought now (``m (c_v + tau e_v) + c_p``) costs
+      less than the lost sale it saves (``p_l``); above about 1,000 EUR/t on the default
+      chain it does not, and only virgin already bought is used;
     * ``cap_share``: the recycled share of the next period's production an emission cap
       implies (``e_v`` per kg virgin against ``e_r`` per kg recovered, ``e_p`` per unit), 0
       without a cap.
@@ -181,12 +184,13 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
     recover_b = (p.cost_disassemble - p.yield_disassembly_b * m * virgin_price < alternative).to(tax.dtype)
     buy_market = (p.cost_market < virgin_price).to(tax.dtype)
     dispose = (dispose_cost <= hold_to_end).to(tax.dtype)
+    order_virgin = (m * virgin_price + p.cost_produce < p.lost_sale_cost).to(tax.dtype)
     q = torch.clamp(x["forecast"][:, 1], min=1e-6)
     virgin_only = (p.emis_virgin * m + p.emis_produce) * q  # kg CO2 of a period made from virgin only
     saving = (p.emis_virgin - p.emis_recycle) * m * q
     cap_share = torch.clamp((virgin_only - cap) / saving, 0.0, 1.0)  # no cap (+inf): -inf, clamped to 0
     return {"recover_a": recover_a, "recover_b": recover_b, "buy_market": buy_market, "dispose": dispose,
-            "cap_share": cap_share}
+            "order_virgin": order_virgin, "cap_share": cap_share}
 
 
 def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Tensor:
@@ -285,7 +289,8 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
                                                                        inflow[:, None]), min=0.0).sum(-1)
     serves = torch.clamp((T - 1.0 - t - L_v) / VIRGIN_DRAWDOWN, 0.0, 1.0)
     can_order = (t + L_v + 1 <= T - 1).to(V.dtype)
-    o = torch.clamp(need_virgin + s_V * serves - position, 0.0, p.cap_order) * supply * can_order
+    o = torch.clamp(need_virgin + s_V * serves - position, 0.0, p.cap_order) * supply * can_order \
+        * econ["order_virgin"]
     return torch.stack([o, o_m, u_v, u_r, f, g_A, g_B, w_A, w_B], dim=-1)
 
 
