@@ -34,7 +34,9 @@ with the forecast level. In the order the rule computes them:
 * **order** virgin for ``q_{t+1} + ... + q_{t+L_v+1}`` net of the recycled share supply
   brings, plus a safety stock ``s_V`` against supplier outages, drawn down over the last
   :data:`moca.policy2.VIRGIN_DRAWDOWN` periods, up to the inventory position, when the
-  supplier accepts orders.
+  supplier accepts orders, and only where a unit made from it (``m (c_v + tau e_v) + c_p``)
+  costs less than the lost sale it saves (``p_l``): above about 1,000 EUR/t of carbon tax on
+  the default chain it orders none and uses the virgin already bought.
 
 Near the end it stops what can no longer pay: no production or refurbishment in the last
 period, no virgin for it, no recovery or market purchase whose material could not be sold,
