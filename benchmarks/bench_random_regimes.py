@@ -1,7 +1,8 @@
 """moca against the peers re-tuned per regime on random regimes no issue, task or preset names.
 
     python benchmarks/bench_random_regimes.py [--world CLSC-1|CLSC-2|both] [--regimes 6] [--seed 2026]
-                                              [--scenarios 20] [--with-cap] [--high-tax] [--out FILE] [--quick]
+                                              [--scenarios 20] [--with-cap] [--high-tax] [--high-mandate]
+                                              [--out FILE] [--quick]
 
 The regimes are drawn from the whole regime space by ``moca.meta.sample_task`` (CLSC-2:
 ``sample_task2``, accounting windows included) with ``named_share=0`` — every rule drawn
@@ -22,7 +23,9 @@ policy cost, every action through the exact projection), with the seconds each t
 the emissions of an average virgin-only period), to look at that rule alone; ``--high-tax``
 keeps only the draws whose carbon tax is above 1,000 EUR/t, where a unit made from virgin
 bought at that tax costs more than the sale it saves (``order_virgin`` of
-``moca.policy2.routing_economics``; 30% of taxed draws are U(300, 2000)). Writes
+``moca.policy2.routing_economics``; 30% of taxed draws are U(300, 2000)); ``--high-mandate``
+the draws whose recycled-content mandate is 0.5 or more (15% of mandates are U(0.35, 0.95)).
+Writes
 benchmarks/random_regimes.json (``--out``) and prints a markdown table per world.
 """
 
@@ -44,6 +47,7 @@ from moca.regime import Regime, RegimeSchedule
 
 HERE = Path(__file__).parent
 HIGH_TAX = 1000.0  # EUR/t CO2: above it virgin bought now costs more per unit than a lost sale
+HIGH_MANDATE = 0.5  # recycled share of material input
 
 
 def clsc1(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any]]:
@@ -163,6 +167,8 @@ def main() -> None:
                         help="keep only draws with an emission cap (the rest of each draw as usual)")
     parser.add_argument("--high-tax", action="store_true",
                         help="keep only draws with a carbon tax above 1,000 EUR/t (the rest of each draw as usual)")
+    parser.add_argument("--high-mandate", action="store_true",
+                        help="keep only draws with a recycled-content mandate of 0.5 or more")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
     parser.add_argument("--out", type=Path, default=HERE / "random_regimes.json")
     args = parser.parse_args()
@@ -178,6 +184,7 @@ def main() -> None:
                                          f"--world {args.world} --regimes {args.regimes} --seed {args.seed} "
                                          f"--scenarios {args.scenarios}" + (" --with-cap" if args.with_cap else "")
                                          + (" --high-tax" if args.high_tax else "")
+                                         + (" --high-mandate" if args.high_mandate else "")
                                          + (" --quick" if args.quick else ""),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
     started = time.perf_counter()
@@ -189,7 +196,8 @@ def main() -> None:
         while len(regimes) < args.regimes:
             regime = draw()
             if (regime.emission_cap is not None or not args.with_cap) and \
-                    (regime.carbon_tax > HIGH_TAX or not args.high_tax):
+                    (regime.carbon_tax > HIGH_TAX or not args.high_tax) and \
+                    (regime.recycled_content_min >= HIGH_MANDATE or not args.high_mandate):
                 regimes.append(regime)
         rows = (clsc1 if world == "CLSC-1" else clsc2)(regimes, args.scenarios, args.quick)
         result["worlds"][world] = rows
