@@ -2,7 +2,7 @@
 
     python benchmarks/bench_random_regimes.py [--world CLSC-1|CLSC-2|both] [--regimes 6] [--seed 2026]
                                               [--scenarios 20] [--with-cap] [--high-tax] [--high-mandate]
-                                              [--out FILE] [--quick]
+                                              [--portfolio] [--out FILE] [--quick]
 
 The regimes are drawn from the whole regime space by ``moca.meta.sample_task`` (CLSC-2:
 ``sample_task2``, accounting windows included) with ``named_share=0`` — every rule drawn
@@ -25,7 +25,10 @@ keeps only the draws whose carbon tax is above 1,000 EUR/t, where a unit made fr
 bought at that tax costs more than the sale it saves (``order_virgin`` of
 ``moca.policy2.routing_economics``; 30% of taxed draws are U(300, 2000)); ``--high-mandate``
 the draws whose recycled-content mandate is 0.5 or more (15% of mandates are U(0.35, 0.95)).
-Writes
+``--portfolio`` (CLSC-2) adds what a two-candidate adaptation would deploy: moca's adapted
+LSTM or the sampled MPC at its re-picked safety stock, whichever scores better on the
+validation scenarios ``moca adapt`` uses (seeds 900-907), its seconds those of both and of
+the choice. It is a measurement of that design, not a shipped command. Writes
 benchmarks/random_regimes.json (``--out``) and prints a markdown table per world.
 """
 
@@ -95,7 +98,7 @@ def clsc1(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any
     return rows
 
 
-def clsc2(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any]]:
+def clsc2(regimes: list[Regime], n_test: int, quick: bool, portfolio: bool = False) -> list[dict[str, Any]]:
     from moca.baselines.mpc2 import MPC2Policy
     from moca.baselines.peers import evaluate2
     from moca.baselines.threshold2 import tune_threshold2
@@ -136,24 +139,52 @@ def clsc2(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any
         row["mpc-sampled (safety stock re-picked)"] = {"score": float(out.scores.mean()),
                                                        "violations": out.violations, "seconds": seconds,
                                                        "safety_stock": stock}
+        if portfolio:
+            row[PORTFOLIO] = choose_on_validation(row, module, weights, MPC2Policy(safety_stock=stock, samples=4),
+                                                  plan, cache, 4 if quick else 8)
         rows.append(row)
         print(f"CLSC-2 {row['label']}: " + ", ".join(f"{k} {v['score']:.4f}" for k, v in row.items()
                                                       if isinstance(v, dict) and "score" in v), flush=True)
     return rows
 
 
+PORTFOLIO = "moca portfolio (LSTM or sampled MPC, on validation)"
+
+
+def choose_on_validation(row: dict[str, Any], module, weights, mpc, plan: RegimeSchedule, cache,
+                         size: int) -> dict[str, Any]:
+    """The two-candidate choice of ``--portfolio``: the candidate with the better mean
+    validation score (the LSTM on a tie); its test score is the one already in ``row``."""
+    from moca.baselines.peers import evaluate2
+    from moca.meta import VALIDATION_SEEDS
+    from moca.policy2 import evaluate_policy2
+
+    began = time.perf_counter()
+    validation = cache.scenarios(VALIDATION_SEEDS[:size], plan)
+    oracle = np.asarray(cache.costs(validation))
+    scores = {"moca": evaluate_policy2(module, weights, validation, oracle)["score"],
+              "mpc-sampled (safety stock re-picked)": float(evaluate2("mpc", mpc, validation, oracle).scores.mean())}
+    chosen = max(scores, key=lambda k: (scores[k], k == "moca"))
+    seconds = time.perf_counter() - began + row["moca"]["seconds"] + row["mpc-sampled (safety stock re-picked)"]["seconds"]
+    return {"score": row[chosen]["score"], "violations": row[chosen]["violations"], "seconds": seconds,
+            "chosen": "LSTM" if chosen == "moca" else "sampled MPC", "validation_scores": scores}
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     policies = [k for k, v in rows[0].items() if isinstance(v, dict) and "score" in v]
-    head = "| regime | " + " | ".join(policies) + " | moca − best peer |"
-    lines = [head, "|:---|" + "---:|" * (len(policies) + 1)]
+    peers = [p for p in policies if not p.startswith("moca")]
+    ours = [p for p in policies if p.startswith("moca")]
+    head = "| regime | " + " | ".join(policies) + " | " + " | ".join(f"{p} − best peer" for p in ours) + " |"
+    lines = [head, "|:---|" + "---:|" * (len(policies) + len(ours))]
     for row in rows:
-        best = max(row[p]["score"] for p in policies[1:])
+        best = max(row[p]["score"] for p in peers)
         cells = [f"{row[p]['score']:.4f} ({row[p]['seconds']:.1f} s)" for p in policies]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {row['moca']['score'] - best:+.4f} |")
-    means = [float(np.mean([r[p]["score"] for r in rows])) for p in policies]
-    best_each = float(np.mean([max(r[p]["score"] for p in policies[1:]) for r in rows]))
-    lines.append("| **mean** | " + " | ".join(f"**{m:.4f}**" for m in means)
-                 + f" | {means[0] - best_each:+.4f} (against each regime's best peer) |")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " | "
+                     + " | ".join(f"{row[p]['score'] - best:+.4f}" for p in ours) + " |")
+    means = {p: float(np.mean([r[p]["score"] for r in rows])) for p in policies}
+    best_each = float(np.mean([max(r[p]["score"] for p in peers) for r in rows]))
+    lines.append("| **mean** | " + " | ".join(f"**{means[p]:.4f}**" for p in policies) + " | "
+                 + " | ".join(f"{means[p] - best_each:+.4f}" for p in ours) + " (against each regime's best peer) |")
     return "\n".join(lines)
 
 
@@ -169,6 +200,8 @@ def main() -> None:
                         help="keep only draws with a carbon tax above 1,000 EUR/t (the rest of each draw as usual)")
     parser.add_argument("--high-mandate", action="store_true",
                         help="keep only draws with a recycled-content mandate of 0.5 or more")
+    parser.add_argument("--portfolio", action="store_true",
+                        help="CLSC-2: also the LSTM-or-sampled-MPC choice on validation (a measurement)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
     parser.add_argument("--out", type=Path, default=HERE / "random_regimes.json")
     args = parser.parse_args()
@@ -185,6 +218,7 @@ def main() -> None:
                                          f"--scenarios {args.scenarios}" + (" --with-cap" if args.with_cap else "")
                                          + (" --high-tax" if args.high_tax else "")
                                          + (" --high-mandate" if args.high_mandate else "")
+                                         + (" --portfolio" if args.portfolio else "")
                                          + (" --quick" if args.quick else ""),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
     started = time.perf_counter()
@@ -199,7 +233,8 @@ def main() -> None:
                     (regime.carbon_tax > HIGH_TAX or not args.high_tax) and \
                     (regime.recycled_content_min >= HIGH_MANDATE or not args.high_mandate):
                 regimes.append(regime)
-        rows = (clsc1 if world == "CLSC-1" else clsc2)(regimes, args.scenarios, args.quick)
+        rows = clsc1(regimes, args.scenarios, args.quick) if world == "CLSC-1" else \
+            clsc2(regimes, args.scenarios, args.quick, args.portfolio)
         result["worlds"][world] = rows
         print(f"\n{world}\n" + table(rows) + "\n", flush=True)
     result.update({"wall_seconds": time.perf_counter() - started,

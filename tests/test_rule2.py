@@ -267,9 +267,9 @@ def test_adaptation_budget_benchmark_quick(tmp_path, monkeypatch):
 
 
 def test_random_regimes_benchmark_quick(tmp_path, monkeypatch):
-    """bench_random_regimes.py --quick --with-cap on CLSC-2: the regimes are the first seeded
-    draws of the whole space (no named task) that have an emission cap, and every policy is
-    scored with 0 violations."""
+    """bench_random_regimes.py --quick --with-cap --portfolio on CLSC-2: the regimes are the
+    first seeded draws of the whole space (no named task) that have an emission cap, every
+    policy is scored with 0 violations, and the portfolio deploys the better-validated one."""
     import json
 
     from moca.meta2 import sample_task2
@@ -277,7 +277,7 @@ def test_random_regimes_benchmark_quick(tmp_path, monkeypatch):
 
     out = tmp_path / "random_regimes.json"
     run_script("bench_random_regimes.py", ["--quick", "--world", "CLSC-2", "--seed", "7", "--with-cap",
-                                           "--out", str(out)], monkeypatch)
+                                           "--portfolio", "--out", str(out)], monkeypatch)
     rows = json.loads(out.read_text())["worlds"]["CLSC-2"]
     rng = np.random.default_rng([7, 2])
     draws = [sample_task2(rng, named_share=0.0) for _ in range(40)]
@@ -285,6 +285,15 @@ def test_random_regimes_benchmark_quick(tmp_path, monkeypatch):
     assert len(expected) == 2 and [Regime(**row["regime"]) for row in rows] == expected
     assert not any(Regime(**row["regime"]) in TASKS.values() for row in rows)
     for row in rows:
-        assert set(row) == {"regime", "label", "moca", "threshold (re-tuned)", "mpc-sampled (safety stock re-picked)"}
-        for name in ("moca", "threshold (re-tuned)", "mpc-sampled (safety stock re-picked)"):
+        portfolio = "moca portfolio (LSTM or sampled MPC, on validation)"
+        assert set(row) == {"regime", "label", "moca", "threshold (re-tuned)", "mpc-sampled (safety stock re-picked)",
+                            portfolio}
+        for name in ("moca", "threshold (re-tuned)", "mpc-sampled (safety stock re-picked)", portfolio):
             assert 0 < row[name]["score"] <= 1 + 1e-6 and row[name]["violations"] == 0 and row[name]["seconds"] >= 0
+        # --portfolio deploys the candidate with the better validation score, and scores it on test as it is
+        validation = row[portfolio]["validation_scores"]
+        chosen = "moca" if validation["moca"] >= validation["mpc-sampled (safety stock re-picked)"] else \
+            "mpc-sampled (safety stock re-picked)"
+        assert row[portfolio]["chosen"] == ("LSTM" if chosen == "moca" else "sampled MPC")
+        assert row[portfolio]["score"] == row[chosen]["score"]
+        assert row[portfolio]["seconds"] > row["moca"]["seconds"] + row["mpc-sampled (safety stock re-picked)"]["seconds"]
