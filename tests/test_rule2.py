@@ -297,3 +297,20 @@ def test_random_regimes_benchmark_quick(tmp_path, monkeypatch):
         assert row[portfolio]["chosen"] == ("LSTM" if chosen == "moca" else "sampled MPC")
         assert row[portfolio]["score"] == row[chosen]["score"]
         assert row[portfolio]["seconds"] > row["moca"]["seconds"] + row["mpc-sampled (safety stock re-picked)"]["seconds"]
+
+
+def test_extreme_regimes_benchmark_quick(tmp_path, monkeypatch):
+    """bench_extreme_regimes.py --quick: plans at the ends of the regime space, both worlds,
+    every policy sound (0 violations, scores in (0, 1]); the same seed draws the same plans."""
+    import json
+
+    out = tmp_path / "extreme.json"
+    run_script("bench_extreme_regimes.py", ["--quick", "--seed", "3", "--out", str(out)], monkeypatch)
+    result = json.loads(out.read_text())
+    assert result["problems"] == []
+    for world, policies in (("CLSC-1", {"moca (zero-shot)", "mpc"}), ("CLSC-2", {"moca (zero-shot)", "mpc-sampled"})):
+        rows = result["worlds"][world]
+        assert len(rows) == 2 and all(row["sound"] for row in rows)
+        for row in rows:
+            assert policies <= set(row) and all(row[p]["violations"] == 0 for p in policies)
+            assert all(0 < x <= 1 + 1e-6 for p in policies for x in row[p]["scores"])
