@@ -117,7 +117,7 @@ def clsc2(regimes: list[Regime], n_test: int, quick: bool, portfolio: bool = Fal
         oracle = np.asarray(cache.costs(tests))
         row: dict[str, Any] = {"regime": regime.model_dump(), "label": regime.describe()}
         began = time.perf_counter()
-        weights, _ = adapt2(module, None, plan, 1 if quick else 3, support_size=4 if quick else 8,
+        weights, curve = adapt2(module, None, plan, 1 if quick else 3, support_size=4 if quick else 8,
                             validation_size=4 if quick else 8, cache=cache, keep_best=True)
         seconds = time.perf_counter() - began
         out = evaluate_policy2(module, weights, tests, oracle)
@@ -140,7 +140,8 @@ def clsc2(regimes: list[Regime], n_test: int, quick: bool, portfolio: bool = Fal
                                                        "violations": out.violations, "seconds": seconds,
                                                        "safety_stock": stock}
         if portfolio:
-            row[PORTFOLIO] = choose_on_validation(row, module, weights, MPC2Policy(safety_stock=stock, samples=4),
+            lstm_validation = next(c["score"] for c in curve if c["selected"])  # on the scenarios below
+            row[PORTFOLIO] = choose_on_validation(row, lstm_validation, MPC2Policy(safety_stock=stock, samples=4),
                                                   plan, cache, 4 if quick else 8)
         rows.append(row)
         print(f"CLSC-2 {row['label']}: " + ", ".join(f"{k} {v['score']:.4f}" for k, v in row.items()
@@ -151,18 +152,19 @@ def clsc2(regimes: list[Regime], n_test: int, quick: bool, portfolio: bool = Fal
 PORTFOLIO = "moca portfolio (LSTM or sampled MPC, on validation)"
 
 
-def choose_on_validation(row: dict[str, Any], module, weights, mpc, plan: RegimeSchedule, cache,
+def choose_on_validation(row: dict[str, Any], lstm_validation: float, mpc, plan: RegimeSchedule, cache,
                          size: int) -> dict[str, Any]:
     """The two-candidate choice of ``--portfolio``: the candidate with the better mean
-    validation score (the LSTM on a tie); its test score is the one already in ``row``."""
+    validation score (the LSTM on a tie); its test score is the one already in ``row``.
+    ``lstm_validation``: the adapted LSTM's score on the same ``size`` validation scenarios,
+    which ``adapt2`` computed when it selected the weights."""
     from moca.baselines.peers import evaluate2
     from moca.meta import VALIDATION_SEEDS
-    from moca.policy2 import evaluate_policy2
 
     began = time.perf_counter()
     validation = cache.scenarios(VALIDATION_SEEDS[:size], plan)
     oracle = np.asarray(cache.costs(validation))
-    scores = {"moca": evaluate_policy2(module, weights, validation, oracle)["score"],
+    scores = {"moca": lstm_validation,
               "mpc-sampled (safety stock re-picked)": float(evaluate2("mpc", mpc, validation, oracle).scores.mean())}
     chosen = max(scores, key=lambda k: (scores[k], k == "moca"))
     seconds = time.perf_counter() - began + row["moca"]["seconds"] + row["mpc-sampled (safety stock re-picked)"]["seconds"]

@@ -301,7 +301,7 @@ def test_random_regimes_benchmark_quick(tmp_path, monkeypatch):
 
 def test_extreme_regimes_benchmark_quick(tmp_path, monkeypatch):
     """bench_extreme_regimes.py --quick: plans at the ends of the regime space, both worlds,
-    every policy sound (0 violations, scores in (0, 1]); the same seed draws the same plans."""
+    every policy sound (0 violations, scores in (0, 1])."""
     import json
 
     out = tmp_path / "extreme.json"
