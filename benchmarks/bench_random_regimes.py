@@ -25,10 +25,10 @@ keeps only the draws whose carbon tax is above 1,000 EUR/t, where a unit made fr
 bought at that tax costs more than the sale it saves (``order_virgin`` of
 ``moca.policy2.routing_economics``; 30% of taxed draws are U(300, 2000)); ``--high-mandate``
 the draws whose recycled-content mandate is 0.5 or more (15% of mandates are U(0.35, 0.95)).
-``--portfolio`` (CLSC-2) adds what a two-candidate adaptation would deploy: moca's adapted
-LSTM or the sampled MPC at its re-picked safety stock, whichever scores better on the
-validation scenarios ``moca adapt`` uses (seeds 900-907), its seconds those of both and of
-the choice. It is a measurement of that design, not a shipped command. Writes
+``--portfolio`` (CLSC-2) adds what ``moca adapt --model CLSC-2`` deploys (``--base auto``,
+``moca.portfolio.adapt_portfolio2``): the adapted LSTM or the sampled MPC at a safety stock
+picked on support seeds 800-801, whichever scores better on validation seeds 900-907; its
+seconds are the whole choice's. Its ``moca`` column is then that run's LSTM candidate. Writes
 benchmarks/random_regimes.json (``--out``) and prints a markdown table per world.
 """
 
@@ -99,27 +99,34 @@ def clsc1(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any
 
 
 def clsc2(regimes: list[Regime], n_test: int, quick: bool, portfolio: bool = False) -> list[dict[str, Any]]:
-    from moca.baselines.mpc2 import MPC2Policy
+    from moca.baselines.mpc2 import MPC2Policy, select_safety_stock2
     from moca.baselines.peers import evaluate2
     from moca.baselines.threshold2 import tune_threshold2
     from moca.meta2 import OracleCache2, adapt2, load_policy2
     from moca.oracle2 import solve_oracle2
     from moca.policy2 import evaluate_policy2
+    from moca.portfolio import adapt_portfolio2
     from moca.scenario import DEFAULT_PARAMS_2, TRAINING_STREAM, draw_scenario2
 
     module, _ = load_policy2("default")
     cache = OracleCache2(module.params)
-    stocks = [300.0, 1000.0] if quick else [300.0, 600.0, 1000.0, 1500.0, 2500.0, 4000.0]
+    stocks = (300.0, 1000.0) if quick else None  # None: the shipped grid, SAFETY_STOCKS_2
+    steps, size = (1, 4) if quick else (3, 8)
     rows = []
     for regime in regimes:
         plan = RegimeSchedule.constant(regime)
         tests = cache.scenarios(range(1000, 1000 + n_test), plan)
         oracle = np.asarray(cache.costs(tests))
         row: dict[str, Any] = {"regime": regime.model_dump(), "label": regime.describe()}
-        began = time.perf_counter()
-        weights, curve = adapt2(module, None, plan, 1 if quick else 3, support_size=4 if quick else 8,
-                            validation_size=4 if quick else 8, cache=cache, keep_best=True)
-        seconds = time.perf_counter() - began
+        if portfolio:  # moca adapt --model CLSC-2 as shipped; its LSTM candidate is --base default
+            result = adapt_portfolio2(module, plan, steps, support_size=size, validation_size=size, cache=cache,
+                                      stocks=stocks)
+            weights, seconds = result.candidates["default"].weights, result.candidates["default"].seconds
+        else:
+            began = time.perf_counter()
+            weights, _ = adapt2(module, None, plan, steps, support_size=size, validation_size=size, cache=cache,
+                                keep_best=True)
+            seconds = time.perf_counter() - began
         out = evaluate_policy2(module, weights, tests, oracle)
         row["moca"] = {"score": out["score"], "violations": out["violations"], "seconds": seconds}
         began = time.perf_counter()
@@ -130,46 +137,40 @@ def clsc2(regimes: list[Regime], n_test: int, quick: bool, portfolio: bool = Fal
                                        "seconds": seconds}
         began = time.perf_counter()
         own = [draw_scenario2((TRAINING_STREAM, i), plan, DEFAULT_PARAMS_2) for i in range(1 if quick else 2)]
-        own_oracle = np.array([solve_oracle2(x).oracle_cost for x in own])
-        scores = {v: float(evaluate2("tune", MPC2Policy(safety_stock=v, samples=4), own, own_oracle).scores.mean())
-                  for v in stocks}
-        stock = max(scores, key=scores.get)
+        stock, _ = select_safety_stock2(own, np.array([solve_oracle2(x).oracle_cost for x in own]),
+                                        *([stocks] if stocks else []))
         seconds = time.perf_counter() - began
         out = evaluate2("mpc-sampled", MPC2Policy(safety_stock=stock, samples=4), tests, oracle)
-        row["mpc-sampled (safety stock re-picked)"] = {"score": float(out.scores.mean()),
-                                                       "violations": out.violations, "seconds": seconds,
-                                                       "safety_stock": stock}
+        row[MPC] = {"score": float(out.scores.mean()), "violations": out.violations, "seconds": seconds,
+                    "safety_stock": stock}
         if portfolio:
-            lstm_validation = next(c["score"] for c in curve if c["selected"])  # on the scenarios below
-            row[PORTFOLIO] = choose_on_validation(row, lstm_validation, MPC2Policy(safety_stock=stock, samples=4),
-                                                  plan, cache, 4 if quick else 8)
+            row[PORTFOLIO] = deployed(result, row, tests, oracle)
         rows.append(row)
         print(f"CLSC-2 {row['label']}: " + ", ".join(f"{k} {v['score']:.4f}" for k, v in row.items()
                                                       if isinstance(v, dict) and "score" in v), flush=True)
     return rows
 
 
-PORTFOLIO = "moca portfolio (LSTM or sampled MPC, on validation)"
+MPC = "mpc-sampled (safety stock re-picked)"
+PORTFOLIO = "moca adapt (LSTM or sampled MPC)"
 
 
-def choose_on_validation(row: dict[str, Any], lstm_validation: float, mpc, plan: RegimeSchedule, cache,
-                         size: int) -> dict[str, Any]:
-    """The two-candidate choice of ``--portfolio``: the candidate with the better mean
-    validation score (the LSTM on a tie); its test score is the one already in ``row``.
-    ``lstm_validation``: the adapted LSTM's score on the same ``size`` validation scenarios,
-    which ``adapt2`` computed when it selected the weights."""
+def deployed(result, row: dict[str, Any], tests, oracle: np.ndarray) -> dict[str, Any]:
+    """The test score of what ``moca adapt --model CLSC-2`` deployed (``result``): the LSTM
+    candidate's is ``row["moca"]``'s (the same weights); the MPC's is the peer's when the
+    safety stocks agree (the same deterministic policy: samples 4, seed 0), else scored here."""
     from moca.baselines.peers import evaluate2
-    from moca.meta import VALIDATION_SEEDS
 
-    began = time.perf_counter()
-    validation = cache.scenarios(VALIDATION_SEEDS[:size], plan)
-    oracle = np.asarray(cache.costs(validation))
-    scores = {"moca": lstm_validation,
-              "mpc-sampled (safety stock re-picked)": float(evaluate2("mpc", mpc, validation, oracle).scores.mean())}
-    chosen = max(scores, key=lambda k: (scores[k], k == "moca"))
-    seconds = time.perf_counter() - began + row["moca"]["seconds"] + row["mpc-sampled (safety stock re-picked)"]["seconds"]
-    return {"score": row[chosen]["score"], "violations": row[chosen]["violations"], "seconds": seconds,
-            "chosen": "LSTM" if chosen == "moca" else "sampled MPC", "validation_scores": scores}
+    chosen = result.chosen
+    entry = {"seconds": result.seconds, "chosen": "LSTM" if chosen.name == "default" else "sampled MPC",
+             "validation_scores": {n: c.validation_score for n, c in result.candidates.items()},
+             "safety_stock": result.candidates["mpc"].selection["safety_stock"]}
+    if chosen.name == "default":
+        return {**entry, "score": row["moca"]["score"], "violations": row["moca"]["violations"]}
+    if chosen.module.safety_stock == row[MPC]["safety_stock"]:
+        return {**entry, "score": row[MPC]["score"], "violations": row[MPC]["violations"]}
+    out = evaluate2("moca adapt", chosen.module, tests, oracle)
+    return {**entry, "score": float(out.scores.mean()), "violations": int(out.violations)}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -203,7 +204,7 @@ def main() -> None:
     parser.add_argument("--high-mandate", action="store_true",
                         help="keep only draws with a recycled-content mandate of 0.5 or more")
     parser.add_argument("--portfolio", action="store_true",
-                        help="CLSC-2: also the LSTM-or-sampled-MPC choice on validation (a measurement)")
+                        help="CLSC-2: also what moca adapt deploys (--base auto: the LSTM or the sampled MPC)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
     parser.add_argument("--out", type=Path, default=HERE / "random_regimes.json")
     args = parser.parse_args()

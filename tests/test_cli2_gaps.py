@@ -176,7 +176,8 @@ def test_run_on_clsc2_takes_the_chain(files, tmp_path):
 def test_adapt_writes_a_checkpoint_of_the_chain_that_evaluates_without_warning(files, tmp_path):
     out = tmp_path / "adapted"
     adapted = run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T2", "--steps", 0,
-                  "--scenarios", 1, "--validation", 1, "--params", files.params, "-o", out, "--json")
+                  "--scenarios", 1, "--validation", 1, "--params", files.params, "--base", "default", "-o", out,
+                  "--json")
     assert adapted.returncode == 0, adapted.stderr
     result = json.loads(adapted.stdout)
     assert result["score_before"] == result["score_after"] and 0.5 < result["score_after"] <= 1.0 + 1e-9

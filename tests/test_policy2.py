@@ -117,13 +117,13 @@ def test_tiny_meta_train_moves_the_weights_and_round_trips(tmp_path):
 
 def test_cli_evaluate_adapt_and_checkpoint_of_the_other_world(tmp_path):
     out = run("evaluate", "--model", "CLSC-2", "--policy", "default", "--regime", "T2", "--scenarios", 1,
-              "--adapt-steps", 1, "--json")
+              "--adapt-steps", 1, "--base", "default", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["model"] == "CLSC-2" and data["violations"] == 0 and 0.5 < data["score"] <= 1.0 + 1e-9
     assert data["adapt_steps"] == 1
     out = run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T3", "--steps", 1,
-              "--scenarios", 1, "--validation", 2, "-o", tmp_path / "adapted", "--json")
+              "--scenarios", 1, "--validation", 2, "--base", "default", "-o", tmp_path / "adapted", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["violations"] == 0 and data["model"] == "CLSC-2"

@@ -81,32 +81,43 @@ def load_scenario_files(paths: Sequence[Path], model: str | None) -> tuple[str, 
 
 
 def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSchedule, adapt_steps: int = 0,
-                         warn=None, cache: Any = None) -> dict[str, Any]:
+                         warn=None, cache: Any = None, base: str = "default") -> dict[str, Any]:
     """Score the CLSC-2 policy checkpoint ``where`` (``"default"``: the shipped meta-init)
     on ``tests`` (one chain: their common params), after ``adapt_steps`` adaptation steps
     on support scenarios of ``plan`` drawn on that chain (seeds 800+, the weights of the
-    best validation score over steps 0..K, validation seeds 900+). ``warn`` receives the
-    warning of :func:`retarget2`; ``cache`` (a :class:`moca.meta2.OracleCache2` of that chain)
-    keeps the oracle costs of a caller's run. :func:`moca.experiment2.evaluate_learned2` is
-    this on the checkpoint's own chain."""
-    from moca.meta2 import OracleCache2, adapt2, load_policy2
+    best validation score over steps 0..K, validation seeds 900+). With ``adapt_steps`` and
+    ``base`` ``auto`` or ``mpc``, through moca adapt's portfolio
+    (:func:`moca.portfolio.adapt_portfolio2`): the candidate deployed is scored, and
+    ``"portfolio"`` says which. ``warn`` receives the warning of :func:`retarget2`; ``cache``
+    (a :class:`moca.meta2.OracleCache2` of that chain) keeps the oracle costs of a caller's
+    run. :func:`moca.experiment2.evaluate_learned2` is this on the checkpoint's own chain."""
+    from moca.meta2 import OracleCache2, load_policy2
     from moca.policy2 import MODEL, evaluate_policy2
+    from moca.portfolio import adapt_portfolio2
 
     module, meta = load_policy2(where)
     module, warning = retarget2(module, tests[0].params, str(where))
     if warning and warn is not None:
         warn(warning)
     cache = cache if cache is not None else OracleCache2(module.params)
-    weights, seconds = None, 0.0
-    if adapt_steps:
-        weights, curve = adapt2(module, None, plan, adapt_steps, cache=cache, keep_best=True)
-        seconds = curve[-1]["seconds"]
     oracle = cache.costs(tests)
-    out = evaluate_policy2(module, weights, tests, oracle)
+    weights, seconds, portfolio, planner = None, 0.0, None, None
+    if adapt_steps:
+        result = adapt_portfolio2(module, plan, adapt_steps, base=base, cache=cache)
+        seconds, portfolio = result.seconds, result.summary()
+        weights, planner = result.chosen.weights, (result.chosen.module if result.chosen.name == "mpc" else None)
+    if planner is not None:
+        from moca.baselines.peers import evaluate2
+
+        scored = evaluate2("mpc-sampled", planner, tests, oracle)
+        out = {"score": float(scored.scores.mean()), "scores": scored.scores, "mean_cost": float(scored.costs.mean()),
+               "violations": int(scored.violations)}
+    else:
+        out = evaluate_policy2(module, weights, tests, oracle)
     return {"policy": str(where), "model": MODEL, "score": out["score"], "scores": out["scores"],
             "mean_cost": out["mean_cost"], "mean_oracle_cost": float(np.mean(oracle)),
             "violations": out["violations"], "adapt_steps": adapt_steps, "adaptation_seconds": seconds,
-            "checkpoint_command": meta.get("command")}
+            "checkpoint_command": meta.get("command"), **({"portfolio": portfolio} if portfolio else {})}
 
 
 __all__ = ["differing_fields", "evaluate_learned_on2", "load_scenario_files", "retarget2"]

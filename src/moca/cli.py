@@ -378,11 +378,12 @@ def evaluate(
     scenarios: int = typer.Option(20, "--scenarios", min=1, help="Number of test scenarios."),
     seed: int = typer.Option(1000, "--seed", min=0, help="First test seed; scenarios use seeds seed .. seed+N-1."),
     adapt_steps: int = typer.Option(0, "--adapt-steps", min=0, help="For a checkpoint: gradient steps on training scenarios of the regime first."),
-    base: str = typer.Option("auto", "--base", help="CLSC-1, with --adapt-steps: auto = adapt the checkpoint, "
-                                                    "the mapped policy and the LSTM over the rolling LP, keep the "
+    base: str = typer.Option("auto", "--base", help="With --adapt-steps: auto = adapt the checkpoint, "
+                                                    "the mapped policy and the LSTM over the rolling LP (CLSC-2: "
+                                                    "the checkpoint and the sampled MPC), keep the "
                                                     "best on validation scenarios (seeds 900+); default = the "
-                                                    "checkpoint only; map = the mapped policy only; mpc = the LSTM "
-                                                    "over the LP only."),
+                                                    "checkpoint only; map = the mapped policy only (CLSC-1); mpc = "
+                                                    "the LSTM over the LP only (CLSC-2: the sampled MPC)."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     scenario_files: Optional[list[Path]] = typer.Option(None, "--scenario", help="Score on this scenario file instead "
                                                         "of drawing (repeat for several; overrides --regime, --params, "
@@ -415,7 +416,7 @@ def evaluate(
             raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
     if model == "CLSC-2":
         return _evaluate2(policy, regime, scenarios, seed, adapt_steps, params_file, scenario_files, files,
-                          learned2, as_json)
+                          learned2, as_json, base)
     with _bad_input():
         if scenario_files:
             tests = files
@@ -465,12 +466,17 @@ def evaluate(
 
 
 def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps: int, params_file: Optional[Path],
-               scenario_files: Optional[list[Path]], files: Optional[list], learned2: bool, as_json: bool) -> None:
-    """``moca evaluate`` on CLSC-2: drawn scenarios (on --params' chain) or the --scenario files."""
+               scenario_files: Optional[list[Path]], files: Optional[list], learned2: bool, as_json: bool,
+               base: str = "auto") -> None:
+    """``moca evaluate`` on CLSC-2: drawn scenarios (on --params' chain) or the --scenario files;
+    a learned policy with --adapt-steps through moca adapt's portfolio of --base."""
     from moca.baselines.peers import evaluate_peer2
+    from moca.portfolio import BASES_2
     from moca.regime import load_schedule
 
     with _bad_input():
+        if base not in BASES_2:
+            raise UsageError(f"--base: {base!r} is not one of {', '.join(BASES_2)} on CLSC-2")
         if files:
             tests, plan = files, files[0].schedule
         else:
@@ -483,11 +489,11 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
 
                 if not files:
                     tests = OracleCache2(params).scenarios(range(seed, seed + scenarios), plan)
-                summary = evaluate_learned_on2(policy, tests, plan, adapt_steps, warn=_warn)
+                summary = evaluate_learned_on2(policy, tests, plan, adapt_steps, warn=_warn, base=base)
             elif learned2:
                 from moca.experiment2 import evaluate_learned2
 
-                summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps)
+                summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps, base=base)
             elif files:
                 summary = evaluate_peer2(policy, plan, None, scenarios=tests).summary()
             else:
@@ -505,6 +511,10 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
                   + f" on CLSC-2 {source}: score "
                   f"{summary['score']:.4f} (mean cost {summary['mean_cost']:,.0f} EUR, oracle "
                   f"{summary['mean_oracle_cost']:,.0f}), violations {summary['violations']}")
+    if "portfolio" in summary:
+        scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["portfolio"]["candidates"].items())
+        console.print(f"adapted with --base {base}: deployed {summary['portfolio']['chosen']} "
+                      f"(validation scores: {scores})")
 
 
 def _is_learned_policy(policy: str) -> bool:
@@ -700,6 +710,16 @@ winner (kind "mapped-policy" or "mpc-policy" for those two). With --params of
 another lead time or return lag the checkpoint's inputs do not fit the chain:
 auto and mpc then adapt the LSTM over the LP alone (it starts fresh on any
 chain), and say so.
+
+\b
+On CLSC-2, --base auto (the default) has two candidates: the checkpoint
+adapted as above (--base default) and the sampled MPC (two-stage LP over 4
+forecast demand paths, 13 periods; --base mpc), its safety stock picked among
+300-4,000 units on the first 2 support scenarios. It has no weights and takes
+no steps. Both are scored on the same validation scenarios; the better is kept
+(the checkpoint on a tie). -o writes the MPC as a planner checkpoint (kind
+"mpc-planner": its settings in JSON, no weights) that moca evaluate --model
+CLSC-2 --policy DIR scores. The MPC's choice costs about 1-2 s a scenario.
 """
 
 
@@ -716,7 +736,8 @@ def adapt(
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the adapted policy as a checkpoint here (its parent must exist)."),
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
-    base: str = typer.Option("auto", "--base", help="CLSC-1: auto | default | map | mpc (see above)."),
+    base: str = typer.Option("auto", "--base", help="auto | default | map | mpc (CLSC-2: auto | default | mpc; "
+                                                    "see above)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     from moca.regime import load_regime
@@ -724,7 +745,7 @@ def adapt(
     with _bad_input():
         if _chosen_model(model) == "CLSC-2":
             return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json,
-                           params_file)
+                           params_file, base)
         target = load_regime(regime)
         base = _base_choice(base)
         _output_dir(output)
@@ -810,27 +831,39 @@ def _warn(text: str) -> None:
     sys.stderr.flush()
 
 
-def _print_adapted(label: str, out: dict[str, Any], selected: int, keep_last: bool, output: Optional[Path]) -> None:
-    """``moca adapt``'s one-line summary (both worlds)."""
-    kept = f"weights of step {selected} (best on validation)" if not keep_last else "the last step's weights"
+def _print_adapted(label: str, out: dict[str, Any], selected: int, keep_last: bool, output: Optional[Path],
+                   kept: Optional[str] = None) -> None:
+    """``moca adapt``'s one-line summary (both worlds); ``kept``: what was deployed, when
+    not the learned policy's weights."""
+    if kept is None:
+        kept = f"weights of step {selected} (best on validation)" if not keep_last else "the last step's weights"
     console.print(f"{label}: test score {out['score_before']:.4f} -> {out['score_after']:.4f} with {kept}, "
                   f"{out['steps']} steps ({out['seconds']:.2f} s), violations {out['violations']}"
                   + (f"; wrote {output}" if output is not None else ""))
 
 
 def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: int, validation: int,
-            keep_last: bool, output: Optional[Path], as_json: bool, params_file: Optional[Path] = None) -> None:
-    """``moca adapt --model CLSC-2`` (moca.meta2.adapt2 on moca.policy2's policy; with
+            keep_last: bool, output: Optional[Path], as_json: bool, params_file: Optional[Path] = None,
+            base: str = "auto") -> None:
+    """``moca adapt --model CLSC-2``: moca.portfolio.adapt_portfolio2 (the checkpoint's LSTM
+    adapted by moca.meta2.adapt2, and/or the sampled MPC at a picked safety stock; with
     --params, on that chain: its scenarios, oracle and the policy's scaling)."""
+    from moca.portfolio import BASES_2
     from moca.regime import load_schedule
 
+    if base not in BASES_2:
+        raise UsageError(f"--base: {base!r} is not one of {', '.join(BASES_2)} on CLSC-2"
+                         + (" (CLSC-2 has no threshold map)" if base == "map" else ""))
     plan = load_schedule(regime, model="CLSC-2")
     params = _load_params(params_file, "CLSC-2") if params_file is not None else None
     _output_dir(output)
     import torch
 
-    from moca.meta2 import OracleCache2, adapt2, load_policy2, save_policy2
+    from moca.baselines.mpc2 import save_planner2
+    from moca.baselines.peers import evaluate2
+    from moca.meta2 import OracleCache2, load_policy2, save_policy2
     from moca.policy2 import evaluate_policy2
+    from moca.portfolio import adapt_portfolio2
 
     torch.set_num_threads(1)
     module, _ = load_policy2(checkpoint_dir)
@@ -838,30 +871,58 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
         module = _retarget2(module, params, checkpoint_dir)
     cache = OracleCache2(module.params)
     tests = cache.scenarios(range(seed, seed + scenarios), plan)
+    oracle = cache.costs(tests)
+
+    def test_score(candidate) -> dict[str, Any]:
+        if candidate.name == "mpc":
+            out = evaluate2("mpc-sampled", candidate.module, tests, oracle)
+            return {"score": float(out.scores.mean()), "violations": int(out.violations)}
+        return evaluate_policy2(candidate.module, candidate.weights, tests, oracle)
+
     with _progress(as_json) as progress:
-        progress.add_task(f"adapting {steps} steps (CLSC-2)", total=None)
-        before = evaluate_policy2(module, None, tests, cache.costs(tests))
-        weights, curve = adapt2(module, None, plan, steps, validation_size=validation, cache=cache,
-                                keep_best=not keep_last)
-        after = evaluate_policy2(module, weights, tests, cache.costs(tests))
+        progress.add_task(f"adapting {steps} steps (CLSC-2" + (", portfolio)" if base == "auto" else ")"), total=None)
+        before = evaluate_policy2(module, None, tests, oracle)
+        portfolio = adapt_portfolio2(module, plan, steps, base=base, validation_size=validation, cache=cache,
+                                     keep_best=not keep_last)
+        chosen = portfolio.chosen
+        scored = {name: test_score(c) for name, c in portfolio.candidates.items()}
+    after = scored[chosen.name]
+    curve = chosen.curve
     selected = next((c["step"] for c in curve if c.get("selected")), curve[-1]["step"])
+    summary = portfolio.summary()
+    for name, entry in summary["candidates"].items():
+        entry["test_score"] = scored[name]["score"]
+    violations = before["violations"] + sum(s["violations"] for s in scored.values())
+    violations += sum(c.get("violations", 0) for cand in portfolio.candidates.values() for c in cand.curve)
     out = {"model": "CLSC-2", "score_before": before["score"], "score_after": after["score"], "steps": steps,
-           "selected_step": selected, "keep": "last" if keep_last else "best", "seconds": curve[-1]["seconds"],
-           "violations": int(before["violations"] + after["violations"] + sum(c["violations"] for c in curve)),
+           "selected_step": selected, "keep": "last" if keep_last else "best",
+           "seconds": portfolio.seconds, "violations": int(violations),
            "curve": [{"step": c["step"], "score": c["score"], "seconds": c["seconds"], "kept": c["kept"],
                       "selected": c["step"] == selected} for c in curve],
            "regime": plan.to_list_with_window(), "test_seeds": [seed, seed + scenarios - 1],
-           "validation_seeds": "900-" + str(900 + validation - 1)}
+           "validation_seeds": "900-" + str(900 + validation - 1), "base": base, "deployed": chosen.name,
+           "portfolio": summary}
     if output is not None:
-        module.load_state_dict({**module.state_dict(), **weights})
-        save_policy2(output, module, {"adapted_from": str(checkpoint_dir), "regime": out["regime"], "steps": steps,
-                                      "selected_step": selected, "command": _command_line(),
-                                      "scores": {"before": out["score_before"], "after": out["score_after"]}})
+        record = {"adapted_from": str(checkpoint_dir), "regime": out["regime"], "steps": steps,
+                  "selected_step": selected, "command": _command_line(),
+                  "scores": {"before": out["score_before"], "after": out["score_after"]}, "portfolio": summary}
+        if chosen.name == "mpc":
+            save_planner2(output, chosen.module, module.params, record)
+        else:
+            module.load_state_dict({**module.state_dict(), **chosen.weights})
+            save_policy2(output, module, record)
         out["checkpoint"] = str(output)
     if as_json:
         _print_json(out)
         return
-    _print_adapted(f"CLSC-2 {regime}", out, selected, keep_last, output)
+    if chosen.name == "mpc":
+        kept = f"the sampled MPC at a safety stock of {chosen.selection['safety_stock']:,.0f} units"
+    else:
+        kept = None
+    _print_adapted(f"CLSC-2 {regime}", out, selected, keep_last, output, kept)
+    if base == "auto":
+        scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["candidates"].items())
+        console.print(f"base auto: kept {chosen.name} (validation scores: {scores}; {portfolio.seconds:.2f} s in all)")
 
 
 @app.command()

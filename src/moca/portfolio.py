@@ -1,4 +1,7 @@
-"""moca's CLSC-1 adaptation as a small portfolio: three starting points, one choice.
+"""moca's adaptation as a small portfolio: several starting points, one choice.
+
+CLSC-2's two candidates (the adapted LSTM or the sampled MPC) are at the end of this
+module (:func:`adapt_portfolio2`); what follows first is CLSC-1's three.
 
 No starting point of moca's is best everywhere (README, "The lever"): the shipped
 meta-init (``default``) adapts best on the seed tasks among the learned ones, the LSTM over
@@ -44,7 +47,7 @@ class Candidate:
     scores per step), the validation score of the weights returned, and its seconds."""
 
     name: str
-    module: LSTMPolicy
+    module: Any  # an LSTMPolicy; on CLSC-2 an LSTMPolicy2, or the MPC2Policy of the "mpc" candidate
     weights: Weights
     curve: list[dict[str, Any]]
     validation_score: float
@@ -154,4 +157,66 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
     return PortfolioResult(best, candidates, time.perf_counter() - started, notes)
 
 
-__all__ = ["BASES", "Candidate", "PortfolioResult", "adapt_portfolio", "map_usable", "start_on_chain"]
+# --- CLSC-2: the adapted LSTM or the sampled MPC -----------------------------------------------
+#
+# CLSC-2 has no threshold map and no LSTM over an LP. Its second candidate is the peer itself:
+# the sampled MPC (moca.baselines.mpc2), its safety stock picked on support scenarios. Measured
+# over random regimes (README, "Two candidates"), the adapted LSTM is ahead over the whole
+# space and the MPC under high mandates, high carbon taxes and some tight caps; choosing on
+# validation picked the better of the two on test in all 24. The MPC has no weights: it is
+# deployed as a planner checkpoint (moca.baselines.mpc2.save_planner2).
+
+#: ``--base`` of CLSC-2: both candidates, the checkpoint's LSTM only, the sampled MPC only.
+BASES_2: tuple[str, ...] = ("auto", "default", "mpc")
+#: Support scenarios the MPC's safety stock is picked on (each stock costs one 52-period run
+#: with a two-stage LP per period, about 1-2 s a scenario; the LSTM's steps use all of them).
+STOCK_SCENARIOS_2 = 2
+
+
+def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", support_size: int = 8,
+                     validation_size: int = 8, cache: Any = None, keep_best: bool = True,
+                     stocks: Sequence[float] | None = None) -> PortfolioResult:
+    """Adapt CLSC-2's candidates of ``base`` to ``plan`` (a regime or schedule) and choose by
+    validation score (the LSTM on a tie): ``default``, ``module`` (a
+    :class:`moca.policy2.LSTMPolicy2`) adapted ``steps`` steps by :func:`moca.meta2.adapt2` on
+    the support scenarios (seeds 800+); ``mpc``, the sampled MPC at the safety stock that
+    scores best on the first :data:`STOCK_SCENARIOS_2` support scenarios
+    (:func:`moca.baselines.mpc2.select_safety_stock2`). Both are scored on the same
+    validation scenarios (seeds 900+). The MPC candidate's ``module`` is the
+    :class:`moca.baselines.mpc2.MPC2Policy` and its weights are empty. ``stocks``: the safety
+    stocks (units) to pick from (default :data:`moca.baselines.mpc2.SAFETY_STOCKS_2`)."""
+    from moca.baselines.mpc2 import PLANNER_SAMPLES, SAFETY_STOCKS_2, MPC2Policy, select_safety_stock2
+    from moca.baselines.peers import evaluate2
+    from moca.meta2 import OracleCache2, adapt2
+
+    if base not in BASES_2:
+        raise RegimeMapError(f"base: {base!r} is not one of {', '.join(BASES_2)} on CLSC-2")
+    started = time.perf_counter()
+    cache = cache or OracleCache2(module.params)
+    support = cache.scenarios(SUPPORT_SEEDS[:support_size], plan)
+    validation = cache.scenarios(VALIDATION_SEEDS[:validation_size], plan)
+    candidates: dict[str, Candidate] = {}
+    if base in ("auto", "default"):
+        began = time.perf_counter()
+        weights, curve = adapt2(module, None, plan, steps, support=support, validation=validation, cache=cache,
+                                keep_best=keep_best)
+        candidates["default"] = Candidate("default", module, weights, curve, _validation_score(curve),
+                                          time.perf_counter() - began)
+    if base in ("auto", "mpc"):
+        began = time.perf_counter()
+        picked = support[:STOCK_SCENARIOS_2]
+        stock, scores = select_safety_stock2(picked, cache.costs(picked), tuple(stocks or SAFETY_STOCKS_2))
+        planner = MPC2Policy(safety_stock=stock, samples=PLANNER_SAMPLES)
+        out = evaluate2("mpc-sampled", planner, validation, cache.costs(validation))
+        seconds = time.perf_counter() - began
+        curve = [{"step": 0, "score": float(out.scores.mean()), "violations": int(out.violations), "seconds": seconds,
+                  "kept": True, "selected": True}]
+        candidates["mpc"] = Candidate("mpc", planner, {}, curve, curve[0]["score"], seconds,
+                                      {"safety_stock": stock, "support_scores": {str(k): v for k, v in scores.items()},
+                                       "support_seeds": [SUPPORT_SEEDS[0], SUPPORT_SEEDS[len(picked) - 1]]})
+    best = max(candidates.values(), key=lambda c: c.validation_score)  # the first of equals: the LSTM
+    return PortfolioResult(best, candidates, time.perf_counter() - started)
+
+
+__all__ = ["BASES", "BASES_2", "Candidate", "PortfolioResult", "adapt_portfolio", "adapt_portfolio2", "map_usable",
+           "start_on_chain"]

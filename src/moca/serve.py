@@ -491,7 +491,9 @@ class Clsc2Model(ChainModel):
     def adapt(self, module, regime, settings: AdaptSettings) -> tuple[Any, dict, list[dict], Any, None]:
         """:func:`moca.meta2.adapt2` as ``moca adapt --model CLSC-2`` runs it (the weights of the
         best validation score over steps 0..steps), support seeds 800+, validation 900+
-        (CLSC-2 has no portfolio: ``settings.base`` is CLSC-1's)."""
+        (``settings.base`` is CLSC-1's: CLSC-2's portfolio may deploy the sampled MPC, a
+        planner with no weights that solves an LP per decision, and the service deploys
+        learned policies only)."""
         from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS
         from moca.meta2 import OracleCache2, adapt2
         from moca.policy2 import evaluate_policy2

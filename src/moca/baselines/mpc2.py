@@ -179,4 +179,78 @@ def solve_two_stage2(params, windows) -> np.ndarray:
     return np.maximum(x[ACTIONS], 0.0)
 
 
-__all__ = ["CLSC2_FORECAST", "InformedMPC2", "MPC2Policy", "demand_curve2", "solve_two_stage2"]
+# --- the sampled MPC as a deployable policy: its safety stock chosen, saved, loaded -------------
+
+#: The safety stocks (units) the sampled MPC is re-picked from for one regime (bench_peers.py's
+#: CLSC-2 grid): from a thin hedge to about two weeks of mean demand.
+SAFETY_STOCKS_2: tuple[float, ...] = (300.0, 600.0, 1000.0, 1500.0, 2500.0, 4000.0)
+#: Sample paths of the deployed sampled MPC (as the peer ``mpc-sampled``).
+PLANNER_SAMPLES = 4
+#: ``kind`` of a CLSC-2 planner checkpoint: the sampled MPC's settings, no weights.
+PLANNER_KIND = "mpc-planner"
+
+
+def select_safety_stock2(scenarios, oracle_costs, stocks: tuple[float, ...] = SAFETY_STOCKS_2,
+                         samples: int = PLANNER_SAMPLES) -> tuple[float, dict[float, float]]:
+    """The safety stock (units) of ``stocks`` whose sampled MPC scores best (mean oracle cost /
+    cost) on ``scenarios`` (the smaller stock on a tie), and every stock's score."""
+    from moca.baselines.peers import evaluate2
+
+    scores = {float(v): float(evaluate2("mpc-sampled", MPC2Policy(safety_stock=v, samples=samples), scenarios,
+                                        oracle_costs).scores.mean()) for v in stocks}
+    best = max(scores, key=lambda v: (scores[v], -v))
+    return best, scores
+
+
+def save_planner2(directory, policy: MPC2Policy, params, metadata: dict) -> None:
+    """Write ``policy``'s settings as a CLSC-2 checkpoint of kind ``mpc-planner`` (an empty
+    weights file: the checkpoint format stays one format, its JSON says the rest)."""
+    from moca import checkpoint
+
+    planner = {"horizon": policy.horizon, "safety_stock": policy.safety_stock, "safety_penalty": policy.safety_penalty,
+               "samples": policy.samples, "seed": policy.seed}
+    checkpoint.save(directory, {}, {"kind": PLANNER_KIND, "model": "CLSC-2", "params": params.model_dump(mode="json"),
+                                    "planner": planner, **metadata})
+
+
+def is_planner2(directory) -> bool:
+    """``directory`` holds a checkpoint whose JSON says kind ``mpc-planner`` (not yet verified)."""
+    import json
+    from pathlib import Path
+
+    from moca import checkpoint
+
+    try:
+        return json.loads((Path(directory) / checkpoint.META).read_text()).get("kind") == PLANNER_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_planner2(directory) -> tuple[MPC2Policy, dict]:
+    """Read a CLSC-2 planner checkpoint (:func:`save_planner2`): the sampled MPC it describes
+    and its JSON. A bad field is a :class:`moca.checkpoint.CheckpointError` naming it."""
+    from moca import checkpoint
+
+    _, meta, where = checkpoint.load_kind(directory, PLANNER_KIND)
+    if meta.get("model") != "CLSC-2":
+        raise checkpoint.CheckpointError(f"checkpoint {where}: model: {meta.get('model')!r}, expected 'CLSC-2'")
+    planner = meta.get("planner")
+    if not isinstance(planner, dict):
+        raise checkpoint.CheckpointError(f"checkpoint {where}: planner: missing or not an object")
+    samples = planner.get("samples", PLANNER_SAMPLES)
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= 64:
+        raise checkpoint.CheckpointError(f"checkpoint {where}: planner.samples: {samples!r} must be a whole number "
+                                         "from 0 to 64")
+    try:
+        policy = MPC2Policy(horizon=planner.get("horizon", 13), safety_stock=float(planner.get("safety_stock", 0.0)),
+                            safety_penalty=float(planner.get("safety_penalty", 1.0)), samples=samples,
+                            seed=int(planner.get("seed", 0)))
+    except (TypeError, ValueError) as err:
+        raise checkpoint.CheckpointError(f"checkpoint {where}: planner.{err}") from None
+    if not np.isfinite(policy.safety_penalty) or policy.safety_penalty < 0:
+        raise checkpoint.CheckpointError(f"checkpoint {where}: planner.safety_penalty: must be a finite number >= 0")
+    return policy, meta
+
+
+__all__ = ["CLSC2_FORECAST", "InformedMPC2", "MPC2Policy", "PLANNER_KIND", "SAFETY_STOCKS_2", "demand_curve2",
+           "is_planner2", "load_planner2", "save_planner2", "select_safety_stock2", "solve_two_stage2"]

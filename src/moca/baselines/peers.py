@@ -122,7 +122,7 @@ def make_peer2(name: str, safety_stock: float | None = None):
 
 
 def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
-    """Score the CLSC-2 peer ``name`` (or a PPO checkpoint directory) on the scenarios of
+    """Score the CLSC-2 peer ``name`` (or a PPO or planner checkpoint directory) on the scenarios of
     ``plan`` drawn from ``seeds`` with ``params`` (default: the default chain), or on the
     given ``scenarios`` (a user's files: one chain; ``plan`` is what the threshold rule is
     tuned for); returns a :class:`moca.evaluation.Evaluation`. ``mpc`` is the forecast
@@ -135,8 +135,8 @@ def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
     from moca.scenario import DEFAULT_PARAMS_2, draw_scenario2
 
     if name not in (*PEERS_2, "oracle") and not Path(name).is_dir():
-        raise CheckpointError(f"--policy {name!r}: on CLSC-2 one of {', '.join(PEERS_2)}, oracle or a PPO "
-                              f"checkpoint directory of CLSC-2 (no such directory)")
+        raise CheckpointError(f"--policy {name!r}: on CLSC-2 one of {', '.join(PEERS_2)}, oracle, or a PPO or "
+                              f"planner (moca adapt's sampled MPC) checkpoint directory of CLSC-2 (no such directory)")
     if scenarios is None:
         params = params or DEFAULT_PARAMS_2
         scenarios = [draw_scenario2(int(s), plan, params) for s in seeds]
@@ -163,6 +163,10 @@ def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
     if name == "mpc-informed":
         curves = np.stack([demand_curve2(int(s), params) for s in seeds])
         return evaluate2(name, InformedMPC2(curves, stock), scenarios, oracle)
+    from moca.baselines.mpc2 import is_planner2, load_planner2
+
+    if name not in PEERS_2 and is_planner2(name):  # the sampled MPC that moca adapt deployed
+        return evaluate2(name, load_planner2(name)[0], scenarios, oracle)
     from moca.baselines.ppo import env_evaluation, load_ppo, shipped_path
 
     where = shipped_path("CLSC-2") if name == "ppo" else Path(name)
