@@ -1,7 +1,7 @@
 """moca and the MPC at the ends of the regime space: a stress run that found rule (h).
 
     python benchmarks/bench_extreme_regimes.py [--world CLSC-1|CLSC-2|both] [--plans 12] [--seed 7]
-                                               [--scenarios 2] [--out FILE] [--quick]
+                                               [--scenarios 2] [--adapt] [--out FILE] [--quick]
 
 Meta-training and the random-regime benchmark draw rules from distributions that rarely
 reach the ends of the spec's ranges. This run draws regime plans that do: every rule at
@@ -13,7 +13,10 @@ schedules with one to three regime changes. On each, on test seeds 1000+, it sco
 shipped meta-init zero-shot (every action through the exact projection) and the MPC
 (CLSC-1: the rolling LP at its calibrated safety stock; CLSC-2: the sampled MPC at its
 tuned one) against the oracle, and checks what must hold everywhere: 0 violations, a
-finite score in (0, 1]. Exits 1, naming the plan, if anything fails or raises. Writes
+finite score in (0, 1]. ``--adapt`` (CLSC-2) adds what ``moca adapt --model CLSC-2`` deploys
+(``--base auto``, 3 steps: the adapted LSTM or the sampled MPC at a safety stock picked on
+support seeds, chosen on validation seeds 900-907), held to the same checks. Exits 1, naming
+the plan, if anything fails or raises. Writes
 benchmarks/extreme_regimes.json (``--out``) and prints each plan's scores.
 """
 
@@ -90,10 +93,11 @@ def clsc1_policies():
     return score
 
 
-def clsc2_policies():
+def clsc2_policies(adapt: bool = False, quick: bool = False):
     from moca.baselines.peers import evaluate2, make_peer2
     from moca.meta2 import OracleCache2, load_policy2
     from moca.policy2 import evaluate_policy2
+    from moca.portfolio import adapt_portfolio2
 
     module, _ = load_policy2("default")
     cache = OracleCache2(module.params)
@@ -103,8 +107,23 @@ def clsc2_policies():
         oracle = np.asarray(cache.costs(tests))
         learned = evaluate_policy2(module, None, tests, oracle)
         peer = evaluate2("mpc-sampled", make_peer2("mpc-sampled"), tests, oracle)
-        return {"moca (zero-shot)": {"scores": learned["scores"], "violations": int(learned["violations"])},
-                "mpc-sampled": {"scores": [float(x) for x in peer.scores], "violations": int(peer.violations)}}
+        out = {"moca (zero-shot)": {"scores": learned["scores"], "violations": int(learned["violations"])},
+               "mpc-sampled": {"scores": [float(x) for x in peer.scores], "violations": int(peer.violations)}}
+        if adapt:  # moca adapt --model CLSC-2 as shipped (--base auto, 3 steps): what a user deploys
+            result = adapt_portfolio2(module, plan, 1 if quick else 3, support_size=2 if quick else 8,
+                                      validation_size=2 if quick else 8, cache=cache,
+                                      stocks=(300.0, 1500.0) if quick else None)
+            chosen = result.chosen
+            if chosen.name == "mpc":
+                deployed = evaluate2("moca adapt", chosen.module, tests, oracle)
+                scores, violations = [float(x) for x in deployed.scores], int(deployed.violations)
+            else:
+                deployed = evaluate_policy2(module, chosen.weights, tests, oracle)
+                scores, violations = deployed["scores"], int(deployed["violations"])
+            violations += sum(c.get("violations", 0) for cand in result.candidates.values() for c in cand.curve)
+            out["moca adapt (3 steps)"] = {"scores": scores, "violations": violations, "chosen": chosen.name,
+                                           "seconds": result.seconds}
+        return out
 
     return score
 
@@ -115,6 +134,9 @@ def main() -> int:
     parser.add_argument("--plans", type=int, default=12, help="regime plans per world")
     parser.add_argument("--seed", type=int, default=7, help="seed of the plan draws")
     parser.add_argument("--scenarios", type=int, default=2, help="test scenarios per plan (seeds 1000+)")
+    parser.add_argument("--adapt", action="store_true",
+                        help="CLSC-2: also moca adapt as shipped (--base auto, 3 steps; validation 900+ counts its "
+                             "violations too)")
     parser.add_argument("--quick", action="store_true", help="2 plans, 1 scenario")
     parser.add_argument("--out", type=Path, default=HERE / "extreme_regimes.json")
     args = parser.parse_args()
@@ -124,12 +146,12 @@ def main() -> int:
     worlds = ["CLSC-1", "CLSC-2"] if args.world == "both" else [args.world]
     result: dict[str, Any] = {"command": f"python benchmarks/bench_extreme_regimes.py --world {args.world} "
                                          f"--plans {args.plans} --seed {args.seed} --scenarios {args.scenarios}"
-                                         + (" --quick" if args.quick else ""),
+                                         + (" --adapt" if args.adapt else "") + (" --quick" if args.quick else ""),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
     started, problems = time.perf_counter(), []
     for world in worlds:
         rng = np.random.default_rng([args.seed, 1 if world == "CLSC-1" else 2])
-        score = clsc1_policies() if world == "CLSC-1" else clsc2_policies()
+        score = clsc1_policies() if world == "CLSC-1" else clsc2_policies(args.adapt, args.quick)
         rows = []
         for i in range(args.plans):
             plan = draw_plan(rng, world)

@@ -156,7 +156,7 @@ def test_bad_clsc2_input_is_refused_by_name_and_nothing_is_stored(client, change
     assert client.get("/v1/chains/p2").json()["last_t"] == -1
 
 
-def test_clsc2_registration_refuses_bad_regimes_params_and_checkpoints_by_name(client):
+def test_clsc2_registration_refuses_bad_regimes_params_and_checkpoints_by_name(client, tmp_path):
     bad = {**RULE, "recycled_content_window": 0}
     r = client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": bad})
     assert r.status_code == 422 and "recycled_content_window" in r.json()["detail"], r.text
@@ -166,6 +166,13 @@ def test_clsc2_registration_refuses_bad_regimes_params_and_checkpoints_by_name(c
     assert r.status_code == 422 and r.json()["detail"].startswith("checkpoint:"), r.text  # a CLSC-1 policy
     r = client.post("/v1/chains", json={"id": "p2", "model": "clsc-3", "regime": "T1"})
     assert r.status_code == 422 and r.json()["detail"].startswith("model:"), r.text
+    # moca adapt's sampled MPC (a planner, no weights) is not a version the service can deploy
+    from moca.baselines.mpc2 import MPC2Policy, save_planner2
+    from moca.scenario import DEFAULT_PARAMS_2
+
+    save_planner2(tmp_path / "data" / "checkpoints" / "planner", MPC2Policy(safety_stock=600.0), DEFAULT_PARAMS_2, {})
+    r = client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": "T1", "checkpoint": "planner"})
+    assert r.status_code == 422 and "a planner" in r.json()["detail"] and "serve" in r.json()["detail"], r.text
     assert client.get("/v1/chains").json() == []
 
 

@@ -46,7 +46,8 @@ runner = CliRunner()
     (["--field", "carbon_tax", "--values", "0,10", "--scenarios", "1"], ["--scenarios"]),
     (["--field", "carbon_tax", "--values", "0,10", "--plot", "out.txt"], ["--plot", "png"]),
     (["--field", "carbon_tax", "--values", "0,10", "--moca-base", "best"], ["--moca-base", "best"]),
-    (["--field", "carbon_tax", "--values", "0,10", "--model", "CLSC-2", "--moca-base", "mpc"], ["--moca-base", "CLSC-1"]),
+    (["--field", "carbon_tax", "--values", "0,10", "--model", "CLSC-2", "--moca-base", "map"],
+     ["--moca-base", "map", "CLSC-2"]),
 ])
 def test_bad_input_is_one_line_exit_2(args, needles, tmp_path):
     result = runner.invoke(app, ["sweep", *args, "--json", str(tmp_path / "out.json")])

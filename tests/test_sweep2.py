@@ -95,6 +95,19 @@ def test_clsc2_moca_policy_reports_its_adaptation():
     assert entry["compliance_cost"][0] > 0
 
 
+def test_clsc2_moca_through_the_portfolio_deploys_the_sampled_mpc_under_a_high_tax(monkeypatch):
+    """--moca-base mpc on CLSC-2: moca is the sampled MPC at a stock of moca adapt's choice
+    (here from two stocks, to keep the test short), scored as any policy: every rule kept."""
+    import moca.baselines.mpc2 as mpc2
+
+    monkeypatch.setattr(mpc2, "SAFETY_STOCKS_2", (300.0, 1500.0))
+    plan = make_plan("CLSC-2", "carbon_tax", "2000", base="T1", policies="moca", scenarios=2, adapt_steps=1,
+                     moca_base="mpc")
+    entry = run_sweep(plan, Backend("serial"))["policies"]["moca"]
+    assert entry["moca_base"] == "mpc" and entry["candidate"] == ["mpc"] and entry["violations"] == [0]
+    assert entry["recycled_share"][0] >= 0.1 - 1e-6 and entry["adaptation_seconds"][0] >= 0
+
+
 def test_clsc2_window_field_on_the_cli(tmp_path):
     out = tmp_path / "w.json"
     result = runner.invoke(app, ["sweep", "--model", "CLSC-2", "--field", "recycled_content_window", "--values",

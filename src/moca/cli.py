@@ -714,10 +714,11 @@ chain), and say so.
 \b
 On CLSC-2, --base auto (the default) has two candidates: the checkpoint
 adapted as above (--base default) and the sampled MPC (two-stage LP over 4
-forecast demand paths, 13 periods; --base mpc), its safety stock picked among
-300-4,000 units on the first 2 support scenarios. It has no weights and takes
-no steps. Both are scored on the same validation scenarios; the better is kept
-(the checkpoint on a tie). -o writes the MPC as a planner checkpoint (kind
+forecast demand paths, 13 periods; --base mpc): the two safety stocks of
+300-4,000 units that score best on the first 2 support scenarios are scored on
+the validation scenarios, and the better is its stock. It has no weights and
+takes no steps. The better of the two candidates on validation is kept (the
+checkpoint on a tie). -o writes the MPC as a planner checkpoint (kind
 "mpc-planner": its settings in JSON, no weights) that moca evaluate --model
 CLSC-2 --policy DIR scores. The MPC's choice costs about 1-2 s a scenario.
 """
@@ -1290,9 +1291,9 @@ def sweep(
     scenarios: int = typer.Option(20, "--scenarios", help="Test scenarios per value (seeds seed .. seed+N-1)."),
     seed: int = typer.Option(1000, "--seed", help="First test seed."),
     adapt_steps: int = typer.Option(5, "--adapt-steps", help="moca: gradient steps of adaptation per value."),
-    moca_base: str = typer.Option("default", "--moca-base", help="CLSC-1 moca: default = the meta-init adapted; "
+    moca_base: str = typer.Option("default", "--moca-base", help="moca: default = the meta-init adapted; "
                                                               "auto|map|mpc = through moca adapt's portfolio "
-                                                              "(see moca adapt --help)."),
+                                                              "(CLSC-2: auto|mpc; see moca adapt --help)."),
     workers: int = typer.Option(2, "--workers", help="Local processes (1: run in this process); CPUs of a local Ray."),
     ray_address: Optional[str] = typer.Option(None, "--ray", help="Run as Ray tasks: 'auto' (a local Ray for the run) or a cluster address."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),

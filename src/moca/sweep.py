@@ -259,12 +259,13 @@ class CLSC2Sweep(SweepModel):
         if task.policy == "oracle":
             metrics = _oracle_metrics2(scenarios, task.shadow_field)
         else:
-            policy, extra = self._build(task.policy, regime, task.adapt_steps, task.threshold_budget)
+            policy, extra = self._build(task.policy, regime, task.adapt_steps, task.threshold_budget, task.moca_base)
             metrics = _policy_metrics2(policy, scenarios)
         return TaskResult(task.index, task.policy, metrics, extra, time.perf_counter() - started,
                           time.process_time() - cpu)
 
-    def _build(self, name: str, regime: Regime, adapt_steps: int, threshold_budget: int) -> tuple[Any, dict[str, Any]]:
+    def _build(self, name: str, regime: Regime, adapt_steps: int, threshold_budget: int,
+               moca_base: str = "default") -> tuple[Any, dict[str, Any]]:
         if name == "threshold":
             from moca.baselines.threshold2 import tune_threshold2
 
@@ -280,14 +281,25 @@ class CLSC2Sweep(SweepModel):
             from moca.meta2 import adapt2, load_policy2
             from moca.metrics import adaptation_speed
             from moca.policy2 import PolicyAgent2
+            from moca.portfolio import adapt_portfolio2
 
             module, _ = load_policy2("default")
-            weights, curve = adapt2(module, None, regime, steps=adapt_steps, keep_best=True)
+            if moca_base == "default":
+                weights, curve = adapt2(module, None, regime, steps=adapt_steps, keep_best=True)
+                chosen = None
+            else:  # moca adapt --model CLSC-2's portfolio: the adapted LSTM or the sampled MPC
+                result = adapt_portfolio2(module, regime, adapt_steps, base=moca_base)
+                chosen = result.chosen
+                weights, curve = chosen.weights, chosen.curve
             speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
+            extra = {"adaptation_steps": int(speed.steps), "adaptation_seconds": float(speed.seconds),
+                     "adapt_seconds_total": float(curve[-1]["seconds"])}
+            if chosen is not None:
+                extra.update(candidate=chosen.name, adapt_seconds_total=float(result.seconds))
+                if chosen.name == "mpc":
+                    return chosen.module, extra
             weights = {k: v.detach().double() for k, v in weights.items()}
-            return PolicyAgent2(module, weights), {"adaptation_steps": int(speed.steps),
-                                                   "adaptation_seconds": float(speed.seconds),
-                                                   "adapt_seconds_total": float(curve[-1]["seconds"])}
+            return PolicyAgent2(module, weights), extra
         raise SweepError(f"--policies: unknown policy {name!r}")
 
 
@@ -513,12 +525,11 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
         raise SweepError(f"--base: {err}") from None
     if threshold_budget < 24:
         raise SweepError(f"threshold_budget {threshold_budget}: at least 24 candidate rules")
-    from moca.portfolio import BASES
+    from moca.portfolio import BASES, BASES_2
 
-    if moca_base not in BASES:
-        raise SweepError(f"--moca-base {moca_base!r}: not one of {', '.join(BASES)}")
-    if moca_base != "default" and world.name != "CLSC-1":
-        raise SweepError(f"--moca-base {moca_base!r}: the portfolio is CLSC-1's; {world.name} adapts its meta-init")
+    bases = BASES if world.name == "CLSC-1" else BASES_2
+    if moca_base not in bases:
+        raise SweepError(f"--moca-base {moca_base!r}: not one of {', '.join(bases)} on {world.name}")
     plan = SweepPlan(world, spec, numbers, base_regime, chosen, tuple(range(seed, seed + scenarios)), adapt_steps,
                      threshold_budget, moca_base)
     plan.tasks()  # every value must make a valid regime with the base
