@@ -55,14 +55,10 @@ def test_portfolio_keeps_the_candidate_with_the_better_validation_score(cache):
                                                                                                  rel=1e-9)
     assert float(evaluate2("x", mpc.module, validation, oracle).scores.mean()) == pytest.approx(
         mpc.validation_score, rel=1e-12)
-    # the support scenarios shortlist two stocks (here the whole grid); validation keeps the better
+    # the MPC's stock was picked on the first support scenarios, not on validation
     support = cache.scenarios(SUPPORT_SEEDS[:2], HIGH_TAX)
-    _, on_support = select_safety_stock2(support, cache.costs(support), (600.0, 4000.0))
-    assert mpc.selection["support_scores"] == {str(k): v for k, v in on_support.items()}
-    on_validation = {v: float(evaluate2("x", MPC2Policy(safety_stock=v, samples=4), validation, oracle).scores.mean())
-                     for v in (600.0, 4000.0)}
-    assert mpc.selection["validation_scores"] == pytest.approx({str(k): v for k, v in on_validation.items()}, rel=1e-12)
-    assert mpc.module.safety_stock == mpc.selection["safety_stock"] == max(on_validation, key=on_validation.get)
+    stock, _ = select_safety_stock2(support, cache.costs(support), (600.0, 4000.0))
+    assert mpc.module.safety_stock == stock == mpc.selection["safety_stock"]
     summary = result.summary()
     assert summary["chosen"] == result.chosen.name and set(summary["candidates"]) == {"default", "mpc"}
     json.dumps(summary)  # plain JSON

@@ -714,11 +714,10 @@ chain), and say so.
 \b
 On CLSC-2, --base auto (the default) has two candidates: the checkpoint
 adapted as above (--base default) and the sampled MPC (two-stage LP over 4
-forecast demand paths, 13 periods; --base mpc): the two safety stocks of
-300-4,000 units that score best on the first 2 support scenarios are scored on
-the validation scenarios, and the better is its stock. It has no weights and
-takes no steps. The better of the two candidates on validation is kept (the
-checkpoint on a tie). -o writes the MPC as a planner checkpoint (kind
+forecast demand paths, 13 periods; --base mpc), its safety stock picked among
+300-4,000 units on the first 2 support scenarios. It has no weights and takes
+no steps. Both are scored on the same validation scenarios; the better is kept
+(the checkpoint on a tie). -o writes the MPC as a planner checkpoint (kind
 "mpc-planner": its settings in JSON, no weights) that moca evaluate --model
 CLSC-2 --policy DIR scores. The MPC's choice costs about 1-2 s a scenario.
 """
