@@ -97,7 +97,7 @@ def clsc2_policies(adapt: bool = False, quick: bool = False):
     from moca.baselines.peers import evaluate2, make_peer2
     from moca.meta2 import OracleCache2, load_policy2
     from moca.policy2 import evaluate_policy2
-    from moca.portfolio import adapt_portfolio2
+    from moca.portfolio import adapt_portfolio2, evaluate_candidate2
 
     module, _ = load_policy2("default")
     cache = OracleCache2(module.params)
@@ -113,16 +113,11 @@ def clsc2_policies(adapt: bool = False, quick: bool = False):
             result = adapt_portfolio2(module, plan, 1 if quick else 3, support_size=2 if quick else 8,
                                       validation_size=2 if quick else 8, cache=cache,
                                       stocks=(300.0, 1500.0) if quick else None)
-            chosen = result.chosen
-            if chosen.name == "mpc":
-                deployed = evaluate2("moca adapt", chosen.module, tests, oracle)
-                scores, violations = [float(x) for x in deployed.scores], int(deployed.violations)
-            else:
-                deployed = evaluate_policy2(module, chosen.weights, tests, oracle)
-                scores, violations = deployed["scores"], int(deployed["violations"])
-            violations += sum(c.get("violations", 0) for cand in result.candidates.values() for c in cand.curve)
-            out["moca adapt (3 steps)"] = {"scores": scores, "violations": violations, "chosen": chosen.name,
-                                           "seconds": result.seconds}
+            deployed = evaluate_candidate2(result.chosen, tests, oracle)
+            violations = deployed["violations"] + sum(c.get("violations", 0) for cand in result.candidates.values()
+                                                      for c in cand.curve)
+            out["moca adapt (3 steps)"] = {"scores": deployed["scores"], "violations": int(violations),
+                                           "chosen": result.chosen.name, "seconds": result.seconds}
         return out
 
     return score

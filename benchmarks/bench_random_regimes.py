@@ -159,7 +159,7 @@ def deployed(result, row: dict[str, Any], tests, oracle: np.ndarray) -> dict[str
     """The test score of what ``moca adapt --model CLSC-2`` deployed (``result``): the LSTM
     candidate's is ``row["moca"]``'s (the same weights); the MPC's is the peer's when the
     safety stocks agree (the same deterministic policy: samples 4, seed 0), else scored here."""
-    from moca.baselines.peers import evaluate2
+    from moca.portfolio import evaluate_candidate2
 
     chosen = result.chosen
     entry = {"seconds": result.seconds, "chosen": "LSTM" if chosen.name == "default" else "sampled MPC",
@@ -169,8 +169,8 @@ def deployed(result, row: dict[str, Any], tests, oracle: np.ndarray) -> dict[str
         return {**entry, "score": row["moca"]["score"], "violations": row["moca"]["violations"]}
     if chosen.module.safety_stock == row[MPC]["safety_stock"]:
         return {**entry, "score": row[MPC]["score"], "violations": row[MPC]["violations"]}
-    out = evaluate2("moca adapt", chosen.module, tests, oracle)
-    return {**entry, "score": float(out.scores.mean()), "violations": int(out.violations)}
+    out = evaluate_candidate2(chosen, tests, oracle)
+    return {**entry, "score": out["score"], "violations": out["violations"]}
 
 
 def table(rows: list[dict[str, Any]]) -> str:

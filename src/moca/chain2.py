@@ -93,7 +93,7 @@ def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSch
     run. :func:`moca.experiment2.evaluate_learned2` is this on the checkpoint's own chain."""
     from moca.meta2 import OracleCache2, load_policy2
     from moca.policy2 import MODEL, evaluate_policy2
-    from moca.portfolio import adapt_portfolio2
+    from moca.portfolio import adapt_portfolio2, evaluate_candidate2
 
     module, meta = load_policy2(where)
     module, warning = retarget2(module, tests[0].params, str(where))
@@ -101,19 +101,13 @@ def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSch
         warn(warning)
     cache = cache if cache is not None else OracleCache2(module.params)
     oracle = cache.costs(tests)
-    weights, seconds, portfolio, planner = None, 0.0, None, None
     if adapt_steps:
         result = adapt_portfolio2(module, plan, adapt_steps, base=base, cache=cache)
         seconds, portfolio = result.seconds, result.summary()
-        weights, planner = result.chosen.weights, (result.chosen.module if result.chosen.name == "mpc" else None)
-    if planner is not None:
-        from moca.baselines.peers import evaluate2
-
-        scored = evaluate2("mpc-sampled", planner, tests, oracle)
-        out = {"score": float(scored.scores.mean()), "scores": scored.scores, "mean_cost": float(scored.costs.mean()),
-               "violations": int(scored.violations)}
+        out = evaluate_candidate2(result.chosen, tests, oracle)
     else:
-        out = evaluate_policy2(module, weights, tests, oracle)
+        seconds, portfolio = 0.0, None
+        out = evaluate_policy2(module, None, tests, oracle)
     return {"policy": str(where), "model": MODEL, "score": out["score"], "scores": out["scores"],
             "mean_cost": out["mean_cost"], "mean_oracle_cost": float(np.mean(oracle)),
             "violations": out["violations"], "adapt_steps": adapt_steps, "adaptation_seconds": seconds,

@@ -860,10 +860,9 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
     import torch
 
     from moca.baselines.mpc2 import save_planner2
-    from moca.baselines.peers import evaluate2
     from moca.meta2 import OracleCache2, load_policy2, save_policy2
     from moca.policy2 import evaluate_policy2
-    from moca.portfolio import adapt_portfolio2
+    from moca.portfolio import adapt_portfolio2, evaluate_candidate2
 
     torch.set_num_threads(1)
     module, _ = load_policy2(checkpoint_dir)
@@ -873,19 +872,13 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
     tests = cache.scenarios(range(seed, seed + scenarios), plan)
     oracle = cache.costs(tests)
 
-    def test_score(candidate) -> dict[str, Any]:
-        if candidate.name == "mpc":
-            out = evaluate2("mpc-sampled", candidate.module, tests, oracle)
-            return {"score": float(out.scores.mean()), "violations": int(out.violations)}
-        return evaluate_policy2(candidate.module, candidate.weights, tests, oracle)
-
     with _progress(as_json) as progress:
         progress.add_task(f"adapting {steps} steps (CLSC-2" + (", portfolio)" if base == "auto" else ")"), total=None)
         before = evaluate_policy2(module, None, tests, oracle)
         portfolio = adapt_portfolio2(module, plan, steps, base=base, validation_size=validation, cache=cache,
                                      keep_best=not keep_last)
         chosen = portfolio.chosen
-        scored = {name: test_score(c) for name, c in portfolio.candidates.items()}
+        scored = {name: evaluate_candidate2(c, tests, oracle) for name, c in portfolio.candidates.items()}
     after = scored[chosen.name]
     curve = chosen.curve
     selected = next((c["step"] for c in curve if c.get("selected")), curve[-1]["step"])

@@ -220,5 +220,21 @@ def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", sup
     return PortfolioResult(best, candidates, time.perf_counter() - started)
 
 
-__all__ = ["BASES", "BASES_2", "Candidate", "PortfolioResult", "adapt_portfolio", "adapt_portfolio2", "map_usable",
+def evaluate_candidate2(candidate: Candidate, scenarios: Sequence[Any], oracle_costs: Sequence[float]) -> dict[str, Any]:
+    """Score one of :func:`adapt_portfolio2`'s candidates on ``scenarios`` as
+    :func:`moca.policy2.evaluate_policy2` scores a learned policy (``score``, ``scores``,
+    ``mean_cost``, ``violations``; every action through the exact projection), whichever it is."""
+    if candidate.name != "mpc":
+        from moca.policy2 import evaluate_policy2
+
+        return evaluate_policy2(candidate.module, candidate.weights, scenarios, oracle_costs)
+    from moca.baselines.peers import evaluate2
+
+    out = evaluate2("mpc-sampled", candidate.module, scenarios, oracle_costs)
+    return {"score": float(out.scores.mean()), "scores": [float(x) for x in out.scores],
+            "mean_cost": float(out.costs.mean()), "violations": int(out.violations)}
+
+
+__all__ = ["BASES", "BASES_2", "Candidate", "PortfolioResult", "adapt_portfolio", "adapt_portfolio2", "evaluate_candidate2",
+           "map_usable",
            "start_on_chain"]
