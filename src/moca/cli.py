@@ -471,12 +471,10 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
     """``moca evaluate`` on CLSC-2: drawn scenarios (on --params' chain) or the --scenario files;
     a learned policy with --adapt-steps through moca adapt's portfolio of --base."""
     from moca.baselines.peers import evaluate_peer2
-    from moca.portfolio import BASES_2
     from moca.regime import load_schedule
 
     with _bad_input():
-        if base not in BASES_2:
-            raise UsageError(f"--base: {base!r} is not one of {', '.join(BASES_2)} on CLSC-2")
+        _base_choice(base, model="CLSC-2")
         if files:
             tests, plan = files, files[0].schedule
         else:
@@ -804,12 +802,16 @@ def adapt(
                       f"{portfolio.seconds:.2f} s in all)" + "".join(f"; {n}" for n in portfolio.notes))
 
 
-def _base_choice(base: str, option: str = "--base") -> str:
-    """``--base`` of CLSC-1's adapt/evaluate, ``--adapt-base`` of serve (moca.portfolio)."""
-    from moca.portfolio import BASES
+def _base_choice(base: str, option: str = "--base", model: str = "CLSC-1") -> str:
+    """``--base`` of adapt/evaluate, ``--adapt-base`` of serve: one of the world's portfolio
+    bases (moca.portfolio.BASES, CLSC-2: BASES_2)."""
+    from moca.portfolio import BASES, BASES_2
 
-    if base not in BASES:
-        raise UsageError(f"{option}: {base!r} is not one of {', '.join(BASES)}")
+    bases = BASES_2 if model == "CLSC-2" else BASES
+    if base not in bases:
+        raise UsageError(f"{option}: {base!r} is not one of {', '.join(bases)}"
+                         + (f" on {model}" if model == "CLSC-2" else "")
+                         + (" (CLSC-2 has no threshold map)" if model == "CLSC-2" and base == "map" else ""))
     return base
 
 
@@ -848,12 +850,9 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
     """``moca adapt --model CLSC-2``: moca.portfolio.adapt_portfolio2 (the checkpoint's LSTM
     adapted by moca.meta2.adapt2, and/or the sampled MPC at a picked safety stock; with
     --params, on that chain: its scenarios, oracle and the policy's scaling)."""
-    from moca.portfolio import BASES_2
     from moca.regime import load_schedule
 
-    if base not in BASES_2:
-        raise UsageError(f"--base: {base!r} is not one of {', '.join(BASES_2)} on CLSC-2"
-                         + (" (CLSC-2 has no threshold map)" if base == "map" else ""))
+    _base_choice(base, model="CLSC-2")
     plan = load_schedule(regime, model="CLSC-2")
     params = _load_params(params_file, "CLSC-2") if params_file is not None else None
     _output_dir(output)

@@ -188,7 +188,6 @@ def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", sup
     :class:`moca.baselines.mpc2.MPC2Policy` and its weights are empty. ``stocks``: the safety
     stocks (units) to pick from (default :data:`moca.baselines.mpc2.SAFETY_STOCKS_2`)."""
     from moca.baselines.mpc2 import PLANNER_SAMPLES, SAFETY_STOCKS_2, MPC2Policy, select_safety_stock2
-    from moca.baselines.peers import evaluate2
     from moca.meta2 import OracleCache2, adapt2
 
     if base not in BASES_2:
@@ -209,9 +208,9 @@ def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", sup
         picked = support[:STOCK_SCENARIOS_2]
         stock, scores = select_safety_stock2(picked, cache.costs(picked), tuple(stocks or SAFETY_STOCKS_2))
         planner = MPC2Policy(safety_stock=stock, samples=PLANNER_SAMPLES)
-        out = evaluate2("mpc-sampled", planner, validation, cache.costs(validation))
+        out = _planner_evaluation(planner, validation, cache.costs(validation))
         seconds = time.perf_counter() - began
-        curve = [{"step": 0, "score": float(out.scores.mean()), "violations": int(out.violations), "seconds": seconds,
+        curve = [{"step": 0, "score": out["score"], "violations": out["violations"], "seconds": seconds,
                   "kept": True, "selected": True}]
         candidates["mpc"] = Candidate("mpc", planner, {}, curve, curve[0]["score"], seconds,
                                       {"safety_stock": stock, "support_scores": {str(k): v for k, v in scores.items()},
@@ -224,17 +223,21 @@ def evaluate_candidate2(candidate: Candidate, scenarios: Sequence[Any], oracle_c
     """Score one of :func:`adapt_portfolio2`'s candidates on ``scenarios`` as
     :func:`moca.policy2.evaluate_policy2` scores a learned policy (``score``, ``scores``,
     ``mean_cost``, ``violations``; every action through the exact projection), whichever it is."""
-    if candidate.name != "mpc":
-        from moca.policy2 import evaluate_policy2
+    if candidate.name == "mpc":
+        return _planner_evaluation(candidate.module, scenarios, oracle_costs)
+    from moca.policy2 import evaluate_policy2
 
-        return evaluate_policy2(candidate.module, candidate.weights, scenarios, oracle_costs)
+    return evaluate_policy2(candidate.module, candidate.weights, scenarios, oracle_costs)
+
+
+def _planner_evaluation(planner: Any, scenarios: Sequence[Any], oracle_costs: Sequence[float]) -> dict[str, Any]:
+    """The sampled MPC scored by :func:`moca.baselines.peers.evaluate2`, in evaluate_policy2's keys."""
     from moca.baselines.peers import evaluate2
 
-    out = evaluate2("mpc-sampled", candidate.module, scenarios, oracle_costs)
+    out = evaluate2("mpc-sampled", planner, scenarios, oracle_costs)
     return {"score": float(out.scores.mean()), "scores": [float(x) for x in out.scores],
             "mean_cost": float(out.costs.mean()), "violations": int(out.violations)}
 
 
-__all__ = ["BASES", "BASES_2", "Candidate", "PortfolioResult", "adapt_portfolio", "adapt_portfolio2", "evaluate_candidate2",
-           "map_usable",
-           "start_on_chain"]
+__all__ = ["BASES", "BASES_2", "Candidate", "PortfolioResult", "adapt_portfolio", "adapt_portfolio2",
+           "evaluate_candidate2", "map_usable", "start_on_chain"]

@@ -278,28 +278,21 @@ class CLSC2Sweep(SweepModel):
 
             return MPC2Policy(safety_stock=TUNED_SAFETY_STOCK_2["mpc-forecast"]), {}
         if name == "moca":
-            from moca.meta2 import adapt2, load_policy2
+            from moca.meta2 import load_policy2
             from moca.metrics import adaptation_speed
             from moca.policy2 import PolicyAgent2
             from moca.portfolio import adapt_portfolio2
 
-            module, _ = load_policy2("default")
-            if moca_base == "default":
-                weights, curve = adapt2(module, None, regime, steps=adapt_steps, keep_best=True)
-                chosen = None
-            else:  # moca adapt --model CLSC-2's portfolio: the adapted LSTM or the sampled MPC
-                result = adapt_portfolio2(module, regime, adapt_steps, base=moca_base)
-                chosen = result.chosen
-                weights, curve = chosen.weights, chosen.curve
+            # base "default" is moca.meta2.adapt2 of the meta-init alone (support 800-807, validation 900-907)
+            result = adapt_portfolio2(load_policy2("default")[0], regime, adapt_steps, base=moca_base)
+            chosen, curve = result.chosen, result.chosen.curve
             speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
             extra = {"adaptation_steps": int(speed.steps), "adaptation_seconds": float(speed.seconds),
-                     "adapt_seconds_total": float(curve[-1]["seconds"])}
-            if chosen is not None:
-                extra.update(candidate=chosen.name, adapt_seconds_total=float(result.seconds))
-                if chosen.name == "mpc":
-                    return chosen.module, extra
-            weights = {k: v.detach().double() for k, v in weights.items()}
-            return PolicyAgent2(module, weights), extra
+                     "adapt_seconds_total": float(curve[-1]["seconds"] if moca_base == "default" else result.seconds),
+                     "candidate": chosen.name}
+            if chosen.name == "mpc":
+                return chosen.module, extra
+            return PolicyAgent2(chosen.module, {k: v.detach().double() for k, v in chosen.weights.items()}), extra
         raise SweepError(f"--policies: unknown policy {name!r}")
 
 
