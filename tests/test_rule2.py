@@ -10,6 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _bench import run_script
 from moca.forecast import seasonal_level_forecast
@@ -129,6 +131,38 @@ def test_rule_orders_no_virgin_where_a_unit_made_of_it_costs_more_than_the_lost_
     assert float(low[0]) > 0.0 and float(high[0]) == 0.0
     # the virgin already bought is still used: making a unit of it only costs production
     assert float(high[2]) == pytest.approx(float(low[2])) and float(high[2]) > 0.0
+
+
+def test_a_sales_returns_price_the_virgin_order():
+    # Rule (i): at 841 EUR/t a unit from virgin costs 2 x (3 + 5.05) + 2 = 18.09 EUR, under
+    # the 20 EUR lost sale. With a landfill tax of 77 EUR a quarter of sales come back, a
+    # quarter of them scrap landfilled at 77.7 EUR; the graded cores cost at most holding
+    # them (0.05 EUR a period to the end) and recovering them earns 5-8 EUR each: 3.6 EUR a unit
+    # sold, 21.7 EUR in all.
+    taxed = economics((0.0, 841.0, math.inf, 0.0, 0.0))
+    both = economics((0.0, 841.0, math.inf, 77.2, 0.0))
+    assert taxed["return_liability"] == 0.0 and taxed["order_virgin"] == 1.0  # recovering pays for the scrap
+    hold = 0.05 * (52 - 1 - (10 + 2 + 1 + 6))
+    price = 3.0 + 841.0 * 6.0 / 1000.0
+    expected = 0.25 * (0.25 * 77.7 + 0.3 * min(hold, 6.0 - 0.9 * 2.0 * price) + 0.45 * min(hold, 6.0 - 0.7 * 2.0 * price))
+    assert both["return_liability"] == pytest.approx(expected) and both["order_virgin"] == 0.0
+    # A low carbon tax leaves ordering worth it under the same landfill tax (2 x 3.6 + 2 + 4.4 < 20).
+    assert economics((0.0, 100.0, math.inf, 77.2, 0.0))["order_virgin"] == 1.0
+    # Returns of a unit sold after T - 1 - L_r never come back within the horizon: no liability.
+    late = economics((0.0, 841.0, math.inf, 77.2, 0.0), t=44.0)  # sold at 47, back at 53
+    assert late["return_liability"] == 0.0 and late["order_virgin"] == 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(tax=st.floats(0.0, 2000.0), landfill=st.floats(0.0, 100.0), t=st.integers(0, 51))
+def test_return_liability_only_ever_turns_the_virgin_order_off(tax, landfill, t):
+    with_returns = economics((0.0, tax, math.inf, landfill, 0.0), t=float(t))
+    unit = 2.0 * (3.0 + tax * 6.0 / 1000.0) + 2.0
+    assert with_returns["return_liability"] >= 0.0
+    if unit >= 20.0:  # rule (h) alone already orders none
+        assert with_returns["order_virgin"] == 0.0
+    if landfill == 0.0 or tax < 500.0:  # no landfill charge, or virgin far below the lost sale
+        assert with_returns["order_virgin"] == float(unit < 20.0)
 
 
 def test_rule_routes_cores_and_buys_by_the_regime():

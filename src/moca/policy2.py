@@ -162,9 +162,18 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
       (``h_C`` a period);
     * ``buy_market``: market material (``c_m``) costs less than virgin under the tax;
     * ``dispose``: disposing (``c_w + lambda``) costs less than holding the core to the end;
-    * ``order_virgin``: a unit made from virgin bought now (``m (c_v + tau e_v) + c_p``) costs
-      less than the lost sale it saves (``p_l``); above about 1,000 EUR/t on the default
-      chain it does not, and only virgin already bought is used;
+    * ``order_virgin``: a unit made from virgin bought now (``m (c_v + tau e_v) + c_p``), with
+      the end-of-life cost its sale brings back (``return_liability``), costs less than the
+      lost sale it saves (``p_l``); above about 1,000 EUR/t on the default chain it does not,
+      nor under a landfill tax at lower carbon taxes, and only virgin already bought is used;
+    * ``return_liability`` (EUR per unit sold, >= 0): a share ``rho`` of what is sold comes
+      back ``L_r`` periods later, as scrap, landfilled on arrival (``c_w + lambda``), or as a
+      grade-A or grade-B core that costs the cheapest of disposing, holding it to the end
+      or recovering its material at the virgin price. ``rho`` and the grade shares are the
+      chain's declared means (``params.return_mean``, ``params.grade_mean``): the rule keeps
+      no history, and one week's returns are too noisy a guess for a yes/no test (tried:
+      half the gain lost to weeks that guessed low). Never below 0: material that comes
+      back pays only if it is used, which the rule cannot promise;
     * ``cap_share``: the recycled share of the next period's production an emission cap
       implies (``e_v`` per kg virgin against ``e_r`` per kg recovered, ``e_p`` per unit), 0
       without a cap.
@@ -184,13 +193,23 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
     recover_b = (p.cost_disassemble - p.yield_disassembly_b * m * virgin_price < alternative).to(tax.dtype)
     buy_market = (p.cost_market < virgin_price).to(tax.dtype)
     dispose = (dispose_cost <= hold_to_end).to(tax.dtype)
-    order_virgin = (m * virgin_price + p.cost_produce < p.lost_sale_cost).to(tax.dtype)
+    # (i) The returns of what an order makes: its output first sells at t + L_v + 1 and comes
+    # back L_r periods later, within the horizon or never (the books close at T).
+    back = t + p.lead_virgin + 1 + p.lag_return
+    hold_then = p.hold_core * torch.clamp(T - 1.0 - back, min=0.0)
+    graded = torch.minimum(dispose_cost, hold_then)
+    core_a = torch.minimum(graded, p.cost_disassemble - p.yield_disassembly_a * m * virgin_price)
+    core_b = torch.minimum(graded, p.cost_disassemble - p.yield_disassembly_b * m * virgin_price)
+    share_a, share_b, share_scrap = p.grade_mean
+    liability = torch.clamp(p.return_mean * (share_scrap * dispose_cost + share_a * core_a + share_b * core_b),
+                            min=0.0) * (back <= T - 1.0).to(tax.dtype)
+    order_virgin = (m * virgin_price + p.cost_produce + liability < p.lost_sale_cost).to(tax.dtype)
     q = torch.clamp(x["forecast"][:, 1], min=1e-6)
     virgin_only = (p.emis_virgin * m + p.emis_produce) * q  # kg CO2 of a period made from virgin only
     saving = (p.emis_virgin - p.emis_recycle) * m * q
     cap_share = torch.clamp((virgin_only - cap) / saving, 0.0, 1.0)  # no cap (+inf): -inf, clamped to 0
     return {"recover_a": recover_a, "recover_b": recover_b, "buy_market": buy_market, "dispose": dispose,
-            "order_virgin": order_virgin, "cap_share": cap_share}
+            "order_virgin": order_virgin, "return_liability": liability, "cap_share": cap_share}
 
 
 def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Tensor:

@@ -3,9 +3,10 @@ regime by simulation.
 
 One decision per period from what a planner sees at event 2 (post-arrival stocks and
 pipeline, the window counters, supplier and market status, the regime, the demand seen so
-far; never ``d_t``, never how the scenario was drawn). The demand forecast ``f_t, f_{t+1},
-...`` (units) is :func:`moca.forecast.seasonal_level_forecast`: a yearly harmonic fitted to
-the last 52 periods seen, times a smoothed level that follows jumps within a few periods.
+far, and the chain's declared parameters; never ``d_t``, never the draws to come). The
+demand forecast ``f_t, f_{t+1}, ...`` (units) is :func:`moca.forecast.seasonal_level_forecast`:
+a yearly harmonic fitted to the last 52 periods seen, times a smoothed level that follows
+jumps within a few periods.
 The stock thresholds are stated at a demand of ``demand_base`` units a period and scale
 with the forecast level. In the order the rule computes them:
 
@@ -34,9 +35,11 @@ with the forecast level. In the order the rule computes them:
 * **order** virgin for ``q_{t+1} + ... + q_{t+L_v+1}`` net of the recycled share supply
   brings, plus a safety stock ``s_V`` against supplier outages, drawn down over the last
   :data:`moca.policy2.VIRGIN_DRAWDOWN` periods, up to the inventory position, when the
-  supplier accepts orders, and only where a unit made from it (``m (c_v + tau e_v) + c_p``)
-  costs less than the lost sale it saves (``p_l``): above about 1,000 EUR/t of carbon tax on
-  the default chain it orders none and uses the virgin already bought.
+  supplier accepts orders, and only where a unit made from it (``m (c_v + tau e_v) + c_p``),
+  with the end-of-life cost its sale brings back (the landfilled scrap of its returns, less
+  what recovering graded cores earns, never below 0), costs less than the lost sale it saves
+  (``p_l``): above about 1,000 EUR/t of carbon tax on the default chain, or from about 600
+  EUR/t with a high landfill tax, it orders none and uses the virgin already bought.
 
 Near the end it stops what can no longer pay: no production or refurbishment in the last
 period, no virgin for it, no recovery or market purchase whose material could not be sold,
