@@ -2,7 +2,7 @@
 
     python benchmarks/bench_random_regimes.py [--world CLSC-1|CLSC-2|both] [--regimes 6] [--seed 2026]
                                               [--scenarios 20] [--with-cap] [--high-tax] [--high-mandate]
-                                              [--portfolio] [--out FILE] [--quick]
+                                              [--returns-liability] [--portfolio] [--out FILE] [--quick]
 
 The regimes are drawn from the whole regime space by ``moca.meta.sample_task`` (CLSC-2:
 ``sample_task2``, accounting windows included) with ``named_share=0`` — every rule drawn
@@ -24,7 +24,12 @@ the emissions of an average virgin-only period), to look at that rule alone; ``-
 keeps only the draws whose carbon tax is above 1,000 EUR/t, where a unit made from virgin
 bought at that tax costs more than the sale it saves (``order_virgin`` of
 ``moca.policy2.routing_economics``; 30% of taxed draws are U(300, 2000)); ``--high-mandate``
-the draws whose recycled-content mandate is 0.5 or more (15% of mandates are U(0.35, 0.95)).
+the draws whose recycled-content mandate is 0.5 or more (15% of mandates are U(0.35, 0.95));
+``--returns-liability`` the draws whose carbon tax is at most 1,000 EUR/t, but where a unit
+made from virgin bought now, with the landfill charge of the scrap its sale brings back
+(return_mean x the scrap share x (c_w + landfill tax), on the default chain), costs more than
+the lost sale (rule (i), ``return_liability`` of ``routing_economics``; about one draw in a
+hundred, so ``--seed`` is the only thing to vary).
 ``--portfolio`` (CLSC-2) adds what ``moca adapt --model CLSC-2`` deploys (``--base auto``,
 ``moca.portfolio.adapt_portfolio2``): the adapted LSTM or the sampled MPC at a safety stock
 picked on support seeds 800-801, whichever scores better on validation seeds 900-907; its
@@ -51,6 +56,31 @@ from moca.regime import Regime, RegimeSchedule
 HERE = Path(__file__).parent
 HIGH_TAX = 1000.0  # EUR/t CO2: above it virgin bought now costs more per unit than a lost sale
 HIGH_MANDATE = 0.5  # recycled share of material input
+
+
+def returns_tip_the_sale(regime: Regime) -> bool:
+    """Virgin bought now pays for the sale it saves (carbon tax below ~1,000 EUR/t) until, in some
+    period, the end-of-life cost that sale brings back is added: rule (i) of
+    ``moca.policy2.routing_economics`` on CLSC-2's default chain. Restated from the model's
+    prices here, not imported, so that the same filter draws the same regimes when the script
+    runs on a source from before the rule."""
+    from moca.scenario import DEFAULT_PARAMS_2 as p
+
+    price = p.cost_virgin + regime.carbon_tax * p.emis_virgin / 1000.0  # EUR/kg virgin
+    unit = p.mass * price + p.cost_produce  # EUR a unit made from virgin bought now
+    dispose = p.cost_dispose + regime.landfill_tax  # EUR/core
+    share_a, share_b, share_scrap = p.grade_mean
+    for t in range(p.horizon):
+        back = t + p.lead_virgin + 1 + p.lag_return  # when the returns of that unit's sale arrive
+        if back > p.horizon - 1:
+            break
+        graded = min(dispose, p.hold_core * (p.horizon - 1 - back))
+        liability = max(0.0, p.return_mean * (share_scrap * dispose
+                                              + share_a * min(graded, p.cost_disassemble - p.yield_disassembly_a * p.mass * price)
+                                              + share_b * min(graded, p.cost_disassemble - p.yield_disassembly_b * p.mass * price)))
+        if unit < p.lost_sale_cost <= unit + liability:
+            return True
+    return False
 
 
 def clsc1(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any]]:
@@ -203,6 +233,9 @@ def main() -> None:
                         help="keep only draws with a carbon tax above 1,000 EUR/t (the rest of each draw as usual)")
     parser.add_argument("--high-mandate", action="store_true",
                         help="keep only draws with a recycled-content mandate of 0.5 or more")
+    parser.add_argument("--returns-liability", action="store_true",
+                        help="CLSC-2: keep only draws where the landfill charge of a sale's returns tips virgin "
+                             "below the lost sale (rule (i))")
     parser.add_argument("--portfolio", action="store_true",
                         help="CLSC-2: also what moca adapt deploys (--base auto: the LSTM or the sampled MPC)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
@@ -221,6 +254,7 @@ def main() -> None:
                                          f"--scenarios {args.scenarios}" + (" --with-cap" if args.with_cap else "")
                                          + (" --high-tax" if args.high_tax else "")
                                          + (" --high-mandate" if args.high_mandate else "")
+                                         + (" --returns-liability" if args.returns_liability else "")
                                          + (" --portfolio" if args.portfolio else "")
                                          + (" --quick" if args.quick else ""),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
@@ -234,7 +268,8 @@ def main() -> None:
             regime = draw()
             if (regime.emission_cap is not None or not args.with_cap) and \
                     (regime.carbon_tax > HIGH_TAX or not args.high_tax) and \
-                    (regime.recycled_content_min >= HIGH_MANDATE or not args.high_mandate):
+                    (regime.recycled_content_min >= HIGH_MANDATE or not args.high_mandate) and \
+                    (not args.returns_liability or returns_tip_the_sale(regime)):
                 regimes.append(regime)
         rows = clsc1(regimes, args.scenarios, args.quick) if world == "CLSC-1" else \
             clsc2(regimes, args.scenarios, args.quick, args.portfolio)
