@@ -2,7 +2,8 @@
 
     python benchmarks/bench_random_regimes.py [--world CLSC-1|CLSC-2|both] [--regimes 6] [--seed 2026]
                                               [--scenarios 20] [--with-cap] [--high-tax] [--high-mandate]
-                                              [--returns-liability] [--portfolio] [--out FILE] [--quick]
+                                              [--returns-liability] [--schedules] [--portfolio] [--out FILE]
+                                              [--quick]
 
 The regimes are drawn from the whole regime space by ``moca.meta.sample_task`` (CLSC-2:
 ``sample_task2``, accounting windows included) with ``named_share=0`` — every rule drawn
@@ -29,7 +30,10 @@ the draws whose recycled-content mandate is 0.5 or more (15% of mandates are U(0
 made from virgin bought now, with the landfill charge of the scrap its sale brings back
 (return_mean x the scrap share x (c_w + landfill tax), on the default chain), costs more than
 the lost sale (rule (i), ``return_liability`` of ``routing_economics``; about one draw in a
-hundred, so ``--seed`` is the only thing to vary).
+hundred, so ``--seed`` is the only thing to vary). ``--schedules`` (CLSC-2) scores regime
+plans instead of single regimes: each starts with a draw and changes to one to three more at
+random periods, announced as the spec announces them; every policy, moca's adaptation and
+the peers' re-tuning included, is given the whole plan (moca adapts once, over the plan).
 ``--portfolio`` (CLSC-2) adds what ``moca adapt --model CLSC-2`` deploys (``--base auto``,
 ``moca.portfolio.adapt_portfolio2``): the adapted LSTM or the sampled MPC at a safety stock
 picked on support seeds 800-801, whichever scores better on validation seeds 900-907; its
@@ -128,7 +132,14 @@ def clsc1(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any
     return rows
 
 
-def clsc2(regimes: list[Regime], n_test: int, quick: bool, portfolio: bool = False) -> list[dict[str, Any]]:
+def plan_label(plan: RegimeSchedule) -> str:
+    """``0: <regime> → 16: <regime>``: each entry's start period and its rules."""
+    return " → ".join(f"{e['start']}: " + Regime(**{k: v for k, v in e.items() if k != "start"}).describe()
+                      for e in plan.to_list_with_window())
+
+
+def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, portfolio: bool = False
+          ) -> list[dict[str, Any]]:
     from moca.baselines.mpc2 import MPC2Policy, select_safety_stock2
     from moca.baselines.peers import evaluate2
     from moca.baselines.threshold2 import tune_threshold2
@@ -144,10 +155,11 @@ def clsc2(regimes: list[Regime], n_test: int, quick: bool, portfolio: bool = Fal
     steps, size = (1, 4) if quick else (3, 8)
     rows = []
     for regime in regimes:
-        plan = RegimeSchedule.constant(regime)
+        plan = regime if isinstance(regime, RegimeSchedule) else RegimeSchedule.constant(regime)
         tests = cache.scenarios(range(1000, 1000 + n_test), plan)
         oracle = np.asarray(cache.costs(tests))
-        row: dict[str, Any] = {"regime": regime.model_dump(), "label": regime.describe()}
+        row: dict[str, Any] = {"plan": plan.to_list_with_window(), "label": plan_label(plan)} \
+            if isinstance(regime, RegimeSchedule) else {"regime": regime.model_dump(), "label": regime.describe()}
         if portfolio:  # moca adapt --model CLSC-2 as shipped; its LSTM candidate is --base default
             result = adapt_portfolio2(module, plan, steps, support_size=size, validation_size=size, cache=cache,
                                       stocks=stocks)
@@ -236,6 +248,8 @@ def main() -> None:
     parser.add_argument("--returns-liability", action="store_true",
                         help="CLSC-2: keep only draws where the landfill charge of a sale's returns tips virgin "
                              "below the lost sale (rule (i))")
+    parser.add_argument("--schedules", action="store_true",
+                        help="CLSC-2: regime plans with one to three announced changes instead of single regimes")
     parser.add_argument("--portfolio", action="store_true",
                         help="CLSC-2: also what moca adapt deploys (--base auto: the LSTM or the sampled MPC)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
@@ -243,6 +257,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.regimes, args.scenarios = 2, 2
+    if args.schedules and args.world != "CLSC-2":
+        parser.error("--schedules: CLSC-2 only (CLSC-1's moca adapt adapts to one regime)")
     torch.set_num_threads(1)
     from moca.meta import sample_task
     from moca.meta2 import sample_task2
@@ -255,6 +271,7 @@ def main() -> None:
                                          + (" --high-tax" if args.high_tax else "")
                                          + (" --high-mandate" if args.high_mandate else "")
                                          + (" --returns-liability" if args.returns_liability else "")
+                                         + (" --schedules" if args.schedules else "")
                                          + (" --portfolio" if args.portfolio else "")
                                          + (" --quick" if args.quick else ""),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
@@ -263,7 +280,10 @@ def main() -> None:
         rng = np.random.default_rng([args.seed, 1 if world == "CLSC-1" else 2])
         draw = (lambda: sample_task(rng, Params(), named_share=0.0)) if world == "CLSC-1" else \
             (lambda: sample_task2(rng, named_share=0.0))
-        regimes: list[Regime] = []
+        regimes: list[Regime | RegimeSchedule] = []
+        while args.schedules and len(regimes) < args.regimes:
+            starts = sorted({0, *(int(s) for s in rng.integers(1, 51, size=rng.integers(1, 4)))})
+            regimes.append(RegimeSchedule.from_list([{"start": s, **draw().model_dump()} for s in starts]))
         while len(regimes) < args.regimes:
             regime = draw()
             if (regime.emission_cap is not None or not args.with_cap) and \

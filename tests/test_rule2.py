@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from _bench import run_script
 from moca.forecast import seasonal_level_forecast
 from moca.policy2 import base_rule2, routing_economics
+from moca.regime import Regime
 from moca.scenario import DEFAULT_PARAMS_2
 
 P2 = DEFAULT_PARAMS_2
@@ -334,6 +335,55 @@ def test_random_regimes_benchmark_quick(tmp_path, monkeypatch):
         elif row[portfolio]["safety_stock"] == row[mpc]["safety_stock"]:
             assert row[portfolio]["score"] == row[mpc]["score"]
         assert row[portfolio]["seconds"] > row["moca"]["seconds"]  # the choice includes the LSTM's adaptation
+
+
+def test_random_regimes_benchmark_schedules_quick(tmp_path, monkeypatch):
+    """--schedules: regime plans that start at 0 and change one to three times, each policy
+    given the whole plan and scored sound; CLSC-1 is refused."""
+    import json
+
+    from moca.regime import RegimeSchedule
+
+    out = tmp_path / "schedules.json"
+    run_script("bench_random_regimes.py", ["--quick", "--world", "CLSC-2", "--seed", "5", "--schedules",
+                                           "--out", str(out)], monkeypatch)
+    rows = json.loads(out.read_text())["worlds"]["CLSC-2"]
+    assert len(rows) == 2
+    for row in rows:
+        starts = [e["start"] for e in row["plan"]]
+        assert starts[0] == 0 and 2 <= len(starts) <= 4 and starts == sorted(set(starts))
+        RegimeSchedule.from_list(row["plan"])  # a valid plan
+        assert row["label"].count(" → ") == len(starts) - 1
+        for name in ("moca", "threshold (re-tuned)", "mpc-sampled (safety stock re-picked)"):
+            assert 0 < row[name]["score"] <= 1 + 1e-6 and row[name]["violations"] == 0
+    with pytest.raises(SystemExit):
+        run_script("bench_random_regimes.py", ["--quick", "--world", "both", "--schedules"], monkeypatch)
+
+
+def test_returns_filter_of_the_benchmark_is_rule_i():
+    """bench_random_regimes.py --returns-liability restates rule (i) from the model's prices
+    (so it draws the same regimes on a source without the rule): it must agree with
+    routing_economics on whether some period's virgin order is turned off by the returns."""
+    import importlib.util
+    from pathlib import Path
+
+    from moca.meta2 import sample_task2
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_random_regimes.py"
+    spec = importlib.util.spec_from_file_location("bench_random_regimes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng([2026, 2])
+    draws = [sample_task2(rng, named_share=0.0) for _ in range(400)]
+    draws += [Regime(carbon_tax=tau, landfill_tax=lam) for tau in (500.0, 700.0, 841.0, 990.0) for lam in (0.0, 40.0, 77.0, 100.0)]
+
+    def rule_turns_it_off(regime):
+        unit = 2.0 * (3.0 + regime.carbon_tax * 6.0 / 1000.0) + 2.0
+        return unit < 20.0 and any(economics((0.0, regime.carbon_tax, math.inf, regime.landfill_tax, 0.0),
+                                             t=float(t))["order_virgin"] == 0.0 for t in range(52 - 2 - 1))
+
+    assert [bench.returns_tip_the_sale(r) for r in draws] == [rule_turns_it_off(r) for r in draws]
+    assert any(bench.returns_tip_the_sale(r) for r in draws)
 
 
 def test_extreme_regimes_benchmark_quick(tmp_path, monkeypatch):
