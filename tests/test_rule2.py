@@ -52,13 +52,15 @@ def test_forecast_refuses_a_wrong_shape():
 
 
 def rule_inputs(forecast, supply_up=1.0, stocks=(8000.0, 2000.0, 1000.0, 0.0, 0.0), t=10.0, pipeline=4000.0,
-                regime=(0.2, 0.0, math.inf, 0.0, 0.0)):
-    """One row of rule inputs; ``regime`` = (mandate, carbon tax, cap, landfill tax, recovery target)."""
+                regime=(0.2, 0.0, math.inf, 0.0, 0.0), tax_ahead=None):
+    """One row of rule inputs; ``regime`` = (mandate, carbon tax, cap, landfill tax, recovery target);
+    ``tax_ahead`` the announced tax of t .. t+12 (default: the tax in force throughout)."""
     forecast = torch.as_tensor(forecast, dtype=torch.float64)[None]
     return {"stocks": torch.tensor([stocks], dtype=torch.float64), "pipeline": torch.tensor([pipeline], dtype=torch.float64),
             "regime": torch.tensor([regime], dtype=torch.float64),
             "window": torch.tensor([52.0], dtype=torch.float64), "supply_up": torch.tensor([supply_up], dtype=torch.float64),
             "market_avail": torch.tensor([1.0], dtype=torch.float64), "forecast": forecast,
+            "tax_ahead": torch.tensor([tax_ahead if tax_ahead is not None else [regime[1]] * 13], dtype=torch.float64),
             "t": torch.tensor([t], dtype=torch.float64), "horizon": torch.tensor([52.0], dtype=torch.float64)}
 
 
@@ -164,6 +166,53 @@ def test_return_liability_only_ever_turns_the_virgin_order_off(tax, landfill, t)
         assert with_returns["order_virgin"] == 0.0
     if landfill == 0.0 or tax < 500.0:  # no landfill charge, or virgin far below the lost sale
         assert with_returns["order_virgin"] == float(unit < 20.0)
+
+
+def test_rule_orders_ahead_of_an_announced_carbon_tax_rise():
+    # Rule (k): a tax of 600 EUR/t announced for t+4 raises virgin by 3.6 EUR/kg; the virgin
+    # for production from t+6 on (usually ordered from t+4 on, L_v = 2) is ordered now.
+    stocks = (5000.0, 300.0, 1000.0, 0.0, 0.0)
+    flat = np.full(13, 1000.0)
+    rise = [0.0] * 4 + [600.0] * 9
+    now = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0), P2)[0]
+    ahead = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=rise), P2)[0]
+    assert 0.0 < float(now[0]) < 2000.0  # the usual order: t+1 .. t+3's virgin, net of the 5,000 kg on hand
+    assert float(ahead[0]) == pytest.approx(P2.cap_order)  # + seven periods of 1,600 kg: the order capacity
+    # Only the order moves; and a fall of the tax, or a rise too small to pay for holding
+    # the virgin (0.01 EUR/kg a period against 6 kg CO2/kg x 0.5 EUR/t), orders nothing ahead.
+    assert torch.equal(ahead[1:], now[1:])
+    small = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=[0.0] * 4 + [0.5] * 9),
+                       P2)[0]
+    assert torch.equal(small, now)
+    taxed = (0.2, 600.0, math.inf, 0.0, 0.0)
+    held = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, regime=taxed), P2)[0]
+    falls = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, regime=taxed,
+                                               tax_ahead=[600.0] * 4 + [0.0] * 9), P2)[0]
+    assert torch.equal(falls, held)
+
+
+def test_rule_in_a_simulated_episode_orders_ahead_of_an_announced_tax():
+    """The tax the rule looks ahead at is the announced schedule's: before a rise at period 8
+    the rule orders more virgin than under the tax of period 0 held all year, and from the rise
+    on no order is placed while the virgin bought ahead lasts (through Threshold2Policy and
+    the simulator, every action through the projection)."""
+    from moca.baselines.threshold2 import Threshold2Policy
+    from moca.projection import project2_batch
+    from moca.regime import RegimeSchedule
+    from moca.scenario import draw_scenario2
+    from moca.sim2 import ScenarioBatch2, rollout2
+
+    orders = {}
+    for name, plan in (("flat", RegimeSchedule.constant(Regime(recycled_content_min=0.1))),
+                       ("rise", RegimeSchedule.from_list([{"start": 0, "recycled_content_min": 0.1},
+                                                          {"start": 8, "recycled_content_min": 0.1,
+                                                           "carbon_tax": 1200.0}]))):
+        batch = ScenarioBatch2.from_scenarios([draw_scenario2(3, plan)], dtype=torch.float64)
+        with torch.no_grad():
+            out = rollout2(batch, Threshold2Policy(THRESHOLDS[0].numpy(), P2), project2_batch)
+        orders[name] = out.executed[0, :, 0].numpy()
+    assert orders["rise"][:6].sum() > orders["flat"][:6].sum() + 4000.0
+    assert orders["rise"][8:].sum() < orders["flat"][8:].sum()  # 1,200 EUR/t: (h) orders none from 8 on
 
 
 def test_rule_routes_cores_and_buys_by_the_regime():
@@ -358,6 +407,35 @@ def test_random_regimes_benchmark_schedules_quick(tmp_path, monkeypatch):
             assert 0 < row[name]["score"] <= 1 + 1e-6 and row[name]["violations"] == 0
     with pytest.raises(SystemExit):
         run_script("bench_random_regimes.py", ["--quick", "--world", "both", "--schedules"], monkeypatch)
+
+
+def test_schedule_orders_benchmark_splits_virgin_by_segment(tmp_path, monkeypatch):
+    """bench_schedule_orders.py: per segment of an announced plan, the virgin ordered by the
+    hindsight plan, moca and the rule, summing to each one's whole-episode orders; a plan
+    index the file lacks or a file that is not a schedules result exits 2."""
+    import json
+
+    from moca.regime import RegimeSchedule
+
+    plans = tmp_path / "plans.json"
+    entries = [{"start": 0, "recycled_content_min": 0.1}, {"start": 5, "recycled_content_min": 0.1, "carbon_tax": 900.0}]
+    plans.write_text(json.dumps({"worlds": {"CLSC-2": [{"plan": entries}]}}))
+    RegimeSchedule.from_list(entries)
+    out = tmp_path / "orders.json"
+    with pytest.raises(SystemExit) as done:
+        run_script("bench_schedule_orders.py", ["--plans", str(plans), "--index", "0", "--seeds", "1000", "1001",
+                                                "--out", str(out)], monkeypatch)
+    assert done.value.code == 0
+    result = json.loads(out.read_text())
+    assert result["segments"] == [0, 5] and result["seeds"] == [1000, 1000]
+    assert result["oracle"]["virgin_kg"][0] > 0
+    for name in ("moca (meta-init, zero-shot)", "threshold (start thresholds)"):
+        assert len(result[name]["virgin_kg"]) == 2 and min(result[name]["virgin_kg"]) >= 0
+        assert 0 < result[name]["score"] <= 1 + 1e-6 and result[name]["violations"] == 0
+    for args in (["--index", "3"], ["--plans", str(tmp_path / "missing.json")]):
+        with pytest.raises(SystemExit) as done:
+            run_script("bench_schedule_orders.py", ["--plans", str(plans), *args, "--out", str(out)], monkeypatch)
+        assert done.value.code == 2
 
 
 def test_returns_filter_of_the_benchmark_is_rule_i():

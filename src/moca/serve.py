@@ -430,13 +430,20 @@ class Clsc2Model(ChainModel):
         force, cut short at the next announced change in this episode and at the horizon
         (:func:`moca.regime.window_periods_left` over the chain's schedule)."""
         window = int(regime.recycled_content_window)
-        nxt = rt.store.one("SELECT MIN(effective) FROM regulations WHERE chain=? AND state='pending' AND episode=? "
-                           "AND effective > ?", (chain, episode, t))[0]
+        announced = rt.store.all("SELECT effective, regime_id FROM regulations WHERE chain=? AND state='pending' AND "
+                                 "episode=? AND effective > ? ORDER BY effective, id", (chain, episode, t))
+        nxt = announced[0][0] if announced else None
         end = min((t // window + 1) * window, params.horizon, nxt if nxt is not None else params.horizon)
         starts = t == 0 or t % window == 0 or rt.store.one(
             "SELECT 1 FROM regulations WHERE chain=? AND state='in_force' AND episode=? AND effective=?",
             (chain, episode, t)) is not None
-        return row, window, end - 1 - t, starts
+        # The regime of every period of the episode as announced now, as the library's
+        # observation carries it: the rule orders virgin ahead of an announced tax rise.
+        table = np.repeat(np.asarray(row, dtype=np.float64)[None], params.horizon, axis=0)
+        for effective, regime_id in announced:
+            if effective < params.horizon:
+                table[effective:] = _regime(rt, self, regime_id)[1]
+        return row, window, end - 1 - t, starts, table
 
     def decide(self, deployed: "Deployed", memory: "ChainMemory", obs: "Observation", regime_row):
         import torch
@@ -446,7 +453,7 @@ class Clsc2Model(ChainModel):
         from moca.sim2 import Observation2, State2
 
         (module, weights), p = deployed.decide, deployed.params
-        row, window, periods_left, starts = regime_row
+        row, window, periods_left, starts, table = regime_row
         b = obs
         for name in ("used_virgin", "used_recycled"):  # counters that disagree with the schedule: refused
             if starts and getattr(b, name) != 0:
@@ -462,7 +469,7 @@ class Clsc2Model(ChainModel):
         regime_t = torch.as_tensor(row, dtype=torch.float64)[None]
         observation = Observation2(
             b.t, state, {k: one(v) for k, v in inputs.items()}, regime_t,
-            regime_t[:, None].expand(1, p.horizon, len(row)), torch.full((1, p.horizon), window, dtype=torch.int64),
+            torch.as_tensor(table, dtype=torch.float64)[None], torch.full((1, p.horizon), window, dtype=torch.int64),
             one(b.return_frac), torch.tensor([b.grades], dtype=torch.float64),
             torch.tensor([b.demand_history], dtype=torch.float64), p)
         # the library's own agent, its frames and LSTM state restored from the chain's memory

@@ -39,7 +39,10 @@ with the forecast level. In the order the rule computes them:
   with the end-of-life cost its sale brings back (the landfilled scrap of its returns, less
   what recovering graded cores earns, never below 0), costs less than the lost sale it saves
   (``p_l``): above about 1,000 EUR/t of carbon tax on the default chain, or from about 600
-  EUR/t with a high landfill tax, it orders none and uses the virgin already bought.
+  EUR/t with a high landfill tax, it orders none and uses the virgin already bought. Ahead
+  of an announced rise of the carbon tax (charged when virgin is ordered) it orders now,
+  at today's tax, the virgin that production within the look-ahead would otherwise order
+  after the rise, where the rise saves more per kg than holding it the extra periods costs.
 
 Near the end it stops what can no longer pay: no production or refurbishment in the last
 period, no virgin for it, no recovery or market purchase whose material could not be sold,
