@@ -5,6 +5,7 @@ round-trip and refuse corruption, and every executed action is feasible."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moca import checkpoint
+from moca import checkpoint, safety
 from moca.baselines.mpc import MPCPolicy
 from moca.checkpoint import CheckpointError
 from moca.evaluation import evaluate_policy as evaluate_deployed
@@ -132,6 +133,18 @@ DEPLOYED = DeployedPolicy(_moved_lp_policy())
 @given(data=st.data())
 def test_every_deployed_action_over_the_lp_is_feasible(data):
     check_three_periods(DEPLOYED, data)
+
+
+def test_a_tiny_mandate_with_every_stock_empty_is_solved():
+    """The case hypothesis found: a mandate of 6e-8 with every stock, pipeline and history
+    empty left HiGHS's simplex (no presolve) at status 'Unknown'; the LP is retried with
+    presolve and the deployed action is feasible."""
+    regime = np.array([5.960464477539063e-08, 0.0, math.inf, 0.0, 0.0])
+    DEPLOYED.reset()
+    for t in range(3):
+        action = DEPLOYED.decide(t, np.zeros(5), np.zeros(1), np.zeros(6), regime, 0.0, None)
+        assert np.isfinite(action).all()
+        assert safety.is_feasible(action, 0.0, 0.0, 0.0, regime, DEPLOYED.params)
 
 
 def test_adapt_cli_with_the_lp_writes_and_reloads_the_winner(tmp_path):

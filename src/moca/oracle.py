@@ -369,6 +369,8 @@ def solve_window(params: Params, window: Window, start: Basis | None = None,
             lp.pass_to(highs)  # a stale basis should never matter; retry cold to be sure
             highs.run()
             status = highs.getModelStatus()
+        if status != highspy.HighsModelStatus.kOptimal and not exact_sales:
+            status = rerun_with_presolve(highs)
     finally:
         if exact_sales:
             highs.setOptionValue("presolve", "off")
@@ -476,6 +478,23 @@ def _solver() -> highspy.Highs:
         highs.setOptionValue("small_matrix_value", 1e-12)
         _local.highs = highs
     return highs
+
+
+def rerun_with_presolve(highs: highspy.Highs) -> highspy.HighsModelStatus:
+    """Solve the model passed to ``highs`` again from scratch with presolve, after a run
+    without it did not reach optimal, and return the new status.
+
+    HiGHS's simplex without presolve can stop with status 'Unknown' on a badly scaled LP: a
+    property test found a mandate r = 6e-8 (a valid regime) with every stock empty, where
+    presolve removes what makes it so and solves it. Only as a retry, because presolve is
+    slower on the LPs that solve without it (see :func:`_solver`)."""
+    highs.clearSolver()
+    highs.setOptionValue("presolve", "on")
+    try:
+        highs.run()
+    finally:
+        highs.setOptionValue("presolve", "off")
+    return highs.getModelStatus()
 
 
 # --- the hindsight oracle --------------------------------------------------------------------

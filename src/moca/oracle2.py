@@ -34,7 +34,7 @@ import numpy as np
 from scipy import sparse
 
 from moca import clsc2
-from moca.oracle import OracleError, _solver
+from moca.oracle import OracleError, _solver, rerun_with_presolve
 from moca.world import CLSC2_ROWS, regime_rows
 
 # Columns of one period.
@@ -325,6 +325,8 @@ def solve_window2(params: Any, window: Window2, exact_sales: bool = False) -> Wi
         if exact_sales:
             highs.setOptionValue("presolve", "off")
     status = highs.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal and not exact_sales:
+        status = rerun_with_presolve(highs)
     if status != highspy.HighsModelStatus.kOptimal:
         raise OracleError(f"HiGHS did not solve the {window.horizon}-period CLSC-2 LP to optimality: status "
                           f"{highs.modelStatusToString(status)!r}")
@@ -455,6 +457,8 @@ def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
                     np.zeros(n_col, dtype=np.int32))
     highs.run()
     status = highs.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal:
+        status = rerun_with_presolve(highs)
     if status != highspy.HighsModelStatus.kOptimal:
         raise OracleError(f"HiGHS did not solve the CLSC-2 oracle LP to optimality: status "
                           f"{highs.modelStatusToString(status)!r}")

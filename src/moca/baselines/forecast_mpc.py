@@ -36,7 +36,8 @@ from torch import Tensor
 
 from moca.baselines.mpc import MPCPolicy
 from moca.forecast import DemandForecaster, ForecastConfig
-from moca.oracle import ACTION_COLS, N_COL, Basis, OracleError, WindowLP, _solver, build_lp, solve_window
+from moca.oracle import (ACTION_COLS, N_COL, Basis, OracleError, WindowLP, _solver, build_lp, rerun_with_presolve,
+                         solve_window)
 from moca.sim import Observation, ScenarioBatch
 
 #: CLSC-1's forecaster (see the module docstring for why no trend and no season).
@@ -149,6 +150,8 @@ def solve_two_stage(lps: Sequence[WindowLP], first_stage: np.ndarray,
         highs.setBasis(start.highs)
     highs.run()
     status = highs.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal:
+        status = rerun_with_presolve(highs)
     if status != highspy.HighsModelStatus.kOptimal:
         raise OracleError(f"two-stage MPC LP not solved to optimality: {highs.modelStatusToString(status)!r}")
     x = np.asarray(highs.getSolution().col_value)[:cols]

@@ -149,7 +149,7 @@ def solve_two_stage2(params, windows) -> np.ndarray:
     demand path) with the first period's actions shared."""
     import highspy
 
-    from moca.oracle import OracleError, _solver
+    from moca.oracle import OracleError, _solver, rerun_with_presolve
     from moca.oracle2 import ACTIONS, N_COL, build_lp2
 
     built = [build_lp2(params, w) for w in windows]
@@ -173,6 +173,8 @@ def solve_two_stage2(params, windows) -> np.ndarray:
                     A.indices.astype(np.int32), A.data.astype(np.float64), np.zeros(A.shape[1], dtype=np.int32))
     highs.run()
     status = highs.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal:
+        status = rerun_with_presolve(highs)
     if status != highspy.HighsModelStatus.kOptimal:
         raise OracleError(f"two-stage CLSC-2 MPC LP not solved to optimality: {highs.modelStatusToString(status)!r}")
     x = np.asarray(highs.getSolution().col_value)[:N_COL]
