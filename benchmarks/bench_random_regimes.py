@@ -33,7 +33,9 @@ the lost sale (rule (i), ``return_liability`` of ``routing_economics``; about on
 hundred, so ``--seed`` is the only thing to vary). ``--schedules`` (CLSC-2) scores regime
 plans instead of single regimes: each starts with a draw and changes to one to three more at
 random periods, announced as the spec announces them; every policy, moca's adaptation and
-the peers' re-tuning included, is given the whole plan (moca adapts once, over the plan).
+the peers' re-tuning included, is given the whole plan (moca adapts once, over the plan);
+with ``--tax-rise`` only the plans where a later rule's carbon tax is at least 50 EUR/t above
+an earlier one's (where rule (k) may order ahead).
 ``--portfolio`` (CLSC-2) adds what ``moca adapt --model CLSC-2`` deploys (``--base auto``,
 ``moca.portfolio.adapt_portfolio2``): the adapted LSTM or the sampled MPC at a safety stock
 picked on support seeds 800-801, whichever scores better on validation seeds 900-907; its
@@ -60,6 +62,13 @@ from moca.regime import Regime, RegimeSchedule
 HERE = Path(__file__).parent
 HIGH_TAX = 1000.0  # EUR/t CO2: above it virgin bought now costs more per unit than a lost sale
 HIGH_MANDATE = 0.5  # recycled share of material input
+TAX_RISE = 50.0  # EUR/t CO2: --tax-rise keeps plans with a later tax at least this far above an earlier one
+
+
+def tax_rises(plan: RegimeSchedule) -> bool:
+    """Whether a later rule of ``plan`` has a carbon tax at least TAX_RISE above an earlier one's."""
+    taxes = [entry.carbon_tax for entry in plan.entries]
+    return any(later >= earlier + TAX_RISE for i, earlier in enumerate(taxes) for later in taxes[i + 1:])
 
 
 def returns_tip_the_sale(regime: Regime) -> bool:
@@ -250,6 +259,9 @@ def main() -> None:
                              "below the lost sale (rule (i))")
     parser.add_argument("--schedules", action="store_true",
                         help="CLSC-2: regime plans with one to three announced changes instead of single regimes")
+    parser.add_argument("--tax-rise", action="store_true",
+                        help="with --schedules: keep only plans where a later carbon tax is at least 50 EUR/t "
+                             "above an earlier one")
     parser.add_argument("--portfolio", action="store_true",
                         help="CLSC-2: also what moca adapt deploys (--base auto: the LSTM or the sampled MPC)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
@@ -259,6 +271,8 @@ def main() -> None:
         args.regimes, args.scenarios = 2, 2
     if args.schedules and args.world != "CLSC-2":
         parser.error("--schedules: CLSC-2 only (CLSC-1's moca adapt adapts to one regime)")
+    if args.tax_rise and not args.schedules:
+        parser.error("--tax-rise: only with --schedules (a single regime has no rise)")
     torch.set_num_threads(1)
     from moca.meta import sample_task
     from moca.meta2 import sample_task2
@@ -272,6 +286,7 @@ def main() -> None:
                                          + (" --high-mandate" if args.high_mandate else "")
                                          + (" --returns-liability" if args.returns_liability else "")
                                          + (" --schedules" if args.schedules else "")
+                                         + (" --tax-rise" if args.tax_rise else "")
                                          + (" --portfolio" if args.portfolio else "")
                                          + (" --quick" if args.quick else ""),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
@@ -283,7 +298,9 @@ def main() -> None:
         regimes: list[Regime | RegimeSchedule] = []
         while args.schedules and len(regimes) < args.regimes:
             starts = sorted({0, *(int(s) for s in rng.integers(1, 51, size=rng.integers(1, 4)))})
-            regimes.append(RegimeSchedule.from_list([{"start": s, **draw().model_dump()} for s in starts]))
+            plan = RegimeSchedule.from_list([{"start": s, **draw().model_dump()} for s in starts])
+            if not args.tax_rise or tax_rises(plan):
+                regimes.append(plan)
         while len(regimes) < args.regimes:
             regime = draw()
             if (regime.emission_cap is not None or not args.with_cap) and \

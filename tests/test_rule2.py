@@ -52,15 +52,18 @@ def test_forecast_refuses_a_wrong_shape():
 
 
 def rule_inputs(forecast, supply_up=1.0, stocks=(8000.0, 2000.0, 1000.0, 0.0, 0.0), t=10.0, pipeline=4000.0,
-                regime=(0.2, 0.0, math.inf, 0.0, 0.0), tax_ahead=None):
+                regime=(0.2, 0.0, math.inf, 0.0, 0.0), tax_ahead=None, mandate_ahead=None):
     """One row of rule inputs; ``regime`` = (mandate, carbon tax, cap, landfill tax, recovery target);
-    ``tax_ahead`` the announced tax of t .. t+12 (default: the tax in force throughout)."""
+    ``tax_ahead`` and ``mandate_ahead`` those announced for t .. t+12 (default: the regime in
+    force throughout)."""
     forecast = torch.as_tensor(forecast, dtype=torch.float64)[None]
     return {"stocks": torch.tensor([stocks], dtype=torch.float64), "pipeline": torch.tensor([pipeline], dtype=torch.float64),
             "regime": torch.tensor([regime], dtype=torch.float64),
             "window": torch.tensor([52.0], dtype=torch.float64), "supply_up": torch.tensor([supply_up], dtype=torch.float64),
             "market_avail": torch.tensor([1.0], dtype=torch.float64), "forecast": forecast,
             "tax_ahead": torch.tensor([tax_ahead if tax_ahead is not None else [regime[1]] * 13], dtype=torch.float64),
+            "mandate_ahead": torch.tensor([mandate_ahead if mandate_ahead is not None else [regime[0]] * 13],
+                                          dtype=torch.float64),
             "t": torch.tensor([t], dtype=torch.float64), "horizon": torch.tensor([52.0], dtype=torch.float64)}
 
 
@@ -189,6 +192,14 @@ def test_rule_orders_ahead_of_an_announced_carbon_tax_rise():
     falls = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, regime=taxed,
                                                tax_ahead=[600.0] * 4 + [0.0] * 9), P2)[0]
     assert torch.equal(falls, held)
+    # A stricter mandate announced with the tax leaves less of that production to virgin:
+    # from t+7 on (production periods, the offset the mandate is read at) 0.6 instead of 0.2.
+    wide = P2.model_copy(update={"cap_order": 1e6})
+    loose = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=rise), wide)[0]
+    strict = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=rise,
+                                                mandate_ahead=[0.2] * 7 + [0.6] * 6), wide)[0]
+    # productions t+6 .. t+12 are ordered ahead; t+7 .. t+12 (six) at 40% virgin instead of 80%
+    assert float(loose[0] - strict[0]) == pytest.approx(6 * 1000.0 * wide.mass * 0.4, rel=1e-6)
 
 
 def test_rule_in_a_simulated_episode_orders_ahead_of_an_announced_tax():
@@ -462,6 +473,29 @@ def test_returns_filter_of_the_benchmark_is_rule_i():
 
     assert [bench.returns_tip_the_sale(r) for r in draws] == [rule_turns_it_off(r) for r in draws]
     assert any(bench.returns_tip_the_sale(r) for r in draws)
+
+
+def test_tax_rise_filter_of_the_benchmark(monkeypatch):
+    """bench_random_regimes.py --tax-rise keeps the plans where a later carbon tax is at least
+    50 EUR/t above an earlier one (a rise after a fall counts), and needs --schedules."""
+    import importlib.util
+    from pathlib import Path
+
+    from moca.regime import RegimeSchedule
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_random_regimes.py"
+    spec = importlib.util.spec_from_file_location("bench_random_regimes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def plan(*taxes):
+        return RegimeSchedule.from_list([{"start": 10 * i, "carbon_tax": tax} for i, tax in enumerate(taxes)])
+
+    assert bench.tax_rises(plan(0.0, 50.0)) and bench.tax_rises(plan(300.0, 0.0, 260.0))
+    assert not bench.tax_rises(plan(0.0, 49.0)) and not bench.tax_rises(plan(500.0, 200.0, 0.0))
+    assert not bench.tax_rises(plan(100.0))
+    with pytest.raises(SystemExit):
+        run_script("bench_random_regimes.py", ["--quick", "--world", "CLSC-2", "--tax-rise"], monkeypatch)
 
 
 def test_extreme_regimes_benchmark_quick(tmp_path, monkeypatch):

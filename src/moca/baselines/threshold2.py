@@ -42,7 +42,8 @@ with the forecast level. In the order the rule computes them:
   EUR/t with a high landfill tax, it orders none and uses the virgin already bought. Ahead
   of an announced rise of the carbon tax (charged when virgin is ordered) it orders now,
   at today's tax, the virgin that production within the look-ahead would otherwise order
-  after the rise, where the rise saves more per kg than holding it the extra periods costs.
+  after the rise, where the rise saves more per kg than holding it the extra periods costs,
+  net of the recycled share the mandate announced for that production's period requires.
 
 Near the end it stops what can no longer pay: no production or refurbishment in the last
 period, no virgin for it, no recovery or market purchase whose material could not be sold,
