@@ -143,8 +143,7 @@ def clsc1(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any
 
 def plan_label(plan: RegimeSchedule) -> str:
     """``0: <regime> → 16: <regime>``: each entry's start period and its rules."""
-    return " → ".join(f"{e['start']}: " + Regime(**{k: v for k, v in e.items() if k != "start"}).describe()
-                      for e in plan.to_list_with_window())
+    return " → ".join(f"{e.start}: {e.describe()}" for e in plan.entries)
 
 
 def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, portfolio: bool = False
@@ -279,16 +278,12 @@ def main() -> None:
     from moca.scenario import Params
 
     worlds = ["CLSC-1", "CLSC-2"] if args.world == "both" else [args.world]
+    flags = ("with_cap", "high_tax", "high_mandate", "returns_liability", "schedules", "tax_rise", "portfolio",
+             "quick")
     result: dict[str, Any] = {"command": "python benchmarks/bench_random_regimes.py "
                                          f"--world {args.world} --regimes {args.regimes} --seed {args.seed} "
-                                         f"--scenarios {args.scenarios}" + (" --with-cap" if args.with_cap else "")
-                                         + (" --high-tax" if args.high_tax else "")
-                                         + (" --high-mandate" if args.high_mandate else "")
-                                         + (" --returns-liability" if args.returns_liability else "")
-                                         + (" --schedules" if args.schedules else "")
-                                         + (" --tax-rise" if args.tax_rise else "")
-                                         + (" --portfolio" if args.portfolio else "")
-                                         + (" --quick" if args.quick else ""),
+                                         f"--scenarios {args.scenarios}"
+                                         + "".join(f" --{f.replace('_', '-')}" for f in flags if getattr(args, f)),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
     started = time.perf_counter()
     for world in worlds:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import moca.policy2 as policy2
-from moca.baselines.threshold2 import THRESHOLD2_NAMES, Threshold2Policy, threshold2_bounds
+from moca.baselines.threshold2 import THRESHOLD2_NAMES, Threshold2Policy, start_thresholds2
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine
 from moca.files import write_atomic
 from moca.oracle2 import solve_oracle2
@@ -58,8 +58,7 @@ def main() -> None:
     seeds = list(range(*args.seeds))[:2] if args.quick else list(range(*args.seeds))
     grid = {3.0: (2013.0,), 26.0: (8000.0,)} if args.quick else GRID
     regimes = {"T2": TASKS_2["T2"]} if args.quick else plans()
-    bounds = threshold2_bounds(p)
-    start = bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * np.array([policy2.RULE_START[n] for n in THRESHOLD2_NAMES])
+    start = start_thresholds2(p)
     shipped = policy2.VIRGIN_DRAWDOWN
     result = {"seeds": [seeds[0], seeds[-1]], "start_thresholds": dict(zip(THRESHOLD2_NAMES, start.tolist())),
               "shipped": {"drawdown": shipped, "safety_virgin": float(start[1])}, "scores": {}}

@@ -26,13 +26,14 @@ import numpy as np
 import torch
 
 from moca import clsc2
-from moca.baselines.threshold2 import THRESHOLD2_NAMES, Threshold2Policy, threshold2_bounds
+from moca.baselines.peers import evaluate2
+from moca.baselines.threshold2 import Threshold2Policy, start_thresholds2
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.meta2 import load_policy2
 from moca.oracle2 import solve_oracle2
-from moca.policy2 import RULE_START, PolicyAgent2
-from moca.projection import project2_batch, violations2
+from moca.policy2 import PolicyAgent2
+from moca.projection import project2_batch
 from moca.regime import RegimeError, RegimeSchedule
 from moca.scenario import draw_scenario2
 from moca.sim2 import ScenarioBatch2, rollout2
@@ -76,8 +77,6 @@ def main() -> int:
     solutions = [solve_oracle2(s) for s in scenarios]
     oracle = np.array([s.oracle_cost for s in solutions])
     batch = ScenarioBatch2.from_scenarios(scenarios, dtype=torch.float64)
-    bounds = threshold2_bounds(p)
-    start = bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * np.array([RULE_START[n] for n in THRESHOLD2_NAMES])
     weights = {k: v.detach().double() for k, v in module.named_parameters()}
     starts = [int(e["start"]) for e in entries]
     result = {"command": "python benchmarks/bench_schedule_orders.py " + " ".join(sys.argv[1:]),
@@ -85,14 +84,13 @@ def main() -> int:
               "oracle": {"virgin_kg": segment_orders(np.stack([s.plan[:, clsc2.O] for s in solutions]), starts),
                          "score": 1.0}}
     for name, policy in (("moca (meta-init, zero-shot)", PolicyAgent2(module, weights)),
-                         ("threshold (start thresholds)", Threshold2Policy(start, p))):
+                         ("threshold (start thresholds)", Threshold2Policy(start_thresholds2(p), p))):
         with torch.no_grad():
             out = rollout2(batch, policy, project2_batch)
-        executed, inputs, table = out.executed.numpy(), out.inputs.numpy(), batch.regime.numpy()
-        violations = sum(violations2(executed[b, t], dict(zip(clsc2.ROW_INPUTS, inputs[b, t])), table[b, t], p)
-                         for b in range(batch.size) for t in range(batch.horizon))
-        result[name] = {"virgin_kg": segment_orders(executed[:, :, clsc2.O], starts),
-                        "score": float(np.mean(oracle / out.total_cost.numpy())), "violations": int(violations)}
+        # the score and the violations (window settlements included) as every benchmark counts them
+        scored = evaluate2(name, policy, scenarios, oracle)
+        result[name] = {"virgin_kg": segment_orders(out.executed[:, :, clsc2.O].numpy(), starts),
+                        "score": float(scored.scores.mean()), "violations": int(scored.violations)}
     result.update(wall_seconds=time.perf_counter() - started, created=datetime.now(timezone.utc).isoformat(),
                   machine=machine())
     write_atomic(args.out, json.dumps(result, indent=1) + "\n")

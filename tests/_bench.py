@@ -3,6 +3,7 @@
 import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -18,3 +19,8 @@ def run_script(name: str, args: list[str], monkeypatch) -> None:
         runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
     finally:
         torch.set_num_threads(threads)
+
+
+def load_script(name: str) -> SimpleNamespace:
+    """``benchmarks/<name>``'s functions and constants, without running its ``main``."""
+    return SimpleNamespace(**runpy.run_path(str(BENCHMARKS / name)))

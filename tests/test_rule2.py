@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _bench import run_script
+from _bench import load_script, run_script
 from moca.forecast import seasonal_level_forecast
 from moca.policy2 import base_rule2, routing_economics
 from moca.regime import Regime
@@ -57,13 +57,16 @@ def rule_inputs(forecast, supply_up=1.0, stocks=(8000.0, 2000.0, 1000.0, 0.0, 0.
     ``tax_ahead`` and ``mandate_ahead`` those announced for t .. t+12 (default: the regime in
     force throughout)."""
     forecast = torch.as_tensor(forecast, dtype=torch.float64)[None]
+    announced = torch.tensor([regime] * 13, dtype=torch.float64)
+    if tax_ahead is not None:
+        announced[:, 1] = torch.tensor(tax_ahead, dtype=torch.float64)
+    if mandate_ahead is not None:
+        announced[:, 0] = torch.tensor(mandate_ahead, dtype=torch.float64)
     return {"stocks": torch.tensor([stocks], dtype=torch.float64), "pipeline": torch.tensor([pipeline], dtype=torch.float64),
             "regime": torch.tensor([regime], dtype=torch.float64),
             "window": torch.tensor([52.0], dtype=torch.float64), "supply_up": torch.tensor([supply_up], dtype=torch.float64),
             "market_avail": torch.tensor([1.0], dtype=torch.float64), "forecast": forecast,
-            "tax_ahead": torch.tensor([tax_ahead if tax_ahead is not None else [regime[1]] * 13], dtype=torch.float64),
-            "mandate_ahead": torch.tensor([mandate_ahead if mandate_ahead is not None else [regime[0]] * 13],
-                                          dtype=torch.float64),
+            "regime_ahead": announced[None],
             "t": torch.tensor([t], dtype=torch.float64), "horizon": torch.tensor([52.0], dtype=torch.float64)}
 
 
@@ -453,15 +456,9 @@ def test_returns_filter_of_the_benchmark_is_rule_i():
     """bench_random_regimes.py --returns-liability restates rule (i) from the model's prices
     (so it draws the same regimes on a source without the rule): it must agree with
     routing_economics on whether some period's virgin order is turned off by the returns."""
-    import importlib.util
-    from pathlib import Path
-
     from moca.meta2 import sample_task2
 
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_random_regimes.py"
-    spec = importlib.util.spec_from_file_location("bench_random_regimes", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_random_regimes.py")
     rng = np.random.default_rng([2026, 2])
     draws = [sample_task2(rng, named_share=0.0) for _ in range(400)]
     draws += [Regime(carbon_tax=tau, landfill_tax=lam) for tau in (500.0, 700.0, 841.0, 990.0) for lam in (0.0, 40.0, 77.0, 100.0)]
@@ -478,15 +475,9 @@ def test_returns_filter_of_the_benchmark_is_rule_i():
 def test_tax_rise_filter_of_the_benchmark(monkeypatch):
     """bench_random_regimes.py --tax-rise keeps the plans where a later carbon tax is at least
     50 EUR/t above an earlier one (a rise after a fall counts), and needs --schedules."""
-    import importlib.util
-    from pathlib import Path
-
     from moca.regime import RegimeSchedule
 
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_random_regimes.py"
-    spec = importlib.util.spec_from_file_location("bench_random_regimes", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_random_regimes.py")
 
     def plan(*taxes):
         return RegimeSchedule.from_list([{"start": 10 * i, "carbon_tax": tax} for i, tax in enumerate(taxes)])

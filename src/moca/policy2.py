@@ -144,12 +144,11 @@ def rule_inputs(obs: Observation2) -> dict[str, Tensor]:
     # The last 52 periods only: what the Gymnasium observation and the service's request carry,
     # so the rule decides alike in the library, the env and `moca serve`.
     forecast = seasonal_level_forecast(obs.demand_seen[:, -52:], RULE_LOOKAHEAD, RULE_ALPHA).to(dtype)
-    # The carbon tax and the mandate announced for t .. t+RULE_LOOKAHEAD-1 (the last period's
-    # beyond the horizon). The service builds the same table from the regulations announced to it.
+    # The regime announced for t .. t+RULE_LOOKAHEAD-1 (the last period's beyond the horizon).
+    # The service builds the same table from the regulations announced to it.
     ahead = torch.arange(obs.t, obs.t + RULE_LOOKAHEAD).clamp(max=obs.regime.shape[1] - 1)
-    announced = obs.regime[:, ahead].to(dtype)
     return {"stocks": s.stocks, "pipeline": pipeline, "regime": obs.regime_t,
-            "tax_ahead": announced[:, :, clsc2.R_TAX], "mandate_ahead": announced[:, :, clsc2.R_MANDATE],
+            "regime_ahead": obs.regime[:, ahead].to(dtype),
             "window": obs.window[:, obs.t].to(dtype), "supply_up": obs.inputs["supply_up"].to(dtype),
             "market_avail": obs.inputs["market_avail"].to(dtype), "forecast": forecast,
             "t": torch.full_like(s.columns[0], float(obs.t)), "horizon": torch.full_like(s.columns[0],
@@ -316,11 +315,12 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     # would be ordered at t+1+i-L_v, is ordered now where the rise by then saves more per kg
     # (e_v / 1000 per EUR/t) than holding it the extra periods costs (h_V a period), net of
     # the recycled share the mandate announced for that production's period requires.
-    later = torch.arange(L_v + 1, planned.shape[1], dtype=V.dtype)
-    when = (later + 1 - L_v).long()  # offset of each production's usual order period
-    rise = (x["tax_ahead"][:, when] - x["regime"][:, clsc2.R_TAX][:, None]) * p.emis_virgin / 1000.0
-    early = (rise > p.hold_virgin * (later + 1 - L_v)).to(V.dtype)
-    share = torch.maximum(r_supply[:, None], x["mandate_ahead"][:, (later + 1).long()])
+    later = torch.arange(L_v + 1, planned.shape[1])
+    when = later + 1 - L_v  # offset of each production's usual order period
+    announced = x["regime_ahead"]
+    rise = (announced[:, when, clsc2.R_TAX] - x["regime"][:, clsc2.R_TAX][:, None]) * p.emis_virgin / 1000.0
+    early = (rise > p.hold_virgin * when.to(V.dtype)).to(V.dtype)
+    share = torch.maximum(r_supply[:, None], announced[:, later + 1, clsc2.R_MANDATE])
     made = m * planned[:, L_v + 1:]
     ahead_of_rise = (torch.clamp(made - torch.maximum(share * made, inflow[:, None]), min=0.0) * early).sum(-1)
     serves = torch.clamp((T - 1.0 - t - L_v) / VIRGIN_DRAWDOWN, 0.0, 1.0)

@@ -440,9 +440,8 @@ class Clsc2Model(ChainModel):
         # The regime of every period of the episode as announced now, as the library's
         # observation carries it: the rule orders virgin ahead of an announced tax rise.
         table = np.repeat(np.asarray(row, dtype=np.float64)[None], params.horizon, axis=0)
-        for effective, regime_id in announced:
-            if effective < params.horizon:
-                table[effective:] = _regime(rt, self, regime_id)[1]
+        for effective, regime_id in announced:  # in order: a later one overrides from its period on
+            table[effective:] = _regime(rt, self, regime_id)[1]
         return row, window, end - 1 - t, starts, table
 
     def decide(self, deployed: "Deployed", memory: "ChainMemory", obs: "Observation", regime_row):

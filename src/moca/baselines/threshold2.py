@@ -81,6 +81,15 @@ def threshold2_bounds(params: Params2) -> np.ndarray:
                      [0.0, 5.0 * kg], [0.0, 2.0 * units], [0.0, 2.0 * units]])
 
 
+def start_thresholds2(params: Params2 = DEFAULT_PARAMS_2) -> np.ndarray:
+    """``[7]`` the rule's start thresholds (:data:`moca.policy2.RULE_START`, shares of the
+    search box) in the box's units."""
+    from moca.policy2 import RULE_START
+
+    bounds = threshold2_bounds(params)
+    return bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * np.array([RULE_START[n] for n in THRESHOLD2_NAMES])
+
+
 class Threshold2Policy:
     """The rule as a :class:`moca.sim2.Policy2`, vectorised over the batch; ``thresholds``
     ``[7]`` or ``[B, 7]`` (one rule per batch row, for the tuner)."""
@@ -146,4 +155,4 @@ def tune_threshold2(regime, params: Params2 = DEFAULT_PARAMS_2, train_seeds: int
     return policy
 
 
-__all__ = ["THRESHOLD2_NAMES", "Threshold2Policy", "threshold2_bounds", "tune_threshold2"]
+__all__ = ["THRESHOLD2_NAMES", "Threshold2Policy", "start_thresholds2", "threshold2_bounds", "tune_threshold2"]
