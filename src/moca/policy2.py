@@ -176,7 +176,7 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
       or recovering its material at the virgin price. ``rho`` and the grade shares are the
       chain's declared means (``params.return_mean``, ``params.grade_mean``): the rule keeps
       no history, and one week's returns are too noisy a guess for a yes/no test (tried:
-      half the gain lost to weeks that guessed low). Never below 0: material that comes
+      weeks that guessed low gave part of the gain back). Never below 0: material that comes
       back pays only if it is used, which the rule cannot promise;
     * ``cap_share``: the recycled share of the next period's production an emission cap
       implies (``e_v`` per kg virgin against ``e_r`` per kg recovered, ``e_p`` per unit), 0
