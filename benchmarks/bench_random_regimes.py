@@ -33,8 +33,8 @@ the lost sale (rule (i), ``return_liability`` of ``routing_economics``; about on
 hundred, so ``--seed`` is the only thing to vary). ``--schedules`` (CLSC-2) scores regime
 plans instead of single regimes: each starts with a draw and changes to one to three more at
 random periods, announced as the spec announces them; every policy, moca's adaptation and
-the peers' re-tuning included, is given the whole plan (moca adapts once, over the plan);
-with ``--tax-rise`` only the plans where a later rule's carbon tax is at least 50 EUR/t above
+the peers' re-tuning included, is given the whole plan (moca adapts once, over the plan), and
+the meta-init without a step is scored beside the adapted LSTM; with ``--tax-rise`` only the plans where a later rule's carbon tax is at least 50 EUR/t above
 an earlier one's (where rule (k) may order ahead).
 ``--portfolio`` (CLSC-2) adds what ``moca adapt --model CLSC-2`` deploys (``--base auto``,
 ``moca.portfolio.adapt_portfolio2``): the adapted LSTM or the sampled MPC at a safety stock
@@ -179,6 +179,9 @@ def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, port
             seconds = time.perf_counter() - began
         out = evaluate_policy2(module, weights, tests, oracle)
         row["moca"] = {"score": out["score"], "violations": out["violations"], "seconds": seconds}
+        if isinstance(regime, RegimeSchedule):  # what the 3 steps add over the plan, on the test seeds
+            out = evaluate_policy2(module, None, tests, oracle)
+            row[ZERO_SHOT] = {"score": out["score"], "violations": out["violations"], "seconds": 0.0}
         began = time.perf_counter()
         threshold = tune_threshold2(plan, DEFAULT_PARAMS_2, train_seeds=1 if quick else 32, budget=60 if quick else 1500)
         seconds = time.perf_counter() - began
@@ -203,6 +206,7 @@ def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, port
 
 MPC = "mpc-sampled (safety stock re-picked)"
 PORTFOLIO = "moca adapt (LSTM or sampled MPC)"
+ZERO_SHOT = "moca zero-shot (meta-init, no step)"
 
 
 def deployed(result, row: dict[str, Any], tests, oracle: np.ndarray) -> dict[str, Any]:

@@ -5,6 +5,7 @@ early stopping on the validation tasks (moca.meta2.meta_train2 keep_best).
 The rule is called directly on hand-built inputs, so each test isolates one decision.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from _bench import load_script, run_script
 from moca.forecast import seasonal_level_forecast
-from moca.policy2 import base_rule2, routing_economics
+from moca.policy2 import RULE_YEAR, base_rule2, routing_economics
 from moca.regime import Regime
 from moca.scenario import DEFAULT_PARAMS_2
 
@@ -52,21 +53,25 @@ def test_forecast_refuses_a_wrong_shape():
 
 
 def rule_inputs(forecast, supply_up=1.0, stocks=(8000.0, 2000.0, 1000.0, 0.0, 0.0), t=10.0, pipeline=4000.0,
-                regime=(0.2, 0.0, math.inf, 0.0, 0.0), tax_ahead=None, mandate_ahead=None):
+                regime=(0.2, 0.0, math.inf, 0.0, 0.0), tax_ahead=None, mandate_ahead=None, changed=False):
     """One row of rule inputs; ``regime`` = (mandate, carbon tax, cap, landfill tax, recovery target);
-    ``tax_ahead`` and ``mandate_ahead`` those announced for t .. t+12 (default: the regime in
-    force throughout)."""
+    ``tax_ahead`` and ``mandate_ahead`` those announced for t, t+1, ... (default: the regime in
+    force throughout; the last value holds to the end of the year's table); the year's
+    forecast is ``forecast``, its last value held likewise; ``changed``: whether the regime
+    changed earlier in the episode."""
     forecast = torch.as_tensor(forecast, dtype=torch.float64)[None]
-    announced = torch.tensor([regime] * 13, dtype=torch.float64)
-    if tax_ahead is not None:
-        announced[:, 1] = torch.tensor(tax_ahead, dtype=torch.float64)
-    if mandate_ahead is not None:
-        announced[:, 0] = torch.tensor(mandate_ahead, dtype=torch.float64)
+    year = torch.cat([forecast, forecast[:, -1:].expand(1, RULE_YEAR - forecast.shape[1])], dim=1)
+    announced = torch.tensor([regime] * RULE_YEAR, dtype=torch.float64)
+    for column, values in ((1, tax_ahead), (0, mandate_ahead)):
+        if values is not None:
+            values = list(values) + [values[-1]] * (RULE_YEAR - len(values))
+            announced[:, column] = torch.tensor(values, dtype=torch.float64)
     return {"stocks": torch.tensor([stocks], dtype=torch.float64), "pipeline": torch.tensor([pipeline], dtype=torch.float64),
             "regime": torch.tensor([regime], dtype=torch.float64),
             "window": torch.tensor([52.0], dtype=torch.float64), "supply_up": torch.tensor([supply_up], dtype=torch.float64),
             "market_avail": torch.tensor([1.0], dtype=torch.float64), "forecast": forecast,
-            "regime_ahead": announced[None],
+            "forecast_year": year, "regime_ahead": announced[None],
+            "regime_changed": torch.tensor([float(changed)], dtype=torch.float64),
             "t": torch.tensor([t], dtype=torch.float64), "horizon": torch.tensor([52.0], dtype=torch.float64)}
 
 
@@ -201,8 +206,73 @@ def test_rule_orders_ahead_of_an_announced_carbon_tax_rise():
     loose = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=rise), wide)[0]
     strict = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=rise,
                                                 mandate_ahead=[0.2] * 7 + [0.6] * 6), wide)[0]
-    # productions t+6 .. t+12 are ordered ahead; t+7 .. t+12 (six) at 40% virgin instead of 80%
-    assert float(loose[0] - strict[0]) == pytest.approx(6 * 1000.0 * wide.mass * 0.4, rel=1e-6)
+    # Productions t+6 .. t+40 (the last, T-2 = 50) are ordered ahead; t+7 .. t+40 (34) under
+    # 0.6, where a period's virgin is at most 0.4/0.6 of the recycled material a period brings
+    # at a demand of 1,000: grade-B cores 1,000 x 0.25 x 0.45 x 1.4 kg, no grade-A core beyond
+    # the 300 refurbished, the market's mean offer 800 x (1 + 0.2) / 2 kg. Under 0.2 the
+    # period's 1,600 kg of virgin is below that limit. And since that limit holds production
+    # under 0.6 below demand, rule (m) makes ahead of it: t+1 .. t+6 at capacity (1,500 units,
+    # 2,400 kg of virgin each; t+1 .. t+3 the usual order, t+6 ordered ahead).
+    recycled = 1000.0 * 0.25 * 0.45 * wide.mass * wide.yield_disassembly_b + wide.cap_market * 0.6
+    assert float(strict[0]) < float(loose[0])
+    assert float(loose[0] - strict[0]) == pytest.approx(38 * 1600.0 - (4 * 2400.0 + 34 * 0.4 / 0.6 * recycled), rel=1e-6)
+
+
+def test_rule_makes_ahead_of_an_announced_stricter_mandate():
+    # Rule (m): a mandate of 0.6 announced for t+5 on holds production then to the recycled
+    # material a period brings over 0.6 (about 531 units at a demand of 1,000): the rule makes
+    # at capacity now, while no mandate holds it, and orders the virgin for it.
+    flat = np.full(13, 1000.0)
+    free = (0.0, 0.0, math.inf, 0.0, 0.0)
+    stocks = (20000.0, 2000.0, 1000.0, 0.0, 0.0)
+    now = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, regime=free), P2)[0]
+    ahead = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, regime=free, mandate_ahead=[0.0] * 5 + [0.6]),
+                       P2)[0]
+    produced = lambda a: float(a[2] + a[3]) / P2.mass  # noqa: E731
+    assert produced(now) < P2.cap_produce
+    assert produced(ahead) == pytest.approx(P2.cap_produce)
+    # The same mandate in force all along: nothing to make ahead of, the rule is unchanged.
+    held = (0.6, 0.0, math.inf, 0.0, 0.0)
+    assert torch.equal(base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, regime=held, mandate_ahead=[0.6]), P2),
+                       base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, regime=held), P2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(mandate=st.floats(0.0, 0.95), tax=st.floats(0.0, 2000.0), landfill=st.floats(0.0, 100.0),
+       recovery=st.floats(0.0, 1.0), cap=st.one_of(st.just(math.inf), st.floats(1.0, 100000.0)),
+       t=st.integers(0, 51), virgin=st.floats(0.0, 100000.0), recycled=st.floats(0.0, 20000.0),
+       later=st.floats(0.0, 3000.0))
+def test_rule_under_a_regime_held_all_episode_ignores_the_rest_of_the_year(mandate, tax, landfill, recovery, cap, t,
+                                                                          virgin, recycled, later):
+    # (k), (l) and (m) act only on a change, announced or past: under a regime held all
+    # episode the year's forecast beyond the 13-period look-ahead changes nothing, so the
+    # rule decides as it did before them.
+    regime = (mandate, tax, cap, landfill, recovery)
+    stocks = (virgin, recycled, 1000.0, 200.0, 300.0)
+    flat = rule_inputs(np.full(13, 1000.0), stocks=stocks, t=float(t), regime=regime)
+    other = rule_inputs(np.full(13, 1000.0), stocks=stocks, t=float(t), regime=regime)
+    other["forecast_year"][:, 13:] = later
+    assert torch.equal(base_rule2(THRESHOLDS, flat, P2), base_rule2(THRESHOLDS, other, P2))
+
+
+def test_rule_uses_virgin_held_beyond_the_year_first_after_a_change():
+    # Rule (l): a tax of 600 EUR/t makes the market (4 EUR/kg) pay against virgin (6.6 EUR/kg).
+    # With 60,000 kg of virgin on hand at t = 40, more than the rest of the horizon's
+    # production can use, the rule buys nothing on the market for its price and uses virgin
+    # before recycled material, but only after a change of the regime within the episode.
+    taxed = (0.0, 600.0, math.inf, 0.0, 0.0)
+    flat = np.full(13, 1000.0)
+    stocks = (60000.0, 3000.0, 1000.0, 0.0, 0.0)
+    held = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, t=40.0, regime=taxed), P2)[0]
+    after = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, t=40.0, regime=taxed, changed=True), P2)[0]
+    assert float(held[1]) == pytest.approx(P2.cap_market)  # all the market offers
+    assert float(held[3]) > 0.0  # recycled material first
+    assert float(after[1]) == 0.0 and float(after[3]) == 0.0
+    assert float(after[2]) == pytest.approx(float(held[2] + held[3]))  # virgin instead: the same production
+    # Virgin held within the rest of the horizon's need leaves the rule as it is.
+    few = (5000.0, 3000.0, 1000.0, 0.0, 0.0)
+    assert torch.equal(base_rule2(THRESHOLDS, rule_inputs(flat, stocks=few, t=40.0, regime=taxed, changed=True), P2),
+                       base_rule2(THRESHOLDS, rule_inputs(flat, stocks=few, t=40.0, regime=taxed), P2))
 
 
 def test_rule_in_a_simulated_episode_orders_ahead_of_an_announced_tax():
@@ -227,6 +297,44 @@ def test_rule_in_a_simulated_episode_orders_ahead_of_an_announced_tax():
         orders[name] = out.executed[0, :, 0].numpy()
     assert orders["rise"][:6].sum() > orders["flat"][:6].sum() + 4000.0
     assert orders["rise"][8:].sum() < orders["flat"][8:].sum()  # 1,200 EUR/t: (h) orders none from 8 on
+
+
+def test_rule_in_a_simulated_episode_makes_and_banks_ahead_of_an_announced_mandate():
+    """Rule (m) through Threshold2Policy and the simulator: with a mandate of 0.7 announced
+    for period 20, the rule holds more product and more recycled material at period 19 than
+    with no mandate all year, and sells more over the year than it would with the mandate
+    only seen when it arrives; every action through the projection keeps every row."""
+    from moca.baselines.threshold2 import Threshold2Policy
+    from moca.projection import project2_batch
+    from moca.regime import RegimeSchedule
+    from moca.scenario import draw_scenario2
+    from moca.sim2 import ScenarioBatch2, rollout2
+
+    strict = {"start": 20, "recycled_content_min": 0.7}
+    plans = {"free": RegimeSchedule.constant(Regime()),
+             "announced": RegimeSchedule.from_list([{"start": 0}, strict])}
+    outs = {}
+    for name, plan in plans.items():
+        batch = ScenarioBatch2.from_scenarios([draw_scenario2(3, plan)], dtype=torch.float64)
+        with torch.no_grad():
+            outs[name] = rollout2(batch, Threshold2Policy(THRESHOLDS[0].numpy(), P2), project2_batch)
+    held = {name: out.stocks[0, :20].numpy() for name, out in outs.items()}  # after periods 0 .. 19
+    assert held["announced"][:, 2].mean() > held["free"][:, 2].mean() + 2000.0  # product made ahead (units)
+    assert held["announced"][19, 1] > held["free"][19, 1] + 300.0  # recycled material banked (kg)
+    # Unannounced: the same plan, but the rule's look-ahead sees no mandate before period 20.
+    batch = ScenarioBatch2.from_scenarios([draw_scenario2(3, plans["announced"])], dtype=torch.float64)
+    blind = batch.regime.clone()
+    blind[:, 20:] = batch.regime[:, :1]
+
+    class Blind(Threshold2Policy):
+        def act(self, obs):
+            if obs.t < 20:
+                obs = dataclasses.replace(obs, regime=blind)
+            return super().act(obs)
+
+    with torch.no_grad():
+        unannounced = rollout2(batch, Blind(THRESHOLDS[0].numpy(), P2), project2_batch)
+    assert float(outs["announced"].lost[0].sum()) < float(unannounced.lost[0].sum()) - 5000.0  # units
 
 
 def test_rule_routes_cores_and_buys_by_the_regime():
@@ -417,7 +525,8 @@ def test_random_regimes_benchmark_schedules_quick(tmp_path, monkeypatch):
         assert starts[0] == 0 and 2 <= len(starts) <= 4 and starts == sorted(set(starts))
         RegimeSchedule.from_list(row["plan"])  # a valid plan
         assert row["label"].count(" → ") == len(starts) - 1
-        for name in ("moca", "threshold (re-tuned)", "mpc-sampled (safety stock re-picked)"):
+        for name in ("moca", "moca zero-shot (meta-init, no step)", "threshold (re-tuned)",
+                     "mpc-sampled (safety stock re-picked)"):
             assert 0 < row[name]["score"] <= 1 + 1e-6 and row[name]["violations"] == 0
     with pytest.raises(SystemExit):
         run_script("bench_random_regimes.py", ["--quick", "--world", "both", "--schedules"], monkeypatch)

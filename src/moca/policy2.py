@@ -126,6 +126,10 @@ def features2(obs: Observation2, config: PolicyConfig) -> Tensor:
 #: Periods the base rule looks ahead: its forecast (:func:`moca.forecast.seasonal_level_forecast`)
 #: runs over this many periods, and so does its pre-build for demand above production capacity.
 RULE_LOOKAHEAD = 13
+#: Periods over which the rule reads the announced regime and the year's demand forecast for
+#: rules (k) (virgin ordered ahead of a tax rise), (l) (virgin on hand used first after a
+#: change) and (m) (made and banked ahead of a stricter mandate): a year, the spec's horizon.
+RULE_YEAR = 52
 #: Smoothing weight of the rule's demand level on the newest period.
 RULE_ALPHA = 0.3
 #: Periods over which the rule draws its virgin safety stock down before the horizon ends.
@@ -144,11 +148,17 @@ def rule_inputs(obs: Observation2) -> dict[str, Tensor]:
     # The last 52 periods only: what the Gymnasium observation and the service's request carry,
     # so the rule decides alike in the library, the env and `moca serve`.
     forecast = seasonal_level_forecast(obs.demand_seen[:, -52:], RULE_LOOKAHEAD, RULE_ALPHA).to(dtype)
-    # The regime announced for t .. t+RULE_LOOKAHEAD-1 (the last period's beyond the horizon).
+    year = seasonal_level_forecast(obs.demand_seen[:, -52:], RULE_YEAR, RULE_ALPHA).to(dtype)
+    # The regime announced for t .. t+RULE_YEAR-1 (the last period's beyond the horizon).
     # The service builds the same table from the regulations announced to it.
-    ahead = torch.arange(obs.t, obs.t + RULE_LOOKAHEAD).clamp(max=obs.regime.shape[1] - 1)
+    ahead = torch.arange(obs.t, obs.t + RULE_YEAR).clamp(max=obs.regime.shape[1] - 1)
+    # Whether the regime in force now differs from that of an earlier period of the episode
+    # (the service fills the past from the regulations that were in force).
+    past = obs.regime[:, :obs.t].to(dtype)
+    changed = (past != obs.regime_t.to(dtype)[:, None]).any(-1).any(-1).to(dtype)
     return {"stocks": s.stocks, "pipeline": pipeline, "regime": obs.regime_t,
-            "regime_ahead": obs.regime[:, ahead].to(dtype),
+            "regime_ahead": obs.regime[:, ahead].to(dtype), "forecast_year": year,
+            "regime_changed": changed,
             "window": obs.window[:, obs.t].to(dtype), "supply_up": obs.inputs["supply_up"].to(dtype),
             "market_avail": obs.inputs["market_avail"].to(dtype), "forecast": forecast,
             "t": torch.full_like(s.columns[0], float(obs.t)), "horizon": torch.full_like(s.columns[0],
@@ -216,6 +226,20 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
             "order_virgin": order_virgin, "return_liability": liability, "cap_share": cap_share}
 
 
+def mean_recycled_rate(forecast: Tensor, params: Params2) -> Tensor:
+    """Recycled material (kg a period, ``[B]``) the chain brings on its declared means at the
+    forecast's demand level: the grade-B cores and the grade-A cores beyond refurbishment of
+    the ``return_mean`` share of what is sold, recovered, and the market's mean offer
+    (``cap_market (1 + market_avail_min) / 2``). Under a mandate ``r`` production can use at
+    most ``1 / r`` times it in all, and virgin ``(1 - r) / r`` times it."""
+    p = params
+    share_a, share_b, _ = p.grade_mean
+    returned = p.return_mean * forecast[:, 1:5].mean(-1)
+    return (p.mass * p.yield_disassembly_b * torch.clamp(returned * share_b, max=p.cap_disassemble)
+            + p.mass * p.yield_disassembly_a * torch.clamp(returned * share_a - p.cap_refurbish, min=0.0)
+            + p.cap_market * (1.0 + p.market_avail_min) / 2.0)
+
+
 def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Tensor:
     """The raw action ``[B, 9]`` of the CLSC-2 threshold rule
     (:class:`moca.baselines.threshold2.Threshold2Policy` runs this same function) for
@@ -238,6 +262,7 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     zero = V * 0.0
     m, L_v, K = p.mass, p.lead_virgin, p.cap_produce
     margin = 1.0 + 1e-5
+    per_b, per_a = m * p.yield_disassembly_b, m * p.yield_disassembly_a
     econ = routing_economics(x, p)
     # The recycled share supply must reach: the mandate's, or more where a cap leaves too
     # little room for virgin orders (row 7 charges virgin when ordered, not when used).
@@ -255,10 +280,45 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     in_horizon = (steps[None, :] + t[:, None] + 1 <= T[:, None] - 1)
     cover = torch.where(in_horizon, cumulative, cumulative.new_full((), -1e30)).max(-1).values
     cover = torch.maximum(cover, ahead[:, 0])
+    # (m) Ahead of a stricter mandate announced for later in the year, production then can use
+    # at most 1 / r times the recycled material a period brings (mean_recycled_rate): the
+    # demand above that limit is made now, while the mandate in force allows it, as far as
+    # the horizon has periods to sell in (a unit held a year costs 52 h_P = 10.4 EUR, a lost
+    # sale p_l = 20 EUR). The product stock this adds is what the year's
+    # forecast needs beyond capacity under the announced limits, less what it needs at
+    # capacity K alone (which the 13-period cover above holds).
+    year, announced = x["forecast_year"], x["regime_ahead"]
+    recycled_rate = mean_recycled_rate(forecast, p)
+    mandate_then = announced[:, 1:, clsc2.R_MANDATE]  # of production at t+1, t+2, ...
+    stricter = mandate_then > r[:, None]
+    limit = torch.where(stricter, torch.clamp(recycled_rate[:, None] / (m * torch.clamp(mandate_then, min=1e-12)),
+                                              max=K), zero[:, None] + K)
+    demand_year = year[:, 1:]
+    steps_year = torch.arange(demand_year.shape[1], dtype=V.dtype)
+    made_before = torch.cat([zero[:, None], torch.cumsum(limit, dim=-1)[:, :-1]], dim=1)
+    sellable = (steps_year[None, :] + t[:, None] + 1 <= T[:, None] - 1)
+    floor = cumulative.new_full((), -1e30)
+    needed = torch.cumsum(demand_year, dim=-1)
+    cover_limited = torch.where(sellable, needed - made_before, floor).max(-1).values
+    cover_capacity = torch.where(sellable, needed - K * steps_year, floor).max(-1).values
+    cover = cover + torch.clamp(cover_limited - cover_capacity, min=0.0)
+    # Until then, recycled material is banked for the periods the mandate will hold to it: no
+    # more is used than the mandate in force requires, and all the cores and the market offer
+    # are recovered and bought.
+    bank = (cover_limited > cover_capacity).to(V.dtype)
+    M_free = torch.where(bank > 0, M, M_free)
     excess = cover - ahead[:, 0]
     # Production of t+1, t+2, ...; none in the last period, whose output could not be sold.
     producing = (steps[None, :] + t[:, None] + 1 <= T[:, None] - 2).to(V.dtype)
     planned = torch.clamp(ahead + excess[:, None], max=K) * producing
+
+    # Production of t+1 .. t+RULE_YEAR-1: the plan above, then the year's forecast.
+    beyond = torch.arange(planned.shape[1] + 1, year.shape[1], dtype=V.dtype)
+    producing_later = (beyond[None, :] + t[:, None] <= T[:, None] - 2).to(V.dtype)
+    planned_year = torch.cat([planned, torch.clamp(year[:, planned.shape[1] + 1:], max=K) * producing_later], dim=1)
+    made_year = m * planned_year
+    # The recycled share each of those productions needs: the mandate announced for its period.
+    share_year = torch.maximum(r_supply[:, None], announced[:, 1:planned_year.shape[1] + 1, clsc2.R_MANDATE])
 
     can_produce = (t + 1 <= T - 1).to(V.dtype)
     f = torch.clamp(CA - L_f, 0.0, p.cap_refurbish) * can_produce
@@ -267,7 +327,26 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     s_P_now = s_P * can_produce
     q = torch.clamp(forecast[:, 0] + cover + s_P_now - (P + p.yield_refurbish * f), 0.0, K) * can_produce
     material = m * q
-    u_r = torch.minimum(torch.clamp(torch.maximum(r * material, torch.minimum(material, M - M_free)), min=0.0), M)
+    # (l) Virgin on hand or on its way is paid for: the tax was charged when it was ordered.
+    # After a change of the regime within the episode (a tax rise makes recovered and bought
+    # material pay against virgin at the new price, and virgin ordered before it, by (k) or
+    # not, would be left unused), virgin held beyond what the rest of the horizon will use
+    # beside the recycled material that pays today is used before recycled material, and the
+    # material bought or recovered for its price alone is cut by as much, until it is used
+    # up. Under a regime held since the episode began the rule's orders are net of that
+    # material already, and what it holds beyond need is its safety stock, drawn down by
+    # VIRGIN_DRAWDOWN: there the rule is unchanged.
+    spare_cores = torch.minimum(CB, zero + p.cap_disassemble)
+    pays_inflow = (econ["recover_b"] * per_b * spare_cores
+                   + econ["recover_a"] * per_a * torch.clamp(CA - f - L_f, min=0.0)
+                   + econ["buy_market"] * p.cap_market * market) * pays
+    virgin_now = torch.clamp(material - torch.maximum(r_supply * material, pays * torch.minimum(material, M)), min=0.0)
+    virgin_rest = virgin_now + torch.clamp(made_year - torch.maximum(share_year * made_year, pays_inflow[:, None]),
+                                           min=0.0).sum(-1)
+    within_year = (T - 1.0 - t <= RULE_YEAR - 1).to(V.dtype)
+    sunk = torch.clamp(V + x["pipeline"] - virgin_rest, min=0.0) * within_year * x["regime_changed"]
+    u_r = torch.maximum(r * material, torch.minimum(material, M - M_free) - sunk)
+    u_r = torch.minimum(torch.clamp(u_r, min=0.0), M)
     material = torch.where(r > 0, torch.minimum(material, u_r / torch.clamp(r * margin, min=1e-12)), material)
     u_v = torch.clamp(torch.minimum(material - u_r, V), min=0.0)
     u_r = torch.minimum(M, u_r + torch.clamp(material - u_v - u_r, min=0.0))
@@ -279,20 +358,23 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     can_recover = (t + 2 <= T - 1).to(V.dtype)
     need = r_supply * m * planned[:, 0] + missing
     left = M - u_r
-    per_b, per_a = m * p.yield_disassembly_b, m * p.yield_disassembly_a
     short = torch.clamp(S_M + need - left, min=0.0)
     g_B = torch.clamp(torch.minimum(short / per_b, CB), max=p.cap_disassemble)
-    g_B = torch.maximum(g_B, econ["recover_b"] * torch.clamp(torch.minimum(CB, zero + p.cap_disassemble), min=0.0)) \
-        * can_recover
+    offered = p.cap_market * market
+    market_cut = torch.minimum(sunk, econ["buy_market"] * offered)
+    sunk_left = sunk - market_cut
+    recover_b, recover_a = torch.maximum(econ["recover_b"], bank), torch.maximum(econ["recover_a"], bank)
+    g_B = torch.maximum(g_B, recover_b * torch.clamp(spare_cores - sunk_left / per_b, min=0.0)) * can_recover
+    sunk_left = torch.clamp(sunk_left - recover_b * per_b * spare_cores, min=0.0)
     short = torch.clamp(short - per_b * g_B, min=0.0)
     spare_a = torch.clamp(CA - f, min=0.0)
     # Grade-A cores beyond the refurbishment reserve L_f are recovered when that pays.
-    g_A = torch.maximum(torch.minimum(short / per_a, spare_a), econ["recover_a"] * torch.clamp(spare_a - L_f, min=0.0))
+    g_A = torch.maximum(torch.minimum(short / per_a, spare_a),
+                        recover_a * torch.clamp(spare_a - L_f - sunk_left / per_a, min=0.0))
     g_A = torch.minimum(g_A, p.cap_disassemble - g_B) * can_recover
     recovered = per_b * g_B + per_a * g_A
-    offered = p.cap_market * market
     o_m = torch.minimum(torch.clamp(S_B + need - left - recovered, min=0.0), offered)
-    o_m = torch.maximum(o_m, econ["buy_market"] * offered) * can_recover
+    o_m = torch.maximum(o_m, torch.maximum(econ["buy_market"], bank) * offered - market_cut) * can_recover
 
     w_B = torch.clamp(torch.minimum(CB - g_B - L_w, zero + p.cap_dispose), min=0.0) * econ["dispose"]
     w_A = torch.clamp(torch.minimum(CA - f - g_A - L_w, torch.clamp(p.cap_dispose - w_B, min=0.0)), min=0.0) \
@@ -311,18 +393,20 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     need_virgin = torch.clamp(m * planned[:, :L_v + 1] - torch.maximum(r_supply[:, None] * m * planned[:, :L_v + 1],
                                                                        inflow[:, None]), min=0.0).sum(-1)
     # (k) Ahead of an announced rise of the carbon tax, which is charged when virgin is
-    # ordered: the virgin for production of t+1+i (i > L_v, within the look-ahead), which
+    # ordered: the virgin for production of t+1+i (i > L_v, to the end of the year), which
     # would be ordered at t+1+i-L_v, is ordered now where the rise by then saves more per kg
-    # (e_v / 1000 per EUR/t) than holding it the extra periods costs (h_V a period), net of
-    # the recycled share the mandate announced for that production's period requires.
-    later = torch.arange(L_v + 1, planned.shape[1])
+    # (e_v / 1000 per EUR/t) than holding it the extra periods costs (h_V a period).
+    later = torch.arange(L_v + 1, planned_year.shape[1])
     when = later + 1 - L_v  # offset of each production's usual order period
-    announced = x["regime_ahead"]
     rise = (announced[:, when, clsc2.R_TAX] - x["regime"][:, clsc2.R_TAX][:, None]) * p.emis_virgin / 1000.0
     early = (rise > p.hold_virgin * when.to(V.dtype)).to(V.dtype)
-    share = torch.maximum(r_supply[:, None], announced[:, later + 1, clsc2.R_MANDATE])
-    made = m * planned[:, L_v + 1:]
-    ahead_of_rise = (torch.clamp(made - torch.maximum(share * made, inflow[:, None]), min=0.0) * early).sum(-1)
+    # Under a mandate, a period's virgin can be used only beside (1 - r) / r times its recycled
+    # material, at most what the chain brings a period on its means. Virgin ordered beyond
+    # that is lost, where ordering it later costs only the rise: so the estimate is the low one.
+    usable = (1.0 - share_year) / torch.clamp(share_year, min=1e-12) * recycled_rate[:, None]
+    virgin_year = torch.clamp(made_year - torch.maximum(share_year * made_year, inflow[:, None]), min=0.0)
+    virgin_year = torch.where(share_year > 0, torch.minimum(virgin_year, usable), virgin_year)
+    ahead_of_rise = (virgin_year[:, L_v + 1:] * early).sum(-1)
     serves = torch.clamp((T - 1.0 - t - L_v) / VIRGIN_DRAWDOWN, 0.0, 1.0)
     can_order = (t + L_v + 1 <= T - 1).to(V.dtype)
     o = torch.clamp(need_virgin + ahead_of_rise + s_V * serves - position, 0.0, p.cap_order) * supply * can_order \

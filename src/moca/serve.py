@@ -437,10 +437,22 @@ class Clsc2Model(ChainModel):
         starts = t == 0 or t % window == 0 or rt.store.one(
             "SELECT 1 FROM regulations WHERE chain=? AND state='in_force' AND episode=? AND effective=?",
             (chain, episode, t)) is not None
-        # The regime of every period of the episode as announced now, as the library's
-        # observation carries it: the rule orders virgin ahead of an announced tax rise.
+        # The regime of every period of the episode, as the library's observation carries it:
+        # the past as it was in force (the rule uses virgin held beyond need first after a
+        # change within the episode), the future as announced now (the rule orders virgin
+        # ahead of an announced tax rise).
         table = np.repeat(np.asarray(row, dtype=np.float64)[None], params.horizon, axis=0)
-        for effective, regime_id in announced:  # in order: a later one overrides from its period on
+        changes = rt.store.all("SELECT effective, regime_id FROM regulations WHERE chain=? AND state='in_force' AND "
+                               "episode=? AND effective <= ? ORDER BY effective, id", (chain, episode, t))
+        if changes:
+            # in force from the episode's start: the last rule of an earlier episode, else the chain's first
+            start = rt.store.one("SELECT regime_id FROM regulations WHERE chain=? AND state='in_force' AND episode < ? "
+                                 "ORDER BY episode DESC, effective DESC, id DESC LIMIT 1", (chain, episode)) \
+                or rt.store.one("SELECT regime_id FROM versions WHERE chain=? AND number=1", (chain,))
+            table[:t] = _regime(rt, self, start[0])[1]
+            for effective, regime_id in changes:  # in order: a later one overrides from its period on
+                table[effective:t] = _regime(rt, self, regime_id)[1]
+        for effective, regime_id in announced:
             table[effective:] = _regime(rt, self, regime_id)[1]
         return row, window, end - 1 - t, starts, table
 
