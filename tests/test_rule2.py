@@ -253,6 +253,9 @@ def test_rule_under_a_regime_held_all_episode_ignores_the_rest_of_the_year(manda
     other = rule_inputs(np.full(13, 1000.0), stocks=stocks, t=float(t), regime=regime)
     other["forecast_year"][:, 13:] = later
     assert torch.equal(base_rule2(THRESHOLDS, flat, P2), base_rule2(THRESHOLDS, other, P2))
+    # and rule_inputs leaves the year out for such a table, which is the same decision
+    skipped = {k: v for k, v in flat.items() if k not in ("forecast_year", "regime_changed")}
+    assert torch.equal(base_rule2(THRESHOLDS, skipped, P2), base_rule2(THRESHOLDS, flat, P2))
 
 
 def test_rule_uses_virgin_held_beyond_the_year_first_after_a_change():

@@ -148,21 +148,25 @@ def rule_inputs(obs: Observation2) -> dict[str, Tensor]:
     # The last 52 periods only: what the Gymnasium observation and the service's request carry,
     # so the rule decides alike in the library, the env and `moca serve`.
     forecast = seasonal_level_forecast(obs.demand_seen[:, -52:], RULE_LOOKAHEAD, RULE_ALPHA).to(dtype)
-    year = seasonal_level_forecast(obs.demand_seen[:, -52:], RULE_YEAR, RULE_ALPHA).to(dtype)
     # The regime announced for t .. t+RULE_YEAR-1 (the last period's beyond the horizon).
     # The service builds the same table from the regulations announced to it.
     ahead = torch.arange(obs.t, obs.t + RULE_YEAR).clamp(max=obs.regime.shape[1] - 1)
-    # Whether the regime in force now differs from that of an earlier period of the episode
-    # (the service fills the past from the regulations that were in force).
-    past = obs.regime[:, :obs.t].to(dtype)
-    changed = (past != obs.regime_t.to(dtype)[:, None]).any(-1).any(-1).to(dtype)
-    return {"stocks": s.stocks, "pipeline": pipeline, "regime": obs.regime_t,
-            "regime_ahead": obs.regime[:, ahead].to(dtype), "forecast_year": year,
-            "regime_changed": changed,
-            "window": obs.window[:, obs.t].to(dtype), "supply_up": obs.inputs["supply_up"].to(dtype),
-            "market_avail": obs.inputs["market_avail"].to(dtype), "forecast": forecast,
-            "t": torch.full_like(s.columns[0], float(obs.t)), "horizon": torch.full_like(s.columns[0],
-                                                                                          float(obs.regime.shape[1]))}
+    x = {"stocks": s.stocks, "pipeline": pipeline, "regime": obs.regime_t,
+         "regime_ahead": obs.regime[:, ahead].to(dtype),
+         "window": obs.window[:, obs.t].to(dtype), "supply_up": obs.inputs["supply_up"].to(dtype),
+         "market_avail": obs.inputs["market_avail"].to(dtype), "forecast": forecast,
+         "t": torch.full_like(s.columns[0], float(obs.t)), "horizon": torch.full_like(s.columns[0],
+                                                                                      float(obs.regime.shape[1]))}
+    # Rules (k), (l) and (m) act only where the regime changes within the episode. A batch
+    # whose table holds one regime throughout (meta-training, the seed tasks) skips them and
+    # the year's forecast: they would leave its actions as they are, at about 1.5 times the cost.
+    if bool((obs.regime != obs.regime[:, :1]).any()):
+        x["forecast_year"] = seasonal_level_forecast(obs.demand_seen[:, -52:], RULE_YEAR, RULE_ALPHA).to(dtype)
+        # Whether the regime in force now differs from that of an earlier period of the
+        # episode (the service fills the past from the regulations that were in force).
+        past = obs.regime[:, :obs.t].to(dtype)
+        x["regime_changed"] = (past != obs.regime_t.to(dtype)[:, None]).any(-1).any(-1).to(dtype)
+    return x
 
 
 def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor]:
@@ -284,41 +288,45 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     # at most 1 / r times the recycled material a period brings (mean_recycled_rate): the
     # demand above that limit is made now, while the mandate in force allows it, as far as
     # the horizon has periods to sell in (a unit held a year costs 52 h_P = 10.4 EUR, a lost
-    # sale p_l = 20 EUR). The product stock this adds is what the year's
-    # forecast needs beyond capacity under the announced limits, less what it needs at
-    # capacity K alone (which the 13-period cover above holds).
-    year, announced = x["forecast_year"], x["regime_ahead"]
+    # sale p_l = 20 EUR). The product stock this adds is what the year's forecast needs
+    # beyond capacity under the announced limits, less what it needs at capacity K alone
+    # (which the 13-period cover above holds). Until then, recycled material is banked for
+    # the periods the mandate will hold to it: no more is used than the mandate in force
+    # requires, and all the cores and the market offer are recovered and bought. (Without
+    # the year's forecast the episode has no change to act on.)
+    year, announced = x.get("forecast_year"), x["regime_ahead"]
     recycled_rate = mean_recycled_rate(forecast, p)
-    mandate_then = announced[:, 1:, clsc2.R_MANDATE]  # of production at t+1, t+2, ...
-    stricter = mandate_then > r[:, None]
-    limit = torch.where(stricter, torch.clamp(recycled_rate[:, None] / (m * torch.clamp(mandate_then, min=1e-12)),
-                                              max=K), zero[:, None] + K)
-    demand_year = year[:, 1:]
-    steps_year = torch.arange(demand_year.shape[1], dtype=V.dtype)
-    made_before = torch.cat([zero[:, None], torch.cumsum(limit, dim=-1)[:, :-1]], dim=1)
-    sellable = (steps_year[None, :] + t[:, None] + 1 <= T[:, None] - 1)
-    floor = cumulative.new_full((), -1e30)
-    needed = torch.cumsum(demand_year, dim=-1)
-    cover_limited = torch.where(sellable, needed - made_before, floor).max(-1).values
-    cover_capacity = torch.where(sellable, needed - K * steps_year, floor).max(-1).values
-    cover = cover + torch.clamp(cover_limited - cover_capacity, min=0.0)
-    # Until then, recycled material is banked for the periods the mandate will hold to it: no
-    # more is used than the mandate in force requires, and all the cores and the market offer
-    # are recovered and bought.
-    bank = (cover_limited > cover_capacity).to(V.dtype)
-    M_free = torch.where(bank > 0, M, M_free)
+    bank = zero
+    if year is not None:
+        mandate_then = announced[:, 1:, clsc2.R_MANDATE]  # of production at t+1, t+2, ...
+        stricter = mandate_then > r[:, None]
+        limit = torch.where(stricter, torch.clamp(recycled_rate[:, None] / (m * torch.clamp(mandate_then, min=1e-12)),
+                                                  max=K), zero[:, None] + K)
+        demand_year = year[:, 1:]
+        steps_year = torch.arange(demand_year.shape[1], dtype=V.dtype)
+        made_before = torch.cat([zero[:, None], torch.cumsum(limit, dim=-1)[:, :-1]], dim=1)
+        sellable = (steps_year[None, :] + t[:, None] + 1 <= T[:, None] - 1)
+        floor = cumulative.new_full((), -1e30)
+        needed = torch.cumsum(demand_year, dim=-1)
+        cover_limited = torch.where(sellable, needed - made_before, floor).max(-1).values
+        cover_capacity = torch.where(sellable, needed - K * steps_year, floor).max(-1).values
+        cover = cover + torch.clamp(cover_limited - cover_capacity, min=0.0)
+        bank = (cover_limited > cover_capacity).to(V.dtype)
+        M_free = torch.where(bank > 0, M, M_free)
     excess = cover - ahead[:, 0]
     # Production of t+1, t+2, ...; none in the last period, whose output could not be sold.
     producing = (steps[None, :] + t[:, None] + 1 <= T[:, None] - 2).to(V.dtype)
     planned = torch.clamp(ahead + excess[:, None], max=K) * producing
 
-    # Production of t+1 .. t+RULE_YEAR-1: the plan above, then the year's forecast.
-    beyond = torch.arange(planned.shape[1] + 1, year.shape[1], dtype=V.dtype)
-    producing_later = (beyond[None, :] + t[:, None] <= T[:, None] - 2).to(V.dtype)
-    planned_year = torch.cat([planned, torch.clamp(year[:, planned.shape[1] + 1:], max=K) * producing_later], dim=1)
-    made_year = m * planned_year
-    # The recycled share each of those productions needs: the mandate announced for its period.
-    share_year = torch.maximum(r_supply[:, None], announced[:, 1:planned_year.shape[1] + 1, clsc2.R_MANDATE])
+    if year is not None:
+        # Production of t+1 .. t+RULE_YEAR-1: the plan above, then the year's forecast, and
+        # the recycled share each needs: the mandate announced for its period.
+        beyond = torch.arange(planned.shape[1] + 1, year.shape[1], dtype=V.dtype)
+        producing_later = (beyond[None, :] + t[:, None] <= T[:, None] - 2).to(V.dtype)
+        planned_year = torch.cat([planned, torch.clamp(year[:, planned.shape[1] + 1:], max=K) * producing_later],
+                                 dim=1)
+        made_year = m * planned_year
+        share_year = torch.maximum(r_supply[:, None], announced[:, 1:planned_year.shape[1] + 1, clsc2.R_MANDATE])
 
     can_produce = (t + 1 <= T - 1).to(V.dtype)
     f = torch.clamp(CA - L_f, 0.0, p.cap_refurbish) * can_produce
@@ -337,14 +345,17 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     # material already, and what it holds beyond need is its safety stock, drawn down by
     # VIRGIN_DRAWDOWN: there the rule is unchanged.
     spare_cores = torch.minimum(CB, zero + p.cap_disassemble)
-    pays_inflow = (econ["recover_b"] * per_b * spare_cores
-                   + econ["recover_a"] * per_a * torch.clamp(CA - f - L_f, min=0.0)
-                   + econ["buy_market"] * p.cap_market * market) * pays
-    virgin_now = torch.clamp(material - torch.maximum(r_supply * material, pays * torch.minimum(material, M)), min=0.0)
-    virgin_rest = virgin_now + torch.clamp(made_year - torch.maximum(share_year * made_year, pays_inflow[:, None]),
-                                           min=0.0).sum(-1)
-    within_year = (T - 1.0 - t <= RULE_YEAR - 1).to(V.dtype)
-    sunk = torch.clamp(V + x["pipeline"] - virgin_rest, min=0.0) * within_year * x["regime_changed"]
+    sunk = zero
+    if year is not None:
+        pays_inflow = (econ["recover_b"] * per_b * spare_cores
+                       + econ["recover_a"] * per_a * torch.clamp(CA - f - L_f, min=0.0)
+                       + econ["buy_market"] * p.cap_market * market) * pays
+        virgin_now = torch.clamp(material - torch.maximum(r_supply * material, pays * torch.minimum(material, M)),
+                                 min=0.0)
+        virgin_rest = virgin_now + torch.clamp(made_year - torch.maximum(share_year * made_year, pays_inflow[:, None]),
+                                               min=0.0).sum(-1)
+        within_year = (T - 1.0 - t <= RULE_YEAR - 1).to(V.dtype)
+        sunk = torch.clamp(V + x["pipeline"] - virgin_rest, min=0.0) * within_year * x["regime_changed"]
     u_r = torch.maximum(r * material, torch.minimum(material, M - M_free) - sunk)
     u_r = torch.minimum(torch.clamp(u_r, min=0.0), M)
     material = torch.where(r > 0, torch.minimum(material, u_r / torch.clamp(r * margin, min=1e-12)), material)
@@ -396,17 +407,20 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     # ordered: the virgin for production of t+1+i (i > L_v, to the end of the year), which
     # would be ordered at t+1+i-L_v, is ordered now where the rise by then saves more per kg
     # (e_v / 1000 per EUR/t) than holding it the extra periods costs (h_V a period).
-    later = torch.arange(L_v + 1, planned_year.shape[1])
-    when = later + 1 - L_v  # offset of each production's usual order period
-    rise = (announced[:, when, clsc2.R_TAX] - x["regime"][:, clsc2.R_TAX][:, None]) * p.emis_virgin / 1000.0
-    early = (rise > p.hold_virgin * when.to(V.dtype)).to(V.dtype)
-    # Under a mandate, a period's virgin can be used only beside (1 - r) / r times its recycled
-    # material, at most what the chain brings a period on its means. Virgin ordered beyond
-    # that is lost, where ordering it later costs only the rise: so the estimate is the low one.
-    usable = (1.0 - share_year) / torch.clamp(share_year, min=1e-12) * recycled_rate[:, None]
-    virgin_year = torch.clamp(made_year - torch.maximum(share_year * made_year, inflow[:, None]), min=0.0)
-    virgin_year = torch.where(share_year > 0, torch.minimum(virgin_year, usable), virgin_year)
-    ahead_of_rise = (virgin_year[:, L_v + 1:] * early).sum(-1)
+    ahead_of_rise = zero
+    if year is not None:
+        later = torch.arange(L_v + 1, planned_year.shape[1])
+        when = later + 1 - L_v  # offset of each production's usual order period
+        rise = (announced[:, when, clsc2.R_TAX] - x["regime"][:, clsc2.R_TAX][:, None]) * p.emis_virgin / 1000.0
+        early = (rise > p.hold_virgin * when.to(V.dtype)).to(V.dtype)
+        # Under a mandate, a period's virgin can be used only beside (1 - r) / r times its
+        # recycled material, at most what the chain brings a period on its means. Virgin
+        # ordered beyond that is lost, where ordering it later costs only the rise: so the
+        # estimate is the low one.
+        usable = (1.0 - share_year) / torch.clamp(share_year, min=1e-12) * recycled_rate[:, None]
+        virgin_year = torch.clamp(made_year - torch.maximum(share_year * made_year, inflow[:, None]), min=0.0)
+        virgin_year = torch.where(share_year > 0, torch.minimum(virgin_year, usable), virgin_year)
+        ahead_of_rise = (virgin_year[:, L_v + 1:] * early).sum(-1)
     serves = torch.clamp((T - 1.0 - t - L_v) / VIRGIN_DRAWDOWN, 0.0, 1.0)
     can_order = (t + L_v + 1 <= T - 1).to(V.dtype)
     o = torch.clamp(need_virgin + ahead_of_rise + s_V * serves - position, 0.0, p.cap_order) * supply * can_order \
