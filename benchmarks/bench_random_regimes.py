@@ -34,8 +34,9 @@ hundred, so ``--seed`` is the only thing to vary). ``--schedules`` (CLSC-2) scor
 plans instead of single regimes: each starts with a draw and changes to one to three more at
 random periods, announced as the spec announces them; every policy, moca's adaptation and
 the peers' re-tuning included, is given the whole plan (moca adapts once, over the plan), and
-the meta-init without a step is scored beside the adapted LSTM; with ``--tax-rise`` only the plans where a later rule's carbon tax is at least 50 EUR/t above
-an earlier one's (where rule (k) may order ahead).
+the meta-init without a step is scored beside the adapted LSTM; with ``--tax-rise`` only the
+plans where a later rule's carbon tax is at least 50 EUR/t above an earlier one's (where
+rule (k) may order ahead).
 ``--portfolio`` (CLSC-2) adds what ``moca adapt --model CLSC-2`` deploys (``--base auto``,
 ``moca.portfolio.adapt_portfolio2``): the adapted LSTM or the sampled MPC at a safety stock
 picked on support seeds 800-801, whichever scores better on validation seeds 900-907; its
@@ -263,8 +264,8 @@ def main() -> None:
     parser.add_argument("--schedules", action="store_true",
                         help="CLSC-2: regime plans with one to three announced changes instead of single regimes")
     parser.add_argument("--tax-rise", action="store_true",
-                        help="with --schedules: keep only plans where a later carbon tax is at least 50 EUR/t "
-                             "above an earlier one")
+                        help=f"with --schedules: keep only plans where a later carbon tax is at least {TAX_RISE:g} "
+                             "EUR/t above an earlier one")
     parser.add_argument("--portfolio", action="store_true",
                         help="CLSC-2: also what moca adapt deploys (--base auto: the LSTM or the sampled MPC)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")

@@ -282,7 +282,8 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     steps = torch.arange(ahead.shape[1], dtype=V.dtype)
     cumulative = torch.cumsum(ahead, dim=-1) - K * steps
     in_horizon = (steps[None, :] + t[:, None] + 1 <= T[:, None] - 1)
-    cover = torch.where(in_horizon, cumulative, cumulative.new_full((), -1e30)).max(-1).values
+    floor = cumulative.new_full((), -1e30)
+    cover = torch.where(in_horizon, cumulative, floor).max(-1).values
     cover = torch.maximum(cover, ahead[:, 0])
     # (m) Ahead of a stricter mandate announced for later in the year, production then can use
     # at most 1 / r times the recycled material a period brings (mean_recycled_rate): the
@@ -295,9 +296,9 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     # requires, and all the cores and the market offer are recovered and bought. (Without
     # the year's forecast the episode has no change to act on.)
     year, announced = x.get("forecast_year"), x["regime_ahead"]
-    recycled_rate = mean_recycled_rate(forecast, p)
     bank = zero
     if year is not None:
+        recycled_rate = mean_recycled_rate(forecast, p)
         mandate_then = announced[:, 1:, clsc2.R_MANDATE]  # of production at t+1, t+2, ...
         stricter = mandate_then > r[:, None]
         limit = torch.where(stricter, torch.clamp(recycled_rate[:, None] / (m * torch.clamp(mandate_then, min=1e-12)),
@@ -306,7 +307,6 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         steps_year = torch.arange(demand_year.shape[1], dtype=V.dtype)
         made_before = torch.cat([zero[:, None], torch.cumsum(limit, dim=-1)[:, :-1]], dim=1)
         sellable = (steps_year[None, :] + t[:, None] + 1 <= T[:, None] - 1)
-        floor = cumulative.new_full((), -1e30)
         needed = torch.cumsum(demand_year, dim=-1)
         cover_limited = torch.where(sellable, needed - made_before, floor).max(-1).values
         cover_capacity = torch.where(sellable, needed - K * steps_year, floor).max(-1).values
