@@ -7,6 +7,7 @@ The rule is called directly on hand-built inputs, so each test isolates one deci
 
 import dataclasses
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from _bench import load_script, run_script
 from moca.forecast import seasonal_level_forecast
+from moca import policy2
 from moca.policy2 import RULE_YEAR, base_rule2, routing_economics
 from moca.regime import Regime
 from moca.scenario import DEFAULT_PARAMS_2
@@ -179,9 +181,11 @@ def test_return_liability_only_ever_turns_the_virgin_order_off(tax, landfill, t)
         assert with_returns["order_virgin"] == float(unit < 20.0)
 
 
-def test_rule_orders_ahead_of_an_announced_carbon_tax_rise():
+def test_rule_orders_ahead_of_an_announced_carbon_tax_rise(monkeypatch):
     # Rule (k): a tax of 600 EUR/t announced for t+4 raises virgin by 3.6 EUR/kg; the virgin
     # for production from t+6 on (usually ordered from t+4 on, L_v = 2) is ordered now.
+    # (Without the newsvendor cap, tested on its own below, so the quantities are whole periods.)
+    monkeypatch.setattr(policy2, "RISE_SPREAD", 0.0)
     stocks = (5000.0, 300.0, 1000.0, 0.0, 0.0)
     flat = np.full(13, 1000.0)
     rise = [0.0] * 4 + [600.0] * 9
@@ -216,6 +220,33 @@ def test_rule_orders_ahead_of_an_announced_carbon_tax_rise():
     recycled = 1000.0 * 0.25 * 0.45 * wide.mass * wide.yield_disassembly_b + wide.cap_market * 0.6
     assert float(strict[0]) < float(loose[0])
     assert float(loose[0] - strict[0]) == pytest.approx(38 * 1600.0 - (4 * 2400.0 + 34 * 0.4 / 0.6 * recycled), rel=1e-6)
+
+
+@pytest.mark.parametrize("tax", [63.0, 600.0])
+def test_rule_orders_ahead_of_a_tax_rise_no_more_than_the_newsvendor_quantile(tax):
+    # Rule (k)'s cap, by hand: a rise to `tax` EUR/t announced for t+4, t = 10, demand 1,000 a
+    # period, mandate 0.2 (1,600 kg of virgin a production period). Production t+4 .. t+40
+    # (37 periods; t+40 = T-2) comes after the usual order's cover; the kg for production
+    # t+1+j would usually be ordered j-1 periods from now, and is ordered ahead where that is
+    # at or after the rise and the rise (0.006 kg CO2/kg x tax) beats holding it (0.01 EUR/kg
+    # a period).
+    wide = P2.model_copy(update={"cap_order": 1e6})
+    flat, stocks = np.full(13, 1000.0), (5000.0, 300.0, 1000.0, 0.0, 0.0)
+    now = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0), wide)[0]
+    ahead = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=[0.0] * 4 + [tax] * 9),
+                       wide)[0]
+    assert float(now[0]) > 0.0  # the order is not clamped at 0, so the difference is the order ahead
+    saving_per_kg = tax * 6.0 / 1000.0
+    early = [j for j in range(3, 40) if j - 1 >= 4 and saving_per_kg > 0.01 * (j - 1)]
+    saving = np.mean([saving_per_kg - 0.01 * (j - 1) for j in early])  # EUR/kg
+    critical = saving / (saving + 3.0)  # a kg left over loses its price, 3 EUR/kg at a tax of 0
+    sigma = policy2.RISE_SPREAD * math.sqrt(np.mean([j + 1 for j in range(3, 40)]))
+    quantile = 37 * 1600.0 * math.exp(sigma * NormalDist().inv_cdf(critical) - sigma ** 2 / 2)
+    expected = min(1600.0 * len(early), quantile)
+    assert float(ahead[0] - now[0]) == pytest.approx(expected, rel=1e-6)
+    # A small rise far ahead is worth a small share of its need; a large one most of it.
+    assert expected / (1600.0 * len(early)) < (0.3 if tax < 100 else 1.0)
+    assert expected / (1600.0 * len(early)) > (0.0 if tax < 100 else 0.7)
 
 
 def test_rule_makes_ahead_of_an_announced_stricter_mandate():
