@@ -12,8 +12,8 @@ from torch import nn
 from torch.func import functional_call
 
 from moca.meta import (
-    META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner, OracleCache, adapt, meta_train,
-    sample_task,
+    META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner, OracleCache, adapt, adapt_loop,
+    meta_train, sample_task,
 )
 from moca.policy import LSTMPolicy, PolicyConfig
 from moca.regime import Regime
@@ -282,3 +282,19 @@ def test_adapt_reduces_the_loss_on_one_regime():
     assert all(c["kept"] for c in plain) and len(plain) == 3
     with pytest.raises(MetaError, match="steps"):
         adapt(module, None, regime, steps=-1)
+
+
+@pytest.mark.parametrize("safeguard", [False, True])
+def test_adaptation_takes_no_step_along_a_gradient_that_is_not_finite(safeguard):
+    # A NaN in the gradient (a rule's square root at 0, say) would turn every weight NaN
+    # and the next rollout would fail: the step is not taken and is reported as not kept.
+    start = {"w": torch.tensor([1.0, 2.0], requires_grad=True)}
+
+    def loss_and_grad(weights):
+        return float((weights["w"].detach() ** 2).sum()), {"w": torch.tensor([math.nan, 1.0])}
+
+    curve = [{"step": 0, "seconds": 0.0, "score": 0.5}]
+    weights, curve = adapt_loop(start, curve, 0.0, loss_and_grad, lambda w: {"score": 0.5}, steps=2, lr=0.1,
+                                clip=None, safeguard=safeguard, keep_best=False)
+    assert torch.equal(weights["w"], torch.tensor([1.0, 2.0]))
+    assert [entry["kept"] for entry in curve[1:]] == [False, False]

@@ -289,6 +289,27 @@ def test_rule_under_a_regime_held_all_episode_ignores_the_rest_of_the_year(manda
     assert torch.equal(base_rule2(THRESHOLDS, skipped, P2), base_rule2(THRESHOLDS, flat, P2))
 
 
+@settings(max_examples=60, deadline=None)
+@given(mandate=st.floats(0.0, 0.95), tax=st.floats(0.0, 2000.0), mandate_later=st.floats(0.0, 0.95),
+       tax_later=st.floats(0.0, 2000.0), change_at=st.integers(1, 51), t=st.integers(0, 51),
+       virgin=st.floats(0.0, 100000.0), recycled=st.floats(0.0, 20000.0), demand=st.floats(0.0, 3000.0),
+       changed=st.booleans())
+def test_rule_gradients_stay_finite_under_announced_changes(mandate, tax, mandate_later, tax_later, change_at, t,
+                                                            virgin, recycled, demand, changed):
+    # Adaptation steps backpropagate through the rule: a non-finite gradient anywhere
+    # (e.g. a square root at 0 where (k) has no virgin need) would make the weights NaN.
+    regime = (mandate, tax, math.inf, 0.0, 0.0)
+    x = rule_inputs(np.full(13, demand), stocks=(virgin, recycled, 1000.0, 200.0, 300.0), t=float(t), regime=regime,
+                    tax_ahead=[tax] * change_at + [tax_later], mandate_ahead=[mandate] * change_at + [mandate_later],
+                    changed=changed)
+    thresholds = THRESHOLDS.clone().requires_grad_(True)
+    x["stocks"].requires_grad_(True)
+    action = base_rule2(thresholds, x, P2)
+    assert bool(torch.isfinite(action).all())
+    action.sum().backward()
+    assert bool(torch.isfinite(thresholds.grad).all()) and bool(torch.isfinite(x["stocks"].grad).all())
+
+
 def test_rule_uses_virgin_held_beyond_the_year_first_after_a_change():
     # Rule (l): a tax of 600 EUR/t makes the market (4 EUR/kg) pay against virgin (6.6 EUR/kg).
     # With 60,000 kg of virgin on hand at t = 40, more than the rest of the horizon's

@@ -514,9 +514,13 @@ def adapt_loop(current: Weights, curve: list[dict[str, Any]], began: float,
     spent = time.perf_counter() - began
     for step in range(1, steps + 1):
         began = time.perf_counter()
-        candidate = {k: w.detach().requires_grad_(True) for k, w in clipped_sgd(current, grads, lr, clip).items()}
         kept = True
-        if safeguard:
+        if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+            # A gradient that is not finite gives no direction, and a step along it would turn
+            # every weight NaN: the step is not taken (reported as not kept).
+            kept = False
+        elif safeguard:
+            candidate = {k: w.detach().requires_grad_(True) for k, w in clipped_sgd(current, grads, lr, clip).items()}
             candidate_loss, candidate_grads = loss_and_grad(candidate)
             kept = candidate_loss <= loss
             if kept:
@@ -524,7 +528,7 @@ def adapt_loop(current: Weights, curve: list[dict[str, Any]], began: float,
             else:
                 lr *= 0.5
         else:
-            current = candidate
+            current = {k: w.detach().requires_grad_(True) for k, w in clipped_sgd(current, grads, lr, clip).items()}
             if step < steps:
                 loss, grads = loss_and_grad(current)
         spent += time.perf_counter() - began

@@ -441,7 +441,9 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         need_after = virgin_year[:, L_v + 1:].sum(-1)
         periods_ahead = ((virgin_year[:, L_v + 1:] * (later + 1).to(V.dtype)).sum(-1)
                          / torch.clamp(need_after, min=1e-9))  # need-weighted mean
-        sigma = RISE_SPREAD * torch.sqrt(periods_ahead)
+        # At least L_v + 2 where there is a need; the floor keeps sqrt's gradient finite
+        # where there is none (an infinite one would turn the adaptation step's weights NaN).
+        sigma = RISE_SPREAD * torch.sqrt(torch.clamp(periods_ahead, min=1.0))
         quantile = need_after * torch.exp(sigma * torch.special.ndtri(critical) - sigma ** 2 / 2)
         ahead_of_rise = torch.minimum(ahead_of_rise, quantile)
     serves = torch.clamp((T - 1.0 - t - L_v) / VIRGIN_DRAWDOWN, 0.0, 1.0)
