@@ -222,6 +222,25 @@ def test_rule_orders_ahead_of_an_announced_carbon_tax_rise(monkeypatch):
     assert float(loose[0] - strict[0]) == pytest.approx(38 * 1600.0 - (4 * 2400.0 + 34 * 0.4 / 0.6 * recycled), rel=1e-6)
 
 
+def test_rule_orders_ahead_of_a_rise_for_the_mandate_announced_not_the_one_in_force(monkeypatch):
+    # Rule (k) under a mandate of 0.6 now, announced to lapse with a tax rise to 600 EUR/t
+    # at t+4: production from t+4 on needs no recycled share, so the virgin ordered ahead for
+    # it (t+6 .. t+40, 35 periods) is its whole 2,000 kg a period; held at 0.6 it would be at
+    # most 0.4/0.6 of the 637.5 kg of recycled material a period brings (see above).
+    monkeypatch.setattr(policy2, "RISE_SPREAD", 0.0)
+    wide = P2.model_copy(update={"cap_order": 1e6})
+    flat, stocks, regime = np.full(13, 1000.0), (5000.0, 3000.0, 1000.0, 0.0, 0.0), (0.6, 0.0, math.inf, 0.0, 0.0)
+    rise = [0.0] * 4 + [600.0] * 9
+    held = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, regime=regime, tax_ahead=rise),
+                      wide)[0]
+    lapses = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, regime=regime, tax_ahead=rise,
+                                                mandate_ahead=[0.6] * 4 + [0.0]), wide)[0]
+    recycled = 1000.0 * 0.25 * 0.45 * wide.mass * wide.yield_disassembly_b + wide.cap_market * 0.6
+    assert float(held[0]) > 0.0
+    assert float(lapses[0] - held[0]) == pytest.approx(35 * (1000.0 * wide.mass - 0.4 / 0.6 * recycled), rel=1e-9)
+    assert torch.equal(lapses[1:], held[1:])
+
+
 @pytest.mark.parametrize("tax", [63.0, 600.0])
 def test_rule_orders_ahead_of_a_tax_rise_no_more_than_the_newsvendor_quantile(tax):
     # Rule (k)'s cap, by hand: a rise to `tax` EUR/t announced for t+4, t = 10, demand 1,000 a

@@ -140,8 +140,9 @@ VIRGIN_DRAWDOWN = 26.0
 #: its forecast, per square root of the periods ahead (the demand level wanders like a random
 #: walk; the recycled share and outages add to it). The best of 0, 0.06, 0.09, 0.12, 0.15,
 #: 0.2, 0.3 and 0.5 for the rule at its start thresholds over T2, the six schedules of seed
-#: 2026, ten tax-rise plans and the seed-6161 set (validation seeds 900-907); the demand's
-#: own level walk alone would give about 0.06.
+#: 2026, ten tax-rise plans and the seed-6161 set (validation seeds 900-907), and again
+#: against 0.1 and 0.2 once (k) read the announced mandate; the demand's own level walk
+#: alone would give about 0.06.
 RISE_SPREAD = 0.15
 
 
@@ -333,7 +334,10 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         planned_year = torch.cat([planned, torch.clamp(year[:, planned.shape[1] + 1:], max=K) * producing_later],
                                  dim=1)
         made_year = m * planned_year
-        share_year = torch.maximum(r_supply[:, None], announced[:, 1:planned_year.shape[1] + 1, clsc2.R_MANDATE])
+        # (Not the mandate in force now: one announced to relax would hold the year's virgin
+        # need, and (k)'s order ahead of a rise, to today's share.)
+        share_year = torch.maximum(econ["cap_share"][:, None],
+                                   announced[:, 1:planned_year.shape[1] + 1, clsc2.R_MANDATE])
 
     can_produce = (t + 1 <= T - 1).to(V.dtype)
     f = torch.clamp(CA - L_f, 0.0, p.cap_refurbish) * can_produce
