@@ -78,6 +78,12 @@ def rule_inputs(forecast, supply_up=1.0, stocks=(8000.0, 2000.0, 1000.0, 0.0, 0.
 
 
 THRESHOLDS = torch.tensor([[200.0, 0.0, 500.0, 100.0, 9000.0, 50.0, 1000.0]], dtype=torch.float64)
+#: The chain's parameters with no order capacity to speak of, so an order ahead shows whole.
+WIDE = P2.model_copy(update={"cap_order": 1e6})
+#: Recycled material a period brings at a demand of 1,000 on the chain's means (kg), by hand:
+#: grade-B cores 1,000 x 0.25 x 0.45 x 1.4 kg, no grade-A core beyond the 300 refurbished,
+#: the market's mean offer 800 x (1 + 0.2) / 2 kg.
+RECYCLED_AT_1000 = 1000.0 * 0.25 * 0.45 * P2.mass * P2.yield_disassembly_b + P2.cap_market * 0.6
 
 
 def test_rule_produces_for_the_next_period_when_demand_stays_under_capacity():
@@ -206,38 +212,35 @@ def test_rule_orders_ahead_of_an_announced_carbon_tax_rise(monkeypatch):
     assert torch.equal(falls, held)
     # A stricter mandate announced with the tax leaves less of that production to virgin:
     # from t+7 on (production periods, the offset the mandate is read at) 0.6 instead of 0.2.
-    wide = P2.model_copy(update={"cap_order": 1e6})
-    loose = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=rise), wide)[0]
+    loose = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=rise), WIDE)[0]
     strict = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=rise,
-                                                mandate_ahead=[0.2] * 7 + [0.6] * 6), wide)[0]
+                                                mandate_ahead=[0.2] * 7 + [0.6] * 6), WIDE)[0]
     # Productions t+6 .. t+40 (the last, T-2 = 50) are ordered ahead; t+7 .. t+40 (34) under
     # 0.6, where a period's virgin is at most 0.4/0.6 of the recycled material a period brings
-    # at a demand of 1,000: grade-B cores 1,000 x 0.25 x 0.45 x 1.4 kg, no grade-A core beyond
-    # the 300 refurbished, the market's mean offer 800 x (1 + 0.2) / 2 kg. Under 0.2 the
+    # at a demand of 1,000 (RECYCLED_AT_1000). Under 0.2 the
     # period's 1,600 kg of virgin is below that limit. And since that limit holds production
     # under 0.6 below demand, rule (m) makes ahead of it: t+1 .. t+6 at capacity (1,500 units,
     # 2,400 kg of virgin each; t+1 .. t+3 the usual order, t+6 ordered ahead).
-    recycled = 1000.0 * 0.25 * 0.45 * wide.mass * wide.yield_disassembly_b + wide.cap_market * 0.6
     assert float(strict[0]) < float(loose[0])
-    assert float(loose[0] - strict[0]) == pytest.approx(38 * 1600.0 - (4 * 2400.0 + 34 * 0.4 / 0.6 * recycled), rel=1e-6)
+    assert float(loose[0] - strict[0]) == pytest.approx(
+        38 * 1600.0 - (4 * 2400.0 + 34 * 0.4 / 0.6 * RECYCLED_AT_1000), rel=1e-6)
 
 
 def test_rule_orders_ahead_of_a_rise_for_the_mandate_announced_not_the_one_in_force(monkeypatch):
     # Rule (k) under a mandate of 0.6 now, announced to lapse with a tax rise to 600 EUR/t
     # at t+4: production from t+4 on needs no recycled share, so the virgin ordered ahead for
     # it (t+6 .. t+40, 35 periods) is its whole 2,000 kg a period; held at 0.6 it would be at
-    # most 0.4/0.6 of the 637.5 kg of recycled material a period brings (see above).
+    # most 0.4/0.6 of the 637.5 kg of recycled material a period brings (RECYCLED_AT_1000).
     monkeypatch.setattr(policy2, "RISE_SPREAD", 0.0)
-    wide = P2.model_copy(update={"cap_order": 1e6})
     flat, stocks, regime = np.full(13, 1000.0), (5000.0, 3000.0, 1000.0, 0.0, 0.0), (0.6, 0.0, math.inf, 0.0, 0.0)
     rise = [0.0] * 4 + [600.0] * 9
     held = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, regime=regime, tax_ahead=rise),
-                      wide)[0]
+                      WIDE)[0]
     lapses = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, regime=regime, tax_ahead=rise,
-                                                mandate_ahead=[0.6] * 4 + [0.0]), wide)[0]
-    recycled = 1000.0 * 0.25 * 0.45 * wide.mass * wide.yield_disassembly_b + wide.cap_market * 0.6
+                                                mandate_ahead=[0.6] * 4 + [0.0]), WIDE)[0]
     assert float(held[0]) > 0.0
-    assert float(lapses[0] - held[0]) == pytest.approx(35 * (1000.0 * wide.mass - 0.4 / 0.6 * recycled), rel=1e-9)
+    assert float(lapses[0] - held[0]) == pytest.approx(35 * (1000.0 * WIDE.mass - 0.4 / 0.6 * RECYCLED_AT_1000),
+                                                        rel=1e-9)
     assert torch.equal(lapses[1:], held[1:])
 
 
@@ -249,11 +252,10 @@ def test_rule_orders_ahead_of_a_tax_rise_no_more_than_the_newsvendor_quantile(ta
     # t+1+j would usually be ordered j-1 periods from now, and is ordered ahead where that is
     # at or after the rise and the rise (0.006 kg CO2/kg x tax) beats holding it (0.01 EUR/kg
     # a period).
-    wide = P2.model_copy(update={"cap_order": 1e6})
     flat, stocks = np.full(13, 1000.0), (5000.0, 300.0, 1000.0, 0.0, 0.0)
-    now = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0), wide)[0]
+    now = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0), WIDE)[0]
     ahead = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, pipeline=0.0, tax_ahead=[0.0] * 4 + [tax] * 9),
-                       wide)[0]
+                       WIDE)[0]
     assert float(now[0]) > 0.0  # the order is not clamped at 0, so the difference is the order ahead
     saving_per_kg = tax * 6.0 / 1000.0
     early = [j for j in range(3, 40) if j - 1 >= 4 and saving_per_kg > 0.01 * (j - 1)]

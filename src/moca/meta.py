@@ -514,23 +514,22 @@ def adapt_loop(current: Weights, curve: list[dict[str, Any]], began: float,
     spent = time.perf_counter() - began
     for step in range(1, steps + 1):
         began = time.perf_counter()
-        kept = True
-        if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
-            # A gradient that is not finite gives no direction, and a step along it would turn
-            # every weight NaN: the step is not taken (reported as not kept).
-            kept = False
-        elif safeguard:
+        # A gradient that is not finite gives no direction, and a step along it would turn
+        # every weight NaN: the step is not taken (reported as not kept).
+        kept = all(bool(torch.isfinite(g).all()) for g in grads.values())
+        if kept:
             candidate = {k: w.detach().requires_grad_(True) for k, w in clipped_sgd(current, grads, lr, clip).items()}
-            candidate_loss, candidate_grads = loss_and_grad(candidate)
-            kept = candidate_loss <= loss
-            if kept:
-                current, loss, grads = candidate, candidate_loss, candidate_grads
+            if safeguard:
+                candidate_loss, candidate_grads = loss_and_grad(candidate)
+                kept = candidate_loss <= loss
+                if kept:
+                    current, loss, grads = candidate, candidate_loss, candidate_grads
+                else:
+                    lr *= 0.5
             else:
-                lr *= 0.5
-        else:
-            current = {k: w.detach().requires_grad_(True) for k, w in clipped_sgd(current, grads, lr, clip).items()}
-            if step < steps:
-                loss, grads = loss_and_grad(current)
+                current = candidate
+                if step < steps:
+                    loss, grads = loss_and_grad(current)
         spent += time.perf_counter() - began
         curve.append({"step": step, "seconds": spent, "kept": kept, "support_loss": loss if safeguard else math.nan,
                       **score(current)})

@@ -238,15 +238,15 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
             "order_virgin": order_virgin, "return_liability": liability, "cap_share": cap_share}
 
 
-def mean_recycled_rate(forecast: Tensor, params: Params2) -> Tensor:
-    """Recycled material (kg a period, ``[B]``) the chain brings on its declared means at the
-    forecast's demand level: the grade-B cores and the grade-A cores beyond refurbishment of
+def mean_recycled_rate(level: Tensor, params: Params2) -> Tensor:
+    """Recycled material (kg a period, ``[B]``) the chain brings on its declared means at a
+    demand of ``level`` units a period (``[B]``): the grade-B cores and the grade-A cores beyond refurbishment of
     the ``return_mean`` share of what is sold, recovered, and the market's mean offer
     (``cap_market (1 + market_avail_min) / 2``). Under a mandate ``r`` production can use at
     most ``1 / r`` times it in all, and virgin ``(1 - r) / r`` times it."""
     p = params
     share_a, share_b, _ = p.grade_mean
-    returned = p.return_mean * forecast[:, 1:5].mean(-1)
+    returned = p.return_mean * level
     return (p.mass * p.yield_disassembly_b * torch.clamp(returned * share_b, max=p.cap_disassemble)
             + p.mass * p.yield_disassembly_a * torch.clamp(returned * share_a - p.cap_refurbish, min=0.0)
             + p.cap_market * (1.0 + p.market_avail_min) / 2.0)
@@ -269,7 +269,8 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     forecast, supply, market = x["forecast"], x["supply_up"], x["market_avail"]
     t, T = x["t"], x["horizon"]
     s_P, s_V, S_M, S_B, M_free, L_f, L_w = thresholds.unbind(-1)
-    scale = forecast[:, 1:5].mean(-1) / p.demand_base
+    level = forecast[:, 1:5].mean(-1)  # units a period
+    scale = level / p.demand_base
     s_P, s_V, S_M, S_B, M_free = (v * scale for v in (s_P, s_V, S_M, S_B, M_free))
     zero = V * 0.0
     m, L_v, K = p.mass, p.lead_virgin, p.cap_produce
@@ -306,7 +307,7 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     year, announced = x.get("forecast_year"), x["regime_ahead"]
     bank = zero
     if year is not None:
-        recycled_rate = mean_recycled_rate(forecast, p)
+        recycled_rate = mean_recycled_rate(level, p)
         mandate_then = announced[:, 1:, clsc2.R_MANDATE]  # of production at t+1, t+2, ...
         stricter = mandate_then > r[:, None]
         limit = torch.where(stricter, torch.clamp(recycled_rate[:, None] / (m * torch.clamp(mandate_then, min=1e-12)),
@@ -427,8 +428,9 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     if year is not None:
         later = torch.arange(L_v + 1, planned_year.shape[1])
         when = later + 1 - L_v  # offset of each production's usual order period
+        holding = p.hold_virgin * when.to(V.dtype)  # EUR/kg to hold it from now until then
         rise = (announced[:, when, clsc2.R_TAX] - x["regime"][:, clsc2.R_TAX][:, None]) * p.emis_virgin / 1000.0
-        early = (rise > p.hold_virgin * when.to(V.dtype)).to(V.dtype)
+        early = (rise > holding).to(V.dtype)
         # Under a mandate, a period's virgin can be used only beside (1 - r) / r times its
         # recycled material, at most what the chain brings a period on its means. Virgin
         # ordered beyond that is lost, where ordering it later costs only the rise: so the
@@ -436,17 +438,17 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         usable = (1.0 - share_year) / torch.clamp(share_year, min=1e-12) * recycled_rate[:, None]
         virgin_year = torch.clamp(made_year - torch.maximum(share_year * made_year, inflow[:, None]), min=0.0)
         virgin_year = torch.where(share_year > 0, torch.minimum(virgin_year, usable), virgin_year)
-        early_need = virgin_year[:, L_v + 1:] * early
+        virgin_after = virgin_year[:, L_v + 1:]  # of the productions in `later`
+        early_need = virgin_after * early
         ahead_of_rise = early_need.sum(-1)
-        saving = ((early_need * (rise - p.hold_virgin * when.to(V.dtype))).sum(-1)
-                  / torch.clamp(ahead_of_rise, min=1e-9))  # EUR/kg, mean over the kg ahead
+        saving = (early_need * (rise - holding)).sum(-1) / torch.clamp(ahead_of_rise, min=1e-9)  # EUR/kg, mean
         price = p.cost_virgin + x["regime"][:, clsc2.R_TAX] * p.emis_virgin / 1000.0  # EUR/kg now
         critical = torch.clamp(saving / (saving + price), 1e-6, 1.0 - 1e-6)
-        need_after = virgin_year[:, L_v + 1:].sum(-1)
-        periods_ahead = ((virgin_year[:, L_v + 1:] * (later + 1).to(V.dtype)).sum(-1)
-                         / torch.clamp(need_after, min=1e-9))  # need-weighted mean
-        # At least L_v + 2 where there is a need; the floor keeps sqrt's gradient finite
-        # where there is none (an infinite one would turn the adaptation step's weights NaN).
+        need_after = virgin_after.sum(-1)
+        periods_ahead = (virgin_after * (later + 1).to(V.dtype)).sum(-1) / torch.clamp(need_after, min=1e-9)
+        # The need-weighted mean of the periods ahead: at least L_v + 2 where there is a need;
+        # the floor keeps sqrt's gradient finite where there is none (an infinite one would
+        # turn the adaptation step's weights NaN).
         sigma = RISE_SPREAD * torch.sqrt(torch.clamp(periods_ahead, min=1.0))
         quantile = need_after * torch.exp(sigma * torch.special.ndtri(critical) - sigma ** 2 / 2)
         ahead_of_rise = torch.minimum(ahead_of_rise, quantile)
