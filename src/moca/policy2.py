@@ -252,6 +252,17 @@ def mean_recycled_rate(level: Tensor, params: Params2) -> Tensor:
             + p.cap_market * (1.0 + p.market_avail_min) / 2.0)
 
 
+def virgin_use(made: Tensor, share: Tensor, inflow: Tensor, recycled_rate: Tensor) -> Tensor:
+    """Virgin (kg, ``[B, H]``) each of ``H`` productions of ``made`` kg of material uses at the
+    recycled ``share`` (``[B, H]`` or ``[B, 1]``) once ``inflow`` (kg a period, ``[B]``) of
+    recycled material that pays is used: under a mandate ``r`` a period's virgin can be used
+    only beside ``(1 - r) / r`` times its recycled material, so at most that times what the
+    chain brings a period on its means (``recycled_rate``, :func:`mean_recycled_rate`)."""
+    virgin = torch.clamp(made - torch.maximum(share * made, inflow[:, None]), min=0.0)
+    usable = (1.0 - share) / torch.clamp(share, min=1e-12) * recycled_rate[:, None]
+    return torch.where(share > 0, torch.minimum(virgin, usable), virgin)
+
+
 def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Tensor:
     """The raw action ``[B, 9]`` of the CLSC-2 threshold rule
     (:class:`moca.baselines.threshold2.Threshold2Policy` runs this same function) for
@@ -305,7 +316,7 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     # requires, and all the cores and the market offer are recovered and bought. (Without
     # the year's forecast the episode has no change to act on.)
     year, announced = x.get("forecast_year"), x["regime_ahead"]
-    bank = zero
+    bank = scarce = zero
     if year is not None:
         recycled_rate = mean_recycled_rate(level, p)
         mandate_then = announced[:, 1:, clsc2.R_MANDATE]  # of production at t+1, t+2, ...
@@ -320,7 +331,20 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         cover_limited = torch.where(sellable, needed - made_before, floor).max(-1).values
         cover_capacity = torch.where(sellable, needed - K * steps_year, floor).max(-1).values
         cover = cover + torch.clamp(cover_limited - cover_capacity, min=0.0)
-        bank = (cover_limited > cover_capacity).to(V.dtype)
+        # (n) Where a mandate, in force or announced, holds the year's production below its
+        # demand (the product on hand counted), recycled material is the bottleneck: a kg the
+        # market offers and is not bought is gone, and each kg lets 1 / r kg be made. So it is
+        # banked as ahead of a stricter mandate, and not cut for virgin held beyond need, which
+        # under the mandate is used only beside recycled material. Only before or after a
+        # change, as (k)-(m): under a regime held all episode the rule's thresholds (S_B,
+        # M_free) are those tuned for it, and its decisions stay as they were.
+        changes = torch.maximum(x["regime_changed"], (announced != x["regime"][:, None, :]).any(-1).any(-1).to(V.dtype))
+        limit_all = torch.where(mandate_then > 0, torch.clamp(
+            recycled_rate[:, None] / (m * torch.clamp(mandate_then, min=1e-12)), max=K), zero[:, None] + K)
+        made_before_all = torch.cat([zero[:, None], torch.cumsum(limit_all, dim=-1)[:, :-1]], dim=1)
+        cover_scarce = torch.where(sellable, needed - made_before_all, floor).max(-1).values
+        scarce = (cover_scarce - P > torch.clamp(cover_capacity - P, min=0.0) + 1.0).to(V.dtype) * changes
+        bank = torch.maximum((cover_limited > cover_capacity).to(V.dtype), scarce)
         M_free = torch.where(bank > 0, M, M_free)
     excess = cover - ahead[:, 0]
     # Production of t+1, t+2, ...; none in the last period, whose output could not be sold.
@@ -384,6 +408,7 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     short = torch.clamp(S_M + need - left, min=0.0)
     g_B = torch.clamp(torch.minimum(short / per_b, CB), max=p.cap_disassemble)
     offered = p.cap_market * market
+    sunk = sunk * (1.0 - scarce)
     market_cut = torch.minimum(sunk, econ["buy_market"] * offered)
     sunk_left = sunk - market_cut
     recover_b, recover_a = torch.maximum(econ["recover_b"], bank), torch.maximum(econ["recover_a"], bank)
@@ -415,6 +440,10 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     inflow = pays * (recovered + o_m)
     need_virgin = torch.clamp(m * planned[:, :L_v + 1] - torch.maximum(r_supply[:, None] * m * planned[:, :L_v + 1],
                                                                        inflow[:, None]), min=0.0).sum(-1)
+    if year is not None:
+        # (p) at the recycled share announced for each of those periods, not today's.
+        need_virgin = torch.clamp(made_year[:, :L_v + 1] - torch.maximum(share_year[:, :L_v + 1] * made_year[:, :L_v + 1],
+                                                                          inflow[:, None]), min=0.0).sum(-1)
     # (k) Ahead of an announced rise of the carbon tax, which is charged when virgin is
     # ordered: the virgin for production of t+1+i (i > L_v, to the end of the year), which
     # would be ordered at t+1+i-L_v, is ordered now where the rise by then saves more per kg
@@ -431,13 +460,9 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         holding = p.hold_virgin * when.to(V.dtype)  # EUR/kg to hold it from now until then
         rise = (announced[:, when, clsc2.R_TAX] - x["regime"][:, clsc2.R_TAX][:, None]) * p.emis_virgin / 1000.0
         early = (rise > holding).to(V.dtype)
-        # Under a mandate, a period's virgin can be used only beside (1 - r) / r times its
-        # recycled material, at most what the chain brings a period on its means. Virgin
-        # ordered beyond that is lost, where ordering it later costs only the rise: so the
-        # estimate is the low one.
-        usable = (1.0 - share_year) / torch.clamp(share_year, min=1e-12) * recycled_rate[:, None]
-        virgin_year = torch.clamp(made_year - torch.maximum(share_year * made_year, inflow[:, None]), min=0.0)
-        virgin_year = torch.where(share_year > 0, torch.minimum(virgin_year, usable), virgin_year)
+        # Virgin ordered beyond what a mandate lets be used is lost, where ordering it later
+        # costs only the rise: so the estimate is the low one (virgin_use).
+        virgin_year = virgin_use(made_year, share_year, inflow, recycled_rate)
         virgin_after = virgin_year[:, L_v + 1:]  # of the productions in `later`
         early_need = virgin_after * early
         ahead_of_rise = early_need.sum(-1)
@@ -453,6 +478,18 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         quantile = need_after * torch.exp(sigma * torch.special.ndtri(critical) - sigma ** 2 / 2)
         ahead_of_rise = torch.minimum(ahead_of_rise, quantile)
     serves = torch.clamp((T - 1.0 - t - L_v) / VIRGIN_DRAWDOWN, 0.0, 1.0)
+    if year is not None:
+        # (o) An announced change that cuts the virgin a period can use (a stricter mandate,
+        # or a cap) ends the safety stock's use as the horizon's end does: it is drawn down
+        # over VIRGIN_DRAWDOWN periods of use at today's rate, each later period counted at
+        # the share of today's virgin it will use.
+        virgin_today = virgin_use(made_year, r_supply[:, None], inflow, recycled_rate)
+        has_use = virgin_today > 1e-6
+        kept = torch.where(has_use, torch.clamp(virgin_year / torch.where(has_use, virgin_today, 1.0 + zero[:, None]),
+                                                max=1.0), 1.0 + zero[:, None])
+        producing_year = torch.cat([producing, producing_later], dim=1)
+        served = 1.0 + (kept * producing_year)[:, L_v:].sum(-1)
+        serves = torch.minimum(serves, torch.clamp(served / VIRGIN_DRAWDOWN, 0.0, 1.0))
     can_order = (t + L_v + 1 <= T - 1).to(V.dtype)
     o = torch.clamp(need_virgin + ahead_of_rise + s_V * serves - position, 0.0, p.cap_order) * supply * can_order \
         * econ["order_virgin"]
