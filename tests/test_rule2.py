@@ -351,6 +351,56 @@ def test_rule_uses_virgin_held_beyond_the_year_first_after_a_change():
                        base_rule2(THRESHOLDS, rule_inputs(flat, stocks=few, t=40.0, regime=taxed), P2))
 
 
+def test_rule_banks_recycled_material_where_a_mandate_holds_production_after_a_change():
+    # Rule (n): after a change to a mandate of 0.8, production can use at most 1 / 0.8 times
+    # the recycled material a period brings (637.5 kg at a demand of 1,000: about 398 units
+    # a period against 1,000 sold). Virgin held beyond need cannot stand in for recycled
+    # material there, so the rule buys all the market offers, where (l) would cut it.
+    flat = np.full(13, 1000.0)
+    stocks = (60000.0, 3000.0, 1000.0, 0.0, 0.0)
+    binding, loose = (0.8, 600.0, math.inf, 0.0, 0.0), (0.1, 600.0, math.inf, 0.0, 0.0)
+    after = base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, t=40.0, regime=binding, changed=True), P2)[0]
+    assert float(after[1]) == pytest.approx(P2.cap_market)
+    assert float(after[3]) == pytest.approx(0.8 * float(after[2] + after[3]), rel=1e-4)  # the mandate's share
+    # A mandate of 0.1 leaves production at capacity (about 3,188 units): (l) cuts the market.
+    assert float(base_rule2(THRESHOLDS, rule_inputs(flat, stocks=stocks, t=40.0, regime=loose, changed=True),
+                            P2)[0, 1]) == 0.0
+
+
+@pytest.mark.parametrize("mandate_ahead, expected", [
+    # 0.8 from t + 6: production runs at capacity K (1,500 units, 3,000 kg); at a demand of
+    # 1,500 the chain brings 716.25 kg of recycled material a period (grade-B cores of a
+    # quarter of sales, 236.25 kg, and the market's mean 480 kg), so a period under the
+    # mandate can use 0.25 x 716.25 kg of virgin: 0.0596875 of today's 3,000 kg. The stock
+    # serves 1 + 3 periods at today's rate and 35 at that share (to t = 50, the last
+    # production): 6.0890625 of VIRGIN_DRAWDOWN's 26, at the scale of 1.5 (demand 1,500).
+    ([0.0] * 6 + [0.8], 1.5 * (1.0 + 3.0 + 35 * 0.25 * 716.25 / 3000.0) / 26.0),
+    (None, 1.5),  # no change: the 41 periods to the end keep the whole stock
+])
+def test_rule_draws_its_virgin_safety_stock_down_ahead_of_a_cut_in_virgin_use(mandate_ahead, expected):
+    # Rule (o): an announced mandate that cuts the virgin a period can use ends the safety
+    # stock's use as the horizon's end does. The order's derivative in s_V is the share of
+    # the stock held.
+    thresholds = THRESHOLDS.clone()
+    thresholds[0, 1] = 2000.0  # s_V, kg at a demand of 1,000
+    thresholds.requires_grad_(True)
+    x = rule_inputs(np.full(13, 1500.0), stocks=(3000.0, 0.0, 1000.0, 0.0, 0.0), pipeline=8500.0,
+                    regime=(0.0, 0.0, math.inf, 0.0, 0.0), mandate_ahead=mandate_ahead)
+    order = base_rule2(thresholds, x, P2)[0, 0]
+    assert 0.0 < float(order) < P2.cap_order  # not clipped, so the derivative is the share
+    order.backward()
+    assert float(thresholds.grad[0, 1]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_rule_orders_virgin_for_the_next_periods_at_their_announced_share():
+    # Rule (p): with no mandate now and 0.8 announced from t + 2, production of t + 1 .. t + 3
+    # (3,000 kg each at capacity) needs 3,000 + 2 x 600 kg of virgin, not 9,000 kg; net of the
+    # 1,000 kg on their way the order is 3,200 kg (s_V = 0 here, and no material pays at a tax of 0).
+    x = rule_inputs(np.full(13, 1500.0), stocks=(0.0, 0.0, 1000.0, 0.0, 0.0), pipeline=1000.0,
+                    regime=(0.0, 0.0, math.inf, 0.0, 0.0), mandate_ahead=[0.0, 0.0, 0.8])
+    assert float(base_rule2(THRESHOLDS, x, P2)[0, 0]) == pytest.approx(3000.0 + 2 * 600.0 - 1000.0)
+
+
 def test_rule_in_a_simulated_episode_orders_ahead_of_an_announced_tax():
     """The tax the rule looks ahead at is the announced schedule's: before a rise at period 8
     the rule orders more virgin than under the tax of period 0 held all year, and from the rise
