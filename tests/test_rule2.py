@@ -296,7 +296,7 @@ def test_rule_makes_ahead_of_an_announced_stricter_mandate():
        later=st.floats(0.0, 3000.0))
 def test_rule_under_a_regime_held_all_episode_ignores_the_rest_of_the_year(mandate, tax, landfill, recovery, cap, t,
                                                                           virgin, recycled, later):
-    # (k), (l) and (m) act only on a change, announced or past: under a regime held all
+    # (k)-(p) act only on a change, announced or past: under a regime held all
     # episode the year's forecast beyond the 13-period look-ahead changes nothing, so the
     # rule decides as it did before them.
     regime = (mandate, tax, cap, landfill, recovery)

@@ -128,7 +128,9 @@ def features2(obs: Observation2, config: PolicyConfig) -> Tensor:
 RULE_LOOKAHEAD = 13
 #: Periods over which the rule reads the announced regime and the year's demand forecast for
 #: rules (k) (virgin ordered ahead of a tax rise), (l) (virgin on hand used first after a
-#: change) and (m) (made and banked ahead of a stricter mandate): a year, the spec's horizon.
+#: change), (m) (made and banked ahead of a stricter mandate), (n) (banked where a mandate
+#: holds production), (o) (the safety stock drawn down ahead of a cut in virgin use) and (p)
+#: (the usual order at the announced share): a year, the spec's horizon.
 RULE_YEAR = 52
 #: Smoothing weight of the rule's demand level on the newest period.
 RULE_ALPHA = 0.3
@@ -165,7 +167,7 @@ def rule_inputs(obs: Observation2) -> dict[str, Tensor]:
          "market_avail": obs.inputs["market_avail"].to(dtype), "forecast": forecast,
          "t": torch.full_like(s.columns[0], float(obs.t)), "horizon": torch.full_like(s.columns[0],
                                                                                       float(obs.regime.shape[1]))}
-    # Rules (k), (l) and (m) act only where the regime changes within the episode. A batch
+    # Rules (k)-(p) act only where the regime changes within the episode. A batch
     # whose table holds one regime throughout (meta-training, the seed tasks) skips them and
     # the year's forecast: they would leave its actions as they are, at about 1.5 times the cost.
     if bool((obs.regime != obs.regime[:, :1]).any()):
