@@ -322,29 +322,29 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     if year is not None:
         recycled_rate = mean_recycled_rate(level, p)
         mandate_then = announced[:, 1:, clsc2.R_MANDATE]  # of production at t+1, t+2, ...
-        stricter = mandate_then > r[:, None]
-        limit = torch.where(stricter, torch.clamp(recycled_rate[:, None] / (m * torch.clamp(mandate_then, min=1e-12)),
-                                                  max=K), zero[:, None] + K)
+        # units a period production can make under each period's mandate
+        held_to = torch.clamp(recycled_rate[:, None] / (m * torch.clamp(mandate_then, min=1e-12)), max=K)
         demand_year = year[:, 1:]
         steps_year = torch.arange(demand_year.shape[1], dtype=V.dtype)
-        made_before = torch.cat([zero[:, None], torch.cumsum(limit, dim=-1)[:, :-1]], dim=1)
         sellable = (steps_year[None, :] + t[:, None] + 1 <= T[:, None] - 1)
         needed = torch.cumsum(demand_year, dim=-1)
-        cover_limited = torch.where(sellable, needed - made_before, floor).max(-1).values
+
+        def cover_under(limit: Tensor) -> Tensor:
+            """Product to hold now so that production at ``limit`` a period meets the year's demand."""
+            made_before = torch.cat([zero[:, None], torch.cumsum(limit, dim=-1)[:, :-1]], dim=1)
+            return torch.where(sellable, needed - made_before, floor).max(-1).values
+
+        cover_limited = cover_under(torch.where(mandate_then > r[:, None], held_to, zero[:, None] + K))
         cover_capacity = torch.where(sellable, needed - K * steps_year, floor).max(-1).values
         cover = cover + torch.clamp(cover_limited - cover_capacity, min=0.0)
         # (n) Where a mandate, in force or announced, holds the year's production below its
         # demand (the product on hand counted), recycled material is the bottleneck: a kg the
         # market offers and is not bought is gone, and each kg lets 1 / r kg be made. So it is
-        # banked as ahead of a stricter mandate, and not cut for virgin held beyond need, which
-        # under the mandate is used only beside recycled material. Only before or after a
-        # change, as (k)-(m): under a regime held all episode the rule's thresholds (S_B,
-        # M_free) are those tuned for it, and its decisions stay as they were.
+        # banked as ahead of a stricter mandate, and (l) below does not cut it. Only before or
+        # after a change, as (k)-(m): under a regime held all episode the rule's thresholds
+        # (S_B, M_free) are those tuned for it, and its decisions stay as they were.
         changes = torch.maximum(x["regime_changed"], (announced != x["regime"][:, None, :]).any(-1).any(-1).to(V.dtype))
-        limit_all = torch.where(mandate_then > 0, torch.clamp(
-            recycled_rate[:, None] / (m * torch.clamp(mandate_then, min=1e-12)), max=K), zero[:, None] + K)
-        made_before_all = torch.cat([zero[:, None], torch.cumsum(limit_all, dim=-1)[:, :-1]], dim=1)
-        cover_scarce = torch.where(sellable, needed - made_before_all, floor).max(-1).values
+        cover_scarce = cover_under(torch.where(mandate_then > 0, held_to, zero[:, None] + K))
         scarce = (cover_scarce - P > torch.clamp(cover_capacity - P, min=0.0) + 1.0).to(V.dtype) * changes
         bank = torch.maximum((cover_limited > cover_capacity).to(V.dtype), scarce)
         M_free = torch.where(bank > 0, M, M_free)
@@ -393,7 +393,10 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         virgin_rest = virgin_now + torch.clamp(made_year - torch.maximum(share_year * made_year, pays_inflow[:, None]),
                                                min=0.0).sum(-1)
         within_year = (T - 1.0 - t <= RULE_YEAR - 1).to(V.dtype)
-        sunk = torch.clamp(V + x["pipeline"] - virgin_rest, min=0.0) * within_year * x["regime_changed"]
+        # Not where a mandate holds production ((n) below): there virgin is used only beside
+        # recycled material, so cutting purchases for it would only cut production.
+        sunk = torch.clamp(V + x["pipeline"] - virgin_rest, min=0.0) * within_year * x["regime_changed"] \
+            * (1.0 - scarce)
     u_r = torch.maximum(r * material, torch.minimum(material, M - M_free) - sunk)
     u_r = torch.minimum(torch.clamp(u_r, min=0.0), M)
     material = torch.where(r > 0, torch.minimum(material, u_r / torch.clamp(r * margin, min=1e-12)), material)
@@ -410,7 +413,6 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     short = torch.clamp(S_M + need - left, min=0.0)
     g_B = torch.clamp(torch.minimum(short / per_b, CB), max=p.cap_disassemble)
     offered = p.cap_market * market
-    sunk = sunk * (1.0 - scarce)
     market_cut = torch.minimum(sunk, econ["buy_market"] * offered)
     sunk_left = sunk - market_cut
     recover_b, recover_a = torch.maximum(econ["recover_b"], bank), torch.maximum(econ["recover_a"], bank)
@@ -440,12 +442,10 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     # periods: the fewer periods remain, the less an outage can still cost in lost sales,
     # while virgin left at the end is bought for nothing.
     inflow = pays * (recovered + o_m)
-    need_virgin = torch.clamp(m * planned[:, :L_v + 1] - torch.maximum(r_supply[:, None] * m * planned[:, :L_v + 1],
-                                                                       inflow[:, None]), min=0.0).sum(-1)
-    if year is not None:
-        # (p) at the recycled share announced for each of those periods, not today's.
-        need_virgin = torch.clamp(made_year[:, :L_v + 1] - torch.maximum(share_year[:, :L_v + 1] * made_year[:, :L_v + 1],
-                                                                          inflow[:, None]), min=0.0).sum(-1)
+    # (p) With the year's table, at the recycled share announced for each of those periods.
+    share_next = share_year[:, :L_v + 1] if year is not None else r_supply[:, None]
+    made_next = m * planned[:, :L_v + 1]
+    need_virgin = torch.clamp(made_next - torch.maximum(share_next * made_next, inflow[:, None]), min=0.0).sum(-1)
     # (k) Ahead of an announced rise of the carbon tax, which is charged when virgin is
     # ordered: the virgin for production of t+1+i (i > L_v, to the end of the year), which
     # would be ordered at t+1+i-L_v, is ordered now where the rise by then saves more per kg
@@ -481,8 +481,8 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         ahead_of_rise = torch.minimum(ahead_of_rise, quantile)
     serves = torch.clamp((T - 1.0 - t - L_v) / VIRGIN_DRAWDOWN, 0.0, 1.0)
     if year is not None:
-        # (o) An announced change that cuts the virgin a period can use (a stricter mandate,
-        # or a cap) ends the safety stock's use as the horizon's end does: it is drawn down
+        # (o) An announced change that cuts the virgin a period can use (a stricter mandate)
+        # ends the safety stock's use as the horizon's end does: it is drawn down
         # over VIRGIN_DRAWDOWN periods of use at today's rate, each later period counted at
         # the share of today's virgin it will use.
         virgin_today = virgin_use(made_year, r_supply[:, None], inflow, recycled_rate)
