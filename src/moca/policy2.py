@@ -487,8 +487,8 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         # the share of today's virgin it will use.
         virgin_today = virgin_use(made_year, r_supply[:, None], inflow, recycled_rate)
         has_use = virgin_today > 1e-6
-        kept = torch.where(has_use, torch.clamp(virgin_year / torch.where(has_use, virgin_today, 1.0 + zero[:, None]),
-                                                max=1.0), 1.0 + zero[:, None])
+        # (the inner where keeps the division, and so its gradient, finite where there is no use)
+        kept = torch.where(has_use, torch.clamp(virgin_year / torch.where(has_use, virgin_today, 1.0), max=1.0), 1.0)
         producing_year = torch.cat([producing, producing_later], dim=1)
         served = 1.0 + (kept * producing_year)[:, L_v:].sum(-1)
         serves = torch.minimum(serves, torch.clamp(served / VIRGIN_DRAWDOWN, 0.0, 1.0))
