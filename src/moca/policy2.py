@@ -129,8 +129,9 @@ RULE_LOOKAHEAD = 13
 #: Periods over which the rule reads the announced regime and the year's demand forecast for
 #: rules (k) (virgin ordered ahead of a tax rise), (l) (virgin on hand used first after a
 #: change), (m) (made and banked ahead of a stricter mandate), (n) (banked where a mandate
-#: holds production), (o) (the safety stock drawn down ahead of a cut in virgin use) and (p)
-#: (the usual order at the announced share): a year, the spec's horizon.
+#: holds production), (o) (the safety stock drawn down ahead of a cut in virgin use), (p)
+#: (the usual order at the announced share) and (q) (no safety stock topped up ahead of a tax
+#: fall): a year, the spec's horizon.
 RULE_YEAR = 52
 #: Smoothing weight of the rule's demand level on the newest period.
 RULE_ALPHA = 0.3
@@ -146,6 +147,14 @@ VIRGIN_DRAWDOWN = 26.0
 #: against 0.1 and 0.2 once (k) read the announced mandate; the demand's own level walk
 #: alone would give about 0.06.
 RISE_SPREAD = 0.15
+#: Rule (q): within this many periods of an announced fall of the carbon tax the rule stops
+#: topping up its virgin safety stock, fully where the fall is FALL_FULL EUR/kg virgin or more
+#: (167 EUR/t at e_v = 6 kg CO2/kg) and in proportion below. The development plans (the
+#: schedule and tax-rise sets of seeds 2026, 4242, 5151 and 6161, validation seeds 900-907)
+#: scored within 0.0005 of each other for a reach of 3, 6 or 10 periods and a full fall of
+#: 0.3, 1 or 3 EUR/kg.
+FALL_REACH = 6
+FALL_FULL = 1.0
 
 
 def rule_inputs(obs: Observation2) -> dict[str, Tensor]:
@@ -492,6 +501,18 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         producing_year = torch.cat([producing, producing_later], dim=1)
         served = 1.0 + (kept * producing_year)[:, L_v:].sum(-1)
         serves = torch.minimum(serves, torch.clamp(served / VIRGIN_DRAWDOWN, 0.0, 1.0))
+    if year is not None:
+        # (q) Ahead of an announced fall of the carbon tax, virgin held when the fall comes was
+        # bought at the old price where it could have been bought at the new one: each kg held
+        # then costs the fall (e_v / 1000 EUR/kg per EUR/t). So within FALL_REACH periods of a
+        # fall the safety stock is not topped up, in proportion to the fall (fully from
+        # FALL_FULL EUR/kg): production draws it down and the orders after the fall refill
+        # it. Not under an emission cap: there a period's room for virgin is lost if not
+        # used, and the stock is what production beyond the room runs on.
+        tax_now = x["regime"][:, clsc2.R_TAX]
+        fall = torch.clamp(tax_now[:, None] - announced[:, 1:FALL_REACH + 1, clsc2.R_TAX], min=0.0).max(-1).values \
+            * p.emis_virgin / 1000.0 * (econ["cap_share"] <= 0).to(V.dtype)
+        serves = serves * (1.0 - torch.clamp(fall / FALL_FULL, 0.0, 1.0))
     can_order = (t + L_v + 1 <= T - 1).to(V.dtype)
     o = torch.clamp(need_virgin + ahead_of_rise + s_V * serves - position, 0.0, p.cap_order) * supply * can_order \
         * econ["order_virgin"]
