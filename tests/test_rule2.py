@@ -392,6 +392,29 @@ def test_rule_draws_its_virgin_safety_stock_down_ahead_of_a_cut_in_virgin_use(ma
     assert float(thresholds.grad[0, 1]) == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("tax_ahead, cap, expected", [
+    # Rule (q), at 300 EUR/t now and a demand of 1,500 (scale 1.5): the order's derivative in
+    # s_V is the share of the safety stock topped up.
+    ([300.0] * 3 + [100.0], math.inf, 0.0),  # 200 EUR/t less from t + 3: 1.2 EUR/kg >= FALL_FULL
+    ([300.0] * 3 + [200.0], math.inf, 1.5 * (1.0 - 0.6 / 1.0)),  # 100 EUR/t less: 0.6 EUR/kg
+    ([300.0] * 7 + [100.0], math.inf, 1.5),  # the fall at t + 7, beyond FALL_REACH's 6 periods
+    ([300.0] * 3 + [100.0], 10000.0, 1.5),  # under a cap the stock is kept
+    (None, math.inf, 1.5),  # no change
+])
+def test_rule_stops_topping_up_its_virgin_safety_stock_ahead_of_a_tax_fall(tax_ahead, cap, expected, monkeypatch):
+    monkeypatch.setattr(policy2, "FALL_REACH", 6)
+    monkeypatch.setattr(policy2, "FALL_FULL", 1.0)
+    thresholds = THRESHOLDS.clone()
+    thresholds[0, 1] = 2000.0  # s_V, kg at a demand of 1,000
+    thresholds.requires_grad_(True)
+    x = rule_inputs(np.full(13, 1500.0), stocks=(0.0, 0.0, 1000.0, 0.0, 0.0), pipeline=0.0,
+                    regime=(0.0, 300.0, cap, 0.0, 0.0), tax_ahead=tax_ahead)
+    order = base_rule2(thresholds, x, WIDE)[0, 0]
+    assert float(order.detach()) > 0.0
+    order.backward()
+    assert float(thresholds.grad[0, 1]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
 def test_rule_orders_virgin_for_the_next_periods_at_their_announced_share():
     # Rule (p): with no mandate now and 0.8 announced from t + 2, production of t + 1 .. t + 3
     # (3,000 kg each at capacity) needs 3,000 + 2 x 600 kg of virgin, not 9,000 kg; net of the
