@@ -415,6 +415,30 @@ def test_rule_stops_topping_up_its_virgin_safety_stock_ahead_of_a_tax_fall(tax_a
     assert float(thresholds.grad[0, 1]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("tax, year, raised", [
+    (1200.0, True, False),  # a change within the episode and (h)'s price test fails: no virgin
+    (1200.0, False, True),  # a regime held all episode: the residual as meta-trained
+    (100.0, True, True),  # virgin pays: the residual's order stands
+])
+def test_residual_orders_no_virgin_where_the_rule_prices_it_out_after_a_change(tax, year, raised):
+    from moca.policy2 import LSTMPolicy2
+
+    module = LSTMPolicy2(P2).double()
+    with torch.no_grad():
+        module.head.bias[0] = 1.0  # the residual asks for more virgin
+    x = rule_inputs(np.full(13, 1000.0), stocks=(0.0, 0.0, 0.0, 0.0, 0.0), pipeline=0.0,
+                    regime=(0.0, tax, math.inf, 0.0, 0.0), changed=True)
+    if not year:
+        x = {k: v for k, v in x.items() if k not in ("forecast_year", "regime_changed")}
+    frames = torch.zeros(1, module.frame_size * module.config.window, dtype=torch.float64)
+    with torch.no_grad():
+        raw, _ = module(frames, x)
+        base = base_rule2(module.thresholds(x["regime"], x["window"]), x, P2)
+    assert (float(raw[0, 0]) > float(base[0, 0]) + 1.0) == raised
+    assert torch.equal(raw[0, 1:], (base + module.config.residual_scale * module.scale
+                                    * module.head.bias.detach())[0, 1:])  # the other actions as before
+
+
 def test_rule_orders_virgin_for_the_next_periods_at_their_announced_share():
     # Rule (p): with no mandate now and 0.8 announced from t + 2, production of t + 1 .. t + 3
     # (3,000 kg each at capacity) needs 3,000 + 2 x 600 kg of virgin, not 9,000 kg; net of the

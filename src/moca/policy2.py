@@ -535,7 +535,8 @@ class LSTMPolicy2(nn.Module):
     meta-training can learn a regime-to-thresholds map as a re-tuned rule would have.
     With ``structured`` the action is ``base + residual_scale * S * head``; the head sees
     the LSTM state, the frames and the base action (scaled) and starts at zero, so a
-    fresh policy *is* the base rule.
+    fresh policy *is* the base rule. Where the regime changes within the episode, the
+    residual cannot raise the virgin order where the rule's price test orders none.
     """
 
     def __init__(self, params: Params2 = DEFAULT_PARAMS_2, config: PolicyConfig = PolicyConfig()):
@@ -585,7 +586,17 @@ class LSTMPolicy2(nn.Module):
         else:
             base = frames.new_zeros(frames.shape[0], 9)
         head = self.head(torch.cat([h, frames, base / self.scale], dim=-1))
-        return base + self.config.residual_scale * self.scale * head, (h, c)
+        raw = base + self.config.residual_scale * self.scale * head
+        if self.config.structured and "forecast_year" in rule_in:
+            # Where the regime changes within the episode, the residual may not order virgin
+            # where the rule's price test (h) orders none: a unit made from it would cost more
+            # than the lost sale it saves. The residual was meta-trained on regimes held all
+            # episode (there, zeroing its virgin order under a high tax changed no score);
+            # after a rise it has not seen it ordered virgin at 1,129 EUR/t.
+            off = routing_economics({k: v.to(frames.dtype) for k, v in rule_in.items()}, self.params)["order_virgin"] <= 0
+            order = torch.where(off, torch.minimum(raw[:, 0], base[:, 0]), raw[:, 0])
+            raw = torch.cat([order[:, None], raw[:, 1:]], dim=-1)
+        return raw, (h, c)
 
 
 # ----------------------------------------------------------------------------------------
