@@ -466,10 +466,14 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     # each period as the rise nears and the forecast firms.
     ahead_of_rise = zero
     if year is not None:
+        tax_now = x["regime"][:, clsc2.R_TAX]
+        # What virgin ordered at t+j costs more than now, per offset j (EUR/kg): (k) reads
+        # its rises, (q) its falls.
+        price_change = (announced[:, :, clsc2.R_TAX] - tax_now[:, None]) * p.emis_virgin / 1000.0
         later = torch.arange(L_v + 1, planned_year.shape[1])
         when = later + 1 - L_v  # offset of each production's usual order period
         holding = p.hold_virgin * when.to(V.dtype)  # EUR/kg to hold it from now until then
-        rise = (announced[:, when, clsc2.R_TAX] - x["regime"][:, clsc2.R_TAX][:, None]) * p.emis_virgin / 1000.0
+        rise = price_change[:, when]
         early = (rise > holding).to(V.dtype)
         # Virgin ordered beyond what a mandate lets be used is lost, where ordering it later
         # costs only the rise: so the estimate is the low one (virgin_use).
@@ -478,7 +482,7 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         early_need = virgin_after * early
         ahead_of_rise = early_need.sum(-1)
         saving = (early_need * (rise - holding)).sum(-1) / torch.clamp(ahead_of_rise, min=1e-9)  # EUR/kg, mean
-        price = p.cost_virgin + x["regime"][:, clsc2.R_TAX] * p.emis_virgin / 1000.0  # EUR/kg now
+        price = p.cost_virgin + tax_now * p.emis_virgin / 1000.0  # EUR/kg now
         critical = torch.clamp(saving / (saving + price), 1e-6, 1.0 - 1e-6)
         need_after = virgin_after.sum(-1)
         periods_ahead = (virgin_after * (later + 1).to(V.dtype)).sum(-1) / torch.clamp(need_after, min=1e-9)
@@ -501,7 +505,6 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         producing_year = torch.cat([producing, producing_later], dim=1)
         served = 1.0 + (kept * producing_year)[:, L_v:].sum(-1)
         serves = torch.minimum(serves, torch.clamp(served / VIRGIN_DRAWDOWN, 0.0, 1.0))
-    if year is not None:
         # (q) Ahead of an announced fall of the carbon tax, virgin held when the fall comes was
         # bought at the old price where it could have been bought at the new one: each kg held
         # then costs the fall (e_v / 1000 EUR/kg per EUR/t). So within FALL_REACH periods of a
@@ -509,9 +512,7 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
         # FALL_FULL EUR/kg): production draws it down and the orders after the fall refill
         # it. Not under an emission cap: there a period's room for virgin is lost if not
         # used, and the stock is what production beyond the room runs on.
-        tax_now = x["regime"][:, clsc2.R_TAX]
-        fall = torch.clamp(tax_now[:, None] - announced[:, 1:FALL_REACH + 1, clsc2.R_TAX], min=0.0).max(-1).values \
-            * p.emis_virgin / 1000.0 * (econ["cap_share"] <= 0).to(V.dtype)
+        fall = torch.clamp(-price_change[:, 1:FALL_REACH + 1], min=0.0).max(-1).values * (econ["cap_share"] <= 0).to(V.dtype)
         serves = serves * (1.0 - torch.clamp(fall / FALL_FULL, 0.0, 1.0))
     can_order = (t + L_v + 1 <= T - 1).to(V.dtype)
     o = torch.clamp(need_virgin + ahead_of_rise + s_V * serves - position, 0.0, p.cap_order) * supply * can_order \
@@ -580,9 +581,10 @@ class LSTMPolicy2(nn.Module):
     def forward(self, frames: Tensor, rule_in: dict[str, Tensor], state: LSTMState | None = None
                 ) -> tuple[Tensor, LSTMState]:
         h, c = self.cell(frames, state)
+        cast = {k: v.to(frames.dtype) for k, v in rule_in.items()}  # for the rule and the gate below
         if self.config.structured:
-            base = base_rule2(self.thresholds(rule_in["regime"], rule_in["window"]).to(frames.dtype),
-                              {k: v.to(frames.dtype) for k, v in rule_in.items()}, self.params)
+            base = base_rule2(self.thresholds(rule_in["regime"], rule_in["window"]).to(frames.dtype), cast,
+                              self.params)
         else:
             base = frames.new_zeros(frames.shape[0], 9)
         head = self.head(torch.cat([h, frames, base / self.scale], dim=-1))
@@ -593,7 +595,7 @@ class LSTMPolicy2(nn.Module):
             # than the lost sale it saves. The residual was meta-trained on regimes held all
             # episode (there, zeroing its virgin order under a high tax changed no score);
             # after a rise it has not seen it ordered virgin at 1,129 EUR/t.
-            off = routing_economics({k: v.to(frames.dtype) for k, v in rule_in.items()}, self.params)["order_virgin"] <= 0
+            off = routing_economics(cast, self.params)["order_virgin"] <= 0
             order = torch.where(off, torch.minimum(raw[:, 0], base[:, 0]), raw[:, 0])
             raw = torch.cat([order[:, None], raw[:, 1:]], dim=-1)
         return raw, (h, c)
