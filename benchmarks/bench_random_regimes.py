@@ -2,8 +2,8 @@
 
     python benchmarks/bench_random_regimes.py [--world CLSC-1|CLSC-2|both] [--regimes 6] [--seed 2026]
                                               [--scenarios 20] [--with-cap] [--high-tax] [--high-mandate]
-                                              [--returns-liability] [--schedules] [--portfolio] [--out FILE]
-                                              [--quick]
+                                              [--returns-liability] [--schedules] [--tax-rise] [--portfolio]
+                                              [--retune] [--out FILE] [--quick]
 
 The regimes are drawn from the whole regime space by ``moca.meta.sample_task`` (CLSC-2:
 ``sample_task2``, accounting windows included) with ``named_share=0`` — every rule drawn
@@ -40,7 +40,12 @@ rule (k) may order ahead).
 ``--portfolio`` (CLSC-2) adds what ``moca adapt --model CLSC-2`` deploys (``--base auto``,
 ``moca.portfolio.adapt_portfolio2``): the adapted LSTM or the sampled MPC at a safety stock
 picked on support seeds 800-801, whichever scores better on validation seeds 900-907; its
-seconds are the whole choice's. Its ``moca`` column is then that run's LSTM candidate. Writes
+seconds are the whole choice's. Its ``moca`` column is then that run's LSTM candidate.
+``--retune`` (CLSC-2) is ``moca adapt --model CLSC-2 --retune 1500``: before its steps, moca
+re-tunes its base rule's seven thresholds for the plan exactly as the threshold peer is
+re-tuned (``moca.meta2.adapt2``'s ``retune``), starts from them or the meta-init, whichever
+scores higher on validation seeds 900-907, and counts the tuning in its seconds; the
+adaptation without it (``moca steps from the meta-init only``) is scored beside. Writes
 benchmarks/random_regimes.json (``--out``) and prints a markdown table per world.
 """
 
@@ -147,8 +152,8 @@ def plan_label(plan: RegimeSchedule) -> str:
     return " → ".join(f"{e.start}: {e.describe()}" for e in plan.entries)
 
 
-def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, portfolio: bool = False
-          ) -> list[dict[str, Any]]:
+def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, portfolio: bool = False,
+          retune: bool = False) -> list[dict[str, Any]]:
     from moca.baselines.mpc2 import MPC2Policy, select_safety_stock2
     from moca.baselines.peers import evaluate2
     from moca.baselines.threshold2 import tune_threshold2
@@ -162,6 +167,9 @@ def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, port
     cache = OracleCache2(module.params)
     stocks = (300.0, 1000.0) if quick else None  # None: the shipped grid, SAFETY_STOCKS_2
     steps, size = (1, 4) if quick else (3, 8)
+    # --retune: moca's adaptation first re-tunes its base rule's thresholds as the peer does
+    retuning = ({"retune": 60, "retune_scenarios": 1} if quick else {"retune": 1500, "retune_scenarios": 32}) \
+        if retune else {}
     rows = []
     for regime in regimes:
         plan = regime if isinstance(regime, RegimeSchedule) else RegimeSchedule.constant(regime)
@@ -171,18 +179,29 @@ def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, port
             if isinstance(regime, RegimeSchedule) else {"regime": regime.model_dump(), "label": regime.describe()}
         if portfolio:  # moca adapt --model CLSC-2 as shipped; its LSTM candidate is --base default
             result = adapt_portfolio2(module, plan, steps, support_size=size, validation_size=size, cache=cache,
-                                      stocks=stocks)
-            weights, seconds = result.candidates["default"].weights, result.candidates["default"].seconds
+                                      stocks=stocks, **retuning)
+            candidate = result.candidates["default"]
+            weights, seconds, curve = candidate.weights, candidate.seconds, candidate.curve
         else:
+            began = time.perf_counter()
+            weights, curve = adapt2(module, None, plan, steps, support_size=size, validation_size=size, cache=cache,
+                                    keep_best=True, **retuning)
+            seconds = time.perf_counter() - began
+        out = evaluate_policy2(module, weights, tests, oracle)
+        row["moca"] = {"score": out["score"], "violations": out["violations"], "seconds": seconds}
+        if retune:
+            row["moca"]["start"] = curve[0]["start"]
+            row["moca"]["start_scores"] = curve[0]["start_scores"]
+        if isinstance(regime, RegimeSchedule):  # what the 3 steps add over the plan, on the test seeds
+            out = evaluate_policy2(module, None, tests, oracle)
+            row[ZERO_SHOT] = {"score": out["score"], "violations": out["violations"], "seconds": 0.0}
+        if retune:  # the adaptation without the re-tuned start, as before --retune
             began = time.perf_counter()
             weights, _ = adapt2(module, None, plan, steps, support_size=size, validation_size=size, cache=cache,
                                 keep_best=True)
             seconds = time.perf_counter() - began
-        out = evaluate_policy2(module, weights, tests, oracle)
-        row["moca"] = {"score": out["score"], "violations": out["violations"], "seconds": seconds}
-        if isinstance(regime, RegimeSchedule):  # what the 3 steps add over the plan, on the test seeds
-            out = evaluate_policy2(module, None, tests, oracle)
-            row[ZERO_SHOT] = {"score": out["score"], "violations": out["violations"], "seconds": 0.0}
+            out = evaluate_policy2(module, weights, tests, oracle)
+            row[STEPS_ONLY] = {"score": out["score"], "violations": out["violations"], "seconds": seconds}
         began = time.perf_counter()
         threshold = tune_threshold2(plan, DEFAULT_PARAMS_2, train_seeds=1 if quick else 32, budget=60 if quick else 1500)
         seconds = time.perf_counter() - began
@@ -208,6 +227,7 @@ def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, port
 MPC = "mpc-sampled (safety stock re-picked)"
 PORTFOLIO = "moca adapt (LSTM or sampled MPC)"
 ZERO_SHOT = "moca zero-shot (meta-init, no step)"
+STEPS_ONLY = "moca steps from the meta-init only"
 
 
 def deployed(result, row: dict[str, Any], tests, oracle: np.ndarray) -> dict[str, Any]:
@@ -268,6 +288,10 @@ def main() -> None:
                              "EUR/t above an earlier one")
     parser.add_argument("--portfolio", action="store_true",
                         help="CLSC-2: also what moca adapt deploys (--base auto: the LSTM or the sampled MPC)")
+    parser.add_argument("--retune", action="store_true",
+                        help="CLSC-2: moca's adaptation first re-tunes its base rule's thresholds as the threshold "
+                             "peer does and starts its steps from them or the meta-init, whichever validates "
+                             "higher (moca adapt --retune 1500); the adaptation without it is scored beside")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
     parser.add_argument("--out", type=Path, default=HERE / "random_regimes.json")
     args = parser.parse_args()
@@ -284,7 +308,7 @@ def main() -> None:
 
     worlds = ["CLSC-1", "CLSC-2"] if args.world == "both" else [args.world]
     flags = ("with_cap", "high_tax", "high_mandate", "returns_liability", "schedules", "tax_rise", "portfolio",
-             "quick")
+             "retune", "quick")
     result: dict[str, Any] = {"command": "python benchmarks/bench_random_regimes.py "
                                          f"--world {args.world} --regimes {args.regimes} --seed {args.seed} "
                                          f"--scenarios {args.scenarios}"
@@ -309,7 +333,7 @@ def main() -> None:
                     (not args.returns_liability or returns_tip_the_sale(regime)):
                 regimes.append(regime)
         rows = clsc1(regimes, args.scenarios, args.quick) if world == "CLSC-1" else \
-            clsc2(regimes, args.scenarios, args.quick, args.portfolio)
+            clsc2(regimes, args.scenarios, args.quick, args.portfolio, args.retune)
         result["worlds"][world] = rows
         print(f"\n{world}\n" + table(rows) + "\n", flush=True)
     result.update({"wall_seconds": time.perf_counter() - started,

@@ -187,14 +187,26 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
            support: Sequence[Scenario2] | None = None, validation: Sequence[Scenario2] | None = None,
            lr: float = 1.0, clip: float | None = 0.03, safeguard: bool = True, correction_weight: float = 0.1,
            support_size: int = 8, validation_size: int = 8, cache: OracleCache2 | None = None,
-           keep_best: bool = False) -> tuple[Weights, list[dict[str, Any]]]:
+           keep_best: bool = False, retune: int = 0, retune_scenarios: int = 32
+           ) -> tuple[Weights, list[dict[str, Any]]]:
     """``steps`` adaptation steps on CLSC-2 support scenarios of ``regime`` (seeds 800+),
     scored after each on validation scenarios (seeds 900+): as :func:`moca.meta.adapt`
     (``safeguard``: a step is kept only if it lowers the support loss, else undone and the
     rate halved; ``keep_best``: the weights of the best validation score over 0..steps).
-    Returns the weights (detached) and the curve."""
+
+    ``retune`` > 0: first re-tune the base rule's seven thresholds for the plan as the
+    threshold peer does (:func:`moca.baselines.threshold2.tune_threshold2`, ``retune``
+    candidates on ``retune_scenarios`` training-stream scenarios; the peer uses 1,500 on 32),
+    and start the steps from whichever of the given weights (``checkpoint``) and
+    :func:`threshold_start` on the re-tuned thresholds scores higher on validation (the given
+    weights on a tie). Step 0 of the curve says which (``start``), the two scores
+    (``start_scores``) and the thresholds; its ``seconds``, counted in every later step's, are
+    the tuning's and the two scorings'. Returns the weights (detached) and the curve."""
     if steps < 0:
         raise MetaError(f"steps: {steps!r} must be >= 0")
+    if retune < 0 or (retune > 0 and retune_scenarios < 1):
+        raise MetaError(f"retune: {retune!r} candidates on {retune_scenarios!r} scenarios; "
+                        "candidates must be >= 0 and scenarios >= 1")
     plan = regime if isinstance(regime, (Regime, RegimeSchedule)) else load_regime(regime, model=MODEL)
     cache = cache or OracleCache2(module.params)
     support = list(support) if support is not None else cache.scenarios(SUPPORT_SEEDS[:support_size], plan)
@@ -209,8 +221,22 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
         out.pop("scores")
         return out
 
-    curve = [{"step": 0, "seconds": 0.0, "kept": True, "support_loss": math.nan, **score(current)}]
     began = time.perf_counter()
+    curve = [{"step": 0, "seconds": 0.0, "kept": True, "support_loss": math.nan, **score(current)}]
+    if retune > 0:
+        from moca.baselines.threshold2 import tune_threshold2
+
+        tuned = tune_threshold2(plan, module.params, train_seeds=retune_scenarios, budget=retune)
+        alternative = threshold_start(module, current, tuned.thresholds)
+        other = score(alternative)
+        start_scores = {"checkpoint": curve[0]["score"], "re-tuned thresholds": other["score"]}
+        if other["score"] > curve[0]["score"]:
+            current, curve[0] = alternative, {**curve[0], **other}
+        curve[0].update(start="re-tuned thresholds" if current is alternative else "checkpoint",
+                        start_scores=start_scores, seconds=time.perf_counter() - began,
+                        thresholds=tuned.as_dict())
+    else:
+        began = time.perf_counter()
     batch = ScenarioBatch2.from_scenarios(support)
     oracle = torch.as_tensor(cache.costs(support), dtype=torch.float32)
 
@@ -219,6 +245,28 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
         return float(loss.detach()), dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
 
     return adapt_loop(current, curve, began, loss_and_grad, score, steps, lr, clip, safeguard, keep_best)
+
+
+#: Where a re-tuned threshold on its search box's edge is put, as a share of the box in
+#: from the edge: LSTMPolicy2 maps a logit through a sigmoid, and the edge itself would need
+#: an infinite logit.
+THRESHOLD_EDGE = 1e-3
+
+
+def threshold_start(module: LSTMPolicy2, weights: Weights, thresholds: Any) -> Weights:
+    """``weights`` (leaves that require grad) with the base rule's thresholds held at
+    ``thresholds`` (``[7]``, the rule's units, order of
+    :data:`moca.baselines.threshold2.THRESHOLD2_NAMES`) under every regime: ``rule_bias``
+    the logit of their share of the box and ``rule_regime`` zero; the LSTM and its head as
+    given. With a zero head it acts as the threshold rule at those thresholds."""
+    low, span = module.rule_low.double(), module.rule_span.double()
+    share = ((torch.as_tensor(np.asarray(thresholds, dtype=np.float64)) - low) / span).clamp(
+        THRESHOLD_EDGE, 1.0 - THRESHOLD_EDGE)
+    out = {k: v.detach().clone() for k, v in weights.items()}
+    out["rule_bias"] = torch.logit(share).to(out["rule_bias"].dtype)
+    out["rule_regime.weight"] = torch.zeros_like(out["rule_regime.weight"])
+    out["rule_regime.bias"] = torch.zeros_like(out["rule_regime.bias"])
+    return {k: v.requires_grad_(True) for k, v in out.items()}
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -265,4 +313,4 @@ def load_policy2(directory: str | Path) -> tuple[LSTMPolicy2, dict[str, Any]]:
 
 
 __all__ = ["MetaConfig2", "OracleCache2", "SHIPPED_2", "adapt2", "load_policy2", "meta_train2", "sample_task2",
-           "save_policy2", "task_losses2"]
+           "save_policy2", "task_losses2", "threshold_start"]

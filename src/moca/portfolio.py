@@ -177,7 +177,8 @@ STOCK_SCENARIOS_2 = 2
 
 def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", support_size: int = 8,
                      validation_size: int = 8, cache: Any = None, keep_best: bool = True,
-                     stocks: Sequence[float] | None = None) -> PortfolioResult:
+                     stocks: Sequence[float] | None = None, retune: int = 0, retune_scenarios: int = 32
+                     ) -> PortfolioResult:
     """Adapt CLSC-2's candidates of ``base`` to ``plan`` (a regime or schedule) and choose by
     validation score (the LSTM on a tie): ``default``, ``module`` (a
     :class:`moca.policy2.LSTMPolicy2`) adapted ``steps`` steps by :func:`moca.meta2.adapt2` on
@@ -186,7 +187,8 @@ def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", sup
     (:func:`moca.baselines.mpc2.select_safety_stock2`). Both are scored on the same
     validation scenarios (seeds 900+). The MPC candidate's ``module`` is the
     :class:`moca.baselines.mpc2.MPC2Policy` and its weights are empty. ``stocks``: the safety
-    stocks (units) to pick from (default :data:`moca.baselines.mpc2.SAFETY_STOCKS_2`)."""
+    stocks (units) to pick from (default :data:`moca.baselines.mpc2.SAFETY_STOCKS_2`);
+    ``retune``, ``retune_scenarios``: the LSTM's re-tuned start (:func:`moca.meta2.adapt2`)."""
     from moca.baselines.mpc2 import PLANNER_SAMPLES, SAFETY_STOCKS_2, MPC2Policy, select_safety_stock2
     from moca.meta2 import OracleCache2, adapt2
 
@@ -200,7 +202,7 @@ def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", sup
     if base in ("auto", "default"):
         began = time.perf_counter()
         weights, curve = adapt2(module, None, plan, steps, support=support, validation=validation, cache=cache,
-                                keep_best=keep_best)
+                                keep_best=keep_best, retune=retune, retune_scenarios=retune_scenarios)
         candidates["default"] = Candidate("default", module, weights, curve, _validation_score(curve),
                                           time.perf_counter() - began)
     if base in ("auto", "mpc"):
