@@ -718,6 +718,11 @@ no steps. Both are scored on the same validation scenarios; the better is kept
 (the checkpoint on a tie). -o writes the MPC as a planner checkpoint (kind
 "mpc-planner": its settings in JSON, no weights) that moca evaluate --model
 CLSC-2 --policy DIR scores. The MPC's choice costs about 1-2 s a scenario.
+--retune N (CLSC-2) first re-tunes the base rule's seven thresholds for the
+regime or plan as the threshold peer is re-tuned (N candidates on 32
+training scenarios; the peer uses 1500, about 30-50 s), and the checkpoint's
+steps start from those thresholds (the regime-to-thresholds map flattened to
+them) or from the checkpoint, whichever scores higher on validation.
 """
 
 
@@ -736,6 +741,9 @@ def adapt(
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
     base: str = typer.Option("auto", "--base", help="auto | default | map | mpc (CLSC-2: auto | default | mpc; "
                                                     "see above)."),
+    retune: int = typer.Option(0, "--retune", min=0, help="CLSC-2: first re-tune the base rule's thresholds with "
+                                                         "this many candidates (1500: as the threshold peer; "
+                                                         "0: off; see above)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     from moca.regime import load_regime
@@ -743,7 +751,9 @@ def adapt(
     with _bad_input():
         if _chosen_model(model) == "CLSC-2":
             return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json,
-                           params_file, base)
+                           params_file, base, retune)
+        if retune:
+            _fail("--retune: CLSC-2 only (on CLSC-1, --base map starts from tuned thresholds)")
         target = load_regime(regime)
         base = _base_choice(base)
         _output_dir(output)
@@ -846,7 +856,7 @@ def _print_adapted(label: str, out: dict[str, Any], selected: int, keep_last: bo
 
 def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: int, validation: int,
             keep_last: bool, output: Optional[Path], as_json: bool, params_file: Optional[Path] = None,
-            base: str = "auto") -> None:
+            base: str = "auto", retune: int = 0) -> None:
     """``moca adapt --model CLSC-2``: moca.portfolio.adapt_portfolio2 (the checkpoint's LSTM
     adapted by moca.meta2.adapt2, and/or the sampled MPC at a picked safety stock; with
     --params, on that chain: its scenarios, oracle and the policy's scaling)."""
@@ -875,7 +885,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
         progress.add_task(f"adapting {steps} steps (CLSC-2" + (", portfolio)" if base == "auto" else ")"), total=None)
         before = evaluate_policy2(module, None, tests, oracle)
         portfolio = adapt_portfolio2(module, plan, steps, base=base, validation_size=validation, cache=cache,
-                                     keep_best=not keep_last)
+                                     keep_best=not keep_last, retune=retune)
         chosen = portfolio.chosen
         scored = {name: evaluate_candidate2(c, tests, oracle) for name, c in portfolio.candidates.items()}
     after = scored[chosen.name]
@@ -894,6 +904,10 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
            "regime": plan.to_list_with_window(), "test_seeds": [seed, seed + scenarios - 1],
            "validation_seeds": "900-" + str(900 + validation - 1), "base": base, "deployed": chosen.name,
            "portfolio": summary}
+    if retune and "default" in portfolio.candidates:
+        first = portfolio.candidates["default"].curve[0]
+        out["start"] = {"chosen": first["start"], "validation_scores": first["start_scores"],
+                        "thresholds": first["thresholds"]}
     if output is not None:
         record = {"adapted_from": str(checkpoint_dir), "regime": out["regime"], "steps": steps,
                   "selected_step": selected, "command": _command_line(),

@@ -1,0 +1,137 @@
+"""CLSC-2 adaptation from re-tuned thresholds (moca.meta2.adapt2's ``retune``): the start it
+builds is the threshold rule at those thresholds, the choice between it and the checkpoint
+follows the validation scores, and bad settings are refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from moca.baselines.peers import evaluate2
+from moca.baselines.threshold2 import THRESHOLD2_NAMES, Threshold2Policy, threshold2_bounds, tune_threshold2
+from moca.meta import MetaError
+from moca.meta2 import THRESHOLD_EDGE, OracleCache2, adapt2, load_policy2, threshold_start
+from moca.policy import PolicyConfig
+from moca.policy2 import LSTMPolicy2, evaluate_policy2
+from moca.regime import Regime, RegimeSchedule
+from moca.scenario import DEFAULT_PARAMS_2, draw_scenario2
+from tests._cli import assert_bad_input, run
+
+BOUNDS = threshold2_bounds(DEFAULT_PARAMS_2)
+# A mandate, then a tax rise with a landfill tax: the regime and its window change in the episode.
+PLAN = RegimeSchedule.from_list([
+    {"start": 0, "recycled_content_min": 0.2, "recycled_content_window": 52},
+    {"start": 20, "recycled_content_min": 0.2, "carbon_tax": 600.0, "landfill_tax": 40.0, "recycled_content_window": 52},
+])
+
+
+def rule_thresholds(module: LSTMPolicy2, weights) -> np.ndarray:
+    """The base rule's thresholds under ``weights`` for a few unrelated regimes ([regimes, 7])."""
+    regimes = [Regime(), Regime(recycled_content_min=0.4, carbon_tax=900.0, landfill_tax=30.0, recycled_content_window=13),
+               Regime(carbon_tax=50.0, emission_cap=1e4, recovery_target=0.9, recycled_content_window=104)]
+    scenarios = [draw_scenario2(1000, RegimeSchedule.constant(r)) for r in regimes]
+    regime_t = torch.as_tensor(np.stack([s.regime_table()[0] for s in scenarios]))
+    window_t = torch.as_tensor(np.stack([s.window_table()[0] for s in scenarios]))
+    module = LSTMPolicy2(module.params, module.config)
+    module.load_state_dict({**module.state_dict(), **{k: v.detach() for k, v in weights.items()}})
+    with torch.no_grad():
+        return module.thresholds(regime_t, window_t).double().numpy()
+
+
+def test_threshold_start_acts_as_the_threshold_rule_at_those_thresholds():
+    fresh = LSTMPolicy2(DEFAULT_PARAMS_2, PolicyConfig(hidden=8))  # its head is zero: the action is the rule's
+    rng = np.random.default_rng(3)
+    thresholds = BOUNDS[:, 0] + (BOUNDS[:, 1] - BOUNDS[:, 0]) * rng.uniform(0.05, 0.95, len(THRESHOLD2_NAMES))
+    weights = threshold_start(fresh, dict(fresh.named_parameters()), thresholds)
+    assert all(w.requires_grad for w in weights.values())
+    held = rule_thresholds(fresh, weights)
+    np.testing.assert_allclose(held, np.broadcast_to(thresholds, held.shape), rtol=1e-5, atol=1e-3)
+    scenarios = [draw_scenario2(seed, PLAN) for seed in (1000, 1001)]
+    ones = np.ones(len(scenarios))  # the costs are compared, so no oracle is needed
+    ours = evaluate_policy2(fresh, weights, scenarios, ones)
+    peer = evaluate2("threshold", Threshold2Policy(thresholds), scenarios, ones)
+    assert ours["violations"] == 0 and peer.violations == 0
+    np.testing.assert_allclose(ours["mean_cost"], float(np.mean(peer.costs)), rtol=1e-6)
+    # The rest of the weights are the given ones.
+    for name, value in fresh.named_parameters():
+        if not name.startswith("rule_"):
+            assert torch.equal(weights[name].detach(), value.detach())
+
+
+def test_threshold_start_puts_thresholds_on_the_box_edge_just_inside_it():
+    fresh = LSTMPolicy2(DEFAULT_PARAMS_2, PolicyConfig(hidden=8))
+    outside = np.where(np.arange(len(THRESHOLD2_NAMES)) % 2 == 0, BOUNDS[:, 0] - 10.0, BOUNDS[:, 1] + 10.0)
+    held = rule_thresholds(fresh, threshold_start(fresh, dict(fresh.named_parameters()), outside))
+    share = (held - BOUNDS[:, 0]) / (BOUNDS[:, 1] - BOUNDS[:, 0])
+    expected = np.where(np.arange(len(THRESHOLD2_NAMES)) % 2 == 0, THRESHOLD_EDGE, 1.0 - THRESHOLD_EDGE)
+    np.testing.assert_allclose(share, np.broadcast_to(expected, share.shape), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_policy2("default")[0]
+
+
+def test_retuned_start_is_the_peers_tuning_and_the_better_start_on_validation(shipped):
+    cache = OracleCache2(shipped.params)
+    weights, curve = adapt2(shipped, None, PLAN, steps=1, support_size=2, validation_size=2, cache=cache,
+                            keep_best=True, retune=24, retune_scenarios=1)
+    first = curve[0]
+    peer = tune_threshold2(PLAN, shipped.params, train_seeds=1, budget=24)
+    assert first["thresholds"] == peer.as_dict()
+    scores = first["start_scores"]
+    assert set(scores) == {"checkpoint", "re-tuned thresholds"}
+    better = "re-tuned thresholds" if scores["re-tuned thresholds"] > scores["checkpoint"] else "checkpoint"
+    assert first["start"] == better and first["score"] == scores[better]
+    assert 0 < first["seconds"] <= curve[1]["seconds"]  # the tuning is counted in the adaptation's seconds
+    assert all(c["violations"] == 0 for c in curve)
+    assert next(c for c in curve if c["selected"])["score"] == max(c["score"] for c in curve)
+
+
+def test_a_better_retuned_start_is_taken_and_returned(monkeypatch):
+    # The search stubbed by a fixed answer so that which start is better is known: on this
+    # plan the rule at the bottom of its box validates higher than at the top.
+    import moca.baselines.threshold2 as threshold2
+
+    fresh = LSTMPolicy2(DEFAULT_PARAMS_2, PolicyConfig(hidden=8))
+    monkeypatch.setattr(threshold2, "tune_threshold2", lambda plan, params, train_seeds, budget:
+                        Threshold2Policy(BOUNDS[:, 0], params))
+    cache = OracleCache2(fresh.params)
+    top = threshold_start(fresh, dict(fresh.named_parameters()), BOUNDS[:, 1])
+    weights, curve = adapt2(fresh, top, PLAN, steps=0, support_size=2, validation_size=2, cache=cache,
+                            keep_best=True, retune=8, retune_scenarios=1)
+    scores = curve[0]["start_scores"]
+    assert scores["re-tuned thresholds"] > scores["checkpoint"] and curve[0]["start"] == "re-tuned thresholds"
+    held = rule_thresholds(fresh, weights)
+    edge = BOUNDS[:, 0] + THRESHOLD_EDGE * (BOUNDS[:, 1] - BOUNDS[:, 0])
+    np.testing.assert_allclose(held, np.broadcast_to(edge, held.shape), rtol=1e-5, atol=1e-3)
+    # The other way round the checkpoint is kept, and its weights come back as given.
+    monkeypatch.setattr(threshold2, "tune_threshold2", lambda plan, params, train_seeds, budget:
+                        Threshold2Policy(BOUNDS[:, 1], params))
+    bottom = threshold_start(fresh, dict(fresh.named_parameters()), BOUNDS[:, 0])
+    weights, curve = adapt2(fresh, bottom, PLAN, steps=0, support_size=2, validation_size=2, cache=cache,
+                            keep_best=True, retune=8, retune_scenarios=1)
+    assert curve[0]["start"] == "checkpoint"
+    assert all(torch.equal(weights[k], bottom[k].detach()) for k in bottom)
+
+
+def test_retune_settings_are_checked(shipped):
+    with pytest.raises(MetaError, match="retune"):
+        adapt2(shipped, None, PLAN, steps=0, retune=-1)
+    with pytest.raises(MetaError, match="retune"):
+        adapt2(shipped, None, PLAN, steps=0, retune=10, retune_scenarios=0)
+
+
+def test_cli_adapt_retune(tmp_path):
+    out = run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T2", "--steps", 0,
+              "--scenarios", 1, "--validation", 1, "--base", "default", "--retune", 16, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["start"]["chosen"] in ("checkpoint", "re-tuned thresholds")
+    assert sorted(data["start"]["thresholds"]) == sorted(THRESHOLD2_NAMES) and data["violations"] == 0
+    assert_bad_input(run("adapt", "--checkpoint", "default", "--regime", "T2", "--retune", 5), "--retune", "CLSC-2")
+    assert_bad_input(run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T2", "--retune", -3),
+                     "--retune")
