@@ -132,6 +132,10 @@ def test_cli_adapt_retune(tmp_path):
     data = json.loads(out.stdout)
     assert data["start"]["chosen"] in ("checkpoint", "re-tuned thresholds")
     assert sorted(data["start"]["thresholds"]) == sorted(THRESHOLD2_NAMES) and data["violations"] == 0
+    out = run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T2", "--steps", 0,
+              "--scenarios", 1, "--validation", 1, "--base", "default", "--retune", 16)
+    assert out.returncode == 0, out.stderr
+    assert "--retune 16: the steps started from the" in out.stdout and "re-tuned thresholds" in out.stdout
     assert_bad_input(run("adapt", "--checkpoint", "default", "--regime", "T2", "--retune", 5), "--retune", "CLSC-2")
     assert_bad_input(run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T2", "--retune", -3),
                      "--retune")

@@ -926,6 +926,10 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
     else:
         kept = None
     _print_adapted(f"CLSC-2 {regime}", out, selected, keep_last, output, kept)
+    if "start" in out:
+        start = out["start"]
+        console.print(f"--retune {retune}: the steps started from the {start['chosen']} (validation scores: "
+                      + ", ".join(f"{n} {v:.4f}" for n, v in start["validation_scores"].items()) + ")")
     if base == "auto":
         scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["candidates"].items())
         console.print(f"base auto: kept {chosen.name} (validation scores: {scores}; {portfolio.seconds:.2f} s in all)")
