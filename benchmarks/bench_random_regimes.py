@@ -167,9 +167,9 @@ def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, port
     cache = OracleCache2(module.params)
     stocks = (300.0, 1000.0) if quick else None  # None: the shipped grid, SAFETY_STOCKS_2
     steps, size = (1, 4) if quick else (3, 8)
-    # --retune: moca's adaptation first re-tunes its base rule's thresholds as the peer does
-    retuning = ({"retune": 60, "retune_scenarios": 1} if quick else {"retune": 1500, "retune_scenarios": 32}) \
-        if retune else {}
+    tuning = {"train_seeds": 1, "budget": 60} if quick else {"train_seeds": 32, "budget": 1500}  # the peer's
+    # --retune: moca's adaptation first re-tunes its base rule's thresholds as the peer is re-tuned
+    retuning = {"retune": tuning["budget"], "retune_scenarios": tuning["train_seeds"]} if retune else {}
     rows = []
     for regime in regimes:
         plan = regime if isinstance(regime, RegimeSchedule) else RegimeSchedule.constant(regime)
@@ -203,7 +203,7 @@ def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, port
             out = evaluate_policy2(module, weights, tests, oracle)
             row[STEPS_ONLY] = {"score": out["score"], "violations": out["violations"], "seconds": seconds}
         began = time.perf_counter()
-        threshold = tune_threshold2(plan, DEFAULT_PARAMS_2, train_seeds=1 if quick else 32, budget=60 if quick else 1500)
+        threshold = tune_threshold2(plan, DEFAULT_PARAMS_2, **tuning)
         seconds = time.perf_counter() - began
         out = evaluate2("threshold", threshold, tests, oracle)
         row["threshold (re-tuned)"] = {"score": float(out.scores.mean()), "violations": out.violations,
