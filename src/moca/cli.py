@@ -720,7 +720,7 @@ no steps. Both are scored on the same validation scenarios; the better is kept
 CLSC-2 --policy DIR scores. The MPC's choice costs about 1-2 s a scenario.
 --retune N (CLSC-2) first re-tunes the base rule's seven thresholds for the
 regime or plan as the threshold peer is re-tuned (N candidates on 32
-training scenarios; the peer uses 1500, about 30-50 s), and the checkpoint's
+training scenarios; the peer uses 1500, 25-60 s on 2 cores), and the checkpoint's
 steps start from those thresholds (the regime-to-thresholds map flattened to
 them) or from the checkpoint, whichever scores higher on validation.
 """
