@@ -43,8 +43,9 @@ picked on support seeds 800-801, whichever scores better on validation seeds 900
 seconds are the whole choice's. Its ``moca`` column is then that run's LSTM candidate.
 ``--retune`` (CLSC-2) is ``moca adapt --model CLSC-2 --retune 1500``: before its steps, moca
 re-tunes its base rule's seven thresholds for the plan exactly as the threshold peer is
-re-tuned (``moca.meta2.adapt2``'s ``retune``), starts from them or the meta-init, whichever
-scores higher on validation seeds 900-907, and counts the tuning in its seconds; the
+re-tuned (``moca.meta2.adapt2``'s ``retune``), starts from the meta-init, from them, or from
+the rule at them with the residual off (the peer itself), whichever scores highest on
+validation seeds 900-907, and counts the tuning in its seconds; the
 adaptation without it (``moca steps from the meta-init only``) is scored beside. Writes
 benchmarks/random_regimes.json (``--out``) and prints a markdown table per world.
 """
@@ -290,8 +291,9 @@ def main() -> None:
                         help="CLSC-2: also what moca adapt deploys (--base auto: the LSTM or the sampled MPC)")
     parser.add_argument("--retune", action="store_true",
                         help="CLSC-2: moca's adaptation first re-tunes its base rule's thresholds as the threshold "
-                             "peer does and starts its steps from them or the meta-init, whichever validates "
-                             "higher (moca adapt --retune 1500); the adaptation without it is scored beside")
+                             "peer does and starts its steps from the meta-init, from them or from the rule at them "
+                             "with the residual off, whichever validates highest (moca adapt --retune 1500); "
+                             "the adaptation without it is scored beside")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
     parser.add_argument("--out", type=Path, default=HERE / "random_regimes.json")
     args = parser.parse_args()

@@ -197,11 +197,13 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
     ``retune`` > 0: first re-tune the base rule's seven thresholds for the plan as the
     threshold peer does (:func:`moca.baselines.threshold2.tune_threshold2`, ``retune``
     candidates on ``retune_scenarios`` training-stream scenarios; the peer uses 1,500 on 32),
-    and start the steps from whichever of the given weights (``checkpoint``) and
-    :func:`threshold_start` on the re-tuned thresholds scores higher on validation (the given
-    weights on a tie). Step 0 of the curve says which (``start``), the two scores
-    (``start_scores``) and the thresholds; its ``seconds``, counted in every later step's, are
-    the tuning's and the two scorings'. Returns the weights (detached) and the curve."""
+    and start the steps from whichever scores highest on validation of the given weights
+    (``checkpoint``), :func:`threshold_start` on the re-tuned thresholds (``re-tuned
+    thresholds``) and that with the residual off (``re-tuned rule``, :func:`without_residual`:
+    the threshold peer itself); on a tie the first of them in that order. Step 0 of the curve
+    says which (``start``), the three scores (``start_scores``) and the thresholds; its
+    ``seconds``, counted in every later step's, are the tuning's and the scorings'. Returns
+    the weights (detached) and the curve."""
     if steps < 0:
         raise MetaError(f"steps: {steps!r} must be >= 0")
     if retune < 0 or (retune > 0 and retune_scenarios < 1):
@@ -227,14 +229,16 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
         from moca.baselines.threshold2 import tune_threshold2
 
         tuned = tune_threshold2(plan, module.params, train_seeds=retune_scenarios, budget=retune)
-        alternative = threshold_start(module, current, tuned.thresholds)
-        other = score(alternative)
-        start_scores = {"checkpoint": curve[0]["score"], "re-tuned thresholds": other["score"]}
-        if other["score"] > curve[0]["score"]:
-            current, curve[0] = alternative, {**curve[0], **other}
-        curve[0].update(start="re-tuned thresholds" if current is alternative else "checkpoint",
-                        start_scores=start_scores, seconds=time.perf_counter() - began,
-                        thresholds=tuned.as_dict())
+        retuned = threshold_start(module, current, tuned.thresholds)
+        # The re-tuned rule alone (the residual's head zeroed) is the threshold peer itself:
+        # where the learned residual costs more than it earns (under a carbon tax above about
+        # 1,000 EUR/t it did), moca can start from, and keep, what the peer would deploy.
+        starts = {"checkpoint": current, "re-tuned thresholds": retuned, "re-tuned rule": without_residual(retuned)}
+        scored = {name: curve[0] if name == "checkpoint" else score(w) for name, w in starts.items()}
+        chosen = max(starts, key=lambda name: scored[name]["score"])  # the first of equals: checkpoint first
+        current, curve[0] = starts[chosen], {**curve[0], **scored[chosen]}
+        curve[0].update(start=chosen, start_scores={name: out["score"] for name, out in scored.items()},
+                        seconds=time.perf_counter() - began, thresholds=tuned.as_dict())
     else:
         began = time.perf_counter()
     batch = ScenarioBatch2.from_scenarios(support)
@@ -267,6 +271,13 @@ def threshold_start(module: LSTMPolicy2, weights: Weights, thresholds: Any) -> W
     out["rule_regime.weight"] = torch.zeros_like(out["rule_regime.weight"])
     out["rule_regime.bias"] = torch.zeros_like(out["rule_regime.bias"])
     return {k: v.requires_grad_(True) for k, v in out.items()}
+
+
+def without_residual(weights: Weights) -> Weights:
+    """``weights`` (leaves that require grad) with the residual's head zeroed: the policy then
+    acts as its base rule alone (at the thresholds the weights give it)."""
+    return {k: (torch.zeros_like(v) if k.startswith("head.") else v.detach().clone()).requires_grad_(True)
+            for k, v in weights.items()}
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -313,4 +324,4 @@ def load_policy2(directory: str | Path) -> tuple[LSTMPolicy2, dict[str, Any]]:
 
 
 __all__ = ["MetaConfig2", "OracleCache2", "SHIPPED_2", "adapt2", "load_policy2", "meta_train2", "sample_task2",
-           "save_policy2", "task_losses2", "threshold_start"]
+           "save_policy2", "task_losses2", "threshold_start", "without_residual"]
