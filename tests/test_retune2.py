@@ -1,6 +1,7 @@
-"""CLSC-2 adaptation from re-tuned thresholds (moca.meta2.adapt2's ``retune``): the start it
-builds is the threshold rule at those thresholds, the choice between it and the checkpoint
-follows the validation scores, and bad settings are refused."""
+"""CLSC-2 adaptation from re-tuned thresholds (moca.meta2.adapt2's ``retune``): the starts it
+builds are the threshold rule at those thresholds (with the learned residual, and without it),
+the choice among them and the checkpoint follows the validation scores, and bad settings are
+refused."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from moca.baselines.peers import evaluate2
 from moca.baselines.threshold2 import THRESHOLD2_NAMES, Threshold2Policy, threshold2_bounds, tune_threshold2
 from moca.meta import MetaError
-from moca.meta2 import THRESHOLD_EDGE, OracleCache2, adapt2, load_policy2, threshold_start
+from moca.meta2 import THRESHOLD_EDGE, OracleCache2, adapt2, load_policy2, threshold_start, without_residual
 from moca.policy import PolicyConfig
 from moca.policy2 import LSTMPolicy2, evaluate_policy2
 from moca.regime import Regime, RegimeSchedule
@@ -83,8 +84,8 @@ def test_retuned_start_is_the_peers_tuning_and_the_better_start_on_validation(sh
     peer = tune_threshold2(PLAN, shipped.params, train_seeds=1, budget=24)
     assert first["thresholds"] == peer.as_dict()
     scores = first["start_scores"]
-    assert set(scores) == {"checkpoint", "re-tuned thresholds"}
-    better = "re-tuned thresholds" if scores["re-tuned thresholds"] > scores["checkpoint"] else "checkpoint"
+    assert list(scores) == ["checkpoint", "re-tuned thresholds", "re-tuned rule"]
+    better = max(scores, key=scores.get)  # the first of equals, in that order
     assert first["start"] == better and first["score"] == scores[better]
     assert 0 < first["seconds"] <= curve[1]["seconds"]  # the tuning is counted in the adaptation's seconds
     assert all(c["violations"] == 0 for c in curve)
@@ -118,6 +119,48 @@ def test_a_better_retuned_start_is_taken_and_returned(monkeypatch):
     assert all(torch.equal(weights[k], bottom[k].detach()) for k in bottom)
 
 
+def harmful(module: LSTMPolicy2, thresholds: np.ndarray):
+    """The rule at ``thresholds`` with a residual that pushes every decision up: a learned part
+    that costs more than it earns."""
+    weights = threshold_start(module, dict(module.named_parameters()), thresholds)
+    with torch.no_grad():
+        weights["head.bias"].fill_(2.0)
+    return weights
+
+
+def test_without_residual_is_the_rule_alone():
+    fresh = LSTMPolicy2(DEFAULT_PARAMS_2, PolicyConfig(hidden=8))
+    thresholds = 0.5 * (BOUNDS[:, 0] + BOUNDS[:, 1])
+    weights = harmful(fresh, thresholds)
+    scenarios = [draw_scenario2(seed, PLAN) for seed in (1000, 1001)]
+    ones = np.ones(len(scenarios))
+    peer = evaluate2("threshold", Threshold2Policy(thresholds), scenarios, ones)
+    assert evaluate_policy2(fresh, weights, scenarios, ones)["mean_cost"] > 1.01 * float(np.mean(peer.costs))
+    alone = without_residual(weights)
+    assert all(w.requires_grad for w in alone.values()) and not bool(weights["head.bias"].eq(0).all())
+    np.testing.assert_allclose(evaluate_policy2(fresh, alone, scenarios, ones)["mean_cost"],
+                               float(np.mean(peer.costs)), rtol=1e-6)
+
+
+def test_the_retuned_rule_is_taken_where_the_residual_costs(monkeypatch):
+    # The checkpoint's residual is harmful, so the rule alone at the re-tuned thresholds
+    # validates highest of the three starts; the search is stubbed by a fixed answer.
+    import moca.baselines.threshold2 as threshold2
+
+    fresh = LSTMPolicy2(DEFAULT_PARAMS_2, PolicyConfig(hidden=8))
+    monkeypatch.setattr(threshold2, "tune_threshold2", lambda plan, params, train_seeds, budget:
+                        Threshold2Policy(BOUNDS[:, 0], params))
+    weights, curve = adapt2(fresh, harmful(fresh, BOUNDS[:, 1]), PLAN, steps=0, support_size=2, validation_size=2,
+                            cache=OracleCache2(fresh.params), keep_best=True, retune=8, retune_scenarios=1)
+    scores = curve[0]["start_scores"]
+    assert scores["re-tuned rule"] > max(scores["checkpoint"], scores["re-tuned thresholds"])
+    assert curve[0]["start"] == "re-tuned rule" and curve[0]["score"] == scores["re-tuned rule"]
+    assert bool(weights["head.weight"].eq(0).all()) and bool(weights["head.bias"].eq(0).all())
+    edge = BOUNDS[:, 0] + THRESHOLD_EDGE * (BOUNDS[:, 1] - BOUNDS[:, 0])
+    held = rule_thresholds(fresh, weights)
+    np.testing.assert_allclose(held, np.broadcast_to(edge, held.shape), rtol=1e-5, atol=1e-3)
+
+
 def test_retune_settings_are_checked(shipped):
     with pytest.raises(MetaError, match="retune"):
         adapt2(shipped, None, PLAN, steps=0, retune=-1)
@@ -130,7 +173,8 @@ def test_cli_adapt_retune(tmp_path):
               "--scenarios", 1, "--validation", 1, "--base", "default", "--retune", 16, "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["start"]["chosen"] in ("checkpoint", "re-tuned thresholds")
+    assert data["start"]["chosen"] in ("checkpoint", "re-tuned thresholds", "re-tuned rule")
+    assert list(data["start"]["validation_scores"]) == ["checkpoint", "re-tuned thresholds", "re-tuned rule"]
     assert sorted(data["start"]["thresholds"]) == sorted(THRESHOLD2_NAMES) and data["violations"] == 0
     out = run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T2", "--steps", 0,
               "--scenarios", 1, "--validation", 1, "--base", "default", "--retune", 16)
