@@ -131,7 +131,7 @@ def table(result: dict) -> str:
     headers = (["regime"] + [f"moca {k}" for k in steps] + ["chosen (" + "/".join(steps) + ")", f"moca s ({last})",
                                                            f"default {last}", f"map {last}", f"mpc {last}"]
                + [x for p in peers for x in ((p,) if p == "mpc" else (p, "s"))] + ["best peer"])
-    rows, sums = [], {}
+    rows = []
     regimes = result["regimes"]
     for label, e in regimes.items():
         cells = [label] + [f"{e['moca'][k]['score']:.3f}" for k in steps]

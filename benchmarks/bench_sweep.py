@@ -54,7 +54,7 @@ def _max_difference(a: dict, b: dict) -> float:
 
 
 def bench_sweep(args) -> dict:
-    from moca.sweep import SweepTask, make_plan, run_task
+    from moca.sweep import make_plan, run_task
 
     plan = make_plan("CLSC-1", args.field, args.values, policies="oracle,mpc,threshold", scenarios=args.scenarios)
     out: dict = {"field": args.field, "values": plan.values, "scenarios": args.scenarios,

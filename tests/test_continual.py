@@ -17,7 +17,6 @@ from moca.continual import (
     EWC,
     METHODS,
     ContinualConfig,
-    ContinualError,
     ContinualLearner,
     Task,
     WeightLayout,

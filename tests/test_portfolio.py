@@ -20,7 +20,7 @@ from moca.meta import OracleCache
 from moca.policy import DeployedPolicy, LSTMPolicy, evaluate_policy
 from moca.portfolio import adapt_portfolio
 from moca.regime import TASKS
-from moca.regime_map import (MAP_FILE, SHIPPED_MAP, RegimeMapError, ThresholdMap, load_learned_policy, load_map,
+from moca.regime_map import (MAP_FILE, RegimeMapError, ThresholdMap, load_learned_policy, load_map,
                              load_mapped_policy, mapped_policy, save_map, save_mapped_policy, select_thresholds)
 from moca.scenario import Params
 from tests._cli import assert_bad_input, run

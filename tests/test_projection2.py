@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from moca import safety
-from moca.projection import (ProjectionError, project, project2, project2_batch, project2_counted, project_batch,
+from moca.projection import (ProjectionError, project, project2, project2_batch, project2_counted,
                              row_violations, row_violations2, violations, violations2)
 from moca.regime import Regime, RegimeSchedule, ScheduledRegime, window_periods_left, window_starts
 from moca.scenario import Params, Params2
