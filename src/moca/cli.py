@@ -720,10 +720,11 @@ no steps. Both are scored on the same validation scenarios; the better is kept
 CLSC-2 --policy DIR scores. The MPC's choice costs about 1-2 s a scenario.
 --retune N (CLSC-2) first re-tunes the base rule's seven thresholds for the
 regime or plan as the threshold peer is re-tuned (N candidates on 32
-training scenarios; the peer uses 1500, 25-60 s on 2 cores), and the checkpoint's
-steps start from whichever scores highest on validation: the checkpoint, those
-thresholds (the regime-to-thresholds map flattened to them), or the rule at
-those thresholds with the learned residual off (the threshold peer itself).
+training scenarios; the peer uses 1500, 10-100 s a regime or plan on 2
+cores), and the checkpoint's steps start from whichever scores highest on
+validation: the checkpoint, those thresholds (the regime-to-thresholds map
+flattened to them), or the rule at those thresholds with the learned
+residual off (the threshold peer itself).
 """
 
 
