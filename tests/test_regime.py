@@ -57,6 +57,18 @@ def test_load_from_yaml_and_json(tmp_path):
         load_regime("T9")
 
 
+def test_yaml_exponent_notation_is_a_number(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e6 and 1.5e2 as text; a regime file means numbers.
+    (tmp_path / "r.yaml").write_text("emission_cap: 2.5e4\ncarbon_tax: 1.5e2\nlandfill_tax: 2E+1\n")
+    assert load_regime(tmp_path / "r.yaml") == Regime(emission_cap=25000, carbon_tax=150, landfill_tax=20)
+    (tmp_path / "big.yaml").write_text("carbon_tax: 1e9\n")
+    with pytest.raises(RegimeError, match=r"carbon_tax=1000000000.0 is outside its valid range \[0, 2000\]"):
+        load_regime(tmp_path / "big.yaml")
+    (tmp_path / "text.yaml").write_text("carbon_tax: 1e\n")
+    with pytest.raises(RegimeError, match="carbon_tax='1e' is not a number"):
+        load_regime(tmp_path / "text.yaml")
+
+
 def test_schedule_table_and_validation(tmp_path):
     schedule = RegimeSchedule.from_list([
         {"start": 0, "recycled_content_min": 0.1},

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -458,6 +459,20 @@ def load_sequence(spec: str | Path | list[Any]) -> list[tuple[str, Regime]]:
     return out
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading exponent notation as YAML 1.2 and JSON do.
+
+    PyYAML implements YAML 1.1, whose floats need a dot and a signed exponent, so
+    ``emission_cap: 1e6`` or ``carbon_tax: 1.5e2`` would arrive as text and be refused as
+    "not a number". Every other rule of the safe loader stays as it is."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def read_structured(path: Path) -> Any:
     """Parse a YAML or JSON file; errors name the file and the problem."""
     try:
@@ -467,7 +482,7 @@ def read_structured(path: Path) -> Any:
     try:
         if str(path).endswith(".json"):
             return json.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YamlLoader)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise RegimeError(f"{path}: malformed {'JSON' if str(path).endswith('.json') else 'YAML'} ({str(err).splitlines()[0]})") from None
 
