@@ -45,11 +45,15 @@ runner = CliRunner()
     (["--field", "carbon_tax", "--values", "0,10", "--base", "no-such-rule"], ["--base", "no-such-rule"]),
     (["--field", "carbon_tax", "--values", "0,10", "--scenarios", "1"], ["--scenarios"]),
     (["--field", "carbon_tax", "--values", "0,10", "--plot", "out.txt"], ["--plot", "png"]),
+    # checked before the sweep's work, as --json is: no folder created, nothing computed
+    (["--field", "carbon_tax", "--values", "0,10", "--plot", "no-such-folder/out.png"],
+     ["--plot", "no-such-folder", "does not exist"]),
     (["--field", "carbon_tax", "--values", "0,10", "--moca-base", "best"], ["--moca-base", "best"]),
     (["--field", "carbon_tax", "--values", "0,10", "--model", "CLSC-2", "--moca-base", "map"],
      ["--moca-base", "map", "CLSC-2"]),
 ])
-def test_bad_input_is_one_line_exit_2(args, needles, tmp_path):
+def test_bad_input_is_one_line_exit_2(args, needles, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["sweep", *args, "--json", str(tmp_path / "out.json")])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
@@ -57,6 +61,7 @@ def test_bad_input_is_one_line_exit_2(args, needles, tmp_path):
     for needle in needles:
         assert needle in lines[0]
     assert not (tmp_path / "out.json").exists()
+    assert not (tmp_path / "no-such-folder").exists()
 
 
 def test_ray_missing_says_how_to_install(monkeypatch):

@@ -1313,6 +1313,7 @@ def sweep(
     """Regulatory impact analysis: sweep one rule's strength; cost of compliance, emissions, shadow price."""
     from moca.cluster import BackendError, backend_from_options
     from moca.regime import RegimeError
+    from moca.files import OutputError, check_parent
     from moca.sweep import SweepError, make_plan, plot_sweep, run_sweep
 
     try:
@@ -1321,10 +1322,12 @@ def sweep(
         for option, path in (("--json", json_file), ("--plot", plot_file)):
             if path is not None and path.is_dir():
                 raise UsageError(f"{option} {path}: is a directory")
+            if path is not None:  # before the sweep's work, not after it
+                check_parent(path, option)
         if plot_file is not None and plot_file.suffix.lower() not in (".png", ".pdf", ".svg"):
             raise UsageError(f"--plot {plot_file}: expected a .png, .pdf or .svg file name")
         backend = backend_from_options(ray_address, workers)
-    except (SweepError, BackendError, RegimeError, UsageError) as err:
+    except (SweepError, BackendError, RegimeError, UsageError, OutputError) as err:
         err_console.print(f"moca: error: {_message(err)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     try:
@@ -1341,7 +1344,6 @@ def sweep(
     if json_file is not None:
         _write_atomic(json_file, json.dumps(result, indent=1))
     if plot_file is not None:
-        plot_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = plot_file.with_name(f".{plot_file.stem}.tmp{plot_file.suffix}")
         try:
             plot_sweep(result, str(tmp))
