@@ -164,6 +164,14 @@ def test_bad_options_stop_before_either_world_runs(stand_ins, tmp_path):
         assert done.returncode == 2 and needle in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1
     assert stand_ins == [] and not (tmp_path / "runs").exists()
+    # A runs folder that cannot be made fails before the work too, not when the run is written.
+    (tmp_path / "a-file").write_text("x")
+    for runs, needle in ((tmp_path / "a-file", "exists and is not a directory"),
+                         (tmp_path / "a-file" / "runs", "a-file is not a directory")):
+        done = run("--runs-dir", runs)
+        assert done.returncode == 2 and "--runs-dir" in done.stderr and needle in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert stand_ins == []
 
 
 def test_a_later_world_failing_leaves_the_first_ones_folder(stand_ins, tmp_path, monkeypatch):

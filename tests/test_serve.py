@@ -346,6 +346,9 @@ def test_the_serve_command_refuses_bad_options(tmp_path):
     not_a_dir.write_text("x")
     out = CliRunner().invoke(app, ["serve", "--data", str(not_a_dir)])
     assert out.exit_code == 2 and "--data" in out.output and "Traceback" not in out.output
+    # a data folder under a file: refused before the service starts, not an internal error
+    out = CliRunner().invoke(app, ["serve", "--data", str(not_a_dir / "data")])
+    assert out.exit_code == 2 and "file is not a directory" in out.output and "internal error" not in out.output
     out = CliRunner().invoke(app, ["serve", "--port", "70000"])
     assert out.exit_code == 2 and "port" in out.output.lower()
     out = CliRunner().invoke(app, ["serve", "--data", str(tmp_path / "d"), "--adapt-base", "best"])

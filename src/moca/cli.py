@@ -1094,9 +1094,10 @@ def run(
         worlds = [_chosen_model(model)] if model is not None else list(MODELS)
         if params_file is not None and model is None:
             worlds = ["CLSC-1"]  # said below, once every check has passed (an error stays one line)
-        if json_file is not None:
-            from moca.files import check_parent
+        from moca.files import check_folder, check_parent
 
+        check_folder(runs_dir, "--runs-dir")
+        if json_file is not None:
             if json_file.is_dir():
                 raise UsageError(f"--json {json_file}: is a directory")
             check_parent(json_file, "--json")
@@ -1274,9 +1275,13 @@ def serve(
     from moca.serve import AdaptSettings
     from moca.serve import serve as run_service
 
-    if data.exists() and not data.is_dir():
-        err_console.print(f"moca: error: --data {data}: exists and is not a directory", markup=False, highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT)
+    from moca.files import OutputError, check_folder
+
+    try:
+        check_folder(data, "--data")
+    except OutputError as err:
+        err_console.print(f"moca: error: {err}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     if token is not None and not token.strip():
         err_console.print("moca: error: --token: empty", markup=False, highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT)

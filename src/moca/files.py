@@ -42,6 +42,22 @@ def check_parent(path: str | Path, option: str = "-o") -> Path:
     return path
 
 
+def check_folder(path: str | Path, option: str) -> Path:
+    """Refuse a folder moca is to create or fill (a runs or data folder) when it cannot be:
+    it, or the nearest of its parents that exists, is a file or not writable. Checked
+    before the work, so that minutes of computing are not lost at the end."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "exists and is not a directory" if existing == path else f"{existing} is not a directory"
+        raise OutputError(f"{option} {path}: {where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: no permission to write in {existing}")
+    return path
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write via a temporary file in the same folder and rename it into place, so a failure
     never leaves half a file; the file gets the umask's mode."""
