@@ -278,3 +278,12 @@ def test_decide_period_takes_named_quantities_and_refuses_bad_ones():
         controller.decide_period(1, regime="T1", **{**state, "virgin": -5.0})
     with pytest.raises(PolicyError, match="pipeline"):
         controller.decide_period(1, regime="T1", **{**state, "pipeline": [1.0, 2.0]})
+    # every entry named, not a NaN raw action from the network (inf - inf) or an IndexError
+    for change, message in (({"pipeline": [float("nan")]}, r"pipeline\[0\]=nan"),
+                            ({"sales_history": [1000.0] * 5 + [1e300]}, r"sales_history\[5\]=1e\+300: must be <= 1e\+12"),
+                            ({"backlog": 1e300}, r"backlog=1e\+300: must be <= 1e\+12"),
+                            ({"return_frac": 1.5}, "return_frac=1.5: must be <= 1")):
+        with pytest.raises(PolicyError, match=message):
+            controller.decide_period(1, regime="T1", **{**state, **change})
+    with pytest.raises(PolicyError, match=r"t=52: must be a whole period in 0..51"):
+        controller.decide_period(52, regime="T1", **state)

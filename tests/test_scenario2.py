@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moca.regime import Regime, RegimeSchedule, TASKS_2, load_regime
-from moca.scenario import (HISTORY, Params2, Scenario, Scenario2, ScenarioError, draw_scenario, draw_scenario2,
+from moca.scenario import (HISTORY, Params, Params2, Scenario, Scenario2, ScenarioError, draw_scenario, draw_scenario2,
                            draw_scenarios2, load_actions, load_scenario)
 
 
@@ -117,6 +117,11 @@ def _broken(scenario, **change):
     ({"market_avail": [1.0] * 51 + ["x"]}, "market_avail: expected a list of numbers"),
     ({"regimes": [{"start": 0, "recycled_content_window": 200}]}, "regimes\\[0\\].recycled_content_window=200"),
     ({"model": "CLSC-9"}, "model='CLSC-9'"),
+    # numbers no chain has (typos): refused before the LP fails or a simulation runs for hours
+    ({"demand": [1.0] * 51 + [1e300]}, r"demand\[51\]=1e\+300 must be <= 1e\+12"),
+    ({"params_mass": 1e30}, r"params.mass=1e\+30 must be <= 1e\+12"),
+    ({"params_horizon": 52_000_000}, "params.horizon=52000000 must be <= 5200 periods"),
+    ({"params_lag_return": 10**9}, "params.lag_return=1000000000 must be <= 52"),
 ])
 def test_bad_files_are_refused_naming_the_field(scenario, change, message):
     with pytest.raises(ScenarioError, match=message):
@@ -144,3 +149,18 @@ def test_nine_column_action_files(tmp_path):
     path.write_text(json.dumps({"actions": [[0] * 6] * 3}))
     with pytest.raises(ScenarioError, match=r"actions\[0\]: expected 9 numbers \[o, o_m"):
         load_actions(path, 3, names)
+    path.write_text(json.dumps({"actions": [[0] * 9, [0] * 8 + [-1e300], [0] * 9]}))
+    with pytest.raises(ScenarioError, match=r"actions\[1\]\[8\]=-1e\+300 must be within ±1e\+12"):
+        load_actions(path, 3, names)
+
+
+def test_clsc1_params_beyond_the_limits_are_refused():
+    for change, message in (({"mass": 1e30}, r"params.mass=1e\+30 must be <= 1e\+12"),
+                            ({"horizon": 10**8}, "params.horizon=100000000 must be <= 5200 periods"),
+                            ({"lead_virgin": 521}, "params.lead_virgin=521 must be <= 520 periods"),
+                            ({"init_sales": -2e12}, r"init_sales=-2000000000000.0 must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            Params(**change)
+    assert Params(horizon=5200, lag_return=520, demand_base=1e12).horizon == 5200  # the limits themselves pass
+    with pytest.raises(ScenarioError, match=r"demand\[0\]=2000000000000.0 must be <= 1e\+12"):
+        Scenario(Params(horizon=2), RegimeSchedule.constant(Regime()), np.array([2e12, 1.0]), np.array([0.2, 0.2]))

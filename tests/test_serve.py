@@ -222,6 +222,11 @@ def _counts(client) -> tuple:
     ("/v1/chains/p1/decide", _obs(0, state={**OBS0["state"], "virgin": -1}), 422, "state.virgin"),
     ("/v1/chains/p1/decide", _obs(0, state={**OBS0["state"], "extra": 1}), 422, "state.extra"),
     ("/v1/chains/p1/decide", _obs(60), 422, "t"),
+    # numbers no chain has: 422 by name, not a NaN action and a 500
+    ("/v1/chains/p1/decide", _obs(0, state={**OBS0["state"], "virgin": 1e300}), 422, "state.virgin"),
+    ("/v1/chains/p1/decide", _obs(0, pipeline=[1e300]), 422, "pipeline[0]=1e+300 must be <= 1e+12"),
+    ("/v1/chains/p1/decide", _obs(1, last_demand=1e300), 422, "last_demand"),
+    ("/v1/chains", {"id": "p2", "regime": "T1", "params": {"mass": 1e30}}, 422, "params.mass=1e+30 must be <="),
     ("/v1/chains/nope/decide", _obs(0), 404, "chain"),
     ("/v1/chains/p1/regulations", {"regime": {"recovery_target": 2}}, 422, "recovery_target"),
     ("/v1/chains/p1/regulations", {"regime": "T2", "similar_to": "never-seen"}, 422, "similar_to"),

@@ -773,13 +773,27 @@ class DeployedPolicy:
 
         row = regime.as_row() if isinstance(regime, Regime) else (
             load_regime(regime).as_row() if isinstance(regime, (str, dict)) else np.asarray(regime, dtype=float))
-        for name, value in (("virgin", virgin), ("recycled", recycled), ("product", product), ("cores", cores),
-                            ("backlog", backlog), ("return_frac", return_frac)):
-            if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and value >= 0):
-                raise PolicyError(f"{name}={value!r}: must be a finite number >= 0")
+        from moca.scenario import LARGEST_VALUE
+
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < self.params.horizon:
+            raise PolicyError(f"t={t!r}: must be a whole period in 0..{self.params.horizon - 1}")
+        named = [("virgin", virgin), ("recycled", recycled), ("product", product), ("cores", cores),
+                 ("backlog", backlog), ("return_frac", return_frac)]
+        if last_demand is not None:
+            named.append(("last_demand", last_demand))
         if len(pipeline) != self.params.lead_virgin - 1 or len(sales_history) != self.params.lag_return:
             raise PolicyError(f"pipeline/sales_history: expected {self.params.lead_virgin - 1} and "
                               f"{self.params.lag_return} entries, got {len(pipeline)} and {len(sales_history)}")
+        named += [(f"pipeline[{i}]", v) for i, v in enumerate(pipeline)]
+        named += [(f"sales_history[{i}]", v) for i, v in enumerate(sales_history)]
+        for name, value in named:
+            if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and value >= 0):
+                raise PolicyError(f"{name}={value!r}: must be a finite number >= 0")
+            # beyond it the network's sums overflow to NaN: name the input, not the NaN action it would give
+            if value > LARGEST_VALUE:
+                raise PolicyError(f"{name}={value!r}: must be <= {LARGEST_VALUE:g}")
+        if return_frac > 1:
+            raise PolicyError(f"return_frac={return_frac!r}: must be <= 1")
         return self.decide(t, np.array([virgin, recycled, product, cores, backlog], dtype=float),
                            np.asarray(pipeline, dtype=float), np.asarray(sales_history, dtype=float), row,
                            return_frac, last_demand)

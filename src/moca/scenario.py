@@ -26,6 +26,28 @@ class ScenarioError(ValueError):
     """A malformed scenario or action file; the message names the field and the problem."""
 
 
+#: The largest magnitude of any parameter or series value (kg, units, EUR, kg CO2, per period).
+#: Far above any real chain, and low enough that the hindsight LP's coefficients and
+#: right-hand sides stay well inside what HiGHS solves (it reads 1e20 as infinity and
+#: refuses matrix entries above 1e15): a larger number is a typo, not a chain.
+LARGEST_VALUE = 1e12
+#: The longest horizon, and the longest lead time or return lag, in periods (a hundred and
+#: ten years of weeks): a typo such as 52000000 must not allocate and simulate for hours.
+LONGEST_HORIZON = 5200
+LONGEST_DELAY = 520
+
+
+def _check_magnitude(name: str, value: float) -> None:
+    """Refuse a parameter beyond the limits above (whole-number fields by their own limit)."""
+    if name == "horizon" and value > LONGEST_HORIZON:
+        raise ValueError(f"params.horizon={value!r} must be <= {LONGEST_HORIZON} periods")
+    if name in ("lead_virgin", "lag_return") and value > LONGEST_DELAY:
+        raise ValueError(f"params.{name}={value!r} must be <= {LONGEST_DELAY} periods")
+    if float(value) > LARGEST_VALUE:  # (every parameter is >= 0: a negative one is refused as such)
+        raise ValueError(f"params.{name}={value!r} must be <= {LARGEST_VALUE:g} (larger numbers are beyond "
+                         "what the hindsight LP solves reliably)")
+
+
 class Params(BaseModel):
     """CLSC-1 parameters (spec, "Default parameters"); JSON keys as in the scenario file."""
 
@@ -75,6 +97,7 @@ class Params(BaseModel):
             raise ValueError(f"params.{info.field_name}={value!r} is not a number")
         if not math.isfinite(float(value)):
             raise ValueError(f"params.{info.field_name}={value!r} must be finite")
+        _check_magnitude(info.field_name, value)
         if info.field_name in {"horizon", "lead_virgin", "lag_return"}:
             if float(value) != int(value) or int(value) < 1:
                 raise ValueError(f"params.{info.field_name}={value!r} must be a whole number >= 1")
@@ -244,6 +267,10 @@ def _check_series(name: str, values: np.ndarray, horizon: int, low: float, high:
     bad = np.flatnonzero(values < low)
     if bad.size:
         raise ScenarioError(f"{where(bad[0])}={values[bad[0]]} must be >= {low:g}")
+    bad = np.flatnonzero(values > LARGEST_VALUE)
+    if bad.size:
+        raise ScenarioError(f"{where(bad[0])}={values[bad[0]]} must be <= {LARGEST_VALUE:g} (larger numbers are "
+                            "beyond what the hindsight LP solves reliably)")
     if high is not None:
         bad = np.flatnonzero(values > high)
         if bad.size:
@@ -378,6 +405,9 @@ def load_actions(source: str | Path, horizon: int,
                 raise ScenarioError(f"actions[{i}][{j}]={v!r} is not a number")
             if not math.isfinite(v):
                 raise ScenarioError(f"actions[{i}][{j}]={v} is not finite")
+            if abs(v) > LARGEST_VALUE:
+                # the projection's squared distances would overflow: its answer would be feasible but not the nearest
+                raise ScenarioError(f"actions[{i}][{j}]={v:g} must be within ±{LARGEST_VALUE:g}")
     return np.array(rows, dtype=np.float64)
 
 
@@ -482,7 +512,9 @@ class Params2(BaseModel):
             if name == "lag_return" and int(value) > HISTORY:
                 raise ValueError(f"params.lag_return={value!r} must be <= {HISTORY} (returns of pre-horizon "
                                  "sales come from the demand history)")
+            _check_magnitude(name, value)
             return int(value)
+        _check_magnitude(name, value)
         if name in _POSITIVE_2 and float(value) <= 0:
             raise ValueError(f"params.{name}={value!r} must be > 0")
         if name in _SHARE_2 and not 0 <= float(value) <= 1:

@@ -43,6 +43,8 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from moca.scenario import LARGEST_VALUE
+
 #: Request bodies larger than this are refused with 413 before they are parsed.
 MAX_BODY_BYTES = 64 * 1024
 #: A job interrupted this many times (worker killed mid-adaptation) is marked failed.
@@ -114,7 +116,7 @@ class ChainModel:
         try:
             return Params(**(data or {}))
         except ValidationError as err:
-            raise ServeError(422, "params." + _pydantic_message(err)) from None
+            raise ServeError(422, "params." + _pydantic_message(err).removeprefix("params.")) from None
         except TypeError as err:
             raise ServeError(422, f"params: {err}") from None
 
@@ -271,6 +273,8 @@ def _non_negative_entries(cls, values: list[float], info) -> list[float]:
     for i, v in enumerate(values):
         if v < 0:
             raise ValueError(f"{info.field_name}[{i}]={v!r} must be >= 0")
+        if v > LARGEST_VALUE:  # no chain holds that much; the policy's arithmetic would overflow
+            raise ValueError(f"{info.field_name}[{i}]={v!r} must be <= {LARGEST_VALUE:g}")
     return values
 
 
@@ -282,11 +286,11 @@ ReturnFrac = Annotated[float, Field(ge=0, le=1, description="rho_t, share of the
 
 
 class StateIn(Strict):
-    virgin: float = Field(ge=0, description="V, kg, after this period's arrivals")
-    recycled: float = Field(ge=0, description="M, kg")
-    product: float = Field(ge=0, description="P, units")
-    cores: float = Field(ge=0, description="C, units, after this period's returns")
-    backlog: float = Field(ge=0, description="B, units")
+    virgin: float = Field(ge=0, le=LARGEST_VALUE, description="V, kg, after this period's arrivals")
+    recycled: float = Field(ge=0, le=LARGEST_VALUE, description="M, kg")
+    product: float = Field(ge=0, le=LARGEST_VALUE, description="P, units")
+    cores: float = Field(ge=0, le=LARGEST_VALUE, description="C, units, after this period's returns")
+    backlog: float = Field(ge=0, le=LARGEST_VALUE, description="B, units")
 
 
 class DecideIn(Strict):
@@ -295,7 +299,7 @@ class DecideIn(Strict):
     pipeline: Pipeline
     sales_history: SalesHistory
     return_frac: ReturnFrac
-    last_demand: float | None = Field(None, ge=0, description="d_{t-1}, units (null at t = 0)")
+    last_demand: float | None = Field(None, ge=0, le=LARGEST_VALUE, description="d_{t-1}, units (null at t = 0)")
 
     _non_negative = field_validator("pipeline", "sales_history")(_non_negative_entries)
 
@@ -311,12 +315,12 @@ class Observation:
 
 
 class StateIn2(Strict):
-    V: float = Field(ge=0, description="virgin material, kg, after this period's arrivals")
-    M: float = Field(ge=0, description="recycled material, kg, after arrivals (last period's market purchase, "
+    V: float = Field(ge=0, le=LARGEST_VALUE, description="virgin material, kg, after this period's arrivals")
+    M: float = Field(ge=0, le=LARGEST_VALUE, description="recycled material, kg, after arrivals (last period's market purchase, "
                                        "market_in, has arrived into it)")
-    P: float = Field(ge=0, description="finished products, units")
-    CA: float = Field(ge=0, description="grade-A cores, units, after this period's returns")
-    CB: float = Field(ge=0, description="grade-B cores, units, after this period's returns")
+    P: float = Field(ge=0, le=LARGEST_VALUE, description="finished products, units")
+    CA: float = Field(ge=0, le=LARGEST_VALUE, description="grade-A cores, units, after this period's returns")
+    CB: float = Field(ge=0, le=LARGEST_VALUE, description="grade-B cores, units, after this period's returns")
 
 
 class DecideIn2(Strict):
@@ -326,9 +330,9 @@ class DecideIn2(Strict):
     state: StateIn2
     pipeline: Pipeline
     sales_history: SalesHistory
-    used_virgin: float = Field(ge=0, description="U_v: virgin material used in the current accounting window "
+    used_virgin: float = Field(ge=0, le=LARGEST_VALUE, description="U_v: virgin material used in the current accounting window "
                                                  "before this period, kg (0 at a window's first period)")
-    used_recycled: float = Field(ge=0, description="U_r: recycled material used in the window so far, kg")
+    used_recycled: float = Field(ge=0, le=LARGEST_VALUE, description="U_r: recycled material used in the window so far, kg")
     supply_up: bool = Field(description="whether the virgin supplier accepts orders this period")
     market_avail: float = Field(ge=0, le=1, description="share of cap_market on offer this period")
     return_frac: ReturnFrac
