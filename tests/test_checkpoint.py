@@ -68,3 +68,23 @@ def test_mismatched_module_refused(tmp_path):
     module = torch.nn.Linear(3, 5)
     with pytest.raises(CheckpointError, match="do not fit"):
         checkpoint.check_compatible(_weights(), module, tmp_path)
+
+
+@pytest.mark.parametrize("name, model", [("default", "CLSC-1"), ("default-clsc2", "CLSC-2")])
+def test_invalid_params_or_policy_say_the_rule_they_break(tmp_path, name, model):
+    import shutil
+    from importlib.resources import files
+
+    from moca.meta2 import load_policy2
+
+    load = checkpoint.load_policy if model == "CLSC-1" else load_policy2
+    for block, change, message in (("params", {"mass": -1.0}, "params.mass=-1.0 must be > 0"),
+                                   ("policy", {"window": "two"}, "window: Input should be a valid integer")):
+        path = tmp_path / f"{name}-{block}"
+        shutil.copytree(str(files("moca") / "data" / name), path)
+        meta = json.loads((path / checkpoint.META).read_text())
+        meta[block].update(change)
+        (path / checkpoint.META).write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match="invalid params/policy") as info:
+            load(path)
+        assert message in str(info.value)  # the rule, not only the field's name

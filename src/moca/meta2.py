@@ -316,8 +316,8 @@ def load_policy2(directory: str | Path) -> tuple[LSTMPolicy2, dict[str, Any]]:
     try:
         module = LSTMPolicy2(Params2(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
     except (ValidationError, TypeError) as err:
-        first = str(err).strip().splitlines()
-        raise checkpoint.CheckpointError(f"checkpoint {path}: invalid params/policy ({' '.join(first[:2])})") from None
+        raise checkpoint.CheckpointError(f"checkpoint {path}: invalid params/policy "
+                                         f"({checkpoint.invalid_reason(err)})") from None
     checkpoint.check_compatible(weights, module, path)
     module.load_state_dict(weights)
     return module, meta
