@@ -36,6 +36,10 @@ def test_scenario_new_with_schedule(tmp_path):
     assert run("scenario", "new", "--seed", 1, "--schedule", schedule, "-o", out).returncode == 0
     regimes = json.loads(out.read_text())["regimes"]
     assert [r["start"] for r in regimes] == [0, 26] and regimes[1]["carbon_tax"] == 100
+    # --regime takes a schedule file too, as evaluate's does: the same scenario
+    again = tmp_path / "again.json"
+    assert run("scenario", "new", "--seed", 1, "--regime", schedule, "-o", again).returncode == 0
+    assert json.loads(again.read_text()) == json.loads(out.read_text())
 
 
 def test_simulate_and_oracle_json(scenario_file, tmp_path):
@@ -117,7 +121,8 @@ def test_invalid_regime_refused_and_nothing_written(tmp_path):
     out = tmp_path / "s.json"
     regime = tmp_path / "r.yaml"
     regime.write_text("carbon_tax: 5000\n")
-    assert_bad_input(run("scenario", "new", "--regime", regime, "--seed", 1, "-o", out), "carbon_tax", "5000", "2000")
+    assert_bad_input(run("scenario", "new", "--regime", regime, "--seed", 1, "-o", out), "r.yaml: carbon_tax", "5000",
+                     "2000")
     assert not out.exists()
     assert_bad_input(run("scenario", "new", "--regime", "T9", "--seed", 1, "-o", out), "T9")
     assert not out.exists()

@@ -167,7 +167,7 @@ PARAMS_HELP = ("JSON/YAML object of model parameters to override (names and unit
 @scenario_app.command("new")
 def scenario_new(
     regime: str = typer.Option("T1", "--regime", help="Regime name (T1, T2, T3, eu-ets-2025, ...; see 'moca regimes') "
-                                                     "or YAML/JSON file."),
+                                                     "or YAML/JSON file (a schedule file works too, as for evaluate)."),
     seed: int = typer.Option(..., "--seed", min=0, help="Seed of the demand and return draws (>= 0)."),
     schedule: Optional[Path] = typer.Option(None, "--schedule", help="YAML/JSON list of regimes with 'start' (overrides --regime)."),
     output: Path = typer.Option(..., "-o", "--output", help="Scenario JSON to write (its folder must exist)."),
@@ -177,13 +177,13 @@ def scenario_new(
 ) -> None:
     """Draw a seeded scenario and write it in the JSON format of docs/MODEL.md (CLSC-2: docs/MODEL-2.md)."""
     from moca.files import check_parent
-    from moca.regime import RegimeSchedule, load_regime, load_schedule
+    from moca.regime import load_schedule
     from moca.scenario import draw_scenario, draw_scenario2
 
     with _bad_input():
         check_parent(output)
         clsc2 = _chosen_model(model) == "CLSC-2"
-        plan = load_schedule(schedule, model) if schedule else RegimeSchedule.constant(load_regime(regime, model))
+        plan = load_schedule(schedule if schedule else regime, model)
         params = _load_params(params_file, model)
         scenario = (draw_scenario2 if clsc2 else draw_scenario)(seed, plan, params)
         _write_atomic(output, scenario.to_json())

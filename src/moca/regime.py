@@ -424,8 +424,8 @@ def load_schedule(spec: str | Path | list[dict[str, Any]], model: str = "CLSC-1"
     data = read_structured(path)
     if isinstance(data, dict) and "regimes" in data:
         data = data["regimes"]
-    if isinstance(data, dict):
-        return RegimeSchedule.constant(load_regime(data))
+    if isinstance(data, dict):  # one regime: its errors name the file, as load_regime's do
+        return RegimeSchedule.constant(_validated(Regime, _without_name(data), prefix=f"{path.name}: "))
     if isinstance(data, list):
         data = [_without_name(e) if isinstance(e, dict) else e for e in data]
     return RegimeSchedule.from_list(data)
