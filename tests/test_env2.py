@@ -148,3 +148,21 @@ def test_last_observation_closes_the_episode():
     assert env.observation_space.contains(obs)
     with pytest.raises(RuntimeError, match="episode has ended"):
         env.step(np.zeros(9, dtype=np.float32))
+
+
+@pytest.mark.parametrize("env_id", ["moca/CircularSupplyChain-v0", ENV_ID_2])
+def test_regime_and_params_as_plain_objects(env_id):
+    # gym.make's kwargs often come from a config file: objects, not moca's classes.
+    env = gym.make(env_id, regime={"carbon_tax": 100}, params={"cap_order": 5000})
+    env.reset(seed=0)
+    assert env.unwrapped.params.cap_order == 5000
+    assert env.unwrapped.schedule.regime_at(30).carbon_tax == 100
+    schedule = [{"start": 0}, {"start": 10, "carbon_tax": 50}]
+    env = gym.make(env_id, regime=schedule)
+    assert [env.unwrapped.schedule.regime_at(t).carbon_tax for t in (9, 10)] == [0, 50]
+    from moca.regime import RegimeError
+
+    with pytest.raises(RegimeError, match="carbon_tax=5000 is outside its valid range"):
+        gym.make(env_id, regime={"carbon_tax": 5000})
+    with pytest.raises(ValueError, match="params.mass=-1 must be > 0"):
+        gym.make(env_id, params={"mass": -1})

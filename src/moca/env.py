@@ -81,9 +81,11 @@ class CircularSupplyChainEnv(gym.Env):
 
     Args:
         regime: a :class:`Regime`, a :class:`RegimeSchedule`, a name (``"T1"``,
-            ``"eu-ets-2025"``) or a regime/schedule file. ``None`` with a fixed
+            ``"eu-ets-2025"``), a regime/schedule file, or a plain object of the regime
+            fields (a list of them with ``start``: a schedule). ``None`` with a fixed
             ``scenario`` keeps that scenario's schedule; ``None`` otherwise = unregulated.
-        params: model parameters (default: the spec's); must equal the fixed scenario's.
+        params: model parameters, a :class:`Params` or an object of the keys to change
+            (default: the spec's); must equal the fixed scenario's.
         scenario: a fixed scenario used in every episode (otherwise each ``reset(seed=s)``
             draws ``moca.scenario.draw_scenario(s, ...)``, so env seed ``s`` and scenario
             seed ``s`` are the same draws).
@@ -99,7 +101,7 @@ class CircularSupplyChainEnv(gym.Env):
     def __init__(
         self,
         regime: Regime | RegimeSchedule | str | Path | None = None,
-        params: Params | None = None,
+        params: Params | dict[str, Any] | None = None,
         scenario: Scenario | None = None,
         cost_scale: float = 1e4,
         check_violations: bool = False,
@@ -110,6 +112,8 @@ class CircularSupplyChainEnv(gym.Env):
         self._project = safety.project_counted
         if scenario is not None and params is not None and params != scenario.params:
             raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
+        if isinstance(params, dict):  # gym.make(..., params={"cap_order": 5000}) from a config file
+            params = Params(**params)
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS)
         self.schedule = _as_schedule(regime) if regime is not None else None
         if scenario is not None and self.schedule is not None:
@@ -413,11 +417,9 @@ def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, A
             "regime": regime, "return_frac": return_frac, "last_demand": None if t == 0 else last_demand}
 
 
-def _as_schedule(regime: Regime | RegimeSchedule | str | Path) -> RegimeSchedule:
+def _as_schedule(regime: Regime | RegimeSchedule | str | Path | dict[str, Any] | list) -> RegimeSchedule:
     if isinstance(regime, RegimeSchedule):
         return regime
-    if isinstance(regime, Regime):
-        return RegimeSchedule.constant(regime)
     return load_schedule(regime)
 
 

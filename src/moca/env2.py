@@ -76,18 +76,19 @@ class CircularSupplyChain2Env(gym.Env):
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
-    def __init__(self, regime: Regime | RegimeSchedule | str | Path | None = None, params: Params2 | None = None,
+    def __init__(self, regime: Regime | RegimeSchedule | str | Path | dict | list | None = None,
+                 params: Params2 | dict[str, Any] | None = None,
                  scenario: Scenario2 | None = None, cost_scale: float = 1e4, render_mode: str | None = None,
                  check_violations: bool = False):
         if scenario is not None and params is not None and params != scenario.params:
             raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
+        if isinstance(params, dict):  # gym.make(..., params={"cap_market": 500}) from a config file
+            params = Params2(**params)
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS_2)
         if regime is None:
             self.schedule = None if scenario is not None else load_schedule("T1", model="CLSC-2")
         elif isinstance(regime, RegimeSchedule):
             self.schedule = regime
-        elif isinstance(regime, Regime):
-            self.schedule = RegimeSchedule.constant(regime)
         else:
             self.schedule = load_schedule(regime, model="CLSC-2")
         if scenario is not None and self.schedule is not None:

@@ -409,12 +409,18 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
     return _validated(Regime, _without_name(data), prefix=f"{path.name}: ")
 
 
-def load_schedule(spec: str | Path | list[dict[str, Any]], model: str = "CLSC-1") -> RegimeSchedule:
+def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Regime,
+                  model: str = "CLSC-1") -> RegimeSchedule:
     """A schedule from a YAML/JSON file holding a list of entries with ``start``
-    (or an object with key ``regimes``); a single regime name/file is a constant schedule.
+    (or an object with key ``regimes``), or such a list or object itself; a single regime
+    (a name, a file, an object of the regime fields) is a constant schedule.
     Entries may carry a ``name`` label, which is ignored."""
+    if isinstance(spec, dict) and "regimes" in spec:
+        spec = spec["regimes"]
     if isinstance(spec, list):
         return RegimeSchedule.from_list([_without_name(e) if isinstance(e, dict) else e for e in spec])
+    if isinstance(spec, (dict, Regime)):  # one regime, in force throughout
+        return RegimeSchedule.constant(load_regime(spec, model))
     text = str(spec)
     if text in named_regimes(model):
         return RegimeSchedule.constant(named_regimes(model)[text])
