@@ -116,3 +116,50 @@ def test_bad_learning_input_refused(trained, tmp_path):
     assert not (tmp_path / "x").exists()
     assert_bad_input(run("adapt", "--checkpoint", trained, "--regime", "T9"), "T9")
     assert_bad_input(run("run", "--methods", "finetune,magic"), "magic")
+
+
+def test_stop_request_turns_the_first_ctrl_c_into_a_request():
+    import os
+    import signal
+
+    from moca.meta import StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: a request, no KeyboardInterrupt
+        assert stop() is True
+        with pytest.raises(KeyboardInterrupt):  # the second: at once, as Ctrl-C normally does
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before  # put back
+
+
+@pytest.mark.parametrize("model", ["CLSC-1", "CLSC-2"])
+def test_ctrl_c_during_train_writes_the_steps_done(tmp_path, model):
+    import signal
+    import subprocess
+
+    from _cli import MOCA
+
+    config = tmp_path / "meta.yaml"
+    config.write_text("tasks_per_step: 2\nsupport_size: 1\nquery_size: 1\nvalidation_tasks: 2\nvalidate_every: 0\n"
+                      "policy: {hidden: 8}\n")
+    out = tmp_path / "ck"
+    proc = subprocess.Popen([*MOCA, "train", "--model", model, "--config", str(config), "--steps", "100000",
+                             "-o", str(out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Ctrl-C stops after the current meta step" in proc.stderr.readline()  # the handler is in place
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True and 1 <= summary["meta_steps"] < 100000
+    assert f"the checkpoint holds {summary['meta_steps']} of 100000 meta steps" in stderr
+    meta = json.loads((out / checkpoint.META).read_text())
+    assert meta["interrupted"] is True and meta["meta_steps_done"] == summary["meta_steps"]
+    load = checkpoint.load_policy
+    if model == "CLSC-2":
+        from moca.meta2 import load_policy2 as load
+    module, _ = load(out)
+    assert all(torch.isfinite(p).all() for p in module.parameters())

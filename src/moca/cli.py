@@ -558,8 +558,8 @@ def train(
         _output_dir(output)
     backend = _train_backend(ray_address, ray_cpus)
     try:
-        with _progress(as_json) as progress:
-            module, history = meta_train(config, progress=progress, backend=backend)
+        with _progress(as_json) as progress, _stop_on_ctrl_c() as stop:
+            module, history = meta_train(config, progress=progress, backend=backend, stop=stop)
     finally:
         if backend is not None:
             backend.stop()
@@ -570,18 +570,37 @@ def train(
     checkpoint.save_policy(output, module, {
         "algorithm": config.algorithm, "seed": config.seed, "config": config.model_dump(mode="json"),
         "command": command, "scores": scores, "meta_steps_done": len(history["steps"]),
-        "stopped_early": history["stopped_early"], "wall_seconds": history["wall_seconds"],
-        "validation_curve": validation,
+        "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False),
+        "wall_seconds": history["wall_seconds"], "validation_curve": validation,
     })
     out = {"checkpoint": str(output), "algorithm": config.algorithm, "seed": config.seed,
            "meta_steps": len(history["steps"]), "wall_seconds": history["wall_seconds"],
-           "stopped_early": history["stopped_early"], **scores}
+           "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False), **scores}
     if as_json:
         _print_json(out)
-        return
-    console.print(f"wrote {output}: {config.algorithm}, {out['meta_steps']} meta steps in {out['wall_seconds']:.0f} s; "
-                  f"validation zero-shot score {scores['validation_zero_shot_before']:.4f} -> "
-                  f"{scores['validation_zero_shot_after']:.4f}")
+    else:
+        console.print(f"wrote {output}: {config.algorithm}, {out['meta_steps']} meta steps in "
+                      f"{out['wall_seconds']:.0f} s; validation zero-shot score "
+                      f"{scores['validation_zero_shot_before']:.4f} -> {scores['validation_zero_shot_after']:.4f}")
+    _exit_if_interrupted(history, config.meta_steps)
+
+
+@contextmanager
+def _stop_on_ctrl_c() -> Iterator[Any]:
+    """Meta-training's Ctrl-C: stop after the current meta step and write what was learned."""
+    from moca.meta import StopRequest
+
+    with StopRequest() as stop:
+        err_console.print("meta-training: Ctrl-C stops after the current meta step and writes the checkpoint",
+                          markup=False, highlight=False)
+        yield stop
+
+
+def _exit_if_interrupted(history: dict[str, Any], planned: int) -> None:
+    """Exit 130 (as for Ctrl-C) once an interrupted training's checkpoint is written."""
+    if history.get("interrupted"):
+        sys.stderr.write(f"moca: interrupted: the checkpoint holds {len(history['steps'])} of {planned} meta steps\n")
+        raise typer.Exit(130)
 
 
 def _train_fields(config_file: Optional[Path], params_file: Optional[Path], init: Optional[str], seed: Optional[int],
@@ -641,10 +660,10 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
     torch.set_num_threads(1)  # small batches: threads only contend (2 shared cores)
     backend = _train_backend(ray_address, ray_cpus)
     try:
-        with _progress(as_json) as progress:
+        with _progress(as_json) as progress, _stop_on_ctrl_c() as stop:
             bar = progress.add_task("meta-training CLSC-2", total=config.meta_steps)
             module, history = meta_train2(config, progress=lambda step, total, info: progress.update(bar, completed=step),
-                                          backend=backend)
+                                          backend=backend, stop=stop)
     finally:
         if backend is not None:
             backend.stop()
@@ -656,19 +675,20 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
         "algorithm": config.algorithm, "seed": config.seed, "config": config.model_dump(mode="json"),
         "command": _command_line(), "scores": scores, "meta_steps_done": len(history["steps"]),
         "selected_step": selected,
-        "stopped_early": history["stopped_early"], "wall_seconds": history["wall_seconds"],
-        "validation_curve": validation, "history": history["steps"],
+        "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False),
+        "wall_seconds": history["wall_seconds"], "validation_curve": validation, "history": history["steps"],
     })
     out = {"checkpoint": str(output), "model": "CLSC-2", "algorithm": config.algorithm, "seed": config.seed,
            "meta_steps": len(history["steps"]), "wall_seconds": history["wall_seconds"],
-           "stopped_early": history["stopped_early"], **scores}
+           "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False), **scores}
     if as_json:
         _print_json(out)
-        return
-    before, after = scores["validation_zero_shot_before"], scores["validation_zero_shot_after"]
-    console.print(f"wrote {output}: CLSC-2, {config.algorithm}, {out['meta_steps']} meta steps in "
-                  f"{out['wall_seconds']:.0f} s" + (f"; validation zero-shot score {before:.4f} -> {after:.4f}"
-                                                     if before is not None else ""))
+    else:
+        before, after = scores["validation_zero_shot_before"], scores["validation_zero_shot_after"]
+        console.print(f"wrote {output}: CLSC-2, {config.algorithm}, {out['meta_steps']} meta steps in "
+                      f"{out['wall_seconds']:.0f} s" + (f"; validation zero-shot score {before:.4f} -> {after:.4f}"
+                                                         if before is not None else ""))
+    _exit_if_interrupted(history, config.meta_steps)
 
 
 def _unique_labels(tasks: list) -> list:

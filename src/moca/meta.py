@@ -39,6 +39,9 @@ ONE rollout (their scenarios stacked, each group of rows acted on with its own w
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable, Literal, Sequence
 
@@ -346,8 +349,45 @@ def task_losses(module: LSTMPolicy, learners: Sequence[Learner], batch: Scenario
     return per_task, info
 
 
+class StopRequest:
+    """Ctrl-C as a request to stop meta-training at the end of the current meta step, so
+    that the steps done are written rather than lost (``moca train``). The first SIGINT
+    sets :attr:`requested` and says so on stderr; a second one interrupts at once, as Ctrl-C
+    normally does. A context manager; call it to ask whether a stop was requested. Signals
+    reach only the main thread, so elsewhere it installs nothing and never requests a stop.
+
+    Why at a step's end, not by catching KeyboardInterrupt: an interrupt inside Adam's
+    update would leave some tensors stepped and others not, and the history one step off."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.requested = True
+        sys.stderr.write("\nmoca: stopping after this meta step and writing the checkpoint "
+                         "(Ctrl-C again: stop now, write nothing)\n")
+
+
 def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
-               backend: Any = None, module: LSTMPolicy | None = None) -> tuple[LSTMPolicy, dict[str, Any]]:
+               backend: Any = None, module: LSTMPolicy | None = None,
+               stop: Callable[[], bool] | None = None) -> tuple[LSTMPolicy, dict[str, Any]]:
     """Meta-train an initialisation; returns the module (meta weights) and the history.
 
     Each meta step: draw ``tasks_per_step`` regimes; every learner takes ``inner_steps``
@@ -364,6 +404,8 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
     are drawn, and the weights agree with the local run (None) to round-off.
     ``module``: meta-train these weights (e.g. a subclass with another base rule, such as
     :class:`moca.regime_map.MappedPolicy`) instead of a fresh ``LSTMPolicy``; trained in place.
+    ``stop``: asked after every meta step (e.g. a :class:`StopRequest`); True ends the
+    training there, with ``history["interrupted"]`` set.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -416,6 +458,9 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
         report(step, entry)
         if config.max_seconds is not None and entry["seconds"] > config.max_seconds:
             history["stopped_early"] = True
+            break
+        if stop is not None and stop():
+            history["stopped_early"] = history["interrupted"] = True
             break
     history["wall_seconds"] = time.perf_counter() - started
     history["oracle_solves"] = len(cache._costs)

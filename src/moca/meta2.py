@@ -98,14 +98,16 @@ def task_losses2(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: t
 
 
 def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, int, dict], None] | None = None,
-                backend: Any = None) -> tuple[LSTMPolicy2, dict[str, Any]]:
+                backend: Any = None, stop: Callable[[], bool] | None = None) -> tuple[LSTMPolicy2, dict[str, Any]]:
     """Meta-train a CLSC-2 initialisation (as :func:`moca.meta.meta_train`: per step
     ``tasks_per_step`` regimes, inner steps on support scenarios, the outer step from the
     query scenarios or, for Reptile, the learners' displacement, plus ``zero_shot_weight``
     times the loss before adaptation). ``backend``: a started :class:`moca.cluster.Backend`
     (e.g. Ray) to run each step's tasks on workers (:mod:`moca.meta_dist`); the draws, the
     Adam step (both parameter groups) and the validation stay here, so the weights are the
-    local run's to round-off. Returns the module and the history."""
+    local run's to round-off. ``stop``: asked after every meta step (a
+    :class:`moca.meta.StopRequest`); True ends the training there (``history["interrupted"]``).
+    Returns the module and the history."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     module = LSTMPolicy2(config.params, config.policy)
@@ -163,6 +165,9 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
             progress(step, config.meta_steps, entry)
         if config.max_seconds is not None and entry["seconds"] > config.max_seconds:
             history["stopped_early"] = True
+            break
+        if stop is not None and stop():
+            history["stopped_early"] = history["interrupted"] = True
             break
     history["wall_seconds"] = time.perf_counter() - started
     history["oracle_solves"] = len(cache._costs)
