@@ -172,6 +172,32 @@ def test_cli_evaluates_a_ppo_checkpoint_and_refuses_bad_input(tiny_ppo, tmp_path
     blocker.write_text("x")
     bad = runner.invoke(app, ["peers", "train-ppo", "-o", str(blocker), "--seconds", "1"])
     assert bad.exit_code == 2 and "-o" in bad.stderr and "Traceback" not in bad.output
+    # a folder that cannot be made: refused before training, not after it (it was an internal error)
+    for where, needle in ((blocker / "ppo", "is not a directory"), (tmp_path / "missing" / "ppo", "does not exist")):
+        bad = runner.invoke(app, ["peers", "train-ppo", "-o", str(where), "--seconds", "600"])
+        assert bad.exit_code == 2 and needle in bad.stderr and "Traceback" not in bad.output
+
+
+def test_ctrl_c_during_ppo_training_writes_the_policy_so_far(tmp_path):
+    import signal
+    import subprocess
+
+    from _cli import MOCA
+
+    out = tmp_path / "ppo"
+    proc = subprocess.Popen([*MOCA, "peers", "train-ppo", "--seconds", "600", "-o", str(out), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Ctrl-C stops after the current env step" in proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True and summary["wall_seconds"] < 600
+    assert f"the policy holds {summary['env_steps']} env steps" in stderr
+    assert (out / "weights.safetensors").exists() and json.loads((out / "learning_curve.json").read_text())["interrupted"]
 
 
 # --- CLSC-2 -----------------------------------------------------------------------------------------

@@ -586,12 +586,13 @@ def train(
 
 
 @contextmanager
-def _stop_on_ctrl_c() -> Iterator[Any]:
-    """Meta-training's Ctrl-C: stop after the current meta step and write what was learned."""
+def _stop_on_ctrl_c(after: str = "this meta step") -> Iterator[Any]:
+    """Training's Ctrl-C: stop after the current (meta or env) step and write what was learned."""
     from moca.meta import StopRequest
 
-    with StopRequest() as stop:
-        err_console.print("meta-training: Ctrl-C stops after the current meta step and writes the checkpoint",
+    with StopRequest(after) as stop:
+        step = after.removeprefix("this ")
+        err_console.print(f"training: Ctrl-C stops after the current {step} and writes the checkpoint",
                           markup=False, highlight=False)
         yield stop
 
@@ -1431,13 +1432,12 @@ def peers_train_ppo(
     from moca.baselines.ppo import PPOConfig, plot_curve, save_ppo, train_ppo
 
     with _bad_input():
-        if output.exists() and not output.is_dir():
-            raise UsageError(f"-o {output}: exists and is not a directory")
+        _output_dir(output)  # before the training's minutes, not after them
         config = PPOConfig(seconds=seconds, seed=seed, max_steps=max_steps, eval_every=eval_every, model=model)
-    with _progress(as_json) as progress:
+    with _progress(as_json) as progress, _stop_on_ctrl_c("this env step") as stop:
         bar = progress.add_task("PPO", total=None)
         agent, curve = train_ppo(config, progress=lambda steps, score: progress.update(
-            bar, description=f"PPO: {steps} steps, validation score {score:.3f}"))
+            bar, description=f"PPO: {steps} steps, validation score {score:.3f}"), stop=stop)
     command = "moca peers " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "moca peers train-ppo"
     save_ppo(output, agent.policy, {"model": config.model, "config": asdict(config), "command": command,
                                     "env_steps": int(agent.num_timesteps), "wall_seconds": curve["wall_seconds"],
@@ -1445,12 +1445,16 @@ def peers_train_ppo(
     _write_atomic(output / "learning_curve.json", json.dumps(curve, indent=1))
     plot_curve(curve, output / "learning_curve.png", title=f"PPO on {config.model}")
     out = {"checkpoint": str(output), "env_steps": int(agent.num_timesteps), "wall_seconds": curve["wall_seconds"],
-           "validation_score": curve["score"][-1], "learning_curve": str(output / "learning_curve.json")}
+           "validation_score": curve["score"][-1], "learning_curve": str(output / "learning_curve.json"),
+           "interrupted": curve.get("interrupted", False)}
     if as_json:
         _print_json(out)
-        return
-    console.print(f"wrote {output}: {out['env_steps']} env steps in {out['wall_seconds']:.0f} s, "
-                  f"validation score {out['validation_score']:.4f}")
+    else:
+        console.print(f"wrote {output}: {out['env_steps']} env steps in {out['wall_seconds']:.0f} s, "
+                      f"validation score {out['validation_score']:.4f}")
+    if out["interrupted"]:
+        sys.stderr.write(f"moca: interrupted: the policy holds {out['env_steps']} env steps of training\n")
+        raise typer.Exit(130)
 
 
 @contextmanager

@@ -312,21 +312,24 @@ def validation_score(policy, scenarios, oracle: np.ndarray, model: str = "CLSC-1
 
 
 def train_ppo(config: PPOConfig = PPOConfig(), params: Params | None = None,
-              progress: Callable[[int, float], None] | None = None) -> tuple[Any, dict[str, Any]]:
+              progress: Callable[[int, float], None] | None = None,
+              stop: Callable[[], bool] | None = None) -> tuple[Any, dict[str, Any]]:
     """Train PPO for ``config.seconds`` of wall clock; returns the SB3 model and the
-    learning curve ``{"steps", "seconds", "episode_cost", "score"}`` (lists)."""
+    learning curve ``{"steps", "seconds", "episode_cost", "score"}`` (lists). ``stop``:
+    asked after every env step (a :class:`moca.meta.StopRequest`); True ends the training
+    there, with ``curve["interrupted"]`` set."""
     params = params or Params()
     if config.model == "CLSC-2" and params != Params():
         raise PPOError("params: CLSC-2 training uses the CLSC-2 defaults (Params2); pass no CLSC-1 params")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # measured: SB3's small MLP runs ~10x faster on one thread here
     try:
-        return _train(config, params, progress)
+        return _train(config, params, progress, stop)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(config: PPOConfig, params: Params, progress) -> tuple[Any, dict[str, Any]]:
+def _train(config: PPOConfig, params: Params, progress, stop) -> tuple[Any, dict[str, Any]]:
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import VecNormalize
@@ -380,6 +383,9 @@ def _train(config: PPOConfig, params: Params, progress) -> tuple[Any, dict[str, 
                 self._record()
             over_time = time.perf_counter() - started >= config.seconds
             over_steps = config.max_steps is not None and self.num_timesteps >= config.max_steps
+            if stop is not None and stop():
+                curve["interrupted"] = True
+                return False
             return not (over_time or over_steps)
 
     callback = Curve()
