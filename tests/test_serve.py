@@ -354,6 +354,14 @@ def test_the_serve_command_refuses_bad_options(tmp_path):
     # a data folder under a file: refused before the service starts, not an internal error
     out = CliRunner().invoke(app, ["serve", "--data", str(not_a_dir / "data")])
     assert out.exit_code == 2 and "file is not a directory" in out.output and "internal error" not in out.output
+    # a damaged database: refused by name, exit 2, and left as it was (it may be the only copy)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "moca.sqlite3").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
+    before = (damaged / "moca.sqlite3").read_bytes()
+    out = CliRunner().invoke(app, ["serve", "--data", str(damaged), "--port", "18931"])
+    assert out.exit_code == 2 and "not a usable moca database" in out.output and "internal error" not in out.output
+    assert (damaged / "moca.sqlite3").read_bytes() == before
     out = CliRunner().invoke(app, ["serve", "--port", "70000"])
     assert out.exit_code == 2 and "port" in out.output.lower()
     out = CliRunner().invoke(app, ["serve", "--data", str(tmp_path / "d"), "--adapt-base", "best"])

@@ -1293,7 +1293,7 @@ def serve(
                                         "new version); map or mpc = that candidate only."),
 ) -> None:
     """Run the real-time controller service (FastAPI + uvicorn; OpenAPI at /docs, dashboard at /)."""
-    from moca.serve import AdaptSettings
+    from moca.serve import AdaptSettings, StoreError
     from moca.serve import serve as run_service
 
     from moca.files import OutputError, check_folder
@@ -1310,9 +1310,12 @@ def serve(
         adapt_base = _base_choice(adapt_base, "--adapt-base")
     err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
                       markup=False, highlight=False)
-    run_service(host=host, port=port, data=data, token=token,
-                adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation, base=adapt_base),
-                keep_decisions=keep_decisions)
+    try:
+        run_service(host=host, port=port, data=data, token=token,
+                    adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation, base=adapt_base),
+                    keep_decisions=keep_decisions)
+    except StoreError as err:
+        _fail(str(err))
 
 
 # --- sweep ---------------------------------------------------------------------------------

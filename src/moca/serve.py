@@ -622,6 +622,10 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+class StoreError(ValueError):
+    """A data directory whose database cannot be used (not SQLite, or damaged)."""
+
+
 class Store:
     """The data directory: ``moca.sqlite3`` and ``weights/<chain>/v<N>/`` checkpoints."""
 
@@ -629,8 +633,13 @@ class Store:
         self.data = Path(data)
         self.data.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data / "moca.sqlite3"
-        self.conn = connect(self.db_path)
-        self.conn.executescript(SCHEMA)
+        try:
+            self.conn = connect(self.db_path)
+            self.conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:
+            # Never replaced or repaired here: it may hold the only copy of the chains' history.
+            raise StoreError(f"{self.db_path}: not a usable moca database ({err}); it is left as it is: move it "
+                             "aside to start with an empty one, or restore it from a backup") from None
         self.lock = threading.RLock()
 
     def tx(self) -> "_Tx":
