@@ -35,3 +35,19 @@ def assert_bad_input(result, *needles):
     assert result.stderr.strip(), "expected an error message on stderr"
     for needle in needles:
         assert needle.lower() in result.stderr.lower(), (needle, result.stderr)
+
+
+def interrupt_once_ready(*args, ready: str, timeout=300):
+    """Run `moca ARGS`, wait for its first stderr line (which must contain ``ready``: the
+    Ctrl-C handler is in place), send one SIGINT, and return (returncode, stdout, stderr)."""
+    import signal
+
+    proc = subprocess.Popen([*MOCA, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        assert ready in first, first
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return proc.returncode, stdout, stderr

@@ -135,24 +135,16 @@ def test_stop_request_turns_the_first_ctrl_c_into_a_request():
 
 @pytest.mark.parametrize("model", ["CLSC-1", "CLSC-2"])
 def test_ctrl_c_during_train_writes_the_steps_done(tmp_path, model):
-    import signal
-    import subprocess
-
-    from _cli import MOCA
+    from _cli import interrupt_once_ready
 
     config = tmp_path / "meta.yaml"
     config.write_text("tasks_per_step: 2\nsupport_size: 1\nquery_size: 1\nvalidation_tasks: 2\nvalidate_every: 0\n"
                       "policy: {hidden: 8}\n")
     out = tmp_path / "ck"
-    proc = subprocess.Popen([*MOCA, "train", "--model", model, "--config", str(config), "--steps", "100000",
-                             "-o", str(out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert "Ctrl-C stops after the current meta step" in proc.stderr.readline()  # the handler is in place
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stderr
+    returncode, stdout, stderr = interrupt_once_ready("train", "--model", model, "--config", config, "--steps",
+                                                      100000, "-o", out, "--json",
+                                                      ready="Ctrl-C stops after the current meta step")
+    assert returncode == 130, stderr
     summary = json.loads(stdout)
     assert summary["interrupted"] is True and 1 <= summary["meta_steps"] < 100000
     assert f"the checkpoint holds {summary['meta_steps']} of 100000 meta steps" in stderr

@@ -179,21 +179,12 @@ def test_cli_evaluates_a_ppo_checkpoint_and_refuses_bad_input(tiny_ppo, tmp_path
 
 
 def test_ctrl_c_during_ppo_training_writes_the_policy_so_far(tmp_path):
-    import signal
-    import subprocess
-
-    from _cli import MOCA
+    from _cli import interrupt_once_ready
 
     out = tmp_path / "ppo"
-    proc = subprocess.Popen([*MOCA, "peers", "train-ppo", "--seconds", "600", "-o", str(out), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert "Ctrl-C stops after the current env step" in proc.stderr.readline()
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, stderr
+    returncode, stdout, stderr = interrupt_once_ready("peers", "train-ppo", "--seconds", 600, "-o", out, "--json",
+                                                      ready="Ctrl-C stops after the current env step")
+    assert returncode == 130, stderr
     summary = json.loads(stdout)
     assert summary["interrupted"] is True and summary["wall_seconds"] < 600
     assert f"the policy holds {summary['env_steps']} env steps" in stderr
