@@ -873,7 +873,8 @@ def _print_adapted(label: str, out: dict[str, Any], selected: int, keep_last: bo
     if kept is None:
         kept = f"weights of step {selected} (best on validation)" if not keep_last else "the last step's weights"
     console.print(f"{label}: test score {out['score_before']:.4f} -> {out['score_after']:.4f} with {kept}, "
-                  f"{out['steps']} steps ({out['seconds']:.2f} s), violations {out['violations']}"
+                  f"{out['steps']} step{'' if out['steps'] == 1 else 's'} ({out['seconds']:.2f} s), "
+                  f"violations {out['violations']}"
                   + (f"; wrote {output}" if output is not None else ""))
 
 
