@@ -614,3 +614,14 @@ def test_a_chain_of_another_lead_time_runs_the_lp_checkpoint_adapted_for_it(tmp_
     action = np.array([out["action"][k] for k in ACTION_NAMES])
     assert np.array_equal(action, expected)
     assert safety.is_feasible(action, state[0], state[1], state[3], TASKS["T2"].as_row(), params)
+
+
+def test_a_422_names_the_field_once():
+    from moca.serve import _validation_answer
+
+    own = [{"loc": ("body", "grades"), "msg": "Value error, grades: sum to 1.5, must be 1", "type": "value_error"}]
+    assert _validation_answer(own)["detail"] == "grades: sum to 1.5, must be 1"
+    entry = [{"loc": ("body", "pipeline"), "msg": "Value error, pipeline[0]=-1 must be >= 0", "type": "value_error"}]
+    assert _validation_answer(entry)["detail"] == "pipeline[0]=-1 must be >= 0"
+    pydantic = [{"loc": ("body", "t"), "msg": "Input should be greater than or equal to 0", "type": "greater_than_equal"}]
+    assert _validation_answer(pydantic)["detail"] == "t: Input should be greater than or equal to 0"

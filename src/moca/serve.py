@@ -1112,7 +1112,8 @@ def _validation_answer(errors: list[dict]) -> dict[str, Any]:
     if first.get("type") == "extra_forbidden":
         msg = "unknown field"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return {"detail": f"{where}: {msg}{more}", "errors": [
+    named = msg.startswith((f"{where}:", f"{where}[", f"{where}="))  # our validators name the field themselves
+    return {"detail": f"{msg if named else f'{where}: {msg}'}{more}", "errors": [
         {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
         for e in errors[:10]]}
 
