@@ -53,6 +53,24 @@ def test_adapt_reports_scores_and_writes_the_adapted_policy(trained, tmp_path):
     assert moved or out["score_after"] == pytest.approx(out["score_before"])
 
 
+def test_test_seeds_that_are_not_held_out_are_named(trained):
+    # Seeds below 1000 are moca's own (meta-training, support, validation): a score on them is not held out.
+    result = run("adapt", "--checkpoint", trained, "--regime", "T2", "--steps", 0, "--scenarios", 2, "--seed", 899,
+                 "--validation", 1, "--base", "default", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "test seeds 899..899 are moca's adaptation (support) seeds (800-899)" in result.stderr
+    assert "test seeds 900..900 are moca's validation seeds (900-999)" in result.stderr
+    json.loads(result.stdout)  # the warning stays off stdout
+    held_out = run("evaluate", "--policy", trained, "--scenarios", 1, "--seed", 1000, "--json")
+    assert held_out.returncode == 0 and "warning" not in held_out.stderr, held_out.stderr
+    peer = run("evaluate", "--policy", "threshold", "--scenarios", 1, "--seed", 3, "--json")
+    assert peer.returncode == 0 and "warning" not in peer.stderr  # a peer learned nothing on them
+    learned = run("evaluate", "--policy", trained, "--scenarios", 1, "--seed", 3, "--json")
+    assert "test seeds 3..3 are moca's meta-training seeds (0-799)" in learned.stderr
+    # More validation scenarios than its seeds hold would have been cut to 100 without a word.
+    assert_bad_input(run("adapt", "--checkpoint", trained, "--regime", "T2", "--validation", 150), "--validation", "100")
+
+
 def test_continual_json(trained, tmp_path):
     sequence = tmp_path / "seq.yaml"
     sequence.write_text("- T1\n- {name: tight, recycled_content_min: 0.3, carbon_tax: 50}\n")

@@ -411,6 +411,8 @@ def evaluate(
 
             model, files = load_scenario_files(scenario_files, model)  # the files' "model" chooses the world
         model = model or "CLSC-1"
+        if not scenario_files and _is_learned_policy(policy):
+            _warn_if_not_held_out(seed, scenarios)
         learned2 = model == "CLSC-2" and _is_learned_policy(policy)
         if model == "CLSC-2" and adapt_steps and not learned2:
             raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
@@ -513,6 +515,22 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
         scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["portfolio"]["candidates"].items())
         console.print(f"adapted with --base {base}: deployed {summary['portfolio']['chosen']} "
                       f"(validation scores: {scores})")
+
+
+def _warn_if_not_held_out(first: int, count: int) -> None:
+    """Test seeds of a learned policy that overlap the seeds moca learns or chooses on:
+    say so on stderr, as its scores are then not held out (moca's own use: meta-training
+    0-799, adaptation support 800-899, validation 900-999, tests 1000 on)."""
+    from moca.meta import META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS
+
+    last = first + count - 1
+    for name, seeds in (("meta-training", META_SEEDS), ("adaptation (support)", SUPPORT_SEEDS),
+                        ("validation", VALIDATION_SEEDS)):
+        low, high = max(first, seeds.start), min(last, seeds.stop - 1)
+        if low <= high:
+            err_console.print(f"warning: --seed {first}: test seeds {low}..{high} are moca's {name} seeds "
+                              f"({seeds.start}-{seeds.stop - 1}), so these scores are not held out (test seeds "
+                              f"from {VALIDATION_SEEDS.stop} are)", markup=False, highlight=False)
 
 
 def _is_learned_policy(policy: str) -> bool:
@@ -756,7 +774,8 @@ def adapt(
     steps: int = typer.Option(5, "--steps", min=0, help="Gradient steps on support scenarios (seeds 800+)."),
     scenarios: int = typer.Option(16, "--scenarios", min=1, help="Test scenarios scored before and after."),
     seed: int = typer.Option(1000, "--seed", min=0, help="First test seed."),
-    validation: int = typer.Option(8, "--validation", min=1, help="Validation scenarios (seeds 900+) that choose the weights kept."),
+    validation: int = typer.Option(8, "--validation", min=1, max=100,
+                                   help="Validation scenarios (seeds 900-999) that choose the weights kept."),
     keep_last: bool = typer.Option(False, "--keep-last", help="Keep the last step's weights even if an earlier step "
                                                                  "validated better."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
@@ -772,7 +791,9 @@ def adapt(
     from moca.regime import load_regime
 
     with _bad_input():
-        if _chosen_model(model) == "CLSC-2":
+        _chosen_model(model)
+        _warn_if_not_held_out(seed, scenarios)
+        if model == "CLSC-2":
             return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json,
                            params_file, base, retune)
         if retune:
@@ -1349,6 +1370,8 @@ def sweep(
     try:
         plan = make_plan(model, field, values, base=base, policies=policies, scenarios=scenarios, seed=seed,
                          adapt_steps=adapt_steps, moca_base=moca_base)
+        if "moca" in plan.policies:
+            _warn_if_not_held_out(seed, scenarios)
         for option, path in (("--json", json_file), ("--plot", plot_file)):
             if path is not None and path.is_dir():
                 raise UsageError(f"{option} {path}: is a directory")
