@@ -298,3 +298,17 @@ def test_adaptation_takes_no_step_along_a_gradient_that_is_not_finite(safeguard)
                                 clip=None, safeguard=safeguard, keep_best=False)
     assert torch.equal(weights["w"], torch.tensor([1.0, 2.0]))
     assert [entry["kept"] for entry in curve[1:]] == [False, False]
+
+
+def test_more_support_or_validation_scenarios_than_their_seeds_hold_are_refused():
+    # range(900, 1000)[:150] holds 100: the slice gave fewer scenarios than asked, without a word.
+    from moca.experiment import ExperimentConfig
+    from moca.meta import MetaError, adapt
+
+    module = LSTMPolicy(Params(), PolicyConfig(hidden=8))
+    for sizes, message in (({"validation_size": 150}, r"validation_size=150: must be in 1..100 \(seeds 900-999\)"),
+                           ({"support_size": 0}, r"support_size=0: must be in 1..100 \(seeds 800-899\)")):
+        with pytest.raises(MetaError, match=message):
+            adapt(module, None, "T1", steps=0, **sizes)
+    with pytest.raises(ValueError, match="validation_size"):
+        ExperimentConfig(validation_size=101)

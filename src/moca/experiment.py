@@ -191,9 +191,9 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     steps: int = Field(8, ge=0, description="gradient steps per regime")
-    train_size: int = Field(8, ge=1, description="training scenarios per regime (seeds 800+)")
+    train_size: int = Field(8, ge=1, le=100, description="training scenarios per regime (seeds 800+)")
     memory_size: int = Field(2, ge=1, description="scenarios per regime in the GEM memory")
-    validation_size: int = Field(8, ge=1, description="validation scenarios per regime (seeds 900+)")
+    validation_size: int = Field(8, ge=1, le=100, description="validation scenarios per regime (seeds 900+)")
     test_size: int = Field(20, ge=1, description="test scenarios per regime (seeds 1000+)")
     latency_scenarios: int = Field(1, ge=1, description="test scenarios per regime whose decisions are timed")
     correction_weight: float = Field(0.1, ge=0)
@@ -202,7 +202,7 @@ class ExperimentConfig(BaseModel):
     generalisation_steps: list[int] = Field(default_factory=lambda: [1, 3, 5])
     scratch_seed: int = 0
     retuned_steps: int = Field(3, ge=0, description="moca adapt's steps in the per-task comparison with re-tuned peers")
-    retuned_support: int = Field(8, ge=1, description="support scenarios per task (seeds 800+) of that comparison")
+    retuned_support: int = Field(8, ge=1, le=100, description="support scenarios per task (seeds 800+) of that comparison")
 
 
 class Scorer:

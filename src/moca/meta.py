@@ -69,6 +69,14 @@ class MetaError(ValueError):
     """Bad input to meta-learning; the message names the argument and the problem."""
 
 
+def first_seeds(seeds: range, count: int, what: str) -> range:
+    """The first ``count`` seeds of ``seeds``; more than it holds is refused (a slice would
+    hand back fewer without a word, or a larger range would reach the test seeds)."""
+    if not 1 <= count <= len(seeds):
+        raise MetaError(f"{what}={count!r}: must be in 1..{len(seeds)} (seeds {seeds.start}-{seeds.stop - 1})")
+    return seeds[:count]
+
+
 def clipped_sgd(weights: Weights, grads: Weights, lr: float, clip: float | None) -> Weights:
     """``w - lr * min(1, clip / ||g||) * g``: SGD on the gradient clipped to norm ``clip``.
 
@@ -525,9 +533,10 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
         raise MetaError(f"steps: {steps!r} must be >= 0")
     regime = load_regime(regime)
     cache = cache or OracleCache(module.params)
-    support = list(support) if support is not None else cache.scenarios(SUPPORT_SEEDS[:support_size], regime)
+    support = list(support) if support is not None else cache.scenarios(
+        first_seeds(SUPPORT_SEEDS, support_size, "support_size"), regime)
     validation = list(validation) if validation is not None else cache.scenarios(
-        VALIDATION_SEEDS[:validation_size], regime)
+        first_seeds(VALIDATION_SEEDS, validation_size, "validation_size"), regime)
     valid_oracle = cache.costs(validation)
     validation = ScenarioBatch.from_scenarios(validation)  # built once, scored after every step
     start = weights if weights is not None else dict(module.named_parameters())

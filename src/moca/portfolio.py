@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
+from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt, first_seeds
 from moca.mpc_base import mpc_policy, select_safety_stock
 from moca.policy import InputSizeError, LSTMPolicy, Weights
 from moca.regime import Regime, load_regime
@@ -122,9 +122,10 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
     regime = load_regime(regime)
     started = time.perf_counter()
     cache = cache or OracleCache(module.params)
-    support = list(support) if support is not None else cache.scenarios(SUPPORT_SEEDS[:support_size], regime)
+    support = list(support) if support is not None else cache.scenarios(
+        first_seeds(SUPPORT_SEEDS, support_size, "support_size"), regime)
     validation = list(validation) if validation is not None else cache.scenarios(
-        VALIDATION_SEEDS[:validation_size], regime)
+        first_seeds(VALIDATION_SEEDS, validation_size, "validation_size"), regime)
     notes = list(notes)
     names = ["default", "map", "mpc"] if base == "auto" else [base]
     if "map" in names:
@@ -196,8 +197,8 @@ def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", sup
         raise RegimeMapError(f"base: {base!r} is not one of {', '.join(BASES_2)} on CLSC-2")
     started = time.perf_counter()
     cache = cache or OracleCache2(module.params)
-    support = cache.scenarios(SUPPORT_SEEDS[:support_size], plan)
-    validation = cache.scenarios(VALIDATION_SEEDS[:validation_size], plan)
+    support = cache.scenarios(first_seeds(SUPPORT_SEEDS, support_size, "support_size"), plan)
+    validation = cache.scenarios(first_seeds(VALIDATION_SEEDS, validation_size, "validation_size"), plan)
     candidates: dict[str, Candidate] = {}
     if base in ("auto", "default"):
         began = time.perf_counter()
