@@ -178,6 +178,15 @@ def test_cli_evaluates_a_ppo_checkpoint_and_refuses_bad_input(tiny_ppo, tmp_path
         assert bad.exit_code == 2 and needle in bad.stderr and "Traceback" not in bad.output
 
 
+def test_ppo_config_names_what_is_wrong():
+    from moca.baselines.ppo import PPOConfig, PPOError
+
+    for change, message in (({"eval_scenarios": 101}, "ppo.eval_scenarios=101: must be <= 100"),
+                            ({"n_envs": 0}, "ppo.n_envs=0"), ({"seconds": float("nan")}, "ppo.seconds=nan")):
+        with pytest.raises(PPOError, match=message):
+            PPOConfig(**change)
+
+
 def test_ctrl_c_during_ppo_training_writes_the_policy_so_far(tmp_path):
     from _cli import interrupt_once_ready
 

@@ -80,6 +80,8 @@ class PPOConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PPOError(f"ppo.{name}={value!r}: must be a whole number >= 1")
+        if self.eval_scenarios > 100:  # moca's validation seeds 900-999: more would be cut without a word
+            raise PPOError(f"ppo.eval_scenarios={self.eval_scenarios!r}: must be <= 100 (validation seeds 900-999)")
         if not (self.seconds >= 0 and math.isfinite(self.seconds)):
             raise PPOError(f"ppo.seconds={self.seconds!r}: must be a finite number >= 0")
         if self.model not in ("CLSC-1", "CLSC-2"):
