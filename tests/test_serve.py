@@ -625,3 +625,9 @@ def test_a_422_names_the_field_once():
     assert _validation_answer(entry)["detail"] == "pipeline[0]=-1 must be >= 0"
     pydantic = [{"loc": ("body", "t"), "msg": "Input should be greater than or equal to 0", "type": "greater_than_equal"}]
     assert _validation_answer(pydantic)["detail"] == "t: Input should be greater than or equal to 0"
+
+
+def test_adapt_settings_beyond_their_seeds_are_refused():
+    for change in ({"support": 101}, {"validation": 0}, {"steps": -1}, {"support": 2.5}):
+        with pytest.raises(ValueError, match=f"adapt.{next(iter(change))}="):
+            AdaptSettings(**change)

@@ -65,6 +65,14 @@ class AdaptSettings:
     validation: int = 8
     base: str = "default"
 
+    def __post_init__(self) -> None:
+        # `moca serve`'s limits; support and validation seeds hold 100 each (800-899, 900-999),
+        # so more would be cut without a word.
+        for name, low in (("steps", 0), ("support", 1), ("validation", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 100:
+                raise ValueError(f"adapt.{name}={value!r}: must be a whole number in {low}..100")
+
     def argv(self) -> list[str]:
         return [str(self.steps), str(self.support), str(self.validation), self.base]
 
