@@ -287,3 +287,7 @@ def test_decide_period_takes_named_quantities_and_refuses_bad_ones():
             controller.decide_period(1, regime="T1", **{**state, **change})
     with pytest.raises(PolicyError, match=r"t=52: must be a whole period in 0..51"):
         controller.decide_period(52, regime="T1", **state)
+    controller.reset()  # numpy numbers are numbers too
+    same = controller.decide_period(np.int64(0), regime="eu-ppwr-2030", **{**state, "pipeline": np.array([2000]),
+                                                                              "sales_history": np.full(6, 1000)})
+    assert np.array_equal(same, by_name)

@@ -787,7 +787,7 @@ class DeployedPolicy:
         named += [(f"pipeline[{i}]", v) for i, v in enumerate(pipeline)]
         named += [(f"sales_history[{i}]", v) for i, v in enumerate(sales_history)]
         for name, value in named:
-            if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and value >= 0):
+            if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value >= 0):
                 raise PolicyError(f"{name}={value!r}: must be a finite number >= 0")
             # beyond it the network's sums overflow to NaN: name the input, not the NaN action it would give
             if value > LARGEST_VALUE:
