@@ -31,8 +31,8 @@ class ScenarioError(ValueError):
 #: right-hand sides stay well inside what HiGHS solves (it reads 1e20 as infinity and
 #: refuses matrix entries above 1e15): a larger number is a typo, not a chain.
 LARGEST_VALUE = 1e12
-#: The longest horizon, and the longest lead time or return lag, in periods (a hundred and
-#: ten years of weeks): a typo such as 52000000 must not allocate and simulate for hours.
+#: The longest horizon (a hundred years of weeks), and the longest lead time or return lag
+#: (ten), in periods: a typo such as 52000000 must not allocate and simulate for hours.
 LONGEST_HORIZON = 5200
 LONGEST_DELAY = 520
 
