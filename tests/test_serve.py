@@ -231,6 +231,10 @@ def _counts(client) -> tuple:
     ("/v1/chains/p1/regulations", {"regime": {"recovery_target": 2}}, 422, "recovery_target"),
     ("/v1/chains/p1/regulations", {"regime": "T2", "similar_to": "never-seen"}, 422, "similar_to"),
     ("/v1/chains/p1/regulations", {"regime": "T2", "effective": 52}, 422, "effective"),
+    # a window on a CLSC-1 chain would be ignored: a rule other than the one asked for
+    ("/v1/chains/p1/regulations", {"regime": {"recycled_content_window": 4}}, 422, "recycled_content_window=4"),
+    ("/v1/chains", {"id": "p2", "regime": {"recycled_content_min": 0.2, "recycled_content_window": 13}}, 422,
+     "accounting windows need a clsc-2 chain"),
     ("/v1/chains/nope/regulations", {"regime": "T2"}, 404, "chain"),
     ("/v1/chains/p1/rollback", {"version": 7}, 404, "version"),
     ("/v1/chains/p1/rollback", {}, 409, "version"),

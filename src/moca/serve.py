@@ -137,9 +137,13 @@ class ChainModel:
         if not isinstance(data, (str, dict)):
             raise ServeError(422, f"regime: expected an object or a name, got {type(data).__name__}")
         try:
-            return load_regime(data)
+            regime = load_regime(data)
         except RegimeError as err:
             raise ServeError(422, f"regime.{err}") from None
+        if regime.recycled_content_window != 1:  # CLSC-1 would ignore it: a rule other than the one asked for
+            raise ServeError(422, f"regime.recycled_content_window={regime.recycled_content_window}: a clsc-1 chain "
+                                  "settles the mandate every period; accounting windows need a clsc-2 chain")
+        return regime
 
     def regime_dict(self, regime) -> dict[str, Any]:
         return regime.model_dump(mode="json")
