@@ -128,8 +128,10 @@ class ChainModel:
         except TypeError as err:
             raise ServeError(422, f"params: {err}") from None
 
-    def regime(self, data: Any):
-        """A regime from an object (the spec's fields) or a preset name; 422 names the field."""
+    def regime(self, data: Any, any_window: bool = False):
+        """A regime from an object (the spec's fields) or a preset name; 422 names the field.
+        ``any_window``: a target to compare with (``?nearest=``) or a regime already stored,
+        not a new rule for a chain, so an accounting window is let through."""
         from moca.regime import RegimeError, load_regime, named_regimes
 
         if isinstance(data, str) and data not in named_regimes():
@@ -140,7 +142,7 @@ class ChainModel:
             regime = load_regime(data)
         except RegimeError as err:
             raise ServeError(422, f"regime.{err}") from None
-        if regime.recycled_content_window != 1:  # CLSC-1 would ignore it: a rule other than the one asked for
+        if regime.recycled_content_window != 1 and not any_window:  # CLSC-1 would ignore it: another rule
             raise ServeError(422, f"regime.recycled_content_window={regime.recycled_content_window}: a clsc-1 chain "
                                   "settles the mandate every period; accounting windows need a clsc-2 chain")
         return regime
@@ -389,7 +391,7 @@ class Clsc2Model(ChainModel):
         except TypeError as err:
             raise ServeError(422, f"params: {err}") from None
 
-    def regime(self, data: Any):
+    def regime(self, data: Any, any_window: bool = False):
         from moca.policy2 import MODEL
         from moca.regime import RegimeError, load_regime, named_regimes
 
@@ -813,7 +815,8 @@ def run_job(store: Store, job_id: int, settings: AdaptSettings = AdaptSettings()
     c_model, params_hash, current = store.one("SELECT model, params_hash, version FROM chains WHERE id=?", (chain,))
     model = MODELS[c_model]
     regime_id, similar_to = store.one("SELECT regime_id, similar_to FROM regulations WHERE id=?", (regulation,))
-    regime = model.regime(json.loads(store.one("SELECT regime FROM regimes WHERE id=?", (regime_id,))[0]))
+    regime = model.regime(json.loads(store.one("SELECT regime FROM regimes WHERE id=?", (regime_id,))[0]),
+                          any_window=True)  # stored: accepted when it came
     why, from_chain, from_version = warm_start(store, chain, params_hash, regime_id, similar_to)
     start_module = load_version(store, model, from_chain, from_version)
     current_module = load_version(store, model, chain, current)
@@ -955,7 +958,8 @@ def _body_model(rt: Runtime, chain: str) -> type[BaseModel]:
 def _regime(rt: Runtime, model: ChainModel, regime_id: int) -> tuple[Any, np.ndarray, dict]:
     """(regime, its row, its JSON form) of a memory id; regimes never change once stored."""
     if regime_id not in rt.regimes:
-        regime = model.regime(json.loads(rt.store.one("SELECT regime FROM regimes WHERE id=?", (regime_id,))[0]))
+        regime = model.regime(json.loads(rt.store.one("SELECT regime FROM regimes WHERE id=?", (regime_id,))[0]),
+                              any_window=True)  # stored: accepted when it came (a database of an older moca)
         rt.regimes[regime_id] = (regime, model.regime_row(regime), {"id": regime_id, **model.regime_dict(regime)})
     return rt.regimes[regime_id]
 
@@ -1429,7 +1433,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         for r in rows:
             model = MODELS[r["model"]]
             params = model.params(None)
-            features = model.regime_features(model.regime(target), params)
+            features = model.regime_features(model.regime(target, any_window=True), params)
             out.append({**r, "distance": _distance(features, r["features"])})
         return sorted(out, key=lambda r: r["distance"])
 
