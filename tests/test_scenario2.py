@@ -164,3 +164,12 @@ def test_clsc1_params_beyond_the_limits_are_refused():
     assert Params(horizon=5200, lag_return=520, demand_base=1e12).horizon == 5200  # the limits themselves pass
     with pytest.raises(ScenarioError, match=r"demand\[0\]=2000000000000.0 must be <= 1e\+12"):
         Scenario(Params(horizon=2), RegimeSchedule.constant(Regime()), np.array([2e12, 1.0]), np.array([0.2, 0.2]))
+
+
+def test_numpy_numbers_are_numbers():
+    # a library user's values often come out of numpy: np.int64(52) is a whole number
+    assert Params(horizon=np.int64(52), mass=np.float32(2.0), cap_order=np.int32(4000)) == Params()
+    assert type(Params(horizon=np.int64(52)).horizon) is int
+    assert Params2(horizon=np.int64(26), cap_market=np.float64(500.0)).horizon == 26
+    with pytest.raises(ValueError, match="params.mass=True is not a number"):
+        Params(mass=np.bool_(True))

@@ -93,6 +93,8 @@ class Params(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _finite(cls, value: Any, info) -> Any:
+        if isinstance(value, np.generic):  # numpy's numbers (np.int64(52), np.float32(2.0)) are numbers too
+            value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"params.{info.field_name}={value!r} is not a number")
         if not math.isfinite(float(value)):
@@ -502,6 +504,8 @@ class Params2(BaseModel):
         name = info.field_name
         if name == "grade_mean":
             return value
+        if isinstance(value, np.generic):  # numpy's numbers are numbers too
+            value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"params.{name}={value!r} is not a number")
         if not math.isfinite(float(value)):
