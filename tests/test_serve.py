@@ -629,6 +629,14 @@ def test_a_422_names_the_field_once():
     assert _validation_answer(entry)["detail"] == "pipeline[0]=-1 must be >= 0"
     pydantic = [{"loc": ("body", "t"), "msg": "Input should be greater than or equal to 0", "type": "greater_than_equal"}]
     assert _validation_answer(pydantic)["detail"] == "t: Input should be greater than or equal to 0"
+    # a union's members (an object or a name) in one line, not pydantic's "regime.dict[str,any]: ... (and 1 more)"
+    union = [{"loc": ("body", "regime", "dict[str,any]"), "msg": "Input should be a valid dictionary",
+              "type": "dict_type", "input": [1]},
+             {"loc": ("body", "regime", "str"), "msg": "Input should be a valid string", "type": "string_type",
+              "input": [1]}]
+    assert _validation_answer(union)["detail"] == "regime: expected an object or a string, got a list"
+    extra = union + [{"loc": ("body", "colour"), "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}]
+    assert _validation_answer(extra)["detail"] == "regime: expected an object or a string, got a list (and 1 more)"
 
 
 def test_adapt_settings_beyond_their_seeds_are_refused():

@@ -1119,6 +1119,13 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def _json_kind(part: Any) -> str | None:
+    """What a union member asks for, from its tag in a pydantic error location
+    (``regime.dict[str,any]``, ``regime.str``); None for a field's name."""
+    return {"dict": "an object", "list": "a list", "str": "a string", "int": "a whole number", "float": "a number",
+            "bool": "true or false"}.get(str(part).split("[", 1)[0])
+
+
 def _validation_answer(errors: list[dict]) -> dict[str, Any]:
     """422 body: one line naming the first field and the problem, and the list."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
@@ -1127,7 +1134,19 @@ def _validation_answer(errors: list[dict]) -> dict[str, Any]:
     msg = str(first.get("msg", "")).removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
         msg = "unknown field"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    counted = 1
+    if loc and _json_kind(loc[-1]):
+        # A union (an object or a name): one line for all its members, not pydantic's first.
+        field, kinds = loc[:-1], []
+        for e in errors:
+            parts = [str(p) for p in e.get("loc", ()) if p != "body"]
+            if parts[:-1] == field and parts and _json_kind(parts[-1]):
+                kinds.append(_json_kind(parts[-1]))
+        counted = len(kinds)
+        got = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "a number",
+               float: "a number", type(None): "null"}.get(type(first.get("input")), "something else")
+        where, msg = ".".join(field) or "body", f"expected {' or '.join(dict.fromkeys(kinds))}, got {got}"
+    more = f" (and {len(errors) - counted} more)" if len(errors) > counted else ""
     named = msg.startswith((f"{where}:", f"{where}[", f"{where}="))  # our validators name the field themselves
     return {"detail": f"{msg if named else f'{where}: {msg}'}{more}", "errors": [
         {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
