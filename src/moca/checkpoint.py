@@ -136,12 +136,14 @@ def build_module(where: Path, make: Callable[[], torch.nn.Module],
     the field), an invalid ``params``/``policy`` block by pydantic's first line."""
     from pydantic import ValidationError
 
+    from moca.scenario import validation_reason
+
     try:
         return make()
     except own_errors as err:
         raise CheckpointError(f"checkpoint {where}: {err}") from None
     except (ValidationError, TypeError) as err:
-        raise CheckpointError(f"checkpoint {where}: params/policy: invalid ({invalid_reason(err)})") from None
+        raise CheckpointError(f"checkpoint {where}: params/policy: invalid ({validation_reason(err)})") from None
 
 
 def check_compatible(weights: dict[str, torch.Tensor], module: torch.nn.Module, directory: str | Path) -> None:
@@ -177,19 +179,6 @@ def save_policy(directory: str | Path, module: torch.nn.Module, metadata: dict[s
     return save(directory, dict(module.state_dict()), meta)
 
 
-def invalid_reason(err: Exception) -> str:
-    """One line for an invalid ``params``/``policy`` block: the field and the rule it breaks
-    (pydantic's first error), not only the field's name."""
-    from pydantic import ValidationError
-
-    if isinstance(err, ValidationError) and err.errors():
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        return msg if where and where in msg else f"{where}: {msg}"
-    return str(err).strip().splitlines()[0]
-
-
 def load_policy(directory: str | Path):
     """Read a policy checkpoint: returns ``(module, metadata)``; the module holds the weights.
 
@@ -199,7 +188,7 @@ def load_policy(directory: str | Path):
     from pydantic import ValidationError
 
     from moca.policy import LSTMPolicy, PolicyConfig
-    from moca.scenario import Params
+    from moca.scenario import Params, validation_reason
 
     weights, meta = load(directory)
     where = resolve(directory)
@@ -211,7 +200,7 @@ def load_policy(directory: str | Path):
     try:
         module = LSTMPolicy(Params(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
     except (ValidationError, TypeError) as err:
-        raise CheckpointError(f"checkpoint {where}: invalid params/policy in {META} ({invalid_reason(err)})") from None
+        raise CheckpointError(f"checkpoint {where}: invalid params/policy in {META} ({validation_reason(err)})") from None
     check_compatible(weights, module, where)
     module.load_state_dict(weights)
     return module, meta

@@ -411,9 +411,10 @@ def evaluate(
 
             model, files = load_scenario_files(scenario_files, model)  # the files' "model" chooses the world
         model = model or "CLSC-1"
-        if not scenario_files and _is_learned_policy(policy):
+        learned = _is_learned_policy(policy)
+        if learned and not scenario_files:
             _warn_if_not_held_out(seed, scenarios)
-        learned2 = model == "CLSC-2" and _is_learned_policy(policy)
+        learned2 = model == "CLSC-2" and learned
         if model == "CLSC-2" and adapt_steps and not learned2:
             raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
     if model == "CLSC-2":
@@ -604,12 +605,11 @@ def train(
 
 
 @contextmanager
-def _stop_on_ctrl_c(after: str = "this meta step") -> Iterator[Any]:
+def _stop_on_ctrl_c(step: str = "meta step") -> Iterator[Any]:
     """Training's Ctrl-C: stop after the current (meta or env) step and write what was learned."""
     from moca.meta import StopRequest
 
-    with StopRequest(after) as stop:
-        step = after.removeprefix("this ")
+    with StopRequest(step) as stop:
         err_console.print(f"training: Ctrl-C stops after the current {step} and writes the checkpoint",
                           markup=False, highlight=False)
         yield stop
@@ -1318,13 +1318,10 @@ def serve(
     from moca.serve import AdaptSettings, StoreError
     from moca.serve import serve as run_service
 
-    from moca.files import OutputError, check_folder
+    from moca.files import check_folder
 
-    try:
+    with _bad_input():
         check_folder(data, "--data")
-    except OutputError as err:
-        err_console.print(f"moca: error: {err}", markup=False, highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
     if token is not None and not token.strip():
         err_console.print("moca: error: --token: empty", markup=False, highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -1373,10 +1370,11 @@ def sweep(
         if "moca" in plan.policies:
             _warn_if_not_held_out(seed, scenarios)
         for option, path in (("--json", json_file), ("--plot", plot_file)):
-            if path is not None and path.is_dir():
+            if path is None:
+                continue
+            if path.is_dir():
                 raise UsageError(f"{option} {path}: is a directory")
-            if path is not None:  # before the sweep's work, not after it
-                check_parent(path, option)
+            check_parent(path, option)  # before the sweep's work, not after it
         if plot_file is not None and plot_file.suffix.lower() not in (".png", ".pdf", ".svg"):
             raise UsageError(f"--plot {plot_file}: expected a .png, .pdf or .svg file name")
         backend = backend_from_options(ray_address, workers)
@@ -1461,7 +1459,7 @@ def peers_train_ppo(
     with _bad_input():
         _output_dir(output)  # before the training's minutes, not after them
         config = PPOConfig(seconds=seconds, seed=seed, max_steps=max_steps, eval_every=eval_every, model=model)
-    with _progress(as_json) as progress, _stop_on_ctrl_c("this env step") as stop:
+    with _progress(as_json) as progress, _stop_on_ctrl_c("env step") as stop:
         bar = progress.add_task("PPO", total=None)
         agent, curve = train_ppo(config, progress=lambda steps, score: progress.update(
             bar, description=f"PPO: {steps} steps, validation score {score:.3f}"), stop=stop)

@@ -115,7 +115,7 @@ class CircularSupplyChainEnv(gym.Env):
         if isinstance(params, dict):  # gym.make(..., params={"cap_order": 5000}) from a config file
             params = Params(**params)
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS)
-        self.schedule = _as_schedule(regime) if regime is not None else None
+        self.schedule = load_schedule(regime) if regime is not None else None
         if scenario is not None and self.schedule is not None:
             scenario = Scenario(self.params, self.schedule, scenario.demand, scenario.return_frac)
         self.fixed_scenario = scenario
@@ -416,11 +416,6 @@ def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, A
     return {"t": t, "stocks": np.array(stocks), "pipeline": pipeline, "sales_history": sales_history,
             "regime": regime, "return_frac": return_frac, "last_demand": None if t == 0 else last_demand}
 
-
-def _as_schedule(regime: Regime | RegimeSchedule | str | Path | dict[str, Any] | list) -> RegimeSchedule:
-    if isinstance(regime, RegimeSchedule):
-        return regime
-    return load_schedule(regime)
 
 
 def make_vector_env(

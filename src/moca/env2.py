@@ -87,8 +87,6 @@ class CircularSupplyChain2Env(gym.Env):
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS_2)
         if regime is None:
             self.schedule = None if scenario is not None else load_schedule("T1", model="CLSC-2")
-        elif isinstance(regime, RegimeSchedule):
-            self.schedule = regime
         else:
             self.schedule = load_schedule(regime, model="CLSC-2")
         if scenario is not None and self.schedule is not None:

@@ -360,7 +360,7 @@ def task_losses(module: LSTMPolicy, learners: Sequence[Learner], batch: Scenario
 class StopRequest:
     """Ctrl-C as a request to stop meta-training at the end of the current meta step, so
     that the steps done are written rather than lost (``moca train``; ``moca peers
-    train-ppo`` asks it after every env step, ``after`` saying so). The first SIGINT
+    train-ppo`` asks it after every env step, ``step`` naming it). The first SIGINT
     sets :attr:`requested` and says so on stderr; a second one interrupts at once, as Ctrl-C
     normally does. A context manager; call it to ask whether a stop was requested. Signals
     reach only the main thread, so elsewhere it installs nothing and never requests a stop.
@@ -368,8 +368,8 @@ class StopRequest:
     Why at a step's end, not by catching KeyboardInterrupt: an interrupt inside Adam's
     update would leave some tensors stepped and others not, and the history one step off."""
 
-    def __init__(self, after: str = "this meta step") -> None:
-        self.after = after
+    def __init__(self, step: str = "meta step") -> None:
+        self.step = step
         self.requested = False
         self._previous: Any = None
 
@@ -391,7 +391,7 @@ class StopRequest:
             self.__exit__()
             raise KeyboardInterrupt
         self.requested = True
-        sys.stderr.write(f"\nmoca: stopping after {self.after} and writing the checkpoint "
+        sys.stderr.write(f"\nmoca: stopping after this {self.step} and writing the checkpoint "
                          "(Ctrl-C again: stop now, write nothing)\n")
 
 

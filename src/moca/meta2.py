@@ -27,7 +27,7 @@ from moca.meta import (META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, 
 from moca.policy import Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
 from moca.regime import MAX_WINDOW, WINDOW_FIELD, Regime, RegimeSchedule, load_regime
-from moca.scenario import DEFAULT_PARAMS_2, Params, Params2, Scenario2, draw_scenario2
+from moca.scenario import DEFAULT_PARAMS_2, Params, Params2, Scenario2, draw_scenario2, validation_reason
 from moca.sim2 import ScenarioBatch2
 
 #: Where the shipped CLSC-2 meta-init lives (``--policy default`` with ``--model CLSC-2``).
@@ -323,7 +323,7 @@ def load_policy2(directory: str | Path) -> tuple[LSTMPolicy2, dict[str, Any]]:
         module = LSTMPolicy2(Params2(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
     except (ValidationError, TypeError) as err:
         raise checkpoint.CheckpointError(f"checkpoint {path}: invalid params/policy "
-                                         f"({checkpoint.invalid_reason(err)})") from None
+                                         f"({validation_reason(err)})") from None
     checkpoint.check_compatible(weights, module, path)
     module.load_state_dict(weights)
     return module, meta

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from moca import safety
-from moca.scenario import Params, Scenario, seasonal_mean_demand
+from moca.scenario import LARGEST_VALUE, Params, Scenario, seasonal_mean_demand
 from moca.sim import (
     R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX, Observation, Projector, ScenarioBatch,
     rollout,
@@ -773,8 +773,6 @@ class DeployedPolicy:
 
         row = regime.as_row() if isinstance(regime, Regime) else (
             load_regime(regime).as_row() if isinstance(regime, (str, dict)) else np.asarray(regime, dtype=float))
-        from moca.scenario import LARGEST_VALUE
-
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < self.params.horizon:
             raise PolicyError(f"t={t!r}: must be a whole period in 0..{self.params.horizon - 1}")
         named = [("virgin", virgin), ("recycled", recycled), ("product", product), ("cores", cores),

@@ -409,12 +409,14 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
     return _validated(Regime, _without_name(data), prefix=f"{path.name}: ")
 
 
-def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Regime,
+def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Regime | RegimeSchedule,
                   model: str = "CLSC-1") -> RegimeSchedule:
     """A schedule from a YAML/JSON file holding a list of entries with ``start``
     (or an object with key ``regimes``), or such a list or object itself; a single regime
-    (a name, a file, an object of the regime fields) is a constant schedule.
-    Entries may carry a ``name`` label, which is ignored."""
+    (a name, a file, an object of the regime fields) is a constant schedule; a
+    :class:`RegimeSchedule` is returned as it is. Entries may carry a ``name`` label, which is ignored."""
+    if isinstance(spec, RegimeSchedule):
+        return spec
     if isinstance(spec, dict) and "regimes" in spec:
         spec = spec["regimes"]
     if isinstance(spec, list):

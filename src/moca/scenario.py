@@ -37,6 +37,17 @@ LONGEST_HORIZON = 5200
 LONGEST_DELAY = 520
 
 
+def validation_reason(err: Exception) -> str:
+    """One line for a block that did not validate (params, a policy config): the field and
+    the rule it breaks (pydantic's first error), not only the field's name."""
+    if isinstance(err, ValidationError) and err.errors():
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        return f"{where}: {msg}" if where and where not in msg else msg
+    return str(err).strip().splitlines()[0]
+
+
 def _check_magnitude(name: str, value: float) -> None:
     """Refuse a parameter beyond the limits above (whole-number fields by their own limit)."""
     if name == "horizon" and value > LONGEST_HORIZON:

@@ -43,7 +43,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from moca.scenario import LARGEST_VALUE
+from moca.scenario import LARGEST_VALUE, validation_reason
 
 #: Request bodies larger than this are refused with 413 before they are parsed.
 MAX_BODY_BYTES = 64 * 1024
@@ -124,7 +124,7 @@ class ChainModel:
         try:
             return Params(**(data or {}))
         except ValidationError as err:
-            raise ServeError(422, "params." + _pydantic_message(err).removeprefix("params.")) from None
+            raise ServeError(422, "params." + validation_reason(err).removeprefix("params.")) from None
         except TypeError as err:
             raise ServeError(422, f"params: {err}") from None
 
@@ -387,7 +387,7 @@ class Clsc2Model(ChainModel):
         try:
             return Params2(**(data or {}))
         except ValidationError as err:  # (Params2's own messages already say "params.")
-            raise ServeError(422, "params." + _pydantic_message(err).removeprefix("params.")) from None
+            raise ServeError(422, "params." + validation_reason(err).removeprefix("params.")) from None
         except TypeError as err:
             raise ServeError(422, f"params: {err}") from None
 
@@ -740,13 +740,6 @@ class _Tx:
 
 def _params_hash(params_json: str) -> str:
     return hashlib.sha256(params_json.encode()).hexdigest()[:16]
-
-
-def _pydantic_message(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"{where}: {msg}" if where and where not in msg else msg
 
 
 # ----------------------------------------------------------------------------------------
