@@ -171,5 +171,12 @@ def test_numpy_numbers_are_numbers():
     assert Params(horizon=np.int64(52), mass=np.float32(2.0), cap_order=np.int32(4000)) == Params()
     assert type(Params(horizon=np.int64(52)).horizon) is int
     assert Params2(horizon=np.int64(26), cap_market=np.float64(500.0)).horizon == 26
+    # the grade shares too, as a numpy vector or numpy entries (float32 sums to 1 within 1e-6)
+    shares = np.array([0.3, 0.45, 0.25], dtype=np.float32)
+    assert Params2(grade_mean=shares).grade_mean == pytest.approx((0.3, 0.45, 0.25))
+    assert Params2(grade_mean=list(shares)).grade_mean == pytest.approx((0.3, 0.45, 0.25))
+    assert all(type(v) is float for v in Params2(grade_mean=shares).grade_mean)
+    with pytest.raises(ValueError, match=r"grade_mean\[1\]=-0.5 must be a finite number >= 0"):
+        Params2(grade_mean=np.array([1.0, -0.5, 0.5]))
     with pytest.raises(ValueError, match="params.mass=True is not a number"):
         Params(mass=np.bool_(True))

@@ -500,8 +500,11 @@ class Params2(BaseModel):
     @field_validator("grade_mean", mode="before")
     @classmethod
     def _grade_mean(cls, value: Any) -> tuple[float, float, float]:
+        if isinstance(value, np.ndarray) and value.ndim == 1:  # a numpy vector is 3 numbers too
+            value = value.tolist()
         if not isinstance(value, (list, tuple)) or len(value) != 3:
             raise ValueError(f"params.grade_mean={value!r} must be 3 numbers (shares of grades A, B, scrap)")
+        value = [v.item() if isinstance(v, np.generic) else v for v in value]
         for i, v in enumerate(value):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or v < 0:
                 raise ValueError(f"params.grade_mean[{i}]={v!r} must be a finite number >= 0")
