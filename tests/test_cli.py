@@ -38,8 +38,34 @@ def test_scenario_new_with_schedule(tmp_path):
     assert [r["start"] for r in regimes] == [0, 26] and regimes[1]["carbon_tax"] == 100
     # --regime takes a schedule file too, as evaluate's does: the same scenario
     again = tmp_path / "again.json"
-    assert run("scenario", "new", "--seed", 1, "--regime", schedule, "-o", again).returncode == 0
+    made = run("scenario", "new", "--seed", 1, "--regime", schedule, "-o", again)
+    assert made.returncode == 0 and "warning" not in made.stderr  # every entry starts inside the 52 periods
     assert json.loads(again.read_text()) == json.loads(out.read_text())
+
+
+def test_schedule_entries_past_the_horizon_are_named(tmp_path):
+    # A rule that starts after the episode's last period never bites: kept (a schedule may be
+    # written for a longer chain), but said on stderr by each command that reads schedules.
+    schedule = tmp_path / "late.yaml"
+    schedule.write_text("- {start: 0}\n- {start: 20, carbon_tax: 100}\n- {start: 60, landfill_tax: 10}\n")
+    out = tmp_path / "s.json"
+    made = run("scenario", "new", "--seed", 1, "--regime", schedule, "-o", out)
+    assert made.returncode == 0, made.stderr
+    expected = "moca: warning: the regime starting at period 60 never applies: the episode has 52 periods (0-51)"
+    assert expected in made.stderr
+    assert [r["start"] for r in json.loads(out.read_text())["regimes"]] == [0, 20, 60]  # kept as written
+    for args in (("--regime", schedule, "--scenarios", 1, "--seed", 1000), ("--scenario", out)):
+        scored = run("evaluate", "--policy", "threshold", *args, "--json")
+        assert scored.returncode == 0, scored.stderr
+        assert expected in scored.stderr and json.loads(scored.stdout)["violations"] == 0
+    longer = tmp_path / "params.yaml"
+    longer.write_text("horizon: 70\n")
+    quiet = run("scenario", "new", "--seed", 1, "--regime", schedule, "--params", longer, "-o", out)
+    assert quiet.returncode == 0 and "never appl" not in quiet.stderr
+    two = run("evaluate", "--model", "CLSC-2", "--policy", "threshold", "--regime", schedule, "--scenarios", 1,
+              "--seed", 1000, "--json")
+    assert two.returncode == 0, two.stderr
+    assert expected in two.stderr
 
 
 def test_simulate_and_oracle_json(scenario_file, tmp_path):

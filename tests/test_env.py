@@ -141,6 +141,18 @@ def test_regime_schedule_switches_inside_the_episode():
     assert regimes[9][0] == 0.1 and regimes[10][0] == 0.3 and regimes[30][2] == 12000.0
 
 
+def test_schedule_entries_past_the_horizon_are_warned_of():
+    from moca.env2 import CircularSupplyChain2Env
+
+    late = [{"start": 0}, {"start": 52, "carbon_tax": 100.0}]
+    for make in (CircularSupplyChainEnv, CircularSupplyChain2Env):
+        with pytest.warns(UserWarning, match=r"entries starting at periods \[52\] never apply in an episode of 52"):
+            make(regime=late)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            make(regime=late[:1] + [{"start": 51, "carbon_tax": 100.0}])  # the last period: it applies
+
+
 def test_fixed_scenario_and_regime_override():
     scenario = draw_scenario(99, TASKS["T1"])
     env = CircularSupplyChainEnv(scenario=scenario)

@@ -185,6 +185,7 @@ def scenario_new(
         clsc2 = _chosen_model(model) == "CLSC-2"
         plan = load_schedule(schedule if schedule else regime, model)
         params = _load_params(params_file, model)
+        _warn_if_beyond_horizon(plan, params.horizon)
         scenario = (draw_scenario2 if clsc2 else draw_scenario)(seed, plan, params)
         _write_atomic(output, scenario.to_json())
     err_console.print(f"wrote {output} ({scenario.horizon} periods, {len(plan.entries)} regime(s))")
@@ -428,6 +429,7 @@ def evaluate(
         else:
             plan, params = load_schedule(regime), _load_params(params_file)
             tests = draw_scenarios(scenarios, plan, params, first_seed=seed)
+        _warn_if_beyond_horizon(plan, tests[0].horizon)
         from moca.evaluation import evaluate_policy  # (torch: only once the input is known good)
         from moca.experiment import build_policy
 
@@ -482,6 +484,7 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
             tests, plan = files, files[0].schedule
         else:
             plan, params = load_schedule(regime, model="CLSC-2"), _load_params(params_file, "CLSC-2")
+        _warn_if_beyond_horizon(plan, files[0].horizon if files else params.horizon)
         with _progress(as_json) as progress:
             progress.add_task(f"evaluating {policy} on CLSC-2", total=None)
             if learned2 and (files or params_file is not None):
@@ -881,6 +884,16 @@ def _retarget2(module, params, where: str, quiet: bool = False):
     return module
 
 
+def _warn_if_beyond_horizon(plan, horizon: int) -> None:
+    """Schedule entries that start at or after the episode's last period never apply: say so."""
+    late = plan.starts_beyond(horizon)
+    if late:
+        starts = ", ".join(str(start) for start in late)
+        what = f"regime starting at period {starts} never applies" if len(late) == 1 else \
+            f"regimes starting at periods {starts} never apply"
+        _warn(f"the {what}: the episode has {horizon} periods (0-{horizon - 1})")
+
+
 def _warn(text: str) -> None:
     """One line on stderr (stdout stays machine-readable with --json)."""
     sys.stderr.write(f"moca: warning: {' '.join(text.split())}\n")
@@ -906,10 +919,12 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
     adapted by moca.meta2.adapt2, and/or the sampled MPC at a picked safety stock; with
     --params, on that chain: its scenarios, oracle and the policy's scaling)."""
     from moca.regime import load_schedule
+    from moca.scenario import DEFAULT_PARAMS_2
 
     _base_choice(base, model="CLSC-2")
     plan = load_schedule(regime, model="CLSC-2")
     params = _load_params(params_file, "CLSC-2") if params_file is not None else None
+    _warn_if_beyond_horizon(plan, (params or DEFAULT_PARAMS_2).horizon)
     _output_dir(output)
     import torch
 

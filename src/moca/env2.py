@@ -92,6 +92,10 @@ class CircularSupplyChain2Env(gym.Env):
         if scenario is not None and self.schedule is not None:
             scenario = Scenario2(**{**scenario.__dict__, "schedule": self.schedule})
         self.fixed_scenario = scenario
+        horizon = scenario.horizon if scenario is not None else self.params.horizon
+        if self.schedule is not None and self.schedule.starts_beyond(horizon):
+            gym.logger.warn(f"regime schedule: entries starting at periods {self.schedule.starts_beyond(horizon)} "
+                            f"never apply in an episode of {horizon} periods")
         if not (cost_scale > 0 and math.isfinite(cost_scale)):
             raise ValueError(f"cost_scale={cost_scale!r} must be a finite number > 0")
         self.cost_scale = float(cost_scale)

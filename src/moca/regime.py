@@ -232,6 +232,12 @@ class RegimeSchedule(BaseModel):
             for e in self.entries
         ]
 
+    def starts_beyond(self, horizon: int) -> list[int]:
+        """Starts (periods) of the entries that begin at or after ``horizon``: in an episode of
+        that length they never apply. Not an error (a schedule may be written for a longer
+        chain), but worth a word to whoever expected the rule to bite."""
+        return [entry.start for entry in self.entries if entry.start >= horizon]
+
     def regime_at(self, t: int) -> Regime:
         current = self.entries[0]
         for entry in self.entries:
