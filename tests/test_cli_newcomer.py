@@ -6,6 +6,7 @@ that loads no heavy library."""
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -89,6 +90,20 @@ def test_output_into_a_missing_folder_is_refused(tmp_path):
     assert_one_line(run_narrow("adapt", "--checkpoint", "default", "--regime", "T1", "--steps", 0, "-o",
                                missing / "ck"), str(missing), "does not exist")
     assert not missing.exists()
+
+
+def test_names_the_user_chose_are_printed_as_written(tmp_path):
+    # Paths, labels and values are the user's text: "[red]" is not markup, "[/i]" no unmatched
+    # tag (it was an internal error after the file was written), ":100:" no emoji.
+    (tmp_path / "d[").mkdir()
+    for name in ("r[red]x.json", "d[/i]x.json", "y:100:.json"):
+        path = tmp_path / name
+        made = run("scenario", "new", "--regime", "T1", "--seed", 1, "-o", path)
+        assert made.returncode == 0 and f"wrote {path} (52 periods" in made.stderr, made.stderr
+        scored = run("evaluate", "--policy", "threshold", "--scenario", path)
+        assert scored.returncode == 0 and f"threshold on {path.name}" in scored.stdout, scored.stdout
+    assert re.search(r"^oracle cost [0-9,]+\.[0-9]{2} EUR \(status optimal\)$", run("oracle", "--scenario", tmp_path / "y:100:.json").stdout, re.M)
+    assert_one_line(run("sweep", "--field", "carbon_tax", "--values", "0:100:0"), "--values '0:100:0': the step must be > 0")
 
 
 def test_version_and_regimes_with_units_and_sources():

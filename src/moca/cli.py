@@ -55,8 +55,12 @@ class _LazyConsole:
 
 
 # soft_wrap: a line is never cut at the terminal's (or a log's default 80) width.
-console = _LazyConsole(soft_wrap=True)
-err_console = _LazyConsole(stderr=True, soft_wrap=True)
+# markup/emoji off: moca prints paths, regime names and file labels the user chose, and rich
+# would read "[red]" or "[/i]" in them as markup (a wrong path printed, or a MarkupError
+# after the work was done) and ":100:" as an emoji; bold is asked for with rich.text.Text.
+PLAIN = {"markup": False, "emoji": False}
+console = _LazyConsole(soft_wrap=True, **PLAIN)
+err_console = _LazyConsole(stderr=True, soft_wrap=True, **PLAIN)
 EXIT_BAD_INPUT = 2
 
 
@@ -235,7 +239,7 @@ def _wide_console():
     """A console for tables going to a file or pipe: no wrapping at 80 columns."""
     from rich.console import Console
 
-    return Console(width=220)
+    return Console(width=220, **PLAIN)
 
 
 def simulate_actions(scenario, actions) -> dict[str, Any]:
@@ -363,7 +367,9 @@ def oracle(
     if as_json:
         _print_json(out)
         return
-    console.print(f"oracle cost [bold]{result.oracle_cost:,.2f}[/bold] EUR (status {result.status})")
+    from rich.text import Text
+
+    console.print(Text.assemble("oracle cost ", (f"{result.oracle_cost:,.2f}", "bold"), f" EUR (status {result.status})"))
 
 
 # --- evaluate ------------------------------------------------------------------------------
@@ -467,7 +473,7 @@ def evaluate(
     if impact is not None:
         from moca.impact import describe
 
-        console.print(describe(regime, impact), markup=False, highlight=False, soft_wrap=True)
+        console.print(describe(regime, impact), highlight=False, soft_wrap=True)
 
 
 def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps: int, params_file: Optional[Path],
@@ -534,7 +540,7 @@ def _warn_if_not_held_out(first: int, count: int) -> None:
         if low <= high:
             err_console.print(f"warning: --seed {first}: test seeds {low}..{high} are moca's {name} seeds "
                               f"({seeds.start}-{seeds.stop - 1}), so these scores are not held out (test seeds "
-                              f"from {VALIDATION_SEEDS.stop} are)", markup=False, highlight=False)
+                              f"from {VALIDATION_SEEDS.stop} are)", highlight=False)
 
 
 def _is_learned_policy(policy: str) -> bool:
@@ -614,7 +620,7 @@ def _stop_on_ctrl_c(step: str = "meta step") -> Iterator[Any]:
 
     with StopRequest(step) as stop:
         err_console.print(f"training: Ctrl-C stops after the current {step} and writes the checkpoint",
-                          markup=False, highlight=False)
+                          highlight=False)
         yield stop
 
 
@@ -663,8 +669,7 @@ def _train_backend(ray_address: Optional[str], ray_cpus: int):
         backend = backend_from_options(ray_address, ray_cpus)
         backend.start()
     except BackendError as err:
-        err_console.print(f"moca: error: {_message(err)}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        _fail(_message(err))
     return backend
 
 
@@ -1338,12 +1343,11 @@ def serve(
     with _bad_input():
         check_folder(data, "--data")
     if token is not None and not token.strip():
-        err_console.print("moca: error: --token: empty", markup=False, highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT)
+        _fail("--token: empty")
     with _bad_input():
         adapt_base = _base_choice(adapt_base, "--adapt-base")
     err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
-                      markup=False, highlight=False)
+                      highlight=False)
     try:
         run_service(host=host, port=port, data=data, token=token,
                     adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation, base=adapt_base),
@@ -1377,6 +1381,8 @@ def sweep(
     from moca.cluster import BackendError, backend_from_options
     from moca.regime import RegimeError
     from moca.files import OutputError, check_parent
+    from rich.text import Text
+
     from moca.sweep import SweepError, make_plan, plot_sweep, run_sweep
 
     try:
@@ -1394,19 +1400,15 @@ def sweep(
             raise UsageError(f"--plot {plot_file}: expected a .png, .pdf or .svg file name")
         backend = backend_from_options(ray_address, workers)
     except (SweepError, BackendError, RegimeError, UsageError, OutputError) as err:
-        err_console.print(f"moca: error: {_message(err)}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        _fail(_message(err))
     try:
         with _progress(False) as progress:
             bar = progress.add_task(f"sweep {field} ({backend.kind})", total=None)
             result = run_sweep(plan, backend, on_done=lambda n, total: progress.update(bar, completed=n, total=total))
     except BackendError as err:
-        err_console.print(f"moca: error: {_message(err)}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        _fail(_message(err))
     except (RuntimeError, OSError) as err:  # a worker died, a solver failed: say so, write nothing
-        err_console.print(f"moca: error: sweep failed, nothing written: {type(err).__name__}: {_message(err)}",
-                          markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(f"sweep failed, nothing written: {type(err).__name__}: {_message(err)}", code=1)
     if json_file is not None:
         _write_atomic(json_file, json.dumps(result, indent=1))
     if plot_file is not None:
@@ -1418,7 +1420,7 @@ def sweep(
             tmp.unlink(missing_ok=True)
     _sweep_table(result)
     for warning in result["warnings"]:
-        console.print(f"[bold]warning[/bold]: {warning}", highlight=False)
+        console.print(Text.assemble(("warning", "bold"), f": {warning}"), highlight=False)
     wrote = ", ".join(str(p) for p in (json_file, plot_file) if p is not None)
     console.print(f"{result['tasks']} tasks in {result['seconds']:.1f} s on {result['backend']['kind']}"
                   + (f"; wrote {wrote}" if wrote else ""))
@@ -1501,7 +1503,7 @@ def peers_train_ppo(
 def _progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console.real(), disable=quiet or not err_console.is_terminal, transient=True)
     with progress:
         yield progress
