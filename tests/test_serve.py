@@ -549,7 +549,9 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
             http.post("/v1/chains", json={"id": "plant-1", "regime": "T1"})
             for t in range(24):
                 if t == 8:  # announced at t = 8, in force from t = 12, adapted (in process) meanwhile
-                    job = http.post("/v1/chains/plant-1/regulations", json={"regime": "T3", "effective": 12}).json()
+                    # a client's label is text on the page, never markup (it was put into innerHTML as is)
+                    job = http.post("/v1/chains/plant-1/regulations", json={
+                        "regime": "T3", "effective": 12, "name": "T3 <img src=x id=injected>"}).json()
                     _claim(app.state.runtime.store, job["job"])
                     threads = torch.get_num_threads()
                     torch.set_num_threads(1)
@@ -569,6 +571,8 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
                 page.wait_for_selector("body[data-ready='1']", timeout=20000)
                 assert "plant-1" in page.inner_text("#chain-name")
                 assert "recycled_content_min" in page.inner_text("#regime") and "100" in page.inner_text("#regime")
+                assert "T3 <img src=x id=injected>" in page.inner_text("#regime")
+                assert page.locator("#injected").count() == 0
                 assert page.locator("#versions tbody tr").count() == 2  # v1 retired, v2 (adapted to T3) active
                 assert "policy v2" in page.inner_text("#chain-name")
                 assert page.locator("#decisions tbody tr").count() == 15

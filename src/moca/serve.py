@@ -1485,6 +1485,8 @@ td,th{border-bottom:1px solid #e4e7ed;padding:3px 6px;text-align:left}
 <script>
 const $ = (id) => document.getElementById(id);
 const fmt = (x, d) => (x === null || x === undefined) ? "&ndash;" : Number(x).toFixed(d);
+// Labels come from clients (a regulation's "name"): shown as text, never read as HTML.
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})[c]);
 async function get(path) { const r = await fetch(path); if (!r.ok) throw new Error(path + ": " + r.status); return r.json(); }
 function line(points, color, lo, hi) {
   if (points.length < 2) return "";
@@ -1497,19 +1499,19 @@ async function refresh() {
   const select = $("chain-select");
   if (!chains.length) return;
   if (select.options.length !== chains.length) {
-    select.innerHTML = chains.map(c => '<option>' + c.id + '</option>').join("");
+    select.innerHTML = chains.map(c => '<option>' + esc(c.id) + '</option>').join("");
   }
   const id = select.value || chains[0].id;
   const [chain, versions, decisions] = await Promise.all([get("/v1/chains/" + id), get("/v1/chains/" + id + "/versions"),
                                                           get("/v1/chains/" + id + "/decisions?limit=200")]);
   $("chain-name").textContent = id + " (" + chain.model + ", policy v" + chain.policy_version + ")";
   const reg = chain.regime;
-  $("regime").innerHTML = '<b>' + (reg.name || ("regime " + reg.id)) + '</b><br>' +
-    Object.entries(reg.regime).map(([k, v]) => '<code>' + k + '</code> ' + (v === null ? "none" : v)).join("<br>") +
+  $("regime").innerHTML = '<b>' + esc(reg.name || ("regime " + reg.id)) + '</b><br>' +
+    Object.entries(reg.regime).map(([k, v]) => '<code>' + esc(k) + '</code> ' + (v === null ? "none" : esc(v))).join("<br>") +
     (chain.pending_regulations.length ? '<p>announced: ' + chain.pending_regulations.map(p => 'regime ' + p.regime_id +
       ' from t=' + p.effective).join(", ") + '</p>' : "");
-  $("versions").tBodies[0].innerHTML = versions.map(v => '<tr><td>' + v.number + '</td><td>' + v.state + '</td><td>' +
-    v.regime_id + '</td><td>' + fmt(v.score, 4) + '</td><td>' + (v.parent ?? "&ndash;") + '</td><td>' + v.source +
+  $("versions").tBodies[0].innerHTML = versions.map(v => '<tr><td>' + v.number + '</td><td>' + esc(v.state) + '</td><td>' +
+    v.regime_id + '</td><td>' + fmt(v.score, 4) + '</td><td>' + (v.parent ?? "&ndash;") + '</td><td>' + esc(v.source) +
     '</td><td><code>' + v.sha256.slice(0, 12) + '</code></td></tr>').join("");
   $("decisions").tBodies[0].innerHTML = decisions.slice(-15).reverse().map(d => '<tr><td>' + d.episode + '</td><td>' +
     d.t + '</td><td>' + d.version + '</td><td>' + d.regime_id + '</td><td>' + fmt(d.action.order, 0) + '</td><td>' +
