@@ -452,6 +452,32 @@ def _listening(port: int) -> set[str]:
     return out
 
 
+def test_a_second_server_on_the_same_data_or_port_is_refused_before_it_starts(services, tmp_path):
+    # A second server's start-up recovery would re-queue the first's running job and delete the
+    # weights it writes, and each would answer from its own copy of the recurrent memory.
+    from _cli import run
+
+    from moca.serve import StartError
+
+    data = tmp_path / "data"
+    s = services(data)
+    chain = s.http.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    assert chain.status_code == 201
+    second = run("serve", "--data", data, "--port", _free_port(), timeout=60)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr == (f"moca: error: --data {data}: in use by another moca serve (pid {s.proc.pid}); "
+                             "stop that one first, or give this one another --data\n")  # no banner, no traceback
+    with pytest.raises(StartError, match="in use by another moca serve"):
+        create_app(data, worker=False)
+    taken = run("serve", "--data", tmp_path / "other", "--port", s.port, timeout=60)
+    assert taken.returncode == 2 and "moca serve on" not in taken.stderr
+    assert f"moca: error: --port {s.port}: 127.0.0.1:{s.port} cannot be bound" in taken.stderr
+    assert s.http.get("/v1/chains/p1").status_code == 200  # the first one serves on, untouched
+    s.kill()  # a crash releases the directory: the next server takes it and finds the chain
+    again = services(data)
+    assert again.http.get("/v1/chains/p1").status_code == 200
+
+
 def test_kill9_mid_adaptation_and_mid_decisions_loses_nothing_acknowledged(services, tmp_path):
     data = tmp_path / "data"
     s = services(data)

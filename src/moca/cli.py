@@ -1335,7 +1335,7 @@ def serve(
                                         "new version); map or mpc = that candidate only."),
 ) -> None:
     """Run the real-time controller service (FastAPI + uvicorn; OpenAPI at /docs, dashboard at /)."""
-    from moca.serve import AdaptSettings, StoreError
+    from moca.serve import AdaptSettings, StartError, StoreError
     from moca.serve import serve as run_service
 
     from moca.files import check_folder
@@ -1346,13 +1346,15 @@ def serve(
         _fail("--token: empty")
     with _bad_input():
         adapt_base = _base_choice(adapt_base, "--adapt-base")
-    err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
-                      highlight=False)
+    def banner() -> None:
+        err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
+                          highlight=False)
+
     try:
         run_service(host=host, port=port, data=data, token=token,
                     adapt=AdaptSettings(steps=adapt_steps, support=support, validation=validation, base=adapt_base),
-                    keep_decisions=keep_decisions)
-    except StoreError as err:
+                    keep_decisions=keep_decisions, on_ready=banner)
+    except (StartError, StoreError) as err:
         _fail(str(err))
 
 

@@ -640,6 +640,41 @@ class StoreError(ValueError):
     """A data directory whose database cannot be used (not SQLite, or damaged)."""
 
 
+class StartError(ValueError):
+    """The service cannot start: its data directory is another server's, or its address is taken."""
+
+
+# One server per data directory: a second one's start-up recovery would re-queue the first's
+# running job and delete the weights it is writing, and each would answer from its own copy of
+# a chain's recurrent memory. SQLite's own locking covers single statements, not that, hence
+# an advisory lock (flock) on DATA/serve.lock, held while the process lives. Apps of one
+# process share it (tests restart the app on the same directory); the worker never takes it.
+_DATA_LOCKS: dict[str, int] = {}
+
+
+def claim_data_dir(data: Path) -> None:
+    """Hold ``data`` for this process, or raise :class:`StartError` naming the holder."""
+    try:
+        import fcntl
+    except ImportError:  # (not POSIX: no advisory locks; run one server per directory)
+        return
+    key = str(Path(data).resolve())
+    if key in _DATA_LOCKS:
+        return
+    path = Path(data) / "serve.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartError(f"--data {data}: in use by another moca serve (pid {holder}); stop that one first, "
+                         "or give this one another --data") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _DATA_LOCKS[key] = fd
+
+
 class Store:
     """The data directory: ``moca.sqlite3`` and ``weights/<chain>/v<N>/`` checkpoints."""
 
@@ -1197,6 +1232,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     store = Store(Path(data))
+    claim_data_dir(store.data)  # (before the lifespan's recovery touches the jobs and weights)
     rt = Runtime(store, token or None, keep_decisions=keep_decisions)
 
     def start_worker() -> None:
@@ -1535,13 +1571,43 @@ setInterval(() => refresh().catch(() => {}), 2000);
 # ----------------------------------------------------------------------------------------
 
 
+def listening_socket(host: str, port: int):
+    """A socket bound to ``host:port`` (uvicorn listens on it), or :class:`StartError` saying
+    why not, before anything is started (uvicorn would log the bind error after start-up)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise StartError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as uvicorn does: a restart need not wait)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise StartError(f"--port {port}: {host}:{port} cannot be bound ({err.strerror}); "
+                         "another server may hold it: choose another --port") from None
+    return sock
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, data: str | Path = "moca-data", token: str | None = None,
-          log_level: str = "warning", adapt: AdaptSettings = AdaptSettings(), keep_decisions: int = 100_000) -> None:
-    """Run the service under uvicorn (one process; the adaptation worker is its child)."""
+          log_level: str = "warning", adapt: AdaptSettings = AdaptSettings(), keep_decisions: int = 100_000,
+          on_ready=None) -> None:
+    """Run the service under uvicorn (one process; the adaptation worker is its child).
+    :class:`StartError` or :class:`StoreError` before anything runs when it cannot start;
+    ``on_ready()`` once the data directory and the address are this server's."""
     import uvicorn
 
-    app = create_app(data, token, adapt=adapt, keep_decisions=keep_decisions)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    sock = listening_socket(host, port)
+    try:
+        app = create_app(data, token, adapt=adapt, keep_decisions=keep_decisions)
+        if on_ready is not None:
+            on_ready()
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 if __name__ == "__main__":
