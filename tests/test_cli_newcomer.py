@@ -92,6 +92,33 @@ def test_output_into_a_missing_folder_is_refused(tmp_path):
     assert not missing.exists()
 
 
+def test_a_folder_of_other_files_is_never_replaced_by_a_checkpoint(tmp_path):
+    # A save replaces its folder whole: '-o ~/plant' deleted the user's files in it.
+    import torch
+
+    from moca import checkpoint
+
+    folder = tmp_path / "plant"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    for args in (("adapt", "--checkpoint", "default", "--regime", "T3", "--steps", 0, "--scenarios", 2),
+                 ("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T3", "--steps", 0),
+                 ("train", "--steps", 1), ("train", "--model", "CLSC-2", "--steps", 1),
+                 ("peers", "train-ppo", "--seconds", 5)):
+        assert_one_line(run(*args, "-o", folder), f"-o {folder}: holds notes.txt, sub, not a moca checkpoint's files")
+    with pytest.raises(checkpoint.CheckpointError, match="holds notes.txt, sub, not a moca checkpoint's files"):
+        checkpoint.save(folder, {"w": torch.zeros(2)}, {})
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "sub").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plant"]  # no staging folder left behind
+    # a checkpoint's own folder (a PPO one has its learning curve beside) is replaced, as before
+    ppo = tmp_path / "ppo"
+    checkpoint.save(ppo, {"w": torch.zeros(2)}, {"kind": "test"})
+    (ppo / "learning_curve.json").write_text("{}")
+    checkpoint.save(ppo, {"w": torch.ones(2)}, {"kind": "test"})
+    assert checkpoint.load(ppo)[0]["w"].tolist() == [1.0, 1.0]
+    assert not (ppo / "learning_curve.json").exists()
+
+
 def test_names_the_user_chose_are_printed_as_written(tmp_path):
     # Paths, labels and values are the user's text: "[red]" is not markup, "[/i]" no unmatched
     # tag (it was an internal error after the file was written), ":100:" no emoji.

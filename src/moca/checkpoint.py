@@ -33,6 +33,27 @@ class CheckpointError(ValueError):
     """A missing, corrupted or mismatched checkpoint."""
 
 
+#: What moca writes in a checkpoint folder (a PPO policy's adds its learning curve). A save
+#: replaces its folder whole, so a folder holding anything else is refused, never emptied.
+CHECKPOINT_FILES = frozenset({META, WEIGHTS, "learning_curve.json", "learning_curve.png"})
+
+
+def check_replaceable(directory: str | Path, label: str | None = None) -> None:
+    """Refuse to write a checkpoint over ``directory`` when it holds files of another kind
+    (``-o ~/plant`` would have deleted the user's files); new, empty and checkpoint folders pass."""
+    directory = Path(directory)
+    label = label or str(directory)
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise CheckpointError(f"{label}: exists and is not a directory")
+    others = sorted(p.name for p in directory.iterdir() if p.name not in CHECKPOINT_FILES)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise CheckpointError(f"{label}: holds {shown}, not a moca checkpoint's files; a checkpoint replaces "
+                              "its folder whole, so give a new folder (or an older checkpoint's)")
+
+
 def resolve(path: str | Path) -> Path:
     """``default`` (FOMAML) and ``default-reptile`` name the shipped meta-inits; anything
     else is a directory path."""
@@ -55,6 +76,7 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:

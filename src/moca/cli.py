@@ -126,13 +126,13 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _output_dir(path: Optional[Path], option: str = "-o") -> None:
-    """A checkpoint folder to write: may exist (it is replaced) but its parent must."""
+    """A checkpoint folder to write: new, empty or a checkpoint's (it is replaced); its parent must exist."""
+    from moca.checkpoint import check_replaceable
     from moca.files import check_parent
 
     if path is None:
         return
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{option} {path}: exists and is not a directory")
+    check_replaceable(path, f"{option} {path}")
     check_parent(path, option)
 
 
