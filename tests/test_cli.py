@@ -74,7 +74,7 @@ def test_simulate_and_oracle_json(scenario_file, tmp_path):
     out = json.loads(oracle.stdout)
     assert set(out) == {"oracle_cost", "status", "plan"} and len(out["plan"]) == 52
     actions = tmp_path / "a.json"
-    actions.write_text(json.dumps({"actions": out["plan"]}))
+    actions.write_text(oracle.stdout)  # the oracle's output is an action file as it is (its plan)
     sim = run("simulate", "--scenario", scenario_file, "--actions", actions, "--json")
     assert sim.returncode == 0, sim.stderr
     result = json.loads(sim.stdout)

@@ -38,7 +38,7 @@ def test_oracle_plan_replays_to_its_cost_through_simulate(scenario_file, tmp_pat
     assert set(out) == {"oracle_cost", "status", "plan"} and out["status"] == "optimal"
     assert len(out["plan"]) == 52 and all(len(row) == 9 for row in out["plan"])
     actions = tmp_path / "plan.json"
-    actions.write_text(json.dumps({"actions": out["plan"]}))
+    actions.write_text(oracle.stdout)  # the oracle's output is an action file as it is (docs/MODEL-2.md)
     sim = run("simulate", "--scenario", scenario_file, "--actions", actions, "--json")
     assert sim.returncode == 0, sim.stderr
     result = json.loads(sim.stdout)

@@ -152,6 +152,18 @@ def test_nine_column_action_files(tmp_path):
     path.write_text(json.dumps({"actions": [[0] * 9, [0] * 8 + [-1e300], [0] * 9]}))
     with pytest.raises(ScenarioError, match=r"actions\[1\]\[8\]=-1e\+300 must be within ±1e\+12"):
         load_actions(path, 3, names)
+    # an oracle's output (moca oracle --json) is an action file: its plan, errors named by it
+    path.write_text(json.dumps({"oracle_cost": 1.0, "status": "optimal", "plan": [[1] * 9] * 3}))
+    assert load_actions(path, 3, names).tolist() == [[1.0] * 9] * 3
+    path.write_text(json.dumps({"oracle_cost": 1.0, "plan": [[1] * 9] * 2}))
+    with pytest.raises(ScenarioError, match="plan: expected exactly horizon=3 rows, got 2"):
+        load_actions(path, 3, names)
+    path.write_text(json.dumps({"plan": [[1] * 9] * 3, "cost": 1.0}))
+    with pytest.raises(ScenarioError, match=r"unknown key 'cost' \(allowed: oracle_cost, plan, status\)"):
+        load_actions(path, 3, names)
+    path.write_text(json.dumps({"actions": [[1] * 9] * 3, "plan": []}))
+    with pytest.raises(ScenarioError, match=r"unknown key 'plan' \(allowed: actions\)"):
+        load_actions(path, 3, names)
 
 
 def test_clsc1_params_beyond_the_limits_are_refused():

@@ -285,7 +285,8 @@ def simulate(
                                                              "one row per period: order (kg virgin), use virgin (kg), "
                                                              "use recycled (kg), disassemble (cores), refurbish (cores), "
                                                              "dispose (cores); see docs/MODEL.md. CLSC-2: nine per row, "
-                                                             "docs/MODEL-2.md."),
+                                                             "docs/MODEL-2.md. 'moca oracle --json' output works too "
+                                                             "(its plan)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output: per period 'raw_action', 'action' "
                                                         "(executed), 'correction' (distance moved, in capacities), 'cost', 'terms' "
                                                         "(EUR per cost term), 'state', 'sales', 'emissions'."),

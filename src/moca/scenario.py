@@ -391,7 +391,8 @@ def load_params(source: str | Path, kind: type = None) -> "Params | Params2":
 def load_actions(source: str | Path, horizon: int,
                  columns: Sequence[str] = ("o", "u_v", "u_r", "g", "f", "w")) -> np.ndarray:
     """An action file ``{"actions": [[o, u_v, u_r, g, f, w], ...]}`` as a ``[T, 6]`` array
-    (``columns``: the model's action symbols, e.g. CLSC-2's nine)."""
+    (``columns``: the model's action symbols, e.g. CLSC-2's nine). ``moca oracle --json``'s
+    output is one too: its ``plan`` are the actions (to replay the hindsight plan)."""
     try:
         data = json.loads(Path(source).read_text(), parse_constant=_reject_constant)
     except OSError as err:
@@ -402,25 +403,27 @@ def load_actions(source: str | Path, horizon: int,
         raise ScenarioError(f"actions: {err}") from None
     if not isinstance(data, dict):
         raise ScenarioError("actions: expected an object with key 'actions'")
-    unknown = sorted(set(data) - {"actions"})
+    key = "plan" if "plan" in data and "actions" not in data else "actions"  # (an oracle's output)
+    allowed = {"plan", "oracle_cost", "status"} if key == "plan" else {"actions"}
+    unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ScenarioError(f"actions: unknown key {unknown[0]!r} (allowed: actions)")
-    rows = data.get("actions")
+        raise ScenarioError(f"actions: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    rows = data.get(key)
     if not isinstance(rows, list):
-        raise ScenarioError("actions: missing or not a list")
+        raise ScenarioError(f"{key}: missing or not a list")
     if len(rows) != horizon:
-        raise ScenarioError(f"actions: expected exactly horizon={horizon} rows, got {len(rows)}")
+        raise ScenarioError(f"{key}: expected exactly horizon={horizon} rows, got {len(rows)}")
     for i, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != len(columns):
-            raise ScenarioError(f"actions[{i}]: expected {len(columns)} numbers [{', '.join(columns)}]")
+            raise ScenarioError(f"{key}[{i}]: expected {len(columns)} numbers [{', '.join(columns)}]")
         for j, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ScenarioError(f"actions[{i}][{j}]={v!r} is not a number")
+                raise ScenarioError(f"{key}[{i}][{j}]={v!r} is not a number")
             if not math.isfinite(v):
-                raise ScenarioError(f"actions[{i}][{j}]={v} is not finite")
+                raise ScenarioError(f"{key}[{i}][{j}]={v} is not finite")
             if abs(v) > LARGEST_VALUE:
                 # the projection's squared distances would overflow: its answer would be feasible but not the nearest
-                raise ScenarioError(f"actions[{i}][{j}]={v:g} must be within ±{LARGEST_VALUE:g}")
+                raise ScenarioError(f"{key}[{i}][{j}]={v:g} must be within ±{LARGEST_VALUE:g}")
     return np.array(rows, dtype=np.float64)
 
 
