@@ -40,6 +40,15 @@ def test_readme_library_snippet_runs_as_written():
     assert any(entry.get("selected") for entry in namespace["curve"])
 
 
+def test_model_2_library_snippet_runs_as_written():
+    (snippet,) = blocks((ROOT / "docs" / "MODEL-2.md").read_text(), "python")
+    namespace: dict = {}
+    exec(compile(snippet, "docs/MODEL-2.md", "exec"), namespace)
+    result, actions = namespace["result"], namespace["actions"]
+    assert result.total_cost.shape == (64,) and bool((result.total_cost > 0).all())
+    assert actions.grad is not None and float(actions.grad.abs().sum()) > 0  # "gradients reach the actions"
+
+
 def test_every_option_in_the_command_summary_exists():
     section = README[README.index("## Command line"):README.index("## As a library")]
     commands = [line.split("#")[0] for line in blocks(section, "sh")[0].splitlines() if line.startswith("moca ")]
