@@ -104,6 +104,7 @@ def _broken(scenario, **change):
     ({"params_yield_disassembly_a": 1.5}, "params.yield_disassembly_a"),
     ({"params_grade_mean": [0.5, 0.5, 0.5]}, "grade_mean.*sum to 1"),
     ({"params_lag_return": 53}, "params.lag_return"),
+    ({"params_demand_base": 0}, "params.demand_base=0 must be > 0"),  # the rule's thresholds are per unit of it
     ({"params_demand_amp_hi": 0.05}, "demand_amp_hi"),
     ({"demand": [1.0] * 51}, "demand: expected exactly horizon=52"),
     ({"demand_history": [1.0] * 10}, "demand_history: expected exactly 52"),

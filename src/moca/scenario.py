@@ -435,8 +435,10 @@ MODELS: tuple[str, ...] = (MODEL_NAME, MODEL_NAME_2)
 HISTORY = 52
 
 _WHOLE_2 = {"horizon", "lead_virgin", "lag_return"}
+# demand_base too: moca's rule and policy state their stock thresholds and features per unit
+# of it (a chain declaring 0 made them 0/0: a NaN action, an internal error).
 _POSITIVE_2 = {"mass", "cap_order", "cap_produce", "cap_disassemble", "cap_refurbish", "cap_dispose",
-               "cap_market", "grade_concentration"}
+               "cap_market", "grade_concentration", "demand_base"}
 _SHARE_2 = {"yield_refurbish", "yield_disassembly_a", "yield_disassembly_b", "return_mean", "demand_jump_prob",
             "supply_down_prob", "supply_up_prob", "market_avail_min"}
 
