@@ -526,6 +526,29 @@ def test_rule_routes_cores_and_buys_by_the_regime():
     assert float(capped[6]) > 0.0 and float(capped[0]) < float(free[0])
 
 
+@pytest.mark.parametrize("yields", [{"yield_disassembly_b": 0.0}, {"yield_disassembly_a": 0.0},
+                                    {"yield_disassembly_a": 0.0, "yield_disassembly_b": 0.0}])
+def test_rule_disassembles_no_core_of_a_grade_that_yields_nothing(yields):
+    # A yield of 0 is a valid chain (the grade's material cannot be recovered): the rule's
+    # cores-for-material divided by it (0/0: a NaN action, an internal error).
+    from moca.baselines.threshold2 import Threshold2Policy
+    from moca.projection import project2_batch
+    from moca.regime import TASKS_2
+    from moca.scenario import Params2, draw_scenario2
+    from moca.sim2 import ScenarioBatch2, rollout2
+
+    params = Params2(**yields)
+    batch = ScenarioBatch2.from_scenarios([draw_scenario2(s, TASKS_2["T2"], params) for s in (1000, 1001)],
+                                          dtype=torch.float64)
+    with torch.no_grad():
+        out = rollout2(batch, Threshold2Policy(THRESHOLDS[0].numpy(), params), project2_batch)
+    assert torch.isfinite(out.total_cost).all() and torch.isfinite(out.executed).all()
+    for column, field in ((5, "yield_disassembly_a"), (6, "yield_disassembly_b")):  # g_A, g_B
+        if field in yields:  # T2 (a mandate, no landfill tax): such a core brings nothing worth its cost
+            assert float(out.executed[:, :, column].abs().max()) == 0.0
+    assert float(out.executed[:, :, 5:7].sum()) > 0.0 or len(yields) == 2  # the other grade still recovered
+
+
 def test_rule_orders_no_virgin_for_production_that_could_not_be_sold():
     # At t = 48 (T = 52, L_v = 2) the order arrives at t = 50 and serves the production of
     # t = 50 only (production at t = 51 is never sold): d_51 must not change it.

@@ -298,6 +298,11 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     m, L_v, K = p.mass, p.lead_virgin, p.cap_produce
     margin = 1.0 + 1e-5
     per_b, per_a = m * p.yield_disassembly_b, m * p.yield_disassembly_a
+
+    def cores_for(material, per_core):
+        """Cores whose disassembly yields ``material`` kg; none where a grade yields nothing
+        (a yield of 0 is a valid chain: 0/0 here made the action NaN)."""
+        return material / per_core if per_core > 0 else material * 0.0
     econ = routing_economics(x, p)
     # The recycled share supply must reach: the mandate's, or more where a cap leaves too
     # little room for virgin orders (row 7 charges virgin when ordered, not when used).
@@ -420,18 +425,18 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     need = r_supply * m * planned[:, 0] + missing
     left = M - u_r
     short = torch.clamp(S_M + need - left, min=0.0)
-    g_B = torch.clamp(torch.minimum(short / per_b, CB), max=p.cap_disassemble)
+    g_B = torch.clamp(torch.minimum(cores_for(short, per_b), CB), max=p.cap_disassemble)
     offered = p.cap_market * market
     market_cut = torch.minimum(sunk, econ["buy_market"] * offered)
     sunk_left = sunk - market_cut
     recover_b, recover_a = torch.maximum(econ["recover_b"], bank), torch.maximum(econ["recover_a"], bank)
-    g_B = torch.maximum(g_B, recover_b * torch.clamp(spare_cores - sunk_left / per_b, min=0.0)) * can_recover
+    g_B = torch.maximum(g_B, recover_b * torch.clamp(spare_cores - cores_for(sunk_left, per_b), min=0.0)) * can_recover
     sunk_left = torch.clamp(sunk_left - recover_b * per_b * spare_cores, min=0.0)
     short = torch.clamp(short - per_b * g_B, min=0.0)
     spare_a = torch.clamp(CA - f, min=0.0)
     # Grade-A cores beyond the refurbishment reserve L_f are recovered when that pays.
-    g_A = torch.maximum(torch.minimum(short / per_a, spare_a),
-                        recover_a * torch.clamp(spare_a - L_f - sunk_left / per_a, min=0.0))
+    g_A = torch.maximum(torch.minimum(cores_for(short, per_a), spare_a),
+                        recover_a * torch.clamp(spare_a - L_f - cores_for(sunk_left, per_a), min=0.0))
     g_A = torch.minimum(g_A, p.cap_disassemble - g_B) * can_recover
     recovered = per_b * g_B + per_a * g_A
     o_m = torch.minimum(torch.clamp(S_B + need - left - recovered, min=0.0), offered)
