@@ -237,6 +237,7 @@ def _counts(client) -> tuple:
      "accounting windows need a clsc-2 chain"),
     ("/v1/chains/nope/regulations", {"regime": "T2"}, 404, "chain"),
     ("/v1/chains/p1/rollback", {"version": 7}, 404, "version"),
+    ("/v1/chains/p1/rollback", {"version": 2**70}, 422, "version: Input should be less than or equal to"),  # not a 500
     ("/v1/chains/p1/rollback", {}, 409, "version"),
 ])
 def test_bad_input_is_refused_by_name_and_nothing_is_stored(client, path, body, status, field):
@@ -262,6 +263,9 @@ def test_nan_oversized_and_unknown_reads(client):
     assert r.status_code == 413 and "body" in r.json()["detail"]
     assert _counts(client) == before
     assert client.get("/v1/jobs/99").status_code == 404
+    # ids beyond SQLite's integers were an OverflowError (500), now a 422 naming the field
+    r = client.get(f"/v1/jobs/{2**70}")
+    assert r.status_code == 422 and r.json()["detail"].startswith("path.job: ")
     assert client.get("/v1/chains/nope").status_code == 404
     assert client.get("/v1/chains/nope/versions").status_code == 404
 

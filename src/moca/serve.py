@@ -49,6 +49,8 @@ from moca.scenario import LARGEST_VALUE, validation_reason
 MAX_BODY_BYTES = 64 * 1024
 #: A job interrupted this many times (worker killed mid-adaptation) is marked failed.
 MAX_ATTEMPTS = 2
+#: The largest id SQLite stores: a larger one in a request is a 422, not an OverflowError (500).
+LARGEST_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -574,7 +576,8 @@ class RegulationIn(Strict):
 
 
 class RollbackIn(Strict):
-    version: int | None = Field(None, ge=1, description="version to return to (default: the current one's parent)")
+    version: int | None = Field(None, ge=1, le=LARGEST_ID,
+                                description="version to return to (default: the current one's parent)")
 
 
 # ----------------------------------------------------------------------------------------
@@ -1228,6 +1231,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     from contextlib import asynccontextmanager
 
     from fastapi import Depends, FastAPI, Header, Query
+    from fastapi import Path as PathParameter
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -1429,7 +1433,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                 "episode": memory.episode}
 
     @app.get("/v1/jobs/{job}")
-    def get_job(job: int) -> dict[str, Any]:
+    def get_job(job: int = PathParameter(ge=1, le=LARGEST_ID)) -> dict[str, Any]:
         row = store.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=?", (job,))
         if row is None:
             raise ServeError(404, f"job: no job {job}")
