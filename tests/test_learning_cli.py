@@ -131,6 +131,17 @@ def test_bad_learning_input_refused(trained, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("inner_lr: -1\n")
     assert_bad_input(run("train", "--config", config, "-o", tmp_path / "x"), "inner_lr")
+    # a field that is not one names the fields there are (pydantic said "Extra inputs are not permitted")
+    config.write_text("steps: 3\n")
+    for model in ("CLSC-1", "CLSC-2"):
+        assert_bad_input(run("train", "--model", model, "--config", config, "-o", tmp_path / "x"),
+                         f"--config {config}: unknown field 'steps' (fields: algorithm, policy, params, meta_steps,")
+    # sizes a meta step cannot hold: refused, not hours of inner steps or an internal error
+    for line, field in (("inner_steps: 1000000", "inner_steps=1000000: Input should be less than or equal to 100"),
+                        ("support_size: 500\nquery_size: 400", "support_size=500: Input should be less than"),
+                        ("tasks_per_step: 100000", "tasks_per_step=100000: Input should be less than or equal to 1024")):
+        config.write_text(line + "\n")
+        assert_bad_input(run("train", "--config", config, "-o", tmp_path / "x"), field)
     assert not (tmp_path / "x").exists()
     assert_bad_input(run("adapt", "--checkpoint", trained, "--regime", "T9"), "T9")
     assert_bad_input(run("run", "--methods", "finetune,magic"), "magic")

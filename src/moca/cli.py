@@ -635,7 +635,8 @@ def _exit_if_interrupted(history: dict[str, Any], planned: int) -> None:
 def _train_fields(config_file: Optional[Path], params_file: Optional[Path], init: Optional[str], seed: Optional[int],
                   steps: Optional[int], max_seconds: Optional[float], model: str) -> dict[str, Any]:
     """The meta-training config's fields: the --config file's, overridden by the options."""
-    from moca.meta import ALGORITHMS
+    from moca.meta import ALGORITHMS, MetaConfig
+    from moca.meta2 import MetaConfig2
     from moca.regime import read_structured
 
     fields: dict[str, Any] = {}
@@ -643,6 +644,10 @@ def _train_fields(config_file: Optional[Path], params_file: Optional[Path], init
         data = read_structured(config_file)
         if not isinstance(data, dict):
             raise UsageError(f"--config {config_file}: expected an object of MetaConfig fields")
+        known = (MetaConfig2 if model == "CLSC-2" else MetaConfig).model_fields
+        unknown = [key for key in data if key not in known]
+        if unknown:  # (pydantic's own words would be "Extra inputs are not permitted")
+            raise UsageError(f"--config {config_file}: unknown field {unknown[0]!r} (fields: {', '.join(known)})")
         fields.update(data)
     if init is not None:
         if init not in ALGORITHMS:

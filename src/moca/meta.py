@@ -323,10 +323,12 @@ class MetaConfig(BaseModel):
     policy: PolicyConfig = PolicyConfig()
     params: Params = Params()
     meta_steps: int = Field(150, ge=1)
-    tasks_per_step: int = Field(8, ge=1, description="regimes per meta step")
-    support_size: int = Field(2, ge=1, description="support scenarios per task")
-    query_size: int = Field(2, ge=1, description="query scenarios per task (other seeds)")
-    inner_steps: int = Field(1, ge=1)
+    # Upper bounds: what a meta step can hold (1e6 inner steps ran for hours before the first
+    # max_seconds check; support + query beyond the 800 meta-training seeds was an internal error).
+    tasks_per_step: int = Field(8, ge=1, le=1024, description="regimes per meta step")
+    support_size: int = Field(2, ge=1, le=100, description="support scenarios per task")
+    query_size: int = Field(2, ge=1, le=100, description="query scenarios per task (other seeds)")
+    inner_steps: int = Field(1, ge=1, le=100)
     inner_lr: float = Field(1.0, gt=0, description="inner SGD rate (on the clipped gradient)")
     inner_clip: float | None = Field(0.03, gt=0, description="inner gradient clipped to this norm (None: plain SGD)")
     outer_lr: float = Field(1e-3, gt=0, description="Adam rate of the meta weights")
@@ -336,7 +338,7 @@ class MetaConfig(BaseModel):
     seed: int = Field(0, ge=0)
     max_seconds: float | None = Field(540.0, gt=0, description="stop early past this wall time (None: never)")
     validate_every: int = Field(0, ge=0, description="zero-shot score on fixed validation tasks every N steps (0: off)")
-    validation_tasks: int = Field(8, ge=1, description="random regimes of the validation set (own seed stream)")
+    validation_tasks: int = Field(8, ge=1, le=100, description="random regimes of the validation set (own seed stream)")
 
 
 def task_batch(cache: OracleCache, tasks: Sequence[Regime], seeds: Sequence[Sequence[int]]
