@@ -475,7 +475,10 @@ def test_a_second_server_on_the_same_data_or_port_is_refused_before_it_starts(se
         create_app(data, worker=False)
     taken = run("serve", "--data", tmp_path / "other", "--port", s.port, timeout=60)
     assert taken.returncode == 2 and "moca serve on" not in taken.stderr
-    assert f"moca: error: --port {s.port}: 127.0.0.1:{s.port} cannot be bound" in taken.stderr
+    assert f"moca: error: --port {s.port}: 127.0.0.1:{s.port} cannot be bound (Address already in use); " \
+           "another server holds it" in taken.stderr
+    elsewhere = run("serve", "--host", "192.0.2.1", "--data", tmp_path / "other", timeout=60)  # TEST-NET-1: never ours
+    assert elsewhere.returncode == 2 and "moca: error: --host 192.0.2.1: not an address of this machine" in elsewhere.stderr
     assert s.http.get("/v1/chains/p1").status_code == 200  # the first one serves on, untouched
     s.kill()  # a crash releases the directory: the next server takes it and finds the chain
     again = services(data)

@@ -1578,6 +1578,7 @@ setInterval(() => refresh().catch(() => {}), 2000);
 def listening_socket(host: str, port: int):
     """A socket bound to ``host:port`` (uvicorn listens on it), or :class:`StartError` saying
     why not, before anything is started (uvicorn would log the bind error after start-up)."""
+    import errno
     import socket
 
     try:
@@ -1590,8 +1591,10 @@ def listening_socket(host: str, port: int):
         sock.bind(address)
     except OSError as err:
         sock.close()
-        raise StartError(f"--port {port}: {host}:{port} cannot be bound ({err.strerror}); "
-                         "another server may hold it: choose another --port") from None
+        if err.errno == errno.EADDRNOTAVAIL:
+            raise StartError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+        hint = "; another server holds it: choose another --port" if err.errno == errno.EADDRINUSE else ""
+        raise StartError(f"--port {port}: {host}:{port} cannot be bound ({err.strerror}){hint}") from None
     return sock
 
 
