@@ -387,7 +387,7 @@ def test_rule_draws_its_virgin_safety_stock_down_ahead_of_a_cut_in_virgin_use(ma
     x = rule_inputs(np.full(13, 1500.0), stocks=(3000.0, 0.0, 1000.0, 0.0, 0.0), pipeline=8500.0,
                     regime=(0.0, 0.0, math.inf, 0.0, 0.0), mandate_ahead=mandate_ahead)
     order = base_rule2(thresholds, x, P2)[0, 0]
-    assert 0.0 < float(order) < P2.cap_order  # not clipped, so the derivative is the share
+    assert 0.0 < float(order.detach()) < P2.cap_order  # not clipped, so the derivative is the share
     order.backward()
     assert float(thresholds.grad[0, 1]) == pytest.approx(expected, rel=1e-9)
 

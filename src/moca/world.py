@@ -110,7 +110,8 @@ class RowModel:
             inputs = inputs.detach().cpu().numpy()
         if isinstance(inputs, dict) and batch == 1:  # one decision (the deployment path): plain floats
             try:
-                values = [float(inputs[name]) for name in self.inputs]
+                # (a one-row batch of a differentiable rollout holds tensors: their values only)
+                values = [float(v.detach() if hasattr(v, "detach") else v) for v in map(inputs.__getitem__, self.inputs)]
             except KeyError as err:
                 raise ValueError(f"inputs.{err.args[0]} is missing ({self.name} rows read {', '.join(self.inputs)})") \
                     from None
