@@ -119,6 +119,31 @@ def test_a_folder_of_other_files_is_never_replaced_by_a_checkpoint(tmp_path):
     assert not (ppo / "learning_curve.json").exists()
 
 
+def test_binary_and_absurdly_nested_files_are_refused_by_name(tmp_path):
+    # A wrong file handed over (a binary, a generated file nested thousands deep) was an
+    # internal UnicodeDecodeError or RecursionError.
+    scenario = tmp_path / "s.json"
+    assert run("scenario", "new", "--regime", "T1", "--seed", 1, "-o", scenario).returncode == 0
+    binary, deep, deep_yaml = tmp_path / "b.json", tmp_path / "d.json", tmp_path / "d.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    deep_yaml.write_text(deep.read_text())
+    for bad in (binary, deep, deep_yaml):
+        expected = "not a text file" if bad == binary else "nested too deeply"
+        assert_one_line(run("evaluate", "--policy", "threshold", "--regime", bad), f"{bad.name}: {expected}")
+        assert_one_line(run("evaluate", "--policy", "threshold", "--params", bad), f"--params {bad}: {expected}")
+        if bad.suffix == ".json":
+            assert_one_line(run("oracle", "--scenario", bad), f"{bad.name}: {expected}")
+            assert_one_line(run("simulate", "--scenario", scenario, "--actions", bad), f"{bad.name}: {expected}")
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / "checkpoint.json").write_text(deep.read_text())
+    (folder / "weights.safetensors").write_bytes(b"0")
+    for model in ("CLSC-1", "CLSC-2"):
+        assert_one_line(run("evaluate", "--model", model, "--policy", folder),
+                        "checkpoint.json is nested too deeply to be a checkpoint's")
+
+
 def test_names_the_user_chose_are_printed_as_written(tmp_path):
     # Paths, labels and values are the user's text: "[red]" is not markup, "[/i]" no unmatched
     # tag (it was an internal error after the file was written), ":100:" no emoji.

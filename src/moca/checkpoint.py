@@ -107,6 +107,16 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
     return directory
 
 
+def declared_kind(directory: str | Path) -> str | None:
+    """The ``kind`` a checkpoint's JSON declares, to choose its loader; None when it cannot
+    be read (the loader then says why, by name)."""
+    try:
+        meta = json.loads((resolve(directory) / META).read_text())
+        return meta.get("kind") if isinstance(meta, dict) else None
+    except (OSError, ValueError, RecursionError):  # (ValueError: bad UTF-8 or JSON)
+        return None
+
+
 def load(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a checkpoint; every failure is a :class:`CheckpointError`."""
     from safetensors import SafetensorError
@@ -123,6 +133,8 @@ def load(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"checkpoint {directory}: {META} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {directory}: {META} is nested too deeply to be a checkpoint's") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {directory}: {META} is not a {FORMAT} file")
     digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()

@@ -547,13 +547,9 @@ def _warn_if_not_held_out(first: int, count: int) -> None:
 def _is_learned_policy(policy: str) -> bool:
     """``--policy`` names moca's learned policy: ``default`` or a directory whose checkpoint
     is an LSTM policy (a PPO directory is a peer)."""
-    if policy in ("default", "default-reptile"):
-        return True
-    meta = Path(policy) / "checkpoint.json"
-    try:
-        return json.loads(meta.read_text()).get("kind") == "lstm-policy"
-    except (OSError, ValueError, AttributeError):
-        return False
+    from moca.checkpoint import declared_kind
+
+    return policy in ("default", "default-reptile") or declared_kind(policy) == "lstm-policy"
 
 
 # --- learning ------------------------------------------------------------------------------

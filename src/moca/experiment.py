@@ -114,7 +114,7 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         raise ExperimentError(f"--policy {name!r}: not one of "
                               f"{', '.join((*BASELINES, *PEERS[2:], *checkpoint.SHIPPED))} "
                               "and no checkpoint directory of that name")
-    if _checkpoint_kind(where) == "sb3-ppo":
+    if checkpoint.declared_kind(where) == "sb3-ppo":
         from moca.baselines.ppo import load_ppo
 
         return load_ppo(where)
@@ -136,16 +136,6 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
         regime = plan.entries[0].regime()
         weights, _ = adapt(module, None, regime, adapt_steps)
     return DeployedPolicy(module, weights)
-
-
-def _checkpoint_kind(where) -> str | None:
-    """The ``kind`` a checkpoint's JSON declares (None when unreadable: the loader says why)."""
-    import json
-
-    try:
-        return json.loads((where / checkpoint.META).read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 # ----------------------------------------------------------------------------------------

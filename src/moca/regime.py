@@ -493,12 +493,16 @@ def read_structured(path: Path) -> Any:
         text = Path(path).read_text()
     except OSError as err:
         raise RegimeError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise RegimeError(f"{path}: not a text file (UTF-8 YAML or JSON)") from None
     try:
         if str(path).endswith(".json"):
             return json.loads(text)
         return yaml.load(text, Loader=_YamlLoader)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise RegimeError(f"{path}: malformed {'JSON' if str(path).endswith('.json') else 'YAML'} ({str(err).splitlines()[0]})") from None
+    except RecursionError:  # (the parsers recurse per level: thousands of [ or { exhaust the stack)
+        raise RegimeError(f"{path}: nested too deeply to be a moca file") from None
 
 
 def sample_regime(rng: np.random.Generator, cap_probability: float = 0.25,

@@ -182,6 +182,8 @@ def load_map(folder: str | Path = SHIPPED_MAP) -> tuple[ThresholdMap, dict[str, 
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RegimeMapError(f"threshold map {path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise RegimeMapError(f"threshold map {path}: nested too deeply to be a map") from None
     if not isinstance(data, dict) or data.get("format") != MAP_FORMAT:
         raise RegimeMapError(f"threshold map {path}: format: not a {MAP_FORMAT} file")
     validate_map_dict(data.get("map"), f"threshold map {path}: map")
@@ -438,11 +440,7 @@ def load_learned_policy(directory: str | Path) -> tuple[LSTMPolicy, dict[str, An
     LSTM over the mapped rule (``mapped-policy``) or over the rolling LP (``mpc-policy``)."""
     from moca import checkpoint
 
-    where = checkpoint.resolve(directory)
-    try:
-        kind = json.loads((where / checkpoint.META).read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        kind = None  # the plain loader says what is wrong
+    kind = checkpoint.declared_kind(directory)  # (None: the plain loader says what is wrong)
     if kind == MAPPED_KIND:
         return load_mapped_policy(directory)
     from moca.mpc_base import MPC_KIND, load_mpc_policy

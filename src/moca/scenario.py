@@ -240,6 +240,8 @@ def _read_json(source: str | Path) -> Any:
             text = Path(source).read_text()
         except OSError as err:
             raise ScenarioError(f"{source}: cannot read scenario ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise ScenarioError(f"{source}: not a text file (a UTF-8 JSON scenario)") from None
     try:
         # NaN/Infinity parse to floats here so that validation rejects them with the
         # name of the field that holds them (every field checks finiteness).
@@ -248,6 +250,8 @@ def _read_json(source: str | Path) -> Any:
         raise ScenarioError(f"scenario: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     except ValueError as err:
         raise ScenarioError(f"scenario: {err}") from None
+    except RecursionError:  # (json recurses per level: thousands of [ or { exhaust the stack)
+        raise ScenarioError(f"{source}: nested too deeply to be a scenario") from None
 
 
 def common_params(scenarios: Sequence[Any]) -> Any:
@@ -399,8 +403,12 @@ def load_actions(source: str | Path, horizon: int,
         raise ScenarioError(f"{source}: cannot read actions ({err.strerror})") from None
     except json.JSONDecodeError as err:
         raise ScenarioError(f"actions: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{source}: not a text file (UTF-8 JSON actions)") from None
     except ValueError as err:
         raise ScenarioError(f"actions: {err}") from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: nested too deeply to be an action file") from None
     if not isinstance(data, dict):
         raise ScenarioError("actions: expected an object with key 'actions'")
     key = "plan" if "plan" in data and "actions" not in data else "actions"  # (an oracle's output)

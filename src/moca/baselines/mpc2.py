@@ -217,15 +217,9 @@ def save_planner2(directory, policy: MPC2Policy, params, metadata: dict) -> None
 
 def is_planner2(directory) -> bool:
     """``directory`` holds a checkpoint whose JSON says kind ``mpc-planner`` (not yet verified)."""
-    import json
-    from pathlib import Path
-
     from moca import checkpoint
 
-    try:
-        return json.loads((Path(directory) / checkpoint.META).read_text()).get("kind") == PLANNER_KIND
-    except (OSError, ValueError, AttributeError):
-        return False
+    return checkpoint.declared_kind(directory) == PLANNER_KIND
 
 
 def load_planner2(directory) -> tuple[MPC2Policy, dict]:
