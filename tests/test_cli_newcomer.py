@@ -144,6 +144,24 @@ def test_binary_and_absurdly_nested_files_are_refused_by_name(tmp_path):
                         "checkpoint.json is nested too deeply to be a checkpoint's")
 
 
+def test_ctrl_c_says_interrupted():
+    # typer (0.29) turns Ctrl-C into a silent exit 130; moca says so, as for any other stop.
+    import signal
+    import time
+
+    proc = subprocess.Popen([*MOCA, "evaluate", "--model", "CLSC-2", "--policy", "mpc", "--scenarios", "50"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(4)  # started and at work (50 scenarios take far longer)
+        assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and stderr.endswith("moca: interrupted\n"), (proc.returncode, stderr)
+    assert "Traceback" not in stderr
+
+
 def test_names_the_user_chose_are_printed_as_written(tmp_path):
     # Paths, labels and values are the user's text: "[red]" is not markup, "[/i]" no unmatched
     # tag (it was an internal error after the file was written), ":100:" no emoji.

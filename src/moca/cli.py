@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -1526,11 +1527,31 @@ def _kinds(err: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(err).__mro__}
 
 
+class _CtrlC:
+    """SIGINT as Python's own handler takes it (KeyboardInterrupt), remembered: typer (0.29)
+    turns a KeyboardInterrupt into a silent exit 130, and moca says "interrupted" instead."""
+
+    seen = False
+
+    @classmethod
+    def install(cls) -> None:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where it is ignored)
+            signal.signal(signal.SIGINT, cls.handle)
+
+    @classmethod
+    def handle(cls, signum: int, frame: Any) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: every error is one line on stderr (exit 2 for bad input)."""
     command = typer.main.get_command(app)
+    _CtrlC.install()
     try:
         code = command.main(args=argv, prog_name="moca", standalone_mode=False)
+        if code == 130 and _CtrlC.seen:
+            sys.stderr.write("moca: interrupted\n")
     except KeyboardInterrupt:
         sys.stderr.write("moca: interrupted\n")
         code = 130

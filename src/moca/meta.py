@@ -390,7 +390,10 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
+            previous = self._previous
             self.__exit__()
+            if callable(previous):  # Ctrl-C as it was before (moca's CLI: says "interrupted")
+                previous(signum, frame)
             raise KeyboardInterrupt
         self.requested = True
         sys.stderr.write(f"\nmoca: stopping after this {self.step} and writing the checkpoint "
