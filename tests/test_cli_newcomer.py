@@ -10,6 +10,7 @@ import re
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,20 +145,30 @@ def test_binary_and_absurdly_nested_files_are_refused_by_name(tmp_path):
                         "checkpoint.json is nested too deeply to be a checkpoint's")
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the child's CPU time from /proc")
 def test_ctrl_c_says_interrupted():
     # typer (0.29) turns Ctrl-C into a silent exit 130; moca says so, as for any other stop.
     import signal
     import time
 
-    proc = subprocess.Popen([*MOCA, "evaluate", "--model", "CLSC-2", "--policy", "mpc", "--scenarios", "50"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    def cpu_seconds(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    # SIGINT as a terminal leaves it (pytest-xdist's workers may ignore it, and a child inherits that)
+    proc = subprocess.Popen([*MOCA, "evaluate", "--model", "CLSC-2", "--policy", "mpc", "--scenarios", "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        time.sleep(4)  # started and at work (50 scenarios take far longer)
-        assert proc.poll() is None
+        deadline = time.time() + 120
+        while cpu_seconds(proc.pid) < 4.0:  # past the start-up (imports ~2 s of CPU) and at work
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
+        proc.wait()
     assert proc.returncode == 130 and stderr.endswith("moca: interrupted\n"), (proc.returncode, stderr)
     assert "Traceback" not in stderr
 
