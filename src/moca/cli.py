@@ -1349,7 +1349,8 @@ def serve(
         _fail("--token: empty")
     with _bad_input():
         adapt_base = _base_choice(adapt_base, "--adapt-base")
-    def banner() -> None:
+
+    def banner() -> None:  # once the data directory and the address are this server's
         err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
                           highlight=False)
 
