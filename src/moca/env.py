@@ -119,10 +119,7 @@ class CircularSupplyChainEnv(gym.Env):
         if scenario is not None and self.schedule is not None:
             scenario = Scenario(self.params, self.schedule, scenario.demand, scenario.return_frac)
         self.fixed_scenario = scenario
-        horizon = scenario.horizon if scenario is not None else self.params.horizon
-        if self.schedule is not None and self.schedule.starts_beyond(horizon):
-            gym.logger.warn(f"regime schedule: entries starting at periods {self.schedule.starts_beyond(horizon)} "
-                            f"never apply in an episode of {horizon} periods")
+        warn_if_beyond_horizon(self.schedule, scenario.horizon if scenario is not None else self.params.horizon)
         if not (cost_scale > 0 and math.isfinite(cost_scale)):
             raise ValueError(f"cost_scale={cost_scale!r} must be a finite number > 0")
         self.cost_scale = float(cost_scale)
@@ -312,6 +309,15 @@ class CircularSupplyChainEnv(gym.Env):
         s = self.state_units()
         return (f"t={self.t:3d} V={s['V']:9.1f} M={s['M']:8.1f} P={s['P']:8.1f} "
                 f"C={s['C']:7.1f} B={s['B']:7.1f} pipeline={[round(x, 1) for x in self.pipeline]}")
+
+
+def warn_if_beyond_horizon(schedule: RegimeSchedule | None, horizon: int) -> None:
+    """Schedule entries that start at or after ``horizon`` never apply in the episode: say so
+    (as Gymnasium warns, not refuses: the schedule may serve a longer chain)."""
+    late = schedule.starts_beyond(horizon) if schedule is not None else []
+    if late:
+        gym.logger.warn(f"regime schedule: entries starting at periods {late} never apply in an episode of "
+                        f"{horizon} periods")
 
 
 def episode_scenario(env: gym.Env, seed: int | None, options: dict[str, Any] | None, kind: type,

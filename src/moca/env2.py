@@ -47,7 +47,7 @@ import torch
 from gymnasium import spaces
 
 from moca import clsc2
-from moca.env import episode_scenario, render_bars
+from moca.env import episode_scenario, render_bars, warn_if_beyond_horizon
 from moca.projection import project2_counted, violations2
 from moca.regime import MAX_WINDOW, Regime, RegimeSchedule, load_schedule
 from moca.scenario import DEFAULT_PARAMS_2, HISTORY, Params2, Scenario2, draw_scenario2
@@ -92,10 +92,7 @@ class CircularSupplyChain2Env(gym.Env):
         if scenario is not None and self.schedule is not None:
             scenario = Scenario2(**{**scenario.__dict__, "schedule": self.schedule})
         self.fixed_scenario = scenario
-        horizon = scenario.horizon if scenario is not None else self.params.horizon
-        if self.schedule is not None and self.schedule.starts_beyond(horizon):
-            gym.logger.warn(f"regime schedule: entries starting at periods {self.schedule.starts_beyond(horizon)} "
-                            f"never apply in an episode of {horizon} periods")
+        warn_if_beyond_horizon(self.schedule, scenario.horizon if scenario is not None else self.params.horizon)
         if not (cost_scale > 0 and math.isfinite(cost_scale)):
             raise ValueError(f"cost_scale={cost_scale!r} must be a finite number > 0")
         self.cost_scale = float(cost_scale)

@@ -108,10 +108,11 @@ class RowModel:
         or wrongly shaped input raises a ``ValueError`` naming it."""
         if hasattr(inputs, "detach"):  # a torch tensor [B, k]
             inputs = inputs.detach().cpu().numpy()
-        if isinstance(inputs, dict) and batch == 1:  # one decision (the deployment path): plain floats
+        # One decision (the deployment path): plain floats. A one-row batch of a differentiable
+        # rollout holds tensors: it takes the general path below, which detaches them.
+        if isinstance(inputs, dict) and batch == 1 and not hasattr(next(iter(inputs.values()), None), "detach"):
             try:
-                # (a one-row batch of a differentiable rollout holds tensors: their values only)
-                values = [float(v.detach() if hasattr(v, "detach") else v) for v in map(inputs.__getitem__, self.inputs)]
+                values = [float(inputs[name]) for name in self.inputs]
             except KeyError as err:
                 raise ValueError(f"inputs.{err.args[0]} is missing ({self.name} rows read {', '.join(self.inputs)})") \
                     from None
