@@ -22,6 +22,8 @@ from typing import Any, Iterator, Optional
 import typer
 from rich.table import Table
 
+from moca.limits import LARGEST_PPO_SEED, LARGEST_SEED, MOST_CANDIDATES, MOST_SCENARIOS, MOST_STEPS
+
 MODEL_DOCS = "docs/MODEL.md (CLSC-1) and docs/MODEL-2.md (CLSC-2)"
 MODELS = ("CLSC-1", "CLSC-2")  # the world models --model accepts (moca.scenario.MODELS, without importing it)
 
@@ -173,7 +175,7 @@ PARAMS_HELP = ("JSON/YAML object of model parameters to override (names and unit
 def scenario_new(
     regime: str = typer.Option("T1", "--regime", help="Regime name (T1, T2, T3, eu-ets-2025, ...; see 'moca regimes') "
                                                      "or YAML/JSON file (a schedule file works too, as for evaluate)."),
-    seed: int = typer.Option(..., "--seed", min=0, help="Seed of the demand and return draws (>= 0)."),
+    seed: int = typer.Option(..., "--seed", min=0, max=LARGEST_SEED, help="Seed of the demand and return draws (>= 0)."),
     schedule: Optional[Path] = typer.Option(None, "--schedule", help="YAML/JSON list of regimes with 'start' (overrides --regime)."),
     output: Path = typer.Option(..., "-o", "--output", help="Scenario JSON to write (its folder must exist)."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
@@ -384,9 +386,9 @@ def evaluate(
                                                      "meta-init, 'default-reptile')."),
     regime: str = typer.Option("T1", "--regime", help="Regime name (see 'moca regimes') or YAML/JSON file (a schedule "
                                                      "file works too)."),
-    scenarios: int = typer.Option(20, "--scenarios", min=1, help="Number of test scenarios."),
-    seed: int = typer.Option(1000, "--seed", min=0, help="First test seed; scenarios use seeds seed .. seed+N-1."),
-    adapt_steps: int = typer.Option(0, "--adapt-steps", min=0, help="For a checkpoint: gradient steps on training scenarios of the regime first."),
+    scenarios: int = typer.Option(20, "--scenarios", min=1, max=MOST_SCENARIOS, help="Number of test scenarios."),
+    seed: int = typer.Option(1000, "--seed", min=0, max=LARGEST_SEED, help="First test seed; scenarios use seeds seed .. seed+N-1."),
+    adapt_steps: int = typer.Option(0, "--adapt-steps", min=0, max=MOST_STEPS, help="For a checkpoint: gradient steps on training scenarios of the regime first."),
     base: str = typer.Option("auto", "--base", help="With --adapt-steps: auto = adapt the checkpoint, "
                                                     "the mapped policy and the LSTM over the rolling LP (CLSC-2: "
                                                     "the checkpoint and the sampled MPC), keep the "
@@ -562,7 +564,7 @@ def train(
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON object of MetaConfig fields."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " Overrides the config's params."),
     init: Optional[str] = typer.Option(None, "--init", help="maml (second order) | fomaml | reptile (overrides the config)."),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of task draws and initial weights (overrides the config)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=LARGEST_SEED, help="Seed of task draws and initial weights (overrides the config)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Meta steps (overrides the config)."),
     max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0,
                                                 help="Stop past this wall time (0: never; overrides the config). "
@@ -782,9 +784,9 @@ residual off (the threshold peer itself).
 def adapt(
     checkpoint_dir: str = typer.Option(..., "--checkpoint", help="Checkpoint directory ('default' = shipped meta-init)."),
     regime: str = typer.Option(..., "--regime", help="Regime name (see 'moca regimes') or YAML/JSON file."),
-    steps: int = typer.Option(5, "--steps", min=0, help="Gradient steps on support scenarios (seeds 800+)."),
-    scenarios: int = typer.Option(16, "--scenarios", min=1, help="Test scenarios scored before and after."),
-    seed: int = typer.Option(1000, "--seed", min=0, help="First test seed."),
+    steps: int = typer.Option(5, "--steps", min=0, max=MOST_STEPS, help="Gradient steps on support scenarios (seeds 800+)."),
+    scenarios: int = typer.Option(16, "--scenarios", min=1, max=MOST_SCENARIOS, help="Test scenarios scored before and after."),
+    seed: int = typer.Option(1000, "--seed", min=0, max=LARGEST_SEED, help="First test seed."),
     validation: int = typer.Option(8, "--validation", min=1, max=100,
                                    help="Validation scenarios (seeds 900-999) that choose the weights kept."),
     keep_last: bool = typer.Option(False, "--keep-last", help="Keep the last step's weights even if an earlier step "
@@ -794,7 +796,7 @@ def adapt(
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
     base: str = typer.Option("auto", "--base", help="auto | default | map | mpc (CLSC-2: auto | default | mpc; "
                                                     "see above)."),
-    retune: int = typer.Option(0, "--retune", min=0, help="CLSC-2: first re-tune the base rule's thresholds with "
+    retune: int = typer.Option(0, "--retune", min=0, max=MOST_CANDIDATES, help="CLSC-2: first re-tune the base rule's thresholds with "
                                                          "this many candidates (1500: as the threshold peer; "
                                                          "0: off; see above)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -1008,8 +1010,8 @@ def continual(
     sequence: Path = typer.Option(..., "--sequence", help="YAML/JSON list of regimes (names like T1 or regime objects)."),
     method: str = typer.Option("moca", "--method", help="scratch | finetune | ewc | maml | moca | fomaml | reptile."),
     checkpoint_dir: Optional[str] = typer.Option(None, "--checkpoint", help="Start from this checkpoint (not for scratch)."),
-    steps: int = typer.Option(8, "--steps", min=0, help="Gradient steps per regime."),
-    scenarios: int = typer.Option(20, "--scenarios", min=1, help="Test scenarios per regime (seeds 1000+)."),
+    steps: int = typer.Option(8, "--steps", min=0, max=MOST_STEPS, help="Gradient steps per regime."),
+    scenarios: int = typer.Option(20, "--scenarios", min=1, max=MOST_SCENARIOS, help="Test scenarios per regime (seeds 1000+)."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (names T1-T3 then have W = 52)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -1150,13 +1152,13 @@ def run(
     peers: str = typer.Option("threshold,mpc,mpc-sampled", "--peers",
                               help="CLSC-2: comma-separated peers beside the oracle (threshold, mpc, mpc-sampled; "
                                    "'none' for none)."),
-    test_scenarios: Optional[int] = typer.Option(None, "--scenarios", min=1, help="CLSC-2: test scenarios per "
+    test_scenarios: Optional[int] = typer.Option(None, "--scenarios", min=1, max=MOST_SCENARIOS, help="CLSC-2: test scenarios per "
                                                                                      "regime (default 20, --quick 4)."),
 ) -> None:
     """The seed experiment: T1 -> T2 -> T3 for every method beside the peers and the oracle, on
     CLSC-1 then CLSC-2 (each world its own run folder; --model: one world)."""
     with _bad_input():  # every check before any work: a typo must not cost the first world's minutes
-        chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+        chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
         worlds = [_chosen_model(model)] if model is not None else list(MODELS)
         if params_file is not None and model is None:
             worlds = ["CLSC-1"]  # said below, once every check has passed (an error stays one line)
@@ -1170,8 +1172,12 @@ def run(
         chosen_peers = _run_peers(peers)
         params = _load_params(params_file) if "CLSC-1" in worlds else None  # (the default chain without a file)
         params2 = _load_params(params_file, "CLSC-2") if params_file is not None and worlds == ["CLSC-2"] else None
-        from moca.continual import method_spec
+        from moca.continual import METHODS, method_spec
 
+        if chosen == []:  # (an empty --methods ran every method: minutes of work nobody asked for)
+            raise UsageError(f"--methods {methods!r}: empty list (choose from {', '.join(METHODS)})")
+        if chosen is not None and len(set(chosen)) < len(chosen):
+            raise UsageError(f"--methods {methods!r}: a method is repeated")
         for m in chosen or []:
             method_spec(m)  # unknown names fail here, for both worlds
     if params_file is not None and model is None:
@@ -1325,7 +1331,7 @@ def serve(
     data: Path = typer.Option(Path("moca-data"), "--data", help="Directory of the database and weight files."),
     token: Optional[str] = typer.Option(None, "--token", envvar="MOCA_TOKEN",
                                         help="Require 'Authorization: Bearer TOKEN' on every mutating endpoint."),
-    adapt_steps: int = typer.Option(3, "--adapt-steps", min=0, max=100, help="Gradient steps per regulation event."),
+    adapt_steps: int = typer.Option(3, "--adapt-steps", min=0, max=MOST_STEPS, help="Gradient steps per regulation event."),
     support: int = typer.Option(8, "--support", min=1, max=100, help="Support scenarios per adaptation (seeds 800+)."),
     validation: int = typer.Option(8, "--validation", min=1, max=100,
                                    help="Held-out validation scenarios (seeds 900+) a new version must pass."),
@@ -1467,7 +1473,8 @@ app.add_typer(peers_app, name="peers")
 def peers_train_ppo(
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to write (safetensors + JSON)."),
     seconds: float = typer.Option(300.0, "--seconds", min=0, help="Wall-clock training budget (s)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of PPO and of the training episodes."),
+    seed: int = typer.Option(0, "--seed", min=0, max=LARGEST_PPO_SEED,
+                             help="Seed of PPO and of the training episodes (Stable-Baselines3 takes 32 bits)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many env steps too."),
     eval_every: int = typer.Option(20000, "--eval-every", min=1, help="Env steps between learning-curve scores."),
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2."),

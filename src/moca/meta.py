@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from moca.limits import LARGEST_SEED, MOST_STEPS
 from moca.policy import LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy, reference_emissions
 from moca.regime import PRESETS, TASKS, Regime, load_regime
 from moca.scenario import Params, Scenario, draw_scenarios
@@ -328,14 +329,14 @@ class MetaConfig(BaseModel):
     tasks_per_step: int = Field(8, ge=1, le=1024, description="regimes per meta step")
     support_size: int = Field(2, ge=1, le=100, description="support scenarios per task")
     query_size: int = Field(2, ge=1, le=100, description="query scenarios per task (other seeds)")
-    inner_steps: int = Field(1, ge=1, le=100)
+    inner_steps: int = Field(1, ge=1, le=MOST_STEPS)
     inner_lr: float = Field(1.0, gt=0, description="inner SGD rate (on the clipped gradient)")
     inner_clip: float | None = Field(0.03, gt=0, description="inner gradient clipped to this norm (None: plain SGD)")
     outer_lr: float = Field(1e-3, gt=0, description="Adam rate of the meta weights")
     zero_shot_weight: float = Field(1.0, ge=0, description="weight of the loss before adaptation in the outer loss")
     correction_weight: float = Field(0.1, ge=0)
     named_share: float = Field(0.3, ge=0, le=1, description="share of tasks near a named regime")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=LARGEST_SEED)
     max_seconds: float | None = Field(540.0, gt=0, description="stop early past this wall time (None: never)")
     validate_every: int = Field(0, ge=0, description="zero-shot score on fixed validation tasks every N steps (0: off)")
     validation_tasks: int = Field(8, ge=1, le=100, description="random regimes of the validation set (own seed stream)")

@@ -407,7 +407,7 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
     if text in names:
         return names[text]
     path = Path(text)
-    if not path.exists():
+    if not text.strip() or not path.exists():  # (Path("") is the working directory)
         raise _missing(text, "regime")
     data = read_structured(path)
     if not isinstance(data, dict):
@@ -433,7 +433,7 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
     if text in named_regimes(model):
         return RegimeSchedule.constant(named_regimes(model)[text])
     path = Path(text)
-    if not path.exists():
+    if not text.strip() or not path.exists():  # (Path("") is the working directory)
         raise _missing(text, "regime")
     data = read_structured(path)
     if isinstance(data, dict) and "regimes" in data:

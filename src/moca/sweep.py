@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from moca.cluster import Backend
+from moca.limits import LARGEST_SEED, MOST_SCENARIOS, MOST_STEPS
 from moca.regime import REGIME_RANGES, Regime, RegimeError, load_regime
 
 POLICIES: tuple[str, ...] = ("oracle", "mpc", "threshold", "moca")
@@ -508,10 +509,12 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
     chosen = parse_policies(policies) if isinstance(policies, str) else parse_policies(",".join(policies))
     if isinstance(scenarios, bool) or not isinstance(scenarios, int) or scenarios < 2:
         raise SweepError(f"--scenarios {scenarios!r}: need at least 2 scenarios for an interval")
-    if seed < 0:
-        raise SweepError(f"--seed {seed}: must be >= 0")
-    if adapt_steps < 0:
-        raise SweepError(f"--adapt-steps {adapt_steps}: must be >= 0")
+    if scenarios > MOST_SCENARIOS:
+        raise SweepError(f"--scenarios {scenarios}: at most {MOST_SCENARIOS} per value")
+    if not 0 <= seed <= LARGEST_SEED:
+        raise SweepError(f"--seed {seed}: must be in [0, {LARGEST_SEED}]")
+    if not 0 <= adapt_steps <= MOST_STEPS:
+        raise SweepError(f"--adapt-steps {adapt_steps}: must be in [0, {MOST_STEPS}]")
     try:
         base_regime = world.base_regime(base)
     except RegimeError as err:

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from moca import checkpoint
+from moca.limits import LARGEST_PPO_SEED
 from moca.regime import Regime, load_schedule
 from moca.scenario import TRAINING_STREAM, Params, draw_scenario
 from moca.sim import R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX, Observation, ScenarioBatch
@@ -82,6 +83,8 @@ class PPOConfig:
                 raise PPOError(f"ppo.{name}={value!r}: must be a whole number >= 1")
         if self.eval_scenarios > 100:  # moca's validation seeds 900-999: more would be cut without a word
             raise PPOError(f"ppo.eval_scenarios={self.eval_scenarios!r}: must be <= 100 (validation seeds 900-999)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= LARGEST_PPO_SEED:
+            raise PPOError(f"ppo.seed={self.seed!r}: must be a whole number in [0, {LARGEST_PPO_SEED}]")
         if not (self.seconds >= 0 and math.isfinite(self.seconds)):
             raise PPOError(f"ppo.seconds={self.seconds!r}: must be a finite number >= 0")
         if self.model not in ("CLSC-1", "CLSC-2"):

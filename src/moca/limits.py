@@ -1,0 +1,21 @@
+"""Upper bounds on the counts and seeds a user gives moca (command line, library, service).
+
+A typo such as ``--scenarios 100000000`` used to draw scenarios for minutes, with memory
+growing and no progress bar yet, and a seed beyond 64 bits was an internal error in
+torch; every bound here is far beyond any run moca or its README makes (20 test
+scenarios, 3-8 adaptation steps, 1,500 threshold candidates). This module imports
+nothing, so the command line can read it at start-up.
+"""
+
+#: Seeds (and ids) are 64-bit: torch.manual_seed and SQLite take no more.
+LARGEST_SEED = 2**63 - 1
+#: Stable-Baselines3 seeds numpy's legacy generator, which takes 32 bits (beyond was an
+#: error inside SB3 once PPO's training had started).
+LARGEST_PPO_SEED = 2**32 - 1
+#: Scenarios scored per regime or value: 10,000 is hours of hindsight LPs already.
+MOST_SCENARIOS = 10_000
+#: Gradient steps of one adaptation (moca adapt, evaluate, continual, sweep, serve, and
+#: MetaConfig.inner_steps).
+MOST_STEPS = 100
+#: Threshold candidates of one re-tuning (moca's peer tunes 1,500).
+MOST_CANDIDATES = 100_000

@@ -1,0 +1,98 @@
+"""Counts and seeds beyond what a run can hold are refused up front, naming the option
+(a typo such as --scenarios 100000000 used to draw scenarios for minutes while memory
+grew, a seed beyond 64 bits was an internal error in torch, one beyond 32 bits in PPO's)."""
+
+import json
+
+import pytest
+
+from moca.limits import LARGEST_PPO_SEED, LARGEST_SEED, MOST_CANDIDATES, MOST_SCENARIOS, MOST_STEPS
+from tests._cli import assert_bad_input, run_in_process
+
+
+@pytest.fixture
+def sequence_file(tmp_path):
+    path = tmp_path / "seq.yaml"
+    path.write_text("[T1, T2]\n")
+    return path
+
+
+CASES = [
+    (["evaluate", "--policy", "threshold", "--scenarios", MOST_SCENARIOS + 1], ["--scenarios", str(MOST_SCENARIOS)]),
+    (["evaluate", "--policy", "threshold", "--seed", LARGEST_SEED + 1], ["--seed"]),
+    (["evaluate", "--policy", "default", "--adapt-steps", MOST_STEPS + 1], ["--adapt-steps", str(MOST_STEPS)]),
+    (["evaluate", "--policy", "threshold", "--regime", ""], ["regime=''", "unknown regime name"]),
+    (["evaluate", "--policy", "threshold", "--regime", " ", "--model", "CLSC-2"], ["regime=' '"]),
+    (["adapt", "--checkpoint", "default", "--regime", "T1", "--steps", MOST_STEPS + 1], ["--steps"]),
+    (["adapt", "--checkpoint", "default", "--regime", "T1", "--scenarios", MOST_SCENARIOS + 1], ["--scenarios"]),
+    (["adapt", "--checkpoint", "default", "--regime", "T1", "--model", "CLSC-2", "--retune", MOST_CANDIDATES + 1],
+     ["--retune", str(MOST_CANDIDATES)]),
+    (["run", "--quick", "--scenarios", MOST_SCENARIOS + 1], ["--scenarios"]),
+    (["run", "--quick", "--methods", ""], ["--methods", "empty", "moca"]),
+    (["run", "--quick", "--methods", " , "], ["--methods", "empty"]),
+    (["run", "--quick", "--methods", "moca,maml,moca"], ["--methods", "repeated"]),
+    (["scenario", "new", "--seed", LARGEST_SEED + 1, "-o", "x.json"], ["--seed"]),
+    (["sweep", "--field", "carbon_tax", "--values", "0,10", "--scenarios", MOST_SCENARIOS + 1],
+     ["--scenarios", str(MOST_SCENARIOS)]),
+    (["sweep", "--field", "carbon_tax", "--values", "0,10", "--seed", LARGEST_SEED + 1], ["--seed", str(LARGEST_SEED)]),
+    (["sweep", "--field", "carbon_tax", "--values", "0,10", "--policies", "moca", "--adapt-steps", MOST_STEPS + 1],
+     ["--adapt-steps", str(MOST_STEPS)]),
+]
+
+
+@pytest.mark.parametrize("argv,needles", CASES, ids=[" ".join(map(str, a))[:60] for a, _ in CASES])
+def test_counts_beyond_the_bounds_are_refused(argv, needles, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_bad_input(run_in_process(*argv), *needles)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_continual_steps_bounded(sequence_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_in_process("continual", "--sequence", sequence_file, "--method", "moca", "--steps", MOST_STEPS + 1)
+    assert_bad_input(result, "--steps")
+
+
+@pytest.mark.parametrize("seed", [-1, LARGEST_PPO_SEED + 1])
+def test_ppo_seed_bounded(seed, tmp_path):
+    out = tmp_path / "ppo"
+    assert_bad_input(run_in_process("peers", "train-ppo", "-o", out, "--seed", seed), "--seed")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("seed", [LARGEST_SEED + 1, 10**20])
+def test_train_seed_bounded(seed, tmp_path):
+    out = tmp_path / "ckpt"
+    assert_bad_input(run_in_process("train", "-o", out, "--steps", 1, "--seed", seed), "--seed")
+    assert not out.exists()
+
+
+def test_the_largest_seed_is_accepted(tmp_path):
+    out = tmp_path / "s.json"
+    result = run_in_process("scenario", "new", "--seed", LARGEST_SEED, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(out.read_text())["demand"]) == 52
+
+
+def test_library_configs_bounded():
+    from pydantic import ValidationError
+
+    from moca.baselines.ppo import PPOConfig, PPOError
+    from moca.meta import MetaConfig
+    from moca.sweep import SweepError, make_plan
+
+    PPOConfig(seed=LARGEST_PPO_SEED)  # the bound itself is a seed
+    with pytest.raises(PPOError, match="ppo.seed"):
+        PPOConfig(seed=LARGEST_PPO_SEED + 1)
+    with pytest.raises(PPOError, match="ppo.seed"):
+        PPOConfig(seed=-1)
+    MetaConfig(seed=LARGEST_SEED, inner_steps=MOST_STEPS)
+    with pytest.raises(ValidationError, match="seed"):
+        MetaConfig(seed=LARGEST_SEED + 1)
+    with pytest.raises(ValidationError, match="inner_steps"):
+        MetaConfig(inner_steps=MOST_STEPS + 1)
+    make_plan("CLSC-1", "carbon_tax", "0,10", scenarios=MOST_SCENARIOS, seed=LARGEST_SEED, adapt_steps=MOST_STEPS)
+    for kwargs, needle in (({"scenarios": MOST_SCENARIOS + 1}, "--scenarios"), ({"seed": LARGEST_SEED + 1}, "--seed"),
+                           ({"adapt_steps": MOST_STEPS + 1}, "--adapt-steps"), ({"seed": -1}, "--seed")):
+        with pytest.raises(SweepError, match=needle):
+            make_plan("CLSC-1", "carbon_tax", "0,10", **kwargs)
