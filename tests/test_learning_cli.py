@@ -60,6 +60,7 @@ def test_test_seeds_that_are_not_held_out_are_named(trained):
     assert result.returncode == 0, result.stderr
     assert "test seeds 899..899 are moca's adaptation (support) seeds (800-899)" in result.stderr
     assert "test seeds 900..900 are moca's validation seeds (900-999)" in result.stderr
+    assert "moca: warning: --seed 899: test seeds 899..899" in result.stderr  # moca's own prefix, as other warnings
     json.loads(result.stdout)  # the warning stays off stdout
     held_out = run("evaluate", "--policy", trained, "--scenarios", 1, "--seed", 1000, "--json")
     assert held_out.returncode == 0 and "warning" not in held_out.stderr, held_out.stderr

@@ -542,9 +542,8 @@ def _warn_if_not_held_out(first: int, count: int) -> None:
                         ("validation", VALIDATION_SEEDS)):
         low, high = max(first, seeds.start), min(last, seeds.stop - 1)
         if low <= high:
-            err_console.print(f"warning: --seed {first}: test seeds {low}..{high} are moca's {name} seeds "
-                              f"({seeds.start}-{seeds.stop - 1}), so these scores are not held out (test seeds "
-                              f"from {VALIDATION_SEEDS.stop} are)", highlight=False)
+            _warn(f"--seed {first}: test seeds {low}..{high} are moca's {name} seeds ({seeds.start}-"
+                  f"{seeds.stop - 1}), so these scores are not held out (test seeds from {VALIDATION_SEEDS.stop} are)")
 
 
 def _is_learned_policy(policy: str) -> bool:
