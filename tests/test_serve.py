@@ -122,7 +122,9 @@ def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
     rt = client.app.state.runtime
     client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
     client.post("/v1/chains/p1/decide", json=_obs(0))
-    job = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2, "name": "t3"}).json()["job"]
+    answer = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2, "name": "t3"}).json()
+    assert answer["effective"] == 2 and answer["in_force_from"] == 2
+    job = answer["job"]
     _run_jobs(rt.store, [job])
     result = client.get(f"/v1/jobs/{job}").json()
     assert result["state"] == "done", result  # (deterministic: seeded scenarios, one thread)
@@ -141,6 +143,17 @@ def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
     nearest = client.get("/v1/regimes", params={"nearest": json.dumps(TASKS["T3"].model_dump())}).json()
     assert nearest[0]["name"] == "t3" and nearest[0]["distance"] == 0.0
     assert any(v["version"] == 2 for v in nearest[0]["learned"])
+
+
+def test_a_rule_effective_in_a_decided_period_says_it_holds_from_the_next_decision(client):
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    for t in range(4):
+        client.post("/v1/chains/p1/decide", json=_obs(t))
+    answer = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 1}).json()
+    assert answer["effective"] == 1 and answer["in_force_from"] == 4 and answer["episode"] == 0
+    assert client.post("/v1/chains/p1/decide", json=_obs(4)).json()["regime"]["carbon_tax"] == TASKS["T3"].carbon_tax
+    default = client.post("/v1/chains/p1/regulations", json={"regime": "T2"}).json()  # no effective: the next one
+    assert default["effective"] == default["in_force_from"] == 5
 
 
 def test_a_candidate_below_the_current_version_is_rejected_and_nothing_changes(client):

@@ -1429,8 +1429,10 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             job = c.execute("INSERT INTO jobs(chain, regulation, state, created) VALUES(?,?,'queued',?)",
                             (chain, reg, now)).lastrowid
             c.execute("UPDATE regulations SET job=? WHERE id=?", (job, reg))
+        # A period already decided cannot be redone: such a rule is in force from the next
+        # decision, and the answer says so rather than let a client read `effective` as applied.
         return {"job": job, "regime_id": regime_id, "regulation": reg, "effective": effective,
-                "episode": memory.episode}
+                "in_force_from": max(effective, memory.last_t + 1), "episode": memory.episode}
 
     @app.get("/v1/jobs/{job}")
     def get_job(job: int = PathParameter(ge=1, le=LARGEST_ID)) -> dict[str, Any]:
