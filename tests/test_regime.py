@@ -110,3 +110,47 @@ def test_sampled_regimes_are_valid_and_varied():
     assert (rows[:, 3] > 0).any() and (rows[:, 4] > 0).any()
     for r in regimes[:20]:
         assert Regime.from_row(r.as_row()) == r
+
+
+def _laughs(levels: int = 9) -> list[str]:
+    """YAML whose aliases nest nine-fold per level ("a billion laughs": 9**9 values)."""
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    names = "abcdefghijkl"
+    for previous, name in zip(names, names[1:levels]):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    return lines
+
+
+def test_yaml_aliases_that_expand_without_end_are_refused(tmp_path):
+    from moca.regime import MOST_YAML_VALUES, load_schedule, load_sequence
+    from moca.scenario import ScenarioError, load_params
+
+    regime = tmp_path / "bomb.yaml"
+    regime.write_text("\n".join(_laughs()) + "\ncarbon_tax: *i\n")  # validating it never ended
+    with pytest.raises(RegimeError, match=f"bomb.yaml: its aliases expand to more than {MOST_YAML_VALUES:,} values"):
+        load_regime(regime)
+    with pytest.raises(RegimeError, match="aliases expand"):
+        load_schedule(regime)
+    sequence = tmp_path / "sequence.yaml"
+    sequence.write_text("- T1\n- x: &x [1, 2]\n" + "\n".join("  " + line for line in _laughs()) + "\n")
+    with pytest.raises(RegimeError, match="sequence.yaml: its aliases expand"):
+        load_sequence(sequence)
+    with pytest.raises(ScenarioError, match="--params .*bomb.yaml: its aliases expand"):
+        load_params(regime)
+    # aliases of a sane size are YAML like any other
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("- &t2 {recycled_content_min: 0.2, carbon_tax: 50}\n- *t2\n- T3\n")
+    first, second = load_sequence(shared)[:2]
+    assert first[1] == second[1] and first[1].carbon_tax == 50.0
+
+
+def test_an_empty_regime_file_is_named(tmp_path):
+    from moca.regime import load_schedule
+
+    for text in ("", "# a comment only\n"):
+        path = tmp_path / "empty.yaml"
+        path.write_text(text)
+        with pytest.raises(RegimeError, match="empty.yaml: empty"):
+            load_schedule(path)
+        with pytest.raises(RegimeError, match="empty.yaml"):
+            load_regime(path)

@@ -436,6 +436,8 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
     if not text.strip() or not path.exists():  # (Path("") is the working directory)
         raise _missing(text, "regime")
     data = read_structured(path)
+    if data is None:  # (an empty YAML file, or one of comments only)
+        raise RegimeError(f"{path}: empty (expected a regime object or a list of regime entries)")
     if isinstance(data, dict) and "regimes" in data:
         data = data["regimes"]
     if isinstance(data, dict):  # one regime: its errors name the file, as load_regime's do
@@ -487,6 +489,41 @@ _YamlLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+#: The most values a YAML file may hold once its aliases are expanded. PyYAML shares an
+#: aliased object rather than copying it, so "a billion laughs" (each level nine aliases of the
+#: one before) parses at once, and then validating or printing it never ends.
+MOST_YAML_VALUES = 1_000_000
+
+
+def _expanded_values(node: yaml.Node, seen: dict[int, int]) -> int:
+    """How many values ``node`` holds with its aliases expanded (each node counted once)."""
+    if id(node) not in seen:
+        if isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_values(child, seen) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_values(k, seen) + _expanded_values(v, seen) for k, v in node.value)
+        else:
+            size = 1
+        seen[id(node)] = size
+    return seen[id(node)]
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """``yaml.load`` with :class:`_YamlLoader`, refusing a file whose aliases expand beyond
+    :data:`MOST_YAML_VALUES` before any object is built."""
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:  # (an empty document)
+            return None
+        if _expanded_values(node, {}) > MOST_YAML_VALUES:
+            raise RegimeError(f"{path}: its aliases expand to more than {MOST_YAML_VALUES:,} values "
+                              "(too many to be a moca file)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_structured(path: Path) -> Any:
     """Parse a YAML or JSON file; errors name the file and the problem."""
     try:
@@ -498,7 +535,7 @@ def read_structured(path: Path) -> Any:
     try:
         if str(path).endswith(".json"):
             return json.loads(text)
-        return yaml.load(text, Loader=_YamlLoader)
+        return _load_yaml(text, path)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise RegimeError(f"{path}: malformed {'JSON' if str(path).endswith('.json') else 'YAML'} ({str(err).splitlines()[0]})") from None
     except RecursionError:  # (the parsers recurse per level: thousands of [ or { exhaust the stack)
