@@ -193,3 +193,20 @@ def test_numpy_numbers_are_numbers():
         Params2(grade_mean=np.array([1.0, -0.5, 0.5]))
     with pytest.raises(ValueError, match="params.mass=True is not a number"):
         Params(mass=np.bool_(True))
+
+
+def test_a_draw_beyond_the_largest_value_names_the_parameters_that_made_it():
+    # demand_drift_sigma = 1 walks the log-level by ~1 a period: e^22 times demand_base by t = 22
+    params = Params2(demand_drift_sigma=1.0)
+    failures = 0
+    for seed in range(1000, 1010):
+        try:
+            scenario = draw_scenario2(seed, params=params)
+        except ScenarioError as err:
+            failures += 1
+            message = str(err)
+            assert message.startswith(f"seed {seed} draws demand") and "beyond 1e+12 units" in message, message
+            assert "demand_drift_sigma=1," in message and "demand_base=1000" in message and "lower them" in message
+        else:  # a seed whose walk stays within bounds is a scenario like any other
+            assert np.all(scenario.demand <= 1e12) and np.all(scenario.demand_history <= 1e12)
+    assert failures > 0

@@ -732,6 +732,15 @@ def draw_scenario2(
             up = (u[t] >= p.supply_down_prob) if up else (u[t] < p.supply_up_prob)
         supply_up[t] = 1.0 if up else 0.0
     market_avail = rng.uniform(p.market_avail_min, 1.0, size=T)
+    if not np.all(demand <= LARGEST_VALUE):  # (the other series are clipped to their ranges)
+        # The draw, not a file: name the parameters that made it, which the user can change.
+        k = int(np.argmax(~(demand <= LARGEST_VALUE)))
+        where = f"demand[{k - HISTORY}]" if k >= HISTORY else f"demand_history[{k}]"
+        raise ScenarioError(
+            f"seed {seed} draws {where}={demand[k]:.3g}, beyond {LARGEST_VALUE:g} units: the demand walks over "
+            f"{n} periods (52 of history) from demand_base={p.demand_base:g} with demand_drift_sigma="
+            f"{p.demand_drift_sigma:g}, demand_jump_prob={p.demand_jump_prob:g}, demand_jump_sigma="
+            f"{p.demand_jump_sigma:g} and demand_sigma={sd:g}; lower them")
     return Scenario2(params=p, schedule=_as_schedule(regime), demand=demand[HISTORY:], return_frac=return_frac,
                      grades=grades, supply_up=supply_up, market_avail=market_avail,
                      demand_history=demand[:HISTORY])
