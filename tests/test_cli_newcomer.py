@@ -169,9 +169,41 @@ def test_ctrl_c_says_interrupted():
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == 130 and stderr.endswith("moca: interrupted\n"), (proc.returncode, stderr)
+    # 130, or killed by SIGINT, which a shell reports as 130 too: when the Ctrl-C lands inside an
+    # import (~2 s of CPU in), CPython 3.11 may end the process by SIGINT itself after
+    # moca's message (4 of 40 tries at 1.6-2.8 s of CPU).
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, stderr)
+    assert stderr.endswith("moca: interrupted\n"), (proc.returncode, stderr)
     assert "Traceback" not in stderr
 
+
+def test_ctrl_c_that_breaks_an_import_is_an_interruption_not_a_bug(monkeypatch, capsys):
+    # Ctrl-C during an import can come out as another error (an ImportError of a C extension, a
+    # RuntimeError from __set_name__; both seen at ~2 s of CPU): moca said "internal error".
+    import signal
+
+    from moca import cli
+
+    class Command:
+        def __init__(self, interrupted: bool):
+            self.interrupted = interrupted
+
+        def main(self, **_):
+            if self.interrupted:
+                cli._CtrlC.seen = True  # as the handler leaves it
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance")
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        for interrupted, code, said in ((True, 130, "moca: interrupted\n"),
+                                        (False, 1, "moca: error: internal error: RuntimeError")):
+            monkeypatch.setattr(cli._CtrlC, "seen", False)
+            monkeypatch.setattr(cli.typer.main, "get_command", lambda app: Command(interrupted))
+            with pytest.raises(SystemExit) as stop:
+                cli.main(["evaluate"])
+            assert stop.value.code == code and capsys.readouterr().err.startswith(said)
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 def test_names_the_user_chose_are_printed_as_written(tmp_path):
     # Paths, labels and values are the user's text: "[red]" is not markup, "[/i]" no unmatched

@@ -1567,7 +1567,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         if "NoArgsIsHelpError" in kinds:  # plain `moca`: the help, as --help gives it
             sys.stdout.write(err.format_message() + "\n")
             code = 0
-        elif "Abort" in kinds:
+        elif "Abort" in kinds or _CtrlC.seen:  # (Ctrl-C inside an import can come out as another
+            # error: an ImportError of a C extension, a RuntimeError from __set_name__; no bug)
             sys.stderr.write("moca: interrupted\n")
             code = 130
         elif "ClickException" in kinds:  # typer's own checks: ranges, missing or unknown options
