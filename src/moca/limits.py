@@ -7,8 +7,9 @@ scenarios, 3-8 adaptation steps, 1,500 threshold candidates). This module import
 nothing, so the command line can read it at start-up.
 """
 
-#: Seeds (and ids) are 64-bit: torch.manual_seed and SQLite take no more.
-LARGEST_SEED = 2**63 - 1
+#: Seeds and ids are 64-bit: torch.manual_seed and SQLite take no more (a larger id in a
+#: service request is a 422, not an OverflowError).
+LARGEST_SEED = LARGEST_ID = 2**63 - 1
 #: Stable-Baselines3 seeds numpy's legacy generator, which takes 32 bits (beyond was an
 #: error inside SB3 once PPO's training had started).
 LARGEST_PPO_SEED = 2**32 - 1

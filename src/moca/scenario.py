@@ -732,9 +732,9 @@ def draw_scenario2(
             up = (u[t] >= p.supply_down_prob) if up else (u[t] < p.supply_up_prob)
         supply_up[t] = 1.0 if up else 0.0
     market_avail = rng.uniform(p.market_avail_min, 1.0, size=T)
-    if not np.all(demand <= LARGEST_VALUE):  # (the other series are clipped to their ranges)
-        # The draw, not a file: name the parameters that made it, which the user can change.
-        k = int(np.argmax(~(demand <= LARGEST_VALUE)))
+    beyond = np.flatnonzero(~(demand <= LARGEST_VALUE))  # (the other series are clipped to their ranges)
+    if beyond.size:  # the draw, not a file: name the parameters that made it, which the user can change
+        k = int(beyond[0])
         where = f"demand[{k - HISTORY}]" if k >= HISTORY else f"demand_history[{k}]"
         raise ScenarioError(
             f"seed {seed} draws {where}={demand[k]:.3g}, beyond {LARGEST_VALUE:g} units: the demand walks over "

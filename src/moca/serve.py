@@ -43,14 +43,13 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from moca.limits import LARGEST_ID
 from moca.scenario import LARGEST_VALUE, validation_reason
 
 #: Request bodies larger than this are refused with 413 before they are parsed.
 MAX_BODY_BYTES = 64 * 1024
 #: A job interrupted this many times (worker killed mid-adaptation) is marked failed.
 MAX_ATTEMPTS = 2
-#: The largest id SQLite stores: a larger one in a request is a 422, not an OverflowError (500).
-LARGEST_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
