@@ -103,6 +103,38 @@ def returns_tip_the_sale(regime: Regime) -> bool:
     return False
 
 
+#: The options of :func:`draw_regimes` (the script's flags that choose which draws are kept).
+DRAW_FILTERS = ("with_cap", "high_tax", "high_mandate", "returns_liability", "schedules", "tax_rise")
+
+
+def draw_regimes(world: str, seed: int, n: int, with_cap: bool = False, high_tax: bool = False,
+                 high_mandate: bool = False, returns_liability: bool = False, schedules: bool = False,
+                 tax_rise: bool = False) -> list[Regime | RegimeSchedule]:
+    """The ``n`` regimes (or, with ``schedules``, plans) this script scores for ``world`` and
+    ``seed``, drawn as the module docstring says; other benchmarks import it to score the same
+    draws."""
+    from moca.meta import sample_task
+    from moca.meta2 import sample_task2
+    from moca.scenario import Params
+
+    rng = np.random.default_rng([seed, 1 if world == "CLSC-1" else 2])
+    draw = (lambda: sample_task(rng, Params(), named_share=0.0)) if world == "CLSC-1" else \
+        (lambda: sample_task2(rng, named_share=0.0))
+    regimes: list[Regime | RegimeSchedule] = []
+    while schedules and len(regimes) < n:
+        starts = sorted({0, *(int(s) for s in rng.integers(1, 51, size=rng.integers(1, 4)))})
+        plan = RegimeSchedule.from_list([{"start": s, **draw().model_dump()} for s in starts])
+        if not tax_rise or tax_rises(plan):
+            regimes.append(plan)
+    while len(regimes) < n:
+        regime = draw()
+        if (regime.emission_cap is not None or not with_cap) and \
+                (regime.carbon_tax > HIGH_TAX or not high_tax) and \
+                (regime.recycled_content_min >= HIGH_MANDATE or not high_mandate) and \
+                (not returns_liability or returns_tip_the_sale(regime)):
+            regimes.append(regime)
+    return regimes
+
 def clsc1(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any]]:
     from moca.baselines import MPCPolicy, tune_threshold
     from moca.evaluation import evaluate_policy
@@ -304,10 +336,6 @@ def main() -> None:
     if args.tax_rise and not args.schedules:
         parser.error("--tax-rise: only with --schedules (a single regime has no rise)")
     torch.set_num_threads(1)
-    from moca.meta import sample_task
-    from moca.meta2 import sample_task2
-    from moca.scenario import Params
-
     worlds = ["CLSC-1", "CLSC-2"] if args.world == "both" else [args.world]
     flags = ("with_cap", "high_tax", "high_mandate", "returns_liability", "schedules", "tax_rise", "portfolio",
              "retune", "quick")
@@ -318,22 +346,7 @@ def main() -> None:
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
     started = time.perf_counter()
     for world in worlds:
-        rng = np.random.default_rng([args.seed, 1 if world == "CLSC-1" else 2])
-        draw = (lambda: sample_task(rng, Params(), named_share=0.0)) if world == "CLSC-1" else \
-            (lambda: sample_task2(rng, named_share=0.0))
-        regimes: list[Regime | RegimeSchedule] = []
-        while args.schedules and len(regimes) < args.regimes:
-            starts = sorted({0, *(int(s) for s in rng.integers(1, 51, size=rng.integers(1, 4)))})
-            plan = RegimeSchedule.from_list([{"start": s, **draw().model_dump()} for s in starts])
-            if not args.tax_rise or tax_rises(plan):
-                regimes.append(plan)
-        while len(regimes) < args.regimes:
-            regime = draw()
-            if (regime.emission_cap is not None or not args.with_cap) and \
-                    (regime.carbon_tax > HIGH_TAX or not args.high_tax) and \
-                    (regime.recycled_content_min >= HIGH_MANDATE or not args.high_mandate) and \
-                    (not args.returns_liability or returns_tip_the_sale(regime)):
-                regimes.append(regime)
+        regimes = draw_regimes(world, args.seed, args.regimes, **{f: getattr(args, f) for f in DRAW_FILTERS})
         rows = clsc1(regimes, args.scenarios, args.quick) if world == "CLSC-1" else \
             clsc2(regimes, args.scenarios, args.quick, args.portfolio, args.retune)
         result["worlds"][world] = rows

@@ -810,3 +810,51 @@ def test_extreme_regimes_benchmark_quick(tmp_path, monkeypatch):
         for row in rows:
             assert policies <= set(row) and all(row[p]["violations"] == 0 for p in policies)
             assert all(0 < x <= 1 + 1e-6 for p in policies for x in row[p]["scores"])
+
+
+def test_step_choice_benchmark_quick(tmp_path, monkeypatch):
+    import json
+
+    out = tmp_path / "clsc2_step_choice.json"
+    run_script("bench_clsc2_step_choice.py", ["--quick", "--out", str(out)], monkeypatch)
+    result = json.loads(out.read_text())
+    (name, entry), = result["sets"].items()
+    row, = entry["rows"]
+    rules = ["no step", "best of 2", "best of 4", "best of 2, beyond noise", "best of 4, beyond noise", "hindsight"]
+    assert list(row["chosen"]) == rules and result["violations"] == 0
+    assert len(row["test_mean"]) == 2 and list(row["validation_mean"]) == ["2", "4"]
+    assert list(row["gain_standard_error"]) == ["2", "4"] and row["gain_standard_error"]["4"][0] == 0
+    for rule, step in row["chosen"].items():  # each rule's score is the test mean of the step it kept
+        assert step in (0, 1) and row["score"][rule] == row["test_mean"][step]
+        assert row["score"]["hindsight"] == max(row["test_mean"]) >= row["score"][rule]
+    assert row["chosen"]["no step"] == 0
+    for n in ("2", "4"):
+        val, noise = row["validation_mean"][n], row["gain_standard_error"][n][1]
+        assert row["chosen"][f"best of {n}"] == int(val[1] > val[0])
+        assert row["chosen"][f"best of {n}, beyond noise"] == int(val[1] > val[0] and val[1] - val[0] > noise)
+    # The plan is bench_random_regimes' first draw of that set, and step 0 is the shipped meta-init.
+    from moca.meta2 import OracleCache2, load_policy2
+    from moca.policy2 import evaluate_policy2
+    from moca.regime import RegimeSchedule
+
+    seed, filters = load_script("bench_clsc2_step_choice.py").SETS[name]
+    plan = load_script("bench_random_regimes.py").draw_regimes("CLSC-2", seed, 1, **filters)[0]
+    assert plan.to_list_with_window() == row["plan"] and isinstance(plan, RegimeSchedule)
+    module, _ = load_policy2("default")
+    cache = OracleCache2(module.params)
+    tests = cache.scenarios(range(1000, 1002), plan)
+    assert evaluate_policy2(module, None, tests, cache.costs(tests))["score"] == pytest.approx(row["test_mean"][0], abs=1e-12)
+
+
+def test_step_choice_keeps_a_step_only_beyond_the_noise_when_asked():
+    choose = load_script("bench_clsc2_step_choice.py").choose
+    start = np.array([0.90, 0.90, 0.90, 0.90])
+    steady = start + 0.002  # the same small gain on every seed: beyond its (zero) noise
+    noisy = start + np.array([0.05, -0.04, 0.03, -0.03])  # a larger mean gain, but within one standard error
+    assert choose(np.stack([start, steady]), 4, beyond_noise=True) == 1
+    assert choose(np.stack([start, noisy]), 4, beyond_noise=False) == 1
+    assert choose(np.stack([start, noisy]), 4, beyond_noise=True) == 0
+    assert choose(np.stack([start, start - 0.01]), 4, beyond_noise=False) == 0  # no gain: the meta-init
+    # The first of equals, and only the first `size` seeds count.
+    assert choose(np.stack([start, start, start + 0.001]), 4, beyond_noise=False) == 2
+    assert choose(np.stack([start, np.array([0.95, 0.95, 0.5, 0.5])]), 2, beyond_noise=False) == 1
