@@ -135,6 +135,7 @@ def draw_regimes(world: str, seed: int, n: int, with_cap: bool = False, high_tax
             regimes.append(regime)
     return regimes
 
+
 def clsc1(regimes: list[Regime], n_test: int, quick: bool) -> list[dict[str, Any]]:
     from moca.baselines import MPCPolicy, tune_threshold
     from moca.evaluation import evaluate_policy
@@ -337,8 +338,7 @@ def main() -> None:
         parser.error("--tax-rise: only with --schedules (a single regime has no rise)")
     torch.set_num_threads(1)
     worlds = ["CLSC-1", "CLSC-2"] if args.world == "both" else [args.world]
-    flags = ("with_cap", "high_tax", "high_mandate", "returns_liability", "schedules", "tax_rise", "portfolio",
-             "retune", "quick")
+    flags = (*DRAW_FILTERS, "portfolio", "retune", "quick")
     result: dict[str, Any] = {"command": "python benchmarks/bench_random_regimes.py "
                                          f"--world {args.world} --regimes {args.regimes} --seed {args.seed} "
                                          f"--scenarios {args.scenarios}"
