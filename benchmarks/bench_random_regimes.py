@@ -3,7 +3,7 @@
     python benchmarks/bench_random_regimes.py [--world CLSC-1|CLSC-2|both] [--regimes 6] [--seed 2026]
                                               [--scenarios 20] [--with-cap] [--high-tax] [--high-mandate]
                                               [--returns-liability] [--schedules] [--tax-rise] [--portfolio]
-                                              [--retune] [--out FILE] [--quick]
+                                              [--retune [--retune-budget 1500]] [--out FILE] [--quick]
 
 The regimes are drawn from the whole regime space by ``moca.meta.sample_task`` (CLSC-2:
 ``sample_task2``, accounting windows included) with ``named_share=0`` — every rule drawn
@@ -187,7 +187,7 @@ def plan_label(plan: RegimeSchedule) -> str:
 
 
 def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, portfolio: bool = False,
-          retune: bool = False) -> list[dict[str, Any]]:
+          retune: bool = False, retune_budget: int | None = None) -> list[dict[str, Any]]:
     from moca.baselines.mpc2 import MPC2Policy, select_safety_stock2
     from moca.baselines.peers import evaluate2
     from moca.baselines.threshold2 import tune_threshold2
@@ -203,7 +203,8 @@ def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, port
     steps, size = (1, 4) if quick else (3, 8)
     tuning = {"train_seeds": 1, "budget": 60} if quick else {"train_seeds": 32, "budget": 1500}  # the peer's
     # --retune: moca's adaptation first re-tunes its base rule's thresholds as the peer is re-tuned
-    retuning = {"retune": tuning["budget"], "retune_scenarios": tuning["train_seeds"]} if retune else {}
+    # (--retune-budget: fewer candidates for moca's re-tuning than the peer's, to see what a cheaper one keeps)
+    retuning = {"retune": retune_budget or tuning["budget"], "retune_scenarios": tuning["train_seeds"]} if retune else {}
     rows = []
     for regime in regimes:
         plan = regime if isinstance(regime, RegimeSchedule) else RegimeSchedule.constant(regime)
@@ -327,6 +328,9 @@ def main() -> None:
                              "peer does and starts its steps from the meta-init, from them or from the rule at them "
                              "with the residual off, whichever validates highest (moca adapt --retune 1500); "
                              "the adaptation without it is scored beside")
+    parser.add_argument("--retune-budget", type=int, default=None,
+                        help="with --retune: moca's re-tuning candidates (default: the peer's, 1500; on the same "
+                             "training scenarios as the peer's)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
     parser.add_argument("--out", type=Path, default=HERE / "random_regimes.json")
     args = parser.parse_args()
@@ -336,19 +340,22 @@ def main() -> None:
         parser.error("--schedules: CLSC-2 only (CLSC-1's moca adapt adapts to one regime)")
     if args.tax_rise and not args.schedules:
         parser.error("--tax-rise: only with --schedules (a single regime has no rise)")
+    if args.retune_budget is not None and (not args.retune or args.retune_budget < 1):
+        parser.error("--retune-budget: a count of candidates >= 1, with --retune")
     torch.set_num_threads(1)
     worlds = ["CLSC-1", "CLSC-2"] if args.world == "both" else [args.world]
     flags = (*DRAW_FILTERS, "portfolio", "retune", "quick")
     result: dict[str, Any] = {"command": "python benchmarks/bench_random_regimes.py "
                                          f"--world {args.world} --regimes {args.regimes} --seed {args.seed} "
                                          f"--scenarios {args.scenarios}"
-                                         + "".join(f" --{f.replace('_', '-')}" for f in flags if getattr(args, f)),
+                                         + "".join(f" --{f.replace('_', '-')}" for f in flags if getattr(args, f))
+                                         + (f" --retune-budget {args.retune_budget}" if args.retune_budget else ""),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
     started = time.perf_counter()
     for world in worlds:
         regimes = draw_regimes(world, args.seed, args.regimes, **{f: getattr(args, f) for f in DRAW_FILTERS})
         rows = clsc1(regimes, args.scenarios, args.quick) if world == "CLSC-1" else \
-            clsc2(regimes, args.scenarios, args.quick, args.portfolio, args.retune)
+            clsc2(regimes, args.scenarios, args.quick, args.portfolio, args.retune, args.retune_budget)
         result["worlds"][world] = rows
         print(f"\n{world}\n" + table(rows) + "\n", flush=True)
     result.update({"wall_seconds": time.perf_counter() - started,

@@ -728,6 +728,27 @@ def test_random_regimes_benchmark_schedules_quick(tmp_path, monkeypatch):
         run_script("bench_random_regimes.py", ["--quick", "--world", "both", "--schedules"], monkeypatch)
 
 
+
+def test_random_regimes_benchmark_retune_budget(tmp_path, monkeypatch):
+    """--retune-budget: moca's re-tuning with fewer candidates than the peer's, said in the
+    recorded command; without --retune, or below one candidate, it exits 2."""
+    import json
+
+    out = tmp_path / "retune.json"
+    run_script("bench_random_regimes.py", ["--quick", "--world", "CLSC-2", "--seed", "5", "--retune",
+                                           "--retune-budget", "3", "--out", str(out)], monkeypatch)
+    result = json.loads(out.read_text())
+    assert result["command"].endswith("--retune --quick --retune-budget 3")
+    for row in result["worlds"]["CLSC-2"]:
+        assert row["moca"]["start"] in ("checkpoint", "re-tuned thresholds", "re-tuned rule")
+        assert set(row["moca"]["start_scores"]) == {"checkpoint", "re-tuned thresholds", "re-tuned rule"}
+        assert 0 < row["moca"]["score"] <= 1 + 1e-6 and row["moca"]["violations"] == 0
+    for args in (["--retune-budget", "3"], ["--retune", "--retune-budget", "0"]):
+        with pytest.raises(SystemExit) as done:
+            run_script("bench_random_regimes.py", ["--quick", "--world", "CLSC-2", *args, "--out", str(out)],
+                       monkeypatch)
+        assert done.value.code == 2
+
 def test_schedule_orders_benchmark_splits_virgin_by_segment(tmp_path, monkeypatch):
     """bench_schedule_orders.py: per segment of an announced plan, the virgin ordered by the
     hindsight plan, moca and the rule, summing to each one's whole-episode orders; a plan
