@@ -67,15 +67,23 @@ SETS: dict[str, tuple[int, dict[str, bool]]] = {
 SUPPORT = 8  # moca adapt's support scenarios (seeds 800-807)
 
 
+def gain_standard_error(val: np.ndarray, size: int) -> np.ndarray:
+    """``[steps + 1]``: the standard error of each step's paired gain over step 0 on the first
+    ``size`` seeds of ``val`` (``[steps + 1, seeds]``; 0 for step 0, and for a single seed)."""
+    if size < 2:
+        return np.zeros(len(val))
+    gain = val[:, :size] - val[:1, :size]
+    return gain.std(axis=1, ddof=1) / np.sqrt(size)
+
+
 def choose(val: np.ndarray, size: int, beyond_noise: bool) -> int:
     """The step kept by ``best of size`` (``beyond_noise``: only a step whose paired mean gain
     over step 0 exceeds one standard error); ``val`` is ``[steps + 1, seeds]``."""
-    scores = val[:, :size]
+    means = val[:, :size].mean(axis=1)
+    noise = gain_standard_error(val, size)
     best = 0
-    for k in range(1, len(scores)):
-        gain = scores[k] - scores[0]
-        noise = gain.std(ddof=1) / np.sqrt(size) if size > 1 else 0.0
-        if scores[k].mean() > scores[best].mean() and (not beyond_noise or gain.mean() > noise):
+    for k in range(1, len(means)):
+        if means[k] > means[best] and (not beyond_noise or means[k] - means[0] > noise[k]):
             best = k
     return best
 
@@ -138,11 +146,9 @@ def main() -> None:
             # What the rules read, per step: the validation means over the first N seeds and the
             # standard error of the paired gain over step 0 (the per-seed scores would make the
             # file ten times larger).
-            gain = val_a - val_a[0]
             rows.append({"plan": plan.to_list_with_window(),
                          "validation_mean": {str(n): val_a[:, :n].mean(axis=1).tolist() for n in args.sizes},
-                         "gain_standard_error": {str(n): (gain[:, :n].std(axis=1, ddof=1) / np.sqrt(n)).tolist()
-                                                 for n in args.sizes[:2]},
+                         "gain_standard_error": {str(n): gain_standard_error(val_a, n).tolist() for n in args.sizes[:2]},
                          "test_mean": test_a.mean(axis=1).tolist(), "violations": violations, "chosen": chosen,
                          "score": {rule: float(test_a[k].mean()) for rule, k in chosen.items()}})
             print(f"{name} plan {len(rows)}: " + ", ".join(f"{r} {s:.4f}" for r, s in rows[-1]["score"].items()),

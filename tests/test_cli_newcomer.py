@@ -205,6 +205,7 @@ def test_ctrl_c_that_breaks_an_import_is_an_interruption_not_a_bug(monkeypatch, 
     finally:
         signal.signal(signal.SIGINT, handler)
 
+
 def test_names_the_user_chose_are_printed_as_written(tmp_path):
     # Paths, labels and values are the user's text: "[red]" is not markup, "[/i]" no unmatched
     # tag (it was an internal error after the file was written), ":100:" no emoji.

@@ -728,7 +728,6 @@ def test_random_regimes_benchmark_schedules_quick(tmp_path, monkeypatch):
         run_script("bench_random_regimes.py", ["--quick", "--world", "both", "--schedules"], monkeypatch)
 
 
-
 def test_random_regimes_benchmark_retune_budget(tmp_path, monkeypatch):
     """--retune-budget: moca's re-tuning with fewer candidates than the peer's, said in the
     recorded command; without --retune, or below one candidate, it exits 2."""
@@ -748,6 +747,7 @@ def test_random_regimes_benchmark_retune_budget(tmp_path, monkeypatch):
             run_script("bench_random_regimes.py", ["--quick", "--world", "CLSC-2", *args, "--out", str(out)],
                        monkeypatch)
         assert done.value.code == 2
+
 
 def test_schedule_orders_benchmark_splits_virgin_by_segment(tmp_path, monkeypatch):
     """bench_schedule_orders.py: per segment of an announced plan, the virgin ordered by the
