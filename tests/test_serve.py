@@ -25,6 +25,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from moca import checkpoint, safety
+from moca.limits import MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS
 from moca.policy import DeployedPolicy
 from moca.regime import TASKS, RegimeSchedule, ScheduledRegime
 from moca.regime_map import load_learned_policy
@@ -690,6 +691,10 @@ def test_a_422_names_the_field_once():
 
 
 def test_adapt_settings_beyond_their_seeds_are_refused():
-    for change in ({"support": 101}, {"validation": 0}, {"steps": -1}, {"support": 2.5}):
+    for change in ({"support": 101}, {"validation": 0}, {"validation": 101}, {"steps": -1}, {"steps": 101},
+                   {"support": 2.5}):
         with pytest.raises(ValueError, match=f"adapt.{next(iter(change))}="):
             AdaptSettings(**change)
+    # the bounds are the library's: every support and validation seed, moca's most steps
+    largest = AdaptSettings(steps=MOST_STEPS, support=len(SUPPORT_SEEDS), validation=len(VALIDATION_SEEDS))
+    assert largest.argv()[:3] == ["100", "100", "100"]

@@ -535,7 +535,7 @@ def _warn_if_not_held_out(first: int, count: int) -> None:
     """Test seeds of a learned policy that overlap the seeds moca learns or chooses on:
     say so on stderr, as its scores are then not held out (moca's own use: meta-training
     0-799, adaptation support 800-899, validation 900-999, tests 1000 on)."""
-    from moca.meta import META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS
+    from moca.limits import META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS
 
     last = first + count - 1
     for name, seeds in (("meta-training", META_SEEDS), ("adaptation (support)", SUPPORT_SEEDS),

@@ -20,3 +20,10 @@ MOST_SCENARIOS = 10_000
 MOST_STEPS = 100
 #: Threshold candidates of one re-tuning (moca's peer tunes 1,500).
 MOST_CANDIDATES = 100_000
+
+#: Scenario seed ranges, disjoint from the 1000+ test and 5000+ benchmark seeds: meta-training
+#: draws from the first, an adaptation's support and validation from the other two, so they
+#: also bound how many support or validation scenarios an adaptation can have (100 each).
+META_SEEDS = range(0, 800)
+SUPPORT_SEEDS = range(800, 900)
+VALIDATION_SEEDS = range(900, 1000)

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from moca.limits import LARGEST_SEED, MOST_STEPS
+from moca.limits import LARGEST_SEED, META_SEEDS, MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS
 from moca.policy import LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy, reference_emissions
 from moca.regime import PRESETS, TASKS, Regime, load_regime
 from moca.scenario import Params, Scenario, draw_scenarios
@@ -59,11 +59,6 @@ from moca.sim import ScenarioBatch
 
 Algorithm = Literal["maml", "fomaml", "reptile"]
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "reptile")
-
-#: Seed ranges (all disjoint from the 1000+ test and 5000+ benchmark seeds).
-META_SEEDS = range(0, 800)
-SUPPORT_SEEDS = range(800, 900)
-VALIDATION_SEEDS = range(900, 1000)
 
 
 class MetaError(ValueError):

@@ -43,7 +43,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from moca.limits import LARGEST_ID
+from moca.limits import LARGEST_ID, MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS
 from moca.scenario import LARGEST_VALUE, validation_reason
 
 #: Request bodies larger than this are refused with 413 before they are parsed.
@@ -67,12 +67,13 @@ class AdaptSettings:
     base: str = "default"
 
     def __post_init__(self) -> None:
-        # `moca serve`'s limits; support and validation seeds hold 100 each (800-899, 900-999),
-        # so more would be cut without a word.
-        for name, low in (("steps", 0), ("support", 1), ("validation", 1)):
+        # Support and validation draw from their seed ranges (800-899, 900-999), so more
+        # scenarios than a range holds would be cut without a word.
+        for name, low, high in (("steps", 0, MOST_STEPS), ("support", 1, len(SUPPORT_SEEDS)),
+                                ("validation", 1, len(VALIDATION_SEEDS))):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 100:
-                raise ValueError(f"adapt.{name}={value!r}: must be a whole number in {low}..100")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"adapt.{name}={value!r}: must be a whole number in {low}..{high}")
 
     def argv(self) -> list[str]:
         return [str(self.steps), str(self.support), str(self.validation), self.base]
@@ -212,7 +213,7 @@ class ChainModel:
         scenarios (seeds 900+). Returns the module to deploy (``module`` or the portfolio's
         choice), its weights, its curve, a scorer of any module on those same validation
         scenarios, and the portfolio's summary (None without one)."""
-        from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
+        from moca.meta import OracleCache, adapt
         from moca.policy import evaluate_policy
         from moca.sim import ScenarioBatch
 
@@ -531,7 +532,6 @@ class Clsc2Model(ChainModel):
         (``settings.base`` is CLSC-1's: CLSC-2's portfolio may deploy the sampled MPC, a
         planner with no weights that solves an LP per decision, and the service deploys
         learned policies only)."""
-        from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS
         from moca.meta2 import OracleCache2, adapt2
         from moca.policy2 import evaluate_policy2
 
