@@ -17,7 +17,7 @@ the exact projection, and each rule picks a step from the validation scores alon
 
 * ``no step``: the meta-init;
 * ``best of N``: the best mean over the first N validation seeds (the first of equals; N = 8
-  is ``moca adapt`` as shipped);
+  is ``moca adapt``'s choice; these steps start from the meta-init, as ``moca adapt --retune 0``);
 * ``best of N, beyond noise``: as ``best of N``, but a step only where its mean gain over the
   meta-init on those N seeds (paired) exceeds one standard error of that gain;
 * ``hindsight``: the step best on the test seeds themselves, the most any choice could give.

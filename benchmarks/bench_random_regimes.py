@@ -37,7 +37,7 @@ the peers' re-tuning included, is given the whole plan (moca adapts once, over t
 the meta-init without a step is scored beside the adapted LSTM; with ``--tax-rise`` only the
 plans where a later rule's carbon tax is at least 50 EUR/t above an earlier one's (where
 rule (k) may order ahead).
-``--portfolio`` (CLSC-2) adds what ``moca adapt --model CLSC-2`` deploys (``--base auto``,
+``--portfolio`` (CLSC-2) adds what ``moca adapt --model CLSC-2 --retune 0`` deploys (``--base auto``,
 ``moca.portfolio.adapt_portfolio2``): the adapted LSTM or the sampled MPC at a safety stock
 picked on support seeds 800-801, whichever scores better on validation seeds 900-907; its
 seconds are the whole choice's. Its ``moca`` column is then that run's LSTM candidate.
@@ -46,7 +46,10 @@ re-tunes its base rule's seven thresholds for the plan exactly as the threshold 
 re-tuned (``moca.meta2.adapt2``'s ``retune``), starts from the meta-init, from them, or from
 the rule at them with the residual off (the peer itself), whichever scores highest on
 validation seeds 900-907, and counts the tuning in its seconds; the
-adaptation without it (``moca steps from the meta-init only``) is scored beside. Writes
+adaptation without it (``moca steps from the meta-init only``) is scored beside. ``moca adapt``
+re-tunes first by default on a plan whose rules change, so with ``--schedules``, ``--portfolio
+--retune`` is what it deploys as shipped; the flags stay explicit so that a committed run's
+command reproduces it. Writes
 benchmarks/random_regimes.json (``--out``) and prints a markdown table per world.
 """
 
@@ -212,7 +215,7 @@ def clsc2(regimes: list[Regime | RegimeSchedule], n_test: int, quick: bool, port
         oracle = np.asarray(cache.costs(tests))
         row: dict[str, Any] = {"plan": plan.to_list_with_window(), "label": plan_label(plan)} \
             if isinstance(regime, RegimeSchedule) else {"regime": regime.model_dump(), "label": regime.describe()}
-        if portfolio:  # moca adapt --model CLSC-2 as shipped; its LSTM candidate is --base default
+        if portfolio:  # moca adapt --model CLSC-2 (its --retune as given here); its LSTM candidate is --base default
             result = adapt_portfolio2(module, plan, steps, support_size=size, validation_size=size, cache=cache,
                                       stocks=stocks, **retuning)
             candidate = result.candidates["default"]

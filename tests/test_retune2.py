@@ -14,12 +14,13 @@ import torch
 from moca.baselines.peers import evaluate2
 from moca.baselines.threshold2 import THRESHOLD2_NAMES, Threshold2Policy, threshold2_bounds, tune_threshold2
 from moca.meta import MetaError
-from moca.meta2 import THRESHOLD_EDGE, OracleCache2, adapt2, load_policy2, threshold_start, without_residual
+from moca.meta2 import (RETUNE_ON_CHANGES, THRESHOLD_EDGE, OracleCache2, adapt2, default_retune, load_policy2,
+                        threshold_start, without_residual)
 from moca.policy import PolicyConfig
 from moca.policy2 import LSTMPolicy2, evaluate_policy2
 from moca.regime import Regime, RegimeSchedule
 from moca.scenario import DEFAULT_PARAMS_2, draw_scenario2
-from tests._cli import assert_bad_input, run
+from tests._cli import assert_bad_input, run, run_in_process
 
 BOUNDS = threshold2_bounds(DEFAULT_PARAMS_2)
 # A mandate, then a tax rise with a landfill tax: the regime and its window change in the episode.
@@ -183,3 +184,55 @@ def test_cli_adapt_retune(tmp_path):
     assert_bad_input(run("adapt", "--checkpoint", "default", "--regime", "T2", "--retune", 5), "--retune", "CLSC-2")
     assert_bad_input(run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T2", "--retune", -3),
                      "--retune")
+
+
+def test_default_retune_is_on_only_where_a_rule_changes_within_the_horizon():
+    horizon = DEFAULT_PARAMS_2.horizon
+    assert default_retune(PLAN, horizon) == RETUNE_ON_CHANGES == 1500
+    assert default_retune(Regime(carbon_tax=300.0), horizon) == 0
+    assert default_retune(RegimeSchedule.constant(Regime(carbon_tax=300.0)), horizon) == 0
+    # a change announced for the horizon's end or later is not in the plan scored
+    assert default_retune(PLAN, 20) == 0 and default_retune(PLAN, 21) == RETUNE_ON_CHANGES
+    # a second entry with the same rules is no change
+    same = RegimeSchedule.from_list([{"start": 0, "carbon_tax": 100.0}, {"start": 30, "carbon_tax": 100.0}])
+    assert default_retune(same, horizon) == 0
+    window_only = RegimeSchedule.from_list([{"start": 0, "recycled_content_min": 0.2, "recycled_content_window": 52},
+                                            {"start": 30, "recycled_content_min": 0.2, "recycled_content_window": 13}])
+    assert default_retune(window_only, horizon) == RETUNE_ON_CHANGES
+
+
+def test_cli_adapt_retunes_by_default_on_a_plan_with_a_change_only(tmp_path, monkeypatch):
+    import moca.meta2
+
+    monkeypatch.setattr(moca.meta2, "RETUNE_ON_CHANGES", 12)  # the plumbing, not the peer's 1,500
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps([entry.model_dump() for entry in PLAN.entries]))
+    fast = ("--steps", 0, "--scenarios", 1, "--validation", 1, "--base", "default")
+    out = run_in_process("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", plan, *fast, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert (data["retune"], data["retune_given"]) == (12, False)
+    assert data["start"]["chosen"] in data["start"]["validation_scores"]
+    out = run_in_process("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", plan, *fast)
+    assert out.returncode == 0, out.stderr
+    assert "--retune 12 (the default on a plan whose rules change; --retune 0: off)" in out.stdout
+    for regime, retune in ((plan, ("--retune", 0)), ("T2", ())):  # asked off, or a regime held all year
+        out = run_in_process("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", regime, *fast,
+                             *retune, "--json")
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        assert data["retune"] == 0 and "start" not in data
+
+
+def test_cli_evaluate_adapts_as_moca_adapt_does(tmp_path, monkeypatch):
+    import moca.meta2
+
+    monkeypatch.setattr(moca.meta2, "RETUNE_ON_CHANGES", 12)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps([entry.model_dump() for entry in PLAN.entries]))
+    for regime, adapt_steps, retune in ((plan, 1, 12), (plan, 0, 0), ("T2", 1, 0)):
+        out = run_in_process("evaluate", "--model", "CLSC-2", "--policy", "default", "--regime", regime,
+                             "--adapt-steps", adapt_steps, "--base", "default", "--scenarios", 1, "--json")
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout)
+        assert summary["retune"] == retune and summary["violations"] == 0

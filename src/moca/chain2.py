@@ -81,14 +81,15 @@ def load_scenario_files(paths: Sequence[Path], model: str | None) -> tuple[str, 
 
 
 def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSchedule, adapt_steps: int = 0,
-                         warn=None, cache: Any = None, base: str = "default") -> dict[str, Any]:
+                         warn=None, cache: Any = None, base: str = "default", retune: int = 0) -> dict[str, Any]:
     """Score the CLSC-2 policy checkpoint ``where`` (``"default"``: the shipped meta-init)
     on ``tests`` (one chain: their common params), after ``adapt_steps`` adaptation steps
     on support scenarios of ``plan`` drawn on that chain (seeds 800+, the weights of the
     best validation score over steps 0..K, validation seeds 900+). With ``adapt_steps`` and
     ``base`` ``auto`` or ``mpc``, through moca adapt's portfolio
     (:func:`moca.portfolio.adapt_portfolio2`): the candidate deployed is scored, and
-    ``"portfolio"`` says which. ``warn`` receives the warning of :func:`retarget2`; ``cache``
+    ``"portfolio"`` says which; ``retune``: the LSTM's re-tuned start (threshold candidates,
+    :func:`moca.meta2.adapt2`). ``warn`` receives the warning of :func:`retarget2`; ``cache``
     (a :class:`moca.meta2.OracleCache2` of that chain) keeps the oracle costs of a caller's
     run. :func:`moca.experiment2.evaluate_learned2` is this on the checkpoint's own chain."""
     from moca.meta2 import OracleCache2, load_policy2
@@ -102,7 +103,7 @@ def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSch
     cache = cache if cache is not None else OracleCache2(module.params)
     oracle = cache.costs(tests)
     if adapt_steps:
-        result = adapt_portfolio2(module, plan, adapt_steps, base=base, cache=cache)
+        result = adapt_portfolio2(module, plan, adapt_steps, base=base, cache=cache, retune=retune)
         seconds, portfolio = result.seconds, result.summary()
         out = evaluate_candidate2(result.chosen, tests, oracle)
     else:
@@ -111,6 +112,7 @@ def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSch
     return {"policy": str(where), "model": MODEL, "score": out["score"], "scores": out["scores"],
             "mean_cost": out["mean_cost"], "mean_oracle_cost": float(np.mean(oracle)),
             "violations": out["violations"], "adapt_steps": adapt_steps, "adaptation_seconds": seconds,
+            "retune": retune if adapt_steps else 0,
             "checkpoint_command": meta.get("command"), **({"portfolio": portfolio} if portfolio else {})}
 
 

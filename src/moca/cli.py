@@ -388,7 +388,10 @@ def evaluate(
                                                      "file works too)."),
     scenarios: int = typer.Option(20, "--scenarios", min=1, max=MOST_SCENARIOS, help="Number of test scenarios."),
     seed: int = typer.Option(1000, "--seed", min=0, max=LARGEST_SEED, help="First test seed; scenarios use seeds seed .. seed+N-1."),
-    adapt_steps: int = typer.Option(0, "--adapt-steps", min=0, max=MOST_STEPS, help="For a checkpoint: gradient steps on training scenarios of the regime first."),
+    adapt_steps: int = typer.Option(0, "--adapt-steps", min=0, max=MOST_STEPS,
+                                    help="For a checkpoint: gradient steps on training scenarios of the regime first "
+                                         "(CLSC-2: on a plan whose rules change, after re-tuning the base rule, as "
+                                         "moca adapt does by default)."),
     base: str = typer.Option("auto", "--base", help="With --adapt-steps: auto = adapt the checkpoint, "
                                                     "the mapped policy and the LSTM over the rolling LP (CLSC-2: "
                                                     "the checkpoint and the sampled MPC), keep the "
@@ -494,20 +497,27 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
             tests, plan = files, files[0].schedule
         else:
             plan, params = load_schedule(regime, model="CLSC-2"), _load_params(params_file, "CLSC-2")
-        _warn_if_beyond_horizon(plan, files[0].horizon if files else params.horizon)
+        horizon = files[0].horizon if files else params.horizon
+        _warn_if_beyond_horizon(plan, horizon)
+        # --adapt-steps adapts as moca adapt does by default, re-tuning first on a plan whose rules change
+        from moca.meta2 import default_retune
+
+        retune = default_retune(plan, horizon) if learned2 and adapt_steps and base != "mpc" else 0
         with _progress(as_json) as progress:
-            progress.add_task(f"evaluating {policy} on CLSC-2", total=None)
+            progress.add_task(f"evaluating {policy} on CLSC-2"
+                              + (f" (re-tuning the rule first, {retune} candidates)" if retune else ""), total=None)
             if learned2 and (files or params_file is not None):
                 from moca.chain2 import evaluate_learned_on2
                 from moca.meta2 import OracleCache2
 
                 if not files:
                     tests = OracleCache2(params).scenarios(range(seed, seed + scenarios), plan)
-                summary = evaluate_learned_on2(policy, tests, plan, adapt_steps, warn=_warn, base=base)
+                summary = evaluate_learned_on2(policy, tests, plan, adapt_steps, warn=_warn, base=base, retune=retune)
             elif learned2:
                 from moca.experiment2 import evaluate_learned2
 
-                summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps, base=base)
+                summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps, base=base,
+                                            retune=retune)
             elif files:
                 summary = evaluate_peer2(policy, plan, None, scenarios=tests).summary()
             else:
@@ -775,7 +785,9 @@ training scenarios; the peer uses 1500, 10-100 s a regime or plan on 2
 cores), and the checkpoint's steps start from whichever scores highest on
 validation: the checkpoint, those thresholds (the regime-to-thresholds map
 flattened to them), or the rule at those thresholds with the learned
-residual off (the threshold peer itself).
+residual off (the threshold peer itself). Without --retune: 1500 on a plan
+whose rules change within the horizon (there it was measured to pay), 0 on
+a regime held all year (there it did not); --retune 0 turns it off.
 """
 
 
@@ -795,9 +807,10 @@ def adapt(
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
     base: str = typer.Option("auto", "--base", help="auto | default | map | mpc (CLSC-2: auto | default | mpc; "
                                                     "see above)."),
-    retune: int = typer.Option(0, "--retune", min=0, max=MOST_CANDIDATES, help="CLSC-2: first re-tune the base rule's thresholds with "
-                                                         "this many candidates (1500: as the threshold peer; "
-                                                         "0: off; see above)."),
+    retune: Optional[int] = typer.Option(None, "--retune", min=0, max=MOST_CANDIDATES,
+                                         help="CLSC-2: first re-tune the base rule's thresholds with this many "
+                                              "candidates (1500: as the threshold peer; 0: off; default: 1500 on a "
+                                              "plan whose rules change, 0 on a regime held all year; see above)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     from moca.regime import load_regime
@@ -808,7 +821,7 @@ def adapt(
         if model == "CLSC-2":
             return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json,
                            params_file, base, retune)
-        if retune:
+        if retune is not None:
             _fail("--retune: CLSC-2 only (on CLSC-1, --base map starts from tuned thresholds)")
         target = load_regime(regime)
         base = _base_choice(base)
@@ -923,7 +936,7 @@ def _print_adapted(label: str, out: dict[str, Any], selected: int, keep_last: bo
 
 def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: int, validation: int,
             keep_last: bool, output: Optional[Path], as_json: bool, params_file: Optional[Path] = None,
-            base: str = "auto", retune: int = 0) -> None:
+            base: str = "auto", retune: Optional[int] = None) -> None:
     """``moca adapt --model CLSC-2``: moca.portfolio.adapt_portfolio2 (the checkpoint's LSTM
     adapted by moca.meta2.adapt2, and/or the sampled MPC at a picked safety stock; with
     --params, on that chain: its scenarios, oracle and the policy's scaling)."""
@@ -933,16 +946,20 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
     _base_choice(base, model="CLSC-2")
     plan = load_schedule(regime, model="CLSC-2")
     params = _load_params(params_file, "CLSC-2") if params_file is not None else None
-    _warn_if_beyond_horizon(plan, (params or DEFAULT_PARAMS_2).horizon)
+    horizon = (params or DEFAULT_PARAMS_2).horizon
+    _warn_if_beyond_horizon(plan, horizon)
     _output_dir(output)
     import torch
 
     from moca.baselines.mpc2 import save_planner2
-    from moca.meta2 import OracleCache2, load_policy2, save_policy2
+    from moca.meta2 import OracleCache2, default_retune, load_policy2, save_policy2
     from moca.policy2 import evaluate_policy2
     from moca.portfolio import adapt_portfolio2, evaluate_candidate2
 
     torch.set_num_threads(1)
+    retune_given = retune is not None
+    if retune is None:  # --base mpc adapts no LSTM, so there is no start to re-tune
+        retune = default_retune(plan, horizon) if base != "mpc" else 0
     module, _ = load_policy2(checkpoint_dir)
     if params is not None:
         module = _retarget2(module, params, checkpoint_dir)
@@ -951,7 +968,8 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
     oracle = cache.costs(tests)
 
     with _progress(as_json) as progress:
-        progress.add_task(f"adapting {steps} steps (CLSC-2" + (", portfolio)" if base == "auto" else ")"), total=None)
+        progress.add_task((f"re-tuning the rule ({retune} candidates), then " if retune else "")
+                          + f"adapting {steps} steps (CLSC-2" + (", portfolio)" if base == "auto" else ")"), total=None)
         before = evaluate_policy2(module, None, tests, oracle)
         portfolio = adapt_portfolio2(module, plan, steps, base=base, validation_size=validation, cache=cache,
                                      keep_best=not keep_last, retune=retune)
@@ -972,7 +990,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
                       "selected": c["step"] == selected} for c in curve],
            "regime": plan.to_list_with_window(), "test_seeds": [seed, seed + scenarios - 1],
            "validation_seeds": "900-" + str(900 + validation - 1), "base": base, "deployed": chosen.name,
-           "portfolio": summary}
+           "retune": retune, "retune_given": retune_given, "portfolio": summary}
     if retune and "default" in portfolio.candidates:
         first = portfolio.candidates["default"].curve[0]
         out["start"] = {"chosen": first["start"], "validation_scores": first["start_scores"],
@@ -997,7 +1015,8 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
     _print_adapted(f"CLSC-2 {regime}", out, selected, keep_last, output, kept)
     if "start" in out:
         start = out["start"]
-        console.print(f"--retune {retune}: the steps started from the {start['chosen']} (validation scores: "
+        why = "" if retune_given else " (the default on a plan whose rules change; --retune 0: off)"
+        console.print(f"--retune {retune}{why}: the steps started from the {start['chosen']} (validation scores: "
                       + ", ".join(f"{n} {v:.4f}" for n, v in start["validation_scores"].items()) + ")")
     if base == "auto":
         scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["candidates"].items())
