@@ -502,7 +502,7 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
         # --adapt-steps adapts as moca adapt does by default, re-tuning first on a plan whose rules change
         from moca.meta2 import default_retune
 
-        retune = default_retune(plan, horizon) if learned2 and adapt_steps and base != "mpc" else 0
+        retune = default_retune(plan, horizon, base) if learned2 and adapt_steps else 0
         with _progress(as_json) as progress:
             progress.add_task(f"evaluating {policy} on CLSC-2"
                               + (f" (re-tuning the rule first, {retune} candidates)" if retune else ""), total=None)
@@ -958,8 +958,8 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
 
     torch.set_num_threads(1)
     retune_given = retune is not None
-    if retune is None:  # --base mpc adapts no LSTM, so there is no start to re-tune
-        retune = default_retune(plan, horizon) if base != "mpc" else 0
+    if retune is None:
+        retune = default_retune(plan, horizon, base)
     module, _ = load_policy2(checkpoint_dir)
     if params is not None:
         module = _retarget2(module, params, checkpoint_dir)

@@ -196,12 +196,13 @@ def _validator(config: MetaConfig2, cache: OracleCache2) -> Callable[[LSTMPolicy
 RETUNE_ON_CHANGES = 1500
 
 
-def default_retune(plan: Regime | RegimeSchedule, horizon: int) -> int:
+def default_retune(plan: Regime | RegimeSchedule, horizon: int, base: str = "auto") -> int:
     """Threshold candidates ``moca adapt --model CLSC-2`` re-tunes first when ``--retune``
     is not given: :data:`RETUNE_ON_CHANGES` where a rule changes before period ``horizon``,
-    0 on a regime held all year. Why only there: the meta-init was trained on regimes held
-    all year, so a plan with a change is where its start is furthest from a re-tuned rule's."""
-    if isinstance(plan, Regime):
+    0 on a regime held all year, and 0 for ``base`` ``mpc`` (it adapts no LSTM, so there is
+    no start to re-tune). Why only there: the meta-init was trained on regimes held all year,
+    so a plan with a change is where its start is furthest from a re-tuned rule's."""
+    if isinstance(plan, Regime) or base == "mpc":
         return 0
     rules = [entry.regime() for entry in plan.entries if entry.start < horizon]
     return RETUNE_ON_CHANGES if any(a != b for a, b in zip(rules, rules[1:])) else 0
