@@ -1,7 +1,7 @@
 """moca and the MPC at the ends of the regime space: a stress run that found rule (h).
 
     python benchmarks/bench_extreme_regimes.py [--world CLSC-1|CLSC-2|both] [--plans 12] [--seed 7]
-                                               [--scenarios 2] [--adapt] [--out FILE] [--quick]
+                                               [--scenarios 2] [--adapt [--retune-default]] [--out FILE] [--quick]
 
 Meta-training and the random-regime benchmark draw rules from distributions that rarely
 reach the ends of the spec's ranges. This run draws regime plans that do: every rule at
@@ -15,7 +15,10 @@ shipped meta-init zero-shot (every action through the exact projection) and the 
 tuned one) against the oracle, and checks what must hold everywhere: 0 violations, a
 finite score in (0, 1]. ``--adapt`` (CLSC-2) adds what ``moca adapt --model CLSC-2`` deploys
 (``--base auto``, 3 steps: the adapted LSTM or the sampled MPC at a safety stock picked on
-support seeds, chosen on validation seeds 900-907), held to the same checks. Exits 1, naming
+support seeds, chosen on validation seeds 900-907), held to the same checks; as before the
+default re-tuning, ``--retune 0``, unless ``--retune-default`` asks for the shipped default
+(``moca.meta2.default_retune``: the rule re-tuned with 1,500 candidates first on a plan whose
+rules change; ``--quick``: 12 candidates on 2 scenarios). Exits 1, naming
 the plan, if anything fails or raises. Writes
 benchmarks/extreme_regimes.json (``--out``) and prints each plan's scores.
 """
@@ -93,9 +96,9 @@ def clsc1_policies():
     return score
 
 
-def clsc2_policies(adapt: bool = False, quick: bool = False):
+def clsc2_policies(adapt: bool = False, quick: bool = False, retune_default: bool = False):
     from moca.baselines.peers import evaluate2, make_peer2
-    from moca.meta2 import OracleCache2, load_policy2
+    from moca.meta2 import OracleCache2, default_retune, load_policy2
     from moca.policy2 import evaluate_policy2
     from moca.portfolio import adapt_portfolio2, evaluate_candidate2
 
@@ -110,16 +113,21 @@ def clsc2_policies(adapt: bool = False, quick: bool = False):
         out = {"moca (zero-shot)": {"scores": learned["scores"], "violations": int(learned["violations"])},
                "mpc-sampled": {"scores": [float(x) for x in peer.scores], "violations": int(peer.violations)}}
         # moca adapt --model CLSC-2 --retune 0 (--base auto, 3 steps): what a user deployed before moca adapt
-        # re-tuned its rule first on a plan whose rules change (kept so that the committed runs reproduce)
+        # re-tuned its rule first on a plan whose rules change (kept so that the committed runs reproduce);
+        # --retune-default: moca adapt as shipped
         if adapt:
+            retune = default_retune(plan, module.params.horizon) if retune_default else 0
+            retune = min(retune, 12) if quick else retune
             result = adapt_portfolio2(module, plan, 1 if quick else 3, support_size=2 if quick else 8,
                                       validation_size=2 if quick else 8, cache=cache,
-                                      stocks=(300.0, 1500.0) if quick else None)
+                                      stocks=(300.0, 1500.0) if quick else None, retune=retune,
+                                      retune_scenarios=2 if quick else 32)
             deployed = evaluate_candidate2(result.chosen, tests, oracle)
             violations = deployed["violations"] + sum(c.get("violations", 0) for cand in result.candidates.values()
                                                       for c in cand.curve)
             out["moca adapt (3 steps)"] = {"scores": deployed["scores"], "violations": int(violations),
-                                           "chosen": result.chosen.name, "seconds": result.seconds}
+                                           "chosen": result.chosen.name, "seconds": result.seconds,
+                                           **({"retune": retune} if retune_default else {})}
         return out
 
     return score
@@ -134,21 +142,28 @@ def main() -> int:
     parser.add_argument("--adapt", action="store_true",
                         help="CLSC-2: also moca adapt --retune 0 (--base auto, 3 steps; validation 900+ counts its "
                              "violations too)")
+    parser.add_argument("--retune-default", action="store_true",
+                        help="with --adapt: moca adapt as shipped, re-tuning its rule first on a plan whose rules "
+                             "change (moca.meta2.default_retune)")
     parser.add_argument("--quick", action="store_true", help="2 plans, 1 scenario")
     parser.add_argument("--out", type=Path, default=HERE / "extreme_regimes.json")
     args = parser.parse_args()
+    if args.retune_default and not args.adapt:
+        parser.error("--retune-default needs --adapt")
     if args.quick:
         args.plans, args.scenarios = 2, 1
     torch.set_num_threads(1)
     worlds = ["CLSC-1", "CLSC-2"] if args.world == "both" else [args.world]
     result: dict[str, Any] = {"command": f"python benchmarks/bench_extreme_regimes.py --world {args.world} "
                                          f"--plans {args.plans} --seed {args.seed} --scenarios {args.scenarios}"
-                                         + (" --adapt" if args.adapt else "") + (" --quick" if args.quick else ""),
+                                         + (" --adapt" if args.adapt else "")
+                                         + (" --retune-default" if args.retune_default else "")
+                                         + (" --quick" if args.quick else ""),
                               "test_seeds": [1000, 1000 + args.scenarios - 1], "worlds": {}}
     started, problems = time.perf_counter(), []
     for world in worlds:
         rng = np.random.default_rng([args.seed, 1 if world == "CLSC-1" else 2])
-        score = clsc1_policies() if world == "CLSC-1" else clsc2_policies(args.adapt, args.quick)
+        score = clsc1_policies() if world == "CLSC-1" else clsc2_policies(args.adapt, args.quick, args.retune_default)
         rows = []
         for i in range(args.plans):
             plan = draw_plan(rng, world)

@@ -816,14 +816,20 @@ def test_tax_rise_filter_of_the_benchmark(monkeypatch):
 
 
 def test_extreme_regimes_benchmark_quick(tmp_path, monkeypatch):
-    """bench_extreme_regimes.py --quick --adapt: plans at the ends of the regime space, both
-    worlds, every policy sound (0 violations, scores in (0, 1]), CLSC-2's moca adapt too."""
+    """bench_extreme_regimes.py --quick --adapt --retune-default: plans at the ends of the
+    regime space, both worlds, every policy sound (0 violations, scores in (0, 1]), CLSC-2's
+    moca adapt too, re-tuning its rule first as shipped (seed 4 draws two CLSC-2 schedules
+    whose rules change)."""
     import json
 
     out = tmp_path / "extreme.json"
-    run_script("bench_extreme_regimes.py", ["--quick", "--adapt", "--seed", "3", "--out", str(out)], monkeypatch)
+    run_script("bench_extreme_regimes.py", ["--quick", "--adapt", "--retune-default", "--seed", "4", "--out", str(out)],
+               monkeypatch)
     result = json.loads(out.read_text())
-    assert result["problems"] == []
+    assert result["problems"] == [] and result["command"].endswith("--adapt --retune-default --quick")
+    assert [row["moca adapt (3 steps)"]["retune"] for row in result["worlds"]["CLSC-2"]] == [12, 12]
+    with pytest.raises(SystemExit):
+        run_script("bench_extreme_regimes.py", ["--quick", "--retune-default"], monkeypatch)
     for world, policies in (("CLSC-1", {"moca (zero-shot)", "mpc"}),
                             ("CLSC-2", {"moca (zero-shot)", "mpc-sampled", "moca adapt (3 steps)"})):
         rows = result["worlds"][world]
