@@ -45,6 +45,18 @@ def test_unknown_field_and_nan_refused():
         load_regime({"recycled_content_min": "high"})
 
 
+def test_a_plan_under_an_unknown_key_is_told_how_plans_are_written(tmp_path):
+    from moca.regime import load_schedule
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("schedule:\n  - start: 0\n    carbon_tax: 100\n  - start: 26\n    carbon_tax: 400\n")
+    with pytest.raises(RegimeError, match="plan.yaml: schedule: unknown field.*list of entries with start.*key regimes"):
+        load_schedule(plan)
+    with pytest.raises(RegimeError) as info:  # a misspelt rule gets no such hint
+        load_regime({"carbon_price": 10})
+    assert "regimes" not in str(info.value)
+
+
 def test_load_from_yaml_and_json(tmp_path):
     (tmp_path / "r.yaml").write_text("recycled_content_min: 0.3\nemission_cap: 25000\n")
     (tmp_path / "r.json").write_text(json.dumps({"carbon_tax": 250, "landfill_tax": 20}))

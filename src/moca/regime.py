@@ -306,7 +306,11 @@ def _first_error(err: ValidationError, prefix: str = "") -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         allowed = ", ".join(ALL_REGIME_FIELDS)
-        return f"{prefix}{location}: unknown field (allowed: {allowed}{', start' if prefix.startswith('regimes') else ''})"
+        in_plan = prefix.startswith("regimes")
+        # a list under an unknown key is most likely a plan under a name moca does not read
+        hint = ("; a plan of rules that change is a list of entries with start, or an object with key regimes"
+                if isinstance(first.get("input"), list) and not in_plan else "")
+        return f"{prefix}{location}: unknown field (allowed: {allowed}{', start' if in_plan else ''}){hint}"
     if location and location not in message:
         return f"{prefix}{location}: {message}"
     return f"{prefix}{message}"
