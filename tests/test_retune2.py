@@ -236,3 +236,37 @@ def test_cli_evaluate_adapts_as_moca_adapt_does(tmp_path, monkeypatch):
         assert out.returncode == 0, out.stderr
         summary = json.loads(out.stdout)
         assert summary["retune"] == retune and summary["violations"] == 0
+        assert summary.get("retune_given") is (False if adapt_steps else None)
+    # --retune sets it, as moca adapt's does: off on the plan, on for a regime held all year
+    for regime, retune in ((plan, 0), ("T2", 2)):
+        out = run_in_process("evaluate", "--model", "CLSC-2", "--policy", "default", "--regime", regime,
+                             "--adapt-steps", 1, "--base", "default", "--scenarios", 1, "--retune", retune, "--json")
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout)
+        assert (summary["retune"], summary["retune_given"], summary["violations"]) == (retune, True, 0)
+
+
+def test_retune_is_refused_where_it_would_be_ignored(tmp_path, monkeypatch):
+    """--retune where nothing would re-tune (CLSC-1, no adaptation, a peer, --base mpc) is bad
+    input naming the option, never a JSON that reports a re-tuning not run; --base mpc's
+    default is no re-tuning."""
+    import moca.meta2
+
+    monkeypatch.setattr(moca.meta2, "RETUNE_ON_CHANGES", 12)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps([entry.model_dump() for entry in PLAN.entries]))
+    evaluate = ("evaluate", "--model", "CLSC-2", "--regime", plan, "--scenarios", 1)
+    for args, needles in (
+            (("evaluate", "--policy", "default", "--adapt-steps", 1, "--retune", 5), ("--retune", "CLSC-2")),
+            ((*evaluate, "--policy", "default", "--retune", 5), ("--retune", "--adapt-steps")),
+            ((*evaluate, "--policy", "threshold", "--retune", 0), ("--retune", "--adapt-steps")),
+            ((*evaluate, "--policy", "default", "--adapt-steps", 1, "--base", "mpc", "--retune", 5),
+             ("--retune 5", "--base mpc")),
+            (("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", plan, "--base", "mpc",
+              "--retune", 5), ("--retune 5", "--base mpc"))):
+        assert_bad_input(run_in_process(*args), *needles)
+    out = run_in_process("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", plan, "--steps", 0,
+                         "--scenarios", 1, "--validation", 1, "--base", "mpc", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert (data["retune"], data["retune_given"], data["deployed"]) == (0, False, "mpc") and "start" not in data

@@ -398,6 +398,10 @@ def evaluate(
                                                     "best on validation scenarios (seeds 900+); default = the "
                                                     "checkpoint only; map = the mapped policy only (CLSC-1); mpc = "
                                                     "the LSTM over the LP only (CLSC-2: the sampled MPC)."),
+    retune: Optional[int] = typer.Option(None, "--retune", min=0, max=MOST_CANDIDATES,
+                                         help="CLSC-2, with --adapt-steps: first re-tune the base rule's thresholds "
+                                              "with this many candidates, as moca adapt --retune (0: off; default: "
+                                              "1500 on a plan whose rules change, 0 on a regime held all year)."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     scenario_files: Optional[list[Path]] = typer.Option(None, "--scenario", help="Score on this scenario file instead "
                                                         "of drawing (repeat for several; overrides --regime, --params, "
@@ -431,9 +435,11 @@ def evaluate(
         learned2 = model == "CLSC-2" and learned
         if model == "CLSC-2" and adapt_steps and not learned2:
             raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
+        if retune is not None:
+            _retune_choice(retune, base, model, adapt=learned2 and adapt_steps > 0)
     if model == "CLSC-2":
         return _evaluate2(policy, regime, scenarios, seed, adapt_steps, params_file, scenario_files, files,
-                          learned2, as_json, base)
+                          learned2, as_json, base, retune)
     with _bad_input():
         if scenario_files:
             tests = files
@@ -485,7 +491,7 @@ def evaluate(
 
 def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps: int, params_file: Optional[Path],
                scenario_files: Optional[list[Path]], files: Optional[list], learned2: bool, as_json: bool,
-               base: str = "auto") -> None:
+               base: str = "auto", retune: Optional[int] = None) -> None:
     """``moca evaluate`` on CLSC-2: drawn scenarios (on --params' chain) or the --scenario files;
     a learned policy with --adapt-steps through moca adapt's portfolio of --base."""
     from moca.baselines.peers import evaluate_peer2
@@ -499,10 +505,12 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
             plan, params = load_schedule(regime, model="CLSC-2"), _load_params(params_file, "CLSC-2")
         horizon = files[0].horizon if files else params.horizon
         _warn_if_beyond_horizon(plan, horizon)
-        # --adapt-steps adapts as moca adapt does by default, re-tuning first on a plan whose rules change
+        # --adapt-steps adapts as moca adapt does, by default re-tuning first on a plan whose rules change
         from moca.meta2 import default_retune
 
-        retune = default_retune(plan, horizon, base) if learned2 and adapt_steps else 0
+        retune_given = retune is not None
+        if retune is None:
+            retune = default_retune(plan, horizon, base) if learned2 and adapt_steps else 0
         with _progress(as_json) as progress:
             progress.add_task(f"evaluating {policy} on CLSC-2"
                               + (f" (re-tuning the rule first, {retune} candidates)" if retune else ""), total=None)
@@ -526,6 +534,8 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
             summary.setdefault("test_seeds", [seed, seed + scenarios - 1])
         else:
             summary["scenario_files"] = [str(p) for p in scenario_files]
+        if learned2 and adapt_steps:
+            summary["retune_given"] = retune_given
     if as_json:
         _print_json(summary)
         return
@@ -818,11 +828,11 @@ def adapt(
     with _bad_input():
         _chosen_model(model)
         _warn_if_not_held_out(seed, scenarios)
+        if retune is not None:
+            _retune_choice(retune, base, model, adapt=True)
         if model == "CLSC-2":
             return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json,
                            params_file, base, retune)
-        if retune is not None:
-            _fail("--retune: CLSC-2 only (on CLSC-1, --base map starts from tuned thresholds)")
         target = load_regime(regime)
         base = _base_choice(base)
         _output_dir(output)
@@ -879,6 +889,19 @@ def adapt(
         scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["candidates"].items())
         console.print(f"base {base}: kept {chosen.name} (validation scores: {scores}; "
                       f"{portfolio.seconds:.2f} s in all)" + "".join(f"; {n}" for n in portfolio.notes))
+
+
+def _retune_choice(retune: int, base: str, model: str, adapt: bool) -> None:
+    """``--retune`` of adapt/evaluate, refused where it would be ignored (so that no JSON
+    reports a re-tuning that was never run)."""
+    if model != "CLSC-2":
+        raise UsageError("--retune: CLSC-2 only (on CLSC-1, --base map starts from tuned thresholds)")
+    if not adapt:
+        raise UsageError("--retune: only with --adapt-steps 1 or more on a learned policy (it re-tunes the start "
+                         "of the adaptation)")
+    if retune and base == "mpc":
+        raise UsageError(f"--retune {retune}: --base mpc adapts no LSTM, so there is no base rule to re-tune "
+                         "(use --base auto or default)")
 
 
 def _base_choice(base: str, option: str = "--base", model: str = "CLSC-1") -> str:
