@@ -99,7 +99,7 @@ def test_a_better_retuned_start_is_taken_and_returned(monkeypatch):
     import moca.baselines.threshold2 as threshold2
 
     fresh = LSTMPolicy2(DEFAULT_PARAMS_2, PolicyConfig(hidden=8))
-    monkeypatch.setattr(threshold2, "tune_threshold2", lambda plan, params, train_seeds, budget:
+    monkeypatch.setattr(threshold2, "tune_threshold2", lambda plan, params, train_seeds, budget, progress=None:
                         Threshold2Policy(BOUNDS[:, 0], params))
     cache = OracleCache2(fresh.params)
     top = threshold_start(fresh, dict(fresh.named_parameters()), BOUNDS[:, 1])
@@ -111,7 +111,7 @@ def test_a_better_retuned_start_is_taken_and_returned(monkeypatch):
     edge = BOUNDS[:, 0] + THRESHOLD_EDGE * (BOUNDS[:, 1] - BOUNDS[:, 0])
     np.testing.assert_allclose(held, np.broadcast_to(edge, held.shape), rtol=1e-5, atol=1e-3)
     # The other way round the checkpoint is kept, and its weights come back as given.
-    monkeypatch.setattr(threshold2, "tune_threshold2", lambda plan, params, train_seeds, budget:
+    monkeypatch.setattr(threshold2, "tune_threshold2", lambda plan, params, train_seeds, budget, progress=None:
                         Threshold2Policy(BOUNDS[:, 1], params))
     bottom = threshold_start(fresh, dict(fresh.named_parameters()), BOUNDS[:, 0])
     weights, curve = adapt2(fresh, bottom, PLAN, steps=0, support_size=2, validation_size=2, cache=cache,
@@ -149,7 +149,7 @@ def test_the_retuned_rule_is_taken_where_the_residual_costs(monkeypatch):
     import moca.baselines.threshold2 as threshold2
 
     fresh = LSTMPolicy2(DEFAULT_PARAMS_2, PolicyConfig(hidden=8))
-    monkeypatch.setattr(threshold2, "tune_threshold2", lambda plan, params, train_seeds, budget:
+    monkeypatch.setattr(threshold2, "tune_threshold2", lambda plan, params, train_seeds, budget, progress=None:
                         Threshold2Policy(BOUNDS[:, 0], params))
     weights, curve = adapt2(fresh, harmful(fresh, BOUNDS[:, 1]), PLAN, steps=0, support_size=2, validation_size=2,
                             cache=OracleCache2(fresh.params), keep_best=True, retune=8, retune_scenarios=1)
@@ -270,3 +270,47 @@ def test_retune_is_refused_where_it_would_be_ignored(tmp_path, monkeypatch):
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert (data["retune"], data["retune_given"], data["deployed"]) == (0, False, "mpc") and "start" not in data
+
+
+def test_adaptation_reports_its_progress_phase_by_phase(shipped):
+    """The callback behind moca adapt's progress bars: the re-tuning counts its candidates up
+    to what it evaluated and ends complete, the steps count to ``steps``, then the sampled
+    MPC's two uncounted phases, in that order."""
+    from moca.portfolio import adapt_portfolio2
+
+    calls = []
+    tuned = tune_threshold2(PLAN, shipped.params, train_seeds=1, budget=40, progress=lambda n: calls.append(n))
+    assert calls == sorted(calls) and calls[-1] == tuned.tuning.candidates and len(calls) >= 2
+    told = []
+    result = adapt_portfolio2(shipped, PLAN, 2, support_size=2, validation_size=1, stocks=(300.0,), retune=24,
+                              retune_scenarios=1, progress=lambda *call: told.append(call))
+    phases = [what for i, (what, _, _) in enumerate(told) if i == 0 or told[i - 1][0] != what]
+    assert phases == ["re-tuning the rule (candidates)", "adapting (steps)",
+                      "the sampled MPC: picking its safety stock", "the sampled MPC: scoring it on validation"]
+    retuning = [(done, total) for what, done, total in told if what == phases[0]]
+    assert retuning[0] == (0, 24) and retuning[-1][0] == retuning[-1][1] > 0  # ends complete
+    assert all(0 < done <= total for done, total in retuning[1:]) and retuning == sorted(retuning)
+    assert [done for what, done, total in told if what == phases[1]] == [0, 1, 2]
+    assert all(total is None for what, _, total in told if what.startswith("the sampled MPC"))
+    assert set(result.candidates) == {"default", "mpc"}
+
+
+def test_cli_shows_one_bar_per_phase():
+    """moca adapt's bars: a phase's bar counts, the next phase hides it and gets its own
+    (uncounted where the library gives no total)."""
+    from rich.progress import Progress
+
+    from moca.cli import _phase_bars
+
+    with Progress(disable=True) as progress:
+        tell = _phase_bars(progress)
+        tell("re-tuning the rule (candidates)", 0, 1500)
+        tell("re-tuning the rule (candidates)", 700, 1500)
+        first = progress.tasks[-1]
+        assert (first.description, first.completed, first.total, first.visible) == (
+            "re-tuning the rule (candidates)", 700, 1500, True)
+        tell("the sampled MPC: picking its safety stock", 0, None)
+        assert not first.visible and len(progress.tasks) == 2
+        second = progress.tasks[-1]
+        assert (second.description, second.total, second.visible) == ("the sampled MPC: picking its safety stock",
+                                                                      None, True)

@@ -81,7 +81,8 @@ def load_scenario_files(paths: Sequence[Path], model: str | None) -> tuple[str, 
 
 
 def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSchedule, adapt_steps: int = 0,
-                         warn=None, cache: Any = None, base: str = "default", retune: int = 0) -> dict[str, Any]:
+                         warn=None, cache: Any = None, base: str = "default", retune: int = 0,
+                         progress: Any = None) -> dict[str, Any]:
     """Score the CLSC-2 policy checkpoint ``where`` (``"default"``: the shipped meta-init)
     on ``tests`` (one chain: their common params), after ``adapt_steps`` adaptation steps
     on support scenarios of ``plan`` drawn on that chain (seeds 800+, the weights of the
@@ -91,7 +92,8 @@ def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSch
     ``"portfolio"`` says which; ``retune``: the LSTM's re-tuned start (threshold candidates,
     :func:`moca.meta2.adapt2`). ``warn`` receives the warning of :func:`retarget2`; ``cache``
     (a :class:`moca.meta2.OracleCache2` of that chain) keeps the oracle costs of a caller's
-    run. :func:`moca.experiment2.evaluate_learned2` is this on the checkpoint's own chain."""
+    run; ``progress`` goes to the portfolio's adaptation (a progress bar's callback).
+    :func:`moca.experiment2.evaluate_learned2` is this on the checkpoint's own chain."""
     from moca.meta2 import OracleCache2, load_policy2
     from moca.policy2 import MODEL, evaluate_policy2
     from moca.portfolio import adapt_portfolio2, evaluate_candidate2
@@ -103,7 +105,8 @@ def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSch
     cache = cache if cache is not None else OracleCache2(module.params)
     oracle = cache.costs(tests)
     if adapt_steps:
-        result = adapt_portfolio2(module, plan, adapt_steps, base=base, cache=cache, retune=retune)
+        result = adapt_portfolio2(module, plan, adapt_steps, base=base, cache=cache, retune=retune,
+                                  progress=progress)
         seconds, portfolio = result.seconds, result.summary()
         out = evaluate_candidate2(result.chosen, tests, oracle)
     else:

@@ -17,7 +17,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.table import Table
@@ -520,12 +520,13 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
 
                 if not files:
                     tests = OracleCache2(params).scenarios(range(seed, seed + scenarios), plan)
-                summary = evaluate_learned_on2(policy, tests, plan, adapt_steps, warn=_warn, base=base, retune=retune)
+                summary = evaluate_learned_on2(policy, tests, plan, adapt_steps, warn=_warn, base=base, retune=retune,
+                                               progress=_phase_bars(progress))
             elif learned2:
                 from moca.experiment2 import evaluate_learned2
 
                 summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps, base=base,
-                                            retune=retune)
+                                            retune=retune, progress=_phase_bars(progress))
             elif files:
                 summary = evaluate_peer2(policy, plan, None, scenarios=tests).summary()
             else:
@@ -995,7 +996,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
                           + f"adapting {steps} steps (CLSC-2" + (", portfolio)" if base == "auto" else ")"), total=None)
         before = evaluate_policy2(module, None, tests, oracle)
         portfolio = adapt_portfolio2(module, plan, steps, base=base, validation_size=validation, cache=cache,
-                                     keep_best=not keep_last, retune=retune)
+                                     keep_best=not keep_last, retune=retune, progress=_phase_bars(progress))
         chosen = portfolio.chosen
         scored = {name: evaluate_candidate2(c, tests, oracle) for name, c in portfolio.candidates.items()}
     after = scored[chosen.name]
@@ -1561,6 +1562,22 @@ def _progress(quiet: bool):
                         console=err_console.real(), disable=quiet or not err_console.is_terminal, transient=True)
     with progress:
         yield progress
+
+
+def _phase_bars(progress: Any) -> Callable[[str, int, int | None], None]:
+    """A ``progress(what, done, total)`` callback of the library (moca.portfolio.adapt_portfolio2)
+    as one bar per phase under the command's own line: a new phase hides the last one's bar
+    (rich's ``update`` cannot take a counted bar back to an uncounted one)."""
+    current: dict[str, Any] = {}
+
+    def tell(what: str, done: int, total: int | None) -> None:
+        if current.get("what") != what:
+            if "task" in current:
+                progress.update(current["task"], visible=False)
+            current.update(what=what, task=progress.add_task(what, total=total))
+        progress.update(current["task"], completed=done)
+
+    return tell
 
 
 def _command_line() -> str:

@@ -170,18 +170,20 @@ def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, 
 
 
 def evaluate_learned2(where: str, plan: Any, seeds: Sequence[int], adapt_steps: int = 0,
-                      cache: OracleCache2 | None = None, base: str = "default", retune: int = 0) -> dict[str, Any]:
+                      cache: OracleCache2 | None = None, base: str = "default", retune: int = 0,
+                      progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
     """Score a CLSC-2 policy checkpoint (``"default"``: the shipped meta-init) on the test
     scenarios of ``seeds`` drawn on its own chain (:func:`moca.chain2.evaluate_learned_on2`:
     after ``adapt_steps`` adaptation steps, support seeds 800+, the weights of the best
-    validation score over steps 0..K, validation seeds 900+; ``base`` and ``retune`` as there)."""
+    validation score over steps 0..K, validation seeds 900+; ``base``, ``retune`` and
+    ``progress`` as there)."""
     from moca.chain2 import evaluate_learned_on2
 
     if cache is None:
         module, _ = load_policy2(where)
         cache = OracleCache2(module.params)
     out = evaluate_learned_on2(where, cache.scenarios(seeds, plan), plan, adapt_steps, cache=cache, base=base,
-                               retune=retune)
+                               retune=retune, progress=progress)
     return {**out, "test_seeds": [int(seeds[0]), int(seeds[-1])]}
 
 

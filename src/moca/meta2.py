@@ -212,7 +212,8 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
            support: Sequence[Scenario2] | None = None, validation: Sequence[Scenario2] | None = None,
            lr: float = 1.0, clip: float | None = 0.03, safeguard: bool = True, correction_weight: float = 0.1,
            support_size: int = 8, validation_size: int = 8, cache: OracleCache2 | None = None,
-           keep_best: bool = False, retune: int = 0, retune_scenarios: int = 32
+           keep_best: bool = False, retune: int = 0, retune_scenarios: int = 32,
+           progress: Callable[[str, int, int | None], None] | None = None
            ) -> tuple[Weights, list[dict[str, Any]]]:
     """``steps`` adaptation steps on CLSC-2 support scenarios of ``regime`` (seeds 800+),
     scored after each on validation scenarios (seeds 900+): as :func:`moca.meta.adapt`
@@ -228,7 +229,8 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
     the threshold peer itself); on a tie the first of them in that order. Step 0 of the curve
     says which (``start``), the three scores (``start_scores``) and the thresholds; its
     ``seconds``, counted in every later step's, are the tuning's and the scorings'. Returns
-    the weights (detached) and the curve."""
+    the weights (detached) and the curve. ``progress(what, done, total)``, if given, is told
+    the candidates re-tuned so far and the steps taken so far (for a progress bar)."""
     if steps < 0:
         raise MetaError(f"steps: {steps!r} must be >= 0")
     if retune < 0 or (retune > 0 and retune_scenarios < 1):
@@ -244,6 +246,8 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
     start = weights if weights is not None else dict(module.named_parameters())
     current = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
 
+    tell = progress or (lambda what, done, total: None)
+
     def score(w: Weights) -> dict[str, Any]:
         out = evaluate_policy2(module, w, validation, valid_oracle)
         out.pop("scores")
@@ -254,7 +258,17 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
     if retune > 0:
         from moca.baselines.threshold2 import tune_threshold2
 
-        tuned = tune_threshold2(plan, module.params, train_seeds=retune_scenarios, budget=retune)
+        # the budget bounds the search from above (it stops sooner once its steps are small;
+        # a budget below one generation still runs one), so the bar ends where the search did
+        evaluated = [0]
+
+        def tuning(done: int) -> None:
+            evaluated[0] = done
+            tell("re-tuning the rule (candidates)", done, max(done, retune))
+
+        tell("re-tuning the rule (candidates)", 0, retune)
+        tuned = tune_threshold2(plan, module.params, train_seeds=retune_scenarios, budget=retune, progress=tuning)
+        tell("re-tuning the rule (candidates)", evaluated[0], evaluated[0] or retune)
         retuned = threshold_start(module, current, tuned.thresholds)
         # The re-tuned rule alone (the residual's head zeroed) is the threshold peer itself:
         # where the learned residual costs more than it earns (under a carbon tax above about
@@ -274,7 +288,16 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
         loss = episode_losses2(module, w, batch, oracle, correction_weight=correction_weight)[0].mean()
         return float(loss.detach()), dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
 
-    return adapt_loop(current, curve, began, loss_and_grad, score, steps, lr, clip, safeguard, keep_best)
+    taken = 0
+
+    def step_scored(w: Weights) -> dict[str, Any]:  # adapt_loop scores once after each step
+        nonlocal taken
+        out, taken = score(w), taken + 1
+        tell("adapting (steps)", taken, steps)
+        return out
+
+    tell("adapting (steps)", 0, steps)
+    return adapt_loop(current, curve, began, loss_and_grad, step_scored, steps, lr, clip, safeguard, keep_best)
 
 
 #: Where a re-tuned threshold on its search box's edge is put, as a share of the box in

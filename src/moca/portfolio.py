@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt, first_seeds
 from moca.mpc_base import mpc_policy, select_safety_stock
@@ -178,8 +178,8 @@ STOCK_SCENARIOS_2 = 2
 
 def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", support_size: int = 8,
                      validation_size: int = 8, cache: Any = None, keep_best: bool = True,
-                     stocks: Sequence[float] | None = None, retune: int = 0, retune_scenarios: int = 32
-                     ) -> PortfolioResult:
+                     stocks: Sequence[float] | None = None, retune: int = 0, retune_scenarios: int = 32,
+                     progress: Callable[[str, int, int | None], None] | None = None) -> PortfolioResult:
     """Adapt CLSC-2's candidates of ``base`` to ``plan`` (a regime or schedule) and choose by
     validation score (the LSTM on a tie): ``default``, ``module`` (a
     :class:`moca.policy2.LSTMPolicy2`) adapted ``steps`` steps by :func:`moca.meta2.adapt2` on
@@ -189,7 +189,9 @@ def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", sup
     validation scenarios (seeds 900+). The MPC candidate's ``module`` is the
     :class:`moca.baselines.mpc2.MPC2Policy` and its weights are empty. ``stocks``: the safety
     stocks (units) to pick from (default :data:`moca.baselines.mpc2.SAFETY_STOCKS_2`);
-    ``retune``, ``retune_scenarios``: the LSTM's re-tuned start (:func:`moca.meta2.adapt2`)."""
+    ``retune``, ``retune_scenarios``: the LSTM's re-tuned start (:func:`moca.meta2.adapt2`).
+    ``progress(what, done, total)``, if given, is told what is being done (``total`` None where
+    it is not counted), for a progress bar."""
     from moca.baselines.mpc2 import PLANNER_SAMPLES, SAFETY_STOCKS_2, MPC2Policy, select_safety_stock2
     from moca.meta2 import OracleCache2, adapt2
 
@@ -203,14 +205,18 @@ def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", sup
     if base in ("auto", "default"):
         began = time.perf_counter()
         weights, curve = adapt2(module, None, plan, steps, support=support, validation=validation, cache=cache,
-                                keep_best=keep_best, retune=retune, retune_scenarios=retune_scenarios)
+                                keep_best=keep_best, retune=retune, retune_scenarios=retune_scenarios,
+                                progress=progress)
         candidates["default"] = Candidate("default", module, weights, curve, _validation_score(curve),
                                           time.perf_counter() - began)
     if base in ("auto", "mpc"):
         began = time.perf_counter()
+        tell = progress or (lambda what, done, total: None)
         picked = support[:STOCK_SCENARIOS_2]
+        tell("the sampled MPC: picking its safety stock", 0, None)
         stock, scores = select_safety_stock2(picked, cache.costs(picked), tuple(stocks or SAFETY_STOCKS_2))
         planner = MPC2Policy(safety_stock=stock, samples=PLANNER_SAMPLES)
+        tell("the sampled MPC: scoring it on validation", 0, None)
         out = _planner_evaluation(planner, validation, cache.costs(validation))
         seconds = time.perf_counter() - began
         curve = [{"step": 0, "score": out["score"], "violations": out["violations"], "seconds": seconds,

@@ -59,7 +59,7 @@ actions through the batched exact projection).
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -121,9 +121,11 @@ class Threshold2Policy:
 
 
 def tune_threshold2(regime, params: Params2 = DEFAULT_PARAMS_2, train_seeds: int | Sequence = 32, budget: int = 1500,
-                    seed: int = 0, popsize: int = 8, global_share: float = 0.7) -> Threshold2Policy:
+                    seed: int = 0, popsize: int = 8, global_share: float = 0.7,
+                    progress: Callable[[int], None] | None = None) -> Threshold2Policy:
     """Tune the seven thresholds for ``regime`` (a CLSC-2 regime, schedule or name) on
-    training-stream scenarios; the report is in ``policy.tuning``."""
+    training-stream scenarios; the report is in ``policy.tuning``. ``progress``, if given, is
+    told the candidates evaluated so far after each batch of them."""
     from moca.projection import project2_batch
     from moca.scenario import draw_scenario2
     from moca.sim2 import ScenarioBatch2, rollout2
@@ -146,6 +148,8 @@ def tune_threshold2(regime, params: Params2 = DEFAULT_PARAMS_2, train_seeds: int
         batch = ScenarioBatch2.from_scenarios([s for _ in range(n_cand) for s in scenarios], dtype=torch.float64)
         with torch.no_grad():
             out = rollout2(batch, Threshold2Policy(np.repeat(candidates.T, n_scen, axis=0), params), project2_batch)
+        if progress is not None:
+            progress(evaluated)
         return out.total_cost.numpy().reshape(n_cand, n_scen).mean(-1)
 
     x, fx = search_unit_box(mean_costs, len(THRESHOLD2_NAMES), budget, lambda: evaluated, seed, popsize, global_share)
