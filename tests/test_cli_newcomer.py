@@ -420,3 +420,9 @@ def test_decide_period_takes_named_quantities_and_refuses_bad_ones():
     same = controller.decide_period(np.int64(0), regime="eu-ppwr-2030", **{**state, "pipeline": np.array([2000]),
                                                                               "sales_history": np.full(6, 1000)})
     assert np.array_equal(same, by_name)
+
+
+def test_counts_read_as_english():
+    from moca.cli import _count
+
+    assert [_count(n, "meta step") for n in (0, 1, 2)] == ["0 meta steps", "1 meta step", "2 meta steps"]

@@ -627,7 +627,7 @@ def train(
     if as_json:
         _print_json(out)
     else:
-        console.print(f"wrote {output}: {config.algorithm}, {out['meta_steps']} meta steps in "
+        console.print(f"wrote {output}: {config.algorithm}, {_count(out['meta_steps'], 'meta step')} in "
                       f"{out['wall_seconds']:.0f} s; validation zero-shot score "
                       f"{scores['validation_zero_shot_before']:.4f} -> {scores['validation_zero_shot_after']:.4f}")
     _exit_if_interrupted(history, config.meta_steps)
@@ -737,7 +737,7 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
         _print_json(out)
     else:
         before, after = scores["validation_zero_shot_before"], scores["validation_zero_shot_after"]
-        console.print(f"wrote {output}: CLSC-2, {config.algorithm}, {out['meta_steps']} meta steps in "
+        console.print(f"wrote {output}: CLSC-2, {config.algorithm}, {_count(out['meta_steps'], 'meta step')} in "
                       f"{out['wall_seconds']:.0f} s" + (f"; validation zero-shot score {before:.4f} -> {after:.4f}"
                                                          if before is not None else ""))
     _exit_if_interrupted(history, config.meta_steps)
@@ -1578,6 +1578,11 @@ def _phase_bars(progress: Any) -> Callable[[str, int, int | None], None]:
         progress.update(current["task"], completed=done)
 
     return tell
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 meta step``, ``2 meta steps``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _command_line() -> str:
