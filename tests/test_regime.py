@@ -166,3 +166,38 @@ def test_an_empty_regime_file_is_named(tmp_path):
             load_schedule(path)
         with pytest.raises(RegimeError, match="empty.yaml"):
             load_regime(path)
+
+
+def test_every_reader_says_where_a_file_does_not_parse(tmp_path):
+    """Regime, scenario, actions, checkpoint and metrics files: one wording, the parser's
+    complaint with the 1-based line and column where it found it."""
+    import torch
+
+    from moca import checkpoint
+    from moca.checkpoint import CheckpointError
+    from moca.report import ReportError, write_report_from_file
+    from moca.scenario import ScenarioError, load_actions, load_scenario
+
+    (tmp_path / "bad.yaml").write_text("carbon_tax: 10\nrecycled_content_min: [0.1, 0.2\n")
+    with pytest.raises(RegimeError, match=r"bad.yaml: malformed YAML \(expected ',' or '\]', but got '<stream end>' "
+                                          r"at line 3 column 1\)"):
+        load_regime(tmp_path / "bad.yaml")
+    (tmp_path / "bad.json").write_text('{\n  "carbon_tax": 10,\n  oops\n}')
+    where = r"malformed JSON \(Expecting property name enclosed in double quotes at line 3 column 3\)"
+    with pytest.raises(RegimeError, match="bad.json: " + where):
+        load_regime(tmp_path / "bad.json")
+    with pytest.raises(ScenarioError, match="scenario: " + where):
+        load_scenario(tmp_path / "bad.json")
+    with pytest.raises(ScenarioError, match="actions: " + where):
+        load_actions(tmp_path / "bad.json", 52)
+    with pytest.raises(ReportError, match="bad.json: " + where):
+        write_report_from_file(tmp_path / "bad.json", tmp_path / "out")
+    folder = tmp_path / "checkpoint"
+    checkpoint.save(folder, {"w": torch.zeros(2)}, {"kind": "test"})
+    (folder / checkpoint.META).write_text('{\n  "format": 1,\n  oops\n}')
+    with pytest.raises(CheckpointError, match=r"checkpoint.json is not valid JSON \(Expecting property name enclosed "
+                                              r"in double quotes at line 3 column 3\)"):
+        checkpoint.load(folder)
+    (folder / checkpoint.META).write_bytes(b"\xff\xfe{}")
+    with pytest.raises(CheckpointError, match=r"checkpoint.json is not valid JSON \(not UTF-8 text\)"):
+        checkpoint.load(folder)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from moca.files import publish_tree
+from moca.files import parse_problem, publish_tree
 
 FORMAT = "moca-checkpoint/1"
 WEIGHTS = "weights.safetensors"
@@ -131,8 +131,10 @@ def load(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             raise CheckpointError(f"checkpoint {directory}: missing {path.name}")
     try:
         meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint {directory}: {META} is not valid JSON ({err})") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint {directory}: {META} is not valid JSON ({parse_problem(err)})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"checkpoint {directory}: {META} is not valid JSON (not UTF-8 text)") from None
     except RecursionError:
         raise CheckpointError(f"checkpoint {directory}: {META} is nested too deeply to be a checkpoint's") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -3,11 +3,14 @@
 ``tempfile.mkstemp`` / ``mkdtemp`` create their files and folders private (0600 / 0700)
 whatever the umask says; a scenario or checkpoint renamed into place from there would
 stay private. Everything moca writes goes through here instead, so files get 0666 and
-folders 0777, minus the umask, as ``open()`` and ``mkdir`` would have given them.
+folders 0777, minus the umask, as ``open()`` and ``mkdir`` would have given them. And
+the one wording of a file that does not parse, whichever reader finds it
+(:func:`parse_problem`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -84,3 +87,16 @@ def publish_tree(folder: str | Path) -> None:
         for name in dirs:
             os.chmod(Path(root) / name, folders)
     os.chmod(folder, folders)
+
+
+def parse_problem(err: Exception) -> str:
+    """A JSON or YAML parser's complaint in one line, with where it found it (1-based line
+    and column, as an editor counts), e.g. ``expected ',' or ']', but got '<stream end>' at
+    line 2 column 1``."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg} at line {err.lineno} column {err.colno}"
+    problem = getattr(err, "problem", None) or getattr(err, "context", None)  # yaml.MarkedYAMLError
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1} column {mark.column + 1}"
+    return (str(err).splitlines() or [type(err).__name__])[0]

@@ -26,6 +26,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
 
+from moca.files import parse_problem
+
 #: Column order of the dense regime table; an absent emission cap is stored as +inf.
 REGIME_FIELDS: tuple[str, ...] = (
     "recycled_content_min",
@@ -541,7 +543,8 @@ def read_structured(path: Path) -> Any:
             return json.loads(text)
         return _load_yaml(text, path)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise RegimeError(f"{path}: malformed {'JSON' if str(path).endswith('.json') else 'YAML'} ({str(err).splitlines()[0]})") from None
+        raise RegimeError(f"{path}: malformed {'JSON' if str(path).endswith('.json') else 'YAML'} "
+                          f"({parse_problem(err)})") from None
     except RecursionError:  # (the parsers recurse per level: thousands of [ or { exhaust the stack)
         raise RegimeError(f"{path}: nested too deeply to be a moca file") from None
 

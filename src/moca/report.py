@@ -31,6 +31,8 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict  # pydantic needs these on Python < 3.12
 
+from moca.files import parse_problem
+
 # --- the metrics dict ----------------------------------------------------------------------
 
 Score = float | None  # None (or NaN) = not measured
@@ -1065,5 +1067,5 @@ def write_report_from_file(metrics_path: str | Path, run_dir: str | Path | None 
     except OSError as err:
         raise ReportError(f"{metrics_path}: cannot read ({err.strerror})") from None
     except json.JSONDecodeError as err:
-        raise ReportError(f"{metrics_path}: malformed JSON ({err})") from None
+        raise ReportError(f"{metrics_path}: malformed JSON ({parse_problem(err)})") from None
     return write_report(metrics, run_dir if run_dir is not None else metrics_path.parent)

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from moca.files import parse_problem
 from moca.regime import Regime, RegimeError, RegimeSchedule
 
 MODEL_NAME = "CLSC-1"
@@ -247,7 +248,7 @@ def _read_json(source: str | Path) -> Any:
         # name of the field that holds them (every field checks finiteness).
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ScenarioError(f"scenario: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+        raise ScenarioError(f"scenario: malformed JSON ({parse_problem(err)})") from None
     except ValueError as err:
         raise ScenarioError(f"scenario: {err}") from None
     except RecursionError:  # (json recurses per level: thousands of [ or { exhaust the stack)
@@ -402,7 +403,7 @@ def load_actions(source: str | Path, horizon: int,
     except OSError as err:
         raise ScenarioError(f"{source}: cannot read actions ({err.strerror})") from None
     except json.JSONDecodeError as err:
-        raise ScenarioError(f"actions: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+        raise ScenarioError(f"actions: malformed JSON ({parse_problem(err)})") from None
     except UnicodeDecodeError:
         raise ScenarioError(f"{source}: not a text file (UTF-8 JSON actions)") from None
     except ValueError as err:
