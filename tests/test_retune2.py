@@ -237,13 +237,21 @@ def test_cli_evaluate_adapts_as_moca_adapt_does(tmp_path, monkeypatch):
         summary = json.loads(out.stdout)
         assert summary["retune"] == retune and summary["violations"] == 0
         assert summary.get("retune_given") is (False if adapt_steps else None)
+        start = summary.get("portfolio", {}).get("candidates", {}).get("default", {}).get("start")
+        assert (start is not None) is (retune > 0)  # which start the steps took, as moca adapt says
+        if start is not None:
+            assert start["chosen"] in start["validation_scores"] and sorted(start["thresholds"]) == sorted(
+                THRESHOLD2_NAMES)
     # --retune sets it, as moca adapt's does: off on the plan, on for a regime held all year
-    for regime, retune in ((plan, 0), ("T2", 2)):
-        out = run_in_process("evaluate", "--model", "CLSC-2", "--policy", "default", "--regime", regime,
-                             "--adapt-steps", 1, "--base", "default", "--scenarios", 1, "--retune", retune, "--json")
-        assert out.returncode == 0, out.stderr
-        summary = json.loads(out.stdout)
-        assert (summary["retune"], summary["retune_given"], summary["violations"]) == (retune, True, 0)
+    out = run_in_process("evaluate", "--model", "CLSC-2", "--policy", "default", "--regime", plan,
+                         "--adapt-steps", 1, "--base", "default", "--scenarios", 1, "--retune", 0, "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert (summary["retune"], summary["retune_given"], summary["violations"]) == (0, True, 0)
+    out = run_in_process("evaluate", "--model", "CLSC-2", "--policy", "default", "--regime", "T2",
+                         "--adapt-steps", 1, "--base", "default", "--scenarios", 1, "--retune", 2)
+    assert out.returncode == 0, out.stderr
+    assert "--retune 2: the steps started from the" in out.stdout and "violations 0" in out.stdout
 
 
 def test_retune_is_refused_where_it_would_be_ignored(tmp_path, monkeypatch):

@@ -546,10 +546,20 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
                   + f" on CLSC-2 {source}: score "
                   f"{summary['score']:.4f} (mean cost {summary['mean_cost']:,.0f} EUR, oracle "
                   f"{summary['mean_oracle_cost']:,.0f}), violations {summary['violations']}")
+    start = summary.get("portfolio", {}).get("candidates", {}).get("default", {}).get("start")
+    if start is not None:
+        _print_retuned_start(summary["retune"], retune_given, start)
     if "portfolio" in summary:
         scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["portfolio"]["candidates"].items())
         console.print(f"adapted with --base {base}: deployed {summary['portfolio']['chosen']} "
                       f"(validation scores: {scores})")
+
+
+def _print_retuned_start(retune: int, given: bool, start: dict[str, Any]) -> None:
+    """Say that the rule was re-tuned first, why (unless asked for), and which start won."""
+    why = "" if given else " (the default on a plan whose rules change; --retune 0: off)"
+    console.print(f"--retune {retune}{why}: the steps started from the {start['chosen']} (validation scores: "
+                  + ", ".join(f"{n} {v:.4f}" for n, v in start["validation_scores"].items()) + ")")
 
 
 def _warn_if_not_held_out(first: int, count: int) -> None:
@@ -978,7 +988,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
     from moca.baselines.mpc2 import save_planner2
     from moca.meta2 import OracleCache2, default_retune, load_policy2, save_policy2
     from moca.policy2 import evaluate_policy2
-    from moca.portfolio import adapt_portfolio2, evaluate_candidate2
+    from moca.portfolio import adapt_portfolio2, evaluate_candidate2, retuned_start
 
     torch.set_num_threads(1)
     retune_given = retune is not None
@@ -1016,9 +1026,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
            "validation_seeds": "900-" + str(900 + validation - 1), "base": base, "deployed": chosen.name,
            "retune": retune, "retune_given": retune_given, "portfolio": summary}
     if retune and "default" in portfolio.candidates:
-        first = portfolio.candidates["default"].curve[0]
-        out["start"] = {"chosen": first["start"], "validation_scores": first["start_scores"],
-                        "thresholds": first["thresholds"]}
+        out["start"] = retuned_start(portfolio.candidates["default"].curve)
     if output is not None:
         record = {"adapted_from": str(checkpoint_dir), "regime": out["regime"], "steps": steps,
                   "selected_step": selected, "command": _command_line(),
@@ -1038,10 +1046,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
         kept = None
     _print_adapted(f"CLSC-2 {regime}", out, selected, keep_last, output, kept)
     if "start" in out:
-        start = out["start"]
-        why = "" if retune_given else " (the default on a plan whose rules change; --retune 0: off)"
-        console.print(f"--retune {retune}{why}: the steps started from the {start['chosen']} (validation scores: "
-                      + ", ".join(f"{n} {v:.4f}" for n, v in start["validation_scores"].items()) + ")")
+        _print_retuned_start(retune, retune_given, out["start"])
     if base == "auto":
         scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["candidates"].items())
         console.print(f"base auto: kept {chosen.name} (validation scores: {scores}; {portfolio.seconds:.2f} s in all)")

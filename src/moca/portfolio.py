@@ -63,12 +63,24 @@ class PortfolioResult:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """Plain JSON: the chosen candidate and each candidate's validation score and seconds."""
+        """Plain JSON: the chosen candidate and each candidate's validation score and seconds
+        (and, for an LSTM adapted from a re-tuned rule, which start its steps took)."""
         return {"chosen": self.chosen.name, "seconds": self.seconds, "notes": self.notes,
                 "candidates": {n: {"validation_score": c.validation_score, "seconds": c.seconds,
                                    "selected_step": _selected_step(c.curve),
-                                   **({"base_selection": c.selection} if c.selection else {})}
+                                   **({"base_selection": c.selection} if c.selection else {}),
+                                   **({"start": retuned_start(c.curve)} if retuned_start(c.curve) else {})}
                                for n, c in self.candidates.items()}}
+
+
+def retuned_start(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Which start the steps took after a re-tuning (:func:`moca.meta2.adapt2`'s ``retune``):
+    ``chosen``, the starts' ``validation_scores`` and the re-tuned ``thresholds``; None
+    without a re-tuning."""
+    first = curve[0] if curve else {}
+    if "start" not in first:
+        return None
+    return {"chosen": first["start"], "validation_scores": first["start_scores"], "thresholds": first["thresholds"]}
 
 
 def _selected_step(curve: list[dict[str, Any]]) -> int:
@@ -249,4 +261,4 @@ def _planner_evaluation(planner: Any, scenarios: Sequence[Any], oracle_costs: Se
 
 
 __all__ = ["BASES", "BASES_2", "Candidate", "PortfolioResult", "adapt_portfolio", "adapt_portfolio2",
-           "evaluate_candidate2", "map_usable", "start_on_chain"]
+           "evaluate_candidate2", "map_usable", "retuned_start", "start_on_chain"]
