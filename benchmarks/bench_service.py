@@ -2,7 +2,8 @@
 and while an adaptation job runs; seconds from a regulation event to an activated,
 validated version.
 
-    python benchmarks/bench_service.py [--seconds 10] [--connections 4] [--chains 8] [--quick]
+    python benchmarks/bench_service.py [--seconds 10] [--connections 4] [--chains 8] [--capped]
+                                       [--adapt-base caps|default|auto|map|mpc] [--quick]
 
 Starts ``moca serve`` (uvicorn, its adaptation worker) on 127.0.0.1 with a fresh data
 directory, registers ``--chains`` chains (CLSC-1, T1, the shipped meta-init) and drives
@@ -13,7 +14,11 @@ observations are a real episode's (the simulator driven by the same policy), so 
 projection runs as often as it does in operation. Latency is from the first byte sent to
 the last byte of the answer, as the client sees it. Phases: ``quiet``; ``adapting``
 (only decisions answered while the job is running count); then regulation events, each
-timed from its POST until ``GET /v1/jobs`` says done and the version is active.
+timed from its POST until ``GET /v1/jobs`` says done and the version is active, then one
+episode of decisions by that version timed over HTTP (an LP version solves an LP per
+decision). ``--capped``: the events bring emission caps, where the service's default
+``--adapt-base caps`` adapts through the portfolio; ``--adapt-base`` starts the service with
+another.
 Prints one JSON object. Every process started here is killed before it exits.
 """
 
@@ -156,6 +161,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--chains", type=int, default=8)
     parser.add_argument("--events", type=int, default=3, help="regulation events timed to activation")
+    parser.add_argument("--capped", action="store_true", help="regulation events with emission caps (kg CO2 a "
+                                                                "period), where jobs adapt through the portfolio")
+    parser.add_argument("--adapt-base", default=None, help="moca serve --adapt-base (default: the service's own)")
     parser.add_argument("--quick", action="store_true", help="3 s phases, 1 event")
     args = parser.parse_args()
     if args.quick:
@@ -166,13 +174,17 @@ def main() -> None:
     port = _free_port()
     data = Path(tempfile.mkdtemp(prefix="moca-bench-serve-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    server = subprocess.Popen([sys.executable, "-m", "moca.cli", "serve", "--port", str(port), "--data", str(data)],
-                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = ["--adapt-base", args.adapt_base] if args.adapt_base else []
+    server = subprocess.Popen([sys.executable, "-m", "moca.cli", "serve", "--port", str(port), "--data", str(data),
+                               *base], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0)
     result: dict = {"benchmark": "service", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                                 "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-                    "connections": args.connections, "chains": args.chains}
+                    "connections": args.connections, "chains": args.chains,
+                    "command": "python benchmarks/bench_service.py " + " ".join(sys.argv[1:]),
+                    "adapt_base": args.adapt_base or "the service's default"}
     try:
         deadline = time.time() + 120
         while True:
@@ -221,6 +233,9 @@ def main() -> None:
         # regulation event -> activated, validated version (decisions keep coming on that chain)
         events = []
         rules = [("T3", "T1"), ({"recycled_content_min": 0.2, "carbon_tax": 250.0}, "T1"), ("T3", "T1")]
+        if args.capped:
+            rules = [({"emission_cap": 12000.0}, "T1"), ({"emission_cap": 8000.0, "recycled_content_min": 0.2}, "T1"),
+                     ({"emission_cap": 20000.0, "carbon_tax": 100.0}, "T1")]
         for k in range(args.events):
             rule, start = rules[k % len(rules)]
             chain = f"event-{k}"
@@ -241,8 +256,17 @@ def main() -> None:
                 time.sleep(0.05)
             seconds = time.perf_counter() - posted
             active = [v for v in http.get(f"/v1/chains/{chain}/versions").json() if v["state"] == "active"]
+            http.post(f"/v1/chains/{chain}/reset").raise_for_status()
+            decided = []  # one episode by the version now active, one decision at a time
+            for body in bodies:
+                sent = time.perf_counter()
+                answer = http.post(f"/v1/chains/{chain}/decide", json=body)
+                decided.append(1e3 * (time.perf_counter() - sent))
+                answer.raise_for_status()
             events.append({"regime": rule, "state": info["state"], "seconds_to_active": round(seconds, 2),
                            "job_seconds": round(info["seconds"], 2), "active_version": active[0]["number"],
+                           "decide_p50_ms": round(float(np.percentile(decided, 50)), 3),
+                           "decide_p99_ms": round(float(np.percentile(decided, 99)), 3),
                            "score_before": info["score_before"], "score_after": info["score_after"],
                            "warm_start": info["warm_start"]})
         result["regulation_events"] = events

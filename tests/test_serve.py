@@ -388,6 +388,7 @@ def test_the_serve_command_refuses_bad_options(tmp_path):
     assert out.exit_code == 2 and "port" in out.output.lower()
     out = CliRunner().invoke(app, ["serve", "--data", str(tmp_path / "d"), "--adapt-base", "best"])
     assert out.exit_code == 2 and "--adapt-base" in out.output and "Traceback" not in out.output
+    assert "caps, default, auto, map, mpc" in out.output
 
 
 # ----------------------------------------------------------------------------------------
@@ -690,6 +691,29 @@ def test_a_422_names_the_field_once():
     assert _validation_answer(extra)["detail"] == "regime: expected an object or a string, got a list (and 1 more)"
 
 
+def test_by_default_a_job_under_an_emission_cap_adapts_through_the_portfolio(tmp_path):
+    """``caps``, the service's default base: the portfolio (with the LSTM over the LP) where
+    the new regime caps emissions, the version alone elsewhere; an explicit base stands."""
+    from moca.regime import Regime
+    from moca.serve import job_base
+
+    assert AdaptSettings().base == "caps"
+    assert job_base("caps", Regime(emission_cap=12000.0)) == "auto" and job_base("caps", TASKS["T3"]) == "default"
+    assert job_base("default", Regime(emission_cap=12000.0)) == "default" and job_base("mpc", TASKS["T3"]) == "mpc"
+    with TestClient(create_app(tmp_path / "data", worker=False)) as c:
+        rt = c.app.state.runtime
+        c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+        capped = c.post("/v1/chains/p1/regulations", json={"regime": {"emission_cap": 8000.0}, "effective": 0})
+        _run_jobs(rt.store, [capped.json()["job"]], AdaptSettings(steps=1, support=2, validation=2))
+        result = c.get(f"/v1/jobs/{capped.json()['job']}").json()
+        assert result["state"] in ("done", "rejected") and "portfolio chose" in result["warm_start"], result
+        assert result["violations"] == 0
+        plain = c.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 0}).json()["job"]
+        _run_jobs(rt.store, [plain], AdaptSettings(steps=1, support=2, validation=2))
+        result = c.get(f"/v1/jobs/{plain}").json()
+        assert result["state"] in ("done", "rejected") and "portfolio" not in result["warm_start"], result
+
+
 def test_adapt_settings_beyond_their_seeds_are_refused():
     for change in ({"support": 101}, {"validation": 0}, {"validation": 101}, {"steps": -1}, {"steps": 101},
                    {"support": 2.5}):
@@ -698,3 +722,5 @@ def test_adapt_settings_beyond_their_seeds_are_refused():
     # the bounds are the library's: every support and validation seed, moca's most steps
     largest = AdaptSettings(steps=MOST_STEPS, support=len(SUPPORT_SEEDS), validation=len(VALIDATION_SEEDS))
     assert largest.argv()[:3] == ["100", "100", "100"]
+    with pytest.raises(ValueError, match="adapt.base='best': must be one of caps, default, auto, map, mpc"):
+        AdaptSettings(base="best")

@@ -916,7 +916,7 @@ def _retune_choice(retune: int, base: str, model: str, adapt: bool) -> None:
 
 
 def _base_choice(base: str, option: str = "--base", model: str = "CLSC-1") -> str:
-    """``--base`` of adapt/evaluate, ``--adapt-base`` of serve: one of the world's portfolio
+    """``--base`` of adapt/evaluate: one of the world's portfolio
     bases (moca.portfolio.BASES, CLSC-2: BASES_2)."""
     from moca.portfolio import BASES, BASES_2
 
@@ -1384,14 +1384,16 @@ def serve(
                                    help="Held-out validation scenarios (seeds 900+) a new version must pass."),
     keep_decisions: int = typer.Option(100_000, "--keep-decisions", min=0,
                                        help="Decisions kept in the log per chain (0 = all)."),
-    adapt_base: str = typer.Option("default", "--adapt-base",
+    adapt_base: str = typer.Option("caps", "--adapt-base",
                                    help="CLSC-1 chains: default = adapt the version a job starts from; auto = "
                                         "through moca adapt's portfolio (that version, the LSTM over the mapped "
                                         "rule, the LSTM over the rolling LP; the best on validation becomes the "
-                                        "new version); map or mpc = that candidate only."),
+                                        "new version); map or mpc = that candidate only; caps = auto where the new "
+                                        "regime caps emissions (CLSC-1's rule does not model the cap), default "
+                                        "elsewhere."),
 ) -> None:
     """Run the real-time controller service (FastAPI + uvicorn; OpenAPI at /docs, dashboard at /)."""
-    from moca.serve import AdaptSettings, StartError, StoreError
+    from moca.serve import SERVICE_BASES, AdaptSettings, StartError, StoreError
     from moca.serve import serve as run_service
 
     from moca.files import check_folder
@@ -1400,8 +1402,8 @@ def serve(
         check_folder(data, "--data")
     if token is not None and not token.strip():
         _fail("--token: empty")
-    with _bad_input():
-        adapt_base = _base_choice(adapt_base, "--adapt-base")
+    if adapt_base not in SERVICE_BASES:
+        _fail(f"--adapt-base: {adapt_base!r} is not one of {', '.join(SERVICE_BASES)}")
 
     def banner() -> None:  # once the data directory and the address are this server's
         err_console.print(f"moca serve on http://{host}:{port} (data {data}, auth {'on' if token else 'off'})",
