@@ -60,7 +60,7 @@ def job_base(base: str, regime: Any) -> str:
     """The base a CLSC-1 job adapts through. ``caps`` is ``auto`` (the portfolio) where the
     regime caps emissions and ``default`` (the version alone) elsewhere: CLSC-1's rule does
     not model the cap, so there the version alone stays far from what the LSTM over the LP
-    reaches (0.94-0.97 against 0.98-0.999 after 3 steps, caps of 4,000-30,000 kg), while
+    reaches (0.87-0.97 against 0.98-0.999 after 3 steps, caps of 4,000-30,000 kg), while
     elsewhere the version decides in about 0.1 ms against an LP solve's 1 ms or more. The
     whole portfolio, not the LSTM over the LP alone: with a cap and a mandate of 0.2 the LP
     candidate scored 0.84 where the version's own steps kept 0.97."""
