@@ -66,11 +66,18 @@ class PortfolioResult:
         """Plain JSON: the chosen candidate and each candidate's validation score and seconds
         (and, for an LSTM adapted from a re-tuned rule, which start its steps took)."""
         return {"chosen": self.chosen.name, "seconds": self.seconds, "notes": self.notes,
-                "candidates": {n: {"validation_score": c.validation_score, "seconds": c.seconds,
-                                   "selected_step": _selected_step(c.curve),
-                                   **({"base_selection": c.selection} if c.selection else {}),
-                                   **({"start": retuned_start(c.curve)} if retuned_start(c.curve) else {})}
-                               for n, c in self.candidates.items()}}
+                "candidates": {n: _candidate_summary(c) for n, c in self.candidates.items()}}
+
+
+def _candidate_summary(candidate: Candidate) -> dict[str, Any]:
+    out = {"validation_score": candidate.validation_score, "seconds": candidate.seconds,
+           "selected_step": _selected_step(candidate.curve)}
+    if candidate.selection:
+        out["base_selection"] = candidate.selection
+    start = retuned_start(candidate.curve)
+    if start is not None:
+        out["start"] = start
+    return out
 
 
 def retuned_start(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
