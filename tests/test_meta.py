@@ -300,6 +300,32 @@ def test_adaptation_takes_no_step_along_a_gradient_that_is_not_finite(safeguard)
     assert [entry["kept"] for entry in curve[1:]] == [False, False]
 
 
+def test_a_step_not_kept_is_not_scored_again():
+    # Under the LP's base the safeguard undoes most steps and each validation rollout solves
+    # an LP a period: a step that leaves the weights as they were keeps the last score.
+    start = {"w": torch.tensor([1.0, 2.0], requires_grad=True)}
+    losses = iter([1.0, 2.0, 0.5, 3.0])  # the start, then candidates: rejected, kept, rejected
+
+    def loss_and_grad(weights):
+        return next(losses), {"w": torch.tensor([1.0, 1.0])}
+
+    scored_weights, stepped = [], []
+
+    def score(weights):
+        scored_weights.append(weights["w"].detach().clone())
+        return {"score": 0.5 + 0.1 * len(scored_weights), "violations": 0}
+
+    curve = [{"step": 0, "seconds": 0.0, "kept": True, "score": 0.5, "violations": 0}]
+    weights, curve = adapt_loop(start, curve, 0.0, loss_and_grad, score, steps=3, lr=0.1, clip=None, safeguard=True,
+                                keep_best=True, scored={"score": 0.5, "violations": 0}, stepped=stepped.append)
+    assert [entry["kept"] for entry in curve] == [True, False, True, False]
+    assert len(scored_weights) == 1 and torch.allclose(scored_weights[0], torch.tensor([0.95, 1.95]))
+    assert [entry["score"] for entry in curve] == [0.5, 0.5, 0.6, 0.6]
+    assert [entry["step"] for entry in curve] == [0, 1, 2, 3] and stepped == [1, 2, 3]
+    assert [entry["selected"] for entry in curve] == [False, False, True, False]
+    assert torch.allclose(weights["w"], scored_weights[0])
+
+
 def test_more_support_or_validation_scenarios_than_their_seeds_hold_are_refused():
     # range(900, 1000)[:150] holds 100: the slice gave fewer scenarios than asked, without a word.
     from moca.experiment import ExperimentConfig

@@ -542,8 +542,8 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
     validation = ScenarioBatch.from_scenarios(validation)  # built once, scored after every step
     start = weights if weights is not None else dict(module.named_parameters())
     current = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
-    curve = [{"step": 0, "seconds": 0.0, "kept": True, "support_loss": math.nan,
-              **evaluate_policy(module, current, validation, valid_oracle)}]
+    scored = evaluate_policy(module, current, validation, valid_oracle)
+    curve = [{"step": 0, "seconds": 0.0, "kept": True, "support_loss": math.nan, **scored}]
     began = time.perf_counter()
     batch = ScenarioBatch.from_scenarios(support)
     oracle = torch.as_tensor(cache.costs(support), dtype=torch.float32)
@@ -554,17 +554,20 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
 
     return adapt_loop(current, curve, began, loss_and_grad,
                       lambda w: evaluate_policy(module, w, validation, valid_oracle),
-                      steps, lr, clip, safeguard, keep_best)
+                      steps, lr, clip, safeguard, keep_best, scored=scored)
 
 
 def adapt_loop(current: Weights, curve: list[dict[str, Any]], began: float,
                loss_and_grad: Callable[[Weights], tuple[float, Weights]], score: Callable[[Weights], dict[str, Any]],
-               steps: int, lr: float, clip: float | None, safeguard: bool, keep_best: bool
+               steps: int, lr: float, clip: float | None, safeguard: bool, keep_best: bool,
+               scored: dict[str, Any] | None = None, stepped: Callable[[int], None] | None = None,
                ) -> tuple[Weights, list[dict[str, Any]]]:
     """The steps of :func:`adapt` for any world: ``current`` the starting weights (leaves
     that require grad), ``curve`` holding step 0's score, ``began`` when the adaptation's
     clock started, ``loss_and_grad(w)`` the support loss and its gradient, ``score(w)``
-    the validation entry of a curve point (with ``"score"``)."""
+    the validation entry of a curve point (with ``"score"``); ``scored``: ``score(current)``
+    where the caller has it (curve[0]'s); ``stepped(step)``, if given, is called after each
+    step (a progress bar's tick)."""
     best = (curve[0]["score"], 0, {k: v.detach() for k, v in current.items()})
     loss, grads = loss_and_grad(current) if steps else (math.nan, {})
     curve[0]["support_loss"] = loss
@@ -588,8 +591,16 @@ def adapt_loop(current: Weights, curve: list[dict[str, Any]], began: float,
                 if step < steps:
                     loss, grads = loss_and_grad(current)
         spent += time.perf_counter() - began
+        # A step not kept leaves the weights as they were, and scoring is deterministic: the
+        # last score stands. Under the LP's base (moca.mpc_base) the safeguard undoes most
+        # steps and each validation rollout solves an LP a period, so this is most of a
+        # service job's time under an emission cap.
+        if kept or scored is None:
+            scored = score(current)
         curve.append({"step": step, "seconds": spent, "kept": kept, "support_loss": loss if safeguard else math.nan,
-                      **score(current)})
+                      **scored})
+        if stepped is not None:
+            stepped(step)
         if keep_best and curve[-1]["score"] > best[0]:
             best = (curve[-1]["score"], step, {k: v.detach() for k, v in current.items()})
     if keep_best:

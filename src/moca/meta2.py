@@ -254,7 +254,8 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
         return out
 
     began = time.perf_counter()
-    curve = [{"step": 0, "seconds": 0.0, "kept": True, "support_loss": math.nan, **score(current)}]
+    scored_start = score(current)
+    curve = [{"step": 0, "seconds": 0.0, "kept": True, "support_loss": math.nan, **scored_start}]
     if retune > 0:
         from moca.baselines.threshold2 import tune_threshold2
 
@@ -274,9 +275,10 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
         # where the learned residual costs more than it earns (under a carbon tax above about
         # 1,000 EUR/t it did), moca can start from, and keep, what the peer would deploy.
         starts = {"checkpoint": current, "re-tuned thresholds": retuned, "re-tuned rule": without_residual(retuned)}
-        scored = {name: curve[0] if name == "checkpoint" else score(w) for name, w in starts.items()}
+        scored = {name: scored_start if name == "checkpoint" else score(w) for name, w in starts.items()}
         chosen = max(starts, key=lambda name: scored[name]["score"])  # the first of equals: checkpoint first
-        current, curve[0] = starts[chosen], {**curve[0], **scored[chosen]}
+        current, scored_start = starts[chosen], scored[chosen]
+        curve[0] = {**curve[0], **scored_start}
         curve[0].update(start=chosen, start_scores={name: out["score"] for name, out in scored.items()},
                         seconds=time.perf_counter() - began, thresholds=tuned.as_dict())
     else:
@@ -288,16 +290,9 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
         loss = episode_losses2(module, w, batch, oracle, correction_weight=correction_weight)[0].mean()
         return float(loss.detach()), dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
 
-    taken = 0
-
-    def step_scored(w: Weights) -> dict[str, Any]:  # adapt_loop scores once after each step
-        nonlocal taken
-        out, taken = score(w), taken + 1
-        tell("adapting (steps)", taken, steps)
-        return out
-
     tell("adapting (steps)", 0, steps)
-    return adapt_loop(current, curve, began, loss_and_grad, step_scored, steps, lr, clip, safeguard, keep_best)
+    return adapt_loop(current, curve, began, loss_and_grad, score, steps, lr, clip, safeguard, keep_best,
+                      scored=scored_start, stepped=lambda step: tell("adapting (steps)", step, steps))
 
 
 #: Where a re-tuned threshold on its search box's edge is put, as a share of the box in
