@@ -187,3 +187,24 @@ def test_evaluate_adapt_steps_reports_the_candidate_deployed():
     assert agent.portfolio["chosen"] == "map" and set(agent.portfolio["candidates"]) == {"map"}
     assert agent.base_rule is not None  # the mapped rule runs on the deployment path
     assert not hasattr(build_policy("default", RegimeSchedule.constant(TASKS["T1"])), "portfolio")
+
+
+def test_cap_candidates_benchmark_quick(tmp_path, monkeypatch):
+    """bench_cap_candidates.py --quick: one random capped regime (bench_random_regimes' draw),
+    the three candidates adapted as a service job does, every pair's choice recorded and, where
+    a pair would deploy another candidate, both scored on test seeds."""
+    from _bench import run_script
+
+    out = tmp_path / "cap.json"
+    run_script("bench_cap_candidates.py", ["--quick", "--out", str(out)], monkeypatch)
+    data = json.loads(out.read_text())
+    assert data["command"] == "python benchmarks/bench_cap_candidates.py --regimes 1 --seed 2030 --steps 1 --quick"
+    [row] = data["regimes"]
+    assert row["regime"]["emission_cap"] > 0 and set(row["validation"]) == {"default", "map", "mpc"}
+    best = max(row["validation"], key=row["validation"].get)
+    assert row["chosen"] == best and set(row["pairs"]) == {"default+map", "default+mpc", "map+mpc"}
+    for pair, name in row["pairs"].items():
+        assert name in pair.split("+") and row["validation"][name] == max(row["validation"][n] for n in pair.split("+"))
+        if name != row["chosen"]:
+            assert set(row["test"]) >= {name, row["chosen"]} and all(0 < s <= 1.0 for s in row["test"].values())
+    assert data["summary"]["chosen"][row["chosen"]] == 1 and data["test_seeds"] == [1000, 1003]
