@@ -208,3 +208,19 @@ def test_cap_candidates_benchmark_quick(tmp_path, monkeypatch):
         if name != row["chosen"]:
             assert set(row["test"]) >= {name, row["chosen"]} and all(0 < s <= 1.0 for s in row["test"].values())
     assert data["summary"]["chosen"][row["chosen"]] == 1 and data["test_seeds"] == [1000, 1003]
+
+
+def test_the_caps_base_follows_the_regime():
+    """caps: the whole portfolio where an emission cap is in force at some period (a
+    schedule's later entry included, either world), the checkpoint alone elsewhere; the
+    other bases are themselves."""
+    from moca.portfolio import base_for
+    from moca.regime import Regime, RegimeSchedule, load_regime
+
+    later_cap = RegimeSchedule.from_list([{"start": 0, "recycled_content_min": 0.1},
+                                          {"start": 20, "emission_cap": 9000.0}])
+    assert base_for("caps", Regime(emission_cap=12000.0)) == "auto" and base_for("caps", later_cap) == "auto"
+    assert base_for("caps", load_regime("T3")) == "default"
+    assert base_for("caps", load_regime({"emission_cap": 30000.0}, model="CLSC-2")) == "auto"
+    assert base_for("caps", load_regime("T2", model="CLSC-2")) == "default"
+    assert [base_for(b, Regime(emission_cap=1.0)) for b in ("default", "map", "mpc")] == ["default", "map", "mpc"]

@@ -179,6 +179,26 @@ def test_moca_through_the_portfolio_reports_the_candidate_it_deployed():
     assert entry["cost"][0] != result["policies"]["mpc"]["cost"][0]
 
 
+def test_moca_goes_through_the_portfolio_by_default_where_a_cap_is_in_force(monkeypatch):
+    """The default --moca-base caps: the portfolio at a capped value, the meta-init alone at the
+    neutral value (no cap) the compliance cost is measured against, as the service adapts."""
+    import moca.portfolio as portfolio
+
+    seen, real = [], portfolio.adapt_portfolio
+
+    def recorded(module, regime, steps, base="auto", **kwargs):
+        seen.append((regime.emission_cap, base))
+        return real(module, regime, steps, base=base, **kwargs)
+
+    monkeypatch.setattr(portfolio, "adapt_portfolio", recorded)
+    plan = make_plan("CLSC-1", "emission_cap", "12000", policies="moca", scenarios=2, adapt_steps=1)
+    assert plan.moca_base == "caps"
+    entry = run_sweep(plan, Backend("serial"))["policies"]["moca"]
+    assert sorted(seen, key=str) == [(12000.0, "auto"), (None, "default")]
+    assert entry["moca_base"] == "caps" and entry["base"] == ["auto"] and entry["violations"] == [0]
+    assert entry["candidate"][0] in ("default", "map", "mpc") and entry["adapt_seconds_total"][0] > 0
+
+
 def test_cli_writes_json_and_plot(tmp_path):
     out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
     result = runner.invoke(app, ["sweep", "--field", "landfill_tax", "--values", "0,50", "--policies", "oracle",

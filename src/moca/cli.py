@@ -1430,9 +1430,10 @@ def sweep(
     scenarios: int = typer.Option(20, "--scenarios", help="Test scenarios per value (seeds seed .. seed+N-1)."),
     seed: int = typer.Option(1000, "--seed", help="First test seed."),
     adapt_steps: int = typer.Option(5, "--adapt-steps", help="moca: gradient steps of adaptation per value."),
-    moca_base: str = typer.Option("default", "--moca-base", help="moca: default = the meta-init adapted; "
-                                                              "auto|map|mpc = through moca adapt's portfolio "
-                                                              "(CLSC-2: auto|mpc; see moca adapt --help)."),
+    moca_base: str = typer.Option("caps", "--moca-base", help="moca: default = the meta-init adapted; "
+                                                           "auto|map|mpc = through moca adapt's portfolio "
+                                                           "(CLSC-2: auto|mpc; see moca adapt --help); caps = "
+                                                           "auto at values with an emission cap, else default."),
     workers: int = typer.Option(2, "--workers", help="Local processes (1: run in this process); CPUs of a local Ray."),
     ray_address: Optional[str] = typer.Option(None, "--ray", help="Run as Ray tasks: 'auto' (a local Ray for the run) or a cluster address."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
@@ -1499,6 +1500,9 @@ def _sweep_table(result: dict) -> None:
             if name == "oracle":
                 price = entry["shadow_price"][i]
                 extra = ("-" if price is None else f"{price:,.0f}") + (" unmet!" if entry["demand_unmet_by_rule"][i] else "")
+            elif name == "moca" and entry.get("base", ["default"])[i] != "default":
+                # through the portfolio: the candidate deployed and the seconds of the whole choice
+                extra = f"{entry['candidate'][i]}, {entry['adapt_seconds_total'][i]:.1f} s in all"
             elif name == "moca":
                 extra = f"{entry['adaptation_steps'][i]} steps, {entry['adaptation_seconds'][i]:.2f} s"
             else:

@@ -39,6 +39,21 @@ from moca.regime_map import (RegimeMapError, ThresholdMap, learned_policy_on, lo
 from moca.scenario import Params, Scenario
 
 BASES: tuple[str, ...] = ("auto", "default", "map", "mpc")
+#: The base that follows the regime: :func:`base_for`.
+CAPS = "caps"
+
+
+def base_for(base: str, plan: Any) -> str:
+    """The base to adapt by for ``plan`` (a regime or schedule): :data:`CAPS` is ``auto``, the
+    whole portfolio, where an emission cap is in force at some period, and ``default``, the
+    checkpoint alone, elsewhere; any other base is itself. Under a cap CLSC-1's rule does not
+    model the cap, and the checkpoint alone stays far below the LP's candidate (0.87-0.97
+    against 0.98-0.999 after 3 steps, caps of 4,000-30,000 kg: README, "The controller
+    service"); elsewhere it adapts in a second or two and decides without an LP solve."""
+    if base != CAPS:
+        return base
+    capped = any(regime.emission_cap is not None for regime in getattr(plan, "entries", (plan,)))
+    return "auto" if capped else "default"
 
 
 @dataclass
@@ -267,5 +282,5 @@ def _planner_evaluation(planner: Any, scenarios: Sequence[Any], oracle_costs: Se
             "mean_cost": float(out.costs.mean()), "violations": int(out.violations)}
 
 
-__all__ = ["BASES", "BASES_2", "Candidate", "PortfolioResult", "adapt_portfolio", "adapt_portfolio2",
-           "evaluate_candidate2", "map_usable", "retuned_start", "start_on_chain"]
+__all__ = ["BASES", "BASES_2", "CAPS", "Candidate", "PortfolioResult", "adapt_portfolio", "adapt_portfolio2",
+           "base_for", "evaluate_candidate2", "map_usable", "retuned_start", "start_on_chain"]

@@ -57,16 +57,15 @@ SERVICE_BASES = ("caps", "default", "auto", "map", "mpc")
 
 
 def job_base(base: str, regime: Any) -> str:
-    """The base a CLSC-1 job adapts through. ``caps`` is ``auto`` (the portfolio) where the
-    regime caps emissions and ``default`` (the version alone) elsewhere: CLSC-1's rule does
-    not model the cap, so there the version alone stays far from what the LSTM over the LP
-    reaches (0.87-0.97 against 0.98-0.999 after 3 steps, caps of 4,000-30,000 kg), while
-    elsewhere the version decides in about 0.1 ms against an LP solve's 1 ms or more. The
-    whole portfolio, not the LSTM over the LP alone: with a cap and a mandate of 0.2 the LP
-    candidate scored 0.84 where the version's own steps kept 0.97."""
-    if base == "caps":
-        return "auto" if regime.emission_cap is not None else "default"
-    return base
+    """The base a CLSC-1 job adapts through (:func:`moca.portfolio.base_for`): ``caps`` is
+    ``auto`` (the portfolio) where the regime caps emissions and ``default`` (the version
+    alone) elsewhere, where the version decides in about 0.1 ms against an LP solve's 1 ms or
+    more. The whole portfolio, not the LSTM over the LP alone: with a cap and a mandate of 0.2
+    the LP candidate scored 0.84 where the version's own steps kept 0.97, and on 12 random
+    capped regimes every smaller portfolio chose worse (benchmarks/bench_cap_candidates.py)."""
+    from moca.portfolio import base_for  # (here: the service's front end does not import torch)
+
+    return base_for(base, regime)
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ class SweepTask:
     adapt_steps: int = 5
     shadow_field: str | None = None
     threshold_budget: int = 1200  # candidate rules the threshold tuner simulates
-    moca_base: str = "default"  # CLSC-1's moca: the meta-init alone, or moca.portfolio's choice
+    moca_base: str = "caps"  # moca: the meta-init alone, or moca.portfolio's choice (caps: under a cap)
 
 
 @dataclass
@@ -282,15 +282,16 @@ class CLSC2Sweep(SweepModel):
             from moca.meta2 import load_policy2
             from moca.metrics import adaptation_speed
             from moca.policy2 import PolicyAgent2
-            from moca.portfolio import adapt_portfolio2
+            from moca.portfolio import adapt_portfolio2, base_for
 
             # base "default" is moca.meta2.adapt2 of the meta-init alone (support 800-807, validation 900-907)
+            moca_base = base_for(moca_base, regime)
             result = adapt_portfolio2(load_policy2("default")[0], regime, adapt_steps, base=moca_base)
             chosen, curve = result.chosen, result.chosen.curve
             speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
             extra = {"adaptation_steps": int(speed.steps), "adaptation_seconds": float(speed.seconds),
                      "adapt_seconds_total": float(curve[-1]["seconds"] if moca_base == "default" else result.seconds),
-                     "candidate": chosen.name}
+                     "candidate": chosen.name, "base": moca_base}
             if chosen.name == "mpc":
                 return chosen.module, extra
             return PolicyAgent2(chosen.module, {k: v.detach().double() for k, v in chosen.weights.items()}), extra
@@ -359,7 +360,8 @@ def _build(name: str, regime: Regime, adapt_steps: int, threshold_budget: int = 
     """The policy for ``regime``: the tuned threshold rule, MPC, or the shipped meta-init
     adapted ``adapt_steps`` steps (support seeds 800+, validation 900+: never test seeds);
     with ``moca_base`` other than ``default``, adapted through :func:`moca.portfolio.adapt_portfolio`
-    (validation seeds 900-907 choose the candidate, as they choose the weights)."""
+    (validation seeds 900-907 choose the candidate, as they choose the weights; ``caps``: there
+    where the regime caps emissions, :func:`moca.portfolio.base_for`)."""
     if name == "threshold":
         from moca.baselines import tune_threshold
 
@@ -372,17 +374,20 @@ def _build(name: str, regime: Regime, adapt_steps: int, threshold_budget: int = 
         from moca import checkpoint
         from moca.metrics import adaptation_speed
         from moca.policy import DeployedPolicy
-        from moca.portfolio import adapt_portfolio
+        from moca.portfolio import adapt_portfolio, base_for
 
         # base "default" is moca.meta.adapt of the meta-init alone (support 800-807, validation 900-907)
+        moca_base = base_for(moca_base, regime)
         portfolio = adapt_portfolio(checkpoint.load_policy("default")[0], regime, adapt_steps, base=moca_base,
                                     validation_size=8, keep_best=False)
         chosen, curve = portfolio.chosen, portfolio.chosen.curve
         speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
         return DeployedPolicy(chosen.module, chosen.weights), {"adaptation_steps": int(speed.steps),
                                                                "adaptation_seconds": float(speed.seconds),
-                                                               "adapt_seconds_total": float(curve[-1]["seconds"]),
-                                                               "candidate": chosen.name}
+                                                               "adapt_seconds_total": float(
+                                                                   curve[-1]["seconds"] if moca_base == "default"
+                                                                   else portfolio.seconds),
+                                                               "candidate": chosen.name, "base": moca_base}
     raise SweepError(f"--policies: unknown policy {name!r}")
 
 
@@ -467,7 +472,7 @@ class SweepPlan:
     seeds: tuple[int, ...]
     adapt_steps: int = 5
     threshold_budget: int = 1200
-    moca_base: str = "default"
+    moca_base: str = "caps"
 
     def tasks(self) -> list[SweepTask]:
         """Every (value, policy) and the neutral value per policy (index -1), reusing a
@@ -496,7 +501,7 @@ class SweepPlan:
 def make_plan(model: str, field_name: str, values: str | Sequence[float], base: str | None = None,
               policies: str | Sequence[str] = ("oracle", "mpc", "threshold"), scenarios: int = 20,
               seed: int = 1000, adapt_steps: int = 5, threshold_budget: int = 1200,
-              moca_base: str = "default") -> SweepPlan:
+              moca_base: str = "caps") -> SweepPlan:
     """Validate a sweep's input; every problem is a :class:`SweepError` (or
     :class:`moca.regime.RegimeError` for ``base``) naming the option."""
     world = get_model(model)
@@ -521,9 +526,9 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
         raise SweepError(f"--base: {err}") from None
     if threshold_budget < 24:
         raise SweepError(f"threshold_budget {threshold_budget}: at least 24 candidate rules")
-    from moca.portfolio import BASES, BASES_2
+    from moca.portfolio import BASES, BASES_2, CAPS
 
-    bases = BASES if world.name == "CLSC-1" else BASES_2
+    bases = (CAPS, *(BASES if world.name == "CLSC-1" else BASES_2))
     if moca_base not in bases:
         raise SweepError(f"--moca-base {moca_base!r}: not one of {', '.join(bases)} on {world.name}")
     plan = SweepPlan(world, spec, numbers, base_regime, chosen, tuple(range(seed, seed + scenarios)), adapt_steps,
@@ -600,9 +605,11 @@ def aggregate(plan: SweepPlan, results: Sequence[TaskResult]) -> dict[str, Any]:
             extras = [by_key[(policy, i)].extra for i in range(len(plan.values))]
             entry["adaptation_steps"] = [e["adaptation_steps"] for e in extras]
             entry["adaptation_seconds"] = [e["adaptation_seconds"] for e in extras]
-            if plan.moca_base != "default":  # which candidate the portfolio deployed at each value
+            if plan.moca_base != "default":  # which candidate the portfolio deployed at each value, in how long
                 entry["moca_base"] = plan.moca_base
                 entry["candidate"] = [e["candidate"] for e in extras]
+                entry["base"] = [e["base"] for e in extras]  # caps: auto or default, by the value's regime
+                entry["adapt_seconds_total"] = [e["adapt_seconds_total"] for e in extras]
         if policy == "oracle":
             prices, cis = [], []
             for i in range(len(plan.values)):
