@@ -199,6 +199,17 @@ def test_moca_goes_through_the_portfolio_by_default_where_a_cap_is_in_force(monk
     assert entry["candidate"][0] in ("default", "map", "mpc") and entry["adapt_seconds_total"][0] > 0
 
 
+def test_cli_table_shows_moca_at_every_value_whichever_base(tmp_path):
+    # --moca-base default has no per-value base in its JSON: its rows once failed past the first value
+    for base, needle in (("default", "steps,"), ("caps", "steps,")):
+        result = runner.invoke(app, ["sweep", "--field", "landfill_tax", "--values", "0,50", "--policies", "moca",
+                                     "--scenarios", "2", "--adapt-steps", "0", "--workers", "1", "--moca-base", base,
+                                     "--json", str(tmp_path / f"{base}.json")])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.count(needle) == 2, result.stdout
+        assert json.loads((tmp_path / f"{base}.json").read_text())["policies"]["moca"]["adaptation_steps"] == [0, 0]
+
+
 def test_cli_writes_json_and_plot(tmp_path):
     out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
     result = runner.invoke(app, ["sweep", "--field", "landfill_tax", "--values", "0,50", "--policies", "oracle",

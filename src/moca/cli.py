@@ -1500,7 +1500,7 @@ def _sweep_table(result: dict) -> None:
             if name == "oracle":
                 price = entry["shadow_price"][i]
                 extra = ("-" if price is None else f"{price:,.0f}") + (" unmet!" if entry["demand_unmet_by_rule"][i] else "")
-            elif name == "moca" and entry.get("base", ["default"])[i] != "default":
+            elif name == "moca" and entry.get("base") and entry["base"][i] != "default":
                 # through the portfolio: the candidate deployed and the seconds of the whole choice
                 extra = f"{entry['candidate'][i]}, {entry['adapt_seconds_total'][i]:.1f} s in all"
             elif name == "moca":
