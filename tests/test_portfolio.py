@@ -118,6 +118,25 @@ def _mapped(seed: int = 0):
     return module
 
 
+def test_the_portfolio_reports_its_progress_candidate_by_candidate():
+    """The callback behind moca adapt's bars on CLSC-1: each candidate's base selection
+    (uncounted), then its steps counted to ``steps``, in the portfolio's order."""
+    regime = TASKS["T2"]
+    cache, support = _scenarios(regime, range(800, 802))
+    told = []
+    result = adapt_portfolio(LSTMPolicy(), regime, 2, threshold_map=SHIPPED, select=2, cache=cache, support=support,
+                             validation=cache.scenarios(range(900, 901), regime),
+                             progress=lambda *call: told.append(call))
+    phases = [what for i, (what, _, _) in enumerate(told) if i == 0 or told[i - 1][0] != what]
+    assert phases == ["the checkpoint: adapting (steps)", "the mapped rule: picking its thresholds",
+                      "the mapped rule: adapting (steps)", "the LSTM over the LP: picking its safety stock",
+                      "the LSTM over the LP: adapting (steps)"]
+    for phase in phases:
+        counts = [(done, total) for what, done, total in told if what == phase]
+        assert counts == ([(0, 2), (1, 2), (2, 2)] if phase.endswith("(steps)") else [(0, None)])
+    assert set(result.candidates) == {"default", "map", "mpc"}
+
+
 def test_mapped_checkpoint_round_trips_and_refuses_corruption(tmp_path):
     module = _mapped()
     regime = TASKS["T3"]

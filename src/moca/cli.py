@@ -864,7 +864,7 @@ def adapt(
             start = {k: v.detach().clone() for k, v in module.named_parameters()}
             before = evaluate_policy(module, start, tests, cache.costs(tests))
             portfolio = adapt_portfolio(module, target, steps, base=base, validation_size=validation, cache=cache,
-                                        keep_best=not keep_last, notes=notes)
+                                        keep_best=not keep_last, notes=notes, progress=_phase_bars(progress))
             chosen = portfolio.chosen
             module, weights, curve = chosen.module, chosen.weights, chosen.curve
             after = evaluate_policy(module, weights, tests, cache.costs(tests))

@@ -507,7 +507,8 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
           support: Sequence[Scenario] | None = None, validation: Sequence[Scenario] | None = None,
           lr: float = 1.0, clip: float | None = 0.03, safeguard: bool = True, correction_weight: float = 0.1,
           support_size: int = 8, validation_size: int = 16, cache: OracleCache | None = None,
-          keep_best: bool = False) -> tuple[Weights, list[dict[str, float]]]:
+          keep_best: bool = False, stepped: Callable[[int], None] | None = None
+          ) -> tuple[Weights, list[dict[str, float]]]:
     """``steps`` inner-loop steps (:func:`clipped_sgd`, as in meta-training) on support
     scenarios of ``regime``; each step costs one rollout (forward + backward) of the
     support batch.
@@ -529,6 +530,8 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
     (the first of equals) instead of the last ones, so the result is never worse on the
     validation scenarios than the start; the curve's entry of those weights gets
     ``"selected": True`` (the others ``False``).
+
+    ``stepped(step)``, if given, is called after each step (a progress bar's tick).
     """
     if steps < 0:
         raise MetaError(f"steps: {steps!r} must be >= 0")
@@ -554,7 +557,7 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
 
     return adapt_loop(current, curve, began, loss_and_grad,
                       lambda w: evaluate_policy(module, w, validation, valid_oracle),
-                      steps, lr, clip, safeguard, keep_best, scored=scored)
+                      steps, lr, clip, safeguard, keep_best, scored=scored, stepped=stepped)
 
 
 def adapt_loop(current: Weights, curve: list[dict[str, Any]], began: float,

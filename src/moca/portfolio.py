@@ -39,6 +39,8 @@ from moca.regime_map import (RegimeMapError, ThresholdMap, learned_policy_on, lo
 from moca.scenario import Params, Scenario
 
 BASES: tuple[str, ...] = ("auto", "default", "map", "mpc")
+#: How progress bars name CLSC-1's candidates.
+CANDIDATE_NAMES = {"default": "the checkpoint", "map": "the mapped rule", "mpc": "the LSTM over the LP"}
 #: The base that follows the regime: :func:`base_for`.
 CAPS = "caps"
 
@@ -143,14 +145,17 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
                     threshold_map: ThresholdMap | None = None, select: int = 16, support_size: int = 8,
                     validation_size: int = 16, cache: OracleCache | None = None, keep_best: bool = True,
                     support: Sequence[Scenario] | None = None, validation: Sequence[Scenario] | None = None,
-                    notes: Sequence[str] = ()) -> PortfolioResult:
+                    notes: Sequence[str] = (),
+                    progress: Callable[[str, int, int | None], None] | None = None) -> PortfolioResult:
     """Adapt the candidates of ``base`` (``auto``: all three; ``default``: ``module`` only;
     ``map``: the mapped policy only; ``mpc``: the LSTM over the LP only) ``steps`` steps to
     ``regime`` and choose by validation score. ``threshold_map``: the shipped map when None
     (only ``auto`` and ``map`` load it). ``auto`` leaves the map's candidate out, with a
     note, when the map was fitted for other params; ``map`` then fails with a
     :class:`RegimeMapError`. The LP's candidate runs on ``module``'s params, whatever they are.
-    ``notes``: what the caller has to tell the user first (:func:`start_on_chain`'s)."""
+    ``notes``: what the caller has to tell the user first (:func:`start_on_chain`'s).
+    ``progress(what, done, total)``, if given, is told each candidate's phases (``total`` None
+    where a phase is not counted), for a progress bar."""
     if base not in BASES:
         raise RegimeMapError(f"base: {base!r} is not one of {', '.join(BASES)}")
     regime = load_regime(regime)
@@ -170,6 +175,7 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
                                      "use --base default")
             names.remove("map")
             notes.append("the threshold map was fitted for other params: the map candidate was left out")
+    tell = progress or (lambda what, done, total: None)
     candidates: dict[str, Candidate] = {}
     for name in names:
         began = time.perf_counter()
@@ -177,15 +183,19 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
         if name == "default":
             candidate_module = module
         elif name == "mpc":
+            tell(f"{CANDIDATE_NAMES[name]}: picking its safety stock", 0, None)
             stock, selection = select_safety_stock(support)
             candidate_module = mpc_policy(module.params, stock)
         else:
+            tell(f"{CANDIDATE_NAMES[name]}: picking its thresholds", 0, None)
             candidate_module = mapped_policy(threshold_map)
             chosen, info = select_thresholds(threshold_map, regime, support, select)
             candidate_module.pin(regime, chosen)
             selection = {**info, "thresholds": chosen.tolist()}
+        phase = f"{CANDIDATE_NAMES[name]}: adapting (steps)"
+        tell(phase, 0, steps)
         weights, curve = adapt(candidate_module, None, regime, steps, support=support, validation=validation,
-                               cache=cache, keep_best=keep_best)
+                               cache=cache, keep_best=keep_best, stepped=lambda step: tell(phase, step, steps))
         candidates[name] = Candidate(name, candidate_module, weights, curve, _validation_score(curve),
                                      time.perf_counter() - began, selection)
     best = max(candidates.values(), key=lambda c: c.validation_score)  # the first of equals
