@@ -454,7 +454,8 @@ def evaluate(
 
         with _progress(as_json) as progress:
             task = progress.add_task(f"preparing {policy}", total=None)
-            agent = build_policy(policy, plan, adapt_steps=adapt_steps, params=params, base=_base_choice(base))
+            agent = build_policy(policy, plan, adapt_steps=adapt_steps, params=params, base=_base_choice(base),
+                                 progress=_phase_bars(progress))
             progress.update(task, description=f"evaluating {policy}", total=len(tests), completed=0)
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
     summary = result.summary()

@@ -89,14 +89,15 @@ BASELINES = ("threshold", "mpc", "oracle")
 
 
 def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: Params = Params(),
-                 base: str = "default"):
+                 base: str = "default", progress: Callable[[str, int, int | None], None] | None = None):
     """The policy ``name`` for scenarios of ``plan``: ``threshold`` (tuned on training
     scenarios of the plan), ``mpc``, ``oracle`` (returns None: the oracle is the LP itself)
     or a checkpoint directory (``default`` = the shipped meta-init), adapted
     ``adapt_steps`` steps to the plan's regime first (support scenarios, seeds 800+).
     ``base`` (with ``adapt_steps`` > 0): ``default`` adapts the checkpoint alone;
     ``auto``/``map``/``mpc`` run :func:`moca.portfolio.adapt_portfolio` (the checkpoint, the
-    mapped policy and the LSTM over the LP, chosen on validation scenarios)."""
+    mapped policy and the LSTM over the LP, chosen on validation scenarios), telling
+    ``progress`` their phases (:func:`moca.portfolio.adapt_portfolio`)."""
     from moca.baselines import MPCPolicy, tune_threshold
 
     if name == "oracle":
@@ -126,7 +127,7 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
     if adapt_steps and base != "default":
         module, base, notes = start_on_chain(name, params, base)  # on another chain maybe the LP's alone
         result = adapt_portfolio(module, plan.entries[0].regime(), adapt_steps, base=base, keep_best=False,
-                                 notes=notes)
+                                 notes=notes, progress=progress)
         deployed = DeployedPolicy(result.chosen.module, result.chosen.weights)
         deployed.portfolio = result.summary()  # which candidate won, and both validation scores
         return deployed
