@@ -243,3 +243,25 @@ def test_the_caps_base_follows_the_regime():
     assert base_for("caps", load_regime({"emission_cap": 30000.0}, model="CLSC-2")) == "auto"
     assert base_for("caps", load_regime("T2", model="CLSC-2")) == "default"
     assert [base_for(b, Regime(emission_cap=1.0)) for b in ("default", "map", "mpc")] == ["default", "map", "mpc"]
+
+
+def test_evaluate_adapt_steps_passes_its_progress_to_the_portfolio(monkeypatch):
+    """moca evaluate --adapt-steps (moca.experiment.build_policy) hands its bars' callback to
+    the portfolio, which tells it each candidate's phases."""
+    import moca.portfolio as portfolio
+    from moca.experiment import build_policy
+    from moca.regime import load_schedule
+
+    given = []
+
+    def adapt_portfolio(*args, **kwargs):
+        given.append(kwargs["progress"])
+        raise RuntimeError("stop here")  # what follows is tested elsewhere
+
+    def tell(what, done, total):
+        pass
+
+    monkeypatch.setattr(portfolio, "adapt_portfolio", adapt_portfolio)
+    with pytest.raises(RuntimeError, match="stop here"):
+        build_policy("default", load_schedule("T2"), adapt_steps=1, base="auto", progress=tell)
+    assert given == [tell]
