@@ -55,14 +55,14 @@ def test_schedule_entries_past_the_horizon_are_named(tmp_path):
     assert expected in made.stderr
     assert [r["start"] for r in json.loads(out.read_text())["regimes"]] == [0, 20, 60]  # kept as written
     for args in (("--regime", schedule, "--scenarios", 1, "--seed", 1000), ("--scenario", out)):
-        scored = run("evaluate", "--policy", "threshold", *args, "--json")
+        scored = run("evaluate", "--policy", "mpc", *args, "--json")
         assert scored.returncode == 0, scored.stderr
         assert expected in scored.stderr and json.loads(scored.stdout)["violations"] == 0
     longer = tmp_path / "params.yaml"
     longer.write_text("horizon: 70\n")
     quiet = run("scenario", "new", "--seed", 1, "--regime", schedule, "--params", longer, "-o", out)
     assert quiet.returncode == 0 and "never appl" not in quiet.stderr
-    two = run("evaluate", "--model", "CLSC-2", "--policy", "threshold", "--regime", schedule, "--scenarios", 1,
+    two = run("evaluate", "--model", "CLSC-2", "--policy", "mpc", "--regime", schedule, "--scenarios", 1,
               "--seed", 1000, "--json")
     assert two.returncode == 0, two.stderr
     assert expected in two.stderr
