@@ -280,18 +280,13 @@ class CLSC2Sweep(SweepModel):
             return MPC2Policy(safety_stock=TUNED_SAFETY_STOCK_2["mpc-forecast"]), {}
         if name == "moca":
             from moca.meta2 import load_policy2
-            from moca.metrics import adaptation_speed
             from moca.policy2 import PolicyAgent2
             from moca.portfolio import adapt_portfolio2, base_for
 
             # base "default" is moca.meta2.adapt2 of the meta-init alone (support 800-807, validation 900-907)
             moca_base = base_for(moca_base, regime)
             result = adapt_portfolio2(load_policy2("default")[0], regime, adapt_steps, base=moca_base)
-            chosen, curve = result.chosen, result.chosen.curve
-            speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
-            extra = {"adaptation_steps": int(speed.steps), "adaptation_seconds": float(speed.seconds),
-                     "adapt_seconds_total": float(curve[-1]["seconds"] if moca_base == "default" else result.seconds),
-                     "candidate": chosen.name, "base": moca_base}
+            chosen, extra = result.chosen, _adaptation_extras(result, moca_base)
             if chosen.name == "mpc":
                 return chosen.module, extra
             return PolicyAgent2(chosen.module, {k: v.detach().double() for k, v in chosen.weights.items()}), extra
@@ -372,7 +367,6 @@ def _build(name: str, regime: Regime, adapt_steps: int, threshold_budget: int = 
         return MPCPolicy(), {}
     if name == "moca":
         from moca import checkpoint
-        from moca.metrics import adaptation_speed
         from moca.policy import DeployedPolicy
         from moca.portfolio import adapt_portfolio, base_for
 
@@ -380,15 +374,22 @@ def _build(name: str, regime: Regime, adapt_steps: int, threshold_budget: int = 
         moca_base = base_for(moca_base, regime)
         portfolio = adapt_portfolio(checkpoint.load_policy("default")[0], regime, adapt_steps, base=moca_base,
                                     validation_size=8, keep_best=False)
-        chosen, curve = portfolio.chosen, portfolio.chosen.curve
-        speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
-        return DeployedPolicy(chosen.module, chosen.weights), {"adaptation_steps": int(speed.steps),
-                                                               "adaptation_seconds": float(speed.seconds),
-                                                               "adapt_seconds_total": float(
-                                                                   curve[-1]["seconds"] if moca_base == "default"
-                                                                   else portfolio.seconds),
-                                                               "candidate": chosen.name, "base": moca_base}
+        chosen = portfolio.chosen
+        return DeployedPolicy(chosen.module, chosen.weights), _adaptation_extras(portfolio, moca_base)
     raise SweepError(f"--policies: unknown policy {name!r}")
+
+
+def _adaptation_extras(result: Any, base: str) -> dict[str, Any]:
+    """What a sweep reports of moca's adaptation at one value, either world: steps and seconds
+    to its plateau (:func:`moca.metrics.adaptation_speed`), the seconds in all (the whole
+    portfolio's choice where ``base`` ran one), the candidate deployed and the base used."""
+    from moca.metrics import adaptation_speed
+
+    curve = result.chosen.curve
+    speed = adaptation_speed([c["score"] for c in curve], [c["seconds"] for c in curve])
+    return {"adaptation_steps": int(speed.steps), "adaptation_seconds": float(speed.seconds),
+            "adapt_seconds_total": float(curve[-1]["seconds"] if base == "default" else result.seconds),
+            "candidate": result.chosen.name, "base": base}
 
 
 def _policy_metrics(policy: Any, scenarios: Sequence[Any]) -> dict[str, list[float]]:
