@@ -724,3 +724,28 @@ def test_adapt_settings_beyond_their_seeds_are_refused():
     assert largest.argv()[:3] == ["100", "100", "100"]
     with pytest.raises(ValueError, match="adapt.base='best': must be one of caps, default, auto, map, mpc"):
         AdaptSettings(base="best")
+
+
+def test_a_chain_registered_with_adapt_gets_a_job_for_its_regime_and_its_version_decides_once_it_passes(tmp_path):
+    """``adapt: true`` on registration: the registered regime is adapted to as a regulation
+    in force from period 0 would be (here under a cap, where the meta-init alone is far
+    behind); the checkpoint decides until the job's version passes, then that version."""
+    with TestClient(create_app(tmp_path / "data", worker=False)) as c:
+        rt = c.app.state.runtime
+        plain = c.post("/v1/chains", json={"id": "p0", "regime": "T1"})
+        assert plain.status_code == 201 and plain.json()["adaptation_job"] is None
+        assert c.get("/v1/chains/p0/jobs").json() == []
+        answer = c.post("/v1/chains", json={"id": "p1", "regime": {"emission_cap": 12000.0}, "adapt": True})
+        assert answer.status_code == 201, answer.text
+        job = answer.json()["adaptation_job"]
+        assert answer.json()["policy_version"] == 1 and answer.json()["pending_regulations"] == []
+        assert [j["id"] for j in c.get("/v1/chains/p1/jobs").json()] == [job]
+        assert c.post("/v1/chains/p1/decide", json=_obs(0)).json()["policy_version"] == 1  # the job has not run
+        _run_jobs(rt.store, [job], AdaptSettings(steps=1, support=2, validation=2))
+        result = c.get(f"/v1/jobs/{job}").json()
+        assert result["state"] == "done" and result["version"] == 2, result
+        assert result["score_after"] > result["score_before"] and "portfolio chose" in result["warm_start"]
+        out = c.post("/v1/chains/p1/decide", json=_obs(1)).json()
+        assert out["policy_version"] == 2 and out["regime"]["emission_cap"] == 12000.0
+        versions = c.get("/v1/chains/p1/versions").json()
+        assert [(v["number"], v["state"]) for v in versions] == [(1, "retired"), (2, "active")]

@@ -190,3 +190,27 @@ def test_the_regime_memory_holds_both_models_and_finds_the_nearest_clsc2_rule(cl
     assert ranked[0] == ("clsc-2", 13, 0.0) and all(d > 0 for _, _, d in ranked[1:])
     r = client.get("/v1/regimes", params={"nearest": json.dumps({**RULE, "recycled_content_window": 0})})
     assert r.status_code == 422 and "recycled_content_window" in r.json()["detail"], r.text
+
+
+def test_a_clsc2_chain_registered_with_adapt_decides_as_a_plain_one_until_its_job_passes(client):
+    """``adapt: true``: the registered regime held as a regulation in force from period 0
+    changes nothing in the decisions (regime table, window) until the job's version passes;
+    then that version decides."""
+    for chain, adapt in (("plain", False), ("adapted", True)):
+        r = client.post("/v1/chains", json={"id": chain, "model": "clsc-2", "regime": "T2", "adapt": adapt})
+        assert r.status_code == 201, r.text
+    job = r.json()["adaptation_job"]
+    assert job is not None and client.get("/v1/chains/plain/jobs").json() == []
+    first = _first_obs()
+    answers = [client.post(f"/v1/chains/{c}/decide", json=first).json() for c in ("plain", "adapted")]
+    assert answers[0]["action"] == answers[1]["action"] and answers[0]["window"] == answers[1]["window"]
+    assert answers[1]["policy_version"] == 1
+    store = client.app.state.runtime.store
+    with store.tx() as c:
+        c.execute("UPDATE jobs SET state='running', attempts=attempts+1 WHERE id=?", (job,))
+    run_job(store, job, TINY)
+    done = client.get(f"/v1/jobs/{job}").json()
+    assert done["state"] == "done" and done["version"] == 2 and done["violations"] == 0, done
+    r = client.post("/v1/chains/adapted/decide", json={**first, "t": 1, "used_virgin": 1.0, "used_recycled": 1.0})
+    assert r.status_code == 200, r.text
+    assert r.json()["policy_version"] == 2 and r.json()["window"]["periods_left"] == 50

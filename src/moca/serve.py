@@ -303,6 +303,9 @@ class ChainIn(Strict):
     regime: dict[str, Any] | str = Field(description="regime in force now: the spec's fields, or a preset name")
     checkpoint: str | None = Field(None, description="policy checkpoint: 'default', 'default-reptile' or a "
                                                      "directory under DATA/checkpoints")
+    adapt: bool = Field(False, description="queue an adaptation job for the regime registered, as for a "
+                                           "regulation in force from t = 0 (the answer's adaptation_job); "
+                                           "until it is done the checkpoint decides")
 
 
 def _non_negative_entries(cls, values: list[float], info) -> list[float]:
@@ -1374,8 +1377,19 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                       "activated) VALUES(?,1,?,NULL,?,?,'initial','active',?,?)",
                       (body.id, regime_id, str(path.relative_to(store.data)), sha, time.time(), time.time()))
             c.execute("INSERT INTO chain_state(chain, episode, last_t) VALUES(?,0,-1)", (body.id,))
+            job = None
+            if body.adapt:
+                # The registered regime as a regulation already in force from period 0: the job is
+                # then an ordinary one (warm start from the memory, validation gate) and its version
+                # becomes active as soon as it passes.
+                now = time.time()
+                reg = c.execute("INSERT INTO regulations(chain, regime_id, effective, episode, state, created, "
+                                "in_force) VALUES(?,?,0,0,'in_force',?,?)", (body.id, regime_id, now, now)).lastrowid
+                job = c.execute("INSERT INTO jobs(chain, regulation, state, created) VALUES(?,?,'queued',?)",
+                                (body.id, reg, now)).lastrowid
+                c.execute("UPDATE regulations SET job=? WHERE id=?", (job, reg))
         _deployed(rt, model, body.id, 1)  # loaded now, not by the first decision
-        return chain_out(body.id)
+        return {**chain_out(body.id), "adaptation_job": job}
 
     def chain_out(chain: str) -> dict[str, Any]:
         _chain(rt, chain)
