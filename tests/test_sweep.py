@@ -231,3 +231,25 @@ def test_unreachable_ray_address_fails_fast():
         result = runner.invoke(app, ["sweep", "--field", "carbon_tax", "--values", "0,10", "--policies", "oracle",
                                      "--scenarios", "2", "--ray", address])
         assert result.exit_code == 2 and needle in result.stderr, result.stderr
+
+
+def test_a_cost_interval_over_few_scenarios_never_reaches_below_zero():
+    """Costs and emissions have no negative terms: a t-interval over four scenarios, one
+    with an outage, would reach below 0 and is cut there; a paired difference (the
+    compliance cost) may be negative and is not cut; a tight interval is left alone."""
+    from moca.sweep import TaskResult, aggregate, interval
+
+    skewed = [1000.0, 1200.0, 900.0, 40000.0]
+    assert interval(skewed)[1][0] < 0 and interval(skewed, lowest=0.0)[1][0] == 0.0
+    assert interval(skewed, lowest=0.0)[1][1] == interval(skewed)[1][1]
+    assert interval([10.0, 11.0, 12.0], lowest=0.0) == interval([10.0, 11.0, 12.0])
+    plan = make_plan("CLSC-1", "carbon_tax", "0,100", policies="threshold", scenarios=4)
+
+    def metrics(cost):
+        return {"cost": cost, "emissions": cost, "recycled_share": [0.1] * 4, plan.model.unmet: [0.0] * 4,
+                "violations": [0] * 4}
+
+    results = [TaskResult(0, "threshold", metrics([1000.0] * 4)), TaskResult(1, "threshold", metrics(skewed))]
+    out = aggregate(plan, results)["policies"]["threshold"]
+    assert out["cost_ci"][1][0] == 0.0 and out["emissions_ci"][1][0] == 0.0
+    assert out["compliance_cost_ci"][1][0] < 0  # a difference: not cut

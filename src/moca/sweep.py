@@ -565,8 +565,13 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     return out
 
 
-def interval(samples: Sequence[float]) -> tuple[float, list[float]]:
-    """Mean and 95% t-interval of the mean (NaN-free samples; one sample: [mean, mean])."""
+def interval(samples: Sequence[float], lowest: float | None = None) -> tuple[float, list[float]]:
+    """Mean and 95% t-interval of the mean (NaN-free samples; one sample: [mean, mean]).
+
+    ``lowest``: the least value the quantity can take (0 for a cost or emissions). A
+    t-interval over a few scenarios with outages can reach below it; the interval is then
+    cut there, which keeps its coverage (the mean cannot lie below) and never shows a
+    negative cost."""
     from scipy import stats
 
     x = np.asarray(samples, dtype=np.float64)
@@ -574,7 +579,8 @@ def interval(samples: Sequence[float]) -> tuple[float, list[float]]:
     if x.size < 2:
         return mean, [mean, mean]
     half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return mean, [mean - half, mean + half]
+    low = mean - half if lowest is None else max(mean - half, lowest)
+    return mean, [low, mean + half]
 
 
 def aggregate(plan: SweepPlan, results: Sequence[TaskResult]) -> dict[str, Any]:
@@ -590,13 +596,13 @@ def aggregate(plan: SweepPlan, results: Sequence[TaskResult]) -> dict[str, Any]:
         base = np.asarray(by_key[(policy, neutral_key)].metrics["cost"])
         for i in range(len(plan.values)):
             m = by_key[(policy, i)].metrics
-            mean, ci = interval(m["cost"])
+            mean, ci = interval(m["cost"], lowest=0.0)  # EUR, no revenue term
             entry["cost"].append(mean)
             entry["cost_ci"].append(ci)
             mean, ci = interval(np.asarray(m["cost"]) - base)  # paired: same scenarios
             entry["compliance_cost"].append(mean)
             entry["compliance_cost_ci"].append(ci)
-            mean, ci = interval(m["emissions"])
+            mean, ci = interval(m["emissions"], lowest=0.0)
             entry["emissions"].append(mean)
             entry["emissions_ci"].append(ci)
             entry["recycled_share"].append(float(np.mean(m["recycled_share"])))
