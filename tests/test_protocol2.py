@@ -1,5 +1,6 @@
-"""moca's per-task choice of update on CLSC-2: the protected update (EWC + GEM) or plain
-steps, kept by mean validation score over the tasks seen so far.
+"""moca's per-task choice of update on CLSC-2: the protected update (EWC + GEM), plain
+steps, or the weights left unchanged, kept by mean validation score over the tasks seen so
+far.
 
 The learner's part (``fork``, ``protect=False``, the default path unchanged) on a toy
 linear regression; the choice itself with a validation function that is told which
@@ -127,7 +128,8 @@ def test_keeps_the_candidate_with_the_higher_validation_mean(protected_score, pl
     kept, stats, choice = learn_by_validation(learner, b, 4, validation_mean,
                                               on_step=lambda k, w: calls.append(k) or float(k))
     assert choice == {"task": "B", "chosen": chosen, "validation_protected": protected_score,
-                      "validation_plain": plain_score, "comparison_seconds": choice["comparison_seconds"]}
+                      "validation_plain": plain_score, "validation_unchanged": None,
+                      "comparison_seconds": choice["comparison_seconds"]}
     assert torch.equal(kept.weights["weight"], plain_w if chosen == "plain" else protected_w)
     assert (kept is learner) == (chosen == "protected")
     assert calls == [0, 1, 2, 3, 4] * 2  # both candidates learned, each curve recorded
@@ -151,6 +153,37 @@ def test_first_task_is_learned_once_since_both_candidates_are_the_same():
     assert choice["chosen"] == "protected" and choice["validation_plain"] == choice["validation_protected"] == 0.5
     kept.consolidate(a)
     assert kept.protecting
+
+
+@pytest.mark.parametrize("protecting", [True, False])
+def test_the_weights_before_the_task_are_kept_when_they_validate_strictly_higher(protecting):
+    """Steps that lower the validation mean over the tasks seen (both candidates) are not
+    kept: the learner leaves the task as it found it, still consolidates it, and the curve
+    is step 0's alone with the seconds the choice cost."""
+    from moca.metrics import adaptation_speed
+
+    if protecting:
+        _, learner, a, b = setup()
+    else:
+        module = nn.Linear(6, 1, bias=False).double()
+        b = Linear("B", module, 1, [2, 3, 4])
+        learner = ContinualLearner(module, "moca", {"weight": torch.zeros(1, 6, dtype=torch.float64)},
+                                   ContinualConfig(lr=0.05, ewc_lambda=2.0))
+    start = learner.weights["weight"].clone()
+
+    def validation_mean(weights):
+        return 0.99 if torch.equal(weights["weight"], start) else 0.9
+
+    kept, stats, choice = learn_by_validation(learner, b, 4, validation_mean, on_step=lambda k, w: 0.5 + k,
+                                              keep_unchanged=True)
+    assert choice["chosen"] == "unchanged" and choice["validation_unchanged"] == 0.99
+    assert choice["validation_protected"] == choice["validation_plain"] == 0.9
+    assert torch.equal(kept.weights["weight"], start) and kept is not learner
+    assert stats.scores == [0.5] and len(stats.seconds) == 1 and stats.seconds[0] > 0
+    assert adaptation_speed(stats.scores, stats.seconds).steps == 0
+    tasks_before = len(kept.memories)
+    kept.consolidate(b)
+    assert kept.protecting and len(kept.memories) == tasks_before + 1
 
 
 # ----------------------------------------------------------------------------------------
@@ -182,9 +215,10 @@ def test_tiny_clsc2_run_records_a_choice_per_task(clsc2):
     for c in choices:
         assert c["chosen"] == ("plain" if c["validation_plain"] > c["validation_protected"] else "protected")
         assert 0 < c["validation_protected"] <= 1.5 and 0 < c["validation_plain"] <= 1.5
+        assert c["validation_unchanged"] is None  # the third candidate is opt-in
     # on T1 the mean over the tasks seen is T1's own score: the kept candidate's last curve point
     first = choices[0]
-    kept = first["validation_plain"] if first["chosen"] == "plain" else first["validation_protected"]
+    kept = first[f"validation_{first['chosen']}"]
     assert math.isclose(kept, result["adaptation_curves"][0][-1], rel_tol=1e-12)
     assert all(math.isfinite(s) for s in result["adaptation_seconds"])
 
@@ -199,6 +233,8 @@ def test_selection_is_moca_only_by_default(clsc2):
     module, tasks, cache = clsc2
     with pytest.raises(ExperimentError, match="select_protocol"):
         run_continual2("maml", module, tasks[:1], cache, TINY2, select_protocol=True)
+    with pytest.raises(ExperimentError, match="keep_unchanged: method 'maml'"):
+        run_continual2("maml", module, tasks[:1], cache, TINY2, keep_unchanged=True)
     result, _ = run_continual2("maml", module, tasks[:1], cache, TINY2.model_copy(update={"steps": 0}))
     assert result["select_protocol"] is False and "protocol_choice" not in result
 
@@ -219,3 +255,39 @@ def test_cli_continual_shows_the_choice(clsc2, tmp_path):
     out = json.loads(done.stdout)
     assert [c["task"] for c in out["protocol_choice"]] == ["T1"] and out["violations"] == 0
     assert out["protocol_choice"][0]["chosen"] in ("protected", "plain")
+    assert out["protocol_choice"][0]["validation_unchanged"] is None
+    third = json.loads(CliRunner().invoke(app, [*args, "--json", "--keep-unchanged"]).stdout)["protocol_choice"][0]
+    assert third["chosen"] in ("protected", "unchanged") and 0 < third["validation_unchanged"] <= 1.5
+    for refused in (["--method", "maml"], ["--model", "CLSC-1"]):
+        done = CliRunner().invoke(app, [*args, "--keep-unchanged", *refused])
+        assert done.exit_code == 2 and "--keep-unchanged: only with --model CLSC-2 and --method moca" in done.output
+
+
+def test_the_unchanged_candidate_benchmark_quick(tmp_path):
+    """bench_continual_unchanged.py --quick (a real process: it runs two spawned workers): one
+    random sequence learned with and without the third candidate; where a regime was left
+    unchanged its row of test scores repeats the row before it (the same weights)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_continual_unchanged.py"
+    out = tmp_path / "unchanged.json"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    [row] = data["sequences"]
+    assert len(row["regimes"]) == 2 and row["without"]["keep_unchanged"] is False and row["with"]["keep_unchanged"]
+    assert "unchanged" not in row["without"]["choices"] and len(row["with"]["choices"]) == 2
+    assert math.isclose(row["difference"], row["with"]["average_final_score"] - row["without"]["average_final_score"])
+    for k, (chosen, validation) in enumerate(zip(row["with"]["choices"], row["with"]["validation"])):
+        left = validation["validation_unchanged"] > max(validation["validation_protected"],
+                                                        validation["validation_plain"])
+        assert (chosen == "unchanged") == left
+        if left:  # R[0] is before any regime: row k + 1 is after regime k
+            assert row["with"]["R"][k + 1] == row["with"]["R"][k]
+    assert row["with"]["violations"] == row["without"]["violations"] == 0
+    assert data["unchanged_kept"] == row["with"]["choices"].count("unchanged") and data["test_seeds"] == [1000, 1001]
+    assert data["seed_tasks"] is False and data["random_mean_difference"] == row["difference"]

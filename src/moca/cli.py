@@ -1062,6 +1062,9 @@ def continual(
     scenarios: int = typer.Option(20, "--scenarios", min=1, max=MOST_SCENARIOS, help="Test scenarios per regime (seeds 1000+)."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (names T1-T3 then have W = 52)."),
+    keep_unchanged: bool = typer.Option(False, "--keep-unchanged", help="CLSC-2, method moca: also keep the weights "
+                                        "from before a regime where they validate higher than both updates "
+                                        "(opt-in; README, \"A third candidate\")."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Learn a sequence of regimes in turn with one method; report the score matrix and forgetting.
@@ -1072,8 +1075,12 @@ def continual(
     from moca.regime import load_sequence
 
     with _bad_input():
+        if keep_unchanged and (_chosen_model(model) != "CLSC-2" or method != "moca"):
+            raise UsageError("--keep-unchanged: only with --model CLSC-2 and --method moca (the method that chooses "
+                             "its update per regime on validation)")
         if _chosen_model(model) == "CLSC-2":
-            return _continual2(sequence, method, checkpoint_dir, steps, scenarios, as_json, params_file)
+            return _continual2(sequence, method, checkpoint_dir, steps, scenarios, as_json, params_file,
+                               keep_unchanged)
         tasks = _unique_labels(load_sequence(sequence))
         params = _load_params(params_file)
         from moca import checkpoint  # (torch: only once the input is known good)
@@ -1133,7 +1140,7 @@ def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str)
 
 
 def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], steps: int, scenarios: int,
-                as_json: bool, params_file: Optional[Path] = None) -> None:
+                as_json: bool, params_file: Optional[Path] = None, keep_unchanged: bool = False) -> None:
     """``moca continual --model CLSC-2`` (moca.experiment2.run_continual2; with --params,
     on that chain: its scenarios, oracle and the policy's scaling, the weights carried over)."""
     from moca.regime import TASKS, TASKS_2, load_sequence
@@ -1166,7 +1173,8 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
     with _progress(as_json) as progress:
         bar = progress.add_task(f"{method} (CLSC-2)", total=len(tasks))
         result, _ = run_continual2(method, module, tasks, OracleCache2(module.params), config, init=init,
-                                   progress=lambda d: progress.update(bar, description=d, advance=1))
+                                   progress=lambda d: progress.update(bar, description=d, advance=1),
+                                   keep_unchanged=keep_unchanged)
     R = result["R"]
     out = {"model": "CLSC-2", "method": method, "regimes": [label for label, _ in tasks], "R": R[1:],
            "R_initial": R[0], **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt",
