@@ -1123,8 +1123,9 @@ def continual(
     _print_continual(out, [label for label, _ in tasks], R, f"{method}")
 
 
-def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str) -> None:
-    """The score matrix of a continual run (after each regime, on each regime) and its summary."""
+def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str, hint: str = "") -> None:
+    """The score matrix of a continual run (after each regime, on each regime) and its summary;
+    a regime that its own steps left worse is named (with ``hint``, what could keep it)."""
     table = Table(title=f"{what}: score after learning each regime (rows) on each regime (columns)")
     table.add_column("after")
     for label in labels:
@@ -1137,6 +1138,11 @@ def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str)
     console.print(f"average final score {out['average_final_score']:.4f}; "
                   + (f"drop on {labels[0]} after {labels[1]} {100 * drop:.2f}%; " if drop is not None else "")
                   + f"violations {out['violations']}")
+    # R[i] holds the scores before regime i is learned, R[i + 1] after: at the printed digits
+    worse = [(label, R[i][i], R[i + 1][i]) for i, label in enumerate(labels) if R[i + 1][i] < R[i][i] - 5e-5]
+    if worse:
+        console.print("learning these regimes lowered their own score: "
+                      + ", ".join(f"{label} {before:.4f} -> {after:.4f}" for label, before, after in worse) + hint)
 
 
 def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], steps: int, scenarios: int,
@@ -1185,7 +1191,9 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
     if as_json:
         _print_json(out)
         return
-    _print_continual(out, [label for label, _ in tasks], R, f"{method} on CLSC-2")
+    _print_continual(out, [label for label, _ in tasks], R, f"{method} on CLSC-2",
+                     " (--keep-unchanged lets moca keep the weights from before a regime where they validate "
+                     "higher)" if method == "moca" and not keep_unchanged else "")
     if "protocol_choice" in out:
         console.print("update kept per regime, by mean validation score on the regimes seen: "
                       + ", ".join(f"{c['task']} {c['chosen']}" for c in out["protocol_choice"]))
