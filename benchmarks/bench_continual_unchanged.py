@@ -51,13 +51,10 @@ def learn(job: tuple[int, list[dict[str, Any]], bool, int, int]) -> dict[str, An
     from moca.experiment import ExperimentConfig
     from moca.experiment2 import run_continual2
     from moca.meta2 import OracleCache2, load_policy2
-    from moca.regime import Regime
-
     torch.set_num_threads(1)
     index, regimes, keep_unchanged, steps, test_size = job
     module, _ = load_policy2("default")
-    tasks = [(r.get("name") or f"R{i + 1}", Regime(**{k: v for k, v in r.items() if k != "name"}))
-             for i, r in enumerate(regimes)]
+    tasks = [(r.get("name") or f"R{i + 1}", _regime(r)) for i, r in enumerate(regimes)]
     config = ExperimentConfig(steps=steps, test_size=test_size)
     began = time.perf_counter()
     result, _ = run_continual2("moca", module, tasks, OracleCache2(module.params), config,
@@ -102,7 +99,7 @@ def main() -> None:
     for i, seq in enumerate(sequences):
         without, with_ = (next(r for r in results if r["sequence"] == i and r["keep_unchanged"] is k)
                           for k in (False, True))
-        rows.append({"regimes": seq, "labels": [r.get("name") or _describe(r) for r in seq], "without": without,
+        rows.append({"regimes": seq, "labels": [r.get("name") or _regime(r).describe() for r in seq], "without": without,
                      "with": with_, "difference": with_["average_final_score"] - without["average_final_score"]})
     drawn = rows[0 if args.no_seed_tasks else 1:]  # the random sequences: the summary is theirs
     differences = np.array([r["difference"] for r in drawn])
@@ -131,10 +128,11 @@ def main() -> None:
           f"{out['seconds']:.0f} s; wrote {args.out}")
 
 
-def _describe(regime: dict[str, Any]) -> str:
+def _regime(entry: dict[str, Any]) -> Any:
+    """A sequence entry (a regime's fields, the seed tasks with a ``name`` label) as a Regime."""
     from moca.regime import Regime
 
-    return Regime(**{k: v for k, v in regime.items() if k != "name"}).describe()
+    return Regime(**{k: v for k, v in entry.items() if k != "name"})
 
 
 if __name__ == "__main__":

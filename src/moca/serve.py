@@ -802,6 +802,22 @@ def _params_hash(params_json: str) -> str:
     return hashlib.sha256(params_json.encode()).hexdigest()[:16]
 
 
+def _queue_regulation(c: sqlite3.Connection, chain: str, regime_id: int, effective: int, episode: int,
+                      similar_to: str | None = None, in_force: bool = False) -> tuple[int, int]:
+    """A regulation event and its adaptation job, inside the caller's transaction:
+    ``(regulation id, job id)``. ``in_force``: already in force (the regime a chain is
+    registered in), else pending until its period."""
+    now = time.time()
+    reg = c.execute("INSERT INTO regulations(chain, regime_id, effective, episode, similar_to, state, created, "
+                    "in_force) VALUES(?,?,?,?,?,?,?,?)",
+                    (chain, regime_id, effective, episode, similar_to, "in_force" if in_force else "pending", now,
+                     now if in_force else None)).lastrowid
+    job = c.execute("INSERT INTO jobs(chain, regulation, state, created) VALUES(?,?,'queued',?)",
+                    (chain, reg, now)).lastrowid
+    c.execute("UPDATE regulations SET job=? WHERE id=?", (job, reg))
+    return reg, job
+
+
 # ----------------------------------------------------------------------------------------
 # 3. The adaptation worker (a separate process)
 # ----------------------------------------------------------------------------------------
@@ -1377,17 +1393,10 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                       "activated) VALUES(?,1,?,NULL,?,?,'initial','active',?,?)",
                       (body.id, regime_id, str(path.relative_to(store.data)), sha, time.time(), time.time()))
             c.execute("INSERT INTO chain_state(chain, episode, last_t) VALUES(?,0,-1)", (body.id,))
-            job = None
-            if body.adapt:
-                # The registered regime as a regulation already in force from period 0: the job is
-                # then an ordinary one (warm start from the memory, validation gate) and its version
-                # becomes active as soon as it passes.
-                now = time.time()
-                reg = c.execute("INSERT INTO regulations(chain, regime_id, effective, episode, state, created, "
-                                "in_force) VALUES(?,?,0,0,'in_force',?,?)", (body.id, regime_id, now, now)).lastrowid
-                job = c.execute("INSERT INTO jobs(chain, regulation, state, created) VALUES(?,?,'queued',?)",
-                                (body.id, reg, now)).lastrowid
-                c.execute("UPDATE regulations SET job=? WHERE id=?", (job, reg))
+            # The registered regime as a regulation already in force from period 0: the job is
+            # then an ordinary one (warm start from the memory, validation gate) and its version
+            # becomes active as soon as it passes.
+            job = _queue_regulation(c, body.id, regime_id, 0, 0, in_force=True)[1] if body.adapt else None
         _deployed(rt, model, body.id, 1)  # loaded now, not by the first decision
         return {**chain_out(body.id), "adaptation_job": job}
 
@@ -1453,15 +1462,9 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         effective = body.effective if body.effective is not None else memory.last_t + 1
         if effective >= params.horizon:
             raise ServeError(422, f"effective: {effective} is past the episode (periods 0..{params.horizon - 1})")
-        now = time.time()
         with store.tx() as c:
             regime_id = store.regime_id(model, regime, params, name)
-            reg = c.execute("INSERT INTO regulations(chain, regime_id, effective, episode, similar_to, state, created) "
-                            "VALUES(?,?,?,?,?,'pending',?)",
-                            (chain, regime_id, effective, memory.episode, body.similar_to, now)).lastrowid
-            job = c.execute("INSERT INTO jobs(chain, regulation, state, created) VALUES(?,?,'queued',?)",
-                            (chain, reg, now)).lastrowid
-            c.execute("UPDATE regulations SET job=? WHERE id=?", (job, reg))
+            reg, job = _queue_regulation(c, chain, regime_id, effective, memory.episode, body.similar_to)
         # A period already decided cannot be redone: such a rule is in force from the next
         # decision, and the answer says so rather than let a client read `effective` as applied.
         return {"job": job, "regime_id": regime_id, "regulation": reg, "effective": effective,
