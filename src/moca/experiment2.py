@@ -93,11 +93,11 @@ def learn_by_validation(learner: ContinualLearner, task: Task, steps: int,
     ``keep_unchanged``: a third candidate, the weights from before the task, kept
     ("unchanged") where they validate strictly higher than both updates: a regime's steps
     can lower its own score (a capped regime with a recovery target fell from 0.978 to
-    0.962 after its 8 steps, its validation score falling at nearly every step while its
-    training loss fell). Its stats are then step 0's alone, with the seconds the choice
-    cost; the choice adds ``validation_unchanged`` (None without this candidate). Off by
-    default: on random sequences it added 0.0005 (standard error 0.0004) and on the seed
-    tasks it cost 0.0017 (``benchmarks/bench_continual_unchanged.py``, README).
+    0.962 after its 8 steps; in a development trace its validation score fell at nearly
+    every step while its training loss fell). Its stats are then step 0's alone, with the
+    seconds the choice cost; the choice adds ``validation_unchanged`` (None without this
+    candidate). Off by default: on random sequences it added 0.0005 (standard error 0.0004)
+    and on the seed tasks it cost 0.0017 (``benchmarks/bench_continual_unchanged.py``, README).
     """
     unchanged, validation_unchanged, comparison = None, None, 0.0
     if keep_unchanged:
