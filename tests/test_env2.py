@@ -13,6 +13,7 @@ import moca
 from moca.env2 import ENV_ID_2, CircularSupplyChain2Env
 from moca.projection import project2_batch
 from moca.regime import TASKS_2
+from moca.safety import SafetyError
 from moca.scenario import Params2, Scenario2, draw_scenario2
 from moca.sim2 import OpenLoop2, ScenarioBatch2, rollout2
 
@@ -117,12 +118,18 @@ def test_observation_holds_history_window_and_announced_change():
 
 
 def test_bad_actions_refused():
+    """The same error type as CLSC-1's env (SafetyError, a ValueError), and the episode goes on."""
     env = CircularSupplyChain2Env(params=SHORT)
     env.reset(seed=0)
-    with pytest.raises(ValueError, match="expected shape"):
+    with pytest.raises(SafetyError, match=r"expected shape \[9\].*got \[6\]"):
         env.step(np.zeros(6))
-    with pytest.raises(ValueError, match="not finite"):
+    with pytest.raises(SafetyError, match="non-finite entry"):
         env.step(np.full(9, np.nan))
+    with pytest.raises(SafetyError, match="non-finite entry"):
+        env.step(torch.full((9,), float("inf")))
+    assert env.t == 0
+    env.step(torch.zeros(9))  # a tensor is an action too
+    assert env.t == 1
 
 
 def test_violations_from_the_layer_and_from_an_independent_recount_agree():
