@@ -19,7 +19,7 @@ def test_window_default_keeps_clsc1_dump_to_five_fields():
     assert Regime(recycled_content_min=0.2, recycled_content_window=52).describe() == "r=0.20 W=52"
 
 
-@pytest.mark.parametrize("bad", [0, 105, 2.5, True, "52", float("nan"), None])
+@pytest.mark.parametrize("bad", [0, 105, 2.5, True, "52", float("nan"), float("inf"), -float("inf"), 1e300, None])
 def test_window_out_of_range_refused_naming_field(bad):
     with pytest.raises(RegimeError, match="recycled_content_window"):
         load_regime({"recycled_content_window": bad})

@@ -111,7 +111,9 @@ class Regime(BaseModel):
     @classmethod
     def _window(cls, value: Any) -> int:
         number = _as_number(WINDOW_FIELD, value)
-        if number != int(number) or not (1 <= number <= MAX_WINDOW):
+        # The range first: int() of an infinite window raises OverflowError, which pydantic
+        # does not turn into a validation error naming the field.
+        if not (1 <= number <= MAX_WINDOW) or number != int(number):
             raise ValueError(f"{WINDOW_FIELD}={value!r} is outside its valid range {REGIME_RANGES[WINDOW_FIELD]}")
         return int(number)
 
