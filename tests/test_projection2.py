@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -337,3 +338,14 @@ def test_bad_input_is_refused_naming_the_field():
         project2(np.zeros(9), x, np.array([1.5, 0, np.inf, 0, 0]), P2)
     with pytest.raises(ProjectionError, match="float32 or float64"):
         project2_batch(torch.zeros(2, 9, dtype=torch.float16), x, Regime(), P2)
+
+
+def test_a_cap_at_the_float_limit_bounds_nothing_and_warns_nothing():
+    """A cap of 1e308 kg CO2 is valid (> 0); m Ē overflows to inf, which means no bound."""
+    reg = np.array([[0.2, 0.0, 1e308, 0.0, 0.0], [0.2, 0.0, np.inf, 0.0, 0.0], [0.2, 0.0, 3000.0, 0.0, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        u_bar = max_recycled_use(reg, P2)
+    mk = P2.mass * P2.cap_produce
+    assert u_bar[0] == u_bar[1] == mk
+    assert u_bar[2] == pytest.approx(min(mk, P2.mass * 3000.0 / P2.emis_produce))

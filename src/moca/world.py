@@ -256,7 +256,8 @@ def max_recycled_use(regime: np.ndarray, p: Any) -> np.ndarray:
     cap = regime[:, _CAP]
     if p.emis_produce <= 0:
         return np.full(cap.shape, mk)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # A cap near 1e308 kg CO2 overflows m Ē to inf: no bound, as such a cap means.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.where(np.isfinite(cap), np.minimum(mk, p.mass * cap / p.emis_produce), mk)
 
 
