@@ -98,6 +98,13 @@ def test_schedule_table_and_validation(tmp_path):
         RegimeSchedule.from_list([{"start": 3}])
     with pytest.raises(RegimeError, match=r"regimes\[1\].landfill_tax"):
         RegimeSchedule.from_list([{"start": 0}, {"start": 5, "landfill_tax": 1000}])
+    for start, shown in ((float("inf"), "inf"), (float("-inf"), "-inf"), (float("nan"), "nan"), (2.5, "2.5")):
+        with pytest.raises(RegimeError, match=rf"regimes\[1\].start={shown} must be a whole period number >= 0"):
+            RegimeSchedule.from_list([{"start": 0}, {"start": start}])
+    path = tmp_path / "inf.yaml"
+    path.write_text("- {start: 0}\n- {start: .inf, carbon_tax: 75}\n")
+    with pytest.raises(RegimeError, match=r"start=inf must be a whole period"):
+        load_schedule(path)
     path = tmp_path / "s.yaml"
     path.write_text("- {start: 0, recycled_content_min: 0.1}\n- {start: 10, carbon_tax: 75}\n")
     assert load_schedule(path).change_periods() == [10]

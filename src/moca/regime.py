@@ -178,7 +178,10 @@ class ScheduledRegime(Regime):
     @field_validator("start", mode="before")
     @classmethod
     def _start_int(cls, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value) or value < 0:
+        # isfinite before int(): int() of inf raises OverflowError and of nan a message
+        # that names neither the field nor the rule.
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or float(value) != int(value) or value < 0):
             raise ValueError(f"start={value!r} must be a whole period number >= 0")
         return int(value)
 
