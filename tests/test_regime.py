@@ -208,3 +208,14 @@ def test_every_reader_says_where_a_file_does_not_parse(tmp_path):
     (folder / checkpoint.META).write_bytes(b"\xff\xfe{}")
     with pytest.raises(CheckpointError, match=r"checkpoint.json is not valid JSON \(not UTF-8 text\)"):
         checkpoint.load(folder)
+
+
+def test_numpy_numbers_are_numbers():
+    """A regime grid from np.arange holds np.int64; np.bool_ is still refused."""
+    grid = [Regime(carbon_tax=tax, recycled_content_window=np.int64(52)) for tax in np.arange(0, 300, 100)]
+    assert [r.carbon_tax for r in grid] == [0.0, 100.0, 200.0]
+    assert all(type(r.carbon_tax) is float and type(r.recycled_content_window) is int for r in grid)
+    assert Regime(emission_cap=np.int32(3000), landfill_tax=np.float32(5)).emission_cap == 3000.0
+    assert RegimeSchedule.from_list([{"start": 0}, {"start": np.int64(5)}]).change_periods() == [5]
+    with pytest.raises(RegimeError, match="carbon_tax=True is not a number"):
+        load_regime({"carbon_tax": np.bool_(True)})

@@ -162,6 +162,8 @@ class Regime(BaseModel):
 
 
 def _as_number(field: str, value: Any) -> float:
+    if isinstance(value, np.generic):  # a grid from np.arange holds np.int64: a number too (np.bool_ is not)
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{field}={value!r} is not a number (valid range {REGIME_RANGES[field]})")
     number = float(value)
@@ -178,6 +180,8 @@ class ScheduledRegime(Regime):
     @field_validator("start", mode="before")
     @classmethod
     def _start_int(cls, value: Any) -> int:
+        if isinstance(value, np.generic):
+            value = value.item()
         # isfinite before int(): int() of inf raises OverflowError and of nan a message
         # that names neither the field nor the rule.
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
