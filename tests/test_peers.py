@@ -248,6 +248,25 @@ def test_clsc2_threshold_rule_tunes_and_keeps_every_row():
     assert result.violations == 0 and 0.3 < result.scores[0] <= 1.0 + 1e-9
 
 
+def test_clsc2_peer_evaluation_tells_each_phase_to_its_end():
+    """moca evaluate --model CLSC-2 --policy threshold showed one bar with no count for the
+    whole tuning (55 s under a 1 kg cap): each phase now counts to its total."""
+    from moca.baselines.peers import evaluate_peer2
+    from moca.scenario import Params2
+
+    told: dict[str, list[tuple[int, int | None]]] = {}
+    result = evaluate_peer2("threshold", load_schedule("T2", model="CLSC-2"), [1000, 1001], Params2(horizon=6),
+                            progress=lambda what, done, total: told.setdefault(what, []).append((done, total)))
+    assert result.violations == 0 and len(result.costs) == 2
+    phases = list(told)
+    assert phases == ["hindsight LP (HiGHS), scenarios", "tuning the threshold rule for the plan (candidates)",
+                      "evaluating threshold (scenarios)"]
+    for what in phases:
+        counts = [done for done, _ in told[what]]
+        assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == told[what][-1][1]  # ends at its total
+    assert told[phases[1]][0] == (0, 1500) and 0 < told[phases[1]][-1][0] <= 1500 and told[phases[2]][-1] == (2, 2)
+
+
 def test_clsc2_sampled_mpc_and_ppo_through_the_env_keep_every_row():
     from moca.baselines.mpc2 import MPC2Policy
     from moca.baselines.peers import evaluate2

@@ -317,6 +317,8 @@ def test_cli_shows_one_bar_per_phase():
         first = progress.tasks[-1]
         assert (first.description, first.completed, first.total, first.visible) == (
             "re-tuning the rule (candidates)", 700, 1500, True)
+        tell("re-tuning the rule (candidates)", 1190, 1190)  # a search that stopped short of its budget
+        assert (first.completed, first.total, first.finished) == (1190, 1190, True)
         tell("the sampled MPC: picking its safety stock", 0, None)
         assert not first.visible and len(progress.tasks) == 2
         second = progress.tasks[-1]

@@ -529,9 +529,10 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
                 summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps, base=base,
                                             retune=retune, progress=_phase_bars(progress))
             elif files:
-                summary = evaluate_peer2(policy, plan, None, scenarios=tests).summary()
+                summary = evaluate_peer2(policy, plan, None, scenarios=tests, progress=_phase_bars(progress)).summary()
             else:
-                summary = evaluate_peer2(policy, plan, range(seed, seed + scenarios), params).summary()
+                summary = evaluate_peer2(policy, plan, range(seed, seed + scenarios), params,
+                                         progress=_phase_bars(progress)).summary()
         if not files:
             summary.setdefault("test_seeds", [seed, seed + scenarios - 1])
         else:
@@ -1603,7 +1604,7 @@ def _phase_bars(progress: Any) -> Callable[[str, int, int | None], None]:
             if "task" in current:
                 progress.update(current["task"], visible=False)
             current.update(what=what, task=progress.add_task(what, total=total))
-        progress.update(current["task"], completed=done)
+        progress.update(current["task"], completed=done, total=total)  # (a phase may end short of its budget)
 
     return tell
 

@@ -16,7 +16,7 @@ scenarios (training stream, T1-T3 pooled; never test seeds) in the run recorded 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -75,21 +75,24 @@ __all__ = ["PEERS", "PEERS_2", "SAMPLES", "SAMPLES_2", "TUNED_SAFETY_STOCK", "TU
 # --- CLSC-2 ---------------------------------------------------------------------------------------
 
 
-def evaluate2(name: str, policy, scenarios, oracle_costs: np.ndarray | None = None):
+def evaluate2(name: str, policy, scenarios, oracle_costs: np.ndarray | None = None,
+              progress: Callable[[str, int, int | None], None] | None = None):
     """Score a CLSC-2 policy (:class:`moca.sim2.Policy2`) on ``scenarios``, one at a time in
     float64, every raw action through the exact projection; violations recounted per
-    period by :func:`moca.projection.violations2` (window settlement included)."""
+    period by :func:`moca.projection.violations2` (window settlement included).
+    ``progress(what, done, total)``, if given, is told each scenario scored."""
     import torch
 
     from moca.evaluation import Evaluation
-    from moca.oracle2 import solve_oracle2
     from moca.projection import project2_batch, violations2
     from moca.sim2 import ScenarioBatch2, rollout2
     from moca.world import CLSC2_INPUTS
 
+    tell = progress or (lambda what, done, total: None)
     if oracle_costs is None:
-        oracle_costs = np.array([solve_oracle2(s).oracle_cost for s in scenarios])
+        oracle_costs = _oracle_costs2(scenarios, tell)
     costs, violations = np.empty(len(scenarios)), 0
+    tell(f"evaluating {name} (scenarios)", 0, len(scenarios))
     with torch.no_grad():
         for i, scenario in enumerate(scenarios):
             batch = ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64)
@@ -99,6 +102,7 @@ def evaluate2(name: str, policy, scenarios, oracle_costs: np.ndarray | None = No
             table = scenario.regime_table()
             for t in range(scenario.horizon):
                 violations += violations2(executed[t], dict(zip(CLSC2_INPUTS, inputs[t])), table[t], scenario.params)
+            tell(f"evaluating {name} (scenarios)", i + 1, len(scenarios))
     return Evaluation(name, costs, np.asarray(oracle_costs, dtype=float), violations, np.zeros(0))
 
 
@@ -121,17 +125,30 @@ def make_peer2(name: str, safety_stock: float | None = None):
     return MPC2Policy(safety_stock=stock, samples=SAMPLES_2) if key == "mpc-sampled" else MPC2Policy(safety_stock=stock)
 
 
-def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
+def _oracle_costs2(scenarios, tell: Callable[[str, int, int | None], None]) -> np.ndarray:
+    """The hindsight LP's cost of each scenario (EUR), one HiGHS solve each, told as a phase."""
+    from moca.oracle2 import solve_oracle2
+
+    costs = np.empty(len(scenarios))
+    tell("hindsight LP (HiGHS), scenarios", 0, len(scenarios))
+    for i, scenario in enumerate(scenarios):
+        costs[i] = solve_oracle2(scenario).oracle_cost
+        tell("hindsight LP (HiGHS), scenarios", i + 1, len(scenarios))
+    return costs
+
+
+def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None,
+                   progress: Callable[[str, int, int | None], None] | None = None) -> Any:
     """Score the CLSC-2 peer ``name`` (or a PPO or planner checkpoint directory) on the scenarios of
     ``plan`` drawn from ``seeds`` with ``params`` (default: the default chain), or on the
     given ``scenarios`` (a user's files: one chain; ``plan`` is what the threshold rule is
     tuned for); returns a :class:`moca.evaluation.Evaluation`. ``mpc`` is the forecast
-    MPC (CLSC-2 has no public demand model to plan with)."""
+    MPC (CLSC-2 has no public demand model to plan with). ``progress(what, done, total)``,
+    if given, is told each phase's progress (the LPs, the threshold rule's tuning, the scoring)."""
     from pathlib import Path
 
     from moca.baselines.mpc2 import InformedMPC2, demand_curve2
     from moca.checkpoint import CheckpointError
-    from moca.oracle2 import solve_oracle2
     from moca.scenario import DEFAULT_PARAMS_2, draw_scenario2
 
     if name not in (*PEERS_2, "oracle") and not Path(name).is_dir():
@@ -148,7 +165,8 @@ def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
             raise ScenarioError("--policy mpc-informed: is told the noise-free demand curve of the seed that drew "
                                 "a scenario, which a scenario file does not have (use mpc, mpc-sampled, threshold, "
                                 "ppo or oracle on files)")
-    oracle = np.array([solve_oracle2(s).oracle_cost for s in scenarios])
+    tell = progress or (lambda what, done, total: None)
+    oracle = _oracle_costs2(scenarios, tell)
     if name == "oracle":
         from moca.evaluation import Evaluation
 
@@ -157,16 +175,21 @@ def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
     if name == "threshold":
         from moca.baselines.threshold2 import tune_threshold2
 
-        return evaluate2(name, tune_threshold2(plan, params), scenarios, oracle)
+        budget, what = 1500, "tuning the threshold rule for the plan (candidates)"  # tune_threshold2's default
+        tell(what, 0, budget)
+        rule = tune_threshold2(plan, params, budget=budget, progress=lambda n: tell(what, min(n, budget), budget))
+        # The search stops early once its steps are too small to matter: the bar ends at what it used.
+        tell(what, rule.tuning.candidates, rule.tuning.candidates)
+        return evaluate2(name, rule, scenarios, oracle, progress)
     if name in ("mpc", "mpc-forecast", "mpc-sampled"):
-        return evaluate2(name, make_peer2(name), scenarios, oracle)
+        return evaluate2(name, make_peer2(name), scenarios, oracle, progress)
     if name == "mpc-informed":
         curves = np.stack([demand_curve2(int(s), params) for s in seeds])
-        return evaluate2(name, InformedMPC2(curves, stock), scenarios, oracle)
+        return evaluate2(name, InformedMPC2(curves, stock), scenarios, oracle, progress)
     from moca.baselines.mpc2 import is_planner2, load_planner2
 
     if name not in PEERS_2 and is_planner2(name):  # the sampled MPC that moca adapt deployed
-        return evaluate2(name, load_planner2(name)[0], scenarios, oracle)
+        return evaluate2(name, load_planner2(name)[0], scenarios, oracle, progress)
     from moca.baselines.ppo import env_evaluation, load_ppo, shipped_path
 
     where = shipped_path("CLSC-2") if name == "ppo" else Path(name)
@@ -184,4 +207,5 @@ def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None) -> Any:
             raise CheckpointError(f"--policy {name}: params lead_virgin={params.lead_virgin}, lag_return="
                                   f"{params.lag_return} give observations of {ours[0]} numbers, the policy was "
                                   f"trained on {theirs[0]} (score this chain with threshold, mpc or mpc-sampled)")
+    tell(f"evaluating {name}", 0, None)
     return env_evaluation(name, loaded.policy, scenarios, oracle, "CLSC-2")
