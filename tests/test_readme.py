@@ -102,3 +102,22 @@ def test_help_texts_link_the_model_and_keep_brackets(args):
         assert '{"actions": [[o, u_v, u_r, g, f, w], ...]}' in " ".join(result.stdout.split())
     if args[0] == "adapt":
         assert "kept" in result.stdout and "selected" in result.stdout
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_contents_list_every_section_and_every_anchor_link_resolves():
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)  # (a '#' in a code block is no heading)
+    headings = re.findall(r"^(##+) (.+)$", prose, flags=re.M)
+    anchors = {_slug(h) for _, h in headings}
+    contents = prose[prose.index("**Contents**"):prose.index("\n## ")]
+    listed = re.findall(r"\(#([^)]+)\)", contents)
+    assert listed == [_slug(h) for _, h in headings]
+    links = re.findall(r"\]\(#([^)]+)\)", prose)
+    assert len(links) > len(listed)  # the contents and the links in the text
+    assert [a for a in links if a not in anchors] == []
+    for name in re.findall(r"\]\((docs/[^)#]+)", prose):  # links to the docs point at files that exist
+        assert (ROOT / name).exists(), name
