@@ -76,9 +76,12 @@ def test_continual_json(trained, tmp_path):
     sequence = tmp_path / "seq.yaml"
     sequence.write_text("- T1\n- {name: tight, recycled_content_min: 0.3, carbon_tax: 50}\n")
     result = run("continual", "--sequence", sequence, "--method", "ewc", "--checkpoint", trained, "--steps", 1,
-                 "--scenarios", 2, "--json")
+                 "--scenarios", 2, "--plot", tmp_path / "R.png", "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
+    for figure in ("R.png", "R-curves.png"):  # the score matrix and the adaptation curves
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["R-curves.png", "R.png", "seq.yaml"]  # no temporary left
     for key in ("method", "regimes", "R", "forgetting", "bwt", "fwt", "drop_first_after_second",
                 "adaptation_steps", "adaptation_seconds", "violations"):
         assert key in out, key
@@ -124,6 +127,12 @@ def test_bad_learning_input_refused(trained, tmp_path):
     seq = tmp_path / "seq.yaml"
     seq.write_text("- T1\n- T2\n")
     assert_bad_input(run("continual", "--sequence", seq, "--method", "magic"), "magic", "valid")
+    # a figure moca cannot write is refused before the run, not after it
+    assert_bad_input(run("continual", "--sequence", seq, "--plot", tmp_path / "R.txt"), "--plot", ".png, .pdf or .svg")
+    assert_bad_input(run("continual", "--sequence", seq, "--plot", tmp_path / "none" / "R.png"), "--plot",
+                     "does not exist")
+    assert_bad_input(run("continual", "--sequence", seq, "--model", "CLSC-2", "--plot", tmp_path), "--plot",
+                     "is a directory")
     assert_bad_input(run("continual", "--sequence", seq, "--method", "scratch", "--checkpoint", trained), "scratch")
     bad_seq = tmp_path / "bad.yaml"
     bad_seq.write_text("- T1\n- {recycled_content_min: 1.5}\n")

@@ -144,9 +144,11 @@ def test_cli_continual_and_run_quick(tmp_path):
     sequence = tmp_path / "seq.yaml"
     sequence.write_text("- T1\n- T2\n")
     out = run("continual", "--model", "CLSC-2", "--sequence", sequence, "--method", "moca", "--steps", 1,
-              "--scenarios", 1, "--json")
+              "--scenarios", 1, "--plot", tmp_path / "R.svg", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
+    for figure in ("R.svg", "R-curves.svg"):
+        assert "<svg" in (tmp_path / figure).read_text()[:500], figure
     assert data["violations"] == 0 and len(data["R"]) == 2 and len(data["R"][0]) == 2
     out = run("run", "--model", "CLSC-2", "--quick", "--methods", "moca", "--peers", "none", "--scenarios", 1,
               "--runs-dir", tmp_path / "runs", "--json", tmp_path / "m.json")

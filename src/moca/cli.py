@@ -128,6 +128,31 @@ def _write_atomic(path: Path, text: str) -> None:
     write_atomic(check_parent(path), text)
 
 
+def _plot_path(path: Optional[Path], option: str = "--plot") -> None:
+    """A figure file to write: .png, .pdf or .svg, not a directory, its folder existing
+    (checked before the command's work, not after it)."""
+    from moca.files import check_parent
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory")
+    check_parent(path, option)
+    if path.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"{option} {path}: expected a .png, .pdf or .svg file name")
+
+
+def _write_plot(path: Path, draw: Callable[[str], Any]) -> None:
+    """``draw(file)`` into a temporary file beside ``path``, then renamed: an interrupted
+    drawing leaves no half-written figure under the user's name."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        draw(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _output_dir(path: Optional[Path], option: str = "-o") -> None:
     """A checkpoint folder to write: new, empty or a checkpoint's (it is replaced); its parent must exist."""
     from moca.checkpoint import check_replaceable
@@ -1066,6 +1091,8 @@ def continual(
     keep_unchanged: bool = typer.Option(False, "--keep-unchanged", help="CLSC-2, method moca: also keep the weights "
                                         "from before a regime where they validate higher than both updates "
                                         "(opt-in; README, \"A third candidate\")."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw the score matrix to this file (PNG/PDF/SVG) "
+                                             "and the validation score after each step to FILE-curves beside it."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Learn a sequence of regimes in turn with one method; report the score matrix and forgetting.
@@ -1079,9 +1106,10 @@ def continual(
         if keep_unchanged and (_chosen_model(model) != "CLSC-2" or method != "moca"):
             raise UsageError("--keep-unchanged: only with --model CLSC-2 and --method moca (the method that chooses "
                              "its update per regime on validation)")
+        _plot_path(plot_file)
         if _chosen_model(model) == "CLSC-2":
             return _continual2(sequence, method, checkpoint_dir, steps, scenarios, as_json, params_file,
-                               keep_unchanged)
+                               keep_unchanged, plot_file)
         tasks = _unique_labels(load_sequence(sequence))
         params = _load_params(params_file)
         from moca import checkpoint  # (torch: only once the input is known good)
@@ -1118,10 +1146,12 @@ def continual(
            "adaptation_steps": result["adaptation_steps"], "adaptation_seconds": result["adaptation_seconds"],
            "violations": result["violations"], "correction": result["correction"],
            "decision_latency_us": result["decision_latency_us"]}
+    _plot_continual(plot_file, method, tasks, result)
     if as_json:
         _print_json(out)
         return
     _print_continual(out, [label for label, _ in tasks], R, f"{method}")
+    _say_plotted(plot_file)
 
 
 def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str, hint: str = "") -> None:
@@ -1146,8 +1176,33 @@ def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str,
                       + ", ".join(f"{label} {before:.4f} -> {after:.4f}" for label, before, after in worse) + hint)
 
 
+def _plot_continual(path: Optional[Path], method: str, tasks: list[tuple[str, Any]], result: dict[str, Any]) -> None:
+    """``--plot``: the run's score matrix to ``path``, its adaptation curves to ``path``-curves
+    (moca run's two figures, for one method)."""
+    if path is None:
+        return
+    from moca.regime import Regime
+    from moca.report import plot_adaptation_curves, plot_score_matrices
+
+    metrics = {"tasks": [label for label, _ in tasks],
+               "regimes": {label: r.model_dump(mode="json") for label, r in tasks if isinstance(r, Regime)},
+               "methods": {method: {k: result[k] for k in ("R", "adaptation_curves", "adaptation_steps")}}}
+    _write_plot(path, lambda where: plot_score_matrices(metrics, where))
+    _write_plot(_curves_path(path), lambda where: plot_adaptation_curves(metrics, where))
+
+
+def _curves_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}-curves{path.suffix}")
+
+
+def _say_plotted(path: Optional[Path]) -> None:
+    if path is not None:
+        console.print(f"wrote {path} (score matrix) and {_curves_path(path)} (validation score after each step)")
+
+
 def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], steps: int, scenarios: int,
-                as_json: bool, params_file: Optional[Path] = None, keep_unchanged: bool = False) -> None:
+                as_json: bool, params_file: Optional[Path] = None, keep_unchanged: bool = False,
+                plot_file: Optional[Path] = None) -> None:
     """``moca continual --model CLSC-2`` (moca.experiment2.run_continual2; with --params,
     on that chain: its scenarios, oracle and the policy's scaling, the weights carried over)."""
     from moca.regime import TASKS, TASKS_2, load_sequence
@@ -1189,6 +1244,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
                                                         "adaptation_seconds", "violations")}}
     if "protocol_choice" in result:  # moca: the update kept per regime, by validation
         out["protocol_choice"] = result["protocol_choice"]
+    _plot_continual(plot_file, method, tasks, result)
     if as_json:
         _print_json(out)
         return
@@ -1198,6 +1254,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
     if "protocol_choice" in out:
         console.print("update kept per regime, by mean validation score on the regimes seen: "
                       + ", ".join(f"{c['task']} {c['chosen']}" for c in out["protocol_choice"]))
+    _say_plotted(plot_file)
 
 
 @app.command()
@@ -1470,14 +1527,11 @@ def sweep(
                          adapt_steps=adapt_steps, moca_base=moca_base)
         if "moca" in plan.policies:
             _warn_if_not_held_out(seed, scenarios)
-        for option, path in (("--json", json_file), ("--plot", plot_file)):
-            if path is None:
-                continue
-            if path.is_dir():
-                raise UsageError(f"{option} {path}: is a directory")
-            check_parent(path, option)  # before the sweep's work, not after it
-        if plot_file is not None and plot_file.suffix.lower() not in (".png", ".pdf", ".svg"):
-            raise UsageError(f"--plot {plot_file}: expected a .png, .pdf or .svg file name")
+        if json_file is not None:
+            if json_file.is_dir():
+                raise UsageError(f"--json {json_file}: is a directory")
+            check_parent(json_file, "--json")  # before the sweep's work, not after it
+        _plot_path(plot_file)
         backend = backend_from_options(ray_address, workers)
     except (SweepError, BackendError, RegimeError, UsageError, OutputError) as err:
         _fail(_message(err))
@@ -1492,12 +1546,7 @@ def sweep(
     if json_file is not None:
         _write_atomic(json_file, json.dumps(result, indent=1))
     if plot_file is not None:
-        tmp = plot_file.with_name(f".{plot_file.stem}.tmp{plot_file.suffix}")
-        try:
-            plot_sweep(result, str(tmp))
-            os.replace(tmp, plot_file)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _write_plot(plot_file, lambda where: plot_sweep(result, where))
     _sweep_table(result)
     for warning in result["warnings"]:
         console.print(Text.assemble(("warning", "bold"), f": {warning}"), highlight=False)

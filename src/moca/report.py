@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -452,8 +453,9 @@ def plot_score_matrices(metrics: dict[str, Any], path: str | Path) -> Path | Non
 
     ncols = min(4, len(methods))
     nrows = math.ceil(len(methods) / ncols)
-    fig = Figure(figsize=(0.9 + 0.95 * len(tasks) * ncols + 0.9, 0.6 + 0.55 * (len(tasks) + 1) * nrows + 0.5),
-                 layout="constrained")
+    # (at least 5.5 in wide: one method over two tasks, as moca continual --plot draws, must hold the title)
+    width = max(5.5, 0.9 + 0.95 * len(tasks) * ncols + 0.9)
+    fig = Figure(figsize=(width, 0.6 + 0.55 * (len(tasks) + 1) * nrows + 0.5), layout="constrained")
     fig.get_layout_engine().set(wspace=0.06, hspace=0.08)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     rows = ["before"] + [f"after {t}" for t in tasks]
@@ -481,7 +483,8 @@ def plot_score_matrices(metrics: dict[str, Any], path: str | Path) -> Path | Non
         ax.set_visible(False)
     fig.colorbar(ScalarMappable(norm, cmap), ax=axes.ravel().tolist(), shrink=0.85,
                  label="score = oracle cost / policy cost")
-    fig.suptitle("Score matrix R per method (outlined: score on a task right after learning it)", fontsize=11)
+    title = f"Score matrix R{' per method' if len(matrices) > 1 else ''} (outlined: score on a task right after learning it)"
+    fig.suptitle(textwrap.fill(title, width=int(width * 11)), fontsize=11)
     return _save(fig, path)
 
 
@@ -529,8 +532,9 @@ def plot_adaptation_curves(metrics: dict[str, Any], path: str | Path) -> Path | 
     axes[0].set_ylabel("validation score")
     handles["reached"] = Line2D([], [], color="0.3", marker="*", ms=11, ls="none", label="99% of plateau reached")
     fig.legend(handles=list(handles.values()), loc="outside right upper", fontsize=9, frameon=False)
-    fig.suptitle("Adaptation: validation score after k gradient steps (points of each method shifted slightly "
-                 "sideways so none hides another)", fontsize=10)
+    title = "Adaptation: validation score after k gradient steps" + (
+        " (points of each method shifted slightly sideways so none hides another)" if len(methods) > 1 else "")
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 14)), fontsize=10)
     return _save(fig, path)
 
 
