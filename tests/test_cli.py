@@ -90,6 +90,12 @@ def test_simulate_and_oracle_json(scenario_file, tmp_path):
     if withheld < 1e-6:
         assert math.isclose(result["total_cost"], out["oracle_cost"], rel_tol=1e-3)
     assert math.isclose(sum(p["cost"] for p in result["periods"]), result["total_cost"], rel_tol=1e-9)
+    for command in (("oracle", "--scenario", scenario_file),
+                    ("simulate", "--scenario", scenario_file, "--actions", actions)):
+        figure = tmp_path / f"{command[0]}.svg"
+        drawn = run(*command, "--plot", figure)
+        assert drawn.returncode == 0 and f"wrote {figure}" in drawn.stdout, drawn.stderr
+        assert "<svg" in figure.read_text()[:500]
 
 
 def test_simulate_projects_infeasible_actions(scenario_file, tmp_path):

@@ -7,6 +7,7 @@ script, without a Python start per call); the first test runs one in a subproces
 
 import json
 
+import numpy as np
 import pytest
 
 from moca.scenario import Scenario2, draw_scenario2
@@ -49,8 +50,40 @@ def test_oracle_plan_replays_to_its_cost_through_simulate(scenario_file, tmp_pat
     assert list(period["state"]) == ["V", "M", "P", "CA", "CB"]
     assert len(period["action"]) == 9 and len(period["raw_action"]) == 9
     assert result["total_cost"] == pytest.approx(out["oracle_cost"], rel=1e-6)
-    table = run("simulate", "--scenario", scenario_file, "--actions", actions)
+    table = run("simulate", "--scenario", scenario_file, "--actions", actions, "--plot", tmp_path / "sim.png")
     assert table.returncode == 0 and "CLSC-2" in table.stdout and "CA" in table.stdout
+    assert f"wrote {tmp_path / 'sim.png'}" in table.stdout
+    assert (tmp_path / "sim.png").read_bytes()[:4] == b"\x89PNG"
+    # the plan's own figure: the same JSON on stdout, the figure beside it
+    drawn = run("oracle", "--scenario", scenario_file, "--json", "--plot", tmp_path / "plan.pdf")
+    assert drawn.returncode == 0 and json.loads(drawn.stdout) == out
+    assert (tmp_path / "plan.pdf").read_bytes()[:5] == b"%PDF-"
+    assert_bad_input(run("oracle", "--scenario", scenario_file, "--plot", tmp_path / "plan.txt"), "--plot", ".svg")
+    assert not (tmp_path / "plan.txt").exists()
+
+
+def test_episode_figure_puts_each_decision_in_its_units_panel(scenario_file, tmp_path):
+    """The oracle's plan replayed, drawn with text kept as text: kg decisions and core
+    decisions by the world's declared units, a decision never taken left out of the legend."""
+    import matplotlib
+
+    from moca import clsc2
+    from moca.oracle2 import solve_oracle2
+    from moca.report import plot_episode
+    from moca.sim2 import simulate_actions2
+
+    scenario = Scenario2.from_json(scenario_file)
+    plan = np.asarray(solve_oracle2(scenario).plan, dtype=np.float64)
+    plan[:, clsc2.ACTION_NAMES.index("dispose_a")] = 0.0  # a decision never taken
+    out = simulate_actions2(scenario, plan)
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        path = plot_episode(out["periods"], scenario.demand, clsc2.ACTION_NAMES, clsc2.ACTION_UNITS,
+                            clsc2.STATE_UNITS, tmp_path / "e.svg", "title", changes=[20])
+    svg = path.read_text()
+    for text in ("material decisions (kg)", "core decisions (cores)", "use_recycled", "disassemble_a", "V (kg)",
+                 "CA (units)", "lost sales", "dotted: a new regime in force"):
+        assert f">{text}" in svg or text in svg, text
+    assert "dispose_a" not in svg
 
 
 def test_simulate_projects_infeasible_rows(scenario_file, tmp_path):

@@ -318,17 +318,22 @@ def simulate(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output: per period 'raw_action', 'action' "
                                                         "(executed), 'correction' (distance moved, in capacities), 'cost', 'terms' "
                                                         "(EUR per cost term), 'state', 'sales', 'emissions'."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw the episode period by period (demand and "
+                                             "sales, the executed decisions, the stocks) to this file (PNG/PDF/SVG)."),
 ) -> None:
     """Execute raw actions through the safety layer; report raw and executed actions, the
     correction, cost terms, states and violations per period."""
     from moca.scenario import Scenario2, load_actions, load_scenario
 
     with _bad_input():
+        _plot_path(plot_file)
         scenario = load_scenario(scenario_path)  # the file's "model" chooses the world
         if isinstance(scenario, Scenario2):
-            return _simulate2(scenario, scenario_path, actions_path, as_json)
+            return _simulate2(scenario, scenario_path, actions_path, as_json, plot_file)
         actions = load_actions(actions_path, scenario.horizon)
         out = simulate_actions(scenario, actions)
+    _plot_episode(plot_file, scenario, out, f"{scenario_path.name}: the actions of {actions_path.name} as executed, "
+                                            f"total cost {out['total_cost']:,.0f} EUR, violations {out['violations']}")
     if as_json:
         _print_json(out)
         return
@@ -351,15 +356,42 @@ def simulate(
     wide = console if console.is_terminal else _wide_console()
     wide.print(table)
     console.print("total by term (EUR): " + ", ".join(f"{k} {v:,.0f}" for k, v in out["terms"].items() if v))
+    _say_wrote(plot_file)
 
 
-def _simulate2(scenario, scenario_path: Path, actions_path: Path, as_json: bool) -> None:
+def _say_wrote(path: Optional[Path]) -> None:
+    if path is not None:
+        console.print(f"wrote {path}")
+
+
+def _plot_episode(path: Optional[Path], scenario: Any, out: dict[str, Any], title: str) -> None:
+    """``--plot`` of moca simulate and moca oracle: ``out``'s periods (simulate's records) in
+    the world's own action and stock units."""
+    if path is None:
+        return
+    from moca.report import plot_episode
+    from moca.scenario import Scenario2
+
+    if isinstance(scenario, Scenario2):
+        from moca.clsc2 import ACTION_NAMES, ACTION_UNITS, STATE_UNITS
+    else:
+        from moca.sim import ACTION_NAMES, ACTION_UNITS, STATE_UNITS
+    changes = scenario.schedule.change_periods()
+    _write_plot(path, lambda where: plot_episode(out["periods"], scenario.demand, ACTION_NAMES, ACTION_UNITS,
+                                                 STATE_UNITS, where, title, changes))
+
+
+def _simulate2(scenario, scenario_path: Path, actions_path: Path, as_json: bool,
+               plot_file: Optional[Path] = None) -> None:
     """``moca simulate`` on a CLSC-2 scenario: rows of nine raw actions."""
     from moca.clsc2 import ACTION_SYMBOLS, STATE_NAMES
     from moca.scenario import load_actions
     from moca.sim2 import simulate_actions2
 
     out = simulate_actions2(scenario, load_actions(actions_path, scenario.horizon, ACTION_SYMBOLS))
+    _plot_episode(plot_file, scenario, out, f"{scenario_path.name} (CLSC-2): the actions of {actions_path.name} as "
+                                            f"executed, total cost {out['total_cost']:,.0f} EUR, violations "
+                                            f"{out['violations']}")
     if as_json:
         _print_json(out)
         return
@@ -372,18 +404,23 @@ def _simulate2(scenario, scenario_path: Path, actions_path: Path, as_json: bool)
                       f"{p['sales']:.0f}", f"{p['lost']:.0f}", f"{p['cost']:,.0f}")
     wide = console if console.is_terminal else _wide_console()
     wide.print(table)
+    _say_wrote(plot_file)
 
 
 @app.command()
 def oracle(
     scenario_path: Path = typer.Option(..., "--scenario", help="Scenario JSON."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw the hindsight plan period by period, replayed "
+                                             "through the safety layer and the simulator as moca simulate would "
+                                             "(PNG/PDF/SVG)."),
 ) -> None:
     """The hindsight LP (HiGHS): the best cost any policy could reach on the scenario (docs/MODEL.md)."""
     from moca.oracle import solve_oracle
     from moca.scenario import Scenario2, load_scenario
 
     with _bad_input():
+        _plot_path(plot_file)
         scenario = load_scenario(scenario_path)  # the file's "model" chooses the world
         if isinstance(scenario, Scenario2):
             from moca.oracle2 import solve_oracle2
@@ -393,12 +430,24 @@ def oracle(
             result = solve_oracle(scenario)
     out = {"oracle_cost": result.oracle_cost, "status": result.status,
            "plan": [[float(x) for x in row] for row in result.plan]}
+    if plot_file is not None:
+        import numpy as np
+
+        if isinstance(scenario, Scenario2):
+            from moca.sim2 import simulate_actions2 as replay
+        else:
+            replay = simulate_actions
+        replayed = replay(scenario, np.asarray(result.plan, dtype=np.float64))
+        _plot_episode(plot_file, scenario, replayed,
+                      f"{scenario_path.name}: the hindsight plan (HiGHS, cost {result.oracle_cost:,.0f} EUR) replayed "
+                      f"through the safety layer and the simulator (cost {replayed['total_cost']:,.0f} EUR)")
     if as_json:
         _print_json(out)
         return
     from rich.text import Text
 
     console.print(Text.assemble("oracle cost ", (f"{result.oracle_cost:,.2f}", "bold"), f" EUR (status {result.status})"))
+    _say_wrote(plot_file)
 
 
 # --- evaluate ------------------------------------------------------------------------------

@@ -429,7 +429,15 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-_THOUSANDS = FuncFormatter(lambda x, _: f"{x / 1e3:,.0f}k" if abs(x) >= 1e3 or x == 0 else f"{x:,.0f}")
+def _kilo(x: float, _: Any = None) -> str:
+    """``1.25k``, ``250k``, ``0k``; plain below 1,000 (an axis from 0 to 2,500 ticks at 500s)."""
+    if abs(x) < 1e3 and x != 0:
+        return f"{x:,.0f}"
+    text = f"{x / 1e3:,.2f}"
+    return text.rstrip("0").rstrip(".") + "k"
+
+
+_THOUSANDS = FuncFormatter(_kilo)
 
 
 # --- plots ---------------------------------------------------------------------------------
@@ -808,6 +816,51 @@ def plot_cost_vs_oracle(metrics: dict[str, Any], path: str | Path) -> Path | Non
 # --- report.md -----------------------------------------------------------------------------
 
 #: File names of the plots inside a run directory, with their section titles.
+def plot_episode(periods: Sequence[dict[str, Any]], demand: Sequence[float], action_names: Sequence[str],
+                 action_units: Sequence[str], state_units: Sequence[str], path: str | Path, title: str,
+                 changes: Sequence[int] = ()) -> Path:
+    """One episode, period by period, in four panels: demand and sales (units; lost sales
+    where the world loses them); the material decisions (kg); the core decisions (cores);
+    the stocks (kg dashed, units solid). ``periods`` are ``moca simulate --json``'s records
+    (``action`` in ``action_names``' order, ``state`` by name, ``sales``, optional ``lost``);
+    the units say which panel an action or stock belongs to, so both worlds draw alike.
+    ``changes``: periods where a new regime comes into force (vertical lines)."""
+    t = np.arange(len(periods))
+    actions = np.array([p["action"] for p in periods], dtype=float)
+    fig = Figure(figsize=(10, 9.5), layout="constrained")
+    axes = fig.subplots(4, 1, sharex=True)
+    ax = axes[0]
+    ax.plot(t, [p["sales"] for p in periods], color="tab:blue", lw=2.2, label="sales")
+    ax.plot(t, np.asarray(demand, dtype=float)[: len(t)], color="black", ls="--", lw=1.0, label="demand")
+    if "lost" in periods[0]:
+        ax.bar(t, [p["lost"] for p in periods], color="tab:red", alpha=0.5, label="lost sales")
+    ax.set_ylabel("units")
+    ax.yaxis.set_major_formatter(_THOUSANDS)
+    for ax, unit, what in ((axes[1], "kg", "material decisions (kg)"), (axes[2], "cores", "core decisions (cores)")):
+        for j, (name, u) in enumerate(zip(action_names, action_units)):
+            if u == unit and np.any(actions[:, j] > 1e-9):  # (an action never taken would only crowd the legend)
+                ax.plot(t, actions[:, j], lw=1.4, label=name, drawstyle="steps-mid")
+        ax.set_ylabel(what)
+        ax.yaxis.set_major_formatter(_THOUSANDS)
+    ax = axes[3]
+    for (name, unit) in zip(periods[0]["state"], state_units):
+        ax.plot(t, [p["state"][name] for p in periods], lw=1.4, ls="--" if unit == "kg" else "-",
+                label=f"{name} ({unit})")
+    ax.set_ylabel("stocks at period end")
+    ax.yaxis.set_major_formatter(_THOUSANDS)
+    ax.set_xlabel("period")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes:
+        for c in changes:
+            ax.axvline(c - 0.5, color="black", lw=0.9, ls=":")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(textwrap.fill(title + (" (dotted: a new regime in force)" if changes else ""), width=120),
+                 fontsize=10)
+    return _save(fig, path)
+
+
 PLOTS: dict[str, tuple[str, Any]] = {
     "score_matrices.png": ("Score matrices", plot_score_matrices),
     "adaptation_curves.png": ("Adaptation curves", plot_adaptation_curves),

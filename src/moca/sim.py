@@ -20,7 +20,9 @@ from moca.regime import REGIME_FIELDS
 from moca.scenario import Params, Scenario, ScenarioError, common_params
 
 ACTION_NAMES: tuple[str, ...] = ("order", "use_virgin", "use_recycled", "disassemble", "refurbish", "dispose")
+ACTION_UNITS: tuple[str, ...] = ("kg", "kg", "kg", "cores", "cores", "cores")
 STATE_NAMES: tuple[str, ...] = ("V", "M", "P", "C", "B")
+STATE_UNITS: tuple[str, ...] = ("kg", "kg", "units", "units", "units")  # B: backlog, units owed
 COST_TERMS: tuple[str, ...] = (
     "virgin", "carbon", "produce", "disassemble", "refurbish", "dispose", "landfill_tax",
     "hold_virgin", "hold_recycled", "hold_product", "hold_core", "backlog",
