@@ -3,7 +3,9 @@
 
 import json
 import math
+import re
 
+import numpy as np
 import pytest
 
 from moca.oracle import solve_oracle
@@ -90,6 +92,11 @@ def test_simulate_and_oracle_json(scenario_file, tmp_path):
     if withheld < 1e-6:
         assert math.isclose(result["total_cost"], out["oracle_cost"], rel_tol=1e-3)
     assert math.isclose(sum(p["cost"] for p in result["periods"]), result["total_cost"], rel_tol=1e-9)
+    told = run("oracle", "--scenario", scenario_file).stdout  # the plan in one line: each decision's total
+    totals = np.asarray(out["plan"]).sum(axis=0)
+    assert f"use_virgin {totals[1]:,.0f} kg" in told and f"dispose {totals[5]:,.0f} cores" in told
+    share = float(re.search(r"recycled share of material ([0-9.]+)%", told).group(1))
+    assert share == pytest.approx(100 * totals[2] / (totals[1] + totals[2]), abs=0.05) and share >= 20.0 - 0.05  # T2
     for command in (("oracle", "--scenario", scenario_file),
                     ("simulate", "--scenario", scenario_file, "--actions", actions)):
         figure = tmp_path / f"{command[0]}.svg"

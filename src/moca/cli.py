@@ -447,7 +447,27 @@ def oracle(
     from rich.text import Text
 
     console.print(Text.assemble("oracle cost ", (f"{result.oracle_cost:,.2f}", "bold"), f" EUR (status {result.status})"))
+    console.print(_plan_totals(scenario, result.plan), highlight=False, soft_wrap=True)
     _say_wrote(plot_file)
+
+
+def _plan_totals(scenario: Any, plan: Any) -> str:
+    """One line: each decision of the plan summed over the horizon in its unit, and the
+    recycled share of the material put into production."""
+    import numpy as np
+
+    from moca.scenario import Scenario2
+
+    if isinstance(scenario, Scenario2):
+        from moca.clsc2 import ACTION_NAMES, ACTION_UNITS
+    else:
+        from moca.sim import ACTION_NAMES, ACTION_UNITS
+    totals = np.asarray(plan, dtype=float).sum(axis=0)
+    parts = [f"{name} {total:,.0f} {unit}" for name, unit, total in zip(ACTION_NAMES, ACTION_UNITS, totals)]
+    used = dict(zip(ACTION_NAMES, totals))
+    material = used["use_virgin"] + used["use_recycled"]
+    share = f"; recycled share of material {100 * used['use_recycled'] / material:.1f}%" if material > 0 else ""
+    return f"plan over {len(plan)} periods: " + ", ".join(parts) + share
 
 
 # --- evaluate ------------------------------------------------------------------------------
