@@ -370,15 +370,22 @@ def _plot_episode(path: Optional[Path], scenario: Any, out: dict[str, Any], titl
     if path is None:
         return
     from moca.report import plot_episode
+
+    names, units, state_units = _world_units(scenario)
+    changes = scenario.schedule.change_periods()
+    _write_plot(path, lambda where: plot_episode(out["periods"], scenario.demand, names, units, state_units, where,
+                                                 title, changes))
+
+
+def _world_units(scenario: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The scenario's world's action names, their units and its stocks' units."""
     from moca.scenario import Scenario2
 
     if isinstance(scenario, Scenario2):
-        from moca.clsc2 import ACTION_NAMES, ACTION_UNITS, STATE_UNITS
+        from moca import clsc2 as world
     else:
-        from moca.sim import ACTION_NAMES, ACTION_UNITS, STATE_UNITS
-    changes = scenario.schedule.change_periods()
-    _write_plot(path, lambda where: plot_episode(out["periods"], scenario.demand, ACTION_NAMES, ACTION_UNITS,
-                                                 STATE_UNITS, where, title, changes))
+        from moca import sim as world
+    return world.ACTION_NAMES, world.ACTION_UNITS, world.STATE_UNITS
 
 
 def _simulate2(scenario, scenario_path: Path, actions_path: Path, as_json: bool,
@@ -456,15 +463,10 @@ def _plan_totals(scenario: Any, plan: Any) -> str:
     recycled share of the material put into production."""
     import numpy as np
 
-    from moca.scenario import Scenario2
-
-    if isinstance(scenario, Scenario2):
-        from moca.clsc2 import ACTION_NAMES, ACTION_UNITS
-    else:
-        from moca.sim import ACTION_NAMES, ACTION_UNITS
+    names, units, _ = _world_units(scenario)
     totals = np.asarray(plan, dtype=float).sum(axis=0)
-    parts = [f"{name} {total:,.0f} {unit}" for name, unit, total in zip(ACTION_NAMES, ACTION_UNITS, totals)]
-    used = dict(zip(ACTION_NAMES, totals))
+    parts = [f"{name} {total:,.0f} {unit}" for name, unit, total in zip(names, units, totals)]
+    used = dict(zip(names, totals))
     material = used["use_virgin"] + used["use_recycled"]
     share = f"; recycled share of material {100 * used['use_recycled'] / material:.1f}%" if material > 0 else ""
     return f"plan over {len(plan)} periods: " + ", ".join(parts) + share
