@@ -219,3 +219,16 @@ def test_numpy_numbers_are_numbers():
     assert RegimeSchedule.from_list([{"start": 0}, {"start": np.int64(5)}]).change_periods() == [5]
     with pytest.raises(RegimeError, match="carbon_tax=True is not a number"):
         load_regime({"carbon_tax": np.bool_(True)})
+
+
+def test_a_schedule_where_one_regime_is_expected_is_named_as_such(tmp_path):
+    for text in ("- {start: 0}\n- {start: 5, carbon_tax: 3}\n", "regimes:\n- {start: 0}\n"):
+        path = tmp_path / "plan.yaml"
+        path.write_text(text)
+        with pytest.raises(RegimeError, match=r"plan.yaml: a regime file must hold one object .* holds a plan of "
+                                              r"regimes that change \(a schedule\)"):
+            load_regime(path)
+        assert load_schedule(path).entries[0].start == 0  # where a schedule is taken, it is one
+    path.write_text("just words\n")
+    with pytest.raises(RegimeError, match="holds a str"):
+        load_regime(path)

@@ -425,8 +425,11 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
     if not text.strip() or not path.exists():  # (Path("") is the working directory)
         raise _missing(text, "regime")
     data = read_structured(path)
-    if not isinstance(data, dict):
-        raise RegimeError(f"{path}: a regime file must hold one object with the regime fields")
+    plan = isinstance(data, list) or (isinstance(data, dict) and "regimes" in data)
+    if plan or not isinstance(data, dict):
+        held = "a plan of regimes that change (a schedule)" if plan else f"a {type(data).__name__}"
+        raise RegimeError(f"{path}: a regime file must hold one object with the regime fields; this one holds "
+                          f"{held}, which this command does not take")
     return _validated(Regime, _without_name(data), prefix=f"{path.name}: ")
 
 
