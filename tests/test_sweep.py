@@ -253,3 +253,80 @@ def test_a_cost_interval_over_few_scenarios_never_reaches_below_zero():
     out = aggregate(plan, results)["policies"]["threshold"]
     assert out["cost_ci"][1][0] == 0.0 and out["emissions_ci"][1][0] == 0.0
     assert out["compliance_cost_ci"][1][0] < 0  # a difference: not cut
+
+
+def test_a_stopped_sweep_keeps_its_finished_tasks_and_a_rerun_goes_on_from_them(tmp_path, monkeypatch):
+    import moca.sweep as sweep_module
+
+    plan = make_plan("CLSC-1", "carbon_tax", "0,150,300", policies="oracle,mpc", scenarios=2)
+    fresh = run_sweep(plan, Backend("serial"))
+    journal = tmp_path / "out.json.tasks.jsonl"
+    real, ran, fail = sweep_module.run_task, [], {"on": True}
+
+    def failing(task):
+        ran.append((task.policy, task.index))
+        if fail["on"] and task.policy == "oracle" and task.index == 2:
+            raise RuntimeError("worker lost")
+        return real(task)
+
+    monkeypatch.setattr(sweep_module, "run_task", failing)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        run_sweep(plan, Backend("serial"), journal=journal)
+    finished = len(ran) - 1
+    assert len(journal.read_text().splitlines()) == finished > 0  # each finished task, as it finished
+    with journal.open("a") as f:
+        f.write('{"moca": "0.1.0", "task": {"model"')  # a line cut short by the stop is skipped
+    ran.clear()
+    told, fail["on"] = [], False
+    again = run_sweep(plan, Backend("serial"), journal=journal, on_done=lambda n, total: told.append((n, total)))
+    assert len(ran) == len(plan.tasks()) - finished  # only what had not finished ran
+    assert again["resumed_tasks"] == finished and told[0] == (finished, len(plan.tasks()))
+    assert again["policies"] == fresh["policies"]  # bit for bit: a task is a pure function of its input
+    ran.clear()
+    assert run_sweep(plan, Backend("serial"), journal=journal)["resumed_tasks"] == len(plan.tasks()) and ran == []
+    # records of another moca version, or of another sweep's tasks, are not taken
+    stale = tmp_path / "stale.jsonl"
+    fail["on"] = True
+    ran.clear()
+    with pytest.raises(RuntimeError):
+        run_sweep(plan, Backend("serial"), journal=stale)
+    stale.write_text(stale.read_text().replace('"moca": "', '"moca": "old-'))
+    ran.clear()
+    with pytest.raises(RuntimeError):
+        run_sweep(plan, Backend("serial"), journal=stale)
+    assert len(ran) == finished + 1  # all ran again up to the failing task
+    early = tmp_path / "early.jsonl"  # stopped before any task finished: no empty file left
+    monkeypatch.setattr(sweep_module, "run_task", lambda task: (_ for _ in ()).throw(RuntimeError("at once")))
+    with pytest.raises(RuntimeError, match="at once"):
+        run_sweep(plan, Backend("serial"), journal=early)
+    assert not early.exists()
+
+
+def test_cli_sweep_stopped_then_rerun(tmp_path, monkeypatch):
+    import moca.sweep as sweep_module
+
+    out = tmp_path / "sweep.json"
+    args = ["sweep", "--field", "landfill_tax", "--values", "0,50", "--policies", "oracle", "--scenarios", "2",
+            "--workers", "1", "--json", str(out)]
+    real = sweep_module.run_task
+
+    def failing(task):
+        if task.index == 1:
+            raise RuntimeError("solver failed")
+        return real(task)
+
+    monkeypatch.setattr(sweep_module, "run_task", failing)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert ("sweep failed: RuntimeError: solver failed; the 1 finished tasks are kept in "
+            f"{out}.tasks.jsonl: the same command again goes on from them") in " ".join(result.output.split())
+    assert not out.exists()
+    monkeypatch.setattr(sweep_module, "run_task", real)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "1 of 2 tasks taken from" in " ".join(result.stdout.split())
+    assert json.loads(out.read_text())["resumed_tasks"] == 1
+    assert not (tmp_path / "sweep.json.tasks.jsonl").exists()
+    monkeypatch.setattr(sweep_module, "run_task", failing)  # without --json, nothing is kept, and it says how
+    result = runner.invoke(app, args[:-2])
+    assert result.exit_code == 1 and "with --json FILE, finished tasks are kept" in " ".join(result.output.split())

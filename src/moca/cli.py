@@ -1606,24 +1606,46 @@ def sweep(
         backend = backend_from_options(ray_address, workers)
     except (SweepError, BackendError, RegimeError, UsageError, OutputError) as err:
         _fail(_message(err))
+    # With --json, each finished task is kept beside it as it finishes: a sweep that stops is
+    # taken up again by the same command (run_sweep's journal), not started over.
+    journal = json_file.with_name(json_file.name + ".tasks.jsonl") if json_file is not None else None
     try:
         with _progress(False) as progress:
             bar = progress.add_task(f"sweep {field} ({backend.kind})", total=None)
-            result = run_sweep(plan, backend, on_done=lambda n, total: progress.update(bar, completed=n, total=total))
+            result = run_sweep(plan, backend, on_done=lambda n, total: progress.update(bar, completed=n, total=total),
+                               journal=journal)
     except BackendError as err:
         _fail(_message(err))
-    except (RuntimeError, OSError) as err:  # a worker died, a solver failed: say so, write nothing
-        _fail(f"sweep failed, nothing written: {type(err).__name__}: {_message(err)}", code=1)
+    except (RuntimeError, OSError) as err:  # a worker died, a solver failed: say so and what is kept
+        _fail(f"sweep failed: {type(err).__name__}: {_message(err)}; {_journal_note(journal)}", code=1)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"moca: sweep stopped; {_journal_note(journal)}\n")
+        raise
+    if result["resumed_tasks"]:
+        console.print(f"{result['resumed_tasks']} of {result['tasks']} tasks taken from {journal} (finished by an "
+                      "earlier run of this sweep)")
     if json_file is not None:
         _write_atomic(json_file, json.dumps(result, indent=1))
     if plot_file is not None:
         _write_plot(plot_file, lambda where: plot_sweep(result, where))
+    if journal is not None:  # the result is in --json now
+        journal.unlink(missing_ok=True)
     _sweep_table(result)
     for warning in result["warnings"]:
         console.print(Text.assemble(("warning", "bold"), f": {warning}"), highlight=False)
     wrote = ", ".join(str(p) for p in (json_file, plot_file) if p is not None)
     console.print(f"{result['tasks']} tasks in {result['seconds']:.1f} s on {result['backend']['kind']}"
                   + (f"; wrote {wrote}" if wrote else ""))
+
+
+def _journal_note(journal: Optional[Path]) -> str:
+    """What a stopped sweep kept, and how to go on from it."""
+    if journal is None:
+        return "nothing written (with --json FILE, finished tasks are kept and a rerun goes on from them)"
+    done = len(journal.read_text(encoding="utf-8").splitlines()) if journal.exists() else 0
+    if not done:
+        return "no task had finished"
+    return f"the {done} finished tasks are kept in {journal}: the same command again goes on from them"
 
 
 def _sweep_table(result: dict) -> None:

@@ -26,13 +26,16 @@ draw scenarios and run a policy); CLSC-1 is :class:`CLSC1Sweep`, CLSC-2 :class:`
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from moca import __version__
 from moca.cluster import Backend
 from moca.limits import LARGEST_SEED, MOST_SCENARIOS, MOST_STEPS
 from moca.regime import REGIME_RANGES, Regime, RegimeError, load_regime
@@ -539,30 +542,87 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
 
 
 def run_sweep(plan: SweepPlan, backend: Backend | None = None,
-              on_done: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+              on_done: Callable[[int, int], None] | None = None, journal: str | Path | None = None) -> dict[str, Any]:
     """Run every task of ``plan`` on ``backend`` (default: a 2-process local pool) and
-    aggregate. ``on_done(done, total)`` after each task. Returns the JSON-ready result."""
+    aggregate. ``on_done(done, total)`` after each task. Returns the JSON-ready result.
+
+    ``journal``: a JSON-lines file that gets each task's input and result the moment it
+    finishes. A sweep that stops (a failed task, Ctrl-C, a lost machine) leaves it; the same
+    sweep run again with it takes the tasks it holds instead of running them again (a task
+    is a pure function of its input; records of another moca version or of other tasks are
+    not used). The caller removes it once the result is kept elsewhere (``moca sweep`` does,
+    after writing ``--json``); until then a rerun takes every task from it. ``resumed_tasks``
+    in the result says how many came from it."""
     backend = backend or Backend("pool", workers=2)
     tasks = plan.tasks()
-    counter = {"done": 0}
+    kept = _journal_results(Path(journal), tasks) if journal is not None else {}
+    todo = [t for t in tasks if _task_key(t) not in kept]
+    counter = {"done": len(kept)}
+    writer = open(journal, "a", encoding="utf-8") if journal is not None and todo else None
+    if writer is not None and writer.tell() > 0 and not Path(journal).read_bytes().endswith(b"\n"):
+        writer.write("\n")  # a line cut short by a stop: the next record starts on a line of its own
+    if on_done and kept:
+        on_done(counter["done"], len(tasks))
 
-    def progress(_i: int, _r: Any) -> None:
+    def progress(i: int, result: TaskResult) -> None:
         counter["done"] += 1
+        if writer is not None:
+            record = {"moca": __version__, "task": asdict(todo[i]), "result": asdict(result)}
+            writer.write(json.dumps(record, default=_plain) + "\n")
+            writer.flush()
         if on_done:
             on_done(counter["done"], len(tasks))
 
     started = time.perf_counter()
-    with backend.session():
-        results = backend.map(run_task, tasks, progress)
-        described = backend.describe()
+    try:
+        with backend.session():
+            results = backend.map(run_task, todo, progress) if todo else []
+            described = backend.describe()
+    finally:
+        if writer is not None:
+            writer.close()
+            if Path(journal).stat().st_size == 0:  # (opened before any task finished)
+                Path(journal).unlink()
+    results = list(kept.values()) + list(results)
     seconds = time.perf_counter() - started
     out = aggregate(plan, results)
     out["seconds"] = seconds
     out["task_seconds"] = float(sum(r.seconds for r in results))
     out["task_cpu_seconds"] = float(sum(r.cpu_seconds for r in results))
     out["tasks"] = len(tasks)
+    out["resumed_tasks"] = len(kept)
     out["backend"] = described
     return out
+
+
+def _task_key(task: SweepTask | dict[str, Any]) -> str:
+    """A task's identity: every input field, as JSON (a tuple and a list of seeds alike)."""
+    return json.dumps(asdict(task) if isinstance(task, SweepTask) else task, sort_keys=True, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """numpy's numbers and arrays as JSON's (a task's metrics may hold either)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _journal_results(path: Path, tasks: Sequence[SweepTask]) -> dict[str, TaskResult]:
+    """The finished tasks of ``path`` that are tasks of this sweep, by key. A line cut short
+    (the process stopped while writing it) and records of another moca version are skipped."""
+    if not path.exists():
+        return {}
+    wanted = {_task_key(t) for t in tasks}
+    kept: dict[str, TaskResult] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            key = _task_key(record["task"])
+            if record.get("moca") == __version__ and key in wanted:
+                kept[key] = TaskResult(**record["result"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return kept
 
 
 def interval(samples: Sequence[float], lowest: float | None = None) -> tuple[float, list[float]]:
