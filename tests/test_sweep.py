@@ -318,7 +318,7 @@ def test_cli_sweep_stopped_then_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module, "run_task", failing)
     result = runner.invoke(app, args)
     assert result.exit_code == 1
-    assert ("sweep failed: RuntimeError: solver failed; the 1 finished tasks are kept in "
+    assert ("sweep failed: RuntimeError: solver failed; 1 finished task kept in "
             f"{out}.tasks.jsonl: the same command again goes on from them") in " ".join(result.output.split())
     assert not out.exists()
     monkeypatch.setattr(sweep_module, "run_task", real)

@@ -1645,7 +1645,7 @@ def _journal_note(journal: Optional[Path]) -> str:
     done = len(journal.read_text(encoding="utf-8").splitlines()) if journal.exists() else 0
     if not done:
         return "no task had finished"
-    return f"the {done} finished tasks are kept in {journal}: the same command again goes on from them"
+    return f"{_count(done, 'finished task')} kept in {journal}: the same command again goes on from them"
 
 
 def _sweep_table(result: dict) -> None:
