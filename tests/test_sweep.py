@@ -275,7 +275,7 @@ def test_a_stopped_sweep_keeps_its_finished_tasks_and_a_rerun_goes_on_from_them(
     finished = len(ran) - 1
     assert len(journal.read_text().splitlines()) == finished > 0  # each finished task, as it finished
     with journal.open("a") as f:
-        f.write('{"moca": "0.1.0", "task": {"model"')  # a line cut short by the stop is skipped
+        f.write('{"code": "0", "task": {"model"')  # a line cut short by the stop is skipped
     ran.clear()
     told, fail["on"] = [], False
     again = run_sweep(plan, Backend("serial"), journal=journal, on_done=lambda n, total: told.append((n, total)))
@@ -284,13 +284,13 @@ def test_a_stopped_sweep_keeps_its_finished_tasks_and_a_rerun_goes_on_from_them(
     assert again["policies"] == fresh["policies"]  # bit for bit: a task is a pure function of its input
     ran.clear()
     assert run_sweep(plan, Backend("serial"), journal=journal)["resumed_tasks"] == len(plan.tasks()) and ran == []
-    # records of another moca version, or of another sweep's tasks, are not taken
+    # records of other code (another checkout or version), or of another sweep's tasks, are not taken
     stale = tmp_path / "stale.jsonl"
     fail["on"] = True
     ran.clear()
     with pytest.raises(RuntimeError):
         run_sweep(plan, Backend("serial"), journal=stale)
-    stale.write_text(stale.read_text().replace('"moca": "', '"moca": "old-'))
+    stale.write_text(stale.read_text().replace('"code": "', '"code": "old-'))
     ran.clear()
     with pytest.raises(RuntimeError):
         run_sweep(plan, Backend("serial"), journal=stale)

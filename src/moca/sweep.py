@@ -26,6 +26,8 @@ draw scenarios and run a policy); CLSC-1 is :class:`CLSC1Sweep`, CLSC-2 :class:`
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import time
@@ -35,7 +37,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from moca import __version__
 from moca.cluster import Backend
 from moca.limits import LARGEST_SEED, MOST_SCENARIOS, MOST_STEPS
 from moca.regime import REGIME_RANGES, Regime, RegimeError, load_regime
@@ -549,8 +550,8 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     ``journal``: a JSON-lines file that gets each task's input and result the moment it
     finishes. A sweep that stops (a failed task, Ctrl-C, a lost machine) leaves it; the same
     sweep run again with it takes the tasks it holds instead of running them again (a task
-    is a pure function of its input; records of another moca version or of other tasks are
-    not used). The caller removes it once the result is kept elsewhere (``moca sweep`` does,
+    is a pure function of its input and of moca's code; records of other code, i.e. another
+    checkout or version, or of other tasks are not used). The caller removes it once the result is kept elsewhere (``moca sweep`` does,
     after writing ``--json``); until then a rerun takes every task from it. ``resumed_tasks``
     in the result says how many came from it."""
     backend = backend or Backend("pool", workers=2)
@@ -567,7 +568,7 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     def progress(i: int, result: TaskResult) -> None:
         counter["done"] += 1
         if writer is not None:
-            record = {"moca": __version__, "task": asdict(todo[i]), "result": asdict(result)}
+            record = {"code": code_fingerprint(), "task": asdict(todo[i]), "result": asdict(result)}
             writer.write(json.dumps(record, default=_plain) + "\n")
             writer.flush()
         if on_done:
@@ -595,6 +596,17 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     return out
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """SHA-256 of moca's installed files (code and shipped weights): a task's result is a
+    function of them, and the version string stays the same from commit to commit."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _task_key(task: SweepTask | dict[str, Any]) -> str:
     """A task's identity: every input field, as JSON (a tuple and a list of seeds alike)."""
     return json.dumps(asdict(task) if isinstance(task, SweepTask) else task, sort_keys=True, default=_plain)
@@ -609,7 +621,7 @@ def _plain(value: Any) -> Any:
 
 def _journal_results(path: Path, tasks: Sequence[SweepTask]) -> dict[str, TaskResult]:
     """The finished tasks of ``path`` that are tasks of this sweep, by key. A line cut short
-    (the process stopped while writing it) and records of another moca version are skipped."""
+    (the process stopped while writing it) and records of other code are skipped."""
     if not path.exists():
         return {}
     wanted = {_task_key(t) for t in tasks}
@@ -618,7 +630,7 @@ def _journal_results(path: Path, tasks: Sequence[SweepTask]) -> dict[str, TaskRe
         try:
             record = json.loads(line)
             key = _task_key(record["task"])
-            if record.get("moca") == __version__ and key in wanted:
+            if record.get("code") == code_fingerprint() and key in wanted:
                 kept[key] = TaskResult(**record["result"])
         except (ValueError, KeyError, TypeError):
             continue
