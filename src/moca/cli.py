@@ -128,9 +128,9 @@ def _write_atomic(path: Path, text: str) -> None:
     write_atomic(check_parent(path), text)
 
 
-def _plot_path(path: Optional[Path], option: str = "--plot") -> None:
-    """A figure file to write: .png, .pdf or .svg, not a directory, its folder existing
-    (checked before the command's work, not after it)."""
+def _output_file(path: Optional[Path], option: str) -> None:
+    """A file to write: not a directory, its folder existing (checked before the command's
+    work, not after it)."""
     from moca.files import check_parent
 
     if path is None:
@@ -138,7 +138,12 @@ def _plot_path(path: Optional[Path], option: str = "--plot") -> None:
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a directory")
     check_parent(path, option)
-    if path.suffix.lower() not in (".png", ".pdf", ".svg"):
+
+
+def _plot_path(path: Optional[Path], option: str = "--plot") -> None:
+    """A figure file to write (:func:`_output_file`): .png, .pdf or .svg."""
+    _output_file(path, option)
+    if path is not None and path.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"{option} {path}: expected a .png, .pdf or .svg file name")
 
 
@@ -1355,13 +1360,10 @@ def run(
         worlds = [_chosen_model(model)] if model is not None else list(MODELS)
         if params_file is not None and model is None:
             worlds = ["CLSC-1"]  # said below, once every check has passed (an error stays one line)
-        from moca.files import check_folder, check_parent
+        from moca.files import check_folder
 
         check_folder(runs_dir, "--runs-dir")
-        if json_file is not None:
-            if json_file.is_dir():
-                raise UsageError(f"--json {json_file}: is a directory")
-            check_parent(json_file, "--json")
+        _output_file(json_file, "--json")
         chosen_peers = _run_peers(peers)
         params = _load_params(params_file) if "CLSC-1" in worlds else None  # (the default chain without a file)
         params2 = _load_params(params_file, "CLSC-2") if params_file is not None and worlds == ["CLSC-2"] else None
@@ -1588,7 +1590,7 @@ def sweep(
     """Regulatory impact analysis: sweep one rule's strength; cost of compliance, emissions, shadow price."""
     from moca.cluster import BackendError, backend_from_options
     from moca.regime import RegimeError
-    from moca.files import OutputError, check_parent
+    from moca.files import OutputError
     from rich.text import Text
 
     from moca.sweep import SweepError, make_plan, plot_sweep, run_sweep
@@ -1598,10 +1600,7 @@ def sweep(
                          adapt_steps=adapt_steps, moca_base=moca_base)
         if "moca" in plan.policies:
             _warn_if_not_held_out(seed, scenarios)
-        if json_file is not None:
-            if json_file.is_dir():
-                raise UsageError(f"--json {json_file}: is a directory")
-            check_parent(json_file, "--json")  # before the sweep's work, not after it
+        _output_file(json_file, "--json")
         _plot_path(plot_file)
         backend = backend_from_options(ray_address, workers)
     except (SweepError, BackendError, RegimeError, UsageError, OutputError) as err:

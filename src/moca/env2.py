@@ -50,7 +50,7 @@ from moca import clsc2
 from moca.env import episode_scenario, render_bars, warn_if_beyond_horizon
 from moca.projection import project2_counted, violations2
 from moca.regime import MAX_WINDOW, Regime, RegimeSchedule, load_schedule
-from moca.safety import SafetyError
+from moca.safety import action_values
 from moca.scenario import DEFAULT_PARAMS_2, HISTORY, Params2, Scenario2, draw_scenario2
 from moca.sim2 import ScenarioBatch2, Simulator2
 
@@ -142,13 +142,8 @@ class CircularSupplyChain2Env(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self.t >= self.params.horizon:
             raise RuntimeError("the episode has ended; call reset()")
-        # SafetyError, as CLSC-1's env raises, so one except clause serves both worlds.
-        z = np.asarray(action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else action,
-                       dtype=np.float64)
-        if z.shape != (9,):
-            raise SafetyError(f"action: expected shape [9] ({', '.join(clsc2.ACTION_SYMBOLS)}), got {list(z.shape)}")
-        if not np.isfinite(z).all():
-            raise SafetyError(f"action has a non-finite entry (NaN or inf): {z.tolist()}")
+        # CLSC-1's check (a SafetyError naming shape or NaN/inf), so one except clause serves both worlds.
+        z = np.asarray(action_values(action, "action", clsc2.ACTION_SYMBOLS))
         t, p = self.t, self.params
         raw = z * self.scale
         inputs = {k: float(v[0]) for k, v in self._inputs.items()}

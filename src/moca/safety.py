@@ -127,15 +127,21 @@ def _layout(params: Params) -> ConstraintLayout:
 
 
 # --- input checks ------------------------------------------------------------------------------
-def action_values(raw: Any, what: str = "raw action") -> list[float]:
-    """One action (array, tensor or sequence) as a list of 6 floats, checked: shape [6] and
-    finite entries, else a :class:`SafetyError` naming ``what``."""
-    if type(raw) is np.ndarray and raw.shape == (6,) and raw.dtype.kind == "f":  # the hot path
+#: CLSC-1's action symbols, in order (CLSC-2's: :data:`moca.clsc2.ACTION_SYMBOLS`).
+ACTION_SYMBOLS: tuple[str, ...] = ("o", "u_v", "u_r", "g", "f", "w")
+
+
+def action_values(raw: Any, what: str = "raw action", symbols: tuple[str, ...] = ACTION_SYMBOLS) -> list[float]:
+    """One action (array, tensor or sequence) as a list of floats, one per entry of
+    ``symbols`` (default CLSC-1's six), checked: that shape and finite entries, else a
+    :class:`SafetyError` naming ``what``."""
+    n = len(symbols)
+    if type(raw) is np.ndarray and raw.shape == (n,) and raw.dtype.kind == "f":  # the hot path
         values = raw.tolist()
     else:
         a = np.asarray(raw.detach().cpu().numpy() if isinstance(raw, Tensor) else raw, dtype=np.float64)
-        if a.shape != (6,):
-            raise SafetyError(f"{what}: expected shape [6] (o, u_v, u_r, g, f, w), got {list(a.shape)}")
+        if a.shape != (n,):
+            raise SafetyError(f"{what}: expected shape [{n}] ({', '.join(symbols)}), got {list(a.shape)}")
         values = a.tolist()
     # One sum is non-finite whenever an entry is (and, rarely, when finite entries overflow it).
     if not math.isfinite(sum(values)) and not all(map(math.isfinite, values)):

@@ -556,18 +556,22 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     in the result says how many came from it."""
     backend = backend or Backend("pool", workers=2)
     tasks = plan.tasks()
-    kept = _journal_results(Path(journal), tasks) if journal is not None else {}
+    text = Path(journal).read_text(encoding="utf-8") if journal is not None and Path(journal).exists() else ""
+    kept = _journal_results(text, tasks)
     todo = [t for t in tasks if _task_key(t) not in kept]
     counter = {"done": len(kept)}
-    writer = open(journal, "a", encoding="utf-8") if journal is not None and todo else None
-    if writer is not None and writer.tell() > 0 and not Path(journal).read_bytes().endswith(b"\n"):
-        writer.write("\n")  # a line cut short by a stop: the next record starts on a line of its own
+    writer = None  # opened when the first task finishes: a sweep stopped before that leaves no file
     if on_done and kept:
         on_done(counter["done"], len(tasks))
 
     def progress(i: int, result: TaskResult) -> None:
+        nonlocal writer
         counter["done"] += 1
-        if writer is not None:
+        if journal is not None:
+            if writer is None:
+                writer = open(journal, "a", encoding="utf-8")
+                if text and not text.endswith("\n"):
+                    writer.write("\n")  # a line cut short by a stop: the next record starts on a line of its own
             record = {"code": code_fingerprint(), "task": asdict(todo[i]), "result": asdict(result)}
             writer.write(json.dumps(record, default=_plain) + "\n")
             writer.flush()
@@ -582,8 +586,6 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     finally:
         if writer is not None:
             writer.close()
-            if Path(journal).stat().st_size == 0:  # (opened before any task finished)
-                Path(journal).unlink()
     results = list(kept.values()) + list(results)
     seconds = time.perf_counter() - started
     out = aggregate(plan, results)
@@ -619,14 +621,12 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _journal_results(path: Path, tasks: Sequence[SweepTask]) -> dict[str, TaskResult]:
-    """The finished tasks of ``path`` that are tasks of this sweep, by key. A line cut short
-    (the process stopped while writing it) and records of other code are skipped."""
-    if not path.exists():
-        return {}
+def _journal_results(text: str, tasks: Sequence[SweepTask]) -> dict[str, TaskResult]:
+    """The finished tasks of a journal's ``text`` that are tasks of this sweep, by key. A line
+    cut short (the process stopped while writing it) and records of other code are skipped."""
     wanted = {_task_key(t) for t in tasks}
     kept: dict[str, TaskResult] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
             key = _task_key(record["task"])

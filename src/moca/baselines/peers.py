@@ -173,9 +173,9 @@ def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None,
         return Evaluation(name, oracle.copy(), oracle, 0, np.zeros(0))
     stock = TUNED_SAFETY_STOCK_2.get(name if name != "mpc" else "mpc-forecast", 0.0)
     if name == "threshold":
-        from moca.baselines.threshold2 import tune_threshold2
+        from moca.baselines.threshold2 import TUNING_BUDGET_2 as budget, tune_threshold2
 
-        budget, what = 1500, "tuning the threshold rule for the plan (candidates)"  # tune_threshold2's default
+        what = "tuning the threshold rule for the plan (candidates)"
         tell(what, 0, budget)
         rule = tune_threshold2(plan, params, budget=budget, progress=lambda n: tell(what, min(n, budget), budget))
         # The search stops early once its steps are too small to matter: the bar ends at what it used.

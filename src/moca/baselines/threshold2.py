@@ -72,6 +72,8 @@ from moca.scenario import DEFAULT_PARAMS_2, Params2, draw_training_scenarios2
 THRESHOLD2_NAMES = ("safety_product", "safety_virgin", "target_recycled", "target_market", "free_recycled",
                     "refurbish_level", "dispose_level")
 SEARCH_POWER_2 = np.array([1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0])
+#: Candidate rules the peer's tuning simulates (each on every training scenario).
+TUNING_BUDGET_2 = 1500
 
 
 def threshold2_bounds(params: Params2) -> np.ndarray:
@@ -120,8 +122,8 @@ class Threshold2Policy:
         return base_rule2(thresholds, rule_inputs(obs), self.params)
 
 
-def tune_threshold2(regime, params: Params2 = DEFAULT_PARAMS_2, train_seeds: int | Sequence = 32, budget: int = 1500,
-                    seed: int = 0, popsize: int = 8, global_share: float = 0.7,
+def tune_threshold2(regime, params: Params2 = DEFAULT_PARAMS_2, train_seeds: int | Sequence = 32,
+                    budget: int = TUNING_BUDGET_2, seed: int = 0, popsize: int = 8, global_share: float = 0.7,
                     progress: Callable[[int], None] | None = None) -> Threshold2Policy:
     """Tune the seven thresholds for ``regime`` (a CLSC-2 regime, schedule or name) on
     training-stream scenarios; the report is in ``policy.tuning``. ``progress``, if given, is
@@ -159,4 +161,4 @@ def tune_threshold2(regime, params: Params2 = DEFAULT_PARAMS_2, train_seeds: int
     return policy
 
 
-__all__ = ["THRESHOLD2_NAMES", "Threshold2Policy", "start_thresholds2", "threshold2_bounds", "tune_threshold2"]
+__all__ = ["THRESHOLD2_NAMES", "TUNING_BUDGET_2", "Threshold2Policy", "start_thresholds2", "threshold2_bounds", "tune_threshold2"]
