@@ -18,6 +18,7 @@ differ only in where, never in what.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -49,6 +50,11 @@ def run_task(fn: Callable[[Any], Any], item: Any) -> Any:
 
 
 def _pool_init() -> None:
+    # Ctrl-C in a terminal reaches the whole process group. The main process alone acts on
+    # it (it stops the workers, Backend.stop(now=True)); a worker that took it too would
+    # print KeyboardInterrupt's traceback from here or hand it back as a task's result,
+    # and take the task queued after it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -180,8 +186,13 @@ class Backend:
         self._ray_started = True
         self.start_seconds = time.perf_counter() - started
 
-    def stop(self) -> None:
+    def stop(self, now: bool = False) -> None:
+        """Stop the pool or the Ray started for the run. ``now``: end the pool's workers
+        instead of waiting for the tasks they run (after Ctrl-C or a failed task, whose
+        results nobody would read)."""
         if self._pool is not None:
+            if now:
+                _end_workers(self._pool)
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._remote = None
@@ -220,9 +231,23 @@ class Backend:
         self.start()
         try:
             yield self
-        finally:
+        except BaseException:
             if owned:
-                self.stop()
+                self.stop(now=True)
+            raise
+        if owned:
+            self.stop()
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate a process pool's workers (SIGTERM). Python 3.14 has
+    ``ProcessPoolExecutor.terminate_workers``; before it, the executor's own process table."""
+    if hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
