@@ -330,3 +330,24 @@ def test_cli_sweep_stopped_then_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module, "run_task", failing)  # without --json, nothing is kept, and it says how
     result = runner.invoke(app, args[:-2])
     assert result.exit_code == 1 and "with --json FILE, finished tasks are kept" in " ".join(result.output.split())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="journals are locked with POSIX flock")
+def test_a_second_run_of_a_running_sweep_is_refused_and_leaves_its_journal_alone(tmp_path):
+    import fcntl
+
+    out = tmp_path / "sweep.json"
+    journal = tmp_path / "sweep.json.tasks.jsonl"
+    args = ["sweep", "--field", "landfill_tax", "--values", "0,50", "--policies", "oracle", "--scenarios", "2",
+            "--workers", "1", "--json", str(out)]
+    journal.write_text('{"a record": "of the run going on"}\n')
+    with journal.open("a") as running:  # the lock a run of this sweep holds while it runs
+        fcntl.flock(running.fileno(), fcntl.LOCK_EX)
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"{journal} is in use by another run of this sweep" in " ".join(result.output.split())
+        assert "Traceback" not in result.output and not out.exists()
+        assert journal.read_text() == '{"a record": "of the run going on"}\n'
+    result = runner.invoke(app, args)  # once that run is over, the same command runs
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["resumed_tasks"] == 0 and not journal.exists()

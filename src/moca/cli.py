@@ -1613,7 +1613,7 @@ def sweep(
             bar = progress.add_task(f"sweep {field} ({backend.kind})", total=None)
             result = run_sweep(plan, backend, on_done=lambda n, total: progress.update(bar, completed=n, total=total),
                                journal=journal)
-    except BackendError as err:
+    except (BackendError, SweepError) as err:
         _fail(_message(err))
     except (RuntimeError, OSError) as err:  # a worker died, a solver failed: say so and what is kept
         _fail(f"sweep failed: {type(err).__name__}: {_message(err)}; {_journal_note(journal)}", code=1)

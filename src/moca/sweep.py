@@ -30,12 +30,18 @@ import functools
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+try:  # POSIX: a journal is locked while its sweep runs
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: not locked
+    fcntl = None
 
 from moca.cluster import Backend
 from moca.limits import LARGEST_SEED, MOST_SCENARIOS, MOST_STEPS
@@ -553,38 +559,40 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     is a pure function of its input and of moca's code; records of other code, i.e. another
     checkout or version, or of other tasks are not used). The caller removes it once the result is kept elsewhere (``moca sweep`` does,
     after writing ``--json``); until then a rerun takes every task from it. ``resumed_tasks``
-    in the result says how many came from it."""
+    in the result says how many came from it. While the sweep runs its journal is locked: a
+    second run with the same journal is refused (:class:`SweepError`) instead of doing the
+    same tasks beside it."""
     backend = backend or Backend("pool", workers=2)
     tasks = plan.tasks()
-    text = Path(journal).read_text(encoding="utf-8") if journal is not None and Path(journal).exists() else ""
-    kept = _journal_results(text, tasks)
-    todo = [t for t in tasks if _task_key(t) not in kept]
-    counter = {"done": len(kept)}
-    writer = None  # opened when the first task finishes: a sweep stopped before that leaves no file
-    if on_done and kept:
-        on_done(counter["done"], len(tasks))
-
-    def progress(i: int, result: TaskResult) -> None:
-        nonlocal writer
-        counter["done"] += 1
-        if journal is not None:
-            if writer is None:
-                writer = open(journal, "a", encoding="utf-8")
-                if text and not text.endswith("\n"):
-                    writer.write("\n")  # a line cut short by a stop: the next record starts on a line of its own
-            record = {"code": code_fingerprint(), "task": asdict(todo[i]), "result": asdict(result)}
-            writer.write(json.dumps(record, default=_plain) + "\n")
-            writer.flush()
-        if on_done:
-            on_done(counter["done"], len(tasks))
-
-    started = time.perf_counter()
+    writer = _open_journal(Path(journal)) if journal is not None else None
     try:
+        text = writer.read() if writer is not None else ""
+        kept = _journal_results(text, tasks)
+        todo = [t for t in tasks if _task_key(t) not in kept]
+        counter = {"done": len(kept)}
+        if on_done and kept:
+            on_done(counter["done"], len(tasks))
+        if text and not text.endswith("\n"):
+            writer.write("\n")  # a line cut short by a stop: the next record starts on a line of its own
+
+        def progress(i: int, result: TaskResult) -> None:
+            counter["done"] += 1
+            if writer is not None:
+                record = {"code": code_fingerprint(), "task": asdict(todo[i]), "result": asdict(result)}
+                writer.write(json.dumps(record, default=_plain) + "\n")
+                writer.flush()
+            if on_done:
+                on_done(counter["done"], len(tasks))
+
+        started = time.perf_counter()
         with backend.session():
             results = backend.map(run_task, todo, progress) if todo else []
             described = backend.describe()
     finally:
         if writer is not None:
+            writer.flush()
+            if os.fstat(writer.fileno()).st_size == 0:  # no task finished: leave no file (removed while locked)
+                Path(journal).unlink(missing_ok=True)
             writer.close()
     results = list(kept.values()) + list(results)
     seconds = time.perf_counter() - started
@@ -596,6 +604,28 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     out["resumed_tasks"] = len(kept)
     out["backend"] = described
     return out
+
+
+def _open_journal(path: Path):
+    """``path`` opened to read and append, locked for this run (POSIX ``flock``; the lock goes
+    with the process, so a run that was killed leaves none)."""
+    while True:
+        handle = open(path, "a+", encoding="utf-8")
+        handle.seek(0)
+        if fcntl is None:
+            return handle
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise SweepError(f"{path} is in use by another run of this sweep (the same command with the same "
+                             "--json is running): wait for it to finish, or write to another file") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # the run that held it removed it meanwhile: lock the file at the path now
 
 
 @functools.cache
