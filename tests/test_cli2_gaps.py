@@ -135,6 +135,10 @@ def test_bad_params_for_clsc2_exit_2_naming_the_field(files, tmp_path):
     sequence.write_text("- T1\n")
     out = tmp_path / "adapted"
     assert_bad_input(run("evaluate", "--model", "CLSC-2", "--policy", "oracle", "--params", bad), "cap_market", "> 0")
+    amplitude = tmp_path / "amplitude.yaml"  # above the default demand_amp_hi (0.4): no draw can honour it
+    amplitude.write_text("demand_amp_lo: 0.55\n")
+    assert_bad_input(run("evaluate", "--model", "CLSC-2", "--policy", "threshold", "--params", amplitude),
+                     "demand_amp_lo=0.55 must be <= demand_amp_hi=0.4")
     assert_bad_input(run("evaluate", "--model", "CLSC-2", "--policy", "default", "--params", unknown),
                      "backlog_cost", "unknown parameter")
     assert_bad_input(run("evaluate", "--model", "CLSC-2", "--policy", "default", "--scenarios", 1, "--params", longer),

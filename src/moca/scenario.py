@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from moca.files import parse_problem
 from moca.regime import Regime, RegimeError, RegimeSchedule
@@ -555,13 +555,18 @@ class Params2(BaseModel):
             raise ValueError(f"params.{name}={value!r} must be >= 0")
         return value
 
-    @field_validator("demand_amp_hi")
-    @classmethod
-    def _amp_order(cls, value: float, info) -> float:
-        low = info.data.get("demand_amp_lo")
-        if low is not None and value < low:
-            raise ValueError(f"params.demand_amp_hi={value!r} must be >= demand_amp_lo={low!r}")
-        return value
+    @model_validator(mode="after")
+    def _amp_order(self) -> "Params2":
+        # A model check, not a field one: a field's validator does not run on a default, so
+        # demand_amp_lo given above the default demand_amp_hi slipped through to the draw.
+        if self.demand_amp_hi < self.demand_amp_lo:
+            given = self.model_fields_set
+            if "demand_amp_hi" in given:
+                raise ValueError(f"params.demand_amp_hi={self.demand_amp_hi!r} must be >= "
+                                 f"demand_amp_lo={self.demand_amp_lo!r}")
+            raise ValueError(f"params.demand_amp_lo={self.demand_amp_lo!r} must be <= demand_amp_hi="
+                             f"{self.demand_amp_hi!r} (the default; give demand_amp_hi too)")
+        return self
 
     @property
     def action_scale(self) -> np.ndarray:
