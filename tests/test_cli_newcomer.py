@@ -259,6 +259,11 @@ def test_params_on_evaluate_from_a_params_file_or_a_scenario_file(tmp_path):
     # (the shipped policy was trained on the default chain: on this one it is scored, not expected to shine)
     assert out["scenarios"] == 1 and out["violations"] == 0 and 0.0 < out["score"] <= 1.0
     assert out["mean_oracle_cost"] == pytest.approx(solve_oracle(Scenario.from_json(scenario)).oracle_cost)
+    # and it says so, naming what differs, as CLSC-2's checkpoints do (a peer has no training chain)
+    warning = " ".join(on_file.stderr.split())
+    assert "checkpoint default was trained on other params (cap_produce=1500.0->1100.0, backlog_cost=5.0->50.0)" \
+        in warning and "moca adapt --params FILE" in warning
+    assert "trained on other params" not in own.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("warp_speed: 9\n")
     assert_one_line(run_narrow("evaluate", "--policy", "oracle", "--params", bad), "warp_speed", "unknown parameter")
@@ -274,6 +279,7 @@ def test_params_reach_adapt_and_continual(tmp_path):
     adapted = run("adapt", "--checkpoint", "default", "--regime", "T2", "--steps", 0, "--scenarios", 1,
                   "--validation", 1, "--params", params, "--json")
     assert adapted.returncode == 0, adapted.stderr
+    assert "trained on other params (cap_produce=1500.0->1200.0)" in " ".join(adapted.stderr.split())
     sequence = tmp_path / "seq.yaml"
     sequence.write_text("- T1\n")
     bad = tmp_path / "bad.json"

@@ -12,7 +12,8 @@ input size; :func:`moca.policy.with_params` refuses those with a one-line error.
 The decision for a checkpoint trained on other parameters than the chain's: it is used,
 with a warning naming the fields that differ (its weights were tuned for another chain;
 adapting a few steps, or training on the chain, is what makes it the chain's). The
-warning goes to stderr so that ``--json`` output stays machine-readable.
+warning goes to stderr so that ``--json`` output stays machine-readable. CLSC-1's learned
+policies are normalised the same way and give the same warning (:func:`other_params_warning`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from moca.regime import RegimeSchedule
-from moca.scenario import Params2, Scenario2, ScenarioError, load_scenario
+from moca.scenario import Params, Params2, Scenario2, ScenarioError, load_scenario
 
 #: How many differing fields a warning names before it says "and N more".
 SHOWN_FIELDS = 4
 
 
-def differing_fields(trained: Params2, params: Params2) -> list[str]:
-    """``field=trained->chain`` for every parameter in which the chain differs."""
+def differing_fields(trained: Params | Params2, params: Params | Params2) -> list[str]:
+    """``field=trained->chain`` for every parameter in which the chain differs (either world)."""
     return [f"{name}={getattr(trained, name)!r}->{getattr(params, name)!r}" for name in type(params).model_fields
             if getattr(trained, name) != getattr(params, name)]
 
@@ -42,15 +43,22 @@ def retarget2(module: Any, params: Params2, where: str) -> tuple[Any, str | None
     :class:`moca.policy.PolicyError`."""
     from moca.policy import with_params
 
-    changed = differing_fields(module.params, params)
     rebuilt = with_params(module, params)
+    return rebuilt, other_params_warning(module.params, params, where)
+
+
+def other_params_warning(trained: Any, params: Any, where: str) -> str | None:
+    """One line when checkpoint ``where`` was trained on ``trained`` parameters and runs on
+    the chain of ``params`` (either world's), naming the fields that differ; None when they
+    are the same."""
+    changed = differing_fields(trained, params)
     if not changed:
-        return rebuilt, None
+        return None
+    world = "--model CLSC-2 " if isinstance(params, Params2) else ""
     more = f" and {len(changed) - SHOWN_FIELDS} more" if len(changed) > SHOWN_FIELDS else ""
-    return rebuilt, (f"checkpoint {where} was trained on other params ({', '.join(changed[:SHOWN_FIELDS])}{more}); "
-                     "its capacity-normalised features carry the weights over, but for this chain adapt it "
-                     "(--adapt-steps, moca adapt --model CLSC-2 --params FILE) or train on it "
-                     "(moca train --model CLSC-2 --params FILE)")
+    return (f"checkpoint {where} was trained on other params ({', '.join(changed[:SHOWN_FIELDS])}{more}); "
+            "its capacity-normalised features carry the weights over, but for this chain adapt it "
+            f"(--adapt-steps, moca adapt {world}--params FILE) or train on it (moca train {world}--params FILE)")
 
 
 def load_scenario_files(paths: Sequence[Path], model: str | None) -> tuple[str, list[Any]]:

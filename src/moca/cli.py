@@ -551,12 +551,14 @@ def evaluate(
             tests = draw_scenarios(scenarios, plan, params, first_seed=seed)
         _warn_if_beyond_horizon(plan, tests[0].horizon)
         from moca.evaluation import evaluate_policy  # (torch: only once the input is known good)
-        from moca.experiment import build_policy
+        from moca.experiment import DeployedPolicy, build_policy
 
         with _progress(as_json) as progress:
             task = progress.add_task(f"preparing {policy}", total=None)
             agent = build_policy(policy, plan, adapt_steps=adapt_steps, params=params, base=_base_choice(base),
                                  progress=_phase_bars(progress))
+            if isinstance(agent, DeployedPolicy):  # a learned checkpoint (PPO's has no chain parameters)
+                _warn_if_trained_on_other_params(policy, params)
             progress.update(task, description=f"evaluating {policy}", total=len(tests), completed=0)
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
     summary = result.summary()
@@ -957,7 +959,10 @@ def adapt(
 
         notes: list[str] = []
         if params_file is not None:  # another chain: a checkpoint of other inputs leaves the LP candidate
-            module, base, notes = start_on_chain(checkpoint_dir, _load_params(params_file), base)
+            params = _load_params(params_file)
+            module, base, notes = start_on_chain(checkpoint_dir, params, base)
+            if not notes:  # (a note says the checkpoint did not fit and the LP's candidate starts fresh)
+                _warn_if_trained_on_other_params(checkpoint_dir, params)
         else:
             module, _ = load_learned_policy(checkpoint_dir)
         cache = OracleCache(module.params)
@@ -1041,6 +1046,18 @@ def _retarget2(module, params, where: str, quiet: bool = False):
     if warning and not quiet:
         _warn(warning)
     return module
+
+
+def _warn_if_trained_on_other_params(where: str, params) -> None:
+    """CLSC-1's learned checkpoint ``where`` on ``params``' chain: the warning CLSC-2's give
+    (moca.chain2.other_params_warning), on stderr, when it was trained on other params."""
+    from moca.chain2 import other_params_warning
+    from moca.regime_map import load_learned_policy
+
+    trained, _ = load_learned_policy(where)
+    warning = other_params_warning(trained.params, params, str(where))
+    if warning:
+        _warn(warning)
 
 
 def _warn_if_beyond_horizon(plan, horizon: int) -> None:
