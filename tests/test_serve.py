@@ -657,6 +657,11 @@ def test_a_chain_of_another_lead_time_runs_the_lp_checkpoint_adapted_for_it(tmp_
     with TestClient(create_app(data, worker=False)) as c:
         refused = c.post("/v1/chains", json={"id": "p0", "regime": "T2", "checkpoint": "lead3"})
         assert refused.status_code == 422 and "params" in refused.text
+        # a chain of its own params on the shipped checkpoint: what differs, and the way to a checkpoint for it
+        other = c.post("/v1/chains", json={"id": "p1", "regime": "T2", "params": {"cap_order": 5000}})
+        assert other.status_code == 422
+        assert other.json()["detail"].startswith("params: differ from the checkpoint's (cap_order=4000.0->5000.0); ")
+        assert "moca adapt --checkpoint default --regime REGIME --params FILE -o DATA/checkpoints/NAME" in other.text
         created = c.post("/v1/chains", json={"id": "p3", "regime": "T2", "checkpoint": "lead3",
                                              "params": {"lead_virgin": 3}})
         assert created.status_code == 201, created.text
@@ -670,6 +675,14 @@ def test_a_chain_of_another_lead_time_runs_the_lp_checkpoint_adapted_for_it(tmp_
     action = np.array([out["action"][k] for k in ACTION_NAMES])
     assert np.array_equal(action, expected)
     assert safety.is_feasible(action, state[0], state[1], state[3], TASKS["T2"].as_row(), params)
+
+
+def test_a_fresh_data_directory_has_the_folder_a_chain_names_checkpoints_in(tmp_path):
+    """The 422 for a chain of its own params points to ``moca adapt -o DATA/checkpoints/NAME``:
+    that folder exists from the server's start (moca adapt -o needs its parent)."""
+    data = tmp_path / "data"
+    with TestClient(create_app(data, worker=False)):
+        assert (data / "checkpoints").is_dir()
 
 
 def test_a_422_names_the_field_once():

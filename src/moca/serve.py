@@ -701,11 +701,15 @@ def claim_data_dir(data: Path) -> None:
 
 
 class Store:
-    """The data directory: ``moca.sqlite3`` and ``weights/<chain>/v<N>/`` checkpoints."""
+    """The data directory: ``moca.sqlite3``, ``weights/<chain>/v<N>/`` (the chains' versions)
+    and ``checkpoints/`` (the checkpoints a chain may start from)."""
 
     def __init__(self, data: Path):
         self.data = Path(data)
         self.data.mkdir(parents=True, exist_ok=True)
+        # Where the checkpoints a chain may name go ("checkpoint": NAME; moca adapt -o DATA/checkpoints/NAME):
+        # made here so that the way a refusal points to works on a fresh data directory.
+        (self.data / "checkpoints").mkdir(exist_ok=True)
         self.db_path = self.data / "moca.sqlite3"
         try:
             self.conn = connect(self.db_path)
@@ -1377,7 +1381,16 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         except CheckpointError as err:
             raise ServeError(422, f"checkpoint: {err}") from None
         if module.params != params:
-            raise ServeError(422, "params: differ from the checkpoint's params (the policy's features depend on them)")
+            from moca.chain2 import SHOWN_FIELDS, differing_fields
+
+            changed = differing_fields(module.params, params)
+            more = f" and {len(changed) - SHOWN_FIELDS} more" if len(changed) > SHOWN_FIELDS else ""
+            world = " --model CLSC-2 --base default" if name == "clsc-2" else ""  # (the service runs no planner)
+            raise ServeError(422, f"params: differ from the checkpoint's ({', '.join(changed[:SHOWN_FIELDS])}{more}); "
+                                  "a chain runs a checkpoint trained or adapted for its own params: write one with "
+                                  f"'moca adapt{world} --checkpoint {body.checkpoint or model.default_checkpoint} "
+                                  "--regime REGIME --params FILE -o DATA/checkpoints/NAME' and register with "
+                                  "\"checkpoint\": \"NAME\"")
         path = store.weights_dir(body.id, 1)
         shutil.rmtree(path, ignore_errors=True)
         sha = model.save(path, module, {"chain": body.id, "version": 1, "from": body.checkpoint or model.default_checkpoint})
