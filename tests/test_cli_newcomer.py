@@ -390,6 +390,15 @@ def test_run_takes_params_and_the_meta_init_carries_over():
     shipped = _init_weights("moca", LSTMPolicy(Params(), shipped_policy_config()))
     own = _init_weights("moca", LSTMPolicy(Params(cap_produce=1200, backlog_cost=8), shipped_policy_config()))
     assert set(own) == set(shipped) and all(torch.equal(own[k], shipped[k]) for k in own)
+    # ... and the run says so (stderr and metrics.json), as CLSC-2's does; not for methods without one
+    from moca.experiment import meta_init_note
+
+    note = meta_init_note(["finetune", "moca"], Params(cap_produce=1200, backlog_cost=8))
+    assert note.startswith("checkpoint default was trained on other params (cap_produce=1500.0->1200.0, "
+                           "backlog_cost=5.0->8.0)")
+    assert meta_init_note(["reptile"], Params(cap_produce=1200)).startswith("checkpoint default-reptile")
+    assert meta_init_note(["finetune", "scratch"], Params(cap_produce=1200)) is None
+    assert meta_init_note(["moca"], Params()) is None
     assert_one_line(run_narrow("run", "--quick", "--params", "nowhere.yaml"), "nowhere.yaml")
 
 

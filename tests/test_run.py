@@ -47,6 +47,7 @@ def test_run_quick_writes_valid_metrics(tmp_path):
     assert metrics["methods"]["reptile"]["checkpoint"] == "default-reptile"
     assert "checkpoint" not in metrics["methods"]["finetune"]
     assert metrics["generalisation"]["policies"]["moca"]
+    assert metrics["params_note"] is None and "trained on other params" not in done.stderr  # the default chain
     # Each task on its own: moca adapt's portfolio beside the MPC re-tuned for the task.
     retuned = metrics["retuned"]
     assert set(retuned) == {"mpc-retuned", "moca-adapt"}

@@ -1218,6 +1218,7 @@ def continual(
                 raise UsageError("--checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
             module, _ = checkpoint.load_policy(checkpoint_dir)
             if params_file is not None:
+                _warn_if_trained_on_other_params(checkpoint_dir, params)
                 module = with_params(module, params)
             init = {k: v.detach().clone() for k, v in module.named_parameters()}
         else:
@@ -1225,6 +1226,7 @@ def continual(
 
             module = LSTMPolicy(params, shipped_policy_config())
             if params_file is not None and spec.init == "meta":  # the shipped meta-init, on the user's chain
+                _warn_if_trained_on_other_params(METHOD_CHECKPOINTS[method], params)
                 shipped, _ = checkpoint.load_policy(METHOD_CHECKPOINTS[method])
                 init = {k: v.detach().clone() for k, v in with_params(shipped, params).named_parameters()}
         config = ExperimentConfig(steps=steps, test_size=scenarios)
@@ -1456,7 +1458,7 @@ def _run1(quick: bool, runs_dir: Path, methods: Optional[list[str]], params: Any
     with _progress(False) as progress:
         bar = progress.add_task("moca run CLSC-1", total=work_units(quick, methods))
         metrics, run_dir = run_experiment(quick=quick, methods=methods, runs_dir=runs_dir, command=command,
-                                          params=params,
+                                          params=params, warn=_warn,
                                           progress=lambda d, n: progress.update(bar, description=d, completed=n))
     headers, cells = summary_table(metrics)
     table = Table(title=f"moca run {metrics['id']}: score = oracle cost / policy cost on test scenarios (1.0 = optimal)")

@@ -506,11 +506,14 @@ def targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
                    tasks: Sequence[tuple[str, Regime]] | None = None, config: ExperimentConfig | None = None,
                    runs_dir: str | Path = "runs", params: Params = Params(),
-                   progress: Callable[[str, int], None] | None = None, command: str = "moca run") -> tuple[dict, Path]:
+                   progress: Callable[[str, int], None] | None = None, command: str = "moca run",
+                   warn: Callable[[str], None] | None = None) -> tuple[dict, Path]:
     """T1 -> T2 -> T3 for every method beside threshold, MPC and oracle; writes
     ``runs/<id>/metrics.json``, ``report.md`` and the PNG plots. Returns (metrics, run dir).
 
-    ``progress(description, units_done)`` is told about each unit of work (for a bar)."""
+    ``progress(description, units_done)`` is told about each unit of work (for a bar);
+    ``warn`` gets the line saying that the meta-init was trained on other params than
+    ``params`` (also ``metrics["params_note"]``), as CLSC-2's run does."""
     from moca.report import check_metrics, write_report
 
     config = config or (quick_config() if quick else ExperimentConfig())
@@ -525,6 +528,9 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
             progress(description, done)
 
     started = time.perf_counter()
+    params_note = meta_init_note(chosen, params)
+    if params_note and warn is not None:
+        warn(params_note)
     torch.manual_seed(0)
     module = LSTMPolicy(params, shipped_policy_config())
     cache = OracleCache(params)
@@ -534,7 +540,7 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else "")
     metrics: dict[str, Any] = {
         "id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
-        "machine": machine(), "command": command, "params": params.model_dump(),
+        "machine": machine(), "command": command, "params": params.model_dump(), "params_note": params_note,
         "seeds": {"train": f"meta-training 0-799; per-regime training {SUPPORT_SEEDS.start}-"
                            f"{SUPPORT_SEEDS.start + config.train_size - 1}",
                   "test": list(range(TEST_SEED, TEST_SEED + config.test_size)),
@@ -583,6 +589,19 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     write_report(metrics, staging)
     os.replace(staging, run_dir)  # the run appears whole or not at all
     return metrics, run_dir
+
+
+def meta_init_note(methods: Sequence[str], params: Params) -> str | None:
+    """The warning that the shipped meta-init the ``methods`` start from was trained on other
+    params than ``params`` (moca.chain2.other_params_warning); None when no method starts
+    from one or it was trained on these."""
+    from moca.chain2 import other_params_warning
+
+    for name in sorted({METHOD_CHECKPOINTS[m] for m in methods if method_spec(m).init == "meta"}):
+        note = other_params_warning(checkpoint.load_policy(name)[0].params, params, name)
+        if note:
+            return note
+    return None
 
 
 def methods_to_run(methods: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:

@@ -124,6 +124,8 @@ class Metrics(TypedDict, total=False):
     quick: bool
     machine: Machine
     command: str
+    params: dict[str, Any]  # the chain's parameters
+    params_note: str | None  # the meta-init was trained on other params (None: on these)
     seeds: Seeds
     tasks: list[str]
     regimes: dict[str, dict[str, Any]]  # task -> regime fields
