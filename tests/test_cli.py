@@ -151,7 +151,8 @@ def test_bad_action_files_refused(scenario_file, tmp_path):
     actions.write_text(json.dumps({"actions": [[0, 0, 0, 0, 0]] * 52}))
     assert_bad_input(run("simulate", "--scenario", scenario_file, "--actions", actions), "actions[0]")
     actions.write_text('{"actions": [' + ",".join(["[0,0,0,0,0,NaN]"] * 52) + "]}")
-    assert_bad_input(run("simulate", "--scenario", scenario_file, "--actions", actions), "nan")
+    assert_bad_input(run("simulate", "--scenario", scenario_file, "--actions", actions), "nan",
+                     "NaN is not allowed in an actions file")
     actions.write_text(json.dumps({"actions": [[0] * 6] * 52, "extra": 1}))
     assert_bad_input(run("simulate", "--scenario", scenario_file, "--actions", actions), "extra")
 

@@ -267,7 +267,7 @@ def common_params(scenarios: Sequence[Any]) -> Any:
 
 
 def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not allowed in a scenario file (values must be finite)")
+    raise ValueError(f"{name} is not allowed in an actions file (values must be finite)")
 
 
 def _check_series(name: str, values: np.ndarray, horizon: int, low: float, high: float | None = None,
