@@ -271,6 +271,14 @@ def test_params_on_evaluate_from_a_params_file_or_a_scenario_file(tmp_path):
     longer.write_text("lag_return: 8\n")
     assert_one_line(run_narrow("evaluate", "--policy", "default", "--scenarios", 1, "--params", longer),
                     "lag_return", "moca train --params")
+    # PPO on a chain whose observations it was not trained on, or of the other world: refused by
+    # name (both were an internal error on a matrix shape)
+    assert_one_line(run_narrow("evaluate", "--policy", "ppo", "--scenarios", 1, "--params", longer),
+                    "--policy ppo: params lead_virgin=2, lag_return=8 give observations of 24 numbers")
+    from moca.baselines.ppo import shipped_path
+
+    assert_one_line(run_narrow("evaluate", "--policy", shipped_path("CLSC-2"), "--scenarios", 1),
+                    "a PPO policy of 'CLSC-2', not of CLSC-1 (use --model CLSC-2")
 
 
 def test_params_reach_adapt_and_continual(tmp_path):

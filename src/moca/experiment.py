@@ -116,9 +116,11 @@ def build_policy(name: str, plan: RegimeSchedule, adapt_steps: int = 0, params: 
                               f"{', '.join((*BASELINES, *PEERS[2:], *checkpoint.SHIPPED))} "
                               "and no checkpoint directory of that name")
     if checkpoint.declared_kind(where) == "sb3-ppo":
-        from moca.baselines.ppo import load_ppo
+        from moca.baselines.ppo import check_fits, load_ppo
 
-        return load_ppo(where)
+        loaded = load_ppo(where)
+        check_fits(loaded, name, "CLSC-1", params)
+        return loaded
     from moca.portfolio import adapt_portfolio, start_on_chain
     from moca.regime_map import learned_policy_on  # every CLSC-1 kind: plain, mapped, over the LP
 

@@ -56,7 +56,7 @@ def build_peer(name: str, plan: RegimeSchedule, params: Params = Params(), model
 
         return tune_threshold(plan, params)
     if name == "ppo":
-        from moca.baselines.ppo import load_ppo, shipped_path
+        from moca.baselines.ppo import check_fits, load_ppo, shipped_path
 
         where = shipped_path(model)
         if not where.exists():
@@ -64,7 +64,9 @@ def build_peer(name: str, plan: RegimeSchedule, params: Params = Params(), model
 
             raise CheckpointError(f"--policy ppo: no shipped PPO policy for {model} at {where} "
                                   f"(train one: moca peers train-ppo -o DIR, then --policy DIR)")
-        return load_ppo(where)
+        loaded = load_ppo(where)
+        check_fits(loaded, name, model, params)
+        return loaded
     return make_peer(name)
 
 
@@ -190,22 +192,13 @@ def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None,
 
     if name not in PEERS_2 and is_planner2(name):  # the sampled MPC that moca adapt deployed
         return evaluate2(name, load_planner2(name)[0], scenarios, oracle, progress)
-    from moca.baselines.ppo import env_evaluation, load_ppo, shipped_path
+    from moca.baselines.ppo import check_fits, env_evaluation, load_ppo, shipped_path
 
     where = shipped_path("CLSC-2") if name == "ppo" else Path(name)
     if not where.exists():
         raise CheckpointError(f"--policy ppo: no shipped CLSC-2 PPO policy at {where} "
                               f"(train one: moca peers train-ppo --model CLSC-2 -o DIR, then --policy DIR)")
     loaded = load_ppo(where)
-    if loaded.meta.get("model") != "CLSC-2":
-        raise CheckpointError(f"--policy {name}: a PPO policy of {loaded.meta.get('model')!r}, not of CLSC-2")
-    if params != DEFAULT_PARAMS_2:  # the observation's size follows lead_virgin and lag_return
-        from moca.baselines.ppo import make_env
-
-        ours, theirs = make_env("CLSC-2", params=params).observation_space.shape, loaded.policy.observation_space.shape
-        if ours != theirs:
-            raise CheckpointError(f"--policy {name}: params lead_virgin={params.lead_virgin}, lag_return="
-                                  f"{params.lag_return} give observations of {ours[0]} numbers, the policy was "
-                                  f"trained on {theirs[0]} (score this chain with threshold, mpc or mpc-sampled)")
+    check_fits(loaded, name, "CLSC-2", params)
     tell(f"evaluating {name}", 0, None)
     return env_evaluation(name, loaded.policy, scenarios, oracle, "CLSC-2")

@@ -270,6 +270,22 @@ def load_ppo(directory: str | Path) -> PPOPolicy:
     return PPOPolicy(policy, meta)
 
 
+def check_fits(loaded: PPOPolicy, name: str, model: str, params: Any) -> None:
+    """Refuse (:class:`moca.checkpoint.CheckpointError`, naming ``--policy name``) a PPO
+    policy of the other world, or one whose observations the chain of ``params`` does not
+    give (their size follows lead_virgin and lag_return): run, it would fail on a shape."""
+    trained = loaded.meta.get("model", "CLSC-1")
+    if trained != model:
+        raise checkpoint.CheckpointError(f"--policy {name}: a PPO policy of {trained!r}, not of {model} "
+                                         f"(use --model {trained}, or a {model} policy)")
+    ours, theirs = make_env(model, params=params).observation_space.shape, loaded.policy.observation_space.shape
+    if ours != theirs:
+        planners = "mpc or mpc-sampled" if model == "CLSC-2" else "mpc"
+        raise checkpoint.CheckpointError(f"--policy {name}: params lead_virgin={params.lead_virgin}, lag_return="
+                                         f"{params.lag_return} give observations of {ours[0]} numbers, the policy "
+                                         f"was trained on {theirs[0]} (score this chain with threshold, {planners})")
+
+
 #: Where ``--policy ppo`` finds the shipped policy of each world.
 SHIPPED = {"CLSC-1": "ppo-clsc1", "CLSC-2": "ppo-clsc2"}
 
