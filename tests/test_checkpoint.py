@@ -88,3 +88,27 @@ def test_invalid_params_or_policy_say_the_rule_they_break(tmp_path, name, model)
         with pytest.raises(CheckpointError, match="invalid params/policy") as info:
             load(path)
         assert message in str(info.value)  # the rule, not only the field's name
+
+
+def test_a_checkpoint_of_another_kind_or_world_is_refused_saying_what_it_is():
+    """Each loader names another world's checkpoint by its world (and --model), and one of
+    its own world but another kind by what it is and what takes it (before: 'not a policy
+    checkpoint', 'not a PPO checkpoint', or a matrix-shape error)."""
+    from moca.baselines.ppo import load_ppo, shipped_path
+    from moca.meta2 import load_policy2
+
+    with pytest.raises(CheckpointError, match=r"a PPO policy of CLSC-1, not of CLSC-2 \(use --model CLSC-1"):
+        load_policy2(shipped_path("CLSC-1"))
+    with pytest.raises(CheckpointError, match=r"a PPO policy \(kind 'sb3-ppo'\).*score it with moca evaluate"):
+        checkpoint.load_policy(shipped_path("CLSC-1"))
+    with pytest.raises(CheckpointError, match=r"a policy of CLSC-1, not of CLSC-2 \(use --model CLSC-1"):
+        load_ppo("default", "CLSC-2")
+    with pytest.raises(CheckpointError, match=r"a policy \(kind 'lstm-policy'\), where a 'sb3-ppo' checkpoint"):
+        load_ppo("default")
+    mapped = checkpoint.refuse("m", {"kind": "mapped-policy", "model": "CLSC-1"}, "CLSC-1", "lstm-policy")
+    assert "a policy over a mapped threshold rule (kind 'mapped-policy')" in str(mapped)
+    assert "moca continual learns over the threshold rule" in str(mapped)
+    planner = checkpoint.refuse("p", {"kind": "mpc-planner", "model": "CLSC-2"}, "CLSC-1", "lstm-policy")
+    assert "a planner (the sampled MPC that moca adapt deployed) of CLSC-2, not of CLSC-1" in str(planner)
+    unknown = checkpoint.refuse("u", {"kind": "something"}, "CLSC-1", "lstm-policy")
+    assert str(unknown) == "checkpoint u: not a 'lstm-policy' checkpoint (kind='something')"

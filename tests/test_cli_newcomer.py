@@ -278,7 +278,7 @@ def test_params_on_evaluate_from_a_params_file_or_a_scenario_file(tmp_path):
     from moca.baselines.ppo import shipped_path
 
     assert_one_line(run_narrow("evaluate", "--policy", shipped_path("CLSC-2"), "--scenarios", 1),
-                    "a PPO policy of 'CLSC-2', not of CLSC-1 (use --model CLSC-2")
+                    "a PPO policy of CLSC-2, not of CLSC-1 (use --model CLSC-2")
 
 
 def test_params_reach_adapt_and_continual(tmp_path):

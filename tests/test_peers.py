@@ -296,6 +296,9 @@ def test_cli_evaluates_clsc2_peers_and_refuses_bad_input():
     assert json.loads(done.stdout)["score"] == pytest.approx(1.0)
     for args, needle in ((["--model", "CLSC-2", "--policy", "nonsense"], "nonsense"),
                          (["--model", "CLSC-9", "--policy", "ppo"], "--model"),
-                         (["--model", "CLSC-2", "--policy", "mpc", "--adapt-steps", "2"], "--adapt-steps")):
+                         (["--model", "CLSC-2", "--policy", "mpc", "--adapt-steps", "2"], "--adapt-steps"),
+                         # CLSC-1 too: a peer has no steps to take (they were ignored without a word)
+                         (["--policy", "mpc", "--adapt-steps", "2"], "--adapt-steps: only for a learned policy"),
+                         (["--policy", "ppo", "--adapt-steps", "1"], "--adapt-steps: only for a learned policy")):
         bad = runner.invoke(app, ["evaluate", *args, "--scenarios", "1"])
         assert bad.exit_code == 2 and needle in bad.stderr and "Traceback" not in bad.output, bad.output

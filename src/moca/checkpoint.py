@@ -156,6 +156,36 @@ def load(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return weights, meta
 
 
+#: Each kind of checkpoint in words, for a loader that cannot take it, and what to do with it.
+KINDS: dict[str, tuple[str, str]] = {
+    "lstm-policy": ("a policy", "moca evaluate, adapt, continual and serve take it"),
+    "mapped-policy": ("a policy over a mapped threshold rule", "moca evaluate, adapt and serve take it; "
+                                                               "moca continual learns over the threshold rule"),
+    "mpc-policy": ("a policy over the rolling LP", "moca evaluate, adapt and serve take it; moca continual "
+                                                   "learns over the threshold rule"),
+    "mpc-planner": ("a planner (the sampled MPC that moca adapt deployed)", "score it with moca evaluate --model "
+                                                                           "CLSC-2 --policy DIR; it has no weights "
+                                                                           "to adapt, continue or serve"),
+    "sb3-ppo": ("a PPO policy", "score it with moca evaluate --policy DIR; it has nothing moca adapts, "
+                                "continues or serves"),
+}
+
+
+def refuse(where: str | Path, meta: dict[str, Any], model: str | None, wanted: str) -> CheckpointError:
+    """The one-line error for checkpoint ``where`` (its JSON ``meta``) that a loader of the
+    world ``model`` (None: either) expecting kind ``wanted`` cannot take: the other world
+    first (with its ``--model``), else what the checkpoint is and what takes it."""
+    kind, theirs = meta.get("kind"), meta.get("model", "CLSC-1")  # (CLSC-1 checkpoints predate "model")
+    what, use = KINDS.get(kind, (None, None))
+    if what is None:
+        return CheckpointError(f"checkpoint {where}: not a {wanted!r} checkpoint (kind={kind!r})")
+    if model is not None and theirs != model:
+        return CheckpointError(f"checkpoint {where}: {what} of {theirs}, not of {model} (use --model {theirs}, "
+                               f"or a {model} policy)")
+    return CheckpointError(f"checkpoint {where}: {what} (kind {kind!r}), where a {wanted!r} checkpoint is needed: "
+                           f"{use}")
+
+
 def load_kind(directory: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
     """:func:`load` a checkpoint that must declare ``kind``: its weights, its JSON and its path."""
     weights, meta = load(directory)
@@ -228,11 +258,8 @@ def load_policy(directory: str | Path):
 
     weights, meta = load(directory)
     where = resolve(directory)
-    if meta.get("kind") != "lstm-policy":
-        raise CheckpointError(f"checkpoint {where}: not a policy checkpoint (kind={meta.get('kind')!r})")
-    if meta.get("model", "CLSC-1") != "CLSC-1":  # (CLSC-1 checkpoints predate the field)
-        raise CheckpointError(f"checkpoint {where}: a policy of {meta.get('model')}, not of CLSC-1 "
-                              f"(use --model {meta.get('model')}, or a CLSC-1 policy)")
+    if meta.get("kind") != "lstm-policy" or meta.get("model", "CLSC-1") != "CLSC-1":
+        raise refuse(where, meta, "CLSC-1", "lstm-policy")
     try:
         module = LSTMPolicy(Params(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
     except (ValidationError, TypeError) as err:

@@ -536,6 +536,10 @@ def evaluate(
         learned2 = model == "CLSC-2" and learned
         if model == "CLSC-2" and adapt_steps and not learned2:
             raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
+        if model == "CLSC-1" and adapt_steps and not learned and _is_peer_or_checkpoint(policy) \
+                and _declared_kind(policy) not in ("mapped-policy", "mpc-policy"):
+            # (a peer or PPO has no steps to take: they were ignored, and the score said nothing of it)
+            raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
         if retune is not None:
             _retune_choice(retune, base, model, adapt=learned2 and adapt_steps > 0)
     if model == "CLSC-2":
@@ -680,6 +684,20 @@ def _warn_if_not_held_out(first: int, count: int) -> None:
         if low <= high:
             _warn(f"--seed {first}: test seeds {low}..{high} are moca's {name} seeds ({seeds.start}-"
                   f"{seeds.stop - 1}), so these scores are not held out (test seeds from {VALIDATION_SEEDS.stop} are)")
+
+
+def _declared_kind(policy: str) -> str | None:
+    from moca.checkpoint import declared_kind
+
+    return declared_kind(policy)
+
+
+def _is_peer_or_checkpoint(policy: str) -> bool:
+    """``--policy`` names a baseline, a peer or an existing directory (else build_policy says
+    that it is none of them)."""
+    from moca.baselines.peers import PEERS
+
+    return policy in ("oracle", *PEERS) or Path(policy).is_dir()
 
 
 def _is_learned_policy(policy: str) -> bool:

@@ -348,15 +348,8 @@ def load_policy2(directory: str | Path) -> tuple[LSTMPolicy2, dict[str, Any]]:
     where = SHIPPED_2 if str(directory) == "default" else directory
     weights, meta = checkpoint.load(where)
     path = checkpoint.resolve(where)
-    if meta.get("kind") == "mpc-planner":  # (moca.baselines.mpc2.PLANNER_KIND)
-        raise checkpoint.CheckpointError(f"checkpoint {path}: a planner (the sampled MPC that moca adapt deployed), "
-                                         "not a learned policy: score it with moca evaluate --model CLSC-2 --policy "
-                                         f"{path}; it has no weights to adapt, continue or serve")
-    if meta.get("kind") != "lstm-policy":
-        raise checkpoint.CheckpointError(f"checkpoint {path}: not a policy checkpoint (kind={meta.get('kind')!r})")
-    if meta.get("model", "CLSC-1") != MODEL:
-        raise checkpoint.CheckpointError(f"checkpoint {path}: a policy of {meta.get('model', 'CLSC-1')}, not of "
-                                         f"{MODEL} (use --model {meta.get('model', 'CLSC-1')}, or a CLSC-2 policy)")
+    if meta.get("kind") != "lstm-policy" or meta.get("model", "CLSC-1") != MODEL:
+        raise checkpoint.refuse(path, meta, MODEL, "lstm-policy")
     try:
         module = LSTMPolicy2(Params2(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
     except (ValidationError, TypeError) as err:

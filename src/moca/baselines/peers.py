@@ -198,7 +198,7 @@ def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None,
     if not where.exists():
         raise CheckpointError(f"--policy ppo: no shipped CLSC-2 PPO policy at {where} "
                               f"(train one: moca peers train-ppo --model CLSC-2 -o DIR, then --policy DIR)")
-    loaded = load_ppo(where)
+    loaded = load_ppo(where, "CLSC-2")
     check_fits(loaded, name, "CLSC-2", params)
     tell(f"evaluating {name}", 0, None)
     return env_evaluation(name, loaded.policy, scenarios, oracle, "CLSC-2")

@@ -253,12 +253,13 @@ def save_ppo(directory: str | Path, policy, metadata: dict[str, Any]) -> Path:
     return checkpoint.save(directory, dict(policy.state_dict()), meta)
 
 
-def load_ppo(directory: str | Path) -> PPOPolicy:
-    """Read a PPO checkpoint; any problem is a :class:`moca.checkpoint.CheckpointError`."""
+def load_ppo(directory: str | Path, model: str | None = None) -> PPOPolicy:
+    """Read a PPO checkpoint (of the world ``model``, when given: another world's checkpoint
+    of any kind is refused as such); any problem is a :class:`moca.checkpoint.CheckpointError`."""
     weights, meta = checkpoint.load(directory)
     where = checkpoint.resolve(directory)
     if meta.get("kind") != KIND:
-        raise checkpoint.CheckpointError(f"checkpoint {where}: not a PPO checkpoint (kind={meta.get('kind')!r})")
+        raise checkpoint.refuse(where, meta, model, KIND)
     try:
         config = meta["config"]
         policy = _build_policy(int(meta["obs_dim"]), int(meta["act_dim"]), [int(n) for n in config["net_arch"]],
@@ -276,7 +277,7 @@ def check_fits(loaded: PPOPolicy, name: str, model: str, params: Any) -> None:
     give (their size follows lead_virgin and lag_return): run, it would fail on a shape."""
     trained = loaded.meta.get("model", "CLSC-1")
     if trained != model:
-        raise checkpoint.CheckpointError(f"--policy {name}: a PPO policy of {trained!r}, not of {model} "
+        raise checkpoint.CheckpointError(f"--policy {name}: a PPO policy of {trained}, not of {model} "
                                          f"(use --model {trained}, or a {model} policy)")
     ours, theirs = make_env(model, params=params).observation_space.shape, loaded.policy.observation_space.shape
     if ours != theirs:
