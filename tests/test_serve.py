@@ -658,6 +658,9 @@ def test_a_chain_of_another_lead_time_runs_the_lp_checkpoint_adapted_for_it(tmp_
         refused = c.post("/v1/chains", json={"id": "p0", "regime": "T2", "checkpoint": "lead3"})
         assert refused.status_code == 422 and "params" in refused.text
         # a chain of its own params on the shipped checkpoint: what differs, and the way to a checkpoint for it
+        world = c.post("/v1/chains", json={"id": "p1", "model": "clsc-2", "regime": "T2", "checkpoint": "lead3"})
+        assert world.status_code == 422 and "a policy over the rolling LP of CLSC-1, not of CLSC-2 (use " \
+            '"model": "clsc-1"' in world.json()["detail"]
         other = c.post("/v1/chains", json={"id": "p1", "regime": "T2", "params": {"cap_order": 5000}})
         assert other.status_code == 422
         assert other.json()["detail"].startswith("params: differ from the checkpoint's (cap_order=4000.0->5000.0); ")

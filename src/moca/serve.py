@@ -29,6 +29,7 @@ import hmac
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -1379,7 +1380,9 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         try:
             module = model.load(source)
         except CheckpointError as err:
-            raise ServeError(422, f"checkpoint: {err}") from None
+            # (the loaders speak the command line's --model; here the field is "model")
+            said = re.sub(r"--model (CLSC-\d)", lambda m: f'"model": "{m.group(1).lower()}"', str(err))
+            raise ServeError(422, f"checkpoint: {said}") from None
         if module.params != params:
             from moca.chain2 import SHOWN_FIELDS, differing_fields
 
