@@ -536,9 +536,8 @@ def evaluate(
         learned2 = model == "CLSC-2" and learned
         if model == "CLSC-2" and adapt_steps and not learned2:
             raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
-        if model == "CLSC-1" and adapt_steps and not learned and _is_peer_or_checkpoint(policy) \
-                and _declared_kind(policy) not in ("mapped-policy", "mpc-policy"):
-            # (a peer or PPO has no steps to take: they were ignored, and the score said nothing of it)
+        if model == "CLSC-1" and adapt_steps and _no_steps_to_take(policy):
+            # (a peer's or PPO's steps were ignored, and the score said nothing of it)
             raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
         if retune is not None:
             _retune_choice(retune, base, model, adapt=learned2 and adapt_steps > 0)
@@ -686,18 +685,17 @@ def _warn_if_not_held_out(first: int, count: int) -> None:
                   f"{seeds.stop - 1}), so these scores are not held out (test seeds from {VALIDATION_SEEDS.stop} are)")
 
 
-def _declared_kind(policy: str) -> str | None:
-    from moca.checkpoint import declared_kind
-
-    return declared_kind(policy)
-
-
-def _is_peer_or_checkpoint(policy: str) -> bool:
-    """``--policy`` names a baseline, a peer or an existing directory (else build_policy says
-    that it is none of them)."""
+def _no_steps_to_take(policy: str) -> bool:
+    """CLSC-1's ``--policy`` is one that ``--adapt-steps`` cannot adapt: a baseline, a peer
+    or a checkpoint of none of moca's learned kinds (a name that is nothing: build_policy
+    says so)."""
     from moca.baselines.peers import PEERS
+    from moca.checkpoint import SHIPPED, declared_kind
 
-    return policy in ("oracle", *PEERS) or Path(policy).is_dir()
+    if policy in ("oracle", *PEERS):
+        return True
+    return policy not in SHIPPED and Path(policy).is_dir() and \
+        declared_kind(policy) not in ("lstm-policy", "mapped-policy", "mpc-policy")
 
 
 def _is_learned_policy(policy: str) -> bool:
