@@ -36,6 +36,14 @@ def differing_fields(trained: Params | Params2, params: Params | Params2) -> lis
             if getattr(trained, name) != getattr(params, name)]
 
 
+def changed_fields(trained: Params | Params2, params: Params | Params2) -> str:
+    """The first :data:`SHOWN_FIELDS` of :func:`differing_fields`, joined, with "and N more"
+    beyond them ("" when none differ)."""
+    changed = differing_fields(trained, params)
+    more = f" and {len(changed) - SHOWN_FIELDS} more" if len(changed) > SHOWN_FIELDS else ""
+    return ", ".join(changed[:SHOWN_FIELDS]) + more
+
+
 def retarget2(module: Any, params: Params2, where: str) -> tuple[Any, str | None]:
     """The policy ``module`` (a :class:`moca.policy2.LSTMPolicy2`) rebuilt for ``params``,
     and a one-line warning when its checkpoint ``where`` was trained on other parameters
@@ -51,12 +59,11 @@ def other_params_warning(trained: Any, params: Any, where: str) -> str | None:
     """One line when checkpoint ``where`` was trained on ``trained`` parameters and runs on
     the chain of ``params`` (either world's), naming the fields that differ; None when they
     are the same."""
-    changed = differing_fields(trained, params)
+    changed = changed_fields(trained, params)
     if not changed:
         return None
     world = "--model CLSC-2 " if isinstance(params, Params2) else ""
-    more = f" and {len(changed) - SHOWN_FIELDS} more" if len(changed) > SHOWN_FIELDS else ""
-    return (f"checkpoint {where} was trained on other params ({', '.join(changed[:SHOWN_FIELDS])}{more}); "
+    return (f"checkpoint {where} was trained on other params ({changed}); "
             "its capacity-normalised features carry the weights over, but for this chain adapt it "
             f"(--adapt-steps, moca adapt {world}--params FILE) or train on it (moca train {world}--params FILE)")
 

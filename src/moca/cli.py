@@ -1064,14 +1064,16 @@ def _retarget2(module, params, where: str, quiet: bool = False):
     return module
 
 
-def _warn_if_trained_on_other_params(where: str, params) -> None:
+def _warn_if_trained_on_other_params(where: str, params, trained=None) -> None:
     """CLSC-1's learned checkpoint ``where`` on ``params``' chain: the warning CLSC-2's give
-    (moca.chain2.other_params_warning), on stderr, when it was trained on other params."""
+    (moca.chain2.other_params_warning), on stderr, when it was trained on other params.
+    ``trained``: its params, when the caller holds them (else read from the checkpoint)."""
     from moca.chain2 import other_params_warning
     from moca.regime_map import load_learned_policy
 
-    trained, _ = load_learned_policy(where)
-    warning = other_params_warning(trained.params, params, str(where))
+    if trained is None:
+        trained = load_learned_policy(where)[0].params
+    warning = other_params_warning(trained, params, str(where))
     if warning:
         _warn(warning)
 
@@ -1234,7 +1236,7 @@ def continual(
                 raise UsageError("--checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
             module, _ = checkpoint.load_policy(checkpoint_dir)
             if params_file is not None:
-                _warn_if_trained_on_other_params(checkpoint_dir, params)
+                _warn_if_trained_on_other_params(checkpoint_dir, params, module.params)
                 module = with_params(module, params)
             init = {k: v.detach().clone() for k, v in module.named_parameters()}
         else:
@@ -1242,8 +1244,8 @@ def continual(
 
             module = LSTMPolicy(params, shipped_policy_config())
             if params_file is not None and spec.init == "meta":  # the shipped meta-init, on the user's chain
-                _warn_if_trained_on_other_params(METHOD_CHECKPOINTS[method], params)
                 shipped, _ = checkpoint.load_policy(METHOD_CHECKPOINTS[method])
+                _warn_if_trained_on_other_params(METHOD_CHECKPOINTS[method], params, shipped.params)
                 init = {k: v.detach().clone() for k, v in with_params(shipped, params).named_parameters()}
         config = ExperimentConfig(steps=steps, test_size=scenarios)
         with _progress(as_json) as progress:

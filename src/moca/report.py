@@ -815,9 +815,6 @@ def plot_cost_vs_oracle(metrics: dict[str, Any], path: str | Path) -> Path | Non
     return _save(fig, path)
 
 
-# --- report.md -----------------------------------------------------------------------------
-
-#: File names of the plots inside a run directory, with their section titles.
 def plot_episode(periods: Sequence[dict[str, Any]], demand: Sequence[float], action_names: Sequence[str],
                  action_units: Sequence[str], state_units: Sequence[str], path: str | Path, title: str,
                  changes: Sequence[int] = ()) -> Path:
@@ -863,6 +860,9 @@ def plot_episode(periods: Sequence[dict[str, Any]], demand: Sequence[float], act
     return _save(fig, path)
 
 
+# --- report.md -----------------------------------------------------------------------------
+
+#: File names of the plots inside a run directory, with their section titles.
 PLOTS: dict[str, tuple[str, Any]] = {
     "score_matrices.png": ("Score matrices", plot_score_matrices),
     "adaptation_curves.png": ("Adaptation curves", plot_adaptation_curves),

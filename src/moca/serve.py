@@ -1384,12 +1384,10 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             said = re.sub(r"--model (CLSC-\d)", lambda m: f'"model": "{m.group(1).lower()}"', str(err))
             raise ServeError(422, f"checkpoint: {said}") from None
         if module.params != params:
-            from moca.chain2 import SHOWN_FIELDS, differing_fields
+            from moca.chain2 import changed_fields
 
-            changed = differing_fields(module.params, params)
-            more = f" and {len(changed) - SHOWN_FIELDS} more" if len(changed) > SHOWN_FIELDS else ""
             world = " --model CLSC-2 --base default" if name == "clsc-2" else ""  # (the service runs no planner)
-            raise ServeError(422, f"params: differ from the checkpoint's ({', '.join(changed[:SHOWN_FIELDS])}{more}); "
+            raise ServeError(422, f"params: differ from the checkpoint's ({changed_fields(module.params, params)}); "
                                   "a chain runs a checkpoint trained or adapted for its own params: write one with "
                                   f"'moca adapt{world} --checkpoint {body.checkpoint or model.default_checkpoint} "
                                   "--regime REGIME --params FILE -o DATA/checkpoints/NAME' and register with "
