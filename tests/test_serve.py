@@ -680,6 +680,16 @@ def test_a_chain_of_another_lead_time_runs_the_lp_checkpoint_adapted_for_it(tmp_
     assert safety.is_feasible(action, state[0], state[1], state[3], TASKS["T2"].as_row(), params)
 
 
+def test_a_refusal_speaks_of_the_request_s_model_field_and_leaves_a_quoted_command_alone():
+    from moca import checkpoint
+    from moca.serve import _in_request_words
+
+    other = checkpoint.refuse("c", {"kind": "lstm-policy", "model": "CLSC-2"}, "CLSC-1", "lstm-policy")
+    assert '(use "model": "clsc-2", or a CLSC-1 policy)' in _in_request_words(str(other))
+    planner = str(checkpoint.refuse("p", {"kind": "mpc-planner", "model": "CLSC-2"}, "CLSC-2", "lstm-policy"))
+    assert "score it with moca evaluate --model CLSC-2 --policy DIR" in _in_request_words(planner)
+
+
 def test_a_fresh_data_directory_has_the_folder_a_chain_names_checkpoints_in(tmp_path):
     """The 422 for a chain of its own params points to ``moca adapt -o DATA/checkpoints/NAME``:
     that folder exists from the server's start (moca adapt -o needs its parent)."""

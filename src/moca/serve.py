@@ -701,6 +701,13 @@ def claim_data_dir(data: Path) -> None:
     _DATA_LOCKS[key] = fd
 
 
+def _in_request_words(text: str) -> str:
+    """A loader's refusal of another world's checkpoint, "(use --model CLSC-1, ...": here the
+    world is the request's "model" field. Only that advice is reworded; a command line the
+    message quotes (e.g. "moca evaluate --model CLSC-2 ...") stays one."""
+    return re.sub(r"\(use --model (CLSC-\d)", lambda m: f'(use "model": "{m.group(1).lower()}"', text)
+
+
 class Store:
     """The data directory: ``moca.sqlite3``, ``weights/<chain>/v<N>/`` (the chains' versions)
     and ``checkpoints/`` (the checkpoints a chain may start from)."""
@@ -1380,9 +1387,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         try:
             module = model.load(source)
         except CheckpointError as err:
-            # (the loaders speak the command line's --model; here the field is "model")
-            said = re.sub(r"--model (CLSC-\d)", lambda m: f'"model": "{m.group(1).lower()}"', str(err))
-            raise ServeError(422, f"checkpoint: {said}") from None
+            raise ServeError(422, f"checkpoint: {_in_request_words(str(err))}") from None
         if module.params != params:
             from moca.chain2 import changed_fields
 
