@@ -299,6 +299,10 @@ def test_cli_evaluates_clsc2_peers_and_refuses_bad_input():
                          (["--model", "CLSC-2", "--policy", "mpc", "--adapt-steps", "2"], "--adapt-steps"),
                          # CLSC-1 too: a peer has no steps to take (they were ignored without a word)
                          (["--policy", "mpc", "--adapt-steps", "2"], "--adapt-steps: only for a learned policy"),
-                         (["--policy", "ppo", "--adapt-steps", "1"], "--adapt-steps: only for a learned policy")):
+                         (["--policy", "ppo", "--adapt-steps", "1"], "--adapt-steps: only for a learned policy"),
+                         # a typo is named as one on both worlds (CLSC-2 said "only for a learned checkpoint")
+                         (["--model", "CLSC-2", "--policy", "defualt", "--adapt-steps", "1"],
+                          "'defualt': no checkpoint directory of that name"),
+                         (["--policy", "defualt", "--adapt-steps", "1"], "no checkpoint directory of that name")):
         bad = runner.invoke(app, ["evaluate", *args, "--scenarios", "1"])
         assert bad.exit_code == 2 and needle in bad.stderr and "Traceback" not in bad.output, bad.output

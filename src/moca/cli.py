@@ -535,6 +535,9 @@ def evaluate(
             _warn_if_not_held_out(seed, scenarios)
         learned2 = model == "CLSC-2" and learned
         if model == "CLSC-2" and adapt_steps and not learned2:
+            if not _names_something(policy):  # (it said "only for a learned checkpoint" of a typo)
+                raise UsageError(f"--policy {policy!r}: no checkpoint directory of that name (--adapt-steps "
+                                 "takes a learned policy checkpoint: DIR or default)")
             raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
         if model == "CLSC-1" and adapt_steps and _no_steps_to_take(policy):
             # (a peer's or PPO's steps were ignored, and the score said nothing of it)
@@ -696,6 +699,14 @@ def _no_steps_to_take(policy: str) -> bool:
         return True
     return policy not in SHIPPED and Path(policy).is_dir() and \
         declared_kind(policy) not in ("lstm-policy", "mapped-policy", "mpc-policy")
+
+
+def _names_something(policy: str) -> bool:
+    """``--policy`` is a baseline, a peer, a shipped checkpoint or an existing directory."""
+    from moca.baselines.peers import PEERS
+    from moca.checkpoint import SHIPPED
+
+    return policy in ("oracle", *PEERS, *SHIPPED) or Path(policy).is_dir()
 
 
 def _is_learned_policy(policy: str) -> bool:
