@@ -194,3 +194,14 @@ def test_ctrl_c_during_train_writes_the_steps_done(tmp_path, model):
         from moca.meta2 import load_policy2 as load
     module, _ = load(out)
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_train_without_validation_says_so_instead_of_failing(tmp_path):
+    # validate_every: 0 (a whole MetaConfig dump has it) leaves no validation scores: CLSC-1's
+    # closing line formatted None and exited 1 after writing the checkpoint
+    config = tmp_path / "meta.yaml"
+    config.write_text("validate_every: 0\ntasks_per_step: 1\nsupport_size: 1\nquery_size: 1\npolicy: {hidden: 4}\n")
+    result = run("train", "--config", config, "--steps", 1, "-o", tmp_path / "ck")
+    assert result.returncode == 0, result.stderr
+    assert "1 meta step" in result.stdout and "no validation: validate_every is 0" in result.stdout
+    assert checkpoint.load_policy(tmp_path / "ck")[1]["scores"]["validation_zero_shot_after"] is None

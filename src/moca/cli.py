@@ -769,10 +769,18 @@ def train(
     if as_json:
         _print_json(out)
     else:
-        console.print(f"wrote {output}: {config.algorithm}, {_count(out['meta_steps'], 'meta step')} in "
-                      f"{out['wall_seconds']:.0f} s; validation zero-shot score "
-                      f"{scores['validation_zero_shot_before']:.4f} -> {scores['validation_zero_shot_after']:.4f}")
+        console.print(_trained_line(output, config.algorithm, out, scores))
     _exit_if_interrupted(history, config.meta_steps)
+
+
+def _trained_line(output: Path, what: str, out: dict[str, Any], scores: dict[str, Any]) -> str:
+    """``moca train``'s closing line; the validation scores only where there are some (a
+    config with ``validate_every: 0`` has none: CLSC-1's line was an internal error after the
+    checkpoint was written)."""
+    before, after = scores["validation_zero_shot_before"], scores["validation_zero_shot_after"]
+    return (f"wrote {output}: {what}, {_count(out['meta_steps'], 'meta step')} in {out['wall_seconds']:.0f} s"
+            + (f"; validation zero-shot score {before:.4f} -> {after:.4f}" if before is not None else
+               " (no validation: validate_every is 0)"))
 
 
 @contextmanager
@@ -878,10 +886,7 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
     if as_json:
         _print_json(out)
     else:
-        before, after = scores["validation_zero_shot_before"], scores["validation_zero_shot_after"]
-        console.print(f"wrote {output}: CLSC-2, {config.algorithm}, {_count(out['meta_steps'], 'meta step')} in "
-                      f"{out['wall_seconds']:.0f} s" + (f"; validation zero-shot score {before:.4f} -> {after:.4f}"
-                                                         if before is not None else ""))
+        console.print(_trained_line(output, f"CLSC-2, {config.algorithm}", out, scores))
     _exit_if_interrupted(history, config.meta_steps)
 
 
