@@ -152,6 +152,15 @@ def test_bad_learning_input_refused(trained, tmp_path):
                         ("tasks_per_step: 100000", "tasks_per_step=100000: Input should be less than or equal to 1024")):
         config.write_text(line + "\n")
         assert_bad_input(run("train", "--config", config, "-o", tmp_path / "x"), field)
+    # a residual scale whose raw actions overflow to NaN (an internal error at evaluation), on both
+    # worlds; and CLSC-1's rule safety stock on CLSC-2, whose rule learns its own (it changed nothing)
+    config.write_text("policy: {residual_scale: 1.0e+308}\n")
+    for model in ("CLSC-1", "CLSC-2"):
+        assert_bad_input(run("train", "--model", model, "--config", config, "-o", tmp_path / "x"),
+                         "policy.residual_scale=1e+308: Input should be less than or equal to 100")
+    config.write_text("policy: {safety_stock: 900}\n")
+    assert_bad_input(run("train", "--model", "CLSC-2", "--config", config, "-o", tmp_path / "x"),
+                     "MetaConfig2: policy.safety_stock=900 is CLSC-1's; CLSC-2's base rule learns its safety stocks")
     assert not (tmp_path / "x").exists()
     assert_bad_input(run("adapt", "--checkpoint", trained, "--regime", "T9"), "T9")
     assert_bad_input(run("run", "--methods", "finetune,magic"), "magic")

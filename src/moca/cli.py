@@ -116,6 +116,9 @@ def _message(err: BaseException) -> str:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or err.title
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        if first["type"] == "value_error":  # moca's own validators name the field and the value themselves
+            message = first["msg"].removeprefix("Value error, ")
+            return f"{err.title}: {'' if where in message else where + ': '}{message}{more}"
         return f"{err.title}: {where}={first.get('input')!r}: {first['msg']}{more}"
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__

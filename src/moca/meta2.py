@@ -20,11 +20,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from moca.meta import (META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner,
                        adapt_loop, first_seeds, sample_task)
-from moca.policy import Weights
+from moca.policy import PolicyConfig, Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
 from moca.regime import MAX_WINDOW, WINDOW_FIELD, Regime, RegimeSchedule, load_regime
 from moca.scenario import DEFAULT_PARAMS_2, Params, Params2, Scenario2, draw_scenario2, validation_reason
@@ -85,6 +85,16 @@ class MetaConfig2(MetaConfig):
     max_seconds: float | None = Field(600.0, gt=0, description="stop early past this wall time (None: never)")
     rule_lr_scale: float = Field(30.0, gt=0, description="outer rate of the base rule's parameters / outer_lr")
     keep_best: bool = Field(True, description="end on the weights of the best validation score (needs validate_every)")
+
+    @field_validator("policy")
+    @classmethod
+    def _no_rule_safety_stock(cls, policy: PolicyConfig) -> PolicyConfig:
+        # CLSC-2's base rule learns its safety stocks (the thresholds s_P, s_V): a value here
+        # would be accepted and change nothing.
+        if policy.safety_stock != PolicyConfig().safety_stock:
+            raise ValueError(f"policy.safety_stock={policy.safety_stock:g} is CLSC-1's; CLSC-2's base rule learns its "
+                             "safety stocks (thresholds safety_product, safety_virgin): leave it out")
+        return policy
 
 
 def task_losses2(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: torch.Tensor, group: int,

@@ -63,7 +63,9 @@ class PolicyConfig(BaseModel):
     window: int = Field(2, ge=1, le=52, description="recent observation frames stacked into each LSTM input")
     regime_conditioned: bool = Field(True, description="False: the ablation that does not see the regime")
     structured: bool = Field(True, description="actions relative to the order-up-to base rule (else from 0)")
-    residual_scale: float = Field(0.5, gt=0, description="head output 1.0 = this share of capacity S")
+    # At 1e308 the raw action overflowed to NaN, an internal error in evaluation; 100 times the
+    # capacities is far beyond any residual worth learning.
+    residual_scale: float = Field(0.5, gt=0, le=100, description="head output 1.0 = this share of capacity S")
     safety_stock: float = Field(300.0, ge=0, description="units of product the base rule keeps in reserve")
 
 
