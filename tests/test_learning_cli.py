@@ -214,3 +214,23 @@ def test_train_without_validation_says_so_instead_of_failing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "1 meta step" in result.stdout and "no validation: validate_every is 0" in result.stdout
     assert checkpoint.load_policy(tmp_path / "ck")[1]["scores"]["validation_zero_shot_after"] is None
+
+
+@pytest.mark.parametrize("model", ["CLSC-1", "CLSC-2"])
+def test_a_training_that_diverges_says_so_and_writes_nothing(model, tmp_path, monkeypatch):
+    # (within MetaConfig's bounds a step has not been seen to diverge: the step's own check is
+    # made to fire here, as a config beyond them would make it)
+    from moca.meta import MetaError, MetaLearner
+    from tests._cli import run_in_process
+
+    def diverge(self, direction):
+        raise MetaError(f"meta step {self.steps_taken + 1}: the meta-gradient is not finite (NaN or inf)")
+
+    monkeypatch.setattr(MetaLearner, "apply_direction", diverge)
+    config = tmp_path / "meta.yaml"
+    config.write_text("tasks_per_step: 1\nsupport_size: 1\nquery_size: 1\nvalidate_every: 0\nkeep_best: false\n"
+                      if model == "CLSC-2" else "tasks_per_step: 1\nsupport_size: 1\nquery_size: 1\nvalidate_every: 0\n")
+    result = run_in_process("train", "--model", model, "--config", config, "--steps", 2, "-o", tmp_path / "ck")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "training diverged, nothing written to" in result.stderr and "meta step 1: the meta-gradient" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "ck").exists()

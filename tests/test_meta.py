@@ -212,6 +212,39 @@ def test_bad_meta_arguments_are_refused():
         MetaConfig(unknown_field=1)
 
 
+def test_a_step_that_is_not_finite_is_refused_and_leaves_the_weights_as_they_were():
+    # A diverging config (rates or a correction weight far too high) made NaN weights that failed
+    # later as an internal error in the projection; now the step says so, naming what to lower.
+    model, data = _tiny()
+    start = {k: p.detach().clone() for k, p in model.named_parameters()}
+    meta = MetaLearner(model, "fomaml", inner_lr=1e300, inner_clip=None)
+    learner = meta.clone()
+    with pytest.raises(MetaError, match="meta step 1: an inner step .* non-finite .* lower inner_lr"):
+        meta.adapt_all([learner], _loss(model, learner.weights, data["xs"], data["ys"]) * 1e300)
+    meta = MetaLearner(model, "reptile")
+    with pytest.raises(MetaError, match="meta step 1: the meta-gradient is not finite"):
+        meta.apply_direction({k: torch.full_like(p, math.nan) for k, p in start.items()})
+    meta = MetaLearner(model, "reptile", outer_lr=1e300)
+    meta.optimizer.param_groups[0]["lr"] = math.inf  # (the config bounds outer_lr; the step still checks)
+    with pytest.raises(MetaError, match="meta step 1: the outer step made the meta weights non-finite"):
+        meta.apply_direction({k: torch.ones_like(p) for k, p in start.items()})
+    assert all(torch.equal(p, start[k]) for k, p in model.named_parameters())
+    meta.optimizer.param_groups[0]["lr"] = 0.1
+    assert meta.apply_direction({k: torch.ones_like(p) for k, p in start.items()}) == pytest.approx(2.0)
+    assert meta.steps_taken == 1 and not torch.equal(model.bias, start["bias"])
+    for field, value in (("outer_lr", 2.0), ("inner_lr", 1e3), ("correction_weight", 1e308),
+                         ("zero_shot_weight", 1e4)):
+        with pytest.raises(ValueError, match=field):
+            MetaConfig(**{field: value})
+    # a bool for a number was taken as 1 (seed, sizes, budgets), without a word
+    for field in ("seed", "tasks_per_step", "max_seconds", "inner_lr"):
+        with pytest.raises(ValueError, match=f"{field}=True is not a number"):
+            MetaConfig(**{field: True})
+    with pytest.raises(ValueError, match="hidden=True is not a number"):
+        PolicyConfig(hidden=True)
+    assert not PolicyConfig(structured=False).structured and MetaConfig(inner_clip=None).inner_clip is None
+
+
 # --- the task distribution and the seeds ------------------------------------------------------
 
 

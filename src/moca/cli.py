@@ -751,7 +751,7 @@ def train(
         _output_dir(output)
     backend = _train_backend(ray_address, ray_cpus)
     try:
-        with _progress(as_json) as progress, _stop_on_ctrl_c() as stop:
+        with _progress(as_json) as progress, _stop_on_ctrl_c() as stop, _diverged(output):
             module, history = meta_train(config, progress=progress, backend=backend, stop=stop)
     finally:
         if backend is not None:
@@ -795,6 +795,18 @@ def _stop_on_ctrl_c(step: str = "meta step") -> Iterator[Any]:
         err_console.print(f"training: Ctrl-C stops after the current {step} and writes the checkpoint",
                           highlight=False)
         yield stop
+
+
+@contextmanager
+def _diverged(output: Path) -> Iterator[None]:
+    """A meta-training whose losses or weights stopped being finite: one line, exit 1, no
+    checkpoint (its weights would be the last finite ones of a run going wrong)."""
+    from moca.meta import MetaError
+
+    try:
+        yield
+    except MetaError as err:
+        _fail(f"training diverged, nothing written to {output}: {_message(err)}", code=1)
 
 
 def _exit_if_interrupted(history: dict[str, Any], planned: int) -> None:
@@ -865,7 +877,7 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
     torch.set_num_threads(1)  # small batches: threads only contend (2 shared cores)
     backend = _train_backend(ray_address, ray_cpus)
     try:
-        with _progress(as_json) as progress, _stop_on_ctrl_c() as stop:
+        with _progress(as_json) as progress, _stop_on_ctrl_c() as stop, _diverged(output):
             bar = progress.add_task("meta-training CLSC-2", total=config.meta_steps)
             module, history = meta_train2(config, progress=lambda step, total, info: progress.update(bar, completed=step),
                                           backend=backend, stop=stop)

@@ -47,12 +47,13 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from moca.limits import LARGEST_SEED, META_SEEDS, MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS
-from moca.policy import LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy, reference_emissions
+from moca.policy import (LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy, reference_emissions,
+                         refuse_bool_for_number)
 from moca.regime import PRESETS, TASKS, Regime, load_regime
 from moca.scenario import Params, Scenario, draw_scenarios
 from moca.sim import ScenarioBatch
@@ -142,6 +143,7 @@ class MetaLearner:
         self.inner_clip = inner_clip
         self.zero_shot_weight = zero_shot_weight
         self.optimizer = torch.optim.Adam(module.parameters(), lr=outer_lr)
+        self.steps_taken = 0  # outer steps applied (for the messages of a diverging run)
 
     @property
     def second_order(self) -> bool:
@@ -176,6 +178,10 @@ class MetaLearner:
             if learner.start_grad is None:  # the first inner step
                 learner.start_grad = {k: g.detach() for k, g in own.items()}
             new = clipped_sgd(learner.weights, own, self.inner_lr, self.inner_clip)
+            if not all(torch.isfinite(w).all() for w in new.values()):
+                raise MetaError(f"meta step {self.steps_taken + 1}: an inner step made a learner's weights non-finite "
+                                "(NaN or inf): the losses diverged; lower inner_lr or correction_weight, or set "
+                                "inner_clip")
             learner.weights = new if self.second_order else {k: w.detach().requires_grad_(True) for k, w in new.items()}
 
     def meta_gradient(self, learners: Sequence[Learner], query_loss: Tensor | None = None) -> Weights:
@@ -219,11 +225,28 @@ class MetaLearner:
 
     def outer_step(self, learners: Sequence[Learner], query_loss: Tensor | None = None) -> float:
         """Apply the meta-gradient with the outer optimiser; returns its norm."""
-        direction = self.meta_gradient(learners, query_loss)
+        return self.apply_direction(self.meta_gradient(learners, query_loss))
+
+    def apply_direction(self, direction: Weights) -> float:
+        """One step of the outer optimiser along ``direction``; returns its norm. A direction
+        or a step that is not finite raises :class:`MetaError` and leaves the meta weights as
+        they were (a diverging config, e.g. rates or a correction weight far too high, made
+        NaN weights that failed later as an internal error in the projection)."""
+        if not all(torch.isfinite(g).all() for g in direction.values()):
+            raise MetaError(f"meta step {self.steps_taken + 1}: the meta-gradient is not finite (NaN or inf): the "
+                            "losses diverged; lower inner_lr, outer_lr or correction_weight")
+        before = {k: p.detach().clone() for k, p in self.module.named_parameters()}
         self.optimizer.zero_grad()
         for key, p in self.module.named_parameters():
             p.grad = direction[key].detach().clone()
         self.optimizer.step()
+        if not all(torch.isfinite(p).all() for p in self.module.parameters()):
+            with torch.no_grad():
+                for key, p in self.module.named_parameters():
+                    p.copy_(before[key])
+            raise MetaError(f"meta step {self.steps_taken + 1}: the outer step made the meta weights non-finite "
+                            "(NaN or inf): lower outer_lr")
+        self.steps_taken += 1
         return float(torch.sqrt(sum((g.detach() ** 2).sum() for g in direction.values())))
 
 
@@ -325,16 +348,25 @@ class MetaConfig(BaseModel):
     support_size: int = Field(2, ge=1, le=100, description="support scenarios per task")
     query_size: int = Field(2, ge=1, le=100, description="query scenarios per task (other seeds)")
     inner_steps: int = Field(1, ge=1, le=MOST_STEPS)
-    inner_lr: float = Field(1.0, gt=0, description="inner SGD rate (on the clipped gradient)")
+    # The upper bounds of the rates and weights: far above anything that trains (the defaults
+    # are 1.0, 1e-3, 1.0 and 0.1); beyond them a step overflowed the weights or the actions to
+    # NaN (the steps also check it, MetaLearner.adapt_all / apply_direction).
+    inner_lr: float = Field(1.0, gt=0, le=100, description="inner SGD rate (on the clipped gradient)")
     inner_clip: float | None = Field(0.03, gt=0, description="inner gradient clipped to this norm (None: plain SGD)")
-    outer_lr: float = Field(1e-3, gt=0, description="Adam rate of the meta weights")
-    zero_shot_weight: float = Field(1.0, ge=0, description="weight of the loss before adaptation in the outer loss")
-    correction_weight: float = Field(0.1, ge=0)
+    outer_lr: float = Field(1e-3, gt=0, le=1, description="Adam rate of the meta weights")
+    zero_shot_weight: float = Field(1.0, ge=0, le=1000,
+                                    description="weight of the loss before adaptation in the outer loss")
+    correction_weight: float = Field(0.1, ge=0, le=1000)
     named_share: float = Field(0.3, ge=0, le=1, description="share of tasks near a named regime")
     seed: int = Field(0, ge=0, le=LARGEST_SEED)
     max_seconds: float | None = Field(540.0, gt=0, description="stop early past this wall time (None: never)")
     validate_every: int = Field(0, ge=0, description="zero-shot score on fixed validation tasks every N steps (0: off)")
     validation_tasks: int = Field(8, ge=1, le=100, description="random regimes of the validation set (own seed stream)")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info) -> Any:
+        return refuse_bool_for_number(cls, value, info.field_name)
 
 
 def task_batch(cache: OracleCache, tasks: Sequence[Regime], seeds: Sequence[Sequence[int]]

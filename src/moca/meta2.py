@@ -81,9 +81,9 @@ class MetaConfig2(MetaConfig):
     meta_steps: int = Field(300, ge=1)
     # Twice CLSC-1's rate: at 1e-3 the validation score was still climbing after 240 steps
     # (0.949 against 0.955 at 2e-3, same seed, same validation tasks).
-    outer_lr: float = Field(2e-3, gt=0, description="Adam rate of the meta weights")
+    outer_lr: float = Field(2e-3, gt=0, le=1, description="Adam rate of the meta weights")
     max_seconds: float | None = Field(600.0, gt=0, description="stop early past this wall time (None: never)")
-    rule_lr_scale: float = Field(30.0, gt=0, description="outer rate of the base rule's parameters / outer_lr")
+    rule_lr_scale: float = Field(30.0, gt=0, le=1000, description="outer rate of the base rule's parameters / outer_lr")
     keep_best: bool = Field(True, description="end on the weights of the best validation score (needs validate_every)")
 
     @field_validator("policy")

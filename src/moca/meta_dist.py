@@ -126,13 +126,9 @@ def distributed_step(meta: Any, config: Any, tasks: Sequence[Any], seeds: Sequen
     # Every algorithm's direction is a mean over tasks: the shares' means, weighted by size.
     direction = {k: torch.from_numpy(sum(r.direction[k].astype(np.float64) * (r.tasks / n) for r in results)
                                      .astype(np.float32)) for k in weights}
-    meta.optimizer.zero_grad()
-    for key, p in meta.module.named_parameters():
-        p.grad = direction[key].clone()
-    meta.optimizer.step()
+    norm = meta.apply_direction(direction)
     entry: dict[str, Any] = {"support_score": sum(r.support_score * r.tasks / n for r in results),
                              "correction": sum(r.correction * r.tasks / n for r in results)}
     if config.algorithm != "reptile":
         entry["query_score"] = sum(r.query_score * r.tasks / n for r in results)
-    norm = float(torch.sqrt(sum((g ** 2).sum() for g in direction.values())))
     return entry, norm

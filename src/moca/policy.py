@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -67,6 +67,19 @@ class PolicyConfig(BaseModel):
     # capacities is far beyond any residual worth learning.
     residual_scale: float = Field(0.5, gt=0, le=100, description="head output 1.0 = this share of capacity S")
     safety_stock: float = Field(300.0, ge=0, description="units of product the base rule keeps in reserve")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info) -> Any:
+        return refuse_bool_for_number(cls, value, info.field_name)
+
+
+def refuse_bool_for_number(model: type[BaseModel], value: Any, name: str) -> Any:
+    """``value`` as it is, unless a bool is given for a number: pydantic takes ``true`` as 1,
+    so ``hidden: true`` or ``seed: true`` would train with 1 without a word."""
+    if isinstance(value, bool) and model.model_fields[name].annotation is not bool:
+        raise ValueError(f"{name}={value!r} is not a number")
+    return value
 
 
 # ----------------------------------------------------------------------------------------
