@@ -253,6 +253,12 @@ def _counts(client) -> tuple:
     ("/v1/chains/p1/rollback", {"version": 7}, 404, "version"),
     ("/v1/chains/p1/rollback", {"version": 2**70}, 422, "version: Input should be less than or equal to"),  # not a 500
     ("/v1/chains/p1/rollback", {}, 409, "version"),
+    # a bool is not a number: pydantic took true as 1 (t = 1 decided, a rule in force from 1)
+    ("/v1/chains/p1/decide", {**_obs(0), "t": True}, 422, "t: Input should be a valid integer, got true"),
+    ("/v1/chains/p1/decide", _obs(0, pipeline=[True]), 422, "pipeline.0: Input should be a valid number"),
+    ("/v1/chains/p1/decide", _obs(0, state={**OBS0["state"], "cores": False}), 422, "state.cores: Input should be a valid number"),
+    ("/v1/chains/p1/regulations", {"regime": "T2", "effective": True}, 422, "effective: Input should be a valid integer, got true"),
+    ("/v1/chains/p1/rollback", {"version": True}, 422, "version: Input should be a valid integer"),
 ])
 def test_bad_input_is_refused_by_name_and_nothing_is_stored(client, path, body, status, field):
     client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
