@@ -284,6 +284,25 @@ def test_a_stopped_sweep_keeps_its_finished_tasks_and_a_rerun_goes_on_from_them(
     assert again["policies"] == fresh["policies"]  # bit for bit: a task is a pure function of its input
     ran.clear()
     assert run_sweep(plan, Backend("serial"), journal=journal)["resumed_tasks"] == len(plan.tasks()) and ran == []
+    # keep: the result is kept while the journal is still locked, then the journal goes (moca sweep's
+    # --json was written after the lock was let go: a second run in that instant took every task)
+    from moca.sweep import SweepError
+
+    def failing_keep(result):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):  # not kept: the journal stays for a rerun
+        run_sweep(plan, Backend("serial"), journal=journal, keep=failing_keep)
+    assert len(journal.read_text().splitlines()) >= len(plan.tasks())  # (and the line cut short above)
+    kept = []
+
+    def keep(result):
+        with pytest.raises(SweepError, match="in use by another run"):
+            run_sweep(plan, Backend("serial"), journal=journal)
+        kept.append(result["resumed_tasks"])
+
+    run_sweep(plan, Backend("serial"), journal=journal, keep=keep)
+    assert kept == [len(plan.tasks())] and not journal.exists()
     # records of other code (another checkout or version), or of another sweep's tasks, are not taken
     stale = tmp_path / "stale.jsonl"
     fail["on"] = True

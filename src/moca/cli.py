@@ -1661,7 +1661,7 @@ def sweep(
     from moca.files import OutputError
     from rich.text import Text
 
-    from moca.sweep import SweepError, make_plan, plot_sweep, run_sweep
+    from moca.sweep import SweepError, make_plan, run_sweep
 
     try:
         plan = make_plan(model, field, values, base=base, policies=policies, scenarios=scenarios, seed=seed,
@@ -1680,7 +1680,7 @@ def sweep(
         with _progress(False) as progress:
             bar = progress.add_task(f"sweep {field} ({backend.kind})", total=None)
             result = run_sweep(plan, backend, on_done=lambda n, total: progress.update(bar, completed=n, total=total),
-                               journal=journal)
+                               journal=journal, keep=lambda result: _keep_sweep(result, json_file, plot_file))
     except (BackendError, SweepError) as err:
         _fail(_message(err))
     except (RuntimeError, OSError) as err:  # a worker died, a solver failed: say so and what is kept
@@ -1691,18 +1691,23 @@ def sweep(
     if result["resumed_tasks"]:
         console.print(f"{result['resumed_tasks']} of {result['tasks']} tasks taken from {journal} (finished by an "
                       "earlier run of this sweep)")
-    if json_file is not None:
-        _write_atomic(json_file, json.dumps(result, indent=1))
-    if plot_file is not None:
-        _write_plot(plot_file, lambda where: plot_sweep(result, where))
-    if journal is not None:  # the result is in --json now
-        journal.unlink(missing_ok=True)
     _sweep_table(result)
     for warning in result["warnings"]:
         console.print(Text.assemble(("warning", "bold"), f": {warning}"), highlight=False)
     wrote = ", ".join(str(p) for p in (json_file, plot_file) if p is not None)
     console.print(f"{result['tasks']} tasks in {result['seconds']:.1f} s on {result['backend']['kind']}"
                   + (f"; wrote {wrote}" if wrote else ""))
+
+
+def _keep_sweep(result: dict, json_file: Optional[Path], plot_file: Optional[Path]) -> None:
+    """``--json`` and ``--plot``, written while the sweep's journal is still locked (run_sweep
+    removes it after this, so a second run cannot take every task from a journal about to go)."""
+    from moca.sweep import plot_sweep
+
+    if json_file is not None:
+        _write_atomic(json_file, json.dumps(result, indent=1))
+    if plot_file is not None:
+        _write_plot(plot_file, lambda where: plot_sweep(result, where))
 
 
 def _journal_note(journal: Optional[Path]) -> str:

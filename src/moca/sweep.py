@@ -549,7 +549,8 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
 
 
 def run_sweep(plan: SweepPlan, backend: Backend | None = None,
-              on_done: Callable[[int, int], None] | None = None, journal: str | Path | None = None) -> dict[str, Any]:
+              on_done: Callable[[int, int], None] | None = None, journal: str | Path | None = None,
+              keep: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every task of ``plan`` on ``backend`` (default: a 2-process local pool) and
     aggregate. ``on_done(done, total)`` after each task. Returns the JSON-ready result.
 
@@ -557,14 +558,17 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     finishes. A sweep that stops (a failed task, Ctrl-C, a lost machine) leaves it; the same
     sweep run again with it takes the tasks it holds instead of running them again (a task
     is a pure function of its input and of moca's code; records of other code, i.e. another
-    checkout or version, or of other tasks are not used). The caller removes it once the result is kept elsewhere (``moca sweep`` does,
-    after writing ``--json``); until then a rerun takes every task from it. ``resumed_tasks``
-    in the result says how many came from it. While the sweep runs its journal is locked: a
-    second run with the same journal is refused (:class:`SweepError`) instead of doing the
-    same tasks beside it."""
+    checkout or version, or of other tasks are not used). ``keep``, if given, is called with
+    the result while the journal is still locked (``moca sweep`` writes ``--json`` there);
+    once it returns, the journal is removed. Without ``keep`` the journal stays, and a rerun
+    takes every task from it. ``resumed_tasks`` in the result says how many came from it.
+    While the sweep runs (and ``keep`` keeps) its journal is locked: a second run with the
+    same journal is refused (:class:`SweepError`) instead of doing the same tasks beside it,
+    or taking them all from a journal about to go."""
     backend = backend or Backend("pool", workers=2)
     tasks = plan.tasks()
     writer = _open_journal(Path(journal)) if journal is not None else None
+    done_with_journal = False
     try:
         text = writer.read() if writer is not None else ""
         kept = _journal_results(text, tasks)
@@ -588,21 +592,24 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
         with backend.session():
             results = backend.map(run_task, todo, progress) if todo else []
             described = backend.describe()
+        results = list(kept.values()) + list(results)
+        seconds = time.perf_counter() - started
+        out = aggregate(plan, results)
+        out["seconds"] = seconds
+        out["task_seconds"] = float(sum(r.seconds for r in results))
+        out["task_cpu_seconds"] = float(sum(r.cpu_seconds for r in results))
+        out["tasks"] = len(tasks)
+        out["resumed_tasks"] = len(kept)
+        out["backend"] = described
+        if keep is not None:
+            keep(out)
+            done_with_journal = True  # the result is kept: the journal goes while still locked
     finally:
         if writer is not None:
             writer.flush()
-            if os.fstat(writer.fileno()).st_size == 0:  # no task finished: leave no file (removed while locked)
+            if done_with_journal or os.fstat(writer.fileno()).st_size == 0:  # (no task finished: no file)
                 Path(journal).unlink(missing_ok=True)
             writer.close()
-    results = list(kept.values()) + list(results)
-    seconds = time.perf_counter() - started
-    out = aggregate(plan, results)
-    out["seconds"] = seconds
-    out["task_seconds"] = float(sum(r.seconds for r in results))
-    out["task_cpu_seconds"] = float(sum(r.cpu_seconds for r in results))
-    out["tasks"] = len(tasks)
-    out["resumed_tasks"] = len(kept)
-    out["backend"] = described
     return out
 
 
