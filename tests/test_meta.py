@@ -242,6 +242,8 @@ def test_a_step_that_is_not_finite_is_refused_and_leaves_the_weights_as_they_wer
             MetaConfig(**{field: True})
     with pytest.raises(ValueError, match="hidden=True is not a number"):
         PolicyConfig(hidden=True)
+    with pytest.raises(ValueError, match="Input should be 'maml', 'fomaml' or 'reptile'"):  # a choice, not a number
+        MetaConfig(algorithm=True)
     assert not PolicyConfig(structured=False).structured and MetaConfig(inner_clip=None).inner_clip is None
 
 

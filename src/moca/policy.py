@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, get_args
 
 import numpy as np
 import torch
@@ -77,7 +77,9 @@ class PolicyConfig(BaseModel):
 def refuse_bool_for_number(model: type[BaseModel], value: Any, name: str) -> Any:
     """``value`` as it is, unless a bool is given for a number: pydantic takes ``true`` as 1,
     so ``hidden: true`` or ``seed: true`` would train with 1 without a word."""
-    if isinstance(value, bool) and model.model_fields[name].annotation is not bool:
+    annotation = model.model_fields[name].annotation
+    if isinstance(value, bool) and (annotation in (int, float) or int in get_args(annotation)
+                                    or float in get_args(annotation)):
         raise ValueError(f"{name}={value!r} is not a number")
     return value
 
