@@ -117,8 +117,9 @@ def _message(err: BaseException) -> str:
         where = ".".join(str(p) for p in first["loc"]) or err.title
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
         if first["type"] == "value_error":  # moca's own validators name the field and the value themselves
-            message = first["msg"].removeprefix("Value error, ")
-            return f"{err.title}: {'' if where in message else where + ': '}{message}{more}"
+            from moca.scenario import validation_reason
+
+            return f"{err.title}: {validation_reason(err)}{more}"
         return f"{err.title}: {where}={first.get('input')!r}: {first['msg']}{more}"
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -537,13 +538,12 @@ def evaluate(
         if learned and not scenario_files:
             _warn_if_not_held_out(seed, scenarios)
         learned2 = model == "CLSC-2" and learned
-        if model == "CLSC-2" and adapt_steps and not learned2:
-            if not _names_something(policy):  # (it said "only for a learned checkpoint" of a typo)
+        # (CLSC-1 ignored a peer's or PPO's steps without a word; a name that is nothing, its
+        # build_policy names, where CLSC-2's said "only for a learned checkpoint" of a typo)
+        if adapt_steps and (not learned2 if model == "CLSC-2" else _no_steps_to_take(policy)):
+            if not _names_something(policy):
                 raise UsageError(f"--policy {policy!r}: no checkpoint directory of that name (--adapt-steps "
                                  "takes a learned policy checkpoint: DIR or default)")
-            raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
-        if model == "CLSC-1" and adapt_steps and _no_steps_to_take(policy):
-            # (a peer's or PPO's steps were ignored, and the score said nothing of it)
             raise UsageError(f"--adapt-steps: only for a learned policy checkpoint (DIR or default), not {policy!r}")
         if retune is not None:
             _retune_choice(retune, base, model, adapt=learned2 and adapt_steps > 0)
