@@ -349,3 +349,32 @@ def test_a_cap_at_the_float_limit_bounds_nothing_and_warns_nothing():
     mk = P2.mass * P2.cap_produce
     assert u_bar[0] == u_bar[1] == mk
     assert u_bar[2] == pytest.approx(min(mk, P2.mass * 3000.0 / P2.emis_produce))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), size=st.floats(0.2, 3.0), window_=st.integers(1, 8))
+def test_episode_count_is_the_per_period_count(seed, size, window_):
+    """One batched check over ``[B, T]`` counts what one check per period counts, row
+    breaks and window settlements alike (raw actions executed unprojected, so they break)."""
+    from moca.projection import episode_violations2
+    from moca.scenario import draw_scenario2
+    from moca.sim2 import OpenLoop2, ScenarioBatch2, rollout2
+
+    schedule = RegimeSchedule.from_list([
+        {"start": 0, "recycled_content_min": 0.3, "recycled_content_window": window_, "emission_cap": 4000.0},
+        {"start": 5, "recycled_content_min": 0.6, "carbon_tax": 80.0, "recycled_content_window": window_ + 1}])
+    params = Params2(horizon=12)
+    batch = ScenarioBatch2.from_scenarios([draw_scenario2(seed + i, schedule, params) for i in range(3)],
+                                          dtype=torch.float64)
+    rng = np.random.default_rng(seed)
+    raw = torch.as_tensor(rng.uniform(-0.2, size, (3, 12, 9)) * S2)
+    out = rollout2(batch, OpenLoop2(raw), None)
+    executed, inputs, table = out.executed.numpy(), out.inputs.numpy(), batch.regime.numpy()
+    per_period = sum(violations2(executed[b, t], dict(zip(CLSC2_INPUTS, inputs[b, t])), table[b, t], params)
+                     for b in range(3) for t in range(12))
+    assert per_period > 0
+    assert episode_violations2(executed, inputs, table, params) == per_period
+    assert episode_violations2(out.executed[1], out.inputs[1], batch.regime[1], params) == sum(
+        violations2(executed[1, t], dict(zip(CLSC2_INPUTS, inputs[1, t])), table[1, t], params) for t in range(12))
+    with pytest.raises(ProjectionError, match="leading shapes differ"):
+        episode_violations2(executed, inputs[:, :5], table, params)

@@ -679,7 +679,7 @@ def evaluate_policy2(module: LSTMPolicy2, weights: Weights | None, scenarios: Se
     """Score on scenarios in float64, every raw action through the projection, violations
     (rows 1-8, 6a/6b and window settlements) recounted per period: ``score`` = mean
     oracle/cost, ``scores`` per scenario, ``mean_cost``, ``violations``, ``correction``."""
-    from moca.projection import project2_batch, violations2
+    from moca.projection import episode_violations2, project2_batch
 
     oracle = np.asarray(oracle_costs, dtype=np.float64)
     if oracle.shape != (len(scenarios),):
@@ -690,8 +690,7 @@ def evaluate_policy2(module: LSTMPolicy2, weights: Weights | None, scenarios: Se
         out = rollout2(batch, PolicyAgent2(module, weights), project2_batch)
     cost = out.total_cost.numpy()
     executed, inputs, table = out.executed.numpy(), out.inputs.numpy(), batch.regime.numpy()
-    violations = sum(violations2(executed[b, t], dict(zip(clsc2.ROW_INPUTS, inputs[b, t])), table[b, t],
-                                 batch.params) for b in range(batch.size) for t in range(batch.horizon))
+    violations = episode_violations2(executed, inputs, table, batch.params)
     scores = oracle / cost
     return {"score": float(scores.mean()), "scores": [float(x) for x in scores], "mean_cost": float(cost.mean()),
             "violations": int(violations), "correction": float(out.correction.mean())}

@@ -123,15 +123,14 @@ def _oracle2(scenarios: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
 def _rollout2(policy: Any, scenarios: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, int]:
     """CLSC-2: violations recounted per period by :func:`moca.projection.violations2`
     (rows 1-8, 6a/6b and the window settlements), as :func:`moca.policy2.evaluate_policy2`."""
-    from moca.projection import project2_batch, violations2
+    from moca.projection import episode_violations2, project2_batch
     from moca.sim2 import ScenarioBatch2, rollout2
 
     batch = ScenarioBatch2.from_scenarios(list(scenarios), dtype=torch.float64)
     with torch.no_grad():
         out = rollout2(batch, policy, project2_batch)
     executed, inputs, table = out.executed.numpy(), out.inputs.numpy(), batch.regime.numpy()
-    n = executed.shape[0] * executed.shape[1]
-    violations = violations2(executed.reshape(n, -1), inputs.reshape(n, -1), table.reshape(n, -1), batch.params)
+    violations = episode_violations2(executed, inputs, table, batch.params)
     return executed, out.total_cost.numpy(), int(violations)
 
 

@@ -353,7 +353,7 @@ class OpenLoop2:
 def simulate_actions2(scenario: Scenario2, actions: np.ndarray) -> dict:
     """Run raw actions ``[T, 9]`` through the safety layer and the simulator in float64;
     the result in the JSON shape ``moca simulate --json`` prints (docs/MODEL-2.md)."""
-    from moca.projection import project2_batch, violations2
+    from moca.projection import episode_violations2, project2_batch
 
     batch = ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64)
     with torch.no_grad():
@@ -363,8 +363,7 @@ def simulate_actions2(scenario: Scenario2, actions: np.ndarray) -> dict:
     regime = batch.regime[0].numpy()
     executed, raw = result.executed[0].numpy(), result.raw[0].numpy()
     correction = result.correction[0].numpy()
-    violations = sum(violations2(executed[t], dict(zip(clsc2.ROW_INPUTS, inputs[t])), regime[t], scenario.params)
-                     for t in range(scenario.horizon))
+    violations = episode_violations2(executed, inputs, regime, scenario.params)
     periods = []
     for t in range(scenario.horizon):
         periods.append({

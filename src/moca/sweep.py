@@ -309,8 +309,7 @@ def _policy_metrics2(policy: Any, scenarios: Sequence[Any]) -> dict[str, list[fl
     included), as :func:`moca.baselines.peers.evaluate2` scores the peers."""
     import torch
 
-    from moca import clsc2
-    from moca.projection import project2_batch, violations2
+    from moca.projection import episode_violations2, project2_batch
     from moca.sim2 import ScenarioBatch2, rollout2
 
     out: dict[str, list[float]] = {k: [] for k in ("cost", "emissions", "recycled_share", "lost_sales", "violations")}
@@ -323,9 +322,7 @@ def _policy_metrics2(policy: Any, scenarios: Sequence[Any]) -> dict[str, list[fl
             out["emissions"].append(float(result.emissions[0].sum()))
             out["recycled_share"].append(_recycled_share(executed[:, 2], executed[:, 3]))
             out["lost_sales"].append(float(result.lost[0].mean()))
-            out["violations"].append(float(sum(violations2(executed[t], dict(zip(clsc2.ROW_INPUTS, inputs[t])),
-                                                           table[t], scenario.params)
-                                               for t in range(scenario.horizon))))
+            out["violations"].append(float(episode_violations2(executed, inputs, table, scenario.params)))
     return out
 
 

@@ -81,14 +81,13 @@ def evaluate2(name: str, policy, scenarios, oracle_costs: np.ndarray | None = No
               progress: Callable[[str, int, int | None], None] | None = None):
     """Score a CLSC-2 policy (:class:`moca.sim2.Policy2`) on ``scenarios``, one at a time in
     float64, every raw action through the exact projection; violations recounted per
-    period by :func:`moca.projection.violations2` (window settlement included).
+    period by :func:`moca.projection.episode_violations2` (window settlement included).
     ``progress(what, done, total)``, if given, is told each scenario scored."""
     import torch
 
     from moca.evaluation import Evaluation
-    from moca.projection import project2_batch, violations2
+    from moca.projection import episode_violations2, project2_batch
     from moca.sim2 import ScenarioBatch2, rollout2
-    from moca.world import CLSC2_INPUTS
 
     tell = progress or (lambda what, done, total: None)
     if oracle_costs is None:
@@ -102,8 +101,7 @@ def evaluate2(name: str, policy, scenarios, oracle_costs: np.ndarray | None = No
             costs[i] = float(out.total_cost[0])
             executed, inputs = out.executed[0].numpy(), out.inputs[0].numpy()
             table = scenario.regime_table()
-            for t in range(scenario.horizon):
-                violations += violations2(executed[t], dict(zip(CLSC2_INPUTS, inputs[t])), table[t], scenario.params)
+            violations += episode_violations2(executed, inputs, table, scenario.params)
             tell(f"evaluating {name} (scenarios)", i + 1, len(scenarios))
     return Evaluation(name, costs, np.asarray(oracle_costs, dtype=float), violations, np.zeros(0))
 
