@@ -445,6 +445,65 @@ def test_decide_period_takes_named_quantities_and_refuses_bad_ones():
     assert np.array_equal(same, by_name)
 
 
+def test_a_regime_row_is_checked_as_any_regime():
+    """A row (r, tau, cap, lambda, kappa) gets the checks a name or a Regime gets: before,
+    a cap of 0 divided by zero, a short row raised IndexError, and a negative tax or
+    r = 0.99 gave an action without a word."""
+    from moca import checkpoint
+    from moca.policy import DeployedPolicy
+    from moca.regime import Regime, RegimeError
+
+    module, _ = checkpoint.load_policy("default")
+    controller = DeployedPolicy(module)
+    state = dict(virgin=800.0, recycled=100.0, product=900.0, cores=50.0, backlog=30.0, pipeline=[2000.0],
+                 sales_history=[1000.0] * 6, return_frac=0.25)
+    for row, message in (([0.2, 100, 0.0, 0, 0], "emission_cap=0.0 is outside its valid range"),
+                         ([0.2, 100, float("inf"), 0], "expected 5 numbers .*got 4"),
+                         ([float("nan"), 0, float("inf"), 0, 0], "recycled_content_min=nan is not a number"),
+                         ([0.2, 100, float("nan"), 0, 0], "emission_cap=nan is not a number"),
+                         (None, "expected 5 numbers"),
+                         ([0.2, -100, float("inf"), 0, 0], "carbon_tax=-100 is outside its valid range"),
+                         ([0.99, 0, float("inf"), 0, 0], "recycled_content_min=0.99 is outside"),
+                         ([0.2, 0, float("inf"), 1e6, 0], "landfill_tax=1000000.0 is outside")):
+        controller.reset()
+        with pytest.raises(RegimeError, match=f"regime row: {message}"):
+            controller.decide_period(0, regime=row, **state)
+    controller.reset()  # None is no cap, as in a Regime
+    by_none = controller.decide_period(0, regime=[0.2, 100, None, 0, 0], **state)
+    controller.reset()
+    assert np.array_equal(by_none, controller.decide_period(0, regime=Regime(recycled_content_min=0.2,
+                                                                              carbon_tax=100), **state))
+    assert Regime.from_row(np.array([0.2, 100, np.inf, 5, 0.1])) == Regime(
+        recycled_content_min=0.2, carbon_tax=100, landfill_tax=5, recovery_target=0.1)
+
+
+def test_an_observation_off_the_policys_clock_is_refused():
+    """The terminal observation (t = T) and one of an env with another horizon read a wrong
+    period: before, an IndexError and a silent decision for period 5 at t = 1."""
+    import gymnasium as gym
+
+    import moca.env  # noqa: F401
+    from moca import checkpoint
+    from moca.policy import DeployedPolicy
+    from moca.scenario import Params
+
+    module, _ = checkpoint.load_policy("default")
+    controller = DeployedPolicy(module)
+    env = gym.make("moca/CircularSupplyChain-v0", regime="T2", params=Params(horizon=3))
+    obs, _ = env.reset(seed=5)
+    controller_short = DeployedPolicy(module)
+    obs, *_ = env.step(np.zeros(6))  # (t = 0 reads period 0 under any horizon: t = 1 shows it)
+    with pytest.raises(ValueError, match=r"obs: its clock \(t_frac=0.333333\) is no period of horizon 52"):
+        controller_short.decide_observation(obs)
+    env = gym.make("moca/CircularSupplyChain-v0", regime="T2")
+    obs, _ = env.reset(seed=5)
+    done = False
+    while not done:
+        obs, _, done, _, _ = env.step(controller.decide_observation(obs) / env.unwrapped.scale)
+    with pytest.raises(ValueError, match=r"reads period 52, outside 0..51"):
+        controller.decide_observation(obs)
+
+
 def test_counts_read_as_english():
     from moca.cli import _count
 

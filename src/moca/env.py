@@ -420,6 +420,14 @@ def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, A
     return_frac, last_demand, t_frac = float(x64[i]), float(x64[i + 1]) * units, float(x64[i + 4])
     i += 5
     t = int(round(t_frac * p.horizon))
+    # A terminal observation (t = T) has no decision to take, and a clock off the horizon's
+    # grid is an observation of an env with other params: either would read the wrong period.
+    if not 0 <= t < p.horizon:
+        raise ValueError(f"obs: its clock (t_frac={t_frac:g}) reads period {t}, outside 0..{p.horizon - 1} "
+                         "(an observation at the episode's end has no decision to take)")
+    if abs(t_frac * p.horizon - t) > 1e-3:
+        raise ValueError(f"obs: its clock (t_frac={t_frac:g}) is no period of horizon {p.horizon} "
+                         "(an observation of an env with other params?)")
     cap = math.inf if x[i + 2] >= 1.0 else max(down[i + 2], 0.0) * full_capacity_emissions(p)
     regime = np.array([min(up[i], 0.95), x64[i + 1] * 1000.0, cap, x64[i + 3] * 100.0, min(up[i + 4], 1.0)])
     regime[[0, 4]] = np.where(x[[i, i + 4]] == 0, 0.0, regime[[0, 4]])  # no rule stays no rule

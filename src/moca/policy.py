@@ -789,7 +789,7 @@ class DeployedPolicy:
         from moca.regime import Regime, load_regime
 
         row = regime.as_row() if isinstance(regime, Regime) else (
-            load_regime(regime).as_row() if isinstance(regime, (str, dict)) else np.asarray(regime, dtype=float))
+            load_regime(regime).as_row() if isinstance(regime, (str, dict)) else Regime.from_row(regime).as_row())
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < self.params.horizon:
             raise PolicyError(f"t={t!r}: must be a whole period in 0..{self.params.horizon - 1}")
         named = [("virgin", virgin), ("recycled", recycled), ("product", product), ("cores", cores),

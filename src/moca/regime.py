@@ -136,12 +136,25 @@ class Regime(BaseModel):
 
     @classmethod
     def from_row(cls, row: Iterable[float]) -> "Regime":
-        values = [float(v) for v in row]
-        cap = None if not math.isfinite(values[2]) else values[2]
-        return cls(
-            recycled_content_min=values[0], carbon_tax=values[1], emission_cap=cap,
-            landfill_tax=values[3], recovery_target=values[4],
-        )
+        """The regime of one row ``(r, tau, cap, lambda, kappa)`` (:meth:`as_row`'s order;
+        a cap of +inf or None is no cap), checked as any regime: a row of another length, an
+        entry that is not a number, NaN or a value outside its range raises
+        :class:`RegimeError` naming the field."""
+        shape = f"expected 5 numbers ({', '.join(REGIME_FIELDS)})"
+        if np.ndim(row) != 1 or isinstance(row, (str, bytes, dict)):
+            raise RegimeError(f"regime row: {shape}, got {row!r}")
+        values = list(row)
+        if len(values) != len(REGIME_FIELDS):
+            raise RegimeError(f"regime row: {shape}, got {len(values)}: {values!r}")
+        cap = values[2]
+        if cap is not None and not isinstance(cap, bool) and isinstance(cap, (int, float, np.number)) \
+                and float(cap) == math.inf:
+            cap = None
+        try:
+            return cls(recycled_content_min=values[0], carbon_tax=values[1], emission_cap=cap,
+                       landfill_tax=values[3], recovery_target=values[4])
+        except ValidationError as err:
+            raise RegimeError(_first_error(err, "regime row: ")) from None
 
     def describe(self) -> str:
         """Short human label, e.g. ``r=0.20 tau=100``."""
