@@ -373,3 +373,40 @@ def test_more_support_or_validation_scenarios_than_their_seeds_hold_are_refused(
             adapt(module, None, "T1", steps=0, **sizes)
     with pytest.raises(ValueError, match="validation_size"):
         ExperimentConfig(validation_size=101)
+
+
+def test_adaptation_arguments_and_weights_that_do_not_fit_are_refused_by_name():
+    """A negative clip or rate stepped uphill without a word (clipped_sgd scales by
+    lr * min(1, clip / |g|)); a NaN rate surfaced as a NaN raw action; weights missing a
+    name adapted and then failed in DeployedPolicy with a KeyError. Both worlds."""
+    from moca.meta import MetaError, adapt
+    from moca.meta2 import adapt2
+    from moca.policy import DeployedPolicy, PolicyError
+    from moca.policy2 import LSTMPolicy2
+    from moca.scenario import Params2
+
+    module = LSTMPolicy(Params(), PolicyConfig(hidden=8))
+    module2 = LSTMPolicy2(Params2(), PolicyConfig(hidden=8))
+    weights = {k: v.detach().clone() for k, v in module.named_parameters()}
+    for run, own in ((adapt, module), (adapt2, module2)):
+        for kwargs, message in (({"clip": -1.0}, r"clip: -1.0 must be a finite number > 0, or None"),
+                                ({"lr": -1.0}, r"lr: -1.0 must be a finite number > 0"),
+                                ({"lr": float("nan")}, r"lr: nan must be a finite number > 0"),
+                                ({"lr": True}, r"lr: True must be"),
+                                ({"steps": 1.5}, r"steps: 1.5 must be a whole number >= 0"),
+                                ({"steps": -1}, r"steps: -1 must be a whole number >= 0")):
+            with pytest.raises(MetaError, match=message):
+                run(own, None, "T1", **{"steps": 1, **kwargs})
+    name = next(iter(weights))
+    for bad, message in (({k: v for k, v in weights.items() if k != "head.bias"}, "weights: missing head.bias"),
+                         ({**weights, "extra": torch.zeros(1)}, "weights: unknown extra"),
+                         ({**weights, "head.bias": torch.zeros(7)}, r"weights\['head.bias'\]: shape \[7\], expected \[6\]"),
+                         ({**weights, name: weights[name].numpy()}, rf"weights\['{name}'\]: expected a torch tensor"),
+                         ({**weights, name: weights[name] * np.nan}, rf"weights\['{name}'\]: holds NaN"),
+                         ([1, 2], "weights: expected a dict")):
+        with pytest.raises(PolicyError, match=message):
+            adapt(module, bad, "T1", steps=0)
+        with pytest.raises(PolicyError, match=message):
+            DeployedPolicy(module, bad)
+    deployed = DeployedPolicy(module, weights)  # weights that fit are taken as they are
+    assert all(torch.equal(p, weights[n]) for n, p in deployed.module.named_parameters())

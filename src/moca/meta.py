@@ -52,8 +52,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from moca.limits import LARGEST_SEED, META_SEEDS, MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS
-from moca.policy import (LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy, reference_emissions,
-                         refuse_bool_for_number)
+from moca.policy import (LSTMPolicy, PolicyConfig, Weights, check_weights, episode_losses, evaluate_policy,
+                         reference_emissions, refuse_bool_for_number)
 from moca.regime import PRESETS, TASKS, Regime, load_regime
 from moca.scenario import Params, Scenario, draw_scenarios
 from moca.sim import ScenarioBatch
@@ -565,8 +565,7 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
 
     ``stepped(step)``, if given, is called after each step (a progress bar's tick).
     """
-    if steps < 0:
-        raise MetaError(f"steps: {steps!r} must be >= 0")
+    check_adapt_arguments(module, weights, steps, lr, clip)
     regime = load_regime(regime)
     cache = cache or OracleCache(module.params)
     support = list(support) if support is not None else cache.scenarios(
@@ -590,6 +589,20 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
     return adapt_loop(current, curve, began, loss_and_grad,
                       lambda w: evaluate_policy(module, w, validation, valid_oracle),
                       steps, lr, clip, safeguard, keep_best, scored=scored, stepped=stepped)
+
+
+def check_adapt_arguments(module: nn.Module, weights: Weights | None, steps: Any, lr: Any, clip: Any) -> None:
+    """:func:`adapt`'s and :func:`moca.meta2.adapt2`'s arguments, each named: a negative
+    rate or clip would step uphill (``clipped_sgd`` scales by ``lr * min(1, clip / |g|)``)."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise MetaError(f"steps: {steps!r} must be a whole number >= 0")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.number)) or not (math.isfinite(lr) and lr > 0):
+        raise MetaError(f"lr: {lr!r} must be a finite number > 0")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float, np.number))
+                             or not (math.isfinite(clip) and clip > 0)):
+        raise MetaError(f"clip: {clip!r} must be a finite number > 0, or None")
+    if weights is not None:
+        check_weights(module, weights)
 
 
 def adapt_loop(current: Weights, curve: list[dict[str, Any]], began: float,

@@ -23,7 +23,7 @@ import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from moca.meta import (META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner,
-                       adapt_loop, first_seeds, sample_task)
+                       adapt_loop, check_adapt_arguments, first_seeds, sample_task)
 from moca.policy import PolicyConfig, Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
 from moca.regime import MAX_WINDOW, WINDOW_FIELD, Regime, RegimeSchedule, load_regime
@@ -241,8 +241,7 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
     ``seconds``, counted in every later step's, are the tuning's and the scorings'. Returns
     the weights (detached) and the curve. ``progress(what, done, total)``, if given, is told
     the candidates re-tuned so far and the steps taken so far (for a progress bar)."""
-    if steps < 0:
-        raise MetaError(f"steps: {steps!r} must be >= 0")
+    check_adapt_arguments(module, weights, steps, lr, clip)
     if retune < 0 or (retune > 0 and retune_scenarios < 1):
         raise MetaError(f"retune: {retune!r} candidates on {retune_scenarios!r} scenarios; "
                         "candidates must be >= 0 and scenarios >= 1")

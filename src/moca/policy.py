@@ -338,6 +338,28 @@ def module_weights(module: nn.Module) -> Weights:
     return dict(module.named_parameters())
 
 
+def check_weights(module: nn.Module, weights: Any, what: str = "weights") -> None:
+    """Refuse a weights dict that does not fit ``module``'s parameters: a name missing or
+    unknown, a value that is not a tensor, a shape or a non-finite entry, each named
+    (:class:`PolicyError`; a KeyError, a broadcast error or a NaN action later otherwise)."""
+    if not isinstance(weights, Mapping):
+        raise PolicyError(f"{what}: expected a dict of parameter name -> tensor, got {type(weights).__name__}")
+    expected = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    missing, unknown = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unknown:
+        listed = lambda names: ", ".join(map(str, names[:3])) + (", ..." if len(names) > 3 else "")  # noqa: E731
+        parts = ([f"missing {listed(missing)}"] if missing else []) + ([f"unknown {listed(unknown)}"] if unknown else [])
+        raise PolicyError(f"{what}: {'; '.join(parts)} (they must be the policy's {len(expected)} parameters)")
+    for name, shape in expected.items():
+        value = weights[name]
+        if not isinstance(value, Tensor):
+            raise PolicyError(f"{what}[{name!r}]: expected a torch tensor, got {type(value).__name__}")
+        if tuple(value.shape) != shape:
+            raise PolicyError(f"{what}[{name!r}]: shape {list(value.shape)}, expected {list(shape)}")
+        if not bool(torch.isfinite(value.detach()).all()):
+            raise PolicyError(f"{what}[{name!r}]: holds NaN or infinite entries")
+
+
 # ----------------------------------------------------------------------------------------
 # 4. The agent: the Policy protocol over a weights dict (or one dict per group of scenarios)
 # ----------------------------------------------------------------------------------------
@@ -723,6 +745,8 @@ class DeployedPolicy:
     def __init__(self, module: LSTMPolicy, weights: Mapping[str, Tensor] | None = None):
         import copy
 
+        if weights is not None:
+            check_weights(module, weights)
         self.module = copy.deepcopy(module).eval()
         if weights is not None:
             with torch.no_grad():
