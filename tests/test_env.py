@@ -216,3 +216,32 @@ def test_vector_env_matches_single_envs_and_autoresets():
     assert np.all(rewards == 0) and not terminated.any()
     assert np.all(obs[:, -6] == 0.0)  # t / T is back at 0
     vec.close()
+
+
+def test_render_before_reset_params_as_a_dict_and_the_oracle_of_the_other_world():
+    """Render before the first reset drew attributes that did not exist yet (AttributeError;
+    CLSC-2's env returned None); params given as a dict beside a fixed scenario were refused
+    even when equal (a dict never equals a Params); the oracle of one world on the other
+    world's scenario failed on a missing attribute."""
+    from moca.env2 import CircularSupplyChain2Env
+    from moca.oracle import solve_oracle
+    from moca.oracle2 import solve_oracle2
+    from moca.scenario import draw_scenario, draw_scenario2
+
+    for mode in ("ansi", "rgb_array"):
+        assert CircularSupplyChainEnv(render_mode=mode).render() is None
+        env = CircularSupplyChainEnv(render_mode=mode)
+        env.reset(seed=1)
+        assert env.render() is not None
+    scenario = draw_scenario(7)
+    assert CircularSupplyChainEnv(scenario=scenario, params={}).params == scenario.params
+    with pytest.raises(ValueError, match="params: differ from the fixed scenario's params"):
+        CircularSupplyChainEnv(scenario=scenario, params={"cap_order": 5000.0})
+    scenario2 = draw_scenario2(7)
+    assert CircularSupplyChain2Env(scenario=scenario2, params={}).params == scenario2.params
+    with pytest.raises(TypeError, match=r"got Scenario2 \(a CLSC-2 scenario: moca.oracle2.solve_oracle2\)"):
+        solve_oracle(scenario2)
+    with pytest.raises(TypeError, match=r"got Scenario \(a CLSC-1 scenario: moca.oracle.solve_oracle\)"):
+        solve_oracle2(scenario)
+    with pytest.raises(TypeError, match="got NoneType"):
+        solve_oracle(None)

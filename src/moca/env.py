@@ -110,10 +110,11 @@ class CircularSupplyChainEnv(gym.Env):
         # The deployment projection on plain floats (moca.safety.project without the
         # per-call input checks: the environment's own values are checked once, here or in step).
         self._project = safety.project_counted
-        if scenario is not None and params is not None and params != scenario.params:
-            raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
         if isinstance(params, dict):  # gym.make(..., params={"cap_order": 5000}) from a config file
             params = Params(**params)
+        # (compared once a dict is the params it names: a dict never equals a Params)
+        if scenario is not None and params is not None and params != scenario.params:
+            raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS)
         self.schedule = load_schedule(regime) if regime is not None else None
         if scenario is not None and self.schedule is not None:
@@ -300,6 +301,8 @@ class CircularSupplyChainEnv(gym.Env):
         return {"V": self.virgin, "M": self.recycled, "P": self.product, "C": self.cores, "B": self.backlog}
 
     def render(self):
+        if self.scenario is None:  # before the first reset there is no state to draw
+            return None
         if self.render_mode == "rgb_array":
             s = self.state_units()
             return render_bars([s["V"] / self._kg, s["M"] / self._kg, s["P"] / self._units, s["C"] / self._units,

@@ -81,10 +81,11 @@ class CircularSupplyChain2Env(gym.Env):
                  params: Params2 | dict[str, Any] | None = None,
                  scenario: Scenario2 | None = None, cost_scale: float = 1e4, render_mode: str | None = None,
                  check_violations: bool = False):
-        if scenario is not None and params is not None and params != scenario.params:
-            raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
         if isinstance(params, dict):  # gym.make(..., params={"cap_market": 500}) from a config file
             params = Params2(**params)
+        # (compared once a dict is the params it names: a dict never equals a Params)
+        if scenario is not None and params is not None and params != scenario.params:
+            raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS_2)
         if regime is None:
             self.schedule = None if scenario is not None else load_schedule("T1", model="CLSC-2")

@@ -521,6 +521,9 @@ def solve_oracle(scenario: Scenario, exact_sales: bool = False,
     :class:`OracleError` if HiGHS does not report optimal. ``exact_sales``, ``start``: see
     :func:`solve_window` (``exact_sales`` is not the spec's oracle: a tighter bound whose
     plan replays exactly)."""
+    if not isinstance(scenario, Scenario):
+        other = " (a CLSC-2 scenario: moca.oracle2.solve_oracle2)" if type(scenario).__name__ == "Scenario2" else ""
+        raise TypeError(f"scenario: expected a CLSC-1 moca.scenario.Scenario, got {type(scenario).__name__}{other}")
     solution = solve_window(scenario.params, episode_window(scenario), start=start, exact_sales=exact_sales)
     return OracleResult(oracle_cost=solution.cost, status=solution.status, plan=solution.actions,
                         sales=solution.sales, stocks=solution.stocks, withheld=solution.withheld,

@@ -403,6 +403,11 @@ def solve_oracle2(scenario: Any, exact_sales: bool = False) -> Oracle2Result:
     """The hindsight optimum of a CLSC-2 scenario (its regime schedule and accounting
     windows included); raises :class:`moca.oracle.OracleError` if HiGHS does not report
     optimal. ``exact_sales``: see :func:`solve_window2` (not the spec's oracle)."""
+    from moca.scenario import Scenario2
+
+    if not isinstance(scenario, Scenario2):
+        other = " (a CLSC-1 scenario: moca.oracle.solve_oracle)" if type(scenario).__name__ == "Scenario" else ""
+        raise TypeError(f"scenario: expected a CLSC-2 moca.scenario.Scenario2, got {type(scenario).__name__}{other}")
     s = solve_window2(scenario.params, episode_window2(scenario), exact_sales=exact_sales)
     return Oracle2Result(oracle_cost=s.cost, status=s.status, plan=s.actions, sales=s.sales, lost=s.lost,
                          stocks=s.stocks, withheld=s.withheld)
