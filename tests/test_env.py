@@ -245,3 +245,27 @@ def test_render_before_reset_params_as_a_dict_and_the_oracle_of_the_other_world(
         solve_oracle2(scenario)
     with pytest.raises(TypeError, match="got NoneType"):
         solve_oracle(None)
+
+
+def test_an_action_too_far_to_project_in_float64_is_refused_both_worlds():
+    """Up to 1e12 capacities the projection of a far action is the nearest feasible point
+    (the same as at 1e2); at 1e16 float64 lost it and the env executed zeros (CLSC-1) or
+    one disassembly (CLSC-2) without a word, at 1e305 NaN stocks."""
+    from moca.env2 import CircularSupplyChain2Env
+    from moca.safety import SafetyError
+
+    rng = np.random.default_rng(0)
+    for Env, n in ((CircularSupplyChainEnv, 6), (CircularSupplyChain2Env, 9)):
+        direction = rng.normal(size=n)
+        direction /= np.abs(direction).max()
+        executed = []
+        for size in (1e2, 1e12):
+            env = Env(regime="T3")
+            env.reset(seed=3)
+            executed.append(env.step(size * direction)[4]["executed"])
+        assert np.allclose(executed[0], executed[1], rtol=0, atol=1e-6) and np.abs(executed[0]).sum() > 0
+        for size in (1e16, 1e305):
+            env = Env(regime="T3")
+            env.reset(seed=3)
+            with pytest.raises(SafetyError, match=r"action has an entry beyond ±1e\+12"):
+                env.step(size * direction)

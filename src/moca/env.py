@@ -18,8 +18,8 @@ Spaces
 ``z_i = a_i / S_i`` with ``S = (K_o, m K_p, m K_p, K_d, K_f, K_w)`` and action order
 ``(o, u_v, u_r, g, f, w)``. Every feasible action lies in ``[0, 1]^6`` (rows 1, 3, 4),
 so the box loses nothing. The raw action ``z * S`` (kg, kg, kg, cores, cores, cores) is
-projected onto the feasible polytope; any finite ``z`` is accepted (it is projected), a
-non-finite one is an error.
+projected onto the feasible polytope; any finite ``z`` up to ±1e12 is accepted (it is
+projected), a non-finite or larger one is an error (float64 cannot project a point that far).
 
 *Observation*: ``Box(float32)``, see :data:`OBSERVATION_LAYOUT` / :meth:`observation_names`;
 material (kg) is divided by ``m K_p``, products and cores (units) by ``K_p``, the carbon
@@ -215,7 +215,7 @@ class CircularSupplyChainEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self.t >= self._k.horizon:
             raise RuntimeError("the episode has ended; call reset()")
-        z = safety.action_values(action, "action")  # a ValueError naming shape or NaN/inf
+        z = safety.action_values(action, "action", largest=safety.LARGEST_ACTION)  # a ValueError naming shape, NaN/inf
         t = self.t
         # (unrolled: a list comprehension costs ~0.5 us more on Python 3.11, on every step)
         z0, z1, z2, z3, z4, z5 = z

@@ -50,7 +50,7 @@ from moca import clsc2
 from moca.env import episode_scenario, render_bars, warn_if_beyond_horizon
 from moca.projection import project2_counted, violations2
 from moca.regime import MAX_WINDOW, Regime, RegimeSchedule, load_schedule
-from moca.safety import action_values
+from moca.safety import LARGEST_ACTION, action_values
 from moca.scenario import DEFAULT_PARAMS_2, HISTORY, Params2, Scenario2, draw_scenario2
 from moca.sim2 import ScenarioBatch2, Simulator2
 
@@ -144,7 +144,7 @@ class CircularSupplyChain2Env(gym.Env):
         if self.t >= self.params.horizon:
             raise RuntimeError("the episode has ended; call reset()")
         # CLSC-1's check (a SafetyError naming shape or NaN/inf), so one except clause serves both worlds.
-        z = np.asarray(action_values(action, "action", clsc2.ACTION_SYMBOLS))
+        z = np.asarray(action_values(action, "action", clsc2.ACTION_SYMBOLS, largest=LARGEST_ACTION))
         t, p = self.t, self.params
         raw = z * self.scale
         inputs = {k: float(v[0]) for k, v in self._inputs.items()}

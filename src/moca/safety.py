@@ -131,10 +131,18 @@ def _layout(params: Params) -> ConstraintLayout:
 ACTION_SYMBOLS: tuple[str, ...] = ("o", "u_v", "u_r", "g", "f", "w")
 
 
-def action_values(raw: Any, what: str = "raw action", symbols: tuple[str, ...] = ACTION_SYMBOLS) -> list[float]:
+#: The largest entry of a capacity-normalised action ``z`` the Gymnasium envs take: 1e12
+#: capacities. Beyond about 1e15 float64 cannot hold the distance to the feasible set
+#: (1e-16 relative), and the projection came out as zeros or NaN instead of the nearest
+#: point; up to 1e14 it is exact (every entry, measured over random directions).
+LARGEST_ACTION = 1e12
+
+
+def action_values(raw: Any, what: str = "raw action", symbols: tuple[str, ...] = ACTION_SYMBOLS,
+                  largest: float | None = None) -> list[float]:
     """One action (array, tensor or sequence) as a list of floats, one per entry of
-    ``symbols`` (default CLSC-1's six), checked: that shape and finite entries, else a
-    :class:`SafetyError` naming ``what``."""
+    ``symbols`` (default CLSC-1's six), checked: that shape and finite entries (and, with
+    ``largest``, none beyond ±``largest``), else a :class:`SafetyError` naming ``what``."""
     n = len(symbols)
     if type(raw) is np.ndarray and raw.shape == (n,) and raw.dtype.kind == "f":  # the hot path
         values = raw.tolist()
@@ -146,6 +154,9 @@ def action_values(raw: Any, what: str = "raw action", symbols: tuple[str, ...] =
     # One sum is non-finite whenever an entry is (and, rarely, when finite entries overflow it).
     if not math.isfinite(sum(values)) and not all(map(math.isfinite, values)):
         raise SafetyError(f"{what} has a non-finite entry (NaN or inf): {values}")
+    if largest is not None and (max(values) > largest or min(values) < -largest):
+        raise SafetyError(f"{what} has an entry beyond ±{largest:g} (capacity-normalised, where every feasible "
+                          f"action lies in [0, 1]): {values}")
     return values
 
 
