@@ -445,6 +445,28 @@ def test_decide_period_takes_named_quantities_and_refuses_bad_ones():
     assert np.array_equal(same, by_name)
 
 
+def test_periods_come_in_order_after_reset():
+    """A period repeated or skipped, or a new episode without reset(), gave another action
+    without a word: the LSTM's memory had moved on."""
+    from moca import checkpoint
+    from moca.policy import DeployedPolicy, PolicyError
+
+    module, _ = checkpoint.load_policy("default")
+    controller = DeployedPolicy(module)
+    state = dict(virgin=800.0, recycled=100.0, product=900.0, cores=50.0, backlog=30.0, pipeline=[2000.0],
+                 sales_history=[1000.0] * 6, return_frac=0.25, regime="T1")
+    first = controller.decide_period(0, **state)
+    with pytest.raises(PolicyError, match=r"t=0: this episode's next period is 1 .*call reset\(\)"):
+        controller.decide_period(0, **state)
+    with pytest.raises(PolicyError, match=r"t=2: this episode's next period is 1"):
+        controller.decide_period(2, **state, last_demand=1000.0)
+    controller.decide_period(1, **state, last_demand=1000.0)
+    controller.reset()
+    assert np.array_equal(controller.decide_period(0, **state), first)
+    with pytest.raises(PolicyError, match=r"t=5: this episode's next period is 1"):
+        controller.decide_period(5, **state, last_demand=1000.0)
+
+
 def test_a_regime_row_is_checked_as_any_regime():
     """A row (r, tau, cap, lambda, kappa) gets the checks a name or a Regime gets: before,
     a cap of 0 divided by zero, a short row raised IndexError, and a negative tax or

@@ -764,11 +764,12 @@ class DeployedPolicy:
         self.last_raw: np.ndarray | None = None
         self._frames: np.ndarray | None = None
         self._state: tuple[np.ndarray, np.ndarray] | None = None
+        self._next_t = 0  # the period the LSTM's memory expects next
 
     def reset(self, batch: ScenarioBatch | None = None) -> None:
         if batch is not None and batch.size != 1:
             raise PolicyError(f"batch: a deployed policy decides for one scenario, got {batch.size}")
-        self._frames, self._state = None, None
+        self._frames, self._state, self._next_t = None, None, 0
         if self.base_rule is not None:
             self.base_rule.reset()
 
@@ -782,10 +783,19 @@ class DeployedPolicy:
             action, self.last_raw, self._frames, self._state = deployed_decision(
                 self.step, self.spec, self._frames, self._state, t, stocks, pipeline, sales_history, regime,
                 return_frac, last_demand, base_rule=self.base_rule)
-            return action
-        action, self.last_raw, self._frames, self._state = self.fused(
-            self._frames, self._state, t, stocks, pipeline, sales_history, regime, return_frac, last_demand)
+        else:
+            action, self.last_raw, self._frames, self._state = self.fused(
+                self._frames, self._state, t, stocks, pipeline, sales_history, regime, return_frac, last_demand)
+        self._next_t = t + 1
         return action
+
+    def _in_order(self, t: int) -> None:
+        """The named entry points' check that ``t`` is the period the recurrent memory is
+        at: a period repeated or skipped, or a new episode without :meth:`reset`, gave
+        another action without a word (the LSTM's state had moved on)."""
+        if t != self._next_t:
+            raise PolicyError(f"t={t}: this episode's next period is {self._next_t} (periods come in order; "
+                              "call reset() to start an episode)")
 
     def decide_observation(self, obs: np.ndarray) -> np.ndarray:
         """The executed action ``[6]`` (order kg, use virgin kg, use recycled kg,
@@ -796,6 +806,7 @@ class DeployedPolicy:
         from moca.env import observation_inputs
 
         q = observation_inputs(obs, self.params)
+        self._in_order(q["t"])
         return self.decide(q["t"], q["stocks"], q["pipeline"], q["sales_history"], q["regime"], q["return_frac"],
                            q["last_demand"])
 
@@ -833,6 +844,7 @@ class DeployedPolicy:
                 raise PolicyError(f"{name}={value!r}: must be <= {LARGEST_VALUE:g}")
         if return_frac > 1:
             raise PolicyError(f"return_frac={return_frac!r}: must be <= 1")
+        self._in_order(int(t))
         return self.decide(t, np.array([virgin, recycled, product, cores, backlog], dtype=float),
                            np.asarray(pipeline, dtype=float), np.asarray(sales_history, dtype=float), row,
                            return_frac, last_demand)
