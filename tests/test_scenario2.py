@@ -210,3 +210,28 @@ def test_a_draw_beyond_the_largest_value_names_the_parameters_that_made_it():
         else:  # a seed whose walk stays within bounds is a scenario like any other
             assert np.all(scenario.demand <= 1e12) and np.all(scenario.demand_history <= 1e12)
     assert failures > 0
+
+
+def test_draws_take_what_the_rest_of_the_api_takes_and_refuse_bad_seeds_by_name():
+    """A regime name, an object of rule fields or a plan list, and params as an object of
+    changes, as the envs and adapt take them (an AttributeError before); a seed that is no
+    whole number >= 0 is refused the same way in both worlds (numpy's own words on CLSC-2)."""
+    from moca.regime import RegimeError, load_schedule
+    from moca.scenario import Params, ScenarioError, draw_scenario
+
+    for draw, world in ((draw_scenario, "CLSC-1"), (draw_scenario2, "CLSC-2")):
+        named = draw(3, "T2")
+        assert named.schedule == load_schedule("T2", model=world)
+        assert np.array_equal(named.demand, draw(3, load_schedule("T2", model=world)).demand)
+        assert draw(3, {"carbon_tax": 5}).schedule.regime_at(0).carbon_tax == 5
+        assert draw(3, [{"start": 0}, {"start": 2, "carbon_tax": 9}]).schedule.regime_at(2).carbon_tax == 9
+        assert draw(3, None, {"horizon": 5}).horizon == 5
+        assert draw(np.int64(3)).demand.tolist() == draw(3).demand.tolist()
+        for seed in (-1, 1.0, "1", None, True):
+            with pytest.raises(ScenarioError, match="seed="):
+                draw(seed)
+        with pytest.raises(RegimeError, match="unknown regime"):
+            draw(3, "no-such-rule")
+        with pytest.raises(ScenarioError, match="params: expected a Params"):
+            draw(3, None, [1, 2])
+    assert draw_scenario(3, None, {"horizon": 5}).params == Params(horizon=5)

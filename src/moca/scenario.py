@@ -296,9 +296,14 @@ def _check_series(name: str, values: np.ndarray, horizon: int, low: float, high:
 
 
 def _seed_rng(seed: int | tuple[int, ...]) -> np.random.Generator:
-    """The generator a scenario draw starts from for ``seed`` (an int, or a tuple of ints as a
-    list seed)."""
-    return np.random.default_rng(list(seed) if isinstance(seed, tuple) else seed)
+    """The generator a scenario draw starts from for ``seed`` (a whole number >= 0, or a
+    tuple of them as a list seed), checked the same way for both worlds."""
+    parts = seed if isinstance(seed, tuple) and seed else (seed,)
+    if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) for s in parts):
+        raise ScenarioError(f"seed={seed!r}: a seed is a whole number >= 0 (or a tuple of them)")
+    if any(s < 0 for s in parts):
+        raise ScenarioError(f"seed={seed!r}: seeds must be >= 0")
+    return np.random.default_rng([int(s) for s in seed] if isinstance(seed, tuple) else int(seed))
 
 
 def draw_scenario(
@@ -306,11 +311,14 @@ def draw_scenario(
     regime: Regime | RegimeSchedule | None = None,
     params: Params = DEFAULT_PARAMS,
 ) -> Scenario:
-    """Draw demand and returns for one scenario, seeded (spec, "Exogenous draws")."""
-    if any(int(s) < 0 for s in (seed if isinstance(seed, tuple) else (seed,))):
-        raise ScenarioError(f"seed={seed!r}: seeds must be >= 0")
-    demand, return_frac = draw_exogenous(_seed_rng(seed), params, 1)
+    """Draw demand and returns for one scenario, seeded (spec, "Exogenous draws").
+    ``regime``: a :class:`Regime`, a schedule, or anything :func:`moca.regime.load_schedule`
+    reads (a name, a file, an object of rule fields, a list of entries with ``start``);
+    ``params``: a :class:`Params` or an object of the fields to change."""
+    rng = _seed_rng(seed)
+    params = _as_params(params, Params)
     schedule = _as_schedule(regime)
+    demand, return_frac = draw_exogenous(rng, params, 1)
     return Scenario(params=params, schedule=schedule, demand=demand[0], return_frac=return_frac[0])
 
 
@@ -359,12 +367,26 @@ def seasonal_mean_demand(params: Params, periods: np.ndarray) -> np.ndarray:
     return np.maximum(params.demand_base * (1 + params.demand_amp * np.sin(2 * np.pi * np.asarray(periods) / 52)), 0.0)
 
 
-def _as_schedule(regime: Regime | RegimeSchedule | None) -> RegimeSchedule:
+def _as_schedule(regime: Any, model: str = "CLSC-1") -> RegimeSchedule:
     if regime is None:
         return RegimeSchedule.constant(Regime())
     if isinstance(regime, RegimeSchedule):
         return regime
-    return RegimeSchedule.constant(regime)
+    if isinstance(regime, Regime):
+        return RegimeSchedule.constant(regime)
+    from moca.regime import load_schedule
+
+    return load_schedule(regime, model=model)  # a name, a file, an object or a list: checked by name
+
+
+def _as_params(params: Any, kind: type) -> Any:
+    """``params`` as ``kind`` (Params or Params2): an object of the fields to change is taken
+    as those changes; anything else is refused naming what was given."""
+    if isinstance(params, kind):
+        return params
+    if isinstance(params, dict):
+        return kind(**params)
+    raise ScenarioError(f"params: expected a {kind.__name__} or an object of its fields, got {type(params).__name__}")
 
 
 def load_params(source: str | Path, kind: type = None) -> "Params | Params2":
@@ -720,7 +742,8 @@ def draw_scenario2(
     return noise [T], grade shares [T, 3], supplier transitions [T], market availability [T].
     """
     rng = _seed_rng(seed)
-    p = params
+    p = params = _as_params(params, Params2)
+    schedule = _as_schedule(regime, "CLSC-2")
     T, n = p.horizon, HISTORY + p.horizon
     curve = _demand_curve2(rng, p)
     sd = p.demand_sigma
@@ -747,7 +770,7 @@ def draw_scenario2(
             f"{n} periods (52 of history) from demand_base={p.demand_base:g} with demand_drift_sigma="
             f"{p.demand_drift_sigma:g}, demand_jump_prob={p.demand_jump_prob:g}, demand_jump_sigma="
             f"{p.demand_jump_sigma:g} and demand_sigma={sd:g}; lower them")
-    return Scenario2(params=p, schedule=_as_schedule(regime), demand=demand[HISTORY:], return_frac=return_frac,
+    return Scenario2(params=p, schedule=schedule, demand=demand[HISTORY:], return_frac=return_frac,
                      grades=grades, supply_up=supply_up, market_avail=market_avail,
                      demand_history=demand[:HISTORY])
 
