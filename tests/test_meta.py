@@ -410,3 +410,23 @@ def test_adaptation_arguments_and_weights_that_do_not_fit_are_refused_by_name():
             DeployedPolicy(module, bad)
     deployed = DeployedPolicy(module, weights)  # weights that fit are taken as they are
     assert all(torch.equal(p, weights[n]) for n, p in deployed.module.named_parameters())
+
+
+def test_support_or_validation_scenarios_of_another_chain_are_refused():
+    """Scenarios drawn on other params adapted and scored without a word (both worlds)."""
+    from moca.meta import MetaError, adapt
+    from moca.meta2 import adapt2
+    from moca.policy2 import LSTMPolicy2
+    from moca.scenario import Params2, draw_scenario, draw_scenario2
+
+    module = LSTMPolicy(Params(), PolicyConfig(hidden=8))
+    module2 = LSTMPolicy2(Params2(), PolicyConfig(hidden=8))
+    with pytest.raises(MetaError, match=r"support\[0\]: drawn on other params than the policy's \(horizon differ\)"):
+        adapt(module, None, "T1", steps=1, support=[draw_scenario(1, None, Params(horizon=10))], validation_size=1)
+    with pytest.raises(MetaError, match=r"validation\[1\]: expected a Scenario, got Scenario2"):
+        adapt(module, None, "T1", steps=1, support_size=1, validation=[draw_scenario(1), draw_scenario2(1)])
+    with pytest.raises(MetaError, match=r"support\[0\]: drawn on other params .*cap_order differ"):
+        adapt2(module2, None, "T1", steps=1, support=[draw_scenario2(1, None, Params2(cap_order=5000.0))],
+               validation_size=1)
+    with pytest.raises(MetaError, match=r"validation: no scenarios given"):
+        adapt2(module2, None, "T1", steps=1, support_size=1, validation=[])

@@ -556,7 +556,7 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
     the support loss of the weights held (safeguard only; its loss before any step at 0),
     and the wall seconds spent adapting so far (oracle normalisation of the support
     scenarios included, evaluation excluded). Default scenarios: support seeds 800+,
-    validation seeds 900+ (never the test seeds).
+    validation seeds 900+ (never the test seeds); given ones carry their own regime.
 
     ``keep_best``: return the weights with the best validation score over steps 0..steps
     (the first of equals) instead of the last ones, so the result is never worse on the
@@ -568,10 +568,10 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
     check_adapt_arguments(module, weights, steps, lr, clip)
     regime = load_regime(regime)
     cache = cache or OracleCache(module.params)
-    support = list(support) if support is not None else cache.scenarios(
-        first_seeds(SUPPORT_SEEDS, support_size, "support_size"), regime)
-    validation = list(validation) if validation is not None else cache.scenarios(
-        first_seeds(VALIDATION_SEEDS, validation_size, "validation_size"), regime)
+    support = check_scenarios(support, module.params, Scenario, "support") if support is not None else \
+        cache.scenarios(first_seeds(SUPPORT_SEEDS, support_size, "support_size"), regime)
+    validation = check_scenarios(validation, module.params, Scenario, "validation") if validation is not None \
+        else cache.scenarios(first_seeds(VALIDATION_SEEDS, validation_size, "validation_size"), regime)
     valid_oracle = cache.costs(validation)
     validation = ScenarioBatch.from_scenarios(validation)  # built once, scored after every step
     start = weights if weights is not None else dict(module.named_parameters())
@@ -603,6 +603,22 @@ def check_adapt_arguments(module: nn.Module, weights: Weights | None, steps: Any
         raise MetaError(f"clip: {clip!r} must be a finite number > 0, or None")
     if weights is not None:
         check_weights(module, weights)
+
+
+def check_scenarios(scenarios: Any, params: Any, kind: type, what: str) -> list:
+    """Given support or validation scenarios as a list, each of ``kind`` and drawn on
+    ``params`` (the policy's chain), else a :class:`MetaError` naming the first that is not:
+    another chain's scenarios adapted and scored without a word."""
+    items = list(scenarios)
+    if not items:
+        raise MetaError(f"{what}: no scenarios given")
+    for i, scenario in enumerate(items):
+        if not isinstance(scenario, kind):
+            raise MetaError(f"{what}[{i}]: expected a {kind.__name__}, got {type(scenario).__name__}")
+        if scenario.params != params:
+            changed = sorted(k for k, v in scenario.params.model_dump().items() if params.model_dump().get(k) != v)
+            raise MetaError(f"{what}[{i}]: drawn on other params than the policy's ({', '.join(changed[:3])} differ)")
+    return items
 
 
 def adapt_loop(current: Weights, curve: list[dict[str, Any]], began: float,

@@ -23,7 +23,7 @@ import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from moca.meta import (META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner,
-                       adapt_loop, check_adapt_arguments, first_seeds, sample_task)
+                       adapt_loop, check_adapt_arguments, check_scenarios, first_seeds, sample_task)
 from moca.policy import PolicyConfig, Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
 from moca.regime import MAX_WINDOW, WINDOW_FIELD, Regime, RegimeSchedule, load_regime
@@ -247,10 +247,10 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
                         "candidates must be >= 0 and scenarios >= 1")
     plan = regime if isinstance(regime, (Regime, RegimeSchedule)) else load_regime(regime, model=MODEL)
     cache = cache or OracleCache2(module.params)
-    support = list(support) if support is not None else cache.scenarios(
-        first_seeds(SUPPORT_SEEDS, support_size, "support_size"), plan)
-    validation = list(validation) if validation is not None else cache.scenarios(
-        first_seeds(VALIDATION_SEEDS, validation_size, "validation_size"), plan)
+    support = check_scenarios(support, module.params, Scenario2, "support") if support is not None else \
+        cache.scenarios(first_seeds(SUPPORT_SEEDS, support_size, "support_size"), plan)
+    validation = check_scenarios(validation, module.params, Scenario2, "validation") if validation is not None \
+        else cache.scenarios(first_seeds(VALIDATION_SEEDS, validation_size, "validation_size"), plan)
     valid_oracle = cache.costs(validation)
     start = weights if weights is not None else dict(module.named_parameters())
     current = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
