@@ -232,3 +232,31 @@ def test_a_schedule_where_one_regime_is_expected_is_named_as_such(tmp_path):
     path.write_text("just words\n")
     with pytest.raises(RegimeError, match="holds a str"):
         load_regime(path)
+
+
+def test_library_spellings_that_were_read_silently_or_failed_deep_are_refused_by_name():
+    """model='CLSC-3' was read as CLSC-1; a plan list given to load_regime was called an
+    unknown name; table(-1) failed in numpy; RegimeSchedule.constant('T1') raised
+    AttributeError; make_vector_env(True) made one env; cost_scale='1' raised TypeError."""
+    from moca.env import CircularSupplyChainEnv, make_vector_env
+    from moca.regime import RegimeError, load_regime, load_schedule
+
+    with pytest.raises(RegimeError, match=r"model='CLSC-3': one of CLSC-1, CLSC-2"):
+        load_regime("T1", model="CLSC-3")
+    with pytest.raises(RegimeError, match=r"model='clsc-2'"):
+        load_schedule("T1", model="clsc-2")
+    with pytest.raises(RegimeError, match="got a list, a plan of rules that change; moca.regime.load_schedule"):
+        load_regime([{"start": 0}])
+    with pytest.raises(RegimeError, match=r"horizon=-1: a whole number of periods >= 0"):
+        load_schedule("T1").table(-1)
+    assert load_schedule("T1").table(0).shape == (0, 5)
+    with pytest.raises(TypeError, match="RegimeSchedule.constant: expected a Regime, got str"):
+        RegimeSchedule.constant("T1")
+    with pytest.raises(ValueError, match="n=True"):
+        make_vector_env(True)
+    assert make_vector_env(np.int64(2)).num_envs == 2
+    with pytest.raises(ValueError, match="cost_scale='1' must be a finite number > 0"):
+        CircularSupplyChainEnv(cost_scale="1")
+    env = CircularSupplyChainEnv(regime={"recycled_content_window": 52})
+    with pytest.raises(ValueError, match="accounting windows are CLSC-2's .*moca/CircularSupplyChain2-v0"):
+        env.reset(seed=1)

@@ -121,7 +121,8 @@ class CircularSupplyChainEnv(gym.Env):
             scenario = Scenario(self.params, self.schedule, scenario.demand, scenario.return_frac)
         self.fixed_scenario = scenario
         warn_if_beyond_horizon(self.schedule, scenario.horizon if scenario is not None else self.params.horizon)
-        if not (cost_scale > 0 and math.isfinite(cost_scale)):
+        if isinstance(cost_scale, bool) or not isinstance(cost_scale, (int, float, np.number)) or \
+                not (cost_scale > 0 and math.isfinite(cost_scale)):
             raise ValueError(f"cost_scale={cost_scale!r} must be a finite number > 0")
         self.cost_scale = float(cost_scale)
         self.check_violations = check_violations
@@ -453,8 +454,9 @@ def make_vector_env(
     training use ``moca.sim.rollout`` (batched torch) instead; this form is for tools that
     speak the Gymnasium vector API.
     """
-    if not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n={n!r}: the number of environments must be an integer >= 1")
+    n = int(n)
 
     def make() -> CircularSupplyChainEnv:
         return CircularSupplyChainEnv(regime=regime, params=params, cost_scale=cost_scale,

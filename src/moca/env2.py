@@ -95,7 +95,8 @@ class CircularSupplyChain2Env(gym.Env):
             scenario = Scenario2(**{**scenario.__dict__, "schedule": self.schedule})
         self.fixed_scenario = scenario
         warn_if_beyond_horizon(self.schedule, scenario.horizon if scenario is not None else self.params.horizon)
-        if not (cost_scale > 0 and math.isfinite(cost_scale)):
+        if isinstance(cost_scale, bool) or not isinstance(cost_scale, (int, float, np.number)) or \
+                not (cost_scale > 0 and math.isfinite(cost_scale)):
             raise ValueError(f"cost_scale={cost_scale!r} must be a finite number > 0")
         self.cost_scale = float(cost_scale)
         self.check_violations = check_violations

@@ -229,6 +229,9 @@ class RegimeSchedule(BaseModel):
 
     @classmethod
     def constant(cls, regime: Regime) -> "RegimeSchedule":
+        if not isinstance(regime, Regime):
+            raise TypeError(f"RegimeSchedule.constant: expected a Regime, got {type(regime).__name__} "
+                            "(a name, a file or an object of rule fields: moca.regime.load_schedule)")
         return cls(entries=(ScheduledRegime(start=0, **regime.model_dump()),))
 
     @classmethod
@@ -271,6 +274,8 @@ class RegimeSchedule(BaseModel):
 
     def table(self, horizon: int) -> np.ndarray:
         """Dense ``[horizon, 5]`` float64 table of the regime in force each period."""
+        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 0:
+            raise RegimeError(f"horizon={horizon!r}: a whole number of periods >= 0")
         out = np.empty((horizon, len(REGIME_FIELDS)), dtype=np.float64)
         for i, entry in enumerate(self.entries):
             end = self.entries[i + 1].start if i + 1 < len(self.entries) else horizon
@@ -398,6 +403,8 @@ TASKS_2: dict[str, Regime] = {
 
 def named_regimes(model: str = "CLSC-1") -> dict[str, Regime]:
     """Named regimes; on ``model="CLSC-2"`` the task names T1-T3 are CLSC-2's (W = 52)."""
+    if model not in ("CLSC-1", "CLSC-2"):  # (any other spelling read as CLSC-1 without a word)
+        raise RegimeError(f"model={model!r}: one of CLSC-1, CLSC-2")
     return {**(TASKS_2 if model == "CLSC-2" else TASKS), **PRESETS}
 
 
@@ -430,8 +437,11 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
         return spec
     if isinstance(spec, dict):
         return _validated(Regime, _without_name(spec), prefix="")
-    text = str(spec)
     names = named_regimes(model)
+    if isinstance(spec, (list, tuple, RegimeSchedule)):
+        raise RegimeError(f"regime: got a {type(spec).__name__}, a plan of rules that change; "
+                          "moca.regime.load_schedule reads plans")
+    text = str(spec)
     if text in names:
         return names[text]
     path = Path(text)

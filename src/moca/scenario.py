@@ -155,7 +155,8 @@ class Scenario:
                 # Silently dropping the field on export would change the scenario: refuse.
                 raise ScenarioError(
                     f"regimes[{i}].recycled_content_window={entry.recycled_content_window}: CLSC-1 settles the "
-                    'mandate every period; accounting windows need "model": "CLSC-2"')
+                    'mandate every period; accounting windows are CLSC-2\'s ("model": "CLSC-2" in a file, '
+                    "the env moca/CircularSupplyChain2-v0, draw_scenario2)")
 
     @property
     def horizon(self) -> int:
