@@ -439,6 +439,11 @@ def test_decide_period_takes_named_quantities_and_refuses_bad_ones():
             controller.decide_period(1, regime="T1", **{**state, **change})
     with pytest.raises(PolicyError, match=r"t=52: must be a whole period in 0..51"):
         controller.decide_period(52, regime="T1", **state)
+    for change, message in (({"virgin": True}, "virgin=True: must be a finite number"),
+                            ({"pipeline": 2000.0}, "pipeline=2000.0: expected a list of numbers"),
+                            ({"sales_history": None}, "sales_history=None: expected a list of numbers")):
+        with pytest.raises(PolicyError, match=message):  # (True was read as 1.0, a bare number as no len())
+            controller.decide_period(1, regime="T1", **{**state, **change})
     controller.reset()  # numpy numbers are numbers too
     same = controller.decide_period(np.int64(0), regime="eu-ppwr-2030", **{**state, "pipeline": np.array([2000]),
                                                                               "sales_history": np.full(6, 1000)})

@@ -269,3 +269,14 @@ def test_an_action_too_far_to_project_in_float64_is_refused_both_worlds():
             env.reset(seed=3)
             with pytest.raises(SafetyError, match=r"action has an entry beyond ±1e\+12"):
                 env.step(size * direction)
+
+
+def test_an_unknown_reset_option_is_refused_both_worlds():
+    """A misspelt option was ignored without a word: the episode ran another scenario."""
+    from moca.env2 import CircularSupplyChain2Env
+
+    for Env in (CircularSupplyChainEnv, CircularSupplyChain2Env):
+        env = Env()
+        with pytest.raises(ValueError, match=r"options: unknown key\(s\) scenaro \(this env reads 'scenario'\)"):
+            env.reset(seed=1, options={"scenaro": None})
+        assert env.reset(seed=1, options={})[0].shape == env.observation_space.shape

@@ -171,7 +171,9 @@ class CircularSupplyChainEnv(gym.Env):
 
     # --- episode ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Start an episode. ``options={"scenario": Scenario}`` runs that scenario once."""
+        """Start an episode. ``options={"scenario": Scenario}`` runs that scenario once, under
+        its own regime schedule (the env's ``regime`` applies to the scenarios it draws and
+        to a fixed ``scenario`` given at construction)."""
         super().reset(seed=seed)
         scenario, scenario_seed = episode_scenario(
             self, seed, options, Scenario,
@@ -330,6 +332,9 @@ def episode_scenario(env: gym.Env, seed: int | None, options: dict[str, Any] | N
     ``options["scenario"]`` (of type ``kind``, the env's params), else the env's fixed
     scenario, else ``draw(seed)``; without a seed, one from the env's generator."""
     options = options or {}
+    unknown = sorted(map(str, set(options) - {"scenario"}))
+    if unknown:  # (a misspelt key was ignored without a word: the episode ran another scenario)
+        raise ValueError(f"options: unknown key(s) {', '.join(unknown)} (this env reads 'scenario')")
     if "scenario" in options:
         scenario = options["scenario"]
         if not isinstance(scenario, kind) or scenario.params != env.params:

@@ -119,7 +119,9 @@ class CircularSupplyChain2Env(gym.Env):
 
     # --- episode ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Start an episode. ``options={"scenario": Scenario2}`` runs that scenario once."""
+        """Start an episode. ``options={"scenario": Scenario2}`` runs that scenario once, under
+        its own regime schedule (the env's ``regime`` applies to the scenarios it draws and
+        to a fixed ``scenario`` given at construction)."""
         super().reset(seed=seed)
         scenario, scenario_seed = episode_scenario(self, seed, options, Scenario2,
                                                    lambda s: draw_scenario2(s, self.schedule, self.params))

@@ -831,13 +831,17 @@ class DeployedPolicy:
                  ("backlog", backlog), ("return_frac", return_frac)]
         if last_demand is not None:
             named.append(("last_demand", last_demand))
+        for name, values in (("pipeline", pipeline), ("sales_history", sales_history)):
+            if isinstance(values, (str, bytes, dict)) or np.ndim(values) != 1:
+                raise PolicyError(f"{name}={values!r}: expected a list of numbers")
         if len(pipeline) != self.params.lead_virgin - 1 or len(sales_history) != self.params.lag_return:
             raise PolicyError(f"pipeline/sales_history: expected {self.params.lead_virgin - 1} and "
                               f"{self.params.lag_return} entries, got {len(pipeline)} and {len(sales_history)}")
         named += [(f"pipeline[{i}]", v) for i, v in enumerate(pipeline)]
         named += [(f"sales_history[{i}]", v) for i, v in enumerate(sales_history)]
         for name, value in named:
-            if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value >= 0):
+            if isinstance(value, (bool, np.bool_)) or not (
+                    isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value >= 0):
                 raise PolicyError(f"{name}={value!r}: must be a finite number >= 0")
             # beyond it the network's sums overflow to NaN: name the input, not the NaN action it would give
             if value > LARGEST_VALUE:
