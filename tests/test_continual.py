@@ -451,3 +451,44 @@ def test_memory_gradients_are_recomputed_every_k_steps(every, calls):
     CountingTask.memory_calls = 0
     learner.learn(second, 6)
     assert CountingTask.memory_calls == calls
+
+
+def test_the_learner_refuses_what_it_took_without_a_word():
+    """inf rates, strengths and margins gave NaN weights a step later; a step that makes the
+    weights non-finite is undone and named; consolidating a task twice doubled its Fisher
+    and memory, and consolidating another task than the one learned was taken; a bool
+    was a number of steps; EWC took a Fisher of another size and failed in every penalty."""
+    for field in ("lr", "ewc_lambda", "margin"):
+        with pytest.raises(ValueError, match=field):
+            ContinualConfig(**{field: float("inf")})
+    for field in ("lr", "memory_every", "seed"):
+        with pytest.raises(ValueError, match=f"{field}=True is not a number"):
+            ContinualConfig(**{field: True})
+    with pytest.raises(ValueError, match="margin=inf: must be a finite number >= 0"):
+        project_update(torch.tensor([1.0, -1.0]), torch.tensor([[-1.0, 0.0]]), margin=float("inf"))
+    module = linear_module(10)
+    a, b = toy_sequence(module, n_tasks=2)
+    learner = ContinualLearner(module, "moca", init_weights=meta_init(module), config=ContinualConfig(lr=1e308))
+    before = learner.weights
+    with pytest.raises(ValueError, match=r"task 'T1': a step made the weights non-finite \(lr=1e\+308\)"):
+        learner.learn(a, 3)
+    assert all(torch.equal(before[n], w) for n, w in learner.weights.items())  # undone
+    learner = ContinualLearner(module, "moca", init_weights=meta_init(module), config=ContinualConfig(lr=0.02, optimizer="adam"))
+    with pytest.raises(ValueError, match="steps=True"):
+        learner.learn(a, True)
+    learner.learn(a, np.int64(2))
+    with pytest.raises(ValueError, match=r"consolidate: task 'T2' is not the one being learned \('T1'\)"):
+        learner.consolidate(b)
+    learner.consolidate(a)
+    with pytest.raises(ValueError, match=r"consolidate: task 'T1' is already consolidated; learn it again first"):
+        learner.consolidate(a)
+    assert learner.tasks_done == 1 and len(learner.memories) == 1 and len(learner.ewc.fishers) == 1
+    learner.learn(b, 1)
+    learner.consolidate(b)
+    learner.learn(a, 1)  # a task met again is learned and closed again
+    learner.consolidate(a)
+    assert learner.tasks_done == 3
+    ewc = EWC(1.0)
+    ewc.consolidate(torch.ones(3), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"fisher \(4,\): the earlier tasks' are \(3,\)"):
+        ewc.consolidate(torch.ones(4), torch.zeros(4))

@@ -430,3 +430,42 @@ def test_support_or_validation_scenarios_of_another_chain_are_refused():
                validation_size=1)
     with pytest.raises(MetaError, match=r"validation: no scenarios given"):
         adapt2(module2, None, "T1", steps=1, support_size=1, validation=[])
+
+
+def test_a_cache_of_another_chain_is_refused_and_caches_key_the_chain():
+    """OracleCache2 keyed a scenario by its draws alone: another chain's scenario of the same
+    seed got the first chain's oracle cost (a wrong score without a word). A cache built on
+    other params made adapt, adapt2 and the continual runs adapt and score on that chain."""
+    from moca.experiment import ExperimentConfig, ExperimentError, run_continual
+    from moca.experiment2 import run_continual2
+    from moca.meta import MetaError, OracleCache, adapt
+    from moca.meta2 import OracleCache2, adapt2
+    from moca.oracle2 import solve_oracle2
+    from moca.policy2 import LSTMPolicy2
+    from moca.regime import load_regime
+    from moca.scenario import Params2
+
+    short, other = Params2(horizon=6), Params2(horizon=6, cost_virgin=30.0, lost_sale_cost=200.0)
+    plan = load_regime("T1", model="CLSC-2")
+    shared = OracleCache2(short)
+    first = shared.costs(shared.scenarios([800], plan))[0]
+    theirs = OracleCache2(other).scenarios([800], plan)
+    assert shared.costs(theirs)[0] == pytest.approx(solve_oracle2(theirs[0]).oracle_cost) != pytest.approx(first)
+    module2 = LSTMPolicy2(short, PolicyConfig(hidden=8))
+    module = LSTMPolicy(Params(horizon=6), PolicyConfig(hidden=8))
+    with pytest.raises(MetaError, match=r"cache: built on other params than the policy's \(horizon differ\)"):
+        adapt(module, None, "T1", steps=0, cache=OracleCache(Params(horizon=8)))
+    with pytest.raises(MetaError, match=r"cache: built on other params .*cost_virgin, lost_sale_cost differ"):
+        adapt2(module2, None, plan, steps=0, cache=OracleCache2(other))
+    with pytest.raises(MetaError, match="cache: expected a OracleCache2, got OracleCache"):
+        adapt2(module2, None, plan, steps=0, cache=OracleCache(Params()))
+    tiny = ExperimentConfig(steps=0, train_size=1, memory_size=1, validation_size=1, test_size=1)
+    with pytest.raises(MetaError, match="cache: built on other params"):
+        run_continual2("finetune", module2, [("A", plan)], OracleCache2(other), tiny)
+    with pytest.raises(MetaError, match="cache: built on other params"):
+        run_continual("finetune", module, [("A", load_regime("T1"))], OracleCache(Params(horizon=8)), tiny)
+    for tasks, message in (([], "tasks: no regime to learn"), ([load_regime("T1")], r"tasks\[0\]: expected a \(label, regime\) pair")):
+        with pytest.raises(ExperimentError, match=message):
+            run_continual("finetune", module, tasks, OracleCache(module.params), tiny)
+    with pytest.raises(ExperimentError, match="select_protocol: 'no' must be True, False or None"):
+        run_continual2("moca", module2, [("A", plan)], OracleCache2(short), tiny, select_protocol="no")

@@ -78,9 +78,11 @@ def test_the_portfolio_has_the_lp_as_its_third_candidate():
     assert result.summary()["candidates"]["mpc"]["base_selection"]["safety_stock"] == mpc.module.safety_stock
     # Alone, and on a chain the threshold map was not fitted for (the LP runs on any chain).
     other = LSTMPolicy(Params(cap_produce=2500.0))
-    alone = adapt_portfolio(other, regime, 0, base="mpc", support=support[:1], validation=validation[:1])
+    own = OracleCache(other.params)  # (its chain's scenarios: another chain's are refused)
+    support, validation = own.scenarios([800], regime), own.scenarios([900], regime)
+    alone = adapt_portfolio(other, regime, 0, base="mpc", support=support, validation=validation, cache=own)
     assert set(alone.candidates) == {"mpc"} and alone.chosen.module.params == other.params
-    auto = adapt_portfolio(other, regime, 0, support=support[:1], validation=validation[:1])
+    auto = adapt_portfolio(other, regime, 0, support=support, validation=validation, cache=own)
     assert set(auto.candidates) == {"default", "mpc"} and "map candidate was left out" in auto.notes[0]
 
 

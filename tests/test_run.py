@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from moca.report import check_metrics
 
 MOCA = [sys.executable, "-m", "moca.cli"]
@@ -88,3 +90,20 @@ def test_a_callers_own_init_is_not_labelled_as_the_shipped_checkpoint():
     assert shipped["checkpoint"] == "default"
     assert "checkpoint" not in mine
     assert mine["R"][0] != shipped["R"][0]  # it really started elsewhere
+
+
+def test_experiment_config_refuses_what_it_ignored_or_refused_minutes_later():
+    from pydantic import ValidationError
+
+    from moca.continual import ContinualConfig
+    from moca.experiment import ExperimentConfig
+
+    for kwargs, message in (({"steps": True}, "steps=True is not a number"),
+                            ({"correction_weight": float("inf")}, "correction_weight"),
+                            ({"generalisation": ["bogus"]}, r"generalisation: unknown grid regimes \['bogus'\]"),
+                            ({"generalisation_steps": [-1]}, r"generalisation_steps: \[-1\] must be whole numbers >= 0"),
+                            ({"memory_size": 50, "train_size": 2}, "memory_size=50: at most train_size=2"),
+                            ({"continual": ContinualConfig(seed=7)}, "continual.seed=7: the experiment seeds scratch")):
+        with pytest.raises(ValidationError, match=message):
+            ExperimentConfig(**kwargs)
+    assert ExperimentConfig(continual=ContinualConfig(seed=7), scratch_seed=7).scratch_seed == 7

@@ -38,7 +38,7 @@ from typing import Any, Callable, Literal, Mapping, Protocol, runtime_checkable
 import numpy as np
 import quadprog
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 Weights = dict[str, Tensor]
@@ -203,6 +203,8 @@ class EWC:
         """Add a finished task: its diagonal Fisher ``[P]`` and the weights after it ``[P]``."""
         if fisher.shape != anchor.shape or fisher.dim() != 1:
             raise ContinualError(f"fisher {tuple(fisher.shape)} and anchor {tuple(anchor.shape)}: need equal [P] shapes")
+        if self.fishers and fisher.shape != self.fishers[0].shape:  # (it failed in every later penalty)
+            raise ContinualError(f"fisher {tuple(fisher.shape)}: the earlier tasks' are {tuple(self.fishers[0].shape)}")
         if (fisher < 0).any() or not torch.isfinite(fisher).all():
             raise ContinualError("fisher: must be finite and >= 0")
         fisher, anchor = fisher.detach().clone(), anchor.detach().clone()
@@ -253,8 +255,8 @@ def project_update(g: Tensor, memory_grads: Tensor, margin: float = 0.0) -> Tens
         raise ContinualError(f"g: expected a [P] vector, got shape {tuple(g.shape)}")
     if memory_grads.dim() != 2 or memory_grads.shape[1] != g.shape[0]:
         raise ContinualError(f"memory_grads: expected [K, {g.shape[0]}], got shape {tuple(memory_grads.shape)}")
-    if not margin >= 0:
-        raise ContinualError(f"margin={margin!r}: must be >= 0")
+    if not (margin >= 0 and math.isfinite(margin)):
+        raise ContinualError(f"margin={margin!r}: must be a finite number >= 0")
     # float64 for the small dense algebra; vector ops over P dominate, so each is done once.
     gd = g.detach().to(torch.float64)
     mem = memory_grads.detach().to(torch.float64)
@@ -333,7 +335,8 @@ def method_spec(method: str) -> MethodSpec:
 class ContinualConfig(BaseModel):
     """Hyper-parameters of the continual learner (shared by every method; unused ones are ignored)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf refused (an infinite rate, EWC strength or margin gave NaN weights a step later)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     optimizer: Literal["sgd", "adam"] = Field(
         "sgd", description="step rule on the flat weights; GEM's no-increase guarantee is for plain SGD"
@@ -352,6 +355,13 @@ class ContinualConfig(BaseModel):
         1, ge=0, description="recompute memory gradients every k steps (1 = GEM exactly; 0 = once per task, cheaper)"
     )
     seed: int = Field(0, description="seed of 'scratch' re-initialisations (seed + task index)")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info) -> Any:
+        from moca.policy import refuse_bool_for_number
+
+        return refuse_bool_for_number(cls, value, info.field_name)
 
 
 @dataclass
@@ -424,6 +434,7 @@ class ContinualLearner:
         self.memories: list[Task] = []  # consolidated tasks whose memory losses constrain updates
         self.tasks_done: int = 0
         self._active: str | None = None  # name of the task being learned, None between tasks
+        self._closed: str | None = None  # name of the task consolidated last, until the next begins
         self._optimizer = self._new_optimizer()
         self._memory_grads: Tensor | None = None  # [K, P] cache, see ContinualConfig.memory_every
         self._memory_age = 0  # steps since the cache was filled
@@ -469,7 +480,7 @@ class ContinualLearner:
         if self.config.reset_optimizer or self.spec.init == "fresh":
             self._optimizer = self._new_optimizer()
         self._memory_grads = None
-        self._active = task.name
+        self._active, self._closed = task.name, None
 
     def _memory_gradients(self) -> Tensor:
         """``[K, P]`` gradients of the earlier regimes' memory losses (GEM's constraints).
@@ -526,8 +537,14 @@ class ContinualLearner:
             if norm > self.config.max_grad_norm:
                 grad = grad * (self.config.max_grad_norm / norm)
         self.flat.grad = grad.detach().clone()
+        before = self.flat.detach().clone()
         self._optimizer.step()
         self.flat.grad = None
+        if not bool(torch.isfinite(self.flat).all()):  # (else NaN weights surfaced a rollout later)
+            with torch.no_grad():
+                self.flat.copy_(before)
+            raise ContinualError(f"task {task.name!r}: a step made the weights non-finite (lr={self.config.lr:g}); "
+                                 "the weights are as before it")
         return float(loss.detach()), float(penalty.detach()), projected
 
     # -- a whole task --------------------------------------------------------------------
@@ -541,8 +558,9 @@ class ContinualLearner:
     ) -> LearnStats:
         """``steps`` gradient steps on ``task`` (continuing it if it is the task in progress);
         ``protect=False``: plain steps, see :meth:`step`."""
-        if not isinstance(steps, int) or steps < 0:
+        if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ContinualError(f"steps={steps!r}: must be a whole number >= 0")
+        steps = int(steps)
         if self._active != task.name:
             self._begin(task)
         stats = LearnStats(task=task.name, seconds=[0.0])
@@ -564,6 +582,10 @@ class ContinualLearner:
 
     def consolidate(self, task: Task) -> ConsolidateStats:
         """Close ``task``: Fisher and anchor for EWC methods, memory for projected methods."""
+        if self._active is not None and self._active != task.name:
+            raise ContinualError(f"consolidate: task {task.name!r} is not the one being learned ({self._active!r})")
+        if self._active is None and self._closed == task.name:  # (it doubled the Fisher and the memory)
+            raise ContinualError(f"consolidate: task {task.name!r} is already consolidated; learn it again first")
         start = time.perf_counter()
         max_curvature = None
         if self.ewc is not None:
@@ -583,5 +605,5 @@ class ContinualLearner:
         if self.spec.project:
             self.memories.append(task)
         self.tasks_done += 1
-        self._active = None
+        self._active, self._closed = None, task.name
         return ConsolidateStats(task=task.name, seconds=time.perf_counter() - start, max_curvature=max_curvature)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
 from moca import checkpoint
@@ -40,7 +40,7 @@ from moca.evaluation import evaluate_policy as evaluate_deployed
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
 from moca.metrics import adaptation_speed, continual_metrics
 from moca.policy import (DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy,
-                         with_params)
+                         refuse_bool_for_number, with_params)
 from moca.regime import TASKS, Regime, RegimeSchedule
 from moca.scenario import Params, Scenario
 from moca.sim import COST_TERMS, ScenarioBatch, rollout
@@ -181,7 +181,7 @@ class PolicyTask:
 class ExperimentConfig(BaseModel):
     """Sizes of the experiment (pydantic: it goes into metrics.json)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     steps: int = Field(8, ge=0, description="gradient steps per regime")
     train_size: int = Field(8, ge=1, le=100, description="training scenarios per regime (seeds 800+)")
@@ -196,6 +196,26 @@ class ExperimentConfig(BaseModel):
     scratch_seed: int = 0
     retuned_steps: int = Field(3, ge=0, description="moca adapt's steps in the per-task comparison with re-tuned peers")
     retuned_support: int = Field(8, ge=1, le=100, description="support scenarios per task (seeds 800+) of that comparison")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info) -> Any:
+        return refuse_bool_for_number(cls, value, info.field_name)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentConfig":
+        # Each refused here rather than minutes later (the grid at the run's end) or never:
+        unknown = [label for label in self.generalisation if label not in GENERALISATION_GRID]
+        if unknown:
+            raise ValueError(f"generalisation: unknown grid regimes {unknown} (known: {list(GENERALISATION_GRID)})")
+        if any(step < 0 for step in self.generalisation_steps):
+            raise ValueError(f"generalisation_steps: {self.generalisation_steps} must be whole numbers >= 0")
+        if self.memory_size > self.train_size:  # (the memory is the first scenarios of the training ones)
+            raise ValueError(f"memory_size={self.memory_size}: at most train_size={self.train_size}")
+        if self.continual.seed not in (0, self.scratch_seed):  # (scratch_seed sets it: it was ignored)
+            raise ValueError(f"continual.seed={self.continual.seed}: the experiment seeds scratch "
+                             "re-initialisations with scratch_seed; set that instead")
+        return self
 
 
 class Scorer:
@@ -250,6 +270,24 @@ def deployment_latency_us(module: LSTMPolicy, weights: Weights, scenarios: Seque
     return timed.latencies
 
 
+def check_run_inputs(module: Any, tasks: Any, cache: Any, cache_kind: type) -> list[tuple[str, Any]]:
+    """A continual run's tasks as a non-empty list of (label, regime or plan) pairs and its
+    cache on the policy's chain, else an error naming which (an empty list failed in the
+    metrics, a bare regime in unpacking, another chain's cache scored on that chain)."""
+    from moca.meta import check_cache
+
+    if isinstance(tasks, (str, bytes, dict)) or not hasattr(tasks, "__iter__"):
+        raise ExperimentError(f"tasks: expected a list of (label, regime) pairs, got {type(tasks).__name__}")
+    tasks = list(tasks)
+    if not tasks:
+        raise ExperimentError("tasks: no regime to learn")
+    for i, task in enumerate(tasks):
+        if not (isinstance(task, (tuple, list)) and len(task) == 2 and isinstance(task[0], str)):
+            raise ExperimentError(f"tasks[{i}]: expected a (label, regime) pair, got {task!r}")
+    check_cache(cache, module.params, cache_kind)
+    return tasks
+
+
 def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Regime]], cache: OracleCache,
                   config: ExperimentConfig = ExperimentConfig(), scorer: Scorer | None = None, progress: Callable[[str], None] | None = None,
                   init: Weights | None = None) -> tuple[dict[str, Any], Weights]:
@@ -262,6 +300,7 @@ def run_continual(method: str, module: LSTMPolicy, tasks: Sequence[tuple[str, Re
     if init is not None and spec.init == "fresh":
         raise ExperimentError("checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
     shipped_init = init is None and spec.init == "meta"
+    tasks = check_run_inputs(module, tasks, cache, OracleCache)
     started = time.perf_counter()
     scorer = scorer or Scorer(module, cache, [r for _, r in tasks], config)
     scorer.violations = 0

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from moca.continual import ContinualLearner, LearnStats, Task, method_spec
-from moca.experiment import ExperimentConfig, ExperimentError, Scorer, machine
+from moca.experiment import ExperimentConfig, ExperimentError, Scorer, check_run_inputs, machine
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS
 from moca.meta2 import OracleCache2, load_policy2
 from moca.metrics import adaptation_speed, continual_metrics
@@ -102,6 +102,7 @@ def learn_by_validation(learner: ContinualLearner, task: Task, steps: int,
     unchanged, validation_unchanged, comparison = None, None, 0.0
     if keep_unchanged:
         unchanged = learner.fork()
+        unchanged.learn(task, 0)  # begun with no step, so it can be consolidated as the task's learner
         started = time.perf_counter()
         validation_unchanged = float(validation_mean(unchanged.weights))
         comparison = time.perf_counter() - started
@@ -154,7 +155,10 @@ def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, 
     spec = method_spec(method)
     if init is not None and spec.init == "fresh":
         raise ExperimentError("checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
-    select = method == "moca" if select_protocol is None else bool(select_protocol)
+    if select_protocol is not None and not isinstance(select_protocol, bool):  # ("no" is true)
+        raise ExperimentError(f"select_protocol: {select_protocol!r} must be True, False or None")
+    tasks = check_run_inputs(module, tasks, cache, OracleCache2)
+    select = method == "moca" if select_protocol is None else select_protocol
     if select and not (spec.ewc or spec.project):
         raise ExperimentError(f"select_protocol: method {method!r} has no protected update to choose against")
     if keep_unchanged and not select:

@@ -567,7 +567,7 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
     """
     check_adapt_arguments(module, weights, steps, lr, clip)
     regime = load_regime(regime)
-    cache = cache or OracleCache(module.params)
+    cache = check_cache(cache, module.params, OracleCache)
     support = check_scenarios(support, module.params, Scenario, "support") if support is not None else \
         cache.scenarios(first_seeds(SUPPORT_SEEDS, support_size, "support_size"), regime)
     validation = check_scenarios(validation, module.params, Scenario, "validation") if validation is not None \
@@ -603,6 +603,20 @@ def check_adapt_arguments(module: nn.Module, weights: Weights | None, steps: Any
         raise MetaError(f"clip: {clip!r} must be a finite number > 0, or None")
     if weights is not None:
         check_weights(module, weights)
+
+
+def check_cache(cache: Any, params: Any, kind: type) -> Any:
+    """``cache`` (None: a new one) of ``kind`` and on ``params`` (the policy's chain), else a
+    :class:`MetaError`: its draws are its chain's, so another chain's cache adapted and
+    scored the policy on that chain without a word."""
+    if cache is None:
+        return kind(params)
+    if not isinstance(cache, kind):
+        raise MetaError(f"cache: expected a {kind.__name__}, got {type(cache).__name__}")
+    if cache.params != params:
+        changed = sorted(k for k, v in cache.params.model_dump().items() if params.model_dump().get(k) != v)
+        raise MetaError(f"cache: built on other params than the policy's ({', '.join(changed[:3])} differ)")
+    return cache
 
 
 def check_scenarios(scenarios: Any, params: Any, kind: type, what: str) -> list:

@@ -23,7 +23,8 @@ import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from moca.meta import (META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner,
-                       adapt_loop, check_adapt_arguments, check_scenarios, first_seeds, sample_task)
+                       adapt_loop, check_adapt_arguments, check_cache, check_scenarios, first_seeds,
+                       sample_task)
 from moca.policy import PolicyConfig, Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
 from moca.regime import MAX_WINDOW, WINDOW_FIELD, Regime, RegimeSchedule, load_regime
@@ -56,8 +57,11 @@ class OracleCache2:
 
         out = np.empty(len(scenarios))
         for i, s in enumerate(scenarios):
-            key = (s.demand.tobytes(), s.return_frac.tobytes(), s.grades.tobytes(), s.regime_table().tobytes(),
-                   s.window_table().tobytes(), s.supply_up.tobytes(), s.market_avail.tobytes())
+            # The params too (as CLSC-1's cache keys them): another chain's scenario of the same
+            # draws has another optimum, and its stale cost scored it without a word.
+            key = (s.params, s.demand.tobytes(), s.return_frac.tobytes(), s.grades.tobytes(),
+                   s.regime_table().tobytes(), s.window_table().tobytes(), s.supply_up.tobytes(),
+                   s.market_avail.tobytes())
             if key not in self._costs:
                 self._costs[key] = solve_oracle2(s).oracle_cost
             out[i] = self._costs[key]
@@ -246,7 +250,7 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
         raise MetaError(f"retune: {retune!r} candidates on {retune_scenarios!r} scenarios; "
                         "candidates must be >= 0 and scenarios >= 1")
     plan = regime if isinstance(regime, (Regime, RegimeSchedule)) else load_regime(regime, model=MODEL)
-    cache = cache or OracleCache2(module.params)
+    cache = check_cache(cache, module.params, OracleCache2)
     support = check_scenarios(support, module.params, Scenario2, "support") if support is not None else \
         cache.scenarios(first_seeds(SUPPORT_SEEDS, support_size, "support_size"), plan)
     validation = check_scenarios(validation, module.params, Scenario2, "validation") if validation is not None \
