@@ -112,3 +112,21 @@ def test_a_checkpoint_of_another_kind_or_world_is_refused_saying_what_it_is():
     assert "a planner (the sampled MPC that moca adapt deployed) of CLSC-2, not of CLSC-1" in str(planner)
     unknown = checkpoint.refuse("u", {"kind": "something"}, "CLSC-1", "lstm-policy")
     assert str(unknown) == "checkpoint u: not a 'lstm-policy' checkpoint (kind='something')"
+
+
+def test_metadata_may_not_replace_what_rebuilds_or_checks_the_checkpoint(tmp_path):
+    """{"params": ...} reloaded a policy on another chain without a word, {"weights_sha256":
+    ...} made the checkpoint read as corrupted, {"kind": ...} made it unloadable."""
+    from moca.policy import LSTMPolicy, PolicyConfig
+    from moca.scenario import Params
+
+    module = LSTMPolicy(Params(horizon=5), PolicyConfig(hidden=8))
+    for metadata, message in (({"params": {"horizon": 9}}, "metadata: params is the checkpoint's own"),
+                              ({"kind": "other", "model": "CLSC-2"}, "metadata: kind, model are the checkpoint's own"),
+                              ({"weights_sha256": "abc"}, "metadata: weights_sha256 is the checkpoint's own")):
+        with pytest.raises(CheckpointError, match=message):
+            checkpoint.save_policy(tmp_path / "ck", module, metadata)
+        assert not (tmp_path / "ck").exists() and list(tmp_path.iterdir()) == []  # nothing half-written
+    checkpoint.save_policy(tmp_path / "ck", module, {"note": "mine"})
+    loaded, meta = checkpoint.load_policy(tmp_path / "ck")
+    assert loaded.params.horizon == 5 and meta["note"] == "mine"

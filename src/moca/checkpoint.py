@@ -71,6 +71,17 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def merged(own: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """A writer's own keys with the caller's ``metadata`` beside them; a caller's key that
+    would replace one of the writer's is refused: ``{"params": ...}`` reloaded the policy
+    on another chain, ``{"weights_sha256": ...}`` made the checkpoint read as corrupted."""
+    taken = sorted(set(own) & set(metadata))
+    if taken:
+        raise CheckpointError(f"metadata: {', '.join(taken)} {'is' if len(taken) == 1 else 'are'} the checkpoint's "
+                              "own (what rebuilds and checks it); use other keys")
+    return {**own, **metadata}
+
+
 def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Write a checkpoint atomically (a temporary directory renamed into place)."""
     from safetensors.torch import save_file
@@ -83,14 +94,13 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
         save_file(tensors, str(staging / WEIGHTS))
         digest = hashlib.sha256((staging / WEIGHTS).read_bytes()).hexdigest()
-        meta = {
+        meta = merged({
             "format": FORMAT,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(),
             "weights_sha256": digest,
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
-            **metadata,
-        }
+        }, metadata)
         (staging / META).write_text(json.dumps(meta, indent=1, default=_jsonable))
         publish_tree(staging)  # mkdtemp made it private; a checkpoint gets the user's umask
         if directory.exists():
@@ -240,8 +250,8 @@ def _jsonable(value: Any) -> Any:
 
 def save_policy(directory: str | Path, module: torch.nn.Module, metadata: dict[str, Any]) -> Path:
     """Save an :class:`moca.policy.LSTMPolicy` with what rebuilds it (params, config)."""
-    meta = {"kind": "lstm-policy", "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
-            "policy": module.config.model_dump(mode="json"), **metadata}
+    meta = merged({"kind": "lstm-policy", "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
+                   "policy": module.config.model_dump(mode="json")}, metadata)
     return save(directory, dict(module.state_dict()), meta)
 
 

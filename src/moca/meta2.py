@@ -344,8 +344,8 @@ def save_policy2(directory: str | Path, module: LSTMPolicy2, metadata: dict[str,
     """Save a CLSC-2 policy (safetensors + JSON) with its model, params and config."""
     from moca import checkpoint
 
-    meta = {"kind": "lstm-policy", "model": MODEL, "params": module.params.model_dump(mode="json"),
-            "policy": module.config.model_dump(mode="json"), **metadata}
+    meta = checkpoint.merged({"kind": "lstm-policy", "model": MODEL, "params": module.params.model_dump(mode="json"),
+                              "policy": module.config.model_dump(mode="json")}, metadata)
     return checkpoint.save(directory, dict(module.state_dict()), meta)
 
 

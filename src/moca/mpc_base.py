@@ -145,8 +145,9 @@ def save_mpc_policy(directory: str | Path, module: MPCBasePolicy, metadata: Mapp
     policy config and the LP's safety stock (everything :func:`load_mpc_policy` needs)."""
     from moca import checkpoint
 
-    meta = {"kind": MPC_KIND, "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
-            "policy": module.config.model_dump(mode="json"), "safety_stock": module.safety_stock, **metadata}
+    meta = checkpoint.merged({"kind": MPC_KIND, "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
+                              "policy": module.config.model_dump(mode="json"), "safety_stock": module.safety_stock},
+                             metadata)
     return checkpoint.save(directory, dict(module.state_dict()), meta)
 
 

@@ -397,10 +397,10 @@ def save_mapped_policy(directory: str | Path, module: MappedPolicy, metadata: Ma
     (everything :func:`load_mapped_policy` needs; no pickle)."""
     from moca import checkpoint
 
-    meta = {"kind": MAPPED_KIND, "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
-            "policy": module.config.model_dump(mode="json"), "map": module.threshold_map.to_dict(),
-            "pinned": [{"regime": _row_json(row), "thresholds": [float(x) for x in values]}
-                       for row, values in module._rule.pinned], **metadata}
+    meta = checkpoint.merged({"kind": MAPPED_KIND, "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
+                              "policy": module.config.model_dump(mode="json"), "map": module.threshold_map.to_dict(),
+                              "pinned": [{"regime": _row_json(row), "thresholds": [float(x) for x in values]}
+                                         for row, values in module._rule.pinned]}, metadata)
     return checkpoint.save(directory, dict(module.state_dict()), meta)
 
 

@@ -211,8 +211,9 @@ def save_planner2(directory, policy: MPC2Policy, params, metadata: dict) -> None
 
     planner = {"horizon": policy.horizon, "safety_stock": policy.safety_stock, "safety_penalty": policy.safety_penalty,
                "samples": policy.samples, "seed": policy.seed}
-    checkpoint.save(directory, {}, {"kind": PLANNER_KIND, "model": "CLSC-2", "params": params.model_dump(mode="json"),
-                                    "planner": planner, **metadata})
+    checkpoint.save(directory, {}, checkpoint.merged({"kind": PLANNER_KIND, "model": "CLSC-2",
+                                                      "params": params.model_dump(mode="json"), "planner": planner},
+                                                     metadata))
 
 
 def is_planner2(directory) -> bool:

@@ -249,7 +249,7 @@ def save_ppo(directory: str | Path, policy, metadata: dict[str, Any]) -> Path:
     """Write the SB3 policy's tensors (safetensors) and what rebuilds it (JSON)."""
     obs_dim = int(policy.observation_space.shape[0])
     act_dim = int(policy.action_space.shape[0])
-    meta = {"kind": KIND, "obs_dim": obs_dim, "act_dim": act_dim, **metadata}
+    meta = checkpoint.merged({"kind": KIND, "obs_dim": obs_dim, "act_dim": act_dim}, metadata)
     return checkpoint.save(directory, dict(policy.state_dict()), meta)
 
 
