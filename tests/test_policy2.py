@@ -187,3 +187,26 @@ def test_rule_lr_scale_moves_the_rule_faster():
     moved_fast = float((fast.rule_bias.detach() - start).abs().max())
     assert moved_plain > 0 and moved_fast > 10 * moved_plain  # Adam's first step: ~lr x sign(g)
     assert torch.equal(plain.head.weight, fast.head.weight)  # the other parameters: the same rate
+
+
+def test_an_evaluation_refuses_weights_chains_and_costs_that_do_not_fit_both_worlds():
+    """A partial weights dict took the rest from the module without a word (CLSC-2: a dtype
+    RuntimeError), scenarios of another horizon were scored, a negative oracle cost gave a
+    negative score, a CLSC-1 scenario failed on a missing attribute."""
+    from moca.policy import LSTMPolicy, PolicyError, evaluate_policy
+    from moca.scenario import Params, Params2, draw_scenario, draw_scenario2
+
+    for module, draw, evaluate, params in (
+            (LSTMPolicy(Params(horizon=5), PolicyConfig(hidden=8)), draw_scenario, evaluate_policy, Params),
+            (LSTMPolicy2(Params2(horizon=5), PolicyConfig(hidden=8)), draw_scenario2, evaluate_policy2, Params2)):
+        own = [draw(1, None, module.params)]
+        evaluate(module, None, own, np.array([1000.0]))  # fits: scored
+        with pytest.raises(PolicyError, match="weights: missing"):
+            evaluate(module, {"head.bias": torch.ones(module.head.bias.shape)}, own, np.array([1000.0]))
+        with pytest.raises(PolicyError, match=r"scenarios: drawn on other params than the policy's \(horizon differ\)"):
+            evaluate(module, None, [draw(1, None, params(horizon=6))], np.array([1000.0]))
+        for costs in ([-1000.0], [float("nan")], [1.0, 2.0]):
+            with pytest.raises(PolicyError, match="oracle_costs"):
+                evaluate(module, None, own, np.array(costs))
+    with pytest.raises(PolicyError, match="scenarios: expected CLSC-2 Scenario2s, got Scenario"):
+        evaluate_policy2(module, None, [draw_scenario(1)], np.array([1000.0]))

@@ -360,6 +360,27 @@ def check_weights(module: nn.Module, weights: Any, what: str = "weights") -> Non
             raise PolicyError(f"{what}[{name!r}]: holds NaN or infinite entries")
 
 
+def check_evaluation(module: nn.Module, weights: Any, params: Any, oracle_costs: Any, size: int) -> np.ndarray:
+    """An evaluation's inputs, each named, and its oracle costs as float64 ``[size]``: the
+    weights fit the module (a partial dict took the rest from the module without a word),
+    the scenarios are the module's chain (another horizon was scored without a word), and
+    the oracle costs are ``size`` finite numbers > 0 (a negative one gave a negative score)."""
+    if weights is not None:
+        for i, one in enumerate(weights if isinstance(weights, (list, tuple)) else [weights]):
+            check_weights(module, one, "weights" if not isinstance(weights, (list, tuple)) else f"weights[{i}]")
+    if params != module.params:
+        changed = sorted(k for k, v in params.model_dump().items() if module.params.model_dump().get(k) != v) \
+            if type(params) is type(module.params) else [type(params).__name__]
+        raise PolicyError(f"scenarios: drawn on other params than the policy's ({', '.join(changed[:3])} differ)")
+    oracle = np.asarray(oracle_costs.detach().cpu().numpy() if isinstance(oracle_costs, Tensor) else oracle_costs,
+                        dtype=np.float64)
+    if oracle.shape != (size,):
+        raise PolicyError(f"oracle_costs: shape {list(oracle.shape)}, expected [{size}]")
+    if not (np.isfinite(oracle).all() and (oracle > 0).all()):
+        raise PolicyError(f"oracle_costs: expected {size} finite costs > 0 (EUR), got {oracle.tolist()[:4]}")
+    return oracle
+
+
 # ----------------------------------------------------------------------------------------
 # 4. The agent: the Policy protocol over a weights dict (or one dict per group of scenarios)
 # ----------------------------------------------------------------------------------------
@@ -591,9 +612,7 @@ def evaluate_policy(module: LSTMPolicy, weights: Weights | None, scenarios: Sequ
     capacity-normalised distance the safety layer moved the raw actions.
     """
     batch = scenarios if isinstance(scenarios, ScenarioBatch) else ScenarioBatch.from_scenarios(list(scenarios))
-    oracle = np.asarray(oracle_costs, dtype=np.float64)
-    if oracle.shape != (batch.size,):
-        raise PolicyError(f"oracle_costs: shape {list(oracle.shape)}, expected [{batch.size}]")
+    oracle = check_evaluation(module, weights, batch.params, oracle_costs, batch.size)
     agent = PolicyAgent(module, weights, project)
     with torch.no_grad():
         out = rollout(batch, agent, agent.project)

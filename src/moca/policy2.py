@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from moca import clsc2
-from moca.policy import PolicyConfig, PolicyError, Weights, correction_distance
+from moca.policy import PolicyConfig, PolicyError, Weights, check_evaluation, correction_distance
 from moca.scenario import DEFAULT_PARAMS_2, Params2, Scenario2
 from moca.sim2 import Observation2, ScenarioBatch2, rollout2
 
@@ -681,10 +681,12 @@ def evaluate_policy2(module: LSTMPolicy2, weights: Weights | None, scenarios: Se
     oracle/cost, ``scores`` per scenario, ``mean_cost``, ``violations``, ``correction``."""
     from moca.projection import episode_violations2, project2_batch
 
-    oracle = np.asarray(oracle_costs, dtype=np.float64)
-    if oracle.shape != (len(scenarios),):
-        raise PolicyError(f"oracle_costs: shape {list(oracle.shape)}, expected [{len(scenarios)}]")
-    batch = ScenarioBatch2.from_scenarios(list(scenarios), dtype=torch.float64)
+    scenarios = list(scenarios)
+    wrong = next((s for s in scenarios if not isinstance(s, Scenario2)), None)
+    if wrong is not None or not scenarios:
+        raise PolicyError(f"scenarios: expected CLSC-2 Scenario2s, got {type(wrong).__name__ if wrong else 'none'}")
+    oracle = check_evaluation(module, weights, scenarios[0].params, oracle_costs, len(scenarios))
+    batch = ScenarioBatch2.from_scenarios(scenarios, dtype=torch.float64)
     weights = {k: v.detach().double() for k, v in (weights or dict(module.named_parameters())).items()}
     with torch.no_grad():
         out = rollout2(batch, PolicyAgent2(module, weights), project2_batch)
