@@ -469,3 +469,19 @@ def test_a_cache_of_another_chain_is_refused_and_caches_key_the_chain():
             run_continual("finetune", module, tasks, OracleCache(module.params), tiny)
     with pytest.raises(ExperimentError, match="select_protocol: 'no' must be True, False or None"):
         run_continual2("moca", module2, [("A", plan)], OracleCache2(short), tiny, select_protocol="no")
+
+
+def test_more_adaptation_arguments_are_refused_by_name():
+    """A negative correction weight was taken (a NaN one made every step 'not kept'), a
+    fractional count failed in a slice, training sizes past the seed range were cut."""
+    from moca.experiment import PolicyTask
+    from moca.meta import MetaError, OracleCache, adapt
+
+    module = LSTMPolicy(Params(horizon=5), PolicyConfig(hidden=8))
+    for kwargs, message in (({"correction_weight": -1.0}, "correction_weight: -1.0 must be a finite number >= 0"),
+                            ({"correction_weight": float("nan")}, "correction_weight: nan must be"),
+                            ({"support_size": 1.5}, r"support_size=1.5: must be in 1..100")):
+        with pytest.raises(MetaError, match=message):
+            adapt(module, None, "T1", steps=1, **kwargs)
+    with pytest.raises(MetaError, match=r"train_size=500: must be in 1..100"):
+        PolicyTask("A", Regime(), module, OracleCache(module.params), train_size=500)

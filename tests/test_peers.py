@@ -306,3 +306,17 @@ def test_cli_evaluates_clsc2_peers_and_refuses_bad_input():
                          (["--policy", "defualt", "--adapt-steps", "1"], "no checkpoint directory of that name")):
         bad = runner.invoke(app, ["evaluate", *args, "--scenarios", "1"])
         assert bad.exit_code == 2 and needle in bad.stderr and "Traceback" not in bad.output, bad.output
+
+
+def test_the_sampled_mpc_refuses_settings_it_took_without_a_word():
+    from moca.baselines.mpc2 import MPC2Policy, select_safety_stock2
+
+    for kwargs, message in (({"safety_penalty": -1.0}, "safety_penalty=-1.0: must be a finite number >= 0"),
+                            ({"safety_penalty": float("nan")}, "safety_penalty=nan"),
+                            ({"samples": -3}, "samples=-3: a whole number of demand paths >= 0"),
+                            ({"samples": 2.5}, "samples=2.5")):
+        with pytest.raises(ValueError, match=message):
+            MPC2Policy(**kwargs)
+    assert MPC2Policy(horizon=np.int64(5)).horizon == 5
+    with pytest.raises(ValueError, match="stocks: at least one safety stock to try"):
+        select_safety_stock2([], np.zeros(0), ())

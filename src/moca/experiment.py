@@ -37,7 +37,7 @@ from moca import checkpoint
 from moca.continual import ContinualConfig, ContinualError, ContinualLearner, METHODS, method_spec
 from moca.evaluation import TimedDecisions, latency_summary
 from moca.evaluation import evaluate_policy as evaluate_deployed
-from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt
+from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt, first_seeds
 from moca.metrics import adaptation_speed, continual_metrics
 from moca.policy import (DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy,
                          refuse_bool_for_number, with_params)
@@ -155,7 +155,7 @@ class PolicyTask:
                  memory_size: int = 2, correction_weight: float = 0.1):
         self.name, self.regime, self.module = name, regime, module
         self.correction_weight = correction_weight
-        train = cache.scenarios(SUPPORT_SEEDS[:train_size], regime)
+        train = cache.scenarios(first_seeds(SUPPORT_SEEDS, train_size, "train_size"), regime)
         self.batch = ScenarioBatch.from_scenarios(train)
         self.oracle = torch.as_tensor(cache.costs(train), dtype=torch.float32)
         memory = train[:memory_size]

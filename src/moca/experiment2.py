@@ -23,7 +23,7 @@ from torch import Tensor
 
 from moca.continual import ContinualLearner, LearnStats, Task, method_spec
 from moca.experiment import ExperimentConfig, ExperimentError, Scorer, check_run_inputs, machine
-from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS
+from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, first_seeds
 from moca.meta2 import OracleCache2, load_policy2
 from moca.metrics import adaptation_speed, continual_metrics
 from moca.policy import Weights
@@ -44,7 +44,7 @@ class PolicyTask2:
     def __init__(self, name: str, plan: Regime | RegimeSchedule, module: LSTMPolicy2, cache: OracleCache2,
                  train_size: int = 8, memory_size: int = 2, correction_weight: float = 0.1):
         self.name, self.module, self.correction_weight = name, module, correction_weight
-        train = cache.scenarios(SUPPORT_SEEDS[:train_size], plan)
+        train = cache.scenarios(first_seeds(SUPPORT_SEEDS, train_size, "train_size"), plan)
         self.batch = ScenarioBatch2.from_scenarios(train)
         self.oracle = torch.as_tensor(cache.costs(train), dtype=torch.float32)
         self.memory_batch = ScenarioBatch2.from_scenarios(train[:memory_size])

@@ -69,7 +69,7 @@ class MetaError(ValueError):
 def first_seeds(seeds: range, count: int, what: str) -> range:
     """The first ``count`` seeds of ``seeds``; more than it holds is refused (a slice would
     hand back fewer without a word, or a larger range would reach the test seeds)."""
-    if not 1 <= count <= len(seeds):
+    if isinstance(count, (bool, np.bool_)) or not isinstance(count, (int, np.integer)) or not 1 <= count <= len(seeds):
         raise MetaError(f"{what}={count!r}: must be in 1..{len(seeds)} (seeds {seeds.start}-{seeds.stop - 1})")
     return seeds[:count]
 
@@ -565,7 +565,7 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
 
     ``stepped(step)``, if given, is called after each step (a progress bar's tick).
     """
-    check_adapt_arguments(module, weights, steps, lr, clip)
+    check_adapt_arguments(module, weights, steps, lr, clip, correction_weight)
     regime = load_regime(regime)
     cache = check_cache(cache, module.params, OracleCache)
     support = check_scenarios(support, module.params, Scenario, "support") if support is not None else \
@@ -591,7 +591,8 @@ def adapt(module: LSTMPolicy, weights: Weights | None, regime: Regime | str, ste
                       steps, lr, clip, safeguard, keep_best, scored=scored, stepped=stepped)
 
 
-def check_adapt_arguments(module: nn.Module, weights: Weights | None, steps: Any, lr: Any, clip: Any) -> None:
+def check_adapt_arguments(module: nn.Module, weights: Weights | None, steps: Any, lr: Any, clip: Any,
+                          correction_weight: Any = 0.0) -> None:
     """:func:`adapt`'s and :func:`moca.meta2.adapt2`'s arguments, each named: a negative
     rate or clip would step uphill (``clipped_sgd`` scales by ``lr * min(1, clip / |g|)``)."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
@@ -601,6 +602,9 @@ def check_adapt_arguments(module: nn.Module, weights: Weights | None, steps: Any
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float, np.number))
                              or not (math.isfinite(clip) and clip > 0)):
         raise MetaError(f"clip: {clip!r} must be a finite number > 0, or None")
+    if isinstance(correction_weight, bool) or not isinstance(correction_weight, (int, float, np.number)) \
+            or not (math.isfinite(correction_weight) and correction_weight >= 0):
+        raise MetaError(f"correction_weight: {correction_weight!r} must be a finite number >= 0")
     if weights is not None:
         check_weights(module, weights)
 

@@ -245,7 +245,7 @@ def adapt2(module: LSTMPolicy2, weights: Weights | None, regime: Regime | Regime
     ``seconds``, counted in every later step's, are the tuning's and the scorings'. Returns
     the weights (detached) and the curve. ``progress(what, done, total)``, if given, is told
     the candidates re-tuned so far and the steps taken so far (for a progress bar)."""
-    check_adapt_arguments(module, weights, steps, lr, clip)
+    check_adapt_arguments(module, weights, steps, lr, clip, correction_weight)
     if retune < 0 or (retune > 0 and retune_scenarios < 1):
         raise MetaError(f"retune: {retune!r} candidates on {retune_scenarios!r} scenarios; "
                         "candidates must be >= 0 and scenarios >= 1")

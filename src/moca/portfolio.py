@@ -258,7 +258,8 @@ def adapt_portfolio2(module: Any, plan: Any, steps: int, base: str = "auto", sup
         tell = progress or (lambda what, done, total: None)
         picked = support[:STOCK_SCENARIOS_2]
         tell("the sampled MPC: picking its safety stock", 0, None)
-        stock, scores = select_safety_stock2(picked, cache.costs(picked), tuple(stocks or SAFETY_STOCKS_2))
+        stock, scores = select_safety_stock2(picked, cache.costs(picked),  # ([] is refused, not the default)
+                                             tuple(SAFETY_STOCKS_2 if stocks is None else stocks))
         planner = MPC2Policy(safety_stock=stock, samples=PLANNER_SAMPLES)
         tell("the sampled MPC: scoring it on validation", 0, None)
         out = _planner_evaluation(planner, validation, cache.costs(validation))

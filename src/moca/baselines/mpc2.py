@@ -48,10 +48,16 @@ class MPC2Policy:
     def __init__(self, horizon: int = 13, safety_stock: float = 200.0, safety_penalty: float = 1.0,
                  forecast: ForecastConfig = CLSC2_FORECAST, samples: int = 0, seed: int = 0,
                  curves: np.ndarray | None = None):
-        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        whole = lambda v: not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))  # noqa: E731
+        if not whole(horizon) or horizon < 1:
             raise ValueError(f"horizon={horizon!r}: the LP window must be a whole number of periods >= 1")
         if not np.isfinite(safety_stock) or safety_stock < 0:
             raise ValueError(f"safety_stock={safety_stock!r}: must be a finite number >= 0")
+        if not np.isfinite(safety_penalty) or safety_penalty < 0:  # (a negative one rewarded a shortfall)
+            raise ValueError(f"safety_penalty={safety_penalty!r}: must be a finite number >= 0 (EUR per unit short)")
+        if not whole(samples) or samples < 0:
+            raise ValueError(f"samples={samples!r}: a whole number of demand paths >= 0 (0: the forecast alone)")
+        horizon = int(horizon)
         self.horizon, self.safety_stock, self.safety_penalty = horizon, float(safety_stock), float(safety_penalty)
         self.forecast, self.samples, self.seed = forecast, int(samples), int(seed)
         self.curves = None if curves is None else np.asarray(curves, dtype=float)
@@ -198,6 +204,8 @@ def select_safety_stock2(scenarios, oracle_costs, stocks: tuple[float, ...] = SA
     cost) on ``scenarios`` (the smaller stock on a tie), and every stock's score."""
     from moca.baselines.peers import evaluate2
 
+    if len(stocks) == 0:
+        raise ValueError("stocks: at least one safety stock to try")
     scores = {float(v): float(evaluate2("mpc-sampled", MPC2Policy(safety_stock=v, samples=samples), scenarios,
                                         oracle_costs).scores.mean()) for v in stocks}
     best = max(scores, key=lambda v: (scores[v], -v))
