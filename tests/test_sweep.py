@@ -370,3 +370,21 @@ def test_a_second_run_of_a_running_sweep_is_refused_and_leaves_its_journal_alone
     result = runner.invoke(app, args)  # once that run is over, the same command runs
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["resumed_tasks"] == 0 and not journal.exists()
+
+
+def test_make_plan_checks_a_library_list_and_numbers_as_the_command_line_does():
+    """A list of values skipped the text form's checks (a repeated value, 600 values); a
+    fractional count or seed, a bool and a NaN budget were taken or failed in a raw TypeError."""
+    for kwargs, needle in (({"values": [0.1, 0.1]}, "a value is repeated"),
+                           ({"values": list(range(600))}, "600 values"),
+                           ({"values": [0.1, float("nan")]}, "every value must be a finite number"),
+                           ({"values": [True]}, "every value must be a finite number"),
+                           ({"scenarios": 3.5}, "--scenarios 3.5: a whole number"),
+                           ({"seed": 1.5}, "--seed 1.5: a whole number"), ({"seed": "a"}, "--seed 'a'"),
+                           ({"adapt_steps": 1.5}, "--adapt-steps 1.5"), ({"adapt_steps": True}, "--adapt-steps True"),
+                           ({"adapt_steps": None}, "--adapt-steps None"),
+                           ({"threshold_budget": float("nan")}, "threshold_budget nan")):
+        with pytest.raises(SweepError, match=needle):
+            make_plan("CLSC-1", "carbon_tax", **{"values": "0,10", **kwargs})
+    plan = make_plan("CLSC-1", "carbon_tax", [np.float64(0.0), 10], scenarios=np.int64(3))
+    assert plan.values == [0.0, 10.0] and len(plan.seeds) == 3

@@ -102,7 +102,12 @@ def parse_values(spec: str) -> list[float]:
     items = [p.strip() for p in text.split(",")]
     if any(not p for p in items):
         raise SweepError(f"--values {spec!r}: an empty item in the list")
-    values = [_number(p, spec) for p in items]
+    return checked_values([_number(p, spec) for p in items], spec)
+
+
+def checked_values(values: list[float], spec: Any) -> list[float]:
+    """A list of values as the text form's is checked (a library's list skipped this: a
+    repeated value ran twice, 600 values ran past the limit)."""
     if len(values) > MAX_VALUES:
         raise SweepError(f"--values: {len(values)} values (at most {MAX_VALUES})")
     if len(set(values)) != len(values):
@@ -514,26 +519,36 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
     :class:`moca.regime.RegimeError` for ``base``) naming the option."""
     world = get_model(model)
     spec = world.field(field_name)
-    numbers = parse_values(values) if isinstance(values, str) else [float(v) for v in values]
+    if isinstance(values, str):
+        numbers = parse_values(values)
+    else:
+        if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v)
+               for v in values):
+            raise SweepError(f"--values {list(values)!r}: every value must be a finite number")
+        numbers = checked_values([float(v) for v in values], list(values))
     if not numbers:
         raise SweepError("--values: empty list")
     for v in numbers:
         spec.check(v)
     chosen = parse_policies(policies) if isinstance(policies, str) else parse_policies(",".join(policies))
-    if isinstance(scenarios, bool) or not isinstance(scenarios, int) or scenarios < 2:
+    whole = lambda v: not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))  # noqa: E731
+    if not whole(scenarios):
+        raise SweepError(f"--scenarios {scenarios!r}: a whole number of scenarios per value")
+    if scenarios < 2:
         raise SweepError(f"--scenarios {scenarios!r}: need at least 2 scenarios for an interval")
     if scenarios > MOST_SCENARIOS:
         raise SweepError(f"--scenarios {scenarios}: at most {MOST_SCENARIOS} per value")
-    if not 0 <= seed <= LARGEST_SEED:
-        raise SweepError(f"--seed {seed}: must be in [0, {LARGEST_SEED}]")
-    if not 0 <= adapt_steps <= MOST_STEPS:
-        raise SweepError(f"--adapt-steps {adapt_steps}: must be in [0, {MOST_STEPS}]")
+    if not whole(seed) or not 0 <= seed <= LARGEST_SEED:
+        raise SweepError(f"--seed {seed!r}: a whole number in [0, {LARGEST_SEED}]")
+    if not whole(adapt_steps) or not 0 <= adapt_steps <= MOST_STEPS:
+        raise SweepError(f"--adapt-steps {adapt_steps!r}: a whole number in [0, {MOST_STEPS}]")
+    scenarios, seed, adapt_steps = int(scenarios), int(seed), int(adapt_steps)
     try:
         base_regime = world.base_regime(base)
     except RegimeError as err:
         raise SweepError(f"--base: {err}") from None
-    if threshold_budget < 24:
-        raise SweepError(f"threshold_budget {threshold_budget}: at least 24 candidate rules")
+    if not whole(threshold_budget) or threshold_budget < 24:
+        raise SweepError(f"threshold_budget {threshold_budget!r}: a whole number of candidate rules >= 24")
     from moca.portfolio import BASES, BASES_2, CAPS
 
     bases = (CAPS, *(BASES if world.name == "CLSC-1" else BASES_2))
