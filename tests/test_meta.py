@@ -421,11 +421,11 @@ def test_support_or_validation_scenarios_of_another_chain_are_refused():
 
     module = LSTMPolicy(Params(), PolicyConfig(hidden=8))
     module2 = LSTMPolicy2(Params2(), PolicyConfig(hidden=8))
-    with pytest.raises(MetaError, match=r"support\[0\]: drawn on other params than the policy's \(horizon differ\)"):
+    with pytest.raises(MetaError, match=r"support\[0\]: drawn on other params than the policy's \(horizon=52->10\)"):
         adapt(module, None, "T1", steps=1, support=[draw_scenario(1, None, Params(horizon=10))], validation_size=1)
     with pytest.raises(MetaError, match=r"validation\[1\]: expected a Scenario, got Scenario2"):
         adapt(module, None, "T1", steps=1, support_size=1, validation=[draw_scenario(1), draw_scenario2(1)])
-    with pytest.raises(MetaError, match=r"support\[0\]: drawn on other params .*cap_order differ"):
+    with pytest.raises(MetaError, match=r"support\[0\]: drawn on other params .*cap_order=.*->5000.0"):
         adapt2(module2, None, "T1", steps=1, support=[draw_scenario2(1, None, Params2(cap_order=5000.0))],
                validation_size=1)
     with pytest.raises(MetaError, match=r"validation: no scenarios given"):
@@ -453,9 +453,9 @@ def test_a_cache_of_another_chain_is_refused_and_caches_key_the_chain():
     assert shared.costs(theirs)[0] == pytest.approx(solve_oracle2(theirs[0]).oracle_cost) != pytest.approx(first)
     module2 = LSTMPolicy2(short, PolicyConfig(hidden=8))
     module = LSTMPolicy(Params(horizon=6), PolicyConfig(hidden=8))
-    with pytest.raises(MetaError, match=r"cache: built on other params than the policy's \(horizon differ\)"):
+    with pytest.raises(MetaError, match=r"cache: built on other params than the policy's \(horizon=6->8\)"):
         adapt(module, None, "T1", steps=0, cache=OracleCache(Params(horizon=8)))
-    with pytest.raises(MetaError, match=r"cache: built on other params .*cost_virgin, lost_sale_cost differ"):
+    with pytest.raises(MetaError, match=r"cache: built on other params .*cost_virgin=.*->30.0, lost_sale_cost=.*->200.0"):
         adapt2(module2, None, plan, steps=0, cache=OracleCache2(other))
     with pytest.raises(MetaError, match="cache: expected a OracleCache2, got OracleCache"):
         adapt2(module2, None, plan, steps=0, cache=OracleCache(Params()))

@@ -203,7 +203,7 @@ def test_an_evaluation_refuses_weights_chains_and_costs_that_do_not_fit_both_wor
         evaluate(module, None, own, np.array([1000.0]))  # fits: scored
         with pytest.raises(PolicyError, match="weights: missing"):
             evaluate(module, {"head.bias": torch.ones(module.head.bias.shape)}, own, np.array([1000.0]))
-        with pytest.raises(PolicyError, match=r"scenarios: drawn on other params than the policy's \(horizon differ\)"):
+        with pytest.raises(PolicyError, match=r"scenarios: drawn on other params than the policy's \(horizon=5->6\)"):
             evaluate(module, None, [draw(1, None, params(horizon=6))], np.array([1000.0]))
         for costs in ([-1000.0], [float("nan")], [1.0, 2.0]):
             with pytest.raises(PolicyError, match="oracle_costs"):

@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from moca.chain2 import changed_fields
 from moca.limits import LARGEST_SEED, META_SEEDS, MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS
 from moca.policy import (LSTMPolicy, PolicyConfig, Weights, check_weights, episode_losses, evaluate_policy,
                          reference_emissions, refuse_bool_for_number)
@@ -618,8 +619,7 @@ def check_cache(cache: Any, params: Any, kind: type) -> Any:
     if not isinstance(cache, kind):
         raise MetaError(f"cache: expected a {kind.__name__}, got {type(cache).__name__}")
     if cache.params != params:
-        changed = sorted(k for k, v in cache.params.model_dump().items() if params.model_dump().get(k) != v)
-        raise MetaError(f"cache: built on other params than the policy's ({', '.join(changed[:3])} differ)")
+        raise MetaError(f"cache: built on other params than the policy's ({changed_fields(params, cache.params)})")
     return cache
 
 
@@ -634,8 +634,8 @@ def check_scenarios(scenarios: Any, params: Any, kind: type, what: str) -> list:
         if not isinstance(scenario, kind):
             raise MetaError(f"{what}[{i}]: expected a {kind.__name__}, got {type(scenario).__name__}")
         if scenario.params != params:
-            changed = sorted(k for k, v in scenario.params.model_dump().items() if params.model_dump().get(k) != v)
-            raise MetaError(f"{what}[{i}]: drawn on other params than the policy's ({', '.join(changed[:3])} differ)")
+            raise MetaError(f"{what}[{i}]: drawn on other params than the policy's "
+                            f"({changed_fields(params, scenario.params)})")
     return items
 
 

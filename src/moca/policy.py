@@ -369,9 +369,11 @@ def check_evaluation(module: nn.Module, weights: Any, params: Any, oracle_costs:
         for i, one in enumerate(weights if isinstance(weights, (list, tuple)) else [weights]):
             check_weights(module, one, "weights" if not isinstance(weights, (list, tuple)) else f"weights[{i}]")
     if params != module.params:
-        changed = sorted(k for k, v in params.model_dump().items() if module.params.model_dump().get(k) != v) \
-            if type(params) is type(module.params) else [type(params).__name__]
-        raise PolicyError(f"scenarios: drawn on other params than the policy's ({', '.join(changed[:3])} differ)")
+        from moca.chain2 import changed_fields
+
+        changed = changed_fields(module.params, params) if type(params) is type(module.params) else \
+            f"{type(params).__name__}, not {type(module.params).__name__}"
+        raise PolicyError(f"scenarios: drawn on other params than the policy's ({changed})")
     oracle = np.asarray(oracle_costs.detach().cpu().numpy() if isinstance(oracle_costs, Tensor) else oracle_costs,
                         dtype=np.float64)
     if oracle.shape != (size,):
