@@ -116,3 +116,14 @@ def test_tuning_is_per_regime_beats_a_hand_set_rule_and_scores_well():
     assert np.all(scores <= 1.0 + 1e-9)  # no rule beats the hindsight optimum
     assert scores.mean() > 0.95
     assert raw_violations(tuned, test).tolist() == [0] * 8
+
+
+def test_tuning_settings_are_refused_by_name():
+    """A NaN budget failed in int(), a popsize of 0 divided by zero, a negative share was taken."""
+    from moca.baselines.threshold import search_unit_box
+
+    for kwargs, message in (({"budget": float("nan")}, "budget=nan: a whole number"),
+                            ({"budget": 0}, "budget=0"), ({"popsize": 0}, "popsize=0"),
+                            ({"global_share": -1.0}, "global_share=-1.0")):
+        with pytest.raises(ValueError, match=message):
+            search_unit_box(lambda unit: unit.sum(0), 2, **{"budget": 50, "evaluated": lambda: 0, **kwargs})

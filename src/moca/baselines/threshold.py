@@ -245,7 +245,16 @@ def search_unit_box(mean_costs, n_dim: int, budget: int, evaluated, seed: int = 
     """Minimise ``mean_costs`` (``[n_dim, S]`` candidates in the unit box -> ``[S]`` costs)
     within ``budget`` candidates (``evaluated()`` says how many so far): differential
     evolution, one batched call per generation, then a compass search around the best point,
-    all ``2 n_dim`` moves in one call. Returns the best point and its cost."""
+    all ``2 n_dim`` moves in one call. Returns the best point and its cost. The evolution
+    runs at least its first two generations (``2 popsize n_dim`` candidates) whatever the
+    budget, so a smaller budget means that many."""
+    whole = lambda v: not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))  # noqa: E731
+    if not whole(budget) or budget < 1:  # (NaN failed in int(), 0 and -5 were taken)
+        raise ValueError(f"budget={budget!r}: a whole number of candidate rules >= 1")
+    if not whole(popsize) or popsize < 1:  # (0 divided by zero)
+        raise ValueError(f"popsize={popsize!r}: a whole number >= 1 (candidates per threshold and generation)")
+    if not 0.0 <= global_share <= 1.0:
+        raise ValueError(f"global_share={global_share!r}: the budget's share for the global search, in [0, 1]")
     global_budget = int(budget * global_share)
     generations = max(1, global_budget // (popsize * n_dim) - 1)
     result = differential_evolution(
@@ -288,7 +297,8 @@ def tune_threshold(
     ``train_seeds``: a count (that many scenarios of the training stream,
     ``moca.scenario.draw_training_scenarios``) or explicit integer seeds (keep them
     disjoint from test seeds). ``budget``: the number of candidate rules simulated (each on
-    every training scenario). ``project``: the safety layer (default
+    every training scenario; at least 96, two generations of the search:
+    :func:`search_unit_box`). ``project``: the safety layer (default
     ``moca.safety.project_batch``, run without gradients). The report of the run is in
     ``policy.tuning``.
     """

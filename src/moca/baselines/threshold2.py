@@ -126,8 +126,10 @@ def tune_threshold2(regime, params: Params2 = DEFAULT_PARAMS_2, train_seeds: int
                     budget: int = TUNING_BUDGET_2, seed: int = 0, popsize: int = 8, global_share: float = 0.7,
                     progress: Callable[[int], None] | None = None) -> Threshold2Policy:
     """Tune the seven thresholds for ``regime`` (a CLSC-2 regime, schedule or name) on
-    training-stream scenarios; the report is in ``policy.tuning``. ``progress``, if given, is
-    told the candidates evaluated so far after each batch of them."""
+    training-stream scenarios; the report is in ``policy.tuning``. ``budget``: the candidate
+    rules simulated (at least 112, two generations of the search:
+    :func:`moca.baselines.threshold.search_unit_box`).
+    ``progress``, if given, is told the candidates evaluated so far after each batch of them."""
     from moca.projection import project2_batch
     from moca.scenario import draw_scenario2
     from moca.sim2 import ScenarioBatch2, rollout2
