@@ -41,6 +41,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from moca.limits import is_whole
+
 Weights = dict[str, Tensor]
 
 
@@ -558,7 +560,7 @@ class ContinualLearner:
     ) -> LearnStats:
         """``steps`` gradient steps on ``task`` (continuing it if it is the task in progress);
         ``protect=False``: plain steps, see :meth:`step`."""
-        if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        if not is_whole(steps) or steps < 0:
             raise ContinualError(f"steps={steps!r}: must be a whole number >= 0")
         steps = int(steps)
         if self._active != task.name:

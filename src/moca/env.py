@@ -53,6 +53,7 @@ import numpy as np
 from gymnasium import spaces
 
 from moca import safety
+from moca.limits import is_whole
 from moca.regime import REGIME_FIELDS, Regime, RegimeSchedule, load_schedule
 from moca.scenario import DEFAULT_PARAMS, Params, Scenario, draw_scenario
 from moca.sim import ACTION_NAMES, COST_TERMS, R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX
@@ -459,7 +460,7 @@ def make_vector_env(
     training use ``moca.sim.rollout`` (batched torch) instead; this form is for tools that
     speak the Gymnasium vector API.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if not is_whole(n) or n < 1:
         raise ValueError(f"n={n!r}: the number of environments must be an integer >= 1")
     n = int(n)
 

@@ -4,8 +4,11 @@ A typo such as ``--scenarios 100000000`` used to draw scenarios for minutes, wit
 growing and no progress bar yet, and a seed beyond 64 bits was an internal error in
 torch; every bound here is far beyond any run moca or its README makes (20 test
 scenarios, 3-8 adaptation steps, 1,500 threshold candidates). This module imports
-nothing, so the command line can read it at start-up.
+only the standard library, so the command line can read it at start-up.
 """
+
+import math
+import numbers
 
 #: Seeds and ids are 64-bit: torch.manual_seed and SQLite take no more (a larger id in a
 #: service request is a 422, not an OverflowError).
@@ -27,3 +30,14 @@ MOST_CANDIDATES = 100_000
 META_SEEDS = range(0, 800)
 SUPPORT_SEEDS = range(800, 900)
 VALIDATION_SEEDS = range(900, 1000)
+
+
+def is_whole(value: object) -> bool:
+    """A count or a seed: an int or a numpy integer, not a bool (Python and pydantic take
+    ``True`` as 1, which ran one step or one environment without a word)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> bool:
+    """A finite real number (int, float or their numpy kinds), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

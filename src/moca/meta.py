@@ -52,7 +52,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from moca.chain2 import changed_fields
-from moca.limits import LARGEST_SEED, META_SEEDS, MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS
+from moca.limits import (LARGEST_SEED, META_SEEDS, MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS, is_finite_number,
+                         is_whole)
 from moca.policy import (LSTMPolicy, PolicyConfig, Weights, check_weights, episode_losses, evaluate_policy,
                          reference_emissions, refuse_bool_for_number)
 from moca.regime import PRESETS, TASKS, Regime, load_regime
@@ -70,7 +71,7 @@ class MetaError(ValueError):
 def first_seeds(seeds: range, count: int, what: str) -> range:
     """The first ``count`` seeds of ``seeds``; more than it holds is refused (a slice would
     hand back fewer without a word, or a larger range would reach the test seeds)."""
-    if isinstance(count, (bool, np.bool_)) or not isinstance(count, (int, np.integer)) or not 1 <= count <= len(seeds):
+    if not is_whole(count) or not 1 <= count <= len(seeds):
         raise MetaError(f"{what}={count!r}: must be in 1..{len(seeds)} (seeds {seeds.start}-{seeds.stop - 1})")
     return seeds[:count]
 
@@ -596,15 +597,13 @@ def check_adapt_arguments(module: nn.Module, weights: Weights | None, steps: Any
                           correction_weight: Any = 0.0) -> None:
     """:func:`adapt`'s and :func:`moca.meta2.adapt2`'s arguments, each named: a negative
     rate or clip would step uphill (``clipped_sgd`` scales by ``lr * min(1, clip / |g|)``)."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    if not is_whole(steps) or steps < 0:
         raise MetaError(f"steps: {steps!r} must be a whole number >= 0")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.number)) or not (math.isfinite(lr) and lr > 0):
+    if not is_finite_number(lr) or lr <= 0:
         raise MetaError(f"lr: {lr!r} must be a finite number > 0")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float, np.number))
-                             or not (math.isfinite(clip) and clip > 0)):
+    if clip is not None and (not is_finite_number(clip) or clip <= 0):
         raise MetaError(f"clip: {clip!r} must be a finite number > 0, or None")
-    if isinstance(correction_weight, bool) or not isinstance(correction_weight, (int, float, np.number)) \
-            or not (math.isfinite(correction_weight) and correction_weight >= 0):
+    if not is_finite_number(correction_weight) or correction_weight < 0:
         raise MetaError(f"correction_weight: {correction_weight!r} must be a finite number >= 0")
     if weights is not None:
         check_weights(module, weights)

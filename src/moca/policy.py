@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from moca import safety
+from moca.limits import is_finite_number
 from moca.scenario import LARGEST_VALUE, Params, Scenario, seasonal_mean_demand
 from moca.sim import (
     R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX, Observation, Projector, ScenarioBatch,
@@ -366,8 +367,9 @@ def check_evaluation(module: nn.Module, weights: Any, params: Any, oracle_costs:
     the scenarios are the module's chain (another horizon was scored without a word), and
     the oracle costs are ``size`` finite numbers > 0 (a negative one gave a negative score)."""
     if weights is not None:
-        for i, one in enumerate(weights if isinstance(weights, (list, tuple)) else [weights]):
-            check_weights(module, one, "weights" if not isinstance(weights, (list, tuple)) else f"weights[{i}]")
+        many = isinstance(weights, (list, tuple))  # one dict per group of scenarios
+        for i, one in enumerate(weights if many else [weights]):
+            check_weights(module, one, f"weights[{i}]" if many else "weights")
     if params != module.params:
         from moca.chain2 import changed_fields
 
@@ -861,8 +863,7 @@ class DeployedPolicy:
         named += [(f"pipeline[{i}]", v) for i, v in enumerate(pipeline)]
         named += [(f"sales_history[{i}]", v) for i, v in enumerate(sales_history)]
         for name, value in named:
-            if isinstance(value, (bool, np.bool_)) or not (
-                    isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value >= 0):
+            if not is_finite_number(value) or value < 0:
                 raise PolicyError(f"{name}={value!r}: must be a finite number >= 0")
             # beyond it the network's sums overflow to NaN: name the input, not the NaN action it would give
             if value > LARGEST_VALUE:

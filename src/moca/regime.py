@@ -27,6 +27,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from moca.files import parse_problem
+from moca.limits import is_whole
 
 #: Column order of the dense regime table; an absent emission cap is stored as +inf.
 REGIME_FIELDS: tuple[str, ...] = (
@@ -146,10 +147,7 @@ class Regime(BaseModel):
         values = list(row)
         if len(values) != len(REGIME_FIELDS):
             raise RegimeError(f"regime row: {shape}, got {len(values)}: {values!r}")
-        cap = values[2]
-        if cap is not None and not isinstance(cap, bool) and isinstance(cap, (int, float, np.number)) \
-                and float(cap) == math.inf:
-            cap = None
+        cap = None if isinstance(values[2], (float, np.floating)) and values[2] == math.inf else values[2]
         try:
             return cls(recycled_content_min=values[0], carbon_tax=values[1], emission_cap=cap,
                        landfill_tax=values[3], recovery_target=values[4])
@@ -274,7 +272,7 @@ class RegimeSchedule(BaseModel):
 
     def table(self, horizon: int) -> np.ndarray:
         """Dense ``[horizon, 5]`` float64 table of the regime in force each period."""
-        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 0:
+        if not is_whole(horizon) or horizon < 0:
             raise RegimeError(f"horizon={horizon!r}: a whole number of periods >= 0")
         out = np.empty((horizon, len(REGIME_FIELDS)), dtype=np.float64)
         for i, entry in enumerate(self.entries):

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from moca.files import parse_problem
+from moca.limits import is_whole
 from moca.regime import Regime, RegimeError, RegimeSchedule
 
 MODEL_NAME = "CLSC-1"
@@ -300,7 +301,7 @@ def _seed_rng(seed: int | tuple[int, ...]) -> np.random.Generator:
     """The generator a scenario draw starts from for ``seed`` (a whole number >= 0, or a
     tuple of them as a list seed), checked the same way for both worlds."""
     parts = seed if isinstance(seed, tuple) and seed else (seed,)
-    if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) for s in parts):
+    if not all(map(is_whole, parts)):
         raise ScenarioError(f"seed={seed!r}: a seed is a whole number >= 0 (or a tuple of them)")
     if any(s < 0 for s in parts):
         raise ScenarioError(f"seed={seed!r}: seeds must be >= 0")

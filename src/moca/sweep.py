@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - Windows: not locked
     fcntl = None
 
 from moca.cluster import Backend
-from moca.limits import LARGEST_SEED, MOST_SCENARIOS, MOST_STEPS
+from moca.limits import LARGEST_SEED, MOST_SCENARIOS, MOST_STEPS, is_finite_number, is_whole
 from moca.regime import REGIME_RANGES, Regime, RegimeError, load_regime
 
 POLICIES: tuple[str, ...] = ("oracle", "mpc", "threshold", "moca")
@@ -522,8 +522,7 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
     if isinstance(values, str):
         numbers = parse_values(values)
     else:
-        if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v)
-               for v in values):
+        if not all(map(is_finite_number, values)):
             raise SweepError(f"--values {list(values)!r}: every value must be a finite number")
         numbers = checked_values([float(v) for v in values], list(values))
     if not numbers:
@@ -531,23 +530,22 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
     for v in numbers:
         spec.check(v)
     chosen = parse_policies(policies) if isinstance(policies, str) else parse_policies(",".join(policies))
-    whole = lambda v: not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))  # noqa: E731
-    if not whole(scenarios):
+    if not is_whole(scenarios):
         raise SweepError(f"--scenarios {scenarios!r}: a whole number of scenarios per value")
     if scenarios < 2:
         raise SweepError(f"--scenarios {scenarios!r}: need at least 2 scenarios for an interval")
     if scenarios > MOST_SCENARIOS:
         raise SweepError(f"--scenarios {scenarios}: at most {MOST_SCENARIOS} per value")
-    if not whole(seed) or not 0 <= seed <= LARGEST_SEED:
+    if not is_whole(seed) or not 0 <= seed <= LARGEST_SEED:
         raise SweepError(f"--seed {seed!r}: a whole number in [0, {LARGEST_SEED}]")
-    if not whole(adapt_steps) or not 0 <= adapt_steps <= MOST_STEPS:
+    if not is_whole(adapt_steps) or not 0 <= adapt_steps <= MOST_STEPS:
         raise SweepError(f"--adapt-steps {adapt_steps!r}: a whole number in [0, {MOST_STEPS}]")
     scenarios, seed, adapt_steps = int(scenarios), int(seed), int(adapt_steps)
     try:
         base_regime = world.base_regime(base)
     except RegimeError as err:
         raise SweepError(f"--base: {err}") from None
-    if not whole(threshold_budget) or threshold_budget < 24:
+    if not is_whole(threshold_budget) or threshold_budget < 24:
         raise SweepError(f"threshold_budget {threshold_budget!r}: a whole number of candidate rules >= 24")
     from moca.portfolio import BASES, BASES_2, CAPS
 

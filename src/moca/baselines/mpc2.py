@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from moca.forecast import DemandForecaster, ForecastConfig
+from moca.limits import is_whole
 from moca.scenario import HISTORY, demand_curve2  # demand_curve2: re-exported for the informed MPC
 
 #: CLSC-2's forecaster (see the module docstring for the measurement behind it).
@@ -48,14 +49,13 @@ class MPC2Policy:
     def __init__(self, horizon: int = 13, safety_stock: float = 200.0, safety_penalty: float = 1.0,
                  forecast: ForecastConfig = CLSC2_FORECAST, samples: int = 0, seed: int = 0,
                  curves: np.ndarray | None = None):
-        whole = lambda v: not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))  # noqa: E731
-        if not whole(horizon) or horizon < 1:
+        if not is_whole(horizon) or horizon < 1:
             raise ValueError(f"horizon={horizon!r}: the LP window must be a whole number of periods >= 1")
         if not np.isfinite(safety_stock) or safety_stock < 0:
             raise ValueError(f"safety_stock={safety_stock!r}: must be a finite number >= 0")
         if not np.isfinite(safety_penalty) or safety_penalty < 0:  # (a negative one rewarded a shortfall)
             raise ValueError(f"safety_penalty={safety_penalty!r}: must be a finite number >= 0 (EUR per unit short)")
-        if not whole(samples) or samples < 0:
+        if not is_whole(samples) or samples < 0:
             raise ValueError(f"samples={samples!r}: a whole number of demand paths >= 0 (0: the forecast alone)")
         horizon = int(horizon)
         self.horizon, self.safety_stock, self.safety_penalty = horizon, float(safety_stock), float(safety_penalty)

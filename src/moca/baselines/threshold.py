@@ -42,6 +42,7 @@ import torch
 from scipy.optimize import differential_evolution
 from torch import Tensor
 
+from moca.limits import is_whole
 from moca.regime import Regime, RegimeSchedule, load_schedule
 from moca.scenario import DEFAULT_PARAMS, Params, Scenario, draw_scenario, draw_training_scenarios, seasonal_mean_demand
 from moca.sim import R_MANDATE, R_RECOVERY, R_TAX, Observation, Projector, ScenarioBatch, Simulator, rollout
@@ -248,10 +249,9 @@ def search_unit_box(mean_costs, n_dim: int, budget: int, evaluated, seed: int = 
     all ``2 n_dim`` moves in one call. Returns the best point and its cost. The evolution
     runs at least its first two generations (``2 popsize n_dim`` candidates) whatever the
     budget, so a smaller budget means that many."""
-    whole = lambda v: not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer))  # noqa: E731
-    if not whole(budget) or budget < 1:  # (NaN failed in int(), 0 and -5 were taken)
+    if not is_whole(budget) or budget < 1:  # (NaN failed in int(), 0 and -5 were taken)
         raise ValueError(f"budget={budget!r}: a whole number of candidate rules >= 1")
-    if not whole(popsize) or popsize < 1:  # (0 divided by zero)
+    if not is_whole(popsize) or popsize < 1:  # (0 divided by zero)
         raise ValueError(f"popsize={popsize!r}: a whole number >= 1 (candidates per threshold and generation)")
     if not 0.0 <= global_share <= 1.0:
         raise ValueError(f"global_share={global_share!r}: the budget's share for the global search, in [0, 1]")
