@@ -60,6 +60,8 @@ def main() -> None:
         # serial vs process pool vs local Ray; its own copy in benchmarks/sweep_results.json
         ("sweep", [str(HERE / "bench_sweep.py"), *quick]),
         ("cli", [str(HERE / "bench_cli.py"), "--repeats", "3" if args.quick else "7"]),
+        # moca run with both worlds at once against one after the other (--quick: 3 min; full: 12)
+        ("run", [str(HERE / "bench_run.py"), *([] if args.quick else ["--full"])]),
         # Every peer on both worlds (tuning included: the longest step, up to an hour on 2 cores).
         ("peers", [str(HERE / "bench_peers.py"), *quick,
                    "--out", str(args.out.with_name("peers-quick.json" if args.quick else "peers.json"))]),

@@ -7,6 +7,41 @@ import sys
 MOCA = [sys.executable, "-m", "moca.cli"]
 
 
+def start_in_own_session(*args) -> subprocess.Popen:
+    """`moca ARGS` started in a session of its own, SIGINT as a terminal leaves it (pytest-xdist's
+    workers may ignore it, and a child inherits that): :func:`ctrl_c` is then a terminal's Ctrl-C."""
+    import signal
+
+    return subprocess.Popen([*MOCA, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process ``pid`` has used (user + system, from /proc)."""
+    from pathlib import Path
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ctrl_c_once(proc: subprocess.Popen, ready, timeout: float = 120) -> str:
+    """Once ``ready()`` (polled every 0.2 s while ``proc`` runs), SIGINT to ``proc``'s whole
+    process group, as a terminal's Ctrl-C; its stderr once it ended (killed if it does not)."""
+    import signal
+    import time
+
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        return proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def run(*args, cwd=None, timeout=600):
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([*MOCA, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)

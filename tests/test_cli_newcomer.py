@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _cli import MOCA, assert_bad_input, run
+from _cli import MOCA, assert_bad_input, cpu_seconds, ctrl_c_once, run, start_in_own_session
 
 KNOWN = "unknown regime name (known: T1, T2, T3"
 
@@ -149,26 +149,10 @@ def test_binary_and_absurdly_nested_files_are_refused_by_name(tmp_path):
 def test_ctrl_c_says_interrupted():
     # typer (0.29) turns Ctrl-C into a silent exit 130; moca says so, as for any other stop.
     import signal
-    import time
 
-    def cpu_seconds(pid: int) -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-    # SIGINT as a terminal leaves it (pytest-xdist's workers may ignore it, and a child inherits that)
-    proc = subprocess.Popen([*MOCA, "evaluate", "--model", "CLSC-2", "--policy", "mpc", "--scenarios", "100"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.time() + 120
-        while cpu_seconds(proc.pid) < 4.0:  # past the start-up (imports ~2 s of CPU) and at work
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
+    proc = start_in_own_session("evaluate", "--model", "CLSC-2", "--policy", "mpc", "--scenarios", "100")
+    # past the start-up (imports ~2 s of CPU) and at work
+    stderr = ctrl_c_once(proc, lambda: cpu_seconds(proc.pid) >= 4.0)
     # 130, or killed by SIGINT, which a shell reports as 130 too: when the Ctrl-C lands inside an
     # import (~2 s of CPU in), CPython 3.11 may end the process by SIGINT itself after
     # moca's message (4 of 40 tries at 1.6-2.8 s of CPU).

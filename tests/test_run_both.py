@@ -1,7 +1,8 @@
-"""Plain `moca run` runs the seed experiment on both worlds, CLSC-1 then CLSC-2, each into
-its own run folder (runs/<id> and runs/<id>-clsc2), with a closing summary of both;
-`--model` runs one world; the CLSC-2 run writes its plots; a world that fails leaves the
-other's results and gives a non-zero exit.
+"""Plain `moca run` runs the seed experiment on both worlds, each into its own run folder
+(runs/<id> and runs/<id>-clsc2), with a closing summary of both: CLSC-1 in a second process
+beside CLSC-2 (`--jobs 2`, the default on 2 cores), with the same numbers as one world after
+the other (`--jobs 1`); `--model` runs one world; the CLSC-2 run writes its plots; a world
+that fails, in either process, leaves the other's results and gives a non-zero exit.
 
 In-process (typer's test runner) with the quick configs shrunk to one scenario and one
 step, so both worlds run for real in seconds; the orchestration tests use stand-ins for
@@ -9,14 +10,17 @@ the experiments (what they check is which world runs and what survives a failure
 """
 
 import json
+import multiprocessing
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from _bench import load_script
+from _cli import cpu_seconds, ctrl_c_once, start_in_own_session
 from typer.testing import CliRunner
 
-from moca import experiment, experiment2
+from moca import cli, experiment, experiment2
 from moca.cli import app
 from moca.report import PLOTS_2, check_metrics
 
@@ -62,34 +66,63 @@ def assert_clsc2_run(folder: Path) -> dict:
     return metrics
 
 
-def test_plain_run_runs_both_worlds(tiny, tmp_path):
-    runs, out_json = tmp_path / "runs", tmp_path / "both.json"
-    done = run("--quick", "--methods", "moca", "--peers", "none", "--runs-dir", runs, "--json", out_json)
-    assert done.returncode == 0, done.stderr[-3000:]
-    folders = sorted(p.name for p in runs.iterdir())
-    assert len(folders) == 2, folders
-    first, second = sorted(folders, key=len)
-    assert first.endswith("-quick") and second == first.replace("-quick", "-clsc2-quick")  # paired by time stamp
-    clsc1 = json.loads((runs / first / "metrics.json").read_text())
-    check_metrics(clsc1)
-    assert list(clsc1["methods"]) == ["moca"] and clsc1["methods"]["moca"]["violations"] == 0
-    assert (runs / first / "score_matrices.png").read_bytes().startswith(PNG)
-    clsc2 = assert_clsc2_run(runs / second)
-    assert json.loads(out_json.read_text()) == {"CLSC-1": clsc1, "CLSC-2": clsc2}
-    # Both worlds' tables, then the closing summary naming both folders.
-    assert f"moca run {first}" in done.stdout and f"moca run --model CLSC-2 {second}" in done.stdout
-    summary = done.stdout[done.stdout.index("both worlds"):]
-    assert "CLSC-1" in summary and "CLSC-2" in summary and first in summary and second in summary
-    assert f"{clsc2['methods']['moca']['average_final_score']:.4f}" in summary
+def run_both(tmp_path, jobs: int, *args) -> tuple[SimpleNamespace, Path, Path]:
+    runs, out_json = tmp_path / f"runs-{jobs}", tmp_path / f"both-{jobs}.json"
+    done = run("--quick", "--methods", "moca", "--peers", "none", "--runs-dir", runs, "--json", out_json,
+               "--jobs", jobs, *args)
+    return done, runs, out_json
+
+
+differences = load_script("bench_run.py").differences  # (what the benchmark reports, the same way)
+
+
+def test_differences_leave_out_only_what_differs_from_run_to_run():
+    run = {"id": "a", "wall_seconds": 3.0, "targets": [{"measured": "99 µs"}], "R": [[0.9, 0.8]],
+           "baselines": {"mpc": {"T1": {"score": 0.97, "decision_latency_us": {"p50": 800.0}}}}}
+    other = json.loads(json.dumps(run))
+    other.update(id="b", wall_seconds=4.0, targets=[{"measured": "101 µs"}])
+    other["baselines"]["mpc"]["T1"]["decision_latency_us"]["p50"] = 810.0
+    assert differences(run, other) == []
+    other["R"][0][1] = 0.80000001
+    other["baselines"]["mpc"]["T1"]["score"] = 0.96
+    assert differences(run, other) == ["/R[0][1]: 0.8 != 0.80000001", "/baselines/mpc/T1/score: 0.97 != 0.96"]
+
+
+def test_plain_run_runs_both_worlds_at_once_with_the_numbers_of_one_after_the_other(tiny, tmp_path):
+    saved = {}
+    for jobs in (2, 1):
+        done, runs, out_json = run_both(tmp_path, jobs)
+        assert done.returncode == 0, done.stderr[-3000:]
+        folders = sorted(p.name for p in runs.iterdir())
+        assert len(folders) == 2, folders
+        first, second = sorted(folders, key=len)
+        assert first.endswith("-quick") and second == first.replace("-quick", "-clsc2-quick")  # paired by time stamp
+        clsc1 = json.loads((runs / first / "metrics.json").read_text())
+        check_metrics(clsc1)
+        assert list(clsc1["methods"]) == ["moca"] and clsc1["methods"]["moca"]["violations"] == 0
+        assert clsc1["config"] == TINY.model_dump(mode="json")  # (the second process ran the config given here)
+        assert (runs / first / "score_matrices.png").read_bytes().startswith(PNG)
+        clsc2 = assert_clsc2_run(runs / second)
+        saved[jobs] = json.loads(out_json.read_text())
+        assert saved[jobs] == {"CLSC-1": clsc1, "CLSC-2": clsc2}
+        # Both worlds' tables, CLSC-1's first whichever ended first, then the summary naming both folders.
+        tables = [done.stdout.index(f"moca run {first}"), done.stdout.index(f"moca run --model CLSC-2 {second}")]
+        assert tables == sorted(tables)
+        summary = done.stdout[done.stdout.index("both worlds"):]
+        assert "CLSC-1" in summary and "CLSC-2" in summary and first in summary and second in summary
+        assert f"{clsc2['methods']['moca']['average_final_score']:.4f}" in summary
+        assert not multiprocessing.active_children()  # the second process is gone
+    for world in ("CLSC-1", "CLSC-2"):
+        assert differences(saved[2][world], saved[1][world]) == [], world
+    assert saved[2]["CLSC-1"]["methods"]["moca"]["R"] == saved[1]["CLSC-1"]["methods"]["moca"]["R"]
 
 
 def test_a_failing_world_keeps_the_others_results(tiny, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom in the baselines")
 
-    monkeypatch.setattr(experiment, "baseline_results", broken)
-    runs, out_json = tmp_path / "runs", tmp_path / "both.json"
-    done = run("--quick", "--methods", "moca", "--peers", "none", "--runs-dir", runs, "--json", out_json)
+    monkeypatch.setattr(experiment, "baseline_results", broken)  # (this process only: one after the other)
+    done, runs, out_json = run_both(tmp_path, 1)
     assert done.returncode == 1  # a bug, not bad input
     assert "CLSC-1 run failed" in done.stderr and "boom in the baselines" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
@@ -101,10 +134,66 @@ def test_a_failing_world_keeps_the_others_results(tiny, tmp_path, monkeypatch):
     assert "FAILED" in done.stdout[done.stdout.index("both worlds"):]
 
 
+def stand_in_run(kwargs: dict, world: str) -> tuple[dict, Path]:
+    """A stand-in experiment's run folder (written) and metrics."""
+    run_id = kwargs.get("run_id") or f"20260101-000000{'-clsc2' if world == 'CLSC-2' else ''}"
+    folder = Path(kwargs["runs_dir"]) / run_id
+    folder.mkdir(parents=True)
+    metrics = stand_in_metrics(run_id, world)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return metrics, folder
+
+
+def test_a_failure_in_the_second_process_comes_back_by_name(tmp_path, monkeypatch):
+    # The second process is a fresh interpreter: what breaks its CLSC-1 run must be in it from
+    # the start, so a sitecustomize on its path replaces the experiment by one that fails as a
+    # corrupted checkpoint would. CLSC-2, here, is a stand-in.
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "from moca import experiment\n\n\n"
+        "def corrupted(**kwargs):\n"
+        "    raise experiment.ExperimentError(\"checkpoint 'default': its policy architecture differs\")\n\n\n"
+        "experiment.run_experiment = corrupted\n")
+    monkeypatch.setenv("PYTHONPATH", str(hooks))
+    monkeypatch.setattr(experiment2, "run_experiment2", lambda **kwargs: stand_in_run(kwargs, "CLSC-2"))
+    threads = torch.get_num_threads()
+    done, runs, out_json = run_both(tmp_path, 2)
+    torch.set_num_threads(threads)
+    assert done.returncode == 2, done.stderr[-3000:]  # bad input (a checkpoint), as in one process
+    assert "moca: error: CLSC-1 run failed: checkpoint 'default': its policy architecture differs" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    (folder,) = runs.iterdir()
+    assert folder.name.endswith("-clsc2-quick")
+    saved = json.loads(out_json.read_text())
+    assert "architecture differs" in saved["CLSC-1"]["error"] and saved["CLSC-2"]["id"] == folder.name
+    assert "FAILED" in done.stdout[done.stdout.index("both worlds"):]
+    assert not multiprocessing.active_children()
+
+
+def test_a_second_process_that_dies_is_reported_and_the_other_world_kept(tmp_path, monkeypatch):
+    def clsc2_that_kills_the_other(**kwargs):
+        (second,) = [p for p in multiprocessing.active_children() if p.name == "moca run CLSC-1"]
+        second.kill()  # as the kernel's out-of-memory killer would
+        return stand_in_run(kwargs, "CLSC-2")
+
+    monkeypatch.setattr(experiment2, "run_experiment2", clsc2_that_kills_the_other)
+    threads = torch.get_num_threads()
+    done, runs, out_json = run_both(tmp_path, 2)
+    torch.set_num_threads(threads)
+    assert done.returncode == 1
+    assert "CLSC-1 run failed: its process ended without a result (exit code -9: killed" in done.stderr
+    (folder,) = runs.iterdir()
+    assert folder.name.endswith("-clsc2-quick")
+    assert "ended without a result" in json.loads(out_json.read_text())["CLSC-1"]["error"]
+    assert not multiprocessing.active_children()
+
+
 # --- the orchestration, with stand-ins for the two experiments ------------------------------
 
 
 def stand_in_metrics(run_id: str, world: str) -> dict:
+
     tasks = ["T1", "T2", "T3"]
     return {"id": run_id, "tasks": tasks, "wall_seconds": 1.0, "targets": [] if world == "CLSC-1" else {},
             "methods": {"moca": {"R": [[0.9, 0.9, 0.9]] * 4, "average_final_score": 0.9,
@@ -121,16 +210,12 @@ def stand_ins(monkeypatch):
     def fake(world):
         def experiment_function(**kwargs):
             calls.append(world)
-            run_id = kwargs.get("run_id") or f"20260101-000000{'-clsc2' if world == 'CLSC-2' else ''}"
-            folder = Path(kwargs["runs_dir"]) / run_id
-            folder.mkdir(parents=True)
-            metrics = stand_in_metrics(run_id, world)
-            (folder / "metrics.json").write_text(json.dumps(metrics))
-            return metrics, folder
+            return stand_in_run(kwargs, world)
         return experiment_function
 
     monkeypatch.setattr(experiment, "run_experiment", fake("CLSC-1"))
     monkeypatch.setattr(experiment2, "run_experiment2", fake("CLSC-2"))
+    monkeypatch.setattr(cli, "_run_stamp", lambda: "20260101-000000")
     threads = torch.get_num_threads()
     yield calls
     torch.set_num_threads(threads)
@@ -146,7 +231,7 @@ def test_model_runs_one_world(stand_ins, tmp_path):
         assert json.loads(out_json.read_text())["id"].startswith("20260101")  # one world: its metrics, unwrapped
         assert "both worlds" not in done.stdout
     stand_ins.clear()
-    assert run("--runs-dir", tmp_path / "both").returncode == 0
+    assert run("--runs-dir", tmp_path / "both", "--jobs", "1").returncode == 0
     assert stand_ins == ["CLSC-1", "CLSC-2"]
     assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["20260101-000000", "20260101-000000-clsc2"]
     # --params describes a CLSC-1 chain: CLSC-1 alone, and it says so.
@@ -180,10 +265,39 @@ def test_a_later_world_failing_leaves_the_first_ones_folder(stand_ins, tmp_path,
 
     monkeypatch.setattr(experiment2, "run_experiment2", corrupted)
     out_json = tmp_path / "both.json"
-    done = run("--runs-dir", tmp_path / "runs", "--json", out_json)
+    done = run("--runs-dir", tmp_path / "runs", "--json", out_json, "--jobs", "1")
     assert done.returncode == 2  # the failure was bad input (a checkpoint), not a bug
     assert "CLSC-2 run failed: checkpoint 'default'" in done.stderr
     assert stand_ins == ["CLSC-1"]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["20260101-000000"]
     saved = json.loads(out_json.read_text())
     assert saved["CLSC-1"]["id"] == "20260101-000000" and "architecture differs" in saved["CLSC-2"]["error"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes' parents from /proc")
+def test_ctrl_c_stops_both_processes(tmp_path):
+    import signal
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # (ended meanwhile)
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    proc = start_in_own_session("run", "--quick", "--jobs", "2", "--runs-dir", tmp_path / "runs")
+    second: list[int] = []
+
+    def both_at_work() -> bool:  # (imports take ~2 s of CPU)
+        second[:] = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        return bool(second) and cpu_seconds(second[0]) >= 4.0
+
+    stderr = ctrl_c_once(proc, both_at_work)
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, stderr)
+    assert stderr.endswith("moca: interrupted\n") and "Traceback" not in stderr, stderr
+    assert not Path(f"/proc/{second[0]}").exists()  # the second process did not outlive the first
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -548,9 +548,11 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
                    tasks: Sequence[tuple[str, Regime]] | None = None, config: ExperimentConfig | None = None,
                    runs_dir: str | Path = "runs", params: Params = Params(),
                    progress: Callable[[str, int], None] | None = None, command: str = "moca run",
-                   warn: Callable[[str], None] | None = None) -> tuple[dict, Path]:
+                   warn: Callable[[str], None] | None = None, run_id: str | None = None) -> tuple[dict, Path]:
     """T1 -> T2 -> T3 for every method beside threshold, MPC and oracle; writes
     ``runs/<id>/metrics.json``, ``report.md`` and the PNG plots. Returns (metrics, run dir).
+    ``run_id``: the folder's name (default: the time the scoring starts, ``-quick`` for a
+    quick run).
 
     ``progress(description, units_done)`` is told about each unit of work (for a bar);
     ``warn`` gets the line saying that the meta-init was trained on other params than
@@ -578,7 +580,7 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     regimes = [r for _, r in tasks]
     tell("drawing scenarios, oracle costs")
     scorer = Scorer(module, cache, regimes, config)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else "")
+    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else "")
     metrics: dict[str, Any] = {
         "id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
         "machine": machine(), "command": command, "params": params.model_dump(), "params_note": params_note,

@@ -1,0 +1,85 @@
+"""How long ``moca run`` takes with both worlds at once (``--jobs 2``, the default on 2 cores)
+against one world after the other (``--jobs 1``), and whether the two give the same numbers.
+
+    .venv/bin/python benchmarks/bench_run.py [--full] [--out FILE]
+
+Runs ``moca run --quick`` (``--full``: plain ``moca run``, about 12 minutes in all) with
+``--jobs 1`` and then ``--jobs 2``, each in a fresh interpreter as from a shell, into a
+temporary runs folder, and reports each one's wall seconds (start to exit) and each world's
+own ``wall_seconds``, the ratio of the two wall times (measured in the same run, so a slow
+hour of a shared machine hits both), and every metric that differs between the two runs
+(leaving out ids, clock times, timings and latencies: there must be none). Issue 10's
+budget is ``--quick`` <= 120 s and ``moca run`` <= 600 s on 2 cores. Prints one JSON object
+and writes it to ``--out`` (default ``benchmarks/run_jobs.json``, with ``--full``
+``benchmarks/run_jobs_full.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUDGET_S = {"quick": 120.0, "full": 600.0}
+RUN_TO_RUN = ("id", "created", "machine", "command", "measured", "seconds", "latency")
+
+
+def differences(first, second, path: str = "") -> list[str]:
+    """Where two runs' metrics differ, leaving out what differs from run to run."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        keys = [k for k in {*first, *second} if not any(word in k for word in RUN_TO_RUN)]
+        return [d for k in sorted(keys) for d in differences(first.get(k), second.get(k), f"{path}/{k}")]
+    if isinstance(first, list) and isinstance(second, list) and len(first) == len(second):
+        return [d for j, (x, y) in enumerate(zip(first, second)) for d in differences(x, y, f"{path}[{j}]")]
+    return [] if first == second else [f"{path}: {first!r} != {second!r}"]
+
+
+def timed_run(jobs: int, quick: bool, folder: Path) -> dict:
+    """``moca run [--quick] --jobs N``: wall seconds, each world's own seconds, its metrics."""
+    out_json = folder / f"jobs{jobs}.json"
+    command = [sys.executable, "-m", "moca.cli", "run", "--jobs", str(jobs), "--runs-dir", str(folder / f"runs{jobs}"),
+               "--json", str(out_json), *(["--quick"] if quick else [])]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"bench_run: moca run --jobs {jobs} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+    metrics = json.loads(out_json.read_text())
+    return {"wall_seconds": wall, "worlds_seconds": {w: m["wall_seconds"] for w, m in metrics.items()},
+            "metrics": metrics}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="plain moca run (default: --quick)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    out = args.out or HERE / ("run_jobs_full.json" if args.full else "run_jobs.json")
+    from moca.experiment import machine
+
+    size = "full" if args.full else "quick"
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+        runs = {jobs: timed_run(jobs, not args.full, Path(tmp)) for jobs in (1, 2)}
+    diffs = {w: differences(runs[2]["metrics"][w], runs[1]["metrics"][w]) for w in ("CLSC-1", "CLSC-2")}
+    result = {
+        "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": f"moca run{'' if args.full else ' --quick'} --jobs N", "budget_s": BUDGET_S[size],
+        **{f"jobs{j}": {k: v for k, v in runs[j].items() if k != "metrics"} for j in (1, 2)},
+        "speedup": runs[1]["wall_seconds"] / runs[2]["wall_seconds"],
+        "jobs2_within_budget": runs[2]["wall_seconds"] <= BUDGET_S[size],
+        "metrics_differences": {w: d[:20] for w, d in diffs.items()},
+        "same_numbers": not any(diffs.values()),
+    }
+    text = json.dumps(result, indent=1)
+    out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
