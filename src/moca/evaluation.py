@@ -47,11 +47,19 @@ class Evaluation:
         }
 
 
-def latency_summary(latencies_us: Sequence[float] | np.ndarray) -> dict[str, float | None]:
-    """``{"p50", "p99"}`` of per-decision latencies (µs); None when there are none."""
-    lat = np.asarray(latencies_us, dtype=float)
-    return {"p50": float(np.percentile(lat, 50)) if lat.size else None,
-            "p99": float(np.percentile(lat, 99)) if lat.size else None}
+def latency_summary(latencies_us: Sequence[float] | np.ndarray,
+                    cpu_us: Sequence[float] | np.ndarray | None = None) -> dict[str, float | None]:
+    """``{"p50", "p99"}`` of per-decision latencies (µs, wall clock); None when there are
+    none. With ``cpu_us`` (the deciding thread's CPU time per decision) also ``cpu_p50``,
+    ``cpu_p99``."""
+    out = {}
+    for prefix, values in (("", latencies_us), ("cpu_", cpu_us)):
+        if values is None:
+            continue
+        lat = np.asarray(values, dtype=float)
+        out[f"{prefix}p50"] = float(np.percentile(lat, 50)) if lat.size else None
+        out[f"{prefix}p99"] = float(np.percentile(lat, 99)) if lat.size else None
+    return out
 
 
 class TimedDecisions:
@@ -60,11 +68,15 @@ class TimedDecisions:
     time. A :class:`moca.policy.DeployedPolicy` projects itself, so only its ``decide`` is
     timed (reading the simulator's tensors is not part of what a controller does); roll
     out with :attr:`projector` (None for a deployed policy). Violations are counted after
-    the episode, outside the timed region."""
+    the episode, outside the timed region. ``cpu_latencies``: a deployed policy's CPU time
+    of the deciding thread per decision (µs), to which another process on the same cores
+    adds nothing, where it adds its time slices to the wall clock (read outside the
+    wall-clock window)."""
 
     def __init__(self, policy: Policy):
         self.policy = policy
         self.latencies: list[float] = []
+        self.cpu_latencies: list[float] = []
         self._started = 0.0
         self.projector = None if isinstance(policy, DeployedPolicy) else self._project
 
@@ -74,9 +86,12 @@ class TimedDecisions:
     def act(self, obs: Observation) -> torch.Tensor:
         if self.projector is None:
             args = self.policy.inputs(obs)
+            cpu_started = time.thread_time()
             started = time.perf_counter()
             action = self.policy.decide(*args)
-            self.latencies.append((time.perf_counter() - started) * 1e6)
+            ended = time.perf_counter()
+            self.cpu_latencies.append((time.thread_time() - cpu_started) * 1e6)
+            self.latencies.append((ended - started) * 1e6)
             return torch.as_tensor(action, dtype=obs.state.virgin.dtype)[None]
         self._started = time.perf_counter()
         return self.policy.act(obs)

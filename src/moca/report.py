@@ -40,10 +40,13 @@ Score = float | None  # None (or NaN) = not measured
 
 
 class Latency(TypedDict):
-    """Decision latency of the deployment path (policy + exact projection), microseconds."""
+    """Decision latency of the deployment path (policy + exact projection), microseconds:
+    wall clock, and (moca's methods) the deciding thread's CPU time."""
 
     p50: float | None
     p99: float | None
+    cpu_p50: NotRequired[float | None]
+    cpu_p99: NotRequired[float | None]
 
 
 class Machine(TypedDict, total=False):
@@ -1068,7 +1071,9 @@ def report_markdown(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
             "99% of its plateau, per task (– = not reached or not measured).",
             "- *violations*: executed actions breaking a hard constraint (must be 0); *correction*: mean "
             "normalised distance the safety layer moved the raw action.",
-            "- *latency*: one decision (policy + exact projection); for baselines, their worst task.", "",
+            "- *latency*: one decision (policy + exact projection), wall clock; for baselines, their worst "
+            "task. metrics.json also has the deciding thread's CPU time of moca's methods (`cpu_p50`, "
+            "`cpu_p99`), which another process on the same cores does not add to.", "",
         ]
 
     if m.get("targets"):
