@@ -53,6 +53,9 @@ def test_truncated_and_missing_files_refused(tmp_path):
         checkpoint.load(path)
     with pytest.raises(CheckpointError, match="no such directory"):
         checkpoint.load(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="weights.safetensors: not a directory .a checkpoint is a directory "
+                                              "holding checkpoint.json and weights.safetensors."):
+        checkpoint.load(path / checkpoint.WEIGHTS)  # the weights file for its folder: not "no such directory"
 
 
 def test_pickle_is_never_loaded(tmp_path):

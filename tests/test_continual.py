@@ -488,6 +488,16 @@ def test_the_learner_refuses_what_it_took_without_a_word():
     learner.learn(a, 1)  # a task met again is learned and closed again
     learner.consolidate(a)
     assert learner.tasks_done == 3
+    # A task is itself, not its name: another task called 'T1' begins afresh, and the first
+    # 'T1' is then not the one being learned (the name alone continued the first one's state).
+    other_t1 = LinearTask("T1", module, b.x, b.y)
+    learner.learn(a, 1)
+    learner.learn(other_t1, 1)
+    with pytest.raises(ValueError, match=r"consolidate: task 'T1' is not the one being learned \(another task of "
+                                         r"that name\)"):
+        learner.consolidate(a)
+    learner.consolidate(other_t1)
+    assert learner.tasks_done == 4
     ewc = EWC(1.0)
     ewc.consolidate(torch.ones(3), torch.zeros(3))
     with pytest.raises(ValueError, match=r"fisher \(4,\): the earlier tasks' are \(3,\)"):

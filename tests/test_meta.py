@@ -212,6 +212,70 @@ def test_bad_meta_arguments_are_refused():
         MetaConfig(unknown_field=1)
 
 
+def test_meta_arguments_of_the_wrong_kind_are_refused_by_name():
+    model, data = _tiny()
+    for kwargs, needle in (({"inner_lr": "1"}, "inner_lr: '1'"), ({"inner_lr": None}, "inner_lr: None"),
+                           ({"inner_steps": 2.5}, "inner_steps: 2.5 must be a whole number"),
+                           ({"inner_steps": True}, "inner_steps: True"), ({"outer_lr": "fast"}, "outer_lr"),
+                           ({"inner_clip": "0.03"}, "inner_clip"), ({"zero_shot_weight": None}, "zero_shot_weight")):
+        with pytest.raises(MetaError, match=needle):
+            MetaLearner(model, **kwargs)
+    with pytest.raises(MetaError, match="module: expected a torch module with parameters to meta-learn, got ReLU"):
+        MetaLearner(nn.ReLU())
+    with pytest.raises(MetaError, match="module: .* got dict"):
+        MetaLearner({"weight": torch.zeros(1)})
+    assert MetaLearner(model, inner_lr=np.float32(0.5), inner_steps=np.int64(2)).inner_steps == 2
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile"])
+def test_losses_and_learners_that_cannot_give_a_step_are_refused_by_name(algorithm):
+    # Each of these gave a step of zero without a word, or an error deep inside torch.
+    model, data = _tiny()
+    meta = MetaLearner(model, algorithm, inner_lr=0.1, inner_clip=None)
+    before = _flat(model)
+    with pytest.raises(MetaError, match="learners: empty"):
+        meta.outer_step([], torch.tensor(0.0, requires_grad=True))
+    learner = meta.clone()
+    with pytest.raises(MetaError, match="loss: expected a one-number tensor .* got float"):
+        learner.adapt(1.0)
+    with pytest.raises(MetaError, match=r"loss: expected a one-number tensor .* got a tensor of shape \[10, 1\]"):
+        learner.adapt((learner(data["xs"]) - data["ys"]) ** 2)
+    with pytest.raises(MetaError, match="loss: does not depend on the learners' weights"):
+        learner.adapt(torch.tensor(1.0))
+    with pytest.raises(MetaError, match="loss: does not depend on the learner's weights"):
+        learner.adapt(torch.tensor(1.0, requires_grad=True) * 2)  # a graph, but not through the learner
+    other = MetaLearner(_tiny(1)[0], algorithm)
+    with pytest.raises(MetaError, match=r"learners\[0\]: not a learner of this MetaLearner"):
+        meta.outer_step([other.clone()], torch.tensor(0.0, requires_grad=True))
+    learner.adapt(_loss(model, learner.weights, data["xs"], data["ys"]))
+    if algorithm != "reptile":
+        with pytest.raises(MetaError, match="query_loss: does not depend on"):
+            meta.outer_step([learner], torch.tensor(1.0, requires_grad=True) * 2)
+    assert np.array_equal(_flat(model), before)  # nothing moved
+    query = _loss(model, learner.weights, data["xq"], data["yq"]) if algorithm != "reptile" else None
+    assert meta.outer_step([learner], query) > 0
+    assert not np.array_equal(_flat(model), before)
+
+
+def test_meta_train_takes_a_dict_of_config_fields_and_refuses_other_worlds_configs():
+    from moca.meta2 import MetaConfig2, meta_train2
+
+    tiny = {"meta_steps": 1, "tasks_per_step": 1, "support_size": 1, "query_size": 1,
+            "params": Params(horizon=4), "policy": PolicyConfig(hidden=4)}
+    module, history = meta_train(tiny)
+    same, again = meta_train(MetaConfig(**tiny))
+    assert [s["query_score"] for s in history["steps"]] == [s["query_score"] for s in again["steps"]]
+    with pytest.raises(ValueError, match="meta_steps"):
+        meta_train({**tiny, "meta_steps": -1})
+    with pytest.raises(MetaError, match="config: expected a MetaConfig or a dict of its fields, got list"):
+        meta_train([1])
+    with pytest.raises(MetaError, match="config: its params are another world's .Params2.: for CLSC-2 use "
+                                        "moca.meta2.meta_train2"):
+        meta_train(MetaConfig2(meta_steps=1))
+    with pytest.raises(MetaError, match="config: expected a MetaConfig2"):
+        meta_train2("fast")
+
+
 def test_a_step_that_is_not_finite_is_refused_and_leaves_the_weights_as_they_were():
     # A diverging config (rates or a correction weight far too high) made NaN weights that failed
     # later as an internal error in the projection; now the step says so, naming what to lower.

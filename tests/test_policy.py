@@ -300,6 +300,9 @@ def test_bad_inputs_are_refused():
         evaluate_policy(module, None, batch, np.ones(3))
     with pytest.raises(PolicyError, match="groups"):
         PolicyAgent(module, [dict(module.named_parameters())] * 2)
+    for groups in ([3, -1], [2.5, 0.5], [True, 1], [0, 2]):  # a negative size took scenarios from the next group
+        with pytest.raises(PolicyError, match=r"groups: sizes .* must be whole numbers >= 1"):
+            PolicyAgent(module, [dict(module.named_parameters())] * 2, groups=groups)
 
 
 def test_numpy_deployment_step_equals_the_module_forward():

@@ -210,3 +210,14 @@ def test_an_evaluation_refuses_weights_chains_and_costs_that_do_not_fit_both_wor
                 evaluate(module, None, own, np.array(costs))
     with pytest.raises(PolicyError, match="scenarios: expected CLSC-2 Scenario2s, got Scenario"):
         evaluate_policy2(module, None, [draw_scenario(1)], np.array([1000.0]))
+
+
+def test_group_sizes_that_are_not_whole_numbers_of_scenarios_are_refused(small_policy):
+    from moca.policy import PolicyError
+    from moca.policy2 import PolicyAgent2
+
+    weights = [dict(small_policy.named_parameters())] * 2
+    for groups in ([3, -1], [1.5, 0.5], [0, 2]):  # a negative size took scenarios from the next group
+        with pytest.raises(PolicyError, match=r"groups: sizes .* must be whole numbers >= 1"):
+            PolicyAgent2(small_policy, weights, groups=groups)
+    assert PolicyAgent2(small_policy, weights, groups=[np.int64(1), 2]).groups == [1, 2]

@@ -134,7 +134,9 @@ def load(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
     directory = resolve(directory)
     if not directory.is_dir():
-        raise CheckpointError(f"checkpoint {directory}: no such directory")
+        raise CheckpointError(f"checkpoint {directory}: " + (
+            f"not a directory (a checkpoint is a directory holding {META} and {WEIGHTS})" if directory.exists()
+            else "no such directory"))
     meta_path, weights_path = directory / META, directory / WEIGHTS
     for path in (meta_path, weights_path):
         if not path.is_file():

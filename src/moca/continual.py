@@ -435,8 +435,11 @@ class ContinualLearner:
         self.ewc = EWC(c.ewc_lambda, online=c.online, gamma=c.gamma) if self.spec.ewc else None
         self.memories: list[Task] = []  # consolidated tasks whose memory losses constrain updates
         self.tasks_done: int = 0
-        self._active: str | None = None  # name of the task being learned, None between tasks
-        self._closed: str | None = None  # name of the task consolidated last, until the next begins
+        # The task being learned (None between tasks) and the one consolidated last, until the
+        # next begins: by identity, as two tasks may share a name (PolicyTask's default, say)
+        # and a new one must begin afresh (optimizer state, a fresh start for 'scratch').
+        self._active: Task | None = None
+        self._closed: Task | None = None
         self._optimizer = self._new_optimizer()
         self._memory_grads: Tensor | None = None  # [K, P] cache, see ContinualConfig.memory_every
         self._memory_age = 0  # steps since the cache was filled
@@ -482,7 +485,7 @@ class ContinualLearner:
         if self.config.reset_optimizer or self.spec.init == "fresh":
             self._optimizer = self._new_optimizer()
         self._memory_grads = None
-        self._active, self._closed = task.name, None
+        self._active, self._closed = task, None
 
     def _memory_gradients(self) -> Tensor:
         """``[K, P]`` gradients of the earlier regimes' memory losses (GEM's constraints).
@@ -523,7 +526,7 @@ class ContinualLearner:
         0, and no GEM projection), i.e. the 'maml' update, with the learner's consolidated
         state kept for later protected steps.
         """
-        if self._active != task.name:
+        if self._active is not task:
             self._begin(task)
         loss = self._loss(task.loss, f"task {task.name!r} loss")
         penalty = self.ewc.penalty(self.flat) if self.ewc is not None and protect else torch.zeros_like(loss)
@@ -563,7 +566,7 @@ class ContinualLearner:
         if not is_whole(steps) or steps < 0:
             raise ContinualError(f"steps={steps!r}: must be a whole number >= 0")
         steps = int(steps)
-        if self._active != task.name:
+        if self._active is not task:
             self._begin(task)
         stats = LearnStats(task=task.name, seconds=[0.0])
         if on_step is not None:
@@ -584,9 +587,10 @@ class ContinualLearner:
 
     def consolidate(self, task: Task) -> ConsolidateStats:
         """Close ``task``: Fisher and anchor for EWC methods, memory for projected methods."""
-        if self._active is not None and self._active != task.name:
-            raise ContinualError(f"consolidate: task {task.name!r} is not the one being learned ({self._active!r})")
-        if self._active is None and self._closed == task.name:  # (it doubled the Fisher and the memory)
+        if self._active is not None and self._active is not task:
+            other = "another task of that name" if self._active.name == task.name else repr(self._active.name)
+            raise ContinualError(f"consolidate: task {task.name!r} is not the one being learned ({other})")
+        if self._active is None and self._closed is task:  # (it doubled the Fisher and the memory)
             raise ContinualError(f"consolidate: task {task.name!r} is already consolidated; learn it again first")
         start = time.perf_counter()
         max_curvature = None
@@ -607,5 +611,5 @@ class ContinualLearner:
         if self.spec.project:
             self.memories.append(task)
         self.tasks_done += 1
-        self._active, self._closed = None, task.name
+        self._active, self._closed = None, task
         return ConsolidateStats(task=task.name, seconds=time.perf_counter() - start, max_curvature=max_curvature)

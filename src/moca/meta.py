@@ -113,6 +113,24 @@ class Learner:
         self.meta.adapt_all([self], loss)
 
 
+def _check_loss(loss: Any, what: str) -> None:
+    """``loss`` must be one number that gradients can flow back from."""
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        shape = f"a tensor of shape {list(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise MetaError(f"{what}: expected a one-number tensor (e.g. a mean over scenarios), got {shape}")
+    if not loss.requires_grad:
+        raise MetaError(f"{what}: does not depend on the learners' weights (no gradient flows back from it): "
+                        "compute it through the learner, learner(inputs)")
+
+
+def _check_learners(learners: Sequence[Learner], meta: "MetaLearner") -> None:
+    if len(learners) == 0:
+        raise MetaError("learners: empty; a step needs at least one learner from clone()")
+    for j, learner in enumerate(learners):
+        if not isinstance(learner, Learner) or learner.meta is not meta:
+            raise MetaError(f"learners[{j}]: not a learner of this MetaLearner (make one with its clone())")
+
+
 def _per_learner(grads: Sequence[Tensor | None], learners: Sequence[Learner]) -> list[dict[str, Tensor | None]]:
     """Split gradients taken over ``[w for learner in learners for w in learner.weights.values()]``
     back into one dict per learner."""
@@ -126,17 +144,20 @@ class MetaLearner:
     def __init__(self, module: nn.Module, algorithm: Algorithm = "fomaml", inner_lr: float = 1.0,
                  inner_steps: int = 1, outer_lr: float = 1e-3, inner_clip: float | None = 0.03,
                  zero_shot_weight: float = 0.0):
+        if not isinstance(module, nn.Module) or not any(True for _ in module.parameters()):
+            raise MetaError(f"module: expected a torch module with parameters to meta-learn, got "
+                            f"{type(module).__name__}{'' if not isinstance(module, nn.Module) else ' without any'}")
         if algorithm not in ALGORITHMS:
             raise MetaError(f"algorithm: {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-        if not (inner_lr > 0 and math.isfinite(inner_lr)):
+        if not (is_finite_number(inner_lr) and inner_lr > 0):
             raise MetaError(f"inner_lr: {inner_lr!r} must be a finite number > 0")
-        if inner_steps < 1:
-            raise MetaError(f"inner_steps: {inner_steps!r} must be >= 1")
-        if not (outer_lr > 0 and math.isfinite(outer_lr)):
+        if not (is_whole(inner_steps) and inner_steps >= 1):
+            raise MetaError(f"inner_steps: {inner_steps!r} must be a whole number >= 1")
+        if not (is_finite_number(outer_lr) and outer_lr > 0):
             raise MetaError(f"outer_lr: {outer_lr!r} must be a finite number > 0")
-        if inner_clip is not None and not (inner_clip > 0 and math.isfinite(inner_clip)):
+        if inner_clip is not None and not (is_finite_number(inner_clip) and inner_clip > 0):
             raise MetaError(f"inner_clip: {inner_clip!r} must be a finite number > 0, or None")
-        if not (zero_shot_weight >= 0 and math.isfinite(zero_shot_weight)):
+        if not (is_finite_number(zero_shot_weight) and zero_shot_weight >= 0):
             raise MetaError(f"zero_shot_weight: {zero_shot_weight!r} must be a finite number >= 0")
         self.module = module
         self.algorithm = algorithm
@@ -173,9 +194,14 @@ class MetaLearner:
         learner's weights (e.g. per-task mean losses of a task-batched rollout), so the
         gradient with respect to a learner's weights is that learner's own gradient.
         """
+        _check_learners(learners, self)
+        _check_loss(loss, "loss")
         flat = [w for learner in learners for w in learner.weights.values()]
         grads = torch.autograd.grad(loss, flat, create_graph=self.second_order, allow_unused=True)
-        for learner, own in zip(learners, _per_learner(grads, learners)):
+        for j, (learner, own) in enumerate(zip(learners, _per_learner(grads, learners))):
+            if all(g is None for g in own.values()):
+                raise MetaError(f"loss: does not depend on {'the learner' if len(learners) == 1 else f'learner {j}'}"
+                                "'s weights: compute it through the learner, learner(inputs)")
             own = {k: torch.zeros_like(learner.weights[k]) if g is None else g for k, g in own.items()}
             if learner.start_grad is None:  # the first inner step
                 learner.start_grad = {k: g.detach() for k, g in own.items()}
@@ -196,11 +222,14 @@ class MetaLearner:
         costs nothing, and it keeps the initialisation good on its own (plain MAML only
         optimises the loss after adaptation, and may trade the zero-shot score for it).
         """
+        _check_learners(learners, self)
+        starts = [l.start_grad for l in learners if l.start_grad is not None]
+        if self.zero_shot_weight > 0 and len(starts) != len(learners):
+            raise MetaError("learners: zero_shot_weight needs every learner to have taken an inner step")
+        if query_loss is not None and self.algorithm != "reptile":
+            _check_loss(query_loss, "query_loss")
         direction = self._direction(learners, query_loss)
         if self.zero_shot_weight > 0:
-            starts = [l.start_grad for l in learners if l.start_grad is not None]
-            if len(starts) != len(learners):
-                raise MetaError("learners: zero_shot_weight needs every learner to have taken an inner step")
             for k in direction:
                 direction[k] = direction[k] + self.zero_shot_weight * torch.stack([g[k] for g in starts]).mean(0)
         return direction
@@ -214,10 +243,16 @@ class MetaLearner:
             raise MetaError(f"query_loss: {self.algorithm} needs the query loss of the adapted learners")
         if self.algorithm == "maml":
             grads = torch.autograd.grad(query_loss, list(params.values()), allow_unused=True)
+            if all(g is None for g in grads):
+                raise MetaError("query_loss: does not depend on the meta weights through the learners: compute it "
+                                "through the adapted learners, learner(inputs)")
             return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), grads)}
         # fomaml: the gradient at the adapted weights stands in for the gradient at θ.
         flat = [w for learner in learners for w in learner.weights.values()]
         grads = torch.autograd.grad(query_loss, flat, allow_unused=True)
+        if all(g is None for g in grads):
+            raise MetaError("query_loss: does not depend on the learners' weights: compute it through the adapted "
+                            "learners, learner(inputs)")
         out = {k: torch.zeros_like(p) for k, p in params.items()}
         for own in _per_learner(grads, learners):
             for key, g in own.items():
@@ -430,6 +465,16 @@ class StopRequest:
                          "(Ctrl-C again: stop now, write nothing)\n")
 
 
+def as_config(config: Any, kind: type[MetaConfig]) -> Any:
+    """``config`` as a ``kind``: one already, or a dict of its fields (checked as the class
+    checks them, each problem named by field)."""
+    if isinstance(config, kind):
+        return config
+    if isinstance(config, dict):
+        return kind.model_validate(config)
+    raise MetaError(f"config: expected a {kind.__name__} or a dict of its fields, got {type(config).__name__}")
+
+
 def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
                backend: Any = None, module: LSTMPolicy | None = None,
                stop: Callable[[], bool] | None = None) -> tuple[LSTMPolicy, dict[str, Any]]:
@@ -452,6 +497,10 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
     ``stop``: asked after every meta step (e.g. a :class:`StopRequest`); True ends the
     training there, with ``history["interrupted"]`` set.
     """
+    config = as_config(config, MetaConfig)
+    if not isinstance(config.params, Params):
+        raise MetaError(f"config: its params are another world's ({type(config.params).__name__}): for CLSC-2 use "
+                        "moca.meta2.meta_train2 with a MetaConfig2")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     if module is None:

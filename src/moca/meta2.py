@@ -23,7 +23,7 @@ import torch
 from pydantic import ConfigDict, Field, field_validator
 
 from moca.meta import (META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner,
-                       adapt_loop, check_adapt_arguments, check_cache, check_scenarios, first_seeds,
+                       adapt_loop, as_config, check_adapt_arguments, check_cache, check_scenarios, first_seeds,
                        sample_task)
 from moca.policy import PolicyConfig, Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
@@ -122,6 +122,7 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
     local run's to round-off. ``stop``: asked after every meta step (a
     :class:`moca.meta.StopRequest`); True ends the training there (``history["interrupted"]``).
     Returns the module and the history."""
+    config = as_config(config, MetaConfig2)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     module = LSTMPolicy2(config.params, config.policy)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from moca import safety
-from moca.limits import is_finite_number
+from moca.limits import is_finite_number, is_whole
 from moca.scenario import LARGEST_VALUE, Params, Scenario, seasonal_mean_demand
 from moca.sim import (
     R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX, Observation, Projector, ScenarioBatch,
@@ -390,6 +390,16 @@ def check_evaluation(module: nn.Module, weights: Any, params: Any, oracle_costs:
 # ----------------------------------------------------------------------------------------
 
 
+def check_groups(weights: list, groups: Sequence[int] | None) -> list[int] | None:
+    """The sizes of the consecutive groups of a batch that ``weights`` (a list of weight
+    dicts) act on, one each: whole numbers >= 1, as many as the dicts when there are several."""
+    if groups is not None and not all(is_whole(size) and size >= 1 for size in groups):
+        raise PolicyError(f"groups: sizes {list(groups)} must be whole numbers >= 1 (scenarios per weight dict)")
+    if len(weights) > 1 and (groups is None or len(groups) != len(weights)):
+        raise PolicyError(f"groups: {len(weights)} weight dicts need as many group sizes, got {groups}")
+    return [int(size) for size in groups] if groups is not None else None
+
+
 class PolicyAgent:
     """Acts with ``module`` evaluated at ``weights`` via ``functional_call``.
 
@@ -408,9 +418,7 @@ class PolicyAgent:
         if weights is None:
             weights = module_weights(module)
         self.weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
-        self.groups = list(groups) if groups is not None else None
-        if len(self.weights) > 1 and (self.groups is None or len(self.groups) != len(self.weights)):
-            raise PolicyError(f"groups: {len(self.weights)} weight dicts need as many group sizes, got {groups}")
+        self.groups = check_groups(self.weights, groups)
         self._frames: list[Tensor] = []
         self._states: list[LSTMState | None] = [None] * len(self.weights)
 

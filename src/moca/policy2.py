@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from moca import clsc2
-from moca.policy import PolicyConfig, PolicyError, Weights, check_evaluation, correction_distance
+from moca.policy import PolicyConfig, PolicyError, Weights, check_evaluation, check_groups, correction_distance
 from moca.scenario import DEFAULT_PARAMS_2, Params2, Scenario2
 from moca.sim2 import Observation2, ScenarioBatch2, rollout2
 
@@ -620,9 +620,7 @@ class PolicyAgent2:
         self.module = module
         weights = dict(module.named_parameters()) if weights is None else weights
         self.weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
-        self.groups = list(groups) if groups is not None else None
-        if len(self.weights) > 1 and (self.groups is None or len(self.groups) != len(self.weights)):
-            raise PolicyError(f"groups: {len(self.weights)} weight dicts need as many group sizes, got {groups}")
+        self.groups = check_groups(self.weights, groups)
         self._frames: list[Tensor] = []
         self._states: list[LSTMState | None] = [None] * len(self.weights)
 
