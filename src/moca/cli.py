@@ -1621,8 +1621,8 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
                         failed("CLSC-1", (f"its process ended without a result (exit code {second.exitcode}: "
                                           "killed, or out of memory?)", 1))
                         return
-                    if kind == "progress":
-                        progress.update(bar1, description=what[0], completed=what[1])
+                    if kind == "progress":  # (each bar names its world: both have an 'ewc: learning T1')
+                        progress.update(bar1, description=f"[CLSC-1] {what[0]}", completed=what[1])
                     elif kind == "warn":
                         _warn(what[0])
                     elif kind == "done":
@@ -1636,7 +1636,8 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
             listener.start()
             try:
                 results["CLSC-2"] = _experiment2(quick, runs_dir, methods, peers, test_scenarios, command,
-                                                 ids["CLSC-2"], None, lambda d: progress.update(bar2, description=d))
+                                                 ids["CLSC-2"], None,
+                                                 lambda d: progress.update(bar2, description=f"[CLSC-2] {d}"))
             except Exception as err:  # one world's failure must not lose the other's run
                 failed("CLSC-2", _run_failure(err))
             listener.join()
