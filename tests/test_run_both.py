@@ -299,5 +299,6 @@ def test_ctrl_c_stops_both_processes(tmp_path):
     stderr = ctrl_c_once(proc, both_at_work)
     assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, stderr)
     assert stderr.endswith("moca: interrupted\n") and "Traceback" not in stderr, stderr
+    assert "run failed" not in stderr, stderr  # (the second process stopped by the first is no failure)
     assert not Path(f"/proc/{second[0]}").exists()  # the second process did not outlive the first
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

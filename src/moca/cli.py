@@ -1594,6 +1594,7 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
                                               command=command, run_id=ids["CLSC-1"], config=config)))
     results: dict[str, Any] = {}
     failures: dict[str, tuple[str, int]] = {}
+    stopping = threading.Event()  # this process stops the second one: its end is no failure to report
 
     def failed(world: str, failure: tuple[str, int]) -> None:
         failures[world] = failure
@@ -1617,6 +1618,8 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
                     try:
                         kind, *what = receive.recv()
                     except (EOFError, OSError):  # it ended without its outcome: killed, or out of memory
+                        if stopping.is_set():
+                            return
                         second.join()
                         failed("CLSC-1", (f"its process ended without a result (exit code {second.exitcode}: "
                                           "killed, or out of memory?)", 1))
@@ -1642,6 +1645,7 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
                 failed("CLSC-2", _run_failure(err))
             listener.join()
     finally:  # (Ctrl-C, or an error of this process: the second one must not outlive it)
+        stopping.set()
         if second.is_alive():
             second.kill()
         if second.pid is not None:
