@@ -301,7 +301,7 @@ def test_bad_inputs_are_refused():
     with pytest.raises(PolicyError, match="groups"):
         PolicyAgent(module, [dict(module.named_parameters())] * 2)
     for groups in ([3, -1], [2.5, 0.5], [True, 1], [0, 2]):  # a negative size took scenarios from the next group
-        with pytest.raises(PolicyError, match=r"groups: sizes .* must be whole numbers >= 1"):
+        with pytest.raises(PolicyError, match=r"groups: sizes .* must be a list of whole numbers >= 1"):
             PolicyAgent(module, [dict(module.named_parameters())] * 2, groups=groups)
 
 

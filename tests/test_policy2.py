@@ -217,7 +217,7 @@ def test_group_sizes_that_are_not_whole_numbers_of_scenarios_are_refused(small_p
     from moca.policy2 import PolicyAgent2
 
     weights = [dict(small_policy.named_parameters())] * 2
-    for groups in ([3, -1], [1.5, 0.5], [0, 2]):  # a negative size took scenarios from the next group
-        with pytest.raises(PolicyError, match=r"groups: sizes .* must be whole numbers >= 1"):
+    for groups in ([3, -1], [1.5, 0.5], [0, 2], 2, "11"):  # a negative size took scenarios from the next group
+        with pytest.raises(PolicyError, match=r"groups: sizes .* must be a list of whole numbers >= 1"):
             PolicyAgent2(small_policy, weights, groups=groups)
     assert PolicyAgent2(small_policy, weights, groups=[np.int64(1), 2]).groups == [1, 2]

@@ -393,8 +393,10 @@ def check_evaluation(module: nn.Module, weights: Any, params: Any, oracle_costs:
 def check_groups(weights: list, groups: Sequence[int] | None) -> list[int] | None:
     """The sizes of the consecutive groups of a batch that ``weights`` (a list of weight
     dicts) act on, one each: whole numbers >= 1, as many as the dicts when there are several."""
-    if groups is not None and not all(is_whole(size) and size >= 1 for size in groups):
-        raise PolicyError(f"groups: sizes {list(groups)} must be whole numbers >= 1 (scenarios per weight dict)")
+    if groups is not None and (isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__")
+                               or not all(is_whole(size) and size >= 1 for size in groups)):
+        raise PolicyError(f"groups: sizes {groups!r} must be a list of whole numbers >= 1 (scenarios per weight "
+                          "dict)")
     if len(weights) > 1 and (groups is None or len(groups) != len(weights)):
         raise PolicyError(f"groups: {len(weights)} weight dicts need as many group sizes, got {groups}")
     return [int(size) for size in groups] if groups is not None else None
