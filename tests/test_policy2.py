@@ -221,3 +221,25 @@ def test_group_sizes_that_are_not_whole_numbers_of_scenarios_are_refused(small_p
         with pytest.raises(PolicyError, match=r"groups: sizes .* must be a list of whole numbers >= 1"):
             PolicyAgent2(small_policy, weights, groups=groups)
     assert PolicyAgent2(small_policy, weights, groups=[np.int64(1), 2]).groups == [1, 2]
+
+
+def test_meta_train2_trains_a_given_module_further_in_place():
+    config = MetaConfig2(meta_steps=1, tasks_per_step=1, support_size=1, query_size=1,
+                         params=DEFAULT_PARAMS_2.model_copy(update={"horizon": 6}), policy=PolicyConfig(hidden=8))
+    torch.manual_seed(3)
+    start = LSTMPolicy2(config.params, config.policy)
+    before = {k: v.detach().clone() for k, v in start.named_parameters()}
+    trained, history = meta_train2(config, module=start)
+    assert trained is start and len(history["steps"]) == 1
+    assert any(not torch.equal(before[k], v) for k, v in start.named_parameters())  # moved, in place
+    fresh, _ = meta_train2(config)  # from its own fresh start: other weights than the given one's
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), start.parameters()))
+    from moca.meta import MetaError
+
+    with pytest.raises(MetaError, match="module: its params or policy config differ"):
+        meta_train2(config, module=LSTMPolicy2(config.params, PolicyConfig(hidden=4)))
+    with pytest.raises(MetaError, match="module: expected a CLSC-2 policy .LSTMPolicy2., got LSTMPolicy"):
+        from moca.policy import LSTMPolicy
+        from moca.scenario import Params
+
+        meta_train2(config, module=LSTMPolicy(Params(horizon=6), PolicyConfig(hidden=8)))

@@ -112,7 +112,8 @@ def task_losses2(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: t
 
 
 def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, int, dict], None] | None = None,
-                backend: Any = None, stop: Callable[[], bool] | None = None) -> tuple[LSTMPolicy2, dict[str, Any]]:
+                backend: Any = None, stop: Callable[[], bool] | None = None,
+                module: LSTMPolicy2 | None = None) -> tuple[LSTMPolicy2, dict[str, Any]]:
     """Meta-train a CLSC-2 initialisation (as :func:`moca.meta.meta_train`: per step
     ``tasks_per_step`` regimes, inner steps on support scenarios, the outer step from the
     query scenarios or, for Reptile, the learners' displacement, plus ``zero_shot_weight``
@@ -121,11 +122,22 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
     Adam step (both parameter groups) and the validation stay here, so the weights are the
     local run's to round-off. ``stop``: asked after every meta step (a
     :class:`moca.meta.StopRequest`); True ends the training there (``history["interrupted"]``).
+    ``module``: meta-train these weights instead of a fresh ``LSTMPolicy2`` (e.g. the shipped
+    meta-init, ``load_policy2("default")[0]``, to train it further); trained in place; its
+    params and policy config must be the config's.
     Returns the module and the history."""
     config = as_config(config, MetaConfig2)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    module = LSTMPolicy2(config.params, config.policy)
+    if module is None:
+        module = LSTMPolicy2(config.params, config.policy)
+    elif not isinstance(module, LSTMPolicy2):
+        raise MetaError(f"module: expected a CLSC-2 policy (LSTMPolicy2), got {type(module).__name__}")
+    elif module.params != config.params or module.config != config.policy:
+        raise MetaError("module: its params or policy config differ from config.params / config.policy")
+    elif backend is not None and type(module) is not LSTMPolicy2:  # (the workers build an LSTMPolicy2)
+        raise MetaError(f"module: a {type(module).__name__} meta-trains here only (backend=None): the workers "
+                        "rebuild an LSTMPolicy2 from the weights")
     meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr,
                        config.inner_clip, config.zero_shot_weight)
     if config.rule_lr_scale != 1.0:  # the thresholds' logits move ~outer_lr per step: too slow at 1e-3
