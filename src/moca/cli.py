@@ -1472,9 +1472,7 @@ def run(
                     results[world] = _run2(quick, runs_dir, chosen, chosen_peers, test_scenarios, command,
                                            ids[world], params2)
             except Exception as err:  # one world's failure must not lose the other's run (its folder is written)
-                failures[world] = _run_failure(err)
-                if len(worlds) > 1:
-                    sys.stderr.write(f"moca: error: {world} run failed: {failures[world][0]}\n")
+                _world_failed(failures, world, _run_failure(err), say=len(worlds) > 1)
     if json_file is not None and results:
         data: Any = (results[worlds[0]][0] if len(worlds) == 1 else
                      {w: results[w][0] if w in results else {"error": failures[w][0]} for w in worlds})
@@ -1509,6 +1507,15 @@ def _run_failure(err: Exception) -> tuple[str, int]:
 
         traceback.print_exc()
     return f"internal error: {type(err).__name__}: {err} (set MOCA_TRACEBACK=1 for the traceback)", 1
+
+
+def _world_failed(failures: dict[str, tuple[str, int]], world: str, failure: tuple[str, int],
+                  say: bool = True) -> None:
+    """Record a world's failure (one-line message, exit code); ``say``: name it on stderr as it
+    happens, when the other world runs on."""
+    failures[world] = failure
+    if say:
+        sys.stderr.write(f"moca: error: {world} run failed: {failure[0]}\n")
 
 
 def _run_stamp() -> str:
@@ -1584,9 +1591,9 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
     import multiprocessing
     import threading
 
-    from moca.experiment import ExperimentConfig, quick_config, work_units
+    from moca.experiment import default_config, work_units
 
-    config = quick_config() if quick else ExperimentConfig()  # (as this process has it: the tests shrink it)
+    config = default_config(quick)  # (as this process has it: the tests shrink it)
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     second = context.Process(target=_clsc1_in_second_process, daemon=True, name="moca run CLSC-1",
@@ -1595,10 +1602,6 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
     results: dict[str, Any] = {}
     failures: dict[str, tuple[str, int]] = {}
     stopping = threading.Event()  # this process stops the second one: its end is no failure to report
-
-    def failed(world: str, failure: tuple[str, int]) -> None:
-        failures[world] = failure
-        sys.stderr.write(f"moca: error: {world} run failed: {failure[0]}\n")
 
     try:
         with _progress(False) as progress:
@@ -1621,8 +1624,8 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
                         if stopping.is_set():
                             return
                         second.join()
-                        failed("CLSC-1", (f"its process ended without a result (exit code {second.exitcode}: "
-                                          "killed, or out of memory?)", 1))
+                        _world_failed(failures, "CLSC-1", (f"its process ended without a result (exit code "
+                                                           f"{second.exitcode}: killed, or out of memory?)", 1))
                         return
                     if kind == "progress":  # (each bar names its world: both have an 'ewc: learning T1')
                         progress.update(bar1, description=f"[CLSC-1] {what[0]}", completed=what[1])
@@ -1632,7 +1635,7 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
                         results["CLSC-1"] = tuple(what)
                         return
                     else:
-                        failed("CLSC-1", tuple(what))
+                        _world_failed(failures, "CLSC-1", tuple(what))
                         return
 
             listener = threading.Thread(target=relay, daemon=True)
@@ -1642,7 +1645,7 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
                                                  ids["CLSC-2"], None,
                                                  lambda d: progress.update(bar2, description=f"[CLSC-2] {d}"))
             except Exception as err:  # one world's failure must not lose the other's run
-                failed("CLSC-2", _run_failure(err))
+                _world_failed(failures, "CLSC-2", _run_failure(err))
             listener.join()
     finally:  # (Ctrl-C, or an error of this process: the second one must not outlive it)
         stopping.set()

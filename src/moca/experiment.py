@@ -475,6 +475,11 @@ def generalisation(module: LSTMPolicy, weights: Weights, labels: Sequence[str], 
 ALL_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
+def default_config(quick: bool) -> ExperimentConfig:
+    """The config :func:`run_experiment` runs without one: :func:`quick_config` for ``quick``."""
+    return quick_config() if quick else ExperimentConfig()
+
+
 def quick_config() -> ExperimentConfig:
     """The small version used by ``moca run --quick`` and the tests (< 90 s on 2 cores)."""
     return ExperimentConfig(steps=2, train_size=4, memory_size=1, validation_size=4, test_size=4,
@@ -568,7 +573,7 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     ``params`` (also ``metrics["params_note"]``), as CLSC-2's run does."""
     from moca.report import check_metrics, write_report
 
-    config = config or (quick_config() if quick else ExperimentConfig())
+    config = config or default_config(quick)
     tasks = list(tasks) if tasks is not None else [(name, TASKS[name]) for name in ("T1", "T2", "T3")]
     chosen, aliases = methods_to_run(methods)
     done = 0
@@ -672,7 +677,7 @@ def methods_to_run(methods: Sequence[str] | None) -> tuple[list[str], dict[str, 
 def work_units(quick: bool = False, methods: Sequence[str] | None = None, n_tasks: int = 3,
                config: ExperimentConfig | None = None) -> int:
     """How many progress units :func:`run_experiment` reports (for a progress bar)."""
-    config = config or (quick_config() if quick else ExperimentConfig())
+    config = config or default_config(quick)
     chosen = methods_to_run(methods)[0]
     retuned = n_tasks if config.retuned_steps and "moca" in chosen else 0
     return 1 + 3 * n_tasks + len(chosen) * n_tasks + len(config.generalisation) + retuned

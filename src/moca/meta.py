@@ -241,18 +241,16 @@ class MetaLearner:
                     for k, p in params.items()}
         if query_loss is None:
             raise MetaError(f"query_loss: {self.algorithm} needs the query loss of the adapted learners")
-        if self.algorithm == "maml":
-            grads = torch.autograd.grad(query_loss, list(params.values()), allow_unused=True)
-            if all(g is None for g in grads):
-                raise MetaError("query_loss: does not depend on the meta weights through the learners: compute it "
-                                "through the adapted learners, learner(inputs)")
-            return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), grads)}
-        # fomaml: the gradient at the adapted weights stands in for the gradient at θ.
-        flat = [w for learner in learners for w in learner.weights.values()]
+        # maml: through the learners to the meta weights; fomaml: the gradient at the adapted
+        # weights stands in for the gradient at θ.
+        flat = list(params.values()) if self.algorithm == "maml" else \
+            [w for learner in learners for w in learner.weights.values()]
         grads = torch.autograd.grad(query_loss, flat, allow_unused=True)
         if all(g is None for g in grads):
             raise MetaError("query_loss: does not depend on the learners' weights: compute it through the adapted "
                             "learners, learner(inputs)")
+        if self.algorithm == "maml":
+            return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), grads)}
         out = {k: torch.zeros_like(p) for k, p in params.items()}
         for own in _per_learner(grads, learners):
             for key, g in own.items():

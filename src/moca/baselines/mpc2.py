@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from moca.forecast import DemandForecaster, ForecastConfig
-from moca.limits import is_whole
+from moca.limits import is_finite_number, is_whole
 from moca.scenario import HISTORY, demand_curve2  # demand_curve2: re-exported for the informed MPC
 
 #: CLSC-2's forecaster (see the module docstring for the measurement behind it).
@@ -53,7 +53,7 @@ class MPC2Policy:
             raise ValueError(f"horizon={horizon!r}: the LP window must be a whole number of periods >= 1")
         if not np.isfinite(safety_stock) or safety_stock < 0:
             raise ValueError(f"safety_stock={safety_stock!r}: must be a finite number >= 0")
-        if not np.isfinite(safety_penalty) or safety_penalty < 0:  # (a negative one rewarded a shortfall)
+        if not is_finite_number(safety_penalty) or safety_penalty < 0:  # (a negative one rewarded a shortfall)
             raise ValueError(f"safety_penalty={safety_penalty!r}: must be a finite number >= 0 (EUR per unit short)")
         if not is_whole(samples) or samples < 0:
             raise ValueError(f"samples={samples!r}: a whole number of demand paths >= 0 (0: the forecast alone)")
