@@ -229,8 +229,12 @@ def test_meta_train2_trains_a_given_module_further_in_place():
     torch.manual_seed(3)
     start = LSTMPolicy2(config.params, config.policy)
     before = {k: v.detach().clone() for k, v in start.named_parameters()}
-    trained, history = meta_train2(config, module=start)
+    from rich.progress import Progress
+
+    with Progress(disable=True) as bar:  # a rich Progress, as meta_train takes (a callable only before)
+        trained, history = meta_train2(config, module=start, progress=bar)
     assert trained is start and len(history["steps"]) == 1
+    assert [(t.description, t.completed, t.total) for t in bar.tasks] == [("meta-training", 1, 1)]
     assert any(not torch.equal(before[k], v) for k, v in start.named_parameters())  # moved, in place
     fresh, _ = meta_train2(config)  # from its own fresh start: other weights than the given one's
     assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), start.parameters()))

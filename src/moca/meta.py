@@ -508,7 +508,7 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
     meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr,
                        config.inner_clip, config.zero_shot_weight)
     cache = OracleCache(config.params)
-    report = _progress(progress, config.meta_steps)
+    report = step_reporter(progress, config.meta_steps)
     history: dict[str, Any] = {"config": config.model_dump(mode="json"), "steps": [], "validation": [],
                                "stopped_early": False}
     validate = _validator(config, cache) if config.validate_every else None
@@ -570,7 +570,9 @@ def _validator(config: MetaConfig, cache: OracleCache) -> Callable[[LSTMPolicy],
     return lambda module: evaluate_policy(module, None, batch, oracle)["score"]
 
 
-def _progress(progress: Any, total: int) -> Callable[[int, dict], None]:
+def step_reporter(progress: Any, total: int) -> Callable[[int, dict], None]:
+    """``(step, info)`` -> ``progress``: a callable ``(step, total, info)``, a
+    ``rich.progress.Progress`` (one bar, "meta-training") or None (nothing)."""
     if progress is None:
         return lambda step, info: None
     if hasattr(progress, "add_task"):  # a rich.progress.Progress

@@ -24,7 +24,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from moca.meta import (META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner,
                        adapt_loop, as_config, check_adapt_arguments, check_cache, check_scenarios, first_seeds,
-                       sample_task)
+                       sample_task, step_reporter)
 from moca.policy import PolicyConfig, Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
 from moca.regime import MAX_WINDOW, WINDOW_FIELD, Regime, RegimeSchedule, load_regime
@@ -111,7 +111,7 @@ def task_losses2(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: t
                                                     "correction": float(correction.detach().mean())}
 
 
-def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, int, dict], None] | None = None,
+def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Any = None,
                 backend: Any = None, stop: Callable[[], bool] | None = None,
                 module: LSTMPolicy2 | None = None) -> tuple[LSTMPolicy2, dict[str, Any]]:
     """Meta-train a CLSC-2 initialisation (as :func:`moca.meta.meta_train`: per step
@@ -124,7 +124,8 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
     :class:`moca.meta.StopRequest`); True ends the training there (``history["interrupted"]``).
     ``module``: meta-train these weights instead of a fresh ``LSTMPolicy2`` (e.g. the shipped
     meta-init, ``load_policy2("default")[0]``, to train it further); trained in place; its
-    params and policy config must be the config's.
+    params and policy config must be the config's. ``progress``: a callable ``(step, total,
+    info)`` or a ``rich.progress.Progress``, as for ``meta_train``.
     Returns the module and the history."""
     config = as_config(config, MetaConfig2)
     torch.manual_seed(config.seed)
@@ -154,6 +155,7 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
     if validate is not None:
         history["validation"].append({"step": 0, "score": validate(module)})
         best = (history["validation"][0]["score"], 0, {k: v.detach().clone() for k, v in module.state_dict().items()})
+    tell = step_reporter(progress, config.meta_steps)
     started = time.perf_counter()
     for step in range(1, config.meta_steps + 1):
         tasks = [sample_task2(rng, config.named_share) for _ in range(config.tasks_per_step)]
@@ -188,8 +190,7 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Callable[[int, in
             if best is not None and entry["validation_score"] > best[0]:
                 best = (entry["validation_score"], step, {k: v.detach().clone() for k, v in module.state_dict().items()})
         history["steps"].append(entry)
-        if progress is not None:
-            progress(step, config.meta_steps, entry)
+        tell(step, entry)
         if config.max_seconds is not None and entry["seconds"] > config.max_seconds:
             history["stopped_early"] = True
             break
