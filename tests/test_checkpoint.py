@@ -5,6 +5,7 @@ import torch
 
 from moca import checkpoint
 from moca.checkpoint import CheckpointError
+from _checkpoints import write_meta
 
 
 def _weights():
@@ -42,7 +43,7 @@ def test_truncated_and_missing_files_refused(tmp_path):
     import hashlib
 
     meta["weights_sha256"] = hashlib.sha256((path / checkpoint.WEIGHTS).read_bytes()).hexdigest()
-    (path / checkpoint.META).write_text(json.dumps(meta))
+    write_meta(path, meta)
     with pytest.raises(CheckpointError, match="cannot read"):
         checkpoint.load(path)
     (path / checkpoint.META).write_text("{oops")
@@ -56,6 +57,43 @@ def test_truncated_and_missing_files_refused(tmp_path):
     with pytest.raises(CheckpointError, match="weights.safetensors: not a directory .a checkpoint is a directory "
                                               "holding checkpoint.json and weights.safetensors."):
         checkpoint.load(path / checkpoint.WEIGHTS)  # the weights file for its folder: not "no such directory"
+
+
+@pytest.mark.parametrize("name", ["default", "default-clsc2"])
+def test_an_edited_checkpoint_json_is_refused(tmp_path, name):
+    """The JSON says how the weights are used: ``structured: false`` in a copy of the shipped
+    meta-init rebuilt a policy without its base rule from the same weights (0.12 instead of
+    0.97 on T1, without a word), and a deleted ``policy`` block loaded the defaults."""
+    import shutil
+    from importlib.resources import files
+
+    from moca.meta2 import load_policy2
+
+    load = checkpoint.load_policy if name == "default" else load_policy2
+    path = tmp_path / name
+    shutil.copytree(str(files("moca") / "data" / name), path)
+    load(path)  # the copy as shipped loads
+    text = (path / checkpoint.META).read_text()
+    for edited in (text.replace('"structured": true', '"structured": false'),
+                   json.dumps({k: v for k, v in json.loads(text).items() if k != "policy"}, indent=1)):
+        assert edited != text
+        (path / checkpoint.META).write_text(edited)
+        with pytest.raises(CheckpointError, match=r"checkpoint.json was altered after it was written"):
+            load(path)
+    indented = json.dumps(json.loads(text), indent=4)  # the same content laid out otherwise: the same digest
+    (path / checkpoint.META).write_text(indented)
+    load(path)
+
+
+def test_a_checkpoint_without_a_json_digest_loads_and_the_digest_is_moca_s_own(tmp_path):
+    path = checkpoint.save(tmp_path / "ck", _weights(), {"seed": 3})
+    meta = json.loads((path / checkpoint.META).read_text())
+    assert meta[checkpoint.META_DIGEST] == checkpoint.metadata_digest(meta)
+    del meta[checkpoint.META_DIGEST]  # as written before the digest was recorded
+    (path / checkpoint.META).write_text(json.dumps(meta))
+    assert checkpoint.load(path)[1]["seed"] == 3
+    with pytest.raises(CheckpointError, match="metadata_sha256 is the checkpoint's own"):
+        checkpoint.save(tmp_path / "other", _weights(), {checkpoint.META_DIGEST: "0" * 64})
 
 
 def test_pickle_is_never_loaded(tmp_path):
@@ -82,12 +120,12 @@ def test_invalid_params_or_policy_say_the_rule_they_break(tmp_path, name, model)
 
     load = checkpoint.load_policy if model == "CLSC-1" else load_policy2
     for block, change, message in (("params", {"mass": -1.0}, "params.mass=-1.0 must be > 0"),
-                                   ("policy", {"window": "two"}, "window: Input should be a valid integer")):
+                                   ("policy", {"window": "two"}, "window='two' is text, not a number")):
         path = tmp_path / f"{name}-{block}"
         shutil.copytree(str(files("moca") / "data" / name), path)
         meta = json.loads((path / checkpoint.META).read_text())
         meta[block].update(change)
-        (path / checkpoint.META).write_text(json.dumps(meta))
+        write_meta(path, meta)
         with pytest.raises(CheckpointError, match="invalid params/policy") as info:
             load(path)
         assert message in str(info.value)  # the rule, not only the field's name

@@ -10,6 +10,7 @@ from moca import checkpoint
 from moca.policy import PolicyConfig
 
 from _cli import assert_bad_input, run
+from _checkpoints import write_meta
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_corrupted_and_mismatched_checkpoints_refused(trained, tmp_path):
     shutil.copytree(trained, mismatched)
     meta = json.loads((mismatched / checkpoint.META).read_text())
     meta["policy"]["hidden"] = 16  # the weights are for 8 units
-    (mismatched / checkpoint.META).write_text(json.dumps(meta))
+    write_meta(mismatched, meta)
     assert_bad_input(run("continual", "--sequence", tmp_path / "none.yaml", "--method", "ewc"), "none.yaml")
     seq = tmp_path / "seq.yaml"
     seq.write_text("- T1\n- T2\n")

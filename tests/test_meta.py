@@ -309,6 +309,17 @@ def test_a_step_that_is_not_finite_is_refused_and_leaves_the_weights_as_they_wer
     with pytest.raises(ValueError, match="Input should be 'maml', 'fomaml' or 'reptile'"):  # a choice, not a number
         MetaConfig(algorithm=True)
     assert not PolicyConfig(structured=False).structured and MetaConfig(inner_clip=None).inner_clip is None
+    # text for a number or a yes/no was converted ("64" -> 64, "no" or 0 -> False; a checkpoint's
+    # structured: "no" rebuilt a policy without its base rule), as scenario files never do
+    for model, field, value, words in ((MetaConfig, "meta_steps", "1", "meta_steps='1' is text, not a number"),
+                                       (PolicyConfig, "hidden", "64", "hidden='64' is text, not a number"),
+                                       (PolicyConfig, "structured", "no", "structured='no' must be true or false"),
+                                       (PolicyConfig, "regime_conditioned", 0, "regime_conditioned=0 must be true or"),
+                                       (PolicyConfig, "safety_stock", math.inf, "safety_stock\n  Input should be a "
+                                                                                "finite number")):
+        with pytest.raises(ValueError, match=words):
+            model(**{field: value})
+    assert PolicyConfig(hidden=np.int64(8), structured=np.bool_(False), safety_stock=np.float32(5)).hidden == 8
 
 
 # --- the task distribution and the seeds ------------------------------------------------------

@@ -28,6 +28,7 @@ from moca.regime_map import load_learned_policy
 from moca.scenario import Params
 from tests._cli import assert_bad_input, run
 from tests._feasible import check_three_periods
+from tests._checkpoints import write_meta
 
 CACHE = OracleCache()
 
@@ -111,7 +112,7 @@ def test_mpc_checkpoint_round_trips_and_refuses_corruption(tmp_path):
         shutil.copytree(tmp_path / "ck", broken)
         data = json.loads((broken / checkpoint.META).read_text())
         corrupt(data)
-        (broken / checkpoint.META).write_text(json.dumps(data))
+        write_meta(broken, data)
         with pytest.raises(CheckpointError) as err:
             load_mpc_policy(broken)
         message = str(err.value)
@@ -163,8 +164,8 @@ def test_adapt_cli_with_the_lp_writes_and_reloads_the_winner(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     summary = json.loads(evaluated.stdout)
     assert summary["violations"] == 0 and summary["score"] == pytest.approx(out["score_after"], abs=2e-3)
-    (out_dir / checkpoint.META).write_text((out_dir / checkpoint.META).read_text().replace('"safety_stock": ',
-                                                                                            '"safety_stock": -'))
+    write_meta(out_dir, json.loads((out_dir / checkpoint.META).read_text().replace('"safety_stock": ',
+                                                                                   '"safety_stock": -')))
     assert_bad_input(run("evaluate", "--policy", out_dir, "--regime", "T3", "--scenarios", 1), "safety_stock")
 
 

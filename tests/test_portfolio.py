@@ -25,6 +25,7 @@ from moca.regime_map import (MAP_FILE, RegimeMapError, ThresholdMap, load_learne
 from moca.scenario import Params
 from tests._cli import assert_bad_input, run
 from tests._feasible import check_three_periods
+from tests._checkpoints import write_meta
 
 SHIPPED, FIT = load_map()
 
@@ -161,13 +162,13 @@ def test_mapped_checkpoint_round_trips_and_refuses_corruption(tmp_path):
     shutil.copytree(tmp_path / "ck", broken)
     data = json.loads((broken / checkpoint.META).read_text())
     data["map"]["units"][0] = [0.5] * 5
-    (broken / checkpoint.META).write_text(json.dumps(data))
+    write_meta(broken, data)
     with pytest.raises(CheckpointError) as err:
         load_mapped_policy(broken)
     assert "map.units[0]" in str(err.value) and str(broken) in str(err.value)
     data["map"]["units"][0] = [0.5] * 6
     data["pinned"][0]["thresholds"] = [1.0, math.nan]
-    (broken / checkpoint.META).write_text(json.dumps(data))
+    write_meta(broken, data)
     with pytest.raises(CheckpointError, match=r"pinned\[0\]"):
         load_mapped_policy(broken)
 

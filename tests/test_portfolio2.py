@@ -22,6 +22,7 @@ from moca.portfolio import RegimeMapError, adapt_portfolio2
 from moca.regime import Regime, RegimeSchedule, load_schedule
 from moca.scenario import DEFAULT_PARAMS_2
 from tests._cli import assert_bad_input, run
+from tests._checkpoints import write_meta
 
 HIGH_TAX = RegimeSchedule.constant(Regime(carbon_tax=2000.0))
 
@@ -95,7 +96,7 @@ def test_a_planner_with_a_bad_field_is_refused_naming_it(tmp_path, field, value,
     path = tmp_path / "p" / checkpoint.META
     meta = json.loads(path.read_text())
     meta["planner"][field] = value
-    path.write_text(json.dumps(meta))
+    write_meta(path.parent, meta)
     with pytest.raises(CheckpointError, match=words):
         load_planner2(tmp_path / "p")
 

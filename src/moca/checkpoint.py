@@ -1,8 +1,10 @@
 """Checkpoints: ``weights.safetensors`` plus ``checkpoint.json`` in a directory.
 
 No pickle anywhere: tensors load through safetensors, metadata through JSON, and the JSON
-records the SHA-256 of the weights so a truncated or altered file is refused with a clear
-message instead of loading wrong numbers.
+records the SHA-256 of the weights and of itself, so a truncated or altered file is
+refused with a clear message instead of loading wrong numbers or another policy (the
+JSON says how the weights are used: ``structured: false`` in it rebuilt a policy without
+its base rule from the same weights).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from moca.files import parse_problem, publish_tree
 FORMAT = "moca-checkpoint/1"
 WEIGHTS = "weights.safetensors"
 META = "checkpoint.json"
+#: The JSON's own SHA-256 (over its other keys, canonical form); checkpoints written before
+#: it was recorded load without it.
+META_DIGEST = "metadata_sha256"
 #: Meta-inits shipped in the package, by the name that stands for their directory.
 SHIPPED = {"default": "default", "default-reptile": "reptile"}
 
@@ -100,8 +105,11 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
             "versions": versions(),
             "weights_sha256": digest,
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
+            META_DIGEST: None,  # (set below, over the rest; here so that merged() keeps it the writer's)
         }, metadata)
-        (staging / META).write_text(json.dumps(meta, indent=1, default=_jsonable))
+        meta = json.loads(json.dumps(meta, default=_jsonable))  # as load() will read it back
+        meta[META_DIGEST] = metadata_digest(meta)
+        (staging / META).write_text(json.dumps(meta, indent=1))
         publish_tree(staging)  # mkdtemp made it private; a checkpoint gets the user's umask
         if directory.exists():
             backup = directory.with_name(f".{directory.name}.old")
@@ -115,6 +123,13 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def metadata_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's JSON without its own digest: keys sorted, no spaces, so
+    the digest does not depend on how the file is indented."""
+    rest = {k: v for k, v in meta.items() if k != META_DIGEST}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def declared_kind(directory: str | Path) -> str | None:
@@ -151,6 +166,10 @@ def load(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise CheckpointError(f"checkpoint {directory}: {META} is nested too deeply to be a checkpoint's") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {directory}: {META} is not a {FORMAT} file")
+    if META_DIGEST in meta and meta[META_DIGEST] != metadata_digest(meta):
+        raise CheckpointError(f"checkpoint {directory}: {META} was altered after it was written (its SHA-256 "
+                              f"does not match its {META_DIGEST}); it says how the weights are used, so an edited "
+                              "one is not loaded: save the policy again instead")
     digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     if digest != meta.get("weights_sha256"):
         raise CheckpointError(f"checkpoint {directory}: {WEIGHTS} is corrupted (SHA-256 does not match {META})")

@@ -360,10 +360,10 @@ class ContinualConfig(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info) -> Any:
-        from moca.policy import refuse_bool_for_number
+    def _as_given(cls, value: Any, info) -> Any:
+        from moca.policy import refuse_conversion
 
-        return refuse_bool_for_number(cls, value, info.field_name)
+        return refuse_conversion(cls, value, info.field_name)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from moca.evaluation import evaluate_policy as evaluate_deployed
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt, first_seeds
 from moca.metrics import adaptation_speed, continual_metrics
 from moca.policy import (DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy,
-                         refuse_bool_for_number, with_params)
+                         refuse_conversion, with_params)
 from moca.regime import TASKS, Regime, RegimeSchedule
 from moca.scenario import Params, Scenario
 from moca.sim import COST_TERMS, ScenarioBatch, rollout
@@ -199,8 +199,8 @@ class ExperimentConfig(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info) -> Any:
-        return refuse_bool_for_number(cls, value, info.field_name)
+    def _as_given(cls, value: Any, info) -> Any:
+        return refuse_conversion(cls, value, info.field_name)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentConfig":

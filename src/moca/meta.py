@@ -55,7 +55,7 @@ from moca.chain2 import changed_fields
 from moca.limits import (LARGEST_SEED, META_SEEDS, MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS, is_finite_number,
                          is_whole)
 from moca.policy import (LSTMPolicy, PolicyConfig, Weights, check_weights, episode_losses, evaluate_policy,
-                         reference_emissions, refuse_bool_for_number)
+                         reference_emissions, refuse_conversion)
 from moca.regime import PRESETS, TASKS, Regime, load_regime
 from moca.scenario import Params, Scenario, draw_scenarios
 from moca.sim import ScenarioBatch
@@ -400,8 +400,8 @@ class MetaConfig(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info) -> Any:
-        return refuse_bool_for_number(cls, value, info.field_name)
+    def _as_given(cls, value: Any, info) -> Any:
+        return refuse_conversion(cls, value, info.field_name)
 
 
 def task_batch(cache: OracleCache, tasks: Sequence[Regime], seeds: Sequence[Sequence[int]]

@@ -58,7 +58,8 @@ class InputSizeError(PolicyError):
 class PolicyConfig(BaseModel):
     """Architecture of :class:`LSTMPolicy` (pydantic, so it serialises into checkpoints)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # (an infinite safety stock in a checkpoint's JSON was taken and ordered at capacity)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     hidden: int = Field(64, ge=1, le=1024, description="LSTM hidden size")
     window: int = Field(2, ge=1, le=52, description="recent observation frames stacked into each LSTM input")
@@ -67,21 +68,31 @@ class PolicyConfig(BaseModel):
     # At 1e308 the raw action overflowed to NaN, an internal error in evaluation; 100 times the
     # capacities is far beyond any residual worth learning.
     residual_scale: float = Field(0.5, gt=0, le=100, description="head output 1.0 = this share of capacity S")
-    safety_stock: float = Field(300.0, ge=0, description="units of product the base rule keeps in reserve")
+    safety_stock: float = Field(300.0, ge=0, le=LARGEST_VALUE,
+                                description="units of product the base rule keeps in reserve")
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info) -> Any:
-        return refuse_bool_for_number(cls, value, info.field_name)
+    def _as_given(cls, value: Any, info) -> Any:
+        return refuse_conversion(cls, value, info.field_name)
 
 
-def refuse_bool_for_number(model: type[BaseModel], value: Any, name: str) -> Any:
-    """``value`` as it is, unless a bool is given for a number: pydantic takes ``true`` as 1,
-    so ``hidden: true`` or ``seed: true`` would train with 1 without a word."""
+def refuse_conversion(model: type[BaseModel], value: Any, name: str) -> Any:
+    """``value`` as it is, unless pydantic would convert it: it takes ``true`` as 1, so
+    ``hidden: true`` or ``seed: true`` trained with 1 without a word, ``"64"`` as 64 and
+    ``"no"`` or ``0`` as False (a checkpoint's ``structured: "no"`` rebuilt another policy).
+    Configs and checkpoints take numbers and booleans as they are, as scenario files do."""
     annotation = model.model_fields[name].annotation
-    if isinstance(value, bool) and (annotation in (int, float) or int in get_args(annotation)
-                                    or float in get_args(annotation)):
-        raise ValueError(f"{name}={value!r} is not a number")
+    kinds = {annotation, *get_args(annotation)}
+    if value is None and type(None) in kinds:
+        return value
+    if int in kinds or float in kinds:
+        if isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name}={value!r} is not a number")
+        if isinstance(value, str):
+            raise ValueError(f"{name}={value!r} is text, not a number (write it without quotes)")
+    elif bool in kinds and not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}={value!r} must be true or false")
     return value
 
 
