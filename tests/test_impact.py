@@ -28,6 +28,33 @@ def test_a_mandate_the_returns_cannot_supply_is_flagged_and_priced():
     assert impact["oracle_cost_without_rule"] == pytest.approx(np.mean([solve_oracle(s).oracle_cost for s in free]))
 
 
+def test_a_chain_that_costs_nothing_without_the_rule_has_no_factor_and_no_score(tmp_path):
+    """A chain whose every cost is 0: the rule's factor was a ZeroDivisionError (an internal
+    error of moca evaluate) and a score oracle/cost a NaN printed as JSON; now the factor is
+    not given and the score is refused by name, exit 2."""
+    from moca.evaluation import UnscorableError, scorable
+    from moca.impact import cost_change
+    from moca.scenario import Params
+
+    free = {k: 0.0 for k in ("cost_virgin", "cost_produce", "cost_disassemble", "cost_refurbish", "cost_dispose",
+                             "hold_virgin", "hold_recycled", "hold_product", "hold_core", "backlog_cost")}
+    regime = Regime(carbon_tax=100, recovery_target=0.5)
+    impact = rule_impact(regime, draw_scenarios(2, regime, params=Params(horizon=6, **free), first_seed=1000))
+    assert impact["oracle_cost"] == impact["oracle_cost_without_rule"] == 0 and impact["oracle_cost_ratio"] is None
+    assert cost_change(impact) == "0 EUR, as without"
+    assert "the optimal cost is 0 EUR with it and without it" in describe("r", impact)
+    assert cost_change({**impact, "oracle_cost": 1234.5}) == "0 -> 1,234 EUR"
+    with pytest.raises(UnscorableError, match=r"scenario 2 of 3: the hindsight LP's best cost is 0 EUR, so there is "
+                                              r"no score"):
+        scorable([10.0, 0.0, 5.0])
+    assert scorable([1.0, 2.0]).tolist() == [1.0, 2.0]
+    (tmp_path / "free.json").write_text(json.dumps({**free, "horizon": 4}))
+    for policy in ("threshold", "oracle"):
+        result = run("evaluate", "--policy", policy, "--params", tmp_path / "free.json", "--scenarios", 2, "--json")
+        assert result.returncode == 2 and "Traceback" not in result.stderr and not result.stdout, result
+        assert "the hindsight LP's best cost is 0 EUR, so there is no score" in result.stderr
+
+
 def test_a_carbon_tax_leaves_demand_served_and_its_price_is_the_taxed_emission():
     regime = load_regime("eu-ets-2025")
     impact = rule_impact(regime, draw_scenarios(2, regime, first_seed=1000))

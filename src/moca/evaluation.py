@@ -17,8 +17,27 @@ import torch
 from moca import safety
 from moca.oracle import solve_oracle
 from moca.policy import DeployedPolicy
-from moca.scenario import Scenario
+from moca.scenario import Scenario, ScenarioError
 from moca.sim import Observation, Policy, ScenarioBatch, State, rollout
+
+
+class UnscorableError(ScenarioError):
+    """A scenario whose hindsight optimum costs nothing: no score oracle/cost exists."""
+
+
+def scorable(oracle_costs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The hindsight LP's costs (EUR) as an array, each of which must be above 0: a score is
+    oracle cost / policy cost, and a chain where the best plan costs nothing (all costs
+    0, or no demand and no stock to hold) gave a NaN score, or a division by zero, after
+    the whole evaluation."""
+    costs = np.asarray(oracle_costs, dtype=float)
+    free = np.flatnonzero(~(costs > 0))
+    if free.size:
+        raise UnscorableError(
+            f"scenario {free[0] + 1} of {costs.size}: the hindsight LP's best cost is {costs[free[0]]:g} EUR, so "
+            "there is no score (oracle cost / policy cost) to give; the chain has no cost a plan must pay (its "
+            "params' cost_*, hold_* and backlog or lost-sale costs, its demand and its starting stocks)")
+    return costs
 
 
 @dataclass
@@ -114,7 +133,7 @@ def _timed_oracle(scenarios: Sequence[Scenario]) -> tuple[np.ndarray, list[float
         started = time.perf_counter()
         costs[i] = solve_oracle(scenario).oracle_cost
         latencies.append((time.perf_counter() - started) * 1e6)
-    return costs, latencies
+    return scorable(costs), latencies
 
 
 def evaluate_policy(

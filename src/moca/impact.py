@@ -76,7 +76,7 @@ def rule_impact(regime: Regime, scenarios: Sequence[Scenario]) -> dict[str, Any]
             prices[field] = float(np.mean(values)) / (100.0 if field in _PER_POINT else 1.0)
     return {
         "scenarios": len(scenarios),
-        "oracle_cost": cost, "oracle_cost_without_rule": cost_free, "oracle_cost_ratio": cost / cost_free,
+        "oracle_cost": cost, "oracle_cost_without_rule": cost_free, "oracle_cost_ratio": cost / cost_free if cost_free > 0 else None,
         "backlog_per_period": backlog, "backlog_per_period_without_rule": backlog_free,
         "backlog_at_end": float(np.mean([p.result.stocks[-1, 4] for p in priced])),
         "backlog_at_end_without_rule": float(np.mean([r.stocks[-1, 4] for r in plain])),
@@ -93,13 +93,31 @@ def describe(label: str, impact: dict[str, Any]) -> str:
     price_text = f" Shadow price (hindsight LP duals): {prices}." if prices else ""
     if impact["demand_unmet_by_rule"]:
         end, total = impact["backlog_at_end"], impact["demand_total"]
+        ratio = impact["oracle_cost_ratio"]
+        cost = f"its cost is {ratio:.2f}x the cost without the rule" if ratio is not None else _from_zero(impact)
         return (f"{label}: the rule itself leaves demand unmet. Even the hindsight optimum keeps "
                 f"{impact['backlog_per_period']:,.0f} units waiting on backlog per period on average (without the "
                 f"rule: {impact['backlog_per_period_without_rule']:,.0f}) and ends the horizon with {end:,.0f} of "
                 f"{total:,.0f} units of demand unserved ({100 * end / total:.0f}%; without the rule: "
-                f"{impact['backlog_at_end_without_rule']:,.0f}); its cost is {impact['oracle_cost_ratio']:.2f}x the "
-                f"cost without the rule. Scores near 1 then mean close to the best possible under the rule, not that "
-                f"customers are served.{price_text}")
+                f"{impact['backlog_at_end_without_rule']:,.0f}); {cost}. Scores near 1 then mean close to the best "
+                f"possible under the rule, not that customers are served.{price_text}")
+    ratio = impact["oracle_cost_ratio"]
+    raises = f"it raises the optimal cost {ratio:.2f}x" if ratio is not None else _from_zero(impact)
     return (f"{label}: the rule leaves no demand unmet beyond what the chain leaves without it (oracle backlog "
             f"{impact['backlog_per_period']:,.0f} vs {impact['backlog_per_period_without_rule']:,.0f} units per "
-            f"period); it raises the optimal cost {impact['oracle_cost_ratio']:.2f}x.{price_text}")
+            f"period); {raises}.{price_text}")
+
+
+def _from_zero(impact: dict[str, Any]) -> str:
+    # A chain whose optimum costs nothing without the rule has no factor to give.
+    cost = impact["oracle_cost"]
+    return (f"the optimal cost goes from 0 EUR without it to {cost:,.0f} EUR" if cost > 0 else
+            "the optimal cost is 0 EUR with it and without it")
+
+
+def cost_change(impact: dict[str, Any]) -> str:
+    """How the rule moves the optimal cost, for a table cell: a factor, or from 0 EUR."""
+    ratio = impact["oracle_cost_ratio"]
+    if ratio is not None:
+        return f"{ratio:.2f}x"
+    return f"0 -> {impact['oracle_cost']:,.0f} EUR" if impact["oracle_cost"] > 0 else "0 EUR, as without"

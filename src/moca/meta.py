@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from moca.chain2 import changed_fields
+from moca.evaluation import scorable
 from moca.limits import (LARGEST_SEED, META_SEEDS, MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS, is_finite_number,
                          is_whole)
 from moca.policy import (LSTMPolicy, PolicyConfig, Weights, check_weights, episode_losses, evaluate_policy,
@@ -354,7 +355,7 @@ class OracleCache:
             if key not in self._costs:
                 self._costs[key] = solve_oracle(s).oracle_cost
             out[i] = self._costs[key]
-        return out
+        return scorable(out)
 
 
 # ----------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field, field_validator
 from moca.meta import (META_SEEDS, SUPPORT_SEEDS, VALIDATION_SEEDS, MetaConfig, MetaError, MetaLearner,
                        adapt_loop, as_config, check_adapt_arguments, check_cache, check_scenarios, first_seeds,
                        sample_task, step_reporter)
+from moca.evaluation import scorable
 from moca.policy import PolicyConfig, Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
 from moca.regime import MAX_WINDOW, WINDOW_FIELD, Regime, RegimeSchedule, load_regime
@@ -65,7 +66,7 @@ class OracleCache2:
             if key not in self._costs:
                 self._costs[key] = solve_oracle2(s).oracle_cost
             out[i] = self._costs[key]
-        return out
+        return scorable(out)
 
     def batch(self, plans: Sequence[Regime], seeds: Sequence[Sequence[int]]) -> tuple[ScenarioBatch2, torch.Tensor]:
         """The scenarios of ``seeds[i]`` under ``plans[i]``, task after task, as one float32

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from moca.evaluation import scorable
 from moca.regime import Regime
 from moca.scenario import Params, Scenario, draw_scenarios
 from moca.sim import ScenarioBatch, rollout
@@ -100,7 +101,7 @@ def _oracle1(scenarios: Sequence[Scenario]) -> tuple[np.ndarray, np.ndarray]:
     from moca.oracle import solve_oracle
 
     results = [solve_oracle(s) for s in scenarios]
-    return np.stack([r.plan for r in results]), np.array([r.oracle_cost for r in results])
+    return np.stack([r.plan for r in results]), scorable([r.oracle_cost for r in results])
 
 
 def _rollout1(policy: Any, scenarios: Sequence[Scenario]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -117,7 +118,7 @@ def _oracle2(scenarios: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     from moca.oracle2 import solve_oracle2
 
     results = [solve_oracle2(s) for s in scenarios]
-    return np.stack([r.plan for r in results]), np.array([r.oracle_cost for r in results])
+    return np.stack([r.plan for r in results]), scorable([r.oracle_cost for r in results])
 
 
 def _rollout2(policy: Any, scenarios: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, int]:

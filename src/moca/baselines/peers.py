@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from moca.evaluation import scorable
 from moca.regime import RegimeSchedule
 from moca.scenario import Params
 
@@ -134,7 +135,7 @@ def _oracle_costs2(scenarios, tell: Callable[[str, int, int | None], None]) -> n
     for i, scenario in enumerate(scenarios):
         costs[i] = solve_oracle2(scenario).oracle_cost
         tell("hindsight LP (HiGHS), scenarios", i + 1, len(scenarios))
-    return costs
+    return scorable(costs)
 
 
 def evaluate_peer2(name: str, plan, seeds, params=None, scenarios=None,

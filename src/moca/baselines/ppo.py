@@ -303,6 +303,7 @@ def shipped_path(model: str = "CLSC-1") -> Path:
 
 
 def _validation(config: PPOConfig, params: Params):
+    from moca.evaluation import scorable
     from moca.meta import VALIDATION_SEEDS
 
     seeds = VALIDATION_SEEDS[: config.eval_scenarios]
@@ -311,11 +312,11 @@ def _validation(config: PPOConfig, params: Params):
 
         scenarios = [draw_world_scenario(int(seed), load_schedule(name, model="CLSC-2"), "CLSC-2")
                      for name in config.eval_regimes for seed in seeds]
-        return scenarios, np.array([solve_oracle2(s).oracle_cost for s in scenarios])
+        return scenarios, scorable([solve_oracle2(s).oracle_cost for s in scenarios])
     from moca.oracle import oracle_costs
 
     scenarios = [draw_scenario(int(seed), load_schedule(name), params) for name in config.eval_regimes for seed in seeds]
-    return scenarios, oracle_costs(scenarios)
+    return scenarios, scorable(oracle_costs(scenarios))
 
 
 def validation_score(policy, scenarios, oracle: np.ndarray, model: str = "CLSC-1") -> float:
