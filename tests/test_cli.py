@@ -174,7 +174,8 @@ def test_evaluate_baselines_json():
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert set(out) == {"policy", "scenarios", "mean_cost", "mean_oracle_cost", "score", "violations",
-                        "decision_latency_us", "rule_impact"}
+                        "decision_latency_us", "rule_impact", "oracle_withheld_sales"}
+    assert out["oracle_withheld_sales"] == {"scenarios": 0, "units": 0.0}  # T1, seeds 1000-1001: none withheld
     assert out["violations"] == 0 and out["scenarios"] == 2
     assert 0.8 < out["score"] <= 1.0 + 1e-9
     assert out["decision_latency_us"]["p50"] > 0

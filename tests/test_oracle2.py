@@ -148,6 +148,42 @@ def test_exact_sales_replays_where_the_relaxation_withholds():
     assert replay["total_cost"] == pytest.approx(exact.oracle_cost, rel=1e-7)
 
 
+def test_the_commands_say_where_the_lp_withholds_sales_and_exact_sales_gives_the_reachable_bound(tmp_path):
+    """Under a landfill tax of 100 EUR/core the LP withholds 9,224 units of sales on seed 1001
+    (their returns would go to the landfill), 4.4% below the best reachable cost, and every
+    score on such a scenario read low without a word. moca oracle and moca evaluate now say
+    so (either world), and moca oracle --exact-sales solves the reachable bound."""
+    import json
+
+    from moca.evaluation import withheld_sales
+
+    from _cli import run
+
+    (tmp_path / "landfill.yaml").write_text("landfill_tax: 100\n")
+    made = run("scenario", "new", "--model", "CLSC-2", "--regime", tmp_path / "landfill.yaml", "--seed", 1001,
+               "-o", tmp_path / "s.json")
+    assert made.returncode == 0, made.stderr
+    relaxed = run("oracle", "--scenario", tmp_path / "s.json", "--json")
+    assert relaxed.returncode == 0 and "the plan sells 9,224 units less than it could" in relaxed.stderr
+    exact = run("oracle", "--scenario", tmp_path / "s.json", "--json", "--exact-sales")
+    assert exact.returncode == 0 and "sells" not in exact.stderr, exact.stderr
+    lp, mip = json.loads(relaxed.stdout)["oracle_cost"], json.loads(exact.stdout)["oracle_cost"]
+    assert lp < mip * (1 - 0.04)
+    (tmp_path / "exact.json").write_text(exact.stdout)  # its plan replays to its cost
+    replay = run("simulate", "--scenario", tmp_path / "s.json", "--actions", tmp_path / "exact.json", "--json")
+    assert json.loads(replay.stdout)["total_cost"] == pytest.approx(mip, rel=1e-6)
+    from moca.scenario import load_scenario
+
+    scenario = load_scenario(tmp_path / "s.json")
+    assert withheld_sales([scenario, draw_scenario2(1000, TASKS_2["T1"])])[0] == 1
+    # CLSC-1, T2 seed 1001 (0.5% apart, test_oracle.py): evaluate warns and records it
+    evaluated = run("evaluate", "--policy", "threshold", "--regime", "T2", "--scenarios", 2, "--seed", 1000, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    held = json.loads(evaluated.stdout)["oracle_withheld_sales"]
+    assert held["scenarios"] == 1 and held["units"] == pytest.approx(524.1, abs=0.5)
+    assert "the hindsight LP sells 524 units less than it could on 1 of 2 scenarios" in evaluated.stderr
+
+
 def test_window_from_a_mid_episode_state_is_the_rest_of_the_oracle():
     """Bellman: from the oracle's own state at t0 (U_v, U_r carried mid-window), the window
     LP over [t0, T) costs exactly the oracle's remaining period costs."""

@@ -17,7 +17,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import typer
 from rich.table import Table
@@ -430,6 +430,9 @@ def oracle(
     plot_file: Optional[Path] = typer.Option(None, "--plot", help="Draw the hindsight plan period by period, replayed "
                                              "through the safety layer and the simulator as moca simulate would "
                                              "(PNG/PDF/SVG)."),
+    exact_sales: bool = typer.Option(False, "--exact-sales", help="Sell all that can be sold every period, as the "
+                                     "simulator does (a MIP, seconds), where the spec's LP may sell less: the best "
+                                     "cost a policy can reach when the LP withholds sales (docs/MODEL-2.md)."),
 ) -> None:
     """The hindsight LP (HiGHS): the best cost any policy could reach on the scenario (docs/MODEL.md)."""
     from moca.oracle import solve_oracle
@@ -441,9 +444,16 @@ def oracle(
         if isinstance(scenario, Scenario2):
             from moca.oracle2 import solve_oracle2
 
-            result = solve_oracle2(scenario)
+            result = solve_oracle2(scenario, exact_sales=exact_sales)
         else:
-            result = solve_oracle(scenario)
+            result = solve_oracle(scenario, exact_sales=exact_sales)
+    from moca.evaluation import WITHHELD_TOLERANCE
+
+    withheld = float(result.withheld.sum())
+    if withheld > WITHHELD_TOLERANCE:
+        _warn(f"the plan sells {withheld:,.0f} units less than it could (the spec's LP may; the simulator sells all it "
+              "can): its cost is a bound no policy reaches, and replaying it costs more; --exact-sales gives the best "
+              "cost a policy can reach")
     out = {"oracle_cost": result.oracle_cost, "status": result.status,
            "plan": [[float(x) for x in row] for row in result.plan]}
     if plot_file is not None:
@@ -581,6 +591,7 @@ def evaluate(
         with _bad_input():
             impact = rule_impact(plan.entries[0].regime(), tests)
     summary["rule_impact"] = impact
+    _say_withheld(summary, tests)
     if as_json:
         _print_json(summary)
         return
@@ -651,6 +662,9 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
             summary["scenario_files"] = [str(p) for p in scenario_files]
         if learned2 and adapt_steps:
             summary["retune_given"] = retune_given
+        from moca.meta2 import OracleCache2
+
+        _say_withheld(summary, tests if files else OracleCache2(params).scenarios(range(seed, seed + scenarios), plan))
     if as_json:
         _print_json(summary)
         return
@@ -667,6 +681,18 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
         scores = ", ".join(f"{n} {c['validation_score']:.4f}" for n, c in summary["portfolio"]["candidates"].items())
         console.print(f"adapted with --base {base}: deployed {summary['portfolio']['chosen']} "
                       f"(validation scores: {scores})")
+
+
+def _say_withheld(summary: dict[str, Any], scenarios: Sequence[Any]) -> None:
+    """Add to ``summary`` where the hindsight LP withholds sales, and warn when it does."""
+    from moca.evaluation import withheld_sales
+
+    held, units = withheld_sales(scenarios)
+    summary["oracle_withheld_sales"] = {"scenarios": held, "units": units}
+    if held:
+        _warn(f"the hindsight LP sells {units:,.0f} units less than it could on {held} of {len(scenarios)} scenarios "
+              "(the spec's LP may; the simulator sells all it can): its cost is a bound no policy reaches there, so "
+              "its scores read low; moca oracle --scenario FILE --exact-sales gives the reachable bound")
 
 
 def _print_retuned_start(retune: int, given: bool, start: dict[str, Any]) -> None:

@@ -40,6 +40,27 @@ def scorable(oracle_costs: Sequence[float] | np.ndarray) -> np.ndarray:
     return costs
 
 
+#: Units withheld over an episode below which the LP's plan counts as selling all it could
+#: (HiGHS's round-off on sales of ~1,000 units a week).
+WITHHELD_TOLERANCE = 1e-3
+
+
+def withheld_sales(scenarios: Sequence[Any]) -> tuple[int, float]:
+    """How many of ``scenarios`` (either world) have a hindsight plan that sells less than
+    the simulator would (the spec's LP may; its sales are bounded, not fixed), and the units
+    withheld over them: there the oracle cost is a lower bound that no policy reaches, so
+    every score reads low (under a landfill tax the CLSC-2 LP withholds sales to keep their
+    returns out of the landfill); ``solve_oracle(2)(..., exact_sales=True)`` gives the
+    reachable bound. One LP a scenario (tens of ms each)."""
+    from moca.oracle2 import solve_oracle2
+    from moca.scenario import Scenario2
+
+    units = [float((solve_oracle2(s) if isinstance(s, Scenario2) else solve_oracle(s)).withheld.sum())
+             for s in scenarios]
+    held = [u for u in units if u > WITHHELD_TOLERANCE]
+    return len(held), float(sum(held))
+
+
 @dataclass
 class Evaluation:
     """Per-scenario costs and scores of one policy; latencies in microseconds."""
