@@ -280,3 +280,32 @@ def test_an_unknown_reset_option_is_refused_both_worlds():
         with pytest.raises(ValueError, match=r"options: unknown key\(s\) scenaro \(this env reads 'scenario'\)"):
             env.reset(seed=1, options={"scenaro": None})
         assert env.reset(seed=1, options={})[0].shape == env.observation_space.shape
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("V", -1.0, r"entry 0 \(V\) is -1; it must be >= 0"),
+    ("B", -1.0, r"entry 4 \(B\) is -1; it must be >= 0"),
+    ("pipeline[0]", -0.5, r"entry 5 \(pipeline\[0\]\) is -0.5; it must be >= 0"),
+    ("rho", 5.0, r"\(rho\) is 5; it must be <= 1"),
+    ("r", 0.99, r"\(r\) is 0.99; it must be <= 0.95"),
+    ("tau_k", -1.0, r"\(tau_k\) is -1; it must be >= 0"),
+    ("cap_code", 0.0, r"regime entries .* read as no valid regime: .*emission_cap"),
+])
+def test_an_observation_of_no_state_of_the_chain_is_refused_naming_its_entry(name, value, words):
+    """A negative stock, a return share of 5 or a negative tax gave an ordinary-looking
+    action (a mandate of 0.99 was read as 0.95), and a cap coded 0 a bare ZeroDivisionError."""
+    from moca import checkpoint
+    from moca.env import observation_inputs, observation_names
+    from moca.policy import DeployedPolicy
+
+    env = CircularSupplyChainEnv(regime="T1")
+    obs, _ = env.reset(seed=1000)
+    assert observation_names() == env.observation_names()
+    observation_inputs(obs)  # the env's own observation reads
+    bad = obs.copy()
+    bad[env.observation_names().index(name)] = value
+    with pytest.raises(ValueError, match=words):
+        observation_inputs(bad)
+    controller = DeployedPolicy(checkpoint.load_policy("default")[0])
+    with pytest.raises(ValueError, match=words):
+        controller.decide_observation(bad)

@@ -292,13 +292,7 @@ class CircularSupplyChainEnv(gym.Env):
         return np.array(values, dtype=np.float32)
 
     def observation_names(self) -> list[str]:
-        p = self.params
-        names = ["V", "M", "P", "C", "B"]
-        names += [f"pipeline[{i}]" for i in range(p.lead_virgin - 1)]
-        names += [f"sales_history[{i}]" for i in range(p.lag_return)]
-        names += ["rho", "last_demand", "season_sin", "season_cos", "t_frac"]
-        names += ["r", "tau_k", "cap_code", "lambda_h", "kappa"]
-        return names
+        return observation_names(self.params)
 
     def state_units(self) -> dict[str, float]:
         """The current (post-arrival) stocks in units: V, M (kg), P, C, B (units)."""
@@ -393,6 +387,15 @@ def full_capacity_emissions(params: Params) -> float:
             + p.emis_recycle * p.yield_disassembly * p.mass * p.cap_disassemble)
 
 
+def observation_names(params: Params = DEFAULT_PARAMS) -> list[str]:
+    """The name of each entry of this env's observation, in order."""
+    names = ["V", "M", "P", "C", "B"]
+    names += [f"pipeline[{i}]" for i in range(params.lead_virgin - 1)]
+    names += [f"sales_history[{i}]" for i in range(params.lag_return)]
+    names += ["rho", "last_demand", "season_sin", "season_cos", "t_frac"]
+    return names + ["r", "tau_k", "cap_code", "lambda_h", "kappa"]
+
+
 def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, Any]:
     """The named quantities of a period read back from an observation of this env.
 
@@ -416,6 +419,18 @@ def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, A
         raise ValueError(f"obs: expected {size} numbers for these params, got {x.size}")
     if not np.isfinite(x).all():
         raise ValueError("obs: holds NaN or infinite values")
+    # The env observes every quantity but the season as a number >= 0, the shares as at most
+    # 1 and the mandate at most 0.95: anything else is no state of this chain, and a negative
+    # stock or a return share of 5 gave an ordinary-looking action without a word.
+    names = observation_names(p)
+    for k, name in enumerate(names):
+        high = {"rho": 1.0, "kappa": 1.0, "r": 0.95, "t_frac": 1.0}.get(name)
+        if name.startswith("season_"):
+            continue
+        if x[k] < 0 or (high is not None and x[k] > np.nextafter(np.float32(high), np.float32(2))):
+            where = "must be >= 0" if x[k] < 0 else f"must be <= {high:g}"
+            raise ValueError(f"obs: entry {k} ({name}) is {float(x[k]):g}; it {where} (observation_names() "
+                             "gives each entry's name)")
     down = np.nextafter(x, np.float32(0)).astype(np.float64)  # float32 rounding never overstates these
     up = np.nextafter(x, np.float32(np.inf)).astype(np.float64)
     x64 = x.astype(np.float64)
@@ -441,6 +456,11 @@ def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, A
     cap = math.inf if x[i + 2] >= 1.0 else max(down[i + 2], 0.0) * full_capacity_emissions(p)
     regime = np.array([min(up[i], 0.95), x64[i + 1] * 1000.0, cap, x64[i + 3] * 100.0, min(up[i + 4], 1.0)])
     regime[[0, 4]] = np.where(x[[i, i + 4]] == 0, 0.0, regime[[0, 4]])  # no rule stays no rule
+    try:  # (a cap coded 0 was a ZeroDivisionError in the projection)
+        Regime.from_row(regime)
+    except ValueError as err:
+        raise ValueError(f"obs: its regime entries (r, tau_k, cap_code, lambda_h, kappa) read as no valid regime: "
+                         f"{err}") from None
     return {"t": t, "stocks": np.array(stocks), "pipeline": pipeline, "sales_history": sales_history,
             "regime": regime, "return_frac": return_frac, "last_demand": None if t == 0 else last_demand}
 
