@@ -269,6 +269,29 @@ def test_bad_input_is_refused_by_name_and_nothing_is_stored(client, path, body, 
     assert _counts(client) == before
 
 
+def test_a_body_not_declared_json_is_415_and_malformed_json_is_named(client):
+    """/decide read a text/plain or form body as JSON (a browser page can send those to a
+    service without a token, no CORS check in the way) and moved the chain's clock; the
+    other endpoints answered '28: JSON decode error' for malformed JSON, the offset as a field."""
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    before = _counts(client)
+    body = json.dumps(_obs(0))
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"content-type": kind} if kind else {}
+        for path in ("/v1/chains/p1/decide", "/v1/chains", "/v1/chains/p1/regulations"):
+            r = client.post(path, content=body, headers=headers)
+            assert r.status_code == 415, (path, kind, r.status_code)
+            assert r.json()["detail"].startswith("content-type: " + ("expected application/json, got" if kind
+                                                                     else "missing; expected application/json"))
+    assert _counts(client) == before and client.get("/v1/chains/p1").json()["last_t"] == -1
+    answer = client.post("/v1/chains/p1/decide", content=body, headers={"content-type": "application/json; "
+                                                                                        "charset=utf-8"})
+    assert answer.status_code == 200
+    assert client.post("/v1/chains/p1/reset").status_code == 200  # no body, no content type: as before
+    r = client.post("/v1/chains", content='{"id": "z1", "regime": "T1"}}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"] == "body: malformed JSON at character 28 (Extra data)"
+
+
 def test_nan_oversized_and_unknown_reads(client):
     client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
     before = _counts(client)
