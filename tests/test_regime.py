@@ -140,6 +140,46 @@ def _laughs(levels: int = 9) -> list[str]:
     return lines
 
 
+def test_a_key_given_twice_is_refused_in_every_file_moca_reads(tmp_path):
+    """The parsers keep the last of two equal keys without a word: a regime file saying
+    a mandate of 0.2 and then of 0 was read as unregulated, a scenario's second demand used."""
+    import shutil
+    from importlib.resources import files
+
+    from moca import checkpoint
+    from moca.checkpoint import CheckpointError
+    from moca.scenario import ScenarioError, draw_scenario, load_actions, load_scenario
+
+    yaml_file, json_file = tmp_path / "r.yaml", tmp_path / "r.json"
+    yaml_file.write_text("recycled_content_min: 0.2\ncarbon_tax: 5\nrecycled_content_min: 0.0\n")
+    json_file.write_text('{"recycled_content_min": 0.2, "recycled_content_min": 0.0}')
+    with pytest.raises(RegimeError, match=r"r.yaml: malformed YAML \(key 'recycled_content_min' is given twice in "
+                                          r"one mapping .* at line 3 column 1\)"):
+        load_regime(yaml_file)
+    with pytest.raises(RegimeError, match=r"r.json: malformed JSON \(key 'recycled_content_min' is given twice"):
+        load_regime(json_file)
+    merged = tmp_path / "merge.yaml"  # a YAML merge key is no repetition
+    merged.write_text("base: &b {carbon_tax: 5}\nthis:\n  <<: *b\n  landfill_tax: 3\n")
+    from moca.regime import read_structured
+
+    assert read_structured(merged)["this"] == {"carbon_tax": 5, "landfill_tax": 3}
+    scenario = tmp_path / "s.json"
+    draw_scenario(1, load_regime("T1")).to_json(scenario)
+    text = scenario.read_text()
+    scenario.write_text(text.replace('"demand":', '"demand": [1], "demand":', 1))
+    with pytest.raises(ScenarioError, match="key 'demand' is given twice in one object"):
+        load_scenario(scenario)
+    (tmp_path / "a.json").write_text('{"actions": [[0, 0, 0, 0, 0, 0]], "actions": [[1, 1, 1, 1, 1, 1]]}')
+    with pytest.raises(ScenarioError, match="actions: key 'actions' is given twice"):
+        load_actions(tmp_path / "a.json", 1)
+    copy = tmp_path / "ck"
+    shutil.copytree(str(files("moca") / "data" / "default"), copy)
+    meta = (copy / checkpoint.META).read_text()
+    (copy / checkpoint.META).write_text(meta.replace('"kind":', '"kind": "x", "kind":', 1))
+    with pytest.raises(CheckpointError, match="checkpoint.json: key 'kind' is given twice"):
+        checkpoint.load(copy)
+
+
 def test_yaml_aliases_that_expand_without_end_are_refused(tmp_path):
     from moca.regime import MOST_YAML_VALUES, load_schedule, load_sequence
     from moca.scenario import ScenarioError, load_params

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from moca.files import parse_problem, publish_tree
+from moca.files import parse_problem, publish_tree, unique_keys
 
 FORMAT = "moca-checkpoint/1"
 WEIGHTS = "weights.safetensors"
@@ -157,11 +157,13 @@ def load(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         if not path.is_file():
             raise CheckpointError(f"checkpoint {directory}: missing {path.name}")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(), object_pairs_hook=unique_keys)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"checkpoint {directory}: {META} is not valid JSON ({parse_problem(err)})") from None
     except UnicodeDecodeError:
         raise CheckpointError(f"checkpoint {directory}: {META} is not valid JSON (not UTF-8 text)") from None
+    except ValueError as err:  # (a key given twice)
+        raise CheckpointError(f"checkpoint {directory}: {META}: {err}") from None
     except RecursionError:
         raise CheckpointError(f"checkpoint {directory}: {META} is nested too deeply to be a checkpoint's") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -5,7 +5,8 @@ whatever the umask says; a scenario or checkpoint renamed into place from there 
 stay private. Everything moca writes goes through here instead, so files get 0666 and
 folders 0777, minus the umask, as ``open()`` and ``mkdir`` would have given them. And
 the one wording of a file that does not parse, whichever reader finds it
-(:func:`parse_problem`).
+(:func:`parse_problem`), and a key given twice refused by every JSON reader
+(:func:`unique_keys`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 class OutputError(ValueError):
@@ -87,6 +89,18 @@ def publish_tree(folder: str | Path) -> None:
         for name in dirs:
             os.chmod(Path(root) / name, folders)
     os.chmod(folder, folders)
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` refusing a key given twice in one object: the
+    parser keeps the last without a word, and a file that says two things (a mandate of
+    0.2, then of 0) was read as the second."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} is given twice in one object (which one is meant?)")
+        out[key] = value
+    return out
 
 
 def parse_problem(err: Exception) -> str:

@@ -26,7 +26,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
 
-from moca.files import parse_problem
+from moca.files import parse_problem, unique_keys
 from moca.limits import is_whole
 
 #: Column order of the dense regime table; an absent emission cap is stored as +inf.
@@ -519,7 +519,22 @@ class _YamlLoader(yaml.SafeLoader):
 
     PyYAML implements YAML 1.1, whose floats need a dot and a signed exponent, so
     ``emission_cap: 1e6`` or ``carbon_tax: 1.5e2`` would arrive as text and be refused as
-    "not a number". Every other rule of the safe loader stays as it is."""
+    "not a number". A key given twice in one mapping is refused (the safe loader keeps the
+    last without a word). Every other rule of the safe loader stays as it is."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # (merge keys "<<" are not a repetition)
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) or key is None:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} is given twice in one mapping (which one is meant?)",
+                            key_node.start_mark)
+                    seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -573,9 +588,11 @@ def read_structured(path: Path) -> Any:
         raise RegimeError(f"{path}: not a text file (UTF-8 YAML or JSON)") from None
     try:
         if str(path).endswith(".json"):
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=unique_keys)
         return _load_yaml(text, path)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
+    except RegimeError:
+        raise
+    except (ValueError, yaml.YAMLError) as err:  # (JSONDecodeError and unique_keys' refusal are ValueErrors)
         raise RegimeError(f"{path}: malformed {'JSON' if str(path).endswith('.json') else 'YAML'} "
                           f"({parse_problem(err)})") from None
     except RecursionError:  # (the parsers recurse per level: thousands of [ or { exhaust the stack)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from moca.files import parse_problem
+from moca.files import parse_problem, unique_keys
 from moca.limits import is_whole
 from moca.regime import Regime, RegimeError, RegimeSchedule
 
@@ -248,7 +248,7 @@ def _read_json(source: str | Path) -> Any:
     try:
         # NaN/Infinity parse to floats here so that validation rejects them with the
         # name of the field that holds them (every field checks finiteness).
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as err:
         raise ScenarioError(f"scenario: malformed JSON ({parse_problem(err)})") from None
     except ValueError as err:
@@ -423,7 +423,7 @@ def load_actions(source: str | Path, horizon: int,
     (``columns``: the model's action symbols, e.g. CLSC-2's nine). ``moca oracle --json``'s
     output is one too: its ``plan`` are the actions (to replay the hindsight plan)."""
     try:
-        data = json.loads(Path(source).read_text(), parse_constant=_reject_constant)
+        data = json.loads(Path(source).read_text(), parse_constant=_reject_constant, object_pairs_hook=unique_keys)
     except OSError as err:
         raise ScenarioError(f"{source}: cannot read actions ({err.strerror})") from None
     except json.JSONDecodeError as err:
