@@ -96,3 +96,23 @@ def test_library_configs_bounded():
                            ({"adapt_steps": MOST_STEPS + 1}, "--adapt-steps"), ({"seed": -1}, "--seed")):
         with pytest.raises(SweepError, match=needle):
             make_plan("CLSC-1", "carbon_tax", "0,10", **kwargs)
+
+
+def test_chains_at_the_edge_of_their_ranges_evaluate_without_numpy_warnings(tmp_path):
+    """Capacities near 0 overflowed the deployed sigmoid's exp and a yield of 0 divided by
+    zero in the threshold rule: the results were right, but numpy's RuntimeWarnings with
+    moca's source lines reached the user's terminal."""
+    from tests._cli import run
+
+    (tmp_path / "tiny.json").write_text(json.dumps({"horizon": 8, **{f"cap_{k}": 1e-6 for k in (
+        "order", "produce", "disassemble", "refurbish", "dispose")}}))
+    (tmp_path / "y0.json").write_text(json.dumps({"horizon": 8, "yield_disassembly": 0, "yield_refurbish": 0}))
+    (tmp_path / "rules.yaml").write_text("recycled_content_min: 0.95\ncarbon_tax: 2000\nemission_cap: 5000\n"
+                                         "landfill_tax: 100\nrecovery_target: 1\n")
+    for policy, params in (("default", "tiny.json"), ("threshold", "y0.json")):
+        result = run("evaluate", "--policy", policy, "--regime", tmp_path / "rules.yaml", "--params",
+                     tmp_path / params, "--scenarios", 1, "--json")
+        assert result.returncode == 0, result.stderr
+        assert "RuntimeWarning" not in result.stderr and "Warning:" not in result.stderr, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["violations"] == 0 and 0 < summary["score"] <= 1 + 1e-9

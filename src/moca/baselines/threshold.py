@@ -176,7 +176,7 @@ class ThresholdPolicy:
         # Disassemble up to a recycled target after use: S_M plus next period's mandate share
         # (S_M only while its material can still be turned into sold product).
         per_core = p.yield_disassembly * p.mass  # kg recycled per core
-        if can_recover:
+        if can_recover and per_core > 0:  # (a yield of 0 recovers nothing: x / 0 was inf, or NaN)
             next_share = r * (p.mass * fc[t + 2]) if left[t + 2] >= p.cost_produce else zero
             target = (S_M if t + 3 < T else 0.0) + next_share
             g = np.minimum(np.maximum((target - (M - u_r)) / per_core, 0.0),
