@@ -74,6 +74,16 @@ def test_the_largest_seed_is_accepted(tmp_path):
     assert len(json.loads(out.read_text())["demand"]) == 52
 
 
+def test_the_last_test_seed_must_be_a_seed_too(tmp_path):
+    """--seed's largest value with 2 scenarios drew seed 2**63, beyond it, without a word."""
+    for command in (("evaluate", "--policy", "threshold"), ("adapt", "--checkpoint", "default", "--regime", "T2", "-o",
+                                                            tmp_path / "a"),
+                    ("sweep", "--field", "carbon_tax", "--values", "0,10", "--policies", "oracle")):
+        assert_bad_input(run_in_process(*command, "--seed", LARGEST_SEED, "--scenarios", 2), "--seed",
+                         "--scenarios 2", "beyond")
+    assert not (tmp_path / "a").exists()
+
+
 def test_library_configs_bounded():
     from pydantic import ValidationError
 
@@ -116,3 +126,20 @@ def test_chains_at_the_edge_of_their_ranges_evaluate_without_numpy_warnings(tmp_
         assert "RuntimeWarning" not in result.stderr and "Warning:" not in result.stderr, result.stderr
         summary = json.loads(result.stdout)
         assert summary["violations"] == 0 and 0 < summary["score"] <= 1 + 1e-9
+
+
+def test_oracle_and_simulate_warn_of_a_schedule_entry_that_never_applies(tmp_path):
+    """moca scenario new and evaluate warned of an entry starting at or after the horizon;
+    moca oracle and simulate, reading the same file, did not (docs/MODEL.md says they do)."""
+    from tests._cli import run
+
+    (tmp_path / "plan.yaml").write_text("- {start: 0, carbon_tax: 10}\n- {start: 8, carbon_tax: 50}\n")
+    (tmp_path / "chain.json").write_text(json.dumps({"horizon": 8}))
+    made = run("scenario", "new", "--regime", tmp_path / "plan.yaml", "--params", tmp_path / "chain.json", "--seed", 1,
+               "-o", tmp_path / "s.json")
+    assert made.returncode == 0 and "period 8 never applies" in made.stderr, made.stderr
+    oracle = run("oracle", "--scenario", tmp_path / "s.json", "--json")
+    assert oracle.returncode == 0 and "the regime starting at period 8 never applies" in oracle.stderr
+    (tmp_path / "plan.json").write_text(oracle.stdout)
+    replay = run("simulate", "--scenario", tmp_path / "s.json", "--actions", tmp_path / "plan.json", "--json")
+    assert replay.returncode == 0 and "the regime starting at period 8 never applies" in replay.stderr

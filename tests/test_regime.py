@@ -180,6 +180,19 @@ def test_a_key_given_twice_is_refused_in_every_file_moca_reads(tmp_path):
         checkpoint.load(copy)
 
 
+def test_a_label_that_is_not_text_is_refused_as_such(tmp_path):
+    from moca.regime import load_sequence
+
+    (tmp_path / "r.yaml").write_text("name: 5\ncarbon_tax: 5\n")  # was "name: unknown field"
+    with pytest.raises(RegimeError, match=r"r.yaml: name=5: the regime's label must be text"):
+        load_regime(tmp_path / "r.yaml")
+    (tmp_path / "s.yaml").write_text("- T1\n- {name: 7, carbon_tax: 5}\n")
+    with pytest.raises(RegimeError, match=r"sequence\[1\].name=7: the regime's label must be text"):
+        load_sequence(tmp_path / "s.yaml")
+    (tmp_path / "r.yaml").write_text("name: tight\ncarbon_tax: 5\n")
+    assert load_regime(tmp_path / "r.yaml").carbon_tax == 5
+
+
 def test_yaml_aliases_that_expand_without_end_are_refused(tmp_path):
     from moca.regime import MOST_YAML_VALUES, load_schedule, load_sequence
     from moca.scenario import ScenarioError, load_params

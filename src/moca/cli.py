@@ -337,6 +337,7 @@ def simulate(
     with _bad_input():
         _plot_path(plot_file)
         scenario = load_scenario(scenario_path)  # the file's "model" chooses the world
+        _warn_if_beyond_horizon(scenario.schedule, scenario.horizon)
         if isinstance(scenario, Scenario2):
             return _simulate2(scenario, scenario_path, actions_path, as_json, plot_file)
         actions = load_actions(actions_path, scenario.horizon)
@@ -441,6 +442,7 @@ def oracle(
     with _bad_input():
         _plot_path(plot_file)
         scenario = load_scenario(scenario_path)  # the file's "model" chooses the world
+        _warn_if_beyond_horizon(scenario.schedule, scenario.horizon)
         if isinstance(scenario, Scenario2):
             from moca.oracle2 import solve_oracle2
 
@@ -538,6 +540,8 @@ def evaluate(
     with _bad_input():
         if model is not None:
             _chosen_model(model)
+        if not scenario_files:
+            _seeds_within_range(seed, scenarios)
         files = None
         if scenario_files:
             from moca.chain2 import load_scenario_files
@@ -1016,6 +1020,7 @@ def adapt(
 
     with _bad_input():
         _chosen_model(model)
+        _seeds_within_range(seed, scenarios)
         _warn_if_not_held_out(seed, scenarios)
         if retune is not None:
             _retune_choice(retune, base, model, adapt=True)
@@ -1133,6 +1138,14 @@ def _warn_if_trained_on_other_params(where: str, params, trained=None) -> None:
     warning = other_params_warning(trained, params, str(where))
     if warning:
         _warn(warning)
+
+
+def _seeds_within_range(seed: int, scenarios: int) -> None:
+    """Test seeds run from --seed to --seed + --scenarios - 1: the last must be a seed too
+    (--seed's largest value with 2 scenarios drew one beyond it without a word)."""
+    if seed + scenarios - 1 > LARGEST_SEED:
+        raise UsageError(f"--seed {seed} with --scenarios {scenarios}: the last test seed, {seed + scenarios - 1}, is "
+                         f"beyond the largest seed {LARGEST_SEED}; give --seed <= {LARGEST_SEED - scenarios + 1}")
 
 
 def _warn_if_beyond_horizon(plan, horizon: int) -> None:

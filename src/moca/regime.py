@@ -421,9 +421,11 @@ def _missing(text: str, where: str) -> RegimeError:
     return unknown_name(text, where)
 
 
-def _without_name(data: dict[str, Any]) -> dict[str, Any]:
+def _without_name(data: dict[str, Any], where: str = "") -> dict[str, Any]:
     """A regime object may carry a ``name`` (a label, as in sequence files); it is no rule."""
-    if "name" in data and isinstance(data["name"], str):
+    if "name" in data:
+        if not isinstance(data["name"], str):  # (was refused as "name: unknown field")
+            raise RegimeError(f"{where}name={data['name']!r}: the regime's label must be text (e.g. name: \"tight\")")
         data = {k: v for k, v in data.items() if k != "name"}
     return data
 
@@ -451,7 +453,7 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
         held = "a plan of regimes that change (a schedule)" if plan else f"a {type(data).__name__}"
         raise RegimeError(f"{path}: a regime file must hold one object with the regime fields; this one holds "
                           f"{held}, which this command does not take")
-    return _validated(Regime, _without_name(data), prefix=f"{path.name}: ")
+    return _validated(Regime, _without_name(data, f"{path.name}: "), prefix=f"{path.name}: ")
 
 
 def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Regime | RegimeSchedule,
@@ -480,7 +482,7 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
     if isinstance(data, dict) and "regimes" in data:
         data = data["regimes"]
     if isinstance(data, dict):  # one regime: its errors name the file, as load_regime's do
-        return RegimeSchedule.constant(_validated(Regime, _without_name(data), prefix=f"{path.name}: "))
+        return RegimeSchedule.constant(_validated(Regime, _without_name(data, f"{path.name}: "), prefix=f"{path.name}: "))
     if isinstance(data, list):
         data = [_without_name(e) if isinstance(e, dict) else e for e in data]
     return RegimeSchedule.from_list(data)
@@ -507,6 +509,8 @@ def load_sequence(spec: str | Path | list[Any]) -> list[tuple[str, Regime]]:
         elif isinstance(item, dict):
             item = dict(item)
             label = item.pop("name", None)
+            if label is not None and not isinstance(label, str):
+                raise RegimeError(f"sequence[{i}].name={label!r}: the regime's label must be text")
             regime = _validated(Regime, item, prefix=f"sequence[{i}].")
             out.append((str(label) if label else regime.describe(), regime))
         else:

@@ -538,6 +538,8 @@ def make_plan(model: str, field_name: str, values: str | Sequence[float], base: 
         raise SweepError(f"--scenarios {scenarios}: at most {MOST_SCENARIOS} per value")
     if not is_whole(seed) or not 0 <= seed <= LARGEST_SEED:
         raise SweepError(f"--seed {seed!r}: a whole number in [0, {LARGEST_SEED}]")
+    if seed + scenarios - 1 > LARGEST_SEED:  # (the seeds run seed .. seed + scenarios - 1)
+        raise SweepError(f"--seed {seed} with --scenarios {scenarios}: the last seed is beyond {LARGEST_SEED}")
     if not is_whole(adapt_steps) or not 0 <= adapt_steps <= MOST_STEPS:
         raise SweepError(f"--adapt-steps {adapt_steps!r}: a whole number in [0, {MOST_STEPS}]")
     scenarios, seed, adapt_steps = int(scenarios), int(seed), int(adapt_steps)
