@@ -101,7 +101,8 @@ def test_library_configs_bounded():
         MetaConfig(seed=LARGEST_SEED + 1)
     with pytest.raises(ValidationError, match="inner_steps"):
         MetaConfig(inner_steps=MOST_STEPS + 1)
-    make_plan("CLSC-1", "carbon_tax", "0,10", scenarios=MOST_SCENARIOS, seed=LARGEST_SEED, adapt_steps=MOST_STEPS)
+    make_plan("CLSC-1", "carbon_tax", "0,10", scenarios=MOST_SCENARIOS, seed=LARGEST_SEED - MOST_SCENARIOS + 1,
+              adapt_steps=MOST_STEPS)  # (its seeds end at the largest)
     for kwargs, needle in (({"scenarios": MOST_SCENARIOS + 1}, "--scenarios"), ({"seed": LARGEST_SEED + 1}, "--seed"),
                            ({"adapt_steps": MOST_STEPS + 1}, "--adapt-steps"), ({"seed": -1}, "--seed")):
         with pytest.raises(SweepError, match=needle):
