@@ -221,8 +221,17 @@ def test_cli_writes_json_and_plot(tmp_path):
                                                "violations", "shadow_price", "demand_unmet_by_rule"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "landfill_tax" in result.stdout and math.isfinite(data["seconds"])
+    header = " ".join(result.stdout.split())  # (the table may wrap its headers)
+    assert "compliance cost vs landfill_tax=0 " in header  # (was "=0.0")
+    assert "shadow price (EUR per EUR/core)" in header  # (had no unit)
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
     assert np.isfinite(data["policies"]["oracle"]["cost"]).all()
+
+
+def test_amounts_below_half_a_euro_print_as_0():
+    from moca.cli import _eur
+
+    assert [_eur(x) for x in (-0.3, 0.0, 0.49, -0.6, 1234.5)] == ["0", "0", "0", "-1", "1,234"]  # (was "-0")
 
 
 def test_unreachable_ray_address_fails_fast():

@@ -1927,12 +1927,18 @@ def _journal_note(journal: Optional[Path]) -> str:
     return f"{_count(done, 'finished task')} kept in {journal}: the same command again goes on from them"
 
 
+def _eur(amount: float) -> str:
+    """Whole euros; below half a euro either way is 0 (round-off printed "-0")."""
+    return f"{amount:,.0f}" if abs(amount) >= 0.5 else "0"
+
+
 def _sweep_table(result: dict) -> None:
     unmet = result["unmet_metric"].split(" ")[0]
     table = Table(title=f"{result['model']}: {result['field']} ({result['unit']}), {result['scenarios']} scenarios from "
-                        f"seed {result['seeds'][0]}; compliance cost vs {result['field']}={result['neutral']}")
+                        f"seed {result['seeds'][0]}; compliance cost vs {result['field']}={result['neutral']:g}")
+    # (per one unit of the field: of a share, per 1.0, where moca evaluate gives it per percentage point)
     for col in ("policy", "value", "cost (EUR)", "95% interval", "compliance cost", "emissions (t CO2)",
-                "recycled share", unmet, "violations", "shadow price / adapt."):
+                "recycled share", unmet, "violations", f"shadow price (EUR per {result['unit']}) / adapt."):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, entry in result["policies"].items():
         for i, value in enumerate(result["values"]):
@@ -1948,7 +1954,7 @@ def _sweep_table(result: dict) -> None:
                 extra = ""
             lo, hi = entry["cost_ci"][i]
             table.add_row(name if i == 0 else "", f"{value:g}", f"{entry['cost'][i]:,.0f}", f"{lo:,.0f} – {hi:,.0f}",
-                          f"{entry['compliance_cost'][i]:,.0f}", f"{entry['emissions'][i] / 1000:,.1f}",
+                          _eur(entry["compliance_cost"][i]), f"{entry['emissions'][i] / 1000:,.1f}",
                           f"{entry['recycled_share'][i]:.3f}", f"{entry[unmet][i]:,.1f}", str(entry["violations"][i]),
                           extra)
     wide = console if console.is_terminal else _wide_console()

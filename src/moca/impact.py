@@ -21,7 +21,9 @@ from moca.regime import REGIME_FIELDS, Regime, RegimeSchedule
 from moca.scenario import Scenario
 
 #: The oracle's backlog this much above its backlog without the rule (as a share of mean
-#: demand per period) means the rule itself leaves demand unmet (the sweep's threshold).
+#: demand per period) means the rule itself leaves demand unmet. moca sweep flags a value
+#: against its neutral value at 5% instead (moca.sweep.UNMET_FLAG_SHARE), so a rule that
+#: leaves 1-5% unmet is flagged here and not there.
 UNMET_SHARE = 0.01
 
 #: Units of each field's shadow price (EUR per one unit of the field).
