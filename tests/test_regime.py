@@ -193,6 +193,32 @@ def test_a_label_that_is_not_text_is_refused_as_such(tmp_path):
     assert load_regime(tmp_path / "r.yaml").carbon_tax == 5
 
 
+def test_a_byte_order_mark_is_read_past_and_another_world_s_params_are_named_as_such(tmp_path):
+    """JSON files with a UTF-8 byte-order mark were refused ('Unexpected UTF-8 BOM') where
+    the same YAML was read; a CLSC-2 scenario given as CLSC-1's --params was answered
+    'params.cap_market: unknown parameter'; a negative count drew no scenario, silently."""
+    from moca.scenario import (Params, Params2, ScenarioError, draw_scenario2, draw_scenarios, draw_scenarios2,
+                               load_params, load_scenario)
+
+    (tmp_path / "r.json").write_bytes(b"\xef\xbb\xbf" + b'{"carbon_tax": 5}')
+    assert load_regime(tmp_path / "r.json").carbon_tax == 5
+    (tmp_path / "p.json").write_bytes(b"\xef\xbb\xbf" + b'{"horizon": 8}')
+    assert load_params(tmp_path / "p.json").horizon == 8
+    draw_scenario2(3, "T1").to_json(tmp_path / "s2.json")
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "s2.json").read_bytes())
+    assert load_scenario(tmp_path / "bom.json").horizon == 52
+    with pytest.raises(ScenarioError, match=r"s2.json: a CLSC-2 scenario file .its \"model\"., and these are "
+                                            r"CLSC-1's parameters: use --model CLSC-2"):
+        load_params(tmp_path / "s2.json")
+    assert load_params(tmp_path / "s2.json", Params2) == load_scenario(tmp_path / "s2.json").params
+    (tmp_path / "m.json").write_text('{"cap_market": 5}')
+    with pytest.raises(ScenarioError, match=r"params.cap_market: unknown parameter; it is a parameter of CLSC-2"):
+        load_params(tmp_path / "m.json", Params)
+    for draw in (draw_scenarios, draw_scenarios2):
+        with pytest.raises(ScenarioError, match="seeds=-1: a count of scenarios must be >= 0"):
+            draw(-1)
+
+
 def test_yaml_aliases_that_expand_without_end_are_refused(tmp_path):
     from moca.regime import MOST_YAML_VALUES, load_schedule, load_sequence
     from moca.scenario import ScenarioError, load_params

@@ -585,7 +585,7 @@ def _load_yaml(text: str, path: Path) -> Any:
 def read_structured(path: Path) -> Any:
     """Parse a YAML or JSON file; errors name the file and the problem."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")  # (a byte-order mark: JSON refused it, YAML did not)
     except OSError as err:
         raise RegimeError(f"{path}: cannot read ({err.strerror})") from None
     except UnicodeDecodeError:

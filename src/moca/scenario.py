@@ -240,7 +240,7 @@ def _read_json(source: str | Path) -> Any:
     text = str(source)
     if not text.lstrip().startswith("{"):
         try:
-            text = Path(source).read_text()
+            text = Path(source).read_text(encoding="utf-8-sig")  # (a byte-order mark, as YAML takes it)
         except OSError as err:
             raise ScenarioError(f"{source}: cannot read scenario ({err.strerror})") from None
         except UnicodeDecodeError:
@@ -348,6 +348,8 @@ def draw_scenarios(
 ) -> list[Scenario]:
     """One scenario per seed (an int ``n`` means seeds ``first_seed .. first_seed+n-1``)."""
     if isinstance(seeds, int):
+        if seeds < 0:  # (range() of a negative count is empty: no scenario and no word)
+            raise ScenarioError(f"seeds={seeds!r}: a count of scenarios must be >= 0")
         seeds = range(first_seed, first_seed + seeds)
     return [draw_scenario(int(s), regime, params) for s in seeds]
 
@@ -402,7 +404,12 @@ def load_params(source: str | Path, kind: type = None) -> "Params | Params2":
         data = read_structured(Path(source))
     except RegimeError as err:
         raise ScenarioError(f"--params {err}") from None
+    wanted, other = ("CLSC-2", Params) if kind is Params2 else ("CLSC-1", Params2)
     if isinstance(data, dict) and "params" in data and ("model" in data or "demand" in data):
+        world = data.get("model", "CLSC-1")  # (a CLSC-1 scenario file may predate "model")
+        if world != wanted and world in ("CLSC-1", "CLSC-2"):  # (was "params.cap_market: unknown parameter")
+            raise ScenarioError(f"--params {source}: a {world} scenario file (its \"model\"), and these are "
+                                f"{wanted}'s parameters: use --model {world}, or a {wanted} file")
         data = data["params"] or {}
     if not isinstance(data, dict):
         raise ScenarioError(f"--params {source}: expected an object of parameters (or a scenario file)")
@@ -412,7 +419,9 @@ def load_params(source: str | Path, kind: type = None) -> "Params | Params2":
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
-            raise ScenarioError(f"--params {source}: params.{field}: unknown parameter "
+            hint = (f"; it is a parameter of {'CLSC-1' if other is Params else 'CLSC-2'} (--model "
+                    f"{'CLSC-1' if other is Params else 'CLSC-2'})" if field in other.model_fields else "")
+            raise ScenarioError(f"--params {source}: params.{field}: unknown parameter{hint} "
                                 f"(known: {', '.join(kind.model_fields)})") from None
         raise ScenarioError(f"--params {source}: {first['msg'].removeprefix('Value error, ')}") from None
 
@@ -423,7 +432,8 @@ def load_actions(source: str | Path, horizon: int,
     (``columns``: the model's action symbols, e.g. CLSC-2's nine). ``moca oracle --json``'s
     output is one too: its ``plan`` are the actions (to replay the hindsight plan)."""
     try:
-        data = json.loads(Path(source).read_text(), parse_constant=_reject_constant, object_pairs_hook=unique_keys)
+        data = json.loads(Path(source).read_text(encoding="utf-8-sig"), parse_constant=_reject_constant,
+                          object_pairs_hook=unique_keys)
     except OSError as err:
         raise ScenarioError(f"{source}: cannot read actions ({err.strerror})") from None
     except json.JSONDecodeError as err:
@@ -843,5 +853,7 @@ def draw_scenarios2(seeds: Sequence[int] | int, regime: Regime | RegimeSchedule 
                     params: Params2 = DEFAULT_PARAMS_2, first_seed: int = 0) -> list[Scenario2]:
     """One CLSC-2 scenario per seed (an int ``n`` means seeds ``first_seed .. first_seed+n-1``)."""
     if isinstance(seeds, int):
+        if seeds < 0:  # (range() of a negative count is empty: no scenario and no word)
+            raise ScenarioError(f"seeds={seeds!r}: a count of scenarios must be >= 0")
         seeds = range(first_seed, first_seed + seeds)
     return [draw_scenario2(int(s), regime, params) for s in seeds]
