@@ -229,6 +229,7 @@ def _counts(client) -> tuple:
     ("/v1/chains", {"id": "p2", "regime": "T1", "params": {"horizon": -3}}, 422, "horizon"),
     ("/v1/chains", {"id": "../x", "regime": "T1"}, 422, "id"),
     ("/v1/chains", {"id": "p2", "regime": "T1", "checkpoint": "../../etc"}, 422, "checkpoint"),
+    ("/v1/chains", {"id": "p2", "regime": "T1", "checkpoint": ""}, 422, "checkpoint: String should have at least 1"),
     ("/v1/chains", {"id": "p1", "regime": "T1"}, 409, "id"),
     ("/v1/chains/p1/decide", _obs(0, pipeline=[2000, 1]), 422, "pipeline"),
     ("/v1/chains/p1/decide", _obs(0, sales_history=[1000] * 5), 422, "sales_history"),

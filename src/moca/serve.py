@@ -306,8 +306,9 @@ class ChainIn(Strict):
     model: str = Field("clsc-1", description="world model: clsc-1 or clsc-2 (CLSC-2 also accepted)")
     params: dict[str, Any] | None = Field(None, description="the model's parameters (spec names); default: the spec's")
     regime: dict[str, Any] | str = Field(description="regime in force now: the spec's fields, or a preset name")
-    checkpoint: str | None = Field(None, description="policy checkpoint: 'default', 'default-reptile' or a "
-                                                     "directory under DATA/checkpoints")
+    checkpoint: str | None = Field(None, min_length=1,  # ("" deployed the shipped default without a word)
+                                   description="policy checkpoint: 'default', 'default-reptile' or a directory "
+                                               "under DATA/checkpoints")
     adapt: bool = Field(False, description="queue an adaptation job for the regime registered, as for a "
                                            "regulation in force from t = 0 (the answer's adaptation_job); "
                                            "until it is done the checkpoint decides")
