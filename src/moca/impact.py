@@ -78,7 +78,8 @@ def rule_impact(regime: Regime, scenarios: Sequence[Scenario]) -> dict[str, Any]
             prices[field] = float(np.mean(values)) / (100.0 if field in _PER_POINT else 1.0)
     return {
         "scenarios": len(scenarios),
-        "oracle_cost": cost, "oracle_cost_without_rule": cost_free, "oracle_cost_ratio": cost / cost_free if cost_free > 0 else None,
+        "oracle_cost": cost, "oracle_cost_without_rule": cost_free,
+        "oracle_cost_ratio": cost / cost_free if cost_free > 0 else None,
         "backlog_per_period": backlog, "backlog_per_period_without_rule": backlog_free,
         "backlog_at_end": float(np.mean([p.result.stocks[-1, 4] for p in priced])),
         "backlog_at_end_without_rule": float(np.mean([r.stocks[-1, 4] for r in plain])),

@@ -482,7 +482,8 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
     if isinstance(data, dict) and "regimes" in data:
         data = data["regimes"]
     if isinstance(data, dict):  # one regime: its errors name the file, as load_regime's do
-        return RegimeSchedule.constant(_validated(Regime, _without_name(data, f"{path.name}: "), prefix=f"{path.name}: "))
+        where = f"{path.name}: "
+        return RegimeSchedule.constant(_validated(Regime, _without_name(data, where), prefix=where))
     if isinstance(data, list):
         data = [_without_name(e) if isinstance(e, dict) else e for e in data]
     return RegimeSchedule.from_list(data)

@@ -419,8 +419,8 @@ def load_params(source: str | Path, kind: type = None) -> "Params | Params2":
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
-            hint = (f"; it is a parameter of {'CLSC-1' if other is Params else 'CLSC-2'} (--model "
-                    f"{'CLSC-1' if other is Params else 'CLSC-2'})" if field in other.model_fields else "")
+            theirs = "CLSC-1" if other is Params else "CLSC-2"
+            hint = f"; it is a parameter of {theirs} (--model {theirs})" if field in other.model_fields else ""
             raise ScenarioError(f"--params {source}: params.{field}: unknown parameter{hint} "
                                 f"(known: {', '.join(kind.model_fields)})") from None
         raise ScenarioError(f"--params {source}: {first['msg'].removeprefix('Value error, ')}") from None
