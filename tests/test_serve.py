@@ -355,6 +355,21 @@ def test_weights_failing_their_checksum_are_refused_by_name(tmp_path):
         assert c.get("/v1/chains/p1/decisions").json() == []
 
 
+def test_a_version_whose_checkpoint_json_was_edited_is_refused_by_name(tmp_path):
+    """'structured: false' written into a deployed version's JSON was served after a
+    restart (another policy from the same weights, the weights' checksum intact)."""
+    data = tmp_path / "data"
+    with TestClient(create_app(data, worker=False)) as c:
+        c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    meta = data / "weights" / "p1" / "v1" / "checkpoint.json"
+    meta.write_text(meta.read_text().replace('"structured": true', '"structured": false'))
+    with TestClient(create_app(data, worker=False)) as c:  # a restart: nothing cached
+        r = c.post("/v1/chains/p1/decide", json=_obs(0))
+        assert r.status_code == 503 and "version 1" in r.json()["detail"]
+        assert "checkpoint.json was altered after it was written" in r.json()["detail"]
+        assert c.get("/v1/chains/p1/decisions").json() == []
+
+
 def test_a_job_through_the_portfolio_deploys_the_lp_candidate_and_keeps_it_across_a_restart(tmp_path):
     """With ``base="mpc"`` a job adapts moca's LSTM over the rolling LP: the new version is
     an mpc-policy checkpoint, its decisions are DeployedPolicy's with the LP as base (bit
