@@ -449,10 +449,10 @@ def oracle(
             result = solve_oracle2(scenario, exact_sales=exact_sales)
         else:
             result = solve_oracle(scenario, exact_sales=exact_sales)
-    from moca.evaluation import WITHHELD_TOLERANCE
+    from moca.evaluation import withheld_units
 
-    withheld = float(result.withheld.sum())
-    if withheld > WITHHELD_TOLERANCE:
+    withheld = withheld_units(result)
+    if withheld:
         _warn(f"the plan sells {withheld:,.0f} units less than it could (the spec's LP may; the simulator sells all it "
               "can): its cost is a bound no policy reaches, and replaying it costs more; --exact-sales gives the best "
               "cost a policy can reach")

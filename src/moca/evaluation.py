@@ -55,10 +55,16 @@ def withheld_sales(scenarios: Sequence[Any]) -> tuple[int, float]:
     from moca.oracle2 import solve_oracle2
     from moca.scenario import Scenario2
 
-    units = [float((solve_oracle2(s) if isinstance(s, Scenario2) else solve_oracle(s)).withheld.sum())
-             for s in scenarios]
-    held = [u for u in units if u > WITHHELD_TOLERANCE]
+    units = [withheld_units(solve_oracle2(s) if isinstance(s, Scenario2) else solve_oracle(s)) for s in scenarios]
+    held = [u for u in units if u > 0]
     return len(held), float(sum(held))
+
+
+def withheld_units(result: Any) -> float:
+    """Units an oracle result (either world) withholds over its episode; 0 within the
+    tolerance."""
+    units = float(result.withheld.sum())
+    return units if units > WITHHELD_TOLERANCE else 0.0
 
 
 @dataclass

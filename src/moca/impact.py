@@ -94,9 +94,9 @@ def describe(label: str, impact: dict[str, Any]) -> str:
     """One sentence on what the rule does to demand (for reports and the command line)."""
     prices = "; ".join(f"{f} {v:,.0f} {impact['price_units'][f]}" for f, v in impact["shadow_prices"].items())
     price_text = f" Shadow price (hindsight LP duals): {prices}." if prices else ""
+    ratio = impact["oracle_cost_ratio"]
     if impact["demand_unmet_by_rule"]:
         end, total = impact["backlog_at_end"], impact["demand_total"]
-        ratio = impact["oracle_cost_ratio"]
         cost = f"its cost is {ratio:.2f}x the cost without the rule" if ratio is not None else _from_zero(impact)
         return (f"{label}: the rule itself leaves demand unmet. Even the hindsight optimum keeps "
                 f"{impact['backlog_per_period']:,.0f} units waiting on backlog per period on average (without the "
@@ -104,7 +104,6 @@ def describe(label: str, impact: dict[str, Any]) -> str:
                 f"{total:,.0f} units of demand unserved ({100 * end / total:.0f}%; without the rule: "
                 f"{impact['backlog_at_end_without_rule']:,.0f}); {cost}. Scores near 1 then mean close to the best "
                 f"possible under the rule, not that customers are served.{price_text}")
-    ratio = impact["oracle_cost_ratio"]
     raises = f"it raises the optimal cost {ratio:.2f}x" if ratio is not None else _from_zero(impact)
     return (f"{label}: the rule leaves no demand unmet beyond what the chain leaves without it (oracle backlog "
             f"{impact['backlog_per_period']:,.0f} vs {impact['backlog_per_period_without_rule']:,.0f} units per "
