@@ -184,6 +184,29 @@ def test_bad_actions_and_calls_are_refused():
         CircularSupplyChainEnv(regime="no-such-regime")
 
 
+def test_the_other_worlds_inputs_are_refused_when_the_env_is_built_naming_them():
+    """CLSC-2's parameters, scenario or accounting window given to CLSC-1's env (and the
+    reverse): refused by name at construction, not as a missing attribute deep inside
+    pydantic nor at the first reset (after a vector env of them was built)."""
+    from moca.env2 import CircularSupplyChain2Env
+    from moca.scenario import Params2, ScenarioError, draw_scenario2
+
+    with pytest.raises(ScenarioError, match="params: expected a Params or .* got Params2"):
+        gym.make(ENV_ID, params=Params2())
+    with pytest.raises(ScenarioError, match="params: expected a Params2 or .* got Params"):
+        CircularSupplyChain2Env(params=Params())
+    with pytest.raises(ScenarioError, match="scenario: expected a CLSC-1 Scenario, got Scenario2"):
+        CircularSupplyChainEnv(scenario=draw_scenario2(1))
+    with pytest.raises(ScenarioError, match="scenario: expected a CLSC-2 Scenario2, got Scenario"):
+        CircularSupplyChain2Env(scenario=draw_scenario(1))
+    with pytest.raises(ScenarioError, match="recycled_content_window=4: CLSC-1 settles"):
+        CircularSupplyChainEnv(regime={"recycled_content_min": 0.2, "recycled_content_window": 4})
+    with pytest.raises(ValueError, match="action: expected 6 numbers .* got str"):
+        env = CircularSupplyChainEnv(regime="T1")
+        env.reset(seed=0)
+        env.step("abc")
+
+
 def test_actions_outside_the_box_are_projected_not_executed():
     env = CircularSupplyChainEnv(regime="T2")
     env.reset(seed=0)

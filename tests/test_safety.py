@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -200,6 +201,26 @@ def test_every_input_form_gives_the_same_projection_and_bad_entries_are_refused(
     # finite but overflowing the sum: accepted (and projected into the capacities)
     huge = project(np.array([1e308, 1e308, 0, 0, 0, 0]), 2000.0, 300.0, 800.0, reg, PARAMS)
     assert violations(huge, 2000.0, 300.0, 800.0, reg, PARAMS).sum() == 0
+
+
+def test_project_takes_a_regime_object_and_names_inputs_of_the_wrong_kind():
+    """A Regime (as decide_period takes) gives its row's projection; a name, an array for a
+    stock, CLSC-2's parameters or a window are refused naming the argument."""
+    from moca.regime import load_regime
+    from moca.scenario import Params2
+
+    raw = np.array([3000.0, 2500.0, 100.0, 400.0, 200.0, 900.0])
+    t2 = load_regime("T2")
+    np.testing.assert_array_equal(project(raw, 2000.0, 300.0, 800.0, t2, PARAMS),
+                                  project(raw, 2000.0, 300.0, 800.0, t2.as_row(), PARAMS))
+    for args, words in (((2000.0, 300.0, 800.0, "T2", PARAMS), "regime: expected a Regime or a row of 5 numbers"),
+                        ((np.array([2000.0, 1.0]), 300.0, 800.0, t2, PARAMS), "virgin: expected a number"),
+                        ((2000.0, 300.0, 800.0, t2, Params2()), "params: expected a CLSC-1 Params, got Params2"),
+                        ((2000.0, 300.0, 800.0, t2, None), "params: expected a CLSC-1 Params, got NoneType"),
+                        ((2000.0, 300.0, 800.0, t2.model_copy(update={"recycled_content_window": 52}), PARAMS),
+                         "recycled_content_window=52 is CLSC-2's")):
+        with pytest.raises(SafetyError, match=re.escape(words)):
+            project(raw, *args)
 
 
 @SETTINGS

@@ -366,3 +366,23 @@ def test_mid_episode_regime_switch_is_enforced_from_its_first_period(path):
     regime = torch.as_tensor(scenario.regime_table())
     avail = out.available[0]
     assert safety.violations(executed, avail[:, 0], avail[:, 1], avail[:, 2], regime, params).sum() == 0
+
+
+def test_a_batch_or_simulator_of_the_other_world_is_refused_naming_the_entry():
+    """ScenarioBatch.from_scenarios took a CLSC-2 scenario (and rollout then failed on a
+    missing attribute inside pydantic); a scenario instead of a list was 'not subscriptable'."""
+    from moca.scenario import Params2, draw_scenario2
+    from moca.sim2 import ScenarioBatch2, Simulator2
+
+    one, other = draw_scenario(1), draw_scenario2(1)
+    with pytest.raises(ScenarioError, match=r"scenarios\[1\]: expected a Scenario, got Scenario2 \(the other world's"):
+        ScenarioBatch.from_scenarios([one, other])
+    with pytest.raises(ScenarioError, match=r"scenarios\[0\]: expected a Scenario2, got Scenario"):
+        ScenarioBatch2.from_scenarios([one])
+    with pytest.raises(ScenarioError, match="scenarios: expected a list of Scenario, got Scenario"):
+        ScenarioBatch.from_scenarios(one)
+    with pytest.raises(ScenarioError, match="params: expected a Params or an object of its fields, got Params2"):
+        Simulator(Params2())
+    with pytest.raises(ScenarioError, match="params: expected a Params2 or an object of its fields, got Params"):
+        Simulator2(Params())
+    assert Simulator({"horizon": 5}).params.horizon == 5  # an object of fields: the changes, as the envs take

@@ -55,7 +55,7 @@ from gymnasium import spaces
 from moca import safety
 from moca.limits import is_whole
 from moca.regime import REGIME_FIELDS, Regime, RegimeSchedule, load_schedule
-from moca.scenario import DEFAULT_PARAMS, Params, Scenario, draw_scenario
+from moca.scenario import DEFAULT_PARAMS, Params, Scenario, ScenarioError, as_params, check_schedule1, draw_scenario
 from moca.sim import ACTION_NAMES, COST_TERMS, R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX
 
 ENV_ID = "moca/CircularSupplyChain-v0"
@@ -111,13 +111,18 @@ class CircularSupplyChainEnv(gym.Env):
         # The deployment projection on plain floats (moca.safety.project without the
         # per-call input checks: the environment's own values are checked once, here or in step).
         self._project = safety.project_counted
-        if isinstance(params, dict):  # gym.make(..., params={"cap_order": 5000}) from a config file
-            params = Params(**params)
+        if scenario is not None and not isinstance(scenario, Scenario):
+            raise ScenarioError(f"scenario: expected a CLSC-1 Scenario, got {type(scenario).__name__}"
+                                + (" (use moca/CircularSupplyChain2-v0)" if type(scenario).__name__ == "Scenario2" else ""))
+        if params is not None:  # a dict: the fields to change, as gym.make(..., params={...}) from a config file
+            params = as_params(params, Params)
         # (compared once a dict is the params it names: a dict never equals a Params)
         if scenario is not None and params is not None and params != scenario.params:
             raise ValueError("params: differ from the fixed scenario's params; pass only one of them")
         self.params = scenario.params if scenario is not None else (params or DEFAULT_PARAMS)
         self.schedule = load_schedule(regime) if regime is not None else None
+        if self.schedule is not None:  # here, not at the first reset (a vector env is built by then)
+            check_schedule1(self.schedule)
         if scenario is not None and self.schedule is not None:
             scenario = Scenario(self.params, self.schedule, scenario.demand, scenario.return_frac)
         self.fixed_scenario = scenario

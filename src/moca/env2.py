@@ -51,7 +51,7 @@ from moca.env import episode_scenario, render_bars, warn_if_beyond_horizon
 from moca.projection import project2_counted, violations2
 from moca.regime import MAX_WINDOW, Regime, RegimeSchedule, load_schedule
 from moca.safety import LARGEST_ACTION, action_values
-from moca.scenario import DEFAULT_PARAMS_2, HISTORY, Params2, Scenario2, draw_scenario2
+from moca.scenario import DEFAULT_PARAMS_2, HISTORY, Params2, Scenario2, ScenarioError, as_params, draw_scenario2
 from moca.sim2 import ScenarioBatch2, Simulator2
 
 ENV_ID_2 = "moca/CircularSupplyChain2-v0"
@@ -81,8 +81,11 @@ class CircularSupplyChain2Env(gym.Env):
                  params: Params2 | dict[str, Any] | None = None,
                  scenario: Scenario2 | None = None, cost_scale: float = 1e4, render_mode: str | None = None,
                  check_violations: bool = False):
-        if isinstance(params, dict):  # gym.make(..., params={"cap_market": 500}) from a config file
-            params = Params2(**params)
+        if scenario is not None and not isinstance(scenario, Scenario2):
+            raise ScenarioError(f"scenario: expected a CLSC-2 Scenario2, got {type(scenario).__name__}"
+                                + (" (use moca/CircularSupplyChain-v0)" if type(scenario).__name__ == "Scenario" else ""))
+        if params is not None:  # a dict: the fields to change, as gym.make(..., params={...}) from a config file
+            params = as_params(params, Params2)
         # (compared once a dict is the params it names: a dict never equals a Params)
         if scenario is not None and params is not None and params != scenario.params:
             raise ValueError("params: differ from the fixed scenario's params; pass only one of them")

@@ -147,7 +147,11 @@ def action_values(raw: Any, what: str = "raw action", symbols: tuple[str, ...] =
     if type(raw) is np.ndarray and raw.shape == (n,) and raw.dtype.kind == "f":  # the hot path
         values = raw.tolist()
     else:
-        a = np.asarray(raw.detach().cpu().numpy() if isinstance(raw, Tensor) else raw, dtype=np.float64)
+        try:
+            a = np.asarray(raw.detach().cpu().numpy() if isinstance(raw, Tensor) else raw, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise SafetyError(f"{what}: expected {n} numbers ({', '.join(symbols)}), got {type(raw).__name__} "
+                              f"{raw!r:.40}") from None
         if a.shape != (n,):
             raise SafetyError(f"{what}: expected shape [{n}] ({', '.join(symbols)}), got {list(a.shape)}")
         values = a.tolist()
@@ -161,7 +165,10 @@ def action_values(raw: Any, what: str = "raw action", symbols: tuple[str, ...] =
 
 
 def _as_stock(name: str, value: Any) -> float:
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SafetyError(f"{name}: expected a number (one stock), got {type(value).__name__}") from None
     if not math.isfinite(v):
         raise SafetyError(f"{name}={v} is not a finite stock")
     return v if v > 0.0 else 0.0  # a negative stock is round-off of the bookkeeping
@@ -172,7 +179,16 @@ def _as_regime(regime: Any) -> tuple[float, float, float]:
     if type(regime) is np.ndarray and regime.shape == (5,) and regime.dtype.kind == "f":  # the hot path
         r, _, cap, _, kappa = regime.tolist()
     else:
-        row = np.asarray(regime.detach().cpu().numpy() if isinstance(regime, Tensor) else regime, dtype=np.float64)
+        if hasattr(regime, "as_row"):  # a moca.regime.Regime, as decide_period and projection.project take
+            if getattr(regime, "recycled_content_window", 1) != 1:
+                raise SafetyError(f"regime: recycled_content_window={regime.recycled_content_window} is CLSC-2's "
+                                  "(CLSC-1 settles the mandate every period)")
+            regime = regime.as_row()
+        try:
+            row = np.asarray(regime.detach().cpu().numpy() if isinstance(regime, Tensor) else regime, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise SafetyError("regime: expected a Regime or a row of 5 numbers (r, tau, cap, lambda, kappa), "
+                              f"got {type(regime).__name__} {regime!r:.40}") from None
         if row.shape != (5,):
             raise SafetyError("regime: expected a row of 5 fields (r, tau, cap, lambda, kappa), "
                               f"got shape {list(row.shape)}")
@@ -691,6 +707,10 @@ def project(raw: np.ndarray, virgin: float, recycled: float, cores: float, regim
     each numpy call on a 6-vector costs about a microsecond of overhead, so the check, the
     solver's bounds and the re-check are written on floats; only DAQP gets arrays.
     """
+    if not isinstance(params, Params):
+        raise SafetyError(f"params: expected a CLSC-1 Params, got {type(params).__name__}"
+                          + (" (CLSC-2 projects with moca.projection.project2)" if type(params).__name__ == "Params2"
+                             else ""))
     L = _layout(params)
     values = action_values(raw)
     V, M, C = _as_stock("virgin", virgin), _as_stock("recycled", recycled), _as_stock("cores", cores)

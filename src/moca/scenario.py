@@ -137,6 +137,17 @@ class Params(BaseModel):
 DEFAULT_PARAMS = Params()
 
 
+def check_schedule1(schedule: RegimeSchedule) -> None:
+    """Refuse a schedule with an accounting window on CLSC-1, which settles the mandate every
+    period: ignoring the field would run another rule than the one given."""
+    for i, entry in enumerate(schedule.entries):
+        if entry.recycled_content_window != 1:
+            raise ScenarioError(
+                f"regimes[{i}].recycled_content_window={entry.recycled_content_window}: CLSC-1 settles the "
+                'mandate every period; accounting windows are CLSC-2\'s ("model": "CLSC-2" in a file, '
+                "the env moca/CircularSupplyChain2-v0, draw_scenario2)")
+
+
 @dataclass
 class Scenario:
     """One scenario: parameters, regime schedule, demand (units) and return fractions."""
@@ -151,13 +162,7 @@ class Scenario:
         self.return_frac = np.asarray(self.return_frac, dtype=np.float64)
         _check_series("demand", self.demand, self.params.horizon, low=0.0)
         _check_series("return_frac", self.return_frac, self.params.horizon, low=0.0, high=1.0)
-        for i, entry in enumerate(self.schedule.entries):
-            if entry.recycled_content_window != 1:
-                # Silently dropping the field on export would change the scenario: refuse.
-                raise ScenarioError(
-                    f"regimes[{i}].recycled_content_window={entry.recycled_content_window}: CLSC-1 settles the "
-                    'mandate every period; accounting windows are CLSC-2\'s ("model": "CLSC-2" in a file, '
-                    "the env moca/CircularSupplyChain2-v0, draw_scenario2)")
+        check_schedule1(self.schedule)
 
     @property
     def horizon(self) -> int:
@@ -257,8 +262,17 @@ def _read_json(source: str | Path) -> Any:
         raise ScenarioError(f"{source}: nested too deeply to be a scenario") from None
 
 
-def common_params(scenarios: Sequence[Any]) -> Any:
-    """The parameter set every scenario of a batch shares (a batch is simulated with one)."""
+def common_params(scenarios: Sequence[Any], kind: type | None = None) -> Any:
+    """The parameter set every scenario of a batch shares (a batch is simulated with one);
+    ``kind``: the scenario class the batch takes (Scenario or Scenario2), checked per entry."""
+    if kind is not None:
+        if isinstance(scenarios, kind) or not isinstance(scenarios, Sequence):
+            raise ScenarioError(f"scenarios: expected a list of {kind.__name__}, got {type(scenarios).__name__}")
+        for i, s in enumerate(scenarios):
+            if not isinstance(s, kind):
+                raise ScenarioError(f"scenarios[{i}]: expected a {kind.__name__}, got {type(s).__name__}"
+                                    + (" (the other world's: batch it with its own simulator)"
+                                       if type(s).__name__.startswith("Scenario") else ""))
     if not scenarios:
         raise ScenarioError("a scenario batch needs at least one scenario")
     params = scenarios[0].params
@@ -318,7 +332,7 @@ def draw_scenario(
     reads (a name, a file, an object of rule fields, a list of entries with ``start``);
     ``params``: a :class:`Params` or an object of the fields to change."""
     rng = _seed_rng(seed)
-    params = _as_params(params, Params)
+    params = as_params(params, Params)
     schedule = _as_schedule(regime)
     demand, return_frac = draw_exogenous(rng, params, 1)
     return Scenario(params=params, schedule=schedule, demand=demand[0], return_frac=return_frac[0])
@@ -383,9 +397,10 @@ def _as_schedule(regime: Any, model: str = "CLSC-1") -> RegimeSchedule:
     return load_schedule(regime, model=model)  # a name, a file, an object or a list: checked by name
 
 
-def _as_params(params: Any, kind: type) -> Any:
+def as_params(params: Any, kind: type) -> Any:
     """``params`` as ``kind`` (Params or Params2): an object of the fields to change is taken
-    as those changes; anything else is refused naming what was given."""
+    as those changes; anything else (the other world's parameters included) is refused
+    naming what was given, not as a missing attribute deep inside a simulator."""
     if isinstance(params, kind):
         return params
     if isinstance(params, dict):
@@ -754,7 +769,7 @@ def draw_scenario2(
     return noise [T], grade shares [T, 3], supplier transitions [T], market availability [T].
     """
     rng = _seed_rng(seed)
-    p = params = _as_params(params, Params2)
+    p = params = as_params(params, Params2)
     schedule = _as_schedule(regime, "CLSC-2")
     T, n = p.horizon, HISTORY + p.horizon
     curve = _demand_curve2(rng, p)

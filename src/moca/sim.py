@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from moca.regime import REGIME_FIELDS
-from moca.scenario import Params, Scenario, ScenarioError, common_params
+from moca.scenario import Params, Scenario, ScenarioError, as_params, common_params
 
 ACTION_NAMES: tuple[str, ...] = ("order", "use_virgin", "use_recycled", "disassemble", "refurbish", "dispose")
 ACTION_UNITS: tuple[str, ...] = ("kg", "kg", "kg", "cores", "cores", "cores")
@@ -128,7 +128,7 @@ class ScenarioBatch:
     @classmethod
     def from_scenarios(cls, scenarios: Sequence[Scenario], dtype: torch.dtype = torch.float32,
                        device: str | torch.device = "cpu") -> "ScenarioBatch":
-        params = common_params(scenarios)
+        params = common_params(scenarios, Scenario)
         as_t = lambda a: torch.as_tensor(np.stack(a), dtype=dtype, device=device)  # noqa: E731
         return cls(params, as_t([s.demand for s in scenarios]), as_t([s.return_frac for s in scenarios]),
                    as_t([s.regime_table() for s in scenarios]))
@@ -169,10 +169,9 @@ class Simulator:
 
     def __init__(self, params: Params = Params(), dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu"):
-        self.params = params
+        self.params = p = as_params(params, Params)
         self.dtype = dtype
         self.device = torch.device(device)
-        p = params
         self._recycled_per_core = p.yield_disassembly * p.mass  # kg of recycled material per core
         self._tax_per_kg = p.emis_virgin / 1000.0  # t CO2 per kg virgin: times tau gives EUR/kg
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from moca import clsc2
 from moca.clsc2 import CA, CB, OM, UR, UV, M, O, P, V
-from moca.scenario import HISTORY, Params2, Scenario2, ScenarioError, common_params
+from moca.scenario import HISTORY, Params2, Scenario2, ScenarioError, as_params, common_params
 
 
 class State2:
@@ -106,7 +106,7 @@ class ScenarioBatch2:
     @classmethod
     def from_scenarios(cls, scenarios: Sequence[Scenario2], dtype: torch.dtype = torch.float32,
                        device: str | torch.device = "cpu") -> "ScenarioBatch2":
-        params = common_params(scenarios)
+        params = common_params(scenarios, Scenario2)
         as_t = lambda a, d=dtype: torch.as_tensor(np.stack(a), dtype=d, device=device)  # noqa: E731
         return cls(
             params, as_t([s.demand for s in scenarios]), as_t([s.return_frac for s in scenarios]),
@@ -155,7 +155,7 @@ class Simulator2:
 
     def __init__(self, params: Params2 = Params2(), dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu"):
-        self.params = params
+        self.params = params = as_params(params, Params2)
         self.dtype = dtype
         self.device = torch.device(device)
         # The declaration as (target, source, coefficient) triples of its non-zero entries:
