@@ -105,6 +105,17 @@ def test_pickle_is_never_loaded(tmp_path):
         checkpoint.load(path)
 
 
+def test_metadata_json_cannot_hold_and_a_path_of_the_wrong_kind_are_named(tmp_path):
+    """A value JSON cannot hold is named by where it sits in the metadata (and nothing is
+    written); a checkpoint argument that is no path says so (was a TypeError from pathlib)."""
+    module = torch.nn.Linear(3, 5)
+    with pytest.raises(CheckpointError, match=r"metadata\.run\.seeds\[1\]: not JSON serialisable: object"):
+        checkpoint.save(tmp_path / "ck", dict(module.state_dict()), {"run": {"seeds": [1, object()]}})
+    assert not (tmp_path / "ck").exists() and not list(tmp_path.iterdir())
+    with pytest.raises(CheckpointError, match="checkpoint: expected a directory path or a shipped name .* got NoneType"):
+        checkpoint.load_policy(None)
+
+
 def test_mismatched_module_refused(tmp_path):
     module = torch.nn.Linear(3, 5)
     with pytest.raises(CheckpointError, match="do not fit"):

@@ -17,6 +17,7 @@ from moca.continual import (
     EWC,
     METHODS,
     ContinualConfig,
+    ContinualError,
     ContinualLearner,
     Task,
     WeightLayout,
@@ -405,6 +406,13 @@ def test_bad_config_and_steps_are_refused():
     task = LinearTask("t", module, torch.ones(2, 3, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="steps"):
         learner.learn(task, -1)
+    for lam in ("1", float("inf"), True):  # (text compared with >= was a TypeError; inf was taken)
+        with pytest.raises(ContinualError, match="ewc_lambda=.*: must be a finite number >= 0"):
+            EWC(lam)
+    with pytest.raises(ContinualError, match="g: expected a torch tensor, got list"):
+        project_update([1.0, 2.0], torch.zeros(1, 2))
+    with pytest.raises(ContinualError, match="memory_grads: expected a torch tensor, got ndarray"):
+        project_update(torch.ones(2), np.zeros((1, 2)))
 
 
 def test_non_finite_task_loss_is_refused():

@@ -62,6 +62,9 @@ def check_replaceable(directory: str | Path, label: str | None = None) -> None:
 def resolve(path: str | Path) -> Path:
     """``default`` (FOMAML) and ``default-reptile`` name the shipped meta-inits; anything
     else is a directory path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"checkpoint: expected a directory path or a shipped name ({', '.join(SHIPPED)}), "
+                              f"got {type(path).__name__}")
     if str(path) in SHIPPED:
         return Path(str(resources.files("moca") / "data" / SHIPPED[str(path)]))
     return Path(path)
@@ -107,7 +110,10 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             META_DIGEST: None,  # (set below, over the rest; here so that merged() keeps it the writer's)
         }, metadata)
-        meta = json.loads(json.dumps(meta, default=_jsonable))  # as load() will read it back
+        try:
+            meta = json.loads(json.dumps(meta, default=_jsonable))  # as load() will read it back
+        except TypeError as err:
+            raise CheckpointError(f"metadata{_unwritable(meta)}: {err}") from None
         meta[META_DIGEST] = metadata_digest(meta)
         (staging / META).write_text(json.dumps(meta, indent=1))
         publish_tree(staging)  # mkdtemp made it private; a checkpoint gets the user's umask
@@ -256,6 +262,18 @@ def check_compatible(weights: dict[str, torch.Tensor], module: torch.nn.Module, 
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
                   else f"shape of {wrong[0]} is {list(got[wrong[0]])}, expected {list(expected[wrong[0]])}")
         raise CheckpointError(f"checkpoint {directory}: weights do not fit the policy in its metadata ({detail})")
+
+
+def _unwritable(value: Any, where: str = "") -> str:
+    """Where in ``value`` the first entry JSON cannot hold is (``.key[2]``), for the error."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        inner = f"{where}[{key}]" if isinstance(value, (list, tuple)) else f"{where}.{key}"
+        try:
+            json.dumps(item, default=_jsonable)
+        except TypeError:
+            return _unwritable(item, inner)
+    return where
 
 
 def _jsonable(value: Any) -> Any:

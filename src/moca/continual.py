@@ -41,7 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
-from moca.limits import is_whole
+from moca.limits import is_finite_number, is_whole
 
 Weights = dict[str, Tensor]
 
@@ -193,9 +193,9 @@ class EWC:
     """
 
     def __init__(self, lam: float, online: bool = False, gamma: float = 1.0):
-        if not lam >= 0:
-            raise ContinualError(f"ewc_lambda={lam!r}: must be >= 0")
-        if not 0 < gamma <= 1:
+        if not is_finite_number(lam) or not lam >= 0:
+            raise ContinualError(f"ewc_lambda={lam!r}: must be a finite number >= 0")
+        if not is_finite_number(gamma) or not 0 < gamma <= 1:
             raise ContinualError(f"gamma={gamma!r}: must be in (0, 1]")
         self.lam, self.online, self.gamma = float(lam), online, float(gamma)
         self.fishers: list[Tensor] = []  # online: at most one entry
@@ -253,6 +253,9 @@ def project_update(g: Tensor, memory_grads: Tensor, margin: float = 0.0) -> Tens
     needed) makes it positive definite. All-zero rows constrain nothing and are dropped.
     The result is ``g`` itself (same object) when nothing was projected.
     """
+    for name, value in (("g", g), ("memory_grads", memory_grads)):
+        if not isinstance(value, Tensor):
+            raise ContinualError(f"{name}: expected a torch tensor, got {type(value).__name__}")
     if g.dim() != 1:
         raise ContinualError(f"g: expected a [P] vector, got shape {tuple(g.shape)}")
     if memory_grads.dim() != 2 or memory_grads.shape[1] != g.shape[0]:
