@@ -454,6 +454,10 @@ def test_periods_come_in_order_after_reset():
     assert np.array_equal(controller.decide_period(0, **state), first)
     with pytest.raises(PolicyError, match=r"t=5: this episode's next period is 1"):
         controller.decide_period(5, **state, last_demand=1000.0)
+    # Without last period's demand the features read the chain's base demand: another action, no word.
+    with pytest.raises(PolicyError, match=r"last_demand: required at t=1 \(last period's demand"):
+        controller.decide_period(1, **state)
+    controller.decide_period(1, **state, last_demand=1000.0)  # (the refusal left the episode at period 1)
 
 
 def test_a_regime_row_is_checked_as_any_regime():

@@ -241,6 +241,8 @@ def _counts(client) -> tuple:
     ("/v1/chains/p1/decide", _obs(0, state={**OBS0["state"], "virgin": 1e300}), 422, "state.virgin"),
     ("/v1/chains/p1/decide", _obs(0, pipeline=[1e300]), 422, "pipeline[0]=1e+300 must be <= 1e+12"),
     ("/v1/chains/p1/decide", _obs(1, last_demand=1e300), 422, "last_demand"),
+    # null after t = 0: the features read the chain's base demand in its place, another action
+    ("/v1/chains/p1/decide", _obs(1, last_demand=None), 422, "last_demand: required at t = 1"),
     ("/v1/chains", {"id": "p2", "regime": "T1", "params": {"mass": 1e30}}, 422, "params.mass=1e+30 must be <="),
     ("/v1/chains/nope/decide", _obs(0), 404, "chain"),
     ("/v1/chains/p1/regulations", {"regime": {"recovery_target": 2}}, 422, "recovery_target"),

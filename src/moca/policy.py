@@ -899,6 +899,8 @@ class DeployedPolicy:
                 raise PolicyError(f"{name}={value!r}: must be <= {LARGEST_VALUE:g}")
         if return_frac > 1:
             raise PolicyError(f"return_frac={return_frac!r}: must be <= 1")
+        if last_demand is None and t > 0:  # the features would read the base demand in its place: another action
+            raise PolicyError(f"last_demand: required at t={t} (last period's demand, units; None only at t = 0)")
         self._in_order(int(t))
         return self.decide(t, np.array([virgin, recycled, product, cores, backlog], dtype=float),
                            np.asarray(pipeline, dtype=float), np.asarray(sales_history, dtype=float), row,

@@ -1107,6 +1107,9 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
             raise ServeError(422, f"{name}: {got} values, expected {size} for this chain's params")
     if body.t >= params.horizon:
         raise ServeError(422, f"t: {body.t} is past the episode (periods 0..{params.horizon - 1})")
+    if body.t > 0 and getattr(body, "last_demand", 0.0) is None:  # (CLSC-2 reads demand_history instead)
+        # the features would read the chain's base demand in its place: another action without a word
+        raise ServeError(422, f"last_demand: required at t = {body.t} (last period's demand, units; null only at t = 0)")
     memory = _memory(rt, chain)
     if body.t <= memory.last_t:
         raise ServeError(409, f"t: period {body.t} comes after period {memory.last_t} was decided in this episode; "
