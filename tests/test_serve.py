@@ -326,7 +326,11 @@ def test_the_decision_log_stays_bounded_and_the_openapi_page_is_served(tmp_path)
         assert c.get("/v1/chains/p1").json()["last_t"] == 11  # the recurrent state is not part of the log
         schema = c.get("/openapi.json").json()
         assert "/v1/chains/{chain}/decide" in schema["paths"] and "/v1/regimes" in schema["paths"]
-        assert c.get("/docs").status_code == 200
+        docs = c.get("/docs")
+        assert docs.status_code == 200  # Swagger UI from the service itself, not from a CDN (blank offline)
+        assert "https://" not in docs.text and "/docs-assets/swagger-ui-bundle.js" in docs.text
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+            assert c.get(f"/docs-assets/{asset}").status_code == 200
 
 
 def test_token_guards_every_mutating_endpoint(tmp_path):
@@ -673,6 +677,13 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
                 assert page.locator("#decisions tbody tr").count() == 15
                 assert page.locator("#chart polyline").count() == 2
                 png = page.screenshot(full_page=True)
+                # /docs renders offline: every request it makes goes to the service
+                requested: list[str] = []
+                page.on("request", lambda request: requested.append(request.url))
+                page.goto(url + "/docs", timeout=20000)
+                page.wait_for_selector(".opblock", timeout=20000)
+                assert page.locator(".opblock").count() >= 10
+                assert requested and all(u.startswith(url) for u in requested), requested
             finally:
                 browser.close()
     finally:

@@ -1311,6 +1311,26 @@ class DecideFastPath:
         await send({"type": "http.response.body", "body": data})
 
 
+def _mount_docs(app) -> None:
+    """``/docs``: Swagger UI served by the service itself (FastAPI's default page loads it
+    from a CDN, so it was blank on a network without the internet)."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    # The package's Swagger UI files (5.x: it reads FastAPI's OpenAPI 3.1), served as they
+    # are; its own patch_fastapi would also take the service's "/" (the dashboard).
+    app.mount("/docs-assets", StaticFiles(directory=str(files("fastapi_swagger") / "resources")), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title}: API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+
 def create_app(data: str | Path = "moca-data", token: str | None = None, worker: bool = True,
                adapt: AdaptSettings = AdaptSettings(), keep_decisions: int = 100_000):
     """The FastAPI app over the data directory ``data``. ``token``: mutating endpoints need
@@ -1369,10 +1389,11 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                 rt.worker.kill()
                 rt.worker.wait(timeout=10)
 
-    app = FastAPI(title="moca serve", version="1", lifespan=lifespan,
+    app = FastAPI(title="moca serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Real-time controller of circular supply chains: decisions within milliseconds, "
                               "regulation events adapted in the background, versioned hot swap, regime memory.")
     app.state.runtime = rt
+    _mount_docs(app)
 
     @app.exception_handler(ServeError)
     async def _serve_error(request, err: ServeError):
