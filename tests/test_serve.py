@@ -119,6 +119,48 @@ def test_decisions_equal_the_deployed_policy_and_obey_a_new_rule_from_its_first_
     assert [d["t"] for d in history] == list(range(20)) + [0]
 
 
+def test_a_reset_answered_is_never_undone_by_a_decision_in_flight(client):
+    """Decisions and resets of one chain from two clients at once: each reset answered
+    starts a new episode (they were answered 1, 1, 2, 2, ... when a decision in flight
+    stored its older episode over the reset), and no decision sent after a reset's answer
+    runs in an older episode. Bounded: 30 resets, at most 600 decisions."""
+    assert client.post("/v1/chains", json={"id": "p1", "regime": "T1"}).status_code == 201
+    resets: list[tuple[float, int]] = []
+    late: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def decider() -> None:
+        t = 0
+        for _ in range(600):
+            if done.is_set():
+                return
+            sent = time.monotonic()
+            r = client.post("/v1/chains/p1/decide", json=_obs(t))
+            if r.status_code == 200:
+                before = [e for at, e in resets if at < sent]
+                if before and r.json()["episode"] < max(before):
+                    late.append((r.json()["episode"], max(before)))
+                t = (t + 1) % 52
+            else:
+                assert r.status_code == 409, r.text
+                t = 0
+
+    thread = threading.Thread(target=decider)
+    thread.start()
+    try:
+        for _ in range(30):
+            time.sleep(0.01)
+            r = client.post("/v1/chains/p1/reset")
+            assert r.status_code == 200, r.text
+            resets.append((time.monotonic(), r.json()["episode"]))
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    assert [e for _, e in resets] == list(range(1, 31))
+    assert late == []
+    assert client.get("/v1/chains/p1").json()["episode"] == 30
+
+
 def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
     rt = client.app.state.runtime
     client.post("/v1/chains", json={"id": "p1", "regime": "T1"})

@@ -1504,8 +1504,11 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     async def decide_endpoint(chain: str, body: DecideIn):  # answered as is (already JSON), documented as DecisionOut
         return Response(json.dumps(decide(rt, chain, body)), media_type="application/json")
 
+    # async as decide is: on the event loop, so a chain's decisions, resets and regulations
+    # never interleave (a reset in a thread was answered, then undone by a decision in
+    # flight storing its older episode over it).
     @app.post("/v1/chains/{chain}/reset", dependencies=mutating)
-    def reset(chain: str) -> dict[str, Any]:
+    async def reset(chain: str) -> dict[str, Any]:
         _chain(rt, chain)
         memory = _memory(rt, chain)
         fresh = ChainMemory(memory.episode + 1, -1)
@@ -1529,7 +1532,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         return out
 
     @app.post("/v1/chains/{chain}/regulations", status_code=202, dependencies=mutating)
-    def regulation(chain: str, body: RegulationIn) -> dict[str, Any]:
+    async def regulation(chain: str, body: RegulationIn) -> dict[str, Any]:  # (async: as reset, above)
         model, params = _chain(rt, chain)
         regime = model.regime(body.regime)
         name = body.name or (body.regime if isinstance(body.regime, str) else None)
