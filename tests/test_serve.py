@@ -112,7 +112,10 @@ def test_decisions_equal_the_deployed_policy_and_obey_a_new_rule_from_its_first_
         assert out["regime"]["carbon_tax"] == in_force.carbon_tax
         assert safety.is_feasible(action, stocks[0], stocks[1], stocks[3], in_force.as_row(), module.params)
         assert out["policy_version"] == 1 and out["latency_us"] > 0
-    assert client.post("/v1/chains/p1/decide", json=_obs(19)).status_code == 409  # t must move forward
+    repeated = client.post("/v1/chains/p1/decide", json=_obs(19))  # t must move forward
+    assert repeated.status_code == 409 and "t: period 19 was already decided in this episode" in repeated.text
+    earlier = client.post("/v1/chains/p1/decide", json=_obs(5))
+    assert earlier.status_code == 409 and "t: period 5 is before period 19, decided already" in earlier.text
     assert client.post("/v1/chains/p1/reset").json()["episode"] == 1
     assert client.post("/v1/chains/p1/decide", json=_obs(0)).json()["regime"]["carbon_tax"] == 100.0
     history = client.get("/v1/chains/p1/decisions?limit=500").json()
@@ -246,6 +249,10 @@ def test_warm_start_prefers_the_hint_then_the_nearest_learned_regime(client):
     # T2 (r = 0.2) is nearer PPWR 2030 (r = 0.35) than the EU ETS price (tau = 75, r = 0)
     assert warm_start(store, "p1", _hash(store), r_ids["T2"], None)[2] == 2
     assert warm_start(store, "p1", _hash(store), r_ids["T2"], "eu-ets-2025")[2] == 3
+    with store.tx() as c:  # an operator rolled version 2 back: not learned from again
+        c.execute("UPDATE versions SET state='rolled_back' WHERE chain='p1' AND number=2")
+    assert warm_start(store, "p1", _hash(store), r_ids["T2"], None)[2] == 3
+    assert warm_start(store, "p1", _hash(store), r_ids["T2"], "eu-ppwr-2030")[2] == 3
 
 
 def _hash(store: Store) -> str:
@@ -528,6 +535,12 @@ class Service:
             pass
         self.proc.wait(timeout=10)
 
+    def stop(self) -> None:
+        """SIGTERM to the server alone, as an operator's stop (systemd, Ctrl-C) sends it."""
+        self.http.close()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
     def wait_job(self, job: int, until: tuple[str, ...], timeout: float = 60) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -639,6 +652,75 @@ def test_kill9_mid_adaptation_and_mid_decisions_loses_nothing_acknowledged(servi
     assert s.http.post("/v1/chains/p1/decide", json=_obs(stored[-1] + 1)).status_code == 200
 
 
+def test_stopping_the_service_mid_job_spends_no_attempt_and_leaves_the_database_whole(services, tmp_path):
+    """Two routine stops (SIGTERM) during one job failed it ("interrupted 2 times; not
+    applied"), as two crashes do; a stop now queues it again as it was. After a stop the
+    database file alone holds everything (the WAL folded into it), so a copy of it is a backup."""
+    data = tmp_path / "data"
+    s = services(data)
+    assert s.http.post("/v1/chains", json={"id": "p1", "regime": "T1"}).status_code == 201
+    assert s.http.post("/v1/chains/p1/decide", json=_obs(0)).status_code == 200
+    job = s.http.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 40}).json()["job"]
+    for _ in range(2):
+        s.wait_job(job, ("running",))
+        s.stop()
+        assert s.proc.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM), s.proc.returncode
+        wal = data / "moca.sqlite3-wal"
+        assert not wal.exists() or wal.stat().st_size == 0
+        s = services(data)
+        assert s.http.get(f"/v1/jobs/{job}").json()["error"] == "stopped with the service; re-run"
+    out = s.wait_job(job, ("done", "rejected", "failed"))
+    assert out["state"] in ("done", "rejected") and out["attempts"] == 1, out
+
+
+def test_a_database_this_user_cannot_write_is_refused_before_the_service_starts(tmp_path, monkeypatch):
+    """A database file the service's user may read but not write opens read-only without a
+    word; the start-up recovery's first write then failed with a traceback after the banner.
+    (Opened here read-only as SQLite opens such a file: tests may run as root.)"""
+    import sqlite3
+
+    from moca import serve
+    from moca.serve import StoreError
+
+    data = tmp_path / "data"
+    with TestClient(create_app(data, worker=False)):
+        pass
+    writable = serve.connect
+    monkeypatch.setattr(serve, "connect", lambda path: sqlite3.connect(
+        f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False))
+    with pytest.raises(StoreError, match="moca.sqlite3: not a usable moca database \\(attempt to write a readonly "
+                                         "database\\); it is left as it is: give this user write access"):
+        create_app(data, worker=False)
+    monkeypatch.setattr(serve, "connect", writable)
+    with TestClient(create_app(data, worker=False)) as client:
+        assert client.get("/health").json()["status"] == "ok"
+
+
+def test_a_lost_database_beside_weight_folders_is_refused_and_nothing_is_deleted(tmp_path):
+    """A zero-byte or missing moca.sqlite3 (a truncation, a restore without it) made an empty
+    memory, and the start-up recovery then deleted every weight folder as an orphan: the
+    only copies left. Refused now, naming what is there; nothing is touched."""
+    from moca.serve import StoreError
+
+    data = tmp_path / "data"
+    with TestClient(create_app(data, worker=False)) as client:
+        assert client.post("/v1/chains", json={"id": "p1", "regime": "T1"}).status_code == 201
+    folders = sorted(p.relative_to(data) for p in (data / "weights").rglob("*"))
+    assert folders
+    for lose in ("truncate", "delete"):
+        db = data / "moca.sqlite3"
+        if lose == "truncate":
+            db.write_bytes(b"")
+        else:
+            db.unlink()
+        for extra in ("-wal", "-shm"):
+            db.with_name(db.name + extra).unlink(missing_ok=True)
+        with pytest.raises(StoreError, match=r"moca.sqlite3: (empty|missing), but .*weights holds 1 version folder\(s\) "
+                                             r"of p1: the database that records them is gone"):
+            create_app(data, worker=False)
+        assert sorted(p.relative_to(data) for p in (data / "weights").rglob("*")) == folders
+
+
 def test_a_job_killed_after_writing_weights_is_failed_never_half_applied(services, tmp_path):
     data = tmp_path / "data"
     s = services(data, {"MOCA_SERVE_FAILPOINT": "after-weights-written"})
@@ -648,6 +730,12 @@ def test_a_job_killed_after_writing_weights_is_failed_never_half_applied(service
     out = s.wait_job(job, ("failed", "done", "rejected"))
     # the worker died twice (SIGKILL after the weights were written, before the transaction)
     assert out["state"] == "failed" and out["attempts"] == 2 and "not applied" in out["error"], out
+    # /health counts what was recovered since the start, the worker's deaths included (was: the start only)
+    deadline = time.time() + 10
+    while s.http.get("/health").json()["recovered"]["failed"] < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert s.http.get("/health").json()["recovered"] | {"orphans_removed": 0} == \
+        {"requeued": 1, "failed": 1, "orphans_removed": 0}
     assert [v["number"] for v in s.http.get("/v1/chains/p1/versions").json()] == [1]
     assert s.http.post("/v1/chains/p1/decide", json=_obs(1)).json()["policy_version"] == 1
     s.kill()

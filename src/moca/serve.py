@@ -724,13 +724,22 @@ class Store:
         # made here so that the way a refusal points to works on a fresh data directory.
         (self.data / "checkpoints").mkdir(exist_ok=True)
         self.db_path = self.data / "moca.sqlite3"
+        self._refuse_lost_database()
         try:
             self.conn = connect(self.db_path)
             self.conn.executescript(SCHEMA)
+            # A file this process may read but not write opens read-only without a word, and
+            # the first write (the start-up recovery) failed after the banner: find out now.
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:  # (a write rolled back: only a page write finds a read-only file)
+                self.conn.execute(f"PRAGMA user_version={int(self.conn.execute('PRAGMA user_version').fetchone()[0])}")
+            finally:
+                self.conn.execute("ROLLBACK")
         except sqlite3.DatabaseError as err:
             # Never replaced or repaired here: it may hold the only copy of the chains' history.
-            raise StoreError(f"{self.db_path}: not a usable moca database ({err}); it is left as it is: move it "
-                             "aside to start with an empty one, or restore it from a backup") from None
+            raise StoreError(f"{self.db_path}: not a usable moca database ({err}); it is left as it is: "
+                             + ("give this user write access to it and its folder" if "readonly" in str(err) else
+                                "move it aside to start with an empty one, or restore it from a backup")) from None
         self.lock = threading.RLock()
 
     def tx(self) -> "_Tx":
@@ -767,6 +776,33 @@ class Store:
         r = self.one("SELECT id, model, name, regime, features, created FROM regimes WHERE id=?", (regime_id,))
         return {"id": r[0], "model": r[1], "name": r[2], "regime": json.loads(r[3]), "features": json.loads(r[4]),
                 "created": r[5]}
+
+    def _refuse_lost_database(self) -> None:
+        """A missing or empty database beside weight folders of versions: the record of
+        those chains is gone (deleted, truncated, a restore without it). Starting would
+        make an empty memory and the recovery would delete every weight folder as an
+        orphan, the only copies left; refuse instead."""
+        wal = self.db_path.with_name(self.db_path.name + "-wal")
+        if any(p.exists() and p.stat().st_size > 0 for p in (self.db_path, wal)):
+            return
+        versions = sorted(p for p in (self.data / "weights").glob("*/*") if p.is_dir())
+        if versions:
+            chains = sorted({p.parent.name for p in versions})
+            state = "empty" if self.db_path.exists() else "missing"
+            raise StoreError(f"{self.db_path}: {state}, but {self.data / 'weights'} holds {len(versions)} version "
+                             f"folder(s) of {', '.join(chains[:5])}{' and more' if len(chains) > 5 else ''}: the "
+                             "database that records them is gone. Restore it from a backup, or move weights/ aside "
+                             "to start with an empty memory (nothing was changed)")
+
+    def stopped(self) -> None:
+        """A stop of the service (not a crash): a job it cut short did not fail, so it is
+        queued again without spending one of its ``MAX_ATTEMPTS`` (two routine restarts
+        during one job failed it); the WAL is folded into the database file, so that the
+        file alone, once the service is stopped, holds everything (a backup of it only)."""
+        with self.tx() as c:
+            c.execute("UPDATE jobs SET state='queued', attempts=MAX(attempts - 1, 0), error='stopped with the "
+                      "service; re-run' WHERE state='running'")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def recover(self, cleanup: bool = True) -> dict[str, int]:
         """After a crash: jobs that were running are queued again (or failed after
@@ -851,7 +887,9 @@ def warm_start(store: Store, chain: str, params_hash: str, regime_id: int, hint:
     learned = store.all(
         "SELECT v.chain, v.number, v.regime_id, v.score, r.name, r.features FROM versions v "
         "JOIN regimes r ON r.id = v.regime_id JOIN chains c ON c.id = v.chain "
-        "WHERE c.params_hash=? AND v.source != 'initial' AND v.score IS NOT NULL", (params_hash,))
+        # (a version an operator rolled back is not learned from again)
+        "WHERE c.params_hash=? AND v.source != 'initial' AND v.score IS NOT NULL AND v.state != 'rolled_back'",
+        (params_hash,))
     if hint is not None:
         ids = {row[0] for row in store.all("SELECT id FROM regimes WHERE name=? OR CAST(id AS TEXT)=?", (hint, hint))}
         candidates = [row for row in learned if row[2] in ids]
@@ -1112,8 +1150,9 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
         raise ServeError(422, f"last_demand: required at t = {body.t} (last period's demand, units; null only at t = 0)")
     memory = _memory(rt, chain)
     if body.t <= memory.last_t:
-        raise ServeError(409, f"t: period {body.t} comes after period {memory.last_t} was decided in this episode; "
-                              f"POST /v1/chains/{chain}/reset starts a new one")
+        done = (f"period {body.t} was already decided" if body.t == memory.last_t else
+                f"period {body.t} is before period {memory.last_t}, decided already")
+        raise ServeError(409, f"t: {done} in this episode; POST /v1/chains/{chain}/reset starts a new one")
     store = rt.store
     version, regime_id, due = _current(rt, chain, memory.episode, body.t)
     if due:
@@ -1360,7 +1399,9 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         while True:
             await asyncio.sleep(0.25)
             if rt.worker is not None and rt.worker.poll() is not None:
-                store.recover(cleanup=False)  # (a registration may be writing its weights now)
+                found = store.recover(cleanup=False)  # (a registration may be writing its weights now)
+                # /health's "recovered" counts since the start, a worker's death included
+                rt.recovered = {k: rt.recovered.get(k, 0) + v for k, v in found.items()}
                 start_worker()
             await asyncio.to_thread(preload)
 
@@ -1388,6 +1429,10 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             if rt.worker is not None and rt.worker.poll() is None:
                 rt.worker.kill()
                 rt.worker.wait(timeout=10)
+            try:
+                store.stopped()
+            except sqlite3.Error as err:  # (the data folder gone or full): the next start recovers as after a crash
+                print(f"moca serve: stopping: {store.db_path}: {err}", file=sys.stderr)
 
     app = FastAPI(title="moca serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Real-time controller of circular supply chains: decisions within milliseconds, "
