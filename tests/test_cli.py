@@ -173,8 +173,9 @@ def test_evaluate_baselines_json():
     result = run("evaluate", "--policy", "mpc", "--regime", "T1", "--scenarios", 2, "--seed", 1000, "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert set(out) == {"policy", "scenarios", "mean_cost", "mean_oracle_cost", "score", "violations",
-                        "decision_latency_us", "rule_impact", "oracle_withheld_sales"}
+    assert set(out) == {"model", "policy", "scenarios", "test_seeds", "mean_cost", "mean_oracle_cost", "score",
+                        "violations", "decision_latency_us", "rule_impact", "oracle_withheld_sales"}
+    assert out["model"] == "CLSC-1" and out["test_seeds"] == [1000, 1001]  # as CLSC-2's evaluate says them
     assert out["oracle_withheld_sales"] == {"scenarios": 0, "units": 0.0}  # T1, seeds 1000-1001: none withheld
     assert out["violations"] == 0 and out["scenarios"] == 2
     assert 0.8 < out["score"] <= 1.0 + 1e-9
@@ -182,3 +183,19 @@ def test_evaluate_baselines_json():
     oracle = json.loads(run("evaluate", "--policy", "oracle", "--scenarios", 2, "--json").stdout)
     assert oracle["score"] == pytest.approx(1.0)
     assert_bad_input(run("evaluate", "--policy", "magic", "--json"), "magic")
+
+
+def test_evaluate_names_a_regime_file_by_its_label_and_counts_in_words(tmp_path):
+    """A regime file's ``name`` labels the output, as a sequence file's does (it was the file
+    name); one scenario is "1 scenario"."""
+    regime = tmp_path / "tight.yaml"
+    regime.write_text("name: tight\nrecycled_content_min: 0.3\ncarbon_tax: 120\n")
+    out = run("evaluate", "--policy", "threshold", "--regime", regime, "--scenarios", 1)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "threshold on tight (tight.yaml), 1 scenario from seed 1000" in text
+    assert "tight (tight.yaml): the rule itself" in text
+    unnamed = tmp_path / "plain.yaml"
+    unnamed.write_text("carbon_tax: 120\n")
+    assert f"threshold on {unnamed}, 2 scenarios from seed 1000" in " ".join(
+        run("evaluate", "--policy", "threshold", "--regime", unnamed, "--scenarios", 2).stdout.split())

@@ -94,6 +94,17 @@ def test_simulate_projects_infeasible_rows(scenario_file, tmp_path):
     first = result["periods"][0]
     assert first["raw_action"] == [1e5] * 9 and first["correction"] > 1.0
     assert first["action"][0] <= 4000 + 1e-6  # row 1: o <= K_o
+    # the cost by term, per period and over the episode, as CLSC-1's simulate gives it (the README said so of
+    # both worlds; CLSC-2's had none)
+    from moca.clsc2 import COST_TERMS
+
+    assert list(first["terms"]) == list(COST_TERMS) and list(result["terms"]) == list(COST_TERMS)
+    assert sum(first["terms"].values()) == pytest.approx(first["cost"], rel=1e-9)
+    assert sum(result["terms"].values()) == pytest.approx(result["total_cost"], rel=1e-9)
+    assert result["corrected_periods"] == sum(p["correction"] > 1e-9 for p in result["periods"]) > 0
+    table = run("simulate", "--scenario", scenario_file, "--actions", actions)
+    assert table.returncode == 0 and "main cost terms" in table.stdout and "total by term (EUR): virgin" in \
+        table.stdout and "100000->" in table.stdout
 
 
 def test_bad_clsc2_input_exits_2_naming_the_field(scenario_file, tmp_path):

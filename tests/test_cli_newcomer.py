@@ -272,6 +272,15 @@ def test_params_reach_adapt_and_continual(tmp_path):
                   "--validation", 1, "--params", params, "--json")
     assert adapted.returncode == 0, adapted.stderr
     assert "trained on other params (cap_produce=1500.0->1200.0)" in " ".join(adapted.stderr.split())
+    # a command that takes steps on the chain is not sent to take steps on it (moca adapt --params told the user
+    # to run moca adapt --params)
+    from moca.chain2 import other_params_warning
+    from moca.scenario import Params
+
+    taking = other_params_warning(Params(), Params(cap_produce=1200), "default", adapting=True)
+    assert "the steps taken here adapt it to this chain" in taking and "moca adapt" not in taking
+    assert "--adapt-steps, moca adapt --params FILE" in other_params_warning(Params(), Params(cap_produce=1200),
+                                                                             "default")
     sequence = tmp_path / "seq.yaml"
     sequence.write_text("- T1\n")
     bad = tmp_path / "bad.json"

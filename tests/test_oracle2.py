@@ -167,6 +167,8 @@ def test_the_commands_say_where_the_lp_withholds_sales_and_exact_sales_gives_the
     assert relaxed.returncode == 0 and "the plan sells 9,224 units less than it could" in relaxed.stderr
     exact = run("oracle", "--scenario", tmp_path / "s.json", "--json", "--exact-sales")
     assert exact.returncode == 0 and "sells" not in exact.stderr, exact.stderr
+    told = run("oracle", "--scenario", tmp_path / "s.json", "--exact-sales").stdout  # says which bound it prints
+    assert "oracle cost, every sale made (--exact-sales, a MIP) 1,268,94" in " ".join(told.split())
     lp, mip = json.loads(relaxed.stdout)["oracle_cost"], json.loads(exact.stdout)["oracle_cost"]
     assert lp < mip * (1 - 0.04)
     (tmp_path / "exact.json").write_text(exact.stdout)  # its plan replays to its cost
@@ -175,13 +177,20 @@ def test_the_commands_say_where_the_lp_withholds_sales_and_exact_sales_gives_the
     from moca.scenario import load_scenario
 
     scenario = load_scenario(tmp_path / "s.json")
-    assert withheld_sales([scenario, draw_scenario2(1000, TASKS_2["T1"])])[0] == 1
+    assert withheld_sales([draw_scenario2(1000, TASKS_2["T1"]), scenario])[::2] == (1, [1])  # (count, which)
     # CLSC-1, T2 seed 1001 (0.5% apart, test_oracle.py): evaluate warns and records it
     evaluated = run("evaluate", "--policy", "threshold", "--regime", "T2", "--scenarios", 2, "--seed", 1000, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     held = json.loads(evaluated.stdout)["oracle_withheld_sales"]
     assert held["scenarios"] == 1 and held["units"] == pytest.approx(524.1, abs=0.5)
-    assert "the hindsight LP sells 524 units less than it could on 1 of 2 scenarios" in evaluated.stderr
+    warning = " ".join(evaluated.stderr.split())
+    assert "the hindsight LP sells 524 units less than it could on 1 of 2 scenarios (seed 1001;" in warning
+    # the way to the reachable bound of that seed (it said "--scenario FILE" where the user had none)
+    assert "moca scenario new --seed 1001 -o s.json (with this command's --regime, --params and --model), then " \
+        "moca oracle --scenario s.json --exact-sales" in warning
+    on_file = run("evaluate", "--policy", "threshold", "--model", "CLSC-2", "--scenario", tmp_path / "s.json")
+    assert f"({tmp_path / 's.json'};" in " ".join(on_file.stderr.split())
+    assert f"moca oracle --scenario {tmp_path / 's.json'} --exact-sales" in " ".join(on_file.stderr.split())
 
 
 def test_window_from_a_mid_episode_state_is_the_rest_of_the_oracle():

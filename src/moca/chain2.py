@@ -44,7 +44,7 @@ def changed_fields(trained: Params | Params2, params: Params | Params2) -> str:
     return ", ".join(changed[:SHOWN_FIELDS]) + more
 
 
-def retarget2(module: Any, params: Params2, where: str) -> tuple[Any, str | None]:
+def retarget2(module: Any, params: Params2, where: str, adapting: bool = False) -> tuple[Any, str | None]:
     """The policy ``module`` (a :class:`moca.policy2.LSTMPolicy2`) rebuilt for ``params``,
     and a one-line warning when its checkpoint ``where`` was trained on other parameters
     (None when they are the same). A change of ``lead_virgin`` or ``lag_return`` is a
@@ -52,17 +52,22 @@ def retarget2(module: Any, params: Params2, where: str) -> tuple[Any, str | None
     from moca.policy import with_params
 
     rebuilt = with_params(module, params)
-    return rebuilt, other_params_warning(module.params, params, where)
+    return rebuilt, other_params_warning(module.params, params, where, adapting)
 
 
-def other_params_warning(trained: Any, params: Any, where: str) -> str | None:
+def other_params_warning(trained: Any, params: Any, where: str, adapting: bool = False) -> str | None:
     """One line when checkpoint ``where`` was trained on ``trained`` parameters and runs on
     the chain of ``params`` (either world's), naming the fields that differ; None when they
-    are the same."""
+    are the same. ``adapting``: the command takes steps on this chain already (so the line
+    does not send the user to what they are running)."""
     changed = changed_fields(trained, params)
     if not changed:
         return None
     world = "--model CLSC-2 " if isinstance(params, Params2) else ""
+    if adapting:
+        return (f"checkpoint {where} was trained on other params ({changed}); its capacity-normalised features "
+                "carry the weights over and the steps taken here adapt it to this chain; to train on it from the "
+                f"start: moca train {world}--params FILE")
     return (f"checkpoint {where} was trained on other params ({changed}); "
             "its capacity-normalised features carry the weights over, but for this chain adapt it "
             f"(--adapt-steps, moca adapt {world}--params FILE) or train on it (moca train {world}--params FILE)")
@@ -114,7 +119,7 @@ def evaluate_learned_on2(where: str, tests: Sequence[Scenario2], plan: RegimeSch
     from moca.portfolio import adapt_portfolio2, evaluate_candidate2
 
     module, meta = load_policy2(where)
-    module, warning = retarget2(module, tests[0].params, str(where))
+    module, warning = retarget2(module, tests[0].params, str(where), adapting=adapt_steps > 0)
     if warning and warn is not None:
         warn(warning)
     cache = cache if cache is not None else OracleCache2(module.params)

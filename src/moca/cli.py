@@ -256,7 +256,7 @@ def regimes(as_json: bool = typer.Option(False, "--json", help="Machine-readable
     if as_json:
         _print_json(rows)
         return
-    table = Table(title="Named regimes" + (" (CLSC-2)" if model == "CLSC-2" else "") + " (a blank cell: no such rule)",
+    table = Table(title="Named regimes" + (" (CLSC-2)" if model == "CLSC-2" else "") + " (-: no such rule)",
                   caption=f"fields: {MODEL_DOCS}")
     table.add_column("name")
     for f in fields:
@@ -347,26 +347,37 @@ def simulate(
     if as_json:
         _print_json(out)
         return
-    table = Table(title=f"{scenario_path.name}: total cost {out['total_cost']:,.0f} EUR, violations "
-                        f"{out['violations']} (after the safety layer), {out['corrected_periods']} of "
-                        f"{len(out['periods'])} periods corrected",
-                  caption="executed action (raw -> executed where the safety layer changed it); "
-                          "o, u_v, u_r in kg, g, f, w in cores; stocks V, M kg, P, C, B units; cost in EUR")
-    for col in ("t", "o", "u_v", "u_r", "g", "f", "w", "V", "M", "P", "C", "B", "sales", "cost", "main cost terms"):
+    _simulate_table(out, f"{scenario_path.name}: ", ("o", "u_v", "u_r", "g", "f", "w"), ("V", "M", "P", "C", "B"),
+                    "o, u_v, u_r in kg, g, f, w in cores; stocks V, M kg, P, C, B units; cost in EUR")
+    _say_wrote(plot_file)
+
+
+def _simulate_table(out: dict, title: str, actions: tuple[str, ...], states: tuple[str, ...], units: str,
+                    lost: bool = False) -> None:
+    """``moca simulate``'s table, either world: each period's executed action (``raw->executed``
+    where the safety layer changed it), end-of-period stocks, sales, cost and its largest terms."""
+    table = Table(title=f"{title}total cost {out['total_cost']:,.0f} EUR, violations {out['violations']} (after the "
+                        f"safety layer), {out['corrected_periods']} of {len(out['periods'])} periods corrected",
+                  caption=f"executed action (raw -> executed where the safety layer changed it); {units}")
+    for col in ("t", *actions, *states, "sales", *(("lost",) if lost else ()), "cost", "main cost terms"):
         table.add_column(col, justify="right")
 
+    def whole(value: float) -> str:  # (round-off below 0.5 prints as 0, not "-0")
+        text = f"{value:.0f}"
+        return "0" if text == "-0" else text
+
     def cell(raw: float, executed: float) -> str:
-        return f"{executed:.0f}" if abs(executed - raw) <= 1e-6 else f"{raw:.0f}->{executed:.0f}"
+        return whole(executed) if abs(executed - raw) <= 1e-6 else f"{whole(raw)}->{whole(executed)}"
 
     for p in out["periods"]:
         top = sorted(p["terms"].items(), key=lambda kv: -kv[1])[:2]
         table.add_row(str(p["t"]), *(cell(r, a) for r, a in zip(p["raw_action"], p["action"])),
-                      *(f"{v:.0f}" for v in p["state"].values()), f"{p['sales']:.0f}", f"{p['cost']:,.0f}",
+                      *(whole(v) for v in p["state"].values()), f"{p['sales']:.0f}",
+                      *((f"{p['lost']:.0f}",) if lost else ()), f"{p['cost']:,.0f}",
                       ", ".join(f"{k} {v:,.0f}" for k, v in top if v > 0))
     wide = console if console.is_terminal else _wide_console()
     wide.print(table)
     console.print("total by term (EUR): " + ", ".join(f"{k} {v:,.0f}" for k, v in out["terms"].items() if v))
-    _say_wrote(plot_file)
 
 
 def _say_wrote(path: Optional[Path]) -> None:
@@ -412,15 +423,9 @@ def _simulate2(scenario, scenario_path: Path, actions_path: Path, as_json: bool,
     if as_json:
         _print_json(out)
         return
-    table = Table(title=f"{scenario_path.name} (CLSC-2): total cost {out['total_cost']:,.0f} EUR, "
-                        f"violations {out['violations']}")
-    for col in ("t", *ACTION_SYMBOLS, *STATE_NAMES, "sales", "lost", "cost"):
-        table.add_column(col, justify="right")
-    for p in out["periods"]:
-        table.add_row(str(p["t"]), *(f"{a:.0f}" for a in p["action"]), *(f"{v:.0f}" for v in p["state"].values()),
-                      f"{p['sales']:.0f}", f"{p['lost']:.0f}", f"{p['cost']:,.0f}")
-    wide = console if console.is_terminal else _wide_console()
-    wide.print(table)
+    _simulate_table(out, f"{scenario_path.name} (CLSC-2): ", ACTION_SYMBOLS, STATE_NAMES,
+                    "o, o_m, u_v, u_r in kg, f, g_A, g_B, w_A, w_B in cores; stocks V, M kg, P, CA, CB units; cost in "
+                    "EUR", lost=True)
     _say_wrote(plot_file)
 
 
@@ -457,7 +462,7 @@ def oracle(
               "can): its cost is a bound no policy reaches, and replaying it costs more; --exact-sales gives the best "
               "cost a policy can reach")
     out = {"oracle_cost": result.oracle_cost, "status": result.status,
-           "plan": [[float(x) for x in row] for row in result.plan]}
+           "plan": [[float(x) + 0.0 for x in row] for row in result.plan]}  # (+ 0.0: no "-0.0" in the file)
     if plot_file is not None:
         import numpy as np
 
@@ -474,7 +479,8 @@ def oracle(
         return
     from rich.text import Text
 
-    console.print(Text.assemble("oracle cost ", (f"{result.oracle_cost:,.2f}", "bold"), f" EUR (status {result.status})"))
+    kind = "oracle cost, every sale made (--exact-sales, a MIP) " if exact_sales else "oracle cost "
+    console.print(Text.assemble(kind, (f"{result.oracle_cost:,.2f}", "bold"), f" EUR (status {result.status})"))
     console.print(_plan_totals(scenario, result.plan), highlight=False, soft_wrap=True)
     _say_wrote(plot_file)
 
@@ -581,10 +587,14 @@ def evaluate(
             agent = build_policy(policy, plan, adapt_steps=adapt_steps, params=params, base=_base_choice(base),
                                  progress=_phase_bars(progress))
             if isinstance(agent, DeployedPolicy):  # a learned checkpoint (PPO's has no chain parameters)
-                _warn_if_trained_on_other_params(policy, params)
+                _warn_if_trained_on_other_params(policy, params, adapting=adapt_steps > 0)
             progress.update(task, description=f"evaluating {policy}", total=len(tests), completed=0)
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
-    summary = result.summary()
+    summary = {"model": "CLSC-1", **result.summary()}  # (the same keys as CLSC-2's, where both have them)
+    if scenario_files:
+        summary["scenario_files"] = [str(p) for p in scenario_files]
+    else:
+        summary["test_seeds"] = [seed, seed + scenarios - 1]
     if getattr(agent, "portfolio", None) is not None:  # CLSC-1 --adapt-steps with --base auto|map|mpc
         summary["portfolio"] = agent.portfolio
     impact = None
@@ -595,11 +605,14 @@ def evaluate(
         with _bad_input():
             impact = rule_impact(plan.entries[0].regime(), tests)
     summary["rule_impact"] = impact
-    _say_withheld(summary, tests)
+    _say_withheld(summary, tests, [str(p) for p in scenario_files] if scenario_files else
+                  [f"seed {s}" for s in range(seed, seed + len(tests))])
     if as_json:
         _print_json(summary)
         return
-    source = f"{regime}" if scenario_files else f"{regime}, {scenarios} scenarios from seed {seed}"
+    from moca.regime import regime_label
+
+    source = regime_label(regime) + ("" if scenario_files else f", {_count(scenarios, 'scenario')} from seed {seed}")
     table = Table(title=f"{policy} on {source}")
     for col in ("mean cost (EUR)", "mean oracle cost", "score", "violations", "latency p50 (µs)", "p99 (µs)"):
         table.add_column(col, justify="right")
@@ -614,7 +627,7 @@ def evaluate(
     if impact is not None:
         from moca.impact import describe
 
-        console.print(describe(regime, impact), highlight=False, soft_wrap=True)
+        console.print(describe(regime_label(regime), impact), highlight=False, soft_wrap=True)
 
 
 def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps: int, params_file: Optional[Path],
@@ -623,7 +636,7 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
     """``moca evaluate`` on CLSC-2: drawn scenarios (on --params' chain) or the --scenario files;
     a learned policy with --adapt-steps through moca adapt's portfolio of --base."""
     from moca.baselines.peers import evaluate_peer2
-    from moca.regime import load_schedule
+    from moca.regime import load_schedule, regime_label
 
     with _bad_input():
         _base_choice(base, model="CLSC-2")
@@ -660,6 +673,7 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
             else:
                 summary = evaluate_peer2(policy, plan, range(seed, seed + scenarios), params,
                                          progress=_phase_bars(progress)).summary()
+        summary.setdefault("model", "CLSC-2")  # (the peers' summaries did not say; the learned policy's did)
         if not files:
             summary.setdefault("test_seeds", [seed, seed + scenarios - 1])
         else:
@@ -668,12 +682,14 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
             summary["retune_given"] = retune_given
         from moca.meta2 import OracleCache2
 
-        _say_withheld(summary, tests if files else OracleCache2(params).scenarios(range(seed, seed + scenarios), plan))
+        _say_withheld(summary, tests if files else OracleCache2(params).scenarios(range(seed, seed + scenarios), plan),
+                      [str(p) for p in scenario_files] if files else [f"seed {s}" for s in range(seed, seed + scenarios)])
     if as_json:
         _print_json(summary)
         return
     source = (", ".join(p.name for p in scenario_files) if files
-              else f"{regime}, {scenarios} scenarios from seed {seed}" + (f" on {params_file}" if params_file else ""))
+              else f"{regime_label(regime, 'CLSC-2')}, {_count(scenarios, 'scenario')} from seed {seed}"
+              + (f" on {params_file}" if params_file else ""))
     console.print(f"{policy}" + (f" after {adapt_steps} adaptation steps" if adapt_steps else "")
                   + f" on CLSC-2 {source}: score "
                   f"{summary['score']:.4f} (mean cost {summary['mean_cost']:,.0f} EUR, oracle "
@@ -687,16 +703,22 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
                       f"(validation scores: {scores})")
 
 
-def _say_withheld(summary: dict[str, Any], scenarios: Sequence[Any]) -> None:
-    """Add to ``summary`` where the hindsight LP withholds sales, and warn when it does."""
+def _say_withheld(summary: dict[str, Any], scenarios: Sequence[Any], labels: Sequence[str]) -> None:
+    """Add to ``summary`` where the hindsight LP withholds sales, and warn when it does,
+    naming those scenarios (``labels``: their seeds or files) and how to bound one exactly."""
     from moca.evaluation import withheld_sales
 
-    held, units = withheld_sales(scenarios)
+    held, units, which = withheld_sales(scenarios)
     summary["oracle_withheld_sales"] = {"scenarios": held, "units": units}
     if held:
+        named = ", ".join(labels[i] for i in which[:5]) + (" and more" if held > 5 else "")
+        first = labels[which[0]]
+        how = (f"moca scenario new --seed {first.removeprefix('seed ')} -o s.json (with this command's --regime, "
+               "--params and --model), then moca oracle --scenario s.json --exact-sales" if first.startswith("seed ")
+               else f"moca oracle --scenario {first} --exact-sales")
         _warn(f"the hindsight LP sells {units:,.0f} units less than it could on {held} of {len(scenarios)} scenarios "
-              "(the spec's LP may; the simulator sells all it can): its cost is a bound no policy reaches there, so "
-              "its scores read low; moca oracle --scenario FILE --exact-sales gives the reachable bound")
+              f"({named}; the spec's LP may, the simulator sells all it can): its cost is a bound no policy reaches "
+              f"there, so its scores read low; for the bound a policy can reach: {how}")
 
 
 def _print_retuned_start(retune: int, given: bool, start: dict[str, Any]) -> None:
@@ -1040,7 +1062,7 @@ def adapt(
             params = _load_params(params_file)
             module, base, notes = start_on_chain(checkpoint_dir, params, base)
             if not notes:  # (a note says the checkpoint did not fit and the LP's candidate starts fresh)
-                _warn_if_trained_on_other_params(checkpoint_dir, params)
+                _warn_if_trained_on_other_params(checkpoint_dir, params, adapting=steps > 0)
         else:
             module, _ = load_learned_policy(checkpoint_dir)
         cache = OracleCache(module.params)
@@ -1114,19 +1136,19 @@ def _base_choice(base: str, option: str = "--base", model: str = "CLSC-1") -> st
     return base
 
 
-def _retarget2(module, params, where: str, quiet: bool = False):
+def _retarget2(module, params, where: str, quiet: bool = False, adapting: bool = True):
     """A CLSC-2 policy rebuilt for ``--params``' chain (moca.chain2.retarget2); its warning,
     if the checkpoint was trained on other params, on stderr (``quiet``: the weights are
     not used, so nothing to warn about)."""
     from moca.chain2 import retarget2
 
-    module, warning = retarget2(module, params, str(where))
+    module, warning = retarget2(module, params, str(where), adapting)
     if warning and not quiet:
         _warn(warning)
     return module
 
 
-def _warn_if_trained_on_other_params(where: str, params, trained=None) -> None:
+def _warn_if_trained_on_other_params(where: str, params, trained=None, adapting: bool = True) -> None:
     """CLSC-1's learned checkpoint ``where`` on ``params``' chain: the warning CLSC-2's give
     (moca.chain2.other_params_warning), on stderr, when it was trained on other params.
     ``trained``: its params, when the caller holds them (else read from the checkpoint)."""
@@ -1135,7 +1157,7 @@ def _warn_if_trained_on_other_params(where: str, params, trained=None) -> None:
 
     if trained is None:
         trained = load_learned_policy(where)[0].params
-    warning = other_params_warning(trained, params, str(where))
+    warning = other_params_warning(trained, params, str(where), adapting)
     if warning:
         _warn(warning)
 
@@ -1204,7 +1226,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
         retune = default_retune(plan, horizon, base)
     module, _ = load_policy2(checkpoint_dir)
     if params is not None:
-        module = _retarget2(module, params, checkpoint_dir)
+        module = _retarget2(module, params, checkpoint_dir, adapting=steps > 0)
     cache = OracleCache2(module.params)
     tests = cache.scenarios(range(seed, seed + scenarios), plan)
     oracle = cache.costs(tests)

@@ -45,19 +45,19 @@ def scorable(oracle_costs: Sequence[float] | np.ndarray) -> np.ndarray:
 WITHHELD_TOLERANCE = 1e-3
 
 
-def withheld_sales(scenarios: Sequence[Any]) -> tuple[int, float]:
+def withheld_sales(scenarios: Sequence[Any]) -> tuple[int, float, list[int]]:
     """How many of ``scenarios`` (either world) have a hindsight plan that sells less than
     the simulator would (the spec's LP may; its sales are bounded, not fixed), and the units
     withheld over them: there the oracle cost is a lower bound that no policy reaches, so
     every score reads low (under a landfill tax the CLSC-2 LP withholds sales to keep their
     returns out of the landfill); ``solve_oracle(2)(..., exact_sales=True)`` gives the
-    reachable bound. One LP a scenario (tens of ms each)."""
+    reachable bound. One LP a scenario (tens of ms each). Third: the indices of those scenarios."""
     from moca.oracle2 import solve_oracle2
     from moca.scenario import Scenario2
 
     units = [withheld_units(solve_oracle2(s) if isinstance(s, Scenario2) else solve_oracle(s)) for s in scenarios]
-    held = [u for u in units if u > 0]
-    return len(held), float(sum(held))
+    held = [i for i, u in enumerate(units) if u > 0]
+    return len(held), float(sum(units[i] for i in held)), held
 
 
 def withheld_units(result: Any) -> float:

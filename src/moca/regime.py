@@ -489,6 +489,19 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
     return RegimeSchedule.from_list(data)
 
 
+def regime_label(spec: str, model: str = "CLSC-1") -> str:
+    """How output names the regime ``spec`` (a name or a file): a file's own ``name`` label
+    first (as sequence files are labelled), with the file beside it."""
+    if spec in named_regimes(model) or not Path(spec).is_file():
+        return spec
+    try:
+        data = read_structured(Path(spec))
+    except RegimeError:
+        return spec
+    name = data.get("name") if isinstance(data, dict) else None
+    return f"{name} ({Path(spec).name})" if isinstance(name, str) and name.strip() else spec
+
+
 def load_sequence(spec: str | Path | list[Any]) -> list[tuple[str, Regime]]:
     """A task sequence (YAML/JSON list of names or regime objects) as ``(label, regime)``."""
     data = spec

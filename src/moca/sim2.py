@@ -372,6 +372,7 @@ def simulate_actions2(scenario: Scenario2, actions: np.ndarray) -> dict:
             "raw_action": [float(x) for x in raw[t]],
             "correction": float(correction[t]),
             "cost": float(result.cost[0, t]),
+            "terms": {name: float(result.terms[name][0, t]) for name in clsc2.COST_TERMS},
             "state": {name: float(result.stocks[0, t, i]) for i, name in enumerate(clsc2.STATE_NAMES)},
             "sales": float(result.sales[0, t]),
             "lost": float(result.lost[0, t]),
@@ -381,8 +382,10 @@ def simulate_actions2(scenario: Scenario2, actions: np.ndarray) -> dict:
                        "used_recycled": float(inputs[t, 5] + executed[t, UR]),
                        "periods_left": int(inputs[t, 6])},
         })
+    corrected = sum(1 for p in periods if p["correction"] > 1e-9)
     return {"model": clsc2.MODEL_NAME, "total_cost": float(result.total_cost[0]), "violations": int(violations),
-            "periods": periods}
+            "corrected_periods": corrected,
+            "terms": {name: float(result.terms[name][0].sum()) for name in clsc2.COST_TERMS}, "periods": periods}
 
 
 __all__ = ["Arrival", "Observation2", "OpenLoop2", "Policy2", "Projector2", "Rollout2", "ScenarioBatch2",
