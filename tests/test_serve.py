@@ -297,6 +297,10 @@ def _counts(client) -> tuple:
     ("/v1/chains/p1/regulations", {"regime": {"recovery_target": 2}}, 422, "recovery_target"),
     ("/v1/chains/p1/regulations", {"regime": "T2", "similar_to": "never-seen"}, 422, "similar_to"),
     ("/v1/chains/p1/regulations", {"regime": "T2", "effective": 52}, 422, "effective"),
+    # a schedule where one regime goes: the refusal pointed to a schedule file's form, which no endpoint takes
+    ("/v1/chains/p1/regulations", {"regime": {"regimes": [{"start": 0, "carbon_tax": 50}]}}, 422,
+     "regime: one regime, without start or regimes"),
+    ("/v1/chains/p1/regulations", {"regime": {"start": 5, "carbon_tax": 50}}, 422, "one regulation event per change"),
     # a window on a CLSC-1 chain would be ignored: a rule other than the one asked for
     ("/v1/chains/p1/regulations", {"regime": {"recycled_content_window": 4}}, 422, "recycled_content_window=4"),
     ("/v1/chains", {"id": "p2", "regime": {"recycled_content_min": 0.2, "recycled_content_window": 13}}, 422,

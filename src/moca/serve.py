@@ -117,6 +117,14 @@ class ServeError(Exception):
 # ----------------------------------------------------------------------------------------
 
 
+def _one_regime(data: Any) -> None:
+    """A schedule where one regime goes: the library's refusal pointed to the form of a
+    schedule file, which an endpoint does not take."""
+    if isinstance(data, dict) and ("regimes" in data or "start" in data):
+        raise ServeError(422, "regime: one regime, without start or regimes (a regulation event's period is its "
+                              "effective); rules that change over time are one regulation event per change")
+
+
 class ChainModel:
     """CLSC-1 (`moca.scenario.Params`, `moca.regime.Regime`, the LSTM policy). A second
     world model subclasses this and overrides what differs; the service is generic over it."""
@@ -156,6 +164,7 @@ class ChainModel:
         not a new rule for a chain, so an accounting window is let through."""
         from moca.regime import RegimeError, load_regime, named_regimes
 
+        _one_regime(data)
         if isinstance(data, str) and data not in named_regimes():
             raise ServeError(422, f"regime: {data!r} is not a known name ({', '.join(named_regimes())})")
         if not isinstance(data, (str, dict)):
@@ -427,6 +436,7 @@ class Clsc2Model(ChainModel):
         from moca.regime import RegimeError, load_regime, named_regimes
 
         names = named_regimes(MODEL)
+        _one_regime(data)
         if isinstance(data, str) and data not in names:
             raise ServeError(422, f"regime: {data!r} is not a known name ({', '.join(names)})")
         if not isinstance(data, (str, dict)):
