@@ -682,8 +682,9 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
             summary["retune_given"] = retune_given
         from moca.meta2 import OracleCache2
 
+        labels = [str(p) for p in scenario_files] if files else [f"seed {s}" for s in range(seed, seed + scenarios)]
         _say_withheld(summary, tests if files else OracleCache2(params).scenarios(range(seed, seed + scenarios), plan),
-                      [str(p) for p in scenario_files] if files else [f"seed {s}" for s in range(seed, seed + scenarios)])
+                      labels)
     if as_json:
         _print_json(summary)
         return
@@ -1136,7 +1137,7 @@ def _base_choice(base: str, option: str = "--base", model: str = "CLSC-1") -> st
     return base
 
 
-def _retarget2(module, params, where: str, quiet: bool = False, adapting: bool = True):
+def _retarget2(module, params, where: str, quiet: bool = False, adapting: bool = False):
     """A CLSC-2 policy rebuilt for ``--params``' chain (moca.chain2.retarget2); its warning,
     if the checkpoint was trained on other params, on stderr (``quiet``: the weights are
     not used, so nothing to warn about)."""
@@ -1148,10 +1149,11 @@ def _retarget2(module, params, where: str, quiet: bool = False, adapting: bool =
     return module
 
 
-def _warn_if_trained_on_other_params(where: str, params, trained=None, adapting: bool = True) -> None:
+def _warn_if_trained_on_other_params(where: str, params, trained=None, adapting: bool = False) -> None:
     """CLSC-1's learned checkpoint ``where`` on ``params``' chain: the warning CLSC-2's give
     (moca.chain2.other_params_warning), on stderr, when it was trained on other params.
-    ``trained``: its params, when the caller holds them (else read from the checkpoint)."""
+    ``trained``: its params, when the caller holds them (else read from the checkpoint);
+    ``adapting``: the command takes steps on this chain (the warning then says so)."""
     from moca.chain2 import other_params_warning
     from moca.regime_map import load_learned_policy
 
@@ -1328,7 +1330,7 @@ def continual(
                 raise UsageError("--checkpoint: method 'scratch' trains a fresh policy per regime; it takes no checkpoint")
             module, _ = checkpoint.load_policy(checkpoint_dir)
             if params_file is not None:
-                _warn_if_trained_on_other_params(checkpoint_dir, params, module.params)
+                _warn_if_trained_on_other_params(checkpoint_dir, params, module.params, adapting=True)
                 module = with_params(module, params)
             init = {k: v.detach().clone() for k, v in module.named_parameters()}
         else:
@@ -1337,7 +1339,7 @@ def continual(
             module = LSTMPolicy(params, shipped_policy_config())
             if params_file is not None and spec.init == "meta":  # the shipped meta-init, on the user's chain
                 shipped, _ = checkpoint.load_policy(METHOD_CHECKPOINTS[method])
-                _warn_if_trained_on_other_params(METHOD_CHECKPOINTS[method], params, shipped.params)
+                _warn_if_trained_on_other_params(METHOD_CHECKPOINTS[method], params, shipped.params, adapting=True)
                 init = {k: v.detach().clone() for k, v in with_params(shipped, params).named_parameters()}
         config = ExperimentConfig(steps=steps, test_size=scenarios)
         with _progress(as_json) as progress:
@@ -1432,7 +1434,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
     module, _ = load_policy2(checkpoint_dir or "default")
     if params is not None:  # (the meta-init's weights carry over: run_continual2 reads only its weights)
         module = _retarget2(module, params, checkpoint_dir or "default",
-                            quiet=checkpoint_dir is None and spec.init != "meta")
+                            quiet=checkpoint_dir is None and spec.init != "meta", adapting=True)
     init = {k: v.detach().clone() for k, v in module.named_parameters()} if checkpoint_dir is not None else None
     if checkpoint_dir is None and spec.init != "meta":  # finetune/ewc/scratch without a checkpoint: the base rule
         module.load_state_dict(LSTMPolicy2(module.params, module.config).state_dict())

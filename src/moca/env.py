@@ -112,8 +112,8 @@ class CircularSupplyChainEnv(gym.Env):
         # per-call input checks: the environment's own values are checked once, here or in step).
         self._project = safety.project_counted
         if scenario is not None and not isinstance(scenario, Scenario):
-            raise ScenarioError(f"scenario: expected a CLSC-1 Scenario, got {type(scenario).__name__}"
-                                + (" (use moca/CircularSupplyChain2-v0)" if type(scenario).__name__ == "Scenario2" else ""))
+            hint = " (use moca/CircularSupplyChain2-v0)" if type(scenario).__name__ == "Scenario2" else ""
+            raise ScenarioError(f"scenario: expected a CLSC-1 Scenario, got {type(scenario).__name__}{hint}")
         if params is not None:  # a dict: the fields to change, as gym.make(..., params={...}) from a config file
             params = as_params(params, Params)
         # (compared once a dict is the params it names: a dict never equals a Params)

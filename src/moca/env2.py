@@ -82,8 +82,8 @@ class CircularSupplyChain2Env(gym.Env):
                  scenario: Scenario2 | None = None, cost_scale: float = 1e4, render_mode: str | None = None,
                  check_violations: bool = False):
         if scenario is not None and not isinstance(scenario, Scenario2):
-            raise ScenarioError(f"scenario: expected a CLSC-2 Scenario2, got {type(scenario).__name__}"
-                                + (" (use moca/CircularSupplyChain-v0)" if type(scenario).__name__ == "Scenario" else ""))
+            hint = " (use moca/CircularSupplyChain-v0)" if type(scenario).__name__ == "Scenario" else ""
+            raise ScenarioError(f"scenario: expected a CLSC-2 Scenario2, got {type(scenario).__name__}{hint}")
         if params is not None:  # a dict: the fields to change, as gym.make(..., params={...}) from a config file
             params = as_params(params, Params2)
         # (compared once a dict is the params it names: a dict never equals a Params)
