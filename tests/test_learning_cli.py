@@ -89,6 +89,10 @@ def test_continual_json(trained, tmp_path):
     assert out["regimes"] == ["T1", "tight"] and out["method"] == "ewc"
     assert len(out["R"]) == 2 and all(len(row) == 2 for row in out["R"]) and len(out["R_initial"]) == 2
     assert out["violations"] == 0
+    # the text's warning, in the JSON too: each regime whose own steps lowered its score (R_initial before the first)
+    before = [out["R_initial"][0], out["R"][0][1]]
+    assert [w["regime"] for w in out["lowered_by_own_steps"]] == [
+        label for i, label in enumerate(out["regimes"]) if out["R"][i][i] < before[i] - 5e-5]
     drop = (out["R"][0][0] - out["R"][1][0]) / out["R"][0][0]
     assert out["drop_first_after_second"] == pytest.approx(drop)
     assert out["forgetting"][0] == pytest.approx(out["R"][0][0] - out["R"][1][0])  # max over l < N of one row

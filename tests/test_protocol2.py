@@ -296,13 +296,19 @@ def test_the_unchanged_candidate_benchmark_quick(tmp_path):
 def test_the_cli_names_a_regime_its_own_steps_left_worse(capsys):
     """``moca continual``'s table is followed by the regimes whose own score fell when they
     were learned (R[i][i] before, R[i + 1][i] after), with the hint given; none, no line."""
-    from moca.cli import _print_continual
+    from moca.cli import _lowered_by_own_steps, _print_continual
 
     R = [[0.90, 0.95, 0.978], [0.91, 0.95, 0.978], [0.91, 0.96, 0.9781], [0.91, 0.96, 0.9617]]
-    out = {"average_final_score": 0.94, "drop_first_after_second": 0.0, "violations": 0}
-    _print_continual(out, ["a", "b", "capped"], R, "moca on CLSC-2", " (hint)")
+    labels = ["a", "b", "capped"]
+    # --json says it as the text does (it had only the matrix)
+    assert _lowered_by_own_steps(labels, R) == [{"regime": "capped", "before": 0.9781, "after": 0.9617}]
+    out = {"average_final_score": 0.94, "drop_first_after_second": 0.0, "violations": 0,
+           "lowered_by_own_steps": _lowered_by_own_steps(labels, R)}
+    _print_continual(out, labels, R, "moca on CLSC-2", " (hint)")
     text = capsys.readouterr().out
     assert "learning these regimes lowered their own score: capped 0.9781 -> 0.9617 (hint)" in text
     R[3][2] = 0.9781
-    _print_continual(out, ["a", "b", "capped"], R, "moca on CLSC-2", " (hint)")
+    out["lowered_by_own_steps"] = _lowered_by_own_steps(labels, R)
+    assert out["lowered_by_own_steps"] == []
+    _print_continual(out, labels, R, "moca on CLSC-2", " (hint)")
     assert "lowered their own score" not in capsys.readouterr().out

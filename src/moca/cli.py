@@ -1352,7 +1352,8 @@ def continual(
            "bwt": result["bwt"], "fwt": result["fwt"], "drop_first_after_second": result["drop_first_after_second"],
            "adaptation_steps": result["adaptation_steps"], "adaptation_seconds": result["adaptation_seconds"],
            "violations": result["violations"], "correction": result["correction"],
-           "decision_latency_us": result["decision_latency_us"]}
+           "decision_latency_us": result["decision_latency_us"],
+           "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}
     _plot_continual(plot_file, method, tasks, result)
     if as_json:
         _print_json(out)
@@ -1376,11 +1377,18 @@ def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str,
     console.print(f"average final score {out['average_final_score']:.4f}; "
                   + (f"drop on {labels[0]} after {labels[1]} {100 * drop:.2f}%; " if drop is not None else "")
                   + f"violations {out['violations']}")
-    # R[i] holds the scores before regime i is learned, R[i + 1] after: at the printed digits
-    worse = [(label, R[i][i], R[i + 1][i]) for i, label in enumerate(labels) if R[i + 1][i] < R[i][i] - 5e-5]
+    worse = out["lowered_by_own_steps"]
     if worse:
         console.print("learning these regimes lowered their own score: "
-                      + ", ".join(f"{label} {before:.4f} -> {after:.4f}" for label, before, after in worse) + hint)
+                      + ", ".join(f"{w['regime']} {w['before']:.4f} -> {w['after']:.4f}" for w in worse) + hint)
+
+
+def _lowered_by_own_steps(labels: list[str], R: list) -> list[dict[str, Any]]:
+    """The regimes whose own steps left their score lower (``--json``'s ``lowered_by_own_steps``,
+    the text's warning): R[i] holds the scores before regime i is learned, R[i + 1] after;
+    lower at the printed digits."""
+    return [{"regime": label, "before": R[i][i], "after": R[i + 1][i]} for i, label in enumerate(labels)
+            if R[i + 1][i] < R[i][i] - 5e-5]
 
 
 def _plot_continual(path: Optional[Path], method: str, tasks: list[tuple[str, Any]], result: dict[str, Any]) -> None:
@@ -1448,7 +1456,8 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
     out = {"model": "CLSC-2", "method": method, "regimes": [label for label, _ in tasks], "R": R[1:],
            "R_initial": R[0], **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt",
                                                         "drop_first_after_second", "adaptation_steps",
-                                                        "adaptation_seconds", "violations")}}
+                                                        "adaptation_seconds", "violations")},
+           "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}
     if "protocol_choice" in result:  # moca: the update kept per regime, by validation
         out["protocol_choice"] = result["protocol_choice"]
     _plot_continual(plot_file, method, tasks, result)
