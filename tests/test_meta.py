@@ -560,3 +560,37 @@ def test_more_adaptation_arguments_are_refused_by_name():
             adapt(module, None, "T1", steps=1, **kwargs)
     with pytest.raises(MetaError, match=r"train_size=500: must be in 1..100"):
         PolicyTask("A", Regime(), module, OracleCache(module.params), train_size=500)
+
+
+def test_a_stopped_meta_training_validates_the_weights_it_ends_on():
+    """Ctrl-C or --max-seconds between scheduled validations: the "after" score was step 0's
+    (of weights not written) and CLSC-2's keep_best wrote step 0's weights as "the steps
+    done". A stop now validates the weights it ends on, and keep_best chooses among them."""
+    from moca.meta2 import MetaConfig2, meta_train2
+
+    asked = iter([False, True])
+    config = MetaConfig(params=SHORT, policy=PolicyConfig(hidden=8), meta_steps=50, tasks_per_step=1,
+                        support_size=1, query_size=1, validation_tasks=2, validate_every=25, seed=1)
+    _, history = meta_train(config, stop=lambda: next(asked))
+    assert history["interrupted"] and len(history["steps"]) == 2
+    assert [v["step"] for v in history["validation"]] == [0, 2]
+    config2 = MetaConfig2(policy=PolicyConfig(hidden=8), meta_steps=50, tasks_per_step=1, support_size=1,
+                          query_size=1, validation_tasks=2, validate_every=25, seed=1, max_seconds=1e-9)
+    module, history2 = meta_train2(config2)
+    assert history2["stopped_early"] and len(history2["steps"]) == 1
+    curve = history2["validation"]
+    assert [v["step"] for v in curve] == [0, 1]
+    assert history2["selected_step"] == max(curve, key=lambda v: v["score"])["step"]  # among the stop's weights too
+
+
+def test_an_interrupted_training_says_which_weights_its_checkpoint_holds(capsys):
+    from moca.cli import _exit_if_interrupted, _trained_line
+
+    with pytest.raises(Exception) as exit_info:
+        _exit_if_interrupted({"interrupted": True, "steps": [{}] * 6, "selected_step": 0}, 500)
+    assert getattr(exit_info.value, "exit_code", None) == 130
+    assert "the checkpoint holds the weights after meta step 0, the best on validation of the 6 of 500 done" in \
+        capsys.readouterr().err
+    line = _trained_line("ck", "CLSC-2, fomaml", {"meta_steps": 6, "wall_seconds": 3.0, "selected_step": 0},
+                         {"validation_zero_shot_before": 0.95, "validation_zero_shot_after": 0.95})
+    assert line.endswith("0.9500 -> 0.9500 (the weights after meta step 0, the best on validation)")

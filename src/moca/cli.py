@@ -834,8 +834,11 @@ def _trained_line(output: Path, what: str, out: dict[str, Any], scores: dict[str
     config with ``validate_every: 0`` has none: CLSC-1's line was an internal error after the
     checkpoint was written)."""
     before, after = scores["validation_zero_shot_before"], scores["validation_zero_shot_after"]
+    selected = out.get("selected_step")
+    kept = (f" (the weights after meta step {selected}, the best on validation)"
+            if selected is not None and selected != out["meta_steps"] else "")
     return (f"wrote {output}: {what}, {_count(out['meta_steps'], 'meta step')} in {out['wall_seconds']:.0f} s"
-            + (f"; validation zero-shot score {before:.4f} -> {after:.4f}" if before is not None else
+            + (f"; validation zero-shot score {before:.4f} -> {after:.4f}{kept}" if before is not None else
                " (no validation: validate_every is 0)"))
 
 
@@ -865,7 +868,10 @@ def _diverged(output: Path) -> Iterator[None]:
 def _exit_if_interrupted(history: dict[str, Any], planned: int) -> None:
     """Exit 130 (as for Ctrl-C) once an interrupted training's checkpoint is written."""
     if history.get("interrupted"):
-        sys.stderr.write(f"moca: interrupted: the checkpoint holds {len(history['steps'])} of {planned} meta steps\n")
+        done, selected = len(history["steps"]), history.get("selected_step")
+        held = (f"the weights after meta step {selected}, the best on validation of the {done} of {planned} done"
+                if selected is not None and selected != done else f"{done} of {planned} meta steps")
+        sys.stderr.write(f"moca: interrupted: the checkpoint holds {held}\n")
         raise typer.Exit(130)
 
 
@@ -949,7 +955,7 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
         "wall_seconds": history["wall_seconds"], "validation_curve": validation, "history": history["steps"],
     })
     out = {"checkpoint": str(output), "model": "CLSC-2", "algorithm": config.algorithm, "seed": config.seed,
-           "meta_steps": len(history["steps"]), "wall_seconds": history["wall_seconds"],
+           "meta_steps": len(history["steps"]), "selected_step": selected, "wall_seconds": history["wall_seconds"],
            "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False), **scores}
     if as_json:
         _print_json(out)

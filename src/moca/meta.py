@@ -544,15 +544,20 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
                 entry["query_score"] = query_info["score"]
         entry["meta_grad_norm"] = grad_norm
         entry["seconds"] = time.perf_counter() - started
-        if validate is not None and (step % config.validate_every == 0 or step == config.meta_steps):
+        out_of_time = config.max_seconds is not None and entry["seconds"] > config.max_seconds
+        asked = not out_of_time and stop is not None and stop()
+        # A stop validates the weights it ends on: the "after" score was the last scheduled
+        # validation's, of weights that are not the ones written.
+        if validate is not None and (step % config.validate_every == 0 or step == config.meta_steps
+                                     or out_of_time or asked):
             history["validation"].append({"step": step, "score": validate(module)})
             entry["validation_score"] = history["validation"][-1]["score"]
         history["steps"].append(entry)
         report(step, entry)
-        if config.max_seconds is not None and entry["seconds"] > config.max_seconds:
+        if out_of_time:
             history["stopped_early"] = True
             break
-        if stop is not None and stop():
+        if asked:
             history["stopped_early"] = history["interrupted"] = True
             break
     history["wall_seconds"] = time.perf_counter() - started
