@@ -138,11 +138,17 @@ def test_bad_learning_input_refused(trained, tmp_path):
                      "does not exist")
     assert_bad_input(run("continual", "--sequence", seq, "--model", "CLSC-2", "--plot", tmp_path), "--plot",
                      "is a directory")
+    (tmp_path / "Z-curves.png").mkdir()  # the curves figure's name: was an internal error after the whole run
+    assert_bad_input(run("continual", "--sequence", seq, "--plot", tmp_path / "Z.png"),
+                     "--plot (its curves figure)", "Z-curves.png: is a directory")
+    assert not (tmp_path / "Z.png").exists()
     assert_bad_input(run("continual", "--sequence", seq, "--method", "scratch", "--checkpoint", trained), "scratch")
     bad_seq = tmp_path / "bad.yaml"
     bad_seq.write_text("- T1\n- {recycled_content_min: 1.5}\n")
     assert_bad_input(run("continual", "--sequence", bad_seq, "--method", "ewc"), "recycled_content_min")
     assert_bad_input(run("train", "--init", "maml2", "-o", tmp_path / "x"), "maml2")
+    # taken and ignored before: the CPUs of a local Ray without one
+    assert_bad_input(run("train", "--ray-cpus", 4, "-o", tmp_path / "x"), "--ray-cpus", "only with --ray auto")
     config = tmp_path / "c.yaml"
     config.write_text("inner_lr: -1\n")
     assert_bad_input(run("train", "--config", config, "-o", tmp_path / "x"), "inner_lr")

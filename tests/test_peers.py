@@ -172,6 +172,9 @@ def test_cli_evaluates_a_ppo_checkpoint_and_refuses_bad_input(tiny_ppo, tmp_path
     blocker.write_text("x")
     bad = runner.invoke(app, ["peers", "train-ppo", "-o", str(blocker), "--seconds", "1"])
     assert bad.exit_code == 2 and "-o" in bad.stderr and "Traceback" not in bad.output
+    # a budget of 0 s trained 4 env steps and wrote them as a policy without a word
+    bad = runner.invoke(app, ["peers", "train-ppo", "-o", str(tmp_path / "zero"), "--seconds", "0"])
+    assert bad.exit_code == 2 and "--seconds" in bad.stderr and not (tmp_path / "zero").exists()
     # a folder that cannot be made: refused before training, not after it (it was an internal error)
     for where, needle in ((blocker / "ppo", "is not a directory"), (tmp_path / "missing" / "ppo", "does not exist")):
         bad = runner.invoke(app, ["peers", "train-ppo", "-o", str(where), "--seconds", "600"])

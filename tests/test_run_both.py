@@ -244,7 +244,11 @@ def test_model_runs_one_world(stand_ins, tmp_path):
 
 def test_bad_options_stop_before_either_world_runs(stand_ins, tmp_path):
     for args, needle in ((["--model", "CLSC-3"], "--model"), (["--methods", "moca,magic"], "magic"),
-                         (["--peers", "oracle2"], "--peers"), (["--json", tmp_path], "--json")):
+                         (["--peers", "oracle2"], "--peers"), (["--json", tmp_path], "--json"),
+                         # an option of a world not run, or of both worlds on one: was ignored without a word
+                         (["--model", "CLSC-1", "--peers", "threshold"], "--peers: CLSC-2's"),
+                         (["--model", "CLSC-1", "--scenarios", "2"], "--scenarios: CLSC-2's"),
+                         (["--model", "CLSC-2", "--jobs", "2"], "--jobs: runs the two worlds")):
         done = run(*args, "--runs-dir", tmp_path / "runs")
         assert done.returncode == 2 and needle in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1

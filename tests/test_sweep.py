@@ -210,6 +210,14 @@ def test_cli_table_shows_moca_at_every_value_whichever_base(tmp_path):
         assert json.loads((tmp_path / f"{base}.json").read_text())["policies"]["moca"]["adaptation_steps"] == [0, 0]
 
 
+def test_cli_refuses_mocas_options_without_moca(tmp_path):
+    """--adapt-steps and --moca-base without moca among --policies were taken and ignored."""
+    for option, value in (("--adapt-steps", "3"), ("--moca-base", "map")):
+        result = runner.invoke(app, ["sweep", "--field", "landfill_tax", "--values", "0,50", "--policies", "oracle",
+                                     option, value])
+        assert result.exit_code == 2 and f"{option}: moca's, and --policies 'oracle' has no moca" in result.stderr
+
+
 def test_cli_writes_json_and_plot(tmp_path):
     out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
     result = runner.invoke(app, ["sweep", "--field", "landfill_tax", "--values", "0,50", "--policies", "oracle",

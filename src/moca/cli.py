@@ -788,7 +788,8 @@ def train(
                                                 help="Stop past this wall time (0: never; overrides the config). "
                                                      "A run cut short by time is not reproducible step for step."),
     ray_address: Optional[str] = typer.Option(None, "--ray", help="Run each meta step's regimes as Ray tasks: 'auto' (a local Ray) or a cluster address."),
-    ray_cpus: int = typer.Option(2, "--ray-cpus", min=1, help="CPUs of a local Ray (--ray auto)."),
+    ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", min=1, help="CPUs of a local Ray (--ray auto; "
+                                                                          "default 2)."),
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -796,6 +797,10 @@ def train(
     from moca import checkpoint
     from moca.meta import MetaConfig, meta_train
 
+    if ray_cpus is not None and (ray_address or "").strip() not in ("auto", "local"):
+        # (it was taken and ignored: a cluster has its own CPUs, and without --ray nothing uses it)
+        _fail("--ray-cpus: the CPUs of a local Ray, only with --ray auto")
+    ray_cpus = ray_cpus or 2
     with _bad_input():
         if _chosen_model(model) == "CLSC-2":
             return _train2(output, config_file, params_file, init, seed, steps, max_seconds, as_json,
@@ -1318,6 +1323,8 @@ def continual(
             raise UsageError("--keep-unchanged: only with --model CLSC-2 and --method moca (the method that chooses "
                              "its update per regime on validation)")
         _plot_path(plot_file)
+        if plot_file is not None:  # the curves' figure beside it: checked before the work as well
+            _output_file(_curves_path(plot_file), "--plot (its curves figure)")
         if _chosen_model(model) == "CLSC-2":
             return _continual2(sequence, method, checkpoint_dir, steps, scenarios, as_json, params_file,
                                keep_unchanged, plot_file)
@@ -1493,9 +1500,9 @@ def run(
                                                                       "are for the default chains.)"),
     model: Optional[str] = typer.Option(None, "--model", help="One world only: CLSC-1 | CLSC-2 (T1-T3 with W = 52). "
                                                               "Default: both, CLSC-1 then CLSC-2."),
-    peers: str = typer.Option("threshold,mpc,mpc-sampled", "--peers",
-                              help="CLSC-2: comma-separated peers beside the oracle (threshold, mpc, mpc-sampled; "
-                                   "'none' for none)."),
+    peers: Optional[str] = typer.Option(None, "--peers",
+                                        help="CLSC-2: comma-separated peers beside the oracle (threshold, mpc, "
+                                             "mpc-sampled; 'none' for none; default: all three)."),
     test_scenarios: Optional[int] = typer.Option(None, "--scenarios", min=1, max=MOST_SCENARIOS, help="CLSC-2: test scenarios per "
                                                                                      "regime (default 20, --quick 4)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, max=2, help="Both worlds: 2 runs CLSC-1 in a second "
@@ -1514,7 +1521,16 @@ def run(
 
         check_folder(runs_dir, "--runs-dir")
         _output_file(json_file, "--json")
-        chosen_peers = _run_peers(peers)
+        # Options of one world, or of both at once, given where they do nothing: refused (they were ignored)
+        if "CLSC-2" not in worlds:
+            for option, value in (("--peers", peers), ("--scenarios", test_scenarios)):
+                if value is not None:
+                    raise UsageError(f"{option}: CLSC-2's (the CLSC-1 run's peers and test seeds are fixed); this "
+                                     "run is CLSC-1 alone")
+        if jobs is not None and len(worlds) == 1:
+            raise UsageError(f"--jobs: runs the two worlds side by side or one after the other; this run is "
+                             f"{worlds[0]} alone")
+        chosen_peers = _run_peers(peers if peers is not None else "threshold,mpc,mpc-sampled")
         params = _load_params(params_file) if "CLSC-1" in worlds else None  # (the default chain without a file)
         params2 = _load_params(params_file, "CLSC-2") if params_file is not None and worlds == ["CLSC-2"] else None
         from moca.continual import METHODS, method_spec
@@ -1891,11 +1907,13 @@ def sweep(
     policies: str = typer.Option("oracle,mpc,threshold", "--policies", help="Comma-separated: oracle, mpc, threshold, moca."),
     scenarios: int = typer.Option(20, "--scenarios", help="Test scenarios per value (seeds seed .. seed+N-1)."),
     seed: int = typer.Option(1000, "--seed", help="First test seed."),
-    adapt_steps: int = typer.Option(5, "--adapt-steps", help="moca: gradient steps of adaptation per value."),
-    moca_base: str = typer.Option("caps", "--moca-base", help="moca: default = the meta-init adapted; "
+    adapt_steps: Optional[int] = typer.Option(None, "--adapt-steps", help="moca: gradient steps of adaptation per "
+                                                                          "value (default 5)."),
+    moca_base: Optional[str] = typer.Option(None, "--moca-base", help="moca: default = the meta-init adapted; "
                                                            "auto|map|mpc = through moca adapt's portfolio "
-                                                           "(CLSC-2: auto|mpc; see moca adapt --help); caps = "
-                                                           "auto at values with an emission cap, else default."),
+                                                           "(CLSC-2: auto|mpc; see moca adapt --help); caps (the "
+                                                           "default) = auto at values with an emission cap, else "
+                                                           "default."),
     workers: int = typer.Option(2, "--workers", help="Local processes (1: run in this process); CPUs of a local Ray."),
     ray_address: Optional[str] = typer.Option(None, "--ray", help="Run as Ray tasks: 'auto' (a local Ray for the run) or a cluster address."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
@@ -1909,9 +1927,14 @@ def sweep(
 
     from moca.sweep import SweepError, make_plan, run_sweep
 
+    if "moca" not in [p.strip() for p in policies.split(",")]:  # (moca's options were taken and ignored)
+        for option, value in (("--adapt-steps", adapt_steps), ("--moca-base", moca_base)):
+            if value is not None:
+                _fail(f"{option}: moca's, and --policies {policies!r} has no moca")
     try:
         plan = make_plan(model, field, values, base=base, policies=policies, scenarios=scenarios, seed=seed,
-                         adapt_steps=adapt_steps, moca_base=moca_base)
+                         adapt_steps=5 if adapt_steps is None else adapt_steps,
+                         moca_base="caps" if moca_base is None else moca_base)
         if "moca" in plan.policies:
             _warn_if_not_held_out(seed, scenarios)
         _output_file(json_file, "--json")
@@ -2009,7 +2032,7 @@ app.add_typer(peers_app, name="peers")
 @peers_app.command("train-ppo")
 def peers_train_ppo(
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to write (safetensors + JSON)."),
-    seconds: float = typer.Option(300.0, "--seconds", min=0, help="Wall-clock training budget (s)."),
+    seconds: float = typer.Option(300.0, "--seconds", min=0, help="Wall-clock training budget (s, > 0)."),
     seed: int = typer.Option(0, "--seed", min=0, max=LARGEST_PPO_SEED,
                              help="Seed of PPO and of the training episodes (Stable-Baselines3 takes 32 bits)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many env steps too."),
@@ -2023,6 +2046,8 @@ def peers_train_ppo(
 
     from moca.baselines.ppo import PPOConfig, plot_curve, save_ppo, train_ppo
 
+    if seconds <= 0:  # (0 trained 4 env steps and wrote them as a policy without a word)
+        _fail(f"--seconds {seconds:g}: the training budget must be > 0 s (--max-steps stops it sooner)")
     with _bad_input():
         _output_dir(output)  # before the training's minutes, not after them
         config = PPOConfig(seconds=seconds, seed=seed, max_steps=max_steps, eval_every=eval_every, model=model)
