@@ -412,6 +412,16 @@ def test_weights_failing_their_checksum_are_refused_by_name(tmp_path):
         r = c.post("/v1/chains/p1/decide", json=_obs(0))
         assert r.status_code == 503 and "version 1" in r.json()["detail"] and "corrupted" in r.json()["detail"]
         assert c.get("/v1/chains/p1/decisions").json() == []
+        # /health said "ok" while the chain could not decide: it names the version now
+        health = c.get("/health").json()
+        assert health["status"] == "degraded" and [(v["chain"], v["version"]) for v in
+                                                   health["unloadable_versions"]] == [("p1", 1)]
+        assert "corrupted" in health["unloadable_versions"][0]["error"]
+    blob[-1] ^= 0xFF  # repaired (e.g. restored from a backup): decisions and /health are back
+    weights.write_bytes(bytes(blob))
+    with TestClient(create_app(data, worker=False)) as c:
+        assert c.post("/v1/chains/p1/decide", json=_obs(0)).status_code == 200
+        assert c.get("/health").json()["status"] == "ok" and c.get("/health").json()["unloadable_versions"] == []
 
 
 def test_a_version_whose_checkpoint_json_was_edited_is_refused_by_name(tmp_path):

@@ -1069,6 +1069,8 @@ class Runtime:
     worker: subprocess.Popen | None = None
     keep_decisions: int = 0  # per chain; 0 keeps every decision
     recovered: dict[str, int] = field(default_factory=dict)
+    #: Versions whose checkpoint failed to load (chain, number) -> why: /health names them.
+    unloadable: dict[tuple[str, int], str] = field(default_factory=dict)
 
 
 def _chain(rt: Runtime, chain: str) -> tuple:
@@ -1101,7 +1103,12 @@ def _regime(rt: Runtime, model: ChainModel, regime_id: int) -> tuple[Any, np.nda
 def _deployed(rt: Runtime, model: ChainModel, chain: str, number: int) -> Deployed:
     key = (chain, number)
     if key not in rt.deployed:
-        rt.deployed[key] = model.deployed(load_version(rt.store, model, chain, number))
+        try:
+            rt.deployed[key] = model.deployed(load_version(rt.store, model, chain, number))
+        except ServeError as err:
+            rt.unloadable[key] = err.message
+            raise
+        rt.unloadable.pop(key, None)
     return rt.deployed[key]
 
 
@@ -1475,8 +1482,15 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         counts = {name: store.one(f"SELECT COUNT(*) FROM {name}")[0] for name in ("chains", "regimes", "versions")}
         queued = store.one("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")[0]
         alive = rt.worker is not None and rt.worker.poll() is None
-        return {"status": "ok", "models": list(MODELS), "worker": "running" if alive else "stopped",
-                "jobs_pending": queued, "recovered": rt.recovered, **counts, "auth": rt.token is not None}
+        # A version a chain decides with (or will) whose checkpoint does not load: its decisions
+        # are 503s, so the service is not "ok" (it said so while a chain could not decide).
+        serving = {tuple(r) for r in store.all("SELECT chain, number FROM versions WHERE state IN ('active', "
+                                               "'scheduled')")} if rt.unloadable else set()
+        broken = [{"chain": chain, "version": number, "error": why}
+                  for (chain, number), why in sorted(dict(rt.unloadable).items()) if (chain, number) in serving]
+        return {"status": "degraded" if broken else "ok", "models": list(MODELS),
+                "worker": "running" if alive else "stopped", "jobs_pending": queued, "recovered": rt.recovered,
+                **counts, "auth": rt.token is not None, "unloadable_versions": broken}
 
     @app.post("/v1/chains", status_code=201, dependencies=mutating)
     def register(body: ChainIn) -> dict[str, Any]:
