@@ -352,6 +352,17 @@ def simulate(
     _say_wrote(plot_file)
 
 
+def _whole(value: float, grouping: str = "") -> str:
+    """A whole number (``grouping`` "," for thousands); up to half a unit either way is 0
+    (round-off printed "-0" in tables)."""
+    return f"{value:{grouping}.0f}" if abs(value) > 0.5 else "0"
+
+
+def _eur(amount: float) -> str:
+    """Whole euros, thousands grouped (:func:`_whole`)."""
+    return _whole(amount, ",")
+
+
 def _simulate_table(out: dict, title: str, actions: tuple[str, ...], states: tuple[str, ...], units: str,
                     lost: bool = False) -> None:
     """``moca simulate``'s table, either world: each period's executed action (``raw->executed``
@@ -362,17 +373,13 @@ def _simulate_table(out: dict, title: str, actions: tuple[str, ...], states: tup
     for col in ("t", *actions, *states, "sales", *(("lost",) if lost else ()), "cost", "main cost terms"):
         table.add_column(col, justify="right")
 
-    def whole(value: float) -> str:  # (round-off below 0.5 prints as 0, not "-0")
-        text = f"{value:.0f}"
-        return "0" if text == "-0" else text
-
     def cell(raw: float, executed: float) -> str:
-        return whole(executed) if abs(executed - raw) <= 1e-6 else f"{whole(raw)}->{whole(executed)}"
+        return _whole(executed) if abs(executed - raw) <= 1e-6 else f"{_whole(raw)}->{_whole(executed)}"
 
     for p in out["periods"]:
         top = sorted(p["terms"].items(), key=lambda kv: -kv[1])[:2]
         table.add_row(str(p["t"]), *(cell(r, a) for r, a in zip(p["raw_action"], p["action"])),
-                      *(whole(v) for v in p["state"].values()), f"{p['sales']:.0f}",
+                      *(_whole(v) for v in p["state"].values()), f"{p['sales']:.0f}",
                       *((f"{p['lost']:.0f}",) if lost else ()), f"{p['cost']:,.0f}",
                       ", ".join(f"{k} {v:,.0f}" for k, v in top if v > 0))
     wide = console if console.is_terminal else _wide_console()
@@ -612,7 +619,8 @@ def evaluate(
         return
     from moca.regime import regime_label
 
-    source = regime_label(regime) + ("" if scenario_files else f", {_count(scenarios, 'scenario')} from seed {seed}")
+    label = regime_label(regime)  # (once: a regime file's label is read from the file)
+    source = label + ("" if scenario_files else f", {_count(scenarios, 'scenario')} from seed {seed}")
     table = Table(title=f"{policy} on {source}")
     for col in ("mean cost (EUR)", "mean oracle cost", "score", "violations", "latency p50 (µs)", "p99 (µs)"):
         table.add_column(col, justify="right")
@@ -627,7 +635,7 @@ def evaluate(
     if impact is not None:
         from moca.impact import describe
 
-        console.print(describe(regime_label(regime), impact), highlight=False, soft_wrap=True)
+        console.print(describe(label, impact), highlight=False, soft_wrap=True)
 
 
 def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps: int, params_file: Optional[Path],
@@ -1987,11 +1995,6 @@ def _journal_note(journal: Optional[Path]) -> str:
     if not done:
         return "no task had finished"
     return f"{_count(done, 'finished task')} kept in {journal}: the same command again goes on from them"
-
-
-def _eur(amount: float) -> str:
-    """Whole euros; below half a euro either way is 0 (round-off printed "-0")."""
-    return f"{amount:,.0f}" if abs(amount) >= 0.5 else "0"
 
 
 def _sweep_table(result: dict) -> None:

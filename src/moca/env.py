@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -394,11 +395,25 @@ def full_capacity_emissions(params: Params) -> float:
 
 def observation_names(params: Params = DEFAULT_PARAMS) -> list[str]:
     """The name of each entry of this env's observation, in order."""
-    names = ["V", "M", "P", "C", "B"]
-    names += [f"pipeline[{i}]" for i in range(params.lead_virgin - 1)]
-    names += [f"sales_history[{i}]" for i in range(params.lag_return)]
-    names += ["rho", "last_demand", "season_sin", "season_cos", "t_frac"]
-    return names + ["r", "tau_k", "cap_code", "lambda_h", "kappa"]
+    return list(_observation_layout(params.lead_virgin - 1, params.lag_return)[0])
+
+
+#: The largest value of the observation's bounded entries (float32, as observed).
+_HIGHEST = {"rho": 1.0, "kappa": 1.0, "r": 0.95, "t_frac": 1.0}
+
+
+@lru_cache(maxsize=64)
+def _observation_layout(n_pipe: int, n_sales: int) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """Each observation entry's name and range (float32 ``low``, ``high``) for a chain of these
+    queue lengths: >= 0 but the season, at most :data:`_HIGHEST` (float32 rounding let through)."""
+    names = ("V", "M", "P", "C", "B", *[f"pipeline[{i}]" for i in range(n_pipe)],
+             *[f"sales_history[{i}]" for i in range(n_sales)],
+             "rho", "last_demand", "season_sin", "season_cos", "t_frac", "r", "tau_k", "cap_code", "lambda_h", "kappa")
+    low = np.array([-np.inf if n.startswith("season_") else 0.0 for n in names], dtype=np.float32)
+    high = np.array([np.nextafter(np.float32(_HIGHEST[n]), np.float32(2)) if n in _HIGHEST else np.inf
+                     for n in names], dtype=np.float32)
+    low.flags.writeable = high.flags.writeable = False  # (shared by every call: read only)
+    return names, low, high
 
 
 def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -427,15 +442,13 @@ def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, A
     # The env observes every quantity but the season as a number >= 0, the shares as at most
     # 1 and the mandate at most 0.95: anything else is no state of this chain, and a negative
     # stock or a return share of 5 gave an ordinary-looking action without a word.
-    names = observation_names(p)
-    for k, name in enumerate(names):
-        high = {"rho": 1.0, "kappa": 1.0, "r": 0.95, "t_frac": 1.0}.get(name)
-        if name.startswith("season_"):
-            continue
-        if x[k] < 0 or (high is not None and x[k] > np.nextafter(np.float32(high), np.float32(2))):
-            where = "must be >= 0" if x[k] < 0 else f"must be <= {high:g}"
-            raise ValueError(f"obs: entry {k} ({name}) is {float(x[k]):g}; it {where} (observation_names() "
-                             "gives each entry's name)")
+    names, low, high = _observation_layout(n_pipe, n_sales)
+    outside = (x < low) | (x > high)  # (one vector test on the decision path, not a loop over the names)
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        where = "must be >= 0" if x[k] < low[k] else f"must be <= {_HIGHEST[names[k]]:g}"
+        raise ValueError(f"obs: entry {k} ({names[k]}) is {float(x[k]):g}; it {where} (observation_names() "
+                         "gives each entry's name)")
     down = np.nextafter(x, np.float32(0)).astype(np.float64)  # float32 rounding never overstates these
     up = np.nextafter(x, np.float32(np.inf)).astype(np.float64)
     x64 = x.astype(np.float64)

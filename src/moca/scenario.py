@@ -419,7 +419,8 @@ def load_params(source: str | Path, kind: type = None) -> "Params | Params2":
         data = read_structured(Path(source))
     except RegimeError as err:
         raise ScenarioError(f"--params {err}") from None
-    wanted, other = ("CLSC-2", Params) if kind is Params2 else ("CLSC-1", Params2)
+    # this world, and the other one's name and parameters (for the hints below)
+    wanted, theirs, other = ("CLSC-2", "CLSC-1", Params) if kind is Params2 else ("CLSC-1", "CLSC-2", Params2)
     if isinstance(data, dict) and "params" in data and ("model" in data or "demand" in data):
         world = data.get("model", "CLSC-1")  # (a CLSC-1 scenario file may predate "model")
         if world != wanted and world in ("CLSC-1", "CLSC-2"):  # (was "params.cap_market: unknown parameter")
@@ -434,7 +435,6 @@ def load_params(source: str | Path, kind: type = None) -> "Params | Params2":
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
-            theirs = "CLSC-1" if other is Params else "CLSC-2"
             hint = f"; it is a parameter of {theirs} (--model {theirs})" if field in other.model_fields else ""
             raise ScenarioError(f"--params {source}: params.{field}: unknown parameter{hint} "
                                 f"(known: {', '.join(kind.model_fields)})") from None

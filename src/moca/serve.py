@@ -1221,12 +1221,11 @@ class _TooLarge(BaseException):  # not Exception: FastAPI would turn that into a
     pass
 
 
-def _not_json(scope) -> str | None:
+def _not_json(headers: dict[bytes, bytes]) -> str | None:
     """Why a request's body is not declared JSON (None when it is, or has none): every body
     the service takes is JSON, and /decide read a text/plain or form body as JSON, which
     a web page in the user's browser can send to a service without a token (no CORS
-    check guards such a "simple" request)."""
-    headers = dict(scope["headers"])
+    check guards such a "simple" request). ``headers``: the request's, by lower-case name."""
     kind = headers.get(b"content-type")
     if kind is None:
         sized = headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
@@ -1249,11 +1248,13 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        headers = {}  # (one pass over the headers for both checks)
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
                 return await self._refuse(send)
+            headers[name] = value
         if scope["method"] in ("POST", "PUT", "PATCH"):
-            problem = _not_json(scope)
+            problem = _not_json(headers)
             if problem is not None:
                 return await self._refuse(send, 415, f"content-type: {problem}")
         seen = 0
