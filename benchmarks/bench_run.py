@@ -2,6 +2,11 @@
 against one world after the other (``--jobs 1``), and whether the two give the same numbers.
 
     .venv/bin/python benchmarks/bench_run.py [--full] [--out FILE]
+    .venv/bin/python benchmarks/bench_run.py --compare RUN_A RUN_B
+
+``--compare``: only say where two ``moca run`` folders' ``metrics.json`` differ (the same
+rule: ids, clock times, timings and latencies left out), e.g. a fresh clone's run against
+an earlier commit's on the same machine; exit 1 when they differ.
 
 Runs ``moca run --quick`` (``--full``: plain ``moca run``, about 12 minutes in all) with
 ``--jobs 1`` and then ``--jobs 2``, each in a fresh interpreter as from a shell, into a
@@ -59,7 +64,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="plain moca run (default: --quick)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"),
+                        help="two run folders (runs/<id>): print where their metrics differ, run nothing")
     args = parser.parse_args()
+    if args.compare:
+        first, second = (json.loads((folder / "metrics.json").read_text()) for folder in args.compare)
+        found = differences(first, second)
+        print(json.dumps({"runs": [str(f) for f in args.compare], "differences": found, "same_numbers": not found},
+                         indent=1))
+        sys.exit(1 if found else 0)
     out = args.out or HERE / ("run_jobs_full.json" if args.full else "run_jobs.json")
     from moca.experiment import machine
 
