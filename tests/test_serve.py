@@ -348,6 +348,35 @@ def test_a_body_not_declared_json_is_415_and_malformed_json_is_named(client):
     assert r.status_code == 422 and r.json()["detail"] == "body: malformed JSON at character 28 (Extra data)"
 
 
+def test_a_body_with_a_key_given_twice_is_refused_naming_the_key(client):
+    """The JSON parser keeps the last of a key given twice, so a decision was taken on
+    5,000 kg where the body also said 100 kg, and a regulation of 0.2 then 0 posted the
+    0: the service refuses such a body as moca's file readers do, on every route."""
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    before = _counts(client)
+    json_type = {"content-type": "application/json"}
+    body = json.dumps(_obs(0)).replace('"virgin": ', '"virgin": 100.0, "virgin": ', 1)
+    r = client.post("/v1/chains/p1/decide", content=body, headers=json_type)
+    assert r.status_code == 422 and r.json()["detail"] == ("body: key 'virgin' is given twice in one object "
+                                                           "(which one is meant?)")
+    escaped = json.dumps(_obs(0)).replace('"t": 0', '"t": 0, "\\u0074": 0', 1)  # the same key, written escaped
+    r = client.post("/v1/chains/p1/decide", content=escaped, headers=json_type)
+    assert r.status_code == 422 and "key 't' is given twice" in r.json()["detail"]
+    regulation = '{"regime": {"recycled_content_min": 0.2, "recycled_content_min": 0}, "effective": 3}'
+    r = client.post("/v1/chains/p1/regulations", content=regulation, headers=json_type)
+    assert r.status_code == 422 and "key 'recycled_content_min' is given twice" in r.json()["detail"]
+    r = client.post("/v1/chains", content='{"id": "p2", "id": "p3", "regime": "T1"}', headers=json_type)
+    assert r.status_code == 422 and "key 'id' is given twice" in r.json()["detail"]
+    assert _counts(client) == before and client.get("/v1/chains/p1").json()["last_t"] == -1
+    # The same key in two objects is two things, not one said twice; malformed JSON is named as before.
+    r = client.post("/v1/chains", content='{"id": "z1", "id": "z2"', headers=json_type)
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: malformed JSON"), r.text
+    assert client.post("/v1/chains/p1/decide", json=_obs(0)).status_code == 200
+    r = client.post("/v1/chains/p1/regulations", content='{"regime": {"name": "tax 5", "carbon_tax": 5}, '
+                                                         '"name": "tax 5"}', headers=json_type)
+    assert r.status_code == 202, r.text
+
+
 def test_nan_oversized_and_unknown_reads(client):
     client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
     before = _counts(client)
