@@ -199,3 +199,27 @@ def test_evaluate_names_a_regime_file_by_its_label_and_counts_in_words(tmp_path)
     unnamed.write_text("carbon_tax: 120\n")
     assert f"threshold on {unnamed}, 2 scenarios from seed 1000" in " ".join(
         run("evaluate", "--policy", "threshold", "--regime", unnamed, "--scenarios", 2).stdout.split())
+
+
+def test_scenario_new_replaces_only_a_scenario_file(tmp_path):
+    """`moca scenario new -o params.json` replaced the user's parameters without a word, and
+    `-o FOLDER` was named by the temporary file written beside it: a new scenario now
+    replaces only a file that is one (or an empty one), and the file refused is kept."""
+    from _cli import run_in_process
+
+    params = tmp_path / "params.json"
+    params.write_text('{"horizon": 8}')
+    assert_bad_input(run_in_process("scenario", "new", "--seed", 1, "-o", params), f"-o {params}",
+                     "not a moca scenario file")
+    assert params.read_text() == '{"horizon": 8}'
+    assert_bad_input(run_in_process("scenario", "new", "--seed", 1, "-o", tmp_path), f"-o {tmp_path}", "is a folder")
+    older = tmp_path / "s.json"
+    written = []
+    for model, seed in (("CLSC-1", 1), ("CLSC-2", 2), ("CLSC-1", 3)):  # a scenario of either world is replaced
+        made = run_in_process("scenario", "new", "--seed", seed, "--model", model, "-o", older)
+        assert made.returncode == 0, made.stderr
+        written.append(older.read_text())
+        assert json.loads(written[-1])["model"] == model
+    assert len(set(written)) == 3
+    (tmp_path / "empty.json").write_text("")
+    assert run_in_process("scenario", "new", "--seed", 1, "-o", tmp_path / "empty.json").returncode == 0

@@ -211,7 +211,8 @@ def scenario_new(
                                                      "or YAML/JSON file (a schedule file works too, as for evaluate)."),
     seed: int = typer.Option(..., "--seed", min=0, max=LARGEST_SEED, help="Seed of the demand and return draws (>= 0)."),
     schedule: Optional[Path] = typer.Option(None, "--schedule", help="YAML/JSON list of regimes with 'start' (overrides --regime)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Scenario JSON to write (its folder must exist)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Scenario JSON to write (its folder must exist; an older "
+                                                                  "scenario there is replaced, any other file kept)."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     model: str = typer.Option("CLSC-1", "--model", help="World model: CLSC-1 (docs/MODEL.md), or CLSC-2 "
                                                         "(docs/MODEL-2.md; T1-T3 settle yearly)."),
@@ -223,6 +224,7 @@ def scenario_new(
 
     with _bad_input():
         check_parent(output)
+        _scenario_replaceable(output)
         clsc2 = _chosen_model(model) == "CLSC-2"
         plan = load_schedule(schedule if schedule else regime, model)
         params = _load_params(params_file, model)
@@ -230,6 +232,25 @@ def scenario_new(
         scenario = (draw_scenario2 if clsc2 else draw_scenario)(seed, plan, params)
         _write_atomic(output, scenario.to_json())
     err_console.print(f"wrote {output} ({scenario.horizon} periods, {len(plan.entries)} regime(s))")
+
+
+def _scenario_replaceable(output: Path) -> None:
+    """A scenario to write over ``output``: new, empty, or an older scenario file (replaced). Any
+    other file is refused: ``-o params.json`` replaced the user's parameters without a word,
+    and a folder was named by the temporary file written beside it."""
+    from moca.scenario import ScenarioError, load_scenario
+
+    if not output.exists():
+        return
+    if output.is_dir():
+        raise UsageError(f"-o {output}: is a folder; give the scenario file's name")
+    if output.stat().st_size == 0:
+        return
+    try:
+        load_scenario(output)
+    except (ScenarioError, OSError):
+        raise UsageError(f"-o {output}: exists and is not a moca scenario file; a new scenario replaces only an "
+                         "older scenario, so give another name (or remove the file)") from None
 
 
 def _chosen_model(model: str) -> str:
