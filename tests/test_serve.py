@@ -202,6 +202,32 @@ def test_a_rule_effective_in_a_decided_period_says_it_holds_from_the_next_decisi
     assert default["effective"] == default["in_force_from"] == 5
 
 
+def test_a_regulation_posted_again_while_pending_is_the_same_event(client):
+    """A client's retry of a regulation (its answer lost) made a second job and a second
+    version of the same weights. The event posted last, posted again while pending, is
+    now answered 200 with its own job; after another rule for that period, posting the
+    first again is a new event, which the later post makes the one in force."""
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    client.post("/v1/chains/p1/decide", json=_obs(0))
+    first = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2})
+    again = client.post("/v1/chains/p1/regulations", json={"regime": TASKS["T3"].model_dump(), "effective": 2})
+    assert first.status_code == 202 and first.json()["repeated"] is False
+    assert again.status_code == 200 and again.json() == {**first.json(), "repeated": True}
+    assert len(client.get("/v1/chains/p1/jobs").json()) == 1
+    assert len(client.get("/v1/chains/p1").json()["pending_regulations"]) == 1
+    for body in ({"regime": "T3", "effective": 3}, {"regime": "T3", "effective": 2, "similar_to": "T1"},
+                 {"regime": "T2", "effective": 2}, {"regime": "T3", "effective": 2}):  # each differs from the last
+        answer = client.post("/v1/chains/p1/regulations", json=body)
+        assert answer.status_code == 202 and answer.json()["repeated"] is False, (body, answer.text)
+    assert len(client.get("/v1/chains/p1/jobs").json()) == 5
+    client.post("/v1/chains/p1/decide", json=_obs(1))
+    assert client.post("/v1/chains/p1/decide", json=_obs(2)).json()["regime"]["carbon_tax"] == TASKS["T3"].carbon_tax
+    after = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2})  # in force now: new
+    assert after.status_code == 202 and after.json()["repeated"] is False and after.json()["in_force_from"] == 3
+    again = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2})
+    assert again.status_code == 200 and again.json()["job"] == after.json()["job"]
+
+
 def test_a_candidate_below_the_current_version_is_rejected_and_nothing_changes(client):
     rt = client.app.state.runtime
     client.post("/v1/chains", json={"id": "p1", "regime": "T1"})

@@ -1652,8 +1652,10 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             d["action"] = dict(zip(model.action_names, np.frombuffer(d["action"], dtype=np.float64).tolist()))
         return out
 
-    @app.post("/v1/chains/{chain}/regulations", status_code=202, dependencies=mutating)
-    async def regulation(chain: str, body: RegulationIn) -> dict[str, Any]:  # (async: as reset, above)
+    @app.post("/v1/chains/{chain}/regulations", status_code=202, dependencies=mutating,
+              responses={200: {"description": "the event posted last, pending, posted again (a retry): its answer, "
+                                              "\"repeated\": true; no second job"}})
+    async def regulation(chain: str, body: RegulationIn) -> Any:  # (async: as reset, above)
         model, params = _chain(rt, chain)
         regime = model.regime(body.regime)
         name = body.name or (body.regime if isinstance(body.regime, str) else None)
@@ -1666,11 +1668,20 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             raise ServeError(422, f"effective: {effective} is past the episode (periods 0..{params.horizon - 1})")
         with store.tx() as c:
             regime_id = store.regime_id(model, regime, params, name)
-            reg, job = _queue_regulation(c, chain, regime_id, effective, memory.episode, body.similar_to)
+            # The event posted last, posted again while it is pending (a client's retry after a
+            # lost answer), is the same event: answered 200 with it, not a second job and
+            # version. (Only the last: after another rule posted for the same period, posting
+            # the first again means it, and the later post wins.)
+            last = c.execute("SELECT id, job, regime_id, effective, episode, similar_to FROM regulations WHERE "
+                             "chain=? AND state='pending' ORDER BY id DESC LIMIT 1", (chain,)).fetchone()
+            same = last[:2] if last and last[2:] == (regime_id, effective, memory.episode, body.similar_to) else None
+            reg, job = same or _queue_regulation(c, chain, regime_id, effective, memory.episode, body.similar_to)
         # A period already decided cannot be redone: such a rule is in force from the next
         # decision, and the answer says so rather than let a client read `effective` as applied.
-        return {"job": job, "regime_id": regime_id, "regulation": reg, "effective": effective,
-                "in_force_from": max(effective, memory.last_t + 1), "episode": memory.episode}
+        answer = {"job": job, "regime_id": regime_id, "regulation": reg, "effective": effective,
+                  "in_force_from": max(effective, memory.last_t + 1), "episode": memory.episode,
+                  "repeated": same is not None}
+        return JSONResponse(answer, status_code=200) if same else answer
 
     @app.get("/v1/jobs/{job}")
     def get_job(job: int = PathParameter(ge=1, le=LARGEST_ID)) -> dict[str, Any]:
