@@ -479,6 +479,27 @@ def test_weights_failing_their_checksum_are_refused_by_name(tmp_path):
         assert c.get("/health").json()["status"] == "ok" and c.get("/health").json()["unloadable_versions"] == []
 
 
+def test_health_says_when_the_database_was_deleted_or_replaced_under_the_service(tmp_path):
+    """Deleting the data directory under a running service went unnoticed (decisions went
+    on into the file SQLite had open, lost at the stop; /health said ok)."""
+    import shutil
+
+    data = tmp_path / "data"
+    with TestClient(create_app(data, worker=False)) as c:
+        c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+        assert c.get("/health").json()["status"] == "ok" and c.get("/health").json()["database"] == "ok"
+        db = data / "moca.sqlite3"
+        shutil.copy(db, tmp_path / "copy.sqlite3")
+        os.replace(tmp_path / "copy.sqlite3", db)  # a restore over the open file: another file now
+        health = c.get("/health").json()
+        assert health["status"] == "degraded" and health["database"].startswith(f"{db}: replaced by another file")
+        shutil.rmtree(data)
+        health = c.get("/health").json()
+        assert health["status"] == "degraded" and health["database"].startswith(f"{db}: deleted while the service")
+        assert "lost when it stops" in health["database"]
+        assert c.post("/v1/chains/p1/decide", json=_obs(0)).status_code == 200  # the plant is still answered
+
+
 def test_a_version_whose_checkpoint_json_was_edited_is_refused_by_name(tmp_path):
     """'structured: false' written into a deployed version's JSON was served after a
     restart (another policy from the same weights, the weights' checksum intact)."""
@@ -788,6 +809,32 @@ def test_a_lost_database_beside_weight_folders_is_refused_and_nothing_is_deleted
                                              r"of p1: the database that records them is gone"):
             create_app(data, worker=False)
         assert sorted(p.relative_to(data) for p in (data / "weights").rglob("*")) == folders
+
+
+def test_a_service_whose_data_directory_is_deleted_says_so_once_and_makes_no_new_one(services, tmp_path):
+    """With its data directory deleted, the service went on as if nothing had happened, and
+    the worker it restarts after a death would have made an empty database where the old
+    one was. It now says so once on stderr (and in /health) and restarts no worker."""
+    import shutil
+
+    data = tmp_path / "data"
+    s = services(data)
+    assert s.http.post("/v1/chains", json={"id": "p1", "regime": "T1"}).status_code == 201
+    shutil.rmtree(data)
+    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
+               (p / "stat").exists() and int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == s.proc.pid]
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.time() + 20
+    while s.http.get("/health").json()["worker"] == "running" and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # several of the watcher's rounds (every 0.25 s)
+    health = s.http.get("/health").json()
+    assert health["worker"] == "stopped" and health["status"] == "degraded" and "deleted" in health["database"]
+    assert not data.exists()
+    assert s.http.post("/v1/chains/p1/decide", json=_obs(0)).status_code == 200
+    s.stop()
+    assert s.proc.stderr.read().decode().count("moca.sqlite3: deleted while the service runs") == 1
 
 
 def test_a_job_killed_after_writing_weights_is_failed_never_half_applied(services, tmp_path):

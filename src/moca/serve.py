@@ -752,6 +752,23 @@ class Store:
                              + ("give this user write access to it and its folder" if "readonly" in str(err) else
                                 "move it aside to start with an empty one, or restore it from a backup")) from None
         self.lock = threading.RLock()
+        opened = os.stat(self.db_path)
+        self._identity = (opened.st_dev, opened.st_ino)
+
+    def database_problem(self) -> str | None:
+        """Why the file at ``db_path`` is no longer the database this store writes (None when
+        it is): deleted or replaced while the service runs, SQLite goes on writing to the
+        file it opened, which no one can read after the stop, without a word."""
+        try:
+            now = os.stat(self.db_path)
+        except FileNotFoundError:
+            what = "deleted"
+        else:
+            if (now.st_dev, now.st_ino) == self._identity:
+                return None
+            what = "replaced by another file"
+        return (f"{self.db_path}: {what} while the service runs; what it records from now on is lost when it "
+                "stops: stop it, put the data directory back (from a backup) and start again")
 
     def tx(self) -> "_Tx":
         return _Tx(self)
@@ -1464,9 +1481,15 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         """A worker that dies (killed, out of memory) is replaced; its job is re-run or
         failed. Versions the worker adds are loaded here, off the event loop, before
         their first decision needs them (a cold load takes ~10 ms)."""
+        told = False
         while True:
             await asyncio.sleep(0.25)
-            if rt.worker is not None and rt.worker.poll() is not None:
+            problem = store.database_problem()
+            if problem and not told:  # (once: /health goes on saying it)
+                print(f"moca serve: {problem}", file=sys.stderr, flush=True)
+            told = bool(problem)
+            # (not replaced then: a new worker would make an empty database where the old one was)
+            if not problem and rt.worker is not None and rt.worker.poll() is not None:
                 found = store.recover(cleanup=False)  # (a registration may be writing its weights now)
                 # /health's "recovered" counts since the start, a worker's death included
                 rt.recovered = {k: rt.recovered.get(k, 0) + v for k, v in found.items()}
@@ -1540,7 +1563,9 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                                                "'scheduled')")} if rt.unloadable else set()
         broken = [{"chain": chain, "version": number, "error": why}
                   for (chain, number), why in sorted(dict(rt.unloadable).items()) if (chain, number) in serving]
-        return {"status": "degraded" if broken else "ok", "models": list(MODELS),
+        database = store.database_problem()
+        return {"status": "degraded" if broken or database else "ok", "models": list(MODELS),
+                "database": database or "ok",
                 "worker": "running" if alive else "stopped", "jobs_pending": queued, "recovered": rt.recovered,
                 **counts, "auth": rt.token is not None, "unloadable_versions": broken}
 
