@@ -86,3 +86,58 @@ def interrupt_once_ready(*args, ready: str, timeout=300):
     finally:
         proc.kill()
     return proc.returncode, stdout, stderr
+
+
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux /proc)."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # (a process that ended while read)
+            pass
+    return found
+
+
+def orphans_outlive_a_kill(*args, ready: int = 1, timeout: float = 120) -> list[int]:
+    """Start `moca ARGS` in its own session, wait for ``ready`` children, ``kill -9`` it
+    (the children only), and return the children still there 10 s later (then killed)."""
+    import signal
+    import time
+
+    proc = start_in_own_session(*args)
+    found: list[int] = []
+    try:
+        deadline = time.time() + timeout
+        while len(found := children(proc.pid)) < ready:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.1)
+        time.sleep(1.0)  # (past their start)
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") and
+                                             "Z" not in _state(pid) for pid in found):
+            time.sleep(0.1)
+        return [pid for pid in found if os.path.exists(f"/proc/{pid}") and "Z" not in _state(pid)]
+    finally:
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"

@@ -405,3 +405,13 @@ def test_make_plan_checks_a_library_list_and_numbers_as_the_command_line_does():
             make_plan("CLSC-1", "carbon_tax", **{"values": "0,10", **kwargs})
     plan = make_plan("CLSC-1", "carbon_tax", [np.float64(0.0), 10], scenarios=np.int64(3))
     assert plan.values == [0.0, 10.0] and len(plan.seeds) == 3
+
+
+def test_a_killed_sweep_leaves_no_worker_computing(tmp_path):
+    """After a `kill -9` of `moca sweep`, its pool's workers went on computing, orphaned,
+    until killed one by one; they now end with it."""
+    from _cli import orphans_outlive_a_kill
+
+    left = orphans_outlive_a_kill("sweep", "--field", "carbon_tax", "--values", "0:300:10", "--policies", "oracle",
+                                  "--scenarios", "20", "--workers", "2", "--json", tmp_path / "sweep.json", ready=2)
+    assert left == []

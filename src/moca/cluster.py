@@ -49,7 +49,26 @@ def run_task(fn: Callable[[Any], Any], item: Any) -> Any:
         torch.set_num_threads(before)
 
 
+def _exit_with_parent(interval: float = 1.0) -> None:
+    """End this process (exit code 1) once the process that started it is gone: after a
+    ``kill -9`` of ``moca sweep``, its pool's workers went on, orphaned, until killed one
+    by one. A thread polling the parent's pid rather than Linux's ``PR_SET_PDEATHSIG``:
+    that one fires when the *thread* that started the child ends (a pool starts workers
+    from its own threads), and is Linux only."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # (an orphan is handed to init or a subreaper)
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="moca: exit with parent").start()
+
+
 def _pool_init() -> None:
+    _exit_with_parent()
     # Ctrl-C in a terminal reaches the whole process group. The main process alone acts on
     # it (it stops the workers, Backend.stop(now=True)); a worker that took it too would
     # print KeyboardInterrupt's traceback from here or hand it back as a task's result,
