@@ -117,6 +117,24 @@ def test_observation_holds_history_window_and_announced_change():
     assert at["used_virgin"] == 0.0 and at["window_left"] == pytest.approx(2 / 4)
 
 
+@pytest.mark.parametrize("late", [8, 12])
+def test_an_entry_starting_at_or_after_the_horizon_never_applies(late):
+    """docs/MODEL.md: such an entry is kept with a warning and never applies; CLSC-2's env
+    (and `moca evaluate --policy ppo --model CLSC-2`) failed at reset on an IndexError."""
+    first = {"start": 0, "recycled_content_min": 0.1, "recycled_content_window": 4}
+    with pytest.warns(UserWarning, match="never appl"):
+        env = CircularSupplyChain2Env([first, {"start": late, "carbon_tax": 100.0}], params=SHORT)
+    plain = CircularSupplyChain2Env([first], params=SHORT)
+    obs, _ = env.reset(seed=4)
+    expected, _ = plain.reset(seed=4)
+    for t in range(SHORT.horizon):  # the same episode as without the entry, to its end
+        np.testing.assert_array_equal(obs, expected)
+        action = np.full(9, 0.3, dtype=np.float32)
+        obs, cost, *_ = env.step(action)
+        expected, cost_plain, *_ = plain.step(action)
+        assert cost == cost_plain
+
+
 def test_bad_actions_refused():
     """The same error type as CLSC-1's env (SafetyError, a ValueError), and the episode goes on."""
     env = CircularSupplyChain2Env(params=SHORT)

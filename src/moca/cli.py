@@ -421,7 +421,7 @@ def _plot_episode(path: Optional[Path], scenario: Any, out: dict[str, Any], titl
     from moca.report import plot_episode
 
     names, units, state_units = _world_units(scenario)
-    changes = scenario.schedule.change_periods()
+    changes = [c for c in scenario.schedule.change_periods() if c < scenario.horizon]  # (later ones never apply)
     _write_plot(path, lambda where: plot_episode(out["periods"], scenario.demand, names, units, state_units, where,
                                                  title, changes))
 

@@ -191,7 +191,7 @@ class CircularSupplyChain2Env(gym.Env):
         demands seen (history included; never d_t), t / T."""
         T, units = scenario.horizon, self._units
         window, left = scenario.window_table(), scenario.periods_left()
-        changes = scenario.schedule.change_periods()
+        changes = [c for c in scenario.schedule.change_periods() if c < T]  # (a later entry never applies)
         seen = np.concatenate([scenario.demand_history, scenario.demand]) / units
         rows = []
         for t in range(T + 1):
