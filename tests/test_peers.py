@@ -131,8 +131,8 @@ def tiny_ppo(tmp_path_factory):
 
 def test_tiny_ppo_run_records_a_learning_curve(tiny_ppo):
     model, curve, _ = tiny_ppo
-    assert model.num_timesteps >= 256
-    assert curve["steps"][0] == 0 and curve["steps"][-1] >= 256 and len(curve["steps"]) >= 3
+    assert model.num_timesteps == curve["collected_steps"] == curve["trained_steps"] == 256  # two whole rollouts
+    assert curve["steps"][0] == 0 and curve["steps"][-1] == 256 and len(curve["steps"]) >= 3
     assert all(0.0 < s <= 1.0 for s in curve["score"])
     assert curve["seconds"] == sorted(curve["seconds"])
 
@@ -181,6 +181,29 @@ def test_cli_evaluates_a_ppo_checkpoint_and_refuses_bad_input(tiny_ppo, tmp_path
         assert bad.exit_code == 2 and needle in bad.stderr and "Traceback" not in bad.output
 
 
+def test_ppo_counts_the_steps_it_learned_from(tmp_path):
+    """PPO learns from whole rollouts: --max-steps 2600 stopped mid-rollout and learned from
+    2,048 (the same weights as --max-steps 3000) while both said they held their own count,
+    and --max-steps 1 wrote the untrained start as '4 env steps' of training."""
+    config = PPOConfig(seconds=120, max_steps=200, n_envs=2, n_steps=64, batch_size=64, n_epochs=1,
+                       eval_every=1, eval_regimes=["T1"], eval_scenarios=1)
+    model, curve = train_ppo(config)  # rounded up to two rollouts of 128, both learned from
+    assert curve["trained_steps"] == curve["collected_steps"] == model.num_timesteps == 256
+    assert curve["steps"] == [0, 128, 256]  # a score per policy (was one per env step: 0, 0, ..., the same score)
+    stops = iter([False] * 100 + [True])  # Ctrl-C after 100 vector steps: rollout 2 of 64 unfinished
+    model, curve = train_ppo(PPOConfig(**{**config.__dict__, "max_steps": None}), stop=lambda: next(stops))
+    assert curve["interrupted"] and curve["trained_steps"] == 128 and curve["collected_steps"] == 202
+    assert curve["steps"][-1] == 128
+    out = tmp_path / "ppo"
+    from typer.testing import CliRunner
+
+    from moca.cli import app
+
+    quick = CliRunner().invoke(app, ["peers", "train-ppo", "-o", str(out), "--seconds", "0.01"])  # no rollout ends
+    assert quick.exit_code == 1 and "no rollout of 2,048 env steps ended" in quick.stderr, quick.output
+    assert "nothing written" in quick.stderr and not out.exists()
+
+
 def test_ppo_config_names_what_is_wrong():
     from moca.baselines.ppo import PPOConfig, PPOError
 
@@ -191,15 +214,29 @@ def test_ppo_config_names_what_is_wrong():
 
 
 def test_ctrl_c_during_ppo_training_writes_the_policy_so_far(tmp_path):
-    from _cli import interrupt_once_ready
+    import os
+    import signal
+    import time
+
+    from _cli import cpu_seconds, start_in_own_session
 
     out = tmp_path / "ppo"
-    returncode, stdout, stderr = interrupt_once_ready("peers", "train-ppo", "--seconds", 600, "-o", out, "--json",
-                                                      ready="Ctrl-C stops after the current env step")
-    assert returncode == 130, stderr
+    proc = start_in_own_session("peers", "train-ppo", "--seconds", 600, "-o", out, "--json")
+    try:  # past the imports (~3 s of CPU) and some rollouts: an interrupt before the first writes nothing
+        deadline = time.time() + 120
+        while cpu_seconds(proc.pid) < 8.0:
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, stderr
     summary = json.loads(stdout)
     assert summary["interrupted"] is True and summary["wall_seconds"] < 600
-    assert f"the policy holds {summary['env_steps']} env steps" in stderr
+    assert f"the policy holds {summary['env_steps']:,} env steps" in stderr
+    assert summary["env_steps"] % 2048 == 0 and summary["collected_steps"] >= summary["env_steps"]
     assert (out / "weights.safetensors").exists() and json.loads((out / "learning_curve.json").read_text())["interrupted"]
 
 

@@ -2059,7 +2059,8 @@ def peers_train_ppo(
     seconds: float = typer.Option(300.0, "--seconds", min=0, help="Wall-clock training budget (s, > 0)."),
     seed: int = typer.Option(0, "--seed", min=0, max=LARGEST_PPO_SEED,
                              help="Seed of PPO and of the training episodes (Stable-Baselines3 takes 32 bits)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many env steps too."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop once this many env steps are "
+                                            "trained on too (PPO learns from whole rollouts of 2,048: rounded up)."),
     eval_every: int = typer.Option(20000, "--eval-every", min=1, help="Env steps between learning-curve scores."),
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -2079,22 +2080,31 @@ def peers_train_ppo(
         bar = progress.add_task("PPO", total=None)
         agent, curve = train_ppo(config, progress=lambda steps, score: progress.update(
             bar, description=f"PPO: {steps} steps, validation score {score:.3f}"), stop=stop)
+    trained, unlearned = curve["trained_steps"], curve["collected_steps"] - curve["trained_steps"]
+    rollout = config.n_envs * config.n_steps
+    untrained = f"{_count(unlearned, 'env step')} of an unfinished rollout not learned from"
+    if trained == 0:  # (4 steps, or a Ctrl-C in the first seconds, were written as a policy)
+        sys.stderr.write(f"moca: {'interrupted: ' if curve.get('interrupted') else ''}no rollout of "
+                         f"{rollout:,} env steps ended ({untrained}): nothing learned, nothing written to "
+                         f"{output}; give more --seconds\n")
+        raise typer.Exit(130 if curve.get("interrupted") else 1)
     command = "moca peers " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "moca peers train-ppo"
     save_ppo(output, agent.policy, {"model": config.model, "config": asdict(config), "command": command,
-                                    "env_steps": int(agent.num_timesteps), "wall_seconds": curve["wall_seconds"],
-                                    "learning_curve": curve})
+                                    "env_steps": trained, "collected_steps": curve["collected_steps"],
+                                    "wall_seconds": curve["wall_seconds"], "learning_curve": curve})
     _write_atomic(output / "learning_curve.json", json.dumps(curve, indent=1))
     plot_curve(curve, output / "learning_curve.png", title=f"PPO on {config.model}")
-    out = {"checkpoint": str(output), "env_steps": int(agent.num_timesteps), "wall_seconds": curve["wall_seconds"],
-           "validation_score": curve["score"][-1], "learning_curve": str(output / "learning_curve.json"),
-           "interrupted": curve.get("interrupted", False)}
+    out = {"checkpoint": str(output), "env_steps": trained, "collected_steps": curve["collected_steps"],
+           "wall_seconds": curve["wall_seconds"], "validation_score": curve["score"][-1],
+           "learning_curve": str(output / "learning_curve.json"), "interrupted": curve.get("interrupted", False)}
     if as_json:
         _print_json(out)
     else:
-        console.print(f"wrote {output}: {out['env_steps']} env steps in {out['wall_seconds']:.0f} s, "
-                      f"validation score {out['validation_score']:.4f}")
+        console.print(f"wrote {output}: trained on {trained:,} env steps in {out['wall_seconds']:.0f} s"
+                      + (f" ({untrained})" if unlearned else "") + f", validation score {out['validation_score']:.4f}")
     if out["interrupted"]:
-        sys.stderr.write(f"moca: interrupted: the policy holds {out['env_steps']} env steps of training\n")
+        sys.stderr.write(f"moca: interrupted: the policy holds {trained:,} env steps of training"
+                         + (f" ({untrained})" if unlearned else "") + "\n")
         raise typer.Exit(130)
 
 

@@ -73,7 +73,7 @@ class PPOConfig:
     eval_every: int = 20_000
     eval_regimes: list[str] = field(default_factory=lambda: ["T1", "T2", "T3"])
     eval_scenarios: int = 4
-    max_steps: int | None = None  # stop after this many env steps too (tests)
+    max_steps: int | None = None  # stop once this many env steps are trained on (whole rollouts: rounded up)
     model: str = "CLSC-1"  # the world: CLSC-1 or CLSC-2
 
     def __post_init__(self) -> None:
@@ -337,10 +337,13 @@ def validation_score(policy, scenarios, oracle: np.ndarray, model: str = "CLSC-1
 def train_ppo(config: PPOConfig = PPOConfig(), params: Params | None = None,
               progress: Callable[[int, float], None] | None = None,
               stop: Callable[[], bool] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Train PPO for ``config.seconds`` of wall clock; returns the SB3 model and the
-    learning curve ``{"steps", "seconds", "episode_cost", "score"}`` (lists). ``stop``:
-    asked after every env step (a :class:`moca.meta.StopRequest`); True ends the training
-    there, with ``curve["interrupted"]`` set."""
+    """Train PPO for ``config.seconds`` of wall clock (or ``config.max_steps`` env steps,
+    rounded up to whole rollouts); returns the SB3 model and the learning curve ``{"steps",
+    "seconds", "episode_cost", "score"}`` (lists; ``steps``: the env steps the policy scored
+    was trained on). ``stop``: asked after every env step (a :class:`moca.meta.StopRequest`);
+    True ends the training there, with ``curve["interrupted"]`` set. PPO learns from whole
+    rollouts of ``n_envs * n_steps`` env steps: ``curve["trained_steps"]`` counts those it
+    learned from, ``curve["collected_steps"]`` those it ran (an unfinished rollout's too)."""
     params = params or Params()
     if config.model == "CLSC-2" and params != Params():
         raise PPOError("params: CLSC-2 training uses the CLSC-2 defaults (Params2); pass no CLSC-1 params")
@@ -380,18 +383,22 @@ def _train(config: PPOConfig, params: Params, progress, stop) -> tuple[Any, dict
             self.costs: list[float] = []
             self.running = np.zeros(config.n_envs)
             self.next_eval = 0
+            self.trained = 0  # env steps of the rollouts trained on (a rollout ends, then PPO trains on it)
+
+        def _on_rollout_end(self) -> None:
+            self.trained = int(self.num_timesteps)
 
         def _record(self) -> None:
             elapsed = time.perf_counter() - started
             score = validation_score(self.model.policy, valid, valid_oracle, config.model)
             recent = self.costs[-50:]
-            curve["steps"].append(int(self.num_timesteps))
+            curve["steps"].append(self.trained)  # (what the policy scored learned from; it ran more)
             curve["seconds"].append(elapsed)
             curve["episode_cost"].append(float(np.mean(recent)) if recent else None)
             curve["score"].append(score)
-            self.next_eval = self.num_timesteps + config.eval_every
+            self.next_eval = self.trained + config.eval_every
             if progress:
-                progress(int(self.num_timesteps), score)
+                progress(self.trained, score)
 
         def _on_training_start(self) -> None:
             self._record()
@@ -402,19 +409,23 @@ def _train(config: PPOConfig, params: Params, progress, stop) -> tuple[Any, dict
                 if self.locals["dones"][i]:
                     self.costs.append(float(self.running[i]))
                     self.running[i] = 0.0
-            if self.num_timesteps >= self.next_eval:
+            # (by the steps learned from: the policy changes once a rollout ends; a score taken
+            # within a rollout was the last one's, repeated, --eval-every below 2,048)
+            if self.trained >= self.next_eval:
                 self._record()
             over_time = time.perf_counter() - started >= config.seconds
-            over_steps = config.max_steps is not None and self.num_timesteps >= config.max_steps
             if stop is not None and stop():
                 curve["interrupted"] = True
                 return False
-            return not (over_time or over_steps)
+            return not over_time
 
     callback = Curve()
-    model.learn(total_timesteps=10**12, callback=callback)
-    if not curve["steps"] or curve["steps"][-1] != model.num_timesteps:
+    # max_steps as SB3's total: whole rollouts until that many steps, each trained on (a stop
+    # in the callback mid-rollout leaves that rollout unlearned: 2,600 steps learned 2,048).
+    model.learn(total_timesteps=config.max_steps or 10**12, callback=callback)
+    if not curve["steps"] or curve["steps"][-1] != callback.trained:
         callback._record()
+    curve["trained_steps"], curve["collected_steps"] = callback.trained, int(model.num_timesteps)
     curve["wall_seconds"] = time.perf_counter() - started
     curve["validation"] = {"regimes": config.eval_regimes, "seeds": [int(s) for s in range(900, 900 + config.eval_scenarios)]}
     return model, curve
