@@ -95,6 +95,8 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    if directory.is_symlink():  # (a rename over the link replaced it, its target kept the old checkpoint)
+        directory = Path(os.path.realpath(directory))
     check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
@@ -118,10 +120,19 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
         (staging / META).write_text(json.dumps(meta, indent=1))
         publish_tree(staging)  # mkdtemp made it private; a checkpoint gets the user's umask
         if directory.exists():
-            backup = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(directory, backup)
-            os.replace(staging, directory)
+            # A fresh name for the old one (a user's own ".NAME.old" beside it was deleted):
+            # an empty folder, which a rename may replace.
+            backup = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old."))
+            try:
+                os.replace(directory, backup)
+            except BaseException:
+                backup.rmdir()
+                raise
+            try:
+                os.replace(staging, directory)
+            except BaseException:
+                os.replace(backup, directory)  # (the old checkpoint back under its name)
+                raise
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(staging, directory)

@@ -154,6 +154,12 @@ def _plot_path(path: Optional[Path], option: str = "--plot") -> None:
 def _write_plot(path: Path, draw: Callable[[str], Any]) -> None:
     """``draw(file)`` into a temporary file beside ``path``, then renamed: an interrupted
     drawing leaves no half-written figure under the user's name."""
+    from moca.files import output_target
+
+    path, stream = output_target(path)  # (through a link to its target; a device or FIFO as it is)
+    if stream:
+        draw(str(path))
+        return
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         draw(str(tmp))
@@ -238,16 +244,18 @@ def _scenario_replaceable(output: Path) -> None:
     """A scenario to write over ``output``: new, empty, or an older scenario file (replaced). Any
     other file is refused: ``-o params.json`` replaced the user's parameters without a word,
     and a folder was named by the temporary file written beside it."""
+    from moca.files import output_target
     from moca.scenario import ScenarioError, load_scenario
 
-    if not output.exists():
+    target, stream = output_target(output)
+    if stream or not target.exists():  # (a device or a FIFO is written to, as a stream)
         return
-    if output.is_dir():
+    if target.is_dir():
         raise UsageError(f"-o {output}: is a folder; give the scenario file's name")
-    if output.stat().st_size == 0:
+    if target.stat().st_size == 0:
         return
     try:
-        load_scenario(output)
+        load_scenario(target)
     except (ScenarioError, OSError):
         raise UsageError(f"-o {output}: exists and is not a moca scenario file; a new scenario replaces only an "
                          "older scenario, so give another name (or remove the file)") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,36 @@ def folder_mode() -> int:
     return 0o777 & ~umask()
 
 
-def check_parent(path: str | Path, option: str = "-o") -> Path:
-    """Refuse an output whose folder does not exist (moca never creates it silently)."""
+def output_target(path: str | Path) -> tuple[Path, bool]:
+    """Where an output named ``path`` is written, and whether as a stream: a symbolic
+    link's target (the link stays a link; a rename over it had replaced the link with a
+    file and left its target as it was), a device or a FIFO as they are (a rename over
+    ``/dev/null`` or ``/dev/stdout`` replaced them with a file), else ``path`` itself."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    try:
+        kind = path.stat().st_mode
+    except OSError:  # (not there yet)
+        return path, False
+    return path, not (stat.S_ISREG(kind) or stat.S_ISDIR(kind))
+
+
+def check_parent(path: str | Path, option: str = "-o") -> Path:
+    """Refuse an output whose folder does not exist (moca never creates it silently), or
+    where this user may not write (found before the work, not after it)."""
+    path = Path(path)
+    target, stream = output_target(path)
+    if stream:
+        if not os.access(target, os.W_OK):
+            raise OutputError(f"{option} {path}: no permission to write to it")
+        return path
+    parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"
         raise OutputError(f"{option} {path}: directory {parent} {what}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: no permission to write in {parent}")
     return path
 
 
@@ -65,8 +89,13 @@ def check_folder(path: str | Path, option: str) -> Path:
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write via a temporary file in the same folder and rename it into place, so a failure
-    never leaves half a file; the file gets the umask's mode."""
-    path = Path(path)
+    never leaves half a file; the file gets the umask's mode. Through a symbolic link to
+    its target; to a device or a FIFO directly (:func:`output_target`)."""
+    path, stream = output_target(path)
+    if stream:  # (a stream has no whole-or-nothing: written as it comes)
+        with open(path, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        return path
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -1,0 +1,91 @@
+"""What moca writes lands where the user pointed, and nothing of theirs is replaced or lost:
+through a symbolic link to its target, to a FIFO as a stream, never over a folder of
+theirs, and a folder it may not write in is named before the work."""
+
+import os
+import threading
+
+import pytest
+import torch
+from _cli import assert_bad_input, run_in_process
+
+from moca import checkpoint, files
+
+
+def test_a_scenario_is_written_through_a_link_and_into_a_fifo(tmp_path):
+    """A rename over the path replaced a symbolic link with a file (its target kept the old
+    scenario) and a FIFO (or /dev/null, as root) with a regular file."""
+    target = tmp_path / "s.json"
+    assert run_in_process("scenario", "new", "--seed", 1, "-o", target).returncode == 0
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    made = run_in_process("scenario", "new", "--seed", 2, "--model", "CLSC-2", "-o", link)
+    assert made.returncode == 0, made.stderr
+    assert link.is_symlink() and '"model": "CLSC-2"' in target.read_text()
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    made = run_in_process("scenario", "new", "--seed", 1, "-o", fifo)
+    reader.join(timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert fifo.is_fifo() and got and got[0].startswith(b"{") and b'"model": "CLSC-1"' in got[0]
+
+
+def test_a_checkpoint_is_written_through_a_link_and_keeps_a_users_dot_old_folder(tmp_path):
+    real, link = tmp_path / "real", tmp_path / "link"
+    checkpoint.save(real, {"w": torch.zeros(2)}, {"kind": "test"})
+    link.symlink_to(real)
+    checkpoint.save(link, {"w": torch.ones(2)}, {"kind": "test"})
+    assert link.is_symlink() and checkpoint.load(real)[0]["w"].tolist() == [1.0, 1.0]
+    # ".real.old" was the fixed name of the replaced one, deleted first: a user's folder of that name too
+    mine = tmp_path / ".real.old"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    checkpoint.save(real, {"w": torch.full((2,), 2.0)}, {"kind": "test"})
+    assert (mine / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".real.old", "link", "real"]
+
+
+def test_a_checkpoint_whose_last_rename_fails_is_the_old_one_again(tmp_path, monkeypatch):
+    real = tmp_path / "real"
+    checkpoint.save(real, {"w": torch.zeros(2)}, {"kind": "test"})
+    renames = []
+    replace = os.replace
+
+    def failing(src, dst):
+        renames.append((str(src), str(dst)))
+        if str(dst) == str(real) and ".real." in str(src) and ".old." not in str(src):
+            raise OSError("disk full")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(real, {"w": torch.ones(2)}, {"kind": "test"})
+    monkeypatch.undo()
+    assert len(renames) == 3  # the old one aside, the new one refused, the old one back
+    assert checkpoint.load(real)[0]["w"].tolist() == [0.0, 0.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real"]
+
+
+def test_a_folder_this_user_may_not_write_in_is_named_before_the_work(tmp_path, monkeypatch):
+    """As another user than root, `train -o ro/ck` failed after its minutes with an
+    internal PermissionError naming a temporary folder ('sweep failed' for a sweep)."""
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if os.fspath(path) == str(locked) else
+                        access(path, mode))  # (the tests may run as root, who may write anywhere)
+    with pytest.raises(files.OutputError, match=f"-o {locked}/x.json: no permission to write in {locked}"):
+        files.check_parent(locked / "x.json")
+    scenario = tmp_path / "s.json"
+    assert run_in_process("scenario", "new", "--seed", 1, "-o", scenario).returncode == 0
+    for args in (("scenario", "new", "--seed", 1, "-o", locked / "s.json"),
+                 ("train", "--steps", 1, "-o", locked / "ck"),
+                 ("oracle", "--scenario", scenario, "--plot", locked / "plan.png"),
+                 ("sweep", "--field", "carbon_tax", "--values", "0", "--policies", "oracle", "--scenarios", 2,
+                  "--json", locked / "sweep.json")):
+        option = "--plot" if "--plot" in args else "--json" if "--json" in args else "-o"
+        assert_bad_input(run_in_process(*args), f"{option} {locked}", "no permission to write in")
+    assert list(locked.iterdir()) == []
