@@ -338,3 +338,40 @@ def test_library_spellings_that_were_read_silently_or_failed_deep_are_refused_by
         CircularSupplyChainEnv(cost_scale="1")
     with pytest.raises(ValueError, match="accounting windows are CLSC-2's .*moca/CircularSupplyChain2-v0"):
         CircularSupplyChainEnv(regime={"recycled_content_window": 52})  # (at construction since 470c453)
+
+
+def test_a_yaml_merge_key_may_be_overridden_by_the_mappings_own(tmp_path):
+    """YAML's rule: a key written in the mapping overrides one merged from an alias; moca
+    refused it as a key given twice (and still refuses the same key written twice)."""
+    from moca.regime import load_schedule, read_structured
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("- &a {start: 0, recycled_content_min: 0.1, carbon_tax: 50}\n"
+                    "- {<<: *a, start: 10, recycled_content_min: 0.2}\n")
+    assert [(e.start, e.recycled_content_min, e.carbon_tax) for e in load_schedule(plan).entries] == \
+        [(0, 0.1, 50.0), (10, 0.2, 50.0)]
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("- &a {start: 0, carbon_tax: 50}\n- {<<: *a, start: 10, carbon_tax: 5, carbon_tax: 9}\n")
+    with pytest.raises(RegimeError, match="key 'carbon_tax' is given twice in one mapping"):
+        read_structured(twice)
+
+
+def test_a_plan_object_says_what_it_does_not_read(tmp_path):
+    """{"regimes": [...], "mandate": 0.3} was read as its regimes alone, the rest dropped
+    without a word, and a CLSC-2 plan was read on CLSC-1; a scenario file still gives its plan."""
+    from moca.regime import load_schedule
+    from moca.scenario import draw_scenario
+
+    entries = [{"start": 0, "recycled_content_min": 0.2}]
+    with pytest.raises(RegimeError, match=r"^p.json: mandate: unknown key of a plan"):
+        (tmp_path / "p.json").write_text(json.dumps({"regimes": entries, "mandate": 0.3}))
+        load_schedule(tmp_path / "p.json")
+    with pytest.raises(RegimeError, match=r"^mandate: unknown key of a plan"):
+        load_schedule({"regimes": entries, "mandate": 0.3})
+    with pytest.raises(RegimeError, match=r"model='CLSC-2': a plan of the other world; this command reads CLSC-1's"):
+        load_schedule({"regimes": entries, "model": "CLSC-2"})
+    assert load_schedule({"regimes": entries, "model": "CLSC-2", "name": "x"}, "CLSC-2").entries[0] \
+        .recycled_content_min == 0.2
+    scenario = tmp_path / "s.json"
+    scenario.write_text(draw_scenario(1, load_schedule(entries)).to_json())
+    assert load_schedule(scenario).entries[0].recycled_content_min == 0.2

@@ -465,7 +465,7 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
     if isinstance(spec, RegimeSchedule):
         return spec
     if isinstance(spec, dict) and "regimes" in spec:
-        spec = spec["regimes"]
+        spec = _plan_entries(spec, model, "")
     if isinstance(spec, list):
         return RegimeSchedule.from_list([_without_name(e) if isinstance(e, dict) else e for e in spec])
     if isinstance(spec, (dict, Regime)):  # one regime, in force throughout
@@ -480,13 +480,33 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
     if data is None:  # (an empty YAML file, or one of comments only)
         raise RegimeError(f"{path}: empty (expected a regime object or a list of regime entries)")
     if isinstance(data, dict) and "regimes" in data:
-        data = data["regimes"]
+        data = _plan_entries(data, model, f"{path.name}: ")
     if isinstance(data, dict):  # one regime: its errors name the file, as load_regime's do
         where = f"{path.name}: "
         return RegimeSchedule.constant(_validated(Regime, _without_name(data, where), prefix=where))
     if isinstance(data, list):
         data = [_without_name(e) if isinstance(e, dict) else e for e in data]
     return RegimeSchedule.from_list(data)
+
+
+#: The keys an object with ``regimes`` may hold beside it: a label, and those of a scenario
+#: file (read for its regimes; its series and ``params`` are the scenario's, not the plan's).
+PLAN_KEYS = frozenset({"regimes", "name", "model", "params", "demand_history", "demand", "return_frac", "grades",
+                       "supply_up", "market_avail"})
+
+
+def _plan_entries(data: dict[str, Any], model: str, where: str) -> Any:
+    """The ``regimes`` of a plan given as an object. Any other key was dropped without a
+    word (``{"regimes": [...], "mandate": 0.3}``), and a CLSC-2 plan was read on CLSC-1."""
+    unknown = sorted(str(k) for k in data if k not in PLAN_KEYS)
+    if unknown:
+        raise RegimeError(f"{where}{unknown[0]}: unknown key of a plan (an object with regimes holds regimes, "
+                          "and a name, or is a scenario file)")
+    declared = data.get("model", model)
+    if declared != model:
+        raise RegimeError(f"{where}model={declared!r}: a plan of the other world; this command reads {model}'s "
+                          "(--model chooses)")
+    return data["regimes"]
 
 
 def regime_label(spec: str, model: str = "CLSC-1") -> str:
@@ -542,9 +562,13 @@ class _YamlLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)  # (merge keys "<<" are not a repetition)
+            # Merge keys ("<<: *base") are no repetition: flattening puts the merged pairs
+            # first, and a key written in the mapping itself overrides one merged (YAML's
+            # rule), so only the mapping's own keys are checked against each other.
+            own = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+            self.flatten_mapping(node)
             seen: set = set()
-            for key_node, _ in node.value:
+            for key_node, _ in node.value[len(node.value) - own:]:
                 key = self.construct_object(key_node, deep=True)
                 if isinstance(key, (str, int, float, bool)) or key is None:
                     if key in seen:
