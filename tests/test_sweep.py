@@ -234,6 +234,12 @@ def test_cli_writes_json_and_plot(tmp_path):
     assert "shadow price (EUR per EUR/core)" in header  # (had no unit)
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
     assert np.isfinite(data["policies"]["oracle"]["cost"]).all()
+    # one file for both: the figure was written over the JSON, which was lost without a word
+    same = runner.invoke(app, ["sweep", "--field", "landfill_tax", "--values", "0,50", "--policies", "oracle",
+                               "--scenarios", "2", "--json", str(tmp_path / "both.png"), "--plot",
+                               str(tmp_path / "." / "both.png")])
+    assert same.exit_code == 2 and "the same file; give each its own" in same.stderr
+    assert not (tmp_path / "both.png").exists()
 
 
 def test_amounts_below_half_a_euro_print_as_0():

@@ -1976,6 +1976,9 @@ def sweep(
             _warn_if_not_held_out(seed, scenarios)
         _output_file(json_file, "--json")
         _plot_path(plot_file)
+        if json_file is not None and plot_file is not None and \
+                os.path.realpath(json_file) == os.path.realpath(plot_file):  # (the figure was written over the JSON)
+            raise UsageError(f"--json {json_file} and --plot {plot_file}: the same file; give each its own")
         backend = backend_from_options(ray_address, workers)
     except (SweepError, BackendError, RegimeError, UsageError, OutputError) as err:
         _fail(_message(err))
