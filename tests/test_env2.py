@@ -145,9 +145,21 @@ def test_bad_actions_refused():
         env.step(np.full(9, np.nan))
     with pytest.raises(SafetyError, match="non-finite entry"):
         env.step(torch.full((9,), float("inf")))
+    # Numbers only: text was converted ('0.5'), complex cut to its real part, a mask ignored.
+    for raw, message in ((np.array(["0.5"] * 9), "got ndarray of <U3"), (["0.5"] * 9, "got list"),
+                         (np.full(9, 0.5 + 1j), "of complex128"), ([True] * 9, "got list"), ([None] * 9, "got list"),
+                         (np.ma.array(np.zeros(9), mask=[1] + [0] * 8), "has masked entries")):
+        with pytest.raises(SafetyError, match=rf"expected 9 numbers|{message}") as info:
+            env.step(raw)
+        assert message in str(info.value), (raw, info.value)
+    for options in ("abc", [("scenario", None)]):  # (a text was read key by key: "unknown key(s) a, b, c")
+        with pytest.raises(ValueError, match=r"options: expected a dict such as \{'scenario': ...\} or None, got"):
+            env.reset(options=options)
     assert env.t == 0
     env.step(torch.zeros(9))  # a tensor is an action too
-    assert env.t == 1
+    env.step(np.ma.array(np.full(9, 0.5)))  # (nothing masked) as is a list of ints
+    env.step([0] * 9)
+    assert env.t == 3
 
 
 def test_violations_from_the_layer_and_from_an_independent_recount_agree():

@@ -332,7 +332,9 @@ def episode_scenario(env: gym.Env, seed: int | None, options: dict[str, Any] | N
     """The scenario of the episode ``env.reset`` starts, and the seed it was drawn from:
     ``options["scenario"]`` (of type ``kind``, the env's params), else the env's fixed
     scenario, else ``draw(seed)``; without a seed, one from the env's generator."""
-    options = options or {}
+    options = {} if options is None else options
+    if not isinstance(options, dict):  # (a text was read key by key: "unknown key(s) a, b, c")
+        raise ValueError(f"options: expected a dict such as {{'scenario': ...}} or None, got {type(options).__name__}")
     unknown = sorted(map(str, set(options) - {"scenario"}))
     if unknown:  # (a misspelt key was ignored without a word: the episode ran another scenario)
         raise ValueError(f"options: unknown key(s) {', '.join(unknown)} (this env reads 'scenario')")

@@ -147,10 +147,18 @@ def action_values(raw: Any, what: str = "raw action", symbols: tuple[str, ...] =
     if type(raw) is np.ndarray and raw.shape == (n,) and raw.dtype.kind == "f":  # the hot path
         values = raw.tolist()
     else:
+        source = raw.detach().cpu().numpy() if isinstance(raw, Tensor) else raw
+        if np.ma.isMaskedArray(source) and np.ma.getmaskarray(source).any():  # (asarray reads what the mask hides)
+            raise SafetyError(f"{what}: has masked entries; expected {n} numbers ({', '.join(symbols)})")
         try:
-            a = np.asarray(raw.detach().cpu().numpy() if isinstance(raw, Tensor) else raw, dtype=np.float64)
+            a = np.asarray(source)
+            # Numbers only: text ('0.5'), complex (its real part) and true/false were converted.
+            if a.dtype.kind not in "iuf":
+                raise TypeError
+            a = a.astype(np.float64)
         except (TypeError, ValueError):
-            raise SafetyError(f"{what}: expected {n} numbers ({', '.join(symbols)}), got {type(raw).__name__} "
+            got = f"{type(raw).__name__} of {a.dtype}" if isinstance(raw, np.ndarray) else type(raw).__name__
+            raise SafetyError(f"{what}: expected {n} numbers ({', '.join(symbols)}), got {got} "
                               f"{raw!r:.40}") from None
         if a.shape != (n,):
             raise SafetyError(f"{what}: expected shape [{n}] ({', '.join(symbols)}), got {list(a.shape)}")
