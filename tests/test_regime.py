@@ -118,6 +118,11 @@ def test_sequence_file(tmp_path):
     path.write_text("- T1\n- T7\n")
     with pytest.raises(RegimeError, match=r"sequence\[1\]='T7'"):
         load_sequence(path)
+    # a window on CLSC-1 is named by its entry (it was "regimes[0]", the scenario drawn for it)
+    path.write_text("- T1\n- T2\n- {recycled_content_window: 4, recycled_content_min: 0.1}\n")
+    with pytest.raises(RegimeError, match=r"^sequence\[2\].recycled_content_window=4: CLSC-1 settles the mandate"):
+        load_sequence(path)
+    assert load_sequence(path, "CLSC-2")[2][1].recycled_content_window == 4
 
 
 def test_sampled_regimes_are_valid_and_varied():

@@ -1474,7 +1474,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
 
     # CLSC-2's seed tasks carry W = 52; other names and objects are read as they are.
     tasks = _unique_labels([(label, TASKS_2[label] if label in TASKS_2 and regime == TASKS[label] else regime)
-                            for label, regime in load_sequence(sequence)])
+                            for label, regime in load_sequence(sequence, "CLSC-2")])
     params = _load_params(params_file, "CLSC-2") if params_file is not None else None
     from moca.continual import method_spec
 

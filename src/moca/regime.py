@@ -522,8 +522,9 @@ def regime_label(spec: str, model: str = "CLSC-1") -> str:
     return f"{name} ({Path(spec).name})" if isinstance(name, str) and name.strip() else spec
 
 
-def load_sequence(spec: str | Path | list[Any]) -> list[tuple[str, Regime]]:
-    """A task sequence (YAML/JSON list of names or regime objects) as ``(label, regime)``."""
+def load_sequence(spec: str | Path | list[Any], model: str = "CLSC-1") -> list[tuple[str, Regime]]:
+    """A task sequence (YAML/JSON list of names or regime objects) as ``(label, regime)``;
+    on CLSC-1 an accounting window is refused by its entry (CLSC-2's: ``model="CLSC-2"``)."""
     data = spec
     if not isinstance(spec, list):
         path = Path(str(spec))
@@ -546,6 +547,9 @@ def load_sequence(spec: str | Path | list[Any]) -> list[tuple[str, Regime]]:
             if label is not None and not isinstance(label, str):
                 raise RegimeError(f"sequence[{i}].name={label!r}: the regime's label must be text")
             regime = _validated(Regime, item, prefix=f"sequence[{i}].")
+            if model != "CLSC-2" and regime.recycled_content_window != 1:  # (was named as its scenario's regimes[0])
+                raise RegimeError(f"sequence[{i}].recycled_content_window={regime.recycled_content_window}: CLSC-1 "
+                                  "settles the mandate every period; accounting windows are CLSC-2's (--model CLSC-2)")
             out.append((str(label) if label else regime.describe(), regime))
         else:
             raise RegimeError(f"sequence[{i}]: expected a regime name or object, got {type(item).__name__}")
