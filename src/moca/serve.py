@@ -1552,6 +1552,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
 
     mutating = [Depends(authorised)]
 
+    @app.head("/health", include_in_schema=False)  # (what a load balancer's check may send; it was 405)
     @app.get("/health")
     def health() -> dict[str, Any]:
         counts = {name: store.one(f"SELECT COUNT(*) FROM {name}")[0] for name in ("chains", "regimes", "versions")}
@@ -1765,6 +1766,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             out.append({**r, "distance": _distance(features, r["features"])})
         return sorted(out, key=lambda r: r["distance"])
 
+    @app.head("/", response_class=HTMLResponse, include_in_schema=False)
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> str:
         return DASHBOARD
