@@ -380,3 +380,12 @@ def test_a_plan_object_says_what_it_does_not_read(tmp_path):
     scenario = tmp_path / "s.json"
     scenario.write_text(draw_scenario(1, load_schedule(entries)).to_json())
     assert load_schedule(scenario).entries[0].recycled_content_min == 0.2
+
+
+def test_a_regime_of_another_type_is_named_as_such():
+    """regime=5 was read as the name '5' ("unknown regime name")."""
+    with pytest.raises(RegimeError, match=r"^regime: expected a name \(T1, eu-ets-2025, ...\), a file or an object of "
+                                          r"the regime fields, got int 5$"):
+        load_regime(5)
+    with pytest.raises(RegimeError, match=r"a file, an object of the regime fields or a plan, got float 2.5$"):
+        load_schedule(2.5)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -430,6 +431,14 @@ def _without_name(data: dict[str, Any], where: str = "") -> dict[str, Any]:
     return data
 
 
+def _name_or_path(spec: Any, plans: bool) -> None:
+    """What is left once objects and lists are read: a name or a file (``regime=5`` was
+    read as the name '5')."""
+    if not isinstance(spec, (str, os.PathLike)):
+        raise RegimeError(f"regime: expected a name (T1, eu-ets-2025, ...), a file{',' if plans else ' or'} an object "
+                          f"of the regime fields{' or a plan' if plans else ''}, got {type(spec).__name__} {spec!r:.40}")
+
+
 def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1") -> Regime:
     """A regime from a name (``T1``, ``eu-ets-2025``), a YAML/JSON file, or a mapping
     (an optional ``name`` key is a label and is ignored)."""
@@ -441,6 +450,7 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
     if isinstance(spec, (list, tuple, RegimeSchedule)):
         raise RegimeError(f"regime: got a {type(spec).__name__}, a plan of rules that change; "
                           "moca.regime.load_schedule reads plans")
+    _name_or_path(spec, plans=False)
     text = str(spec)
     if text in names:
         return names[text]
@@ -470,6 +480,7 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
         return RegimeSchedule.from_list([_without_name(e) if isinstance(e, dict) else e for e in spec])
     if isinstance(spec, (dict, Regime)):  # one regime, in force throughout
         return RegimeSchedule.constant(load_regime(spec, model))
+    _name_or_path(spec, plans=True)
     text = str(spec)
     if text in named_regimes(model):
         return RegimeSchedule.constant(named_regimes(model)[text])
