@@ -181,13 +181,17 @@ def test_cli_evaluates_a_ppo_checkpoint_and_refuses_bad_input(tiny_ppo, tmp_path
         assert bad.exit_code == 2 and needle in bad.stderr and "Traceback" not in bad.output
 
 
-def test_ppo_counts_the_steps_it_learned_from(tmp_path):
+def test_ppo_counts_the_steps_it_learned_from(tmp_path, monkeypatch):
     """PPO learns from whole rollouts: --max-steps 2600 stopped mid-rollout and learned from
     2,048 (the same weights as --max-steps 3000) while both said they held their own count,
     and --max-steps 1 wrote the untrained start as '4 env steps' of training."""
     config = PPOConfig(seconds=120, max_steps=200, n_envs=2, n_steps=64, batch_size=64, n_epochs=1,
                        eval_every=1, eval_regimes=["T1"], eval_scenarios=1)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # (SB3's logger made an empty SB3-<time> folder there)
     model, curve = train_ppo(config)  # rounded up to two rollouts of 128, both learned from
+    assert list(tmp_path.glob("SB3-*")) == []
     assert curve["trained_steps"] == curve["collected_steps"] == model.num_timesteps == 256
     assert curve["steps"] == [0, 128, 256]  # a score per policy (was one per env step: 0, 0, ..., the same score)
     stops = iter([False] * 100 + [True])  # Ctrl-C after 100 vector steps: rollout 2 of 64 unfinished

@@ -358,6 +358,7 @@ def train_ppo(config: PPOConfig = PPOConfig(), params: Params | None = None,
 def _train(config: PPOConfig, params: Params, progress, stop) -> tuple[Any, dict[str, Any]]:
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import VecNormalize
 
     torch.manual_seed(config.seed)
@@ -370,6 +371,9 @@ def _train(config: PPOConfig, params: Params, progress, stop) -> tuple[Any, dict
                 policy_kwargs={"net_arch": list(config.net_arch), "activation_fn": torch.nn.Tanh,
                                "log_std_init": config.log_std_init},
                 seed=config.seed, device="cpu", verbose=0)
+    # A logger that writes nothing: SB3's default makes an empty /tmp/SB3-<time> folder per
+    # training (69 of them after a day of tests); moca keeps its own curve.
+    model.set_logger(Logger(folder=None, output_formats=[]))
     if config.action_bias_init is not None:
         with torch.no_grad():
             model.policy.action_net.bias.fill_(config.action_bias_init)
