@@ -200,6 +200,13 @@ def test_a_rule_effective_in_a_decided_period_says_it_holds_from_the_next_decisi
     assert client.post("/v1/chains/p1/decide", json=_obs(4)).json()["regime"]["carbon_tax"] == TASKS["T3"].carbon_tax
     default = client.post("/v1/chains/p1/regulations", json={"regime": "T2"}).json()  # no effective: the next one
     assert default["effective"] == default["in_force_from"] == 5
+    # after the episode's last period, the next decision is the next episode's first (no effective was a 422)
+    client.post("/v1/chains/p1/decide", json=_obs(51))
+    after = client.post("/v1/chains/p1/regulations", json={"regime": "T3"})
+    assert after.status_code == 202 and (after.json()["effective"], after.json()["in_force_from"],
+                                         after.json()["episode"]) == (0, 0, 1), after.text
+    assert client.post("/v1/chains/p1/reset").status_code == 200
+    assert client.post("/v1/chains/p1/decide", json=_obs(0)).json()["regime"]["carbon_tax"] == TASKS["T3"].carbon_tax
 
 
 def test_a_regulation_posted_again_while_pending_is_the_same_event(client):
@@ -222,10 +229,11 @@ def test_a_regulation_posted_again_while_pending_is_the_same_event(client):
     assert len(client.get("/v1/chains/p1/jobs").json()) == 5
     client.post("/v1/chains/p1/decide", json=_obs(1))
     assert client.post("/v1/chains/p1/decide", json=_obs(2)).json()["regime"]["carbon_tax"] == TASKS["T3"].carbon_tax
-    after = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2})  # in force now: new
+    after = client.post("/v1/chains/p1/regulations", json={"regime": "T2", "effective": 2})  # decided: from 3
     assert after.status_code == 202 and after.json()["repeated"] is False and after.json()["in_force_from"] == 3
-    again = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2})
+    again = client.post("/v1/chains/p1/regulations", json={"regime": "T2", "effective": 3})  # the same event
     assert again.status_code == 200 and again.json()["job"] == after.json()["job"]
+    assert client.post("/v1/chains/p1/decide", json=_obs(3)).json()["regime"]["carbon_tax"] == TASKS["T2"].carbon_tax
 
 
 def test_a_candidate_below_the_current_version_is_rejected_and_nothing_changes(client):

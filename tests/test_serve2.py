@@ -89,7 +89,7 @@ def test_clsc2_decisions_equal_the_library_policy_and_keep_every_row_across_a_wi
                                     "periods_left": int(periods_left[obs.t])}
         assert answer["regime"]["recycled_content_window"] == (52 if obs.t < 20 else 13)
         assert np.array_equal(action, project2(raw, inputs, table[obs.t], DEFAULT_PARAMS_2))
-        assert violations2(action, inputs, table[obs.t], DEFAULT_PARAMS_2) == 0
+        assert violations2(action, inputs, table[obs.t], DEFAULT_PARAMS_2) == 0 == answer["violations"]
         assert np.allclose(raw, out.raw[0, obs.t].numpy(), rtol=1e-5, atol=1e-4)  # (LSTM state kept in float32)
         assert np.allclose(action, out.executed[0, obs.t].numpy(), rtol=1e-5, atol=1e-3)
         projected += answer["projected"]
@@ -123,6 +123,55 @@ def test_a_clsc2_regulation_adapts_and_activates_a_validated_version(client):
     assert {r["model"] for r in memory} == {"clsc-2"} and len(memory) == 2
     assert len(memory[0]["features"]) == 7  # the CLSC-2 policy's regime columns, window included
     assert client.post("/v1/chains/p2/rollback", json={}).json()["policy_version"] == 1
+
+
+def test_a_late_rule_opens_its_window_where_it_holds_and_an_unreachable_settlement_is_told(client):
+    """A rule posted for a period decided already holds from the next decision, and a
+    window opens there (it was stored as posted: the old window's counters ran on into the
+    new one); where a change announced late leaves a window no settlement can reach, the
+    answer counts the broken rule (it was a 200 like any other)."""
+    assert client.post("/v1/chains", json={"id": "late", "model": "clsc-2", "regime": "T1"}).status_code == 201
+    for t in range(6):
+        body = {**_first_obs(), "t": t, "used_virgin": 1000.0 * t, "used_recycled": 300.0 * t}
+        assert client.post("/v1/chains/late/decide", json=body).status_code == 200
+    answer = client.post("/v1/chains/late/regulations", json={"regime": {"recycled_content_min": 0.1,
+                                                                         "recycled_content_window": 4}, "effective": 3})
+    assert answer.status_code == 202 and (answer.json()["effective"], answer.json()["in_force_from"]) == (3, 6)
+    assert [r["effective"] for r in client.get("/v1/chains/late").json()["pending_regulations"]] == [6]
+    carried = {**_first_obs(), "t": 6, "used_virgin": 6000.0, "used_recycled": 1800.0}
+    r = client.post("/v1/chains/late/decide", json=carried)
+    assert r.status_code == 422 and r.json()["detail"].startswith("used_virgin: 6000.0 must be 0 at t=6, the first "
+                                                                  "period of an accounting window (W=4"), r.text
+    r = client.post("/v1/chains/late/decide", json={**_first_obs(), "t": 6})
+    assert r.status_code == 200 and r.json()["window"] == {"recycled_content_window": 4, "periods_left": 1}, r.text
+
+    assert client.post("/v1/chains", json={"id": "cut", "model": "clsc-2", "regime": "T2"}).status_code == 201
+    assert client.post("/v1/chains/cut/decide", json=_first_obs()).status_code == 200
+    client.post("/v1/chains/cut/regulations", json={"regime": "T1", "effective": 31})  # T2's window ends at 30
+    behind = {**_first_obs(), "t": 30, "state": {**_first_obs()["state"], "M": 8000.0}, "used_virgin": 40000.0,
+              "used_recycled": 2000.0}  # 20% of the window's material is out of reach in one period
+    r = client.post("/v1/chains/cut/decide", json=behind)
+    assert r.status_code == 200 and r.json()["window"]["periods_left"] == 0, r.text
+    assert r.json()["violations"] >= 1
+
+
+def test_stock_round_off_an_unknown_chain_and_a_weekly_rules_window(client):
+    """A simulator executing the service's own use_recycled = M ended at M = -1e-13 kg, and the
+    next decision was a 422 (the safety layer reads such round-off as 0); a CLSC-2 body
+    for an unknown chain was a 422 on CLSC-1's fields, not the 404; a CLSC-2 rule with
+    W = 1 was shown without its window."""
+    assert client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": "eu-ets-2025"}).status_code == 201
+    assert client.get("/v1/chains/p2").json()["regime"]["regime"]["recycled_content_window"] == 1
+    for value, status in ((-1e-13, 200), (-1.0, 422)):
+        body = {**_first_obs(), "state": {**_first_obs()["state"], "M": value}}
+        r = client.post("/v1/chains/p2/decide", json=body)
+        assert r.status_code == status, r.text
+        if status == 200:
+            assert r.json()["regime"]["recycled_content_window"] == 1 and r.json()["action"]["use_recycled"] == 0.0
+    assert r.json()["detail"] == "state.M: Input should be greater than or equal to 0"
+    assert len(client.get("/v1/chains/p2/decisions").json()) == 1
+    r = client.post("/v1/chains/nope/decide", json=_first_obs())
+    assert r.status_code == 404 and r.json()["detail"] == "chain: no chain 'nope'", r.text
 
 
 def _first_obs() -> dict:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from moca.files import unique_keys
 from moca.limits import LARGEST_ID, MOST_STEPS, SUPPORT_SEEDS, VALIDATION_SEEDS
@@ -227,7 +227,7 @@ class ChainModel:
             memory.frames, memory.state, obs.t,
             [s.virgin, s.recycled, s.product, s.cores, s.backlog], obs.pipeline, obs.sales_history, regime_row,
             obs.return_frac, obs.last_demand)
-        return action, raw
+        return action, raw, 0  # (CLSC-1's feasible set is never empty: the projection keeps every rule)
 
     def summary(self, action: np.ndarray, regime, params) -> tuple[float, float]:
         """(EUR of the action's own terms of the period cost, recycled share of material)."""
@@ -338,14 +338,28 @@ Period = Annotated[int, Field(ge=0, description="period of the episode")]
 Pipeline = Annotated[list[float], Field(description="virgin orders still in transit after arrivals (L_v - 1 slots), kg")]
 SalesHistory = Annotated[list[float], Field(description="sales of the last L_r periods, oldest first, units")]
 ReturnFrac = Annotated[float, Field(ge=0, le=1, description="rho_t, share of the sales of t - L_r returned this period")]
+#: A stock's round-off below 0 that is read as 0 (the safety layer's reading of a stock): a
+#: simulator executing the service's own action (use_recycled = M, exactly, in floats) may
+#: end at -1e-13 kg, and the next decision was a 422 that stopped the closed loop.
+STOCK_ROUNDOFF = 1e-6
+
+
+def _stock_value(value: float) -> float:
+    if not value >= -STOCK_ROUNDOFF:  # (NaN is refused before: not a JSON number)
+        raise ValueError("Input should be greater than or equal to 0")
+    return value if value > 0.0 else 0.0
+
+
+#: A stock, kg or units (>= 0; round-off down to -STOCK_ROUNDOFF is read as 0).
+Stock = Annotated[float, Field(le=LARGEST_VALUE, json_schema_extra={"minimum": 0}), AfterValidator(_stock_value)]
 
 
 class StateIn(Strict):
-    virgin: float = Field(ge=0, le=LARGEST_VALUE, description="V, kg, after this period's arrivals")
-    recycled: float = Field(ge=0, le=LARGEST_VALUE, description="M, kg")
-    product: float = Field(ge=0, le=LARGEST_VALUE, description="P, units")
-    cores: float = Field(ge=0, le=LARGEST_VALUE, description="C, units, after this period's returns")
-    backlog: float = Field(ge=0, le=LARGEST_VALUE, description="B, units")
+    virgin: Stock = Field(description="V, kg, after this period's arrivals")
+    recycled: Stock = Field(description="M, kg")
+    product: Stock = Field(description="P, units")
+    cores: Stock = Field(description="C, units, after this period's returns")
+    backlog: Stock = Field(description="B, units")
 
 
 class DecideIn(Strict):
@@ -370,12 +384,12 @@ class Observation:
 
 
 class StateIn2(Strict):
-    V: float = Field(ge=0, le=LARGEST_VALUE, description="virgin material, kg, after this period's arrivals")
-    M: float = Field(ge=0, le=LARGEST_VALUE, description="recycled material, kg, after arrivals (last period's market purchase, "
-                                       "market_in, has arrived into it)")
-    P: float = Field(ge=0, le=LARGEST_VALUE, description="finished products, units")
-    CA: float = Field(ge=0, le=LARGEST_VALUE, description="grade-A cores, units, after this period's returns")
-    CB: float = Field(ge=0, le=LARGEST_VALUE, description="grade-B cores, units, after this period's returns")
+    V: Stock = Field(description="virgin material, kg, after this period's arrivals")
+    M: Stock = Field(description="recycled material, kg, after arrivals (last period's market purchase, market_in, "
+                                 "has arrived into it)")
+    P: Stock = Field(description="finished products, units")
+    CA: Stock = Field(description="grade-A cores, units, after this period's returns")
+    CB: Stock = Field(description="grade-B cores, units, after this period's returns")
 
 
 class DecideIn2(Strict):
@@ -520,7 +534,7 @@ class Clsc2Model(ChainModel):
         import torch
 
         from moca.policy2 import PolicyAgent2
-        from moca.projection import project2
+        from moca.projection import project2_counted
         from moca.sim2 import Observation2, State2
 
         (module, weights), p = deployed.decide, deployed.params
@@ -555,8 +569,10 @@ class Clsc2Model(ChainModel):
             raw = agent.act(observation)[0].numpy().astype(np.float64)
         memory.frames = torch.cat(agent._frames, dim=-1)[0].numpy().astype(np.float32)
         memory.state = tuple(x[0].numpy().astype(np.float32) for x in agent._states[0])
-        action = project2(raw, inputs, row, p)
-        return action, raw
+        # Counted: a window whose settlement is out of reach (cut short by a change announced
+        # late, or counters no action can settle) has no feasible action; the answer says so.
+        action, broken = project2_counted(raw, inputs, row, p)
+        return action, raw, broken
 
     def summary(self, action: np.ndarray, regime, params) -> tuple[float, float]:
         from moca import clsc2
@@ -603,6 +619,9 @@ class DecisionOut(BaseModel):
                                            "production, recovery, disposal)")
     recycled_share: float = Field(description="recycled share of this period's material input")
     latency_us: float = Field(description="µs from the validated observation to the executed action (in the service)")
+    violations: int = Field(description="hard rules the executed action breaks: 0, except where no action keeps them "
+                                        "all (CLSC-2: a window's settlement out of reach, e.g. cut short by a change "
+                                        "announced late); the action is then the nearest to keeping them")
     window: dict[str, int] | None = Field(None, description="CLSC-2 only: the accounting window W in force and "
                                                             "periods_left n_t after t in it (from the regime schedule)")
 
@@ -802,8 +821,8 @@ class Store:
 
     def regime_row(self, regime_id: int) -> dict[str, Any]:
         r = self.one("SELECT id, model, name, regime, features, created FROM regimes WHERE id=?", (regime_id,))
-        return {"id": r[0], "model": r[1], "name": r[2], "regime": json.loads(r[3]), "features": json.loads(r[4]),
-                "created": r[5]}
+        return {"id": r[0], "model": r[1], "name": r[2], "regime": _shown(r[1], json.loads(r[3])),
+                "features": json.loads(r[4]), "created": r[5]}
 
     def _refuse_lost_database(self) -> None:
         """A missing or empty database beside weight folders of versions: the record of
@@ -1102,11 +1121,18 @@ def _chain(rt: Runtime, chain: str) -> tuple:
 
 
 def _body_model(rt: Runtime, chain: str) -> type[BaseModel]:
-    """The decide body of the chain's model (CLSC-1's for an unknown chain: decide answers 404)."""
-    try:
-        return _chain(rt, chain)[0].body
-    except ServeError:
-        return DecideIn
+    """The decide body of the chain's model; an unknown chain is a 404 before its body is
+    read (a CLSC-2 body was checked against CLSC-1's: "422 state.virgin: Field required")."""
+    return _chain(rt, chain)[0].body
+
+
+def _shown(model_name: str, regime: dict[str, Any]) -> dict[str, Any]:
+    """A stored regime as answers show it: a CLSC-2 one with its window always (the regime's
+    JSON leaves out W = 1, CLSC-1's five fields; a client reading the sixth field of a
+    weekly CLSC-2 rule found none). Stored as it was: the memory's key stays the same."""
+    from moca.regime import WINDOW_FIELD
+
+    return {**regime, WINDOW_FIELD: regime.get(WINDOW_FIELD, 1)} if model_name == "clsc-2" else regime
 
 
 def _regime(rt: Runtime, model: ChainModel, regime_id: int) -> tuple[Any, np.ndarray, dict]:
@@ -1114,7 +1140,8 @@ def _regime(rt: Runtime, model: ChainModel, regime_id: int) -> tuple[Any, np.nda
     if regime_id not in rt.regimes:
         regime = model.regime(json.loads(rt.store.one("SELECT regime FROM regimes WHERE id=?", (regime_id,))[0]),
                               any_window=True)  # stored: accepted when it came (a database of an older moca)
-        rt.regimes[regime_id] = (regime, model.regime_row(regime), {"id": regime_id, **model.regime_dict(regime)})
+        rt.regimes[regime_id] = (regime, model.regime_row(regime),
+                                 {"id": regime_id, **_shown(model.name, model.regime_dict(regime))})
     return rt.regimes[regime_id]
 
 
@@ -1198,7 +1225,7 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
     deployed = _deployed(rt, model, chain, version)
     trial = ChainMemory(memory.episode, body.t, memory.frames, memory.state)
     row = model.decision_row(rt, chain, memory.episode, body.t, regime, row, params)
-    action, raw = model.decide(deployed, trial, model.observation(body), row)
+    action, raw, broken = model.decide(deployed, trial, model.observation(body), row)
     cost, share = model.summary(action, regime, params)
     projected = not np.array_equal(action, raw)
     latency = (time.perf_counter() - started) * 1e6
@@ -1216,7 +1243,7 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
     return {"action": dict(zip(names, action.tolist())), "raw_action": dict(zip(names, raw.tolist())),
             "projected": projected, "policy_version": version, "regime": regime_out, "t": body.t,
             "episode": memory.episode, "action_cost": cost, "recycled_share": share, "latency_us": round(latency, 1),
-            **model.decision_extra(row)}
+            "violations": broken, **model.decision_extra(row)}
 
 
 def _version_out(store: Store, row) -> dict[str, Any]:
@@ -1689,9 +1716,15 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                 "SELECT 1 FROM regimes WHERE name=? OR CAST(id AS TEXT)=?", (body.similar_to, body.similar_to)):
             raise ServeError(422, f"similar_to: no regime named or numbered {body.similar_to!r} in the memory")
         memory = _memory(rt, chain)
-        effective = body.effective if body.effective is not None else memory.last_t + 1
-        if effective >= params.horizon:
-            raise ServeError(422, f"effective: {effective} is past the episode (periods 0..{params.horizon - 1})")
+        if body.effective is not None and body.effective >= params.horizon:
+            raise ServeError(422, f"effective: {body.effective} is past the episode (periods 0..{params.horizon - 1})")
+        # A period already decided cannot be redone: the rule holds from the next decision, and
+        # is stored so (a window opens there, the past is the old rule's, its version says so;
+        # stored as posted, a late rule opened no window). After the episode's last period that
+        # is the next episode's first, also where no `effective` is given (it was a 422).
+        in_force = max(body.effective or 0, memory.last_t + 1) if body.effective is not None else memory.last_t + 1
+        next_episode = in_force >= params.horizon
+        effective = in_force
         with store.tx() as c:
             regime_id = store.regime_id(model, regime, params, name)
             # The event posted last, posted again while it is pending (a client's retry after a
@@ -1702,10 +1735,10 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                              "chain=? AND state='pending' ORDER BY id DESC LIMIT 1", (chain,)).fetchone()
             same = last[:2] if last and last[2:] == (regime_id, effective, memory.episode, body.similar_to) else None
             reg, job = same or _queue_regulation(c, chain, regime_id, effective, memory.episode, body.similar_to)
-        # A period already decided cannot be redone: such a rule is in force from the next
-        # decision, and the answer says so rather than let a client read `effective` as applied.
-        answer = {"job": job, "regime_id": regime_id, "regulation": reg, "effective": effective,
-                  "in_force_from": max(effective, memory.last_t + 1), "episode": memory.episode,
+        # The answer says from when, rather than let a client read `effective` as applied.
+        answer = {"job": job, "regime_id": regime_id, "regulation": reg,
+                  "effective": body.effective if body.effective is not None else 0 if next_episode else in_force,
+                  "in_force_from": 0 if next_episode else in_force, "episode": memory.episode + next_episode,
                   "repeated": same is not None}
         return JSONResponse(answer, status_code=200) if same else answer
 
