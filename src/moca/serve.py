@@ -1722,9 +1722,8 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         # is stored so (a window opens there, the past is the old rule's, its version says so;
         # stored as posted, a late rule opened no window). After the episode's last period that
         # is the next episode's first, also where no `effective` is given (it was a 422).
-        in_force = max(body.effective or 0, memory.last_t + 1) if body.effective is not None else memory.last_t + 1
+        in_force = max(body.effective or 0, memory.last_t + 1)  # (no effective: the next decision)
         next_episode = in_force >= params.horizon
-        effective = in_force
         with store.tx() as c:
             regime_id = store.regime_id(model, regime, params, name)
             # The event posted last, posted again while it is pending (a client's retry after a
@@ -1733,12 +1732,12 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             # the first again means it, and the later post wins.)
             last = c.execute("SELECT id, job, regime_id, effective, episode, similar_to FROM regulations WHERE "
                              "chain=? AND state='pending' ORDER BY id DESC LIMIT 1", (chain,)).fetchone()
-            same = last[:2] if last and last[2:] == (regime_id, effective, memory.episode, body.similar_to) else None
-            reg, job = same or _queue_regulation(c, chain, regime_id, effective, memory.episode, body.similar_to)
+            same = last[:2] if last and last[2:] == (regime_id, in_force, memory.episode, body.similar_to) else None
+            reg, job = same or _queue_regulation(c, chain, regime_id, in_force, memory.episode, body.similar_to)
         # The answer says from when, rather than let a client read `effective` as applied.
         answer = {"job": job, "regime_id": regime_id, "regulation": reg,
                   "effective": body.effective if body.effective is not None else 0 if next_episode else in_force,
-                  "in_force_from": 0 if next_episode else in_force, "episode": memory.episode + next_episode,
+                  "in_force_from": 0 if next_episode else in_force, "episode": memory.episode + int(next_episode),
                   "repeated": same is not None}
         return JSONResponse(answer, status_code=200) if same else answer
 
