@@ -127,3 +127,14 @@ def test_tuning_settings_are_refused_by_name():
                             ({"global_share": -1.0}, "global_share=-1.0")):
         with pytest.raises(ValueError, match=message):
             search_unit_box(lambda unit: unit.sum(0), 2, **{"budget": 50, "evaluated": lambda: 0, **kwargs})
+
+
+def test_a_return_lag_below_the_lead_time_does_not_starve_the_orders_under_a_mandate():
+    """The mandate's cap on virgin orders counted the cores due back before the order
+    arrives from the sales history only: with a return lag of 1 and a lead time of 5 it saw
+    none, starved the orders, and the tuned rule reached 0.31 of the oracle (the MPC 0.95)."""
+    chain = Params(lead_virgin=5, lag_return=1)
+    policy = tune_threshold(TASKS["T2"], chain, train_seeds=4, budget=150)
+    test = draw_scenarios(range(1000, 1003), TASKS["T2"], chain)
+    scores = np.array([solve_oracle(s).oracle_cost for s in test]) / run(policy, test).total_cost.numpy()
+    assert np.all(scores <= 1.0 + 1e-9) and scores.mean() > 0.9, scores
