@@ -364,3 +364,23 @@ def test_the_sampled_mpc_refuses_settings_it_took_without_a_word():
     assert MPC2Policy(horizon=np.int64(5)).horizon == 5
     with pytest.raises(ValueError, match="stocks: at least one safety stock to try"):
         select_safety_stock2([], np.zeros(0), ())
+
+
+def test_ppo_scored_off_its_chain_says_so(tmp_path):
+    """A PPO policy read 0.10 of the oracle on a chain of ten times the capacities without
+    a word, where a learned checkpoint warns of the params it was not trained on."""
+    from typer.testing import CliRunner
+
+    from moca.cli import app
+
+    chain = tmp_path / "big.json"
+    chain.write_text('{"cap_produce": 15000, "cap_order": 40000}')
+    for model in ("CLSC-1", "CLSC-2"):
+        off = CliRunner().invoke(app, ["evaluate", "--policy", "ppo", "--regime", "T2", "--params", str(chain),
+                                       "--scenarios", "1", "--model", model])
+        assert off.exit_code == 0, off.output
+        assert "PPO policy ppo was trained on the default chain (cap_order=4000.0->40000.0, cap_produce=1500.0->" \
+               "15000.0 differ here)" in " ".join(off.stderr.split()), off.stderr
+        on = CliRunner().invoke(app, ["evaluate", "--policy", "ppo", "--regime", "T2", "--scenarios", "1",
+                                      "--model", model])
+        assert on.exit_code == 0 and "PPO policy" not in on.stderr

@@ -622,8 +622,10 @@ def evaluate(
             task = progress.add_task(f"preparing {policy}", total=None)
             agent = build_policy(policy, plan, adapt_steps=adapt_steps, params=params, base=_base_choice(base),
                                  progress=_phase_bars(progress))
-            if isinstance(agent, DeployedPolicy):  # a learned checkpoint (PPO's has no chain parameters)
+            if isinstance(agent, DeployedPolicy):  # a learned checkpoint
                 _warn_if_trained_on_other_params(policy, params, adapting=adapt_steps > 0)
+            else:
+                _warn_if_ppo_off_its_chain(policy, params)
             progress.update(task, description=f"evaluating {policy}", total=len(tests), completed=0)
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
     summary = {"model": "CLSC-1", **result.summary()}  # (the same keys as CLSC-2's, where both have them)
@@ -706,8 +708,10 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
                 summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps, base=base,
                                             retune=retune, progress=_phase_bars(progress))
             elif files:
+                _warn_if_ppo_off_its_chain(policy, files[0].params)
                 summary = evaluate_peer2(policy, plan, None, scenarios=tests, progress=_phase_bars(progress)).summary()
             else:
+                _warn_if_ppo_off_its_chain(policy, params)
                 summary = evaluate_peer2(policy, plan, range(seed, seed + scenarios), params,
                                          progress=_phase_bars(progress)).summary()
         summary.setdefault("model", "CLSC-2")  # (the peers' summaries did not say; the learned policy's did)
@@ -1210,6 +1214,30 @@ def _warn_if_trained_on_other_params(where: str, params, trained=None, adapting:
     warning = other_params_warning(trained, params, str(where), adapting)
     if warning:
         _warn(warning)
+
+
+def _warn_if_ppo_off_its_chain(policy: str, params) -> None:
+    """A PPO policy scored on another chain than the one it was trained on: the warning a
+    learned checkpoint gives (a PPO policy read 0.10 of the oracle on a chain of ten times
+    the capacities without a word). PPO trains on its world's default chain, which its
+    checkpoint records when trained elsewhere (``params``)."""
+    from moca import checkpoint
+    from moca.chain2 import changed_fields
+    from moca.scenario import Params, Params2
+
+    if policy != "ppo" and checkpoint.declared_kind(policy) != "sb3-ppo":
+        return
+    kind = Params2 if isinstance(params, Params2) else Params
+    if policy == "ppo":
+        trained = kind()
+    else:
+        recorded = checkpoint.load(policy)[1].get("params")
+        trained = kind(**recorded) if isinstance(recorded, dict) else kind()
+    changed = changed_fields(trained, params)
+    if changed:
+        _warn(f"PPO policy {policy} was trained on {'the default chain' if trained == kind() else 'other params'} "
+              f"({changed} differ here); it runs as trained, unadapted (moca peers train-ppo trains on the default "
+              "chain only), so its score is that of a policy off its chain")
 
 
 def _seeds_within_range(seed: int, scenarios: int) -> None:
