@@ -400,6 +400,11 @@ def test_run_takes_params_and_the_meta_init_carries_over():
     assert meta_init_note(["reptile"], Params(cap_produce=1200)).startswith("checkpoint default-reptile")
     assert meta_init_note(["finetune", "scratch"], Params(cap_produce=1200)) is None
     assert meta_init_note(["moca"], Params()) is None
+    # a chain of another input size is refused, not warned of first (the run printed both)
+    from moca.policy import InputSizeError
+
+    with pytest.raises(InputSizeError, match="lead_virgin=5, lag_return=1 change the policy's input size"):
+        meta_init_note(["moca"], Params(lead_virgin=5, lag_return=1))
     assert_one_line(run_narrow("run", "--quick", "--params", "nowhere.yaml"), "nowhere.yaml")
 
 

@@ -655,7 +655,9 @@ def meta_init_note(methods: Sequence[str], params: Params) -> str | None:
     from moca.chain2 import other_params_warning
 
     for name in sorted({METHOD_CHECKPOINTS[m] for m in methods if method_spec(m).init == "meta"}):
-        note = other_params_warning(checkpoint.load_policy(name)[0].params, params, name)
+        module = checkpoint.load_policy(name)[0]
+        with_params(module, params)  # (a chain of another input size is refused first: not warned of, then refused)
+        note = other_params_warning(module.params, params, name)
         if note:
             return note
     return None
