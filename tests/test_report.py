@@ -244,3 +244,23 @@ def test_rebuild_from_saved_metrics_json(tmp_path):
     with pytest.raises(ReportError, match="bad.json: malformed JSON"):
         write_report_from_file(tmp_path / "bad.json")
     assert check_metrics(json.loads((tmp_path / "metrics.json").read_text()))["tasks"] == TASKS
+
+
+def test_a_run_on_another_chain_says_so_in_its_report(tmp_path):
+    """report.md of `moca run --params FILE` read as the default chain's: only metrics.json
+    said which chain it ran on; both worlds' reports now name the fields that differ."""
+    from moca.experiment2 import report2
+    from moca.report import chain_note
+    from moca.scenario import Params, Params2
+
+    metrics = {**_metrics(), "params": {**Params().model_dump(), "cap_produce": 1200.0},
+               "params_note": "checkpoint default was trained on other params (cap_produce=1500.0->1200.0)"}
+    text = write_report(metrics, tmp_path / "run").read_text()
+    assert "- Chain: not the default (cap_produce=1500.0->1200.0); checkpoint default was trained on" in text
+    assert chain_note({**metrics, "params": Params().model_dump()}) is None
+    assert "Chain:" not in write_report({**_metrics(), "params": Params().model_dump()}, tmp_path / "d").read_text()
+    two = {"id": "x", "model": "CLSC-2", "command": "moca run --model CLSC-2", "machine": {}, "wall_seconds": 1.0,
+           "seeds": {"test": [1000, 1001]}, "tasks": ["T1"], "baselines": {}, "methods": {}, "targets": {},
+           "params": {**Params2().model_dump(), "horizon": 26}}
+    assert "\nChain: not the default (horizon=52->26).\n" in report2(two)
+    assert "Chain:" not in report2({**two, "params": Params2().model_dump()})

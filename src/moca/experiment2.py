@@ -327,13 +327,15 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
 def report2(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
     """A short markdown report of a CLSC-2 run: final scores per task, forgetting, peers;
     ``images``: the PNG plots in the run folder to embed (:func:`moca.report.plot_markdown`)."""
-    from moca.report import PLOTS_2, plot_markdown
+    from moca.report import PLOTS_2, chain_note, plot_markdown
 
     tasks = metrics["tasks"]
+    chain = chain_note(metrics)
     lines = [f"# CLSC-2 seed experiment {metrics['id']}", "",
              f"`{metrics['command']}` on {metrics['machine'].get('cpu', '?')} "
              f"({metrics['machine'].get('cores', '?')} cores), {metrics['wall_seconds']:.0f} s; test seeds "
              f"{metrics['seeds']['test'][0]}-{metrics['seeds']['test'][-1]}; score = oracle cost / cost.", "",
+             *([chain, ""] if chain else []),
              "| policy | " + " | ".join(tasks) + " | mean | violations | drop on T1 after T2 |",
              "|---" * (len(tasks) + 4) + "|"]
     for name, by_task in metrics["baselines"].items():

@@ -1089,6 +1089,8 @@ def report_markdown(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
     run = []
     if m.get("command"):
         run.append(f"- command: `{m['command']}`")
+    if chain_note(m):
+        run.append(f"- {chain_note(m)}")
     machine = m.get("machine") or {}
     if machine:
         parts = [machine.get("cpu"), f"{machine['cores']} cores" if machine.get("cores") else None,
@@ -1108,6 +1110,24 @@ def report_markdown(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
     if run:
         lines += ["## Run", "", *run, ""]
     return "\n".join(lines)
+
+
+def chain_note(metrics: dict[str, Any]) -> str | None:
+    """One line where a run's chain is not its world's default: the fields that differ, and
+    the meta-init's note (trained on other params); None on the default chain. The report
+    showed neither, only metrics.json (a report read alone passed for the default chain's)."""
+    from moca.chain2 import changed_fields
+    from moca.scenario import Params, Params2
+
+    recorded = metrics.get("params")
+    if not isinstance(recorded, dict):
+        return None
+    kind = Params2 if metrics.get("model") == "CLSC-2" else Params
+    changed = changed_fields(kind(), kind(**recorded))
+    if not changed:
+        return None
+    note = metrics.get("params_note")
+    return f"Chain: not the default ({changed})" + (f"; {note}" if note else "") + "."
 
 
 def write_report(metrics: dict[str, Any], run_dir: str | Path) -> Path:
