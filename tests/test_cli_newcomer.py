@@ -397,6 +397,7 @@ def test_run_takes_params_and_the_meta_init_carries_over():
     note = meta_init_note(["finetune", "moca"], Params(cap_produce=1200, backlog_cost=8))
     assert note.startswith("checkpoint default was trained on other params (cap_produce=1500.0->1200.0, "
                            "backlog_cost=5.0->8.0)")
+    assert "the steps taken here adapt it to this chain" in note  # (it told the run to go and adapt)
     assert meta_init_note(["reptile"], Params(cap_produce=1200)).startswith("checkpoint default-reptile")
     assert meta_init_note(["finetune", "scratch"], Params(cap_produce=1200)) is None
     assert meta_init_note(["moca"], Params()) is None

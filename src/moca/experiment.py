@@ -657,7 +657,7 @@ def meta_init_note(methods: Sequence[str], params: Params) -> str | None:
     for name in sorted({METHOD_CHECKPOINTS[m] for m in methods if method_spec(m).init == "meta"}):
         module = checkpoint.load_policy(name)[0]
         with_params(module, params)  # (a chain of another input size is refused first: not warned of, then refused)
-        note = other_params_warning(module.params, params, name)
+        note = other_params_warning(module.params, params, name, adapting=True)  # (the run's methods adapt it)
         if note:
             return note
     return None

@@ -260,7 +260,7 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
     if params is not None:
         from moca.chain2 import retarget2
 
-        module, params_note = retarget2(module, params, "default")
+        module, params_note = retarget2(module, params, "default", adapting=True)  # (the run's methods adapt it)
         if params_note and warn is not None:
             warn(params_note)
     module.load_state_dict(LSTMPolicy2(module.params, module.config).state_dict())
