@@ -220,6 +220,7 @@ def test_nan_and_none_scores_show_as_dash(tmp_path):
     (lambda m: m["methods"]["moca"]["adaptation_steps"].pop(), r"methods\.moca\.adaptation_steps: expected one entry per task"),
     (lambda m: m["per_period"]["mpc"]["T2"]["emissions"].pop(), r"per_period\.mpc\.T2: series of different lengths"),
     (lambda m: m["baselines"]["mpc"]["T1"].pop("score"), r"baselines\.mpc\.T1\.score"),
+    (lambda m: m.__setitem__("params", {"cap_produce": "abc"}), r"metrics\.params\.cap_produce='abc' is not a number"),
 ])
 def test_malformed_metrics_are_refused_naming_the_part(tmp_path, mutate, match):
     metrics = _metrics()

@@ -1996,12 +1996,12 @@ def sweep(
         plan = make_plan(model, field, values, base=base, policies=policies, scenarios=scenarios, seed=seed,
                          adapt_steps=5 if adapt_steps is None else adapt_steps,
                          moca_base="caps" if moca_base is None else moca_base)
-        if "moca" not in plan.policies:  # (moca's options, valid values, were taken and ignored)
+        if "moca" in plan.policies:
+            _warn_if_not_held_out(seed, scenarios)
+        else:  # (moca's options, valid values, were taken and ignored)
             for option, value in (("--adapt-steps", adapt_steps), ("--moca-base", moca_base)):
                 if value is not None:
                     raise UsageError(f"{option}: moca's, and --policies {policies!r} has no moca")
-        if "moca" in plan.policies:
-            _warn_if_not_held_out(seed, scenarios)
         _output_file(json_file, "--json")
         _plot_path(plot_file)
         if json_file is not None and plot_file is not None and \

@@ -1089,8 +1089,9 @@ def report_markdown(metrics: dict[str, Any], images: Sequence[str] = ()) -> str:
     run = []
     if m.get("command"):
         run.append(f"- command: `{m['command']}`")
-    if chain_note(m):
-        run.append(f"- {chain_note(m)}")
+    chain = chain_note(m)
+    if chain:
+        run.append(f"- {chain}")
     machine = m.get("machine") or {}
     if machine:
         parts = [machine.get("cpu"), f"{machine['cores']} cores" if machine.get("cores") else None,
@@ -1117,13 +1118,16 @@ def chain_note(metrics: dict[str, Any]) -> str | None:
     the meta-init's note (trained on other params); None on the default chain. The report
     showed neither, only metrics.json (a report read alone passed for the default chain's)."""
     from moca.chain2 import changed_fields
-    from moca.scenario import Params, Params2
+    from moca.scenario import Params, Params2, validation_reason
 
     recorded = metrics.get("params")
     if not isinstance(recorded, dict):
         return None
     kind = Params2 if metrics.get("model") == "CLSC-2" else Params
-    changed = changed_fields(kind(), kind(**recorded))
+    try:
+        changed = changed_fields(kind(), kind(**recorded))
+    except ValueError as err:  # (an edited metrics.json: named as its other parts are)
+        raise ReportError(f"metrics.{validation_reason(err)}") from None
     if not changed:
         return None
     note = metrics.get("params_note")
