@@ -180,7 +180,12 @@ class ChainModel:
         return regime
 
     def regime_dict(self, regime) -> dict[str, Any]:
+        """The regime's JSON as the memory stores it (its key: a regime is found again by it)."""
         return regime.model_dump(mode="json")
+
+    def shown(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """A stored regime's JSON as answers show it (CLSC-1: as stored)."""
+        return stored
 
     def regime_row(self, regime) -> np.ndarray:
         return regime.as_row()
@@ -460,6 +465,14 @@ class Clsc2Model(ChainModel):
             return load_regime(data, model=MODEL)
         except RegimeError as err:
             raise ServeError(422, f"regime.{err}") from None
+
+    def shown(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """With its window always: the regime's JSON leaves out W = 1 (CLSC-1's five fields),
+        and a client reading the sixth field of a weekly CLSC-2 rule found none. Stored as
+        it was, so that the memory's key stays the same."""
+        from moca.regime import WINDOW_FIELD
+
+        return {**stored, WINDOW_FIELD: stored.get(WINDOW_FIELD, 1)}
 
     def decision_extra(self, row) -> dict[str, Any]:
         return {"window": {"recycled_content_window": row[1], "periods_left": row[2]}}
@@ -821,7 +834,7 @@ class Store:
 
     def regime_row(self, regime_id: int) -> dict[str, Any]:
         r = self.one("SELECT id, model, name, regime, features, created FROM regimes WHERE id=?", (regime_id,))
-        return {"id": r[0], "model": r[1], "name": r[2], "regime": _shown(r[1], json.loads(r[3])),
+        return {"id": r[0], "model": r[1], "name": r[2], "regime": MODELS[r[1]].shown(json.loads(r[3])),
                 "features": json.loads(r[4]), "created": r[5]}
 
     def _refuse_lost_database(self) -> None:
@@ -1126,22 +1139,13 @@ def _body_model(rt: Runtime, chain: str) -> type[BaseModel]:
     return _chain(rt, chain)[0].body
 
 
-def _shown(model_name: str, regime: dict[str, Any]) -> dict[str, Any]:
-    """A stored regime as answers show it: a CLSC-2 one with its window always (the regime's
-    JSON leaves out W = 1, CLSC-1's five fields; a client reading the sixth field of a
-    weekly CLSC-2 rule found none). Stored as it was: the memory's key stays the same."""
-    from moca.regime import WINDOW_FIELD
-
-    return {**regime, WINDOW_FIELD: regime.get(WINDOW_FIELD, 1)} if model_name == "clsc-2" else regime
-
-
 def _regime(rt: Runtime, model: ChainModel, regime_id: int) -> tuple[Any, np.ndarray, dict]:
     """(regime, its row, its JSON form) of a memory id; regimes never change once stored."""
     if regime_id not in rt.regimes:
         regime = model.regime(json.loads(rt.store.one("SELECT regime FROM regimes WHERE id=?", (regime_id,))[0]),
                               any_window=True)  # stored: accepted when it came (a database of an older moca)
         rt.regimes[regime_id] = (regime, model.regime_row(regime),
-                                 {"id": regime_id, **_shown(model.name, model.regime_dict(regime))})
+                                 {"id": regime_id, **model.shown(model.regime_dict(regime))})
     return rt.regimes[regime_id]
 
 
