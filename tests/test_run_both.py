@@ -77,15 +77,17 @@ differences = load_script("bench_run.py").differences  # (what the benchmark rep
 
 
 def test_differences_leave_out_only_what_differs_from_run_to_run():
-    run = {"id": "a", "wall_seconds": 3.0, "targets": [{"measured": "99 µs"}], "R": [[0.9, 0.8]],
+    run = {"id": "a", "wall_seconds": 3.0, "targets": [{"measured": "99 µs", "met": True}], "R": [[0.9, 0.8]],
            "baselines": {"mpc": {"T1": {"score": 0.97, "decision_latency_us": {"p50": 800.0}}}}}
     other = json.loads(json.dumps(run))
-    other.update(id="b", wall_seconds=4.0, targets=[{"measured": "101 µs"}])
+    # (a target's verdict follows its measurement: the 20x latency ratio was met in one of two runs)
+    other.update(id="b", wall_seconds=4.0, targets=[{"measured": "101 µs", "met": False}])
     other["baselines"]["mpc"]["T1"]["decision_latency_us"]["p50"] = 810.0
     assert differences(run, other) == []
     other["R"][0][1] = 0.80000001
     other["baselines"]["mpc"]["T1"]["score"] = 0.96
     assert differences(run, other) == ["/R[0][1]: 0.8 != 0.80000001", "/baselines/mpc/T1/score: 0.97 != 0.96"]
+    assert differences({"methods": {"moca": 1}}, {"methods": {"moca": 2}}) == ["/methods/moca: 1 != 2"]
 
 
 def test_plain_run_runs_both_worlds_at_once_with_the_numbers_of_one_after_the_other(tiny, tmp_path):
