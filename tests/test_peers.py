@@ -175,6 +175,11 @@ def test_cli_evaluates_a_ppo_checkpoint_and_refuses_bad_input(tiny_ppo, tmp_path
     # a budget of 0 s trained 4 env steps and wrote them as a policy without a word
     bad = runner.invoke(app, ["peers", "train-ppo", "-o", str(tmp_path / "zero"), "--seconds", "0"])
     assert bad.exit_code == 2 and "--seconds" in bad.stderr and not (tmp_path / "zero").exists()
+    # nan was told it "should be greater than or equal to 0"; train's --max-seconds the same
+    for command in (["peers", "train-ppo", "--seconds"], ["train", "--max-seconds"]):
+        bad = runner.invoke(app, [*command, "nan", "-o", str(tmp_path / "zero")])
+        assert bad.exit_code == 2 and f"{command[-1]} nan: " in bad.stderr and "greater" not in bad.stderr
+        assert not (tmp_path / "zero").exists()
     # a folder that cannot be made: refused before training, not after it (it was an internal error)
     for where, needle in ((blocker / "ppo", "is not a directory"), (tmp_path / "missing" / "ppo", "does not exist")):
         bad = runner.invoke(app, ["peers", "train-ppo", "-o", str(where), "--seconds", "600"])

@@ -825,7 +825,7 @@ def train(
     init: Optional[str] = typer.Option(None, "--init", help="maml (second order) | fomaml | reptile (overrides the config)."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=LARGEST_SEED, help="Seed of task draws and initial weights (overrides the config)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Meta steps (overrides the config)."),
-    max_seconds: Optional[float] = typer.Option(None, "--max-seconds", min=0,
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds",
                                                 help="Stop past this wall time (0: never; overrides the config). "
                                                      "A run cut short by time is not reproducible step for step."),
     ray_address: Optional[str] = typer.Option(None, "--ray", help="Run each meta step's regimes as Ray tasks: 'auto' (a local Ray) or a cluster address."),
@@ -842,6 +842,8 @@ def train(
         # (it was taken and ignored: a cluster has its own CPUs, and without --ray nothing uses it)
         _fail("--ray-cpus: the CPUs of a local Ray, only with --ray auto")
     ray_cpus = ray_cpus or 2
+    if max_seconds is not None and not max_seconds >= 0:  # (nan was told it "should be >= 0")
+        _fail(f"--max-seconds {max_seconds:g}: a wall time in seconds >= 0 (0: never)")
     with _bad_input():
         if _chosen_model(model) == "CLSC-2":
             return _train2(output, config_file, params_file, init, seed, steps, max_seconds, as_json,
@@ -2095,7 +2097,7 @@ app.add_typer(peers_app, name="peers")
 @peers_app.command("train-ppo")
 def peers_train_ppo(
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to write (safetensors + JSON)."),
-    seconds: float = typer.Option(300.0, "--seconds", min=0, help="Wall-clock training budget (s, > 0)."),
+    seconds: float = typer.Option(300.0, "--seconds", help="Wall-clock training budget (s, > 0)."),
     seed: int = typer.Option(0, "--seed", min=0, max=LARGEST_PPO_SEED,
                              help="Seed of PPO and of the training episodes (Stable-Baselines3 takes 32 bits)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop once this many env steps are "
@@ -2110,7 +2112,8 @@ def peers_train_ppo(
 
     from moca.baselines.ppo import PPOConfig, plot_curve, save_ppo, train_ppo
 
-    if seconds <= 0:  # (0 trained 4 env steps and wrote them as a policy without a word)
+    if not seconds > 0:  # (0 trained 4 env steps and wrote them as a policy without a word; nan
+        # was told it "should be >= 0")
         _fail(f"--seconds {seconds:g}: the training budget must be > 0 s (--max-steps stops it sooner)")
     with _bad_input():
         _output_dir(output)  # before the training's minutes, not after them
