@@ -167,7 +167,7 @@ def test_nine_column_action_files(tmp_path):
         load_actions(path, 3, names)
 
 
-def test_clsc1_params_beyond_the_limits_are_refused():
+def test_params_beyond_the_limits_are_refused():
     for change, message in (({"mass": 1e30}, r"params.mass=1e\+30 must be <= 1e\+12"),
                             ({"horizon": 10**8}, "params.horizon=100000000 must be <= 5200 periods"),
                             ({"lead_virgin": 521}, "params.lead_virgin=521 must be <= 520 periods"),
@@ -175,6 +175,12 @@ def test_clsc1_params_beyond_the_limits_are_refused():
         with pytest.raises(ValueError, match=message):
             Params(**change)
     assert Params(horizon=5200, lag_return=520, demand_base=1e12).horizon == 5200  # the limits themselves pass
+    # a noise spread of 1e12 drew 0 demand every period of a chain "with demand 1000 on average"
+    for kind in (Params, Params2):
+        for name in ("demand_sigma", "return_sigma"):
+            with pytest.raises(ValueError, match=rf"params.{name}=1000000000000.0 must be <= 3: the noise is lognormal"):
+                kind(**{name: 1e12})
+        assert kind(demand_sigma=3, return_sigma=3).demand_sigma == 3
     with pytest.raises(ScenarioError, match=r"demand\[0\]=2000000000000.0 must be <= 1e\+12"):
         Scenario(Params(horizon=2), RegimeSchedule.constant(Regime()), np.array([2e12, 1.0]), np.array([0.2, 0.2]))
 

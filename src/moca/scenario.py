@@ -37,6 +37,10 @@ LARGEST_VALUE = 1e12
 #: (ten), in periods: a typo such as 52000000 must not allocate and simulate for hours.
 LONGEST_HORIZON = 5200
 LONGEST_DELAY = 520
+#: The widest log-spread of the mean-one lognormal noises (demand_sigma, return_sigma). At 3
+#: the noise's median is already 1% of its mean; at 1e12 every draw was 0 (exp(-sd**2/2)
+#: underflows) and a chain "with demand 1000 on average" sold nothing, without a word.
+WIDEST_LOG_SPREAD = 3.0
 
 
 def validation_reason(err: Exception) -> str:
@@ -56,6 +60,9 @@ def _check_magnitude(name: str, value: float) -> None:
         raise ValueError(f"params.horizon={value!r} must be <= {LONGEST_HORIZON} periods")
     if name in ("lead_virgin", "lag_return") and value > LONGEST_DELAY:
         raise ValueError(f"params.{name}={value!r} must be <= {LONGEST_DELAY} periods")
+    if name in ("demand_sigma", "return_sigma") and value > WIDEST_LOG_SPREAD:
+        raise ValueError(f"params.{name}={value!r} must be <= {WIDEST_LOG_SPREAD:g}: the noise is lognormal "
+                         f"with mean 1, and beyond that spread nearly every draw is about 0")
     if float(value) > LARGEST_VALUE:  # (every parameter is >= 0: a negative one is refused as such)
         raise ValueError(f"params.{name}={value!r} must be <= {LARGEST_VALUE:g} (larger numbers are beyond "
                          "what the hindsight LP solves reliably)")
