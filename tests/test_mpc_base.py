@@ -194,6 +194,8 @@ def test_adapt_cli_on_a_chain_of_another_lead_time_deploys_the_lp(tmp_path):
     out = json.loads(result.stdout)
     assert out["base"] == "mpc" and out["portfolio"]["chosen"] == "mpc" and out["violations"] == 0
     assert "lead_virgin=2" in out["portfolio"]["notes"][0]
+    # seed ranges as [first, last] alike (validation_seeds was the string "900-901")
+    assert out["test_seeds"] == [1000, 1001] and out["validation_seeds"] == [900, 901]
     module, _ = load_mpc_policy(out_dir)
     assert module.params.lead_virgin == 3 and module.params.cap_produce == 1700
     evaluated = run("evaluate", "--policy", out_dir, "--regime", "T2", "--params", tmp_path / "chain.json",

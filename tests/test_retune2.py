@@ -212,6 +212,7 @@ def test_cli_adapt_retunes_by_default_on_a_plan_with_a_change_only(tmp_path, mon
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert (data["retune"], data["retune_given"]) == (12, False)
+    assert data["test_seeds"] == [1000, 1000] and data["validation_seeds"] == [900, 900]
     assert data["start"]["chosen"] in data["start"]["validation_scores"]
     out = run_in_process("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", plan, *fast)
     assert out.returncode == 0, out.stderr

@@ -1144,7 +1144,7 @@ def adapt(
            "curve": [{"step": c["step"], "score": c["score"], "seconds": c["seconds"], "kept": c["kept"],
                       "selected": c["step"] == selected} for c in curve],
            "regime": target.model_dump(), "test_seeds": [seed, seed + scenarios - 1],
-           "validation_seeds": "900-" + str(900 + validation - 1), "base": base, "portfolio": summary}
+           "validation_seeds": [900, 900 + validation - 1], "base": base, "portfolio": summary}
     out["seconds"] = portfolio.seconds if base != "default" else out["seconds"]
     if output is not None:
         with _bad_input():
@@ -1333,7 +1333,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
            "curve": [{"step": c["step"], "score": c["score"], "seconds": c["seconds"], "kept": c["kept"],
                       "selected": c["step"] == selected} for c in curve],
            "regime": plan.to_list_with_window(), "test_seeds": [seed, seed + scenarios - 1],
-           "validation_seeds": "900-" + str(900 + validation - 1), "base": base, "deployed": chosen.name,
+           "validation_seeds": [900, 900 + validation - 1], "base": base, "deployed": chosen.name,
            "retune": retune, "retune_given": retune_given, "portfolio": summary}
     if retune and "default" in portfolio.candidates:
         out["start"] = retuned_start(portfolio.candidates["default"].curve)
