@@ -207,6 +207,63 @@ def test_random_raw_sequences_settle_every_window(data):
     assert settled == int(fresh.sum())
 
 
+def _one_in_float64_batch(raw: np.ndarray, x: dict, reg: np.ndarray, params: Params2) -> np.ndarray:
+    """The batch layer in float64 (evaluation, ``moca simulate``) on one action."""
+    inputs = {name: torch.tensor([value], dtype=torch.float64) for name, value in x.items()}
+    return project2_batch(torch.tensor(raw)[None], inputs, reg[None], params)[0].numpy()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.floats(0.02, 0.95), st.floats(1.0, 1e5), st.integers(3, 104), st.floats(0.0, 0.999),
+       st.sampled_from([project2, _one_in_float64_batch]))
+def test_a_raw_action_within_the_tolerance_of_a_window_row_leaves_no_deficit(r, M, W, share, layer):
+    """The tolerance of row 6a is 1e-6 of (1 - r) M: a raw virgin use that much above its
+    bound was executed unchanged, and once M was used up the next periods' rows (right-hand
+    side 0, tolerance 1e-6 kg) could not be kept by any action: 3 violations with every
+    action through the layer. Rows 6a and 6b carry over, so they are kept exactly."""
+    params = Params2(cap_produce=1e7, init_recycled=M)
+    bound = (1 - r) * M / r  # u_v of row 6a with U = 0, no cores, no market
+    raw_uv = bound + share * 1e-6 * (1 - r) * M / r  # within the row's tolerance
+    zero = np.zeros(9)
+    V, Uv, Ur = 1e9, 0.0, 0.0
+    reg = np.array([r, 0.0, math.inf, 0.0, 0.0])
+    for t in range(W):
+        x = {"virgin": V, "recycled": M, "cores_a": 0.0, "cores_b": 0.0, "used_virgin": Uv, "used_recycled": Ur,
+             "periods_left": float(W - 1 - t), "supply_up": 1.0, "market_avail": 0.0}
+        raw = zero.copy()
+        if t == 0:
+            raw[2] = raw_uv
+        elif t == 1:
+            raw[3] = M  # every kg of recycled material on hand
+        a = np.asarray(layer(raw, x, reg, params), dtype=np.float64)
+        assert violations2(a, x, reg, params) == 0, (t, row_violations2(a, x, reg, params))
+        assert r * (Uv + a[2]) - (1 - r) * Ur <= (1 - r) * (M + params.mass * (
+            params.yield_disassembly_a * a[5] + params.yield_disassembly_b * a[6]) + a[1])  # 6a, exactly
+        V, M, Uv, Ur = V - a[2], M - a[3], Uv + a[2], Ur + a[3]
+    assert Ur >= r * (Uv + Ur) - 1e-6 * max(1.0, r * (Uv + Ur))  # the settlement
+
+
+def test_where_daqp_fails_quadprog_projects():
+    """Valid but badly scaled parameters (a product of 0.13 kg beside a market of 53 t) and
+    a tight emission cap: DAQP failed at both tolerances and the layer fell back, without a
+    word, to the safe action, 0.63 capacity units farther from the raw action than the
+    nearest feasible one (found by a probe; its reference answer from cvxpy)."""
+    params = Params2(mass=0.13128144132098263, cap_disassemble=3.1738076386305427, cap_dispose=7.867618274285631,
+                     cap_market=52807.5317280768, emis_produce=96.27489896461542)
+    scale = params.action_scale
+    x = dict(zip(CLSC2_INPUTS, (27072.439066350027, 1401.9544092936633, 80.30597655427118, 1326.8041040743365,
+                                0.0, 0.0, 0.0, 1.0, 0.32501142426781515)))
+    reg = np.array([0.0, 0.0, 0.020620209842936797, 0.0, 0.0])
+    y = np.array([-1907.3936649152927, -3653.6654833038588, 2071.1626935144786, -2603.4892286533304,
+                  1299.1549481344246, 3817.742773191821, -2332.9358304557113, -299.0564662041948, 4841.126536562325])
+    reference = np.array([0.0, 0.0, 0.0, 0.0, 80.13146, 0.17452, 0.0, 0.0, 7.86762])
+    for k in (1.0, 0.001):
+        a = project2(y * k * scale, x, reg, params)
+        assert violations2(a, x, reg, params) == 0
+        assert np.linalg.norm(a / scale - y * k) <= np.linalg.norm(reference / scale - y * k) + 1e-5
+        np.testing.assert_allclose(a, reference, atol=1e-4)
+
+
 # --- CLSC-1 declared in the same form: the generic engine agrees with moca.safety ------------------
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw1, stock, stock, stock, regime5)
@@ -217,9 +274,9 @@ def test_generic_projection_agrees_with_clsc1_safety(raw, v, m, c, reg):
     assert violations(CLSC1_ROWS, generic, x, reg, P1) == 0
     # Both are feasible; the projection p of y satisfies |q - p|^2 <= |q - y|^2 - |p - y|^2
     # for every feasible q, so with q = moca.safety's answer: no farther from the raw action
-    # than it, and equal to it wherever that is the projection. (moca.safety falls back to
-    # shrinking towards 0 when DAQP fails, e.g. C = 0 with raw cores ~1e5 capacities away:
-    # there the generic engine's answer is strictly nearer; see the test below.)
+    # than it, and equal to it wherever that is the projection. (moca.safety shrank towards 0
+    # when DAQP failed, e.g. C = 0 with raw cores ~1e5 capacities away; see the test below
+    # and test_safety's test_far_raw_actions_are_projected_not_shrunk_to_zero.)
     y, g, q = raw / S1, generic / S1, own / S1
     gap = np.sum((q - y) ** 2) - np.sum((g - y) ** 2)
     scale = 1.0 + np.sum(y * y)
@@ -237,6 +294,7 @@ def test_generic_projection_where_clsc1_safety_falls_back():
     reg = np.array([0.0, 0.0, math.inf, 0.0, 0.0])
     a = project(CLSC1_ROWS, raw, {"virgin": 0.0, "recycled": 0.0, "cores": 0.0}, reg, P1)
     np.testing.assert_allclose(a, [P1.cap_order, 0, 0, 0, 0, 0], rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(safety.project(raw, 0.0, 0.0, 0.0, reg, P1), a, rtol=1e-8, atol=1e-9)
 
 
 # --- the batched, differentiable projection --------------------------------------------------------

@@ -112,6 +112,27 @@ def test_project_batch_never_violates_and_agrees_with_project(cases, dtype):
                        atol=tol.ravel() ** 2 + 2 * tol.ravel() * np.sqrt(dist_ref)), (dist_out, dist_ref)
 
 
+def test_far_raw_actions_are_projected_not_shrunk_to_zero():
+    """About 2% of raw actions 1e5-1e12 capacities away failed in DAQP on the last bit of the
+    target, and the deployment path (the Gymnasium env, the service) then executed an action
+    near 0 where the nearest one orders at capacity: it now asks quadprog, then the training
+    path's exact solver, and agrees with it."""
+    rng = np.random.default_rng(2)
+    reg = np.array([0.0, 0.0, math.inf, 0.0, 0.0])
+    cases = [(np.array([6931088757.228799, -1124283037.7589233, 1401592398.3728335, -7417626257.805382,
+                        345428020.91417545, -7136704942.172495]), 4000.0, 500.0, 0.0)]  # found by a probe
+    for _ in range(300):
+        y = rng.normal(size=6) * 10.0 ** rng.integers(5, 13)
+        y[0] = abs(y[0]) + 1.5  # an order beyond capacity, which every feasible set allows
+        cases.append((y, *(float(rng.choice([0.0, x])) for x in (4000.0, 500.0, 200.0))))
+    raw, state, regimes = _batch([(y * S, v, m, c, reg) for y, v, m, c in cases])
+    exact = project_batch(raw, state, regimes, PARAMS).numpy()
+    for (y, v, m, c), batch_answer in zip(cases, exact):
+        out = project(y * S, v, m, c, reg, PARAMS)
+        assert out[0] >= PARAMS.cap_order * (1 - 1e-6), (y.tolist(), v, m, c, out)
+        assert np.abs(out - batch_answer).max() <= 1e-6 * PARAMS.cap_order, (y.tolist(), out, batch_answer)
+
+
 # --- exactness: the projection of the spec, checked two independent ways ----------------------
 small_raw = st.lists(st.floats(-1.5, 2.5), min_size=6, max_size=6).map(lambda z: np.array(z) * S)
 small_stock = st.one_of(st.just(0.0), st.floats(0.0, 5000.0))

@@ -40,6 +40,7 @@ from typing import Any
 
 import daqp
 import numpy as np
+import quadprog
 import torch
 from torch import Tensor
 
@@ -118,9 +119,15 @@ def _broken(c: RowCoefficients, a: np.ndarray, x: np.ndarray) -> np.ndarray:
     return c.on & (lhs > limit)
 
 
-def _ok(model: RowModel, c: RowCoefficients, reg: np.ndarray, a: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``[B]`` whether each action keeps every row (and the settlement)."""
+def _ok(model: RowModel, c: RowCoefficients, reg: np.ndarray, a: np.ndarray, x: np.ndarray,
+        carried_exactly: bool = False) -> np.ndarray:
+    """``[B]`` whether each action keeps every row (and the settlement); with
+    ``carried_exactly``, the model's carried rows with no tolerance at all."""
     ok = ~_broken(c, a, x).any(1) & (a >= -VIOLATION_TOL).all(1)
+    if carried_exactly and model.carried:
+        rows = c.on & model.carried_rows
+        lhs = (c.G * a[:, None, :]).sum(-1)
+        ok &= ~(rows & (lhs > c.h0 + (c.J * x[:, None, :]).sum(-1))).any(1)
     if model.settlement is not None:
         excess, tol = model.settlement(a, x, reg)
         ok &= excess <= tol
@@ -232,6 +239,32 @@ def _cached_structure(c: RowCoefficients, scale: np.ndarray, t: float) -> _Struc
     return structure
 
 
+def quadprog_projection(target: np.ndarray, A: np.ndarray, b: np.ndarray, upper: np.ndarray):
+    """The projection of ``target`` [n] onto ``{A z <= b, 0 <= z <= upper}`` by quadprog
+    (Goldfarb-Idnani), for where DAQP failed: z [n] and the multipliers as DAQP gives them
+    ([n] box, + upper and - lower, then [m] rows), or None if quadprog fails too.
+
+    Why a second solver: DAQP's success can hang on the last bit of a far-away target or on
+    rows whose coefficients span many decades (a product's mass of 0.13 kg beside a market
+    of 50,000 kg), and the layer then fell back, without a word, to an action far from the
+    nearest one. Rows and bounds at infinity are left out (quadprog needs finite ones)."""
+    n = target.size
+    rows, box = np.flatnonzero(np.isfinite(b)), np.flatnonzero(np.isfinite(upper))
+    C = np.concatenate([-A[rows].T, np.eye(n), -np.eye(n)[:, box]], axis=1)
+    bounds = np.concatenate([-b[rows], np.zeros(n), -upper[box]])
+    try:
+        z, _, _, _, multipliers, _ = quadprog.solve_qp(np.eye(n), np.asarray(target, dtype=np.float64), C, bounds, 0)
+    except ValueError:  # ("constraints are inconsistent", or a matrix it cannot factor)
+        return None
+    if not np.isfinite(z).all():
+        return None
+    lam = np.zeros(n + A.shape[0])
+    lam[n + rows] = multipliers[:rows.size]
+    lam[:n] -= multipliers[rows.size:rows.size + n]
+    lam[box] += multipliers[rows.size + n:]
+    return z, lam
+
+
 _EYE: dict[int, np.ndarray] = {}
 
 
@@ -259,7 +292,10 @@ def _daqp_batch(y: np.ndarray, s: _System, which: np.ndarray):
             if flag >= 1:
                 z[j], lam[j] = x, info["lam"]
                 return True
-        return False
+        second = quadprog_projection(target, A[j], bupper[j, n:], bupper[j, :n])
+        if second is not None:
+            z[j], lam[j] = second
+        return second is not None
 
     for j in range(p):
         one(j, y[j])
@@ -298,9 +334,14 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     ``out_dtype``); for the elements that were projected, their active sets (when
     ``need_active``: the backward pass needs them, the deployment path does not); and how
     many executed actions the final check did not pass (0 unless the state itself breaks
-    a row, e.g. stocks the layer never produced)."""
+    a row, e.g. stocks the layer never produced).
+
+    Executed in float64 (deployment, evaluation), an action keeps the model's carried rows
+    exactly; float32 is the training path, whose rounding alone breaks a row by ~1e-7 of its
+    right-hand side and whose actions are never executed."""
     out = a.copy()
-    index = np.flatnonzero(~_ok(model, c, reg, a, x))
+    exact = out_dtype == np.float64
+    index = np.flatnonzero(~_ok(model, c, reg, a, x, exact))
     if index.size == 0:
         return out, None, 0
     scale = model.scale(params)
@@ -310,7 +351,7 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     p, n, m = index.size, a.shape[1], c.G.shape[1]
     rounded = lambda v: v.astype(out_dtype).astype(np.float64)  # noqa: E731
     ok = lambda v, j: _ok(model, cs if j is None else cs.take(j), rs if j is None else rs[j], rounded(v),  # noqa: E731
-                          xs if j is None else xs[j])
+                          xs if j is None else xs[j], exact)
     structure = _cached_structure(c, scale, t)
     s = _system(cs, xs, safe, scale, t, structure if everyone else structure.take(index))
     z, lam = _daqp_batch(ys * ~s.pinned, s, np.arange(p))

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from moca.projection import quadprog_projection
 from moca.scenario import Params
 
 #: A row is violated when broken by more than ``VIOLATION_TOL * max(1, |rhs|)`` in its own units.
@@ -625,14 +626,15 @@ def _daqp(minus_y: list[float], G: np.ndarray, G_address: int, bounds: list[floa
     ``y - z`` lies in the normal cone at ``z``, so re-solving from ``z + (y - z)/|y - z|``
     gives the same point computed from numbers of order 1.
     """
-    z = _solve(minus_y, G, G_address, bounds)
+    z = _solve(minus_y, G, G_address, bounds) or _second_solver(minus_y, G, bounds)
     if z is None:
         return None
     # (z lies in the box, so only a target beyond 100 can be 100 away from it)
     if max(minus_y) > 100.0 or min(minus_y) < -100.0:
         step = max(abs(a + b) for a, b in zip(minus_y, z))
         if step > 100.0:
-            z = _solve([(b + a) / step - b for a, b in zip(minus_y, z)], G, G_address, bounds)  # -(z + (y - z) / step)
+            near = [(b + a) / step - b for a, b in zip(minus_y, z)]  # -(z + (y - z) / step)
+            z = _solve(near, G, G_address, bounds) or _second_solver(near, G, bounds)
             if z is None:
                 return None
     # DAQP keeps the box to its tolerance; clip onto it exactly (unrolled, see _project_one)
@@ -642,6 +644,15 @@ def _daqp(minus_y: list[float], G: np.ndarray, G_address: int, bounds: list[floa
     return [(0.0 if z0 < 0.0 else (u0 if z0 > u0 else z0)) * s0, (0.0 if z1 < 0.0 else (u1 if z1 > u1 else z1)) * s1,
             (0.0 if z2 < 0.0 else (u2 if z2 > u2 else z2)) * s2, (0.0 if z3 < 0.0 else (u3 if z3 > u3 else z3)) * s3,
             (0.0 if z4 < 0.0 else (u4 if z4 > u4 else z4)) * s4, (0.0 if z5 < 0.0 else (u5 if z5 > u5 else z5)) * s5]
+
+
+def _second_solver(minus_y: list[float], G: np.ndarray, bounds: list[float]) -> list[float] | None:
+    """quadprog's projection where DAQP failed (see projection.quadprog_projection): about 2%
+    of raw actions beyond 1e5 capacities failed in DAQP on the last bit of the target, and
+    the layer then executed an action near 0 where the nearest one ordered at capacity."""
+    bounds_array = np.asarray(bounds, dtype=np.float64)
+    second = quadprog_projection(-np.asarray(minus_y, dtype=np.float64), G, bounds_array[6:], bounds_array[:6])
+    return None if second is None else second[0].tolist()
 
 
 def _shrink_to_feasible(a: list[float], ok) -> list[float]:
@@ -659,10 +670,13 @@ def _shrink_to_feasible(a: list[float], ok) -> list[float]:
 
 
 def _project_one(a: list[float], V: float, M: float, C: float, r: float, cap: float, kappa: float,
-                 L: ConstraintLayout, tighten: float, ok=None) -> tuple[list[float], tuple[bool, ...] | None]:
+                 L: ConstraintLayout, tighten: float, ok=None,
+                 exact: bool = True) -> tuple[list[float], tuple[bool, ...] | None]:
     """Projection of an infeasible action (6 floats); ``ok(list of 6 floats)`` is the final
     test. Without ``ok`` the test is the spec's rows in float64, and the second value is
-    that final check, per row (it is the check a caller counting violations would repeat)."""
+    that final check, per row (it is the check a caller counting violations would repeat).
+    Where DAQP (and quadprog) fail, the training path's exact solver is tried for this one
+    action (``exact``; off when that solver is the caller) before the last resort."""
     scale = L.scale_list
     # -y (-v / s is exactly -(v / s)); unrolled: a comprehension costs ~0.5 us more on 3.11
     a0, a1, a2, a3, a4, a5 = a
@@ -681,6 +695,17 @@ def _project_one(a: list[float], V: float, M: float, C: float, r: float, cap: fl
             elif ok(best):
                 return best, None
     check = lambda x: _rows_ok_one(x, V, M, C, r, cap, kappa, L)  # noqa: E731
+    if exact and tighten == _TIGHTEN_DEPLOYMENT:
+        # (DAQP failed on about 2% of raw actions beyond 1e5 capacities, on the last bit of the
+        # target; the exact solver below moves far-away targets to numbers of order 1 first)
+        one = lambda v: np.array([v], dtype=np.float64)  # noqa: E731
+        out, _ = _solve_batch(np.array([a], dtype=np.float64), one(V), one(M), one(C), one(r), one(cap), one(kappa),
+                              L, torch.float64, exact=False)
+        candidate = out[:, 0].tolist()
+        if ok is not None and ok(candidate):
+            return candidate, None
+        if ok is None and all(kept := check(candidate)):
+            return candidate, kept
     # Last resort (not seen in tests): shrink towards the always-feasible zero action.
     best = _shrink_to_feasible(best or [max(v, 0.0) for v in a], ok or (lambda x: all(check(x))))
     return best, None if ok is not None else check(best)
@@ -1208,9 +1233,11 @@ class _BatchSolution:
     norm5: float
 
 
-def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: ConstraintLayout, out_dtype: torch.dtype):
+def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: ConstraintLayout, out_dtype: torch.dtype,
+                 exact: bool = True):
     """Executed actions ``[6, B]`` (float64 values representable in ``out_dtype`` without a
-    violation) and what the backward pass needs about the projected elements."""
+    violation) and what the backward pass needs about the projected elements (``exact``:
+    see :func:`_project_one`)."""
     ok = _rows_ok_batch(a, V, M, C, r, cap, kappa, L).all(0)
     # Batch last, like the rest of this path; the caller hands it out as a [B, 6] view whose
     # columns are contiguous, which is what the simulator's step reads fastest.
@@ -1271,7 +1298,7 @@ def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: ConstraintLayout, out
             x = np.asarray(x, dtype=np_dtype).astype(np.float64)
             return all(_rows_ok_one(x.tolist(), Vi[j], Mi[j], Ci[j], ri[j], capi[j], ki[j], L))
         executed[j] = _project_one(a[idx[j]].tolist(), float(Vi[j]), float(Mi[j]), float(Ci[j]), float(ri[j]),
-                                   float(capi[j]), float(ki[j]), L, t, ok)[0]
+                                   float(capi[j]), float(ki[j]), L, t, ok, exact=False)[0]
         z[:, j] = executed[j] / s
     # Active rows for the backward pass: from the slacks where no solver reported them.
     redo = np.setdiff1d(np.arange(idx.size), coupled[done[coupled] & good[coupled]])

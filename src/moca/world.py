@@ -92,6 +92,15 @@ class RowModel:
     # Checks beyond the rows that a violation count includes (CLSC-2: the window settlement):
     # (a [B, n], x [B, k], regime [B, 5]) -> (excess [B], tolerance [B]); -inf excess where none applies.
     settlement: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    # Spec rows whose excess the later decisions inherit (CLSC-2's window counters): the
+    # layer executes a raw action unchanged only if it keeps them exactly, since an excess
+    # within the tolerance of a row on 0.8 M kg is beyond it once M is used up.
+    carried: tuple[str, ...] = ()
+
+    @cached_property
+    def carried_rows(self) -> np.ndarray:
+        """[m] bool: the rows of :attr:`carried`."""
+        return np.array([spec in self.carried for spec in self.row_spec], dtype=bool)
 
     @cached_property
     def _stock_index(self) -> list[int]:
@@ -342,6 +351,7 @@ CLSC2_ROWS = RowModel(
     coefficients=_clsc2_coefficients,
     safe_action=clsc2_safe_action,
     settlement=clsc2_settlement,
+    carried=("6a", "6b"),
 )
 
 MODELS: dict[str, RowModel] = {"CLSC-1": CLSC1_ROWS, "CLSC-2": CLSC2_ROWS}
