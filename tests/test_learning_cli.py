@@ -245,3 +245,31 @@ def test_a_training_that_diverges_says_so_and_writes_nothing(model, tmp_path, mo
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "training diverged, nothing written to" in result.stderr and "meta step 1: the meta-gradient" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("model", ["CLSC-1", "CLSC-2"])
+def test_continual_from_a_fresh_start_gives_the_same_numbers_twice(tmp_path, model):
+    """finetune and ewc without --checkpoint start from a fresh LSTM, which was drawn from
+    torch's unseeded generator: each run gave other scores. It is seeded as moca run seeds it."""
+    from _cli import run_in_process
+
+    sequence = tmp_path / "seq.yaml"
+    sequence.write_text("- T1\n")
+    args = ("continual", "--model", model, "--sequence", sequence, "--method", "finetune", "--steps", 1,
+            "--scenarios", 1, "--json")
+    first, second = run_in_process(*args), run_in_process(*args)
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr, second.stderr)
+    assert json.loads(first.stdout)["R"] == json.loads(second.stdout)["R"]
+
+
+def test_reptile_on_clsc2_needs_its_own_checkpoint(tmp_path):
+    """No CLSC-2 Reptile meta-init ships: reptile ran from the first-order MAML one and
+    reported fomaml's numbers as its own. It is refused, before any work, naming the way out."""
+    sequence = tmp_path / "seq.yaml"
+    sequence.write_text("- T1\n")
+    assert_bad_input(run("continual", "--model", "CLSC-2", "--sequence", sequence, "--method", "reptile"),
+                     "no CLSC-2 Reptile meta-init ships", "--checkpoint")
+    for world in (("--model", "CLSC-2"), ()):  # plain moca run: before CLSC-1's minutes
+        out = tmp_path / "runs"
+        assert_bad_input(run("run", *world, "--methods", "moca,reptile", "--quick", "--runs-dir", out), "reptile")
+        assert not out.exists()

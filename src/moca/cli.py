@@ -1397,6 +1397,8 @@ def continual(
                                keep_unchanged, plot_file)
         tasks = _unique_labels(load_sequence(sequence))
         params = _load_params(params_file)
+        import torch
+
         from moca import checkpoint  # (torch: only once the input is known good)
         from moca.continual import method_spec
         from moca.experiment import ExperimentConfig, run_continual
@@ -1416,6 +1418,7 @@ def continual(
         else:
             from moca.experiment import METHOD_CHECKPOINTS, shipped_policy_config
 
+            torch.manual_seed(0)  # finetune's and ewc's fresh start, as moca run's (it was unseeded: other numbers each run)
             module = LSTMPolicy(params, shipped_policy_config())
             if params_file is not None and spec.init == "meta":  # the shipped meta-init, on the user's chain
                 shipped, _ = checkpoint.load_policy(METHOD_CHECKPOINTS[method])
@@ -1519,6 +1522,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
     from moca.policy2 import LSTMPolicy2
 
     torch.set_num_threads(1)
+    torch.manual_seed(0)  # finetune's and ewc's fresh start, as moca run's (it was unseeded: other numbers each run)
     module, _ = load_policy2(checkpoint_dir or "default")
     if params is not None:  # (the meta-init's weights carry over: run_continual2 reads only its weights)
         module = _retarget2(module, params, checkpoint_dir or "default",
@@ -1608,6 +1612,10 @@ def run(
             raise UsageError(f"--methods {methods!r}: a method is repeated")
         for m in chosen or []:
             method_spec(m)  # unknown names fail here, for both worlds
+            if "CLSC-2" in worlds:  # (not after CLSC-1's minutes)
+                from moca.experiment2 import check_init_ships
+
+                check_init_ships(m)
     if params_file is not None and model is None:
         sys.stderr.write(f"moca: --params {params_file}: one chain's parameters, so only CLSC-1 runs "
                          "(for a CLSC-2 chain: --model CLSC-2 --params FILE)\n")

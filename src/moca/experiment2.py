@@ -67,6 +67,15 @@ def scorer2(module: LSTMPolicy2, cache: OracleCache2, plans: Sequence[Any], conf
     return Scorer(module, cache, plans, config, evaluate=evaluate_policy2, prepare=list)
 
 
+def check_init_ships(method: str) -> None:
+    """Refuse a method whose meta-init does not ship for CLSC-2 (reptile ran from the
+    first-order MAML init and reported fomaml's numbers as its own)."""
+    if method == "reptile":
+        raise ExperimentError("method 'reptile': no CLSC-2 Reptile meta-init ships (default-clsc2 is first-order "
+                              "MAML's); train one (moca train --model CLSC-2 --init reptile -o DIR) and run it with "
+                              "moca continual --model CLSC-2 --method reptile --checkpoint DIR")
+
+
 def shipped_init2(module: LSTMPolicy2, where: str = "default") -> Weights:
     """The shipped CLSC-2 meta-init's weights (its architecture must be ``module``'s)."""
     meta_module, _ = load_policy2(where)
@@ -165,6 +174,7 @@ def run_continual2(method: str, module: LSTMPolicy2, tasks: Sequence[tuple[str, 
         raise ExperimentError(f"keep_unchanged: method {method!r} does not choose its update by validation "
                               "(only 'moca' does)")
     if init is None and spec.init == "meta":
+        check_init_ships(method)
         init = shipped_init2(module)
     started = time.perf_counter()
     scorer = scorer or scorer2(module, cache, [p for _, p in tasks], config)
@@ -251,6 +261,7 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
     chosen = list(methods) if methods is not None else list(METHODS_2)
     for m in chosen:
         method_spec(m)
+        check_init_ships(m)
     tasks = [(name, TASKS_2[name]) for name in ("T1", "T2", "T3")]
     tell = progress or (lambda description: None)
     started = time.perf_counter()
