@@ -136,7 +136,8 @@ def main() -> None:
         module = mapped_policy(threshold_map)
         module.auto_select = args.select if args.meta_select else 0
         config = MetaConfig(max_seconds=args.meta_train, params=threshold_map.params)
-        residual, history = meta_train(config, lambda step, total, info: log(f"meta-train: {step}/{total}"), module)
+        residual, history = meta_train(config, lambda step, total, info: log(f"meta-train: {step}/{total}"),
+                                       module=module)
         residual.auto_select = 0
         history = {k: history[k] for k in ("wall_seconds", "stopped_early", "config")} | {
             "steps": len(history["steps"]), "selected_base": bool(args.meta_select)}

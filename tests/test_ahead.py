@@ -167,6 +167,11 @@ def test_meta_train_takes_a_mapped_module():
     with pytest.raises(MetaError, match="module"):
         meta_train(config.model_copy(update={"policy": config.policy.model_copy(update={"hidden": 8})}),
                    module=module)
+    # the workers of a backend rebuild a plain LSTMPolicy: its steps were another policy's
+    from moca.cluster import Backend
+
+    with pytest.raises(MetaError, match="MappedPolicy meta-trains here only"):
+        meta_train(config, module=module, backend=Backend("serial"))
 
 
 def test_auto_select_pins_each_regime_of_the_batch_once():

@@ -474,7 +474,7 @@ def as_config(config: Any, kind: type[MetaConfig]) -> Any:
     raise MetaError(f"config: expected a {kind.__name__} or a dict of its fields, got {type(config).__name__}")
 
 
-def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
+def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None, *,
                backend: Any = None, module: LSTMPolicy | None = None,
                stop: Callable[[], bool] | None = None) -> tuple[LSTMPolicy, dict[str, Any]]:
     """Meta-train an initialisation; returns the module (meta weights) and the history.
@@ -506,6 +506,9 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None,
         module = LSTMPolicy(config.params, config.policy)
     elif module.params != config.params or module.config != config.policy:
         raise MetaError("module: its params or policy config differ from config.params / config.policy")
+    elif backend is not None and type(module) is not LSTMPolicy:  # (its steps were another policy's gradients)
+        raise MetaError(f"module: a {type(module).__name__} meta-trains here only (backend=None): the workers "
+                        "rebuild an LSTMPolicy from the weights")
     meta = MetaLearner(module, config.algorithm, config.inner_lr, config.inner_steps, config.outer_lr,
                        config.inner_clip, config.zero_shot_weight)
     cache = OracleCache(config.params)

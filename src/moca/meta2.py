@@ -112,7 +112,7 @@ def task_losses2(module: LSTMPolicy2, learners, batch: ScenarioBatch2, oracle: t
                                                     "correction": float(correction.detach().mean())}
 
 
-def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Any = None,
+def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Any = None, *,
                 backend: Any = None, stop: Callable[[], bool] | None = None,
                 module: LSTMPolicy2 | None = None) -> tuple[LSTMPolicy2, dict[str, Any]]:
     """Meta-train a CLSC-2 initialisation (as :func:`moca.meta.meta_train`: per step
