@@ -274,6 +274,11 @@ def test_meta_train_takes_a_dict_of_config_fields_and_refuses_other_worlds_confi
         meta_train(MetaConfig2(meta_steps=1))
     with pytest.raises(MetaError, match="config: expected a MetaConfig2"):
         meta_train2("fast")
+    # support_score is the support's score before adaptation whatever inner_steps (it was the
+    # score before the last of them); the tasks and seeds drawn do not depend on inner_steps
+    _, three = meta_train({**tiny, "inner_steps": 3})
+    assert three["steps"][0]["support_score"] == history["steps"][0]["support_score"]
+    assert three["steps"][0]["correction"] == history["steps"][0]["correction"]
 
 
 def test_a_step_that_is_not_finite_is_refused_and_leaves_the_weights_as_they_were():

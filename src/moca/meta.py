@@ -531,12 +531,13 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None, *,
         else:
             support, support_oracle = task_batch(cache, tasks, [s[:config.support_size] for s in seeds])
             learners = [meta.clone() for _ in tasks]
+            first = None  # the support's score and correction before adaptation (the last step's were kept)
             for _ in range(config.inner_steps):
                 losses, support_info = task_losses(module, learners, support, support_oracle, config.support_size,
                                                    config.correction_weight)
                 meta.adapt_all(learners, losses.sum())
-            entry: dict[str, Any] = {"step": step, "support_score": support_info["score"],
-                                     "correction": support_info["correction"]}
+                first = first or support_info
+            entry: dict[str, Any] = {"step": step, "support_score": first["score"], "correction": first["correction"]}
             if config.algorithm == "reptile":
                 grad_norm = meta.outer_step(learners)
             else:

@@ -170,11 +170,13 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Any = None, *,
         else:
             support, support_oracle = cache.batch(tasks, [s[:config.support_size] for s in seeds])
             learners = [meta.clone() for _ in tasks]
+            first = None  # the support's score and correction before adaptation (the last step's were kept)
             for _ in range(config.inner_steps):
                 losses, info = task_losses2(module, learners, support, support_oracle, config.support_size,
                                             config.correction_weight)
                 meta.adapt_all(learners, losses.sum())
-            entry = {"step": step, "support_score": info["score"], "correction": info["correction"]}
+                first = first or info
+            entry = {"step": step, "support_score": first["score"], "correction": first["correction"]}
             if config.algorithm == "reptile":
                 grad_norm = meta.outer_step(learners)
             else:

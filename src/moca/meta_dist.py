@@ -85,10 +85,12 @@ def task_direction(job: MetaTaskJob) -> MetaTaskResult:
     regimes = [Regime(**r) for r in job.regimes]
     support, support_oracle = task_batch(regimes, [list(s) for s in job.support_seeds])
     learners = [meta.clone() for _ in regimes]
+    first = None  # the support's score and correction before adaptation (the last step's were kept)
     for _ in range(config.inner_steps):
         losses, info = task_losses(module, learners, support, support_oracle, config.support_size,
                                    config.correction_weight)
         meta.adapt_all(learners, losses.sum())
+        first = first or info
     query_score = None
     if config.algorithm == "reptile":
         direction = meta.meta_gradient(learners)
@@ -99,7 +101,7 @@ def task_direction(job: MetaTaskJob) -> MetaTaskResult:
         direction = meta.meta_gradient(learners, losses.mean())
         query_score = query_info["score"]
     return MetaTaskResult({k: v.detach().numpy().copy() for k, v in direction.items()}, len(regimes),
-                          info["score"], info["correction"], query_score)
+                          first["score"], first["correction"], query_score)
 
 
 def shares(count: int, parts: int) -> list[range]:
