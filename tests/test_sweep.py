@@ -242,6 +242,17 @@ def test_cli_writes_json_and_plot(tmp_path):
     assert not (tmp_path / "both.png").exists()
 
 
+def test_cli_sweeps_an_emission_cap_whose_neutral_value_is_none(tmp_path):
+    """The README's cap sweep: its table's title formatted the neutral value (None: no cap)
+    as a number, an internal error after the JSON was written, and no table or warning."""
+    out = tmp_path / "cap.json"
+    result = runner.invoke(app, ["sweep", "--field", "emission_cap", "--values", "16000,24000", "--policies", "oracle",
+                                 "--scenarios", "2", "--workers", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "compliance cost vs no emission_cap" in " ".join(result.stdout.split())
+    assert json.loads(out.read_text())["neutral"] is None
+
+
 def test_amounts_below_half_a_euro_print_as_0():
     from moca.cli import _eur
 

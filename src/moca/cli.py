@@ -2069,8 +2069,10 @@ def _journal_note(journal: Optional[Path]) -> str:
 
 def _sweep_table(result: dict) -> None:
     unmet = result["unmet_metric"].split(" ")[0]
+    # (an emission cap's neutral value is None, no cap: ":g" of it crashed every cap sweep's table)
+    neutral = f"{result['field']}={result['neutral']:g}" if result["neutral"] is not None else f"no {result['field']}"
     table = Table(title=f"{result['model']}: {result['field']} ({result['unit']}), {result['scenarios']} scenarios from "
-                        f"seed {result['seeds'][0]}; compliance cost vs {result['field']}={result['neutral']:g}")
+                        f"seed {result['seeds'][0]}; compliance cost vs {neutral}")
     # (per one unit of the field: of a share, per 1.0, where moca evaluate gives it per percentage point)
     for col in ("policy", "value", "cost (EUR)", "95% interval", "compliance cost", "emissions (t CO2)",
                 "recycled share", unmet, "violations", f"shadow price (EUR per {result['unit']}) / adapt."):
