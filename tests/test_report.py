@@ -1,6 +1,7 @@
 import copy
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +266,19 @@ def test_a_run_on_another_chain_says_so_in_its_report(tmp_path):
            "params": {**Params2().model_dump(), "horizon": 26}}
     assert "\nChain: not the default (horizon=52->26).\n" in report2(two)
     assert "Chain:" not in report2({**two, "params": Params2().model_dump()})
+
+
+def test_adaptation_curves_show_no_test_seed_score_on_their_validation_axis(tmp_path, monkeypatch):
+    """The MPC's score (test seeds) was drawn across the validation curves: moca showed below
+    an MPC it beats on the same test seeds. The curves name their validation seeds instead."""
+    import moca.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    metrics = _metrics()
+    metrics["seeds"] = {"validation": [900, 901, 902, 903]}
+    report.plot_adaptation_curves(metrics, tmp_path / "curves.png")
+    (figure,) = figures
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert "oracle (1.0)" in labels and not any("MPC" in label for label in labels)
+    assert "seeds 900-903" in figure._suptitle.get_text()
