@@ -107,27 +107,28 @@ def _prepare(model: RowModel, raw: Any, inputs: Any, regime: Any, params: Any, w
 
 
 # --- violations (the spec's definition) ----------------------------------------------------
-def _broken(c: RowCoefficients, a: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _broken(c: RowCoefficients, a: np.ndarray, x: np.ndarray, exactly: np.ndarray | None = None) -> np.ndarray:
     """``[B, m]`` whether each row is broken: ``G a > h + 1e-6 max(1, |rhs|)`` (the
     comparison written as the spec reads, left-hand side against right-hand side plus
-    tolerance, so that a row on the tolerance's edge counts as CLSC-1's check counts it)."""
+    tolerance, so that a row on the tolerance's edge counts as CLSC-1's check counts it);
+    the rows of ``exactly`` ([m] bool) as ``G a > h``, with no tolerance."""
     # (broadcast products, not batched matmul: numpy's matmul over many tiny matrices is ~50x slower)
     xa, aa = x[:, None, :], a[:, None, :]
     lhs = (c.G * aa).sum(-1)
     rhs = c.r0 + (c.Rj * xa).sum(-1) + (c.R * aa).sum(-1)
-    limit = c.h0 + (c.J * xa).sum(-1) + VIOLATION_TOL * np.maximum(1.0, np.abs(rhs))
-    return c.on & (lhs > limit)
+    bound = c.h0 + (c.J * xa).sum(-1)
+    tolerance = VIOLATION_TOL * np.maximum(1.0, np.abs(rhs))
+    if exactly is not None:
+        tolerance = np.where(exactly, 0.0, tolerance)
+    return c.on & (lhs > bound + tolerance)
 
 
 def _ok(model: RowModel, c: RowCoefficients, reg: np.ndarray, a: np.ndarray, x: np.ndarray,
         carried_exactly: bool = False) -> np.ndarray:
     """``[B]`` whether each action keeps every row (and the settlement); with
     ``carried_exactly``, the model's carried rows with no tolerance at all."""
-    ok = ~_broken(c, a, x).any(1) & (a >= -VIOLATION_TOL).all(1)
-    if carried_exactly and model.carried:
-        rows = c.on & model.carried_rows
-        lhs = (c.G * a[:, None, :]).sum(-1)
-        ok &= ~(rows & (lhs > c.h0 + (c.J * x[:, None, :]).sum(-1))).any(1)
+    exactly = model.carried_rows if carried_exactly and model.carried else None
+    ok = ~_broken(c, a, x, exactly).any(1) & (a >= -VIOLATION_TOL).all(1)
     if model.settlement is not None:
         excess, tol = model.settlement(a, x, reg)
         ok &= excess <= tol
