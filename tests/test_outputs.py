@@ -89,3 +89,19 @@ def test_a_folder_this_user_may_not_write_in_is_named_before_the_work(tmp_path, 
         option = "--plot" if "--plot" in args else "--json" if "--json" in args else "-o"
         assert_bad_input(run_in_process(*args), f"{option} {locked}", "no permission to write in")
     assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_a_run_folder_stopped_while_written_leaves_nothing(tmp_path, failure):
+    """moca run writes its folder through files.write_folder: a Ctrl-C while the report was
+    written left a hidden .ID.tmp folder holding half the run."""
+    def write(staging):
+        (staging / "metrics.json").write_text("{}")
+        raise failure("stopped")
+
+    with pytest.raises(failure):
+        files.write_folder(tmp_path / "20261206-1", write)
+    assert list(tmp_path.iterdir()) == []
+    done = files.write_folder(tmp_path / "20261206-2", lambda staging: (staging / "report.md").write_text("#"))
+    assert [p.name for p in tmp_path.iterdir()] == ["20261206-2"] and (done / "report.md").read_text() == "#"
+

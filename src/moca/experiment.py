@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor
 
 from moca import checkpoint
+from moca.files import write_folder
 from moca.continual import ContinualConfig, ContinualError, ContinualLearner, METHODS, method_spec
 from moca.evaluation import TimedDecisions, latency_summary
 from moca.evaluation import evaluate_policy as evaluate_deployed
@@ -640,11 +641,12 @@ def run_experiment(quick: bool = False, methods: Sequence[str] | None = None,
     while run_dir.exists():
         run_dir = Path(runs_dir) / f"{run_id}-{suffix}"
         suffix += 1
-    staging = run_dir.with_name(f".{run_dir.name}.tmp")
-    staging.mkdir(parents=True, exist_ok=False)
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default))
-    write_report(metrics, staging)
-    os.replace(staging, run_dir)  # the run appears whole or not at all
+
+    def write(staging: Path) -> None:
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default))
+        write_report(metrics, staging)
+
+    write_folder(run_dir, write)  # the run appears whole or not at all
     return metrics, run_dir
 
 

@@ -11,7 +11,6 @@ validation 900+, test 1000+ (every score in R and the tables).
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from moca.continual import ContinualLearner, LearnStats, Task, method_spec
 from moca.experiment import ExperimentConfig, ExperimentError, Scorer, check_run_inputs, machine
+from moca.files import write_folder
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, first_seeds
 from moca.meta2 import OracleCache2, load_policy2
 from moca.metrics import adaptation_speed, continual_metrics
@@ -324,14 +324,15 @@ def run_experiment2(quick: bool = False, methods: Sequence[str] | None = None, r
     while run_dir.exists():
         run_dir = Path(runs_dir) / f"{run_id}-{suffix}"
         suffix += 1
-    staging = run_dir.with_name(f".{run_dir.name}.tmp")
-    staging.mkdir(parents=True, exist_ok=False)
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    # The plots read the parts CLSC-1's metrics share (tasks, R, baselines); CLSC-2's
-    # ``targets`` is a summary dict, not CLSC-1's list of checks, and no plot reads it.
-    images = write_plots({k: v for k, v in metrics.items() if k != "targets"}, staging, PLOTS_2)
-    (staging / "report.md").write_text(report2(metrics, images))
-    os.replace(staging, run_dir)  # the run appears whole or not at all
+
+    def write(staging: Path) -> None:
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        # The plots read the parts CLSC-1's metrics share (tasks, R, baselines); CLSC-2's
+        # ``targets`` is a summary dict, not CLSC-1's list of checks, and no plot reads it.
+        images = write_plots({k: v for k, v in metrics.items() if k != "targets"}, staging, PLOTS_2)
+        (staging / "report.md").write_text(report2(metrics, images))
+
+    write_folder(run_dir, write)  # the run appears whole or not at all
     return metrics, run_dir
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 class OutputError(ValueError):
@@ -106,6 +107,22 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_folder(folder: str | Path, write: Callable[[Path], Any]) -> Path:
+    """A new folder written whole or not at all: ``write(staging)`` fills a hidden staging
+    folder beside it, which is renamed into place at the end and removed if ``write`` fails
+    or is interrupted (a Ctrl-C while a run's report was written left ``.ID.tmp`` behind)."""
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.tmp")
+    staging.mkdir(parents=True, exist_ok=False)
+    try:
+        write(staging)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
 
 
 def publish_tree(folder: str | Path) -> None:
