@@ -879,6 +879,27 @@ def test_a_job_killed_after_writing_weights_is_failed_never_half_applied(service
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
 
 
+def _dashboard_text(url: str) -> str:
+    """The dashboard's text once its first refresh is done, in headless Chromium, with no
+    console error (a missing favicon was one on every load)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.goto(url + "/", timeout=20000)
+            page.wait_for_selector("body[data-ready='1']", timeout=20000)
+            page.wait_for_timeout(300)
+            assert not errors, errors
+            return page.inner_text("body")
+        finally:
+            browser.close()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_dashboard_renders_in_headless_chromium(tmp_path):
     import io
@@ -901,6 +922,8 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
                     break
                 except httpx.HTTPError:
                     time.sleep(0.05)
+            empty = _dashboard_text(url)  # before any chain: said so (the page stayed empty, never ready)
+            assert "no chain registered yet" in empty
             http.post("/v1/chains", json={"id": "plant-1", "regime": "T1"})
             for t in range(24):
                 if t == 8:  # announced at t = 8, in force from t = 12, adapted (in process) meanwhile
@@ -933,6 +956,17 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
                 assert page.locator("#decisions tbody tr").count() == 15
                 assert page.locator("#chart polyline").count() == 2
                 png = page.screenshot(full_page=True)
+                # a chain registered while another is chosen: the chosen one stays (it jumped to the first)
+                httpx.post(url + "/v1/chains", json={"id": "plant-2", "regime": "T2"}, timeout=10)
+                page.wait_for_function("document.getElementById('chain-select').options.length === 2", timeout=20000)
+                page.select_option("#chain-select", "plant-2")
+                page.wait_for_function("document.getElementById('chain-name').textContent.startsWith('plant-2')",
+                                       timeout=20000)
+                httpx.post(url + "/v1/chains", json={"id": "plant-3", "regime": "T3"}, timeout=10)
+                page.wait_for_function("document.getElementById('chain-select').options.length === 3", timeout=20000)
+                page.wait_for_timeout(2500)  # one more refresh
+                assert page.input_value("#chain-select") == "plant-2"
+                assert page.inner_text("#chain-name").startswith("plant-2")
                 # /docs renders offline: every request it makes goes to the service
                 requested: list[str] = []
                 page.on("request", lambda request: requested.append(request.url))

@@ -1813,7 +1813,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
 # The dashboard: one HTML page, plain JavaScript and inline SVG (no build step, nothing
 # fetched from elsewhere): it reads the same JSON endpoints a client does.
 DASHBOARD = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>moca serve</title>
+<html lang="en"><head><meta charset="utf-8"><title>moca serve</title><link rel="icon" href="data:,">
 <style>
 body{font:14px system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 header{background:#20406a;color:#fff;padding:10px 18px}header h1{font-size:18px;margin:0}
@@ -1851,9 +1851,15 @@ function line(points, color, lo, hi) {
 async function refresh() {
   const chains = await get("/v1/chains");
   const select = $("chain-select");
-  if (!chains.length) return;
-  if (select.options.length !== chains.length) {
+  if (!chains.length) {
+    $("regime").textContent = "no chain registered yet (POST /v1/chains)";
+    document.body.dataset.ready = "1";
+    return;
+  }
+  if (select.options.length !== chains.length) {  // (rebuilt: keep the chain the user chose)
+    const chosen = select.value;
     select.innerHTML = chains.map(c => '<option>' + esc(c.id) + '</option>').join("");
+    if (chains.some(c => c.id === chosen)) select.value = chosen;
   }
   const id = select.value || chains[0].id;
   const [chain, versions, decisions] = await Promise.all([get("/v1/chains/" + id), get("/v1/chains/" + id + "/versions"),
