@@ -25,7 +25,8 @@ def test_values_spec_list_and_range():
     assert parse_values("5:5:1") == [5.0]
     for spec, needle in [("", "empty"), (" , ", "empty"), ("0,,1", "empty item"), ("a,1", "'a' is not a number"),
                          ("0:1", "three numbers"), ("0:1:0", "step must be > 0"), ("1:0:0.1", "stop is below start"),
-                         ("0,nan", "not a finite"), ("0,1,0", "repeated"), ("0:1:1e-6", "at most")]:
+                         ("0,nan", "not a finite"), ("0,1,0", "repeated"), ("0:1:1e-6", "at most"),
+                         ("0:1e-12:1e-13", "at least 1e-12"), ("1e4:1.00000000000001e4:1e-12", "repeated")]:
         with pytest.raises(SweepError, match=needle):
             parse_values(spec)
 
@@ -49,6 +50,8 @@ runner = CliRunner()
     (["--field", "carbon_tax", "--values", "0,10", "--plot", "no-such-folder/out.png"],
      ["--plot", "no-such-folder", "does not exist"]),
     (["--field", "carbon_tax", "--values", "0,10", "--moca-base", "best"], ["--moca-base", "best"]),
+    # a process per task was started and 100000 recorded as the run's workers
+    (["--field", "carbon_tax", "--values", "0,10", "--workers", "100000"], ["--workers 100000", "at most 64"]),
     (["--field", "carbon_tax", "--values", "0,10", "--model", "CLSC-2", "--moca-base", "map"],
      ["--moca-base", "map", "CLSC-2"]),
 ])

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import typer
 from rich.table import Table
 
-from moca.limits import LARGEST_PPO_SEED, LARGEST_SEED, MOST_CANDIDATES, MOST_SCENARIOS, MOST_STEPS
+from moca.limits import LARGEST_PPO_SEED, LARGEST_SEED, MOST_CANDIDATES, MOST_SCENARIOS, MOST_STEPS, MOST_WORKERS
 
 MODEL_DOCS = "docs/MODEL.md (CLSC-1) and docs/MODEL-2.md (CLSC-2)"
 MODELS = ("CLSC-1", "CLSC-2")  # the world models --model accepts (moca.scenario.MODELS, without importing it)
@@ -829,7 +829,7 @@ def train(
                                                 help="Stop past this wall time (0: never; overrides the config). "
                                                      "A run cut short by time is not reproducible step for step."),
     ray_address: Optional[str] = typer.Option(None, "--ray", help="Run each meta step's regimes as Ray tasks: 'auto' (a local Ray) or a cluster address."),
-    ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", min=1, help="CPUs of a local Ray (--ray auto; "
+    ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", min=1, max=MOST_WORKERS, help="CPUs of a local Ray (--ray auto; "
                                                                           "default 2)."),
     model: str = typer.Option("CLSC-1", "--model", help="The world: CLSC-1 | CLSC-2 (docs/MODEL-2.md)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),

@@ -26,6 +26,8 @@ from multiprocessing import get_context
 from typing import Any, Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from moca.limits import MOST_WORKERS
+
 #: Object-store cap of a local Ray started by moca (bytes). Tasks move kilobytes
 #: (regimes, seeds, weights of a small LSTM), so Ray's minimum is plenty.
 LOCAL_OBJECT_STORE_BYTES = 80 * 1024**2
@@ -98,6 +100,9 @@ class Backend:
             raise BackendError(f"backend {self.kind!r}: expected serial, pool or ray")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise BackendError(f"--workers {self.workers!r}: expected a whole number >= 1")
+        if self.workers > MOST_WORKERS:
+            raise BackendError(f"--workers {self.workers}: at most {MOST_WORKERS} local processes (each a Python "
+                               "with torch, about 0.3 GB); a Ray cluster's own CPUs need no --workers")
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}

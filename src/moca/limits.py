@@ -23,6 +23,9 @@ MOST_SCENARIOS = 10_000
 MOST_STEPS = 100
 #: Threshold candidates of one re-tuning (moca's peer tunes 1,500).
 MOST_CANDIDATES = 100_000
+#: Local worker processes (or a local Ray's CPUs) of one run: each is a Python with torch
+#: (~0.3 GB); --workers 100000 started a process per task and recorded 100000 as its workers.
+MOST_WORKERS = 64
 
 #: Scenario seed ranges, disjoint from the 1000+ test and 5000+ benchmark seeds: meta-training
 #: draws from the first, an adaptation's support and validation from the other two, so they

@@ -92,13 +92,15 @@ def parse_values(spec: str) -> list[float]:
         start, stop, step = (_number(p, spec) for p in parts)
         if step <= 0:
             raise SweepError(f"--values {spec!r}: the step must be > 0")
+        if step < 1e-12:  # (the values are rounded to 12 decimals below: 0:1e-12:1e-13 ran 0 six times)
+            raise SweepError(f"--values {spec!r}: the step must be at least 1e-12 (values are kept to 12 decimals)")
         if stop < start:
             raise SweepError(f"--values {spec!r}: stop is below start")
         count = int(math.floor((stop - start) / step + 1e-9)) + 1
         if count > MAX_VALUES:
             raise SweepError(f"--values {spec!r}: {count} values (at most {MAX_VALUES})")
         # round() removes the float noise of start + i*step (0.30000000000000004 -> 0.3).
-        return [round(start + i * step, 12) for i in range(count)]
+        return checked_values([round(start + i * step, 12) for i in range(count)], spec)
     items = [p.strip() for p in text.split(",")]
     if any(not p for p in items):
         raise SweepError(f"--values {spec!r}: an empty item in the list")
