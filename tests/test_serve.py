@@ -120,6 +120,7 @@ def test_decisions_equal_the_deployed_policy_and_obey_a_new_rule_from_its_first_
     assert client.post("/v1/chains/p1/decide", json=_obs(0)).json()["regime"]["carbon_tax"] == 100.0
     history = client.get("/v1/chains/p1/decisions?limit=500").json()
     assert [d["t"] for d in history] == list(range(20)) + [0]
+    assert {type(d["projected"]) for d in history} == {bool}  # as /decide says it (it was 0/1 here)
 
 
 def test_a_reset_answered_is_never_undone_by_a_decision_in_flight(client):

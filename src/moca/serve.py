@@ -1707,6 +1707,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         out = [dict(zip(keys, r)) for r in reversed(rows)]
         for d in out:
             d["action"] = dict(zip(model.action_names, np.frombuffer(d["action"], dtype=np.float64).tolist()))
+            d["projected"] = bool(d["projected"])  # (SQLite's 0/1: /decide answered true/false)
         return out
 
     @app.post("/v1/chains/{chain}/regulations", status_code=202, dependencies=mutating,
