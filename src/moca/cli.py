@@ -1123,7 +1123,7 @@ def adapt(
         cache = OracleCache(module.params)
         tests = cache.scenarios(range(seed, seed + scenarios), target)
         with _progress(as_json) as progress:
-            progress.add_task(f"adapting {steps} steps" + (" (portfolio)" if base != "default" else ""), total=None)
+            progress.add_task(f"adapting {_count(steps, 'step')}" + (" (portfolio)" if base != "default" else ""), total=None)
             start = {k: v.detach().clone() for k, v in module.named_parameters()}
             before = evaluate_policy(module, start, tests, cache.costs(tests))
             portfolio = adapt_portfolio(module, target, steps, base=base, validation_size=validation, cache=cache,
@@ -1313,7 +1313,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
 
     with _progress(as_json) as progress:
         progress.add_task((f"re-tuning the rule ({retune} candidates), then " if retune else "")
-                          + f"adapting {steps} steps (CLSC-2" + (", portfolio)" if base == "auto" else ")"), total=None)
+                          + f"adapting {_count(steps, 'step')} (CLSC-2" + (", portfolio)" if base == "auto" else ")"), total=None)
         before = evaluate_policy2(module, None, tests, oracle)
         portfolio = adapt_portfolio2(module, plan, steps, base=base, validation_size=validation, cache=cache,
                                      keep_best=not keep_last, retune=retune, progress=_phase_bars(progress))
@@ -2036,13 +2036,13 @@ def sweep(
         sys.stderr.write(f"moca: sweep stopped; {_journal_note(journal)}\n")
         raise
     if result["resumed_tasks"]:
-        console.print(f"{result['resumed_tasks']} of {result['tasks']} tasks taken from {journal} (finished by an "
+        console.print(f"{result['resumed_tasks']} of {_count(result['tasks'], 'task')} taken from {journal} (finished by an "
                       "earlier run of this sweep)")
     _sweep_table(result)
     for warning in result["warnings"]:
         console.print(Text.assemble(("warning", "bold"), f": {warning}"), highlight=False)
     wrote = ", ".join(str(p) for p in (json_file, plot_file) if p is not None)
-    console.print(f"{result['tasks']} tasks in {result['seconds']:.1f} s on {result['backend']['kind']}"
+    console.print(f"{_count(result['tasks'], 'task')} in {result['seconds']:.1f} s on {result['backend']['kind']}"
                   + (f"; wrote {wrote}" if wrote else ""))
 
 
@@ -2086,7 +2086,7 @@ def _sweep_table(result: dict) -> None:
                 # through the portfolio: the candidate deployed and the seconds of the whole choice
                 extra = f"{entry['candidate'][i]}, {entry['adapt_seconds_total'][i]:.1f} s in all"
             elif name == "moca":
-                extra = f"{entry['adaptation_steps'][i]} steps, {entry['adaptation_seconds'][i]:.2f} s"
+                extra = f"{_count(entry['adaptation_steps'][i], 'step')}, {entry['adaptation_seconds'][i]:.2f} s"
             else:
                 extra = ""
             lo, hi = entry["cost_ci"][i]
@@ -2131,7 +2131,7 @@ def peers_train_ppo(
     with _progress(as_json) as progress, _stop_on_ctrl_c("env step") as stop:
         bar = progress.add_task("PPO", total=None)
         agent, curve = train_ppo(config, progress=lambda steps, score: progress.update(
-            bar, description=f"PPO: {steps} steps, validation score {score:.3f}"), stop=stop)
+            bar, description=f"PPO: {_count(steps, 'step')}, validation score {score:.3f}"), stop=stop)
     trained, unlearned = curve["trained_steps"], curve["collected_steps"] - curve["trained_steps"]
     rollout = config.n_envs * config.n_steps
     untrained = f"{_count(unlearned, 'env step')} of an unfinished rollout not learned from"
