@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -956,6 +957,7 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
                 assert "policy v2" in page.inner_text("#chain-name")
                 assert page.locator("#decisions tbody tr").count() == 15
                 assert page.locator("#chart polyline").count() == 2
+                assert re.fullmatch(r"\(bottom [\d-]+ EUR, top [\d-]+ EUR\)", page.inner_text("#cost-range"))
                 png = page.screenshot(full_page=True)
                 # a chain registered while another is chosen: the chosen one stays (it jumped to the first)
                 httpx.post(url + "/v1/chains", json={"id": "plant-2", "regime": "T2"}, timeout=10)

@@ -1832,7 +1832,8 @@ td,th{border-bottom:1px solid #e4e7ed;padding:3px 6px;text-align:left}
 <th>score</th><th>parent</th><th>source</th><th>sha256</th></tr></thead><tbody></tbody></table></section>
 <section class="wide"><h2>Action cost (EUR) and recycled share per decision</h2>
 <svg id="chart" width="100%" height="220" viewBox="0 0 900 220" preserveAspectRatio="none"></svg>
-<div><span style="color:#2a62b5">&#9632; action cost</span> &nbsp; <span style="color:#2d9b54">&#9632; recycled share</span></div></section>
+<div><span style="color:#2a62b5">&#9632; action cost <span id="cost-range"></span></span> &nbsp;
+<span style="color:#2d9b54">&#9632; recycled share (bottom 0, top 1)</span></div></section>
 <section class="wide"><h2>Recent decisions</h2><table id="decisions"><thead><tr><th>episode</th><th>t</th>
 <th>version</th><th>regime</th><th>order</th><th>use_virgin</th><th>use_recycled</th><th>projected</th>
 <th>cost</th><th>recycled share</th><th>latency &micro;s</th></tr></thead><tbody></tbody></table></section>
@@ -1882,6 +1883,9 @@ async function refresh() {
   const costs = decisions.map(d => d.action_cost), shares = decisions.map(d => d.recycled_share);
   $("chart").innerHTML = '<rect x="0" y="0" width="900" height="220" fill="#fbfcfe"/>' +
     line(costs, "#2a62b5", Math.min(...costs), Math.max(...costs)) + line(shares, "#2d9b54", 0, 1);
+  // (the cost line spans the chart from its own lowest to its highest value: say which)
+  $("cost-range").textContent = costs.length ? "(bottom " + fmt(Math.min(...costs), 0) + " EUR, top " +
+    fmt(Math.max(...costs), 0) + " EUR)" : "";
   document.body.dataset.ready = "1";
 }
 $("chain-select").addEventListener("change", refresh);
