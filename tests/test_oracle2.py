@@ -80,6 +80,21 @@ def test_plan_replays_to_the_oracle_cost_and_keeps_every_row(name, regime):
         np.testing.assert_allclose(project2(result.plan[t], inputs[t], table[t], P2), result.plan[t])
 
 
+def test_a_plan_whose_window_counters_carry_round_off_replays_unchanged():
+    """A probe's regime: by period 12 the counters' round-off broke row 6b by 2e-13 kg, and
+    the layer, asked to keep the window rows with no excess at all, found no such action and
+    executed the safe one: the replay cost 0.64% more than the LP, nothing withheld."""
+    regime = Regime(recycled_content_min=0.3799737994301587, carbon_tax=454.4645288531739,
+                    landfill_tax=84.53299917634641, recovery_target=0.8727633685515359,
+                    recycled_content_window=13)
+    scenario = draw_scenario2(46341, regime)
+    result = solve_oracle2(scenario)
+    replay = simulate_actions2(scenario, result.plan)
+    assert result.withheld.max() < 1e-6 and replay["violations"] == 0
+    assert replay["corrected_periods"] == 0
+    assert replay["total_cost"] == pytest.approx(result.oracle_cost, rel=1e-9)
+
+
 def _inputs_from_plan(scenario, result) -> list[dict]:
     """Post-arrival row inputs of each period: end-of-period stocks minus the action's effect."""
     from moca.clsc2 import action_effect

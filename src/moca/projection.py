@@ -53,6 +53,12 @@ _FIX_TOL = 1e-12  # normalised bounds / right-hand sides below this fix coordina
 _PRIMAL_TOLS = (1e-11, 1e-9)
 _RIDGE = 1e-8  # regularisation of the backward pass's normal equations (see _backward)
 _SETTLEMENT = "settlement"
+#: A carried row's whole tolerance (in its own units, kg) for a raw action executed unchanged:
+#: 1e-6, what the row allows in every later period whatever its right-hand side (the max(1,
+#: .) of a violation's tolerance), so what it carries never breaks a later row, and far
+#: above the counters' round-off (~1e-13 kg). (A tolerance relative to the right-hand side
+#: is not: 1e-6 of (1 - r) M kg, carried in U_v, broke 6a once M was used up.)
+CARRIED_TOL = VIOLATION_TOL
 
 
 class ProjectionError(ValueError):
@@ -107,28 +113,28 @@ def _prepare(model: RowModel, raw: Any, inputs: Any, regime: Any, params: Any, w
 
 
 # --- violations (the spec's definition) ----------------------------------------------------
-def _broken(c: RowCoefficients, a: np.ndarray, x: np.ndarray, exactly: np.ndarray | None = None) -> np.ndarray:
+def _broken(c: RowCoefficients, a: np.ndarray, x: np.ndarray, carried: np.ndarray | None = None) -> np.ndarray:
     """``[B, m]`` whether each row is broken: ``G a > h + 1e-6 max(1, |rhs|)`` (the
     comparison written as the spec reads, left-hand side against right-hand side plus
     tolerance, so that a row on the tolerance's edge counts as CLSC-1's check counts it);
-    the rows of ``exactly`` ([m] bool) as ``G a > h``, with no tolerance."""
+    the rows of ``carried`` ([m] bool) with :data:`CARRIED_TOL` as their whole tolerance."""
     # (broadcast products, not batched matmul: numpy's matmul over many tiny matrices is ~50x slower)
     xa, aa = x[:, None, :], a[:, None, :]
     lhs = (c.G * aa).sum(-1)
     rhs = c.r0 + (c.Rj * xa).sum(-1) + (c.R * aa).sum(-1)
     bound = c.h0 + (c.J * xa).sum(-1)
     tolerance = VIOLATION_TOL * np.maximum(1.0, np.abs(rhs))
-    if exactly is not None:
-        tolerance = np.where(exactly, 0.0, tolerance)
+    if carried is not None:
+        tolerance = np.where(carried, CARRIED_TOL, tolerance)
     return c.on & (lhs > bound + tolerance)
 
 
 def _ok(model: RowModel, c: RowCoefficients, reg: np.ndarray, a: np.ndarray, x: np.ndarray,
-        carried_exactly: bool = False) -> np.ndarray:
+        carried_strictly: bool = False) -> np.ndarray:
     """``[B]`` whether each action keeps every row (and the settlement); with
-    ``carried_exactly``, the model's carried rows with no tolerance at all."""
-    exactly = model.carried_rows if carried_exactly and model.carried else None
-    ok = ~_broken(c, a, x, exactly).any(1) & (a >= -VIOLATION_TOL).all(1)
+    ``carried_strictly``, the model's carried rows to :data:`CARRIED_TOL`."""
+    carried = model.carried_rows if carried_strictly and model.carried else None
+    ok = ~_broken(c, a, x, carried).any(1) & (a >= -VIOLATION_TOL).all(1)
     if model.settlement is not None:
         excess, tol = model.settlement(a, x, reg)
         ok &= excess <= tol
@@ -337,12 +343,15 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     many executed actions the final check did not pass (0 unless the state itself breaks
     a row, e.g. stocks the layer never produced).
 
-    Executed in float64 (deployment, evaluation), an action keeps the model's carried rows
-    exactly; float32 is the training path, whose rounding alone breaks a row by ~1e-7 of its
+    Executed in float64 (deployment, evaluation), a raw action is executed unchanged only if
+    it keeps the model's carried rows to :data:`CARRIED_TOL`; otherwise it is projected onto
+    the tightened rows, which keep them with a margin. The projection's answer is checked with
+    the violation tolerance (demanding no excess at all there fell back to the safe action,
+    far from the proposal, where the counters' round-off broke a carried row by 1e-13 kg).
+    float32 is the training path, whose rounding alone breaks a row by ~1e-7 of its
     right-hand side and whose actions are never executed."""
     out = a.copy()
-    exact = out_dtype == np.float64
-    index = np.flatnonzero(~_ok(model, c, reg, a, x, exact))
+    index = np.flatnonzero(~_ok(model, c, reg, a, x, out_dtype == np.float64))
     if index.size == 0:
         return out, None, 0
     scale = model.scale(params)
@@ -352,7 +361,7 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     p, n, m = index.size, a.shape[1], c.G.shape[1]
     rounded = lambda v: v.astype(out_dtype).astype(np.float64)  # noqa: E731
     ok = lambda v, j: _ok(model, cs if j is None else cs.take(j), rs if j is None else rs[j], rounded(v),  # noqa: E731
-                          xs if j is None else xs[j], exact)
+                          xs if j is None else xs[j])
     structure = _cached_structure(c, scale, t)
     s = _system(cs, xs, safe, scale, t, structure if everyone else structure.take(index))
     z, lam = _daqp_batch(ys * ~s.pinned, s, np.arange(p))
