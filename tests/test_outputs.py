@@ -105,3 +105,21 @@ def test_a_run_folder_stopped_while_written_leaves_nothing(tmp_path, failure):
     done = files.write_folder(tmp_path / "20261206-2", lambda staging: (staging / "report.md").write_text("#"))
     assert [p.name for p in tmp_path.iterdir()] == ["20261206-2"] and (done / "report.md").read_text() == "#"
 
+
+
+def test_an_output_to_dev_stdout_on_a_pipe_is_written_to_the_pipe():
+    """/dev/stdout on a pipe links to "pipe:[N]", which resolves to nothing: it was taken for
+    a new file in /proc/PID/fd (exit 2, nothing written), and a sweep's journal was left in
+    /dev as /dev/stdout.tasks.jsonl."""
+    import json
+    from pathlib import Path
+
+    from _cli import run
+
+    made = run("scenario", "new", "--seed", 1, "-o", "/dev/stdout")  # (captured: stdout is a pipe)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout[:made.stdout.rindex("}") + 1])["model"] == "CLSC-1"
+    swept = run("sweep", "--field", "carbon_tax", "--values", "0,100", "--policies", "oracle", "--scenarios", 2,
+                "--workers", 1, "--json", "/dev/stdout")
+    assert swept.returncode == 0, swept.stderr
+    assert '"field": "carbon_tax"' in swept.stdout and not Path("/dev/stdout.tasks.jsonl").exists()

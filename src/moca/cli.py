@@ -2022,7 +2022,10 @@ def sweep(
         _fail(_message(err))
     # With --json, each finished task is kept beside it as it finishes: a sweep that stops is
     # taken up again by the same command (run_sweep's journal), not started over.
-    journal = json_file.with_name(json_file.name + ".tasks.jsonl") if json_file is not None else None
+    from moca.files import output_target
+
+    journal = (json_file.with_name(json_file.name + ".tasks.jsonl")  # (none beside a stream: /dev/stdout)
+               if json_file is not None and not output_target(json_file)[1] else None)
     try:
         with _progress(False) as progress:
             bar = progress.add_task(f"sweep {field} ({backend.kind})", total=None)

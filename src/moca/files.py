@@ -45,13 +45,17 @@ def output_target(path: str | Path) -> tuple[Path, bool]:
     file and left its target as it was), a device or a FIFO as they are (a rename over
     ``/dev/null`` or ``/dev/stdout`` replaced them with a file), else ``path`` itself."""
     path = Path(path)
+    try:
+        kind = path.stat().st_mode  # (through links)
+    except OSError:  # (not there yet, or a link to what is not there yet)
+        kind = None
+    if kind is not None and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+        # opened by the name given: /dev/stdout on a pipe is a link to "pipe:[N]", a name
+        # that resolves to nothing (realpath of it was taken for a new file in /proc/PID/fd)
+        return path, True
     if path.is_symlink():
         path = Path(os.path.realpath(path))
-    try:
-        kind = path.stat().st_mode
-    except OSError:  # (not there yet)
-        return path, False
-    return path, not (stat.S_ISREG(kind) or stat.S_ISDIR(kind))
+    return path, False
 
 
 def check_parent(path: str | Path, option: str = "-o") -> Path:
