@@ -121,3 +121,37 @@ def test_contents_list_every_section_and_every_anchor_link_resolves():
     assert [a for a in links if a not in anchors] == []
     for name in re.findall(r"\]\((docs/[^)#]+)", prose):  # links to the docs point at files that exist
         assert (ROOT / name).exists(), name
+
+
+def _curl_decisions() -> list[tuple[dict, dict, dict[str, float]]]:
+    """The README's curl sessions' first decision of each chain: (registration, request,
+    the action's numbers the README shows)."""
+    found = []
+    for block in blocks(README, "sh"):
+        text = re.sub(r"\n\s*#?\s*", " ", block)  # (commands and answers wrap over lines)
+        registered = re.search(r"curl -s \$U/v1/chains -H \"\$H\" -d '(\{.*?\})'", text)
+        decided = re.search(r"/decide -H \"\$H\" -d '(\{.*?\})'\s*(?:# \d+ values\s*)?\{\"action\": \{(.*?)\}", text)
+        if not (registered and decided):
+            continue
+        request = decided.group(1).replace("[1000, ..., 1000]", json.dumps([1000] * 52))
+        shown = {k: float(v) for k, v in re.findall(r"\"(\w+)\": (-?[\d.]+)", decided.group(2))}
+        found.append((json.loads(registered.group(1)), json.loads(request), shown))
+    return found
+
+
+def test_the_curl_sessions_answers_are_what_the_service_answers(tmp_path):
+    """The CLSC-2 session showed an answer of an older rule (use_virgin 2606.53 where the
+    service answers 342.63): each shown number is checked against the service, as pasted."""
+    from fastapi.testclient import TestClient
+
+    from moca.serve import create_app
+
+    cases = _curl_decisions()
+    assert {case[0].get("model", "clsc-1") for case in cases} == {"clsc-1", "clsc-2"}
+    with TestClient(create_app(tmp_path / "data", worker=False)) as client:
+        for registration, request, shown in cases:
+            assert client.post("/v1/chains", json=registration).status_code == 201
+            answer = client.post(f"/v1/chains/{registration['id']}/decide", json=request).json()
+            assert len(shown) >= 5
+            for name, value in shown.items():
+                assert round(answer["action"][name], 2) == value, (registration["id"], name, answer["action"])
