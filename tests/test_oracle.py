@@ -3,6 +3,7 @@ regime schedules, and solver failures surface as clear errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -189,3 +190,18 @@ def test_a_mandate_below_highs_small_matrix_value_is_kept():
     result = solve_oracle(scenario)
     projected = replay([scenario], result.plan[None], safety.project_batch)[0]
     assert projected == pytest.approx(result.oracle_cost, rel=RTOL)
+
+
+def test_a_chain_beyond_what_highs_solves_is_named_not_an_internal_error(tmp_path):
+    """Valid numbers far apart (a mass of 1e6 kg under a cap of 0.001 kg CO2, a probe's
+    case): HiGHS stops at 'Unknown' whatever its method; that was an internal error, exit 1."""
+    from _cli import assert_bad_input, run
+
+    (tmp_path / "p.json").write_text(json.dumps({"mass": 1e6, "hold_virgin": 1e5}))
+    (tmp_path / "cap.yaml").write_text("emission_cap: 0.001\n")
+    made = run("scenario", "new", "--regime", tmp_path / "cap.yaml", "--params", tmp_path / "p.json",
+               "--seed", 880125, "-o", tmp_path / "s.json")
+    assert made.returncode == 0, made.stderr
+    result = run("oracle", "--scenario", tmp_path / "s.json")
+    assert_bad_input(result, "status 'Unknown'", "beyond what HiGHS solves reliably", "bring them closer")
+    assert "internal error" not in result.stderr

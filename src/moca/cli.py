@@ -78,6 +78,7 @@ INPUT_ERRORS: tuple[tuple[str, str], ...] = (
     ("moca.files", "OutputError"), ("moca.meta", "MetaError"), ("moca.policy", "PolicyError"),
     ("moca.experiment", "ExperimentError"), ("moca.metrics", "MetricsError"), ("moca.report", "ReportError"),
     ("moca.baselines.ppo", "PPOError"), ("moca.regime_map", "RegimeMapError"),
+    ("moca.oracle", "OracleError"),  # (a chain beyond what HiGHS solves: the user's numbers, named)
 )
 
 

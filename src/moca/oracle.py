@@ -69,6 +69,14 @@ class OracleError(RuntimeError):
     """HiGHS did not report an optimal solution; the message names its status."""
 
 
+#: Why an LP the spec makes feasible and bounded goes unsolved (a probe's chain: a mass of
+#: 1e6 kg under an emission cap of 0.001 kg CO2 left HiGHS at status 'Unknown', with and
+#: without presolve, by simplex and by interior point).
+UNSOLVED = ("the spec's LP is always feasible and bounded, so its numbers are beyond what HiGHS solves reliably: "
+            "a chain whose parameters and rules span many decades (e.g. a mass of 1e6 kg under an emission cap "
+            "of 0.001 kg CO2); bring them closer")
+
+
 @dataclass(frozen=True)
 class Window:
     """An LP window of ``H`` periods, starting at the beginning of a period (before its
@@ -377,8 +385,7 @@ def solve_window(params: Params, window: Window, start: Basis | None = None,
     if status != highspy.HighsModelStatus.kOptimal:
         raise OracleError(
             f"HiGHS did not solve the {window.horizon}-period LP to optimality: status "
-            f"{highs.modelStatusToString(status)!r} (the spec's LP is always feasible and bounded, "
-            "so the window's data must be inconsistent)")
+            f"{highs.modelStatusToString(status)!r}: {UNSOLVED}")
     H = window.horizon
     x = np.asarray(highs.getSolution().col_value)[: H * N_COL].reshape(H, N_COL)
     objective = highs.getInfo().objective_function_value

@@ -34,7 +34,7 @@ import numpy as np
 from scipy import sparse
 
 from moca import clsc2
-from moca.oracle import OracleError, _solver, rerun_with_presolve
+from moca.oracle import UNSOLVED, OracleError, _solver, rerun_with_presolve
 from moca.world import CLSC2_ROWS, regime_rows
 
 # Columns of one period.
@@ -329,7 +329,7 @@ def solve_window2(params: Any, window: Window2, exact_sales: bool = False) -> Wi
         status = rerun_with_presolve(highs)
     if status != highspy.HighsModelStatus.kOptimal:
         raise OracleError(f"HiGHS did not solve the {window.horizon}-period CLSC-2 LP to optimality: status "
-                          f"{highs.modelStatusToString(status)!r}")
+                          f"{highs.modelStatusToString(status)!r}: {UNSOLVED}")
     H = window.horizon
     x = np.asarray(highs.getSolution().col_value)[: H * N_COL].reshape(H, N_COL)
     objective = highs.getInfo().objective_function_value
@@ -466,7 +466,7 @@ def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
         status = rerun_with_presolve(highs)
     if status != highspy.HighsModelStatus.kOptimal:
         raise OracleError(f"HiGHS did not solve the CLSC-2 oracle LP to optimality: status "
-                          f"{highs.modelStatusToString(status)!r}")
+                          f"{highs.modelStatusToString(status)!r}: {UNSOLVED}")
     solution = highs.getSolution()
     x = np.asarray(solution.col_value)
     y = np.asarray(solution.row_dual)
