@@ -75,6 +75,9 @@ def test_clsc2_decisions_equal_the_library_policy_and_keep_every_row_across_a_wi
     r = client.post("/v1/chains", json={"id": "plant2", "model": "CLSC-2", "regime": "T1"})
     assert r.status_code == 201, r.text
     assert r.json()["model"] == "clsc-2"
+    # the command line's spelling of the other world too (it was "not one of clsc-1, clsc-2")
+    r = client.post("/v1/chains", json={"id": "plant1", "model": "CLSC-1", "regime": "T1"})
+    assert r.status_code == 201 and r.json()["model"] == "clsc-1", r.text
     r = client.post("/v1/chains/plant2/regulations", json={"regime": RULE, "effective": 20, "name": "quarterly"})
     assert r.status_code == 202, r.text
     projected = 0

@@ -615,7 +615,7 @@ class Clsc2Model(ChainModel):
 
 MODELS["clsc-2"] = Clsc2Model()
 #: Other spellings of a model's name that registration accepts.
-MODEL_ALIASES = {"CLSC-2": "clsc-2"}
+MODEL_ALIASES = {"CLSC-1": "clsc-1", "CLSC-2": "clsc-2"}  # (the command line's spelling of both)
 
 
 class DecisionOut(BaseModel):
