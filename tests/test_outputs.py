@@ -123,3 +123,26 @@ def test_an_output_to_dev_stdout_on_a_pipe_is_written_to_the_pipe():
                 "--workers", 1, "--json", "/dev/stdout")
     assert swept.returncode == 0, swept.stderr
     assert '"field": "carbon_tax"' in swept.stdout and not Path("/dev/stdout.tasks.jsonl").exists()
+
+
+def test_a_run_folder_that_cannot_be_put_in_place_is_kept_and_named(tmp_path, monkeypatch):
+    """Written whole, then the rename failed (a folder of that name made meanwhile): the
+    staged run was deleted with the error. It is kept, and the error says where."""
+    def refuse(source, target):
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(files.os, "replace", refuse)
+    with pytest.raises(files.OutputError, match=r"could not be put in place .*kept in .*\.20261207-1\.tmp"):
+        files.write_folder(tmp_path / "20261207-1", lambda staging: (staging / "metrics.json").write_text("{}"))
+    assert (tmp_path / ".20261207-1.tmp" / "metrics.json").read_text() == "{}"
+
+
+def test_the_staging_of_a_killed_world_is_removed_and_no_other(tmp_path):
+    """moca run's CLSC-1 process is killed on Ctrl-C (it ignores SIGINT): a kill runs no
+    cleanup, so its half-written .ID.tmp was left; the parent removes it, and only it."""
+    for name in (".20261207-000232.tmp", ".20261207-000232-1.tmp", ".20261207-000232-clsc2.tmp", "20261207-000232",
+                 ".20261207-000233.tmp"):
+        (tmp_path / name).mkdir()
+    files.remove_staging(tmp_path, "20261207-000232")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".20261207-000232-clsc2.tmp", ".20261207-000233.tmp",
+                                                           "20261207-000232"]

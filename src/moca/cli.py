@@ -1819,11 +1819,16 @@ def _both_worlds_at_once(quick: bool, runs_dir: Path, methods: Optional[list[str
             listener.join()
     finally:  # (Ctrl-C, or an error of this process: the second one must not outlive it)
         stopping.set()
-        if second.is_alive():
+        killed = second.is_alive()
+        if killed:
             second.kill()
         if second.pid is not None:
             second.join()
         receive.close()
+        if killed:  # (a kill runs no cleanup: the run folder it was writing, if any, goes here)
+            from moca.files import remove_staging
+
+            remove_staging(runs_dir, ids["CLSC-1"])
     for world, show in (("CLSC-1", _show1), ("CLSC-2", _show2)):
         if world in results:
             show(*results[world])

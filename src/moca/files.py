@@ -122,11 +122,24 @@ def write_folder(folder: str | Path, write: Callable[[Path], Any]) -> Path:
     staging.mkdir(parents=True, exist_ok=False)
     try:
         write(staging)
-        os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    try:
+        os.replace(staging, folder)
+    except OSError as err:  # (written whole: kept, and said where, rather than deleted)
+        raise OutputError(f"{folder}: could not be put in place ({err.strerror or err}); what was written is "
+                          f"kept in {staging}") from None
     return folder
+
+
+def remove_staging(parent: str | Path, name: str | None) -> None:
+    """Remove the staging folders :func:`write_folder` left in ``parent`` for a folder
+    ``name`` (or ``name-N``) when its process was killed, which runs no cleanup."""
+    if name:
+        for staging in Path(parent).glob(f".{name}*.tmp"):
+            if staging.name == f".{name}.tmp" or staging.name[len(name) + 1:-4].lstrip("-").isdigit():
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def publish_tree(folder: str | Path) -> None:
