@@ -146,3 +146,30 @@ def test_the_staging_of_a_killed_world_is_removed_and_no_other(tmp_path):
     files.remove_staging(tmp_path, "20261207-000232")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".20261207-000232-clsc2.tmp", ".20261207-000233.tmp",
                                                            "20261207-000232"]
+
+
+def test_an_output_to_dev_stdout_redirected_to_a_file_is_written_after_what_is_there(tmp_path):
+    """/dev/stdout redirected to a file resolves to that regular file: it was renamed over
+    (what the command printed after it went to the old, unlinked file), refused as "not a
+    scenario file" under >>, and a sweep's journal was made in /dev."""
+    import subprocess
+    from pathlib import Path
+
+    from _cli import MOCA
+
+    kept = tmp_path / "out.txt"
+    kept.write_text("first line\n")
+    with open(kept, "ab") as out:
+        done = subprocess.run([*MOCA, "scenario", "new", "--seed", "1", "-o", "/dev/stdout"], stdout=out,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert kept.read_text().startswith('first line\n{\n "model": "CLSC-1"')
+    table = tmp_path / "sweep.txt"
+    with open(table, "wb") as out:
+        done = subprocess.run([*MOCA, "sweep", "--field", "carbon_tax", "--values", "0,100", "--policies", "oracle",
+                               "--scenarios", "2", "--workers", "1", "--json", "/dev/stdout"], stdout=out,
+                              stderr=subprocess.PIPE, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    text = table.read_text()
+    assert text.startswith("{") and '"field": "carbon_tax"' in text and "compliance cost" in text  # JSON, then table
+    assert not Path("/dev/stdout.tasks.jsonl").exists()

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -49,13 +50,32 @@ def output_target(path: str | Path) -> tuple[Path, bool]:
         kind = path.stat().st_mode  # (through links)
     except OSError:  # (not there yet, or a link to what is not there yet)
         kind = None
-    if kind is not None and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+    if kind is not None and (own_descriptor(path) is not None or not (stat.S_ISREG(kind) or stat.S_ISDIR(kind))):
         # opened by the name given: /dev/stdout on a pipe is a link to "pipe:[N]", a name
         # that resolves to nothing (realpath of it was taken for a new file in /proc/PID/fd)
         return path, True
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     return path, False
+
+
+def own_descriptor(path: str | Path) -> int | None:
+    """1 or 2 when ``path`` is this process's standard output or error (``/dev/stdout``,
+    ``/dev/fd/2``, ...), whatever it is redirected to; else None. Such an output is written
+    through the descriptor: renamed over, a redirected file lost what the command printed
+    after it, and reopened, it was written over from its start."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return None
+    for descriptor in (1, 2):
+        try:
+            own = os.fstat(descriptor)
+        except OSError:
+            continue
+        if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+            return descriptor
+    return None
 
 
 def check_parent(path: str | Path, option: str = "-o") -> Path:
@@ -97,14 +117,22 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     never leaves half a file; the file gets the umask's mode. Through a symbolic link to
     its target; to a device or a FIFO directly (:func:`output_target`)."""
     path, stream = output_target(path)
+    data = data.encode() if isinstance(data, str) else data
+    descriptor = own_descriptor(path) if stream else None
+    if descriptor is not None:  # (after what this process printed there, not over it)
+        (sys.stdout if descriptor == 1 else sys.stderr).flush()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view):]
+        return path
     if stream:  # (a stream has no whole-or-nothing: written as it comes)
         with open(path, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.write(data)
         return path
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.write(data)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
