@@ -95,6 +95,20 @@ def test_a_plan_whose_window_counters_carry_round_off_replays_unchanged():
     assert replay["total_cost"] == pytest.approx(result.oracle_cost, rel=1e-9)
 
 
+def test_a_projected_action_keeps_the_window_rows_to_what_later_periods_allow():
+    """A probe's chain (rows 6a with coefficients of 4e5, r = 0.95): DAQP's answer broke 6a by
+    1.4e-6 kg, accepted by the violation tolerance of a row on 208 kg, and the window's last
+    period could then keep 6b by no action (1 violation, every action through the layer)."""
+    params = Params2(mass=3.000237034740884, cap_order=291.4105224889783, cap_produce=155540.6746104901,
+                     cap_disassemble=167.673182314962, cap_market=13460.00145001243,
+                     init_recycled=30.505302717863472)
+    regime = Regime(recycled_content_min=0.95, carbon_tax=95.51681804810552, landfill_tax=53.342712549645555,
+                    recovery_target=0.0, recycled_content_window=13)
+    scenario = draw_scenario2(27594, regime, params)
+    replay = simulate_actions2(scenario, solve_oracle2(scenario).plan)
+    assert replay["violations"] == 0
+
+
 def _inputs_from_plan(scenario, result) -> list[dict]:
     """Post-arrival row inputs of each period: end-of-period stocks minus the action's effect."""
     from moca.clsc2 import action_effect

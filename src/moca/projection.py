@@ -53,12 +53,13 @@ _FIX_TOL = 1e-12  # normalised bounds / right-hand sides below this fix coordina
 _PRIMAL_TOLS = (1e-11, 1e-9)
 _RIDGE = 1e-8  # regularisation of the backward pass's normal equations (see _backward)
 _SETTLEMENT = "settlement"
-#: A carried row's whole tolerance (in its own units, kg) for a raw action executed unchanged:
-#: 1e-6, what the row allows in every later period whatever its right-hand side (the max(1,
-#: .) of a violation's tolerance), so what it carries never breaks a later row, and far
-#: above the counters' round-off (~1e-13 kg). (A tolerance relative to the right-hand side
-#: is not: 1e-6 of (1 - r) M kg, carried in U_v, broke 6a once M was used up.)
-CARRIED_TOL = VIOLATION_TOL
+#: A carried row's whole tolerance (in its own units, kg) for an executed action: half the
+#: 1e-6 the row allows in every later period whatever its right-hand side (the max(1, .) of a
+#: violation's tolerance), so what it carries never breaks a later row, round-off of the
+#: bookkeeping included, and far above the counters' own round-off (~1e-13 kg). (A tolerance
+#: relative to the right-hand side is not: 1e-6 of (1 - r) M kg, carried in U_v, broke 6a
+#: once M was used up; exactly 1e-6 broke it by the round-off.)
+CARRIED_TOL = 0.5 * VIOLATION_TOL
 
 
 class ProjectionError(ValueError):
@@ -343,13 +344,13 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     many executed actions the final check did not pass (0 unless the state itself breaks
     a row, e.g. stocks the layer never produced).
 
-    Executed in float64 (deployment, evaluation), a raw action is executed unchanged only if
-    it keeps the model's carried rows to :data:`CARRIED_TOL`; otherwise it is projected onto
-    the tightened rows, which keep them with a margin. The projection's answer is checked with
-    the violation tolerance (demanding no excess at all there fell back to the safe action,
-    far from the proposal, where the counters' round-off broke a carried row by 1e-13 kg).
-    float32 is the training path, whose rounding alone breaks a row by ~1e-7 of its
-    right-hand side and whose actions are never executed."""
+    Executed in float64 (deployment, evaluation), an action keeps the model's carried rows
+    to :data:`CARRIED_TOL`, the raw one to be executed unchanged and the projection's answer
+    alike (DAQP's tolerance on a unit-norm row is ~1e-6 kg on a row whose coefficients reach
+    4e5: such an answer broke 6a by 1.4e-6 kg and the window's last period by as much);
+    where the first answer does not, the retry's wider margin does. float32 is the training
+    path, whose rounding alone breaks a row by ~1e-7 of its right-hand side and whose actions
+    are never executed."""
     out = a.copy()
     index = np.flatnonzero(~_ok(model, c, reg, a, x, out_dtype == np.float64))
     if index.size == 0:
@@ -360,8 +361,9 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     safe = model.safe_action(xs, rs, params)
     p, n, m = index.size, a.shape[1], c.G.shape[1]
     rounded = lambda v: v.astype(out_dtype).astype(np.float64)  # noqa: E731
-    ok = lambda v, j: _ok(model, cs if j is None else cs.take(j), rs if j is None else rs[j], rounded(v),  # noqa: E731
-                          xs if j is None else xs[j])
+    strict = out_dtype == np.float64
+    ok = lambda v, j, carried=strict: _ok(model, cs if j is None else cs.take(j),  # noqa: E731
+                                          rs if j is None else rs[j], rounded(v), xs if j is None else xs[j], carried)
     structure = _cached_structure(c, scale, t)
     s = _system(cs, xs, safe, scale, t, structure if everyone else structure.take(index))
     z, lam = _daqp_batch(ys * ~s.pinned, s, np.arange(p))
@@ -380,9 +382,14 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
         last = retry[~good2]  # last resort: towards the safe action, which keeps every row
         if last.size:
             start = np.where(np.isfinite(z2[~good2]).all(1)[:, None], e2[~good2], safe[last])
-            executed[last] = rounded(_shrink(start, safe[last], lambda v: ok(v, last)))
+            # (the carried rows to CARRIED_TOL only where the safe action keeps them so: a state
+            # from outside the layer may break them already, and then the safe action, far from
+            # the proposal, would be all the bisection finds)
+            keeps = ok(safe[last], last)
+            executed[last] = rounded(_shrink(start, safe[last],
+                                             lambda v: np.where(keeps, ok(v, last), ok(v, last, False))))
             solved_by[last] = 2
-            unverified = int((~ok(executed[last], last)).sum())
+            unverified = int((~ok(executed[last], last, False)).sum())
     out[index] = executed
     if not need_active:
         return out, None, unverified

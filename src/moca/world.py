@@ -92,10 +92,10 @@ class RowModel:
     # Checks beyond the rows that a violation count includes (CLSC-2: the window settlement):
     # (a [B, n], x [B, k], regime [B, 5]) -> (excess [B], tolerance [B]); -inf excess where none applies.
     settlement: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
-    # Spec rows whose excess the later decisions inherit (CLSC-2's window counters): the
-    # layer executes a raw action unchanged only if it keeps them to 1e-6 kg (what every later
-    # period allows), since an excess within the tolerance of a row on 0.8 M kg (1e-6 of it)
-    # is beyond it once M is used up (moca.projection.CARRIED_TOL).
+    # Spec rows whose excess the later decisions inherit (CLSC-2's window counters): every
+    # executed action keeps them to half the 1e-6 kg every later period allows, since an excess
+    # within the tolerance of a row on 0.8 M kg (1e-6 of it) is beyond it once M is used up
+    # (moca.projection.CARRIED_TOL).
     carried: tuple[str, ...] = ()
 
     @cached_property
