@@ -34,10 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor
 
 from moca import checkpoint
-from moca.files import write_folder
 from moca.continual import ContinualConfig, ContinualError, ContinualLearner, METHODS, method_spec
 from moca.evaluation import TimedDecisions, latency_summary
 from moca.evaluation import evaluate_policy as evaluate_deployed
+from moca.files import write_folder
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache, adapt, first_seeds
 from moca.metrics import adaptation_speed, continual_metrics
 from moca.policy import (DeployedPolicy, LSTMPolicy, PolicyConfig, Weights, episode_losses, evaluate_policy,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -166,7 +167,7 @@ def remove_staging(parent: str | Path, name: str | None) -> None:
     ``name`` (or ``name-N``) when its process was killed, which runs no cleanup."""
     if name:
         for staging in Path(parent).glob(f".{name}*.tmp"):
-            if staging.name == f".{name}.tmp" or staging.name[len(name) + 1:-4].lstrip("-").isdigit():
+            if re.fullmatch(rf"\.{re.escape(name)}(-\d+)?\.tmp", staging.name):
                 shutil.rmtree(staging, ignore_errors=True)
 
 

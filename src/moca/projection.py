@@ -352,7 +352,8 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     path, whose rounding alone breaks a row by ~1e-7 of its right-hand side and whose actions
     are never executed."""
     out = a.copy()
-    index = np.flatnonzero(~_ok(model, c, reg, a, x, out_dtype == np.float64))
+    strict = out_dtype == np.float64
+    index = np.flatnonzero(~_ok(model, c, reg, a, x, strict))
     if index.size == 0:
         return out, None, 0
     scale = model.scale(params)
@@ -361,7 +362,6 @@ def _solve(model: RowModel, a: np.ndarray, x: np.ndarray, reg: np.ndarray, c: Ro
     safe = model.safe_action(xs, rs, params)
     p, n, m = index.size, a.shape[1], c.G.shape[1]
     rounded = lambda v: v.astype(out_dtype).astype(np.float64)  # noqa: E731
-    strict = out_dtype == np.float64
     ok = lambda v, j, carried=strict: _ok(model, cs if j is None else cs.take(j),  # noqa: E731
                                           rs if j is None else rs[j], rounded(v), xs if j is None else xs[j], carried)
     structure = _cached_structure(c, scale, t)

@@ -671,12 +671,13 @@ def _shrink_to_feasible(a: list[float], ok) -> list[float]:
 
 def _project_one(a: list[float], V: float, M: float, C: float, r: float, cap: float, kappa: float,
                  L: ConstraintLayout, tighten: float, ok=None,
-                 exact: bool = True) -> tuple[list[float], tuple[bool, ...] | None]:
+                 exact: bool = False) -> tuple[list[float], tuple[bool, ...] | None]:
     """Projection of an infeasible action (6 floats); ``ok(list of 6 floats)`` is the final
     test. Without ``ok`` the test is the spec's rows in float64, and the second value is
     that final check, per row (it is the check a caller counting violations would repeat).
     Where DAQP (and quadprog) fail, the training path's exact solver is tried for this one
-    action (``exact``; off when that solver is the caller) before the last resort."""
+    action (``exact``: the deployment path, in float64; that solver is the other caller)
+    before the last resort."""
     scale = L.scale_list
     # -y (-v / s is exactly -(v / s)); unrolled: a comprehension costs ~0.5 us more on 3.11
     a0, a1, a2, a3, a4, a5 = a
@@ -695,12 +696,12 @@ def _project_one(a: list[float], V: float, M: float, C: float, r: float, cap: fl
             elif ok(best):
                 return best, None
     check = lambda x: _rows_ok_one(x, V, M, C, r, cap, kappa, L)  # noqa: E731
-    if exact and tighten == _TIGHTEN_DEPLOYMENT:
+    if exact:
         # (DAQP failed on about 2% of raw actions beyond 1e5 capacities, on the last bit of the
         # target; the exact solver below moves far-away targets to numbers of order 1 first)
         one = lambda v: np.array([v], dtype=np.float64)  # noqa: E731
         out, _ = _solve_batch(np.array([a], dtype=np.float64), one(V), one(M), one(C), one(r), one(cap), one(kappa),
-                              L, torch.float64, exact=False)
+                              L, torch.float64)
         candidate = out[:, 0].tolist()
         if ok is not None and ok(candidate):
             return candidate, None
@@ -724,7 +725,7 @@ def project_counted(raw: list[float], virgin: float, recycled: float, cores: flo
     kept = _rows_ok_one(raw, virgin, recycled, cores, r, cap, kappa, layout)
     if all(kept):
         return raw, 0
-    executed, kept = _project_one(raw, virgin, recycled, cores, r, cap, kappa, layout, _TIGHTEN_DEPLOYMENT)
+    executed, kept = _project_one(raw, virgin, recycled, cores, r, cap, kappa, layout, _TIGHTEN_DEPLOYMENT, exact=True)
     return executed, 8 - sum(kept)
 
 
@@ -1233,11 +1234,9 @@ class _BatchSolution:
     norm5: float
 
 
-def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: ConstraintLayout, out_dtype: torch.dtype,
-                 exact: bool = True):
+def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: ConstraintLayout, out_dtype: torch.dtype):
     """Executed actions ``[6, B]`` (float64 values representable in ``out_dtype`` without a
-    violation) and what the backward pass needs about the projected elements (``exact``:
-    see :func:`_project_one`)."""
+    violation) and what the backward pass needs about the projected elements."""
     ok = _rows_ok_batch(a, V, M, C, r, cap, kappa, L).all(0)
     # Batch last, like the rest of this path; the caller hands it out as a [B, 6] view whose
     # columns are contiguous, which is what the simulator's step reads fastest.
@@ -1298,7 +1297,7 @@ def _solve_batch(a: np.ndarray, V, M, C, r, cap, kappa, L: ConstraintLayout, out
             x = np.asarray(x, dtype=np_dtype).astype(np.float64)
             return all(_rows_ok_one(x.tolist(), Vi[j], Mi[j], Ci[j], ri[j], capi[j], ki[j], L))
         executed[j] = _project_one(a[idx[j]].tolist(), float(Vi[j]), float(Mi[j]), float(Ci[j]), float(ri[j]),
-                                   float(capi[j]), float(ki[j]), L, t, ok, exact=False)[0]
+                                   float(capi[j]), float(ki[j]), L, t, ok)[0]
         z[:, j] = executed[j] / s
     # Active rows for the backward pass: from the slacks where no solver reported them.
     redo = np.setdiff1d(np.arange(idx.size), coupled[done[coupled] & good[coupled]])

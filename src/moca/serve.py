@@ -1881,11 +1881,11 @@ async function refresh() {
     '</td><td>' + fmt(d.action_cost, 0) + '</td><td>' + fmt(d.recycled_share, 3) + '</td><td>' + fmt(d.latency_us, 0) +
     '</td></tr>').join("");
   const costs = decisions.map(d => d.action_cost), shares = decisions.map(d => d.recycled_share);
+  const lowest = Math.min(...costs), highest = Math.max(...costs);
   $("chart").innerHTML = '<rect x="0" y="0" width="900" height="220" fill="#fbfcfe"/>' +
-    line(costs, "#2a62b5", Math.min(...costs), Math.max(...costs)) + line(shares, "#2d9b54", 0, 1);
+    line(costs, "#2a62b5", lowest, highest) + line(shares, "#2d9b54", 0, 1);
   // (the cost line spans the chart from its own lowest to its highest value: say which)
-  $("cost-range").textContent = costs.length ? "(bottom " + fmt(Math.min(...costs), 0) + " EUR, top " +
-    fmt(Math.max(...costs), 0) + " EUR)" : "";
+  $("cost-range").textContent = costs.length ? "(bottom " + fmt(lowest, 0) + " EUR, top " + fmt(highest, 0) + " EUR)" : "";
   document.body.dataset.ready = "1";
 }
 $("chain-select").addEventListener("change", refresh);
