@@ -193,6 +193,26 @@ def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
     assert any(v["version"] == 2 for v in nearest[0]["learned"])
 
 
+def test_a_version_for_a_later_rule_waits_for_it_while_an_earlier_one_takes_force(client):
+    """Two rules announced ahead, both adapted before the first takes force: each version is
+    active from its own rule's period (the first's activation retired the second's, and the
+    chain kept deciding with the first rule's version under the second rule)."""
+    rt = client.app.state.runtime
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    client.post("/v1/chains/p1/decide", json=_obs(0))
+    first = client.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 2}).json()
+    second = client.post("/v1/chains/p1/regulations", json={"regime": "T1", "effective": 4}).json()  # (back)
+    _run_jobs(rt.store, [first["job"], second["job"]])
+    made = [client.get(f"/v1/jobs/{j}").json()["version"] for j in (first["job"], second["job"])]
+    assert made == [2, 3], made
+    assert [v["state"] for v in client.get("/v1/chains/p1/versions").json()] == ["active", "scheduled", "scheduled"]
+    got = [(a["policy_version"], a["regime"]["id"]) for a in
+           (client.post("/v1/chains/p1/decide", json=_obs(t)).json() for t in range(1, 6))]
+    assert got == [(1, 1), (2, first["regime_id"]), (2, first["regime_id"]), (3, second["regime_id"]),
+                   (3, second["regime_id"])], got
+    assert [v["state"] for v in client.get("/v1/chains/p1/versions").json()] == ["retired", "retired", "active"]
+
+
 def test_a_rule_effective_in_a_decided_period_says_it_holds_from_the_next_decision(client):
     client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
     for t in range(4):

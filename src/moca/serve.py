@@ -1185,8 +1185,11 @@ def _promote(c: sqlite3.Connection, chain: str, episode: int, t: int) -> None:
     c.execute("UPDATE versions SET state='retired' WHERE chain=? AND state='scheduled' AND regime_id != ? AND "
               "regulation IN (SELECT id FROM regulations WHERE state='in_force')", (chain, regime_id))
     if ready:
-        c.execute("UPDATE versions SET state='retired' WHERE chain=? AND state IN ('active', 'scheduled') "
-                  "AND number != ?", (chain, ready[0][0]))
+        # (a version scheduled for a rule still pending stays scheduled: retiring it kept the
+        # chain on this rule's version after that rule had come into force)
+        c.execute("UPDATE versions SET state='retired' WHERE chain=? AND number != ? AND (state='active' OR "
+                  "(state='scheduled' AND regulation IN (SELECT id FROM regulations WHERE state='in_force')))",
+                  (chain, ready[0][0]))
         c.execute("UPDATE versions SET state='active', activated=? WHERE chain=? AND number=?", (now, chain, ready[0][0]))
         c.execute("UPDATE chains SET version=? WHERE id=?", (ready[0][0], chain))
 
