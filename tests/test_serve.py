@@ -469,6 +469,17 @@ def test_the_decision_log_stays_bounded_and_the_openapi_page_is_served(tmp_path)
         assert "https://" not in docs.text and "/docs-assets/swagger-ui-bundle.js" in docs.text
         for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
             assert c.get(f"/docs-assets/{asset}").status_code == 200
+    # chains deciding in turn: each log is bounded (pruned at multiples of 4 of the shared row
+    # id, only the chain whose rows are even was: the other kept all 24)
+    with TestClient(create_app(tmp_path / "two", worker=False, keep_decisions=4)) as c:
+        for chain in ("p2", "p3"):
+            c.post("/v1/chains", json={"id": chain, "regime": "T1"})
+        for t in range(24):
+            for chain in ("p2", "p3"):
+                assert c.post(f"/v1/chains/{chain}/decide", json=_obs(t)).status_code == 200
+        for chain in ("p2", "p3"):
+            kept = [d["t"] for d in c.get(f"/v1/chains/{chain}/decisions?limit=100").json()]
+            assert kept == list(range(24 - len(kept), 24)) and 4 <= len(kept) < 8, (chain, kept)
 
 
 def test_token_guards_every_mutating_endpoint(tmp_path):
@@ -624,6 +635,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _parent(proc: Path) -> int | None:
+    """The parent pid of the process ``/proc/PID`` (None once it is gone)."""
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class Service:
     """``moca serve`` in its own process group on 127.0.0.1 (so SIGKILL reaches the worker too)."""
 
@@ -657,10 +676,18 @@ class Service:
             pass
         self.proc.wait(timeout=10)
 
-    def stop(self) -> None:
-        """SIGTERM to the server alone, as an operator's stop (systemd, Ctrl-C) sends it."""
+    def stop(self, everyone: bool = False) -> None:
+        """SIGTERM to the server alone, as ``kill PID`` sends it; ``everyone``: to its process
+        group and to each of its children too, as systemd's stop and a terminal's Ctrl-C do."""
         self.http.close()
-        self.proc.send_signal(signal.SIGTERM)
+        if everyone:
+            children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == self.proc.pid]
+            assert children, "the worker process was not found"
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            for child in children:
+                os.kill(child, signal.SIGTERM)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=30)
 
     def wait_job(self, job: int, until: tuple[str, ...], timeout: float = 60) -> dict:
@@ -774,18 +801,55 @@ def test_kill9_mid_adaptation_and_mid_decisions_loses_nothing_acknowledged(servi
     assert s.http.post("/v1/chains/p1/decide", json=_obs(stored[-1] + 1)).status_code == 200
 
 
+def test_one_chain_registered_twice_at_once_keeps_the_winner_s_weights(services, tmp_path):
+    """A client's retry racing its first request: one 201, one 409, and the chain's weights
+    are the ones recorded (the loser deleted and rewrote them: 503s on checksum, or a 409 for
+    a chain whose first answer was a 503)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = services(tmp_path / "data")
+    body = {"regime": "T1"}
+    for attempt in range(6):
+        chain = f"race{attempt}"
+        with ThreadPoolExecutor(2) as pool:
+            codes = sorted(pool.map(lambda _: httpx.post(s.url + "/v1/chains", json={**body, "id": chain},
+                                                         timeout=30).status_code, range(2)))
+        assert codes == [201, 409], codes
+        assert s.http.post(f"/v1/chains/{chain}/decide", json=_obs(0)).status_code == 200
+    s.kill()
+    s = services(tmp_path / "data")  # (the cache of the weights no longer masks them)
+    assert s.http.get("/health").json()["status"] == "ok"
+    assert all(s.http.post(f"/v1/chains/race{a}/decide", json=_obs(1)).status_code == 200 for a in range(6))
+
+
+def test_weights_that_cannot_be_written_are_a_503_naming_the_folder(tmp_path, monkeypatch):
+    """A read-only or full disk under DATA/weights was a bare 500 with a traceback."""
+    from moca import serve
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(serve.ChainModel, "save", full)
+    with TestClient(create_app(tmp_path / "data", worker=False)) as c:
+        r = c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+        assert r.status_code == 503 and "weights cannot be written under" in r.json()["detail"], r.text
+        assert "No space left on device" in r.json()["detail"] and c.get("/v1/chains/p1").status_code == 404
+
+
 def test_stopping_the_service_mid_job_spends_no_attempt_and_leaves_the_database_whole(services, tmp_path):
     """Two routine stops (SIGTERM) during one job failed it ("interrupted 2 times; not
-    applied"), as two crashes do; a stop now queues it again as it was. After a stop the
-    database file alone holds everything (the WAL folded into it), so a copy of it is a backup."""
+    applied"), as two crashes do; a stop now queues it again as it was, also where the signal
+    reaches the worker too (systemd, Ctrl-C: it died first and was counted as a crash). After
+    a stop the database file alone holds everything (the WAL folded into it), so a copy of it
+    is a backup."""
     data = tmp_path / "data"
     s = services(data)
     assert s.http.post("/v1/chains", json={"id": "p1", "regime": "T1"}).status_code == 201
     assert s.http.post("/v1/chains/p1/decide", json=_obs(0)).status_code == 200
     job = s.http.post("/v1/chains/p1/regulations", json={"regime": "T3", "effective": 40}).json()["job"]
-    for _ in range(2):
+    for everyone in (True, False):
         s.wait_job(job, ("running",))
-        s.stop()
+        s.stop(everyone)
         assert s.proc.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM), s.proc.returncode
         wal = data / "moca.sqlite3-wal"
         assert not wal.exists() or wal.stat().st_size == 0

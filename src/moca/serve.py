@@ -1073,6 +1073,10 @@ def _die_with_parent() -> None:
 def worker_main(data: str, parent: int, settings: AdaptSettings = AdaptSettings()) -> None:
     """Claim queued jobs one at a time until the server (``parent``) is gone."""
     _die_with_parent()
+    # A stop is the server's to make (systemd's stop sends SIGTERM to every process of the
+    # service): the server ends the worker and records the job as stopped, not crashed.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, signal.SIG_IGN)
     try:
         os.nice(10)  # decisions first: the worker gets what the server leaves
     except OSError:
@@ -1118,6 +1122,11 @@ class Runtime:
     regimes: dict[int, tuple[Any, np.ndarray, dict]] = field(default_factory=dict)
     worker: subprocess.Popen | None = None
     keep_decisions: int = 0  # per chain; 0 keeps every decision
+    #: Held from a registration's check that its id is free to its insert: two at once (a
+    #: client's retry) each rewrote the weights the other had recorded.
+    registering: threading.Lock = field(default_factory=threading.Lock)
+    #: Decisions stored per chain since its log was last pruned (since the start).
+    unpruned: dict[str, int] = field(default_factory=dict)
     recovered: dict[str, int] = field(default_factory=dict)
     #: Versions whose checkpoint failed to load (chain, number) -> why: /health names them.
     unloadable: dict[tuple[str, int], str] = field(default_factory=dict)
@@ -1237,14 +1246,18 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
     projected = not np.array_equal(action, raw)
     latency = (time.perf_counter() - started) * 1e6
     with store.lock:  # one statement = one transaction (autocommit); the trigger stores the state
-        row_id = store.conn.execute(
+        store.conn.execute(
             "INSERT INTO decisions(chain, episode, t, version, regime_id, action, raw, projected, cost, recycled_share, "
             "latency_us, at, frames, h, c) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (chain, memory.episode, body.t, version, regime_id, action.tobytes(), raw.tobytes(), int(projected), cost,
-             share, latency, time.time(), *trial.blobs())).lastrowid
-        if rt.keep_decisions and row_id % max(1, min(1024, rt.keep_decisions)) == 0:  # the log stays bounded
+             share, latency, time.time(), *trial.blobs()))
+        # Each chain's log is pruned every so many of its own decisions: counted by the log's
+        # row id, which all chains share, a chain whose turn never fell on a multiple kept all.
+        rt.unpruned[chain] = rt.unpruned.get(chain, 0) + 1
+        if rt.keep_decisions and rt.unpruned[chain] >= min(1024, rt.keep_decisions):
             store.conn.execute("DELETE FROM decisions WHERE chain=?1 AND id <= (SELECT id FROM decisions WHERE "
                                "chain=?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)", (chain, rt.keep_decisions))
+            rt.unpruned[chain] = 0
     rt.memories[chain] = trial  # only once it is stored
     names = model.action_names
     return {"action": dict(zip(names, action.tolist())), "raw_action": dict(zip(names, raw.tolist())),
@@ -1506,10 +1519,13 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     rt = Runtime(store, token or None, keep_decisions=keep_decisions)
 
     def start_worker() -> None:
+        # Its own session: a Ctrl-C in a terminal (or a kill of the server's process group)
+        # reaches the server alone, whose stop then ends the worker and queues its job as
+        # stopped; the worker dying of the signal first was counted as a crash.
         rt.worker = subprocess.Popen([sys.executable, "-m", "moca.serve", "--worker", str(store.data), str(os.getpid()),
                                       *adapt.argv()],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(store.data / "worker.log", "ab"))
+                                     stderr=open(store.data / "worker.log", "ab"), start_new_session=True)
 
     async def watch_worker() -> None:
         """A worker that dies (killed, out of memory) is replaced; its job is re-run or
@@ -1637,25 +1653,33 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                                   f"'moca adapt{world} --checkpoint {body.checkpoint or model.default_checkpoint} "
                                   "--regime REGIME --params FILE -o DATA/checkpoints/NAME' and register with "
                                   "\"checkpoint\": \"NAME\"")
-        path = store.weights_dir(body.id, 1)
-        shutil.rmtree(path, ignore_errors=True)
-        sha = model.save(path, module, {"chain": body.id, "version": 1, "from": body.checkpoint or model.default_checkpoint})
         params_json = json.dumps(params.model_dump(mode="json"), sort_keys=True)
-        with store.tx() as c:
-            if c.execute("SELECT 1 FROM chains WHERE id=?", (body.id,)).fetchone():
+        # (the weights are written outside the database's lock: decisions of other chains go on)
+        with rt.registering:
+            if store.one("SELECT 1 FROM chains WHERE id=?", (body.id,)):
                 raise ServeError(409, f"id: chain {body.id!r} exists")
-            regime_id = store.regime_id(model, regime, params, body.regime if isinstance(body.regime, str) else None)
-            c.execute("INSERT INTO chains(id, model, params, params_hash, regime_id, version, created) "
-                      "VALUES(?,?,?,?,?,1,?)", (body.id, model.name, params_json, _params_hash(params_json),
-                                                 regime_id, time.time()))
-            c.execute("INSERT INTO versions(chain, number, regime_id, parent, path, sha256, source, state, created, "
-                      "activated) VALUES(?,1,?,NULL,?,?,'initial','active',?,?)",
-                      (body.id, regime_id, str(path.relative_to(store.data)), sha, time.time(), time.time()))
-            c.execute("INSERT INTO chain_state(chain, episode, last_t) VALUES(?,0,-1)", (body.id,))
-            # The registered regime as a regulation already in force from period 0: the job is
-            # then an ordinary one (warm start from the memory, validation gate) and its version
-            # becomes active as soon as it passes.
-            job = _queue_regulation(c, body.id, regime_id, 0, 0, in_force=True)[1] if body.adapt else None
+            path = store.weights_dir(body.id, 1)
+            shutil.rmtree(path, ignore_errors=True)  # (an earlier attempt's, stopped before its insert)
+            try:
+                sha = model.save(path, module, {"chain": body.id, "version": 1,
+                                                "from": body.checkpoint or model.default_checkpoint})
+            except OSError as err:  # (a read-only or full disk under DATA/weights was a bare 500)
+                raise ServeError(503, f"data: the chain's weights cannot be written under {path.parent} "
+                                      f"({err.strerror or err}); nothing was registered") from None
+            with store.tx() as c:
+                regime_id = store.regime_id(model, regime, params,
+                                            body.regime if isinstance(body.regime, str) else None)
+                c.execute("INSERT INTO chains(id, model, params, params_hash, regime_id, version, created) "
+                          "VALUES(?,?,?,?,?,1,?)", (body.id, model.name, params_json, _params_hash(params_json),
+                                                     regime_id, time.time()))
+                c.execute("INSERT INTO versions(chain, number, regime_id, parent, path, sha256, source, state, "
+                          "created, activated) VALUES(?,1,?,NULL,?,?,'initial','active',?,?)",
+                          (body.id, regime_id, str(path.relative_to(store.data)), sha, time.time(), time.time()))
+                c.execute("INSERT INTO chain_state(chain, episode, last_t) VALUES(?,0,-1)", (body.id,))
+                # The registered regime as a regulation already in force from period 0: the job is
+                # then an ordinary one (warm start from the memory, validation gate) and its version
+                # becomes active as soon as it passes.
+                job = _queue_regulation(c, body.id, regime_id, 0, 0, in_force=True)[1] if body.adapt else None
         _deployed(rt, model, body.id, 1)  # loaded now, not by the first decision
         return {**chain_out(body.id), "adaptation_job": job}
 
