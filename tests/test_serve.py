@@ -1023,6 +1023,10 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
                         run_job(app.state.runtime.store, job["job"], SMALL)
                     finally:
                         torch.set_num_threads(threads)
+                    # a job says the regime its regulation brings (a rejected one made no version that would)
+                    finished = http.get(f"/v1/jobs/{job['job']}").json()
+                    assert finished["regime_id"] == job["regime_id"] and finished["state"] in ("done", "rejected")
+                    assert [j["regime_id"] for j in http.get("/v1/chains/plant-1/jobs").json()] == [job["regime_id"]]
                 demand = 1000.0 * (1 + 0.3 * np.sin(2 * np.pi * t / 52))
                 http.post("/v1/chains/plant-1/decide", json=_obs(t, last_demand=None if t == 0 else demand,
                                                                  return_frac=0.2 + 0.01 * (t % 7)))
@@ -1038,6 +1042,11 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
                 assert "T3 <img src=x id=injected>" in page.inner_text("#regime")
                 assert page.locator("#injected").count() == 0
                 assert page.locator("#versions tbody tr").count() == 2  # v1 retired, v2 (adapted to T3) active
+                # regimes by name (they were ids), every job with its state (a rejected one showed nowhere)
+                assert f"T3 <img src=x id=injected> ({job['regime_id']})" in page.inner_text("#versions")
+                assert page.locator("#jobs tbody tr").count() == 1
+                row = page.inner_text("#jobs tbody tr")
+                assert row.startswith(str(job["job"])) and finished["state"] in row and "T3 <img" in row
                 assert "policy v2" in page.inner_text("#chain-name")
                 assert page.locator("#decisions tbody tr").count() == 15
                 assert page.locator("#chart polyline").count() == 2

@@ -1278,8 +1278,13 @@ JOB_COLUMNS = ("id, chain, regulation, state, attempts, score_before, score_afte
                "seconds, version, error, created, started, finished")
 
 
+#: A job's columns and the regime its regulation brings (a rejected or failed job made no
+#: version that would say which).
+JOB_SELECT = f"SELECT {JOB_COLUMNS}, (SELECT regime_id FROM regulations WHERE regulations.id = jobs.regulation) FROM jobs"
+
+
 def _job_out(row) -> dict[str, Any]:
-    return dict(zip([c.strip() for c in JOB_COLUMNS.split(",")], row))
+    return dict(zip([*(c.strip() for c in JOB_COLUMNS.split(",")), "regime_id"], row))
 
 
 class _TooLarge(BaseException):  # not Exception: FastAPI would turn that into a 400
@@ -1775,7 +1780,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
 
     @app.get("/v1/jobs/{job}")
     def get_job(job: int = PathParameter(ge=1, le=LARGEST_ID)) -> dict[str, Any]:
-        row = store.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=?", (job,))
+        row = store.one(f"{JOB_SELECT} WHERE id=?", (job,))
         if row is None:
             raise ServeError(404, f"job: no job {job}")
         return _job_out(row)
@@ -1783,7 +1788,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     @app.get("/v1/chains/{chain}/jobs")
     def chain_jobs(chain: str) -> list[dict[str, Any]]:
         _chain(rt, chain)
-        return [_job_out(r) for r in store.all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE chain=? ORDER BY id", (chain,))]
+        return [_job_out(r) for r in store.all(f"{JOB_SELECT} WHERE chain=? ORDER BY id", (chain,))]
 
     @app.get("/v1/chains/{chain}/versions")
     def versions(chain: str) -> list[dict[str, Any]]:
@@ -1864,6 +1869,9 @@ td,th{border-bottom:1px solid #e4e7ed;padding:3px 6px;text-align:left}
 <section class="wide"><h2>Recent decisions</h2><table id="decisions"><thead><tr><th>episode</th><th>t</th>
 <th>version</th><th>regime</th><th>order</th><th>use_virgin</th><th>use_recycled</th><th>projected</th>
 <th>cost</th><th>recycled share</th><th>latency &micro;s</th></tr></thead><tbody></tbody></table></section>
+<section class="wide"><h2>Adaptation jobs</h2><table id="jobs"><thead><tr><th>job</th><th>state</th>
+<th>regime</th><th>score before</th><th>score after</th><th>steps</th><th>seconds</th><th>version</th>
+<th>error</th></tr></thead><tbody></tbody></table></section>
 </main>
 <script>
 const $ = (id) => document.getElementById(id);
@@ -1891,21 +1899,31 @@ async function refresh() {
     if (chains.some(c => c.id === chosen)) select.value = chosen;
   }
   const id = select.value || chains[0].id;
-  const [chain, versions, decisions] = await Promise.all([get("/v1/chains/" + id), get("/v1/chains/" + id + "/versions"),
-                                                          get("/v1/chains/" + id + "/decisions?limit=200")]);
+  const [chain, versions, decisions, jobs, regimes] = await Promise.all([get("/v1/chains/" + id),
+    get("/v1/chains/" + id + "/versions"), get("/v1/chains/" + id + "/decisions?limit=200"),
+    get("/v1/chains/" + id + "/jobs"), get("/v1/regimes")]);
+  // A regime by its name where it has one (a preset's, or a regulation's label), else its id.
+  const names = new Map(regimes.map(r => [r.id, r.name]));
+  const regimeText = (rid) => names.get(rid) ? esc(names.get(rid)) + " (" + rid + ")" : (rid ?? "&ndash;");
   $("chain-name").textContent = id + " (" + chain.model + ", policy v" + chain.policy_version + ")";
   const reg = chain.regime;
   $("regime").innerHTML = '<b>' + esc(reg.name || ("regime " + reg.id)) + '</b><br>' +
     Object.entries(reg.regime).map(([k, v]) => '<code>' + esc(k) + '</code> ' + (v === null ? "none" : esc(v))).join("<br>") +
-    (chain.pending_regulations.length ? '<p>announced: ' + chain.pending_regulations.map(p => 'regime ' + p.regime_id +
+    (chain.pending_regulations.length ? '<p>announced: ' + chain.pending_regulations.map(p => regimeText(p.regime_id) +
       ' from t=' + p.effective).join(", ") + '</p>' : "");
   $("versions").tBodies[0].innerHTML = versions.map(v => '<tr><td>' + v.number + '</td><td>' + esc(v.state) + '</td><td>' +
-    v.regime_id + '</td><td>' + fmt(v.score, 4) + '</td><td>' + (v.parent ?? "&ndash;") + '</td><td>' + esc(v.source) +
+    regimeText(v.regime_id) + '</td><td>' + fmt(v.score, 4) + '</td><td>' + (v.parent ?? "&ndash;") + '</td><td>' + esc(v.source) +
     '</td><td><code>' + v.sha256.slice(0, 12) + '</code></td></tr>').join("");
   $("decisions").tBodies[0].innerHTML = decisions.slice(-15).reverse().map(d => '<tr><td>' + d.episode + '</td><td>' +
-    d.t + '</td><td>' + d.version + '</td><td>' + d.regime_id + '</td><td>' + fmt(d.action.order, 0) + '</td><td>' +
+    d.t + '</td><td>' + d.version + '</td><td>' + regimeText(d.regime_id) + '</td><td>' + fmt(d.action.order, 0) + '</td><td>' +
     fmt(d.action.use_virgin, 0) + '</td><td>' + fmt(d.action.use_recycled, 0) + '</td><td>' + (d.projected ? "yes" : "no") +
     '</td><td>' + fmt(d.action_cost, 0) + '</td><td>' + fmt(d.recycled_share, 3) + '</td><td>' + fmt(d.latency_us, 0) +
+    '</td></tr>').join("");
+  // Every job, the rejected and failed ones too (a rejected adaptation left no version to show it).
+  $("jobs").tBodies[0].innerHTML = jobs.slice(-15).reverse().map(j => '<tr><td>' + j.id + '</td><td>' + esc(j.state) +
+    '</td><td>' + regimeText(j.regime_id) +
+    '</td><td>' + fmt(j.score_before, 4) + '</td><td>' + fmt(j.score_after, 4) + '</td><td>' + (j.steps ?? "&ndash;") +
+    '</td><td>' + fmt(j.seconds, 1) + '</td><td>' + (j.version ?? "&ndash;") + '</td><td>' + esc(j.error ?? "") +
     '</td></tr>').join("");
   const costs = decisions.map(d => d.action_cost), shares = decisions.map(d => d.recycled_share);
   const lowest = Math.min(...costs), highest = Math.max(...costs);
