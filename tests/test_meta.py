@@ -142,6 +142,32 @@ def test_batched_adaptation_equals_one_learner_at_a_time(algorithm):
     np.testing.assert_allclose(batched, np.mean(single, axis=0), rtol=1e-10)
 
 
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile"])
+def test_a_frozen_parameter_is_held_by_inner_and_outer_steps(algorithm):
+    """A parameter with requires_grad=False stays as it is, as torch's optimisers hold it;
+    the trainable ones take the same steps as on the model with only them (the bias)."""
+    model, data = _tiny(9)
+    model.weight.requires_grad_(False)
+    frozen = model.weight.detach().clone()
+    meta = MetaLearner(model, algorithm, inner_lr=0.05, inner_steps=2, inner_clip=None)
+    learner = meta.clone()
+    for _ in range(2):
+        learner.adapt(_loss(model, learner.weights, data["xs"], data["ys"]))
+    assert torch.equal(learner.weights["weight"], frozen)
+    bias = model.bias.detach().clone()
+    expected = bias.clone()
+    for _ in range(2):  # closed form: the loss's gradient in the bias alone
+        residual = data["xs"] @ frozen.T + expected - data["ys"]
+        expected = expected - 0.05 * 2.0 * residual.mean(0)
+    np.testing.assert_allclose(learner.weights["bias"].detach().numpy(), expected.numpy(), rtol=1e-12)
+    query = None if algorithm == "reptile" else _loss(model, learner.weights, data["xq"], data["yq"])
+    meta.outer_step([learner], query)
+    assert torch.equal(model.weight, frozen) and not torch.equal(model.bias, bias)
+    model.bias.requires_grad_(False)
+    with pytest.raises(MetaError, match="without any that requires grad"):
+        MetaLearner(model, algorithm)
+
+
 def test_maml_through_a_tiny_lstm_matches_finite_differences():
     torch.manual_seed(0)
     lstm = nn.LSTM(2, 3, batch_first=True).double()

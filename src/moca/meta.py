@@ -132,11 +132,12 @@ def _check_learners(learners: Sequence[Learner], meta: "MetaLearner") -> None:
             raise MetaError(f"learners[{j}]: not a learner of this MetaLearner (make one with its clone())")
 
 
-def _per_learner(grads: Sequence[Tensor | None], learners: Sequence[Learner]) -> list[dict[str, Tensor | None]]:
-    """Split gradients taken over ``[w for learner in learners for w in learner.weights.values()]``
+def _per_learner(grads: Sequence[Tensor | None], learners: Sequence[Learner],
+                 keys: Sequence[str]) -> list[dict[str, Tensor | None]]:
+    """Split gradients taken over ``[learner.weights[k] for learner in learners for k in keys]``
     back into one dict per learner."""
     it = iter(grads)
-    return [{k: next(it) for k in learner.weights} for learner in learners]
+    return [{k: next(it) for k in keys} for _ in learners]
 
 
 class MetaLearner:
@@ -145,9 +146,10 @@ class MetaLearner:
     def __init__(self, module: nn.Module, algorithm: Algorithm = "fomaml", inner_lr: float = 1.0,
                  inner_steps: int = 1, outer_lr: float = 1e-3, inner_clip: float | None = 0.03,
                  zero_shot_weight: float = 0.0):
-        if not isinstance(module, nn.Module) or not any(True for _ in module.parameters()):
+        if not isinstance(module, nn.Module) or not any(p.requires_grad for p in module.parameters()):
             raise MetaError(f"module: expected a torch module with parameters to meta-learn, got "
-                            f"{type(module).__name__}{'' if not isinstance(module, nn.Module) else ' without any'}")
+                            f"{type(module).__name__}"
+                            f"{'' if not isinstance(module, nn.Module) else ' without any that requires grad'}")
         if algorithm not in ALGORITHMS:
             raise MetaError(f"algorithm: {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
         if not (is_finite_number(inner_lr) and inner_lr > 0):
@@ -166,7 +168,10 @@ class MetaLearner:
         self.inner_steps = inner_steps
         self.inner_clip = inner_clip
         self.zero_shot_weight = zero_shot_weight
-        self.optimizer = torch.optim.Adam(module.parameters(), lr=outer_lr)
+        # A parameter the user froze (requires_grad=False) is held as it is by the inner steps
+        # and the outer step alike, as torch's own optimisers would hold it.
+        self.trainable = [k for k, p in module.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=outer_lr)
         self.steps_taken = 0  # outer steps applied (for the messages of a diverging run)
 
     @property
@@ -175,17 +180,20 @@ class MetaLearner:
 
     @property
     def weights(self) -> Weights:
-        """The meta weights (the module's own parameters)."""
-        return dict(self.module.named_parameters())
+        """The meta weights (the module's own parameters that require grad)."""
+        params = dict(self.module.named_parameters())
+        return {k: params[k] for k in self.trainable}
 
     def clone(self) -> Learner:
         """A learner starting at the meta weights. Second order: ``clone()`` keeps the
         graph to θ (and makes each learner's start a distinct node, so one backward over
         several learners gives each its own gradient); first order: detached leaves."""
+        trainable = set(self.trainable)
         if self.second_order:
-            start = {k: p.clone() for k, p in self.module.named_parameters()}
+            start = {k: p.clone() if k in trainable else p.detach() for k, p in self.module.named_parameters()}
         else:
-            start = {k: p.detach().clone().requires_grad_(True) for k, p in self.module.named_parameters()}
+            start = {k: p.detach().clone().requires_grad_(True) if k in trainable else p.detach()
+                     for k, p in self.module.named_parameters()}
         return Learner(self, start)
 
     def adapt_all(self, learners: Sequence[Learner], loss: Tensor) -> None:
@@ -197,21 +205,23 @@ class MetaLearner:
         """
         _check_learners(learners, self)
         _check_loss(loss, "loss")
-        flat = [w for learner in learners for w in learner.weights.values()]
+        flat = [learner.weights[k] for learner in learners for k in self.trainable]
         grads = torch.autograd.grad(loss, flat, create_graph=self.second_order, allow_unused=True)
-        for j, (learner, own) in enumerate(zip(learners, _per_learner(grads, learners))):
+        for j, (learner, own) in enumerate(zip(learners, _per_learner(grads, learners, self.trainable))):
             if all(g is None for g in own.values()):
                 raise MetaError(f"loss: does not depend on {'the learner' if len(learners) == 1 else f'learner {j}'}"
                                 "'s weights: compute it through the learner, learner(inputs)")
             own = {k: torch.zeros_like(learner.weights[k]) if g is None else g for k, g in own.items()}
             if learner.start_grad is None:  # the first inner step
                 learner.start_grad = {k: g.detach() for k, g in own.items()}
-            new = clipped_sgd(learner.weights, own, self.inner_lr, self.inner_clip)
+            new = clipped_sgd({k: learner.weights[k] for k in self.trainable}, own, self.inner_lr, self.inner_clip)
             if not all(torch.isfinite(w).all() for w in new.values()):
                 raise MetaError(f"meta step {self.steps_taken + 1}: an inner step made a learner's weights non-finite "
                                 "(NaN or inf): the losses diverged; lower inner_lr or correction_weight, or set "
                                 "inner_clip")
-            learner.weights = new if self.second_order else {k: w.detach().requires_grad_(True) for k, w in new.items()}
+            if not self.second_order:
+                new = {k: w.detach().requires_grad_(True) for k, w in new.items()}
+            learner.weights = {**learner.weights, **new}
 
     def meta_gradient(self, learners: Sequence[Learner], query_loss: Tensor | None = None) -> Weights:
         """The outer-loop direction for the meta weights (a dict like ``weights``).
@@ -245,7 +255,7 @@ class MetaLearner:
         # maml: through the learners to the meta weights; fomaml: the gradient at the adapted
         # weights stands in for the gradient at θ.
         flat = list(params.values()) if self.algorithm == "maml" else \
-            [w for learner in learners for w in learner.weights.values()]
+            [learner.weights[k] for learner in learners for k in self.trainable]
         grads = torch.autograd.grad(query_loss, flat, allow_unused=True)
         if all(g is None for g in grads):
             raise MetaError("query_loss: does not depend on the learners' weights: compute it through the adapted "
@@ -253,7 +263,7 @@ class MetaLearner:
         if self.algorithm == "maml":
             return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), grads)}
         out = {k: torch.zeros_like(p) for k, p in params.items()}
-        for own in _per_learner(grads, learners):
+        for own in _per_learner(grads, learners, self.trainable):
             for key, g in own.items():
                 if g is not None:
                     out[key] += g.detach()
@@ -271,14 +281,15 @@ class MetaLearner:
         if not all(torch.isfinite(g).all() for g in direction.values()):
             raise MetaError(f"meta step {self.steps_taken + 1}: the meta-gradient is not finite (NaN or inf): the "
                             "losses diverged; lower inner_lr, outer_lr or correction_weight")
-        before = {k: p.detach().clone() for k, p in self.module.named_parameters()}
+        params = self.weights
+        before = {k: p.detach().clone() for k, p in params.items()}
         self.optimizer.zero_grad()
-        for key, p in self.module.named_parameters():
+        for key, p in params.items():
             p.grad = direction[key].detach().clone()
         self.optimizer.step()
-        if not all(torch.isfinite(p).all() for p in self.module.parameters()):
+        if not all(torch.isfinite(p).all() for p in params.values()):
             with torch.no_grad():
-                for key, p in self.module.named_parameters():
+                for key, p in params.items():
                     p.copy_(before[key])
             raise MetaError(f"meta step {self.steps_taken + 1}: the outer step made the meta weights non-finite "
                             "(NaN or inf): lower outer_lr")
