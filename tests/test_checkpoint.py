@@ -116,6 +116,25 @@ def test_metadata_json_cannot_hold_and_a_path_of_the_wrong_kind_are_named(tmp_pa
         checkpoint.load_policy(None)
 
 
+def test_metadata_numbers_json_has_not_are_written_as_null(tmp_path):
+    """NaN and infinity are not JSON: the file is strict JSON (jq and JavaScript read it), the
+    numbers read back as None, and the checkpoint loads."""
+    import math
+
+    checkpoint.save(tmp_path / "ck", _weights(), {"history": [{"score": math.nan}, {"score": 0.9}],
+                                                  "limit": math.inf, "tensor": torch.tensor([1.0, -math.inf])})
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    text = (tmp_path / "ck" / "checkpoint.json").read_text()
+    strict = json.loads(text, parse_constant=refuse)
+    assert strict["history"] == [{"score": None}, {"score": 0.9}] and strict["limit"] is None
+    assert strict["tensor"] == [1.0, None]
+    _, meta = checkpoint.load(tmp_path / "ck")
+    assert meta["history"][0]["score"] is None and meta["limit"] is None
+
+
 def test_mismatched_module_refused(tmp_path):
     module = torch.nn.Linear(3, 5)
     with pytest.raises(CheckpointError, match="do not fit"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -113,11 +114,11 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
             META_DIGEST: None,  # (set below, over the rest; here so that merged() keeps it the writer's)
         }, metadata)
         try:
-            meta = json.loads(json.dumps(meta, default=_jsonable))  # as load() will read it back
+            meta = _finite(json.loads(json.dumps(meta, default=_jsonable)))  # as load() will read it back
         except TypeError as err:
             raise CheckpointError(f"metadata{_unwritable(meta)}: {err}") from None
         meta[META_DIGEST] = metadata_digest(meta)
-        (staging / META).write_text(json.dumps(meta, indent=1))
+        (staging / META).write_text(json.dumps(meta, indent=1, allow_nan=False))
         publish_tree(staging)  # mkdtemp made it private; a checkpoint gets the user's umask
         if directory.exists():
             # A fresh name for the old one (a user's own ".NAME.old" beside it was deleted):
@@ -285,6 +286,19 @@ def _unwritable(value: Any, where: str = "") -> str:
         except TypeError:
             return _unwritable(item, inner)
     return where
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite number as None: JSON has no such numbers, and
+    Python's ``NaN`` token made a checkpoint's JSON that jq and JavaScript refuse (a
+    training history's score that was never measured reads as null, as in JSON.stringify)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
