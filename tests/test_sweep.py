@@ -358,6 +358,30 @@ def test_a_stopped_sweep_keeps_its_finished_tasks_and_a_rerun_goes_on_from_them(
     assert not early.exists()
 
 
+def test_cli_sweep_oracle_unsolved_is_bad_input(tmp_path, monkeypatch):
+    """An LP HiGHS leaves unsolved inside a sweep is the user's numbers (oracle.UNSOLVED says
+    which), exit 2 with that text and what was kept, not an internal 'sweep failed'."""
+    import moca.sweep as sweep_module
+    from moca.oracle import UNSOLVED, OracleError
+
+    out = tmp_path / "sweep.json"
+    real = sweep_module.run_task
+
+    def failing(task):
+        if task.index == 1:
+            raise OracleError(f"HiGHS ended with status 'Unknown': {UNSOLVED}")
+        return real(task)
+
+    monkeypatch.setattr(sweep_module, "run_task", failing)
+    result = runner.invoke(app, ["sweep", "--field", "landfill_tax", "--values", "0,50", "--policies", "oracle",
+                                 "--scenarios", "2", "--workers", "1", "--json", str(out)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "sweep failed" not in text and "bring them closer" in text
+    assert f"1 finished task kept in {out}.tasks.jsonl" in text
+    assert not out.exists()
+
+
 def test_cli_sweep_stopped_then_rerun(tmp_path, monkeypatch):
     import moca.sweep as sweep_module
 

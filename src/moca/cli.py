@@ -2002,8 +2002,9 @@ def sweep(
 ) -> None:
     """Regulatory impact analysis: sweep one rule's strength; cost of compliance, emissions, shadow price."""
     from moca.cluster import BackendError, backend_from_options
-    from moca.regime import RegimeError
     from moca.files import OutputError
+    from moca.oracle import OracleError
+    from moca.regime import RegimeError
     from rich.text import Text
 
     from moca.sweep import SweepError, make_plan, run_sweep
@@ -2039,6 +2040,8 @@ def sweep(
                                journal=journal, keep=lambda result: _keep_sweep(result, json_file, plot_file))
     except (BackendError, SweepError) as err:
         _fail(_message(err))
+    except OracleError as err:  # the user's numbers are beyond HiGHS (its message says which): bad input, exit 2
+        _fail(f"{_message(err)}; {_journal_note(journal)}")
     except (RuntimeError, OSError) as err:  # a worker died, a solver failed: say so and what is kept
         _fail(f"sweep failed: {type(err).__name__}: {_message(err)}; {_journal_note(journal)}", code=1)
     except KeyboardInterrupt:
