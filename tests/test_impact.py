@@ -55,6 +55,28 @@ def test_a_chain_that_costs_nothing_without_the_rule_has_no_factor_and_no_score(
         assert "the hindsight LP's best cost is 0 EUR, so there is no score" in result.stderr
 
 
+def test_oracle_costs_a_caller_gives_are_checked_like_the_ones_moca_solves():
+    """evaluation.evaluate_policy took the caller's oracle costs as they came: one cost for
+    three scenarios was broadcast, a negative one gave a negative score, and no scenario at
+    all a summary of NaNs."""
+    from moca.baselines import ThresholdPolicy
+    from moca.evaluation import UnscorableError, evaluate_policy
+    from moca.scenario import ScenarioError
+
+    scenarios = draw_scenarios(3, load_regime("T1"), first_seed=1000)
+    rule = ThresholdPolicy([3000.0] * 6, scenarios[0].params)  # (never run: each call is refused first)
+    with pytest.raises(ScenarioError, match=r"oracle_costs: shape \[1\], expected \[3\]"):
+        evaluate_policy("rule", rule, scenarios, np.array([4e6]))
+    with pytest.raises(ScenarioError, match="oracle_costs: expected finite costs"):
+        evaluate_policy("rule", rule, scenarios, [4e6, float("nan"), 4e6])
+    with pytest.raises(UnscorableError, match="scenario 2 of 3: the hindsight LP's best cost is -4e"):
+        evaluate_policy("rule", rule, scenarios, [4e6, -4e6, 4e6])
+    with pytest.raises(ScenarioError, match="scenarios: empty"):
+        evaluate_policy("rule", rule, [])
+    given = [solve_oracle(s).oracle_cost for s in scenarios]  # a list, as the policy=None path refused
+    assert evaluate_policy("oracle", None, scenarios, given).summary()["score"] == pytest.approx(1.0)
+
+
 def test_a_carbon_tax_leaves_demand_served_and_its_price_is_the_taxed_emission():
     regime = load_regime("eu-ets-2025")
     impact = rule_impact(regime, draw_scenarios(2, regime, first_seed=1000))

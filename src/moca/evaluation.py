@@ -175,9 +175,19 @@ def evaluate_policy(
     ``policy=None`` evaluates the hindsight oracle itself; its "decision latency" is the
     time of one whole LP solve (it decides the entire horizon at once).
     """
+    if len(scenarios) == 0:  # (a summary of NaNs, with numpy's warnings only)
+        raise ScenarioError("scenarios: empty; give at least one scenario to evaluate on")
     oracle_latency: list[float] = []
     if oracle_costs is None:
         oracle_costs, oracle_latency = _timed_oracle(scenarios)
+    else:  # the caller's: one per scenario, each a cost a plan pays (a negative one gave a negative score)
+        given = np.asarray(oracle_costs, dtype=float)
+        if given.shape != (len(scenarios),):
+            raise ScenarioError(f"oracle_costs: shape {list(given.shape)}, expected [{len(scenarios)}] (one per "
+                                "scenario; numpy broadcast one cost over all)")
+        if not np.isfinite(given).all():
+            raise ScenarioError(f"oracle_costs: expected finite costs (EUR), got {given.tolist()[:4]}")
+        oracle_costs = scorable(given)
     if policy is None:
         if not oracle_latency:
             _, oracle_latency = _timed_oracle(scenarios[: min(len(scenarios), 5)])
