@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import warnings
 
 import numpy as np
@@ -398,6 +399,16 @@ def test_bad_input_is_refused_naming_the_field():
         project2(np.zeros(9), x, np.array([1.5, 0, np.inf, 0, 0]), P2)
     with pytest.raises(ProjectionError, match="float32 or float64"):
         project2_batch(torch.zeros(2, 9, dtype=torch.float16), x, Regime(), P2)
+    # inputs outside what a state can be (supply_up 0.5 halved the order capacity, market_avail
+    # 2 bought twice the market's offer, with 0 violations counted; a window 2.5 periods long)
+    for name, value, said in (("supply_up", 0.5, "a whole number in [0, 1]"), ("market_avail", 2.0, "a number in [0, 1]"),
+                              ("periods_left", 2.5, "a whole number in [0, inf]")):
+        with pytest.raises(ProjectionError, match=rf"inputs.{name}: {value:g} is not {re.escape(said)}"):
+            project2(np.zeros(9), x | {name: value}, Regime(), P2)
+        table = np.tile(np.array([x[k] for k in CLSC2_INPUTS]), (2, 1))
+        table[1, CLSC2_INPUTS.index(name)] = value
+        with pytest.raises(ProjectionError, match=f"inputs.{name}"):
+            project2_batch(torch.zeros(2, 9, dtype=torch.float64), table, Regime(), P2)
 
 
 def test_a_cap_at_the_float_limit_bounds_nothing_and_warns_nothing():

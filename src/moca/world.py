@@ -36,6 +36,7 @@ settle the recycled-content mandate over accounting windows (``periods_left`` is
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -97,6 +98,10 @@ class RowModel:
     # within the tolerance of a row on 0.8 M kg (1e-6 of it) is beyond it once M is used up
     # (moca.projection.CARRIED_TOL).
     carried: tuple[str, ...] = ()
+    # Inputs with a range of their own, (low, high, whole number): a value outside it is not a
+    # state of the model (CLSC-2: supply_up 0.5 halved the order capacity, market_avail 2
+    # bought twice the market's capacity, with 0 violations counted).
+    ranges: tuple[tuple[str, float, float, bool], ...] = ()  # (name, low, high, whole number)
 
     @cached_property
     def carried_rows(self) -> np.ndarray:
@@ -136,7 +141,7 @@ class RowModel:
                 for i in self._stock_index:
                     if x[0, i] < 0.0:
                         x[0, i] = 0.0
-                return x
+                return self._in_range(x)
         if isinstance(inputs, np.ndarray):
             x = np.array(inputs, dtype=np.float64).reshape(-1, len(self.inputs)) if inputs.ndim <= 2 else None
             if x is None or inputs.shape[-1] != len(self.inputs):
@@ -163,7 +168,17 @@ class RowModel:
         for name in self.stocks:
             i = self.inputs.index(name)
             np.maximum(out[:, i], 0.0, out=out[:, i])
-        return out
+        return self._in_range(out)
+
+    def _in_range(self, x: np.ndarray) -> np.ndarray:
+        """``x`` once each input of :attr:`ranges` is within its range, else a ``ValueError``."""
+        for name, low, high, whole in self.ranges:
+            column = x[:, self.inputs.index(name)]
+            bad = (column < low) | (column > high) | ((column != np.round(column)) if whole else False)
+            if np.any(bad):
+                kind = "a whole number" if whole else "a number"
+                raise ValueError(f"inputs.{name}: {column[bad][0]:g} is not {kind} in [{low:g}, {high:g}]")
+        return x
 
 
 def _row_order(label: str) -> tuple[int, str]:
@@ -353,6 +368,10 @@ CLSC2_ROWS = RowModel(
     safe_action=clsc2_safe_action,
     settlement=clsc2_settlement,
     carried=("6a", "6b"),
+    # (supply_up: the supplier is up or down; market_avail: the share of the market's
+    # capacity on offer; periods_left: whole periods to the window's settlement)
+    ranges=(("supply_up", 0.0, 1.0, True), ("market_avail", 0.0, 1.0, False),
+            ("periods_left", 0.0, math.inf, True)),
 )
 
 MODELS: dict[str, RowModel] = {"CLSC-1": CLSC1_ROWS, "CLSC-2": CLSC2_ROWS}
