@@ -438,6 +438,13 @@ def test_decide_period_takes_named_quantities_and_refuses_bad_ones():
             controller.decide_period(1, regime="T1", **{**state, **change})
     with pytest.raises(PolicyError, match=r"t=52: must be a whole period in 0..51"):
         controller.decide_period(52, regime="T1", **state)
+    # a CLSC-2 rule (a mandate settled over a window) was kept every period without a word
+    from moca.regime import Regime
+
+    yearly = Regime(recycled_content_min=0.3, recycled_content_window=52)
+    for given in (yearly, yearly.model_dump()):
+        with pytest.raises(PolicyError, match="regime: recycled_content_window=52 is CLSC-2's"):
+            controller.decide_period(1, regime=given, **state)
     for change, message in (({"virgin": True}, "virgin=True: must be a finite number"),
                             ({"pipeline": 2000.0}, "pipeline=2000.0: expected a list of numbers"),
                             ({"sales_history": None}, "sales_history=None: expected a list of numbers")):

@@ -875,8 +875,13 @@ class DeployedPolicy:
         (units; None at t = 0). Periods must come in order from :meth:`reset`."""
         from moca.regime import Regime, load_regime
 
-        row = regime.as_row() if isinstance(regime, Regime) else (
-            load_regime(regime).as_row() if isinstance(regime, (str, dict)) else Regime.from_row(regime).as_row())
+        if isinstance(regime, (str, dict)):
+            regime = load_regime(regime)
+        if isinstance(regime, Regime) and regime.recycled_content_window != 1:  # (its row has no window: it
+            # was kept every period without a word, where draw_scenario and safety.project refuse it)
+            raise PolicyError(f"regime: recycled_content_window={regime.recycled_content_window} is CLSC-2's "
+                              "(CLSC-1 settles the mandate every period)")
+        row = regime.as_row() if isinstance(regime, Regime) else Regime.from_row(regime).as_row()
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < self.params.horizon:
             raise PolicyError(f"t={t!r}: must be a whole period in 0..{self.params.horizon - 1}")
         named = [("virgin", virgin), ("recycled", recycled), ("product", product), ("cores", cores),
