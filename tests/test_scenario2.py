@@ -241,3 +241,32 @@ def test_draws_take_what_the_rest_of_the_api_takes_and_refuse_bad_seeds_by_name(
         with pytest.raises(ScenarioError, match="params: expected a Params"):
             draw(3, None, [1, 2])
     assert draw_scenario(3, None, {"horizon": 5}).params == Params(horizon=5)
+
+
+def test_batch_draws_take_counts_and_seeds_as_the_one_scenario_draw_does_and_batches_are_float():
+    """draw_scenarios(1.5 in a list) drew seed 1 and (True) one scenario without a word, a
+    numpy count was 'not iterable'; a float16 batch made every cost inf, an int64 one
+    truncated the return fractions to 0."""
+    import torch
+
+    from moca.scenario import draw_scenarios
+    from moca.sim import ScenarioBatch
+    from moca.sim2 import ScenarioBatch2
+
+    for draws, batch in ((draw_scenarios, ScenarioBatch), (draw_scenarios2, ScenarioBatch2)):
+        demand = [s.demand.tolist() for s in draws(2, None, first_seed=7)]
+        assert [s.demand.tolist() for s in draws(np.int64(2), None, first_seed=7)] == demand
+        assert [s.demand.tolist() for s in draws(np.arange(7, 9))] == demand
+        for seeds in ([1.5], [True], ["1"]):
+            with pytest.raises(ScenarioError, match="seed="):
+                draws(seeds)
+        for seeds in (True, 2.0, "12", None):
+            with pytest.raises(ScenarioError, match="seeds="):
+                draws(seeds)
+        with pytest.raises(ScenarioError, match="first_seed=1.5"):
+            draws(2, None, first_seed=1.5)
+        scenarios = draws(2)
+        for dtype in (torch.float16, torch.bfloat16, torch.int64, "float64"):
+            with pytest.raises(ScenarioError, match=r"dtype: .* is not torch.float32 or torch.float64"):
+                batch.from_scenarios(scenarios, dtype=dtype)
+        assert batch.from_scenarios(scenarios, dtype=torch.float64).demand.dtype == torch.float64

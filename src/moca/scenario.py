@@ -269,6 +269,15 @@ def _read_json(source: str | Path) -> Any:
         raise ScenarioError(f"{source}: nested too deeply to be a scenario") from None
 
 
+def check_batch_dtype(dtype: Any) -> None:
+    """A batch's float type: float32 (training) or float64 (scoring). float16 made every cost
+    inf, bfloat16 rounded demand to 3 digits, and int64 truncated return fractions to 0."""
+    import torch
+
+    if dtype not in (torch.float32, torch.float64):
+        raise ScenarioError(f"dtype: {dtype!r} is not torch.float32 or torch.float64 (the simulators' precisions)")
+
+
 def common_params(scenarios: Sequence[Any], kind: type | None = None) -> Any:
     """The parameter set every scenario of a batch shares (a batch is simulated with one);
     ``kind``: the scenario class the batch takes (Scenario or Scenario2), checked per entry."""
@@ -368,11 +377,23 @@ def draw_scenarios(
     first_seed: int = 0,
 ) -> list[Scenario]:
     """One scenario per seed (an int ``n`` means seeds ``first_seed .. first_seed+n-1``)."""
-    if isinstance(seeds, int):
+    return [draw_scenario(s, regime, params) for s in _seed_list(seeds, first_seed)]
+
+
+def _seed_list(seeds: Any, first_seed: int) -> Sequence[Any]:
+    """The seeds of a batch draw, both worlds: a count ``n`` (an int or a numpy integer) is
+    seeds ``first_seed .. first_seed+n-1``; a list of seeds is checked seed by seed by the
+    one-scenario draw (``int(s)`` drew seed 1 for 1.5; True counted one scenario; a numpy
+    count was 'not iterable')."""
+    if is_whole(seeds):
         if seeds < 0:  # (range() of a negative count is empty: no scenario and no word)
             raise ScenarioError(f"seeds={seeds!r}: a count of scenarios must be >= 0")
-        seeds = range(first_seed, first_seed + seeds)
-    return [draw_scenario(int(s), regime, params) for s in seeds]
+        if not is_whole(first_seed):
+            raise ScenarioError(f"first_seed={first_seed!r}: a seed is a whole number >= 0")
+        return range(int(first_seed), int(first_seed) + int(seeds))
+    if isinstance(seeds, (bool, float, str, bytes, dict)) or not hasattr(seeds, "__iter__"):
+        raise ScenarioError(f"seeds={seeds!r}: expected a count of scenarios or a list of seeds (whole numbers >= 0)")
+    return list(seeds)
 
 
 def draw_exogenous(rng: np.random.Generator, params: Params, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -874,8 +895,4 @@ def draw_training_scenarios2(count: int, regime: Regime | RegimeSchedule | None 
 def draw_scenarios2(seeds: Sequence[int] | int, regime: Regime | RegimeSchedule | None = None,
                     params: Params2 = DEFAULT_PARAMS_2, first_seed: int = 0) -> list[Scenario2]:
     """One CLSC-2 scenario per seed (an int ``n`` means seeds ``first_seed .. first_seed+n-1``)."""
-    if isinstance(seeds, int):
-        if seeds < 0:  # (range() of a negative count is empty: no scenario and no word)
-            raise ScenarioError(f"seeds={seeds!r}: a count of scenarios must be >= 0")
-        seeds = range(first_seed, first_seed + seeds)
-    return [draw_scenario2(int(s), regime, params) for s in seeds]
+    return [draw_scenario2(s, regime, params) for s in _seed_list(seeds, first_seed)]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from moca.regime import REGIME_FIELDS
-from moca.scenario import Params, Scenario, ScenarioError, as_params, common_params
+from moca.scenario import Params, Scenario, ScenarioError, as_params, check_batch_dtype, common_params
 
 ACTION_NAMES: tuple[str, ...] = ("order", "use_virgin", "use_recycled", "disassemble", "refurbish", "dispose")
 ACTION_UNITS: tuple[str, ...] = ("kg", "kg", "kg", "cores", "cores", "cores")
@@ -128,6 +128,7 @@ class ScenarioBatch:
     @classmethod
     def from_scenarios(cls, scenarios: Sequence[Scenario], dtype: torch.dtype = torch.float32,
                        device: str | torch.device = "cpu") -> "ScenarioBatch":
+        check_batch_dtype(dtype)
         params = common_params(scenarios, Scenario)
         as_t = lambda a: torch.as_tensor(np.stack(a), dtype=dtype, device=device)  # noqa: E731
         return cls(params, as_t([s.demand for s in scenarios]), as_t([s.return_frac for s in scenarios]),

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from moca import clsc2
 from moca.clsc2 import CA, CB, OM, UR, UV, M, O, P, V
-from moca.scenario import HISTORY, Params2, Scenario2, ScenarioError, as_params, common_params
+from moca.scenario import HISTORY, Params2, Scenario2, ScenarioError, as_params, check_batch_dtype, common_params
 
 
 class State2:
@@ -106,6 +106,7 @@ class ScenarioBatch2:
     @classmethod
     def from_scenarios(cls, scenarios: Sequence[Scenario2], dtype: torch.dtype = torch.float32,
                        device: str | torch.device = "cpu") -> "ScenarioBatch2":
+        check_batch_dtype(dtype)
         params = common_params(scenarios, Scenario2)
         as_t = lambda a, d=dtype: torch.as_tensor(np.stack(a), dtype=d, device=device)  # noqa: E731
         return cls(
