@@ -490,9 +490,15 @@ def test_token_guards_every_mutating_endpoint(tmp_path):
                            ("/v1/chains/p1/rollback", {})]:
             assert c.post(path, json=body).status_code == 401, path
             assert c.post(path, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+            for near in ("Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret", "Bearers3cret"):
+                assert c.post(path, json=body, headers={"Authorization": near}).status_code == 401, (path, near)
         assert _counts(c) == (0, 0, 0, 0)
         assert c.post("/v1/chains", json={"id": "p1", "regime": "T1"}, headers=ok).status_code == 201
         assert c.post("/v1/chains/p1/decide", json=_obs(0), headers=ok).status_code == 200
+        # the scheme's name in any case, as HTTP has it (lower case was refused), on both paths
+        lower = {"Authorization": "bearer s3cret"}
+        assert c.post("/v1/chains", json={"id": "p2", "regime": "T1"}, headers=lower).status_code == 201
+        assert c.post("/v1/chains/p2/decide", json=_obs(0), headers={"Authorization": "BEARER s3cret"}).status_code == 200
         assert c.get("/v1/chains/p1").status_code == 200 and c.get("/health").json()["auth"] is True
 
 

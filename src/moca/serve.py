@@ -1422,6 +1422,14 @@ def _validation_answer(errors: list[dict]) -> dict[str, Any]:
         for e in errors[:10]]}
 
 
+def token_matches(header: bytes, token: str) -> bool:
+    """Whether an ``Authorization`` header's bytes are ``Bearer <token>``; the scheme's name
+    in any case, as HTTP has it (RFC 9110: "bearer" was refused), the token compared in
+    constant time."""
+    scheme, _, credentials = header.strip().partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token.encode())
+
+
 class DecideFastPath:
     """ASGI middleware answering ``POST /v1/chains/{id}/decide`` itself, the same way the
     FastAPI route does (same body model, token check, errors and answer) but without
@@ -1439,8 +1447,7 @@ class DecideFastPath:
             return await self.app(scope, receive, send)
         status, answer = 200, None
         if self.rt.token is not None:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, f"Bearer {self.rt.token}".encode()):
+            if not token_matches(dict(scope["headers"]).get(b"authorization", b""), self.rt.token):
                 status, answer = 401, {"detail": "authorization: missing or wrong bearer token"}
         if answer is None:
             body = b""
@@ -1601,8 +1608,8 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     async def authorised(authorization: str | None = Header(None, description="Bearer <token> when the server has one")):
         if rt.token is None:
             return
-        expected = f"Bearer {rt.token}"
-        if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
+        # (starlette decodes a header's bytes as latin-1: encoded back, they are the bytes sent)
+        if authorization is None or not token_matches(authorization.encode("latin-1", "replace"), rt.token):
             raise ServeError(401, "authorization: missing or wrong bearer token")
 
     mutating = [Depends(authorised)]
