@@ -399,6 +399,10 @@ def test_bad_input_is_refused_naming_the_field():
         project2(np.zeros(9), x, np.array([1.5, 0, np.inf, 0, 0]), P2)
     with pytest.raises(ProjectionError, match="float32 or float64"):
         project2_batch(torch.zeros(2, 9, dtype=torch.float16), x, Regime(), P2)
+    with pytest.raises(ProjectionError, match=r"regime: expected a Regime or a row of 5 numbers .* got str 'T1'"):
+        project2(np.zeros(9), x, "T1", P2)
+    with pytest.raises(ProjectionError, match="params: Params has no 'yield_disassembly_a': not CLSC-2's parameters"):
+        project2(np.zeros(9), x, Regime(), Params())
     # inputs outside what a state can be (supply_up 0.5 halved the order capacity, market_avail
     # 2 bought twice the market's offer, with 0 violations counted; a window 2.5 periods long)
     for name, value, said in (("supply_up", 0.5, "a whole number in [0, 1]"), ("market_avail", 2.0, "a number in [0, 1]"),

@@ -270,3 +270,15 @@ def test_batch_draws_take_counts_and_seeds_as_the_one_scenario_draw_does_and_bat
             with pytest.raises(ScenarioError, match=r"dtype: .* is not torch.float32 or torch.float64"):
                 batch.from_scenarios(scenarios, dtype=dtype)
         assert batch.from_scenarios(scenarios, dtype=torch.float64).demand.dtype == torch.float64
+
+
+def test_library_calls_of_the_wrong_kind_are_named():
+    """A CLSC-2 scenario to CLSC-1's rule impact, no path to load_scenario: AttributeError and
+    pathlib's TypeError before."""
+    from moca.impact import rule_impact
+    from moca.scenario import load_scenario
+
+    with pytest.raises(ScenarioError, match=r"scenarios\[0\]: expected a CLSC-1 Scenario .* got Scenario2"):
+        rule_impact(Regime(carbon_tax=10), [draw_scenario2(1)])
+    with pytest.raises(ScenarioError, match="scenario: expected a file path or JSON text, got NoneType"):
+        load_scenario(None)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from moca.regime import REGIME_FIELDS, Regime, RegimeSchedule
-from moca.scenario import Scenario
+from moca.scenario import Scenario, ScenarioError
 
 #: The oracle's backlog this much above its backlog without the rule (as a share of mean
 #: demand per period) means the rule itself leaves demand unmet. moca sweep flags a value
@@ -61,6 +61,10 @@ def rule_impact(regime: Regime, scenarios: Sequence[Scenario]) -> dict[str, Any]
     scenarios = list(scenarios)
     if not scenarios:
         raise ValueError("rule_impact: no scenarios")
+    for i, s in enumerate(scenarios):  # (a CLSC-2 scenario was an AttributeError from inside pydantic)
+        if not isinstance(s, Scenario):
+            raise ScenarioError(f"scenarios[{i}]: expected a CLSC-1 Scenario (the oracle with and without the rule "
+                                f"is CLSC-1's here), got {type(s).__name__}")
     ruled = [Scenario(s.params, RegimeSchedule.constant(regime), s.demand, s.return_frac) for s in scenarios]
     free = [Scenario(s.params, RegimeSchedule.constant(Regime()), s.demand, s.return_frac) for s in scenarios]
     priced = [shadow_prices(s) for s in ruled]

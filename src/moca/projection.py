@@ -86,7 +86,11 @@ def _coefficients(model: RowModel, regime: np.ndarray, params: Any) -> RowCoeffi
         return hit[1]
     if len(cache) >= limit:
         cache.pop(next(iter(cache)))
-    coefficients = model.coefficients(regime, params)
+    try:
+        coefficients = model.coefficients(regime, params)
+    except AttributeError as err:  # (CLSC-1's Params given to CLSC-2's rows: "no attribute 'yield_disassembly_a'")
+        raise ProjectionError(f"params: {type(params).__name__} has no {err.name!r}: not {model.name}'s parameters "
+                              f"(moca.scenario.{'Params2' if model.name == 'CLSC-2' else 'Params'})") from None
     cache[key] = (params, coefficients, regime)
     return coefficients
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -249,6 +250,8 @@ def _read_header(data: Any, params_model: type[BaseModel], model: str, series: S
 
 
 def _read_json(source: str | Path) -> Any:
+    if not isinstance(source, (str, os.PathLike)):  # (None was pathlib's TypeError)
+        raise ScenarioError(f"scenario: expected a file path or JSON text, got {type(source).__name__}")
     text = str(source)
     if not text.lstrip().startswith("{"):
         try:

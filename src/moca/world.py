@@ -197,7 +197,11 @@ def regime_rows(regime: Any, batch: int | None = None) -> np.ndarray:
     else:
         if hasattr(regime, "detach"):
             regime = regime.detach().cpu().numpy()
-        table = np.asarray(regime, dtype=np.float64)
+        try:
+            table = np.asarray(regime, dtype=np.float64)
+        except (TypeError, ValueError):  # (a name: numpy's "could not convert string to float: 'T1'")
+            raise ValueError(f"regime: expected a Regime or a row of 5 numbers (r, tau, cap, lambda, kappa), got "
+                             f"{type(regime).__name__} {regime!r:.40}") from None
         if table.ndim == 1:
             table = table[None]
         if table.ndim != 2 or table.shape[1] < 5:
