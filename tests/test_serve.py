@@ -650,7 +650,8 @@ def _parent(proc: Path) -> int | None:
 
 
 class Service:
-    """``moca serve`` in its own process group on 127.0.0.1 (so SIGKILL reaches the worker too)."""
+    """``moca serve`` in its own process group on 127.0.0.1 (a stop or a kill of the group does not
+    reach the test runner); its worker runs in a session of its own and dies with the server."""
 
     def __init__(self, data: Path, env: dict | None = None):
         self.port = _free_port()
@@ -674,7 +675,8 @@ class Service:
             time.sleep(0.1)
 
     def kill(self) -> None:
-        """SIGKILL to the whole group (server and worker), as a crash would."""
+        """SIGKILL to the server's group, as a crash would; the kernel then kills the worker
+        (moca.serve's PR_SET_PDEATHSIG)."""
         self.http.close()
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
