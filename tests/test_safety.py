@@ -351,6 +351,9 @@ def test_bad_shapes_stocks_and_regimes_are_errors():
         project(np.ones(5), 1.0, 1.0, 1.0, reg, PARAMS)
     with pytest.raises(SafetyError, match="virgin"):
         project(raw, math.nan, 1.0, 1.0, reg, PARAMS)
+    for text in ("4000", b"4000"):  # (float() read a text as a stock)
+        with pytest.raises(SafetyError, match="recycled: expected a number"):
+            project(raw, 1.0, text, 1.0, reg, PARAMS)
     with pytest.raises(SafetyError, match="recycled_content_min"):
         project(raw, 1.0, 1.0, 1.0, np.array([1.5, 0, math.inf, 0, 0]), PARAMS)
     with pytest.raises(SafetyError, match="emission_cap"):

@@ -386,3 +386,13 @@ def test_a_batch_or_simulator_of_the_other_world_is_refused_naming_the_entry():
     with pytest.raises(ScenarioError, match="params: expected a Params2 or an object of its fields, got Params"):
         Simulator2(Params())
     assert Simulator({"horizon": 5}).params.horizon == 5  # an object of fields: the changes, as the envs take
+    # a regime row out of range was simulated as given (a NaN tax: every cost NaN)
+    batch = ScenarioBatch.from_scenarios([one])
+    for row, name in (([2.0, 0, np.inf, 0, 0], "recycled_content_min"), ([0.1, np.nan, np.inf, 0, 0], "carbon_tax"),
+                      ([0.1, 0, np.inf, -1.0, 0], "landfill_tax")):
+        with pytest.raises(ScenarioError, match=f"regime {name}="):
+            batch.with_regime(np.array(row))
+    with pytest.raises(ScenarioError, match=r"regime: expected a row of 5 fields"):
+        batch.with_regime(np.zeros(3))
+    assert torch.equal(batch.with_regime(np.array([0.2, 50.0, np.inf, 0, 0])).regime[0, 0],
+                       torch.tensor([0.2, 50.0, np.inf, 0, 0], dtype=torch.float32))

@@ -175,6 +175,8 @@ def action_values(raw: Any, what: str = "raw action", symbols: tuple[str, ...] =
 
 def _as_stock(name: str, value: Any) -> float:
     try:
+        if isinstance(value, (str, bytes)):  # (float("4000") took a text as a stock)
+            raise TypeError
         v = float(value)
     except (TypeError, ValueError):
         raise SafetyError(f"{name}: expected a number (one stock), got {type(value).__name__}") from None

@@ -148,7 +148,13 @@ class ScenarioBatch:
 
     def with_regime(self, regime_row: np.ndarray | Tensor) -> "ScenarioBatch":
         """The same draws under one constant regime (a row of the regime table)."""
-        row = torch.as_tensor(np.asarray(regime_row, dtype=np.float64), dtype=self.dtype, device=self.demand.device)
+        from moca.world import regime_rows
+
+        try:  # (a mandate of 2 or a NaN tax was simulated as given)
+            checked = regime_rows(regime_row, batch=1)[0]
+        except ValueError as err:
+            raise ScenarioError(str(err)) from None
+        row = torch.as_tensor(checked, dtype=self.dtype, device=self.demand.device)
         return ScenarioBatch(self.params, self.demand, self.return_frac, row.expand_as(self.regime).clone())
 
 

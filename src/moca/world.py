@@ -212,10 +212,13 @@ def regime_rows(regime: Any, batch: int | None = None) -> np.ndarray:
         table = np.broadcast_to(table, (batch, 5))
     if batch is not None and table.shape[0] != batch:
         raise ValueError(f"regime: expected {batch} rows, got {table.shape[0]}")
-    r, cap, kappa = table[:, _R], table[:, _CAP], table[:, _KAPPA]
+    r, tax, cap, landfill, kappa = table.T
     for name, values, ok in (("recycled_content_min", r, (r >= 0) & (r <= 1)),
                              ("recovery_target", kappa, (kappa >= 0) & (kappa <= 1)),
-                             ("emission_cap", cap, cap > 0)):
+                             ("emission_cap", cap, cap > 0),
+                             # (a NaN tax made every cost NaN, without a word)
+                             ("carbon_tax", tax, (tax >= 0) & (tax < math.inf)),
+                             ("landfill_tax", landfill, (landfill >= 0) & (landfill < math.inf))):
         if not ok.all():
             raise ValueError(f"regime {name}={values[~ok][0]} is outside its valid range")
     return table
