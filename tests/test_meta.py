@@ -300,6 +300,8 @@ def test_meta_train_takes_a_dict_of_config_fields_and_refuses_other_worlds_confi
         meta_train(MetaConfig2(meta_steps=1))
     with pytest.raises(MetaError, match="config: expected a MetaConfig2"):
         meta_train2("fast")
+    with pytest.raises(MetaError, match=r"module: expected a CLSC-1 policy \(LSTMPolicy.* got str"):
+        meta_train(tiny, module="default")  # (an AttributeError on 'str')
     # support_score is the support's score before adaptation whatever inner_steps (it was the
     # score before the last of them); the tasks and seeds drawn do not depend on inner_steps
     _, three = meta_train({**tiny, "inner_steps": 3})

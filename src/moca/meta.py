@@ -515,6 +515,9 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None, *,
     rng = np.random.default_rng(config.seed)
     if module is None:
         module = LSTMPolicy(config.params, config.policy)
+    elif not isinstance(module, LSTMPolicy):  # (a checkpoint's name was 'str' has no attribute 'params')
+        raise MetaError(f"module: expected a CLSC-1 policy (LSTMPolicy, e.g. checkpoint.load_policy(...)[0]), got "
+                        f"{type(module).__name__}")
     elif module.params != config.params or module.config != config.policy:
         raise MetaError("module: its params or policy config differ from config.params / config.policy")
     elif backend is not None and type(module) is not LSTMPolicy:  # (its steps were another policy's gradients)
