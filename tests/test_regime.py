@@ -91,6 +91,10 @@ def test_schedule_table_and_validation(tmp_path):
     assert np.all(table[:20, 0] == 0.1) and np.all(table[20:, 0] == 0.2) and np.all(table[20:, 1] == 100)
     assert np.all(np.isinf(table[:, 2]))
     assert schedule.regime_at(19) == TASKS["T1"] and schedule.regime_at(20) == TASKS["T3"]
+    assert schedule.regime_at(np.int64(20)) == TASKS["T3"]
+    for t in (-1, 1.5, True, "3"):  # (-1 and 1.5 gave a regime, where table(-1) is refused)
+        with pytest.raises(RegimeError, match="a period is a whole number >= 0"):
+            schedule.regime_at(t)
     assert RegimeSchedule.from_list(schedule.to_list()) == schedule
     with pytest.raises(RegimeError, match=r"regimes\[1\].start=0 must be greater"):
         RegimeSchedule.from_list([{"start": 0}, {"start": 0}])

@@ -265,6 +265,9 @@ class RegimeSchedule(BaseModel):
         return [entry.start for entry in self.entries if entry.start >= horizon]
 
     def regime_at(self, t: int) -> Regime:
+        """The regime in force in period ``t`` (a whole number >= 0, as :meth:`table` takes)."""
+        if not is_whole(t) or t < 0:  # (-1 and 1.5 gave a regime)
+            raise RegimeError(f"t={t!r}: a period is a whole number >= 0")
         current = self.entries[0]
         for entry in self.entries:
             if entry.start <= t:
