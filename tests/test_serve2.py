@@ -242,6 +242,9 @@ def test_the_regime_memory_holds_both_models_and_finds_the_nearest_clsc2_rule(cl
     assert ranked[0] == ("clsc-2", 13, 0.0) and all(d > 0 for _, _, d in ranked[1:])
     r = client.get("/v1/regimes", params={"nearest": json.dumps({**RULE, "recycled_content_window": 0})})
     assert r.status_code == 422 and "recycled_content_window" in r.json()["detail"], r.text
+    # a key given twice is refused, as in a body (the parser kept the last without a word)
+    r = client.get("/v1/regimes", params={"nearest": '{"carbon_tax": 1, "carbon_tax": 2}'})
+    assert r.status_code == 422 and "nearest: key 'carbon_tax' is given twice" in r.json()["detail"], r.text
 
 
 def test_a_clsc2_chain_registered_with_adapt_decides_as_a_plain_one_until_its_job_passes(client):

@@ -1830,10 +1830,12 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                 "SELECT chain, number, score, state FROM versions WHERE regime_id=? ORDER BY number", (r["id"],))]
         if nearest is None:
             return rows
-        try:
-            target = json.loads(nearest) if nearest.lstrip().startswith("{") else nearest
+        try:  # (a key given twice is refused, as in a request's body)
+            target = json.loads(nearest, object_pairs_hook=unique_keys) if nearest.lstrip().startswith("{") else nearest
         except json.JSONDecodeError as err:
             raise ServeError(422, f"nearest: not a JSON object ({err})") from None
+        except ValueError as err:
+            raise ServeError(422, f"nearest: {err}") from None
         out = []
         for r in rows:
             model = MODELS[r["model"]]
