@@ -480,6 +480,14 @@ def test_the_decision_log_stays_bounded_and_the_openapi_page_is_served(tmp_path)
         for chain in ("p2", "p3"):
             kept = [d["t"] for d in c.get(f"/v1/chains/{chain}/decisions?limit=100").json()]
             assert kept == list(range(24 - len(kept), 24)) and 4 <= len(kept) < 8, (chain, kept)
+    # a chain deciding less often per start than the pruning's period: bounded across restarts
+    for start in range(8):
+        with TestClient(create_app(tmp_path / "two", worker=False, keep_decisions=4)) as c:
+            for t in range(24 + 3 * start, 27 + 3 * start):
+                assert c.post("/v1/chains/p2/decide", json=_obs(t)).status_code == 200
+    with TestClient(create_app(tmp_path / "two", worker=False, keep_decisions=4)) as c:
+        kept = [d["t"] for d in c.get("/v1/chains/p2/decisions?limit=100").json()]
+        assert kept == list(range(48 - len(kept), 48)) and 4 <= len(kept) < 8, kept
 
 
 def test_token_guards_every_mutating_endpoint(tmp_path):
@@ -834,14 +842,23 @@ def test_weights_that_cannot_be_written_are_a_503_naming_the_folder(tmp_path, mo
     """A read-only or full disk under DATA/weights was a bare 500 with a traceback."""
     from moca import serve
 
+    import safetensors.torch
+    from safetensors import SafetensorError
+
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(serve.ChainModel, "save", full)
-    with TestClient(create_app(tmp_path / "data", worker=False)) as c:
-        r = c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
-        assert r.status_code == 503 and "weights cannot be written under" in r.json()["detail"], r.text
-        assert "No space left on device" in r.json()["detail"] and c.get("/v1/chains/p1").status_code == 404
+    def too_large(*args, **kwargs):  # (what safetensors raises where the disk is full: not an OSError)
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+    for where, failing, said in ((serve.ChainModel, full, "No space left on device"),
+                                 (safetensors.torch, too_large, "File too large")):
+        with monkeypatch.context() as patch:
+            patch.setattr(where, "save" if where is serve.ChainModel else "save_file", failing)
+            with TestClient(create_app(tmp_path / "data", worker=False)) as c:
+                r = c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+                assert r.status_code == 503 and "weights cannot be written under" in r.json()["detail"], r.text
+                assert said in r.json()["detail"] and c.get("/v1/chains/p1").status_code == 404
 
 
 def test_stopping_the_service_mid_job_spends_no_attempt_and_leaves_the_database_whole(services, tmp_path):

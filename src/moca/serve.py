@@ -1251,10 +1251,12 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
             "latency_us, at, frames, h, c) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (chain, memory.episode, body.t, version, regime_id, action.tobytes(), raw.tobytes(), int(projected), cost,
              share, latency, time.time(), *trial.blobs()))
-        # Each chain's log is pruned every so many of its own decisions: counted by the log's
-        # row id, which all chains share, a chain whose turn never fell on a multiple kept all.
-        rt.unpruned[chain] = rt.unpruned.get(chain, 0) + 1
-        if rt.keep_decisions and rt.unpruned[chain] >= min(1024, rt.keep_decisions):
+        # Each chain's log is pruned every so many of its own decisions (counted by the log's
+        # row id, which all chains share, a chain whose turn never fell on a multiple kept
+        # all), and at its first decision since the start (a chain deciding less often than
+        # that per start was never pruned).
+        rt.unpruned[chain] = rt.unpruned.get(chain, -1) + 1
+        if rt.keep_decisions and (rt.unpruned[chain] == 0 or rt.unpruned[chain] >= min(1024, rt.keep_decisions)):
             store.conn.execute("DELETE FROM decisions WHERE chain=?1 AND id <= (SELECT id FROM decisions WHERE "
                                "chain=?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)", (chain, rt.keep_decisions))
             rt.unpruned[chain] = 0
@@ -1643,6 +1645,8 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         if store.one("SELECT 1 FROM chains WHERE id=?", (body.id,)):
             raise ServeError(409, f"id: chain {body.id!r} exists")
         source = body.checkpoint or model.default_checkpoint
+        from safetensors import SafetensorError
+
         from moca.checkpoint import SHIPPED, CheckpointError
 
         if source not in SHIPPED:
@@ -1675,9 +1679,10 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             try:
                 sha = model.save(path, module, {"chain": body.id, "version": 1,
                                                 "from": body.checkpoint or model.default_checkpoint})
-            except OSError as err:  # (a read-only or full disk under DATA/weights was a bare 500)
+            except (OSError, SafetensorError) as err:  # (a read-only or full disk under DATA/weights was a
+                # bare 500; safetensors reports a failed write as its own error, not an OSError)
                 raise ServeError(503, f"data: the chain's weights cannot be written under {path.parent} "
-                                      f"({err.strerror or err}); nothing was registered") from None
+                                      f"({getattr(err, 'strerror', None) or err}); nothing was registered") from None
             with store.tx() as c:
                 regime_id = store.regime_id(model, regime, params,
                                             body.regime if isinstance(body.regime, str) else None)
