@@ -1899,6 +1899,8 @@ function line(points, color, lo, hi) {
   const xy = points.map((v, i) => (10 + 880 * i / n).toFixed(1) + "," + (210 - 200 * (v - lo) / span).toFixed(1));
   return '<polyline fill="none" stroke="' + color + '" stroke-width="2" points="' + xy.join(" ") + '"/>';
 }
+const names = new Map();  // regime id -> name (null: none)
+let sinceNames = 0;  // refreshes since the memory's names were read
 async function refresh() {
   const chains = await get("/v1/chains");
   const select = $("chain-select");
@@ -1913,11 +1915,19 @@ async function refresh() {
     if (chains.some(c => c.id === chosen)) select.value = chosen;
   }
   const id = select.value || chains[0].id;
-  const [chain, versions, decisions, jobs, regimes] = await Promise.all([get("/v1/chains/" + id),
+  const [chain, versions, decisions, jobs] = await Promise.all([get("/v1/chains/" + id),
     get("/v1/chains/" + id + "/versions"), get("/v1/chains/" + id + "/decisions?limit=200"),
-    get("/v1/chains/" + id + "/jobs"), get("/v1/regimes")]);
+    get("/v1/chains/" + id + "/jobs")]);
   // A regime by its name where it has one (a preset's, or a regulation's label), else its id.
-  const names = new Map(regimes.map(r => [r.id, r.name]));
+  // The memory is read when an id not seen yet appears, and every 30 s (a regime may get its
+  // name later): it grows with every rule, and read every 2 s it held the service's lock for
+  // tens of ms once it had thousands.
+  const shown = [chain.regime.id, ...chain.pending_regulations.map(p => p.regime_id), ...versions.map(v => v.regime_id),
+                 ...decisions.map(d => d.regime_id), ...jobs.map(j => j.regime_id)];
+  if (shown.some(rid => rid !== null && !names.has(rid)) || ++sinceNames >= 15) {
+    for (const r of await get("/v1/regimes")) names.set(r.id, r.name);
+    sinceNames = 0;
+  }
   const regimeText = (rid) => names.get(rid) ? esc(names.get(rid)) + " (" + rid + ")" : (rid ?? "&ndash;");
   $("chain-name").textContent = id + " (" + chain.model + ", policy v" + chain.policy_version + ")";
   const reg = chain.regime;
