@@ -147,9 +147,9 @@ def test_a_frozen_parameter_is_held_by_inner_and_outer_steps(algorithm):
     """A parameter with requires_grad=False stays as it is, as torch's optimisers hold it;
     the trainable ones take the same steps as on the model with only them (the bias)."""
     model, data = _tiny(9)
-    model.weight.requires_grad_(False)
-    frozen = model.weight.detach().clone()
     meta = MetaLearner(model, algorithm, inner_lr=0.05, inner_steps=2, inner_clip=None)
+    model.weight.requires_grad_(False)  # (after the learner is made, as torch's optimisers allow)
+    frozen = model.weight.detach().clone()
     learner = meta.clone()
     for _ in range(2):
         learner.adapt(_loss(model, learner.weights, data["xs"], data["ys"]))
@@ -166,6 +166,27 @@ def test_a_frozen_parameter_is_held_by_inner_and_outer_steps(algorithm):
     model.bias.requires_grad_(False)
     with pytest.raises(MetaError, match="without any that requires grad"):
         MetaLearner(model, algorithm)
+
+
+def test_meta_training_with_frozen_parameters_runs_in_process_only():
+    """The workers rebuild a policy with every parameter trainable: a frozen one was adapted
+    there, and the result differed from the local run."""
+    from moca.cluster import Backend
+
+    module = LSTMPolicy(Params(horizon=4), PolicyConfig(hidden=4))
+    module.cell.weight_ih.requires_grad_(False)
+    config = {"params": module.params, "policy": module.config, "meta_steps": 1, "tasks_per_step": 1}
+    with pytest.raises(MetaError, match="frozen parameters meta-trains here only"):
+        meta_train(config, module=module, backend=Backend("serial"))
+    from moca.meta2 import MetaConfig2, meta_train2
+    from moca.policy2 import LSTMPolicy2
+    from moca.scenario import Params2
+
+    module2 = LSTMPolicy2(Params2(), PolicyConfig(hidden=8))
+    module2.cell.weight_ih.requires_grad_(False)
+    with pytest.raises(MetaError, match="frozen parameters meta-trains here only"):
+        meta_train2(MetaConfig2(policy=PolicyConfig(hidden=8), meta_steps=1, tasks_per_step=1), module=module2,
+                    backend=Backend("serial"))
 
 
 def test_maml_through_a_tiny_lstm_matches_finite_differences():

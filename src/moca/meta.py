@@ -168,15 +168,20 @@ class MetaLearner:
         self.inner_steps = inner_steps
         self.inner_clip = inner_clip
         self.zero_shot_weight = zero_shot_weight
-        # A parameter the user froze (requires_grad=False) is held as it is by the inner steps
-        # and the outer step alike, as torch's own optimisers would hold it.
-        self.trainable = [k for k, p in module.named_parameters() if p.requires_grad]
+        # A parameter frozen (requires_grad=False) when the learner is made is outside the
+        # outer optimiser, as torch's own optimisers are given only the trainable ones.
         self.optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=outer_lr)
         self.steps_taken = 0  # outer steps applied (for the messages of a diverging run)
 
     @property
     def second_order(self) -> bool:
         return self.algorithm == "maml"
+
+    @property
+    def trainable(self) -> list[str]:
+        """The names of the parameters that require grad now: one frozen at any time is held
+        as it is by the inner steps and the outer step alike (no gradient, so Adam skips it)."""
+        return [k for k, p in self.module.named_parameters() if p.requires_grad]
 
     @property
     def weights(self) -> Weights:
@@ -205,16 +210,17 @@ class MetaLearner:
         """
         _check_learners(learners, self)
         _check_loss(loss, "loss")
-        flat = [learner.weights[k] for learner in learners for k in self.trainable]
+        keys = self.trainable
+        flat = [learner.weights[k] for learner in learners for k in keys]
         grads = torch.autograd.grad(loss, flat, create_graph=self.second_order, allow_unused=True)
-        for j, (learner, own) in enumerate(zip(learners, _per_learner(grads, learners, self.trainable))):
+        for j, (learner, own) in enumerate(zip(learners, _per_learner(grads, learners, keys))):
             if all(g is None for g in own.values()):
                 raise MetaError(f"loss: does not depend on {'the learner' if len(learners) == 1 else f'learner {j}'}"
                                 "'s weights: compute it through the learner, learner(inputs)")
             own = {k: torch.zeros_like(learner.weights[k]) if g is None else g for k, g in own.items()}
             if learner.start_grad is None:  # the first inner step
                 learner.start_grad = {k: g.detach() for k, g in own.items()}
-            new = clipped_sgd({k: learner.weights[k] for k in self.trainable}, own, self.inner_lr, self.inner_clip)
+            new = clipped_sgd({k: learner.weights[k] for k in keys}, own, self.inner_lr, self.inner_clip)
             if not all(torch.isfinite(w).all() for w in new.values()):
                 raise MetaError(f"meta step {self.steps_taken + 1}: an inner step made a learner's weights non-finite "
                                 "(NaN or inf): the losses diverged; lower inner_lr or correction_weight, or set "
@@ -247,6 +253,7 @@ class MetaLearner:
 
     def _direction(self, learners: Sequence[Learner], query_loss: Tensor | None) -> Weights:
         params = self.weights
+        keys = list(params)
         if self.algorithm == "reptile":
             return {k: torch.stack([p.detach() - l.weights[k].detach() for l in learners]).mean(0)
                     for k, p in params.items()}
@@ -255,7 +262,7 @@ class MetaLearner:
         # maml: through the learners to the meta weights; fomaml: the gradient at the adapted
         # weights stands in for the gradient at θ.
         flat = list(params.values()) if self.algorithm == "maml" else \
-            [learner.weights[k] for learner in learners for k in self.trainable]
+            [learner.weights[k] for learner in learners for k in keys]
         grads = torch.autograd.grad(query_loss, flat, allow_unused=True)
         if all(g is None for g in grads):
             raise MetaError("query_loss: does not depend on the learners' weights: compute it through the adapted "
@@ -263,7 +270,7 @@ class MetaLearner:
         if self.algorithm == "maml":
             return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), grads)}
         out = {k: torch.zeros_like(p) for k, p in params.items()}
-        for own in _per_learner(grads, learners, self.trainable):
+        for own in _per_learner(grads, learners, keys):
             for key, g in own.items():
                 if g is not None:
                     out[key] += g.detach()
@@ -520,6 +527,9 @@ def meta_train(config: MetaConfig = MetaConfig(), progress: Any = None, *,
                         f"{type(module).__name__}")
     elif module.params != config.params or module.config != config.policy:
         raise MetaError("module: its params or policy config differ from config.params / config.policy")
+    elif backend is not None and not all(p.requires_grad for p in module.parameters()):
+        raise MetaError("module: a module with frozen parameters meta-trains here only (backend=None): the workers "
+                        "rebuild an LSTMPolicy from the weights, every parameter trainable")
     elif backend is not None and type(module) is not LSTMPolicy:  # (its steps were another policy's gradients)
         raise MetaError(f"module: a {type(module).__name__} meta-trains here only (backend=None): the workers "
                         "rebuild an LSTMPolicy from the weights")

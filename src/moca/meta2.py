@@ -137,6 +137,9 @@ def meta_train2(config: MetaConfig2 = MetaConfig2(), progress: Any = None, *,
         raise MetaError(f"module: expected a CLSC-2 policy (LSTMPolicy2), got {type(module).__name__}")
     elif module.params != config.params or module.config != config.policy:
         raise MetaError("module: its params or policy config differ from config.params / config.policy")
+    elif backend is not None and not all(p.requires_grad for p in module.parameters()):
+        raise MetaError("module: a module with frozen parameters meta-trains here only (backend=None): the workers "
+                        "rebuild an LSTMPolicy2 from the weights, every parameter trainable")
     elif backend is not None and type(module) is not LSTMPolicy2:  # (the workers build an LSTMPolicy2)
         raise MetaError(f"module: a {type(module).__name__} meta-trains here only (backend=None): the workers "
                         "rebuild an LSTMPolicy2 from the weights")
