@@ -146,11 +146,11 @@ def response_world(name: str = "CLSC-1", params: Any = None) -> ResponseWorld:
     if name == "CLSC-2":
         from moca.policy2 import reference_emissions2
         from moca.regime import WINDOW_FIELD
-        from moca.scenario import DEFAULT_PARAMS_2, draw_scenario2
+        from moca.scenario import DEFAULT_PARAMS_2, draw_scenarios2
 
         params = DEFAULT_PARAMS_2 if params is None else params
         return ResponseWorld("CLSC-2", params, ACTION_INDEX_2, reference_emissions2(params), {WINDOW_FIELD: 52},
-                             lambda seeds, regime: [draw_scenario2(int(s), regime, params) for s in seeds],
+                             lambda seeds, regime: draw_scenarios2(seeds, regime, params),
                              _oracle2, _rollout2)
     raise ResponseError(f"world: {name!r} is not a world (valid: CLSC-1, CLSC-2)")
 
