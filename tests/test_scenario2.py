@@ -216,6 +216,13 @@ def test_a_draw_beyond_the_largest_value_names_the_parameters_that_made_it():
         else:  # a seed whose walk stays within bounds is a scenario like any other
             assert np.all(scenario.demand <= 1e12) and np.all(scenario.demand_history <= 1e12)
     assert failures > 0
+    # CLSC-1's draw too (it named demand[0]=1.1e12 as if the user had written it; the
+    # parameters allow demand_base up to 1e12)
+    from moca.scenario import draw_scenario
+
+    with pytest.raises(ScenarioError, match=r"seed 1001 draws demand\[0\]=1.14e\+12, beyond 1e\+12 units: "
+                                            r"demand_base=1e\+12 times the season \(demand_amp=0.3\)"):
+        draw_scenario(1001, params=Params(horizon=4, demand_base=1e12))
 
 
 def test_draws_take_what_the_rest_of_the_api_takes_and_refuse_bad_seeds_by_name():

@@ -354,6 +354,13 @@ def draw_scenario(
     params = as_params(params, Params)
     schedule = _as_schedule(regime)
     demand, return_frac = draw_exogenous(rng, params, 1)
+    beyond = np.flatnonzero(~(demand[0] <= LARGEST_VALUE))
+    if beyond.size:  # the draw, not a file: name the parameters that made it (as CLSC-2's draw does)
+        k = int(beyond[0])
+        raise ScenarioError(
+            f"seed {seed} draws demand[{k}]={demand[0, k]:.3g}, beyond {LARGEST_VALUE:g} units: demand_base="
+            f"{params.demand_base:g} times the season (demand_amp={params.demand_amp:g}) and the noise "
+            f"(demand_sigma={params.demand_sigma:g}); lower them")
     return Scenario(params=params, schedule=schedule, demand=demand[0], return_frac=return_frac[0])
 
 
