@@ -32,7 +32,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BUDGET_S = {"quick": 120.0, "full": 600.0}
-RUN_TO_RUN = ("id", "created", "machine", "command", "measured", "seconds", "latency")
+#: What differs from run to run, by whole key name or by the end of one ("validation" and
+#: "candidate" hold "id": matched as a part of the name, they went uncompared).
+RUN_TO_RUN = ("id", "created", "machine", "command", "measured", "seconds")
+RUN_TO_RUN_ENDINGS = ("_seconds", "_latency_us")
 #: A target's verdict: derived from its "measured" (left out above), so it differs where a timing
 #: does (the 20x latency ratio was met in one of two --quick runs and failed the comparison);
 #: the scores a score target judges are compared where the metrics hold them.
@@ -42,7 +45,8 @@ DERIVED = ("met",)
 def differences(first, second, path: str = "") -> list[str]:
     """Where two runs' metrics differ, leaving out what differs from run to run."""
     if isinstance(first, dict) and isinstance(second, dict):
-        keys = [k for k in {*first, *second} if not any(word in k for word in RUN_TO_RUN) and k not in DERIVED]
+        keys = [k for k in {*first, *second}
+                if k not in RUN_TO_RUN and not k.endswith(RUN_TO_RUN_ENDINGS) and k not in DERIVED]
         return [d for k in sorted(keys) for d in differences(first.get(k), second.get(k), f"{path}/{k}")]
     if isinstance(first, list) and isinstance(second, list) and len(first) == len(second):
         return [d for j, (x, y) in enumerate(zip(first, second)) for d in differences(x, y, f"{path}[{j}]")]

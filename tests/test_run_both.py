@@ -88,6 +88,12 @@ def test_differences_leave_out_only_what_differs_from_run_to_run():
     other["baselines"]["mpc"]["T1"]["score"] = 0.96
     assert differences(run, other) == ["/R[0][1]: 0.8 != 0.80000001", "/baselines/mpc/T1/score: 0.97 != 0.96"]
     assert differences({"methods": {"moca": 1}}, {"methods": {"moca": 2}}) == ["/methods/moca: 1 != 2"]
+    # names that hold a left-out word are compared ("validation" and "candidate" hold "id": they
+    # went uncompared, and two runs whose validation or chosen candidate differed read as the same)
+    assert differences({"validation_plain": 0.9, "candidate": "mpc", "latency_scenarios": 20, "adaptation_seconds": 1},
+                       {"validation_plain": 0.1, "candidate": "default", "latency_scenarios": 10,
+                        "adaptation_seconds": 2}) == ["/candidate: 'mpc' != 'default'", "/latency_scenarios: 20 != 10",
+                                                      "/validation_plain: 0.9 != 0.1"]
 
 
 def test_plain_run_runs_both_worlds_at_once_with_the_numbers_of_one_after_the_other(tiny, tmp_path):
