@@ -29,9 +29,20 @@ def _run(args: list[str], timeout: float = 1800) -> dict:
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}",
                 "seconds": time.perf_counter() - started}
-    out = json.loads(done.stdout)
+    try:
+        out = json.loads(done.stdout)
+    except json.JSONDecodeError:  # (one step's stray output ended the whole run, and lost the rest)
+        return {"error": f"not JSON: {done.stdout.strip()[:200]!r}", "seconds": time.perf_counter() - started}
     out["seconds"] = time.perf_counter() - started
     return out
+
+
+def _write(results: dict, out: Path) -> None:
+    """``results`` so far, whole or not at all: a step that fails or a Ctrl-C keeps what ran."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, out)
 
 
 def _machine() -> dict:
@@ -57,11 +68,13 @@ def main() -> None:
                     "--weights", str(HERE.parent / "src/moca/data/default/weights.safetensors")]),
         ("losses", [str(HERE / "bench_losses.py"), "--steps", "6" if args.quick else "20"]),
         ("service", [str(HERE / "bench_service.py"), *quick]),
-        # serial vs process pool vs local Ray; its own copy in benchmarks/sweep_results.json
-        ("sweep", [str(HERE / "bench_sweep.py"), *quick]),
+        # serial vs process pool vs local Ray; its own copy beside --out (sweep_results.json)
+        ("sweep", [str(HERE / "bench_sweep.py"), *quick,
+                   "--out", str(args.out.with_name("sweep_results-quick.json" if args.quick else "sweep_results.json"))]),
         ("cli", [str(HERE / "bench_cli.py"), "--repeats", "3" if args.quick else "7"]),
         # moca run with both worlds at once against one after the other (--quick: 3 min; full: 12)
-        ("run", [str(HERE / "bench_run.py"), *([] if args.quick else ["--full"])]),
+        ("run", [str(HERE / "bench_run.py"), *([] if args.quick else ["--full"]),
+                 "--out", str(args.out.with_name("run_jobs.json" if args.quick else "run_jobs_full.json"))]),
         # Every peer on both worlds (tuning included: the longest step, up to an hour on 2 cores).
         ("peers", [str(HERE / "bench_peers.py"), *quick,
                    "--out", str(args.out.with_name("peers-quick.json" if args.quick else "peers.json"))]),
@@ -71,6 +84,7 @@ def main() -> None:
         results[name] = _run(command, timeout=7200 if name == "peers" else 1800)
         if name == "peers" and "worlds" in results[name]:  # the full table lives in its own file
             results[name] = {"see": command[-1], "seconds": results[name]["seconds"]}
+        _write(results, args.out)
     threshold = {}
     for task in ("T1", "T2", "T3"):
         print(f"running threshold score on {task} ...", file=sys.stderr, flush=True)
@@ -78,10 +92,7 @@ def main() -> None:
                                "--scenarios", n, "--seed", "1000", "--json"], capture_output=True, text=True)
         threshold[task] = json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip()}
     results["threshold_scores"] = threshold
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, args.out)
+    _write(results, args.out)
     print(json.dumps({k: (v if k in ("machine", "threshold_scores") else "see " + str(args.out))
                       for k, v in results.items() if isinstance(v, dict)}, indent=1))
     print(f"wrote {args.out} on {platform.node()}", file=sys.stderr)
