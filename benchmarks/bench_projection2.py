@@ -215,6 +215,10 @@ def main() -> None:
     deploy = bench_deployment(raw[: min(batch, 512)], inputs[: min(batch, 512)], regime[: min(batch, 512)],
                               executed[: min(batch, 512)], 3)
     ours = daqp["float64"]["us_per_projection"]
+
+    def ratio(other: dict, key: str, base: float) -> float | None:  # None (JSON null) where that library is absent
+        return other[key] / base if key in other else None
+
     result = {
         "command": "benchmarks/bench_projection2.py" + (" --quick" if args.quick else f" --batch {batch}"),
         "load_average": list(os.getloadavg()),
@@ -222,13 +226,12 @@ def main() -> None:
                     "cpus": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads()},
         "batch": batch, "daqp_loop": daqp, "qpth": qpth, "cvxpylayers": cvx, "deployment": deploy,
-        "speedup_vs_qpth": qpth.get("us_per_projection", float("nan")) / ours,
-        "speedup_vs_cvxpylayers": cvx.get("us_per_projection", float("nan")) / ours,
-        "cpu_speedup_vs_qpth": qpth.get("cpu_us_per_projection", float("nan")) / daqp["float64"]["cpu_us_per_projection"],
-        "cpu_speedup_vs_cvxpylayers": (cvx.get("cpu_us_per_projection", float("nan"))
-                                       / daqp["float64"]["cpu_us_per_projection"]),
+        "speedup_vs_qpth": ratio(qpth, "us_per_projection", ours),
+        "speedup_vs_cvxpylayers": ratio(cvx, "us_per_projection", ours),
+        "cpu_speedup_vs_qpth": ratio(qpth, "cpu_us_per_projection", daqp["float64"]["cpu_us_per_projection"]),
+        "cpu_speedup_vs_cvxpylayers": ratio(cvx, "cpu_us_per_projection", daqp["float64"]["cpu_us_per_projection"]),
     }
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=2, allow_nan=False)
     print(text)
     if args.out:
         with open(args.out, "w") as handle:
