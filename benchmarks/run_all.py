@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -39,10 +38,10 @@ def _run(args: list[str], timeout: float = 1800) -> dict:
 
 def _write(results: dict, out: Path) -> None:
     """``results`` so far, whole or not at all: a step that fails or a Ctrl-C keeps what ran."""
+    from moca.files import write_atomic
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(results, indent=1))
 
 
 def _machine() -> dict:

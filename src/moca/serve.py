@@ -1285,8 +1285,11 @@ JOB_COLUMNS = ("id, chain, regulation, state, attempts, score_before, score_afte
 JOB_SELECT = f"SELECT {JOB_COLUMNS}, (SELECT regime_id FROM regulations WHERE regulations.id = jobs.regulation) FROM jobs"
 
 
+JOB_KEYS = (*(c.strip() for c in JOB_COLUMNS.split(",")), "regime_id")  # (JOB_SELECT's, in order)
+
+
 def _job_out(row) -> dict[str, Any]:
-    return dict(zip([*(c.strip() for c in JOB_COLUMNS.split(",")), "regime_id"], row))
+    return dict(zip(JOB_KEYS, row))
 
 
 class _TooLarge(BaseException):  # not Exception: FastAPI would turn that into a 400
