@@ -24,25 +24,33 @@ from pathlib import Path
 
 import torch
 
+from _args import non_negative_int, positive_int
 from moca.ablation import WORLD_NAMES, AblationConfig, markdown, quick_config, run_ablation
 from moca.experiment import machine
 from moca.files import write_atomic
+
+HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small version (a few steps, few scenarios)")
-    parser.add_argument("--seed-steps", type=int, default=None, help="Adam steps per regime, seed protocol (30)")
-    parser.add_argument("--moca-steps", type=int, default=None, help="clipped SGD steps per regime, moca protocol (8)")
+    parser.add_argument("--seed-steps", type=non_negative_int, default=None,
+                        help="Adam steps per regime, seed protocol (30)")
+    parser.add_argument("--moca-steps", type=non_negative_int, default=None,
+                        help="clipped SGD steps per regime, moca protocol (8)")
     parser.add_argument("--world", choices=WORLD_NAMES, default="CLSC-1", help="the world (CLSC-1)")
-    parser.add_argument("--train-size", type=int, default=None, help="training scenarios per regime (4)")
-    parser.add_argument("--validation-size", type=int, default=None, help="validation scenarios per regime (4)")
-    parser.add_argument("--test-size", type=int, default=None, help="test scenarios per regime (8)")
+    parser.add_argument("--train-size", type=positive_int, default=None, help="training scenarios per regime (4)")
+    parser.add_argument("--validation-size", type=positive_int, default=None,
+                        help="validation scenarios per regime (4)")
+    parser.add_argument("--test-size", type=positive_int, default=None, help="test scenarios per regime (8)")
     parser.add_argument("--out", default=None, help="JSON path (benchmarks/ablation.json; CLSC-2: ablation2.json)")
     parser.add_argument("--table-only", action="store_true", help="rewrite the markdown table from --out's JSON")
     args = parser.parse_args()
-    args.out = args.out or ("benchmarks/ablation.json" if args.world == "CLSC-1" else "benchmarks/ablation2.json")
+    args.out = args.out or str(HERE / ("ablation.json" if args.world == "CLSC-1" else "ablation2.json"))
     if args.table_only:
+        if not Path(args.out).is_file():
+            parser.error(f"argument --out: {args.out!r}: no such file (--table-only reads it)")
         table = markdown(json.loads(Path(args.out).read_text()))
         Path(args.out).with_suffix(".md").write_text(table + "\n")
         print(table)

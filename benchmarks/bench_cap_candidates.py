@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from _args import non_negative_int, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache
@@ -47,10 +48,10 @@ TEST_SEEDS = range(1000, 1020)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regimes", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=2030, help="bench_random_regimes' draw seed (2030: "
+    parser.add_argument("--regimes", type=positive_int, default=12)
+    parser.add_argument("--seed", type=non_negative_int, default=2030, help="bench_random_regimes' draw seed (2030: "
                                                                   "drawn for this benchmark)")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=non_negative_int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 regime, 1 step, 4 test seeds")
     parser.add_argument("--out", type=Path, default=HERE / "cap_candidates.json")
     args = parser.parse_args()

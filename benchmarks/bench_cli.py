@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from _args import positive_int
+
 HEAVY = ("torch", "highspy", "gymnasium", "matplotlib", "scipy", "fastapi", "ray", "daqp", "quadprog", "pandas")
 
 COMMANDS = {
@@ -68,7 +70,7 @@ def heavy_imports(args: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=positive_int, default=7)
     args = parser.parse_args()
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
     for _ in range(args.repeats):

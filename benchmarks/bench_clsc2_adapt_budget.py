@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _args import positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.meta2 import OracleCache2, adapt2, load_policy2
@@ -47,8 +48,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["T1", "T2", "T3"], choices=sorted(TASKS_2))
     parser.add_argument("--budgets", nargs="+", type=budget, default=[(8, 3), (32, 10), (32, 30)])
-    parser.add_argument("--test", type=int, default=20, help="test scenarios per task (seeds 1000+)")
-    parser.add_argument("--validation", type=int, default=16, help="validation scenarios per task (seeds 900+)")
+    parser.add_argument("--test", type=positive_int, default=20, help="test scenarios per task (seeds 1000+)")
+    parser.add_argument("--validation", type=positive_int, default=16,
+                        help="validation scenarios per task (seeds 900+)")
     parser.add_argument("--quick", action="store_true", help="T2 only, budgets 2x1 and 4x2, 4 test scenarios")
     parser.add_argument("--out", type=Path, default=HERE / "clsc2_adapt_budget.json")
     args = parser.parse_args()

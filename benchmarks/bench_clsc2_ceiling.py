@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _args import check_seed_range, non_negative_int
 from moca.baselines.threshold2 import THRESHOLD2_NAMES, threshold2_bounds
 from moca.experiment import machine
 from moca.files import write_atomic
@@ -100,10 +101,12 @@ def scores(seeds: list[int], task: str, thresholds: np.ndarray, forecast: str) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["T1", "T2", "T3"], choices=sorted(TASKS_2))
-    parser.add_argument("--seeds", type=int, nargs=2, default=[1000, 1020], help="first and last+1 test seed")
+    parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[1000, 1020],
+                        help="first and last+1 test seed")
     parser.add_argument("--quick", action="store_true", help="2 test and 2 validation seeds, two safety stocks")
     parser.add_argument("--out", type=Path, default=HERE / "clsc2_ceiling.json")
     args = parser.parse_args()
+    check_seed_range(parser, "--seeds", args.seeds)
     torch.set_num_threads(1)
     started = time.perf_counter()
     tests = list(range(*args.seeds))[:2] if args.quick else list(range(*args.seeds))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _args import check_seed_range, non_negative_int, positive_int
 from moca.baselines.peers import make_peer2
 from moca.experiment import machine
 from moca.files import write_atomic
@@ -53,10 +54,13 @@ def summary(outs: list, oracle: np.ndarray, tail: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="T2", choices=sorted(TASKS_2))
-    parser.add_argument("--seeds", type=int, nargs=2, default=[1000, 1020], help="first and last+1 test seed")
-    parser.add_argument("--tail", type=int, default=6, help="the last periods whose lost sales are reported apart")
+    parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[1000, 1020],
+                        help="first and last+1 test seed")
+    parser.add_argument("--tail", type=positive_int, default=6,
+                        help="the last periods whose lost sales are reported apart")
     parser.add_argument("--out", type=Path, default=HERE / "clsc2_gap.json")
     args = parser.parse_args()
+    check_seed_range(parser, "--seeds", args.seeds)
     torch.set_num_threads(1)
     seeds = list(range(*args.seeds))
     scenarios = [draw_scenario2(s, TASKS_2[args.task], DEFAULT_PARAMS_2) for s in seeds]

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from _args import non_negative_int, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.meta2 import OracleCache2, adapt2, load_policy2
@@ -104,9 +105,10 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[8, 16, 24, 32],
                         help="validation sizes compared (seeds 900+); the first is moca adapt's")
-    parser.add_argument("--steps", type=int, default=3, help="adaptation steps (moca adapt: 3)")
-    parser.add_argument("--plans", type=int, default=6, help="plans or regimes per set (as drawn by the README's runs)")
-    parser.add_argument("--test", type=int, default=20, help="test scenarios per plan (seeds 1000+)")
+    parser.add_argument("--steps", type=non_negative_int, default=3, help="adaptation steps (moca adapt: 3)")
+    parser.add_argument("--plans", type=positive_int, default=6,
+                        help="plans or regimes per set (as drawn by the README's runs)")
+    parser.add_argument("--test", type=positive_int, default=20, help="test scenarios per plan (seeds 1000+)")
     parser.add_argument("--quick", action="store_true", help="one set, one plan, 1 step, 2 test seeds, sizes 2 4")
     parser.add_argument("--out", type=Path, default=HERE / "clsc2_step_choice.json")
     args = parser.parse_args()

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from _args import non_negative_int, positive_int
+
 HERE = Path(__file__).parent
 
 
@@ -69,9 +71,10 @@ def learn(job: tuple[int, list[dict[str, Any]], bool, int, int]) -> dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sequences", type=int, default=6)
-    parser.add_argument("--length", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=3030, help="draw seed (3030: drawn for this benchmark)")
+    parser.add_argument("--sequences", type=positive_int, default=6)
+    parser.add_argument("--length", type=positive_int, default=3)
+    parser.add_argument("--seed", type=non_negative_int, default=3030,
+                        help="draw seed (3030: drawn for this benchmark)")
     parser.add_argument("--no-seed-tasks", action="store_true", help="random sequences only")
     parser.add_argument("--quick", action="store_true", help="1 random sequence of 2 regimes, 1 step, 2 test seeds "
                                                              "(no seed tasks)")

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from _args import non_negative_int, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.regime import Regime, RegimeSchedule
@@ -136,9 +137,9 @@ def clsc2_policies(adapt: bool = False, quick: bool = False, retune_default: boo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", default="both", choices=["CLSC-1", "CLSC-2", "both"])
-    parser.add_argument("--plans", type=int, default=12, help="regime plans per world")
-    parser.add_argument("--seed", type=int, default=7, help="seed of the plan draws")
-    parser.add_argument("--scenarios", type=int, default=2, help="test scenarios per plan (seeds 1000+)")
+    parser.add_argument("--plans", type=positive_int, default=12, help="regime plans per world")
+    parser.add_argument("--seed", type=non_negative_int, default=7, help="seed of the plan draws")
+    parser.add_argument("--scenarios", type=positive_int, default=2, help="test scenarios per plan (seeds 1000+)")
     parser.add_argument("--adapt", action="store_true",
                         help="CLSC-2: also moca adapt --retune 0 (--base auto, 3 steps; validation 900+ counts its "
                              "violations too)")

@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
+from _args import non_negative_int, one_of, positive_int  # noqa: E402
 from moca import checkpoint  # noqa: E402
 from moca.evaluation import evaluate_policy as evaluate_deployed  # noqa: E402
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine  # noqa: E402
@@ -167,19 +168,24 @@ def table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[0, 1, 3])
-    parser.add_argument("--scenarios", type=int, default=20, help="test scenarios per regime (seeds 1000..)")
-    parser.add_argument("--validation", type=int, default=16, help="validation scenarios that choose (seeds 900..)")
-    parser.add_argument("--peers", nargs="+", default=["threshold", "mpc", *MPC_TUNED])
+    parser.add_argument("--steps", type=non_negative_int, nargs="+", default=[0, 1, 3])
+    parser.add_argument("--scenarios", type=positive_int, default=20, help="test scenarios per regime (seeds 1000..)")
+    parser.add_argument("--validation", type=positive_int, default=16,
+                        help="validation scenarios that choose (seeds 900..)")
+    parser.add_argument("--peers", type=one_of(("threshold", "mpc", *MPC_TUNED)), nargs="+",
+                        default=["threshold", "mpc", *MPC_TUNED])
     parser.add_argument("--stocks", type=float, nargs="+", default=[100.0, 400.0, 800.0, 1200.0])
-    parser.add_argument("--train", type=int, default=4, help="training-stream scenarios for an MPC's safety stock")
+    parser.add_argument("--train", type=positive_int, default=4,
+                        help="training-stream scenarios for an MPC's safety stock")
     parser.add_argument("--only", nargs="*", default=None, help="regime labels to run (default: all)")
     parser.add_argument("--resume", action="store_true", help="keep the regimes already in --out")
-    parser.add_argument("--out", default="benchmarks/generalisation.json")
+    parser.add_argument("--out", default=str(HERE / "generalisation.json"))
     parser.add_argument("--quick", action="store_true", help="one regime, 2 scenarios, steps 0 1, threshold + mpc")
     parser.add_argument("--table", action="store_true", help="only print (and write) the table of --out")
     args = parser.parse_args()
     if args.table:
+        if not Path(args.out).is_file():
+            parser.error(f"argument --out: {args.out!r}: no such file (--table reads it)")
         text = table(json.loads(Path(args.out).read_text()))
         write_atomic(Path(args.out).with_suffix(".md"), text + "\n")
         print(text)

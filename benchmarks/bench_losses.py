@@ -17,14 +17,15 @@ import json
 
 import torch
 
+from _args import positive_int, regime_spec
 from moca import checkpoint
 from moca.policy import compare_losses
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--regime", default="T2")
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--regime", type=regime_spec, default="T2")
     parser.add_argument("--teacher", choices=("mpc", "oracle"), default="mpc")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -37,6 +37,7 @@ import time
 import numpy as np
 import torch
 
+from _args import positive_int
 from moca import safety
 from moca.baselines.mpc import MPCPolicy
 from moca.oracle import build_lp, episode_window, oracle_costs, solve_oracle, _solver
@@ -148,8 +149,9 @@ def replay_gaps(count: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", type=int, default=20, help="scenarios per task (seeds 1000..)")
-    parser.add_argument("--repeats", type=int, default=5, help="passes over the scenarios; per scenario the best counts")
+    parser.add_argument("--scenarios", type=positive_int, default=20, help="scenarios per task (seeds 1000..)")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="passes over the scenarios; per scenario the best counts")
     parser.add_argument("--scores", action="store_true", help="also the MPC score table (about a minute)")
     parser.add_argument("--quick", action="store_true", help="5 scenarios per task, 1 repeat")
     args = parser.parse_args()

@@ -26,6 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from _args import existing_dir_path, existing_file_path, positive_int  # noqa: E402
 from moca.evaluation import evaluate_policy  # noqa: E402
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine  # noqa: E402
 from moca.files import write_atomic  # noqa: E402
@@ -288,17 +289,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", default="all", help="CLSC-1 | CLSC-2 | all")
     parser.add_argument("--peers", default=",".join(ALL_PEERS))
-    parser.add_argument("--scenarios", type=int, default=10, help="test scenarios per regime (seeds 1000..)")
-    parser.add_argument("--train", type=int, default=4, help="training scenarios per seed task for the MPC tuning")
-    parser.add_argument("--ppo", type=Path, default=None, help="PPO checkpoint (default: the shipped one)")
+    parser.add_argument("--scenarios", type=positive_int, default=10, help="test scenarios per regime (seeds 1000..)")
+    parser.add_argument("--train", type=positive_int, default=4,
+                        help="training scenarios per seed task for the MPC tuning")
+    parser.add_argument("--ppo", type=existing_dir_path, default=None, help="PPO checkpoint (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=HERE / "peers.json")
     parser.add_argument("--quick", action="store_true", help="2 scenarios, 1 training scenario, fewer candidates")
     parser.add_argument("--retune-per-regime", action="store_true",
                         help="CLSC-2 MPCs: choose the safety stock on each regime's own training scenarios")
     parser.add_argument("--table", action="store_true", help="only print --out as markdown tables (the README's)")
-    parser.add_argument("--merge", type=Path, nargs="*", default=None,
+    parser.add_argument("--merge", type=existing_file_path, nargs="*", default=None,
                         help="only merge these result files (runs of single peers side by side) into --out")
     args = parser.parse_args()
+    if args.table and not args.out.is_file():
+        parser.error(f"argument --out: {str(args.out)!r}: no such file (--table reads it)")
     if args.table:
         print(markdown(json.loads(args.out.read_text())))
         return

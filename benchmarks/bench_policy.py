@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from _args import existing_file, positive_int
 from moca.evaluation import TimedDecisions
 from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, deployed_decision, policy_loss
 from moca.regime import TASKS
@@ -148,11 +149,12 @@ def _training_steps(params: Params) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", type=int, default=10, help="episodes per task (T1-T3)")
-    parser.add_argument("--weights", help="safetensors state dict of an LSTMPolicy (default: a perturbed fresh one)")
+    parser.add_argument("--scenarios", type=positive_int, default=10, help="episodes per task (T1-T3)")
+    parser.add_argument("--weights", type=existing_file,
+                        help="safetensors state dict of an LSTMPolicy (default: a perturbed fresh one)")
     parser.add_argument("--no-training", action="store_true", help="skip the training-step timings")
     parser.add_argument("--no-mpc", action="store_true", help="skip the MPC latency")
-    parser.add_argument("--repeats", type=int, default=5, help="repeats per decision in the side-by-side pass")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="repeats per decision in the side-by-side pass")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # the target is one core

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _args import checkpoint_spec, non_negative_int, positive_int
 from moca.experiment import machine
 from moca.meta2 import OracleCache2, adapt2, load_policy2
 from moca.policy2 import LSTMPolicy2, evaluate_policy2
@@ -33,9 +34,9 @@ OUTSIDE = ("mandate 0.45 + tax 150", "tax 900", "cap 0.7x + landfill 60")  # ben
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=20, help="test scenarios per task (seeds 1000..)")
-    parser.add_argument("--steps", type=int, default=3, help="adaptation steps")
-    parser.add_argument("--checkpoint", default="default")
+    parser.add_argument("--seeds", type=positive_int, default=20, help="test scenarios per task (seeds 1000..)")
+    parser.add_argument("--steps", type=non_negative_int, default=3, help="adaptation steps")
+    parser.add_argument("--checkpoint", type=checkpoint_spec, default="default")
     parser.add_argument("--output", type=Path, default=HERE / "policy2.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -67,10 +68,11 @@ def main() -> None:
         seconds = time.perf_counter() - began
         adapted = evaluate_policy2(module, weights, tests, oracle)
         first6 = slice(0, min(6, len(seeds)))
+        named = f"seeds_{seeds[0]}_{seeds[first6.stop - 1]}"  # the seeds first6 takes (1000_1005 by default)
         out["tasks"][name] = {
             "base_rule_untrained": base["score"], "zero_shot": zero["score"], f"after_{args.steps}": adapted["score"],
-            "zero_shot_seeds_1000_1005": float(np.mean(zero["scores"][first6])),
-            f"after_{args.steps}_seeds_1000_1005": float(np.mean(adapted["scores"][first6])),
+            f"zero_shot_{named}": float(np.mean(zero["scores"][first6])),
+            f"after_{args.steps}_{named}": float(np.mean(adapted["scores"][first6])),
             "violations": base["violations"] + zero["violations"] + adapted["violations"],
             "adaptation_seconds": seconds, "selected_step": next(c["step"] for c in curve if c["selected"]),
         }

@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from _args import non_negative_int, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.regime import Regime, RegimeSchedule
@@ -307,9 +308,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", default="both", choices=["CLSC-1", "CLSC-2", "both"])
-    parser.add_argument("--regimes", type=int, default=6, help="random regimes per world")
-    parser.add_argument("--seed", type=int, default=2026, help="seed of the regime draws (meta-training used 0..)")
-    parser.add_argument("--scenarios", type=int, default=20, help="test scenarios per regime (seeds 1000+)")
+    parser.add_argument("--regimes", type=positive_int, default=6, help="random regimes per world")
+    parser.add_argument("--seed", type=non_negative_int, default=2026,
+                        help="seed of the regime draws (meta-training used 0..)")
+    parser.add_argument("--scenarios", type=positive_int, default=20, help="test scenarios per regime (seeds 1000+)")
     parser.add_argument("--with-cap", action="store_true",
                         help="keep only draws with an emission cap (the rest of each draw as usual)")
     parser.add_argument("--high-tax", action="store_true",
@@ -331,7 +333,7 @@ def main() -> None:
                              "peer does and starts its steps from the meta-init, from them or from the rule at them "
                              "with the residual off, whichever validates highest (moca adapt --retune 1500); "
                              "the adaptation without it is scored beside")
-    parser.add_argument("--retune-budget", type=int, default=None,
+    parser.add_argument("--retune-budget", type=positive_int, default=None,
                         help="with --retune: moca's re-tuning candidates (default: the peer's, 1500; on the same "
                              "training scenarios as the peer's)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")

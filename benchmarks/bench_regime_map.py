@@ -32,11 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _args import non_negative_int, positive_int, whole
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine
 from moca.files import write_atomic
 from moca.regime import TASKS
 from moca.regime_map import ThresholdMap, compare, fit_threshold_map
 from moca.report import markdown_table
+
+HERE = Path(__file__).resolve().parent
 
 
 def _write(path: Path, text: str) -> None:
@@ -83,25 +86,30 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 regimes, tiny tuning, 1 regime, 2 scenarios")
-    parser.add_argument("--regimes", type=int, default=64)
-    parser.add_argument("--budget", type=int, default=600)
-    parser.add_argument("--map", default="benchmarks/regime_map.json")
+    parser.add_argument("--regimes", type=whole(8), default=64)
+    parser.add_argument("--budget", type=positive_int, default=600)
+    parser.add_argument("--map", default=str(HERE / "regime_map.json"))
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--fit-only", action="store_true")
     parser.add_argument("--ship", default=None, metavar="DIR",
                         help="also write the map as a checkpoint folder (DIR/map.json, e.g. src/moca/data/map-clsc1)")
-    parser.add_argument("--steps", type=int, nargs="*", default=[1, 3])
+    parser.add_argument("--steps", type=positive_int, nargs="*", default=[1, 3])
     parser.add_argument("--no-default", action="store_true", help="leave today's default meta-init out")
     parser.add_argument("--no-mpc", action="store_true")
     parser.add_argument("--only", nargs="*", default=None, help="regime labels to run (default: all)")
-    parser.add_argument("--select", type=int, default=16, help="nearest tunings tried as base (0: the map alone)")
+    parser.add_argument("--select", type=non_negative_int, default=16,
+                        help="nearest tunings tried as base (0: the map alone)")
     parser.add_argument("--meta-train", type=float, default=0.0, metavar="SECONDS",
                         help="meta-train the LSTM residual over the mapped base (FOMAML, moca train's defaults) "
                              "for at most this many seconds before comparing (0: a fresh head)")
     parser.add_argument("--meta-select", action="store_true",
                         help="with --meta-train: each meta-task's base picked as at adaptation (--select)")
-    parser.add_argument("--out", default="benchmarks/regime_map_compare.json")
+    parser.add_argument("--out", default=str(HERE / "regime_map_compare.json"))
     args = parser.parse_args()
+    known = [*GENERALISATION_GRID, "T1", "T2", "T3"]  # the regimes compared below
+    unknown = [k for k in args.only or [] if k not in known]
+    if unknown:
+        parser.error(f"argument --only: unknown regimes {unknown} (known: {known})")
     torch.set_num_threads(1)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     map_path = Path(args.map)

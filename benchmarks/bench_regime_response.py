@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from _args import checkpoint_spec, existing_file, non_negative_int, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.report import markdown_table
@@ -40,6 +41,8 @@ from moca.response import (QUICK_SWEEPS, SWEEPS, direction_agreement, learned_po
 #: CLSC-2's defaults: the threshold rule re-tuned with the budget `moca run --model CLSC-2`
 #: gives it per regime (150 candidates on 4 training scenarios), as each candidate is a
 #: projected 52-period rollout.
+HERE = Path(__file__).resolve().parent
+
 DEFAULTS_2 = {"scenarios": 8, "threshold_budget": 150, "threshold_train_seeds": 4}
 
 
@@ -79,15 +82,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", choices=("CLSC-1", "CLSC-2"), default="CLSC-1", help="the world (CLSC-1)")
     parser.add_argument("--quick", action="store_true", help="carbon tax only, 3 values, 2 scenarios")
-    parser.add_argument("--scenarios", type=int, default=None,
+    parser.add_argument("--scenarios", type=positive_int, default=None,
                         help="test scenarios per point (seeds 1000+; 8)")
-    parser.add_argument("--adapt-steps", type=int, default=0,
+    parser.add_argument("--adapt-steps", type=non_negative_int, default=0,
                         help="also moca adapted this many steps per regime")
-    parser.add_argument("--threshold-budget", type=int, default=None,
+    parser.add_argument("--threshold-budget", type=positive_int, default=None,
                         help="candidate rules per threshold tuning (400, CLSC-2: 150 on 4 training scenarios)")
-    parser.add_argument("--checkpoint", default="default")
-    parser.add_argument("--map", default=None, help="also the mapped threshold rule of this map file "
-                        "(benchmarks/bench_regime_map.py): moca's proposed base, zero-shot")
+    parser.add_argument("--checkpoint", type=checkpoint_spec, default="default")
+    parser.add_argument("--map", type=existing_file, default=None,
+                        help="also the mapped threshold rule of this map file "
+                             "(benchmarks/bench_regime_map.py): moca's proposed base, zero-shot")
     parser.add_argument("--out", default=None,
                         help="JSON path (benchmarks/regime_response.json; CLSC-2: regime_response2.json)")
     args = parser.parse_args()
@@ -96,7 +100,7 @@ def main() -> None:
         if args.map:
             parser.error("--map is CLSC-1's (omit it with --world CLSC-2)")
         return main2(args)
-    args.out = args.out or "benchmarks/regime_response.json"
+    args.out = args.out or str(HERE / "regime_response.json")
     args.threshold_budget = 400 if args.threshold_budget is None else args.threshold_budget
     scenarios = args.scenarios or (2 if args.quick else 8)
     policies = {"moca": learned_policy(args.checkpoint)}
@@ -138,7 +142,7 @@ def main() -> None:
 
 def main2(args: argparse.Namespace) -> None:
     """The CLSC-2 sweep: oracle, moca (shipped default-clsc2, zero-shot and adapted), threshold rule re-tuned."""
-    out = Path(args.out or "benchmarks/regime_response2.json")
+    out = Path(args.out or HERE / "regime_response2.json")
     scenarios = args.scenarios or (2 if args.quick else DEFAULTS_2["scenarios"])
     budget = args.threshold_budget or (24 if args.quick else DEFAULTS_2["threshold_budget"])
     train_seeds = 2 if args.quick else DEFAULTS_2["threshold_train_seeds"]

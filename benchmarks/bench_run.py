@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _args import existing_dir_path
+
 HERE = Path(__file__).resolve().parent
 BUDGET_S = {"quick": 120.0, "full": 600.0}
 #: What differs from run to run, by whole key name or by the end of one ("validation" and
@@ -72,10 +74,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="plain moca run (default: --quick)")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--compare", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"),
+    parser.add_argument("--compare", nargs=2, type=existing_dir_path, metavar=("RUN_A", "RUN_B"),
                         help="two run folders (runs/<id>): print where their metrics differ, run nothing")
     args = parser.parse_args()
     if args.compare:
+        for folder in args.compare:
+            if not (folder / "metrics.json").is_file():
+                parser.error(f"argument --compare: {str(folder)!r}: no metrics.json in it (not a moca run folder)")
         first, second = (json.loads((folder / "metrics.json").read_text()) for folder in args.compare)
         found = differences(first, second)
         print(json.dumps({"runs": [str(f) for f in args.compare], "differences": found, "same_numbers": not found},

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _args import check_seed_range, existing_file_path, non_negative_int
 from moca import clsc2
 from moca.baselines.peers import evaluate2
 from moca.baselines.threshold2 import Threshold2Policy, start_thresholds2
@@ -50,11 +51,13 @@ def segment_orders(orders: np.ndarray, starts: list[int]) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plans", type=Path, default=HERE / "random_regimes_schedules.json")
-    parser.add_argument("--index", type=int, default=1, help="which plan of the file (from 0)")
-    parser.add_argument("--seeds", type=int, nargs=2, default=[1000, 1003], help="first and last+1 test seed")
+    parser.add_argument("--plans", type=existing_file_path, default=HERE / "random_regimes_schedules.json")
+    parser.add_argument("--index", type=non_negative_int, default=1, help="which plan of the file (from 0)")
+    parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[1000, 1003],
+                        help="first and last+1 test seed")
     parser.add_argument("--out", type=Path, default=HERE / "schedule_orders.json")
     args = parser.parse_args()
+    check_seed_range(parser, "--seeds", args.seeds)
     torch.set_num_threads(1)
     try:
         rows = json.loads(args.plans.read_text())["worlds"]["CLSC-2"]

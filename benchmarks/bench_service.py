@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _args import non_negative_int, one_of, positive_float, positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -156,14 +158,17 @@ def _summary(samples: list[tuple[float, float]], seconds: float) -> dict:
 
 
 def main() -> None:
+    from moca.serve import SERVICE_BASES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the quiet phase")
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--chains", type=int, default=8)
-    parser.add_argument("--events", type=int, default=3, help="regulation events timed to activation")
+    parser.add_argument("--seconds", type=positive_float, default=10.0, help="length of the quiet phase")
+    parser.add_argument("--connections", type=positive_int, default=4)
+    parser.add_argument("--chains", type=positive_int, default=8)
+    parser.add_argument("--events", type=non_negative_int, default=3, help="regulation events timed to activation")
     parser.add_argument("--capped", action="store_true", help="regulation events with emission caps (kg CO2 a "
                                                                 "period), where jobs adapt through the portfolio")
-    parser.add_argument("--adapt-base", default=None, help="moca serve --adapt-base (default: the service's own)")
+    parser.add_argument("--adapt-base", type=one_of(SERVICE_BASES), default=None,
+                        help="moca serve --adapt-base (default: the service's own)")
     parser.add_argument("--quick", action="store_true", help="3 s phases, 1 event")
     args = parser.parse_args()
     if args.quick:

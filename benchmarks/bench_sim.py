@@ -45,6 +45,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from _args import positive_int
 from _timing import rate, through_daqp_solve
 from moca import safety
 from moca.env import CircularSupplyChainEnv
@@ -217,7 +218,7 @@ def run(threads: int = 1, quick: bool = False) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
     print(json.dumps(run(args.threads, args.quick), indent=1))

@@ -26,6 +26,7 @@ import platform
 import numpy as np
 import torch
 
+from _args import positive_int
 from _timing import rate
 from moca import clsc2
 from moca.env2 import CircularSupplyChain2Env
@@ -95,7 +96,7 @@ def gym_env(repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

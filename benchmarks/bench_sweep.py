@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from _args import positive_int, sweep_values, whole
+from moca.limits import MOST_SCENARIOS, MOST_WORKERS
+
 
 def _sweep(plan, kind: str, workers: int) -> tuple[dict, float]:
     from moca.cluster import Backend
@@ -159,15 +162,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 values x 4 scenarios, 1 meta step")
     parser.add_argument("--field", default="carbon_tax")
-    parser.add_argument("--values", default="0:300:25")
-    parser.add_argument("--scenarios", type=int, default=20)
-    parser.add_argument("--meta-steps", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--values", type=sweep_values, default="0:300:25")
+    parser.add_argument("--scenarios", type=whole(2, MOST_SCENARIOS), default=20)
+    parser.add_argument("--meta-steps", type=positive_int, default=3)
+    parser.add_argument("--workers", type=whole(1, MOST_WORKERS), default=2)
     parser.add_argument("--no-meta", action="store_true", help="skip the meta-step part")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.quick:
         args.values, args.scenarios, args.meta_steps = "0:300:100", 4, 1
+    from moca.sweep import SweepError, make_plan
+
+    try:  # what depends on the field (an unknown one, a value outside its range) is said here
+        make_plan("CLSC-1", args.field, args.values, policies="oracle,mpc,threshold", scenarios=args.scenarios)
+    except SweepError as err:
+        parser.error(str(err))
     try:
         import ray  # noqa: F401
 

@@ -8,6 +8,10 @@ from types import SimpleNamespace
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# A script run as a file finds its shared helpers (_args, _timing) beside it; runpy.run_path
+# does not put the script's folder on sys.path, so the helpers are found here.
+if str(BENCHMARKS) not in sys.path:
+    sys.path.append(str(BENCHMARKS))
 
 
 def run_script(name: str, args: list[str], monkeypatch) -> None:
