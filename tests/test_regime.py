@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -393,3 +394,24 @@ def test_a_regime_of_another_type_is_named_as_such():
         load_regime(5)
     with pytest.raises(RegimeError, match=r"a file, an object of the regime fields or a plan, got float 2.5$"):
         load_schedule(2.5)
+
+
+def test_a_row_with_a_none_cap_reads_as_from_row_reads_it():
+    """Regime.from_row reads a cap of None as no cap; the row engines' check (regime_rows)
+    refused the same row with "emission_cap=nan", a value never written (numpy reads None
+    as NaN). A None elsewhere is refused naming the field and None."""
+    from moca.world import regime_rows
+
+    row = [0.2, 50.0, None, 0.0, 0.1]
+    assert Regime.from_row(row).emission_cap is None
+    expected = Regime.from_row(row).as_row()[None]
+    for given in (row, tuple(row), np.array(row, dtype=object), row + [7.0]):
+        np.testing.assert_array_equal(regime_rows(given), expected)
+    np.testing.assert_array_equal(regime_rows([row, [0, 0, 5.0, 0, 0]])[:, 2], [np.inf, 5.0])
+    np.testing.assert_array_equal(regime_rows(row, batch=3), np.repeat(expected, 3, axis=0))
+    for bad, words in (([0.2, None, 1.0, 0, 0], "regime carbon_tax=None is not a number"),
+                       ([None, 0, None, 0, 0], "regime recycled_content_min=None is not a number"),
+                       ([2.0, 0, None, 0, 0], "regime recycled_content_min=2.0 is outside its valid range"),
+                       ([0, 0, float("nan"), 0, 0], "regime emission_cap=nan is outside its valid range")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            regime_rows(bad)

@@ -469,3 +469,29 @@ def test_float32_backward_and_rollout_through_the_simulator():
     assert torch.isfinite(raw.grad).all() and raw.grad.abs().sum() > 0
     ex, av = result.executed.detach().reshape(-1, 6), result.available.reshape(-1, 3)
     assert violations(ex, av[:, 0], av[:, 1], av[:, 2], batch.regime.reshape(-1, 5), PARAMS).sum() == 0
+
+
+def test_a_regime_row_with_a_none_cap_is_no_cap_in_every_check():
+    """Regime.from_row reads a cap of None as no cap; project / violations refused the same
+    row with "emission_cap=nan" (numpy reads None as NaN). A None in a field the rows read
+    is refused naming it; a None tax, which no CLSC-1 row reads, is ignored as before."""
+    raw = np.array([3000.0, 2500.0, 100.0, 400.0, 200.0, 900.0])
+    none_cap, inf_cap = [0.2, 100.0, None, 0.0, 0.3], np.array([0.2, 100.0, math.inf, 0.0, 0.3])
+    np.testing.assert_array_equal(project(raw, 2000.0, 300.0, 800.0, none_cap, PARAMS),
+                                  project(raw, 2000.0, 300.0, 800.0, inf_cap, PARAMS))
+    np.testing.assert_array_equal(violations(raw, 2000.0, 300.0, 800.0, none_cap, PARAMS),
+                                  violations(raw, 2000.0, 300.0, 800.0, inf_cap, PARAMS))
+    stocks = [np.array([2000.0, 10.0])] * 3
+    for regime in (none_cap, [none_cap, none_cap]):
+        np.testing.assert_array_equal(violations(np.stack([raw, raw]), *stocks, regime, PARAMS),
+                                      violations(np.stack([raw, raw]), *stocks, inf_cap, PARAMS))
+    np.testing.assert_array_equal(project(raw, 2000.0, 300.0, 800.0, [0.2, None, None, 0.0, 0.3], PARAMS),
+                                  project(raw, 2000.0, 300.0, 800.0, inf_cap, PARAMS))
+    for bad, words in (([None, 0, None, 0, 0], "regime recycled_content_min=None is not a number"),
+                       ([0, 0, 1.0, 0, None], "regime recovery_target=None is not a number")):
+        with pytest.raises(SafetyError, match=re.escape(words)):
+            project(raw, 2000.0, 300.0, 800.0, bad, PARAMS)
+        with pytest.raises(SafetyError, match=re.escape(words)):
+            violations(np.stack([raw, raw]), *stocks, bad, PARAMS)
+    with pytest.raises(SafetyError, match=re.escape("regime emission_cap=nan must be >= 0")):
+        project(raw, 2000.0, 300.0, 800.0, [0, 0, math.nan, 0, 0], PARAMS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -396,3 +397,50 @@ def test_a_batch_or_simulator_of_the_other_world_is_refused_naming_the_entry():
         batch.with_regime(np.zeros(3))
     assert torch.equal(batch.with_regime(np.array([0.2, 50.0, np.inf, 0, 0])).regime[0, 0],
                        torch.tensor([0.2, 50.0, np.inf, 0, 0], dtype=torch.float32))
+
+
+def test_bad_dtype_batch_size_and_action_shape_are_refused_by_name():
+    """dtype="float64" (a string) and initial_state(-1) / (2.5) failed inside torch.full;
+    raw actions of 5 columns with project=None failed unpacking in the step ("not enough
+    values to unpack"), and a [1, 6] was broadcast to every scenario of the batch."""
+    with pytest.raises(ScenarioError, match=r"dtype: 'float64' is not torch.float32 or torch.float64"):
+        Simulator(dtype="float64")
+    for bad, words in ((-1, "batch_size: expected a number of scenarios >= 0, got -1"),
+                       (2.5, "batch_size: expected a whole number of scenarios, got float 2.5"),
+                       (True, "batch_size: expected a whole number of scenarios, got bool")):
+        with pytest.raises(ScenarioError, match=re.escape(words)):
+            Simulator().initial_state(bad)
+    assert Simulator().initial_state(np.int64(3)).virgin.shape == (3,)
+    scenarios = [draw_scenario(1), draw_scenario(2)]
+    batch = ScenarioBatch.from_scenarios(scenarios)
+    T = batch.horizon
+    with pytest.raises(ScenarioError, match=re.escape(f"actions: expected shape [2, {T}, 6], got [2, {T}, 5]")):
+        rollout(batch, OpenLoop(torch.zeros(2, T, 5)), None)
+
+    class Fixed:
+        def __init__(self, shape):
+            self.shape = shape
+
+        def reset(self, batch):
+            pass
+
+        def act(self, obs):
+            return torch.zeros(self.shape)
+
+    for shape in ((2, 5), (2, 7), (1, 6)):
+        with pytest.raises(ScenarioError, match=re.escape(f"actions: expected shape [B, 6] = [2, 6] per period "
+                                                          f"(project=None executes the policy's actions as given), "
+                                                          f"got {list(shape)}")):
+            rollout(batch, Fixed(shape), None)
+    ok = rollout(batch, Fixed((2, 6)), None)
+    assert torch.equal(ok.total_cost, rollout(batch, OpenLoop(torch.zeros(2, T, 6)), None).total_cost)
+
+
+def test_a_regime_row_with_a_none_cap_is_no_cap():
+    """Regime.from_row reads a cap of None as no cap; the row form refused the same row
+    with "emission_cap=nan", a value never written (numpy reads None as NaN)."""
+    batch = ScenarioBatch.from_scenarios([draw_scenario(1)])
+    assert torch.equal(batch.with_regime([0.2, 50.0, None, 0, 0]).regime,
+                       batch.with_regime([0.2, 50.0, math.inf, 0, 0]).regime)
+    with pytest.raises(ScenarioError, match=re.escape("regime carbon_tax=None is not a number")):
+        batch.with_regime([0.2, None, None, 0, 0])

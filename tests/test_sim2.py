@@ -6,6 +6,8 @@ execution, sales and lost sales, end-of-period yields, and the period cost on th
 end-of-period state. The actions are feasible, so they are executed as given.
 """
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -204,3 +206,38 @@ def test_float32_rollouts_settle_long_windows_without_violations():
     count = sum(violations2(result.executed[:, t].double(), dict(zip(clsc2.ROW_INPUTS, result.inputs[:, t].unbind(-1))),
                             batch.regime[:, t].double(), scenarios[0].params) for t in range(104))
     assert count == 0
+
+
+def test_bad_dtype_demand_history_and_action_shape_are_refused_by_name():
+    """dtype="float64" (a string) failed inside torch.full; a demand_history [52] failed in
+    the indexing and a [B, 10] gave a state with no sales history; raw actions of 8 columns
+    with project=None failed deep in the step ("tuple index out of range"), 10 columns only
+    in the emissions' matrix product, and a [1, 9] was broadcast to every scenario."""
+    from moca.scenario import ScenarioError
+    from moca.sim2 import Simulator2
+
+    with pytest.raises(ScenarioError, match=re.escape("dtype: 'float64' is not torch.float32 or torch.float64")):
+        Simulator2(dtype="float64")
+    for history, got in ((torch.zeros(52), "[52]"), (torch.zeros(2, 10), "[2, 10]"), (np.zeros((2, 52)), "ndarray")):
+        with pytest.raises(ScenarioError, match=re.escape(f"demand_history: expected a tensor [B, 52], got {got}")):
+            Simulator2().initial_state(history)
+    batch = ScenarioBatch2.from_scenarios([hand_scenario(), hand_scenario()], dtype=torch.float64)
+
+    class Fixed:
+        def __init__(self, shape):
+            self.shape = shape
+
+        def reset(self, batch):
+            pass
+
+        def act(self, obs):
+            return torch.zeros(self.shape, dtype=torch.float64)
+
+    for shape in ((2, 8), (2, 10), (1, 9)):
+        with pytest.raises(ScenarioError, match=re.escape(f"actions: expected shape [B, 9] = [2, 9] per period "
+                                                          f"(project=None executes the policy's actions as given), "
+                                                          f"got {list(shape)}")):
+            rollout2(batch, Fixed(shape), None)
+    ok = rollout2(batch, Fixed((2, 9)), None)
+    assert torch.equal(ok.total_cost, rollout2(batch, OpenLoop2(torch.zeros(2, 3, 9, dtype=torch.float64)),
+                                               None).total_cost)

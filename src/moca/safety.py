@@ -53,6 +53,7 @@ from torch import Tensor
 
 from moca.projection import quadprog_projection
 from moca.scenario import Params
+from moca.world import none_caps_as_no_cap, regime_row_nones
 
 #: A row is violated when broken by more than ``VIOLATION_TOL * max(1, |rhs|)`` in its own units.
 VIOLATION_TOL = 1e-6
@@ -186,7 +187,7 @@ def _as_stock(name: str, value: Any) -> float:
 
 
 def _as_regime(regime: Any) -> tuple[float, float, float]:
-    """(r, cap, kappa) of a regime row [r, tau, cap (inf = none), lambda, kappa]."""
+    """(r, cap, kappa) of a regime row [r, tau, cap (inf or None = none), lambda, kappa]."""
     if type(regime) is np.ndarray and regime.shape == (5,) and regime.dtype.kind == "f":  # the hot path
         r, _, cap, _, kappa = regime.tolist()
     else:
@@ -204,6 +205,17 @@ def _as_regime(regime: Any) -> tuple[float, float, float]:
             raise SafetyError("regime: expected a row of 5 fields (r, tau, cap, lambda, kappa), "
                               f"got shape {list(row.shape)}")
         r, _, cap, _, kappa = row.tolist()
+    if not (0.0 <= r <= 1.0 and 0.0 <= kappa <= 1.0 and cap >= 0.0):
+        return _checked_regime(regime, r, cap, kappa)
+    return r, cap, kappa
+
+
+def _checked_regime(given: Any, r: float, cap: float, kappa: float) -> tuple[float, float, float]:
+    """:func:`_as_regime`'s checks, once one failed: a cap given as None is no cap (as
+    ``Regime.from_row`` reads it), else the failed field is named."""
+    none = _read_nones(given, (5,))
+    if none is not None:
+        r, _, cap, _, kappa = none_caps_as_no_cap(np.array([r, 0.0, cap, 0.0, kappa]), none, SafetyError).tolist()
     if not 0.0 <= r <= 1.0:
         raise SafetyError(f"regime recycled_content_min={r} is outside [0, 1]")
     if not 0.0 <= kappa <= 1.0:
@@ -240,13 +252,36 @@ def _batch_inputs(action: Any, virgin: Any, recycled: Any, cores: Any, regime: A
     if reg.shape != (b, 5):
         raise SafetyError(f"regime: expected shape [{b}, 5], got {list(reg.shape)}")
     r, cap, kappa = reg[:, 0], reg[:, 2], reg[:, 4]
+    if not (((r >= 0) & (r <= 1)).all() and ((kappa >= 0) & (kappa <= 1)).all() and (cap >= 0).all()):
+        return (a, *stocks, *_checked_regimes(regime, reg))
+    return a, stocks[0], stocks[1], stocks[2], r, cap, kappa
+
+
+def _read_nones(given: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Where the regime row(s) ``given`` held None in a field the rows read (r, cap, kappa;
+    the taxes are not read here), or None where there is no such None."""
+    none = regime_row_nones(given, shape)
+    if none is None:
+        return None
+    none = none.copy()
+    none[..., [1, 3]] = False
+    return none if none.any() else None
+
+
+def _checked_regimes(given: Any, reg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_batch_inputs`'s regime checks, once one failed: a cap given as None is no cap
+    (as ``Regime.from_row`` reads it), else the failed field is named."""
+    none = _read_nones(given, reg.shape)
+    if none is not None:
+        reg = none_caps_as_no_cap(reg, none, SafetyError)
+    r, cap, kappa = reg[:, 0], reg[:, 2], reg[:, 4]
     if not ((r >= 0) & (r <= 1)).all():
         raise SafetyError(f"regime recycled_content_min outside [0, 1]: {r[~((r >= 0) & (r <= 1))][0]}")
     if not ((kappa >= 0) & (kappa <= 1)).all():
         raise SafetyError(f"regime recovery_target outside [0, 1]: {kappa[~((kappa >= 0) & (kappa <= 1))][0]}")
     if not (cap >= 0).all():
         raise SafetyError(f"regime emission_cap must be >= 0 (inf = no cap): {cap[~(cap >= 0)][0]}")
-    return a, stocks[0], stocks[1], stocks[2], r, cap, kappa
+    return r, cap, kappa
 
 
 # --- the constraints ---------------------------------------------------------------------------

@@ -8,9 +8,10 @@ cost flow to actions and, through them, to policy parameters.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -79,6 +80,30 @@ class State:
 
     def index(self, i: int | slice) -> "State":
         return self._map(lambda x: x[i])
+
+
+def _batch_size(value: Any) -> int:
+    """A batch size: a whole number >= 0 (-1 or 2.5 failed inside torch.full)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        size = operator.index(value)
+    except TypeError:
+        raise ScenarioError(f"batch_size: expected a whole number of scenarios, got {type(value).__name__} "
+                            f"{value!r:.40}") from None
+    if size < 0:
+        raise ScenarioError(f"batch_size: expected a number of scenarios >= 0, got {size}")
+    return size
+
+
+def check_actions(raw: Any, batch_size: int, width: int) -> None:
+    """One period's actions executed as given (``project=None``): ``[B, width]`` (a [B, 5]
+    failed in the step's unpacking, and a [1, 6] was broadcast to every scenario)."""
+    shape = getattr(raw, "shape", None)
+    if shape is None or tuple(shape) != (batch_size, width):
+        got = list(shape) if shape is not None else type(raw).__name__
+        raise ScenarioError(f"actions: expected shape [B, {width}] = [{batch_size}, {width}] per period "
+                            f"(project=None executes the policy's actions as given), got {got}")
 
 
 def _stack_slots(slots: tuple[Tensor, ...], like: Tensor) -> Tensor:
@@ -177,6 +202,7 @@ class Simulator:
     def __init__(self, params: Params = Params(), dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu"):
         self.params = p = as_params(params, Params)
+        check_batch_dtype(dtype)  # (a dtype of "float64" failed inside torch.full at the first state)
         self.dtype = dtype
         self.device = torch.device(device)
         self._recycled_per_core = p.yield_disassembly * p.mass  # kg of recycled material per core
@@ -184,6 +210,7 @@ class Simulator:
 
     def initial_state(self, batch_size: int) -> State:
         p = self.params
+        batch_size = _batch_size(batch_size)
         full = lambda *shape, v: torch.full(shape, float(v), dtype=self.dtype, device=self.device)  # noqa: E731
         return State(
             virgin=full(batch_size, v=p.init_virgin), recycled=full(batch_size, v=p.init_recycled),
@@ -318,6 +345,8 @@ def rollout(batch: ScenarioBatch, policy: Policy, project: Projector | None,
         available.append(torch.stack([state.virgin, state.recycled, state.cores], dim=-1))
         raw = policy.act(Observation(t, state, regime_t, batch.return_frac[:, t], last_demand, batch.params))
         action = raw if project is None else project(raw, state, regime_t, batch.params)
+        if not t and project is None:  # (the projector checks its own input)
+            check_actions(raw, batch.size, len(ACTION_NAMES))
         state, step = sim.execute(state, action, batch.demand[:, t], regime_t)
         last_demand = batch.demand[:, t]
         costs.append(step.cost)
@@ -341,7 +370,7 @@ class OpenLoop:
         self.actions = actions
 
     def reset(self, batch: ScenarioBatch) -> None:
-        if self.actions.shape[:2] != (batch.size, batch.horizon):
+        if self.actions.shape != (batch.size, batch.horizon, len(ACTION_NAMES)):
             raise ScenarioError(
                 f"actions: expected shape [{batch.size}, {batch.horizon}, 6], got {list(self.actions.shape)}")
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from moca import clsc2
 from moca.clsc2 import CA, CB, OM, UR, UV, M, O, P, V
 from moca.scenario import HISTORY, Params2, Scenario2, ScenarioError, as_params, check_batch_dtype, common_params
+from moca.sim import check_actions
 
 
 class State2:
@@ -157,6 +158,7 @@ class Simulator2:
     def __init__(self, params: Params2 = Params2(), dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu"):
         self.params = params = as_params(params, Params2)
+        check_batch_dtype(dtype)  # (a dtype of "float64" failed inside torch.full at the first state)
         self.dtype = dtype
         self.device = torch.device(device)
         # The declaration as (target, source, coefficient) triples of its non-zero entries:
@@ -180,6 +182,11 @@ class Simulator2:
         """The state at the start of period 0 for a batch of ``demand_history`` ``[B, 52]``:
         pre-horizon sales (for returns) equal the demand history."""
         p = self.params
+        shape = getattr(demand_history, "shape", None)
+        if not isinstance(demand_history, Tensor) or len(shape) != 2 or shape[1] != HISTORY:
+            # (a [52] failed in the indexing; a [B, 10] gave a state with no sales history)
+            got = list(shape) if isinstance(demand_history, Tensor) else type(demand_history).__name__
+            raise ScenarioError(f"demand_history: expected a tensor [B, {HISTORY}], got {got}")
         B = demand_history.shape[0]
         full = lambda v: torch.full((B,), float(v), dtype=self.dtype, device=self.device)  # noqa: E731
         columns = (full(p.init_virgin), full(p.init_recycled), full(p.init_product), full(p.init_core_a),
@@ -322,6 +329,8 @@ def rollout2(batch: ScenarioBatch2, policy: Policy2, project: Projector2 | None,
         raw = policy.act(Observation2(t, state, inputs, regime_t, batch.regime, batch.window,
                                       batch.return_frac[:, t], batch.grades[:, t], seen, p))
         action = raw if project is None else project(raw, inputs, regime_t, p)
+        if not t and project is None:  # (the projector checks its own input)
+            check_actions(raw, batch.size, len(clsc2.ACTION_NAMES))
         state, step = sim.execute(state, action, batch.demand[:, t], regime_t, arrival.scrap)
         for key, value in (("cost", step.cost), ("executed", action), ("raw", raw), ("stocks", state.stocks),
                            ("sales", step.sales), ("lost", step.lost), ("scrap", arrival.scrap),

@@ -44,6 +44,7 @@ from typing import Any, Callable
 import numpy as np
 
 from moca.clsc2 import emission_coefficients
+from moca.regime import REGIME_FIELDS
 
 #: A row is violated when broken by more than ``VIOLATION_TOL * max(1, |rhs|)``.
 VIOLATION_TOL = 1e-6
@@ -196,9 +197,11 @@ def _row_order(label: str) -> tuple[int, str]:
 
 
 def regime_rows(regime: Any, batch: int | None = None) -> np.ndarray:
-    """Regime(s) as float64 rows ``[B, 5]`` in ``REGIME_FIELDS`` order (cap inf = none):
+    """Regime(s) as float64 rows ``[B, 5]`` in ``REGIME_FIELDS`` order (cap inf = none; a cap
+    given as None is none too, as :meth:`moca.regime.Regime.from_row` reads it):
     a :class:`moca.regime.Regime`, a row [5] (or longer: extra fields are ignored here), a
     table [B, >=5], or a torch tensor of either. Out-of-range rules raise ``ValueError``."""
+    given = regime
     if type(regime) is np.ndarray and regime.shape == (5,) and (batch is None or batch == 1):  # the hot path
         table = regime[None].astype(np.float64)
     elif hasattr(regime, "as_row"):
@@ -229,8 +232,45 @@ def regime_rows(regime: Any, batch: int | None = None) -> np.ndarray:
                              ("carbon_tax", tax, (tax >= 0) & (tax < math.inf)),
                              ("landfill_tax", landfill, (landfill >= 0) & (landfill < math.inf))):
         if not ok.all():
+            none = regime_row_nones(given, table.shape)
+            if none is not None and none.any():  # (rare: only once a check failed)
+                return regime_rows(none_caps_as_no_cap(table, none, ValueError), batch)
             raise ValueError(f"regime {name}={values[~ok][0]} is outside its valid range")
     return table
+
+
+def regime_row_nones(given: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Where a regime row or table given as a list (or an object array) holds None, as bool
+    ``shape`` (the converted table's: ``[B, 5]``, or ``[5]`` for one row); None for any
+    other input. numpy's float conversion reads None as NaN, so the row checks call this
+    once a value failed, to tell a None the user wrote from a NaN."""
+    if isinstance(given, (str, bytes)) or hasattr(given, "detach") or hasattr(given, "as_row") \
+            or (isinstance(given, np.ndarray) and given.dtype != object):
+        return None
+    try:
+        cells = np.asarray(given, dtype=object)
+    except (TypeError, ValueError):
+        return None
+    if cells.ndim not in (1, 2):
+        return None
+    is_none = np.frompyfunc(lambda v: v is None, 1, 1)(cells).astype(bool)[..., :shape[-1]]
+    try:
+        return np.broadcast_to(is_none, shape)
+    except ValueError:
+        return None
+
+
+def none_caps_as_no_cap(table: np.ndarray, none: np.ndarray, error: type[Exception]) -> np.ndarray:
+    """``table`` (float64 regime rows ``[B, 5]`` or one row ``[5]``) with each emission cap
+    given as None read as no cap (inf), as :meth:`moca.regime.Regime.from_row` and
+    :meth:`~moca.regime.Regime.as_row` read it; a None in another field raises ``error``
+    naming that field (its value is not a number, not the NaN numpy made of it)."""
+    other = none.copy()
+    other[..., 2] = False
+    if other.any():
+        column = int(np.argwhere(other)[0][-1])
+        raise error(f"regime {REGIME_FIELDS[column]}=None is not a number (only emission_cap may be None: no cap)")
+    return np.where(none, math.inf, table)
 
 
 # --- CLSC-1 (MODEL.md) --------------------------------------------------------------------
