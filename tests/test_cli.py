@@ -12,7 +12,7 @@ from moca.oracle import solve_oracle
 from moca.scenario import Scenario, draw_scenario
 from moca.regime import TASKS
 
-from _cli import assert_bad_input, run
+from _cli import assert_bad_input, run_in_process as run
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _cli import MOCA, assert_bad_input, cpu_seconds, ctrl_c_once, run, start_in_own_session
+from _cli import MOCA, assert_bad_input, cpu_seconds, ctrl_c_once, run_in_process as run, start_in_own_session
 
 KNOWN = "unknown regime name (known: T1, T2, T3"
 

@@ -12,7 +12,7 @@ from moca.regime import Regime, RegimeSchedule, load_regime
 from moca.report import _idle_periods, _same_as, plot_adaptation_curves, plot_compliance, report_markdown
 from moca.scenario import Scenario, draw_scenarios
 
-from _cli import run
+from _cli import run_in_process as run
 
 
 def test_a_mandate_the_returns_cannot_supply_is_flagged_and_priced():

@@ -9,7 +9,7 @@ import torch
 from moca import checkpoint
 from moca.policy import PolicyConfig
 
-from _cli import assert_bad_input, run
+from _cli import assert_bad_input, run_in_process as run
 from _checkpoints import write_meta
 
 

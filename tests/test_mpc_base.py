@@ -26,7 +26,7 @@ from moca.portfolio import adapt_portfolio
 from moca.regime import TASKS
 from moca.regime_map import load_learned_policy
 from moca.scenario import Params
-from tests._cli import assert_bad_input, run
+from tests._cli import assert_bad_input, run_in_process as run
 from tests._feasible import check_three_periods
 from tests._checkpoints import write_meta
 

@@ -186,7 +186,7 @@ def test_the_commands_say_where_the_lp_withholds_sales_and_exact_sales_gives_the
 
     from moca.evaluation import withheld_sales
 
-    from _cli import run
+    from _cli import run_in_process as run
 
     (tmp_path / "landfill.yaml").write_text("landfill_tax: 100\n")
     made = run("scenario", "new", "--model", "CLSC-2", "--regime", tmp_path / "landfill.yaml", "--seed", 1001,

@@ -21,7 +21,7 @@ from moca.policy2 import evaluate_policy2
 from moca.portfolio import RegimeMapError, adapt_portfolio2
 from moca.regime import Regime, RegimeSchedule, load_schedule
 from moca.scenario import DEFAULT_PARAMS_2
-from tests._cli import assert_bad_input, run
+from tests._cli import assert_bad_input, run_in_process as run
 from tests._checkpoints import write_meta
 
 HIGH_TAX = RegimeSchedule.constant(Regime(carbon_tax=2000.0))

@@ -11,7 +11,7 @@ import pytest
 
 from moca.regime import load_regime, load_schedule, load_sequence
 
-from _cli import run
+from _cli import run_in_process as run
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
