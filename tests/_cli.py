@@ -51,12 +51,20 @@ def run_in_process(*args):
     """``moca ARGS`` as the console script runs it (:func:`moca.cli.main`: its one-line errors,
     exit codes and ``sys.argv``), inside this process: no Python start and no import of torch
     per call, which made the CLI tests most of the suite's time. Returncode, stdout and stderr
-    as :func:`run` gives them. A bug is raised here (``MOCA_TRACEBACK``), so it cannot pass
-    for an answer. What a command sets for its process (SIGINT's handler, torch's thread
-    count) is put back, so the next test runs as it would have."""
+    as :func:`run` gives them, captured at file descriptors 1 and 2 (what C code or a child
+    process writes there too), with warnings shown as a fresh process shows them (this
+    suite's own error rules kept). A bug is raised here (``MOCA_TRACEBACK``), so it cannot
+    pass for an answer. What a command sets for its process (SIGINT's handler, torch's thread
+    count, the random generators' states, environment variables, working folder, umask) is
+    put back, so the next test runs as it would have."""
+    import os
+    import random
     import signal
+    import warnings
     from types import SimpleNamespace
 
+    import numpy as np
+    import torch
     from click.testing import CliRunner  # (typer's would turn what it invokes into a command)
 
     from moca import cli
@@ -67,18 +75,38 @@ def run_in_process(*args):
         name = "moca"
 
         def main(self, args, prog_name, **extra):
-            import torch
-
-            saved = sys.argv, signal.getsignal(signal.SIGINT), torch.get_num_threads()
+            saved = (sys.argv, signal.getsignal(signal.SIGINT), torch.get_num_threads(), torch.get_rng_state(),
+                     np.random.get_state(), random.getstate(), dict(os.environ), os.getcwd())
+            umask = os.umask(0o022)
+            os.umask(umask)
             sys.argv = ["moca", *args]
             try:
-                cli.main(list(args))
+                with warnings.catch_warnings():
+                    errors = [f for f in warnings.filters if f[0] == "error"]
+                    warnings.resetwarnings()  # then Python's own defaults, as a fresh process has them
+                    for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+                        warnings.simplefilter("ignore", category)
+                    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+                    for action, message, category, module, line in reversed(errors):
+                        warnings.filterwarnings(action, message.pattern if message else "", category,
+                                                module.pattern if module else "", line)
+                    # (pytest records warnings for its summary; a console script prints them on stderr)
+                    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
+                        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+                    cli.main(list(args))
             finally:
                 sys.argv = saved[0]
                 signal.signal(signal.SIGINT, saved[1])
                 torch.set_num_threads(saved[2])
+                torch.set_rng_state(saved[3])
+                np.random.set_state(saved[4])
+                random.setstate(saved[5])
+                os.environ.clear()
+                os.environ.update(saved[6])
+                os.chdir(saved[7])
+                os.umask(umask)
 
-    result = CliRunner().invoke(ConsoleScript(), argv, env={"COLUMNS": "200", "MOCA_TRACEBACK": "1"})
+    result = CliRunner(capture="fd").invoke(ConsoleScript(), argv, env={"COLUMNS": "200", "MOCA_TRACEBACK": "1"})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
