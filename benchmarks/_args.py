@@ -108,21 +108,21 @@ def regime_spec(text: str) -> str:
     return text
 
 
-def checkpoint_spec(text: str) -> str:
-    """A shipped checkpoint name (``default``, ...) or a checkpoint directory (one holding
-    ``checkpoint.json`` and ``weights.safetensors``); returned as given."""
+def check_policy_checkpoint(parser: argparse.ArgumentParser, option: str, text: str, world: str) -> None:
+    """``option``'s checkpoint loaded as the script will load it, a policy of ``world``
+    (``default``: that world's shipped meta-init): a missing, corrupted or other world's
+    checkpoint is refused before the run (it ended in a traceback), with moca's own message."""
     from moca import checkpoint
 
-    if text in checkpoint.SHIPPED:
-        return text
-    path = Path(text)
-    missing = [name for name in (checkpoint.META, checkpoint.WEIGHTS) if not (path / name).is_file()]
-    if not path.is_dir() or missing:
-        where = "no such directory" if not path.exists() else "not a directory" if not path.is_dir() \
-            else f"missing {', '.join(missing)}"
-        raise argparse.ArgumentTypeError(f"{text!r}: {where}; expected a checkpoint directory or a shipped name "
-                                         f"({', '.join(checkpoint.SHIPPED)})")
-    return text
+    try:
+        if world == "CLSC-2":
+            from moca.meta2 import load_policy2
+
+            load_policy2(text)
+        else:
+            checkpoint.load_policy(text)
+    except checkpoint.CheckpointError as err:
+        parser.error(f"argument {option}: {err}")
 
 
 def sweep_values(text: str) -> str:

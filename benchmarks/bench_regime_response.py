@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from _args import checkpoint_spec, existing_file, non_negative_int, positive_int
+from _args import check_policy_checkpoint, existing_file, non_negative_int, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.report import markdown_table
@@ -88,13 +88,14 @@ def main() -> None:
                         help="also moca adapted this many steps per regime")
     parser.add_argument("--threshold-budget", type=positive_int, default=None,
                         help="candidate rules per threshold tuning (400, CLSC-2: 150 on 4 training scenarios)")
-    parser.add_argument("--checkpoint", type=checkpoint_spec, default="default")
+    parser.add_argument("--checkpoint", default="default")
     parser.add_argument("--map", type=existing_file, default=None,
                         help="also the mapped threshold rule of this map file "
                              "(benchmarks/bench_regime_map.py): moca's proposed base, zero-shot")
     parser.add_argument("--out", default=None,
                         help="JSON path (benchmarks/regime_response.json; CLSC-2: regime_response2.json)")
     args = parser.parse_args()
+    check_policy_checkpoint(parser, "--checkpoint", args.checkpoint, args.world)
     torch.set_num_threads(1)
     if args.world == "CLSC-2":
         if args.map:

@@ -37,15 +37,13 @@ def test_paths_names_and_ranges(tmp_path):
                                   (_args.existing_file, str(tmp_path), "a directory"),
                                   (_args.existing_dir, str(tmp_path / "missing"), "no such directory"),
                                   (_args.existing_dir, str(file), "a file"),
-                                  (_args.checkpoint_spec, str(tmp_path), "missing checkpoint.json"),
-                                  (_args.checkpoint_spec, "nope", "no such directory"),
                                   (_args.regime_spec, "NOPE", "known: T1, T2, T3"),
                                   (_args.sweep_values, "abc", "'abc' is not a number"),
                                   (_args.sweep_values, "0:300", "start:stop:step"),
                                   (_args.one_of(("a", "b")), "c", "one of a, b")):
         with pytest.raises(argparse.ArgumentTypeError, match=expected):
             parse(text)
-    assert _args.regime_spec("T2") == "T2" and _args.checkpoint_spec("default") == "default"
+    assert _args.regime_spec("T2") == "T2"
     assert _args.sweep_values("0:300:25") == "0:300:25"
     parser = argparse.ArgumentParser()
     _args.check_seed_range(parser, "--seeds", [1000, 1001])
@@ -67,6 +65,8 @@ BAD = [
     ("bench_random_regimes.py", ["--regimes", "0"], "--regimes"),
     ("bench_clsc2_gap.py", ["--seeds", "1000", "1000"], "--seeds"),
     ("bench_policy2.py", ["--checkpoint", "missing-dir"], "--checkpoint"),
+    ("bench_policy2.py", ["--checkpoint", "default-reptile"], "--checkpoint"),  # (CLSC-1's, not a CLSC-2 policy)
+    ("bench_regime_response.py", ["--world", "CLSC-2", "--checkpoint", "default-reptile"], "--checkpoint"),
     ("bench_regime_map.py", ["--only", "nope"], "--only"),
 ]
 
@@ -113,3 +113,24 @@ def test_default_output_is_beside_the_script(name, key, file, tmp_path, monkeypa
     with pytest.raises(_Parsed) as done:
         run_script(name, [], monkeypatch)
     assert Path(getattr(done.value.args[0], key)) == BENCHMARKS / file
+
+
+def test_a_checkpoint_is_loaded_as_the_script_will_load_it(tmp_path, capsys):
+    """A corrupted checkpoint, or one of the other world, is refused at parsing with moca's
+    own message (both ended in a CheckpointError traceback); each world's default passes."""
+    import shutil
+
+    from moca import checkpoint
+
+    parser = argparse.ArgumentParser(prog="bench")
+    _args.check_policy_checkpoint(parser, "--checkpoint", "default", "CLSC-1")
+    _args.check_policy_checkpoint(parser, "--checkpoint", "default", "CLSC-2")
+    corrupted = tmp_path / "corrupted"
+    shutil.copytree(checkpoint.resolve("default"), corrupted)
+    (corrupted / checkpoint.WEIGHTS).write_bytes(b"not the weights")
+    for text, world, words in ((str(corrupted), "CLSC-1", "is corrupted"), ("default-reptile", "CLSC-2", "CLSC-1"),
+                               (str(tmp_path / "missing"), "CLSC-2", "no such directory")):
+        with pytest.raises(SystemExit) as done:
+            _args.check_policy_checkpoint(parser, "--checkpoint", text, world)
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and "error: argument --checkpoint: " in err and words in err, err
