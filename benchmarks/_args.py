@@ -31,16 +31,13 @@ def whole(low: int, high: int | None = None) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
         return value
 
-    parse.__name__ = f"whole_{low}" if high is None else f"whole_{low}_{high}"
     return parse
 
 
 #: Counts of things that must happen at least once: repeats, scenarios, threads, plans.
 positive_int = whole(1)
-positive_int.__name__ = "positive_int"
 #: Counts where 0 means "none" (adaptation steps, events) and seeds (numpy takes no negative seed).
 non_negative_int = whole(0)
-non_negative_int.__name__ = "non_negative_int"
 
 
 def positive_float(text: str) -> float:
@@ -63,26 +60,29 @@ def one_of(names: Iterable[str]) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(known)}")
         return text
 
-    parse.__name__ = "one_of"
     return parse
+
+
+def _existing(text: str, directory: bool) -> str:
+    """``text`` where it names an existing directory (or file); else the error saying which."""
+    path = Path(text)
+    if path.is_dir() if directory else path.is_file():
+        return text
+    if directory:
+        problem = "a file, expected a directory" if path.exists() else "no such directory"
+    else:
+        problem = "a directory, expected a file" if path.is_dir() else "no such file"
+    raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
 
 
 def existing_file(text: str) -> str:
     """The path of a file that exists (returned as given)."""
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text!r}: " + ("a directory, expected a file" if path.is_dir()
-                                                         else "no such file"))
-    return text
+    return _existing(text, directory=False)
 
 
 def existing_dir(text: str) -> str:
     """The path of a directory that exists (returned as given)."""
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r}: " + ("a file, expected a directory" if path.exists()
-                                                         else "no such directory"))
-    return text
+    return _existing(text, directory=True)
 
 
 def existing_file_path(text: str) -> Path:

@@ -75,9 +75,10 @@ def run_in_process(*args):
         name = "moca"
 
         def main(self, args, prog_name, **extra):
-            saved = (sys.argv, signal.getsignal(signal.SIGINT), torch.get_num_threads(), torch.get_rng_state(),
-                     np.random.get_state(), random.getstate(), dict(os.environ), os.getcwd())
-            umask = os.umask(0o022)
+            saved_argv, handler, threads = sys.argv, signal.getsignal(signal.SIGINT), torch.get_num_threads()
+            torch_rng, numpy_rng, python_rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
+            environ, cwd = dict(os.environ), os.getcwd()
+            umask = os.umask(0o022)  # (read by setting it)
             os.umask(umask)
             sys.argv = ["moca", *args]
             try:
@@ -95,15 +96,15 @@ def run_in_process(*args):
                         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
                     cli.main(list(args))
             finally:
-                sys.argv = saved[0]
-                signal.signal(signal.SIGINT, saved[1])
-                torch.set_num_threads(saved[2])
-                torch.set_rng_state(saved[3])
-                np.random.set_state(saved[4])
-                random.setstate(saved[5])
+                sys.argv = saved_argv
+                signal.signal(signal.SIGINT, handler)
+                torch.set_num_threads(threads)
+                torch.set_rng_state(torch_rng)
+                np.random.set_state(numpy_rng)
+                random.setstate(python_rng)
                 os.environ.clear()
-                os.environ.update(saved[6])
-                os.chdir(saved[7])
+                os.environ.update(environ)
+                os.chdir(cwd)
                 os.umask(umask)
 
     result = CliRunner(capture="fd").invoke(ConsoleScript(), argv, env={"COLUMNS": "200", "MOCA_TRACEBACK": "1"})

@@ -1251,10 +1251,10 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
             "latency_us, at, frames, h, c) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (chain, memory.episode, body.t, version, regime_id, action.tobytes(), raw.tobytes(), int(projected), cost,
              share, latency, time.time(), *trial.blobs()))
-        # Each chain's log is pruned every so many of its own decisions (counted by the log's
-        # row id, which all chains share, a chain whose turn never fell on a multiple kept
-        # all), and at its first decision since the start (a chain deciding less often than
-        # that per start was never pruned).
+        # Each chain's log is pruned every so many of its own decisions (counted by the row id
+        # all chains share, a chain whose turn never fell on a multiple kept all), and at its
+        # first decision since the start (a chain deciding less often than that per start was
+        # never pruned).
         rt.unpruned[chain] = rt.unpruned.get(chain, -1) + 1
         if rt.keep_decisions and (rt.unpruned[chain] == 0 or rt.unpruned[chain] >= min(1024, rt.keep_decisions)):
             store.conn.execute("DELETE FROM decisions WHERE chain=?1 AND id <= (SELECT id FROM decisions WHERE "
