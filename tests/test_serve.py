@@ -40,6 +40,22 @@ OBS0 = {"t": 0, "state": {"virgin": 4000, "recycled": 500, "product": 1000, "cor
         "pipeline": [2000], "sales_history": [1000] * 6, "return_frac": 0.25}
 
 
+def _delete_directory(path: Path) -> None:
+    """Delete a running service's data directory as an operator's `rm -rf` would. SQLite may
+    remove its -wal file (or make one) while the tree is walked, which made `shutil.rmtree`
+    fail now and then (FileNotFoundError in CI); walk it again until it is gone."""
+    import shutil
+
+    deadline = time.time() + 10
+    while path.exists():
+        try:
+            shutil.rmtree(path)
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _obs(t: int, **change) -> dict:
     return {**OBS0, "t": t, "last_demand": None if t == 0 else 1000.0, **change}
 
@@ -550,7 +566,7 @@ def test_health_says_when_the_database_was_deleted_or_replaced_under_the_service
         os.replace(tmp_path / "copy.sqlite3", db)  # a restore over the open file: another file now
         health = c.get("/health").json()
         assert health["status"] == "degraded" and health["database"].startswith(f"{db}: replaced by another file")
-        shutil.rmtree(data)
+        _delete_directory(data)
         health = c.get("/health").json()
         assert health["status"] == "degraded" and health["database"].startswith(f"{db}: deleted while the service")
         assert "lost when it stops" in health["database"]
@@ -936,12 +952,10 @@ def test_a_service_whose_data_directory_is_deleted_says_so_once_and_makes_no_new
     """With its data directory deleted, the service went on as if nothing had happened, and
     the worker it restarts after a death would have made an empty database where the old
     one was. It now says so once on stderr (and in /health) and restarts no worker."""
-    import shutil
-
     data = tmp_path / "data"
     s = services(data)
     assert s.http.post("/v1/chains", json={"id": "p1", "regime": "T1"}).status_code == 201
-    shutil.rmtree(data)
+    _delete_directory(data)
     workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
                (p / "stat").exists() and int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == s.proc.pid]
     assert len(workers) == 1
