@@ -418,20 +418,26 @@ def test_bad_dtype_batch_size_and_action_shape_are_refused_by_name():
         rollout(batch, OpenLoop(torch.zeros(2, T, 5)), None)
 
     class Fixed:
-        def __init__(self, shape):
-            self.shape = shape
+        """Actions of ``shape`` from period ``at`` on, of the right shape before it."""
+
+        def __init__(self, shape, at=0):
+            self.shape, self.at = shape, at
 
         def reset(self, batch):
             pass
 
         def act(self, obs):
-            return torch.zeros(self.shape)
+            return torch.zeros(self.shape if obs.t >= self.at else (2, 6))
 
     for shape in ((2, 5), (2, 7), (1, 6)):
         with pytest.raises(ScenarioError, match=re.escape(f"actions: expected shape [B, 6] = [2, 6] per period "
                                                           f"(project=None executes the policy's actions as given), "
                                                           f"got {list(shape)}")):
             rollout(batch, Fixed(shape), None)
+    # a policy whose shape goes wrong later in the episode (was checked at the first period only)
+    for shape in ((2, 5), (1, 6)):
+        with pytest.raises(ScenarioError, match=re.escape(f"got {list(shape)}")):
+            rollout(batch, Fixed(shape, at=2), None)
     ok = rollout(batch, Fixed((2, 6)), None)
     assert torch.equal(ok.total_cost, rollout(batch, OpenLoop(torch.zeros(2, T, 6)), None).total_cost)
 

@@ -224,20 +224,26 @@ def test_bad_dtype_demand_history_and_action_shape_are_refused_by_name():
     batch = ScenarioBatch2.from_scenarios([hand_scenario(), hand_scenario()], dtype=torch.float64)
 
     class Fixed:
-        def __init__(self, shape):
-            self.shape = shape
+        """Actions of ``shape`` from period ``at`` on, of the right shape before it."""
+
+        def __init__(self, shape, at=0):
+            self.shape, self.at = shape, at
 
         def reset(self, batch):
             pass
 
         def act(self, obs):
-            return torch.zeros(self.shape, dtype=torch.float64)
+            return torch.zeros(self.shape if obs.t >= self.at else (2, 9), dtype=torch.float64)
 
     for shape in ((2, 8), (2, 10), (1, 9)):
         with pytest.raises(ScenarioError, match=re.escape(f"actions: expected shape [B, 9] = [2, 9] per period "
                                                           f"(project=None executes the policy's actions as given), "
                                                           f"got {list(shape)}")):
             rollout2(batch, Fixed(shape), None)
+    # a policy whose shape goes wrong later in the episode (was checked at the first period only)
+    for shape in ((2, 8), (1, 9)):
+        with pytest.raises(ScenarioError, match=re.escape(f"got {list(shape)}")):
+            rollout2(batch, Fixed(shape, at=2), None)
     ok = rollout2(batch, Fixed((2, 9)), None)
     assert torch.equal(ok.total_cost, rollout2(batch, OpenLoop2(torch.zeros(2, 3, 9, dtype=torch.float64)),
                                                None).total_cost)

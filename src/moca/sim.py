@@ -345,7 +345,7 @@ def rollout(batch: ScenarioBatch, policy: Policy, project: Projector | None,
         available.append(torch.stack([state.virgin, state.recycled, state.cores], dim=-1))
         raw = policy.act(Observation(t, state, regime_t, batch.return_frac[:, t], last_demand, batch.params))
         action = raw if project is None else project(raw, state, regime_t, batch.params)
-        if not t and project is None:  # (the projector checks its own input)
+        if project is None:  # (the projector checks its own input)
             check_actions(raw, batch.size, len(ACTION_NAMES))
         state, step = sim.execute(state, action, batch.demand[:, t], regime_t)
         last_demand = batch.demand[:, t]

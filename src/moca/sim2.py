@@ -329,7 +329,7 @@ def rollout2(batch: ScenarioBatch2, policy: Policy2, project: Projector2 | None,
         raw = policy.act(Observation2(t, state, inputs, regime_t, batch.regime, batch.window,
                                       batch.return_frac[:, t], batch.grades[:, t], seen, p))
         action = raw if project is None else project(raw, inputs, regime_t, p)
-        if not t and project is None:  # (the projector checks its own input)
+        if project is None:  # (the projector checks its own input)
             check_actions(raw, batch.size, len(clsc2.ACTION_NAMES))
         state, step = sim.execute(state, action, batch.demand[:, t], regime_t, arrival.scrap)
         for key, value in (("cost", step.cost), ("executed", action), ("raw", raw), ("stocks", state.stocks),
