@@ -28,3 +28,23 @@ def test_a_stopped_run_ends_the_pool_workers_instead_of_waiting_for_their_tasks(
     assert not finished.exists(), "the session waited for a slow task to finish"
     if stop == "ctrl-c":
         assert seen and seen[0]["ignores_sigint"]
+
+
+def test_a_pool_worker_whose_parent_died_before_it_started_exits_at_once():
+    """A spawned worker imports moca before its initializer runs; the initializer read its
+    parent's pid itself, so after a `kill -9` of `moca sweep` in that time it read init's
+    pid, watched init, and stayed orphaned for good (test_sweep's kill test caught it under
+    load). It is handed the parent's pid now and exits when that is no longer its parent."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import time; from moca.cluster import _pool_init; _pool_init({parent}); "
+            "print('alive', flush=True); time.sleep(0.2)")
+    gone = subprocess.run([sys.executable, "-c", code.format(parent=2 ** 22 + 1)], capture_output=True,
+                          text=True, timeout=60)
+    assert gone.returncode == 1 and "alive" not in gone.stdout and not gone.stderr, (gone.returncode, gone.stdout, gone.stderr)
+    # its real parent (this process): it runs on
+    alive = subprocess.run([sys.executable, "-c", code.format(parent=os.getpid())], capture_output=True,
+                           text=True, timeout=60)
+    assert alive.returncode == 0 and alive.stdout == "alive\n", (alive.returncode, alive.stdout, alive.stderr)

@@ -51,15 +51,18 @@ def run_task(fn: Callable[[Any], Any], item: Any) -> Any:
         torch.set_num_threads(before)
 
 
-def _exit_with_parent(interval: float = 1.0) -> None:
-    """End this process (exit code 1) once the process that started it is gone: after a
-    ``kill -9`` of ``moca sweep``, its pool's workers went on, orphaned, until killed one
-    by one. A thread polling the parent's pid rather than Linux's ``PR_SET_PDEATHSIG``:
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """End this process (exit code 1) once ``parent``, the process that started it, is gone:
+    after a ``kill -9`` of ``moca sweep``, its pool's workers went on, orphaned, until killed
+    one by one. A thread polling the parent's pid rather than Linux's ``PR_SET_PDEATHSIG``:
     that one fires when the *thread* that started the child ends (a pool starts workers
-    from its own threads), and is Linux only."""
+    from its own threads), and is Linux only. The parent's pid is handed in, not read here:
+    a worker starts Python and imports moca before it gets here, and a parent killed in
+    that time left it watching init's pid, orphaned for good."""
     import threading
 
-    parent = os.getppid()
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while os.getppid() == parent:  # (an orphan is handed to init or a subreaper)
@@ -69,8 +72,8 @@ def _exit_with_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="moca: exit with parent").start()
 
 
-def _pool_init() -> None:
-    _exit_with_parent()
+def _pool_init(parent: int) -> None:
+    _exit_with_parent(parent)
     # Ctrl-C in a terminal reaches the whole process group. The main process alone acts on
     # it (it stops the workers, Backend.stop(now=True)); a worker that took it too would
     # print KeyboardInterrupt's traceback from here or hand it back as a task's result,
@@ -187,7 +190,7 @@ class Backend:
         ``if __name__ == "__main__":`` guard)."""
         if self.kind == "pool" and self.workers > 1 and self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
-                                             initializer=_pool_init)
+                                             initializer=_pool_init, initargs=(os.getpid(),))
         if self.kind != "ray":
             return
         ray = require_ray()

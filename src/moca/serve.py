@@ -1073,6 +1073,8 @@ def _die_with_parent() -> None:
 def worker_main(data: str, parent: int, settings: AdaptSettings = AdaptSettings()) -> None:
     """Claim queued jobs one at a time until the server (``parent``) is gone."""
     _die_with_parent()
+    if os.getppid() != parent:  # (the server died before the kernel was told to end us with it)
+        return
     # A stop is the server's to make (systemd's stop sends SIGTERM to every process of the
     # service): the server ends the worker and records the job as stopped, not crashed.
     for stop in (signal.SIGTERM, signal.SIGINT):
