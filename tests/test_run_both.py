@@ -301,11 +301,17 @@ def test_ctrl_c_stops_both_processes(tmp_path):
                 found.append(int(stat.parent.name))
         return found
 
+    def command_line(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # (a short-lived child, e.g. `uname -p`, ended meanwhile)
+            return b""
+
     proc = start_in_own_session("run", "--quick", "--jobs", "2", "--runs-dir", tmp_path / "runs")
     second: list[int] = []
 
     def both_at_work() -> bool:  # (imports take ~2 s of CPU)
-        second[:] = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        second[:] = [pid for pid in children(proc.pid) if b"spawn_main" in command_line(pid)]
         return bool(second) and cpu_seconds(second[0]) >= 4.0
 
     stderr = ctrl_c_once(proc, both_at_work)
