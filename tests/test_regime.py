@@ -82,6 +82,46 @@ def test_yaml_exponent_notation_is_a_number(tmp_path):
         load_regime(tmp_path / "text.yaml")
 
 
+
+def test_yaml_numbers_are_decimal_as_in_yaml_1_2_and_json(tmp_path):
+    """YAML 1.1 (PyYAML) reads a leading zero as octal and a:b:c as base 60: `start: 026`
+    was period 22, `carbon_tax: 0100` 64 EUR/t and `emission_cap: 20:00:00` 72,000 kg CO2,
+    with exit 0, while `start: 08` (no octal digit) was refused."""
+    (tmp_path / "s.yaml").write_text("- {start: 000, recycled_content_min: 0.1}\n"
+                                     "- {start: 026, recycled_content_min: 0.2, carbon_tax: 0100}\n"
+                                     "- {start: 08_0, recycled_content_min: 0.3}\n")  # (underscores: 80)
+    schedule = load_schedule(tmp_path / "s.yaml")
+    assert [e.start for e in schedule.entries] == [0, 26, 80]
+    assert schedule.entries[1].carbon_tax == 100
+    (tmp_path / "r.yaml").write_text("carbon_tax: 0x1F\nlandfill_tax: 0o17\nemission_cap: 1_000.5\n")
+    assert load_regime(tmp_path / "r.yaml") == Regime(carbon_tax=31, landfill_tax=15, emission_cap=1000.5)
+    (tmp_path / "clock.yaml").write_text("emission_cap: 20:00:00\n")
+    with pytest.raises(RegimeError, match="emission_cap='20:00:00' is not a number"):
+        load_regime(tmp_path / "clock.yaml")
+    # a whole number longer than Python's int reads (4,300 digits) is a float: inf, refused by its field
+    (tmp_path / "long.yaml").write_text("carbon_tax: " + "1" * 5000 + "\n")
+    with pytest.raises(RegimeError, match=r"long.yaml: carbon_tax=inf"):
+        load_regime(tmp_path / "long.yaml")
+
+
+def test_a_key_that_is_not_text_is_named(tmp_path):
+    """YAML reads `1:` as a number and `yes:` as true; `Params(**data)` then raised TypeError
+    ("keywords must be strings", exit 1 as an internal error) and a regime file named no key."""
+    from moca.scenario import Params, Params2, ScenarioError, load_params
+
+    for text, key, hint in (("1: 2\n", "1", False), ("yes: 2\n", "True", True), ("~: 2\n", "None", False)):
+        (tmp_path / "p.yaml").write_text(text)
+        for kind in (Params, Params2):
+            with pytest.raises(ScenarioError, match=re.escape(f"p.yaml: params.{key}: unknown parameter")) as err:
+                load_params(tmp_path / "p.yaml", kind)
+            assert ("YAML reads yes, no, on and off as true and false" in str(err.value)) == hint
+        (tmp_path / "r.yaml").write_text(text + "carbon_tax: 10\n")
+        with pytest.raises(RegimeError, match=re.escape(f"r.yaml: {key}: unknown field (allowed: ")):
+            load_regime(tmp_path / "r.yaml")
+    (tmp_path / "s.yaml").write_text("- {start: 0, 1: 2}\n")
+    with pytest.raises(RegimeError, match=re.escape("regimes[0].1: unknown field (allowed: ")):
+        load_schedule(tmp_path / "s.yaml")
+
 def test_schedule_table_and_validation(tmp_path):
     schedule = RegimeSchedule.from_list([
         {"start": 0, "recycled_content_min": 0.1},
@@ -415,3 +455,17 @@ def test_a_row_with_a_none_cap_reads_as_from_row_reads_it():
                        ([0, 0, float("nan"), 0, 0], "regime emission_cap=nan is outside its valid range")):
         with pytest.raises(ValueError, match=re.escape(words)):
             regime_rows(bad)
+
+
+def test_a_json_whole_number_too_long_for_python_is_refused_by_its_field(tmp_path):
+    """A whole number of 5,000 digits made Python's int refuse the whole file, with advice
+    about sys.set_int_max_str_digits and no field named."""
+    from moca.scenario import ScenarioError, load_actions
+
+    long = "1" * 5000
+    (tmp_path / "r.json").write_text('{"carbon_tax": ' + long + "}")
+    with pytest.raises(RegimeError, match=r"r.json: carbon_tax=inf"):
+        load_regime(tmp_path / "r.json")
+    (tmp_path / "a.json").write_text('{"actions": [[0, ' + long + ", 0, 0, 0, 0]]}")
+    with pytest.raises(ScenarioError, match=re.escape("actions[0][1]=inf is not finite")):
+        load_actions(tmp_path / "a.json", horizon=1)

@@ -5,8 +5,9 @@ whatever the umask says; a scenario or checkpoint renamed into place from there 
 stay private. Everything moca writes goes through here instead, so files get 0666 and
 folders 0777, minus the umask, as ``open()`` and ``mkdir`` would have given them. And
 the one wording of a file that does not parse, whichever reader finds it
-(:func:`parse_problem`), and a key given twice refused by every JSON reader
-(:func:`unique_keys`).
+(:func:`parse_problem`), a key given twice refused by every JSON reader
+(:func:`unique_keys`), and whole numbers too long for Python's ``int`` read as floats
+(:func:`whole_number`).
 """
 
 from __future__ import annotations
@@ -194,6 +195,20 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out[key] = value
     return out
 
+
+
+#: More digits than any moca field's range needs (the largest float is about 1.8e308).
+MOST_DIGITS = 310
+
+
+def whole_number(text: str) -> int | float:
+    """A file's whole number (``json.loads``'s ``parse_int``, the YAML loader's integers): one
+    longer than :data:`MOST_DIGITS` digits is read as a float (inf beyond 1.8e308), so the
+    field that holds it refuses it by name, where Python's ``int`` refused the whole file
+    for its length (over 4,300 digits), with advice about ``sys.set_int_max_str_digits``."""
+    if len(text.lstrip("+-")) > MOST_DIGITS:
+        return float(text)
+    return int(text)
 
 def parse_problem(err: Exception) -> str:
     """A JSON or YAML parser's complaint in one line, with where it found it (1-based line

@@ -27,7 +27,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
 
-from moca.files import parse_problem, unique_keys
+from moca.files import parse_problem, unique_keys, whole_number
 from moca.limits import is_whole
 
 #: Column order of the dense regime table; an absent emission cap is stored as +inf.
@@ -331,16 +331,25 @@ def window_periods_left(schedule: RegimeSchedule, horizon: int) -> np.ndarray:
     return last - np.arange(horizon)
 
 
+def key_not_text(key: Any) -> str:
+    """What to add when a file's key is not text: YAML reads ``yes``/``no``/``on``/``off`` as
+    true and false (pydantic names such a key 1 or 0)."""
+    return "; YAML reads yes, no, on and off as true and false: quote the key" if isinstance(key, bool) else ""
+
+
 def _first_error(err: ValidationError, prefix: str = "") -> str:
     first = err.errors()[0]
     location = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "invalid_key":
+        location = ".".join([*(str(p) for p in first["loc"][:-1]), str(first["input"])])
     message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+    if first["type"] in ("extra_forbidden", "invalid_key"):  # (invalid_key: a key not text, e.g. YAML's 1 or yes)
         allowed = ", ".join(ALL_REGIME_FIELDS)
         in_plan = prefix.startswith("regimes")
         # a list under an unknown key is most likely a plan under a name moca does not read
         hint = ("; a plan of rules that change is a list of entries with start, or an object with key regimes"
                 if isinstance(first.get("input"), list) and not in_plan else "")
+        hint += key_not_text(first.get("input")) if first["type"] == "invalid_key" else ""
         return f"{prefix}{location}: unknown field (allowed: {allowed}{', start' if in_plan else ''}){hint}"
     if location and location not in message:
         return f"{prefix}{location}: {message}"
@@ -349,11 +358,9 @@ def _first_error(err: ValidationError, prefix: str = "") -> str:
 
 def _validated(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> Any:
     try:
-        return model(**data)
+        return model.model_validate(data)  # (model(**data) failed on a key that is not text, naming none)
     except ValidationError as err:
         raise RegimeError(_first_error(err, prefix)) from None
-    except TypeError as err:  # e.g. non-string keys
-        raise RegimeError(f"{prefix.rstrip('.') or 'regime'}: {err}") from None
 
 
 # --- named tasks and presets -------------------------------------------------------------
@@ -571,12 +578,17 @@ def load_sequence(spec: str | Path | list[Any], model: str = "CLSC-1") -> list[t
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading exponent notation as YAML 1.2 and JSON do.
+    """PyYAML's safe loader, reading numbers as YAML 1.2 and JSON do.
 
     PyYAML implements YAML 1.1, whose floats need a dot and a signed exponent, so
     ``emission_cap: 1e6`` or ``carbon_tax: 1.5e2`` would arrive as text and be refused as
-    "not a number". A key given twice in one mapping is refused (the safe loader keeps the
-    last without a word). Every other rule of the safe loader stays as it is."""
+    "not a number"; whose integers with a leading zero are octal and whose ``a:b:c`` are
+    base 60, so ``start: 026`` was period 22, ``carbon_tax: 0100`` 64 EUR/t and
+    ``emission_cap: 20:00:00`` 72,000 kg CO2, without a word (``start: 08``, no octal, was
+    refused). Here a number is decimal (``0x``/``0o`` say otherwise, as in YAML 1.2), and
+    ``20:00:00`` is text, which the field refuses by name. A key given twice in one mapping
+    is refused (the safe loader keeps the last without a word). Every other rule of the
+    safe loader stays as it is."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         if isinstance(node, yaml.MappingNode):
@@ -596,11 +608,30 @@ class _YamlLoader(yaml.SafeLoader):
                     seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int | float:
+        text = self.construct_scalar(node).replace("_", "")
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-")
+        if digits[:2] in ("0x", "0o"):
+            return sign * int(digits[2:], 16 if digits[1] == "x" else 8)
+        return whole_number(text)  # (decimal, a leading zero included)
 
+
+_YAML_INT, _YAML_FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+# The safe loader's resolvers without its integers and floats (YAML 1.1's octal, base-60 and
+# binary forms), then those of YAML 1.2's core schema; underscores between digits (1_000)
+# are still read, as YAML 1.1 and Python read them.
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_YAML_INT, _YAML_FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    _YAML_INT, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789"))
+_YamlLoader.add_implicit_resolver(
+    _YAML_FLOAT,
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
     list("-+0123456789."))
+_YamlLoader.add_constructor(_YAML_INT, _YamlLoader.construct_yaml_int)
 
 
 #: The most values a YAML file may hold once its aliases are expanded. PyYAML shares an
@@ -648,7 +679,7 @@ def read_structured(path: Path) -> Any:
         raise RegimeError(f"{path}: not a text file (UTF-8 YAML or JSON)") from None
     try:
         if str(path).endswith(".json"):
-            return json.loads(text, object_pairs_hook=unique_keys)
+            return json.loads(text, object_pairs_hook=unique_keys, parse_int=whole_number)
         return _load_yaml(text, path)
     except RegimeError:
         raise

@@ -18,9 +18,9 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from moca.files import parse_problem, unique_keys
+from moca.files import parse_problem, unique_keys, whole_number
 from moca.limits import is_whole
-from moca.regime import Regime, RegimeError, RegimeSchedule
+from moca.regime import Regime, RegimeError, RegimeSchedule, key_not_text
 
 MODEL_NAME = "CLSC-1"
 
@@ -263,7 +263,7 @@ def _read_json(source: str | Path) -> Any:
     try:
         # NaN/Infinity parse to floats here so that validation rejects them with the
         # name of the field that holds them (every field checks finiteness).
-        return json.loads(text, object_pairs_hook=unique_keys)
+        return json.loads(text, object_pairs_hook=unique_keys, parse_int=whole_number)
     except json.JSONDecodeError as err:
         raise ScenarioError(f"scenario: malformed JSON ({parse_problem(err)})") from None
     except ValueError as err:
@@ -442,7 +442,7 @@ def as_params(params: Any, kind: type) -> Any:
     if isinstance(params, kind):
         return params
     if isinstance(params, dict):
-        return kind(**params)
+        return kind.model_validate(params)  # (kind(**params) raised TypeError on a key that is not text)
     raise ScenarioError(f"params: expected a {kind.__name__} or an object of its fields, got {type(params).__name__}")
 
 
@@ -468,14 +468,17 @@ def load_params(source: str | Path, kind: type = None) -> "Params | Params2":
     if not isinstance(data, dict):
         raise ScenarioError(f"--params {source}: expected an object of parameters (or a scenario file)")
     try:
-        return kind(**data)
+        return kind.model_validate(data)  # (kind(**data) raised TypeError on a key that is not text)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
+        if first["type"] == "invalid_key":  # (a key that is not text: YAML's 1, or yes read as true)
+            field = str(first["input"])
+        if first["type"] in ("extra_forbidden", "invalid_key"):
             hint = f"; it is a parameter of {theirs} (--model {theirs})" if field in other.model_fields else ""
             raise ScenarioError(f"--params {source}: params.{field}: unknown parameter{hint} "
-                                f"(known: {', '.join(kind.model_fields)})") from None
+                                f"(known: {', '.join(kind.model_fields)})"
+                                f"{key_not_text(first['input']) if first['type'] == 'invalid_key' else ''}") from None
         raise ScenarioError(f"--params {source}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
@@ -485,7 +488,7 @@ def load_actions(source: str | Path, horizon: int,
     (``columns``: the model's action symbols, e.g. CLSC-2's nine). ``moca oracle --json``'s
     output is one too: its ``plan`` are the actions (to replay the hindsight plan)."""
     try:
-        data = json.loads(Path(source).read_text(encoding="utf-8-sig"), parse_constant=_reject_constant,
+        data = json.loads(Path(source).read_text(encoding="utf-8-sig"), parse_constant=_reject_constant, parse_int=whole_number,
                           object_pairs_hook=unique_keys)
     except OSError as err:
         raise ScenarioError(f"{source}: cannot read actions ({err.strerror})") from None
