@@ -93,15 +93,22 @@ def test_yaml_numbers_are_decimal_as_in_yaml_1_2_and_json(tmp_path):
     schedule = load_schedule(tmp_path / "s.yaml")
     assert [e.start for e in schedule.entries] == [0, 26, 80]
     assert schedule.entries[1].carbon_tax == 100
-    (tmp_path / "r.yaml").write_text("carbon_tax: 0x1F\nlandfill_tax: 0o17\nemission_cap: 1_000.5\n")
+    (tmp_path / "r.yaml").write_text("carbon_tax: +0x1F\nlandfill_tax: 0o17\nemission_cap: 1_000.5\n"
+                                     "recycled_content_min: -0.0\nrecovery_target: 0b0\n")
     assert load_regime(tmp_path / "r.yaml") == Regime(carbon_tax=31, landfill_tax=15, emission_cap=1000.5)
+    (tmp_path / "named.yaml").write_text("name: 08\ncarbon_tax: 10\n")  # (was the text '08': it is 8 now)
+    with pytest.raises(RegimeError, match=re.escape('name=8: the regime\'s label must be text (e.g. name: "tight"; '
+                                                    'quote a label of digits: name: "2030")')):
+        load_regime(tmp_path / "named.yaml")
     (tmp_path / "clock.yaml").write_text("emission_cap: 20:00:00\n")
     with pytest.raises(RegimeError, match="emission_cap='20:00:00' is not a number"):
         load_regime(tmp_path / "clock.yaml")
-    # a whole number longer than Python's int reads (4,300 digits) is a float: inf, refused by its field
-    (tmp_path / "long.yaml").write_text("carbon_tax: " + "1" * 5000 + "\n")
-    with pytest.raises(RegimeError, match=r"long.yaml: carbon_tax=inf"):
-        load_regime(tmp_path / "long.yaml")
+    # a whole number beyond the largest float (or longer than Python's int reads, 4,300 digits)
+    # is read as inf and refused by its field (310 digits was an int, an OverflowError in the field)
+    for digits in ("9" * 310, "1" * 5000):
+        (tmp_path / "long.yaml").write_text(f"carbon_tax: {digits}\n")
+        with pytest.raises(RegimeError, match=r"long.yaml: carbon_tax=inf"):
+            load_regime(tmp_path / "long.yaml")
 
 
 def test_a_key_that_is_not_text_is_named(tmp_path):
@@ -462,10 +469,16 @@ def test_a_json_whole_number_too_long_for_python_is_refused_by_its_field(tmp_pat
     about sys.set_int_max_str_digits and no field named."""
     from moca.scenario import ScenarioError, load_actions
 
-    long = "1" * 5000
-    (tmp_path / "r.json").write_text('{"carbon_tax": ' + long + "}")
-    with pytest.raises(RegimeError, match=r"r.json: carbon_tax=inf"):
-        load_regime(tmp_path / "r.json")
-    (tmp_path / "a.json").write_text('{"actions": [[0, ' + long + ", 0, 0, 0, 0]]}")
-    with pytest.raises(ScenarioError, match=re.escape("actions[0][1]=inf is not finite")):
-        load_actions(tmp_path / "a.json", horizon=1)
+    for long in ("9" * 310, "1" * 5000):
+        (tmp_path / "r.json").write_text('{"carbon_tax": ' + long + "}")
+        with pytest.raises(RegimeError, match=r"r.json: carbon_tax=inf"):
+            load_regime(tmp_path / "r.json")
+        (tmp_path / "a.json").write_text('{"actions": [[0, ' + long + ", 0, 0, 0, 0]]}")
+        with pytest.raises(ScenarioError, match=re.escape("actions[0][1]=inf is not finite")):
+            load_actions(tmp_path / "a.json", horizon=1)
+    (tmp_path / "zeros.json").write_text('{"carbon_tax": 00000000000000000000000000000000000100}')  # (not JSON)
+    with pytest.raises(RegimeError, match="malformed JSON"):
+        load_regime(tmp_path / "zeros.json")
+    (tmp_path / "big.json").write_text('{"carbon_tax": 12345678901234567890}')  # a long int stays an int
+    with pytest.raises(RegimeError, match=r"carbon_tax=12345678901234567890 is outside its valid range"):
+        load_regime(tmp_path / "big.json")

@@ -196,9 +196,9 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-
-#: More digits than any moca field's range needs (the largest float is about 1.8e308).
-MOST_DIGITS = 310
+#: The most digits a whole number is read with as such: every number of 308 digits or fewer
+#: is below the largest float (about 1.8e308), so a field converts it to a float without overflow.
+MOST_DIGITS = 308
 
 
 def whole_number(text: str) -> int | float:
@@ -209,6 +209,7 @@ def whole_number(text: str) -> int | float:
     if len(text.lstrip("+-")) > MOST_DIGITS:
         return float(text)
     return int(text)
+
 
 def parse_problem(err: Exception) -> str:
     """A JSON or YAML parser's complaint in one line, with where it found it (1-based line

@@ -436,7 +436,8 @@ def _without_name(data: dict[str, Any], where: str = "") -> dict[str, Any]:
     """A regime object may carry a ``name`` (a label, as in sequence files); it is no rule."""
     if "name" in data:
         if not isinstance(data["name"], str):  # (was refused as "name: unknown field")
-            raise RegimeError(f"{where}name={data['name']!r}: the regime's label must be text (e.g. name: \"tight\")")
+            raise RegimeError(f"{where}name={data['name']!r}: the regime's label must be text (e.g. name: \"tight\"; "
+                              "quote a label of digits: name: \"2030\")")
         data = {k: v for k, v in data.items() if k != "name"}
     return data
 
@@ -566,7 +567,8 @@ def load_sequence(spec: str | Path | list[Any], model: str = "CLSC-1") -> list[t
             item = dict(item)
             label = item.pop("name", None)
             if label is not None and not isinstance(label, str):
-                raise RegimeError(f"sequence[{i}].name={label!r}: the regime's label must be text")
+                raise RegimeError(f"sequence[{i}].name={label!r}: the regime's label must be text (quote a label "
+                                  "of digits: name: \"2030\")")
             regime = _validated(Regime, item, prefix=f"sequence[{i}].")
             if model != "CLSC-2" and regime.recycled_content_window != 1:  # (was named as its scenario's regimes[0])
                 raise RegimeError(f"sequence[{i}].recycled_content_window={regime.recycled_content_window}: CLSC-1 "
@@ -612,20 +614,20 @@ class _YamlLoader(yaml.SafeLoader):
         text = self.construct_scalar(node).replace("_", "")
         sign = -1 if text.startswith("-") else 1
         digits = text.lstrip("+-")
-        if digits[:2] in ("0x", "0o"):
-            return sign * int(digits[2:], 16 if digits[1] == "x" else 8)
+        if digits[:2] in ("0x", "0o", "0b"):
+            return sign * int(digits[2:], {"x": 16, "o": 8, "b": 2}[digits[1]])
         return whole_number(text)  # (decimal, a leading zero included)
 
 
 _YAML_INT, _YAML_FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-# The safe loader's resolvers without its integers and floats (YAML 1.1's octal, base-60 and
-# binary forms), then those of YAML 1.2's core schema; underscores between digits (1_000)
-# are still read, as YAML 1.1 and Python read them.
+# The safe loader's resolvers without its integers and floats (YAML 1.1's leading-zero octal
+# and base 60), then those of YAML 1.2's core schema; what YAML 1.1 also read and nothing
+# else means is kept: underscores between digits (1_000), a sign before 0x, 0o, and 0b.
 _YamlLoader.yaml_implicit_resolvers = {
     first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_YAML_INT, _YAML_FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _YamlLoader.add_implicit_resolver(
-    _YAML_INT, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789"))
+    _YAML_INT, re.compile(r"^[-+]?(?:[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+|0b[01_]+)$"), list("-+0123456789"))
 _YamlLoader.add_implicit_resolver(
     _YAML_FLOAT,
     re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
