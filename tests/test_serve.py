@@ -48,11 +48,10 @@ def _delete_directory(path: Path) -> None:
 
     deadline = time.time() + 10
     while path.exists():
+        assert time.time() < deadline, f"{path} is still there after 10 s (made again?)"
         try:
             shutil.rmtree(path)
         except OSError:
-            if time.time() > deadline:
-                raise
             time.sleep(0.01)
 
 
