@@ -48,9 +48,33 @@ def test_a_checkpoint_is_written_through_a_link_and_keeps_a_users_dot_old_folder
     assert sorted(p.name for p in tmp_path.iterdir()) == [".real.old", "link", "real"]
 
 
-def test_a_checkpoint_whose_last_rename_fails_is_the_old_one_again(tmp_path, monkeypatch):
+def test_a_checkpoint_is_replaced_in_one_step_its_name_never_missing(tmp_path, monkeypatch):
+    """Replacing a checkpoint took two renames (the old one aside, the new one in); a kill
+    between them left no checkpoint under its name, only hidden folders. Linux swaps the
+    two in one step (renameat2 RENAME_EXCHANGE): no rename of either happens any more."""
     real = tmp_path / "real"
     checkpoint.save(real, {"w": torch.zeros(2)}, {"kind": "test"})
+
+    def no_rename(src, dst):
+        raise AssertionError(f"renamed {src} -> {dst}: the name was missing for a moment")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    checkpoint.save(real, {"w": torch.ones(2)}, {"kind": "test"})
+    monkeypatch.undo()
+    assert checkpoint.load(real)[0]["w"].tolist() == [1.0, 1.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real"]
+    # two folders swapped, files inside them untouched
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    assert files.exchange_paths(tmp_path / "a", tmp_path / "b") and (tmp_path / "b" / "x").read_text() == "a"
+    assert not files.exchange_paths(tmp_path / "a", tmp_path / "gone")  # (the caller renames instead)
+
+
+def test_a_checkpoint_whose_last_rename_fails_is_the_old_one_again(tmp_path, monkeypatch):
+    """Where the system cannot swap in one step, two renames, and the old one back if the second fails."""
+    real = tmp_path / "real"
+    checkpoint.save(real, {"w": torch.zeros(2)}, {"kind": "test"})
+    monkeypatch.setattr(checkpoint, "exchange_paths", lambda first, second: False)
     renames = []
     replace = os.replace
 
@@ -173,3 +197,76 @@ def test_an_output_to_dev_stdout_redirected_to_a_file_is_written_after_what_is_t
     text = table.read_text()
     assert text.startswith("{") and '"field": "carbon_tax"' in text and "compliance cost" in text  # JSON, then table
     assert not Path("/dev/stdout.tasks.jsonl").exists()
+
+
+def test_a_full_disk_is_said_in_one_line_and_a_json_answer_is_never_cut_short(tmp_path, monkeypatch, capsys):
+    """With PYTHONUNBUFFERED=1, `moca oracle --json > plan.json` on a full disk left 4,096
+    bytes of JSON and exit 0 (sys.stdout.write dropped the rest of a short write); without
+    it, and for a checkpoint's weights, the full disk was an "internal error"."""
+    import errno
+    import sys
+
+    from moca.cli import main
+
+    writes = []
+
+    def full_after_512(descriptor, data):  # (the disk takes part of the answer, then nothing)
+        if writes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        writes.append(bytes(data[:512]))
+        return min(len(data), 512)
+
+    monkeypatch.setattr(sys, "stdout", sys.__stdout__)  # (the process's own standard output)
+    monkeypatch.setattr(os, "write", full_after_512)
+    monkeypatch.delenv("MOCA_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as done:
+        main(["regimes", "--json"])
+    monkeypatch.undo()
+    assert done.value.code == 1 and writes
+    assert capsys.readouterr().err.strip().endswith("standard output: No space left on device")
+    # safetensors' own error for a full disk becomes the OSError it reports
+    import safetensors.torch
+
+    def full(tensors, filename, metadata=None):
+        raise safetensors.SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                                          'message: "No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OSError) as err:
+        checkpoint.save(tmp_path / "ck", {"w": torch.zeros(2)}, {"kind": "test"})
+    assert err.value.errno == errno.ENOSPC and not (tmp_path / "ck").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_two_commands_drawing_the_same_figure_each_leave_a_whole_one(tmp_path):
+    """Every plot went through the fixed name .NAME.tmp.EXT: a second command drawing the
+    same figure renamed the first's half-written file into place, or found its own gone."""
+    from moca.cli import _write_plot
+
+    path = tmp_path / "c.svg"
+    seen = []
+
+    def draw(name):
+        seen.append(name)
+        if len(seen) == 1:  # the second drawing starts while the first is still at work
+            _write_plot(path, draw)
+        Path(name).write_text(f"<svg>{len(seen)}</svg>")
+
+    from pathlib import Path
+
+    _write_plot(path, draw)
+    assert len(set(seen)) == 2 and path.read_text() in ("<svg>1</svg>", "<svg>2</svg>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.svg"]
+
+
+def test_a_checkpoint_folder_with_a_leftover_learning_curve_file_is_still_replaceable(tmp_path):
+    """A kill while `peers train-ppo` wrote its learning curve left .learning_curve.json.X.tmp
+    in the checkpoint folder, and moca then refused its own folder as not a checkpoint's."""
+    folder = tmp_path / "pp"
+    checkpoint.save(folder, {"w": torch.zeros(2)}, {"kind": "test"})
+    (folder / ".learning_curve.json.b4on9egw.tmp").write_text("{")
+    (folder / ".learning_curve.x1y2.tmp.png").write_bytes(b"")
+    checkpoint.check_replaceable(folder)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(checkpoint.CheckpointError, match="holds notes.txt, not a moca checkpoint's files"):
+        checkpoint.check_replaceable(folder)

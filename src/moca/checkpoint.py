@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from moca.files import parse_problem, publish_tree, unique_keys
+from moca.files import exchange_paths, parse_problem, publish_tree, unique_keys
 
 FORMAT = "moca-checkpoint/1"
 WEIGHTS = "weights.safetensors"
@@ -44,6 +45,11 @@ class CheckpointError(ValueError):
 CHECKPOINT_FILES = frozenset({META, WEIGHTS, "learning_curve.json", "learning_curve.png"})
 
 
+#: moca's own temporary file of a checkpoint's learning curve, left by a kill while it was
+#: written; it made moca refuse its own PPO checkpoint folder as "not a moca checkpoint's files".
+_LEFTOVER = re.compile(r"\.learning_curve\..+\.tmp(\.png)?")
+
+
 def check_replaceable(directory: str | Path, label: str | None = None) -> None:
     """Refuse to write a checkpoint over ``directory`` when it holds files of another kind
     (``-o ~/plant`` would have deleted the user's files); new, empty and checkpoint folders pass."""
@@ -53,7 +59,8 @@ def check_replaceable(directory: str | Path, label: str | None = None) -> None:
         return
     if not directory.is_dir():
         raise CheckpointError(f"{label}: exists and is not a directory")
-    others = sorted(p.name for p in directory.iterdir() if p.name not in CHECKPOINT_FILES)
+    others = sorted(p.name for p in directory.iterdir()
+                    if p.name not in CHECKPOINT_FILES and not _LEFTOVER.fullmatch(p.name))
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise CheckpointError(f"{label}: holds {shown}, not a moca checkpoint's files; a checkpoint replaces "
@@ -103,7 +110,13 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
-        save_file(tensors, str(staging / WEIGHTS))
+        try:
+            save_file(tensors, str(staging / WEIGHTS))
+        except Exception as err:  # safetensors' own error type: a full disk was an "internal error"
+            code = re.search(r"code: (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(directory)) from None
         digest = hashlib.sha256((staging / WEIGHTS).read_bytes()).hexdigest()
         meta = merged({
             "format": FORMAT,
@@ -120,7 +133,12 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
         meta[META_DIGEST] = metadata_digest(meta)
         (staging / META).write_text(json.dumps(meta, indent=1, allow_nan=False))
         publish_tree(staging)  # mkdtemp made it private; a checkpoint gets the user's umask
-        if directory.exists():
+        if directory.exists() and exchange_paths(staging, directory):
+            # One step: the name is never missing (two renames had a moment without it, and a
+            # kill there left the checkpoint only under a hidden name); the old one, now under
+            # the staging name, goes.
+            shutil.rmtree(staging, ignore_errors=True)
+        elif directory.exists():
             # A fresh name for the old one (a user's own ".NAME.old" beside it was deleted):
             # an empty folder, which a rename may replace.
             backup = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old."))

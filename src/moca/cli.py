@@ -11,6 +11,7 @@ inside the commands that need them (``benchmarks/bench_cli.py`` measures the sta
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -161,9 +162,18 @@ def _write_plot(path: Path, draw: Callable[[str], Any]) -> None:
     if stream:
         draw(str(path))
         return
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    import tempfile
+
+    from moca.files import file_mode
+
+    # A name of its own (a fixed one was shared by two commands drawing the same figure: one
+    # renamed the other's half-written file into place, or found its own gone)
+    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(descriptor)
+    tmp = Path(name)
     try:
         draw(str(tmp))
+        os.chmod(tmp, file_mode())  # (mkstemp's file is private; a figure gets the umask's mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -189,7 +199,9 @@ def _load_params(path: Optional[Path], model: str = "CLSC-1"):
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=1) + "\n")
+    from moca.files import write_stdout
+
+    write_stdout(json.dumps(data, indent=1) + "\n")
 
 
 def _version(value: bool) -> None:
@@ -2233,6 +2245,11 @@ class _CtrlC:
         raise KeyboardInterrupt
 
 
+#: What the machine, not moca, makes fail: a full disk or quota, a file over ``ulimit -f``, a
+#: read-only file system, a disk error. Said in one line (exit 1), not as an internal error.
+_SYSTEM_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: every error is one line on stderr (exit 2 for bad input)."""
     command = typer.main.get_command(app)
@@ -2257,6 +2274,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             ctx = getattr(err, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if "UsageError" in kinds and ctx is not None else ""
             code = _one_line(err.format_message() + hint, getattr(err, "exit_code", EXIT_BAD_INPUT))
+        elif isinstance(err, OSError) and err.errno in _SYSTEM_ERRORS:  # the machine's, not a bug
+            code = _one_line(f"{err.filename + ': ' if err.filename else ''}{err.strerror}", 1)
         elif os.environ.get("MOCA_TRACEBACK"):
             raise
         else:  # a bug, not bad input: still one line, the traceback on request

@@ -143,6 +143,53 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     return path
 
 
+def exchange_paths(first: str | Path, second: str | Path) -> bool:
+    """Swap two existing paths (folders included) in one step, so that neither name is ever
+    missing: Linux's ``renameat2(RENAME_EXCHANGE)``. False where the system or the file
+    system has no such call (the caller then renames twice). By hand through ctypes because
+    Python's ``os`` does not expose ``renameat2`` and no maintained library does either."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # (not Linux, or a C library before glibc 2.28)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_current_folder, rename_exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE (linux/fcntl.h, linux/fs.h)
+    if renameat2(at_current_folder, os.fsencode(first), at_current_folder, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP):  # (no such call, or a name gone)
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def write_stdout(text: str) -> None:
+    """``text`` on standard output, whole or with an error: through the descriptor where there
+    is one, as ``sys.stdout.write`` unbuffered (``PYTHONUNBUFFERED=1``) dropped the rest of a
+    short write to a full disk without a word, leaving a truncated JSON file and exit 0."""
+    stream = sys.stdout
+    try:
+        # (a stream put in its place, a test's or a caller's, is written as a stream: its
+        # fileno, if any, need not be where it writes)
+        descriptor = stream.fileno() if stream is sys.__stdout__ else None
+    except (AttributeError, OSError, ValueError):  # (io.UnsupportedOperation, a closed stream)
+        descriptor = None
+    if descriptor is None:
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()
+    view = memoryview(text.encode(getattr(stream, "encoding", None) or "utf-8"))
+    try:
+        while view:
+            view = view[os.write(descriptor, view):]
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, "standard output") from None
+
+
 def write_folder(folder: str | Path, write: Callable[[Path], Any]) -> Path:
     """A new folder written whole or not at all: ``write(staging)`` fills a hidden staging
     folder beside it, which is renamed into place at the end and removed if ``write`` fails
