@@ -356,6 +356,26 @@ def test_a_stopped_sweep_keeps_its_finished_tasks_and_a_rerun_goes_on_from_them(
     with pytest.raises(RuntimeError, match="at once"):
         run_sweep(plan, Backend("serial"), journal=early)
     assert not early.exists()
+    # a different sweep given the same file kept its result and deleted the stopped one's tasks:
+    # they stay now, and the stopped sweep goes on from them
+    from moca.sweep import finished_in_journal
+
+    shared = tmp_path / "shared.jsonl"
+    monkeypatch.setattr(sweep_module, "run_task", failing)
+    fail["on"] = True
+    with pytest.raises(RuntimeError):
+        run_sweep(plan, Backend("serial"), journal=shared)
+    with shared.open("a") as f:
+        f.write('{"code": "0", "task": {"model"')  # a line cut short by the stop: not counted
+    assert finished_in_journal(shared, plan) == finished < len(shared.read_text().splitlines())
+    other = make_plan("CLSC-1", "landfill_tax", "0,50", policies="threshold", scenarios=2)
+    fail["on"] = False
+    run_sweep(other, Backend("serial"), journal=shared, keep=lambda result: None)
+    assert finished_in_journal(shared, plan) == finished and finished_in_journal(shared, other) == 0
+    ran.clear()
+    resumed = run_sweep(plan, Backend("serial"), journal=shared, keep=lambda result: None)
+    assert resumed["resumed_tasks"] == finished and len(ran) == len(plan.tasks()) - finished
+    assert not shared.exists()  # (nothing of another sweep left in it)
 
 
 def test_cli_sweep_oracle_unsolved_is_bad_input(tmp_path, monkeypatch):

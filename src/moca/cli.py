@@ -2053,11 +2053,11 @@ def sweep(
     except (BackendError, SweepError) as err:
         _fail(_message(err))
     except OracleError as err:  # the user's numbers are beyond HiGHS (its message says which): bad input, exit 2
-        _fail(f"{_message(err)}; {_journal_note(journal)}")
+        _fail(f"{_message(err)}; {_journal_note(journal, plan)}")
     except (RuntimeError, OSError) as err:  # a worker died, a solver failed: say so and what is kept
-        _fail(f"sweep failed: {type(err).__name__}: {_message(err)}; {_journal_note(journal)}", code=1)
+        _fail(f"sweep failed: {type(err).__name__}: {_message(err)}; {_journal_note(journal, plan)}", code=1)
     except KeyboardInterrupt:
-        sys.stderr.write(f"moca: sweep stopped; {_journal_note(journal)}\n")
+        sys.stderr.write(f"moca: sweep stopped; {_journal_note(journal, plan)}\n")
         raise
     if result["resumed_tasks"]:
         console.print(f"{result['resumed_tasks']} of {_count(result['tasks'], 'task')} taken from {journal} (finished by an "
@@ -2081,11 +2081,13 @@ def _keep_sweep(result: dict, json_file: Optional[Path], plot_file: Optional[Pat
         _write_plot(plot_file, lambda where: plot_sweep(result, where))
 
 
-def _journal_note(journal: Optional[Path]) -> str:
-    """What a stopped sweep kept, and how to go on from it."""
+def _journal_note(journal: Optional[Path], plan: Any) -> str:
+    """What a stopped sweep of ``plan`` kept, and how to go on from it."""
+    from moca.sweep import finished_in_journal
+
     if journal is None:
         return "nothing written (with --json FILE, finished tasks are kept and a rerun goes on from them)"
-    done = len(journal.read_text(encoding="utf-8").splitlines()) if journal.exists() else 0
+    done = finished_in_journal(journal, plan)  # (its lines overcounted: one cut short, another sweep's)
     if not done:
         return "no task had finished"
     return f"{_count(done, 'finished task')} kept in {journal}: the same command again goes on from them"

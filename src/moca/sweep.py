@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - Windows: not locked
     fcntl = None
 
 from moca.cluster import Backend
+from moca.files import write_atomic
 from moca.limits import LARGEST_SEED, MOST_SCENARIOS, MOST_STEPS, is_finite_number, is_whole
 from moca.regime import REGIME_RANGES, Regime, RegimeError, load_regime
 
@@ -574,7 +575,9 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     is a pure function of its input and of moca's code; records of other code, i.e. another
     checkout or version, or of other tasks are not used). ``keep``, if given, is called with
     the result while the journal is still locked (``moca sweep`` writes ``--json`` there);
-    once it returns, the journal is removed. Without ``keep`` the journal stays, and a rerun
+    once it returns, the journal is removed (what it holds of other sweeps' tasks stays in
+    it: a different sweep given the same file deleted a stopped one's finished tasks). Without
+    ``keep`` the journal stays, and a rerun
     takes every task from it. ``resumed_tasks`` in the result says how many came from it.
     While the sweep runs (and ``keep`` keeps) its journal is locked: a second run with the
     same journal is refused (:class:`SweepError`) instead of doing the same tasks beside it,
@@ -586,6 +589,7 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     try:
         text = writer.read() if writer is not None else ""
         kept = _journal_results(text, tasks)
+        others = _other_tasks(text, tasks)
         todo = [t for t in tasks if _task_key(t) not in kept]
         counter = {"done": len(kept)}
         if on_done and kept:
@@ -621,7 +625,11 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     finally:
         if writer is not None:
             writer.flush()
-            if done_with_journal or os.fstat(writer.fileno()).st_size == 0:  # (no task finished: no file)
+            if done_with_journal and others:
+                # Other sweeps' tasks stay; the file is replaced while still locked (a run waiting
+                # for it then locks the one at the path, see _open_journal).
+                write_atomic(journal, "".join(others))
+            elif done_with_journal or os.fstat(writer.fileno()).st_size == 0:  # (no task finished: no file)
                 Path(journal).unlink(missing_ok=True)
             writer.close()
     return out
@@ -686,6 +694,30 @@ def _journal_results(text: str, tasks: Sequence[SweepTask]) -> dict[str, TaskRes
         except (ValueError, KeyError, TypeError):
             continue
     return kept
+
+
+def _other_tasks(text: str, tasks: Sequence[SweepTask]) -> list[str]:
+    """The lines of a journal's ``text`` that record tasks of other sweeps (another field,
+    values or policies given the same ``--json``), each with its newline."""
+    wanted = {_task_key(t) for t in tasks}
+    others = []
+    for line in text.splitlines():
+        try:
+            if _task_key(json.loads(line)["task"]) not in wanted:
+                others.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    return others
+
+
+def finished_in_journal(path: str | Path, plan: SweepPlan) -> int:
+    """How many of ``plan``'s tasks the journal at ``path`` holds, finished and usable by a
+    rerun (a line cut short by a stop, or a record of another sweep or code, is not)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return 0
+    return len(_journal_results(text, plan.tasks()))
 
 
 def interval(samples: Sequence[float], lowest: float | None = None) -> tuple[float, list[float]]:
