@@ -122,16 +122,17 @@ def assert_bad_input(result, *needles):
         assert needle.lower() in result.stderr.lower(), (needle, result.stderr)
 
 
-def interrupt_once_ready(*args, ready: str, timeout=300):
+def interrupt_once_ready(*args, ready: str, timeout=300, signal_number: int | None = None):
     """Run `moca ARGS`, wait for its first stderr line (which must contain ``ready``: the
-    Ctrl-C handler is in place), send one SIGINT, and return (returncode, stdout, stderr)."""
+    Ctrl-C handler is in place), send one SIGINT (or ``signal_number``), and return
+    (returncode, stdout, stderr)."""
     import signal
 
     proc = subprocess.Popen([*MOCA, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stderr.readline()
         assert ready in first, first
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT if signal_number is None else signal_number)
         stdout, stderr = proc.communicate(timeout=timeout)
     finally:
         proc.kill()

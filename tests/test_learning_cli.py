@@ -192,8 +192,31 @@ def test_stop_request_turns_the_first_ctrl_c_into_a_request():
     assert signal.getsignal(signal.SIGINT) is before  # put back
 
 
-@pytest.mark.parametrize("model", ["CLSC-1", "CLSC-2"])
-def test_ctrl_c_during_train_writes_the_steps_done(tmp_path, model):
+def test_sigterm_is_taken_as_ctrl_c_while_a_long_command_runs():
+    """A sweep under `timeout` ended without a word on what it kept; SIGTERM now acts as the
+    SIGINT handler in force would (KeyboardInterrupt by default, a stop request in training)."""
+    import os
+    import signal
+
+    from moca.cli import _sigterm_as_ctrl_c
+    from moca.meta import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with _sigterm_as_ctrl_c():
+            os.kill(os.getpid(), signal.SIGTERM)
+    with StopRequest() as stop, _sigterm_as_ctrl_c():
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop() is True
+    assert signal.getsignal(signal.SIGTERM) is before  # put back
+
+
+@pytest.mark.parametrize("model, stop", [("CLSC-1", "SIGINT"), ("CLSC-2", "SIGINT"), ("CLSC-1", "SIGTERM")])
+def test_ctrl_c_during_train_writes_the_steps_done(tmp_path, model, stop):
+    """Ctrl-C, and SIGTERM as `timeout` or a batch scheduler sends it (which ended the
+    training without a word, its steps unwritten), stop after the step and write them."""
+    import signal
+
     from _cli import interrupt_once_ready
 
     config = tmp_path / "meta.yaml"
@@ -202,7 +225,8 @@ def test_ctrl_c_during_train_writes_the_steps_done(tmp_path, model):
     out = tmp_path / "ck"
     returncode, stdout, stderr = interrupt_once_ready("train", "--model", model, "--config", config, "--steps",
                                                       100000, "-o", out, "--json",
-                                                      ready="Ctrl-C stops after the current meta step")
+                                                      ready="Ctrl-C stops after the current meta step",
+                                                      signal_number=getattr(signal, stop))
     assert returncode == 130, stderr
     summary = json.loads(stdout)
     assert summary["interrupted"] is True and 1 <= summary["meta_steps"] < 100000

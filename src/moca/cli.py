@@ -904,11 +904,38 @@ def _trained_line(output: Path, what: str, out: dict[str, Any], scores: dict[str
 
 
 @contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``timeout``, a batch scheduler's limit, ``kill``) taken as Ctrl-C while a long
+    command runs: it ended training and sweeps without a word, the steps done unwritten and
+    no line on what a sweep kept. The SIGINT handler in force then acts (a second SIGTERM,
+    like a second Ctrl-C, stops at once)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # (signals reach the main thread only)
+        yield
+        return
+
+    def as_ctrl_c(signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # (SIGINT ignored or default: the process ends as SIGTERM would end it)
+            raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def _stop_on_ctrl_c(step: str = "meta step") -> Iterator[Any]:
-    """Training's Ctrl-C: stop after the current (meta or env) step and write what was learned."""
+    """Training's Ctrl-C (or SIGTERM): stop after the current (meta or env) step and write
+    what was learned."""
     from moca.meta import StopRequest
 
-    with StopRequest(step) as stop:
+    with StopRequest(step) as stop, _sigterm_as_ctrl_c():
         err_console.print(f"training: Ctrl-C stops after the current {step} and writes the checkpoint",
                           highlight=False)
         yield stop
@@ -2046,7 +2073,7 @@ def sweep(
     journal = (json_file.with_name(json_file.name + ".tasks.jsonl")  # (none beside a stream: /dev/stdout)
                if json_file is not None and not output_target(json_file)[1] else None)
     try:
-        with _progress(False) as progress:
+        with _progress(False) as progress, _sigterm_as_ctrl_c():
             bar = progress.add_task(f"sweep {field} ({backend.kind})", total=None)
             result = run_sweep(plan, backend, on_done=lambda n, total: progress.update(bar, completed=n, total=total),
                                journal=journal, keep=lambda result: _keep_sweep(result, json_file, plot_file))
