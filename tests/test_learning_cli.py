@@ -297,3 +297,32 @@ def test_reptile_on_clsc2_needs_its_own_checkpoint(tmp_path):
         out = tmp_path / "runs"
         assert_bad_input(run("run", *world, "--methods", "moca,reptile", "--quick", "--runs-dir", out), "reptile")
         assert not out.exists()
+
+
+def test_a_trained_checkpoint_that_cannot_be_written_is_rescued_beside_it(tmp_path, monkeypatch):
+    """A full disk (or -o made a file meanwhile) at the end of a training was an internal
+    error, and the minutes of training were lost."""
+    import errno
+    import os
+    import re
+    from pathlib import Path
+
+    config = tmp_path / "meta.yaml"
+    config.write_text("validate_every: 0\ntasks_per_step: 1\nsupport_size: 1\nquery_size: 1\npolicy: {hidden: 4}\n")
+    out = tmp_path / "ck"
+    real = checkpoint.save
+
+    def full(directory, weights, metadata):
+        if Path(directory) == out:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+        return real(directory, weights, metadata)
+
+    monkeypatch.setattr(checkpoint, "save", full)
+    result = run("train", "--config", config, "--steps", 1, "-o", out)
+    assert result.returncode == 1, result.stderr
+    found = re.search(rf"\nmoca: error: could not write {re.escape(str(out))} \(No space left on device\); "
+                      r"the trained checkpoint is in (\S+)\n$", result.stderr)
+    assert found, result.stderr
+    rescued = Path(found.group(1))
+    assert rescued.parent == tmp_path and not out.exists()
+    assert checkpoint.load_policy(rescued)[1]["meta_steps_done"] == 1

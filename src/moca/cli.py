@@ -874,12 +874,12 @@ def train(
     scores = {"validation_zero_shot_before": validation[0]["score"] if validation else None,
               "validation_zero_shot_after": validation[-1]["score"] if validation else None}
     command = _command_line()
-    checkpoint.save_policy(output, module, {
+    _save_trained(output, lambda where: checkpoint.save_policy(where, module, {
         "algorithm": config.algorithm, "seed": config.seed, "config": config.model_dump(mode="json"),
         "command": command, "scores": scores, "meta_steps_done": len(history["steps"]),
         "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False),
         "wall_seconds": history["wall_seconds"], "validation_curve": validation,
-    })
+    }))
     out = {"checkpoint": str(output), "algorithm": config.algorithm, "seed": config.seed,
            "meta_steps": len(history["steps"]), "wall_seconds": history["wall_seconds"],
            "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False), **scores}
@@ -901,6 +901,32 @@ def _trained_line(output: Path, what: str, out: dict[str, Any], scores: dict[str
     return (f"wrote {output}: {what}, {_count(out['meta_steps'], 'meta step')} in {out['wall_seconds']:.0f} s"
             + (f"; validation zero-shot score {before:.4f} -> {after:.4f}{kept}" if before is not None else
                " (no validation: validate_every is 0)"))
+
+
+def _save_trained(output: Path, save: Callable[[Path], Any]) -> None:
+    """``save(folder)`` a trained checkpoint to ``output``; where that fails at the end (a full
+    disk, the folder made a file meanwhile), to a rescue folder beside it or else in the
+    temporary folder, and say where (exit 1): the failure was an internal error, and the
+    minutes of training were lost."""
+    import tempfile
+    import time
+
+    from moca.checkpoint import CheckpointError
+
+    try:
+        save(output)
+        return
+    except (CheckpointError, OSError) as err:
+        reason = _message(err) if isinstance(err, CheckpointError) else f"{err.strerror or err}"
+    for folder in (output.parent, Path(tempfile.gettempdir())):
+        rescue = folder / f"{output.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            save(rescue)
+        except (CheckpointError, OSError):
+            continue
+        _fail(f"could not write {output} ({reason}); the trained checkpoint is in {rescue}", code=1)
+    _fail(f"could not write {output} ({reason}), nor a rescue copy beside it or in {tempfile.gettempdir()}: "
+          "the training is lost", code=1)
 
 
 @contextmanager
@@ -1035,13 +1061,13 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
     selected = history.get("selected_step", validation[-1]["step"] if validation else None)
     scores = {"validation_zero_shot_before": validation[0]["score"] if validation else None,
               "validation_zero_shot_after": next((v["score"] for v in validation if v["step"] == selected), None)}
-    save_policy2(output, module, {
+    _save_trained(output, lambda where: save_policy2(where, module, {
         "algorithm": config.algorithm, "seed": config.seed, "config": config.model_dump(mode="json"),
         "command": _command_line(), "scores": scores, "meta_steps_done": len(history["steps"]),
         "selected_step": selected,
         "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False),
         "wall_seconds": history["wall_seconds"], "validation_curve": validation, "history": history["steps"],
-    })
+    }))
     out = {"checkpoint": str(output), "model": "CLSC-2", "algorithm": config.algorithm, "seed": config.seed,
            "meta_steps": len(history["steps"]), "selected_step": selected, "wall_seconds": history["wall_seconds"],
            "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False), **scores}
@@ -2194,9 +2220,9 @@ def peers_train_ppo(
                          f"{output}; give more --seconds\n")
         raise typer.Exit(130 if curve.get("interrupted") else 1)
     command = "moca peers " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "moca peers train-ppo"
-    save_ppo(output, agent.policy, {"model": config.model, "config": asdict(config), "command": command,
-                                    "env_steps": trained, "collected_steps": curve["collected_steps"],
-                                    "wall_seconds": curve["wall_seconds"], "learning_curve": curve})
+    _save_trained(output, lambda where: save_ppo(where, agent.policy, {
+        "model": config.model, "config": asdict(config), "command": command, "env_steps": trained,
+        "collected_steps": curve["collected_steps"], "wall_seconds": curve["wall_seconds"], "learning_curve": curve}))
     _write_atomic(output / "learning_curve.json", json.dumps(curve, indent=1))
     plot_curve(curve, output / "learning_curve.png", title=f"PPO on {config.model}")
     out = {"checkpoint": str(output), "env_steps": trained, "collected_steps": curve["collected_steps"],
