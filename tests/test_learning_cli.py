@@ -206,8 +206,15 @@ def test_sigterm_is_taken_as_ctrl_c_while_a_long_command_runs():
         with _sigterm_as_ctrl_c():
             os.kill(os.getpid(), signal.SIGTERM)
     with StopRequest() as stop, _sigterm_as_ctrl_c():
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the first: a request, no KeyboardInterrupt
         assert stop() is True
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a job started with & by a script)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _sigterm_as_ctrl_c():
+                os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     assert signal.getsignal(signal.SIGTERM) is before  # put back
 
 

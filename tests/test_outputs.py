@@ -3,7 +3,10 @@ through a symbolic link to its target, to a FIFO as a stream, never over a folde
 theirs, and a folder it may not write in is named before the work."""
 
 import os
+import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +51,7 @@ def test_a_checkpoint_is_written_through_a_link_and_keeps_a_users_dot_old_folder
     assert sorted(p.name for p in tmp_path.iterdir()) == [".real.old", "link", "real"]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
 def test_a_checkpoint_is_replaced_in_one_step_its_name_never_missing(tmp_path, monkeypatch):
     """Replacing a checkpoint took two renames (the old one aside, the new one in); a kill
     between them left no checkpoint under its name, only hidden folders. Linux swaps the
@@ -68,6 +72,14 @@ def test_a_checkpoint_is_replaced_in_one_step_its_name_never_missing(tmp_path, m
     (tmp_path / "a" / "x").write_text("a")
     assert files.exchange_paths(tmp_path / "a", tmp_path / "b") and (tmp_path / "b" / "x").read_text() == "a"
     assert not files.exchange_paths(tmp_path / "a", tmp_path / "gone")  # (the caller renames instead)
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shm.stat().st_dev != tmp_path.stat().st_dev:  # another file system: EXDEV, no swap
+        (tmp_path / "c").mkdir()
+        other = Path(tempfile.mkdtemp(dir=shm))
+        try:
+            assert not files.exchange_paths(tmp_path / "c", other) and (tmp_path / "c").is_dir()
+        finally:
+            other.rmdir()
 
 
 def test_a_checkpoint_whose_last_rename_fails_is_the_old_one_again(tmp_path, monkeypatch):
@@ -204,7 +216,6 @@ def test_a_full_disk_is_said_in_one_line_and_a_json_answer_is_never_cut_short(tm
     bytes of JSON and exit 0 (sys.stdout.write dropped the rest of a short write); without
     it, and for a checkpoint's weights, the full disk was an "internal error"."""
     import errno
-    import sys
 
     from moca.cli import main
 
@@ -251,8 +262,6 @@ def test_two_commands_drawing_the_same_figure_each_leave_a_whole_one(tmp_path):
         if len(seen) == 1:  # the second drawing starts while the first is still at work
             _write_plot(path, draw)
         Path(name).write_text(f"<svg>{len(seen)}</svg>")
-
-    from pathlib import Path
 
     _write_plot(path, draw)
     assert len(set(seen)) == 2 and path.read_text() in ("<svg>1</svg>", "<svg>2</svg>")

@@ -908,6 +908,7 @@ def _save_trained(output: Path, save: Callable[[Path], Any]) -> None:
     disk, the folder made a file meanwhile), to a rescue folder beside it or else in the
     temporary folder, and say where (exit 1): the failure was an internal error, and the
     minutes of training were lost."""
+    import shutil
     import tempfile
     import time
 
@@ -919,10 +920,14 @@ def _save_trained(output: Path, save: Callable[[Path], Any]) -> None:
     except (CheckpointError, OSError) as err:
         reason = _message(err) if isinstance(err, CheckpointError) else f"{err.strerror or err}"
     for folder in (output.parent, Path(tempfile.gettempdir())):
-        rescue = folder / f"{output.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:  # (a name of its own: two runs failing in the same second would share one)
+            rescue = Path(tempfile.mkdtemp(dir=folder, prefix=f"{output.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}-"))
+        except OSError:
+            continue
         try:
             save(rescue)
         except (CheckpointError, OSError):
+            shutil.rmtree(rescue, ignore_errors=True)
             continue
         _fail(f"could not write {output} ({reason}); the trained checkpoint is in {rescue}", code=1)
     _fail(f"could not write {output} ({reason}), nor a rescue copy beside it or in {tempfile.gettempdir()}: "
@@ -945,8 +950,8 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):
             handler(signal.SIGINT, frame)
-        else:  # (SIGINT ignored or default: the process ends as SIGTERM would end it)
-            raise SystemExit(128 + signum)
+            return
+        raise KeyboardInterrupt  # (SIGINT ignored, as for a job started with & by a script)
 
     previous = signal.signal(signal.SIGTERM, as_ctrl_c)
     try:
@@ -2330,7 +2335,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             hint = f" (see '{ctx.command_path} --help')" if "UsageError" in kinds and ctx is not None else ""
             code = _one_line(err.format_message() + hint, getattr(err, "exit_code", EXIT_BAD_INPUT))
         elif isinstance(err, OSError) and err.errno in _SYSTEM_ERRORS:  # the machine's, not a bug
-            code = _one_line(f"{err.filename + ': ' if err.filename else ''}{err.strerror}", 1)
+            code = _one_line(f"{f'{err.filename}: ' if err.filename else ''}{err.strerror}", 1)
         elif os.environ.get("MOCA_TRACEBACK"):
             raise
         else:  # a bug, not bad input: still one line, the traceback on request

@@ -145,25 +145,23 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 
 def exchange_paths(first: str | Path, second: str | Path) -> bool:
     """Swap two existing paths (folders included) in one step, so that neither name is ever
-    missing: Linux's ``renameat2(RENAME_EXCHANGE)``. False where the system or the file
-    system has no such call (the caller then renames twice). By hand through ctypes because
-    Python's ``os`` does not expose ``renameat2`` and no maintained library does either."""
+    missing: Linux's ``renameat2(RENAME_EXCHANGE)``. False where it did not happen: another
+    system, a file system or sandbox without the call, a name gone (nothing changed on disk,
+    and the caller's two renames then say what is wrong, if anything). By hand through ctypes
+    because Python's ``os`` does not expose ``renameat2`` and no maintained library does."""
     import ctypes
-    import errno
 
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # (not Linux, or a C library before glibc 2.28)
+    except (OSError, AttributeError, TypeError):  # (a C library before glibc 2.28)
         return False
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     renameat2.restype = ctypes.c_int
     at_current_folder, rename_exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE (linux/fcntl.h, linux/fs.h)
-    if renameat2(at_current_folder, os.fsencode(first), at_current_folder, os.fsencode(second), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP):  # (no such call, or a name gone)
-        return False
-    raise OSError(code, os.strerror(code), str(second))
+    return renameat2(at_current_folder, os.fsencode(first), at_current_folder, os.fsencode(second),
+                     rename_exchange) == 0
 
 
 def write_stdout(text: str) -> None:

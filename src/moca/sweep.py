@@ -624,14 +624,20 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
             done_with_journal = True  # the result is kept: the journal goes while still locked
     finally:
         if writer is not None:
-            writer.flush()
-            if done_with_journal and others:
-                # Other sweeps' tasks stay; the file is replaced while still locked (a run waiting
-                # for it then locks the one at the path, see _open_journal).
-                write_atomic(journal, "".join(others))
-            elif done_with_journal or os.fstat(writer.fileno()).st_size == 0:  # (no task finished: no file)
-                Path(journal).unlink(missing_ok=True)
-            writer.close()
+            try:
+                writer.flush()
+                if done_with_journal and others:
+                    # Other sweeps' tasks stay; the file is replaced while still locked (a run
+                    # opening it meanwhile locks the one at the path, see _open_journal). If that
+                    # fails, the journal stays whole: the result is kept already.
+                    try:
+                        write_atomic(journal, "".join(others))
+                    except OSError:
+                        pass
+                elif done_with_journal or os.fstat(writer.fileno()).st_size == 0:  # (no task finished: no file)
+                    Path(journal).unlink(missing_ok=True)
+            finally:
+                writer.close()
     return out
 
 
