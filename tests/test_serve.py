@@ -915,7 +915,7 @@ def test_a_database_this_user_cannot_write_is_refused_before_the_service_starts(
     with TestClient(create_app(data, worker=False)):
         pass
     writable = serve.connect
-    monkeypatch.setattr(serve, "connect", lambda path: sqlite3.connect(
+    monkeypatch.setattr(serve, "connect", lambda path, **_: sqlite3.connect(
         f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False))
     with pytest.raises(StoreError, match="moca.sqlite3: not a usable moca database \\(attempt to write a readonly "
                                          "database\\); it is left as it is: give this user write access"):
@@ -948,6 +948,27 @@ def test_a_lost_database_beside_weight_folders_is_refused_and_nothing_is_deleted
                                              r"of p1: the database that records them is gone"):
             create_app(data, worker=False)
         assert sorted(p.relative_to(data) for p in (data / "weights").rglob("*")) == folders
+
+
+def test_the_worker_opens_the_servers_database_and_never_makes_one(tmp_path):
+    """A worker still starting (importing torch) when the data directory was deleted made a
+    new, empty database where the old one had been: the server then reported its database
+    replaced, and rmtree of the directory raced the worker's new files (CI's failure of
+    c47a103). The worker now opens the server's database or nothing."""
+    from moca.serve import StoreError
+
+    data = tmp_path / "data"
+    Store(data).conn.close()
+    assert Store(data, create=False).one("SELECT count(*) FROM chains") == (0,)
+    (data / "moca.sqlite3").unlink()
+    made = sorted(p.name for p in data.iterdir())
+    with pytest.raises(StoreError, match="moca.sqlite3: gone .*nothing made in its place"):
+        Store(data, create=False)
+    assert sorted(p.name for p in data.iterdir()) == made
+    _delete_directory(data)
+    with pytest.raises(StoreError, match="moca.sqlite3: gone"):
+        Store(data, create=False)
+    assert not data.exists()
 
 
 def test_a_service_whose_data_directory_is_deleted_says_so_once_and_makes_no_new_one(services, tmp_path):

@@ -690,7 +690,7 @@ END;
 """
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, create: bool = True) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit ``BEGIN IMMEDIATE``),
     WAL journal: a committed transaction survives kill -9 of any process; readers never
     block the writer.
@@ -702,7 +702,9 @@ def connect(path: Path) -> sqlite3.Connection:
     survives the death of any process (kill -9), without an fsync on the hot path (~50
     µs per decision here); only a power cut could lose the decisions since the last
     durable commit."""
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
+    # create=False: the file must be there (SQLite's mode=rw), else SQLite made a new, empty one
+    target, uri = (str(path), False) if create else (Path(path).resolve().as_uri() + "?mode=rw", True)
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=30.0, uri=uri)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA busy_timeout=30000")
@@ -760,16 +762,23 @@ class Store:
     """The data directory: ``moca.sqlite3``, ``weights/<chain>/v<N>/`` (the chains' versions)
     and ``checkpoints/`` (the checkpoints a chain may start from)."""
 
-    def __init__(self, data: Path):
+    def __init__(self, data: Path, create: bool = True):
+        """``create=False`` (the server's worker): open the database the server made and
+        make nothing. A worker still starting when the data directory was deleted made a
+        new, empty database there, which the server then saw as its own replaced."""
         self.data = Path(data)
-        self.data.mkdir(parents=True, exist_ok=True)
-        # Where the checkpoints a chain may name go ("checkpoint": NAME; moca adapt -o DATA/checkpoints/NAME):
-        # made here so that the way a refusal points to works on a fresh data directory.
-        (self.data / "checkpoints").mkdir(exist_ok=True)
         self.db_path = self.data / "moca.sqlite3"
+        if create:
+            self.data.mkdir(parents=True, exist_ok=True)
+            # Where the checkpoints a chain may name go ("checkpoint": NAME; moca adapt -o
+            # DATA/checkpoints/NAME): made here so that the way a refusal points to works on a
+            # fresh data directory.
+            (self.data / "checkpoints").mkdir(exist_ok=True)
+        elif not self.db_path.is_file():
+            raise StoreError(f"{self.db_path}: gone (the data directory was deleted or moved); nothing made in its place")
         self._refuse_lost_database()
         try:
-            self.conn = connect(self.db_path)
+            self.conn = connect(self.db_path, create=create)
             self.conn.executescript(SCHEMA)
             # A file this process may read but not write opens read-only without a word, and
             # the first write (the start-up recovery) failed after the banner: find out now.
@@ -1088,7 +1097,11 @@ def worker_main(data: str, parent: int, settings: AdaptSettings = AdaptSettings(
     torch.set_num_threads(1)
     import moca.meta  # noqa: F401  (warm: the first job should not pay the imports)
 
-    store = Store(Path(data))
+    try:
+        store = Store(Path(data), create=False)
+    except (StoreError, sqlite3.Error) as err:  # (the server says so too, and starts no other worker)
+        print(f"moca serve worker: {err}", file=sys.stderr, flush=True)
+        return
     while os.getppid() == parent:
         with store.tx() as c:
             row = c.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY id LIMIT 1").fetchone()
