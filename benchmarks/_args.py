@@ -108,19 +108,19 @@ def regime_spec(text: str) -> str:
     return text
 
 
-def check_policy_checkpoint(parser: argparse.ArgumentParser, option: str, text: str, world: str) -> None:
-    """``option``'s checkpoint loaded as the script will load it, a policy of ``world``
-    (``default``: that world's shipped meta-init): a missing, corrupted or other world's
-    checkpoint is refused before the run (it ended in a traceback), with moca's own message."""
+def check_policy_checkpoint(parser: argparse.ArgumentParser, option: str, text: str, world: str) -> tuple:
+    """``option``'s checkpoint loaded as a policy of ``world`` (``default``: that world's
+    shipped meta-init), returned as its loader returns it (module, metadata): a missing,
+    corrupted or other world's checkpoint is refused before the run (it ended in a
+    traceback), with moca's own message."""
     from moca import checkpoint
 
     try:
         if world == "CLSC-2":
             from moca.meta2 import load_policy2
 
-            load_policy2(text)
-        else:
-            checkpoint.load_policy(text)
+            return load_policy2(text)
+        return checkpoint.load_policy(text)
     except checkpoint.CheckpointError as err:
         parser.error(f"argument {option}: {err}")
 

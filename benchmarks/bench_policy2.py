@@ -24,7 +24,7 @@ import torch
 
 from _args import check_policy_checkpoint, non_negative_int, positive_int
 from moca.experiment import machine
-from moca.meta2 import OracleCache2, adapt2, load_policy2
+from moca.meta2 import OracleCache2, adapt2
 from moca.policy2 import LSTMPolicy2, evaluate_policy2
 from moca.regime import TASKS_2
 
@@ -39,9 +39,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="default")
     parser.add_argument("--output", type=Path, default=HERE / "policy2.json")
     args = parser.parse_args()
-    check_policy_checkpoint(parser, "--checkpoint", args.checkpoint, "CLSC-2")
+    module, meta = check_policy_checkpoint(parser, "--checkpoint", args.checkpoint, "CLSC-2")
     torch.set_num_threads(1)
-    module, meta = load_policy2(args.checkpoint)
     fresh = LSTMPolicy2(module.params, module.config)
     cache = OracleCache2(module.params)
     seeds = list(range(1000, 1000 + args.seeds))

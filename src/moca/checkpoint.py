@@ -47,7 +47,7 @@ CHECKPOINT_FILES = frozenset({META, WEIGHTS, "learning_curve.json", "learning_cu
 
 #: moca's own temporary file of a checkpoint's learning curve, left by a kill while it was
 #: written; it made moca refuse its own PPO checkpoint folder as "not a moca checkpoint's files".
-_LEFTOVER = re.compile(r"\.learning_curve\..+\.tmp(\.png)?")
+_LEFTOVER = re.compile(r"\.learning_curve\..+\.tmp(\.png)?")  # (moca.files.replace_with's names)
 
 
 def check_replaceable(directory: str | Path, label: str | None = None) -> None:

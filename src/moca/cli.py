@@ -162,21 +162,11 @@ def _write_plot(path: Path, draw: Callable[[str], Any]) -> None:
     if stream:
         draw(str(path))
         return
-    import tempfile
+    from moca.files import replace_with
 
-    from moca.files import file_mode
-
-    # A name of its own (a fixed one was shared by two commands drawing the same figure: one
-    # renamed the other's half-written file into place, or found its own gone)
-    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(descriptor)
-    tmp = Path(name)
-    try:
-        draw(str(tmp))
-        os.chmod(tmp, file_mode())  # (mkstemp's file is private; a figure gets the umask's mode)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # (a temporary name of its own: a fixed one was shared by two commands drawing the same
+    # figure, one renaming the other's half-written file into place)
+    replace_with(path, draw, suffix=f".tmp{path.suffix}")
 
 
 def _output_dir(path: Optional[Path], option: str = "-o") -> None:

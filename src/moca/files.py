@@ -123,24 +123,37 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     descriptor = own_descriptor(path) if stream else None
     if descriptor is not None:  # (after what this process printed there, not over it)
         (sys.stdout if descriptor == 1 else sys.stderr).flush()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view):]
+        write_all(descriptor, data)
         return path
     if stream:  # (a stream has no whole-or-nothing: written as it comes)
         with open(path, "wb") as handle:
             handle.write(data)
         return path
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    replace_with(path, lambda name: Path(name).write_bytes(data))
+    return path
+
+
+def replace_with(path: Path, write: Callable[[str], Any], suffix: str = ".tmp") -> None:
+    """``write(name)`` fills a temporary file of its own beside ``path`` (named
+    ``.NAME.XXXX`` + ``suffix``: a figure's suffix ends in its format), which then gets the
+    umask's mode and replaces ``path``; it is removed if anything fails on the way."""
+    descriptor, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
+                                       suffix=suffix)
+    os.close(descriptor)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        write(tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_all(descriptor: int, data: bytes) -> None:
+    """All of ``data`` to ``descriptor``: ``os.write`` may take only part of it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view):]
 
 
 def exchange_paths(first: str | Path, second: str | Path) -> bool:
@@ -180,10 +193,8 @@ def write_stdout(text: str) -> None:
         stream.flush()
         return
     stream.flush()
-    view = memoryview(text.encode(getattr(stream, "encoding", None) or "utf-8"))
     try:
-        while view:
-            view = view[os.write(descriptor, view):]
+        write_all(descriptor, text.encode(getattr(stream, "encoding", None) or "utf-8"))
     except OSError as err:
         raise OSError(err.errno, err.strerror, "standard output") from None
 

@@ -588,8 +588,7 @@ def run_sweep(plan: SweepPlan, backend: Backend | None = None,
     done_with_journal = False
     try:
         text = writer.read() if writer is not None else ""
-        kept = _journal_results(text, tasks)
-        others = _other_tasks(text, tasks)
+        kept, others = _read_journal(text, tasks)
         todo = [t for t in tasks if _task_key(t) not in kept]
         counter = {"done": len(kept)}
         if on_done and kept:
@@ -686,34 +685,25 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _journal_results(text: str, tasks: Sequence[SweepTask]) -> dict[str, TaskResult]:
-    """The finished tasks of a journal's ``text`` that are tasks of this sweep, by key. A line
-    cut short (the process stopped while writing it) and records of other code are skipped."""
+def _read_journal(text: str, tasks: Sequence[SweepTask]) -> tuple[dict[str, TaskResult], list[str]]:
+    """A journal's ``text`` read once: the finished tasks that are tasks of this sweep, by key
+    (records of other code skipped), and the lines that record tasks of other sweeps (another
+    field, values or policies given the same ``--json``), each with its newline. A line cut
+    short (the process stopped while writing it) is neither."""
     wanted = {_task_key(t) for t in tasks}
     kept: dict[str, TaskResult] = {}
+    others: list[str] = []
     for line in text.splitlines():
         try:
             record = json.loads(line)
             key = _task_key(record["task"])
-            if record.get("code") == code_fingerprint() and key in wanted:
+            if key not in wanted:
+                others.append(line + "\n")
+            elif record.get("code") == code_fingerprint():
                 kept[key] = TaskResult(**record["result"])
         except (ValueError, KeyError, TypeError):
             continue
-    return kept
-
-
-def _other_tasks(text: str, tasks: Sequence[SweepTask]) -> list[str]:
-    """The lines of a journal's ``text`` that record tasks of other sweeps (another field,
-    values or policies given the same ``--json``), each with its newline."""
-    wanted = {_task_key(t) for t in tasks}
-    others = []
-    for line in text.splitlines():
-        try:
-            if _task_key(json.loads(line)["task"]) not in wanted:
-                others.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    return others
+    return kept, others
 
 
 def finished_in_journal(path: str | Path, plan: SweepPlan) -> int:
@@ -723,7 +713,7 @@ def finished_in_journal(path: str | Path, plan: SweepPlan) -> int:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return 0
-    return len(_journal_results(text, plan.tasks()))
+    return len(_read_journal(text, plan.tasks())[0])
 
 
 def interval(samples: Sequence[float], lowest: float | None = None) -> tuple[float, list[float]]:
