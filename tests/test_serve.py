@@ -817,6 +817,9 @@ def test_kill9_mid_adaptation_and_mid_decisions_loses_nothing_acknowledged(servi
     thread = threading.Thread(target=fire)
     thread.start()
     time.sleep(0.3)
+    # (the job takes >= 1.3 s, so it is nearly always still running here; one that ended
+    # first under a quirk of scheduling is simply not re-run, and is checked as such)
+    running_at_crash = s.http.get(f"/v1/jobs/{reg['job']}").json()["state"] == "running"
     s.kill()  # mid-adaptation (the job is running) and mid-write (decisions in flight)
     stop.set()
     thread.join(timeout=10)
@@ -828,7 +831,8 @@ def test_kill9_mid_adaptation_and_mid_decisions_loses_nothing_acknowledged(servi
     assert len(stored) - len(acknowledged) <= 1  # at most the one in flight, committed before its answer
     assert chain["last_t"] == stored[-1]
     job = s.wait_job(reg["job"], ("done", "rejected", "failed"))
-    assert job["attempts"] == 2 and job["state"] in ("done", "rejected"), job  # re-run, not half-applied
+    assert job["state"] in ("done", "rejected"), job
+    assert job["attempts"] == (2 if running_at_crash else 1), job  # re-run, not half-applied
     numbers = [v["number"] for v in s.http.get("/v1/chains/p1/versions").json()]
     assert numbers == ([1, 2] if job["state"] == "done" else [1])
     # the recurrent state survived: the next period continues the episode
