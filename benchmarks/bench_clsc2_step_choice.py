@@ -8,7 +8,7 @@ scored on validation and test seeds, and the step each way of choosing would kee
 ``moca adapt`` takes 3 steps on support seeds 800-807 (``moca.meta2.adapt2``) and keeps the
 weights with the best mean score on validation seeds 900-907 among steps 0..3 (step 0: the
 meta-init). Over a plan with a tax rise that choice lost what the meta-init had gained on two
-sets (README, "Schedules"), and the README's open work names two remedies: more validation
+sets (docs/RANDOM-REGIMES.md, "Schedules"), and the README's open work names two remedies: more validation
 scenarios, or a step kept only when its validation gain beats the validation noise. Here each
 set's plans are drawn exactly as ``bench_random_regimes.py`` draws them (its
 ``draw_regimes``), the weights after each step are scored on validation seeds 900+ (the largest
@@ -50,7 +50,7 @@ from moca.policy2 import evaluate_policy2
 from moca.regime import RegimeSchedule
 
 HERE = Path(__file__).parent
-#: The sets of the README's random-regime tables: their seed and bench_random_regimes' filters.
+#: The sets of the random-regime tables (docs/RANDOM-REGIMES.md): their seed and bench_random_regimes' filters.
 SETS: dict[str, tuple[int, dict[str, bool]]] = {
     "tax-rise-4242": (4242, {"schedules": True, "tax_rise": True}),
     "tax-rise-5151": (5151, {"schedules": True, "tax_rise": True}),
@@ -107,7 +107,7 @@ def main() -> None:
                         help="validation sizes compared (seeds 900+); the first is moca adapt's")
     parser.add_argument("--steps", type=non_negative_int, default=3, help="adaptation steps (moca adapt: 3)")
     parser.add_argument("--plans", type=positive_int, default=6,
-                        help="plans or regimes per set (as drawn by the README's runs)")
+                        help="plans or regimes per set (as drawn by the runs of docs/RANDOM-REGIMES.md)")
     parser.add_argument("--test", type=positive_int, default=20, help="test scenarios per plan (seeds 1000+)")
     parser.add_argument("--quick", action="store_true", help="one set, one plan, 1 step, 2 test seeds, sizes 2 4")
     parser.add_argument("--out", type=Path, default=HERE / "clsc2_step_choice.json")

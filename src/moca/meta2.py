@@ -228,8 +228,8 @@ def _validator(config: MetaConfig2, cache: OracleCache2) -> Callable[[LSTMPolicy
 
 
 #: The re-tuning ``moca adapt --model CLSC-2`` runs first, unless told otherwise, on a plan
-#: that changes a rule within the year: the threshold peer's 1,500 candidates (README "The
-#: default re-tuning": on 36 tax-rise plans it took what moca deploys from 0.0057 to 0.0006
+#: that changes a rule within the year: the threshold peer's 1,500 candidates (docs/RANDOM-REGIMES.md,
+#: "The default re-tuning": on 36 tax-rise plans it took what moca deploys from 0.0057 to 0.0006
 #: behind the best re-tuned peer on the mean; on regimes held all year it added nothing, so
 #: there it is off).
 RETUNE_ON_CHANGES = 1500

@@ -206,7 +206,7 @@ def adapt_portfolio(module: LSTMPolicy, regime: Regime | str, steps: int, base: 
 #
 # CLSC-2 has no threshold map and no LSTM over an LP. Its second candidate is the peer itself:
 # the sampled MPC (moca.baselines.mpc2), its safety stock picked on support scenarios. Measured
-# over random regimes (README, "Two candidates"), the adapted LSTM is ahead over the whole
+# over random regimes (docs/RANDOM-REGIMES.md, "Two candidates"), the adapted LSTM is ahead over the whole
 # space and the MPC under high mandates, high carbon taxes and some tight caps. The MPC has no
 # weights: it is deployed as a planner checkpoint (moca.baselines.mpc2.save_planner2).
 
@@ -215,8 +215,8 @@ BASES_2: tuple[str, ...] = ("auto", "default", "mpc")
 #: Support scenarios the MPC's safety stock is picked on (each stock costs one 52-period run
 #: with a two-stage LP per period, about 1-2 s a scenario; the LSTM's steps use all of them).
 #: Two rank the stocks noisily, but shortlisting the best two and deciding on the validation
-#: scenarios changed no choice for the better on the README's 24 random regimes, one for the
-#: worse, for about 10 s more a regime: measured and not kept (README, "Two candidates").
+#: scenarios changed no choice for the better on the 24 random regimes of docs/RANDOM-REGIMES.md,
+#: one for the worse, for about 10 s more a regime: measured and not kept ("Two candidates" there).
 STOCK_SCENARIOS_2 = 2
 
 
