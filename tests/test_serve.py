@@ -651,6 +651,14 @@ def test_the_serve_command_refuses_bad_options(tmp_path):
     out = CliRunner().invoke(app, ["serve", "--data", str(tmp_path / "d"), "--adapt-base", "best"])
     assert out.exit_code == 2 and "--adapt-base" in out.output and "Traceback" not in out.output
     assert "caps, default, auto, map, mpc" in out.output
+    # an empty token, given or from the environment (a secret lookup that came back empty),
+    # is refused: it started the service with authentication off
+    for args, env, named in ((["--token", ""], {}, "--token: empty"), (["--token", " "], {}, "--token: empty"),
+                             ([], {"MOCA_TOKEN": ""}, "MOCA_TOKEN: empty"), ([], {"MOCA_TOKEN": " "}, "MOCA_TOKEN: empty")):
+        # (an address never ours: a service that passed the check fails to bind instead of running on)
+        out = CliRunner().invoke(app, ["serve", "--data", str(tmp_path / "t"), "--host", "192.0.2.1", *args], env=env)
+        assert out.exit_code == 2 and named in out.output, (args, env, out.output)
+        assert not (tmp_path / "t").exists()
 
 
 # ----------------------------------------------------------------------------------------
