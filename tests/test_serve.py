@@ -208,6 +208,30 @@ def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
     assert any(v["version"] == 2 for v in nearest[0]["learned"])
 
 
+def test_a_regulation_label_names_one_regime(client):
+    """``similar_to`` finds a regime by label or id: a label of digits, a preset's name given
+    to another rule, or a label another regime has is refused (422, nothing stored); a
+    preset's own name, and a label posted again for its regime, are accepted."""
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    before = client.get("/v1/regimes").json()
+    for body, named in (({"regime": {"carbon_tax": 10}, "name": "T1"}, "is a preset's name"),
+                        ({"regime": {"carbon_tax": 10}, "name": "1"}, "reads as a regime id"),
+                        ({"regime": "T3", "name": "007"}, "reads as a regime id")):
+        r = client.post("/v1/chains/p1/regulations", json={**body, "effective": 5})
+        assert r.status_code == 422 and r.json()["detail"].startswith("name:") and named in r.json()["detail"], r.text
+    assert client.get("/v1/regimes").json() == before and client.get("/v1/chains/p1").json()["pending_regulations"] == []
+    ok = client.post("/v1/chains/p1/regulations", json={"regime": {"carbon_tax": 10}, "name": "tax 10", "effective": 5})
+    assert ok.status_code == 202, ok.text
+    assert client.post("/v1/chains/p1/regulations", json={"regime": {"carbon_tax": 10}, "name": "tax 10",
+                                                           "effective": 6}).status_code == 202
+    r = client.post("/v1/chains/p1/regulations", json={"regime": {"carbon_tax": 20}, "name": "tax 10", "effective": 7})
+    assert r.status_code == 422 and "already labels regime" in r.json()["detail"], r.text
+    assert client.post("/v1/chains/p1/regulations", json={"regime": TASKS["T3"].model_dump(), "name": "T3",
+                                                           "effective": 8}).status_code == 202
+    names = sorted(str(g["name"]) for g in client.get("/v1/regimes").json())
+    assert names == ["T1", "T3", "tax 10"], names
+
+
 def test_a_version_for_a_later_rule_waits_for_it_while_an_earlier_one_takes_force(client):
     """Two rules announced ahead, both adapted before the first takes force: each version is
     active from its own rule's period (the first's activation retired the second's, and the

@@ -841,6 +841,25 @@ class Store:
                                 (model.name, key, name, key, json.dumps(features), time.time()))
         return cur.lastrowid
 
+    def check_label(self, model: ChainModel, regime, name: str) -> None:
+        """A regulation's ``name`` must label this regime alone (inside a transaction):
+        ``similar_to`` finds regimes by name or id, so a label of digits, a preset's name
+        given to another rule, or another regime's label made it warm-start from the wrong
+        regime, and the dashboard showed two regimes under one name."""
+        from moca.regime import named_regimes
+
+        if re.fullmatch(r"[0-9]+", name):
+            raise ServeError(422, f"name: {name!r} reads as a regime id in similar_to (a label needs a letter)")
+        key = json.dumps(model.regime_dict(regime), sort_keys=True)
+        if name in named_regimes() and json.dumps(model.regime_dict(model.regime(name)), sort_keys=True) != key:
+            raise ServeError(422, f"name: {name!r} is a preset's name, and this rule is not that preset "
+                                  "(give it another label)")
+        row = self.conn.execute("SELECT id FROM regimes WHERE name=? AND NOT (model=? AND key=?)",
+                                (name, model.name, key)).fetchone()
+        if row:
+            raise ServeError(422, f"name: {name!r} already labels regime {row[0]} of the memory, another rule "
+                                  "(give it another label)")
+
     def regime_row(self, regime_id: int) -> dict[str, Any]:
         r = self.one("SELECT id, model, name, regime, features, created FROM regimes WHERE id=?", (regime_id,))
         return {"id": r[0], "model": r[1], "name": r[2], "regime": MODELS[r[1]].shown(json.loads(r[3])),
@@ -1792,6 +1811,8 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         in_force = max(body.effective or 0, memory.last_t + 1)  # (no effective: the next decision)
         next_episode = in_force >= params.horizon
         with store.tx() as c:
+            if body.name is not None:
+                store.check_label(model, regime, body.name)
             regime_id = store.regime_id(model, regime, params, name)
             # The event posted last, posted again while it is pending (a client's retry after a
             # lost answer), is the same event: answered 200 with it, not a second job and
