@@ -241,6 +241,24 @@ def test_vector_env_matches_single_envs_and_autoresets():
     vec.close()
 
 
+def test_a_vector_env_refuses_a_batch_with_a_bad_row_before_any_copy_steps():
+    """SyncVectorEnv steps copy by copy: a NaN in copy 2 was refused after copies 0 and 1
+    had stepped, and a retry left them a period ahead for the rest of the episode."""
+    from moca.safety import SafetyError
+
+    vec = make_vector_env(3, regime="T2")
+    vec.reset(seed=1000)
+    actions = np.zeros((3, 6), np.float32)
+    actions[2, 0] = np.nan
+    with pytest.raises(SafetyError, match=r"actions\[2\].*non-finite"):
+        vec.step(actions)
+    assert [e.unwrapped.t for e in vec.envs] == [0, 0, 0]
+    actions[2, 0] = 0.5
+    vec.step(actions)
+    assert [e.unwrapped.t for e in vec.envs] == [1, 1, 1]
+    vec.close()
+
+
 def test_render_before_reset_params_as_a_dict_and_the_oracle_of_the_other_world():
     """Render before the first reset drew attributes that did not exist yet (AttributeError;
     CLSC-2's env returned None); params given as a dict beside a fixed scenario were refused

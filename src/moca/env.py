@@ -486,6 +486,18 @@ def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, A
 
 
 
+class _CheckedSyncVectorEnv(gym.vector.SyncVectorEnv):
+    """Gymnasium's ``SyncVectorEnv`` with the whole batch of actions checked before any
+    copy steps. It steps copy by copy, so a bad row (NaN in copy 2) was refused after the
+    copies before it had moved on, and a retry left them a period ahead of the others for
+    the rest of the episode without a word."""
+
+    def step(self, actions):
+        for i, row in enumerate(gym.vector.utils.iterate(self.action_space, actions)):
+            safety.action_values(row, f"actions[{i}]", largest=safety.LARGEST_ACTION)
+        return super().step(actions)
+
+
 def make_vector_env(
     n: int,
     regime: Regime | RegimeSchedule | str | Path | None = None,
@@ -508,7 +520,7 @@ def make_vector_env(
         return CircularSupplyChainEnv(regime=regime, params=params, cost_scale=cost_scale,
                                       check_violations=check_violations)
 
-    return gym.vector.SyncVectorEnv([make for _ in range(n)], autoreset_mode=autoreset_mode)
+    return _CheckedSyncVectorEnv([make for _ in range(n)], autoreset_mode=autoreset_mode)
 
 
 def register() -> None:
