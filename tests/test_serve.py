@@ -443,6 +443,35 @@ def test_a_body_not_declared_json_is_415_and_malformed_json_is_named(client):
     assert r.status_code == 422 and r.json()["detail"] == "body: malformed JSON at character 28 (Extra data)"
 
 
+def test_a_body_no_parser_reads_is_refused_naming_why_and_reset_takes_no_fields(client):
+    """Bytes that are not UTF-8, a compressed body and arrays nested past the parser's
+    recursion were a bare 400 "There was an error parsing the body" (a gzip body on the
+    decide path: "malformed JSON"); a reset's body was not read at all, so malformed JSON or
+    unknown fields started a new episode all the same."""
+    import gzip
+
+    client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+    before = _counts(client)
+    json_type = {"content-type": "application/json"}
+    deep = ('{"id": "p2", "regime": ' + "[" * 5000 + "]" * 5000 + "}").encode()
+    for path in ("/v1/chains", "/v1/chains/p1/regulations", "/v1/chains/p1/reset", "/v1/chains/p1/rollback"):
+        r = client.post(path, content=b'{"id": "p2\xff", "regime": "T1"}', headers=json_type)
+        assert r.status_code == 422 and r.json()["detail"] == "body: not UTF-8 text (byte 10; JSON is sent as UTF-8)"
+        r = client.post(path, content=deep, headers=json_type)
+        assert r.status_code == 422 and r.json()["detail"] == "body: nested too deeply to read", (path, r.text)
+    for path in ("/v1/chains", "/v1/chains/p1/decide", "/v1/chains/p1/reset"):
+        r = client.post(path, content=gzip.compress(json.dumps(_obs(0)).encode()),
+                        headers={**json_type, "content-encoding": "gzip"})
+        assert r.status_code == 415 and r.json()["detail"].startswith("content-encoding: 'gzip' is not supported")
+    for body, named in (("{garbage", "body: malformed JSON at character 1"), ('{"episode": 0}', "episode: unknown field"),
+                        ("[]", "body:")):
+        r = client.post("/v1/chains/p1/reset", content=body, headers=json_type)
+        assert r.status_code == 422 and r.json()["detail"].startswith(named), r.text
+    assert _counts(client) == before and client.get("/v1/chains/p1").json()["episode"] == 0
+    assert client.post("/v1/chains/p1/reset", content="{}", headers=json_type).json()["episode"] == 1
+    assert client.post("/v1/chains/p1/reset").json()["episode"] == 2
+
+
 def test_a_body_with_a_key_given_twice_is_refused_naming_the_key(client):
     """The JSON parser keeps the last of a key given twice, so a decision was taken on
     5,000 kg where the body also said 100 kg, and a regulation of 0.2 then 0 posted the

@@ -646,6 +646,11 @@ class RegulationIn(Strict):
     name: str | None = Field(None, max_length=80, description="a label for the regime in the memory")
 
 
+class ResetIn(Strict):
+    """A reset takes no fields: a body, if any, is ``{}`` (one with fields, or malformed,
+    started a new episode all the same, where every other endpoint answers 422)."""
+
+
 class RollbackIn(Strict):
     version: int | None = Field(None, ge=1, le=LARGEST_ID,
                                 description="version to return to (default: the current one's parent)")
@@ -1368,6 +1373,23 @@ def _key_given_twice(body: bytes) -> str | None:
     return None  # (the same key in two different objects)
 
 
+def _not_readable(body: bytes) -> str | None:
+    """Why a body is no JSON text FastAPI's parser can read, where it answered a bare 400
+    ("There was an error parsing the body"): bytes that are not UTF-8, or arrays and objects
+    nested deeper than the parser recurses. None otherwise; malformed JSON is left to the
+    parser, which says at which character. (Not on the decide fast path, whose parser names
+    both itself.)"""
+    try:
+        json.loads(body) if body else None
+    except UnicodeDecodeError as err:
+        return f"body: not UTF-8 text (byte {err.start}; JSON is sent as UTF-8)"
+    except RecursionError:
+        return "body: nested too deeply to read"
+    except ValueError:
+        return None
+    return None
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes is answered 413 before the
     app parses it (by its Content-Length, or while a chunked body streams in), and a body
@@ -1389,6 +1411,10 @@ class BodyLimit:
             problem = _not_json(headers)
             if problem is not None:
                 return await self._refuse(send, 415, f"content-type: {problem}")
+            encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+            if encoding != b"identity":  # (a gzip body was "malformed JSON", or a 400 naming nothing)
+                return await self._refuse(send, 415, f"content-encoding: {encoding.decode('latin-1')!r} is not "
+                                                     "supported; send the JSON uncompressed")
         seen = 0
         started = False
 
@@ -1543,9 +1569,11 @@ def _keys_once_route():
             handler = super().get_route_handler()
 
             async def checked(request):
-                twice = _key_given_twice(await request.body()) if request.method in ("POST", "PUT", "PATCH") else None
-                if twice is not None:
-                    return JSONResponse({"detail": twice}, status_code=422)
+                if request.method in ("POST", "PUT", "PATCH"):
+                    body = await request.body()
+                    problem = _key_given_twice(body) or _not_readable(body)
+                    if problem is not None:
+                        return JSONResponse({"detail": problem}, status_code=422)
                 return await handler(request)  # (it reads the body kept by the request)
 
             return checked
@@ -1767,7 +1795,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     # never interleave (a reset in a thread was answered, then undone by a decision in
     # flight storing its older episode over it).
     @app.post("/v1/chains/{chain}/reset", dependencies=mutating)
-    async def reset(chain: str) -> dict[str, Any]:
+    async def reset(chain: str, body: ResetIn | None = None) -> dict[str, Any]:
         _chain(rt, chain)
         memory = _memory(rt, chain)
         fresh = ChainMemory(memory.episode + 1, -1)
