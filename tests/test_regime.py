@@ -482,3 +482,24 @@ def test_a_json_whole_number_too_long_for_python_is_refused_by_its_field(tmp_pat
     (tmp_path / "big.json").write_text('{"carbon_tax": 12345678901234567890}')  # a long int stays an int
     with pytest.raises(RegimeError, match=r"carbon_tax=12345678901234567890 is outside its valid range"):
         load_regime(tmp_path / "big.json")
+
+
+def test_a_regime_copied_with_changes_is_checked_as_a_new_one():
+    """pydantic's model_copy checks nothing: a copy of T2 with carbon_tax=-500 was a regime
+    that load_regime and the policies took as it was, where the same values given as a dict
+    are refused."""
+    from moca.regime import ScheduledRegime
+
+    t2 = TASKS["T2"]
+    with pytest.raises(RegimeError, match=r"carbon_tax=-500.0 is outside its valid range"):
+        t2.model_copy(update={"carbon_tax": -500.0})
+    with pytest.raises(RegimeError, match=r"unknown"):
+        t2.model_copy(update={"carbon_taxes": 5.0})
+    taxed = t2.model_copy(update={"carbon_tax": 50})
+    assert isinstance(taxed, Regime) and taxed.carbon_tax == 50.0 and taxed.recycled_content_min == t2.recycled_content_min
+    assert t2.model_copy() == t2
+    entry = ScheduledRegime(start=4, carbon_tax=10.0)
+    moved = entry.model_copy(update={"start": 8})
+    assert isinstance(moved, ScheduledRegime) and moved.start == 8 and moved.carbon_tax == 10.0
+    with pytest.raises(RegimeError, match="start"):
+        entry.model_copy(update={"start": -1})

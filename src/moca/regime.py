@@ -20,7 +20,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import yaml
@@ -127,6 +127,18 @@ class Regime(BaseModel):
         if data.get(WINDOW_FIELD) == 1:
             data.pop(WINDOW_FIELD)
         return data
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False):
+        """A copy; with ``update``, checked as a new regime (pydantic's own copy checks
+        nothing, so ``model_copy(update={"carbon_tax": -500})`` made a regime that
+        ``load_regime`` and the policies took as it was). Raises :class:`RegimeError`
+        naming the field."""
+        if not update:
+            return super().model_copy(deep=deep)
+        try:
+            return type(self).model_validate({**self.model_dump(), **update})
+        except ValidationError as err:
+            raise RegimeError(_first_error(err)) from None
 
     def as_row(self) -> np.ndarray:
         """The regime as one row of the dense table (float64, cap None -> inf)."""
