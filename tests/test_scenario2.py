@@ -289,3 +289,16 @@ def test_library_calls_of_the_wrong_kind_are_named():
         rule_impact(Regime(carbon_tax=10), [draw_scenario2(1)])
     with pytest.raises(ScenarioError, match="scenario: expected a file path or JSON text, got NoneType"):
         load_scenario(None)
+
+
+def test_params_copied_with_changes_are_checked_as_new_ones():
+    """pydantic's model_copy checks nothing: the default params with cap_produce=-1 were
+    taken by every engine as they were, where the same values in a file are refused."""
+    for kind in (Params, Params2):
+        with pytest.raises(ScenarioError, match=r"params.cap_produce=-1.0 must be > 0"):
+            kind().model_copy(update={"cap_produce": -1.0})
+        with pytest.raises(ScenarioError, match=r"params.capacity: unknown parameter"):
+            kind().model_copy(update={"capacity": 1.0})
+        changed = kind().model_copy(update={"cap_produce": 900.0})
+        assert isinstance(changed, kind) and changed.cap_produce == 900.0 and changed.mass == kind().mass
+        assert kind().model_copy() == kind()

@@ -78,7 +78,26 @@ class RegimeError(ValueError):
     """An invalid regime or schedule; the message names field, value and valid range."""
 
 
-class Regime(BaseModel):
+class CheckedCopy:
+    """A pydantic model whose ``model_copy(update=...)`` checks the result as a new one
+    (pydantic's own copy checks nothing: a copy of T2 with ``carbon_tax=-500``, or of the
+    default params with ``cap_produce=-1``, was taken by every engine as it was, where the
+    same values as a dict are refused). The error is the model's own (:meth:`_copy_error`)."""
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False):
+        if not update:
+            return super().model_copy(deep=deep)
+        try:
+            return type(self).model_validate({**self.model_dump(), **update})
+        except ValidationError as err:
+            raise self._copy_error(err) from None
+
+    @classmethod
+    def _copy_error(cls, err: ValidationError) -> Exception:
+        return ValueError(str(err))
+
+
+class Regime(CheckedCopy, BaseModel):
     """The rules in force in one period. A field left out means no such rule."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -128,17 +147,9 @@ class Regime(BaseModel):
             data.pop(WINDOW_FIELD)
         return data
 
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False):
-        """A copy; with ``update``, checked as a new regime (pydantic's own copy checks
-        nothing, so ``model_copy(update={"carbon_tax": -500})`` made a regime that
-        ``load_regime`` and the policies took as it was). Raises :class:`RegimeError`
-        naming the field."""
-        if not update:
-            return super().model_copy(deep=deep)
-        try:
-            return type(self).model_validate({**self.model_dump(), **update})
-        except ValidationError as err:
-            raise RegimeError(_first_error(err)) from None
+    @classmethod
+    def _copy_error(cls, err: ValidationError) -> Exception:
+        return RegimeError(_first_error(err))
 
     def as_row(self) -> np.ndarray:
         """The regime as one row of the dense table (float64, cap None -> inf)."""

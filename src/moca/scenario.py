@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from moca.files import parse_problem, unique_keys, whole_number
 from moca.limits import is_whole
-from moca.regime import Regime, RegimeError, RegimeSchedule, key_not_text
+from moca.regime import CheckedCopy, Regime, RegimeError, RegimeSchedule, key_not_text
 
 MODEL_NAME = "CLSC-1"
 
@@ -42,6 +42,15 @@ LONGEST_DELAY = 520
 #: the noise's median is already 1% of its mean; at 1e12 every draw was 0 (exp(-sd**2/2)
 #: underflows) and a chain "with demand 1000 on average" sold nothing, without a word.
 WIDEST_LOG_SPREAD = 3.0
+
+
+def params_problem(err: ValidationError) -> str:
+    """One line for params that did not validate: an unknown key named as such, else the
+    first rule broken (the validators' messages name the parameter)."""
+    first = err.errors()[0]
+    if first["type"] == "extra_forbidden":
+        return f"params.{'.'.join(str(p) for p in first['loc'])}: unknown parameter"
+    return first["msg"].removeprefix("Value error, ")
 
 
 def validation_reason(err: Exception) -> str:
@@ -69,10 +78,14 @@ def _check_magnitude(name: str, value: float) -> None:
                          "what the hindsight LP solves reliably)")
 
 
-class Params(BaseModel):
+class Params(CheckedCopy, BaseModel):
     """CLSC-1 parameters (spec, "Default parameters"); JSON keys as in the scenario file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def _copy_error(cls, err: ValidationError) -> Exception:
+        return ScenarioError(params_problem(err))
 
     horizon: int = 52
     mass: float = 2.0  # kg material per product
@@ -235,11 +248,7 @@ def _read_header(data: Any, params_model: type[BaseModel], model: str, series: S
     try:
         params = params_model(**params_data)
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            raise ScenarioError(f"params.{field}: unknown parameter") from None
-        raise ScenarioError(first["msg"].removeprefix("Value error, ")) from None
+        raise ScenarioError(params_problem(err)) from None
     except TypeError as err:  # e.g. non-string keys
         raise ScenarioError(f"params: {err}") from None
     try:
@@ -542,7 +551,7 @@ _SHARE_2 = {"yield_refurbish", "yield_disassembly_a", "yield_disassembly_b", "re
             "supply_down_prob", "supply_up_prob", "market_avail_min"}
 
 
-class Params2(BaseModel):
+class Params2(CheckedCopy, BaseModel):
     """CLSC-2 parameters; attribute names are the scenario file's JSON keys.
 
     Keys marked "drawing only" shape how :func:`draw_scenario2` draws a scenario's series;
@@ -550,6 +559,10 @@ class Params2(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def _copy_error(cls, err: ValidationError) -> Exception:
+        return ScenarioError(params_problem(err))
 
     horizon: int = 52
     mass: float = 2.0  # kg material per product
