@@ -648,3 +648,31 @@ def test_an_interrupted_training_says_which_weights_its_checkpoint_holds(capsys)
     line = _trained_line("ck", "CLSC-2, fomaml", {"meta_steps": 6, "wall_seconds": 3.0, "selected_step": 0},
                          {"validation_zero_shot_before": 0.95, "validation_zero_shot_after": 0.95})
     assert line.endswith("0.9500 -> 0.9500 (the weights after meta step 0, the best on validation)")
+
+
+def test_a_maml_outer_step_refused_for_a_nan_query_loss_can_be_retried_and_spent_learners_are_named():
+    """The NaN was found only in the meta-gradient, after taking it had freed the learners'
+    inner steps, so a retry with a finite loss failed in torch ("backward through the graph
+    a second time"), as did a second outer step through the same learners; a complex loss
+    failed in torch too."""
+    model, data = _tiny()
+    meta = MetaLearner(model, "maml", inner_lr=0.1)
+    learner = meta.clone()
+    learner.adapt(_loss(model, learner.weights, data["xs"], data["ys"]))
+    query = _loss(model, learner.weights, data["xq"], data["yq"])
+    with pytest.raises(MetaError, match="meta step 1: the meta-gradient is not finite .*query_loss is nan"):
+        meta.outer_step([learner], query * math.nan)
+    assert math.isfinite(meta.outer_step([learner], query)) and meta.steps_taken == 1
+    with pytest.raises(MetaError, match="learners: a MAML outer step already went through their inner steps"):
+        meta.outer_step([learner], _loss(model, learner.weights, data["xq"], data["yq"]))
+    fresh = meta.clone()
+    fresh.adapt(_loss(model, fresh.weights, data["xs"], data["ys"]))
+    with pytest.raises(MetaError, match="query_loss: a complex number"):
+        meta.outer_step([fresh], _loss(model, fresh.weights, data["xq"], data["yq"]) * (1 + 1j))
+    assert math.isfinite(meta.outer_step([fresh], _loss(model, fresh.weights, data["xq"], data["yq"])))
+    # first-order MAML takes no gradient through the inner steps: its learners can serve again
+    fo = MetaLearner(model, "fomaml", inner_lr=0.1)
+    again = fo.clone()
+    again.adapt(_loss(model, again.weights, data["xs"], data["ys"]))
+    for _ in range(2):
+        assert math.isfinite(fo.outer_step([again], _loss(model, again.weights, data["xq"], data["yq"])))

@@ -105,6 +105,9 @@ class Learner:
         self.meta = meta
         self.weights = weights
         self.start_grad: Weights | None = None  # gradient of the first inner loss, at the meta weights
+        #: A MAML outer step took the meta-gradient through this learner's inner steps, and
+        #: freed their graph: another one through it would fail deep in torch.
+        self.spent = False
 
     def __call__(self, *args: Any) -> Any:
         return functional_call(self.meta.module, self.weights, args)
@@ -119,6 +122,8 @@ def _check_loss(loss: Any, what: str) -> None:
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         shape = f"a tensor of shape {list(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
         raise MetaError(f"{what}: expected a one-number tensor (e.g. a mean over scenarios), got {shape}")
+    if loss.is_complex():  # (torch: "grad can be implicitly created only for real scalar outputs")
+        raise MetaError(f"{what}: a complex number; expected a real loss")
     if not loss.requires_grad:
         raise MetaError(f"{what}: does not depend on the learners' weights (no gradient flows back from it): "
                         "compute it through the learner, learner(inputs)")
@@ -245,6 +250,16 @@ class MetaLearner:
             raise MetaError("learners: zero_shot_weight needs every learner to have taken an inner step")
         if query_loss is not None and self.algorithm != "reptile":
             _check_loss(query_loss, "query_loss")
+            # Checked before the gradient is taken: taking it frees the learners' inner steps,
+            # and a retry with a finite loss failed in torch ("backward through the graph a
+            # second time").
+            if not torch.isfinite(query_loss.detach()).all():
+                raise MetaError(f"meta step {self.steps_taken + 1}: the meta-gradient is not finite (NaN or inf): "
+                                f"query_loss is {float(query_loss.detach()):g}; the losses diverged; lower "
+                                "inner_lr, outer_lr or correction_weight")
+        if self.algorithm == "maml" and any(learner.spent for learner in learners):
+            raise MetaError("learners: a MAML outer step already went through their inner steps, and freed them: "
+                            "clone and adapt new learners for the next step")
         direction = self._direction(learners, query_loss)
         if self.zero_shot_weight > 0:
             for k in direction:
@@ -267,6 +282,9 @@ class MetaLearner:
         if all(g is None for g in grads):
             raise MetaError("query_loss: does not depend on the learners' weights: compute it through the adapted "
                             "learners, learner(inputs)")
+        if self.algorithm == "maml":
+            for learner in learners:
+                learner.spent = True
         if self.algorithm == "maml":
             return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), grads)}
         out = {k: torch.zeros_like(p) for k, p in params.items()}
