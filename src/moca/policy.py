@@ -830,7 +830,10 @@ class DeployedPolicy:
         """The executed action ``[6]`` at period ``t`` from the post-arrival state:
         ``stocks`` (V, M, P, C, B), ``pipeline`` ``[L_v-1]`` kg, ``sales_history`` ``[L_r]``
         units, ``regime`` ``[5]`` (cap absent = inf), ``return_frac`` rho_t, ``last_demand``
-        d_{t-1} (None at t = 0)."""
+        d_{t-1} (None at t = 0). The hot path: it trusts its inputs, which the simulator and
+        the service have checked (a negative stock or a skipped period gives an action, NaN a
+        :class:`moca.safety.SafetyError` about the raw action); :meth:`decide_period` and
+        :meth:`decide_observation` check each input by name."""
         if self.base_rule is not None:
             action, self.last_raw, self._frames, self._state = deployed_decision(
                 self.step, self.spec, self._frames, self._state, t, stocks, pipeline, sales_history, regime,
