@@ -8,11 +8,13 @@ directory. Every process a test starts is killed in a ``finally``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -216,7 +218,7 @@ def test_a_regulation_label_names_one_regime(client):
     before = client.get("/v1/regimes").json()
     for body, named in (({"regime": {"carbon_tax": 10}, "name": "T1"}, "is a preset's name"),
                         ({"regime": {"carbon_tax": 10}, "name": "1"}, "reads as a regime id"),
-                        ({"regime": "T3", "name": "007"}, "reads as a regime id")):
+                        ({"regime": "T3", "name": "12"}, "reads as a regime id")):
         r = client.post("/v1/chains/p1/regulations", json={**body, "effective": 5})
         assert r.status_code == 422 and r.json()["detail"].startswith("name:") and named in r.json()["detail"], r.text
     assert client.get("/v1/regimes").json() == before and client.get("/v1/chains/p1").json()["pending_regulations"] == []
@@ -230,6 +232,10 @@ def test_a_regulation_label_names_one_regime(client):
                                                            "effective": 8}).status_code == 202
     names = sorted(str(g["name"]) for g in client.get("/v1/regimes").json())
     assert names == ["T1", "T3", "tax 10"], names
+    # a label is the model's: CLSC-2's T1 (W = 52) is another rule than CLSC-1's, also named T1
+    assert client.post("/v1/chains", json={"id": "p2", "model": "clsc-2", "regime": "T1"}).status_code == 201
+    r = client.post("/v1/chains/p2/regulations", json={"regime": "T1", "name": "T1", "effective": 5})
+    assert r.status_code == 202, r.text
 
 
 def test_a_version_for_a_later_rule_waits_for_it_while_an_earlier_one_takes_force(client):
@@ -878,12 +884,14 @@ def test_kill9_mid_adaptation_and_mid_decisions_loses_nothing_acknowledged(servi
     thread = threading.Thread(target=fire)
     thread.start()
     time.sleep(0.3)
-    # (the job takes >= 1.3 s, so it is nearly always still running here; one that ended
-    # first under a quirk of scheduling is simply not re-run, and is checked as such)
-    running_at_crash = s.http.get(f"/v1/jobs/{reg['job']}").json()["state"] == "running"
     s.kill()  # mid-adaptation (the job is running) and mid-write (decisions in flight)
     stop.set()
     thread.join(timeout=10)
+    # (the job takes >= 1.3 s, so it is nearly always still running at the crash; one that
+    # ended first under a quirk of scheduling is not re-run, and is checked as such: its
+    # state as the restart's recovery will read it)
+    with contextlib.closing(sqlite3.connect(data / "moca.sqlite3")) as db:
+        running_at_crash = db.execute("SELECT state FROM jobs WHERE id=?", (reg["job"],)).fetchone()[0] == "running"
     s = services(data)
     chain = s.http.get("/v1/chains/p1").json()
     assert chain["pending_regulations"][0]["effective"] == 40
@@ -971,7 +979,6 @@ def test_a_database_this_user_cannot_write_is_refused_before_the_service_starts(
     """A database file the service's user may read but not write opens read-only without a
     word; the start-up recovery's first write then failed with a traceback after the banner.
     (Opened here read-only as SQLite opens such a file: tests may run as root.)"""
-    import sqlite3
 
     from moca import serve
     from moca.serve import StoreError
