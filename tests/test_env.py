@@ -253,9 +253,18 @@ def test_a_vector_env_refuses_a_batch_with_a_bad_row_before_any_copy_steps():
     with pytest.raises(SafetyError, match=r"actions\[2\].*non-finite"):
         vec.step(actions)
     assert [e.unwrapped.t for e in vec.envs] == [0, 0, 0]
+    with pytest.raises(SafetyError, match="actions: expected one row per copy, 3, got 2"):
+        vec.step(np.zeros((2, 6), np.float32))  # (zip(strict=True) found it after two copies had stepped)
+    assert [e.unwrapped.t for e in vec.envs] == [0, 0, 0]
     actions[2, 0] = 0.5
     vec.step(actions)
     assert [e.unwrapped.t for e in vec.envs] == [1, 1, 1]
+    for _ in range(51):
+        vec.step(actions)
+    # the next step resets every copy (next-step autoreset): their actions are not used, so a
+    # placeholder is not refused
+    vec.step(np.full((3, 6), np.nan, np.float32))
+    assert [e.unwrapped.t for e in vec.envs] == [0, 0, 0]
     vec.close()
 
 

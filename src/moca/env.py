@@ -493,8 +493,17 @@ class _CheckedSyncVectorEnv(gym.vector.SyncVectorEnv):
     the rest of the episode without a word."""
 
     def step(self, actions):
-        for i, row in enumerate(gym.vector.utils.iterate(self.action_space, actions)):
-            safety.action_values(row, f"actions[{i}]", largest=safety.LARGEST_ACTION)
+        shape = (self.num_envs, *self.single_action_space.shape)
+        if not (isinstance(actions, np.ndarray) and actions.shape == shape and actions.dtype.kind == "f"
+                and np.isfinite(actions).all() and np.abs(actions).max() <= safety.LARGEST_ACTION):
+            # (else every row passes: one check for the batch; here, name the row)
+            rows = list(gym.vector.utils.iterate(self.action_space, actions))
+            if len(rows) != self.num_envs:  # (zip(strict=True) found it after the copies before had stepped)
+                raise safety.SafetyError(f"actions: expected one row per copy, {self.num_envs}, got {len(rows)}")
+            resetting = self.autoreset_mode == gym.vector.AutoresetMode.NEXT_STEP
+            for i, row in enumerate(rows):
+                if not (resetting and self._autoreset_envs[i]):  # (its action is not used: it resets)
+                    safety.action_values(row, f"actions[{i}]", largest=safety.LARGEST_ACTION)
         return super().step(actions)
 
 
