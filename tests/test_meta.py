@@ -660,7 +660,7 @@ def test_a_maml_outer_step_refused_for_a_nan_query_loss_can_be_retried_and_spent
     learner = meta.clone()
     learner.adapt(_loss(model, learner.weights, data["xs"], data["ys"]))
     query = _loss(model, learner.weights, data["xq"], data["yq"])
-    with pytest.raises(MetaError, match="meta step 1: the meta-gradient is not finite .*query_loss is nan"):
+    with pytest.raises(MetaError, match="query_loss is nan, not finite: the losses diverged"):
         meta.outer_step([learner], query * math.nan)
     assert math.isfinite(meta.outer_step([learner], query)) and meta.steps_taken == 1
     with pytest.raises(MetaError, match="learners: a MAML outer step already went through their inner steps"):

@@ -254,9 +254,9 @@ class MetaLearner:
             # and a retry with a finite loss failed in torch ("backward through the graph a
             # second time").
             if not torch.isfinite(query_loss.detach()).all():
-                raise MetaError(f"meta step {self.steps_taken + 1}: the meta-gradient is not finite (NaN or inf): "
-                                f"query_loss is {float(query_loss.detach()):g}; the losses diverged; lower "
-                                "inner_lr, outer_lr or correction_weight")
+                # (no step number: a worker of the sharded meta-training counts none)
+                raise MetaError(f"query_loss is {float(query_loss.detach()):g}, not finite: the losses diverged; "
+                                "lower inner_lr, outer_lr or correction_weight")
         if self.algorithm == "maml" and any(learner.spent for learner in learners):
             raise MetaError("learners: a MAML outer step already went through their inner steps, and freed them: "
                             "clone and adapt new learners for the next step")

@@ -115,9 +115,9 @@ class Oracle2Result:
     # period. Never on the seed tasks (seeds 1000-1019), but common elsewhere: in a
     # development audit, 22 of 30 random regime schedules (default params) withheld some,
     # the replay 0.04% above oracle_cost on the median and 1.5% at most, the largest under
-    # a landfill tax (docs/MODEL-2.md: 4.4% under one of 100 EUR/core). There oracle_cost
-    # is a strict lower bound that no policy reaches, and exact_sales=True gives the best
-    # plan that replays exactly.
+    # a landfill tax (docs/MODEL-2.md: the replay 5.2% above under one of 100 EUR/core).
+    # There oracle_cost is a strict lower bound that no policy reaches, and
+    # exact_sales=True gives the best plan that replays exactly.
     withheld: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 

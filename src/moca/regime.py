@@ -88,7 +88,9 @@ class CheckedCopy:
         if not update:
             return super().model_copy(deep=deep)
         try:
-            return type(self).model_validate({**self.model_dump(), **update})
+            # (the fields set, as pydantic's copy keeps them: a validator that names the field
+            # given, e.g. Params2's demand_amp order, then names the one the caller changed)
+            return type(self).model_validate({**self.model_dump(exclude_unset=True), **update})
         except ValidationError as err:
             raise self._copy_error(err) from None
 
