@@ -495,3 +495,32 @@ def test_a_regime_row_with_a_none_cap_is_no_cap_in_every_check():
             violations(np.stack([raw, raw]), *stocks, bad, PARAMS)
     with pytest.raises(SafetyError, match=re.escape("regime emission_cap=nan must be >= 0")):
         project(raw, 2000.0, 300.0, 800.0, [0, 0, math.nan, 0, 0], PARAMS)
+
+
+def test_the_batch_projection_of_a_far_away_raw_action_is_the_nearest_point():
+    """A candidate computed from a target ~1e7 capacities away carries round-off of ~1e-9,
+    which the candidate tolerance (1e-10) refused: the batch path passed over the nearest
+    point for a farther one (f = 106 instead of 300 here), in about 1 of 10 raw actions of
+    1e10-1e12 kg, which action files accept (the deployment path was right)."""
+    p = Params()
+    scale = np.asarray(p.action_scale)
+    V, M, C = 5836.628993021797, 1574.2218264098892, 563.0382203563718
+    regime = np.array([0.019116487016932825, 0.0, math.inf, 0.0, 0.0])
+    raw = np.array([-55606954219.99965, 48428847701.31396, 22758780031.17896, -4836238185.986305,
+                    2254999541.165859, 22221783642.9754])
+    batch = project_batch(torch.tensor(raw[None]), _state([V], [M], [C]), torch.tensor(regime[None]), p)[0].numpy()
+    np.testing.assert_allclose(batch, project(raw, V, M, C, regime, p), atol=1e-6)
+    assert batch[4] == pytest.approx(300.0)
+    rng = np.random.default_rng(3)
+    for _ in range(60):  # (random states, regimes with and without a cap, raw actions of 1e9-1e12 kg)
+        V, M, C = rng.uniform(0, 8000), rng.uniform(0, 3000), rng.uniform(0, 1500)
+        regime = np.array([rng.choice([0.0, rng.uniform(0, 0.9)]), rng.uniform(0, 300),
+                           rng.choice([math.inf, rng.uniform(500, 20000)]), rng.uniform(0, 100),
+                           rng.choice([0.0, rng.uniform(0, 0.95)])])
+        raw = rng.normal(size=6)
+        raw = raw / np.abs(raw).max() * 10 ** rng.uniform(9, 12)
+        batch = project_batch(torch.tensor(raw[None]), _state([V], [M], [C]), torch.tensor(regime[None]), p)[0].numpy()
+        exact = project(raw, V, M, C, regime, p)
+        distance = lambda a: np.linalg.norm((a - raw) / scale)  # noqa: E731
+        assert distance(batch) <= distance(exact) + 1e-6, (raw, V, M, C, regime, batch, exact)
+        assert is_feasible(batch, V, M, C, regime, p)
