@@ -115,12 +115,20 @@ def test_malformed_or_mismatched_clsc2_scenario_files_name_the_field(files, tmp_
     other_chain = broken("o.json", lambda d: d["params"].__setitem__("cap_order", 4500))
     assert_bad_input(run("evaluate", "--policy", "oracle", "--scenario", files.scenario, "--scenario", other_chain),
                      "o.json", "cap_order", "params differ")
+    # another plan: a policy is prepared for one (the first file's), so the score hung on the order
+    other_plan = broken("plan.json", lambda d: d["regimes"][0].__setitem__("carbon_tax", 55.0))
+    assert_bad_input(run("evaluate", "--policy", "threshold", "--scenario", files.scenario, "--scenario", other_plan),
+                     "plan.json", "regime schedule differs", "one plan at a time")
     clsc1 = tmp_path / "one.json"
     assert run("scenario", "new", "--seed", 1, "-o", clsc1).returncode == 0
     assert_bad_input(run("evaluate", "--model", "CLSC-2", "--policy", "oracle", "--scenario", clsc1),
                      "one.json", "CLSC-1", "--model CLSC-2")
     assert_bad_input(run("evaluate", "--policy", "oracle", "--scenario", files.scenario, "--scenario", clsc1),
                      "one.json", "CLSC-1")
+    clsc1_t2 = tmp_path / "two.json"
+    assert run("scenario", "new", "--seed", 1, "--regime", "T2", "-o", clsc1_t2).returncode == 0
+    assert_bad_input(run("evaluate", "--policy", "threshold", "--scenario", clsc1, "--scenario", clsc1_t2),
+                     "two.json", "regime schedule differs")
     assert_bad_input(run("evaluate", "--policy", "mpc-informed", "--scenario", files.scenario), "mpc-informed")
 
 

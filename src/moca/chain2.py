@@ -76,7 +76,8 @@ def other_params_warning(trained: Any, params: Any, where: str, adapting: bool =
 def load_scenario_files(paths: Sequence[Path], model: str | None) -> tuple[str, list[Any]]:
     """The scenarios of ``--scenario`` files and their world: each file's ``"model"``
     (absent = CLSC-1) must agree with the others and with ``model`` (``--model``, None:
-    not given). Every file must have the same parameters (one chain per evaluation)."""
+    not given). Every file must have the same parameters and regime schedule (one chain
+    and one plan per evaluation)."""
     scenarios = []
     for path in paths:
         try:
@@ -97,6 +98,13 @@ def load_scenario_files(paths: Sequence[Path], model: str | None) -> tuple[str, 
             raise ScenarioError(f"--scenario {path}: params differ from {paths[0]}'s"
                                 + (f" ({changed[0]})" if changed else "")
                                 + "; score the files of one chain at a time")
+        # (a policy is prepared for the first file's plan: the rule tuned, the MPC's stock
+        # re-picked and its plan read, the checkpoint adapted; the others were scored with it,
+        # and the result hung on the files' order: 0.936 or 0.972 for the same two files)
+        if scenario.schedule != scenarios[0].schedule:
+            raise ScenarioError(f"--scenario {path}: its regime schedule differs from {paths[0]}'s, and a policy is "
+                                "prepared for one plan (tuned, re-picked or adapted for it); score the files of one "
+                                "plan at a time")
     return chosen, scenarios
 
 

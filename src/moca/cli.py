@@ -566,7 +566,8 @@ def evaluate(
                                               "1500 on a plan whose rules change, 0 on a regime held all year)."),
     params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP),
     scenario_files: Optional[list[Path]] = typer.Option(None, "--scenario", help="Score on this scenario file instead "
-                                                        "of drawing (repeat for several; overrides --regime, --params, "
+                                                        "of drawing (repeat for several of one chain and one regime "
+                                                        "plan; overrides --regime, --params, "
                                                         "--scenarios and --seed; a CLSC-2 file's \"model\" chooses "
                                                         "CLSC-2)."),
     model: Optional[str] = typer.Option(None, "--model", help="The world: CLSC-1 (default) | CLSC-2 (docs/MODEL-2.md); "
