@@ -129,6 +129,11 @@ def test_malformed_or_mismatched_clsc2_scenario_files_name_the_field(files, tmp_
     assert run("scenario", "new", "--seed", 1, "--regime", "T2", "-o", clsc1_t2).returncode == 0
     assert_bad_input(run("evaluate", "--policy", "threshold", "--scenario", clsc1, "--scenario", clsc1_t2),
                      "two.json", "regime schedule differs")
+    same_plan = tmp_path / "same.json"  # (one plan written another way: its entry repeated from period 10)
+    data = json.loads(clsc1.read_text())
+    data["regimes"].append({**data["regimes"][0], "start": 10})
+    same_plan.write_text(json.dumps(data))
+    assert run("evaluate", "--policy", "oracle", "--scenario", clsc1, "--scenario", same_plan).returncode == 0
     assert_bad_input(run("evaluate", "--policy", "mpc-informed", "--scenario", files.scenario), "mpc-informed")
 
 

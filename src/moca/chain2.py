@@ -73,6 +73,15 @@ def other_params_warning(trained: Any, params: Any, where: str, adapting: bool =
             f"(--adapt-steps, moca adapt {world}--params FILE) or train on it (moca train {world}--params FILE)")
 
 
+def _same_plan(a: Any, b: Any) -> bool:
+    """Whether two scenarios of one chain have the same rules in every period (CLSC-2: and
+    the same accounting windows): compared period by period, so that two ways of writing one
+    plan (an entry repeated, one starting past the horizon) are one plan."""
+    if not np.array_equal(a.regime_table(), b.regime_table()):
+        return False
+    return not hasattr(a, "window_table") or np.array_equal(a.window_table(), b.window_table())
+
+
 def load_scenario_files(paths: Sequence[Path], model: str | None) -> tuple[str, list[Any]]:
     """The scenarios of ``--scenario`` files and their world: each file's ``"model"``
     (absent = CLSC-1) must agree with the others and with ``model`` (``--model``, None:
@@ -101,7 +110,7 @@ def load_scenario_files(paths: Sequence[Path], model: str | None) -> tuple[str, 
         # (a policy is prepared for the first file's plan: the rule tuned, the MPC's stock
         # re-picked and its plan read, the checkpoint adapted; the others were scored with it,
         # and the result hung on the files' order: 0.936 or 0.972 for the same two files)
-        if scenario.schedule != scenarios[0].schedule:
+        if not _same_plan(scenario, scenarios[0]):
             raise ScenarioError(f"--scenario {path}: its regime schedule differs from {paths[0]}'s, and a policy is "
                                 "prepared for one plan (tuned, re-picked or adapted for it); score the files of one "
                                 "plan at a time")
