@@ -860,8 +860,8 @@ def _nearest_feasible(y: np.ndarray, candidates: list[tuple[np.ndarray, np.ndarr
     best = np.full(y.shape, np.nan)
     best_dist = np.full(y.shape[1], np.inf)
     # A candidate computed from a far-away target carries its round-off (z = y - nu g, both
-    # terms of y's size): 64 units in the last place of the target, where that is more than
-    # the tolerance (targets beyond ~1.6e4 capacities). With the tolerance alone, the nearest
+    # terms of y's size): 64 machine epsilons of the target's largest entry, where that is
+    # more than the tolerance (targets beyond ~7e3 capacities). With the tolerance alone, the nearest
     # candidate of a target 2.7e7 capacities away broke its row by 8e-10 and was passed over
     # for a farther one; that point then set the ray the far-target step re-projects along.
     tol = np.maximum(_CANDIDATE_TOL, 64 * np.finfo(np.float64).eps * np.abs(y).max(0))
