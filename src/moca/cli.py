@@ -2023,9 +2023,9 @@ def serve(
     # (click reads an empty MOCA_TOKEN as unset: a secret lookup that came back empty,
     # MOCA_TOKEN="$(cat missing-file)", started the service with authentication off)
     from_env = os.environ.get("MOCA_TOKEN")
-    if (token is None and from_env is not None) or (token is not None and not token.strip()):
-        _fail("MOCA_TOKEN: empty (unset it to run without authentication)" if token in (None, from_env)
-              else "--token: empty")
+    token = from_env if token is None else token
+    if token is not None and not token.strip():
+        _fail("MOCA_TOKEN: empty (unset it to run without authentication)" if token == from_env else "--token: empty")
     if adapt_base not in SERVICE_BASES:
         _fail(f"--adapt-base: {adapt_base!r} is not one of {', '.join(SERVICE_BASES)}")
 

@@ -285,7 +285,6 @@ class MetaLearner:
         if self.algorithm == "maml":
             for learner in learners:
                 learner.spent = True
-        if self.algorithm == "maml":
             return {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), grads)}
         out = {k: torch.zeros_like(p) for k, p in params.items()}
         for own in _per_learner(grads, learners, keys):

@@ -1375,20 +1375,25 @@ def _key_given_twice(body: bytes) -> str | None:
     return None  # (the same key in two different objects)
 
 
-def _not_readable(body: bytes) -> str | None:
-    """Why a body is no JSON text FastAPI's parser can read, where it answered a bare 400
-    ("There was an error parsing the body"): bytes that are not UTF-8, or arrays and objects
-    nested deeper than the parser recurses. None otherwise; malformed JSON is left to the
-    parser, which says at which character. (Not on the decide fast path, whose parser names
-    both itself.)"""
+def _body_problem(body: bytes) -> str | None:
+    """Why a body of the routes other than decide is refused before FastAPI parses it, from
+    one parse (they are not the hot path, so no key scan first as in :func:`_key_given_twice`):
+    a key given twice in one object, bytes that are not UTF-8, or arrays and objects nested
+    deeper than the parser recurses (FastAPI answered these two with a bare 400, "There was
+    an error parsing the body"). None otherwise; malformed JSON is left to FastAPI's parser,
+    which says at which character. (The decide fast path's parser names the last two itself.)"""
+    if not body:
+        return None
     try:
-        json.loads(body) if body else None
+        json.loads(body, object_pairs_hook=unique_keys)
     except UnicodeDecodeError as err:
         return f"body: not UTF-8 text (byte {err.start}; JSON is sent as UTF-8)"
     except RecursionError:
         return "body: nested too deeply to read"
-    except ValueError:
+    except json.JSONDecodeError:
         return None
+    except ValueError as err:  # (unique_keys: a key given twice)
+        return f"body: {err}"
     return None
 
 
@@ -1573,7 +1578,7 @@ def _keys_once_route():
             async def checked(request):
                 if request.method in ("POST", "PUT", "PATCH"):
                     body = await request.body()
-                    problem = _key_given_twice(body) or _not_readable(body)
+                    problem = _body_problem(body)
                     if problem is not None:
                         return JSONResponse({"detail": problem}, status_code=422)
                 return await handler(request)  # (it reads the body kept by the request)
