@@ -190,6 +190,36 @@ def test_ctrl_c_that_breaks_an_import_is_an_interruption_not_a_bug(monkeypatch, 
         signal.signal(signal.SIGINT, handler)
 
 
+def test_a_ctrl_c_inside_the_import_system_is_sent_again_outside_it(monkeypatch):
+    """Raised inside importlib's module-lock callback, the KeyboardInterrupt was "ignored" by
+    Python and the command ran on to its end (a CI run timed out so): there the handler sends
+    SIGINT again a moment later instead of raising; elsewhere it raises."""
+    import signal
+    import time
+    import types
+
+    from moca import cli
+
+    monkeypatch.setattr(cli._CtrlC, "seen", False)
+    in_import = types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename="<frozen importlib._bootstrap>"))
+    elsewhere = types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename=cli.__file__))
+    arrived: list[int] = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: arrived.append(signum))
+    try:
+        try:
+            cli._CtrlC.handle(signal.SIGINT, in_import)
+        except KeyboardInterrupt:
+            pytest.fail("raised inside the import system, where Python may ignore it")
+        deadline = time.monotonic() + 10
+        while not arrived and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert arrived == [signal.SIGINT] and cli._CtrlC.seen
+        with pytest.raises(KeyboardInterrupt):
+            cli._CtrlC.handle(signal.SIGINT, elsewhere)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
 def test_names_the_user_chose_are_printed_as_written(tmp_path):
     # Paths, labels and values are the user's text: "[red]" is not markup, "[/i]" no unmatched
     # tag (it was an internal error after the file was written), ":100:" no emoji.

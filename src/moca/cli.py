@@ -2297,6 +2297,17 @@ class _CtrlC:
     @classmethod
     def handle(cls, signum: int, frame: Any) -> None:
         cls.seen = True
+        if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+            # Raised here, it may land in the import system's module-lock callback, where
+            # Python prints "Exception ignored" and runs on: the Ctrl-C was lost and the
+            # command ran to its end (an evaluation imports as it goes). Sent again a moment
+            # later, it arrives outside the import.
+            import threading
+
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+            return
         raise KeyboardInterrupt
 
 
