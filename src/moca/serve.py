@@ -1380,12 +1380,15 @@ def _body_problem(body: bytes) -> str | None:
     one parse (they are not the hot path, so no key scan first as in :func:`_key_given_twice`):
     a key given twice in one object, bytes that are not UTF-8, or arrays and objects nested
     deeper than the parser recurses (FastAPI answered these two with a bare 400, "There was
-    an error parsing the body"). None otherwise; malformed JSON is left to FastAPI's parser,
-    which says at which character. (The decide fast path's parser names the last two itself.)"""
+    an error parsing the body"), and a body of ``null``: on the routes whose body is
+    optional (reset, rollback) FastAPI reads it as no body, so ``null`` started an episode
+    where ``[]`` is refused. None otherwise; malformed JSON is left to FastAPI's parser,
+    which says at which character. (The decide fast path's parser names these itself.)"""
     if not body:
         return None
     try:
-        json.loads(body, object_pairs_hook=unique_keys)
+        if json.loads(body, object_pairs_hook=unique_keys) is None:
+            return "body: null, expected an object ({} or no body where no field is needed)"
     except UnicodeDecodeError as err:
         return f"body: not UTF-8 text (byte {err.start}; JSON is sent as UTF-8)"
     except RecursionError:
