@@ -213,7 +213,8 @@ def test_a_validated_version_is_activated_at_effective_and_rolled_back(client):
 def test_a_regulation_label_names_one_regime(client):
     """``similar_to`` finds a regime by label or id: a label of digits, a preset's name given
     to another rule, or a label another regime has is refused (422, nothing stored); a
-    preset's own name, and a label posted again for its regime, are accepted."""
+    preset's own name, and a label posted again for its regime, are accepted; a regime keeps
+    its first label, which the answer's ``regime_name`` gives."""
     client.post("/v1/chains", json={"id": "p1", "regime": "T1"})
     before = client.get("/v1/regimes").json()
     for body, named in (({"regime": {"carbon_tax": 10}, "name": "T1"}, "is a preset's name"),
@@ -224,8 +225,14 @@ def test_a_regulation_label_names_one_regime(client):
     assert client.get("/v1/regimes").json() == before and client.get("/v1/chains/p1").json()["pending_regulations"] == []
     ok = client.post("/v1/chains/p1/regulations", json={"regime": {"carbon_tax": 10}, "name": "tax 10", "effective": 5})
     assert ok.status_code == 202, ok.text
-    assert client.post("/v1/chains/p1/regulations", json={"regime": {"carbon_tax": 10}, "name": "tax 10",
-                                                           "effective": 6}).status_code == 202
+    again = client.post("/v1/chains/p1/regulations", json={"regime": {"carbon_tax": 10}, "name": "tax 10",
+                                                            "effective": 6})
+    assert again.status_code == 202 and again.json()["regime_name"] == "tax 10", again.text
+    # a regime keeps its first label, and the answer says so (another name was dropped without a word)
+    other = client.post("/v1/chains/p1/regulations", json={"regime": {"carbon_tax": 10}, "name": "eu 2027",
+                                                            "effective": 7})
+    assert other.status_code == 202 and other.json()["regime_name"] == "tax 10", other.text
+    assert other.json()["regime_id"] == again.json()["regime_id"] == ok.json()["regime_id"]
     r = client.post("/v1/chains/p1/regulations", json={"regime": {"carbon_tax": 20}, "name": "tax 10", "effective": 7})
     assert r.status_code == 422 and "already labels regime" in r.json()["detail"], r.text
     assert client.post("/v1/chains/p1/regulations", json={"regime": TASKS["T3"].model_dump(), "name": "T3",

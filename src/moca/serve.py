@@ -1852,6 +1852,9 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             if body.name is not None:
                 store.check_label(model, regime, body.name)
             regime_id = store.regime_id(model, regime, params, name)
+            # (a regime keeps its first label: a regime's label is what similar_to and the
+            # dashboard find it by, so a name posted later is not kept; the answer says which is)
+            regime_name = c.execute("SELECT name FROM regimes WHERE id=?", (regime_id,)).fetchone()[0]
             # The event posted last, posted again while it is pending (a client's retry after a
             # lost answer), is the same event: answered 200 with it, not a second job and
             # version. (Only the last: after another rule posted for the same period, posting
@@ -1861,7 +1864,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             same = last[:2] if last and last[2:] == (regime_id, in_force, memory.episode, body.similar_to) else None
             reg, job = same or _queue_regulation(c, chain, regime_id, in_force, memory.episode, body.similar_to)
         # The answer says from when, rather than let a client read `effective` as applied.
-        answer = {"job": job, "regime_id": regime_id, "regulation": reg,
+        answer = {"job": job, "regime_id": regime_id, "regime_name": regime_name, "regulation": reg,
                   "effective": body.effective if body.effective is not None else 0 if next_episode else in_force,
                   "in_force_from": 0 if next_episode else in_force, "episode": memory.episode + int(next_episode),
                   "repeated": same is not None}
