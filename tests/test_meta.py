@@ -600,6 +600,32 @@ def test_a_cache_of_another_chain_is_refused_and_caches_key_the_chain():
         run_continual2("moca", module2, [("A", plan)], OracleCache2(short), tiny, select_protocol="no")
 
 
+def test_the_clsc2_cache_keys_every_series_the_oracle_reads():
+    """OracleCache2's key left out the demand history, whose sales return as cores in the
+    first L_r periods: two scenario files that differed only there were scored against the
+    first one's oracle cost (``moca evaluate --scenario a --scenario b``)."""
+    import dataclasses
+
+    from moca.meta2 import OracleCache2
+    from moca.oracle2 import solve_oracle2
+    from moca.regime import load_regime
+    from moca.scenario import SERIES_2
+
+    cache = OracleCache2()
+    first = cache.scenarios([800], load_regime("T1", model="CLSC-2"))[0]
+    history = first.demand_history.copy()
+    history[-6:] *= 2.0  # (the sales whose cores return in the first periods)
+    second = dataclasses.replace(first, demand_history=history)
+    costs = cache.costs([first, second])
+    assert costs[1] == pytest.approx(solve_oracle2(second).oracle_cost, rel=1e-9)
+    assert costs[0] != pytest.approx(costs[1], rel=1e-7)
+    for name in SERIES_2:  # (any series changed: a cost of its own)
+        changed = getattr(first, name).copy()
+        changed[5] = [0.2, 0.3, 0.5] if name == "grades" else 1.0 - changed[5] if name == "supply_up" else changed[5] / 2
+        variant = dataclasses.replace(first, **{name: changed})
+        assert cache.costs([variant])[0] == pytest.approx(solve_oracle2(variant).oracle_cost, rel=1e-9), name
+
+
 def test_more_adaptation_arguments_are_refused_by_name():
     """A negative correction weight was taken (a NaN one made every step 'not kept'), a
     fractional count failed in a slice, training sizes past the seed range were cut."""

@@ -29,7 +29,7 @@ from moca.evaluation import scorable
 from moca.policy import PolicyConfig, Weights
 from moca.policy2 import MODEL, LSTMPolicy2, episode_losses2, evaluate_policy2
 from moca.regime import MAX_WINDOW, WINDOW_FIELD, Regime, RegimeSchedule, load_regime
-from moca.scenario import DEFAULT_PARAMS_2, Params, Params2, Scenario2, draw_scenario2, validation_reason
+from moca.scenario import DEFAULT_PARAMS_2, Params, Params2, SERIES_2, Scenario2, draw_scenario2, validation_reason
 from moca.sim2 import ScenarioBatch2
 
 #: Where the shipped CLSC-2 meta-init lives (``--policy default`` with ``--model CLSC-2``).
@@ -58,11 +58,11 @@ class OracleCache2:
 
         out = np.empty(len(scenarios))
         for i, s in enumerate(scenarios):
-            # The params too (as CLSC-1's cache keys them): another chain's scenario of the same
-            # draws has another optimum, and its stale cost scored it without a word.
-            key = (s.params, s.demand.tobytes(), s.return_frac.tobytes(), s.grades.tobytes(),
-                   s.regime_table().tobytes(), s.window_table().tobytes(), s.supply_up.tobytes(),
-                   s.market_avail.tobytes())
+            # Everything the LP reads: the params (another chain's scenario of the same draws
+            # has another optimum) and every series, the demand history too (the first L_r
+            # periods' returns are its sales): a stale cost scored a scenario without a word.
+            key = (s.params, *(getattr(s, name).tobytes() for name in SERIES_2),
+                   s.regime_table().tobytes(), s.window_table().tobytes())
             if key not in self._costs:
                 self._costs[key] = solve_oracle2(s).oracle_cost
             out[i] = self._costs[key]
