@@ -44,6 +44,9 @@ runner = CliRunner()
     (["--field", "carbon_tax", "--values", "0,10", "--policies", "oracle,genius"], ["--policies", "genius"]),
     (["--field", "carbon_tax", "--values", "0,10", "--model", "CLSC-9"], ["--model", "CLSC-9"]),
     (["--field", "carbon_tax", "--values", "0,10", "--base", "no-such-rule"], ["--base", "no-such-rule"]),
+    # a CLSC-2 window on CLSC-1: each task's draw refused it, an internal error after the work began
+    (["--field", "carbon_tax", "--values", "0,10", "--base", "w4.yaml"],
+     ["--base: recycled_content_window=4", "CLSC-1 settles the mandate every period"]),
     (["--field", "carbon_tax", "--values", "0,10", "--scenarios", "1"], ["--scenarios"]),
     (["--field", "carbon_tax", "--values", "0,10", "--plot", "out.txt"], ["--plot", "png"]),
     # checked before the sweep's work, as --json is: no folder created, nothing computed
@@ -57,6 +60,7 @@ runner = CliRunner()
 ])
 def test_bad_input_is_one_line_exit_2(args, needles, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "w4.yaml").write_text("recycled_content_window: 4\nrecycled_content_min: 0.1\n")
     result = runner.invoke(app, ["sweep", *args, "--json", str(tmp_path / "out.json")])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

@@ -189,7 +189,11 @@ class SweepModel:
         return self.fields[name]
 
     def base_regime(self, spec: str | None) -> Regime:
-        return Regime() if spec is None else load_regime(spec)
+        regime = Regime() if spec is None else load_regime(spec)
+        if regime.recycled_content_window != 1:  # (each task's draw refused it: an internal error, work lost)
+            raise SweepError(f"--base: recycled_content_window={regime.recycled_content_window}: {self.name} settles "
+                             "the mandate every period; accounting windows are CLSC-2's (--model CLSC-2)")
+        return regime
 
     def regime_with(self, base: Regime, name: str, value: float | None) -> dict[str, Any]:
         try:
