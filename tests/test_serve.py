@@ -575,6 +575,27 @@ def test_the_decision_log_stays_bounded_and_the_openapi_page_is_served(tmp_path)
         assert kept == list(range(48 - len(kept), 48)) and 4 <= len(kept) < 8, kept
 
 
+def test_a_decision_log_that_cannot_be_pruned_keeps_the_decision_and_a_bound_past_sqlite_is_refused(tmp_path, capfd):
+    """``--keep-decisions`` of 2**63 or more passed SQLite's OFFSET: the pruning raised after
+    the decision was stored, so it was answered 500 with the chain's memory a period behind,
+    and the client's retry logged the period twice."""
+    from moca.serve import StartError
+
+    for bad in (2**63, -1, 2.5, True):
+        with pytest.raises(StartError, match=r"keep_decisions=.*: must be a whole number of decisions in 0\.\."):
+            create_app(tmp_path / "refused", worker=False, keep_decisions=bad)
+    assert not (tmp_path / "refused").exists()
+    app = create_app(tmp_path / "data", worker=False, keep_decisions=5)
+    with TestClient(app) as c:
+        c.post("/v1/chains", json={"id": "p1", "regime": "T1"})
+        app.state.runtime.keep_decisions = 2**63  # (a pruning that fails, as that bound made it)
+        assert c.post("/v1/chains/p1/decide", json=_obs(0)).status_code == 200
+        assert "the decision log was not pruned" in capfd.readouterr().err
+        assert c.post("/v1/chains/p1/decide", json=_obs(0)).status_code == 409  # (decided: not twice)
+        assert c.post("/v1/chains/p1/decide", json=_obs(1)).status_code == 200
+        assert [d["t"] for d in c.get("/v1/chains/p1/decisions").json()] == [0, 1]
+
+
 def test_token_guards_every_mutating_endpoint(tmp_path):
     with TestClient(create_app(tmp_path / "data", token="s3cret", worker=False)) as c:
         ok = {"Authorization": "Bearer s3cret"}

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import typer
 from rich.table import Table
 
-from moca.limits import LARGEST_PPO_SEED, LARGEST_SEED, MOST_CANDIDATES, MOST_SCENARIOS, MOST_STEPS, MOST_WORKERS
+from moca.limits import LARGEST_ID, LARGEST_PPO_SEED, LARGEST_SEED, MOST_CANDIDATES, MOST_SCENARIOS, MOST_STEPS, MOST_WORKERS
 
 MODEL_DOCS = "docs/MODEL.md (CLSC-1) and docs/MODEL-2.md (CLSC-2)"
 MODELS = ("CLSC-1", "CLSC-2")  # the world models --model accepts (moca.scenario.MODELS, without importing it)
@@ -2002,7 +2002,7 @@ def serve(
     support: int = typer.Option(8, "--support", min=1, max=100, help="Support scenarios per adaptation (seeds 800+)."),
     validation: int = typer.Option(8, "--validation", min=1, max=100,
                                    help="Held-out validation scenarios (seeds 900+) a new version must pass."),
-    keep_decisions: int = typer.Option(100_000, "--keep-decisions", min=0,
+    keep_decisions: int = typer.Option(100_000, "--keep-decisions", min=0, max=LARGEST_ID,
                                        help="Decisions kept in the log per chain (0 = all)."),
     adapt_base: str = typer.Option("caps", "--adapt-base",
                                    help="CLSC-1 chains: default = adapt the version a job starts from; auto = "

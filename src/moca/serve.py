@@ -1292,16 +1292,21 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
             "latency_us, at, frames, h, c) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (chain, memory.episode, body.t, version, regime_id, action.tobytes(), raw.tobytes(), int(projected), cost,
              share, latency, time.time(), *trial.blobs()))
+        rt.memories[chain] = trial  # only once it is stored, and before the pruning (were it to fail, the
+        # period would be stored and answered 500, and the client's retry decided it again)
         # Each chain's log is pruned every so many of its own decisions (counted by the row id
         # all chains share, a chain whose turn never fell on a multiple kept all), and at its
         # first decision since the start (a chain deciding less often than that per start was
         # never pruned).
         rt.unpruned[chain] = rt.unpruned.get(chain, -1) + 1
         if rt.keep_decisions and (rt.unpruned[chain] == 0 or rt.unpruned[chain] >= min(1024, rt.keep_decisions)):
-            store.conn.execute("DELETE FROM decisions WHERE chain=?1 AND id <= (SELECT id FROM decisions WHERE "
-                               "chain=?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)", (chain, rt.keep_decisions))
-            rt.unpruned[chain] = 0
-    rt.memories[chain] = trial  # only once it is stored
+            try:  # (a log pruned later: the decision is stored, and is answered)
+                store.conn.execute("DELETE FROM decisions WHERE chain=?1 AND id <= (SELECT id FROM decisions WHERE "
+                                   "chain=?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)", (chain, rt.keep_decisions))
+                rt.unpruned[chain] = 0
+            except (sqlite3.Error, OverflowError) as err:
+                print(f"moca serve: {chain}: the decision log was not pruned ({err}); it is tried again later",
+                      file=sys.stderr, flush=True)
     names = model.action_names
     return {"action": dict(zip(names, action.tolist())), "raw_action": dict(zip(names, raw.tolist())),
             "projected": projected, "policy_version": version, "regime": regime_out, "t": body.t,
@@ -1603,6 +1608,11 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+    # (beyond SQLite's 64-bit OFFSET the log's pruning failed each decision after storing it:
+    # a 500, and the client's retry logged the period twice)
+    if isinstance(keep_decisions, bool) or not isinstance(keep_decisions, int) or not 0 <= keep_decisions <= LARGEST_ID:
+        raise StartError(f"keep_decisions={keep_decisions!r}: must be a whole number of decisions in 0..{LARGEST_ID} "
+                         "(0 keeps all)")
     store = Store(Path(data))
     claim_data_dir(store.data)  # (before the lifespan's recovery touches the jobs and weights)
     rt = Runtime(store, token or None, keep_decisions=keep_decisions)
