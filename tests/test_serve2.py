@@ -245,6 +245,8 @@ def test_the_regime_memory_holds_both_models_and_finds_the_nearest_clsc2_rule(cl
     # a key given twice is refused, as in a body (the parser kept the last without a word)
     r = client.get("/v1/regimes", params={"nearest": '{"carbon_tax": 1, "carbon_tax": 2}'})
     assert r.status_code == 422 and "nearest: key 'carbon_tax' is given twice" in r.json()["detail"], r.text
+    r = client.get("/v1/regimes", params={"nearest": '{"carbon_tax": ' + "[" * 3000 + "]" * 3000 + "}"})
+    assert r.status_code == 422 and r.json()["detail"] == "nearest: nested too deeply to read", r.text  # (a 500)
 
 
 def test_a_clsc2_chain_registered_with_adapt_decides_as_a_plain_one_until_its_job_passes(client):

@@ -1931,6 +1931,8 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             raise ServeError(422, f"nearest: not a JSON object ({err})") from None
         except ValueError as err:
             raise ServeError(422, f"nearest: {err}") from None
+        except RecursionError:  # (as a body's: it was a 500)
+            raise ServeError(422, "nearest: nested too deeply to read") from None
         out = []
         for r in rows:
             model = MODELS[r["model"]]
