@@ -885,3 +885,28 @@ def test_step_choice_keeps_a_step_only_beyond_the_noise_when_asked():
     # The first of equals, and only the first `size` seeds count.
     assert choose(np.stack([start, start, start + 0.001]), 4, beyond_noise=False) == 2
     assert choose(np.stack([start, np.array([0.95, 0.95, 0.5, 0.5])]), 2, beyond_noise=False) == 1
+
+
+def test_the_peer_rule_refuses_another_chains_batch_and_a_wrong_row_count():
+    """CLSC-1's threshold peer refused a batch of other params; CLSC-2's ran on it with its
+    own chain's mass and capacities without a word (another cost), and a [B, 7] table of
+    the wrong row count failed deep in torch."""
+    from moca.baselines.threshold2 import Threshold2Policy, start_thresholds2
+    from moca.projection import project2_batch
+    from moca.regime import load_schedule
+    from moca.scenario import Params2, draw_scenario2
+    from moca.sim2 import ScenarioBatch2, rollout2
+
+    other = Params2(horizon=8, mass=3.0, cap_produce=800.0)
+    scenario = draw_scenario2(1, load_schedule("T1", model="CLSC-2"), other)
+    batch = ScenarioBatch2.from_scenarios([scenario, scenario], dtype=torch.float64)
+    with pytest.raises(ValueError, match="Threshold2Policy: the batch's params differ from the policy's"):
+        rollout2(batch, Threshold2Policy(start_thresholds2(), DEFAULT_PARAMS_2), project2_batch)
+    rows = np.stack([start_thresholds2(other)] * 3)
+    with pytest.raises(ValueError, match="thresholds: 3 rows for a batch of 2"):
+        rollout2(batch, Threshold2Policy(rows, other), project2_batch)
+    with pytest.raises(ValueError, match=r"as_dict: only for a single rule \(\[7\] thresholds\)"):
+        Threshold2Policy(rows, other).as_dict()
+    with torch.no_grad():  # its own chain's: as before
+        own = rollout2(batch, Threshold2Policy(start_thresholds2(other), other), project2_batch)
+    assert torch.isfinite(own.total_cost).all() and own.total_cost[0] == own.total_cost[1]

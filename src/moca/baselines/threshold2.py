@@ -106,10 +106,18 @@ class Threshold2Policy:
         self.tuning: TuningReport | None = None
 
     def as_dict(self) -> dict[str, float]:
+        if self.thresholds.ndim != 1:  # (float() of a row failed deep in numpy)
+            raise ValueError("as_dict: only for a single rule ([7] thresholds)")
         return {name: float(v) for name, v in zip(THRESHOLD2_NAMES, self.thresholds)}
 
     def reset(self, batch) -> None:
-        pass  # stateless: everything it reads is in the observation
+        # Stateless (everything it reads is in the observation), but its thresholds are one
+        # chain's: on another chain's batch it ran with this chain's mass and capacities
+        # without a word, as CLSC-1's rule refuses to.
+        if batch.params != self.params:
+            raise ValueError("Threshold2Policy: the batch's params differ from the policy's")
+        if self.thresholds.ndim == 2 and self.thresholds.shape[0] != batch.size:
+            raise ValueError(f"thresholds: {self.thresholds.shape[0]} rows for a batch of {batch.size}")
 
     def act(self, obs) -> Tensor:
         # One rule, written once in torch (moca.policy2.base_rule2), so the peer and the base
