@@ -883,6 +883,9 @@ def test_a_second_server_on_the_same_data_or_port_is_refused_before_it_starts(se
     elsewhere = run("serve", "--host", "192.0.2.1", "--data", tmp_path / "other", timeout=60)  # TEST-NET-1: never ours
     assert elsewhere.returncode == 2 and "moca: error: --host 192.0.2.1: not an address of this machine" in elsewhere.stderr
     assert s.http.get("/v1/chains/p1").status_code == 200  # the first one serves on, untouched
+    (tmp_path / "odd" / "serve.lock").mkdir(parents=True)  # (an internal error, IsADirectoryError)
+    with pytest.raises(StartError, match=r"--data .*odd: cannot open its lock file .*serve.lock \(Is a directory\)"):
+        create_app(tmp_path / "odd", worker=False)
     s.kill()  # a crash releases the directory: the next server takes it and finds the chain
     again = services(data)
     assert again.http.get("/v1/chains/p1").status_code == 200

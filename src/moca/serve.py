@@ -743,7 +743,11 @@ def claim_data_dir(data: Path) -> None:
     if key in _DATA_LOCKS:
         return
     path = Path(data) / "serve.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # (a folder or an unreadable file there: an internal error)
+        raise StartError(f"--data {data}: cannot open its lock file {path} ({err.strerror}); "
+                         "remove or fix it, or give another --data") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
