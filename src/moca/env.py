@@ -99,6 +99,7 @@ class CircularSupplyChainEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    action_symbols = safety.ACTION_SYMBOLS  # (what the vector form's check names each entry by)
 
     def __init__(
         self,
@@ -501,9 +502,10 @@ class _CheckedSyncVectorEnv(gym.vector.SyncVectorEnv):
             if len(rows) != self.num_envs:  # (zip(strict=True) found it after the copies before had stepped)
                 raise safety.SafetyError(f"actions: expected one row per copy, {self.num_envs}, got {len(rows)}")
             resetting = self.autoreset_mode == gym.vector.AutoresetMode.NEXT_STEP
+            symbols = self.envs[0].unwrapped.action_symbols  # (either world's)
             for i, row in enumerate(rows):
                 if not (resetting and self._autoreset_envs[i]):  # (its action is not used: it resets)
-                    safety.action_values(row, f"actions[{i}]", largest=safety.LARGEST_ACTION)
+                    safety.action_values(row, f"actions[{i}]", symbols, largest=safety.LARGEST_ACTION)
         return super().step(actions)
 
 
@@ -523,22 +525,36 @@ def make_vector_env(
     """
     if not is_whole(n) or n < 1:
         raise ValueError(f"n={n!r}: the number of environments must be an integer >= 1")
-    n = int(n)
+    return checked_vector_env(CircularSupplyChainEnv, int(n), autoreset_mode, regime=regime, params=params,
+                              cost_scale=cost_scale, check_violations=check_violations)
 
-    def make() -> CircularSupplyChainEnv:
-        return CircularSupplyChainEnv(regime=regime, params=params, cost_scale=cost_scale,
-                                      check_violations=check_violations)
 
-    return _CheckedSyncVectorEnv([make for _ in range(n)], autoreset_mode=autoreset_mode)
+def checked_vector_env(env_class: type[gym.Env], num_envs: int = 1,
+                       autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP,
+                       **env_kwargs: Any) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` copies of ``env_class(**env_kwargs)`` whose batch of actions is checked
+    before any copy steps: the registered envs' ``vector_entry_point``, so that
+    ``gym.make_vec(id, num_envs=n, ...)`` gives this form for either world (Gymnasium's own
+    ``SyncVectorEnv``, which ``vectorization_mode="sync"`` still gives, steps the copies
+    before a bad row)."""
+    if not is_whole(num_envs) or num_envs < 1:
+        raise ValueError(f"num_envs={num_envs!r}: the number of environments must be an integer >= 1")
+    return _CheckedSyncVectorEnv([lambda: env_class(**env_kwargs) for _ in range(int(num_envs))],
+                                 autoreset_mode=autoreset_mode)
+
+
+def _vector_env(num_envs: int = 1, **kwargs: Any) -> gym.vector.SyncVectorEnv:
+    return checked_vector_env(CircularSupplyChainEnv, num_envs, **kwargs)
 
 
 def register() -> None:
-    """Register ``moca/CircularSupplyChain-v0`` with Gymnasium (idempotent)."""
-    if ENV_ID not in gym.registry:
-        gym.register(id=ENV_ID, entry_point="moca.env:CircularSupplyChainEnv")
+    """Register ``moca/CircularSupplyChain-v0`` with Gymnasium (idempotent; with CLSC-2's)."""
+    from moca import register_envs
+
+    register_envs()
 
 
 register()
 
-__all__ = ["ACTION_NAMES", "COST_TERMS", "ENV_ID", "CircularSupplyChainEnv", "full_capacity_emissions",
-           "make_vector_env", "observation_inputs", "register"]
+__all__ = ["ACTION_NAMES", "COST_TERMS", "ENV_ID", "CircularSupplyChainEnv", "checked_vector_env",
+           "full_capacity_emissions", "make_vector_env", "observation_inputs", "register"]

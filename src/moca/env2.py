@@ -47,7 +47,7 @@ import torch
 from gymnasium import spaces
 
 from moca import clsc2
-from moca.env import episode_scenario, render_bars, warn_if_beyond_horizon
+from moca.env import checked_vector_env, episode_scenario, render_bars, warn_if_beyond_horizon
 from moca.projection import project2_counted, violations2
 from moca.regime import MAX_WINDOW, Regime, RegimeSchedule, load_schedule
 from moca.safety import LARGEST_ACTION, action_values
@@ -76,6 +76,7 @@ class CircularSupplyChain2Env(gym.Env):
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    action_symbols = clsc2.ACTION_SYMBOLS
 
     def __init__(self, regime: Regime | RegimeSchedule | str | Path | dict | list | None = None,
                  params: Params2 | dict[str, Any] | None = None,
@@ -150,7 +151,7 @@ class CircularSupplyChain2Env(gym.Env):
         if self.t >= self.params.horizon:
             raise RuntimeError("the episode has ended; call reset()")
         # CLSC-1's check (a SafetyError naming shape or NaN/inf), so one except clause serves both worlds.
-        z = np.asarray(action_values(action, "action", clsc2.ACTION_SYMBOLS, largest=LARGEST_ACTION))
+        z = np.asarray(action_values(action, "action", self.action_symbols, largest=LARGEST_ACTION))
         t, p = self.t, self.params
         raw = z * self.scale
         inputs = {k: float(v[0]) for k, v in self._inputs.items()}
@@ -248,10 +249,16 @@ class CircularSupplyChain2Env(gym.Env):
         return None
 
 
+def _vector_env(num_envs: int = 1, **kwargs: Any) -> gym.vector.SyncVectorEnv:
+    return checked_vector_env(CircularSupplyChain2Env, num_envs, **kwargs)
+
+
 def register() -> None:
-    """Register ``moca/CircularSupplyChain2-v0`` with Gymnasium (idempotent)."""
-    if ENV_ID_2 not in gym.registry:
-        gym.register(id=ENV_ID_2, entry_point="moca.env2:CircularSupplyChain2Env")
+    """Register ``moca/CircularSupplyChain2-v0`` with Gymnasium (idempotent; with CLSC-1's);
+    ``gym.make_vec`` gives :func:`moca.env.checked_vector_env` of it."""
+    from moca import register_envs
+
+    register_envs()
 
 
 register()
