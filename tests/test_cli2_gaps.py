@@ -209,12 +209,15 @@ def test_adapt_writes_a_checkpoint_of_the_chain_that_evaluates_without_warning(f
 
 def test_continual_runs_on_the_chain(files, tmp_path):
     sequence = tmp_path / "seq.yaml"
-    sequence.write_text("- T1\n")
+    # the name T1 is CLSC-2's (W = 52); an object labelled T1 is read as written (it was given
+    # W = 52 too, where evaluate and adapt score it with its window of 1)
+    sequence.write_text("- T1\n- {name: T1, recycled_content_min: 0.1}\n")
     done = run("continual", "--model", "CLSC-2", "--sequence", sequence, "--method", "moca", "--steps", 0,
                "--scenarios", 1, "--params", files.params, "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["model"] == "CLSC-2" and out["violations"] == 0 and 0.5 < out["R"][0][0] <= 1.0 + 1e-9
+    assert out["regimes"] == ["T1", "T1 #2"] and out["R_initial"][0] != pytest.approx(out["R_initial"][1], abs=1e-6)
     assert "cap_order" in done.stderr  # the shipped meta-init is the default chain's
 
 

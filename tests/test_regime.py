@@ -175,6 +175,12 @@ def test_sequence_file(tmp_path):
     with pytest.raises(RegimeError, match=r"^sequence\[2\].recycled_content_window=4: CLSC-1 settles the mandate"):
         load_sequence(path)
     assert load_sequence(path, "CLSC-2")[2][1].recycled_content_window == 4
+    # CLSC-2's names are its presets (T1-T3: W = 52); an object is read as written whatever its
+    # label (moca continual --model CLSC-2 gave an object labelled T1 W = 52 where it said 1)
+    path.write_text("- T1\n- {name: T1, recycled_content_min: 0.1}\n- {name: T2, recycled_content_min: 0.2, "
+                    "carbon_tax: 100, recycled_content_window: 13}\n")
+    assert [r.recycled_content_window for _, r in load_sequence(path, "CLSC-2")] == [52, 1, 13]
+    assert [r.recycled_content_window for _, r in load_sequence(["T1", "T2", "T3"], "CLSC-2")] == [52, 52, 52]
 
 
 def test_sampled_regimes_are_valid_and_varied():

@@ -1565,11 +1565,11 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
                 plot_file: Optional[Path] = None) -> None:
     """``moca continual --model CLSC-2`` (moca.experiment2.run_continual2; with --params,
     on that chain: its scenarios, oracle and the policy's scaling, the weights carried over)."""
-    from moca.regime import TASKS, TASKS_2, load_sequence
+    from moca.regime import load_sequence
 
-    # CLSC-2's seed tasks carry W = 52; other names and objects are read as they are.
-    tasks = _unique_labels([(label, TASKS_2[label] if label in TASKS_2 and regime == TASKS[label] else regime)
-                            for label, regime in load_sequence(sequence, "CLSC-2")])
+    # (the names T1-T3 are CLSC-2's, W = 52; an object labelled T1 is read as written: it was
+    # given W = 52 where its own window was 1, and scored otherwise than evaluate scores it)
+    tasks = _unique_labels(load_sequence(sequence, "CLSC-2"))
     params = _load_params(params_file, "CLSC-2") if params_file is not None else None
     from moca.continual import method_spec
 

@@ -571,7 +571,9 @@ def regime_label(spec: str, model: str = "CLSC-1") -> str:
 
 def load_sequence(spec: str | Path | list[Any], model: str = "CLSC-1") -> list[tuple[str, Regime]]:
     """A task sequence (YAML/JSON list of names or regime objects) as ``(label, regime)``;
-    on CLSC-1 an accounting window is refused by its entry (CLSC-2's: ``model="CLSC-2"``)."""
+    on CLSC-1 an accounting window is refused by its entry (CLSC-2's: ``model="CLSC-2"``).
+    A name is the model's preset (on CLSC-2, T1-T3 carry W = 52); an object is read as
+    written, whatever its ``name`` label."""
     data = spec
     if not isinstance(spec, list):
         path = Path(str(spec))
@@ -585,9 +587,9 @@ def load_sequence(spec: str | Path | list[Any], model: str = "CLSC-1") -> list[t
     out = []
     for i, item in enumerate(data):
         if isinstance(item, str):
-            if item not in named_regimes():
+            if item not in named_regimes(model):
                 raise unknown_name(item, f"sequence[{i}]", files=False)
-            out.append((item, named_regimes()[item]))
+            out.append((item, named_regimes(model)[item]))
         elif isinstance(item, dict):
             item = dict(item)
             label = item.pop("name", None)
