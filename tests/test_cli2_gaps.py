@@ -217,7 +217,7 @@ def test_continual_runs_on_the_chain(files, tmp_path):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["model"] == "CLSC-2" and out["violations"] == 0 and 0.5 < out["R"][0][0] <= 1.0 + 1e-9
-    assert out["regimes"] == ["T1", "T1 #2"] and out["R_initial"][0] != pytest.approx(out["R_initial"][1], abs=1e-6)
+    assert out["regimes"] == ["T1", "T1 (r=0.10)"] and out["R_initial"][0] != pytest.approx(out["R_initial"][1], abs=1e-6)
     assert "cap_order" in done.stderr  # the shipped meta-init is the default chain's
 
 

@@ -17,6 +17,19 @@ def test_window_default_keeps_clsc1_dump_to_five_fields():
     assert Regime(**Regime(recycled_content_window=52).model_dump()) == Regime(recycled_content_window=52)
     assert TASKS["T1"].describe() == "r=0.10"
     assert Regime(recycled_content_min=0.2, recycled_content_window=52).describe() == "r=0.20 W=52"
+    # two decimals where they say it all (0.301 and 0.304 both read r=0.30, one rule in a table)
+    assert Regime(recycled_content_min=0.301, recovery_target=0.125).describe() == "r=0.301 kappa=0.125"
+
+
+def test_sequence_labels_tell_a_rule_that_comes_back_from_another_under_the_same_label():
+    """A label used again was "#2" whether the rule came back or another came under it (an
+    object labelled T1 beside the task T1), and "#2" could be a label the user gave elsewhere."""
+    from moca.cli import _unique_labels
+
+    t1, other = Regime(recycled_content_min=0.1, recycled_content_window=52), Regime(recycled_content_min=0.1)
+    labels = [label for label, _ in _unique_labels([("T1", t1), ("T1", other), ("T1", t1), ("T1 #2", other)])]
+    assert labels == ["T1", "T1 (r=0.10)", "T1 #3", "T1 #2"]
+    assert [label for label, _ in _unique_labels([("A", t1), ("B", other), ("A", t1)])] == ["A", "B", "A #2"]
 
 
 @pytest.mark.parametrize("bad", [0, 105, 2.5, True, "52", float("nan"), float("inf"), -float("inf"), 1e300, None])

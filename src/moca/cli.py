@@ -1075,12 +1075,25 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
 
 
 def _unique_labels(tasks: list) -> list:
-    """Sequence labels made unique (a regime may come back later in a sequence)."""
-    seen: dict[str, int] = {}
+    """Sequence labels made unique: a regime that comes back is ``"T1 #2"``; another rule
+    under a label already used is told by its fields, ``"T1 (r=0.10)"`` (it was ``"#2"`` too,
+    which reads as the same rule again); never a label the sequence gives elsewhere."""
+    taken = {label for label, _ in tasks}
+    first: dict[str, Any] = {}
     out = []
     for label, regime in tasks:
-        seen[label] = seen.get(label, 0) + 1
-        out.append((label if seen[label] == 1 else f"{label} #{seen[label]}", regime))
+        if label not in first:
+            first[label] = regime
+            out.append((label, regime))
+            continue
+        again = first[label] == regime
+        candidate = f"{label} #2" if again else f"{label} ({regime.describe()})"
+        n = 2
+        while candidate in taken:
+            n += 1
+            candidate = f"{label} #{n}" if again else f"{label} ({regime.describe()}) #{n}"
+        taken.add(candidate)
+        out.append((candidate, regime))
     return out
 
 

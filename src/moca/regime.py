@@ -182,9 +182,12 @@ class Regime(CheckedCopy, BaseModel):
 
     def describe(self) -> str:
         """Short human label, e.g. ``r=0.20 tau=100``."""
+        def share(value: float) -> str:  # (two decimals where they say it all: 0.301 and 0.304 read as one rule)
+            return f"{value:.2f}" if round(value, 2) == value else f"{value:g}"
+
         parts = []
         if self.recycled_content_min:
-            parts.append(f"r={self.recycled_content_min:.2f}")
+            parts.append(f"r={share(self.recycled_content_min)}")
         if self.carbon_tax:
             parts.append(f"tau={self.carbon_tax:g}")
         if self.emission_cap is not None:
@@ -192,7 +195,7 @@ class Regime(CheckedCopy, BaseModel):
         if self.landfill_tax:
             parts.append(f"lambda={self.landfill_tax:g}")
         if self.recovery_target:
-            parts.append(f"kappa={self.recovery_target:.2f}")
+            parts.append(f"kappa={share(self.recovery_target)}")
         if self.recycled_content_window != 1:
             parts.append(f"W={self.recycled_content_window}")
         return " ".join(parts) or "unregulated"
