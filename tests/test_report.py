@@ -174,6 +174,23 @@ def test_summary_rows_hold_raw_values():
     assert len(headers) == len(cells[0]) == 11 and len(cells) == 5
 
 
+def test_the_closing_line_names_the_best_peer_of_the_run_re_tuned_ones_included():
+    """``moca run``'s closing table read the baselines block alone: it named the threshold
+    rule the best peer where the same run's MPC re-tuned per task scored 0.012 above moca."""
+    from moca.report import run_summary
+
+    metrics = _metrics()
+    plain = run_summary(metrics)
+    assert plain["best_peer"] == "mpc" and plain["best_peer_mean_score"] == pytest.approx(np.mean([0.97, 0.96, 0.965]))
+    metrics["retuned"] = {
+        "mpc-retuned": {t: {"score": 0.99, "violations": 0} for t in TASKS},
+        "moca-adapt": {t: {"score": 0.995, "violations": 2 if t == "T2" else 0} for t in TASKS},  # moca's: no peer
+    }
+    s = run_summary(metrics)
+    assert s["best_peer"] == "mpc-retuned" and s["best_peer_mean_score"] == pytest.approx(0.99)
+    assert s["violations"] == plain["violations"] + 2
+
+
 @pytest.mark.parametrize("drop", [
     ["generalisation", "targets", "per_period"],
     ["baselines", "machine", "seeds", "command", "created", "quick", "id", "regimes", "tasks"],
