@@ -109,6 +109,23 @@ def test_evaluate_says_when_the_rule_leaves_demand_unmet():
                           "--json").stdout)["rule_impact"] is None
 
 
+def test_adapt_says_when_the_rule_leaves_demand_unmet_and_where_the_oracle_withholds_sales():
+    """``moca adapt`` reported 0.97 under a rule where even the optimum leaves 95% of demand
+    unserved, and nothing of the LP's withheld sales, where ``evaluate`` says both."""
+    done = run("adapt", "--checkpoint", "default", "--regime", "eu-batteries-2036", "--steps", 0, "--scenarios", 2,
+               "--validation", 1, "--base", "default", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["rule_impact"]["demand_unmet_by_rule"] is True and set(out["oracle_withheld_sales"]) == {"scenarios", "units"}
+    assert "moca: warning: eu-batteries-2036: the rule itself leaves demand unmet" in " ".join(done.stderr.split())
+    quiet = run("adapt", "--checkpoint", "default", "--regime", "unregulated", "--steps", 0, "--scenarios", 2,
+                "--validation", 1, "--base", "default", "--json")
+    assert json.loads(quiet.stdout)["rule_impact"] is None and "leaves demand unmet" not in quiet.stderr
+    shown = json.loads(run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T2", "--steps", 0,
+                           "--scenarios", 1, "--validation", 1, "--base", "default", "--json").stdout)
+    assert set(shown["oracle_withheld_sales"]) == {"scenarios", "units"}
+
+
 def _metrics():
     T = 10
     share = [0.12] * (T - 1) + [1.0]

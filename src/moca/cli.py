@@ -749,6 +749,24 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
                       f"(validation scores: {scores})")
 
 
+def _say_rule_impact(summary: dict[str, Any], label: str, regime: Any, scenarios: Sequence[Any]) -> None:
+    """CLSC-1: add to ``summary`` what the rule does to demand (``rule_impact``, as
+    ``moca evaluate`` gives it; None for no rule) and warn where the rule itself leaves
+    demand unmet, so that a score near 1 is not read as customers served (``moca adapt``
+    said 0.97 under a cap where even the optimum leaves 95% of demand unserved)."""
+    from moca.regime import Regime
+
+    summary["rule_impact"] = None
+    if regime == Regime():
+        return
+    from moca.impact import describe, rule_impact
+
+    with _bad_input():
+        summary["rule_impact"] = rule_impact(regime, scenarios)
+    if summary["rule_impact"]["demand_unmet_by_rule"]:
+        _warn(describe(label, summary["rule_impact"]))
+
+
 def _say_withheld(summary: dict[str, Any], scenarios: Sequence[Any], labels: Sequence[str]) -> None:
     """Add to ``summary`` where the hindsight LP withholds sales, and warn when it does,
     naming those scenarios (``labels``: their seeds or files) and how to bound one exactly."""
@@ -1221,6 +1239,8 @@ def adapt(
            "regime": target.model_dump(), "test_seeds": [seed, seed + scenarios - 1],
            "validation_seeds": [900, 900 + validation - 1], "base": base, "portfolio": summary}
     out["seconds"] = portfolio.seconds if base != "default" else out["seconds"]
+    _say_rule_impact(out, str(regime), target, tests)
+    _say_withheld(out, tests, [f"seed {s}" for s in range(seed, seed + scenarios)])
     if output is not None:
         with _bad_input():
             module.load_state_dict({**module.state_dict(), **weights})
@@ -1412,6 +1432,7 @@ def _adapt2(checkpoint_dir: str, regime: str, steps: int, scenarios: int, seed: 
            "retune": retune, "retune_given": retune_given, "portfolio": summary}
     if retune and "default" in portfolio.candidates:
         out["start"] = retuned_start(portfolio.candidates["default"].curve)
+    _say_withheld(out, tests, [f"seed {s}" for s in range(seed, seed + scenarios)])
     if output is not None:
         record = {"adapted_from": str(checkpoint_dir), "regime": out["regime"], "steps": steps,
                   "selected_step": selected, "command": _command_line(),
