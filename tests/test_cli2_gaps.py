@@ -218,6 +218,8 @@ def test_continual_runs_on_the_chain(files, tmp_path):
     out = json.loads(done.stdout)
     assert out["model"] == "CLSC-2" and out["violations"] == 0 and 0.5 < out["R"][0][0] <= 1.0 + 1e-9
     assert out["regimes"] == ["T1", "T1 (r=0.10)"] and out["R_initial"][0] != pytest.approx(out["R_initial"][1], abs=1e-6)
+    assert [out["regime_fields"][label]["recycled_content_window"] for label in out["regimes"]] == [52, 1]
+    assert (out["steps"], out["test_seeds"], out["checkpoint"]) == (0, [1000, 1000], None)
     assert "cap_order" in done.stderr  # the shipped meta-init is the default chain's
 
 

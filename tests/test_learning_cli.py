@@ -8,6 +8,7 @@ import torch
 
 from moca import checkpoint
 from moca.policy import PolicyConfig
+from moca.regime import TASKS, Regime
 
 from _cli import assert_bad_input, run_in_process as run
 from _checkpoints import write_meta
@@ -87,6 +88,10 @@ def test_continual_json(trained, tmp_path):
                 "adaptation_steps", "adaptation_seconds", "violations"):
         assert key in out, key
     assert out["regimes"] == ["T1", "tight"] and out["method"] == "ewc"
+    # what it ran on, to be re-scored (labels alone could not tell two rules apart)
+    assert out["regime_fields"]["tight"] == {**Regime().model_dump(), "recycled_content_min": 0.3, "carbon_tax": 50.0}
+    assert out["regime_fields"]["T1"] == TASKS["T1"].model_dump()
+    assert (out["steps"], out["test_seeds"], out["checkpoint"]) == (1, [1000, 1001], str(trained))
     assert len(out["R"]) == 2 and all(len(row) == 2 for row in out["R"]) and len(out["R_initial"]) == 2
     assert out["violations"] == 0
     # the text's warning, in the JSON too: each regime whose own steps lowered its score (R_initial before the first)

@@ -1526,7 +1526,9 @@ def continual(
             result, _ = run_continual(method, module, tasks, OracleCache(module.params), config, init=init,
                                       progress=lambda d: progress.update(bar, description=d, advance=1))
     R = result["R"]
-    out = {"method": method, "regimes": [label for label, _ in tasks], "R": R[1:], "R_initial": R[0],
+    out = {"method": method, "regimes": [label for label, _ in tasks], **_continual_record(tasks, steps, scenarios,
+                                                                                           checkpoint_dir),
+           "R": R[1:], "R_initial": R[0],
            "average_final_score": result["average_final_score"], "forgetting": result["forgetting"],
            "bwt": result["bwt"], "fwt": result["fwt"], "drop_first_after_second": result["drop_first_after_second"],
            "adaptation_steps": result["adaptation_steps"], "adaptation_seconds": result["adaptation_seconds"],
@@ -1585,6 +1587,21 @@ def _plot_continual(path: Optional[Path], method: str, tasks: list[tuple[str, An
     _write_plot(_curves_path(path), lambda where: plot_adaptation_curves(metrics, where))
 
 
+def _continual_record(tasks: list, steps: int, scenarios: int, checkpoint_dir: Optional[str],
+                      windows: bool = False) -> dict[str, Any]:
+    """What a continual run's ``--json`` was run on, so that it can be re-scored: each
+    label's regime fields (labels alone could not tell two rules apart; ``windows``: the
+    accounting window on every one, CLSC-2's), the steps per regime, the test seeds and
+    the checkpoint started from (None: the method's own start)."""
+    from moca.experiment import TEST_SEED  # (CLSC-2's test seeds start there too)
+    from moca.regime import WINDOW_FIELD
+
+    fields = {label: {**regime.model_dump(mode="json"), **({WINDOW_FIELD: regime.recycled_content_window}
+                                                            if windows else {})} for label, regime in tasks}
+    return {"regime_fields": fields, "steps": steps, "test_seeds": [TEST_SEED, TEST_SEED + scenarios - 1],
+            "checkpoint": checkpoint_dir}
+
+
 def _curves_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}-curves{path.suffix}")
 
@@ -1633,8 +1650,8 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
                                    progress=lambda d: progress.update(bar, description=d, advance=1),
                                    keep_unchanged=keep_unchanged)
     R = result["R"]
-    out = {"model": "CLSC-2", "method": method, "regimes": [label for label, _ in tasks], "R": R[1:],
-           "R_initial": R[0], **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt",
+    out = {"model": "CLSC-2", "method": method, "regimes": [label for label, _ in tasks],
+           **_continual_record(tasks, steps, scenarios, checkpoint_dir, windows=True), "R": R[1:], "R_initial": R[0], **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt",
                                                         "drop_first_after_second", "adaptation_steps",
                                                         "adaptation_seconds", "violations")},
            "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}
