@@ -181,6 +181,14 @@ def test_sequence_file(tmp_path):
                     "carbon_tax: 100, recycled_content_window: 13}\n")
     assert [r.recycled_content_window for _, r in load_sequence(path, "CLSC-2")] == [52, 1, 13]
     assert [r.recycled_content_window for _, r in load_sequence(["T1", "T2", "T3"], "CLSC-2")] == [52, 52, 52]
+    # a sequence given where a regime or a plan is read: named as a sequence (it was "a schedule",
+    # or "regimes[0]: expected an object" without the file)
+    path.write_text("- T1\n- T2\n")
+    with pytest.raises(RegimeError, match=r"seq.yaml: .*this one holds a list of regime names \(a task sequence"):
+        load_regime(path)
+    with pytest.raises(RegimeError, match=r"^seq.yaml: regimes\[0\]: expected an object, got str 'T1': a list of "
+                                          r"regime names is a task sequence"):
+        load_schedule(path)
 
 
 def test_sampled_regimes_are_valid_and_varied():

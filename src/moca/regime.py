@@ -269,7 +269,9 @@ class RegimeSchedule(BaseModel):
         entries = []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
-                raise RegimeError(f"regimes[{i}]: expected an object, got {type(item).__name__}")
+                hint = (f" {item!r}: a list of regime names is a task sequence (moca continual --sequence); a plan's "
+                        "entries are regime objects with start" if isinstance(item, str) else "")
+                raise RegimeError(f"regimes[{i}]: expected an object, got {type(item).__name__}{hint}")
             item = dict(item)
             item.setdefault("start", 0 if i == 0 else None)
             if item["start"] is None:
@@ -499,7 +501,9 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
     data = read_structured(path)
     plan = isinstance(data, list) or (isinstance(data, dict) and "regimes" in data)
     if plan or not isinstance(data, dict):
-        held = "a plan of regimes that change (a schedule)" if plan else f"a {type(data).__name__}"
+        names = isinstance(data, list) and bool(data) and all(isinstance(x, str) for x in data)
+        held = ("a list of regime names (a task sequence, for moca continual --sequence)" if names else
+                "a plan of regimes that change (a schedule)" if plan else f"a {type(data).__name__}")
         raise RegimeError(f"{path}: a regime file must hold one object with the regime fields; this one holds "
                           f"{held}, which this command does not take")
     return _validated(Regime, _without_name(data, f"{path.name}: "), prefix=f"{path.name}: ")
@@ -536,7 +540,10 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
         return RegimeSchedule.constant(_validated(Regime, _without_name(data, where), prefix=where))
     if isinstance(data, list):
         data = [_without_name(e) if isinstance(e, dict) else e for e in data]
-    return RegimeSchedule.from_list(data)
+    try:
+        return RegimeSchedule.from_list(data)
+    except RegimeError as err:  # (the entry was named, the file not: a command may read several)
+        raise RegimeError(f"{path.name}: {err}") from None
 
 
 #: The keys an object with ``regimes`` may hold beside it: a label, and those of a scenario
