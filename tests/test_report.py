@@ -299,3 +299,18 @@ def test_adaptation_curves_show_no_test_seed_score_on_their_validation_axis(tmp_
     labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
     assert "oracle (1.0)" in labels and not any("MPC" in label for label in labels)
     assert "seeds 900-903" in figure._suptitle.get_text()
+
+
+def test_moca_continual_curves_name_their_validation_seeds(tmp_path, monkeypatch):
+    """``moca continual --plot``'s curves figure said "seeds –": its metrics held no seeds."""
+    import moca.report
+    from moca.cli import _plot_continual
+    from moca.regime import TASKS
+
+    seen = {}
+    monkeypatch.setattr(moca.report, "plot_adaptation_curves", lambda m, where: seen.setdefault("title", m))
+    result = {"R": [[0.9, 0.8], [0.95, 0.85], [0.94, 0.9]], "adaptation_curves": [[0.9, 0.95], [0.85, 0.9]],
+              "adaptation_steps": [1, 1]}
+    _plot_continual(tmp_path / "R.png", "moca", [("T1", TASKS["T1"]), ("T2", TASKS["T2"])], result, 8)
+    assert moca.report._validation_seeds(seen["title"]) == "900-907"
+    assert (tmp_path / "R.png").read_bytes()[:8] == PNG_SIGNATURE

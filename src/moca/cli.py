@@ -1535,7 +1535,7 @@ def continual(
            "violations": result["violations"], "correction": result["correction"],
            "decision_latency_us": result["decision_latency_us"],
            "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}
-    _plot_continual(plot_file, method, tasks, result)
+    _plot_continual(plot_file, method, tasks, result, config.validation_size)
     if as_json:
         _print_json(out)
         return
@@ -1572,16 +1572,19 @@ def _lowered_by_own_steps(labels: list[str], R: list) -> list[dict[str, Any]]:
             if R[i + 1][i] < R[i][i] - 5e-5]
 
 
-def _plot_continual(path: Optional[Path], method: str, tasks: list[tuple[str, Any]], result: dict[str, Any]) -> None:
+def _plot_continual(path: Optional[Path], method: str, tasks: list[tuple[str, Any]], result: dict[str, Any],
+                    validation_size: int) -> None:
     """``--plot``: the run's score matrix to ``path``, its adaptation curves to ``path``-curves
-    (moca run's two figures, for one method)."""
+    (moca run's two figures, for one method; the curves' title names the validation seeds)."""
     if path is None:
         return
+    from moca.meta import VALIDATION_SEEDS
     from moca.regime import Regime
     from moca.report import plot_adaptation_curves, plot_score_matrices
 
     metrics = {"tasks": [label for label, _ in tasks],
                "regimes": {label: r.model_dump(mode="json") for label, r in tasks if isinstance(r, Regime)},
+               "seeds": {"validation": list(VALIDATION_SEEDS[:validation_size])},
                "methods": {method: {k: result[k] for k in ("R", "adaptation_curves", "adaptation_steps")}}}
     _write_plot(path, lambda where: plot_score_matrices(metrics, where))
     _write_plot(_curves_path(path), lambda where: plot_adaptation_curves(metrics, where))
@@ -1657,7 +1660,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
            "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}
     if "protocol_choice" in result:  # moca: the update kept per regime, by validation
         out["protocol_choice"] = result["protocol_choice"]
-    _plot_continual(plot_file, method, tasks, result)
+    _plot_continual(plot_file, method, tasks, result, config.validation_size)
     if as_json:
         _print_json(out)
         return
