@@ -37,12 +37,15 @@ def test_import_moca_registers_both_envs_without_importing_gymnasium():
 
 @pytest.mark.parametrize("env_id, width, kwargs", [("moca/CircularSupplyChain-v0", 6, {}),
                                                    ("moca/CircularSupplyChain2-v0", 9, {"params": SHORT})])
-def test_gymnasium_make_vec_checks_the_whole_batch_before_any_copy_steps(env_id, width, kwargs):
-    """``gym.make_vec`` gave Gymnasium's SyncVectorEnv, which steps copy by copy: a NaN in
-    copy 2 was refused after copies 0 and 1 had stepped (a retry left them a period ahead);
-    only ``moca.env.make_vector_env`` checked first, and CLSC-2 had no such form."""
-    vec = gym.make_vec(env_id, num_envs=3, regime="T2", **kwargs)
-    assert vec.unwrapped.spec.id == env_id and vec.num_envs == 3
+def test_either_worlds_vector_env_checks_the_whole_batch_before_any_copy_steps(env_id, width, kwargs):
+    """Gymnasium's SyncVectorEnv steps copy by copy: a NaN in copy 2 was refused after copies
+    0 and 1 had stepped (a retry left them a period ahead). CLSC-1's make_vector_env checked
+    the batch first; CLSC-2 had no such form. ``gym.make_vec`` stays Gymnasium's own (made
+    the checked form by default, it refused make_vec's wrappers= and max_episode_steps=)."""
+    import moca.env
+
+    make = moca.env.make_vector_env if width == 6 else moca.env2.make_vector_env
+    vec = make(3, regime="T2", **kwargs)
     vec.reset(seed=7)
     actions = np.full((3, width), 0.1, np.float32)
     actions[2, 1] = np.nan
@@ -55,18 +58,16 @@ def test_gymnasium_make_vec_checks_the_whole_batch_before_any_copy_steps(env_id,
     obs, reward, *_ = vec.step(actions)
     assert [e.unwrapped.t for e in vec.envs] == [1, 1, 1] and np.isfinite(reward).all()
     vec.close()
-    # the same episodes as one env per seed (copy i: seed + i)
+    # the same episodes as one env per seed (copy i: seed + i), as Gymnasium's class gives
     single = gym.make(env_id, regime="T2", **kwargs)
     first, _ = single.reset(seed=8)
-    again = gym.make_vec(env_id, num_envs=2, regime="T2", **kwargs)
-    np.testing.assert_array_equal(again.reset(seed=7)[0][1], first)
-    again.close()
-    # the vector env's own settings come as keywords; Gymnasium's class is still there by name
-    same_step = gym.make_vec(env_id, num_envs=2, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, **kwargs)
-    assert same_step.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
-    assert type(gym.make_vec(env_id, num_envs=2, vectorization_mode="sync", **kwargs)) is gym.vector.SyncVectorEnv
-    with pytest.raises(ValueError, match="num_envs=0"):
-        gym.make_vec(env_id, num_envs=0, **kwargs)
+    np.testing.assert_array_equal(make(2, regime="T2", **kwargs).reset(seed=7)[0][1], first)
+    theirs = gym.make_vec(env_id, num_envs=2, regime="T2", wrappers=[gym.wrappers.RecordEpisodeStatistics],
+                          max_episode_steps=1000, **kwargs)
+    assert type(theirs) is gym.vector.SyncVectorEnv
+    np.testing.assert_array_equal(theirs.reset(seed=7)[0][1], first)
+    with pytest.raises(ValueError, match="n=0"):
+        make(0, **kwargs)
 
 
 @pytest.mark.parametrize("env_id, kwargs", [("moca/CircularSupplyChain-v0", {}),

@@ -24,12 +24,6 @@ GYM_ENVS: dict[str, str] = {
     "moca/CircularSupplyChain-v0": "moca.env:CircularSupplyChainEnv",
     "moca/CircularSupplyChain2-v0": "moca.env2:CircularSupplyChain2Env",
 }
-#: Their vector forms, which ``gymnasium.make_vec(id, num_envs=n)`` gives: the batch of
-#: actions is checked before any copy steps (:func:`moca.env.checked_vector_env`).
-GYM_VECTOR_ENVS: dict[str, str] = {
-    "moca/CircularSupplyChain-v0": "moca.env:_vector_env",
-    "moca/CircularSupplyChain2-v0": "moca.env2:_vector_env",
-}
 
 
 def register_envs() -> None:
@@ -38,7 +32,7 @@ def register_envs() -> None:
 
     for env_id, entry_point in GYM_ENVS.items():
         if env_id not in gymnasium.registry:
-            gymnasium.register(id=env_id, entry_point=entry_point, vector_entry_point=GYM_VECTOR_ENVS[env_id])
+            gymnasium.register(id=env_id, entry_point=entry_point)
 
 
 class _RegisterWhenGymnasiumLoads:

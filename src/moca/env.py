@@ -533,25 +533,21 @@ def checked_vector_env(env_class: type[gym.Env], num_envs: int = 1,
                        autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP,
                        **env_kwargs: Any) -> gym.vector.SyncVectorEnv:
     """``num_envs`` copies of ``env_class(**env_kwargs)`` whose batch of actions is checked
-    before any copy steps: the registered envs' ``vector_entry_point``, so that
-    ``gym.make_vec(id, num_envs=n, ...)`` gives this form for either world (Gymnasium's own
-    ``SyncVectorEnv``, which ``vectorization_mode="sync"`` still gives, steps the copies
-    before a bad row)."""
+    before any copy steps (either world's env: :func:`make_vector_env` and
+    :func:`moca.env2.make_vector_env`). ``gym.make_vec`` keeps Gymnasium's own
+    ``SyncVectorEnv``, which steps the copies before a bad row: registered as the default,
+    this form refused ``make_vec``'s ``wrappers=``, ``vector_kwargs=`` and
+    ``max_episode_steps=``, which users of Gymnasium's class pass."""
     if not is_whole(num_envs) or num_envs < 1:
         raise ValueError(f"num_envs={num_envs!r}: the number of environments must be an integer >= 1")
     return _CheckedSyncVectorEnv([lambda: env_class(**env_kwargs) for _ in range(int(num_envs))],
                                  autoreset_mode=autoreset_mode)
 
 
-def _vector_env(num_envs: int = 1, **kwargs: Any) -> gym.vector.SyncVectorEnv:
-    return checked_vector_env(CircularSupplyChainEnv, num_envs, **kwargs)
-
-
 def register() -> None:
-    """Register ``moca/CircularSupplyChain-v0`` with Gymnasium (idempotent; with CLSC-2's)."""
-    from moca import register_envs
-
-    register_envs()
+    """Register ``moca/CircularSupplyChain-v0`` with Gymnasium (idempotent)."""
+    if ENV_ID not in gym.registry:
+        gym.register(id=ENV_ID, entry_point="moca.env:CircularSupplyChainEnv")
 
 
 register()

@@ -48,6 +48,7 @@ from gymnasium import spaces
 
 from moca import clsc2
 from moca.env import checked_vector_env, episode_scenario, render_bars, warn_if_beyond_horizon
+from moca.limits import is_whole
 from moca.projection import project2_counted, violations2
 from moca.regime import MAX_WINDOW, Regime, RegimeSchedule, load_schedule
 from moca.safety import LARGEST_ACTION, action_values
@@ -249,18 +250,29 @@ class CircularSupplyChain2Env(gym.Env):
         return None
 
 
-def _vector_env(num_envs: int = 1, **kwargs: Any) -> gym.vector.SyncVectorEnv:
-    return checked_vector_env(CircularSupplyChain2Env, num_envs, **kwargs)
+def make_vector_env(
+    n: int,
+    regime: Regime | RegimeSchedule | str | Path | dict | list | None = None,
+    params: Params2 | dict[str, Any] | None = None,
+    cost_scale: float = 1e4,
+    check_violations: bool = False,
+    autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP,
+) -> gym.vector.SyncVectorEnv:
+    """``n`` copies in a ``SyncVectorEnv`` whose batch of actions is checked before any copy
+    steps (:func:`moca.env.checked_vector_env`; ``reset(seed=s)`` gives copy ``i`` the
+    scenario of seed ``s + i``). CLSC-1's is :func:`moca.env.make_vector_env`."""
+    if not is_whole(n) or n < 1:
+        raise ValueError(f"n={n!r}: the number of environments must be an integer >= 1")
+    return checked_vector_env(CircularSupplyChain2Env, int(n), autoreset_mode, regime=regime, params=params,
+                              cost_scale=cost_scale, check_violations=check_violations)
 
 
 def register() -> None:
-    """Register ``moca/CircularSupplyChain2-v0`` with Gymnasium (idempotent; with CLSC-1's);
-    ``gym.make_vec`` gives :func:`moca.env.checked_vector_env` of it."""
-    from moca import register_envs
-
-    register_envs()
+    """Register ``moca/CircularSupplyChain2-v0`` with Gymnasium (idempotent)."""
+    if ENV_ID_2 not in gym.registry:
+        gym.register(id=ENV_ID_2, entry_point="moca.env2:CircularSupplyChain2Env")
 
 
 register()
 
-__all__ = ["ENV_ID_2", "CircularSupplyChain2Env", "register"]
+__all__ = ["ENV_ID_2", "CircularSupplyChain2Env", "make_vector_env", "register"]
