@@ -109,7 +109,7 @@ def test_evaluate_says_when_the_rule_leaves_demand_unmet():
                           "--json").stdout)["rule_impact"] is None
 
 
-def test_adapt_says_when_the_rule_leaves_demand_unmet_and_where_the_oracle_withholds_sales():
+def test_adapt_says_when_the_rule_leaves_demand_unmet_and_where_the_oracle_withholds_sales(tmp_path):
     """``moca adapt`` reported 0.97 under a rule where even the optimum leaves 95% of demand
     unserved, and nothing of the LP's withheld sales, where ``evaluate`` says both."""
     done = run("adapt", "--checkpoint", "default", "--regime", "eu-batteries-2036", "--steps", 0, "--scenarios", 2,
@@ -118,6 +118,11 @@ def test_adapt_says_when_the_rule_leaves_demand_unmet_and_where_the_oracle_withh
     out = json.loads(done.stdout)
     assert out["rule_impact"]["demand_unmet_by_rule"] is True and set(out["oracle_withheld_sales"]) == {"scenarios", "units"}
     assert "moca: warning: eu-batteries-2036: the rule itself leaves demand unmet" in " ".join(done.stderr.split())
+    named = tmp_path / "rule.yaml"  # (named as evaluate names it: the file's own label first)
+    named.write_text("name: batteries\nrecycled_content_min: 0.26\n")
+    told = run("adapt", "--checkpoint", "default", "--regime", named, "--steps", 0, "--scenarios", 1,
+               "--validation", 1, "--base", "default", "--json")
+    assert "moca: warning: batteries (rule.yaml): the rule itself leaves demand unmet" in told.stderr, told.stderr
     quiet = run("adapt", "--checkpoint", "default", "--regime", "unregulated", "--steps", 0, "--scenarios", 2,
                 "--validation", 1, "--base", "default", "--json")
     assert json.loads(quiet.stdout)["rule_impact"] is None and "leaves demand unmet" not in quiet.stderr

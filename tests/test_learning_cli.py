@@ -92,6 +92,7 @@ def test_continual_json(trained, tmp_path):
     assert out["regime_fields"]["tight"] == {**Regime().model_dump(), "recycled_content_min": 0.3, "carbon_tax": 50.0}
     assert out["regime_fields"]["T1"] == TASKS["T1"].model_dump()
     assert (out["steps"], out["test_seeds"], out["checkpoint"]) == (1, [1000, 1001], str(trained))
+    assert out["params_file"] is None
     assert len(out["R"]) == 2 and all(len(row) == 2 for row in out["R"]) and len(out["R_initial"]) == 2
     assert out["violations"] == 0
     # the text's warning, in the JSON too: each regime whose own steps lowered its score (R_initial before the first)

@@ -30,6 +30,9 @@ def test_sequence_labels_tell_a_rule_that_comes_back_from_another_under_the_same
     labels = [label for label, _ in _unique_labels([("T1", t1), ("T1", other), ("T1", t1), ("T1 #2", other)])]
     assert labels == ["T1", "T1 (r=0.10)", "T1 #3", "T1 #2"]
     assert [label for label, _ in _unique_labels([("A", t1), ("B", other), ("A", t1)])] == ["A", "B", "A #2"]
+    # another rule that comes back under its told label: numbered from #2 (it skipped to #3)
+    assert [label for label, _ in _unique_labels([("A", t1), ("A", other), ("A", other), ("A", t1)])] == [
+        "A", "A (r=0.10)", "A (r=0.10) #2", "A #2"]
 
 
 @pytest.mark.parametrize("bad", [0, 105, 2.5, True, "52", float("nan"), float("inf"), -float("inf"), 1e300, None])

@@ -1104,12 +1104,13 @@ def _unique_labels(tasks: list) -> list:
             first[label] = regime
             out.append((label, regime))
             continue
-        again = first[label] == regime
-        candidate = f"{label} #2" if again else f"{label} ({regime.describe()})"
-        n = 2
+        # (numbered from #2: the first of its kind is the plain label, a rule that comes back
+        # the label itself; another rule, the label with its fields)
+        stem = label if first[label] == regime else f"{label} ({regime.describe()})"
+        candidate, n = (f"{stem} #2", 2) if stem == label else (stem, 1)
         while candidate in taken:
             n += 1
-            candidate = f"{label} #{n}" if again else f"{label} ({regime.describe()}) #{n}"
+            candidate = f"{stem} #{n}"
         taken.add(candidate)
         out.append((candidate, regime))
     return out
@@ -1239,7 +1240,9 @@ def adapt(
            "regime": target.model_dump(), "test_seeds": [seed, seed + scenarios - 1],
            "validation_seeds": [900, 900 + validation - 1], "base": base, "portfolio": summary}
     out["seconds"] = portfolio.seconds if base != "default" else out["seconds"]
-    _say_rule_impact(out, str(regime), target, tests)
+    from moca.regime import regime_label
+
+    _say_rule_impact(out, regime_label(str(regime)), target, tests)  # (a file's own name first, as evaluate)
     _say_withheld(out, tests, [f"seed {s}" for s in range(seed, seed + scenarios)])
     if output is not None:
         with _bad_input():
@@ -1527,7 +1530,7 @@ def continual(
                                       progress=lambda d: progress.update(bar, description=d, advance=1))
     R = result["R"]
     out = {"method": method, "regimes": [label for label, _ in tasks], **_continual_record(tasks, steps, scenarios,
-                                                                                           checkpoint_dir),
+                                                                                           checkpoint_dir, params_file),
            "R": R[1:], "R_initial": R[0],
            "average_final_score": result["average_final_score"], "forgetting": result["forgetting"],
            "bwt": result["bwt"], "fwt": result["fwt"], "drop_first_after_second": result["drop_first_after_second"],
@@ -1591,18 +1594,18 @@ def _plot_continual(path: Optional[Path], method: str, tasks: list[tuple[str, An
 
 
 def _continual_record(tasks: list, steps: int, scenarios: int, checkpoint_dir: Optional[str],
-                      windows: bool = False) -> dict[str, Any]:
+                      params_file: Optional[Path], windows: bool = False) -> dict[str, Any]:
     """What a continual run's ``--json`` was run on, so that it can be re-scored: each
     label's regime fields (labels alone could not tell two rules apart; ``windows``: the
-    accounting window on every one, CLSC-2's), the steps per regime, the test seeds and
-    the checkpoint started from (None: the method's own start)."""
+    accounting window on every one, CLSC-2's), the steps per regime, the test seeds, the
+    checkpoint started from (None: the method's own start) and the ``--params`` file."""
     from moca.experiment import TEST_SEED  # (CLSC-2's test seeds start there too)
     from moca.regime import WINDOW_FIELD
 
     fields = {label: {**regime.model_dump(mode="json"), **({WINDOW_FIELD: regime.recycled_content_window}
                                                             if windows else {})} for label, regime in tasks}
     return {"regime_fields": fields, "steps": steps, "test_seeds": [TEST_SEED, TEST_SEED + scenarios - 1],
-            "checkpoint": checkpoint_dir}
+            "checkpoint": checkpoint_dir, "params_file": None if params_file is None else str(params_file)}
 
 
 def _curves_path(path: Path) -> Path:
@@ -1654,7 +1657,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
                                    keep_unchanged=keep_unchanged)
     R = result["R"]
     out = {"model": "CLSC-2", "method": method, "regimes": [label for label, _ in tasks],
-           **_continual_record(tasks, steps, scenarios, checkpoint_dir, windows=True), "R": R[1:], "R_initial": R[0], **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt",
+           **_continual_record(tasks, steps, scenarios, checkpoint_dir, params_file, windows=True), "R": R[1:], "R_initial": R[0], **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt",
                                                         "drop_first_after_second", "adaptation_steps",
                                                         "adaptation_seconds", "violations")},
            "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}

@@ -265,7 +265,7 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     methods, baselines = metrics.get("methods") or {}, metrics.get("baselines") or {}
     moca = methods.get("moca") or {}
     # (the re-tuned MPC too: the line named the threshold rule as the best peer where the
-    # same run's MPC re-tuned per task scored 0.012 above moca)
+    # same run's MPC re-tuned per task scored above moca, 0.9802 against 0.9727)
     retuned = {name: by_task for name, by_task in (metrics.get("retuned") or {}).items() if not name.startswith("moca")}
     peers = {}
     for name, by_task in {**baselines, **retuned}.items():

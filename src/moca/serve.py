@@ -1618,7 +1618,11 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         raise StartError(f"keep_decisions={keep_decisions!r}: must be a whole number of decisions in 0..{LARGEST_ID} "
                          "(0 keeps all)")
     store = Store(Path(data))
-    claim_data_dir(store.data)  # (before the lifespan's recovery touches the jobs and weights)
+    try:
+        claim_data_dir(store.data)  # (before the lifespan's recovery touches the jobs and weights)
+    except StartError:
+        store.conn.close()  # (a library caller that goes on would keep the refused data's database open)
+        raise
     rt = Runtime(store, token or None, keep_decisions=keep_decisions)
 
     def start_worker() -> None:
