@@ -221,6 +221,7 @@ def test_continual_runs_on_the_chain(files, tmp_path):
     assert [out["regime_fields"][label]["recycled_content_window"] for label in out["regimes"]] == [52, 1]
     assert (out["steps"], out["test_seeds"], out["checkpoint"]) == (0, [1000, 1000], None)
     assert out["params_file"] == str(files.params)
+    assert set(out["oracle_withheld_sales"]) == {"T1", "T1 (r=0.10)"} and "rule_impact" not in out
     assert "cap_order" in done.stderr  # the shipped meta-init is the default chain's
 
 

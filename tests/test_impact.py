@@ -126,6 +126,16 @@ def test_adapt_says_when_the_rule_leaves_demand_unmet_and_where_the_oracle_withh
     quiet = run("adapt", "--checkpoint", "default", "--regime", "unregulated", "--steps", 0, "--scenarios", 2,
                 "--validation", 1, "--base", "default", "--json")
     assert json.loads(quiet.stdout)["rule_impact"] is None and "leaves demand unmet" not in quiet.stderr
+    # and per regime of a continual run (CLSC-2 there too: where the LP withholds sales)
+    sequence = tmp_path / "seq.yaml"
+    sequence.write_text("- unregulated\n- eu-batteries-2036\n")
+    learned = run("continual", "--sequence", sequence, "--method", "moca", "--steps", 0, "--scenarios", 1, "--json")
+    assert learned.returncode == 0, learned.stderr
+    out = json.loads(learned.stdout)
+    assert out["rule_impact"]["unregulated"] is None and out["rule_impact"]["eu-batteries-2036"]["demand_unmet_by_rule"]
+    assert set(out["oracle_withheld_sales"]) == {"unregulated", "eu-batteries-2036"}
+    assert "moca: warning: eu-batteries-2036: the rule itself leaves demand unmet" in " ".join(learned.stderr.split())
+    assert "unregulated:" not in learned.stderr
     shown = json.loads(run("adapt", "--model", "CLSC-2", "--checkpoint", "default", "--regime", "T2", "--steps", 0,
                            "--scenarios", 1, "--validation", 1, "--base", "default", "--json").stdout)
     assert set(shown["oracle_withheld_sales"]) == {"scenarios", "units"}

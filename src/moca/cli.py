@@ -767,9 +767,10 @@ def _say_rule_impact(summary: dict[str, Any], label: str, regime: Any, scenarios
         _warn(describe(label, summary["rule_impact"]))
 
 
-def _say_withheld(summary: dict[str, Any], scenarios: Sequence[Any], labels: Sequence[str]) -> None:
+def _say_withheld(summary: dict[str, Any], scenarios: Sequence[Any], labels: Sequence[str], where: str = "") -> None:
     """Add to ``summary`` where the hindsight LP withholds sales, and warn when it does,
-    naming those scenarios (``labels``: their seeds or files) and how to bound one exactly."""
+    naming those scenarios (``labels``: their seeds or files) and how to bound one exactly;
+    ``where``: the regime of a sequence they are drawn under (its label)."""
     from moca.evaluation import withheld_sales
 
     held, units, which = withheld_sales(scenarios)
@@ -777,10 +778,12 @@ def _say_withheld(summary: dict[str, Any], scenarios: Sequence[Any], labels: Seq
     if held:
         named = ", ".join(labels[i] for i in which[:5]) + (" and more" if held > 5 else "")
         first = labels[which[0]]
-        how = (f"moca scenario new --seed {first.removeprefix('seed ')} -o s.json (with this command's --regime, "
+        regime = f"{where!r}'s regime as --regime" if where else "this command's --regime"
+        how = (f"moca scenario new --seed {first.removeprefix('seed ')} -o s.json (with {regime}, "
                "--params and --model), then moca oracle --scenario s.json --exact-sales" if first.startswith("seed ")
                else f"moca oracle --scenario {first} --exact-sales")
-        _warn(f"the hindsight LP sells {units:,.0f} units less than it could on {held} of {len(scenarios)} scenarios "
+        _warn((f"{where}: " if where else "") +
+              f"the hindsight LP sells {units:,.0f} units less than it could on {held} of {len(scenarios)} scenarios "
               f"({named}; the spec's LP may, the simulator sells all it can): its cost is a bound no policy reaches "
               f"there, so its scores read low; for the bound a policy can reach: {how}")
 
@@ -1538,6 +1541,7 @@ def continual(
            "violations": result["violations"], "correction": result["correction"],
            "decision_latency_us": result["decision_latency_us"],
            "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}
+    _say_sequence_caveats(out, tasks, OracleCache(module.params).scenarios, scenarios, rule_impacts=True)
     _plot_continual(plot_file, method, tasks, result, config.validation_size)
     if as_json:
         _print_json(out)
@@ -1573,6 +1577,30 @@ def _lowered_by_own_steps(labels: list[str], R: list) -> list[dict[str, Any]]:
     lower at the printed digits."""
     return [{"regime": label, "before": R[i][i], "after": R[i + 1][i]} for i, label in enumerate(labels)
             if R[i + 1][i] < R[i][i] - 5e-5]
+
+
+def _say_sequence_caveats(out: dict[str, Any], tasks: list[tuple[str, Any]], draw: Callable[[Sequence[int], Any], list],
+                          scenarios: int, rule_impacts: bool) -> None:
+    """``moca continual``: per regime of the sequence, what ``evaluate`` says of one: where the
+    rule itself leaves demand unmet (CLSC-1, ``rule_impacts``; ``rule_impact`` by label) and
+    where the hindsight LP withholds sales (``oracle_withheld_sales`` by label), each with a
+    warning naming the regime; ``draw(seeds, regime)``: the run's test scenarios (``scenarios``
+    of them, seeds 1000+). (Scores near 1 were
+    reported under a rule where the optimum leaves 95% of demand unserved, without a word.)"""
+    from moca.experiment import TEST_SEED as first_seed
+
+    impacts, withheld = {}, {}
+    seeds = range(first_seed, first_seed + scenarios)
+    for label, regime in tasks:
+        tests, said = draw(seeds, regime), {}
+        if rule_impacts:
+            _say_rule_impact(said, label, regime, tests)
+            impacts[label] = said["rule_impact"]
+        _say_withheld(said, tests, [f"seed {seed}" for seed in seeds], where=label)
+        withheld[label] = said["oracle_withheld_sales"]
+    if rule_impacts:
+        out["rule_impact"] = impacts
+    out["oracle_withheld_sales"] = withheld
 
 
 def _plot_continual(path: Optional[Path], method: str, tasks: list[tuple[str, Any]], result: dict[str, Any],
@@ -1663,6 +1691,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
            "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}
     if "protocol_choice" in result:  # moca: the update kept per regime, by validation
         out["protocol_choice"] = result["protocol_choice"]
+    _say_sequence_caveats(out, tasks, OracleCache2(module.params).scenarios, scenarios, rule_impacts=False)
     _plot_continual(plot_file, method, tasks, result, config.validation_size)
     if as_json:
         _print_json(out)
