@@ -211,3 +211,26 @@ def test_identical_adaptation_curves_are_labelled_and_drawn_apart(tmp_path):
     moca, maml = by_label["moca"], by_label["maml (same curve as moca)"]
     assert not np.allclose(moca.get_xdata(), maml.get_xdata())  # shifted sideways
     assert moca.get_marker() != maml.get_marker() and moca.get_linestyle() != maml.get_linestyle()
+
+
+def test_a_failure_of_the_advice_after_the_work_costs_no_result(monkeypatch, tmp_path):
+    """The rule-impact and withheld-sales checks run after adapt's and continual's work (and
+    before adapt writes -o): a solver failure there ended the command with an error, the
+    adapted policy and the run's scores lost."""
+    import moca.evaluation
+    import moca.impact
+    from moca.oracle import OracleError
+
+    def fail(*args, **kwargs):
+        raise OracleError("HiGHS stopped: time limit")
+
+    monkeypatch.setattr(moca.impact, "rule_impact", fail)
+    monkeypatch.setattr(moca.evaluation, "withheld_sales", fail)
+    done = run("adapt", "--checkpoint", "default", "--regime", "T2", "--steps", 0, "--scenarios", 1, "--validation", 1,
+               "--base", "default", "-o", tmp_path / "adapted", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["rule_impact"] is None and out["oracle_withheld_sales"] is None
+    assert (tmp_path / "adapted" / "checkpoint.json").is_file()
+    assert "T2: what the rule does to demand could not be told (HiGHS stopped: time limit)" in done.stderr
+    assert "where the hindsight LP withholds sales could not be told" in done.stderr

@@ -761,8 +761,11 @@ def _say_rule_impact(summary: dict[str, Any], label: str, regime: Any, scenarios
         return
     from moca.impact import describe, rule_impact
 
-    with _bad_input():
+    try:  # (advice after the work: a failure here must not cost its results)
         summary["rule_impact"] = rule_impact(regime, scenarios)
+    except (ValueError, RuntimeError) as err:
+        _warn(f"{label}: what the rule does to demand could not be told ({err})")
+        return
     if summary["rule_impact"]["demand_unmet_by_rule"]:
         _warn(describe(label, summary["rule_impact"]))
 
@@ -773,7 +776,12 @@ def _say_withheld(summary: dict[str, Any], scenarios: Sequence[Any], labels: Seq
     ``where``: the regime of a sequence they are drawn under (its label)."""
     from moca.evaluation import withheld_sales
 
-    held, units, which = withheld_sales(scenarios)
+    summary["oracle_withheld_sales"] = None
+    try:  # (advice after the work: a failure here must not cost its results)
+        held, units, which = withheld_sales(scenarios)
+    except (ValueError, RuntimeError) as err:
+        _warn((f"{where}: " if where else "") + f"where the hindsight LP withholds sales could not be told ({err})")
+        return
     summary["oracle_withheld_sales"] = {"scenarios": held, "units": units}
     if held:
         named = ", ".join(labels[i] for i in which[:5]) + (" and more" if held > 5 else "")
@@ -1595,8 +1603,8 @@ def _say_sequence_caveats(out: dict[str, Any], tasks: list[tuple[str, Any]], dra
         tests, said = draw(seeds, regime), {}
         if rule_impacts:
             _say_rule_impact(said, label, regime, tests)
-            impacts[label] = said["rule_impact"]
         _say_withheld(said, tests, [f"seed {seed}" for seed in seeds], where=label)
+        impacts[label] = said["rule_impact"] if rule_impacts else None
         withheld[label] = said["oracle_withheld_sales"]
     if rule_impacts:
         out["rule_impact"] = impacts
