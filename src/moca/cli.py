@@ -1593,8 +1593,8 @@ def _say_sequence_caveats(out: dict[str, Any], tasks: list[tuple[str, Any]], dra
     rule itself leaves demand unmet (CLSC-1, ``rule_impacts``; ``rule_impact`` by label) and
     where the hindsight LP withholds sales (``oracle_withheld_sales`` by label), each with a
     warning naming the regime; ``draw(seeds, regime)``: the run's test scenarios (``scenarios``
-    of them, seeds 1000+). (Scores near 1 were
-    reported under a rule where the optimum leaves 95% of demand unserved, without a word.)"""
+    of them, seeds 1000+). (Scores near 1 were reported under a rule where the optimum leaves
+    95% of demand unserved, without a word.)"""
     from moca.experiment import TEST_SEED as first_seed
 
     impacts, withheld = {}, {}
@@ -1693,9 +1693,10 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
                                    keep_unchanged=keep_unchanged)
     R = result["R"]
     out = {"model": "CLSC-2", "method": method, "regimes": [label for label, _ in tasks],
-           **_continual_record(tasks, steps, scenarios, checkpoint_dir, params_file, windows=True), "R": R[1:], "R_initial": R[0], **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt",
-                                                        "drop_first_after_second", "adaptation_steps",
-                                                        "adaptation_seconds", "violations")},
+           **_continual_record(tasks, steps, scenarios, checkpoint_dir, params_file, windows=True),
+           "R": R[1:], "R_initial": R[0],
+           **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt", "drop_first_after_second",
+                                     "adaptation_steps", "adaptation_seconds", "violations")},
            "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}
     if "protocol_choice" in result:  # moca: the update kept per regime, by validation
         out["protocol_choice"] = result["protocol_choice"]
