@@ -404,6 +404,22 @@ def test_help_regimes_and_version_load_no_heavy_library():
     assert "HEAVY=\n" in done.stderr or done.stderr.rstrip().endswith("HEAVY="), done.stderr[-500:]
 
 
+def test_a_misspelt_regime_is_answered_before_any_heavy_import():
+    """The README says bad input is answered before the heavy imports: ``moca evaluate`` checked
+    whether its policy is a learned checkpoint first (importing torch, ~2 s), and ``moca
+    sweep`` imported the oracle (torch, HiGHS) before reading its --base."""
+    probe = ("import sys\nfrom moca import cli\n"
+             "for args in (['evaluate', '--policy', 'default', '--regime', 'eu-batteries-2013'],\n"
+             "             ['evaluate', '--policy', 'threshold', '--model', 'CLSC-2', '--regime', 'T9'],\n"
+             "             ['sweep', '--field', 'carbon_tax', '--values', '1,2', '--base', 'eu-batteries-2013']):\n"
+             "    try:\n        cli.main(args)\n    except SystemExit as stop:\n        assert stop.code == 2, args\n"
+             "heavy = ('torch', 'highspy', 'gymnasium', 'matplotlib', 'scipy', 'fastapi', 'ray', 'daqp')\n"
+             "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stderr.count("unknown regime name") == 3, done.stderr[-800:]
+    assert done.stderr.rstrip().endswith("HEAVY="), done.stderr[-500:]
+
+
 def test_command_line_is_recorded_whole(monkeypatch):
     from moca import cli
 

@@ -594,6 +594,8 @@ def evaluate(
 
             model, files = load_scenario_files(scenario_files, model)  # the files' "model" chooses the world
         model = model or "CLSC-1"
+        if not scenario_files:  # (a misspelt name is answered before the policy's check imports torch)
+            load_schedule(regime, model=model)
         learned = _is_learned_policy(policy)
         if learned and not scenario_files:
             _warn_if_not_held_out(seed, scenarios)
@@ -2163,7 +2165,6 @@ def sweep(
     """Regulatory impact analysis: sweep one rule's strength; cost of compliance, emissions, shadow price."""
     from moca.cluster import BackendError, backend_from_options
     from moca.files import OutputError
-    from moca.oracle import OracleError
     from moca.regime import RegimeError
     from rich.text import Text
 
@@ -2190,6 +2191,8 @@ def sweep(
     # With --json, each finished task is kept beside it as it finishes: a sweep that stops is
     # taken up again by the same command (run_sweep's journal), not started over.
     from moca.files import output_target
+
+    from moca.oracle import OracleError  # (torch and HiGHS: only once the input is known good)
 
     journal = (json_file.with_name(json_file.name + ".tasks.jsonl")  # (none beside a stream: /dev/stdout)
                if json_file is not None and not output_target(json_file)[1] else None)
