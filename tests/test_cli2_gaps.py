@@ -50,6 +50,8 @@ def test_evaluate_params_reach_the_scenarios_the_oracle_and_the_policy(files):
     assert learned.returncode == 0, learned.stderr
     out = json.loads(learned.stdout)  # stdout stays JSON: the warning is on stderr
     assert out["model"] == "CLSC-2" and out["test_seeds"] == [1000, 1000]
+    # the keys the peers' and CLSC-1's summaries have (the learned policy's lacked them)
+    assert out["scenarios"] == 1 and out["decision_latency_us"] == {"p50": None, "p99": None}
     assert out["mean_oracle_cost"] == pytest.approx(expected, rel=1e-9)
     assert out["violations"] == 0 and 0.5 < out["score"] <= 1.0 + 1e-9
     assert "warning" in learned.stderr and "cap_order=4000.0->5000.0" in learned.stderr
@@ -78,7 +80,7 @@ def test_evaluate_on_clsc2_scenario_files(files):
     out = run("evaluate", "--policy", "default", "--scenario", files.scenario, "--scenario", files.scenario, "--json")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
-    assert summary["model"] == "CLSC-2" and len(summary["scores"]) == 2
+    assert summary["model"] == "CLSC-2" and len(summary["scores"]) == 2 and summary["scenarios"] == 2
     assert summary["scenario_files"] == [str(files.scenario)] * 2
     assert summary["mean_oracle_cost"] == pytest.approx(files.oracle, rel=1e-9)
     assert summary["violations"] == 0 and 0.5 < summary["score"] <= 1.0 + 1e-9

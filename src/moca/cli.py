@@ -721,6 +721,9 @@ def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps:
                 summary = evaluate_peer2(policy, plan, range(seed, seed + scenarios), params,
                                          progress=_phase_bars(progress)).summary()
         summary.setdefault("model", "CLSC-2")  # (the peers' summaries did not say; the learned policy's did)
+        # (the learned policy's lacked these two keys the peers' and CLSC-1's have)
+        summary.setdefault("scenarios", len(files) if files else scenarios)
+        summary.setdefault("decision_latency_us", {"p50": None, "p99": None})
         if not files:
             summary.setdefault("test_seeds", [seed, seed + scenarios - 1])
         else:
