@@ -467,6 +467,9 @@ def test_a_body_no_parser_reads_is_refused_naming_why_and_reset_takes_no_fields(
     before = _counts(client)
     json_type = {"content-type": "application/json"}
     deep = ('{"id": "p2", "regime": ' + "[" * 5000 + "]" * 5000 + "}").encode()
+    r = client.post("/v1/chains/p1/decide", content=b'{"id": "p2\xff", "regime": "T1"}', headers=json_type)
+    assert r.status_code == 422 and r.json()["detail"] == "body: not UTF-8 text (byte 10; JSON is sent as UTF-8)"
+    # (decide's own parser said "invalid unicode code point"; its depth refusal says "recursion limit")
     for path in ("/v1/chains", "/v1/chains/p1/regulations", "/v1/chains/p1/reset", "/v1/chains/p1/rollback"):
         r = client.post(path, content=b'{"id": "p2\xff", "regime": "T1"}', headers=json_type)
         assert r.status_code == 422 and r.json()["detail"] == "body: not UTF-8 text (byte 10; JSON is sent as UTF-8)"

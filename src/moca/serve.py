@@ -1384,6 +1384,15 @@ def _key_given_twice(body: bytes) -> str | None:
     return None  # (the same key in two different objects)
 
 
+def _not_utf8(body: bytes) -> str | None:
+    """Why ``body`` is no JSON text, where its bytes are not UTF-8 (None when they are)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"body: not UTF-8 text (byte {err.start}; JSON is sent as UTF-8)"
+    return None
+
+
 def _body_problem(body: bytes) -> str | None:
     """Why a body of the routes other than decide is refused before FastAPI parses it, from
     one parse (they are not the hot path, so no key scan first as in :func:`_key_given_twice`):
@@ -1398,8 +1407,8 @@ def _body_problem(body: bytes) -> str | None:
     try:
         if json.loads(body, object_pairs_hook=unique_keys) is None:
             return "body: null, expected an object ({} or no body where no field is needed)"
-    except UnicodeDecodeError as err:
-        return f"body: not UTF-8 text (byte {err.start}; JSON is sent as UTF-8)"
+    except UnicodeDecodeError:
+        return _not_utf8(body)
     except RecursionError:
         return "body: nested too deeply to read"
     except json.JSONDecodeError:
@@ -1548,6 +1557,8 @@ class DecideFastPath:
                     answer = decide(self.rt, path[11:-7], _body_model(self.rt, path[11:-7]).model_validate_json(body))
                 except ValidationError as err:
                     status, answer = 422, _validation_answer(err.errors())
+                    if err.errors()[0].get("type") == "json_invalid":  # (it said "invalid unicode code point")
+                        answer = {"detail": _not_utf8(body)} if _not_utf8(body) else answer
                 except ServeError as err:
                     status, answer = err.status, {"detail": err.message}
         data = json.dumps(answer).encode()
