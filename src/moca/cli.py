@@ -594,8 +594,8 @@ def evaluate(
 
             model, files = load_scenario_files(scenario_files, model)  # the files' "model" chooses the world
         model = model or "CLSC-1"
-        if not scenario_files:  # (a misspelt name is answered before the policy's check imports torch)
-            load_schedule(regime, model=model)
+        # (read before the policy's check imports torch: a misspelt name is answered at once)
+        plan = files[0].schedule if scenario_files else load_schedule(regime, model=model)
         learned = _is_learned_policy(policy)
         if learned and not scenario_files:
             _warn_if_not_held_out(seed, scenarios)
@@ -610,15 +610,14 @@ def evaluate(
         if retune is not None:
             _retune_choice(retune, base, model, adapt=learned2 and adapt_steps > 0)
     if model == "CLSC-2":
-        return _evaluate2(policy, regime, scenarios, seed, adapt_steps, params_file, scenario_files, files,
+        return _evaluate2(policy, regime, plan, scenarios, seed, adapt_steps, params_file, scenario_files, files,
                           learned2, as_json, base, retune)
     with _bad_input():
         if scenario_files:
-            tests = files
-            plan, params = tests[0].schedule, tests[0].params
+            tests, params = files, files[0].params
             regime = ", ".join(p.name for p in scenario_files)
         else:
-            plan, params = load_schedule(regime), _load_params(params_file)
+            params = _load_params(params_file)
             tests = draw_scenarios(scenarios, plan, params, first_seed=seed)
         _warn_if_beyond_horizon(plan, tests[0].horizon)
         from moca.evaluation import evaluate_policy  # (torch: only once the input is known good)
@@ -675,20 +674,21 @@ def evaluate(
         console.print(describe(label, impact), highlight=False, soft_wrap=True)
 
 
-def _evaluate2(policy: str, regime: str, scenarios: int, seed: int, adapt_steps: int, params_file: Optional[Path],
-               scenario_files: Optional[list[Path]], files: Optional[list], learned2: bool, as_json: bool,
-               base: str = "auto", retune: Optional[int] = None) -> None:
+def _evaluate2(policy: str, regime: str, plan: Any, scenarios: int, seed: int, adapt_steps: int,
+               params_file: Optional[Path], scenario_files: Optional[list[Path]], files: Optional[list],
+               learned2: bool, as_json: bool, base: str = "auto", retune: Optional[int] = None) -> None:
     """``moca evaluate`` on CLSC-2: drawn scenarios (on --params' chain) or the --scenario files;
-    a learned policy with --adapt-steps through moca adapt's portfolio of --base."""
+    a learned policy with --adapt-steps through moca adapt's portfolio of --base; ``plan``: the
+    regime plan, as evaluate read it."""
     from moca.baselines.peers import evaluate_peer2
-    from moca.regime import load_schedule, regime_label
+    from moca.regime import regime_label
 
     with _bad_input():
         _base_choice(base, model="CLSC-2")
         if files:
-            tests, plan = files, files[0].schedule
+            tests = files
         else:
-            plan, params = load_schedule(regime, model="CLSC-2"), _load_params(params_file, "CLSC-2")
+            params = _load_params(params_file, "CLSC-2")
         horizon = files[0].horizon if files else params.horizon
         _warn_if_beyond_horizon(plan, horizon)
         # --adapt-steps adapts as moca adapt does, by default re-tuning first on a plan whose rules change

@@ -523,24 +523,22 @@ def make_vector_env(
     training use ``moca.sim.rollout`` (batched torch) instead; this form is for tools that
     speak the Gymnasium vector API.
     """
-    if not is_whole(n) or n < 1:
-        raise ValueError(f"n={n!r}: the number of environments must be an integer >= 1")
-    return checked_vector_env(CircularSupplyChainEnv, int(n), autoreset_mode, regime=regime, params=params,
+    return checked_vector_env(CircularSupplyChainEnv, n, autoreset_mode, regime=regime, params=params,
                               cost_scale=cost_scale, check_violations=check_violations)
 
 
-def checked_vector_env(env_class: type[gym.Env], num_envs: int = 1,
+def checked_vector_env(env_class: type[gym.Env], n: int = 1,
                        autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP,
                        **env_kwargs: Any) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` copies of ``env_class(**env_kwargs)`` whose batch of actions is checked
+    """``n`` copies of ``env_class(**env_kwargs)`` whose batch of actions is checked
     before any copy steps (either world's env: :func:`make_vector_env` and
     :func:`moca.env2.make_vector_env`). ``gym.make_vec`` keeps Gymnasium's own
     ``SyncVectorEnv``, which steps the copies before a bad row: registered as the default,
     this form refused ``make_vec``'s ``wrappers=``, ``vector_kwargs=`` and
     ``max_episode_steps=``, which users of Gymnasium's class pass."""
-    if not is_whole(num_envs) or num_envs < 1:
-        raise ValueError(f"num_envs={num_envs!r}: the number of environments must be an integer >= 1")
-    return _CheckedSyncVectorEnv([lambda: env_class(**env_kwargs) for _ in range(int(num_envs))],
+    if not is_whole(n) or n < 1:
+        raise ValueError(f"n={n!r}: the number of environments must be an integer >= 1")
+    return _CheckedSyncVectorEnv([lambda: env_class(**env_kwargs) for _ in range(int(n))],
                                  autoreset_mode=autoreset_mode)
 
 

@@ -48,7 +48,6 @@ from gymnasium import spaces
 
 from moca import clsc2
 from moca.env import checked_vector_env, episode_scenario, render_bars, warn_if_beyond_horizon
-from moca.limits import is_whole
 from moca.projection import project2_counted, violations2
 from moca.regime import MAX_WINDOW, Regime, RegimeSchedule, load_schedule
 from moca.safety import LARGEST_ACTION, action_values
@@ -261,9 +260,7 @@ def make_vector_env(
     """``n`` copies in a ``SyncVectorEnv`` whose batch of actions is checked before any copy
     steps (:func:`moca.env.checked_vector_env`; ``reset(seed=s)`` gives copy ``i`` the
     scenario of seed ``s + i``). CLSC-1's is :func:`moca.env.make_vector_env`."""
-    if not is_whole(n) or n < 1:
-        raise ValueError(f"n={n!r}: the number of environments must be an integer >= 1")
-    return checked_vector_env(CircularSupplyChain2Env, int(n), autoreset_mode, regime=regime, params=params,
+    return checked_vector_env(CircularSupplyChain2Env, n, autoreset_mode, regime=regime, params=params,
                               cost_scale=cost_scale, check_violations=check_violations)
 
 

@@ -266,15 +266,15 @@ def run_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     moca = methods.get("moca") or {}
     # (the re-tuned MPC too: the line named the threshold rule as the best peer where the
     # same run's MPC re-tuned per task scored above moca, 0.9802 against 0.9727)
-    retuned = {name: by_task for name, by_task in (metrics.get("retuned") or {}).items() if not name.startswith("moca")}
+    retuned = metrics.get("retuned") or {}
     peers = {}
-    for name, by_task in {**baselines, **retuned}.items():
+    for name, by_task in {**baselines, **{n: b for n, b in retuned.items() if not n.startswith("moca")}}.items():
         scores = [_number(v.get("score")) for v in by_task.values()]
         if name != "oracle" and scores and None not in scores:
             peers[name] = float(np.mean(scores))
     best = max(peers, key=peers.get) if peers else None
     counts = [r.get("violations") for r in methods.values()]
-    counts += [v.get("violations") for block in (baselines, metrics.get("retuned") or {})
+    counts += [v.get("violations") for block in (baselines, retuned)
                for by_task in block.values() for v in by_task.values()]
     return {"id": metrics.get("id"), "moca_average_final_score": _number(moca.get("average_final_score")),
             "moca_drop_first_after_second": _number(moca.get("drop_first_after_second")),

@@ -1556,9 +1556,10 @@ class DecideFastPath:
                 try:
                     answer = decide(self.rt, path[11:-7], _body_model(self.rt, path[11:-7]).model_validate_json(body))
                 except ValidationError as err:
-                    status, answer = 422, _validation_answer(err.errors())
-                    if err.errors()[0].get("type") == "json_invalid":  # (it said "invalid unicode code point")
-                        answer = {"detail": _not_utf8(body)} if _not_utf8(body) else answer
+                    errors = err.errors()
+                    # (bytes that are not UTF-8: its parser said "invalid unicode code point")
+                    problem = _not_utf8(body) if errors[0].get("type") == "json_invalid" else None
+                    status, answer = 422, {"detail": problem} if problem else _validation_answer(errors)
                 except ServeError as err:
                     status, answer = err.status, {"detail": err.message}
         data = json.dumps(answer).encode()
