@@ -201,3 +201,66 @@ def test_metadata_may_not_replace_what_rebuilds_or_checks_the_checkpoint(tmp_pat
     checkpoint.save_policy(tmp_path / "ck", module, {"note": "mine"})
     loaded, meta = checkpoint.load_policy(tmp_path / "ck")
     assert loaded.params.horizon == 5 and meta["note"] == "mine"
+
+
+def test_a_policy_is_saved_only_as_its_own_kind_and_never_under_a_shipped_name(tmp_path, monkeypatch):
+    """``save_policy`` wrote a policy over the rolling LP as a plain policy (it loaded back
+    without its base rule and acted otherwise) and a CLSC-2 policy labelled CLSC-1 (never
+    loaded back); ``save_policy("default")`` wrote ./default, which loading "default" skips
+    for the shipped meta-init."""
+    from moca.meta2 import load_policy2, save_policy2
+    from moca.mpc_base import MPCBasePolicy
+    from moca.policy import LSTMPolicy
+
+    plain, _ = checkpoint.load_policy("default")
+    clsc2, _ = load_policy2("default")
+    with pytest.raises(CheckpointError, match=r"module: a MPCBasePolicy, not a plain CLSC-1 LSTMPolicy; save it "
+                                              r"with moca\.mpc_base\.save_mpc_policy"):
+        checkpoint.save_policy(tmp_path / "a", MPCBasePolicy(plain.params, plain.config, 400.0), {})
+    with pytest.raises(CheckpointError, match=r"module: a LSTMPolicy2, .* moca\.meta2\.save_policy2"):
+        checkpoint.save_policy(tmp_path / "b", clsc2, {})
+    with pytest.raises(CheckpointError, match=r"module: a LSTMPolicy, not a CLSC-2 LSTMPolicy2"):
+        save_policy2(tmp_path / "c", plain, {})
+    assert not list(tmp_path.iterdir())
+    monkeypatch.chdir(tmp_path)
+    for name in ("default", "default-reptile"):
+        with pytest.raises(CheckpointError, match=f"{name}: the name of a shipped meta-init"):
+            checkpoint.save_policy(name, LSTMPolicy(), {})
+    assert not list(tmp_path.iterdir())
+    checkpoint.save_policy("./mine", plain, {})  # any other folder
+    assert torch.equal(checkpoint.load_policy("./mine")[0].head.bias, plain.head.bias)
+
+
+def test_save_refuses_what_it_would_write_wrongly_or_unreadably(tmp_path):
+    nan = {"layer.weight": torch.full((2, 2), float("nan"))}
+    with pytest.raises(CheckpointError, match=r"weights\['layer\.weight'\]: holds NaN or infinite values"):
+        checkpoint.save(tmp_path / "a", nan, {})
+    import numpy as np
+
+    with pytest.raises(CheckpointError, match=r"weights\['w'\]: expected a torch tensor, got ndarray"):
+        checkpoint.save(tmp_path / "b", {"w": np.zeros(3)}, {})
+    with pytest.raises(CheckpointError, match="metadata: key 1 is not text"):
+        checkpoint.save(tmp_path / "c", _weights(), {1: "a", "1": "b"})
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["default", "default-clsc2"])
+def test_a_policy_checkpoint_without_its_params_or_policy_block_is_refused(tmp_path, name):
+    """Without the digest (a checkpoint of before it) a removed ``policy`` block loaded the
+    default settings under the checkpoint's weights (safety stock 300 where 900 was trained)."""
+    import shutil
+    from importlib.resources import files
+
+    from moca.meta2 import load_policy2
+
+    load = checkpoint.load_policy if name == "default" else load_policy2
+    path = tmp_path / name
+    shutil.copytree(str(files("moca") / "data" / name), path)
+    meta = json.loads((path / checkpoint.META).read_text())
+    for key in ("policy", "params"):
+        write_meta(path, {k: v for k, v in meta.items() if k not in (key, checkpoint.META_DIGEST)})
+        with pytest.raises(CheckpointError, match=f"checkpoint.json: {key}: missing"):
+            load(path)
+    write_meta(path, {k: v for k, v in meta.items() if k not in ("weights_sha256", checkpoint.META_DIGEST)})
+    with pytest.raises(CheckpointError, match="checkpoint.json has no weights_sha256"):
+        load(path)

@@ -52,9 +52,14 @@ _LEFTOVER = re.compile(r"\.learning_curve\..+\.tmp(\.png)?")  # (moca.files.repl
 
 def check_replaceable(directory: str | Path, label: str | None = None) -> None:
     """Refuse to write a checkpoint over ``directory`` when it holds files of another kind
-    (``-o ~/plant`` would have deleted the user's files); new, empty and checkpoint folders pass."""
-    directory = Path(directory)
+    (``-o ~/plant`` would have deleted the user's files); new, empty and checkpoint folders pass.
+    A shipped meta-init's name is refused too: ``default`` wrote ./default, and loading
+    ``default`` gave the shipped policy back."""
     label = label or str(directory)
+    if str(directory) in SHIPPED:
+        raise CheckpointError(f"{label}: the name of a shipped meta-init, which loading it reads; give another "
+                              f"folder (e.g. ./{directory}-mine)")
+    directory = Path(directory)
     if not directory.exists():
         return
     if not directory.is_dir():
@@ -102,6 +107,8 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
     """Write a checkpoint atomically (a temporary directory renamed into place)."""
     from safetensors.torch import save_file
 
+    check_replaceable(directory)
+    check_saved(weights, metadata)
     directory = Path(directory)
     if directory.is_symlink():  # (a rename over the link replaced it, its target kept the old checkpoint)
         directory = Path(os.path.realpath(directory))
@@ -161,6 +168,27 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
     return directory
 
 
+def check_saved(weights: Any, metadata: Any) -> None:
+    """Refuse what :func:`save` would write wrongly or unreadably, by name: weights that are
+    not a dict of finite tensors (NaN weights were written, and every load refused them),
+    metadata that is not a dict with text keys (``{1: "a", "1": "b"}`` kept one of them)."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"weights: expected a dict of name -> torch tensor, got {type(weights).__name__}")
+    for name, tensor in weights.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"weights: key {name!r} is not text")
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"weights[{name!r}]: expected a torch tensor, got {type(tensor).__name__}")
+        if not bool(torch.isfinite(tensor.detach()).all()):
+            raise CheckpointError(f"weights[{name!r}]: holds NaN or infinite values (a checkpoint of it could "
+                                  "never be loaded)")
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"metadata: expected a dict, got {type(metadata).__name__}")
+    keys = [k for k in metadata if not isinstance(k, str)]
+    if keys:
+        raise CheckpointError(f"metadata: key {keys[0]!r} is not text (JSON keys are)")
+
+
 def metadata_digest(meta: dict[str, Any]) -> str:
     """SHA-256 of a checkpoint's JSON without its own digest: keys sorted, no spaces, so
     the digest does not depend on how the file is indented."""
@@ -208,8 +236,11 @@ def load(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise CheckpointError(f"checkpoint {directory}: {META} was altered after it was written (its SHA-256 "
                               f"does not match its {META_DIGEST}); it says how the weights are used, so an edited "
                               "one is not loaded: save the policy again instead")
+    if "weights_sha256" not in meta:
+        raise CheckpointError(f"checkpoint {directory}: {META} has no weights_sha256 (every checkpoint moca writes "
+                              "records it)")
     digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
-    if digest != meta.get("weights_sha256"):
+    if digest != meta["weights_sha256"]:
         raise CheckpointError(f"checkpoint {directory}: {WEIGHTS} is corrupted (SHA-256 does not match {META})")
     try:
         weights = load_file(str(weights_path))
@@ -262,6 +293,22 @@ def load_kind(directory: str | Path, kind: str) -> tuple[dict[str, torch.Tensor]
     if meta.get("kind") != kind:
         raise CheckpointError(f"checkpoint {where}: kind: {meta.get('kind')!r}, expected {kind!r}")
     return weights, meta, where
+
+
+def blocks(meta: dict[str, Any], where: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A policy checkpoint's ``params`` and ``policy`` blocks (keyword arguments of
+    ``Params``/``Params2`` and ``PolicyConfig``); a block missing is refused by name: read
+    as empty, the policy was rebuilt on the default chain and settings (another safety
+    stock, another residual scale) under the checkpoint's weights."""
+    found = []
+    for key in ("params", "policy"):
+        block = meta.get(key)
+        if not isinstance(block, dict):
+            raise CheckpointError(f"checkpoint {where}: {META}: {key}: " + ("missing (every policy checkpoint "
+                                  "moca writes records it)" if block is None else f"expected an object, got "
+                                  f"{type(block).__name__}"))
+        found.append(block)
+    return found[0], found[1]
 
 
 def build_module(where: Path, make: Callable[[], torch.nn.Module],
@@ -333,7 +380,18 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_policy(directory: str | Path, module: torch.nn.Module, metadata: dict[str, Any]) -> Path:
-    """Save an :class:`moca.policy.LSTMPolicy` with what rebuilds it (params, config)."""
+    """Save an :class:`moca.policy.LSTMPolicy` with what rebuilds it (params, config).
+    A policy over another base rule, or CLSC-2's, is refused, naming its own saver: written
+    as a plain policy, it loaded back without its rule and acted otherwise without a word."""
+    from moca.policy import LSTMPolicy
+
+    if type(module) is not LSTMPolicy:
+        savers = {"MappedPolicy": "moca.regime_map.save_mapped_policy", "MPCBasePolicy": "moca.mpc_base.save_mpc_policy",
+                  "LSTMPolicy2": "moca.meta2.save_policy2 (a CLSC-2 policy)"}
+        name = type(module).__name__
+        raise CheckpointError(f"module: a {name}, not a plain CLSC-1 LSTMPolicy; save it with "
+                              + savers.get(name, "its own saver") + " (moca.regime_map.save_learned_policy "
+                              "takes every CLSC-1 kind)")
     meta = merged({"kind": "lstm-policy", "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
                    "policy": module.config.model_dump(mode="json")}, metadata)
     return save(directory, dict(module.state_dict()), meta)
@@ -354,8 +412,9 @@ def load_policy(directory: str | Path):
     where = resolve(directory)
     if meta.get("kind") != "lstm-policy" or meta.get("model", "CLSC-1") != "CLSC-1":
         raise refuse(where, meta, "CLSC-1", "lstm-policy")
+    params, config = blocks(meta, where)
     try:
-        module = LSTMPolicy(Params(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
+        module = LSTMPolicy(Params(**params), PolicyConfig(**config))
     except (ValidationError, TypeError) as err:
         raise CheckpointError(f"checkpoint {where}: invalid params/policy in {META} ({validation_reason(err)})") from None
     check_compatible(weights, module, where)

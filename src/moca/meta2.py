@@ -369,6 +369,9 @@ def save_policy2(directory: str | Path, module: LSTMPolicy2, metadata: dict[str,
     """Save a CLSC-2 policy (safetensors + JSON) with its model, params and config."""
     from moca import checkpoint
 
+    if not isinstance(module, LSTMPolicy2):  # (a CLSC-1 policy was written labelled CLSC-2, and never loaded back)
+        raise checkpoint.CheckpointError(f"module: a {type(module).__name__}, not a CLSC-2 LSTMPolicy2 (CLSC-1 "
+                                         "policies: moca.checkpoint.save_policy)")
     meta = checkpoint.merged({"kind": "lstm-policy", "model": MODEL, "params": module.params.model_dump(mode="json"),
                               "policy": module.config.model_dump(mode="json")}, metadata)
     return checkpoint.save(directory, dict(module.state_dict()), meta)
@@ -388,8 +391,9 @@ def load_policy2(directory: str | Path) -> tuple[LSTMPolicy2, dict[str, Any]]:
     path = checkpoint.resolve(where)
     if meta.get("kind") != "lstm-policy" or meta.get("model", "CLSC-1") != MODEL:
         raise checkpoint.refuse(path, meta, MODEL, "lstm-policy")
+    params, config = checkpoint.blocks(meta, path)
     try:
-        module = LSTMPolicy2(Params2(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})))
+        module = LSTMPolicy2(Params2(**params), PolicyConfig(**config))
     except (ValidationError, TypeError) as err:
         raise checkpoint.CheckpointError(f"checkpoint {path}: invalid params/policy "
                                          f"({validation_reason(err)})") from None

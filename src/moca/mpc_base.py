@@ -157,8 +157,9 @@ def load_mpc_policy(directory: str | Path) -> tuple[MPCBasePolicy, dict[str, Any
     from moca import checkpoint
 
     weights, meta, where = checkpoint.load_kind(directory, MPC_KIND)
+    params, config = checkpoint.blocks(meta, where)
     module = checkpoint.build_module(where, lambda: MPCBasePolicy(
-        Params(**meta.get("params", {})), PolicyConfig(**meta.get("policy", {})), meta.get("safety_stock")),
+        Params(**params), PolicyConfig(**config), meta.get("safety_stock")),
         (MPCBaseError,))
     checkpoint.check_compatible(weights, module, where)
     module.load_state_dict(weights)

@@ -411,11 +411,11 @@ def load_mapped_policy(directory: str | Path) -> tuple[MappedPolicy, dict[str, A
     from moca.checkpoint import CheckpointError
 
     weights, meta, where = checkpoint.load_kind(directory, MAPPED_KIND)
+    params, config = checkpoint.blocks(meta, where)
 
     def make() -> MappedPolicy:
         validate_map_dict(meta.get("map"), "map")
-        return MappedPolicy(ThresholdMap.from_dict(meta["map"]), Params(**meta.get("params", {})),
-                            PolicyConfig(**meta.get("policy", {})))
+        return MappedPolicy(ThresholdMap.from_dict(meta["map"]), Params(**params), PolicyConfig(**config))
 
     module = checkpoint.build_module(where, make, (RegimeMapError,))
     pinned = meta.get("pinned", [])
