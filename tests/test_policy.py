@@ -330,3 +330,30 @@ def test_unstructured_policy_starts_from_zero_actions():
     clone = LSTMPolicy(SHORT, PolicyConfig(structured=False, hidden=8))
     clone.load_state_dict(module.state_dict())
     assert set(module.state_dict()) == {k for k, _ in module.named_parameters()}
+
+
+def test_training_losses_refuse_a_weights_dict_that_does_not_fit_the_policy():
+    """``functional_call`` took a missing or misspelt name from the module: the loss of the
+    module's own weight where the caller's adapted one was meant, without a word (both worlds)."""
+    from moca.meta2 import load_policy2
+    from moca.policy import PolicyError, episode_losses
+    from moca.policy2 import episode_losses2
+    from moca.regime import load_schedule
+    from moca.scenario import draw_scenario, draw_scenario2
+    from moca.sim2 import ScenarioBatch2
+
+    module = LSTMPolicy()
+    scenario = draw_scenario(1, load_schedule("T2"))
+    batch = ScenarioBatch.from_scenarios([scenario])
+    weights = {k: v.detach().clone() for k, v in module.named_parameters()}
+    typo = {("head.bias_" if k == "head.bias" else k): v for k, v in weights.items()}
+    with pytest.raises(PolicyError, match=r"weights: missing head\.bias; unknown head\.bias_"):
+        episode_losses(module, typo, batch, torch.tensor([4e5]))
+    with pytest.raises(PolicyError, match=r"weights\[1\]: missing head\.bias"):
+        episode_losses(module, [weights, typo], ScenarioBatch.from_scenarios([scenario] * 2),
+                       torch.tensor([4e5, 4e5]), groups=[1, 1])
+    module2, _ = load_policy2("default")
+    partial = {k: v for k, v in module2.named_parameters() if k != "rule_bias"}
+    batch2 = ScenarioBatch2.from_scenarios([draw_scenario2(1, load_schedule("T2", model="CLSC-2"))])
+    with pytest.raises(PolicyError, match="weights: missing rule_bias"):
+        episode_losses2(module2, partial, batch2, torch.tensor([4e5]))

@@ -439,6 +439,10 @@ class PolicyAgent:
         if weights is None:
             weights = module_weights(module)
         self.weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+        # (functional_call takes a missing or misspelt name from the module without a word:
+        # a loss of the module's own weights where the caller's were meant)
+        for i, one in enumerate(self.weights):
+            check_weights(module, one, f"weights[{i}]" if len(self.weights) > 1 else "weights")
         self.groups = check_groups(self.weights, groups)
         self._frames: list[Tensor] = []
         self._states: list[LSTMState | None] = [None] * len(self.weights)
