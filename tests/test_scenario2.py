@@ -302,3 +302,32 @@ def test_params_copied_with_changes_are_checked_as_new_ones():
         changed = kind().model_copy(update={"cap_produce": 900.0})
         assert isinstance(changed, kind) and changed.cap_produce == 900.0 and changed.mass == kind().mass
         assert kind().model_copy() == kind()
+
+
+@pytest.mark.parametrize("model", ["CLSC-1", "CLSC-2"])
+def test_a_scenario_s_series_cannot_be_edited_after_its_checks(model):
+    """The checks run when a scenario is built: ``scenario.demand[5] = -5000`` afterwards was
+    scored by the oracle (a lower cost) and the env (negative sales) without a word. The
+    series are read-only, in copies too (deepcopy, pickle), and the caller's arrays stay
+    theirs and writable."""
+    import copy
+    import pickle
+
+    from moca.regime import TASKS
+
+    drawn = draw_scenario(3, TASKS["T2"]) if model == "CLSC-1" else draw_scenario2(3, TASKS_2["T2"])
+    names = ["demand", "return_frac"] + (["grades", "supply_up", "market_avail", "demand_history"]
+                                          if model == "CLSC-2" else [])
+    for scenario in (drawn, copy.deepcopy(drawn), pickle.loads(pickle.dumps(drawn))):
+        for name in names:
+            with pytest.raises(ValueError, match="read-only"):
+                getattr(scenario, name)[0] = -5000.0
+    mine = np.array(drawn.demand)
+    kind = Scenario if model == "CLSC-1" else Scenario2
+    rebuilt = kind(**{**{name: getattr(drawn, name) for name in names}, "params": drawn.params,
+                      "schedule": drawn.schedule, "demand": mine})
+    mine[0] = 1.0  # the caller's array: still writable, and not the scenario's
+    assert rebuilt.demand[0] == drawn.demand[0] != 1.0
+    state = dict(copy.copy(drawn).__dict__, demand=np.where(np.arange(drawn.horizon) == 5, -1.0, drawn.demand))
+    with pytest.raises(ScenarioError, match=r"demand\[5\]=-1.0 must be >= 0"):
+        kind.__new__(kind).__setstate__(state)  # (what unpickling an edited copy does)

@@ -169,6 +169,16 @@ def check_schedule1(schedule: RegimeSchedule) -> None:
                 "the env moca/CircularSupplyChain2-v0, draw_scenario2)")
 
 
+def _held(series: Any) -> np.ndarray:
+    """A scenario's own read-only float64 copy of ``series``: its checks run once, when it
+    is built, so an edit afterwards (``scenario.demand[5] = -5000``) was scored by the oracle
+    and the simulators without a word; now it is numpy's "read-only" error, and the caller's
+    array stays theirs (writable, not shared)."""
+    held = np.array(series, dtype=np.float64)
+    held.flags.writeable = False
+    return held
+
+
 @dataclass
 class Scenario:
     """One scenario: parameters, regime schedule, demand (units) and return fractions."""
@@ -179,11 +189,16 @@ class Scenario:
     return_frac: np.ndarray  # [T]
 
     def __post_init__(self) -> None:
-        self.demand = np.asarray(self.demand, dtype=np.float64)
-        self.return_frac = np.asarray(self.return_frac, dtype=np.float64)
+        self.demand = _held(self.demand)
+        self.return_frac = _held(self.return_frac)
         _check_series("demand", self.demand, self.params.horizon, low=0.0)
         _check_series("return_frac", self.return_frac, self.params.horizon, low=0.0, high=1.0)
         check_schedule1(self.schedule)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # (copy.deepcopy and pickle, Ray's included, restore the series writable: checked again, held again)
+        self.__dict__.update(state)
+        self.__post_init__()
 
     @property
     def horizon(self) -> int:
@@ -709,7 +724,7 @@ class Scenario2:
     def __post_init__(self) -> None:
         T = self.params.horizon
         for name in SERIES_2:
-            setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64))
+            setattr(self, name, _held(getattr(self, name)))
         _check_series("demand_history", self.demand_history, HISTORY, low=0.0)
         _check_series("demand", self.demand, T, low=0.0)
         _check_series("return_frac", self.return_frac, T, low=0.0, high=1.0)
@@ -725,6 +740,10 @@ class Scenario2:
         off = np.flatnonzero(np.abs(self.grades.sum(axis=1) - 1.0) > 1e-6)
         if off.size:
             raise ScenarioError(f"grades[{off[0]}]={self.grades[off[0]].tolist()} must sum to 1")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # (as Scenario's: a copy's series checked and held again)
+        self.__post_init__()
 
     @property
     def horizon(self) -> int:
