@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import gymnasium as gym
@@ -340,6 +341,9 @@ def test_an_unknown_reset_option_is_refused_both_worlds():
     ("r", 0.99, r"\(r\) is 0.99; it must be <= 0.95"),
     ("tau_k", -1.0, r"\(tau_k\) is -1; it must be >= 0"),
     ("cap_code", 0.0, r"regime entries .* read as no valid regime: .*emission_cap"),
+    ("V", math.nan, r"entry 0 \(V\) is nan; it must be a finite number"),
+    ("last_demand", math.inf, r"entry \d+ \(last_demand\) is inf; it must be a finite number"),
+    ("V", 1e9, r"entry 0 \(V\) is 1e\+09; it must be <= 1e\+06"),  # (the env clamps at 1e6 capacities)
 ])
 def test_an_observation_of_no_state_of_the_chain_is_refused_naming_its_entry(name, value, words):
     """A negative stock, a return share of 5 or a negative tax gave an ordinary-looking
@@ -359,3 +363,36 @@ def test_an_observation_of_no_state_of_the_chain_is_refused_naming_its_entry(nam
     controller = DeployedPolicy(checkpoint.load_policy("default")[0])
     with pytest.raises(ValueError, match=words):
         controller.decide_observation(bad)
+
+
+def test_an_observation_that_is_no_float_vector_is_refused_saying_what_it_is():
+    """Integers were truncated fractions of capacity (another state, another action), a
+    masked array was read through its mask, text was numpy's "could not convert", and a
+    tensor with a gradient torch's "Can't call numpy()"."""
+    import torch
+
+    from moca.env import observation_inputs
+
+    obs, _ = CircularSupplyChainEnv(regime="T1").reset(seed=1000)
+    expected = observation_inputs(obs)
+    assert list(observation_inputs(torch.tensor(obs, requires_grad=True))["stocks"]) == list(expected["stocks"])
+    assert list(observation_inputs(obs.tolist())["stocks"]) == list(expected["stocks"])
+    for given, words in ((obs.astype(np.int64), "got int64 entries"),
+                         (np.ma.masked_array(obs, mask=[True] + [False] * (obs.size - 1)), "a masked array"),
+                         ("abc", "an array of 22 numbers, got text"), ({"V": 1.0}, "got dict"),
+                         (None, "got NoneType"), ([[1.0, 2.0], [3.0]], "got list")):
+        with pytest.raises(ValueError, match=f"obs: .*{words}"):
+            observation_inputs(given)
+
+
+def test_a_deployed_policy_is_built_from_a_clsc1_policy_and_reset_with_a_batch():
+    from moca import checkpoint
+    from moca.meta2 import load_policy2
+    from moca.policy import DeployedPolicy, PolicyError
+
+    with pytest.raises(PolicyError, match=r"module: a \(module, metadata\) pair, as load_policy returns it"):
+        DeployedPolicy(checkpoint.load_policy("default"))
+    with pytest.raises(PolicyError, match="module: expected a CLSC-1 LSTMPolicy, got LSTMPolicy2"):
+        DeployedPolicy(load_policy2("default")[0])
+    with pytest.raises(PolicyError, match="batch: expected a ScenarioBatch of one scenario or None, got str"):
+        DeployedPolicy(checkpoint.load_policy("default")[0]).reset("x")

@@ -413,10 +413,37 @@ def _observation_layout(n_pipe: int, n_sales: int) -> tuple[tuple[str, ...], np.
              *[f"sales_history[{i}]" for i in range(n_sales)],
              "rho", "last_demand", "season_sin", "season_cos", "t_frac", "r", "tau_k", "cap_code", "lambda_h", "kappa")
     low = np.array([-np.inf if n.startswith("season_") else 0.0 for n in names], dtype=np.float32)
-    high = np.array([np.nextafter(np.float32(_HIGHEST[n]), np.float32(2)) if n in _HIGHEST else np.inf
-                     for n in names], dtype=np.float32)
+    # (the env clamps the others at _HIGH: above it, 1e6 capacities, is no observation of it)
+    high = np.array([np.nextafter(np.float32(_HIGHEST[n]), np.float32(2)) if n in _HIGHEST
+                     else np.inf if n.startswith("season_") else _HIGH for n in names], dtype=np.float32)
     low.flags.writeable = high.flags.writeable = False  # (shared by every call: read only)
     return names, low, high
+
+
+def _observation_array(obs: Any, size: int) -> np.ndarray:
+    """``obs`` as the env's float32 vector of ``size`` entries, or a ValueError saying why
+    not: a masked array (numpy read it through its mask), integers (an observation's
+    entries are fractions of a capacity: ints are another state), text or another object."""
+    import torch
+
+    if isinstance(obs, np.ma.MaskedArray):
+        raise ValueError("obs: a masked array; give the observation's values (an array of numbers)")
+    if isinstance(obs, torch.Tensor):
+        obs = obs.detach().cpu().numpy()  # (one with a gradient was torch's "Can't call numpy()" error)
+    try:
+        kind = np.asarray(obs).dtype.kind
+    except (TypeError, ValueError):  # (ragged lists)
+        kind = "O"
+    if kind in "iub":
+        raise ValueError(f"obs: expected the env's float observation, got {np.asarray(obs).dtype} entries (its "
+                         "entries are fractions of the chain's capacities: integers are another state)")
+    if kind != "f":
+        raise ValueError(f"obs: expected the env's observation, an array of {size} numbers, got "
+                         + ("text" if kind in "US" else type(obs).__name__))
+    x = np.asarray(obs, dtype=np.float32).reshape(-1)
+    if x.shape != (size,):
+        raise ValueError(f"obs: expected {size} numbers for these params, got {x.size}")
+    return x
 
 
 def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -435,21 +462,20 @@ def observation_inputs(obs: Any, params: Params = DEFAULT_PARAMS) -> dict[str, A
     as no cap.
     """
     p = params
-    x = np.asarray(obs, dtype=np.float32).reshape(-1)
     n_pipe, n_sales = p.lead_virgin - 1, p.lag_return
     size = 5 + n_pipe + n_sales + 5 + len(REGIME_FIELDS)
-    if x.shape != (size,):
-        raise ValueError(f"obs: expected {size} numbers for these params, got {x.size}")
+    x = _observation_array(obs, size)
+    names, low, high = _observation_layout(n_pipe, n_sales)
     if not np.isfinite(x).all():
-        raise ValueError("obs: holds NaN or infinite values")
+        k = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise ValueError(f"obs: entry {k} ({names[k]}) is {float(x[k])}; it must be a finite number")
     # The env observes every quantity but the season as a number >= 0, the shares as at most
     # 1 and the mandate at most 0.95: anything else is no state of this chain, and a negative
     # stock or a return share of 5 gave an ordinary-looking action without a word.
-    names, low, high = _observation_layout(n_pipe, n_sales)
     outside = (x < low) | (x > high)  # (one vector test on the decision path, not a loop over the names)
     if outside.any():
         k = int(np.flatnonzero(outside)[0])
-        where = "must be >= 0" if x[k] < low[k] else f"must be <= {_HIGHEST[names[k]]:g}"
+        where = "must be >= 0" if x[k] < low[k] else f"must be <= {_HIGHEST.get(names[k], _HIGH):g}"
         raise ValueError(f"obs: entry {k} ({names[k]}) is {float(x[k]):g}; it {where} (observation_names() "
                          "gives each entry's name)")
     down = np.nextafter(x, np.float32(0)).astype(np.float64)  # float32 rounding never overstates these

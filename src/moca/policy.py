@@ -796,11 +796,22 @@ class DeployedPolicy:
     episode. Also a Policy of :mod:`moca.sim` for batches of one scenario (its actions are
     already projected: roll it out with ``project=None``). ``last_raw`` is the last raw
     action.
+
+    One instance per chain, called from one thread at a time: it holds that chain's
+    memory, so two chains (or threads) through one instance mix their memories where the
+    period numbers happen to agree. Instances built from the same module are independent.
     """
 
     def __init__(self, module: LSTMPolicy, weights: Mapping[str, Tensor] | None = None):
         import copy
 
+        if isinstance(module, tuple) and module and isinstance(module[0], LSTMPolicy):
+            raise PolicyError("module: a (module, metadata) pair, as load_policy returns it; pass its module: "
+                              "module, _ = load_policy(...)")
+        if not isinstance(module, LSTMPolicy):
+            raise PolicyError(f"module: expected a CLSC-1 LSTMPolicy, got {type(module).__name__}"
+                              + (" (CLSC-2's policy is deployed by moca serve --model CLSC-2 and moca evaluate)"
+                                 if type(module).__name__ == "LSTMPolicy2" else ""))
         if weights is not None:
             check_weights(module, weights)
         self.module = copy.deepcopy(module).eval()
@@ -823,6 +834,8 @@ class DeployedPolicy:
         self._next_t = 0  # the period the LSTM's memory expects next
 
     def reset(self, batch: ScenarioBatch | None = None) -> None:
+        if batch is not None and not isinstance(batch, ScenarioBatch):
+            raise PolicyError(f"batch: expected a ScenarioBatch of one scenario or None, got {type(batch).__name__}")
         if batch is not None and batch.size != 1:
             raise PolicyError(f"batch: a deployed policy decides for one scenario, got {batch.size}")
         self._frames, self._state, self._next_t = None, None, 0
