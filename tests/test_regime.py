@@ -517,3 +517,24 @@ def test_a_regime_copied_with_changes_is_checked_as_a_new_one():
     assert isinstance(moved, ScheduledRegime) and moved.start == 8 and moved.carbon_tax == 10.0
     with pytest.raises(RegimeError, match="start"):
         entry.model_copy(update={"start": -1})
+
+
+def test_a_regime_row_given_where_a_regime_goes_is_named_as_a_row(tmp_path):
+    """A row (what decide_period takes) given to the env, draw_scenario or adapt was read as
+    a plan: "regimes[0]: expected an object, got float", or "a plan of rules that change"."""
+    import moca.env
+    from moca.scenario import draw_scenario
+
+    row = [0.2, 100.0, None, 0.0, 0.0]
+    words = r"regime: a list of 5 numbers \(a regime row\? recycled_content_min, carbon_tax, .*Regime\.from_row"
+    for call in (lambda: load_regime(row), lambda: load_schedule(row), lambda: draw_scenario(1, row),
+                 lambda: moca.env.CircularSupplyChainEnv(regime=[0.2, 100.0, 5e3, 0.0, 0.0])):
+        with pytest.raises(RegimeError, match=words):
+            call()
+    with pytest.raises(RegimeError, match=r"regimes\[0\]: expected an object"):  # a plan stays a plan
+        load_schedule([None])
+    path = tmp_path / "r.yaml"
+    path.write_text("model: CLSC-2\nrecycled_content_min: 0.2\nrecycled_content_window: 52\n")
+    with pytest.raises(RegimeError, match=r"r\.yaml: model: unknown field .*; a regime object names no world: the "
+                                          r"command's --model"):
+        load_regime(path, model="CLSC-2")

@@ -380,6 +380,8 @@ def _first_error(err: ValidationError, prefix: str = "") -> str:
         hint = ("; a plan of rules that change is a list of entries with start, or an object with key regimes"
                 if isinstance(first.get("input"), list) and not in_plan else "")
         hint += key_not_text(first.get("input")) if first["type"] == "invalid_key" else ""
+        if location.rpartition(".")[2] == "model":  # (a scenario or plan file's key: the world is --model's here)
+            hint += "; a regime object names no world: the command's --model (or the library's model=) chooses it"
         return f"{prefix}{location}: unknown field (allowed: {allowed}{', start' if in_plan else ''}){hint}"
     if location and location not in message:
         return f"{prefix}{location}: {message}"
@@ -480,6 +482,19 @@ def _name_or_path(spec: Any, plans: bool) -> None:
                           f"of the regime fields{' or a plan' if plans else ''}, got {type(spec).__name__} {spec!r:.40}")
 
 
+def _is_row(spec: Any) -> bool:
+    """Whether ``spec`` is a list of numbers (a regime row, as ``Regime.as_row`` gives; None
+    for no cap), which was read as a plan ("regimes[0]: expected an object, got float")."""
+    return (isinstance(spec, (list, tuple, np.ndarray)) and len(spec) > 0
+            and all(x is None or isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in spec)
+            and any(x is not None for x in spec))
+
+
+def _row_words(spec: Any) -> str:
+    return (f"regime: a list of {len(spec)} numbers (a regime row? {', '.join(REGIME_FIELDS)}); give a name or an "
+            "object of the regime fields (Regime.from_row(row) makes one of a row)")
+
+
 def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1") -> Regime:
     """A regime from a name (``T1``, ``eu-ets-2025``), a YAML/JSON file, or a mapping
     (an optional ``name`` key is a label and is ignored)."""
@@ -488,6 +503,8 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
     if isinstance(spec, dict):
         return _validated(Regime, _without_name(spec), prefix="")
     names = named_regimes(model)
+    if _is_row(spec):
+        raise RegimeError(_row_words(spec))
     if isinstance(spec, (list, tuple, RegimeSchedule)):
         raise RegimeError(f"regime: got a {type(spec).__name__}, a plan of rules that change; "
                           "moca.regime.load_schedule reads plans")
@@ -519,6 +536,8 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
         return spec
     if isinstance(spec, dict) and "regimes" in spec:
         spec = _plan_entries(spec, model, "")
+    if _is_row(spec):
+        raise RegimeError(_row_words(spec))
     if isinstance(spec, list):
         return RegimeSchedule.from_list([_without_name(e) if isinstance(e, dict) else e for e in spec])
     if isinstance(spec, (dict, Regime)):  # one regime, in force throughout
