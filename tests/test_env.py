@@ -396,3 +396,13 @@ def test_a_deployed_policy_is_built_from_a_clsc1_policy_and_reset_with_a_batch()
         DeployedPolicy(load_policy2("default")[0])
     with pytest.raises(PolicyError, match="batch: expected a ScenarioBatch of one scenario or None, got str"):
         DeployedPolicy(checkpoint.load_policy("default")[0]).reset("x")
+
+
+def test_params_that_do_not_validate_are_one_line_naming_the_field():
+    """Pydantic's several lines and a web link, where moca's errors are one line."""
+    from moca.scenario import ScenarioError
+
+    for params, words in (({"horizn": 10}, r"params\.horizn: Extra inputs are not permitted"),
+                          ({"horizon": -1}, r"^params\.horizon=-1 must be a whole number >= 1$")):
+        with pytest.raises(ScenarioError, match=words):
+            CircularSupplyChainEnv(params=params)

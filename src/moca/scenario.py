@@ -466,7 +466,10 @@ def as_params(params: Any, kind: type) -> Any:
     if isinstance(params, kind):
         return params
     if isinstance(params, dict):
-        return kind.model_validate(params)  # (kind(**params) raised TypeError on a key that is not text)
+        try:
+            return kind.model_validate(params)  # (kind(**params) raised TypeError on a key that is not text)
+        except ValidationError as err:  # (pydantic's several lines and a web link, where moca's errors are one line)
+            raise ScenarioError("params." + validation_reason(err).removeprefix("params.")) from None
     raise ScenarioError(f"params: expected a {kind.__name__} or an object of its fields, got {type(params).__name__}")
 
 
