@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from moca.cli import app
 from moca.cluster import Backend
 from moca.oracle2 import shadow_prices2, solve_oracle2
-from moca.regime import Regime
+from moca.regime import Regime, RegimeSchedule
 from moca.scenario import draw_scenario2
 from moca.sweep import SweepError, make_plan, run_sweep
 
@@ -124,3 +124,16 @@ def test_clsc2_window_field_on_the_cli(tmp_path):
         assert bad.exit_code == 2 and needle in bad.stderr, bad.stderr
     with pytest.raises(SweepError, match="recycled_content_window"):
         make_plan("CLSC-1", "recycled_content_window", "1,52")  # CLSC-1 has no window
+
+
+def test_clsc2_shadow_price_of_a_cap_in_force_in_part_of_the_horizon():
+    """It was None wherever a period had no cap; CLSC-1's prices the periods with one. The
+    price is the finite difference with each cap moved where one is set."""
+    def plan(shift: float) -> RegimeSchedule:
+        return RegimeSchedule.from_list([{"start": 0, "emission_cap": 2600.0 + shift}, {"start": 20},
+                                         {"start": 35, "emission_cap": 9000.0 + shift}])
+
+    sp = shadow_prices2(draw_scenario2(1000, plan(0.0)))
+    up, down = (solve_oracle2(draw_scenario2(1000, plan(s))).oracle_cost for s in (0.5, -0.5))
+    assert sp.prices["emission_cap"] > 0
+    assert sp.prices["emission_cap"] == pytest.approx((down - up) / 1.0, rel=1e-6)

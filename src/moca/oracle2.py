@@ -486,7 +486,10 @@ def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
         if fields is not None and name not in fields:
             continue
         value = window.regime[:, column]
-        if not np.all(np.isfinite(value)):  # no cap in force
+        # A cap in force in part of the horizon is priced where it is set, as CLSC-1's is (a
+        # shift leaves "no cap", inf, as it is); it was None wherever a period had no cap.
+        value = value[np.isfinite(value)]
+        if value.size == 0:  # no cap in force
             prices[name] = None
             continue
         step = _SHADOW_STEP[name]
@@ -504,7 +507,7 @@ def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
             regime = window.regime.copy()
             regime[:, column] += hi_at if hi_at else lo_at
             moved = solve_window2(p, replace(window, regime=regime)).cost
-            prices[name] = float(sign * (moved - objective) / (hi_at if hi_at else lo_at))
+            prices[name] = float(sign * (moved - objective) / (hi_at if hi_at else lo_at)) + 0.0  # (-0.0 -> 0.0)
             continue
         dA = (A_b - A_a) / width
         with np.errstate(invalid="ignore"):  # inf - inf on bounds no dual prices
@@ -513,7 +516,7 @@ def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
             db = np.where(np.isfinite(b0) & (y != 0), db, 0.0)
             dbc = np.where(np.isfinite(c0) & (z != 0), dbc, 0.0)
         derivative = (c_b - c_a) @ x / width + (off_b - off_a) / width + y @ (db - dA @ x) + z @ dbc
-        prices[name] = float(sign * derivative)
+        prices[name] = float(sign * derivative) + 0.0
     H = window.horizon
     plan = x.reshape(H, N_COL)
     stocks = plan[:, STOCKS].copy()
