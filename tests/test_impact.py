@@ -234,3 +234,16 @@ def test_a_failure_of_the_advice_after_the_work_costs_no_result(monkeypatch, tmp
     assert (tmp_path / "adapted" / "checkpoint.json").is_file()
     assert "T2: what the rule does to demand could not be told (HiGHS stopped: time limit)" in done.stderr
     assert "where the hindsight LP withholds sales could not be told" in done.stderr
+
+
+def test_a_price_of_about_zero_reads_0_not_minus_0():
+    """A slack rule's dual of -1e-12 or -0.0 printed "recycled_content_min -0 EUR per
+    percentage point"."""
+    from moca.impact import whole
+
+    assert [whole(v) for v in (-0.0, -1e-12, -0.4, 1234.6, -1234.6)] == ["0", "0", "0", "1,235", "-1,235"]
+    impact = {"shadow_prices": {"recycled_content_min": -1e-12}, "price_units": {"recycled_content_min": "EUR"},
+              "oracle_cost_ratio": 1.0, "demand_unmet_by_rule": False, "backlog_per_period": 0.0,
+              "backlog_per_period_without_rule": 0.0}
+    text = describe("T", impact)
+    assert "recycled_content_min 0 EUR" in text and "-0" not in text

@@ -538,3 +538,16 @@ def test_a_regime_row_given_where_a_regime_goes_is_named_as_a_row(tmp_path):
     with pytest.raises(RegimeError, match=r"r\.yaml: model: unknown field .*; a regime object names no world: the "
                                           r"command's --model"):
         load_regime(path, model="CLSC-2")
+
+
+def test_a_single_regime_object_with_start_says_a_plan_is_a_list_and_big_actions_print_whole(tmp_path):
+    with pytest.raises(RegimeError, match="start: unknown field .*; start belongs to the entries of a plan, which is a "
+                                          "list of them"):
+        load_schedule({"start": 0, "recycled_content_min": 0.1})
+    from moca.scenario import ScenarioError, load_actions
+
+    rows = [[0.0] * 6 for _ in range(3)]
+    rows[1][2] = 1.000001e12  # (":g" printed "1e+12 must be within ±1e+12")
+    (tmp_path / "a.json").write_text(json.dumps({"actions": rows}))
+    with pytest.raises(ScenarioError, match=r"\[1\]\[2\]=1000001000000.0 must be within ±1e\+12"):
+        load_actions(tmp_path / "a.json", 3)

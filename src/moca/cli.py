@@ -2248,6 +2248,8 @@ def _journal_note(journal: Optional[Path], plan: Any) -> str:
 
 
 def _sweep_table(result: dict) -> None:
+    from moca.impact import whole
+
     unmet = result["unmet_metric"].split(" ")[0]
     # (an emission cap's neutral value is None, no cap: ":g" of it crashed every cap sweep's table)
     neutral = f"{result['field']}={result['neutral']:g}" if result["neutral"] is not None else f"no {result['field']}"
@@ -2261,7 +2263,7 @@ def _sweep_table(result: dict) -> None:
         for i, value in enumerate(result["values"]):
             if name == "oracle":
                 price = entry["shadow_price"][i]
-                extra = ("-" if price is None else f"{price:,.0f}") + (" unmet!" if entry["demand_unmet_by_rule"][i] else "")
+                extra = ("-" if price is None else whole(price)) + (" unmet!" if entry["demand_unmet_by_rule"][i] else "")
             elif name == "moca" and entry.get("base") and entry["base"][i] != "default":
                 # through the portfolio: the candidate deployed and the seconds of the whole choice
                 extra = f"{entry['candidate'][i]}, {entry['adapt_seconds_total'][i]:.1f} s in all"

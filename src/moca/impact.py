@@ -79,7 +79,7 @@ def rule_impact(regime: Regime, scenarios: Sequence[Scenario]) -> dict[str, Any]
     for field in rules_in_force(regime):
         values = [p.prices.get(field) for p in priced]
         if all(v is not None for v in values):
-            prices[field] = float(np.mean(values)) / (100.0 if field in _PER_POINT else 1.0)
+            prices[field] = float(np.mean(values)) / (100.0 if field in _PER_POINT else 1.0) + 0.0  # (-0.0 -> 0.0)
     return {
         "scenarios": len(scenarios),
         "oracle_cost": cost, "oracle_cost_without_rule": cost_free,
@@ -94,9 +94,15 @@ def rule_impact(regime: Regime, scenarios: Sequence[Scenario]) -> dict[str, Any]
     }
 
 
+def whole(value: float) -> str:
+    """``value`` to the whole unit with thousands separators, a price of about 0 as "0": a
+    slack rule's dual of -1e-12 (or -0.0) read "-0" with ``:,.0f``."""
+    return f"{round(value):,}"
+
+
 def describe(label: str, impact: dict[str, Any]) -> str:
     """One sentence on what the rule does to demand (for reports and the command line)."""
-    prices = "; ".join(f"{f} {v:,.0f} {impact['price_units'][f]}" for f, v in impact["shadow_prices"].items())
+    prices = "; ".join(f"{f} {whole(v)} {impact['price_units'][f]}" for f, v in impact["shadow_prices"].items())
     price_text = f" Shadow price (hindsight LP duals): {prices}." if prices else ""
     ratio = impact["oracle_cost_ratio"]
     if impact["demand_unmet_by_rule"]:

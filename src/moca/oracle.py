@@ -595,6 +595,7 @@ def shadow_prices(scenario: Scenario) -> ShadowPrices:
         "landfill_tax": float(x[:, W].sum()),
         "recovery_target": float(-(y[:, ROW_RECOVERY] * processed).sum()),
     }
+    prices = {k: None if v is None else v + 0.0 for k, v in prices.items()}  # (a slack row's -0.0 printed "-0")
     result = OracleResult(oracle_cost=solution.cost, status=solution.status, plan=solution.actions,
                           sales=solution.sales, stocks=solution.stocks, withheld=solution.withheld,
                           basis=solution.basis)

@@ -380,6 +380,8 @@ def _first_error(err: ValidationError, prefix: str = "") -> str:
         hint = ("; a plan of rules that change is a list of entries with start, or an object with key regimes"
                 if isinstance(first.get("input"), list) and not in_plan else "")
         hint += key_not_text(first.get("input")) if first["type"] == "invalid_key" else ""
+        if location == "start" and not in_plan:  # (one object with start: a plan written without its list)
+            hint += "; start belongs to the entries of a plan, which is a list of them (or an object with key regimes)"
         if location.rpartition(".")[2] == "model":  # (a scenario or plan file's key: the world is --model's here)
             hint += "; a regime object names no world: the command's --model (or the library's model=) chooses it"
         return f"{prefix}{location}: unknown field (allowed: {allowed}{', start' if in_plan else ''}){hint}"

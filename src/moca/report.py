@@ -1002,11 +1002,11 @@ def _rule_impact_section(m: Metrics) -> list[str]:
     impact = m.get("rule_impact") or {}
     if not impact:
         return []
-    from moca.impact import cost_change, describe
+    from moca.impact import cost_change, describe, whole
 
     rows = []
     for task, x in impact.items():
-        prices = "; ".join(f"{f}: {v:,.0f} {x.get('price_units', {}).get(f, '')}"
+        prices = "; ".join(f"{f}: {whole(v)} {x.get('price_units', {}).get(f, '')}"
                            for f, v in (x.get("shadow_prices") or {}).items()) or "–"
         rows.append([task, cost_change(x), f"{x['backlog_per_period']:,.0f}",
                      f"{x['backlog_per_period_without_rule']:,.0f}", f"{x['backlog_at_end']:,.0f}",

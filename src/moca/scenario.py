@@ -549,7 +549,7 @@ def load_actions(source: str | Path, horizon: int,
                 raise ScenarioError(f"{key}[{i}][{j}]={v} is not finite")
             if abs(v) > LARGEST_VALUE:
                 # the projection's squared distances would overflow: its answer would be feasible but not the nearest
-                raise ScenarioError(f"{key}[{i}][{j}]={v:g} must be within ±{LARGEST_VALUE:g}")
+                raise ScenarioError(f"{key}[{i}][{j}]={v!r} must be within ±{LARGEST_VALUE:g}")
     return np.array(rows, dtype=np.float64)
 
 
