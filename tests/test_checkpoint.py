@@ -221,6 +221,15 @@ def test_a_policy_is_saved_only_as_its_own_kind_and_never_under_a_shipped_name(t
         checkpoint.save_policy(tmp_path / "b", clsc2, {})
     with pytest.raises(CheckpointError, match=r"module: a LSTMPolicy, not a CLSC-2 LSTMPolicy2"):
         save_policy2(tmp_path / "c", plain, {})
+    from moca.regime_map import save_learned_policy
+
+    class Mine(LSTMPolicy):
+        pass
+
+    for module in (Mine(), torch.nn.Linear(2, 2)):  # (no saver of moca's rebuilds them: not "use its own saver")
+        with pytest.raises(CheckpointError, match=f"module: a {type(module).__name__}; moca saves its own policies "
+                                                  "only"):
+            save_learned_policy(tmp_path / "d", module, {})
     assert not list(tmp_path.iterdir())
     monkeypatch.chdir(tmp_path)
     for name in ("default", "default-reptile"):
@@ -239,8 +248,10 @@ def test_save_refuses_what_it_would_write_wrongly_or_unreadably(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"weights\['w'\]: expected a torch tensor, got ndarray"):
         checkpoint.save(tmp_path / "b", {"w": np.zeros(3)}, {})
-    with pytest.raises(CheckpointError, match="metadata: key 1 is not text"):
-        checkpoint.save(tmp_path / "c", _weights(), {1: "a", "1": "b"})
+    for metadata in ({1: "a", "1": "b"}, {"run": {"seed": 1, 2: "x", "2": "y"}}):  # (JSON kept one of the two)
+        with pytest.raises(CheckpointError, match=r"metadata: key '(1|2)' is given twice in one object .* 1 and \"1\" "
+                                                  r"are one key"):
+            checkpoint.save(tmp_path / "c", _weights(), metadata)
     assert not list(tmp_path.iterdir())
 
 

@@ -377,10 +377,15 @@ def test_an_observation_that_is_no_float_vector_is_refused_saying_what_it_is():
     expected = observation_inputs(obs)
     assert list(observation_inputs(torch.tensor(obs, requires_grad=True))["stocks"]) == list(expected["stocks"])
     assert list(observation_inputs(obs.tolist())["stocks"]) == list(expected["stocks"])
-    for given, words in ((obs.astype(np.int64), "got int64 entries"),
+    rounded = np.round(obs)  # (t = 0, whole numbers throughout: integers read as the same floats)
+    as_ints = observation_inputs(rounded.astype(np.int64))
+    assert list(as_ints["stocks"]) == list(observation_inputs(rounded)["stocks"]) and as_ints["t"] == 0
+    for given, words in ((obs > 0, "got booleans"),
                          (np.ma.masked_array(obs, mask=[True] + [False] * (obs.size - 1)), "a masked array"),
-                         ("abc", "an array of 22 numbers, got text"), ({"V": 1.0}, "got dict"),
-                         (None, "got NoneType"), ([[1.0, 2.0], [3.0]], "got list")):
+                         ("abc", "an array of 22 numbers, got text"),
+                         ({"V": 1.0}, "got a dict whose entries are not all real numbers"),
+                         (None, "got a NoneType whose"), ([[1.0, 2.0], [3.0]], "got a list whose"),
+                         ([0.5] * 21 + [None], "got a list whose"), (obs.astype(complex), "got a ndarray whose")):
         with pytest.raises(ValueError, match=f"obs: .*{words}"):
             observation_inputs(given)
 
@@ -399,10 +404,11 @@ def test_a_deployed_policy_is_built_from_a_clsc1_policy_and_reset_with_a_batch()
 
 
 def test_params_that_do_not_validate_are_one_line_naming_the_field():
-    """Pydantic's several lines and a web link, where moca's errors are one line."""
+    """Pydantic's several lines and a web link, where moca's errors are one line (worded as a
+    scenario file's or --params' are)."""
     from moca.scenario import ScenarioError
 
-    for params, words in (({"horizn": 10}, r"params\.horizn: Extra inputs are not permitted"),
+    for params, words in (({"horizn": 10}, r"^params\.horizn: unknown parameter$"),
                           ({"horizon": -1}, r"^params\.horizon=-1 must be a whole number >= 1$")):
         with pytest.raises(ScenarioError, match=words):
             CircularSupplyChainEnv(params=params)

@@ -41,6 +41,14 @@ def test_shipped_map_round_trips_and_records_its_command(tmp_path):
     assert "NaN" not in text and "Infinity" not in text  # plain JSON (no cap = null)
 
 
+def test_a_map_is_never_saved_under_the_shipped_map_s_name(tmp_path, monkeypatch):
+    """``save_map("map-clsc1")`` wrote ./map-clsc1, and loading that name gave the shipped map."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RegimeMapError, match="map-clsc1: the name of the shipped map"):
+        save_map("map-clsc1", SHIPPED, FIT)
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("corrupt, field", [
     (lambda d: d["map"]["units"][3].pop(), "units[3]"),
     (lambda d: d["map"]["regimes"][0].__setitem__(1, "x"), "regimes[0][1]"),

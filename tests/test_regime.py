@@ -533,6 +533,9 @@ def test_a_regime_row_given_where_a_regime_goes_is_named_as_a_row(tmp_path):
             call()
     with pytest.raises(RegimeError, match=r"regimes\[0\]: expected an object"):  # a plan stays a plan
         load_schedule([None])
+    for call in (load_regime, load_schedule):  # (a 0-d array: len() of it was a TypeError)
+        with pytest.raises(RegimeError, match="regime: expected a name .* got ndarray"):
+            call(np.array(0.2))
     path = tmp_path / "r.yaml"
     path.write_text("model: CLSC-2\nrecycled_content_min: 0.2\nrecycled_content_window: 52\n")
     with pytest.raises(RegimeError, match=r"r\.yaml: model: unknown field .*; a regime object names no world: the "

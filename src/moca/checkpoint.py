@@ -133,10 +133,12 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             META_DIGEST: None,  # (set below, over the rest; here so that merged() keeps it the writer's)
         }, metadata)
-        try:
-            meta = _finite(json.loads(json.dumps(meta, default=_jsonable)))  # as load() will read it back
+        try:  # as load() will read it back: {1: "a", "1": "b"} at any depth kept one of them
+            meta = _finite(json.loads(json.dumps(meta, default=_jsonable), object_pairs_hook=unique_keys))
         except TypeError as err:
             raise CheckpointError(f"metadata{_unwritable(meta)}: {err}") from None
+        except ValueError as err:
+            raise CheckpointError(f"metadata: {err} (JSON keys are text: 1 and \"1\" are one key)") from None
         meta[META_DIGEST] = metadata_digest(meta)
         (staging / META).write_text(json.dumps(meta, indent=1, allow_nan=False))
         publish_tree(staging)  # mkdtemp made it private; a checkpoint gets the user's umask
@@ -171,7 +173,7 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
 def check_saved(weights: Any, metadata: Any) -> None:
     """Refuse what :func:`save` would write wrongly or unreadably, by name: weights that are
     not a dict of finite tensors (NaN weights were written, and every load refused them),
-    metadata that is not a dict with text keys (``{1: "a", "1": "b"}`` kept one of them)."""
+    metadata that is not a dict (keys that JSON would merge are refused by :func:`save`)."""
     if not isinstance(weights, dict):
         raise CheckpointError(f"weights: expected a dict of name -> torch tensor, got {type(weights).__name__}")
     for name, tensor in weights.items():
@@ -184,9 +186,6 @@ def check_saved(weights: Any, metadata: Any) -> None:
                                   "never be loaded)")
     if not isinstance(metadata, dict):
         raise CheckpointError(f"metadata: expected a dict, got {type(metadata).__name__}")
-    keys = [k for k in metadata if not isinstance(k, str)]
-    if keys:
-        raise CheckpointError(f"metadata: key {keys[0]!r} is not text (JSON keys are)")
 
 
 def metadata_digest(meta: dict[str, Any]) -> str:
@@ -389,9 +388,12 @@ def save_policy(directory: str | Path, module: torch.nn.Module, metadata: dict[s
         savers = {"MappedPolicy": "moca.regime_map.save_mapped_policy", "MPCBasePolicy": "moca.mpc_base.save_mpc_policy",
                   "LSTMPolicy2": "moca.meta2.save_policy2 (a CLSC-2 policy)"}
         name = type(module).__name__
-        raise CheckpointError(f"module: a {name}, not a plain CLSC-1 LSTMPolicy; save it with "
-                              + savers.get(name, "its own saver") + " (moca.regime_map.save_learned_policy "
-                              "takes every CLSC-1 kind)")
+        if name not in savers:  # (a subclass of a user's, or no policy: no saver of moca's rebuilds it)
+            raise CheckpointError(f"module: a {name}; moca saves its own policies only (LSTMPolicy, MappedPolicy, "
+                                  "MPCBasePolicy, LSTMPolicy2), each as the kind that loads back the same policy")
+        raise CheckpointError(f"module: a {name}, not a plain CLSC-1 LSTMPolicy; save it with {savers[name]}"
+                              + ("" if name == "LSTMPolicy2" else
+                                 " (moca.regime_map.save_learned_policy takes every CLSC-1 kind)"))
     meta = merged({"kind": "lstm-policy", "model": "CLSC-1", "params": module.params.model_dump(mode="json"),
                    "policy": module.config.model_dump(mode="json")}, metadata)
     return save(directory, dict(module.state_dict()), meta)

@@ -422,8 +422,8 @@ def _observation_layout(n_pipe: int, n_sales: int) -> tuple[tuple[str, ...], np.
 
 def _observation_array(obs: Any, size: int) -> np.ndarray:
     """``obs`` as the env's float32 vector of ``size`` entries, or a ValueError saying why
-    not: a masked array (numpy read it through its mask), integers (an observation's
-    entries are fractions of a capacity: ints are another state), text or another object."""
+    not: a masked array (numpy read it through its mask), booleans, text, or entries that
+    are not all real numbers."""
     import torch
 
     if isinstance(obs, np.ma.MaskedArray):
@@ -434,12 +434,10 @@ def _observation_array(obs: Any, size: int) -> np.ndarray:
         kind = np.asarray(obs).dtype.kind
     except (TypeError, ValueError):  # (ragged lists)
         kind = "O"
-    if kind in "iub":
-        raise ValueError(f"obs: expected the env's float observation, got {np.asarray(obs).dtype} entries (its "
-                         "entries are fractions of the chain's capacities: integers are another state)")
-    if kind != "f":
+    if kind not in "fiu":
         raise ValueError(f"obs: expected the env's observation, an array of {size} numbers, got "
-                         + ("text" if kind in "US" else type(obs).__name__))
+                         + ("text" if kind in "US" else "booleans" if kind == "b" else
+                            f"a {type(obs).__name__} whose entries are not all real numbers"))
     x = np.asarray(obs, dtype=np.float32).reshape(-1)
     if x.shape != (size,):
         raise ValueError(f"obs: expected {size} numbers for these params, got {x.size}")

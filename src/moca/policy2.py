@@ -620,8 +620,9 @@ class PolicyAgent2:
         self.module = module
         weights = dict(module.named_parameters()) if weights is None else weights
         self.weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
-        for i, one in enumerate(self.weights):  # (a misspelt name took the module's own weight without a word)
-            check_weights(module, one, f"weights[{i}]" if len(self.weights) > 1 else "weights")
+        for i, one in enumerate(self.weights):  # (a misspelt name took the module's own weight without a word;
+            # names and shapes only, as PolicyAgent's: the service builds one per decision)
+            check_weights(module, one, f"weights[{i}]" if len(self.weights) > 1 else "weights", finite=False)
         self.groups = check_groups(self.weights, groups)
         self._frames: list[Tensor] = []
         self._states: list[LSTMState | None] = [None] * len(self.weights)

@@ -487,7 +487,7 @@ def _name_or_path(spec: Any, plans: bool) -> None:
 def _is_row(spec: Any) -> bool:
     """Whether ``spec`` is a list of numbers (a regime row, as ``Regime.as_row`` gives; None
     for no cap), which was read as a plan ("regimes[0]: expected an object, got float")."""
-    return (isinstance(spec, (list, tuple, np.ndarray)) and len(spec) > 0
+    return (isinstance(spec, (list, tuple, np.ndarray)) and np.ndim(spec) == 1 and len(spec) > 0
             and all(x is None or isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in spec)
             and any(x is not None for x in spec))
 

@@ -122,6 +122,8 @@ def save_map(folder: str | Path, threshold_map: ThresholdMap, fit: Mapping[str, 
     tuned regimes and their thresholds), with the fit's record (command, seconds, ...)."""
     from moca.files import write_atomic
 
+    if str(folder) == SHIPPED_MAP:  # (it wrote ./map-clsc1, and loading that name gave the shipped map back)
+        raise RegimeMapError(f"{folder}: the name of the shipped map, which loading it reads; give another folder")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / MAP_FILE, json.dumps({"format": MAP_FORMAT, "map": threshold_map.to_dict(),

@@ -469,7 +469,8 @@ def as_params(params: Any, kind: type) -> Any:
         try:
             return kind.model_validate(params)  # (kind(**params) raised TypeError on a key that is not text)
         except ValidationError as err:  # (pydantic's several lines and a web link, where moca's errors are one line)
-            raise ScenarioError("params." + validation_reason(err).removeprefix("params.")) from None
+            problem = params_problem(err)  # (as a scenario file's or --params' are said)
+            raise ScenarioError(problem if problem.startswith("params.") else f"params: {problem}") from None
     raise ScenarioError(f"params: expected a {kind.__name__} or an object of its fields, got {type(params).__name__}")
 
 
