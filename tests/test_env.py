@@ -366,9 +366,8 @@ def test_an_observation_of_no_state_of_the_chain_is_refused_naming_its_entry(nam
 
 
 def test_an_observation_that_is_no_float_vector_is_refused_saying_what_it_is():
-    """Integers were truncated fractions of capacity (another state, another action), a
-    masked array was read through its mask, text was numpy's "could not convert", and a
-    tensor with a gradient torch's "Can't call numpy()"."""
+    """A masked array was read through its mask, text was numpy's "could not convert", and a
+    tensor with a gradient torch's "Can't call numpy()"; integers read as the same floats."""
     import torch
 
     from moca.env import observation_inputs

@@ -112,7 +112,7 @@ def save(directory: str | Path, weights: dict[str, torch.Tensor], metadata: dict
     directory = Path(directory)
     if directory.is_symlink():  # (a rename over the link replaced it, its target kept the old checkpoint)
         directory = Path(os.path.realpath(directory))
-    check_replaceable(directory)
+        check_replaceable(directory)  # (the target is what is replaced)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:

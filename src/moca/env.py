@@ -431,14 +431,15 @@ def _observation_array(obs: Any, size: int) -> np.ndarray:
     if isinstance(obs, torch.Tensor):
         obs = obs.detach().cpu().numpy()  # (one with a gradient was torch's "Can't call numpy()" error)
     try:
-        kind = np.asarray(obs).dtype.kind
+        given = np.asarray(obs)
     except (TypeError, ValueError):  # (ragged lists)
-        kind = "O"
+        given = np.empty(0, dtype=object)
+    kind = given.dtype.kind
     if kind not in "fiu":
         raise ValueError(f"obs: expected the env's observation, an array of {size} numbers, got "
                          + ("text" if kind in "US" else "booleans" if kind == "b" else
                             f"a {type(obs).__name__} whose entries are not all real numbers"))
-    x = np.asarray(obs, dtype=np.float32).reshape(-1)
+    x = given.astype(np.float32, copy=False).reshape(-1)
     if x.shape != (size,):
         raise ValueError(f"obs: expected {size} numbers for these params, got {x.size}")
     return x

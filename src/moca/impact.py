@@ -79,7 +79,7 @@ def rule_impact(regime: Regime, scenarios: Sequence[Scenario]) -> dict[str, Any]
     for field in rules_in_force(regime):
         values = [p.prices.get(field) for p in priced]
         if all(v is not None for v in values):
-            prices[field] = float(np.mean(values)) / (100.0 if field in _PER_POINT else 1.0) + 0.0  # (-0.0 -> 0.0)
+            prices[field] = float(np.mean(values)) / (100.0 if field in _PER_POINT else 1.0)
     return {
         "scenarios": len(scenarios),
         "oracle_cost": cost, "oracle_cost_without_rule": cost_free,

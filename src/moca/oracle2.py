@@ -507,7 +507,7 @@ def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
             regime = window.regime.copy()
             regime[:, column] += hi_at if hi_at else lo_at
             moved = solve_window2(p, replace(window, regime=regime)).cost
-            prices[name] = float(sign * (moved - objective) / (hi_at if hi_at else lo_at)) + 0.0  # (-0.0 -> 0.0)
+            prices[name] = float(sign * (moved - objective) / (hi_at if hi_at else lo_at))
             continue
         dA = (A_b - A_a) / width
         with np.errstate(invalid="ignore"):  # inf - inf on bounds no dual prices
@@ -516,7 +516,8 @@ def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
             db = np.where(np.isfinite(b0) & (y != 0), db, 0.0)
             dbc = np.where(np.isfinite(c0) & (z != 0), dbc, 0.0)
         derivative = (c_b - c_a) @ x / width + (off_b - off_a) / width + y @ (db - dA @ x) + z @ dbc
-        prices[name] = float(sign * derivative) + 0.0
+        prices[name] = float(sign * derivative)
+    prices = {k: None if v is None else v + 0.0 for k, v in prices.items()}  # (a slack row's -0.0 printed "-0")
     H = window.horizon
     plan = x.reshape(H, N_COL)
     stocks = plan[:, STOCKS].copy()

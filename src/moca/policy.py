@@ -409,6 +409,20 @@ def check_evaluation(module: nn.Module, weights: Any, params: Any, oracle_costs:
 # ----------------------------------------------------------------------------------------
 
 
+def agent_weights(module: nn.Module, weights: Any, groups: Sequence[int] | None) -> tuple[list, list[int] | None]:
+    """A policy agent's weight dicts (``None``: the module's own) as a list, each checked for
+    names and shapes, and their group sizes (:func:`check_groups`). functional_call took a
+    missing or misspelt name from the module without a word: a loss of the module's own
+    weight where the caller's was meant. Not the NaN scan: it cost 200 µs an agent, the
+    service builds one per CLSC-2 decision from weights checked when loaded, and training
+    guards its own steps."""
+    weights = module_weights(module) if weights is None else weights
+    listed = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    for i, one in enumerate(listed):
+        check_weights(module, one, f"weights[{i}]" if len(listed) > 1 else "weights", finite=False)
+    return listed, check_groups(listed, groups)
+
+
 def check_groups(weights: list, groups: Sequence[int] | None) -> list[int] | None:
     """The sizes of the consecutive groups of a batch that ``weights`` (a list of weight
     dicts) act on, one each: whole numbers >= 1, as many as the dicts when there are several."""
@@ -436,16 +450,7 @@ class PolicyAgent:
                  project: Projector | None = None, groups: Sequence[int] | None = None):
         self.module = module
         self.project = project if project is not None else safety.project_batch
-        if weights is None:
-            weights = module_weights(module)
-        self.weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
-        # (functional_call takes a missing or misspelt name from the module without a word:
-        # a loss of the module's own weights where the caller's were meant). Names and shapes
-        # only: scanning every entry for NaN cost 200 µs an agent, and the service builds one
-        # per CLSC-2 decision from weights checked when loaded; training guards its own steps.
-        for i, one in enumerate(self.weights):
-            check_weights(module, one, f"weights[{i}]" if len(self.weights) > 1 else "weights", finite=False)
-        self.groups = check_groups(self.weights, groups)
+        self.weights, self.groups = agent_weights(module, weights, groups)
         self._frames: list[Tensor] = []
         self._states: list[LSTMState | None] = [None] * len(self.weights)
 

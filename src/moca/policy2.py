@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from moca import clsc2
-from moca.policy import PolicyConfig, PolicyError, Weights, check_evaluation, check_groups, check_weights, correction_distance
+from moca.policy import PolicyConfig, PolicyError, Weights, agent_weights, check_evaluation, correction_distance
 from moca.scenario import DEFAULT_PARAMS_2, Params2, Scenario2
 from moca.sim2 import Observation2, ScenarioBatch2, rollout2
 
@@ -618,12 +618,7 @@ class PolicyAgent2:
     def __init__(self, module: LSTMPolicy2, weights: Weights | Sequence[Weights] | None = None,
                  groups: Sequence[int] | None = None):
         self.module = module
-        weights = dict(module.named_parameters()) if weights is None else weights
-        self.weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
-        for i, one in enumerate(self.weights):  # (a misspelt name took the module's own weight without a word;
-            # names and shapes only, as PolicyAgent's: the service builds one per decision)
-            check_weights(module, one, f"weights[{i}]" if len(self.weights) > 1 else "weights", finite=False)
-        self.groups = check_groups(self.weights, groups)
+        self.weights, self.groups = agent_weights(module, weights, groups)
         self._frames: list[Tensor] = []
         self._states: list[LSTMState | None] = [None] * len(self.weights)
 

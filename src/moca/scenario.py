@@ -179,8 +179,17 @@ def _held(series: Any) -> np.ndarray:
     return held
 
 
+class _HeldSeries:
+    """A scenario's copies (copy.deepcopy, pickle, Ray's included) restore its series writable:
+    they are checked and held again, as when it was built."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+
 @dataclass
-class Scenario:
+class Scenario(_HeldSeries):
     """One scenario: parameters, regime schedule, demand (units) and return fractions."""
 
     params: Params
@@ -194,11 +203,6 @@ class Scenario:
         _check_series("demand", self.demand, self.params.horizon, low=0.0)
         _check_series("return_frac", self.return_frac, self.params.horizon, low=0.0, high=1.0)
         check_schedule1(self.schedule)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # (copy.deepcopy and pickle, Ray's included, restore the series writable: checked again, held again)
-        self.__dict__.update(state)
-        self.__post_init__()
 
     @property
     def horizon(self) -> int:
@@ -705,7 +709,7 @@ SERIES_2: tuple[str, ...] = ("demand_history", "demand", "return_frac", "grades"
 
 
 @dataclass
-class Scenario2:
+class Scenario2(_HeldSeries):
     """One CLSC-2 scenario: parameters, regime schedule (with accounting windows) and series.
 
     ``demand_history`` [52] and ``demand`` [T] in units; ``return_frac`` [T] share of the
@@ -744,10 +748,6 @@ class Scenario2:
         off = np.flatnonzero(np.abs(self.grades.sum(axis=1) - 1.0) > 1e-6)
         if off.size:
             raise ScenarioError(f"grades[{off[0]}]={self.grades[off[0]].tolist()} must sum to 1")
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)  # (as Scenario's: a copy's series checked and held again)
-        self.__post_init__()
 
     @property
     def horizon(self) -> int:
