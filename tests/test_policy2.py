@@ -15,6 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import moca
@@ -23,9 +25,9 @@ from moca.baselines.threshold2 import Threshold2Policy
 from moca.cli import app
 from moca.meta2 import MetaConfig2, OracleCache2, adapt2, load_policy2, meta_train2, save_policy2
 from moca.policy import PolicyConfig
-from moca.policy2 import LSTMPolicy2, episode_losses2, evaluate_policy2
+from moca.policy2 import LSTMPolicy2, PolicyAgent2, episode_losses2, evaluate_policy2
 from moca.regime import TASKS_2
-from moca.scenario import DEFAULT_PARAMS_2
+from moca.scenario import DEFAULT_PARAMS_2, Params2
 from moca.sim2 import ScenarioBatch2
 
 SHIPPED_1 = Path(moca.__file__).parent / "data" / "default"  # the CLSC-1 meta-init
@@ -247,3 +249,46 @@ def test_meta_train2_trains_a_given_module_further_in_place():
         from moca.scenario import Params
 
         meta_train2(config, module=LSTMPolicy(Params(horizon=6), PolicyConfig(hidden=8)))
+
+
+SHIPPED_2 = Path(moca.__file__).parent / "data" / "default-clsc2"
+SHARE = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@settings(max_examples=6, deadline=None)
+@given(demand_base=st.floats(100.0, 5000.0), return_mean=SHARE, grades=st.tuples(SHARE, SHARE, SHARE),
+       market_avail_min=SHARE, supply_down_prob=SHARE, demand_sigma=st.floats(0.0, 1.0))
+def test_the_rule_and_the_network_never_read_how_a_scenario_was_drawn(demand_base, return_mean, grades,
+                                                                     market_avail_min, supply_down_prob,
+                                                                     demand_sigma):
+    # The model keeps its drawing parameters to the generator: the same series under
+    # parameters that differ only there must get the same raw actions, bit for bit, from
+    # the rule (the threshold peer at its start thresholds) and the shipped meta-init, over
+    # a plan whose mandate rises (the rule plans it on the recycled material it expects).
+    from moca.baselines.threshold2 import Threshold2Policy, start_thresholds2
+    from moca.projection import project2_batch
+    from moca.regime import RegimeSchedule
+    from moca.scenario import Scenario2, draw_scenario2
+    from moca.sim2 import rollout2
+
+    assume(sum(grades) > 0.0)
+    plan = RegimeSchedule.from_list([
+        {"start": 0, "recycled_content_min": 0.2, "carbon_tax": 100.0, "recycled_content_window": 4},
+        {"start": 6, "recycled_content_min": 0.5, "carbon_tax": 800.0, "landfill_tax": 60.0},
+        {"start": 12, "recycled_content_min": 0.3, "emission_cap": 9000.0, "recovery_target": 0.5}])
+    params = DEFAULT_PARAMS_2.model_copy(update={"horizon": 20})
+    drawn = params.model_copy(update={
+        "demand_base": demand_base, "return_mean": return_mean, "grade_mean": tuple(g / sum(grades) for g in grades),
+        "market_avail_min": market_avail_min, "supply_down_prob": supply_down_prob, "demand_sigma": demand_sigma})
+    scenario = draw_scenario2(1003, plan, params)
+    twin = Scenario2(**{**scenario.__dict__, "params": Params2.model_validate(drawn.model_dump())})
+    module, _ = load_policy2(SHIPPED_2)
+    weights = {k: v.detach().double() for k, v in module.named_parameters()}
+    for make in (lambda p: Threshold2Policy(start_thresholds2(p), p), lambda p: PolicyAgent2(module, weights)):
+        raw = []
+        for s in (scenario, twin):
+            with torch.no_grad():
+                raw.append(rollout2(ScenarioBatch2.from_scenarios([s], dtype=torch.float64), make(s.params),
+                                    project2_batch).raw[0])
+        assert torch.isfinite(raw[0]).all() and raw[0].abs().sum() > 0
+        assert torch.equal(raw[0], raw[1])

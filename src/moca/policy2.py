@@ -57,9 +57,34 @@ RULE_START = {"safety_product": 0.294, "safety_virgin": 0.6111, "target_recycled
               "free_recycled": 0.686, "refurbish_level": 0.023, "dispose_level": 0.122}
 
 
+# What the policy assumes of how a chain's scenarios are drawn. The model keeps its drawing
+# parameters (demand_base, return_mean, grade_mean, market_avail_min, ...) to the generator:
+# no policy may read them. The rule and the network's feature scales state these instead,
+# the same on every chain. The MPC peers estimate the shares from what they observe; the
+# rule keeps no history to do so (and one week's returns are too noisy a guess for its
+# yes/no tests), so it plans with the model's published means, a prior it never updates.
+
+#: Share of a period's production capacity ``K_p`` that the rule's stock thresholds are
+#: stated at: they were tuned on the model's default chain, whose demand is two thirds of its
+#: capacity (1,000 of 1,500 units a period), and scale with the forecast level from there.
+TUNED_UTILISATION = 2.0 / 3.0
+#: Share of what is sold that the rule expects back ``L_r`` periods later.
+PRIOR_RETURN_SHARE = 0.25
+#: Shares of returns the rule expects of grades A, B and scrap.
+PRIOR_GRADE_SHARES = (0.3, 0.45, 0.25)
+#: Share of the secondary market's capacity ``K_m`` the rule expects on offer a period.
+PRIOR_MARKET_SHARE = (1.0 + 0.2) / 2.0
+
+
+def reference_demand2(params: Params2) -> float:
+    """Units a period the rule's thresholds are stated at (:data:`TUNED_UTILISATION` of ``K_p``)."""
+    return params.cap_produce * TUNED_UTILISATION
+
+
 def reference_emissions2(params: Params2) -> float:
-    """kg CO2 of an average period made from virgin material only (scale of the cap)."""
-    return (params.emis_virgin * params.mass + params.emis_produce) * params.demand_base
+    """kg CO2 of a period made from virgin material only at :func:`reference_demand2` units
+    (the scale of the cap's tightness feature)."""
+    return (params.emis_virgin * params.mass + params.emis_produce) * reference_demand2(params)
 
 
 def feature_size(params: Params2) -> int:
@@ -111,7 +136,7 @@ def features2(obs: Observation2, config: PolicyConfig) -> Tensor:
                *[x / units for x in s.history_slots],
                obs.inputs["used_virgin"].to(dtype) / per_window, obs.inputs["used_recycled"].to(dtype) / per_window,
                obs.inputs["periods_left"].to(dtype) / 52.0, obs.inputs["supply_up"].to(dtype),
-               obs.inputs["market_avail"].to(dtype), obs.return_frac_t / max(p.return_mean, 1e-6),
+               obs.inputs["market_avail"].to(dtype), obs.return_frac_t / PRIOR_RETURN_SHARE,
                *obs.grades_t.unbind(-1), *regime,
                recent4 / units, recent13 / units, index - 1.0, trend - 1.0,
                zero + math.sin(phase), zero + math.cos(phase), zero + t / horizon]
@@ -207,7 +232,7 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
       back ``L_r`` periods later, as scrap, landfilled on arrival (``c_w + lambda``), or as a
       grade-A or grade-B core that costs the cheapest of disposing, holding it to the end
       or recovering its material at the virgin price. ``rho`` and the grade shares are the
-      chain's declared means (``params.return_mean``, ``params.grade_mean``): the rule keeps
+      rule's prior (:data:`PRIOR_RETURN_SHARE`, :data:`PRIOR_GRADE_SHARES`): the rule keeps
       no history, and one week's returns are too noisy a guess for a yes/no test (tried:
       weeks that guessed low gave part of the gain back). Never below 0: material that comes
       back pays only if it is used, which the rule cannot promise;
@@ -237,8 +262,8 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
     graded = torch.minimum(dispose_cost, hold_then)
     core_a = torch.minimum(graded, p.cost_disassemble - p.yield_disassembly_a * m * virgin_price)
     core_b = torch.minimum(graded, p.cost_disassemble - p.yield_disassembly_b * m * virgin_price)
-    share_a, share_b, share_scrap = p.grade_mean
-    liability = torch.clamp(p.return_mean * (share_scrap * dispose_cost + share_a * core_a + share_b * core_b),
+    share_a, share_b, share_scrap = PRIOR_GRADE_SHARES
+    liability = torch.clamp(PRIOR_RETURN_SHARE * (share_scrap * dispose_cost + share_a * core_a + share_b * core_b),
                             min=0.0) * (back <= T - 1.0).to(tax.dtype)
     order_virgin = (m * virgin_price + p.cost_produce + liability < p.lost_sale_cost).to(tax.dtype)
     q = torch.clamp(x["forecast"][:, 1], min=1e-6)
@@ -250,17 +275,18 @@ def routing_economics(x: dict[str, Tensor], params: Params2) -> dict[str, Tensor
 
 
 def mean_recycled_rate(level: Tensor, params: Params2) -> Tensor:
-    """Recycled material (kg a period, ``[B]``) the chain brings on its declared means at a
-    demand of ``level`` units a period (``[B]``): the grade-B cores and the grade-A cores beyond refurbishment of
-    the ``return_mean`` share of what is sold, recovered, and the market's mean offer
-    (``cap_market (1 + market_avail_min) / 2``). Under a mandate ``r`` production can use at
-    most ``1 / r`` times it in all, and virgin ``(1 - r) / r`` times it."""
+    """Recycled material (kg a period, ``[B]``) the chain brings on the rule's prior means at
+    a demand of ``level`` units a period (``[B]``): the grade-B cores and the grade-A cores
+    beyond refurbishment of the :data:`PRIOR_RETURN_SHARE` of what is sold, recovered, and
+    the market's expected offer (``cap_market`` times :data:`PRIOR_MARKET_SHARE`). Under a
+    mandate ``r`` production can use at most ``1 / r`` times it in all, and virgin
+    ``(1 - r) / r`` times it."""
     p = params
-    share_a, share_b, _ = p.grade_mean
-    returned = p.return_mean * level
+    share_a, share_b, _ = PRIOR_GRADE_SHARES
+    returned = PRIOR_RETURN_SHARE * level
     return (p.mass * p.yield_disassembly_b * torch.clamp(returned * share_b, max=p.cap_disassemble)
             + p.mass * p.yield_disassembly_a * torch.clamp(returned * share_a - p.cap_refurbish, min=0.0)
-            + p.cap_market * (1.0 + p.market_avail_min) / 2.0)
+            + p.cap_market * PRIOR_MARKET_SHARE)
 
 
 def virgin_use(made: Tensor, share: Tensor, inflow: Tensor, recycled_rate: Tensor) -> Tensor:
@@ -282,7 +308,7 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     ``d_t .. d_{t+H-1}`` (units).
 
     The stock thresholds ``s_P, s_V, S_M, S_B, M_free`` are stated at a demand of
-    ``params.demand_base`` units a period and scale with the forecast level, so one tuning
+    :func:`reference_demand2` units a period and scale with the forecast level, so one tuning
     serves a scenario whose demand drifted or jumped to half or twice that. Routing follows
     the regime's prices (:func:`routing_economics`) on top of what the mandate needs."""
     p = params
@@ -292,7 +318,7 @@ def base_rule2(thresholds: Tensor, x: dict[str, Tensor], params: Params2) -> Ten
     t, T = x["t"], x["horizon"]
     s_P, s_V, S_M, S_B, M_free, L_f, L_w = thresholds.unbind(-1)
     level = forecast[:, 1:5].mean(-1)  # units a period
-    scale = level / p.demand_base
+    scale = level / reference_demand2(p)
     s_P, s_V, S_M, S_B, M_free = (v * scale for v in (s_P, s_V, S_M, S_B, M_free))
     zero = V * 0.0
     m, L_v, K = p.mass, p.lead_virgin, p.cap_produce

@@ -7,8 +7,9 @@ far, and the chain's declared parameters; never ``d_t``, never the draws to come
 demand forecast ``f_t, f_{t+1}, ...`` (units) is :func:`moca.forecast.seasonal_level_forecast`:
 a yearly harmonic fitted to the last 52 periods seen, times a smoothed level that follows
 jumps within a few periods.
-The stock thresholds are stated at a demand of ``demand_base`` units a period and scale
-with the forecast level. In the order the rule computes them:
+The stock thresholds are stated at a demand of two thirds of ``cap_produce`` units a period
+(:func:`moca.policy2.reference_demand2`; the rule reads none of the generator's parameters)
+and scale with the forecast level. In the order the rule computes them:
 
 * **refurbish** grade-A cores above a level ``L_f``: ``f = min(CA - L_f, K_f)``;
 * **produce up to** ``f_t + C + s_P`` of serviceable product (``P + eta_f f``; sales are
