@@ -175,6 +175,53 @@ def test_a_sales_returns_price_the_virgin_order():
     assert late["return_liability"] == 0.0 and late["order_virgin"] == 1.0
 
 
+def revealed(scenarios):
+    """``Observation2.seen`` at every period of ``scenarios``: ``[B, T, 11]``, as rollout2 sums it."""
+    from moca.sim2 import ScenarioBatch2, revealed_sums
+
+    return revealed_sums(ScenarioBatch2.from_scenarios(scenarios, dtype=torch.float64))
+
+
+def test_the_rule_keeps_its_prior_on_a_chain_drawn_as_it_says_and_leaves_it_where_the_arrivals_tell_otherwise():
+    from moca.scenario import draw_scenarios2
+
+    prior = (policy2.PRIOR_RETURN_SHARE, torch.tensor(policy2.PRIOR_GRADE_SHARES, dtype=torch.float64),
+             policy2.PRIOR_MARKET_SHARE)
+    like = torch.zeros(40, dtype=torch.float64)
+    seen = revealed(draw_scenarios2(40, first_seed=1000))  # the test seeds of every benchmark
+    for t in range(P2.horizon):
+        returns, grades, market = policy2.observed_means(seen[:, t], like)
+        assert (returns == prior[0]).all() and (grades == prior[1]).all() and (market == prior[2]).all()
+    # A chain that returns 12% of its sales in grades 0.2 / 0.5 / 0.3, with a market offering
+    # 60-100% of its capacity: the prior until 8 periods are seen, then the observed means.
+    other = P2.model_copy(update={"return_mean": 0.12, "grade_mean": (0.2, 0.5, 0.3), "market_avail_min": 0.6})
+    scenarios = draw_scenarios2(8, params=other, first_seed=1000)
+    seen = revealed(scenarios)
+    returns, grades, market = policy2.observed_means(seen[:, 6], like[:8])
+    assert (returns == prior[0]).all() and (grades == prior[1]).all() and (market == prior[2]).all()
+    returns, grades, market = policy2.observed_means(seen[:, 30], like[:8])
+    for i, s in enumerate(scenarios):
+        assert float(returns[i]) == pytest.approx(s.return_frac[:31].mean())
+        assert np.allclose(grades[i].numpy(), s.grades[:31].mean(0)) and grades[i].sum() == pytest.approx(1.0)
+        assert float(market[i]) == pytest.approx(s.market_avail[:31].mean())
+    # Nothing kept (inputs built by hand, seen=None): the prior.
+    assert float(policy2.observed_means(None, like[:1])[0][0]) == policy2.PRIOR_RETURN_SHARE
+
+
+def test_returns_seen_below_the_prior_keep_the_virgin_order_on():
+    # Under 841 EUR/t and 77.2 EUR a core the prior's quarter of sales coming back turns the
+    # virgin order off (the test above); a chain seen to return 12% brings back half that
+    # liability, and a unit made from virgin still pays.
+    x = rule_inputs(np.full(13, 1000.0), regime=(0.0, 841.0, math.inf, 77.2, 0.0))
+    prior = routing_economics(x, P2)
+    x["return_share"], x["grade_shares"], x["market_share"] = (torch.tensor([0.12], dtype=torch.float64),
+                                                               torch.tensor([[0.3, 0.45, 0.25]], dtype=torch.float64),
+                                                               torch.tensor([0.6], dtype=torch.float64))
+    seen = routing_economics(x, P2)
+    assert float(prior["order_virgin"][0]) == 0.0 and float(seen["order_virgin"][0]) == 1.0
+    assert float(seen["return_liability"][0]) == pytest.approx(float(prior["return_liability"][0]) * 0.12 / 0.25)
+
+
 @settings(max_examples=60, deadline=None)
 @given(tax=st.floats(0.0, 2000.0), landfill=st.floats(0.0, 100.0), t=st.integers(0, 51))
 def test_return_liability_only_ever_turns_the_virgin_order_off(tax, landfill, t):
@@ -910,3 +957,22 @@ def test_the_peer_rule_refuses_another_chains_batch_and_a_wrong_row_count():
     with torch.no_grad():  # its own chain's: as before
         own = rollout2(batch, Threshold2Policy(start_thresholds2(other), other), project2_batch)
     assert torch.isfinite(own.total_cost).all() and own.total_cost[0] == own.total_cost[1]
+
+
+def test_prior_benchmark_quick(tmp_path, monkeypatch):
+    import json
+
+    import moca.policy2 as policy2
+
+    out = tmp_path / "rule2_prior.json"
+    shipped = (policy2.PRIOR_TEST, policy2.PRIOR_RETURN_SHARE, policy2.PRIOR_GRADE_SHARES, policy2.PRIOR_MARKET_SHARE)
+    run_script("bench_rule2_prior.py", ["--quick", "--scan", "20", "--out", str(out)], monkeypatch)
+    assert (policy2.PRIOR_TEST, policy2.PRIOR_RETURN_SHARE, policy2.PRIOR_GRADE_SHARES,
+            policy2.PRIOR_MARKET_SHARE) == shipped  # the script put them back
+    result = json.loads(out.read_text())
+    default, low = (result["scores"][c]["tax 800 + landfill 60"] for c in ("default", "returns 12%"))
+    assert all(0 < v <= 1 + 1e-6 for row in (default, low) for v in row.values())
+    # on the default chain the three ways are one; on a chain returning 12% the estimate gains
+    assert len({default[f"moca {m}"] for m in ("prior", "shipped", "told")}) == 1
+    assert low["moca shipped"] > low["moca prior"] + 0.005 and low["rule shipped"] > low["rule prior"] + 0.005
+    assert result["scan"] == {"seeds": 24, "leave_prior": []}

@@ -271,3 +271,84 @@ def test_a_clsc2_chain_registered_with_adapt_decides_as_a_plain_one_until_its_jo
     r = client.post("/v1/chains/adapted/decide", json={**first, "t": 1, "used_virgin": 1.0, "used_recycled": 1.0})
     assert r.status_code == 200, r.text
     assert r.json()["policy_version"] == 2 and r.json()["window"]["periods_left"] == 50
+
+
+def test_what_the_arrivals_revealed_is_kept_across_a_restart_and_decides_as_the_library(tmp_path):
+    """A chain that returns 12% of its sales (the rule's prior: 25%) under a carbon tax of
+    800 EUR/t and a landfill tax of 60 EUR/core: the rule leaves its prior once the returns
+    tell otherwise, which keeps its virgin orders on. The service sums what each request
+    revealed, keeps it across a restart in mid-episode (a new app on the same data), and
+    decides as the library's rollout does; the same agent without the sums decides otherwise."""
+    import dataclasses
+
+    from moca.scenario import Scenario2
+
+    regime = {"carbon_tax": 800.0, "landfill_tax": 60.0}
+    drawn = draw_scenario2(1001, load_regime(regime, model="CLSC-2"), DEFAULT_PARAMS_2.model_copy(
+        update={"return_mean": 0.12}))
+    scenario = Scenario2(**{**drawn.__dict__, "params": DEFAULT_PARAMS_2})  # the chain's declared params
+    module, _ = load_policy2("default")
+    weights = {k: v.detach().double() for k, v in module.named_parameters()}
+    agent = _Recorder(module, weights)
+
+    class PriorOnly(PolicyAgent2):
+        def act(self, obs):
+            return super().act(dataclasses.replace(obs, seen=None))
+
+    batch = ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64)
+    with torch.no_grad():
+        out = rollout2(batch, agent, project2_batch)
+        prior_only = rollout2(batch, PriorOnly(module, weights), project2_batch)
+    assert not torch.allclose(out.raw, prior_only.raw, rtol=1e-3, atol=1.0)  # the sums change the decisions
+    half = len(agent.seen) // 2
+    for part in (agent.seen[:half], agent.seen[half:]):
+        with TestClient(create_app(tmp_path / "data", worker=False)) as client:
+            if part[0].t == 0:
+                r = client.post("/v1/chains", json={"id": "plant", "model": "CLSC-2", "regime": regime})
+                assert r.status_code == 201, r.text
+            for obs in part:
+                r = client.post("/v1/chains/plant/decide", json=_body(obs))
+                assert r.status_code == 200, r.text
+                raw = np.array([r.json()["raw_action"][n] for n in clsc2.ACTION_NAMES])
+                assert np.allclose(raw, out.raw[0, obs.t].numpy(), rtol=1e-5, atol=1e-3), obs.t
+
+
+def test_a_database_of_a_moca_before_the_sums_gains_them_and_keeps_its_chains(tmp_path):
+    """A database written before the service kept what the arrivals revealed (no ``seen``
+    columns, the old trigger) opens, gains the columns in one transaction, and its chain
+    decides on where it was: its history and decisions are all there."""
+    import sqlite3
+
+    if sqlite3.sqlite_version_info < (3, 35):
+        pytest.skip(f"SQLite {sqlite3.sqlite_version} cannot drop a column to make the old schema")
+    scenario = draw_scenario2(1000, load_regime("T2", model="CLSC-2"), DEFAULT_PARAMS_2)
+    module, _ = load_policy2("default")
+    agent = _Recorder(module, {k: v.detach().double() for k, v in module.named_parameters()})
+    with torch.no_grad():
+        rollout2(ScenarioBatch2.from_scenarios([scenario], dtype=torch.float64), agent, project2_batch)
+    data = tmp_path / "data"
+    with TestClient(create_app(data, worker=False)) as client:
+        assert client.post("/v1/chains", json={"id": "plant", "model": "CLSC-2", "regime": "T2"}).status_code == 201
+        for obs in agent.seen[:3]:
+            assert client.post("/v1/chains/plant/decide", json=_body(obs)).status_code == 200
+    conn = sqlite3.connect(data / "moca.sqlite3", isolation_level=None)
+    conn.executescript("""
+        DROP TRIGGER decision_state;
+        ALTER TABLE chain_state DROP COLUMN seen;
+        ALTER TABLE decisions DROP COLUMN seen;
+        CREATE TRIGGER decision_state AFTER INSERT ON decisions BEGIN
+          INSERT OR REPLACE INTO chain_state(chain, episode, last_t, frames, h, c)
+            VALUES(NEW.chain, NEW.episode, NEW.t, NEW.frames, NEW.h, NEW.c);
+          UPDATE decisions SET frames=NULL, h=NULL, c=NULL WHERE id=NEW.id;
+        END;""")
+    conn.close()
+    with TestClient(create_app(data, worker=False)) as client:
+        for obs in agent.seen[3:6]:
+            r = client.post("/v1/chains/plant/decide", json=_body(obs))
+            assert r.status_code == 200, r.text
+        assert [d["t"] for d in client.get("/v1/chains/plant/decisions").json()] == list(range(6))
+    conn = sqlite3.connect(data / "moca.sqlite3")
+    seen = conn.execute("SELECT seen FROM chain_state WHERE chain='plant'").fetchone()[0]
+    assert np.frombuffer(seen)[0] == 3.0  # the periods seen since the columns came (the older ones were never kept)
+    assert "seen" in {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+    conn.close()

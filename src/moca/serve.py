@@ -288,19 +288,22 @@ class ChainMemory:
     last_t: int = -1
     frames: np.ndarray | None = None
     state: tuple[np.ndarray, np.ndarray] | None = None
+    #: CLSC-2: what the arrivals revealed this episode (float64 ``[11]``, :attr:`moca.sim2.Observation2.seen`)
+    seen: np.ndarray | None = None
 
-    def blobs(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+    def blobs(self) -> tuple[bytes | None, bytes | None, bytes | None, bytes | None]:
+        seen = None if self.seen is None else self.seen.astype(np.float64).tobytes()
         if self.frames is None:
-            return None, None, None
+            return None, None, None, seen
         return (self.frames.astype(np.float32).tobytes(), None if self.state is None else self.state[0].tobytes(),
-                None if self.state is None else self.state[1].tobytes())
+                None if self.state is None else self.state[1].tobytes(), seen)
 
     @classmethod
     def from_row(cls, row) -> "ChainMemory":
-        episode, last_t, frames, h, c = row
+        episode, last_t, frames, h, c, seen = row
         arr = lambda b: None if b is None else np.frombuffer(b, dtype=np.float32).copy()  # noqa: E731
         state = None if h is None else (arr(h), arr(c))
-        return cls(episode, last_t, arr(frames), state)
+        return cls(episode, last_t, arr(frames), state, None if seen is None else np.frombuffer(seen).copy())
 
 
 # ----------------------------------------------------------------------------------------
@@ -565,11 +568,15 @@ class Clsc2Model(ChainModel):
                   "used_recycled": b.used_recycled, "periods_left": float(periods_left),
                   "supply_up": float(b.supply_up), "market_avail": b.market_avail}
         regime_t = torch.as_tensor(row, dtype=torch.float64)[None]
+        # what the arrivals revealed this episode, this period's included (as the library's rollout counts it)
+        values = np.array([b.return_frac, *b.grades, b.market_avail], dtype=np.float64)
+        memory.seen = (np.zeros(11) if memory.seen is None else memory.seen) + np.concatenate([[1.0], values,
+                                                                                             values * values])
         observation = Observation2(
             b.t, state, {k: one(v) for k, v in inputs.items()}, regime_t,
             torch.as_tensor(table, dtype=torch.float64)[None], torch.full((1, p.horizon), window, dtype=torch.int64),
             one(b.return_frac), torch.tensor([b.grades], dtype=torch.float64),
-            torch.tensor([b.demand_history], dtype=torch.float64), p)
+            torch.tensor([b.demand_history], dtype=torch.float64), p, torch.from_numpy(memory.seen)[None])
         # the library's own agent, its frames and LSTM state restored from the chain's memory
         agent = PolicyAgent2(module, weights)
         size = module.frame_size
@@ -664,7 +671,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS chains(id TEXT PRIMARY KEY, model TEXT NOT NULL, params TEXT NOT NULL,
   params_hash TEXT NOT NULL, regime_id INTEGER NOT NULL, version INTEGER NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS chain_state(chain TEXT PRIMARY KEY, episode INTEGER NOT NULL, last_t INTEGER NOT NULL,
-  frames BLOB, h BLOB, c BLOB);
+  frames BLOB, h BLOB, c BLOB, seen BLOB);
 CREATE TABLE IF NOT EXISTS regimes(id INTEGER PRIMARY KEY, model TEXT NOT NULL, key TEXT NOT NULL,
   name TEXT, regime TEXT NOT NULL, features TEXT NOT NULL, created REAL NOT NULL, UNIQUE(model, key));
 CREATE TABLE IF NOT EXISTS regulations(id INTEGER PRIMARY KEY, chain TEXT NOT NULL, regime_id INTEGER NOT NULL,
@@ -683,16 +690,34 @@ CREATE TABLE IF NOT EXISTS jobs(id INTEGER PRIMARY KEY, chain TEXT NOT NULL, reg
 CREATE TABLE IF NOT EXISTS decisions(id INTEGER PRIMARY KEY, chain TEXT NOT NULL, episode INTEGER NOT NULL,
   t INTEGER NOT NULL, version INTEGER NOT NULL, regime_id INTEGER NOT NULL, action BLOB NOT NULL, raw BLOB NOT NULL,
   projected INTEGER NOT NULL, cost REAL NOT NULL, recycled_share REAL NOT NULL, latency_us REAL NOT NULL,
-  at REAL NOT NULL, frames BLOB, h BLOB, c BLOB);
+  at REAL NOT NULL, frames BLOB, h BLOB, c BLOB, seen BLOB);
 CREATE INDEX IF NOT EXISTS decisions_chain ON decisions(chain, id);
--- A decision and the recurrent state after it are ONE statement (one transaction, one
--- write): the row brings the state, which moves to chain_state.
+"""
+#: A decision and the recurrent state after it are ONE statement (one transaction, one
+#: write): the row brings the state, which moves to chain_state.
+STATE_TRIGGER = """
 CREATE TRIGGER IF NOT EXISTS decision_state AFTER INSERT ON decisions BEGIN
-  INSERT OR REPLACE INTO chain_state(chain, episode, last_t, frames, h, c)
-    VALUES(NEW.chain, NEW.episode, NEW.t, NEW.frames, NEW.h, NEW.c);
-  UPDATE decisions SET frames=NULL, h=NULL, c=NULL WHERE id=NEW.id;
+  INSERT OR REPLACE INTO chain_state(chain, episode, last_t, frames, h, c, seen)
+    VALUES(NEW.chain, NEW.episode, NEW.t, NEW.frames, NEW.h, NEW.c, NEW.seen);
+  UPDATE decisions SET frames=NULL, h=NULL, c=NULL, seen=NULL WHERE id=NEW.id;
 END;
 """
+
+
+def _add_seen(conn: sqlite3.Connection) -> None:
+    """A database of a moca before CLSC-2's rule kept what the arrivals revealed gains the
+    ``seen`` columns, and the trigger that moves them (in one transaction: all or nothing)."""
+    if "seen" in {row[1] for row in conn.execute("PRAGMA table_info(chain_state)")}:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE chain_state ADD COLUMN seen BLOB")
+        conn.execute("ALTER TABLE decisions ADD COLUMN seen BLOB")
+        conn.execute("DROP TRIGGER IF EXISTS decision_state")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def connect(path: Path, create: bool = True) -> sqlite3.Connection:
@@ -789,6 +814,8 @@ class Store:
         try:
             self.conn = connect(self.db_path, create=create)
             self.conn.executescript(SCHEMA)
+            _add_seen(self.conn)
+            self.conn.executescript(STATE_TRIGGER)
             # A file this process may read but not write opens read-only without a word, and
             # the first write (the start-up recovery) failed after the banner: find out now.
             self.conn.execute("BEGIN IMMEDIATE")
@@ -1217,7 +1244,7 @@ def _deployed(rt: Runtime, model: ChainModel, chain: str, number: int) -> Deploy
 
 def _memory(rt: Runtime, chain: str) -> ChainMemory:
     if chain not in rt.memories:
-        row = rt.store.one("SELECT episode, last_t, frames, h, c FROM chain_state WHERE chain=?", (chain,))
+        row = rt.store.one("SELECT episode, last_t, frames, h, c, seen FROM chain_state WHERE chain=?", (chain,))
         rt.memories[chain] = ChainMemory.from_row(row) if row else ChainMemory()
     return rt.memories[chain]
 
@@ -1284,7 +1311,7 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
         version, regime_id, _ = _current(rt, chain, memory.episode, body.t)
     regime, row, regime_out = _regime(rt, model, regime_id)
     deployed = _deployed(rt, model, chain, version)
-    trial = ChainMemory(memory.episode, body.t, memory.frames, memory.state)
+    trial = ChainMemory(memory.episode, body.t, memory.frames, memory.state, memory.seen)
     row = model.decision_row(rt, chain, memory.episode, body.t, regime, row, params)
     action, raw, broken = model.decide(deployed, trial, model.observation(body), row)
     cost, share = model.summary(action, regime, params)
@@ -1293,7 +1320,7 @@ def decide(rt: Runtime, chain: str, body: DecideIn) -> dict[str, Any]:
     with store.lock:  # one statement = one transaction (autocommit); the trigger stores the state
         store.conn.execute(
             "INSERT INTO decisions(chain, episode, t, version, regime_id, action, raw, projected, cost, recycled_share, "
-            "latency_us, at, frames, h, c) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "latency_us, at, frames, h, c, seen) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (chain, memory.episode, body.t, version, regime_id, action.tobytes(), raw.tobytes(), int(projected), cost,
              share, latency, time.time(), *trial.blobs()))
         rt.memories[chain] = trial  # only once it is stored, and before the pruning (were it to fail, the
@@ -1840,8 +1867,8 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         memory = _memory(rt, chain)
         fresh = ChainMemory(memory.episode + 1, -1)
         with store.tx() as c:
-            c.execute("INSERT OR REPLACE INTO chain_state(chain, episode, last_t, frames, h, c) "
-                      "VALUES(?,?,-1,NULL,NULL,NULL)", (chain, fresh.episode))
+            c.execute("INSERT OR REPLACE INTO chain_state(chain, episode, last_t, frames, h, c, seen) "
+                      "VALUES(?,?,-1,NULL,NULL,NULL,NULL)", (chain, fresh.episode))
             _promote(c, chain, fresh.episode, -1)
         rt.memories[chain] = fresh
         return {"chain": chain, "episode": fresh.episode}

@@ -268,6 +268,12 @@ class Observation2:
     grades_t: Tensor  # [B, 3] revealed with the arrivals
     demand_seen: Tensor  # [B, 52 + t] units
     params: Params2
+    #: What the arrivals revealed this episode, period t's included, for estimates of their
+    #: means (:func:`moca.policy2.observed_means`): ``[B, 11]``, the periods observed, then
+    #: the sums over them of the return fraction, the three grade shares and the market's
+    #: availability, then the sums of their squares (None: nothing kept; the rule plans on
+    #: its prior).
+    seen: Tensor | None = None
 
 
 class Policy2(Protocol):
@@ -309,6 +315,14 @@ class Rollout2:
         return ((self.executed - self.raw) / self.scale).norm(dim=-1)
 
 
+def revealed_sums(batch: ScenarioBatch2) -> Tensor:
+    """:attr:`Observation2.seen` of every period, ``[B, T, 11]``: the periods observed up to
+    and including t, and the sums over them of the return fraction, the grade shares and
+    the market's availability, then of their squares."""
+    values = torch.cat([batch.return_frac[..., None], batch.grades, batch.market_avail[..., None]], dim=-1)
+    return torch.cat([torch.ones_like(batch.return_frac)[..., None], values, values * values], dim=-1).cumsum(1)
+
+
 def rollout2(batch: ScenarioBatch2, policy: Policy2, project: Projector2 | None,
              simulator: Simulator2 | None = None) -> Rollout2:
     """Run ``policy`` through ``batch``; each raw action goes through ``project`` (the
@@ -319,6 +333,7 @@ def rollout2(batch: ScenarioBatch2, policy: Policy2, project: Projector2 | None,
     state = sim.initial_state(batch.demand_history)
     policy.reset(batch)
     demand_all = torch.cat([batch.demand_history, batch.demand], dim=1)  # views of it are what is seen
+    revealed = revealed_sums(batch)
     records: dict[str, list[Tensor]] = {k: [] for k in ("cost", "executed", "raw", "stocks", "sales", "lost",
                                                          "scrap", "inputs")}
     for t in range(batch.horizon):
@@ -327,7 +342,7 @@ def rollout2(batch: ScenarioBatch2, policy: Policy2, project: Projector2 | None,
         regime_t = batch.regime[:, t]
         seen = demand_all[:, :HISTORY + t]
         raw = policy.act(Observation2(t, state, inputs, regime_t, batch.regime, batch.window,
-                                      batch.return_frac[:, t], batch.grades[:, t], seen, p))
+                                      batch.return_frac[:, t], batch.grades[:, t], seen, p, revealed[:, t]))
         action = raw if project is None else project(raw, inputs, regime_t, p)
         if project is None:  # (the projector checks its own input)
             check_actions(raw, batch.size, len(clsc2.ACTION_NAMES))
@@ -399,4 +414,4 @@ def simulate_actions2(scenario: Scenario2, actions: np.ndarray) -> dict:
 
 
 __all__ = ["Arrival", "Observation2", "OpenLoop2", "Policy2", "Projector2", "Rollout2", "ScenarioBatch2",
-           "Simulator2", "State2", "StepResult2", "rollout2", "simulate_actions2"]
+           "Simulator2", "State2", "StepResult2", "revealed_sums", "rollout2", "simulate_actions2"]
