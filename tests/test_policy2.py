@@ -282,9 +282,13 @@ def test_the_rule_and_the_network_never_read_how_a_scenario_was_drawn(demand_bas
         "market_avail_min": market_avail_min, "supply_down_prob": supply_down_prob, "demand_sigma": demand_sigma})
     scenario = draw_scenario2(1003, plan, params)
     twin = Scenario2(**{**scenario.__dict__, "params": Params2.model_validate(drawn.model_dump())})
+    from moca.policy import with_params
+
     module, _ = load_policy2(SHIPPED_2)
     weights = {k: v.detach().double() for k, v in module.named_parameters()}
-    for make in (lambda p: Threshold2Policy(start_thresholds2(p), p), lambda p: PolicyAgent2(module, weights)):
+    # the network built for each scenario's params: its rule reads the module's, not the observation's
+    for make in (lambda p: Threshold2Policy(start_thresholds2(p), p),
+                 lambda p: PolicyAgent2(with_params(module, p), weights)):
         raw = []
         for s in (scenario, twin):
             with torch.no_grad():

@@ -192,9 +192,9 @@ def test_the_rule_keeps_its_prior_on_a_chain_drawn_as_it_says_and_leaves_it_wher
     for t in range(P2.horizon):
         returns, grades, market = policy2.observed_means(seen[:, t], like)
         assert (returns == prior[0]).all() and (grades == prior[1]).all() and (market == prior[2]).all()
-    # A chain that returns 12% of its sales in grades 0.2 / 0.5 / 0.3, with a market offering
+    # A chain that returns 12% of its sales in grades 0.5 / 0.3 / 0.2, with a market offering
     # 60-100% of its capacity: the prior until 8 periods are seen, then the observed means.
-    other = P2.model_copy(update={"return_mean": 0.12, "grade_mean": (0.2, 0.5, 0.3), "market_avail_min": 0.6})
+    other = P2.model_copy(update={"return_mean": 0.12, "grade_mean": (0.5, 0.3, 0.2), "market_avail_min": 0.6})
     scenarios = draw_scenarios2(8, params=other, first_seed=1000)
     seen = revealed(scenarios)
     returns, grades, market = policy2.observed_means(seen[:, 6], like[:8])
@@ -206,6 +206,19 @@ def test_the_rule_keeps_its_prior_on_a_chain_drawn_as_it_says_and_leaves_it_wher
         assert float(market[i]) == pytest.approx(s.market_avail[:31].mean())
     # Nothing kept (inputs built by hand, seen=None): the prior.
     assert float(policy2.observed_means(None, like[:1])[0][0]) == policy2.PRIOR_RETURN_SHARE
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_priors_recycled_material_is_the_default_chains_exactly_in_either_precision(dtype):
+    # The market's mean offer on the prior is 800 x 0.6 = 480 kg a period; a float32 0.6
+    # times 800 made it 480.00003, and float32 rollouts (meta-training, adaptation's support
+    # batches) moved off the numbers they gave before under a regime that changes.
+    x = {"stocks": torch.zeros(2, 5, dtype=dtype)}
+    rate = policy2.mean_recycled_rate(torch.zeros(2, dtype=dtype), x, P2)
+    assert rate.dtype == dtype and rate.tolist() == [480.0, 480.0]
+    shares = policy2.observed_means(torch.zeros(2, 11, dtype=dtype), x["stocks"][:, 0])
+    x.update(zip(("return_share", "grade_shares", "market_share"), shares))
+    assert policy2.mean_recycled_rate(torch.zeros(2, dtype=dtype), x, P2).tolist() == [480.0, 480.0]
 
 
 def test_returns_seen_below_the_prior_keep_the_virgin_order_on():

@@ -352,3 +352,26 @@ def test_a_database_of_a_moca_before_the_sums_gains_them_and_keeps_its_chains(tm
     assert np.frombuffer(seen)[0] == 3.0  # the periods seen since the columns came (the older ones were never kept)
     assert "seen" in {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
     conn.close()
+
+
+def test_a_half_migrated_database_gains_the_missing_column_and_the_trigger_once(tmp_path):
+    import sqlite3
+
+    from moca.serve import _add_seen
+
+    if sqlite3.sqlite_version_info < (3, 35):
+        pytest.skip(f"SQLite {sqlite3.sqlite_version} cannot drop a column to make the old schema")
+    data = tmp_path / "data"
+    with TestClient(create_app(data, worker=False)):
+        pass
+    conn = sqlite3.connect(data / "moca.sqlite3", isolation_level=None)
+    conn.executescript("DROP TRIGGER decision_state; ALTER TABLE chain_state DROP COLUMN seen;")
+    _add_seen(conn)
+    _add_seen(conn)  # a second opener finds it done
+    for table in ("chain_state", "decisions"):
+        assert "seen" in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    trigger = conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger' AND name='decision_state'").fetchone()
+    assert trigger is not None and "NEW.seen" in trigger[0]
+    conn.close()
+    with TestClient(create_app(data, worker=False)) as client:
+        assert client.post("/v1/chains", json={"id": "plant", "model": "CLSC-2", "regime": "T2"}).status_code == 201

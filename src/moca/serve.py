@@ -706,14 +706,20 @@ END;
 
 def _add_seen(conn: sqlite3.Connection) -> None:
     """A database of a moca before CLSC-2's rule kept what the arrivals revealed gains the
-    ``seen`` columns, and the trigger that moves them (in one transaction: all or nothing)."""
-    if "seen" in {row[1] for row in conn.execute("PRAGMA table_info(chain_state)")}:
+    ``seen`` columns and the trigger that moves them, in one transaction (all or nothing;
+    checked inside it, so two processes opening the database at once migrate it once)."""
+    def columns(table: str) -> set[str]:
+        return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+    if "seen" in columns("chain_state") and "seen" in columns("decisions"):
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("ALTER TABLE chain_state ADD COLUMN seen BLOB")
-        conn.execute("ALTER TABLE decisions ADD COLUMN seen BLOB")
+        for table in ("chain_state", "decisions"):
+            if "seen" not in columns(table):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN seen BLOB")
         conn.execute("DROP TRIGGER IF EXISTS decision_state")
+        conn.execute(STATE_TRIGGER)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
