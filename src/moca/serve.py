@@ -292,7 +292,7 @@ class ChainMemory:
     seen: np.ndarray | None = None
 
     def blobs(self) -> tuple[bytes | None, bytes | None, bytes | None, bytes | None]:
-        seen = None if self.seen is None else self.seen.astype(np.float64).tobytes()
+        seen = None if self.seen is None else self.seen.tobytes()  # (float64: the sums as the library keeps them)
         if self.frames is None:
             return None, None, None, seen
         return (self.frames.astype(np.float32).tobytes(), None if self.state is None else self.state[0].tobytes(),
@@ -551,7 +551,7 @@ class Clsc2Model(ChainModel):
 
         from moca.policy2 import PolicyAgent2
         from moca.projection import project2_counted
-        from moca.sim2 import Observation2, State2
+        from moca.sim2 import Observation2, State2, revealed_terms
 
         (module, weights), p = deployed.decide, deployed.params
         row, window, periods_left, starts, table = regime_row
@@ -568,15 +568,17 @@ class Clsc2Model(ChainModel):
                   "used_recycled": b.used_recycled, "periods_left": float(periods_left),
                   "supply_up": float(b.supply_up), "market_avail": b.market_avail}
         regime_t = torch.as_tensor(row, dtype=torch.float64)[None]
+        row_inputs = {k: one(v) for k, v in inputs.items()}
+        return_frac, grades = one(b.return_frac), torch.tensor([b.grades], dtype=torch.float64)
         # what the arrivals revealed this episode, this period's included (as the library's rollout counts it)
-        values = np.array([b.return_frac, *b.grades, b.market_avail], dtype=np.float64)
-        memory.seen = (np.zeros(11) if memory.seen is None else memory.seen) + np.concatenate([[1.0], values,
-                                                                                             values * values])
+        seen = revealed_terms(return_frac, grades, row_inputs["market_avail"])
+        if memory.seen is not None:
+            seen = seen + torch.from_numpy(memory.seen)
+        memory.seen = seen[0].numpy()
         observation = Observation2(
-            b.t, state, {k: one(v) for k, v in inputs.items()}, regime_t,
+            b.t, state, row_inputs, regime_t,
             torch.as_tensor(table, dtype=torch.float64)[None], torch.full((1, p.horizon), window, dtype=torch.int64),
-            one(b.return_frac), torch.tensor([b.grades], dtype=torch.float64),
-            torch.tensor([b.demand_history], dtype=torch.float64), p, torch.from_numpy(memory.seen)[None])
+            return_frac, grades, torch.tensor([b.demand_history], dtype=torch.float64), p, seen)
         # the library's own agent, its frames and LSTM state restored from the chain's memory
         agent = PolicyAgent2(module, weights)
         size = module.frame_size

@@ -315,12 +315,18 @@ class Rollout2:
         return ((self.executed - self.raw) / self.scale).norm(dim=-1)
 
 
+def revealed_terms(return_frac: Tensor, grades: Tensor, market_avail: Tensor) -> Tensor:
+    """What one period's arrivals add to :attr:`Observation2.seen` (``[..., 11]`` from
+    ``[...]``, ``[..., 3]``, ``[...]``): 1, the return fraction, the grade shares and the
+    market's availability, then their squares."""
+    values = torch.cat([return_frac[..., None], grades, market_avail[..., None]], dim=-1)
+    return torch.cat([torch.ones_like(return_frac)[..., None], values, values * values], dim=-1)
+
+
 def revealed_sums(batch: ScenarioBatch2) -> Tensor:
-    """:attr:`Observation2.seen` of every period, ``[B, T, 11]``: the periods observed up to
-    and including t, and the sums over them of the return fraction, the grade shares and
-    the market's availability, then of their squares."""
-    values = torch.cat([batch.return_frac[..., None], batch.grades, batch.market_avail[..., None]], dim=-1)
-    return torch.cat([torch.ones_like(batch.return_frac)[..., None], values, values * values], dim=-1).cumsum(1)
+    """:attr:`Observation2.seen` of every period, ``[B, T, 11]``: :func:`revealed_terms`
+    summed over the periods up to and including t."""
+    return revealed_terms(batch.return_frac, batch.grades, batch.market_avail).cumsum(1)
 
 
 def rollout2(batch: ScenarioBatch2, policy: Policy2, project: Projector2 | None,
@@ -414,4 +420,4 @@ def simulate_actions2(scenario: Scenario2, actions: np.ndarray) -> dict:
 
 
 __all__ = ["Arrival", "Observation2", "OpenLoop2", "Policy2", "Projector2", "Rollout2", "ScenarioBatch2",
-           "Simulator2", "State2", "StepResult2", "revealed_sums", "rollout2", "simulate_actions2"]
+           "Simulator2", "State2", "StepResult2", "revealed_sums", "revealed_terms", "rollout2", "simulate_actions2"]
