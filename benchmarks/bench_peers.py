@@ -161,7 +161,7 @@ def clsc2_regimes(params: Params) -> dict[str, RegimeSchedule]:
 
 def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None, quick: bool,
               retune: bool = False) -> dict[str, dict]:
-    from moca.baselines.mpc2 import InformedMPC2, MPC2Policy, demand_curve2
+    from moca.baselines.mpc2 import PLANNER_SAMPLES, SAFETY_STOCKS_2, InformedMPC2, MPC2Policy, demand_curve2
     from moca.baselines.peers import evaluate2
     from moca.baselines.threshold2 import tune_threshold2
     from moca.oracle2 import solve_oracle2
@@ -181,8 +181,10 @@ def run_clsc2(peers: list[str], n_test: int, n_train: int, ppo_dir: Path | None,
     train_oracle = np.array([solve_oracle2(s).oracle_cost for s in train]) if any(
         p.startswith("mpc-") for p in peers) else None
     test_curves = np.stack([demand_curve2(s, params2) for s in test_seeds])
-    stocks = [100.0, 400.0] if quick else [300.0, 600.0, 1000.0, 1500.0, 2500.0, 4000.0]
-    samples = 4
+    # The grid moca's own re-tuning of the sampled MPC uses (0 included: under a high carbon
+    # tax the peers pick no stock where they may, and a grid from 300 stopped them short).
+    stocks = [100.0, 400.0] if quick else list(SAFETY_STOCKS_2)
+    samples = PLANNER_SAMPLES
 
     results: dict[str, dict] = {}
     for name in peers:
@@ -338,6 +340,8 @@ def main() -> None:
         if args.retune_per_regime and world != "CLSC-2":
             parser.error("--retune-per-regime: CLSC-2 only (CLSC-1's re-tuned peers: benchmarks/bench_generalisation.py)")
         results = WORLDS[world](chosen, n_test, n_train, args.ppo, args.quick, **extra)
+        for entry in results.values():  # peers kept from earlier runs may come from another machine
+            entry["machine"] = machine()
         out["worlds"].setdefault(world, {"seed_tasks": list(SEED_TASKS), "outside": list(OUTSIDE), "peers": {}})
         out["worlds"][world]["peers"].update(results)
         out["worlds"][world]["last_run_seconds"] = time.perf_counter() - started
