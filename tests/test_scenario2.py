@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -216,6 +217,17 @@ def test_a_draw_beyond_the_largest_value_names_the_parameters_that_made_it():
         else:  # a seed whose walk stays within bounds is a scenario like any other
             assert np.all(scenario.demand <= 1e12) and np.all(scenario.demand_history <= 1e12)
     assert failures > 0
+    # A season's amplitude that makes it (both bounds allowed up to 1e12) is named as such
+    # (the message named the walk's parameters only, at their defaults), and an overflow on
+    # the way is the same message, not numpy's RuntimeWarning first.
+    with pytest.raises(ScenarioError, match=r"times a season of amplitude 1e\+12 \(drawn between "
+                                            r"demand_amp_lo=1e\+12 and demand_amp_hi=1e\+12\); lower them"):
+        draw_scenario2(1000, params=Params2(demand_amp_lo=1e12, demand_amp_hi=1e12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        with pytest.raises(ScenarioError, match=r"seed 3 draws demand_history\[7\]=2.66e\+17, beyond 1e\+12 "
+                                                r"units: .*demand_jump_prob=1, demand_jump_sigma=100 "):
+            draw_scenario2(3, params=Params2(demand_jump_prob=1.0, demand_jump_sigma=100.0))
     # CLSC-1's draw too (it named demand[0]=1.1e12 as if the user had written it; the
     # parameters allow demand_base up to 1e12)
     from moca.scenario import draw_scenario

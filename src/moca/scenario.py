@@ -849,10 +849,12 @@ def draw_scenario2(
     p = params = as_params(params, Params2)
     schedule = _as_schedule(regime, "CLSC-2")
     T, n = p.horizon, HISTORY + p.horizon
-    curve = _demand_curve2(rng, p)
+    parts = _demand_parts2(rng, p)
+    curve = _curve_from_parts(parts, p)
     sd = p.demand_sigma
     noise = rng.lognormal(-sd**2 / 2, sd, size=n) if sd > 0 else np.ones(n)
-    demand = np.maximum(curve * noise, 0.0)  # an amplitude above 1 would otherwise give negative demand
+    with np.errstate(over="ignore", invalid="ignore"):  # a demand beyond range is refused by name below
+        demand = np.maximum(curve * noise, 0.0)  # an amplitude above 1 would otherwise give negative demand
     sr = p.return_sigma
     xi = rng.lognormal(-sr**2 / 2, sr, size=T) if sr > 0 else np.ones(T)
     return_frac = np.clip(p.return_mean * xi, 0.0, 1.0)
@@ -873,7 +875,9 @@ def draw_scenario2(
             f"seed {seed} draws {where}={demand[k]:.3g}, beyond {LARGEST_VALUE:g} units: the demand walks over "
             f"{n} periods (52 of history) from demand_base={p.demand_base:g} with demand_drift_sigma="
             f"{p.demand_drift_sigma:g}, demand_jump_prob={p.demand_jump_prob:g}, demand_jump_sigma="
-            f"{p.demand_jump_sigma:g} and demand_sigma={sd:g}; lower them")
+            f"{p.demand_jump_sigma:g} and demand_sigma={sd:g}, times a season of amplitude "
+            f"{parts['amplitude']:.3g} (drawn between demand_amp_lo={p.demand_amp_lo:g} and demand_amp_hi="
+            f"{p.demand_amp_hi:g}); lower them")
     return Scenario2(params=p, schedule=schedule, demand=demand[HISTORY:], return_frac=return_frac,
                      grades=grades, supply_up=supply_up, market_avail=market_avail,
                      demand_history=demand[:HISTORY])
@@ -900,11 +904,18 @@ def season_factor2(k: np.ndarray, amplitude: float, phase: float) -> np.ndarray:
     return 1 + amplitude * np.sin(2 * np.pi * (np.asarray(k) + phase) / 52)
 
 
+def _curve_from_parts(parts: dict[str, Any], p: Params2) -> np.ndarray:
+    """``[52 + T]`` units: the demand before its period noise, from :func:`_demand_parts2`'s
+    draws (inf where it overflows: the draw refuses a demand beyond range by name, without
+    numpy's overflow warning before its message)."""
+    k = np.arange(HISTORY + p.horizon)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return p.demand_base * np.exp(parts["log_level"]) * season_factor2(k, parts["amplitude"], parts["phase"])
+
+
 def _demand_curve2(rng: np.random.Generator, p: Params2) -> np.ndarray:
     """``[52 + T]`` units: the demand before its period noise."""
-    parts = _demand_parts2(rng, p)
-    k = np.arange(HISTORY + p.horizon)
-    return p.demand_base * np.exp(parts["log_level"]) * season_factor2(k, parts["amplitude"], parts["phase"])
+    return _curve_from_parts(_demand_parts2(rng, p), p)
 
 
 def demand_parts2(seed: int | tuple[int, ...], params: Params2 = DEFAULT_PARAMS_2) -> dict[str, Any]:
