@@ -389,3 +389,27 @@ def test_ppo_scored_off_its_chain_says_so(tmp_path):
         on = CliRunner().invoke(app, ["evaluate", "--policy", "ppo", "--regime", "T2", "--scenarios", "1",
                                       "--model", model])
         assert on.exit_code == 0 and "PPO policy" not in on.stderr
+
+
+def test_a_planner_scored_off_its_chain_says_so(tmp_path):
+    """moca adapt's sampled MPC written for one chain (its safety stock picked on that
+    chain's support scenarios) was scored on another without a word, where a learned
+    checkpoint and a PPO policy warn; on its own chain it says nothing."""
+    from typer.testing import CliRunner
+
+    from moca.baselines.mpc2 import MPC2Policy, save_planner2
+    from moca.cli import app
+    from moca.scenario import Params2
+
+    chain = tmp_path / "chain.json"
+    chain.write_text('{"cap_order": 8000, "lost_sale_cost": 60}')
+    planner = tmp_path / "planner"
+    save_planner2(planner, MPC2Policy(safety_stock=300.0, samples=0), Params2(cap_order=8000, lost_sale_cost=60), {})
+    off = CliRunner().invoke(app, ["evaluate", "--model", "CLSC-2", "--policy", str(planner), "--regime", "T2",
+                                   "--scenarios", "1"])
+    assert off.exit_code == 0, off.output
+    assert (f"planner {planner} was picked on other params (cap_order=8000.0->4000.0, lost_sale_cost=60.0->20.0 "
+            "differ here)") in " ".join(off.stderr.split()), off.stderr
+    on = CliRunner().invoke(app, ["evaluate", "--model", "CLSC-2", "--policy", str(planner), "--regime", "T2",
+                                  "--scenarios", "1", "--params", str(chain)])
+    assert on.exit_code == 0 and "planner" not in on.stderr, on.stderr

@@ -630,7 +630,7 @@ def evaluate(
             if isinstance(agent, DeployedPolicy):  # a learned checkpoint
                 _warn_if_trained_on_other_params(policy, params, adapting=adapt_steps > 0)
             else:
-                _warn_if_ppo_off_its_chain(policy, params)
+                _warn_if_off_its_chain(policy, params)
             progress.update(task, description=f"evaluating {policy}", total=len(tests), completed=0)
             result = evaluate_policy(policy, agent, tests, progress=lambda n: progress.update(task, completed=n))
     summary = {"model": "CLSC-1", **result.summary()}  # (the same keys as CLSC-2's, where both have them)
@@ -714,10 +714,10 @@ def _evaluate2(policy: str, regime: str, plan: Any, scenarios: int, seed: int, a
                 summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps, base=base,
                                             retune=retune, progress=_phase_bars(progress))
             elif files:
-                _warn_if_ppo_off_its_chain(policy, files[0].params)
+                _warn_if_off_its_chain(policy, files[0].params)
                 summary = evaluate_peer2(policy, plan, None, scenarios=tests, progress=_phase_bars(progress)).summary()
             else:
-                _warn_if_ppo_off_its_chain(policy, params)
+                _warn_if_off_its_chain(policy, params)
                 summary = evaluate_peer2(policy, plan, range(seed, seed + scenarios), params,
                                          progress=_phase_bars(progress)).summary()
         summary.setdefault("model", "CLSC-2")  # (the peers' summaries did not say; the learned policy's did)
@@ -1332,16 +1332,19 @@ def _warn_if_trained_on_other_params(where: str, params, trained=None, adapting:
         _warn(warning)
 
 
-def _warn_if_ppo_off_its_chain(policy: str, params) -> None:
-    """A PPO policy scored on another chain than the one it was trained on: the warning a
-    learned checkpoint gives (a PPO policy read 0.10 of the oracle on a chain of ten times
-    the capacities without a word). PPO trains on its world's default chain, which its
-    checkpoint records when trained elsewhere (``params``)."""
+def _warn_if_off_its_chain(policy: str, params) -> None:
+    """A PPO policy or a CLSC-2 planner scored on another chain than the one it was made
+    for: the warning a learned checkpoint gives (a PPO policy read 0.10 of the oracle on a
+    chain of ten times the capacities without a word; a planner's safety stock, in units,
+    was picked on its chain's support scenarios, and scored elsewhere without a word). PPO
+    trains on its world's default chain, which its checkpoint records when trained elsewhere
+    (``params``); a planner records the chain it was adapted on."""
     from moca import checkpoint
     from moca.chain2 import changed_fields
     from moca.scenario import Params, Params2
 
-    if policy != "ppo" and checkpoint.declared_kind(policy) != "sb3-ppo":
+    kind_declared = None if policy == "ppo" else checkpoint.declared_kind(policy)
+    if policy != "ppo" and kind_declared not in ("sb3-ppo", "mpc-planner"):
         return
     kind = Params2 if isinstance(params, Params2) else Params
     if policy == "ppo":
@@ -1350,10 +1353,16 @@ def _warn_if_ppo_off_its_chain(policy: str, params) -> None:
         recorded = checkpoint.load(policy)[1].get("params")
         trained = kind(**recorded) if isinstance(recorded, dict) else kind()
     changed = changed_fields(trained, params)
-    if changed:
-        _warn(f"PPO policy {policy} was trained on {'the default chain' if trained == kind() else 'other params'} "
-              f"({changed} differ here); it runs as trained, unadapted (moca peers train-ppo trains on the default "
-              "chain only), so its score is that of a policy off its chain")
+    if not changed:
+        return
+    if kind_declared == "mpc-planner":
+        _warn(f"planner {policy} was picked on other params ({changed} differ here); its safety stock was "
+              "chosen for that chain's scenarios; re-pick it on this chain (moca adapt --model CLSC-2 --base mpc "
+              "-o DIR, with this chain's --params)")
+        return
+    _warn(f"PPO policy {policy} was trained on {'the default chain' if trained == kind() else 'other params'} "
+          f"({changed} differ here); it runs as trained, unadapted (moca peers train-ppo trains on the default "
+          "chain only), so its score is that of a policy off its chain")
 
 
 def _seeds_within_range(seed: int, scenarios: int) -> None:
