@@ -372,13 +372,25 @@ def test_numpy_numbers_are_numbers():
 
 
 def test_a_schedule_where_one_regime_is_expected_is_named_as_such(tmp_path):
-    for text in ("- {start: 0}\n- {start: 5, carbon_tax: 3}\n", "regimes:\n- {start: 0}\n"):
+    for text in ("- {start: 0}\n- {start: 5, carbon_tax: 3}\n", "regimes:\n- {start: 0}\n- {start: 9, emission_cap: 5000}\n"):
         path = tmp_path / "plan.yaml"
         path.write_text(text)
         with pytest.raises(RegimeError, match=r"plan.yaml: a regime file must hold one object .* holds a plan of "
                                               r"regimes that change \(a schedule\)"):
             load_regime(path)
         assert load_schedule(path).entries[0].start == 0  # where a schedule is taken, it is one
+    # A plan whose rules never change is its one regime (it was refused as "a plan of regimes
+    # that change"): one entry, entries alike, or a scenario file's plan of one regime.
+    for text in ("- {start: 0, recycled_content_min: 0.1}\n", "regimes:\n- {start: 0, recycled_content_min: 0.1}\n",
+                 "- {start: 0, recycled_content_min: 0.1}\n- {start: 7, recycled_content_min: 0.1}\n"):
+        path = tmp_path / "plan.yaml"
+        path.write_text(text)
+        assert load_regime(path) == Regime(recycled_content_min=0.1)
+    from moca.scenario import draw_scenario2
+
+    scenario_file = tmp_path / "scenario.json"
+    draw_scenario2(3, Regime(carbon_tax=40.0, recycled_content_window=4)).to_json(scenario_file)
+    assert load_regime(scenario_file, model="CLSC-2") == Regime(carbon_tax=40.0, recycled_content_window=4)
     path.write_text("just words\n")
     with pytest.raises(RegimeError, match="holds a str"):
         load_regime(path)
