@@ -379,10 +379,13 @@ def test_a_schedule_where_one_regime_is_expected_is_named_as_such(tmp_path):
                                               r"regimes that change \(a schedule\)"):
             load_regime(path)
         assert load_schedule(path).entries[0].start == 0  # where a schedule is taken, it is one
-    # A plan whose rules never change is its one regime (it was refused as "a plan of regimes
-    # that change"): one entry, entries alike, or a scenario file's plan of one regime.
-    for text in ("- {start: 0, recycled_content_min: 0.1}\n", "regimes:\n- {start: 0, recycled_content_min: 0.1}\n",
-                 "- {start: 0, recycled_content_min: 0.1}\n- {start: 7, recycled_content_min: 0.1}\n"):
+    path.write_text("- {start: 0, recycled_content_min: 0.1}\n- {start: 7, recycled_content_min: 0.1}\n")
+    with pytest.raises(RegimeError, match="holds a plan of regimes"):
+        load_regime(path)
+    # A plan of one entry is its one regime (it was refused as "a plan of regimes that
+    # change"), a scenario file's plan of one regime too; entries alike stay a plan (each
+    # start cuts an accounting window).
+    for text in ("- {start: 0, recycled_content_min: 0.1}\n", "regimes:\n- {start: 0, recycled_content_min: 0.1}\n"):
         path = tmp_path / "plan.yaml"
         path.write_text(text)
         assert load_regime(path) == Regime(recycled_content_min=0.1)

@@ -519,13 +519,13 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
         raise _missing(text, "regime")
     data = read_structured(path)
     plan = isinstance(data, list) or (isinstance(data, dict) and "regimes" in data)
-    if plan:  # a plan whose rules never change (one entry, or entries alike) is that one regime
+    if plan:  # a plan of one entry is that one regime (entries alike are not: each start cuts a window)
         try:
-            rules = {tuple(sorted(e.model_dump(exclude={"start"}).items())) for e in load_schedule(path, model).entries}
+            entries = load_schedule(path, model).entries
         except RegimeError:  # (an entry it cannot read: what the command takes is said below)
-            rules = set()
-        if len(rules) == 1:
-            return Regime(**dict(rules.pop()))
+            entries = ()
+        if len(entries) == 1:
+            return Regime(**entries[0].model_dump(exclude={"start"}))
     if plan or not isinstance(data, dict):
         names = isinstance(data, list) and bool(data) and all(isinstance(x, str) for x in data)
         held = ("a list of regime names (a task sequence, for moca continual --sequence)" if names else
