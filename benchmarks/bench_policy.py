@@ -5,7 +5,9 @@ core, beside the MPC baseline's on the same states; and the cost of one training
 
 The policy decides through the fused path (:class:`moca.policy.FusedDecision`); today's
 reference path (:func:`moca.policy.deployed_decision`) is timed on the same states beside
-it and its actions compared (``actions_differing`` must be 0).
+it and its actions compared (``actions_differing`` must be 0). ``fused_breakdown_*`` splits
+the fused decision into its LSTM step, its projection and the rest (the feature map and the
+base rule), each timed alone on the same states.
 
 Prints one JSON object. Latencies are per decision (one scenario, one period) in
 microseconds, measured with ``time.perf_counter`` around ``DeployedPolicy.decide`` /
@@ -102,6 +104,42 @@ def _side_by_side(deployed: DeployedPolicy, inputs: list[tuple], actions: list[n
             memory[name] = (frames, state)
             differ += not np.array_equal(action, rollout_action)
     return times, differ
+
+
+def _breakdown(deployed: DeployedPolicy, inputs: list[tuple], repeats: int) -> dict[str, list[float]]:
+    """Where a fused decision's time goes, on the same observations: the whole call, its
+    LSTM step alone (on the frames and state that call saw) and its projection alone (of
+    the raw action it made), each the fastest of ``repeats``; what is left of the whole is
+    the feature map and the base rule in Python floats (``features`` = whole - LSTM -
+    projection, per decision)."""
+    from moca import safety
+
+    fused, params = deployed.fused, deployed.params
+    out: dict[str, list[float]] = {"whole": [], "lstm": [], "projection": [], "features": []}
+    frames, state = None, None
+
+    def fastest(call) -> float:
+        spent = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            spent.append((time.perf_counter() - started) * 1e6)
+        return min(spent)
+
+    for args in inputs:
+        if args[0] == 0:
+            frames, state = None, None
+        _, raw, new_frames, new_state = fused(frames, state, *args)
+        stocks, regime = args[1], args[4]
+        whole = fastest(lambda: fused(frames, state, *args))
+        lstm = fastest(lambda: fused._lstm(new_frames, state))
+        projection = fastest(lambda: safety.project(raw, float(stocks[0]), float(stocks[1]), float(stocks[3]),
+                                                    regime, params))
+        for name, value in (("whole", whole), ("lstm", lstm), ("projection", projection),
+                            ("features", whole - lstm - projection)):
+            out[name].append(value)
+        frames, state = new_frames, new_state
+    return out
 
 
 def _percentiles(values: list[float]) -> dict[str, float] | None:
@@ -215,6 +253,8 @@ def main() -> None:
             mpc = _percentiles(mpc_best[5:])
             result["mpc_over_fused_best"] = {"p50": round(mpc["p50"] / best["p50"], 1),
                                              "p99": round(mpc["p99"] / best["p99"], 1)}
+    parts = _breakdown(timer.policy, timer.inputs, args.repeats)
+    result[f"fused_breakdown_best_of_{args.repeats}_us"] = {name: _percentiles(v[5:]) for name, v in parts.items()}
     if not args.no_training:
         result["training"] = _training_steps(params)
     print(json.dumps(result, indent=1))

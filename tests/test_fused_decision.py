@@ -55,7 +55,11 @@ def test_fused_decision_is_bit_identical_to_the_reference(index, data):
         last = data.draw(st.one_of(st.none(), amount))
         a, raw, frames, state = deployed_decision(step, spec, frames, state, t, stocks, pipeline, history, regime,
                                                   rho, last)
+        # the same inputs as lists (the path without one tolist per vector): the same decision
+        listed = fused(frames_f, state_f, t, stocks.tolist(), pipeline.tolist(), history.tolist(), regime.tolist(),
+                       rho, last)
         b, raw_f, frames_f, state_f = fused(frames_f, state_f, t, stocks, pipeline, history, regime, rho, last)
         assert np.array_equal(a, b) and np.array_equal(raw, raw_f)
+        assert np.array_equal(listed[0], b) and np.array_equal(listed[1], raw_f) and np.array_equal(listed[2], frames_f)
         assert np.array_equal(frames, frames_f)
         assert np.array_equal(state[0], state_f[0]) and np.array_equal(state[1], state_f[1])

@@ -982,6 +982,14 @@ def deployed_decision(step: _NumpyStep, spec: FeatureSpec, frames: np.ndarray | 
     return safety.project(raw, stocks[0], stocks[1], stocks[3], regime, spec.params), raw, frames, state
 
 
+def _floats(values: Sequence) -> list[float]:
+    """A vector's entries as Python floats: one ``tolist`` call for a float64 array (the
+    very floats ``float(v)`` gives, without a call per entry), else ``float(v)`` each."""
+    if type(values) is np.ndarray and values.dtype == np.float64 and values.ndim == 1:
+        return values.tolist()
+    return [float(v) for v in values]
+
+
 class FusedDecision:
     """:func:`deployed_decision` with the same numbers and less interpreter work per call.
 
@@ -1024,9 +1032,9 @@ class FusedDecision:
                  return_frac: float, last_demand: float | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
         p = self.params
-        virgin, recycled, product, cores, backlog = stocks = [float(x) for x in stocks]
-        regime_row = [float(x) for x in regime]
-        pipeline = [float(x) for x in pipeline]
+        virgin, recycled, product, cores, backlog = stocks = _floats(stocks)
+        regime_row = _floats(regime)
+        pipeline = _floats(pipeline)
         mandate, tax, cap = regime_row[R_MANDATE], regime_row[R_TAX], regime_row[R_CAP]
         landfill, recovery = regime_row[R_LANDFILL], regime_row[R_RECOVERY]
         first, last, reserve_need, need, reserve_lead, hold_left, sin_t, cos_t, t_share = self.rows[t]
@@ -1047,7 +1055,7 @@ class FusedDecision:
         # feature_columns
         zero = virgin * 0.0
         last_d = zero + p.demand_base if last_demand is None else float(last_demand)
-        raw = np.array([*stocks, *pipeline, *[float(x) for x in sales_history], float(return_frac), last_d,
+        raw = np.array([*stocks, *pipeline, *_floats(sales_history), float(return_frac), last_d,
                         mandate, tax, (cap < math.inf) + zero, min(max(self.spec.cap_reference / cap, 0.0), 4.0),
                         landfill, recovery, order, use_virgin, use_recycled, disassemble, cores * 0.0, dispose,
                         zero + sin_t, zero + cos_t, zero + t_share], dtype=np.float64)
