@@ -755,6 +755,47 @@ def test_the_serve_command_refuses_bad_options(tmp_path):
         assert not (tmp_path / "t").exists()
 
 
+def test_a_database_damaged_past_its_first_pages_is_refused_at_the_start_or_answered_503(tmp_path):
+    """Damage the first open does not read: a damaged page of the decisions table gave a
+    traceback in the start-up recovery or bare 500s while /health said ok (a probe's
+    corrupted copy); text that is not UTF-8 inside a record passes SQLite's page check and
+    is met by a request: a 503 naming the file, and /health degraded."""
+    import sqlite3
+
+    from moca.serve import StoreError
+
+    data = tmp_path / "data"
+    with TestClient(create_app(data, worker=False)) as c:
+        for chain in ("p1", "p2"):
+            assert c.post("/v1/chains", json={"id": chain, "regime": "T1"}).status_code == 201
+            assert c.post(f"/v1/chains/{chain}/decide", json=_obs(0)).status_code == 200
+    db = data / "moca.sqlite3"
+    intact = db.read_bytes()
+    # a page of the decisions table made unreadable (its b-tree page type byte)
+    with sqlite3.connect(db) as conn:
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name='decisions'").fetchone()
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    damaged = bytearray(intact)
+    damaged[(root - 1) * page] = 0x07
+    db.write_bytes(bytes(damaged))
+    with pytest.raises(StoreError, match=r"moca.sqlite3: not a usable moca database \(.*\); it is left as it is"):
+        create_app(data, worker=False)
+    assert db.read_bytes() == bytes(damaged)
+    # intact pages, one record's text not UTF-8
+    db.write_bytes(intact)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE chains SET params=CAST(X'80FF' AS TEXT) WHERE id='p2'")
+    with TestClient(create_app(data, worker=False)) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        for answer in (c.get("/v1/chains/p2"), c.post("/v1/chains/p2/decide", json=_obs(1))):
+            assert answer.status_code == 503, answer.text
+            assert "moca.sqlite3: cannot be read (" in answer.json()["detail"]
+            assert "restore the database from a backup" in answer.json()["detail"]
+        health = c.get("/health").json()
+        assert health["status"] == "degraded" and "damaged" in health["database"], health
+        assert c.post("/v1/chains/p1/decide", json=_obs(1)).status_code == 200  # the rest still decides
+
+
 # ----------------------------------------------------------------------------------------
 # the real service: kill -9 and restart
 # ----------------------------------------------------------------------------------------

@@ -831,6 +831,13 @@ class Store:
                 self.conn.execute(f"PRAGMA user_version={int(self.conn.execute('PRAGMA user_version').fetchone()[0])}")
             finally:
                 self.conn.execute("ROLLBACK")
+            if create:
+                # Pages damaged past the ones read above: the start-up recovery met them with a
+                # traceback, or requests with a bare 500 while /health said ok. SQLite's own
+                # check of every page and record (not of the index contents: quick, not full).
+                found = [" ".join(str(row[0]).split()) for row in self.conn.execute("PRAGMA quick_check(3)")]
+                if found != ["ok"]:
+                    raise sqlite3.DatabaseError("; ".join(found))
         except sqlite3.DatabaseError as err:
             # Never replaced or repaired here: it may hold the only copy of the chains' history.
             raise StoreError(f"{self.db_path}: not a usable moca database ({err}); it is left as it is: "
@@ -839,6 +846,19 @@ class Store:
         self.lock = threading.RLock()
         opened = os.stat(self.db_path)
         self._identity = (opened.st_dev, opened.st_ino)
+        #: Damage a request met after the start (what no check at the start reads, e.g. text
+        #: that is not UTF-8 inside a record): /health reports it until the service stops.
+        self.damage: str | None = None
+
+    def unreadable(self, err: sqlite3.DatabaseError) -> "ServeError":
+        """The 503 for a database error a request met (it was a bare 500): damage is
+        recorded for /health; a busy or locked database is only a retry."""
+        text = str(err)
+        if "locked" in text or "busy" in text:
+            return ServeError(503, f"{self.db_path}: busy ({text}); retry")
+        self.damage = self.damage or text
+        return ServeError(503, f"{self.db_path}: cannot be read ({text}); the service leaves the file as it is: "
+                               "stop it and restore the database from a backup")
 
     def database_problem(self) -> str | None:
         """Why the file at ``db_path`` is no longer the database this store writes (None when
@@ -850,6 +870,9 @@ class Store:
             what = "deleted"
         else:
             if (now.st_dev, now.st_ino) == self._identity:
+                if self.damage is not None:
+                    return (f"{self.db_path}: damaged ({self.damage}, met by a request); stop the service and "
+                            "restore the database from a backup")
                 return None
             what = "replaced by another file"
         return (f"{self.db_path}: {what} while the service runs; what it records from now on is lost when it "
@@ -1597,6 +1620,9 @@ class DecideFastPath:
                     status, answer = 422, {"detail": problem} if problem else _validation_answer(errors)
                 except ServeError as err:
                     status, answer = err.status, {"detail": err.message}
+                except sqlite3.DatabaseError as err:
+                    refused = self.rt.store.unreadable(err)
+                    status, answer = refused.status, {"detail": refused.message}
         data = json.dumps(answer).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
@@ -1711,7 +1737,11 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
 
     @asynccontextmanager
     async def lifespan(app):
-        rt.recovered = store.recover()
+        try:
+            rt.recovered = store.recover()
+        except sqlite3.DatabaseError as err:  # damage the check at the start does not read: degraded, said once
+            print(f"moca serve: recovering: {store.unreadable(err).message}", file=sys.stderr, flush=True)
+            rt.recovered = {}
         watcher = None
         if worker:
             start_worker()
@@ -1739,6 +1769,11 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     @app.exception_handler(ServeError)
     async def _serve_error(request, err: ServeError):
         return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def _unreadable(request, err: sqlite3.DatabaseError):
+        refused = store.unreadable(err)
+        return JSONResponse({"detail": refused.message}, status_code=refused.status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, err: RequestValidationError):
