@@ -851,11 +851,17 @@ class Store:
         self.damage: str | None = None
 
     def unreadable(self, err: sqlite3.DatabaseError) -> "ServeError":
-        """The 503 for a database error a request met (it was a bare 500): damage is
-        recorded for /health; a busy or locked database is only a retry."""
-        text = str(err)
-        if "locked" in text or "busy" in text:
+        """The 503 for a database error a request met (it was a bare 500): damage (SQLite's
+        corrupt-file codes, text that does not decode) is recorded for /health; a busy or
+        locked database is a retry, a full or failing disk a 503 that names it. A constraint
+        or misuse error is moca's own bug, not the file's: raised on (a 500)."""
+        text, code = str(err), getattr(err, "sqlite_errorname", None) or ""
+        if isinstance(err, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+            raise err
+        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
             return ServeError(503, f"{self.db_path}: busy ({text}); retry")
+        if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+            return ServeError(503, f"{self.db_path}: cannot be written or read ({text}); free or fix the disk")
         self.damage = self.damage or text
         return ServeError(503, f"{self.db_path}: cannot be read ({text}); the service leaves the file as it is: "
                                "stop it and restore the database from a backup")
