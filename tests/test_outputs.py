@@ -2,6 +2,7 @@
 through a symbolic link to its target, to a FIFO as a stream, never over a folder of
 theirs, and a folder it may not write in is named before the work."""
 
+import json
 import os
 import sys
 import tempfile
@@ -279,3 +280,44 @@ def test_a_checkpoint_folder_with_a_leftover_learning_curve_file_is_still_replac
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(checkpoint.CheckpointError, match="holds notes.txt, not a moca checkpoint's files"):
         checkpoint.check_replaceable(folder)
+
+
+def test_json_and_figure_outputs_replace_only_what_they_write(tmp_path):
+    """--json and --plot replaced any file at their path without a word (another command's
+    results, a user's text under an image's name); now a file there is replaced only where it
+    is empty or holds what the option writes, and anything else is refused before the work."""
+    from typer.testing import CliRunner
+
+    from moca.cli import _json_file, _output_file, app
+
+    sweep = ["sweep", "--field", "carbon_tax", "--values", "0,10", "--scenarios", "2", "--workers", "1",
+             "--policies", "oracle"]
+    runner = CliRunner()
+    other = tmp_path / "run.json"
+    other.write_text(json.dumps({"id": "20261207-000000", "command": "moca run", "tasks": {}}))
+    before = other.read_bytes()
+    out = runner.invoke(app, [*sweep, "--json", str(other)])
+    assert out.exit_code == 2 and "exists and is not a moca sweep's results" in " ".join(out.output.split())
+    assert other.read_bytes() == before
+    notes = tmp_path / "notes.png"
+    notes.write_text("my notes")
+    out = runner.invoke(app, [*sweep, "--plot", str(notes)])
+    assert out.exit_code == 2 and "exists and is not a PNG image" in " ".join(out.output.split())
+    assert notes.read_text() == "my notes"
+    # its own kind, or an empty file, is replaced (a sweep rerun writes over its results)
+    mine, figure = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    figure.write_bytes(b"")
+    for _ in range(2):
+        out = runner.invoke(app, [*sweep, "--json", str(mine), "--plot", str(figure)])
+        assert out.exit_code == 0, out.output
+        assert json.loads(mine.read_text())["field"] == "carbon_tax"
+        assert figure.read_bytes().startswith(b"\x89PNG")
+    # moca run's --json: one world's metrics or both worlds' (an error in one of them) are its own
+    ours = _json_file("a moca run's metrics", ("id", "command"), worlds=True)
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"CLSC-1": {"id": "a", "command": "moca run"}, "CLSC-2": {"error": "stopped"}}))
+    _output_file(both, "--json", ours)
+    from moca.cli import UsageError
+
+    with pytest.raises(UsageError, match="exists and is not a moca run's metrics"):
+        _output_file(mine, "--json", ours)

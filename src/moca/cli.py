@@ -134,23 +134,63 @@ def _write_atomic(path: Path, text: str) -> None:
     write_atomic(check_parent(path), text)
 
 
-def _output_file(path: Optional[Path], option: str) -> None:
+def _output_file(path: Optional[Path], option: str,
+                 ours: Optional[tuple[str, Callable[[bytes], bool]]] = None) -> None:
     """A file to write: not a directory, its folder existing (checked before the command's
-    work, not after it)."""
-    from moca.files import check_parent
+    work, not after it). ``ours``: (what the option writes, a test of a file's bytes): a
+    file already there is replaced only where it is empty or passes the test; another
+    command's results or a file of the user's under that name was replaced without a word."""
+    from moca.files import check_parent, output_target
 
     if path is None:
         return
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a directory")
     check_parent(path, option)
+    target, stream = output_target(path)
+    if ours is None or stream or not target.is_file():
+        return
+    what, test = ours
+    try:
+        held = target.read_bytes()
+    except OSError as err:
+        raise UsageError(f"{option} {path}: cannot be read ({err.strerror}), so moca cannot tell what it would "
+                         "replace; give another name") from None
+    if held.strip() and not test(held):
+        raise UsageError(f"{option} {path}: exists and is not {what}, the only file moca replaces there (give "
+                         "another name, or move the file aside)")
+
+
+#: A figure's first bytes, by file name suffix (what matplotlib writes).
+_FIGURE_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".pdf": (b"%PDF-",), ".svg": (b"<?xml", b"<svg")}
+
+
+def _figure_file(suffix: str) -> tuple[str, Callable[[bytes], bool]]:
+    """``ours`` of :func:`_output_file` for a figure: an image of that format."""
+    kind = suffix.lower()
+    return (f"a {kind[1:].upper()} image", lambda held: held.lstrip().startswith(_FIGURE_MAGIC[kind]))
+
+
+def _json_file(what: str, keys: tuple[str, ...], worlds: bool = False) -> tuple[str, Callable[[bytes], bool]]:
+    """``ours`` of :func:`_output_file` for a JSON result: an object with ``keys`` (or, with
+    ``worlds``, one holding such objects, or errors, under world names)."""
+    def test(held: bytes) -> bool:
+        try:
+            data = json.loads(held)
+        except ValueError:
+            return False
+        one = lambda d: isinstance(d, dict) and all(k in d for k in keys)  # noqa: E731
+        return one(data) or (worlds and isinstance(data, dict) and bool(data) and all(
+            w in ("CLSC-1", "CLSC-2") and (one(v) or (isinstance(v, dict) and "error" in v)) for w, v in data.items()))
+    return what, test
 
 
 def _plot_path(path: Optional[Path], option: str = "--plot") -> None:
     """A figure file to write (:func:`_output_file`): .png, .pdf or .svg."""
-    _output_file(path, option)
     if path is not None and path.suffix.lower() not in (".png", ".pdf", ".svg"):
+        _output_file(path, option)
         raise UsageError(f"{option} {path}: expected a .png, .pdf or .svg file name")
+    _output_file(path, option, None if path is None else _figure_file(path.suffix))
 
 
 def _write_plot(path: Path, draw: Callable[[str], Any]) -> None:
@@ -1515,7 +1555,7 @@ def continual(
                              "its update per regime on validation)")
         _plot_path(plot_file)
         if plot_file is not None:  # the curves' figure beside it: checked before the work as well
-            _output_file(_curves_path(plot_file), "--plot (its curves figure)")
+            _output_file(_curves_path(plot_file), "--plot (its curves figure)", _figure_file(plot_file.suffix))
         if _chosen_model(model) == "CLSC-2":
             return _continual2(sequence, method, checkpoint_dir, steps, scenarios, as_json, params_file,
                                keep_unchanged, plot_file)
@@ -1762,7 +1802,7 @@ def run(
         from moca.files import check_folder
 
         check_folder(runs_dir, "--runs-dir")
-        _output_file(json_file, "--json")
+        _output_file(json_file, "--json", _json_file("a moca run's metrics", ("id", "command"), worlds=True))
         # Options of one world, or of both at once, given where they do nothing: refused (they were ignored)
         if "CLSC-2" not in worlds:
             for option, value in (("--peers", peers), ("--scenarios", test_scenarios)):
@@ -2192,7 +2232,7 @@ def sweep(
             for option, value in (("--adapt-steps", adapt_steps), ("--moca-base", moca_base)):
                 if value is not None:
                     raise UsageError(f"{option}: moca's, and --policies {policies!r} has no moca")
-        _output_file(json_file, "--json")
+        _output_file(json_file, "--json", _json_file("a moca sweep's results", ("field", "values", "policies")))
         _plot_path(plot_file)
         if json_file is not None and plot_file is not None and \
                 os.path.realpath(json_file) == os.path.realpath(plot_file):  # (the figure was written over the JSON)
