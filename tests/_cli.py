@@ -24,9 +24,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def ctrl_c_once(proc: subprocess.Popen, ready, timeout: float = 120) -> str:
+def ctrl_c_once(proc: subprocess.Popen, ready, timeout: float = 120, sigterm: bool = False) -> str:
     """Once ``ready()`` (polled every 0.2 s while ``proc`` runs), SIGINT to ``proc``'s whole
-    process group, as a terminal's Ctrl-C; its stderr once it ended (killed if it does not)."""
+    process group, as a terminal's Ctrl-C (``sigterm``: SIGTERM to ``proc`` alone, as
+    ``timeout`` or a batch scheduler sends it); its stderr once it ended (killed if it does not)."""
     import signal
     import time
 
@@ -35,7 +36,10 @@ def ctrl_c_once(proc: subprocess.Popen, ready, timeout: float = 120) -> str:
         while not ready():
             assert proc.poll() is None and time.time() < deadline
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)
+        if sigterm:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
         return proc.communicate(timeout=60)[1]
     finally:
         proc.kill()

@@ -287,7 +287,10 @@ def test_a_later_world_failing_leaves_the_first_ones_folder(stand_ins, tmp_path,
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes' parents from /proc")
-def test_ctrl_c_stops_both_processes(tmp_path):
+@pytest.mark.parametrize("sigterm", [False, True], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_both_processes(tmp_path, sigterm):
+    """Ctrl-C, and SIGTERM to the first process alone (as `timeout` sends it: it was killed
+    without a word, the second process left to end by itself), stop both and say so."""
     import signal
 
     def children(pid: int) -> list[int]:
@@ -317,8 +320,8 @@ def test_ctrl_c_stops_both_processes(tmp_path):
         except OSError:  # (it ended meanwhile)
             return False
 
-    stderr = ctrl_c_once(proc, both_at_work)
-    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, stderr)
+    stderr = ctrl_c_once(proc, both_at_work, sigterm=sigterm)
+    assert proc.returncode in ((130,) if sigterm else (130, -signal.SIGINT)), (proc.returncode, stderr)
     assert stderr.endswith("moca: interrupted\n") and "Traceback" not in stderr, stderr
     assert "run failed" not in stderr, stderr  # (the second process stopped by the first is no failure)
     assert not Path(f"/proc/{second[0]}").exists()  # the second process did not outlive the first

@@ -1840,19 +1840,22 @@ def run(
         ids: dict[str, Optional[str]] = {"CLSC-1": f"{stamp}{suffix}", "CLSC-2": f"{stamp}-clsc2{suffix}"}
     else:
         ids = {worlds[0]: None}
-    if len(worlds) > 1 and (jobs or (2 if (os.cpu_count() or 1) >= 2 else 1)) >= 2:
-        results, failures = _both_worlds_at_once(quick, runs_dir, chosen, chosen_peers, test_scenarios, command,
-                                                 ids, params)
-    else:
-        for world in worlds:
-            try:
-                if world == "CLSC-1":
-                    results[world] = _run1(quick, runs_dir, chosen, params, command, ids[world])
-                else:
-                    results[world] = _run2(quick, runs_dir, chosen, chosen_peers, test_scenarios, command,
-                                           ids[world], params2)
-            except Exception as err:  # one world's failure must not lose the other's run (its folder is written)
-                _world_failed(failures, world, _run_failure(err), say=len(worlds) > 1)
+    # (SIGTERM, as `timeout` or a batch scheduler sends it, killed the run without a word where
+    # Ctrl-C says it was interrupted, keeps a world already written and stops the second process)
+    with _sigterm_as_ctrl_c():
+        if len(worlds) > 1 and (jobs or (2 if (os.cpu_count() or 1) >= 2 else 1)) >= 2:
+            results, failures = _both_worlds_at_once(quick, runs_dir, chosen, chosen_peers, test_scenarios, command,
+                                                     ids, params)
+        else:
+            for world in worlds:
+                try:
+                    if world == "CLSC-1":
+                        results[world] = _run1(quick, runs_dir, chosen, params, command, ids[world])
+                    else:
+                        results[world] = _run2(quick, runs_dir, chosen, chosen_peers, test_scenarios, command,
+                                               ids[world], params2)
+                except Exception as err:  # one world's failure must not lose the other's run (its folder is written)
+                    _world_failed(failures, world, _run_failure(err), say=len(worlds) > 1)
     if json_file is not None and results:
         data: Any = (results[worlds[0]][0] if len(worlds) == 1 else
                      {w: results[w][0] if w in results else {"error": failures[w][0]} for w in worlds})
