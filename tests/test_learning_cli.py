@@ -246,6 +246,9 @@ def test_ctrl_c_during_train_writes_the_steps_done(tmp_path, model, stop):
     assert f"the checkpoint holds {summary['meta_steps']} of 100000 meta steps" in stderr
     meta = json.loads((out / checkpoint.META).read_text())
     assert meta["interrupted"] is True and meta["meta_steps_done"] == summary["meta_steps"]
+    # the summary's counts say which is which (the checkpoint's config holds the steps asked for)
+    assert summary["meta_steps_done"] == summary["meta_steps"]
+    assert summary["meta_steps_requested"] == meta["config"]["meta_steps"] == 100000
     load = checkpoint.load_policy
     if model == "CLSC-2":
         from moca.meta2 import load_policy2 as load

@@ -945,8 +945,11 @@ def train(
         "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False),
         "wall_seconds": history["wall_seconds"], "validation_curve": validation,
     }))
+    # "meta_steps" is the steps taken (the checkpoint's config holds the steps asked for):
+    # "meta_steps_done" and "meta_steps_requested" say which without reading both files
     out = {"checkpoint": str(output), "algorithm": config.algorithm, "seed": config.seed,
-           "meta_steps": len(history["steps"]), "wall_seconds": history["wall_seconds"],
+           "meta_steps": len(history["steps"]), "meta_steps_done": len(history["steps"]),
+           "meta_steps_requested": config.meta_steps, "wall_seconds": history["wall_seconds"],
            "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False), **scores}
     if as_json:
         _print_json(out)
@@ -1139,7 +1142,8 @@ def _train2(output: Path, config_file: Optional[Path], params_file: Optional[Pat
         "wall_seconds": history["wall_seconds"], "validation_curve": validation, "history": history["steps"],
     }))
     out = {"checkpoint": str(output), "model": "CLSC-2", "algorithm": config.algorithm, "seed": config.seed,
-           "meta_steps": len(history["steps"]), "selected_step": selected, "wall_seconds": history["wall_seconds"],
+           "meta_steps": len(history["steps"]), "meta_steps_done": len(history["steps"]),
+           "meta_steps_requested": config.meta_steps, "selected_step": selected, "wall_seconds": history["wall_seconds"],
            "stopped_early": history["stopped_early"], "interrupted": history.get("interrupted", False), **scores}
     if as_json:
         _print_json(out)
