@@ -394,6 +394,10 @@ def test_a_schedule_where_one_regime_is_expected_is_named_as_such(tmp_path):
     scenario_file = tmp_path / "scenario.json"
     draw_scenario2(3, Regime(carbon_tax=40.0, recycled_content_window=4)).to_json(scenario_file)
     assert load_regime(scenario_file, model="CLSC-2") == Regime(carbon_tax=40.0, recycled_content_window=4)
+    # a task sequence (names and regime objects without start) is named as one, not as a plan
+    path.write_text("- T1\n- {name: tight, recycled_content_min: 0.3}\n")
+    with pytest.raises(RegimeError, match=r"holds a list of regimes \(a task sequence, for moca continual --sequence\)"):
+        load_regime(path)
     path.write_text("just words\n")
     with pytest.raises(RegimeError, match="holds a str"):
         load_regime(path)

@@ -527,8 +527,10 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
         if len(entries) == 1:
             return Regime(**entries[0].model_dump(exclude={"start"}))
     if plan or not isinstance(data, dict):
-        names = isinstance(data, list) and bool(data) and all(isinstance(x, str) for x in data)
-        held = ("a list of regime names (a task sequence, for moca continual --sequence)" if names else
+        # names, or regime objects without "start": a task sequence (a plan's entries have "start")
+        names = isinstance(data, list) and bool(data) and all(
+            isinstance(x, str) or (isinstance(x, dict) and "start" not in x) for x in data)
+        held = ("a list of regimes (a task sequence, for moca continual --sequence)" if names else
                 "a plan of regimes that change (a schedule)" if plan else f"a {type(data).__name__}")
         raise RegimeError(f"{path}: a regime file must hold one object with the regime fields; this one holds "
                           f"{held}, which this command does not take")
