@@ -184,7 +184,7 @@ def test_sequence_file(tmp_path):
     # a sequence given where a regime or a plan is read: named as a sequence (it was "a schedule",
     # or "regimes[0]: expected an object" without the file)
     path.write_text("- T1\n- T2\n")
-    with pytest.raises(RegimeError, match=r"seq.yaml: .*this one holds a list of regime names \(a task sequence"):
+    with pytest.raises(RegimeError, match=r"seq.yaml: .*this one holds a list of regimes \(a task sequence"):
         load_regime(path)
     with pytest.raises(RegimeError, match=r"^seq.yaml: regimes\[0\]: expected an object, got str 'T1': a list of "
                                           r"regime names is a task sequence"):
