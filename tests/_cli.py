@@ -26,8 +26,8 @@ def cpu_seconds(pid: int) -> float:
 
 def ctrl_c_once(proc: subprocess.Popen, ready, timeout: float = 120, sigterm: bool = False) -> str:
     """Once ``ready()`` (polled every 0.2 s while ``proc`` runs), SIGINT to ``proc``'s whole
-    process group, as a terminal's Ctrl-C (``sigterm``: SIGTERM to ``proc`` alone, as
-    ``timeout`` or a batch scheduler sends it); its stderr once it ended (killed if it does not)."""
+    process group, as a terminal's Ctrl-C (``sigterm``: SIGTERM to the group, as ``timeout``
+    sends it); its stderr once it ended (killed if it does not)."""
     import signal
     import time
 
@@ -36,10 +36,7 @@ def ctrl_c_once(proc: subprocess.Popen, ready, timeout: float = 120, sigterm: bo
         while not ready():
             assert proc.poll() is None and time.time() < deadline
             time.sleep(0.2)
-        if sigterm:
-            proc.send_signal(signal.SIGTERM)
-        else:
-            os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGTERM if sigterm else signal.SIGINT)
         return proc.communicate(timeout=60)[1]
     finally:
         proc.kill()

@@ -289,8 +289,9 @@ def test_a_later_world_failing_leaves_the_first_ones_folder(stand_ins, tmp_path,
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes' parents from /proc")
 @pytest.mark.parametrize("sigterm", [False, True], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_both_processes(tmp_path, sigterm):
-    """Ctrl-C, and SIGTERM to the first process alone (as `timeout` sends it: it was killed
-    without a word, the second process left to end by itself), stop both and say so."""
+    """Ctrl-C, and SIGTERM to both processes (as `timeout` sends it, to the process group:
+    the run was killed without a word, or, once taken as Ctrl-C, the second process died of
+    it first and was reported as a failed world), stop both and say so."""
     import signal
 
     def children(pid: int) -> list[int]:

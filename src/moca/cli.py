@@ -2071,9 +2071,11 @@ def _clsc1_in_second_process(send: Any, arguments: dict[str, Any]) -> None:
     """The second process of :func:`_both_worlds_at_once`: CLSC-1's run, its progress and
     warnings sent back as they come, then ``("done", metrics, run dir)`` or ``("failed",
     message, exit code)``."""
-    # Ctrl-C reaches both processes; the first one stops this one, so it must not die first
-    # with a traceback of its own.
+    # Ctrl-C reaches both processes, and so does `timeout`'s SIGTERM (to the process group);
+    # the first one stops this one, so it must not die first (with a traceback of its own, or
+    # as a failed world reported beside the interruption).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         outcome = ("done", *_experiment1(**arguments, progress=lambda d, n: send.send(("progress", d, n)),
                                          warn=lambda text: send.send(("warn", text))))
