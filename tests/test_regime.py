@@ -382,6 +382,10 @@ def test_a_schedule_where_one_regime_is_expected_is_named_as_such(tmp_path):
     path.write_text("- {start: 0, recycled_content_min: 0.1}\n- {start: 7, recycled_content_min: 0.1}\n")
     with pytest.raises(RegimeError, match="holds a plan of regimes"):
         load_regime(path)
+    # what is wrong in a plan of one entry is named by the plan's reader, not as "a plan that changes"
+    path.write_text("- {start: 0, carbon_tax: -5}\n")
+    with pytest.raises(RegimeError, match=r"regimes\[0\]\.carbon_tax"):
+        load_regime(path)
     # A plan of one entry is its one regime (it was refused as "a plan of regimes that
     # change"), a scenario file's plan of one regime too; entries alike stay a plan (each
     # start cuts an accounting window).

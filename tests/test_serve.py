@@ -755,14 +755,13 @@ def test_the_serve_command_refuses_bad_options(tmp_path):
         assert not (tmp_path / "t").exists()
 
 
-def test_a_database_damaged_past_its_first_pages_is_refused_at_the_start_or_answered_503(tmp_path):
+def test_a_database_damaged_past_its_first_pages_is_found_and_answered_503(tmp_path):
     """Damage the first open does not read: a damaged page of the decisions table gave a
     traceback in the start-up recovery or bare 500s while /health said ok (a probe's
-    corrupted copy); text that is not UTF-8 inside a record passes SQLite's page check and
-    is met by a request: a 503 naming the file, and /health degraded."""
+    corrupted copy). Now SQLite's page check, run beside the service once it listens,
+    finds it (/health degraded) and requests that meet it are 503s naming the file; text
+    that is not UTF-8 inside a record passes the page check and is found by a request."""
     import sqlite3
-
-    from moca.serve import StoreError
 
     data = tmp_path / "data"
     with TestClient(create_app(data, worker=False)) as c:
@@ -778,9 +777,16 @@ def test_a_database_damaged_past_its_first_pages_is_refused_at_the_start_or_answ
     damaged = bytearray(intact)
     damaged[(root - 1) * page] = 0x07
     db.write_bytes(bytes(damaged))
-    with pytest.raises(StoreError, match=r"moca.sqlite3: not a usable moca database \(.*\); it is left as it is"):
-        create_app(data, worker=False)
-    assert db.read_bytes() == bytes(damaged)
+    with TestClient(create_app(data, worker=False)) as c:
+        for _ in range(100):  # (the check runs beside the service)
+            health = c.get("/health").json()
+            if health["status"] != "ok":
+                break
+            time.sleep(0.05)
+        assert health["status"] == "degraded" and "damaged" in health["database"], health
+        answer = c.get("/v1/chains/p1/decisions")
+        assert answer.status_code == 503 and "moca.sqlite3: cannot be read (" in answer.json()["detail"], answer.text
+    assert db.read_bytes()[:len(damaged)] != b"" and db.read_bytes()[(root - 1) * page] == 0x07  # left as it was
     # intact pages, one record's text not UTF-8
     db.write_bytes(intact)
     with sqlite3.connect(db) as conn:

@@ -519,13 +519,11 @@ def load_regime(spec: str | Path | dict[str, Any] | Regime, model: str = "CLSC-1
         raise _missing(text, "regime")
     data = read_structured(path)
     plan = isinstance(data, list) or (isinstance(data, dict) and "regimes" in data)
-    if plan:  # a plan of one entry is that one regime (entries alike are not: each start cuts a window)
-        try:
-            entries = load_schedule(path, model).entries
-        except RegimeError:  # (an entry it cannot read: what the command takes is said below)
-            entries = ()
-        if len(entries) == 1:
-            return Regime(**entries[0].model_dump(exclude={"start"}))
+    listed = data if isinstance(data, list) else data.get("regimes") if isinstance(data, dict) else None
+    if plan and isinstance(listed, list) and len(listed) == 1:
+        # a plan of one entry is that one regime (entries alike are not: each start cuts a
+        # window); what is wrong in it is the plan reader's to say (its entry, its world)
+        return Regime(**load_schedule(path, model).entries[0].model_dump(exclude={"start"}))
     if plan or not isinstance(data, dict):
         # names, or regime objects without "start": a task sequence (a plan's entries have "start")
         names = isinstance(data, list) and bool(data) and all(

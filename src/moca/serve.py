@@ -24,6 +24,7 @@ in the episode it was announced in, or from the start of any later episode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -831,13 +832,6 @@ class Store:
                 self.conn.execute(f"PRAGMA user_version={int(self.conn.execute('PRAGMA user_version').fetchone()[0])}")
             finally:
                 self.conn.execute("ROLLBACK")
-            if create:
-                # Pages damaged past the ones read above: the start-up recovery met them with a
-                # traceback, or requests with a bare 500 while /health said ok. SQLite's own
-                # check of every page and record (not of the index contents: quick, not full).
-                found = [" ".join(str(row[0]).split()) for row in self.conn.execute("PRAGMA quick_check(3)")]
-                if found != ["ok"]:
-                    raise sqlite3.DatabaseError("; ".join(found))
         except sqlite3.DatabaseError as err:
             # Never replaced or repaired here: it may hold the only copy of the chains' history.
             raise StoreError(f"{self.db_path}: not a usable moca database ({err}); it is left as it is: "
@@ -851,20 +845,36 @@ class Store:
         self.damage: str | None = None
 
     def unreadable(self, err: sqlite3.DatabaseError) -> "ServeError":
-        """The 503 for a database error a request met (it was a bare 500): damage (SQLite's
+        """The 503 for a database error a request met (it was a bare 500). Damage (SQLite's
         corrupt-file codes, text that does not decode) is recorded for /health; a busy or
-        locked database is a retry, a full or failing disk a 503 that names it. A constraint
-        or misuse error is moca's own bug, not the file's: raised on (a 500)."""
+        locked database is a retry; a full, failing, read-only or unopenable file a 503 that
+        names it. Anything else (a constraint, an SQL error) is moca's own bug, not the
+        file's: raised on, a 500 as before."""
         text, code = str(err), getattr(err, "sqlite_errorname", None) or ""
-        if isinstance(err, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
-            raise err
-        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
             return ServeError(503, f"{self.db_path}: busy ({text}); retry")
-        if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
-            return ServeError(503, f"{self.db_path}: cannot be written or read ({text}); free or fix the disk")
+        if code.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")):
+            return ServeError(503, f"{self.db_path}: cannot be written or read ({text}); fix the disk or the file's "
+                                   "permissions")
+        if not (code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or text.startswith("Could not decode")):
+            raise err
         self.damage = self.damage or text
         return ServeError(503, f"{self.db_path}: cannot be read ({text}); the service leaves the file as it is: "
                                "stop it and restore the database from a backup")
+
+    def check_pages(self) -> None:
+        """SQLite's check of every page and record (``PRAGMA quick_check``), on a connection
+        of its own so that decisions go on meanwhile (it reads the whole file: seconds for a
+        large database, so not before the service listens); damage found is recorded as a
+        request's would be. Damaged pages were met by the start-up recovery (a traceback)
+        or by requests (bare 500s) while /health said ok."""
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as conn:
+                found = [" ".join(str(row[0]).split()) for row in conn.execute("PRAGMA quick_check(3)")]
+        except sqlite3.DatabaseError as err:
+            found = [str(err)]
+        if found != ["ok"]:
+            self.damage = self.damage or "; ".join(found)
 
     def database_problem(self) -> str | None:
         """Why the file at ``db_path`` is no longer the database this store writes (None when
@@ -877,7 +887,7 @@ class Store:
         else:
             if (now.st_dev, now.st_ino) == self._identity:
                 if self.damage is not None:
-                    return (f"{self.db_path}: damaged ({self.damage}, met by a request); stop the service and "
+                    return (f"{self.db_path}: damaged ({self.damage}); stop the service and "
                             "restore the database from a backup")
                 return None
             what = "replaced by another file"
@@ -1745,9 +1755,14 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     async def lifespan(app):
         try:
             rt.recovered = store.recover()
-        except sqlite3.DatabaseError as err:  # damage the check at the start does not read: degraded, said once
-            print(f"moca serve: recovering: {store.unreadable(err).message}", file=sys.stderr, flush=True)
+        except sqlite3.DatabaseError as err:
+            refused = store.unreadable(err)  # (moca's own error: raised there)
+            if store.damage is None:  # busy, a full disk: the start fails as before, recovery not skipped
+                raise
+            print(f"moca serve: recovering: {refused.message}", file=sys.stderr, flush=True)  # degraded, said once
             rt.recovered = {}
+        checking = threading.Thread(target=store.check_pages, name="moca page check", daemon=True)
+        checking.start()
         watcher = None
         if worker:
             start_worker()
