@@ -871,8 +871,9 @@ class Store:
         try:
             with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as conn:
                 found = [" ".join(str(row[0]).split()) for row in conn.execute("PRAGMA quick_check(3)")]
-        except sqlite3.DatabaseError as err:
-            found = [str(err)]
+        except sqlite3.DatabaseError as err:  # (busy, or the file gone meanwhile: not damage, said elsewhere)
+            code = getattr(err, "sqlite_errorname", None) or ""
+            found = [str(err)] if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) else ["ok"]
         if found != ["ok"]:
             self.damage = self.damage or "; ".join(found)
 
