@@ -751,6 +751,13 @@ def connect(path: Path, create: bool = True) -> sqlite3.Connection:
     return conn
 
 
+def _is_damage(err: sqlite3.DatabaseError) -> bool:
+    """Whether a database error says the file is damaged: SQLite's corrupt-file codes, or
+    text in a record that does not decode (Python's error, without a code)."""
+    code = getattr(err, "sqlite_errorname", None) or ""
+    return code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or str(err).startswith("Could not decode")
+
+
 class StoreError(ValueError):
     """A data directory whose database cannot be used (not SQLite, or damaged)."""
 
@@ -856,7 +863,7 @@ class Store:
         if code.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")):
             return ServeError(503, f"{self.db_path}: cannot be written or read ({text}); fix the disk or the file's "
                                    "permissions")
-        if not (code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or text.startswith("Could not decode")):
+        if not _is_damage(err):
             raise err
         self.damage = self.damage or text
         return ServeError(503, f"{self.db_path}: cannot be read ({text}); the service leaves the file as it is: "
@@ -872,8 +879,7 @@ class Store:
             with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as conn:
                 found = [" ".join(str(row[0]).split()) for row in conn.execute("PRAGMA quick_check(3)")]
         except sqlite3.DatabaseError as err:  # (busy, or the file gone meanwhile: not damage, said elsewhere)
-            code = getattr(err, "sqlite_errorname", None) or ""
-            found = [str(err)] if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) else ["ok"]
+            found = [str(err)] if _is_damage(err) else ["ok"]
         if found != ["ok"]:
             self.damage = self.damage or "; ".join(found)
 
@@ -1757,13 +1763,11 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         try:
             rt.recovered = store.recover()
         except sqlite3.DatabaseError as err:
-            refused = store.unreadable(err)  # (moca's own error: raised there)
-            if store.damage is None:  # busy, a full disk: the start fails as before, recovery not skipped
+            if not _is_damage(err):  # busy, a full disk, moca's own error: the start fails as before
                 raise
-            print(f"moca serve: recovering: {refused.message}", file=sys.stderr, flush=True)  # degraded, said once
+            print(f"moca serve: recovering: {store.unreadable(err).message}", file=sys.stderr, flush=True)  # degraded
             rt.recovered = {}
-        checking = threading.Thread(target=store.check_pages, name="moca page check", daemon=True)
-        checking.start()
+        threading.Thread(target=store.check_pages, name="moca page check", daemon=True).start()
         watcher = None
         if worker:
             start_worker()
