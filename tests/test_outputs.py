@@ -9,6 +9,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _cli import assert_bad_input, run_in_process
@@ -302,7 +303,7 @@ def test_json_and_figure_outputs_replace_only_what_they_write(tmp_path):
     notes = tmp_path / "notes.png"
     notes.write_text("my notes")
     out = runner.invoke(app, [*sweep, "--plot", str(notes)])
-    assert out.exit_code == 2 and "exists and is not a PNG image" in " ".join(out.output.split())
+    assert out.exit_code == 2 and "exists and is not a PNG figure moca drew" in " ".join(out.output.split())
     assert notes.read_text() == "my notes"
     # its own kind, or an empty file, is replaced (a sweep rerun writes over its results)
     mine, figure = tmp_path / "sweep.json", tmp_path / "sweep.png"
@@ -321,3 +322,47 @@ def test_json_and_figure_outputs_replace_only_what_they_write(tmp_path):
 
     with pytest.raises(UsageError, match="exists and is not a moca run's metrics"):
         _output_file(mine, "--json", ours)
+
+
+def test_plot_replaces_a_figure_moca_drew_and_never_a_users_own_image(tmp_path):
+    """--plot replaced any image of its format (only the first bytes were looked at): a user's
+    own report.png went without a word. moca names itself in each figure's metadata and
+    replaces only a figure with that mark; the mark is found in a figure of any size (a PDF
+    keeps it at the end) without reading the whole file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from typer.testing import CliRunner
+
+    from moca.cli import app
+
+    def draw(path: Path, side: int, metadata: dict) -> None:
+        fig = Figure()
+        fig.add_subplot().imshow(np.random.default_rng(0).random((side, side)))  # noise: no format compresses it
+        fig.savefig(path, metadata=metadata)
+
+    for suffix in (".png", ".pdf", ".svg"):
+        mine, theirs = tmp_path / f"mine{suffix}", tmp_path / f"theirs{suffix}"
+        draw(mine, 400, files.figure_metadata(mine))  # the mark beyond a read's reach from one end
+        draw(theirs, 10, {})
+        assert mine.stat().st_size > 3 * files._MARK_REACH, suffix
+        assert files.drawn_by_moca(mine), suffix
+        assert not files.drawn_by_moca(theirs), suffix
+        renamed = mine.with_suffix(".pdf" if suffix != ".pdf" else ".png")
+        renamed.write_bytes(mine.read_bytes())
+        assert not files.drawn_by_moca(renamed), suffix  # moca's, but not the format its name says
+    sweep = ["sweep", "--field", "carbon_tax", "--values", "0,10", "--scenarios", "2", "--workers", "1",
+             "--policies", "oracle"]
+    runner = CliRunner()
+    report = tmp_path / "report.png"
+    draw(report, 10, {})
+    before = report.read_bytes()
+    out = runner.invoke(app, [*sweep, "--plot", str(report)])
+    assert out.exit_code == 2 and "report.png: exists and is not a PNG figure moca drew" in " ".join(out.output.split())
+    assert report.read_bytes() == before
+    ours = tmp_path / "sweep.svg"
+    for _ in range(2):  # the figure of the first run is the second's to replace
+        out = runner.invoke(app, [*sweep, "--plot", str(ours)])
+        assert out.exit_code == 0, out.output
+        assert files.drawn_by_moca(ours)

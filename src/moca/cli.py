@@ -135,9 +135,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _output_file(path: Optional[Path], option: str,
-                 ours: Optional[tuple[str, Callable[[bytes], bool]]] = None) -> None:
+                 ours: Optional[tuple[str, Callable[[Path], bool]]] = None) -> None:
     """A file to write: not a directory, its folder existing (checked before the command's
-    work, not after it). ``ours``: (what the option writes, a test of a file's bytes): a
+    work, not after it). ``ours``: (what the option writes, a test of the file there): a
     file already there is replaced only where it is empty or passes the test; another
     command's results or a file of the user's under that name was replaced without a word."""
     from moca.files import check_parent, output_target
@@ -152,31 +152,30 @@ def _output_file(path: Optional[Path], option: str,
         return
     what, test = ours
     try:
-        held = target.read_bytes()
+        with open(target, "rb") as file:
+            blank = not file.read(4096).strip() and not file.read(1)
+        if not blank and not test(target):
+            raise UsageError(f"{option} {path}: exists and is not {what}, the only file moca replaces there "
+                             "(give another name, or move the file aside)")
     except OSError as err:
         raise UsageError(f"{option} {path}: cannot be read ({err.strerror}), so moca cannot tell what it would "
                          "replace; give another name") from None
-    if held.strip() and not test(held):
-        raise UsageError(f"{option} {path}: exists and is not {what}, the only file moca replaces there (give "
-                         "another name, or move the file aside)")
 
 
-#: A figure's first bytes, by file name suffix (what matplotlib writes).
-_FIGURE_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".pdf": (b"%PDF-",), ".svg": (b"<?xml", b"<svg")}
+def _figure_file(suffix: str) -> tuple[str, Callable[[Path], bool]]:
+    """``ours`` of :func:`_output_file` for a figure: one moca drew, in that format (moca's
+    name in its metadata: a user's own image of the format was replaced)."""
+    from moca.files import drawn_by_moca
+
+    return f"a {suffix[1:].upper()} figure moca drew", drawn_by_moca
 
 
-def _figure_file(suffix: str) -> tuple[str, Callable[[bytes], bool]]:
-    """``ours`` of :func:`_output_file` for a figure: an image of that format."""
-    kind = suffix.lower()
-    return (f"a {kind[1:].upper()} image", lambda held: held.lstrip().startswith(_FIGURE_MAGIC[kind]))
-
-
-def _json_file(what: str, keys: tuple[str, ...], worlds: bool = False) -> tuple[str, Callable[[bytes], bool]]:
+def _json_file(what: str, keys: tuple[str, ...], worlds: bool = False) -> tuple[str, Callable[[Path], bool]]:
     """``ours`` of :func:`_output_file` for a JSON result: an object with ``keys`` (or, with
     ``worlds``, one holding such objects, or errors, under world names)."""
-    def test(held: bytes) -> bool:
+    def test(path: Path) -> bool:
         try:
-            data = json.loads(held)
+            data = json.loads(path.read_bytes())
         except ValueError:
             return False
         one = lambda d: isinstance(d, dict) and all(k in d for k in keys)  # noqa: E731

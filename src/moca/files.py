@@ -6,8 +6,9 @@ stay private. Everything moca writes goes through here instead, so files get 066
 folders 0777, minus the umask, as ``open()`` and ``mkdir`` would have given them. And
 the one wording of a file that does not parse, whichever reader finds it
 (:func:`parse_problem`), a key given twice refused by every JSON reader
-(:func:`unique_keys`), and whole numbers too long for Python's ``int`` read as floats
-(:func:`whole_number`).
+(:func:`unique_keys`), whole numbers too long for Python's ``int`` read as floats
+(:func:`whole_number`), and the mark moca leaves in the figures it draws
+(:func:`figure_metadata`, :func:`drawn_by_moca`).
 """
 
 from __future__ import annotations
@@ -278,3 +279,49 @@ def parse_problem(err: Exception) -> str:
     if problem and mark is not None:
         return f"{problem} at line {mark.line + 1} column {mark.column + 1}"
     return (str(err).splitlines() or [type(err).__name__])[0]
+
+
+#: Where a figure of each format carries its maker's name (the metadata matplotlib writes:
+#: PNG's ``Software`` text chunk, right after the header; PDF's ``/Creator`` in the
+#: document information near the end; SVG's ``dc:creator`` near the top), and moca's name
+#: there. ``--plot`` replaces a file only where it finds that mark: an image's first bytes
+#: say its format, not who drew it, and a user's own ``report.png`` was replaced.
+_FIGURE_MARKS = {".png": (b"\x89PNG\r\n\x1a\n", re.compile(rb"tEXtSoftware\x00moca ")),
+                 ".pdf": (b"%PDF-", re.compile(rb"/Creator \(moca ")),
+                 ".svg": (b"<", re.compile(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>moca "))}
+#: How far from either end of a figure the mark is looked for (bytes): all three formats put
+#: their metadata within a few kB of one end, and a figure can be megabytes.
+_MARK_REACH = 1 << 16
+
+
+def figure_metadata(path: str | Path) -> dict[str, str]:
+    """``savefig``'s ``metadata`` for a figure moca draws at ``path`` (by its suffix): its
+    maker named as moca, the mark :func:`drawn_by_moca` finds; no metadata for a format
+    without a mark (matplotlib refuses unknown keys there)."""
+    from moca import __version__
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in _FIGURE_MARKS:
+        return {}
+    return {"Software" if suffix == ".png" else "Creator": f"moca {__version__}"}
+
+
+def drawn_by_moca(path: str | Path) -> bool:
+    """Whether the file at ``path`` is a figure moca drew, in the format its suffix names
+    (its first bytes that format's, moca's mark in its metadata); reads at most twice
+    :data:`_MARK_REACH` bytes."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _FIGURE_MARKS:
+        return False
+    signature, mark = _FIGURE_MARKS[suffix]
+    with open(path, "rb") as file:
+        head = file.read(_MARK_REACH)
+        size = os.fstat(file.fileno()).st_size
+        if size <= 2 * _MARK_REACH:
+            parts = [head + file.read()]
+        else:
+            file.seek(size - _MARK_REACH)
+            parts = [head, file.read()]
+    if not parts[0].lstrip().startswith(signature):
+        return False
+    return any(mark.search(part) for part in parts)

@@ -32,7 +32,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict  # pydantic needs these on Python < 3.12
 
-from moca.files import parse_problem
+from moca.files import figure_metadata, parse_problem
 
 # --- the metrics dict ----------------------------------------------------------------------
 
@@ -435,7 +435,7 @@ def _array(values: Iterable[Any]) -> np.ndarray:
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, facecolor="white")
+    fig.savefig(path, dpi=110, facecolor="white", metadata=figure_metadata(path))
     return path
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from moca.evaluation import scorable
+from moca.files import figure_metadata
 from moca.regime import Regime
 from moca.scenario import Params, Scenario, draw_scenarios
 from moca.sim import ScenarioBatch, rollout
@@ -352,5 +353,5 @@ def plot_response(result: Mapping[str, Any], path: str, policies: Sequence[str] 
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=figure_metadata(path))
     plt.close(fig)

@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - Windows: not locked
     fcntl = None
 
 from moca.cluster import Backend
-from moca.files import write_atomic
+from moca.files import figure_metadata, write_atomic
 from moca.limits import LARGEST_SEED, MOST_SCENARIOS, MOST_STEPS, is_finite_number, is_whole
 from moca.regime import REGIME_RANGES, Regime, RegimeError, load_regime
 
@@ -844,5 +844,5 @@ def plot_sweep(result: dict[str, Any], path: str) -> None:
     fig.suptitle(f"{result['model']}: {result['field']} sweep, {result['scenarios']} scenarios, 95% intervals",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata=figure_metadata(path))
     plt.close(fig)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from moca import checkpoint
+from moca.files import figure_metadata
 from moca.limits import LARGEST_PPO_SEED
 from moca.regime import Regime, load_schedule
 from moca.scenario import TRAINING_STREAM, Params, draw_scenario
@@ -453,7 +454,7 @@ def plot_curve(curve: dict[str, Any], path: str | Path, title: str = "PPO learni
         twin.set_ylabel("mean training episode cost (EUR)", color="tab:orange")
     ax.set_title(f"{title} ({curve.get('wall_seconds', 0):.0f} s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=figure_metadata(path))
     plt.close(fig)
 
 
