@@ -247,3 +247,23 @@ def test_bad_dtype_demand_history_and_action_shape_are_refused_by_name():
     ok = rollout2(batch, Fixed((2, 9)), None)
     assert torch.equal(ok.total_cost, rollout2(batch, OpenLoop2(torch.zeros(2, 3, 9, dtype=torch.float64)),
                                                None).total_cost)
+
+
+def test_actions_of_the_other_precision_are_executed_in_the_batchs():
+    """A float32 policy on a float64 batch (or the reverse) ran the whole episode, then
+    failed in the emissions' matrix product with torch's "addmv ... same dtype" error; the
+    actions are now projected and executed in the batch's precision, a float32 action
+    widened exactly, so the episode is the one its float64 actions give."""
+    from moca.projection import project2_batch
+
+    actions32 = torch.as_tensor(ACTIONS[None], dtype=torch.float32)
+    for project in (None, project2_batch):
+        batch = ScenarioBatch2.from_scenarios([hand_scenario()], dtype=torch.float64)
+        mixed = rollout2(batch, OpenLoop2(actions32), project)
+        same = rollout2(batch, OpenLoop2(actions32.double()), project)
+        assert mixed.executed.dtype == torch.float64 and torch.equal(mixed.cost, same.cost)
+        assert torch.equal(mixed.emissions, same.emissions)
+        batch32 = ScenarioBatch2.from_scenarios([hand_scenario()], dtype=torch.float32)
+        narrowed = rollout2(batch32, OpenLoop2(actions32.double()), project)
+        assert narrowed.cost.dtype == torch.float32
+        assert torch.equal(narrowed.cost, rollout2(batch32, OpenLoop2(actions32), project).cost)

@@ -349,6 +349,11 @@ def rollout2(batch: ScenarioBatch2, policy: Policy2, project: Projector2 | None,
         seen = demand_all[:, :HISTORY + t]
         raw = policy.act(Observation2(t, state, inputs, regime_t, batch.regime, batch.window,
                                       batch.return_frac[:, t], batch.grades[:, t], seen, p, revealed[:, t]))
+        if isinstance(raw, Tensor) and raw.is_floating_point() and raw.dtype != batch.dtype:
+            # (a float32 policy on a float64 batch ran the whole episode, then failed in the
+            # emissions' product with torch's dtype error: it is projected and executed in the
+            # batch's precision, a float32 action widened exactly)
+            raw = raw.to(batch.dtype)
         action = raw if project is None else project(raw, inputs, regime_t, p)
         if project is None:  # (the projector checks its own input)
             check_actions(raw, batch.size, len(clsc2.ACTION_NAMES))
