@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -343,3 +344,28 @@ def test_a_scenario_s_series_cannot_be_edited_after_its_checks(model):
     state = dict(copy.copy(drawn).__dict__, demand=np.where(np.arange(drawn.horizon) == 5, -1.0, drawn.demand))
     with pytest.raises(ScenarioError, match=r"demand\[5\]=-1.0 must be >= 0"):
         kind.__new__(kind).__setstate__(state)  # (what unpickling an edited copy does)
+
+
+def test_a_scenario_built_in_python_refuses_another_object_as_params_or_schedule():
+    """Scenario2(schedule="T2") was built without a word and failed at regime_table() or an
+    env's reset (AttributeError: 'str' object has no attribute 'table'); Scenario with a
+    regime's name, a Regime or None as its schedule failed with an AttributeError."""
+    from moca.regime import load_schedule
+    from moca.scenario import Params, Scenario, draw_scenario, draw_scenario2
+
+    two, one = draw_scenario2(0, "T2"), draw_scenario(0, "T2")
+    for bad, got in (("T2", "str"), (Regime(), "Regime"), (None, "NoneType")):
+        with pytest.raises(ScenarioError, match=re.escape(
+                f'schedule: expected a moca.regime.RegimeSchedule (e.g. moca.regime.load_schedule("T2", '
+                f'model="CLSC-2")), got {got}')):
+            Scenario2(**{**two.__dict__, "schedule": bad})
+        with pytest.raises(ScenarioError, match=re.escape(
+                f'schedule: expected a moca.regime.RegimeSchedule (e.g. moca.regime.load_schedule("T2")), got {got}')):
+            Scenario(one.params, bad, one.demand, one.return_frac)
+    with pytest.raises(ScenarioError, match="params: expected moca.scenario.Params2, got Params"):
+        Scenario2(**{**two.__dict__, "params": Params()})
+    with pytest.raises(ScenarioError, match="params: expected moca.scenario.Params, got Params2"):
+        Scenario(two.params, one.schedule, one.demand, one.return_frac)
+    # what the message suggests is what it takes
+    assert Scenario2(**{**two.__dict__, "schedule": load_schedule("T2", model="CLSC-2")}).regime_table().shape == (52, 5)
+    assert Scenario(one.params, load_schedule("T2"), one.demand, one.return_frac).regime_table().shape == (52, 5)

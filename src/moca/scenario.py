@@ -169,6 +169,18 @@ def check_schedule1(schedule: RegimeSchedule) -> None:
                 "the env moca/CircularSupplyChain2-v0, draw_scenario2)")
 
 
+def _check_parts(params: Any, kind: type, schedule: Any) -> None:
+    """A scenario built in Python with another object as its params or schedule (a regime's
+    name, a :class:`Regime`) was taken as given and failed later, as an AttributeError deep
+    in a rollout or an env's reset: refused here, by field."""
+    if not isinstance(params, kind):
+        raise ScenarioError(f"params: expected moca.scenario.{kind.__name__}, got {type(params).__name__}")
+    if not isinstance(schedule, RegimeSchedule):
+        model = ", model=\"CLSC-2\"" if kind is Params2 else ""
+        raise ScenarioError(f"schedule: expected a moca.regime.RegimeSchedule (e.g. "
+                            f"moca.regime.load_schedule(\"T2\"{model})), got {type(schedule).__name__}")
+
+
 def _held(series: Any) -> np.ndarray:
     """A scenario's own read-only float64 copy of ``series``: its checks run once, when it
     is built, so an edit afterwards (``scenario.demand[5] = -5000``) was scored by the oracle
@@ -198,6 +210,7 @@ class Scenario(_HeldSeries):
     return_frac: np.ndarray  # [T]
 
     def __post_init__(self) -> None:
+        _check_parts(self.params, Params, self.schedule)
         self.demand = _held(self.demand)
         self.return_frac = _held(self.return_frac)
         _check_series("demand", self.demand, self.params.horizon, low=0.0)
@@ -730,6 +743,7 @@ class Scenario2(_HeldSeries):
     model = MODEL_NAME_2
 
     def __post_init__(self) -> None:
+        _check_parts(self.params, Params2, self.schedule)
         T = self.params.horizon
         for name in SERIES_2:
             setattr(self, name, _held(getattr(self, name)))
