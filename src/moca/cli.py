@@ -167,7 +167,8 @@ def _figure_file(suffix: str) -> tuple[str, Callable[[Path], bool]]:
     name in its metadata: a user's own image of the format was replaced)."""
     from moca.files import drawn_by_moca
 
-    return f"a {suffix[1:].upper()} figure moca drew", drawn_by_moca
+    # (the suffix of the name given: a link's target may be named otherwise)
+    return f"a {suffix[1:].upper()} figure moca drew", lambda target: drawn_by_moca(target, suffix)
 
 
 def _json_file(what: str, keys: tuple[str, ...], worlds: bool = False) -> tuple[str, Callable[[Path], bool]]:

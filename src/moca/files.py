@@ -306,11 +306,11 @@ def figure_metadata(path: str | Path) -> dict[str, str]:
     return {"Software" if suffix == ".png" else "Creator": f"moca {__version__}"}
 
 
-def drawn_by_moca(path: str | Path) -> bool:
-    """Whether the file at ``path`` is a figure moca drew, in the format its suffix names
-    (its first bytes that format's, moca's mark in its metadata); reads at most twice
-    :data:`_MARK_REACH` bytes."""
-    suffix = Path(path).suffix.lower()
+def drawn_by_moca(path: str | Path, suffix: str | None = None) -> bool:
+    """Whether the file at ``path`` is a figure moca drew, in the format ``suffix`` (by
+    default its own) names: its first bytes that format's, moca's mark in its metadata.
+    Reads at most twice :data:`_MARK_REACH` bytes."""
+    suffix = (Path(path).suffix if suffix is None else suffix).lower()
     if suffix not in _FIGURE_MARKS:
         return False
     signature, mark = _FIGURE_MARKS[suffix]
