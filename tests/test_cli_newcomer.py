@@ -295,6 +295,26 @@ def test_params_on_evaluate_from_a_params_file_or_a_scenario_file(tmp_path):
                     "a PPO policy of CLSC-2, not of CLSC-1 (use --model CLSC-2")
 
 
+def test_a_clsc2_checkpoint_of_another_chain_is_scored_on_the_chain_asked_for(tmp_path):
+    """`moca evaluate --model CLSC-2 --policy CK` without --params scored a checkpoint trained
+    on another chain on that chain, without a word (CLSC-1 scores on the default chain and
+    warns), and reported the oracle's withheld sales of the default chain's scenarios."""
+    from moca.meta2 import OracleCache2, load_policy2, save_policy2
+    from moca.policy import with_params
+    from moca.regime import TASKS_2
+    from moca.scenario import Params2
+
+    module, _ = load_policy2("default")
+    other = tmp_path / "other-chain"
+    save_policy2(other, with_params(module, Params2(lost_sale_cost=2.0)), {"command": "test"})
+    out = run("evaluate", "--model", "CLSC-2", "--policy", other, "--regime", "T1", "--scenarios", 1, "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    default = OracleCache2(Params2())
+    assert summary["mean_oracle_cost"] == pytest.approx(default.costs(default.scenarios([1000], TASKS_2["T1"]))[0])
+    assert f"checkpoint {other} was trained on other params (lost_sale_cost=2.0->20.0)" in " ".join(out.stderr.split())
+
+
 def test_params_reach_adapt_and_continual(tmp_path):
     params = tmp_path / "chain.json"
     params.write_text(json.dumps({"cap_produce": 1200}))

@@ -740,7 +740,10 @@ def _evaluate2(policy: str, regime: str, plan: Any, scenarios: int, seed: int, a
         with _progress(as_json) as progress:
             progress.add_task(f"evaluating {policy} on CLSC-2"
                               + (f" (re-tuning the rule first, {retune} candidates)" if retune else ""), total=None)
-            if learned2 and (files or params_file is not None):
+            if learned2:
+                # (on --params' chain, the default one without it, as on CLSC-1: a checkpoint trained on
+                # another chain was scored on its own without a word, and the oracle's withheld sales
+                # were reported from the default chain's scenarios it was not scored on)
                 from moca.chain2 import evaluate_learned_on2
                 from moca.meta2 import OracleCache2
 
@@ -748,11 +751,6 @@ def _evaluate2(policy: str, regime: str, plan: Any, scenarios: int, seed: int, a
                     tests = OracleCache2(params).scenarios(range(seed, seed + scenarios), plan)
                 summary = evaluate_learned_on2(policy, tests, plan, adapt_steps, warn=_warn, base=base, retune=retune,
                                                progress=_phase_bars(progress))
-            elif learned2:
-                from moca.experiment2 import evaluate_learned2
-
-                summary = evaluate_learned2(policy, plan, list(range(seed, seed + scenarios)), adapt_steps, base=base,
-                                            retune=retune, progress=_phase_bars(progress))
             elif files:
                 _warn_if_off_its_chain(policy, files[0].params)
                 summary = evaluate_peer2(policy, plan, None, scenarios=tests, progress=_phase_bars(progress)).summary()
@@ -773,8 +771,8 @@ def _evaluate2(policy: str, regime: str, plan: Any, scenarios: int, seed: int, a
         from moca.meta2 import OracleCache2
 
         labels = [str(p) for p in scenario_files] if files else [f"seed {s}" for s in range(seed, seed + scenarios)]
-        _say_withheld(summary, tests if files else OracleCache2(params).scenarios(range(seed, seed + scenarios), plan),
-                      labels)
+        _say_withheld(summary, tests if files or learned2 else OracleCache2(params).scenarios(
+            range(seed, seed + scenarios), plan), labels)
     if as_json:
         _print_json(summary)
         return
