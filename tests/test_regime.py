@@ -577,3 +577,28 @@ def test_a_single_regime_object_with_start_says_a_plan_is_a_list_and_big_actions
     (tmp_path / "a.json").write_text(json.dumps({"actions": rows}))
     with pytest.raises(ScenarioError, match=r"\[1\]\[2\]=1000001000000.0 must be within ±1e\+12"):
         load_actions(tmp_path / "a.json", 3)
+
+
+def test_a_clsc1_window_is_refused_naming_the_file_and_its_entry(tmp_path):
+    """A regime file with an accounting window given to a CLSC-1 command was refused by the
+    scenario as "regimes[0].recycled_content_window=13" (the file holds one regime, and was
+    not named), with the library's advice; `moca adapt` said the same."""
+    from moca.regime import RegimeError, load_schedule
+
+    one = tmp_path / "win13.yaml"
+    one.write_text("recycled_content_window: 13\nrecycled_content_min: 0.2\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("- {start: 0}\n- {start: 10, recycled_content_window: 4, recycled_content_min: 0.2}\n")
+    advice = "CLSC-1 settles the mandate every period; accounting windows are CLSC-2's (--model CLSC-2"
+    with pytest.raises(RegimeError, match=re.escape(f"win13.yaml: recycled_content_window=13: {advice}")):
+        load_schedule(one)
+    with pytest.raises(RegimeError, match=re.escape(f"plan.yaml: regimes[1].recycled_content_window=4: {advice}")):
+        load_schedule(plan)
+    assert load_schedule(one, model="CLSC-2").entries[0].recycled_content_window == 13
+    assert [e.recycled_content_window for e in load_schedule(plan, model="CLSC-2").entries] == [1, 4]
+    from _cli import run_in_process
+
+    for command in (("evaluate", "--policy", "threshold"), ("adapt", "--checkpoint", "default", "--steps", 0)):
+        out = run_in_process(*command, "--regime", one, "--scenarios", 1)
+        assert out.returncode == 2 and out.stderr.startswith(f"moca: error: win13.yaml: recycled_content_window=13: "
+                                                             f"{advice}"), out.stderr

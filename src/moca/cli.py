@@ -1245,7 +1245,7 @@ def adapt(
                                               "plan whose rules change, 0 on a regime held all year; see above)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    from moca.regime import load_regime
+    from moca.regime import RegimeSchedule, check_clsc1_windows, load_regime
 
     with _bad_input():
         _chosen_model(model)
@@ -1257,6 +1257,7 @@ def adapt(
             return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json,
                            params_file, base, retune)
         target = load_regime(regime)
+        check_clsc1_windows(RegimeSchedule.constant(target), f"{Path(regime).name}: " if Path(regime).exists() else "")
         base = _base_choice(base)
         _output_dir(output)
         from moca.meta import OracleCache

@@ -540,9 +540,32 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
     """A schedule from a YAML/JSON file holding a list of entries with ``start``
     (or an object with key ``regimes``), or such a list or object itself; a single regime
     (a name, a file, an object of the regime fields) is a constant schedule; a
-    :class:`RegimeSchedule` is returned as it is. Entries may carry a ``name`` label, which is ignored."""
+    :class:`RegimeSchedule` is returned as it is. Entries may carry a ``name`` label, which is ignored.
+    On CLSC-1 (``model``) an accounting window other than 1 is refused, naming the file."""
     if isinstance(spec, RegimeSchedule):
         return spec
+    schedule = _read_schedule(spec, model)
+    if model != "CLSC-2":
+        check_clsc1_windows(schedule, f"{Path(str(spec)).name}: " if isinstance(spec, (str, Path)) else "")
+    return schedule
+
+
+def check_clsc1_windows(schedule: RegimeSchedule, where: str = "") -> None:
+    """Refuse an accounting window other than 1 on CLSC-1, which settles the mandate every
+    period: the entry named (``regimes[i].``, none for a schedule of one regime) after
+    ``where`` (a file's name). Refused later, by the scenario, it was "regimes[0]" of a file
+    holding one regime, without the file's name, and the advice was the library's."""
+    single = len(schedule.entries) == 1
+    for i, entry in enumerate(schedule.entries):
+        if entry.recycled_content_window != 1:
+            raise RegimeError(
+                f"{where}{'' if single else f'regimes[{i}].'}recycled_content_window="
+                f"{entry.recycled_content_window}: CLSC-1 settles the mandate every period; accounting windows "
+                "are CLSC-2's (--model CLSC-2 on the command line; moca/CircularSupplyChain2-v0, draw_scenario2)")
+
+
+def _read_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Regime, model: str) -> RegimeSchedule:
+    """:func:`load_schedule`'s reading, every form but a schedule itself."""
     if isinstance(spec, dict) and "regimes" in spec:
         spec = _plan_entries(spec, model, "")
     if _is_row(spec):
