@@ -48,3 +48,35 @@ def test_a_pool_worker_whose_parent_died_before_it_started_exits_at_once():
     alive = subprocess.run([sys.executable, "-c", code.format(parent=os.getpid())], capture_output=True,
                            text=True, timeout=60)
     assert alive.returncode == 0 and alive.stdout == "alive\n", (alive.returncode, alive.stdout, alive.stderr)
+
+
+def test_workers_ended_before_the_shutdown_reaches_the_pool_print_no_traceback(tmp_path, monkeypatch):
+    """`moca sweep` stopped by Ctrl-C printed a traceback after "interrupted" (1 run in about
+    40): the interrupted map cancelled its pending tasks from the main thread, and where the
+    ended workers reached the executor's thread before the shutdown did, Python 3.11's
+    executor marked those cancelled tasks broken and failed (InvalidStateError). The order
+    that was rare is forced here: the workers end, the executor sees them gone, then the
+    shutdown comes."""
+    import threading
+    import time
+
+    from moca.cluster import _end_workers
+
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(repr(args.exc_value)))
+    finished = tmp_path / "slow-task-finished"
+    items = [("probe", "")] + [("slow", str(finished))] * 6  # two running, one queued, the rest waiting
+
+    def on_done(i, result):
+        raise KeyboardInterrupt
+
+    backend = Backend("pool", workers=2)
+    backend.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            backend.map(task, items, on_done=on_done)
+        _end_workers(backend._pool)
+        time.sleep(1.0)  # (the executor's thread finds the pool broken before any shutdown)
+    finally:
+        backend.stop(now=True)
+    assert failures == [] and not backend.running() and not finished.exists()

@@ -153,8 +153,10 @@ class Backend:
                     if on_done:
                         on_done(i, results[i])
         except BaseException:
-            for future in pending:
-                future.cancel()
+            # The pending tasks are left to stop(now=True), whose shutdown cancels them in the
+            # executor's own thread: cancelled from here, a future could still be in the
+            # executor's table when a worker died of the same Ctrl-C, and Python 3.11's executor
+            # then failed to mark it broken, printing a traceback after "interrupted".
             raise
         return results
 
