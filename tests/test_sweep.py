@@ -483,3 +483,18 @@ def test_a_killed_sweep_leaves_no_worker_computing(tmp_path):
     left = orphans_outlive_a_kill("sweep", "--field", "carbon_tax", "--values", "0:300:10", "--policies", "oracle",
                                   "--scenarios", "20", "--workers", "2", "--json", tmp_path / "sweep.json", ready=2)
     assert left == []
+
+
+@pytest.mark.parametrize("field", ["recycled_content_min", "recovery_target"])
+def test_a_share_rules_price_at_zero_is_the_cost_of_tightening_it(field):
+    """At 0 a share rule's row is slack and its dual 0: `moca sweep` reported a shadow price
+    of 0 at the first value of every mandate or recovery sweep, where the oracle's cost rises
+    by about 20,000 EUR per share from 0. There the price is the one-sided difference."""
+    from moca.oracle import KINK_STEP
+
+    scenario = draw_scenario(1000, Regime())
+    sp = shadow_prices(scenario, fields=[field])
+    assert list(sp.prices) == [field]
+    tighter = solve_oracle(draw_scenario(1000, Regime(**{field: KINK_STEP}))).oracle_cost
+    assert sp.prices[field] > 1000.0
+    assert sp.prices[field] == pytest.approx((tighter - sp.oracle_cost) / KINK_STEP, rel=1e-9)

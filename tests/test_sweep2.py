@@ -137,3 +137,12 @@ def test_clsc2_shadow_price_of_a_cap_in_force_in_part_of_the_horizon():
     up, down = (solve_oracle2(draw_scenario2(1000, plan(s))).oracle_cost for s in (0.5, -0.5))
     assert sp.prices["emission_cap"] > 0
     assert sp.prices["emission_cap"] == pytest.approx((down - up) / 1.0, rel=1e-6)
+
+
+def test_clsc2_recovery_targets_price_at_zero_is_the_cost_of_tightening_it():
+    """As on CLSC-1 (test_sweep): the recovery target's row is slack at 0 and its dual 0,
+    while tightening it costs about 5,000 EUR per share on this scenario of the default chain."""
+    sp = shadow_prices2(draw_scenario2(1001, Regime()), fields=["recovery_target"])
+    forward = (_oracle(1001, {"recovery_target": 1e-4}) - sp.oracle_cost) / 1e-4
+    assert sp.prices["recovery_target"] > 1000.0
+    assert sp.prices["recovery_target"] == pytest.approx(forward, rel=1e-9)

@@ -67,7 +67,7 @@ def rule_impact(regime: Regime, scenarios: Sequence[Scenario]) -> dict[str, Any]
                                 f"is CLSC-1's here), got {type(s).__name__}")
     ruled = [Scenario(s.params, RegimeSchedule.constant(regime), s.demand, s.return_frac) for s in scenarios]
     free = [Scenario(s.params, RegimeSchedule.constant(Regime()), s.demand, s.return_frac) for s in scenarios]
-    priced = [shadow_prices(s) for s in ruled]
+    priced = [shadow_prices(s, fields=rules_in_force(regime)) for s in ruled]
     plain = [solve_oracle(s) for s in free]
     backlog = float(np.mean([p.result.stocks[:, 4].mean() for p in priced]))
     backlog_free = float(np.mean([r.stocks[:, 4].mean() for r in plain]))

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Sequence
 
@@ -560,9 +560,18 @@ class ShadowPrices:
     result: OracleResult
 
 
-def shadow_prices(scenario: Scenario) -> ShadowPrices:
-    """The marginal cost of tightening each rule of ``scenario``'s regime, from one HiGHS
-    solve of the hindsight LP (cold start) and its duals.
+#: The share rules whose loosest value, 0, is a kink of the oracle cost: their row is slack
+#: there and its dual 0 (the slope of loosening, which cannot go on), while tightening costs
+#: money. There the price is the oracle cost's one-sided difference over ``KINK_STEP`` (one
+#: more solve); ``moca sweep`` reported 0 at the first value of every such sweep.
+KINKED_AT_ZERO = {"recycled_content_min": R_MANDATE, "recovery_target": R_RECOVERY}
+KINK_STEP = 1e-4
+
+
+def shadow_prices(scenario: Scenario, fields: Sequence[str] | None = None) -> ShadowPrices:
+    """The marginal cost of tightening each rule of ``scenario``'s regime (``fields``:
+    those to price, default all), from one HiGHS solve of the hindsight LP (cold start) and
+    its duals.
 
     By LP sensitivity (the envelope theorem), moving a rule's value by ``delta`` in every
     period changes the optimal cost by ``delta`` times:
@@ -579,7 +588,8 @@ def shadow_prices(scenario: Scenario) -> ShadowPrices:
       and ``sum_k w_k`` (cores, EUR per EUR/core).
 
     Where the optimum sits on a kink (a rule just becoming binding, a degenerate basis) the
-    cost is not differentiable and the duals give one of its one-sided slopes.
+    cost is not differentiable and the duals give one of its one-sided slopes; at a share
+    rule's 0 (:data:`KINKED_AT_ZERO`), the tightening one, by a difference.
     """
     window = episode_window(scenario)
     p = scenario.params
@@ -595,6 +605,13 @@ def shadow_prices(scenario: Scenario) -> ShadowPrices:
         "landfill_tax": float(x[:, W].sum()),
         "recovery_target": float(-(y[:, ROW_RECOVERY] * processed).sum()),
     }
+    if fields is not None:
+        prices = {k: v for k, v in prices.items() if k in fields}
+    for name, column in KINKED_AT_ZERO.items():
+        if name in prices and (regime[:, column] < KINK_STEP).any():
+            tighter = regime.copy()
+            tighter[:, column] += KINK_STEP
+            prices[name] = (solve_window(p, replace(window, regime=tighter)).cost - solution.cost) / KINK_STEP
     prices = {k: None if v is None else v + 0.0 for k, v in prices.items()}  # (a slack row's -0.0 printed "-0")
     result = OracleResult(oracle_cost=solution.cost, status=solution.status, plan=solution.actions,
                           sales=solution.sales, stocks=solution.stocks, withheld=solution.withheld,

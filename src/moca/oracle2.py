@@ -34,7 +34,7 @@ import numpy as np
 from scipy import sparse
 
 from moca import clsc2
-from moca.oracle import UNSOLVED, OracleError, _solver, rerun_with_presolve
+from moca.oracle import KINKED_AT_ZERO, UNSOLVED, OracleError, _solver, rerun_with_presolve
 from moca.world import CLSC2_ROWS, regime_rows
 
 # Columns of one period.
@@ -453,7 +453,8 @@ def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
     ``recycled_content_window`` W (a whole number of periods) has no derivative: None.
     Where the step switches rows on (a mandate from ``r = 0``: rows 6a/6b), the LP's shape
     changes and the price is the one-sided difference of the oracle cost over the step
-    (one more solve). ``fields``: the rules to price (default all). Where the optimum sits on a kink, the duals give one of the one-sided slopes."""
+    (one more solve), and so is a share rule's at 0 (:data:`moca.oracle.KINKED_AT_ZERO`). ``fields``: the rules
+    to price (default all). Where the optimum sits on a kink, the duals give one of the one-sided slopes."""
     p = scenario.params
     window = episode_window2(scenario)
     cost, offset, col_lower, col_upper, A, row_lower, row_upper = build_lp2(p, window)
@@ -503,7 +504,8 @@ def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
             built.append(build_lp2(p, replace(window, regime=regime)))
         width = hi_at - lo_at
         (c_a, off_a, cl_a, cu_a, A_a, rl_a, ru_a), (c_b, off_b, cl_b, cu_b, A_b, rl_b, ru_b) = built
-        if A_a.shape != A.shape or A_b.shape != A.shape:
+        if A_a.shape != A.shape or A_b.shape != A.shape or (not down_ok and name in KINKED_AT_ZERO):
+            # (a share rule at 0: its row slack, its dual the slope of loosening; see moca.oracle)
             regime = window.regime.copy()
             regime[:, column] += hi_at if hi_at else lo_at
             moved = solve_window2(p, replace(window, regime=regime)).cost

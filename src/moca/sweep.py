@@ -448,7 +448,7 @@ def _oracle_metrics(scenarios: Sequence[Any], shadow_field: str | None) -> dict[
     out: dict[str, list[float]] = {k: [] for k in ("cost", "emissions", "recycled_share", "backlog", "violations",
                                                   "shadow_price")}
     for scenario in scenarios:
-        sp = shadow_prices(scenario)
+        sp = shadow_prices(scenario, fields=[shadow_field] if shadow_field else [])
         plan = sp.result.plan
         out["cost"].append(sp.oracle_cost)
         out["emissions"].append(float(emissions_of(torch.as_tensor(plan), scenario.params).sum()))
