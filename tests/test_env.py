@@ -12,7 +12,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from moca.env import ENV_ID, CircularSupplyChainEnv, make_vector_env
-from moca.regime import TASKS, Regime, RegimeError, RegimeSchedule
+from moca.regime import TASKS, Regime, RegimeSchedule
 from moca.scenario import Params, draw_scenario
 from moca.sim import COST_TERMS, OpenLoop, ScenarioBatch, Simulator, rollout
 
@@ -200,7 +200,7 @@ def test_the_other_worlds_inputs_are_refused_when_the_env_is_built_naming_them()
         CircularSupplyChainEnv(scenario=draw_scenario2(1))
     with pytest.raises(ScenarioError, match="scenario: expected a CLSC-2 Scenario2, got Scenario"):
         CircularSupplyChain2Env(scenario=draw_scenario(1))
-    with pytest.raises(RegimeError, match="^recycled_content_window=4: CLSC-1 settles .* moca/CircularSupplyChain2-v0"):
+    with pytest.raises(ScenarioError, match="recycled_content_window=4: CLSC-1 settles"):
         CircularSupplyChainEnv(regime={"recycled_content_min": 0.2, "recycled_content_window": 4})
     with pytest.raises(ValueError, match="action: expected 6 numbers .* got str"):
         env = CircularSupplyChainEnv(regime="T1")

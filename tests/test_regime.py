@@ -582,23 +582,30 @@ def test_a_single_regime_object_with_start_says_a_plan_is_a_list_and_big_actions
 def test_a_clsc1_window_is_refused_naming_the_file_and_its_entry(tmp_path):
     """A regime file with an accounting window given to a CLSC-1 command was refused by the
     scenario as "regimes[0].recycled_content_window=13" (the file holds one regime, and was
-    not named), with the library's advice; `moca adapt` said the same."""
-    from moca.regime import RegimeError, load_schedule
+    not named), with the library's advice; `moca adapt` said the same. The library reads
+    such a plan as before (a CLSC-2 caller may leave load_schedule's model at its default)."""
+    from _cli import run_in_process
+    from moca.regime import RegimeError, check_clsc1_windows, load_schedule
+    from moca.scenario import ScenarioError, draw_scenario, draw_scenario2
 
     one = tmp_path / "win13.yaml"
     one.write_text("recycled_content_window: 13\nrecycled_content_min: 0.2\n")
     plan = tmp_path / "plan.yaml"
     plan.write_text("- {start: 0}\n- {start: 10, recycled_content_window: 4, recycled_content_min: 0.2}\n")
-    advice = "CLSC-1 settles the mandate every period; accounting windows are CLSC-2's (--model CLSC-2"
+    advice = "CLSC-1 settles the mandate every period; accounting windows are CLSC-2's (--model CLSC-2)"
     with pytest.raises(RegimeError, match=re.escape(f"win13.yaml: recycled_content_window=13: {advice}")):
-        load_schedule(one)
+        check_clsc1_windows(load_schedule(one), one)
     with pytest.raises(RegimeError, match=re.escape(f"plan.yaml: regimes[1].recycled_content_window=4: {advice}")):
-        load_schedule(plan)
-    assert load_schedule(one, model="CLSC-2").entries[0].recycled_content_window == 13
-    assert [e.recycled_content_window for e in load_schedule(plan, model="CLSC-2").entries] == [1, 4]
-    from _cli import run_in_process
-
-    for command in (("evaluate", "--policy", "threshold"), ("adapt", "--checkpoint", "default", "--steps", 0)):
-        out = run_in_process(*command, "--regime", one, "--scenarios", 1)
+        check_clsc1_windows(load_schedule(plan), str(plan))
+    with pytest.raises(RegimeError, match="^" + re.escape(f"recycled_content_window=13: {advice}")):
+        check_clsc1_windows(load_schedule(one), "T2")  # (a name, not a file)
+    assert [e.recycled_content_window for e in load_schedule(plan).entries] == [1, 4]
+    assert draw_scenario2(1, load_schedule(plan)).window_table().max() == 4
+    with pytest.raises(ScenarioError, match="regimes\\[1\\].recycled_content_window=4: CLSC-1 settles"):
+        draw_scenario(1, load_schedule(plan))  # the library's refusal, as before
+    for command in (("evaluate", "--policy", "threshold"), ("adapt", "--checkpoint", "default", "--steps", 0),
+                    ("scenario", "new", "--seed", 1, "-o", tmp_path / "s.json")):
+        out = run_in_process(*command, "--regime", one, *(() if command[0] == "scenario" else ("--scenarios", 1)))
         assert out.returncode == 2 and out.stderr.startswith(f"moca: error: win13.yaml: recycled_content_window=13: "
                                                              f"{advice}"), out.stderr
+    assert not (tmp_path / "s.json").exists()

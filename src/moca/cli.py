@@ -268,7 +268,7 @@ def scenario_new(
 ) -> None:
     """Draw a seeded scenario and write it in the JSON format of docs/MODEL.md (CLSC-2: docs/MODEL-2.md)."""
     from moca.files import check_parent
-    from moca.regime import load_schedule
+    from moca.regime import check_clsc1_windows, load_schedule
     from moca.scenario import draw_scenario, draw_scenario2
 
     with _bad_input():
@@ -276,6 +276,8 @@ def scenario_new(
         _scenario_replaceable(output)
         clsc2 = _chosen_model(model) == "CLSC-2"
         plan = load_schedule(schedule if schedule else regime, model)
+        if not clsc2:
+            check_clsc1_windows(plan, schedule if schedule else regime)
         params = _load_params(params_file, model)
         _warn_if_beyond_horizon(plan, params.horizon)
         scenario = (draw_scenario2 if clsc2 else draw_scenario)(seed, plan, params)
@@ -620,7 +622,7 @@ def evaluate(
     optimum on the same scenarios with and without the rule (backlog, cost) and the rule's
     shadow price from the LP duals ("rule_impact" in --json).
     """
-    from moca.regime import Regime, load_schedule
+    from moca.regime import Regime, check_clsc1_windows, load_schedule
     from moca.scenario import draw_scenarios
 
     with _bad_input():
@@ -636,6 +638,8 @@ def evaluate(
         model = model or "CLSC-1"
         # (read before the policy's check imports torch: a misspelt name is answered at once)
         plan = files[0].schedule if scenario_files else load_schedule(regime, model=model)
+        if model == "CLSC-1" and not scenario_files:
+            check_clsc1_windows(plan, regime)
         learned = _is_learned_policy(policy)
         if learned and not scenario_files:
             _warn_if_not_held_out(seed, scenarios)
@@ -1257,7 +1261,7 @@ def adapt(
             return _adapt2(checkpoint_dir, regime, steps, scenarios, seed, validation, keep_last, output, as_json,
                            params_file, base, retune)
         target = load_regime(regime)
-        check_clsc1_windows(RegimeSchedule.constant(target), f"{Path(regime).name}: " if Path(regime).exists() else "")
+        check_clsc1_windows(RegimeSchedule.constant(target), regime)
         base = _base_choice(base)
         _output_dir(output)
         from moca.meta import OracleCache

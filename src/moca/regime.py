@@ -541,31 +541,10 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
     (or an object with key ``regimes``), or such a list or object itself; a single regime
     (a name, a file, an object of the regime fields) is a constant schedule; a
     :class:`RegimeSchedule` is returned as it is. Entries may carry a ``name`` label, which is ignored.
-    On CLSC-1 (``model``) an accounting window other than 1 is refused, naming the file."""
+    (``model`` chooses whose named regimes a name is; a window is refused on CLSC-1 by the
+    scenario, or by the command line reading a file, :func:`check_clsc1_windows`.)"""
     if isinstance(spec, RegimeSchedule):
         return spec
-    schedule = _read_schedule(spec, model)
-    if model != "CLSC-2":
-        check_clsc1_windows(schedule, f"{Path(str(spec)).name}: " if isinstance(spec, (str, Path)) else "")
-    return schedule
-
-
-def check_clsc1_windows(schedule: RegimeSchedule, where: str = "") -> None:
-    """Refuse an accounting window other than 1 on CLSC-1, which settles the mandate every
-    period: the entry named (``regimes[i].``, none for a schedule of one regime) after
-    ``where`` (a file's name). Refused later, by the scenario, it was "regimes[0]" of a file
-    holding one regime, without the file's name, and the advice was the library's."""
-    single = len(schedule.entries) == 1
-    for i, entry in enumerate(schedule.entries):
-        if entry.recycled_content_window != 1:
-            raise RegimeError(
-                f"{where}{'' if single else f'regimes[{i}].'}recycled_content_window="
-                f"{entry.recycled_content_window}: CLSC-1 settles the mandate every period; accounting windows "
-                "are CLSC-2's (--model CLSC-2 on the command line; moca/CircularSupplyChain2-v0, draw_scenario2)")
-
-
-def _read_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Regime, model: str) -> RegimeSchedule:
-    """:func:`load_schedule`'s reading, every form but a schedule itself."""
     if isinstance(spec, dict) and "regimes" in spec:
         spec = _plan_entries(spec, model, "")
     if _is_row(spec):
@@ -595,6 +574,21 @@ def _read_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Re
         return RegimeSchedule.from_list(data)
     except RegimeError as err:  # (the entry was named, the file not: a command may read several)
         raise RegimeError(f"{path.name}: {err}") from None
+
+
+def check_clsc1_windows(schedule: RegimeSchedule, source: str | Path | None = None) -> None:
+    """A CLSC-1 command's refusal of an accounting window other than 1 (CLSC-1 settles the
+    mandate every period): the entry named (``regimes[i].``, none for a schedule of one
+    regime) after ``source``'s file name where the regime came from a file. Refused later,
+    by the scenario, it was "regimes[0]" of a file holding one regime, without the file's
+    name, with the library's advice where the user had typed a command."""
+    where = f"{Path(source).name}: " if source is not None and Path(source).is_file() else ""
+    single = len(schedule.entries) == 1
+    for i, entry in enumerate(schedule.entries):
+        if entry.recycled_content_window != 1:
+            raise RegimeError(f"{where}{'' if single else f'regimes[{i}].'}recycled_content_window="
+                              f"{entry.recycled_content_window}: CLSC-1 settles the mandate every period; "
+                              "accounting windows are CLSC-2's (--model CLSC-2)")
 
 
 #: The keys an object with ``regimes`` may hold beside it: a label, and those of a scenario
