@@ -324,7 +324,7 @@ def test_json_and_figure_outputs_replace_only_what_they_write(tmp_path):
         _output_file(mine, "--json", ours)
 
 
-def test_plot_replaces_a_figure_moca_drew_and_never_a_users_own_image(tmp_path):
+def test_plot_replaces_a_figure_moca_drew_and_never_a_users_own_image(tmp_path, monkeypatch):
     """--plot replaced any image of its format (only the first bytes were looked at): a user's
     own report.png went without a word. moca names itself in each figure's metadata and
     replaces only a figure with that mark; the mark is found in a figure of any size (a PDF
@@ -342,9 +342,10 @@ def test_plot_replaces_a_figure_moca_drew_and_never_a_users_own_image(tmp_path):
         fig.add_subplot().imshow(np.random.default_rng(0).random((side, side)))  # noise: no format compresses it
         fig.savefig(path, metadata=metadata)
 
+    monkeypatch.setattr(files, "_MARK_REACH", 1 << 12)  # (a short reach: the figures below are far longer)
     for suffix in (".png", ".pdf", ".svg"):
         mine, theirs = tmp_path / f"mine{suffix}", tmp_path / f"theirs{suffix}"
-        draw(mine, 400, files.figure_metadata(mine))  # the mark beyond a read's reach from one end
+        draw(mine, 200, files.figure_metadata(mine))  # the mark beyond a read's reach from one end
         draw(theirs, 10, {})
         assert mine.stat().st_size > 3 * files._MARK_REACH, suffix
         assert files.drawn_by_moca(mine), suffix
@@ -366,3 +367,14 @@ def test_plot_replaces_a_figure_moca_drew_and_never_a_users_own_image(tmp_path):
         out = runner.invoke(app, [*sweep, "--plot", str(ours)])
         assert out.exit_code == 0, out.output
         assert files.drawn_by_moca(ours)
+    # through a link, the figure is drawn in its target's format, and judged in it
+    link = tmp_path / "fig.png"
+    link.symlink_to(tmp_path / "real.svg")
+    for _ in range(2):
+        out = runner.invoke(app, [*sweep, "--plot", str(link)])
+        assert out.exit_code == 0, out.output
+        assert link.is_symlink() and files.drawn_by_moca(tmp_path / "real.svg")
+    # a file of blanks only, however long, holds nothing to lose
+    blank = tmp_path / "blank.svg"
+    blank.write_text(" " * 100_000 + "\n")
+    assert runner.invoke(app, [*sweep, "--plot", str(blank)]).exit_code == 0 and files.drawn_by_moca(blank)

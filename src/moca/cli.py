@@ -152,8 +152,8 @@ def _output_file(path: Optional[Path], option: str,
         return
     what, test = ours
     try:
-        with open(target, "rb") as file:
-            blank = not file.read(4096).strip() and not file.read(1)
+        with open(target, "rb") as file:  # (read through only while it is all blank)
+            blank = all(not chunk.strip() for chunk in iter(lambda: file.read(1 << 16), b""))
         if not blank and not test(target):
             raise UsageError(f"{option} {path}: exists and is not {what}, the only file moca replaces there "
                              "(give another name, or move the file aside)")
@@ -167,8 +167,9 @@ def _figure_file(suffix: str) -> tuple[str, Callable[[Path], bool]]:
     name in its metadata: a user's own image of the format was replaced)."""
     from moca.files import drawn_by_moca
 
-    # (the suffix of the name given: a link's target may be named otherwise)
-    return f"a {suffix[1:].upper()} figure moca drew", lambda target: drawn_by_moca(target, suffix)
+    # (judged by the format of the file itself: through a link, the target's, in which
+    # _write_plot draws)
+    return f"a {suffix[1:].upper()} figure moca drew", drawn_by_moca
 
 
 def _json_file(what: str, keys: tuple[str, ...], worlds: bool = False) -> tuple[str, Callable[[Path], bool]]:

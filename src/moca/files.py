@@ -289,9 +289,10 @@ def parse_problem(err: Exception) -> str:
 _FIGURE_MARKS = {".png": (b"\x89PNG\r\n\x1a\n", re.compile(rb"tEXtSoftware\x00moca ")),
                  ".pdf": (b"%PDF-", re.compile(rb"/Creator \(moca ")),
                  ".svg": (b"<", re.compile(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>moca "))}
-#: How far from either end of a figure the mark is looked for (bytes): all three formats put
-#: their metadata within a few kB of one end, and a figure can be megabytes.
-_MARK_REACH = 1 << 16
+#: How far from either end of a figure the mark is looked for (bytes): PNG and SVG put it
+#: within a few hundred bytes of the start; a PDF puts it before its cross-reference table,
+#: 20 bytes per object (a sweep's figure: 1.5 kB from the end), and a figure can be megabytes.
+_MARK_REACH = 1 << 20
 
 
 def figure_metadata(path: str | Path) -> dict[str, str]:
@@ -306,11 +307,11 @@ def figure_metadata(path: str | Path) -> dict[str, str]:
     return {"Software" if suffix == ".png" else "Creator": f"moca {__version__}"}
 
 
-def drawn_by_moca(path: str | Path, suffix: str | None = None) -> bool:
-    """Whether the file at ``path`` is a figure moca drew, in the format ``suffix`` (by
-    default its own) names: its first bytes that format's, moca's mark in its metadata.
-    Reads at most twice :data:`_MARK_REACH` bytes."""
-    suffix = (Path(path).suffix if suffix is None else suffix).lower()
+def drawn_by_moca(path: str | Path) -> bool:
+    """Whether the file at ``path`` is a figure moca drew, in the format its suffix names
+    (its first bytes that format's, moca's mark in its metadata); reads at most twice
+    :data:`_MARK_REACH` bytes."""
+    suffix = Path(path).suffix.lower()
     if suffix not in _FIGURE_MARKS:
         return False
     signature, mark = _FIGURE_MARKS[suffix]
