@@ -8,10 +8,14 @@ from pathlib import Path
 
 def task(item: tuple[str, str]) -> dict:
     """``("probe", _)``: how this worker treats SIGINT; ``("fail", _)``: raise;
-    ``("slow", path)``: sleep 20 s, then write ``path`` (so a test sees whether it was let finish)."""
+    ``("slow", path)``: sleep 20 s, then write ``path`` (so a test sees whether it was let finish);
+    ``("brief", folder)``: leave a file in ``folder``, then sleep 0.3 s (so a test counts the tasks run)."""
     kind, path = item
     if kind == "fail":
         raise ValueError("this task fails")
+    if kind == "brief":
+        Path(path, f"{os.getpid()}-{time.monotonic_ns()}").touch()
+        time.sleep(0.3)
     if kind == "slow":
         time.sleep(20.0)
         Path(path).write_text("finished")

@@ -50,33 +50,44 @@ def test_a_pool_worker_whose_parent_died_before_it_started_exits_at_once():
     assert alive.returncode == 0 and alive.stdout == "alive\n", (alive.returncode, alive.stdout, alive.stderr)
 
 
-def test_workers_ended_before_the_shutdown_reaches_the_pool_print_no_traceback(tmp_path, monkeypatch):
-    """`moca sweep` stopped by Ctrl-C printed a traceback after "interrupted" (1 run in about
-    40): the interrupted map cancelled its pending tasks from the main thread, and where the
-    ended workers reached the executor's thread before the shutdown did, Python 3.11's
-    executor marked those cancelled tasks broken and failed (InvalidStateError). The order
-    that was rare is forced here: the workers end, the executor sees them gone, then the
-    shutdown comes."""
+def test_a_stopped_pool_hears_of_the_shutdown_before_its_workers_end(tmp_path, monkeypatch):
+    """`moca sweep` stopped by Ctrl-C printed a traceback after "interrupted" (about 1 run in
+    40): the workers were ended before the shutdown, and where the executor's thread found
+    them gone first, Python 3.11's executor marked the tasks the interrupted map had
+    cancelled as broken and failed (InvalidStateError). The shutdown now comes first."""
+    import multiprocessing.process
     import threading
-    import time
+    from concurrent.futures import ProcessPoolExecutor
 
-    from moca.cluster import _end_workers
-
-    failures = []
+    order, failures = [], []
     monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(repr(args.exc_value)))
+    shutdown, terminate = ProcessPoolExecutor.shutdown, multiprocessing.process.BaseProcess.terminate
+    monkeypatch.setattr(ProcessPoolExecutor, "shutdown",
+                        lambda self, *a, **k: (order.append("shutdown"), shutdown(self, *a, **k))[1])
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "terminate",
+                        lambda self: (order.append("terminate"), terminate(self))[1])
     finished = tmp_path / "slow-task-finished"
-    items = [("probe", "")] + [("slow", str(finished))] * 6  # two running, one queued, the rest waiting
 
     def on_done(i, result):
         raise KeyboardInterrupt
 
     backend = Backend("pool", workers=2)
-    backend.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            backend.map(task, items, on_done=on_done)
-        _end_workers(backend._pool)
-        time.sleep(1.0)  # (the executor's thread finds the pool broken before any shutdown)
-    finally:
-        backend.stop(now=True)
+    with pytest.raises(KeyboardInterrupt):
+        with backend.session():
+            backend.map(task, [("probe", "")] + [("slow", str(finished))] * 6, on_done=on_done)
+    assert "terminate" in order and order.index("shutdown") < order.index("terminate"), order
     assert failures == [] and not backend.running() and not finished.exists()
+
+
+def test_a_failed_map_cancels_its_pending_tasks_for_a_caller_that_goes_on(tmp_path):
+    """A library caller that catches a failed map and goes on in the same session does not
+    wait behind the failed map's pending tasks: they are cancelled (only those the workers
+    had already taken run)."""
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    backend = Backend("pool", workers=2)
+    with backend.session():
+        with pytest.raises(ValueError, match="this task fails"):
+            backend.map(task, [("fail", "")] + [("brief", str(ran))] * 12)
+        assert backend.map(task, [("probe", "")])[0]["ignores_sigint"]
+    assert len(list(ran.iterdir())) <= 4  # two workers, one task queued ahead, one more in the race

@@ -153,10 +153,8 @@ class Backend:
                     if on_done:
                         on_done(i, results[i])
         except BaseException:
-            # The pending tasks are left to stop(now=True), whose shutdown cancels them in the
-            # executor's own thread: cancelled from here, a future could still be in the
-            # executor's table when a worker died of the same Ctrl-C, and Python 3.11's executor
-            # then failed to mark it broken, printing a traceback after "interrupted".
+            for future in pending:  # (a caller that goes on with the pool does not wait behind them)
+                future.cancel()
             raise
         return results
 
@@ -222,7 +220,7 @@ class Backend:
         if self._pool is not None:
             if now:
                 _end_workers(self._pool)
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)  # (after _end_workers: joins nothing more)
             self._pool = None
         self._remote = None
         if self.kind == "ray" and self._ray_started:
@@ -269,14 +267,26 @@ class Backend:
 
 
 def _end_workers(pool: ProcessPoolExecutor) -> None:
-    """Terminate a process pool's workers (SIGTERM). Python 3.14 has
-    ``ProcessPoolExecutor.terminate_workers``; before it, the executor's own process table."""
+    """Shut a process pool down and terminate its workers (SIGTERM). Python 3.14 has
+    ``ProcessPoolExecutor.terminate_workers``; before it, the executor's own process table.
+
+    The shutdown reaches the executor's thread before the workers end: where that thread
+    found the workers ended first, it took the pool for broken and marked every pending
+    task failed, and Python 3.11's executor raised InvalidStateError on the tasks an
+    interrupted map had cancelled (a traceback after "moca: interrupted", about one sweep
+    Ctrl-C in 40). Told of the shutdown first, it drops the cancelled tasks, then finds the
+    workers gone."""
     if hasattr(pool, "terminate_workers"):
         pool.terminate_workers()
         return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # (the shutdown forgets them)
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
         if process.is_alive():
             process.terminate()
+    if manager is not None:
+        manager.join(timeout=30.0)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
