@@ -565,13 +565,15 @@ class ShadowPrices:
 #: money. There the price is the oracle cost's one-sided difference over ``KINK_STEP`` (one
 #: more solve); ``moca sweep`` reported 0 at the first value of every such sweep.
 KINKED_AT_ZERO = {"recycled_content_min": R_MANDATE, "recovery_target": R_RECOVERY}
+#: The rules' largest values (REGIME_RANGES): a step beyond them is no regime.
+_KINK_TOP = {"recycled_content_min": 0.95, "recovery_target": 1.0}
 KINK_STEP = 1e-4
 
 
 def shadow_prices(scenario: Scenario, fields: Sequence[str] | None = None) -> ShadowPrices:
     """The marginal cost of tightening each rule of ``scenario``'s regime (``fields``:
     those to price, default all), from one HiGHS solve of the hindsight LP (cold start) and
-    its duals.
+    its duals, and one more for each share rule priced at 0 (below).
 
     By LP sensitivity (the envelope theorem), moving a rule's value by ``delta`` in every
     period changes the optimal cost by ``delta`` times:
@@ -608,7 +610,8 @@ def shadow_prices(scenario: Scenario, fields: Sequence[str] | None = None) -> Sh
     if fields is not None:
         prices = {k: v for k, v in prices.items() if k in fields}
     for name, column in KINKED_AT_ZERO.items():
-        if name in prices and (regime[:, column] < KINK_STEP).any():
+        if (name in prices and (regime[:, column] < KINK_STEP).any()
+                and (regime[:, column] + KINK_STEP <= _KINK_TOP[name]).all()):
             tighter = regime.copy()
             tighter[:, column] += KINK_STEP
             prices[name] = (solve_window(p, replace(window, regime=tighter)).cost - solution.cost) / KINK_STEP

@@ -496,6 +496,9 @@ def shadow_prices2(scenario: Any, fields: Any = None) -> ShadowPrices2:
         step = _SHADOW_STEP[name]
         up_ok = np.all(value + step <= _SHADOW_HIGH[name])
         down_ok = np.all(value - step >= (step if name == "emission_cap" else 0.0))
+        if not (up_ok or down_ok):  # (some periods at 0, others at the top: no step moves them all;
+            prices[name] = None  # it divided by a width of 0)
+            continue
         lo_at, hi_at = (-step if down_ok else 0.0), (step if up_ok else 0.0)
         built = []
         for shift in (lo_at, hi_at):
