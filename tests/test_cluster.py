@@ -91,3 +91,25 @@ def test_a_failed_map_cancels_its_pending_tasks_for_a_caller_that_goes_on(tmp_pa
             backend.map(task, [("fail", "")] + [("brief", str(ran))] * 12)
         assert backend.map(task, [("probe", "")])[0]["ignores_sigint"]
     assert len(list(ran.iterdir())) <= 4  # two workers, one task queued ahead, one more in the race
+
+
+def test_a_broken_pool_is_left_to_the_executor_to_fail_task_by_task(tmp_path, monkeypatch):
+    """A worker that dies by itself (a crash, the OOM killer) breaks the pool, and the
+    executor's thread fails its pending tasks one by one; the map's cancel of the same tasks
+    could overtake it, and Python 3.11's executor then raised InvalidStateError (a traceback,
+    the rest of its cleanup skipped). On a broken pool the map cancels nothing."""
+    import threading
+    from concurrent.futures import BrokenExecutor, Future
+
+    cancels = []  # whether each cancel came from the main thread (the map's) or the executor's own
+    cancel = Future.cancel
+    monkeypatch.setattr(Future, "cancel",
+                        lambda self: (cancels.append(threading.current_thread() is threading.main_thread()),
+                                      cancel(self))[1])
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    backend = Backend("pool", workers=2)
+    with pytest.raises(BrokenExecutor):
+        with backend.session():
+            backend.map(task, [("die", "")] + [("brief", str(ran))] * 8)
+    assert True not in cancels and not backend.running()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any, Callable, Iterator, Sequence
@@ -152,9 +152,13 @@ class Backend:
                     results[i] = future.result()
                     if on_done:
                         on_done(i, results[i])
-        except BaseException:
-            for future in pending:  # (a caller that goes on with the pool does not wait behind them)
-                future.cancel()
+        except BaseException as err:
+            # (a caller that goes on with the pool does not wait behind them; a broken pool is the
+            # executor's thread's to fail, task by task: a cancel from here overtaking it was
+            # Python 3.11's InvalidStateError, a traceback, and the rest of its cleanup skipped)
+            if not isinstance(err, BrokenExecutor):
+                for future in pending:
+                    future.cancel()
             raise
         return results
 
