@@ -151,7 +151,7 @@ def test_clsc2_recovery_targets_price_at_zero_is_the_cost_of_tightening_it():
 def test_a_rule_at_0_in_some_periods_and_at_its_top_in_others_has_no_uniform_price():
     """No step moves every period of such a plan (0 cannot be loosened, 1.0 not tightened):
     shadow_prices2 divided by a width of 0; the price is None (no price), the others stand.
-    CLSC-1's price at 0 is then left to the duals (a step would take 1.0 past the range)."""
+    CLSC-1's is None too (it was the duals', which count the periods at 0 as free)."""
     from moca.oracle import shadow_prices
     from moca.regime import RegimeSchedule
     from moca.scenario import draw_scenario
@@ -159,4 +159,7 @@ def test_a_rule_at_0_in_some_periods_and_at_its_top_in_others_has_no_uniform_pri
     plan = RegimeSchedule.from_list([{"start": 0}, {"start": 26, "recovery_target": 1.0}])
     sp = shadow_prices2(draw_scenario2(1001, plan))
     assert sp.prices["recovery_target"] is None and sp.prices["carbon_tax"] > 0
-    assert shadow_prices(draw_scenario(1001, plan)).prices["recovery_target"] >= 0.0
+    assert shadow_prices(draw_scenario(1001, plan)).prices["recovery_target"] is None
+    mandate = RegimeSchedule.from_list([{"start": 0}, {"start": 26, "recycled_content_min": 0.95}])
+    assert shadow_prices(draw_scenario(0, mandate)).prices["recycled_content_min"] is None
+    assert shadow_prices2(draw_scenario2(0, mandate)).prices["recycled_content_min"] is None

@@ -610,8 +610,12 @@ def shadow_prices(scenario: Scenario, fields: Sequence[str] | None = None) -> Sh
     if fields is not None:
         prices = {k: v for k, v in prices.items() if k in fields}
     for name, column in KINKED_AT_ZERO.items():
-        if (name in prices and (regime[:, column] < KINK_STEP).any()
-                and (regime[:, column] + KINK_STEP <= _KINK_TOP[name]).all()):
+        if name in prices and (regime[:, column] < KINK_STEP).any():
+            if not (regime[:, column] + KINK_STEP <= _KINK_TOP[name]).all():
+                # (some periods at 0, others at the top: no step moves them all, and the duals
+                # count the periods at 0 as free; as shadow_prices2, no price)
+                prices[name] = None
+                continue
             tighter = regime.copy()
             tighter[:, column] += KINK_STEP
             prices[name] = (solve_window(p, replace(window, regime=tighter)).cost - solution.cost) / KINK_STEP
