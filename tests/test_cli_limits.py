@@ -144,3 +144,14 @@ def test_oracle_and_simulate_warn_of_a_schedule_entry_that_never_applies(tmp_pat
     (tmp_path / "plan.json").write_text(oracle.stdout)
     replay = run("simulate", "--scenario", tmp_path / "s.json", "--actions", tmp_path / "plan.json", "--json")
     assert replay.returncode == 0 and "the regime starting at period 8 never applies" in replay.stderr
+
+
+@pytest.mark.parametrize("seconds", ["0", "nan", "inf", "1e400"])
+def test_ppo_seconds_refused_by_the_option(seconds, tmp_path):
+    """--seconds is named with the bound its help gives (> 0, finite); inf was refused as the
+    config's ppo.seconds, 'a finite number >= 0'."""
+    out = tmp_path / "ppo"
+    result = run_in_process("peers", "train-ppo", "-o", out, "--seconds", seconds)
+    assert_bad_input(result, "--seconds", "finite number of seconds > 0")
+    assert "ppo.seconds" not in result.stderr and ">= 0" not in result.stderr
+    assert not out.exists()

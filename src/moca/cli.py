@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import sys
@@ -2366,9 +2367,10 @@ def peers_train_ppo(
 
     from moca.baselines.ppo import PPOConfig, plot_curve, save_ppo, train_ppo
 
-    if not seconds > 0:  # (0 trained 4 env steps and wrote them as a policy without a word; nan
-        # was told it "should be >= 0")
-        _fail(f"--seconds {seconds:g}: the training budget must be > 0 s (--max-steps stops it sooner)")
+    if not (seconds > 0 and math.isfinite(seconds)):  # (0 trained 4 env steps and wrote them as a policy
+        # without a word; nan was told it "should be >= 0", inf was named as the config's ppo.seconds)
+        _fail(f"--seconds {seconds:g}: the training budget must be a finite number of seconds > 0 "
+              "(--max-steps stops it sooner)")
     with _bad_input():
         _output_dir(output)  # before the training's minutes, not after them
         config = PPOConfig(seconds=seconds, seed=seed, max_steps=max_steps, eval_every=eval_every, model=model)
