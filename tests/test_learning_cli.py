@@ -342,3 +342,28 @@ def test_a_trained_checkpoint_that_cannot_be_written_is_rescued_beside_it(tmp_pa
     rescued = Path(found.group(1))
     assert rescued.parent == tmp_path and not out.exists()
     assert checkpoint.load_policy(rescued)[1]["meta_steps_done"] == 1
+
+
+@pytest.mark.parametrize("model", ["CLSC-1", "CLSC-2"])
+def test_continual_reports_forgetting_bwt_and_fwt_in_text_and_json(tmp_path, model):
+    """The help promised forgetting; the text printed neither it nor BWT/FWT (only --json had
+    them), and the JSON's per-regime list ends with the last regime's 0, so its mean was not
+    moca.metrics' mean forgetting: ``mean_forgetting`` is."""
+    import re
+
+    from moca.metrics import continual_metrics
+
+    sequence = tmp_path / "seq.yaml"
+    sequence.write_text("- T1\n- T2\n- T3\n")
+    args = ("continual", "--model", model, "--sequence", sequence, "--method", "moca", "--steps", 0, "--scenarios", 1)
+    data, text = run(*args, "--json"), run(*args)
+    assert data.returncode == 0 and text.returncode == 0, (data.stderr, text.stderr)
+    out = json.loads(data.stdout)
+    expected = continual_metrics(out["R"], initial=out["R_initial"])
+    assert out["forgetting"] == pytest.approx(expected.forgetting + [0.0])
+    assert out["mean_forgetting"] == pytest.approx(expected.mean_forgetting)
+    line = next(line for line in text.stdout.splitlines() if line.startswith("forgetting"))
+    shown = dict(re.findall(r"(T\d) ([+-]\d\.\d{4})", line))
+    assert shown == {label: f"{value:+.4f}" for label, value in zip(("T1", "T2"), expected.forgetting)}
+    assert f"(mean {expected.mean_forgetting:+.4f})" in line
+    assert f"BWT {expected.bwt:+.4f}" in line and f"FWT {expected.fwt:+.4f}" in line

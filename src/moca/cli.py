@@ -1551,7 +1551,9 @@ def continual(
                                              "and the validation score after each step to FILE-curves beside it."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Learn a sequence of regimes in turn with one method; report the score matrix and forgetting.
+    """Learn a sequence of regimes in turn with one method; report the score matrix, forgetting,
+    BWT and FWT (moca.metrics; in --json, forgetting has one entry per regime, the last 0, and
+    mean_forgetting averages the others).
 
     The sequence file is a YAML/JSON list of regime names (see 'moca regimes') or regime
     objects, optionally with a 'name' label (docs/MODEL.md, "Regime").
@@ -1607,7 +1609,7 @@ def continual(
                                                                                            checkpoint_dir, params_file),
            "R": R[1:], "R_initial": R[0],
            "average_final_score": result["average_final_score"], "forgetting": result["forgetting"],
-           "bwt": result["bwt"], "fwt": result["fwt"], "drop_first_after_second": result["drop_first_after_second"],
+           "mean_forgetting": _mean_forgetting(result["forgetting"]), "bwt": result["bwt"], "fwt": result["fwt"], "drop_first_after_second": result["drop_first_after_second"],
            "adaptation_steps": result["adaptation_steps"], "adaptation_seconds": result["adaptation_seconds"],
            "violations": result["violations"], "correction": result["correction"],
            "decision_latency_us": result["decision_latency_us"],
@@ -1636,10 +1638,21 @@ def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str,
     console.print(f"average final score {out['average_final_score']:.4f}; "
                   + (f"drop on {labels[0]} after {labels[1]} {100 * drop:.2f}%; " if drop is not None else "")
                   + f"violations {out['violations']}")
+    if len(labels) > 1:  # (the help promised forgetting; only the JSON carried it, and BWT/FWT)
+        forgotten = ", ".join(f"{label} {f:+.4f}" for label, f in zip(labels[:-1], out["forgetting"]))
+        console.print(f"forgetting (best score before the end minus the final one): {forgotten} "
+                      f"(mean {out['mean_forgetting']:+.4f}); BWT {out['bwt']:+.4f}; FWT {out['fwt']:+.4f}")
     worse = out["lowered_by_own_steps"]
     if worse:
         console.print("learning these regimes lowered their own score: "
                       + ", ".join(f"{w['regime']} {w['before']:.4f} -> {w['after']:.4f}" for w in worse) + hint)
+
+
+def _mean_forgetting(forgetting: list[float]) -> float | None:
+    """The mean forgetting of ``moca.metrics`` (over every regime but the last; None with one):
+    the run's ``forgetting`` list holds one entry per regime, the last always 0 (it cannot be
+    forgotten yet), so a mean over the whole list was diluted."""
+    return float(sum(forgetting[:-1]) / (len(forgetting) - 1)) if len(forgetting) > 1 else None
 
 
 def _lowered_by_own_steps(labels: list[str], R: list) -> list[dict[str, Any]]:
@@ -1760,6 +1773,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
            "R": R[1:], "R_initial": R[0],
            **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt", "drop_first_after_second",
                                      "adaptation_steps", "adaptation_seconds", "violations")},
+           "mean_forgetting": _mean_forgetting(result["forgetting"]),
            "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}
     if "protocol_choice" in result:  # moca: the update kept per regime, by validation
         out["protocol_choice"] = result["protocol_choice"]
