@@ -175,6 +175,13 @@ def test_sequence_file(tmp_path):
     with pytest.raises(RegimeError, match=r"^sequence\[2\].recycled_content_window=4: CLSC-1 settles the mandate"):
         load_sequence(path)
     assert load_sequence(path, "CLSC-2")[2][1].recycled_content_window == 4
+    # an unknown field lists the fields the world takes: CLSC-1's listed the window it then refused
+    path.write_text("- {name: a, foo: 1}\n")
+    with pytest.raises(RegimeError, match=r"sequence\[0\].foo: unknown field \(allowed: recycled_content_min, "
+                       r"carbon_tax, emission_cap, landfill_tax, recovery_target\)$"):
+        load_sequence(path)
+    with pytest.raises(RegimeError, match=r"recovery_target, recycled_content_window\)$"):
+        load_sequence(path, "CLSC-2")
     # CLSC-2's names are its presets (T1-T3: W = 52); an object is read as written whatever its
     # label (moca continual --model CLSC-2 gave an object labelled T1 W = 52 where it said 1)
     path.write_text("- T1\n- {name: T1, recycled_content_min: 0.1}\n- {name: T2, recycled_content_min: 0.2, "

@@ -367,14 +367,14 @@ def key_not_text(key: Any) -> str:
     return "; YAML reads yes, no, on and off as true and false: quote the key" if isinstance(key, bool) else ""
 
 
-def _first_error(err: ValidationError, prefix: str = "") -> str:
+def _first_error(err: ValidationError, prefix: str = "", fields: tuple[str, ...] = ALL_REGIME_FIELDS) -> str:
     first = err.errors()[0]
     location = ".".join(str(p) for p in first["loc"])
     if first["type"] == "invalid_key":
         location = ".".join([*(str(p) for p in first["loc"][:-1]), str(first["input"])])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] in ("extra_forbidden", "invalid_key"):  # (invalid_key: a key not text, e.g. YAML's 1 or yes)
-        allowed = ", ".join(ALL_REGIME_FIELDS)
+        allowed = ", ".join(fields)
         in_plan = prefix.startswith("regimes")
         # a list under an unknown key is most likely a plan under a name moca does not read
         hint = ("; a plan of rules that change is a list of entries with start, or an object with key regimes"
@@ -390,11 +390,14 @@ def _first_error(err: ValidationError, prefix: str = "") -> str:
     return f"{prefix}{message}"
 
 
-def _validated(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> Any:
+def _validated(model: type[BaseModel], data: dict[str, Any], prefix: str = "",
+               fields: tuple[str, ...] = ALL_REGIME_FIELDS) -> Any:
+    """``model`` of ``data``, or a RegimeError naming the first field at fault (an unknown
+    one with ``fields``, those the reader takes)."""
     try:
         return model.model_validate(data)  # (model(**data) failed on a key that is not text, naming none)
     except ValidationError as err:
-        raise RegimeError(_first_error(err, prefix)) from None
+        raise RegimeError(_first_error(err, prefix, fields)) from None
 
 
 # --- named tasks and presets -------------------------------------------------------------
@@ -576,6 +579,14 @@ def load_schedule(spec: str | Path | list[dict[str, Any]] | dict[str, Any] | Reg
         raise RegimeError(f"{path.name}: {err}") from None
 
 
+def clsc1_window_refusal(where: str, window: int, advice: str = "(--model CLSC-2)", world: str = "CLSC-1") -> str:
+    """The one sentence by which CLSC-1 refuses an accounting window (the commands', the
+    scenario's, the sequence reader's and the sweep's): ``where`` names the entry, ``advice``
+    the way to CLSC-2 for that reader."""
+    return (f"{where}{WINDOW_FIELD}={window}: {world} settles the mandate every period; accounting windows are "
+            f"CLSC-2's {advice}")
+
+
 def check_clsc1_windows(schedule: RegimeSchedule, source: str | Path | None = None) -> None:
     """A CLSC-1 command's refusal of an accounting window other than 1 (CLSC-1 settles the
     mandate every period): the entry named (``regimes[i].``, none for a schedule of one
@@ -586,9 +597,8 @@ def check_clsc1_windows(schedule: RegimeSchedule, source: str | Path | None = No
     single = len(schedule.entries) == 1
     for i, entry in enumerate(schedule.entries):
         if entry.recycled_content_window != 1:
-            raise RegimeError(f"{where}{'' if single else f'regimes[{i}].'}recycled_content_window="
-                              f"{entry.recycled_content_window}: CLSC-1 settles the mandate every period; "
-                              "accounting windows are CLSC-2's (--model CLSC-2)")
+            raise RegimeError(clsc1_window_refusal(f"{where}{'' if single else f'regimes[{i}].'}",
+                                                   entry.recycled_content_window))
 
 
 #: The keys an object with ``regimes`` may hold beside it: a label, and those of a scenario
@@ -651,10 +661,11 @@ def load_sequence(spec: str | Path | list[Any], model: str = "CLSC-1") -> list[t
             if label is not None and not isinstance(label, str):
                 raise RegimeError(f"sequence[{i}].name={label!r}: the regime's label must be text (quote a label "
                                   "of digits: name: \"2030\")")
-            regime = _validated(Regime, item, prefix=f"sequence[{i}].")
+            # (an unknown field's list named the window on CLSC-1 too, which is then refused)
+            regime = _validated(Regime, item, prefix=f"sequence[{i}].",
+                                fields=ALL_REGIME_FIELDS if model == "CLSC-2" else REGIME_FIELDS)
             if model != "CLSC-2" and regime.recycled_content_window != 1:  # (was named as its scenario's regimes[0])
-                raise RegimeError(f"sequence[{i}].recycled_content_window={regime.recycled_content_window}: CLSC-1 "
-                                  "settles the mandate every period; accounting windows are CLSC-2's (--model CLSC-2)")
+                raise RegimeError(clsc1_window_refusal(f"sequence[{i}].", regime.recycled_content_window))
             out.append((str(label) if label else regime.describe(), regime))
         else:
             raise RegimeError(f"sequence[{i}]: expected a regime name or object, got {type(item).__name__}")

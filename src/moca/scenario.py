@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from moca.files import parse_problem, unique_keys, whole_number
 from moca.limits import is_whole
-from moca.regime import CheckedCopy, Regime, RegimeError, RegimeSchedule, key_not_text
+from moca.regime import CheckedCopy, Regime, RegimeError, RegimeSchedule, clsc1_window_refusal, key_not_text
 
 MODEL_NAME = "CLSC-1"
 
@@ -163,10 +163,9 @@ def check_schedule1(schedule: RegimeSchedule) -> None:
     period: ignoring the field would run another rule than the one given."""
     for i, entry in enumerate(schedule.entries):
         if entry.recycled_content_window != 1:
-            raise ScenarioError(
-                f"regimes[{i}].recycled_content_window={entry.recycled_content_window}: CLSC-1 settles the "
-                'mandate every period; accounting windows are CLSC-2\'s ("model": "CLSC-2" in a file, '
-                "the env moca/CircularSupplyChain2-v0, draw_scenario2)")
+            raise ScenarioError(clsc1_window_refusal(
+                f"regimes[{i}].", entry.recycled_content_window,
+                '("model": "CLSC-2" in a file, the env moca/CircularSupplyChain2-v0, draw_scenario2)'))
 
 
 def _check_parts(params: Any, kind: type, schedule: Any) -> None:

@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - Windows: not locked
 from moca.cluster import Backend
 from moca.files import figure_metadata, write_atomic
 from moca.limits import LARGEST_SEED, MOST_SCENARIOS, MOST_STEPS, is_finite_number, is_whole
-from moca.regime import REGIME_RANGES, Regime, RegimeError, load_regime
+from moca.regime import REGIME_RANGES, Regime, RegimeError, clsc1_window_refusal, load_regime
 
 POLICIES: tuple[str, ...] = ("oracle", "mpc", "threshold", "moca")
 MAX_VALUES = 500  # a longer list is almost certainly a typo in a range's step
@@ -191,8 +191,7 @@ class SweepModel:
     def base_regime(self, spec: str | None) -> Regime:
         regime = Regime() if spec is None else load_regime(spec)
         if regime.recycled_content_window != 1:  # (each task's draw refused it: an internal error, work lost)
-            raise SweepError(f"--base: recycled_content_window={regime.recycled_content_window}: {self.name} settles "
-                             "the mandate every period; accounting windows are CLSC-2's (--model CLSC-2)")
+            raise SweepError(clsc1_window_refusal("--base: ", regime.recycled_content_window, world=self.name))
         return regime
 
     def regime_with(self, base: Regime, name: str, value: float | None) -> dict[str, Any]:
