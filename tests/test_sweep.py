@@ -268,7 +268,10 @@ def test_amounts_below_half_a_euro_print_as_0():
 
 def test_unreachable_ray_address_fails_fast():
     pytest.importorskip("ray")
-    for address, needle in (("127.0.0.1:1", "no Ray cluster answers"), ("nonsense", "HOST:PORT")):
+    # (a port beyond 16 bits was "no Ray cluster answers": the system wraps it)
+    for address, needle in (("127.0.0.1:1", "no Ray cluster answers"), ("nonsense", "HOST:PORT"),
+                            ("127.0.0.1:99999", "port 99999 is outside 1-65535"),
+                            ("ray://127.0.0.1:0", "port 0 is outside 1-65535")):
         result = runner.invoke(app, ["sweep", "--field", "carbon_tax", "--values", "0,10", "--policies", "oracle",
                                      "--scenarios", "2", "--ray", address])
         assert result.exit_code == 2 and needle in result.stderr, result.stderr

@@ -301,6 +301,8 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise BackendError(f"--ray {address}: expected 'auto', HOST:PORT (e.g. head:6379) or ray://HOST:PORT")
+    if not 1 <= int(port) <= 65535:  # (the system wraps a port beyond 16 bits: it was "no cluster answers")
+        raise BackendError(f"--ray {address}: port {int(port)} is outside 1-65535")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
