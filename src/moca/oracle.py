@@ -42,6 +42,7 @@ from typing import Sequence
 import highspy
 import numpy as np
 
+from moca.regime import RULE_BOUNDS
 from moca.scenario import Params, Scenario
 from moca.sim import R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX
 
@@ -565,8 +566,8 @@ class ShadowPrices:
 #: money. There the price is the oracle cost's one-sided difference over ``KINK_STEP`` (one
 #: more solve); ``moca sweep`` reported 0 at the first value of every such sweep.
 KINKED_AT_ZERO = {"recycled_content_min": R_MANDATE, "recovery_target": R_RECOVERY}
-#: The rules' largest values (REGIME_RANGES): a step beyond them is no regime.
-_KINK_TOP = {"recycled_content_min": 0.95, "recovery_target": 1.0}
+#: The rules' largest values: a step beyond them is no regime.
+_KINK_TOP = {name: RULE_BOUNDS[name][1] for name in KINKED_AT_ZERO}
 KINK_STEP = 1e-4
 
 

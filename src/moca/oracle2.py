@@ -35,6 +35,7 @@ from scipy import sparse
 
 from moca import clsc2
 from moca.oracle import KINKED_AT_ZERO, UNSOLVED, OracleError, _solver, rerun_with_presolve
+from moca.regime import RULE_BOUNDS
 from moca.world import CLSC2_ROWS, regime_rows
 
 # Columns of one period.
@@ -424,8 +425,7 @@ _SHADOW_COLUMN = {"recycled_content_min": (0, 1.0), "carbon_tax": (1, 1.0), "emi
                   "landfill_tax": (3, 1.0), "recovery_target": (4, 1.0)}
 _SHADOW_STEP = {"recycled_content_min": 1e-4, "carbon_tax": 0.01, "emission_cap": 0.5, "landfill_tax": 0.01,
                 "recovery_target": 1e-4}
-_SHADOW_HIGH = {"recycled_content_min": 0.95, "carbon_tax": 2000.0, "emission_cap": np.inf, "landfill_tax": 100.0,
-                "recovery_target": 1.0}
+_SHADOW_HIGH = {**{name: high for name, (_, high) in RULE_BOUNDS.items()}, "emission_cap": np.inf}
 
 
 @dataclass

@@ -66,7 +66,9 @@ REGIME_UNITS: dict[str, str] = {
     WINDOW_FIELD: "periods",
 }
 
-_BOUNDS: dict[str, tuple[float, float]] = {
+#: The share and price rules' ranges (low, high), as REGIME_RANGES writes them; the engines
+#: that step a rule (the shadow prices) stop at the top.
+RULE_BOUNDS: dict[str, tuple[float, float]] = {
     "recycled_content_min": (0.0, 0.95),
     "carbon_tax": (0.0, 2000.0),
     "landfill_tax": (0.0, 100.0),
@@ -114,7 +116,7 @@ class Regime(CheckedCopy, BaseModel):
     @field_validator("recycled_content_min", "carbon_tax", "landfill_tax", "recovery_target", mode="before")
     @classmethod
     def _in_range(cls, value: Any, info) -> float:
-        low, high = _BOUNDS[info.field_name]
+        low, high = RULE_BOUNDS[info.field_name]
         number = _as_number(info.field_name, value)
         if not (low <= number <= high):
             raise ValueError(f"{info.field_name}={value!r} is outside its valid range {REGIME_RANGES[info.field_name]}")
