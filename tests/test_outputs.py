@@ -283,6 +283,23 @@ def test_a_checkpoint_folder_with_a_leftover_learning_curve_file_is_still_replac
         checkpoint.check_replaceable(folder)
 
 
+@pytest.mark.parametrize("output", ["", ".", "absolute"])
+def test_a_checkpoint_is_never_written_over_the_current_folder(output, tmp_path, monkeypatch):
+    """moca train -o '' (typer reads it as '.'), or -o . in an empty folder or in an older
+    checkpoint's, trained for minutes and then could not replace the folder in use ("Device
+    or resource busy"): refused before the work, naming the current folder."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    result = run_in_process("train", "-o", str(here) if output == "absolute" else output, "--steps", 1)
+    assert_bad_input(result, "the current folder", "./ckpt")
+    assert list(here.iterdir()) == []
+    checkpoint.save(tmp_path / "old", {"w": torch.zeros(2)}, {"kind": "test"})
+    monkeypatch.chdir(tmp_path / "old")
+    with pytest.raises(checkpoint.CheckpointError, match="the current folder"):
+        checkpoint.check_replaceable(".")
+
+
 def test_json_and_figure_outputs_replace_only_what_they_write(tmp_path):
     """--json and --plot replaced any file at their path without a word (another command's
     results, a user's text under an image's name); now a file there is replaced only where it

@@ -64,6 +64,10 @@ def check_replaceable(directory: str | Path, label: str | None = None) -> None:
         return
     if not directory.is_dir():
         raise CheckpointError(f"{label}: exists and is not a directory")
+    if directory.resolve() == Path.cwd().resolve():  # (an empty -o reads as it: the minutes of training
+        # ended in "could not write . (Device or resource busy)", the folder in use cannot be replaced)
+        raise CheckpointError(f"{label}: the current folder (an empty path reads as it), which a checkpoint cannot "
+                              "replace: it replaces its folder whole; give a new folder (e.g. ./ckpt)")
     others = sorted(p.name for p in directory.iterdir()
                     if p.name not in CHECKPOINT_FILES and not _LEFTOVER.fullmatch(p.name))
     if others:
