@@ -182,7 +182,12 @@ def test_a_checkpoint_of_another_kind_or_world_is_refused_saying_what_it_is():
     planner = checkpoint.refuse("p", {"kind": "mpc-planner", "model": "CLSC-2"}, "CLSC-1", "lstm-policy")
     assert "a planner (the sampled MPC that moca adapt deployed) of CLSC-2, not of CLSC-1" in str(planner)
     unknown = checkpoint.refuse("u", {"kind": "something"}, "CLSC-1", "lstm-policy")
-    assert str(unknown) == "checkpoint u: not a 'lstm-policy' checkpoint (kind='something')"
+    # (named after the loader tried last: a CLSC-2 policy of no known kind was "not a 'sb3-ppo' checkpoint")
+    assert str(unknown) == ("checkpoint u: kind='something' is no kind of moca checkpoint (lstm-policy, mapped-policy, "
+                            "mpc-policy, mpc-planner, sb3-ppo)")
+    # a world moca does not have (a hand-edited checkpoint) was told "use --model CLSC-9"
+    alien = checkpoint.refuse("a", {"kind": "lstm-policy", "model": "CLSC-9"}, "CLSC-2", "lstm-policy")
+    assert str(alien) == "checkpoint a: model: 'CLSC-9' is no world of moca (CLSC-1 or CLSC-2)"
 
 
 def test_metadata_may_not_replace_what_rebuilds_or_checks_the_checkpoint(tmp_path):

@@ -281,7 +281,10 @@ def refuse(where: str | Path, meta: dict[str, Any], model: str | None, wanted: s
     kind, theirs = meta.get("kind"), meta.get("model", "CLSC-1")  # (CLSC-1 checkpoints predate "model")
     what, use = KINDS.get(kind, (None, None))
     if what is None:
-        return CheckpointError(f"checkpoint {where}: not a {wanted!r} checkpoint (kind={kind!r})")
+        # (named after the last loader tried: a CLSC-2 policy without a kind was "not a 'sb3-ppo' checkpoint")
+        return CheckpointError(f"checkpoint {where}: kind={kind!r} is no kind of moca checkpoint ({', '.join(KINDS)})")
+    if theirs not in ("CLSC-1", "CLSC-2"):  # (a hand-edited "CLSC-9" was told "use --model CLSC-9")
+        return CheckpointError(f"checkpoint {where}: model: {theirs!r} is no world of moca (CLSC-1 or CLSC-2)")
     if model is not None and theirs != model:
         return CheckpointError(f"checkpoint {where}: {what} of {theirs}, not of {model} (use --model {theirs}, "
                                f"or a {model} policy)")
