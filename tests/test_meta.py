@@ -702,3 +702,16 @@ def test_a_maml_outer_step_refused_for_a_nan_query_loss_can_be_retried_and_spent
     again.adapt(_loss(model, again.weights, data["xs"], data["ys"]))
     for _ in range(2):
         assert math.isfinite(fo.outer_step([again], _loss(model, again.weights, data["xq"], data["yq"])))
+
+
+def test_nan_in_a_training_config_is_named_as_such():
+    """A config file's .nan was refused by the field's bound, as if it were too large or
+    small ("inner_lr=nan: Input should be less than or equal to 100")."""
+    from moca.meta2 import MetaConfig2
+
+    for kind in (MetaConfig, MetaConfig2):
+        for field in ("inner_lr", "inner_clip", "max_seconds", "outer_lr"):
+            with pytest.raises(ValueError, match=f"{field}=nan is not a number"):
+                kind(**{field: float("nan")})
+    with pytest.raises(ValueError, match="hidden=nan is not a number"):
+        MetaConfig(policy={"hidden": float("nan")})

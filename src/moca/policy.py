@@ -99,6 +99,9 @@ def refuse_conversion(model: type[BaseModel], value: Any, name: str) -> Any:
             raise ValueError(f"{name}={value!r} is not a number")
         if isinstance(value, str):
             raise ValueError(f"{name}={value!r} is text, not a number (write it without quotes)")
+        if isinstance(value, (float, np.floating)) and math.isnan(value):  # (a bound's check then named
+            # the bound: "inner_lr=nan: Input should be less than or equal to 100")
+            raise ValueError(f"{name}=nan is not a number")
     elif bool in kinds and not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name}={value!r} must be true or false")
     return value
