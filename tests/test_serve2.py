@@ -354,6 +354,35 @@ def test_a_database_of_a_moca_before_the_sums_gains_them_and_keeps_its_chains(tm
     conn.close()
 
 
+def test_a_database_in_use_by_another_server_is_not_migrated_under_it(tmp_path):
+    """The opening migrated the database (an older moca's, without the seen columns) before
+    the data directory was claimed: an older server holding it found its schema changed."""
+    import fcntl
+    import os
+    import sqlite3
+
+    from moca.serve import StartError, Store
+
+    if sqlite3.sqlite_version_info < (3, 35):
+        pytest.skip(f"SQLite {sqlite3.sqlite_version} cannot drop a column to make the old schema")
+    data = tmp_path / "data"
+    Store(data).conn.close()
+    conn = sqlite3.connect(data / "moca.sqlite3", isolation_level=None)
+    conn.executescript("DROP TRIGGER decision_state; ALTER TABLE chain_state DROP COLUMN seen;")
+    holder = os.open(data / "serve.lock", os.O_RDWR | os.O_CREAT)  # another server's claim (its own open file)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(StartError, match="in use by another moca serve"):
+            create_app(data, worker=False)
+        assert "seen" not in {row[1] for row in conn.execute("PRAGMA table_info(chain_state)")}
+    finally:
+        os.close(holder)
+    with TestClient(create_app(data, worker=False)):
+        pass
+    assert "seen" in {row[1] for row in conn.execute("PRAGMA table_info(chain_state)")}
+    conn.close()
+
+
 def test_a_half_migrated_database_gains_the_missing_column_and_the_trigger_once(tmp_path):
     import sqlite3
 

@@ -1713,6 +1713,9 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     if isinstance(keep_decisions, bool) or not isinstance(keep_decisions, int) or not 0 <= keep_decisions <= LARGEST_ID:
         raise StartError(f"keep_decisions={keep_decisions!r}: must be a whole number of decisions in 0..{LARGEST_ID} "
                          "(0 keeps all)")
+    if Path(data).is_dir():  # (before the database is opened: the opening migrates it, under a server of
+        # an older moca that holds the directory)
+        claim_data_dir(Path(data))
     store = Store(Path(data))
     try:
         claim_data_dir(store.data)  # (before the lifespan's recovery touches the jobs and weights)
