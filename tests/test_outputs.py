@@ -391,6 +391,13 @@ def test_plot_replaces_a_figure_moca_drew_and_never_a_users_own_image(tmp_path, 
         out = runner.invoke(app, [*sweep, "--plot", str(link)])
         assert out.exit_code == 0, out.output
         assert link.is_symlink() and files.drawn_by_moca(tmp_path / "real.svg")
+    # and refused naming the target and its format (it said "is not a PNG figure" of an SVG)
+    mine = tmp_path / "mine.svg"
+    mine.write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    other = tmp_path / "other.png"
+    other.symlink_to(mine)
+    out = runner.invoke(app, [*sweep, "--plot", str(other)])
+    assert out.exit_code == 2 and f"exists (a link to {mine}) and is not an SVG figure moca drew" in out.output
     # a file of blanks only, however long, holds nothing to lose
     blank = tmp_path / "blank.svg"
     blank.write_text(" " * 100_000 + "\n")

@@ -156,7 +156,8 @@ def _output_file(path: Optional[Path], option: str,
         with open(target, "rb") as file:  # (read through only while it is all blank)
             blank = all(not chunk.strip() for chunk in iter(lambda: file.read(1 << 16), b""))
         if not blank and not test(target):
-            raise UsageError(f"{option} {path}: exists and is not {what}, the only file moca replaces there "
+            link = f" (a link to {target})" if target != path else ""
+            raise UsageError(f"{option} {path}: exists{link} and is not {what}, the only file moca replaces there "
                              "(give another name, or move the file aside)")
     except OSError as err:
         raise UsageError(f"{option} {path}: cannot be read ({err.strerror}), so moca cannot tell what it would "
@@ -169,8 +170,9 @@ def _figure_file(suffix: str) -> tuple[str, Callable[[Path], bool]]:
     from moca.files import drawn_by_moca
 
     # (judged by the format of the file itself: through a link, the target's, in which
-    # _write_plot draws)
-    return f"a {suffix[1:].upper()} figure moca drew", drawn_by_moca
+    # _write_plot draws; ``suffix`` is the target's too)
+    kind = suffix[1:].upper()
+    return f"{'an' if kind == 'SVG' else 'a'} {kind} figure moca drew", drawn_by_moca
 
 
 def _json_file(what: str, keys: tuple[str, ...], worlds: bool = False) -> tuple[str, Callable[[Path], bool]]:
@@ -192,7 +194,15 @@ def _plot_path(path: Optional[Path], option: str = "--plot") -> None:
     if path is not None and path.suffix.lower() not in (".png", ".pdf", ".svg"):
         _output_file(path, option)
         raise UsageError(f"{option} {path}: expected a .png, .pdf or .svg file name")
-    _output_file(path, option, None if path is None else _figure_file(path.suffix))
+    # (through a link, named in its target's format, in which it is judged and drawn)
+    _output_file(path, option, None if path is None else _figure_file(_target_suffix(path)))
+
+
+def _target_suffix(path: Path) -> str:
+    """The format suffix of what ``path`` names: a link's target's."""
+    from moca.files import output_target
+
+    return output_target(path)[0].suffix
 
 
 def _write_plot(path: Path, draw: Callable[[str], Any]) -> None:
@@ -1566,7 +1576,8 @@ def continual(
                              "its update per regime on validation)")
         _plot_path(plot_file)
         if plot_file is not None:  # the curves' figure beside it: checked before the work as well
-            _output_file(_curves_path(plot_file), "--plot (its curves figure)", _figure_file(plot_file.suffix))
+            curves = _curves_path(plot_file)
+            _output_file(curves, "--plot (its curves figure)", _figure_file(_target_suffix(curves)))
         if _chosen_model(model) == "CLSC-2":
             return _continual2(sequence, method, checkpoint_dir, steps, scenarios, as_json, params_file,
                                keep_unchanged, plot_file)
