@@ -102,6 +102,10 @@ def test_help_texts_link_the_model_and_keep_brackets(args):
         assert '{"actions": [[o, u_v, u_r, g, f, w], ...]}' in " ".join(result.stdout.split())
     if args[0] == "adapt":
         assert "kept" in result.stdout and "selected" in result.stdout
+        from moca.baselines.mpc2 import SAFETY_STOCKS_2  # (the help said 300-4,000 after the grid gained 0)
+
+        grid = f"safety stock picked among {min(SAFETY_STOCKS_2):,.0f}-{max(SAFETY_STOCKS_2):,.0f} units"
+        assert grid in " ".join(result.stdout.split())
 
 
 def _slug(heading: str) -> str:

@@ -1222,7 +1222,7 @@ chain), and say so.
 On CLSC-2, --base auto (the default) has two candidates: the checkpoint
 adapted as above (--base default) and the sampled MPC (two-stage LP over 4
 forecast demand paths, 13 periods; --base mpc), its safety stock picked among
-300-4,000 units on the first 2 support scenarios. It has no weights and takes
+0-4,000 units on the first 2 support scenarios. It has no weights and takes
 no steps. Both are scored on the same validation scenarios; the better is kept
 (the checkpoint on a tie). -o writes the MPC as a planner checkpoint (kind
 "mpc-planner": its settings in JSON, no weights) that moca evaluate --model
