@@ -205,3 +205,21 @@ def test_a_chain_beyond_what_highs_solves_is_named_not_an_internal_error(tmp_pat
     result = run("oracle", "--scenario", tmp_path / "s.json")
     assert_bad_input(result, "status 'Unknown'", "beyond what HiGHS solves reliably", "bring them closer")
     assert "internal error" not in result.stderr
+
+
+def test_a_fraction_of_a_unit_withheld_is_said_as_it_is(tmp_path):
+    """Under the tightest rules the LP withholds half a unit on seed 1000: the warning said
+    "sells 0 units less than it could" (rounded to whole units)."""
+    from _cli import run_in_process
+
+    from moca.cli import _units
+
+    rules = tmp_path / "edge.yaml"
+    rules.write_text("recycled_content_min: 0.95\ncarbon_tax: 2000\nlandfill_tax: 100\nrecovery_target: 1\n"
+                     "emission_cap: 1\n")
+    scenario = tmp_path / "s.json"
+    assert run_in_process("scenario", "new", "--regime", rules, "--seed", 1000, "-o", scenario).returncode == 0
+    result = run_in_process("oracle", "--scenario", scenario)
+    assert result.returncode == 0, result.stderr
+    assert "the plan sells 0.5 units less than it could" in result.stderr, result.stderr
+    assert [_units(x) for x in (0.5, 0.0123, 1.0, 9224.4)] == ["0.5 units", "0.012 units", "1 unit", "9,224 units"]

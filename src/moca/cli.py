@@ -551,7 +551,7 @@ def oracle(
 
     withheld = withheld_units(result)
     if withheld:
-        _warn(f"the plan sells {withheld:,.0f} units less than it could (the spec's LP may; the simulator sells all it "
+        _warn(f"the plan sells {_units(withheld)} less than it could (the spec's LP may; the simulator sells all it "
               "can): its cost is a bound no policy reaches, and replaying it costs more; --exact-sales gives the best "
               "cost a policy can reach")
     out = {"oracle_cost": result.oracle_cost, "status": result.status,
@@ -850,9 +850,18 @@ def _say_withheld(summary: dict[str, Any], scenarios: Sequence[Any], labels: Seq
                "--params and --model), then moca oracle --scenario s.json --exact-sales" if first.startswith("seed ")
                else f"moca oracle --scenario {first} --exact-sales")
         _warn((f"{where}: " if where else "") +
-              f"the hindsight LP sells {units:,.0f} units less than it could on {held} of {len(scenarios)} scenarios "
+              f"the hindsight LP sells {_units(units)} less than it could on {held} of {len(scenarios)} scenarios "
               f"({named}; the spec's LP may, the simulator sells all it can): its cost is a bound no policy reaches "
               f"there, so its scores read low; for the bound a policy can reach: {how}")
+
+
+def _units(units: float) -> str:
+    """A count of units withheld as a warning says it: whole units, or two digits below one
+    (0.5 was "sells 0 units less", a warning of nothing)."""
+    if units < 1:
+        return f"{units:.2g} units"
+    whole = f"{units:,.0f}"
+    return f"{whole} unit" if whole == "1" else f"{whole} units"
 
 
 def _print_retuned_start(retune: int, given: bool, start: dict[str, Any]) -> None:
