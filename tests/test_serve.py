@@ -628,6 +628,11 @@ def test_weights_failing_their_checksum_are_refused_by_name(tmp_path):
     blob[-1] ^= 0xFF
     weights.write_bytes(bytes(blob))
     with TestClient(create_app(data, worker=False)) as c:  # a restart: nothing cached
+        # /health tells before any decision did (it said "ok" until the first decision or the
+        # watcher's first pass, seconds after the start, had tried the version)
+        health = c.get("/health").json()
+        assert health["status"] == "degraded" and [(v["chain"], v["version"]) for v in
+                                                   health["unloadable_versions"]] == [("p1", 1)]
         r = c.post("/v1/chains/p1/decide", json=_obs(0))
         assert r.status_code == 503 and "version 1" in r.json()["detail"] and "corrupted" in r.json()["detail"]
         assert c.get("/v1/chains/p1/decisions").json() == []

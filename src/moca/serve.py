@@ -1752,10 +1752,12 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                 start_worker()
             await asyncio.to_thread(preload)
 
-    def preload() -> None:
+    def preload(retry: bool = True) -> None:
+        """Load the versions the chains decide with (or will); ``retry=False``: not those
+        already found not to load."""
         for chain, number, model in store.all("SELECT v.chain, v.number, c.model FROM versions v JOIN chains c ON "
                                               "c.id = v.chain WHERE v.state IN ('active', 'scheduled')"):
-            if (chain, number) not in rt.deployed:
+            if (chain, number) not in rt.deployed and (retry or (chain, number) not in rt.unloadable):
                 try:
                     _deployed(rt, MODELS[model], chain, number)
                 except ServeError:
@@ -1771,6 +1773,11 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             print(f"moca serve: recovering: {store.unreadable(err).message}", file=sys.stderr, flush=True)  # degraded
             rt.recovered = {}
         threading.Thread(target=store.check_pages, name="moca page check", daemon=True).start()
+        try:  # (before the service listens: its first decisions do not wait for the loads and
+            # imports, and /health knows at once which versions do not load)
+            await asyncio.to_thread(preload)
+        except sqlite3.DatabaseError:  # (a damaged database: the service starts degraded, as above)
+            pass
         watcher = None
         if worker:
             start_worker()
@@ -1823,6 +1830,13 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     @app.head("/health", include_in_schema=False)  # (what a load balancer's check may send; it was 405)
     @app.get("/health")
     def health() -> dict[str, Any]:
+        # (each version not yet loaded is tried now: the watcher's first pass comes seconds after
+        # the start, behind the first imports, and /health said "ok" meanwhile of a service whose
+        # decisions were 503s; without the worker nothing tried them before a decision did)
+        try:
+            preload(retry=False)
+        except sqlite3.DatabaseError:  # (what the database says is told below, as before)
+            pass
         counts = {name: store.one(f"SELECT COUNT(*) FROM {name}")[0] for name in ("chains", "regimes", "versions")}
         queued = store.one("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")[0]
         alive = rt.worker is not None and rt.worker.poll() is None
