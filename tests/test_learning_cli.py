@@ -137,7 +137,9 @@ def test_corrupted_and_mismatched_checkpoints_refused(trained, tmp_path):
 def test_bad_learning_input_refused(trained, tmp_path):
     seq = tmp_path / "seq.yaml"
     seq.write_text("- T1\n- T2\n")
-    assert_bad_input(run("continual", "--sequence", seq, "--method", "magic"), "magic", "valid")
+    # the option named (it was the library's "method='magic'")
+    assert_bad_input(run("continual", "--sequence", seq, "--method", "magic"), "--method: 'magic' is not a continual "
+                     "method (valid: scratch, finetune")
     # a figure moca cannot write is refused before the run, not after it
     assert_bad_input(run("continual", "--sequence", seq, "--plot", tmp_path / "R.txt"), "--plot", ".png, .pdf or .svg")
     assert_bad_input(run("continual", "--sequence", seq, "--plot", tmp_path / "none" / "R.png"), "--plot",
@@ -180,7 +182,7 @@ def test_bad_learning_input_refused(trained, tmp_path):
                      "MetaConfig2: policy.safety_stock=900 is CLSC-1's; CLSC-2's base rule learns its safety stocks")
     assert not (tmp_path / "x").exists()
     assert_bad_input(run("adapt", "--checkpoint", trained, "--regime", "T9"), "T9")
-    assert_bad_input(run("run", "--methods", "finetune,magic"), "magic")
+    assert_bad_input(run("run", "--methods", "finetune,magic"), "--methods: 'magic' is not a continual method")
 
 
 def test_stop_request_turns_the_first_ctrl_c_into_a_request():

@@ -1580,6 +1580,7 @@ def continual(
     from moca.regime import load_sequence
 
     with _bad_input():
+        _known_method("--method", method)
         if keep_unchanged and (_chosen_model(model) != "CLSC-2" or method != "moca"):
             raise UsageError("--keep-unchanged: only with --model CLSC-2 and --method moca (the method that chooses "
                              "its update per regime on validation)")
@@ -1666,6 +1667,15 @@ def _print_continual(out: dict[str, Any], labels: list[str], R: list, what: str,
     if worse:
         console.print("learning these regimes lowered their own score: "
                       + ", ".join(f"{w['regime']} {w['before']:.4f} -> {w['after']:.4f}" for w in worse) + hint)
+
+
+def _known_method(option: str, method: str) -> None:
+    """Refuse a continual method moca does not have, naming the option (it was named as the
+    library's ``method='bogus'``)."""
+    from moca.continual import METHODS
+
+    if method not in METHODS:
+        raise UsageError(f"{option}: {method!r} is not a continual method (valid: {', '.join(METHODS)})")
 
 
 def _mean_forgetting(forgetting: list[float]) -> float | None:
@@ -1858,14 +1868,14 @@ def run(
         chosen_peers = _run_peers(peers if peers is not None else "threshold,mpc,mpc-sampled")
         params = _load_params(params_file) if "CLSC-1" in worlds else None  # (the default chain without a file)
         params2 = _load_params(params_file, "CLSC-2") if params_file is not None and worlds == ["CLSC-2"] else None
-        from moca.continual import METHODS, method_spec
+        from moca.continual import METHODS
 
         if chosen == []:  # (an empty --methods ran every method: minutes of work nobody asked for)
             raise UsageError(f"--methods {methods!r}: empty list (choose from {', '.join(METHODS)})")
         if chosen is not None and len(set(chosen)) < len(chosen):
             raise UsageError(f"--methods {methods!r}: a method is repeated")
         for m in chosen or []:
-            method_spec(m)  # unknown names fail here, for both worlds
+            _known_method("--methods", m)  # unknown names fail here, for both worlds
             if "CLSC-2" in worlds:  # (not after CLSC-1's minutes)
                 from moca.experiment2 import check_init_ships
 
