@@ -369,3 +369,19 @@ def test_continual_reports_forgetting_bwt_and_fwt_in_text_and_json(tmp_path, mod
     assert shown == {label: f"{value:+.4f}" for label, value in zip(("T1", "T2"), expected.forgetting)}
     assert f"(mean {expected.mean_forgetting:+.4f})" in line
     assert f"BWT {expected.bwt:+.4f}" in line and f"FWT {expected.fwt:+.4f}" in line
+
+
+@pytest.mark.parametrize("model", ["CLSC-1", "CLSC-2"])
+def test_train_says_which_config_params_its_params_file_replaces(tmp_path, model):
+    """--params replaces the config's params whole: cap_produce 1200 of the config was
+    trained as the default 1500 without a word."""
+    config = tmp_path / "c.yaml"
+    cost = "lost_sale_cost" if model == "CLSC-2" else "backlog_cost"
+    config.write_text(f"params: {{cap_produce: 1200, {cost}: 8}}\n")
+    params = tmp_path / "p.json"
+    params.write_text(f'{{"{cost}": 8}}')
+    result = run("train", "--model", model, "--config", config, "--params", params, "-o", tmp_path / "none" / "ck")
+    assert_bad_input(result, "-o")  # (stopped before any work: the warning comes first)
+    assert (f"warning: --params {params} replaces the params of --config {config} whole: cap_produce=1200 there is "
+            "not used") in " ".join(result.stderr.split())
+    assert cost not in result.stderr  # the same in both

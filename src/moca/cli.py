@@ -922,7 +922,7 @@ def _is_learned_policy(policy: str) -> bool:
 def train(
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to write (its parent must exist)."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON object of MetaConfig fields."),
-    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " Overrides the config's params."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " Replaces the config's params whole (a warning names what is dropped)."),
     init: Optional[str] = typer.Option(None, "--init", help="maml (second order) | fomaml | reptile (overrides the config)."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=LARGEST_SEED, help="Seed of task draws and initial weights (overrides the config)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Meta steps (overrides the config)."),
@@ -1110,7 +1110,14 @@ def _train_fields(config_file: Optional[Path], params_file: Optional[Path], init
         if value is not None:
             fields[key] = value
     if params_file is not None:
-        fields["params"] = _load_params(params_file, model)
+        given = _load_params(params_file, model)
+        written = fields.get("params")
+        if isinstance(written, dict):  # (replaced whole without a word: a user may have expected a merge)
+            dropped = [f"{key}={value!r}" for key, value in written.items() if getattr(given, str(key), None) != value]
+            if dropped:
+                _warn(f"--params {params_file} replaces the params of --config {config_file} whole: "
+                      f"{', '.join(dropped)} there is not used (put it in the --params file to keep it)")
+        fields["params"] = given
     if max_seconds is not None:
         fields["max_seconds"] = max_seconds or None
     fields.setdefault("validate_every", 25)
