@@ -922,7 +922,8 @@ def _is_learned_policy(policy: str) -> bool:
 def train(
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to write (its parent must exist)."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON object of MetaConfig fields."),
-    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " Replaces the config's params whole (a warning names what is dropped)."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help=PARAMS_HELP + " Replaces the config's params "
+                                               "whole (a warning names what is dropped)."),
     init: Optional[str] = typer.Option(None, "--init", help="maml (second order) | fomaml | reptile (overrides the config)."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=LARGEST_SEED, help="Seed of task draws and initial weights (overrides the config)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Meta steps (overrides the config)."),
