@@ -95,6 +95,22 @@ def existing_dir_path(text: str) -> Path:
     return Path(existing_dir(text))
 
 
+def output_file(text: str) -> str:
+    """The path of a results file to write: its folder must exist and it may not be a folder
+    (checked before the run: the write at its end failed with a traceback, the results lost)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: a directory, expected a file to write")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: no such directory {str(path.parent)!r} to write it in")
+    return text
+
+
+def output_file_path(text: str) -> Path:
+    """:func:`output_file` for an argument that was ``type=Path``."""
+    return Path(output_file(text))
+
+
 def regime_spec(text: str) -> str:
     """A CLSC-1 regime as ``moca.regime.load_regime`` reads it: a name of moca's registry
     (T1-T3 and the presets, ``moca regimes``) or a YAML/JSON regime file; the text is

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from _args import non_negative_int, positive_int
+from _args import non_negative_int, output_file, positive_int
 from moca.ablation import WORLD_NAMES, AblationConfig, markdown, quick_config, run_ablation
 from moca.experiment import machine
 from moca.files import write_atomic
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--validation-size", type=positive_int, default=None,
                         help="validation scenarios per regime (4)")
     parser.add_argument("--test-size", type=positive_int, default=None, help="test scenarios per regime (8)")
-    parser.add_argument("--out", default=None, help="JSON path (benchmarks/ablation.json; CLSC-2: ablation2.json)")
+    parser.add_argument("--out", type=output_file, default=None, help="JSON path (benchmarks/ablation.json; CLSC-2: ablation2.json)")
     parser.add_argument("--table-only", action="store_true", help="rewrite the markdown table from --out's JSON")
     args = parser.parse_args()
     args.out = args.out or str(HERE / ("ablation.json" if args.world == "CLSC-1" else "ablation2.json"))

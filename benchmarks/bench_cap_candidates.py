@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from _args import non_negative_int, positive_int
+from _args import non_negative_int, output_file_path, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.meta import SUPPORT_SEEDS, VALIDATION_SEEDS, OracleCache
@@ -53,7 +53,7 @@ def main() -> None:
                                                                   "drawn for this benchmark)")
     parser.add_argument("--steps", type=non_negative_int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 regime, 1 step, 4 test seeds")
-    parser.add_argument("--out", type=Path, default=HERE / "cap_candidates.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "cap_candidates.json")
     args = parser.parse_args()
     if args.quick:
         args.regimes, args.steps = 1, 1

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _args import positive_int
+from _args import output_file_path, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.meta2 import OracleCache2, adapt2, load_policy2
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--validation", type=positive_int, default=16,
                         help="validation scenarios per task (seeds 900+)")
     parser.add_argument("--quick", action="store_true", help="T2 only, budgets 2x1 and 4x2, 4 test scenarios")
-    parser.add_argument("--out", type=Path, default=HERE / "clsc2_adapt_budget.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "clsc2_adapt_budget.json")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.budgets, args.test, args.validation = ["T2"], [(2, 1), (4, 2)], 4, 4

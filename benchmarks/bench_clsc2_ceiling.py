@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _args import check_seed_range, non_negative_int
+from _args import check_seed_range, non_negative_int, output_file_path
 from moca.baselines.threshold2 import THRESHOLD2_NAMES, threshold2_bounds
 from moca.experiment import machine
 from moca.files import write_atomic
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[1000, 1020],
                         help="first and last+1 test seed")
     parser.add_argument("--quick", action="store_true", help="2 test and 2 validation seeds, two safety stocks")
-    parser.add_argument("--out", type=Path, default=HERE / "clsc2_ceiling.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "clsc2_ceiling.json")
     args = parser.parse_args()
     check_seed_range(parser, "--seeds", args.seeds)
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _args import check_seed_range, non_negative_int, positive_int
+from _args import check_seed_range, non_negative_int, output_file_path, positive_int
 from moca.baselines.peers import make_peer2
 from moca.experiment import machine
 from moca.files import write_atomic
@@ -58,7 +58,7 @@ def main() -> None:
                         help="first and last+1 test seed")
     parser.add_argument("--tail", type=positive_int, default=6,
                         help="the last periods whose lost sales are reported apart")
-    parser.add_argument("--out", type=Path, default=HERE / "clsc2_gap.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "clsc2_gap.json")
     args = parser.parse_args()
     check_seed_range(parser, "--seeds", args.seeds)
     torch.set_num_threads(1)

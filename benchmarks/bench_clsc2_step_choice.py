@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _args import non_negative_int, positive_int
+from _args import non_negative_int, output_file_path, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.meta2 import OracleCache2, adapt2, load_policy2
@@ -110,7 +110,7 @@ def main() -> None:
                         help="plans or regimes per set (as drawn by the runs of docs/RANDOM-REGIMES.md)")
     parser.add_argument("--test", type=positive_int, default=20, help="test scenarios per plan (seeds 1000+)")
     parser.add_argument("--quick", action="store_true", help="one set, one plan, 1 step, 2 test seeds, sizes 2 4")
-    parser.add_argument("--out", type=Path, default=HERE / "clsc2_step_choice.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "clsc2_step_choice.json")
     args = parser.parse_args()
     if args.quick:
         args.sets, args.sizes, args.steps, args.plans, args.test = args.sets[:1], [2, 4], 1, 1, 2

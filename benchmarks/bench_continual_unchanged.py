@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from _args import non_negative_int, positive_int
+from _args import non_negative_int, output_file_path, positive_int
 
 HERE = Path(__file__).parent
 
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--no-seed-tasks", action="store_true", help="random sequences only")
     parser.add_argument("--quick", action="store_true", help="1 random sequence of 2 regimes, 1 step, 2 test seeds "
                                                              "(no seed tasks)")
-    parser.add_argument("--out", type=Path, default=HERE / "continual_unchanged.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "continual_unchanged.json")
     args = parser.parse_args()
     steps, test_size = (1, 2) if args.quick else (8, 20)
     if args.quick:

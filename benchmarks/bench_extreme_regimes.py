@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _args import non_negative_int, positive_int
+from _args import non_negative_int, output_file_path, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.regime import Regime, RegimeSchedule
@@ -147,7 +147,7 @@ def main() -> int:
                         help="with --adapt: moca adapt as shipped, re-tuning its rule first on a plan whose rules "
                              "change (moca.meta2.default_retune)")
     parser.add_argument("--quick", action="store_true", help="2 plans, 1 scenario")
-    parser.add_argument("--out", type=Path, default=HERE / "extreme_regimes.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "extreme_regimes.json")
     args = parser.parse_args()
     if args.retune_default and not args.adapt:
         parser.error("--retune-default needs --adapt")

@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from _args import non_negative_int, one_of, positive_int  # noqa: E402
+from _args import non_negative_int, one_of, output_file, positive_int  # noqa: E402
 from moca import checkpoint  # noqa: E402
 from moca.evaluation import evaluate_policy as evaluate_deployed  # noqa: E402
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine  # noqa: E402
@@ -179,7 +179,7 @@ def main() -> None:
                         help="training-stream scenarios for an MPC's safety stock")
     parser.add_argument("--only", nargs="*", default=None, help="regime labels to run (default: all)")
     parser.add_argument("--resume", action="store_true", help="keep the regimes already in --out")
-    parser.add_argument("--out", default=str(HERE / "generalisation.json"))
+    parser.add_argument("--out", type=output_file, default=str(HERE / "generalisation.json"))
     parser.add_argument("--quick", action="store_true", help="one regime, 2 scenarios, steps 0 1, threshold + mpc")
     parser.add_argument("--table", action="store_true", help="only print (and write) the table of --out")
     args = parser.parse_args()

@@ -27,7 +27,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _args import positive_int  # noqa: E402
+from _args import output_file, positive_int  # noqa: E402
 from moca import checkpoint  # noqa: E402
 from moca.evaluation import TimedDecisions  # noqa: E402
 from moca.experiment import machine  # noqa: E402
@@ -48,7 +48,7 @@ def summary(values: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", type=positive_int, default=5, help="per task (T1-T3)")
-    parser.add_argument("--out", default=str(HERE / "mapped_policy.json"))
+    parser.add_argument("--out", type=output_file, default=str(HERE / "mapped_policy.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     params = Params()

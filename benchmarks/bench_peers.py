@@ -26,7 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _args import existing_dir_path, existing_file_path, positive_int  # noqa: E402
+from _args import existing_dir_path, existing_file_path, output_file_path, positive_int  # noqa: E402
 from moca.evaluation import evaluate_policy  # noqa: E402
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine  # noqa: E402
 from moca.files import write_atomic  # noqa: E402
@@ -295,7 +295,7 @@ def main() -> None:
     parser.add_argument("--train", type=positive_int, default=4,
                         help="training scenarios per seed task for the MPC tuning")
     parser.add_argument("--ppo", type=existing_dir_path, default=None, help="PPO checkpoint (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=HERE / "peers.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "peers.json")
     parser.add_argument("--quick", action="store_true", help="2 scenarios, 1 training scenario, fewer candidates")
     parser.add_argument("--retune-per-regime", action="store_true",
                         help="CLSC-2 MPCs: choose the safety stock on each regime's own training scenarios")

@@ -39,7 +39,7 @@ import time
 import numpy as np
 import torch
 
-from _args import positive_int
+from _args import output_file, positive_int
 from moca.oracle2 import solve_oracle2
 from moca.projection import _system, project2, project2_batch
 from moca.regime import TASKS_2, Regime
@@ -200,7 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small batches and one repeat (a smoke run)")
     parser.add_argument("--batch", type=positive_int, default=1024, help="batch of the DAQP loop (default 1024)")
-    parser.add_argument("--out", help="also write the JSON to this file")
+    parser.add_argument("--out", type=output_file, help="also write the JSON to this file")
     args = parser.parse_args()
     # The projection is numpy around one DAQP loop; torch's intra-op threads would only spin
     # (and count as CPU time) on its few small tensor operations.

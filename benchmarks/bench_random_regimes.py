@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _args import non_negative_int, positive_int
+from _args import non_negative_int, output_file_path, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.regime import Regime, RegimeSchedule
@@ -337,7 +337,7 @@ def main() -> None:
                         help="with --retune: moca's re-tuning candidates (default: the peer's, 1500; on the same "
                              "training scenarios as the peer's)")
     parser.add_argument("--quick", action="store_true", help="2 regimes, 2 scenarios, small budgets")
-    parser.add_argument("--out", type=Path, default=HERE / "random_regimes.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "random_regimes.json")
     args = parser.parse_args()
     if args.quick:
         args.regimes, args.scenarios = 2, 2

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _args import non_negative_int, positive_int, whole
+from _args import non_negative_int, output_file, positive_int, whole
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine
 from moca.files import write_atomic
 from moca.regime import TASKS
@@ -104,7 +104,7 @@ def main() -> None:
                              "for at most this many seconds before comparing (0: a fresh head)")
     parser.add_argument("--meta-select", action="store_true",
                         help="with --meta-train: each meta-task's base picked as at adaptation (--select)")
-    parser.add_argument("--out", default=str(HERE / "regime_map_compare.json"))
+    parser.add_argument("--out", type=output_file, default=str(HERE / "regime_map_compare.json"))
     args = parser.parse_args()
     known = [*GENERALISATION_GRID, "T1", "T2", "T3"]  # the regimes compared below
     unknown = [k for k in args.only or [] if k not in known]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from _args import check_policy_checkpoint, existing_file, non_negative_int, positive_int
+from _args import check_policy_checkpoint, existing_file, non_negative_int, output_file, positive_int
 from moca.experiment import machine
 from moca.files import write_atomic
 from moca.report import markdown_table
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--map", type=existing_file, default=None,
                         help="also the mapped threshold rule of this map file "
                              "(benchmarks/bench_regime_map.py): moca's proposed base, zero-shot")
-    parser.add_argument("--out", default=None,
+    parser.add_argument("--out", type=output_file, default=None,
                         help="JSON path (benchmarks/regime_response.json; CLSC-2: regime_response2.json)")
     args = parser.parse_args()
     check_policy_checkpoint(parser, "--checkpoint", args.checkpoint, args.world)

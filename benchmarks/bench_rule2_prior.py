@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _args import check_seed_range, non_negative_int
+from _args import check_seed_range, non_negative_int, output_file_path
 import moca.policy2 as policy2
 from moca.baselines.threshold2 import Threshold2Policy, start_thresholds2
 from moca.experiment import machine
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--scan", type=non_negative_int, default=0, metavar="N",
                         help="also count the default chain's seeds 0..N-1 (and N/5 training scenarios) that leave "
                              "the prior")
-    parser.add_argument("--out", type=Path, default=HERE / "rule2_prior.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "rule2_prior.json")
     args = parser.parse_args()
     check_seed_range(parser, "--seeds", args.seeds)
     torch.set_num_threads(1)

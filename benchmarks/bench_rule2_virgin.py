@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _args import check_seed_range, non_negative_int
+from _args import check_seed_range, non_negative_int, output_file_path
 import moca.policy2 as policy2
 from moca.baselines.threshold2 import THRESHOLD2_NAMES, Threshold2Policy, start_thresholds2
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[900, 932],
                         help="first and last+1 validation seed")
     parser.add_argument("--quick", action="store_true", help="2 seeds, T2 only, two grid points")
-    parser.add_argument("--out", type=Path, default=HERE / "rule2_virgin.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "rule2_virgin.json")
     args = parser.parse_args()
     check_seed_range(parser, "--seeds", args.seeds)
     torch.set_num_threads(1)

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _args import existing_dir_path
+from _args import existing_dir_path, output_file_path
 
 HERE = Path(__file__).resolve().parent
 BUDGET_S = {"quick": 120.0, "full": 600.0}
@@ -73,7 +73,7 @@ def timed_run(jobs: int, quick: bool, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="plain moca run (default: --quick)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=output_file_path, default=None)
     parser.add_argument("--compare", nargs=2, type=existing_dir_path, metavar=("RUN_A", "RUN_B"),
                         help="two run folders (runs/<id>): print where their metrics differ, run nothing")
     args = parser.parse_args()

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _args import check_seed_range, existing_file_path, non_negative_int
+from _args import check_seed_range, existing_file_path, non_negative_int, output_file_path
 from moca import clsc2
 from moca.baselines.peers import evaluate2
 from moca.baselines.threshold2 import Threshold2Policy, start_thresholds2
@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--index", type=non_negative_int, default=1, help="which plan of the file (from 0)")
     parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[1000, 1003],
                         help="first and last+1 test seed")
-    parser.add_argument("--out", type=Path, default=HERE / "schedule_orders.json")
+    parser.add_argument("--out", type=output_file_path, default=HERE / "schedule_orders.json")
     args = parser.parse_args()
     check_seed_range(parser, "--seeds", args.seeds)
     torch.set_num_threads(1)

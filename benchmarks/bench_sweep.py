@@ -20,11 +20,10 @@ import pickle
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _args import positive_int, sweep_values, whole
+from _args import output_file_path, positive_int, sweep_values, whole
 from moca.limits import MOST_SCENARIOS, MOST_WORKERS
 
 
@@ -167,7 +166,7 @@ def main() -> None:
     parser.add_argument("--meta-steps", type=positive_int, default=3)
     parser.add_argument("--workers", type=whole(1, MOST_WORKERS), default=2)
     parser.add_argument("--no-meta", action="store_true", help="skip the meta-step part")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=output_file_path, default=None)
     args = parser.parse_args()
     if args.quick:
         args.values, args.scenarios, args.meta_steps = "0:300:100", 4, 1

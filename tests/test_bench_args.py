@@ -81,6 +81,24 @@ def test_bad_argument_exits_2_naming_it(name, args, option, monkeypatch, capsys)
     assert "error: " in err and option in err, err
 
 
+#: Every script that writes its results to --out (run_all passes its own names on).
+WRITERS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py") if '"--out"' in p.read_text())
+
+
+@pytest.mark.parametrize("name", WRITERS)
+def test_an_output_file_in_no_folder_is_refused_before_the_run(name, tmp_path, monkeypatch, capsys):
+    """--out in a folder that does not exist ran the benchmark, then failed with a traceback
+    at the write, its results lost; a folder for a file the same."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for out, problem in ((tmp_path / "none" / "x.json", "no such directory"), (tmp_path, "a directory")):
+        with pytest.raises(SystemExit) as done:
+            run_script(name, ["--out", str(out)], monkeypatch)
+        assert done.value.code == 2
+        err = capsys.readouterr().err
+        assert "error: argument --out: " in err and problem in err, err
+    assert len(WRITERS) >= 20
+
+
 @pytest.mark.parametrize("name,args,option", [BAD[0], BAD[3], BAD[7], BAD[8]],
                          ids=[f"{n} {' '.join(a)}" for n, a, _ in (BAD[0], BAD[3], BAD[7], BAD[8])])
 def test_bad_argument_in_a_real_process(name, args, option):
