@@ -190,6 +190,26 @@ def test_a_checkpoint_of_another_kind_or_world_is_refused_saying_what_it_is():
     assert str(alien) == "checkpoint a: model: 'CLSC-9' is no world of moca (CLSC-1 or CLSC-2)"
 
 
+def test_a_ppo_checkpoint_of_no_known_world_is_named_so(tmp_path):
+    """A PPO checkpoint is loaded by its own loader, which said "use --model CLSC-9"."""
+    import json
+    import shutil
+
+    from _cli import assert_bad_input, run_in_process
+
+    from moca.baselines.ppo import shipped_path
+
+    folder = tmp_path / "ppo9"
+    shutil.copytree(shipped_path("CLSC-1"), folder)
+    meta = json.loads((folder / "checkpoint.json").read_text())
+    meta["model"] = "CLSC-9"
+    meta[checkpoint.META_DIGEST] = checkpoint.metadata_digest(meta)
+    (folder / "checkpoint.json").write_text(json.dumps(meta))
+    for world in ("CLSC-1", "CLSC-2"):
+        result = run_in_process("evaluate", "--policy", folder, "--model", world, "--scenarios", 1)
+        assert_bad_input(result, "model: 'CLSC-9' is no world of moca (CLSC-1 or CLSC-2)")
+
+
 def test_metadata_may_not_replace_what_rebuilds_or_checks_the_checkpoint(tmp_path):
     """{"params": ...} reloaded a policy on another chain without a word, {"weights_sha256":
     ...} made the checkpoint read as corrupted, {"kind": ...} made it unloadable."""

@@ -277,6 +277,8 @@ def check_fits(loaded: PPOPolicy, name: str, model: str, params: Any) -> None:
     policy of the other world, or one whose observations the chain of ``params`` does not
     give (their size follows lead_virgin and lag_return): run, it would fail on a shape."""
     trained = loaded.meta.get("model", "CLSC-1")
+    if trained not in ("CLSC-1", "CLSC-2"):  # (hand-edited: it was told "use --model CLSC-9")
+        raise checkpoint.CheckpointError(f"--policy {name}: model: {trained!r} is no world of moca (CLSC-1 or CLSC-2)")
     if trained != model:
         raise checkpoint.CheckpointError(f"--policy {name}: a PPO policy of {trained}, not of {model} "
                                          f"(use --model {trained}, or a {model} policy)")
