@@ -842,7 +842,9 @@ class Service:
         deadline = time.time() + 120
         while True:
             try:
-                if self.http.get("/health").json()["worker"] == "running":
+                health = self.http.get("/health").json()
+                # (and the first pass over the versions done: "starting" until then)
+                if health["worker"] == "running" and health["status"] != "starting":
                     return
             except httpx.HTTPError:
                 pass
@@ -1017,6 +1019,24 @@ def test_one_chain_registered_twice_at_once_keeps_the_winner_s_weights(services,
     s = services(tmp_path / "data")  # (the cache of the weights no longer masks them)
     assert s.http.get("/health").json()["status"] == "ok"
     assert all(s.http.post(f"/v1/chains/race{a}/decide", json=_obs(1)).status_code == 200 for a in range(6))
+
+
+def test_health_says_starting_until_every_version_was_tried_then_names_the_broken_one(services, tmp_path):
+    """With the worker, the versions are loaded by the watcher's first pass, seconds after the
+    start (behind the first imports): /health said "ok" meanwhile of a chain whose decisions
+    were 503s. It says "starting" until that pass is done (the fixture waits for it), then
+    "degraded", naming the version, before any decision has tried it."""
+    s = services(tmp_path / "data")
+    assert s.http.post("/v1/chains", json={"id": "p1", "regime": "T1"}).status_code == 201
+    s.kill()
+    weights = tmp_path / "data" / "weights" / "p1" / "v1" / "weights.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    s = services(tmp_path / "data")
+    health = s.http.get("/health").json()
+    assert health["status"] == "degraded" and [(v["chain"], v["version"]) for v in
+                                               health["unloadable_versions"]] == [("p1", 1)]
 
 
 def test_weights_that_cannot_be_written_are_a_503_naming_the_folder(tmp_path, monkeypatch):

@@ -383,6 +383,26 @@ def test_a_database_in_use_by_another_server_is_not_migrated_under_it(tmp_path):
     conn.close()
 
 
+def test_a_data_directory_that_cannot_be_opened_is_not_held(tmp_path):
+    """Claimed before its database is opened, a directory whose database was refused stayed
+    held by a library caller that went on: another server was told it is in use."""
+    import fcntl
+    import os
+
+    from moca.serve import StoreError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "moca.sqlite3").write_text("not a database\n")
+    with pytest.raises(StoreError):
+        create_app(data, worker=False)
+    other = os.open(data / "serve.lock", os.O_RDWR)  # another process's claim, as its own open file
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (BlockingIOError while held)
+    finally:
+        os.close(other)
+
+
 def test_a_half_migrated_database_gains_the_missing_column_and_the_trigger_once(tmp_path):
     import sqlite3
 

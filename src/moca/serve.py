@@ -801,6 +801,13 @@ def claim_data_dir(data: Path) -> None:
     _DATA_LOCKS[key] = fd
 
 
+def release_data_dir(data: Path) -> None:
+    """Give up this process's hold on ``data`` (:func:`claim_data_dir`)."""
+    fd = _DATA_LOCKS.pop(str(Path(data).resolve()), None)
+    if fd is not None:
+        os.close(fd)  # (the lock goes with the descriptor)
+
+
 def _in_request_words(text: str) -> str:
     """A loader's refusal of another world's checkpoint, "(use --model CLSC-1, ...": here the
     world is the request's "model" field. Only that advice is reworded; a command line the
@@ -1256,6 +1263,9 @@ class Runtime:
     recovered: dict[str, int] = field(default_factory=dict)
     #: Versions whose checkpoint failed to load (chain, number) -> why: /health names them.
     unloadable: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: Until the first pass over the versions the chains decide with has tried each: /health
+    #: says "starting" (it said "ok" of versions nothing had tried to load yet).
+    starting: bool = False
 
 
 def _chain(rt: Runtime, chain: str) -> tuple:
@@ -1713,10 +1723,16 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     if isinstance(keep_decisions, bool) or not isinstance(keep_decisions, int) or not 0 <= keep_decisions <= LARGEST_ID:
         raise StartError(f"keep_decisions={keep_decisions!r}: must be a whole number of decisions in 0..{LARGEST_ID} "
                          "(0 keeps all)")
-    if Path(data).is_dir():  # (before the database is opened: the opening migrates it, under a server of
-        # an older moca that holds the directory)
+    claimed = Path(data).is_dir() and str(Path(data).resolve()) not in _DATA_LOCKS
+    if claimed:  # (before the database is opened: the opening migrates it, under a server of an
+        # older moca that holds the directory)
         claim_data_dir(Path(data))
-    store = Store(Path(data))
+    try:
+        store = Store(Path(data))
+    except BaseException:  # (a library caller that goes on held the directory it could not open)
+        if claimed:
+            release_data_dir(Path(data))
+        raise
     try:
         claim_data_dir(store.data)  # (before the lifespan's recovery touches the jobs and weights)
     except StartError:
@@ -1750,14 +1766,16 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                 # /health's "recovered" counts since the start, a worker's death included
                 rt.recovered = {k: rt.recovered.get(k, 0) + v for k, v in found.items()}
                 start_worker()
-            await asyncio.to_thread(preload)
+            try:
+                await asyncio.to_thread(preload)
+            finally:
+                rt.starting = False
 
-    def preload(retry: bool = True) -> None:
-        """Load the versions the chains decide with (or will); ``retry=False``: not those
-        already found not to load."""
+    def preload() -> None:
+        """Load the versions the chains decide with (or will)."""
         for chain, number, model in store.all("SELECT v.chain, v.number, c.model FROM versions v JOIN chains c ON "
                                               "c.id = v.chain WHERE v.state IN ('active', 'scheduled')"):
-            if (chain, number) not in rt.deployed and (retry or (chain, number) not in rt.unloadable):
+            if (chain, number) not in rt.deployed:
                 try:
                     _deployed(rt, MODELS[model], chain, number)
                 except ServeError:
@@ -1773,15 +1791,16 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             print(f"moca serve: recovering: {store.unreadable(err).message}", file=sys.stderr, flush=True)  # degraded
             rt.recovered = {}
         threading.Thread(target=store.check_pages, name="moca page check", daemon=True).start()
-        try:  # (before the service listens: its first decisions do not wait for the loads and
-            # imports, and /health knows at once which versions do not load)
-            await asyncio.to_thread(preload)
-        except sqlite3.DatabaseError:  # (a damaged database: the service starts degraded, as above)
-            pass
         watcher = None
-        if worker:
+        if worker:  # the watcher's first pass loads them while the service answers ("starting")
+            rt.starting = True
             start_worker()
             watcher = asyncio.create_task(watch_worker())
+        else:  # (no watcher: loaded before the first request, so /health knows them at once)
+            try:
+                await asyncio.to_thread(preload)
+            except sqlite3.DatabaseError:  # (a damaged database: the service starts degraded, as above)
+                pass
         try:
             yield
         finally:
@@ -1830,13 +1849,6 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
     @app.head("/health", include_in_schema=False)  # (what a load balancer's check may send; it was 405)
     @app.get("/health")
     def health() -> dict[str, Any]:
-        # (each version not yet loaded is tried now: the watcher's first pass comes seconds after
-        # the start, behind the first imports, and /health said "ok" meanwhile of a service whose
-        # decisions were 503s; without the worker nothing tried them before a decision did)
-        try:
-            preload(retry=False)
-        except sqlite3.DatabaseError:  # (what the database says is told below, as before)
-            pass
         counts = {name: store.one(f"SELECT COUNT(*) FROM {name}")[0] for name in ("chains", "regimes", "versions")}
         queued = store.one("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")[0]
         alive = rt.worker is not None and rt.worker.poll() is None
@@ -1847,7 +1859,11 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
         broken = [{"chain": chain, "version": number, "error": why}
                   for (chain, number), why in sorted(dict(rt.unloadable).items()) if (chain, number) in serving]
         database = store.database_problem()
-        return {"status": "degraded" if broken or database else "ok", "models": list(MODELS),
+        # "starting" until the watcher's first pass has tried every version the chains decide
+        # with (seconds after a start, behind the first imports): it said "ok" meanwhile of a
+        # service whose decisions were 503s
+        status = "degraded" if broken or database else "starting" if rt.starting else "ok"
+        return {"status": status, "models": list(MODELS),
                 "database": database or "ok",
                 "worker": "running" if alive else "stopped", "jobs_pending": queued, "recovered": rt.recovered,
                 **counts, "auth": rt.token is not None, "unloadable_versions": broken}
