@@ -223,3 +223,4 @@ def test_a_fraction_of_a_unit_withheld_is_said_as_it_is(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "the plan sells 0.5 units less than it could" in result.stderr, result.stderr
     assert [_units(x) for x in (0.5, 0.0123, 1.0, 9224.4)] == ["0.5 units", "0.012 units", "1 unit", "9,224 units"]
+    assert _units(0.996) == "1 unit"  # (rounded to 1 below one: "1 units")

@@ -398,6 +398,15 @@ def test_plot_replaces_a_figure_moca_drew_and_never_a_users_own_image(tmp_path, 
     other.symlink_to(mine)
     out = runner.invoke(app, [*sweep, "--plot", str(other)])
     assert out.exit_code == 2 and f"exists (a link to {mine}) and is not an SVG figure moca drew" in out.output
+    # a link to a file of no figure format (drawn as 'txt': an internal error after the work)
+    for name in ("notes.txt", "notes"):
+        (tmp_path / name).write_text("")
+        text = tmp_path / f"to-{name}.png"
+        text.symlink_to(tmp_path / name)
+        out = runner.invoke(app, [*sweep, "--plot", str(text)])
+        assert out.exit_code == 2 and f"a link to {tmp_path / name}, not a .png, .pdf or .svg file" in \
+            out.output.replace("\n", ""), out.output
+        assert (tmp_path / name).read_text() == ""
     # a file of blanks only, however long, holds nothing to lose
     blank = tmp_path / "blank.svg"
     blank.write_text(" " * 100_000 + "\n")

@@ -194,15 +194,23 @@ def _plot_path(path: Optional[Path], option: str = "--plot") -> None:
     if path is not None and path.suffix.lower() not in (".png", ".pdf", ".svg"):
         _output_file(path, option)
         raise UsageError(f"{option} {path}: expected a .png, .pdf or .svg file name")
-    # (through a link, named in its target's format, in which it is judged and drawn)
+    # (through a link, named in its target's format, in which it is judged and drawn: a link
+    # to a .txt was drawn as 'txt', an internal error after the work)
+    if path is not None and _target_suffix(path).lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"{option} {path}: a link to {_target(path)}, not a .png, .pdf or .svg file")
     _output_file(path, option, None if path is None else _figure_file(_target_suffix(path)))
+
+
+def _target(path: Path) -> Path:
+    """What ``path`` names: a link's target."""
+    from moca.files import output_target
+
+    return output_target(path)[0]
 
 
 def _target_suffix(path: Path) -> str:
     """The format suffix of what ``path`` names: a link's target's."""
-    from moca.files import output_target
-
-    return output_target(path)[0].suffix
+    return _target(path).suffix
 
 
 def _write_plot(path: Path, draw: Callable[[str], Any]) -> None:
@@ -858,10 +866,8 @@ def _say_withheld(summary: dict[str, Any], scenarios: Sequence[Any], labels: Seq
 def _units(units: float) -> str:
     """A count of units withheld as a warning says it: whole units, or two digits below one
     (0.5 was "sells 0 units less", a warning of nothing)."""
-    if units < 1:
-        return f"{units:.2g} units"
-    whole = f"{units:,.0f}"
-    return f"{whole} unit" if whole == "1" else f"{whole} units"
+    text = f"{units:.2g}" if units < 1 else f"{units:,.0f}"
+    return f"{text} unit" if text == "1" else f"{text} units"
 
 
 def _print_retuned_start(retune: int, given: bool, start: dict[str, Any]) -> None:
@@ -1594,8 +1600,7 @@ def continual(
                              "its update per regime on validation)")
         _plot_path(plot_file)
         if plot_file is not None:  # the curves' figure beside it: checked before the work as well
-            curves = _curves_path(plot_file)
-            _output_file(curves, "--plot (its curves figure)", _figure_file(_target_suffix(curves)))
+            _plot_path(_curves_path(plot_file), "--plot (its curves figure)")
         if _chosen_model(model) == "CLSC-2":
             return _continual2(sequence, method, checkpoint_dir, steps, scenarios, as_json, params_file,
                                keep_unchanged, plot_file)
