@@ -113,3 +113,30 @@ def test_a_broken_pool_is_left_to_the_executor_to_fail_task_by_task(tmp_path, mo
         with backend.session():
             backend.map(task, [("die", "")] + [("brief", str(ran))] * 8)
     assert True not in cancels and not backend.running()
+
+
+def test_a_signal_while_a_local_ray_starts_is_delivered_once_it_has():
+    """A Ctrl-C (or SIGTERM) in the middle of ray.init left Ray's agents running, orphaned:
+    it is held back until the start is done (Ray then stops them all at exit), and the
+    SIGTERM handler Ray installs on the way gives way to the one before it."""
+    import os
+    import signal
+
+    from moca.cluster import _signals_held
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        for sent in (signal.SIGINT, signal.SIGTERM):
+            reached = []
+            with pytest.raises(KeyboardInterrupt):
+                with _signals_held():
+                    os.kill(os.getpid(), sent)
+                    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # what ray.init does to SIGTERM
+                    reached.append("the end of the start")
+            assert reached == ["the end of the start"], sent
+            assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, before)

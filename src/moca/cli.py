@@ -1140,7 +1140,8 @@ def _train_backend(ray_address: Optional[str], ray_cpus: int):
 
     try:
         backend = backend_from_options(ray_address, ray_cpus)
-        backend.start()
+        with _sigterm_as_ctrl_c():  # (SIGTERM while Ray starts ended moca without a word, its agents left)
+            backend.start()
     except BackendError as err:
         _fail(_message(err))
     return backend

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any, Callable, Iterator, Sequence
-from contextlib import contextmanager
 
 from moca.limits import MOST_WORKERS
 
@@ -59,7 +60,6 @@ def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
     from its own threads), and is Linux only. The parent's pid is handed in, not read here:
     a worker starts Python and imports moca before it gets here, and a parent killed in
     that time left it watching init's pid, orphaned for good."""
-    import threading
 
     if os.getppid() != parent:
         os._exit(1)
@@ -204,9 +204,10 @@ class Backend:
         if self.address in (None, "auto", "local"):
             # A local Ray for this run only, capped in CPUs and object-store memory, with no
             # dashboard: on a shared machine it takes what the run asks for and nothing more.
-            ray.init(num_cpus=self.workers, object_store_memory=self.object_store_bytes, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False,
-                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **_pythonpath()}})
+            with _signals_held():
+                ray.init(num_cpus=self.workers, object_store_memory=self.object_store_bytes,
+                         include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **_pythonpath()}})
         else:
             _check_reachable(self.address)
             try:
@@ -291,6 +292,26 @@ def _end_workers(pool: ProcessPoolExecutor) -> None:
             process.terminate()
     if manager is not None:
         manager.join(timeout=30.0)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while a local Ray starts, and delivered once it has: one
+    in the middle of ``ray.init`` left Ray's agents running, orphaned (Ray's shutdown knows its
+    processes only once the start is done; at exit it then stops them all). The SIGTERM
+    handler Ray installs on the way is replaced by the one before it, so that SIGTERM stays
+    what moca made of it (its Ctrl-C). Main thread only: signals reach no other."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is not before and before is not None:
+            signal.signal(signal.SIGTERM, before)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # (a signal held is delivered now)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
