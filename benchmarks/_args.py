@@ -106,6 +106,31 @@ def output_file(text: str) -> str:
     return text
 
 
+def output_folder(text: str) -> str:
+    """The path of a folder to write: not a file, its parent existing (checked before the run:
+    a file there failed with a traceback after the work)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: a file, expected a folder to write")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: no such directory {str(path.parent)!r} to write it in")
+    return text
+
+
+def safetensors_file(text: str) -> str:
+    """:func:`existing_file` that safetensors can read (a YAML file given by mistake failed in
+    the run with safetensors' own traceback)."""
+    from safetensors import SafetensorError, safe_open
+
+    existing_file(text)
+    try:
+        with safe_open(text, "pt"):
+            pass
+    except (SafetensorError, OSError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a safetensors file ({err})") from None
+    return text
+
+
 def output_file_path(text: str) -> Path:
     """:func:`output_file` for an argument that was ``type=Path``."""
     return Path(output_file(text))

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the small version (a few steps, few scenarios)")
     parser.add_argument("--seed-steps", type=non_negative_int, default=None,
                         help="Adam steps per regime, seed protocol (30)")

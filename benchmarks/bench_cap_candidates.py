@@ -47,7 +47,7 @@ TEST_SEEDS = range(1000, 1020)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regimes", type=positive_int, default=12)
     parser.add_argument("--seed", type=non_negative_int, default=2030, help="bench_random_regimes' draw seed (2030: "
                                                                   "drawn for this benchmark)")

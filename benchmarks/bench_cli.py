@@ -69,7 +69,7 @@ def heavy_imports(args: list[str]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=positive_int, default=7)
     args = parser.parse_args()
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}

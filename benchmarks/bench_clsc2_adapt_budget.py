@@ -45,7 +45,7 @@ def budget(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["T1", "T2", "T3"], choices=sorted(TASKS_2))
     parser.add_argument("--budgets", nargs="+", type=budget, default=[(8, 3), (32, 10), (32, 30)])
     parser.add_argument("--test", type=positive_int, default=20, help="test scenarios per task (seeds 1000+)")

@@ -99,7 +99,7 @@ def scores(seeds: list[int], task: str, thresholds: np.ndarray, forecast: str) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["T1", "T2", "T3"], choices=sorted(TASKS_2))
     parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[1000, 1020],
                         help="first and last+1 test seed")

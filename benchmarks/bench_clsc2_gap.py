@@ -52,7 +52,7 @@ def summary(outs: list, oracle: np.ndarray, tail: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="T2", choices=sorted(TASKS_2))
     parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[1000, 1020],
                         help="first and last+1 test seed")

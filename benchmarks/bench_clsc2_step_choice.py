@@ -101,7 +101,7 @@ def rules(sizes: list[int]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[8, 16, 24, 32],
                         help="validation sizes compared (seeds 900+); the first is moca adapt's")

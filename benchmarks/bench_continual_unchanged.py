@@ -70,7 +70,7 @@ def learn(job: tuple[int, list[dict[str, Any]], bool, int, int]) -> dict[str, An
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sequences", type=positive_int, default=6)
     parser.add_argument("--length", type=positive_int, default=3)
     parser.add_argument("--seed", type=non_negative_int, default=3030,

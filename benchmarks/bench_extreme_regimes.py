@@ -135,7 +135,7 @@ def clsc2_policies(adapt: bool = False, quick: bool = False, retune_default: boo
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", default="both", choices=["CLSC-1", "CLSC-2", "both"])
     parser.add_argument("--plans", type=positive_int, default=12, help="regime plans per world")
     parser.add_argument("--seed", type=non_negative_int, default=7, help="seed of the plan draws")

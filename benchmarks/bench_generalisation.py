@@ -167,7 +167,7 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=non_negative_int, nargs="+", default=[0, 1, 3])
     parser.add_argument("--scenarios", type=positive_int, default=20, help="test scenarios per regime (seeds 1000..)")
     parser.add_argument("--validation", type=positive_int, default=16,

@@ -23,7 +23,7 @@ from moca.policy import compare_losses
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument("--regime", type=regime_spec, default="T2")
     parser.add_argument("--teacher", choices=("mpc", "oracle"), default="mpc")

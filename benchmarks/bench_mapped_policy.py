@@ -46,7 +46,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", type=positive_int, default=5, help="per task (T1-T3)")
     parser.add_argument("--out", type=output_file, default=str(HERE / "mapped_policy.json"))
     args = parser.parse_args()

@@ -148,7 +148,7 @@ def replay_gaps(count: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", type=positive_int, default=20, help="scenarios per task (seeds 1000..)")
     parser.add_argument("--repeats", type=positive_int, default=5,
                         help="passes over the scenarios; per scenario the best counts")

@@ -288,7 +288,7 @@ ALL_PEERS = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", default="all", help="CLSC-1 | CLSC-2 | all")
     parser.add_argument("--peers", default=",".join(ALL_PEERS))
     parser.add_argument("--scenarios", type=positive_int, default=10, help="test scenarios per regime (seeds 1000..)")

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from _args import existing_file, positive_int
+from _args import positive_int, safetensors_file
 from moca.evaluation import TimedDecisions
 from moca.policy import DeployedPolicy, LSTMPolicy, PolicyConfig, deployed_decision, policy_loss
 from moca.regime import TASKS
@@ -186,9 +186,9 @@ def _training_steps(params: Params) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", type=positive_int, default=10, help="episodes per task (T1-T3)")
-    parser.add_argument("--weights", type=existing_file,
+    parser.add_argument("--weights", type=safetensors_file,
                         help="safetensors state dict of an LSTMPolicy (default: a perturbed fresh one)")
     parser.add_argument("--no-training", action="store_true", help="skip the training-step timings")
     parser.add_argument("--no-mpc", action="store_true", help="skip the MPC latency")

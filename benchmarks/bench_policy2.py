@@ -33,7 +33,7 @@ OUTSIDE = ("mandate 0.45 + tax 150", "tax 900", "cap 0.7x + landfill 60")  # ben
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=positive_int, default=20, help="test scenarios per task (seeds 1000..)")
     parser.add_argument("--steps", type=non_negative_int, default=3, help="adaptation steps")
     parser.add_argument("--checkpoint", default="default")

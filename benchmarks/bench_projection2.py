@@ -197,7 +197,7 @@ def bench_deployment(raw, inputs, regime, executed, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small batches and one repeat (a smoke run)")
     parser.add_argument("--batch", type=positive_int, default=1024, help="batch of the DAQP loop (default 1024)")
     parser.add_argument("--out", type=output_file, help="also write the JSON to this file")

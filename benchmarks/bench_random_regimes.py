@@ -306,7 +306,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", default="both", choices=["CLSC-1", "CLSC-2", "both"])
     parser.add_argument("--regimes", type=positive_int, default=6, help="random regimes per world")
     parser.add_argument("--seed", type=non_negative_int, default=2026,

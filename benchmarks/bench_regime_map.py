@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _args import non_negative_int, output_file, positive_int, whole
+from _args import non_negative_int, output_file, output_folder, positive_int, whole
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine
 from moca.files import write_atomic
 from moca.regime import TASKS
@@ -84,14 +84,14 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 regimes, tiny tuning, 1 regime, 2 scenarios")
     parser.add_argument("--regimes", type=whole(8), default=64)
     parser.add_argument("--budget", type=positive_int, default=600)
     parser.add_argument("--map", default=str(HERE / "regime_map.json"))
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--fit-only", action="store_true")
-    parser.add_argument("--ship", default=None, metavar="DIR",
+    parser.add_argument("--ship", type=output_folder, default=None, metavar="DIR",
                         help="also write the map as a checkpoint folder (DIR/map.json, e.g. src/moca/data/map-clsc1)")
     parser.add_argument("--steps", type=positive_int, nargs="*", default=[1, 3])
     parser.add_argument("--no-default", action="store_true", help="leave today's default meta-init out")

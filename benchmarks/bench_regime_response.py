@@ -79,7 +79,7 @@ def agreement_table(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", choices=("CLSC-1", "CLSC-2"), default="CLSC-1", help="the world (CLSC-1)")
     parser.add_argument("--quick", action="store_true", help="carbon tax only, 3 values, 2 scenarios")
     parser.add_argument("--scenarios", type=positive_int, default=None,

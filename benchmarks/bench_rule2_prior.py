@@ -101,7 +101,7 @@ def leaves_prior(seeds: list) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[1000, 1032],
                         help="first and last+1 test seed")
     parser.add_argument("--quick", action="store_true", help="2 seeds, two chains, one regime")

@@ -49,7 +49,7 @@ def plans() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[900, 932],
                         help="first and last+1 validation seed")
     parser.add_argument("--quick", action="store_true", help="2 seeds, T2 only, two grid points")

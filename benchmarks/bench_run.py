@@ -71,7 +71,7 @@ def timed_run(jobs: int, quick: bool, folder: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="plain moca run (default: --quick)")
     parser.add_argument("--out", type=output_file_path, default=None)
     parser.add_argument("--compare", nargs=2, type=existing_dir_path, metavar=("RUN_A", "RUN_B"),

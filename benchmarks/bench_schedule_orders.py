@@ -50,7 +50,7 @@ def segment_orders(orders: np.ndarray, starts: list[int]) -> list[float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plans", type=existing_file_path, default=HERE / "random_regimes_schedules.json")
     parser.add_argument("--index", type=non_negative_int, default=1, help="which plan of the file (from 0)")
     parser.add_argument("--seeds", type=non_negative_int, nargs=2, default=[1000, 1003],

@@ -160,7 +160,7 @@ def _summary(samples: list[tuple[float, float]], seconds: float) -> dict:
 def main() -> None:
     from moca.serve import SERVICE_BASES
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=positive_float, default=10.0, help="length of the quiet phase")
     parser.add_argument("--connections", type=positive_int, default=4)
     parser.add_argument("--chains", type=positive_int, default=8)

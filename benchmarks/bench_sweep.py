@@ -158,18 +158,21 @@ def bench_overhead(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 values x 4 scenarios, 1 meta step")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="4 values x 4 scenarios, 1 meta step (where those options are not given)")
     parser.add_argument("--field", default="carbon_tax")
-    parser.add_argument("--values", type=sweep_values, default="0:300:25")
-    parser.add_argument("--scenarios", type=whole(2, MOST_SCENARIOS), default=20)
-    parser.add_argument("--meta-steps", type=positive_int, default=3)
+    parser.add_argument("--values", type=sweep_values, default=None, help="default 0:300:25 (--quick 0:300:100)")
+    parser.add_argument("--scenarios", type=whole(2, MOST_SCENARIOS), default=None, help="default 20 (--quick 4)")
+    parser.add_argument("--meta-steps", type=positive_int, default=None, help="default 3 (--quick 1)")
     parser.add_argument("--workers", type=whole(1, MOST_WORKERS), default=2)
     parser.add_argument("--no-meta", action="store_true", help="skip the meta-step part")
     parser.add_argument("--out", type=output_file_path, default=None)
     args = parser.parse_args()
-    if args.quick:
-        args.values, args.scenarios, args.meta_steps = "0:300:100", 4, 1
+    # (--quick replaced the values, scenarios and meta steps given beside it without a word)
+    for name, full, quick in (("values", "0:300:25", "0:300:100"), ("scenarios", 20, 4), ("meta_steps", 3, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     from moca.sweep import SweepError, make_plan
 
     try:  # what depends on the field (an unknown one, a value outside its range) is said here

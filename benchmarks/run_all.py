@@ -51,7 +51,7 @@ def _machine() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and scenarios (a smoke run)")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     args = parser.parse_args()

@@ -68,6 +68,8 @@ BAD = [
     ("bench_policy2.py", ["--checkpoint", "default-reptile"], "--checkpoint"),  # (CLSC-1's, not a CLSC-2 policy)
     ("bench_regime_response.py", ["--world", "CLSC-2", "--checkpoint", "default-reptile"], "--checkpoint"),
     ("bench_regime_map.py", ["--only", "nope"], "--only"),
+    ("bench_policy.py", ["--weights", "README.md"], "--weights"),  # (not safetensors: a traceback in the run)
+    ("bench_regime_map.py", ["--ship", "README.md"], "--ship"),  # (a file: a traceback after the work)
 ]
 
 
@@ -79,6 +81,37 @@ def test_bad_argument_exits_2_naming_it(name, args, option, monkeypatch, capsys)
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert "error: " in err and option in err, err
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in BENCHMARKS.glob("bench_*.py")))
+def test_help_gives_the_whole_first_paragraph_of_the_docstring(name, monkeypatch, capsys):
+    """--help gave the docstring's first line only, cut mid-sentence ("the cost terms (EUR
+    per episode) of")."""
+    import ast
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    doc = ast.get_docstring(ast.parse((BENCHMARKS / name).read_text()), clean=False)
+    first = " ".join(doc.split("\n\n")[0].split())
+    with pytest.raises(SystemExit) as done:
+        run_script(name, ["--help"], monkeypatch)
+    assert done.value.code == 0
+    assert first in " ".join(capsys.readouterr().out.split()), name
+
+
+def test_quick_sweep_keeps_the_options_given_beside_it(monkeypatch):
+    """bench_sweep.py --quick replaced --values and --scenarios given beside it without a word."""
+    import moca.sweep
+
+    def planned(world, field, values, policies, scenarios):
+        raise _Parsed(values, scenarios)
+
+    monkeypatch.setattr(moca.sweep, "make_plan", planned)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for args, expected in ((["--quick", "--values", "5,7", "--scenarios", "3"], ("5,7", 3)),
+                           (["--quick"], ("0:300:100", 4)), ([], ("0:300:25", 20))):
+        with pytest.raises(_Parsed) as done:
+            run_script("bench_sweep.py", args, monkeypatch)
+        assert done.value.args == expected, args
 
 
 #: Every script that writes its results to --out (run_all passes its own names on).
