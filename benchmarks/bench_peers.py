@@ -26,7 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _args import existing_dir_path, existing_file_path, output_file_path, positive_int  # noqa: E402
+from _args import existing_dir_path, existing_file_path, one_of, output_file_path, positive_int  # noqa: E402
 from moca.evaluation import evaluate_policy  # noqa: E402
 from moca.experiment import GENERALISATION_GRID, grid_regime, machine  # noqa: E402
 from moca.files import write_atomic  # noqa: E402
@@ -289,7 +289,7 @@ ALL_PEERS = ("threshold", "mpc", "mpc-informed", "mpc-forecast", "mpc-sampled", 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", default="all", help="CLSC-1 | CLSC-2 | all")
+    parser.add_argument("--world", type=one_of((*WORLDS, "all")), default="all", help="CLSC-1 | CLSC-2 | all")
     parser.add_argument("--peers", default=",".join(ALL_PEERS))
     parser.add_argument("--scenarios", type=positive_int, default=10, help="test scenarios per regime (seeds 1000..)")
     parser.add_argument("--train", type=positive_int, default=4,
@@ -324,9 +324,8 @@ def main() -> None:
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = [p for p in peers if p not in ALL_PEERS]
     worlds = list(WORLDS) if args.world == "all" else [args.world]
-    if unknown or any(w not in WORLDS for w in worlds):
-        parser.error(f"unknown peers {unknown} or world {args.world!r} (peers: {', '.join(ALL_PEERS)}; "
-                     f"worlds: {', '.join(WORLDS)})")
+    if unknown:  # (a wrong --world was named "unknown peers [] or world ...")
+        parser.error(f"argument --peers: unknown {', '.join(map(repr, unknown))} (peers: {', '.join(ALL_PEERS)})")
     n_test, n_train = (2, 1) if args.quick else (args.scenarios, args.train)
     out = json.loads(args.out.read_text()) if args.out.exists() else {}
     out.update({"machine": machine(), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -68,6 +68,8 @@ BAD = [
     ("bench_policy2.py", ["--checkpoint", "default-reptile"], "--checkpoint"),  # (CLSC-1's, not a CLSC-2 policy)
     ("bench_regime_response.py", ["--world", "CLSC-2", "--checkpoint", "default-reptile"], "--checkpoint"),
     ("bench_regime_map.py", ["--only", "nope"], "--only"),
+    ("bench_peers.py", ["--world", "CLSC-9"], "--world"),  # (was "unknown peers [] or world 'CLSC-9'")
+    ("bench_peers.py", ["--peers", "nope"], "--peers"),
     ("bench_policy.py", ["--weights", "README.md"], "--weights"),  # (not safetensors: a traceback in the run)
     ("bench_regime_map.py", ["--ship", "README.md"], "--ship"),  # (a file: a traceback after the work)
 ]
