@@ -204,7 +204,7 @@ class Backend:
         if self.address in (None, "auto", "local"):
             # A local Ray for this run only, capped in CPUs and object-store memory, with no
             # dashboard: on a shared machine it takes what the run asks for and nothing more.
-            with _signals_held():
+            with _signals_held(ray):
                 ray.init(num_cpus=self.workers, object_store_memory=self.object_store_bytes,
                          include_dashboard=False, log_to_driver=False, configure_logging=False,
                          runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", **_pythonpath()}})
@@ -295,23 +295,41 @@ def _end_workers(pool: ProcessPoolExecutor) -> None:
 
 
 @contextmanager
-def _signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back while a local Ray starts, and delivered once it has: one
-    in the middle of ``ray.init`` left Ray's agents running, orphaned (Ray's shutdown knows its
-    processes only once the start is done; at exit it then stops them all). The SIGTERM
-    handler Ray installs on the way is replaced by the one before it, so that SIGTERM stays
-    what moca made of it (its Ctrl-C). Main thread only: signals reach no other."""
+def _signals_held(ray: Any = None) -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while a local Ray starts, and raised again once it has:
+    one in the middle of ``ray.init`` left Ray's agents running, orphaned (Ray's shutdown
+    knows its processes only once the start is done; at exit it then stops them all). Held by
+    Python handlers that only record, not by the signal mask, which the programs Ray starts
+    meanwhile would inherit (they then ignored Ray's own SIGTERM at its shutdown). The SIGTERM
+    handler ``ray.init`` installs first thing (``sys.exit(15)``, which ended the start midway
+    as well) is not installed meanwhile: ``ray``'s ``_private.utils.set_sigterm_handler`` does
+    nothing until the start is done (a private function: where another Ray has none, a
+    SIGTERM reaching its handler is taken as one held). SIGTERM stays what moca made of it
+    (its Ctrl-C). Main thread only: signals reach no other."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.getsignal(signal.SIGTERM)
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    received: list[int] = []
+    before = {sent: signal.signal(sent, lambda signum, frame: received.append(signum))
+              for sent in (signal.SIGINT, signal.SIGTERM)}
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    rays = getattr(utils, "set_sigterm_handler", None)
+    if rays is not None:
+        utils.set_sigterm_handler = lambda handler: None
     try:
         yield
+    except SystemExit as stop:
+        if stop.code != signal.SIGTERM:
+            raise
+        received.append(signal.SIGTERM)
     finally:
-        if signal.getsignal(signal.SIGTERM) is not before and before is not None:
-            signal.signal(signal.SIGTERM, before)
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # (a signal held is delivered now)
+        if rays is not None:
+            utils.set_sigterm_handler = rays
+        for sent, handler in before.items():
+            if handler is not None:
+                signal.signal(sent, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
