@@ -302,8 +302,12 @@ def test_the_cli_names_a_regime_its_own_steps_left_worse(capsys):
     labels = ["a", "b", "capped"]
     # --json says it as the text does (it had only the matrix)
     assert _lowered_by_own_steps(labels, R) == [{"regime": "capped", "before": 0.9781, "after": 0.9617}]
+    from moca.metrics import continual_metrics
+
+    summary = continual_metrics(R[1:], initial=R[0])  # (the forgetting line beside it: moca.metrics')
     out = {"average_final_score": 0.94, "drop_first_after_second": 0.0, "violations": 0,
-           "lowered_by_own_steps": _lowered_by_own_steps(labels, R)}
+           "forgetting": summary.forgetting + [0.0], "mean_forgetting": summary.mean_forgetting,
+           "bwt": summary.bwt, "fwt": summary.fwt, "lowered_by_own_steps": _lowered_by_own_steps(labels, R)}
     _print_continual(out, labels, R, "moca on CLSC-2", " (hint)")
     text = capsys.readouterr().out
     assert "learning these regimes lowered their own score: capped 0.9781 -> 0.9617 (hint)" in text
