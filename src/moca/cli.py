@@ -1120,7 +1120,10 @@ def _train_fields(config_file: Optional[Path], params_file: Optional[Path], init
         given = _load_params(params_file, model)
         written = fields.get("params")
         if isinstance(written, dict):  # (replaced whole without a word: a user may have expected a merge)
-            dropped = [f"{key}={value!r}" for key, value in written.items() if getattr(given, str(key), None) != value]
+            # (compared as JSON: a list in the file is a tuple in the params, e.g. grade_mean)
+            kept = given.model_dump(mode="json")
+            dropped = [f"{key}={value!r}" for key, value in written.items()
+                       if str(key) not in kept or json.loads(json.dumps(value, default=str)) != kept[str(key)]]
             if dropped:
                 _warn(f"--params {params_file} replaces the params of --config {config_file} whole: "
                       f"{', '.join(dropped)} there is not used (put it in the --params file to keep it)")
