@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _args import check_policy_checkpoint, non_negative_int, positive_int
+from _args import check_policy_checkpoint, non_negative_int, output_file_path, positive_int
 from moca.experiment import machine
 from moca.meta2 import OracleCache2, adapt2
 from moca.policy2 import LSTMPolicy2, evaluate_policy2
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=positive_int, default=20, help="test scenarios per task (seeds 1000..)")
     parser.add_argument("--steps", type=non_negative_int, default=3, help="adaptation steps")
     parser.add_argument("--checkpoint", default="default")
-    parser.add_argument("--output", type=Path, default=HERE / "policy2.json")
+    parser.add_argument("--output", type=output_file_path, default=HERE / "policy2.json")
     args = parser.parse_args()
     module, meta = check_policy_checkpoint(parser, "--checkpoint", args.checkpoint, "CLSC-2")
     torch.set_num_threads(1)

@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and scenarios (a smoke run)")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
+    if args.out.is_dir():  # (a folder: an IsADirectoryError at the write after the first step; a new one is made)
+        parser.error(f"argument --out: {str(args.out)!r}: a directory, expected a file to write")
     quick = ["--quick"] if args.quick else []
     n = "5" if args.quick else "20"
     results: dict = {"machine": _machine(), "quick": args.quick,

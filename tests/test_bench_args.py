@@ -70,7 +70,9 @@ BAD = [
     ("bench_regime_map.py", ["--only", "nope"], "--only"),
     ("bench_peers.py", ["--world", "CLSC-9"], "--world"),  # (was "unknown peers [] or world 'CLSC-9'")
     ("bench_peers.py", ["--peers", "nope"], "--peers"),
-    ("bench_policy.py", ["--weights", "README.md"], "--weights"),  # (not safetensors: a traceback in the run)
+    ("bench_policy.py", ["--weights", "README.md"], "--weights"),
+    ("bench_policy2.py", ["--output", "no-such-dir/policy2.json"], "--output"),  # (a traceback after the run)
+    ("run_all.py", ["--out", "benchmarks"], "--out"),  # (a folder: a traceback after the first step)  # (not safetensors: a traceback in the run)
     ("bench_regime_map.py", ["--ship", "README.md"], "--ship"),  # (a file: a traceback after the work)
 ]
 
