@@ -134,6 +134,8 @@ def interrupted(body, ray=None):
     return False
 
 signal.signal(signal.SIGTERM, ours)
+# (Python's own Ctrl-C, which it leaves out where SIGINT came ignored, as under nohup ... &)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 for sent in (signal.SIGINT, signal.SIGTERM):
     reached = []
     def start():
