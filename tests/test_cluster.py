@@ -115,8 +115,9 @@ def test_a_broken_pool_is_left_to_the_executor_to_fail_task_by_task(tmp_path, mo
     assert True not in cancels and not backend.running()
 
 
-#: Run in a process of its own: signals reach the main thread only, and pytest-xdist's
-#: workers run the tests in another.
+#: Run in a process of its own, which sets the handlers it needs: a pytest started where
+#: SIGINT came ignored (nohup ... &) has no Ctrl-C handler, and the signals sent here would
+#: reach the test run itself.
 _HELD_SIGNALS_SCRIPT = """
 import os, signal
 from types import SimpleNamespace
