@@ -136,10 +136,12 @@ def test_decisions_are_timed_on_the_wall_clock_and_in_the_deciding_threads_cpu_t
             return super().decide(*args)
 
     params = Params(horizon=6)
-    timed = TimedDecisions(Preempted(LSTMPolicy(params, PolicyConfig(hidden=8))))
-    with torch.no_grad():
-        rollout(ScenarioBatch.from_scenarios([draw_scenario(1000, Regime(), params)], dtype=torch.float64), timed,
-                timed.projector)
+    policy = Preempted(LSTMPolicy(params, PolicyConfig(hidden=8)))
+    batch = ScenarioBatch.from_scenarios([draw_scenario(1000, Regime(), params)], dtype=torch.float64)
+    for _ in range(2):  # (the first episode warms up: a first decision in a fresh process took 28 ms of CPU)
+        timed = TimedDecisions(policy)
+        with torch.no_grad():
+            rollout(batch, timed, timed.projector)
     assert len(timed.latencies) == len(timed.cpu_latencies) == 6
     assert min(timed.latencies) >= 3000 and max(timed.cpu_latencies) < 1500
     moca = {"decision_latency_us": {"p50": 99.0, "p99": 1933.0, "cpu_p50": 98.0, "cpu_p99": 131.0}}
