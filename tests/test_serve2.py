@@ -383,6 +383,36 @@ def test_a_database_in_use_by_another_server_is_not_migrated_under_it(tmp_path):
     conn.close()
 
 
+def test_a_database_error_in_the_watchers_pass_does_not_end_it(tmp_path):
+    """A locked (or damaged) database while the watcher loaded the versions ended the
+    watcher for good: a worker that died later was never replaced."""
+    import sqlite3
+    import time
+
+    app = create_app(tmp_path / "data", worker=True)
+    rt = app.state.runtime
+    real, failed = rt.store.all, []
+
+    def locked_once(sql, args=()):
+        if "v.state IN ('active', 'scheduled')" in sql and not failed:  # the watcher's pass
+            failed.append(sql)
+            raise sqlite3.OperationalError("database is locked")
+        return real(sql, args)
+
+    rt.store.all = locked_once
+    with TestClient(app) as client:
+        deadline = time.time() + 60
+        while (not failed or client.get("/health").json()["status"] == "starting") and time.time() < deadline:
+            time.sleep(0.1)
+        assert failed and client.get("/health").json()["worker"] == "running"
+        first = rt.worker
+        first.kill()
+        first.wait(timeout=30)
+        while (rt.worker is first or rt.worker.poll() is not None) and time.time() < deadline:
+            time.sleep(0.1)
+        assert rt.worker is not first and rt.worker.poll() is None  # replaced
+
+
 def test_a_data_directory_that_cannot_be_opened_is_not_held(tmp_path):
     """Claimed before its database is opened, a directory whose database was refused stayed
     held by a library caller that went on: another server was told it is in use."""

@@ -1768,6 +1768,8 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                 start_worker()
             try:
                 await asyncio.to_thread(preload)
+            except sqlite3.DatabaseError:  # (locked or damaged: tried again next round; it ended the
+                pass  # watcher, and with it the replacement of a worker that dies and the loads)
             finally:
                 rt.starting = False
 
