@@ -165,6 +165,16 @@ with _signals_held(ray):
     ray._private.utils.set_sigterm_handler(lambda signum, frame: None)
     assert signal.getsignal(signal.SIGTERM) is recorder and recorder is not ours
 assert ray._private.utils.set_sigterm_handler is install and signal.getsignal(signal.SIGTERM) is ours
+# with no handler of one's own, SIGTERM exits (so that Ray's shutdown runs at exit), as Ray's would
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+with _signals_held(ray):
+    pass
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [])  # (a moment for the handler to run)
+    raise AssertionError("SIGTERM did not exit")
+except SystemExit as stop:
+    assert stop.code == signal.SIGTERM
 print("held and delivered")
 """
 

@@ -294,6 +294,10 @@ def _end_workers(pool: ProcessPoolExecutor) -> None:
         manager.join(timeout=30.0)
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(signum)
+
+
 @contextmanager
 def _signals_held(ray: Any = None) -> Iterator[None]:
     """Ctrl-C and SIGTERM held back while a local Ray starts, and raised again once it has:
@@ -325,6 +329,9 @@ def _signals_held(ray: Any = None) -> Iterator[None]:
     finally:
         if rays is not None:
             utils.set_sigterm_handler = rays
+            if before[signal.SIGTERM] is signal.SIG_DFL:  # (what Ray would have left: an exit that
+                # runs its shutdown at exit, where SIGTERM's default ends the process without it)
+                before[signal.SIGTERM] = _exit_on_sigterm
         for sent, handler in before.items():
             if handler is not None:
                 signal.signal(sent, handler)
