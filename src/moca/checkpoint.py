@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from moca.files import exchange_paths, parse_problem, publish_tree, unique_keys
+from moca.scenario import MODELS
 
 FORMAT = "moca-checkpoint/1"
 WEIGHTS = "weights.safetensors"
@@ -274,6 +275,11 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 
 
+def unknown_world(where: str, model: Any) -> CheckpointError:
+    """A checkpoint whose JSON names a world moca does not have (hand-edited)."""
+    return CheckpointError(f"{where}: model: {model!r} is no world of moca ({' or '.join(MODELS)})")
+
+
 def refuse(where: str | Path, meta: dict[str, Any], model: str | None, wanted: str) -> CheckpointError:
     """The one-line error for checkpoint ``where`` (its JSON ``meta``) that a loader of the
     world ``model`` (None: either) expecting kind ``wanted`` cannot take: the other world
@@ -283,8 +289,8 @@ def refuse(where: str | Path, meta: dict[str, Any], model: str | None, wanted: s
     if what is None:
         # (named after the last loader tried: a CLSC-2 policy without a kind was "not a 'sb3-ppo' checkpoint")
         return CheckpointError(f"checkpoint {where}: kind={kind!r} is no kind of moca checkpoint ({', '.join(KINDS)})")
-    if theirs not in ("CLSC-1", "CLSC-2"):  # (a hand-edited "CLSC-9" was told "use --model CLSC-9")
-        return CheckpointError(f"checkpoint {where}: model: {theirs!r} is no world of moca (CLSC-1 or CLSC-2)")
+    if theirs not in MODELS:  # (a hand-edited "CLSC-9" was told "use --model CLSC-9")
+        return unknown_world(f"checkpoint {where}", theirs)
     if model is not None and theirs != model:
         return CheckpointError(f"checkpoint {where}: {what} of {theirs}, not of {model} (use --model {theirs}, "
                                f"or a {model} policy)")

@@ -194,23 +194,16 @@ def _plot_path(path: Optional[Path], option: str = "--plot") -> None:
     if path is not None and path.suffix.lower() not in (".png", ".pdf", ".svg"):
         _output_file(path, option)
         raise UsageError(f"{option} {path}: expected a .png, .pdf or .svg file name")
-    # (through a link, named in its target's format, in which it is judged and drawn: a link
-    # to a .txt was drawn as 'txt', an internal error after the work)
-    if path is not None and _target_suffix(path).lower() not in (".png", ".pdf", ".svg"):
-        raise UsageError(f"{option} {path}: a link to {_target(path)}, not a .png, .pdf or .svg file")
-    _output_file(path, option, None if path is None else _figure_file(_target_suffix(path)))
-
-
-def _target(path: Path) -> Path:
-    """What ``path`` names: a link's target."""
+    if path is None:
+        return
     from moca.files import output_target
 
-    return output_target(path)[0]
-
-
-def _target_suffix(path: Path) -> str:
-    """The format suffix of what ``path`` names: a link's target's."""
-    return _target(path).suffix
+    # (through a link, named in its target's format, in which it is judged and drawn: a link
+    # to a .txt was drawn as 'txt', an internal error after the work)
+    target = output_target(path)[0]
+    if target.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"{option} {path}: a link to {target}, not a .png, .pdf or .svg file")
+    _output_file(path, option, _figure_file(target.suffix))
 
 
 def _write_plot(path: Path, draw: Callable[[str], Any]) -> None:
@@ -1647,7 +1640,8 @@ def continual(
                                                                                            checkpoint_dir, params_file),
            "R": R[1:], "R_initial": R[0],
            "average_final_score": result["average_final_score"], "forgetting": result["forgetting"],
-           "mean_forgetting": _mean_forgetting(result["forgetting"]), "bwt": result["bwt"], "fwt": result["fwt"], "drop_first_after_second": result["drop_first_after_second"],
+           "mean_forgetting": _mean_forgetting(R), "bwt": result["bwt"], "fwt": result["fwt"],
+           "drop_first_after_second": result["drop_first_after_second"],
            "adaptation_steps": result["adaptation_steps"], "adaptation_seconds": result["adaptation_seconds"],
            "violations": result["violations"], "correction": result["correction"],
            "decision_latency_us": result["decision_latency_us"],
@@ -1695,11 +1689,13 @@ def _known_method(option: str, method: str) -> None:
         raise UsageError(f"{option}: {method!r} is not a continual method (valid: {', '.join(METHODS)})")
 
 
-def _mean_forgetting(forgetting: list[float]) -> float | None:
-    """The mean forgetting of ``moca.metrics`` (over every regime but the last; None with one):
-    the run's ``forgetting`` list holds one entry per regime, the last always 0 (it cannot be
-    forgotten yet), so a mean over the whole list was diluted."""
-    return float(sum(forgetting[:-1]) / (len(forgetting) - 1)) if len(forgetting) > 1 else None
+def _mean_forgetting(R: list) -> float | None:
+    """``moca.metrics``' mean forgetting of a continual run's matrix (row 0 before learning;
+    None with one regime): the run's ``forgetting`` list holds one entry per regime, the last
+    always 0 (it cannot be forgotten yet), so a mean over the whole list was diluted."""
+    from moca.metrics import continual_metrics
+
+    return continual_metrics(R[1:], initial=R[0]).mean_forgetting
 
 
 def _lowered_by_own_steps(labels: list[str], R: list) -> list[dict[str, Any]]:
@@ -1820,7 +1816,7 @@ def _continual2(sequence: Path, method: str, checkpoint_dir: Optional[str], step
            "R": R[1:], "R_initial": R[0],
            **{k: result[k] for k in ("average_final_score", "forgetting", "bwt", "fwt", "drop_first_after_second",
                                      "adaptation_steps", "adaptation_seconds", "violations")},
-           "mean_forgetting": _mean_forgetting(result["forgetting"]),
+           "mean_forgetting": _mean_forgetting(R),
            "lowered_by_own_steps": _lowered_by_own_steps([label for label, _ in tasks], R)}
     if "protocol_choice" in result:  # moca: the update kept per regime, by validation
         out["protocol_choice"] = result["protocol_choice"]

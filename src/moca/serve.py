@@ -1768,20 +1768,21 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
                 start_worker()
             try:
                 await asyncio.to_thread(preload)
-            except sqlite3.DatabaseError:  # (locked or damaged: tried again next round; it ended the
-                pass  # watcher, and with it the replacement of a worker that dies and the loads)
             finally:
                 rt.starting = False
 
     def preload() -> None:
         """Load the versions the chains decide with (or will)."""
-        for chain, number, model in store.all("SELECT v.chain, v.number, c.model FROM versions v JOIN chains c ON "
-                                              "c.id = v.chain WHERE v.state IN ('active', 'scheduled')"):
-            if (chain, number) not in rt.deployed:
-                try:
-                    _deployed(rt, MODELS[model], chain, number)
-                except ServeError:
-                    pass  # a decision will report it (503 naming the version)
+        try:
+            for chain, number, model in store.all("SELECT v.chain, v.number, c.model FROM versions v JOIN chains c "
+                                                  "ON c.id = v.chain WHERE v.state IN ('active', 'scheduled')"):
+                if (chain, number) not in rt.deployed:
+                    try:
+                        _deployed(rt, MODELS[model], chain, number)
+                    except ServeError:
+                        pass  # a decision will report it (503 naming the version)
+        except sqlite3.DatabaseError:  # (locked or damaged: tried again on the watcher's next round;
+            pass  # it ended the watcher, and with it the replacement of a worker that dies)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -1799,10 +1800,7 @@ def create_app(data: str | Path = "moca-data", token: str | None = None, worker:
             start_worker()
             watcher = asyncio.create_task(watch_worker())
         else:  # (no watcher: loaded before the first request, so /health knows them at once)
-            try:
-                await asyncio.to_thread(preload)
-            except sqlite3.DatabaseError:  # (a damaged database: the service starts degraded, as above)
-                pass
+            await asyncio.to_thread(preload)
         try:
             yield
         finally:

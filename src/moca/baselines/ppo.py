@@ -37,7 +37,7 @@ from moca import checkpoint
 from moca.files import figure_metadata
 from moca.limits import LARGEST_PPO_SEED
 from moca.regime import Regime, load_schedule
-from moca.scenario import TRAINING_STREAM, Params, draw_scenario
+from moca.scenario import MODELS, TRAINING_STREAM, Params, draw_scenario
 from moca.sim import R_CAP, R_LANDFILL, R_MANDATE, R_RECOVERY, R_TAX, Observation, ScenarioBatch
 
 KIND = "sb3-ppo"
@@ -277,8 +277,8 @@ def check_fits(loaded: PPOPolicy, name: str, model: str, params: Any) -> None:
     policy of the other world, or one whose observations the chain of ``params`` does not
     give (their size follows lead_virgin and lag_return): run, it would fail on a shape."""
     trained = loaded.meta.get("model", "CLSC-1")
-    if trained not in ("CLSC-1", "CLSC-2"):  # (hand-edited: it was told "use --model CLSC-9")
-        raise checkpoint.CheckpointError(f"--policy {name}: model: {trained!r} is no world of moca (CLSC-1 or CLSC-2)")
+    if trained not in MODELS:  # (hand-edited: it was told "use --model CLSC-9")
+        raise checkpoint.unknown_world(f"--policy {name}", trained)
     if trained != model:
         raise checkpoint.CheckpointError(f"--policy {name}: a PPO policy of {trained}, not of {model} "
                                          f"(use --model {trained}, or a {model} policy)")
